@@ -1,0 +1,41 @@
+# chimera: `make up` runs the example placements, `make test` runs the CPU test suite.
+# Both install into .venv on first use (and again when pyproject.toml changes).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-test
+FILE   ?= placements/example.yaml
+ARGS   ?=
+
+.PHONY: up test test-gpu lint check install clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/chimera-orch up $(FILE) $(ARGS)
+
+check: $(STAMP)
+	$(BIN)/chimera-orch check $(FILE)
+
+lint: $(STAMP)
+	$(BIN)/ruff check orchestrator cumem_shim bench tests
+	$(BIN)/mypy
+
+# GPU tests (@pytest.mark.gpu) skip themselves here when there is no CUDA GPU.
+# pytest exit code 5 (no test collected) is turned into a failure.
+test: lint
+	$(BIN)/python -m pytest -q -rs; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+# On a GPU host after `pip install -e '.[gpu,test]'` (docs/gpu-testing.md).
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu -rA
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,104 @@
+"""Wires one chimera process together: control loop + supervisor + proxy (uvicorn), and tears
+it all down on SIGINT/SIGTERM without leaving an engine process behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Generator
+from pathlib import Path
+
+import uvicorn
+from rich.console import Console
+
+from orchestrator.config import Config
+from orchestrator.control.api import InstanceView
+from orchestrator.control.loop import ControlLoop, cancel_and_wait
+from orchestrator.engines import get_engine
+from orchestrator.metrics.registry import ChimeraMetrics
+from orchestrator.progress import StartupProgress
+from orchestrator.proxy import create_app
+from orchestrator.supervisor.supervisor import Supervisor
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: chimera owns SIGINT/SIGTERM (it must stop the
+    engines after the proxy, and uvicorn would re-raise the signal on exit)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve(
+    cfg: Config, engine_name: str, host: str, port: int, run_dir: Path, hold_timeout_s: float,
+    console: Console,
+) -> int:
+    metrics = ChimeraMetrics()
+
+    def publish(view: InstanceView) -> None:
+        metrics.set_instance_state(view.model, view.id, view.gpus, str(view.state))
+
+    control: ControlLoop
+    supervisor = Supervisor(get_engine(engine_name), cfg.host, run_dir,
+                            post=lambda ev: control.post(ev), observers=[publish])
+    control = ControlLoop(cfg, supervisor)
+    progress = StartupProgress(console, [i.view() for m in control.models() for i in m.instances])
+    supervisor.add_observer(progress.observe)
+    for m in control.models():
+        for v in m.instances:
+            publish(v)
+
+    app = create_app(control, metrics, hold_timeout_s=hold_timeout_s)
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                    lifespan="on", access_log=False))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # second Ctrl-C: don't wait for in-flight requests
+            server.force_exit = True
+        stop.set()
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    console.print(f"[bold]chimera[/] {engine_name} engine, {len(cfg.instances)} instance(s) of "
+                  f"{len(cfg.models)} model(s); engine logs in {run_dir}/")
+    control_task = asyncio.create_task(control.run(), name="control-loop")
+    server_task = asyncio.create_task(server.serve(), name="proxy")
+    try:
+        with progress:
+            while not progress.settled and not stop.is_set() and not server_task.done():
+                await asyncio.sleep(0.1)
+        if server_task.done():
+            console.print(f"[bold red]the proxy could not start on {host}:{port}[/]")
+            return 1
+        if not stop.is_set():
+            _summary(console, control, host, port)
+        stop_task = asyncio.create_task(stop.wait())
+        await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_task.cancel()
+    finally:
+        console.print("[bold]stopping[/]: proxy, then every engine process")
+        server.should_exit = True
+        await asyncio.wait({server_task}, timeout=10)
+        await control.shutdown()
+        await cancel_and_wait(control_task)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        console.print("[green]stopped[/]: no engine process left")
+    return 0
+
+
+def _summary(console: Console, control: ControlLoop, host: str, port: int) -> None:
+    for m in control.models():
+        names = ", ".join((m.spec.name, *m.spec.aliases))
+        console.print(f"  {names:<40} {m.state}")
+        for i in m.instances:
+            if i.error:
+                console.print(f"    [red]{i.id}: {i.error}[/]")
+    console.print(f"[bold green]serving[/] on http://{host}:{port}/v1 "
+                  f"(models: GET /v1/models, metrics: GET /metrics; Ctrl-C to stop)")

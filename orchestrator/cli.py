@@ -1,0 +1,169 @@
+"""``chimera-orch``: the command line. Exit codes: 0 ok, 1 runtime failure, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from orchestrator import __version__
+from orchestrator.config import GIB, Config, load_config
+from orchestrator.errors import ConfigError
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+console = Console(stderr=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chimera-orch",
+        description="Serve many LLMs from a few GPUs over stock SGLang, behind one "
+        "OpenAI-compatible endpoint.",
+        epilog="Example: chimera-orch up placements/example.yaml  (then: curl "
+        "http://127.0.0.1:8000/v1/models)",
+    )
+    p.add_argument("--version", action="version", version=f"chimera {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up", help="start every placement of FILE and serve them through one endpoint",
+        description="Start one engine instance per placement of FILE (colocated instances on a "
+        "GPU start one at a time), then serve all models through one OpenAI-compatible proxy "
+        "(/v1/chat/completions, /v1/completions, /generate, /v1/models, /metrics). "
+        "Ctrl-C stops every engine process.",
+    )
+    up.add_argument("file", metavar="FILE",
+                    help="placements file: chimera YAML or Prism's JSON model_configs")
+    up.add_argument("--engine", choices=("auto", "sim", "sglang"), default="auto",
+                    help="engine to run: sglang = stock SGLang servers (needs a CUDA GPU and the "
+                    "sglang package); sim = built-in simulated SGLang server with an H100 "
+                    "latency model (no GPU); auto = sglang when both are present, else sim "
+                    "(default: %(default)s)")
+    up.add_argument("--host", default="127.0.0.1",
+                    help="address the proxy listens on (default: %(default)s)")
+    up.add_argument("--port", type=int, default=8000,
+                    help="port the proxy listens on (default: %(default)s)")
+    up.add_argument("--run-dir", type=Path, default=None,
+                    help="folder for engine logs (default: runs/<date-time>)")
+    up.add_argument("--hold-timeout-s", type=float, default=300.0,
+                    help="how long a request may wait for its model to start before a 503 "
+                    "with Retry-After (default: %(default)s)")
+    up.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                    help="chimera's own log level (default: %(default)s)")
+
+    check = sub.add_parser(
+        "check", help="validate FILE and print each GPU's memory budget, without starting anything",
+        description="Validate a placements file (the same checks `up` makes) and print what "
+        "would run where. Exit code 2 when the file is invalid.",
+    )
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--gpus", type=int, default=None,
+                       help="GPUs of the target host (default: host.gpus of the file, or as many "
+                       "as the file uses)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return _check(args)
+        return _up(args)
+    except ConfigError as exc:
+        console.print("[bold red]invalid placements file:[/]")
+        for problem in exc.problems:
+            console.print(f"  • {problem}", markup=False, highlight=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.file, gpu_count=args.gpus)
+    _print_plan(cfg)
+    console.print(f"[green]{args.file}: valid[/] ({len(cfg.models)} models, "
+                  f"{len(cfg.instances)} instances, {cfg.gpu_count} GPU(s))")
+    return 0
+
+
+def _print_plan(cfg: Config) -> None:
+    table = Table(title=f"placements of {cfg.source}")
+    for col in ("instance", "GPUs", "shape", "weights/GPU", "KV/token", "KV ceiling", "at up"):
+        table.add_column(col)
+    for inst in cfg.instances:
+        m = inst.model
+        kv = f"{inst.placement.kv_pool_gb:g} GB" if inst.placement.kv_pool_gb is not None else "-"
+        table.add_row(inst.id, ",".join(map(str, inst.gpus)), m.shape.name,
+                      f"{m.shape.weight_bytes / m.tp_size / GIB:.1f} GiB",
+                      f"{m.shape.kv_bytes_per_token / 1024:.0f} KiB", kv,
+                      "start" if inst.placement.on else "on demand")
+    console.print(table)
+
+
+def _pick_engine(requested: str) -> tuple[str, int | None]:
+    """(engine, GPUs of this host or None for the sim host). Says loudly what auto chose."""
+    from orchestrator.engines.detect import cuda_gpu_count, sglang_available
+
+    if requested == "sim":
+        return "sim", None
+    gpus = cuda_gpu_count()
+    has_sglang = sglang_available()
+    if requested == "sglang":
+        if gpus == 0 or not has_sglang:
+            missing = " and ".join(
+                x for x, ok in (("a CUDA GPU", gpus > 0), ("the sglang package", has_sglang))
+                if not ok
+            )
+            raise ConfigError([f"--engine sglang needs {missing} (install: pip install "
+                               "'.[gpu]' on a GPU host), or use --engine sim"])
+        return "sglang", gpus
+    if gpus > 0 and has_sglang:
+        console.print(f"[bold green]engine: sglang[/] ({gpus} CUDA GPU(s), sglang installed)")
+        return "sglang", gpus
+    why = "no CUDA GPU" if gpus == 0 else "sglang is not installed"
+    console.print(f"[bold yellow]engine: sim — SIMULATED engines ({why}); latencies come from "
+                  "a model of an H100, not a GPU[/]")
+    return "sim", None
+
+
+def _up(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise ConfigError([f"--port: {args.port} is not a TCP port (1-65535)"])
+    if args.hold_timeout_s <= 0:
+        raise ConfigError([f"--hold-timeout-s: must be > 0 (got {args.hold_timeout_s})"])
+    engine, gpus = _pick_engine(args.engine)
+    cfg = load_config(args.file, gpu_count=gpus)
+    _check_port_free(args.host, args.port)
+    run_dir = args.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    from orchestrator.app import serve
+
+    return asyncio.run(serve(cfg, engine, args.host, args.port, run_dir, args.hold_timeout_s,
+                             console))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError([f"--host/--port: cannot listen on {host}:{port} ({exc.strerror}); "
+                               "pick another with --port"]) from exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

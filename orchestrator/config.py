@@ -1,0 +1,353 @@
+"""The placements file: YAML (chimera's schema) or Prism's JSON ``model_configs``, validated at
+load into frozen dataclasses. Every problem names its field path and the fix; all problems of a
+file are reported together. See docs/configuration.md for the schema.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import ConfigError
+from orchestrator.shapes import ModelShape, ShapeError, resolve_shape
+
+GIB = 1 << 30
+
+# Fraction of a GPU that weights of awake models may take at start; the rest is KV, CUDA graphs,
+# activations and the CUDA context (~1.5-2.4 GB per server, measured on the H100, gpu.md).
+WEIGHTS_BUDGET_FRACTION = 0.9
+
+ENGINES = ("auto", "sim", "sglang")
+LOAD_FORMATS = ("auto", "dummy")
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Per-request service objectives in seconds; ``None`` = no objective."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    gpus: tuple[int, ...]
+    on: bool = True
+    kv_pool_gb: float | None = None  # ceiling of this instance's KV pool; None = engine default
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    model_path: str
+    shape: ModelShape
+    tp_size: int = 1
+    aliases: tuple[str, ...] = ()
+    placements: tuple[Placement, ...] = ()
+    slo: SLO = SLO()
+    priority: int = 0
+    load_format: str = "auto"
+    engine_args: tuple[str, ...] = ()  # extra SGLang flags, passed through after validation
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """The host the file runs on. ``gpus`` is used by the sim engine (a real host is detected)."""
+
+    gpus: int | None = None
+    gpu_memory_gb: float = 80.0
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One engine instance = one model on one GPU group (one placement)."""
+
+    id: str
+    model: ModelSpec
+    placement: Placement
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        return self.placement.gpus
+
+
+@dataclass(frozen=True)
+class Config:
+    models: tuple[ModelSpec, ...]
+    host: HostSpec = HostSpec()
+    source: str = "<memory>"
+    gpu_count: int = 1
+    instances: tuple[InstanceSpec, ...] = field(default=())
+
+    def model(self, name_or_alias: str) -> ModelSpec | None:
+        for m in self.models:
+            if name_or_alias == m.name or name_or_alias in m.aliases:
+                return m
+        return None
+
+    def names(self) -> list[str]:
+        return [n for m in self.models for n in (m.name, *m.aliases)]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. PyYAML's YAML 1.1 reads the key `on:` (and yes/no/off)
+    as a boolean, which would turn `on: true` into `True: true`."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def load_config(path: str | Path, gpu_count: int | None = None) -> Config:
+    """Read and validate a placements file. ``gpu_count`` = GPUs of the real host (None: the
+    sim engine, whose host has ``host.gpus`` GPUs, or as many as the file uses)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read the placements file: {exc.strerror}"]) from exc
+    try:
+        raw = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=_Yaml12Loader)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}"]) from exc
+    return parse_config(raw, source=str(p), gpu_count=gpu_count)
+
+
+def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = None) -> Config:
+    if isinstance(raw, list):  # Prism's JSON model_configs, as-is
+        raw = {"models": [_from_prism(i, m) for i, m in enumerate(raw)]}
+    v = _Validator()
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: expected a mapping with a `models:` list (or Prism's JSON list)"])
+    v.keys(raw, "", {"models", "host"})
+    host = _host(v, raw.get("host", {}))
+    models_raw = raw.get("models")
+    if not isinstance(models_raw, list) or not models_raw:
+        v.err("models", "needs a non-empty list of models")
+        v.raise_if_any(source)
+    models = [m for i, r in enumerate(models_raw) if (m := _model(v, f"models[{i}]", r))]
+    v.raise_if_any(source)
+
+    used = {g for m in models for pl in m.placements for g in pl.gpus}
+    if gpu_count is None:
+        gpu_count = host.gpus if host.gpus is not None else max(used, default=0) + 1
+    _check_cross(v, models, gpu_count, host)
+    v.raise_if_any(source)
+    instances = tuple(
+        InstanceSpec(id=_instance_id(m, pl), model=m, placement=pl)
+        for m in models
+        for pl in m.placements
+    )
+    return Config(tuple(models), host, source, gpu_count, instances)
+
+
+def _instance_id(m: ModelSpec, pl: Placement) -> str:
+    return f"{m.name}@gpu{'+'.join(str(g) for g in pl.gpus)}"
+
+
+class _Validator:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def err(self, path: str, msg: str) -> None:
+        self.problems.append(f"{path}: {msg}" if path else msg)
+
+    def raise_if_any(self, source: str) -> None:
+        if self.problems:
+            raise ConfigError([f"{source}: {p}" for p in self.problems])
+
+    def keys(self, obj: dict[str, Any], path: str, allowed: set[str]) -> None:
+        for k in obj:
+            if k not in allowed:
+                near = difflib.get_close_matches(str(k), sorted(allowed), n=1)
+                hint = f"did you mean `{near[0]}`?" if near else f"allowed: {', '.join(sorted(allowed))}"
+                self.err(f"{path}.{k}" if path else str(k), f"unknown field ({hint})")
+
+    def number(self, obj: dict[str, Any], key: str, path: str, *, minimum: float = 0,
+               integer: bool = False) -> float | None:
+        val = obj.get(key)
+        if val is None:
+            return None
+        ok = isinstance(val, int) if integer else isinstance(val, (int, float))
+        if isinstance(val, bool) or not ok or val < minimum:
+            kind = "an integer" if integer else "a number"
+            self.err(f"{path}.{key}", f"must be {kind} >= {minimum} (got {val!r})")
+            return None
+        return float(val)
+
+
+def _host(v: _Validator, raw: Any) -> HostSpec:
+    if not isinstance(raw, dict):
+        v.err("host", "must be a mapping like {gpus: 2, gpu_memory_gb: 80}")
+        return HostSpec()
+    v.keys(raw, "host", {"gpus", "gpu_memory_gb"})
+    gpus = v.number(raw, "gpus", "host", minimum=1, integer=True)
+    mem = v.number(raw, "gpu_memory_gb", "host", minimum=1)
+    return HostSpec(gpus=int(gpus) if gpus is not None else None,
+                    gpu_memory_gb=mem if mem is not None else 80.0)
+
+
+_MODEL_KEYS = {"name", "model_path", "shape", "tp_size", "aliases", "placements", "slo",
+               "priority", "load_format", "engine_args"}
+
+
+def _model(v: _Validator, path: str, raw: Any) -> ModelSpec | None:
+    if not isinstance(raw, dict):
+        v.err(path, "must be a mapping with at least `name`, `model_path` and `placements`")
+        return None
+    v.keys(raw, path, _MODEL_KEYS)
+    n_before = len(v.problems)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        v.err(f"{path}.name", "needs a non-empty string (the id clients send as `model`)")
+    model_path = raw.get("model_path")
+    if not isinstance(model_path, str) or not model_path:
+        v.err(f"{path}.model_path", "needs a model directory or a known model id")
+    tp = v.number(raw, "tp_size", path, minimum=1, integer=True)
+    tp_size = int(tp) if tp is not None else 1
+    aliases = raw.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        v.err(f"{path}.aliases", "must be a list of non-empty strings")
+        aliases = []
+    load_format = raw.get("load_format", "auto")
+    if load_format not in LOAD_FORMATS:
+        v.err(f"{path}.load_format", f"must be one of {', '.join(LOAD_FORMATS)} (got {load_format!r})")
+    engine_args = raw.get("engine_args", [])
+    if not isinstance(engine_args, list) or not all(isinstance(a, str) for a in engine_args):
+        v.err(f"{path}.engine_args", "must be a list of strings, e.g. ['--chunked-prefill-size', '4096']")
+        engine_args = []
+    priority = v.number(raw, "priority", path, minimum=0, integer=True)
+    slo = _slo(v, f"{path}.slo", raw.get("slo", {}))
+    placements = _placements(v, path, raw.get("placements"), tp_size)
+    shape: ModelShape | None = None
+    if isinstance(model_path, str) and model_path:
+        shape_name = raw.get("shape")
+        if shape_name is not None and not isinstance(shape_name, str):
+            v.err(f"{path}.shape", "must be the name of a shipped shape")
+        else:
+            try:
+                shape = resolve_shape(model_path, shape_name)
+            except ShapeError as exc:
+                v.err(f"{path}.shape" if shape_name else f"{path}.model_path", str(exc))
+    if len(v.problems) > n_before or shape is None:
+        return None
+    assert isinstance(name, str) and isinstance(model_path, str)
+    return ModelSpec(
+        name=name, model_path=model_path, shape=shape, tp_size=tp_size, aliases=tuple(aliases),
+        placements=tuple(placements), slo=slo, priority=int(priority or 0),
+        load_format=str(load_format), engine_args=tuple(engine_args),
+    )
+
+
+def _slo(v: _Validator, path: str, raw: Any) -> SLO:
+    if not isinstance(raw, dict):
+        v.err(path, "must be a mapping like {ttft_s: 1.0, tpot_s: 0.05}")
+        return SLO()
+    v.keys(raw, path, {"ttft_s", "tpot_s"})
+    return SLO(v.number(raw, "ttft_s", path, minimum=0), v.number(raw, "tpot_s", path, minimum=0))
+
+
+def _placements(v: _Validator, path: str, raw: Any, tp_size: int) -> list[Placement]:
+    if not isinstance(raw, list) or not raw:
+        v.err(f"{path}.placements", "needs a non-empty list like [{gpus: [0], on: true}]")
+        return []
+    out = []
+    for j, pr in enumerate(raw):
+        pp = f"{path}.placements[{j}]"
+        if not isinstance(pr, dict):
+            v.err(pp, "must be a mapping like {gpus: [0], on: true, kv_pool_gb: 20}")
+            continue
+        v.keys(pr, pp, {"gpus", "on", "kv_pool_gb"})
+        gpus = pr.get("gpus")
+        if isinstance(gpus, int) and not isinstance(gpus, bool):
+            gpus = [gpus]
+        if not isinstance(gpus, list) or not gpus or not all(
+            isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus
+        ):
+            v.err(f"{pp}.gpus", "needs a list of GPU ids (integers >= 0), e.g. [0]")
+            continue
+        if len(set(gpus)) != len(gpus):
+            v.err(f"{pp}.gpus", f"lists a GPU twice: {gpus}")
+            continue
+        if len(gpus) != tp_size:
+            v.err(f"{pp}.gpus", f"has {len(gpus)} GPU(s) but tp_size is {tp_size}: give one GPU per TP rank")
+            continue
+        on = pr.get("on", True)
+        if not isinstance(on, bool):
+            v.err(f"{pp}.on", f"must be true or false (got {on!r})")
+            continue
+        kv = v.number(pr, "kv_pool_gb", pp, minimum=0)
+        out.append(Placement(tuple(gpus), on, kv))
+    return out
+
+
+def _check_cross(v: _Validator, models: list[ModelSpec], gpu_count: int, host: HostSpec) -> None:
+    seen: dict[str, str] = {}
+    for i, m in enumerate(models):
+        for j, n in enumerate((m.name, *m.aliases)):
+            where = f"models[{i}].name" if j == 0 else f"models[{i}].aliases[{j - 1}]"
+            if n in seen:
+                v.err(where, f"{n!r} is already used by {seen[n]}: names and aliases must be unique")
+            else:
+                seen[n] = f"model {m.name!r}"
+    host_ids = f"0-{gpu_count - 1}" if gpu_count > 1 else "0"
+    weights_on_gpu: dict[int, list[tuple[str, float]]] = {}
+    for i, m in enumerate(models):
+        groups: set[tuple[int, ...]] = set()
+        for j, pl in enumerate(m.placements):
+            for g in pl.gpus:
+                if g >= gpu_count:
+                    v.err(f"models[{i}].placements[{j}].gpus",
+                          f"GPU {g} does not exist (this host has {host_ids})")
+            if pl.gpus in groups:
+                v.err(f"models[{i}].placements[{j}].gpus",
+                      f"{m.name!r} is already placed on GPU(s) {list(pl.gpus)}: one instance per group")
+            groups.add(pl.gpus)
+            if pl.on:
+                for g in pl.gpus:
+                    weights_on_gpu.setdefault(g, []).append((m.name, m.shape.weight_bytes / m.tp_size))
+    budget = host.gpu_memory_gb * GIB * WEIGHTS_BUDGET_FRACTION
+    for g, entries in sorted(weights_on_gpu.items()):
+        total = sum(b for _, b in entries)
+        if total > budget:
+            names = ", ".join(f"{n} ({b / GIB:.1f} GiB)" for n, b in entries)
+            v.err(f"GPU {g}", f"weights of the models that start awake ({names}) need "
+                  f"{total / GIB:.1f} GiB, more than {budget / GIB:.1f} GiB of a "
+                  f"{host.gpu_memory_gb:g} GB GPU: set `on: false` on some or raise tp_size")
+
+
+def _from_prism(i: int, m: Any) -> Any:
+    """Prism's model_configs entry -> chimera's schema (unknown Prism keys are reported)."""
+    if not isinstance(m, dict):
+        return m
+    out: dict[str, Any] = {}
+    mapping = {"model_name": "name", "model_path": "model_path", "tp_size": "tp_size"}
+    for k, val in m.items():
+        if k in mapping:
+            out[mapping[k]] = val
+        elif k == "init_placements":
+            out["placements"] = [
+                {("gpus" if pk == "gpu_ids" else "kv_pool_gb" if pk == "max_memory_pool_size" else pk): pv
+                 for pk, pv in p.items()} if isinstance(p, dict) else p
+                for p in (val if isinstance(val, list) else [val])
+            ]
+        else:
+            out[k] = val
+    return out

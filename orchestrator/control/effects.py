@@ -1,0 +1,24 @@
+"""The side effects the control loop may cause, as a small protocol (tests use a recording
+fake). Every method returns at once: slow work runs in tasks owned by the implementation and
+reports back as events."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from orchestrator.config import InstanceSpec
+from orchestrator.control.api import InstanceView
+
+
+class Effects(Protocol):
+    def start(self, spec: InstanceSpec) -> None:
+        """Spawn the instance and post Started or StartFailed (then Exited when it dies)."""
+        ...
+
+    def state_changed(self, view: InstanceView) -> None:
+        """Publish a state change (metrics, progress display). Must not block."""
+        ...
+
+    async def stop_all(self) -> None:
+        """Stop every process started, and wait until they are gone."""
+        ...

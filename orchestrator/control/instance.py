@@ -1,0 +1,64 @@
+"""One engine instance's lifecycle record, owned by the control loop (never mutated elsewhere).
+
+Transitions are a closed table: anything else raises IllegalTransition, so an impossible
+lifecycle (say, waking an instance that is starting) cannot happen silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchestrator.config import InstanceSpec
+from orchestrator.control.api import Endpoint, InstanceState, InstanceView
+
+S = InstanceState
+
+ALLOWED: dict[InstanceState, frozenset[InstanceState]] = {
+    S.STOPPED: frozenset({S.PENDING}),
+    S.PENDING: frozenset({S.STARTING, S.STOPPED}),
+    S.STARTING: frozenset({S.AWAKE, S.FAILED, S.STOPPED}),
+    S.AWAKE: frozenset({S.PARKING, S.FAILED, S.STOPPED}),
+    S.PARKING: frozenset({S.PARKED, S.AWAKE, S.FAILED, S.STOPPED}),
+    S.PARKED: frozenset({S.WAKING, S.FAILED, S.STOPPED}),
+    S.WAKING: frozenset({S.AWAKE, S.FAILED, S.STOPPED}),
+    S.FAILED: frozenset({S.PENDING, S.STOPPED}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: the control loop tried a transition the lifecycle does not have."""
+
+
+@dataclass
+class Instance:
+    spec: InstanceSpec
+    state: InstanceState = S.STOPPED
+    endpoint: Endpoint | None = None
+    error: str | None = None
+    in_flight: int = 0
+    last_used: float = 0.0  # control-loop clock; idle eviction (time-sharing) reads it
+    since: float = 0.0  # when the current state was entered
+    history: list[InstanceState] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def to(self, new: InstanceState, now: float) -> None:
+        if new not in ALLOWED.get(self.state, frozenset()):
+            raise IllegalTransition(f"{self.id}: {self.state} -> {new} is not a lifecycle step")
+        self.history.append(self.state)
+        self.state = new
+        self.since = now
+        if new is not S.AWAKE:
+            self.endpoint = None if new in (S.STOPPED, S.FAILED, S.PENDING) else self.endpoint
+
+    def view(self) -> InstanceView:
+        return InstanceView(
+            id=self.id,
+            model=self.spec.model.name,
+            gpus=self.spec.gpus,
+            state=self.state,
+            base_url=self.endpoint.base_url if self.endpoint else None,
+            error=self.error,
+        )

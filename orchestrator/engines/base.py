@@ -1,0 +1,55 @@
+"""The engine contract: turn one instance of the placements file into a process to spawn.
+
+An engine only *describes* the process (argv, environment, where it answers); the supervisor
+spawns and watches it. Both engines serve SGLang's HTTP API, so everything after the spawn
+(readiness via ``/model_info``, ``/v1/loads``, ``/metrics``, park/wake routes) is engine-agnostic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from orchestrator.config import HostSpec, InstanceSpec
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What the supervisor decided for one instance before it is spawned."""
+
+    instance: InstanceSpec
+    host: HostSpec
+    port: int  # HTTP port the server must listen on (loopback)
+    nccl_port: int  # distinct per instance (SGLang's default collides between servers)
+    kv_bytes: int | None = None  # KV pool size for this instance, from the memory ledger
+    listen_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    argv: tuple[str, ...]
+    env: Mapping[str, str]  # full environment of the child (not a delta)
+    base_url: str  # e.g. http://127.0.0.1:30001
+    served_name: str  # the `model` value the server answers to (proxy rewrites to it)
+    ready_timeout_s: float = field(default=600.0)  # real SGLang: 65-190 s cold (gpu.md)
+
+
+class Engine(Protocol):
+    name: str
+
+    def launch_spec(self, req: LaunchRequest) -> LaunchSpec:
+        """Argv and environment of the server process for one instance. Pure: no I/O."""
+        ...
+
+
+def get_engine(name: str) -> Engine:
+    if name == "sim":
+        from orchestrator.engines.sim.engine import SimEngine
+
+        return SimEngine()
+    if name == "sglang":
+        from orchestrator.engines.sglang import SGLangEngine
+
+        return SGLangEngine()
+    raise ValueError(f"unknown engine {name!r} (choose sim or sglang)")

@@ -1,0 +1,31 @@
+"""Every environment variable chimera reads, in one typed registry (read nowhere else)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} must be a number") from exc
+
+
+@dataclass(frozen=True)
+class Env:
+    run_dir: str | None  # CHIMERA_RUN_DIR: where instance logs go (default ./runs/<timestamp>)
+    sim_speed: float  # CHIMERA_SIM_SPEED: sim engine time scale (1 = calibrated H100; 0 = no compute)
+    sim_start_delay_s: float  # CHIMERA_SIM_START_DELAY_S: simulated boot time of a sim instance
+
+    @classmethod
+    def read(cls) -> Env:
+        return cls(
+            run_dir=os.environ.get("CHIMERA_RUN_DIR") or None,
+            sim_speed=_float("CHIMERA_SIM_SPEED", 1.0),
+            sim_start_delay_s=_float("CHIMERA_SIM_START_DELAY_S", 0.0),
+        )

@@ -1,0 +1,68 @@
+"""What a person sees while chimera starts: one line per instance with its state and elapsed
+time (rich), then one log line per state change. Fed by the supervisor's state observers."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from orchestrator.control.api import InstanceState, InstanceView
+
+S = InstanceState
+_SETTLED = frozenset({S.AWAKE, S.FAILED, S.PARKED, S.STOPPED})
+_STYLE = {S.AWAKE: "green", S.FAILED: "bold red", S.STARTING: "yellow", S.PENDING: "dim"}
+
+
+class StartupProgress:
+    def __init__(self, console: Console, views: list[InstanceView]) -> None:
+        self.console = console
+        self._t0 = time.monotonic()
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            console=console, transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._states: dict[str, InstanceState] = {}
+        self._live = False
+        for v in views:
+            self._tasks[v.id] = self._progress.add_task(self._describe(v), total=1)
+            self._states[v.id] = v.state
+
+    def __enter__(self) -> StartupProgress:
+        self._progress.start()
+        self._live = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        if self._live:
+            self._progress.stop()
+            self._live = False
+
+    @property
+    def settled(self) -> bool:
+        return all(s in _SETTLED or s is S.STOPPED for s in self._states.values())
+
+    def observe(self, view: InstanceView) -> None:
+        self._states[view.id] = view.state
+        if self._live:
+            done = view.state in _SETTLED
+            self._progress.update(self._tasks[view.id], description=self._describe(view),
+                                  completed=1 if done else 0)
+            if view.state is S.FAILED and view.error:
+                self._progress.console.print(f"[bold red]{view.id} failed:[/] {view.error}")
+        else:
+            t = time.monotonic() - self._t0
+            style = _STYLE.get(view.state, "")
+            self.console.print(f"[dim]{t:8.1f}s[/] {view.id} → [{style}]{view.state}[/]"
+                               + (f" ({view.error})" if view.error else ""))
+
+    @staticmethod
+    def _describe(v: InstanceView) -> str:
+        style = _STYLE.get(v.state, "")
+        gpus = ",".join(str(g) for g in v.gpus)
+        return f"{v.id:<28} GPU {gpus:<5} [{style}]{v.state}[/]"

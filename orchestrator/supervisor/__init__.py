@@ -1,0 +1,2 @@
+"""Spawns engine instances as process groups, captures their logs, waits for readiness, stops
+them without orphans."""

@@ -1,0 +1,99 @@
+"""The Effects implementation over real processes: spawns, watches and stops engine instances.
+
+Every task it creates is kept in ``self._tasks`` (never a bare ``create_task``) and reports back
+to the control loop as an event. ``stop_all`` leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from orchestrator.config import HostSpec, InstanceSpec
+from orchestrator.control.api import Endpoint, InstanceView
+from orchestrator.control.events import Event, Exited, Started, StartFailed
+from orchestrator.engines.base import Engine, LaunchRequest
+from orchestrator.errors import EngineStartError
+from orchestrator.supervisor.ports import free_ports
+from orchestrator.supervisor.process import EngineProcess
+
+log = logging.getLogger("chimera.supervisor")
+
+
+class Supervisor:
+    def __init__(
+        self,
+        engine: Engine,
+        host: HostSpec,
+        run_dir: Path,
+        post: Callable[[Event], None],
+        observers: list[Callable[[InstanceView], None]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.host = host
+        self.run_dir = run_dir
+        self._post = post
+        self._observers = observers or []
+        self._procs: dict[str, EngineProcess] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ports: set[int] = set()
+        self._client = httpx.AsyncClient()
+
+    # ---- Effects ------------------------------------------------------------------------
+
+    def start(self, spec: InstanceSpec) -> None:
+        self._spawn_task(self._start(spec), f"start {spec.id}")
+
+    def state_changed(self, view: InstanceView) -> None:
+        for observe in self._observers:
+            observe(view)
+
+    async def stop_all(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(p.stop() for p in self._procs.values()), return_exceptions=True)
+        await self._client.aclose()
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def log_path(self, instance_id: str) -> Path:
+        safe = instance_id.replace("/", "_").replace("@", "-").replace("+", "_")
+        return self.run_dir / f"{safe}.log"
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start(self, spec: InstanceSpec) -> None:
+        port, nccl_port = free_ports(2, exclude=self._ports)
+        self._ports.update((port, nccl_port))
+        launch = self.engine.launch_spec(
+            LaunchRequest(instance=spec, host=self.host, port=port, nccl_port=nccl_port)
+        )
+        proc = EngineProcess(spec.id, launch, self.log_path(spec.id))
+        self._procs[spec.id] = proc
+        try:
+            await proc.spawn()
+            log.info("%s: spawned pid %s, log %s", spec.id, proc.pid, proc.log_path)
+            await proc.wait_ready(self._client)
+        except EngineStartError as exc:
+            await proc.stop()
+            self._post(StartFailed(spec.id, str(exc)))
+            return
+        except OSError as exc:
+            self._post(StartFailed(spec.id, f"cannot spawn {launch.argv[0]}: {exc}"))
+            return
+        self._post(Started(spec.id, Endpoint(spec.id, launch.base_url, launch.served_name)))
+        rc = await proc.wait_exit()
+        log.warning("%s: engine exited with code %s; last lines:\n%s", spec.id, rc, proc.log_tail())
+        self._post(Exited(spec.id, rc))
+
+    def add_observer(self, observe: Callable[[InstanceView], None]) -> None:
+        self._observers.append(observe)

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.config import load_config, parse_config
+from orchestrator.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _one(**model: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "name": "m", "model_path": "meta-llama/Llama-3.2-1B", "placements": [{"gpus": [0]}],
+    }
+    base.update(model)
+    return {"models": [base]}
+
+
+def _problems(raw: object, gpu_count: int | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(raw, source="f.yaml", gpu_count=gpu_count)
+    return exc.value.problems
+
+
+def test_example_file_loads_with_three_sizes_on_two_gpus() -> None:
+    cfg = load_config(ROOT / "placements/example.yaml")
+    assert cfg.gpu_count == 2
+    assert len({m.shape.name for m in cfg.models}) >= 3
+    assert {g for i in cfg.instances for g in i.gpus} == {0, 1}
+    assert cfg.model("llama3") is cfg.model("llama-8b")
+    assert "small" in cfg.names()
+
+
+def test_prism_json_is_accepted_as_is() -> None:
+    cfg = load_config(ROOT / "placements/prism_1_gpu_2_model_colocate.json")
+    assert [m.name for m in cfg.models] == ["model_1", "model_2"]
+    pl = cfg.models[0].placements[0]
+    assert pl.gpus == (0,) and pl.on is True and pl.kv_pool_gb == 10
+    assert cfg.models[0].shape.name == "llama-3.1-8b"
+
+
+def test_missing_gpu_names_field_path_and_host_range() -> None:
+    raw = _one(placements=[{"gpus": [5]}])
+    assert _problems(raw, gpu_count=4) == [
+        "f.yaml: models[0].placements[0].gpus: GPU 5 does not exist (this host has 0-3)"
+    ]
+
+
+def test_unknown_field_suggests_the_near_one() -> None:
+    probs = _problems(_one(alias=["x"]))
+    assert any("models[0].alias: unknown field (did you mean `aliases`?)" in p for p in probs)
+
+
+def test_tp_size_must_match_gpus() -> None:
+    probs = _problems(_one(tp_size=2, placements=[{"gpus": [0]}]), gpu_count=2)
+    assert any("tp_size is 2" in p and "models[0].placements[0].gpus" in p for p in probs)
+
+
+def test_duplicate_names_and_aliases_are_reported_together() -> None:
+    raw = {"models": [
+        {"name": "a", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0]}]},
+        {"name": "b", "model_path": "llama-3.2-1b", "aliases": ["a"], "placements": [{"gpus": [0]}]},
+        {"name": "b", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0]}]},
+    ]}
+    probs = _problems(raw)
+    assert any("models[1].aliases[0]" in p for p in probs)
+    assert any("models[2].name" in p for p in probs)
+
+
+def test_unknown_model_size_says_how_to_fix() -> None:
+    probs = _problems(_one(model_path="/nowhere/model"))
+    assert any("models[0].model_path" in p and "shape" in p for p in probs)
+
+
+def test_weights_that_cannot_fit_a_gpu_are_rejected() -> None:
+    raw = {"host": {"gpus": 1, "gpu_memory_gb": 80}, "models": [
+        {"name": f"q{i}", "model_path": "qwen2.5-32b", "placements": [{"gpus": [0]}]}
+        for i in range(2)
+    ]}
+    probs = _problems(raw)
+    assert any(p.startswith("f.yaml: GPU 0:") and "on: false" in p for p in probs)
+
+
+def test_parked_models_do_not_count_against_the_gpu() -> None:
+    raw = {"host": {"gpus": 1}, "models": [
+        {"name": f"q{i}", "model_path": "qwen2.5-32b", "placements": [{"gpus": [0], "on": i == 0}]}
+        for i in range(2)
+    ]}
+    assert len(parse_config(raw).instances) == 2
+
+
+@pytest.mark.parametrize("bad, path", [
+    ({"models": []}, "models"),
+    ([{"model_name": "x"}], "models[0].model_path"),
+    (_one(placements=[{"gpus": ["0"]}]), "models[0].placements[0].gpus"),
+    (_one(placements=[{"gpus": [0], "on": "yes"}]), "models[0].placements[0].on"),
+    (_one(slo={"ttft_s": -1}), "models[0].slo.ttft_s"),
+    (_one(load_format="pt"), "models[0].load_format"),
+    ("just a string", "expected a mapping"),
+])
+def test_bad_values_name_their_path(bad: object, path: str) -> None:
+    assert any(path in p for p in _problems(bad))
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_yaml_and_prism_forms_give_the_same_config(tmp_path: Path) -> None:
+    prism = [{"model_name": "m", "model_path": "meta-llama/Llama-3.1-8B", "tp_size": 1,
+              "init_placements": [{"gpu_ids": [0], "on": False, "max_memory_pool_size": 12}]}]
+    ours = {"models": [{"name": "m", "model_path": "meta-llama/Llama-3.1-8B", "tp_size": 1,
+                        "placements": [{"gpus": [0], "on": False, "kv_pool_gb": 12}]}]}
+    (tmp_path / "p.json").write_text(json.dumps(prism))
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(ours))
+    a = load_config(tmp_path / "p.json")
+    b = load_config(tmp_path / "o.yaml")
+    assert a.models == b.models and a.instances == b.instances

@@ -1,0 +1,170 @@
+"""The control loop against a recording fake Effects: no processes, no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from orchestrator.config import Config, InstanceSpec, parse_config
+from orchestrator.control.api import Endpoint, InstanceState, InstanceView
+from orchestrator.control.events import Exited, Started, StartFailed
+from orchestrator.control.loop import ControlLoop, cancel_and_wait
+from orchestrator.errors import EngineUnavailable
+
+S = InstanceState
+
+
+class RecordingEffects:
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.changes: list[tuple[str, S]] = []
+        self.stopped = False
+
+    def start(self, spec: InstanceSpec) -> None:
+        self.started.append(spec.id)
+
+    def state_changed(self, view: InstanceView) -> None:
+        self.changes.append((view.id, view.state))
+
+    async def stop_all(self) -> None:
+        self.stopped = True
+
+
+CFG = parse_config({"host": {"gpus": 2}, "models": [
+    {"name": "a", "model_path": "tiny-llama", "aliases": ["alpha"], "placements": [{"gpus": [0]}]},
+    {"name": "b", "model_path": "tiny-llama", "placements": [{"gpus": [0]}]},
+    {"name": "c", "model_path": "tiny-llama", "placements": [{"gpus": [1], "on": False}]},
+    {"name": "d", "model_path": "tiny-llama", "placements": [{"gpus": [0], "on": False},
+                                                            {"gpus": [1], "on": False}]},
+]})
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def loop() -> AsyncIterator[tuple[ControlLoop, RecordingEffects]]:
+    fx = RecordingEffects()
+    ctl = ControlLoop(CFG, fx, clock=lambda: 0.0)
+    task = asyncio.create_task(ctl.run())
+    await settle()
+    yield ctl, fx
+    await cancel_and_wait(task)
+
+
+def ep(iid: str) -> Endpoint:
+    return Endpoint(iid, f"http://{iid}", iid.split("@")[0])
+
+
+def state(ctl: ControlLoop, model: str) -> S:
+    return next(m.state for m in ctl.models() if m.spec.name == model)
+
+
+async def test_on_instances_start_one_per_gpu_in_file_order(loop: tuple[ControlLoop, RecordingEffects]) -> None:
+    ctl, fx = loop
+    assert fx.started == ["a@gpu0"]
+    assert state(ctl, "b") is S.PENDING and state(ctl, "c") is S.STOPPED
+    ctl.post(Started("a@gpu0", ep("a@gpu0")))
+    await settle()
+    assert fx.started == ["a@gpu0", "b@gpu0"]
+    assert ("a@gpu0", S.AWAKE) in fx.changes
+
+
+async def test_acquire_holds_until_the_model_is_awake(loop: tuple[ControlLoop, RecordingEffects]) -> None:
+    ctl, fx = loop
+    spec = ctl.resolve("alpha")
+    assert spec is not None and spec.name == "a"
+    waiter = asyncio.create_task(ctl.acquire(spec, timeout_s=5))
+    await settle()
+    assert not waiter.done()
+    ctl.post(Started("a@gpu0", ep("a@gpu0")))
+    assert (await waiter).instance_id == "a@gpu0"
+
+
+async def test_request_for_an_off_model_starts_it(loop: tuple[ControlLoop, RecordingEffects]) -> None:
+    ctl, fx = loop
+    spec = ctl.resolve("c")
+    assert spec is not None
+    waiter = asyncio.create_task(ctl.acquire(spec, timeout_s=5))
+    await settle()
+    assert "c@gpu1" in fx.started and state(ctl, "c") is S.STARTING
+    ctl.post(Started("c@gpu1", ep("c@gpu1")))
+    assert (await waiter).base_url == "http://c@gpu1"
+
+
+async def test_demand_starts_one_instance_not_all(loop: tuple[ControlLoop, RecordingEffects]) -> None:
+    ctl, fx = loop
+    spec = ctl.resolve("d")
+    assert spec is not None
+    waiters = [asyncio.create_task(ctl.acquire(spec, timeout_s=5)) for _ in range(3)]
+    await settle()
+    assert [s for s in fx.started if s.startswith("d@")] == ["d@gpu1"]  # gpu0 is busy starting a
+    ctl.post(Started("d@gpu1", ep("d@gpu1")))
+    assert {(await w).instance_id for w in waiters} == {"d@gpu1"}
+
+
+async def test_failed_start_fails_held_requests_with_the_reason(loop: tuple[ControlLoop, RecordingEffects]) -> None:
+    ctl, fx = loop
+    spec = ctl.resolve("a")
+    assert spec is not None
+    waiter = asyncio.create_task(ctl.acquire(spec, timeout_s=5))
+    await settle()
+    ctl.post(StartFailed("a@gpu0", "engine exited with code 1"))
+    with pytest.raises(EngineUnavailable, match="exited with code 1"):
+        await waiter
+    assert state(ctl, "a") is S.FAILED
+    # the next colocated instance gets its turn
+    assert fx.started[-1] == "b@gpu0"
+
+
+async def test_timeout_gives_a_transient_error_with_retry_after(loop: tuple[ControlLoop, RecordingEffects]) -> None:
+    ctl, _ = loop
+    spec = ctl.resolve("b")
+    assert spec is not None
+    with pytest.raises(EngineUnavailable) as exc:
+        await ctl.acquire(spec, timeout_s=0.01)
+    assert exc.value.transient and exc.value.retry_after_s
+
+
+async def test_crash_of_an_awake_instance_marks_it_failed(loop: tuple[ControlLoop, RecordingEffects]) -> None:
+    ctl, fx = loop
+    ctl.post(Started("a@gpu0", ep("a@gpu0")))
+    ctl.post(Exited("a@gpu0", -9))
+    await settle()
+    view = next(m for m in ctl.models() if m.spec.name == "a").instances[0]
+    assert view.state is S.FAILED and view.error is not None and "-9" in view.error
+
+
+async def test_requests_are_spread_over_awake_instances(loop: tuple[ControlLoop, RecordingEffects]) -> None:
+    ctl, _ = loop
+    spec = ctl.resolve("d")
+    assert spec is not None
+    first = asyncio.create_task(ctl.acquire(spec, timeout_s=5))
+    await settle()
+    ctl.post(Started("d@gpu1", ep("d@gpu1")))
+    await first
+    ctl.post(Started("a@gpu0", ep("a@gpu0")))  # frees GPU 0 for b; d@gpu0 stays off
+    await settle()
+    got = [await ctl.acquire(spec, 1) for _ in range(2)]
+    assert {e.instance_id for e in got} == {"d@gpu1"}
+
+
+async def test_shutdown_fails_waiters_and_stops_everything(loop: tuple[ControlLoop, RecordingEffects]) -> None:
+    ctl, fx = loop
+    spec = ctl.resolve("b")
+    assert spec is not None
+    waiter = asyncio.create_task(ctl.acquire(spec, timeout_s=5))
+    await settle()
+    await ctl.shutdown()
+    with pytest.raises(EngineUnavailable, match="shutting down"):
+        await waiter
+    assert fx.stopped
+    assert all(m.state is S.STOPPED for m in ctl.models())
+
+
+def test_config_fixture_is_what_the_tests_assume() -> None:
+    assert isinstance(CFG, Config) and len(CFG.instances) == 5
