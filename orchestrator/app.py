@@ -44,7 +44,7 @@ async def serve(
     supervisor = Supervisor(get_engine(engine_name), cfg.host, run_dir,
                             post=lambda ev: control.post(ev), observers=[publish])
     control = ControlLoop(cfg, supervisor)
-    progress = StartupProgress(console, [i.view() for m in control.models() for i in m.instances])
+    progress = StartupProgress(console, [i for m in control.models() for i in m.instances])
     supervisor.add_observer(progress.observe)
     for m in control.models():
         for v in m.instances:

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000,
                     help="port the proxy listens on (default: %(default)s)")
     up.add_argument("--run-dir", type=Path, default=None,
-                    help="folder for engine logs (default: runs/<date-time>)")
+                    help="folder for engine logs (default: $CHIMERA_RUN_DIR or runs/, then "
+                    "<date-time>)")
     up.add_argument("--hold-timeout-s", type=float, default=300.0,
                     help="how long a request may wait for its model to start before a 503 "
                     "with Retry-After (default: %(default)s)")
@@ -144,7 +145,9 @@ def _up(args: argparse.Namespace) -> int:
     engine, gpus = _pick_engine(args.engine)
     cfg = load_config(args.file, gpu_count=gpus)
     _check_port_free(args.host, args.port)
-    run_dir = args.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    from orchestrator.env import Env
+
+    run_dir = args.run_dir or Path(Env.read().run_dir or "runs") / time.strftime("%Y%m%d-%H%M%S")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],

@@ -141,7 +141,7 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     models_raw = raw.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         v.err("models", "needs a non-empty list of models")
-        v.raise_if_any(source)
+        raise ConfigError([f"{source}: {p}" for p in v.problems])
     models = [m for i, r in enumerate(models_raw) if (m := _model(v, f"models[{i}]", r))]
     v.raise_if_any(source)
 

@@ -21,6 +21,7 @@ class Env:
     run_dir: str | None  # CHIMERA_RUN_DIR: where instance logs go (default ./runs/<timestamp>)
     sim_speed: float  # CHIMERA_SIM_SPEED: sim engine time scale (1 = calibrated H100; 0 = no compute)
     sim_start_delay_s: float  # CHIMERA_SIM_START_DELAY_S: simulated boot time of a sim instance
+    cache_dir: str  # CHIMERA_CACHE_DIR: materialized dummy-weight model dirs (~/.cache/chimera)
 
     @classmethod
     def read(cls) -> Env:
@@ -28,4 +29,6 @@ class Env:
             run_dir=os.environ.get("CHIMERA_RUN_DIR") or None,
             sim_speed=_float("CHIMERA_SIM_SPEED", 1.0),
             sim_start_delay_s=_float("CHIMERA_SIM_START_DELAY_S", 0.0),
+            cache_dir=os.environ.get("CHIMERA_CACHE_DIR")
+            or os.path.join(os.path.expanduser("~"), ".cache", "chimera"),
         )

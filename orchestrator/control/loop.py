@@ -65,6 +65,12 @@ class ControlLoop:
         self.post(Acquire(model, fut))
         try:
             return await asyncio.wait_for(fut, timeout_s)
+        except asyncio.CancelledError:
+            # The client left while held. If an endpoint was handed out at the same moment,
+            # give it back so the instance's in-flight count stays right.
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(fut.result())
+            raise
         except TimeoutError:
             raise EngineUnavailable(
                 f"model {model.name!r} is not ready after waiting {timeout_s:g} s "

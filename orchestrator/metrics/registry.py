@@ -1,0 +1,77 @@
+"""chimera's own Prometheus metrics, in a registry owned by one ``ChimeraMetrics`` object.
+
+Never the process-global registry: tests and several apps in one process must not share series.
+Who writes what: the proxy counts requests and observes latencies; the control loop sets
+instance states. Base units (seconds), ``chimera_`` prefix.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from orchestrator.control.api import InstanceState
+
+# LLM latencies span milliseconds (a short TTFT on an awake model) to minutes (a request held
+# through a cold start, ~65 s measured on the H100, or a long generation), so the buckets do too.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0,
+    60.0, 120.0, 300.0, 600.0,
+)
+
+
+def gpu_label(gpus: tuple[int, ...]) -> str:
+    """GPU group as a label value, spelled like instance ids: (0, 1) -> "0+1"."""
+    return "+".join(str(g) for g in gpus)
+
+
+class ChimeraMetrics:
+    """Every chimera metric, registered in ``self.registry``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "chimera_requests", "Proxied requests by model, route and HTTP status "
+            "(499: the client left before the response ended)",
+            ["model", "route", "status"], registry=r,
+        )
+        self.ttft = Histogram(
+            "chimera_request_ttft_seconds", "Time from the proxy receiving a streamed request "
+            "to its first non-empty chunk (includes time held while the model wakes)",
+            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.e2e = Histogram(
+            "chimera_request_e2e_seconds", "Time from the proxy receiving a request to the end "
+            "of its successful response", ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.in_flight = Gauge(
+            "chimera_requests_in_flight", "Requests between model resolution and the end of "
+            "the response, including those held while the model wakes", ["model"], registry=r,
+        )
+        self.instance_state = Gauge(
+            "chimera_instance_state", "1 for the current lifecycle state of an engine "
+            "instance, 0 for the others", ["model", "instance", "gpu", "state"], registry=r,
+        )
+
+    def set_instance_state(
+        self, model: str, instance: str, gpus: tuple[int, ...], state: str
+    ) -> None:
+        """Mark ``state`` (an InstanceState value) as current and zero the instance's others.
+        Raises ValueError for a state that is not an InstanceState value."""
+        current = InstanceState(state)
+        gpu = gpu_label(gpus)
+        for s in InstanceState:
+            self.instance_state.labels(model, instance, gpu, s.value).set(
+                1.0 if s is current else 0.0
+            )
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition body and its Content-Type, for ``GET /metrics``."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,119 @@
+"""The proxy's Starlette app: one OpenAI-compatible endpoint (plus SGLang's /generate) in front
+of every model, routed by the body's ``model``.
+
+Routes: POST /v1/chat/completions, /v1/completions, /generate (forward.py); GET /v1/models,
+/metrics (chimera's own registry), /health (the proxy's liveness, not the engines').
+Every error, including unknown routes and unexpected exceptions, is the envelope of errors.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from orchestrator.control.api import Router
+from orchestrator.metrics import ChimeraMetrics
+from orchestrator.proxy.body import ModelField
+from orchestrator.proxy.errors import ProxyError
+from orchestrator.proxy.forward import ForwardEndpoint
+
+log = logging.getLogger(__name__)
+
+PROXIED_ROUTES: tuple[tuple[str, ModelField], ...] = (
+    ("/v1/chat/completions", "rewrite"),
+    ("/v1/completions", "rewrite"),
+    ("/generate", "drop"),
+)
+
+# Engines are on loopback: a connect that takes seconds means the engine is gone. No read
+# timeout: a request may generate for minutes and a stream may pause while the engine is busy.
+# No pool timeout: how many requests an engine takes at once is decided by the control loop
+# (acquire), not by the connection pool, so the pool is sized never to be the limit.
+UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
+UPSTREAM_LIMITS = httpx.Limits(max_connections=4096, max_keepalive_connections=1024,
+                               keepalive_expiry=60.0)
+
+
+def create_app(
+    router: Router,
+    metrics: ChimeraMetrics,
+    *,
+    hold_timeout_s: float = 300.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """The proxy app. ``hold_timeout_s``: how long a request may wait for its model to wake
+    before a 503. ``transport``: the upstream transport (tests pass a fake engine)."""
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # trust_env=False: HTTP(S)_PROXY from the environment must never reroute loopback calls.
+        async with httpx.AsyncClient(transport=transport, timeout=UPSTREAM_TIMEOUT,
+                                     limits=UPSTREAM_LIMITS, trust_env=False) as client:
+            app.state.http_client = client
+            try:
+                yield
+            finally:
+                del app.state.http_client
+
+    async def list_models(request: Request) -> Response:
+        data: list[dict[str, Any]] = []
+        for view in router.models():
+            spec = view.spec
+            for name in (spec.name, *spec.aliases):
+                data.append({
+                    "id": name, "object": "model", "created": created, "owned_by": "chimera",
+                    "root": spec.name,  # the canonical name this id refers to
+                    "aliases": list(spec.aliases), "state": view.state.value,
+                })
+        return _json({"object": "list", "data": data})
+
+    async def prometheus(request: Request) -> Response:
+        body, content_type = metrics.render()
+        return Response(body, headers={"content-type": content_type})
+
+    async def health(request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    routes = [
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        *(Route(path, ForwardEndpoint(path, field, router, metrics, hold_timeout_s),
+                methods=["POST"]) for path, field in PROXIED_ROUTES),
+    ]
+    return Starlette(
+        routes=routes, lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+
+
+def _json(obj: Any) -> Response:
+    return Response(orjson.dumps(obj), media_type="application/json")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown route, wrong method) in the envelope."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    err = ProxyError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                     type="invalid_request_error", code=code, headers=exc.headers)
+    return err.response()
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """Last resort for a bug outside the forwarded routes: log the traceback, answer 500 in
+    the envelope (never the traceback)."""
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return ProxyError.internal().response()

@@ -1,0 +1,58 @@
+"""A client's JSON request body: validated enough to route it, then rewritten for the engine.
+
+The proxy reads only ``model`` (routing) and ``stream`` (how to relay the answer); everything
+else is the engine's business and is forwarded as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from orchestrator.proxy.errors import ProxyError
+
+# What happens to the body's `model` field on the way to the engine:
+#  "rewrite": set to the instance's served name. SGLang's OpenAI routes parse a `model`
+#             containing ':' as "<base>:<lora adapter>", so a client name is never passed on.
+#  "drop":    removed. SGLang's native /generate takes a GenerateReqInput, which has no
+#             `model` field; chimera accepts one there only to route the request.
+ModelField = Literal["rewrite", "drop"]
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    body: dict[str, Any]
+    model: str  # the name the client sent (a name or an alias)
+    stream: bool
+
+
+def parse_request(raw: bytes) -> ClientRequest:
+    """Raises ProxyError (400) for a body that is not a JSON object with a string `model`."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProxyError.bad_request(
+            f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise ProxyError.bad_request(
+            f"the request body must be a JSON object, not {type(body).__name__}",
+            code="invalid_body")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        got = "missing" if model is None else f"{type(model).__name__} {model!r}"
+        raise ProxyError.bad_request(
+            f"the request body needs a `model` string naming one of the served models "
+            f"(GET /v1/models lists them); got {got}", code="missing_model", param="model")
+    return ClientRequest(body=body, model=model, stream=body.get("stream") is True)
+
+
+def engine_body(req: ClientRequest, model_field: ModelField, served_name: str) -> bytes:
+    """The body to send to the engine (the client's dict is not modified)."""
+    body = dict(req.body)
+    if model_field == "rewrite":
+        body["model"] = served_name
+    else:
+        body.pop("model", None)
+    return orjson.dumps(body)

@@ -1,0 +1,221 @@
+"""One proxied request, start to end: parse, resolve, hold for an instance, forward to it,
+relay the answer, release the instance, record metrics.
+
+Contracts:
+- ``router.release(endpoint)`` runs exactly once for every ``acquire`` that returned, whatever
+  happens after it (engine error, client disconnect, cancellation): one try/finally.
+- The whole exchange (the hold in ``acquire`` included) races a watcher of the client's
+  connection; when the client leaves, the exchange is cancelled, which closes the upstream
+  response (SGLang aborts a request whose connection closes). ``Router.acquire`` must therefore
+  be cancellation-safe: cancelled, it hands out no endpoint.
+- Streamed answers are relayed chunk by chunk as the engine sends them (no buffering, no SSE
+  parsing); other answers are read whole (they are one JSON object) and sent with their status.
+- Metrics: ``chimera_requests_total`` counts every request by the status the client got (499:
+  it left first; 502: the engine broke off a stream already answered 200). TTFT is observed
+  for streamed 2xx answers only: a non-streamed answer's first byte is its last, so its TTFT
+  would be its e2e and would skew TTFT SLO attainment. e2e is observed for complete 2xx answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from orchestrator.config import ModelSpec
+from orchestrator.control.api import Endpoint, Router
+from orchestrator.errors import EngineUnavailable
+from orchestrator.metrics import ChimeraMetrics
+from orchestrator.proxy.body import ClientRequest, ModelField, engine_body, parse_request
+from orchestrator.proxy.downstream import ClientGone, Downstream, read_body, wait_for_disconnect
+from orchestrator.proxy.errors import ProxyError, normalize_engine_error
+
+log = logging.getLogger(__name__)
+
+UNRESOLVED = "unknown"  # `model` label of requests that name no served model (bounded labels)
+JSON = "application/json"
+
+
+def http_client(scope: Scope) -> httpx.AsyncClient:
+    """The app's shared client, created by its lifespan (see app.py)."""
+    client = getattr(scope["app"].state, "http_client", None)
+    if not isinstance(client, httpx.AsyncClient):
+        raise RuntimeError(
+            "the proxy's HTTP client is created by the app lifespan, which has not run: serve "
+            "the app with a server that runs lifespan (uvicorn does) or enter "
+            "app.router.lifespan_context(app) first")
+    return client
+
+
+def translate(exc: httpx.TransportError, instance: str) -> ProxyError:
+    """An httpx failure talking to an engine -> 504 (timeout) or 502 (anything else)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return ProxyError.engine_timeout(instance, exc)
+    return ProxyError.engine_unreachable(instance, exc)
+
+
+class ForwardEndpoint:
+    """ASGI app of one proxied route (POST only; Starlette's Route checks the method)."""
+
+    def __init__(self, route: str, model_field: ModelField, router: Router,
+                 metrics: ChimeraMetrics, hold_timeout_s: float) -> None:
+        self.route = route
+        self.model_field: ModelField = model_field
+        self.router = router
+        self.metrics = metrics
+        self.hold_timeout_s = hold_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _Exchange(self, scope, send).run(receive)
+
+
+class _Exchange:
+    """The state of one request while it is proxied (one per request, never shared)."""
+
+    def __init__(self, ep: ForwardEndpoint, scope: Scope, send: Send) -> None:
+        self.ep = ep
+        self.scope = scope
+        self.down = Downstream(send)
+        self.received_at = time.monotonic()
+        self.model = UNRESOLVED
+        self.stream = False
+        self.client_gone = False
+        self.engine_broke_stream = False
+
+    async def run(self, receive: Receive) -> None:
+        try:
+            raw = await read_body(receive)
+            if raw is None:
+                self.client_gone = True
+                return
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    await wait_for_disconnect(receive)
+                    if not self.down.completed:
+                        self.client_gone = True
+                        tg.cancel_scope.cancel()  # cancels serve() at its current await
+
+                tg.start_soon(watch)
+                await self.serve(raw)  # raises nothing but cancellation
+                tg.cancel_scope.cancel()
+        finally:
+            self.record()
+
+    async def serve(self, raw: bytes) -> None:
+        try:
+            req = parse_request(raw)
+            spec = self.ep.router.resolve(req.model)
+            if spec is None:
+                raise ProxyError.model_not_found(req.model, self.ep.router.known_names())
+            self.model, self.stream = spec.name, req.stream
+            with self.ep.metrics.in_flight.labels(spec.name).track_inprogress():
+                await self.hold_and_forward(spec, req)
+        except ProxyError as err:
+            await self.fail(err)
+        except ClientGone:
+            self.client_gone = True
+        except Exception:
+            log.exception("internal error proxying %s (model %s)", self.ep.route, self.model)
+            await self.fail(ProxyError.internal())
+
+    async def hold_and_forward(self, spec: ModelSpec, req: ClientRequest) -> None:
+        try:
+            endpoint = await self.ep.router.acquire(spec, self.ep.hold_timeout_s)
+        except EngineUnavailable as exc:
+            raise ProxyError.unavailable(str(exc), exc.retry_after_s) from exc
+        try:
+            await self.forward(endpoint, req)
+        finally:
+            self.ep.router.release(endpoint)
+
+    async def forward(self, endpoint: Endpoint, req: ClientRequest) -> None:
+        client = http_client(self.scope)
+        request = client.build_request(
+            "POST", endpoint.base_url + self.ep.route,
+            content=engine_body(req, self.ep.model_field, endpoint.served_name),
+            # identity: the relay passes bytes on as they come and sends no Content-Encoding.
+            headers={"content-type": JSON, "accept-encoding": "identity"},
+        )
+        try:
+            upstream = await client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise translate(exc, endpoint.instance_id) from exc
+        try:
+            if req.stream and upstream.is_success:
+                await self.relay(endpoint, upstream)
+            else:
+                await self.answer(endpoint, upstream)
+        finally:
+            with anyio.CancelScope(shield=True):  # close even while being cancelled
+                await upstream.aclose()
+
+    async def answer(self, endpoint: Endpoint, upstream: httpx.Response) -> None:
+        """A whole (non-streamed or error) answer, passed on with its status."""
+        try:
+            body = await upstream.aread()
+        except httpx.TransportError as exc:
+            raise translate(exc, endpoint.instance_id) from exc
+        status = upstream.status_code
+        instance = [("x-chimera-instance", endpoint.instance_id)]
+        if upstream.is_success:
+            ctype = upstream.headers.get("content-type", JSON)
+            await self.down.respond(status, body, ctype, instance)
+            return
+        if status >= 500:
+            log.warning("engine instance %s answered HTTP %d: %.300r",
+                        endpoint.instance_id, status, body)
+        await self.down.respond(status, normalize_engine_error(status, body), JSON, instance)
+
+    async def relay(self, endpoint: Endpoint, upstream: httpx.Response) -> None:
+        """A streamed answer, chunk by chunk as the engine sends it."""
+        await self.down.start(upstream.status_code, [
+            ("content-type", upstream.headers.get("content-type", "text/event-stream")),
+            ("cache-control", "no-cache"),
+            ("x-accel-buffering", "no"),  # tell a reverse proxy in front not to buffer either
+            ("x-chimera-instance", endpoint.instance_id),
+        ])
+        ends_frame = True
+        try:
+            async for chunk in upstream.aiter_bytes():
+                if chunk:
+                    await self.down.chunk(chunk)
+                    ends_frame = chunk.endswith(b"\n\n")
+        except httpx.TransportError as exc:
+            # The status line is gone; tell the client in the stream, as SGLang does.
+            self.engine_broke_stream = True
+            log.warning("engine instance %s broke off a stream: %s: %s",
+                        endpoint.instance_id, type(exc).__name__, exc)
+            err = translate(exc, endpoint.instance_id)
+            frame = b"data: " + err.body() + b"\n\ndata: [DONE]\n\n"
+            await self.down.chunk(frame if ends_frame else b"\n\n" + frame)
+        await self.down.finish()
+
+    async def fail(self, err: ProxyError) -> None:
+        """Answer ``err`` in the envelope, or end a response already started."""
+        try:
+            if not self.down.started:
+                await self.down.respond(err.status, err.body(), JSON, err.headers.items())
+            elif not self.down.completed:
+                await self.down.finish(b"data: " + err.body() + b"\n\ndata: [DONE]\n\n")
+        except ClientGone:
+            self.client_gone = True
+
+    def record(self) -> None:
+        m, down = self.ep.metrics, self.down
+        if down.completed:
+            status = "502" if self.engine_broke_stream else str(down.status)
+        elif self.client_gone:
+            status = "499"
+        else:  # cancelled from outside (server shutdown) before the response ended
+            status = str(down.status or 500)
+        m.requests.labels(self.model, self.ep.route, status).inc()
+        if down.status is None or not 200 <= down.status < 300:
+            return
+        if self.stream and down.first_chunk_at is not None:
+            m.ttft.labels(self.model).observe(down.first_chunk_at - self.received_at)
+        if down.completed_at is not None and not self.engine_broke_stream:
+            m.e2e.labels(self.model).observe(down.completed_at - self.received_at)
