@@ -44,7 +44,8 @@ async def serve(
     supervisor = Supervisor(get_engine(engine_name), cfg.host, run_dir,
                             post=lambda ev: control.post(ev), observers=[publish])
     control = ControlLoop(cfg, supervisor)
-    progress = StartupProgress(console, [i for m in control.models() for i in m.instances])
+    progress = StartupProgress(console, [i for m in control.models() for i in m.instances],
+                               start_on_up={i.id for i in cfg.instances if i.placement.on})
     supervisor.add_observer(progress.observe)
     for m in control.models():
         for v in m.instances:
@@ -71,8 +72,11 @@ async def serve(
     server_task = asyncio.create_task(server.serve(), name="proxy")
     try:
         with progress:
-            while not progress.settled and not stop.is_set() and not server_task.done():
-                await asyncio.sleep(0.1)
+            waits = {asyncio.create_task(progress.settled_event.wait()),
+                     asyncio.create_task(stop.wait())}
+            await asyncio.wait({server_task, *waits}, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
         if server_task.done():
             console.print(f"[bold red]the proxy could not start on {host}:{port}[/]")
             return 1

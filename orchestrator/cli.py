@@ -144,6 +144,7 @@ def _up(args: argparse.Namespace) -> int:
         raise ConfigError([f"--hold-timeout-s: must be > 0 (got {args.hold_timeout_s})"])
     engine, gpus = _pick_engine(args.engine)
     cfg = load_config(args.file, gpu_count=gpus)
+    _dry_run_launch(cfg, engine)
     _check_port_free(args.host, args.port)
     from orchestrator.env import Env
 
@@ -152,10 +153,27 @@ def _up(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call otherwise
     from orchestrator.app import serve
 
     return asyncio.run(serve(cfg, engine, args.host, args.port, run_dir, args.hold_timeout_s,
                              console))
+
+
+def _dry_run_launch(cfg: Config, engine_name: str) -> None:
+    """Build every instance's command line once before starting anything, so a bad engine
+    argument is a usage error (exit 2) instead of a failed start minutes later."""
+    from orchestrator.engines import LaunchRequest, get_engine
+
+    engine = get_engine(engine_name)
+    problems: list[str] = []
+    for inst in cfg.instances:
+        try:
+            engine.launch_spec(LaunchRequest(instance=inst, host=cfg.host, port=1, nccl_port=2))
+        except ConfigError as exc:
+            problems += [f"{inst.id}: {p}" for p in exc.problems]
+    if problems:
+        raise ConfigError(sorted(set(problems)))
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 
 
@@ -16,12 +17,24 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} must be a number") from exc
 
 
+def _args(name: str) -> tuple[str, ...]:
+    raw = os.environ.get(name, "")
+    try:
+        return tuple(shlex.split(raw))
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not a valid shell-quoted "
+                         f"argument list ({exc})") from exc
+
+
 @dataclass(frozen=True)
 class Env:
     run_dir: str | None  # CHIMERA_RUN_DIR: where instance logs go (default ./runs/<timestamp>)
     sim_speed: float  # CHIMERA_SIM_SPEED: sim engine time scale (1 = calibrated H100; 0 = no compute)
     sim_start_delay_s: float  # CHIMERA_SIM_START_DELAY_S: simulated boot time of a sim instance
     cache_dir: str  # CHIMERA_CACHE_DIR: materialized dummy-weight model dirs (~/.cache/chimera)
+    # CHIMERA_SGLANG_ARGS: extra flags for every SGLang server, shell-quoted; on the lent H100
+    # "--attention-backend triton --sampling-backend pytorch --grammar-backend none" (gpu.md)
+    sglang_extra_args: tuple[str, ...] = ()
 
     @classmethod
     def read(cls) -> Env:
@@ -31,4 +44,5 @@ class Env:
             sim_start_delay_s=_float("CHIMERA_SIM_START_DELAY_S", 0.0),
             cache_dir=os.environ.get("CHIMERA_CACHE_DIR")
             or os.path.join(os.path.expanduser("~"), ".cache", "chimera"),
+            sglang_extra_args=_args("CHIMERA_SGLANG_ARGS"),
         )

@@ -3,6 +3,7 @@ time (rich), then one log line per state change. Fed by the supervisor's state o
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from rich.console import Console
@@ -16,7 +17,7 @@ _STYLE = {S.AWAKE: "green", S.FAILED: "bold red", S.STARTING: "yellow", S.PENDIN
 
 
 class StartupProgress:
-    def __init__(self, console: Console, views: list[InstanceView]) -> None:
+    def __init__(self, console: Console, views: list[InstanceView], start_on_up: set[str]) -> None:
         self.console = console
         self._t0 = time.monotonic()
         self._progress = Progress(
@@ -26,9 +27,13 @@ class StartupProgress:
         self._tasks: dict[str, TaskID] = {}
         self._states: dict[str, InstanceState] = {}
         self._live = False
+        self._expected = start_on_up  # instances `up` starts; the display ends when they settle
+        self.settled_event = asyncio.Event()
         for v in views:
             self._tasks[v.id] = self._progress.add_task(self._describe(v), total=1)
             self._states[v.id] = v.state
+        if self.settled:
+            self.settled_event.set()
 
     def __enter__(self) -> StartupProgress:
         self._progress.start()
@@ -45,10 +50,14 @@ class StartupProgress:
 
     @property
     def settled(self) -> bool:
-        return all(s in _SETTLED or s is S.STOPPED for s in self._states.values())
+        """Every instance `up` starts is awake (or failed), and none is still on its way."""
+        return all(self._states[i] in _SETTLED - {S.STOPPED} for i in self._expected) and not any(
+            s in (S.PENDING, S.STARTING) for s in self._states.values())
 
     def observe(self, view: InstanceView) -> None:
         self._states[view.id] = view.state
+        if self.settled:
+            self.settled_event.set()
         if self._live:
             done = view.state in _SETTLED
             self._progress.update(self._tasks[view.id], description=self._describe(view),
@@ -57,12 +66,12 @@ class StartupProgress:
                 self._progress.console.print(f"[bold red]{view.id} failed:[/] {view.error}")
         else:
             t = time.monotonic() - self._t0
-            style = _STYLE.get(view.state, "")
+            style = _STYLE.get(view.state, "default")
             self.console.print(f"[dim]{t:8.1f}s[/] {view.id} → [{style}]{view.state}[/]"
                                + (f" ({view.error})" if view.error else ""))
 
     @staticmethod
     def _describe(v: InstanceView) -> str:
-        style = _STYLE.get(v.state, "")
+        style = _STYLE.get(v.state, "default")
         gpus = ",".join(str(g) for g in v.gpus)
         return f"{v.id:<28} GPU {gpus:<5} [{style}]{v.state}[/]"

@@ -24,6 +24,9 @@ class LaunchRequest:
     nccl_port: int  # distinct per instance (SGLang's default collides between servers)
     kv_bytes: int | None = None  # KV pool size for this instance, from the memory ledger
     listen_host: str = "127.0.0.1"
+    # A directory to load instead of model_path: the materialized dummy-weight model (config.json
+    # + a local tokenizer, orchestrator/shapes/materialize.py) for engines that need one.
+    model_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,21 @@ class LaunchSpec:
 
 class Engine(Protocol):
     name: str
+    # True when `load_format: dummy` needs a real model directory with a tokenizer
+    # (LaunchRequest.model_dir); the sim engine reads only the shape.
+    needs_model_dir: bool
 
     def launch_spec(self, req: LaunchRequest) -> LaunchSpec:
         """Argv and environment of the server process for one instance. Pure: no I/O."""
         ...
+
+
+def served_name(model_name: str) -> str:
+    """The name a server is started under. SGLang parses ``base:adapter`` in a request's
+    ``model`` as a LoRA adapter even when it equals --served-model-name
+    (serving_base._parse_model_parameter), so ``:`` becomes ``_``; the proxy rewrites every
+    request's ``model`` to this name, so clients keep using the name from the file."""
+    return model_name.replace(":", "_")
 
 
 def get_engine(name: str) -> Engine:

@@ -23,6 +23,12 @@ from orchestrator.engines.base import LaunchSpec
 from orchestrator.errors import EngineStartError
 
 READY_PATH = "/model_info"
+# After /model_info answers, one tiny greedy generate proves the server really serves (SGLang
+# starts its HTTP server before its own warm-up forward, which JIT-compiles kernels for ~100 s
+# on a fresh machine) and records the output that later wakes are compared with.
+PROBE_PATH = "/generate"
+PROBE_BODY = {"text": "chimera readiness probe: once upon a time",
+              "sampling_params": {"max_new_tokens": 4, "temperature": 0.0}}
 POLL_INTERVAL_S = 0.25
 # SGLang's own SIGTERM shutdown of a 1-GPU server takes a few seconds (scheduler, detokenizer);
 # past this grace the whole process group gets SIGKILL.
@@ -42,6 +48,7 @@ class EngineProcess:
         self.spec = spec
         self.log_path = log_path
         self._proc: asyncio.subprocess.Process | None = None
+        self.probe_output: str | None = None  # text of the readiness probe at first start
 
     @property
     def pid(self) -> int | None:
@@ -53,7 +60,8 @@ class EngineProcess:
 
     async def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        # A local file opened once per start; the child writes to it, not this loop.
+        with open(self.log_path, "ab") as log:  # noqa: ASYNC230
             log.write(f"$ {' '.join(self.spec.argv)}\n".encode())
             log.flush()
             self._proc = await asyncio.create_subprocess_exec(
@@ -87,7 +95,7 @@ class EngineProcess:
             with contextlib.suppress(httpx.TransportError):
                 r = await client.get(url, timeout=5.0)
                 if r.status_code == 200:
-                    return
+                    break
             elapsed = time.monotonic() - start
             if elapsed > timeout_s:
                 raise EngineStartError(
@@ -98,6 +106,27 @@ class EngineProcess:
             if on_wait is not None:
                 on_wait(elapsed)
             await asyncio.sleep(POLL_INTERVAL_S)
+        left = max(1.0, timeout_s - (time.monotonic() - start))
+        self.probe_output = await self._probe(client, left)
+
+    async def _probe(self, client: httpx.AsyncClient, timeout_s: float) -> str:
+        url = self.spec.base_url + PROBE_PATH
+        try:
+            r = await client.post(url, json=PROBE_BODY, timeout=timeout_s)
+        except httpx.TransportError as exc:
+            raise EngineStartError(
+                f"{self.instance_id}: readiness probe POST {PROBE_PATH} failed: {exc!r}; last "
+                f"lines:\n{self.log_tail()}", str(self.log_path)) from exc
+        if r.status_code != 200:
+            raise EngineStartError(
+                f"{self.instance_id}: readiness probe POST {PROBE_PATH} answered "
+                f"{r.status_code}: {r.text[:300]}", str(self.log_path))
+        try:
+            return str(r.json()["text"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EngineStartError(
+                f"{self.instance_id}: readiness probe answer has no `text`: {r.text[:300]}",
+                str(self.log_path)) from exc
 
     async def wait_exit(self) -> int:
         assert self._proc is not None

@@ -18,7 +18,9 @@ from orchestrator.config import HostSpec, InstanceSpec
 from orchestrator.control.api import Endpoint, InstanceView
 from orchestrator.control.events import Event, Exited, Started, StartFailed
 from orchestrator.engines.base import Engine, LaunchRequest
-from orchestrator.errors import EngineStartError
+from orchestrator.errors import ChimeraError, EngineStartError
+from orchestrator.shapes import KNOWN_MODEL_IDS
+from orchestrator.shapes.materialize import dummy_model_dir
 from orchestrator.supervisor.ports import free_ports
 from orchestrator.supervisor.process import EngineProcess
 
@@ -71,12 +73,25 @@ class Supervisor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _model_dir(self, spec: InstanceSpec) -> str | None:
+        """The dummy-weight model directory (config.json + local tokenizer), built once."""
+        m = spec.model
+        if not (self.engine.needs_model_dir and m.load_format == "dummy"
+                and model_path_is_shape(m.model_path, m.shape.name)):
+            return None
+        return str(await asyncio.to_thread(dummy_model_dir, m.shape.name))
+
     async def _start(self, spec: InstanceSpec) -> None:
         port, nccl_port = free_ports(2, exclude=self._ports)
         self._ports.update((port, nccl_port))
-        launch = self.engine.launch_spec(
-            LaunchRequest(instance=spec, host=self.host, port=port, nccl_port=nccl_port)
-        )
+        try:
+            model_dir = await self._model_dir(spec)
+            launch = self.engine.launch_spec(LaunchRequest(
+                instance=spec, host=self.host, port=port, nccl_port=nccl_port, model_dir=model_dir,
+            ))
+        except (ChimeraError, OSError, ImportError) as exc:
+            self._post(StartFailed(spec.id, f"cannot prepare the engine command: {exc}"))
+            return
         proc = EngineProcess(spec.id, launch, self.log_path(spec.id))
         self._procs[spec.id] = proc
         try:
@@ -97,3 +112,9 @@ class Supervisor:
 
     def add_observer(self, observe: Callable[[InstanceView], None]) -> None:
         self._observers.append(observe)
+
+
+def model_path_is_shape(model_path: str, shape_name: str) -> bool:
+    """True when the model path names a shipped shape (known id or shape name), i.e. there is
+    no directory of the user's to load."""
+    return model_path in KNOWN_MODEL_IDS or model_path == shape_name

@@ -31,6 +31,7 @@ async def test_ready_then_stop_kills_the_whole_group(tmp_path: Path) -> None:
     await proc.spawn()
     async with httpx.AsyncClient() as client:
         await proc.wait_ready(client)
+    assert proc.probe_output == " a probe answer"
     child = int(pidfile.read_text())
     assert psutil.pid_exists(child)
     await proc.stop(grace_s=5)

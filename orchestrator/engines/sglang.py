@@ -1,0 +1,165 @@
+"""The ``sglang`` engine: describes one stock ``python -m sglang.launch_server`` process.
+
+Every flag it passes exists in every supported SGLang release (tests/unit/test_contract.py
+checks them against the flag lists extracted from the 0.5.17 and 0.5.23 wheels). What each
+choice is for:
+
+- GPUs: ``CUDA_VISIBLE_DEVICES`` = the placement's GPU ids (NVML/nvidia-smi numbering, hence
+  ``CUDA_DEVICE_ORDER=PCI_BUS_ID``) and ``--base-gpu-id 0``. SGLang gives TP rank r the device
+  ``base_gpu_id + r * gpu_id_step`` *among the visible ones* (srt/entrypoints/engine.py), and its
+  per-process re-indexing (``maybe_reindex_device_id``) indexes into CUDA_VISIBLE_DEVICES too, so
+  ``[3, 5]`` puts rank 0 on GPU 3 and rank 1 on GPU 5. The server cannot touch other GPUs.
+- KV pool: ``--max-total-tokens`` when the size is known (the ledger's ``kv_bytes``, else the
+  placement's ``kv_pool_gb``), else ``--mem-fraction-static``; see ``kv_args``.
+- Time-sharing: ``--enable-memory-saver --enable-weights-cpu-backup`` (park/wake through SGLang's
+  own release/resume routes) and ``TMS_RETAIN_CPU_BACKUP=1`` (keeps the pinned host copy of the
+  weights between parks: wake 0.40 s instead of 2.6-3.2 s for an 8B shape, gpu.md).
+- ``--sleep-on-idle`` (an idle scheduler otherwise spins a core), ``--enable-metrics``, a
+  distinct ``--nccl-port`` per instance (the default collides between servers).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+
+from orchestrator.config import GIB, InstanceSpec, ModelSpec
+from orchestrator.engines.base import LaunchRequest, LaunchSpec, served_name
+from orchestrator.env import Env
+from orchestrator.errors import ConfigError
+from orchestrator.shapes import KNOWN_MODEL_IDS, shape_dir
+
+# Boot of a real server: 63-71 s with warm kernel caches, 158-190 s on a fresh machine (gpu.md).
+SGLANG_READY_TIMEOUT_S = 600.0
+
+# Fallback when neither the ledger nor the placements file sizes the KV pool. SGLang reads it as
+# a fraction of the memory free *when this server starts* (weights + KV; the rest is slack for
+# activations and CUDA graphs), so the first server on an 80 GB GPU takes ~40 GB and a server
+# started after it half of what is left: room stays for colocated models, at the price of a
+# pool size that depends on start order. The supervisor should pass ``kv_bytes`` instead.
+DEFAULT_MEM_FRACTION_STATIC = 0.5
+# Weights bigger than the default fraction get this much on top of them (activations, graphs).
+MEM_FRACTION_HEADROOM = 0.1
+MAX_MEM_FRACTION_STATIC = 0.9
+
+# Flags chimera sets itself; the same flag in a model's engine_args or CHIMERA_SGLANG_ARGS would
+# silently win (argparse keeps the last value) and break the supervisor's bookkeeping.
+MANAGED_FLAGS = frozenset({
+    "--model-path", "--model", "--host", "--port", "--served-model-name", "--tp-size",
+    "--tensor-parallel-size", "--nccl-port", "--base-gpu-id", "--gpu-id-step",
+    "--max-total-tokens", "--mem-fraction-static", "--load-format",
+})
+
+
+class SGLangEngine:
+    name = "sglang"
+    needs_model_dir = True
+
+    def __init__(self, env: Env | None = None) -> None:
+        self.env = env if env is not None else Env.read()
+
+    def launch_spec(self, req: LaunchRequest) -> LaunchSpec:
+        inst = req.instance
+        model = inst.model
+        _check_passthrough(model, self.env.sglang_extra_args)
+        argv = [
+            sys.executable, "-m", "sglang.launch_server",
+            "--model-path", req.model_dir or model_path(model),
+            "--host", req.listen_host,
+            "--port", str(req.port),
+            "--served-model-name", served_name(model.name),
+            "--tp-size", str(model.tp_size),
+            "--base-gpu-id", "0",
+            "--nccl-port", str(req.nccl_port),
+            "--enable-metrics",
+            "--enable-memory-saver",
+            "--enable-weights-cpu-backup",
+            "--sleep-on-idle",
+            *kv_args(req),
+        ]
+        if model.load_format == "dummy":
+            argv += ["--load-format", "dummy"]
+        argv += [*self.env.sglang_extra_args, *model.engine_args]  # the model's own args win
+        return LaunchSpec(
+            argv=tuple(argv),
+            env=child_env(inst, os.environ),
+            base_url=f"http://{req.listen_host}:{req.port}",
+            served_name=served_name(model.name),
+            ready_timeout_s=SGLANG_READY_TIMEOUT_S,
+        )
+
+
+def model_path(model: ModelSpec) -> str:
+    """What SGLang loads. A known public id or a shipped shape name with ``load_format: dummy``
+    becomes the shape's directory (its config.json; the weights are random, so no download);
+    anything else, dummy or not, is passed as given (a local directory or a hub id). The
+    supervisor passes a materialized directory (with a tokenizer) as ``req.model_dir`` instead."""
+    if model.load_format == "dummy" and (
+        model.model_path in KNOWN_MODEL_IDS or model.model_path == model.shape.name
+    ):
+        return str(shape_dir(model.shape.name))
+    return model.model_path
+
+
+def kv_bytes_per_token_group(model: ModelSpec) -> int:
+    """KV bytes one token slot takes across the whole TP group. Each rank holds
+    ``max(1, kv_heads // tp)`` heads (SGLang's ``get_num_kv_heads``): heads are replicated
+    when TP exceeds them, so the group total can exceed the model's own per-token size."""
+    s = model.shape
+    heads_per_rank = max(1, s.num_kv_heads // model.tp_size)
+    return 2 * s.num_layers * heads_per_rank * s.head_dim * s.dtype_bytes * model.tp_size
+
+
+def kv_args(req: LaunchRequest) -> list[str]:
+    """SGLang's KV sizing flags for one instance.
+
+    Sizes are per instance, summed over its GPUs. ``kv_bytes`` (the ledger) wins over
+    ``kv_pool_gb`` (the placements file; GB = GiB = 2**30 bytes, as in SGLang's own memory
+    logs and ``config.GIB``; Prism's ``max_memory_pool_size`` maps to it). SGLang treats
+    ``--max-total-tokens`` as a ceiling: it still profiles free memory at start and takes the
+    smaller value (with a warning), so the pool never over-commits the GPU.
+    """
+    model = req.instance.model
+    pool: int | None = req.kv_bytes
+    if pool is None and req.instance.placement.kv_pool_gb is not None:
+        pool = int(req.instance.placement.kv_pool_gb * GIB)
+    if pool is not None:
+        return ["--max-total-tokens", str(max(1, pool // kv_bytes_per_token_group(model)))]
+    return ["--mem-fraction-static", f"{mem_fraction_static(req):.3f}"]
+
+
+def mem_fraction_static(req: LaunchRequest) -> float:
+    """The default fraction, raised for weights that would not fit in it (e.g. 70B on TP 2)."""
+    model = req.instance.model
+    weights = model.shape.weight_bytes / model.tp_size / (req.host.gpu_memory_gb * GIB)
+    return min(MAX_MEM_FRACTION_STATIC, max(DEFAULT_MEM_FRACTION_STATIC,
+                                            weights + MEM_FRACTION_HEADROOM))
+
+
+def child_env(inst: InstanceSpec, parent: Mapping[str, str]) -> dict[str, str]:
+    """The server's full environment: the parent's, minus what would merge servers, plus the
+    GPU pinning and the knobs stock SGLang needs for time-sharing."""
+    env = {k: v for k, v in parent.items() if k != "PROMETHEUS_MULTIPROC_DIR"}  # else metrics merge
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA ids = NVML ids = the placements file's ids
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in inst.gpus)
+    env["TMS_RETAIN_CPU_BACKUP"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"  # logs reach the supervisor's file as they happen
+    if len(inst.gpus) > 1:
+        # SGLang refuses to start a TP group whose GPUs have unequal free memory (>10% apart),
+        # which is the normal case when other models share some of them (design.md section 6).
+        env["SGLANG_ENABLE_TP_MEMORY_INBALANCE_CHECK"] = "0"
+    return env
+
+
+def _check_passthrough(model: ModelSpec, extra: tuple[str, ...]) -> None:
+    problems = []
+    for source, args in (("CHIMERA_SGLANG_ARGS", extra), (f"{model.name}.engine_args",
+                                                          model.engine_args)):
+        for a in args:
+            flag = a.split("=", 1)[0]
+            if flag in MANAGED_FLAGS:
+                problems.append(f"{source}: {flag} is set by chimera per instance; remove it "
+                                "(use the placement's kv_pool_gb / gpus, or the model's fields)")
+    if problems:
+        raise ConfigError(problems)

@@ -1,0 +1,78 @@
+"""Every constant of the sim's latency and memory model, with where it comes from.
+
+Three kinds of provenance, marked on each constant:
+- [spec]     public datasheet numbers (NVIDIA H100 SXM5 datasheet, NCCL docs);
+- [assumed]  an efficiency we chose from public reports of LLM serving on H100s — these are the
+             numbers to re-calibrate from a real H100 run (bench against stock SGLang 0.5.17);
+- [measured] measured on the lent H100 with stock SGLang 0.5.17 (see ../shared/gpu.md);
+- [sglang]   copied from SGLang 0.5.17's own source (path given), so the sim sizes itself the
+             way the real server does.
+
+The model built on these is in model.py; nothing here is read from the environment.
+"""
+
+from __future__ import annotations
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+# --- compute and memory bandwidth of one H100 SXM5 80GB --------------------------------------
+PEAK_BF16_FLOPS = 989e12  # [spec] bf16 dense tensor-core peak (1979 TFLOP/s is with sparsity)
+HBM_BANDWIDTH = 3.35e12  # [spec] HBM3, bytes/s
+# [assumed] NCCL all-reduce bus bandwidth on NVLink 4 (~80% of its 450 GB/s per direction)
+NVLINK_ALLREDUCE_BUS_BW = 360e9
+ALLREDUCE_LATENCY_S = 8e-6  # [assumed] small-message NCCL all-reduce latency over NVLink
+
+PREFILL_MFU = 0.50  # [assumed] model FLOPs utilisation of a prefill (large GEMMs + attention)
+DECODE_MFU = 0.40  # [assumed] utilisation of the GEMMs of a large decode batch
+WEIGHT_READ_EFFICIENCY = 0.80  # [assumed] fraction of HBM peak reached streaming weights (GEMV)
+KV_READ_EFFICIENCY = 0.65  # [assumed] fraction of HBM peak reached reading a paged KV cache
+
+# Fixed cost of one scheduler iteration (Python scheduling, kernel launches, sampling, detokenize).
+DECODE_STEP_OVERHEAD_S = 0.0008  # [assumed] decode replays a CUDA graph: sub-millisecond
+PREFILL_STEP_OVERHEAD_S = 0.004  # [assumed] prefill runs eagerly (no graph) + tokenizer round trip
+
+# --- memory --------------------------------------------------------------------------------
+# CUDA context, NCCL buffers, allocator slack: what a server holds even with everything released.
+# [measured] 2,362 MiB for the Llama-3.1-8B shape parked (gpu.md; 1.5-1.75 GB for a tiny model).
+CONTEXT_BYTES = 2362 * MIB
+# Memory already used when SGLang profiles free memory for the KV pool (before weights load).
+# [measured] derived from the 8B run: 0.5 x 79.6 GiB - 14.96 GiB weights - 24.2 GiB KV = 0.6 GiB.
+STARTUP_USED_BYTES = 614 * MIB
+# CUDA graph memory. [measured] 1.43 GB for the 8B shape (gpu.md, --cuda-graph-max-bs 8); used as
+# is for every model (graph pools scale with hidden size x batch; re-calibrate per shape later).
+CUDA_GRAPH_BYTES = int(1.43 * GIB)
+
+# SGLang's defaults by GPU memory, [sglang] server_args.py `_handle_gpu_memory_settings`:
+# (GPU memory below MiB, chunked_prefill_size, cuda-graph max bs for tp<4, for tp>=4).
+GPU_MEMORY_BRACKETS: tuple[tuple[float, int, int, int], ...] = (
+    (20 * 1024, 2048, 8, 8),  # T4, 4080
+    (35 * 1024, 2048, 24, 80),  # A10, 4090
+    (60 * 1024, 4096, 32, 160),  # A100 40GB, L40
+    (90 * 1024, 8192, 256, 512),  # H100, A100 80GB
+    (160 * 1024, 8192, 256, 512),  # H200, H20
+    (float("inf"), 16384, 512, 512),  # B200, MI300
+)
+# [sglang] server_args.py: reserved_mem = 512 + max(chunk, 2048) * 1.5 + tp/8 * 1024 + max_bs * 2,
+# at least 10 GiB on cards above 60 GiB; mem_fraction_static = (gpu_mem - reserved) / gpu_mem.
+RESERVED_BASE_MIB = 512
+RESERVED_PER_ACTIVATION_TOKEN_MIB = 1.5
+RESERVED_FLOOR_MIB_ABOVE_60G = 10 * 1024
+# [sglang] max_running_requests = clamp(max_total_num_tokens / context_len * 512, 2048, 4096).
+MAX_RUNNING_REQUESTS_MIN = 2048
+MAX_RUNNING_REQUESTS_MAX = 4096
+
+# --- park / wake (torch_memory_saver with TMS_RETAIN_CPU_BACKUP=1, which chimera sets) -------
+HOST_TO_DEVICE_BW = 50.3e9  # [measured] pinned host->GPU copy on the H100 (gpu.md)
+RESUME_OVERHEAD_FACTOR = 1.33  # [measured] resume 0.40 s vs the 0.30 s copy floor, 8B shape
+RELEASE_OVERHEAD_FACTOR = 1.23  # [measured] release 0.37 s vs the 0.30 s floor, 8B shape
+# [measured] the first release allocates the pinned backup: 8.3-9.8 s for 14.96 GiB of weights.
+FIRST_RELEASE_S_PER_GIB = 0.62
+MEMORY_OP_OVERHEAD_S = 0.02  # [measured] release 46 ms / resume 18 ms for the tiny model
+# /update_weights_from_disk reads safetensors (page cache) into the GPU. [measured] 13 ms for the
+# 34 MB tiny model (design.md) ~ 2.5 GB/s; re-measure with a real 8B fine-tune.
+DISK_LOAD_BW = 2.5e9
+
+# --- what the sim reports about itself ---------------------------------------------------------
+SGLANG_VERSION = "0.5.17"  # the SGLang release whose HTTP API the sim reproduces
+ACCELERATOR_NAME = "NVIDIA H100 80GB HBM3 (simulated)"

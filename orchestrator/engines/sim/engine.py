@@ -1,0 +1,74 @@
+"""The ``sim`` engine: describes a simulated SGLang server process for one instance.
+
+The child is ``python -m orchestrator.engines.sim`` with the same SGLang flags the ``sglang``
+engine passes (served name, TP size, NCCL port, metrics, memory saver with CPU backup) plus
+``--sim-*`` knobs: the shipped shape (so the sim never guesses the model's size), the host's GPU
+memory, and speed / boot delay from chimera's environment registry.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import orchestrator
+from orchestrator.config import GIB
+from orchestrator.engines.base import LaunchRequest, LaunchSpec, served_name
+from orchestrator.env import Env
+
+SIM_READY_TIMEOUT_S = 60.0  # the sim boots in ~1 s plus the configured start delay
+
+
+def max_total_tokens(req: LaunchRequest) -> int | None:
+    """KV pool in tokens: the memory ledger's share if given, else the placement's kv_pool_gb."""
+    per_token = req.instance.model.shape.kv_bytes_per_token
+    if req.kv_bytes is not None:
+        return max(1, req.kv_bytes // per_token)
+    if req.instance.placement.kv_pool_gb is not None:
+        return max(1, int(req.instance.placement.kv_pool_gb * GIB) // per_token)
+    return None
+
+
+
+
+class SimEngine:
+    name = "sim"
+    needs_model_dir = False  # the sim reads only the shape, never weights or a tokenizer
+
+    def launch_spec(self, req: LaunchRequest) -> LaunchSpec:
+        model = req.instance.model
+        env_knobs = Env.read()
+        argv = [
+            sys.executable, "-m", "orchestrator.engines.sim",
+            "--model-path", model.model_path,
+            "--sim-shape", model.shape.name,
+            "--host", req.listen_host,
+            "--port", str(req.port),
+            "--served-model-name", served_name(model.name),
+            "--tp-size", str(model.tp_size),
+            "--nccl-port", str(req.nccl_port),
+            "--base-gpu-id", str(min(req.instance.gpus)),
+            "--enable-metrics",
+            "--enable-memory-saver",
+            "--enable-weights-cpu-backup",
+            "--sleep-on-idle",
+            "--sim-gpu-memory-gb", f"{req.host.gpu_memory_gb:g}",
+            "--sim-speed", f"{env_knobs.sim_speed:g}",
+            "--sim-start-delay-s", f"{env_knobs.sim_start_delay_s:g}",
+        ]
+        if model.load_format != "auto":
+            argv += ["--load-format", model.load_format]
+        tokens = max_total_tokens(req)
+        if tokens is not None:
+            argv += ["--max-total-tokens", str(tokens)]
+        argv += model.engine_args
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        # the child must import this very package, wherever chimera runs from
+        root = str(Path(orchestrator.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        return LaunchSpec(
+            argv=tuple(argv), env=env, base_url=f"http://{req.listen_host}:{req.port}",
+            served_name=served_name(model.name),
+            ready_timeout_s=SIM_READY_TIMEOUT_S + env_knobs.sim_start_delay_s,
+        )

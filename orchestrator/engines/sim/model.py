@@ -1,0 +1,237 @@
+"""The sim's model of one SGLang server on H100s: how memory is split, how long a step takes.
+
+Pure functions and small value objects (no clock, no I/O): the batcher asks for step times, the
+server sizes itself with ``plan_memory`` and tracks park/wake in a ``MemoryLedger``. Constants and
+their provenance live in calibration.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.engines.sim import calibration as cal
+from orchestrator.shapes import ModelShape
+
+MEMORY_TAGS = ("kv_cache", "weights", "cuda_graph")  # SGLang's GPU_MEMORY_ALL_TYPES
+
+
+class SimMemoryError(ValueError):
+    """The model does not fit the simulated GPU (fatal: the real server would fail to start)."""
+
+
+def kv_bytes_per_token_per_gpu(shape: ModelShape, tp_size: int) -> int:
+    """KV bytes of one token on one GPU. KV heads are split across TP ranks; when there are
+    fewer KV heads than ranks SGLang replicates them (one head per rank)."""
+    heads = max(1, shape.num_kv_heads // tp_size)
+    return 2 * shape.num_layers * heads * shape.head_dim * shape.dtype_bytes
+
+
+def sglang_defaults(gpu_memory_gb: float, tp_size: int) -> tuple[float, int, int]:
+    """(mem_fraction_static, chunked_prefill_size, cuda_graph_max_bs) as SGLang 0.5.17 picks
+    them for a GPU of this size when the flags are not given (server_args.py)."""
+    gpu_mib = gpu_memory_gb * 1024
+    _, chunk, bs_small_tp, bs_large_tp = next(
+        b for b in cal.GPU_MEMORY_BRACKETS if gpu_mib < b[0])
+    max_bs = bs_small_tp if tp_size < 4 else bs_large_tp
+    reserved = (cal.RESERVED_BASE_MIB + max(chunk, 2048) * cal.RESERVED_PER_ACTIVATION_TOKEN_MIB
+                + tp_size / 8 * 1024 + max_bs * 2)
+    if gpu_mib > 60 * 1024:
+        reserved = max(reserved, cal.RESERVED_FLOOR_MIB_ABOVE_60G)
+    return round((gpu_mib - reserved) / gpu_mib, 3), chunk, max_bs
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes on each GPU of the instance's group, and the KV pool size in tokens."""
+
+    gpu_bytes: int
+    context_bytes: int  # CUDA context etc.: resident even when everything is released
+    weight_bytes: int  # this rank's share of the weights
+    kv_bytes: int  # the KV pool
+    cuda_graph_bytes: int
+    kv_capacity_tokens: int  # SGLang's max_total_num_tokens
+    mem_fraction_static: float
+    chunked_prefill_size: int
+    max_running_requests: int
+
+    def bytes_of(self, tag: str) -> int:
+        return {"weights": self.weight_bytes, "kv_cache": self.kv_bytes,
+                "cuda_graph": self.cuda_graph_bytes}[tag]
+
+
+def plan_memory(shape: ModelShape, *, tp_size: int = 1, gpu_memory_gb: float = 80.0,
+                mem_fraction_static: float | None = None, max_total_tokens: int | None = None,
+                max_running_requests: int | None = None, chunked_prefill_size: int | None = None,
+                context_length: int | None = None) -> MemoryPlan:
+    """Size the server like SGLang's model runner: KV pool = gpu x mem_fraction_static - memory
+    used at startup - weights, capped by --max-total-tokens (SGLang takes the minimum)."""
+    frac_default, chunk_default, _ = sglang_defaults(gpu_memory_gb, tp_size)
+    frac = frac_default if mem_fraction_static is None else mem_fraction_static
+    gpu = int(gpu_memory_gb * cal.GIB)
+    weights = shape.weight_bytes // tp_size
+    per_token = kv_bytes_per_token_per_gpu(shape, tp_size)
+    room = int(gpu * frac) - cal.STARTUP_USED_BYTES - weights
+    if room < per_token * 16:
+        raise SimMemoryError(
+            f"Not enough memory: {shape.name} needs {weights / cal.GIB:.1f} GiB of weights per GPU "
+            f"but --mem-fraction-static {frac} of {gpu_memory_gb:g} GiB leaves "
+            f"{max(room, 0) / cal.GIB:.2f} GiB for the KV cache; raise --tp-size or "
+            f"--mem-fraction-static (SIMULATED H100)")
+    tokens = room // per_token
+    if max_total_tokens is not None:
+        tokens = min(tokens, max_total_tokens)
+    context_len = context_length or shape.max_context
+    if max_running_requests is None:
+        estimate = int(tokens / context_len * 512)
+        max_running_requests = min(max(estimate, cal.MAX_RUNNING_REQUESTS_MIN),
+                                   cal.MAX_RUNNING_REQUESTS_MAX)
+    return MemoryPlan(
+        gpu_bytes=gpu, context_bytes=cal.CONTEXT_BYTES, weight_bytes=weights,
+        kv_bytes=tokens * per_token, cuda_graph_bytes=cal.CUDA_GRAPH_BYTES,
+        kv_capacity_tokens=int(tokens), mem_fraction_static=frac,
+        chunked_prefill_size=chunked_prefill_size or chunk_default,
+        max_running_requests=max_running_requests,
+    )
+
+
+@dataclass
+class MemoryLedger:
+    """What is resident on each GPU of the instance, per SGLang memory tag. Owned by the server;
+    ``/release_memory_occupation`` and ``/resume_memory_occupation`` move tags in and out.
+
+    Faithful to torch_memory_saver as SGLang uses it: without --enable-memory-saver a release is
+    a silent no-op (200, nothing freed); without --enable-weights-cpu-backup released weights
+    come back as garbage (the server then produces different output until weights are
+    reloaded)."""
+
+    plan: MemoryPlan
+    memory_saver: bool = True
+    weights_cpu_backup: bool = True
+    released: set[str] = field(default_factory=set)
+    releases: int = 0  # the first release pays for allocating the pinned host backup
+    weights_intact: bool = True
+
+    @staticmethod
+    def normalize(tags: Iterable[str] | None) -> list[str]:
+        """Tags of a request; none or empty = all (SGLang's rule). Unknown tags raise."""
+        out = list(tags or MEMORY_TAGS)
+        unknown = [t for t in out if t not in MEMORY_TAGS]
+        if unknown:
+            raise ValueError(f"unknown memory tags {unknown}; use any of {list(MEMORY_TAGS)}")
+        return out
+
+    def to_release(self, tags: Iterable[str] | None) -> list[str]:
+        """The tags a release would really free (none without the memory saver)."""
+        if not self.memory_saver:
+            return []
+        return [t for t in self.normalize(tags) if t not in self.released]
+
+    def release(self, tags: Iterable[str] | None) -> list[str]:
+        """Drop tags; returns those that were resident (the ones that cost time)."""
+        moved = self.to_release(tags)
+        self.released.update(moved)
+        self.releases += 1
+        if "weights" in moved and not self.weights_cpu_backup:
+            self.weights_intact = False
+        return moved
+
+    def to_resume(self, tags: Iterable[str] | None) -> list[str]:
+        return [t for t in self.normalize(tags) if t in self.released]
+
+    def resume(self, tags: Iterable[str] | None) -> list[str]:
+        moved = self.to_resume(tags)
+        self.released.difference_update(moved)
+        return moved
+
+    @property
+    def can_serve(self) -> bool:
+        return not (self.released & {"weights", "kv_cache"})
+
+    def resident_bytes(self) -> int:
+        return self.plan.context_bytes + sum(
+            self.plan.bytes_of(t) for t in MEMORY_TAGS if t not in self.released)
+
+    def snapshot(self) -> dict[str, object]:
+        p = self.plan
+        return {
+            "gpu_bytes": p.gpu_bytes, "context_bytes": p.context_bytes,
+            "weights_bytes": 0 if "weights" in self.released else p.weight_bytes,
+            "kv_cache_bytes": 0 if "kv_cache" in self.released else p.kv_bytes,
+            "cuda_graph_bytes": 0 if "cuda_graph" in self.released else p.cuda_graph_bytes,
+            "resident_bytes": self.resident_bytes(),
+            "released": {t: t in self.released for t in MEMORY_TAGS},
+            "memory_saver": self.memory_saver, "weights_cpu_backup": self.weights_cpu_backup,
+            "weights_intact": self.weights_intact,
+        }
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Seconds of one scheduler step on the instance's GPU group (roofline with efficiencies).
+
+    ``speed`` scales every duration: 1 = the calibrated H100, 0 = no compute time at all (tokens
+    come as fast as the event loop runs; used to measure the proxy's own overhead)."""
+
+    shape: ModelShape
+    tp_size: int = 1
+    speed: float = 1.0
+
+    def _allreduce(self, tokens: int) -> float:
+        if self.tp_size == 1:
+            return 0.0
+        nbytes = tokens * self.shape.hidden_size * self.shape.dtype_bytes
+        ring = 2 * (self.tp_size - 1) / self.tp_size
+        one = cal.ALLREDUCE_LATENCY_S + nbytes * ring / cal.NVLINK_ALLREDUCE_BUS_BW
+        return 2 * self.shape.num_layers * one  # after attention and after the MLP
+
+    def _weight_read(self) -> float:
+        bandwidth = cal.HBM_BANDWIDTH * cal.WEIGHT_READ_EFFICIENCY
+        return self.shape.weight_bytes / self.tp_size / bandwidth
+
+    def _attention_flops(self, new: int, prefix: int) -> float:
+        # QK^T and AV over a causal window: 4 * layers * q_dim * new * (prefix + new / 2)
+        q_dim = self.shape.num_heads * self.shape.head_dim
+        return 4.0 * self.shape.num_layers * q_dim * new * (prefix + new / 2)
+
+    def prefill_time(self, chunks: Sequence[tuple[int, int]], chunk_size: int = 8192) -> float:
+        """One prefill batch; ``chunks`` = (new tokens, tokens already in KV) per request.
+        SGLang's chunked prefill splits a batch over ceil(total / chunk_size) forward passes."""
+        new_total = sum(n for n, _ in chunks)
+        if new_total == 0:
+            return 0.0
+        flops = new_total * self.shape.flops_per_token + sum(
+            self._attention_flops(n, p) for n, p in chunks)
+        compute = flops / self.tp_size / (cal.PEAK_BF16_FLOPS * cal.PREFILL_MFU)
+        passes = -(-new_total // max(1, chunk_size))
+        # a pass is never faster than streaming the weights once; compute overlaps that stream
+        step = passes * cal.PREFILL_STEP_OVERHEAD_S + max(compute, passes * self._weight_read())
+        return self.speed * (step + self._allreduce(new_total))
+
+    def decode_time(self, context_lens: Sequence[int]) -> float:
+        """One decode step producing a token for each running request (context = its tokens)."""
+        batch = len(context_lens)
+        if batch == 0:
+            return 0.0
+        compute = batch * self.shape.flops_per_token / self.tp_size / (
+            cal.PEAK_BF16_FLOPS * cal.DECODE_MFU)
+        kv_per_token = kv_bytes_per_token_per_gpu(self.shape, self.tp_size)
+        kv_read = sum(context_lens) * kv_per_token / (cal.HBM_BANDWIDTH * cal.KV_READ_EFFICIENCY)
+        step = (cal.DECODE_STEP_OVERHEAD_S + max(self._weight_read(), compute) + kv_read
+                + self._allreduce(batch))
+        return self.speed * step
+
+    def release_time(self, plan: MemoryPlan, tags: Sequence[str], first: bool) -> float:
+        """Park: copy weights/graphs to the (retained) pinned host backup; KV is just dropped."""
+        moved = sum(plan.bytes_of(t) for t in tags if t != "kv_cache")
+        if first:
+            seconds = moved / cal.GIB * cal.FIRST_RELEASE_S_PER_GIB
+        else:
+            seconds = moved / cal.HOST_TO_DEVICE_BW * cal.RELEASE_OVERHEAD_FACTOR
+        return self.speed * (cal.MEMORY_OP_OVERHEAD_S + seconds)
+
+    def resume_time(self, plan: MemoryPlan, tags: Sequence[str]) -> float:
+        """Wake: copy weights/graphs back from host; KV pages are re-mapped empty."""
+        moved = sum(plan.bytes_of(t) for t in tags if t != "kv_cache")
+        seconds = moved / cal.HOST_TO_DEVICE_BW * cal.RESUME_OVERHEAD_FACTOR
+        return self.speed * (cal.MEMORY_OP_OVERHEAD_S + seconds)

@@ -1,0 +1,242 @@
+"""The simulated SGLang server: settings, the per-app runtime, and the Starlette app.
+
+``create_app(settings)`` builds an app whose state (memory ledger, batcher task, metrics) is made
+in the lifespan and kept on ``app.state.sim``; nothing is module-global, so tests can run many
+apps in one process. Routes (all plain ``starlette.routing.Route``) are in api.py (generation),
+admin.py (health, info, loads, metrics) and park.py (pause, release, resume, weight update);
+paths, bodies and status codes follow SGLang 0.5.17's ``srt/entrypoints/http_server.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from orchestrator.engines.sim import calibration as cal
+from orchestrator.engines.sim.batcher import Batcher, Clock, SimRequest, StepEvent, WallClock
+from orchestrator.engines.sim.metrics import SimMetrics
+from orchestrator.engines.sim.model import LatencyModel, MemoryLedger, plan_memory
+from orchestrator.engines.sim.tokenizer import ToyTokenizer
+from orchestrator.shapes import ModelShape, load_shape
+
+DISCONNECT_POLL_S = 4.0  # SGLang's _REQUEST_STATE_WAIT_TIMEOUT: check for a gone client this often
+
+
+class ClientGone(Exception):
+    """The client of a non-streaming request disconnected; the request was aborted."""
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    shape: ModelShape
+    model_path: str
+    served_name: str
+    tp_size: int = 1
+    gpu_memory_gb: float = 80.0  # GiB per GPU, as in the placements file's host.gpu_memory_gb
+    mem_fraction_static: float | None = None  # None = SGLang's default for this GPU size
+    max_total_tokens: int | None = None
+    max_running_requests: int | None = None
+    chunked_prefill_size: int | None = None
+    context_length: int | None = None
+    speed: float = 1.0  # time scale of every modelled duration (0 = no compute time)
+    start_delay_s: float = 0.0  # simulated boot time before the port opens
+    # The CLI defaults these three to off, like SGLang; chimera always passes them.
+    enable_metrics: bool = True
+    enable_memory_saver: bool = True  # off: /release_memory_occupation frees nothing (SGLang)
+    enable_weights_cpu_backup: bool = True  # off: released weights come back as garbage
+    host: str = "127.0.0.1"
+    port: int = 30000
+    weight_version: str = "default"
+
+    @classmethod
+    def from_shape(cls, shape_name: str, **overrides: Any) -> SimSettings:
+        """Settings for a shipped shape; ``model_path`` and ``served_name`` default to its name."""
+        model_path = overrides.pop("model_path", shape_name)
+        served = overrides.pop("served_name", model_path)
+        shape = overrides.pop("shape", None) or load_shape(shape_name)
+        return cls(shape=shape, model_path=model_path, served_name=served, **overrides)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "shape"}
+        return {**out, "shape": self.shape.name}
+
+
+class SimServer:
+    """Everything one simulated server owns. Made by the lifespan; routes reach it through
+    ``request.app.state.sim``. All methods run on the app's event loop."""
+
+    def __init__(self, settings: SimSettings, clock: Clock) -> None:
+        s = settings
+        self.settings, self.clock = s, clock
+        self.context_len = s.context_length or s.shape.max_context
+        self.plan = plan_memory(
+            s.shape, tp_size=s.tp_size, gpu_memory_gb=s.gpu_memory_gb,
+            mem_fraction_static=s.mem_fraction_static, max_total_tokens=s.max_total_tokens,
+            max_running_requests=s.max_running_requests,
+            chunked_prefill_size=s.chunked_prefill_size, context_length=self.context_len)
+        self.ledger = MemoryLedger(self.plan, s.enable_memory_saver, s.enable_weights_cpu_backup)
+        self.model = LatencyModel(s.shape, s.tp_size, s.speed)
+        self.metrics = SimMetrics(s.served_name, self.gauges)
+        self.batcher = Batcher(self.model, self.plan, clock, self.metrics.queue_time)
+        self.tokenizer = ToyTokenizer(s.shape.vocab_size)
+        # SGLang's tp_worker: max_req_len = min(context_len - 1, max_total_num_tokens - 1)
+        self.max_req_len = min(self.context_len - 1, self.plan.kv_capacity_tokens - 1)
+        self.max_req_input_len = self.max_req_len - 5
+        self.up = False  # False while "starting": /health answers 503
+        self.startup_time = time.time()
+        self.not_paused = asyncio.Event()  # requests arriving while paused wait on this
+        self.not_paused.set()
+        self.memory_lock = asyncio.Lock()  # one release/resume/weight update at a time
+        self.model_path = s.model_path  # changed by /update_weights_from_disk
+        self.weight_version = s.weight_version
+
+    def weights_key(self) -> str:
+        """What the loaded weights are, for the output: the original model's are ``""``."""
+        key = "" if self.model_path == self.settings.model_path else self.model_path
+        return key if self.ledger.weights_intact else key + "#garbage"
+
+    @property
+    def paused(self) -> bool:
+        return not self.not_paused.is_set()
+
+    def gauges(self) -> dict[str, float]:
+        snap, p = self.batcher.snapshot(), self.plan
+        return {
+            "num_running_reqs": snap.num_running, "num_queue_reqs": snap.num_waiting,
+            "num_used_tokens": snap.used_tokens, "token_usage": snap.used_tokens / snap.capacity,
+            "gen_throughput": snap.gen_throughput, "num_retracted_reqs": snap.num_retracted,
+            "num_paused_reqs": snap.num_paused, "max_total_num_tokens": p.kv_capacity_tokens,
+            "weight_memory_usage_gb": p.weight_bytes / cal.GIB,
+            "kv_cache_memory_usage_gb": p.kv_bytes / cal.GIB,
+            "context_len": self.context_len, "page_size": 1,
+        }
+
+    def prepare(self, prompt_ids: Sequence[int], max_new_tokens: int | None, ignore_eos: bool,
+                rid: str | None = None) -> SimRequest:
+        """Validate like SGLang's tokenizer manager and scheduler (same messages; a ValueError
+        becomes a 400) and plan the request's output."""
+        n = len(prompt_ids)
+        if n == 0:
+            raise ValueError("Either text, input_ids or input_embeds should be provided.")
+        if n >= self.context_len:
+            raise ValueError(f"The input ({n} tokens) is longer than the model's context length "
+                             f"({self.context_len} tokens).")
+        if max_new_tokens is not None and max_new_tokens + n > self.context_len:
+            raise ValueError(
+                f"Requested token count exceeds the model's maximum context length of "
+                f"{self.context_len} tokens. You requested a total of {max_new_tokens + n} "
+                f"tokens: {n} tokens from the input messages and {max_new_tokens} tokens for the "
+                f"completion. Please reduce the number of tokens in the input messages or the "
+                f"completion to fit within the limit.")
+        if n >= self.max_req_input_len:
+            raise ValueError(f"Input length ({n} tokens) exceeds the maximum allowed length "
+                             f"({self.max_req_input_len} tokens). Use a shorter input or enable "
+                             f"--allow-auto-truncate.")
+        cap = min(1 << 30 if max_new_tokens is None else max_new_tokens,
+                  self.max_req_len - n - 1, self.plan.kv_capacity_tokens - n - 2)
+        plan = self.tokenizer.plan(prompt_ids, max(0, cap), ignore_eos, self.weights_key())
+        return SimRequest(rid or uuid.uuid4().hex, n, plan)
+
+    async def generate(self, req: SimRequest, stream: bool,
+                       request: Request | None = None) -> AsyncGenerator[dict[str, Any], None]:
+        """SGLang's ``generate_request``: yields output dicts (``text``, ``output_ids``,
+        ``meta_info``): each new token when streaming (cumulative text), else only the last.
+        Closing the generator early aborts the request and frees its KV."""
+        arrival = self.clock.now()
+        await self.not_paused.wait()
+        self.batcher.submit(req)
+        ids: list[int] = []
+        text, last, first = "", arrival, True
+        try:
+            while True:
+                ev = await self._next_event(req, request)
+                new = req.plan.tokens(len(ids), ev.generated)
+                ids.extend(new)
+                text += self.tokenizer.decode(new)
+                if new and first:
+                    self.metrics.first_token(ev.time - arrival, stream)
+                    first = False
+                elif new:
+                    self.metrics.tokens(ev.time - last, len(new))
+                last = ev.time
+                if not (stream or ev.finish):
+                    continue
+                meta: dict[str, Any] = {
+                    "id": req.rid, "finish_reason": ev.finish, "prompt_tokens": req.prompt_len,
+                    "weight_version": self.weight_version,
+                    "num_retractions": req.retractions, "reasoning_tokens": 0,
+                    "completion_tokens": len(ids), "cached_tokens": 0,
+                }
+                if ev.finish:
+                    meta["e2e_latency"] = ev.time - arrival
+                    aborted = ev.finish.get("type") == "abort"
+                    self.metrics.finished(req.prompt_len, len(ids), ev.time - arrival, stream,
+                                          aborted)
+                yield {"text": text, "output_ids": list(ids), "meta_info": meta}
+                if ev.finish:
+                    return
+        finally:
+            if req.state != "done":
+                self.batcher.abort(req, "Client disconnected")
+                self.metrics.finished(req.prompt_len, len(ids), self.clock.now() - arrival,
+                                      stream, True)
+
+    async def _next_event(self, req: SimRequest, request: Request | None) -> StepEvent:
+        while True:
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                async with asyncio.timeout(DISCONNECT_POLL_S):
+                    return await req.events.get()
+            except TimeoutError:
+                if request is not None and await request.is_disconnected():
+                    raise ClientGone(req.rid) from None
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette, settings: SimSettings, clock: Clock) -> AsyncIterator[None]:
+    sim = SimServer(settings, clock)
+    if settings.start_delay_s > 0:  # uvicorn binds the port only after startup: like SGLang
+        await clock.sleep(settings.start_delay_s)
+    sim.up = True
+    app.state.sim = sim
+    task = asyncio.create_task(sim.batcher.run(), name="sim-batcher")
+    try:
+        yield
+    finally:
+        sim.batcher.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)  # FastAPI's shape
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": {"message": f"Internal server error: {type(exc).__name__}: "
+                                              f"{exc} (SIMULATED sglang)"}}, status_code=500)
+
+
+def create_app(settings: SimSettings, clock: Clock | None = None) -> Starlette:
+    from orchestrator.engines.sim import admin, api, park
+
+    the_clock = clock or WallClock()
+    routes: list[Route] = [*api.routes(), *admin.routes(), *park.routes()]
+
+    def lifespan(app: Starlette) -> contextlib.AbstractAsyncContextManager[None]:
+        return _lifespan(app, settings, the_clock)
+
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
