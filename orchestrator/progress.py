@@ -30,7 +30,9 @@ class StartupProgress:
         self._expected = start_on_up  # instances `up` starts; the display ends when they settle
         self.settled_event = asyncio.Event()
         for v in views:
-            self._tasks[v.id] = self._progress.add_task(self._describe(v), total=1)
+            idle = v.id not in start_on_up  # `on: false`: nothing to wait for, no spinner
+            self._tasks[v.id] = self._progress.add_task(self._describe(v), total=1,
+                                                        completed=1 if idle else 0)
             self._states[v.id] = v.state
         if self.settled:
             self.settled_event.set()
