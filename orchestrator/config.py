@@ -25,6 +25,12 @@ WEIGHTS_BUDGET_FRACTION = 0.9
 
 ENGINES = ("auto", "sim", "sglang")
 LOAD_FORMATS = ("auto", "dummy")
+# static: fixed KV pools; elastic: + KV limits re-split at run time (cumem_shim); full: elastic +
+# time-sharing (park/wake) + the global scheduler. Each later mode includes the earlier ones.
+MODES = ("static", "elastic", "full")
+PARK_WHEN_IDLE = ("needed", "always", "never")
+# Prism's sensitivity study: an idle threshold under 40 s thrashes, over 80 s hoards memory.
+DEFAULT_IDLE_PARK_S = 45.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,15 @@ class Placement:
     gpus: tuple[int, ...]
     on: bool = True
     kv_pool_gb: float | None = None  # ceiling of this instance's KV pool; None = engine default
+    kv_floor_gb: float | None = None  # elastic mode: KV this instance keeps whatever others need
+
+
+@dataclass(frozen=True)
+class Idle:
+    """When an idle model gives its GPU memory back (time-sharing)."""
+
+    park_after_s: float = DEFAULT_IDLE_PARK_S  # 0 = never park for idleness
+    when: str = "needed"  # needed: only when its memory is wanted; always; never
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,7 @@ class ModelSpec:
     priority: int = 0
     load_format: str = "auto"
     engine_args: tuple[str, ...] = ()  # extra SGLang flags, passed through after validation
+    idle: Idle = Idle()
 
 
 @dataclass(frozen=True)
@@ -78,9 +94,19 @@ class InstanceSpec:
 
 
 @dataclass(frozen=True)
+class HoldLimits:
+    """Requests held in the proxy while their model starts or wakes (then 503 + Retry-After)."""
+
+    per_model: int = 256
+    total: int = 1024
+
+
+@dataclass(frozen=True)
 class Config:
     models: tuple[ModelSpec, ...]
     host: HostSpec = HostSpec()
+    mode: str = "full"
+    hold: HoldLimits = HoldLimits()
     source: str = "<memory>"
     gpu_count: int = 1
     instances: tuple[InstanceSpec, ...] = field(default=())
@@ -136,13 +162,19 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     v = _Validator()
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: expected a mapping with a `models:` list (or Prism's JSON list)"])
-    v.keys(raw, "", {"models", "host"})
+    v.keys(raw, "", {"models", "host", "mode", "idle", "hold"})
     host = _host(v, raw.get("host", {}))
+    mode = raw.get("mode", "full")
+    if mode not in MODES:
+        v.err("mode", f"must be one of {', '.join(MODES)} (got {mode!r})")
+    idle_default = _idle(v, "idle", raw.get("idle", {}), Idle())
+    hold = _hold(v, raw.get("hold", {}))
     models_raw = raw.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         v.err("models", "needs a non-empty list of models")
         raise ConfigError([f"{source}: {p}" for p in v.problems])
-    models = [m for i, r in enumerate(models_raw) if (m := _model(v, f"models[{i}]", r))]
+    models = [m for i, r in enumerate(models_raw)
+              if (m := _model(v, f"models[{i}]", r, idle_default))]
     v.raise_if_any(source)
 
     used = {g for m in models for pl in m.placements for g in pl.gpus}
@@ -155,7 +187,7 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
         for m in models
         for pl in m.placements
     )
-    return Config(tuple(models), host, source, gpu_count, instances)
+    return Config(tuple(models), host, str(mode), hold, source, gpu_count, instances)
 
 
 def _instance_id(m: ModelSpec, pl: Placement) -> str:
@@ -205,10 +237,33 @@ def _host(v: _Validator, raw: Any) -> HostSpec:
 
 
 _MODEL_KEYS = {"name", "model_path", "shape", "tp_size", "aliases", "placements", "slo",
-               "priority", "load_format", "engine_args"}
+               "priority", "load_format", "engine_args", "idle"}
 
 
-def _model(v: _Validator, path: str, raw: Any) -> ModelSpec | None:
+def _idle(v: _Validator, path: str, raw: Any, default: Idle) -> Idle:
+    if not isinstance(raw, dict):
+        v.err(path, "must be a mapping like {park_after_s: 45, when: needed}")
+        return default
+    v.keys(raw, path, {"park_after_s", "when"})
+    after = v.number(raw, "park_after_s", path, minimum=0)
+    when = raw.get("when", default.when)
+    if when not in PARK_WHEN_IDLE:
+        v.err(f"{path}.when", f"must be one of {', '.join(PARK_WHEN_IDLE)} (got {when!r})")
+        when = default.when
+    return Idle(after if after is not None else default.park_after_s, str(when))
+
+
+def _hold(v: _Validator, raw: Any) -> HoldLimits:
+    if not isinstance(raw, dict):
+        v.err("hold", "must be a mapping like {per_model: 256, total: 1024}")
+        return HoldLimits()
+    v.keys(raw, "hold", {"per_model", "total"})
+    per = v.number(raw, "per_model", "hold", minimum=1, integer=True)
+    tot = v.number(raw, "total", "hold", minimum=1, integer=True)
+    return HoldLimits(int(per) if per is not None else 256, int(tot) if tot is not None else 1024)
+
+
+def _model(v: _Validator, path: str, raw: Any, idle_default: Idle = Idle()) -> ModelSpec | None:
     if not isinstance(raw, dict):
         v.err(path, "must be a mapping with at least `name`, `model_path` and `placements`")
         return None
@@ -235,6 +290,7 @@ def _model(v: _Validator, path: str, raw: Any) -> ModelSpec | None:
         engine_args = []
     priority = v.number(raw, "priority", path, minimum=0, integer=True)
     slo = _slo(v, f"{path}.slo", raw.get("slo", {}))
+    idle = _idle(v, f"{path}.idle", raw.get("idle", {}), idle_default)
     placements = _placements(v, path, raw.get("placements"), tp_size)
     shape: ModelShape | None = None
     if isinstance(model_path, str) and model_path:
@@ -252,7 +308,7 @@ def _model(v: _Validator, path: str, raw: Any) -> ModelSpec | None:
     return ModelSpec(
         name=name, model_path=model_path, shape=shape, tp_size=tp_size, aliases=tuple(aliases),
         placements=tuple(placements), slo=slo, priority=int(priority or 0),
-        load_format=str(load_format), engine_args=tuple(engine_args),
+        load_format=str(load_format), engine_args=tuple(engine_args), idle=idle,
     )
 
 
@@ -274,7 +330,7 @@ def _placements(v: _Validator, path: str, raw: Any, tp_size: int) -> list[Placem
         if not isinstance(pr, dict):
             v.err(pp, "must be a mapping like {gpus: [0], on: true, kv_pool_gb: 20}")
             continue
-        v.keys(pr, pp, {"gpus", "on", "kv_pool_gb"})
+        v.keys(pr, pp, {"gpus", "on", "kv_pool_gb", "kv_floor_gb"})
         gpus = pr.get("gpus")
         if isinstance(gpus, int) and not isinstance(gpus, bool):
             gpus = [gpus]
@@ -294,7 +350,12 @@ def _placements(v: _Validator, path: str, raw: Any, tp_size: int) -> list[Placem
             v.err(f"{pp}.on", f"must be true or false (got {on!r})")
             continue
         kv = v.number(pr, "kv_pool_gb", pp, minimum=0)
-        out.append(Placement(tuple(gpus), on, kv))
+        floor = v.number(pr, "kv_floor_gb", pp, minimum=0)
+        if kv is not None and floor is not None and floor > kv:
+            v.err(f"{pp}.kv_floor_gb", f"{floor:g} GB is above kv_pool_gb ({kv:g} GB): the floor "
+                  "must fit under the ceiling")
+            continue
+        out.append(Placement(tuple(gpus), on, kv, floor))
     return out
 
 

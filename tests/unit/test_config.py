@@ -125,3 +125,29 @@ def test_yaml_and_prism_forms_give_the_same_config(tmp_path: Path) -> None:
     a = load_config(tmp_path / "p.json")
     b = load_config(tmp_path / "o.yaml")
     assert a.models == b.models and a.instances == b.instances
+
+
+def test_mode_idle_and_hold_defaults_and_overrides() -> None:
+    raw = {"mode": "elastic", "idle": {"park_after_s": 60}, "hold": {"per_model": 8},
+           "models": [
+               {"name": "a", "model_path": "tiny-llama", "placements": [{"gpus": [0]}]},
+               {"name": "b", "model_path": "tiny-llama", "idle": {"when": "always"},
+                "placements": [{"gpus": [0], "kv_pool_gb": 4, "kv_floor_gb": 1}]},
+           ]}
+    cfg = parse_config(raw)
+    assert cfg.mode == "elastic" and cfg.hold.per_model == 8 and cfg.hold.total == 1024
+    a, b = cfg.models
+    assert a.idle.park_after_s == 60 and a.idle.when == "needed"
+    assert b.idle.park_after_s == 60 and b.idle.when == "always"
+    assert b.placements[0].kv_floor_gb == 1
+    assert parse_config({"models": raw["models"][:1]}).mode == "full"
+
+
+def test_bad_mode_idle_and_floor_are_reported() -> None:
+    raw = {"mode": "dynamic", "models": [
+        {"name": "a", "model_path": "tiny-llama", "idle": {"when": "sometimes"},
+         "placements": [{"gpus": [0], "kv_pool_gb": 1, "kv_floor_gb": 2}]}]}
+    probs = _problems(raw)
+    assert any("mode: must be one of static, elastic, full" in p for p in probs)
+    assert any("models[0].idle.when" in p for p in probs)
+    assert any("models[0].placements[0].kv_floor_gb" in p for p in probs)
