@@ -14,11 +14,13 @@ from rich.console import Console
 
 from orchestrator.config import Config
 from orchestrator.control.api import InstanceView
+from orchestrator.control.events import Tick
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.engines import get_engine
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
+from orchestrator.proxy.admin import admin_routes
 from orchestrator.supervisor.supervisor import Supervisor
 
 
@@ -31,9 +33,18 @@ class _Server(uvicorn.Server):
         yield
 
 
+TICK_S = 1.0  # idle eviction is decided on this period (thresholds are tens of seconds)
+
+
+async def _ticker(control: ControlLoop) -> None:
+    while True:
+        await asyncio.sleep(TICK_S)
+        control.post(Tick())
+
+
 async def serve(
     cfg: Config, engine_name: str, host: str, port: int, run_dir: Path, hold_timeout_s: float,
-    console: Console,
+    console: Console, admin_key: str | None = None,
 ) -> int:
     metrics = ChimeraMetrics()
 
@@ -42,7 +53,8 @@ async def serve(
 
     control: ControlLoop
     supervisor = Supervisor(get_engine(engine_name), cfg.host, run_dir,
-                            post=lambda ev: control.post(ev), observers=[publish])
+                            post=lambda ev: control.post(ev), observers=[publish],
+                            measure=metrics.record)
     control = ControlLoop(cfg, supervisor)
     progress = StartupProgress(console, [i for m in control.models() for i in m.instances],
                                start_on_up={i.id for i in cfg.instances if i.placement.on})
@@ -51,7 +63,8 @@ async def serve(
         for v in m.instances:
             publish(v)
 
-    app = create_app(control, metrics, hold_timeout_s=hold_timeout_s)
+    app = create_app(control, metrics, hold_timeout_s=hold_timeout_s,
+                     extra_routes=admin_routes(control, admin_key))
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                     lifespan="on", access_log=False))
     stop = asyncio.Event()
@@ -69,6 +82,7 @@ async def serve(
     console.print(f"[bold]chimera[/] {engine_name} engine, {len(cfg.instances)} instance(s) of "
                   f"{len(cfg.models)} model(s); engine logs in {run_dir}/")
     control_task = asyncio.create_task(control.run(), name="control-loop")
+    ticker_task = asyncio.create_task(_ticker(control), name="ticker")
     server_task = asyncio.create_task(server.serve(), name="proxy")
     try:
         with progress:
@@ -89,6 +103,7 @@ async def serve(
         console.print("[bold]stopping[/]: proxy, then every engine process")
         server.should_exit = True
         await asyncio.wait({server_task}, timeout=10)
+        await cancel_and_wait(ticker_task)
         await control.shutdown()
         await cancel_and_wait(control_task)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -104,5 +119,8 @@ def _summary(console: Console, control: ControlLoop, host: str, port: int) -> No
         for i in m.instances:
             if i.error:
                 console.print(f"    [red]{i.id}: {i.error}[/]")
+    console.print(f"  mode: {control.config.mode}"
+                  + (" (idle models park; requests for parked models wait while they wake)"
+                     if control.timesharing else ""))
     console.print(f"[bold green]serving[/] on http://{host}:{port}/v1 "
                   f"(models: GET /v1/models, metrics: GET /metrics; Ctrl-C to stop)")

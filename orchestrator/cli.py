@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import socket
 import sys
@@ -18,6 +19,9 @@ from orchestrator import __version__
 from orchestrator.config import GIB, Config, load_config
 from orchestrator.errors import ConfigError
 
+# Share of host RAM the retained weight backups of parked models may take (the rest: the OS,
+# chimera, SGLang's own processes).
+HOST_BACKUP_FRACTION = 0.8
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 
@@ -59,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--hold-timeout-s", type=float, default=300.0,
                     help="how long a request may wait for its model to start before a 503 "
                     "with Retry-After (default: %(default)s)")
+    up.add_argument("--admin-key", default=None,
+                    help="bearer key of the admin API (/admin/instances, .../park, .../wake); "
+                    "default: $CHIMERA_ADMIN_KEY; unset = admin API off")
+    up.add_argument("--mode", choices=("static", "elastic", "full"), default=None,
+                    help="deployment mode, overriding the file's `mode:`: static = fixed KV "
+                    "pools; elastic = KV limits re-split at run time; full = elastic + "
+                    "time-sharing (idle models park, wake on demand) (default: the file's, "
+                    "else full)")
     up.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
                     help="chimera's own log level (default: %(default)s)")
 
@@ -144,6 +156,9 @@ def _up(args: argparse.Namespace) -> int:
         raise ConfigError([f"--hold-timeout-s: must be > 0 (got {args.hold_timeout_s})"])
     engine, gpus = _pick_engine(args.engine)
     cfg = load_config(args.file, gpu_count=gpus)
+    if args.mode is not None:
+        cfg = dataclasses.replace(cfg, mode=args.mode)
+    _check_host_memory(cfg, engine)
     _dry_run_launch(cfg, engine)
     _check_port_free(args.host, args.port)
     from orchestrator.env import Env
@@ -156,8 +171,30 @@ def _up(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call otherwise
     from orchestrator.app import serve
 
+    admin_key = args.admin_key or Env.read().admin_key
     return asyncio.run(serve(cfg, engine, args.host, args.port, run_dir, args.hold_timeout_s,
-                             console))
+                             console, admin_key))
+
+
+def _check_host_memory(cfg: Config, engine_name: str) -> None:
+    """Time-sharing keeps each parked model's weights in pinned host RAM (SGLang's retained CPU
+    backup, TMS_RETAIN_CPU_BACKUP=1): refuse a file whose backups cannot all fit."""
+    if cfg.mode != "full":
+        return
+    need = sum(i.model.shape.weight_bytes for i in cfg.instances)
+    if engine_name == "sim":
+        have = cfg.host.host_memory_gb * GIB
+        what = f"the simulated host's {cfg.host.host_memory_gb:g} GB (host.host_memory_gb)"
+    else:
+        import psutil
+
+        have = psutil.virtual_memory().total
+        what = f"this host's {have / GIB:.0f} GiB of RAM"
+    if need > HOST_BACKUP_FRACTION * have:
+        raise ConfigError([
+            f"{cfg.source}: time-sharing keeps every parked model's weights in pinned host RAM: "
+            f"{need / GIB:.1f} GiB for these {len(cfg.instances)} instance(s), more than "
+            f"{HOST_BACKUP_FRACTION:.0%} of {what}; use fewer placements or `mode: elastic`"])
 
 
 def _dry_run_launch(cfg: Config, engine_name: str) -> None:

@@ -78,6 +78,7 @@ class HostSpec:
 
     gpus: int | None = None
     gpu_memory_gb: float = 80.0
+    host_memory_gb: float = 512.0  # RAM of the simulated host (a real host's is measured)
 
 
 @dataclass(frozen=True)
@@ -229,11 +230,13 @@ def _host(v: _Validator, raw: Any) -> HostSpec:
     if not isinstance(raw, dict):
         v.err("host", "must be a mapping like {gpus: 2, gpu_memory_gb: 80}")
         return HostSpec()
-    v.keys(raw, "host", {"gpus", "gpu_memory_gb"})
+    v.keys(raw, "host", {"gpus", "gpu_memory_gb", "host_memory_gb"})
     gpus = v.number(raw, "gpus", "host", minimum=1, integer=True)
     mem = v.number(raw, "gpu_memory_gb", "host", minimum=1)
+    ram = v.number(raw, "host_memory_gb", "host", minimum=1)
     return HostSpec(gpus=int(gpus) if gpus is not None else None,
-                    gpu_memory_gb=mem if mem is not None else 80.0)
+                    gpu_memory_gb=mem if mem is not None else 80.0,
+                    host_memory_gb=ram if ram is not None else 512.0)
 
 
 _MODEL_KEYS = {"name", "model_path", "shape", "tp_size", "aliases", "placements", "slo",

@@ -31,7 +31,8 @@ class Env:
     run_dir: str | None  # CHIMERA_RUN_DIR: where instance logs go (default ./runs/<timestamp>)
     sim_speed: float  # CHIMERA_SIM_SPEED: sim engine time scale (1 = calibrated H100; 0 = no compute)
     sim_start_delay_s: float  # CHIMERA_SIM_START_DELAY_S: simulated boot time of a sim instance
-    cache_dir: str  # CHIMERA_CACHE_DIR: materialized dummy-weight model dirs (~/.cache/chimera)
+    admin_key: str | None = None  # CHIMERA_ADMIN_KEY: bearer key of the admin API (unset: API off)
+    cache_dir: str = "~/.cache/chimera"  # CHIMERA_CACHE_DIR: dummy-weight model dirs
     # CHIMERA_SGLANG_ARGS: extra flags for every SGLang server, shell-quoted; on the lent H100
     # "--attention-backend triton --sampling-backend pytorch --grammar-backend none" (gpu.md)
     sglang_extra_args: tuple[str, ...] = ()
@@ -42,6 +43,7 @@ class Env:
             run_dir=os.environ.get("CHIMERA_RUN_DIR") or None,
             sim_speed=_float("CHIMERA_SIM_SPEED", 1.0),
             sim_start_delay_s=_float("CHIMERA_SIM_START_DELAY_S", 0.0),
+            admin_key=os.environ.get("CHIMERA_ADMIN_KEY") or None,
             cache_dir=os.environ.get("CHIMERA_CACHE_DIR")
             or os.path.join(os.path.expanduser("~"), ".cache", "chimera"),
             sglang_extra_args=_args("CHIMERA_SGLANG_ARGS"),

@@ -43,7 +43,8 @@ class Running:
 
 
 def start_chimera(tmp: Path, placements: dict[str, Any], engine: str, awake: list[str],
-                  timeout_s: float, env: dict[str, str] | None = None) -> Running:
+                  timeout_s: float, env: dict[str, str] | None = None,
+                  parked: tuple[str, ...] = (), args: tuple[str, ...] = ()) -> Running:
     cfg = tmp / "placements.yaml"
     cfg.write_text(yaml.safe_dump(placements))
     (port,) = free_ports(1)
@@ -52,7 +53,7 @@ def start_chimera(tmp: Path, placements: dict[str, Any], engine: str, awake: lis
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             chimera_cmd("up", str(cfg), "--engine", engine, "--port", str(port),
-                        "--run-dir", str(tmp / "run"), "--hold-timeout-s", "120"),
+                        "--run-dir", str(tmp / "run"), "--hold-timeout-s", "120", *args),
             stdout=out, stderr=subprocess.STDOUT, env=full_env,
         )
     run = Running(proc, f"http://127.0.0.1:{port}", log, tmp / "run")
@@ -62,7 +63,8 @@ def start_chimera(tmp: Path, placements: dict[str, Any], engine: str, awake: lis
             raise AssertionError(f"chimera exited early:\n{log.read_text()}")
         try:
             states = run.states()
-            if all(states.get(n) == "awake" for n in awake):
+            if all(states.get(n) == "awake" for n in awake) and all(
+                    states.get(n) == "parked" for n in parked):
                 return run
             if any(states.get(n) == "failed" for n in awake):
                 run.stop()

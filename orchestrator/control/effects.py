@@ -15,8 +15,21 @@ class Effects(Protocol):
         """Spawn the instance and post Started or StartFailed (then Exited when it dies)."""
         ...
 
+    def park(self, spec: InstanceSpec, reason: str) -> None:
+        """Give the instance's GPU memory back (keep the process); post Parked or ParkFailed.
+        Called only when the instance is awake with nothing in flight."""
+        ...
+
+    def wake(self, spec: InstanceSpec) -> None:
+        """Bring a parked instance back and check it; post Woken or WakeFailed."""
+        ...
+
     def state_changed(self, view: InstanceView) -> None:
         """Publish a state change (metrics, progress display). Must not block."""
+        ...
+
+    def observe(self, kind: str, model: str, value: float, label: str = "") -> None:
+        """Publish a measurement (park/wake seconds, freed bytes, held requests). Must not block."""
         ...
 
     async def stop_all(self) -> None:

@@ -1,5 +1,5 @@
-"""Events posted to the control loop. Slow work (starting a process) runs elsewhere and
-reports back with one of these; the loop is the only reader."""
+"""Events posted to the control loop. Slow work (starting, parking, waking a process) runs
+elsewhere and reports back with one of these; the loop is the only reader."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from orchestrator.control.api import Endpoint
 class Started:
     instance_id: str
     endpoint: Endpoint
+    seconds: float = 0.0  # spawn to ready
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,31 @@ class Exited:
 
 
 @dataclass(frozen=True)
+class Parked:
+    instance_id: str
+    seconds: float
+    freed_bytes: int  # verified: GPU memory of the instance before minus after
+
+
+@dataclass(frozen=True)
+class ParkFailed:
+    instance_id: str
+    error: str  # the instance was resumed and serves again
+
+
+@dataclass(frozen=True)
+class Woken:
+    instance_id: str
+    seconds: float  # resume + continue + probe
+
+
+@dataclass(frozen=True)
+class WakeFailed:
+    instance_id: str
+    error: str
+
+
+@dataclass(frozen=True)
 class Acquire:
     model: ModelSpec
     future: asyncio.Future[Endpoint]
@@ -40,8 +66,18 @@ class Release:
 
 
 @dataclass(frozen=True)
+class AdminAction:
+    """Park or wake one instance on an operator's request; the future gets a short report."""
+
+    instance_id: str
+    action: str  # park | wake
+    future: asyncio.Future[str]
+
+
+@dataclass(frozen=True)
 class Tick:
     pass
 
 
-Event = Started | StartFailed | Exited | Acquire | Release | Tick
+Event = (Started | StartFailed | Exited | Parked | ParkFailed | Woken | WakeFailed | Acquire
+         | Release | AdminAction | Tick)

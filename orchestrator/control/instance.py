@@ -38,6 +38,7 @@ class Instance:
     in_flight: int = 0
     last_used: float = 0.0  # control-loop clock; idle eviction (time-sharing) reads it
     since: float = 0.0  # when the current state was entered
+    parked_once: bool = False  # the first park (slow: allocates SGLang's pinned backup) is done
     history: list[InstanceState] = field(default_factory=list)
 
     @property

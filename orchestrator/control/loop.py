@@ -2,7 +2,7 @@
 
 Others post events (``post``) or ask through the Router methods, which post events too; the
 loop applies them, asks the pure policies what to do, and causes side effects only through
-``Effects``. No locks: only ``run()`` mutates ``self._instances`` and ``self._waiters``.
+``Effects``. No locks: only ``run()`` (and ``shutdown``) mutate instances and held requests.
 """
 
 from __future__ import annotations
@@ -10,24 +10,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Callable
 
-from orchestrator.config import Config, ModelSpec
-from orchestrator.control.api import Endpoint, InstanceState, ModelView
+from orchestrator.config import GIB, Config, ModelSpec
+from orchestrator.control.api import Endpoint, InstanceState, InstanceView, ModelView
 from orchestrator.control.effects import Effects
-from orchestrator.control.events import Acquire, Event, Exited, Release, Started, StartFailed, Tick
+from orchestrator.control.events import (
+    Acquire,
+    AdminAction,
+    Event,
+    Exited,
+    Parked,
+    ParkFailed,
+    Release,
+    Started,
+    StartFailed,
+    Tick,
+    WakeFailed,
+    Woken,
+)
+from orchestrator.control.holds import Holds, retry_after
 from orchestrator.control.instance import Instance
 from orchestrator.errors import EngineUnavailable
-from orchestrator.policy import startup
+from orchestrator.policy import startup, timesharing
+from orchestrator.policy.gpu_memory import footprint
 from orchestrator.policy.types import ClusterSnapshot, InstanceSnapshot
 
 S = InstanceState
 # Best first: the state a model shows in /v1/models is the best among its instances.
 _STATE_RANK = [S.AWAKE, S.WAKING, S.STARTING, S.PENDING, S.PARKING, S.PARKED, S.STOPPED, S.FAILED]
-# A held request whose model is still starting is told to retry after this long when it times
-# out; replaced by the measured wake time once time-sharing lands.
-DEFAULT_RETRY_AFTER_S = 5.0
 
 
 class ControlLoop:
@@ -35,14 +46,17 @@ class ControlLoop:
         self, config: Config, effects: Effects, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.config = config
-        self._effects = effects
+        self._fx = effects
         self._clock = clock
         self._instances: dict[str, Instance] = {i.id: Instance(i) for i in config.instances}
         self._order = {iid: n for n, iid in enumerate(self._instances)}
-        self._waiters: dict[str, deque[asyncio.Future[Endpoint]]] = {}
+        self._holds = Holds(config.hold)
+        self._held_since: dict[int, float] = {}
+        self._admin: dict[str, list[asyncio.Future[str]]] = {}
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._closing = False
         self._rr: dict[str, int] = {}
+        self.timesharing = config.mode == "full"
 
     # ---- Router (called by the proxy, on the same event loop) -------------------------------
 
@@ -60,8 +74,12 @@ class ControlLoop:
             out.append(ModelView(spec=m, state=best, instances=views))
         return out
 
+    def instances(self) -> list[InstanceView]:
+        return [i.view() for i in self._instances.values()]
+
     async def acquire(self, model: ModelSpec, timeout_s: float) -> Endpoint:
         fut: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
+        t0 = self._clock()
         self.post(Acquire(model, fut))
         try:
             return await asyncio.wait_for(fut, timeout_s)
@@ -75,11 +93,17 @@ class ControlLoop:
             raise EngineUnavailable(
                 f"model {model.name!r} is not ready after waiting {timeout_s:g} s "
                 f"(state: {self._model_state(model)})",
-                retry_after_s=DEFAULT_RETRY_AFTER_S,
+                retry_after_s=self._retry_after(model, self._clock() - t0),
             ) from None
 
     def release(self, endpoint: Endpoint) -> None:
         self.post(Release(endpoint.instance_id))
+
+    async def admin(self, instance_id: str, action: str) -> str:
+        """Park or wake one instance now (admin API); returns what happened."""
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.post(AdminAction(instance_id, action, fut))
+        return await fut
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -97,122 +121,194 @@ class ControlLoop:
     async def shutdown(self) -> None:
         """Fail held requests, stop every process and mark every instance stopped."""
         self._closing = True
-        for waiters in self._waiters.values():
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_exception(EngineUnavailable("chimera is shutting down"))
-        self._waiters.clear()
-        await self._effects.stop_all()
+        self._holds.fail(None, EngineUnavailable("chimera is shutting down"))
+        for futs in self._admin.values():
+            for f in futs:
+                if not f.done():
+                    f.set_exception(EngineUnavailable("chimera is shutting down"))
+        await self._fx.stop_all()
         now = self._clock()
         for inst in self._instances.values():
             if inst.state is not S.STOPPED:
                 inst.to(S.STOPPED, now)
-                self._effects.state_changed(inst.view())
+                self._fx.state_changed(inst.view())
 
-    # ---- internals (only run() and shutdown() reach these) --------------------------------
+    # ---- applying events (only run() reaches these) -------------------------------------
 
     def _apply(self, ev: Event) -> None:
         now = self._clock()
-        if isinstance(ev, Started):
-            inst = self._instances[ev.instance_id]
-            if inst.state is S.STARTING:
-                inst.endpoint = ev.endpoint
-                inst.error = None
-                self._set(inst, S.AWAKE, now)
-                self._serve_waiters(inst.spec.model)
-        elif isinstance(ev, StartFailed):
-            inst = self._instances[ev.instance_id]
-            if inst.state is S.STARTING:
-                inst.error = ev.error
-                self._set(inst, S.FAILED, now)
-                self._fail_waiters_if_hopeless(inst.spec.model)
-        elif isinstance(ev, Exited):
-            inst = self._instances[ev.instance_id]
-            if inst.state not in (S.STOPPED, S.FAILED) and not self._closing:
-                inst.error = f"engine process exited with code {ev.returncode}"
-                self._set(inst, S.FAILED, now)
-                self._fail_waiters_if_hopeless(inst.spec.model)
-        elif isinstance(ev, Acquire):
-            if self._closing:
-                ev.future.set_exception(EngineUnavailable("chimera is shutting down"))
-                return
-            self._waiters.setdefault(ev.model.name, deque()).append(ev.future)
-            self._serve_waiters(ev.model)
-            self._fail_waiters_if_hopeless(ev.model)
-        elif isinstance(ev, Release):
-            inst = self._instances[ev.instance_id]
+        if isinstance(ev, Acquire):
+            self._on_acquire(ev)
+            return
+        if isinstance(ev, Tick):
+            return
+        if isinstance(ev, AdminAction):
+            self._on_admin(ev)
+            return
+        inst = self._instances[ev.instance_id]
+        model = inst.spec.model
+        if isinstance(ev, Release):
             inst.in_flight = max(0, inst.in_flight - 1)
             inst.last_used = now
-        elif isinstance(ev, Tick):
-            pass
+        elif isinstance(ev, Started) and inst.state is S.STARTING:
+            inst.endpoint, inst.error, inst.last_used = ev.endpoint, None, now
+            self._holds.measured(model.name, "start", ev.seconds)
+            self._set(inst, S.AWAKE, now)
+        elif isinstance(ev, Woken) and inst.state is S.WAKING:
+            inst.error, inst.last_used = None, now
+            self._holds.measured(model.name, "wake", ev.seconds)
+            self._fx.observe("wake_seconds", model.name, ev.seconds)
+            self._set(inst, S.AWAKE, now)
+            self._admin_done(inst.id, f"woken in {ev.seconds:.3f} s")
+        elif isinstance(ev, Parked) and inst.state is S.PARKING:
+            inst.parked_once = True
+            self._fx.observe("park_seconds", model.name, ev.seconds)
+            self._fx.observe("freed_bytes", model.name, ev.freed_bytes)
+            self._set(inst, S.PARKED, now)
+            self._admin_done(inst.id, f"parked in {ev.seconds:.3f} s, "
+                             f"freed {ev.freed_bytes / GIB:.2f} GiB")
+        elif isinstance(ev, ParkFailed) and inst.state is S.PARKING:
+            inst.error = ev.error
+            inst.parked_once = True  # do not retry a warm-start park forever
+            self._fx.observe("park_failures", model.name, 1)
+            self._set(inst, S.AWAKE, now)
+            self._admin_done(inst.id, f"park failed: {ev.error}")
+        elif isinstance(ev, (StartFailed, WakeFailed)) and inst.state in (S.STARTING, S.WAKING):
+            inst.error = ev.error
+            self._set(inst, S.FAILED, now)
+            self._admin_done(inst.id, f"failed: {ev.error}")
+        elif isinstance(ev, Exited) and inst.state not in (S.STOPPED, S.FAILED):
+            if not self._closing:
+                inst.error = f"engine process exited with code {ev.returncode}"
+                self._set(inst, S.FAILED, now)
+                self._admin_done(inst.id, inst.error)
+        else:
+            return
+        self._serve_held(model)
+        self._fail_held_if_hopeless(model)
+
+    def _on_acquire(self, ev: Acquire) -> None:
+        if self._closing:
+            ev.future.set_exception(EngineUnavailable("chimera is shutting down"))
+            return
+        if self._holds.add(ev.model.name, ev.future, self._retry_after(ev.model, 0.0)):
+            self._held_since[id(ev.future)] = self._clock()
+            self._serve_held(ev.model)
+            self._fail_held_if_hopeless(ev.model)
+        self._fx.observe("held", ev.model.name, self._holds.waiting().get(ev.model.name, 0))
+
+    def _on_admin(self, ev: AdminAction) -> None:
+        inst = self._instances.get(ev.instance_id)
+        if inst is None:
+            ev.future.set_exception(KeyError(f"no instance {ev.instance_id!r} "
+                                             f"(instances: {', '.join(self._instances)})"))
+            return
+        if ev.action == "park" and inst.state is S.AWAKE and inst.in_flight == 0:
+            self._park(inst, "admin")
+        elif ev.action == "wake" and inst.state is S.PARKED:
+            self._set(inst, S.WAKING, self._clock())
+            self._fx.wake(inst.spec)
+        else:
+            busy = f", {inst.in_flight} request(s) in flight" if inst.in_flight else ""
+            ev.future.set_exception(ValueError(
+                f"cannot {ev.action} {inst.id}: it is {inst.state}{busy}"))
+            return
+        self._admin.setdefault(inst.id, []).append(ev.future)
+
+    def _admin_done(self, iid: str, report: str) -> None:
+        for f in self._admin.pop(iid, []):
+            if not f.done():
+                f.set_result(report)
+
+    # ---- deciding ----------------------------------------------------------------------
 
     def _decide(self) -> None:
         if self._closing:
             return
-        decision = startup.decide(self._snapshot(), self._clock())
         now = self._clock()
-        for iid in decision.queue:
-            inst = self._instances[iid]
-            if inst.state is S.STOPPED:
-                self._set(inst, S.PENDING, now)
-        for iid in decision.start:
+        snap = self._snapshot(now)
+        started = startup.decide(snap, now)
+        for iid in started.queue:
+            if self._instances[iid].state is S.STOPPED:
+                self._set(self._instances[iid], S.PENDING, now)
+        for iid in started.start:
             inst = self._instances[iid]
             if inst.state in (S.STOPPED, S.FAILED):
                 self._set(inst, S.PENDING, now)
             self._set(inst, S.STARTING, now)
-            self._effects.start(inst.spec)
+            self._fx.start(inst.spec)
+        if not self.timesharing:
+            return
+        shared = timesharing.decide(self._snapshot(now), now)
+        for iid, reason in shared.park:
+            self._park(self._instances[iid], reason)
+        for iid in shared.wake:
+            self._set(self._instances[iid], S.WAKING, now)
+            self._fx.wake(self._instances[iid].spec)
 
-    def _snapshot(self) -> ClusterSnapshot:
+    def _park(self, inst: Instance, reason: str) -> None:
+        self._fx.observe("parks", inst.spec.model.name, 1, reason)
+        self._set(inst, S.PARKING, self._clock())
+        self._fx.park(inst.spec, reason)
+
+    def _snapshot(self, now: float) -> ClusterSnapshot:
+        cap = int(self.config.host.gpu_memory_gb * GIB)
         return ClusterSnapshot(
-            instances=tuple(
-                InstanceSnapshot(
-                    id=i.id, model=i.spec.model.name, gpus=i.spec.gpus, state=i.state,
-                    start_on_up=i.spec.placement.on, order=self._order[i.id],
-                )
-                for i in self._instances.values()
-            ),
-            waiting={m: sum(not f.done() for f in q) for m, q in self._waiters.items()},
+            instances=tuple(self._inst_snapshot(i, now) for i in self._instances.values()),
+            waiting=self._holds.waiting(),
+            capacity={g: cap for g in range(self.config.gpu_count)},
+        )
+
+    def _inst_snapshot(self, i: Instance, now: float) -> InstanceSnapshot:
+        m, pl = i.spec.model, i.spec.placement
+        cap = self.config.host.gpu_memory_gb * GIB
+        kv = pl.kv_pool_gb * GIB if pl.kv_pool_gb is not None else max(
+            GIB, 0.5 * cap * m.tp_size - m.shape.weight_bytes)
+        return InstanceSnapshot(
+            id=i.id, model=m.name, gpus=i.spec.gpus, state=i.state,
+            start_on_up=pl.on or self.timesharing, order=self._order[i.id],
+            in_flight=i.in_flight, idle_s=now - max(i.last_used, i.since),
+            park_after_s=m.idle.park_after_s, park_when=m.idle.when, priority=m.priority,
+            park_at_start=self.timesharing and not pl.on and not i.parked_once,
+            footprint=footprint(m.shape.weight_bytes, m.tp_size, int(kv)),
         )
 
     def _set(self, inst: Instance, state: InstanceState, now: float) -> None:
         inst.to(state, now)
-        self._effects.state_changed(inst.view())
+        self._fx.state_changed(inst.view())
 
-    def _serve_waiters(self, model: ModelSpec) -> None:
+    def _serve_held(self, model: ModelSpec) -> None:
         """Hand held requests to awake instances, in arrival order, round-robin."""
         awake = [i for i in self._instances.values() if i.spec.model is model and i.state is S.AWAKE]
-        waiters = self._waiters.get(model.name)
-        if not awake or not waiters:
+        if not awake:
             return
-        while waiters:
-            fut = waiters.popleft()
-            if fut.done():  # the client gave up (timeout or disconnect)
-                continue
+        while (fut := self._holds.pop_live(model.name)) is not None:
             n = self._rr.get(model.name, 0)
             self._rr[model.name] = n + 1
             inst = awake[n % len(awake)]
             assert inst.endpoint is not None
             inst.in_flight += 1
             inst.last_used = self._clock()
+            held_for = self._clock() - self._held_since.pop(id(fut), self._clock())
+            self._fx.observe("hold_seconds", model.name, held_for)
             fut.set_result(inst.endpoint)
+        self._fx.observe("held", model.name, 0)
 
-    def _fail_waiters_if_hopeless(self, model: ModelSpec) -> None:
+    def _fail_held_if_hopeless(self, model: ModelSpec) -> None:
         group = [i for i in self._instances.values() if i.spec.model is model]
         if any(i.state is not S.FAILED for i in group):
             return
         errors = "; ".join(f"{i.id}: {i.error}" for i in group)
-        for fut in self._waiters.pop(model.name, deque()):
-            if not fut.done():
-                fut.set_exception(EngineUnavailable(
-                    f"every instance of model {model.name!r} has failed ({errors})",
-                    retry_after_s=None,
-                ))
+        self._holds.fail(model.name, EngineUnavailable(
+            f"every instance of model {model.name!r} has failed ({errors})", retry_after_s=None))
+
+    def _retry_after(self, model: ModelSpec, elapsed_s: float) -> float:
+        states = {i.state for i in self._instances.values() if i.spec.model is model}
+        kind = "wake" if states & {S.PARKED, S.PARKING, S.WAKING, S.AWAKE} else "start"
+        return retry_after(self._holds.expected(model.name, kind), elapsed_s)
 
     def _model_state(self, model: ModelSpec) -> str:
-        for mv in self.models():
-            if mv.spec is model:
-                return str(mv.state)
-        return "unknown"
+        return next((str(mv.state) for mv in self.models() if mv.spec is model), "unknown")
 
 
 async def cancel_and_wait(task: asyncio.Task[None]) -> None:

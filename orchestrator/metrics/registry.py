@@ -60,6 +60,54 @@ class ChimeraMetrics:
             "instance, 0 for the others", ["model", "instance", "gpu", "state"], registry=r,
         )
 
+        self.wake_seconds = Histogram(
+            "chimera_wake_seconds", "Wake of a parked instance: resume, continue and the "
+            "output-checking probe", ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.park_seconds = Histogram(
+            "chimera_park_seconds", "Park of an instance: pause, drain, release and the memory "
+            "check", ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.parks = Counter(
+            "chimera_parks", "Parks started, by reason (warm_start, idle, make_room, admin)",
+            ["model", "reason"], registry=r,
+        )
+        self.park_failures = Counter(
+            "chimera_park_failures", "Parks whose memory did not drop (the instance was resumed)",
+            ["model"], registry=r,
+        )
+        self.freed_bytes = Counter(
+            "chimera_park_freed_bytes", "GPU memory verified freed by parks (NVML or the sim "
+            "ledger)", ["model"], registry=r,
+        )
+        self.held = Gauge(
+            "chimera_requests_held", "Requests held while their model starts or wakes",
+            ["model"], registry=r,
+        )
+        self.hold_seconds = Histogram(
+            "chimera_hold_seconds", "Time a request was held before an instance took it",
+            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+
+    def record(self, kind: str, model: str, value: float, label: str = "") -> None:
+        """One measurement from the control loop (Effects.observe). Unknown kinds raise."""
+        if kind == "wake_seconds":
+            self.wake_seconds.labels(model).observe(value)
+        elif kind == "park_seconds":
+            self.park_seconds.labels(model).observe(value)
+        elif kind == "parks":
+            self.parks.labels(model, label).inc(value)
+        elif kind == "park_failures":
+            self.park_failures.labels(model).inc(value)
+        elif kind == "freed_bytes":
+            self.freed_bytes.labels(model).inc(max(0.0, value))
+        elif kind == "held":
+            self.held.labels(model).set(value)
+        elif kind == "hold_seconds":
+            self.hold_seconds.labels(model).observe(value)
+        else:
+            raise ValueError(f"unknown measurement kind {kind!r}")
+
     def set_instance_state(
         self, model: str, instance: str, gpus: tuple[int, ...], state: str
     ) -> None:

@@ -51,6 +51,7 @@ def create_app(
     *,
     hold_timeout_s: float = 300.0,
     transport: httpx.AsyncBaseTransport | None = None,
+    extra_routes: list[Route] | None = None,
 ) -> Starlette:
     """The proxy app. ``hold_timeout_s``: how long a request may wait for its model to wake
     before a 503. ``transport``: the upstream transport (tests pass a fake engine)."""
@@ -92,6 +93,7 @@ def create_app(
         Route("/health", health, methods=["GET"]),
         *(Route(path, ForwardEndpoint(path, field, router, metrics, hold_timeout_s),
                 methods=["POST"]) for path, field in PROXIED_ROUTES),
+        *(extra_routes or []),
     ]
     return Starlette(
         routes=routes, lifespan=lifespan,

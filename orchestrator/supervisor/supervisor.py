@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,22 @@ import httpx
 
 from orchestrator.config import HostSpec, InstanceSpec
 from orchestrator.control.api import Endpoint, InstanceView
-from orchestrator.control.events import Event, Exited, Started, StartFailed
+from orchestrator.control.events import (
+    Event,
+    Exited,
+    Parked,
+    ParkFailed,
+    Started,
+    StartFailed,
+    WakeFailed,
+    Woken,
+)
 from orchestrator.engines.base import Engine, LaunchRequest
-from orchestrator.errors import ChimeraError, EngineStartError
+from orchestrator.errors import ChimeraError, EngineError, EngineStartError
 from orchestrator.shapes import KNOWN_MODEL_IDS
 from orchestrator.shapes.materialize import dummy_model_dir
+from orchestrator.supervisor.lifecycle import Lifecycle
+from orchestrator.supervisor.memory import MemoryProbe, NvmlMemoryProbe, SimMemoryProbe
 from orchestrator.supervisor.ports import free_ports
 from orchestrator.supervisor.process import EngineProcess
 
@@ -35,6 +47,8 @@ class Supervisor:
         run_dir: Path,
         post: Callable[[Event], None],
         observers: list[Callable[[InstanceView], None]] | None = None,
+        measure: Callable[[str, str, float, str], None] | None = None,
+        memory_probe: MemoryProbe | None = None,
     ) -> None:
         self.engine = engine
         self.host = host
@@ -44,12 +58,27 @@ class Supervisor:
         self._procs: dict[str, EngineProcess] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ports: set[int] = set()
-        self._client = httpx.AsyncClient()
+        self._client = httpx.AsyncClient(trust_env=False)
+        self._measure = measure
+        self._starts: dict[str, float] = {}
+        probe = memory_probe or (SimMemoryProbe(self._client) if engine.name == "sim"
+                                 else NvmlMemoryProbe())
+        self.lifecycle = Lifecycle(self._client, probe)
 
     # ---- Effects ------------------------------------------------------------------------
 
     def start(self, spec: InstanceSpec) -> None:
         self._spawn_task(self._start(spec), f"start {spec.id}")
+
+    def park(self, spec: InstanceSpec, reason: str) -> None:
+        self._spawn_task(self._park(spec), f"park {spec.id}")
+
+    def wake(self, spec: InstanceSpec) -> None:
+        self._spawn_task(self._wake(spec), f"wake {spec.id}")
+
+    def observe(self, kind: str, model: str, value: float, label: str = "") -> None:
+        if self._measure is not None:
+            self._measure(kind, model, value, label)
 
     def state_changed(self, view: InstanceView) -> None:
         for observe in self._observers:
@@ -94,6 +123,7 @@ class Supervisor:
             return
         proc = EngineProcess(spec.id, launch, self.log_path(spec.id))
         self._procs[spec.id] = proc
+        t0 = time.monotonic()
         try:
             await proc.spawn()
             log.info("%s: spawned pid %s, log %s", spec.id, proc.pid, proc.log_path)
@@ -105,10 +135,37 @@ class Supervisor:
         except OSError as exc:
             self._post(StartFailed(spec.id, f"cannot spawn {launch.argv[0]}: {exc}"))
             return
-        self._post(Started(spec.id, Endpoint(spec.id, launch.base_url, launch.served_name)))
+        self._post(Started(spec.id, Endpoint(spec.id, launch.base_url, launch.served_name),
+                           seconds=time.monotonic() - t0))
         rc = await proc.wait_exit()
         log.warning("%s: engine exited with code %s; last lines:\n%s", spec.id, rc, proc.log_tail())
         self._post(Exited(spec.id, rc))
+
+    async def _park(self, spec: InstanceSpec) -> None:
+        proc = self._procs[spec.id]
+        expected = spec.model.shape.weight_bytes // spec.model.tp_size
+        try:
+            assert proc.pid is not None
+            res = await self.lifecycle.park(proc.spec.base_url, proc.pid, spec.gpus, expected)
+        except (EngineError, httpx.HTTPError, OSError, ImportError) as exc:
+            log.warning("%s: park failed: %s", spec.id, exc)
+            self._post(ParkFailed(spec.id, str(exc)))
+            return
+        how = "per process" if res.after.per_process else "device-level"
+        log.info("%s: parked in %.3f s, freed %.2f GiB (%s reading)", spec.id, res.seconds,
+                 res.freed_bytes / 2**30, how)
+        self._post(Parked(spec.id, res.seconds, res.freed_bytes))
+
+    async def _wake(self, spec: InstanceSpec) -> None:
+        proc = self._procs[spec.id]
+        try:
+            seconds = await self.lifecycle.wake(proc.spec.base_url, proc.probe_output)
+        except (EngineError, httpx.HTTPError, ValueError) as exc:
+            log.warning("%s: wake failed: %s", spec.id, exc)
+            self._post(WakeFailed(spec.id, str(exc)))
+            return
+        log.info("%s: woken in %.3f s", spec.id, seconds)
+        self._post(Woken(spec.id, seconds))
 
     def add_observer(self, observe: Callable[[InstanceView], None]) -> None:
         self._observers.append(observe)

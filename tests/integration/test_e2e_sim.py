@@ -20,6 +20,7 @@ from tests.chimera_proc import Running, alive, chimera_cmd, start_chimera
 
 pytestmark = pytest.mark.slow
 
+ADMIN_KEY = "test-admin-key"
 PLACEMENTS = {
     "host": {"gpus": 2, "gpu_memory_gb": 80},
     "models": [
@@ -37,8 +38,9 @@ PLACEMENTS = {
 @pytest.fixture(scope="module")
 def chimera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     run = start_chimera(tmp_path_factory.mktemp("e2e"), PLACEMENTS, "sim",
-                        awake=["tiny", "llama-1b", "org/model:v1"], timeout_s=90,
-                        env={"CHIMERA_SIM_SPEED": "0.02"})
+                        awake=["tiny", "llama-1b", "org/model:v1"], parked=("lazy",),
+                        timeout_s=90, env={"CHIMERA_SIM_SPEED": "0.02"},
+                        args=("--admin-key", ADMIN_KEY))
     yield run
     run.stop()
 
@@ -48,7 +50,7 @@ def test_models_lists_names_aliases_and_states(chimera: Running) -> None:
     ids = [m["id"] for m in data]
     assert {"tiny", "tiny-alias", "llama-1b", "org/model:v1", "lazy"} <= set(ids)
     states = {m["id"]: m["state"] for m in data}
-    assert states["tiny-alias"] == "awake" and states["lazy"] == "stopped"
+    assert states["tiny-alias"] == "awake" and states["lazy"] == "parked"
 
 
 def test_chat_and_completion_non_streaming_with_usage(chimera: Running) -> None:
@@ -120,12 +122,28 @@ def test_errors_use_the_openai_envelope(chimera: Running) -> None:
     assert "Traceback" not in r.text
 
 
-def test_request_for_an_off_model_starts_it_and_is_served(chimera: Running) -> None:
+def test_request_for_a_parked_model_wakes_it_and_is_served(chimera: Running) -> None:
     r = httpx.post(f"{chimera.base}/v1/completions", json={
         "model": "lazy", "prompt": "wake up", "max_tokens": 2}, timeout=60)
     assert r.status_code == 200, r.text
     states = {m["id"]: m["state"] for m in httpx.get(f"{chimera.base}/v1/models").json()["data"]}
     assert states["lazy"] == "awake"
+
+
+def test_admin_api_parks_and_wakes_with_the_key_only(chimera: Running) -> None:
+    url = f"{chimera.base}/admin/instances"
+    assert httpx.get(url).status_code == 401
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    listed = httpx.get(url, headers=auth).json()["instances"]
+    assert {i["id"] for i in listed} >= {"tiny@gpu0", "lazy@gpu1"}
+    r = httpx.post(f"{url}/tiny@gpu0/park", headers=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["instance"]["state"] == "parked" and "freed" in r.json()["result"]
+    r = httpx.post(f"{url}/tiny@gpu0/park", headers=auth, timeout=30)
+    assert r.status_code == 409 and "parked" in r.json()["error"]["message"]
+    r = httpx.post(f"{url}/tiny@gpu0/wake", headers=auth, timeout=30)
+    assert r.status_code == 200 and r.json()["instance"]["state"] == "awake"
+    assert httpx.post(f"{url}/nope/wake", headers=auth).status_code == 404
 
 
 def test_metrics_parse_and_count_requests(chimera: Running) -> None:
@@ -139,6 +157,12 @@ def test_metrics_parse_and_count_requests(chimera: Running) -> None:
     states = fams["chimera_instance_state"].samples
     assert any(s.labels["model"] == "tiny" and s.labels["state"] == "awake" and s.value == 1
                for s in states)
+    parks = {s.labels["reason"] for s in fams["chimera_parks"].samples
+             if s.name == "chimera_parks_total" and s.labels["model"] == "lazy"}
+    assert "warm_start" in parks
+    assert any(s.value > 0 for s in fams["chimera_park_freed_bytes"].samples
+               if s.labels["model"] == "lazy" and s.name.endswith("_total"))
+    assert "chimera_wake_seconds" in fams and "chimera_hold_seconds" in fams
 
 
 def test_zz_ctrl_c_stops_every_engine_process(chimera: Running) -> None:

@@ -7,43 +7,24 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from orchestrator.config import Config, InstanceSpec, parse_config
-from orchestrator.control.api import Endpoint, InstanceState, InstanceView
+from orchestrator.config import Config, parse_config
+from orchestrator.control.api import InstanceState
 from orchestrator.control.events import Exited, Started, StartFailed
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.errors import EngineUnavailable
+from tests.unit.control_fakes import RecordingEffects, ep, settle
 
 S = InstanceState
 
 
-class RecordingEffects:
-    def __init__(self) -> None:
-        self.started: list[str] = []
-        self.changes: list[tuple[str, S]] = []
-        self.stopped = False
-
-    def start(self, spec: InstanceSpec) -> None:
-        self.started.append(spec.id)
-
-    def state_changed(self, view: InstanceView) -> None:
-        self.changes.append((view.id, view.state))
-
-    async def stop_all(self) -> None:
-        self.stopped = True
-
-
-CFG = parse_config({"host": {"gpus": 2}, "models": [
+# static mode: no time-sharing, `on: false` starts on the first request.
+CFG = parse_config({"mode": "static", "host": {"gpus": 2}, "models": [
     {"name": "a", "model_path": "tiny-llama", "aliases": ["alpha"], "placements": [{"gpus": [0]}]},
     {"name": "b", "model_path": "tiny-llama", "placements": [{"gpus": [0]}]},
     {"name": "c", "model_path": "tiny-llama", "placements": [{"gpus": [1], "on": False}]},
     {"name": "d", "model_path": "tiny-llama", "placements": [{"gpus": [0], "on": False},
                                                             {"gpus": [1], "on": False}]},
 ]})
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -54,10 +35,6 @@ async def loop() -> AsyncIterator[tuple[ControlLoop, RecordingEffects]]:
     await settle()
     yield ctl, fx
     await cancel_and_wait(task)
-
-
-def ep(iid: str) -> Endpoint:
-    return Endpoint(iid, f"http://{iid}", iid.split("@")[0])
 
 
 def state(ctl: ControlLoop, model: str) -> S:

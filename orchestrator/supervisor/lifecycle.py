@@ -1,0 +1,110 @@
+"""Park and wake one stock SGLang server through its own HTTP API (design.md §3).
+
+Park: pause (retract) → wait until /v1/loads shows nothing running or waiting (SGLang asserts
+idleness in release and the server dies otherwise) → release memory → verify the instance's GPU
+memory dropped (retried once) — a park whose memory did not drop is resumed and reported, never
+counted as parked. Wake: resume → continue → the start-up probe again, whose output must equal
+the one recorded at first start (catches a "healthy but garbage" wake).
+Who calls: the supervisor, in a task per operation, off the control loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from orchestrator.errors import EngineError
+from orchestrator.supervisor.memory import MemoryProbe, MemoryReading
+from orchestrator.supervisor.process import PROBE_BODY, PROBE_PATH
+
+IDLE_WAIT_S = 10.0  # a parked-for-idleness instance has nothing in flight; this is a safeguard
+IDLE_POLL_S = 0.02
+# The weights are the bulk of what a park frees; demand at least half of the instance's share
+# (GPU memory readings move by a few MiB on their own).
+MIN_FREED_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class ParkResult:
+    seconds: float
+    freed_bytes: int
+    before: MemoryReading
+    after: MemoryReading
+
+
+class Lifecycle:
+    def __init__(self, client: httpx.AsyncClient, probe: MemoryProbe) -> None:
+        self.client = client
+        self.probe = probe
+
+    async def park(self, base_url: str, pid: int, gpus: tuple[int, ...],
+                   expected_free_bytes: int, tags: list[str] | None = None) -> ParkResult:
+        t0 = time.monotonic()
+        before = await self.probe.read(pid, gpus, base_url)
+        await self._post(base_url, "/pause_generation", {"mode": "retract"})
+        try:
+            await self._wait_idle(base_url)
+        except EngineError:
+            await self._post(base_url, "/continue_generation", {})
+            raise
+        body: dict[str, object] = {"tags": tags} if tags else {}
+        after = before
+        for attempt in (1, 2):
+            await self._post(base_url, "/release_memory_occupation", body)
+            after = await self.probe.read(pid, gpus, base_url)
+            freed = before.bytes - after.bytes
+            if freed >= MIN_FREED_FRACTION * expected_free_bytes:
+                return ParkResult(time.monotonic() - t0, freed, before, after)
+            if attempt == 1:
+                await asyncio.sleep(0.5)  # memory readings can lag a release; read once more
+                after = await self.probe.read(pid, gpus, base_url)
+                freed = before.bytes - after.bytes
+                if freed >= MIN_FREED_FRACTION * expected_free_bytes:
+                    return ParkResult(time.monotonic() - t0, freed, before, after)
+        await self._post(base_url, "/resume_memory_occupation", body)
+        await self._post(base_url, "/continue_generation", {})
+        raise EngineError(
+            f"release_memory_occupation answered 200 but GPU memory dropped only "
+            f"{(before.bytes - after.bytes) / 2**20:.0f} MiB (expected at least "
+            f"{MIN_FREED_FRACTION * expected_free_bytes / 2**20:.0f} MiB); resumed it")
+
+    async def wake(self, base_url: str, expected_probe: str | None,
+                   tags: list[str] | None = None) -> float:
+        t0 = time.monotonic()
+        await self._post(base_url, "/resume_memory_occupation", {"tags": tags} if tags else {})
+        await self._post(base_url, "/continue_generation", {})
+        r = await self.client.post(base_url + PROBE_PATH, json=PROBE_BODY, timeout=60)
+        if r.status_code != 200:
+            raise EngineError(f"probe after wake answered {r.status_code}: {r.text[:200]}")
+        text = str(r.json().get("text"))
+        if expected_probe is not None and text != expected_probe:
+            raise EngineError(f"output after wake differs from the first start's: {text!r} != "
+                              f"{expected_probe!r} (weights not restored?)")
+        return time.monotonic() - t0
+
+    async def _wait_idle(self, base_url: str) -> None:
+        deadline = time.monotonic() + IDLE_WAIT_S
+        while True:
+            r = await self.client.get(base_url + "/v1/loads", timeout=10)
+            r.raise_for_status()
+            loads = r.json()["loads"]
+            running = sum(int(x["num_running_reqs"]) for x in loads)
+            waiting = sum(int(x["num_waiting_reqs"]) for x in loads)
+            if running == 0 and waiting == 0:
+                return
+            if time.monotonic() > deadline:
+                raise EngineError(f"not idle after {IDLE_WAIT_S:g} s ({running} running, "
+                                  f"{waiting} waiting): park abandoned")
+            await asyncio.sleep(IDLE_POLL_S)
+
+    async def _post(self, base_url: str, path: str, body: Mapping[str, object]) -> None:
+        try:
+            r = await self.client.post(base_url + path, json=body, timeout=120)
+        except httpx.TransportError as exc:
+            raise EngineError(f"POST {path} failed: {exc!r}") from exc
+        if r.status_code != 200:
+            raise EngineError(f"POST {path} answered {r.status_code}: {r.text[:300]}")

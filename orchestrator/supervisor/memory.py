@@ -1,0 +1,70 @@
+"""How much GPU memory one engine instance holds: the proof that a park really freed memory.
+
+- sglang engine: NVML per process, summed over the instance's process group (the server and its
+  scheduler/detokenizer children), on the instance's GPUs. Where NVML cannot see processes (a
+  container with its own PID namespace), the GPUs' used memory is read instead and the result
+  says so (``per_process=False``); the control loop parks one instance at a time per GPU, so
+  the device-level difference is still the instance's.
+- sim engine: the simulated ledger in ``GET /server_info`` (``sim.memory.resident_bytes``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+import psutil
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    bytes: int
+    per_process: bool  # False: device-level used memory of the instance's GPUs
+
+
+class MemoryProbe(Protocol):
+    async def read(self, pid: int, gpus: tuple[int, ...], base_url: str) -> MemoryReading: ...
+
+
+class SimMemoryProbe:
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def read(self, pid: int, gpus: tuple[int, ...], base_url: str) -> MemoryReading:
+        r = await self._client.get(base_url + "/server_info", timeout=10)
+        r.raise_for_status()
+        return MemoryReading(int(r.json()["sim"]["memory"]["resident_bytes"]), True)
+
+
+class NvmlMemoryProbe:
+    async def read(self, pid: int, gpus: tuple[int, ...], base_url: str) -> MemoryReading:
+        return await asyncio.to_thread(_nvml_read, pid, gpus)
+
+
+def _group_pids(pid: int) -> set[int]:
+    try:
+        leader = psutil.Process(pid)
+        return {pid, *(c.pid for c in leader.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def _nvml_read(pid: int, gpus: tuple[int, ...]) -> MemoryReading:
+    import pynvml
+
+    pids = _group_pids(pid)
+    pynvml.nvmlInit()
+    try:
+        total, device_used, seen = 0, 0, False
+        for g in gpus:
+            h = pynvml.nvmlDeviceGetHandleByIndex(g)
+            device_used += int(pynvml.nvmlDeviceGetMemoryInfo(h).used)
+            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                if p.pid in pids and p.usedGpuMemory is not None:
+                    total += int(p.usedGpuMemory)
+                    seen = True
+        return MemoryReading(total, True) if seen else MemoryReading(device_used, False)
+    finally:
+        pynvml.nvmlShutdown()

@@ -1,0 +1,46 @@
+"""A recording fake of the control loop's Effects, and helpers to drive the loop in tests."""
+
+from __future__ import annotations
+
+import asyncio
+
+from orchestrator.config import InstanceSpec
+from orchestrator.control.api import Endpoint, InstanceState, InstanceView
+
+
+class RecordingEffects:
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.parked: list[tuple[str, str]] = []
+        self.woken: list[str] = []
+        self.changes: list[tuple[str, InstanceState]] = []
+        self.observed: list[tuple[str, str, float, str]] = []
+        self.stopped = False
+
+    def start(self, spec: InstanceSpec) -> None:
+        self.started.append(spec.id)
+
+    def park(self, spec: InstanceSpec, reason: str) -> None:
+        self.parked.append((spec.id, reason))
+
+    def wake(self, spec: InstanceSpec) -> None:
+        self.woken.append(spec.id)
+
+    def state_changed(self, view: InstanceView) -> None:
+        self.changes.append((view.id, view.state))
+
+    def observe(self, kind: str, model: str, value: float, label: str = "") -> None:
+        self.observed.append((kind, model, value, label))
+
+    async def stop_all(self) -> None:
+        self.stopped = True
+
+
+async def settle() -> None:
+    """Let posted events and the tasks they wake run (no wall-clock sleeping)."""
+    for _ in range(8):
+        await asyncio.sleep(0)
+
+
+def ep(iid: str) -> Endpoint:
+    return Endpoint(iid, f"http://{iid}", iid.split("@")[0])
