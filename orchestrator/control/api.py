@@ -65,6 +65,10 @@ class Router(Protocol):
         """A snapshot for /v1/models and the dashboard (read-only; never gate a decision on it)."""
         ...
 
+    def instances(self) -> list[InstanceView]:
+        """A snapshot of every instance (read-only)."""
+        ...
+
     async def acquire(self, model: ModelSpec, timeout_s: float) -> Endpoint:
         """An awake instance for one request, waiting (holding the request) while one starts or
         wakes. Raises EngineUnavailable (transient, with retry_after_s) on timeout or when every

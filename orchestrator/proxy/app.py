@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from orchestrator.control.api import Router
 from orchestrator.metrics import ChimeraMetrics
+from orchestrator.metrics.federate import engine_metrics
 from orchestrator.proxy.body import ModelField
 from orchestrator.proxy.errors import ProxyError
 from orchestrator.proxy.forward import ForwardEndpoint
@@ -82,6 +83,8 @@ def create_app(
 
     async def prometheus(request: Request) -> Response:
         body, content_type = metrics.render()
+        # the engines' own sglang:* series, labelled by instance
+        body += await engine_metrics(request.app.state.http_client, router.instances())
         return Response(body, headers={"content-type": content_type})
 
     async def health(request: Request) -> Response:

@@ -14,6 +14,8 @@ if [ ! -f /tmp/site/.ok ]; then
   touch /tmp/site/.ok
 fi
 echo "install: $(( $(date +%s)-t0 )) s, $(ls /tmp/w | wc -l) wheels"
+# Kernel caches (Triton, flashinfer) from an earlier run skip most of the ~100 s JIT compile.
+[ -f .gpu/jit-cache.tgz ] && tar xzf .gpu/jit-cache.tgz -C ~ && echo "JIT caches restored"
 export PYTHONPATH=/tmp/site:$PWD
 # The carried sglang-kernel lacks the FA3 kernels (gpu.md): triton attention on the lent H100.
 export CHIMERA_SGLANG_ARGS=${CHIMERA_SGLANG_ARGS:-"--attention-backend triton --sampling-backend pytorch --grammar-backend none"}
@@ -21,4 +23,6 @@ export CHIMERA_GPU_OUT=$OUT CHIMERA_CACHE_DIR=${CHIMERA_CACHE_DIR:-/tmp/chimera-
 nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 python3 -c "import sglang, torch; print('sglang', sglang.__version__, 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 python3 -m pytest -m gpu tests/gpu -rA -p no:cacheprovider "$@" 2>&1 | tee "$OUT/pytest.log"
-exit "${PIPESTATUS[0]}"
+rc=${PIPESTATUS[0]}
+(cd ~ && tar czf "$OUT/jit-cache.tgz" .triton .cache 2>/dev/null)
+exit "$rc"

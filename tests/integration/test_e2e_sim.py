@@ -16,6 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import activation
 from tests.chimera_proc import Running, alive, chimera_cmd, start_chimera
 
 pytestmark = pytest.mark.slow
@@ -146,6 +147,15 @@ def test_admin_api_parks_and_wakes_with_the_key_only(chimera: Running) -> None:
     assert httpx.post(f"{url}/nope/wake", headers=auth).status_code == 404
 
 
+def test_activation_benchmark_runs_on_the_sim(chimera: Running) -> None:
+    res = activation.run(chimera.base, ADMIN_KEY, ["llama-1b"], cycles=2, simulated=True,
+                         out=None, weights={"llama-1b": 2_471_000_000})
+    (m,) = res["models"]
+    assert res["simulated"] is True and m["identical_outputs"] == 2
+    assert m["park_s"]["p50"] > 0 and m["wake_s"]["p50"] > 0 and m["held_ttft_s"]["p50"] > 0
+    assert m["freed_gib"]["min"] > 2 and m["wake_over_floor_p50"] > 0
+
+
 def test_metrics_parse_and_count_requests(chimera: Running) -> None:
     httpx.post(f"{chimera.base}/v1/completions",
                json={"model": "tiny", "prompt": "x", "max_tokens": 1}, timeout=30)
@@ -163,6 +173,8 @@ def test_metrics_parse_and_count_requests(chimera: Running) -> None:
     assert any(s.value > 0 for s in fams["chimera_park_freed_bytes"].samples
                if s.labels["model"] == "lazy" and s.name.endswith("_total"))
     assert "chimera_wake_seconds" in fams and "chimera_hold_seconds" in fams
+    running = fams["sglang:num_running_reqs"].samples  # re-exposed from the engines
+    assert {s.labels["instance"] for s in running} >= {"tiny@gpu0", "llama-1b@gpu0"}
 
 
 def test_zz_ctrl_c_stops_every_engine_process(chimera: Running) -> None:

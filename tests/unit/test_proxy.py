@@ -57,6 +57,9 @@ class FakeRouter:
             raise self.resolve_error
         return next((m for m in self.specs if name in (m.name, *m.aliases)), None)
 
+    def instances(self) -> list[InstanceView]:
+        return []
+
     def known_names(self) -> list[str]:
         return [n for m in self.specs for n in (m.name, *m.aliases)]
 

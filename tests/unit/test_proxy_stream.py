@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.types import Message
 
 from orchestrator.config import ModelSpec, Placement
-from orchestrator.control.api import Endpoint, InstanceState, ModelView
+from orchestrator.control.api import Endpoint, InstanceState, InstanceView, ModelView
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.proxy import create_app
 from orchestrator.shapes import load_shape
@@ -43,6 +43,9 @@ class Router:
 
     def resolve(self, name: str) -> ModelSpec | None:
         return LLAMA if name in ("llama", "l") else None
+
+    def instances(self) -> list[InstanceView]:
+        return []
 
     def known_names(self) -> list[str]:
         return ["llama", "l"]
