@@ -209,14 +209,19 @@ async def _lifespan(app: Starlette, settings: SimSettings, clock: Clock) -> Asyn
         await clock.sleep(settings.start_delay_s)
     sim.up = True
     app.state.sim = sim
-    task = asyncio.create_task(sim.batcher.run(), name="sim-batcher")
-    try:
-        yield
-    finally:
-        sim.batcher.close()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    # [chimera: cumem_shim] the KV limit's control channel (shim_channel.py): a no-op unless
+    # CHIMERA_SHIM_SOCKET is set; entered before the batcher task starts (it swaps the batcher)
+    from orchestrator.engines.sim.shim_channel import mounted
+
+    async with mounted(sim):
+        task = asyncio.create_task(sim.batcher.run(), name="sim-batcher")
+        try:
+            yield
+        finally:
+            sim.batcher.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

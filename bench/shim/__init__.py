@@ -1,0 +1,1 @@
+"""Benchmarks of cumem_shim on a CUDA GPU (map_bench.py)."""

@@ -1,0 +1,95 @@
+"""``python -m bench.sim``: run the simulator.
+
+    python -m bench.sim run --system chimera --mix mix58 --gpus 16 --rate 10 --duration 3600
+    python -m bench.sim experiments [--only rate,gpus,large,ablations,timing]
+    python -m bench.sim microbench          # one global decision, 1,000 models x 256 GPUs
+
+Every number printed is SIMULATED (H100 model of orchestrator/engines/sim/calibration.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench.sim import experiments as ex
+from bench.sim.fleet import MIXES
+from bench.sim.microbench import measure
+from bench.sim.report import STAMP, plots, table
+from bench.sim.run import SYSTEMS
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.sim", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="one simulated run")
+    r.add_argument("--system", choices=SYSTEMS, default="chimera")
+    r.add_argument("--mix", choices=sorted(MIXES), default="mix8")
+    r.add_argument("--gpus", type=int, default=2)
+    r.add_argument("--rate", type=float, default=8.0, help="requests/s over all models")
+    r.add_argument("--duration", type=float, default=600.0, help="trace seconds")
+    r.add_argument("--cycle", type=float, default=120.0, help="on/off cycle of the on/off models, s")
+    r.add_argument("--seed", type=int, default=1)
+    e = sub.add_parser("experiments", help="the experiments of docs/bench-sim.md (JSON + PNG)")
+    e.add_argument("--only", default="rate,gpus,large,large_low,ablations,real,timing")
+    e.add_argument("--out", type=Path, default=Path("docs/img"), help="PNG folder (default: %(default)s)")
+    e.add_argument("--json", type=Path, default=Path("bench/sim/results.json"),
+                   help="results file, updated in place (default: %(default)s)")
+    sub.add_parser("microbench", help="time one global decision at 1,000 models x 256 GPUs")
+    a = p.parse_args(argv)
+
+    if a.cmd == "run":
+        res = ex.run_one(a.system, a.mix, a.gpus, ex.spec(a.rate, a.duration, a.cycle, a.seed))
+        print(json.dumps({k: v for k, v in res.to_json().items() if k != "per_model"}, indent=1))
+        print(STAMP)
+        return 0
+    if a.cmd == "microbench":
+        m = measure()
+        print(f"global decision, {m['models']} models x {m['gpus']} GPUs ({m['servers']} servers): "
+              f"median {m['median_ms']:.1f} ms, max {m['max_ms']:.1f} ms (target <= 50 ms)")
+        return 0
+    return _experiments(set(a.only.split(",")), a.out, a.json)
+
+
+def _experiments(only: set[str], out: Path, path: Path) -> int:
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    t0 = time.perf_counter()
+    if "rate" in only:
+        print("rate sweep: mix8 on 2 GPUs")
+        results["rate_sweep"] = ex.rate_sweep()
+    if "gpus" in only:
+        print("GPU sweep: mix18")
+        results["gpu_sweep"] = ex.gpu_sweep("mix18", 9.0, 1, 18, 600.0, 120.0)
+    if "large" in only:
+        print("large scale: mix58, 1 hour")
+        results["large_scale"] = ex.large_scale()
+    if "large_low" in only:
+        print("large scale, low load: mix58, 1 hour, 3 req/s")
+        results["large_scale_low"] = ex.large_scale(rate=3.0)
+    if "ablations" in only:
+        print("ablations: mix58, 1 hour")
+        results["ablations"] = ex.ablations("mix58", 10.0, 20, 3600.0, 600.0)
+        print("ablations: mix8 on 2 GPUs, 28 req/s")
+        results["ablations_mix8"] = ex.ablations("mix8", 28.0, 2, 600.0, 120.0)
+    if "real" in only:
+        print("real trace: LMSYS (27 models folded onto mix8), 2 GPUs")
+        results["real_trace"] = ex.real_trace()
+    if "timing" in only:
+        results["timing"] = ex.timing()
+        results["microbench"] = measure()
+        print(f"timing: {results['timing']}; microbench: {results['microbench']}")
+    results["stamp"] = STAMP
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    for png in plots(results, out):
+        print(f"wrote {png}")
+    print(table(results))
+    print(f"({time.perf_counter() - t0:.0f} s; {STAMP})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""chimera in the simulator: the policies of orchestrator/policy/, called as the control loop and
+the proxy will call them, with the virtual clock.
+
+- warm start: ``layout`` puts one parked server per model (``standby_fraction`` of the most
+  popular get a second one, a migration target); the first ``placement.decide`` wakes the expected-hot set (instantly,
+  like the baselines, which also start loaded);
+- global: ``placement.decide`` every ``tick_s`` and at once when a request arrives for a model
+  with no awake server; its actions run step after step (park victims, wake, route when
+  ready, park the migration source once drained); KV limits are applied each decision;
+- local: one queue per GPU (lead GPU of a TP group); ``admission.decide`` on every arrival,
+  completion, route and limit change: EDF dispatch under KV room, Moore–Hodgson shedding.
+Ablations: ``global_placement=False`` (round-robin layout, no KVPR, no migration), ``local=False``
+(first-come-first-served per model, nothing shed), ``elastic=False`` (a server's KV pool is
+the share it was given when it woke, never resized while awake, and counts whole in the ledger).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from bench.sim.engine import SimModel, SimReq, SimServer
+from bench.sim.simulator import Simulator
+from orchestrator.policy import admission, placement
+from orchestrator.policy.cluster import (
+    Action,
+    Activation,
+    ClusterView,
+    KvLimit,
+    Migration,
+    ModelDemand,
+    Park,
+    PlacementParams,
+    Route,
+    ServerView,
+    Start,
+    Step,
+    Wake,
+)
+from orchestrator.policy.cluster import S as St
+from orchestrator.policy.layout import layout
+from orchestrator.policy.queueing import EngineRoom, LatePolicy, ModelRule, Pending, QueueView
+from orchestrator.policy.rates import RateWindow
+
+MAX_RUNNING = 1024
+
+
+def expected_step_s(m: SimModel, req_rate: float, tokens_per_req: float) -> float:
+    """The model's decode step time at the batch Little's law predicts (rate x unloaded request
+    time); 0 when it has almost no traffic (under 1% of the time busy). Full steps, not
+    averages: a request's TPOT suffers whenever a neighbour decodes during it, and a 99% target
+    cannot afford that for neighbours busy more than 1% of the time (tpot.py)."""
+    out = tokens_per_req / 2  # prompt and output lengths have the same range in these traces
+    concurrency = req_rate * out * m.decode_s(1, tokens_per_req)
+    if concurrency < 0.01:
+        return 0.0
+    batch = max(1, round(concurrency))
+    return m.decode_s(batch, batch * tokens_per_req)
+
+
+@dataclass(frozen=True)
+class ChimeraOptions:
+    global_placement: bool = True
+    local: bool = True
+    elastic: bool = True
+    tick_s: float = 2.0
+    # Models that get a second (parked) server, a migration target. 0 by default: in these
+    # simulations the extra CUDA contexts (2.3 GiB each) and migration wakes cost more than the
+    # moves gained (docs/bench-sim.md, variant chimera-standby).
+    standby_fraction: float = 0.0
+    tau: float = 0.3
+    idle_park_s: float = 45.0
+    on_late: LatePolicy = "shed"
+    tpot_guard: bool = True  # False: placement by KVPR alone, as Prism
+    park_when: Literal["needed", "always"] = "needed"  # "always": park idle models proactively
+
+
+class Chimera:
+    def __init__(self, expected_rps: dict[str, float], tokens_per_req: float,
+                 opts: ChimeraOptions = ChimeraOptions(), name: str = "chimera") -> None:
+        self.name = name
+        self.opts = opts
+        self.expected = expected_rps
+        self.tpr = tokens_per_req
+        self.params = PlacementParams(tau=opts.tau, migrate=opts.global_placement, tpot_guard=opts.tpot_guard)
+        self.queues: dict[int, list[SimReq]] = {}
+        self.pending: dict[str, list[SimReq]] = {}
+        self.route: dict[str, SimServer | None] = {}
+        self.rates: dict[str, RateWindow] = {}
+        self.last: dict[str, float] = {}
+        self.queued: dict[str, int] = {}
+        self.by_model: dict[str, list[SimServer]] = {}
+        self.moved: dict[str, float] = {}
+        self.claimed: set[str] = set()  # servers an action will wake (shown to the policy as waking)
+        self.urgent = False
+
+    # ---- controller hooks -------------------------------------------------------------------
+
+    def on_start(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.rules = {m: ModelRule(on_late=self.opts.on_late) for m in sim.models}
+        for m in sim.models:
+            self.rates[m] = RateWindow()
+            self.rates[m].add(0.0, self.expected.get(m, 0.0) * self.tpr * 30)  # prior for minute one
+            self.last[m] = 0.0
+            self.queued[m] = 0
+            self.pending[m] = []
+            self.route[m] = None
+        demands = self._demands(prime=True)
+        ranked = sorted(sim.models, key=lambda m: (-self.expected.get(m, 0.0), m))
+        n_standby = int(len(ranked) * self.opts.standby_fraction) if self.opts.global_placement else 0
+        standby = set(ranked[:n_standby])
+        share = {m: 1 - math.exp(-self.expected.get(m, 0.0) * self.opts.idle_park_s) for m in sim.models}
+        lay = layout(demands, (sim.gpu_bytes,) * sim.n_gpus, awake_share=share,
+                     replicas={m: 2 for m in standby}, round_robin=not self.opts.global_placement,
+                     tpot_guard=self.opts.tpot_guard)
+        for model, gpus in lay.servers:
+            sid = f"{model}@{'+'.join(map(str, gpus))}"
+            self.by_model.setdefault(model, []).append(sim.add_server(sid, model, gpus))
+        for g in range(sim.n_gpus):
+            self.queues[g] = []
+        d = placement.decide(self._view(demands), 0.0)
+        for a in d.actions:  # warm start: the hot set is awake when the trace begins
+            if isinstance(a, Activation):
+                for st in a.steps:
+                    if isinstance(st, Wake):
+                        sim.servers[st.server].state = St.AWAKE
+                self.route[a.model] = self._server_on(a.model, a.gpus)
+        self._apply_limits(d.kv_limits)
+        sim.at(self.opts.tick_s, self._tick)
+
+    def on_arrival(self, sim: Simulator, req: SimReq) -> None:
+        m = sim.models[req.model]
+        self.rates[req.model].add(sim.now, req.prompt + req.output)
+        self.last[req.model] = sim.now
+        req.prefill_s = m.lat.prefill_time([(req.prompt, 0)])
+        self.queued[req.model] += 1
+        s = self.route[req.model]
+        if s is not None:
+            self.queues[s.gpus[0]].append(req)
+            self._admit(s.gpus[0])
+        else:
+            self.pending[req.model].append(req)
+            if not self.urgent:
+                self.urgent = True
+                sim.at(sim.now, self._decide)
+
+    def on_complete(self, sim: Simulator, server: SimServer, req: SimReq) -> None:
+        self.last[req.model] = sim.now
+        self._admit(server.gpus[0])
+
+    # ---- global ---------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._decide()
+        self.sim.at(self.sim.now + self.opts.tick_s, self._tick)
+
+    def _decide(self) -> None:
+        self.urgent = False
+        sim = self.sim
+        sim.counters.decisions += 1
+        d = placement.decide(self._view(self._demands()), sim.now)
+        for a in d.actions:
+            self._claim(a)
+        self._apply_limits(d.kv_limits)  # shrink neighbours first: a wake needs the room now
+        for a in d.actions:
+            self._run(a, list(a.steps))
+
+    def _demands(self, prime: bool = False) -> tuple[ModelDemand, ...]:
+        sim = self.sim
+        out = []
+        for name, m in sim.models.items():
+            running = sum(s.in_flight for s in self.by_model.get(name, ()))
+            queued = self.queued[name] if not prime else int(self.expected.get(name, 0.0) > 0)
+            tok_rate = self.rates[name].rate(sim.now) if not prime else self.expected.get(name, 0.0) * self.tpr
+            out.append(ModelDemand(name, m.tp, m.cost, m.tpot_slo, tok_rate,
+                                   queued, running, self.last[name], self.opts.idle_park_s,
+                                   self.opts.park_when,
+                                   last_moved_at=self.moved.get(name),
+                                   oldest_wait_s=sim.now - p[0].arrival if (p := self.pending[name]) else 0.0,
+                                   step_s=expected_step_s(m, tok_rate / self.tpr, self.tpr)))
+        return tuple(out)
+
+    def _view(self, demands: tuple[ModelDemand, ...]) -> ClusterView:
+        elastic = self.opts.elastic
+        servers = tuple(
+            ServerView(s.id, s.model.name, s.gpus, s.state,
+                       (s.kv_used if elastic else s.kv_limit) * s.model.cost.kv_bytes_per_token, s.in_flight)
+            for ss in self.by_model.values() for s in ss)
+        return ClusterView(demands, servers, (self.sim.gpu_bytes,) * self.sim.n_gpus, self.params)
+
+    def _claim(self, action: Action) -> None:
+        """From the moment an action is taken, its victims stop taking requests and its target
+        counts as waking (its memory is promised), so later decisions see the plan in flight."""
+        for st in action.steps:
+            if isinstance(st, Route):
+                break  # a migration's source keeps serving until the target is ready
+            s = self.sim.servers.get(getattr(st, "server", ""))
+            if s is None:
+                continue
+            if isinstance(st, Park) and s.state is St.AWAKE:
+                self._claim_park(s)
+            elif isinstance(st, Wake) and s.state is St.PARKED:
+                s.state = St.WAKING
+                s.promised = True
+                self.claimed.add(s.id)
+
+    def _claim_park(self, s: SimServer) -> None:
+        if self.route[s.model.name] is s:
+            self.route[s.model.name] = None
+        s.state = St.PARKING
+        self._requeue(s)
+
+    def _run(self, action: Action, steps: list[Step]) -> None:
+        """Execute the steps of one action in order, each when the previous one is done."""
+        if not steps:
+            return
+        st, rest = steps[0], steps[1:]
+        sim = self.sim
+
+        def nxt() -> None:
+            self._run(action, rest)
+
+        if isinstance(st, Park):
+            s = sim.servers[st.server]
+            if s.state is St.AWAKE:
+                self._claim_park(s)
+            if s.state in (St.WAKING, St.STARTING):
+                return nxt()  # woken again by another action meanwhile: not ours to park
+            sim.park_when_drained(s, nxt)  # draining: running requests finish first
+        elif isinstance(st, Wake):
+            s = sim.servers[st.server]
+            if st.server not in self.claimed:
+                return  # something else took it meanwhile: the next decision retries
+            self.claimed.discard(st.server)
+            sim.wake(s, nxt)
+        elif isinstance(st, Start):
+            sid = f"{st.model}@{'+'.join(map(str, st.gpus))}"
+            s = sim.add_server(sid, st.model, st.gpus)
+            self.by_model.setdefault(st.model, []).append(s)
+            sim.wake(s, nxt, cold=True)
+        elif isinstance(st, Route):
+            self._route(st.model, self._server_on(st.model, st.gpus))
+            if isinstance(action, Migration):
+                sim.counters.migrations += 1
+                self.moved[st.model] = sim.now
+            nxt()
+
+    def _route(self, model: str, target: SimServer) -> None:
+        old = self.route[model]
+        self.route[model] = target
+        q = self.queues[target.gpus[0]]
+        q.extend(self.pending[model])
+        self.pending[model] = []
+        if old is not None and old is not target:
+            src = self.queues[old.gpus[0]]
+            q.extend(r for r in src if r.model == model)
+            src[:] = [r for r in src if r.model != model]
+        q.sort(key=lambda r: r.arrival)
+        self._admit(target.gpus[0])
+
+    def _requeue(self, s: SimServer) -> None:
+        """Requests queued for a server that stops taking them go back to its model's pending."""
+        m = s.model.name
+        if self.route[m] is not None:
+            return
+        q = self.queues[s.gpus[0]]
+        back = [r for r in q if r.model == m]
+        if back:
+            q[:] = [r for r in q if r.model != m]
+            self.pending[m] = sorted(back + self.pending[m], key=lambda r: r.arrival)
+            if not self.urgent:
+                self.urgent = True
+                self.sim.at(self.sim.now, self._decide)
+
+    def _server_on(self, model: str, gpus: tuple[int, ...]) -> SimServer:
+        return next(s for s in self.by_model[model] if s.gpus == gpus)
+
+    def _apply_limits(self, limits: tuple[KvLimit, ...]) -> None:
+        sim = self.sim
+        for lim in limits:
+            s = sim.servers[lim.server]
+            tokens = lim.tokens
+            if not self.opts.elastic and s.kv_limit > 0:
+                continue  # static KV: the pool a server woke with is its pool until it parks
+            s.kv_limit = tokens
+        for g in range(sim.n_gpus):
+            self._admit(g)
+
+    # ---- local ------------------------------------------------------------------------------
+
+    def _admit(self, g: int) -> None:
+        q = self.queues[g]
+        if not q:
+            return
+        sim = self.sim
+        routed = [s for s in sim.gpus[g].servers if self.route[s.model.name] is s]
+        if not self.opts.local:
+            return self._fcfs(q, routed)
+        engines = tuple(EngineRoom(s.id, s.model.name, sim.now if s.state is St.AWAKE else s.ready_at,
+                                   s.kv_free(), MAX_RUNNING - s.in_flight) for s in routed)
+        view = QueueView(tuple(Pending(str(r.id), r.model, r.arrival, r.arrival + sim.models[r.model].ttft_slo,
+                                       r.prefill_s, r.kv_tokens) for r in q),
+                         engines, self.rules, sim.prefill_backlog(g))
+        d = admission.decide(view, sim.now)
+        if not d.dispatch and not d.shed:
+            return
+        by_id = {str(r.id): r for r in q}
+        gone = set()
+        for x in d.dispatch:
+            sim.dispatch(by_id[x.request], sim.servers[x.server])
+            gone.add(x.request)
+        for sh in d.shed:
+            sim.shed(by_id[sh.request])
+            gone.add(sh.request)
+        for rid in gone:
+            self.queued[by_id[rid].model] -= 1
+        q[:] = [r for r in q if str(r.id) not in gone]
+
+    def _fcfs(self, q: list[SimReq], routed: list[SimServer]) -> None:
+        by_model = {s.model.name: s for s in routed}
+        keep = []
+        for r in q:
+            s = by_model.get(r.model)
+            if s is not None and s.state is St.AWAKE and r.kv_tokens <= s.kv_free() and s.in_flight < MAX_RUNNING:
+                self.sim.dispatch(r, s)
+                self.queued[r.model] -= 1
+            else:
+                keep.append(r)
+        q[:] = keep

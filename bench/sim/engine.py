@@ -1,0 +1,161 @@
+"""Servers and GPUs of the simulator: continuous batching in coarse, exact-in-aggregate epochs.
+
+Approximation (documented in docs/bench-sim.md):
+- A GPU runs its awake servers' scheduler steps one after another (CUDA time-slicing between
+  processes, no MPS): one *round* = one decode step of every server that has running requests,
+  so a round lasts the sum of their step times (orchestrator/engines/sim/model.py).
+- New requests dispatched to a server are prefilled at the next round boundary, all waiting
+  ones of a server in one batch (SGLang runs prefill before decode); each request's first token
+  comes when its server's prefill ends (the servers' prefills run back to back).
+- Between two events the batch of every server is fixed, so k rounds are computed at once:
+  k = rounds until the first request on the GPU finishes; an arrival interrupts the epoch at the
+  end of the round in progress. Decode time is affine in the summed context (model.py), so the
+  context's growth over k rounds is charged exactly at its midpoint.
+- A TP server runs on the executor of its first GPU; its other GPUs only hold its memory.
+- KV is reserved in full (prompt + output tokens) at dispatch, so there is no preemption.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+from orchestrator.control.api import InstanceState
+from orchestrator.engines.sim.model import LatencyModel
+from orchestrator.policy.cluster import ServerCost
+
+S = InstanceState
+
+
+@dataclass
+class SimModel:
+    name: str
+    shape_name: str
+    tp: int
+    cost: ServerCost
+    lat: LatencyModel
+    ttft_slo: float = math.inf
+    tpot_slo: float = math.inf
+    _base: dict[int, float] = field(default_factory=dict)
+    _coeff: float = -1.0
+
+    def decode_s(self, batch: int, ctx_sum: float) -> float:
+        """One decode step: model.py's decode_time is affine in the summed context."""
+        base = self._base.get(batch)
+        if base is None:
+            base = self._base[batch] = self.lat.decode_time([0] * batch)
+        if self._coeff < 0:
+            self._coeff = (self.lat.decode_time([1_000_000]) - self.lat.decode_time([0])) / 1e6
+        return base + self._coeff * ctx_sum
+
+
+class SimReq:
+    __slots__ = ("id", "model", "arrival", "prompt", "output", "first", "finish", "shed",
+                 "prefill_s", "server")
+
+    def __init__(self, rid: int, model: str, arrival: float, prompt: int, output: int) -> None:
+        self.id = rid
+        self.model = model
+        self.arrival = arrival
+        self.prompt = prompt
+        self.output = output
+        self.first = math.nan
+        self.finish = math.nan
+        self.shed = False
+        self.prefill_s = 0.0
+        self.server: SimServer | None = None
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.prompt + self.output
+
+
+class SimServer:
+    def __init__(self, sid: str, model: SimModel, gpus: tuple[int, ...]) -> None:
+        self.id = sid
+        self.model = model
+        self.gpus = gpus
+        self.state = S.PARKED
+        self.kv_limit = 0  # tokens
+        self.kv_used = 0
+        self.waiting: list[SimReq] = []  # dispatched, not yet prefilled
+        self.running: list[tuple[int, int, SimReq]] = []  # heap of (finish step, id, request)
+        self.steps = 0  # decode rounds this server has run
+        self.s0 = 0  # sum over running of (prompt + 1 - step it joined at)
+        self.ready_at = 0.0
+        self.queue: list[SimReq] = []  # baselines' FCFS queue of this server
+        self.drain_then: object = None  # callback once in flight reaches 0 (park after drain)
+        self.on_parked: list[object] = []  # callbacks once it is parked
+        self.park_requested = False
+        self.promised = False  # shown as waking to the policy, not yet loading (victims parking)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def kv_free(self) -> int:
+        return self.kv_limit - self.kv_used
+
+    def ctx_sum(self) -> int:
+        return self.s0 + len(self.running) * self.steps
+
+
+class GpuExec:
+    """One GPU's scheduler rounds. ``settle`` applies progress, ``plan`` starts the next epoch."""
+
+    def __init__(self, gid: int) -> None:
+        self.id = gid
+        self.servers: list[SimServer] = []  # servers whose first GPU is this one
+        self.version = 0
+        self.pf_end = 0.0
+        self.round_s = 0.0
+        self.k = 0
+        self.active: list[SimServer] = []
+        self.planned = False
+
+    def settle(self, now: float) -> tuple[float, list[tuple[SimReq, float]]]:
+        """Apply the rounds done by ``now`` (finishing the round in progress); returns when the
+        next epoch can start and the requests that finished, with their times."""
+        if not self.planned:
+            return now, []
+        self.planned = False
+        if now < self.pf_end:
+            return self.pf_end, []  # a prefill in progress is not interrupted
+        r = min(self.k, math.ceil((now - self.pf_end) / self.round_s - 1e-9)) if self.round_s > 0 else self.k
+        done: list[tuple[SimReq, float]] = []
+        for s in self.active:
+            before = s.steps
+            s.steps += r
+            while s.running and s.running[0][0] <= s.steps:
+                fin, _, req = heapq.heappop(s.running)
+                s.s0 -= req.prompt + 1 - (fin - req.output + 1)
+                done.append((req, self.pf_end + (fin - before) * self.round_s))
+        return self.pf_end + r * self.round_s, done
+
+    def plan(self, t: float) -> float | None:
+        """Start an epoch at ``t``; returns when it ends (None: nothing to do)."""
+        cum = 0.0
+        for s in self.servers:
+            if s.waiting and s.state in (S.AWAKE, S.PARKING):
+                batch, s.waiting = s.waiting, []
+                cum += s.model.lat.prefill_time([(r.prompt, 0) for r in batch])
+                for r in batch:
+                    r.first = t + cum
+                    heapq.heappush(s.running, (s.steps + r.output - 1, r.id, r))
+                    s.s0 += r.prompt + 1 - s.steps
+        self.active = [s for s in self.servers if s.running]
+        if not self.active:
+            return None
+        self.k = min(s.running[0][0] - s.steps for s in self.active)
+        self.round_s = sum(s.model.decode_s(len(s.running), s.ctx_sum() + len(s.running) * (self.k - 1) / 2)
+                           for s in self.active)
+        self.pf_end = t + cum
+        self.planned = True
+        self.version += 1
+        return self.pf_end + self.k * self.round_s
+
+    def prefill_backlog(self, now: float) -> float:
+        """Seconds of prefill ahead of a new request on this GPU (in progress + dispatched)."""
+        left = max(0.0, self.pf_end - now) if self.planned else 0.0
+        return left + sum(r.prefill_s for s in self.servers for r in s.waiting)

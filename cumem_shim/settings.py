@@ -1,0 +1,88 @@
+"""Every environment variable the shim reads, in one place. The orchestrator's SGLang adapter
+sets them per instance; nothing else in the shim reads the environment.
+
+CHIMERA_SHIM_SOCKET            path of the control socket; set = the shim is requested
+CHIMERA_SHIM_LIMIT_BYTES       start-up KV limit in bytes (required when requested)
+CHIMERA_SHIM_VIRTUAL_KV_BYTES  virtual pool size in bytes that SGLang sizes its pool for
+                               (default: the GPU's total memory; --max-total-tokens still caps)
+CHIMERA_SHIM_SLACK_TOKENS      room left to running requests while a shrink drains (2048)
+SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE   must be false: SGLang's idle leak check counts the
+                               slots the limit holds back as leaked and would kill the server
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cumem_shim.errors import ShimConfigError
+
+SOCKET = "CHIMERA_SHIM_SOCKET"
+LIMIT_BYTES = "CHIMERA_SHIM_LIMIT_BYTES"
+VIRTUAL_KV_BYTES = "CHIMERA_SHIM_VIRTUAL_KV_BYTES"
+SLACK_TOKENS = "CHIMERA_SHIM_SLACK_TOKENS"
+STRICT_IDLE_CHECK = "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE"
+DEFAULT_SLACK_TOKENS = 2048
+_FALSE = ("0", "false", "no", "n")
+
+
+@dataclass(frozen=True)
+class Settings:
+    socket: str
+    limit_bytes: int
+    virtual_kv_bytes: int | None
+    slack_tokens: int
+
+
+def server_env(socket: str, limit_bytes: int, virtual_kv_bytes: int | None = None,
+               slack_tokens: int | None = None) -> dict[str, str]:
+    """The variables an orchestrator adds to a server's environment to turn the shim on (the
+    sglang and sim adapters call this; the names are then read only here)."""
+    out = {SOCKET: socket, LIMIT_BYTES: str(int(limit_bytes)), STRICT_IDLE_CHECK: "0"}
+    if virtual_kv_bytes is not None:
+        out[VIRTUAL_KV_BYTES] = str(int(virtual_kv_bytes))
+    if slack_tokens is not None:
+        out[SLACK_TOKENS] = str(int(slack_tokens))
+    return out
+
+
+def requested(env: Mapping[str, str] | None = None) -> bool:
+    return bool((os.environ if env is None else env).get(SOCKET))
+
+
+def read(env: Mapping[str, str] | None = None) -> Settings:
+    """The shim's settings; raises ShimConfigError naming every bad variable."""
+    e = os.environ if env is None else env
+    problems: list[str] = []
+
+    def integer(name: str, default: int | None, minimum: int) -> int | None:
+        raw = e.get(name, "")
+        if raw == "":
+            if default is None and name == LIMIT_BYTES:
+                problems.append(f"{name} is required with {SOCKET} (the start-up KV limit in "
+                                "bytes)")
+            return default
+        try:
+            val = int(raw)
+        except ValueError:
+            problems.append(f"{name}={raw!r} must be an integer")
+            return default
+        if val < minimum:
+            problems.append(f"{name}={raw} must be >= {minimum}")
+        return val
+
+    socket = e.get(SOCKET, "")
+    if not socket:
+        problems.append(f"{SOCKET} is not set")
+    limit = integer(LIMIT_BYTES, None, 0)
+    virtual = integer(VIRTUAL_KV_BYTES, None, 1)
+    slack = integer(SLACK_TOKENS, DEFAULT_SLACK_TOKENS, 0)
+    if e.get(STRICT_IDLE_CHECK, "true").strip().lower() not in _FALSE:
+        problems.append(f"{STRICT_IDLE_CHECK} must be 0 while the shim holds KV slots back "
+                        "(SGLang's idle leak check would count them as leaked and stop the "
+                        "server); the orchestrator's adapter sets it")
+    if problems:
+        raise ShimConfigError("cumem_shim cannot start: " + "; ".join(problems))
+    assert limit is not None and slack is not None
+    return Settings(socket, limit, virtual, slack)

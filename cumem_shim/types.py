@@ -1,0 +1,100 @@
+"""The shim's seams, as protocols: the CUDA driver (real: ``_driver.CudaDriver``; in memory:
+``fake.FakeDevice``) and the free list of the allocator whose slots the shim backs (real:
+``freelist_torch.TorchFreeList`` over SGLang's allocator; pure: ``freelist.CountingFreeList``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+# An opaque physical allocation handle (cuda-python's CUmemGenericAllocationHandle, an int in
+# the fake device).
+Handle = object
+
+
+class Driver(Protocol):
+    """The CUDA virtual-memory calls the shim makes. Every method either succeeds or raises
+    ``DriverError`` naming the call. Called from one thread (the SGLang scheduler's)."""
+
+    def granularity(self, device: int) -> int:
+        """cuMemGetAllocationGranularity (minimum) for pinned device memory, in bytes."""
+        ...
+
+    def reserve(self, size: int, alignment: int) -> int:
+        """cuMemAddressReserve: a virtual range of ``size`` bytes; returns its address."""
+        ...
+
+    def free_address(self, va: int, size: int) -> None:
+        """cuMemAddressFree of a whole reservation (every page must be unmapped)."""
+        ...
+
+    def create(self, size: int, device: int) -> Handle:
+        """cuMemCreate: ``size`` bytes of physical memory on ``device``."""
+        ...
+
+    def release(self, handle: Handle) -> None:
+        """cuMemRelease: the physical memory goes back once it is also unmapped."""
+        ...
+
+    def map(self, va: int, size: int, handle: Handle) -> None:
+        """cuMemMap the whole of ``handle`` at ``va``."""
+        ...
+
+    def set_access(self, va: int, size: int, device: int) -> None:
+        """cuMemSetAccess read/write for ``device`` over mapped ``[va, va+size)``."""
+        ...
+
+    def unmap(self, va: int, size: int) -> None:
+        """cuMemUnmap ``[va, va+size)`` (whole mappings only)."""
+        ...
+
+    def synchronize(self) -> None:
+        """cuCtxSynchronize: no kernel may still touch pages about to be unmapped."""
+        ...
+
+
+class FreeList(Protocol):
+    """The free slots of one KV allocator, in allocator units (a unit = SGLang's page_size
+    token slots; unit 0 is SGLang's padding slot and never free). Only units of mapped blocks
+    may ever be free: the shim adds a block's units when it maps the block and removes them
+    before it unmaps it. Called from the scheduler thread only."""
+
+    def free_units(self) -> int:
+        """Free units now (cheap: no GPU synchronization)."""
+        ...
+
+    def reset(self, blocks: Sequence[int]) -> None:
+        """After the allocator's ``clear()``: exactly the units of ``blocks`` are free."""
+        ...
+
+    def add(self, blocks: Sequence[int]) -> None:
+        """Newly mapped blocks: their units become free, to be handed out after the others."""
+        ...
+
+    def free_per_block(self) -> list[int]:
+        """Free units in each block (index = block). May synchronize with the GPU."""
+        ...
+
+    def remove(self, blocks: Sequence[int]) -> None:
+        """Take the units of these fully free blocks out (they are about to be unmapped)."""
+        ...
+
+    def prefer_full(self, free_per_block: Sequence[int]) -> None:
+        """Reorder so units of the fullest blocks are handed out first; emptier blocks then
+        drain and can be unmapped. A hint: an implementation may do nothing."""
+        ...
+
+
+class Status(NamedTuple):
+    """What ``status()`` answers. Bytes are physical (mapped) or granted (limit)."""
+
+    mapped_bytes: int  # physical memory mapped for KV now (at least one block)
+    used_tokens: int  # token slots in use (requests and SGLang's prefix cache)
+    limit_bytes: int  # the limit in force (the last set_limit accepted)
+    revision: int  # revision of that limit (0 = the start-up limit)
+    capacity_tokens: int  # virtual pool size in tokens (SGLang's max_total_num_tokens)
+    limit_tokens: int  # token slots the limit allows (whole blocks)
+    block_bytes: int  # mapping granularity: one block across every layer's K and V
+    block_tokens: int  # token slots per block
+    draining: bool  # the limit is below what is in use: shrinking as tokens free

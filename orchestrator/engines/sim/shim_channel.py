@@ -1,0 +1,131 @@
+"""The sim's cumem_shim: the real shim's control channel (same environment variables, same
+JSON-lines protocol on a Unix socket) over the real page bookkeeping (``ElasticKV``) on a fake
+device, so the orchestrator's KV ledger runs end to end in CI.
+
+Active only when CHIMERA_SHIM_SOCKET is set (read through ``cumem_shim.settings``, as in a real
+server). Then the batcher admits by the shim's current limit instead of the whole pool, as
+SGLang does when the shim lowers ``available_size``: requests that do not fit wait, running
+ones are never cut. The pool's virtual size stays the plan's (``max_total_num_tokens``).
+
+Model of the pages: the bookkeeping follows the batcher's tokens in KV with a counting free
+list that compacts perfectly (the real shim's pool fragments; the sim's never does), synced
+before each admission and each channel call. Everything runs on the app's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+
+from cumem_shim import protocol
+from cumem_shim import settings as shim_settings
+from cumem_shim.channel import claim_socket_path
+from cumem_shim.elastic import ElasticKV
+from cumem_shim.fake import TWO_MIB, FakeDevice
+from cumem_shim.freelist import CountingFreeList
+from cumem_shim.limit import Accepted
+from cumem_shim.pages import mha_layout
+from cumem_shim.types import Status
+from orchestrator.engines.sim.batcher import Batcher, SimRequest
+from orchestrator.engines.sim.server import SimServer
+
+
+class ElasticBatcher(Batcher):
+    """A Batcher whose admission is capped by ``limit_tokens()`` (the shim's limit)."""
+
+    limit_tokens: Callable[[], int] | None = None
+
+    def _admit(self) -> list[SimRequest]:
+        if self.limit_tokens is None:
+            return super()._admit()
+        whole = self.capacity
+        self.capacity = min(whole, self.limit_tokens())
+        try:
+            return super()._admit()
+        finally:
+            self.capacity = whole
+
+    def wake(self) -> None:
+        self._wake.set()  # the limit grew: waiting requests may fit now
+
+
+class SimShim:
+    """``protocol.Target`` for one sim server."""
+
+    def __init__(self, sim: SimServer, batcher: ElasticBatcher, limit_bytes: int,
+                 slack_tokens: int) -> None:
+        s, plan = sim.settings.shape, sim.plan
+        self.layout = mha_layout(
+            granularity=TWO_MIB, page_size=1, size=plan.kv_capacity_tokens, layers=s.num_layers,
+            heads=max(1, s.num_kv_heads // sim.settings.tp_size), head_dim=s.head_dim,
+            dtype_bytes=s.dtype_bytes)
+        self.device = FakeDevice(capacity_bytes=plan.gpu_bytes)
+        self.kv = ElasticKV(self.layout, self.device, 0, limit_bytes, slack_tokens=slack_tokens)
+        self.free = CountingFreeList(self.layout)
+        self.kv.attach(self.free)
+        self.batcher = batcher
+        batcher.limit_tokens = self.limit_tokens
+
+    def sync(self) -> None:
+        """Make the bookkeeping hold as many tokens as the batcher has in KV, then apply the
+        limit (unmapping freed blocks above it)."""
+        want = min(self.batcher.snapshot().used_tokens, self.layout.capacity_units)
+        have = self.free.used_units()
+        if want > have:
+            self.kv.ensure(want - have)
+            self.free.alloc(want - have)
+        elif want < have:
+            self.free.release_any(have - want)
+        self.kv.available()
+
+    def limit_tokens(self) -> int:
+        self.sync()
+        return self.kv.available() + self.kv.used_units()
+
+    # -- protocol.Target -------------------------------------------------------------------
+    def set_limit(self, limit_bytes: int, revision: int) -> Accepted:
+        acc = self.kv.set_limit(limit_bytes, revision)
+        self.sync()
+        self.batcher.wake()
+        return acc
+
+    def status(self) -> Status:
+        self.sync()
+        return self.kv.status()
+
+
+@contextlib.asynccontextmanager
+async def mounted(sim: SimServer) -> AsyncIterator[SimShim | None]:
+    """For the sim's lifespan, before the batcher task starts: with CHIMERA_SHIM_SOCKET set,
+    swap in an ``ElasticBatcher`` and serve the channel; otherwise do nothing."""
+    if not shim_settings.requested():
+        yield None
+        return
+    cfg = shim_settings.read()  # ShimConfigError: the sim fails to start, like a real server
+    old = sim.batcher
+    batcher = ElasticBatcher(old.model, sim.plan, old.clock, old.on_queue_time)
+    sim.batcher = batcher
+    shim = SimShim(sim, batcher, cfg.limit_bytes, cfg.slack_tokens)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                if line.strip():
+                    writer.write(protocol.handle(line, shim))
+                    await writer.drain()
+        except (ConnectionError, ValueError):
+            pass  # the client went away or sent an over-long line: drop the connection
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(serve, claim_socket_path(cfg.socket),
+                                             limit=protocol.MAX_LINE_BYTES)
+    try:
+        yield shim
+    finally:
+        server.close()
+        await server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(cfg.socket)

@@ -1,0 +1,153 @@
+"""The per-GPU KV ledger: from what the instances report to the limits to send. Synchronous
+and free of I/O and clocks (time comes in as ``now``); ``runner.py`` does the scraping and
+sending. Owned by one task; not thread-safe.
+
+Per GPU: budget = capacity − what is not KV (weights and runtime of awake instances, the
+residue of parked ones: ``non_kv_bytes``) − a safety margin. The budget is split among the
+resident instances by demand (``split.split``), phased so no grow lands before the memory is
+free (``split.phase``), and sent as revisioned ``set_limit`` calls, only when a limit moves by
+more than the hysteresis. An instance that stops being resident gets limit 0 once (the shim
+unmaps everything but its first block). An idle instance that holds more than its limit (its
+prefix cache keeps pages mapped) is asked to flush its cache: SGLang frees cached tokens only
+when it needs room, and an idle server never does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cumem_shim.types import Status
+from orchestrator.kv.demand import Load, need_bytes
+from orchestrator.kv.split import Member, changed, phase, split
+from orchestrator.policy.gpu_memory import AWAKE_OVERHEAD_BYTES, PARKED_BYTES
+
+MARGIN_BYTES = 1 << 30  # kept free on each GPU: allocator fragmentation, NCCL, other processes
+FLUSH_EVERY_S = 10.0  # at most one /flush_cache per instance this often
+
+
+@dataclass(frozen=True)
+class KVInstance:
+    """Static facts of one instance, from the placements file and the control loop's state."""
+
+    id: str
+    gpu: int
+    token_bytes: int  # KV bytes per token slot on this GPU
+    weight_bytes: int  # this instance's weights on this GPU
+    floor_bytes: int = 0  # placements kv_floor_gb
+    ceiling_bytes: int | None = None  # placements kv_pool_gb (None: the virtual pool)
+    priority: int = 0
+    resident: bool = True  # awake (or starting/waking): holds KV; False: parked or parking
+
+
+@dataclass(frozen=True)
+class Observation:
+    load: Load | None  # None: /v1/loads did not answer this round
+    status: Status | None  # None: the shim did not answer this round
+
+
+@dataclass(frozen=True)
+class SetLimit:
+    instance: str
+    bytes: int
+    revision: int
+
+
+@dataclass(frozen=True)
+class FlushCache:
+    instance: str
+
+
+Action = SetLimit | FlushCache
+
+
+def non_kv_bytes(instances: Iterable[KVInstance]) -> dict[int, int]:
+    """What is not KV on each GPU: weights + runtime of resident instances, the residue
+    (CUDA context, ~2.4 GB measured) of parked ones. The shim's first block is counted as KV."""
+    out: dict[int, int] = {}
+    for i in instances:
+        held = i.weight_bytes + AWAKE_OVERHEAD_BYTES if i.resident else PARKED_BYTES
+        out[i.gpu] = out.get(i.gpu, 0) + held
+    return out
+
+
+@dataclass
+class _Known:
+    limit: int | None = None  # the limit this ledger last had accepted
+    revision: int = 0
+    last_flush: float | None = None
+
+
+@dataclass
+class Ledger:
+    capacity: Mapping[int, int]  # bytes per GPU
+    margin: int = MARGIN_BYTES
+    hysteresis: float = 0.05
+    known: dict[str, _Known] = field(default_factory=dict)
+
+    def budget(self, gpu: int, non_kv: Mapping[int, int]) -> int:
+        return max(0, self.capacity.get(gpu, 0) - non_kv.get(gpu, 0) - self.margin)
+
+    def plan(self, instances: Sequence[KVInstance], seen: Mapping[str, Observation],
+             now: float) -> list[Action]:
+        actions: list[Action] = []
+        non_kv = non_kv_bytes(instances)
+        for gpu in sorted({i.gpu for i in instances}):
+            here = [i for i in instances if i.gpu == gpu]
+            actions += self._plan_gpu(gpu, here, seen, non_kv, now)
+        return actions
+
+    def _plan_gpu(self, gpu: int, here: Sequence[KVInstance], seen: Mapping[str, Observation],
+                  non_kv: Mapping[int, int], now: float) -> list[Action]:
+        out: list[Action] = []
+        members, mapped, current = [], {}, {}
+        for inst in here:
+            obs = seen.get(inst.id, Observation(None, None))
+            st = obs.status
+            known = self.known.setdefault(inst.id, _Known())
+            if st is not None:  # the shim's revision wins (an orchestrator restart)
+                known.revision = max(known.revision, st.revision)
+            if not inst.resident:
+                if st is not None and known.limit != 0:
+                    out.append(self._send(inst.id, 0))
+                continue
+            if st is None or obs.load is None:
+                continue  # unknown this round: it keeps its limit; its pages count below
+            ceiling = min(inst.ceiling_bytes or st.capacity_tokens * inst.token_bytes,
+                          st.capacity_tokens * inst.token_bytes)
+            members.append(Member(
+                inst.id, need_bytes(obs.load, inst.token_bytes, st.used_tokens),
+                inst.floor_bytes, ceiling, st.block_bytes, inst.priority))
+            mapped[inst.id] = st.mapped_bytes
+            current[inst.id] = known.limit if known.limit is not None else st.limit_bytes
+            if (obs.load.idle and st.mapped_bytes > st.limit_bytes + st.block_bytes
+                    and (known.last_flush is None or now - known.last_flush >= FLUSH_EVERY_S)):
+                known.last_flush = now
+                out.append(FlushCache(inst.id))
+        budget = self.budget(gpu, non_kv)
+        # instances not seen this round still hold what they have mapped or may map
+        unseen = sum(max(self.known[i.id].limit or 0, 0) for i in here
+                     if i.resident and i.id not in mapped)
+        block = {m.id: m.block for m in members}
+        targets = {iid: t if changed(t, current[iid], block[iid], self.hysteresis)
+                   or self.known[iid].limit is None else current[iid]
+                   for iid, t in split(budget - unseen, members).limits.items()}
+        order = [m.id for m in sorted(members, key=lambda m: (-m.priority, m.id))]
+        for iid, limit in phase(budget - unseen, targets, current, mapped, order).items():
+            if limit != current[iid] or self.known[iid].limit is None:
+                out.append(self._send(iid, limit))
+        return out
+
+    def _send(self, iid: str, limit: int) -> SetLimit:
+        known = self.known[iid]
+        known.revision += 1
+        return SetLimit(iid, limit, known.revision)
+
+    def accepted(self, iid: str, limit: int, revision: int) -> None:
+        """The shim took (or kept) this limit: record it as in force."""
+        known = self.known.setdefault(iid, _Known())
+        known.limit, known.revision = limit, max(known.revision, revision)
+
+    def forget(self, iid: str) -> None:
+        """The instance stopped (its process and shim are gone)."""
+        self.known.pop(iid, None)

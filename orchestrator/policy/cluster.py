@@ -1,0 +1,190 @@
+"""What the global scheduler (placement.py) sees and what it answers: plain frozen data.
+
+The caller (control loop, ``chimera-orch plan``, the simulator in bench/sim) fills the snapshot:
+rates are measured outside (rates.py), memory costs come from the H100 model in
+orchestrator/engines/sim (orchestrator/plan.py: ``server_cost``), so nothing here knows a clock
+or a constant of SGLang. All byte counts are per GPU; a TP server charges each GPU of its group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from orchestrator.control.api import InstanceState
+
+S = InstanceState
+# States whose weights are (or are being put) on the GPU: they count as resident.
+RESIDENT = frozenset({S.AWAKE, S.WAKING, S.STARTING, S.PARKING})
+# States in which a server holds its process (CUDA context) on the GPU.
+HOLDS_CONTEXT = RESIDENT | {S.PARKED, S.PENDING}
+
+
+@dataclass(frozen=True)
+class ServerCost:
+    """What one server of a model costs on each GPU of its group, and how long it takes to move.
+
+    parked_bytes: held even when parked (CUDA context, NCCL, allocator slack; 2,362 MiB measured
+    for the 8B shape). awake_bytes: added while awake (weights share, CUDA graphs, activation
+    workspace). kv_floor_bytes: the least KV a server may be woken with."""
+
+    parked_bytes: int
+    awake_bytes: int
+    kv_bytes_per_token: int
+    kv_floor_bytes: int
+    wake_s: float
+    park_s: float
+    cold_start_s: float
+
+
+@dataclass(frozen=True)
+class ModelDemand:
+    """One model: its demand, its SLO and what its servers cost."""
+
+    name: str
+    tp_size: int
+    cost: ServerCost
+    tpot_slo_s: float
+    token_rate: float  # tokens/s entering the model (prompt + output), moving average (~60 s)
+    queued: int = 0  # requests held for it (not yet in an engine)
+    running: int = 0  # requests inside its engines
+    last_active_at: float | None = None  # last arrival or completion; None = never used
+    idle_park_s: float = 45.0  # park when idle longer than this and memory is needed; 0 = never
+    park_when: Literal["needed", "always", "never"] = "needed"
+    priority: int = 0
+    last_moved_at: float | None = None  # last migration of this model (cooldown)
+    oldest_wait_s: float = 0.0  # age of its oldest held request (starvation guard)
+    # Decode step time of its server at its usual batch (0 for a model with almost no traffic).
+    # Colocated servers time-slice the GPU (no MPS), so while they all decode a token of each
+    # costs the sum of their steps: the TPOT guard keeps that sum under their SLOs (tpot.py).
+    step_s: float = 0.0
+
+    @property
+    def pressure(self) -> float:
+        """KV pressure this model puts on a GPU: token rate x KV bytes per token / TPOT SLO."""
+        return self.token_rate * self.cost.kv_bytes_per_token / max(self.tpot_slo_s, 1e-6)
+
+    @property
+    def busy(self) -> bool:
+        return self.queued > 0 or self.running > 0
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """One engine instance: a model on a GPU group, in one lifecycle state."""
+
+    id: str
+    model: str
+    gpus: tuple[int, ...]
+    state: InstanceState
+    kv_used_bytes: int = 0  # per GPU, in use now
+    in_flight: int = 0
+
+
+@dataclass(frozen=True)
+class PlacementParams:
+    tau: float = 0.3  # migrate only when the pressure of the pair drops by more than this (relative)
+    migrate: bool = True  # False: activations only (ablation "global placement off" uses home servers)
+    max_migrations: int = 1  # per decision: a migration costs a wake on the target
+    migration_cooldown_s: float = 120.0  # a model moved recently stays put (no ping-pong)
+    migration_parks_idle: bool = False  # may a migration park idle servers on its target?
+    # A model whose requests have waited this long for memory may park *busy* neighbours of no
+    # higher priority (least KV pressure first; they drain first): time-sharing, not starvation.
+    starvation_s: float = 10.0
+    tpot_guard: bool = True  # also place by decode time-slicing (chimera's addition to Prism's KVPR)
+    cold_start: bool = False  # may start new servers (65 s each) where no parked server exists
+    gpu_reserve_bytes: int = 0  # per GPU, never planned (driver, fragmentation)
+    candidates: int = 8  # cold-start targets examined per activation (lowest ratio first)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """The frozen snapshot handed to ``placement.decide``."""
+
+    models: tuple[ModelDemand, ...]
+    servers: tuple[ServerView, ...]
+    gpu_bytes: tuple[int, ...]  # capacity of GPU i (index = GPU id)
+    params: PlacementParams = PlacementParams()
+
+
+# ---- decision: actions made of ordered steps the control loop executes one after another ----
+
+
+@dataclass(frozen=True)
+class Park:
+    server: str  # drain (it is idle: no request in flight), then release weights and KV
+
+
+@dataclass(frozen=True)
+class Wake:
+    server: str  # resume a parked server
+
+
+@dataclass(frozen=True)
+class Start:
+    model: str
+    gpus: tuple[int, ...]  # cold start a new server there (last resort: ~65 s)
+
+
+@dataclass(frozen=True)
+class Route:
+    model: str
+    gpus: tuple[int, ...]  # send the model's new requests to its server on these GPUs once ready
+
+
+Step = Park | Wake | Start | Route
+
+
+@dataclass(frozen=True)
+class Activation:
+    """Bring a model with demand and no awake server up: park idle victims, wake, route."""
+
+    model: str
+    gpus: tuple[int, ...]
+    steps: tuple[Step, ...]
+    kvpr_after: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Move a model: wake the target (after parking idle victims there), move traffic when it is
+    ready, then park the source once its in-flight requests are done."""
+
+    model: str
+    source: str  # server id
+    gpus: tuple[int, ...]
+    steps: tuple[Step, ...]
+    gain: float  # relative drop of the pair's highest KV pressure ratio
+    reason: str
+
+
+@dataclass(frozen=True)
+class IdlePark:
+    server: str
+    steps: tuple[Step, ...]
+    reason: str
+
+
+Action = Activation | Migration | IdlePark
+
+
+@dataclass(frozen=True)
+class KvLimit:
+    server: str
+    bytes: int  # per GPU: the shim maps at most this much KV for the server
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Blocked:
+    model: str
+    reason: str  # why it could not be activated now (the proxy keeps holding or sheds)
+
+
+@dataclass(frozen=True)
+class PlacementDecision:
+    actions: tuple[Action, ...] = ()
+    kv_limits: tuple[KvLimit, ...] = ()
+    blocked: tuple[Blocked, ...] = ()
+    kvpr: tuple[float, ...] = ()  # per GPU after the actions (for metrics and the plan table)

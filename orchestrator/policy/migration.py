@@ -1,0 +1,96 @@
+"""Migrations: move a model to another of its (parked) servers, Prism's KVPR rule plus chimera's
+TPOT guard.
+
+A move of model m from server A to its parked server B is worth it when either
+- KV: the higher KV Pressure Ratio of the two groups drops by more than ``tau`` (relative), and
+  B's group does not get a TPOT overflow from it; or
+- TPOT (``tpot_guard``): A's group has decode rounds longer than a resident TPOT SLO
+  (tpot.overflow > 0), the move shrinks that overflow and B's group stays at 0.
+A TPOT fix wins over a KV gain. Only models with one resident server, not moved in the last
+``migration_cooldown_s``, are moved; B must fit without parking anyone unless
+``migration_parks_idle``. Steps: wake B, route traffic to B when ready, park A once drained.
+"""
+
+from __future__ import annotations
+
+from orchestrator.policy import tpot
+from orchestrator.policy.cluster import ClusterView, Migration, ModelDemand, Park, Route, S, Step, Wake
+from orchestrator.policy.kvpr import Ledger
+
+_SOURCES = 4  # source GPUs examined per trigger (the worst ones): bounds a decision at scale
+
+
+def best_migration(led: Ledger, view: ClusterView, now: float, touched: set[str]) -> Migration | None:
+    p = view.params
+    n = len(view.gpu_bytes)
+    srcs = [g for g in sorted(range(n), key=lambda g: (-led.ratio(g), g))[:_SOURCES] if led.ratio(g) > 0]
+    if p.tpot_guard:
+        over = [(tpot.overflow(led, (g,)), g) for g in range(n) if led.round_s[g] > 0]
+        srcs += [g for o, g in sorted(over, key=lambda x: (-x[0], x[1]))[:_SOURCES] if o > 0 and g not in srcs]
+    best: tuple[tuple[int, float], str, str, list[str], str] | None = None
+    for g in srcs:
+        for src in sorted(led.on_gpu[g]):
+            s = led.servers[src]
+            m = led.models[s.model]
+            if (s.model in touched or led.state[src] is not S.AWAKE or m.pressure + m.step_s <= 0
+                    or len(led.resident(s.model)) != 1 or _cooling(m, view, now)):
+                continue
+            for dst in led.of_model[s.model]:
+                if led.state[dst] is not S.PARKED:
+                    continue
+                got = _score(led, view, now, src, dst, m)
+                if got is not None and (best is None or got[0] > best[0]):
+                    best = (got[0], src, dst, got[1], got[2])
+    if best is None:
+        return None
+    (_, gain), src, dst, victims, why = best
+    model, gpus = led.servers[src].model, led.servers[dst].gpus
+    for v in victims:
+        led.set_state(v, S.PARKING)
+    led.set_state(dst, S.WAKING)
+    led.set_state(src, S.PARKING)  # still holds its memory until drained; its traffic moves
+    steps: tuple[Step, ...] = (*[Park(v) for v in victims], Wake(dst), Route(model, gpus), Park(src))
+    return Migration(model, src, gpus, steps, gain, why)
+
+
+def _score(led: Ledger, view: ClusterView, now: float, src: str, dst: str,
+           m: ModelDemand) -> tuple[tuple[int, float], list[str], str] | None:
+    p = view.params
+    a, b = led.servers[src].gpus, led.servers[dst].gpus
+    victims = led.make_room(b, led.need_bytes(m, cold=False), now, frozenset({src}))
+    if victims is None or (victims and not p.migration_parks_idle):
+        return None
+    where = f"GPU {_g(a)} -> {_g(b)}"
+    if p.tpot_guard:
+        dst_over = tpot.overflow(led, b, m, victims)
+        if dst_over > 0:
+            return None
+        before = tpot.overflow(led, a)
+        after = tpot.overflow(led, a, drop=[src])
+        if before > 0 and after < before:
+            return (1, before - after), victims, (f"{where}: decode rounds on GPU {_g(a)} exceed a TPOT "
+                                                  f"SLO by {before:.0%}, {after:.0%} after the move")
+    before_kv = max(led.group_ratio(a), led.group_ratio(b))
+    if before_kv <= 0:
+        return None
+    after_kv = max(led.ratio_after(b, m, victims, cold=False, leaving=a),
+                   max(_ratio_without(led, g, m, b) for g in a))
+    gain = (before_kv - after_kv) / before_kv
+    if gain <= p.tau:
+        return None
+    return (0, gain), victims, f"{where}: KVPR of the pair drops {gain:.0%} (> tau {p.tau:.0%})"
+
+
+def _cooling(m: ModelDemand, view: ClusterView, now: float) -> bool:
+    return m.last_moved_at is not None and now - m.last_moved_at < view.params.migration_cooldown_s
+
+
+def _ratio_without(led: Ledger, g: int, m: ModelDemand, dst_gpus: tuple[int, ...]) -> float:
+    """Ratio of source GPU g once the model left and its server parked."""
+    pressure = led.pressure[g] - m.pressure + (m.pressure if g in dst_gpus else 0.0)
+    room = led.room[g] + m.cost.awake_bytes - (m.cost.awake_bytes if g in dst_gpus else 0)
+    return max(pressure, 0.0) / max(room, 1.0)
+
+
+def _g(gpus: tuple[int, ...]) -> str:
+    return "+".join(map(str, gpus))

@@ -1,0 +1,150 @@
+"""Global scheduler: which server of which model is awake where (design.md §4, Prism §4).
+
+``decide(view, now)`` is pure. Every few seconds and on events the caller hands it a snapshot;
+it answers, in this order:
+1. activations: a model with requests and no awake server is woken on the candidate GPU group
+   with the lowest KV Pressure Ratio after the wake that fits (and, with the TPOT guard, whose
+   decode rounds stay within its models' TPOT SLOs: tpot.py) - parked servers first (~0.4 s),
+   a cold start (~65 s) only when ``params.cold_start`` and no parked server can take it. Idle
+   servers (idle past their threshold, nothing in flight) are parked to make room, longest idle
+   first; busy ones only for a model whose requests waited ``starvation_s`` (then the least
+   pressured of no higher priority, drained first), so a big model cannot starve forever.
+2. idle parking for models that ask for it (``park_when="always"``).
+3. migrations (migration.py): a model moves to another of its parked servers when the pair's
+   highest ratio drops by more than ``tau``, or when it ends a TPOT overflow; ordered steps:
+   wake the target, route traffic there when ready, then park the source.
+4. KV limits: each GPU's KV memory split among its resident servers (kv_split.py).
+Ties are broken by name, so the same snapshot always gives the same decision.
+"""
+
+from __future__ import annotations
+
+from orchestrator.policy import tpot
+from orchestrator.policy.cluster import (
+    Action,
+    Activation,
+    Blocked,
+    ClusterView,
+    IdlePark,
+    ModelDemand,
+    Park,
+    PlacementDecision,
+    Route,
+    S,
+    Start,
+    Step,
+    Wake,
+)
+from orchestrator.policy.kv_split import kv_limits
+from orchestrator.policy.kvpr import Ledger
+from orchestrator.policy.migration import best_migration
+
+_COMING = (S.AWAKE, S.WAKING, S.STARTING)
+
+
+def decide(view: ClusterView, now: float) -> PlacementDecision:
+    led = Ledger(view)
+    actions: list[Action] = []
+    blocked: list[Blocked] = []
+    touched: set[str] = set()
+
+    need = [m for m in view.models if m.busy and not any(
+        led.state[sid] in _COMING for sid in led.of_model.get(m.name, ()))]
+    need.sort(key=lambda m: (-m.priority, -m.queued, -m.pressure, m.name))
+    for m in need:
+        got = _activate(led, view, m, now)
+        if isinstance(got, Blocked):
+            blocked.append(got)
+        else:
+            actions.append(got)
+            touched.add(m.name)
+
+    for m in view.models:
+        if m.park_when != "always":
+            continue
+        for sid in led.of_model.get(m.name, ()):
+            if led.evictable(sid, now):
+                led.set_state(sid, S.PARKING)
+                actions.append(IdlePark(sid, (Park(sid),),
+                                        f"idle {led.idle_s(m, now):.0f} s >= {m.idle_park_s:g} s"))
+
+    if view.params.migrate:
+        for _ in range(view.params.max_migrations):
+            mig = best_migration(led, view, now, touched)
+            if mig is None:
+                break
+            actions.append(mig)
+            touched.add(mig.model)
+
+    return PlacementDecision(
+        actions=tuple(actions), kv_limits=kv_limits(led), blocked=tuple(blocked),
+        kvpr=tuple(led.ratio(g) for g in range(len(view.gpu_bytes))))
+
+
+def _groups(n_gpus: int, tp: int) -> list[tuple[int, ...]]:
+    """Cold-start groups: aligned blocks of ``tp`` distinct GPUs (TP ranks never share a GPU)."""
+    return [tuple(range(i, i + tp)) for i in range(0, n_gpus - tp + 1, tp)]
+
+
+def _activate(led: Ledger, view: ClusterView, m: ModelDemand, now: float) -> Activation | Blocked:
+    best: tuple[tuple[int, float, int, float, float, str], tuple[int, ...], str | None, list[str]] | None = None
+    starving = m if m.oldest_wait_s >= view.params.starvation_s else None
+    for sid in led.of_model.get(m.name, ()):
+        if led.state[sid] is not S.PARKED:
+            continue
+        gpus = led.servers[sid].gpus
+        victims = led.make_room(gpus, led.need_bytes(m, cold=False), now, starving=starving)
+        if victims is None:
+            continue
+        cost = sum(led.models[led.servers[v].model].pressure + 1.0 for v in victims if not led.evictable(v, now))
+        over = tpot.overflow(led, gpus, m, victims) if view.params.tpot_guard else 0.0
+        key = (0, over, int(bool(victims)), cost, led.ratio_after(gpus, m, victims, cold=False), sid)
+        if best is None or key < best[0]:
+            best = (key, gpus, sid, victims)
+    if best is None and view.params.cold_start:
+        taken = {g for sid in led.of_model.get(m.name, ()) for g in led.servers[sid].gpus}
+        groups = [grp for grp in _groups(len(view.gpu_bytes), m.tp_size) if taken.isdisjoint(grp)]
+        groups.sort(key=lambda grp: (led.group_ratio(grp), grp))
+        for gpus in groups[: view.params.candidates]:
+            victims = led.make_room(gpus, led.need_bytes(m, cold=True), now)
+            if victims is None:
+                continue
+            over = tpot.overflow(led, gpus, m, victims) if view.params.tpot_guard else 0.0
+            key = (1, over, int(bool(victims)), 0.0, led.ratio_after(gpus, m, victims, cold=True), "")
+            if best is None or key < best[0]:
+                best = (key, gpus, None, victims)
+    if best is None:
+        return Blocked(m.name, _why_blocked(led, m))
+    (_, _, _, _, ratio, _), gpus, parked, victims = best
+    steps: list[Step] = [Park(v) for v in victims]
+    busy = [v for v in victims if not led.evictable(v, now)]
+    for v in victims:
+        led.set_state(v, S.PARKING)
+    if parked is None:
+        led.add_server(f"{m.name}@new:{_g(gpus)}", m.name, gpus, S.STARTING)
+        steps.append(Start(m.name, gpus))
+        how = "cold start (no parked server fits)"
+    else:
+        led.set_state(parked, S.WAKING)
+        steps.append(Wake(parked))
+        how = "wake"
+    steps.append(Route(m.name, gpus))
+    note = f"; parks {', '.join(victims)}" if victims else ""
+    if busy:
+        note += f" (preempts busy {', '.join(busy)}: requests waited {m.oldest_wait_s:.0f} s)"
+    return Activation(m.name, gpus, tuple(steps), ratio,
+                      f"{m.queued} queued, no awake server: {how} on GPU {_g(gpus)} "
+                      f"(KVPR after {ratio:.3g}){note}")
+
+
+def _why_blocked(led: Ledger, m: ModelDemand) -> str:
+    parked = [sid for sid in led.of_model.get(m.name, ()) if led.state[sid] is S.PARKED]
+    if not parked:
+        return "no parked server to wake (cold starts are off)"
+    need = led.need_bytes(m, cold=False) / (1 << 30)
+    return (f"needs {need:.1f} GiB per GPU; no GPU of its parked servers can free that much "
+            "(neighbours are busy or idle for less than their park threshold)")
+
+
+def _g(gpus: tuple[int, ...]) -> str:
+    return "+".join(map(str, gpus))

@@ -1,0 +1,71 @@
+"""What the local scheduler (admission.py) sees and answers: one GPU group's request queue.
+
+The proxy keeps one queue per GPU group across every model served there and calls
+``admission.decide`` on each arrival, completion and wake. Expected prefill times and KV needs
+are filled in by the caller (the H100 latency model in orchestrator/engines/sim/model.py, or
+measured averages), so the policy itself knows no engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+LatePolicy = Literal["shed", "serve"]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One request held in the proxy, not yet sent to an engine."""
+
+    id: str
+    model: str
+    arrival: float
+    deadline: float  # arrival + the model's TTFT SLO
+    prefill_s: float  # expected prefill time on this group
+    kv_tokens: int  # KV slots the engine must have free to admit it (prompt + max new tokens)
+
+
+@dataclass(frozen=True)
+class EngineRoom:
+    """One server of the group as the proxy sees it now."""
+
+    server: str
+    model: str
+    ready_at: float  # when it can take requests: <= now if awake, later if waking
+    free_kv_tokens: int  # under its KV limit
+    free_slots: int  # requests it may still run (max running - running)
+
+
+@dataclass(frozen=True)
+class ModelRule:
+    priority: int = 0  # higher: shed last
+    on_late: LatePolicy = "shed"  # a request that can no longer meet its deadline: 429 or serve late
+
+
+@dataclass(frozen=True)
+class QueueView:
+    pending: tuple[Pending, ...]
+    engines: tuple[EngineRoom, ...]
+    rules: dict[str, ModelRule] = field(default_factory=dict)  # missing model: ModelRule()
+    backlog_s: float = 0.0  # prefill work already inside the group's engines, seconds
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    request: str
+    server: str
+
+
+@dataclass(frozen=True)
+class Shed:
+    request: str
+    retry_after_s: float  # honest: when the queue ahead of it should have drained
+    reason: str
+
+
+@dataclass(frozen=True)
+class QueueDecision:
+    dispatch: tuple[Dispatch, ...] = ()  # send now, in this order
+    shed: tuple[Shed, ...] = ()  # answer 429 with Retry-After
+    late: tuple[str, ...] = ()  # kept and served after the on-time ones (on_late="serve")

@@ -1,0 +1,147 @@
+"""orchestrator.kv: /v1/loads parsing, demand, and the per-GPU ledger's actions."""
+
+from __future__ import annotations
+
+import pytest
+
+from cumem_shim.types import Status
+from orchestrator.kv.demand import Load, LoadsError, need_bytes, parse_loads
+from orchestrator.kv.ledger import (
+    MARGIN_BYTES,
+    FlushCache,
+    KVInstance,
+    Ledger,
+    Observation,
+    SetLimit,
+    non_kv_bytes,
+)
+from orchestrator.policy.gpu_memory import AWAKE_OVERHEAD_BYTES, PARKED_BYTES
+
+GIB = 1 << 30
+BLOCK = 128 << 20
+TOKEN = 128 << 10  # Llama-3.1-8B: 128 KiB of KV a token
+CAP_TOKENS = 500_000
+# a real SGLang 0.5.17 answer (load_snapshot.py field names), two DP ranks
+LOADS = {"timestamp": "2026-11-25T10:00:00+00:00", "version": "0.5.17", "accelerator": "cuda",
+         "num_accelerators": 2, "loads": [
+             {"dp_rank": 0, "num_running_reqs": 3, "num_waiting_reqs": 2,
+              "num_waiting_uncached_tokens": 900, "num_used_tokens": 5000,
+              "max_total_num_tokens": 10000, "gen_throughput": 120.5, "token_usage": 0.5},
+             {"dp_rank": 1, "num_running_reqs": 1, "num_waiting_reqs": 0,
+              "num_waiting_uncached_tokens": 0, "num_used_tokens": 100,
+              "max_total_num_tokens": 10000, "gen_throughput": 30}]}
+
+
+def status(mapped: int, limit: int, used: int = 0, revision: int = 0) -> Status:
+    return Status(mapped, used, limit, revision, CAP_TOKENS, limit // TOKEN, BLOCK, 1024,
+                  mapped > limit + BLOCK)
+
+
+def idle() -> Load:
+    return Load(0, 0, 0, 0, CAP_TOKENS, 0.0)
+
+
+def busy(used: int, waiting: int = 0, rate: float = 0.0) -> Load:
+    return Load(8, 2, waiting, used, CAP_TOKENS, rate)
+
+
+def inst(iid: str, **kw: object) -> KVInstance:
+    return KVInstance(iid, 0, TOKEN, 16 * GIB, **kw)  # type: ignore[arg-type]
+
+
+def test_parse_loads_sums_ranks() -> None:
+    load = parse_loads(LOADS)
+    assert (load.running, load.waiting, load.waiting_tokens, load.used_tokens) == (4, 2, 900, 5100)
+    assert load.capacity_tokens == 20000 and load.token_rate == pytest.approx(150.5)
+    assert not load.idle and parse_loads({"loads": []}).idle
+    for bad in ([], {"loads": 3}, {"loads": [1]}, {"loads": [{"num_running_reqs": "x"}]}):
+        with pytest.raises(LoadsError):
+            parse_loads(bad)
+
+
+def test_need_prefers_the_shims_count_of_used_tokens() -> None:
+    load = Load(1, 1, 1000, 90_000, CAP_TOKENS, 100.0)  # SGLang's count includes held-back slots
+    assert need_bytes(load, TOKEN, shim_used_tokens=2000, horizon_s=5) == (2000 + 1000 + 500) * TOKEN
+    assert need_bytes(load, TOKEN) == (90_000 + 1000 + 500) * TOKEN
+
+
+def test_non_kv_counts_weights_runtime_and_parked_residue() -> None:
+    got = non_kv_bytes([inst("a"), inst("b", resident=False)])
+    assert got == {0: 16 * GIB + AWAKE_OVERHEAD_BYTES + PARKED_BYTES}
+
+
+def test_first_plan_splits_the_budget_by_demand() -> None:
+    led = Ledger({0: 80 * GIB})
+    a, b = inst("a"), inst("b", floor_bytes=2 * GIB)
+    seen = {"a": Observation(busy(200_000), status(20 * GIB, 20 * GIB, used=200_000)),
+            "b": Observation(idle(), status(BLOCK, 4 * GIB))}
+    acts = led.plan([a, b], seen, now=0.0)
+    limits = {x.instance: x.bytes for x in acts if isinstance(x, SetLimit)}
+    budget = 80 * GIB - 2 * (16 * GIB + AWAKE_OVERHEAD_BYTES) - MARGIN_BYTES
+    assert limits["a"] >= 200_000 * TOKEN and limits["b"] >= 2 * GIB
+    assert sum(limits.values()) <= budget
+    assert all(x.revision == 1 for x in acts if isinstance(x, SetLimit))
+    for x in acts:
+        if isinstance(x, SetLimit):
+            led.accepted(x.instance, x.bytes, x.revision)
+    # nothing moved: nothing is sent again (hysteresis)
+    seen["a"] = Observation(busy(200_100), status(20 * GIB, limits["a"], used=200_100))
+    seen["b"] = Observation(idle(), status(BLOCK, limits["b"]))
+    assert led.plan([a, b], seen, now=1.0) == []
+
+
+def test_grow_waits_for_the_donor_to_drain() -> None:
+    led = Ledger({0: 80 * GIB})
+    a, b = inst("a"), inst("b")
+    for iid, lim in (("a", 38 * GIB), ("b", 2 * GIB)):
+        led.accepted(iid, lim, 1)
+    # b's burst: a still holds 38 GiB of pages in use
+    seen = {"a": Observation(busy(100_000), status(38 * GIB, 38 * GIB, used=300_000)),
+            "b": Observation(busy(0, waiting=250_000), status(2 * GIB, 2 * GIB))}
+    acts = {x.instance: x for x in led.plan([a, b], seen, now=0.0)}
+    sa, sb = acts["a"], acts.get("b")
+    assert isinstance(sa, SetLimit) and sa.bytes < 38 * GIB and sa.revision == 2
+    assert sb is None or (isinstance(sb, SetLimit) and sb.bytes <= 2 * GIB + 3 * GIB)
+    led.accepted("a", sa.bytes, sa.revision)
+    # a drained to its new limit: now b grows
+    seen["a"] = Observation(busy(100_000), status(sa.bytes, sa.bytes, used=100_000))
+    acts = {x.instance: x for x in led.plan([a, b], seen, now=1.0)}
+    budget = 80 * GIB - 2 * (16 * GIB + AWAKE_OVERHEAD_BYTES) - MARGIN_BYTES
+    grow = acts["b"]
+    assert isinstance(grow, SetLimit) and grow.bytes >= budget - sa.bytes - BLOCK  # all a freed
+    assert grow.bytes > 10 * GIB
+
+
+def test_parked_instance_gets_zero_once_and_idle_hoarder_is_flushed() -> None:
+    led = Ledger({0: 80 * GIB})
+    parked = inst("p", resident=False)
+    seen = {"p": Observation(idle(), status(10 * GIB, 10 * GIB))}
+    acts = led.plan([parked], seen, now=0.0)
+    assert acts == [SetLimit("p", 0, 1)]
+    led.accepted("p", 0, 1)
+    assert led.plan([parked], seen, now=1.0) == []
+    # an idle server whose prefix cache keeps 10 GiB mapped above its 2 GiB limit
+    led2 = Ledger({0: 80 * GIB})
+    led2.accepted("h", 2 * GIB, 1)
+    seen = {"h": Observation(idle(), status(10 * GIB, 2 * GIB, used=70_000, revision=1))}
+    acts = led2.plan([inst("h")], seen, now=0.0)
+    assert FlushCache("h") in acts
+    assert FlushCache("h") not in led2.plan([inst("h")], seen, now=5.0)  # rate-limited
+    assert FlushCache("h") in led2.plan([inst("h")], seen, now=11.0)
+
+
+def test_revisions_continue_above_the_shims() -> None:
+    led = Ledger({0: 80 * GIB})
+    seen = {"a": Observation(idle(), status(BLOCK, GIB, revision=41))}  # orchestrator restarted
+    acts = led.plan([inst("a")], seen, now=0.0)
+    assert [x.revision for x in acts if isinstance(x, SetLimit)] == [42]
+
+
+def test_unseen_instances_keep_their_memory() -> None:
+    led = Ledger({0: 80 * GIB})
+    led.accepted("gone", 30 * GIB, 1)
+    seen = {"a": Observation(busy(400_000), status(BLOCK, BLOCK))}
+    acts = led.plan([inst("a"), inst("gone")], seen, now=0.0)
+    (sa,) = [x for x in acts if isinstance(x, SetLimit)]
+    budget = 80 * GIB - 2 * (16 * GIB + AWAKE_OVERHEAD_BYTES) - MARGIN_BYTES
+    assert sa.bytes <= budget - 30 * GIB
