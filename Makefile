@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-test
 FILE   ?= placements/example.yaml
 ARGS   ?=
 
-.PHONY: up test test-gpu lint check install clean
+.PHONY: up test test-gpu lint check install clean plan sim sim-bench bench-smoke
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,3 +39,18 @@ test-gpu: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+
+# Dry run: per-GPU memory budget and the placement the global scheduler would choose.
+plan: $(STAMP)
+	$(BIN)/chimera-orch plan $(FILE) $(ARGS)
+
+# Discrete-event simulator experiments (SIMULATED numbers; docs/bench-sim.md).
+sim: $(STAMP)
+	$(BIN)/python -m bench.sim experiments
+
+sim-bench: $(STAMP)
+	$(BIN)/python -m bench.sim microbench
+
+# 60-second live benchmark on the sim engine (CPU); report and plots in runs/bench-smoke/
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench.run --placements placements/example.yaml --trace synthetic --rate 4 --duration 60 --out runs/bench-smoke

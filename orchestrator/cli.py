@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from orchestrator import __version__
+from orchestrator import plan as plan_cmd
 from orchestrator.config import GIB, Config, load_config
 from orchestrator.errors import ConfigError
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "would run where. Exit code 2 when the file is invalid.",
     )
     check.add_argument("file", metavar="FILE")
+    plan_cmd.add_parser(sub)
     check.add_argument("--gpus", type=int, default=None,
                        help="GPUs of the target host (default: host.gpus of the file, or as many "
                        "as the file uses)")
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args)
+        if args.command == "plan":
+            return plan_cmd.run(args)
         return _up(args)
     except ConfigError as exc:
         console.print("[bold red]invalid placements file:[/]")
