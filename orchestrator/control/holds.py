@@ -21,12 +21,14 @@ EWMA = 0.3  # weight of the newest measurement
 class Holds:
     def __init__(self, limits: HoldLimits) -> None:
         self.limits = limits
-        self._queues: dict[str, deque[asyncio.Future[Endpoint]]] = {}
+        self._queues: dict[str, deque[tuple[asyncio.Future[Endpoint], float]]] = {}
         self._wake_s: dict[str, float] = {}
         self._start_s: dict[str, float] = {}
 
-    def add(self, model: str, fut: asyncio.Future[Endpoint], retry_after_s: float) -> bool:
-        """Queue ``fut``; False (and ``fut`` failed with a 503 reason) when a bound is hit."""
+    def add(self, model: str, fut: asyncio.Future[Endpoint], retry_after_s: float,
+            now: float) -> bool:
+        """Queue ``fut`` (held since ``now``); False (and ``fut`` failed with a 503 reason)
+        when a bound is hit."""
         q = self._queues.setdefault(model, deque())
         if len(q) >= self.limits.per_model or self.total() >= self.limits.total:
             which = (f"{self.limits.per_model} for model {model!r}"
@@ -35,20 +37,21 @@ class Holds:
                 f"too many requests waiting for models to wake (limit {which}); retry later",
                 retry_after_s=retry_after_s))
             return False
-        q.append(fut)
+        q.append((fut, now))
         return True
 
-    def pop_live(self, model: str) -> asyncio.Future[Endpoint] | None:
-        """The oldest held request of ``model`` whose client still waits, or None."""
+    def pop_live(self, model: str) -> tuple[asyncio.Future[Endpoint], float] | None:
+        """The oldest held request of ``model`` whose client still waits, with the time it was
+        held since, or None."""
         q = self._queues.get(model)
         while q:
-            fut = q.popleft()
+            fut, since = q.popleft()
             if not fut.done():
-                return fut
+                return fut, since
         return None
 
     def waiting(self) -> dict[str, int]:
-        return {m: sum(not f.done() for f in q) for m, q in self._queues.items()}
+        return {m: sum(not f.done() for f, _ in q) for m, q in self._queues.items()}
 
     def total(self) -> int:
         return sum(self.waiting().values())
@@ -57,7 +60,7 @@ class Holds:
         """Fail the held requests of one model (or of all models when ``model`` is None)."""
         models = list(self._queues) if model is None else [model]
         for m in models:
-            for fut in self._queues.pop(m, deque()):
+            for fut, _ in self._queues.pop(m, deque()):
                 if not fut.done():
                     fut.set_exception(error)
 

@@ -51,8 +51,8 @@ class Instance:
         self.history.append(self.state)
         self.state = new
         self.since = now
-        if new is not S.AWAKE:
-            self.endpoint = None if new in (S.STOPPED, S.FAILED, S.PENDING) else self.endpoint
+        if new in (S.STOPPED, S.FAILED, S.PENDING):  # a parked instance keeps its address
+            self.endpoint = None
 
     def view(self) -> InstanceView:
         return InstanceView(

@@ -51,7 +51,6 @@ class ControlLoop:
         self._instances: dict[str, Instance] = {i.id: Instance(i) for i in config.instances}
         self._order = {iid: n for n, iid in enumerate(self._instances)}
         self._holds = Holds(config.hold)
-        self._held_since: dict[int, float] = {}
         self._admin: dict[str, list[asyncio.Future[str]]] = {}
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._closing = False
@@ -191,8 +190,8 @@ class ControlLoop:
         if self._closing:
             ev.future.set_exception(EngineUnavailable("chimera is shutting down"))
             return
-        if self._holds.add(ev.model.name, ev.future, self._retry_after(ev.model, 0.0)):
-            self._held_since[id(ev.future)] = self._clock()
+        if self._holds.add(ev.model.name, ev.future, self._retry_after(ev.model, 0.0),
+                           self._clock()):
             self._serve_held(ev.model)
             self._fail_held_if_hopeless(ev.model)
         self._fx.observe("held", ev.model.name, self._holds.waiting().get(ev.model.name, 0))
@@ -282,15 +281,15 @@ class ControlLoop:
         awake = [i for i in self._instances.values() if i.spec.model is model and i.state is S.AWAKE]
         if not awake:
             return
-        while (fut := self._holds.pop_live(model.name)) is not None:
+        while (held := self._holds.pop_live(model.name)) is not None:
+            fut, since = held
             n = self._rr.get(model.name, 0)
             self._rr[model.name] = n + 1
             inst = awake[n % len(awake)]
             assert inst.endpoint is not None
             inst.in_flight += 1
             inst.last_used = self._clock()
-            held_for = self._clock() - self._held_since.pop(id(fut), self._clock())
-            self._fx.observe("hold_seconds", model.name, held_for)
+            self._fx.observe("hold_seconds", model.name, self._clock() - since)
             fut.set_result(inst.endpoint)
         self._fx.observe("held", model.name, 0)
 

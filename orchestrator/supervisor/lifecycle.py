@@ -53,18 +53,16 @@ class Lifecycle:
             raise
         body: dict[str, object] = {"tags": tags} if tags else {}
         after = before
-        for attempt in (1, 2):
-            await self._post(base_url, "/release_memory_occupation", body)
+        # Release, read; read again after a moment (readings can lag a release); release again.
+        for step in ("release", "wait", "release"):
+            if step == "release":
+                await self._post(base_url, "/release_memory_occupation", body)
+            else:
+                await asyncio.sleep(0.5)
             after = await self.probe.read(pid, gpus, base_url)
             freed = before.bytes - after.bytes
             if freed >= MIN_FREED_FRACTION * expected_free_bytes:
                 return ParkResult(time.monotonic() - t0, freed, before, after)
-            if attempt == 1:
-                await asyncio.sleep(0.5)  # memory readings can lag a release; read once more
-                after = await self.probe.read(pid, gpus, base_url)
-                freed = before.bytes - after.bytes
-                if freed >= MIN_FREED_FRACTION * expected_free_bytes:
-                    return ParkResult(time.monotonic() - t0, freed, before, after)
         await self._post(base_url, "/resume_memory_occupation", body)
         await self._post(base_url, "/continue_generation", {})
         raise EngineError(
