@@ -24,7 +24,7 @@ from rich.table import Table
 from bench import run
 from bench.report import write_json
 from bench.report.document import SCHEMA
-from orchestrator.config import MODES, _from_prism, _Yaml12Loader
+from orchestrator.config import MODES, Yaml12Loader, model_from_prism
 
 console = run.console
 METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -43,9 +43,9 @@ def with_mode(placements: Path, mode: str, out: Path) -> Path:
     text = placements.read_text()
     # chimera's YAML 1.2 loader: PyYAML's own reads the key `on:` as the boolean True
     raw: Any = (json.loads(text) if placements.suffix == ".json"
-                else yaml.load(text, Loader=_Yaml12Loader))
+                else yaml.load(text, Loader=Yaml12Loader))
     if isinstance(raw, list):
-        raw = {"models": [_from_prism(i, m) for i, m in enumerate(raw)]}
+        raw = {"models": [model_from_prism(i, m) for i, m in enumerate(raw)]}
     if not isinstance(raw, dict):
         raise ValueError(f"{placements}: not a placements file (expected a mapping)")
     out.mkdir(parents=True, exist_ok=True)

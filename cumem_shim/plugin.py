@@ -43,6 +43,14 @@ def activate() -> None:
         raise SystemExit(msg) from exc  # printed to stderr, exit status 1
 
 
+def registered() -> bool:
+    """True when this Python's installed distributions register the plugin (chimera was
+    pip-installed), so a server started with it needs no ``entry_point_dir``."""
+    from importlib.metadata import entry_points
+
+    return any(ep.name == ENTRY_POINT_NAME for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
 def entry_point_dir(parent: str | Path) -> Path:
     """Make ``parent`` a directory that registers this plugin for any Python that has it on
     ``sys.path`` (PYTHONPATH), next to the chimera sources: a minimal ``.dist-info`` with the

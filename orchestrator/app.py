@@ -11,16 +11,23 @@ from pathlib import Path
 
 import uvicorn
 from rich.console import Console
+from starlette.applications import Starlette
 
-from orchestrator.config import Config
+from cumem_shim.types import Status
+from orchestrator.config import GIB, Config
 from orchestrator.control.api import InstanceView
 from orchestrator.control.events import Tick
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
+from orchestrator.control.scrape import Scraper
 from orchestrator.engines import get_engine
+from orchestrator.kv.ledger import KVInstance, Ledger
+from orchestrator.kv.runner import HttpKVEffects, KVRunner, ledger_enabled
+from orchestrator.kv.wiring import kv_instances
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
 from orchestrator.proxy.admin import admin_routes
+from orchestrator.proxy.admission import AdmissionGate
 from orchestrator.supervisor.supervisor import Supervisor
 
 
@@ -54,8 +61,9 @@ async def serve(
     control: ControlLoop
     supervisor = Supervisor(get_engine(engine_name), cfg.host, run_dir,
                             post=lambda ev: control.post(ev), observers=[publish],
-                            measure=metrics.record)
+                            measure=metrics.record, elastic=ledger_enabled(cfg.mode))
     control = ControlLoop(cfg, supervisor)
+    kv = _kv_runner(cfg, control, supervisor, metrics)  # modes elastic/full: the KV ledger's task
     progress = StartupProgress(console, [i for m in control.models() for i in m.instances],
                                start_on_up={i.id for i in cfg.instances if i.placement.on})
     supervisor.add_observer(progress.observe)
@@ -65,6 +73,7 @@ async def serve(
 
     app = create_app(control, metrics, hold_timeout_s=hold_timeout_s,
                      extra_routes=admin_routes(control, admin_key))
+    scraper = _scheduling(cfg, control, app)  # mode full: loads scraper, admission gate
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                     lifespan="on", access_log=False))
     stop = asyncio.Event()
@@ -84,6 +93,8 @@ async def serve(
     control_task = asyncio.create_task(control.run(), name="control-loop")
     ticker_task = asyncio.create_task(_ticker(control), name="ticker")
     server_task = asyncio.create_task(server.serve(), name="proxy")
+    kv_task = asyncio.create_task(kv.run(), name="kv-ledger") if kv else None
+    scrape_task = asyncio.create_task(scraper.run(), name="scraper") if scraper else None
     try:
         with progress:
             waits = {asyncio.create_task(progress.settled_event.wait()),
@@ -104,12 +115,55 @@ async def serve(
         server.should_exit = True
         await asyncio.wait({server_task}, timeout=10)
         await cancel_and_wait(ticker_task)
+        if kv_task is not None:
+            await cancel_and_wait(kv_task)
+        if scrape_task is not None:
+            await cancel_and_wait(scrape_task)
         await control.shutdown()
         await cancel_and_wait(control_task)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         console.print("[green]stopped[/]: no engine process left")
     return 0
+
+
+def _kv_runner(cfg: Config, control: ControlLoop, supervisor: Supervisor,
+               metrics: ChimeraMetrics) -> KVRunner | None:
+    """The KV ledger over every GPU (modes elastic and full): splits each GPU's free memory
+    among the shim-backed instances on it every second, and at once when an instance changes
+    state (it wakes, parks, starts or stops)."""
+    if not ledger_enabled(cfg.mode):
+        return None
+    specs = {i.id: i for i in cfg.instances}
+    capacity = {g: int(cfg.host.gpu_memory_gb * GIB)
+                for g in {g for i in cfg.instances for g in i.gpus}}
+    endpoints = supervisor.kv_endpoints  # filled by the supervisor as shims come up
+
+    def instances() -> list[KVInstance]:
+        views = [v for m in control.models() for v in m.instances]
+        return kv_instances(views, specs, endpoints, cfg.host)
+
+    def report(iid: str, st: Status) -> None:
+        metrics.set_kv(specs[iid].model.name, iid, st.limit_bytes, st.mapped_bytes,
+                       st.used_tokens)
+
+    runner = KVRunner(Ledger(capacity), HttpKVEffects(supervisor.http, endpoints), instances,
+                      report=report)
+    supervisor.add_observer(lambda _view: runner.poke())
+    return runner
+
+
+def _scheduling(cfg: Config, control: ControlLoop, app: Starlette) -> Scraper | None:
+    """Mode full: the two-level scheduler's live inputs. The scraper polls every awake
+    instance's /v1/loads (250 ms) and feeds each sample to the control loop (demand for the
+    global scheduler) and to the proxy's admission gate (KV room for local admission), which
+    the proxy finds as ``app.state.admission``. Other modes: neither (the proxy forwards at
+    once)."""
+    if cfg.mode != "full":
+        return None
+    gate = AdmissionGate(cfg)
+    app.state.admission = gate
+    return Scraper(control.instances, sinks=[control.post, gate.observe])
 
 
 def _summary(console: Console, control: ControlLoop, host: str, port: int) -> None:

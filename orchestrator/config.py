@@ -103,6 +103,14 @@ class HoldLimits:
 
 
 @dataclass(frozen=True)
+class SchedulerSpec:
+    """The two-level scheduler (mode full; docs/scheduling.md)."""
+
+    tau: float = 0.3  # migrate a model only when its pair's KV pressure ratio drops by more
+    on_late: str = "shed"  # a request past its TTFT deadline (model with slo.ttft_s): shed | serve
+
+
+@dataclass(frozen=True)
 class Config:
     models: tuple[ModelSpec, ...]
     host: HostSpec = HostSpec()
@@ -111,6 +119,7 @@ class Config:
     source: str = "<memory>"
     gpu_count: int = 1
     instances: tuple[InstanceSpec, ...] = field(default=())
+    scheduler: SchedulerSpec = SchedulerSpec()
 
     def model(self, name_or_alias: str) -> ModelSpec | None:
         for m in self.models:
@@ -126,16 +135,16 @@ class Config:
 # Loading
 
 
-class _Yaml12Loader(yaml.SafeLoader):
+class Yaml12Loader(yaml.SafeLoader):
     """YAML 1.2 booleans: only true/false. PyYAML's YAML 1.1 reads the key `on:` (and yes/no/off)
     as a boolean, which would turn `on: true` into `True: true`."""
 
 
-_Yaml12Loader.yaml_implicit_resolvers = {
+Yaml12Loader.yaml_implicit_resolvers = {
     k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
 }
-_Yaml12Loader.add_implicit_resolver(
+Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool",
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
@@ -151,7 +160,7 @@ def load_config(path: str | Path, gpu_count: int | None = None) -> Config:
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read the placements file: {exc.strerror}"]) from exc
     try:
-        raw = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=_Yaml12Loader)
+        raw = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=Yaml12Loader)
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError([f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}"]) from exc
     return parse_config(raw, source=str(p), gpu_count=gpu_count)
@@ -159,17 +168,18 @@ def load_config(path: str | Path, gpu_count: int | None = None) -> Config:
 
 def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = None) -> Config:
     if isinstance(raw, list):  # Prism's JSON model_configs, as-is
-        raw = {"models": [_from_prism(i, m) for i, m in enumerate(raw)]}
+        raw = {"models": [model_from_prism(i, m) for i, m in enumerate(raw)]}
     v = _Validator()
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: expected a mapping with a `models:` list (or Prism's JSON list)"])
-    v.keys(raw, "", {"models", "host", "mode", "idle", "hold"})
+    v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler"})
     host = _host(v, raw.get("host", {}))
     mode = raw.get("mode", "full")
     if mode not in MODES:
         v.err("mode", f"must be one of {', '.join(MODES)} (got {mode!r})")
     idle_default = _idle(v, "idle", raw.get("idle", {}), Idle())
     hold = _hold(v, raw.get("hold", {}))
+    scheduler = _scheduler(v, raw.get("scheduler", {}))
     models_raw = raw.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         v.err("models", "needs a non-empty list of models")
@@ -188,7 +198,7 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
         for m in models
         for pl in m.placements
     )
-    return Config(tuple(models), host, str(mode), hold, source, gpu_count, instances)
+    return Config(tuple(models), host, str(mode), hold, source, gpu_count, instances, scheduler)
 
 
 def _instance_id(m: ModelSpec, pl: Placement) -> str:
@@ -264,6 +274,22 @@ def _hold(v: _Validator, raw: Any) -> HoldLimits:
     per = v.number(raw, "per_model", "hold", minimum=1, integer=True)
     tot = v.number(raw, "total", "hold", minimum=1, integer=True)
     return HoldLimits(int(per) if per is not None else 256, int(tot) if tot is not None else 1024)
+
+
+LATE_POLICIES = ("shed", "serve")
+
+
+def _scheduler(v: _Validator, raw: Any) -> SchedulerSpec:
+    if not isinstance(raw, dict):
+        v.err("scheduler", "must be a mapping like {tau: 0.3, on_late: shed}")
+        return SchedulerSpec()
+    v.keys(raw, "scheduler", {"tau", "on_late"})
+    tau = v.number(raw, "tau", "scheduler", minimum=0)
+    on_late = raw.get("on_late", "shed")
+    if on_late not in LATE_POLICIES:
+        v.err("scheduler.on_late", f"must be one of {', '.join(LATE_POLICIES)} (got {on_late!r})")
+        on_late = "shed"
+    return SchedulerSpec(tau if tau is not None else SchedulerSpec.tau, str(on_late))
 
 
 def _model(v: _Validator, path: str, raw: Any, idle_default: Idle = Idle()) -> ModelSpec | None:
@@ -397,7 +423,7 @@ def _check_cross(v: _Validator, models: list[ModelSpec], gpu_count: int, host: H
                   f"{host.gpu_memory_gb:g} GB GPU: set `on: false` on some or raise tp_size")
 
 
-def _from_prism(i: int, m: Any) -> Any:
+def model_from_prism(i: int, m: Any) -> Any:
     """Prism's model_configs entry -> chimera's schema (unknown Prism keys are reported)."""
     if not isinstance(m, dict):
         return m

@@ -71,8 +71,8 @@ def _experiments(only: set[str], out: Path, path: Path) -> int:
         print("large scale, low load: mix58, 1 hour, 3 req/s")
         results["large_scale_low"] = ex.large_scale(rate=3.0)
     if "ablations" in only:
-        print("ablations: mix58, 1 hour")
-        results["ablations"] = ex.ablations("mix58", 10.0, 20, 3600.0, 600.0)
+        print("ablations: mix58, 1 hour, 18 GPUs")
+        results["ablations"] = ex.ablations("mix58", 10.0, 18, 3600.0, 600.0)
         print("ablations: mix8 on 2 GPUs, 28 req/s")
         results["ablations_mix8"] = ex.ablations("mix8", 28.0, 2, 600.0, 120.0)
     if "real" in only:

@@ -2,8 +2,11 @@
 the proxy will call them, with the virtual clock.
 
 - warm start: ``layout`` puts one parked server per model (``standby_fraction`` of the most
-  popular get a second one, a migration target); the first ``placement.decide`` wakes the expected-hot set (instantly,
-  like the baselines, which also start loaded);
+  popular get a second one, a migration target), packing by the awake and activity profiles
+  of a *history* trace (another draw of the same generator: "yesterday"; the trace being
+  replayed is never looked at beyond its average rates, which every system gets); the first
+  ``placement.decide`` wakes the expected-hot set (instantly, like the baselines, which also
+  start loaded);
 - global: ``placement.decide`` every ``tick_s`` and at once when a request arrives for a model
   with no awake server; its actions run step after step (park victims, wake, route when
   ready, park the migration source once drained); KV limits are applied each decision;
@@ -11,17 +14,21 @@ the proxy will call them, with the virtual clock.
   completion, route and limit change: EDF dispatch under KV room, Moore–Hodgson shedding.
 Ablations: ``global_placement=False`` (round-robin layout, no KVPR, no migration), ``local=False``
 (first-come-first-served per model, nothing shed), ``elastic=False`` (a server's KV pool is
-the share it was given when it woke, never resized while awake, and counts whole in the ledger).
+the share it was given when it woke, never resized while awake, and counts whole in the ledger),
+``profile=False`` (no history: expected awake shares from average rates), ``activity=False``
+(the TPOT guard and the layout count every awake model as always decoding).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from bench.sim.engine import SimModel, SimReq, SimServer
 from bench.sim.simulator import Simulator
+from bench.traces.request import BenchRequest
 from orchestrator.policy import admission, placement
 from orchestrator.policy.cluster import (
     Action,
@@ -40,23 +47,36 @@ from orchestrator.policy.cluster import (
 )
 from orchestrator.policy.cluster import S as St
 from orchestrator.policy.layout import layout
+from orchestrator.policy.profiles import activity_profile, awake_profile
 from orchestrator.policy.queueing import EngineRoom, LatePolicy, ModelRule, Pending, QueueView
 from orchestrator.policy.rates import RateWindow
 
 MAX_RUNNING = 1024
+PROFILE_STEP_S = 10.0  # resolution of the profiles the layout packs by (a fraction of the 45 s idle threshold)
 
 
 def expected_step_s(m: SimModel, req_rate: float, tokens_per_req: float) -> float:
     """The model's decode step time at the batch Little's law predicts (rate x unloaded request
-    time); 0 when it has almost no traffic (under 1% of the time busy). Full steps, not
-    averages: a request's TPOT suffers whenever a neighbour decodes during it, and a 99% target
-    cannot afford that for neighbours busy more than 1% of the time (tpot.py)."""
+    time); 0 when it has almost no traffic (under 1% of the time busy). How often it decodes
+    is ``expected_activity`` (tpot.py, interference.py)."""
     out = tokens_per_req / 2  # prompt and output lengths have the same range in these traces
     concurrency = req_rate * out * m.decode_s(1, tokens_per_req)
     if concurrency < 0.01:
         return 0.0
     batch = max(1, round(concurrency))
     return m.decode_s(batch, batch * tokens_per_req)
+
+
+def request_alone_s(m: SimModel, tokens_per_req: float) -> float:
+    """How long one request of the usual length takes on the model's server alone."""
+    half = int(tokens_per_req / 2)  # prompt and output lengths have the same range here
+    return m.lat.prefill_time([(half, 0)]) + half * m.decode_s(1, 1.5 * half)
+
+
+def expected_activity(req_rate: float, alone_s: float) -> float:
+    """Share of time the model's server has requests running when alone: 1 - exp(-rate x the
+    time one request takes alone), the chance of at least one under Poisson arrivals."""
+    return 1 - math.exp(-req_rate * alone_s)
 
 
 @dataclass(frozen=True)
@@ -71,19 +91,25 @@ class ChimeraOptions:
     standby_fraction: float = 0.0
     tau: float = 0.3
     idle_park_s: float = 45.0
+    starvation_s: float = 10.0  # requests waiting this long for memory may preempt busy neighbours
     on_late: LatePolicy = "shed"
     tpot_guard: bool = True  # False: placement by KVPR alone, as Prism
     park_when: Literal["needed", "always"] = "needed"  # "always": park idle models proactively
+    profile: bool = True  # lay out by the profiles of the history trace (when one is given)
+    activity: bool = True  # False: TPOT guard and layout count every awake model as always decoding
 
 
 class Chimera:
     def __init__(self, expected_rps: dict[str, float], tokens_per_req: float,
-                 opts: ChimeraOptions = ChimeraOptions(), name: str = "chimera") -> None:
+                 opts: ChimeraOptions = ChimeraOptions(), name: str = "chimera",
+                 history: Sequence[BenchRequest] = ()) -> None:
         self.name = name
+        self.history = history
         self.opts = opts
         self.expected = expected_rps
         self.tpr = tokens_per_req
-        self.params = PlacementParams(tau=opts.tau, migrate=opts.global_placement, tpot_guard=opts.tpot_guard)
+        self.params = PlacementParams(tau=opts.tau, migrate=opts.global_placement, tpot_guard=opts.tpot_guard,
+                                      starvation_s=opts.starvation_s)
         self.queues: dict[int, list[SimReq]] = {}
         self.pending: dict[str, list[SimReq]] = {}
         self.route: dict[str, SimServer | None] = {}
@@ -100,6 +126,7 @@ class Chimera:
     def on_start(self, sim: Simulator) -> None:
         self.sim = sim
         self.rules = {m: ModelRule(on_late=self.opts.on_late) for m in sim.models}
+        self.alone = {name: request_alone_s(m, self.tpr) for name, m in sim.models.items()}
         for m in sim.models:
             self.rates[m] = RateWindow()
             self.rates[m].add(0.0, self.expected.get(m, 0.0) * self.tpr * 30)  # prior for minute one
@@ -112,7 +139,17 @@ class Chimera:
         n_standby = int(len(ranked) * self.opts.standby_fraction) if self.opts.global_placement else 0
         standby = set(ranked[:n_standby])
         share = {m: 1 - math.exp(-self.expected.get(m, 0.0) * self.opts.idle_park_s) for m in sim.models}
-        lay = layout(demands, (sim.gpu_bytes,) * sim.n_gpus, awake_share=share,
+        awake = active = None
+        if self.history and self.opts.profile:
+            horizon = max(r.arrival_s for r in self.history)
+            times: dict[str, list[float]] = {m: [] for m in sim.models}
+            for r in self.history:
+                times.setdefault(r.model, []).append(r.arrival_s)
+            awake = {m: awake_profile(ts, self.opts.idle_park_s, PROFILE_STEP_S, horizon) for m, ts in times.items()}
+            active = {m: activity_profile(ts, self.alone[m], PROFILE_STEP_S, horizon)
+                      for m, ts in times.items() if m in self.alone}
+        lay = layout(demands, (sim.gpu_bytes,) * sim.n_gpus, awake_share=share, awake_profile=awake,
+                     activity_profile=active,
                      replicas={m: 2 for m in standby}, round_robin=not self.opts.global_placement,
                      tpot_guard=self.opts.tpot_guard)
         for model, gpus in lay.servers:
@@ -179,7 +216,9 @@ class Chimera:
                                    self.opts.park_when,
                                    last_moved_at=self.moved.get(name),
                                    oldest_wait_s=sim.now - p[0].arrival if (p := self.pending[name]) else 0.0,
-                                   step_s=expected_step_s(m, tok_rate / self.tpr, self.tpr)))
+                                   step_s=expected_step_s(m, tok_rate / self.tpr, self.tpr),
+                                   activity=(expected_activity(tok_rate / self.tpr, self.alone[name])
+                                             if self.opts.activity else None)))
         return tuple(out)
 
     def _view(self, demands: tuple[ModelDemand, ...]) -> ClusterView:
@@ -295,7 +334,7 @@ class Chimera:
         if not q:
             return
         sim = self.sim
-        routed = [s for s in sim.gpus[g].servers if self.route[s.model.name] is s]
+        routed = [s for s in sim.gpus[g].servers if s.gpus[0] == g and self.route[s.model.name] is s]
         if not self.opts.local:
             return self._fcfs(q, routed)
         engines = tuple(EngineRoom(s.id, s.model.name, sim.now if s.state is St.AWAKE else s.ready_at,

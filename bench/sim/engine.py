@@ -11,7 +11,10 @@ Approximation (documented in docs/bench-sim.md):
   k = rounds until the first request on the GPU finishes; an arrival interrupts the epoch at the
   end of the round in progress. Decode time is affine in the summed context (model.py), so the
   context's growth over k rounds is charged exactly at its midpoint.
-- A TP server runs on the executor of its first GPU; its other GPUs only hold its memory.
+- A TP server computes on every GPU of its group at once (its ranks step together), so GPUs
+  joined by a TP server share one executor: a round there lasts the TP servers' steps plus the
+  longest sum of the single-GPU servers' steps on one of its GPUs (each GPU time-slices its own
+  processes; the TP step holds all of them). Prefills on a shared executor run back to back.
 - KV is reserved in full (prompt + output tokens) at dispatch, so there is no preemption.
 """
 
@@ -102,11 +105,12 @@ class SimServer:
 
 
 class GpuExec:
-    """One GPU's scheduler rounds. ``settle`` applies progress, ``plan`` starts the next epoch."""
+    """The scheduler rounds of one GPU, or of GPUs joined by a TP server. ``settle`` applies
+    progress, ``plan`` starts the next epoch."""
 
     def __init__(self, gid: int) -> None:
-        self.id = gid
-        self.servers: list[SimServer] = []  # servers whose first GPU is this one
+        self.id = gid  # the lowest GPU it runs
+        self.servers: list[SimServer] = []  # servers whose GPUs are all in this executor
         self.version = 0
         self.pf_end = 0.0
         self.round_s = 0.0
@@ -148,8 +152,15 @@ class GpuExec:
         if not self.active:
             return None
         self.k = min(s.running[0][0] - s.steps for s in self.active)
-        self.round_s = sum(s.model.decode_s(len(s.running), s.ctx_sum() + len(s.running) * (self.k - 1) / 2)
-                           for s in self.active)
+        tp = 0.0
+        lanes: dict[int, float] = {}  # single-GPU servers' steps, per GPU
+        for s in self.active:
+            step = s.model.decode_s(len(s.running), s.ctx_sum() + len(s.running) * (self.k - 1) / 2)
+            if len(s.gpus) > 1:
+                tp += step
+            else:
+                lanes[s.gpus[0]] = lanes.get(s.gpus[0], 0.0) + step
+        self.round_s = tp + max(lanes.values(), default=0.0)
         self.pf_end = t + cum
         self.planned = True
         self.version += 1

@@ -3,8 +3,9 @@
 Workload (all experiments): Prism's synthetic generator (bench/traces/synthetic.py) with
 power-law popularity ``ALPHA``, Gamma inter-arrivals with ``CV``, half of the models (the least
 popular) following on/off phases, prompt and output lengths uniform in [8, 512) - Prism's
-defaults. SLO = ``SLO_SCALE`` x each model's P95 on a dedicated GPU (run.py). Searches assume
-attainment is monotone in the rate and in the number of GPUs, and bisect.
+defaults. SLO = ``SLO_SCALE`` x each model's P95 on a dedicated GPU (run.py). chimera's layout
+also reads a history trace: the same spec with another seed (run.py ``history``). Searches
+assume attainment is monotone in the rate and in the number of GPUs, and bisect.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from bench.sim.fleet import fleet
 from bench.sim.metrics import RunResult
-from bench.sim.run import simulate, with_slos
+from bench.sim.run import history, simulate, with_slos
 from bench.traces.synthetic import SyntheticSpec, generate
 
 SLO_SCALE = 10.0  # Prism's benchmark scripts use --ttft-slo-scale 10 --tpot-slo-scale 10
@@ -24,7 +25,7 @@ ALPHA = 0.5
 CV = 2.0
 BASELINES = ("static-partition", "muxserve-like", "swap-only", "chimera")
 ABLATIONS = ("chimera", "chimera-no-global", "chimera-no-local", "chimera-no-elastic", "chimera-kvpr-only",
-             "chimera-standby", "chimera-park-always")
+             "chimera-worst-case-tpot", "chimera-no-profile", "chimera-standby", "chimera-park-always")
 
 
 def spec(rate: float, duration_s: float, cycle_s: float, seed: int = 1) -> SyntheticSpec:
@@ -35,7 +36,7 @@ def spec(rate: float, duration_s: float, cycle_s: float, seed: int = 1) -> Synth
 def run_one(system: str, mix: str, gpus: int, sp: SyntheticSpec) -> RunResult:
     models = with_slos(fleet(mix), SLO_SCALE, sp.input_range, sp.output_range)
     trace = generate(sp, [m.name for m in models])
-    return simulate(system, models, gpus, trace, sp.duration_s)
+    return simulate(system, models, gpus, trace, sp.duration_s, history(sp, models))
 
 
 def _bisect_max(ok: Callable[[float], bool], lo: float, hi: float, steps: int) -> float | None:

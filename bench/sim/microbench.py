@@ -2,7 +2,8 @@
 
 A seeded, busy snapshot: 1,000 models of the shipped shapes (TP 1; 70B at TP 2), 1.25 servers
 per model spread over 256 GPUs, 40% of them awake under load, 10% of the models with requests
-held and no awake server (activations to find), random token rates (migrations to weigh).
+held and no awake server (activations to find), random token rates (migrations to weigh) and
+activities (the TPOT guard's decoding shares).
 The decision is timed over repeats, in this process; the median and the worst are printed.
 """
 
@@ -55,7 +56,8 @@ def snapshot(n_models: int = 1000, n_gpus: int = 256, seed: int = 0) -> ClusterV
         models.append(ModelDemand(name, tp, c, tpot_slo_s=0.02 + 0.1 * rng.random(),
                                   token_rate=rng.expovariate(1 / 500) if awake or held else 0.0,
                                   queued=held, running=0, last_active_at=-rng.uniform(0, 300),
-                                  step_s=0.004 * rng.random() if awake else 0.0))
+                                  step_s=0.004 * rng.random() if awake else 0.0,
+                                  activity=0.5 * rng.random() if awake else None))
     return ClusterView(tuple(models), tuple(servers), (int(79.6 * GIB),) * n_gpus)
 
 

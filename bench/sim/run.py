@@ -22,11 +22,12 @@ from bench.sim.simulator import Controller, Simulator
 from bench.traces.request import BenchRequest
 from bench.traces.synthetic import SyntheticSpec, generate
 
+HISTORY_SEED = 1000  # "yesterday": same generator and phases, other draws (chimera's layout input)
 REF_RATE = 2.0
 REF_DURATION_S = 300.0
 SYSTEMS = ("static-partition", "muxserve-like", "swap-only", "chimera",
            "chimera-no-global", "chimera-no-local", "chimera-no-elastic", "chimera-kvpr-only",
-           "chimera-park-always", "chimera-standby")
+           "chimera-park-always", "chimera-standby", "chimera-no-profile", "chimera-worst-case-tpot")
 
 
 @cache
@@ -54,7 +55,8 @@ def with_slos(models: Sequence[SimModel], scale: float, input_range: tuple[int, 
     return out
 
 
-def controller(system: str, trace: Sequence[BenchRequest], duration_s: float) -> Controller:
+def controller(system: str, trace: Sequence[BenchRequest], duration_s: float,
+               history: Sequence[BenchRequest] = ()) -> Controller:
     counts = Counter(r.model for r in trace)
     rps = {m: n / duration_s for m, n in counts.items()}
     tpr = sum(r.prompt_tokens + r.output_tokens for r in trace) / max(len(trace), 1)
@@ -63,13 +65,15 @@ def controller(system: str, trace: Sequence[BenchRequest], duration_s: float) ->
         "static-partition": lambda: StaticPartition(rps),
         "muxserve-like": lambda: MuxServeLike(tokens),
         "swap-only": lambda: SwapOnly(rps),
-        "chimera": lambda: Chimera(rps, tpr),
-        "chimera-no-global": lambda: Chimera(rps, tpr, ChimeraOptions(global_placement=False), system),
-        "chimera-no-local": lambda: Chimera(rps, tpr, ChimeraOptions(local=False), system),
-        "chimera-no-elastic": lambda: Chimera(rps, tpr, ChimeraOptions(elastic=False), system),
-        "chimera-kvpr-only": lambda: Chimera(rps, tpr, ChimeraOptions(tpot_guard=False), system),
-        "chimera-park-always": lambda: Chimera(rps, tpr, ChimeraOptions(park_when="always"), system),
-        "chimera-standby": lambda: Chimera(rps, tpr, ChimeraOptions(standby_fraction=0.25), system),
+        "chimera": lambda: Chimera(rps, tpr, history=history),
+        "chimera-no-global": lambda: Chimera(rps, tpr, ChimeraOptions(global_placement=False), system, history),
+        "chimera-no-local": lambda: Chimera(rps, tpr, ChimeraOptions(local=False), system, history),
+        "chimera-no-elastic": lambda: Chimera(rps, tpr, ChimeraOptions(elastic=False), system, history),
+        "chimera-kvpr-only": lambda: Chimera(rps, tpr, ChimeraOptions(tpot_guard=False), system, history),
+        "chimera-park-always": lambda: Chimera(rps, tpr, ChimeraOptions(park_when="always"), system, history),
+        "chimera-standby": lambda: Chimera(rps, tpr, ChimeraOptions(standby_fraction=0.25), system, history),
+        "chimera-no-profile": lambda: Chimera(rps, tpr, ChimeraOptions(profile=False), system, history),
+        "chimera-worst-case-tpot": lambda: Chimera(rps, tpr, ChimeraOptions(activity=False), system, history),
     }
     if system not in makers:
         raise ValueError(f"unknown system {system!r} (known: {', '.join(SYSTEMS)})")
@@ -77,8 +81,9 @@ def controller(system: str, trace: Sequence[BenchRequest], duration_s: float) ->
 
 
 def simulate(system: str, models: Sequence[SimModel], n_gpus: int, trace: Sequence[BenchRequest],
-             duration_s: float) -> RunResult:
-    sim = Simulator({m.name: m for m in models}, n_gpus, H100_BYTES, controller(system, trace, duration_s))
+             duration_s: float, history: Sequence[BenchRequest] = ()) -> RunResult:
+    sim = Simulator({m.name: m for m in models}, n_gpus, H100_BYTES,
+                    controller(system, trace, duration_s, history))
     wall = sim.run(trace)
     return summarize(system, n_gpus, sim.reqs, sim.models, duration_s, wall, sim.counters)
 
@@ -86,4 +91,9 @@ def simulate(system: str, models: Sequence[SimModel], n_gpus: int, trace: Sequen
 def synthetic_run(system: str, mix: str, n_gpus: int, spec: SyntheticSpec, slo_scale: float) -> RunResult:
     models = with_slos(fleet(mix), slo_scale, spec.input_range, spec.output_range)
     trace = generate(spec, [m.name for m in models])
-    return simulate(system, models, n_gpus, trace, spec.duration_s)
+    return simulate(system, models, n_gpus, trace, spec.duration_s, history(spec, models))
+
+
+def history(spec: SyntheticSpec, models: Sequence[SimModel]) -> list[BenchRequest]:
+    """The trace chimera's layout learns from: the same spec drawn with another seed."""
+    return generate(replace(spec, seed=spec.seed + HISTORY_SEED), [m.name for m in models])

@@ -66,8 +66,20 @@ class Simulator:
         s = SimServer(sid, self.models[model], gpus)
         s.state = state
         self.servers[sid] = s
-        self.gpus[gpus[0]].servers.append(s)
+        self._join(gpus).servers.append(s)
         return s
+
+    def _join(self, gpus: tuple[int, ...]) -> GpuExec:
+        """The executor of a group: GPUs a TP server spans share one (engine.py)."""
+        exs = sorted({id(self.gpus[g]): self.gpus[g] for g in gpus}.values(), key=lambda e: e.id)
+        keep = exs[0]
+        for other in exs[1:]:
+            if keep.planned or other.planned or other.servers and any(s.in_flight for s in other.servers):
+                raise RuntimeError(f"GPUs {gpus}: joining executors with work in progress (start TP "
+                                   "servers before the trace, or idle)")
+            keep.servers += other.servers
+            self.gpus = [keep if e is other else e for e in self.gpus]
+        return keep
 
     def at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
         self._seq += 1
@@ -77,7 +89,7 @@ class Simulator:
         req.server = server
         server.kv_used += req.kv_tokens
         server.waiting.append(req)
-        self._dirty.add(server.gpus[0])
+        self._dirty.add(self.gpus[server.gpus[0]].id)
 
     def shed(self, req: SimReq) -> None:
         """Answer 429 (the simulator counts it as a miss; clients do not retry)."""
@@ -169,7 +181,7 @@ class Simulator:
                 t, _, kind, a, b = heapq.heappop(heap)
                 self.now = t
                 if kind == _GPU:
-                    if self.gpus[a].version == b and self.gpus[a].planned:
+                    if self.gpus[a].id == a and self.gpus[a].version == b and self.gpus[a].planned:
                         self._dirty.add(a)
                 else:
                     a(*b)
@@ -186,7 +198,7 @@ class Simulator:
             t_end = ex.plan(max(start, self.now))
             if t_end is not None:
                 self._seq += 1
-                heapq.heappush(self._heap, (t_end, self._seq, _GPU, g, ex.version))
+                heapq.heappush(self._heap, (t_end, self._seq, _GPU, ex.id, ex.version))
             for req, t in done:
                 self._complete(req, t)
 
@@ -213,6 +225,6 @@ class Simulator:
 
     def _woken(self, s: SimServer, then: Callable[[], None] | None) -> None:
         s.state = S.AWAKE
-        self._dirty.add(s.gpus[0])  # requests may already be waiting in it
+        self._dirty.add(self.gpus[s.gpus[0]].id)  # requests may already be waiting in it
         if then:
             then()

@@ -56,6 +56,15 @@ class Holds:
     def total(self) -> int:
         return sum(self.waiting().values())
 
+    def oldest_wait_s(self, now: float) -> dict[str, float]:
+        """Per model, how long its oldest held request (whose client still waits) has waited."""
+        out = {}
+        for m, q in self._queues.items():
+            since = min((t for f, t in q if not f.done()), default=None)
+            if since is not None:
+                out[m] = now - since
+        return out
+
     def fail(self, model: str | None, error: Exception) -> None:
         """Fail the held requests of one model (or of all models when ``model`` is None)."""
         models = list(self._queues) if model is None else [model]

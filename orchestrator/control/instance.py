@@ -39,6 +39,10 @@ class Instance:
     last_used: float = 0.0  # control-loop clock; idle eviction (time-sharing) reads it
     since: float = 0.0  # when the current state was entered
     parked_once: bool = False  # the first park (slow: allocates SGLang's pinned backup) is done
+    # Global scheduler (mode full): a plan's victim or migration source, awake but taking no new
+    # requests, parked with this reason once nothing is in flight; shown to policies as parking.
+    draining: str | None = None
+    claimed: bool = False  # parked, reserved as a plan's wake target; shown to policies as waking
     history: list[InstanceState] = field(default_factory=list)
 
     @property
@@ -51,6 +55,10 @@ class Instance:
         self.history.append(self.state)
         self.state = new
         self.since = now
+        if new is not S.AWAKE:
+            self.draining = None
+        if new is not S.PARKED:
+            self.claimed = False
         if new in (S.STOPPED, S.FAILED, S.PENDING):  # a parked instance keeps its address
             self.endpoint = None
 

@@ -3,23 +3,31 @@
 Others post events (``post``) or ask through the Router methods, which post events too; the
 loop applies them, asks the pure policies what to do, and causes side effects only through
 ``Effects``. No locks: only ``run()`` (and ``shutdown``) mutate instances and held requests.
+
+Policies: ``startup`` in every mode; in mode ``full`` also the global scheduler
+(``placement.decide``, driven by scheduler.py) on every tick, on every lifecycle event and when
+a request arrives for a model with no awake instance, plus the warm-start park of instances
+placed ``on: false``. Its actions run as plans, step after step (scheduler.Plans).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 
 from orchestrator.config import GIB, Config, ModelSpec
 from orchestrator.control.api import Endpoint, InstanceState, InstanceView, ModelView
+from orchestrator.control.demand import Demand
 from orchestrator.control.effects import Effects
 from orchestrator.control.events import (
     Acquire,
     AdminAction,
     Event,
     Exited,
+    LoadSample,
     Parked,
     ParkFailed,
     Release,
@@ -31,11 +39,13 @@ from orchestrator.control.events import (
 )
 from orchestrator.control.holds import Holds, retry_after
 from orchestrator.control.instance import Instance
+from orchestrator.control.scheduler import Plans, cluster_view, server_costs
 from orchestrator.errors import EngineUnavailable
-from orchestrator.policy import startup, timesharing
+from orchestrator.policy import placement, startup
 from orchestrator.policy.gpu_memory import footprint
 from orchestrator.policy.types import ClusterSnapshot, InstanceSnapshot
 
+log = logging.getLogger("chimera.control")
 S = InstanceState
 # Best first: the state a model shows in /v1/models is the best among its instances.
 _STATE_RANK = [S.AWAKE, S.WAKING, S.STARTING, S.PENDING, S.PARKING, S.PARKED, S.STOPPED, S.FAILED]
@@ -56,6 +66,14 @@ class ControlLoop:
         self._closing = False
         self._rr: dict[str, int] = {}
         self.timesharing = config.mode == "full"
+        # mode full: the global scheduler's inputs and the plans it decided
+        self._demand = Demand()
+        self._costs = server_costs(config) if self.timesharing else {}
+        self._plans = Plans(self._instances, park=self._park, wake=self._wake,
+                            pend=lambda i: self._set(i, S.PENDING, self._clock()),
+                            serve=self._serve_model, moved=self._moved)
+        self._due = True  # the global scheduler decides at the next _decide
+        self._blocked: dict[str, str] = {}  # model -> why it cannot be activated (logged once)
 
     # ---- Router (called by the proxy, on the same event loop) -------------------------------
 
@@ -117,6 +135,10 @@ class ControlLoop:
             self._apply(event)
             self._decide()
 
+    def demand(self) -> Demand:
+        """The measured demand (read-only use: tests, metrics)."""
+        return self._demand
+
     async def shutdown(self) -> None:
         """Fail held requests, stop every process and mark every instance stopped."""
         self._closing = True
@@ -140,27 +162,40 @@ class ControlLoop:
             self._on_acquire(ev)
             return
         if isinstance(ev, Tick):
+            self._due = True
             return
         if isinstance(ev, AdminAction):
+            self._due = True
             self._on_admin(ev)
             return
-        inst = self._instances[ev.instance_id]
+        inst = self._instances.get(ev.instance_id)
+        if inst is None:
+            log.warning("event for unknown instance %s: %r", ev.instance_id, ev)
+            return
         model = inst.spec.model
+        if isinstance(ev, LoadSample):
+            if inst.state is S.AWAKE:  # a scrape sent before a park may answer after it
+                self._demand.sample(model.name, ev, now)
+            return
         if isinstance(ev, Release):
             inst.in_flight = max(0, inst.in_flight - 1)
             inst.last_used = now
+            self._demand.active(model.name, now)
         elif isinstance(ev, Started) and inst.state is S.STARTING:
             inst.endpoint, inst.error, inst.last_used = ev.endpoint, None, now
             self._holds.measured(model.name, "start", ev.seconds)
+            self._demand.active(model.name, now)
             self._set(inst, S.AWAKE, now)
         elif isinstance(ev, Woken) and inst.state is S.WAKING:
             inst.error, inst.last_used = None, now
+            self._demand.active(model.name, now)
             self._holds.measured(model.name, "wake", ev.seconds)
             self._fx.observe("wake_seconds", model.name, ev.seconds)
             self._set(inst, S.AWAKE, now)
             self._admin_done(inst.id, f"woken in {ev.seconds:.3f} s")
         elif isinstance(ev, Parked) and inst.state is S.PARKING:
             inst.parked_once = True
+            self._demand.forget(inst.id)
             self._fx.observe("park_seconds", model.name, ev.seconds)
             self._fx.observe("freed_bytes", model.name, ev.freed_bytes)
             self._set(inst, S.PARKED, now)
@@ -183,6 +218,8 @@ class ControlLoop:
                 self._admin_done(inst.id, inst.error)
         else:
             return
+        if not isinstance(ev, Release):
+            self._due = True  # a lifecycle step: memory and candidates changed
         self._serve_held(model)
         self._fail_held_if_hopeless(model)
 
@@ -190,11 +227,15 @@ class ControlLoop:
         if self._closing:
             ev.future.set_exception(EngineUnavailable("chimera is shutting down"))
             return
+        self._demand.active(ev.model.name, self._clock())
         if self._holds.add(ev.model.name, ev.future, self._retry_after(ev.model, 0.0),
                            self._clock()):
             self._serve_held(ev.model)
             self._fail_held_if_hopeless(ev.model)
-        self._fx.observe("held", ev.model.name, self._holds.waiting().get(ev.model.name, 0))
+        held = self._holds.waiting().get(ev.model.name, 0)
+        if held:
+            self._due = True  # no awake instance took it: activate one now, not at the next tick
+        self._fx.observe("held", ev.model.name, held)
 
     def _on_admin(self, ev: AdminAction) -> None:
         inst = self._instances.get(ev.instance_id)
@@ -205,8 +246,7 @@ class ControlLoop:
         if ev.action == "park" and inst.state is S.AWAKE and inst.in_flight == 0:
             self._park(inst, "admin")
         elif ev.action == "wake" and inst.state is S.PARKED:
-            self._set(inst, S.WAKING, self._clock())
-            self._fx.wake(inst.spec)
+            self._wake(inst)
         else:
             busy = f", {inst.in_flight} request(s) in flight" if inst.in_flight else ""
             ev.future.set_exception(ValueError(
@@ -238,17 +278,53 @@ class ControlLoop:
             self._fx.start(inst.spec)
         if not self.timesharing:
             return
-        shared = timesharing.decide(self._snapshot(now), now)
-        for iid, reason in shared.park:
-            self._park(self._instances[iid], reason)
-        for iid in shared.wake:
-            self._set(self._instances[iid], S.WAKING, now)
-            self._fx.wake(self._instances[iid].spec)
+        self._warm_start_parks()
+        if self._due:
+            self._due = False
+            self._place(now)
+        if self._plans.advance():
+            self._due = True  # a plan could not finish: decide again at the next event
+
+    def _warm_start_parks(self) -> None:
+        """An instance placed `on: false` is started with the others and parked as soon as it
+        is awake and idle (Prism's pre-initialized engines: ready to wake fast)."""
+        waiting = self._holds.waiting()
+        for inst in self._instances.values():
+            if (inst.state is S.AWAKE and not inst.spec.placement.on and not inst.parked_once
+                    and inst.in_flight == 0 and not waiting.get(inst.spec.model.name)
+                    and inst.draining is None):
+                self._park(inst, "warm_start")
+
+    def _place(self, now: float) -> None:
+        """One decision of the global scheduler; its actions become plans."""
+        view = cluster_view(self.config, self._costs, self._instances.values(),
+                            self._holds.waiting(), self._holds.oldest_wait_s(now),
+                            self._demand, now)
+        decision = placement.decide(view, now)
+        for action in decision.actions:
+            self._plans.adopt(action)
+        blocked = {b.model: b.reason for b in decision.blocked}
+        for model, why in blocked.items():
+            if self._blocked.get(model) != why:
+                log.info("scheduler: %s waits: %s", model, why)
+        self._blocked = blocked
 
     def _park(self, inst: Instance, reason: str) -> None:
         self._fx.observe("parks", inst.spec.model.name, 1, reason)
         self._set(inst, S.PARKING, self._clock())
         self._fx.park(inst.spec, reason)
+
+    def _wake(self, inst: Instance) -> None:
+        self._set(inst, S.WAKING, self._clock())
+        self._fx.wake(inst.spec)
+
+    def _moved(self, model: str) -> None:
+        self._demand.moved(model, self._clock())
+
+    def _serve_model(self, name: str) -> None:
+        spec = self.config.model(name)
+        if spec is not None:
+            self._serve_held(spec)
 
     def _snapshot(self, now: float) -> ClusterSnapshot:
         cap = int(self.config.host.gpu_memory_gb * GIB)
@@ -277,8 +353,10 @@ class ControlLoop:
         self._fx.state_changed(inst.view())
 
     def _serve_held(self, model: ModelSpec) -> None:
-        """Hand held requests to awake instances, in arrival order, round-robin."""
-        awake = [i for i in self._instances.values() if i.spec.model is model and i.state is S.AWAKE]
+        """Hand held requests to awake instances, in arrival order, round-robin (never to one
+        that a plan drains: it parks once its requests are done)."""
+        awake = [i for i in self._instances.values()
+                 if i.spec.model is model and i.state is S.AWAKE and i.draining is None]
         if not awake:
             return
         while (held := self._holds.pop_live(model.name)) is not None:

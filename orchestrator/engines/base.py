@@ -15,6 +15,18 @@ from orchestrator.config import HostSpec, InstanceSpec
 
 
 @dataclass(frozen=True)
+class ShimLaunch:
+    """The elastic-KV shim for one server (modes elastic/full; orchestrator/kv/wiring.py)."""
+
+    socket: str  # its control channel (a Unix socket path, < 108 bytes)
+    limit_bytes: int  # start-up KV limit; the ledger moves it once the server is up
+    virtual_kv_bytes: int  # the virtual range SGLang sizes its pool for (the ceiling)
+    # a directory that registers the plugin entry point, for a Python where chimera is not
+    # pip-installed (None: the installed distribution registers it)
+    entry_point_dir: str | None = None
+
+
+@dataclass(frozen=True)
 class LaunchRequest:
     """What the supervisor decided for one instance before it is spawned."""
 
@@ -27,6 +39,7 @@ class LaunchRequest:
     # A directory to load instead of model_path: the materialized dummy-weight model (config.json
     # + a local tokenizer, orchestrator/shapes/materialize.py) for engines that need one.
     model_dir: str | None = None
+    shim: ShimLaunch | None = None  # None: a fixed KV pool (mode static, or TP > 1)
 
 
 @dataclass(frozen=True)

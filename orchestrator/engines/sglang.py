@@ -10,7 +10,9 @@ choice is for:
   per-process re-indexing (``maybe_reindex_device_id``) indexes into CUDA_VISIBLE_DEVICES too, so
   ``[3, 5]`` puts rank 0 on GPU 3 and rank 1 on GPU 5. The server cannot touch other GPUs.
 - KV pool: ``--max-total-tokens`` when the size is known (the ledger's ``kv_bytes``, else the
-  placement's ``kv_pool_gb``), else ``--mem-fraction-static``; see ``kv_args``.
+  placement's ``kv_pool_gb``), else ``--mem-fraction-static``; see ``kv_args``. With the
+  elastic-KV shim (modes elastic/full) no KV flag: the shim answers SGLang's memory profile with
+  its virtual range, and the ledger moves its limit at run time (``shim_env``).
 - Time-sharing: ``--enable-memory-saver --enable-weights-cpu-backup`` (park/wake through SGLang's
   own release/resume routes) and ``TMS_RETAIN_CPU_BACKUP=1`` (keeps the pinned host copy of the
   weights between parks: wake 0.40 s instead of 2.6-3.2 s for an 8B shape, gpu.md).
@@ -23,9 +25,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
+import cumem_shim
+from cumem_shim import settings as shim_settings
 from orchestrator.config import GIB, InstanceSpec, ModelSpec
-from orchestrator.engines.base import LaunchRequest, LaunchSpec, served_name
+from orchestrator.engines.base import LaunchRequest, LaunchSpec, ShimLaunch, served_name
 from orchestrator.env import Env
 from orchestrator.errors import ConfigError
 from orchestrator.shapes import KNOWN_MODEL_IDS, shape_dir
@@ -76,14 +81,14 @@ class SGLangEngine:
             "--enable-memory-saver",
             "--enable-weights-cpu-backup",
             "--sleep-on-idle",
-            *kv_args(req),
+            *([] if req.shim else kv_args(req)),  # with the shim, its virtual range sizes the pool
         ]
         if model.load_format == "dummy":
             argv += ["--load-format", "dummy"]
         argv += [*self.env.sglang_extra_args, *model.engine_args]  # the model's own args win
         return LaunchSpec(
             argv=tuple(argv),
-            env=child_env(inst, os.environ),
+            env=child_env(inst, os.environ, req.shim),
             base_url=f"http://{req.listen_host}:{req.port}",
             served_name=served_name(model.name),
             ready_timeout_s=SGLANG_READY_TIMEOUT_S,
@@ -137,9 +142,11 @@ def mem_fraction_static(req: LaunchRequest) -> float:
                                             weights + MEM_FRACTION_HEADROOM))
 
 
-def child_env(inst: InstanceSpec, parent: Mapping[str, str]) -> dict[str, str]:
+def child_env(inst: InstanceSpec, parent: Mapping[str, str],
+              shim: ShimLaunch | None = None) -> dict[str, str]:
     """The server's full environment: the parent's, minus what would merge servers, plus the
-    GPU pinning and the knobs stock SGLang needs for time-sharing."""
+    GPU pinning, the knobs stock SGLang needs for time-sharing and, with the shim, its settings
+    and a PYTHONPATH on which the server's Python finds the plugin (shim_env)."""
     env = {k: v for k, v in parent.items() if k != "PROMETHEUS_MULTIPROC_DIR"}  # else metrics merge
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA ids = NVML ids = the placements file's ids
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in inst.gpus)
@@ -149,7 +156,20 @@ def child_env(inst: InstanceSpec, parent: Mapping[str, str]) -> dict[str, str]:
         # SGLang refuses to start a TP group whose GPUs have unequal free memory (>10% apart),
         # which is the normal case when other models share some of them (design.md section 6).
         env["SGLANG_ENABLE_TP_MEMORY_INBALANCE_CHECK"] = "0"
+    if shim is not None:
+        env.update(shim_env(shim, env.get("PYTHONPATH")))
     return env
+
+
+def shim_env(shim: ShimLaunch, pythonpath: str | None) -> dict[str, str]:
+    """cumem_shim's variables (``cumem_shim.settings``: setting them is what turns it on; the
+    plugin refuses to start rather than run unpatched) and the import path of the plugin: this
+    package's root and, where chimera is not pip-installed, a directory registering the entry
+    point."""
+    root = str(Path(cumem_shim.__file__).resolve().parent.parent)
+    paths = [p for p in (shim.entry_point_dir, root, pythonpath) if p]
+    return {**shim_settings.server_env(shim.socket, shim.limit_bytes, shim.virtual_kv_bytes),
+            "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def _check_passthrough(model: ModelSpec, extra: tuple[str, ...]) -> None:

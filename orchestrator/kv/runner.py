@@ -19,6 +19,7 @@ from typing import Protocol
 
 import httpx
 
+from cumem_shim.types import Status
 from orchestrator.kv.client import LimitReply, ShimClient, ShimProtocolError, ShimUnavailable
 from orchestrator.kv.demand import LoadsError, parse_loads
 from orchestrator.kv.ledger import Action, FlushCache, KVInstance, Ledger, Observation
@@ -53,7 +54,9 @@ class HttpKVEffects:
         self.http, self.endpoints = http, endpoints
 
     async def observe(self, inst: KVInstance) -> Observation:
-        ep = self.endpoints[inst.id]
+        ep = self.endpoints.get(inst.id)
+        if ep is None:  # no shim (a fixed pool, or not up yet): counted, never resized
+            return Observation(None, None)
         load, status = None, None
         try:
             r = await self.http.get(f"{ep.base_url}/v1/loads", params={"include": "core"})
@@ -79,8 +82,10 @@ class HttpKVEffects:
 class KVRunner:
     def __init__(self, ledger: Ledger, effects: KVEffects,
                  instances: Callable[[], Sequence[KVInstance]],
-                 clock: Callable[[], float] = time.monotonic, period_s: float = PERIOD_S) -> None:
+                 clock: Callable[[], float] = time.monotonic, period_s: float = PERIOD_S,
+                 report: Callable[[str, Status], None] | None = None) -> None:
         self.ledger, self.effects, self.instances = ledger, effects, instances
+        self.report = report  # each shim status read (metrics)
         self.clock, self.period_s = clock, period_s
         self._poked = asyncio.Event()
         self.failures: dict[str, int] = {}  # consecutive failed set_limit calls per instance
@@ -103,6 +108,10 @@ class KVRunner:
     async def step(self) -> list[Action]:
         insts = list(self.instances())
         seen = await asyncio.gather(*(self.effects.observe(i) for i in insts))
+        if self.report is not None:
+            for inst, obs in zip(insts, seen, strict=True):
+                if obs.status is not None:
+                    self.report(inst.id, obs.status)
         actions = self.ledger.plan(insts, {i.id: o for i, o in zip(insts, seen, strict=True)},
                                    self.clock())
         # order does not matter: a grow was sized on memory free while the shrinking

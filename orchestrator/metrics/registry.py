@@ -89,6 +89,26 @@ class ChimeraMetrics:
             ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
         )
 
+        self.kv_limit = Gauge(
+            "chimera_kv_limit_bytes", "KV limit in force in an instance's cumem_shim (elastic "
+            "modes), as its shim last reported it", ["model", "instance"], registry=r,
+        )
+        self.kv_mapped = Gauge(
+            "chimera_kv_mapped_bytes", "GPU memory mapped for an instance's KV cache by its "
+            "cumem_shim", ["model", "instance"], registry=r,
+        )
+        self.kv_used_tokens = Gauge(
+            "chimera_kv_used_tokens", "KV token slots in use in an instance (requests and "
+            "prefix cache), from its cumem_shim", ["model", "instance"], registry=r,
+        )
+
+    def set_kv(self, model: str, instance: str, limit_bytes: int, mapped_bytes: int,
+               used_tokens: int) -> None:
+        """One instance's shim status, as the KV ledger last read it."""
+        self.kv_limit.labels(model, instance).set(limit_bytes)
+        self.kv_mapped.labels(model, instance).set(mapped_bytes)
+        self.kv_used_tokens.labels(model, instance).set(used_tokens)
+
     def record(self, kind: str, model: str, value: float, label: str = "") -> None:
         """One measurement from the control loop (Effects.observe). Unknown kinds raise."""
         if kind == "wake_seconds":

@@ -58,6 +58,11 @@ class ModelDemand:
     # Colocated servers time-slice the GPU (no MPS), so while they all decode a token of each
     # costs the sum of their steps: the TPOT guard keeps that sum under their SLOs (tpot.py).
     step_s: float = 0.0
+    # Share of time (0..1) its server has requests running when alone on its GPU, at its usual
+    # rate (1 - exp(-rate x time one request takes alone)). None = unknown: the TPOT guard
+    # then counts it as always decoding (the worst case); known, it counts the chance that
+    # neighbours decode together (interference.py, tpot.py).
+    activity: float | None = None
 
     @property
     def pressure(self) -> float:

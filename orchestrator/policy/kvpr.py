@@ -18,6 +18,11 @@ from orchestrator.policy.cluster import HOLDS_CONTEXT, RESIDENT, ClusterView, Mo
 _TINY = 1.0  # bytes: keeps a full GPU's ratio finite and ordered
 
 
+def decoding(m: ModelDemand) -> float:
+    """The share of rounds a model decodes in: its activity, or 1 when unknown (worst case)."""
+    return 1.0 if m.activity is None else min(max(m.activity, 0.0), 1.0)
+
+
 class Ledger:
     def __init__(self, view: ClusterView) -> None:
         n = len(view.gpu_bytes)
@@ -26,7 +31,7 @@ class Ledger:
         self.room = [float(b - reserve) for b in view.gpu_bytes]  # left for KV
         self.committed = [0.0] * n  # KV that resident servers keep: max(floor, in use)
         self.pressure = [0.0] * n
-        self.round_s = [0.0] * n  # expected decode seconds per scheduler round (tpot.py)
+        self.round_s = [0.0] * n  # expected decode seconds per round: steps x activity (tpot.py)
         self.state: dict[str, S] = {}
         self.servers: dict[str, ServerView] = {}
         self.on_gpu: list[list[str]] = [[] for _ in range(n)]
@@ -58,7 +63,7 @@ class Ledger:
                 self.committed[g] += sign * max(m.cost.kv_floor_bytes, s.kv_used_bytes)
             if st in (S.AWAKE, S.WAKING, S.STARTING):
                 self.pressure[g] += sign * m.pressure
-                self.round_s[g] += sign * m.step_s
+                self.round_s[g] += sign * m.step_s * decoding(m)
 
     def set_state(self, sid: str, state: S) -> None:
         self._charge(sid, -1)
@@ -124,7 +129,7 @@ class Ledger:
                       key=lambda sid: (-self.idle_s(self.models[self.servers[sid].model], now), sid))
         if starving is not None:
             busy = [sid for sid in cands if sid not in pool and self.preemptible(sid, starving)]
-            pool += sorted(busy, key=lambda sid: (self.models[self.servers[sid].model].pressure, sid))
+            pool += sorted(busy, key=lambda sid: (self.models[self.servers[sid].model].token_rate, sid))
         victims: list[str] = []
         for sid in pool:
             s = self.servers[sid]

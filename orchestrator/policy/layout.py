@@ -2,30 +2,45 @@
 
 Every server is started once and parked at ``up`` (a cold start costs ~65 s, a wake ~0.4 s), so
 this layout bounds what the global scheduler can later do: it wakes, parks and migrates among
-these servers. Pure and greedy, biggest models first:
+these servers. Pure and greedy, biggest models first (then highest KV pressure):
 - a server fits a group when every GPU can hold the CUDA contexts of all its servers plus the
   largest of them awake with its KV floor (any one model can always be woken alone);
-- among groups that fit, it picks the one whose expected awake memory overflows least, then
-  the lowest *expected* KV Pressure Ratio, where each model counts with its expected awake
-  share (``awake_share``: 1 - exp(-request rate x idle threshold) - the chance a request comes
-  before it would be parked);
-- with ``tpot_guard``, a group whose expected decode round would exceed the tightest TPOT SLO
-  there counts as overflowing too (tpot.py: colocated servers time-slice the GPU);
+- among groups that fit it picks the one that costs least in expected misses (colocation.py),
+  as a share of all traffic: requests of its models that would miss their TPOT SLO because
+  colocated servers time-slice the GPU (interference.py; with ``tpot_guard``), plus, for the
+  share of the time the models that must be awake together overflow the GPU, the requests of
+  the newcomer and of the GPU's models (they take turns: wakes, preemptions). Then, among
+  groups within ``COST_STEP``: least memory overflow, lowest expected KV Pressure Ratio
+  (Prism's rule), least decode load, least filled, lowest GPU;
+- when and how much each model must be awake or decodes comes from ``awake_profile`` and
+  ``activity_profile`` (profiles.py: measured on a history of requests) when given - models
+  that take turns then share memory and rarely slow each other down - else from its expected
+  awake share (``awake_share``: 1 - exp(-request rate x idle threshold)) and
+  ``ModelDemand.activity`` (unknown: always decoding, tpot.py's worst case);
 - ``replicas[m] > 1`` gives a model more servers on other groups (migration targets); TP ranks
-  never share a GPU; ``round_robin=True`` ignores pressure and deals models to groups in turn,
-  in the given order (the "global placement off" ablation).
+  never share a GPU; ``round_robin=True`` ignores all of this and deals models to groups in
+  turn, in the given order (the "global placement off" ablation).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.policy.cluster import ModelDemand
+from orchestrator.policy.colocation import GpuPlan
+from orchestrator.policy.interference import Member
+from orchestrator.policy.profiles import Profiles
 
 # A model whose awake footprint is above this share of a GPU counts as always awake in the
-# plan: its neighbours wake and park around it, not the other way round (its wake needs all of
-# its memory at once, which idle-but-not-idle-enough neighbours would block).
+# plan unless its awake profile says when it is: its neighbours wake and park around it, not
+# the other way round (its wake needs all of its memory at once, which idle-but-not-idle-enough
+# neighbours would block).
 BIG_FRACTION = 0.5
+# A candidate group's cost is the share of all traffic expected to miss for it (colocation.py);
+# costs closer than COST_STEP (1% of a 99% target's budget) count as equal, so that the decode
+# load is balanced among the groups that cost (almost) nothing.
+COST_STEP = 1e-4
 
 
 @dataclass(frozen=True)
@@ -36,15 +51,14 @@ class Layout:
 
 def layout(models: tuple[ModelDemand, ...], gpu_bytes: tuple[int, ...], *,
            awake_share: dict[str, float] | None = None, replicas: dict[str, int] | None = None,
-           reserve_bytes: int = 0, round_robin: bool = False, tpot_guard: bool = True) -> Layout:
+           reserve_bytes: int = 0, round_robin: bool = False, tpot_guard: bool = True,
+           awake_profile: dict[str, Sequence[float]] | None = None,
+           activity_profile: dict[str, Sequence[float]] | None = None) -> Layout:
     n = len(gpu_bytes)
-    cap = [float(b - reserve_bytes) for b in gpu_bytes]
-    ctx = [0.0] * n
-    hot = [0.0] * n
-    biggest = [0.0] * n
-    pressure = [0.0] * n
-    rnd = [0.0] * n  # expected decode seconds per round (tpot.py)
-    tight = [float("inf")] * n  # tightest TPOT SLO of the models with decode work there
+    prof = Profiles(dict(awake_profile or {}), dict(activity_profile or {}))
+    steps = max(prof.steps, 1)
+    plans = [GpuPlan(float(b - reserve_bytes), prof) for b in gpu_bytes]
+    total_rate = sum(m.token_rate for m in models) or 1.0
     share = awake_share or {}
     reps = replicas or {}
     order = list(models) if round_robin else sorted(
@@ -56,27 +70,21 @@ def layout(models: tuple[ModelDemand, ...], gpu_bytes: tuple[int, ...], *,
         c = m.cost
         wake = c.awake_bytes + c.kv_floor_bytes
         a = min(max(share.get(m.name, 1.0), 0.0), 1.0)
-        if wake > BIG_FRACTION * min(cap):
+        if wake > BIG_FRACTION * min(p.cap for p in plans) and m.name not in prof.awake:
             a = 1.0  # a big model needs all of it at once: plan its neighbours around it awake
+        awake = _series(prof.awake.get(m.name), a, steps)
+        a = sum(awake) / steps
+        member = _member(m) if tpot_guard and m.step_s > 0 else None
         used: set[int] = set()
         for _ in range(max(1, reps.get(m.name, 1))):
             best: tuple[tuple[float, ...], tuple[int, ...]] | None = None
             for grp in _groups(n, m.tp_size):
-                if not used.isdisjoint(grp):
+                if not used.isdisjoint(grp) or not all(plans[g].fits(m) for g in grp):
                     continue
-                if any(ctx[g] + c.parked_bytes + max(biggest[g], wake) > cap[g] for g in grp):
-                    continue
-                left = [cap[g] - ctx[g] - c.parked_bytes - hot[g] - a * wake for g in grp]
-                over = max(0.0, -min(left)) / cap[grp[0]]  # expected overflow: least first
-                if tpot_guard:
-                    over += max(_cpu_over(rnd[g] + a * m.step_s,
-                                          min(tight[g], m.tpot_slo_s if m.step_s > 0 else float("inf")))
-                                for g in grp)
-                ratio = max((pressure[g] + a * m.pressure) / max(lf, 1.0)
-                            for g, lf in zip(grp, left, strict=True))
-                fill = max((hot[g] + ctx[g]) / cap[g] for g in grp)
-                rr = float((grp[0] - turn) % n)
-                key = (rr,) if round_robin else (over, ratio, fill, float(grp[0]))
+                if round_robin:
+                    key: tuple[float, ...] = (float((grp[0] - turn) % n),)
+                else:
+                    key = _key(m, grp, plans, awake, a, member, total_rate)
                 if best is None or key < best[0]:
                     best = (key, grp)
             if best is None:
@@ -86,21 +94,39 @@ def layout(models: tuple[ModelDemand, ...], gpu_bytes: tuple[int, ...], *,
             used.update(grp)
             servers.append((m.name, grp))
             for g in grp:
-                ctx[g] += c.parked_bytes
-                hot[g] += a * wake
-                biggest[g] = max(biggest[g], wake)
-                pressure[g] += a * m.pressure
-                rnd[g] += a * m.step_s
-                if a * m.step_s > 0:
-                    tight[g] = min(tight[g], m.tpot_slo_s)
-            a = 0.0  # a replica is a standby: expected to be parked
+                plans[g].add(m, awake, a, member)
+            a, awake, member = 0.0, [0.0] * steps, None  # a replica is a standby: expected parked
         if not used:
             unplaced.append(m.name)
     return Layout(tuple(servers), tuple(unplaced))
 
 
-def _cpu_over(round_s: float, tightest: float) -> float:
-    return 0.0 if tightest == float("inf") else max(0.0, (round_s - tightest) / tightest)
+def _key(m: ModelDemand, grp: tuple[int, ...], plans: list[GpuPlan], awake: list[float], a: float,
+         member: Member | None, total_rate: float) -> tuple[float, ...]:
+    """The order of a candidate group (module docstring)."""
+    wake = m.cost.awake_bytes + m.cost.kv_floor_bytes
+    scores = [plans[g].score(m, awake, member) for g in grp]
+    crowded = max(x.crowded for x in scores)
+    util = max(x.load for x in scores)
+    # while the models that must be awake overflow the GPU, they take turns (wakes, starvation
+    # preemptions): the newcomer's requests and its neighbours' miss
+    misses = sum(x.misses for x in scores) + crowded * (m.token_rate + max(plans[g].rate for g in grp))
+    cost = misses / total_rate
+    left = [plans[g].cap - plans[g].ctx - m.cost.parked_bytes - plans[g].hot - a * wake for g in grp]
+    ratio = max((plans[g].pressure + a * m.pressure) / max(lf, 1.0) for g, lf in zip(grp, left, strict=True))
+    fill = max((plans[g].hot + plans[g].ctx) / plans[g].cap for g in grp)
+    return (float(round(cost / COST_STEP)), max(x.overflow for x in scores), ratio, util, fill, float(grp[0]))
+
+
+def _series(profile: Sequence[float] | None, share: float, steps: int) -> list[float]:
+    if profile is None:
+        return [share] * steps
+    return [min(max(x, 0.0), 1.0) for x in profile] + [0.0] * (steps - len(profile))
+
+
+def _member(m: ModelDemand) -> Member:
+    """Unknown activity counts as always decoding (tpot.py's worst case)."""
+    return Member(m.name, m.step_s, m.activity if m.activity is not None else 1.0, m.tpot_slo_s, m.token_rate)
 
 
 def _groups(n: int, tp: int) -> list[tuple[int, ...]]:

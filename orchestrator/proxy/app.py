@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -27,7 +27,7 @@ from orchestrator.metrics import ChimeraMetrics
 from orchestrator.metrics.federate import engine_metrics
 from orchestrator.proxy.body import ModelField
 from orchestrator.proxy.errors import ProxyError
-from orchestrator.proxy.forward import ForwardEndpoint
+from orchestrator.proxy.forward import ForwardEndpoint, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,12 @@ PROXIED_ROUTES: tuple[tuple[str, ModelField], ...] = (
 UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
 UPSTREAM_LIMITS = httpx.Limits(max_connections=4096, max_keepalive_connections=1024,
                                keepalive_expiry=60.0)
+UPSTREAM_POOLS = 64  # pools of ~streams / 64 connections each; see forward.Upstream
+
+
+def new_pool() -> httpx.AsyncBaseTransport:
+    """One connection pool to the engines (app.py's lifespan makes ``UPSTREAM_POOLS``)."""
+    return httpx.AsyncHTTPTransport(limits=UPSTREAM_LIMITS)
 
 
 def create_app(
@@ -53,21 +59,33 @@ def create_app(
     hold_timeout_s: float = 300.0,
     transport: httpx.AsyncBaseTransport | None = None,
     extra_routes: list[Route] | None = None,
+    upstream_pools: int = UPSTREAM_POOLS,
 ) -> Starlette:
     """The proxy app. ``hold_timeout_s``: how long a request may wait for its model to wake
-    before a 503. ``transport``: the upstream transport (tests pass a fake engine)."""
+    before a 503. ``transport``: the one upstream transport instead of ``upstream_pools``
+    connection pools (tests pass a fake engine). ``upstream_pools``: how many pools to the
+    engines are used in turn (forward.Upstream says why more than one)."""
     created = int(time.time())
+
+    if upstream_pools < 1:
+        raise ValueError(f"upstream_pools must be >= 1, got {upstream_pools}")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # trust_env=False: HTTP(S)_PROXY from the environment must never reroute loopback calls.
-        async with httpx.AsyncClient(transport=transport, timeout=UPSTREAM_TIMEOUT,
-                                     limits=UPSTREAM_LIMITS, trust_env=False) as client:
-            app.state.http_client = client
+        pools = ([transport] if transport is not None
+                 else [new_pool() for _ in range(upstream_pools)])
+        async with AsyncExitStack() as stack:  # closes every pool, even if one close fails
+            for pool in pools:
+                await stack.enter_async_context(pool)
+            # For scraping the engines' /metrics. trust_env=False: HTTP(S)_PROXY from the
+            # environment must never reroute loopback calls (transports never read it).
+            app.state.scraper = await stack.enter_async_context(httpx.AsyncClient(
+                transport=transport, timeout=UPSTREAM_TIMEOUT, trust_env=False))
+            app.state.upstream = Upstream(pools, UPSTREAM_TIMEOUT)
             try:
                 yield
             finally:
-                del app.state.http_client
+                del app.state.upstream, app.state.scraper
 
     async def list_models(request: Request) -> Response:
         data: list[dict[str, Any]] = []
@@ -84,7 +102,7 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         body, content_type = metrics.render()
         # the engines' own sglang:* series, labelled by instance
-        body += await engine_metrics(request.app.state.http_client, router.instances())
+        body += await engine_metrics(request.app.state.scraper, router.instances())
         return Response(body, headers={"content-type": content_type})
 
     async def health(request: Request) -> Response:

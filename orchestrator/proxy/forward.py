@@ -18,8 +18,10 @@ Contracts:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Sequence
 
 import anyio
 import httpx
@@ -29,6 +31,7 @@ from orchestrator.config import ModelSpec
 from orchestrator.control.api import Endpoint, Router
 from orchestrator.errors import EngineUnavailable
 from orchestrator.metrics import ChimeraMetrics
+from orchestrator.proxy.admission import admitted
 from orchestrator.proxy.body import ClientRequest, ModelField, engine_body, parse_request
 from orchestrator.proxy.downstream import ClientGone, Downstream, read_body, wait_for_disconnect
 from orchestrator.proxy.errors import ProxyError, normalize_engine_error
@@ -39,15 +42,49 @@ UNRESOLVED = "unknown"  # `model` label of requests that name no served model (b
 JSON = "application/json"
 
 
-def http_client(scope: Scope) -> httpx.AsyncClient:
-    """The app's shared client, created by its lifespan (see app.py)."""
-    client = getattr(scope["app"].state, "http_client", None)
-    if not isinstance(client, httpx.AsyncClient):
+class Upstream:
+    """The proxy's connections to the engines: ``transports`` (httpx connection pools) handed
+    out in turn, one per request. Created and closed by the app's lifespan (app.py); one event
+    loop uses it, so no lock.
+
+    Why several pools: httpcore 1.0.9's pool runs ``_assign_requests_to_connections`` on every
+    request and every response close; it checks every pooled connection and, for each idle one,
+    builds the list of all of them (O(idle x connections) per call). With one pool that was ~45%
+    of the proxy's CPU at 64 concurrent streams (py-spy) and 356 ms of added p50 TTFT on the
+    2-core machine; with 16 each holds about streams / 16 connections.
+
+    Why transports and not AsyncClients: the proxy needs none of a client's layers (auth,
+    redirects, URL merging), and one of them is wrong here: a client keeps the cookies an engine
+    sets and sends them on every later request, whoever makes it. Skipping them was ~10% of the
+    proxy's CPU at 64 streams (docs/bench-live.md has the measurements)."""
+
+    def __init__(self, transports: Sequence[httpx.AsyncBaseTransport],
+                 timeout: httpx.Timeout) -> None:
+        if not transports:
+            raise ValueError("Upstream needs at least one transport")
+        self.transports = tuple(transports)
+        self._next = itertools.cycle(self.transports).__next__
+        self._extensions = {"timeout": timeout.as_dict()}
+
+    async def post(self, url: str, body: bytes) -> httpx.Response:
+        """POST ``body`` (JSON) to ``url``; the response is open until ``aclose()`` (the body is
+        streamed). Raises httpx.TransportError."""
+        request = httpx.Request(
+            "POST", url, content=body, extensions=self._extensions,
+            # identity: the relay passes bytes on as they come and sends no Content-Encoding.
+            headers={"content-type": JSON, "accept-encoding": "identity"})
+        return await self._next().handle_async_request(request)
+
+
+def upstream_of(scope: Scope) -> Upstream:
+    """The app's upstream pools, created by its lifespan (see app.py)."""
+    upstream = getattr(scope["app"].state, "upstream", None)
+    if not isinstance(upstream, Upstream):
         raise RuntimeError(
-            "the proxy's HTTP client is created by the app lifespan, which has not run: serve "
-            "the app with a server that runs lifespan (uvicorn does) or enter "
+            "the proxy's upstream connections are created by the app lifespan, which has not "
+            "run: serve the app with a server that runs lifespan (uvicorn does) or enter "
             "app.router.lifespan_context(app) first")
-    return client
+    return upstream
 
 
 def translate(exc: httpx.TransportError, instance: str) -> ProxyError:
@@ -128,20 +165,17 @@ class _Exchange:
         except EngineUnavailable as exc:
             raise ProxyError.unavailable(str(exc), exc.retry_after_s) from exc
         try:
-            await self.forward(endpoint, req)
+            # local admission (mode full): EDF per GPU group, KV room, 429 when infeasible
+            async with admitted(self.scope, spec, req.body, endpoint.instance_id,
+                                self.received_at):
+                await self.forward(endpoint, req)
         finally:
             self.ep.router.release(endpoint)
 
     async def forward(self, endpoint: Endpoint, req: ClientRequest) -> None:
-        client = http_client(self.scope)
-        request = client.build_request(
-            "POST", endpoint.base_url + self.ep.route,
-            content=engine_body(req, self.ep.model_field, endpoint.served_name),
-            # identity: the relay passes bytes on as they come and sends no Content-Encoding.
-            headers={"content-type": JSON, "accept-encoding": "identity"},
-        )
+        body = engine_body(req, self.ep.model_field, endpoint.served_name)
         try:
-            upstream = await client.send(request, stream=True)
+            upstream = await upstream_of(self.scope).post(endpoint.base_url + self.ep.route, body)
         except httpx.TransportError as exc:
             raise translate(exc, endpoint.instance_id) from exc
         try:
@@ -180,7 +214,8 @@ class _Exchange:
         ])
         ends_frame = True
         try:
-            async for chunk in upstream.aiter_bytes():
+            # raw: passed on as the engine framed them, undecoded (identity was asked for)
+            async for chunk in upstream.aiter_raw():
                 if chunk:
                     await self.down.chunk(chunk)
                     ends_frame = chunk.endswith(b"\n\n")

@@ -7,7 +7,10 @@ to the control loop as an event. ``stop_all`` leaves no process behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from cumem_shim import plugin
 from orchestrator.config import HostSpec, InstanceSpec
 from orchestrator.control.api import Endpoint, InstanceView
 from orchestrator.control.events import (
@@ -27,8 +31,11 @@ from orchestrator.control.events import (
     WakeFailed,
     Woken,
 )
-from orchestrator.engines.base import Engine, LaunchRequest
+from orchestrator.engines.base import Engine, LaunchRequest, ShimLaunch
 from orchestrator.errors import ChimeraError, EngineError, EngineStartError
+from orchestrator.kv.client import ShimProtocolError, ShimUnavailable, wait_ready
+from orchestrator.kv.runner import KVEndpoint
+from orchestrator.kv.wiring import shim_launch, shim_refusal
 from orchestrator.shapes import KNOWN_MODEL_IDS
 from orchestrator.shapes.materialize import dummy_model_dir
 from orchestrator.supervisor.lifecycle import Lifecycle
@@ -37,6 +44,9 @@ from orchestrator.supervisor.ports import free_ports
 from orchestrator.supervisor.process import EngineProcess
 
 log = logging.getLogger("chimera.supervisor")
+# The shim's socket exists once SGLang has built its KV pool, before it serves HTTP: a server that
+# is ready but whose shim does not answer within this runs without it (plugin not loaded).
+SHIM_READY_TIMEOUT_S = 30.0
 
 
 class Supervisor:
@@ -49,6 +59,7 @@ class Supervisor:
         observers: list[Callable[[InstanceView], None]] | None = None,
         measure: Callable[[str, str, float, str], None] | None = None,
         memory_probe: MemoryProbe | None = None,
+        elastic: bool = False,
     ) -> None:
         self.engine = engine
         self.host = host
@@ -64,6 +75,14 @@ class Supervisor:
         probe = memory_probe or (SimMemoryProbe(self._client) if engine.name == "sim"
                                  else NvmlMemoryProbe())
         self.lifecycle = Lifecycle(self._client, probe)
+        # modes elastic/full: instances the shim backs, where the KV ledger reaches them
+        self.elastic = elastic
+        self.kv_endpoints: dict[str, KVEndpoint] = {}
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The supervisor's client for engines' control routes (closed by ``stop_all``)."""
+        return self._client
 
     # ---- Effects ------------------------------------------------------------------------
 
@@ -110,13 +129,40 @@ class Supervisor:
             return None
         return str(await asyncio.to_thread(dummy_model_dir, m.shape.name))
 
+    def _shim(self, spec: InstanceSpec, port: int) -> ShimLaunch | None:
+        if not self.elastic:
+            return None
+        refusal = shim_refusal(spec)
+        if refusal is not None:
+            log.info("%s: %s", spec.id, refusal)
+            return None
+        # a Unix socket path must stay under 108 bytes: not in the run directory
+        sock = os.path.join(tempfile.gettempdir(), f"chimera-{os.getpid()}-{port}.sock")
+        ep_dir = None if plugin.registered() else str(
+            plugin.entry_point_dir(self.run_dir / "shim-plugin"))
+        return shim_launch(spec, self.host, sock, ep_dir)
+
+    async def _shim_ready(self, spec: InstanceSpec, shim: ShimLaunch, base_url: str) -> str | None:
+        """None once the shim answers (the ledger may reach it), else why the start failed."""
+        try:
+            st = await wait_ready(shim.socket, SHIM_READY_TIMEOUT_S)
+        except (ShimUnavailable, ShimProtocolError) as exc:
+            return (f"the server is up but its KV shim is not ({exc}); is cumem_shim importable "
+                    "by the server's Python? (mode static runs without it)")
+        log.info("%s: KV shim up: %d tokens virtual, limit %.2f GiB", spec.id,
+                 st.capacity_tokens, st.limit_bytes / 2**30)
+        self.kv_endpoints[spec.id] = KVEndpoint(base_url, shim.socket)
+        return None
+
     async def _start(self, spec: InstanceSpec) -> None:
         port, nccl_port = free_ports(2, exclude=self._ports)
         self._ports.update((port, nccl_port))
         try:
             model_dir = await self._model_dir(spec)
+            shim = self._shim(spec, port)
             launch = self.engine.launch_spec(LaunchRequest(
                 instance=spec, host=self.host, port=port, nccl_port=nccl_port, model_dir=model_dir,
+                shim=shim,
             ))
         except (ChimeraError, OSError, ImportError) as exc:
             self._post(StartFailed(spec.id, f"cannot prepare the engine command: {exc}"))
@@ -135,9 +181,16 @@ class Supervisor:
         except OSError as exc:
             self._post(StartFailed(spec.id, f"cannot spawn {launch.argv[0]}: {exc}"))
             return
+        if shim is not None and (why := await self._shim_ready(spec, shim, launch.base_url)):
+            await proc.stop()
+            self._post(StartFailed(spec.id, why))
+            return
         self._post(Started(spec.id, Endpoint(spec.id, launch.base_url, launch.served_name),
                            seconds=time.monotonic() - t0))
         rc = await proc.wait_exit()
+        if self.kv_endpoints.pop(spec.id, None) is not None and shim is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(shim.socket)
         log.warning("%s: engine exited with code %s; last lines:\n%s", spec.id, rc, proc.log_tail())
         self._post(Exited(spec.id, rc))
 

@@ -3,6 +3,7 @@
 # root, after the carried wheels were copied to /tmp/w by the earlier calls. Installs them into
 # /tmp/site, then runs `pytest -m gpu` against stock SGLang; logs and JSON go to $OUT.
 # Usage: bash tests/gpu/device_run.sh [pytest args...]
+#        bash tests/gpu/device_run.sh --cmd COMMAND...   (same set-up, then COMMAND: a benchmark)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/out}; mkdir -p /tmp/w "$OUT"
@@ -22,7 +23,13 @@ export CHIMERA_SGLANG_ARGS=${CHIMERA_SGLANG_ARGS:-"--attention-backend triton --
 export CHIMERA_GPU_OUT=$OUT CHIMERA_CACHE_DIR=${CHIMERA_CACHE_DIR:-/tmp/chimera-cache}
 nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 python3 -c "import sglang, torch; print('sglang', sglang.__version__, 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-python3 -m pytest -m gpu tests/gpu -rA -p no:cacheprovider "$@" 2>&1 | tee "$OUT/pytest.log"
-rc=${PIPESTATUS[0]}
+if [ "${1:-}" = "--cmd" ]; then
+  shift
+  "$@"
+  rc=$?
+else
+  python3 -m pytest -m gpu tests/gpu -rA -p no:cacheprovider "$@" 2>&1 | tee "$OUT/pytest.log"
+  rc=${PIPESTATUS[0]}
+fi
 (cd ~ && tar czf "$OUT/jit-cache.tgz" .triton .cache 2>/dev/null)
 exit "$rc"

@@ -170,7 +170,9 @@ def test_memory_goes_back_to_the_gpu(servers: tuple[Server, Server]) -> None:
                        "proc_empty_mib": mib_empty}
     assert full >= 8 * BLOCK
     if mib_full is not None and mib_empty is not None:
+        # at least what the shim unmapped goes back (measured on the H100: 140 MiB for 96 MiB
+        # unmapped; the rest is torch's allocator cache, emptied by the same flush)
         freed = mib_full - mib_empty
-        assert abs(freed - (full - BLOCK) // MIB) <= max(16, 0.25 * (full // MIB)), RESULTS["nvml"]
+        assert freed >= (full - BLOCK) // MIB - 16, RESULTS["nvml"]
     log = shim.log_text()
     assert shim.alive() and "Scheduler hit an exception" not in log and "DriverError" not in log

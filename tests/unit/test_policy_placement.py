@@ -206,3 +206,26 @@ def test_placement__tpot_overflow_triggers_a_migration_regardless_of_tau() -> No
     assert mig.steps == (Wake("tiny@1"), Route("tiny", (1,)), Park("tiny@0")) and "TPOT" in mig.reason
     cooling = replace(tiny, last_moved_at=NOW - 10)
     assert decide(view([slow, cooling], servers), NOW).actions == ()  # moved 10 s ago: stays
+
+
+def test_placement__tpot_guard_counts_only_models_actively_decoding() -> None:
+    small = replace(model("tiny", queued=1), step_s=0.002, tpot_slo_s=0.018)
+    busy = replace(model("busy", rate=5000, running=4), step_s=0.004, tpot_slo_s=0.05)
+    servers = [srv("slow32b", (0,), S.AWAKE), srv("busy", (1,), S.AWAKE), srv("tiny", (0,)), srv("tiny", (1,))]
+    for activity, gpu in ((None, 1), (0.9, 1), (0.02, 0)):
+        slow = replace(model("slow32b", rate=800, running=2, cost=replace(COST, awake_bytes=30 * GIB)),
+                       step_s=0.030, tpot_slo_s=0.3, activity=activity)
+        (act,) = decide(view([slow, small, busy], servers), NOW).actions
+        # unknown or busy: its 30 ms steps would break tiny's 18 ms; decoding 2% of the time:
+        # the round tiny sees is 2.6 ms on average, and GPU 0 has more free KV
+        assert act.gpus == (gpu,), activity
+
+
+def test_placement__a_starving_model_preempts_the_least_used_busy_neighbour_first() -> None:
+    big = replace(model("big", queued=2, cost=BIG), oldest_wait_s=30.0)
+    half = replace(COST, awake_bytes=40 * GIB)
+    models = [big, model("hot", rate=9000, running=3, cost=half), model("cold", rate=50, running=1, cost=half)]
+    servers = [srv("big", (0,)), srv("hot", (0,), S.AWAKE, in_flight=3), srv("cold", (0,), S.AWAKE, in_flight=1)]
+    v = replace(view(models, servers, n=1), gpu_bytes=(100 * GIB,))
+    (act,) = decide(v, NOW).actions
+    assert isinstance(act, Activation) and act.steps[0] == Park("cold@0")

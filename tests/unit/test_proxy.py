@@ -4,7 +4,6 @@ disconnects are in test_proxy_stream.py."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,11 +21,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from orchestrator.config import ModelSpec, Placement
-from orchestrator.control.api import Endpoint, InstanceState, InstanceView, ModelView
+from orchestrator.control.api import InstanceState
 from orchestrator.errors import EngineUnavailable
 from orchestrator.metrics import ChimeraMetrics
+from orchestrator.proxy import app as proxy_app
 from orchestrator.proxy import create_app
 from orchestrator.shapes import load_shape
+from tests.unit.proxy_fakes import FakeRouter
 
 SHAPE = load_shape("tiny-llama")
 LLAMA = ModelSpec(name="llama", model_path="meta-llama/Llama-3.2-1B", shape=SHAPE,
@@ -34,63 +35,6 @@ LLAMA = ModelSpec(name="llama", model_path="meta-llama/Llama-3.2-1B", shape=SHAP
 QWEN = ModelSpec(name="qwen", model_path="Qwen/Qwen2.5-7B-Instruct", shape=SHAPE,
                  placements=(Placement((1,)),))
 ENVELOPE_KEYS = {"message", "type", "param", "code", "src"}
-
-
-class FakeRouter:
-    """The Router protocol with knobs; counts acquire/release."""
-
-    def __init__(self, models: tuple[ModelSpec, ...] = (LLAMA, QWEN)) -> None:
-        self.specs = models
-        self.states = {m.name: InstanceState.AWAKE for m in models}
-        self.acquired: list[Endpoint] = []
-        self.timeouts: list[float] = []
-        self.released: list[Endpoint] = []
-        self.unavailable: EngineUnavailable | None = None
-        self.resolve_error: Exception | None = None
-        self.models_error: Exception | None = None
-        self.hold: asyncio.Event | None = None  # acquire waits for it when set
-        self.holding = asyncio.Event()  # set once acquire starts waiting
-        self.hold_cancelled = False
-
-    def resolve(self, name: str) -> ModelSpec | None:
-        if self.resolve_error is not None:
-            raise self.resolve_error
-        return next((m for m in self.specs if name in (m.name, *m.aliases)), None)
-
-    def instances(self) -> list[InstanceView]:
-        return []
-
-    def known_names(self) -> list[str]:
-        return [n for m in self.specs for n in (m.name, *m.aliases)]
-
-    def models(self) -> list[ModelView]:
-        if self.models_error is not None:
-            raise self.models_error
-        return [ModelView(m, self.states[m.name], (InstanceView(
-            f"{m.name}@gpu0", m.name, (0,), self.states[m.name], None),)) for m in self.specs]
-
-    async def acquire(self, model: ModelSpec, timeout_s: float) -> Endpoint:
-        self.timeouts.append(timeout_s)
-        if self.unavailable is not None:
-            raise self.unavailable
-        if self.hold is not None:
-            self.holding.set()
-            try:
-                await self.hold.wait()
-            except asyncio.CancelledError:
-                self.hold_cancelled = True
-                raise
-        ep = Endpoint(f"{model.name}@gpu0", f"http://{model.name}.engine:30000",
-                      f"served-{model.name}")
-        self.acquired.append(ep)
-        return ep
-
-    def release(self, endpoint: Endpoint) -> None:
-        self.released.append(endpoint)
-
-    @property
-    def balanced(self) -> bool:
-        return self.acquired == self.released
 
 
 CHAT = {"id": "c1", "object": "chat.completion", "created": 1, "model": "served-llama",
@@ -154,7 +98,7 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 def router() -> FakeRouter:
-    return FakeRouter()
+    return FakeRouter((LLAMA, QWEN))
 
 
 def engine_transport(engine: FakeEngine) -> httpx.AsyncBaseTransport:
@@ -252,6 +196,51 @@ async def test_engine_unavailable_is_503_with_retry_after(router: FakeRouter,
     err = error_of(resp)
     assert "waking" in err["message"] and err["code"] == "model_unavailable"
     assert router.acquired == [] and router.released == [] and engine.seen == []
+
+
+class RecordingPool(httpx.MockTransport):
+    """One upstream pool: answers every request, counts them, notes when it is closed."""
+
+    def __init__(self) -> None:
+        super().__init__(self.answer)
+        self.requests: list[httpx.Request] = []
+        self.closed = False
+
+    def answer(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return httpx.Response(200, json=COMPLETION, headers={"set-cookie": "session=engine"})
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_upstream_pools_are_used_in_turn_and_all_closed(
+        router: FakeRouter, monkeypatch: pytest.MonkeyPatch) -> None:
+    pools: list[RecordingPool] = []
+
+    def new_pool() -> httpx.AsyncBaseTransport:
+        pools.append(RecordingPool())
+        return pools[-1]
+
+    monkeypatch.setattr(proxy_app, "new_pool", new_pool)
+    app = create_app(router, ChimeraMetrics(), upstream_pools=3)
+    async with app.router.lifespan_context(app):
+        t = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=t, base_url="http://proxy") as client:
+            for _ in range(6):
+                resp = await client.post("/v1/completions", json={"model": "llama", "prompt": "x"})
+                assert resp.status_code == 200
+        assert not any(p.closed for p in pools)
+    assert [len(p.requests) for p in pools] == [2, 2, 2]
+    assert all(p.closed for p in pools)
+    # the proxy keeps no cookie jar: what an engine sets never reaches another user's request
+    assert all("cookie" not in r.headers for p in pools for r in p.requests)
+    assert router.balanced
+
+
+def test_upstream_pools_must_be_positive(router: FakeRouter) -> None:
+    with pytest.raises(ValueError, match="upstream_pools"):
+        create_app(router, ChimeraMetrics(), upstream_pools=0)
 
 
 @pytest.mark.parametrize("exc, status, code", [

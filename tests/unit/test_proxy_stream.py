@@ -15,10 +15,10 @@ from starlette.applications import Starlette
 from starlette.types import Message
 
 from orchestrator.config import ModelSpec, Placement
-from orchestrator.control.api import Endpoint, InstanceState, InstanceView, ModelView
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.proxy import create_app
 from orchestrator.shapes import load_shape
+from tests.unit.proxy_fakes import FakeRouter
 
 LLAMA = ModelSpec(name="llama", model_path="meta-llama/Llama-3.2-1B",
                   shape=load_shape("tiny-llama"), aliases=("l",), placements=(Placement((0,)),))
@@ -29,44 +29,6 @@ def frame(content: str) -> bytes:
     obj = {"id": "c1", "object": "chat.completion.chunk", "model": "served-llama",
            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
     return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-class Router:
-    """The Router protocol for one model; counts acquire/release; can hold requests."""
-
-    def __init__(self) -> None:
-        self.acquired: list[Endpoint] = []
-        self.released: list[Endpoint] = []
-        self.hold: asyncio.Event | None = None
-        self.holding = asyncio.Event()
-        self.hold_cancelled = False
-
-    def resolve(self, name: str) -> ModelSpec | None:
-        return LLAMA if name in ("llama", "l") else None
-
-    def instances(self) -> list[InstanceView]:
-        return []
-
-    def known_names(self) -> list[str]:
-        return ["llama", "l"]
-
-    def models(self) -> list[ModelView]:
-        return [ModelView(LLAMA, InstanceState.AWAKE, ())]
-
-    async def acquire(self, model: ModelSpec, timeout_s: float) -> Endpoint:
-        if self.hold is not None:
-            self.holding.set()
-            try:
-                await self.hold.wait()
-            except asyncio.CancelledError:
-                self.hold_cancelled = True
-                raise
-        ep = Endpoint("llama@gpu0", "http://engine:30000", "served-llama")
-        self.acquired.append(ep)
-        return ep
-
-    def release(self, endpoint: Endpoint) -> None:
-        self.released.append(endpoint)
 
 
 class EngineStream(httpx.AsyncByteStream):
@@ -195,7 +157,7 @@ async def test_stream_chunks_pass_through_unchanged_in_order(
     chunks = [frame("Hel"), second[:9], second[9:], b"data: [DONE]\n\n"]
     go_on = asyncio.Event()
     stream = EngineStream(chunks, gates={1: go_on})
-    engine, router, metrics = sse_engine(stream), Router(), ChimeraMetrics()
+    engine, router, metrics = sse_engine(stream), FakeRouter((LLAMA,)), ChimeraMetrics()
     app = create_app(router, metrics, transport=engine.transport)
     client = AsgiClient(app, path, body)
 
@@ -223,7 +185,7 @@ async def test_stream_chunks_pass_through_unchanged_in_order(
 
 async def test_client_disconnect_mid_stream_closes_upstream_and_releases() -> None:
     stream = EngineStream([frame("Hel")], hang=True)
-    engine, router, metrics = sse_engine(stream), Router(), ChimeraMetrics()
+    engine, router, metrics = sse_engine(stream), FakeRouter((LLAMA,)), ChimeraMetrics()
     app = create_app(router, metrics, transport=engine.transport)
     client = AsgiClient(app, "/v1/chat/completions",
                         {"model": "llama", "messages": [], "stream": True})
@@ -258,7 +220,7 @@ async def test_client_disconnect_while_waiting_for_a_whole_answer() -> None:
             raise
         raise AssertionError("unreachable")
 
-    engine, router, metrics = Engine(respond), Router(), ChimeraMetrics()
+    engine, router, metrics = Engine(respond), FakeRouter((LLAMA,)), ChimeraMetrics()
     app = create_app(router, metrics, transport=engine.transport)
     client = AsgiClient(app, "/v1/completions", {"model": "llama", "prompt": "x"})
 
@@ -277,7 +239,7 @@ async def test_client_disconnect_while_waiting_for_a_whole_answer() -> None:
 
 async def test_client_disconnect_while_held_cancels_the_hold() -> None:
     engine = sse_engine(EngineStream([]))
-    router, metrics = Router(), ChimeraMetrics()
+    router, metrics = FakeRouter((LLAMA,)), ChimeraMetrics()
     router.hold = asyncio.Event()
     app = create_app(router, metrics, transport=engine.transport)
     client = AsgiClient(app, "/v1/completions", {"model": "llama", "prompt": "x"})
@@ -304,7 +266,7 @@ async def test_engine_breaking_off_a_stream_ends_it_with_an_error_frame(
     sent: list[bytes], separator: bytes,
 ) -> None:
     stream = EngineStream(sent, fail=httpx.RemoteProtocolError("peer closed connection"))
-    engine, router, metrics = sse_engine(stream), Router(), ChimeraMetrics()
+    engine, router, metrics = sse_engine(stream), FakeRouter((LLAMA,)), ChimeraMetrics()
     app = create_app(router, metrics, transport=engine.transport)
     client = AsgiClient(app, "/v1/chat/completions",
                         {"model": "llama", "messages": [], "stream": True})
@@ -327,7 +289,7 @@ async def test_engine_error_on_a_stream_request_is_an_envelope() -> None:
         return httpx.Response(400, json={"object": "error", "message": "bad n", "type":
                                          "BadRequestError", "param": "n", "code": 400})
 
-    engine, router = Engine(respond), Router()
+    engine, router = Engine(respond), FakeRouter((LLAMA,))
     app = create_app(router, ChimeraMetrics(), transport=engine.transport)
     client = AsgiClient(app, "/v1/chat/completions",
                         {"model": "llama", "messages": [], "stream": True, "n": 0})

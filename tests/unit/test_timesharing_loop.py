@@ -1,4 +1,5 @@
-"""The control loop in full mode (time-sharing) against a recording fake and a fake clock."""
+"""The control loop in full mode (time-sharing through the global scheduler) against a recording
+fake and a fake clock. Migrations and demand: test_loop_scheduler.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from tests.unit.control_fakes import RecordingEffects, ep, settle
 
 S = InstanceState
 Env = tuple[ControlLoop, RecordingEffects, "Clock"]
-CFG = parse_config({"mode": "full", "host": {"gpus": 1, "gpu_memory_gb": 80},
+# 48 GB: two awake 8B servers leave no room for a third (H100 memory model: 17.4 GiB awake +
+# 1 GiB KV floor each, 2.3 GiB of CUDA context per server, parked or not).
+CFG = parse_config({"mode": "full", "host": {"gpus": 1, "gpu_memory_gb": 48},
                     "hold": {"per_model": 2, "total": 3}, "models": [
     {"name": "a", "model_path": "llama-3.1-8b", "placements": [{"gpus": [0], "kv_pool_gb": 20}]},
     {"name": "b", "model_path": "llama-3.1-8b", "idle": {"when": "always", "park_after_s": 45},
@@ -72,8 +75,8 @@ async def test_held_request_wakes_parked_model_after_making_room(env: Env) -> No
     assert spec is not None
     req = asyncio.create_task(ctl.acquire(spec, 30))
     await settle()
-    # b's park frees 36.6 GiB, c needs a bit more (80 GB GPU, three 8B with 20 GiB KV):
-    # a parks too, and c wakes only once both parks are done
+    # b's park is under way (its memory is not free yet), c needs 18.4 GiB: a parks too,
+    # and c wakes once a's park is done
     assert ("a@gpu0", "make_room") in fx.parked and fx.woken == []
     ctl.post(Parked("b@gpu0", 0.4, 15 << 30))
     await settle()

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import orchestrator
+from cumem_shim import settings as shim_settings
 from orchestrator.config import GIB
 from orchestrator.engines.base import LaunchRequest, LaunchSpec, served_name
 from orchestrator.env import Env
@@ -59,7 +60,8 @@ class SimEngine:
         ]
         if model.load_format != "auto":
             argv += ["--load-format", model.load_format]
-        tokens = max_total_tokens(req)
+        tokens = (req.shim.virtual_kv_bytes // model.shape.kv_bytes_per_token if req.shim
+                  else max_total_tokens(req))
         if tokens is not None:
             argv += ["--max-total-tokens", str(tokens)]
         argv += model.engine_args
@@ -67,6 +69,9 @@ class SimEngine:
         # the child must import this very package, wherever chimera runs from
         root = str(Path(orchestrator.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        if req.shim:  # the sim's shim channel reads the same variables (sim/shim_channel.py)
+            env.update(shim_settings.server_env(req.shim.socket, req.shim.limit_bytes,
+                                                req.shim.virtual_kv_bytes))
         return LaunchSpec(
             argv=tuple(argv), env=env, base_url=f"http://{req.listen_host}:{req.port}",
             served_name=served_name(model.name),

@@ -1,0 +1,170 @@
+"""What cumem_shim costs a serving engine: one model served twice at once on one GPU, by a
+server with a fixed KV pool and by one whose pool is the shim's (same flags otherwise, the
+orchestrator's own launch specs), loaded in turn with the same open-loop traffic, block after
+block (A B A B ...), so drift over the run falls on both alike. Reports TTFT and TPOT p50/p95 of
+each and the ratio shim / static (target <= 1.02; Prism reports 1.03-1.05).
+
+    python -m bench.shim.overhead --engine sglang          # on the GPU host (8B shape, dummy)
+    python -m bench.shim.overhead --engine sim --block-s 3 --blocks 2   # anywhere (simulated)
+
+The shim's limit is the whole pool from the start (no ledger), so both servers admit alike and
+only the shim's mapping path and allocator hooks differ. Writes ``overhead.json`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.client.loadgen import ClientConfig, ClientShards, run_open_loop
+from bench.client.prompts import COMPLETIONS
+from bench.client.record import RequestRecord
+from bench.report.summary import distribution
+from bench.traces import BenchRequest
+from orchestrator.config import GIB, parse_config
+from orchestrator.engines.base import LaunchRequest, ShimLaunch, get_engine
+from orchestrator.errors import EngineStartError
+from orchestrator.shapes.materialize import dummy_model_dir
+from orchestrator.supervisor.ports import free_ports
+from orchestrator.supervisor.process import EngineProcess
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+KINDS = ("static", "shim")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.shim.overhead", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engine", choices=("sglang", "sim"), default="sglang")
+    p.add_argument("--model", default=MODEL, help="model id or shipped shape (dummy weights)")
+    p.add_argument("--kv-pool-gb", type=float, default=16.0, help="KV pool of each server")
+    p.add_argument("--rate", type=float, default=6.0, help="requests/s, Poisson (default 6)")
+    p.add_argument("--prompt", type=int, default=512, help="prompt tokens (default 512)")
+    p.add_argument("--output", type=int, default=128, help="output tokens (default 128)")
+    p.add_argument("--block-s", type=float, default=20.0, help="seconds of traffic per block")
+    p.add_argument("--blocks", type=int, default=3, help="blocks per server (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/shim-overhead")))
+    return p.parse_args(argv)
+
+
+def block_trace(model: str, rate: float, seconds: float, prompt: int, output: int,
+                rng: random.Random) -> list[BenchRequest]:
+    reqs, t = [], rng.expovariate(rate)
+    while t < seconds:
+        reqs.append(BenchRequest(len(reqs), t, model, prompt, output, source="poisson"))
+        t += rng.expovariate(rate)
+    return reqs
+
+
+async def _servers(args: argparse.Namespace, work: Path) -> dict[str, EngineProcess]:
+    cfg = parse_config({"host": {"gpus": 1}, "mode": "static", "models": [
+        {"name": "m", "model_path": args.model, "load_format": "dummy",
+         "placements": [{"gpus": [0], "kv_pool_gb": args.kv_pool_gb}]}]}, gpu_count=1)
+    inst = cfg.instances[0]
+    engine = get_engine(args.engine)
+    model_dir = (str(dummy_model_dir(inst.model.shape.name, work / "cache"))
+                 if engine.needs_model_dir else None)
+    pool = int(args.kv_pool_gb * GIB)
+    procs = {}
+    ports = iter(free_ports(2 * len(KINDS)))
+    for kind in KINDS:
+        port, nccl = next(ports), next(ports)
+        shim = None
+        if kind == "shim":
+            sock = os.path.join(tempfile.gettempdir(), f"chimera-overhead-{os.getpid()}.sock")
+            shim = ShimLaunch(sock, pool, pool, str(_entry_points(work)))
+        spec = engine.launch_spec(LaunchRequest(inst, cfg.host, port, nccl, model_dir=model_dir,
+                                                shim=shim))
+        procs[kind] = EngineProcess(kind, spec, work / f"{kind}-server.log")
+    for p in procs.values():
+        await p.spawn()
+    async with httpx.AsyncClient(trust_env=False) as client:
+        await asyncio.gather(*(p.wait_ready(client) for p in procs.values()))
+    return procs
+
+
+def _entry_points(work: Path) -> Path:
+    from cumem_shim import plugin
+
+    return plugin.entry_point_dir(work / "shim-plugin")
+
+
+async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    procs = await _servers(args, work)
+    rng = random.Random(args.seed)
+    records: dict[str, list[RequestRecord]] = {k: [] for k in KINDS}
+    try:
+        async with ClientShards(4) as shards:
+            for b in range(args.blocks):
+                trace = block_trace("m", args.rate, args.block_s, args.prompt, args.output, rng)
+                for kind in (KINDS if b % 2 == 0 else KINDS[::-1]):
+                    cfg = ClientConfig(procs[kind].spec.base_url, COMPLETIONS, seed=b,
+                                       ids=True, run=b)
+                    recs = await run_open_loop(trace, cfg, shards)
+                    records[kind] += recs
+                    ok = sum(r.ok for r in recs)
+                    print(f"block {b} {kind:>6}: {ok}/{len(recs)} ok", flush=True)
+    finally:
+        await asyncio.gather(*(p.stop() for p in procs.values()))
+    return summarize(records, args)
+
+
+def summarize(records: dict[str, list[RequestRecord]], args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"engine": args.engine, "model": args.model, "rate": args.rate,
+                           "prompt": args.prompt, "output": args.output,
+                           "blocks": args.blocks, "block_s": args.block_s, "servers": {}}
+    for kind, recs in records.items():
+        ok = [r for r in recs if r.ok]
+        out["servers"][kind] = {
+            "requests": len(recs), "ok": len(ok),
+            "errors": sorted({r.error for r in recs if not r.ok})[:5],
+            "ttft_s": distribution(r.ttft_s for r in ok if r.ttft_s is not None),
+            "tpot_s": distribution(r.tpot_s for r in ok if r.tpot_s is not None)}
+    ratio: dict[str, float | None] = {}
+    for metric in ("ttft_s", "tpot_s"):
+        for p in ("p50", "p95"):
+            a = out["servers"]["static"][metric][p]
+            b = out["servers"]["shim"][metric][p]
+            ratio[f"{metric[:-2]}_{p}"] = round(b / a, 4) if a and b else None
+    out["ratio_shim_over_static"] = ratio
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        res = asyncio.run(measure(args, args.out))
+    except EngineStartError as exc:
+        print(f"a server did not start: {exc}", file=sys.stderr)
+        return 1
+    res["simulated"] = args.engine == "sim"
+    (args.out / "overhead.json").write_text(json.dumps(res, indent=1))
+    label = " (SIMULATED: sim engine)" if res["simulated"] else ""
+    print(f"cumem_shim overhead{label}: {args.model}, {args.rate:g} req/s, "
+          f"{args.prompt}/{args.output} tokens, {args.blocks} blocks x {args.block_s:g} s each")
+    for kind, s in res["servers"].items():
+        print(f"  {kind:>6}: {s['ok']}/{s['requests']} ok  TTFT p50 {_ms(s['ttft_s']['p50'])} "
+              f"p95 {_ms(s['ttft_s']['p95'])}  TPOT p50 {_ms(s['tpot_s']['p50'])} "
+              f"p95 {_ms(s['tpot_s']['p95'])}")
+    print("  shim / static: " + ", ".join(f"{k} {v}" for k, v in
+                                          res["ratio_shim_over_static"].items()))
+    return 0 if all(s["ok"] == s["requests"] for s in res["servers"].values()) else 1
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1e3:.2f} ms"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Local admission (mode ``full``): one earliest-deadline-first queue per GPU group, across the
+models colocated there (design.md §4, docs/scheduling.md "Local").
+
+After the control loop hands a request an instance (``router.acquire``), the proxy asks the gate
+of that instance's GPU group (its lead GPU) before forwarding it. The gate keeps the request
+until ``policy.admission.decide`` dispatches it - in deadline order (arrival + the model's TTFT
+SLO), only while the engine has KV room and a free running slot - or sheds it: when deadlines
+become infeasible, Moore-Hodgson keeps the largest on-time set and the rest get 429 with an
+honest ``Retry-After`` (when the on-time work ahead of them should be done). Only models whose
+placements file sets ``slo.ttft_s`` are shed (``scheduler.on_late``); the others are served late.
+
+Engine room comes from the scraper's ``LoadSample`` (control/scrape.py, every 250 ms):
+KV free = capacity - used - tokens queued in the engine - what the gate dispatched since that
+sample; slots free = max running - running - waiting - dispatched since. An engine with no
+sample, or only one older than ``STALE_S``, has unknown room and admits everything (SGLang's own
+scheduler then queues): a gate without a scraper is a pass-through, never a deadlock.
+
+Prefill times and KV needs are estimates: prompt tokens ~ characters / 4 of the body's text,
+prefill from the H100 latency model of the sim engine (orchestrator/engines/sim/model.py).
+
+Who calls: ``forward.py`` (``admitted``) from request tasks, the scraper's sink (``observe``).
+All on the one event loop, and no method awaits between reading and changing the queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import Scope
+
+from orchestrator.config import Config, ModelSpec
+from orchestrator.control.events import LoadSample
+from orchestrator.control.scheduler import ttft_slo_s
+from orchestrator.engines.sim.model import LatencyModel
+from orchestrator.policy import admission
+from orchestrator.policy.queueing import EngineRoom, LatePolicy, ModelRule, Pending, QueueView
+from orchestrator.proxy.errors import ProxyError
+
+STALE_S = 2.0  # a sample older than this (8 scrape periods) says nothing about room now
+UNKNOWN_ROOM = 1 << 40  # room of an engine with no fresh sample: admit (SGLang queues itself)
+CHARS_PER_TOKEN = 4  # the usual estimate for English text with BPE tokenizers
+DEFAULT_NEW_TOKENS = 256  # a request that names no max_tokens: SGLang's default is 128 (/generate)
+
+
+@dataclass
+class _Waiting:
+    pending: Pending
+    instance: str
+    prompt_tokens: int
+    future: asyncio.Future[None]
+
+
+@dataclass
+class _Engine:
+    sample: LoadSample | None = None
+    # requests dispatched after the latest sample was taken: (when, KV tokens, prompt tokens)
+    unseen: dict[str, tuple[float, int, int]] = field(default_factory=dict)
+
+
+class AdmissionGate:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._specs = {i.id: i for i in config.instances}
+        self._queues: dict[int, dict[str, _Waiting]] = {}
+        self._engines: dict[str, _Engine] = {i.id: _Engine() for i in config.instances}
+        self._ids = itertools.count()
+        self._latency = {m.name: LatencyModel(m.shape, m.tp_size) for m in config.models}
+        self._rules = {m.name: ModelRule(m.priority, _on_late(config, m)) for m in config.models}
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def observe(self, s: LoadSample) -> None:
+        """A fresh ``/v1/loads`` sample (the scraper's sink)."""
+        eng = self._engines.get(s.instance_id)
+        if eng is None:
+            return
+        eng.sample = s
+        eng.unseen = {r: u for r, u in eng.unseen.items() if u[0] >= s.at}
+        self._pump(self._group(s.instance_id))
+
+    @asynccontextmanager
+    async def admitted(self, spec: ModelSpec, body: dict[str, Any], instance_id: str,
+                       arrival: float) -> AsyncIterator[None]:
+        """Wait for the request's turn on ``instance_id``; raises ProxyError (429) if shed."""
+        rid = await self.admit(spec, body, instance_id, arrival)
+        try:
+            yield
+        finally:
+            self.done(instance_id, rid)
+
+    async def admit(self, spec: ModelSpec, body: dict[str, Any], instance_id: str,
+                    arrival: float) -> str:
+        """Queue one request and wait until it is dispatched (returns its id: pass it to
+        ``done``) or shed (raises ProxyError 429). Cancellation-safe."""
+        if instance_id not in self._specs:
+            raise KeyError(f"admission: no instance {instance_id!r} in the placements file")
+        prompt = estimate_prompt_tokens(body)
+        rid = f"r{next(self._ids)}"
+        pending = Pending(rid, spec.name, arrival, arrival + ttft_slo_s(spec),
+                          self._latency[spec.name].prefill_time([(prompt, 0)]),
+                          prompt + max_new_tokens(body))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        g = self._group(instance_id)
+        queue = self._queues.setdefault(g, {})
+        queue[rid] = _Waiting(pending, instance_id, prompt, fut)
+        self._pump(g)
+        try:
+            await fut
+        except BaseException:
+            if queue.pop(rid, None) is not None:  # left while queued
+                self._pump(g)
+            elif fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.done(instance_id, rid)  # dispatched at the moment it was cancelled
+            raise
+        return rid
+
+    def done(self, instance_id: str, rid: str) -> None:
+        """The dispatched request ``rid`` ended (any outcome): its room is the engine's again."""
+        eng = self._engines.get(instance_id)
+        if eng is not None and eng.unseen.pop(rid, None) is not None:
+            self._pump(self._group(instance_id))
+
+    def queued(self) -> dict[int, int]:
+        """Requests waiting per GPU group (lead GPU), for tests and metrics."""
+        return {g: len(q) for g, q in self._queues.items() if q}
+
+    # ---- deciding -----------------------------------------------------------------------
+
+    def _group(self, instance_id: str) -> int:
+        return self._specs[instance_id].gpus[0]
+
+    def _pump(self, g: int) -> None:
+        queue = self._queues.get(g)
+        if queue is None:
+            return
+        for rid in [r for r, w in queue.items() if w.future.done()]:
+            del queue[rid]  # its task was cancelled and has not run its cleanup yet
+        if not queue:
+            return
+        now = self._clock()
+        engines = tuple(self._room(iid, now) for iid in sorted({w.instance for w in queue.values()}))
+        pending = tuple(_capped(w.pending, self._capacity(w.instance, now))
+                        for w in queue.values())
+        view = QueueView(pending, engines, self._rules, self._backlog_s(g, now))
+        decision = admission.decide(view, now)
+        for d in decision.dispatch:
+            w = queue.pop(d.request)
+            self._engines[d.server].unseen[d.request] = (now, w.pending.kv_tokens, w.prompt_tokens)
+            w.future.set_result(None)
+        for s in decision.shed:
+            w = queue.pop(s.request)
+            retry = max(1, math.ceil(s.retry_after_s))
+            w.future.set_exception(ProxyError(
+                429, f"model {w.pending.model!r}: {s.reason}; retry in {retry} s",
+                type="rate_limit_error", code="deadline_unmeetable",
+                headers={"Retry-After": str(retry)}))
+
+    def _fresh(self, iid: str, now: float) -> LoadSample | None:
+        s = self._engines[iid].sample
+        return s if s is not None and now - s.at <= STALE_S else None
+
+    def _capacity(self, iid: str, now: float) -> int | None:
+        s = self._fresh(iid, now)
+        return s.capacity_tokens if s is not None else None
+
+    def _room(self, iid: str, now: float) -> EngineRoom:
+        model = self._specs[iid].model.name
+        s = self._fresh(iid, now)
+        if s is None:
+            return EngineRoom(iid, model, now, UNKNOWN_ROOM, UNKNOWN_ROOM)
+        unseen = self._engines[iid].unseen.values()
+        kv = s.capacity_tokens - s.used_tokens - s.waiting_tokens - sum(u[1] for u in unseen)
+        slots = ((s.max_running if s.max_running is not None else UNKNOWN_ROOM)
+                 - s.running - s.waiting - len(unseen))
+        return EngineRoom(iid, model, now, max(0, kv), max(0, slots))
+
+    def _backlog_s(self, g: int, now: float) -> float:
+        """Prefill work already inside the group's engines: queued there, or sent since."""
+        total = 0.0
+        for iid, spec in self._specs.items():
+            if spec.gpus[0] != g:
+                continue
+            s = self._fresh(iid, now)
+            tokens = (s.waiting_tokens if s is not None else 0) + sum(
+                u[2] for u in self._engines[iid].unseen.values())
+            if tokens:
+                total += self._latency[spec.model.name].prefill_time([(tokens, 0)])
+        return total
+
+
+def _capped(p: Pending, capacity: int | None) -> Pending:
+    """A request larger than the engine's whole KV pool would never fit: it asks for the pool
+    (admitted when the engine is empty; SGLang then decides). Unknown capacity: as estimated."""
+    if capacity is None or p.kv_tokens <= capacity:
+        return p
+    return Pending(p.id, p.model, p.arrival, p.deadline, p.prefill_s, max(1, capacity))
+
+
+def _on_late(config: Config, m: ModelSpec) -> LatePolicy:
+    if m.slo.ttft_s is None or config.scheduler.on_late == "serve":
+        return "serve"
+    return "shed"
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """Prompt tokens of an OpenAI chat/completions or SGLang /generate body (~chars / 4)."""
+    if isinstance(body.get("input_ids"), list):
+        ids = body["input_ids"]
+        return max(1, sum(len(x) if isinstance(x, list) else 1 for x in ids))
+    chars = 0
+    for key in ("messages", "prompt", "text"):
+        chars += _chars(body.get(key))
+    return max(1, chars // CHARS_PER_TOKEN)
+
+
+def _chars(obj: Any) -> int:
+    if isinstance(obj, str):
+        return len(obj)
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        return CHARS_PER_TOKEN  # a token id in a pre-tokenized prompt
+    if isinstance(obj, list):
+        return sum(_chars(x) for x in obj)
+    if isinstance(obj, dict):  # a chat message or a content part
+        return _chars(obj.get("content")) + _chars(obj.get("text"))
+    return 0
+
+
+def max_new_tokens(body: dict[str, Any]) -> int:
+    params = body.get("sampling_params")
+    for v in (body.get("max_completion_tokens"), body.get("max_tokens"),
+              params.get("max_new_tokens") if isinstance(params, dict) else None):
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return v
+    return DEFAULT_NEW_TOKENS
+
+
+@asynccontextmanager
+async def admitted(scope: Scope, spec: ModelSpec, body: dict[str, Any], instance_id: str,
+                   arrival: float) -> AsyncIterator[None]:
+    """The proxy's hook (forward.py): through the app's gate when it has one (mode full: set as
+    ``app.state.admission`` by orchestrator/app.py), straight through otherwise."""
+    gate = getattr(scope["app"].state, "admission", None)
+    if not isinstance(gate, AdmissionGate):
+        yield
+        return
+    async with gate.admitted(spec, body, instance_id, arrival):
+        yield
