@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from orchestrator.supervisor.ports import free_ports
 # (warm start parks on-demand models once, ~10 s on the H100: not part of the measurement).
 SETTLED = {"awake", "parked", "stopped"}
 STOP_GRACE_S = 60.0  # SIGINT -> exit: chimera stops every engine first (SIGTERM, then SIGKILL)
+PROGRESS_EVERY_S = 15.0  # a boot of SGLang stays "starting" for a minute or more
 
 
 class ChimeraStartError(RuntimeError):
@@ -82,10 +83,13 @@ class Chimera:
 def start_chimera(placements: Path, run_dir: Path, *, engine: str = "sim",
                   port: int | None = None, env: dict[str, str] | None = None,
                   ready_timeout_s: float = 180.0, hold_timeout_s: float = 300.0,
-                  command: Sequence[str] = ()) -> Chimera:
+                  command: Sequence[str] = (),
+                  progress: Callable[[dict[str, str]], None] | None = None) -> Chimera:
     """Start chimera on ``placements`` and wait until the models that start at ``up`` are
     awake and every other is parked or stopped. ``command`` replaces ``python -m
-    orchestrator.cli`` (e.g. to run chimera under a profiler or a patched proxy).
+    orchestrator.cli`` (e.g. to run chimera under a profiler or a patched proxy);
+    ``progress`` is called with the models' states (name -> state) whenever they change, and
+    every ``PROGRESS_EVERY_S`` while they do not.
     Raises ChimeraStartError (with chimera's log) if it exits or times out."""
     cfg = load_config(placements)
     awake = [m.name for m in cfg.models if any(p.on for p in m.placements)]
@@ -102,16 +106,19 @@ def start_chimera(placements: Path, run_dir: Path, *, engine: str = "sim",
                                      **(env or {})})
     ch = Chimera(proc, f"http://127.0.0.1:{port}", log, engine)
     try:
-        _wait_awake(ch, awake, ready_timeout_s)
+        _wait_awake(ch, awake, ready_timeout_s, progress)
     except BaseException:
         ch.stop()
         raise
     return ch
 
 
-def _wait_awake(ch: Chimera, names: list[str], timeout_s: float) -> None:
+def _wait_awake(ch: Chimera, names: list[str], timeout_s: float,
+                progress: Callable[[dict[str, str]], None] | None) -> None:
     deadline = time.monotonic() + timeout_s
     states: dict[str, str] = {}
+    shown: dict[str, str] = {}
+    shown_at = time.monotonic()
     with httpx.Client(trust_env=False, timeout=5.0) as client:
         while True:
             if ch.proc.poll() is not None:
@@ -123,6 +130,10 @@ def _wait_awake(ch: Chimera, names: list[str], timeout_s: float) -> None:
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             ch.note_engines()
+            if progress is not None and (states != shown
+                                         or time.monotonic() - shown_at > PROGRESS_EVERY_S):
+                shown, shown_at = dict(states), time.monotonic()
+                progress(shown)
             if (states and all(states.get(n) == "awake" for n in names)
                     and all(s in SETTLED for s in states.values())):
                 return

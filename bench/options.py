@@ -13,7 +13,7 @@ from bench.traces import TRACES, SyntheticSpec, TraceOptions, default_traces_dir
 ROUTE_NAMES = {"chat": CHAT, "completions": COMPLETIONS, "generate": GENERATE}
 
 
-def _floats(text: str) -> list[float]:
+def positive_floats(text: str) -> list[float]:
     try:
         vals = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -23,7 +23,7 @@ def _floats(text: str) -> list[float]:
     return vals
 
 
-def _range(text: str) -> tuple[int, int]:
+def token_range(text: str) -> tuple[int, int]:
     try:
         lo, hi = (int(x) for x in text.split(","))
     except ValueError:
@@ -40,16 +40,16 @@ def add_trace_args(p: argparse.ArgumentParser) -> None:
                    "(docs/bench-live.md lists columns and model mapping; default: %(default)s)")
     g.add_argument("--duration", type=float, default=60.0,
                    help="seconds of arrivals (replays: of replayed time, after --time-scale)")
-    g.add_argument("--rate", type=_floats, default=[2.0], metavar="R[,R...]",
+    g.add_argument("--rate", type=positive_floats, default=[2.0], metavar="R[,R...]",
                    help="synthetic: requests/s over all models; several values = a sweep")
     g.add_argument("--alpha", type=float, default=2.1,
                    help="power-law popularity exponent (model k of N gets ((k+1)/N)^a - "
                    "(k/N)^a of the requests; > 1 favours later models; default: %(default)s, "
                    "as Prism's benchmark)")
     g.add_argument("--cv", type=float, default=1.0, help="CV of Gamma inter-arrival gaps")
-    g.add_argument("--input-range", type=_range, default=(8, 512), metavar="LO,HI",
+    g.add_argument("--input-range", type=token_range, default=(8, 512), metavar="LO,HI",
                    help="uniform prompt tokens in [LO, HI) (synthetic, servegen)")
-    g.add_argument("--output-range", type=_range, default=(8, 512), metavar="LO,HI",
+    g.add_argument("--output-range", type=token_range, default=(8, 512), metavar="LO,HI",
                    help="uniform output tokens in [LO, HI) (synthetic, servegen)")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--on-off-cycle", type=float, default=0.0, metavar="S",
@@ -57,7 +57,7 @@ def add_trace_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--off-ratio", type=float, default=0.5)
     g.add_argument("--on-off-fraction", type=float, default=0.0,
                    help="fraction of the models (the last ones) that follow on/off phases")
-    g.add_argument("--time-scale", type=_floats, default=[1.0], metavar="T[,T...]",
+    g.add_argument("--time-scale", type=positive_floats, default=[1.0], metavar="T[,T...]",
                    help="multiply arrival times (0.5 = twice as fast); several = a sweep")
     g.add_argument("--replication", type=int, default=1, help="send every request N times")
     g.add_argument("--sample", type=float, default=1.0,

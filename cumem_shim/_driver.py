@@ -1,7 +1,8 @@
 """The only importer of cuda-python (``cuda.bindings.driver``): one thin wrapper per CUDA
 virtual-memory call, implementing ``types.Driver``. Every failure raises ``DriverError`` with
-the call's name and its CUresult name. Imported lazily (``CudaDriver()``), so nothing else in
-the shim, and no CPU test, needs cuda-python.
+the call's name and its CUresult name. Thread-safe: a second thread (the map-ahead worker) calls
+``bind_thread`` first to make the same context current there. Imported lazily
+(``CudaDriver()``), so nothing else in the shim, and no CPU test, needs cuda-python.
 
 Measured on an H100 (design.md section 5): granularity 2 MiB; 8 GiB mapped in 2 MiB pages in
 0.25 s and unmapped in 0.19 s (about 60 and 45 us a page). bench/shim/map_bench.py measures the
@@ -58,8 +59,11 @@ class CudaDriver:
             dev = _check("cuDeviceGet", drv.cuDeviceGet(device))
             ctx = _check("cuDevicePrimaryCtxRetain", drv.cuDevicePrimaryCtxRetain(dev))
             _check("cuCtxSetCurrent", drv.cuCtxSetCurrent(ctx))
+        self._ctx = ctx  # the context torch (SGLang) made current: the primary context
         self._props: dict[int, Any] = {}
         self._access: dict[int, Any] = {}
+        self._prop(device)  # filled here, so threads only read the caches
+        self._access_desc(device)
 
     def _prop(self, device: int) -> Any:
         if device not in self._props:
@@ -82,6 +86,9 @@ class CudaDriver:
         return self._access[device]
 
     # -- types.Driver ----------------------------------------------------------------------
+    def bind_thread(self) -> None:
+        _check("cuCtxSetCurrent", _drv().cuCtxSetCurrent(self._ctx))
+
     def granularity(self, device: int) -> int:
         drv = _drv()
         flag = drv.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_MINIMUM

@@ -1,43 +1,66 @@
 """``ElasticKV``: one KV pool's virtual range, its mapped blocks, and its limit.
 
 Threads: the control-channel thread calls only ``set_limit`` and ``status`` (thread-safe);
-everything else runs on the SGLang scheduler thread, from the allocator hooks:
+the map-ahead worker (below) only prepares and discards blocks; everything else runs on the
+SGLang scheduler thread, from the allocator hooks:
 
 - ``available()`` before SGLang decides what fits (its ``available_size``): applies a new
   limit, unmaps what is above it when blocks are fully free, and answers how many units SGLang
   may still allocate under the limit (``limit.drain`` when the limit is below use).
-- ``ensure(units)`` before each allocation: maps blocks until that many units are free.
+- ``ensure(units)`` before each allocation: makes blocks available until that many units are
+  free: first blocks the worker prepared (bookkeeping only), else it maps them itself.
   Within the limit first; past it only when SGLang asks for more than ``available()`` said
   (its last running request after retractions): an allocation never fails for the limit.
 - ``attach(freelist)`` / ``on_clear()`` when the allocator starts or is cleared.
 
+Map-ahead (``map_ahead_blocks`` > 0): mapping one block costs ~2.5 ms for Llama-3.1-8B (64
+pages of 2 MiB, measured on an H100), which ``ensure`` would pay inside a prefill. A daemon
+thread keeps up to ``map_ahead_blocks`` of the lowest-numbered unmapped blocks *prepared*
+(created, mapped, access set) but not in SGLang's free list, which only the scheduler thread
+touches. Prepared blocks hold physical memory and count against the limit and in
+``mapped_bytes``; when the limit drops below what is held, the scheduler hands the excess
+prepared blocks (they hold no data) back to the worker, which unmaps them. The worker starts
+at the first ``ensure`` (SGLang captures CUDA graphs between creating the pool and serving; a
+driver call from another thread during a capture could invalidate it) and wakes when
+``ensure`` runs or the limit changes. State shared with it (``mapped``, the prepared and
+discarded blocks, the cap) changes only under ``_cond``; driver calls run outside it.
+
 Addresses never move (CUDA graphs bake them in): the range is reserved once, blocks are mapped
 and unmapped in place, block 0 (SGLang's padding slot) stays mapped until ``close``. Before
-unmapping, the GPU is synchronized so no kernel still in flight touches the pages.
+unmapping a block that was in the free list, the GPU is synchronized so no kernel still in
+flight touches the pages (prepared blocks were never handed out: no sync).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
+from cumem_shim.errors import DriverError, ShimError
 from cumem_shim.limit import Accepted, LimitBox, drain
 from cumem_shim.pages import KVLayout, Run
 from cumem_shim.types import Driver, FreeList, Handle, Status
 
 log = logging.getLogger("cumem_shim")
 RECLAIM_PATIENCE = 64
+WORKER_POLL_S = 1.0  # how often a scheduler waiting on the worker checks that it is alive
+CLOSE_TIMEOUT_S = 30.0  # a worker still in a driver call after this is reported, not waited for
+
+Handles = dict[tuple[int, int], Handle]  # (buffer, block) -> physical handle
 
 
 class ElasticKV:
     def __init__(self, layout: KVLayout, driver: Driver, device: int, limit_bytes: int, *,
-                 slack_tokens: int = 2048) -> None:
+                 slack_tokens: int = 2048, map_ahead_blocks: int = 0) -> None:
+        if map_ahead_blocks < 0:
+            raise ValueError(f"map_ahead_blocks={map_ahead_blocks} must be >= 0")
         self.layout, self.driver, self.device = layout, driver, device
         self.box = LimitBox(limit_bytes)
         self.slack_units = max(1, -(-slack_tokens // layout.page_size))
         self.base = driver.reserve(layout.reserve_bytes, layout.granularity)
-        self.mapped: set[int] = set()
+        self.mapped: set[int] = set()  # blocks whose units SGLang may hold (in the free list)
         self._mapped_units = 0  # allocatable units in the mapped blocks (kept, not summed)
-        self._handles: dict[tuple[int, int], Handle] = {}  # (buffer, block) -> handle
+        self._handles: Handles = {}  # handles of the mapped blocks
         self.freelist: FreeList | None = None
         self.limit_bytes, self.revision = limit_bytes, 0
         self._target = layout.units_for_blocks(layout.blocks_for_limit(limit_bytes))
@@ -47,9 +70,27 @@ class ElasticKV:
         self._reclaim_due = False
         self._waited = 0  # maintain() calls over the limit since the last reclaim attempt
         self.over_limit_maps = 0  # blocks mapped past the limit to keep SGLang from failing
-        self.maps = self.unmaps = 0  # blocks mapped / unmapped so far
+        self.maps = self.unmaps = 0  # blocks made available to SGLang / unmapped so far
+        # -- map-ahead: shared with the worker, under _cond --------------------------------
+        self.map_ahead = map_ahead_blocks
+        self._cond = threading.Condition(threading.Lock())  # not re-entrant: _give_back
+        self._prepared: dict[int, Handles] = {}  # ready for ensure() to adopt
+        self._discard: dict[int, Handles] = {}  # prepared, above the limit: worker unmaps
+        self._inflight: int | None = None  # the block the worker is preparing
+        self._destroying: int | None = None  # the discarded block the worker is unmapping
+        self._claimed: frozenset[int] = frozenset()  # blocks ensure() maps itself right now
+        self._wanted: int | None = None  # the in-flight block ensure() waits for: keep it
+        self._cap = layout.blocks_for_limit(limit_bytes)  # blocks mapped + prepared may reach
+        self._armed = self._stop = self._blocked = self._bound = False
+        self._worker_error: BaseException | None = None
+        self.adopted = self.prepares = self.discards = 0  # blocks, for tests and benchmarks
         self._map([0])
-        self._status = self._make_status()
+        self._status = self._make_status(0)
+        self._worker: threading.Thread | None = None
+        if map_ahead_blocks:
+            self._worker = threading.Thread(target=self._run, name="cumem-shim-map-ahead",
+                                            daemon=True)
+            self._worker.start()
 
     # -- thread-safe API (control channel) ------------------------------------------------
     def set_limit(self, limit_bytes: int, revision: int) -> Accepted:
@@ -87,36 +128,67 @@ class ElasticKV:
         return max(0, min(self._effective, self.layout.capacity_units) - used)
 
     def ensure(self, units: int) -> None:
-        """Map blocks until at least ``units`` units are free (see the module docstring)."""
+        """Make blocks available until at least ``units`` units are free (see the module
+        docstring): adopt prepared blocks, wait for the one the worker is preparing if it is
+        needed, map the rest here."""
         assert self.freelist is not None
+        if self._worker is not None:
+            self._check_worker()
+            if not self._armed or self._blocked:  # unlocked reads: a hint, _wake locks
+                self._wake()
         short = units - self.freelist.free_units()
         if short <= 0:
             return
-        allowed = self._allowed_blocks()
-        new: list[int] = []
-        for b in range(self.layout.num_blocks):
-            if short <= 0:
-                break
-            if b not in self.mapped:
-                new.append(b)
+        with self._cond:
+            adopt, new, waits = [], [], []
+            for b in range(self.layout.num_blocks):
+                if short <= 0:
+                    break
+                if b in self.mapped:
+                    continue
+                if b in self._discard and b != self._destroying:
+                    self._prepared[b] = self._discard.pop(b)  # the limit rose again: keep it
+                if b in self._prepared:
+                    adopt.append(b)
+                elif b in (self._inflight, self._destroying):
+                    waits.append(b)  # the worker is on it: wait, then adopt or map it here
+                else:
+                    new.append(b)
                 short -= self.layout.block_capacity(b)
-        past = max(0, len(self.mapped) + len(new) - allowed)
+            self._adopt(adopt)
+            self._claimed = frozenset(new) | frozenset(b for b in waits if b != self._inflight)
+            self._wanted = self._inflight if self._inflight in waits else None
+        past = max(0, len(self.mapped) + len(new) + len(waits) - self._allowed_blocks())
         if past:
             self.over_limit_maps += past
             log.warning("cumem_shim: mapping %d block(s) past the limit (%d bytes): SGLang "
                         "allocates more than available_size() allowed", past, self.limit_bytes)
-        if new:
-            self._map(new)
-            self.freelist.add(new)
-            self.publish()
+        ready = list(adopt)
+        try:
+            if new:
+                self._map(new)
+                ready += new
+            for b in waits:
+                self._await_worker(b)
+                ready.append(b)
+        finally:
+            with self._cond:
+                self._claimed, self._wanted, self._blocked = frozenset(), None, False
+                self._cond.notify_all()
+            if ready:
+                self.freelist.add(ready)
+                self.publish()
 
     def maintain(self) -> None:
-        """Apply a new limit; unmap blocks above it that are fully free."""
+        """Apply a new limit; give back prepared blocks above it; unmap blocks above it that
+        are fully free."""
         taken = self.box.take()
         if taken is not None:
             self.limit_bytes, self.revision = taken
             self._target = self.layout.units_for_blocks(self.layout.blocks_for_limit(taken[0]))
             self._reclaim_due = True
+        if self._worker is not None:
+            self._trim_prepared()
         if self.freelist is None:
             return
         used = self.used_units()
@@ -134,16 +206,88 @@ class ElasticKV:
         self._reclaim_due = False
         self.publish()
 
+    def settle(self, timeout: float) -> bool:
+        """Wait until the worker has nothing left to do (tests, benchmarks); False on timeout.
+        True at once without a worker."""
+        if self._worker is None:
+            return True
+        with self._cond:
+            return self._cond.wait_for(self._settled, timeout)
+
     def close(self) -> None:
-        """Unmap everything and free the range (tests, benchmarks; SGLang never frees)."""
+        """Stop the worker, unmap everything and free the range (tests, benchmarks; SGLang
+        never frees)."""
+        if self._worker is not None:
+            with self._cond:
+                self._stop = True
+                self._cond.notify_all()
+            self._worker.join(CLOSE_TIMEOUT_S)
+            if self._worker.is_alive():
+                raise ShimError(f"cumem_shim: the map-ahead worker did not stop within "
+                                f"{CLOSE_TIMEOUT_S:.0f} s (a CUDA driver call hangs); the KV "
+                                "range is left mapped")
+        with self._cond:
+            spare = {**self._prepared, **self._discard}
+            self._prepared, self._discard = {}, {}
+        for b, handles in sorted(spare.items()):
+            self._destroy([b], handles)
         self.driver.synchronize()
         self._unmap(sorted(self.mapped))
         self.driver.free_address(self.base, self.layout.reserve_bytes)
 
-    # -- internals ------------------------------------------------------------------------
+    # -- internals (scheduler thread) -----------------------------------------------------
     def _allowed_blocks(self) -> int:
         return max(self.layout.blocks_for_limit(self.limit_bytes),
                    self.layout.blocks_for_units(self._effective))
+
+    def _check_worker(self) -> None:
+        err = self._worker_error
+        if err is not None:
+            raise ShimError(f"cumem_shim: the map-ahead worker stopped ({err!r}); restart the "
+                            "server, or set CHIMERA_SHIM_MAP_AHEAD_BLOCKS=0 to map on the "
+                            "scheduler thread only") from err
+
+    def _wake(self) -> None:
+        """Arm the worker (the first allocation: CUDA graphs are captured by now) and let it
+        retry after a failure."""
+        with self._cond:
+            self._armed, self._blocked = True, False
+            self._cond.notify_all()
+
+    def _adopt(self, blocks: list[int]) -> None:
+        """Under _cond: prepared blocks become mapped (bookkeeping only, no driver call)."""
+        for b in blocks:
+            self._handles.update(self._prepared.pop(b))
+        self.mapped.update(blocks)
+        self._mapped_units += self.layout.capacity_of(blocks)
+        self.maps += len(blocks)
+        self.adopted += len(blocks)
+
+    def _await_worker(self, block: int) -> None:
+        """Wait for the worker to finish preparing ``block`` (it started before ensure() ran,
+        so this is shorter than mapping it here) and adopt it, or to finish unmapping it and
+        map it here; map it here too if preparing it failed."""
+        with self._cond:
+            while (block in (self._inflight, self._destroying)
+                   and self._worker_error is None):
+                self._cond.wait(WORKER_POLL_S)
+            if block in self._prepared:
+                self._adopt([block])
+                return
+            self._claimed |= {block}
+        self._map([block])
+
+    def _trim_prepared(self) -> None:
+        """Hand prepared blocks above the limit (highest first) to the worker to unmap, and
+        wake it when the limit lets it prepare more."""
+        with self._cond:
+            cap = self.layout.blocks_for_limit(self.limit_bytes)
+            excess = len(self.mapped) + len(self._prepared) - cap
+            for b in sorted(self._prepared, reverse=True)[:max(0, excess)]:
+                self._discard[b] = self._prepared.pop(b)
+            if cap != self._cap or excess > 0:
+                self._cap, self._blocked = cap, False
+                self._cond.notify_all()
 
     def _reclaim(self) -> None:
         assert self.freelist is not None
@@ -161,6 +305,30 @@ class ElasticKV:
         self._waited = 0
 
     def _map(self, blocks: list[int]) -> None:
+        handles = self._create(blocks)
+        with self._cond:
+            self._handles.update(handles)
+            self.mapped.update(blocks)
+            self._mapped_units += self.layout.capacity_of(blocks)
+            self.maps += len(blocks)
+
+    def _unmap(self, blocks: list[int]) -> None:
+        with self._cond:
+            handles = {key: self._handles.pop(key) for key in self._keys(blocks)}
+        self._destroy(blocks, handles)
+        with self._cond:
+            self.mapped.difference_update(blocks)
+            self._mapped_units -= self.layout.capacity_of(blocks)
+            self.unmaps += len(blocks)
+
+    # -- driver work (either thread; no lock held) ----------------------------------------
+    def _keys(self, blocks: list[int]) -> list[tuple[int, int]]:
+        return [(run.buffer, run.first_block + k) for run in self.layout.plan(blocks)
+                for k in range(run.count)]
+
+    def _create(self, blocks: list[int]) -> Handles:
+        """Create, map and open ``blocks`` in every buffer; on failure leave the range as it
+        was and raise."""
         done: list[tuple[Run, int, Handle, bool]] = []  # (run, k, handle, mapped)
         try:
             for run in self.layout.plan(blocks):
@@ -172,36 +340,128 @@ class ElasticKV:
                     done[-1] = (run, k, h, True)
                 self.driver.set_access(self.base + run.offset, run.size, self.device)
         except BaseException:
-            for run, k, h, is_mapped in reversed(done):  # leave the range as it was
+            for run, k, h, is_mapped in reversed(done):
                 if is_mapped:
                     self.driver.unmap(self.base + run.offset + k * run.handle_bytes,
                                       run.handle_bytes)
                 self.driver.release(h)
             raise
-        for run, k, h, _ in done:
-            self._handles[(run.buffer, run.first_block + k)] = h
-        self.mapped.update(blocks)
-        self._mapped_units += self.layout.capacity_of(blocks)
-        self.maps += len(blocks)
+        return {(run.buffer, run.first_block + k): h for run, k, h, _ in done}
 
-    def _unmap(self, blocks: list[int]) -> None:
+    def _destroy(self, blocks: list[int], handles: Handles) -> None:
         for run in self.layout.plan(blocks):
             for k in range(run.count):
                 self.driver.unmap(self.base + run.offset + k * run.handle_bytes, run.handle_bytes)
-                self.driver.release(self._handles.pop((run.buffer, run.first_block + k)))
-        self.mapped.difference_update(blocks)
-        self._mapped_units -= self.layout.capacity_of(blocks)
-        self.unmaps += len(blocks)
+                self.driver.release(handles[(run.buffer, run.first_block + k)])
 
-    def _make_status(self) -> Status:
+    # -- the map-ahead worker -------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.driver.bind_thread()
+            with self._cond:
+                self._bound = True
+                self._cond.notify_all()
+            while self._step():
+                pass
+        except BaseException as exc:  # re-raised on the scheduler thread by ensure()
+            log.exception("cumem_shim: the map-ahead worker failed")
+            with self._cond:
+                self._worker_error, self._inflight, self._destroying = exc, None, None
+                self._cond.notify_all()
+
+    def _step(self) -> bool:
+        """One unit of work: unmap a discarded block, or prepare the next one. False: stop."""
+        with self._cond:
+            while True:
+                if self._stop:
+                    return False
+                if self._discard:
+                    first = min(self._discard)
+                    self._give_back(first, self._discard[first])
+                    return True
+                chosen = self._next_block()
+                if chosen is not None:
+                    block = self._inflight = chosen
+                    self._refresh_mapped_bytes()
+                    break
+                self._cond.wait()
+        try:
+            handles = self._create([block])
+        except DriverError as exc:  # out of memory, most likely: retry at the next wake-up
+            log.warning("cumem_shim: map-ahead of block %d failed, mapping on demand until "
+                        "the next allocation: %s", block, exc)
+            with self._cond:
+                self._inflight, self._blocked = None, True
+                self._refresh_mapped_bytes()
+                self._cond.notify_all()
+            return True
+        with self._cond:
+            self._inflight = None
+            self.prepares += 1
+            held = len(self.mapped) + len(self._prepared) + 1
+            if self._stop or (block != self._wanted and held > self._cap):
+                self._discard[block] = handles  # the limit dropped meanwhile
+            else:
+                self._prepared[block] = handles
+            self._refresh_mapped_bytes()
+            self._cond.notify_all()
+        return True
+
+    def _give_back(self, block: int, handles: Handles) -> None:
+        """Entered and left under _cond (released meanwhile): unmap a discarded block. It
+        stays in _discard (counted as held, skipped by ensure) until it is gone."""
+        self._destroying = block
+        self._cond.release()
+        try:
+            self._destroy([block], handles)
+        finally:
+            self._cond.acquire()
+            self._destroying = None
+        del self._discard[block]
+        self.discards += 1
+        self._refresh_mapped_bytes()
+        self._cond.notify_all()
+
+    def _next_block(self) -> int | None:
+        """Under _cond: the lowest block to prepare, or None (not armed, enough prepared,
+        the limit reached, a failure waiting for a wake-up)."""
+        held = len(self.mapped) + len(self._prepared) + len(self._discard) + len(self._claimed)
+        if (not self._armed or self._blocked or len(self._prepared) >= self.map_ahead
+                or held >= self._cap):
+            return None
+        for b in range(self.layout.num_blocks):
+            if (b not in self.mapped and b not in self._prepared and b not in self._discard
+                    and b not in self._claimed):
+                return b
+        return None
+
+    def _settled(self) -> bool:
+        return (self._worker_error is not None or self._stop
+                or (self._bound and self._inflight is None and not self._discard
+                    and self._next_block() is None))
+
+    # -- status ---------------------------------------------------------------------------
+    def _held_blocks(self) -> int:
+        """Under _cond: blocks holding physical memory (mapped, prepared, being prepared or
+        discarded)."""
+        return (len(self.mapped) + len(self._prepared) + len(self._discard)
+                + (self._inflight is not None))
+
+    def _refresh_mapped_bytes(self) -> None:
+        self._status = self._status._replace(
+            mapped_bytes=self._held_blocks() * self.layout.block_bytes)
+
+    def _make_status(self, used_units: int) -> Status:
         lay = self.layout
         return Status(
-            mapped_bytes=len(self.mapped) * lay.block_bytes,
-            used_tokens=self.used_units() * lay.page_size, limit_bytes=self.limit_bytes,
+            mapped_bytes=self._held_blocks() * lay.block_bytes,
+            used_tokens=used_units * lay.page_size, limit_bytes=self.limit_bytes,
             revision=self.revision, capacity_tokens=lay.capacity_units * lay.page_size,
             limit_tokens=self._target * lay.page_size, block_bytes=lay.block_bytes,
             block_tokens=lay.block_tokens, draining=self._floor is not None)
 
     def publish(self) -> None:
         """Refresh what ``status()`` answers (the allocator hook calls it after each alloc)."""
-        self._status = self._make_status()  # one reference swap: readers see a whole tuple
+        used = self.used_units()
+        with self._cond:
+            self._status = self._make_status(used)  # one reference swap: a whole tuple

@@ -90,7 +90,8 @@ def _create_buffers_normal(original: Any, sig: Any, pool: Any) -> None:
                    (math.prod(k_shape[1:]) * itemsize,) * layers
                    + (math.prod(v_shape[1:]) * itemsize,) * layers)
     kv = ElasticKV(lay, driver, device, st.settings.limit_bytes,
-                   slack_tokens=st.settings.slack_tokens)
+                   slack_tokens=st.settings.slack_tokens,
+                   map_ahead_blocks=st.settings.map_ahead_blocks)
     tensors = st.backend.tensors(kv, [k_shape] * layers + [v_shape] * layers,
                                  pool.store_dtype, pool.device)
     st.backend.zero(tensors, lay.block_tokens)

@@ -15,7 +15,14 @@ Handle = object
 
 class Driver(Protocol):
     """The CUDA virtual-memory calls the shim makes. Every method either succeeds or raises
-    ``DriverError`` naming the call. Called from one thread (the SGLang scheduler's)."""
+    ``DriverError`` naming the call. Called from the thread that created the driver (the SGLang
+    scheduler's) and from the map-ahead worker, after its ``bind_thread``; the cuMem* calls are
+    thread-safe in the driver, an implementation keeps its own state safe."""
+
+    def bind_thread(self) -> None:
+        """cuCtxSetCurrent: make the context the driver was created in (SGLang's primary
+        context) current in the calling thread; a thread calls it once before other calls."""
+        ...
 
     def granularity(self, device: int) -> int:
         """cuMemGetAllocationGranularity (minimum) for pinned device memory, in bytes."""

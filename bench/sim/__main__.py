@@ -73,6 +73,8 @@ def _experiments(only: set[str], out: Path, path: Path) -> int:
     if "ablations" in only:
         print("ablations: mix58, 1 hour, 18 GPUs")
         results["ablations"] = ex.ablations("mix58", 10.0, 18, 3600.0, 600.0)
+        print("ablations: mix58, 1 hour, 17 GPUs")
+        results["ablations_17"] = ex.ablations("mix58", 10.0, 17, 3600.0, 600.0)
         print("ablations: mix8 on 2 GPUs, 28 req/s")
         results["ablations_mix8"] = ex.ablations("mix8", 28.0, 2, 600.0, 120.0)
     if "real" in only:

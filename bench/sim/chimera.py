@@ -55,13 +55,15 @@ MAX_RUNNING = 1024
 PROFILE_STEP_S = 10.0  # resolution of the profiles the layout packs by (a fraction of the 45 s idle threshold)
 
 
-def expected_step_s(m: SimModel, req_rate: float, tokens_per_req: float) -> float:
+def expected_step_s(m: SimModel, req_rate: float, tokens_per_req: float, floor: float = 0.0) -> float:
     """The model's decode step time at the batch Little's law predicts (rate x unloaded request
-    time); 0 when it has almost no traffic (under 1% of the time busy). How often it decodes
-    is ``expected_activity`` (tpot.py, interference.py)."""
+    time); 0 when it has no traffic, or less than ``floor`` requests in flight on average. How
+    often it decodes is ``expected_activity`` (tpot.py, interference.py); without it, the TPOT
+    guard counts every model with a step as always decoding, so ``floor`` = 0.01 leaves out
+    models busy under 1% of the time."""
     out = tokens_per_req / 2  # prompt and output lengths have the same range in these traces
     concurrency = req_rate * out * m.decode_s(1, tokens_per_req)
-    if concurrency < 0.01:
+    if concurrency <= floor:
         return 0.0
     batch = max(1, round(concurrency))
     return m.decode_s(batch, batch * tokens_per_req)
@@ -216,7 +218,8 @@ class Chimera:
                                    self.opts.park_when,
                                    last_moved_at=self.moved.get(name),
                                    oldest_wait_s=sim.now - p[0].arrival if (p := self.pending[name]) else 0.0,
-                                   step_s=expected_step_s(m, tok_rate / self.tpr, self.tpr),
+                                   step_s=expected_step_s(m, tok_rate / self.tpr, self.tpr,
+                                                          0.0 if self.opts.activity else 0.01),
                                    activity=(expected_activity(tok_rate / self.tpr, self.alone[name])
                                              if self.opts.activity else None)))
         return tuple(out)

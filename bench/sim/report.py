@@ -46,13 +46,14 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
                title=f"{title}, {gs['rate']:g} req/s", ylim=(0, 101))
         ax.legend(fontsize=8)
         written.append(_save(fig, out_dir / f"bench-sim-{key.replace('_', '-')}.png"))
-    abl = [results[k] for k in ("ablations", "ablations_mix8") if k in results]
+    abl = [results[k] for k in ("ablations_17", "ablations", "ablations_mix8") if k in results]
     if abl:
-        fig, axes = plt.subplots(1, len(abl), figsize=(6.4 * len(abl), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(abl), figsize=(6.4 * len(abl), 4.2), squeeze=False)
         for ax, ab in zip(axes[0], abl, strict=True):
             names = list(ab["runs"])
             ax.barh(names, [100 * ab["runs"][n]["joint"] for n in names], color="tab:red")
-            ax.set(xlabel="joint attainment (%)", xlim=(50, 100),
+            ax.axvline(99, ls="--", lw=0.8, color="black")
+            ax.set(xlabel="joint attainment (%)", xlim=(70, 100),
                    title=f"{ab['mix']}, {ab['gpus']} GPUs, {ab['rate']:g} req/s")
             ax.invert_yaxis()
         written.append(_save(fig, out_dir / "bench-sim-ablations.png"))

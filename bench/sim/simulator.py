@@ -74,7 +74,7 @@ class Simulator:
         exs = sorted({id(self.gpus[g]): self.gpus[g] for g in gpus}.values(), key=lambda e: e.id)
         keep = exs[0]
         for other in exs[1:]:
-            if keep.planned or other.planned or other.servers and any(s.in_flight for s in other.servers):
+            if keep.planned or other.planned or any(s.in_flight for s in keep.servers + other.servers):
                 raise RuntimeError(f"GPUs {gpus}: joining executors with work in progress (start TP "
                                    "servers before the trace, or idle)")
             keep.servers += other.servers

@@ -94,7 +94,8 @@ class PlacementParams:
     migration_cooldown_s: float = 120.0  # a model moved recently stays put (no ping-pong)
     migration_parks_idle: bool = False  # may a migration park idle servers on its target?
     # A model whose requests have waited this long for memory may park *busy* neighbours of no
-    # higher priority (least KV pressure first; they drain first): time-sharing, not starvation.
+    # higher priority (least used first: lowest token rate; they drain first): time-sharing, not
+    # starvation.
     starvation_s: float = 10.0
     tpot_guard: bool = True  # also place by decode time-slicing (chimera's addition to Prism's KVPR)
     cold_start: bool = False  # may start new servers (65 s each) where no parked server exists

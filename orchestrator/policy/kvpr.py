@@ -120,7 +120,8 @@ class Ledger:
         """Idle servers to park so that ``need`` bytes fit on every GPU of the group (longest idle
         first), [] if it fits already, None if even parking every idle server is not enough.
         For a ``starving`` model, busy servers it may preempt come after the idle ones, least
-        KV pressure first."""
+        used first (lowest token rate: the fewest requests disturbed; KV pressure would pick a
+        busy model with a small KV per token, and a popular one thrashes with its neighbours)."""
         short = {g: need - self.free(g) for g in gpus}
         if all(v <= 0 for v in short.values()):
             return []

@@ -8,7 +8,7 @@ it answers, in this order:
    a cold start (~65 s) only when ``params.cold_start`` and no parked server can take it. Idle
    servers (idle past their threshold, nothing in flight) are parked to make room, longest idle
    first; busy ones only for a model whose requests waited ``starvation_s`` (then the least
-   pressured of no higher priority, drained first), so a big model cannot starve forever.
+   used of no higher priority, drained first), so a big model cannot starve forever.
 2. idle parking for models that ask for it (``park_when="always"``).
 3. migrations (migration.py): a model moves to another of its parked servers when the pair's
    highest ratio drops by more than ``tau``, or when it ends a TPOT overflow; ordered steps:

@@ -51,12 +51,13 @@ class Upstream:
     request and every response close; it checks every pooled connection and, for each idle one,
     builds the list of all of them (O(idle x connections) per call). With one pool that was ~45%
     of the proxy's CPU at 64 concurrent streams (py-spy) and 356 ms of added p50 TTFT on the
-    2-core machine; with 16 each holds about streams / 16 connections.
+    2-core machine. With 64 pools (app.UPSTREAM_POOLS) each holds a connection or a few and
+    the scans are ~2%; 16 pools did as well at 64 streams but not at 256 (docs/bench-live.md).
 
     Why transports and not AsyncClients: the proxy needs none of a client's layers (auth,
-    redirects, URL merging), and one of them is wrong here: a client keeps the cookies an engine
-    sets and sends them on every later request, whoever makes it. Skipping them was ~10% of the
-    proxy's CPU at 64 streams (docs/bench-live.md has the measurements)."""
+    redirects, URL merging, cookies), and one of them is wrong here: a client keeps the cookies
+    an engine sets and sends them on every later request, whoever makes it. Those layers were
+    ~7% of the proxy's CPU at 64 streams."""
 
     def __init__(self, transports: Sequence[httpx.AsyncBaseTransport],
                  timeout: httpx.Timeout) -> None:

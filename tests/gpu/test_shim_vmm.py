@@ -1,6 +1,8 @@
 """cumem_shim on a real CUDA GPU, without SGLang: the map/unmap benchmark, torch tensors over the
-reserved range, a CUDA graph that keeps working while other blocks are mapped and unmapped, and
-the torch free list on CUDA tensors. Results go to $CHIMERA_GPU_OUT/map_bench.json when set.
+reserved range, a CUDA graph that keeps working while other blocks are mapped and unmapped, the
+torch free list on CUDA tensors, and the map-ahead worker (blocks prepared by a second thread,
+adopted by this one without a driver call, written and read by torch). Results go to
+$CHIMERA_GPU_OUT/map_bench.json and map_ahead.json when set.
 
 The CUDA work runs in one child process (``python -m tests.gpu.test_shim_vmm``): the pytest
 process itself never creates a CUDA context, which would hold GPU memory until the end of the
@@ -12,7 +14,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,7 +44,7 @@ def child() -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("check", ["bench", "tensors", "graph", "freelist"])
+@pytest.mark.parametrize("check", ["bench", "tensors", "graph", "freelist", "map_ahead"])
 def test_on_the_gpu(child: dict[str, str], check: str) -> None:
     assert child[check] == "ok", child[check]
 
@@ -171,9 +176,91 @@ def check_freelist(drv: Any) -> None:
     assert fl.free_per_block() == [3998, 0, 0, 0]
 
 
+class _Recording:
+    """The real driver, counting calls per (thread name, method)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls, self._lock = inner, Counter[tuple[str, str]](), threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.inner, name)
+
+        def call(*args: Any) -> Any:
+            with self._lock:
+                self.calls[(threading.current_thread().name, name)] += 1
+            return fn(*args)
+
+        return call
+
+    def on(self, thread: str) -> int:
+        with self._lock:
+            return sum(n for (t, _), n in self.calls.items() if t == thread)
+
+
+def check_map_ahead(drv: Any) -> None:
+    """Llama-3.1-8B's layout (64 buffers, 1024-token blocks of 128 MiB): the worker prepares
+    two blocks in its own thread (its own current context), the scheduler thread adopts them
+    with no driver call and torch writes and reads them; a shrink gives prepared blocks back."""
+    import torch
+
+    from cumem_shim.tensors import buffer_tensors, zero_block_zero
+
+    rec = _Recording(drv)
+    me = threading.current_thread().name
+    lay = mha_layout(granularity=drv.granularity(0), page_size=1, size=64 * 1024, layers=32,
+                     heads=8, head_dim=128)
+    assert lay.block_tokens == 1024 and lay.block_bytes == 128 * MIB
+    kv = ElasticKV(lay, rec, 0, 8 * lay.block_bytes, map_ahead_blocks=2)
+    free = CountingFreeList(lay)
+    kv.attach(free)
+    tensors = buffer_tensors(kv, [(lay.slots, 8, 128)] * 64, torch.bfloat16, "cuda:0")
+    zero_block_zero(tensors, lay.block_tokens)
+    res: dict[str, Any] = {}
+    try:
+        t0 = time.perf_counter()
+        kv.ensure(0)  # arms the worker
+        assert kv.settle(60), "the worker did not prepare in 60 s"
+        res["prepare_2_blocks_ms"] = (time.perf_counter() - t0) * 1e3
+        assert sorted(kv._prepared) == [1, 2] and kv.mapped == {0}, (kv._prepared, kv.mapped)
+        assert kv.status().mapped_bytes == 3 * lay.block_bytes
+        assert rec.on("cumem-shim-map-ahead") == 2 * 3 * 64 + 1  # create+map+access, bind
+        before = rec.on(me)
+        t0 = time.perf_counter()
+        kv.ensure(free.free_units() + 2 * lay.block_units)  # blocks 1 and 2
+        res["adopt_2_blocks_ms"] = (time.perf_counter() - t0) * 1e3
+        assert rec.on(me) == before and kv.mapped == {0, 1, 2} and kv.adopted == 2
+        for i, t in enumerate(tensors):
+            t[lay.block_tokens: 3 * lay.block_tokens].fill_(i + 1)
+        torch.cuda.synchronize()
+        assert all(float(t[2 * lay.block_tokens + 1000, 7, 127]) == i + 1
+                   for i, t in enumerate(tensors))
+        assert kv.settle(60) and sorted(kv._prepared) == [3, 4]
+        kv.set_limit(4 * lay.block_bytes, 1)
+        kv.available()  # 3 mapped + 2 prepared > 4: block 4 goes back
+        assert kv.settle(60) and sorted(kv._prepared) == [3] and kv.discards == 1
+        kv.set_limit(16 * lay.block_bytes, 2)
+        kv.available()
+        assert kv.settle(60) and sorted(kv._prepared) == [3, 4]
+        free.alloc(free.free_units())
+        t0 = time.perf_counter()
+        kv.ensure(3 * lay.block_units)  # adopt 3, 4; map 5 here
+        res["adopt_2_map_1_ms"] = (time.perf_counter() - t0) * 1e3
+        assert kv.mapped == {0, 1, 2, 3, 4, 5}
+        worker = kv._worker
+    finally:
+        kv.close()
+    assert worker is not None and not worker.is_alive()
+    res["calls"] = {f"{t}:{c}": n for (t, c), n in sorted(rec.calls.items())}
+    print(json.dumps({"map_ahead": res}))
+    out = os.environ.get("CHIMERA_GPU_OUT")
+    if out:
+        Path(out, "map_ahead.json").write_text(json.dumps(res, indent=1))
+    assert res["adopt_2_blocks_ms"] < 1.0, res
+
+
 CHECKS: dict[str, Callable[[Any], None]] = {
     "bench": check_bench, "tensors": check_tensors, "graph": check_graph,
-    "freelist": check_freelist}
+    "freelist": check_freelist, "map_ahead": check_map_ahead}
 
 
 def main() -> None:

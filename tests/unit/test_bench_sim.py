@@ -1,5 +1,6 @@
-"""The discrete-event simulator (bench/sim): exactness on a lone request, determinism, every
-system resolves every request without over-committing memory, attainment counts misses."""
+"""The discrete-event simulator (bench/sim): exactness on a lone request, TP servers holding
+their whole group, wakes charged to the requests that wait for them, determinism, every system
+resolves every request without over-committing memory, attainment counts misses."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import random
 import pytest
 
 from bench.sim.baselines import StaticPartition
-from bench.sim.engine import SimReq
+from bench.sim.chimera import Chimera, ChimeraOptions
+from bench.sim.engine import S, SimReq, SimServer
 from bench.sim.experiments import determinism_probe, run_one, spec
 from bench.sim.fleet import H100_BYTES, fleet, make_model
 from bench.sim.metrics import summarize
-from bench.sim.run import SYSTEMS
+from bench.sim.run import SYSTEMS, history, with_slos
 from bench.sim.simulator import Counters, Simulator
 from bench.traces.request import BenchRequest
+from bench.traces.synthetic import generate
 
 
 def test_sim__a_lone_request_costs_one_prefill_then_one_step_per_token() -> None:
@@ -58,3 +61,63 @@ def test_sim__shed_and_unfinished_requests_are_misses() -> None:
     res = summarize("x", 1, reqs, models, 1.0, 0.0, Counters())
     assert res.joint == 0.25 and res.shed == 1 and res.unfinished == 2
     assert math.isnan(reqs[2].finish)
+
+
+class _Fixed:
+    """A controller that keeps a fixed set of awake servers and dispatches FCFS."""
+
+    name = "fixed"
+
+    def __init__(self, servers: dict[str, tuple[int, ...]]) -> None:
+        self.where = servers
+
+    def on_start(self, sim: Simulator) -> None:
+        for model, gpus in self.where.items():
+            s = sim.add_server(f"{model}@{gpus[0]}", model, gpus, S.AWAKE)
+            s.kv_limit = 100_000
+
+    def on_arrival(self, sim: Simulator, req: SimReq) -> None:
+        sim.dispatch(req, sim.servers[f"{req.model}@{self.where[req.model][0]}"])
+
+    def on_complete(self, sim: Simulator, server: SimServer, req: SimReq) -> None:
+        pass
+
+
+def test_sim__a_tp_server_steps_on_every_gpu_of_its_group() -> None:
+    """A 1B on the second GPU of a 70B TP pair waits for the 70B's steps, as on its first GPU
+    (before the fix, the second GPU looked free: the 70B ran on its first GPU's executor)."""
+    models = {"70b": make_model("70b", "llama-3.3-70b", 2), "1b": make_model("1b", "llama-3.2-1b")}
+    trace = [BenchRequest(0, 0.0, "70b", 100, 400), BenchRequest(1, 0.5, "1b", 100, 50)]
+    tpot = {}
+    for gpu in (0, 1, 2):
+        sim = Simulator(models, 3, H100_BYTES, _Fixed({"70b": (0, 1), "1b": (gpu,)}))
+        sim.run(trace)
+        r = sim.reqs[1]
+        tpot[gpu] = (r.finish - r.first) / (r.output - 1)
+    alone = models["1b"].decode_s(1, 125)
+    assert tpot[2] == pytest.approx(alone, rel=0.05)
+    assert tpot[0] == pytest.approx(tpot[1]) and tpot[1] > 10 * alone
+
+
+def test_sim__a_request_for_a_parked_model_waits_for_its_wake() -> None:
+    models = with_slos(fleet("mix8"), 10.0, (8, 512), (8, 512))
+    m = models[0]
+    trace = [BenchRequest(0, 1.0, m.name, 100, 20)]
+    for late in ("shed", "serve"):
+        sim = Simulator({x.name: x for x in models}, 2, H100_BYTES, Chimera({}, 400.0, ChimeraOptions(on_late=late)))
+        sim.run(trace)
+        (r,) = sim.reqs
+        assert sim.counters.wakes == 1
+        if late == "shed":
+            assert r.shed  # its TTFT deadline passed during the wake: 429 (a miss)
+        else:
+            assert r.first - r.arrival >= m.cost.wake_s > m.ttft_slo  # every wake of this size misses
+
+
+def test_sim__chimera_learns_from_a_history_not_from_the_trace_it_replays() -> None:
+    sp = spec(6.0, 90.0, 60.0)
+    models = fleet("mix8")
+    trace = generate(sp, [m.name for m in models])
+    past = history(sp, models)
+    assert {r.model for r in past} == {r.model for r in trace}
+    assert [r.arrival_s for r in past[:20]] != [r.arrival_s for r in trace[:20]]

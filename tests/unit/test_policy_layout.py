@@ -1,4 +1,5 @@
-"""Warm-start layout (orchestrator/policy/layout.py) and the rate window (rates.py)."""
+"""Warm-start layout (orchestrator/policy/layout.py), its profiles (profiles.py) and the rate
+window (rates.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from orchestrator.policy.cluster import ModelDemand, ServerCost
 from orchestrator.policy.layout import layout
+from orchestrator.policy.profiles import Profiles, awake_profile
 from orchestrator.policy.rates import RateWindow
 
 GIB = 1 << 30
@@ -58,3 +60,70 @@ def test_rate_window__averages_over_the_window_and_forgets() -> None:
     assert w.rate(200.0) == 0.0 and w.last() is None
     with pytest.raises(ValueError):
         RateWindow(0)
+
+
+ON_OFF = (1.0,) * 6 + (0.0,) * 6  # awake the first half of the profile, parked the second
+OFF_ON = (0.0,) * 6 + (1.0,) * 6
+
+
+def test_layout__cold_models_share_gpu_parked() -> None:
+    """Four 30 GB models that are each awake a quarter of the time, in turn, all fit the GPU
+    the 60 GB model leaves free: three parked at any time, each waking when its turn comes."""
+    quarter = [tuple(1.0 if k == q else 0.0 for k in range(4) for _ in range(3)) for q in range(4)]
+    models = (m("big", 60, rate=5000), *(m(f"q{q}", 30, rate=100) for q in range(4)))
+    prof = {"big": (1.0,) * 12, **{f"q{q}": quarter[q] for q in range(4)}}
+    gpus = dict(layout(models, (80 * GIB,) * 2, awake_profile=prof).servers)
+    assert gpus["big"] == (0,) and all(gpus[f"q{q}"] == (1,) for q in range(4))
+
+
+def test_layout__models_awake_together_are_put_apart_when_memory_is_short() -> None:
+    models = (m("a", 40, rate=100), m("b", 40, rate=100), m("c", 40, rate=100), m("d", 40, rate=100))
+    prof = {"a": ON_OFF, "b": ON_OFF, "c": OFF_ON, "d": OFF_ON}
+    gpus = dict(layout(models, (80 * GIB,) * 2, awake_profile=prof).servers)
+    assert gpus["a"] != gpus["b"] and gpus["c"] != gpus["d"]
+
+
+def tiny(name: str, activity: float, rate: float = 300.0) -> ModelDemand:
+    return replace(m(name, 5, rate=rate), step_s=0.0017, tpot_slo_s=0.018, activity=activity)
+
+
+def slow(name: str, activity: float) -> ModelDemand:
+    return replace(m(name, 60, rate=300), step_s=0.025, tpot_slo_s=0.3, activity=activity)
+
+
+def test_layout__small_models_stay_off_a_gpu_whose_slow_decode_breaks_their_tpot() -> None:
+    out = dict(layout((slow("32b", 0.5), tiny("1b", 0.2), tiny("1b-2", 0.2)), (80 * GIB,) * 2).servers)
+    assert out["1b"] != out["32b"] and out["1b-2"] != out["32b"]
+
+
+def test_layout__a_slow_decoder_that_takes_turns_with_a_small_model_may_host_it() -> None:
+    """kappa ~ 0: the 32B decodes only while the 1B has no requests, so the 1B never sees its
+    25 ms steps; the GPU without it is the one already crowded by the other 1B."""
+    act_on = (0.5,) * 6 + (0.0,) * 6
+    act_off = (0.0,) * 6 + (0.5,) * 6
+    models = (slow("32b", 0.25), tiny("1b", 0.25), tiny("busy-1b", 0.9, rate=5000))
+    awake = {"32b": ON_OFF, "1b": OFF_ON, "busy-1b": (1.0,) * 12}
+    active = {"32b": act_on, "1b": act_off, "busy-1b": (0.9,) * 12}
+    out = dict(layout(models, (80 * GIB,) * 2, awake_profile=awake, activity_profile=active).servers)
+    assert out["1b"] == out["32b"] != out["busy-1b"]
+    blind = dict(layout(models, (80 * GIB,) * 2).servers)  # no profiles: it stays away
+    assert blind["1b"] != blind["32b"]
+
+
+def test_layout__decode_load_is_spread_when_nothing_else_differs() -> None:
+    models = tuple(tiny(f"t{i}", 0.4) for i in range(4))
+    out = dict(layout(models, (80 * GIB,) * 2).servers)
+    assert sorted(out.values()).count((0,)) == 2
+
+
+def test_awake_profile__a_model_stays_awake_its_idle_threshold_after_each_request() -> None:
+    assert awake_profile([5.0, 12.0], idle_s=10.0, step_s=10.0, horizon_s=40.0) == (0.5, 1.0, 0.2, 0.0)
+    assert awake_profile([], idle_s=10.0, step_s=10.0, horizon_s=20.0) == (0.0, 0.0)
+
+
+def test_profiles__kappa_is_zero_for_models_that_take_turns_and_one_for_independent_ones() -> None:
+    prof = Profiles(active={"a": (0.5, 0.0), "b": (0.0, 0.5), "c": (0.2, 0.2)})
+    assert prof.kappa("a", "b") == 0.0 and prof.kappa("a", "c") == pytest.approx(1.0)
+    assert prof.kappa("a", "a") == pytest.approx(2.0)  # on half the time: twice as likely when on
+    with pytest.raises(ValueError, match="one length"):
+        Profiles(awake={"a": (1.0,), "b": (1.0, 0.0)})

@@ -224,7 +224,11 @@ def test_placement__tpot_guard_counts_only_models_actively_decoding() -> None:
 def test_placement__a_starving_model_preempts_the_least_used_busy_neighbour_first() -> None:
     big = replace(model("big", queued=2, cost=BIG), oldest_wait_s=30.0)
     half = replace(COST, awake_bytes=40 * GIB)
-    models = [big, model("hot", rate=9000, running=3, cost=half), model("cold", rate=50, running=1, cost=half)]
+    # hot has the lower KV pressure (tiny KV per token): the old order would have parked it
+    hot = model("hot", rate=9000, running=3, cost=replace(half, kv_bytes_per_token=1024))
+    cold = model("cold", rate=50, running=1, cost=replace(half, kv_bytes_per_token=1 << 20))
+    assert hot.pressure < cold.pressure
+    models = [big, hot, cold]
     servers = [srv("big", (0,)), srv("hot", (0,), S.AWAKE, in_flight=3), srv("cold", (0,), S.AWAKE, in_flight=1)]
     v = replace(view(models, servers, n=1), gpu_bytes=(100 * GIB,))
     (act,) = decide(v, NOW).actions

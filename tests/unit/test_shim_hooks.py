@@ -217,7 +217,7 @@ def _purge() -> None:
 class Rig:
     """The fake SGLang with the shim installed over a FakeDevice and CPU tensors."""
 
-    def __init__(self, root: Path, world: int = 1) -> None:
+    def __init__(self, root: Path, world: int = 1, map_ahead: int = 0) -> None:
         from cumem_shim.freelist_torch import TorchFreeList
 
         install_fake(root)
@@ -234,7 +234,7 @@ class Rig:
             zero=lambda tensors, n: None, freelist=TorchFreeList, device_index=lambda d: 0,
             total_memory=lambda d: 80 << 30, world_size=lambda: world)
         self.limit = 2 * (2 << 20) * 4  # two blocks of tiny-llama's layout
-        hooks.install(Settings(self.sock, self.limit, None, 64), backend)
+        hooks.install(Settings(self.sock, self.limit, None, 64, map_ahead), backend)
         from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
 
         self.Configurator = KVCacheConfigurator
@@ -255,6 +255,8 @@ class Rig:
         st = hooks._STATE
         if st is not None and st.server is not None:
             st.server.close()
+        if st is not None and st.kv is not None:
+            st.kv.close()  # stops a map-ahead worker
         hooks._STATE = None
         uninstall_fake(root)
 
@@ -312,6 +314,25 @@ def test_paged_allocator_maps_before_extend_and_decode(rig: Rig) -> None:
     out = alloc.alloc_extend(torch.zeros(2), torch.zeros(2), lens, lens, None, 5000)
     assert out is not None and kv.mapped == {0, 1}
     assert alloc.alloc_decode(lens + 1, lens + 1, None) is not None
+
+
+def test_map_ahead_setting_reaches_the_pool() -> None:
+    root = Path(tempfile.mkdtemp(prefix="shimhk", dir="/tmp"))
+    r = Rig(root, map_ahead=2)
+    try:
+        res = r.configure()
+        alloc = res.token_to_kv_pool_allocator
+        kv = hooks.state().kv
+        assert kv is not None and kv.map_ahead == 2
+        assert alloc.alloc(10) is not None  # the first allocation starts the worker
+        assert kv.settle(10)
+        dev = r.devices[0]
+        assert kv.mapped == {0} and dev.physical_bytes == 2 * kv.layout.block_bytes  # limit
+        before = dev.thread_calls.copy()
+        assert alloc.alloc(4096) is not None  # adopts block 1: no driver call here
+        assert kv.mapped == {0, 1} and kv.adopted == 1 and dev.thread_calls == before
+    finally:
+        r.close(root)
 
 
 def test_a_second_pool_in_one_process_is_refused(rig: Rig) -> None:

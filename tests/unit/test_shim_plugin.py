@@ -68,15 +68,18 @@ def test_inactive_without_the_socket_variable(monkeypatch: pytest.MonkeyPatch) -
 def test_settings_name_every_problem() -> None:
     with pytest.raises(ShimConfigError) as err:
         settings.read({settings.SOCKET: "/tmp/x.sock", settings.SLACK_TOKENS: "many",
-                       settings.VIRTUAL_KV_BYTES: "0"})
+                       settings.VIRTUAL_KV_BYTES: "0", settings.MAP_AHEAD_BLOCKS: "-1"})
     msg = str(err.value)
     for name in (settings.LIMIT_BYTES, settings.SLACK_TOKENS, settings.VIRTUAL_KV_BYTES,
-                 settings.STRICT_IDLE_CHECK):
+                 settings.STRICT_IDLE_CHECK, settings.MAP_AHEAD_BLOCKS):
         assert name in msg
     s = settings.read({**GOOD_ENV, settings.VIRTUAL_KV_BYTES: "42"})
     assert (s.limit_bytes, s.virtual_kv_bytes, s.slack_tokens) == (1 << 30, 42, 2048)
+    assert s.map_ahead_blocks == 2
     made = settings.read(settings.server_env("/tmp/y.sock", 5, 6, 7))  # what adapters set
     assert made == settings.Settings("/tmp/y.sock", 5, 6, 7)
+    made = settings.read(settings.server_env("/tmp/y.sock", 5, map_ahead_blocks=0))
+    assert made == settings.Settings("/tmp/y.sock", 5, None, 2048, 0)
 
 
 @pytest.mark.parametrize("env, needle", [

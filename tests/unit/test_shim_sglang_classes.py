@@ -36,7 +36,7 @@ def installed() -> Iterator[Path]:
         tensors=lambda kv, shapes, dtype, device: [torch.zeros(s, dtype=dtype) for s in shapes],
         zero=lambda t, n: None, freelist=TorchFreeList, device_index=lambda d: 0,
         total_memory=lambda d: 80 << 30, world_size=lambda: 1)
-    hooks.install(Settings(str(d / "kv.sock"), 2 * 8 * (1 << 20), None, 64), backend)
+    hooks.install(Settings(str(d / "kv.sock"), 2 * 8 * (1 << 20), None, 64, 0), backend)
     yield d / "kv.sock"
     st = hooks.state()
     if st.server is not None:
