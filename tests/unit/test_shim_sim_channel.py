@@ -139,3 +139,14 @@ async def test_the_sim_process_serves_the_channel_from_its_environment(sock: str
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_resident_kv_is_what_the_shim_maps_whatever_tags_are_released(rig: Rig) -> None:
+    """As in SGLang with the shim: the KV pool is not torch_memory_saver's, so its memory is the
+    shim's mapped pages (one block at start, not the whole pool) and a release of every tag
+    leaves them; the limit decides."""
+    ledger = rig.sim.ledger
+    await wait_ready(rig.shim.path, timeout_s=5)
+    assert ledger.snapshot()["kv_cache_bytes"] == BLOCK < ledger.plan.kv_bytes
+    ledger.release(None)  # what /release_memory_occupation applies (its delay is simulated)
+    assert ledger.resident_bytes() == ledger.plan.context_bytes + BLOCK

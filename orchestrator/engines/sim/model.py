@@ -7,7 +7,7 @@ their provenance live in calibration.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.engines.sim import calibration as cal
@@ -111,6 +111,9 @@ class MemoryLedger:
     released: set[str] = field(default_factory=set)
     releases: int = 0  # the first release pays for allocating the pinned host backup
     weights_intact: bool = True
+    # With cumem_shim the KV pool is not in torch_memory_saver's region: what it holds is the
+    # shim's mapped pages, whatever tags are released (set by sim/shim_channel.py).
+    shim_kv_bytes: Callable[[], int] | None = None
 
     @staticmethod
     def normalize(tags: Iterable[str] | None) -> list[str]:
@@ -149,16 +152,20 @@ class MemoryLedger:
         return not (self.released & {"weights", "kv_cache"})
 
     def resident_bytes(self) -> int:
-        return self.plan.context_bytes + sum(
-            self.plan.bytes_of(t) for t in MEMORY_TAGS if t not in self.released)
+        return self.plan.context_bytes + sum(self._tag_bytes(t) for t in MEMORY_TAGS)
+
+    def _tag_bytes(self, tag: str) -> int:
+        if tag == "kv_cache" and self.shim_kv_bytes is not None:
+            return self.shim_kv_bytes()
+        return 0 if tag in self.released else self.plan.bytes_of(tag)
 
     def snapshot(self) -> dict[str, object]:
         p = self.plan
         return {
             "gpu_bytes": p.gpu_bytes, "context_bytes": p.context_bytes,
-            "weights_bytes": 0 if "weights" in self.released else p.weight_bytes,
-            "kv_cache_bytes": 0 if "kv_cache" in self.released else p.kv_bytes,
-            "cuda_graph_bytes": 0 if "cuda_graph" in self.released else p.cuda_graph_bytes,
+            "weights_bytes": self._tag_bytes("weights"),
+            "kv_cache_bytes": self._tag_bytes("kv_cache"),
+            "cuda_graph_bytes": self._tag_bytes("cuda_graph"),
             "resident_bytes": self.resident_bytes(),
             "released": {t: t in self.released for t in MEMORY_TAGS},
             "memory_saver": self.memory_saver, "weights_cpu_backup": self.weights_cpu_backup,

@@ -108,6 +108,7 @@ async def mounted(sim: SimServer) -> AsyncIterator[SimShim | None]:
     batcher = ElasticBatcher(old.model, sim.plan, old.clock, old.on_queue_time)
     sim.batcher = batcher
     shim = SimShim(sim, batcher, cfg.limit_bytes, cfg.slack_tokens)
+    sim.ledger.shim_kv_bytes = lambda: shim.kv.status().mapped_bytes
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
