@@ -27,7 +27,8 @@ from orchestrator.metrics import ChimeraMetrics
 from orchestrator.metrics.federate import engine_metrics
 from orchestrator.proxy.body import ModelField
 from orchestrator.proxy.errors import ProxyError
-from orchestrator.proxy.forward import ForwardEndpoint, Upstream
+from orchestrator.proxy.forward import ForwardEndpoint
+from orchestrator.proxy.upstream import EngineClient, HttpxUpstream, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +38,9 @@ PROXIED_ROUTES: tuple[tuple[str, ModelField], ...] = (
     ("/generate", "drop"),
 )
 
-# Engines are on loopback: a connect that takes seconds means the engine is gone. No read
-# timeout: a request may generate for minutes and a stream may pause while the engine is busy.
-# No pool timeout: how many requests an engine takes at once is decided by the control loop
-# (acquire), not by the connection pool, so the pool is sized never to be the limit.
-UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
-UPSTREAM_LIMITS = httpx.Limits(max_connections=4096, max_keepalive_connections=1024,
-                               keepalive_expiry=60.0)
-# Connection pools used in turn (forward.Upstream says why several). Measured on the 2-core
-# machine, sim engine: 16 and 64 pools both gave 32 ms added p50 TTFT at 64 streams; at 256
-# streams 64 pools gave 114 ms, 16 pools 179 ms. A pool is a few objects until it connects.
-UPSTREAM_POOLS = 64
-
-
-def new_pool() -> httpx.AsyncBaseTransport:
-    """One connection pool to the engines (app.py's lifespan makes ``UPSTREAM_POOLS``)."""
-    return httpx.AsyncHTTPTransport(limits=UPSTREAM_LIMITS)
+# The /metrics scrape of the engines (the proxied requests use upstream.Limits): a connect
+# that takes seconds means the engine is gone; no pool timeout (pools never limit).
+SCRAPE_TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
 
 
 def create_app(
@@ -62,29 +50,23 @@ def create_app(
     hold_timeout_s: float = 300.0,
     transport: httpx.AsyncBaseTransport | None = None,
     extra_routes: list[Route] | None = None,
-    upstream_pools: int = UPSTREAM_POOLS,
 ) -> Starlette:
     """The proxy app. ``hold_timeout_s``: how long a request may wait for its model to wake
-    before a 503. ``transport``: the one upstream transport instead of ``upstream_pools``
-    connection pools (tests pass a fake engine). ``upstream_pools``: how many pools to the
-    engines are used in turn (forward.Upstream says why more than one)."""
+    before a 503. ``transport``: an httpx transport that replaces the engines (tests pass a
+    fake engine); without it the proxy talks to them with upstream.EngineClient."""
     created = int(time.time())
-
-    if upstream_pools < 1:
-        raise ValueError(f"upstream_pools must be >= 1, got {upstream_pools}")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pools = ([transport] if transport is not None
-                 else [new_pool() for _ in range(upstream_pools)])
-        async with AsyncExitStack() as stack:  # closes every pool, even if one close fails
-            for pool in pools:
-                await stack.enter_async_context(pool)
+        upstream: Upstream = (HttpxUpstream(transport) if transport is not None
+                              else EngineClient())
+        async with AsyncExitStack() as stack:  # closes both, even if one close fails
+            stack.push_async_callback(upstream.aclose)
             # For scraping the engines' /metrics. trust_env=False: HTTP(S)_PROXY from the
-            # environment must never reroute loopback calls (transports never read it).
+            # environment must never reroute loopback calls.
             app.state.scraper = await stack.enter_async_context(httpx.AsyncClient(
-                transport=transport, timeout=UPSTREAM_TIMEOUT, trust_env=False))
-            app.state.upstream = Upstream(pools, UPSTREAM_TIMEOUT)
+                transport=transport, timeout=SCRAPE_TIMEOUT, trust_env=False))
+            app.state.upstream = upstream
             try:
                 yield
             finally:

@@ -18,13 +18,10 @@ Contracts:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
-from collections.abc import Sequence
 
 import anyio
-import httpx
 from starlette.types import Receive, Scope, Send
 
 from orchestrator.config import ModelSpec
@@ -35,6 +32,7 @@ from orchestrator.proxy.admission import admitted
 from orchestrator.proxy.body import ClientRequest, ModelField, engine_body, parse_request
 from orchestrator.proxy.downstream import ClientGone, Downstream, read_body, wait_for_disconnect
 from orchestrator.proxy.errors import ProxyError, normalize_engine_error
+from orchestrator.proxy.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -42,45 +40,10 @@ UNRESOLVED = "unknown"  # `model` label of requests that name no served model (b
 JSON = "application/json"
 
 
-class Upstream:
-    """The proxy's connections to the engines: ``transports`` (httpx connection pools) handed
-    out in turn, one per request. Created and closed by the app's lifespan (app.py); one event
-    loop uses it, so no lock.
-
-    Why several pools: httpcore 1.0.9's pool runs ``_assign_requests_to_connections`` on every
-    request and every response close; it checks every pooled connection and, for each idle one,
-    builds the list of all of them (O(idle x connections) per call). With one pool that was ~45%
-    of the proxy's CPU at 64 concurrent streams (py-spy) and 356 ms of added p50 TTFT on the
-    2-core machine. With 64 pools (app.UPSTREAM_POOLS) each holds a connection or a few and
-    the scans are ~2%; 16 pools did as well at 64 streams but not at 256 (docs/bench-live.md).
-
-    Why transports and not AsyncClients: the proxy needs none of a client's layers (auth,
-    redirects, URL merging, cookies), and one of them is wrong here: a client keeps the cookies
-    an engine sets and sends them on every later request, whoever makes it. Those layers were
-    ~7% of the proxy's CPU at 64 streams."""
-
-    def __init__(self, transports: Sequence[httpx.AsyncBaseTransport],
-                 timeout: httpx.Timeout) -> None:
-        if not transports:
-            raise ValueError("Upstream needs at least one transport")
-        self.transports = tuple(transports)
-        self._next = itertools.cycle(self.transports).__next__
-        self._extensions = {"timeout": timeout.as_dict()}
-
-    async def post(self, url: str, body: bytes) -> httpx.Response:
-        """POST ``body`` (JSON) to ``url``; the response is open until ``aclose()`` (the body is
-        streamed). Raises httpx.TransportError."""
-        request = httpx.Request(
-            "POST", url, content=body, extensions=self._extensions,
-            # identity: the relay passes bytes on as they come and sends no Content-Encoding.
-            headers={"content-type": JSON, "accept-encoding": "identity"})
-        return await self._next().handle_async_request(request)
-
-
 def upstream_of(scope: Scope) -> Upstream:
-    """The app's upstream pools, created by its lifespan (see app.py)."""
-    upstream = getattr(scope["app"].state, "upstream", None)
-    if not isinstance(upstream, Upstream):
+    """The app's client to the engines, created by its lifespan (see app.py)."""
+    upstream: Upstream | None = getattr(scope["app"].state, "upstream", None)
+    if upstream is None:
         raise RuntimeError(
             "the proxy's upstream connections are created by the app lifespan, which has not "
             "run: serve the app with a server that runs lifespan (uvicorn does) or enter "
@@ -88,9 +51,9 @@ def upstream_of(scope: Scope) -> Upstream:
     return upstream
 
 
-def translate(exc: httpx.TransportError, instance: str) -> ProxyError:
-    """An httpx failure talking to an engine -> 504 (timeout) or 502 (anything else)."""
-    if isinstance(exc, httpx.TimeoutException):
+def translate(exc: UpstreamError, instance: str) -> ProxyError:
+    """A failure talking to an engine -> 504 (timeout) or 502 (anything else)."""
+    if isinstance(exc, UpstreamTimeout):
         return ProxyError.engine_timeout(instance, exc)
     return ProxyError.engine_unreachable(instance, exc)
 
@@ -176,11 +139,11 @@ class _Exchange:
     async def forward(self, endpoint: Endpoint, req: ClientRequest) -> None:
         body = engine_body(req, self.ep.model_field, endpoint.served_name)
         try:
-            upstream = await upstream_of(self.scope).post(endpoint.base_url + self.ep.route, body)
-        except httpx.TransportError as exc:
+            upstream = await upstream_of(self.scope).post(endpoint.base_url, self.ep.route, body)
+        except UpstreamError as exc:
             raise translate(exc, endpoint.instance_id) from exc
         try:
-            if req.stream and upstream.is_success:
+            if req.stream and 200 <= upstream.status < 300:
                 await self.relay(endpoint, upstream)
             else:
                 await self.answer(endpoint, upstream)
@@ -188,16 +151,16 @@ class _Exchange:
             with anyio.CancelScope(shield=True):  # close even while being cancelled
                 await upstream.aclose()
 
-    async def answer(self, endpoint: Endpoint, upstream: httpx.Response) -> None:
+    async def answer(self, endpoint: Endpoint, upstream: UpstreamResponse) -> None:
         """A whole (non-streamed or error) answer, passed on with its status."""
         try:
-            body = await upstream.aread()
-        except httpx.TransportError as exc:
+            body = await upstream.read()
+        except UpstreamError as exc:
             raise translate(exc, endpoint.instance_id) from exc
-        status = upstream.status_code
+        status = upstream.status
         instance = [("x-chimera-instance", endpoint.instance_id)]
-        if upstream.is_success:
-            ctype = upstream.headers.get("content-type", JSON)
+        if 200 <= status < 300:
+            ctype = upstream.content_type or JSON
             await self.down.respond(status, body, ctype, instance)
             return
         if status >= 500:
@@ -205,10 +168,10 @@ class _Exchange:
                         endpoint.instance_id, status, body)
         await self.down.respond(status, normalize_engine_error(status, body), JSON, instance)
 
-    async def relay(self, endpoint: Endpoint, upstream: httpx.Response) -> None:
+    async def relay(self, endpoint: Endpoint, upstream: UpstreamResponse) -> None:
         """A streamed answer, chunk by chunk as the engine sends it."""
-        await self.down.start(upstream.status_code, [
-            ("content-type", upstream.headers.get("content-type", "text/event-stream")),
+        await self.down.start(upstream.status, [
+            ("content-type", upstream.content_type or "text/event-stream"),
             ("cache-control", "no-cache"),
             ("x-accel-buffering", "no"),  # tell a reverse proxy in front not to buffer either
             ("x-chimera-instance", endpoint.instance_id),
@@ -216,11 +179,11 @@ class _Exchange:
         ends_frame = True
         try:
             # raw: passed on as the engine framed them, undecoded (identity was asked for)
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.iter_raw():
                 if chunk:
                     await self.down.chunk(chunk)
                     ends_frame = chunk.endswith(b"\n\n")
-        except httpx.TransportError as exc:
+        except UpstreamError as exc:
             # The status line is gone; tell the client in the stream, as SGLang does.
             self.engine_broke_stream = True
             log.warning("engine instance %s broke off a stream: %s: %s",

@@ -14,10 +14,12 @@ from orchestrator.errors import EngineUnavailable
 
 class FakeRouter:
     """``models``: the served models (name and aliases resolve). ``acquire`` answers
-    ``Endpoint("<model>@gpu0", "http://<model>.engine:30000", "served-<model>")``."""
+    ``Endpoint("<model>@gpu0", "http://<model>.engine:30000", "served-<model>")``, or
+    ``base_url`` when it is given (a real local server)."""
 
-    def __init__(self, models: tuple[ModelSpec, ...]) -> None:
+    def __init__(self, models: tuple[ModelSpec, ...], base_url: str | None = None) -> None:
         self.specs = models
+        self.base_url = base_url
         self.states = {m.name: InstanceState.AWAKE for m in models}
         self.acquired: list[Endpoint] = []
         self.timeouts: list[float] = []
@@ -57,7 +59,7 @@ class FakeRouter:
             except asyncio.CancelledError:
                 self.hold_cancelled = True
                 raise
-        ep = Endpoint(f"{model.name}@gpu0", f"http://{model.name}.engine:30000",
+        ep = Endpoint(f"{model.name}@gpu0", self.base_url or f"http://{model.name}.engine:30000",
                       f"served-{model.name}")
         self.acquired.append(ep)
         return ep

@@ -24,7 +24,6 @@ from orchestrator.config import ModelSpec, Placement
 from orchestrator.control.api import InstanceState
 from orchestrator.errors import EngineUnavailable
 from orchestrator.metrics import ChimeraMetrics
-from orchestrator.proxy import app as proxy_app
 from orchestrator.proxy import create_app
 from orchestrator.shapes import load_shape
 from tests.unit.proxy_fakes import FakeRouter
@@ -196,51 +195,6 @@ async def test_engine_unavailable_is_503_with_retry_after(router: FakeRouter,
     err = error_of(resp)
     assert "waking" in err["message"] and err["code"] == "model_unavailable"
     assert router.acquired == [] and router.released == [] and engine.seen == []
-
-
-class RecordingPool(httpx.MockTransport):
-    """One upstream pool: answers every request, counts them, notes when it is closed."""
-
-    def __init__(self) -> None:
-        super().__init__(self.answer)
-        self.requests: list[httpx.Request] = []
-        self.closed = False
-
-    def answer(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return httpx.Response(200, json=COMPLETION, headers={"set-cookie": "session=engine"})
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-async def test_upstream_pools_are_used_in_turn_and_all_closed(
-        router: FakeRouter, monkeypatch: pytest.MonkeyPatch) -> None:
-    pools: list[RecordingPool] = []
-
-    def new_pool() -> httpx.AsyncBaseTransport:
-        pools.append(RecordingPool())
-        return pools[-1]
-
-    monkeypatch.setattr(proxy_app, "new_pool", new_pool)
-    app = create_app(router, ChimeraMetrics(), upstream_pools=3)
-    async with app.router.lifespan_context(app):
-        t = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=t, base_url="http://proxy") as client:
-            for _ in range(6):
-                resp = await client.post("/v1/completions", json={"model": "llama", "prompt": "x"})
-                assert resp.status_code == 200
-        assert not any(p.closed for p in pools)
-    assert [len(p.requests) for p in pools] == [2, 2, 2]
-    assert all(p.closed for p in pools)
-    # the proxy keeps no cookie jar: what an engine sets never reaches another user's request
-    assert all("cookie" not in r.headers for p in pools for r in p.requests)
-    assert router.balanced
-
-
-def test_upstream_pools_must_be_positive(router: FakeRouter) -> None:
-    with pytest.raises(ValueError, match="upstream_pools"):
-        create_app(router, ChimeraMetrics(), upstream_pools=0)
 
 
 @pytest.mark.parametrize("exc, status, code", [
