@@ -12,6 +12,8 @@ needs besides instance states. Owned by the loop (only its task calls these); ti
 
 from __future__ import annotations
 
+import math
+
 from orchestrator.config import ModelSpec
 from orchestrator.control.events import LoadSample
 from orchestrator.engines.sim.model import LatencyModel
@@ -67,6 +69,12 @@ class Demand:
     def concurrency(self, model: str, now: float) -> float:
         w = self._busy.get(model)
         return w.rate(now) if w is not None else 0.0
+
+    def activity(self, model: str, now: float) -> float:
+        """Share of time the model has requests running: 1 - exp(-concurrency), the chance an
+        M/G/inf system with that mean occupancy is not empty. Measured while colocated, where
+        requests take longer, it errs high: the TPOT guard stays on the safe side."""
+        return 1.0 - math.exp(-self.concurrency(model, now))
 
     def step_s(self, spec: ModelSpec, now: float) -> float:
         """Decode step of the model's server at its average concurrency (0 when nearly idle)."""

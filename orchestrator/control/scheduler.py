@@ -126,7 +126,8 @@ def cluster_view(config: Config, costs: Mapping[str, ServerCost], instances: Ite
             running=running.get(m.name, 0), last_active_at=demand.last_active(m.name),
             idle_park_s=m.idle.park_after_s, park_when=_park_when(m.idle.when),
             priority=m.priority, last_moved_at=demand.last_moved(m.name),
-            oldest_wait_s=oldest_wait_s.get(m.name, 0.0), step_s=demand.step_s(m, now))
+            oldest_wait_s=oldest_wait_s.get(m.name, 0.0), step_s=demand.step_s(m, now),
+            activity=demand.activity(m.name, now))
         for m in config.models)
     servers = tuple(
         ServerView(i.id, i.spec.model.name, i.spec.gpus, policy_state(i),

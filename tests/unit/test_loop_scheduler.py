@@ -4,6 +4,7 @@ its plans run step by step against a recording fake. No processes, no sleeps, a 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 
 import pytest
@@ -225,6 +226,9 @@ async def test_loop__load_samples_feed_demand_only_from_awake_instances(env: Env
     ctl.post(sample("n1@gpu0", tokens=0, running=4))
     await settle()
     assert d.concurrency("n1", 6.0) == pytest.approx(4 * 1.0 / 60)
+    # the TPOT guard's activity: 1 - exp(-concurrency); an unsampled model never decodes
+    assert d.activity("n1", 6.0) == pytest.approx(1 - math.exp(-4 / 60))
+    assert d.activity("cold", 6.0) == 0.0
 
 
 def test_config__scheduler_keys_and_defaults() -> None:
