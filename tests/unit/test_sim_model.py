@@ -60,7 +60,9 @@ def test_speed_scales_every_duration_and_zero_means_no_compute() -> None:
 
 def test_calibrated_8b_numbers_are_in_the_range_of_public_h100_reports() -> None:
     m = LatencyModel(L8B)
-    assert 0.004 < m.decode_time([512]) < 0.012  # single-stream TPOT on an H100: ~6-8 ms
+    # single-stream TPOT on an H100: 6-8 ms in public reports, 9.6 ms measured with stock SGLang
+    # sharing the GPU with a 1B (bench/results/gpu-trace-h100; test_sim_calibration.py)
+    assert 0.006 < m.decode_time([512]) < 0.011
     assert 0.02 < m.prefill_time([(1024, 0)]) < 0.12  # TTFT of a 1k prompt: tens of ms
 
 

@@ -1,10 +1,11 @@
 """Every constant of the sim's latency and memory model, with where it comes from.
 
-Three kinds of provenance, marked on each constant:
+Four kinds of provenance, marked on each constant:
 - [spec]     public datasheet numbers (NVIDIA H100 SXM5 datasheet, NCCL docs);
 - [assumed]  an efficiency we chose from public reports of LLM serving on H100s — these are the
              numbers to re-calibrate from a real H100 run (bench against stock SGLang 0.5.17);
-- [measured] measured on the lent H100 with stock SGLang 0.5.17 (see ../shared/gpu.md);
+- [measured] measured on the lent H100 with stock SGLang 0.5.17 (see ../shared/gpu.md), or fitted
+             from a live trace on it (bench/results/gpu-trace-h100/calibration.json);
 - [sglang]   copied from SGLang 0.5.17's own source (path given), so the sim sizes itself the
              way the real server does.
 
@@ -23,14 +24,39 @@ HBM_BANDWIDTH = 3.35e12  # [spec] HBM3, bytes/s
 NVLINK_ALLREDUCE_BUS_BW = 360e9
 ALLREDUCE_LATENCY_S = 8e-6  # [assumed] small-message NCCL all-reduce latency over NVLink
 
-PREFILL_MFU = 0.50  # [assumed] model FLOPs utilisation of a prefill (large GEMMs + attention)
-DECODE_MFU = 0.40  # [assumed] utilisation of the GEMMs of a large decode batch
-WEIGHT_READ_EFFICIENCY = 0.80  # [assumed] fraction of HBM peak reached streaming weights (GEMV)
-KV_READ_EFFICIENCY = 0.65  # [assumed] fraction of HBM peak reached reading a paged KV cache
+# [measured] below = fitted by `python -m bench.calibrate` from bench/results/gpu-trace-h100/
+# (calibration.json): NVIDIA H100 80GB HBM3, driver 580.159.04, stock SGLang 0.5.17 (triton
+# attention, CUDA graphs on), 2026-11-26; Llama-3.2-1B and Llama-3.1-8B shapes (dummy weights)
+# colocated on the one GPU behind chimera, 5-minute trace at 6 req/s, 1,800 requests. The two
+# servers time-slice the GPU, so the fitted times are, if anything, slow for a GPU of its own.
+
+# [measured] sample-weighted over models (per model: 1B 0.363, 8B 0.461); 1,001 prefills (1B
+# 546, 8B 455), TTFT vs FLOPs. Was 0.50 [assumed]. The H200 run (gpu-trace-h200) gave 0.469.
+PREFILL_MFU = 0.409
+DECODE_MFU = 0.40  # [assumed] GEMMs of a large decode batch; not fittable: the run's largest mean
+#                    batch (1B 7.6, 8B 15.9) is far below the compute-bound regime (~148)
+# [measured] from the decode-step intercepts of the two models (engine log: 1B 7,002 lines, 8B
+# 2,334; two weights, two unknowns, together with DECODE_STEP_OVERHEAD_S): 1B 3.17 ms, 8B 9.64 ms.
+# Was 0.80 [assumed]. 0.627 x 3.35 TB/s = 2.1 TB/s for small-batch GEMV on H100 HBM3.
+WEIGHT_READ_EFFICIENCY = 0.627
+# [assumed] fraction of HBM peak reached reading a paged KV cache. The run's fit gave 0.088 (1B
+# only, decode step vs summed context; the 8B showed no context slope) and it is NOT applied:
+# at batch <= 8 and contexts of ~1k tokens the triton decode kernel is latency-bound, not
+# bandwidth-bound, so that slope does not extrapolate. At 0.088 a decode step of the 8B at batch
+# 64 x 8k context would take 237 ms (67 GB of KV at 0.3 TB/s) where paged attention kernels
+# read KV at well over half of HBM peak. Within the measured range 0.65 is off by < 10% for the
+# 1B (3.25 vs 3.52 ms at batch 7); see tests/unit/test_sim_calibration.py.
+KV_READ_EFFICIENCY = 0.65
 
 # Fixed cost of one scheduler iteration (Python scheduling, kernel launches, sampling, detokenize).
-DECODE_STEP_OVERHEAD_S = 0.0008  # [assumed] decode replays a CUDA graph: sub-millisecond
-PREFILL_STEP_OVERHEAD_S = 0.004  # [assumed] prefill runs eagerly (no graph) + tokenizer round trip
+# [measured] with WEIGHT_READ_EFFICIENCY from the two decode intercepts (see above). Was 0.0008
+# [assumed]: the graph replay itself is sub-millisecond, but the scheduler loop around it is not.
+DECODE_STEP_OVERHEAD_S = 0.0020
+# [assumed] prefill runs eagerly (no graph). The run's prefill intercept, 0.0217 s (mean of 1B
+# 0.0175, 8B 0.0258), is NOT applied: it is TTFT at zero tokens, so it holds the client -> chimera
+# -> SGLang HTTP round trip, tokenization and the wait for the decode step running when the
+# request arrives, all of which the sim models separately (proxy, batcher step boundaries).
+PREFILL_STEP_OVERHEAD_S = 0.004
 
 # --- memory --------------------------------------------------------------------------------
 # CUDA context, NCCL buffers, allocator slack: what a server holds even with everything released.
