@@ -60,6 +60,8 @@ def chimera_gpu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     out = out_dir()
     if out:
         (out / "results.json").write_text(json.dumps(RESULTS, indent=1))
-        for f in run.run_dir.glob("*.log"):
-            (out / f"engine-{f.name}").write_bytes(f.read_bytes()[-150_000:])
+        # one file for every engine's log tail: the device returns at most 8 files
+        with open(out / "engines.log", "wb") as engines:
+            for f in sorted(run.run_dir.glob("*.log")):
+                engines.write(f"===== {f.name} =====\n".encode() + f.read_bytes()[-150_000:])
         (out / "chimera.log").write_bytes(run.log.read_bytes()[-200_000:])

@@ -11,7 +11,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p /tmp/w "$OUT"
 t0=$(date +%s)
 if [ ! -f /tmp/site/.ok ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/w/*.whl \
-    > "$OUT/pip.log" 2>&1 || { echo "wheel install failed"; tail -20 "$OUT/pip.log"; exit 1; }
+    > /tmp/pip.log 2>&1 || { echo "wheel install failed"; tail -20 /tmp/pip.log; exit 1; }
   touch /tmp/site/.ok
 fi
 echo "install: $(( $(date +%s)-t0 )) s, $(ls /tmp/w | wc -l) wheels"
