@@ -26,6 +26,8 @@ VIRTUAL_KV_BYTES = "CHIMERA_SHIM_VIRTUAL_KV_BYTES"
 SLACK_TOKENS = "CHIMERA_SHIM_SLACK_TOKENS"
 MAP_AHEAD_BLOCKS = "CHIMERA_SHIM_MAP_AHEAD_BLOCKS"
 STRICT_IDLE_CHECK = "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE"
+# set per server by the orchestrator: never inherited from its own environment
+PER_SERVER = frozenset({SOCKET, LIMIT_BYTES, VIRTUAL_KV_BYTES})
 DEFAULT_SLACK_TOKENS = 2048
 # Two blocks: one for the next allocation that runs out, one being prepared meanwhile (a block
 # of Llama-3.1-8B, 128 MiB, maps in ~2.5 ms on an H100, far less than a prefill that fills it).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from collections.abc import Generator
 from pathlib import Path
@@ -22,13 +23,15 @@ from orchestrator.control.scrape import Scraper
 from orchestrator.engines import get_engine
 from orchestrator.kv.ledger import KVInstance, Ledger
 from orchestrator.kv.runner import HttpKVEffects, KVRunner, ledger_enabled
-from orchestrator.kv.wiring import kv_instances
+from orchestrator.kv.wiring import GONE, kv_instances, wants_shim
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
 from orchestrator.proxy.admin import admin_routes
 from orchestrator.proxy.admission import AdmissionGate
 from orchestrator.supervisor.supervisor import Supervisor
+
+log = logging.getLogger("chimera")
 
 
 class _Server(uvicorn.Server):
@@ -95,6 +98,9 @@ async def serve(
     server_task = asyncio.create_task(server.serve(), name="proxy")
     kv_task = asyncio.create_task(kv.run(), name="kv-ledger") if kv else None
     scrape_task = asyncio.create_task(scraper.run(), name="scraper") if scraper else None
+    for t in (control_task, ticker_task, kv_task, scrape_task):
+        if t is not None:
+            t.add_done_callback(_report_death)
     try:
         with progress:
             waits = {asyncio.create_task(progress.settled_event.wait()),
@@ -127,6 +133,13 @@ async def serve(
     return 0
 
 
+def _report_death(task: asyncio.Task[None]) -> None:
+    """A background task that ends by itself is a bug: say so at once, with its traceback."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s died; chimera goes on without it", task.get_name(),
+                  exc_info=task.exception())
+
+
 def _kv_runner(cfg: Config, control: ControlLoop, supervisor: Supervisor,
                metrics: ChimeraMetrics) -> KVRunner | None:
     """The KV ledger over every GPU (modes elastic and full): splits each GPU's free memory
@@ -138,10 +151,11 @@ def _kv_runner(cfg: Config, control: ControlLoop, supervisor: Supervisor,
     capacity = {g: int(cfg.host.gpu_memory_gb * GIB)
                 for g in {g for i in cfg.instances for g in i.gpus}}
     endpoints = supervisor.kv_endpoints  # filled by the supervisor as shims come up
+    shimmed = {i.id for i in cfg.instances if wants_shim(cfg.mode, i)}  # up or not yet
 
     def instances() -> list[KVInstance]:
         views = [v for m in control.models() for v in m.instances]
-        return kv_instances(views, specs, endpoints, cfg.host)
+        return kv_instances(views, specs, shimmed, cfg.host)
 
     def report(iid: str, st: Status) -> None:
         metrics.set_kv(specs[iid].model.name, iid, st.limit_bytes, st.mapped_bytes,
@@ -149,7 +163,12 @@ def _kv_runner(cfg: Config, control: ControlLoop, supervisor: Supervisor,
 
     runner = KVRunner(Ledger(capacity), HttpKVEffects(supervisor.http, endpoints), instances,
                       report=report)
-    supervisor.add_observer(lambda _view: runner.poke())
+    def observe(view: InstanceView) -> None:
+        if view.state in GONE:  # its shim is gone: a restart starts from its start-up limit
+            runner.ledger.forget(view.id)
+        runner.poke()
+
+    supervisor.add_observer(observe)
     return runner
 
 

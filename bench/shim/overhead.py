@@ -86,10 +86,14 @@ async def _servers(args: argparse.Namespace, work: Path) -> dict[str, EngineProc
         spec = engine.launch_spec(LaunchRequest(inst, cfg.host, port, nccl, model_dir=model_dir,
                                                 shim=shim))
         procs[kind] = EngineProcess(kind, spec, work / f"{kind}-server.log")
-    for p in procs.values():
-        await p.spawn()
-    async with httpx.AsyncClient(trust_env=False) as client:
-        await asyncio.gather(*(p.wait_ready(client) for p in procs.values()))
+    try:
+        for p in procs.values():
+            await p.spawn()
+        async with httpx.AsyncClient(trust_env=False) as client:
+            await asyncio.gather(*(p.wait_ready(client) for p in procs.values()))
+    except BaseException:  # one did not start: stop the other too (it holds the GPU)
+        await asyncio.gather(*(p.stop() for p in procs.values()))
+        raise
     return procs
 
 

@@ -13,7 +13,6 @@ placed ``on: false``. Its actions run as plans, step after step (scheduler.Plans
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -208,11 +207,13 @@ class ControlLoop:
             self._set(inst, S.AWAKE, now)
             self._admin_done(inst.id, f"park failed: {ev.error}")
         elif isinstance(ev, (StartFailed, WakeFailed)) and inst.state in (S.STARTING, S.WAKING):
+            self._demand.forget(inst.id)  # a restart's first sample must start over
             inst.error = ev.error
             self._set(inst, S.FAILED, now)
             self._admin_done(inst.id, f"failed: {ev.error}")
         elif isinstance(ev, Exited) and inst.state not in (S.STOPPED, S.FAILED):
             if not self._closing:
+                self._demand.forget(inst.id)
                 inst.error = f"engine process exited with code {ev.returncode}"
                 self._set(inst, S.FAILED, now)
                 self._admin_done(inst.id, inst.error)
@@ -389,6 +390,12 @@ class ControlLoop:
 
 
 async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it. A task that had already died of an error is logged, not
+    re-raised: shutdown goes on (the engines must still be stopped)."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("task %s had failed", task.get_name())

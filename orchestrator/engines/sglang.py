@@ -29,7 +29,7 @@ from pathlib import Path
 
 import cumem_shim
 from cumem_shim import settings as shim_settings
-from orchestrator.config import GIB, InstanceSpec, ModelSpec
+from orchestrator.config import GIB, HostSpec, InstanceSpec, ModelSpec
 from orchestrator.engines.base import LaunchRequest, LaunchSpec, ShimLaunch, served_name
 from orchestrator.env import Env
 from orchestrator.errors import ConfigError
@@ -135,9 +135,12 @@ def kv_args(req: LaunchRequest) -> list[str]:
 
 
 def mem_fraction_static(req: LaunchRequest) -> float:
+    return default_mem_fraction(req.instance.model, req.host)
+
+
+def default_mem_fraction(model: ModelSpec, host: HostSpec) -> float:
     """The default fraction, raised for weights that would not fit in it (e.g. 70B on TP 2)."""
-    model = req.instance.model
-    weights = model.shape.weight_bytes / model.tp_size / (req.host.gpu_memory_gb * GIB)
+    weights = model.shape.weight_bytes / model.tp_size / (host.gpu_memory_gb * GIB)
     return min(MAX_MEM_FRACTION_STATIC, max(DEFAULT_MEM_FRACTION_STATIC,
                                             weights + MEM_FRACTION_HEADROOM))
 
@@ -147,7 +150,8 @@ def child_env(inst: InstanceSpec, parent: Mapping[str, str],
     """The server's full environment: the parent's, minus what would merge servers, plus the
     GPU pinning, the knobs stock SGLang needs for time-sharing and, with the shim, its settings
     and a PYTHONPATH on which the server's Python finds the plugin (shim_env)."""
-    env = {k: v for k, v in parent.items() if k != "PROMETHEUS_MULTIPROC_DIR"}  # else metrics merge
+    env = {k: v for k, v in parent.items()  # else metrics merge / another server's shim
+           if k != "PROMETHEUS_MULTIPROC_DIR" and k not in shim_settings.PER_SERVER}
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA ids = NVML ids = the placements file's ids
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in inst.gpus)
     env["TMS_RETAIN_CPU_BACKUP"] = "1"

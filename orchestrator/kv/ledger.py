@@ -38,6 +38,9 @@ class KVInstance:
     ceiling_bytes: int | None = None  # placements kv_pool_gb (None: the virtual pool)
     priority: int = 0
     resident: bool = True  # awake (or starting/waking): holds KV; False: parked or parking
+    # still holds its weights and runtime (parking: until SGLang's release is done); None = as
+    # ``resident``
+    holds_weights: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ def non_kv_bytes(instances: Iterable[KVInstance]) -> dict[int, int]:
     (CUDA context, ~2.4 GB measured) of parked ones. The shim's first block is counted as KV."""
     out: dict[int, int] = {}
     for i in instances:
-        held = i.weight_bytes + AWAKE_OVERHEAD_BYTES if i.resident else PARKED_BYTES
+        full = i.resident if i.holds_weights is None else i.holds_weights
+        held = i.weight_bytes + AWAKE_OVERHEAD_BYTES if full else PARKED_BYTES
         out[i.gpu] = out.get(i.gpu, 0) + held
     return out
 
@@ -101,6 +105,7 @@ class Ledger:
                   non_kv: Mapping[int, int], now: float) -> list[Action]:
         out: list[Action] = []
         members, mapped, current = [], {}, {}
+        parked_pages = 0
         for inst in here:
             obs = seen.get(inst.id, Observation(None, None))
             st = obs.status
@@ -110,6 +115,8 @@ class Ledger:
             if not inst.resident:
                 if st is not None and known.limit != 0:
                     out.append(self._send(inst.id, 0))
+                if st is not None:  # its pages stay until its shim applies the 0
+                    parked_pages += st.mapped_bytes
                 continue
             if st is None or obs.load is None:
                 continue  # unknown this round: it keeps its limit; its pages count below
@@ -126,8 +133,8 @@ class Ledger:
                 out.append(FlushCache(inst.id))
         budget = self.budget(gpu, non_kv)
         # instances not seen this round still hold what they have mapped or may map
-        unseen = sum(max(self.known[i.id].limit or 0, 0) for i in here
-                     if i.resident and i.id not in mapped)
+        unseen = parked_pages + sum(max(self.known[i.id].limit or 0, 0) for i in here
+                                    if i.resident and i.id not in mapped)
         block = {m.id: m.block for m in members}
         targets = {iid: t if changed(t, current[iid], block[iid], self.hysteresis)
                    or self.known[iid].limit is None else current[iid]

@@ -10,11 +10,12 @@ non-KV memory, so the ledger never hands their memory to a neighbour.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from orchestrator.config import GIB, HostSpec, InstanceSpec
 from orchestrator.control.api import InstanceState, InstanceView
 from orchestrator.engines.base import ShimLaunch
+from orchestrator.engines.sglang import default_mem_fraction
 from orchestrator.kv.ledger import KVInstance
 from orchestrator.kv.runner import ledger_enabled
 from orchestrator.policy.gpu_memory import AWAKE_OVERHEAD_BYTES
@@ -24,6 +25,8 @@ MIN_POOL_BYTES = 1 * GIB
 # holding or about to hold KV: the ledger splits among these; parked ones get limit 0
 RESIDENT = frozenset({InstanceState.PENDING, InstanceState.STARTING, InstanceState.AWAKE,
                       InstanceState.WAKING})
+# still holding weights and runtime: a parking instance until SGLang's release is done
+HOLDS_WEIGHTS = RESIDENT | {InstanceState.PARKING}
 GONE = frozenset({InstanceState.FAILED, InstanceState.STOPPED})
 
 
@@ -57,10 +60,21 @@ def shim_launch(spec: InstanceSpec, host: HostSpec, socket: str,
                       entry_point_dir=entry_point_dir)
 
 
+def fixed_pool_bytes(spec: InstanceSpec, host: HostSpec) -> int:
+    """KV a server without the shim holds across its group: ``kv_pool_gb``, else what SGLang
+    takes with the engine's default ``--mem-fraction-static`` (weights and pool share it)."""
+    if spec.placement.kv_pool_gb is not None:
+        return int(spec.placement.kv_pool_gb * GIB)
+    model = spec.model
+    per_gpu = default_mem_fraction(model, host) * host.gpu_memory_gb * GIB
+    return max(0, int(per_gpu * model.tp_size) - model.shape.weight_bytes)
+
+
 def kv_instances(views: Iterable[InstanceView], specs: Mapping[str, InstanceSpec],
-                 shimmed: Mapping[str, object], host: HostSpec) -> list[KVInstance]:
-    """The ledger's instances: every live one, per GPU. Shim-backed instances (``shimmed``)
-    get limits; the others only count their weights and fixed pool as non-KV memory."""
+                 shimmed: Collection[str], host: HostSpec) -> list[KVInstance]:
+    """The ledger's instances: every live one, per GPU. Instances that run with the shim
+    (``shimmed``, whether or not it is up yet) get limits; the others count their weights and
+    fixed pool as non-KV memory."""
     out = []
     for v in views:
         if v.state in GONE:
@@ -69,13 +83,12 @@ def kv_instances(views: Iterable[InstanceView], specs: Mapping[str, InstanceSpec
         model = spec.model
         weights = model.shape.weight_bytes // model.tp_size
         if v.id not in shimmed:  # a fixed pool: never resized, counted as not KV
-            pool = spec.placement.kv_pool_gb
-            weights += int(pool * GIB) // model.tp_size if pool is not None else 0
+            weights += fixed_pool_bytes(spec, host) // model.tp_size
         for gpu in v.gpus:
             out.append(KVInstance(
                 id=v.id, gpu=gpu, token_bytes=model.shape.kv_bytes_per_token,
                 weight_bytes=weights,
                 floor_bytes=int((spec.placement.kv_floor_gb or 0) * GIB),
                 ceiling_bytes=ceiling_bytes(spec, host), priority=model.priority,
-                resident=v.state in RESIDENT))
+                resident=v.state in RESIDENT, holds_weights=v.state in HOLDS_WEIGHTS))
     return out

@@ -65,14 +65,19 @@ class _Engine:
 
 
 class AdmissionGate:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic,
+                 repump_s: float = STALE_S) -> None:
         self._clock = clock
+        self._repump_s = repump_s
         self._specs = {i.id: i for i in config.instances}
         self._queues: dict[int, dict[str, _Waiting]] = {}
         self._engines: dict[str, _Engine] = {i.id: _Engine() for i in config.instances}
         self._ids = itertools.count()
         self._latency = {m.name: LatencyModel(m.shape, m.tp_size) for m in config.models}
         self._rules = {m.name: ModelRule(m.priority, _on_late(config, m)) for m in config.models}
+        # a group with requests left queued is looked at again after ``repump_s`` even if
+        # nothing happens: its samples may have stopped (then room is unknown and it admits)
+        self._timers: dict[int, asyncio.TimerHandle] = {}
 
     # ---- inputs -------------------------------------------------------------------------
 
@@ -124,7 +129,8 @@ class AdmissionGate:
     def done(self, instance_id: str, rid: str) -> None:
         """The dispatched request ``rid`` ended (any outcome): its room is the engine's again."""
         eng = self._engines.get(instance_id)
-        if eng is not None and eng.unseen.pop(rid, None) is not None:
+        if eng is not None:
+            eng.unseen.pop(rid, None)  # gone already if a sample came after its dispatch
             self._pump(self._group(instance_id))
 
     def queued(self) -> dict[int, int]:
@@ -143,6 +149,7 @@ class AdmissionGate:
         for rid in [r for r, w in queue.items() if w.future.done()]:
             del queue[rid]  # its task was cancelled and has not run its cleanup yet
         if not queue:
+            self._rearm(g, False)
             return
         now = self._clock()
         engines = tuple(self._room(iid, now) for iid in sorted({w.instance for w in queue.values()}))
@@ -161,6 +168,14 @@ class AdmissionGate:
                 429, f"model {w.pending.model!r}: {s.reason}; retry in {retry} s",
                 type="rate_limit_error", code="deadline_unmeetable",
                 headers={"Retry-After": str(retry)}))
+        self._rearm(g, bool(queue))
+
+    def _rearm(self, g: int, waiting: bool) -> None:
+        old = self._timers.pop(g, None)
+        if old is not None:
+            old.cancel()
+        if waiting:
+            self._timers[g] = asyncio.get_running_loop().call_later(self._repump_s, self._pump, g)
 
     def _fresh(self, iid: str, now: float) -> LoadSample | None:
         s = self._engines[iid].sample

@@ -301,6 +301,9 @@ def _parse_head(pool: _Pool, conn: _Conn, head: bytes) -> _Response:
         status = int(status_line[9:12])
     except ValueError as exc:
         raise UpstreamError(f"malformed status line {status_line[:80]!r}") from exc
+    if 100 <= status < 200:  # interim answers (103 Early Hints): never sent for our requests;
+        # passing one on would leave the final answer unread on a pooled connection
+        raise UpstreamError(f"engine sent an interim {status} answer; chimera does not take them")
     keep_alive = status_line[7:8] == b"1"  # HTTP/1.1; HTTP/1.0 closes by default
     content_type: str | None = None
     length: int | None = None
@@ -325,7 +328,7 @@ def _parse_head(pool: _Pool, conn: _Conn, head: bytes) -> _Response:
                 keep_alive = False
     if chunked:
         length = None
-    elif status in (204, 304) or 100 <= status < 200:
+    elif status in (204, 304):
         length = 0
     return _Response(pool, conn, status, content_type, length, chunked, keep_alive)
 

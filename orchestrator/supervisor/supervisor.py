@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
@@ -78,6 +79,7 @@ class Supervisor:
         # modes elastic/full: instances the shim backs, where the KV ledger reaches them
         self.elastic = elastic
         self.kv_endpoints: dict[str, KVEndpoint] = {}
+        self._socket_dir: str | None = None
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -109,6 +111,8 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(p.stop() for p in self._procs.values()), return_exceptions=True)
         await self._client.aclose()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -136,8 +140,11 @@ class Supervisor:
         if refusal is not None:
             log.info("%s: %s", spec.id, refusal)
             return None
-        # a Unix socket path must stay under 108 bytes: not in the run directory
-        sock = os.path.join(tempfile.gettempdir(), f"chimera-{os.getpid()}-{port}.sock")
+        # a Unix socket path must stay under 108 bytes: not in the run directory, but in a
+        # private (0700) directory of this supervisor's, removed by stop_all
+        if self._socket_dir is None:
+            self._socket_dir = tempfile.mkdtemp(prefix="chimera-")
+        sock = os.path.join(self._socket_dir, f"{port}.sock")
         ep_dir = None if plugin.registered() else str(
             plugin.entry_point_dir(self.run_dir / "shim-plugin"))
         return shim_launch(spec, self.host, sock, ep_dir)
@@ -188,7 +195,8 @@ class Supervisor:
         self._post(Started(spec.id, Endpoint(spec.id, launch.base_url, launch.served_name),
                            seconds=time.monotonic() - t0))
         rc = await proc.wait_exit()
-        if self.kv_endpoints.pop(spec.id, None) is not None and shim is not None:
+        self.kv_endpoints.pop(spec.id, None)
+        if shim is not None:
             with contextlib.suppress(OSError):
                 os.unlink(shim.socket)
         log.warning("%s: engine exited with code %s; last lines:\n%s", spec.id, rc, proc.log_tail())

@@ -145,3 +145,17 @@ async def test_shutdown_fails_waiters_and_stops_everything(loop: tuple[ControlLo
 
 def test_config_fixture_is_what_the_tests_assume() -> None:
     assert isinstance(CFG, Config) and len(CFG.instances) == 5
+
+
+async def test_cancel_and_wait_logs_a_task_that_had_died_instead_of_raising(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Shutdown must go on to stop the engines even if a background task had crashed."""
+    from orchestrator.control.loop import cancel_and_wait
+
+    async def boom() -> None:
+        raise RuntimeError("ledger bug")
+
+    task = asyncio.create_task(boom(), name="kv-ledger")
+    await asyncio.sleep(0)
+    await cancel_and_wait(task)  # does not raise
+    assert "kv-ledger had failed" in caplog.text and "ledger bug" in caplog.text

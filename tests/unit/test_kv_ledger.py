@@ -145,3 +145,18 @@ def test_unseen_instances_keep_their_memory() -> None:
     (sa,) = [x for x in acts if isinstance(x, SetLimit)]
     budget = 80 * GIB - 2 * (16 * GIB + AWAKE_OVERHEAD_BYTES) - MARGIN_BYTES
     assert sa.bytes <= budget - 30 * GIB
+
+
+def test_a_parking_neighbour_still_holds_its_weights_and_pages() -> None:
+    """While A parks, its weights and mapped KV are still on the GPU: B may not be granted them
+    in the same step (it would map into memory A has not given back, and fail)."""
+    led = Ledger({0: 80 * GIB})
+    a = inst("a", resident=False, holds_weights=True)  # parking
+    b = inst("b")
+    seen = {"a": Observation(idle(), status(30 * GIB, 30 * GIB)),
+            "b": Observation(busy(400_000), status(2 * GIB, 2 * GIB, used=10_000))}
+    acts = led.plan([a, b], seen, now=0.0)
+    limits = {x.instance: x.bytes for x in acts if isinstance(x, SetLimit)}
+    assert limits["a"] == 0
+    budget = 80 * GIB - 2 * (16 * GIB + AWAKE_OVERHEAD_BYTES) - MARGIN_BYTES
+    assert limits.get("b", 2 * GIB) <= budget - 30 * GIB

@@ -115,3 +115,30 @@ def test_ledger_view_counts_fixed_pools_and_skips_gone_instances() -> None:
     assert b.resident and b.weight_bytes == (big.model.shape.weight_bytes + 6 * GIB) // 2
     gone = kv_instances([view(small.id, (0,), InstanceState.FAILED)], specs, {}, cfg.host)
     assert gone == []
+
+
+def test_parking_holds_weights_and_a_fixed_pool_without_kv_pool_gb_is_counted() -> None:
+    cfg = parse_config({"mode": "elastic", "host": {"gpus": 2}, "models": [
+        {"name": "small", "model_path": "meta-llama/Llama-3.2-1B-Instruct",
+         "placements": [{"gpus": [0]}]},
+        {"name": "big", "model_path": "meta-llama/Llama-3.1-8B-Instruct", "tp_size": 2,
+         "placements": [{"gpus": [0, 1]}]}]}, gpu_count=2)
+    small, big = cfg.instances
+    specs = {i.id: i for i in cfg.instances}
+    got = {(k.id, k.gpu): k for k in kv_instances(
+        [view(small.id, (0,), InstanceState.PARKING), view(big.id, (0, 1), InstanceState.AWAKE)],
+        specs, {small.id}, cfg.host)}
+    s = got[small.id, 0]
+    assert not s.resident and s.holds_weights
+    # SGLang's default fraction of each GPU, less the weights, is the TP 2 server's pool
+    assert got[big.id, 0].weight_bytes >= 0.5 * 80 * GIB - big.model.shape.weight_bytes // 2
+
+
+def test_an_inherited_shim_environment_never_reaches_a_server_without_the_shim(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(shim_env.SOCKET, "/tmp/someone-elses.sock")
+    monkeypatch.setenv(shim_env.LIMIT_BYTES, "1")
+    cfg = config({"gpus": [0]})
+    big = cfg.instances[1]
+    spec = SGLangEngine(Env.read()).launch_spec(LaunchRequest(big, cfg.host, 30001, 40001))
+    assert not shim_env.requested(spec.env) and shim_env.LIMIT_BYTES not in spec.env

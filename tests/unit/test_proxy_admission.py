@@ -16,7 +16,12 @@ from orchestrator.control.events import LoadSample
 from orchestrator.engines.sim.model import LatencyModel
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.proxy import create_app
-from orchestrator.proxy.admission import AdmissionGate, estimate_prompt_tokens, max_new_tokens
+from orchestrator.proxy.admission import (
+    STALE_S,
+    AdmissionGate,
+    estimate_prompt_tokens,
+    max_new_tokens,
+)
 from orchestrator.proxy.errors import ProxyError
 from tests.unit.control_fakes import settle
 
@@ -174,3 +179,17 @@ async def test_proxy__sheds_with_429_in_the_envelope_and_serves_the_rest() -> No
         r = await client.post("/v1/completions", json={"model": "free", **BODY})
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == "ok"
     assert router.released == ["strict@gpu1", "free@gpu1"]  # every acquire is released
+
+
+async def test_gate__a_queued_request_is_admitted_once_samples_stop() -> None:
+    """The engine looked full, then no sample came (scrapes failing, instance gone): once the
+    last sample is stale, room is unknown and the request goes, with no other event."""
+    clock = Clock()
+    gate = AdmissionGate(CFG, clock=clock, repump_s=0.01)
+    gate.observe(loads("free@gpu1", 100.0, running=64, max_running=64))
+    t = asyncio.create_task(gate.admit(spec("free"), BODY, "free@gpu1", 100.0))
+    await settle()
+    assert not t.done()
+    clock.t += 10 * STALE_S
+    await asyncio.wait_for(t, timeout=5)
+

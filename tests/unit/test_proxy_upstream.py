@@ -344,3 +344,20 @@ async def test_expired_idle_connections_are_closed_not_reused() -> None:
         await engine.connections[0].closed.wait()
         assert [s.conn for s in engine.requests] == [0, 1]
         await client.aclose()
+
+
+async def test_an_interim_answer_is_an_error_never_a_reply_to_pass_on(
+        client: EngineClient) -> None:
+    """A 1xx before the final answer: refused (and its connection not pooled), so the final
+    answer can never be read by the next request on that connection."""
+    async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          body: bytes) -> bool:
+        writer.write(head(103, "link: </x>; rel=preload"))
+        return await json_answer(reader, writer, body)
+
+    async with TinyEngine(early_hints) as engine:
+        with pytest.raises(UpstreamError, match="interim 103"):
+            await client.post(engine.url, "/generate", b"{}")
+        with pytest.raises(UpstreamError, match="interim 103"):
+            await client.post(engine.url, "/generate", b"{}")
+        assert len(engine.connections) == 2  # the first connection was not pooled

@@ -65,7 +65,8 @@ class SimEngine:
         if tokens is not None:
             argv += ["--max-total-tokens", str(tokens)]
         argv += model.engine_args
-        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        env = {k: v for k, v in os.environ.items()
+               if k != "PROMETHEUS_MULTIPROC_DIR" and k not in shim_settings.PER_SERVER}
         # the child must import this very package, wherever chimera runs from
         root = str(Path(orchestrator.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
