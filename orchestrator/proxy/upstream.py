@@ -31,6 +31,7 @@ One event loop uses a client: no locks. Cancellation at any await closes the con
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -39,6 +40,8 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
+
+log = logging.getLogger("chimera.proxy")
 
 
 class UpstreamError(Exception):
@@ -256,6 +259,8 @@ class EngineClient:
                     raise UpstreamError(f"engine at {base_url} closed the connection without "
                                         f"answering: {exc.__cause__!r}") from exc.__cause__
                 # an idle connection the engine had closed: send again on a new one
+                log.debug("%s: pooled connection was closed (%r); sending again", base_url,
+                          exc.__cause__)
             except BaseException:
                 conn.close()
                 raise
