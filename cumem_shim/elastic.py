@@ -82,6 +82,7 @@ class ElasticKV:
         self._wanted: int | None = None  # the in-flight block ensure() waits for: keep it
         self._cap = layout.blocks_for_limit(limit_bytes)  # blocks mapped + prepared may reach
         self._armed = self._stop = self._blocked = self._bound = False
+        self._failing = False  # the worker's last prepare failed (worker thread only)
         self._worker_error: BaseException | None = None
         self.adopted = self.prepares = self.discards = 0  # blocks, for tests and benchmarks
         self._map([0])
@@ -388,13 +389,17 @@ class ElasticKV:
         try:
             handles = self._create([block])
         except DriverError as exc:  # out of memory, most likely: retry at the next wake-up
-            log.warning("cumem_shim: map-ahead of block %d failed, mapping on demand until "
-                        "the next allocation: %s", block, exc)
+            # logged once per run of failures: while the GPU stays full every allocation retries
+            (log.debug if self._failing else log.warning)(
+                "cumem_shim: map-ahead of block %d failed, mapping on demand until the next "
+                "allocation: %s", block, exc)
+            self._failing = True
             with self._cond:
                 self._inflight, self._blocked = None, True
                 self._refresh_mapped_bytes()
                 self._cond.notify_all()
             return True
+        self._failing = False
         with self._cond:
             self._inflight = None
             self.prepares += 1
