@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.types import Scope
 
@@ -57,11 +56,17 @@ class _Waiting:
     future: asyncio.Future[None]
 
 
+class _Dispatched(NamedTuple):
+    at: float  # when the gate let it go
+    kv_tokens: int
+    prompt_tokens: int
+
+
 @dataclass
 class _Engine:
     sample: LoadSample | None = None
-    # requests dispatched after the latest sample was taken: (when, KV tokens, prompt tokens)
-    unseen: dict[str, tuple[float, int, int]] = field(default_factory=dict)
+    # requests dispatched after the latest sample was taken
+    unseen: dict[str, _Dispatched] = field(default_factory=dict)
 
 
 class AdmissionGate:
@@ -87,7 +92,7 @@ class AdmissionGate:
         if eng is None:
             return
         eng.sample = s
-        eng.unseen = {r: u for r, u in eng.unseen.items() if u[0] >= s.at}
+        eng.unseen = {r: u for r, u in eng.unseen.items() if u.at >= s.at}
         self._pump(self._group(s.instance_id))
 
     @asynccontextmanager
@@ -159,15 +164,13 @@ class AdmissionGate:
         decision = admission.decide(view, now)
         for d in decision.dispatch:
             w = queue.pop(d.request)
-            self._engines[d.server].unseen[d.request] = (now, w.pending.kv_tokens, w.prompt_tokens)
+            self._engines[d.server].unseen[d.request] = _Dispatched(now, w.pending.kv_tokens,
+                                                                    w.prompt_tokens)
             w.future.set_result(None)
         for s in decision.shed:
             w = queue.pop(s.request)
-            retry = max(1, math.ceil(s.retry_after_s))
-            w.future.set_exception(ProxyError(
-                429, f"model {w.pending.model!r}: {s.reason}; retry in {retry} s",
-                type="rate_limit_error", code="deadline_unmeetable",
-                headers={"Retry-After": str(retry)}))
+            w.future.set_exception(ProxyError.deadline_unmeetable(w.pending.model, s.reason,
+                                                                  s.retry_after_s))
         self._rearm(g, bool(queue))
 
     def _rearm(self, g: int, waiting: bool) -> None:
@@ -191,7 +194,7 @@ class AdmissionGate:
         if s is None:
             return EngineRoom(iid, model, now, UNKNOWN_ROOM, UNKNOWN_ROOM)
         unseen = self._engines[iid].unseen.values()
-        kv = s.capacity_tokens - s.used_tokens - s.waiting_tokens - sum(u[1] for u in unseen)
+        kv = s.capacity_tokens - s.used_tokens - s.waiting_tokens - sum(u.kv_tokens for u in unseen)
         slots = ((s.max_running if s.max_running is not None else UNKNOWN_ROOM)
                  - s.running - s.waiting - len(unseen))
         return EngineRoom(iid, model, now, max(0, kv), max(0, slots))
@@ -204,7 +207,7 @@ class AdmissionGate:
                 continue
             s = self._fresh(iid, now)
             tokens = (s.waiting_tokens if s is not None else 0) + sum(
-                u[2] for u in self._engines[iid].unseen.values())
+                u.prompt_tokens for u in self._engines[iid].unseen.values())
             if tokens:
                 total += self._latency[spec.model.name].prefill_time([(tokens, 0)])
         return total

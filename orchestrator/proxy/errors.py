@@ -82,6 +82,14 @@ class ProxyError(Exception):
                    headers=headers)
 
     @classmethod
+    def deadline_unmeetable(cls, model: str, reason: str, retry_after_s: float) -> ProxyError:
+        """Shed by local admission (Moore–Hodgson): 429 with an honest Retry-After."""
+        retry = max(1, math.ceil(retry_after_s))
+        return cls(429, f"model {model!r}: {reason}; retry in {retry} s",
+                   type="rate_limit_error", code="deadline_unmeetable",
+                   headers={"Retry-After": str(retry)})
+
+    @classmethod
     def engine_unreachable(cls, instance: str, exc: Exception) -> ProxyError:
         return cls(502, f"engine instance {instance} failed: {type(exc).__name__}: {exc}",
                    type="server_error", code="engine_unreachable", src="engine")
