@@ -33,12 +33,28 @@ PARK_WHEN_IDLE = ("needed", "always", "never")
 DEFAULT_IDLE_PARK_S = 45.0
 
 
+# Objectives of a model whose placements file sets none. TPOT: weighs its KV pressure and bounds
+# its GPU's decode rounds (global scheduler, `chimera-orch plan`). TTFT: orders its requests in
+# the admission queue (deadline = arrival + this) but never sheds them: only an objective the
+# file sets is enforced (proxy/admission.py).
+DEFAULT_TTFT_SLO_S = 10.0
+DEFAULT_TPOT_SLO_S = 0.1
+
+
 @dataclass(frozen=True)
 class SLO:
     """Per-request service objectives in seconds; ``None`` = no objective."""
 
     ttft_s: float | None = None
     tpot_s: float | None = None
+
+    @property
+    def ttft_or_default(self) -> float:
+        return self.ttft_s if self.ttft_s is not None else DEFAULT_TTFT_SLO_S
+
+    @property
+    def tpot_or_default(self) -> float:
+        return self.tpot_s if self.tpot_s is not None else DEFAULT_TPOT_SLO_S
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ COLD_START_S = 65.0  # [measured] stock SGLang 0.5.17 cold start on the H100, wa
 # colocated servers run at --chunked-prefill-size 2048; re-measure on the H100.
 ACTIVATION_BYTES = 1 * GIB
 DEFAULT_KV_FLOOR_TOKENS = 8192  # a server is never woken with room for less than this
-DEFAULT_TPOT_SLO_S = 0.1
 EXIT_IMPOSSIBLE = 2
 
 
@@ -90,7 +89,7 @@ def cluster_view(cfg: Config, rates: dict[str, float], tokens_per_request: float
     """Every placement parked; demand from ``rates`` (requests/s per model)."""
     models = tuple(
         ModelDemand(name=m.name, tp_size=m.tp_size, cost=_cost(m, _floor(m)),
-                    tpot_slo_s=m.slo.tpot_s or DEFAULT_TPOT_SLO_S,
+                    tpot_slo_s=m.slo.tpot_or_default,
                     token_rate=rates.get(m.name, 0.0) * tokens_per_request,
                     queued=1 if rates.get(m.name, 0.0) > 0 else 0,
                     idle_park_s=m.idle.park_after_s, park_when=m.idle.when,  # type: ignore[arg-type]

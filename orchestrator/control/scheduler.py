@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from orchestrator.config import GIB, Config, ModelSpec
+from orchestrator.config import GIB, Config
 from orchestrator.control.api import InstanceState
 from orchestrator.control.demand import Demand
 from orchestrator.control.instance import Instance
@@ -44,21 +44,6 @@ from orchestrator.policy.cluster import (
 log = logging.getLogger("chimera.scheduler")
 S = InstanceState
 ParkWhen = Literal["needed", "always", "never"]
-
-# Objectives of a model whose placements file sets none. TPOT: the default of `chimera-orch
-# plan`. TTFT: orders its requests in the admission queue (deadline = arrival + this) but never
-# sheds them: only an objective the file sets is enforced (proxy/admission.py).
-DEFAULT_TTFT_SLO_S = 10.0
-DEFAULT_TPOT_SLO_S = 0.1
-
-
-def ttft_slo_s(spec: ModelSpec) -> float:
-    return spec.slo.ttft_s if spec.slo.ttft_s is not None else DEFAULT_TTFT_SLO_S
-
-
-def tpot_slo_s(spec: ModelSpec) -> float:
-    return spec.slo.tpot_s if spec.slo.tpot_s is not None else DEFAULT_TPOT_SLO_S
-
 
 def server_costs(config: Config) -> dict[str, ServerCost]:
     """Per-GPU cost of one server of each model; the KV floor is the largest `kv_floor_gb` of its
@@ -121,7 +106,7 @@ def cluster_view(config: Config, costs: Mapping[str, ServerCost], instances: Ite
         running[i.spec.model.name] = running.get(i.spec.model.name, 0) + i.in_flight
     models = tuple(
         ModelDemand(
-            name=m.name, tp_size=m.tp_size, cost=costs[m.name], tpot_slo_s=tpot_slo_s(m),
+            name=m.name, tp_size=m.tp_size, cost=costs[m.name], tpot_slo_s=m.slo.tpot_or_default,
             token_rate=demand.token_rate(m.name, now), queued=waiting.get(m.name, 0),
             running=running.get(m.name, 0), last_active_at=demand.last_active(m.name),
             idle_park_s=m.idle.park_after_s, park_when=_park_when(m.idle.when),

@@ -36,7 +36,6 @@ from starlette.types import Scope
 
 from orchestrator.config import Config, ModelSpec
 from orchestrator.control.events import LoadSample
-from orchestrator.control.scheduler import ttft_slo_s
 from orchestrator.engines.sim.model import LatencyModel
 from orchestrator.policy import admission
 from orchestrator.policy.queueing import EngineRoom, LatePolicy, ModelRule, Pending, QueueView
@@ -113,7 +112,7 @@ class AdmissionGate:
             raise KeyError(f"admission: no instance {instance_id!r} in the placements file")
         prompt = estimate_prompt_tokens(body)
         rid = f"r{next(self._ids)}"
-        pending = Pending(rid, spec.name, arrival, arrival + ttft_slo_s(spec),
+        pending = Pending(rid, spec.name, arrival, arrival + spec.slo.ttft_or_default,
                           self._latency[spec.name].prefill_time([(prompt, 0)]),
                           prompt + max_new_tokens(body))
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
