@@ -22,8 +22,8 @@ from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.control.scrape import Scraper
 from orchestrator.engines import get_engine
 from orchestrator.kv.ledger import KVInstance, Ledger
-from orchestrator.kv.runner import HttpKVEffects, KVRunner, ledger_enabled
-from orchestrator.kv.wiring import GONE, kv_instances, wants_shim
+from orchestrator.kv.runner import HttpKVEffects, KVRunner
+from orchestrator.kv.wiring import GONE, kv_instances, ledger_enabled, wants_shim
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app

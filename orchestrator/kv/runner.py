@@ -2,7 +2,7 @@
 instance wakes, parks or its queue jumps) it observes every instance — ``GET /v1/loads`` and the
 shim's ``status`` — asks the ledger for actions and performs them (``set_limit`` over the shim
 channel, ``POST /flush_cache``). Runs only in the ``elastic`` and ``full`` modes
-(``ledger_enabled``). Side effects go through ``KVEffects`` (tests use a fake).
+(``kv.wiring.ledger_enabled``). Side effects go through ``KVEffects`` (tests use a fake).
 
 It owns the ledger: nothing else mutates it. Instances come from a callable the control loop
 provides (``instances()``), read once per step.
@@ -26,11 +26,6 @@ from orchestrator.kv.ledger import Action, FlushCache, KVInstance, Ledger, Obser
 
 log = logging.getLogger("chimera.kv")
 PERIOD_S = 1.0
-
-
-def ledger_enabled(mode: str) -> bool:
-    """static: fixed pools, no shim; elastic and full: the ledger moves KV between models."""
-    return mode in ("elastic", "full")
 
 
 class KVEffects(Protocol):

@@ -17,7 +17,6 @@ from orchestrator.control.api import InstanceState, InstanceView
 from orchestrator.engines.base import ShimLaunch
 from orchestrator.engines.sglang import default_mem_fraction
 from orchestrator.kv.ledger import KVInstance
-from orchestrator.kv.runner import ledger_enabled
 from orchestrator.policy.gpu_memory import AWAKE_OVERHEAD_BYTES
 
 START_LIMIT_BYTES = 1 * GIB  # until the ledger's first split (a second after the server is up)
@@ -28,6 +27,11 @@ RESIDENT = frozenset({InstanceState.PENDING, InstanceState.STARTING, InstanceSta
 # still holding weights and runtime: a parking instance until SGLang's release is done
 HOLDS_WEIGHTS = RESIDENT | {InstanceState.PARKING}
 GONE = frozenset({InstanceState.FAILED, InstanceState.STOPPED})
+
+
+def ledger_enabled(mode: str) -> bool:
+    """static: fixed pools, no shim; elastic and full: the ledger moves KV between models."""
+    return mode in ("elastic", "full")
 
 
 def shim_refusal(spec: InstanceSpec) -> str | None:

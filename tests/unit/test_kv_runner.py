@@ -20,7 +20,8 @@ from orchestrator.engines.sim.server import SimSettings, create_app
 from orchestrator.kv.client import LimitReply
 from orchestrator.kv.demand import Load
 from orchestrator.kv.ledger import MARGIN_BYTES, KVInstance, Ledger, Observation, non_kv_bytes
-from orchestrator.kv.runner import HttpKVEffects, KVEndpoint, KVRunner, ledger_enabled
+from orchestrator.kv.runner import HttpKVEffects, KVEndpoint, KVRunner
+from orchestrator.kv.wiring import ledger_enabled
 
 GIB = 1 << 30
 # Llama-3.1-8B on an H100: 1024-token blocks of 128 MiB, 500k-token virtual pool
