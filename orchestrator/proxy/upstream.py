@@ -116,6 +116,7 @@ class _Pool:
         self.limits = limits
         self.idle: deque[_Conn] = deque()
         self.host_header = parts.netloc.encode("ascii")
+        self.retired = False
 
     async def checkout(self) -> tuple[_Conn, bool]:
         """A connection and whether it was used before."""
@@ -137,6 +138,9 @@ class _Pool:
         return _Conn(reader, writer), False
 
     def checkin(self, conn: _Conn) -> None:
+        if self.retired:  # dropped by its client (engine likely gone): nothing to keep alive
+            conn.close()
+            return
         conn.idle_since = now = time.monotonic()
         idle = self.idle
         idle.append(conn)
@@ -241,9 +245,15 @@ class EngineClient:
         if pool is None:
             # A new engine (instances get new ports): close what is left idle to the others,
             # e.g. to a stopped engine, whose closed sockets would otherwise stay open here.
+            # Pools left with nothing idle are dropped (engines get a new port at every start,
+            # so the table would otherwise grow for ever); answers still in flight close their
+            # connection instead of returning it.
             now = time.monotonic()
-            for other in self._pools.values():
+            for url, other in list(self._pools.items()):
                 other.sweep(now)
+                if not other.idle:
+                    other.retired = True
+                    del self._pools[url]
             pool = self._pools[base_url] = _Pool(base_url, self.limits)
         message = b"".join((
             b"POST ", path.encode("ascii"), b" HTTP/1.1\r\nhost: ", pool.host_header,

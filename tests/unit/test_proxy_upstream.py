@@ -361,3 +361,18 @@ async def test_an_interim_answer_is_an_error_never_a_reply_to_pass_on(
         with pytest.raises(UpstreamError, match="interim 103"):
             await client.post(engine.url, "/generate", b"{}")
         assert len(engine.connections) == 2  # the first connection was not pooled
+
+
+async def test_pools_of_engines_gone_quiet_are_dropped_when_a_new_engine_appears() -> None:
+    """Engines get a new port at every start: a pool with nothing idle is dropped then, and an
+    answer still in flight on it closes its connection instead of keeping it."""
+    client = EngineClient(Limits(keepalive_s=0.0))
+    async with TinyEngine(json_answer) as old, TinyEngine(json_answer) as new:
+        in_flight = await client.post(old.url, "/generate", b"{}")
+        resp = await client.post(new.url, "/generate", b"{}")  # a new engine URL
+        await in_flight.read()
+        await in_flight.aclose()
+        await old.connections[0].closed.wait()  # closed, not pooled
+        await resp.read()
+        await resp.aclose()
+    await client.aclose()
