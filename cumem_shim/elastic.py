@@ -358,6 +358,13 @@ class ElasticKV:
     # -- the map-ahead worker -------------------------------------------------------------
     def _run(self) -> None:
         try:
+            # no driver call before the first allocation: SGLang captures its CUDA graphs
+            # after creating the pool, and a call from another thread could break a capture
+            with self._cond:
+                while not (self._armed or self._stop):
+                    self._cond.wait()
+                if self._stop:
+                    return
             self.driver.bind_thread()
             with self._cond:
                 self._bound = True
@@ -441,7 +448,7 @@ class ElasticKV:
         return None
 
     def _settled(self) -> bool:
-        return (self._worker_error is not None or self._stop
+        return (self._worker_error is not None or self._stop or not self._armed
                 or (self._bound and self._inflight is None and not self._discard
                     and self._next_block() is None))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -177,6 +178,9 @@ def test_a_broken_worker_fails_the_next_allocation_loudly() -> None:
 
     kv, fl, dev = make(6, dev=NoContext(strict_context=True))
     assert kv.settle(WAIT_S)
+    # no driver call from the worker before the first allocation (CUDA graph capture)
+    assert not [k for k in dev.thread_calls if k[0] == "cumem-shim-map-ahead"]
+    arm(kv)  # the first allocation arms the worker, whose context binding then fails
     with pytest.raises(ShimError, match="CHIMERA_SHIM_MAP_AHEAD_BLOCKS=0") as err:
         kv.ensure(UNITS)
     assert isinstance(err.value.__cause__, DriverError)
@@ -328,3 +332,15 @@ def test_long_random_workloads_adopt_and_give_back() -> None:
         kv = drive(seq, 16, 1 + seed % 3, seed)
         adopted, discards = adopted + kv.adopted, discards + kv.discards
     assert adopted > 0 and discards > 0  # both paths ran
+
+
+def test_the_worker_makes_no_driver_call_before_the_first_allocation() -> None:
+    """SGLang captures its CUDA graphs after it creates the pool: until the first allocation
+    the worker thread must not touch the driver (not even to bind its context)."""
+    kv, fl, dev = make(6)
+    assert kv.settle(WAIT_S)
+    time.sleep(0.05)  # give a wrongly eager worker the chance to run
+    assert not [k for k in dev.thread_calls if k[0] == "cumem-shim-map-ahead"]
+    arm(kv)
+    assert [k for k in dev.thread_calls if k[0] == "cumem-shim-map-ahead"]
+    kv.close()
