@@ -41,7 +41,6 @@ from orchestrator.control.instance import Instance
 from orchestrator.control.scheduler import Plans, cluster_view, server_costs
 from orchestrator.errors import EngineUnavailable
 from orchestrator.policy import placement, startup
-from orchestrator.policy.gpu_memory import footprint
 from orchestrator.policy.types import ClusterSnapshot, InstanceSnapshot
 
 log = logging.getLogger("chimera.control")
@@ -266,7 +265,7 @@ class ControlLoop:
         if self._closing:
             return
         now = self._clock()
-        snap = self._snapshot(now)
+        snap = self._snapshot()
         started = startup.decide(snap, now)
         for iid in started.queue:
             if self._instances[iid].state is S.STOPPED:
@@ -327,27 +326,16 @@ class ControlLoop:
         if spec is not None:
             self._serve_held(spec)
 
-    def _snapshot(self, now: float) -> ClusterSnapshot:
-        cap = int(self.config.host.gpu_memory_gb * GIB)
+    def _snapshot(self) -> ClusterSnapshot:
         return ClusterSnapshot(
-            instances=tuple(self._inst_snapshot(i, now) for i in self._instances.values()),
+            instances=tuple(self._inst_snapshot(i) for i in self._instances.values()),
             waiting=self._holds.waiting(),
-            capacity={g: cap for g in range(self.config.gpu_count)},
         )
 
-    def _inst_snapshot(self, i: Instance, now: float) -> InstanceSnapshot:
-        m, pl = i.spec.model, i.spec.placement
-        cap = self.config.host.gpu_memory_gb * GIB
-        kv = pl.kv_pool_gb * GIB if pl.kv_pool_gb is not None else max(
-            GIB, 0.5 * cap * m.tp_size - m.shape.weight_bytes)
+    def _inst_snapshot(self, i: Instance) -> InstanceSnapshot:
         return InstanceSnapshot(
-            id=i.id, model=m.name, gpus=i.spec.gpus, state=i.state,
-            start_on_up=pl.on or self.timesharing, order=self._order[i.id],
-            in_flight=i.in_flight, idle_s=now - max(i.last_used, i.since),
-            park_after_s=m.idle.park_after_s, park_when=m.idle.when, priority=m.priority,
-            park_at_start=self.timesharing and not pl.on and not i.parked_once,
-            footprint=footprint(m.shape.weight_bytes, m.tp_size, int(kv)),
-        )
+            id=i.id, model=i.spec.model.name, gpus=i.spec.gpus, state=i.state,
+            start_on_up=i.spec.placement.on or self.timesharing, order=self._order[i.id])
 
     def _set(self, inst: Instance, state: InstanceState, now: float) -> None:
         inst.to(state, now)
