@@ -137,32 +137,27 @@ class FakeDevice:
     def set_access(self, va: int, size: int, device: int) -> None:
         with self._call("cuMemSetAccess"):
             self._check_device("cuMemSetAccess", device)
-            at, end, touched = va, va + size, []
-            while at < end:
-                m = self._maps.get(at)
-                if m is None:
-                    raise DriverError("cuMemSetAccess", "CUDA_ERROR_INVALID_VALUE",
-                                      f"{at:#x} is not the start of a mapping")
-                touched.append(m)
-                at += m.size
-            if at != end:
-                raise DriverError("cuMemSetAccess", "CUDA_ERROR_INVALID_VALUE", "range ends mid-mapping")
-            for m in touched:
-                m.access = True
+            for at in self._whole_mappings("cuMemSetAccess", va, size):
+                self._maps[at].access = True
+
+    def _whole_mappings(self, call: str, va: int, size: int) -> list[int]:
+        """Starts of the mappings that exactly cover [va, va + size), as the driver requires
+        (it acts on whole mappings only); raises the driver's error otherwise."""
+        at, end, starts = va, va + size, []
+        while at < end:
+            m = self._maps.get(at)
+            if m is None:
+                raise DriverError(call, "CUDA_ERROR_INVALID_VALUE",
+                                  f"{at:#x} is not the start of a mapping")
+            starts.append(at)
+            at += m.size
+        if at != end:
+            raise DriverError(call, "CUDA_ERROR_INVALID_VALUE", "range ends mid-mapping")
+        return starts
 
     def unmap(self, va: int, size: int) -> None:
         with self._call("cuMemUnmap"):
-            at, end, starts = va, va + size, []
-            while at < end:
-                m = self._maps.get(at)
-                if m is None:
-                    raise DriverError("cuMemUnmap", "CUDA_ERROR_INVALID_VALUE",
-                                      f"{at:#x} is not the start of a mapping")
-                starts.append(at)
-                at += m.size
-            if at != end:
-                raise DriverError("cuMemUnmap", "CUDA_ERROR_INVALID_VALUE", "range ends mid-mapping")
-            for s in starts:
+            for s in self._whole_mappings("cuMemUnmap", va, size):
                 m = self._maps.pop(s)
                 del self._map_starts[bisect.bisect_left(self._map_starts, s)]
                 self._mapped_handles[m.handle] -= 1
