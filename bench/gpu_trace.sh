@@ -4,26 +4,12 @@
 # Run from the repo root as the third device call, after the two calls that copy .whl1 and
 # .whl2 to /tmp/w (docs/gpu-testing.md), carrying .whl3 and .gpu:
 #     bash bench/gpu_trace.sh [bench.gpu_trace flags...]
-# Environment as tests/gpu/device_run.sh. $OUT gets bench.gpu_trace's six files and
+# Set-up as tests/gpu/device_run.sh (tests/gpu/device_env.sh). $OUT gets bench.gpu_trace's six files and
 # calibration.json (and jit-cache.tgz with SAVE_JIT_CACHE=1): at most eight come back.
 # The device cuts a command at 600 s: the trace gets what the install and the boots leave of
 # GPU_TRACE_BUDGET_S (default 565 s) and ends within it; calibrate takes about a second.
 set -uo pipefail
-t0=$(date +%s)
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-OUT=${OUT:-/tmp/out}; mkdir -p /tmp/w "$OUT"
-[ -d .whl3 ] && cp .whl3/*.whl /tmp/w/
-if [ ! -f /tmp/site/.ok ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/w/*.whl \
-    > /tmp/pip.log 2>&1 || { echo "wheel install failed"; tail -20 /tmp/pip.log; exit 1; }
-  touch /tmp/site/.ok
-fi
-echo "install: $(( $(date +%s)-t0 )) s, $(ls /tmp/w | wc -l) wheels"
-[ -f .gpu/jit-cache.tgz ] && tar xzf .gpu/jit-cache.tgz -C ~ && echo "JIT caches restored"
-export PYTHONPATH=/tmp/site:$PWD
-# The carried sglang-kernel lacks the FA3 kernels (gpu.md): triton attention on the lent H100.
-export CHIMERA_SGLANG_ARGS=${CHIMERA_SGLANG_ARGS:-"--attention-backend triton --sampling-backend pytorch --grammar-backend none"}
-export CHIMERA_CACHE_DIR=${CHIMERA_CACHE_DIR:-/tmp/chimera-cache}
+source tests/gpu/device_env.sh
 # GPU time of prefill and decode forward passes on SGLang's /metrics (engine-side cross-check).
 export SGLANG_ENABLE_METRICS_DEVICE_TIMER=${SGLANG_ENABLE_METRICS_DEVICE_TIMER:-1}
 budget=$(( ${GPU_TRACE_BUDGET_S:-565} - ($(date +%s) - t0) ))

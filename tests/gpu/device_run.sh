@@ -5,22 +5,8 @@
 # Usage: bash tests/gpu/device_run.sh [pytest args...]
 #        bash tests/gpu/device_run.sh --cmd COMMAND...   (same set-up, then COMMAND: a benchmark)
 set -uo pipefail
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-OUT=${OUT:-/tmp/out}; mkdir -p /tmp/w "$OUT"
-[ -d .whl3 ] && cp .whl3/*.whl /tmp/w/
-t0=$(date +%s)
-if [ ! -f /tmp/site/.ok ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/w/*.whl \
-    > /tmp/pip.log 2>&1 || { echo "wheel install failed"; tail -20 /tmp/pip.log; exit 1; }
-  touch /tmp/site/.ok
-fi
-echo "install: $(( $(date +%s)-t0 )) s, $(ls /tmp/w | wc -l) wheels"
-# Kernel caches (Triton, flashinfer) from an earlier run skip most of the ~100 s JIT compile.
-[ -f .gpu/jit-cache.tgz ] && tar xzf .gpu/jit-cache.tgz -C ~ && echo "JIT caches restored"
-export PYTHONPATH=/tmp/site:$PWD
-# The carried sglang-kernel lacks the FA3 kernels (gpu.md): triton attention on the lent H100.
-export CHIMERA_SGLANG_ARGS=${CHIMERA_SGLANG_ARGS:-"--attention-backend triton --sampling-backend pytorch --grammar-backend none"}
-export CHIMERA_GPU_OUT=$OUT CHIMERA_CACHE_DIR=${CHIMERA_CACHE_DIR:-/tmp/chimera-cache}
+source tests/gpu/device_env.sh
+export CHIMERA_GPU_OUT=$OUT
 nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 python3 -c "import sglang, torch; print('sglang', sglang.__version__, 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 if [ "${1:-}" = "--cmd" ]; then
