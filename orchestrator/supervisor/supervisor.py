@@ -80,6 +80,7 @@ class Supervisor:
         self.elastic = elastic
         self.kv_endpoints: dict[str, KVEndpoint] = {}
         self._socket_dir: str | None = None
+        self._plugin_dir: str | None = None  # "" = chimera's installed entry point serves
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -145,9 +146,10 @@ class Supervisor:
         if self._socket_dir is None:
             self._socket_dir = tempfile.mkdtemp(prefix="chimera-")
         sock = os.path.join(self._socket_dir, f"{port}.sock")
-        ep_dir = None if plugin.registered() else str(
-            plugin.entry_point_dir(self.run_dir / "shim-plugin"))
-        return shim_launch(spec, self.host, sock, ep_dir)
+        if self._plugin_dir is None:  # once: a scan of the installed distributions
+            self._plugin_dir = "" if plugin.registered() else str(
+                plugin.entry_point_dir(self.run_dir / "shim-plugin"))
+        return shim_launch(spec, self.host, sock, self._plugin_dir or None)
 
     async def _shim_ready(self, spec: InstanceSpec, shim: ShimLaunch, base_url: str) -> str | None:
         """None once the shim answers (the ledger may reach it), else why the start failed."""
