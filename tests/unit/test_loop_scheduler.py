@@ -97,6 +97,15 @@ async def migrate_hot(ctl: ControlLoop, fx: RecordingEffects, clock: Clock) -> E
     return in_flight
 
 
+async def hot_moved_to_gpu1(ctl: ControlLoop, fx: RecordingEffects, clock: Clock) -> None:
+    """The migration done (target woken, source parked); the clock at 13 s."""
+    ctl.release(await migrate_hot(ctl, fx, clock))
+    for ev in (Woken("hot@gpu1", 0.4), Parked("hot@gpu0", 0.4, 1)):
+        ctl.post(ev)
+    await settle()
+    clock.t = 13.0
+
+
 async def test_loop__no_demand_no_move(env: Env) -> None:
     ctl, fx, clock = env
     clock.t = 10.0
@@ -162,11 +171,7 @@ async def test_loop__activation_parks_an_idle_neighbour_then_wakes(env: Env) -> 
 
 async def test_loop__always_model_parks_when_idle(env: Env) -> None:
     ctl, fx, clock = env
-    ctl.release(await migrate_hot(ctl, fx, clock))
-    for ev in (Woken("hot@gpu1", 0.4), Parked("hot@gpu0", 0.4, 1)):
-        ctl.post(ev)
-    await settle()
-    clock.t = 13.0
+    await hot_moved_to_gpu1(ctl, fx, clock)
     ctl.post(Tick())
     req = asyncio.create_task(acquire(ctl, "cold"))
     await settle()
@@ -197,11 +202,7 @@ async def test_loop__failed_target_wake_keeps_the_source_serving(env: Env) -> No
 
 async def test_loop__failed_victim_park_abandons_the_plan_and_frees_its_target(env: Env) -> None:
     ctl, fx, clock = env
-    ctl.release(await migrate_hot(ctl, fx, clock))
-    for ev in (Woken("hot@gpu1", 0.4), Parked("hot@gpu0", 0.4, 1)):
-        ctl.post(ev)
-    await settle()
-    clock.t = 13.0
+    await hot_moved_to_gpu1(ctl, fx, clock)
     req = asyncio.create_task(acquire(ctl, "cold"))
     await settle()
     assert ("hot@gpu1", "make_room") in fx.parked
