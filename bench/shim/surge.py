@@ -37,8 +37,9 @@ from bench.report.summary import distribution
 from bench.traces import BenchRequest
 from bench.traces.request import renumber
 from orchestrator.config import GIB, parse_config
-from orchestrator.kv.ledger import MARGIN_BYTES
-from orchestrator.policy.gpu_memory import AWAKE_OVERHEAD_BYTES
+from orchestrator.control.api import InstanceState, InstanceView
+from orchestrator.kv.ledger import Ledger, non_kv_bytes
+from orchestrator.kv.wiring import kv_instances
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 MODES = ("static", "elastic")
@@ -69,11 +70,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def kv_budget(args: argparse.Namespace) -> int:
-    """What the ledger splits on the GPU (ledger.budget): capacity - weights and runtime of the
-    two awake models - margin. Static mode gives each model half of it."""
+    """What the KV ledger splits on the GPU with both models awake (``Ledger.budget``). Static
+    mode gives each model half of it."""
     cfg = parse_config(placements(args, "elastic", GIB), gpu_count=1)
-    held = sum(m.shape.weight_bytes + AWAKE_OVERHEAD_BYTES for m in cfg.models)
-    return int(args.gpu_memory_gb * GIB) - held - MARGIN_BYTES
+    views = [InstanceView(i.id, i.model.name, i.gpus, InstanceState.AWAKE, None)
+             for i in cfg.instances]
+    shimmed = {i.id for i in cfg.instances}
+    instances = kv_instances(views, {i.id: i for i in cfg.instances}, shimmed, cfg.host)
+    return Ledger({0: int(args.gpu_memory_gb * GIB)}).budget(0, non_kv_bytes(instances))
 
 
 def placements(args: argparse.Namespace, mode: str, budget: int) -> dict[str, Any]:
