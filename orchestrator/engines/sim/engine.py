@@ -22,8 +22,11 @@ SIM_READY_TIMEOUT_S = 60.0  # the sim boots in ~1 s plus the configured start de
 
 
 def max_total_tokens(req: LaunchRequest) -> int | None:
-    """KV pool in tokens: the memory ledger's share if given, else the placement's kv_pool_gb."""
+    """KV pool in tokens: the shim's virtual range (SGLang sizes its pool for it), else the
+    memory ledger's share if given, else the placement's kv_pool_gb."""
     per_token = req.instance.model.shape.kv_bytes_per_token
+    if req.shim is not None:
+        return max(1, req.shim.virtual_kv_bytes // per_token)
     if req.kv_bytes is not None:
         return max(1, req.kv_bytes // per_token)
     if req.instance.placement.kv_pool_gb is not None:
@@ -60,8 +63,7 @@ class SimEngine:
         ]
         if model.load_format != "auto":
             argv += ["--load-format", model.load_format]
-        tokens = (req.shim.virtual_kv_bytes // model.shape.kv_bytes_per_token if req.shim
-                  else max_total_tokens(req))
+        tokens = max_total_tokens(req)
         if tokens is not None:
             argv += ["--max-total-tokens", str(tokens)]
         argv += model.engine_args
