@@ -163,6 +163,7 @@ def _kv_runner(cfg: Config, control: ControlLoop, supervisor: Supervisor,
 
     runner = KVRunner(Ledger(capacity), HttpKVEffects(supervisor.http, endpoints), instances,
                       report=report)
+
     def observe(view: InstanceView) -> None:
         if view.state in GONE:  # its shim is gone: a restart starts from its start-up limit
             runner.ledger.forget(view.id)
