@@ -24,7 +24,7 @@ check: $(STAMP)
 	$(BIN)/chimera-orch check $(FILE)
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator cumem_shim bench tests
+	$(BIN)/ruff check orchestrator simsglang cumem_shim bench tests
 	$(BIN)/mypy
 
 # GPU tests (@pytest.mark.gpu) skip themselves here when there is no CUDA GPU.

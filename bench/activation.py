@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.engines.sim import calibration
+from orchestrator.perf import calibration
 
 PROMPT = "hello world once upon a time"
 

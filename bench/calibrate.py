@@ -2,7 +2,7 @@
 run written by ``python -m bench.gpu_trace`` (requests.jsonl + calibration_data.json), print
 the fits with their residuals, and write REPORT_DIR/calibration.json with provenance.
 
-The sim's model (orchestrator/engines/sim/model.py, constants in calibration.py), one GPU:
+The sim's model (orchestrator/perf/model.py, constants in calibration.py), one GPU:
 
     prefill = PREFILL_STEP_OVERHEAD_S + max(FLOPs / (PEAK x PREFILL_MFU), weights / (HBM x WRE))
     decode step = DECODE_STEP_OVERHEAD_S + max(weights / (HBM x WRE),
@@ -47,7 +47,7 @@ from bench.calibration_samples import (
 )
 from bench.fit import Fit, FitError, fit
 from bench.report import read_records
-from orchestrator.engines.sim import calibration as cal
+from orchestrator.perf import calibration as cal
 from orchestrator.shapes import ModelShape, resolve_shape
 
 SCHEMA = "chimera-sim-calibration/1"
@@ -281,7 +281,7 @@ def calibrate(report_dir: Path, out: Path, command: list[str]) -> dict[str, Any]
                    "decode_used": decode[m][0], "max_mean_batch": max_batch[m]}
     console.print(t)
     constants = derive(shapes, prefill, decode, max_batch)
-    c = Table(title="sim constants (orchestrator/engines/sim/calibration.py)")
+    c = Table(title="sim constants (orchestrator/perf/calibration.py)")
     for col in ("constant", "fitted", "current", "source / note"):
         c.add_column(col)
     for name, v in constants.items():

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.client.record import RequestRecord
-from orchestrator.engines.sim import calibration as cal
+from orchestrator.perf import calibration as cal
 from orchestrator.shapes import ModelShape
 
 MIN_DECODE_TOKENS = 8

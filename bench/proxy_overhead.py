@@ -2,7 +2,7 @@
 
 chimera is started with one tiny model on the sim engine at ``--sim-speed 0`` (no modelled
 compute: the engine answers as fast as its event loop runs), so the engine instance is
-``python -m orchestrator.engines.sim --sim-speed 0 ...``. The same streamed /v1/completions
+``python -m simsglang --sim-speed 0 ...``. The same streamed /v1/completions
 requests go to that instance directly and through the proxy, interleaved: at each concurrency
 level, C closed-loop streams run for ``--seconds``, each alternating direct and proxied
 requests, so both paths see the same engine, client and CPU. Per level:
@@ -56,7 +56,7 @@ def engine_process(ch: Chimera) -> tuple[str, psutil.Process]:
     """The sim instance chimera started: its URL (--port from its command line) and process."""
     for c in psutil.Process(ch.proc.pid).children(recursive=True):
         argv = c.cmdline()
-        if "orchestrator.engines.sim" in argv and "--port" in argv:
+        if "simsglang" in argv and "--port" in argv:
             return f"http://127.0.0.1:{argv[argv.index('--port') + 1]}", c
     raise RuntimeError("no sim engine process found under chimera")
 

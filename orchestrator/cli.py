@@ -129,7 +129,7 @@ def _print_plan(cfg: Config) -> None:
 
 def _pick_engine(requested: str) -> tuple[str, int | None]:
     """(engine, GPUs of this host or None for the sim host). Says loudly what auto chose."""
-    from orchestrator.engines.detect import cuda_gpu_count, sglang_available
+    from orchestrator.sglang.detect import cuda_gpu_count, sglang_available
 
     if requested == "sim":
         return "sim", None

@@ -4,7 +4,7 @@ Prints each GPU's memory budget (weights, KV floor, runtime overhead of every in
 and awake), flags files that cannot work (with the reason), and with ``--rates`` shows where
 the global policy (orchestrator/policy/placement.py) would wake what for that request mix, the
 KV Pressure Ratio of each GPU and the KV limits. Costs come from the H100 memory and latency
-model of the sim engine (orchestrator/engines/sim/model.py, calibration.py), so this is also
+model of the sim engine (orchestrator/perf/model.py, calibration.py), so this is also
 the one place that turns a shape into a ``ServerCost`` (bench/sim uses it too).
 """
 
@@ -18,8 +18,8 @@ from rich.table import Table
 
 from orchestrator.config import Config, ModelSpec, load_config
 from orchestrator.control.api import InstanceState
-from orchestrator.engines.sim import calibration as cal
-from orchestrator.engines.sim.model import LatencyModel, kv_bytes_per_token_per_gpu, plan_memory
+from orchestrator.perf import calibration as cal
+from orchestrator.perf.model import LatencyModel, kv_bytes_per_token_per_gpu, plan_memory
 from orchestrator.policy import placement
 from orchestrator.policy.cluster import Activation, ClusterView, ModelDemand, ServerCost, ServerView
 from orchestrator.shapes import ModelShape

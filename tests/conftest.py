@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.engines.detect import cuda_gpu_count, sglang_available
+from orchestrator.sglang.detect import cuda_gpu_count, sglang_available
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

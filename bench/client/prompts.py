@@ -1,6 +1,6 @@
 """Synthetic prompts of a requested token count (no prompt text ships with the traces).
 
-On the sim engine the count is exact. Its toy tokenizer (orchestrator/engines/sim/tokenizer.py)
+On the sim engine the count is exact. Its toy tokenizer (simsglang/tokenizer.py)
 makes one token of every word of up to 8 characters, and the server adds a BOS token; the chat
 route also adds its template (``<|user|>\\n...\\n<|assistant|>\\n`` = 11 tokens). So a prompt
 of N tokens is N - 1 words on /v1/completions and /generate, N - 12 on /v1/chat/completions

@@ -5,7 +5,7 @@ Engine label. chimera's API does not say which engine serves (an engine's /serve
 reachable through the proxy), so the label comes from, in order: ``--engine-label``; the engine
 the runner started chimera with; else a probe: a batched ``/generate`` (``"text": [..]``,
 one new token) to an awake model. The sim refuses it with a message that says "SIMULATED"
-(orchestrator/engines/sim/api.py); stock SGLang serves it (200).
+(simsglang/api.py); stock SGLang serves it (200).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     python -m bench.sim experiments [--only rate,gpus,large,ablations,timing]
     python -m bench.sim microbench          # one global decision, 1,000 models x 256 GPUs
 
-Every number printed is SIMULATED (H100 model of orchestrator/engines/sim/calibration.py).
+Every number printed is SIMULATED (H100 model of orchestrator/perf/calibration.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Approximation (documented in docs/bench-sim.md):
 - A GPU runs its awake servers' scheduler steps one after another (CUDA time-slicing between
   processes, no MPS): one *round* = one decode step of every server that has running requests,
-  so a round lasts the sum of their step times (orchestrator/engines/sim/model.py).
+  so a round lasts the sum of their step times (orchestrator/perf/model.py).
 - New requests dispatched to a server are prefilled at the next round boundary, all waiting
   ones of a server in one batch (SGLang runs prefill before decode); each request's first token
   comes when its server's prefill ends (the servers' prefills run back to back).
@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 
 from orchestrator.control.api import InstanceState
-from orchestrator.engines.sim.model import LatencyModel
+from orchestrator.perf.model import LatencyModel
 from orchestrator.policy.cluster import ServerCost
 
 S = InstanceState

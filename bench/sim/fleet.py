@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 
 from bench.sim.engine import SimModel
-from orchestrator.engines.sim.model import LatencyModel
+from orchestrator.perf.model import LatencyModel
 from orchestrator.plan import server_cost
 from orchestrator.shapes import load_shape
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from orchestrator.engines.sim import calibration as cal
+from orchestrator.perf import calibration as cal
 
-CALIBRATION = "orchestrator/engines/sim/calibration.py"
+CALIBRATION = "orchestrator/perf/calibration.py"
 STAMP = f"SIMULATED ({cal.ACCELERATOR_NAME}; constants: {CALIBRATION})"
 STYLE = {"chimera": ("tab:red", "o"), "muxserve-like": ("tab:blue", "s"),
          "static-partition": ("tab:gray", "^"), "swap-only": ("tab:green", "v")}

@@ -16,7 +16,7 @@ import math
 
 from orchestrator.config import ModelSpec
 from orchestrator.control.events import LoadSample
-from orchestrator.engines.sim.model import LatencyModel
+from orchestrator.perf.model import LatencyModel
 from orchestrator.policy.rates import DEFAULT_WINDOW_S, RateWindow
 
 # Context length assumed for the decode step of a typical request (prompt + output): Prism's

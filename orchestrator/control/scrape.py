@@ -34,8 +34,8 @@ import httpx
 
 from orchestrator.control.api import InstanceState, InstanceView
 from orchestrator.control.events import LoadSample
-from orchestrator.engines.sglang_api import LOADS
 from orchestrator.kv.demand import LoadsError, parse_loads
+from orchestrator.sglang.api import LOADS
 
 log = logging.getLogger("chimera.scrape")
 

@@ -72,11 +72,11 @@ def served_name(model_name: str) -> str:
 
 def get_engine(name: str) -> Engine:
     if name == "sim":
-        from orchestrator.engines.sim.engine import SimEngine
+        from orchestrator.engines.simulated import SimEngine
 
         return SimEngine()
     if name == "sglang":
-        from orchestrator.engines.sglang import SGLangEngine
+        from orchestrator.sglang.launch import SGLangEngine
 
         return SGLangEngine()
     raise ValueError(f"unknown engine {name!r} (choose sim or sglang)")

@@ -2,7 +2,7 @@
 
 The caller (control loop, ``chimera-orch plan``, the simulator in bench/sim) fills the snapshot:
 rates are measured outside (rates.py), memory costs come from the H100 model in
-orchestrator/engines/sim (orchestrator/plan.py: ``server_cost``), so nothing here knows a clock
+simsglang (orchestrator/plan.py: ``server_cost``), so nothing here knows a clock
 or a constant of SGLang. All byte counts are per GPU; a TP server charges each GPU of its group.
 """
 

@@ -2,7 +2,7 @@
 
 The proxy keeps one queue per GPU group across every model served there and calls
 ``admission.decide`` on each arrival, completion and wake. Expected prefill times and KV needs
-are filled in by the caller (the H100 latency model in orchestrator/engines/sim/model.py, or
+are filled in by the caller (the H100 latency model in orchestrator/perf/model.py, or
 measured averages), so the policy itself knows no engine.
 """
 

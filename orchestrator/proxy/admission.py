@@ -16,7 +16,7 @@ sample, or only one older than ``STALE_S``, has unknown room and admits everythi
 scheduler then queues): a gate without a scraper is a pass-through, never a deadlock.
 
 Prefill times and KV needs are estimates: prompt tokens ~ characters / 4 of the body's text,
-prefill from the H100 latency model of the sim engine (orchestrator/engines/sim/model.py).
+prefill from the H100 latency model of the sim engine (orchestrator/perf/model.py).
 
 Who calls: ``forward.py`` (``admitted``) from request tasks, the scraper's sink (``observe``).
 All on the one event loop, and no method awaits between reading and changing the queues.
@@ -36,7 +36,7 @@ from starlette.types import Scope
 
 from orchestrator.config import Config, ModelSpec
 from orchestrator.control.events import LoadSample
-from orchestrator.engines.sim.model import LatencyModel
+from orchestrator.perf.model import LatencyModel
 from orchestrator.policy import admission
 from orchestrator.policy.queueing import EngineRoom, LatePolicy, ModelRule, Pending, QueueView
 from orchestrator.proxy.errors import ProxyError

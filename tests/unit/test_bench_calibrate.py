@@ -1,7 +1,7 @@
 """bench.calibrate and its parts: the robust least squares, SGLang's scheduler log lines, the
 samples taken from request records, and the mapping of fits onto the sim's constants. The
 records here are built from the sim's own latency model, so a right fit gives back the
-constants of orchestrator/engines/sim/calibration.py (pure arithmetic, no clock)."""
+constants of orchestrator/perf/calibration.py (pure arithmetic, no clock)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from bench.calibration_samples import (
 )
 from bench.client import RequestRecord
 from bench.fit import Fit, FitError, fit
-from orchestrator.engines.sim import calibration as cal
-from orchestrator.engines.sim.model import LatencyModel
+from orchestrator.perf import calibration as cal
+from orchestrator.perf.model import LatencyModel
 from orchestrator.shapes import load_shape
 
 SHAPES = {"llama-1b": load_shape("llama-3.2-1b"), "llama-8b": load_shape("llama-3.1-8b")}

@@ -22,7 +22,7 @@ from bench.client.loadgen import run_open_loop
 from bench.client.prompts import prompt_ids, prompt_words
 from bench.client.protocol import body, parse_line
 from bench.traces import BenchRequest
-from orchestrator.engines.sim.tokenizer import ToyTokenizer, render_chat
+from simsglang.tokenizer import ToyTokenizer, render_chat
 
 BOS = 1
 

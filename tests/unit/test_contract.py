@@ -1,7 +1,7 @@
 """L2 contract tests: what chimera sends to SGLang exists in every supported release.
 
-The lists come from the released wheels (orchestrator/engines/contract/*.json, made by
-``python -m orchestrator.engines.contract.extract``); no SGLang install is needed.
+The lists come from the released wheels (orchestrator/sglang/contract/*.json, made by
+``python -m orchestrator.sglang.contract.extract``); no SGLang install is needed.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import pytest
 
 from orchestrator.config import GIB, parse_config
 from orchestrator.engines.base import LaunchRequest
-from orchestrator.engines.contract import (
+from orchestrator.env import Env
+from orchestrator.sglang.api import METRICS_READ, ROUTES_USED
+from orchestrator.sglang.contract import (
     HERE,
     SUPPORTED_VERSIONS,
     Contract,
     ContractError,
     load_contract,
 )
-from orchestrator.engines.sglang import SGLangEngine
-from orchestrator.engines.sglang_api import METRICS_READ, ROUTES_USED
-from orchestrator.env import Env
+from orchestrator.sglang.launch import SGLangEngine
 
 H100_ARGS = ("--attention-backend", "triton", "--sampling-backend", "pytorch",
              "--grammar-backend", "none")

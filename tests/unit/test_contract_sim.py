@@ -1,6 +1,6 @@
 """The sim engine against SGLang's contract, so the simulator cannot drift from the real server:
 its routes, its ``sglang:`` metric families and its launch flags must all exist in every
-supported SGLang release (lists extracted from the wheels, orchestrator/engines/contract/)."""
+supported SGLang release (lists extracted from the wheels, orchestrator/sglang/contract/)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from starlette.testclient import TestClient
 
 from orchestrator.config import parse_config
 from orchestrator.engines.base import LaunchRequest
-from orchestrator.engines.contract import SUPPORTED_VERSIONS, Contract, load_contract
-from orchestrator.engines.sglang_api import METRICS_READ, ROUTES_USED
-from orchestrator.engines.sim.engine import SimEngine
-from orchestrator.engines.sim.server import SimSettings, create_app
+from orchestrator.engines.simulated import SimEngine
+from orchestrator.sglang.api import METRICS_READ, ROUTES_USED
+from orchestrator.sglang.contract import SUPPORTED_VERSIONS, Contract, load_contract
+from simsglang.server import SimSettings, create_app
 
 CONTRACTS = [load_contract(v) for v in SUPPORTED_VERSIONS]
 

@@ -15,13 +15,13 @@ from cumem_shim.elastic import ElasticKV
 from cumem_shim.fake import TWO_MIB, FakeDevice
 from cumem_shim.freelist import CountingFreeList
 from cumem_shim.pages import mha_layout
-from orchestrator.engines.sim.batcher import VirtualClock
-from orchestrator.engines.sim.server import SimSettings, create_app
 from orchestrator.kv.client import LimitReply
 from orchestrator.kv.demand import Load
 from orchestrator.kv.ledger import MARGIN_BYTES, KVInstance, Ledger, Observation, non_kv_bytes
 from orchestrator.kv.runner import HttpKVEffects, KVEndpoint, KVRunner
 from orchestrator.kv.wiring import ledger_enabled
+from simsglang.batcher import VirtualClock
+from simsglang.server import SimSettings, create_app
 
 GIB = 1 << 30
 # Llama-3.1-8B on an H100: 1024-token blocks of 128 MiB, 500k-token virtual pool

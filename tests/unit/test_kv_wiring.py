@@ -14,8 +14,7 @@ from cumem_shim import settings as shim_env
 from orchestrator.config import GIB, Config, parse_config
 from orchestrator.control.api import InstanceState, InstanceView
 from orchestrator.engines.base import LaunchRequest, ShimLaunch
-from orchestrator.engines.sglang import SGLangEngine
-from orchestrator.engines.sim.engine import SimEngine
+from orchestrator.engines.simulated import SimEngine
 from orchestrator.env import Env
 from orchestrator.kv.wiring import (
     START_LIMIT_BYTES,
@@ -26,6 +25,7 @@ from orchestrator.kv.wiring import (
     wants_shim,
 )
 from orchestrator.policy.gpu_memory import AWAKE_OVERHEAD_BYTES
+from orchestrator.sglang.launch import SGLangEngine
 
 
 def config(*placements: dict[str, Any], mode: str = "elastic") -> Config:

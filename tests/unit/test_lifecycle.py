@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from orchestrator.engines.sim.server import SimSettings, create_app
 from orchestrator.errors import EngineError
 from orchestrator.supervisor.lifecycle import Lifecycle
 from orchestrator.supervisor.memory import MemoryReading, SimMemoryProbe
 from orchestrator.supervisor.process import PROBE_BODY, PROBE_PATH
+from simsglang.server import SimSettings, create_app
 
 BASE = "http://sim"
 

@@ -13,8 +13,8 @@ import pytest
 from orchestrator.config import ModelSpec, parse_config
 from orchestrator.control.api import Endpoint, InstanceView, ModelView
 from orchestrator.control.events import LoadSample
-from orchestrator.engines.sim.model import LatencyModel
 from orchestrator.metrics import ChimeraMetrics
+from orchestrator.perf.model import LatencyModel
 from orchestrator.proxy import create_app
 from orchestrator.proxy.admission import (
     STALE_S,

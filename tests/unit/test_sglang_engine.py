@@ -11,10 +11,10 @@ import pytest
 
 from orchestrator.config import GIB, Config, InstanceSpec, parse_config
 from orchestrator.engines.base import LaunchRequest, LaunchSpec, get_engine
-from orchestrator.engines.detect import cuda_gpu_count, sglang_available
-from orchestrator.engines.sglang import SGLangEngine, kv_bytes_per_token_group
 from orchestrator.env import Env
 from orchestrator.errors import ConfigError
+from orchestrator.sglang.detect import cuda_gpu_count, sglang_available
+from orchestrator.sglang.launch import SGLangEngine, kv_bytes_per_token_group
 from orchestrator.shapes import shape_dir
 
 H100_ARGS = "--attention-backend triton --sampling-backend pytorch --grammar-backend none"

@@ -15,11 +15,11 @@ import httpx
 import pytest
 
 from cumem_shim import settings as shim_settings
-from orchestrator.engines.sim.batcher import Batcher, VirtualClock
-from orchestrator.engines.sim.server import SimServer, SimSettings, create_app
-from orchestrator.engines.sim.shim_channel import ElasticBatcher
 from orchestrator.kv.client import ShimClient, ShimUnavailable, wait_ready
 from orchestrator.supervisor.ports import free_ports
+from simsglang.batcher import Batcher, VirtualClock
+from simsglang.server import SimServer, SimSettings, create_app
+from simsglang.shim_channel import ElasticBatcher
 
 BLOCK = 4 * (2 << 20)  # tiny-llama: 4096-token blocks of four 2 MiB pages
 BODY = {"input_ids": [5] * 1500, "sampling_params": {"max_new_tokens": 500, "ignore_eos": True}}
@@ -124,7 +124,7 @@ async def test_without_the_variable_nothing_changes(monkeypatch: pytest.MonkeyPa
 
 async def test_the_sim_process_serves_the_channel_from_its_environment(sock: str) -> None:
     (port,) = free_ports(1)
-    argv = [sys.executable, "-m", "orchestrator.engines.sim", "--model-path", "tiny-llama",
+    argv = [sys.executable, "-m", "simsglang", "--model-path", "tiny-llama",
             "--port", str(port), "--sim-speed", "0"]
     env = {**os.environ, shim_settings.SOCKET: sock, shim_settings.STRICT_IDLE_CHECK: "0"}
     bad = await asyncio.create_subprocess_exec(*argv, env=env, stderr=subprocess.PIPE)
@@ -145,7 +145,7 @@ async def test_resident_kv_is_what_the_shim_maps_whatever_tags_are_released(rig:
     """As in SGLang with the shim: the KV pool is not torch_memory_saver's, so its memory is the
     shim's mapped pages (one block at start, not the whole pool) and a release of every tag
     leaves them; the limit decides."""
-    ledger = rig.sim.ledger
+    ledger = rig.sim.memory
     await wait_ready(rig.shim.path, timeout_s=5)
     assert ledger.snapshot()["kv_cache_bytes"] == BLOCK < ledger.plan.kv_bytes
     ledger.release(None)  # what /release_memory_occupation applies (its delay is simulated)

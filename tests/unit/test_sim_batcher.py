@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.engines.sim.batcher import Batcher, SimRequest, StepEvent, VirtualClock
-from orchestrator.engines.sim.model import LatencyModel, MemoryPlan, plan_memory
-from orchestrator.engines.sim.tokenizer import OutputPlan
+from orchestrator.perf.model import LatencyModel, MemoryPlan, plan_memory
 from orchestrator.shapes import load_shape
+from simsglang.batcher import Batcher, SimRequest, StepEvent, VirtualClock
+from simsglang.tokenizer import OutputPlan
 
 SHAPE = load_shape("llama-3.1-8b")
 

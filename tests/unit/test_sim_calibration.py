@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.engines.sim import calibration as cal
-from orchestrator.engines.sim.model import LatencyModel, kv_bytes_per_token_per_gpu
+from orchestrator.perf import calibration as cal
+from orchestrator.perf.model import LatencyModel, kv_bytes_per_token_per_gpu
 from orchestrator.shapes import load_shape
 
 L1B, L8B = load_shape("llama-3.2-1b"), load_shape("llama-3.1-8b")

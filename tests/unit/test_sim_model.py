@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.engines.sim import calibration as cal
-from orchestrator.engines.sim.model import (
+from orchestrator.perf import calibration as cal
+from orchestrator.perf.model import (
     LatencyModel,
-    MemoryLedger,
-    SimMemoryError,
+    MemoryPlanError,
     kv_bytes_per_token_per_gpu,
     plan_memory,
     sglang_defaults,
 )
-from orchestrator.engines.sim.tokenizer import NATURAL_MAX, NATURAL_MIN, ToyTokenizer
 from orchestrator.shapes import load_shape
+from simsglang.memory import MemoryTags
+from simsglang.tokenizer import NATURAL_MAX, NATURAL_MIN, ToyTokenizer
 
 GIB = 1 << 30
 L8B = load_shape("llama-3.1-8b")
@@ -100,7 +100,7 @@ def test_tp_splits_weights_and_kv_heads_and_replicates_when_too_few() -> None:
 
 
 def test_a_model_that_cannot_fit_fails_like_sglang_at_startup() -> None:
-    with pytest.raises(SimMemoryError, match="Not enough memory"):
+    with pytest.raises(MemoryPlanError, match="Not enough memory"):
         plan_memory(load_shape("llama-3.3-70b"), tp_size=1)
     assert plan_memory(load_shape("llama-3.3-70b"), tp_size=2).kv_capacity_tokens > 0
 
@@ -112,27 +112,27 @@ def test_max_running_requests_follows_sglangs_formula() -> None:
     assert plan_memory(tiny, max_running_requests=7).max_running_requests == 7
 
 
-def test_ledger_release_and_resume_by_tag() -> None:
-    ledger = MemoryLedger(plan_memory(L8B))
-    awake = ledger.resident_bytes()
-    assert ledger.release(["weights", "cuda_graph"]) == ["weights", "cuda_graph"]
-    dropped = ledger.plan.weight_bytes + ledger.plan.cuda_graph_bytes
-    assert ledger.resident_bytes() == awake - dropped
-    assert not ledger.can_serve
-    assert ledger.release([]) == ["kv_cache"]  # empty = all tags; already released ones stay
-    assert ledger.resident_bytes() == cal.CONTEXT_BYTES
-    assert ledger.resume(None) == ["kv_cache", "weights", "cuda_graph"]
-    assert ledger.resident_bytes() == awake and ledger.can_serve and ledger.weights_intact
+def test_memory_tags_release_and_resume_by_tag() -> None:
+    tags = MemoryTags(plan_memory(L8B))
+    awake = tags.resident_bytes()
+    assert tags.release(["weights", "cuda_graph"]) == ["weights", "cuda_graph"]
+    dropped = tags.plan.weight_bytes + tags.plan.cuda_graph_bytes
+    assert tags.resident_bytes() == awake - dropped
+    assert not tags.can_serve
+    assert tags.release([]) == ["kv_cache"]  # empty = all tags; already released ones stay
+    assert tags.resident_bytes() == cal.CONTEXT_BYTES
+    assert tags.resume(None) == ["weights", "cuda_graph", "kv_cache"]
+    assert tags.resident_bytes() == awake and tags.can_serve and tags.weights_intact
     with pytest.raises(ValueError, match="unknown memory tags"):
-        ledger.release(["weight"])
+        tags.release(["weight"])
 
 
 def test_release_without_memory_saver_frees_nothing_and_without_backup_loses_weights() -> None:
     plan = plan_memory(L8B)
-    no_saver = MemoryLedger(plan, memory_saver=False)
+    no_saver = MemoryTags(plan, memory_saver=False)
     assert no_saver.release(None) == []
-    assert no_saver.resident_bytes() == MemoryLedger(plan).resident_bytes()
-    no_backup = MemoryLedger(plan, weights_cpu_backup=False)
+    assert no_saver.resident_bytes() == MemoryTags(plan).resident_bytes()
+    no_backup = MemoryTags(plan, weights_cpu_backup=False)
     no_backup.release(["weights"])
     no_backup.resume(["weights"])
     assert not no_backup.weights_intact

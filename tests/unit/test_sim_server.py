@@ -21,11 +21,11 @@ from starlette.routing import Route
 
 from orchestrator.config import HostSpec, parse_config
 from orchestrator.engines.base import LaunchRequest
-from orchestrator.engines.sim.batcher import VirtualClock
-from orchestrator.engines.sim.engine import SimEngine
-from orchestrator.engines.sim.server import SimServer, SimSettings, create_app
+from orchestrator.engines.simulated import SimEngine
 from orchestrator.shapes import shape_dir
 from orchestrator.supervisor.ports import free_ports
+from simsglang.batcher import VirtualClock
+from simsglang.server import SimServer, SimSettings, create_app
 
 Client = tuple[Starlette, httpx.AsyncClient, VirtualClock]
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "tell me a story"}]}
@@ -359,7 +359,7 @@ def test_launch_spec_for_an_instance(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = SimEngine().launch_spec(LaunchRequest(inst, HostSpec(2, 40.0), port=31000,
                                                  nccl_port=32000))
     argv = list(spec.argv)
-    assert argv[:3] == [sys.executable, "-m", "orchestrator.engines.sim"]
+    assert argv[:3] == [sys.executable, "-m", "simsglang"]
 
     def flag(name: str) -> str:
         return argv[argv.index(name) + 1]
@@ -385,7 +385,7 @@ def test_a_model_name_with_a_colon_is_served_without_it() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator.engines.sim", *args],
+    return subprocess.run([sys.executable, "-m", "simsglang", *args],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -405,7 +405,7 @@ def test_cli_help_and_bad_flags() -> None:
 def test_cli_serves_over_http_at_speed_zero() -> None:
     (port,) = free_ports(1)
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.engines.sim", "--model-path",
+    proc = subprocess.Popen([sys.executable, "-m", "simsglang", "--model-path",
                              "tiny-llama", "--port", str(port), "--sim-speed", "0",
                              "--enable-metrics", "--enable-memory-saver", "--sleep-on-idle",
                              "--nccl-port", "1234"],

@@ -28,8 +28,8 @@ from cumem_shim.freelist import CountingFreeList
 from cumem_shim.limit import Accepted
 from cumem_shim.pages import mha_layout
 from cumem_shim.types import Status
-from orchestrator.engines.sim.batcher import Batcher, SimRequest
-from orchestrator.engines.sim.server import SimServer
+from simsglang.batcher import Batcher, SimRequest
+from simsglang.server import SimServer
 
 
 class ElasticBatcher(Batcher):
@@ -108,7 +108,7 @@ async def mounted(sim: SimServer) -> AsyncIterator[SimShim | None]:
     batcher = ElasticBatcher(old.model, sim.plan, old.clock, old.on_queue_time)
     sim.batcher = batcher
     shim = SimShim(sim, batcher, cfg.limit_bytes, cfg.slack_tokens)
-    sim.ledger.shim_kv_bytes = lambda: shim.kv.status().mapped_bytes
+    sim.memory.shim_kv_bytes = lambda: shim.kv.status().mapped_bytes
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -4,7 +4,7 @@ Every route and metric here exists, unchanged, in every supported SGLang release
 0.5.23); tests/unit/test_contract.py checks that against the contract files extracted from the
 wheels, and tests/unit/test_contract_sim.py checks that the sim engine serves the same.
 
-Notes from the two releases (see orchestrator/engines/contract/):
+Notes from the two releases (see orchestrator/sglang/contract/):
 - ``/server_info`` and ``/model_info`` exist in both; ``/get_server_info`` and
   ``/get_model_info`` also exist in both but log a deprecation warning on every call in 0.5.23.
   ``/health`` runs a real generation and fails while paused, so probe parked servers with these.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-from orchestrator.engines.contract import MetricType
+from orchestrator.sglang.contract import MetricType
 
 
 class Route(NamedTuple):

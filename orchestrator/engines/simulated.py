@@ -1,6 +1,6 @@
 """The ``sim`` engine: describes a simulated SGLang server process for one instance.
 
-The child is ``python -m orchestrator.engines.sim`` with the same SGLang flags the ``sglang``
+The child is ``python -m simsglang`` with the same SGLang flags the ``sglang``
 engine passes (served name, TP size, NCCL port, metrics, memory saver with CPU backup) plus
 ``--sim-*`` knobs: the shipped shape (so the sim never guesses the model's size), the host's GPU
 memory, and speed / boot delay from chimera's environment registry.
@@ -44,7 +44,7 @@ class SimEngine:
         model = req.instance.model
         env_knobs = Env.read()
         argv = [
-            sys.executable, "-m", "orchestrator.engines.sim",
+            sys.executable, "-m", "simsglang",
             "--model-path", model.model_path,
             "--sim-shape", model.shape.name,
             "--host", req.listen_host,

@@ -1,6 +1,6 @@
 """Extract SGLang's serving contract from a released wheel, without importing SGLang.
 
-    python -m orchestrator.engines.contract.extract WHEEL... [--out-dir DIR]
+    python -m orchestrator.sglang.contract.extract WHEEL... [--out-dir DIR]
 
 Writes ``sglang-<version>.json`` per wheel (default: next to this file) with the CLI flags of
 ``sglang.launch_server``, the HTTP routes of ``srt/entrypoints/http_server.py`` and the
@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from orchestrator.engines.contract.wheel import (
+from orchestrator.sglang.contract.wheel import (
     Wheel,
     callee,
     keyword,
@@ -280,7 +280,7 @@ def extract(wheel_path: Path) -> dict[str, Any]:
         "version": whl.version(),
         "wheel": wheel_path.name,
         "sha256": hashlib.sha256(wheel_path.read_bytes()).hexdigest(),
-        "extracted_by": "orchestrator/engines/contract/extract.py",
+        "extracted_by": "orchestrator/sglang/contract/extract.py",
         "flags": flags,
         "deprecated_flags": deprecated,
         "routes": extract_routes(whl),

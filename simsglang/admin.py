@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from orchestrator.engines.sim import calibration as cal
-from orchestrator.engines.sim.api import json_response, openai_error
-from orchestrator.engines.sim.server import SimServer
+from orchestrator.perf import calibration as cal
+from simsglang.api import json_response, openai_error
+from simsglang.server import SimServer
 
 LOAD_SECTIONS = {"core", "memory", "spec", "lora", "disagg", "queues", "all"}
 
@@ -32,7 +32,7 @@ def _sim(request: Request) -> SimServer:
 
 async def health(request: Request) -> Response:
     sim = _sim(request)
-    ok = sim.up and not sim.paused and sim.ledger.can_serve
+    ok = sim.up and not sim.paused and sim.memory.can_serve
     return Response(status_code=200 if ok else 503)
 
 
@@ -88,7 +88,7 @@ async def server_info(request: Request) -> Response:
         "startup_time": sim.startup_time, "internal_states": [internal],
         "version": cal.SGLANG_VERSION, "kv_events": None,
         "simulated": True,
-        "sim": {"settings": sim.settings.as_dict(), "memory": sim.ledger.snapshot(),
+        "sim": {"settings": sim.settings.as_dict(), "memory": sim.memory.snapshot(),
                 "paused": sim.paused, "pause_mode": sim.batcher.pause_mode},
     })
 

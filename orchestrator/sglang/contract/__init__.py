@@ -4,7 +4,7 @@ The JSON files next to this module are generated from the released wheels by ``e
 (stdlib only, never imports SGLang) and checked in, so the contract tests run on any machine:
 
     pip download --no-deps --only-binary=:all: sglang==0.5.23 -d /tmp/sgl
-    python -m orchestrator.engines.contract.extract /tmp/sgl/sglang-0.5.23-*.whl
+    python -m orchestrator.sglang.contract.extract /tmp/sgl/sglang-0.5.23-*.whl
 
 The extracted flag lists equal the option strings of SGLang's real argparse parser
 (``ServerArgs.add_cli_args``) for both versions, and the routes equal ``app.routes`` of
@@ -106,7 +106,7 @@ def load_contract(version: str) -> Contract:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ContractError(f"{path}: malformed contract ({exc!r}); regenerate it with "
-                            "python -m orchestrator.engines.contract.extract") from exc
+                            "python -m orchestrator.sglang.contract.extract") from exc
 
 
 __all__ = ["SUPPORTED_VERSIONS", "Contract", "ContractError", "Metric", "MetricType", "Route",

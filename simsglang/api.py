@@ -24,9 +24,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from orchestrator.engines.sim.openai_shapes import ChatShape, CompletionShape, Out, sse
-from orchestrator.engines.sim.server import ClientGone, SimServer
-from orchestrator.engines.sim.tokenizer import render_chat
+from simsglang.openai_shapes import ChatShape, CompletionShape, Out, sse
+from simsglang.server import ClientGone, SimServer
+from simsglang.tokenizer import render_chat
 
 BOS_TOKEN_ID = 1
 DONE = b"data: [DONE]\n\n"

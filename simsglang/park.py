@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from orchestrator.engines.sim import calibration as cal
-from orchestrator.engines.sim.api import BadRequest, json_response, openai_error, read_json
-from orchestrator.engines.sim.server import SimServer
+from orchestrator.perf import calibration as cal
 from orchestrator.shapes import ShapeError, resolve_shape
+from simsglang.api import BadRequest, json_response, openai_error, read_json
+from simsglang.server import SimServer
 
 
 def _sim(request: Request) -> SimServer:
@@ -78,7 +78,7 @@ async def _tags(request: Request) -> list[str] | None:
 async def release_memory(request: Request) -> Response:
     sim = _sim(request)
     try:
-        tags = sim.ledger.normalize(await _tags(request))
+        tags = sim.memory.normalize(await _tags(request))
     except ValueError as e:
         return _error(str(e))
     async with sim.memory_lock:
@@ -89,25 +89,25 @@ async def release_memory(request: Request) -> Response:
                 f"(#running-req: {len(b.running)}, #queue-req: {len(b.waiting)}). Real SGLang "
                 f"asserts here and the server dies; pause with mode 'abort' or wait until "
                 f"/v1/loads shows no running or waiting requests (SIMULATED)")
-        moved = sim.ledger.to_release(tags)
+        moved = sim.memory.to_release(tags)
         if {"weights", "kv_cache"} & set(moved):
             await b.hold("released")
-        first = sim.ledger.releases == 0
+        first = sim.memory.releases == 0
         await sim.clock.sleep(sim.model.release_time(sim.plan, moved, first))
-        sim.ledger.release(tags)
+        sim.memory.release(tags)
     return json_response(None)
 
 
 async def resume_memory(request: Request) -> Response:
     sim = _sim(request)
     try:
-        tags = sim.ledger.normalize(await _tags(request))
+        tags = sim.memory.normalize(await _tags(request))
     except ValueError as e:
         return _error(str(e))
     async with sim.memory_lock:
-        await sim.clock.sleep(sim.model.resume_time(sim.plan, sim.ledger.to_resume(tags)))
-        sim.ledger.resume(tags)
-        if sim.ledger.can_serve:
+        await sim.clock.sleep(sim.model.resume_time(sim.plan, sim.memory.to_resume(tags)))
+        sim.memory.resume(tags)
+        if sim.memory.can_serve:
             sim.batcher.unhold("released")
     return json_response(None)
 
@@ -139,7 +139,7 @@ async def update_weights_from_disk(request: Request) -> Response:
         return result(False, f"Failed to update weights: {path} ({shape.name}) does not have the "
                              f"shape of {current.name}.\nRolling back to original weights.")
     async with sim.memory_lock:
-        if "weights" in sim.ledger.released:
+        if "weights" in sim.memory.released:
             return result(False, "update_weights_from_disk on a parked server: the real SGLang "
                                  "server dies here (CUDA invalid argument); resume memory first "
                                  "(SIMULATED)")
@@ -153,7 +153,7 @@ async def update_weights_from_disk(request: Request) -> Response:
             seconds = sim.plan.weight_bytes / cal.DISK_LOAD_BW
             await sim.clock.sleep(sim.settings.speed * seconds)
             sim.model_path = path
-            sim.ledger.weights_intact = True
+            sim.memory.weights_intact = True
             if isinstance(body.get("weight_version"), str):
                 sim.weight_version = body["weight_version"]
         finally:

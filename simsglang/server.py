@@ -1,6 +1,6 @@
 """The simulated SGLang server: settings, the per-app runtime, and the Starlette app.
 
-``create_app(settings)`` builds an app whose state (memory ledger, batcher task, metrics) is made
+``create_app(settings)`` builds an app whose state (memory tags, batcher task, metrics) is made
 in the lifespan and kept on ``app.state.sim``; nothing is module-global, so tests can run many
 apps in one process. Routes (all plain ``starlette.routing.Route``) are in api.py (generation),
 admin.py (health, info, loads, metrics) and park.py (pause, release, resume, weight update);
@@ -23,12 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from orchestrator.engines.sim import calibration as cal
-from orchestrator.engines.sim.batcher import Batcher, Clock, SimRequest, StepEvent, WallClock
-from orchestrator.engines.sim.metrics import SimMetrics
-from orchestrator.engines.sim.model import LatencyModel, MemoryLedger, plan_memory
-from orchestrator.engines.sim.tokenizer import ToyTokenizer
+from orchestrator.perf import calibration as cal
+from orchestrator.perf.model import LatencyModel, plan_memory
 from orchestrator.shapes import ModelShape, load_shape
+from simsglang.batcher import Batcher, Clock, SimRequest, StepEvent, WallClock
+from simsglang.memory import MemoryTags
+from simsglang.metrics import SimMetrics
+from simsglang.tokenizer import ToyTokenizer
 
 DISCONNECT_POLL_S = 4.0  # SGLang's _REQUEST_STATE_WAIT_TIMEOUT: check for a gone client this often
 
@@ -85,7 +86,7 @@ class SimServer:
             mem_fraction_static=s.mem_fraction_static, max_total_tokens=s.max_total_tokens,
             max_running_requests=s.max_running_requests,
             chunked_prefill_size=s.chunked_prefill_size, context_length=self.context_len)
-        self.ledger = MemoryLedger(self.plan, s.enable_memory_saver, s.enable_weights_cpu_backup)
+        self.memory = MemoryTags(self.plan, s.enable_memory_saver, s.enable_weights_cpu_backup)
         self.model = LatencyModel(s.shape, s.tp_size, s.speed)
         self.metrics = SimMetrics(s.served_name, self.gauges)
         self.batcher = Batcher(self.model, self.plan, clock, self.metrics.queue_time)
@@ -104,7 +105,7 @@ class SimServer:
     def weights_key(self) -> str:
         """What the loaded weights are, for the output: the original model's are ``""``."""
         key = "" if self.model_path == self.settings.model_path else self.model_path
-        return key if self.ledger.weights_intact else key + "#garbage"
+        return key if self.memory.weights_intact else key + "#garbage"
 
     @property
     def paused(self) -> bool:
@@ -211,7 +212,7 @@ async def _lifespan(app: Starlette, settings: SimSettings, clock: Clock) -> Asyn
     app.state.sim = sim
     # [chimera: cumem_shim] the KV limit's control channel (shim_channel.py): a no-op unless
     # CHIMERA_SHIM_SOCKET is set; entered before the batcher task starts (it swaps the batcher)
-    from orchestrator.engines.sim.shim_channel import mounted
+    from simsglang.shim_channel import mounted
 
     async with mounted(sim):
         task = asyncio.create_task(sim.batcher.run(), name="sim-batcher")
@@ -235,7 +236,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: SimSettings, clock: Clock | None = None) -> Starlette:
-    from orchestrator.engines.sim import admin, api, park
+    from simsglang import admin, api, park
 
     the_clock = clock or WallClock()
     routes: list[Route] = [*api.routes(), *admin.routes(), *park.routes()]

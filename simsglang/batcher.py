@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from orchestrator.engines.sim.model import LatencyModel, MemoryPlan
-from orchestrator.engines.sim.tokenizer import OutputPlan
+from orchestrator.perf.model import LatencyModel, MemoryPlan
+from simsglang.tokenizer import OutputPlan
 
 PauseMode = Literal["abort", "retract", "in_place"]
 THROUGHPUT_WINDOW_S = 5.0

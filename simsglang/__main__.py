@@ -1,4 +1,4 @@
-"""``python -m orchestrator.engines.sim``: start one SIMULATED SGLang server.
+"""``python -m simsglang``: start one SIMULATED SGLang server.
 
 Takes SGLang's launch_server flags that chimera uses (others that only tune a real GPU are
 accepted and ignored) plus ``--sim-*`` knobs. Bad flags exit 2 with argparse's message; a model
@@ -11,8 +11,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from orchestrator.engines.sim import calibration as cal
-from orchestrator.engines.sim.model import SimMemoryError, plan_memory
+from orchestrator.perf import calibration as cal
+from orchestrator.perf.model import MemoryPlanError, plan_memory
 from orchestrator.shapes import ShapeError, resolve_shape
 
 # SGLang flags accepted for compatibility and ignored: (flag, takes a value)
@@ -46,7 +46,7 @@ def _positive(kind: type[int] | type[float], allow_zero: bool = False) -> Callab
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m orchestrator.engines.sim",
+        prog="python -m simsglang",
         description="A SIMULATED SGLang server (no GPU): SGLang's HTTP API, metrics and park/wake "
                     "routes over a latency and memory model of an H100.")
     p.add_argument("--model-path", required=True,
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShapeError as exc:
         parser.error(str(exc))
 
-    from orchestrator.engines.sim.server import SimSettings, create_app
+    from simsglang.server import SimSettings, create_app
 
     settings = SimSettings(
         shape=shape, model_path=args.model_path,
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = plan_memory(shape, tp_size=args.tp_size, gpu_memory_gb=args.sim_gpu_memory_gb,
                            mem_fraction_static=args.mem_fraction_static,
                            max_total_tokens=args.max_total_tokens)
-    except SimMemoryError as exc:
+    except MemoryPlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"SIMULATED SGLang {cal.SGLANG_VERSION} server (chimera sim engine, no GPU): "
