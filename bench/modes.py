@@ -24,7 +24,8 @@ from rich.table import Table
 from bench import run
 from bench.report import write_json
 from bench.report.document import SCHEMA
-from orchestrator.config import MODES, Yaml12Loader, model_from_prism
+from orchestrator.config import Yaml12Loader, model_from_prism
+from orchestrator.types import MODES
 
 console = run.console
 METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -16,7 +16,6 @@ from starlette.applications import Starlette
 
 from cumem_shim.types import Status
 from orchestrator.config import GIB, Config
-from orchestrator.control.api import InstanceView
 from orchestrator.control.events import Tick
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.control.scrape import Scraper
@@ -30,6 +29,7 @@ from orchestrator.proxy import create_app
 from orchestrator.proxy.admin import admin_routes
 from orchestrator.proxy.admission import AdmissionGate
 from orchestrator.supervisor.supervisor import Supervisor
+from orchestrator.types import InstanceView
 
 log = logging.getLogger("chimera")
 

@@ -10,12 +10,25 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from orchestrator.errors import ConfigError
 from orchestrator.shapes import ModelShape, ShapeError, resolve_shape
+from orchestrator.types import (
+    LOAD_FORMATS,
+    MODES,
+    ON_LATE,
+    PARK_WHEN_IDLE,
+    LoadFormat,
+    Mode,
+    OnLate,
+    ParkWhen,
+    gpu_label,
+)
+
+W = TypeVar("W", bound=str)
 
 GIB = 1 << 30
 
@@ -23,12 +36,6 @@ GIB = 1 << 30
 # activations and the CUDA context (~1.5-2.4 GB per server, measured on the H100, gpu.md).
 WEIGHTS_BUDGET_FRACTION = 0.9
 
-ENGINES = ("auto", "sim", "sglang")
-LOAD_FORMATS = ("auto", "dummy")
-# static: fixed KV pools; elastic: + KV limits re-split at run time (cumem_shim); full: elastic +
-# time-sharing (park/wake) + the global scheduler. Each later mode includes the earlier ones.
-MODES = ("static", "elastic", "full")
-PARK_WHEN_IDLE = ("needed", "always", "never")
 # Prism's sensitivity study: an idle threshold under 40 s thrashes, over 80 s hoards memory.
 DEFAULT_IDLE_PARK_S = 45.0
 
@@ -70,7 +77,7 @@ class Idle:
     """When an idle model gives its GPU memory back (time-sharing)."""
 
     park_after_s: float = DEFAULT_IDLE_PARK_S  # 0 = never park for idleness
-    when: str = "needed"  # needed: only when its memory is wanted; always; never
+    when: ParkWhen = "needed"  # needed: only when its memory is wanted; always; never
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ class ModelSpec:
     placements: tuple[Placement, ...] = ()
     slo: SLO = SLO()
     priority: int = 0
-    load_format: str = "auto"
+    load_format: LoadFormat = "auto"
     engine_args: tuple[str, ...] = ()  # extra SGLang flags, passed through after validation
     idle: Idle = Idle()
 
@@ -123,14 +130,14 @@ class SchedulerSpec:
     """The two-level scheduler (mode full; docs/scheduling.md)."""
 
     tau: float = 0.3  # migrate a model only when its pair's KV pressure ratio drops by more
-    on_late: str = "shed"  # a request past its TTFT deadline (model with slo.ttft_s): shed | serve
+    on_late: OnLate = "shed"  # a request past its TTFT deadline (model with slo.ttft_s): shed | serve
 
 
 @dataclass(frozen=True)
 class Config:
     models: tuple[ModelSpec, ...]
     host: HostSpec = HostSpec()
-    mode: str = "full"
+    mode: Mode = "full"
     hold: HoldLimits = HoldLimits()
     source: str = "<memory>"
     gpu_count: int = 1
@@ -190,9 +197,7 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
         raise ConfigError([f"{source}: expected a mapping with a `models:` list (or Prism's JSON list)"])
     v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler"})
     host = _host(v, raw.get("host", {}))
-    mode = raw.get("mode", "full")
-    if mode not in MODES:
-        v.err("mode", f"must be one of {', '.join(MODES)} (got {mode!r})")
+    mode = v.one_of(raw.get("mode", "full"), "mode", MODES, "full")
     idle_default = _idle(v, "idle", raw.get("idle", {}), Idle())
     hold = _hold(v, raw.get("hold", {}))
     scheduler = _scheduler(v, raw.get("scheduler", {}))
@@ -214,11 +219,11 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
         for m in models
         for pl in m.placements
     )
-    return Config(tuple(models), host, str(mode), hold, source, gpu_count, instances, scheduler)
+    return Config(tuple(models), host, mode, hold, source, gpu_count, instances, scheduler)
 
 
 def _instance_id(m: ModelSpec, pl: Placement) -> str:
-    return f"{m.name}@gpu{'+'.join(str(g) for g in pl.gpus)}"
+    return f"{m.name}@gpu{gpu_label(pl.gpus)}"
 
 
 class _Validator:
@@ -231,6 +236,15 @@ class _Validator:
     def raise_if_any(self, source: str) -> None:
         if self.problems:
             raise ConfigError([f"{source}: {p}" for p in self.problems])
+
+    def one_of(self, value: object, path: str, allowed: tuple[W, ...], default: W) -> W:
+        """``value`` as one of the words ``allowed`` (a Literal's values), else an error and
+        ``default``."""
+        for word in allowed:
+            if value == word:
+                return word
+        self.err(path, f"must be one of {', '.join(allowed)} (got {value!r})")
+        return default
 
     def keys(self, obj: dict[str, Any], path: str, allowed: set[str]) -> None:
         for k in obj:
@@ -275,11 +289,8 @@ def _idle(v: _Validator, path: str, raw: Any, default: Idle) -> Idle:
         return default
     v.keys(raw, path, {"park_after_s", "when"})
     after = v.number(raw, "park_after_s", path, minimum=0)
-    when = raw.get("when", default.when)
-    if when not in PARK_WHEN_IDLE:
-        v.err(f"{path}.when", f"must be one of {', '.join(PARK_WHEN_IDLE)} (got {when!r})")
-        when = default.when
-    return Idle(after if after is not None else default.park_after_s, str(when))
+    when = v.one_of(raw.get("when", default.when), f"{path}.when", PARK_WHEN_IDLE, default.when)
+    return Idle(after if after is not None else default.park_after_s, when)
 
 
 def _hold(v: _Validator, raw: Any) -> HoldLimits:
@@ -292,20 +303,14 @@ def _hold(v: _Validator, raw: Any) -> HoldLimits:
     return HoldLimits(int(per) if per is not None else 256, int(tot) if tot is not None else 1024)
 
 
-LATE_POLICIES = ("shed", "serve")
-
-
 def _scheduler(v: _Validator, raw: Any) -> SchedulerSpec:
     if not isinstance(raw, dict):
         v.err("scheduler", "must be a mapping like {tau: 0.3, on_late: shed}")
         return SchedulerSpec()
     v.keys(raw, "scheduler", {"tau", "on_late"})
     tau = v.number(raw, "tau", "scheduler", minimum=0)
-    on_late = raw.get("on_late", "shed")
-    if on_late not in LATE_POLICIES:
-        v.err("scheduler.on_late", f"must be one of {', '.join(LATE_POLICIES)} (got {on_late!r})")
-        on_late = "shed"
-    return SchedulerSpec(tau if tau is not None else SchedulerSpec.tau, str(on_late))
+    on_late = v.one_of(raw.get("on_late", "shed"), "scheduler.on_late", ON_LATE, "shed")
+    return SchedulerSpec(tau if tau is not None else SchedulerSpec.tau, on_late)
 
 
 def _model(v: _Validator, path: str, raw: Any, idle_default: Idle = Idle()) -> ModelSpec | None:
@@ -326,9 +331,7 @@ def _model(v: _Validator, path: str, raw: Any, idle_default: Idle = Idle()) -> M
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
         v.err(f"{path}.aliases", "must be a list of non-empty strings")
         aliases = []
-    load_format = raw.get("load_format", "auto")
-    if load_format not in LOAD_FORMATS:
-        v.err(f"{path}.load_format", f"must be one of {', '.join(LOAD_FORMATS)} (got {load_format!r})")
+    load_format = v.one_of(raw.get("load_format", "auto"), f"{path}.load_format", LOAD_FORMATS, "auto")
     engine_args = raw.get("engine_args", [])
     if not isinstance(engine_args, list) or not all(isinstance(a, str) for a in engine_args):
         v.err(f"{path}.engine_args", "must be a list of strings, e.g. ['--chunked-prefill-size', '4096']")
@@ -353,7 +356,7 @@ def _model(v: _Validator, path: str, raw: Any, idle_default: Idle = Idle()) -> M
     return ModelSpec(
         name=name, model_path=model_path, shape=shape, tp_size=tp_size, aliases=tuple(aliases),
         placements=tuple(placements), slo=slo, priority=int(priority or 0),
-        load_format=str(load_format), engine_args=tuple(engine_args), idle=idle,
+        load_format=load_format, engine_args=tuple(engine_args), idle=idle,
     )
 
 

@@ -9,7 +9,7 @@ import time
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from orchestrator.control.api import InstanceState, InstanceView
+from orchestrator.types import InstanceState, InstanceView
 
 S = InstanceState
 _SETTLED = frozenset({S.AWAKE, S.FAILED, S.PARKED, S.STOPPED})

@@ -37,9 +37,9 @@ from bench.report.summary import distribution
 from bench.traces import BenchRequest
 from bench.traces.request import renumber
 from orchestrator.config import GIB, parse_config
-from orchestrator.control.api import InstanceState, InstanceView
 from orchestrator.kv.ledger import Ledger, non_kv_bytes
 from orchestrator.kv.wiring import kv_instances
+from orchestrator.types import InstanceState, InstanceView
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 MODES = ("static", "elastic")

@@ -20,7 +20,7 @@ from collections import deque
 
 from bench.sim.engine import SimModel, SimReq, SimServer
 from bench.sim.simulator import Simulator
-from orchestrator.policy.cluster import S
+from orchestrator.policy.placement.cluster import S
 
 MAX_RUNNING = 1024
 

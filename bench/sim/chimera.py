@@ -5,12 +5,12 @@ the proxy will call them, with the virtual clock.
   popular get a second one, a migration target), packing by the awake and activity profiles
   of a *history* trace (another draw of the same generator: "yesterday"; the trace being
   replayed is never looked at beyond its average rates, which every system gets); the first
-  ``placement.decide`` wakes the expected-hot set (instantly, like the baselines, which also
+  ``place.decide`` wakes the expected-hot set (instantly, like the baselines, which also
   start loaded);
-- global: ``placement.decide`` every ``tick_s`` and at once when a request arrives for a model
+- global: ``place.decide`` every ``tick_s`` and at once when a request arrives for a model
   with no awake server; its actions run step after step (park victims, wake, route when
   ready, park the migration source once drained); KV limits are applied each decision;
-- local: one queue per GPU (lead GPU of a TP group); ``admission.decide`` on every arrival,
+- local: one queue per GPU (lead GPU of a TP group); ``admit.decide`` on every arrival,
   completion, route and limit change: EDF dispatch under KV room, Moore–Hodgson shedding.
 Ablations: ``global_placement=False`` (round-robin layout, no KVPR, no migration), ``local=False``
 (first-come-first-served per model, nothing shed), ``elastic=False`` (a server's KV pool is
@@ -29,8 +29,12 @@ from typing import Literal
 from bench.sim.engine import SimModel, SimReq, SimServer
 from bench.sim.simulator import Simulator
 from bench.traces.request import BenchRequest
-from orchestrator.policy import admission, placement
-from orchestrator.policy.cluster import (
+from orchestrator.layout.packing import layout
+from orchestrator.layout.profiles import activity_profile, awake_profile
+from orchestrator.policy.admission import admit
+from orchestrator.policy.admission.queueing import EngineRoom, ModelRule, Pending, QueueView
+from orchestrator.policy.placement import place
+from orchestrator.policy.placement.cluster import (
     Action,
     Activation,
     ClusterView,
@@ -45,11 +49,9 @@ from orchestrator.policy.cluster import (
     Step,
     Wake,
 )
-from orchestrator.policy.cluster import S as St
-from orchestrator.policy.layout import layout
-from orchestrator.policy.profiles import activity_profile, awake_profile
-from orchestrator.policy.queueing import EngineRoom, LatePolicy, ModelRule, Pending, QueueView
+from orchestrator.policy.placement.cluster import S as St
 from orchestrator.policy.rates import RateWindow
+from orchestrator.types import OnLate
 
 MAX_RUNNING = 1024
 PROFILE_STEP_S = 10.0  # resolution of the profiles the layout packs by (a fraction of the 45 s idle threshold)
@@ -94,7 +96,7 @@ class ChimeraOptions:
     tau: float = 0.3
     idle_park_s: float = 45.0
     starvation_s: float = 10.0  # requests waiting this long for memory may preempt busy neighbours
-    on_late: LatePolicy = "shed"
+    on_late: OnLate = "shed"
     tpot_guard: bool = True  # False: placement by KVPR alone, as Prism
     park_when: Literal["needed", "always"] = "needed"  # "always": park idle models proactively
     profile: bool = True  # lay out by the profiles of the history trace (when one is given)
@@ -159,7 +161,7 @@ class Chimera:
             self.by_model.setdefault(model, []).append(sim.add_server(sid, model, gpus))
         for g in range(sim.n_gpus):
             self.queues[g] = []
-        d = placement.decide(self._view(demands), 0.0)
+        d = place.decide(self._view(demands), 0.0)
         for a in d.actions:  # warm start: the hot set is awake when the trace begins
             if isinstance(a, Activation):
                 for st in a.steps:
@@ -199,7 +201,7 @@ class Chimera:
         self.urgent = False
         sim = self.sim
         sim.counters.decisions += 1
-        d = placement.decide(self._view(self._demands()), sim.now)
+        d = place.decide(self._view(self._demands()), sim.now)
         for a in d.actions:
             self._claim(a)
         self._apply_limits(d.kv_limits)  # shrink neighbours first: a wake needs the room now
@@ -345,7 +347,7 @@ class Chimera:
         view = QueueView(tuple(Pending(str(r.id), r.model, r.arrival, r.arrival + sim.models[r.model].ttft_slo,
                                        r.prefill_s, r.kv_tokens) for r in q),
                          engines, self.rules, sim.prefill_backlog(g))
-        d = admission.decide(view, sim.now)
+        d = admit.decide(view, sim.now)
         if not d.dispatch and not d.shed:
             return
         by_id = {str(r.id): r for r in q}

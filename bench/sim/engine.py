@@ -24,9 +24,9 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
-from orchestrator.control.api import InstanceState
 from orchestrator.perf.model import LatencyModel
-from orchestrator.policy.cluster import ServerCost
+from orchestrator.policy.placement.cluster import ServerCost
+from orchestrator.types import InstanceState
 
 S = InstanceState
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import random
 
 from bench.sim.engine import SimModel
+from orchestrator.cli.plan import server_cost
 from orchestrator.perf.model import LatencyModel
-from orchestrator.plan import server_cost
 from orchestrator.shapes import load_shape
 
 GIB = 1 << 30

@@ -14,11 +14,11 @@ import random
 import statistics
 import time
 
-from orchestrator.control.api import InstanceState as S
-from orchestrator.plan import server_cost
-from orchestrator.policy import placement
-from orchestrator.policy.cluster import ClusterView, ModelDemand, ServerView
+from orchestrator.cli.plan import server_cost
+from orchestrator.policy.placement import place
+from orchestrator.policy.placement.cluster import ClusterView, ModelDemand, ServerView
 from orchestrator.shapes import load_shape
+from orchestrator.types import InstanceState as S
 
 SHAPES = (("llama-3.2-1b", 1), ("llama-3.2-3b", 1), ("llama-3.1-8b", 1), ("qwen2.5-7b", 1),
           ("qwen2.5-32b", 1), ("llama-3.3-70b", 2))
@@ -64,12 +64,12 @@ def snapshot(n_models: int = 1000, n_gpus: int = 256, seed: int = 0) -> ClusterV
 
 def measure(repeats: int = 20, n_models: int = 1000, n_gpus: int = 256) -> dict[str, float]:
     view = snapshot(n_models, n_gpus)
-    placement.decide(view, 0.0)  # warm caches (imports, shape constants)
+    place.decide(view, 0.0)  # warm caches (imports, shape constants)
     gc.collect()  # a full collection of what ran before (a 1-hour simulation) is not the decision's
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        d = placement.decide(view, 0.0)
+        d = place.decide(view, 0.0)
         times.append(time.perf_counter() - t)
     return {"models": n_models, "gpus": n_gpus, "servers": len(view.servers),
             "actions": len(d.actions), "blocked": len(d.blocked),

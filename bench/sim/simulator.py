@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from bench.sim.engine import GpuExec, SimModel, SimReq, SimServer
 from bench.traces.request import BenchRequest
-from orchestrator.policy.cluster import HOLDS_CONTEXT, RESIDENT, S
+from orchestrator.policy.placement.cluster import HOLDS_CONTEXT, RESIDENT, S
 
 _GPU, _TIMER = 0, 1
 

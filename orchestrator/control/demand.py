@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 
 from orchestrator.config import ModelSpec
-from orchestrator.control.events import LoadSample
 from orchestrator.perf.model import LatencyModel
 from orchestrator.policy.rates import DEFAULT_WINDOW_S, RateWindow
+from orchestrator.types import LoadSample
 
 # Context length assumed for the decode step of a typical request (prompt + output): Prism's
 # synthetic traces average 520 tokens (the same default as `chimera-orch plan`).

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from orchestrator.config import InstanceSpec
-from orchestrator.control.api import InstanceView
+from orchestrator.types import InstanceView
 
 
 class Effects(Protocol):

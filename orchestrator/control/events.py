@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass
 
 from orchestrator.config import ModelSpec
-from orchestrator.control.api import Endpoint
+from orchestrator.types import Endpoint, LoadSample
 
 
 @dataclass(frozen=True)
@@ -77,23 +77,6 @@ class AdminAction:
 @dataclass(frozen=True)
 class Tick:
     pass
-
-
-@dataclass(frozen=True)
-class LoadSample:
-    """One scrape of an instance's ``GET /v1/loads`` (control/scrape.py), summed over its DP
-    ranks. The loop turns these into per-model demand (token rate, concurrency, KV in use); the
-    proxy's admission gate reads the same samples for KV room."""
-
-    instance_id: str
-    at: float  # time.monotonic() when the scrape was sent
-    running: int
-    waiting: int
-    waiting_tokens: int  # prompt tokens queued in the engine, not yet prefilled
-    used_tokens: int  # KV token slots in use
-    capacity_tokens: int  # KV pool size in tokens (under the shim: its limit shows as used)
-    max_running: int | None  # the engine's max running requests (None: not reported)
-    tokens: float  # prompt + generated tokens processed since the instance's previous sample
 
 
 Event = (Started | StartFailed | Exited | Parked | ParkFailed | Woken | WakeFailed | Acquire

@@ -8,8 +8,8 @@ import math
 from collections import deque
 
 from orchestrator.config import HoldLimits
-from orchestrator.control.api import Endpoint
 from orchestrator.errors import EngineUnavailable
+from orchestrator.types import Endpoint
 
 # Before anything was measured: a sim or warm SGLang wake is well under a second, a cold SGLang
 # start ~65 s (gpu.md). The first measurement replaces these.

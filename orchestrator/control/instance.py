@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from orchestrator.config import InstanceSpec
-from orchestrator.control.api import Endpoint, InstanceState, InstanceView
+from orchestrator.types import Endpoint, InstanceState, InstanceView
 
 S = InstanceState
 

@@ -5,7 +5,7 @@ loop applies them, asks the pure policies what to do, and causes side effects on
 ``Effects``. No locks: only ``run()`` (and ``shutdown``) mutate instances and held requests.
 
 Policies: ``startup`` in every mode; in mode ``full`` also the global scheduler
-(``placement.decide``, driven by scheduler.py) on every tick, on every lifecycle event and when
+(``place.decide``, driven by scheduler.py) on every tick, on every lifecycle event and when
 a request arrives for a model with no awake instance, plus the warm-start park of instances
 placed ``on: false``. Its actions run as plans, step after step (scheduler.Plans).
 """
@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 
 from orchestrator.config import GIB, Config, ModelSpec
-from orchestrator.control.api import Endpoint, InstanceState, InstanceView, ModelView
 from orchestrator.control.demand import Demand
 from orchestrator.control.effects import Effects
 from orchestrator.control.events import (
@@ -26,7 +25,6 @@ from orchestrator.control.events import (
     AdminAction,
     Event,
     Exited,
-    LoadSample,
     Parked,
     ParkFailed,
     Release,
@@ -40,8 +38,10 @@ from orchestrator.control.holds import Holds, retry_after
 from orchestrator.control.instance import Instance
 from orchestrator.control.scheduler import Plans, cluster_view, server_costs
 from orchestrator.errors import EngineUnavailable
-from orchestrator.policy import placement, startup
-from orchestrator.policy.types import ClusterSnapshot, InstanceSnapshot
+from orchestrator.policy import startup
+from orchestrator.policy.placement import place
+from orchestrator.policy.startup import ClusterSnapshot, InstanceSnapshot
+from orchestrator.types import Endpoint, InstanceState, InstanceView, LoadSample, ModelView
 
 log = logging.getLogger("chimera.control")
 S = InstanceState
@@ -300,7 +300,7 @@ class ControlLoop:
         view = cluster_view(self.config, self._costs, self._instances.values(),
                             self._holds.waiting(), self._holds.oldest_wait_s(now),
                             self._demand, now)
-        decision = placement.decide(view, now)
+        decision = place.decide(view, now)
         for action in decision.actions:
             self._plans.adopt(action)
         blocked = {b.model: b.reason for b in decision.blocked}

@@ -1,9 +1,9 @@
-"""The global scheduler in the live loop (mode ``full``): builds ``placement.decide``'s snapshot
+"""The global scheduler in the live loop (mode ``full``): builds ``place.decide``'s snapshot
 from the loop's state and keeps the decided actions as plans whose steps the loop runs one after
 another (docs/scheduling.md). Owned by the control loop; only its task calls these.
 
 Snapshot (``ClusterView``): one ``ModelDemand`` per model (costs from the H100 memory model,
-``orchestrator.plan.server_cost``; token rate, concurrency and activity from ``Demand``; held
+``orchestrator.cli.plan.server_cost``; token rate, concurrency and activity from ``Demand``; held
 requests from ``Holds``) and one ``ServerView`` per instance, where the loop's claims show as
 the policy expects (bench/sim/chimera.py ``_claim`` does the same): an awake instance that a
 plan drains shows as ``parking``, a parked one reserved as a plan's wake target as ``waking``.
@@ -18,14 +18,12 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
+from orchestrator.cli.plan import server_cost
 from orchestrator.config import GIB, Config
-from orchestrator.control.api import InstanceState
 from orchestrator.control.demand import Demand
 from orchestrator.control.instance import Instance
-from orchestrator.plan import server_cost
-from orchestrator.policy.cluster import (
+from orchestrator.policy.placement.cluster import (
     Action,
     ClusterView,
     IdlePark,
@@ -40,10 +38,10 @@ from orchestrator.policy.cluster import (
     Step,
     Wake,
 )
+from orchestrator.types import InstanceState
 
 log = logging.getLogger("chimera.scheduler")
 S = InstanceState
-ParkWhen = Literal["needed", "always", "never"]
 
 def server_costs(config: Config) -> dict[str, ServerCost]:
     """Per-GPU cost of one server of each model; the KV floor is the largest `kv_floor_gb` of its
@@ -109,7 +107,7 @@ def cluster_view(config: Config, costs: Mapping[str, ServerCost], instances: Ite
             name=m.name, tp_size=m.tp_size, cost=costs[m.name], tpot_slo_s=m.slo.tpot_or_default,
             token_rate=demand.token_rate(m.name, now), queued=waiting.get(m.name, 0),
             running=running.get(m.name, 0), last_active_at=demand.last_active(m.name),
-            idle_park_s=m.idle.park_after_s, park_when=_park_when(m.idle.when),
+            idle_park_s=m.idle.park_after_s, park_when=m.idle.when,
             priority=m.priority, last_moved_at=demand.last_moved(m.name),
             oldest_wait_s=oldest_wait_s.get(m.name, 0.0), step_s=demand.step_s(m, now),
             activity=demand.activity(m.name, now))
@@ -121,14 +119,6 @@ def cluster_view(config: Config, costs: Mapping[str, ServerCost], instances: Ite
         for i in insts)
     cap = int(config.host.gpu_memory_gb * GIB)
     return ClusterView(models, servers, (cap,) * config.gpu_count, placement_params(config))
-
-
-def _park_when(when: str) -> ParkWhen:
-    if when == "always":
-        return "always"
-    if when == "never":
-        return "never"
-    return "needed"
 
 
 class Plans:

@@ -32,10 +32,9 @@ from typing import Any
 
 import httpx
 
-from orchestrator.control.api import InstanceState, InstanceView
-from orchestrator.control.events import LoadSample
 from orchestrator.kv.demand import LoadsError, parse_loads
 from orchestrator.sglang.api import LOADS
+from orchestrator.types import InstanceState, InstanceView, LoadSample
 
 log = logging.getLogger("chimera.scrape")
 

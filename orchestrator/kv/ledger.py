@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from cumem_shim.types import Status
 from orchestrator.kv.demand import Load, need_bytes
 from orchestrator.kv.split import Member, changed, phase, split
-from orchestrator.policy.gpu_memory import AWAKE_OVERHEAD_BYTES, PARKED_BYTES
+from orchestrator.perf.cost import AWAKE_OVERHEAD_BYTES, PARKED_BYTES
 
 MARGIN_BYTES = 1 << 30  # kept free on each GPU: allocator fragmentation, NCCL, other processes
 FLUSH_EVERY_S = 10.0  # at most one /flush_cache per instance this often

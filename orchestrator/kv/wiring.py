@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 
 from orchestrator.config import GIB, HostSpec, InstanceSpec
-from orchestrator.control.api import InstanceState, InstanceView
 from orchestrator.engines.base import ShimLaunch
 from orchestrator.kv.ledger import KVInstance
-from orchestrator.policy.gpu_memory import AWAKE_OVERHEAD_BYTES
+from orchestrator.perf.cost import AWAKE_OVERHEAD_BYTES
 from orchestrator.sglang.launch import default_mem_fraction
+from orchestrator.types import InstanceState, InstanceView
 
 START_LIMIT_BYTES = 1 * GIB  # until the ledger's first split (a second after the server is up)
 MIN_POOL_BYTES = 1 * GIB

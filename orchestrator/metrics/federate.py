@@ -15,7 +15,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from orchestrator.control.api import InstanceView
+from orchestrator.types import InstanceView
 
 SCRAPE_TIMEOUT_S = 2.0  # SGLang answers /metrics in milliseconds; a busy one may take longer
 

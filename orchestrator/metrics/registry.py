@@ -16,7 +16,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from orchestrator.control.api import InstanceState
+from orchestrator.types import InstanceState, gpu_label
 
 # LLM latencies span milliseconds (a short TTFT on an awake model) to minutes (a request held
 # through a cold start, ~65 s measured on the H100, or a long generation), so the buckets do too.
@@ -24,11 +24,6 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0,
     60.0, 120.0, 300.0, 600.0,
 )
-
-
-def gpu_label(gpus: tuple[int, ...]) -> str:
-    """GPU group as a label value, spelled like instance ids: (0, 1) -> "0+1"."""
-    return "+".join(str(g) for g in gpus)
 
 
 class ChimeraMetrics:

@@ -8,11 +8,34 @@ concurrent starts would each see the other's memory as free (design.md §6).
 
 from __future__ import annotations
 
-from orchestrator.control.api import InstanceState
-from orchestrator.policy.types import ClusterSnapshot, InstanceSnapshot, StartDecision
+from dataclasses import dataclass
+
+from orchestrator.types import InstanceState
 
 S = InstanceState
 _ON_ITS_WAY = frozenset({S.PENDING, S.STARTING, S.AWAKE, S.WAKING, S.PARKING, S.PARKED})
+
+
+@dataclass(frozen=True)
+class InstanceSnapshot:
+    id: str
+    model: str
+    gpus: tuple[int, ...]
+    state: InstanceState
+    start_on_up: bool  # started by `up` (placements `on: true`, or any placement in full mode)
+    order: int  # position in the placements file (ties are broken by it)
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    instances: tuple[InstanceSnapshot, ...]
+    waiting: dict[str, int]  # model name -> requests held for it
+
+
+@dataclass(frozen=True)
+class StartDecision:
+    start: tuple[str, ...] = ()  # instance ids to spawn now
+    queue: tuple[str, ...] = ()  # instance ids that must start but wait for their GPU's turn
 
 
 def decide(snap: ClusterSnapshot, now: float) -> StartDecision:

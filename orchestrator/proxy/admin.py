@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from orchestrator.control.api import InstanceView
 from orchestrator.proxy.errors import ProxyError
+from orchestrator.types import InstanceView
 
 
 class Admin(Protocol):

@@ -3,7 +3,7 @@ models colocated there (design.md §4, docs/scheduling.md "Local").
 
 After the control loop hands a request an instance (``router.acquire``), the proxy asks the gate
 of that instance's GPU group (its lead GPU) before forwarding it. The gate keeps the request
-until ``policy.admission.decide`` dispatches it - in deadline order (arrival + the model's TTFT
+until ``policy.admission.admit`` dispatches it - in deadline order (arrival + the model's TTFT
 SLO), only while the engine has KV room and a free running slot - or sheds it: when deadlines
 become infeasible, Moore-Hodgson keeps the largest on-time set and the rest get 429 with an
 honest ``Retry-After`` (when the on-time work ahead of them should be done). Only models whose
@@ -35,11 +35,11 @@ from typing import Any, NamedTuple
 from starlette.types import Scope
 
 from orchestrator.config import Config, ModelSpec
-from orchestrator.control.events import LoadSample
 from orchestrator.perf.model import LatencyModel
-from orchestrator.policy import admission
-from orchestrator.policy.queueing import EngineRoom, LatePolicy, ModelRule, Pending, QueueView
+from orchestrator.policy.admission import admit
+from orchestrator.policy.admission.queueing import EngineRoom, ModelRule, Pending, QueueView
 from orchestrator.proxy.errors import ProxyError
+from orchestrator.types import LoadSample, OnLate
 
 STALE_S = 2.0  # a sample older than this (8 scrape periods) says nothing about room now
 UNKNOWN_ROOM = 1 << 40  # room of an engine with no fresh sample: admit (SGLang queues itself)
@@ -160,7 +160,7 @@ class AdmissionGate:
         pending = tuple(_capped(w.pending, self._capacity(w.instance, now))
                         for w in queue.values())
         view = QueueView(pending, engines, self._rules, self._backlog_s(g, now))
-        decision = admission.decide(view, now)
+        decision = admit.decide(view, now)
         for d in decision.dispatch:
             w = queue.pop(d.request)
             self._engines[d.server].unseen[d.request] = _Dispatched(now, w.pending.kv_tokens,
@@ -220,7 +220,7 @@ def _capped(p: Pending, capacity: int | None) -> Pending:
     return Pending(p.id, p.model, p.arrival, p.deadline, p.prefill_s, max(1, capacity))
 
 
-def _on_late(config: Config, m: ModelSpec) -> LatePolicy:
+def _on_late(config: Config, m: ModelSpec) -> OnLate:
     if m.slo.ttft_s is None or config.scheduler.on_late == "serve":
         return "serve"
     return "shed"

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from orchestrator.control.api import Router
+from orchestrator.control.router import Router
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.metrics.federate import engine_metrics
 from orchestrator.proxy.body import ModelField

@@ -25,7 +25,7 @@ import anyio
 from starlette.types import Receive, Scope, Send
 
 from orchestrator.config import ModelSpec
-from orchestrator.control.api import Endpoint, Router
+from orchestrator.control.router import Router
 from orchestrator.errors import EngineUnavailable
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.proxy.admission import admitted
@@ -33,6 +33,7 @@ from orchestrator.proxy.body import ClientRequest, ModelField, engine_body, pars
 from orchestrator.proxy.downstream import ClientGone, Downstream, read_body, wait_for_disconnect
 from orchestrator.proxy.errors import ProxyError, normalize_engine_error
 from orchestrator.proxy.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
+from orchestrator.types import Endpoint
 
 log = logging.getLogger(__name__)
 

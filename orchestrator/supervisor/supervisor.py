@@ -21,7 +21,6 @@ import httpx
 
 from cumem_shim import plugin
 from orchestrator.config import HostSpec, InstanceSpec
-from orchestrator.control.api import Endpoint, InstanceView
 from orchestrator.control.events import (
     Event,
     Exited,
@@ -43,6 +42,7 @@ from orchestrator.supervisor.lifecycle import Lifecycle
 from orchestrator.supervisor.memory import MemoryProbe, NvmlMemoryProbe, SimMemoryProbe
 from orchestrator.supervisor.ports import free_ports
 from orchestrator.supervisor.process import EngineProcess
+from orchestrator.types import Endpoint, InstanceView
 
 log = logging.getLogger("chimera.supervisor")
 # The shim's socket exists once SGLang has built its KV pool, before it serves HTTP: a server that

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.config import GIB, parse_config
 from orchestrator.kv.ledger import MARGIN_BYTES
-from orchestrator.policy.gpu_memory import AWAKE_OVERHEAD_BYTES
+from orchestrator.perf.cost import AWAKE_OVERHEAD_BYTES
 from tests.chimera_proc import Running, start_chimera
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from orchestrator import plan
+from orchestrator.cli import plan
 from orchestrator.config import load_config
 from orchestrator.shapes import load_shape
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from orchestrator.config import InstanceSpec
-from orchestrator.control.api import Endpoint, InstanceState, InstanceView
+from orchestrator.types import Endpoint, InstanceState, InstanceView
 
 
 class RecordingEffects:

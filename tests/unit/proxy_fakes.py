@@ -1,4 +1,4 @@
-"""The Router protocol (orchestrator/control/api.py) faked for the proxy's tests
+"""The Router protocol (orchestrator/types.py) faked for the proxy's tests
 (test_proxy.py, test_proxy_stream.py): it resolves names and aliases of a few models, hands out
 one endpoint per model, counts acquire/release, and has knobs for the failures the proxy must
 translate."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 
 from orchestrator.config import ModelSpec
-from orchestrator.control.api import Endpoint, InstanceState, InstanceView, ModelView
 from orchestrator.errors import EngineUnavailable
+from orchestrator.types import Endpoint, InstanceState, InstanceView, ModelView
 
 
 class FakeRouter:

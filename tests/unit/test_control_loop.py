@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from orchestrator.config import Config, parse_config
-from orchestrator.control.api import InstanceState
 from orchestrator.control.events import Exited, Started, StartFailed
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.errors import EngineUnavailable
+from orchestrator.types import InstanceState
 from tests.unit.control_fakes import RecordingEffects, ep, settle
 
 S = InstanceState

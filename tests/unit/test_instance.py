@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.config import parse_config
-from orchestrator.control.api import InstanceState as S
 from orchestrator.control.instance import ALLOWED, IllegalTransition, Instance
+from orchestrator.types import InstanceState as S
 
 SPEC = parse_config({"models": [{"name": "m", "model_path": "tiny-llama",
                                  "placements": [{"gpus": [0]}]}]}).instances[0]
@@ -46,7 +46,7 @@ def test_state_is_always_reachable_through_the_table(steps: list[S]) -> None:
 
 
 def test_stopped_instance_forgets_its_endpoint() -> None:
-    from orchestrator.control.api import Endpoint
+    from orchestrator.types import Endpoint
 
     i = Instance(SPEC, state=S.STARTING)
     i.to(S.AWAKE, 0.0)

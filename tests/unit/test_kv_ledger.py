@@ -15,7 +15,7 @@ from orchestrator.kv.ledger import (
     SetLimit,
     non_kv_bytes,
 )
-from orchestrator.policy.gpu_memory import AWAKE_OVERHEAD_BYTES, PARKED_BYTES
+from orchestrator.perf.cost import AWAKE_OVERHEAD_BYTES, PARKED_BYTES
 
 GIB = 1 << 30
 BLOCK = 128 << 20

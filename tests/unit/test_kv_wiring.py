@@ -12,7 +12,6 @@ import pytest
 from cumem_shim import plugin
 from cumem_shim import settings as shim_env
 from orchestrator.config import GIB, Config, parse_config
-from orchestrator.control.api import InstanceState, InstanceView
 from orchestrator.engines.base import LaunchRequest, ShimLaunch
 from orchestrator.engines.simulated import SimEngine
 from orchestrator.env import Env
@@ -24,8 +23,9 @@ from orchestrator.kv.wiring import (
     shim_refusal,
     wants_shim,
 )
-from orchestrator.policy.gpu_memory import AWAKE_OVERHEAD_BYTES
+from orchestrator.perf.cost import AWAKE_OVERHEAD_BYTES
 from orchestrator.sglang.launch import SGLangEngine
+from orchestrator.types import InstanceState, InstanceView
 
 
 def config(*placements: dict[str, Any], mode: str = "elastic") -> Config:

@@ -1,4 +1,4 @@
-"""The control loop's global scheduler (mode full): placement.decide driven by measured demand,
+"""The control loop's global scheduler (mode full): place.decide driven by measured demand,
 its plans run step by step against a recording fake. No processes, no sleeps, a fake clock."""
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from orchestrator.config import parse_config
-from orchestrator.control.api import Endpoint, InstanceState
 from orchestrator.control.events import (
-    LoadSample,
     Parked,
     ParkFailed,
     Started,
@@ -22,6 +20,7 @@ from orchestrator.control.events import (
 )
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.errors import ConfigError
+from orchestrator.types import Endpoint, InstanceState, LoadSample
 from tests.unit.control_fakes import RecordingEffects, ep, settle
 
 S = InstanceState

@@ -6,8 +6,8 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.control.api import InstanceState
 from orchestrator.metrics import ChimeraMetrics
+from orchestrator.types import InstanceState
 
 
 def states(m: ChimeraMetrics, instance: str) -> dict[str, float]:

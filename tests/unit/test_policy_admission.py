@@ -1,9 +1,9 @@
-"""Local scheduler scenarios (orchestrator/policy/admission.py): EDF, KV room, shedding."""
+"""Local scheduler scenarios (orchestrator/policy/admission/admit.py): EDF, KV room, shedding."""
 
 from __future__ import annotations
 
-from orchestrator.policy.admission import MIN_RETRY_AFTER_S, decide
-from orchestrator.policy.queueing import EngineRoom, ModelRule, Pending, QueueView
+from orchestrator.policy.admission.admit import MIN_RETRY_AFTER_S, decide
+from orchestrator.policy.admission.queueing import EngineRoom, ModelRule, Pending, QueueView
 
 NOW = 100.0
 

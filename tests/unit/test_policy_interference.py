@@ -1,4 +1,4 @@
-"""Decode interference (orchestrator/policy/interference.py): the law of the neighbours' decode
+"""Decode interference (orchestrator/layout/interference.py): the law of the neighbours' decode
 work against brute-force enumeration, inflation by sharing, and what it means for a small model
 next to rare or busy slow neighbours."""
 
@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from orchestrator.policy.interference import LAW_BINS, Member, inflated, law_of, miss, miss_probs
+from orchestrator.layout.interference import LAW_BINS, Member, inflated, law_of, miss, miss_probs
 
 
 def brute_force_miss(me: Member, neighbours: list[tuple[Member, float]]) -> float:

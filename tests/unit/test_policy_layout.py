@@ -1,4 +1,4 @@
-"""Warm-start layout (orchestrator/policy/layout.py), its profiles (profiles.py) and the rate
+"""Warm-start layout (orchestrator/layout/packing.py), its profiles (profiles.py) and the rate
 window (rates.py)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.policy.cluster import ModelDemand, ServerCost
-from orchestrator.policy.layout import layout
-from orchestrator.policy.profiles import Profiles, awake_profile
+from orchestrator.layout.packing import layout
+from orchestrator.layout.profiles import Profiles, awake_profile
+from orchestrator.policy.placement.cluster import ModelDemand, ServerCost
 from orchestrator.policy.rates import RateWindow
 
 GIB = 1 << 30

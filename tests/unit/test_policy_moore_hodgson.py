@@ -7,7 +7,7 @@ from itertools import combinations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.policy.moore_hodgson import Job, completion_times, moore_hodgson
+from orchestrator.policy.admission.moore_hodgson import Job, completion_times, moore_hodgson
 
 jobs_st = st.lists(
     st.tuples(st.integers(1, 20), st.integers(0, 60)), min_size=0, max_size=8,

@@ -1,11 +1,10 @@
-"""Global scheduler scenarios on hand-built snapshots (orchestrator/policy/placement.py)."""
+"""Global scheduler scenarios on hand-built snapshots (orchestrator/policy/placement/place.py)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from orchestrator.control.api import InstanceState as S
-from orchestrator.policy.cluster import (
+from orchestrator.policy.placement.cluster import (
     Activation,
     Blocked,
     ClusterView,
@@ -20,7 +19,8 @@ from orchestrator.policy.cluster import (
     Start,
     Wake,
 )
-from orchestrator.policy.placement import decide
+from orchestrator.policy.placement.place import decide
+from orchestrator.types import InstanceState as S
 
 GIB = 1 << 30
 COST = ServerCost(parked_bytes=2 * GIB, awake_bytes=16 * GIB, kv_bytes_per_token=128 * 1024,

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from orchestrator.control.api import InstanceState as S
-from orchestrator.policy.startup import decide
-from orchestrator.policy.types import ClusterSnapshot, InstanceSnapshot
+from orchestrator.policy.startup import ClusterSnapshot, InstanceSnapshot, decide
+from orchestrator.types import InstanceState as S
 
 
 def inst(i: int, model: str, gpus: tuple[int, ...], state: S = S.STOPPED, on: bool = True) -> InstanceSnapshot:

@@ -21,11 +21,11 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from orchestrator.config import ModelSpec, Placement
-from orchestrator.control.api import InstanceState
 from orchestrator.errors import EngineUnavailable
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.proxy import create_app
 from orchestrator.shapes import load_shape
+from orchestrator.types import InstanceState
 from tests.unit.proxy_fakes import FakeRouter
 
 SHAPE = load_shape("tiny-llama")

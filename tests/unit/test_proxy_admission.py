@@ -11,8 +11,6 @@ import httpx
 import pytest
 
 from orchestrator.config import ModelSpec, parse_config
-from orchestrator.control.api import Endpoint, InstanceView, ModelView
-from orchestrator.control.events import LoadSample
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.perf.model import LatencyModel
 from orchestrator.proxy import create_app
@@ -23,6 +21,7 @@ from orchestrator.proxy.admission import (
     max_new_tokens,
 )
 from orchestrator.proxy.errors import ProxyError
+from orchestrator.types import Endpoint, InstanceView, LoadSample, ModelView
 from tests.unit.control_fakes import settle
 
 CFG = parse_config({"mode": "full", "host": {"gpus": 2}, "models": [

@@ -9,10 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.control.api import InstanceState, InstanceView
-from orchestrator.control.events import LoadSample
 from orchestrator.control.scrape import Scraper, sample_from_loads
 from orchestrator.kv.demand import LoadsError
+from orchestrator.types import InstanceState, InstanceView, LoadSample
 
 S = InstanceState
 

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from orchestrator.config import parse_config
-from orchestrator.control.api import InstanceState
 from orchestrator.control.events import Parked, ParkFailed, Started, Tick, WakeFailed, Woken
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.errors import EngineUnavailable
+from orchestrator.types import InstanceState
 from tests.unit.control_fakes import RecordingEffects, ep, settle
 
 S = InstanceState

@@ -14,8 +14,8 @@
 
 from __future__ import annotations
 
-from orchestrator.policy.moore_hodgson import Job, completion_times, moore_hodgson
-from orchestrator.policy.queueing import (
+from orchestrator.policy.admission.moore_hodgson import Job, completion_times, moore_hodgson
+from orchestrator.policy.admission.queueing import (
     Dispatch,
     EngineRoom,
     ModelRule,

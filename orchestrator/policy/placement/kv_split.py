@@ -9,11 +9,11 @@ scaled down: a limit below what a server uses only stops it admitting until requ
 
 from __future__ import annotations
 
-from orchestrator.policy.cluster import RESIDENT, KvLimit, S
-from orchestrator.policy.kvpr import Ledger
+from orchestrator.policy.placement.cluster import RESIDENT, KvLimit, S
+from orchestrator.policy.placement.kvpr import GpuTally
 
 
-def kv_limits(led: Ledger) -> tuple[KvLimit, ...]:
+def kv_limits(led: GpuTally) -> tuple[KvLimit, ...]:
     share: dict[str, float] = {}
     for g, sids in enumerate(led.on_gpu):
         members = sorted(sid for sid in sids if led.state[sid] in RESIDENT)

@@ -1,7 +1,7 @@
 """What the local scheduler (admission.py) sees and answers: one GPU group's request queue.
 
 The proxy keeps one queue per GPU group across every model served there and calls
-``admission.decide`` on each arrival, completion and wake. Expected prefill times and KV needs
+``admit.decide`` on each arrival, completion and wake. Expected prefill times and KV needs
 are filled in by the caller (the H100 latency model in orchestrator/perf/model.py, or
 measured averages), so the policy itself knows no engine.
 """
@@ -9,9 +9,8 @@ measured averages), so the policy itself knows no engine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-LatePolicy = Literal["shed", "serve"]
+from orchestrator.types import OnLate
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class EngineRoom:
 @dataclass(frozen=True)
 class ModelRule:
     priority: int = 0  # higher: shed last
-    on_late: LatePolicy = "shed"  # a request that can no longer meet its deadline: 429 or serve late
+    on_late: OnLate = "shed"  # a request that can no longer meet its deadline: 429 or serve late
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Prints each GPU's memory budget (weights, KV floor, runtime overhead of every instance parked
 and awake), flags files that cannot work (with the reason), and with ``--rates`` shows where
-the global policy (orchestrator/policy/placement.py) would wake what for that request mix, the
+the global policy (orchestrator/policy/placement/place.py) would wake what for that request mix, the
 KV Pressure Ratio of each GPU and the KV limits. Costs come from the H100 memory and latency
 model of the sim engine (orchestrator/perf/model.py, calibration.py), so this is also
 the one place that turns a shape into a ``ServerCost`` (bench/sim uses it too).
@@ -17,12 +17,12 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.config import Config, ModelSpec, load_config
-from orchestrator.control.api import InstanceState
 from orchestrator.perf import calibration as cal
 from orchestrator.perf.model import LatencyModel, kv_bytes_per_token_per_gpu, plan_memory
-from orchestrator.policy import placement
-from orchestrator.policy.cluster import Activation, ClusterView, ModelDemand, ServerCost, ServerView
+from orchestrator.policy.placement import place
+from orchestrator.policy.placement.cluster import Activation, ClusterView, ModelDemand, ServerCost, ServerView
 from orchestrator.shapes import ModelShape
+from orchestrator.types import InstanceState
 
 GIB = 1 << 30
 COLD_START_S = 65.0  # [measured] stock SGLang 0.5.17 cold start on the H100, warm caches (gpu.md)
@@ -92,7 +92,7 @@ def cluster_view(cfg: Config, rates: dict[str, float], tokens_per_request: float
                     tpot_slo_s=m.slo.tpot_or_default,
                     token_rate=rates.get(m.name, 0.0) * tokens_per_request,
                     queued=1 if rates.get(m.name, 0.0) > 0 else 0,
-                    idle_park_s=m.idle.park_after_s, park_when=m.idle.when,  # type: ignore[arg-type]
+                    idle_park_s=m.idle.park_after_s, park_when=m.idle.when,
                     priority=m.priority)
         for m in cfg.models)
     servers = tuple(ServerView(i.id, i.model.name, i.gpus, InstanceState.PARKED) for i in cfg.instances)
@@ -171,7 +171,7 @@ def _budget_table(cfg: Config, con: Console) -> None:
 
 def _placement_table(cfg: Config, rates: dict[str, float], tpr: float, con: Console) -> None:
     view = cluster_view(cfg, rates, tpr)
-    d = placement.decide(view, 0.0)
+    d = place.decide(view, 0.0)
     t = Table(title="placement the global scheduler would choose (all servers parked at start)")
     for col in ("model", "req/s", "GPU(s)", "steps", "KV limit"):
         t.add_column(col)

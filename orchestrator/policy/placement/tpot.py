@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from orchestrator.policy.cluster import ModelDemand, S
-from orchestrator.policy.kvpr import Ledger, decoding
+from orchestrator.policy.placement.cluster import ModelDemand, S
+from orchestrator.policy.placement.kvpr import GpuTally, decoding
 
 _ACTIVE = (S.AWAKE, S.WAKING, S.STARTING)
 
 
-def overflow(led: Ledger, gpus: Iterable[int], add: ModelDemand | None = None,
+def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None,
              drop: Iterable[str] = ()) -> float:
     """Worst relative overflow of the expected round over a TPOT SLO among the active models of
     the group, with ``add`` made active there and the servers ``drop`` gone."""

@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from orchestrator import __version__
-from orchestrator import plan as plan_cmd
+from orchestrator.cli import plan as plan_cmd
 from orchestrator.config import GIB, Config, load_config
 from orchestrator.errors import ConfigError
 

@@ -2,7 +2,7 @@
 
 The caller (control loop, ``chimera-orch plan``, the simulator in bench/sim) fills the snapshot:
 rates are measured outside (rates.py), memory costs come from the H100 model in
-simsglang (orchestrator/plan.py: ``server_cost``), so nothing here knows a clock
+simsglang (orchestrator/cli/plan.py: ``server_cost``), so nothing here knows a clock
 or a constant of SGLang. All byte counts are per GPU; a TP server charges each GPU of its group.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.control.api import InstanceState
+from orchestrator.types import InstanceState
 
 S = InstanceState
 # States whose weights are (or are being put) on the GPU: they count as resident.
@@ -105,7 +105,7 @@ class PlacementParams:
 
 @dataclass(frozen=True)
 class ClusterView:
-    """The frozen snapshot handed to ``placement.decide``."""
+    """The frozen snapshot handed to ``place.decide``."""
 
     models: tuple[ModelDemand, ...]
     servers: tuple[ServerView, ...]

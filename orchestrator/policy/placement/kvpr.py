@@ -5,7 +5,7 @@ KV Pressure Ratio of GPU g (Prism, arXiv 2505.04021 §4):
              / memory left for KV on g
 memory left for KV = capacity - reserve - CUDA contexts of every server there (parked ones too)
 - awake bytes (weights, graphs, workspace) of every resident server. A TP group's ratio is the
-highest of its GPUs. ``Ledger`` is a working copy for one decision: placement.py mutates it as
+highest of its GPUs. ``GpuTally`` is a working copy for one decision: placement.py mutates it as
 it commits actions, so later choices of the same decision see earlier ones.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from orchestrator.policy.cluster import HOLDS_CONTEXT, RESIDENT, ClusterView, ModelDemand, S, ServerView
+from orchestrator.policy.placement.cluster import HOLDS_CONTEXT, RESIDENT, ClusterView, ModelDemand, S, ServerView
 
 _TINY = 1.0  # bytes: keeps a full GPU's ratio finite and ordered
 
@@ -23,7 +23,7 @@ def decoding(m: ModelDemand) -> float:
     return 1.0 if m.activity is None else min(max(m.activity, 0.0), 1.0)
 
 
-class Ledger:
+class GpuTally:
     def __init__(self, view: ClusterView) -> None:
         n = len(view.gpu_bytes)
         reserve = view.params.gpu_reserve_bytes

@@ -4,50 +4,10 @@ something itself ("a read that gates a mutation is a bug"): it asks the owner wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Protocol
 
 from orchestrator.config import ModelSpec
-
-
-class InstanceState(StrEnum):
-    """Lifecycle of one engine instance (transitions are owned by control/instance.py)."""
-
-    PENDING = "pending"  # waiting for its turn to start (colocated starts are serialized)
-    STARTING = "starting"
-    AWAKE = "awake"
-    PARKING = "parking"
-    PARKED = "parked"
-    WAKING = "waking"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where to send one request: an awake instance of the model."""
-
-    instance_id: str
-    base_url: str  # http://127.0.0.1:PORT
-    served_name: str  # rewrite the request's `model` to this
-
-
-@dataclass(frozen=True)
-class InstanceView:
-    id: str
-    model: str
-    gpus: tuple[int, ...]
-    state: InstanceState
-    base_url: str | None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelView:
-    spec: ModelSpec
-    state: InstanceState  # the best state among its instances (awake > waking > ...)
-    instances: tuple[InstanceView, ...]
+from orchestrator.types import Endpoint, InstanceView, ModelView
 
 
 class Router(Protocol):

@@ -18,8 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.policy.cluster import ModelDemand
-from orchestrator.policy.interference import (
+from orchestrator.layout.interference import (
     Member,
     add,
     concurrency,
@@ -29,7 +28,8 @@ from orchestrator.policy.interference import (
     miss,
     shift_of,
 )
-from orchestrator.policy.profiles import Profiles
+from orchestrator.layout.profiles import Profiles
+from orchestrator.policy.placement.cluster import ModelDemand
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ Ties are broken by name, so the same snapshot always gives the same decision.
 
 from __future__ import annotations
 
-from orchestrator.policy import tpot
-from orchestrator.policy.cluster import (
+from orchestrator.policy.placement import tpot
+from orchestrator.policy.placement.cluster import (
     Action,
     Activation,
     Blocked,
@@ -35,15 +35,16 @@ from orchestrator.policy.cluster import (
     Step,
     Wake,
 )
-from orchestrator.policy.kv_split import kv_limits
-from orchestrator.policy.kvpr import Ledger
-from orchestrator.policy.migration import best_migration
+from orchestrator.policy.placement.kv_split import kv_limits
+from orchestrator.policy.placement.kvpr import GpuTally
+from orchestrator.policy.placement.migration import best_migration
+from orchestrator.types import gpu_label
 
 _COMING = (S.AWAKE, S.WAKING, S.STARTING)
 
 
 def decide(view: ClusterView, now: float) -> PlacementDecision:
-    led = Ledger(view)
+    led = GpuTally(view)
     actions: list[Action] = []
     blocked: list[Blocked] = []
     touched: set[str] = set()
@@ -86,7 +87,7 @@ def _groups(n_gpus: int, tp: int) -> list[tuple[int, ...]]:
     return [tuple(range(i, i + tp)) for i in range(0, n_gpus - tp + 1, tp)]
 
 
-def _activate(led: Ledger, view: ClusterView, m: ModelDemand, now: float) -> Activation | Blocked:
+def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> Activation | Blocked:
     best: tuple[tuple[int, float, int, float, float, str], tuple[int, ...], str | None, list[str]] | None = None
     starving = m if m.oldest_wait_s >= view.params.starvation_s else None
     for sid in led.of_model.get(m.name, ()):
@@ -121,7 +122,7 @@ def _activate(led: Ledger, view: ClusterView, m: ModelDemand, now: float) -> Act
     for v in victims:
         led.set_state(v, S.PARKING)
     if parked is None:
-        led.add_server(f"{m.name}@new:{_g(gpus)}", m.name, gpus, S.STARTING)
+        led.add_server(f"{m.name}@new:{gpu_label(gpus)}", m.name, gpus, S.STARTING)
         steps.append(Start(m.name, gpus))
         how = "cold start (no parked server fits)"
     else:
@@ -133,11 +134,11 @@ def _activate(led: Ledger, view: ClusterView, m: ModelDemand, now: float) -> Act
     if busy:
         note += f" (preempts busy {', '.join(busy)}: requests waited {m.oldest_wait_s:.0f} s)"
     return Activation(m.name, gpus, tuple(steps), ratio,
-                      f"{m.queued} queued, no awake server: {how} on GPU {_g(gpus)} "
+                      f"{m.queued} queued, no awake server: {how} on GPU {gpu_label(gpus)} "
                       f"(KVPR after {ratio:.3g}){note}")
 
 
-def _why_blocked(led: Ledger, m: ModelDemand) -> str:
+def _why_blocked(led: GpuTally, m: ModelDemand) -> str:
     parked = [sid for sid in led.of_model.get(m.name, ()) if led.state[sid] is S.PARKED]
     if not parked:
         return "no parked server to wake (cold starts are off)"
@@ -145,6 +146,3 @@ def _why_blocked(led: Ledger, m: ModelDemand) -> str:
     return (f"needs {need:.1f} GiB per GPU; no GPU of its parked servers can free that much "
             "(neighbours are busy or idle for less than their park threshold)")
 
-
-def _g(gpus: tuple[int, ...]) -> str:
-    return "+".join(map(str, gpus))

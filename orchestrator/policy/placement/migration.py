@@ -13,14 +13,15 @@ A TPOT fix wins over a KV gain. Only models with one resident server, not moved 
 
 from __future__ import annotations
 
-from orchestrator.policy import tpot
-from orchestrator.policy.cluster import ClusterView, Migration, ModelDemand, Park, Route, S, Step, Wake
-from orchestrator.policy.kvpr import Ledger
+from orchestrator.policy.placement import tpot
+from orchestrator.policy.placement.cluster import ClusterView, Migration, ModelDemand, Park, Route, S, Step, Wake
+from orchestrator.policy.placement.kvpr import GpuTally
+from orchestrator.types import gpu_label
 
 _SOURCES = 4  # source GPUs examined per trigger (the worst ones): bounds a decision at scale
 
 
-def best_migration(led: Ledger, view: ClusterView, now: float, touched: set[str]) -> Migration | None:
+def best_migration(led: GpuTally, view: ClusterView, now: float, touched: set[str]) -> Migration | None:
     p = view.params
     n = len(view.gpu_bytes)
     srcs = [g for g in sorted(range(n), key=lambda g: (-led.ratio(g), g))[:_SOURCES] if led.ratio(g) > 0]
@@ -53,14 +54,14 @@ def best_migration(led: Ledger, view: ClusterView, now: float, touched: set[str]
     return Migration(model, src, gpus, steps, gain, why)
 
 
-def _score(led: Ledger, view: ClusterView, now: float, src: str, dst: str,
+def _score(led: GpuTally, view: ClusterView, now: float, src: str, dst: str,
            m: ModelDemand) -> tuple[tuple[int, float], list[str], str] | None:
     p = view.params
     a, b = led.servers[src].gpus, led.servers[dst].gpus
     victims = led.make_room(b, led.need_bytes(m, cold=False), now, frozenset({src}))
     if victims is None or (victims and not p.migration_parks_idle):
         return None
-    where = f"GPU {_g(a)} -> {_g(b)}"
+    where = f"GPU {gpu_label(a)} -> {gpu_label(b)}"
     if p.tpot_guard:
         dst_over = tpot.overflow(led, b, m, victims)
         if dst_over > 0:
@@ -68,7 +69,7 @@ def _score(led: Ledger, view: ClusterView, now: float, src: str, dst: str,
         before = tpot.overflow(led, a)
         after = tpot.overflow(led, a, drop=[src])
         if before > 0 and after < before:
-            return (1, before - after), victims, (f"{where}: decode rounds on GPU {_g(a)} exceed a TPOT "
+            return (1, before - after), victims, (f"{where}: decode rounds on GPU {gpu_label(a)} exceed a TPOT "
                                                   f"SLO by {before:.0%}, {after:.0%} after the move")
     before_kv = max(led.group_ratio(a), led.group_ratio(b))
     if before_kv <= 0:
@@ -85,12 +86,9 @@ def _cooling(m: ModelDemand, view: ClusterView, now: float) -> bool:
     return m.last_moved_at is not None and now - m.last_moved_at < view.params.migration_cooldown_s
 
 
-def _ratio_without(led: Ledger, g: int, m: ModelDemand, dst_gpus: tuple[int, ...]) -> float:
+def _ratio_without(led: GpuTally, g: int, m: ModelDemand, dst_gpus: tuple[int, ...]) -> float:
     """Ratio of source GPU g once the model left and its server parked."""
     pressure = led.pressure[g] - m.pressure + (m.pressure if g in dst_gpus else 0.0)
     room = led.room[g] + m.cost.awake_bytes - (m.cost.awake_bytes if g in dst_gpus else 0)
     return max(pressure, 0.0) / max(room, 1.0)
 
-
-def _g(gpus: tuple[int, ...]) -> str:
-    return "+".join(map(str, gpus))

@@ -27,10 +27,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.policy.cluster import ModelDemand
-from orchestrator.policy.colocation import GpuPlan
-from orchestrator.policy.interference import Member
-from orchestrator.policy.profiles import Profiles
+from orchestrator.layout.colocation import GpuPlan
+from orchestrator.layout.interference import Member
+from orchestrator.layout.profiles import Profiles
+from orchestrator.policy.placement.cluster import ModelDemand
 
 # A model whose awake footprint is above this share of a GPU counts as always awake in the
 # plan unless its awake profile says when it is: its neighbours wake and park around it, not

@@ -1,0 +1,1 @@
+"""``chimera-orch``: ``up`` and ``check`` (main.py), ``plan`` (plan.py)."""

@@ -1,0 +1,91 @@
+"""chimera's shared vocabulary: the lifecycle state of an engine instance, where a request goes
+(``Endpoint``), read-only views of instances and models, one scrape of an engine's load
+(``LoadSample``), GPU groups and their label, and the closed sets of words the placements file
+allows (modes, park and late policies). Plain data, importable from every package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from orchestrator.config import ModelSpec
+
+# static: fixed KV pools; elastic: + KV limits re-split at run time (cumem_shim); full: elastic +
+# time-sharing (park/wake) + the global scheduler. Each later mode includes the earlier ones.
+Mode = Literal["static", "elastic", "full"]
+MODES: tuple[Mode, ...] = ("static", "elastic", "full")
+# When an idle model gives its memory back: only when wanted, as soon as idle, or never.
+ParkWhen = Literal["needed", "always", "never"]
+PARK_WHEN_IDLE: tuple[ParkWhen, ...] = ("needed", "always", "never")
+# A request past its TTFT deadline (a model with slo.ttft_s): shed it (429) or serve it late.
+OnLate = Literal["shed", "serve"]
+ON_LATE: tuple[OnLate, ...] = ("shed", "serve")
+EngineName = Literal["auto", "sim", "sglang"]
+ENGINES: tuple[EngineName, ...] = ("auto", "sim", "sglang")
+LoadFormat = Literal["auto", "dummy"]
+LOAD_FORMATS: tuple[LoadFormat, ...] = ("auto", "dummy")
+
+GpuGroup = tuple[int, ...]  # the GPUs of one engine instance (one GPU, or its TP group)
+
+
+def gpu_label(gpus: GpuGroup) -> str:
+    """How a GPU group is written in ids, metrics labels and tables: ``0`` or ``0+1``."""
+    return "+".join(str(g) for g in gpus)
+
+
+class InstanceState(StrEnum):
+    """Lifecycle of one engine instance (transitions are owned by control/instance.py)."""
+
+    PENDING = "pending"  # waiting for its turn to start (colocated starts are serialized)
+    STARTING = "starting"
+    AWAKE = "awake"
+    PARKING = "parking"
+    PARKED = "parked"
+    WAKING = "waking"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to send one request: an awake instance of the model."""
+
+    instance_id: str
+    base_url: str  # http://127.0.0.1:PORT
+    served_name: str  # rewrite the request's `model` to this
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    id: str
+    model: str
+    gpus: tuple[int, ...]
+    state: InstanceState
+    base_url: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelView:
+    spec: ModelSpec
+    state: InstanceState  # the best state among its instances (awake > waking > ...)
+    instances: tuple[InstanceView, ...]
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """One scrape of an instance's ``GET /v1/loads`` (control/scrape.py), summed over its DP
+    ranks. The loop turns these into per-model demand (token rate, concurrency, KV in use); the
+    proxy's admission gate and the KV ledger read the same samples."""
+
+    instance_id: str
+    at: float  # time.monotonic() when the scrape was sent
+    running: int
+    waiting: int
+    waiting_tokens: int  # prompt tokens queued in the engine, not yet prefilled
+    used_tokens: int  # KV token slots in use
+    capacity_tokens: int  # KV pool size in tokens (under the shim: its limit shows as used)
+    max_running: int | None  # the engine's max running requests (None: not reported)
+    tokens: float  # prompt + generated tokens processed since the instance's previous sample
