@@ -53,4 +53,4 @@ sim-bench: $(STAMP)
 
 # 60-second live benchmark on the sim engine (CPU); report and plots in runs/bench-smoke/
 bench-smoke: $(STAMP)
-	$(BIN)/python -m bench.run --placements placements/example.yaml --trace synthetic --rate 4 --duration 60 --out runs/bench-smoke
+	$(BIN)/python -m bench.live.run --placements placements/example.yaml --trace synthetic --rate 4 --duration 60 --out runs/bench-smoke

@@ -29,10 +29,10 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.chimera import ChimeraStartError, start_chimera
 from bench.client.loadgen import ClientConfig, ClientShards, run_open_loop
 from bench.client.prompts import COMPLETIONS
 from bench.client.record import RequestRecord
+from bench.live.process import ChimeraStartError, start_chimera
 from bench.report.summary import distribution
 from bench.traces import BenchRequest
 from bench.traces.request import renumber

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from bench.sim.engine import SimModel, SimReq, SimServer
+from bench.sim.servers import SimModel, SimReq, SimServer
 from bench.sim.simulator import Simulator
 from orchestrator.policy.placement.cluster import S
 

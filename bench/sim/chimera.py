@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from bench.sim.engine import SimModel, SimReq, SimServer
+from bench.sim.servers import SimModel, SimReq, SimServer
 from bench.sim.simulator import Simulator
 from bench.traces.request import BenchRequest
 from orchestrator.layout.packing import layout

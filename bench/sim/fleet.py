@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 
-from bench.sim.engine import SimModel
+from bench.sim.servers import SimModel
 from orchestrator.cli.plan import server_cost
 from orchestrator.perf.model import LatencyModel
 from orchestrator.shapes import load_shape

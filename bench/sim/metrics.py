@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench.sim.engine import SimModel, SimReq
+from bench.sim.servers import SimModel, SimReq
 from bench.sim.simulator import Counters
 
 

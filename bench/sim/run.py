@@ -15,9 +15,9 @@ from functools import cache
 
 from bench.sim.baselines import MuxServeLike, StaticPartition, SwapOnly
 from bench.sim.chimera import Chimera, ChimeraOptions
-from bench.sim.engine import SimModel
 from bench.sim.fleet import H100_BYTES, fleet, make_model
 from bench.sim.metrics import RunResult, summarize
+from bench.sim.servers import SimModel
 from bench.sim.simulator import Controller, Simulator
 from bench.traces.request import BenchRequest
 from bench.traces.synthetic import SyntheticSpec, generate

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bench.sim.engine import GpuExec, SimModel, SimReq, SimServer
+from bench.sim.servers import GpuExec, SimModel, SimReq, SimServer
 from bench.traces.request import BenchRequest
 from orchestrator.policy.placement.cluster import HOLDS_CONTEXT, RESIDENT, S
 

@@ -24,7 +24,7 @@ HBM_BANDWIDTH = 3.35e12  # [spec] HBM3, bytes/s
 NVLINK_ALLREDUCE_BUS_BW = 360e9
 ALLREDUCE_LATENCY_S = 8e-6  # [assumed] small-message NCCL all-reduce latency over NVLink
 
-# [measured] below = fitted by `python -m bench.calibrate` from bench/results/gpu-trace-h100/
+# [measured] below = fitted by `python -m bench.calibration.calibrate` from bench/results/gpu-trace-h100/
 # (calibration.json): NVIDIA H100 80GB HBM3, driver 580.159.04, stock SGLang 0.5.17 (triton
 # attention, CUDA graphs on), 2026-11-26; Llama-3.2-1B and Llama-3.1-8B shapes (dummy weights)
 # colocated on the one GPU behind chimera, 5-minute trace at 6 req/s, 1,800 requests. The two

@@ -1,5 +1,5 @@
 # Sourced by the scripts that run on this workplace's GPU machine (tests/gpu/device_run.sh,
-# bench/gpu_trace.sh), from the repo root, after the carried wheels were copied to /tmp/w by
+# bench/gpu/trace.sh), from the repo root, after the carried wheels were copied to /tmp/w by
 # the earlier calls (docs/gpu-testing.md): installs them into /tmp/site once per machine,
 # restores the kernel caches and sets the environment stock SGLang needs there. Sets t0 (start
 # time, seconds) and OUT.

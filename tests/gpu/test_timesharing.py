@@ -1,7 +1,7 @@
 """On a GPU host: time-sharing with stock SGLang. One instance is parked and woken 10 times
 while its neighbour on the same GPU keeps serving; chimera verifies the freed memory on each
 park (NVML) and the probe output on each wake; the greedy output through the proxy must not
-change. Then the activation benchmark (bench/activation.py) for the 1B and 8B shapes."""
+change. Then the activation benchmark (bench/live/activation.py) for the 1B and 8B shapes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import threading
 import httpx
 import pytest
 
-from bench import activation
+from bench.live import activation
 from orchestrator.shapes import load_shape
 from tests.chimera_proc import Running
 from tests.gpu.conftest import ADMIN_KEY, RESULTS, gpu_used_mib, out_dir

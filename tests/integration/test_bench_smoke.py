@@ -1,4 +1,4 @@
-"""`python -m bench.run` end to end on the sim engine, short: it starts chimera, replays a
+"""`python -m bench.live.run` end to end on the sim engine, short: it starts chimera, replays a
 synthetic trace, writes a sane report and stops chimera with no engine left. Never asserts
 speed (the CPU is shared); only counts, orderings and ranges."""
 
@@ -32,7 +32,7 @@ def test_bench_run_writes_a_sane_report(tmp_path: Path) -> None:
     placements.write_text(yaml.safe_dump(PLACEMENTS))
     out = tmp_path / "bench"
     r = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--placements", str(placements), "--trace",
+        [sys.executable, "-m", "bench.live.run", "--placements", str(placements), "--trace",
          "synthetic", "--rate", "3", "--duration", "8", "--alpha", "1", "--input-range",
          "8,64", "--output-range", "4,32", "--ttft-slo", "1.0", "--out", str(out)],
         capture_output=True, text=True, timeout=120)

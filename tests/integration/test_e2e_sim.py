@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import activation
+from bench.live import activation
 from tests.chimera_proc import Running, alive, chimera_cmd, start_chimera
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
-"""`python -m bench.gpu_trace --engine sim` end to end on the CPU, short, then
-`python -m bench.calibrate` on its output: the six files exist and are consistent, the
+"""`python -m bench.gpu.trace --engine sim` end to end on the CPU, short, then
+`python -m bench.calibration.calibrate` on its output: the six files exist and are consistent, the
 calibration names its provenance. Never asserts speed (the CPU is shared)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.calibration_data import SCHEMA as DATA_SCHEMA
-from bench.gpu_trace import FILES, MODELS
+from bench.calibration.data import SCHEMA as DATA_SCHEMA
+from bench.gpu.trace import FILES, MODELS
 from bench.report import read_records, validate
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_gpu_trace_on_the_sim_then_calibrate(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = subprocess.run(
-        [sys.executable, "-m", "bench.gpu_trace", "--engine", "sim", "--duration", "8",
+        [sys.executable, "-m", "bench.gpu.trace", "--engine", "sim", "--duration", "8",
          "--rate", "6", "--out", str(out), "--work-dir", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -45,7 +45,7 @@ def test_gpu_trace_on_the_sim_then_calibrate(tmp_path: Path) -> None:
     data = json.loads((out / "calibration_data.json").read_text())
     assert data["schema"] == DATA_SCHEMA and data["orphans"] == []
     assert data["provenance"]["simulated"] is True and data["provenance"]["command"][:3] == [
-        "python", "-m", "bench.gpu_trace"]
+        "python", "-m", "bench.gpu.trace"]
     instances = {f"{n}@gpu0" for n, _, _ in MODELS}
     assert set(data["metrics_before"]) == set(data["metrics_after"]) == instances
     assert set(data["engine_log"]) == {i.replace("@", "-") for i in instances}
@@ -53,13 +53,13 @@ def test_gpu_trace_on_the_sim_then_calibrate(tmp_path: Path) -> None:
     assert "llama-8b-gpu0.log" in (out / "logs.txt").read_text()
     assert (out / "timeline.png").read_bytes()[:4] == b"\x89PNG"
 
-    c = subprocess.run([sys.executable, "-m", "bench.calibrate", str(out)],
+    c = subprocess.run([sys.executable, "-m", "bench.calibration.calibrate", str(out)],
                        capture_output=True, text=True, timeout=120)
     assert c.returncode == 0, c.stderr[-3000:]
     cal = json.loads((out / "calibration.json").read_text())
     assert cal["simulated"] is True
     prov = cal["provenance"]
-    assert prov["calibrate_command"][:3] == ["python", "-m", "bench.calibrate"]
+    assert prov["calibrate_command"][:3] == ["python", "-m", "bench.calibration.calibrate"]
     assert prov["samples"]["requests"] == 48 and prov["created"] and "gpus" in prov
     assert set(cal["constants"]) >= {"PREFILL_MFU", "PREFILL_STEP_OVERHEAD_S",
                                      "DECODE_STEP_OVERHEAD_S", "WEIGHT_READ_EFFICIENCY",

@@ -1,4 +1,4 @@
-"""bench.calibrate and its parts: the robust least squares, SGLang's scheduler log lines, the
+"""bench.calibration.calibrate and its parts: the robust least squares, SGLang's scheduler log lines, the
 samples taken from request records, and the mapping of fits onto the sim's constants. The
 records here are built from the sim's own latency model, so a right fit gives back the
 constants of orchestrator/perf/calibration.py (pure arithmetic, no clock)."""
@@ -9,9 +9,10 @@ import random
 
 import pytest
 
-from bench.calibrate import derive, fit_decode_log, metric_deltas
-from bench.calibration_data import DecodeLine, parse_engine_log
-from bench.calibration_samples import (
+from bench.calibration.calibrate import derive, fit_decode_log, metric_deltas
+from bench.calibration.data import DecodeLine, parse_engine_log
+from bench.calibration.fit import Fit, FitError, fit
+from bench.calibration.samples import (
     Phase,
     decode_samples,
     phases,
@@ -19,7 +20,6 @@ from bench.calibration_samples import (
     prefill_samples,
 )
 from bench.client import RequestRecord
-from bench.fit import Fit, FitError, fit
 from orchestrator.perf import calibration as cal
 from orchestrator.perf.model import LatencyModel
 from orchestrator.shapes import load_shape

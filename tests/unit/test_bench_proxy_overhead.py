@@ -1,4 +1,4 @@
-"""bench.proxy_overhead's arithmetic: a level over its repeats (medians of the runs nobody
+"""bench.live.proxy_overhead's arithmetic: a level over its repeats (medians of the runs nobody
 disturbed) and whether the target was met. The measurement itself runs by hand (it is a
 benchmark, docs/bench-live.md)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.proxy_overhead import DISTURBED_OTHER_PCT, _met, combine
+from bench.live.proxy_overhead import DISTURBED_OTHER_PCT, _met, combine
 
 
 def run(p50_ms: float, p99_ms: float, other: float, saturated: bool = False) -> dict[str, Any]:

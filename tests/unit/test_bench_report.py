@@ -14,7 +14,7 @@ from rich.console import Console
 
 from bench.client import RequestRecord
 from bench.client.server import engine_info, parse_metrics
-from bench.modes import ratios, with_mode
+from bench.live.modes import ratios, with_mode
 from bench.report import (
     new_report,
     percentile,

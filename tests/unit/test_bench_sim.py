@@ -11,11 +11,11 @@ import pytest
 
 from bench.sim.baselines import StaticPartition
 from bench.sim.chimera import Chimera, ChimeraOptions
-from bench.sim.engine import S, SimReq, SimServer
 from bench.sim.experiments import determinism_probe, run_one, spec
 from bench.sim.fleet import H100_BYTES, fleet, make_model
 from bench.sim.metrics import summarize
 from bench.sim.run import SYSTEMS, history, with_slos
+from bench.sim.servers import S, SimReq, SimServer
 from bench.sim.simulator import Counters, Simulator
 from bench.traces.request import BenchRequest
 from bench.traces.synthetic import generate

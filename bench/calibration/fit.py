@@ -1,4 +1,4 @@
-"""Least squares for the calibration fits (bench/calibrate.py), in plain Python: a few
+"""Least squares for the calibration fits (bench/calibration/calibrate.py), in plain Python: a few
 regressors and a few thousand samples need no numpy, and the GPU host's wheel set is not the
 CPU host's.
 

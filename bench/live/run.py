@@ -1,11 +1,11 @@
-"""``python -m bench.run``: a live benchmark of chimera.
+"""``python -m bench.live.run``: a live benchmark of chimera.
 
 Starts ``chimera-orch up --engine sim PLACEMENTS`` (or uses ``--url``), waits until the models
 that start at ``up`` are awake, replays the trace open-loop through the proxy, writes
 OUT/report.json, OUT/requests.jsonl, OUT/states.jsonl and plots, prints the table, and stops
 chimera (no engine process may outlive it). Exit codes: 0 ok, 1 failure, 2 bad usage.
 
-    python -m bench.run --placements placements/example.yaml --trace synthetic --rate 4 \\
+    python -m bench.live.run --placements placements/example.yaml --trace synthetic --rate 4 \\
         --duration 60 --out runs/bench
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.chimera import ChimeraStartError, start_chimera
-from bench.options import ROUTE_NAMES, add_client_args, add_trace_args, trace_points
-from bench.session import SessionSpec, run_session
+from bench.live.options import ROUTE_NAMES, add_client_args, add_trace_args, trace_points
+from bench.live.process import ChimeraStartError, start_chimera
+from bench.live.session import SessionSpec, run_session
 from bench.traces import TraceFileError
 from orchestrator.config import Config, load_config
 from orchestrator.errors import ConfigError
@@ -29,7 +29,7 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.live.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--placements", type=Path, help="placements file chimera is started with "
                    "(with --url: only read for model order and SLOs)")

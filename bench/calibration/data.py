@@ -1,8 +1,8 @@
 """What a calibration of the sim engine needs from a live run, besides the per-request records
 (requests.jsonl): the engines' own ``sglang:*`` series scraped through chimera's ``/metrics``
 before and after the trace, the scheduler's "Decode batch" / "Prefill batch" log lines, and
-where the numbers came from (GPU, driver, SGLang, command, date). ``bench.gpu_trace`` collects
-it into calibration_data.json; ``bench.calibrate`` fits from it.
+where the numbers came from (GPU, driver, SGLang, command, date). ``bench.gpu.trace`` collects
+it into calibration_data.json; ``bench.calibration.calibrate`` fits from it.
 
 SGLang's scheduler logs, every ``--decode-log-interval`` decode steps (0.5.x format):
 

@@ -1,4 +1,4 @@
-"""Command-line options shared by ``bench.run`` and ``bench.modes``: the trace, the client,
+"""Command-line options shared by ``bench.live.run`` and ``bench.live.modes``: the trace, the client,
 and how chimera is started."""
 
 from __future__ import annotations

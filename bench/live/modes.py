@@ -1,12 +1,12 @@
-"""``python -m bench.modes``: the same trace against chimera in each deployment mode.
+"""``python -m bench.live.modes``: the same trace against chimera in each deployment mode.
 
 The placements file's top-level ``mode`` (static | elastic | full, orchestrator/config.py) is
 rewritten into OUT/<mode>/placements.yaml; each mode gets a fresh chimera and a full
-``bench.run`` (same seed, so the very same requests) into OUT/<mode>/; OUT/modes.json holds every
+``bench.live.run`` (same seed, so the very same requests) into OUT/<mode>/; OUT/modes.json holds every
 mode's summary and the ratios of elastic and full to static. A mode that fails is reported with
 its error and the comparison goes on.
 
-    python -m bench.modes --placements placements/example.yaml --trace synthetic --rate 4 \\
+    python -m bench.live.modes --placements placements/example.yaml --trace synthetic --rate 4 \\
         --duration 60 --out runs/modes
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from rich.table import Table
 
-from bench import run
+from bench.live import run
 from bench.report import write_json
 from bench.report.document import SCHEMA
 from orchestrator.config import Yaml12Loader, model_from_prism
@@ -97,11 +97,11 @@ def table(results: dict[str, Any], simulated: bool) -> Table:
 
 def main(argv: list[str] | None = None) -> int:
     p = run.build_parser()
-    p.prog, p.description = "python -m bench.modes", __doc__
+    p.prog, p.description = "python -m bench.live.modes", __doc__
     p.add_argument("--modes", default=",".join(MODES), help="modes to compare, in order")
     args = p.parse_args(argv)
     if not args.placements or args.url:
-        console.print("[red]error:[/] bench.modes starts chimera itself: give --placements, "
+        console.print("[red]error:[/] bench.live.modes starts chimera itself: give --placements, "
                       "not --url")
         return 2
     results: dict[str, Any] = {}

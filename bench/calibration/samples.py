@@ -1,4 +1,4 @@
-"""Samples for the calibration fits (bench/calibrate.py), from the client's per-request records.
+"""Samples for the calibration fits (bench/calibration/calibrate.py), from the client's per-request records.
 Pure functions; times in seconds from the start of the run.
 
 Every request that succeeded has three phases as the client saw them: prefill (sent -> first

@@ -1,15 +1,15 @@
-"""``python -m bench.gpu_trace``: the live trace on one GPU (issue 7, "On the H100"), and the
-data a calibration of the sim engine needs (``python -m bench.calibrate OUT`` fits it).
+"""``python -m bench.gpu.trace``: the live trace on one GPU (issue 7, "On the H100"), and the
+data a calibration of the sim engine needs (``python -m bench.calibration.calibrate OUT`` fits it).
 
 1. Writes a placements file: the Llama-3.2-1B and Llama-3.1-8B shapes (dummy weights) as two
    stock SGLang servers on GPU 0, both ``on: true``, ``mode`` full; starts ``chimera-orch up``
-   (bench/chimera.py) and waits until both are awake, printing their states as they change.
+   (bench/live/process.py) and waits until both are awake, printing their states as they change.
 2. Scrapes the engines' ``sglang:*`` series through chimera's /metrics.
 3. Replays a seeded synthetic trace (Prism's generator, bench/traces) open-loop through the
    proxy: streaming /v1/completions, token-id prompts (exact prompt lengths on any engine),
-   fixed output lengths (bench/session.py, bench/client).
+   fixed output lengths (bench/live/session.py, bench/client).
 4. Scrapes /metrics again, reads the engines' "Decode batch" / "Prefill batch" log lines
-   (bench/calibration_data.py), writes the files, then stops chimera (no engine may outlive
+   (bench/calibration/data.py), writes the files, then stops chimera (no engine may outlive
    it) and adds what the stop found to calibration_data.json and logs.txt.
 5. The files, exactly six in --out (the GPU machine returns at most eight):
    report.json, requests.jsonl (per request: prompt/output tokens, TTFT, TPOT, ITL, E2E),
@@ -21,8 +21,8 @@ Time: the whole run must end within --max-wall seconds (the GPU machine cuts a c
 600 s). Two SGLang boots take ~60-100 s each there; if they take longer, the trace is
 shortened to fit and the report says so (config.duration_planned_s vs duration_s).
 
-    python -m bench.gpu_trace --engine sglang --out "$OUT"                 # on the H100
-    python -m bench.gpu_trace --engine sim --duration 20 --out runs/gpu-trace   # on a CPU
+    python -m bench.gpu.trace --engine sglang --out "$OUT"                 # on the H100
+    python -m bench.gpu.trace --engine sim --duration 20 --out runs/gpu-trace   # on a CPU
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ import httpx
 import yaml
 from rich.console import Console
 
-from bench import calibration_data
-from bench.chimera import ChimeraStartError, start_chimera
+from bench.calibration import data as calibration_data
 from bench.client import COMPLETIONS
-from bench.options import token_range
+from bench.live.options import token_range
+from bench.live.process import ChimeraStartError, start_chimera
+from bench.live.session import SessionSpec, run_session
 from bench.report import print_report, read_records, write_json
-from bench.session import SessionSpec, run_session
 from bench.traces import SyntheticSpec, TraceOptions
 
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
@@ -74,7 +74,7 @@ def placements(mode: str, engine: str, decode_log_interval: int) -> dict[str, An
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu_trace", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.gpu.trace", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", choices=("sglang", "sim"), default="sglang",
                    help="stock SGLang on a GPU host, or the sim engine on a CPU (SIMULATED)")
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     args = build_parser().parse_args(argv)
-    command = ["python", "-m", "bench.gpu_trace", *map(shlex.quote, argv or sys.argv[1:])]
+    command = ["python", "-m", "bench.gpu.trace", *map(shlex.quote, argv or sys.argv[1:])]
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="chimera-gpu-trace-"))
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]engine processes outlived chimera and were killed: {orphans}[/]")
         return 1
     console.print(f"done in {time.monotonic() - t_start:.0f} s; fit the sim with: "
-                  f"python -m bench.calibrate {args.out}")
+                  f"python -m bench.calibration.calibrate {args.out}")
     return 0
 
 
@@ -193,7 +193,7 @@ def _session(args: argparse.Namespace, base: str, duration: float, boot_s: float
         models=[n for n, _, _ in MODELS], slos={n: slo for n, _, _ in MODELS}, default_slo=slo,
         route=COMPLETIONS, token_ids=True, request_timeout_s=args.request_timeout,
         engine_label="simulated" if args.engine == "sim" else "sglang",
-        engine_how=f"python -m bench.gpu_trace --engine {args.engine} started chimera",
+        engine_how=f"python -m bench.gpu.trace --engine {args.engine} started chimera",
         metrics_interval_s=1.0, plots=False,
         config={**config, "duration_planned_s": args.duration, "duration_s": duration,
                 "boot_s": boot_s, "mode": args.mode})

@@ -1,4 +1,4 @@
-"""``python -m bench.proxy_overhead``: what chimera's proxy adds to a request.
+"""``python -m bench.live.proxy_overhead``: what chimera's proxy adds to a request.
 
 chimera is started with one tiny model on the sim engine at ``--sim-speed 0`` (no modelled
 compute: the engine answers as fast as its event loop runs), so the engine instance is
@@ -37,8 +37,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bench.chimera import Chimera, start_chimera
 from bench.client import COMPLETIONS, ClientConfig, ClientShards, RequestRecord, send_one
+from bench.live.process import Chimera, start_chimera
 from bench.report import distribution, write_json
 from bench.report.document import machine
 from bench.traces import BenchRequest
@@ -170,7 +170,7 @@ def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.proxy_overhead", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.live.proxy_overhead", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--levels", default="1,16,64,256", help="concurrent streams per level")

@@ -1,5 +1,5 @@
-"""``python -m bench.calibrate REPORT_DIR``: fit the sim engine's latency constants from a live
-run written by ``python -m bench.gpu_trace`` (requests.jsonl + calibration_data.json), print
+"""``python -m bench.calibration.calibrate REPORT_DIR``: fit the sim engine's latency constants from a live
+run written by ``python -m bench.gpu.trace`` (requests.jsonl + calibration_data.json), print
 the fits with their residuals, and write REPORT_DIR/calibration.json with provenance.
 
 The sim's model (orchestrator/perf/model.py, constants in calibration.py), one GPU:
@@ -9,7 +9,7 @@ The sim's model (orchestrator/perf/model.py, constants in calibration.py), one G
                                                batch x FLOPs/token / (PEAK x DECODE_MFU))
                   + summed context x KV bytes/token / (HBM x KV_READ_EFFICIENCY)
 
-What is fitted, per model (bench/calibration_samples.py says how samples are chosen):
+What is fitted, per model (bench/calibration/samples.py says how samples are chosen):
 - prefill: TTFT of isolated requests = a + P / (prefill tokens/s), and = a + FLOPs/PEAK / MFU
   -> PREFILL_MFU, PREFILL_STEP_OVERHEAD_S (a; it also holds the HTTP and tokenizer round trip
   and the wait for the decode step in progress, as the sim's constant does);
@@ -37,15 +37,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.calibration_data import SCHEMA as DATA_SCHEMA
-from bench.calibration_data import DecodeLine
-from bench.calibration_samples import (
+from bench.calibration.data import SCHEMA as DATA_SCHEMA
+from bench.calibration.data import DecodeLine
+from bench.calibration.fit import Fit, FitError, fit
+from bench.calibration.samples import (
     DECODE_REGRESSORS,
     decode_samples,
     phases,
     prefill_samples,
 )
-from bench.fit import Fit, FitError, fit
 from bench.report import read_records
 from orchestrator.perf import calibration as cal
 from orchestrator.shapes import ModelShape, resolve_shape
@@ -64,7 +64,7 @@ def load(report_dir: Path) -> tuple[dict[str, Any], list[Any]]:
     for p in (data_path, req_path):
         if not p.is_file():
             raise CalibrationError(f"{p} not found: REPORT_DIR must be the --out folder of "
-                                   "python -m bench.gpu_trace")
+                                   "python -m bench.gpu.trace")
     data = json.loads(data_path.read_text())
     if data.get("schema") != DATA_SCHEMA:
         raise CalibrationError(f"{data_path}: schema {data.get('schema')!r}, expected "
@@ -319,15 +319,15 @@ def calibrate(report_dir: Path, out: Path, command: list[str]) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.calibrate", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.calibration.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("report_dir", type=Path, help="the --out folder of python -m bench.gpu_trace")
+    p.add_argument("report_dir", type=Path, help="the --out folder of python -m bench.gpu.trace")
     p.add_argument("--out", type=Path, default=None,
                    help="calibration JSON to write (default: REPORT_DIR/calibration.json)")
     args = p.parse_args(argv)
     try:
         calibrate(args.report_dir, args.out or args.report_dir / "calibration.json",
-                  ["python", "-m", "bench.calibrate", *map(shlex.quote, argv or sys.argv[1:])])
+                  ["python", "-m", "bench.calibration.calibrate", *map(shlex.quote, argv or sys.argv[1:])])
     except CalibrationError as exc:
         console.print(f"[red]error:[/] {exc}", markup=False)
         return 2

@@ -8,7 +8,7 @@ client, and the ratio of the wake to the physical floor = weights ÷ pinned host
 (measured in the same run with torch when a GPU is present; else the H100 figure from
 calibration, and every number is labelled simulated).
 
-    python -m bench.activation --url http://127.0.0.1:8000 --admin-key KEY \\
+    python -m bench.live.activation --url http://127.0.0.1:8000 --admin-key KEY \\
         --model llama-1b --model llama-8b --cycles 5 --out activation.json
 """
 
@@ -126,7 +126,7 @@ def stats(xs: list[float]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.activation", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.live.activation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True, help="chimera's proxy, e.g. http://127.0.0.1:8000")
     p.add_argument("--admin-key", required=True, help="the admin key chimera was started with")
