@@ -14,16 +14,14 @@ SGLang scheduler thread, from the allocator hooks:
 - ``attach(freelist)`` / ``on_clear()`` when the allocator starts or is cleared.
 
 Map-ahead (``map_ahead_blocks`` > 0): mapping one block costs ~2.5 ms for Llama-3.1-8B (64
-pages of 2 MiB, measured on an H100), which ``ensure`` would pay inside a prefill. A daemon
-thread keeps up to ``map_ahead_blocks`` of the lowest-numbered unmapped blocks *prepared*
-(created, mapped, access set) but not in SGLang's free list, which only the scheduler thread
-touches. Prepared blocks hold physical memory and count against the limit and in
-``mapped_bytes``; when the limit drops below what is held, the scheduler hands the excess
-prepared blocks (they hold no data) back to the worker, which unmaps them. The worker starts
-at the first ``ensure`` (SGLang captures CUDA graphs between creating the pool and serving; a
-driver call from another thread during a capture could invalidate it) and wakes when
-``ensure`` runs or the limit changes. State shared with it (``mapped``, the prepared and
-discarded blocks, the cap) changes only under ``_cond``; driver calls run outside it.
+pages of 2 MiB, H100), which ``ensure`` would pay inside a prefill. A daemon thread keeps up to
+``map_ahead_blocks`` of the lowest unmapped blocks *prepared* (mapped, access set, not in
+SGLang's free list, which only the scheduler thread touches); they count against the limit and
+in ``mapped_bytes``, and when the limit drops the excess goes back to the worker to unmap. The
+worker starts at the first ``ensure`` (no driver call from another thread while SGLang captures
+CUDA graphs) and wakes when ``ensure`` runs or the limit changes. Shared state (``mapped``, the
+prepared and discarded blocks, the cap) changes only under ``_cond``; driver calls run outside
+it. ``stats`` (stats.py) counts what allocations adopted, mapped themselves or waited for.
 
 Addresses never move (CUDA graphs bake them in): the range is reserved once, blocks are mapped
 and unmapped in place, block 0 (SGLang's padding slot) stays mapped until ``close``. Before
@@ -35,10 +33,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from cumem_shim.errors import DriverError, ShimError
 from cumem_shim.limit import Accepted, LimitBox, drain
 from cumem_shim.pages import KVLayout, Run
+from cumem_shim.stats import MapStats
 from cumem_shim.types import Driver, FreeList, Handle, Status
 
 log = logging.getLogger("cumem_shim")
@@ -84,7 +84,8 @@ class ElasticKV:
         self._armed = self._stop = self._blocked = self._bound = False
         self._failing = False  # the worker's last prepare failed (worker thread only)
         self._worker_error: BaseException | None = None
-        self.adopted = self.prepares = self.discards = 0  # blocks, for tests and benchmarks
+        self.stats = MapStats()  # prepared, adopted, mapped or waited for in allocations
+        self.discards = 0  # prepared blocks given back unused (blocks)
         self._map([0])
         self._status = self._make_status(0)
         self._worker: threading.Thread | None = None
@@ -164,14 +165,16 @@ class ElasticKV:
             self.over_limit_maps += past
             log.warning("cumem_shim: mapping %d block(s) past the limit (%d bytes): SGLang "
                         "allocates more than available_size() allowed", past, self.limit_bytes)
-        ready = list(adopt)
+        ready, t0 = list(adopt), time.perf_counter()
         try:
             if new:
                 self._map(new)
                 ready += new
+            t1 = time.perf_counter()
             for b in waits:
                 self._await_worker(b)
                 ready.append(b)
+            self.stats.grew(len(new), t1 - t0, len(waits), time.perf_counter() - t1)
         finally:
             with self._cond:
                 self._claimed, self._wanted, self._blocked = frozenset(), None, False
@@ -179,6 +182,8 @@ class ElasticKV:
             if ready:
                 self.freelist.add(ready)
                 self.publish()
+            if (line := self.stats.log_line(time.perf_counter())) is not None:
+                log.info(line)
 
     def maintain(self) -> None:
         """Apply a new limit; give back prepared blocks above it; unmap blocks above it that
@@ -262,7 +267,7 @@ class ElasticKV:
         self.mapped.update(blocks)
         self._mapped_units += self.layout.capacity_of(blocks)
         self.maps += len(blocks)
-        self.adopted += len(blocks)
+        self.stats.adopted += len(blocks)
 
     def _await_worker(self, block: int) -> None:
         """Wait for the worker to finish preparing ``block`` (it started before ensure() ran,
@@ -409,7 +414,7 @@ class ElasticKV:
         self._failing = False
         with self._cond:
             self._inflight = None
-            self.prepares += 1
+            self.stats.prepared += 1
             held = len(self.mapped) + len(self._prepared) + 1
             if self._stop or (block != self._wanted and held > self._cap):
                 self._discard[block] = handles  # the limit dropped meanwhile
@@ -470,7 +475,8 @@ class ElasticKV:
             used_tokens=used_units * lay.page_size, limit_bytes=self.limit_bytes,
             revision=self.revision, capacity_tokens=lay.capacity_units * lay.page_size,
             limit_tokens=self._target * lay.page_size, block_bytes=lay.block_bytes,
-            block_tokens=lay.block_tokens, draining=self._floor is not None)
+            block_tokens=lay.block_tokens, draining=self._floor is not None,
+            maps=self.stats.counts())
 
     def publish(self) -> None:
         """Refresh what ``status()`` answers (the allocator hook calls it after each alloc)."""

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from cumem_shim.errors import ProtocolError
 from cumem_shim.limit import Accepted
-from cumem_shim.types import Status
+from cumem_shim.types import MapCounts, Status
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024
@@ -97,16 +97,25 @@ def request_json(req: Request) -> dict[str, Any]:
 
 
 def status_json(st: Status) -> dict[str, Any]:
-    return st._asdict()
+    out = st._asdict()
+    out["maps"] = st.maps._asdict()
+    return out
 
 
 def status_from_json(obj: Any) -> Status:
     if not isinstance(obj, dict):
         raise ProtocolError(f"`status` must be an object (got {obj!r})")
     try:
-        return Status(**{f: obj[f] for f in Status._fields})
+        fields = {f: obj[f] for f in Status._fields if f != "maps"}
+        maps = obj.get("maps", {})
+        if not isinstance(maps, dict):
+            raise ProtocolError(f"`status.maps` must be an object of counts (got {maps!r:.100})")
+        counts = MapCounts(**{f: maps[f] for f in MapCounts._fields if f in maps})
+        return Status(**fields, maps=counts)
     except KeyError as exc:
         raise ProtocolError(f"`status` lacks {exc.args[0]!r}") from None
+    except TypeError as exc:
+        raise ProtocolError(f"`status.maps` is not an object of counts ({exc})") from None
 
 
 def handle(line: bytes, target: Target) -> bytes:

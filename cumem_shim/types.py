@@ -93,6 +93,19 @@ class FreeList(Protocol):
         ...
 
 
+class MapCounts(NamedTuple):
+    """Since the server started: blocks prepared by the map-ahead worker and adopted by the
+    scheduler, and what allocations paid themselves (stats.py)."""
+
+    prepared: int = 0
+    adopted: int = 0
+    inline_blocks: int = 0  # mapped on the scheduler thread inside an allocation
+    inline_s: float = 0.0
+    waits: int = 0  # allocations that waited for the worker's block in flight
+    wait_s: float = 0.0
+    ensures: int = 0  # allocations that needed more mapped blocks
+
+
 class Status(NamedTuple):
     """What ``status()`` answers. Bytes are physical (mapped) or granted (limit)."""
 
@@ -105,3 +118,4 @@ class Status(NamedTuple):
     block_bytes: int  # mapping granularity: one block across every layer's K and V
     block_tokens: int  # token slots per block
     draining: bool  # the limit is below what is in use: shrinking as tokens free
+    maps: MapCounts = MapCounts()  # how the pool grew (map-ahead and in allocations)

@@ -1,8 +1,11 @@
 """What cumem_shim costs a serving engine: one model served twice at once on one GPU, by a
 server with a fixed KV pool and by one whose pool is the shim's (same flags otherwise, the
 orchestrator's own launch specs), loaded in turn with the same open-loop traffic, block after
-block (A B A B ...), so drift over the run falls on both alike. Reports TTFT and TPOT p50/p95 of
-each and the ratio shim / static (target <= 1.02; Prism reports 1.03-1.05).
+block (A B A B ...), so drift over the run falls on both alike; ``--repeats`` runs that again with
+the other server first each time. Reports TTFT and TPOT p50/p95 of each, the ratio shim /
+static per repeat and over all (target <= 1.02 in every repeat; Prism reports 1.03-1.05), and
+the shim's map-ahead counts (blocks prepared and adopted; blocks mapped or waited for on the
+scheduler thread inside an allocation: cumem_shim/stats.py).
 
     python -m bench.shim.overhead --engine sglang          # on the GPU host (8B shape, dummy)
     python -m bench.shim.overhead --engine sim --block-s 3 --blocks 2   # anywhere (simulated)
@@ -51,7 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt", type=int, default=512, help="prompt tokens (default 512)")
     p.add_argument("--output", type=int, default=128, help="output tokens (default 128)")
     p.add_argument("--block-s", type=float, default=20.0, help="seconds of traffic per block")
-    p.add_argument("--blocks", type=int, default=3, help="blocks per server (default 3)")
+    p.add_argument("--blocks", type=int, default=3, help="blocks per server and repeat (default 3)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of --blocks blocks, the first server alternating (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/shim-overhead")))
     return p.parse_args(argv)
@@ -66,7 +71,7 @@ def block_trace(model: str, rate: float, seconds: float, prompt: int, output: in
     return reqs
 
 
-async def _servers(args: argparse.Namespace, work: Path) -> dict[str, EngineProcess]:
+async def _servers(args: argparse.Namespace, work: Path, sock: str) -> dict[str, EngineProcess]:
     cfg = parse_config({"host": {"gpus": 1}, "mode": "static", "models": [
         {"name": "m", "model_path": args.model, "load_format": "dummy",
          "placements": [{"gpus": [0], "kv_pool_gb": args.kv_pool_gb}]}]}, gpu_count=1)
@@ -81,7 +86,6 @@ async def _servers(args: argparse.Namespace, work: Path) -> dict[str, EngineProc
         port, nccl = next(ports), next(ports)
         shim = None
         if kind == "shim":
-            sock = os.path.join(tempfile.gettempdir(), f"chimera-overhead-{os.getpid()}.sock")
             shim = ShimLaunch(sock, pool, pool, str(_entry_points(work)))
         spec = engine.launch_spec(LaunchRequest(inst, cfg.host, port, nccl, model_dir=model_dir,
                                                 shim=shim))
@@ -104,29 +108,64 @@ def _entry_points(work: Path) -> Path:
 
 
 async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    procs = await _servers(args, work)
+    sock = os.path.join(tempfile.gettempdir(), f"chimera-overhead-{os.getpid()}.sock")
+    procs = await _servers(args, work, sock)
     rng = random.Random(args.seed)
-    records: dict[str, list[RequestRecord]] = {k: [] for k in KINDS}
+    runs: list[dict[str, list[RequestRecord]]] = []
+    maps: dict[str, Any] | None = None
     try:
         async with ClientShards(4) as shards:
-            for b in range(args.blocks):
-                trace = block_trace("m", args.rate, args.block_s, args.prompt, args.output, rng)
-                for kind in (KINDS if b % 2 == 0 else KINDS[::-1]):
-                    cfg = ClientConfig(procs[kind].spec.base_url, COMPLETIONS, seed=b,
-                                       ids=True, run=b)
-                    recs = await run_open_loop(trace, cfg, shards)
-                    records[kind] += recs
-                    ok = sum(r.ok for r in recs)
-                    print(f"block {b} {kind:>6}: {ok}/{len(recs)} ok", flush=True)
+            for r in range(args.repeats):
+                order = KINDS if r % 2 == 0 else KINDS[::-1]
+                records: dict[str, list[RequestRecord]] = {k: [] for k in KINDS}
+                for b in range(args.blocks):
+                    trace = block_trace("m", args.rate, args.block_s, args.prompt, args.output, rng)
+                    for kind in (order if b % 2 == 0 else order[::-1]):
+                        seed = r * args.blocks + b
+                        cfg = ClientConfig(procs[kind].spec.base_url, COMPLETIONS, seed=seed,
+                                           ids=True, run=seed)
+                        recs = await run_open_loop(trace, cfg, shards)
+                        records[kind] += recs
+                        ok = sum(x.ok for x in recs)
+                        print(f"repeat {r} block {b} {kind:>6}: {ok}/{len(recs)} ok", flush=True)
+                runs.append(records)
+        maps = await _shim_counts(sock)
     finally:
         await asyncio.gather(*(p.stop() for p in procs.values()))
-    return summarize(records, args)
+    out = summarize({k: [x for run in runs for x in run[k]] for k in KINDS}, args)
+    out["repeats"] = [{"first": (KINDS if r % 2 == 0 else KINDS[::-1])[0],
+                       "ratio_shim_over_static": summarize(run, args)["ratio_shim_over_static"]}
+                      for r, run in enumerate(runs)]
+    out["spread"] = spread([r["ratio_shim_over_static"] for r in out["repeats"]])
+    out["shim_maps"] = maps
+    return out
+
+
+async def _shim_counts(sock: str) -> dict[str, Any] | None:
+    """The shim's map-ahead counts and memory at the end of the run (None if it did not answer)."""
+    from orchestrator.kv.client import ShimClient, ShimProtocolError, ShimUnavailable
+
+    try:
+        st = await ShimClient(sock).status()
+    except (ShimUnavailable, ShimProtocolError) as exc:
+        print(f"shim status: {exc}", file=sys.stderr)
+        return None
+    return {"mapped_bytes": st.mapped_bytes, "used_tokens": st.used_tokens, **st.maps._asdict()}
+
+
+def spread(ratios: list[dict[str, float | None]]) -> dict[str, dict[str, float] | None]:
+    """Lowest and highest ratio of each metric over the repeats."""
+    out: dict[str, dict[str, float] | None] = {}
+    for key in (ratios[0] if ratios else {}):
+        vals = [r[key] for r in ratios if r.get(key) is not None]
+        out[key] = {"min": min(vals), "max": max(vals)} if vals else None  # type: ignore[type-var]
+    return out
 
 
 def summarize(records: dict[str, list[RequestRecord]], args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"engine": args.engine, "model": args.model, "rate": args.rate,
-                           "prompt": args.prompt, "output": args.output,
-                           "blocks": args.blocks, "block_s": args.block_s, "servers": {}}
+                           "prompt": args.prompt, "output": args.output, "blocks": args.blocks,
+                           "block_s": args.block_s, "repeats": args.repeats, "servers": {}}
     for kind, recs in records.items():
         ok = [r for r in recs if r.ok]
         out["servers"][kind] = {
@@ -163,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
               f"p95 {_ms(s['tpot_s']['p95'])}")
     print("  shim / static: " + ", ".join(f"{k} {v}" for k, v in
                                           res["ratio_shim_over_static"].items()))
+    for r, rep in enumerate(res["repeats"]):
+        print(f"    repeat {r} ({rep['first']} first): " + ", ".join(
+            f"{k} {v}" for k, v in rep["ratio_shim_over_static"].items()))
+    print("  spread over repeats: " + ", ".join(
+        f"{k} {v['min']}-{v['max']}" for k, v in res["spread"].items() if v))
+    print(f"  shim map-ahead: {res['shim_maps']}")
     return 0 if all(s["ok"] == s["requests"] for s in res["servers"].values()) else 1
 
 

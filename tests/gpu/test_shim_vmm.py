@@ -228,7 +228,7 @@ def check_map_ahead(drv: Any) -> None:
         t0 = time.perf_counter()
         kv.ensure(free.free_units() + 2 * lay.block_units)  # blocks 1 and 2
         res["adopt_2_blocks_ms"] = (time.perf_counter() - t0) * 1e3
-        assert rec.on(me) == before and kv.mapped == {0, 1, 2} and kv.adopted == 2
+        assert rec.on(me) == before and kv.mapped == {0, 1, 2} and kv.stats.adopted == 2
         for i, t in enumerate(tensors):
             t[lay.block_tokens: 3 * lay.block_tokens].fill_(i + 1)
         torch.cuda.synchronize()

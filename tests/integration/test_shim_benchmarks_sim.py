@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_overhead_runs_both_servers_on_the_same_traffic(tmp_path: Path) -> None:
-    rc = overhead.main(["--engine", "sim", "--block-s", "2", "--blocks", "2", "--rate", "4",
-                        "--out", str(tmp_path)])
+    rc = overhead.main(["--engine", "sim", "--block-s", "2", "--blocks", "1", "--repeats", "2",
+                        "--rate", "4", "--out", str(tmp_path)])
     res = json.loads((tmp_path / "overhead.json").read_text())
     assert rc == 0 and res["simulated"]
     static, shim = res["servers"]["static"], res["servers"]["shim"]
@@ -24,6 +24,15 @@ def test_overhead_runs_both_servers_on_the_same_traffic(tmp_path: Path) -> None:
     assert static["ok"] == static["requests"] and shim["ok"] == shim["requests"]
     assert set(res["ratio_shim_over_static"]) == {"ttft_p50", "ttft_p95", "tpot_p50",
                                                   "tpot_p95"}
+    # each repeat starts with the other server, and has its own ratios
+    assert [r["first"] for r in res["repeats"]] == ["static", "shim"]
+    for key, lim in res["spread"].items():
+        vals = [r["ratio_shim_over_static"][key] for r in res["repeats"]]
+        assert lim == {"min": min(vals), "max": max(vals)}
+    # the shim's own account of how its pool grew (read over its channel at the end)
+    maps = res["shim_maps"]
+    assert maps["ensures"] > 0 and maps["mapped_bytes"] > 0
+    assert maps["adopted"] <= maps["prepared"]
 
 
 def test_surge_runs_static_then_elastic_and_plots(tmp_path: Path) -> None:

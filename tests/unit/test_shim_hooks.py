@@ -330,7 +330,7 @@ def test_map_ahead_setting_reaches_the_pool() -> None:
         assert kv.mapped == {0} and dev.physical_bytes == 2 * kv.layout.block_bytes  # limit
         before = dev.thread_calls.copy()
         assert alloc.alloc(4096) is not None  # adopts block 1: no driver call here
-        assert kv.mapped == {0, 1} and kv.adopted == 1 and dev.thread_calls == before
+        assert kv.mapped == {0, 1} and kv.stats.adopted == 1 and dev.thread_calls == before
     finally:
         r.close(root)
 

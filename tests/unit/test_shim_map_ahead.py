@@ -77,7 +77,7 @@ def test_ensure_adopts_prepared_blocks_without_a_driver_call() -> None:
     before = here(dev)
     kv.ensure(3 * UNITS - 1)  # blocks 1 and 2
     assert here(dev) == before  # bookkeeping only
-    assert kv.mapped == {0, 1, 2} and kv.adopted == kv.maps - 1 == 2
+    assert kv.mapped == {0, 1, 2} and kv.stats.adopted == kv.maps - 1 == 2
     assert fl.free_units() == 3 * UNITS - 1
     assert kv.settle(WAIT_S)
     assert sorted(kv._prepared) == [3, 4]  # the next two, prepared after the adoption
@@ -102,7 +102,7 @@ def test_ensure_maps_what_is_not_prepared_and_waits_for_the_block_in_flight() ->
     kv.ensure(0)
     assert started.wait(WAIT_S) and kv._inflight == 1
     kv.ensure(3 * UNITS - 1)  # block 1 is in flight: map block 2 here, then adopt block 1
-    assert kv.mapped == {0, 1, 2} and kv.adopted == 1
+    assert kv.mapped == {0, 1, 2} and kv.stats.adopted == 1
     assert here(dev)["cuMemCreate"] == 2 * len(LAYOUT.row_bytes)  # block 0, block 2
     dev.before_call = None
     assert kv.settle(WAIT_S) and sorted(kv._prepared) == [3, 4]
@@ -203,7 +203,7 @@ def test_map_ahead_zero_runs_no_thread_and_maps_on_demand() -> None:
     kv, fl, dev = make(6, ahead=0, dev=FakeDevice())
     kv.ensure(3 * UNITS - 1)
     assert kv._worker is None and threading.active_count() == threads
-    assert kv.mapped == {0, 1, 2} and kv.adopted == 0 and held_blocks(dev) == 3
+    assert kv.mapped == {0, 1, 2} and kv.stats.adopted == 0 and held_blocks(dev) == 3
     assert {name for name, _ in dev.thread_calls} == {threading.current_thread().name}
     assert kv.settle(0)
     with pytest.raises(ValueError, match="map_ahead_blocks"):
@@ -330,7 +330,7 @@ def test_long_random_workloads_adopt_and_give_back() -> None:
                      "limit": rng.uniform(0, 12)}.get(op, 0.0))
                for op in (rng.choice(kinds) for _ in range(150))]
         kv = drive(seq, 16, 1 + seed % 3, seed)
-        adopted, discards = adopted + kv.adopted, discards + kv.discards
+        adopted, discards = adopted + kv.stats.adopted, discards + kv.discards
     assert adopted > 0 and discards > 0  # both paths ran
 
 
