@@ -15,14 +15,15 @@ from rich.console import Console
 from starlette.applications import Starlette
 
 from cumem_shim.types import Status
-from orchestrator.config import GIB, Config
+from orchestrator.config import Config
 from orchestrator.control.events import Tick
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.control.scrape import Scraper
+from orchestrator.deployment import Deployment, derive
 from orchestrator.engines import get_engine
 from orchestrator.kv.ledger import KVInstance, Ledger
 from orchestrator.kv.runner import HttpKVEffects, KVRunner
-from orchestrator.kv.wiring import GONE, kv_instances, ledger_enabled, wants_shim
+from orchestrator.kv.wiring import GONE, kv_instances
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
@@ -57,6 +58,7 @@ async def serve(
     console: Console, admin_key: str | None = None,
 ) -> int:
     metrics = ChimeraMetrics()
+    dep = derive(cfg)  # every runtime fact of the placements file, read once
 
     def publish(view: InstanceView) -> None:
         metrics.set_instance_state(view.model, view.id, view.gpus, str(view.state))
@@ -64,11 +66,11 @@ async def serve(
     control: ControlLoop
     supervisor = Supervisor(get_engine(engine_name), cfg.host, run_dir,
                             post=lambda ev: control.post(ev), observers=[publish],
-                            measure=metrics.record, elastic=ledger_enabled(cfg.mode))
-    control = ControlLoop(cfg, supervisor)
-    kv = _kv_runner(cfg, control, supervisor, metrics)  # modes elastic/full: the KV ledger's task
+                            measure=metrics.record, deployment=dep)
+    control = ControlLoop(dep, supervisor)
+    kv = _kv_runner(dep, control, supervisor, metrics)  # modes elastic/full: the KV ledger's task
     progress = StartupProgress(console, [i for m in control.models() for i in m.instances],
-                               start_on_up={i.id for i in cfg.instances if i.placement.on})
+                               start_on_up={iid for iid, f in dep.instances.items() if f.serves_on_up})
     supervisor.add_observer(progress.observe)
     for m in control.models():
         for v in m.instances:
@@ -76,7 +78,7 @@ async def serve(
 
     app = create_app(control, metrics, hold_timeout_s=hold_timeout_s,
                      extra_routes=admin_routes(control, admin_key))
-    scraper = _scheduling(cfg, control, app)  # mode full: loads scraper, admission gate
+    scraper = _scheduling(dep, control, app)  # mode full: loads scraper, admission gate
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                     lifespan="on", access_log=False))
     stop = asyncio.Event()
@@ -140,25 +142,23 @@ def _report_death(task: asyncio.Task[None]) -> None:
                   exc_info=task.exception())
 
 
-def _kv_runner(cfg: Config, control: ControlLoop, supervisor: Supervisor,
+def _kv_runner(dep: Deployment, control: ControlLoop, supervisor: Supervisor,
                metrics: ChimeraMetrics) -> KVRunner | None:
     """The KV ledger over every GPU (modes elastic and full): splits each GPU's free memory
     among the shim-backed instances on it every second, and at once when an instance changes
     state (it wakes, parks, starts or stops)."""
-    if not ledger_enabled(cfg.mode):
+    if not dep.ledger:
         return None
-    specs = {i.id: i for i in cfg.instances}
-    capacity = {g: int(cfg.host.gpu_memory_gb * GIB)
-                for g in {g for i in cfg.instances for g in i.gpus}}
+    facts = dep.instances
+    capacity = {g: dep.gpu_bytes for g in {g for f in facts.values() for g in f.spec.gpus}}
     endpoints = supervisor.kv_endpoints  # filled by the supervisor as shims come up
-    shimmed = {i.id for i in cfg.instances if wants_shim(cfg.mode, i)}  # up or not yet
 
     def instances() -> list[KVInstance]:
         views = [v for m in control.models() for v in m.instances]
-        return kv_instances(views, specs, shimmed, cfg.host)
+        return kv_instances(views, dep)
 
     def report(iid: str, st: Status) -> None:
-        metrics.set_kv(specs[iid].model.name, iid, st.limit_bytes, st.mapped_bytes,
+        metrics.set_kv(facts[iid].spec.model.name, iid, st.limit_bytes, st.mapped_bytes,
                        st.used_tokens)
 
     runner = KVRunner(Ledger(capacity), HttpKVEffects(supervisor.http, endpoints), instances,
@@ -173,15 +173,15 @@ def _kv_runner(cfg: Config, control: ControlLoop, supervisor: Supervisor,
     return runner
 
 
-def _scheduling(cfg: Config, control: ControlLoop, app: Starlette) -> Scraper | None:
+def _scheduling(dep: Deployment, control: ControlLoop, app: Starlette) -> Scraper | None:
     """Mode full: the two-level scheduler's live inputs. The scraper polls every awake
     instance's /v1/loads (250 ms) and feeds each sample to the control loop (demand for the
     global scheduler) and to the proxy's admission gate (KV room for local admission), which
     the proxy finds as ``app.state.admission``. Other modes: neither (the proxy forwards at
     once)."""
-    if cfg.mode != "full":
+    if not dep.timesharing:
         return None
-    gate = AdmissionGate(cfg)
+    gate = AdmissionGate(dep)
     app.state.admission = gate
     return Scraper(control.instances, sinks=[control.post, gate.observe])
 

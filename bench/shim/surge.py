@@ -37,6 +37,7 @@ from bench.report.summary import distribution
 from bench.traces import BenchRequest
 from bench.traces.request import renumber
 from orchestrator.config import GIB, parse_config
+from orchestrator.deployment import derive
 from orchestrator.kv.ledger import Ledger, non_kv_bytes
 from orchestrator.kv.wiring import kv_instances
 from orchestrator.types import InstanceState, InstanceView
@@ -75,8 +76,7 @@ def kv_budget(args: argparse.Namespace) -> int:
     cfg = parse_config(placements(args, "elastic", GIB), gpu_count=1)
     views = [InstanceView(i.id, i.model.name, i.gpus, InstanceState.AWAKE, None)
              for i in cfg.instances]
-    shimmed = {i.id for i in cfg.instances}
-    instances = kv_instances(views, {i.id: i for i in cfg.instances}, shimmed, cfg.host)
+    instances = kv_instances(views, derive(cfg))
     return Ledger({0: int(args.gpu_memory_gb * GIB)}).budget(0, non_kv_bytes(instances))
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 
 from bench.sim.servers import SimModel
-from orchestrator.cli.plan import server_cost
+from orchestrator.perf.cost import server_cost
 from orchestrator.perf.model import LatencyModel
 from orchestrator.shapes import load_shape
 

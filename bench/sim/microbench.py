@@ -14,7 +14,7 @@ import random
 import statistics
 import time
 
-from orchestrator.cli.plan import server_cost
+from orchestrator.perf.cost import server_cost
 from orchestrator.policy.placement import place
 from orchestrator.policy.placement.cluster import ClusterView, ModelDemand, ServerView
 from orchestrator.shapes import load_shape

@@ -24,8 +24,8 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
+from orchestrator.perf.cost import ServerCost
 from orchestrator.perf.model import LatencyModel
-from orchestrator.policy.placement.cluster import ServerCost
 from orchestrator.types import InstanceState
 
 S = InstanceState

@@ -18,6 +18,7 @@ from rich.table import Table
 from orchestrator import __version__
 from orchestrator.cli import plan as plan_cmd
 from orchestrator.config import GIB, Config, load_config
+from orchestrator.deployment import derive
 from orchestrator.errors import ConfigError
 
 # Share of host RAM the retained weight backups of parked models may take (the rest: the OS,
@@ -117,13 +118,15 @@ def _print_plan(cfg: Config) -> None:
     table = Table(title=f"placements of {cfg.source}")
     for col in ("instance", "GPUs", "shape", "weights/GPU", "KV/token", "KV ceiling", "at up"):
         table.add_column(col)
+    facts = derive(cfg).instances
     for inst in cfg.instances:
         m = inst.model
+        at_up = facts[inst.id]
         kv = f"{inst.placement.kv_pool_gb:g} GB" if inst.placement.kv_pool_gb is not None else "-"
         table.add_row(inst.id, ",".join(map(str, inst.gpus)), m.shape.name,
                       f"{m.shape.weight_bytes / m.tp_size / GIB:.1f} GiB",
                       f"{m.shape.kv_bytes_per_token / 1024:.0f} KiB", kv,
-                      "start" if inst.placement.on else "on demand")
+                      "start" if at_up.serves_on_up else "start, park" if at_up.warm_start_park else "on demand")
     console.print(table)
 
 

@@ -9,12 +9,13 @@ from collections import deque
 
 from orchestrator.config import HoldLimits
 from orchestrator.errors import EngineUnavailable
+from orchestrator.perf.cost import COLD_START_S
 from orchestrator.types import Endpoint
 
 # Before anything was measured: a sim or warm SGLang wake is well under a second, a cold SGLang
-# start ~65 s (gpu.md). The first measurement replaces these.
+# start what the cost model says (~65 s). The first measurement replaces these.
 DEFAULT_WAKE_S = 1.0
-DEFAULT_START_S = 65.0
+DEFAULT_START_S = COLD_START_S
 EWMA = 0.3  # weight of the newest measurement
 
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from orchestrator.config import GIB, Config, ModelSpec
+from orchestrator.config import GIB, ModelSpec
 from orchestrator.control.demand import Demand
 from orchestrator.control.effects import Effects
 from orchestrator.control.events import (
@@ -36,7 +36,8 @@ from orchestrator.control.events import (
 )
 from orchestrator.control.holds import Holds, retry_after
 from orchestrator.control.instance import Instance
-from orchestrator.control.scheduler import Plans, cluster_view, server_costs
+from orchestrator.control.scheduler import Plans, cluster_view
+from orchestrator.deployment import Deployment
 from orchestrator.errors import EngineUnavailable
 from orchestrator.policy import startup
 from orchestrator.policy.placement import place
@@ -51,9 +52,10 @@ _STATE_RANK = [S.AWAKE, S.WAKING, S.STARTING, S.PENDING, S.PARKING, S.PARKED, S.
 
 class ControlLoop:
     def __init__(
-        self, config: Config, effects: Effects, clock: Callable[[], float] = time.monotonic
+        self, deployment: Deployment, effects: Effects, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.config = config
+        self.deployment = deployment
+        self.config = config = deployment.config
         self._fx = effects
         self._clock = clock
         self._instances: dict[str, Instance] = {i.id: Instance(i) for i in config.instances}
@@ -63,10 +65,9 @@ class ControlLoop:
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._closing = False
         self._rr: dict[str, int] = {}
-        self.timesharing = config.mode == "full"
+        self.timesharing = deployment.timesharing
         # mode full: the global scheduler's inputs and the plans it decided
         self._demand = Demand()
-        self._costs = server_costs(config) if self.timesharing else {}
         self._plans = Plans(self._instances, park=self._park, wake=self._wake,
                             pend=lambda i: self._set(i, S.PENDING, self._clock()),
                             serve=self._serve_model, moved=self._moved)
@@ -289,15 +290,16 @@ class ControlLoop:
         """An instance placed `on: false` is started with the others and parked as soon as it
         is awake and idle (Prism's pre-initialized engines: ready to wake fast)."""
         waiting = self._holds.waiting()
+        facts = self.deployment.instances
         for inst in self._instances.values():
-            if (inst.state is S.AWAKE and not inst.spec.placement.on and not inst.parked_once
+            if (inst.state is S.AWAKE and facts[inst.id].warm_start_park and not inst.parked_once
                     and inst.in_flight == 0 and not waiting.get(inst.spec.model.name)
                     and inst.draining is None):
                 self._park(inst, "warm_start")
 
     def _place(self, now: float) -> None:
         """One decision of the global scheduler; its actions become plans."""
-        view = cluster_view(self.config, self._costs, self._instances.values(),
+        view = cluster_view(self.deployment, self._instances.values(),
                             self._holds.waiting(), self._holds.oldest_wait_s(now),
                             self._demand, now)
         decision = place.decide(view, now)
@@ -335,7 +337,7 @@ class ControlLoop:
     def _inst_snapshot(self, i: Instance) -> InstanceSnapshot:
         return InstanceSnapshot(
             id=i.id, model=i.spec.model.name, gpus=i.spec.gpus, state=i.state,
-            start_on_up=i.spec.placement.on or self.timesharing, order=self._order[i.id])
+            start_on_up=self.deployment.instances[i.id].starts_on_up, order=self._order[i.id])
 
     def _set(self, inst: Instance, state: InstanceState, now: float) -> None:
         inst.to(state, now)

@@ -2,8 +2,8 @@
 from the loop's state and keeps the decided actions as plans whose steps the loop runs one after
 another (docs/scheduling.md). Owned by the control loop; only its task calls these.
 
-Snapshot (``ClusterView``): one ``ModelDemand`` per model (costs from the H100 memory model,
-``orchestrator.cli.plan.server_cost``; token rate, concurrency and activity from ``Demand``; held
+Snapshot (``ClusterView``): one ``ModelDemand`` per model (cost and SLO from the deployment's
+facts, orchestrator/deployment.py; token rate, concurrency and activity from ``Demand``; held
 requests from ``Holds``) and one ``ServerView`` per instance, where the loop's claims show as
 the policy expects (bench/sim/chimera.py ``_claim`` does the same): an awake instance that a
 plan drains shows as ``parking``, a parked one reserved as a plan's wake target as ``waking``.
@@ -19,10 +19,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from orchestrator.cli.plan import server_cost
-from orchestrator.config import GIB, Config
 from orchestrator.control.demand import Demand
 from orchestrator.control.instance import Instance
+from orchestrator.deployment import Deployment
 from orchestrator.policy.placement.cluster import (
     Action,
     ClusterView,
@@ -30,9 +29,7 @@ from orchestrator.policy.placement.cluster import (
     Migration,
     ModelDemand,
     Park,
-    PlacementParams,
     Route,
-    ServerCost,
     ServerView,
     Start,
     Step,
@@ -42,20 +39,6 @@ from orchestrator.types import InstanceState
 
 log = logging.getLogger("chimera.scheduler")
 S = InstanceState
-
-def server_costs(config: Config) -> dict[str, ServerCost]:
-    """Per-GPU cost of one server of each model; the KV floor is the largest `kv_floor_gb` of its
-    placements (else the default floor of `server_cost`), as `chimera-orch plan` computes it."""
-    out = {}
-    for m in config.models:
-        floors = [p.kv_floor_gb for p in m.placements if p.kv_floor_gb is not None]
-        out[m.name] = server_cost(m.shape, m.tp_size, int(max(floors) * GIB) if floors else None)
-    return out
-
-
-def placement_params(config: Config) -> PlacementParams:
-    return PlacementParams(tau=config.scheduler.tau)
-
 
 @dataclass
 class Plan:
@@ -95,30 +78,30 @@ def policy_state(inst: Instance) -> InstanceState:
     return inst.state
 
 
-def cluster_view(config: Config, costs: Mapping[str, ServerCost], instances: Iterable[Instance],
-                 waiting: Mapping[str, int], oldest_wait_s: Mapping[str, float],
-                 demand: Demand, now: float) -> ClusterView:
+def cluster_view(deployment: Deployment, instances: Iterable[Instance], waiting: Mapping[str, int],
+                 oldest_wait_s: Mapping[str, float], demand: Demand, now: float) -> ClusterView:
+    facts = deployment.models
     insts = list(instances)
     running: dict[str, int] = {}
     for i in insts:
         running[i.spec.model.name] = running.get(i.spec.model.name, 0) + i.in_flight
     models = tuple(
         ModelDemand(
-            name=m.name, tp_size=m.tp_size, cost=costs[m.name], tpot_slo_s=m.slo.tpot_or_default,
+            name=m.name, tp_size=m.tp_size, cost=facts[m.name].cost, tpot_slo_s=facts[m.name].tpot_slo_s,
             token_rate=demand.token_rate(m.name, now), queued=waiting.get(m.name, 0),
             running=running.get(m.name, 0), last_active_at=demand.last_active(m.name),
             idle_park_s=m.idle.park_after_s, park_when=m.idle.when,
             priority=m.priority, last_moved_at=demand.last_moved(m.name),
             oldest_wait_s=oldest_wait_s.get(m.name, 0.0), step_s=demand.step_s(m, now),
             activity=demand.activity(m.name, now))
-        for m in config.models)
+        for m in deployment.config.models)
     servers = tuple(
         ServerView(i.id, i.spec.model.name, i.spec.gpus, policy_state(i),
-                   demand.kv_used_tokens(i.id) * costs[i.spec.model.name].kv_bytes_per_token,
+                   demand.kv_used_tokens(i.id) * facts[i.spec.model.name].cost.kv_bytes_per_token,
                    i.in_flight)
         for i in insts)
-    cap = int(config.host.gpu_memory_gb * GIB)
-    return ClusterView(models, servers, (cap,) * config.gpu_count, placement_params(config))
+    return ClusterView(models, servers, (deployment.gpu_bytes,) * deployment.config.gpu_count,
+                       deployment.placement_params)
 
 
 class Plans:

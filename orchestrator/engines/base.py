@@ -16,7 +16,7 @@ from orchestrator.config import HostSpec, InstanceSpec
 
 @dataclass(frozen=True)
 class ShimLaunch:
-    """The elastic-KV shim for one server (modes elastic/full; orchestrator/kv/wiring.py)."""
+    """The elastic-KV shim for one server (modes elastic/full; its limits: orchestrator/deployment.py)."""
 
     socket: str  # its control channel (a Unix socket path, < 108 bytes)
     limit_bytes: int  # start-up KV limit; the ledger moves it once the server is up

@@ -2,8 +2,8 @@
 and free of I/O and clocks (time comes in as ``now``); ``runner.py`` does the scraping and
 sending. Owned by one task; not thread-safe.
 
-Per GPU: budget = capacity − what is not KV (weights and runtime of awake instances, the
-residue of parked ones: ``non_kv_bytes``) − a safety margin. The budget is split among the
+Per GPU: budget = capacity − what is not KV (what each instance holds awake or parked, as the
+deployment's cost model says: ``non_kv_bytes``) − a safety margin. The budget is split among the
 resident instances by demand (``split.split``), phased so no grow lands before the memory is
 free (``split.phase``), and sent as revisioned ``set_limit`` calls, only when a limit moves by
 more than the hysteresis. An instance that stops being resident gets limit 0 once (the shim
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from cumem_shim.types import Status
 from orchestrator.kv.demand import Load, need_bytes
 from orchestrator.kv.split import Member, changed, phase, split
-from orchestrator.perf.cost import AWAKE_OVERHEAD_BYTES, PARKED_BYTES
 
 MARGIN_BYTES = 1 << 30  # kept free on each GPU: allocator fragmentation, NCCL, other processes
 FLUSH_EVERY_S = 10.0  # at most one /flush_cache per instance this often
@@ -33,7 +32,10 @@ class KVInstance:
     id: str
     gpu: int
     token_bytes: int  # KV bytes per token slot on this GPU
-    weight_bytes: int  # this instance's weights on this GPU
+    # not KV on this GPU while it holds its weights (context, weights, CUDA graphs, activations,
+    # a fixed pool) and while parked (its context): orchestrator/deployment.py, perf/cost.py
+    awake_bytes: int
+    parked_bytes: int
     floor_bytes: int = 0  # placements kv_floor_gb
     ceiling_bytes: int | None = None  # placements kv_pool_gb (None: the virtual pool)
     priority: int = 0
@@ -65,12 +67,12 @@ Action = SetLimit | FlushCache
 
 
 def non_kv_bytes(instances: Iterable[KVInstance]) -> dict[int, int]:
-    """What is not KV on each GPU: weights + runtime of resident instances, the residue
-    (CUDA context, ~2.4 GB measured) of parked ones. The shim's first block is counted as KV."""
+    """What is not KV on each GPU: what each instance holds awake (or parking: until its weights
+    are released), or parked. The shim's first block is counted as KV."""
     out: dict[int, int] = {}
     for i in instances:
         full = i.resident if i.holds_weights is None else i.holds_weights
-        held = i.weight_bytes + AWAKE_OVERHEAD_BYTES if full else PARKED_BYTES
+        held = i.awake_bytes if full else i.parked_bytes
         out[i.gpu] = out.get(i.gpu, 0) + held
     return out
 

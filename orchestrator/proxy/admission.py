@@ -16,7 +16,8 @@ sample, or only one older than ``STALE_S``, has unknown room and admits everythi
 scheduler then queues): a gate without a scraper is a pass-through, never a deadlock.
 
 Prefill times and KV needs are estimates: prompt tokens ~ characters / 4 of the body's text,
-prefill from the H100 latency model of the sim engine (orchestrator/perf/model.py).
+prefill from the calibrated latency model (orchestrator/perf/model.py), as the deployment's
+facts hold it per model with its SLO and ``on_late`` (orchestrator/deployment.py).
 
 Who calls: ``forward.py`` (``admitted``) from request tasks, the scraper's sink (``observe``).
 All on the one event loop, and no method awaits between reading and changing the queues.
@@ -34,12 +35,12 @@ from typing import Any, NamedTuple
 
 from starlette.types import Scope
 
-from orchestrator.config import Config, ModelSpec
-from orchestrator.perf.model import LatencyModel
+from orchestrator.config import ModelSpec
+from orchestrator.deployment import Deployment
 from orchestrator.policy.admission import admit
 from orchestrator.policy.admission.queueing import EngineRoom, ModelRule, Pending, QueueView
 from orchestrator.proxy.errors import ProxyError
-from orchestrator.types import LoadSample, OnLate
+from orchestrator.types import LoadSample
 
 STALE_S = 2.0  # a sample older than this (8 scrape periods) says nothing about room now
 UNKNOWN_ROOM = 1 << 40  # room of an engine with no fresh sample: admit (SGLang queues itself)
@@ -69,16 +70,16 @@ class _Engine:
 
 
 class AdmissionGate:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, deployment: Deployment, clock: Callable[[], float] = time.monotonic,
                  repump_s: float = STALE_S) -> None:
         self._clock = clock
         self._repump_s = repump_s
-        self._specs = {i.id: i for i in config.instances}
+        self._specs = {iid: f.spec for iid, f in deployment.instances.items()}
         self._queues: dict[int, dict[str, _Waiting]] = {}
-        self._engines: dict[str, _Engine] = {i.id: _Engine() for i in config.instances}
+        self._engines: dict[str, _Engine] = {iid: _Engine() for iid in self._specs}
         self._ids = itertools.count()
-        self._latency = {m.name: LatencyModel(m.shape, m.tp_size) for m in config.models}
-        self._rules = {m.name: ModelRule(m.priority, _on_late(config, m)) for m in config.models}
+        self._models = deployment.models
+        self._rules = {name: ModelRule(m.spec.priority, m.on_late) for name, m in self._models.items()}
         # a group with requests left queued is looked at again after ``repump_s`` even if
         # nothing happens: its samples may have stopped (then room is unknown and it admits)
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -112,8 +113,9 @@ class AdmissionGate:
             raise KeyError(f"admission: no instance {instance_id!r} in the placements file")
         prompt = estimate_prompt_tokens(body)
         rid = f"r{next(self._ids)}"
-        pending = Pending(rid, spec.name, arrival, arrival + spec.slo.ttft_or_default,
-                          self._latency[spec.name].prefill_time([(prompt, 0)]),
+        facts = self._models[spec.name]
+        pending = Pending(rid, spec.name, arrival, arrival + facts.ttft_slo_s,
+                          facts.latency.prefill_time([(prompt, 0)]),
                           prompt + max_new_tokens(body))
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         g = self._group(instance_id)
@@ -208,7 +210,7 @@ class AdmissionGate:
             tokens = (s.waiting_tokens if s is not None else 0) + sum(
                 u.prompt_tokens for u in self._engines[iid].unseen.values())
             if tokens:
-                total += self._latency[spec.model.name].prefill_time([(tokens, 0)])
+                total += self._models[spec.model.name].latency.prefill_time([(tokens, 0)])
         return total
 
 
@@ -218,12 +220,6 @@ def _capped(p: Pending, capacity: int | None) -> Pending:
     if capacity is None or p.kv_tokens <= capacity:
         return p
     return Pending(p.id, p.model, p.arrival, p.deadline, p.prefill_s, max(1, capacity))
-
-
-def _on_late(config: Config, m: ModelSpec) -> OnLate:
-    if m.slo.ttft_s is None or config.scheduler.on_late == "serve":
-        return "serve"
-    return "shed"
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import cumem_shim
 from cumem_shim import settings as shim_settings
-from orchestrator.config import GIB, HostSpec, InstanceSpec, ModelSpec
+from orchestrator.config import GIB, InstanceSpec, ModelSpec
+from orchestrator.deployment import default_mem_fraction
 from orchestrator.engines.base import LaunchRequest, LaunchSpec, ShimLaunch, served_name
 from orchestrator.env import Env
 from orchestrator.errors import ConfigError
@@ -37,16 +38,6 @@ from orchestrator.shapes import KNOWN_MODEL_IDS, shape_dir
 
 # Boot of a real server: 63-71 s with warm kernel caches, 158-190 s on a fresh machine (gpu.md).
 SGLANG_READY_TIMEOUT_S = 600.0
-
-# Fallback when neither the ledger nor the placements file sizes the KV pool. SGLang reads it as
-# a fraction of the memory free *when this server starts* (weights + KV; the rest is slack for
-# activations and CUDA graphs), so the first server on an 80 GB GPU takes ~40 GB and a server
-# started after it half of what is left: room stays for colocated models, at the price of a
-# pool size that depends on start order. The supervisor should pass ``kv_bytes`` instead.
-DEFAULT_MEM_FRACTION_STATIC = 0.5
-# Weights bigger than the default fraction get this much on top of them (activations, graphs).
-MEM_FRACTION_HEADROOM = 0.1
-MAX_MEM_FRACTION_STATIC = 0.9
 
 # Flags chimera sets itself; the same flag in a model's engine_args or CHIMERA_SGLANG_ARGS would
 # silently win (argparse keeps the last value) and break the supervisor's bookkeeping.
@@ -136,13 +127,6 @@ def kv_args(req: LaunchRequest) -> list[str]:
 
 def mem_fraction_static(req: LaunchRequest) -> float:
     return default_mem_fraction(req.instance.model, req.host)
-
-
-def default_mem_fraction(model: ModelSpec, host: HostSpec) -> float:
-    """The default fraction, raised for weights that would not fit in it (e.g. 70B on TP 2)."""
-    weights = model.shape.weight_bytes / model.tp_size / (host.gpu_memory_gb * GIB)
-    return min(MAX_MEM_FRACTION_STATIC, max(DEFAULT_MEM_FRACTION_STATIC,
-                                            weights + MEM_FRACTION_HEADROOM))
 
 
 def child_env(inst: InstanceSpec, parent: Mapping[str, str],

@@ -31,11 +31,11 @@ from orchestrator.control.events import (
     WakeFailed,
     Woken,
 )
+from orchestrator.deployment import Deployment
 from orchestrator.engines.base import Engine, LaunchRequest, ShimLaunch
 from orchestrator.errors import ChimeraError, EngineError, EngineStartError
 from orchestrator.kv.client import ShimProtocolError, ShimUnavailable, wait_ready
 from orchestrator.kv.runner import KVEndpoint
-from orchestrator.kv.wiring import shim_launch, shim_refusal
 from orchestrator.shapes import KNOWN_MODEL_IDS
 from orchestrator.shapes.materialize import dummy_model_dir
 from orchestrator.supervisor.lifecycle import Lifecycle
@@ -60,7 +60,7 @@ class Supervisor:
         observers: list[Callable[[InstanceView], None]] | None = None,
         measure: Callable[[str, str, float, str], None] | None = None,
         memory_probe: MemoryProbe | None = None,
-        elastic: bool = False,
+        deployment: Deployment | None = None,
     ) -> None:
         self.engine = engine
         self.host = host
@@ -76,8 +76,8 @@ class Supervisor:
         probe = memory_probe or (SimMemoryProbe(self._client) if engine.name == "sim"
                                  else NvmlMemoryProbe())
         self.lifecycle = Lifecycle(self._client, probe)
-        # modes elastic/full: instances the shim backs, where the KV ledger reaches them
-        self.elastic = elastic
+        # which instances the shim backs and with what limits (None: none, as in mode static)
+        self.deployment = deployment
         self.kv_endpoints: dict[str, KVEndpoint] = {}
         self._socket_dir: str | None = None
         self._plugin_dir: str | None = None  # "" = chimera's installed entry point serves
@@ -135,11 +135,10 @@ class Supervisor:
         return str(await asyncio.to_thread(dummy_model_dir, m.shape.name))
 
     def _shim(self, spec: InstanceSpec, port: int) -> ShimLaunch | None:
-        if not self.elastic:
-            return None
-        refusal = shim_refusal(spec)
-        if refusal is not None:
-            log.info("%s: %s", spec.id, refusal)
+        facts = self.deployment.instances.get(spec.id) if self.deployment is not None else None
+        if facts is None or not facts.shim:
+            if facts is not None and facts.shim_refusal is not None:
+                log.info("%s: %s", spec.id, facts.shim_refusal)
             return None
         # a Unix socket path must stay under 108 bytes: not in the run directory, but in a
         # private (0700) directory of this supervisor's, removed by stop_all
@@ -149,7 +148,8 @@ class Supervisor:
         if self._plugin_dir is None:  # once: a scan of the installed distributions
             self._plugin_dir = "" if plugin.registered() else str(
                 plugin.entry_point_dir(self.run_dir / "shim-plugin"))
-        return shim_launch(spec, self.host, sock, self._plugin_dir or None)
+        return ShimLaunch(socket=sock, limit_bytes=facts.start_limit_bytes,
+                          virtual_kv_bytes=facts.ceiling_bytes, entry_point_dir=self._plugin_dir or None)
 
     async def _shim_ready(self, spec: InstanceSpec, shim: ShimLaunch, base_url: str) -> str | None:
         """None once the shim answers (the ledger may reach it), else why the start failed."""

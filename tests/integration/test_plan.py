@@ -10,6 +10,7 @@ from rich.console import Console
 
 from orchestrator.cli import plan
 from orchestrator.config import load_config
+from orchestrator.perf.cost import COLD_START_S, server_cost
 from orchestrator.shapes import load_shape
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +57,7 @@ def test_plan__rates_name_unknown_models_with_the_known_ones() -> None:
 
 
 def test_plan__server_cost_uses_the_h100_model() -> None:
-    c = plan.server_cost(load_shape("llama-3.1-8b"))
+    c = server_cost(load_shape("llama-3.1-8b"))
     assert 2.2 * GIB < c.parked_bytes < 2.4 * GIB  # measured CUDA context of a parked server
     assert c.awake_bytes > load_shape("llama-3.1-8b").weight_bytes
-    assert 0.3 < c.wake_s < 0.6 and c.cold_start_s == plan.COLD_START_S
+    assert 0.3 < c.wake_s < 0.6 and c.cold_start_s == COLD_START_S

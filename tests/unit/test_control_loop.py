@@ -10,6 +10,7 @@ import pytest
 from orchestrator.config import Config, parse_config
 from orchestrator.control.events import Exited, Started, StartFailed
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
+from orchestrator.deployment import derive
 from orchestrator.errors import EngineUnavailable
 from orchestrator.types import InstanceState
 from tests.unit.control_fakes import RecordingEffects, ep, settle
@@ -30,7 +31,7 @@ CFG = parse_config({"mode": "static", "host": {"gpus": 2}, "models": [
 @pytest.fixture
 async def loop() -> AsyncIterator[tuple[ControlLoop, RecordingEffects]]:
     fx = RecordingEffects()
-    ctl = ControlLoop(CFG, fx, clock=lambda: 0.0)
+    ctl = ControlLoop(derive(CFG), fx, clock=lambda: 0.0)
     task = asyncio.create_task(ctl.run())
     await settle()
     yield ctl, fx

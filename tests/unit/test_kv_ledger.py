@@ -15,12 +15,15 @@ from orchestrator.kv.ledger import (
     SetLimit,
     non_kv_bytes,
 )
-from orchestrator.perf.cost import AWAKE_OVERHEAD_BYTES, PARKED_BYTES
 
 GIB = 1 << 30
 BLOCK = 128 << 20
 TOKEN = 128 << 10  # Llama-3.1-8B: 128 KiB of KV a token
 CAP_TOKENS = 500_000
+# What an instance says it holds besides KV (the deployment derives these from the cost model;
+# tests/unit/test_deployment.py checks that): the ledger only sums them.
+AWAKE = 20 * GIB  # weights, context, CUDA graphs, activations
+PARKED = 2 * GIB  # its CUDA context
 # a real SGLang 0.5.17 answer (load_snapshot.py field names), two DP ranks
 LOADS = {"timestamp": "2026-11-25T10:00:00+00:00", "version": "0.5.17", "accelerator": "cuda",
          "num_accelerators": 2, "loads": [
@@ -46,7 +49,7 @@ def busy(used: int, waiting: int = 0, rate: float = 0.0) -> Load:
 
 
 def inst(iid: str, **kw: object) -> KVInstance:
-    return KVInstance(iid, 0, TOKEN, 16 * GIB, **kw)  # type: ignore[arg-type]
+    return KVInstance(iid, 0, TOKEN, AWAKE, PARKED, **kw)  # type: ignore[arg-type]
 
 
 def test_parse_loads_sums_ranks() -> None:
@@ -65,9 +68,10 @@ def test_need_prefers_the_shims_count_of_used_tokens() -> None:
     assert need_bytes(load, TOKEN) == (90_000 + 1000 + 500) * TOKEN
 
 
-def test_non_kv_counts_weights_runtime_and_parked_residue() -> None:
-    got = non_kv_bytes([inst("a"), inst("b", resident=False)])
-    assert got == {0: 16 * GIB + AWAKE_OVERHEAD_BYTES + PARKED_BYTES}
+def test_non_kv_counts_what_awake_parking_and_parked_instances_hold() -> None:
+    got = non_kv_bytes([inst("a"), inst("b", resident=False),
+                        inst("c", resident=False, holds_weights=True)])
+    assert got == {0: AWAKE + PARKED + AWAKE}
 
 
 def test_first_plan_splits_the_budget_by_demand() -> None:
@@ -77,7 +81,7 @@ def test_first_plan_splits_the_budget_by_demand() -> None:
             "b": Observation(idle(), status(BLOCK, 4 * GIB))}
     acts = led.plan([a, b], seen, now=0.0)
     limits = {x.instance: x.bytes for x in acts if isinstance(x, SetLimit)}
-    budget = 80 * GIB - 2 * (16 * GIB + AWAKE_OVERHEAD_BYTES) - MARGIN_BYTES
+    budget = 80 * GIB - 2 * AWAKE - MARGIN_BYTES
     assert limits["a"] >= 200_000 * TOKEN and limits["b"] >= 2 * GIB
     assert sum(limits.values()) <= budget
     assert all(x.revision == 1 for x in acts if isinstance(x, SetLimit))
@@ -106,7 +110,7 @@ def test_grow_waits_for_the_donor_to_drain() -> None:
     # a drained to its new limit: now b grows
     seen["a"] = Observation(busy(100_000), status(sa.bytes, sa.bytes, used=100_000))
     acts = {x.instance: x for x in led.plan([a, b], seen, now=1.0)}
-    budget = 80 * GIB - 2 * (16 * GIB + AWAKE_OVERHEAD_BYTES) - MARGIN_BYTES
+    budget = 80 * GIB - 2 * AWAKE - MARGIN_BYTES
     grow = acts["b"]
     assert isinstance(grow, SetLimit) and grow.bytes >= budget - sa.bytes - BLOCK  # all a freed
     assert grow.bytes > 10 * GIB
@@ -143,7 +147,7 @@ def test_unseen_instances_keep_their_memory() -> None:
     seen = {"a": Observation(busy(400_000), status(BLOCK, BLOCK))}
     acts = led.plan([inst("a"), inst("gone")], seen, now=0.0)
     (sa,) = [x for x in acts if isinstance(x, SetLimit)]
-    budget = 80 * GIB - 2 * (16 * GIB + AWAKE_OVERHEAD_BYTES) - MARGIN_BYTES
+    budget = 80 * GIB - 2 * AWAKE - MARGIN_BYTES
     assert sa.bytes <= budget - 30 * GIB
 
 
@@ -158,5 +162,5 @@ def test_a_parking_neighbour_still_holds_its_weights_and_pages() -> None:
     acts = led.plan([a, b], seen, now=0.0)
     limits = {x.instance: x.bytes for x in acts if isinstance(x, SetLimit)}
     assert limits["a"] == 0
-    budget = 80 * GIB - 2 * (16 * GIB + AWAKE_OVERHEAD_BYTES) - MARGIN_BYTES
+    budget = 80 * GIB - 2 * AWAKE - MARGIN_BYTES
     assert limits.get("b", 2 * GIB) <= budget - 30 * GIB

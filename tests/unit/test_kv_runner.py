@@ -15,11 +15,11 @@ from cumem_shim.elastic import ElasticKV
 from cumem_shim.fake import TWO_MIB, FakeDevice
 from cumem_shim.freelist import CountingFreeList
 from cumem_shim.pages import mha_layout
+from orchestrator.deployment import ledger_enabled
 from orchestrator.kv.client import LimitReply
 from orchestrator.kv.demand import Load
 from orchestrator.kv.ledger import MARGIN_BYTES, KVInstance, Ledger, Observation, non_kv_bytes
 from orchestrator.kv.runner import HttpKVEffects, KVEndpoint, KVRunner
-from orchestrator.kv.wiring import ledger_enabled
 from simsglang.batcher import VirtualClock
 from simsglang.server import SimSettings, create_app
 
@@ -75,7 +75,7 @@ class FakeEffects:
 
 
 async def test_memory_moves_to_the_busy_model_without_over_committing() -> None:
-    insts = [KVInstance(i, 0, TOKEN, 16 * GIB) for i in ("a", "b")]
+    insts = [KVInstance(i, 0, TOKEN, 16 * GIB, 2 * GIB) for i in ("a", "b")]
     shims = {"a": SimulatedShim(), "b": SimulatedShim()}
     capacity = 80 * GIB
     runner = KVRunner(Ledger({0: capacity}), FakeEffects(shims), lambda: insts, clock=lambda: 0.0)
@@ -104,7 +104,7 @@ async def test_a_failed_set_limit_is_counted_and_retried() -> None:
 
             raise ShimUnavailable("gone")
 
-    insts = [KVInstance("a", 0, TOKEN, 16 * GIB)]
+    insts = [KVInstance("a", 0, TOKEN, 16 * GIB, 2 * GIB)]
     runner = KVRunner(Ledger({0: 80 * GIB}), Broken({"a": SimulatedShim()}), lambda: insts)
     await runner.step()
     await runner.step()
@@ -138,7 +138,7 @@ async def sim_app(monkeypatch: pytest.MonkeyPatch,
 
 async def test_runner_drives_the_sim_engine(sim_app: tuple[httpx.AsyncClient, str]) -> None:
     client, sock = sim_app
-    inst = KVInstance("m@gpu0", 0, TOKEN, 16 * GIB, floor_bytes=4 * GIB)
+    inst = KVInstance("m@gpu0", 0, TOKEN, 16 * GIB, 2 * GIB, floor_bytes=4 * GIB)
     effects = HttpKVEffects(client, {inst.id: KVEndpoint("http://sim", sock)})
     seen = await effects.observe(inst)
     assert seen.load is not None and seen.status is not None and seen.status.revision == 0

@@ -1,6 +1,6 @@
-"""Which instances get cumem_shim and how it reaches the server: the start-up limit and virtual
-range, the environment and argv of the sglang and sim engines, and the ledger's view of live
-instances (fixed pools counted as non-KV memory)."""
+"""How cumem_shim reaches the server (the environment and argv of the sglang and sim engines)
+and the ledger's view of live instances (fixed pools counted as non-KV memory). Which instances
+get the shim, their ceilings and start-up limits: tests/unit/test_deployment.py."""
 
 from __future__ import annotations
 
@@ -12,18 +12,11 @@ import pytest
 from cumem_shim import plugin
 from cumem_shim import settings as shim_env
 from orchestrator.config import GIB, Config, parse_config
+from orchestrator.deployment import derive
 from orchestrator.engines.base import LaunchRequest, ShimLaunch
 from orchestrator.engines.simulated import SimEngine
 from orchestrator.env import Env
-from orchestrator.kv.wiring import (
-    START_LIMIT_BYTES,
-    ceiling_bytes,
-    kv_instances,
-    shim_launch,
-    shim_refusal,
-    wants_shim,
-)
-from orchestrator.perf.cost import AWAKE_OVERHEAD_BYTES
+from orchestrator.kv.wiring import kv_instances
 from orchestrator.sglang.launch import SGLangEngine
 from orchestrator.types import InstanceState, InstanceView
 
@@ -36,34 +29,6 @@ def config(*placements: dict[str, Any], mode: str = "elastic") -> Config:
          "placements": [{"gpus": [0, 1], "kv_pool_gb": 6}]},
     ]
     return parse_config({"mode": mode, "host": {"gpus": 2}, "models": models}, gpu_count=2)
-
-
-def test_tp1_gets_the_shim_tp2_keeps_a_fixed_pool_and_static_mode_none() -> None:
-    cfg = config({"gpus": [0]})
-    small, big = cfg.instances
-    assert wants_shim("elastic", small) and wants_shim("full", small)
-    assert not wants_shim("static", small)
-    assert not wants_shim("full", big) and "TP 2" in (shim_refusal(big) or "")
-
-
-def test_ceiling_is_kv_pool_gb_else_the_gpu_left_beside_weights() -> None:
-    with_pool = config({"gpus": [0], "kv_pool_gb": 12}).instances[0]
-    assert ceiling_bytes(with_pool, with_pool_host := config({"gpus": [0]}).host) == 12 * GIB
-    bare = config({"gpus": [0]}).instances[0]
-    expected = 80 * GIB - bare.model.shape.weight_bytes - AWAKE_OVERHEAD_BYTES
-    assert ceiling_bytes(bare, with_pool_host) == expected
-
-
-@pytest.mark.parametrize(("placement", "start"), [
-    ({"gpus": [0], "kv_pool_gb": 12}, START_LIMIT_BYTES),
-    ({"gpus": [0], "kv_pool_gb": 12, "kv_floor_gb": 3}, 3 * GIB),  # the floor from the start
-    ({"gpus": [0], "kv_pool_gb": 0.5}, GIB // 2),  # never above the ceiling
-])
-def test_start_limit(placement: dict[str, Any], start: int) -> None:
-    cfg = config(placement)
-    s = shim_launch(cfg.instances[0], cfg.host, "/tmp/x.sock", None)
-    assert s.limit_bytes == start and s.virtual_kv_bytes == ceiling_bytes(cfg.instances[0],
-                                                                          cfg.host)
 
 
 def test_sglang_server_with_the_shim_has_its_env_and_no_kv_flag(tmp_path: Any) -> None:
@@ -101,20 +66,18 @@ def view(iid: str, gpus: tuple[int, ...], state: InstanceState) -> InstanceView:
 
 def test_ledger_view_counts_fixed_pools_and_skips_gone_instances() -> None:
     cfg = config({"gpus": [0], "kv_pool_gb": 12, "kv_floor_gb": 2})
+    dep = derive(cfg)
     small, big = cfg.instances
-    specs = {i.id: i for i in cfg.instances}
     views = [view(small.id, (0,), InstanceState.PARKED), view(big.id, (0, 1), InstanceState.AWAKE)]
-    got = kv_instances(views, specs, {small.id: object()}, cfg.host)
-    by = {(k.id, k.gpu): k for k in got}
+    by = {(k.id, k.gpu): k for k in kv_instances(views, dep)}
     assert set(by) == {(small.id, 0), (big.id, 0), (big.id, 1)}
     s = by[small.id, 0]
     assert not s.resident and s.floor_bytes == 2 * GIB and s.ceiling_bytes == 12 * GIB
-    assert s.weight_bytes == small.model.shape.weight_bytes
-    # the TP 2 instance holds half its weights and half its fixed 6 GiB pool on each GPU
+    assert s.awake_bytes == dep.instances[small.id].cost.held_awake_bytes  # no fixed pool
+    # the TP 2 instance holds its awake cost and half its fixed 6 GiB pool on each GPU
     b = by[big.id, 1]
-    assert b.resident and b.weight_bytes == (big.model.shape.weight_bytes + 6 * GIB) // 2
-    gone = kv_instances([view(small.id, (0,), InstanceState.FAILED)], specs, {}, cfg.host)
-    assert gone == []
+    assert b.resident and b.awake_bytes == dep.instances[big.id].cost.held_awake_bytes + 3 * GIB
+    assert kv_instances([view(small.id, (0,), InstanceState.FAILED)], dep) == []
 
 
 def test_parking_holds_weights_and_a_fixed_pool_without_kv_pool_gb_is_counted() -> None:
@@ -124,14 +87,15 @@ def test_parking_holds_weights_and_a_fixed_pool_without_kv_pool_gb_is_counted() 
         {"name": "big", "model_path": "meta-llama/Llama-3.1-8B-Instruct", "tp_size": 2,
          "placements": [{"gpus": [0, 1]}]}]}, gpu_count=2)
     small, big = cfg.instances
-    specs = {i.id: i for i in cfg.instances}
+    dep = derive(cfg)
     got = {(k.id, k.gpu): k for k in kv_instances(
-        [view(small.id, (0,), InstanceState.PARKING), view(big.id, (0, 1), InstanceState.AWAKE)],
-        specs, {small.id}, cfg.host)}
+        [view(small.id, (0,), InstanceState.PARKING), view(big.id, (0, 1), InstanceState.AWAKE)], dep)}
     s = got[small.id, 0]
     assert not s.resident and s.holds_weights
-    # SGLang's default fraction of each GPU, less the weights, is the TP 2 server's pool
-    assert got[big.id, 0].weight_bytes >= 0.5 * 80 * GIB - big.model.shape.weight_bytes // 2
+    # SGLang's default fraction of each GPU, less the weights, is the TP 2 server's pool: counted
+    # beside its runtime (context, graphs, activations)
+    runtime = dep.instances[big.id].cost.held_awake_bytes - big.model.shape.weight_bytes // 2
+    assert got[big.id, 0].awake_bytes >= 0.5 * 80 * GIB + runtime
 
 
 def test_an_inherited_shim_environment_never_reaches_a_server_without_the_shim(

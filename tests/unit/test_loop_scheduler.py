@@ -19,6 +19,7 @@ from orchestrator.control.events import (
     Woken,
 )
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
+from orchestrator.deployment import derive
 from orchestrator.errors import ConfigError
 from orchestrator.types import Endpoint, InstanceState, LoadSample
 from tests.unit.control_fakes import RecordingEffects, ep, settle
@@ -54,7 +55,7 @@ Env = tuple[ControlLoop, RecordingEffects, Clock]
 async def env() -> AsyncIterator[Env]:
     """Everything started; the `on: false` servers parked by the warm start."""
     fx, clock = RecordingEffects(), Clock()
-    ctl = ControlLoop(CFG, fx, clock=clock)
+    ctl = ControlLoop(derive(CFG), fx, clock=clock)
     task = asyncio.create_task(ctl.run())
     await settle()
     for iid in ("hot@gpu0", "hot@gpu1", "n1@gpu0", "cold@gpu1"):

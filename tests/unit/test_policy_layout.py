@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator.layout.packing import layout
 from orchestrator.layout.profiles import Profiles, awake_profile
-from orchestrator.policy.placement.cluster import ModelDemand, ServerCost
+from orchestrator.perf.cost import ServerCost
+from orchestrator.policy.placement.cluster import ModelDemand
 from orchestrator.policy.rates import RateWindow
 
 GIB = 1 << 30

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from orchestrator.perf.cost import ServerCost
 from orchestrator.policy.placement.cluster import (
     Activation,
     Blocked,
@@ -14,7 +15,6 @@ from orchestrator.policy.placement.cluster import (
     Park,
     PlacementParams,
     Route,
-    ServerCost,
     ServerView,
     Start,
     Wake,

@@ -10,7 +10,7 @@ import pytest
 POLICY_DIR = Path(__file__).resolve().parents[2] / "orchestrator" / "policy"
 FORBIDDEN = {"time", "datetime", "logging", "asyncio", "httpx", "torch", "cuda", "pynvml",
              "random", "threading", "subprocess", "os", "socket", "uvicorn", "starlette"}
-ALLOWED_INTERNAL = ("orchestrator.policy", "orchestrator.types", "orchestrator.config",
+ALLOWED_INTERNAL = ("orchestrator.policy", "orchestrator.perf", "orchestrator.types", "orchestrator.config",
                     "orchestrator.shapes")
 
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from orchestrator.config import ModelSpec, parse_config
+from orchestrator.deployment import derive
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.perf.model import LatencyModel
 from orchestrator.proxy import create_app
@@ -68,7 +69,7 @@ def test_estimates_read_openai_and_generate_bodies() -> None:
 
 
 async def test_gate__without_a_sample_admits_at_once() -> None:
-    gate = AdmissionGate(CFG, clock=Clock())
+    gate = AdmissionGate(derive(CFG), clock=Clock())
     rid = await gate.admit(spec("fast"), BODY, "fast@gpu0", 100.0)
     gate.done("fast@gpu0", rid)
     assert gate.queued() == {}
@@ -76,7 +77,7 @@ async def test_gate__without_a_sample_admits_at_once() -> None:
 
 async def test_gate__waits_for_kv_room_and_counts_what_it_sent_since_the_sample() -> None:
     clock = Clock()
-    gate = AdmissionGate(CFG, clock=clock)
+    gate = AdmissionGate(derive(CFG), clock=clock)
     gate.observe(loads("big@gpu0", 100.0, used=9_900))  # 100 tokens free, a request needs 200
     first = asyncio.create_task(gate.admit(spec("big"), BODY, "big@gpu0", 100.0))
     await settle()
@@ -93,7 +94,7 @@ async def test_gate__waits_for_kv_room_and_counts_what_it_sent_since_the_sample(
 
 
 async def test_gate__earliest_deadline_first_when_one_slot_frees() -> None:
-    gate = AdmissionGate(CFG, clock=Clock())
+    gate = AdmissionGate(derive(CFG), clock=Clock())
     gate.observe(loads("big@gpu0", 100.0, running=64))  # no free running slot
     late = asyncio.create_task(gate.admit(spec("big"), BODY, "big@gpu0", 99.9))
     early = asyncio.create_task(gate.admit(spec("big"), BODY, "big@gpu0", 99.5))  # held longer
@@ -107,7 +108,7 @@ async def test_gate__earliest_deadline_first_when_one_slot_frees() -> None:
 
 
 async def test_gate__sheds_infeasible_requests_with_an_honest_retry_after() -> None:
-    gate = AdmissionGate(CFG, clock=Clock())
+    gate = AdmissionGate(derive(CFG), clock=Clock())
     backlog_tokens = 400_000
     gate.observe(loads("fast@gpu0", 100.0, waiting_tokens=backlog_tokens, capacity=1 << 30))
     with pytest.raises(ProxyError) as exc:
@@ -121,7 +122,7 @@ async def test_gate__sheds_infeasible_requests_with_an_honest_retry_after() -> N
 
 
 async def test_gate__a_model_without_ttft_objective_is_served_late_never_shed() -> None:
-    gate = AdmissionGate(CFG, clock=Clock())
+    gate = AdmissionGate(derive(CFG), clock=Clock())
     gate.observe(loads("free@gpu1", 100.0, waiting_tokens=9_000, capacity=9_000))  # no room
     waiter = asyncio.create_task(gate.admit(spec("free"), BODY, "free@gpu1", 10.0))  # long ago
     await settle()
@@ -167,7 +168,7 @@ def engine(request: httpx.Request) -> httpx.Response:
 async def test_proxy__sheds_with_429_in_the_envelope_and_serves_the_rest() -> None:
     router = Router()
     app = create_app(router, ChimeraMetrics(), transport=httpx.MockTransport(engine))
-    app.state.admission = AdmissionGate(CFG)
+    app.state.admission = AdmissionGate(derive(CFG))
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://chimera") as client:
         r = await client.post("/v1/completions", json={"model": "strict", **BODY})
@@ -184,7 +185,7 @@ async def test_gate__a_queued_request_is_admitted_once_samples_stop() -> None:
     """The engine looked full, then no sample came (scrapes failing, instance gone): once the
     last sample is stale, room is unknown and the request goes, with no other event."""
     clock = Clock()
-    gate = AdmissionGate(CFG, clock=clock, repump_s=0.01)
+    gate = AdmissionGate(derive(CFG), clock=clock, repump_s=0.01)
     gate.observe(loads("free@gpu1", 100.0, running=64, max_running=64))
     t = asyncio.create_task(gate.admit(spec("free"), BODY, "free@gpu1", 100.0))
     await settle()

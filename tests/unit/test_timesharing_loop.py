@@ -11,6 +11,7 @@ import pytest
 from orchestrator.config import parse_config
 from orchestrator.control.events import Parked, ParkFailed, Started, Tick, WakeFailed, Woken
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
+from orchestrator.deployment import derive
 from orchestrator.errors import EngineUnavailable
 from orchestrator.types import InstanceState
 from tests.unit.control_fakes import RecordingEffects, ep, settle
@@ -40,7 +41,7 @@ class Clock:
 @pytest.fixture
 async def env() -> AsyncIterator[tuple[ControlLoop, RecordingEffects, Clock]]:
     fx, clock = RecordingEffects(), Clock()
-    ctl = ControlLoop(CFG, fx, clock=clock)
+    ctl = ControlLoop(derive(CFG), fx, clock=clock)
     task = asyncio.create_task(ctl.run())
     await settle()
     for iid in ("a@gpu0", "b@gpu0", "c@gpu0"):  # serialized starts on GPU 0

@@ -1,9 +1,10 @@
 """What the global scheduler (placement.py) sees and what it answers: plain frozen data.
 
 The caller (control loop, ``chimera-orch plan``, the simulator in bench/sim) fills the snapshot:
-rates are measured outside (rates.py), memory costs come from the H100 model in
-simsglang (orchestrator/cli/plan.py: ``server_cost``), so nothing here knows a clock
-or a constant of SGLang. All byte counts are per GPU; a TP server charges each GPU of its group.
+rates are measured outside (rates.py), memory costs come from the calibrated performance model
+(``orchestrator.perf.cost.server_cost``, whose ``ServerCost`` is the input type here), so
+nothing here knows a clock or a constant of SGLang. All byte counts are per GPU; a TP server
+charges each GPU of its group.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from orchestrator.perf.cost import ServerCost
 from orchestrator.types import InstanceState
 
 S = InstanceState
@@ -18,23 +20,6 @@ S = InstanceState
 RESIDENT = frozenset({S.AWAKE, S.WAKING, S.STARTING, S.PARKING})
 # States in which a server holds its process (CUDA context) on the GPU.
 HOLDS_CONTEXT = RESIDENT | {S.PARKED, S.PENDING}
-
-
-@dataclass(frozen=True)
-class ServerCost:
-    """What one server of a model costs on each GPU of its group, and how long it takes to move.
-
-    parked_bytes: held even when parked (CUDA context, NCCL, allocator slack; 2,362 MiB measured
-    for the 8B shape). awake_bytes: added while awake (weights share, CUDA graphs, activation
-    workspace). kv_floor_bytes: the least KV a server may be woken with."""
-
-    parked_bytes: int
-    awake_bytes: int
-    kv_bytes_per_token: int
-    kv_floor_bytes: int
-    wake_s: float
-    park_s: float
-    cold_start_s: float
 
 
 @dataclass(frozen=True)
