@@ -18,9 +18,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cumem_shim.types import Status
-from orchestrator.kv.demand import Load, need_bytes
+from orchestrator.kv.demand import need_bytes
 from orchestrator.kv.split import Member, changed, phase, split
 from orchestrator.perf.cost import AWAKE_OVERHEAD_BYTES, PARKED_BYTES
+from orchestrator.types import LoadSample
 
 MARGIN_BYTES = 1 << 30  # kept free on each GPU: allocator fragmentation, NCCL, other processes
 FLUSH_EVERY_S = 10.0  # at most one /flush_cache per instance this often
@@ -45,7 +46,7 @@ class KVInstance:
 
 @dataclass(frozen=True)
 class Observation:
-    load: Load | None  # None: /v1/loads did not answer this round
+    load: LoadSample | None  # None: no fresh /v1/loads sample this round
     status: Status | None  # None: the shim did not answer this round
 
 
