@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import uvicorn
@@ -18,6 +18,7 @@ from cumem_shim.types import Status
 from orchestrator.config import Config
 from orchestrator.control.events import Tick
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
+from orchestrator.control.scrape import ROUND_S as SCRAPE_ROUND_S
 from orchestrator.control.scrape import Scraper
 from orchestrator.deployment import Deployment, derive
 from orchestrator.engines import get_engine
@@ -30,7 +31,7 @@ from orchestrator.proxy import create_app
 from orchestrator.proxy.admin import admin_routes
 from orchestrator.proxy.admission import AdmissionGate
 from orchestrator.supervisor.supervisor import Supervisor
-from orchestrator.types import InstanceView
+from orchestrator.types import InstanceView, LoadSample
 
 log = logging.getLogger("chimera")
 
@@ -78,7 +79,8 @@ async def serve(
 
     app = create_app(control, metrics, hold_timeout_s=hold_timeout_s,
                      extra_routes=admin_routes(control, admin_key))
-    scraper = _scheduling(dep, control, app)  # mode full: loads scraper, admission gate
+    gate = _admission(dep, app)  # mode full: the proxy's admission gate
+    scraper = _scraper(control, kv, gate)  # modes elastic/full: the one /v1/loads poller
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                     lifespan="on", access_log=False))
     stop = asyncio.Event()
@@ -161,29 +163,44 @@ def _kv_runner(dep: Deployment, control: ControlLoop, supervisor: Supervisor,
         metrics.set_kv(facts[iid].spec.model.name, iid, st.limit_bytes, st.mapped_bytes,
                        st.used_tokens)
 
+    # its loads come from the scraper (``_scraper``): a sample older than two rounds is missing
     runner = KVRunner(Ledger(capacity), HttpKVEffects(supervisor.http, endpoints), instances,
-                      report=report)
+                      report=report, max_sample_age_s=2 * SCRAPE_ROUND_S)
 
     def observe(view: InstanceView) -> None:
         if view.state in GONE:  # its shim is gone: a restart starts from its start-up limit
-            runner.ledger.forget(view.id)
+            runner.forget(view.id)
         runner.poke()
 
     supervisor.add_observer(observe)
     return runner
 
 
-def _scheduling(dep: Deployment, control: ControlLoop, app: Starlette) -> Scraper | None:
-    """Mode full: the two-level scheduler's live inputs. The scraper polls every awake
-    instance's /v1/loads (250 ms) and feeds each sample to the control loop (demand for the
-    global scheduler) and to the proxy's admission gate (KV room for local admission), which
-    the proxy finds as ``app.state.admission``. Other modes: neither (the proxy forwards at
-    once)."""
+def _admission(dep: Deployment, app: Starlette) -> AdmissionGate | None:
+    """Mode full: the proxy's admission gate (local admission on KV room, from the scraper's
+    samples), which the proxy finds as ``app.state.admission``. Other modes: none (the proxy
+    forwards at once)."""
     if not dep.timesharing:
         return None
     gate = AdmissionGate(dep)
     app.state.admission = gate
-    return Scraper(control.instances, sinks=[control.post, gate.observe])
+    return gate
+
+
+def _scraper(control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | None
+             ) -> Scraper | None:
+    """The one poller of every awake instance's /v1/loads (250 ms), in modes elastic and full
+    (where the KV runner or the gate exists). Its sinks: the control loop (demand for the global
+    scheduler; in mode elastic the loop records it and decides nothing from it), the KV runner
+    (its observations) and, in mode full, the admission gate (KV room). Mode static: none."""
+    sinks: list[Callable[[LoadSample], None]] = []
+    if kv is not None:
+        sinks.append(kv.observe)
+    if gate is not None:
+        sinks.append(gate.observe)
+    if not sinks:
+        return None
+    return Scraper(control.instances, sinks=[control.post, *sinks])
 
 
 def _summary(console: Console, control: ControlLoop, host: str, port: int) -> None:

@@ -76,9 +76,10 @@ class ModelView:
 
 @dataclass(frozen=True)
 class LoadSample:
-    """One scrape of an instance's ``GET /v1/loads`` (control/scrape.py), summed over its DP
-    ranks. The loop turns these into per-model demand (token rate, concurrency, KV in use); the
-    proxy's admission gate and the KV ledger read the same samples."""
+    """One scrape of an instance's ``GET /v1/loads`` (control/scrape.py, read by
+    sglang/loads.py), summed over its DP ranks. The loop turns these into per-model demand (token
+    rate, concurrency, KV in use); the proxy's admission gate and the KV ledger read the same
+    samples."""
 
     instance_id: str
     at: float  # time.monotonic() when the scrape was sent
@@ -89,3 +90,8 @@ class LoadSample:
     capacity_tokens: int  # KV pool size in tokens (under the shim: its limit shows as used)
     max_running: int | None  # the engine's max running requests (None: not reported)
     tokens: float  # prompt + generated tokens processed since the instance's previous sample
+    gen_rate: float = 0.0  # generated tokens/s as the engine reports it (SGLang's gen_throughput)
+
+    @property
+    def idle(self) -> bool:
+        return self.running == 0 and self.waiting == 0

@@ -1,6 +1,6 @@
 """The per-GPU KV ledger: from what the instances report to the limits to send. Synchronous
-and free of I/O and clocks (time comes in as ``now``); ``runner.py`` does the scraping and
-sending. Owned by one task; not thread-safe.
+and free of I/O and clocks (time comes in as ``now``); ``runner.py`` feeds it the scraper's samples and
+sends what it decides. Owned by one task; not thread-safe.
 
 Per GPU: budget = capacity − what is not KV (what each instance holds awake or parked, as the
 deployment's cost model says: ``non_kv_bytes``) − a safety margin. The budget is split among the
@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cumem_shim.types import Status
-from orchestrator.kv.demand import Load, need_bytes
+from orchestrator.kv.demand import need_bytes
 from orchestrator.kv.split import Member, changed, phase, split
+from orchestrator.types import LoadSample
 
 MARGIN_BYTES = 1 << 30  # kept free on each GPU: allocator fragmentation, NCCL, other processes
 FLUSH_EVERY_S = 10.0  # at most one /flush_cache per instance this often
@@ -47,7 +48,7 @@ class KVInstance:
 
 @dataclass(frozen=True)
 class Observation:
-    load: Load | None  # None: /v1/loads did not answer this round
+    load: LoadSample | None  # None: no fresh /v1/loads sample this round
     status: Status | None  # None: the shim did not answer this round
 
 

@@ -1,8 +1,15 @@
 """The task that runs the KV ledger: every second (or at once after ``poke()``, e.g. when an
-instance wakes, parks or its queue jumps) it observes every instance — ``GET /v1/loads`` and the
-shim's ``status`` — asks the ledger for actions and performs them (``set_limit`` over the shim
-channel, ``POST /flush_cache``). Runs only in the ``elastic`` and ``full`` modes
-(``kv.wiring.ledger_enabled``). Side effects go through ``KVEffects`` (tests use a fake).
+instance wakes, parks or its queue jumps) it observes every instance — its latest ``/v1/loads``
+sample and the shim's ``status`` — asks the ledger for actions and performs them (``set_limit``
+over the shim channel, ``POST /flush_cache``). Runs only in the ``elastic`` and ``full`` modes
+(``deployment.ledger_enabled``). Side effects go through ``KVEffects`` (tests use a fake).
+
+Loads come from the scraper (control/scrape.py, the one poller of ``/v1/loads``): ``observe`` is
+its sink and keeps the latest sample per instance. A sample older than ``max_sample_age_s`` (two
+scrape rounds) counts as missing, as a failed GET did when the runner polled by itself: the
+ledger leaves that instance's limit alone this round. The first sample after none (an instance
+just woke or started) pokes a re-split at once. The shim's status is read here, over the shim
+channel: that is not SGLang.
 
 It owns the ledger: nothing else mutates it. Instances come from a callable the control loop
 provides (``instances()``), read once per step.
@@ -21,15 +28,19 @@ import httpx
 
 from cumem_shim.types import Status
 from orchestrator.kv.client import LimitReply, ShimClient, ShimProtocolError, ShimUnavailable
-from orchestrator.kv.demand import LoadsError, parse_loads
 from orchestrator.kv.ledger import Action, FlushCache, KVInstance, Ledger, Observation
+from orchestrator.sglang.api import FLUSH_CACHE
+from orchestrator.types import LoadSample
 
 log = logging.getLogger("chimera.kv")
 PERIOD_S = 1.0
+MAX_SAMPLE_AGE_S = 2.5  # two scrape rounds (control/scrape.py ROUND_S); app.py passes it
 
 
 class KVEffects(Protocol):
-    async def observe(self, inst: KVInstance) -> Observation: ...
+    async def status(self, inst: KVInstance) -> Status | None:
+        """The shim's status, None when it does not answer (or the instance has none)."""
+        ...
 
     async def set_limit(self, iid: str, limit_bytes: int, revision: int) -> LimitReply: ...
 
@@ -43,47 +54,56 @@ class KVEndpoint:
 
 
 class HttpKVEffects:
-    """The real effects: httpx for SGLang's routes, ``ShimClient`` for the shim channel."""
+    """The real effects: ``ShimClient`` for the shim channel, httpx for SGLang's flush route."""
 
     def __init__(self, http: httpx.AsyncClient, endpoints: Mapping[str, KVEndpoint]) -> None:
         self.http, self.endpoints = http, endpoints
 
-    async def observe(self, inst: KVInstance) -> Observation:
+    async def status(self, inst: KVInstance) -> Status | None:
         ep = self.endpoints.get(inst.id)
         if ep is None:  # no shim (a fixed pool, or not up yet): counted, never resized
-            return Observation(None, None)
-        load, status = None, None
+            return None
         try:
-            r = await self.http.get(f"{ep.base_url}/v1/loads", params={"include": "core"})
-            r.raise_for_status()
-            load = parse_loads(r.json())
-        except (httpx.HTTPError, ValueError, LoadsError) as exc:
-            log.warning("kv ledger: %s /v1/loads: %r", inst.id, exc)
-        try:
-            status = await ShimClient(ep.socket).status()
+            return await ShimClient(ep.socket).status()
         except (ShimUnavailable, ShimProtocolError) as exc:
             log.warning("kv ledger: %s: %s", inst.id, exc)
-        return Observation(load, status)
+            return None
 
     async def set_limit(self, iid: str, limit_bytes: int, revision: int) -> LimitReply:
         return await ShimClient(self.endpoints[iid].socket).set_limit(limit_bytes, revision)
 
     async def flush_cache(self, iid: str) -> None:
-        r = await self.http.post(f"{self.endpoints[iid].base_url}/flush_cache")
+        r = await self.http.request(FLUSH_CACHE.method, self.endpoints[iid].base_url + FLUSH_CACHE.path)
         if r.status_code >= 400:  # busy again: SGLang flushes only when idle; retried later
-            log.info("kv ledger: %s /flush_cache: %s %s", iid, r.status_code, r.text[:200])
+            log.info("kv ledger: %s %s: %s %s", iid, FLUSH_CACHE.path, r.status_code, r.text[:200])
 
 
 class KVRunner:
     def __init__(self, ledger: Ledger, effects: KVEffects,
                  instances: Callable[[], Sequence[KVInstance]],
                  clock: Callable[[], float] = time.monotonic, period_s: float = PERIOD_S,
-                 report: Callable[[str, Status], None] | None = None) -> None:
+                 report: Callable[[str, Status], None] | None = None,
+                 max_sample_age_s: float = MAX_SAMPLE_AGE_S) -> None:
         self.ledger, self.effects, self.instances = ledger, effects, instances
         self.report = report  # each shim status read (metrics)
-        self.clock, self.period_s = clock, period_s
+        self.clock, self.period_s = clock, period_s  # clock: the scraper's (samples' ``at``)
+        self.max_sample_age_s = max_sample_age_s
         self._poked = asyncio.Event()
+        self._samples: dict[str, LoadSample] = {}  # the latest scraped sample per instance
         self.failures: dict[str, int] = {}  # consecutive failed set_limit calls per instance
+
+    def observe(self, sample: LoadSample) -> None:
+        """The scraper's sink: keep the latest sample (read at the next step). The first one
+        after none, or after a stale one, re-splits at once (the instance just became awake)."""
+        before = self._samples.get(sample.instance_id)
+        self._samples[sample.instance_id] = sample
+        if before is None or sample.at - before.at > self.max_sample_age_s:
+            self.poke()
+
+    def forget(self, iid: str) -> None:
+        """The instance stopped (its process and shim are gone)."""
+        self._samples.pop(iid, None)
+        self.ledger.forget(iid)
 
     def poke(self) -> None:
         """Re-split now (an instance woke, parked, started or its queue jumped)."""
@@ -102,24 +122,30 @@ class KVRunner:
 
     async def step(self) -> list[Action]:
         insts = list(self.instances())
-        seen = await asyncio.gather(*(self.effects.observe(i) for i in insts))
+        statuses = await asyncio.gather(*(self.effects.status(i) for i in insts))
+        now = self.clock()
         if self.report is not None:
-            for inst, obs in zip(insts, seen, strict=True):
-                if obs.status is not None:
-                    self.report(inst.id, obs.status)
-        actions = self.ledger.plan(insts, {i.id: o for i, o in zip(insts, seen, strict=True)},
-                                   self.clock())
+            for inst, st in zip(insts, statuses, strict=True):
+                if st is not None:
+                    self.report(inst.id, st)
+        seen = {i.id: Observation(self._fresh(i.id, now), st)
+                for i, st in zip(insts, statuses, strict=True)}
+        actions = self.ledger.plan(insts, seen, now)
         # order does not matter: a grow was sized on memory free while the shrinking
         # instances still hold every page they have mapped (split.phase)
         await asyncio.gather(*(self._do(a) for a in actions))
         return actions
+
+    def _fresh(self, iid: str, now: float) -> LoadSample | None:
+        s = self._samples.get(iid)
+        return s if s is not None and now - s.at <= self.max_sample_age_s else None
 
     async def _do(self, action: Action) -> None:
         if isinstance(action, FlushCache):
             try:
                 await self.effects.flush_cache(action.instance)
             except httpx.HTTPError as exc:
-                log.warning("kv ledger: %s /flush_cache: %r", action.instance, exc)
+                log.warning("kv ledger: %s %s: %r", action.instance, FLUSH_CACHE.path, exc)
             return
         try:
             reply = await self.effects.set_limit(action.instance, action.bytes, action.revision)

@@ -15,6 +15,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from orchestrator.sglang.api import METRICS
 from orchestrator.types import InstanceView
 
 SCRAPE_TIMEOUT_S = 2.0  # SGLang answers /metrics in milliseconds; a busy one may take longer
@@ -55,7 +56,7 @@ async def engine_metrics(client: httpx.AsyncClient, views: Iterable[InstanceView
 async def _scrape(client: httpx.AsyncClient, view: InstanceView) -> str | None:
     assert view.base_url is not None
     try:
-        r = await client.get(view.base_url + "/metrics", timeout=SCRAPE_TIMEOUT_S)
+        r = await client.get(view.base_url + METRICS.path, timeout=SCRAPE_TIMEOUT_S)
     except httpx.HTTPError:
         return None
     return r.text if r.status_code == 200 else None

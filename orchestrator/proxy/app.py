@@ -29,13 +29,15 @@ from orchestrator.proxy.body import ModelField
 from orchestrator.proxy.errors import ProxyError
 from orchestrator.proxy.forward import ForwardEndpoint
 from orchestrator.proxy.upstream import EngineClient, HttpxUpstream, Upstream
+from orchestrator.sglang.api import CHAT_COMPLETIONS, COMPLETIONS, GENERATE
 
 log = logging.getLogger(__name__)
 
+# SGLang's serving routes, forwarded at the same path
 PROXIED_ROUTES: tuple[tuple[str, ModelField], ...] = (
-    ("/v1/chat/completions", "rewrite"),
-    ("/v1/completions", "rewrite"),
-    ("/generate", "drop"),
+    (CHAT_COMPLETIONS.path, "rewrite"),
+    (COMPLETIONS.path, "rewrite"),
+    (GENERATE.path, "drop"),
 )
 
 # The /metrics scrape of the engines (the proxied requests use upstream.Limits): a connect

@@ -1,4 +1,4 @@
-"""Park and wake one stock SGLang server through its own HTTP API (design.md §3).
+"""Park and wake one stock SGLang server through its own HTTP API (routes: sglang/api.py).
 
 Park: pause (retract) → wait until /v1/loads shows nothing running or waiting (SGLang asserts
 idleness in release and the server dies otherwise) → release memory → verify the instance's GPU
@@ -18,6 +18,16 @@ from dataclasses import dataclass
 import httpx
 
 from orchestrator.errors import EngineError
+from orchestrator.sglang.api import (
+    CONTINUE_GENERATION,
+    LOADS,
+    PARK_PAUSE_MODE,
+    PAUSE_GENERATION,
+    RELEASE_MEMORY,
+    RESUME_MEMORY,
+    Route,
+)
+from orchestrator.sglang.loads import LoadsError, parse_loads
 from orchestrator.supervisor.memory import MemoryProbe, MemoryReading
 from orchestrator.supervisor.process import PROBE_BODY, PROBE_PATH
 
@@ -45,26 +55,26 @@ class Lifecycle:
                    expected_free_bytes: int, tags: list[str] | None = None) -> ParkResult:
         t0 = time.monotonic()
         before = await self.probe.read(pid, gpus, base_url)
-        await self._post(base_url, "/pause_generation", {"mode": "retract"})
+        await self._post(base_url, PAUSE_GENERATION, {"mode": PARK_PAUSE_MODE})
         try:
             await self._wait_idle(base_url)
         except EngineError:
-            await self._post(base_url, "/continue_generation", {})
+            await self._post(base_url, CONTINUE_GENERATION, {})
             raise
         body: dict[str, object] = {"tags": tags} if tags else {}
         after = before
         # Release, read; read again after a moment (readings can lag a release); release again.
         for step in ("release", "wait", "release"):
             if step == "release":
-                await self._post(base_url, "/release_memory_occupation", body)
+                await self._post(base_url, RELEASE_MEMORY, body)
             else:
                 await asyncio.sleep(0.5)
             after = await self.probe.read(pid, gpus, base_url)
             freed = before.bytes - after.bytes
             if freed >= MIN_FREED_FRACTION * expected_free_bytes:
                 return ParkResult(time.monotonic() - t0, freed, before, after)
-        await self._post(base_url, "/resume_memory_occupation", body)
-        await self._post(base_url, "/continue_generation", {})
+        await self._post(base_url, RESUME_MEMORY, body)
+        await self._post(base_url, CONTINUE_GENERATION, {})
         raise EngineError(
             f"release_memory_occupation answered 200 but GPU memory dropped only "
             f"{(before.bytes - after.bytes) / 2**20:.0f} MiB (expected at least "
@@ -73,8 +83,8 @@ class Lifecycle:
     async def wake(self, base_url: str, expected_probe: str | None,
                    tags: list[str] | None = None) -> float:
         t0 = time.monotonic()
-        await self._post(base_url, "/resume_memory_occupation", {"tags": tags} if tags else {})
-        await self._post(base_url, "/continue_generation", {})
+        await self._post(base_url, RESUME_MEMORY, {"tags": tags} if tags else {})
+        await self._post(base_url, CONTINUE_GENERATION, {})
         r = await self.client.post(base_url + PROBE_PATH, json=PROBE_BODY, timeout=60)
         if r.status_code != 200:
             raise EngineError(f"probe after wake answered {r.status_code}: {r.text[:200]}")
@@ -85,24 +95,30 @@ class Lifecycle:
         return time.monotonic() - t0
 
     async def _wait_idle(self, base_url: str) -> None:
+        """Poll ``/v1/loads`` (every 20 ms: this wait is on the park's critical path, so not
+        the scraper's 250 ms samples, which stop when the instance leaves awake) until the
+        paused server has nothing running or waiting."""
         deadline = time.monotonic() + IDLE_WAIT_S
         while True:
-            r = await self.client.get(base_url + "/v1/loads", timeout=10)
+            r = await self.client.get(base_url + LOADS.path, timeout=10)
             r.raise_for_status()
-            loads = r.json()["loads"]
-            running = sum(int(x["num_running_reqs"]) for x in loads)
-            waiting = sum(int(x["num_waiting_reqs"]) for x in loads)
-            if running == 0 and waiting == 0:
+            try:
+                load = parse_loads(r.json())
+            except (LoadsError, ValueError) as exc:  # ValueError: not JSON
+                raise EngineError(f"GET {LOADS.path} while parking: {exc}") from exc
+            if load.idle:
                 return
             if time.monotonic() > deadline:
-                raise EngineError(f"not idle after {IDLE_WAIT_S:g} s ({running} running, "
-                                  f"{waiting} waiting): park abandoned")
+                raise EngineError(f"not idle after {IDLE_WAIT_S:g} s ({load.running} running, "
+                                  f"{load.waiting} waiting): park abandoned")
             await asyncio.sleep(IDLE_POLL_S)
 
-    async def _post(self, base_url: str, path: str, body: Mapping[str, object]) -> None:
+    async def _post(self, base_url: str, route: Route, body: Mapping[str, object]) -> None:
         try:
-            r = await self.client.post(base_url + path, json=body, timeout=120)
+            r = await self.client.request(route.method, base_url + route.path, json=body,
+                                          timeout=120)
         except httpx.TransportError as exc:
-            raise EngineError(f"POST {path} failed: {exc!r}") from exc
+            raise EngineError(f"{route.method} {route.path} failed: {exc!r}") from exc
         if r.status_code != 200:
-            raise EngineError(f"POST {path} answered {r.status_code}: {r.text[:300]}")
+            raise EngineError(f"{route.method} {route.path} answered {r.status_code}: "
+                              f"{r.text[:300]}")

@@ -17,6 +17,8 @@ from typing import Protocol
 import httpx
 import psutil
 
+from orchestrator.sglang.api import SERVER_INFO
+
 
 @dataclass(frozen=True)
 class MemoryReading:
@@ -33,7 +35,7 @@ class SimMemoryProbe:
         self._client = client
 
     async def read(self, pid: int, gpus: tuple[int, ...], base_url: str) -> MemoryReading:
-        r = await self._client.get(base_url + "/server_info", timeout=10)
+        r = await self._client.get(base_url + SERVER_INFO.path, timeout=10)
         r.raise_for_status()
         return MemoryReading(int(r.json()["sim"]["memory"]["resident_bytes"]), True)
 

@@ -21,12 +21,13 @@ import httpx
 
 from orchestrator.engines.base import LaunchSpec
 from orchestrator.errors import EngineStartError
+from orchestrator.sglang.api import GENERATE, MODEL_INFO
 
-READY_PATH = "/model_info"
+READY_PATH = MODEL_INFO.path
 # After /model_info answers, one tiny greedy generate proves the server really serves (SGLang
 # starts its HTTP server before its own warm-up forward, which JIT-compiles kernels for ~100 s
 # on a fresh machine) and records the output that later wakes are compared with.
-PROBE_PATH = "/generate"
+PROBE_PATH = GENERATE.path
 PROBE_BODY = {"text": "chimera readiness probe: once upon a time",
               "sampling_params": {"max_new_tokens": 4, "temperature": 0.0}}
 POLL_INTERVAL_S = 0.25

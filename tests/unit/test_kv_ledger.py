@@ -1,11 +1,9 @@
-"""orchestrator.kv: /v1/loads parsing, demand, and the per-GPU ledger's actions."""
+"""orchestrator.kv: demand from a load sample, and the per-GPU ledger's actions."""
 
 from __future__ import annotations
 
-import pytest
-
 from cumem_shim.types import Status
-from orchestrator.kv.demand import Load, LoadsError, need_bytes, parse_loads
+from orchestrator.kv.demand import need_bytes
 from orchestrator.kv.ledger import (
     MARGIN_BYTES,
     FlushCache,
@@ -15,6 +13,7 @@ from orchestrator.kv.ledger import (
     SetLimit,
     non_kv_bytes,
 )
+from orchestrator.types import LoadSample
 
 GIB = 1 << 30
 BLOCK = 128 << 20
@@ -24,15 +23,6 @@ CAP_TOKENS = 500_000
 # tests/unit/test_deployment.py checks that): the ledger only sums them.
 AWAKE = 20 * GIB  # weights, context, CUDA graphs, activations
 PARKED = 2 * GIB  # its CUDA context
-# a real SGLang 0.5.17 answer (load_snapshot.py field names), two DP ranks
-LOADS = {"timestamp": "2026-11-25T10:00:00+00:00", "version": "0.5.17", "accelerator": "cuda",
-         "num_accelerators": 2, "loads": [
-             {"dp_rank": 0, "num_running_reqs": 3, "num_waiting_reqs": 2,
-              "num_waiting_uncached_tokens": 900, "num_used_tokens": 5000,
-              "max_total_num_tokens": 10000, "gen_throughput": 120.5, "token_usage": 0.5},
-             {"dp_rank": 1, "num_running_reqs": 1, "num_waiting_reqs": 0,
-              "num_waiting_uncached_tokens": 0, "num_used_tokens": 100,
-              "max_total_num_tokens": 10000, "gen_throughput": 30}]}
 
 
 def status(mapped: int, limit: int, used: int = 0, revision: int = 0) -> Status:
@@ -40,32 +30,26 @@ def status(mapped: int, limit: int, used: int = 0, revision: int = 0) -> Status:
                   mapped > limit + BLOCK)
 
 
-def idle() -> Load:
-    return Load(0, 0, 0, 0, CAP_TOKENS, 0.0)
+def load(running: int, waiting: int, waiting_tokens: int, used: int, rate: float) -> LoadSample:
+    return LoadSample("x", 0.0, running, waiting, waiting_tokens, used, CAP_TOKENS, None, 0.0, rate)
 
 
-def busy(used: int, waiting: int = 0, rate: float = 0.0) -> Load:
-    return Load(8, 2, waiting, used, CAP_TOKENS, rate)
+def idle() -> LoadSample:
+    return load(0, 0, 0, 0, 0.0)
+
+
+def busy(used: int, waiting: int = 0, rate: float = 0.0) -> LoadSample:
+    return load(8, 2, waiting, used, rate)
 
 
 def inst(iid: str, **kw: object) -> KVInstance:
     return KVInstance(iid, 0, TOKEN, AWAKE, PARKED, **kw)  # type: ignore[arg-type]
 
 
-def test_parse_loads_sums_ranks() -> None:
-    load = parse_loads(LOADS)
-    assert (load.running, load.waiting, load.waiting_tokens, load.used_tokens) == (4, 2, 900, 5100)
-    assert load.capacity_tokens == 20000 and load.token_rate == pytest.approx(150.5)
-    assert not load.idle and parse_loads({"loads": []}).idle
-    for bad in ([], {"loads": 3}, {"loads": [1]}, {"loads": [{"num_running_reqs": "x"}]}):
-        with pytest.raises(LoadsError):
-            parse_loads(bad)
-
-
 def test_need_prefers_the_shims_count_of_used_tokens() -> None:
-    load = Load(1, 1, 1000, 90_000, CAP_TOKENS, 100.0)  # SGLang's count includes held-back slots
-    assert need_bytes(load, TOKEN, shim_used_tokens=2000, horizon_s=5) == (2000 + 1000 + 500) * TOKEN
-    assert need_bytes(load, TOKEN) == (90_000 + 1000 + 500) * TOKEN
+    got = load(1, 1, 1000, 90_000, 100.0)  # SGLang's count includes held-back slots
+    assert need_bytes(got, TOKEN, shim_used_tokens=2000, horizon_s=5) == (2000 + 1000 + 500) * TOKEN
+    assert need_bytes(got, TOKEN) == (90_000 + 1000 + 500) * TOKEN
 
 
 def test_non_kv_counts_what_awake_parking_and_parked_instances_hold() -> None:

@@ -1,8 +1,11 @@
-"""The KV ledger's task: against simulated shims (the real bookkeeping on fake devices) and
-against the sim engine over HTTP and its Unix socket."""
+"""The KV ledger's task: against simulated shims (the real bookkeeping on fake devices) fed
+scraped samples, and against the sim engine over HTTP and its Unix socket. The runner never polls
+/v1/loads itself: the scraper's samples are its loads."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,13 +18,16 @@ from cumem_shim.elastic import ElasticKV
 from cumem_shim.fake import TWO_MIB, FakeDevice
 from cumem_shim.freelist import CountingFreeList
 from cumem_shim.pages import mha_layout
+from cumem_shim.types import Status
+from orchestrator.control.scrape import Scraper
 from orchestrator.deployment import ledger_enabled
 from orchestrator.kv.client import LimitReply
-from orchestrator.kv.demand import Load
-from orchestrator.kv.ledger import MARGIN_BYTES, KVInstance, Ledger, Observation, non_kv_bytes
+from orchestrator.kv.ledger import MARGIN_BYTES, KVInstance, Ledger, SetLimit, non_kv_bytes
 from orchestrator.kv.runner import HttpKVEffects, KVEndpoint, KVRunner
+from orchestrator.types import InstanceState, InstanceView, LoadSample
 from simsglang.batcher import VirtualClock
 from simsglang.server import SimSettings, create_app
+from tests.unit.control_fakes import settle
 
 GIB = 1 << 30
 # Llama-3.1-8B on an H100: 1024-token blocks of 128 MiB, 500k-token virtual pool
@@ -51,27 +57,45 @@ class SimulatedShim:
     def finish(self, tokens: int) -> None:
         self.free.release_any(min(tokens, self.free.used_units()))
 
+    def sample(self, iid: str, at: float = 0.0) -> LoadSample:
+        """What the scraper would hand the runner now."""
+        self.kv.available()
+        used = self.kv.used_units()
+        return LoadSample(iid, at, 1 if used else 0, 1 if self.waiting_tokens else 0,
+                          self.waiting_tokens, used, LAYOUT.capacity_units, None, 0.0)
+
 
 class FakeEffects:
+    """The shims' side of the runner; records every call (there is no HTTP here at all)."""
+
     def __init__(self, shims: dict[str, SimulatedShim]) -> None:
         self.shims = shims
         self.flushed: list[str] = []
+        self.calls: list[str] = []
 
-    async def observe(self, inst: KVInstance) -> Observation:
+    async def status(self, inst: KVInstance) -> Status | None:
+        self.calls.append(f"status {inst.id}")
         s = self.shims[inst.id]
         s.kv.available()
-        used = s.kv.used_units()
-        load = Load(1 if used else 0, 1 if s.waiting_tokens else 0, s.waiting_tokens, used,
-                    LAYOUT.capacity_units, 0.0)
-        return Observation(load, s.kv.status())
+        return s.kv.status()
 
     async def set_limit(self, iid: str, limit_bytes: int, revision: int) -> LimitReply:
+        self.calls.append(f"set_limit {iid}")
         acc = self.shims[iid].kv.set_limit(limit_bytes, revision)
         self.shims[iid].kv.available()
         return LimitReply(acc.applied, acc.limit_bytes, acc.revision, self.shims[iid].kv.status())
 
     async def flush_cache(self, iid: str) -> None:
+        self.calls.append(f"flush_cache {iid}")
         self.flushed.append(iid)
+
+
+async def scraped_step(runner: KVRunner, shims: dict[str, SimulatedShim], at: float = 0.0
+                       ) -> list[object]:
+    """One scrape round (each shim's load to the runner's sink), then one step."""
+    for iid, s in shims.items():
+        runner.observe(s.sample(iid, at))
+    return list(await runner.step())
 
 
 async def test_memory_moves_to_the_busy_model_without_over_committing() -> None:
@@ -82,14 +106,14 @@ async def test_memory_moves_to_the_busy_model_without_over_committing() -> None:
     budget = capacity - non_kv_bytes(insts)[0] - MARGIN_BYTES
     shims["a"].waiting_tokens = 250_000  # a is busy: ~30 GiB of KV wanted
     for _ in range(4):
-        await runner.step()
+        await scraped_step(runner, shims)
         shims["a"].serve(shims["a"].waiting_tokens)
         assert sum(s.dev.mapped_bytes for s in shims.values()) <= budget
     assert shims["a"].waiting_tokens == 0 and shims["a"].free.used_units() == 250_000
     # b bursts while a still holds its tokens: b gets what is free, a drains as it finishes
     shims["b"].waiting_tokens = 150_000
     for _ in range(12):
-        await runner.step()
+        await scraped_step(runner, shims)
         shims["b"].serve(shims["b"].waiting_tokens)
         shims["a"].finish(30_000)
         assert sum(s.dev.mapped_bytes for s in shims.values()) <= budget
@@ -105,10 +129,62 @@ async def test_a_failed_set_limit_is_counted_and_retried() -> None:
             raise ShimUnavailable("gone")
 
     insts = [KVInstance("a", 0, TOKEN, 16 * GIB, 2 * GIB)]
-    runner = KVRunner(Ledger({0: 80 * GIB}), Broken({"a": SimulatedShim()}), lambda: insts)
-    await runner.step()
-    await runner.step()
+    shims = {"a": SimulatedShim()}
+    runner = KVRunner(Ledger({0: 80 * GIB}), Broken(shims), lambda: insts, clock=lambda: 0.0)
+    await scraped_step(runner, shims)
+    await scraped_step(runner, shims)
     assert runner.failures == {"a": 2}
+
+
+async def test_the_runner_acts_on_scraped_samples_and_fetches_no_load_itself() -> None:
+    insts = [KVInstance("a", 0, TOKEN, 16 * GIB, 2 * GIB)]
+    shims = {"a": SimulatedShim()}
+    effects = FakeEffects(shims)
+    runner = KVRunner(Ledger({0: 80 * GIB}), effects, lambda: insts, clock=lambda: 0.0)
+    assert await runner.step() == []  # no sample yet: the instance keeps its limit
+    assert effects.calls == ["status a"]  # the shim's status is all the runner reads itself
+    shims["a"].waiting_tokens = 100_000
+    runner.observe(shims["a"].sample("a"))
+    actions = await runner.step()
+    assert [type(a) for a in actions] == [SetLimit]
+    assert isinstance(actions[0], SetLimit) and actions[0].bytes >= 100_000 * TOKEN
+    assert effects.calls == ["status a", "status a", "set_limit a"]
+
+
+async def test_a_stale_sample_counts_as_missing() -> None:
+    now = [0.0]
+    insts = [KVInstance("a", 0, TOKEN, 16 * GIB, 2 * GIB)]
+    shims = {"a": SimulatedShim()}
+    runner = KVRunner(Ledger({0: 80 * GIB}), FakeEffects(shims), lambda: insts,
+                      clock=lambda: now[0], max_sample_age_s=2.5)
+    shims["a"].waiting_tokens = 100_000
+    runner.observe(shims["a"].sample("a", at=0.0))
+    now[0] = 2.6  # the scraper stopped answering for this instance
+    assert await runner.step() == []
+    runner.observe(shims["a"].sample("a", at=2.6))
+    assert [type(a) for a in await runner.step()] == [SetLimit]
+
+
+async def test_a_first_sample_re_splits_at_once() -> None:
+    insts = [KVInstance("a", 0, TOKEN, 16 * GIB, 2 * GIB)]
+    shims = {"a": SimulatedShim()}
+    effects = FakeEffects(shims)
+    runner = KVRunner(Ledger({0: 80 * GIB}), effects, lambda: insts, clock=lambda: 0.0,
+                      period_s=3600.0)  # only a poke can start another step
+    task = asyncio.create_task(runner.run())
+    try:
+        await settle()
+        assert effects.calls == ["status a"]
+        runner.observe(shims["a"].sample("a"))  # e.g. the instance just woke
+        await settle()
+        assert effects.calls == ["status a", "status a", "set_limit a"]
+        runner.observe(shims["a"].sample("a"))  # a later one waits for the period
+        await settle()
+        assert len(effects.calls) == 3
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def test_modes() -> None:
@@ -125,26 +201,39 @@ def sock() -> Iterator[str]:
 
 @pytest.fixture
 async def sim_app(monkeypatch: pytest.MonkeyPatch,
-                  sock: str) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+                  sock: str) -> AsyncIterator[tuple[httpx.ASGITransport, str]]:
     monkeypatch.setenv(shim_settings.SOCKET, sock)
     monkeypatch.setenv(shim_settings.LIMIT_BYTES, str(GIB))
     monkeypatch.setenv(shim_settings.STRICT_IDLE_CHECK, "0")
     app = create_app(SimSettings.from_shape("llama-3.1-8b", served_name="m"), clock=VirtualClock())
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://sim") as client:
-            yield client, sock
+        yield httpx.ASGITransport(app=app), sock
 
 
-async def test_runner_drives_the_sim_engine(sim_app: tuple[httpx.AsyncClient, str]) -> None:
-    client, sock = sim_app
+async def test_scraper_feeds_the_runner_against_the_sim_engine(
+        sim_app: tuple[httpx.ASGITransport, str]) -> None:
+    """The scraper polls /v1/loads; the runner reads the shim and sets the limit, and sends no
+    request to the engine's HTTP server itself."""
+    transport, sock = sim_app
     inst = KVInstance("m@gpu0", 0, TOKEN, 16 * GIB, 2 * GIB, floor_bytes=4 * GIB)
-    effects = HttpKVEffects(client, {inst.id: KVEndpoint("http://sim", sock)})
-    seen = await effects.observe(inst)
-    assert seen.load is not None and seen.status is not None and seen.status.revision == 0
-    runner = KVRunner(Ledger({0: 80 * GIB}), effects, lambda: [inst])
-    actions = await runner.step()
-    assert actions and runner.failures == {}
-    status = (await effects.observe(inst)).status
+    runner_requests: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        runner_requests.append(f"{request.method} {request.url.path}")
+
+    async with (httpx.AsyncClient(transport=transport) as scraper_http,
+                httpx.AsyncClient(transport=transport, event_hooks={"request": [record]})
+                as runner_http):
+        effects = HttpKVEffects(runner_http, {inst.id: KVEndpoint("http://sim", sock)})
+        first = await effects.status(inst)
+        assert first is not None and first.revision == 0
+        runner = KVRunner(Ledger({0: 80 * GIB}), effects, lambda: [inst])
+        scraper = Scraper(lambda: [InstanceView(inst.id, "m", (0,), InstanceState.AWAKE,
+                                                "http://sim")], [runner.observe])
+        assert len(await scraper.scrape_once(scraper_http)) == 1
+        actions = await runner.step()
+        assert actions and runner.failures == {}
+        status = await effects.status(inst)
     assert status is not None and status.revision == 1 and status.limit_bytes >= 4 * GIB
     assert runner.ledger.known[inst.id].limit == status.limit_bytes
+    assert runner_requests == []  # an idle engine: no flush either

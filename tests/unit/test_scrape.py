@@ -1,51 +1,19 @@
-"""The /v1/loads scraper against httpx.MockTransport: what a sample carries, which instances are
-polled, and failures (logged once, no sample). No sleeping: ``scrape_once`` is driven directly."""
+"""The /v1/loads scraper against httpx.MockTransport: which instances are polled, what reaches
+the sinks, and failures (logged once, no sample). No sleeping: ``scrape_once`` is driven
+directly. What a sample carries: test_sglang_loads.py."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import httpx
 import pytest
 
-from orchestrator.control.scrape import Scraper, sample_from_loads
-from orchestrator.kv.demand import LoadsError
+from orchestrator.control.scrape import Scraper
 from orchestrator.types import InstanceState, InstanceView, LoadSample
+from tests.unit.sglang_fakes import loads
 
 S = InstanceState
-
-
-def loads(prefill: int, generated: float | None, running: int = 2, gen_rate: float = 0.0,
-          **extra: Any) -> dict[str, Any]:
-    rank = {"num_running_reqs": running, "num_waiting_reqs": 1,
-            "num_waiting_uncached_tokens": 40, "num_used_tokens": 900,
-            "max_total_num_tokens": 10_000, "max_running_requests": 48,
-            "gen_throughput": gen_rate, "total_prefill_uncached_tokens": prefill,
-            "decode_moments": None if generated is None else [1, 1, 1, 1, 1, generated], **extra}
-    return {"timestamp": "t", "version": "0.5.17", "loads": [rank]}
-
-
-def test_sample__first_is_a_baseline_then_counter_growth_is_demand() -> None:
-    first, seen = sample_from_loads("a@gpu0", loads(1_000, 500.0), 10.0, None)
-    assert first.tokens == 0  # history (the readiness probe included) is not demand now
-    assert (first.running, first.waiting, first.waiting_tokens) == (2, 1, 40)
-    assert (first.used_tokens, first.capacity_tokens, first.max_running) == (900, 10_000, 48)
-    second, seen = sample_from_loads("a@gpu0", loads(1_300, 560.0), 10.25, seen)
-    assert second.tokens == 300 + 60
-    restarted, _ = sample_from_loads("a@gpu0", loads(20, 5.0), 10.5, seen)
-    assert restarted.tokens == 25  # counters went down: they count from zero
-
-
-def test_sample__without_decode_counters_uses_gen_throughput() -> None:
-    _, seen = sample_from_loads("a@gpu0", loads(0, None), 1.0, None)
-    s, _ = sample_from_loads("a@gpu0", loads(0, None, gen_rate=80.0), 1.5, seen)
-    assert s.tokens == pytest.approx(40.0)
-
-
-def test_sample__rejects_a_body_that_is_not_sglangs() -> None:
-    with pytest.raises(LoadsError):
-        sample_from_loads("a@gpu0", {"loads": "nope"}, 0.0, None)
 
 
 def view(iid: str, state: S) -> InstanceView:

@@ -1,0 +1,47 @@
+"""What app.serve wires per mode: the one /v1/loads poller (the scraper) and its sinks — the
+control loop, the KV runner (modes elastic and full) and the admission gate (mode full)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+
+from orchestrator.app import _admission, _kv_runner, _scraper
+from orchestrator.config import parse_config
+from orchestrator.control.loop import ControlLoop
+from orchestrator.deployment import derive
+from orchestrator.engines import get_engine
+from orchestrator.metrics.registry import ChimeraMetrics
+from orchestrator.supervisor.supervisor import Supervisor
+from orchestrator.types import MODES, Mode
+
+
+def raw(mode: Mode) -> dict[str, object]:
+    return {"mode": mode, "host": {"gpus": 1, "gpu_memory_gb": 40},
+            "models": [{"name": "a", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0]}]}]}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_scraper_runs_where_a_sink_needs_it(mode: Mode, tmp_path: Path) -> None:
+    dep = derive(parse_config(raw(mode)))
+    supervisor = Supervisor(get_engine("sim"), dep.config.host, tmp_path, post=lambda ev: None,
+                            deployment=dep)
+    try:
+        control = ControlLoop(dep, supervisor)
+        kv = _kv_runner(dep, control, supervisor, ChimeraMetrics())
+        app = Starlette()
+        gate = _admission(dep, app)
+        scraper = _scraper(control, kv, gate)
+    finally:
+        await supervisor.http.aclose()
+    assert (kv is not None) == (mode in ("elastic", "full"))
+    assert (gate is not None) == (mode == "full") and getattr(app.state, "admission", None) is gate
+    if mode == "static":
+        assert scraper is None  # nothing polls /v1/loads
+        return
+    assert scraper is not None and kv is not None
+    expected = [control.post, kv.observe] + ([gate.observe] if gate is not None else [])
+    assert list(scraper.sinks) == expected
+    assert scraper.targets == control.instances
