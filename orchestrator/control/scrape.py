@@ -3,7 +3,7 @@ hands each answer, as a ``LoadSample``, to its sinks (the control loop's ``post`
 proxy's admission gate).
 
 Why ``/v1/loads``: SGLang serves it from a shared-memory snapshot that is always on and fresh,
-while ``/metrics`` needs ``--enable-metrics`` and its gauges lag seconds (design.md §6). Period
+while ``/metrics`` needs ``--enable-metrics`` and its gauges lag seconds. Period
 250 ms: the admission gate admits on KV room from these samples, so a stale one delays a request
 by at most one period; a scrape of a loopback engine takes ~1 ms, so 4 per second per instance
 is noise next to serving.

@@ -1,4 +1,4 @@
-"""Park and wake one stock SGLang server through its own HTTP API (design.md §3).
+"""Park and wake one stock SGLang server through its own HTTP API (docs/gpu-testing.md: timings).
 
 Park: pause (retract) → wait until /v1/loads shows nothing running or waiting (SGLang asserts
 idleness in release and the server dies otherwise) → release memory → verify the instance's GPU
