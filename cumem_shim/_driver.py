@@ -4,7 +4,7 @@ the call's name and its CUresult name. Thread-safe: a second thread (the map-ahe
 ``bind_thread`` first to make the same context current there. Imported lazily
 (``CudaDriver()``), so nothing else in the shim, and no CPU test, needs cuda-python.
 
-Measured on an H100 (design.md section 5): granularity 2 MiB; 8 GiB mapped in 2 MiB pages in
+Measured on an H100 with this driver API: granularity 2 MiB; 8 GiB mapped in 2 MiB pages in
 0.25 s and unmapped in 0.19 s (about 60 and 45 us a page). bench/shim/map_bench.py measures the
 shim's own plans.
 """

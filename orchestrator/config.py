@@ -33,7 +33,7 @@ W = TypeVar("W", bound=str)
 GIB = 1 << 30
 
 # Fraction of a GPU that weights of awake models may take at start; the rest is KV, CUDA graphs,
-# activations and the CUDA context (~1.5-2.4 GB per server, measured on the H100, gpu.md).
+# activations and the CUDA context (~1.5-2.4 GB per server, docs/gpu-testing.md).
 WEIGHTS_BUDGET_FRACTION = 0.9
 
 # Prism's sensitivity study: an idle threshold under 40 s thrashes, over 80 s hoards memory.

@@ -34,7 +34,7 @@ class Env:
     admin_key: str | None = None  # CHIMERA_ADMIN_KEY: bearer key of the admin API (unset: API off)
     cache_dir: str = "~/.cache/chimera"  # CHIMERA_CACHE_DIR: dummy-weight model dirs
     # CHIMERA_SGLANG_ARGS: extra flags for every SGLang server, shell-quoted; on the lent H100
-    # "--attention-backend triton --sampling-backend pytorch --grammar-backend none" (gpu.md)
+    # "--attention-backend triton --sampling-backend pytorch --grammar-backend none" (no FA3 there)
     sglang_extra_args: tuple[str, ...] = ()
 
     @classmethod

@@ -1,6 +1,6 @@
 """From request records to numbers: throughput, latency percentiles, SLO attainment, goodput.
 
-Definitions (seconds throughout; design.md §7):
+Definitions (seconds throughout; docs/bench-live.md "Definitions"):
 - latency percentiles are over successful requests; percentiles interpolate linearly between
   order statistics (numpy's default, as sglang.bench_serving);
 - TTFT attainment = requests that succeeded with TTFT <= their TTFT SLO / all requests sent;

@@ -126,7 +126,7 @@ def ablations(mix: str, rate: float, gpus: int, duration_s: float, cycle_s: floa
 def real_trace(name: str = "lmsys", mix: str = "mix8", gpus: int = 2,
                time_scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125),
                systems: tuple[str, ...] = BASELINES, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """A public trace from ../shared/traces through bench.traces (LMSYS: 27 models folded onto
+    """A public trace from bench/traces/data through bench.traces (LMSYS: 27 models folded onto
     the mix by request count, 600 s); ``time_scale`` < 1 replays it faster (Prism's knob)."""
     from bench.traces.build import TraceOptions, build_trace
 

@@ -26,7 +26,7 @@ from orchestrator.perf.model import LatencyModel
 from orchestrator.shapes import load_shape
 
 GIB = 1 << 30
-# The 80 GB card: 81,559 MiB = 79.6 GiB [measured] (gpu.md); the ledger plans all of it.
+# The 80 GB card: 81,559 MiB = 79.6 GiB [measured] on the lent H100; the ledger plans all of it.
 H100_BYTES = int(79.6 * GIB)
 MIXES: dict[str, list[tuple[str, int, int]]] = {  # (shape, tp, count)
     "mix8": [("llama-3.1-8b", 1, 4), ("qwen2.5-7b", 1, 2), ("llama-3.2-3b", 1, 2)],

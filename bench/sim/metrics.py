@@ -1,4 +1,4 @@
-"""Attainment of one simulated run (design.md §7): a request meets its SLO when it was served,
+"""Attainment of one simulated run (docs/bench-live.md "Definitions"): a request meets its SLO when it was served,
 its TTFT <= the model's TTFT SLO and its TPOT <= the TPOT SLO. Shed and unfinished requests
 are misses. TPOT = (finish - first token) / (output tokens - 1)."""
 

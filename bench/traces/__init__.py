@@ -1,5 +1,5 @@
 """Benchmark workloads: seeded synthetic traces (Prism's generator) and replays of the public
-traces in ``../shared/traces``. Everything returns ``list[BenchRequest]``, sorted by arrival."""
+traces in ``bench/traces/data``. Everything returns ``list[BenchRequest]``, sorted by arrival."""
 
 from bench.traces.build import TRACES, TraceOptions, build_trace, describe, map_models
 from bench.traces.files import TraceFileError, default_traces_dir

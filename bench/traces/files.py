@@ -1,4 +1,4 @@
-"""Parsers of the public traces in ``../shared/traces`` (never copied into the repo).
+"""Parsers of the public traces in ``bench/traces/data`` (provenance and trimming: its README.md).
 
 Each parser returns ``TraceRow``s sorted by time, in trace seconds from the trace's first
 arrival, with the trace's own model key (``None`` for single-model traces). Mapping rows onto
@@ -22,9 +22,11 @@ import gzip
 import json
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 from bench.traces.synthetic import gamma_gaps
 
@@ -52,8 +54,16 @@ class TraceRow:
 
 
 def default_traces_dir() -> Path:
-    """``../shared/traces`` relative to the repo root (the folder above ``bench/``)."""
-    return Path(__file__).resolve().parents[3] / "shared" / "traces"
+    """``bench/traces/data``: the traces ship with the repository and in the wheel."""
+    return Path(__file__).resolve().parent / "data"
+
+
+def missing_message(path: Path) -> str:
+    """What to say when a trace file is not there: which file, and where to get it."""
+    return (f"trace file {path.name} not found in {path.parent}. The public traces ship with chimera "
+            f"in bench/traces/data (here {default_traces_dir()}); in a checkout, `git checkout -- "
+            f"bench/traces/data` restores them, and --traces-dir DIR reads them from another folder. "
+            f"Where each file comes from: bench/traces/data/README.md")
 
 
 def trace_path(name: str, traces_dir: Path) -> Path:
@@ -61,13 +71,25 @@ def trace_path(name: str, traces_dir: Path) -> Path:
         raise TraceFileError(f"unknown trace {name!r}; known: {', '.join(FILES)}")
     path = traces_dir / FILES[name]
     if not path.is_file():
-        raise TraceFileError(f"{path}: trace file not found; pass --traces-dir (the folder of "
-                             f"the shared traces, default ../shared/traces from the repo root)")
+        raise TraceFileError(missing_message(path))
     return path
 
 
+@contextmanager
+def _open(path: Path, gz: bool = False) -> Iterator[TextIO]:
+    """The file as text; a missing or unreadable file becomes a TraceFileError."""
+    try:
+        f = gzip.open(path, "rt") if gz else open(path, newline="")
+    except FileNotFoundError as exc:
+        raise TraceFileError(missing_message(path)) from exc
+    except OSError as exc:
+        raise TraceFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    with f:
+        yield f
+
+
 def _csv_rows(path: Path, needed: set[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    with open(path, newline="") as f:
+    with _open(path) as f:
         reader = csv.DictReader(f)
         missing = needed - set(reader.fieldnames or [])
         if missing:
@@ -109,7 +131,7 @@ def read_lmsys(path: Path, limit: int | None = None) -> list[TraceRow]:
 
 def read_mooncake(path: Path, limit: int | None = None) -> list[TraceRow]:
     rows = []
-    with gzip.open(path, "rt") as f:
+    with _open(path, gz=True) as f:
         for line, text in enumerate(f, start=1):
             try:
                 d = json.loads(text)

@@ -42,9 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser(
-        "up", help="start every placement of FILE and serve them through one endpoint",
-        description="Start one engine instance per placement of FILE (colocated instances on a "
-        "GPU start one at a time), then serve all models through one OpenAI-compatible proxy "
+        "up", help="start the placements of FILE and serve them through one endpoint",
+        description="Start the placements of FILE, one engine instance each (colocated instances "
+        "on a GPU start one at a time). A placement with `on: false` is started too and parked "
+        "once awake in mode full; in modes static and elastic it starts only when a request for "
+        "its model finds none of the model's instances running. Serve all models through one "
+        "OpenAI-compatible proxy "
         "(/v1/chat/completions, /v1/completions, /generate, /v1/models, /metrics). "
         "Ctrl-C stops every engine process.",
     )
@@ -63,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder for engine logs (default: $CHIMERA_RUN_DIR or runs/, then "
                     "<date-time>)")
     up.add_argument("--hold-timeout-s", type=float, default=300.0,
-                    help="how long a request may wait for its model to start before a 503 "
+                    help="how long a request may wait for its model to start or wake before a 503 "
                     "with Retry-After (default: %(default)s)")
     up.add_argument("--admin-key", default=None,
                     help="bearer key of the admin API (/admin/instances, .../park, .../wake); "

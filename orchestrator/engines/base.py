@@ -48,7 +48,7 @@ class LaunchSpec:
     env: Mapping[str, str]  # full environment of the child (not a delta)
     base_url: str  # e.g. http://127.0.0.1:30001
     served_name: str  # the `model` value the server answers to (proxy rewrites to it)
-    ready_timeout_s: float = field(default=600.0)  # real SGLang: 65-190 s cold (gpu.md)
+    ready_timeout_s: float = field(default=600.0)  # real SGLang: 63-189 s cold on the H100
 
 
 class Engine(Protocol):

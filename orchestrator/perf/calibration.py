@@ -4,7 +4,7 @@ Four kinds of provenance, marked on each constant:
 - [spec]     public datasheet numbers (NVIDIA H100 SXM5 datasheet, NCCL docs);
 - [assumed]  an efficiency we chose from public reports of LLM serving on H100s — these are the
              numbers to re-calibrate from a real H100 run (bench against stock SGLang 0.5.17);
-- [measured] measured on the lent H100 with stock SGLang 0.5.17 (see ../shared/gpu.md), or fitted
+- [measured] measured on the lent H100 with stock SGLang 0.5.17 (docs/gpu-testing.md), or fitted
              from a live trace on it (bench/results/gpu-trace-h100/calibration.json);
 - [sglang]   copied from SGLang 0.5.17's own source (path given), so the sim sizes itself the
              way the real server does.
@@ -60,12 +60,12 @@ PREFILL_STEP_OVERHEAD_S = 0.004
 
 # --- memory --------------------------------------------------------------------------------
 # CUDA context, NCCL buffers, allocator slack: what a server holds even with everything released.
-# [measured] 2,362 MiB for the Llama-3.1-8B shape parked (gpu.md; 1.5-1.75 GB for a tiny model).
+# [measured] 2,362 MiB for the Llama-3.1-8B shape parked (1.5-1.75 GB for a tiny model).
 CONTEXT_BYTES = 2362 * MIB
 # Memory already used when SGLang profiles free memory for the KV pool (before weights load).
 # [measured] derived from the 8B run: 0.5 x 79.6 GiB - 14.96 GiB weights - 24.2 GiB KV = 0.6 GiB.
 STARTUP_USED_BYTES = 614 * MIB
-# CUDA graph memory. [measured] 1.43 GB for the 8B shape (gpu.md, --cuda-graph-max-bs 8); used as
+# CUDA graph memory. [measured] 1.43 GB for the 8B shape (--cuda-graph-max-bs 8); used as
 # is for every model (graph pools scale with hidden size x batch; re-calibrate per shape later).
 CUDA_GRAPH_BYTES = int(1.43 * GIB)
 
@@ -89,14 +89,14 @@ MAX_RUNNING_REQUESTS_MIN = 2048
 MAX_RUNNING_REQUESTS_MAX = 4096
 
 # --- park / wake (torch_memory_saver with TMS_RETAIN_CPU_BACKUP=1, which chimera sets) -------
-HOST_TO_DEVICE_BW = 50.3e9  # [measured] pinned host->GPU copy on the H100 (gpu.md)
+HOST_TO_DEVICE_BW = 50.3e9  # [measured] pinned host->GPU copy on the H100
 RESUME_OVERHEAD_FACTOR = 1.33  # [measured] resume 0.40 s vs the 0.30 s copy floor, 8B shape
 RELEASE_OVERHEAD_FACTOR = 1.23  # [measured] release 0.37 s vs the 0.30 s floor, 8B shape
 # [measured] the first release allocates the pinned backup: 8.3-9.8 s for 14.96 GiB of weights.
 FIRST_RELEASE_S_PER_GIB = 0.62
 MEMORY_OP_OVERHEAD_S = 0.02  # [measured] release 46 ms / resume 18 ms for the tiny model
 # /update_weights_from_disk reads safetensors (page cache) into the GPU. [measured] 13 ms for the
-# 34 MB tiny model (design.md) ~ 2.5 GB/s; re-measure with a real 8B fine-tune.
+# 34 MB tiny model on the H100 ~ 2.5 GB/s; re-measure with a real 8B fine-tune.
 DISK_LOAD_BW = 2.5e9
 
 # --- what the sim reports about itself ---------------------------------------------------------

@@ -3,7 +3,7 @@
 An instance must run if its placement says ``on: true`` or if requests are held for its model
 and none of the model's instances is running or on its way. Instances sharing a GPU start one
 at a time: SGLang's ``--mem-fraction-static`` is a fraction of memory free *at start*, and two
-concurrent starts would each see the other's memory as free (design.md §6).
+concurrent starts would each see the other's memory as free.
 """
 
 from __future__ import annotations

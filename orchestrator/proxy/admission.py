@@ -1,5 +1,5 @@
 """Local admission (mode ``full``): one earliest-deadline-first queue per GPU group, across the
-models colocated there (design.md §4, docs/scheduling.md "Local").
+models colocated there (docs/scheduling.md "Local").
 
 After the control loop hands a request an instance (``router.acquire``), the proxy asks the gate
 of that instance's GPU group (its lead GPU) before forwarding it. The gate keeps the request

@@ -37,14 +37,14 @@ HEALTH = Route("/health", "GET")  # a real 1-token generate: fails while paused
 HEALTH_GENERATE = Route("/health_generate", "GET")
 SERVER_INFO = Route("/server_info", "GET")  # answers while paused
 MODEL_INFO = Route("/model_info", "GET")  # answers while paused: readiness probe
-# Time-sharing (park / wake, design.md section 3).
+# Time-sharing (park / wake: orchestrator/supervisor/lifecycle.py).
 PAUSE_GENERATION = Route("/pause_generation", "POST")
 CONTINUE_GENERATION = Route("/continue_generation", "POST")
 RELEASE_MEMORY = Route("/release_memory_occupation", "POST")  # needs --enable-memory-saver
 RESUME_MEMORY = Route("/resume_memory_occupation", "POST")
 FLUSH_CACHE = Route("/flush_cache", "POST")
 # Re-targeting a parked-then-woken server to a fine-tune of the same shape (never while parked:
-# measured to kill the server, design.md section 3).
+# measured on the H100 to kill the server with a CUDA invalid-argument error).
 UPDATE_WEIGHTS_FROM_DISK = Route("/update_weights_from_disk", "POST")
 
 ROUTES_USED: tuple[Route, ...] = (

@@ -15,7 +15,7 @@ choice is for:
   its virtual range, and the ledger moves its limit at run time (``shim_env``).
 - Time-sharing: ``--enable-memory-saver --enable-weights-cpu-backup`` (park/wake through SGLang's
   own release/resume routes) and ``TMS_RETAIN_CPU_BACKUP=1`` (keeps the pinned host copy of the
-  weights between parks: wake 0.40 s instead of 2.6-3.2 s for an 8B shape, gpu.md).
+  weights between parks: wake 0.40 s instead of 2.6-3.2 s for an 8B shape on the H100).
 - ``--sleep-on-idle`` (an idle scheduler otherwise spins a core), ``--enable-metrics``, a
   distinct ``--nccl-port`` per instance (the default collides between servers).
 """
@@ -36,7 +36,7 @@ from orchestrator.env import Env
 from orchestrator.errors import ConfigError
 from orchestrator.shapes import KNOWN_MODEL_IDS, shape_dir
 
-# Boot of a real server: 63-71 s with warm kernel caches, 158-190 s on a fresh machine (gpu.md).
+# Boot of a real server on the H100: 63-71 s with warm kernel caches, 158-189 s on a fresh machine.
 SGLANG_READY_TIMEOUT_S = 600.0
 
 # Flags chimera sets itself; the same flag in a model's engine_args or CHIMERA_SGLANG_ARGS would
@@ -142,7 +142,7 @@ def child_env(inst: InstanceSpec, parent: Mapping[str, str],
     env["PYTHONUNBUFFERED"] = "1"  # logs reach the supervisor's file as they happen
     if len(inst.gpus) > 1:
         # SGLang refuses to start a TP group whose GPUs have unequal free memory (>10% apart),
-        # which is the normal case when other models share some of them (design.md section 6).
+        # which is the normal case when other models share some of them.
         env["SGLANG_ENABLE_TP_MEMORY_INBALANCE_CHECK"] = "0"
     if shim is not None:
         env.update(shim_env(shim, env.get("PYTHONPATH")))

@@ -1,4 +1,5 @@
-"""Park and wake one stock SGLang server through its own HTTP API (routes: sglang/api.py).
+"""Park and wake one stock SGLang server through its own HTTP API (routes: sglang/api.py;
+timings: docs/gpu-testing.md).
 
 Park: pause (retract) → wait until /v1/loads shows nothing running or waiting (SGLang asserts
 idleness in release and the server dies otherwise) → release memory → verify the instance's GPU

@@ -1,7 +1,7 @@
 """One engine process: spawn in its own process group, log to a file, wait until ready, stop.
 
 Readiness is ``GET /model_info`` answering 200, never ``/health``: SGLang's /health runs a real
-generate and fails while the server is paused or released (design.md §6).
+generate and fails while the server is paused or released.
 Who calls: the supervisor's effects (control/effects.py), off the control loop. Every method
 that waits is async and cancellable.
 """

@@ -16,6 +16,6 @@ echo "install: $(( $(date +%s)-t0 )) s, $(ls /tmp/w | wc -l) wheels"
 # Kernel caches (Triton, flashinfer) from an earlier run skip most of the ~100 s JIT compile.
 [ -f .gpu/jit-cache.tgz ] && tar xzf .gpu/jit-cache.tgz -C ~ && echo "JIT caches restored"
 export PYTHONPATH=/tmp/site:$PWD
-# The carried sglang-kernel lacks the FA3 kernels (gpu.md): triton attention on the lent H100.
+# The carried sglang-kernel lacks the FA3 kernels (tests/gpu/prepare_wheels.sh): triton attention.
 export CHIMERA_SGLANG_ARGS=${CHIMERA_SGLANG_ARGS:-"--attention-backend triton --sampling-backend pytorch --grammar-backend none"}
 export CHIMERA_CACHE_DIR=${CHIMERA_CACHE_DIR:-/tmp/chimera-cache}

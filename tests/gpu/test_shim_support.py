@@ -22,7 +22,7 @@ from cumem_shim import settings as env
 from orchestrator.supervisor.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
-# the lent H100 carries no FA3 kernels (gpu.md)
+# the lent H100 carries no FA3 kernels (tests/gpu/prepare_wheels.sh)
 DEFAULT_ARGS = "--attention-backend triton --sampling-backend pytorch --grammar-backend none"
 
 

@@ -1,11 +1,13 @@
 """bench.traces: the synthetic generator is seeded and statistically right; the parsers read
-the real shared traces (small slices); replay knobs behave as Prism's benchmark."""
+the public traces shipped in bench/traces/data (small slices); replay knobs behave as Prism's
+benchmark; a missing trace file is named with where to get it."""
 
 from __future__ import annotations
 
 import statistics
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +24,6 @@ from bench.traces.request import with_slos
 from bench.traces.synthetic import _in_off_phase, generate
 
 MODELS = ["m1", "m2", "m3", "m4"]
-needs_traces = pytest.mark.skipif(not default_traces_dir().is_dir(),
-                                  reason="../shared/traces is not beside the repo")
 
 
 def test_synthetic_is_deterministic_per_seed() -> None:
@@ -77,7 +77,6 @@ def test_on_off_models_are_silent_in_their_off_phase() -> None:
     assert 0.3 < kept["m4"] / before["m4"] < 0.7
 
 
-@needs_traces
 @pytest.mark.parametrize("name, reader", [
     ("azure_code", tf.read_azure), ("azure_conv", tf.read_azure), ("lmsys", tf.read_lmsys),
     ("mooncake", tf.read_mooncake)])
@@ -96,7 +95,6 @@ def test_parsers_read_a_slice_of_each_real_trace(name: str, reader: object) -> N
         assert rows[0].model_key == "m13" and rows[2].prompt_tokens == 456
 
 
-@needs_traces
 def test_servegen_rates_become_arrivals_at_the_file_rate() -> None:
     rates = tf.read_servegen_rates(tf.trace_path("servegen", default_traces_dir()))
     assert rates["m-large"][0.0] == pytest.approx(212.78)
@@ -104,7 +102,6 @@ def test_servegen_rates_become_arrivals_at_the_file_rate() -> None:
     assert len(arr) / 60.0 == pytest.approx(212.78 * 0.05, rel=0.15)
 
 
-@needs_traces
 def test_lmsys_replay_maps_ranks_onto_placements() -> None:
     base = TraceOptions(synthetic=SyntheticSpec(duration_s=100))
     fold = build_trace("lmsys", base, MODELS)
@@ -118,7 +115,6 @@ def test_lmsys_replay_maps_ranks_onto_placements() -> None:
     assert [r.id for r in fold] == list(range(len(fold)))
 
 
-@needs_traces
 def test_time_scale_replication_window_and_sample() -> None:
     base = TraceOptions(synthetic=SyntheticSpec(duration_s=60))
     one = build_trace("azure_conv", base, MODELS)
@@ -151,3 +147,47 @@ def test_unknown_trace_and_bad_options_fail_loudly() -> None:
         build_trace("synthetic", TraceOptions(sample=0), MODELS)
     with pytest.raises(ValueError, match="alpha"):
         generate(SyntheticSpec(alpha=0), MODELS)
+
+
+def test_every_trace_ships_in_the_package_data() -> None:
+    data = default_traces_dir()
+    assert data == Path(tf.__file__).resolve().parent / "data"
+    for name in tf.FILES:
+        assert tf.trace_path(name, data).stat().st_size > 0
+    readme = (data / "README.md").read_text()
+    assert all(f"`{f}`" in readme for f in tf.FILES.values())
+
+
+@pytest.mark.parametrize("name", sorted(tf.FILES))
+def test_a_missing_trace_is_named_with_where_to_get_it(name: str, tmp_path: Path) -> None:
+    with pytest.raises(tf.TraceFileError) as err:
+        build_trace(name, TraceOptions(traces_dir=tmp_path), MODELS)
+    msg = str(err.value)
+    assert f"trace file {tf.FILES[name]} not found in {tmp_path}" in msg
+    assert "bench/traces/data/README.md" in msg and "--traces-dir" in msg
+
+
+@pytest.mark.parametrize("reader, name", [
+    (tf.read_azure, "azure_code"), (tf.read_lmsys, "lmsys"), (tf.read_mooncake, "mooncake"),
+    (tf.read_servegen_rates, "servegen")])
+def test_readers_translate_a_missing_file(reader: object, name: str, tmp_path: Path) -> None:
+    assert callable(reader)
+    with pytest.raises(tf.TraceFileError, match=f"trace file {tf.FILES[name]} not found"):
+        reader(tmp_path / tf.FILES[name])
+
+
+def test_bench_live_reports_a_missing_trace_without_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.client.server import ServedModel
+    from bench.live import session
+    from bench.live.run import main
+
+    async def served(client: object, base: str) -> list[ServedModel]:
+        return [ServedModel("m1", "awake")]  # a proxy that serves one model, without a network
+
+    monkeypatch.setattr(session, "served_models", served)
+    rc = main(["--url", "http://127.0.0.1:9", "--engine-label", "test", "--trace", "lmsys",
+               "--traces-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "lmsys_arena_vtc_27models.csv not found" in err and "Traceback" not in err

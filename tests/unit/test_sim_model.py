@@ -78,7 +78,7 @@ def test_kv_capacity_is_what_is_left_of_the_static_fraction() -> None:
     plan = plan_memory(L8B, gpu_memory_gb=80.0, mem_fraction_static=0.5)
     room = int(80 * GIB * 0.5) - cal.STARTUP_USED_BYTES - L8B.weight_bytes
     assert plan.kv_capacity_tokens == room // L8B.kv_bytes_per_token
-    # the measured H100 run of this shape at 0.5 got a 24.2 GiB pool (gpu.md)
+    # the measured H100 run of this shape at 0.5 got a 24.2 GiB pool (docs/gpu-testing.md)
     assert plan.kv_bytes / GIB == pytest.approx(24.2, abs=0.5)
     assert plan.weight_bytes == L8B.weight_bytes
 

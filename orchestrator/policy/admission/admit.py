@@ -1,4 +1,4 @@
-"""Local scheduler: one earliest-deadline-first queue per GPU group (design.md §4).
+"""Local scheduler: one earliest-deadline-first queue per GPU group (docs/scheduling.md "Local").
 
 ``decide(view, now)`` is pure:
 1. The group is one prefill machine: requests whose model has a server here (awake or waking)

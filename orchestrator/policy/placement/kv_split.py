@@ -1,4 +1,4 @@
-"""Elastic KV: split each GPU's KV memory among the servers resident there (design.md §3).
+"""Elastic KV: split each GPU's KV memory among the servers resident there (docs/scheduling.md).
 
 Per GPU, every resident server first gets what it must keep: max(its floor, KV in use). What is
 left is shared in proportion to each awake model's KV pressure (token rate x KV bytes per token

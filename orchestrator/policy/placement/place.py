@@ -1,4 +1,4 @@
-"""Global scheduler: which server of which model is awake where (design.md §4, Prism §4).
+"""Global scheduler: which server of which model is awake where (docs/scheduling.md "Global", Prism §4).
 
 ``decide(view, now)`` is pure. Every few seconds and on events the caller hands it a snapshot;
 it answers, in this order:
