@@ -23,15 +23,6 @@ from orchestrator.policy.placement import place
 from orchestrator.policy.placement.cluster import Activation, ClusterView, ModelDemand, ServerView
 from orchestrator.types import InstanceState
 
-<<<<<<< HEAD
-=======
-GIB = 1 << 30
-COLD_START_S = 65.0  # [measured] stock SGLang 0.5.17 cold start on the H100, warm caches (63-71 s)
-# [assumed] activation workspace of one awake server beside weights and CUDA graphs, with
-# colocated servers run at --chunked-prefill-size 2048; re-measure on the H100.
-ACTIVATION_BYTES = 1 * GIB
-DEFAULT_KV_FLOOR_TOKENS = 8192  # a server is never woken with room for less than this
->>>>>>> relayout-docs
 EXIT_IMPOSSIBLE = 2
 
 

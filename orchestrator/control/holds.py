@@ -13,11 +13,7 @@ from orchestrator.perf.cost import COLD_START_S
 from orchestrator.types import Endpoint
 
 # Before anything was measured: a sim or warm SGLang wake is well under a second, a cold SGLang
-<<<<<<< HEAD
 # start what the cost model says (~65 s). The first measurement replaces these.
-=======
-# start 63-71 s on the H100. The first measurement replaces these.
->>>>>>> relayout-docs
 DEFAULT_WAKE_S = 1.0
 DEFAULT_START_S = COLD_START_S
 EWMA = 0.3  # weight of the newest measurement

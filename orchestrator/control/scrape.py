@@ -4,17 +4,10 @@ body), to its sinks: the control loop's ``post`` (demand for the global schedule
 ledger's runner (its observations) and, in mode full, the proxy's admission gate.
 
 Why ``/v1/loads``: SGLang serves it from a shared-memory snapshot that is always on and fresh,
-<<<<<<< HEAD
 while ``/metrics`` needs ``--enable-metrics`` and its gauges lag seconds. Period 250 ms: the
 admission gate admits on KV room from these samples, so a stale one delays a request by at most
 one period; a scrape of a loopback engine takes ~1 ms, so 4 per second per instance is noise
 next to serving.
-=======
-while ``/metrics`` needs ``--enable-metrics`` and its gauges lag seconds. Period
-250 ms: the admission gate admits on KV room from these samples, so a stale one delays a request
-by at most one period; a scrape of a loopback engine takes ~1 ms, so 4 per second per instance
-is noise next to serving.
->>>>>>> relayout-docs
 
 Who calls: app.py runs ``run()`` as one task in modes ``elastic`` and ``full`` (cancelled at
 shutdown). The set of instances to poll is read each round from ``targets()`` (read-only views:

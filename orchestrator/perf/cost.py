@@ -1,4 +1,3 @@
-<<<<<<< HEAD
 """THE cost of one server on each GPU of its group, by state: the one figure that placement
 (``chimera-orch plan``, the global scheduler, bench/sim) and the KV ledger (orchestrator/kv/)
 both count with.
@@ -8,13 +7,6 @@ adds its share of the weights, its CUDA graphs and an activation workspace. Ever
 the GPU is KV. The figures come from the calibrated H100 memory model (model.py
 ``plan_memory``, calibration.py): a context of 2,362 MiB and CUDA graphs of 1.43 GiB, both
 measured for the 8B shape and used as is for every shape until they are measured per shape.
-=======
-"""What a server holds on each of its GPUs besides its weights and KV, by state (the KV
-ledger, orchestrator/kv/, counts with these). An awake server holds a runtime overhead (CUDA
-context, NCCL, CUDA graphs, activations); a parked one keeps only its process's context.
-Numbers measured on the H100 with stock SGLang 0.5.17 (docs/gpu-testing.md): a parked server holds
-1.5-2.4 GB; CUDA graphs of an 8B shape take 1.43 GB.
->>>>>>> relayout-docs
 """
 
 from __future__ import annotations
