@@ -12,6 +12,7 @@ Translations (the simulator's approximations, documented in docs/bench-sim.md):
   rate over the ledger's horizon;
 - memory held: max(limit, in use), as the simulator counts it (the shim maps up to its limit);
 - blocks of ``BLOCK_TOKENS`` (the shim's block of an 8B-class shape: 2 MiB pages of 2 KiB rows);
+  a limit maps whole blocks, as the shim maps it;
 - TP servers (live: no shim, a fixed pool) get one ledger instance per GPU and take the
   smallest of their limits (every rank holds the same tokens);
 - ``elastic=False``: a server keeps the pool it woke with until it parks; the ledger counts it
@@ -48,10 +49,22 @@ class SimLedger:
         self.elastic = elastic
         self._queued, self._rate = queued, rate
 
+    def instances(self, servers: Iterable[SimServer]) -> list[KVInstance]:
+        """The ledger's view of ``servers``: one instance per server and GPU."""
+        out = []
+        for s in servers:
+            c = s.model.cost
+            out += [KVInstance(_key(s, g), g, c.kv_bytes_per_token,
+                               weight_bytes=c.parked_bytes + c.awake_bytes - AWAKE_OVERHEAD_BYTES,
+                               floor_bytes=c.kv_floor_bytes, resident=s.state in RESIDENT,
+                               holds_weights=s.state in HOLDS_WEIGHTS)
+                    for g in s.gpus]
+        return out
+
     def split(self, servers: Iterable[SimServer], now: float) -> set[int]:
         """Re-split every GPU and apply the limits at once (the simulated shim takes them in
         the same instant); returns the GPUs where some server's limit grew."""
-        insts: list[KVInstance] = []
+        servers = list(servers)
         seen: dict[str, Observation] = {}
         by_key: dict[str, SimServer] = {}
         for s in servers:
@@ -60,14 +73,9 @@ class SimLedger:
             fixed = not self.elastic and s.kv_limit > 0 and s.state in RESIDENT
             obs = Observation(None if fixed else self._load(s, cap), self._status(s, cap))
             for g in s.gpus:
-                k = _key(s, g)
-                by_key[k] = s
-                seen[k] = obs
-                insts.append(KVInstance(
-                    k, g, c.kv_bytes_per_token,
-                    weight_bytes=c.parked_bytes + c.awake_bytes - AWAKE_OVERHEAD_BYTES,
-                    floor_bytes=c.kv_floor_bytes, resident=s.state in RESIDENT,
-                    holds_weights=s.state in HOLDS_WEIGHTS))
+                by_key[_key(s, g)] = s
+                seen[_key(s, g)] = obs
+        insts = self.instances(servers)
         touched: set[str] = set()
         for a in self.ledger.plan(insts, seen, now):
             if isinstance(a, SetLimit):
@@ -76,7 +84,7 @@ class SimLedger:
         grew: set[int] = set()
         for s in {by_key[k].id: by_key[k] for k in sorted(touched)}.values():
             limits = [self.ledger.known[_key(s, g)].limit or 0 for g in s.gpus]
-            tokens = min(limits) // s.model.cost.kv_bytes_per_token
+            tokens = min(limits) // (BLOCK_TOKENS * s.model.cost.kv_bytes_per_token) * BLOCK_TOKENS  # as the shim
             if tokens > s.kv_limit:
                 grew.update(s.gpus)
             s.kv_limit = tokens

@@ -2,10 +2,11 @@
 
 Prints each GPU's memory budget (weights, KV floor, runtime overhead of every instance parked
 and awake), flags files that cannot work (with the reason), and with ``--rates`` shows where
-the global policy (orchestrator/policy/placement/place.py) would wake what for that request mix and
-the KV Pressure Ratio of each GPU (KV limits are the KV ledger's, set live from measured load). Costs come from the H100 memory and latency
-model of the sim engine (orchestrator/perf/model.py, calibration.py), so this is also
-the one place that turns a shape into a ``ServerCost`` (bench/sim uses it too).
+the global policy (orchestrator/policy/placement/place.py) would wake what for that request mix
+and the KV Pressure Ratio of each GPU (KV limits are not shown: the KV ledger sets them live
+from measured load). Costs come from the H100 memory and latency model of the sim engine
+(orchestrator/perf/model.py, calibration.py), so this is also the one place that turns a shape
+into a ``ServerCost`` (bench/sim uses it too).
 """
 
 from __future__ import annotations
