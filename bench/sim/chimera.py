@@ -8,13 +8,17 @@ the proxy will call them, with the virtual clock.
   ``place.decide`` wakes the expected-hot set (instantly, like the baselines, which also
   start loaded);
 - global: ``place.decide`` every ``tick_s`` and at once when a request arrives for a model
-  with no awake server; its actions run step after step (park victims, wake, route when
-  ready, park the migration source once drained); KV limits are applied each decision;
+  with no awake server; its actions run through the live plan executor
+  (orchestrator/control/plans.py: park victims once drained, wake, route when ready, park the
+  migration source once drained), whose park, wake and serve are the simulator's operations;
+- KV: the live KV ledger (kv.py over orchestrator/kv/ledger.py) re-splits every GPU every
+  ``kv_every_s`` and on every park and wake;
 - local: one queue per GPU (lead GPU of a TP group); ``admit.decide`` on every arrival,
   completion, route and limit change: EDF dispatch under KV room, Moore–Hodgson shedding.
 Ablations: ``global_placement=False`` (round-robin layout, no KVPR, no migration), ``local=False``
 (first-come-first-served per model, nothing shed), ``elastic=False`` (a server's KV pool is
-the share it was given when it woke, never resized while awake, and counts whole in the ledger),
+the share it was given when it woke, never resized while awake, and counts whole in the
+ledger and in the policy's snapshot),
 ``profile=False`` (no history: expected awake shares from average rates), ``activity=False``
 (the TPOT guard and the layout count every awake model as always decoding).
 """
@@ -26,27 +30,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from bench.sim.kv import SimLedger
 from bench.sim.servers import SimModel, SimReq, SimServer
 from bench.sim.simulator import Simulator
 from bench.traces.request import BenchRequest
+from orchestrator.control.plans import Plans, policy_state
 from orchestrator.layout.packing import layout
 from orchestrator.layout.profiles import activity_profile, awake_profile
 from orchestrator.policy.admission import admit
 from orchestrator.policy.admission.queueing import EngineRoom, ModelRule, Pending, QueueView
 from orchestrator.policy.placement import place
 from orchestrator.policy.placement.cluster import (
-    Action,
     Activation,
     ClusterView,
-    KvLimit,
-    Migration,
     ModelDemand,
-    Park,
     PlacementParams,
-    Route,
     ServerView,
-    Start,
-    Step,
     Wake,
 )
 from orchestrator.policy.placement.cluster import S as St
@@ -89,6 +88,7 @@ class ChimeraOptions:
     local: bool = True
     elastic: bool = True
     tick_s: float = 2.0
+    kv_every_s: float = 1.0  # the live KV runner's period
     # Models that get a second (parked) server, a migration target. 0 by default: in these
     # simulations the extra CUDA contexts (2.3 GiB each) and migration wakes cost more than the
     # moves gained (docs/bench-sim.md, variant chimera-standby).
@@ -122,7 +122,6 @@ class Chimera:
         self.queued: dict[str, int] = {}
         self.by_model: dict[str, list[SimServer]] = {}
         self.moved: dict[str, float] = {}
-        self.claimed: set[str] = set()  # servers an action will wake (shown to the policy as waking)
         self.urgent = False
 
     # ---- controller hooks -------------------------------------------------------------------
@@ -161,6 +160,9 @@ class Chimera:
             self.by_model.setdefault(model, []).append(sim.add_server(sid, model, gpus))
         for g in range(sim.n_gpus):
             self.queues[g] = []
+        self.plans: Plans[SimServer] = Plans(sim.servers, park=self._park, wake=self._wake,
+                                             pend=self._start, serve=self._serve, moved=self._moved)
+        self.kv = SimLedger(sim.gpu_bytes, sim.n_gpus, self.opts.elastic, self._queued_for, self._rate_of)
         d = place.decide(self._view(demands), 0.0)
         for a in d.actions:  # warm start: the hot set is awake when the trace begins
             if isinstance(a, Activation):
@@ -168,8 +170,9 @@ class Chimera:
                     if isinstance(st, Wake):
                         sim.servers[st.server].state = St.AWAKE
                 self.route[a.model] = self._server_on(a.model, a.gpus)
-        self._apply_limits(d.kv_limits)
+        self._split()
         sim.at(self.opts.tick_s, self._tick)
+        sim.at(self.opts.kv_every_s, self._kv_tick)
 
     def on_arrival(self, sim: Simulator, req: SimReq) -> None:
         m = sim.models[req.model]
@@ -183,13 +186,13 @@ class Chimera:
             self._admit(s.gpus[0])
         else:
             self.pending[req.model].append(req)
-            if not self.urgent:
-                self.urgent = True
-                sim.at(sim.now, self._decide)
+            self._urgent()
 
     def on_complete(self, sim: Simulator, server: SimServer, req: SimReq) -> None:
         self.last[req.model] = sim.now
         self._admit(server.gpus[0])
+        if server.draining is not None and server.in_flight == 0:
+            self._advance()  # a plan's victim drained: its park is due
 
     # ---- global ---------------------------------------------------------------------------
 
@@ -199,14 +202,21 @@ class Chimera:
 
     def _decide(self) -> None:
         self.urgent = False
-        sim = self.sim
-        sim.counters.decisions += 1
-        d = place.decide(self._view(self._demands()), sim.now)
+        self.sim.counters.decisions += 1
+        d = place.decide(self._view(self._demands()), self.sim.now)
         for a in d.actions:
-            self._claim(a)
-        self._apply_limits(d.kv_limits)  # shrink neighbours first: a wake needs the room now
-        for a in d.actions:
-            self._run(a, list(a.steps))
+            self.plans.adopt(a)
+        self._advance()
+
+    def _kv_tick(self) -> None:
+        self._split()
+        self.sim.at(self.sim.now + self.opts.kv_every_s, self._kv_tick)
+
+    def _urgent(self) -> None:
+        """Decide at once (not at the next tick): held requests or an abandoned plan."""
+        if not self.urgent:
+            self.urgent = True
+            self.sim.at(self.sim.now, self._decide)
 
     def _demands(self, prime: bool = False) -> tuple[ModelDemand, ...]:
         sim = self.sim
@@ -229,67 +239,49 @@ class Chimera:
     def _view(self, demands: tuple[ModelDemand, ...]) -> ClusterView:
         elastic = self.opts.elastic
         servers = tuple(
-            ServerView(s.id, s.model.name, s.gpus, s.state,
+            ServerView(s.id, s.model.name, s.gpus, policy_state(s),
                        (s.kv_used if elastic else s.kv_limit) * s.model.cost.kv_bytes_per_token, s.in_flight)
             for ss in self.by_model.values() for s in ss)
         return ClusterView(demands, servers, (self.sim.gpu_bytes,) * self.sim.n_gpus, self.params)
 
-    def _claim(self, action: Action) -> None:
-        """From the moment an action is taken, its victims stop taking requests and its target
-        counts as waking (its memory is promised), so later decisions see the plan in flight."""
-        for st in action.steps:
-            if isinstance(st, Route):
-                break  # a migration's source keeps serving until the target is ready
-            s = self.sim.servers.get(getattr(st, "server", ""))
-            if s is None:
-                continue
-            if isinstance(st, Park) and s.state is St.AWAKE:
-                self._claim_park(s)
-            elif isinstance(st, Wake) and s.state is St.PARKED:
-                s.state = St.WAKING
-                s.promised = True
-                self.claimed.add(s.id)
+    # ---- the plan executor's operations ------------------------------------------------------
 
-    def _claim_park(self, s: SimServer) -> None:
-        if self.route[s.model.name] is s:
-            self.route[s.model.name] = None
-        s.state = St.PARKING
-        self._requeue(s)
+    def _advance(self) -> None:
+        """Run the plans as far as they go now; requests of a server that a plan drains go back
+        to their model's pending (its route closes until a Route step or an abandon serves)."""
+        if self.plans.advance():
+            self._urgent()  # a plan could not finish: decide again
+        for model, s in self.route.items():
+            if s is not None and (s.state is not St.AWAKE or s.draining is not None):
+                self._unroute(model, s)
 
-    def _run(self, action: Action, steps: list[Step]) -> None:
-        """Execute the steps of one action in order, each when the previous one is done."""
-        if not steps:
+    def _park(self, s: SimServer, reason: str) -> None:
+        self.sim.park(s, self._moved_on)
+        self._split()  # a parking server holds no KV (its limit goes to 0 as live)
+
+    def _wake(self, s: SimServer) -> None:
+        self.sim.wake(s, self._moved_on, settle=self._split)
+
+    def _start(self, s: SimServer) -> None:
+        self.sim.wake(s, self._moved_on, cold=True, settle=self._split)
+
+    def _moved_on(self) -> None:
+        """A park or wake is done: memory changed and plans may move."""
+        self._advance()
+        self._split()
+
+    def _moved(self, model: str) -> None:
+        self.sim.counters.migrations += 1
+        self.moved[model] = self.sim.now
+
+    def _serve(self, model: str) -> None:
+        """Hand the model's held requests to an awake server no plan drains (the one routed
+        already if it still qualifies)."""
+        ok = [s for s in self.by_model.get(model, ()) if s.state is St.AWAKE and s.draining is None]
+        if not ok:
             return
-        st, rest = steps[0], steps[1:]
-        sim = self.sim
-
-        def nxt() -> None:
-            self._run(action, rest)
-
-        if isinstance(st, Park):
-            s = sim.servers[st.server]
-            if s.state is St.AWAKE:
-                self._claim_park(s)
-            if s.state in (St.WAKING, St.STARTING):
-                return nxt()  # woken again by another action meanwhile: not ours to park
-            sim.park_when_drained(s, nxt)  # draining: running requests finish first
-        elif isinstance(st, Wake):
-            s = sim.servers[st.server]
-            if st.server not in self.claimed:
-                return  # something else took it meanwhile: the next decision retries
-            self.claimed.discard(st.server)
-            sim.wake(s, nxt)
-        elif isinstance(st, Start):
-            sid = f"{st.model}@{'+'.join(map(str, st.gpus))}"
-            s = sim.add_server(sid, st.model, st.gpus)
-            self.by_model.setdefault(st.model, []).append(s)
-            sim.wake(s, nxt, cold=True)
-        elif isinstance(st, Route):
-            self._route(st.model, self._server_on(st.model, st.gpus))
-            if isinstance(action, Migration):
-                sim.counters.migrations += 1
-                self.moved[st.model] = sim.now
-            nxt()
+        cur = self.route[model]
+        self._route(model, cur if cur is not None and cur in ok else ok[0])
 
     def _route(self, model: str, target: SimServer) -> None:
         old = self.route[model]
@@ -304,33 +296,32 @@ class Chimera:
         q.sort(key=lambda r: r.arrival)
         self._admit(target.gpus[0])
 
-    def _requeue(self, s: SimServer) -> None:
-        """Requests queued for a server that stops taking them go back to its model's pending."""
-        m = s.model.name
-        if self.route[m] is not None:
-            return
+    def _unroute(self, model: str, s: SimServer) -> None:
+        """``s`` takes no new request: what was queued for it goes back to its model's pending."""
+        self.route[model] = None
         q = self.queues[s.gpus[0]]
-        back = [r for r in q if r.model == m]
+        back = [r for r in q if r.model == model]
         if back:
-            q[:] = [r for r in q if r.model != m]
-            self.pending[m] = sorted(back + self.pending[m], key=lambda r: r.arrival)
-            if not self.urgent:
-                self.urgent = True
-                self.sim.at(self.sim.now, self._decide)
+            q[:] = [r for r in q if r.model != model]
+            self.pending[model] = sorted(back + self.pending[model], key=lambda r: r.arrival)
+            self._urgent()
 
     def _server_on(self, model: str, gpus: tuple[int, ...]) -> SimServer:
         return next(s for s in self.by_model[model] if s.gpus == gpus)
 
-    def _apply_limits(self, limits: tuple[KvLimit, ...]) -> None:
-        sim = self.sim
-        for lim in limits:
-            s = sim.servers[lim.server]
-            tokens = lim.tokens
-            if not self.opts.elastic and s.kv_limit > 0:
-                continue  # static KV: the pool a server woke with is its pool until it parks
-            s.kv_limit = tokens
-        for g in range(sim.n_gpus):
+    # ---- KV ----------------------------------------------------------------------------------
+
+    def _split(self) -> None:
+        for g in sorted(self.kv.split(self.sim.servers.values(), self.sim.now)):
             self._admit(g)
+
+    def _queued_for(self, s: SimServer) -> list[SimReq]:
+        if self.route[s.model.name] is not s:
+            return []
+        return [r for r in self.queues[s.gpus[0]] if r.model == s.model.name]
+
+    def _rate_of(self, s: SimServer) -> float:
+        return self.rates[s.model.name].rate(self.sim.now) if self.route[s.model.name] is s else 0.0
 
     # ---- local ------------------------------------------------------------------------------
 

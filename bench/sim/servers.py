@@ -75,11 +75,18 @@ class SimReq:
 
 
 class SimServer:
+    """One simulated engine instance. Satisfies orchestrator/control/plans.PlanServer, so the
+    live plan executor runs over it: leaving AWAKE ends a drain, leaving PARKED a claim (as the
+    live ``Instance.to`` does)."""
+
     def __init__(self, sid: str, model: SimModel, gpus: tuple[int, ...]) -> None:
         self.id = sid
         self.model = model
         self.gpus = gpus
-        self.state = S.PARKED
+        self._state = S.PARKED
+        self.draining: str | None = None  # a plan's victim: awake, taking no new request
+        self.claimed = False  # parked, reserved as a plan's wake target
+        self.error: str | None = None  # simulated parks and wakes never fail
         self.kv_limit = 0  # tokens
         self.kv_used = 0
         self.waiting: list[SimReq] = []  # dispatched, not yet prefilled
@@ -88,10 +95,22 @@ class SimServer:
         self.s0 = 0  # sum over running of (prompt + 1 - step it joined at)
         self.ready_at = 0.0
         self.queue: list[SimReq] = []  # baselines' FCFS queue of this server
-        self.drain_then: object = None  # callback once in flight reaches 0 (park after drain)
-        self.on_parked: list[object] = []  # callbacks once it is parked
-        self.park_requested = False
-        self.promised = False  # shown as waking to the policy, not yet loading (victims parking)
+
+    @property
+    def state(self) -> InstanceState:
+        return self._state
+
+    @state.setter
+    def state(self, new: InstanceState) -> None:
+        self._state = new
+        if new is not S.AWAKE:
+            self.draining = None
+        if new is not S.PARKED:
+            self.claimed = False
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
 
     @property
     def in_flight(self) -> int:

@@ -106,34 +106,21 @@ class Simulator:
         self.counters.parks += 1
         self.at(self.now + s.model.cost.park_s, self._parked, s, then)
 
-    def wake(self, s: SimServer, then: Callable[[], None] | None = None, cold: bool = False) -> None:
+    def wake(self, s: SimServer, then: Callable[[], None] | None = None, cold: bool = False,
+             settle: Callable[[], None] | None = None) -> None:
+        """Wake (or cold-start) ``s``; ``settle`` runs once it counts as resident and before its
+        memory is checked (chimera re-splits KV there: neighbours shrink for it first)."""
         s.state = S.STARTING if cold else S.WAKING
-        s.promised = False
         dur = s.model.cost.cold_start_s if cold else s.model.cost.wake_s
         if cold:
             self.counters.starts += 1
         else:
             self.counters.wakes += 1
         s.ready_at = self.now + dur
+        if settle is not None:
+            settle()
         self.check_memory(s.gpus)
         self.at(s.ready_at, self._woken, s, then)
-
-    def park_when_drained(self, s: SimServer, then: Callable[[], None]) -> None:
-        """Park ``s`` once nothing is in flight (once, however many ask), then call ``then``."""
-        if s.state is S.PARKED:
-            then()
-            return
-        s.on_parked.append(then)
-        if not s.park_requested:
-            s.park_requested = True
-            self.drain_then(s, lambda: self.park(s))
-
-    def drain_then(self, s: SimServer, fn: Callable[[], None]) -> None:
-        """Call ``fn`` once nothing is in flight on ``s`` (now if already idle)."""
-        if s.in_flight == 0:
-            fn()
-        else:
-            s.drain_then = fn
 
     def check_memory(self, gpus: Sequence[int]) -> None:
         for g in gpus:
@@ -150,7 +137,7 @@ class Simulator:
                 c = s.model.cost
                 if s.state in HOLDS_CONTEXT:
                     total += c.parked_bytes
-                if s.state in RESIDENT and not s.promised:
+                if s.state in RESIDENT:
                     total += c.awake_bytes + max(s.kv_limit, s.kv_used) * c.kv_bytes_per_token
         return total
 
@@ -209,19 +196,12 @@ class Simulator:
         assert s is not None
         s.kv_used -= req.kv_tokens
         self.controller.on_complete(self, s, req)
-        if s.drain_then is not None and s.in_flight == 0:
-            fn, s.drain_then = s.drain_then, None
-            fn()  # type: ignore[operator]
 
     def _parked(self, s: SimServer, then: Callable[[], None] | None) -> None:
         s.state = S.PARKED
         s.kv_limit = 0
-        s.park_requested = False
-        waiting, s.on_parked = s.on_parked, []
         if then:
             then()
-        for fn in waiting:
-            fn()  # type: ignore[operator]
 
     def _woken(self, s: SimServer, then: Callable[[], None] | None) -> None:
         s.state = S.AWAKE

@@ -2,10 +2,11 @@
 
 Prints each GPU's memory budget (weights, KV floor, runtime overhead of every instance parked
 and awake), flags files that cannot work (with the reason), and with ``--rates`` shows where
-the global policy (orchestrator/policy/placement/place.py) would wake what for that request mix, the
-KV Pressure Ratio of each GPU and the KV limits. Costs and what starts at ``up`` are the
-deployment's facts (orchestrator/deployment.py), costs from the calibrated H100 model
-(orchestrator/perf/cost.py), the same the live scheduler and the KV ledger count with.
+the global policy (orchestrator/policy/placement/place.py) would wake what for that request mix
+and the KV Pressure Ratio of each GPU (KV limits are not shown: the KV ledger sets them live
+from measured load). Costs and what starts at ``up`` are the deployment's facts
+(orchestrator/deployment.py), costs from the calibrated H100 model (orchestrator/perf/cost.py),
+the same the live scheduler, the KV ledger and the simulator count with.
 """
 
 from __future__ import annotations
@@ -140,20 +141,16 @@ def _placement_table(dep: Deployment, rates: dict[str, float], tpr: float, con: 
     view = cluster_view(dep, rates, tpr)
     d = place.decide(view, 0.0)
     t = Table(title="placement the global scheduler would choose (all servers parked at start)")
-    for col in ("model", "req/s", "GPU(s)", "steps", "KV limit"):
+    for col in ("model", "req/s", "GPU(s)", "steps"):
         t.add_column(col)
-    limits = {k.server: k for k in d.kv_limits}
     for a in d.actions:
         if not isinstance(a, Activation):
             continue
-        sid = next((s.id for s in view.servers if s.model == a.model and s.gpus == a.gpus), "")
-        lim = limits.get(sid)
         steps = " → ".join(type(s).__name__.lower() + " " + getattr(s, "server", "")
                            for s in a.steps).replace("route ", "route")
-        t.add_row(a.model, f"{rates.get(a.model, 0):g}", "+".join(map(str, a.gpus)), steps,
-                  f"{_gb(lim.bytes)} ({lim.tokens:,} tok)" if lim else "-")
+        t.add_row(a.model, f"{rates.get(a.model, 0):g}", "+".join(map(str, a.gpus)), steps)
     for b in d.blocked:
-        t.add_row(b.model, f"{rates.get(b.model, 0):g}", "[red]blocked[/]", b.reason, "-")
+        t.add_row(b.model, f"{rates.get(b.model, 0):g}", "[red]blocked[/]", b.reason)
     con.print(t)
     con.print("KV pressure ratio per GPU (SIMULATED costs): "
               + ", ".join(f"GPU {g}: {r:.3g}" for g, r in enumerate(d.kvpr)), highlight=False)

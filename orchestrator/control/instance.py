@@ -49,6 +49,14 @@ class Instance:
     def id(self) -> str:
         return self.spec.id
 
+    @property
+    def model_name(self) -> str:
+        return self.spec.model.name
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        return self.spec.gpus
+
     def to(self, new: InstanceState, now: float) -> None:
         if new not in ALLOWED.get(self.state, frozenset()):
             raise IllegalTransition(f"{self.id}: {self.state} -> {new} is not a lifecycle step")

@@ -7,7 +7,7 @@ loop applies them, asks the pure policies what to do, and causes side effects on
 Policies: ``startup`` in every mode; in mode ``full`` also the global scheduler
 (``place.decide``, driven by scheduler.py) on every tick, on every lifecycle event and when
 a request arrives for a model with no awake instance, plus the warm-start park of instances
-placed ``on: false``. Its actions run as plans, step after step (scheduler.Plans).
+placed ``on: false``. Its actions run as plans, step after step (plans.Plans).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from orchestrator.control.events import (
 )
 from orchestrator.control.holds import Holds, retry_after
 from orchestrator.control.instance import Instance
-from orchestrator.control.scheduler import Plans, cluster_view
+from orchestrator.control.plans import Plans
+from orchestrator.control.scheduler import cluster_view
 from orchestrator.deployment import Deployment
 from orchestrator.errors import EngineUnavailable
 from orchestrator.policy import startup
@@ -68,9 +69,10 @@ class ControlLoop:
         self.timesharing = deployment.timesharing
         # mode full: the global scheduler's inputs and the plans it decided
         self._demand = Demand()
-        self._plans = Plans(self._instances, park=self._park, wake=self._wake,
-                            pend=lambda i: self._set(i, S.PENDING, self._clock()),
-                            serve=self._serve_model, moved=self._moved)
+        self._plans: Plans[Instance] = Plans(
+            self._instances, park=self._park, wake=self._wake,
+            pend=lambda i: self._set(i, S.PENDING, self._clock()),
+            serve=self._serve_model, moved=self._moved)
         self._due = True  # the global scheduler decides at the next _decide
         self._blocked: dict[str, str] = {}  # model -> why it cannot be activated (logged once)
 

@@ -13,12 +13,16 @@ from bench.sim.baselines import StaticPartition
 from bench.sim.chimera import Chimera, ChimeraOptions
 from bench.sim.experiments import determinism_probe, run_one, spec
 from bench.sim.fleet import H100_BYTES, fleet, make_model
+from bench.sim.kv import BLOCK_TOKENS
 from bench.sim.metrics import summarize
 from bench.sim.run import SYSTEMS, history, with_slos
 from bench.sim.servers import S, SimReq, SimServer
 from bench.sim.simulator import Counters, Simulator
 from bench.traces.request import BenchRequest
 from bench.traces.synthetic import generate
+from orchestrator.control.plans import Plan, Plans
+from orchestrator.kv.ledger import non_kv_bytes
+from orchestrator.policy.placement.cluster import Action, Activation
 
 
 def test_sim__a_lone_request_costs_one_prefill_then_one_step_per_token() -> None:
@@ -121,3 +125,50 @@ def test_sim__chimera_learns_from_a_history_not_from_the_trace_it_replays() -> N
     past = history(sp, models)
     assert {r.model for r in past} == {r.model for r in trace}
     assert [r.arrival_s for r in past[:20]] != [r.arrival_s for r in trace[:20]]
+
+
+def test_sim__chimera_runs_the_live_plan_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator adopts place.decide's actions into orchestrator/control/plans.Plans (the
+    executor the control loop runs), and that executor wakes the target and routes to it."""
+    adopted: list[Action] = []
+    real = Plans.adopt
+
+    def spy(self: Plans[SimServer], action: Action) -> Plan:
+        adopted.append(action)
+        return real(self, action)
+
+    monkeypatch.setattr(Plans, "adopt", spy)
+    models = with_slos(fleet("mix8"), 10.0, (8, 512), (8, 512))
+    m = models[0]
+    chim = Chimera({}, 400.0, ChimeraOptions(on_late="serve"))
+    sim = Simulator({x.name: x for x in models}, 2, H100_BYTES, chim)
+    sim.run([BenchRequest(0, 1.0, m.name, 100, 20)])
+    (act,) = adopted
+    assert isinstance(act, Activation) and act.model == m.name
+    assert sim.counters.wakes == 1 and chim.plans.active == []
+    served = sim.reqs[0].server
+    assert served is not None and served.model is m and served.gpus == act.gpus
+
+
+def test_sim__kv_limits_are_the_live_ledgers_whole_blocks_within_each_gpus_budget() -> None:
+    sp = spec(6.0, 90.0, 60.0)
+    models = with_slos(fleet("mix8"), 10.0, sp.input_range, sp.output_range)
+    chim = Chimera({}, 400.0)
+    sim = Simulator({x.name: x for x in models}, 2, H100_BYTES, chim)
+    seen = []
+
+    def check() -> None:
+        for g in range(sim.n_gpus):
+            here = [s for s in sim.servers.values() if g in s.gpus]
+            budget = chim.kv.ledger.budget(g, non_kv_bytes(chim.kv.instances(here)))
+            for s in here:
+                if s.kv_limit:
+                    assert s.kv_limit % BLOCK_TOKENS == 0
+                    seen.append(s.id)
+            assert sum(s.kv_limit * s.model.cost.kv_bytes_per_token for s in here) <= budget
+        if sim.now < 80:
+            sim.at(sim.now + 0.5, check)
+
+    sim.at(0.25, check)
+    sim.run(generate(sp, [x.name for x in models]))
+    assert seen and sim.counters.memory_violations == 0

@@ -161,13 +161,6 @@ Action = Activation | Migration | IdlePark
 
 
 @dataclass(frozen=True)
-class KvLimit:
-    server: str
-    bytes: int  # per GPU: the shim maps at most this much KV for the server
-    tokens: int
-
-
-@dataclass(frozen=True)
 class Blocked:
     model: str
     reason: str  # why it could not be activated now (the proxy keeps holding or sheds)
@@ -176,6 +169,5 @@ class Blocked:
 @dataclass(frozen=True)
 class PlacementDecision:
     actions: tuple[Action, ...] = ()
-    kv_limits: tuple[KvLimit, ...] = ()
     blocked: tuple[Blocked, ...] = ()
     kvpr: tuple[float, ...] = ()  # per GPU after the actions (for metrics and the plan table)

@@ -13,7 +13,8 @@ it answers, in this order:
 3. migrations (migration.py): a model moves to another of its parked servers when the pair's
    highest ratio drops by more than ``tau``, or when it ends a TPOT overflow; ordered steps:
    wake the target, route traffic there when ready, then park the source.
-4. KV limits: each GPU's KV memory split among its resident servers (kv_split.py).
+KV is not split here: the KV ledger (orchestrator/kv/) splits each GPU's KV among its resident
+servers, live and in the simulator.
 Ties are broken by name, so the same snapshot always gives the same decision.
 """
 
@@ -35,7 +36,6 @@ from orchestrator.policy.placement.cluster import (
     Step,
     Wake,
 )
-from orchestrator.policy.placement.kv_split import kv_limits
 from orchestrator.policy.placement.kvpr import GpuTally
 from orchestrator.policy.placement.migration import best_migration
 from orchestrator.types import gpu_label
@@ -78,7 +78,7 @@ def decide(view: ClusterView, now: float) -> PlacementDecision:
             touched.add(mig.model)
 
     return PlacementDecision(
-        actions=tuple(actions), kv_limits=kv_limits(led), blocked=tuple(blocked),
+        actions=tuple(actions), blocked=tuple(blocked),
         kvpr=tuple(led.ratio(g) for g in range(len(view.gpu_bytes))))
 
 

@@ -1,0 +1,103 @@
+"""Elastic KV in the simulator: the live KV ledger (orchestrator/kv/ledger.py, which splits with
+orchestrator/kv/split.py) run over simulated servers, so the simulator splits KV the way chimera
+does live. This module only translates: a server's state into the ledger's instance, and its
+queue and reservations into what ``/v1/loads`` and the shim's status would report.
+
+Translations (the simulator's approximations, documented in docs/bench-sim.md):
+- non-KV memory: the one cost model (``ServerCost``: context; + weights, graphs and activations
+  while awake), as the live ledger gets it from the deployment;
+- need: KV in use, plus the requests routed to the server and not yet admitted (the simulator
+  reserves prompt + output at dispatch, so that is what they will take), plus the model's token
+  rate over the ledger's horizon;
+- memory held: max(limit, in use), as the simulator counts it (the shim maps up to its limit);
+- blocks of ``BLOCK_TOKENS`` (the shim's block of an 8B-class shape: 2 MiB pages of 2 KiB rows);
+  a limit maps whole blocks, as the shim maps it;
+- TP servers (live: no shim, a fixed pool) get one ledger instance per GPU and take the
+  smallest of their limits (every rank holds the same tokens);
+- ``elastic=False``: a server keeps the pool it woke with until it parks; the ledger counts it
+  as unseen at its last limit, as it counts a shim that does not answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from bench.sim.servers import SimReq, SimServer
+from cumem_shim.types import Status
+from orchestrator.kv.ledger import KVInstance, Ledger, Observation, SetLimit
+from orchestrator.kv.wiring import HOLDS_WEIGHTS, RESIDENT
+from orchestrator.types import LoadSample
+
+BLOCK_TOKENS = 1024
+
+
+def _key(s: SimServer, gpu: int) -> str:
+    return s.id if len(s.gpus) == 1 else f"{s.id}#{gpu}"
+
+
+class SimLedger:
+    """The live ledger over the simulator's servers. ``queued(server)`` gives the requests
+    routed to a server and not yet dispatched; ``rate(server)`` its tokens/s."""
+
+    def __init__(self, gpu_bytes: int, n_gpus: int, elastic: bool,
+                 queued: Callable[[SimServer], Iterable[SimReq]],
+                 rate: Callable[[SimServer], float]) -> None:
+        self.gpu_bytes = gpu_bytes
+        self.ledger = Ledger({g: gpu_bytes for g in range(n_gpus)})
+        self.elastic = elastic
+        self._queued, self._rate = queued, rate
+
+    def instances(self, servers: Iterable[SimServer]) -> list[KVInstance]:
+        """The ledger's view of ``servers``: one instance per server and GPU."""
+        out = []
+        for s in servers:
+            c = s.model.cost
+            out += [KVInstance(_key(s, g), g, c.kv_bytes_per_token,
+                               awake_bytes=c.held_awake_bytes, parked_bytes=c.parked_bytes,
+                               floor_bytes=c.kv_floor_bytes, resident=s.state in RESIDENT,
+                               holds_weights=s.state in HOLDS_WEIGHTS)
+                    for g in s.gpus]
+        return out
+
+    def split(self, servers: Iterable[SimServer], now: float) -> set[int]:
+        """Re-split every GPU and apply the limits at once (the simulated shim takes them in
+        the same instant); returns the GPUs where some server's limit grew."""
+        servers = list(servers)
+        seen: dict[str, Observation] = {}
+        by_key: dict[str, SimServer] = {}
+        for s in servers:
+            c = s.model.cost
+            cap = max(BLOCK_TOKENS, (self.gpu_bytes - c.parked_bytes - c.awake_bytes) // c.kv_bytes_per_token)
+            fixed = not self.elastic and s.kv_limit > 0 and s.state in RESIDENT
+            obs = Observation(None if fixed else self._load(s, cap, now), self._status(s, cap))
+            for g in s.gpus:
+                by_key[_key(s, g)] = s
+                seen[_key(s, g)] = obs
+        insts = self.instances(servers)
+        touched: set[str] = set()
+        for a in self.ledger.plan(insts, seen, now):
+            if isinstance(a, SetLimit):
+                self.ledger.accepted(a.instance, a.bytes, a.revision)
+                touched.add(a.instance)
+        grew: set[int] = set()
+        for s in {by_key[k].id: by_key[k] for k in sorted(touched)}.values():
+            limits = [self.ledger.known[_key(s, g)].limit or 0 for g in s.gpus]
+            tokens = min(limits) // (BLOCK_TOKENS * s.model.cost.kv_bytes_per_token) * BLOCK_TOKENS  # as the shim
+            if tokens > s.kv_limit:
+                grew.update(s.gpus)
+            s.kv_limit = tokens
+        return grew
+
+    def _load(self, s: SimServer, cap: int, now: float) -> LoadSample:
+        queued = list(self._queued(s))
+        return LoadSample(s.id, now, running=len(s.running), waiting=len(s.waiting) + len(queued),
+                          waiting_tokens=sum(r.kv_tokens for r in queued), used_tokens=s.kv_used,
+                          capacity_tokens=cap, max_running=None, tokens=0.0, gen_rate=self._rate(s))
+
+    @staticmethod
+    def _status(s: SimServer, cap: int) -> Status:
+        per = s.model.cost.kv_bytes_per_token
+        return Status(mapped_bytes=max(s.kv_limit, s.kv_used) * per, used_tokens=s.kv_used,
+                      limit_bytes=s.kv_limit * per, revision=0, capacity_tokens=cap,
+                      limit_tokens=s.kv_limit, block_bytes=BLOCK_TOKENS * per, block_tokens=BLOCK_TOKENS,
+                      draining=s.kv_used > s.kv_limit)
