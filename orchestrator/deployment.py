@@ -12,12 +12,26 @@ What ``up`` does with an instance: every instance that ``starts_on_up`` is start
 (placements ``on: true``; in mode ``full`` every placement, so that a parked server is ready to
 wake); one that does not ``serve_on_up`` (``on: false`` in mode full) is parked as soon as it is
 awake and idle (``warm_start_park``), others stay awake.
+
+How its server is started (``start_mem``): servers that share a GPU start concurrently, each
+given its memory in absolute terms. A fixed pool is ``--max-total-tokens``; the shim's virtual
+range is absolute already. SGLang still profiles (``_profile_available_bytes``, the formula it
+has kept since 0.4): ``rest = free_after_load - free_before_load * (1 - fraction)``, the pool
+being ``min(rest, --max-total-tokens)``. When the servers of one GPU start together, the others'
+allocations can land between one server's two readings and shrink its ``rest``, or make it
+negative ("Not enough memory"). ``launch_mem_fraction`` is the fraction that keeps ``rest``
+above the pool even when every other instance of the GPU loads all of its budget in between;
+a server for which no fraction below ``MAX_CONCURRENT_MEM_FRACTION`` can do that starts alone
+on its GPU (``start_alone``). With the shim the profile is replaced (cumem_shim answers its
+virtual range), so no fraction is needed and the start is always concurrent. Every figure is
+computed from ``host.gpu_memory_gb``, never from the physical card, so a larger card can stand
+for a smaller one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orchestrator.config import GIB, Config, HostSpec, InstanceSpec, ModelSpec
 from orchestrator.perf.cost import ServerCost, server_cost
@@ -37,6 +51,22 @@ MAX_MEM_FRACTION_STATIC = 0.9
 
 START_LIMIT_BYTES = 1 * GIB  # a shim's limit until the ledger's first split (a second after start)
 MIN_POOL_BYTES = 1 * GIB  # the least KV ceiling an instance gets, however full its GPU
+
+# Above this fraction a concurrent start is refused (the server starts alone on its GPU): SGLang
+# would keep less than 5% of the free memory outside its static region, and a worst-case bound
+# this tight is no bound.
+MAX_CONCURRENT_MEM_FRACTION = 0.95
+MIN_LAUNCH_MEM_FRACTION = 0.05
+# Slack in the worst-case fraction for what SGLang allocates between its two readings besides
+# the weights (buffers, the sampler's workspace) and for readings that lag.
+FRACTION_MARGIN_BYTES = 1 * GIB
+# CUDA graphs: SGLang captures one graph per batch size up to --cuda-graph-max-bs (its default
+# on a 80-160 GB card: 256, i.e. ~35 graphs). A server sized for few concurrent sequences never
+# runs most of them; a batch above the largest one runs eager (slower decode, never wrong).
+# Expected concurrency = the KV it is sized for at start / this many tokens per sequence.
+EXPECTED_TOKENS_PER_SEQUENCE = 2048
+MIN_CUDA_GRAPH_MAX_BS = 16
+MAX_CUDA_GRAPH_MAX_BS = 256  # SGLang's own default for 80-160 GB cards: never more than it
 
 
 def default_mem_fraction(model: ModelSpec, host: HostSpec) -> float:
@@ -83,7 +113,13 @@ class InstanceFacts:
     ceiling_bytes: int  # the most KV it may map: kv_pool_gb, else its GPU beside its own cost
     start_limit_bytes: int  # its shim's limit before the ledger's first split
     fixed_pool_bytes: int  # KV over its group without the shim (never resized); 0 with the shim
-    mem_fraction_static: float  # what SGLang is given when nothing sizes its pool
+    mem_fraction_static: float  # the fraction a fixed pool without kv_pool_gb is sized with
+    # Start-up (``start_mem``): what the server is given and what it may hold once up.
+    max_total_tokens: int | None = None  # the fixed pool in tokens; None with the shim
+    launch_mem_fraction: float | None = None  # --mem-fraction-static; None with the shim
+    start_alone: bool = False  # no other instance of its GPUs may start while it starts
+    start_budget_bytes: int = 0  # per GPU once up, before the ledger's first split
+    cuda_graph_max_bs: int = MAX_CUDA_GRAPH_MAX_BS
 
     @property
     def warm_start_park(self) -> bool:
@@ -133,9 +169,10 @@ class Deployment:
         return frozenset(iid for iid, f in self.instances.items() if f.shim)
 
 
-def derive(cfg: Config) -> Deployment:
+def derive(cfg: Config, serial_starts: bool = False) -> Deployment:
+    """``serial_starts``: every instance starts alone on its GPUs (CHIMERA_SERIAL_STARTS)."""
     models = {m.name: _model(cfg, m) for m in cfg.models}
-    instances = {i.id: _instance(cfg, i) for i in cfg.instances}
+    instances = start_mem({i.id: _instance(cfg, i) for i in cfg.instances}, cfg.host, serial_starts)
     return Deployment(cfg, models, instances, PlacementParams(tau=cfg.scheduler.tau))
 
 
@@ -175,3 +212,74 @@ def _fixed_pool(spec: InstanceSpec, host: HostSpec, fraction: float) -> int:
         return int(spec.placement.kv_pool_gb * GIB)
     per_gpu = fraction * host.gpu_memory_gb * GIB
     return max(0, int(per_gpu * spec.model.tp_size) - spec.model.shape.weight_bytes)
+
+
+def start_budget(f: InstanceFacts) -> int:
+    """What the instance holds on each of its GPUs once up: its context, weights, graphs and
+    activations, and its KV (its fixed pool, or the shim's limit before the ledger moves it)."""
+    kv = f.start_limit_bytes if f.shim else f.fixed_pool_bytes // f.spec.model.tp_size
+    return f.cost.held_awake_bytes + kv
+
+
+def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec,
+              serial: bool = False) -> dict[str, InstanceFacts]:
+    """Each instance's start-up facts (module docstring): its budget, its pool in tokens, the
+    fraction that holds whatever starts beside it, whether it must start alone, and its
+    CUDA-graph batch sizes."""
+    gpu = int(host.gpu_memory_gb * GIB)
+    budgets = {iid: start_budget(f) for iid, f in facts.items()}
+    on_gpu: dict[int, list[str]] = {}
+    for iid, f in facts.items():
+        for g in f.spec.gpus:
+            on_gpu.setdefault(g, []).append(iid)
+    out: dict[str, InstanceFacts] = {}
+    for iid, f in facts.items():
+        # what may load beside it while it starts: the GPU's other instances, no more than the
+        # start-up policy lets in beside it (it starts an instance only where its budget fits)
+        others = min(max(sum(budgets[o] for o in on_gpu[g] if o != iid) for g in f.spec.gpus),
+                     max(0, gpu - budgets[iid]))
+        tp = f.spec.model.tp_size
+        per_token_group = f.cost.kv_bytes_per_token * tp
+        fraction: float | None = None
+        tokens: int | None = None
+        alone = serial
+        if not f.shim:
+            tokens = max(1, f.fixed_pool_bytes // per_token_group)
+            fraction, concurrent = launch_fraction(f, others, gpu)
+            alone = alone or not concurrent
+        sized_for = f.fixed_pool_bytes if not f.shim else max(
+            f.floor_bytes, f.ceiling_bytes // len(max((on_gpu[g] for g in f.spec.gpus), key=len)))
+        out[iid] = replace(f, max_total_tokens=tokens, launch_mem_fraction=fraction,
+                           start_alone=alone, start_budget_bytes=budgets[iid],
+                           cuda_graph_max_bs=cuda_graph_max_bs(sized_for // per_token_group))
+    return out
+
+
+def launch_fraction(f: InstanceFacts, others_bytes: int, gpu_bytes: int) -> tuple[float, bool]:
+    """(``--mem-fraction-static``, whether a concurrent start is safe) for a fixed pool.
+
+    SGLang reads the free memory after its own CUDA context (``before``) and after its weights
+    (``after``); ``rest = after - before * (1 - fraction)`` must cover the pool. In the worst
+    case every other instance of the GPU (``others_bytes``, their start budgets) loads in
+    between: ``before = G - context`` and ``after = before - weights - others``, so
+    ``fraction >= (weights + pool + others) / (G - context)``. A start after the others are up
+    needs less (``(weights + pool) / (G - context - others)`` is smaller whenever everything
+    fits), so the same fraction serves a start alone. Above ``MAX_CONCURRENT_MEM_FRACTION`` the
+    instance starts alone, with the fraction a start alone needs."""
+    tp = f.spec.model.tp_size
+    weights = f.spec.model.shape.weight_bytes // tp
+    pool = f.fixed_pool_bytes // tp
+    room = gpu_bytes - f.cost.parked_bytes
+    concurrent = (weights + pool + others_bytes + FRACTION_MARGIN_BYTES) / room
+    if concurrent <= MAX_CONCURRENT_MEM_FRACTION:
+        return max(MIN_LAUNCH_MEM_FRACTION, concurrent), True
+    alone = (weights + pool + FRACTION_MARGIN_BYTES) / max(1, room - others_bytes)
+    return min(MAX_CONCURRENT_MEM_FRACTION, max(MIN_LAUNCH_MEM_FRACTION, alone)), False
+
+
+def cuda_graph_max_bs(tokens: int) -> int:
+    """``--cuda-graph-max-bs`` for a server sized for ``tokens`` of KV: the power of two at or
+    above its expected concurrency, within [MIN_CUDA_GRAPH_MAX_BS, MAX_CUDA_GRAPH_MAX_BS]."""
+    want = max(1, -(-tokens // EXPECTED_TOKENS_PER_SEQUENCE))
+    bs = 1 << (want - 1).bit_length()
+    return min(MAX_CUDA_GRAPH_MAX_BS, max(MIN_CUDA_GRAPH_MAX_BS, bs))
