@@ -16,16 +16,15 @@ awake and idle (``warm_start_park``), others stay awake.
 How its server is started (``start_mem``): servers that share a GPU start concurrently, each
 given its memory in absolute terms. A fixed pool is ``--max-total-tokens``; the shim's virtual
 range is absolute already. SGLang still profiles (``_profile_available_bytes``, the formula it
-has kept since 0.4): ``rest = free_after_load - free_before_load * (1 - fraction)``, the pool
-being ``min(rest, --max-total-tokens)``. When the servers of one GPU start together, the others'
-allocations can land between one server's two readings and shrink its ``rest``, or make it
-negative ("Not enough memory"). ``launch_mem_fraction`` is the fraction that keeps ``rest``
-above the pool even when every other instance of the GPU loads all of its budget in between;
-a server for which no fraction below ``MAX_CONCURRENT_MEM_FRACTION`` can do that starts alone
-on its GPU (``start_alone``). With the shim the profile is replaced (cumem_shim answers its
-virtual range), so no fraction is needed and the start is always concurrent. Every figure is
-computed from ``host.gpu_memory_gb``, never from the physical card, so a larger card can stand
-for a smaller one.
+has kept since 0.4): ``rest = free_after_weights - free_before * (1 - fraction)``, its pool being
+``min(rest, --max-total-tokens)``, and it fails "Not enough memory" when ``rest <= 0``. With the
+default fraction (~0.5 of what is free) the result depends on what the others hold and load
+meanwhile; ``launch_mem_fraction`` (``launch_fraction``) is chosen so that ``rest`` covers the
+pool whatever the others do, provided the budgets of the GPU fit in it, which the start-up
+policy sees to (orchestrator/policy/startup.py). With the shim the profile is replaced
+(cumem_shim answers its virtual range): no fraction is given. Every figure is computed from
+``host.gpu_memory_gb``, never from the physical card, so a larger card can stand for a smaller
+one.
 """
 
 from __future__ import annotations
@@ -52,14 +51,9 @@ MAX_MEM_FRACTION_STATIC = 0.9
 START_LIMIT_BYTES = 1 * GIB  # a shim's limit until the ledger's first split (a second after start)
 MIN_POOL_BYTES = 1 * GIB  # the least KV ceiling an instance gets, however full its GPU
 
-# Above this fraction a concurrent start is refused (the server starts alone on its GPU): SGLang
-# would keep less than 5% of the free memory outside its static region, and a worst-case bound
-# this tight is no bound.
-MAX_CONCURRENT_MEM_FRACTION = 0.95
-MIN_LAUNCH_MEM_FRACTION = 0.05
-# Slack in the worst-case fraction for what SGLang allocates between its two readings besides
-# the weights (buffers, the sampler's workspace) and for readings that lag.
-FRACTION_MARGIN_BYTES = 1 * GIB
+# Bounds of the --mem-fraction-static a fixed pool is started with (``launch_fraction``).
+MIN_LAUNCH_MEM_FRACTION = 0.5
+MAX_LAUNCH_MEM_FRACTION = 0.99
 # CUDA graphs: SGLang captures one graph per batch size up to --cuda-graph-max-bs (its default
 # on a 80-160 GB card: 256, i.e. ~35 graphs). A server sized for few concurrent sequences never
 # runs most of them; a batch above the largest one runs eager (slower decode, never wrong).
@@ -224,57 +218,44 @@ def start_budget(f: InstanceFacts) -> int:
 def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec,
               serial: bool = False) -> dict[str, InstanceFacts]:
     """Each instance's start-up facts (module docstring): its budget, its pool in tokens, the
-    fraction that holds whatever starts beside it, whether it must start alone, and its
-    CUDA-graph batch sizes."""
+    fraction that holds whatever starts beside it, whether it must start alone (``serial``:
+    every instance, CHIMERA_SERIAL_STARTS) and its CUDA-graph batch sizes."""
     gpu = int(host.gpu_memory_gb * GIB)
-    budgets = {iid: start_budget(f) for iid, f in facts.items()}
-    on_gpu: dict[int, list[str]] = {}
-    for iid, f in facts.items():
+    sharing: dict[int, int] = {}
+    for f in facts.values():
         for g in f.spec.gpus:
-            on_gpu.setdefault(g, []).append(iid)
+            sharing[g] = sharing.get(g, 0) + 1
     out: dict[str, InstanceFacts] = {}
     for iid, f in facts.items():
-        # what may load beside it while it starts: the GPU's other instances, no more than the
-        # start-up policy lets in beside it (it starts an instance only where its budget fits)
-        others = min(max(sum(budgets[o] for o in on_gpu[g] if o != iid) for g in f.spec.gpus),
-                     max(0, gpu - budgets[iid]))
-        tp = f.spec.model.tp_size
-        per_token_group = f.cost.kv_bytes_per_token * tp
-        fraction: float | None = None
-        tokens: int | None = None
-        alone = serial
-        if not f.shim:
-            tokens = max(1, f.fixed_pool_bytes // per_token_group)
-            fraction, concurrent = launch_fraction(f, others, gpu)
-            alone = alone or not concurrent
-        sized_for = f.fixed_pool_bytes if not f.shim else max(
-            f.floor_bytes, f.ceiling_bytes // len(max((on_gpu[g] for g in f.spec.gpus), key=len)))
+        per_token_group = f.cost.kv_bytes_per_token * f.spec.model.tp_size
+        if f.shim:  # sized for its share of the GPU's KV, at least its floor
+            tokens, fraction = None, None
+            sized_for = max(f.floor_bytes, f.ceiling_bytes // max(sharing[g] for g in f.spec.gpus))
+        else:
+            tokens, fraction = max(1, f.fixed_pool_bytes // per_token_group), launch_fraction(f, gpu)
+            sized_for = f.fixed_pool_bytes
         out[iid] = replace(f, max_total_tokens=tokens, launch_mem_fraction=fraction,
-                           start_alone=alone, start_budget_bytes=budgets[iid],
+                           start_alone=serial, start_budget_bytes=start_budget(f),
                            cuda_graph_max_bs=cuda_graph_max_bs(sized_for // per_token_group))
     return out
 
 
-def launch_fraction(f: InstanceFacts, others_bytes: int, gpu_bytes: int) -> tuple[float, bool]:
-    """(``--mem-fraction-static``, whether a concurrent start is safe) for a fixed pool.
+def launch_fraction(f: InstanceFacts, gpu_bytes: int) -> float:
+    """``--mem-fraction-static`` for a fixed pool started beside others: ``1 - after / G``,
+    where ``after`` is what the server allocates after its pool (CUDA graphs, activations) and
+    ``G`` the GPU's capacity in the placements file.
 
-    SGLang reads the free memory after its own CUDA context (``before``) and after its weights
-    (``after``); ``rest = after - before * (1 - fraction)`` must cover the pool. In the worst
-    case every other instance of the GPU (``others_bytes``, their start budgets) loads in
-    between: ``before = G - context`` and ``after = before - weights - others``, so
-    ``fraction >= (weights + pool + others) / (G - context)``. A start after the others are up
-    needs less (``(weights + pool) / (G - context - others)`` is smaller whenever everything
-    fits), so the same fraction serves a start alone. Above ``MAX_CONCURRENT_MEM_FRACTION`` the
-    instance starts alone, with the fraction a start alone needs."""
-    tp = f.spec.model.tp_size
-    weights = f.spec.model.shape.weight_bytes // tp
-    pool = f.fixed_pool_bytes // tp
-    room = gpu_bytes - f.cost.parked_bytes
-    concurrent = (weights + pool + others_bytes + FRACTION_MARGIN_BYTES) / room
-    if concurrent <= MAX_CONCURRENT_MEM_FRACTION:
-        return max(MIN_LAUNCH_MEM_FRACTION, concurrent), True
-    alone = (weights + pool + FRACTION_MARGIN_BYTES) / max(1, room - others_bytes)
-    return min(MAX_CONCURRENT_MEM_FRACTION, max(MIN_LAUNCH_MEM_FRACTION, alone)), False
+    Why it holds whatever the others do, as long as the budgets of the GPU fit in ``G`` (the
+    start-up policy starts an instance beside others only then): when SGLang reads ``after
+    weights``, everything allocated on the card is at most ``G - pool - after`` (the others'
+    budgets and its own, less what it has not allocated yet), so ``free_after_weights >=
+    G_card - G + pool + after``; and ``free_before * (1 - fraction) <= G_card * after / G <=
+    G_card - G + after``. Hence ``rest >= pool`` on a card of any size ``G_card >= G``, and
+    ``--max-total-tokens`` keeps the pool at its budget. A larger fraction never hurts SGLang
+    (it only enters the profile); a smaller one, as with the default, sizes the pool from what
+    the others happen to hold."""
+    after = f.cost.awake_bytes - f.spec.model.shape.weight_bytes // f.spec.model.tp_size
+    return min(MAX_LAUNCH_MEM_FRACTION, max(MIN_LAUNCH_MEM_FRACTION, 1 - after / gpu_bytes))
 
 
 def cuda_graph_max_bs(tokens: int) -> int:

@@ -7,16 +7,16 @@ Instances that share a GPU start concurrently: each is given its memory in absol
 (orchestrator/deployment.py ``start_mem``), so a start no longer depends on what the others
 hold when it begins. Starts are still kept apart where that is needed:
 
-- ``start_alone`` (a fixed pool whose worst-case ``--mem-fraction-static`` would be too close to
-  1, or ``CHIMERA_SERIAL_STARTS``): SGLang's profile reads free memory twice and another
-  server's allocations in between would shrink its pool; it starts while nothing else on its
-  GPUs starts, and nothing starts beside it.
+- ``start_alone`` (``CHIMERA_SERIAL_STARTS``, the fallback): nothing else on its GPUs starts
+  while it starts, as before concurrent starts existed.
 - memory (``ClusterSnapshot.gpu_bytes``): an instance starts beside others only where its start
   budget fits beside what its GPUs hold (budgets of the instances starting or awake, the
   context of the parked). One that does not fit waits while another instance of its GPUs is
   starting (its memory is not known yet, and in mode full a warm start parks it soon after),
   and otherwise starts as it always did, one at a time: the policy never deadlocks a
-  deployment the planner let through.
+  deployment the planner let through. The fraction a fixed pool is started with
+  (deployment.py ``launch_fraction``) holds only while the budgets fit: this is what keeps a
+  start from being sized by what the others happen to hold.
 """
 
 from __future__ import annotations

@@ -96,6 +96,7 @@ class Supervisor:
         self._socket_dir: str | None = None
         self._plugin_dir: str | None = None  # "" = chimera's installed entry point serves
         self.startups: dict[str, StartupRecord] = {}  # by instance id, the latest start of each
+        self._startups_lock = asyncio.Lock()  # one writer of startup.json at a time
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -286,11 +287,12 @@ class Supervisor:
         _log_footprint(spec.id, budget, reading)
 
     async def _write_startups(self) -> None:
-        body = json.dumps({iid: r.as_dict() for iid, r in self.startups.items()}, indent=1)
-        try:
-            await asyncio.to_thread(_write_atomic, self.run_dir / "startup.json", body)
-        except OSError as exc:
-            log.warning("cannot write %s/startup.json: %s", self.run_dir, exc)
+        async with self._startups_lock:  # the body taken inside: the last write is the newest
+            body = json.dumps({iid: r.as_dict() for iid, r in self.startups.items()}, indent=1)
+            try:
+                await asyncio.to_thread(_write_atomic, self.run_dir / "startup.json", body)
+            except OSError as exc:
+                log.warning("cannot write %s/startup.json: %s", self.run_dir, exc)
 
     def add_observer(self, observe: Callable[[InstanceView], None]) -> None:
         self._observers.append(observe)
