@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.gpu.fleet import FILES
+from orchestrator.supervisor.process import POLL_INTERVAL_S
 
 pytestmark = pytest.mark.slow
 DELAY_S = 4.0  # each sim server's simulated boot
@@ -38,7 +39,10 @@ def test_fleet_on_the_sim_starts_concurrently_within_budget(tmp_path: Path) -> N
         # the sim prints SGLang's marks: every phase is seen, and they add up to the total
         assert all(ph[p] is not None for p in ("spawn", "init", "weights", "kv", "graphs", "ready",
                                                "probe"))
-        assert ph["weights"] >= 0.2 * DELAY_S * 0.9 and ph["graphs"] >= 0.25 * DELAY_S * 0.9
+        # the sim spends 20% of its boot on weights and 25% on graphs; marks are stamped when
+        # the supervisor polls (every POLL_INTERVAL_S), so each end may be late by one poll
+        late = 2 * POLL_INTERVAL_S
+        assert ph["weights"] >= 0.2 * DELAY_S - late and ph["graphs"] >= 0.25 * DELAY_S - late
         parts = sum(ph[p] for p in ("spawn", "init", "weights", "kv", "graphs", "ready", "probe"))
         assert parts == pytest.approx(ph["total"], abs=0.01)
         assert rec["per_process"] is True and 0 < rec["measured_bytes"] <= rec["budget_bytes"]
