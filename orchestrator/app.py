@@ -22,6 +22,7 @@ from orchestrator.control.scrape import ROUND_S as SCRAPE_ROUND_S
 from orchestrator.control.scrape import Scraper
 from orchestrator.deployment import Deployment, derive
 from orchestrator.engines import get_engine
+from orchestrator.env import Env
 from orchestrator.kv.ledger import KVInstance, Ledger
 from orchestrator.kv.runner import HttpKVEffects, KVRunner
 from orchestrator.kv.wiring import GONE, kv_instances
@@ -59,7 +60,8 @@ async def serve(
     console: Console, admin_key: str | None = None,
 ) -> int:
     metrics = ChimeraMetrics()
-    dep = derive(cfg)  # every runtime fact of the placements file, read once
+    # every runtime fact of the placements file, read once
+    dep = derive(cfg, serial_starts=Env.read().serial_starts)
 
     def publish(view: InstanceView) -> None:
         metrics.set_instance_state(view.model, view.id, view.gpus, str(view.state))

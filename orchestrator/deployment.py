@@ -12,12 +12,25 @@ What ``up`` does with an instance: every instance that ``starts_on_up`` is start
 (placements ``on: true``; in mode ``full`` every placement, so that a parked server is ready to
 wake); one that does not ``serve_on_up`` (``on: false`` in mode full) is parked as soon as it is
 awake and idle (``warm_start_park``), others stay awake.
+
+How its server is started (``start_mem``): servers that share a GPU start concurrently, each
+given its memory in absolute terms. A fixed pool is ``--max-total-tokens``; the shim's virtual
+range is absolute already. SGLang still profiles (``_profile_available_bytes``, the formula it
+has kept since 0.4): ``rest = free_after_weights - free_before * (1 - fraction)``, its pool being
+``min(rest, --max-total-tokens)``, and it fails "Not enough memory" when ``rest <= 0``. With the
+default fraction (~0.5 of what is free) the result depends on what the others hold and load
+meanwhile; ``launch_mem_fraction`` (``launch_fraction``) is chosen so that ``rest`` covers the
+pool whatever the others do, provided the budgets of the GPU fit in it, which the start-up
+policy sees to (orchestrator/policy/startup.py). With the shim the profile is replaced
+(cumem_shim answers its virtual range): no fraction is given. Every figure is computed from
+``host.gpu_memory_gb``, never from the physical card, so a larger card can stand for a smaller
+one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orchestrator.config import GIB, Config, HostSpec, InstanceSpec, ModelSpec
 from orchestrator.perf.cost import ServerCost, server_cost
@@ -37,6 +50,17 @@ MAX_MEM_FRACTION_STATIC = 0.9
 
 START_LIMIT_BYTES = 1 * GIB  # a shim's limit until the ledger's first split (a second after start)
 MIN_POOL_BYTES = 1 * GIB  # the least KV ceiling an instance gets, however full its GPU
+
+# Bounds of the --mem-fraction-static a fixed pool is started with (``launch_fraction``).
+MIN_LAUNCH_MEM_FRACTION = 0.5
+MAX_LAUNCH_MEM_FRACTION = 0.99
+# CUDA graphs: SGLang captures one graph per batch size up to --cuda-graph-max-bs (its default
+# on a 80-160 GB card: 256, i.e. ~35 graphs). A server sized for few concurrent sequences never
+# runs most of them; a batch above the largest one runs eager (slower decode, never wrong).
+# Expected concurrency = the KV it is sized for at start / this many tokens per sequence.
+EXPECTED_TOKENS_PER_SEQUENCE = 2048
+MIN_CUDA_GRAPH_MAX_BS = 16
+MAX_CUDA_GRAPH_MAX_BS = 256  # SGLang's own default for 80-160 GB cards: never more than it
 
 
 def default_mem_fraction(model: ModelSpec, host: HostSpec) -> float:
@@ -83,7 +107,13 @@ class InstanceFacts:
     ceiling_bytes: int  # the most KV it may map: kv_pool_gb, else its GPU beside its own cost
     start_limit_bytes: int  # its shim's limit before the ledger's first split
     fixed_pool_bytes: int  # KV over its group without the shim (never resized); 0 with the shim
-    mem_fraction_static: float  # what SGLang is given when nothing sizes its pool
+    mem_fraction_static: float  # the fraction a fixed pool without kv_pool_gb is sized with
+    # Start-up (``start_mem``): what the server is given and what it may hold once up.
+    max_total_tokens: int | None = None  # the fixed pool in tokens; None with the shim
+    launch_mem_fraction: float | None = None  # --mem-fraction-static; None with the shim
+    start_alone: bool = False  # no other instance of its GPUs may start while it starts
+    start_budget_bytes: int = 0  # per GPU once up, before the ledger's first split
+    cuda_graph_max_bs: int = MAX_CUDA_GRAPH_MAX_BS
 
     @property
     def warm_start_park(self) -> bool:
@@ -133,9 +163,10 @@ class Deployment:
         return frozenset(iid for iid, f in self.instances.items() if f.shim)
 
 
-def derive(cfg: Config) -> Deployment:
+def derive(cfg: Config, serial_starts: bool = False) -> Deployment:
+    """``serial_starts``: every instance starts alone on its GPUs (CHIMERA_SERIAL_STARTS)."""
     models = {m.name: _model(cfg, m) for m in cfg.models}
-    instances = {i.id: _instance(cfg, i) for i in cfg.instances}
+    instances = start_mem({i.id: _instance(cfg, i) for i in cfg.instances}, cfg.host, serial_starts)
     return Deployment(cfg, models, instances, PlacementParams(tau=cfg.scheduler.tau))
 
 
@@ -175,3 +206,61 @@ def _fixed_pool(spec: InstanceSpec, host: HostSpec, fraction: float) -> int:
         return int(spec.placement.kv_pool_gb * GIB)
     per_gpu = fraction * host.gpu_memory_gb * GIB
     return max(0, int(per_gpu * spec.model.tp_size) - spec.model.shape.weight_bytes)
+
+
+def start_budget(f: InstanceFacts) -> int:
+    """What the instance holds on each of its GPUs once up: its context, weights, graphs and
+    activations, and its KV (its fixed pool, or the shim's limit before the ledger moves it)."""
+    kv = f.start_limit_bytes if f.shim else f.fixed_pool_bytes // f.spec.model.tp_size
+    return f.cost.held_awake_bytes + kv
+
+
+def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec,
+              serial: bool = False) -> dict[str, InstanceFacts]:
+    """Each instance's start-up facts (module docstring): its budget, its pool in tokens, the
+    fraction that holds whatever starts beside it, whether it must start alone (``serial``:
+    every instance, CHIMERA_SERIAL_STARTS) and its CUDA-graph batch sizes."""
+    gpu = int(host.gpu_memory_gb * GIB)
+    sharing: dict[int, int] = {}
+    for f in facts.values():
+        for g in f.spec.gpus:
+            sharing[g] = sharing.get(g, 0) + 1
+    out: dict[str, InstanceFacts] = {}
+    for iid, f in facts.items():
+        per_token_group = f.cost.kv_bytes_per_token * f.spec.model.tp_size
+        if f.shim:  # sized for its share of the GPU's KV, at least its floor
+            tokens, fraction = None, None
+            sized_for = max(f.floor_bytes, f.ceiling_bytes // max(sharing[g] for g in f.spec.gpus))
+        else:
+            tokens, fraction = max(1, f.fixed_pool_bytes // per_token_group), launch_fraction(f, gpu)
+            sized_for = f.fixed_pool_bytes
+        out[iid] = replace(f, max_total_tokens=tokens, launch_mem_fraction=fraction,
+                           start_alone=serial, start_budget_bytes=start_budget(f),
+                           cuda_graph_max_bs=cuda_graph_max_bs(sized_for // per_token_group))
+    return out
+
+
+def launch_fraction(f: InstanceFacts, gpu_bytes: int) -> float:
+    """``--mem-fraction-static`` for a fixed pool started beside others: ``1 - after / G``,
+    where ``after`` is what the server allocates after its pool (CUDA graphs, activations) and
+    ``G`` the GPU's capacity in the placements file.
+
+    Why it holds whatever the others do, as long as the budgets of the GPU fit in ``G`` (the
+    start-up policy starts an instance beside others only then): when SGLang reads ``after
+    weights``, everything allocated on the card is at most ``G - pool - after`` (the others'
+    budgets and its own, less what it has not allocated yet), so ``free_after_weights >=
+    G_card - G + pool + after``; and ``free_before * (1 - fraction) <= G_card * after / G <=
+    G_card - G + after``. Hence ``rest >= pool`` on a card of any size ``G_card >= G``, and
+    ``--max-total-tokens`` keeps the pool at its budget. A larger fraction never hurts SGLang
+    (it only enters the profile); a smaller one, as with the default, sizes the pool from what
+    the others happen to hold."""
+    after = f.cost.awake_bytes - f.spec.model.shape.weight_bytes // f.spec.model.tp_size
+    return min(MAX_LAUNCH_MEM_FRACTION, max(MIN_LAUNCH_MEM_FRACTION, 1 - after / gpu_bytes))
+
+
+def cuda_graph_max_bs(tokens: int) -> int:
+    """``--cuda-graph-max-bs`` for a server sized for ``tokens`` of KV: the power of two at or
+    above its expected concurrency, within [MIN_CUDA_GRAPH_MAX_BS, MAX_CUDA_GRAPH_MAX_BS]."""
+    want = max(1, -(-tokens // EXPECTED_TOKENS_PER_SEQUENCE))
+    bs = 1 << (want - 1).bit_length()
+    return min(MAX_CUDA_GRAPH_MAX_BS, max(MIN_CUDA_GRAPH_MAX_BS, bs))

@@ -36,6 +36,9 @@ class Env:
     # CHIMERA_SGLANG_ARGS: extra flags for every SGLang server, shell-quoted; on the lent H100
     # "--attention-backend triton --sampling-backend pytorch --grammar-backend none" (no FA3 there)
     sglang_extra_args: tuple[str, ...] = ()
+    # CHIMERA_SERIAL_STARTS=1: servers sharing a GPU start one at a time (the behaviour before
+    # concurrent starts; a fallback should a concurrent start misbehave on some engine)
+    serial_starts: bool = False
 
     @classmethod
     def read(cls) -> Env:
@@ -47,4 +50,5 @@ class Env:
             cache_dir=os.environ.get("CHIMERA_CACHE_DIR")
             or os.path.join(os.path.expanduser("~"), ".cache", "chimera"),
             sglang_extra_args=_args("CHIMERA_SGLANG_ARGS"),
+            serial_starts=os.environ.get("CHIMERA_SERIAL_STARTS", "") not in ("", "0"),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -206,8 +207,7 @@ class SimServer:
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette, settings: SimSettings, clock: Clock) -> AsyncIterator[None]:
     sim = SimServer(settings, clock)
-    if settings.start_delay_s > 0:  # uvicorn binds the port only after startup: like SGLang
-        await clock.sleep(settings.start_delay_s)
+    await _boot(sim, settings.start_delay_s, clock)  # uvicorn binds the port only after it
     sim.up = True
     app.state.sim = sim
     # [chimera: cumem_shim] the KV limit's control channel (shim_channel.py): a no-op unless
@@ -223,6 +223,38 @@ async def _lifespan(app: Starlette, settings: SimSettings, clock: Clock) -> Asyn
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+# Shares of the simulated boot spent in each phase (an 8B shape's cold start on the H100 is
+# roughly: init 40%, weights 20%, KV 5%, graphs 25%, the rest to the HTTP server).
+_BOOT_SHARES = (("init", 0.4), ("weights", 0.2), ("kv", 0.05), ("graphs", 0.25))
+
+
+async def _boot(sim: SimServer, delay_s: float, clock: Clock) -> None:
+    """Print stock SGLang's start-up log lines (the marks the supervisor times phases by),
+    spread over the simulated boot."""
+    p = sim.plan
+    gib = 2**30
+
+    def say(line: str) -> None:
+        print(f"{line} (SIMULATED)", file=sys.stderr, flush=True)
+
+    async def spend(share: float) -> None:
+        if delay_s > 0:
+            await clock.sleep(delay_s * share)
+
+    await spend(_BOOT_SHARES[0][1])
+    say(f"Load weight begin. avail mem={(p.gpu_bytes - p.context_bytes) / gib:.2f} GB")
+    await spend(_BOOT_SHARES[1][1])
+    say(f"Load weight end. elapsed={delay_s * _BOOT_SHARES[1][1]:.2f} s, "
+        f"mem usage={p.weight_bytes / gib:.2f} GB")
+    await spend(_BOOT_SHARES[2][1])
+    say(f"KV Cache is allocated. #tokens: {p.kv_capacity_tokens}, "
+        f"K size: {p.kv_bytes / 2 / gib:.2f} GB, V size: {p.kv_bytes / 2 / gib:.2f} GB")
+    await spend(_BOOT_SHARES[3][1])
+    say(f"Capture cuda graph end. Time elapsed: {delay_s * _BOOT_SHARES[3][1]:.2f} s. "
+        f"mem usage={p.cuda_graph_bytes / gib:.2f} GB")
+    await spend(1.0 - sum(share for _, share in _BOOT_SHARES))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -334,12 +334,15 @@ class ControlLoop:
         return ClusterSnapshot(
             instances=tuple(self._inst_snapshot(i) for i in self._instances.values()),
             waiting=self._holds.waiting(),
+            gpu_bytes=self.deployment.gpu_bytes,
         )
 
     def _inst_snapshot(self, i: Instance) -> InstanceSnapshot:
+        f = self.deployment.instances[i.id]
         return InstanceSnapshot(
             id=i.id, model=i.spec.model.name, gpus=i.spec.gpus, state=i.state,
-            start_on_up=self.deployment.instances[i.id].starts_on_up, order=self._order[i.id])
+            start_on_up=f.starts_on_up, order=self._order[i.id], start_alone=f.start_alone,
+            start_bytes=f.start_budget_bytes, parked_bytes=f.parked_bytes)
 
     def _set(self, inst: Instance, state: InstanceState, now: float) -> None:
         inst.to(state, now)

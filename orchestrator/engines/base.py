@@ -40,6 +40,10 @@ class LaunchRequest:
     # + a local tokenizer, orchestrator/shapes/materialize.py) for engines that need one.
     model_dir: str | None = None
     shim: ShimLaunch | None = None  # None: a fixed KV pool (mode static, or TP > 1)
+    # Start-up facts (orchestrator/deployment.py ``start_mem``); None: the engine's fallback.
+    max_total_tokens: int | None = None  # the fixed pool in tokens (ignored with the shim)
+    mem_fraction_static: float | None = None  # the fraction that holds whatever starts beside it
+    cuda_graph_max_bs: int | None = None  # CUDA graphs for batch sizes up to this
 
 
 @dataclass(frozen=True)

@@ -23,17 +23,18 @@ SIM_READY_TIMEOUT_S = 60.0  # the sim boots in ~1 s plus the configured start de
 
 def max_total_tokens(req: LaunchRequest) -> int | None:
     """KV pool in tokens: the shim's virtual range (SGLang sizes its pool for it), else the
-    memory ledger's share if given, else the placement's kv_pool_gb."""
+    memory ledger's share if given, else the deployment's fixed pool, else the placement's
+    kv_pool_gb."""
     per_token = req.instance.model.shape.kv_bytes_per_token
     if req.shim is not None:
         return max(1, req.shim.virtual_kv_bytes // per_token)
     if req.kv_bytes is not None:
         return max(1, req.kv_bytes // per_token)
+    if req.max_total_tokens is not None:
+        return req.max_total_tokens
     if req.instance.placement.kv_pool_gb is not None:
         return max(1, int(req.instance.placement.kv_pool_gb * GIB) // per_token)
     return None
-
-
 
 
 class SimEngine:

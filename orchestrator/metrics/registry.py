@@ -97,6 +97,13 @@ class ChimeraMetrics:
             "prefix cache), from its cumem_shim", ["model", "instance"], registry=r,
         )
 
+        self.instance_gpu_bytes = Gauge(
+            "chimera_instance_gpu_bytes", "An instance's GPU memory once up, summed over its "
+            "GPUs: its budget (kind=budget, from the deployment) and what it holds "
+            "(kind=measured: NVML per process, or the sim engine's ledger)",
+            ["model", "instance", "kind"], registry=r,
+        )
+
     def set_kv(self, model: str, instance: str, limit_bytes: int, mapped_bytes: int,
                used_tokens: int) -> None:
         """One instance's shim status, as the KV ledger last read it."""
@@ -120,6 +127,8 @@ class ChimeraMetrics:
             self.held.labels(model).set(value)
         elif kind == "hold_seconds":
             self.hold_seconds.labels(model).observe(value)
+        elif kind in ("instance_gpu_bytes_budget", "instance_gpu_bytes_measured"):  # label: instance
+            self.instance_gpu_bytes.labels(model, label, kind.rsplit("_", 1)[1]).set(value)
         else:
             raise ValueError(f"unknown measurement kind {kind!r}")
 

@@ -9,10 +9,15 @@ choice is for:
   ``base_gpu_id + r * gpu_id_step`` *among the visible ones* (srt/entrypoints/engine.py), and its
   per-process re-indexing (``maybe_reindex_device_id``) indexes into CUDA_VISIBLE_DEVICES too, so
   ``[3, 5]`` puts rank 0 on GPU 3 and rank 1 on GPU 5. The server cannot touch other GPUs.
-- KV pool: ``--max-total-tokens`` when the size is known (the ledger's ``kv_bytes``, else the
-  placement's ``kv_pool_gb``), else ``--mem-fraction-static``; see ``kv_args``. With the
-  elastic-KV shim (modes elastic/full) no KV flag: the shim answers SGLang's memory profile with
-  its virtual range, and the ledger moves its limit at run time (``shim_env``).
+- KV pool, in absolute terms so that servers sharing a GPU can start together (see ``kv_args``
+  and orchestrator/deployment.py ``start_mem``): ``--max-total-tokens`` (the ledger's
+  ``kv_bytes``, else the deployment's fixed pool, else the placement's ``kv_pool_gb``) with the
+  ``--mem-fraction-static`` that keeps SGLang's profile above it whatever loads beside it. With
+  the elastic-KV shim (modes elastic/full) no KV flag: the shim answers SGLang's memory profile
+  with its virtual range (absolute already), and the ledger moves its limit at run time
+  (``shim_env``).
+- ``--cuda-graph-max-bs``: the deployment's, sized from the instance's expected concurrency
+  (fewer graphs to capture at start; a model's own ``engine_args`` may override it).
 - Time-sharing: ``--enable-memory-saver --enable-weights-cpu-backup`` (park/wake through SGLang's
   own release/resume routes) and ``TMS_RETAIN_CPU_BACKUP=1`` (keeps the pinned host copy of the
   weights between parks: wake 0.40 s instead of 2.6-3.2 s for an 8B shape on the H100).
@@ -74,6 +79,8 @@ class SGLangEngine:
             "--sleep-on-idle",
             *([] if req.shim else kv_args(req)),  # with the shim, its virtual range sizes the pool
         ]
+        if req.cuda_graph_max_bs is not None:
+            argv += ["--cuda-graph-max-bs", str(req.cuda_graph_max_bs)]
         if model.load_format == "dummy":
             argv += ["--load-format", "dummy"]
         argv += [*self.env.sglang_extra_args, *model.engine_args]  # the model's own args win
@@ -110,22 +117,34 @@ def kv_bytes_per_token_group(model: ModelSpec) -> int:
 def kv_args(req: LaunchRequest) -> list[str]:
     """SGLang's KV sizing flags for one instance.
 
-    Sizes are per instance, summed over its GPUs. ``kv_bytes`` (the ledger) wins over
-    ``kv_pool_gb`` (the placements file; GB = GiB = 2**30 bytes, as in SGLang's own memory
-    logs and ``config.GIB``; Prism's ``max_memory_pool_size`` maps to it). SGLang treats
-    ``--max-total-tokens`` as a ceiling: it still profiles free memory at start and takes the
-    smaller value (with a warning), so the pool never over-commits the GPU.
+    Sizes are per instance, summed over its GPUs. ``kv_bytes`` (the ledger) wins over the
+    deployment's ``max_total_tokens``, which wins over ``kv_pool_gb`` (the placements file;
+    GB = GiB = 2**30 bytes, as in SGLang's own memory logs and ``config.GIB``; Prism's
+    ``max_memory_pool_size`` maps to it). SGLang treats ``--max-total-tokens`` as a ceiling: it
+    still profiles free memory at start (``free_after_weights - free_before * (1 - fraction)``)
+    and takes the smaller value, with a warning, or fails "Not enough memory" when the profile
+    finds nothing. ``req.mem_fraction_static`` is the fraction under which the profile covers
+    the pool even if every other server of the GPU loads between its two readings; without a
+    cap, the default fraction alone sizes the pool (the pre-concurrency behaviour).
     """
     model = req.instance.model
-    pool: int | None = req.kv_bytes
-    if pool is None and req.instance.placement.kv_pool_gb is not None:
-        pool = int(req.instance.placement.kv_pool_gb * GIB)
-    if pool is not None:
-        return ["--max-total-tokens", str(max(1, pool // kv_bytes_per_token_group(model)))]
-    return ["--mem-fraction-static", f"{mem_fraction_static(req):.3f}"]
+    tokens: int | None = req.max_total_tokens
+    if req.kv_bytes is not None:
+        tokens = max(1, req.kv_bytes // kv_bytes_per_token_group(model))
+    elif tokens is None and req.instance.placement.kv_pool_gb is not None:
+        tokens = max(1, int(req.instance.placement.kv_pool_gb * GIB) // kv_bytes_per_token_group(model))
+    if tokens is None:
+        return ["--mem-fraction-static", f"{mem_fraction_static(req):.3f}"]
+    args = ["--max-total-tokens", str(tokens)]
+    if req.mem_fraction_static is not None:
+        args += ["--mem-fraction-static", f"{req.mem_fraction_static:.3f}"]
+    return args
 
 
 def mem_fraction_static(req: LaunchRequest) -> float:
+    """The fraction alone sizes the pool: the deployment's if it gave one, else the default."""
+    if req.mem_fraction_static is not None:
+        return req.mem_fraction_static
     return default_mem_fraction(req.instance.model, req.host)
 
 

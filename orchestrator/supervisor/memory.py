@@ -5,7 +5,10 @@
   container with its own PID namespace), the GPUs' used memory is read instead and the result
   says so (``per_process=False``); the control loop parks one instance at a time per GPU, so
   the device-level difference is still the instance's.
-- sim engine: the simulated ledger in ``GET /server_info`` (``sim.memory.resident_bytes``).
+- sim engine: the simulated ledger in ``GET /server_info`` (``sim.memory.resident_bytes``, per
+  GPU, times the instance's GPUs).
+
+Either way a reading is the instance's total over its GPUs.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ class SimMemoryProbe:
     async def read(self, pid: int, gpus: tuple[int, ...], base_url: str) -> MemoryReading:
         r = await self._client.get(base_url + SERVER_INFO.path, timeout=10)
         r.raise_for_status()
-        return MemoryReading(int(r.json()["sim"]["memory"]["resident_bytes"]), True)
+        # the sim reports one GPU's bytes; like NVML's reading, the result sums the group's
+        return MemoryReading(int(r.json()["sim"]["memory"]["resident_bytes"]) * len(gpus), True)
 
 
 class NvmlMemoryProbe:
@@ -70,3 +74,20 @@ def _nvml_read(pid: int, gpus: tuple[int, ...]) -> MemoryReading:
         return MemoryReading(total, True) if seen else MemoryReading(device_used, False)
     finally:
         pynvml.nvmlShutdown()
+
+
+# A footprint within this of its budget is not an overshoot: NVML readings move by a few MiB on
+# their own, and the torch allocator rounds its segments up.
+OVERSHOOT_SLACK_BYTES = 256 * 2**20
+OVERSHOOT_SLACK_FRACTION = 0.02
+
+
+def overshoot(budget_bytes: int, reading: MemoryReading) -> int | None:
+    """Bytes by which an instance's footprint exceeds its budget (both summed over its GPUs),
+    0 within the slack, or None when the reading cannot say (device-level: other instances of
+    the GPU are in it)."""
+    if not reading.per_process:
+        return None
+    over = reading.bytes - budget_bytes
+    slack = OVERSHOOT_SLACK_BYTES + OVERSHOOT_SLACK_FRACTION * budget_bytes
+    return over if over > slack else 0

@@ -50,6 +50,7 @@ class EngineProcess:
         self.log_path = log_path
         self._proc: asyncio.subprocess.Process | None = None
         self.probe_output: str | None = None  # text of the readiness probe at first start
+        self.ready_at: float | None = None  # monotonic time /model_info first answered 200
 
     @property
     def pid(self) -> int | None:
@@ -107,7 +108,8 @@ class EngineProcess:
             if on_wait is not None:
                 on_wait(elapsed)
             await asyncio.sleep(POLL_INTERVAL_S)
-        left = max(1.0, timeout_s - (time.monotonic() - start))
+        self.ready_at = time.monotonic()
+        left = max(1.0, timeout_s - (self.ready_at - start))
         self.probe_output = await self._probe(client, left)
 
     async def _probe(self, client: httpx.AsyncClient, timeout_s: float) -> str:

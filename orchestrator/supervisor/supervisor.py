@@ -2,12 +2,19 @@
 
 Every task it creates is kept in ``self._tasks`` (never a bare ``create_task``) and reports back
 to the control loop as an event. ``stop_all`` leaves no process behind.
+
+Each start is timed per phase (supervisor/phases.py) and its GPU footprint is checked against
+the deployment's budget once the server is up (NVML per process, or the sim engine's own
+ledger): a ``startup`` log line per instance, ``run_dir/startup.json`` with every instance's
+record (rewritten as records complete, e.g. at the first park), the
+``chimera_instance_gpu_bytes`` metric, and a warning when a server holds more than its budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -39,7 +46,14 @@ from orchestrator.kv.runner import KVEndpoint
 from orchestrator.shapes import KNOWN_MODEL_IDS
 from orchestrator.shapes.materialize import dummy_model_dir
 from orchestrator.supervisor.lifecycle import Lifecycle
-from orchestrator.supervisor.memory import MemoryProbe, NvmlMemoryProbe, SimMemoryProbe
+from orchestrator.supervisor.memory import (
+    MemoryProbe,
+    MemoryReading,
+    NvmlMemoryProbe,
+    SimMemoryProbe,
+    overshoot,
+)
+from orchestrator.supervisor.phases import LogFollower, StartupRecord
 from orchestrator.supervisor.ports import free_ports
 from orchestrator.supervisor.process import EngineProcess
 from orchestrator.types import Endpoint, InstanceView
@@ -81,6 +95,8 @@ class Supervisor:
         self.kv_endpoints: dict[str, KVEndpoint] = {}
         self._socket_dir: str | None = None
         self._plugin_dir: str | None = None  # "" = chimera's installed entry point serves
+        self.startups: dict[str, StartupRecord] = {}  # by instance id, the latest start of each
+        self._startups_lock = asyncio.Lock()  # one writer of startup.json at a time
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -169,20 +185,27 @@ class Supervisor:
         try:
             model_dir = await self._model_dir(spec)
             shim = self._shim(spec, port)
+            facts = self.deployment.instances.get(spec.id) if self.deployment is not None else None
             launch = self.engine.launch_spec(LaunchRequest(
                 instance=spec, host=self.host, port=port, nccl_port=nccl_port, model_dir=model_dir,
                 shim=shim,
+                max_total_tokens=facts.max_total_tokens if facts is not None else None,
+                mem_fraction_static=facts.launch_mem_fraction if facts is not None else None,
+                cuda_graph_max_bs=facts.cuda_graph_max_bs if facts is not None else None,
             ))
         except (ChimeraError, OSError, ImportError) as exc:
             self._post(StartFailed(spec.id, f"cannot prepare the engine command: {exc}"))
             return
         proc = EngineProcess(spec.id, launch, self.log_path(spec.id))
         self._procs[spec.id] = proc
+        follower = LogFollower.at_end(proc.log_path)
         t0 = time.monotonic()
+        record = StartupRecord(spec.id, spec.model.name, t0)
         try:
             await proc.spawn()
+            record.marks["spawned"] = time.monotonic()
             log.info("%s: spawned pid %s, log %s", spec.id, proc.pid, proc.log_path)
-            await proc.wait_ready(self._client)
+            await proc.wait_ready(self._client, on_wait=lambda _: follower.poll(time.monotonic()))
         except EngineStartError as exc:
             await proc.stop()
             self._post(StartFailed(spec.id, str(exc)))
@@ -190,6 +213,16 @@ class Supervisor:
         except OSError as exc:
             self._post(StartFailed(spec.id, f"cannot spawn {launch.argv[0]}: {exc}"))
             return
+        record.marks["probed"] = time.monotonic()
+        follower.poll(proc.ready_at or record.marks["probed"])  # lines since the last poll
+        record.marks.update(follower.seen)
+        if proc.ready_at is not None:
+            record.marks["ready"] = proc.ready_at
+        # before the shim is handed to the ledger: its limit is still the start limit
+        await self._check_footprint(spec, proc, launch.base_url, record)
+        self.startups[spec.id] = record
+        log.info("%s: startup %s", spec.id, json.dumps(record.as_dict()))
+        await self._write_startups()
         if shim is not None and (why := await self._shim_ready(spec, shim, launch.base_url)):
             await proc.stop()
             self._post(StartFailed(spec.id, why))
@@ -217,6 +250,10 @@ class Supervisor:
         how = "per process" if res.after.per_process else "device-level"
         log.info("%s: parked in %.3f s, freed %.2f GiB (%s reading)", spec.id, res.seconds,
                  res.freed_bytes / 2**30, how)
+        record = self.startups.get(spec.id)
+        if record is not None and record.first_park_s is None:
+            record.first_park_s = res.seconds
+            await self._write_startups()
         self._post(Parked(spec.id, res.seconds, res.freed_bytes))
 
     async def _wake(self, spec: InstanceSpec) -> None:
@@ -230,6 +267,33 @@ class Supervisor:
         log.info("%s: woken in %.3f s", spec.id, seconds)
         self._post(Woken(spec.id, seconds))
 
+    async def _check_footprint(self, spec: InstanceSpec, proc: EngineProcess, base_url: str,
+                               record: StartupRecord) -> None:
+        """Read the server's GPU memory and compare it with its budget (summed over its GPUs);
+        an overshoot is logged as a warning, never fatal: the server is up and serving."""
+        facts = self.deployment.instances.get(spec.id) if self.deployment is not None else None
+        if facts is None or proc.pid is None:
+            return
+        budget = facts.start_budget_bytes * len(spec.gpus)
+        try:
+            reading = await self.lifecycle.probe.read(proc.pid, spec.gpus, base_url)
+        except (httpx.HTTPError, OSError, ImportError, KeyError, ValueError) as exc:
+            log.warning("%s: cannot read its GPU memory after start: %s", spec.id, exc)
+            return
+        record.budget_bytes, record.measured_bytes = budget, reading.bytes
+        record.per_process = reading.per_process
+        self.observe("instance_gpu_bytes_budget", spec.model.name, budget, spec.id)
+        self.observe("instance_gpu_bytes_measured", spec.model.name, reading.bytes, spec.id)
+        _log_footprint(spec.id, budget, reading)
+
+    async def _write_startups(self) -> None:
+        async with self._startups_lock:  # the body taken inside: the last write is the newest
+            body = json.dumps({iid: r.as_dict() for iid, r in self.startups.items()}, indent=1)
+            try:
+                await asyncio.to_thread(_write_atomic, self.run_dir / "startup.json", body)
+            except OSError as exc:
+                log.warning("cannot write %s/startup.json: %s", self.run_dir, exc)
+
     def add_observer(self, observe: Callable[[InstanceView], None]) -> None:
         self._observers.append(observe)
 
@@ -238,3 +302,25 @@ def model_path_is_shape(model_path: str, shape_name: str) -> bool:
     """True when the model path names a shipped shape (known id or shape name), i.e. there is
     no directory of the user's to load."""
     return model_path in KNOWN_MODEL_IDS or model_path == shape_name
+
+
+def _log_footprint(instance_id: str, budget: int, reading: MemoryReading) -> None:
+    over = overshoot(budget, reading)
+    gib = 2**30
+    if over is None:
+        log.info("%s: GPU memory %.2f GiB (device-level reading, other servers in it); budget "
+                 "%.2f GiB not checked", instance_id, reading.bytes / gib, budget / gib)
+    elif over > 0:
+        log.warning("%s: OVER BUDGET: holds %.2f GiB of GPU memory, %.2f GiB over its budget of "
+                    "%.2f GiB; colocated servers may run out of memory", instance_id,
+                    reading.bytes / gib, over / gib, budget / gib)
+    else:
+        log.info("%s: GPU memory %.2f GiB within its budget of %.2f GiB", instance_id,
+                 reading.bytes / gib, budget / gib)
+
+
+def _write_atomic(path: Path, body: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(body)
+    os.replace(tmp, path)

@@ -44,10 +44,15 @@ async def env() -> AsyncIterator[tuple[ControlLoop, RecordingEffects, Clock]]:
     ctl = ControlLoop(derive(CFG), fx, clock=clock)
     task = asyncio.create_task(ctl.run())
     await settle()
-    for iid in ("a@gpu0", "b@gpu0", "c@gpu0"):  # serialized starts on GPU 0
-        assert fx.started[-1] == iid
+    # a and b start together (their start budgets fit in 48 GB); c, which does not fit beside
+    # them, waits until neither is starting
+    assert fx.started == ["a@gpu0", "b@gpu0"]
+    for iid in ("a@gpu0", "b@gpu0"):
         ctl.post(Started(iid, ep(iid), seconds=2.0))
         await settle()
+    assert fx.started[-1] == "c@gpu0"
+    ctl.post(Started("c@gpu0", ep("c@gpu0"), seconds=2.0))
+    await settle()
     yield ctl, fx, clock
     await cancel_and_wait(task)
 

@@ -1,0 +1,140 @@
+"""Fast fleet start: the absolute memory a server is started with (orchestrator/deployment.py
+``start_mem``), the SGLang flags it becomes, the footprint check and the start-up phases read
+from an engine log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.config import GIB, parse_config
+from orchestrator.deployment import (
+    MAX_CUDA_GRAPH_MAX_BS,
+    MIN_CUDA_GRAPH_MAX_BS,
+    cuda_graph_max_bs,
+    derive,
+)
+from orchestrator.engines.base import LaunchRequest
+from orchestrator.env import Env
+from orchestrator.sglang.launch import SGLangEngine, kv_bytes_per_token_group
+from orchestrator.supervisor.memory import MemoryReading, overshoot
+from orchestrator.supervisor.phases import PHASES, LogFollower, StartupRecord
+
+SHAPES = ("llama-3.1-8b", "qwen2.5-7b", "llama-3.2-3b", "llama-3.2-1b")
+
+
+def fleet(mode: str, gpu_memory_gb: float = 80, kv: float = 2) -> Any:
+    return parse_config({"mode": mode, "host": {"gpus": 1, "gpu_memory_gb": gpu_memory_gb},
+                         "models": [{"name": f"m{i}", "model_path": s, "load_format": "dummy",
+                                     "placements": [{"gpus": [0], "kv_pool_gb": kv}]}
+                                    for i, s in enumerate(SHAPES)]}, gpu_count=1)
+
+
+def flag(argv: tuple[str, ...], name: str) -> str:
+    assert argv.count(name) == 1, f"{name} appears {argv.count(name)} times"
+    return argv[argv.index(name) + 1]
+
+
+def test_a_fixed_pool_is_given_in_tokens_with_a_fraction_that_holds_beside_the_others() -> None:
+    for gpu_gb in (80.0, 141.0):
+        dep = derive(fleet("static", gpu_gb))
+        for f in dep.instances.values():
+            assert f.max_total_tokens == 2 * GIB // kv_bytes_per_token_group(f.spec.model)
+            frac = f.launch_mem_fraction
+            assert frac is not None and not f.start_alone
+            # SGLang's profile, worst case: the others' whole budgets loaded before its second
+            # reading, its own pool, graphs and activations not yet; on a card of the file's size
+            # or larger, rest = after - before * (1 - frac) still covers the pool
+            others = sum(o.start_budget_bytes for o in dep.instances.values() if o is not f)
+            assert others + f.start_budget_bytes <= dep.gpu_bytes  # the deployment fits
+            for card in (dep.gpu_bytes, 2 * dep.gpu_bytes):
+                before = card - f.cost.parked_bytes
+                after = before - f.spec.model.shape.weight_bytes - others
+                assert after - before * (1 - frac) >= f.fixed_pool_bytes
+
+
+def test_the_budget_is_computed_from_the_file_not_the_card() -> None:
+    small, large = derive(fleet("static", 80)), derive(fleet("static", 141))
+    for iid, f in small.instances.items():
+        assert f.start_budget_bytes == large.instances[iid].start_budget_bytes  # same pools
+        assert f.start_budget_bytes == f.cost.held_awake_bytes + 2 * GIB
+        assert f.launch_mem_fraction is not None and large.instances[iid].launch_mem_fraction is not None
+        assert f.launch_mem_fraction < large.instances[iid].launch_mem_fraction
+
+
+def test_with_the_shim_no_kv_flag_and_the_start_limit_is_the_budget() -> None:
+    dep = derive(fleet("elastic"))
+    for f in dep.instances.values():
+        assert f.shim and f.max_total_tokens is None and f.launch_mem_fraction is None
+        assert f.start_budget_bytes == f.cost.held_awake_bytes + f.start_limit_bytes
+
+
+def test_serial_starts_make_every_instance_start_alone() -> None:
+    assert all(f.start_alone for f in derive(fleet("static"), serial_starts=True).instances.values())
+    assert not any(f.start_alone for f in derive(fleet("static")).instances.values())
+
+
+def test_cuda_graph_batch_sizes_follow_the_expected_concurrency() -> None:
+    assert cuda_graph_max_bs(0) == MIN_CUDA_GRAPH_MAX_BS
+    assert cuda_graph_max_bs(100 * 2048) == 128  # 100 sequences of 2048 tokens
+    assert cuda_graph_max_bs(10**9) == MAX_CUDA_GRAPH_MAX_BS
+    small, big = derive(fleet("static", kv=1)), derive(fleet("static", kv=60))
+    assert small.instances["m0@gpu0"].cuda_graph_max_bs < big.instances["m0@gpu0"].cuda_graph_max_bs
+
+
+@pytest.mark.parametrize("mode", ["static", "elastic"])
+def test_the_launch_carries_the_deployment_s_absolute_memory(mode: str) -> None:
+    cfg = fleet(mode)
+    dep = derive(cfg)
+    f = dep.instances["m0@gpu0"]
+    req = LaunchRequest(instance=f.spec, host=cfg.host, port=30001, nccl_port=40001,
+                        max_total_tokens=f.max_total_tokens, mem_fraction_static=f.launch_mem_fraction,
+                        cuda_graph_max_bs=f.cuda_graph_max_bs)
+    if mode == "elastic":
+        from orchestrator.engines.base import ShimLaunch
+        req = LaunchRequest(**{**req.__dict__, "shim": ShimLaunch("/tmp/s.sock", GIB, 10 * GIB)})
+    argv = SGLangEngine(Env.read()).launch_spec(req).argv
+    assert flag(argv, "--cuda-graph-max-bs") == str(f.cuda_graph_max_bs)
+    if mode == "static":
+        assert flag(argv, "--max-total-tokens") == str(f.max_total_tokens)
+        assert flag(argv, "--mem-fraction-static") == f"{f.launch_mem_fraction:.3f}"
+    else:  # the shim's virtual range sizes the pool: no KV flag at all
+        assert "--max-total-tokens" not in argv and "--mem-fraction-static" not in argv
+
+
+def test_overshoot_counts_only_beyond_the_slack_and_only_per_process() -> None:
+    budget = 20 * GIB
+    assert overshoot(budget, MemoryReading(budget + 100 * 2**20, True)) == 0
+    assert overshoot(budget, MemoryReading(budget + 2 * GIB, True)) == 2 * GIB
+    assert overshoot(budget, MemoryReading(budget + 2 * GIB, False)) is None  # others in it
+
+
+def test_phases_follow_the_log_marks_and_add_up(tmp_path: Path) -> None:
+    log = tmp_path / "e.log"
+    log.write_text("an earlier start: Load weight end. elapsed=1 s\n")
+    follower = LogFollower.at_end(log)
+    rec = StartupRecord("a@gpu0", "a", t0=100.0)
+    rec.marks["spawned"] = 100.5
+    with open(log, "a") as f:
+        f.write("[2026] Load weight begin. avail mem=70 GB\n[2026] Load weight e")
+    follower.poll(110.0)
+    with open(log, "a") as f:  # the line completes later; a renamed graph line still matches
+        f.write("nd. elapsed=3 s\nKV Cache is allocated. #tokens: 8192\n"
+                "Capture target decode CUDA graph end. elapsed=9 s\n")
+    follower.poll(113.0)
+    rec.marks.update(follower.seen)
+    rec.marks.update(ready=130.0, probed=131.0)
+    ph = rec.phases()
+    assert ph == {"spawn": 0.5, "init": 9.5, "weights": 3.0, "kv": 0.0, "graphs": 0.0,
+                  "ready": 17.0, "probe": 1.0, "total": 31.0, "first_park": None}
+    assert sum(v for k, v in ph.items() if k in dict(PHASES) and v is not None) == ph["total"]
+
+
+def test_a_missing_mark_leaves_its_phase_empty_and_the_next_counts_from_the_last_seen() -> None:
+    rec = StartupRecord("a@gpu0", "a", t0=0.0, marks={"spawned": 1.0, "weights_end": 5.0,
+                                                      "ready": 9.0, "probed": 10.0})
+    ph = rec.phases()
+    assert ph["init"] is None and ph["weights"] == 4.0 and ph["kv"] is None
+    assert ph["ready"] == 4.0 and ph["total"] == 10.0
