@@ -14,7 +14,7 @@ if [ "${1:-}" = "--cmd" ]; then
   "$@"
   rc=$?
 else
-  python3 -m pytest -m gpu tests/gpu -rA -p no:cacheprovider "$@" 2>&1 | tee "$OUT/pytest.log"
+  python3 -m pytest -m gpu tests/gpu -rA -p no:cacheprovider -o addopts=--strict-markers "$@" 2>&1 | tee "$OUT/pytest.log"
   rc=${PIPESTATUS[0]}
 fi
 (cd ~ && tar czf "$OUT/jit-cache.tgz" .triton .cache 2>/dev/null)
