@@ -15,7 +15,9 @@ Translations (the simulator's approximations, documented in docs/bench-sim.md):
 - TP servers (live: no shim, a fixed pool) get one ledger instance per GPU and take the
   smallest of their limits (every rank holds the same tokens);
 - ``elastic=False``: a server keeps the pool it woke with until it parks; the ledger counts it
-  as unseen at its last limit, as it counts a shim that does not answer.
+  as unseen at its last limit, as it counts a shim that does not answer. A server a plan will
+  wake counts as resident already, so a pool fixed meanwhile leaves it room (live, elastic
+  neighbours shrink for it instead).
 """
 
 from __future__ import annotations
@@ -52,10 +54,11 @@ class SimLedger:
         out = []
         for s in servers:
             c = s.model.cost
+            coming = not self.elastic and s.claimed  # fixed pools leave room for planned wakes
             out += [KVInstance(_key(s, g), g, c.kv_bytes_per_token,
                                awake_bytes=c.held_awake_bytes, parked_bytes=c.parked_bytes,
-                               floor_bytes=c.kv_floor_bytes, resident=s.state in RESIDENT,
-                               holds_weights=s.state in HOLDS_WEIGHTS)
+                               floor_bytes=c.kv_floor_bytes, resident=s.state in RESIDENT or coming,
+                               holds_weights=s.state in HOLDS_WEIGHTS or coming)
                     for g in s.gpus]
         return out
 
@@ -83,6 +86,8 @@ class SimLedger:
         for s in {by_key[k].id: by_key[k] for k in sorted(touched)}.values():
             limits = [self.ledger.known[_key(s, g)].limit or 0 for g in s.gpus]
             tokens = min(limits) // (BLOCK_TOKENS * s.model.cost.kv_bytes_per_token) * BLOCK_TOKENS  # as the shim
+            if s.state not in RESIDENT:
+                tokens = 0  # a claimed server's share is only held for it until it wakes
             if tokens > s.kv_limit:
                 grew.update(s.gpus)
             s.kv_limit = tokens
