@@ -136,7 +136,8 @@ class Deployment:
 def derive(cfg: Config) -> Deployment:
     models = {m.name: _model(cfg, m) for m in cfg.models}
     instances = {i.id: _instance(cfg, i) for i in cfg.instances}
-    return Deployment(cfg, models, instances, PlacementParams(tau=cfg.scheduler.tau))
+    return Deployment(cfg, models, instances, PlacementParams(
+        tau=cfg.scheduler.tau, max_awake_per_gpu=cfg.scheduler.max_awake_per_gpu))
 
 
 def _model(cfg: Config, m: ModelSpec) -> ModelFacts:
