@@ -26,7 +26,7 @@ def counters(text: str) -> dict[str, float]:
     """Sample name{labels} -> value of chimera's counters and histogram counts in /metrics."""
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
-        if not fam.name.startswith("chimera_") or fam.type not in ("counter", "histogram"):
+        if not fam.name.startswith("chimera_") or fam.type not in ("counter", "histogram", "unknown"):
             continue
         for s in fam.samples:
             if s.name.endswith(("_total", "_count")) or (
