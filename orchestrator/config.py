@@ -450,25 +450,16 @@ def _check_cross(v: _Validator, models: list[ModelSpec], gpu_count: int, host: H
 
 
 def _check_awake_limit(v: _Validator, models: list[ModelSpec], mode: Mode, sched: SchedulerSpec) -> None:
-    """``scheduler.max_awake_per_gpu`` needs the global scheduler (mode full), and ``up`` may not
-    start more models awake on a GPU than it allows."""
+    """``scheduler.max_awake_per_gpu`` needs mode full; ``up`` may not start more awake per GPU."""
     limit = sched.max_awake_per_gpu
-    if limit is None:
-        return
-    if mode != "full":
-        v.err("scheduler.max_awake_per_gpu", f"needs mode full (got {mode}): only mode full parks "
-              "and wakes servers")
-        return
-    awake: dict[int, list[str]] = {}
-    for m in models:
-        for pl in m.placements:
-            if pl.on:
-                for g in pl.gpus:
-                    awake.setdefault(g, []).append(m.name)
-    for g, names in sorted(awake.items()):
-        if len(names) > limit:
-            v.err(f"GPU {g}", f"{len(names)} models start awake ({', '.join(names)}) but "
-                  f"scheduler.max_awake_per_gpu is {limit}: set `on: false` on the others")
+    if limit is not None and mode != "full":
+        v.err("scheduler.max_awake_per_gpu", f"needs mode full (got {mode}): only it parks and wakes")
+    elif limit is not None:
+        for g in sorted({g for m in models for pl in m.placements for g in pl.gpus}):
+            names = [m.name for m in models if any(pl.on and g in pl.gpus for pl in m.placements)]
+            if len(names) > limit:
+                v.err(f"GPU {g}", f"{len(names)} models start awake ({', '.join(names)}) but "
+                      f"scheduler.max_awake_per_gpu is {limit}: set `on: false` on the others")
 
 
 def model_from_prism(i: int, m: Any) -> Any:
