@@ -131,6 +131,9 @@ class SchedulerSpec:
 
     tau: float = 0.3  # migrate a model only when its pair's KV pressure ratio drops by more
     on_late: OnLate = "shed"  # a request past its TTFT deadline (model with slo.ttft_s): shed | serve
+    # Swap-on-demand (mode full only): at most this many models awake per GPU; waking another
+    # parks the least recently active first, as llama-swap does. None = no limit (chimera).
+    max_awake_per_gpu: int | None = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,8 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     if gpu_count is None:
         gpu_count = host.gpus if host.gpus is not None else max(used, default=0) + 1
     _check_cross(v, models, gpu_count, host)
+    v.raise_if_any(source)
+    _check_awake_limit(v, models, mode, scheduler)
     v.raise_if_any(source)
     instances = tuple(
         InstanceSpec(id=_instance_id(m, pl), model=m, placement=pl)
@@ -307,10 +312,12 @@ def _scheduler(v: _Validator, raw: Any) -> SchedulerSpec:
     if not isinstance(raw, dict):
         v.err("scheduler", "must be a mapping like {tau: 0.3, on_late: shed}")
         return SchedulerSpec()
-    v.keys(raw, "scheduler", {"tau", "on_late"})
+    v.keys(raw, "scheduler", {"tau", "on_late", "max_awake_per_gpu"})
     tau = v.number(raw, "tau", "scheduler", minimum=0)
     on_late = v.one_of(raw.get("on_late", "shed"), "scheduler.on_late", ON_LATE, "shed")
-    return SchedulerSpec(tau if tau is not None else SchedulerSpec.tau, on_late)
+    awake = v.number(raw, "max_awake_per_gpu", "scheduler", minimum=1, integer=True)
+    return SchedulerSpec(tau if tau is not None else SchedulerSpec.tau, on_late,
+                         int(awake) if awake is not None else None)
 
 
 def _model(v: _Validator, path: str, raw: Any, idle_default: Idle = Idle()) -> ModelSpec | None:
@@ -440,6 +447,19 @@ def _check_cross(v: _Validator, models: list[ModelSpec], gpu_count: int, host: H
             v.err(f"GPU {g}", f"weights of the models that start awake ({names}) need "
                   f"{total / GIB:.1f} GiB, more than {budget / GIB:.1f} GiB of a "
                   f"{host.gpu_memory_gb:g} GB GPU: set `on: false` on some or raise tp_size")
+
+
+def _check_awake_limit(v: _Validator, models: list[ModelSpec], mode: Mode, sched: SchedulerSpec) -> None:
+    """``scheduler.max_awake_per_gpu`` needs mode full; ``up`` may not start more awake per GPU."""
+    limit = sched.max_awake_per_gpu
+    if limit is not None and mode != "full":
+        v.err("scheduler.max_awake_per_gpu", f"needs mode full (got {mode}): only it parks and wakes")
+    elif limit is not None:
+        for g in sorted({g for m in models for pl in m.placements for g in pl.gpus}):
+            names = [m.name for m in models if any(pl.on and g in pl.gpus for pl in m.placements)]
+            if len(names) > limit:
+                v.err(f"GPU {g}", f"{len(names)} models start awake ({', '.join(names)}) but "
+                      f"scheduler.max_awake_per_gpu is {limit}: set `on: false` on the others")
 
 
 def model_from_prism(i: int, m: Any) -> Any:

@@ -167,7 +167,8 @@ def derive(cfg: Config, serial_starts: bool = False) -> Deployment:
     """``serial_starts``: every instance starts alone on its GPUs (CHIMERA_SERIAL_STARTS)."""
     models = {m.name: _model(cfg, m) for m in cfg.models}
     instances = start_mem({i.id: _instance(cfg, i) for i in cfg.instances}, cfg.host, serial_starts)
-    return Deployment(cfg, models, instances, PlacementParams(tau=cfg.scheduler.tau))
+    return Deployment(cfg, models, instances, PlacementParams(
+        tau=cfg.scheduler.tau, max_awake_per_gpu=cfg.scheduler.max_awake_per_gpu))
 
 
 def _model(cfg: Config, m: ModelSpec) -> ModelFacts:

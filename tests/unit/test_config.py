@@ -151,3 +151,34 @@ def test_bad_mode_idle_and_floor_are_reported() -> None:
     assert any("mode: must be one of static, elastic, full" in p for p in probs)
     assert any("models[0].idle.when" in p for p in probs)
     assert any("models[0].placements[0].kv_floor_gb" in p for p in probs)
+
+
+def test_max_awake_per_gpu_is_parsed_and_reaches_the_global_scheduler() -> None:
+    from orchestrator.deployment import derive
+
+    two = {"models": [
+        {"name": "a", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0], "on": True}]},
+        {"name": "b", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0], "on": False}]}]}
+    assert parse_config(two).scheduler.max_awake_per_gpu is None
+    cfg = parse_config({**two, "scheduler": {"max_awake_per_gpu": 1}})
+    assert cfg.scheduler.max_awake_per_gpu == 1
+    assert derive(cfg).placement_params.max_awake_per_gpu == 1
+    assert derive(parse_config(two)).placement_params.max_awake_per_gpu is None
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    ({"scheduler": {"max_awake_per_gpu": 0}}, "scheduler.max_awake_per_gpu: must be an integer >= 1"),
+    ({"scheduler": {"max_awake_per_gpu": 1.5}}, "scheduler.max_awake_per_gpu: must be an integer >= 1"),
+    ({"scheduler": {"max_awake_per_gpu": 1}, "mode": "elastic"}, "needs mode full (got elastic)"),
+])
+def test_bad_max_awake_per_gpu_is_reported(extra: dict[str, object], needle: str) -> None:
+    problems = _problems({**_one(), **extra})
+    assert any(needle in p for p in problems), problems
+
+
+def test_more_models_awake_at_up_than_max_awake_per_gpu_is_rejected() -> None:
+    raw = {"scheduler": {"max_awake_per_gpu": 1}, "models": [
+        {"name": n, "model_path": "llama-3.2-1b", "placements": [{"gpus": [0], "on": True}]}
+        for n in ("a", "b")]}
+    (problem,) = _problems(raw)
+    assert "GPU 0: 2 models start awake (a, b) but scheduler.max_awake_per_gpu is 1" in problem

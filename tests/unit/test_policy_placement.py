@@ -230,3 +230,51 @@ def test_placement__a_starving_model_preempts_the_least_used_busy_neighbour_firs
     v = replace(view(models, servers, n=1), gpu_bytes=(100 * GIB,))
     (act,) = decide(v, NOW).actions
     assert isinstance(act, Activation) and act.steps[0] == Park("cold@0")
+
+
+def test_placement__swap_limit_parks_the_awake_neighbour_even_busy_and_with_room() -> None:
+    models = [model("a", queued=2), model("b", rate=100, running=3)]
+    servers = [srv("a", (0,)), srv("b", (0,), S.AWAKE, in_flight=3)]
+    assert decide(view(models, servers, n=1), NOW).blocked == () and decide(
+        view(models, servers, n=1), NOW).actions[0].steps == (Wake("a@0"), Route("a", (0,)))  # room: no park
+    (act,) = decide(view(models, servers, n=1, max_awake_per_gpu=1), NOW).actions
+    assert isinstance(act, Activation)
+    assert act.steps == (Park("b@0"), Wake("a@0"), Route("a", (0,)))
+
+
+def test_placement__swap_limit_keeps_the_most_recently_active_within_the_limit() -> None:
+    models = [model("a", queued=1), model("old", idle_s=50.0), model("new", idle_s=1.0),
+              model("never", idle_s=None)]
+    servers = [srv("a", (0,)), srv("old", (0,), S.AWAKE), srv("new", (0,), S.AWAKE),
+               srv("never", (0,), S.AWAKE)]
+    (act,) = decide(view(models, servers, n=1, max_awake_per_gpu=2), NOW).actions
+    assert isinstance(act, Activation)
+    assert [s for s in act.steps if isinstance(s, Park)] == [Park("never@0"), Park("old@0")]
+
+
+def test_placement__swap_limit_waits_while_the_gpu_wakes_another_model() -> None:
+    models = [model("a", queued=1), model("b", queued=1)]
+    servers = [srv("a", (0,)), srv("b", (0,), S.WAKING)]
+    d = decide(view(models, servers, n=1, max_awake_per_gpu=1), NOW)
+    assert d.actions == () and [b.model for b in d.blocked] == ["a"]
+    assert "at most 1 awake per GPU" in d.blocked[0].reason
+    # two models asking at once: the first is activated, the second waits for it
+    d = decide(view(models, [srv("a", (0,)), srv("b", (0,))], n=1, max_awake_per_gpu=1), NOW)
+    assert [a.model for a in d.actions] == ["a"] and [b.model for b in d.blocked] == ["b"]
+
+
+def test_placement__swap_limit_is_per_gpu_and_never_parks_a_model_that_never_parks() -> None:
+    models = [model("a", queued=1), model("b", rate=10, running=1), model("c", running=1)]
+    servers = [srv("a", (0,)), srv("a", (1,)), srv("b", (0,), S.AWAKE), srv("c", (1,), S.AWAKE)]
+    pinned = [models[0], models[1], replace(models[2], park_when="never")]
+    (act,) = decide(view(pinned, servers, n=2, max_awake_per_gpu=1), NOW).actions
+    assert isinstance(act, Activation) and act.gpus == (0,) and Park("b@0") in act.steps
+    both = [models[0], replace(models[1], park_when="never"), pinned[2]]
+    assert decide(view(both, servers, n=2, max_awake_per_gpu=1), NOW).blocked
+
+
+def test_placement__swap_limit_turns_migrations_off() -> None:
+    models = [model("a", rate=5000, running=4), model("hot", rate=5000, running=4)]
+    servers = [srv("a", (0,), S.AWAKE), srv("a", (1,)), srv("hot", (0,), S.AWAKE)]
+    assert any(isinstance(a, Migration) for a in decide(view(models, servers), NOW).actions)
+    assert decide(view(models, servers, max_awake_per_gpu=1), NOW).actions == ()

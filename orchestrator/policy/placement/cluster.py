@@ -86,6 +86,10 @@ class PlacementParams:
     cold_start: bool = False  # may start new servers (65 s each) where no parked server exists
     gpu_reserve_bytes: int = 0  # per GPU, never planned (driver, fragmentation)
     candidates: int = 8  # cold-start targets examined per activation (lowest ratio first)
+    # Swap-on-demand (the llama-swap baseline): at most this many servers of different models
+    # awake (or on their way) per GPU; an activation parks the others first, busy or not (their
+    # requests drain), and waits while the GPU is already waking one. None = no limit.
+    max_awake_per_gpu: int | None = None
 
 
 @dataclass(frozen=True)

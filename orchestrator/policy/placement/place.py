@@ -9,10 +9,14 @@ it answers, in this order:
    servers (idle past their threshold, nothing in flight) are parked to make room, longest idle
    first; busy ones only for a model whose requests waited ``starvation_s`` (then the least
    used of no higher priority, drained first), so a big model cannot starve forever.
+   With ``params.max_awake_per_gpu`` (swap-on-demand, the llama-swap baseline) an activation
+   first parks the awake servers of other models on its GPUs that exceed the limit (least
+   recently active first, busy or not: they drain), and waits while such a server is waking.
 2. idle parking for models that ask for it (``park_when="always"``).
 3. migrations (migration.py): a model moves to another of its parked servers when the pair's
    highest ratio drops by more than ``tau``, or when it ends a TPOT overflow; ordered steps:
-   wake the target, route traffic there when ready, then park the source.
+   wake the target, route traffic there when ready, then park the source. None under
+   ``max_awake_per_gpu``: swap-on-demand does not move models.
 KV is not split here: the KV ledger (orchestrator/kv/) splits each GPU's KV among its resident
 servers, live and in the simulator.
 Ties are broken by name, so the same snapshot always gives the same decision.
@@ -69,7 +73,7 @@ def decide(view: ClusterView, now: float) -> PlacementDecision:
                 actions.append(IdlePark(sid, (Park(sid),),
                                         f"idle {led.idle_s(m, now):.0f} s >= {m.idle_park_s:g} s"))
 
-    if view.params.migrate:
+    if view.params.migrate and view.params.max_awake_per_gpu is None:
         for _ in range(view.params.max_migrations):
             mig = best_migration(led, view, now, touched)
             if mig is None:
@@ -94,7 +98,7 @@ def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> A
         if led.state[sid] is not S.PARKED:
             continue
         gpus = led.servers[sid].gpus
-        victims = led.make_room(gpus, led.need_bytes(m, cold=False), now, starving=starving)
+        victims = _room(led, view, gpus, m, now, starving, cold=False)
         if victims is None:
             continue
         cost = sum(led.models[led.servers[v].model].pressure + 1.0 for v in victims if not led.evictable(v, now))
@@ -107,7 +111,7 @@ def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> A
         groups = [grp for grp in _groups(len(view.gpu_bytes), m.tp_size) if taken.isdisjoint(grp)]
         groups.sort(key=lambda grp: (led.group_ratio(grp), grp))
         for gpus in groups[: view.params.candidates]:
-            victims = led.make_room(gpus, led.need_bytes(m, cold=True), now)
+            victims = _room(led, view, gpus, m, now, None, cold=True)
             if victims is None:
                 continue
             over = tpot.overflow(led, gpus, m, victims) if view.params.tpot_guard else 0.0
@@ -115,7 +119,7 @@ def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> A
             if best is None or key < best[0]:
                 best = (key, gpus, None, victims)
     if best is None:
-        return Blocked(m.name, _why_blocked(led, m))
+        return Blocked(m.name, _why_blocked(led, view, m))
     (_, _, _, _, ratio, _), gpus, parked, victims = best
     steps: list[Step] = [Park(v) for v in victims]
     busy = [v for v in victims if not led.evictable(v, now)]
@@ -138,10 +142,57 @@ def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> A
                       f"(KVPR after {ratio:.3g}){note}")
 
 
-def _why_blocked(led: GpuTally, m: ModelDemand) -> str:
+def _room(led: GpuTally, view: ClusterView, gpus: tuple[int, ...], m: ModelDemand, now: float,
+          starving: ModelDemand | None, cold: bool) -> list[str] | None:
+    """The servers to park before ``m`` comes up on ``gpus``: those the awake limit forces out
+    (``_swap_out``), then idle ones for memory (``make_room``); None if it cannot come up now."""
+    limit = view.params.max_awake_per_gpu
+    forced = [] if limit is None else _swap_out(led, gpus, m, limit, now)
+    if forced is None:
+        return None
+    for v in forced:  # tentatively parked, so that make_room counts the memory they free
+        led.set_state(v, S.PARKED)
+    try:
+        more = led.make_room(gpus, led.need_bytes(m, cold=cold), now, exclude=frozenset(forced),
+                             starving=starving)
+    finally:
+        for v in forced:
+            led.set_state(v, S.AWAKE)
+    return None if more is None else forced + more
+
+
+def _swap_out(led: GpuTally, gpus: tuple[int, ...], m: ModelDemand, limit: int,
+              now: float) -> list[str] | None:
+    """Awake servers of other models on ``gpus`` to park so that ``m`` stays within ``limit``
+    awake per GPU: least recently active first (never used first, then by name), busy or not;
+    one whose model never parks cannot be forced out. None while servers on their way
+    (waking, starting) already take the limit: they cannot be parked, and waiting for them
+    beats thrashing."""
+    out: list[str] = []
+    for g in gpus:
+        others = [sid for sid in led.on_gpu[g] if led.servers[sid].model != m.name
+                  and led.state[sid] in _COMING and sid not in out]
+        coming = [sid for sid in others if led.state[sid] is not S.AWAKE]
+        awake = sorted((sid for sid in others if led.state[sid] is S.AWAKE
+                        and led.models[led.servers[sid].model].park_when != "never"),
+                       key=lambda sid: (-led.idle_s(led.models[led.servers[sid].model], now), sid))
+        excess = len(others) - (limit - 1)
+        if excess <= 0:
+            continue
+        if len(coming) > limit - 1 or excess > len(awake):
+            return None
+        out += awake[:excess]
+    return out
+
+
+def _why_blocked(led: GpuTally, view: ClusterView, m: ModelDemand) -> str:
     parked = [sid for sid in led.of_model.get(m.name, ()) if led.state[sid] is S.PARKED]
     if not parked:
         return "no parked server to wake (cold starts are off)"
+    limit = view.params.max_awake_per_gpu
+    if limit is not None:
+        return (f"at most {limit} awake per GPU: its GPUs are waking others, or their awake "
+                "servers may not park, or memory is short")
     need = led.need_bytes(m, cold=False) / (1 << 30)
     return (f"needs {need:.1f} GiB per GPU; no GPU of its parked servers can free that much "
             "(neighbours are busy or idle for less than their park threshold)")

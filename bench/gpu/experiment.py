@@ -1,0 +1,277 @@
+"""``python -m bench.gpu.experiment``: one system of the one-GPU headline experiment (issue 17
+§2): many models on one GPU, the same requests, a rate sweep.
+
+1. Derives the system's placements file from the set-up (bench/gpu/systems.py: static, swap,
+   elastic, full) and starts ``chimera-orch up`` on it (bench/live/process.py).
+2. For each rate of ``--rates``, on the same fleet, one after another: builds the trace over
+   ALL the set-up's models (so every system is asked the same: ``trace_digest`` in the JSON),
+   sends the requests of the models the system serves open-loop through the proxy, counts
+   those of the others as misses without sending them, and records chimera's counters and
+   instance states around it. Then waits ``--gap`` seconds (the last answers drain; idle
+   timers run on, as they would between bursts in production).
+3. Writes into --out: experiment.json (per rate: joint TTFT+TPOT attainment overall and per
+   model, goodput, latencies, wakes, parks, time parked, held and shed requests; the highest
+   rate at 99%; the hardware), requests.jsonl, table.txt and logs.tgz (chimera's and the
+   engines' logs): four files.
+
+Workloads: ``synthetic`` is Prism's generator (power-law popularity alpha 0.5, Gamma CV 2,
+the less popular half of the models on/off with a cycle of one rate's duration, lengths in
+[8, 512)); ``lmsys`` replays the LMSYS-derived 27-model trace, its models folded by rank onto
+the set-up's, and ``--rates`` are then scale factors of its own rate. ``--engine des`` runs the
+same set-up and trace through the discrete-event simulator instead (bench/gpu/des.py), to
+compare with a run on the sim engine or the GPU: ``python -m bench.gpu.report`` does.
+
+    python -m bench.gpu.experiment --setup A --system full --engine sim --rates 2,4 \\
+        --duration 20 --out runs/exp/A-full      # on a CPU (SIMULATED)
+    bash bench/gpu/experiment.sh full A          # on the GPU: one command per system
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import shlex
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from bench.calibration import data as calibration_data
+from bench.client import COMPLETIONS, ClientConfig, ClientShards, RequestRecord, make_client, run_open_loop
+from bench.client.server import MetricsPoller
+from bench.gpu import measure
+from bench.gpu.systems import SYSTEMS, derive, served
+from bench.live.options import positive_floats
+from bench.live.process import ChimeraStartError, start_chimera
+from bench.report import summarize_run, write_json
+from bench.report.document import write_records
+from bench.traces import BenchRequest, SyntheticSpec, TraceOptions, build_trace, describe
+from orchestrator.config import Yaml12Loader, parse_config
+
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+SCHEMA = "chimera-gpu-experiment/1"
+PLACEMENTS = Path(__file__).resolve().parent / "placements"
+SETUPS = {"A": PLACEMENTS / "setup-a.yaml", "B": PLACEMENTS / "setup-b.yaml"}
+TRACES = ("synthetic", "lmsys")
+ALPHA, CV = 0.5, 2.0  # Prism's synthetic workload, as bench/sim/experiments.py
+LENGTHS = (8, 512)
+TAIL_S = 40.0  # after the sweep: files, logs, chimera's stop
+LOG_TAIL_BYTES = 2_000_000
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    raw: dict[str, Any]  # the set-up file as YAML 1.2 reads it
+    models: list[str]  # every model of the set-up, file order (the trace is over all of them)
+    slos: dict[str, tuple[float | None, float | None]]
+
+
+def load_setup(name: str) -> Setup:
+    path = SETUPS.get(name.upper(), Path(name))
+    raw = yaml.load(path.read_text(), Loader=Yaml12Loader)
+    cfg = parse_config(raw, source=str(path))
+    return Setup(name.upper() if name.upper() in SETUPS else str(path), raw,
+                 [m.name for m in cfg.models],
+                 {m.name: (m.slo.ttft_s, m.slo.tpot_s) for m in cfg.models})
+
+
+def trace_for(setup: Setup, trace: str, rate: float, duration_s: float,
+              seed: int) -> list[BenchRequest]:
+    """The requests of one rate of the sweep, over every model of the set-up (file order)."""
+    spec = SyntheticSpec(rate=rate, duration_s=duration_s, alpha=ALPHA, cv=CV,
+                         input_range=LENGTHS, output_range=LENGTHS, seed=seed,
+                         on_off_cycle_s=duration_s, off_ratio=0.5, on_off_fraction=0.5)
+    if trace == "synthetic":
+        return build_trace("synthetic", TraceOptions(synthetic=spec), setup.models, setup.slos)
+    opts = TraceOptions(synthetic=spec, time_scale=1.0 / rate, max_prompt_tokens=4096,
+                        max_output_tokens=1024, model_map="fold")
+    return build_trace(trace, opts, setup.models, setup.slos)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu.experiment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--setup", default="A", help="A, B, or a placements file (the full system)")
+    p.add_argument("--system", choices=SYSTEMS, required=True)
+    p.add_argument("--trace", choices=TRACES, default="synthetic")
+    p.add_argument("--rates", type=positive_floats, default=[2.0, 4.0, 8.0, 12.0, 16.0, 24.0],
+                   metavar="R[,R...]", help="synthetic: requests/s over all models; lmsys: "
+                   "multiples of the trace's own rate (default: %(default)s)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals per rate")
+    p.add_argument("--gap", type=float, default=5.0, help="seconds between two rates")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--engine", choices=("sim", "sglang", "des"), default="sim",
+                   help="sim engine (CPU, SIMULATED), stock SGLang (GPU), or the discrete-event "
+                   "simulator (bench/sim, no chimera process)")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/gpu-experiment"))
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="chimera's run dir and logs (default: a new folder under the temp dir)")
+    p.add_argument("--max-wall", type=float, default=570.0, metavar="S",
+                   help="the run ends within this many seconds: rates that would not fit are "
+                   "skipped and listed (default %(default)s; the GPU machine cuts at 600)")
+    p.add_argument("--ready-timeout", type=float, default=300.0, metavar="S")
+    p.add_argument("--request-timeout", type=float, default=60.0, metavar="S")
+    p.add_argument("--sim-speed", type=float, default=1.0, help="sim engine time scale")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.monotonic()
+    args = build_parser().parse_args(argv)
+    command = ["python", "-m", "bench.gpu.experiment", *map(shlex.quote, argv or sys.argv[1:])]
+    setup = load_setup(args.setup)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.engine == "des":
+        from bench.gpu import des
+
+        doc = des.run(setup, args.system, args.trace, args.rates, args.duration, args.seed,
+                      trace_for)
+        doc["command"] = command
+        write_json(args.out / "experiment.json", doc)
+        console.print(f"wrote {args.out / 'experiment.json'} (SIMULATED: discrete-event simulator)")
+        return 0
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="chimera-gpu-experiment-"))
+    work.mkdir(parents=True, exist_ok=True)
+    placements = derive(setup.raw, args.system)
+    cfg_path = work / "placements.yaml"
+    cfg_path.write_text(yaml.safe_dump(placements, sort_keys=False))
+    serving = served(setup.raw, args.system)
+    env = {"CHIMERA_SIM_SPEED": f"{args.sim_speed:g}"}
+    console.print(f"[bold]{args.system}[/] on set-up {setup.name}: {len(serving)} of "
+                  f"{len(setup.models)} models served; {args.engine} engine; work dir {work}")
+    try:
+        ch = start_chimera(cfg_path, work / "chimera", engine=args.engine, env=env,
+                           ready_timeout_s=args.ready_timeout)
+    except ChimeraStartError as exc:
+        console.print(f"[red]chimera did not start:[/] {exc}", markup=False)
+        _tar_logs(args.out / "logs.tgz", work)
+        return 1
+    boot_s = time.monotonic() - t_start
+    console.print(f"fleet up in {boot_s:.0f} s")
+    doc: dict[str, Any] = {
+        "schema": SCHEMA, "setup": setup.name, "system": args.system, "trace": args.trace,
+        "engine": args.engine, "provenance": calibration_data.provenance(args.engine, command),
+        "served": serving, "unserved": [m for m in setup.models if m not in serving],
+        "placements": placements, "duration_per_rate_s": args.duration, "gap_s": args.gap,
+        "timing_s": {"boot": boot_s}, "rates": [], "skipped_rates": []}
+    records: list[RequestRecord] = []
+    try:
+        for i, rate in enumerate(args.rates):
+            left = args.max_wall - (time.monotonic() - t_start) - TAIL_S
+            if left < args.duration + args.request_timeout:
+                doc["skipped_rates"].append(rate)
+                continue
+            reqs = trace_for(setup, args.trace, rate, args.duration, args.seed)
+            point, recs = asyncio.run(_one_rate(ch.base, i, rate, reqs, set(serving), args))
+            doc["rates"].append(point)
+            records += recs
+            write_json(args.out / "experiment.json", _finish(doc))  # a cut run keeps its rates
+            time.sleep(args.gap)
+        if doc["skipped_rates"]:
+            console.print(f"[yellow]rates skipped to end within --max-wall: {doc['skipped_rates']}[/]")
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - keep what was measured, and the logs
+        console.print(f"[red]the sweep failed:[/] {type(exc).__name__}: {exc}", markup=False)
+        doc["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    finally:  # also on Ctrl-C: no engine may outlive the benchmark
+        orphans = ch.stop()
+        doc["orphans"] = orphans
+        doc["timing_s"]["total"] = time.monotonic() - t_start
+        doc = _finish(doc)
+        write_json(args.out / "experiment.json", doc)
+        write_records(args.out / "requests.jsonl", records)
+        (args.out / "table.txt").write_text(table_text(doc))
+        _tar_logs(args.out / "logs.tgz", work)
+    console.print(table_text(doc), markup=False, highlight=False)
+    return 1 if doc.get("error") or orphans or not doc["rates"] else 0
+
+
+async def _one_rate(base: str, run: int, rate: float, reqs: list[BenchRequest], serving: set[str],
+                    args: argparse.Namespace) -> tuple[dict[str, Any], list[RequestRecord]]:
+    send = [r for r in reqs if r.model in serving]
+    missed = measure.unserved([r for r in reqs if r.model not in serving], run, COMPLETIONS)
+    console.print(f"[bold]rate {rate:g}[/]: {len(reqs)} requests over {args.duration:g} s "
+                  f"({len(send)} sent, {len(missed)} to unserved models)")
+    cfg = ClientConfig(base, COMPLETIONS, args.seed, True, args.request_timeout, run=run)
+    async with make_client() as client, ClientShards() as shards:
+        before = measure.counters((await client.get(base + "/metrics")).text)
+        t0 = time.perf_counter()
+        poller = MetricsPoller(client, base, t0, 1.0)
+        task = asyncio.create_task(poller.run())
+        try:
+            sent = await run_open_loop(send, cfg, shards) if send else []
+        finally:
+            task.cancel()
+        took = time.perf_counter() - t0
+        poller.snapshots.append({**(poller.snapshots[-1] if poller.snapshots else {}), "t_s": took})
+        after = measure.counters((await client.get(base + "/metrics")).text)
+    recs = sorted(sent + missed, key=lambda r: r.id)
+    parked = measure.time_parked(poller.snapshots)
+    summary = summarize_run(recs, args.duration)
+    point = {"rate": rate, "label": f"{'rate' if args.trace == 'synthetic' else 'scale'} {rate:g}",
+             "offered_rate_rps": len(reqs) / args.duration, "trace": describe(reqs, args.duration),
+             "trace_digest": measure.digest(reqs), "sent": len(send), "unserved": len(missed),
+             "wall_s": took, **summary,
+             "chimera": {**measure.chimera_deltas(before, after),
+                         "shed_client": sum(r.status == 429 for r in recs),
+                         "time_parked_s": sum(parked.values()), "time_parked_by_instance_s": parked}}
+    joint = summary["overall"]["attainment"]["joint"]
+    console.print(f"  joint attainment {joint if joint is None else f'{joint:.3f}'}, "
+                  f"{point['chimera']['wakes']} wakes, {point['chimera']['held']} held, "
+                  f"{point['chimera']['shed_client']} shed")
+    return point, recs
+
+
+def _finish(doc: dict[str, Any]) -> dict[str, Any]:
+    pts = [(p["offered_rate_rps"], p["overall"]["attainment"]["joint"]) for p in doc["rates"]]
+    return {**doc, "max_rate_at_99": measure.max_rate_at(pts)}
+
+
+def hardware(doc: dict[str, Any]) -> str:
+    """What the numbers ran on, in words (SIMULATED unless stock SGLang on a GPU)."""
+    prov = doc.get("provenance") or {}
+    if doc.get("engine") == "des":
+        return "SIMULATED (discrete-event simulator, H100 model)"
+    if doc.get("engine") != "sglang":
+        return "SIMULATED (sim engine on a CPU)"
+    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver_version')})" for g in prov.get("gpus", []))
+    return f"stock SGLang {prov.get('sglang') or '?'}, {gpus or 'no GPU seen'}"
+
+
+def table_text(doc: dict[str, Any]) -> str:
+    out = io.StringIO()
+    out.write(f"{doc['system']} on set-up {doc['setup']}, trace {doc['trace']}: {hardware(doc)}\n")
+    out.write(f"{'rate':>8} {'offered/s':>9} {'joint':>6} {'goodput/s':>9} {'wakes':>5} "
+              f"{'parked s':>8} {'held':>5} {'shed':>5} {'unserved':>8}\n")
+    for p in doc["rates"]:
+        j, c = p["overall"]["attainment"]["joint"], p.get("chimera", {})
+        out.write(f"{p['rate']:>8g} {p['offered_rate_rps']:>9.2f} "
+                  f"{'-' if j is None else f'{j:.3f}':>6} "
+                  f"{p['overall']['goodput']['requests_per_s']:>9.2f} {c.get('wakes', 0):>5} "
+                  f"{c.get('time_parked_s', 0.0):>8.0f} {c.get('held', 0):>5} "
+                  f"{c.get('shed_client', 0):>5} {p.get('unserved', 0):>8}\n")
+    out.write(f"highest rate at 99% joint attainment: {doc.get('max_rate_at_99')}\n")
+    return out.getvalue()
+
+
+def _tar_logs(path: Path, work: Path) -> None:
+    """chimera's log and the engines' (their last LOG_TAIL_BYTES each), one archive."""
+    with tarfile.open(path, "w:gz") as tar:
+        for log in [work / "chimera" / "chimera.log", *sorted((work / "chimera" / "engines").glob("*.log"))]:
+            if log.is_file():
+                data = log.read_bytes()[-LOG_TAIL_BYTES:]
+                info = tarfile.TarInfo(str(log.relative_to(work)))
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

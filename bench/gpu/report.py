@@ -1,0 +1,182 @@
+"""``python -m bench.gpu.report DIR...``: the one-GPU experiment's tables and plot.
+
+Reads experiment.json from each DIR (one system's run of bench/gpu/experiment.py, live or
+``--engine des``), groups them by set-up and trace, and prints Markdown for docs/benchmarks.md:
+joint TTFT+TPOT attainment against rate per system, the highest rate at 99% with the ratios
+the issue's targets name (full/static, full/swap, full vs elastic), and, where a des run sits
+beside a live one of the same system, simulated against real per model (attainment, TTFT and
+TPOT p50/p99). Every table says what it ran on (SIMULATED unless stock SGLang on a GPU).
+Writes report.md, summary.json and attainment_<setup>_<trace>.png into --out.
+
+    python -m bench.gpu.report runs/exp/* --out bench/results/gpu-experiment
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.gpu.experiment import hardware
+from bench.gpu.systems import SYSTEMS
+from bench.report import write_json
+
+Run = dict[str, Any]
+
+
+def load(paths: Sequence[Path]) -> list[Run]:
+    runs = []
+    for p in paths:
+        f = p / "experiment.json" if p.is_dir() else p
+        doc = json.loads(f.read_text())
+        doc["_path"] = str(f)
+        runs.append(doc)
+    return runs
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None:
+        return "-"
+    if not b:
+        return "inf" if a else "-"
+    return f"{a / b:.2f}x"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _ms(d: dict[str, Any] | None, key: str) -> str:
+    v = (d or {}).get(key)
+    return "-" if v is None else f"{1000 * v:.0f}"
+
+
+def group(runs: Sequence[Run]) -> dict[tuple[str, str], dict[str, dict[str, Run]]]:
+    """(setup, trace) -> engine kind ('live' | 'des') -> system -> run."""
+    out: dict[tuple[str, str], dict[str, dict[str, Run]]] = {}
+    for r in runs:
+        kind = "des" if r.get("engine") == "des" else "live"
+        out.setdefault((r["setup"], r["trace"]), {}).setdefault(kind, {})[r["system"]] = r
+    return out
+
+
+def tables(key: tuple[str, str], kinds: dict[str, dict[str, Run]]) -> tuple[str, dict[str, Any]]:
+    setup, trace = key
+    lines: list[str] = []
+    summary: dict[str, Any] = {"setup": setup, "trace": trace}
+    for kind, systems in sorted(kinds.items(), key=lambda kv: kv[0] != "live"):
+        order = [s for s in SYSTEMS if s in systems]
+        hw = "; ".join(sorted({hardware(systems[s]) for s in order}))
+        lines += [f"### Set-up {setup}, {trace} trace ({'live' if kind == 'live' else 'simulator'}): {hw}", ""]
+        rates = sorted({p["rate"] for s in order for p in systems[s]["rates"]})
+        lines.append("| rate | " + " | ".join(f"{s} joint" for s in order) + " |")
+        lines.append("|---" * (len(order) + 1) + "|")
+        for rate in rates:
+            cells = []
+            for s in order:
+                p = next((p for p in systems[s]["rates"] if p["rate"] == rate), None)
+                cells.append("-" if p is None else _pct(p["overall"]["attainment"]["joint"]))
+            lines.append(f"| {rate:g} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("| system | max rate at 99% (req/s) | goodput at top rate (req/s) | wakes | time parked (s) "
+                     "| held | shed | unserved |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        best = {s: systems[s].get("max_rate_at_99") for s in order}
+        for s in order:
+            pts = systems[s]["rates"]
+            top = pts[-1] if pts else {}
+            c = [sum((p.get("chimera") or {}).get(k) or 0 for p in pts)
+                 for k in ("wakes", "time_parked_s", "held", "shed_client", )]
+            unserved = sum(p.get("unserved", 0) for p in pts)
+            good = (top.get("overall") or {}).get("goodput", {}).get("requests_per_s")
+            lines.append(f"| {s} | {'-' if best[s] is None else f'{best[s]:.2f}'} | "
+                         f"{'-' if good is None else f'{good:.2f}'} | {c[0]:.0f} | {c[1]:.0f} | {c[2]:.0f} | "
+                         f"{c[3]:.0f} | {unserved} |")
+        # "inf": the other system misses 99% at every swept rate; "-": not run, or full misses it
+        ratios = {f"full/{o}": _ratio(best.get("full"), best.get(o)) for o in ("static", "swap", "elastic")
+                  if "full" in best and o in best}
+        lines += ["", "Highest rate at 99%: " + ", ".join(f"{k} {v}" for k, v in ratios.items())
+                  + " (targets: A full/static >= 3.5x, B full/swap >= 1.5x, full never below elastic)", ""]
+        summary[kind] = {"max_rate_at_99": best, "ratios": ratios, "hardware": hw}
+    if "live" in kinds and "des" in kinds:
+        lines += sim_vs_real(kinds["live"], kinds["des"])
+    return "\n".join(lines), summary
+
+
+def sim_vs_real(live: dict[str, Run], des: dict[str, Run]) -> list[str]:
+    """Per system, rate and model: joint attainment and TTFT/TPOT p50/p99, simulated vs real."""
+    lines = ["#### Simulated (des) vs real, per model", "",
+             "| system | rate | model | joint real / sim | TTFT p50 ms real / sim | TTFT p99 ms real / sim "
+             "| TPOT p50 ms real / sim | TPOT p99 ms real / sim |", "|---|---|---|---|---|---|---|---|"]
+    for s in [s for s in SYSTEMS if s in live and s in des]:
+        for p in live[s]["rates"]:
+            q = next((q for q in des[s]["rates"] if q["rate"] == p["rate"]), None)
+            if q is None:
+                continue
+            if q["trace_digest"] != p["trace_digest"]:
+                lines.append(f"| {s} | {p['rate']:g} | (different traces: not compared) |||||")
+                continue
+            for m in sorted(p["per_model"]):
+                a, b = p["per_model"][m], q["per_model"].get(m, {})
+                la, lb = a["latency_s"], b.get("latency_s", {})
+                lines.append(
+                    f"| {s} | {p['rate']:g} | {m} | {_pct(a['attainment']['joint'])} / "
+                    f"{_pct(b.get('attainment', {}).get('joint'))} | "
+                    + " | ".join(f"{_ms(la.get(k), f'p{q_}')} / {_ms(lb.get(k), f'p{q_}')}"
+                                 for k, q_ in (("ttft", 50), ("ttft", 99), ("tpot", 50), ("tpot", 99))) + " |")
+    return lines + [""]
+
+
+def plot(key: tuple[str, str], kinds: dict[str, dict[str, Run]], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for kind, systems in kinds.items():
+        for s in [s for s in SYSTEMS if s in systems]:
+            pts = [(p["offered_rate_rps"], p["overall"]["attainment"]["joint"]) for p in systems[s]["rates"]]
+            ax.plot([x for x, _ in pts], [100 * (y or 0) for _, y in pts], marker="o",
+                    linestyle="-" if kind == "live" else "--", label=f"{s} ({kind})")
+    ax.axhline(99, color="grey", linewidth=0.8, linestyle=":")
+    hw = "; ".join(sorted({hardware(r) for systems in kinds.values() for r in systems.values()}))
+    ax.set(xlabel="offered rate (req/s)", ylabel="joint TTFT+TPOT attainment (%)",
+           title=f"set-up {key[0]}, {key[1]} trace\n{hw}")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dirs", nargs="+", type=Path, help="run folders (or experiment.json files)")
+    p.add_argument("--out", type=Path, default=Path("runs/gpu-experiment-report"))
+    a = p.parse_args(argv)
+    groups = group(load(a.dirs))
+    a.out.mkdir(parents=True, exist_ok=True)
+    parts, summaries = [], []
+    for key in sorted(groups):
+        text, summary = tables(key, groups[key])
+        png = plot(key, groups[key], a.out / f"attainment_{key[0]}_{key[1]}.png")
+        summary["plot"] = None if png is None else png.name
+        parts.append(text + (f"\n![set-up {key[0]}, {key[1]}]({png.name})\n" if png else ""))
+        summaries.append(summary)
+    md = "\n".join(parts)
+    (a.out / "report.md").write_text(md)
+    write_json(a.out / "summary.json", summaries)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

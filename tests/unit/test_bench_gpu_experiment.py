@@ -1,0 +1,67 @@
+"""bench/gpu: the systems derived from a set-up, and the measures of the one-GPU experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from bench.gpu import measure
+from bench.gpu.systems import SYSTEMS, derive, served
+from orchestrator.config import Yaml12Loader, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SETUP_B = yaml.load((ROOT / "bench/gpu/placements/setup-b.yaml").read_text(), Loader=Yaml12Loader)
+
+
+def test_setups_fit_one_80_gb_gpu_and_b_weights_exceed_it() -> None:
+    for name in ("setup-a.yaml", "setup-b.yaml"):
+        cfg = load_config(ROOT / "bench/gpu/placements" / name)
+        assert cfg.gpu_count == 1 and cfg.host.gpu_memory_gb == 80 and len(cfg.models) >= 6
+    b = load_config(ROOT / "bench/gpu/placements/setup-b.yaml")
+    assert sum(m.shape.weight_bytes for m in b.models) > 80e9
+
+
+def test_every_system_is_a_valid_file_and_static_drops_what_does_not_start() -> None:
+    off = [m["name"] for m in SETUP_B["models"] if not m["placements"][0]["on"]]
+    for system in SYSTEMS:
+        cfg = parse_config(derive(SETUP_B, system))
+        names = [m.name for m in cfg.models]
+        assert names == served(SETUP_B, system)
+        assert (set(off) & set(names) == set()) == (system in ("static", "elastic"))
+    swap = parse_config(derive(SETUP_B, "swap"))
+    assert swap.mode == "full" and swap.scheduler.max_awake_per_gpu == 1
+    assert [i.placement.on for i in swap.instances].count(True) == 1
+    assert all(i.placement.kv_pool_gb is None for i in parse_config(derive(SETUP_B, "elastic")).instances)
+    assert all(i.placement.kv_pool_gb for i in parse_config(derive(SETUP_B, "static")).instances)
+    assert derive(SETUP_B, "full") == SETUP_B
+
+
+def test_max_rate_at_99_stops_at_the_first_miss() -> None:
+    assert measure.max_rate_at([(4.0, 0.995), (2.0, 1.0), (8.0, 0.9), (16.0, 1.0)]) == 4.0
+    assert measure.max_rate_at([(2.0, 0.5), (4.0, 1.0)]) is None
+    assert measure.max_rate_at([(2.0, None)]) is None
+
+
+def test_time_parked_and_counter_deltas() -> None:
+    snaps = [{"t_s": 0.0, "states": {"a": {"state": "parked"}, "b": {"state": "awake"}}},
+             {"t_s": 2.0, "states": {"a": {"state": "awake"}, "b": {"state": "parked"}}},
+             {"t_s": 5.0, "states": {}}]
+    assert measure.time_parked(snaps) == {"a": 2.0, "b": 3.0}
+    text = """# TYPE chimera_wake_seconds histogram
+chimera_wake_seconds_bucket{le="+Inf",model="a"} %d
+chimera_wake_seconds_count{model="a"} %d
+chimera_wake_seconds_sum{model="a"} 1.0
+# TYPE chimera_hold_seconds histogram
+chimera_hold_seconds_bucket{le="0.05",model="a"} %d
+chimera_hold_seconds_count{model="a"} %d
+chimera_hold_seconds_sum{model="a"} 1.0
+# TYPE chimera_parks_total counter
+chimera_parks_total{model="a",reason="make_room"} %d
+# TYPE chimera_requests_total counter
+chimera_requests_total{model="a",route="/v1/completions",status="429"} %d
+"""
+    before = measure.counters(text % (1, 1, 10, 10, 0, 0))
+    after = measure.counters(text % (4, 4, 15, 18, 2, 5))
+    d = measure.chimera_deltas(before, after)
+    assert d == {"wakes": 3, "parks": 2, "parks_by_reason": {"make_room": 2}, "held": 3, "shed_429": 5}
