@@ -28,7 +28,8 @@ def _drv() -> Any:
             raise ShimConfigError(
                 "cumem_shim needs cuda-python (`cuda.bindings.driver`) in the SGLang server's "
                 "environment: pip install 'cuda-python>=12' (SGLang 0.5.17 depends on "
-                f"cuda-python>=13.0) ({exc})") from exc
+                f"cuda-python>=13.0) ({exc})"
+            ) from exc
         _DRV = driver
     return _DRV
 
@@ -92,12 +93,10 @@ class CudaDriver:
     def granularity(self, device: int) -> int:
         drv = _drv()
         flag = drv.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_MINIMUM
-        return int(_check("cuMemGetAllocationGranularity",
-                          drv.cuMemGetAllocationGranularity(self._prop(device), flag)))
+        return int(_check("cuMemGetAllocationGranularity", drv.cuMemGetAllocationGranularity(self._prop(device), flag)))
 
     def reserve(self, size: int, alignment: int) -> int:
-        return int(_check("cuMemAddressReserve",
-                          _drv().cuMemAddressReserve(size, alignment, 0, 0)))
+        return int(_check("cuMemAddressReserve", _drv().cuMemAddressReserve(size, alignment, 0, 0)))
 
     def free_address(self, va: int, size: int) -> None:
         _check("cuMemAddressFree", _drv().cuMemAddressFree(va, size))

@@ -43,9 +43,9 @@ class ChannelServer:
         self._server = _Server(path, _Handler)
         self._server.target = target
         os.chmod(path, 0o600)  # the orchestrator runs as the same user
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.5},
-                                        name="cumem-shim-channel", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, name="cumem-shim-channel", daemon=True
+        )
 
     def start(self) -> ChannelServer:
         self._thread.start()
@@ -64,8 +64,9 @@ def claim_socket_path(path: str) -> str:
     check_socket_path(path)
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise ShimConfigError(f"CHIMERA_SHIM_SOCKET={path} exists and is not a socket: "
-                                  "give the shim a path of its own")
+            raise ShimConfigError(
+                f"CHIMERA_SHIM_SOCKET={path} exists and is not a socket: give the shim a path of its own"
+            )
         os.unlink(path)
     return path
 
@@ -74,7 +75,8 @@ def check_socket_path(path: str) -> None:
     if not path or len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
         raise ShimConfigError(
             f"CHIMERA_SHIM_SOCKET={path!r}: a Unix socket path must be 1-{MAX_SOCKET_PATH_BYTES} "
-            "bytes; use a short directory such as /tmp/chimera-<uid>/")
+            "bytes; use a short directory such as /tmp/chimera-<uid>/"
+        )
     parent = os.path.dirname(path) or "."
     if not os.path.isdir(parent):
         raise ShimConfigError(f"CHIMERA_SHIM_SOCKET={path}: directory {parent} does not exist")

@@ -50,8 +50,16 @@ Handles = dict[tuple[int, int], Handle]  # (buffer, block) -> physical handle
 
 
 class ElasticKV:
-    def __init__(self, layout: KVLayout, driver: Driver, device: int, limit_bytes: int, *,
-                 slack_tokens: int = 2048, map_ahead_blocks: int = 0) -> None:
+    def __init__(
+        self,
+        layout: KVLayout,
+        driver: Driver,
+        device: int,
+        limit_bytes: int,
+        *,
+        slack_tokens: int = 2048,
+        map_ahead_blocks: int = 0,
+    ) -> None:
         if map_ahead_blocks < 0:
             raise ValueError(f"map_ahead_blocks={map_ahead_blocks} must be >= 0")
         self.layout, self.driver, self.device = layout, driver, device
@@ -90,8 +98,7 @@ class ElasticKV:
         self._status = self._make_status(0)
         self._worker: threading.Thread | None = None
         if map_ahead_blocks:
-            self._worker = threading.Thread(target=self._run, name="cumem-shim-map-ahead",
-                                            daemon=True)
+            self._worker = threading.Thread(target=self._run, name="cumem-shim-map-ahead", daemon=True)
             self._worker.start()
 
     # -- thread-safe API (control channel) ------------------------------------------------
@@ -163,8 +170,12 @@ class ElasticKV:
         past = max(0, len(self.mapped) + len(new) + len(waits) - self._allowed_blocks())
         if past:
             self.over_limit_maps += past
-            log.warning("cumem_shim: mapping %d block(s) past the limit (%d bytes): SGLang "
-                        "allocates more than available_size() allowed", past, self.limit_bytes)
+            log.warning(
+                "cumem_shim: mapping %d block(s) past the limit (%d bytes): SGLang "
+                "allocates more than available_size() allowed",
+                past,
+                self.limit_bytes,
+            )
         ready, t0 = list(adopt), time.perf_counter()
         try:
             if new:
@@ -206,8 +217,12 @@ class ElasticKV:
             # scheduler has asked RECLAIM_PATIENCE times since (an idle one asks about 1/s).
             gained = self.freelist.free_units() - self._free_mark
             self._waited += 1
-            if (self._reclaim_due or used == 0 or gained >= max(1, self.layout.block_units // 4)
-                    or (gained > 0 and self._waited >= RECLAIM_PATIENCE)):
+            if (
+                self._reclaim_due
+                or used == 0
+                or gained >= max(1, self.layout.block_units // 4)
+                or (gained > 0 and self._waited >= RECLAIM_PATIENCE)
+            ):
                 self._reclaim()
         self._reclaim_due = False
         self.publish()
@@ -229,9 +244,11 @@ class ElasticKV:
                 self._cond.notify_all()
             self._worker.join(CLOSE_TIMEOUT_S)
             if self._worker.is_alive():
-                raise ShimError(f"cumem_shim: the map-ahead worker did not stop within "
-                                f"{CLOSE_TIMEOUT_S:.0f} s (a CUDA driver call hangs); the KV "
-                                "range is left mapped")
+                raise ShimError(
+                    f"cumem_shim: the map-ahead worker did not stop within "
+                    f"{CLOSE_TIMEOUT_S:.0f} s (a CUDA driver call hangs); the KV "
+                    "range is left mapped"
+                )
         with self._cond:
             spare = {**self._prepared, **self._discard}
             self._prepared, self._discard = {}, {}
@@ -243,15 +260,16 @@ class ElasticKV:
 
     # -- internals (scheduler thread) -----------------------------------------------------
     def _allowed_blocks(self) -> int:
-        return max(self.layout.blocks_for_limit(self.limit_bytes),
-                   self.layout.blocks_for_units(self._effective))
+        return max(self.layout.blocks_for_limit(self.limit_bytes), self.layout.blocks_for_units(self._effective))
 
     def _check_worker(self) -> None:
         err = self._worker_error
         if err is not None:
-            raise ShimError(f"cumem_shim: the map-ahead worker stopped ({err!r}); restart the "
-                            "server, or set CHIMERA_SHIM_MAP_AHEAD_BLOCKS=0 to map on the "
-                            "scheduler thread only") from err
+            raise ShimError(
+                f"cumem_shim: the map-ahead worker stopped ({err!r}); restart the "
+                "server, or set CHIMERA_SHIM_MAP_AHEAD_BLOCKS=0 to map on the "
+                "scheduler thread only"
+            ) from err
 
     def _wake(self) -> None:
         """Arm the worker (the first allocation: CUDA graphs are captured by now) and let it
@@ -274,8 +292,7 @@ class ElasticKV:
         so this is shorter than mapping it here) and adopt it, or to finish unmapping it and
         map it here; map it here too if preparing it failed."""
         with self._cond:
-            while (block in (self._inflight, self._destroying)
-                   and self._worker_error is None):
+            while block in (self._inflight, self._destroying) and self._worker_error is None:
                 self._cond.wait(WORKER_POLL_S)
             if block in self._prepared:
                 self._adopt([block])
@@ -289,7 +306,7 @@ class ElasticKV:
         with self._cond:
             cap = self.layout.blocks_for_limit(self.limit_bytes)
             excess = len(self.mapped) + len(self._prepared) - cap
-            for b in sorted(self._prepared, reverse=True)[:max(0, excess)]:
+            for b in sorted(self._prepared, reverse=True)[: max(0, excess)]:
                 self._discard[b] = self._prepared.pop(b)
             if cap != self._cap or excess > 0:
                 self._cap, self._blocked = cap, False
@@ -299,8 +316,9 @@ class ElasticKV:
         assert self.freelist is not None
         per_block = self.freelist.free_per_block()
         excess = len(self.mapped) - self._allowed_blocks()
-        victims = [b for b in sorted(self.mapped, reverse=True)
-                   if b != 0 and per_block[b] == self.layout.block_capacity(b)][:excess]
+        victims = [
+            b for b in sorted(self.mapped, reverse=True) if b != 0 and per_block[b] == self.layout.block_capacity(b)
+        ][:excess]
         if victims:
             self.freelist.remove(victims)
             self.driver.synchronize()  # no kernel in flight may touch these pages
@@ -329,8 +347,7 @@ class ElasticKV:
 
     # -- driver work (either thread; no lock held) ----------------------------------------
     def _keys(self, blocks: list[int]) -> list[tuple[int, int]]:
-        return [(run.buffer, run.first_block + k) for run in self.layout.plan(blocks)
-                for k in range(run.count)]
+        return [(run.buffer, run.first_block + k) for run in self.layout.plan(blocks) for k in range(run.count)]
 
     def _create(self, blocks: list[int]) -> Handles:
         """Create, map and open ``blocks`` in every buffer; on failure leave the range as it
@@ -341,15 +358,13 @@ class ElasticKV:
                 for k in range(run.count):
                     h = self.driver.create(run.handle_bytes, self.device)
                     done.append((run, k, h, False))
-                    self.driver.map(self.base + run.offset + k * run.handle_bytes,
-                                    run.handle_bytes, h)
+                    self.driver.map(self.base + run.offset + k * run.handle_bytes, run.handle_bytes, h)
                     done[-1] = (run, k, h, True)
                 self.driver.set_access(self.base + run.offset, run.size, self.device)
         except BaseException:
             for run, k, h, is_mapped in reversed(done):
                 if is_mapped:
-                    self.driver.unmap(self.base + run.offset + k * run.handle_bytes,
-                                      run.handle_bytes)
+                    self.driver.unmap(self.base + run.offset + k * run.handle_bytes, run.handle_bytes)
                 self.driver.release(h)
             raise
         return {(run.buffer, run.first_block + k): h for run, k, h, _ in done}
@@ -403,8 +418,8 @@ class ElasticKV:
         except DriverError as exc:  # out of memory, most likely: retry at the next wake-up
             # logged once per run of failures: while the GPU stays full every allocation retries
             (log.debug if self._failing else log.warning)(
-                "cumem_shim: map-ahead of block %d failed, mapping on demand until the next "
-                "allocation: %s", block, exc)
+                "cumem_shim: map-ahead of block %d failed, mapping on demand until the next allocation: %s", block, exc
+            )
             self._failing = True
             with self._cond:
                 self._inflight, self._blocked = None, True
@@ -443,40 +458,44 @@ class ElasticKV:
         """Under _cond: the lowest block to prepare, or None (not armed, enough prepared,
         the limit reached, a failure waiting for a wake-up)."""
         held = len(self.mapped) + len(self._prepared) + len(self._discard) + len(self._claimed)
-        if (not self._armed or self._blocked or len(self._prepared) >= self.map_ahead
-                or held >= self._cap):
+        if not self._armed or self._blocked or len(self._prepared) >= self.map_ahead or held >= self._cap:
             return None
         for b in range(self.layout.num_blocks):
-            if (b not in self.mapped and b not in self._prepared and b not in self._discard
-                    and b not in self._claimed):
+            if b not in self.mapped and b not in self._prepared and b not in self._discard and b not in self._claimed:
                 return b
         return None
 
     def _settled(self) -> bool:
-        return (self._worker_error is not None or self._stop or not self._armed
-                or (self._bound and self._inflight is None and not self._discard
-                    and self._next_block() is None))
+        return (
+            self._worker_error is not None
+            or self._stop
+            or not self._armed
+            or (self._bound and self._inflight is None and not self._discard and self._next_block() is None)
+        )
 
     # -- status ---------------------------------------------------------------------------
     def _held_blocks(self) -> int:
         """Under _cond: blocks holding physical memory (mapped, prepared, being prepared or
         discarded)."""
-        return (len(self.mapped) + len(self._prepared) + len(self._discard)
-                + (self._inflight is not None))
+        return len(self.mapped) + len(self._prepared) + len(self._discard) + (self._inflight is not None)
 
     def _refresh_mapped_bytes(self) -> None:
-        self._status = self._status._replace(
-            mapped_bytes=self._held_blocks() * self.layout.block_bytes)
+        self._status = self._status._replace(mapped_bytes=self._held_blocks() * self.layout.block_bytes)
 
     def _make_status(self, used_units: int) -> Status:
         lay = self.layout
         return Status(
             mapped_bytes=self._held_blocks() * lay.block_bytes,
-            used_tokens=used_units * lay.page_size, limit_bytes=self.limit_bytes,
-            revision=self.revision, capacity_tokens=lay.capacity_units * lay.page_size,
-            limit_tokens=self._target * lay.page_size, block_bytes=lay.block_bytes,
-            block_tokens=lay.block_tokens, draining=self._floor is not None,
-            maps=self.stats.counts())
+            used_tokens=used_units * lay.page_size,
+            limit_bytes=self.limit_bytes,
+            revision=self.revision,
+            capacity_tokens=lay.capacity_units * lay.page_size,
+            limit_tokens=self._target * lay.page_size,
+            block_bytes=lay.block_bytes,
+            block_tokens=lay.block_tokens,
+            draining=self._floor is not None,
+            maps=self.stats.counts(),
+        )
 
     def publish(self) -> None:
         """Refresh what ``status()`` answers (the allocator hook calls it after each alloc)."""

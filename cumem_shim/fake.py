@@ -84,8 +84,7 @@ class FakeDevice:
     def reserve(self, size: int, alignment: int) -> int:
         with self._call("cuMemAddressReserve"):
             self._aligned("cuMemAddressReserve", size)
-            va = -(-self._next_va // max(alignment, self.granularity_bytes)) * max(
-                alignment, self.granularity_bytes)
+            va = -(-self._next_va // max(alignment, self.granularity_bytes)) * max(alignment, self.granularity_bytes)
             self._reserved[va] = size
             self._next_va = va + size + self.granularity_bytes  # a guard gap between ranges
             return va
@@ -128,7 +127,8 @@ class FakeDevice:
                 raise DriverError("cuMemMap", "CUDA_ERROR_INVALID_VALUE", "outside any reservation")
             i = bisect.bisect_left(self._map_starts, va)
             if (i < len(self._map_starts) and self._map_starts[i] < va + size) or (
-                    i > 0 and self._map_starts[i - 1] + self._maps[self._map_starts[i - 1]].size > va):
+                i > 0 and self._map_starts[i - 1] + self._maps[self._map_starts[i - 1]].size > va
+            ):
                 raise DriverError("cuMemMap", "CUDA_ERROR_ALREADY_MAPPED")
             self._maps[va] = _Mapping(size, h)
             self._map_starts.insert(i, va)
@@ -147,8 +147,7 @@ class FakeDevice:
         while at < end:
             m = self._maps.get(at)
             if m is None:
-                raise DriverError(call, "CUDA_ERROR_INVALID_VALUE",
-                                  f"{at:#x} is not the start of a mapping")
+                raise DriverError(call, "CUDA_ERROR_INVALID_VALUE", f"{at:#x} is not the start of a mapping")
             starts.append(at)
             at += m.size
         if at != end:
@@ -182,8 +181,9 @@ class FakeDevice:
             self.calls[call] += 1
             self.thread_calls[(threading.current_thread().name, call)] += 1
             if self.strict_context and not binding and threading.get_ident() not in self._bound:
-                raise DriverError(call, "CUDA_ERROR_INVALID_CONTEXT",
-                                  "no context is current in this thread (bind_thread)")
+                raise DriverError(
+                    call, "CUDA_ERROR_INVALID_CONTEXT", "no context is current in this thread (bind_thread)"
+                )
             yield
 
     def _check_device(self, call: str, device: int) -> None:
@@ -193,8 +193,9 @@ class FakeDevice:
     def _aligned(self, call: str, *values: int) -> None:
         for v in values:
             if v <= 0 or v % self.granularity_bytes:
-                raise DriverError(call, "CUDA_ERROR_INVALID_VALUE",
-                                  f"{v} is not a positive multiple of {self.granularity_bytes}")
+                raise DriverError(
+                    call, "CUDA_ERROR_INVALID_VALUE", f"{v} is not a positive multiple of {self.granularity_bytes}"
+                )
 
     def _handle(self, call: str, handle: Handle) -> int:
         if not isinstance(handle, int) or handle not in self._handles or handle in self._released:

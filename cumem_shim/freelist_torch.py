@@ -31,8 +31,11 @@ class TorchFreeList:
 
     def _units(self, blocks: Sequence[int]) -> Any:
         t = self._torch
-        parts = [t.arange(r.start, r.stop, dtype=self.dtype, device=self.device)
-                 for r in (self.layout.units_of(b) for b in sorted(blocks)) if len(r)]
+        parts = [
+            t.arange(r.start, r.stop, dtype=self.dtype, device=self.device)
+            for r in (self.layout.units_of(b) for b in sorted(blocks))
+            if len(r)
+        ]
         return t.cat(parts) if parts else t.empty((0,), dtype=self.dtype, device=self.device)
 
     def _merge(self) -> None:

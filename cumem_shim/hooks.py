@@ -41,18 +41,29 @@ log = logging.getLogger("cumem_shim")
 MEM = "sglang.srt.mem_cache"
 # (module, class, {method: parameter names it must have})
 TARGETS: tuple[tuple[str, str, dict[str, tuple[str, ...]]], ...] = (
-    (f"{MEM}.memory_pool", "MHATokenToKVPool",
-     {"_create_buffers_normal": ("self",), "_kv_buffer_shapes": ("self",)}),
-    (f"{MEM}.kv_cache_configurator", "KVCacheConfigurator",
-     {"_profile_available_bytes": ("self", "pre_model_load_memory"),
-      "configure": ("self", "pre_model_load_memory")}),
-    (f"{MEM}.allocator.token", "TokenToKVPoolAllocator",
-     {"alloc": ("self", "need_size"), "available_size": ("self",), "clear": ("self",)}),
+    (f"{MEM}.memory_pool", "MHATokenToKVPool", {"_create_buffers_normal": ("self",), "_kv_buffer_shapes": ("self",)}),
+    (
+        f"{MEM}.kv_cache_configurator",
+        "KVCacheConfigurator",
+        {"_profile_available_bytes": ("self", "pre_model_load_memory"), "configure": ("self", "pre_model_load_memory")},
+    ),
+    (
+        f"{MEM}.allocator.token",
+        "TokenToKVPoolAllocator",
+        {"alloc": ("self", "need_size"), "available_size": ("self",), "clear": ("self",)},
+    ),
     (f"{MEM}.radix_cache", "RadixCache", {"evict": ("self", "params")}),
-    (f"{MEM}.allocator.paged", "PagedTokenToKVPoolAllocator",
-     {"alloc": ("self", "need_size"), "available_size": ("self",), "clear": ("self",),
-      "alloc_extend": ("self", "seq_lens_cpu", "extend_num_tokens"),
-      "alloc_decode": ("self", "seq_lens_cpu")}),
+    (
+        f"{MEM}.allocator.paged",
+        "PagedTokenToKVPoolAllocator",
+        {
+            "alloc": ("self", "need_size"),
+            "available_size": ("self",),
+            "clear": ("self",),
+            "alloc_extend": ("self", "seq_lens_cpu", "extend_num_tokens"),
+            "alloc_decode": ("self", "seq_lens_cpu"),
+        },
+    ),
 )
 
 
@@ -84,8 +95,15 @@ def cuda_backend() -> Backend:
         dist = torch.distributed
         return int(dist.get_world_size()) if dist.is_initialized() else 1
 
-    return Backend(CudaDriver, buffer_tensors, zero_block_zero, TorchFreeList, device_index,
-                   lambda d: int(torch.cuda.get_device_properties(d).total_memory), world_size)
+    return Backend(
+        CudaDriver,
+        buffer_tensors,
+        zero_block_zero,
+        TorchFreeList,
+        device_index,
+        lambda d: int(torch.cuda.get_device_properties(d).total_memory),
+        world_size,
+    )
 
 
 class _Process:
@@ -130,8 +148,10 @@ def resolve() -> dict[str, type]:
     if problems:
         raise ShimConfigError(
             f"this SGLang ({_sglang_version()}) lacks what the shim patches: "
-            + "; ".join(problems) + ". Supported: 0.5.17 and 0.5.23; run this server without "
-            "CHIMERA_SHIM_SOCKET (placements mode: static) or use a supported SGLang")
+            + "; ".join(problems)
+            + ". Supported: 0.5.17 and 0.5.23; run this server without "
+            "CHIMERA_SHIM_SOCKET (placements mode: static) or use a supported SGLang"
+        )
     return classes
 
 

@@ -71,43 +71,59 @@ def _create_buffers_normal(original: Any, sig: Any, pool: Any) -> None:
         problems.append("a custom KV memory pool (PD disaggregation over NVLink)")
     ranks = st.backend.world_size()
     if ranks > 1:
-        problems.append(f"{ranks} ranks (TP/PP): every rank would have to change its limit in "
-                        "the same scheduler step")
+        problems.append(f"{ranks} ranks (TP/PP): every rank would have to change its limit in the same scheduler step")
     if st.kv is not None:
         problems.append("a second KV pool in one process (a speculative-decoding draft model)")
     if problems:
-        raise ShimConfigError("cumem_shim cannot back this KV pool: " + "; ".join(problems)
-                              + ". Start this model without the shim (placements mode: static)")
+        raise ShimConfigError(
+            "cumem_shim cannot back this KV pool: "
+            + "; ".join(problems)
+            + ". Start this model without the shim (placements mode: static)"
+        )
     k_shape, v_shape = (tuple(int(x) for x in s) for s in pool._kv_buffer_shapes())
     layers, itemsize = int(pool.layer_num), int(pool.store_dtype.itemsize)
     rows = int(pool.size) + int(pool.page_size)
     if k_shape[0] != rows or v_shape[0] != rows:
-        raise ShimConfigError(f"cumem_shim: KV buffer shapes {k_shape}/{v_shape} do not have "
-                              f"size + page_size = {rows} rows; this SGLang's layout changed")
+        raise ShimConfigError(
+            f"cumem_shim: KV buffer shapes {k_shape}/{v_shape} do not have "
+            f"size + page_size = {rows} rows; this SGLang's layout changed"
+        )
     device = st.backend.device_index(pool.device)
     driver = st.backend.driver(device)
-    lay = KVLayout(driver.granularity(device), int(pool.page_size), rows,
-                   (math.prod(k_shape[1:]) * itemsize,) * layers
-                   + (math.prod(v_shape[1:]) * itemsize,) * layers)
-    kv = ElasticKV(lay, driver, device, st.settings.limit_bytes,
-                   slack_tokens=st.settings.slack_tokens,
-                   map_ahead_blocks=st.settings.map_ahead_blocks)
-    tensors = st.backend.tensors(kv, [k_shape] * layers + [v_shape] * layers,
-                                 pool.store_dtype, pool.device)
+    lay = KVLayout(
+        driver.granularity(device),
+        int(pool.page_size),
+        rows,
+        (math.prod(k_shape[1:]) * itemsize,) * layers + (math.prod(v_shape[1:]) * itemsize,) * layers,
+    )
+    kv = ElasticKV(
+        lay,
+        driver,
+        device,
+        st.settings.limit_bytes,
+        slack_tokens=st.settings.slack_tokens,
+        map_ahead_blocks=st.settings.map_ahead_blocks,
+    )
+    tensors = st.backend.tensors(kv, [k_shape] * layers + [v_shape] * layers, pool.store_dtype, pool.device)
     st.backend.zero(tensors, lay.block_tokens)
     pool.k_buffer, pool.v_buffer = tensors[:layers], tensors[layers:]
     setattr(pool, _KV, kv)
     st.kv = kv
     st.server = ChannelServer(st.settings.socket, kv).start()
-    log.warning("cumem_shim: KV pool of %d tokens in a %.1f GiB virtual range (%d blocks of %d "
-                "tokens, %.0f MiB each); limit %.2f GiB; control socket %s",
-                lay.capacity_units * lay.page_size, lay.reserve_bytes / 2**30, lay.num_blocks,
-                lay.block_tokens, lay.block_bytes / 2**20, st.settings.limit_bytes / 2**30,
-                st.settings.socket)
+    log.warning(
+        "cumem_shim: KV pool of %d tokens in a %.1f GiB virtual range (%d blocks of %d "
+        "tokens, %.0f MiB each); limit %.2f GiB; control socket %s",
+        lay.capacity_units * lay.page_size,
+        lay.reserve_bytes / 2**30,
+        lay.num_blocks,
+        lay.block_tokens,
+        lay.block_bytes / 2**20,
+        st.settings.limit_bytes / 2**30,
+        st.settings.socket,
+    )
 
 
-def _profile_available_bytes(original: Any, sig: Any, conf: Any, *args: Any,
-                             **kwargs: Any) -> int:
+def _profile_available_bytes(original: Any, sig: Any, conf: Any, *args: Any, **kwargs: Any) -> int:
     """The virtual KV budget: the configured one, else the whole GPU. The stock profile is
     not called: with other models resident it could find no free memory and refuse to start,
     though the shim needs none until tokens are allocated."""
@@ -126,7 +142,8 @@ def _configure(original: Any, sig: Any, conf: Any, *args: Any, **kwargs: Any) ->
             f"cumem_shim was requested but this server's KV pool is {type(pool).__name__} with "
             f"{type(alloc).__name__}: the shim backs only MHATokenToKVPool with "
             "TokenToKVPoolAllocator or PagedTokenToKVPoolAllocator (no MLA, SWA, hybrid or "
-            "quantized KV). Start this model without the shim (placements mode: static)")
+            "quantized KV). Start this model without the shim (placements mode: static)"
+        )
     return result
 
 
@@ -141,8 +158,10 @@ def _clear(original: Any, sig: Any, alloc: Any) -> None:
     if kv is None:
         return
     if int(alloc.page_size) != kv.layout.page_size:
-        raise ShimConfigError(f"cumem_shim: allocator page_size {alloc.page_size} differs from "
-                              f"the pool's {kv.layout.page_size} (decode context parallelism?)")
+        raise ShimConfigError(
+            f"cumem_shim: allocator page_size {alloc.page_size} differs from "
+            f"the pool's {kv.layout.page_size} (decode context parallelism?)"
+        )
     setattr(alloc, _KV, kv)
     kv.attach(hooks.state().backend.freelist(alloc, kv.layout))
 
@@ -152,8 +171,7 @@ def _available_size(original: Any, sig: Any, alloc: Any) -> int:
     return int(original(alloc)) if kv is None else kv.available()
 
 
-def _alloc(original: Any, sig: Any, alloc: Any, need_size: int, *args: Any,
-           **kwargs: Any) -> Any:
+def _alloc(original: Any, sig: Any, alloc: Any, need_size: int, *args: Any, **kwargs: Any) -> Any:
     kv = kv_of(alloc)
     if kv is not None:
         kv.ensure(-(-int(need_size) // int(alloc.page_size)))
@@ -193,7 +211,6 @@ def _evict(original: Any, sig: Any, tree: Any, *args: Any, **kwargs: Any) -> Any
         if extra > 0:
             bound = sig.bind(tree, *args, **kwargs)
             params = bound.arguments["params"]
-            bound.arguments["params"] = dataclasses.replace(
-                params, num_tokens=int(params.num_tokens) + extra)
+            bound.arguments["params"] = dataclasses.replace(params, num_tokens=int(params.num_tokens) + extra)
             return original(*bound.args, **bound.kwargs)
     return original(tree, *args, **kwargs)

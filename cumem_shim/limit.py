@@ -71,8 +71,7 @@ class Drain(NamedTuple):
     floor: int | None  # ratchet to carry to the next call (None: not draining)
 
 
-def drain(target: int, used: int, floor: int | None, slack: int,
-          headroom: int = DRAIN_HEADROOM_UNITS) -> Drain:
+def drain(target: int, used: int, floor: int | None, slack: int, headroom: int = DRAIN_HEADROOM_UNITS) -> Drain:
     """Effective limit in units. ``target``: what the limit allows; ``used``: units in use;
     ``floor``: the previous call's ratchet; ``slack``: room given to running requests when a
     drain starts; ``headroom``: room never taken away while draining. Pure."""

@@ -56,8 +56,7 @@ class KVLayout:
         if self.granularity <= 0 or self.granularity & (self.granularity - 1):
             raise ValueError(f"granularity must be a power of two, got {self.granularity}")
         if self.page_size <= 0 or self.slots <= self.page_size or self.slots % self.page_size:
-            raise ValueError(f"slots ({self.slots}) must be a multiple of page_size "
-                             f"({self.page_size}) above it")
+            raise ValueError(f"slots ({self.slots}) must be a multiple of page_size ({self.page_size}) above it")
         if not self.row_bytes or min(self.row_bytes) <= 0:
             raise ValueError("need at least one buffer with a positive row size")
 
@@ -169,8 +168,17 @@ def _consecutive(sorted_blocks: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
-def mha_layout(*, granularity: int, page_size: int, size: int, layers: int, heads: int,
-               head_dim: int, v_head_dim: int | None = None, dtype_bytes: int = 2) -> KVLayout:
+def mha_layout(
+    *,
+    granularity: int,
+    page_size: int,
+    size: int,
+    layers: int,
+    heads: int,
+    head_dim: int,
+    v_head_dim: int | None = None,
+    dtype_bytes: int = 2,
+) -> KVLayout:
     """The layout of SGLang's ``MHATokenToKVPool(size, page_size, ...)`` (NHD layout)."""
     k = heads * head_dim * dtype_bytes
     v = heads * (v_head_dim if v_head_dim is not None else head_dim) * dtype_bytes

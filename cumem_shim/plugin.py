@@ -59,8 +59,6 @@ def entry_point_dir(parent: str | Path) -> Path:
     root = Path(parent)
     info = root / _DIST
     info.mkdir(parents=True, exist_ok=True)
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: chimera-cumem-shim\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text(
-        f"[{ENTRY_POINT_GROUP}]\n{ENTRY_POINT_NAME} = {ENTRY_POINT_VALUE}\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: chimera-cumem-shim\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{ENTRY_POINT_NAME} = {ENTRY_POINT_VALUE}\n")
     return root

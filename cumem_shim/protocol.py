@@ -89,8 +89,11 @@ def parse_request(line: bytes) -> Request:
 
 
 def request_json(req: Request) -> dict[str, Any]:
-    out: dict[str, Any] = ({"op": "set_limit", "bytes": req.bytes, "revision": req.revision}
-                           if isinstance(req, SetLimit) else {"op": "status"})
+    out: dict[str, Any] = (
+        {"op": "set_limit", "bytes": req.bytes, "revision": req.revision}
+        if isinstance(req, SetLimit)
+        else {"op": "status"}
+    )
     if req.id is not None:
         out["id"] = req.id
     return out
@@ -131,8 +134,7 @@ def handle(line: bytes, target: Target) -> bytes:
             out["accepted"] = {"bytes": acc.limit_bytes, "revision": acc.revision}
         out["status"] = status_json(target.status())
     except ProtocolError as exc:
-        out = {"ok": False, "protocol": PROTOCOL_VERSION,
-               "error": {"type": "bad_request", "message": str(exc)}}
+        out = {"ok": False, "protocol": PROTOCOL_VERSION, "error": {"type": "bad_request", "message": str(exc)}}
     if req_id is not None:
         out["id"] = req_id
     return encode(out)

@@ -44,9 +44,13 @@ class Settings:
     map_ahead_blocks: int = DEFAULT_MAP_AHEAD_BLOCKS
 
 
-def server_env(socket: str, limit_bytes: int, virtual_kv_bytes: int | None = None,
-               slack_tokens: int | None = None,
-               map_ahead_blocks: int | None = None) -> dict[str, str]:
+def server_env(
+    socket: str,
+    limit_bytes: int,
+    virtual_kv_bytes: int | None = None,
+    slack_tokens: int | None = None,
+    map_ahead_blocks: int | None = None,
+) -> dict[str, str]:
     """The variables an orchestrator adds to a server's environment to turn the shim on (the
     sglang and sim adapters call this; the names are then read only here)."""
     out = {SOCKET: socket, LIMIT_BYTES: str(int(limit_bytes)), STRICT_IDLE_CHECK: "0"}
@@ -72,8 +76,7 @@ def read(env: Mapping[str, str] | None = None) -> Settings:
         raw = e.get(name, "")
         if raw == "":
             if default is None and name == LIMIT_BYTES:
-                problems.append(f"{name} is required with {SOCKET} (the start-up KV limit in "
-                                "bytes)")
+                problems.append(f"{name} is required with {SOCKET} (the start-up KV limit in bytes)")
             return default
         try:
             val = int(raw)
@@ -92,9 +95,11 @@ def read(env: Mapping[str, str] | None = None) -> Settings:
     slack = integer(SLACK_TOKENS, DEFAULT_SLACK_TOKENS, 0)
     ahead = integer(MAP_AHEAD_BLOCKS, DEFAULT_MAP_AHEAD_BLOCKS, 0)
     if e.get(STRICT_IDLE_CHECK, "true").strip().lower() not in _FALSE:
-        problems.append(f"{STRICT_IDLE_CHECK} must be 0 while the shim holds KV slots back "
-                        "(SGLang's idle leak check would count them as leaked and stop the "
-                        "server); the orchestrator's adapter sets it")
+        problems.append(
+            f"{STRICT_IDLE_CHECK} must be 0 while the shim holds KV slots back "
+            "(SGLang's idle leak check would count them as leaked and stop the "
+            "server); the orchestrator's adapter sets it"
+        )
     if problems:
         raise ShimConfigError("cumem_shim cannot start: " + "; ".join(problems))
     assert limit is not None and slack is not None and ahead is not None

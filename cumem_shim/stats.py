@@ -39,8 +39,15 @@ class MapStats:
         self.wait_s += wait_s if waits else 0.0
 
     def counts(self) -> MapCounts:
-        return MapCounts(self.prepared, self.adopted, self.inline_blocks, round(self.inline_s, 6),
-                         self.waits, round(self.wait_s, 6), self.ensures)
+        return MapCounts(
+            self.prepared,
+            self.adopted,
+            self.inline_blocks,
+            round(self.inline_s, 6),
+            self.waits,
+            round(self.wait_s, 6),
+            self.ensures,
+        )
 
     def log_line(self, now: float) -> str | None:
         """A summary for the server's log when one is due (first change, then at most every
@@ -51,7 +58,9 @@ class MapStats:
         if self._logged_at is not None and now - self._logged_at < LOG_EVERY_S:
             return None
         self._logged_at, self._logged = now, counts
-        return (f"cumem_shim: map-ahead: {counts.prepared} block(s) prepared, {counts.adopted} "
-                f"adopted; in allocations: {counts.inline_blocks} mapped on the scheduler "
-                f"thread ({counts.inline_s * 1e3:.1f} ms), {counts.waits} wait(s) for the worker "
-                f"({counts.wait_s * 1e3:.1f} ms), {counts.ensures} allocation(s) that grew the pool")
+        return (
+            f"cumem_shim: map-ahead: {counts.prepared} block(s) prepared, {counts.adopted} "
+            f"adopted; in allocations: {counts.inline_blocks} mapped on the scheduler "
+            f"thread ({counts.inline_s * 1e3:.1f} ms), {counts.waits} wait(s) for the worker "
+            f"({counts.wait_s * 1e3:.1f} ms), {counts.ensures} allocation(s) that grew the pool"
+        )

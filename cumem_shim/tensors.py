@@ -20,13 +20,15 @@ class _DeviceBytes:
 
     def __init__(self, ptr: int, nbytes: int) -> None:
         self.__cuda_array_interface__ = {
-            "shape": (nbytes,), "typestr": "|u1", "data": (ptr, False), "strides": None,
+            "shape": (nbytes,),
+            "typestr": "|u1",
+            "data": (ptr, False),
+            "strides": None,
             "version": 3,
         }
 
 
-def buffer_tensors(kv: ElasticKV, shapes: Sequence[tuple[int, ...]], dtype: Any,
-                   device: Any) -> list[Any]:
+def buffer_tensors(kv: ElasticKV, shapes: Sequence[tuple[int, ...]], dtype: Any, device: Any) -> list[Any]:
     """One tensor per buffer of ``kv.layout``, of ``shapes[i]`` and ``dtype`` (any torch dtype,
     bfloat16 included: the bytes are viewed as ``dtype``)."""
     import torch
@@ -40,8 +42,9 @@ def buffer_tensors(kv: ElasticKV, shapes: Sequence[tuple[int, ...]], dtype: Any,
         nbytes = math.prod(shape) * itemsize
         row = math.prod(shape[1:]) * itemsize
         if row != lay.row_bytes[i] or shape[0] > lay.slots:
-            raise ValueError(f"buffer {i}: shape {tuple(shape)} does not fit the layout "
-                             f"(row {lay.row_bytes[i]} B, {lay.slots} rows)")
+            raise ValueError(
+                f"buffer {i}: shape {tuple(shape)} does not fit the layout (row {lay.row_bytes[i]} B, {lay.slots} rows)"
+            )
         raw = torch.as_tensor(_DeviceBytes(kv.base + lay.offsets[i], nbytes), device=device)
         out.append(raw.view(dtype).view(tuple(shape)))
     return out

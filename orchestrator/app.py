@@ -56,8 +56,14 @@ async def _ticker(control: ControlLoop) -> None:
 
 
 async def serve(
-    cfg: Config, engine_name: str, host: str, port: int, run_dir: Path, hold_timeout_s: float,
-    console: Console, admin_key: str | None = None,
+    cfg: Config,
+    engine_name: str,
+    host: str,
+    port: int,
+    run_dir: Path,
+    hold_timeout_s: float,
+    console: Console,
+    admin_key: str | None = None,
 ) -> int:
     metrics = ChimeraMetrics()
     # every runtime fact of the placements file, read once
@@ -67,24 +73,31 @@ async def serve(
         metrics.set_instance_state(view.model, view.id, view.gpus, str(view.state))
 
     control: ControlLoop
-    supervisor = Supervisor(get_engine(engine_name), cfg.host, run_dir,
-                            post=lambda ev: control.post(ev), observers=[publish],
-                            measure=metrics.record, deployment=dep)
+    supervisor = Supervisor(
+        get_engine(engine_name),
+        cfg.host,
+        run_dir,
+        post=lambda ev: control.post(ev),
+        observers=[publish],
+        measure=metrics.record,
+        deployment=dep,
+    )
     control = ControlLoop(dep, supervisor)
     kv = _kv_runner(dep, control, supervisor, metrics)  # modes elastic/full: the KV ledger's task
-    progress = StartupProgress(console, [i for m in control.models() for i in m.instances],
-                               start_on_up={iid for iid, f in dep.instances.items() if f.serves_on_up})
+    progress = StartupProgress(
+        console,
+        [i for m in control.models() for i in m.instances],
+        start_on_up={iid for iid, f in dep.instances.items() if f.serves_on_up},
+    )
     supervisor.add_observer(progress.observe)
     for m in control.models():
         for v in m.instances:
             publish(v)
 
-    app = create_app(control, metrics, hold_timeout_s=hold_timeout_s,
-                     extra_routes=admin_routes(control, admin_key))
+    app = create_app(control, metrics, hold_timeout_s=hold_timeout_s, extra_routes=admin_routes(control, admin_key))
     gate = _admission(dep, app)  # mode full: the proxy's admission gate
     scraper = _scraper(control, kv, gate)  # modes elastic/full: the one /v1/loads poller
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                    lifespan="on", access_log=False))
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -97,8 +110,10 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
 
-    console.print(f"[bold]chimera[/] {engine_name} engine, {len(cfg.instances)} instance(s) of "
-                  f"{len(cfg.models)} model(s); engine logs in {run_dir}/")
+    console.print(
+        f"[bold]chimera[/] {engine_name} engine, {len(cfg.instances)} instance(s) of "
+        f"{len(cfg.models)} model(s); engine logs in {run_dir}/"
+    )
     control_task = asyncio.create_task(control.run(), name="control-loop")
     ticker_task = asyncio.create_task(_ticker(control), name="ticker")
     server_task = asyncio.create_task(server.serve(), name="proxy")
@@ -109,8 +124,7 @@ async def serve(
             t.add_done_callback(_report_death)
     try:
         with progress:
-            waits = {asyncio.create_task(progress.settled_event.wait()),
-                     asyncio.create_task(stop.wait())}
+            waits = {asyncio.create_task(progress.settled_event.wait()), asyncio.create_task(stop.wait())}
             await asyncio.wait({server_task, *waits}, return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
@@ -142,12 +156,12 @@ async def serve(
 def _report_death(task: asyncio.Task[None]) -> None:
     """A background task that ends by itself is a bug: say so at once, with its traceback."""
     if not task.cancelled() and task.exception() is not None:
-        log.error("background task %s died; chimera goes on without it", task.get_name(),
-                  exc_info=task.exception())
+        log.error("background task %s died; chimera goes on without it", task.get_name(), exc_info=task.exception())
 
 
-def _kv_runner(dep: Deployment, control: ControlLoop, supervisor: Supervisor,
-               metrics: ChimeraMetrics) -> KVRunner | None:
+def _kv_runner(
+    dep: Deployment, control: ControlLoop, supervisor: Supervisor, metrics: ChimeraMetrics
+) -> KVRunner | None:
     """The KV ledger over every GPU (modes elastic and full): splits each GPU's free memory
     among the shim-backed instances on it every second, and at once when an instance changes
     state (it wakes, parks, starts or stops)."""
@@ -162,12 +176,16 @@ def _kv_runner(dep: Deployment, control: ControlLoop, supervisor: Supervisor,
         return kv_instances(views, dep)
 
     def report(iid: str, st: Status) -> None:
-        metrics.set_kv(facts[iid].spec.model.name, iid, st.limit_bytes, st.mapped_bytes,
-                       st.used_tokens)
+        metrics.set_kv(facts[iid].spec.model.name, iid, st.limit_bytes, st.mapped_bytes, st.used_tokens)
 
     # its loads come from the scraper (``_scraper``): a sample older than two rounds is missing
-    runner = KVRunner(Ledger(capacity), HttpKVEffects(supervisor.http, endpoints), instances,
-                      report=report, max_sample_age_s=2 * SCRAPE_ROUND_S)
+    runner = KVRunner(
+        Ledger(capacity),
+        HttpKVEffects(supervisor.http, endpoints),
+        instances,
+        report=report,
+        max_sample_age_s=2 * SCRAPE_ROUND_S,
+    )
 
     def observe(view: InstanceView) -> None:
         if view.state in GONE:  # its shim is gone: a restart starts from its start-up limit
@@ -189,8 +207,7 @@ def _admission(dep: Deployment, app: Starlette) -> AdmissionGate | None:
     return gate
 
 
-def _scraper(control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | None
-             ) -> Scraper | None:
+def _scraper(control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | None) -> Scraper | None:
     """The one poller of every awake instance's /v1/loads (250 ms), in modes elastic and full
     (where the KV runner or the gate exists). Its sinks: the control loop (demand for the global
     scheduler; in mode elastic the loop records it and decides nothing from it), the KV runner
@@ -212,8 +229,11 @@ def _summary(console: Console, control: ControlLoop, host: str, port: int) -> No
         for i in m.instances:
             if i.error:
                 console.print(f"    [red]{i.id}: {i.error}[/]")
-    console.print(f"  mode: {control.config.mode}"
-                  + (" (idle models park; requests for parked models wait while they wake)"
-                     if control.timesharing else ""))
-    console.print(f"[bold green]serving[/] on http://{host}:{port}/v1 "
-                  f"(models: GET /v1/models, metrics: GET /metrics; Ctrl-C to stop)")
+    console.print(
+        f"  mode: {control.config.mode}"
+        + (" (idle models park; requests for parked models wait while they wake)" if control.timesharing else "")
+    )
+    console.print(
+        f"[bold green]serving[/] on http://{host}:{port}/v1 "
+        f"(models: GET /v1/models, metrics: GET /metrics; Ctrl-C to stop)"
+    )

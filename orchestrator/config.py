@@ -208,8 +208,7 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     if not isinstance(models_raw, list) or not models_raw:
         v.err("models", "needs a non-empty list of models")
         raise ConfigError([f"{source}: {p}" for p in v.problems])
-    models = [m for i, r in enumerate(models_raw)
-              if (m := _model(v, f"models[{i}]", r, idle_default))]
+    models = [m for i, r in enumerate(models_raw) if (m := _model(v, f"models[{i}]", r, idle_default))]
     v.raise_if_any(source)
 
     used = {g for m in models for pl in m.placements for g in pl.gpus}
@@ -220,9 +219,7 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     _check_awake_limit(v, models, mode, scheduler)
     v.raise_if_any(source)
     instances = tuple(
-        InstanceSpec(id=_instance_id(m, pl), model=m, placement=pl)
-        for m in models
-        for pl in m.placements
+        InstanceSpec(id=_instance_id(m, pl), model=m, placement=pl) for m in models for pl in m.placements
     )
     return Config(tuple(models), host, mode, hold, source, gpu_count, instances, scheduler)
 
@@ -258,8 +255,9 @@ class _Validator:
                 hint = f"did you mean `{near[0]}`?" if near else f"allowed: {', '.join(sorted(allowed))}"
                 self.err(f"{path}.{k}" if path else str(k), f"unknown field ({hint})")
 
-    def number(self, obj: dict[str, Any], key: str, path: str, *, minimum: float = 0,
-               integer: bool = False) -> float | None:
+    def number(
+        self, obj: dict[str, Any], key: str, path: str, *, minimum: float = 0, integer: bool = False
+    ) -> float | None:
         val = obj.get(key)
         if val is None:
             return None
@@ -279,13 +277,26 @@ def _host(v: _Validator, raw: Any) -> HostSpec:
     gpus = v.number(raw, "gpus", "host", minimum=1, integer=True)
     mem = v.number(raw, "gpu_memory_gb", "host", minimum=1)
     ram = v.number(raw, "host_memory_gb", "host", minimum=1)
-    return HostSpec(gpus=int(gpus) if gpus is not None else None,
-                    gpu_memory_gb=mem if mem is not None else 80.0,
-                    host_memory_gb=ram if ram is not None else 512.0)
+    return HostSpec(
+        gpus=int(gpus) if gpus is not None else None,
+        gpu_memory_gb=mem if mem is not None else 80.0,
+        host_memory_gb=ram if ram is not None else 512.0,
+    )
 
 
-_MODEL_KEYS = {"name", "model_path", "shape", "tp_size", "aliases", "placements", "slo",
-               "priority", "load_format", "engine_args", "idle"}
+_MODEL_KEYS = {
+    "name",
+    "model_path",
+    "shape",
+    "tp_size",
+    "aliases",
+    "placements",
+    "slo",
+    "priority",
+    "load_format",
+    "engine_args",
+    "idle",
+}
 
 
 def _idle(v: _Validator, path: str, raw: Any, default: Idle) -> Idle:
@@ -316,8 +327,9 @@ def _scheduler(v: _Validator, raw: Any) -> SchedulerSpec:
     tau = v.number(raw, "tau", "scheduler", minimum=0)
     on_late = v.one_of(raw.get("on_late", "shed"), "scheduler.on_late", ON_LATE, "shed")
     awake = v.number(raw, "max_awake_per_gpu", "scheduler", minimum=1, integer=True)
-    return SchedulerSpec(tau if tau is not None else SchedulerSpec.tau, on_late,
-                         int(awake) if awake is not None else None)
+    return SchedulerSpec(
+        tau if tau is not None else SchedulerSpec.tau, on_late, int(awake) if awake is not None else None
+    )
 
 
 def _model(v: _Validator, path: str, raw: Any, idle_default: Idle = Idle()) -> ModelSpec | None:
@@ -361,9 +373,17 @@ def _model(v: _Validator, path: str, raw: Any, idle_default: Idle = Idle()) -> M
         return None
     assert isinstance(name, str) and isinstance(model_path, str)
     return ModelSpec(
-        name=name, model_path=model_path, shape=shape, tp_size=tp_size, aliases=tuple(aliases),
-        placements=tuple(placements), slo=slo, priority=int(priority or 0),
-        load_format=load_format, engine_args=tuple(engine_args), idle=idle,
+        name=name,
+        model_path=model_path,
+        shape=shape,
+        tp_size=tp_size,
+        aliases=tuple(aliases),
+        placements=tuple(placements),
+        slo=slo,
+        priority=int(priority or 0),
+        load_format=load_format,
+        engine_args=tuple(engine_args),
+        idle=idle,
     )
 
 
@@ -389,8 +409,10 @@ def _placements(v: _Validator, path: str, raw: Any, tp_size: int) -> list[Placem
         gpus = pr.get("gpus")
         if isinstance(gpus, int) and not isinstance(gpus, bool):
             gpus = [gpus]
-        if not isinstance(gpus, list) or not gpus or not all(
-            isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus
+        if (
+            not isinstance(gpus, list)
+            or not gpus
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus)
         ):
             v.err(f"{pp}.gpus", "needs a list of GPU ids (integers >= 0), e.g. [0]")
             continue
@@ -407,8 +429,10 @@ def _placements(v: _Validator, path: str, raw: Any, tp_size: int) -> list[Placem
         kv = v.number(pr, "kv_pool_gb", pp, minimum=0)
         floor = v.number(pr, "kv_floor_gb", pp, minimum=0)
         if kv is not None and floor is not None and floor > kv:
-            v.err(f"{pp}.kv_floor_gb", f"{floor:g} GB is above kv_pool_gb ({kv:g} GB): the floor "
-                  "must fit under the ceiling")
+            v.err(
+                f"{pp}.kv_floor_gb",
+                f"{floor:g} GB is above kv_pool_gb ({kv:g} GB): the floor must fit under the ceiling",
+            )
             continue
         out.append(Placement(tuple(gpus), on, kv, floor))
     return out
@@ -430,11 +454,12 @@ def _check_cross(v: _Validator, models: list[ModelSpec], gpu_count: int, host: H
         for j, pl in enumerate(m.placements):
             for g in pl.gpus:
                 if g >= gpu_count:
-                    v.err(f"models[{i}].placements[{j}].gpus",
-                          f"GPU {g} does not exist (this host has {host_ids})")
+                    v.err(f"models[{i}].placements[{j}].gpus", f"GPU {g} does not exist (this host has {host_ids})")
             if pl.gpus in groups:
-                v.err(f"models[{i}].placements[{j}].gpus",
-                      f"{m.name!r} is already placed on GPU(s) {list(pl.gpus)}: one instance per group")
+                v.err(
+                    f"models[{i}].placements[{j}].gpus",
+                    f"{m.name!r} is already placed on GPU(s) {list(pl.gpus)}: one instance per group",
+                )
             groups.add(pl.gpus)
             if pl.on:
                 for g in pl.gpus:
@@ -444,9 +469,12 @@ def _check_cross(v: _Validator, models: list[ModelSpec], gpu_count: int, host: H
         total = sum(b for _, b in entries)
         if total > budget:
             names = ", ".join(f"{n} ({b / GIB:.1f} GiB)" for n, b in entries)
-            v.err(f"GPU {g}", f"weights of the models that start awake ({names}) need "
-                  f"{total / GIB:.1f} GiB, more than {budget / GIB:.1f} GiB of a "
-                  f"{host.gpu_memory_gb:g} GB GPU: set `on: false` on some or raise tp_size")
+            v.err(
+                f"GPU {g}",
+                f"weights of the models that start awake ({names}) need "
+                f"{total / GIB:.1f} GiB, more than {budget / GIB:.1f} GiB of a "
+                f"{host.gpu_memory_gb:g} GB GPU: set `on: false` on some or raise tp_size",
+            )
 
 
 def _check_awake_limit(v: _Validator, models: list[ModelSpec], mode: Mode, sched: SchedulerSpec) -> None:
@@ -458,8 +486,11 @@ def _check_awake_limit(v: _Validator, models: list[ModelSpec], mode: Mode, sched
         for g in sorted({g for m in models for pl in m.placements for g in pl.gpus}):
             names = [m.name for m in models if any(pl.on and g in pl.gpus for pl in m.placements)]
             if len(names) > limit:
-                v.err(f"GPU {g}", f"{len(names)} models start awake ({', '.join(names)}) but "
-                      f"scheduler.max_awake_per_gpu is {limit}: set `on: false` on the others")
+                v.err(
+                    f"GPU {g}",
+                    f"{len(names)} models start awake ({', '.join(names)}) but "
+                    f"scheduler.max_awake_per_gpu is {limit}: set `on: false` on the others",
+                )
 
 
 def model_from_prism(i: int, m: Any) -> Any:
@@ -473,8 +504,12 @@ def model_from_prism(i: int, m: Any) -> Any:
             out[mapping[k]] = val
         elif k == "init_placements":
             out["placements"] = [
-                {("gpus" if pk == "gpu_ids" else "kv_pool_gb" if pk == "max_memory_pool_size" else pk): pv
-                 for pk, pv in p.items()} if isinstance(p, dict) else p
+                {
+                    ("gpus" if pk == "gpu_ids" else "kv_pool_gb" if pk == "max_memory_pool_size" else pk): pv
+                    for pk, pv in p.items()
+                }
+                if isinstance(p, dict)
+                else p
                 for p in (val if isinstance(val, list) else [val])
             ]
         else:

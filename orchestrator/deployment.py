@@ -67,8 +67,7 @@ def default_mem_fraction(model: ModelSpec, host: HostSpec) -> float:
     """``--mem-fraction-static`` of a server whose pool nothing sizes: the default fraction,
     raised for weights that would not fit in it (e.g. 70B on TP 2)."""
     weights = model.shape.weight_bytes / model.tp_size / (host.gpu_memory_gb * GIB)
-    return min(MAX_MEM_FRACTION_STATIC, max(DEFAULT_MEM_FRACTION_STATIC,
-                                            weights + MEM_FRACTION_HEADROOM))
+    return min(MAX_MEM_FRACTION_STATIC, max(DEFAULT_MEM_FRACTION_STATIC, weights + MEM_FRACTION_HEADROOM))
 
 
 def ledger_enabled(mode: Mode) -> bool:
@@ -80,8 +79,7 @@ def shim_refusal(spec: InstanceSpec) -> str | None:
     """Why this instance cannot run with the shim (a fixed KV pool), or None. The shim backs
     single-rank pools only: every rank would have to change its limit in the same step."""
     if spec.model.tp_size > 1:
-        return (f"TP {spec.model.tp_size}: the shim backs single-rank KV pools only; this "
-                "instance keeps a fixed pool")
+        return f"TP {spec.model.tp_size}: the shim backs single-rank KV pools only; this instance keeps a fixed pool"
     return None
 
 
@@ -167,16 +165,19 @@ def derive(cfg: Config, serial_starts: bool = False) -> Deployment:
     """``serial_starts``: every instance starts alone on its GPUs (CHIMERA_SERIAL_STARTS)."""
     models = {m.name: _model(cfg, m) for m in cfg.models}
     instances = start_mem({i.id: _instance(cfg, i) for i in cfg.instances}, cfg.host, serial_starts)
-    return Deployment(cfg, models, instances, PlacementParams(
-        tau=cfg.scheduler.tau, max_awake_per_gpu=cfg.scheduler.max_awake_per_gpu))
+    return Deployment(
+        cfg,
+        models,
+        instances,
+        PlacementParams(tau=cfg.scheduler.tau, max_awake_per_gpu=cfg.scheduler.max_awake_per_gpu),
+    )
 
 
 def _model(cfg: Config, m: ModelSpec) -> ModelFacts:
     floors = [p.kv_floor_gb for p in m.placements if p.kv_floor_gb is not None]
     cost = server_cost(m.shape, m.tp_size, int(max(floors) * GIB) if floors else None)
     on_late: OnLate = "shed" if m.slo.ttft_s is not None and cfg.scheduler.on_late == "shed" else "serve"
-    return ModelFacts(m, cost, LatencyModel(m.shape, m.tp_size), m.slo.ttft_or_default,
-                      m.slo.tpot_or_default, on_late)
+    return ModelFacts(m, cost, LatencyModel(m.shape, m.tp_size), m.slo.ttft_or_default, m.slo.tpot_or_default, on_late)
 
 
 def _instance(cfg: Config, spec: InstanceSpec) -> InstanceFacts:
@@ -192,12 +193,18 @@ def _instance(cfg: Config, spec: InstanceSpec) -> InstanceFacts:
         ceiling = max(MIN_POOL_BYTES, int(host.gpu_memory_gb * GIB) - cost.held_awake_bytes)
     floor = int((floor_gb or 0) * GIB)
     return InstanceFacts(
-        spec=spec, cost=cost,
-        starts_on_up=placement.on or cfg.mode == "full", serves_on_up=placement.on,
-        shim=shim, shim_refusal=refusal, floor_bytes=floor, ceiling_bytes=ceiling,
+        spec=spec,
+        cost=cost,
+        starts_on_up=placement.on or cfg.mode == "full",
+        serves_on_up=placement.on,
+        shim=shim,
+        shim_refusal=refusal,
+        floor_bytes=floor,
+        ceiling_bytes=ceiling,
         start_limit_bytes=min(ceiling, max(floor, START_LIMIT_BYTES)),
         fixed_pool_bytes=0 if shim else _fixed_pool(spec, host, fraction),
-        mem_fraction_static=fraction)
+        mem_fraction_static=fraction,
+    )
 
 
 def _fixed_pool(spec: InstanceSpec, host: HostSpec, fraction: float) -> int:
@@ -216,8 +223,7 @@ def start_budget(f: InstanceFacts) -> int:
     return f.cost.held_awake_bytes + kv
 
 
-def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec,
-              serial: bool = False) -> dict[str, InstanceFacts]:
+def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec, serial: bool = False) -> dict[str, InstanceFacts]:
     """Each instance's start-up facts (module docstring): its budget, its pool in tokens, the
     fraction that holds whatever starts beside it, whether it must start alone (``serial``:
     every instance, CHIMERA_SERIAL_STARTS) and its CUDA-graph batch sizes."""
@@ -235,9 +241,14 @@ def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec,
         else:
             tokens, fraction = max(1, f.fixed_pool_bytes // per_token_group), launch_fraction(f, gpu)
             sized_for = f.fixed_pool_bytes
-        out[iid] = replace(f, max_total_tokens=tokens, launch_mem_fraction=fraction,
-                           start_alone=serial, start_budget_bytes=start_budget(f),
-                           cuda_graph_max_bs=cuda_graph_max_bs(sized_for // per_token_group))
+        out[iid] = replace(
+            f,
+            max_total_tokens=tokens,
+            launch_mem_fraction=fraction,
+            start_alone=serial,
+            start_budget_bytes=start_budget(f),
+            cuda_graph_max_bs=cuda_graph_max_bs(sized_for // per_token_group),
+        )
     return out
 
 

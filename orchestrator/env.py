@@ -22,8 +22,9 @@ def _args(name: str) -> tuple[str, ...]:
     try:
         return tuple(shlex.split(raw))
     except ValueError as exc:
-        raise ValueError(f"environment variable {name}={raw!r} is not a valid shell-quoted "
-                         f"argument list ({exc})") from exc
+        raise ValueError(
+            f"environment variable {name}={raw!r} is not a valid shell-quoted argument list ({exc})"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,7 @@ class Env:
             sim_speed=_float("CHIMERA_SIM_SPEED", 1.0),
             sim_start_delay_s=_float("CHIMERA_SIM_START_DELAY_S", 0.0),
             admin_key=os.environ.get("CHIMERA_ADMIN_KEY") or None,
-            cache_dir=os.environ.get("CHIMERA_CACHE_DIR")
-            or os.path.join(os.path.expanduser("~"), ".cache", "chimera"),
+            cache_dir=os.environ.get("CHIMERA_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "chimera"),
             sglang_extra_args=_args("CHIMERA_SGLANG_ARGS"),
             serial_starts=os.environ.get("CHIMERA_SERIAL_STARTS", "") not in ("", "0"),
         )

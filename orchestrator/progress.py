@@ -21,8 +21,11 @@ class StartupProgress:
         self.console = console
         self._t0 = time.monotonic()
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-            console=console, transient=False,
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         )
         self._tasks: dict[str, TaskID] = {}
         self._states: dict[str, InstanceState] = {}
@@ -31,8 +34,7 @@ class StartupProgress:
         self.settled_event = asyncio.Event()
         for v in views:
             idle = v.id not in start_on_up  # `on: false`: nothing to wait for, no spinner
-            self._tasks[v.id] = self._progress.add_task(self._describe(v), total=1,
-                                                        completed=1 if idle else 0)
+            self._tasks[v.id] = self._progress.add_task(self._describe(v), total=1, completed=1 if idle else 0)
             self._states[v.id] = v.state
         if self.settled:
             self.settled_event.set()
@@ -54,7 +56,8 @@ class StartupProgress:
     def settled(self) -> bool:
         """Every instance `up` starts is awake (or failed), and none is still on its way."""
         return all(self._states[i] in _SETTLED - {S.STOPPED} for i in self._expected) and not any(
-            s in (S.PENDING, S.STARTING) for s in self._states.values())
+            s in (S.PENDING, S.STARTING) for s in self._states.values()
+        )
 
     def observe(self, view: InstanceView) -> None:
         self._states[view.id] = view.state
@@ -62,15 +65,15 @@ class StartupProgress:
             self.settled_event.set()
         if self._live:
             done = view.state in _SETTLED
-            self._progress.update(self._tasks[view.id], description=self._describe(view),
-                                  completed=1 if done else 0)
+            self._progress.update(self._tasks[view.id], description=self._describe(view), completed=1 if done else 0)
             if view.state is S.FAILED and view.error:
                 self._progress.console.print(f"[bold red]{view.id} failed:[/] {view.error}")
         else:
             t = time.monotonic() - self._t0
             style = _STYLE.get(view.state, "default")
-            self.console.print(f"[dim]{t:8.1f}s[/] {view.id} → [{style}]{view.state}[/]"
-                               + (f" ({view.error})" if view.error else ""))
+            self.console.print(
+                f"[dim]{t:8.1f}s[/] {view.id} → [{style}]{view.state}[/]" + (f" ({view.error})" if view.error else "")
+            )
 
     @staticmethod
     def _describe(v: InstanceView) -> str:

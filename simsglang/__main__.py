@@ -17,16 +17,34 @@ from orchestrator.shapes import ShapeError, resolve_shape
 
 # SGLang flags accepted for compatibility and ignored: (flag, takes a value)
 IGNORED_FLAGS: tuple[tuple[str, bool], ...] = (
-    ("--sleep-on-idle", False), ("--load-format", True), ("--nccl-port", True),
-    ("--base-gpu-id", True), ("--attention-backend", True), ("--sampling-backend", True),
-    ("--grammar-backend", True), ("--disable-cuda-graph", False), ("--cuda-graph-max-bs", True),
-    ("--skip-server-warmup", False), ("--log-level", True), ("--trust-remote-code", False),
-    ("--dtype", True), ("--tokenizer-path", True), ("--random-seed", True),
-    ("--schedule-policy", True), ("--disable-radix-cache", False),
-    ("--enable-cache-report", False), ("--page-size", True), ("--kv-cache-dtype", True),
-    ("--quantization", True), ("--stream-interval", True), ("--watchdog-timeout", True),
-    ("--disable-custom-all-reduce", False), ("--enable-p2p-check", False),
-    ("--allow-auto-truncate", False), ("--device", True), ("--dist-init-addr", True),
+    ("--sleep-on-idle", False),
+    ("--load-format", True),
+    ("--nccl-port", True),
+    ("--base-gpu-id", True),
+    ("--attention-backend", True),
+    ("--sampling-backend", True),
+    ("--grammar-backend", True),
+    ("--disable-cuda-graph", False),
+    ("--cuda-graph-max-bs", True),
+    ("--skip-server-warmup", False),
+    ("--log-level", True),
+    ("--trust-remote-code", False),
+    ("--dtype", True),
+    ("--tokenizer-path", True),
+    ("--random-seed", True),
+    ("--schedule-policy", True),
+    ("--disable-radix-cache", False),
+    ("--enable-cache-report", False),
+    ("--page-size", True),
+    ("--kv-cache-dtype", True),
+    ("--quantization", True),
+    ("--stream-interval", True),
+    ("--watchdog-timeout", True),
+    ("--disable-custom-all-reduce", False),
+    ("--enable-p2p-check", False),
+    ("--allow-auto-truncate", False),
+    ("--device", True),
+    ("--dist-init-addr", True),
 )
 
 
@@ -48,40 +66,58 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m simsglang",
         description="A SIMULATED SGLang server (no GPU): SGLang's HTTP API, metrics and park/wake "
-                    "routes over a latency and memory model of an H100.")
-    p.add_argument("--model-path", required=True,
-                   help="a shipped shape name, a known model id, or a directory with config.json")
+        "routes over a latency and memory model of an H100.",
+    )
+    p.add_argument(
+        "--model-path", required=True, help="a shipped shape name, a known model id, or a directory with config.json"
+    )
     p.add_argument("--sim-shape", help="shipped shape to simulate (default: from --model-path)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_positive(int), default=30000)
     p.add_argument("--served-model-name", help="the `model` name served (default: --model-path)")
-    p.add_argument("--tp-size", "--tensor-parallel-size", "--tp", dest="tp_size",
-                   type=_positive(int), default=1)
-    p.add_argument("--mem-fraction-static", type=_positive(float),
-                   help="fraction of GPU memory for weights + KV (default: SGLang's for the GPU)")
+    p.add_argument("--tp-size", "--tensor-parallel-size", "--tp", dest="tp_size", type=_positive(int), default=1)
+    p.add_argument(
+        "--mem-fraction-static",
+        type=_positive(float),
+        help="fraction of GPU memory for weights + KV (default: SGLang's for the GPU)",
+    )
     p.add_argument("--max-total-tokens", type=_positive(int), help="cap of the KV pool in tokens")
     p.add_argument("--max-running-requests", type=_positive(int))
     p.add_argument("--chunked-prefill-size", type=_positive(int))
     p.add_argument("--context-length", type=_positive(int))
     p.add_argument("--enable-metrics", action="store_true", help="serve /metrics")
-    p.add_argument("--enable-memory-saver", action="store_true",
-                   help="let /release_memory_occupation free memory (else it is a no-op)")
-    p.add_argument("--enable-weights-cpu-backup", action="store_true",
-                   help="keep released weights on the host (else they come back as garbage)")
+    p.add_argument(
+        "--enable-memory-saver",
+        action="store_true",
+        help="let /release_memory_occupation free memory (else it is a no-op)",
+    )
+    p.add_argument(
+        "--enable-weights-cpu-backup",
+        action="store_true",
+        help="keep released weights on the host (else they come back as garbage)",
+    )
     p.add_argument("--weight-version", default="default")
-    p.add_argument("--sim-gpu-memory-gb", type=_positive(float), default=80.0,
-                   help="GiB of each simulated GPU (default 80)")
-    p.add_argument("--sim-speed", type=_positive(float, allow_zero=True), default=1.0,
-                   help="time scale of modelled compute: 1 = calibrated H100, 0 = none")
-    p.add_argument("--sim-start-delay-s", type=_positive(float, allow_zero=True), default=0.0,
-                   help="simulated boot time before the port opens")
+    p.add_argument(
+        "--sim-gpu-memory-gb", type=_positive(float), default=80.0, help="GiB of each simulated GPU (default 80)"
+    )
+    p.add_argument(
+        "--sim-speed",
+        type=_positive(float, allow_zero=True),
+        default=1.0,
+        help="time scale of modelled compute: 1 = calibrated H100, 0 = none",
+    )
+    p.add_argument(
+        "--sim-start-delay-s",
+        type=_positive(float, allow_zero=True),
+        default=0.0,
+        help="simulated boot time before the port opens",
+    )
     for flag, takes_value in IGNORED_FLAGS:
         if takes_value:
             p.add_argument(flag, metavar="X", help=argparse.SUPPRESS)
         else:
             p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-    p.epilog = ("Also accepted and ignored (they tune a real GPU): "
-                + " ".join(f for f, _ in IGNORED_FLAGS))
+    p.epilog = "Also accepted and ignored (they tune a real GPU): " + " ".join(f for f, _ in IGNORED_FLAGS)
     return p
 
 
@@ -98,32 +134,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     from simsglang.server import SimSettings, create_app
 
     settings = SimSettings(
-        shape=shape, model_path=args.model_path,
-        served_name=args.served_model_name or args.model_path, tp_size=args.tp_size,
-        gpu_memory_gb=args.sim_gpu_memory_gb, mem_fraction_static=args.mem_fraction_static,
-        max_total_tokens=args.max_total_tokens, max_running_requests=args.max_running_requests,
-        chunked_prefill_size=args.chunked_prefill_size, context_length=args.context_length,
-        speed=args.sim_speed, start_delay_s=args.sim_start_delay_s,
-        enable_metrics=args.enable_metrics, enable_memory_saver=args.enable_memory_saver,
-        enable_weights_cpu_backup=args.enable_weights_cpu_backup, host=args.host,
-        port=args.port, weight_version=args.weight_version)
+        shape=shape,
+        model_path=args.model_path,
+        served_name=args.served_model_name or args.model_path,
+        tp_size=args.tp_size,
+        gpu_memory_gb=args.sim_gpu_memory_gb,
+        mem_fraction_static=args.mem_fraction_static,
+        max_total_tokens=args.max_total_tokens,
+        max_running_requests=args.max_running_requests,
+        chunked_prefill_size=args.chunked_prefill_size,
+        context_length=args.context_length,
+        speed=args.sim_speed,
+        start_delay_s=args.sim_start_delay_s,
+        enable_metrics=args.enable_metrics,
+        enable_memory_saver=args.enable_memory_saver,
+        enable_weights_cpu_backup=args.enable_weights_cpu_backup,
+        host=args.host,
+        port=args.port,
+        weight_version=args.weight_version,
+    )
     try:
-        plan = plan_memory(shape, tp_size=args.tp_size, gpu_memory_gb=args.sim_gpu_memory_gb,
-                           mem_fraction_static=args.mem_fraction_static,
-                           max_total_tokens=args.max_total_tokens)
+        plan = plan_memory(
+            shape,
+            tp_size=args.tp_size,
+            gpu_memory_gb=args.sim_gpu_memory_gb,
+            mem_fraction_static=args.mem_fraction_static,
+            max_total_tokens=args.max_total_tokens,
+        )
     except MemoryPlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"SIMULATED SGLang {cal.SGLANG_VERSION} server (chimera sim engine, no GPU): "
-          f"{settings.served_name!r} = shape {shape.name}, tp {args.tp_size}, "
-          f"{args.sim_gpu_memory_gb:g} GiB/GPU, KV {plan.kv_capacity_tokens} tokens, "
-          f"speed x{args.sim_speed:g}, on http://{args.host}:{args.port}",
-          file=sys.stderr, flush=True)
+    print(
+        f"SIMULATED SGLang {cal.SGLANG_VERSION} server (chimera sim engine, no GPU): "
+        f"{settings.served_name!r} = shape {shape.name}, tp {args.tp_size}, "
+        f"{args.sim_gpu_memory_gb:g} GiB/GPU, KV {plan.kv_capacity_tokens} tokens, "
+        f"speed x{args.sim_speed:g}, on http://{args.host}:{args.port}",
+        file=sys.stderr,
+        flush=True,
+    )
 
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
-                access_log=False, lifespan="on")
+    uvicorn.run(
+        create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on"
+    )
     return 0
 
 

@@ -46,16 +46,16 @@ def json_response(content: Any, status: int = 200) -> Response:
 
 def openai_error(message: str, err_type: str = "BadRequestError", status: int = 400) -> Response:
     """SGLang's ErrorResponse (protocol.py), used by the OpenAI routes and request validation."""
-    return json_response({"object": "error", "message": message, "type": err_type, "param": None,
-                          "code": status}, status)
+    return json_response(
+        {"object": "error", "message": message, "type": err_type, "param": None, "code": status}, status
+    )
 
 
 async def read_json(request: Request, openai: bool) -> dict[str, Any]:
     """The JSON object of a body; FastAPI's validation failures become SGLang's 400."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if openai and media != "application/json":
-        raise BadRequest("Unsupported Media Type: Only 'application/json' is allowed",
-                         "Bad Request")
+        raise BadRequest("Unsupported Media Type: Only 'application/json' is allowed", "Bad Request")
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
@@ -68,8 +68,7 @@ async def read_json(request: Request, openai: bool) -> dict[str, Any]:
 def _int(body: dict[str, Any], key: str, default: int | None) -> int | None:
     val = body.get(key, default)
     if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 0):
-        raise BadRequest(f"{key}: Input should be a non-negative integer (got {val!r})",
-                         "Bad Request")
+        raise BadRequest(f"{key}: Input should be a non-negative integer (got {val!r})", "Bad Request")
     return val
 
 
@@ -89,8 +88,9 @@ async def _last(gen: AsyncGenerator[Out, None]) -> Out:
     return last
 
 
-async def _frames(gen: AsyncGenerator[Out, None], fmt: Callable[[Out], list[bytes]],
-                  tail: Callable[[Out], list[bytes]]) -> AsyncGenerator[bytes, None]:
+async def _frames(
+    gen: AsyncGenerator[Out, None], fmt: Callable[[Out], list[bytes]], tail: Callable[[Out], list[bytes]]
+) -> AsyncGenerator[bytes, None]:
     """SSE frames of a generation; closing this early (client gone) aborts the request."""
     out: Out = {}
     try:
@@ -114,8 +114,7 @@ class SSEResponse(StreamingResponse):
         gone = False
 
         async def stream() -> None:
-            await send({"type": "http.response.start", "status": self.status_code,
-                        "headers": self.raw_headers})
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for chunk in self.body_iterator:
                 if gone:
                     return
@@ -166,8 +165,7 @@ async def generate(request: Request) -> Response:
         body = await read_json(request, openai=False)
         stream = bool(body.get("stream", False))
         text, input_ids = body.get("text"), body.get("input_ids")
-        if isinstance(text, list) or (isinstance(input_ids, list) and input_ids
-                                      and isinstance(input_ids[0], list)):
+        if isinstance(text, list) or (isinstance(input_ids, list) and input_ids and isinstance(input_ids[0], list)):
             raise BadRequest("batched /generate is not supported by the SIMULATED server")
         if isinstance(text, str):
             prompt = [BOS_TOKEN_ID, *sim.tokenizer.encode(text)]
@@ -179,8 +177,7 @@ async def generate(request: Request) -> Response:
         if not isinstance(params, dict):
             raise BadRequest("sampling_params: Input should be a valid dictionary", "Bad Request")
         rid = body.get("rid") if isinstance(body.get("rid"), str) else None
-        req = sim.prepare(prompt, _int(params, "max_new_tokens", 128),
-                          bool(params.get("ignore_eos", False)), rid)
+        req = sim.prepare(prompt, _int(params, "max_new_tokens", 128), bool(params.get("ignore_eos", False)), rid)
     except BadRequest as e:
         if e.err_type == "Bad Request":
             return openai_error(str(e), "Bad Request")
@@ -199,8 +196,7 @@ async def generate(request: Request) -> Response:
 def _generate_error(e: ValueError, stream: bool) -> Response:
     if not stream:
         return json_response({"error": {"message": str(e)}}, 400)  # _create_error_response
-    err = {"error": {"message": str(e), "type": "invalid_request_error", "code": 400,
-                     "retryable": False}}
+    err = {"error": {"message": str(e), "type": "invalid_request_error", "code": 400, "retryable": False}}
 
     async def frames() -> AsyncGenerator[bytes, None]:
         yield sse(err)
@@ -218,7 +214,8 @@ def _check_model(model: Any) -> str:
         raise BadRequest(
             f"LoRA adapter '{adapter}' was requested, but LoRA is not enabled. Please launch the "
             "server with --enable-lora flag and preload adapters using --lora-paths or "
-            "/load_lora_adapter endpoint.")
+            "/load_lora_adapter endpoint."
+        )
     return model
 
 

@@ -120,8 +120,9 @@ class BatcherSnapshot:
 
 
 class Batcher:
-    def __init__(self, model: LatencyModel, plan: MemoryPlan, clock: Clock,
-                 on_queue_time: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self, model: LatencyModel, plan: MemoryPlan, clock: Clock, on_queue_time: Callable[[float], None] | None = None
+    ) -> None:
         self.model, self.clock = model, clock
         self.on_queue_time = on_queue_time  # seconds a request waited before its first prefill
         self.capacity = plan.kv_capacity_tokens
@@ -145,8 +146,7 @@ class Batcher:
     # -- requests ---------------------------------------------------------------------------
     def submit(self, req: SimRequest) -> None:
         if req.reservation > self.capacity:
-            raise ValueError(f"request needs {req.reservation} KV tokens, more than the pool's "
-                             f"{self.capacity}")
+            raise ValueError(f"request needs {req.reservation} KV tokens, more than the pool's {self.capacity}")
         req.state, req.queued_at = "waiting", self.clock.now()
         self.waiting.append(req)
         self._idle.clear()
@@ -292,12 +292,16 @@ class Batcher:
             self._generated.popleft()
         tokens = sum(n for _, n in self._generated)
         return BatcherSnapshot(
-            num_running=len(self.running), num_waiting=len(self.waiting),
+            num_running=len(self.running),
+            num_waiting=len(self.waiting),
             waiting_tokens=sum(r.seqlen for r in self.waiting),
-            used_tokens=sum(r.in_kv for r in self.running), capacity=self.capacity,
-            max_running=self.max_running, gen_throughput=tokens / THROUGHPUT_WINDOW_S,
+            used_tokens=sum(r.in_kv for r in self.running),
+            capacity=self.capacity,
+            max_running=self.max_running,
+            gen_throughput=tokens / THROUGHPUT_WINDOW_S,
             num_paused=len(self.running) if self.pause_mode == "in_place" else 0,
-            num_retracted=self.num_retracted, total_prefill_tokens=self.total_prefill_tokens,
+            num_retracted=self.num_retracted,
+            total_prefill_tokens=self.total_prefill_tokens,
             total_prefill_busy_us=self.total_prefill_busy_us,
             decode_moments=tuple(self.decode_moments),
         )

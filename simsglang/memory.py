@@ -80,12 +80,14 @@ class MemoryTags:
     def snapshot(self) -> dict[str, object]:
         p = self.plan
         return {
-            "gpu_bytes": p.gpu_bytes, "context_bytes": p.context_bytes,
+            "gpu_bytes": p.gpu_bytes,
+            "context_bytes": p.context_bytes,
             "weights_bytes": self._tag_bytes("weights"),
             "kv_cache_bytes": self._tag_bytes("kv_cache"),
             "cuda_graph_bytes": self._tag_bytes("cuda_graph"),
             "resident_bytes": self.resident_bytes(),
             "released": {t: t in self.released for t in MEMORY_TAGS},
-            "memory_saver": self.memory_saver, "weights_cpu_backup": self.weights_cpu_backup,
+            "memory_saver": self.memory_saver,
+            "weights_cpu_backup": self.weights_cpu_backup,
             "weights_intact": self.weights_intact,
         }

@@ -32,14 +32,74 @@ SCHEDULER_GAUGES: dict[str, str] = {
     "page_size": "KV cache page size in tokens.",
 }
 TTFT_BUCKETS = (0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400)
-E2E_BUCKETS = (0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 600,
-               1200, 1800, 2400)
-QUEUE_BUCKETS = (0.0, 0.001, 0.005, 0.010, 0.050, 0.100, 0.200, 0.500, 1, 2, 3, 4, 5, 10, 15, 20,
-                 30, 40, 50, 60, 70, 80, 90, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000,
-                 1200, 1400, 1600, 1800, 2000, 2500, 3000)
-ITL_BUCKETS = (0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040,
-               0.060, 0.080, 0.100, 0.200, 0.400, 0.600, 0.800, 1.000, 2.000, 4.000, 6.000,
-               8.000)
+E2E_BUCKETS = (0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 600, 1200, 1800, 2400)
+QUEUE_BUCKETS = (
+    0.0,
+    0.001,
+    0.005,
+    0.010,
+    0.050,
+    0.100,
+    0.200,
+    0.500,
+    1,
+    2,
+    3,
+    4,
+    5,
+    10,
+    15,
+    20,
+    30,
+    40,
+    50,
+    60,
+    70,
+    80,
+    90,
+    100,
+    200,
+    300,
+    400,
+    500,
+    600,
+    700,
+    800,
+    900,
+    1000,
+    1200,
+    1400,
+    1600,
+    1800,
+    2000,
+    2500,
+    3000,
+)
+ITL_BUCKETS = (
+    0.002,
+    0.004,
+    0.006,
+    0.008,
+    0.010,
+    0.015,
+    0.020,
+    0.025,
+    0.030,
+    0.035,
+    0.040,
+    0.060,
+    0.080,
+    0.100,
+    0.200,
+    0.400,
+    0.600,
+    0.800,
+    1.000,
+    2.000,
+    4.000,
+    6.000,
+    8.000,
+)
 
 
 class _SchedulerGauges(Collector):
@@ -76,30 +136,45 @@ class SimMetrics:
         self.labels = {"model_name": served_name, "engine_type": "unified"}
         stream_labels = [*self.labels, "is_streaming"]
         r = self.registry
-        self.prompt_tokens = Counter("sglang:prompt_tokens_total",
-                                     "Number of prefill tokens processed.", stream_labels,
-                                     registry=r)
-        self.generation_tokens = Counter("sglang:generation_tokens_total",
-                                         "Number of generation tokens processed.", stream_labels,
-                                         registry=r)
-        self.requests = Counter("sglang:num_requests_total", "Number of requests processed.",
-                                stream_labels, registry=r)
-        self.aborted = Counter("sglang:num_aborted_requests_total", "Number of requests aborted.",
-                               list(self.labels), registry=r)
-        self.ttft = Histogram("sglang:time_to_first_token_seconds",
-                              "Histogram of time to first token in seconds.", stream_labels,
-                              registry=r, buckets=TTFT_BUCKETS)
-        self.itl = Histogram("sglang:inter_token_latency_seconds",
-                             "Histogram of inter-token latency in seconds.", list(self.labels),
-                             registry=r, buckets=ITL_BUCKETS)
-        self.e2e = Histogram("sglang:e2e_request_latency_seconds",
-                             "Histogram of End-to-end request latency in seconds", stream_labels,
-                             registry=r, buckets=E2E_BUCKETS)
-        self.scheduler_labels = {**self.labels, "tp_rank": "0", "pp_rank": "0",
-                                 "moe_ep_rank": "0"}
-        self.queue = Histogram("sglang:queue_time_seconds",
-                               "Histogram of queueing time in seconds.",
-                               list(self.scheduler_labels), registry=r, buckets=QUEUE_BUCKETS)
+        self.prompt_tokens = Counter(
+            "sglang:prompt_tokens_total", "Number of prefill tokens processed.", stream_labels, registry=r
+        )
+        self.generation_tokens = Counter(
+            "sglang:generation_tokens_total", "Number of generation tokens processed.", stream_labels, registry=r
+        )
+        self.requests = Counter("sglang:num_requests_total", "Number of requests processed.", stream_labels, registry=r)
+        self.aborted = Counter(
+            "sglang:num_aborted_requests_total", "Number of requests aborted.", list(self.labels), registry=r
+        )
+        self.ttft = Histogram(
+            "sglang:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            stream_labels,
+            registry=r,
+            buckets=TTFT_BUCKETS,
+        )
+        self.itl = Histogram(
+            "sglang:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            list(self.labels),
+            registry=r,
+            buckets=ITL_BUCKETS,
+        )
+        self.e2e = Histogram(
+            "sglang:e2e_request_latency_seconds",
+            "Histogram of End-to-end request latency in seconds",
+            stream_labels,
+            registry=r,
+            buckets=E2E_BUCKETS,
+        )
+        self.scheduler_labels = {**self.labels, "tp_rank": "0", "pp_rank": "0", "moe_ep_rank": "0"}
+        self.queue = Histogram(
+            "sglang:queue_time_seconds",
+            "Histogram of queueing time in seconds.",
+            list(self.scheduler_labels),
+            registry=r,
+            buckets=QUEUE_BUCKETS,
+        )
         r.register(_SchedulerGauges(self.scheduler_labels, read_gauges))
         self._exposed = _WithoutCreated(r)
 
@@ -120,8 +195,7 @@ class SimMetrics:
             for _ in range(n):
                 h.observe(interval / n)
 
-    def finished(self, prompt_tokens: int, generated: int, e2e: float, stream: bool,
-                 aborted: bool) -> None:
+    def finished(self, prompt_tokens: int, generated: int, e2e: float, stream: bool, aborted: bool) -> None:
         labels = self._stream(stream)
         self.prompt_tokens.labels(**labels).inc(prompt_tokens)
         self.generation_tokens.labels(**labels).inc(generated)

@@ -46,13 +46,29 @@ class ChatShape:
         self.offset, self.started = 0, False
         self.echo = ""
 
-    def _chunk(self, out: Out, delta: dict[str, Any], finish: str | None = None,
-               matched: Any = None, usage: dict[str, Any] | None = None) -> bytes:
+    def _chunk(
+        self,
+        out: Out,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        matched: Any = None,
+        usage: dict[str, Any] | None = None,
+    ) -> bytes:
         chunk: dict[str, Any] = {
-            "id": out["meta_info"]["id"], "object": "chat.completion.chunk",
-            "created": int(time.time()), "model": self.model,
-            "choices": [{"index": 0, "delta": {"reasoning_content": None, **delta},
-                         "logprobs": None, "finish_reason": finish, "matched_stop": matched}]}
+            "id": out["meta_info"]["id"],
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"reasoning_content": None, **delta},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                    "matched_stop": matched,
+                }
+            ],
+        }
         if usage is not None:
             chunk["usage"] = usage
         return sse(chunk)
@@ -62,7 +78,7 @@ class ChatShape:
         if not self.started:
             self.started = True
             frames.append(self._chunk(out, {"role": "assistant", "content": ""}))
-        delta, self.offset = out["text"][self.offset:], len(out["text"])
+        delta, self.offset = out["text"][self.offset :], len(out["text"])
         if delta:
             usage = _usage(out) if self.continuous else None
             frames.append(self._chunk(out, {"content": delta}, usage=usage))
@@ -74,21 +90,44 @@ class ChatShape:
         finish, matched = _finish(out)
         frames = [self._chunk(out, {}, finish, matched)] if finish else []
         if self.include_usage:
-            frames.append(sse({"id": out["meta_info"]["id"], "object": "chat.completion.chunk",
-                               "created": int(time.time()), "model": self.model, "choices": [],
-                               "usage": _usage(out)}))
+            frames.append(
+                sse(
+                    {
+                        "id": out["meta_info"]["id"],
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
+                        "model": self.model,
+                        "choices": [],
+                        "usage": _usage(out),
+                    }
+                )
+            )
         return frames
 
     def response(self, out: Out) -> dict[str, Any]:
         finish, matched = _finish(out)
-        return {"id": out["meta_info"]["id"], "object": "chat.completion",
-                "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"],
-                                                     "reasoning_content": None,
-                                                     "tool_calls": None},
-                             "logprobs": None, "finish_reason": finish, "matched_stop": matched}],
-                "usage": _usage(out),
-                "metadata": {"weight_version": out["meta_info"]["weight_version"]}}
+        return {
+            "id": out["meta_info"]["id"],
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": out["text"],
+                        "reasoning_content": None,
+                        "tool_calls": None,
+                    },
+                    "logprobs": None,
+                    "finish_reason": finish,
+                    "matched_stop": matched,
+                }
+            ],
+            "usage": _usage(out),
+            "metadata": {"weight_version": out["meta_info"]["weight_version"]},
+        }
 
 
 class CompletionShape(ChatShape):
@@ -96,13 +135,16 @@ class CompletionShape(ChatShape):
 
     def _body(self, out: Out, text: str) -> dict[str, Any]:
         finish, matched = _finish(out)
-        return {"id": out["meta_info"]["id"], "object": "text_completion",
-                "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "text": text, "logprobs": None,
-                             "finish_reason": finish, "matched_stop": matched}]}
+        return {
+            "id": out["meta_info"]["id"],
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "matched_stop": matched}],
+        }
 
     def chunks(self, out: Out) -> list[bytes]:
-        delta, self.offset = out["text"][self.offset:], len(out["text"])
+        delta, self.offset = out["text"][self.offset :], len(out["text"])
         if not self.started:
             self.started, delta = True, self.echo + delta
         return [sse({**self._body(out, delta), "usage": _usage(out) if self.continuous else None})]
@@ -110,10 +152,22 @@ class CompletionShape(ChatShape):
     def tail(self, out: Out) -> list[bytes]:
         if not (out and self.include_usage):
             return []
-        return [sse({"id": out["meta_info"]["id"], "object": "text_completion",
-                     "created": self.created, "model": self.model, "choices": [],
-                     "usage": _usage(out, details=False)})]
+        return [
+            sse(
+                {
+                    "id": out["meta_info"]["id"],
+                    "object": "text_completion",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": _usage(out, details=False),
+                }
+            )
+        ]
 
     def response(self, out: Out) -> dict[str, Any]:
-        return {**self._body(out, self.echo + out["text"]), "usage": _usage(out),
-                "metadata": {"weight_version": out["meta_info"]["weight_version"]}}
+        return {
+            **self._body(out, self.echo + out["text"]),
+            "usage": _usage(out),
+            "metadata": {"weight_version": out["meta_info"]["weight_version"]},
+        }

@@ -41,10 +41,13 @@ async def flush_cache(request: Request) -> Response:
     if b.is_idle():
         return PlainTextResponse(
             "Cache flushed.\nPlease check backend logs for more details. (When there are running "
-            "or waiting requests, the operation will not be performed.)\n")
-    return PlainTextResponse(f"Cache not flushed because there are pending requests. "
-                             f"#queue-req: {len(b.waiting)}, #running-req: {len(b.running)}",
-                             status_code=400)
+            "or waiting requests, the operation will not be performed.)\n"
+        )
+    return PlainTextResponse(
+        f"Cache not flushed because there are pending requests. "
+        f"#queue-req: {len(b.waiting)}, #running-req: {len(b.running)}",
+        status_code=400,
+    )
 
 
 async def pause_generation(request: Request) -> Response:
@@ -54,8 +57,7 @@ async def pause_generation(request: Request) -> Response:
     except BadRequest as e:
         return openai_error(str(e), "Bad Request")
     if mode not in ("abort", "retract", "in_place"):
-        return openai_error("mode: Input should be 'abort', 'retract' or 'in_place' "
-                            f"(got {mode!r})", "Bad Request")
+        return openai_error(f"mode: Input should be 'abort', 'retract' or 'in_place' (got {mode!r})", "Bad Request")
     sim.not_paused.clear()
     await sim.batcher.pause(mode)
     return json_response({"message": "Generation paused successfully.", "status": "ok"})
@@ -88,7 +90,8 @@ async def release_memory(request: Request) -> Response:
                 f"release_memory_occupation should be called only when server is idle "
                 f"(#running-req: {len(b.running)}, #queue-req: {len(b.waiting)}). Real SGLang "
                 f"asserts here and the server dies; pause with mode 'abort' or wait until "
-                f"/v1/loads shows no running or waiting requests (SIMULATED)")
+                f"/v1/loads shows no running or waiting requests (SIMULATED)"
+            )
         moved = sim.memory.to_release(tags)
         if {"weights", "kv_cache"} & set(moved):
             await b.hold("released")
@@ -126,8 +129,7 @@ async def update_weights_from_disk(request: Request) -> Response:
         return openai_error(str(e), e.err_type)
 
     def result(ok: bool, message: str) -> Response:
-        return json_response({"success": ok, "message": message, "num_paused_requests": 0},
-                             200 if ok else 400)
+        return json_response({"success": ok, "message": message, "num_paused_requests": 0}, 200 if ok else 400)
 
     try:
         shape = resolve_shape(path)
@@ -135,14 +137,23 @@ async def update_weights_from_disk(request: Request) -> Response:
         return result(False, f"Failed to update weights: {exc}.\nRolling back to original weights.")
     current = sim.settings.shape
     if (shape.hidden_size, shape.num_layers, shape.vocab_size) != (
-            current.hidden_size, current.num_layers, current.vocab_size):
-        return result(False, f"Failed to update weights: {path} ({shape.name}) does not have the "
-                             f"shape of {current.name}.\nRolling back to original weights.")
+        current.hidden_size,
+        current.num_layers,
+        current.vocab_size,
+    ):
+        return result(
+            False,
+            f"Failed to update weights: {path} ({shape.name}) does not have the "
+            f"shape of {current.name}.\nRolling back to original weights.",
+        )
     async with sim.memory_lock:
         if "weights" in sim.memory.released:
-            return result(False, "update_weights_from_disk on a parked server: the real SGLang "
-                                 "server dies here (CUDA invalid argument); resume memory first "
-                                 "(SIMULATED)")
+            return result(
+                False,
+                "update_weights_from_disk on a parked server: the real SGLang "
+                "server dies here (CUDA invalid argument); resume memory first "
+                "(SIMULATED)",
+            )
         was_paused = sim.paused
         sim.not_paused.clear()
         try:

@@ -83,10 +83,15 @@ class SimServer:
         self.settings, self.clock = s, clock
         self.context_len = s.context_length or s.shape.max_context
         self.plan = plan_memory(
-            s.shape, tp_size=s.tp_size, gpu_memory_gb=s.gpu_memory_gb,
-            mem_fraction_static=s.mem_fraction_static, max_total_tokens=s.max_total_tokens,
+            s.shape,
+            tp_size=s.tp_size,
+            gpu_memory_gb=s.gpu_memory_gb,
+            mem_fraction_static=s.mem_fraction_static,
+            max_total_tokens=s.max_total_tokens,
             max_running_requests=s.max_running_requests,
-            chunked_prefill_size=s.chunked_prefill_size, context_length=self.context_len)
+            chunked_prefill_size=s.chunked_prefill_size,
+            context_length=self.context_len,
+        )
         self.memory = MemoryTags(self.plan, s.enable_memory_saver, s.enable_weights_cpu_backup)
         self.model = LatencyModel(s.shape, s.tp_size, s.speed)
         self.metrics = SimMetrics(s.served_name, self.gauges)
@@ -115,43 +120,57 @@ class SimServer:
     def gauges(self) -> dict[str, float]:
         snap, p = self.batcher.snapshot(), self.plan
         return {
-            "num_running_reqs": snap.num_running, "num_queue_reqs": snap.num_waiting,
-            "num_used_tokens": snap.used_tokens, "token_usage": snap.used_tokens / snap.capacity,
-            "gen_throughput": snap.gen_throughput, "num_retracted_reqs": snap.num_retracted,
-            "num_paused_reqs": snap.num_paused, "max_total_num_tokens": p.kv_capacity_tokens,
+            "num_running_reqs": snap.num_running,
+            "num_queue_reqs": snap.num_waiting,
+            "num_used_tokens": snap.used_tokens,
+            "token_usage": snap.used_tokens / snap.capacity,
+            "gen_throughput": snap.gen_throughput,
+            "num_retracted_reqs": snap.num_retracted,
+            "num_paused_reqs": snap.num_paused,
+            "max_total_num_tokens": p.kv_capacity_tokens,
             "weight_memory_usage_gb": p.weight_bytes / cal.GIB,
             "kv_cache_memory_usage_gb": p.kv_bytes / cal.GIB,
-            "context_len": self.context_len, "page_size": 1,
+            "context_len": self.context_len,
+            "page_size": 1,
         }
 
-    def prepare(self, prompt_ids: Sequence[int], max_new_tokens: int | None, ignore_eos: bool,
-                rid: str | None = None) -> SimRequest:
+    def prepare(
+        self, prompt_ids: Sequence[int], max_new_tokens: int | None, ignore_eos: bool, rid: str | None = None
+    ) -> SimRequest:
         """Validate like SGLang's tokenizer manager and scheduler (same messages; a ValueError
         becomes a 400) and plan the request's output."""
         n = len(prompt_ids)
         if n == 0:
             raise ValueError("Either text, input_ids or input_embeds should be provided.")
         if n >= self.context_len:
-            raise ValueError(f"The input ({n} tokens) is longer than the model's context length "
-                             f"({self.context_len} tokens).")
+            raise ValueError(
+                f"The input ({n} tokens) is longer than the model's context length ({self.context_len} tokens)."
+            )
         if max_new_tokens is not None and max_new_tokens + n > self.context_len:
             raise ValueError(
                 f"Requested token count exceeds the model's maximum context length of "
                 f"{self.context_len} tokens. You requested a total of {max_new_tokens + n} "
                 f"tokens: {n} tokens from the input messages and {max_new_tokens} tokens for the "
                 f"completion. Please reduce the number of tokens in the input messages or the "
-                f"completion to fit within the limit.")
+                f"completion to fit within the limit."
+            )
         if n >= self.max_req_input_len:
-            raise ValueError(f"Input length ({n} tokens) exceeds the maximum allowed length "
-                             f"({self.max_req_input_len} tokens). Use a shorter input or enable "
-                             f"--allow-auto-truncate.")
-        cap = min(1 << 30 if max_new_tokens is None else max_new_tokens,
-                  self.max_req_len - n - 1, self.plan.kv_capacity_tokens - n - 2)
+            raise ValueError(
+                f"Input length ({n} tokens) exceeds the maximum allowed length "
+                f"({self.max_req_input_len} tokens). Use a shorter input or enable "
+                f"--allow-auto-truncate."
+            )
+        cap = min(
+            1 << 30 if max_new_tokens is None else max_new_tokens,
+            self.max_req_len - n - 1,
+            self.plan.kv_capacity_tokens - n - 2,
+        )
         plan = self.tokenizer.plan(prompt_ids, max(0, cap), ignore_eos, self.weights_key())
         return SimRequest(rid or uuid.uuid4().hex, n, plan)
 
-    async def generate(self, req: SimRequest, stream: bool,
-                       request: Request | None = None) -> AsyncGenerator[dict[str, Any], None]:
+    async def generate(
+        self, req: SimRequest, stream: bool, request: Request | None = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """SGLang's ``generate_request``: yields output dicts (``text``, ``output_ids``,
         ``meta_info``): each new token when streaming (cumulative text), else only the last.
         Closing the generator early aborts the request and frees its KV."""
@@ -175,24 +194,26 @@ class SimServer:
                 if not (stream or ev.finish):
                     continue
                 meta: dict[str, Any] = {
-                    "id": req.rid, "finish_reason": ev.finish, "prompt_tokens": req.prompt_len,
+                    "id": req.rid,
+                    "finish_reason": ev.finish,
+                    "prompt_tokens": req.prompt_len,
                     "weight_version": self.weight_version,
-                    "num_retractions": req.retractions, "reasoning_tokens": 0,
-                    "completion_tokens": len(ids), "cached_tokens": 0,
+                    "num_retractions": req.retractions,
+                    "reasoning_tokens": 0,
+                    "completion_tokens": len(ids),
+                    "cached_tokens": 0,
                 }
                 if ev.finish:
                     meta["e2e_latency"] = ev.time - arrival
                     aborted = ev.finish.get("type") == "abort"
-                    self.metrics.finished(req.prompt_len, len(ids), ev.time - arrival, stream,
-                                          aborted)
+                    self.metrics.finished(req.prompt_len, len(ids), ev.time - arrival, stream, aborted)
                 yield {"text": text, "output_ids": list(ids), "meta_info": meta}
                 if ev.finish:
                     return
         finally:
             if req.state != "done":
                 self.batcher.abort(req, "Client disconnected")
-                self.metrics.finished(req.prompt_len, len(ids), self.clock.now() - arrival,
-                                      stream, True)
+                self.metrics.finished(req.prompt_len, len(ids), self.clock.now() - arrival, stream, True)
 
     async def _next_event(self, req: SimRequest, request: Request | None) -> StepEvent:
         while True:
@@ -246,14 +267,17 @@ async def _boot(sim: SimServer, delay_s: float, clock: Clock) -> None:
     await spend(_BOOT_SHARES[0][1])
     say(f"Load weight begin. avail mem={(p.gpu_bytes - p.context_bytes) / gib:.2f} GB")
     await spend(_BOOT_SHARES[1][1])
-    say(f"Load weight end. elapsed={delay_s * _BOOT_SHARES[1][1]:.2f} s, "
-        f"mem usage={p.weight_bytes / gib:.2f} GB")
+    say(f"Load weight end. elapsed={delay_s * _BOOT_SHARES[1][1]:.2f} s, mem usage={p.weight_bytes / gib:.2f} GB")
     await spend(_BOOT_SHARES[2][1])
-    say(f"KV Cache is allocated. #tokens: {p.kv_capacity_tokens}, "
-        f"K size: {p.kv_bytes / 2 / gib:.2f} GB, V size: {p.kv_bytes / 2 / gib:.2f} GB")
+    say(
+        f"KV Cache is allocated. #tokens: {p.kv_capacity_tokens}, "
+        f"K size: {p.kv_bytes / 2 / gib:.2f} GB, V size: {p.kv_bytes / 2 / gib:.2f} GB"
+    )
     await spend(_BOOT_SHARES[3][1])
-    say(f"Capture cuda graph end. Time elapsed: {delay_s * _BOOT_SHARES[3][1]:.2f} s. "
-        f"mem usage={p.cuda_graph_bytes / gib:.2f} GB")
+    say(
+        f"Capture cuda graph end. Time elapsed: {delay_s * _BOOT_SHARES[3][1]:.2f} s. "
+        f"mem usage={p.cuda_graph_bytes / gib:.2f} GB"
+    )
     await spend(1.0 - sum(share for _, share in _BOOT_SHARES))
 
 
@@ -263,8 +287,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": {"message": f"Internal server error: {type(exc).__name__}: "
-                                              f"{exc} (SIMULATED sglang)"}}, status_code=500)
+    return JSONResponse(
+        {"error": {"message": f"Internal server error: {type(exc).__name__}: {exc} (SIMULATED sglang)"}},
+        status_code=500,
+    )
 
 
 def create_app(settings: SimSettings, clock: Clock | None = None) -> Starlette:
@@ -276,5 +302,6 @@ def create_app(settings: SimSettings, clock: Clock | None = None) -> Starlette:
     def lifespan(app: Starlette) -> contextlib.AbstractAsyncContextManager[None]:
         return _lifespan(app, settings, the_clock)
 
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    return Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error, Exception: _server_error}
+    )

@@ -54,13 +54,17 @@ class ElasticBatcher(Batcher):
 class SimShim:
     """``protocol.Target`` for one sim server."""
 
-    def __init__(self, sim: SimServer, batcher: ElasticBatcher, limit_bytes: int,
-                 slack_tokens: int) -> None:
+    def __init__(self, sim: SimServer, batcher: ElasticBatcher, limit_bytes: int, slack_tokens: int) -> None:
         s, plan = sim.settings.shape, sim.plan
         self.layout = mha_layout(
-            granularity=TWO_MIB, page_size=1, size=plan.kv_capacity_tokens, layers=s.num_layers,
-            heads=max(1, s.num_kv_heads // sim.settings.tp_size), head_dim=s.head_dim,
-            dtype_bytes=s.dtype_bytes)
+            granularity=TWO_MIB,
+            page_size=1,
+            size=plan.kv_capacity_tokens,
+            layers=s.num_layers,
+            heads=max(1, s.num_kv_heads // sim.settings.tp_size),
+            head_dim=s.head_dim,
+            dtype_bytes=s.dtype_bytes,
+        )
         self.device = FakeDevice(capacity_bytes=plan.gpu_bytes)
         self.kv = ElasticKV(self.layout, self.device, 0, limit_bytes, slack_tokens=slack_tokens)
         self.free = CountingFreeList(self.layout)
@@ -121,8 +125,7 @@ async def mounted(sim: SimServer) -> AsyncIterator[SimShim | None]:
         finally:
             writer.close()
 
-    server = await asyncio.start_unix_server(serve, claim_socket_path(cfg.socket),
-                                             limit=protocol.MAX_LINE_BYTES)
+    server = await asyncio.start_unix_server(serve, claim_socket_path(cfg.socket), limit=protocol.MAX_LINE_BYTES)
     try:
         yield shim
     finally:

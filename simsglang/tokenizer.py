@@ -24,8 +24,8 @@ _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
 _NUCLEI = ("a", "e", "i", "o", "u", "ai", "ou", "ee")
 # 256 two-syllable words plus punctuation: enough variety to look like text in a demo.
 WORDS: tuple[str, ...] = tuple(
-    f"{o1}{n1}{o2}{n2}" for o1 in _ONSETS[:8] for n1 in _NUCLEI[:4] for o2 in _ONSETS[8:] for n2 in
-    _NUCLEI[4:5]) + (",", ".")
+    f"{o1}{n1}{o2}{n2}" for o1 in _ONSETS[:8] for n1 in _NUCLEI[:4] for o2 in _ONSETS[8:] for n2 in _NUCLEI[4:5]
+) + (",", ".")
 
 
 def _digest(data: bytes) -> int:
@@ -73,8 +73,7 @@ class ToyTokenizer:
         return "".join(out)
 
     @staticmethod
-    def plan(prompt_ids: Sequence[int], max_new_tokens: int, ignore_eos: bool,
-             weights: str = "") -> OutputPlan:
+    def plan(prompt_ids: Sequence[int], max_new_tokens: int, ignore_eos: bool, weights: str = "") -> OutputPlan:
         """The output for a prompt: exactly ``max_new_tokens`` with ignore_eos, else the prompt's
         natural length capped by ``max_new_tokens`` (finish "stop" only if EOS came first).
         ``weights`` names the loaded weights: other weights (a fine-tune loaded with

@@ -42,9 +42,16 @@ class Running:
             self.proc.wait()
 
 
-def start_chimera(tmp: Path, placements: dict[str, Any], engine: str, awake: list[str],
-                  timeout_s: float, env: dict[str, str] | None = None,
-                  parked: tuple[str, ...] = (), args: tuple[str, ...] = ()) -> Running:
+def start_chimera(
+    tmp: Path,
+    placements: dict[str, Any],
+    engine: str,
+    awake: list[str],
+    timeout_s: float,
+    env: dict[str, str] | None = None,
+    parked: tuple[str, ...] = (),
+    args: tuple[str, ...] = (),
+) -> Running:
     cfg = tmp / "placements.yaml"
     cfg.write_text(yaml.safe_dump(placements))
     (port,) = free_ports(1)
@@ -52,9 +59,22 @@ def start_chimera(tmp: Path, placements: dict[str, Any], engine: str, awake: lis
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="120", **(env or {}))
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            chimera_cmd("up", str(cfg), "--engine", engine, "--port", str(port),
-                        "--run-dir", str(tmp / "run"), "--hold-timeout-s", "120", *args),
-            stdout=out, stderr=subprocess.STDOUT, env=full_env,
+            chimera_cmd(
+                "up",
+                str(cfg),
+                "--engine",
+                engine,
+                "--port",
+                str(port),
+                "--run-dir",
+                str(tmp / "run"),
+                "--hold-timeout-s",
+                "120",
+                *args,
+            ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
         )
     run = Running(proc, f"http://127.0.0.1:{port}", log, tmp / "run")
     deadline = time.monotonic() + timeout_s
@@ -63,8 +83,7 @@ def start_chimera(tmp: Path, placements: dict[str, Any], engine: str, awake: lis
             raise AssertionError(f"chimera exited early:\n{log.read_text()}")
         try:
             states = run.states()
-            if all(states.get(n) == "awake" for n in awake) and all(
-                    states.get(n) == "parked" for n in parked):
+            if all(states.get(n) == "awake" for n in awake) and all(states.get(n) == "parked" for n in parked):
                 return run
             if any(states.get(n) == "failed" for n in awake):
                 run.stop()

@@ -31,8 +31,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 SCHEMA = "chimera-calibration-data/1"
-_DECODE = re.compile(r"Decode batch(?: \[\d+\])?[.,] #running-req: (\d+),(.*?)"
-                     r"gen throughput \(token/s\): ([\d.]+)")
+_DECODE = re.compile(
+    r"Decode batch(?: \[\d+\])?[.,] #running-req: (\d+),(.*?)"
+    r"gen throughput \(token/s\): ([\d.]+)"
+)
 _TOKENS = re.compile(r"#token: (\d+)")
 _PREFILL = re.compile(r"Prefill batch\b.*?#new-token: (\d+)")
 
@@ -69,8 +71,15 @@ def parse_engine_log(text: str) -> tuple[list[DecodeLine], int, int]:
             prefill_tokens += int(m.group(1))
         elif m := _DECODE.search(line):
             tokens = _TOKENS.search(m.group(2))
-            decode.append(DecodeLine(int(m.group(1)), int(tokens.group(1)) if tokens else None,
-                                     float(m.group(3)), since, first=not decode))
+            decode.append(
+                DecodeLine(
+                    int(m.group(1)),
+                    int(tokens.group(1)) if tokens else None,
+                    float(m.group(3)),
+                    since,
+                    first=not decode,
+                )
+            )
             since = 0
     return decode, prefills, prefill_tokens
 
@@ -81,8 +90,7 @@ def engine_logs(run_dir: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for path in sorted(run_dir.glob("*.log")):
         decode, prefills, tokens = parse_engine_log(path.read_text(errors="replace"))
-        out[path.stem] = {"decode": [asdict(d) for d in decode], "prefill_batches": prefills,
-                          "prefill_tokens": tokens}
+        out[path.stem] = {"decode": [asdict(d) for d in decode], "prefill_batches": prefills, "prefill_tokens": tokens}
     return out
 
 
@@ -103,11 +111,18 @@ def scrape_sglang(client: httpx.Client, base_url: str) -> dict[str, list[Sample]
 def provenance(engine: str, command: list[str]) -> dict[str, Any]:
     """Where the numbers come from: the GPU and driver (nvidia-smi), the SGLang and torch
     versions installed, the host, the command and the date."""
-    return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "engine": engine,
-            "simulated": engine == "sim", "command": command, "gpus": _gpus(),
-            "sglang": _version("sglang"), "torch": _version("torch"),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "chimera_commit": _git_commit()}
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "engine": engine,
+        "simulated": engine == "sim",
+        "command": command,
+        "gpus": _gpus(),
+        "sglang": _version("sglang"),
+        "torch": _version("torch"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "chimera_commit": _git_commit(),
+    }
 
 
 def _version(package: str) -> str | None:
@@ -123,18 +138,32 @@ def _gpus() -> list[dict[str, str]]:
         return []
     fields = ("name", "driver_version", "memory.total", "pci.bus_id")
     try:
-        r = subprocess.run([exe, f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=20, check=True)
+        r = subprocess.run(
+            [exe, f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
     except (subprocess.SubprocessError, OSError):
         return []
-    return [dict(zip(fields, (v.strip() for v in line.split(",")), strict=False))
-            for line in r.stdout.splitlines() if line.strip()]
+    return [
+        dict(zip(fields, (v.strip() for v in line.split(",")), strict=False))
+        for line in r.stdout.splitlines()
+        if line.strip()
+    ]
 
 
 def _git_commit() -> str | None:
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                           timeout=10, check=True, cwd=Path(__file__).resolve().parent)
+        r = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
     except (subprocess.SubprocessError, OSError):
         return None
     return r.stdout.strip() or None

@@ -46,10 +46,15 @@ class Fit:
         return sum(c * x for c, x in zip(self.coef, row, strict=True))
 
     def to_json(self) -> dict[str, object]:
-        return {"coef": dict(zip(self.names, self.coef, strict=True)),
-                "stderr": dict(zip(self.names, self.stderr, strict=True)),
-                "n": self.n, "dropped_outliers": self.dropped, "rmse": self.rmse, "r2": self.r2,
-                "residual_p5_p50_p95": list(self.residual_quantiles)}
+        return {
+            "coef": dict(zip(self.names, self.coef, strict=True)),
+            "stderr": dict(zip(self.names, self.stderr, strict=True)),
+            "n": self.n,
+            "dropped_outliers": self.dropped,
+            "rmse": self.rmse,
+            "r2": self.r2,
+            "residual_p5_p50_p95": list(self.residual_quantiles),
+        }
 
 
 def fit(names: Sequence[str], rows: Sequence[Sequence[float]], y: Sequence[float]) -> Fit:
@@ -69,8 +74,7 @@ def fit(names: Sequence[str], rows: Sequence[Sequence[float]], y: Sequence[float
     return result
 
 
-def _ols(names: Sequence[str], rows: Sequence[Sequence[float]], y: Sequence[float],
-         total: int) -> Fit:
+def _ols(names: Sequence[str], rows: Sequence[Sequence[float]], y: Sequence[float], total: int) -> Fit:
     n, k = len(rows), len(names)
     if n <= k:
         raise FitError(f"{n} samples for {k} coefficients ({', '.join(names)})")
@@ -90,8 +94,7 @@ def _ols(names: Sequence[str], rows: Sequence[Sequence[float]], y: Sequence[floa
     rinv = _upper_inverse(r)
     beta = [sum(rinv[i][j] * qty[j] for j in range(k)) for i in range(k)]
     coef = [b / s for b, s in zip(beta, scale, strict=True)]
-    res = [yi - sum(c * x for c, x in zip(coef, row, strict=True)) for row, yi in zip(rows, y,
-                                                                                       strict=True)]
+    res = [yi - sum(c * x for c, x in zip(coef, row, strict=True)) for row, yi in zip(rows, y, strict=True)]
     sse = sum(e * e for e in res)
     sigma2 = sse / (n - k)
     # cov(beta) = sigma2 (R^T R)^-1 = sigma2 Rinv Rinv^T
@@ -99,9 +102,16 @@ def _ols(names: Sequence[str], rows: Sequence[Sequence[float]], y: Sequence[floa
     mean = sum(y) / n
     sst = sum((v - mean) ** 2 for v in y)
     ordered = sorted(res)
-    return Fit(tuple(names), tuple(coef), tuple(stderr), n, total - n, math.sqrt(sse / n),
-               1.0 - sse / sst if sst > 0 else 1.0,
-               (_quantile(ordered, 0.05), _quantile(ordered, 0.5), _quantile(ordered, 0.95)))
+    return Fit(
+        tuple(names),
+        tuple(coef),
+        tuple(stderr),
+        n,
+        total - n,
+        math.sqrt(sse / n),
+        1.0 - sse / sst if sst > 0 else 1.0,
+        (_quantile(ordered, 0.05), _quantile(ordered, 0.5), _quantile(ordered, 0.95)),
+    )
 
 
 def _upper_inverse(r: list[list[float]]) -> list[list[float]]:

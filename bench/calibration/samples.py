@@ -84,8 +84,9 @@ def _context_integral(d: Phase, lo: float, hi: float) -> float:
     return d.prompt * (hi - lo) + rate * ((hi - d.start) ** 2 - (lo - d.start) ** 2) / 2
 
 
-def prefill_samples(pre: Sequence[Phase], dec: Sequence[Phase], shapes: dict[str, ModelShape]
-                    ) -> dict[str, list[tuple[list[float], float]]]:
+def prefill_samples(
+    pre: Sequence[Phase], dec: Sequence[Phase], shapes: dict[str, ModelShape]
+) -> dict[str, list[tuple[list[float], float]]]:
     """model -> [([1, P, FLOPs / peak, other-model decode batch], TTFT)] of isolated prefills
     (FLOPs / peak: seconds at 100% of the bf16 peak, so its coefficient is 1 / MFU)."""
     out: dict[str, list[tuple[list[float], float]]] = {}
@@ -95,20 +96,28 @@ def prefill_samples(pre: Sequence[Phase], dec: Sequence[Phase], shapes: dict[str
             continue
         if any(q is not p and _overlap(p, q) for q in pre_index.near(p.start, p.end)):
             continue
-        other = sum(hi - lo for d in dec_index.near(p.start, p.end) if d.model != p.model
-                    for lo, hi in [_overlap(p, d) or (0.0, 0.0)]) / (p.end - p.start)
+        other = sum(
+            hi - lo
+            for d in dec_index.near(p.start, p.end)
+            if d.model != p.model
+            for lo, hi in [_overlap(p, d) or (0.0, 0.0)]
+        ) / (p.end - p.start)
         compute = prefill_flops(shapes[p.model], p.prompt) / cal.PEAK_BF16_FLOPS
-        out.setdefault(p.model, []).append(([1.0, float(p.prompt), compute, other],
-                                            p.end - p.start))
+        out.setdefault(p.model, []).append(([1.0, float(p.prompt), compute, other], p.end - p.start))
     return out
 
 
-DECODE_REGRESSORS = ("one", "batch", "context_tokens", "prefill_tokens_per_step",
-                     "other_batch", "other_prefill_tokens_per_step")
+DECODE_REGRESSORS = (
+    "one",
+    "batch",
+    "context_tokens",
+    "prefill_tokens_per_step",
+    "other_batch",
+    "other_prefill_tokens_per_step",
+)
 
 
-def decode_samples(pre: Sequence[Phase], dec: Sequence[Phase]
-                   ) -> dict[str, list[tuple[list[float], float]]]:
+def decode_samples(pre: Sequence[Phase], dec: Sequence[Phase]) -> dict[str, list[tuple[list[float], float]]]:
     """model -> [(regressors in DECODE_REGRESSORS order, TPOT)]."""
     out: dict[str, list[tuple[list[float], float]]] = {}
     pre_index, dec_index = _Index(pre), _Index(dec)
@@ -134,6 +143,7 @@ def decode_samples(pre: Sequence[Phase], dec: Sequence[Phase]
                     same += p.prompt
                 else:
                     other += p.prompt
-        out.setdefault(d.model, []).append((
-            [1.0, batch, context, same / steps, other_batch, other / steps], span / steps))
+        out.setdefault(d.model, []).append(
+            ([1.0, batch, context, same / steps, other_batch, other / steps], span / steps)
+        )
     return out

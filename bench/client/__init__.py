@@ -6,5 +6,17 @@ from bench.client.prompts import CHAT, COMPLETIONS, GENERATE, ROUTES
 from bench.client.record import RequestRecord
 from bench.client.timing import StreamClock, Timings
 
-__all__ = ["CHAT", "COMPLETIONS", "GENERATE", "ROUTES", "ClientConfig", "ClientShards", "RequestRecord",
-           "StreamClock", "Timings", "make_client", "run_open_loop", "send_one"]
+__all__ = [
+    "CHAT",
+    "COMPLETIONS",
+    "GENERATE",
+    "ROUTES",
+    "ClientConfig",
+    "ClientShards",
+    "RequestRecord",
+    "StreamClock",
+    "Timings",
+    "make_client",
+    "run_open_loop",
+    "send_one",
+]

@@ -67,7 +67,10 @@ class ClientShards:
 
 
 async def run_open_loop(
-    reqs: Sequence[BenchRequest], cfg: ClientConfig, clients: ClientShards, *,
+    reqs: Sequence[BenchRequest],
+    cfg: ClientConfig,
+    clients: ClientShards,
+    *,
     now: Callable[[], float] = time.perf_counter,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_record: Callable[[RequestRecord], None] | None = None,
@@ -81,8 +84,7 @@ async def run_open_loop(
             delay = t0 + req.arrival_s - now()
             if delay > 0:
                 await sleep(delay)
-            task = asyncio.create_task(send_one(clients.pick(), cfg, req, t0, now),
-                                       name=f"req-{req.id}")
+            task = asyncio.create_task(send_one(clients.pick(), cfg, req, t0, now), name=f"req-{req.id}")
             if on_record is not None:
                 task.add_done_callback(lambda t: t.cancelled() or on_record(t.result()))
             tasks.append(task)
@@ -92,14 +94,26 @@ async def run_open_loop(
             t.cancel()
 
 
-async def send_one(client: httpx.AsyncClient, cfg: ClientConfig, req: BenchRequest, t0: float,
-                   now: Callable[[], float] = time.perf_counter) -> RequestRecord:
+async def send_one(
+    client: httpx.AsyncClient,
+    cfg: ClientConfig,
+    req: BenchRequest,
+    t0: float,
+    now: Callable[[], float] = time.perf_counter,
+) -> RequestRecord:
     """One streamed request; never raises for a failed request (its record says why)."""
     rec = RequestRecord(
-        id=req.id, model=req.model, route=cfg.route, arrival_s=req.arrival_s,
-        prompt_tokens=req.prompt_tokens, prompt_tokens_requested=req.prompt_tokens,
-        output_tokens_requested=req.output_tokens, slo_ttft_s=req.slo_ttft_s,
-        slo_tpot_s=req.slo_tpot_s, run=cfg.run)
+        id=req.id,
+        model=req.model,
+        route=cfg.route,
+        arrival_s=req.arrival_s,
+        prompt_tokens=req.prompt_tokens,
+        prompt_tokens_requested=req.prompt_tokens,
+        output_tokens_requested=req.output_tokens,
+        slo_ttft_s=req.slo_ttft_s,
+        slo_tpot_s=req.slo_tpot_s,
+        run=cfg.run,
+    )
     content = protocol.body(req, cfg.route, cfg.seed, cfg.ids)
     sent = now()
     rec.sent_at_s = sent - t0
@@ -107,8 +121,9 @@ async def send_one(client: httpx.AsyncClient, cfg: ClientConfig, req: BenchReque
     done = False
     try:
         async with asyncio.timeout(cfg.request_timeout_s):
-            async with client.stream("POST", cfg.base_url + cfg.route, content=content,
-                                     headers={"content-type": "application/json"}) as resp:
+            async with client.stream(
+                "POST", cfg.base_url + cfg.route, content=content, headers={"content-type": "application/json"}
+            ) as resp:
                 rec.status = resp.status_code
                 rec.instance = resp.headers.get("x-chimera-instance", "")
                 if resp.status_code != 200:
@@ -132,8 +147,9 @@ async def send_one(client: httpx.AsyncClient, cfg: ClientConfig, req: BenchReque
     return rec
 
 
-async def _read_stream(resp: httpx.Response, route: str, clock: StreamClock, rec: RequestRecord,
-                       now: Callable[[], float]) -> bool:
+async def _read_stream(
+    resp: httpx.Response, route: str, clock: StreamClock, rec: RequestRecord, now: Callable[[], float]
+) -> bool:
     """Reads the SSE lines into ``clock``; True when [DONE] came."""
     done = False
     async for raw in resp.aiter_lines():

@@ -29,7 +29,8 @@ BOS_TOKENS = 1
 CHAT_TEMPLATE_TOKENS = 11  # "<", "|", "user", "|", ">", then the same for "assistant"
 ID_RANGE = (1000, 30000)
 
-WORDS: tuple[str, ...] = tuple("""
+WORDS: tuple[str, ...] = tuple(
+    """
 the of and to in is it you that he was for on are with as his they be at one have this from
 or had by word but what some we can out other were all there when up use your how said an each
 she which do their time if will way about many then them write would like so these her long
@@ -40,7 +41,8 @@ name very through just form great think say help low line differ turn cause much
 move right boy old too same tell does set three want air well also play small end put home read
 hand port large spell add even land here must big high such follow act why ask men change went
 light kind off need house picture try us again animal point mother world near build self earth
-""".split())
+""".split()
+)
 
 
 def overhead_tokens(route: Route) -> int:

@@ -30,16 +30,24 @@ def body(req: BenchRequest, route: str, seed: int, ids: bool = False) -> bytes:
     if ids and route == CHAT:
         raise ValueError("token-id prompts need /v1/completions or /generate (chat takes text)")
     key = seed * 1_000_003 + req.id
-    prompt: str | list[int] = (prompt_ids(req.prompt_tokens, key) if ids
-                               else prompt_words(req.prompt_tokens, route, key))
+    prompt: str | list[int] = prompt_ids(req.prompt_tokens, key) if ids else prompt_words(req.prompt_tokens, route, key)
     payload: dict[str, Any]
     if route == GENERATE:
-        payload = {"model": req.model, ("input_ids" if ids else "text"): prompt, "stream": True,
-                   "sampling_params": {"max_new_tokens": req.output_tokens, "ignore_eos": True,
-                                       "temperature": 0.0}}
+        payload = {
+            "model": req.model,
+            ("input_ids" if ids else "text"): prompt,
+            "stream": True,
+            "sampling_params": {"max_new_tokens": req.output_tokens, "ignore_eos": True, "temperature": 0.0},
+        }
     else:
-        payload = {"model": req.model, "max_tokens": req.output_tokens, "ignore_eos": True,
-                   "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+        payload = {
+            "model": req.model,
+            "max_tokens": req.output_tokens,
+            "ignore_eos": True,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         if route == CHAT:
             payload["messages"] = [{"role": "user", "content": prompt}]
         else:
@@ -68,15 +76,20 @@ def parse_line(raw: str, route: str) -> Line | None:
         return Line(error=str(msg))
     if route == GENERATE:
         meta = data.get("meta_info") or {}
-        return Line(has_output=bool(data.get("text")),
-                    completion_tokens=_int(meta.get("completion_tokens")),
-                    prompt_tokens=_int(meta.get("prompt_tokens")))
+        return Line(
+            has_output=bool(data.get("text")),
+            completion_tokens=_int(meta.get("completion_tokens")),
+            prompt_tokens=_int(meta.get("prompt_tokens")),
+        )
     choices = data.get("choices") or []
     first = choices[0] if choices and isinstance(choices[0], dict) else {}
     piece = (first.get("delta") or {}).get("content") if route == CHAT else first.get("text")
     usage = data.get("usage") or {}
-    return Line(has_output=bool(piece), completion_tokens=_int(usage.get("completion_tokens")),
-                prompt_tokens=_int(usage.get("prompt_tokens")))
+    return Line(
+        has_output=bool(piece),
+        completion_tokens=_int(usage.get("completion_tokens")),
+        prompt_tokens=_int(usage.get("prompt_tokens")),
+    )
 
 
 def _int(v: object) -> int | None:

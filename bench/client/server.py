@@ -40,12 +40,11 @@ async def served_models(client: httpx.AsyncClient, base: str) -> list[ServedMode
 
 
 async def probe_engine(client: httpx.AsyncClient, base: str, models: list[ServedModel]) -> str:
-    """"simulated", "sglang" or "unknown" (see the module doc)."""
+    """ "simulated", "sglang" or "unknown" (see the module doc)."""
     awake = [m for m in models if m.state == "awake"]
     if not awake:
         return "unknown"
-    body = {"model": awake[0].name, "text": ["probe", "probe"],
-            "sampling_params": {"max_new_tokens": 1}}
+    body = {"model": awake[0].name, "text": ["probe", "probe"], "sampling_params": {"max_new_tokens": 1}}
     try:
         r = await client.post(base + "/generate", json=body, timeout=60.0)
     except httpx.HTTPError:
@@ -57,9 +56,14 @@ async def probe_engine(client: httpx.AsyncClient, base: str, models: list[Served
 
 def engine_info(label: str, how: str) -> dict[str, Any]:
     simulated = label == SIMULATED or label.startswith("sim")
-    return {"label": SIMULATED if simulated else label, "simulated": simulated, "how": how,
-            "note": ("SIMULATED: latencies come from the sim engine's H100 model running on "
-                     "this CPU, not from a GPU") if simulated else ""}
+    return {
+        "label": SIMULATED if simulated else label,
+        "simulated": simulated,
+        "how": how,
+        "note": ("SIMULATED: latencies come from the sim engine's H100 model running on this CPU, not from a GPU")
+        if simulated
+        else "",
+    }
 
 
 def parse_metrics(text: str) -> dict[str, Any]:
@@ -75,8 +79,7 @@ def parse_metrics(text: str) -> dict[str, Any]:
                 continue
             if fam.name == "chimera_instance_state":
                 if s.value == 1:
-                    states[s.labels["instance"]] = {"model": s.labels.get("model", ""),
-                                                    "state": s.labels["state"]}
+                    states[s.labels["instance"]] = {"model": s.labels.get("model", ""), "state": s.labels["state"]}
             else:
                 labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
                 gauges[f"{s.name}{{{labels}}}"] = s.value

@@ -31,8 +31,9 @@ from orchestrator.config import GIB, parse_config
 DES_SYSTEM = {"static": "static-partition", "swap": "swap-only", "full": "chimera"}
 
 
-def records(reqs: Sequence[SimReq], run: int,
-            slos: dict[str, tuple[float | None, float | None]]) -> list[RequestRecord]:
+def records(
+    reqs: Sequence[SimReq], run: int, slos: dict[str, tuple[float | None, float | None]]
+) -> list[RequestRecord]:
     """The simulator's requests as the client's records (shed: 429; unfinished: no answer)."""
     out = []
     for r in reqs:
@@ -40,27 +41,54 @@ def records(reqs: Sequence[SimReq], run: int,
         ttft = r.first - r.arrival if done else None
         tpot = (r.finish - r.first) / (r.output - 1) if done and r.output > 1 else None
         slo = slos.get(r.model, (None, None))
-        out.append(RequestRecord(
-            id=r.id, model=r.model, route="des", arrival_s=r.arrival, sent_at_s=r.arrival,
-            status=429 if r.shed else 200 if done else 0, ok=done,
-            error="" if done else "shed" if r.shed else "unfinished at the end of the simulation",
-            prompt_tokens=r.prompt, prompt_tokens_requested=r.prompt, output_tokens=r.output if done else 0,
-            output_tokens_requested=r.output, ttft_s=ttft, tpot_s=tpot,
-            e2e_s=r.finish - r.arrival if done else None, slo_ttft_s=slo[0], slo_tpot_s=slo[1], run=run))
+        out.append(
+            RequestRecord(
+                id=r.id,
+                model=r.model,
+                route="des",
+                arrival_s=r.arrival,
+                sent_at_s=r.arrival,
+                status=429 if r.shed else 200 if done else 0,
+                ok=done,
+                error="" if done else "shed" if r.shed else "unfinished at the end of the simulation",
+                prompt_tokens=r.prompt,
+                prompt_tokens_requested=r.prompt,
+                output_tokens=r.output if done else 0,
+                output_tokens_requested=r.output,
+                ttft_s=ttft,
+                tpot_s=tpot,
+                e2e_s=r.finish - r.arrival if done else None,
+                slo_ttft_s=slo[0],
+                slo_tpot_s=slo[1],
+                run=run,
+            )
+        )
     return out
 
 
-def run(setup: Any, system: str, trace: str, rates: Sequence[float], duration_s: float, seed: int,
-        trace_for: Callable[[Any, str, float, float, int], list[BenchRequest]]) -> dict[str, Any]:
+def run(
+    setup: Any,
+    system: str,
+    trace: str,
+    rates: Sequence[float],
+    duration_s: float,
+    seed: int,
+    trace_for: Callable[[Any, str, float, float, int], list[BenchRequest]],
+) -> dict[str, Any]:
     """The experiment.json of ``system`` on ``setup`` (bench/gpu/experiment.py's Setup)."""
     if system not in DES_SYSTEM:
-        raise SystemExit(f"error: the discrete-event simulator has no {system!r} system "
-                         f"(it has {', '.join(DES_SYSTEM)})")
+        raise SystemExit(
+            f"error: the discrete-event simulator has no {system!r} system (it has {', '.join(DES_SYSTEM)})"
+        )
     cfg = parse_config(setup.raw)
     serving = served(setup.raw, system)
-    models = {m.name: replace(make_model(m.name, m.shape.name, m.tp_size),
-                              ttft_slo=m.slo.ttft_or_default, tpot_slo=m.slo.tpot_or_default)
-              for m in cfg.models if m.name in serving}
+    models = {
+        m.name: replace(
+            make_model(m.name, m.shape.name, m.tp_size), ttft_slo=m.slo.ttft_or_default, tpot_slo=m.slo.tpot_or_default
+        )
+        for m in cfg.models
+        if m.name in serving
+    }
     gpu_bytes = int(cfg.host.gpu_memory_gb * GIB)
     points = []
     for i, rate in enumerate(rates):
@@ -70,14 +98,36 @@ def run(setup: Any, system: str, trace: str, rates: Sequence[float], duration_s:
         sim = Simulator(models, cfg.gpu_count, gpu_bytes, controller(DES_SYSTEM[system], send, duration_s))
         wall = sim.run(send)
         recs = sorted(records(sim.reqs, i, setup.slos) + missed, key=lambda r: r.id)
-        points.append({"rate": rate, "label": f"{'rate' if trace == 'synthetic' else 'scale'} {rate:g}",
-                       "offered_rate_rps": len(reqs) / duration_s, "trace": describe(reqs, duration_s),
-                       "trace_digest": measure.digest(reqs), "sent": len(send), "unserved": len(missed),
-                       "wall_s": wall, **summarize_run(recs, duration_s),
-                       "chimera": {"wakes": sim.counters.wakes, "parks": sim.counters.parks,
-                                   "shed_client": sum(r.shed for r in sim.reqs), "counters": asdict(sim.counters)}})
+        points.append(
+            {
+                "rate": rate,
+                "label": f"{'rate' if trace == 'synthetic' else 'scale'} {rate:g}",
+                "offered_rate_rps": len(reqs) / duration_s,
+                "trace": describe(reqs, duration_s),
+                "trace_digest": measure.digest(reqs),
+                "sent": len(send),
+                "unserved": len(missed),
+                "wall_s": wall,
+                **summarize_run(recs, duration_s),
+                "chimera": {
+                    "wakes": sim.counters.wakes,
+                    "parks": sim.counters.parks,
+                    "shed_client": sum(r.shed for r in sim.reqs),
+                    "counters": asdict(sim.counters),
+                },
+            }
+        )
     pts = [(p["offered_rate_rps"], p["overall"]["attainment"]["joint"]) for p in points]
-    return {"schema": "chimera-gpu-experiment/1", "setup": setup.name, "system": system, "trace": trace,
-            "engine": "des", "des_system": DES_SYSTEM[system], "served": serving,
-            "unserved": [m for m in setup.models if m not in serving], "duration_per_rate_s": duration_s,
-            "rates": points, "max_rate_at_99": measure.max_rate_at(pts)}
+    return {
+        "schema": "chimera-gpu-experiment/1",
+        "setup": setup.name,
+        "system": system,
+        "trace": trace,
+        "engine": "des",
+        "des_system": DES_SYSTEM[system],
+        "served": serving,
+        "unserved": [m for m in setup.models if m not in serving],
+        "duration_per_rate_s": duration_s,
+        "rates": points,
+        "max_rate_at_99": measure.max_rate_at(pts),
+    }

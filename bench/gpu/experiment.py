@@ -79,45 +79,75 @@ def load_setup(name: str) -> Setup:
     path = SETUPS.get(name.upper(), Path(name))
     raw = yaml.load(path.read_text(), Loader=Yaml12Loader)
     cfg = parse_config(raw, source=str(path))
-    return Setup(name.upper() if name.upper() in SETUPS else str(path), raw,
-                 [m.name for m in cfg.models],
-                 {m.name: (m.slo.ttft_s, m.slo.tpot_s) for m in cfg.models})
+    return Setup(
+        name.upper() if name.upper() in SETUPS else str(path),
+        raw,
+        [m.name for m in cfg.models],
+        {m.name: (m.slo.ttft_s, m.slo.tpot_s) for m in cfg.models},
+    )
 
 
-def trace_for(setup: Setup, trace: str, rate: float, duration_s: float,
-              seed: int) -> list[BenchRequest]:
+def trace_for(setup: Setup, trace: str, rate: float, duration_s: float, seed: int) -> list[BenchRequest]:
     """The requests of one rate of the sweep, over every model of the set-up (file order)."""
-    spec = SyntheticSpec(rate=rate, duration_s=duration_s, alpha=ALPHA, cv=CV,
-                         input_range=LENGTHS, output_range=LENGTHS, seed=seed,
-                         on_off_cycle_s=duration_s, off_ratio=0.5, on_off_fraction=0.5)
+    spec = SyntheticSpec(
+        rate=rate,
+        duration_s=duration_s,
+        alpha=ALPHA,
+        cv=CV,
+        input_range=LENGTHS,
+        output_range=LENGTHS,
+        seed=seed,
+        on_off_cycle_s=duration_s,
+        off_ratio=0.5,
+        on_off_fraction=0.5,
+    )
     if trace == "synthetic":
         return build_trace("synthetic", TraceOptions(synthetic=spec), setup.models, setup.slos)
-    opts = TraceOptions(synthetic=spec, time_scale=1.0 / rate, max_prompt_tokens=4096,
-                        max_output_tokens=1024, model_map="fold")
+    opts = TraceOptions(
+        synthetic=spec, time_scale=1.0 / rate, max_prompt_tokens=4096, max_output_tokens=1024, model_map="fold"
+    )
     return build_trace(trace, opts, setup.models, setup.slos)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu.experiment", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.gpu.experiment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--setup", default="A", help="A, B, or a placements file (the full system)")
     p.add_argument("--system", choices=SYSTEMS, required=True)
     p.add_argument("--trace", choices=TRACES, default="synthetic")
-    p.add_argument("--rates", type=positive_floats, default=[2.0, 4.0, 8.0, 12.0, 16.0, 24.0],
-                   metavar="R[,R...]", help="synthetic: requests/s over all models; lmsys: "
-                   "multiples of the trace's own rate (default: %(default)s)")
+    p.add_argument(
+        "--rates",
+        type=positive_floats,
+        default=[2.0, 4.0, 8.0, 12.0, 16.0, 24.0],
+        metavar="R[,R...]",
+        help="synthetic: requests/s over all models; lmsys: multiples of the trace's own rate (default: %(default)s)",
+    )
     p.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals per rate")
     p.add_argument("--gap", type=float, default=5.0, help="seconds between two rates")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--engine", choices=("sim", "sglang", "des"), default="sim",
-                   help="sim engine (CPU, SIMULATED), stock SGLang (GPU), or the discrete-event "
-                   "simulator (bench/sim, no chimera process)")
+    p.add_argument(
+        "--engine",
+        choices=("sim", "sglang", "des"),
+        default="sim",
+        help="sim engine (CPU, SIMULATED), stock SGLang (GPU), or the discrete-event "
+        "simulator (bench/sim, no chimera process)",
+    )
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/gpu-experiment"))
-    p.add_argument("--work-dir", type=Path, default=None,
-                   help="chimera's run dir and logs (default: a new folder under the temp dir)")
-    p.add_argument("--max-wall", type=float, default=570.0, metavar="S",
-                   help="the run ends within this many seconds: rates that would not fit are "
-                   "skipped and listed (default %(default)s; the GPU machine cuts at 600)")
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="chimera's run dir and logs (default: a new folder under the temp dir)",
+    )
+    p.add_argument(
+        "--max-wall",
+        type=float,
+        default=570.0,
+        metavar="S",
+        help="the run ends within this many seconds: rates that would not fit are "
+        "skipped and listed (default %(default)s; the GPU machine cuts at 600)",
+    )
     p.add_argument("--ready-timeout", type=float, default=300.0, metavar="S")
     p.add_argument("--request-timeout", type=float, default=60.0, metavar="S")
     p.add_argument("--sim-speed", type=float, default=1.0, help="sim engine time scale")
@@ -133,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "des":
         from bench.gpu import des
 
-        doc = des.run(setup, args.system, args.trace, args.rates, args.duration, args.seed,
-                      trace_for)
+        doc = des.run(setup, args.system, args.trace, args.rates, args.duration, args.seed, trace_for)
         doc["command"] = command
         write_json(args.out / "experiment.json", doc)
         console.print(f"wrote {args.out / 'experiment.json'} (SIMULATED: discrete-event simulator)")
@@ -146,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path.write_text(yaml.safe_dump(placements, sort_keys=False))
     serving = served(setup.raw, args.system)
     env = {"CHIMERA_SIM_SPEED": f"{args.sim_speed:g}"}
-    console.print(f"[bold]{args.system}[/] on set-up {setup.name}: {len(serving)} of "
-                  f"{len(setup.models)} models served; {args.engine} engine; work dir {work}")
+    console.print(
+        f"[bold]{args.system}[/] on set-up {setup.name}: {len(serving)} of "
+        f"{len(setup.models)} models served; {args.engine} engine; work dir {work}"
+    )
     try:
-        ch = start_chimera(cfg_path, work / "chimera", engine=args.engine, env=env,
-                           ready_timeout_s=args.ready_timeout)
+        ch = start_chimera(cfg_path, work / "chimera", engine=args.engine, env=env, ready_timeout_s=args.ready_timeout)
     except ChimeraStartError as exc:
         console.print(f"[red]chimera did not start:[/] {exc}", markup=False)
         _tar_logs(args.out / "logs.tgz", work)
@@ -158,11 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     boot_s = time.monotonic() - t_start
     console.print(f"fleet up in {boot_s:.0f} s")
     doc: dict[str, Any] = {
-        "schema": SCHEMA, "setup": setup.name, "system": args.system, "trace": args.trace,
-        "engine": args.engine, "provenance": calibration_data.provenance(args.engine, command),
-        "served": serving, "unserved": [m for m in setup.models if m not in serving],
-        "placements": placements, "duration_per_rate_s": args.duration, "gap_s": args.gap,
-        "timing_s": {"boot": boot_s}, "rates": [], "skipped_rates": []}
+        "schema": SCHEMA,
+        "setup": setup.name,
+        "system": args.system,
+        "trace": args.trace,
+        "engine": args.engine,
+        "provenance": calibration_data.provenance(args.engine, command),
+        "served": serving,
+        "unserved": [m for m in setup.models if m not in serving],
+        "placements": placements,
+        "duration_per_rate_s": args.duration,
+        "gap_s": args.gap,
+        "timing_s": {"boot": boot_s},
+        "rates": [],
+        "skipped_rates": [],
+    }
     records: list[RequestRecord] = []
     try:
         for i, rate in enumerate(args.rates):
@@ -194,12 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if doc.get("error") or orphans or not doc["rates"] else 0
 
 
-async def _one_rate(base: str, run: int, rate: float, reqs: list[BenchRequest], serving: set[str],
-                    args: argparse.Namespace) -> tuple[dict[str, Any], list[RequestRecord]]:
+async def _one_rate(
+    base: str, run: int, rate: float, reqs: list[BenchRequest], serving: set[str], args: argparse.Namespace
+) -> tuple[dict[str, Any], list[RequestRecord]]:
     send = [r for r in reqs if r.model in serving]
     missed = measure.unserved([r for r in reqs if r.model not in serving], run, COMPLETIONS)
-    console.print(f"[bold]rate {rate:g}[/]: {len(reqs)} requests over {args.duration:g} s "
-                  f"({len(send)} sent, {len(missed)} to unserved models)")
+    console.print(
+        f"[bold]rate {rate:g}[/]: {len(reqs)} requests over {args.duration:g} s "
+        f"({len(send)} sent, {len(missed)} to unserved models)"
+    )
     cfg = ClientConfig(base, COMPLETIONS, args.seed, True, args.request_timeout, run=run)
     async with make_client() as client, ClientShards() as shards:
         before = measure.counters((await client.get(base + "/metrics")).text)
@@ -216,17 +259,29 @@ async def _one_rate(base: str, run: int, rate: float, reqs: list[BenchRequest], 
     recs = sorted(sent + missed, key=lambda r: r.id)
     parked = measure.time_parked(poller.snapshots)
     summary = summarize_run(recs, args.duration)
-    point = {"rate": rate, "label": f"{'rate' if args.trace == 'synthetic' else 'scale'} {rate:g}",
-             "offered_rate_rps": len(reqs) / args.duration, "trace": describe(reqs, args.duration),
-             "trace_digest": measure.digest(reqs), "sent": len(send), "unserved": len(missed),
-             "wall_s": took, **summary,
-             "chimera": {**measure.chimera_deltas(before, after),
-                         "shed_client": sum(r.status == 429 for r in recs),
-                         "time_parked_s": sum(parked.values()), "time_parked_by_instance_s": parked}}
+    point = {
+        "rate": rate,
+        "label": f"{'rate' if args.trace == 'synthetic' else 'scale'} {rate:g}",
+        "offered_rate_rps": len(reqs) / args.duration,
+        "trace": describe(reqs, args.duration),
+        "trace_digest": measure.digest(reqs),
+        "sent": len(send),
+        "unserved": len(missed),
+        "wall_s": took,
+        **summary,
+        "chimera": {
+            **measure.chimera_deltas(before, after),
+            "shed_client": sum(r.status == 429 for r in recs),
+            "time_parked_s": sum(parked.values()),
+            "time_parked_by_instance_s": parked,
+        },
+    }
     joint = summary["overall"]["attainment"]["joint"]
-    console.print(f"  joint attainment {joint if joint is None else f'{joint:.3f}'}, "
-                  f"{point['chimera']['wakes']} wakes, {point['chimera']['held']} held, "
-                  f"{point['chimera']['shed_client']} shed")
+    console.print(
+        f"  joint attainment {joint if joint is None else f'{joint:.3f}'}, "
+        f"{point['chimera']['wakes']} wakes, {point['chimera']['held']} held, "
+        f"{point['chimera']['shed_client']} shed"
+    )
     return point, recs
 
 
@@ -249,15 +304,19 @@ def hardware(doc: dict[str, Any]) -> str:
 def table_text(doc: dict[str, Any]) -> str:
     out = io.StringIO()
     out.write(f"{doc['system']} on set-up {doc['setup']}, trace {doc['trace']}: {hardware(doc)}\n")
-    out.write(f"{'rate':>8} {'offered/s':>9} {'joint':>6} {'goodput/s':>9} {'wakes':>5} "
-              f"{'parked s':>8} {'held':>5} {'shed':>5} {'unserved':>8}\n")
+    out.write(
+        f"{'rate':>8} {'offered/s':>9} {'joint':>6} {'goodput/s':>9} {'wakes':>5} "
+        f"{'parked s':>8} {'held':>5} {'shed':>5} {'unserved':>8}\n"
+    )
     for p in doc["rates"]:
         j, c = p["overall"]["attainment"]["joint"], p.get("chimera", {})
-        out.write(f"{p['rate']:>8g} {p['offered_rate_rps']:>9.2f} "
-                  f"{'-' if j is None else f'{j:.3f}':>6} "
-                  f"{p['overall']['goodput']['requests_per_s']:>9.2f} {c.get('wakes', 0):>5} "
-                  f"{c.get('time_parked_s', 0.0):>8.0f} {c.get('held', 0):>5} "
-                  f"{c.get('shed_client', 0):>5} {p.get('unserved', 0):>8}\n")
+        out.write(
+            f"{p['rate']:>8g} {p['offered_rate_rps']:>9.2f} "
+            f"{'-' if j is None else f'{j:.3f}':>6} "
+            f"{p['overall']['goodput']['requests_per_s']:>9.2f} {c.get('wakes', 0):>5} "
+            f"{c.get('time_parked_s', 0.0):>8.0f} {c.get('held', 0):>5} "
+            f"{c.get('shed_client', 0):>5} {p.get('unserved', 0):>8}\n"
+        )
     out.write(f"highest rate at 99% joint attainment: {doc.get('max_rate_at_99')}\n")
     return out.getvalue()
 

@@ -41,8 +41,7 @@ from bench.live.process import ChimeraStartError, start_chimera
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 # Six of mixed shapes; their start budgets (context, weights, graphs, activations, 1 GiB of KV)
 # come to ~76 GiB, within 80.
-DEFAULT_MODELS = ("llama-3.1-8b", "qwen2.5-7b", "llama-3.2-3b", "llama-3.2-1b", "llama-3.2-1b",
-                  "llama-3.2-1b")
+DEFAULT_MODELS = ("llama-3.1-8b", "qwen2.5-7b", "llama-3.2-3b", "llama-3.2-1b", "llama-3.2-1b", "llama-3.2-1b")
 TARGET_RATIO = 1.5  # issue 17: up of 6 servers <= 1.5x the slowest single server's boot
 FILES = ("fleet.json", "table.txt", "logs.txt")
 PHASES = ("spawn", "init", "weights", "kv", "graphs", "ready", "probe", "total")
@@ -50,34 +49,55 @@ LOG_TAIL_BYTES = 40_000
 
 
 def placements(shapes: list[str], mode: str, gpu_memory_gb: float, kv_pool_gb: float) -> dict[str, Any]:
-    return {"mode": mode, "host": {"gpus": 1, "gpu_memory_gb": gpu_memory_gb}, "models": [
-        {"name": f"m{i}-{shape}", "model_path": shape, "load_format": "dummy",
-         "placements": [{"gpus": [0], "on": True, "kv_pool_gb": kv_pool_gb}]}
-        for i, shape in enumerate(shapes)]}
+    return {
+        "mode": mode,
+        "host": {"gpus": 1, "gpu_memory_gb": gpu_memory_gb},
+        "models": [
+            {
+                "name": f"m{i}-{shape}",
+                "model_path": shape,
+                "load_format": "dummy",
+                "placements": [{"gpus": [0], "on": True, "kv_pool_gb": kv_pool_gb}],
+            }
+            for i, shape in enumerate(shapes)
+        ],
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu.fleet", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.gpu.fleet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--engine", choices=("sglang", "sim"), default="sglang")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/fleet"))
     p.add_argument("--work-dir", type=Path, default=None)
     p.add_argument("--mode", choices=("static", "elastic"), default="static")
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                   help="shapes, comma-separated; the first one also boots alone")
+    p.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS), help="shapes, comma-separated; the first one also boots alone"
+    )
     p.add_argument("--gpu-memory-gb", type=float, default=80.0)
     p.add_argument("--kv-pool-gb", type=float, default=1.0, help="each model's KV pool")
-    p.add_argument("--max-wall", type=float, default=560.0, metavar="S",
-                   help="both boots end within this many seconds (the GPU machine cuts at 600)")
-    p.add_argument("--sim-start-delay", type=float, default=2.0, metavar="S",
-                   help="simulated boot of each sim server (sim engine only)")
-    p.add_argument("--serial", action="store_true",
-                   help="CHIMERA_SERIAL_STARTS=1: the fleet starts one server at a time")
+    p.add_argument(
+        "--max-wall",
+        type=float,
+        default=560.0,
+        metavar="S",
+        help="both boots end within this many seconds (the GPU machine cuts at 600)",
+    )
+    p.add_argument(
+        "--sim-start-delay",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="simulated boot of each sim server (sim engine only)",
+    )
+    p.add_argument(
+        "--serial", action="store_true", help="CHIMERA_SERIAL_STARTS=1: the fleet starts one server at a time"
+    )
     return p
 
 
-def boot(name: str, cfg: dict[str, Any], work: Path, args: argparse.Namespace,
-         timeout_s: float) -> dict[str, Any]:
+def boot(name: str, cfg: dict[str, Any], work: Path, args: argparse.Namespace, timeout_s: float) -> dict[str, Any]:
     """``up`` on ``cfg``; the wall until every model is awake and the supervisor's records."""
     run = work / name
     run.mkdir(parents=True, exist_ok=True)
@@ -106,8 +126,7 @@ def overshoots(run: dict[str, Any]) -> list[str]:
 
 
 def table(result: dict[str, Any]) -> str:
-    head = f"{'run':7} {'instance':28} " + " ".join(f"{p:>8}" for p in PHASES) + \
-        f" {'budget':>8} {'measured':>9}"
+    head = f"{'run':7} {'instance':28} " + " ".join(f"{p:>8}" for p in PHASES) + f" {'budget':>8} {'measured':>9}"
     lines = [head, "-" * len(head)]
     for run in ("single", "fleet"):
         for iid, r in result[run]["instances"].items():
@@ -115,10 +134,12 @@ def table(result: dict[str, Any]) -> str:
             cells = " ".join(f"{ph[p]:8.1f}" if ph.get(p) is not None else f"{'-':>8}" for p in PHASES)
             gib = [f"{(r.get(k) or 0) / 2**30:.1f}" for k in ("budget_bytes", "measured_bytes")]
             lines.append(f"{run:7} {iid:28} {cells} {gib[0]:>8} {gib[1]:>9}")
-    lines += ["", f"single boot: {result['single']['wall_s']:.1f} s; up of "
-              f"{len(result['fleet']['instances'])}: {result['fleet']['wall_s']:.1f} s; ratio "
-              f"{result['ratio']:.2f} (target <= {TARGET_RATIO})"
-              + ("" if result["ratio"] <= TARGET_RATIO else "  MISSED")]
+    lines += [
+        "",
+        f"single boot: {result['single']['wall_s']:.1f} s; up of "
+        f"{len(result['fleet']['instances'])}: {result['fleet']['wall_s']:.1f} s; ratio "
+        f"{result['ratio']:.2f} (target <= {TARGET_RATIO})" + ("" if result["ratio"] <= TARGET_RATIO else "  MISSED"),
+    ]
     lines += [f"OVER BUDGET {o}" for o in result["overshoots"]] or ["no instance over its budget"]
     return "\n".join(lines) + "\n"
 
@@ -132,9 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "engine": {"name": args.engine, "simulated": args.engine == "sim"},
-        "config": {"mode": args.mode, "models": shapes, "gpu_memory_gb": args.gpu_memory_gb,
-                   "kv_pool_gb": args.kv_pool_gb, "serial": args.serial,
-                   "sim_start_delay_s": args.sim_start_delay if args.engine == "sim" else None},
+        "config": {
+            "mode": args.mode,
+            "models": shapes,
+            "gpu_memory_gb": args.gpu_memory_gb,
+            "kv_pool_gb": args.kv_pool_gb,
+            "serial": args.serial,
+            "sim_start_delay_s": args.sim_start_delay if args.engine == "sim" else None,
+        },
         "target_ratio": TARGET_RATIO,
         "provenance": provenance(args.engine, ["python", "-m", "bench.gpu.fleet", *(argv or sys.argv[1:])]),
     }
@@ -142,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, models in (("single", shapes[:1]), ("fleet", shapes)):
             left = args.max_wall - (time.monotonic() - t_start)
-            console.print(f"[bold]fleet[/]: {name}: {len(models)} server(s) on GPU 0 "
-                          f"({args.engine}, limit {left:.0f} s)")
+            console.print(
+                f"[bold]fleet[/]: {name}: {len(models)} server(s) on GPU 0 ({args.engine}, limit {left:.0f} s)"
+            )
             cfg = placements(models, args.mode, args.gpu_memory_gb, args.kv_pool_gb)
             result[name] = boot(name, cfg, work, args, max(10.0, left))
             console.print(f"  {name}: up in {result[name]['wall_s']:.1f} s")

@@ -30,7 +30,8 @@ def counters(text: str) -> dict[str, float]:
             continue
         for s in fam.samples:
             if s.name.endswith(("_total", "_count")) or (
-                    s.name == "chimera_hold_seconds_bucket" and s.labels.get("le") == HELD_LE):
+                s.name == "chimera_hold_seconds_bucket" and s.labels.get("le") == HELD_LE
+            ):
                 labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
                 out[f"{s.name}{{{labels}}}"] = s.value
     return out
@@ -38,22 +39,33 @@ def counters(text: str) -> dict[str, float]:
 
 def _sum(c: dict[str, float], name: str, **labels: str) -> float:
     want = [f"{k}={v}" for k, v in labels.items()]
-    return sum(v for k, v in c.items() if k.split("{", 1)[0] == name
-               and all(w in k.split("{", 1)[1].rstrip("}").split(",") for w in want))
+    return sum(
+        v
+        for k, v in c.items()
+        if k.split("{", 1)[0] == name and all(w in k.split("{", 1)[1].rstrip("}").split(",") for w in want)
+    )
 
 
 def chimera_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """Wakes, parks (by reason), held and shed (429) requests between two scrapes."""
+
     def d(name: str, **labels: str) -> float:
         return _sum(after, name, **labels) - _sum(before, name, **labels)
 
-    reasons = sorted({k.split("reason=", 1)[1].split(",")[0].rstrip("}") for k in after
-                      if k.startswith("chimera_parks_total{") and "reason=" in k})
-    return {"wakes": int(d("chimera_wake_seconds_count")),
-            "parks": int(d("chimera_parks_total")),
-            "parks_by_reason": {r: int(d("chimera_parks_total", reason=r)) for r in reasons},
-            "held": int(d("chimera_hold_seconds_count") - d("chimera_hold_seconds_bucket", le=HELD_LE)),
-            "shed_429": int(d("chimera_requests_total", status="429"))}
+    reasons = sorted(
+        {
+            k.split("reason=", 1)[1].split(",")[0].rstrip("}")
+            for k in after
+            if k.startswith("chimera_parks_total{") and "reason=" in k
+        }
+    )
+    return {
+        "wakes": int(d("chimera_wake_seconds_count")),
+        "parks": int(d("chimera_parks_total")),
+        "parks_by_reason": {r: int(d("chimera_parks_total", reason=r)) for r in reasons},
+        "held": int(d("chimera_hold_seconds_count") - d("chimera_hold_seconds_bucket", le=HELD_LE)),
+        "shed_429": int(d("chimera_requests_total", status="429")),
+    }
 
 
 def time_parked(snapshots: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -71,19 +83,33 @@ def time_parked(snapshots: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 def unserved(reqs: Sequence[BenchRequest], run: int, route: str) -> list[RequestRecord]:
     """Records of requests not sent because the system does not serve their model: misses."""
-    return [RequestRecord(id=r.id, model=r.model, route=route, arrival_s=r.arrival_s,
-                          sent_at_s=r.arrival_s, error=UNSERVED, prompt_tokens=r.prompt_tokens,
-                          prompt_tokens_requested=r.prompt_tokens,
-                          output_tokens_requested=r.output_tokens, slo_ttft_s=r.slo_ttft_s,
-                          slo_tpot_s=r.slo_tpot_s, run=run) for r in reqs]
+    return [
+        RequestRecord(
+            id=r.id,
+            model=r.model,
+            route=route,
+            arrival_s=r.arrival_s,
+            sent_at_s=r.arrival_s,
+            error=UNSERVED,
+            prompt_tokens=r.prompt_tokens,
+            prompt_tokens_requested=r.prompt_tokens,
+            output_tokens_requested=r.output_tokens,
+            slo_ttft_s=r.slo_ttft_s,
+            slo_tpot_s=r.slo_tpot_s,
+            run=run,
+        )
+        for r in reqs
+    ]
 
 
 def digest(reqs: Sequence[BenchRequest]) -> str:
     """The same for two traces exactly when they ask the same of the same models at the same times."""
     h = hashlib.sha256()
     for r in reqs:
-        h.update(f"{r.id},{r.arrival_s:.6f},{r.model},{r.prompt_tokens},{r.output_tokens},"
-                 f"{r.slo_ttft_s},{r.slo_tpot_s};".encode())
+        h.update(
+            f"{r.id},{r.arrival_s:.6f},{r.model},{r.prompt_tokens},{r.output_tokens},"
+            f"{r.slo_ttft_s},{r.slo_tpot_s};".encode()
+        )
     return h.hexdigest()[:16]
 
 

@@ -81,25 +81,44 @@ def tables(key: tuple[str, str], kinds: dict[str, dict[str, Run]]) -> tuple[str,
                 cells.append("-" if p is None else _pct(p["overall"]["attainment"]["joint"]))
             lines.append(f"| {rate:g} | " + " | ".join(cells) + " |")
         lines.append("")
-        lines.append("| system | max rate at 99% (req/s) | goodput at top rate (req/s) | wakes | time parked (s) "
-                     "| held | shed | unserved |")
+        lines.append(
+            "| system | max rate at 99% (req/s) | goodput at top rate (req/s) | wakes | time parked (s) "
+            "| held | shed | unserved |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|")
         best = {s: systems[s].get("max_rate_at_99") for s in order}
         for s in order:
             pts = systems[s]["rates"]
             top = pts[-1] if pts else {}
-            c = [sum((p.get("chimera") or {}).get(k) or 0 for p in pts)
-                 for k in ("wakes", "time_parked_s", "held", "shed_client", )]
+            c = [
+                sum((p.get("chimera") or {}).get(k) or 0 for p in pts)
+                for k in (
+                    "wakes",
+                    "time_parked_s",
+                    "held",
+                    "shed_client",
+                )
+            ]
             unserved = sum(p.get("unserved", 0) for p in pts)
             good = (top.get("overall") or {}).get("goodput", {}).get("requests_per_s")
-            lines.append(f"| {s} | {'-' if best[s] is None else f'{best[s]:.2f}'} | "
-                         f"{'-' if good is None else f'{good:.2f}'} | {c[0]:.0f} | {c[1]:.0f} | {c[2]:.0f} | "
-                         f"{c[3]:.0f} | {unserved} |")
+            lines.append(
+                f"| {s} | {'-' if best[s] is None else f'{best[s]:.2f}'} | "
+                f"{'-' if good is None else f'{good:.2f}'} | {c[0]:.0f} | {c[1]:.0f} | {c[2]:.0f} | "
+                f"{c[3]:.0f} | {unserved} |"
+            )
         # "inf": the other system misses 99% at every swept rate; "-": not run, or full misses it
-        ratios = {f"full/{o}": _ratio(best.get("full"), best.get(o)) for o in ("static", "swap", "elastic")
-                  if "full" in best and o in best}
-        lines += ["", "Highest rate at 99%: " + ", ".join(f"{k} {v}" for k, v in ratios.items())
-                  + " (targets: A full/static >= 3.5x, B full/swap >= 1.5x, full never below elastic)", ""]
+        ratios = {
+            f"full/{o}": _ratio(best.get("full"), best.get(o))
+            for o in ("static", "swap", "elastic")
+            if "full" in best and o in best
+        }
+        lines += [
+            "",
+            "Highest rate at 99%: "
+            + ", ".join(f"{k} {v}" for k, v in ratios.items())
+            + " (targets: A full/static >= 3.5x, B full/swap >= 1.5x, full never below elastic)",
+            "",
+        ]
         summary[kind] = {"max_rate_at_99": best, "ratios": ratios, "hardware": hw}
     if "live" in kinds and "des" in kinds:
         lines += sim_vs_real(kinds["live"], kinds["des"])
@@ -108,9 +127,13 @@ def tables(key: tuple[str, str], kinds: dict[str, dict[str, Run]]) -> tuple[str,
 
 def sim_vs_real(live: dict[str, Run], des: dict[str, Run]) -> list[str]:
     """Per system, rate and model: joint attainment and TTFT/TPOT p50/p99, simulated vs real."""
-    lines = ["#### Simulated (des) vs real, per model", "",
-             "| system | rate | model | joint real / sim | TTFT p50 ms real / sim | TTFT p99 ms real / sim "
-             "| TPOT p50 ms real / sim | TPOT p99 ms real / sim |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "#### Simulated (des) vs real, per model",
+        "",
+        "| system | rate | model | joint real / sim | TTFT p50 ms real / sim | TTFT p99 ms real / sim "
+        "| TPOT p50 ms real / sim | TPOT p99 ms real / sim |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in [s for s in SYSTEMS if s in live and s in des]:
         for p in live[s]["rates"]:
             q = next((q for q in des[s]["rates"] if q["rate"] == p["rate"]), None)
@@ -125,8 +148,12 @@ def sim_vs_real(live: dict[str, Run], des: dict[str, Run]) -> list[str]:
                 lines.append(
                     f"| {s} | {p['rate']:g} | {m} | {_pct(a['attainment']['joint'])} / "
                     f"{_pct(b.get('attainment', {}).get('joint'))} | "
-                    + " | ".join(f"{_ms(la.get(k), f'p{q_}')} / {_ms(lb.get(k), f'p{q_}')}"
-                                 for k, q_ in (("ttft", 50), ("ttft", 99), ("tpot", 50), ("tpot", 99))) + " |")
+                    + " | ".join(
+                        f"{_ms(la.get(k), f'p{q_}')} / {_ms(lb.get(k), f'p{q_}')}"
+                        for k, q_ in (("ttft", 50), ("ttft", 99), ("tpot", 50), ("tpot", 99))
+                    )
+                    + " |"
+                )
     return lines + [""]
 
 
@@ -142,12 +169,20 @@ def plot(key: tuple[str, str], kinds: dict[str, dict[str, Run]], path: Path) -> 
     for kind, systems in kinds.items():
         for s in [s for s in SYSTEMS if s in systems]:
             pts = [(p["offered_rate_rps"], p["overall"]["attainment"]["joint"]) for p in systems[s]["rates"]]
-            ax.plot([x for x, _ in pts], [100 * (y or 0) for _, y in pts], marker="o",
-                    linestyle="-" if kind == "live" else "--", label=f"{s} ({kind})")
+            ax.plot(
+                [x for x, _ in pts],
+                [100 * (y or 0) for _, y in pts],
+                marker="o",
+                linestyle="-" if kind == "live" else "--",
+                label=f"{s} ({kind})",
+            )
     ax.axhline(99, color="grey", linewidth=0.8, linestyle=":")
     hw = "; ".join(sorted({hardware(r) for systems in kinds.values() for r in systems.values()}))
-    ax.set(xlabel="offered rate (req/s)", ylabel="joint TTFT+TPOT attainment (%)",
-           title=f"set-up {key[0]}, {key[1]} trace\n{hw}")
+    ax.set(
+        xlabel="offered rate (req/s)",
+        ylabel="joint TTFT+TPOT attainment (%)",
+        title=f"set-up {key[0]}, {key[1]} trace\n{hw}",
+    )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -157,8 +192,9 @@ def plot(key: tuple[str, str], kinds: dict[str, dict[str, Run]], path: Path) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.gpu.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("dirs", nargs="+", type=Path, help="run folders (or experiment.json files)")
     p.add_argument("--out", type=Path, default=Path("runs/gpu-experiment-report"))
     a = p.parse_args(argv)

@@ -47,8 +47,7 @@ def derive(raw: dict[str, Any], system: str) -> dict[str, Any]:
         return out
     resident = [m for m in models if any(pl.get("on", True) for pl in m["placements"])]
     if not resident:
-        raise ValueError("the set-up places no model `on: true`: static and elastic have nothing "
-                         "to serve")
+        raise ValueError("the set-up places no model `on: true`: static and elastic have nothing to serve")
     out["mode"] = system
     out["models"] = resident
     if system == "elastic":

@@ -58,8 +58,7 @@ MODELS = (  # (name, model path, KV pool GB): tests/gpu/conftest.py's shapes and
 # the H100), a scrape, the files, the plot, chimera's stop (6 s for three servers on the H100).
 TAIL_S = 30.0
 MIN_TRACE_S = 20.0
-FILES = ("report.json", "requests.jsonl", "table.txt", "timeline.png", "calibration_data.json",
-         "logs.txt")
+FILES = ("report.json", "requests.jsonl", "table.txt", "timeline.png", "calibration_data.json", "logs.txt")
 LOG_TAIL_BYTES = 60_000  # per log in logs.txt
 
 
@@ -67,47 +66,96 @@ def placements(mode: str, engine: str, decode_log_interval: int) -> dict[str, An
     # SGLang logs a "Decode batch" line every --decode-log-interval decode steps (default 40):
     # more often = more, shorter samples of the step time (calibration_data.py).
     args = ["--decode-log-interval", str(decode_log_interval)] if engine == "sglang" else []
-    return {"mode": mode, "models": [
-        {"name": name, "model_path": path, "load_format": "dummy", "engine_args": args,
-         "placements": [{"gpus": [0], "on": True, "kv_pool_gb": kv}]}
-        for name, path, kv in MODELS]}
+    return {
+        "mode": mode,
+        "models": [
+            {
+                "name": name,
+                "model_path": path,
+                "load_format": "dummy",
+                "engine_args": args,
+                "placements": [{"gpus": [0], "on": True, "kv_pool_gb": kv}],
+            }
+            for name, path, kv in MODELS
+        ],
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu.trace", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine", choices=("sglang", "sim"), default="sglang",
-                   help="stock SGLang on a GPU host, or the sim engine on a CPU (SIMULATED)")
-    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/gpu-trace"),
-                   help="folder of the six result files (default: $OUT, else runs/gpu-trace)")
-    p.add_argument("--work-dir", type=Path, default=None,
-                   help="chimera's run dir and logs (default: a new folder under the temp dir)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.gpu.trace", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--engine",
+        choices=("sglang", "sim"),
+        default="sglang",
+        help="stock SGLang on a GPU host, or the sim engine on a CPU (SIMULATED)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("OUT") or "runs/gpu-trace"),
+        help="folder of the six result files (default: $OUT, else runs/gpu-trace)",
+    )
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="chimera's run dir and logs (default: a new folder under the temp dir)",
+    )
     p.add_argument("--mode", choices=("static", "elastic", "full"), default="full")
     g = p.add_argument_group("trace (Prism's synthetic generator)")
     g.add_argument("--duration", type=float, default=300.0, help="seconds of arrivals")
     g.add_argument("--rate", type=float, default=6.0, help="requests/s over both models")
-    g.add_argument("--alpha", type=float, default=1.0,
-                   help="power-law popularity exponent (1 = an even split between the models)")
+    g.add_argument(
+        "--alpha", type=float, default=1.0, help="power-law popularity exponent (1 = an even split between the models)"
+    )
     g.add_argument("--cv", type=float, default=1.0, help="CV of Gamma inter-arrival gaps")
-    g.add_argument("--input-range", type=token_range, default=(128, 1024), metavar="LO,HI",
-                   help="uniform prompt tokens in [LO, HI)")
-    g.add_argument("--output-range", type=token_range, default=(64, 256), metavar="LO,HI",
-                   help="uniform output tokens in [LO, HI)")
+    g.add_argument(
+        "--input-range",
+        type=token_range,
+        default=(128, 1024),
+        metavar="LO,HI",
+        help="uniform prompt tokens in [LO, HI)",
+    )
+    g.add_argument(
+        "--output-range", type=token_range, default=(64, 256), metavar="LO,HI", help="uniform output tokens in [LO, HI)"
+    )
     g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--ttft-slo", type=float, default=1.0, metavar="S",
-                   help="TTFT objective for the report's attainment (not given to chimera)")
-    g.add_argument("--tpot-slo", type=float, default=0.1, metavar="S",
-                   help="TPOT objective for the report's attainment (not given to chimera)")
+    g.add_argument(
+        "--ttft-slo",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="TTFT objective for the report's attainment (not given to chimera)",
+    )
+    g.add_argument(
+        "--tpot-slo",
+        type=float,
+        default=0.1,
+        metavar="S",
+        help="TPOT objective for the report's attainment (not given to chimera)",
+    )
     g = p.add_argument_group("time and engines")
-    g.add_argument("--max-wall", type=float, default=540.0, metavar="S",
-                   help="the whole run ends within this many seconds (default %(default)s)")
-    g.add_argument("--ready-timeout", type=float, default=None, metavar="S",
-                   help="boot limit (default: --max-wall minus the trace's minimum and tail)")
+    g.add_argument(
+        "--max-wall",
+        type=float,
+        default=540.0,
+        metavar="S",
+        help="the whole run ends within this many seconds (default %(default)s)",
+    )
+    g.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="boot limit (default: --max-wall minus the trace's minimum and tail)",
+    )
     g.add_argument("--request-timeout", type=float, default=60.0, metavar="S")
-    g.add_argument("--decode-log-interval", type=int, default=10,
-                   help="SGLang's --decode-log-interval (sglang engine only)")
-    g.add_argument("--sim-speed", type=float, default=1.0,
-                   help="sim engine time scale (1 = the calibrated H100)")
+    g.add_argument(
+        "--decode-log-interval", type=int, default=10, help="SGLang's --decode-log-interval (sglang engine only)"
+    )
+    g.add_argument("--sim-speed", type=float, default=1.0, help="sim engine time scale (1 = the calibrated H100)")
     return p
 
 
@@ -123,16 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     ready_timeout = args.ready_timeout or args.max_wall - TAIL_S - MIN_TRACE_S
     env = {"CHIMERA_SIM_SPEED": f"{args.sim_speed:g}"}
-    console.print(f"[bold]gpu trace[/]: {args.engine} engine, work dir {work}, results in "
-                  f"{args.out}; booting {len(MODELS)} servers (limit {ready_timeout:.0f} s)")
+    console.print(
+        f"[bold]gpu trace[/]: {args.engine} engine, work dir {work}, results in "
+        f"{args.out}; booting {len(MODELS)} servers (limit {ready_timeout:.0f} s)"
+    )
 
     def progress(states: dict[str, str]) -> None:
         shown = ", ".join(f"{n} {states.get(n, '?')}" for n, _, _ in MODELS)
         console.print(f"  t={time.monotonic() - t_start:5.0f} s  {shown}", highlight=False)
 
     try:
-        ch = start_chimera(cfg_path, work / "chimera", engine=args.engine, env=env,
-                           ready_timeout_s=ready_timeout, progress=progress)
+        ch = start_chimera(
+            cfg_path, work / "chimera", engine=args.engine, env=env, ready_timeout_s=ready_timeout, progress=progress
+        )
     except ChimeraStartError as exc:
         console.print(f"[red]chimera did not start:[/] {exc}", markup=False)
         _write_logs(args.out / "logs.txt", work)
@@ -141,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     left = args.max_wall - boot_s - TAIL_S
     duration = min(args.duration, max(MIN_TRACE_S, left))
     if duration < args.duration:
-        console.print(f"[yellow]boots took {boot_s:.0f} s: trace shortened from "
-                      f"{args.duration:g} s to {duration:.0f} s to end within --max-wall "
-                      f"{args.max_wall:g} s[/]")
+        console.print(
+            f"[yellow]boots took {boot_s:.0f} s: trace shortened from "
+            f"{args.duration:g} s to {duration:.0f} s to end within --max-wall "
+            f"{args.max_wall:g} s[/]"
+        )
     spec = _session(args, ch.base, duration, boot_s)
     data: dict[str, Any] | None = None
     try:
@@ -153,14 +206,17 @@ def main(argv: list[str] | None = None) -> int:
             report = run_session(spec, work / "session", console)
             trace_s = time.monotonic() - t_trace
             after = calibration_data.scrape_sglang(http, ch.base)
-        collected = {"schema": calibration_data.SCHEMA,
-                     "provenance": calibration_data.provenance(args.engine, command),
-                     "placements": cfg, "models": {n: {"model_path": p, "tp_size": 1}
-                                                   for n, p, _ in MODELS},
-                     "timing_s": {"boot": boot_s, "trace": trace_s},
-                     "metrics_before": before, "metrics_after": after,
-                     "engine_log": calibration_data.engine_logs(work / "chimera" / "engines"),
-                     "orphans": None}  # known once chimera has stopped
+        collected = {
+            "schema": calibration_data.SCHEMA,
+            "provenance": calibration_data.provenance(args.engine, command),
+            "placements": cfg,
+            "models": {n: {"model_path": p, "tp_size": 1} for n, p, _ in MODELS},
+            "timing_s": {"boot": boot_s, "trace": trace_s},
+            "metrics_before": before,
+            "metrics_after": after,
+            "engine_log": calibration_data.engine_logs(work / "chimera" / "engines"),
+            "orphans": None,
+        }  # known once chimera has stopped
         # written before the stop: a stop that outlasts the GPU machine's limit loses nothing
         _write_results(args.out, work, report, collected)
         data = collected
@@ -177,26 +233,49 @@ def main(argv: list[str] | None = None) -> int:
     if orphans:
         console.print(f"[red]engine processes outlived chimera and were killed: {orphans}[/]")
         return 1
-    console.print(f"done in {time.monotonic() - t_start:.0f} s; fit the sim with: "
-                  f"python -m bench.calibration.calibrate {args.out}")
+    console.print(
+        f"done in {time.monotonic() - t_start:.0f} s; fit the sim with: "
+        f"python -m bench.calibration.calibrate {args.out}"
+    )
     return 0
 
 
 def _session(args: argparse.Namespace, base: str, duration: float, boot_s: float) -> SessionSpec:
-    opts = TraceOptions(synthetic=SyntheticSpec(
-        rate=args.rate, duration_s=duration, alpha=args.alpha, cv=args.cv,
-        input_range=args.input_range, output_range=args.output_range, seed=args.seed))
+    opts = TraceOptions(
+        synthetic=SyntheticSpec(
+            rate=args.rate,
+            duration_s=duration,
+            alpha=args.alpha,
+            cv=args.cv,
+            input_range=args.input_range,
+            output_range=args.output_range,
+            seed=args.seed,
+        )
+    )
     slo = (args.ttft_slo, args.tpot_slo)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     return SessionSpec(
-        base_url=base, trace="synthetic", points=[(f"rate {args.rate:g}", opts)],
-        models=[n for n, _, _ in MODELS], slos={n: slo for n, _, _ in MODELS}, default_slo=slo,
-        route=COMPLETIONS, token_ids=True, request_timeout_s=args.request_timeout,
+        base_url=base,
+        trace="synthetic",
+        points=[(f"rate {args.rate:g}", opts)],
+        models=[n for n, _, _ in MODELS],
+        slos={n: slo for n, _, _ in MODELS},
+        default_slo=slo,
+        route=COMPLETIONS,
+        token_ids=True,
+        request_timeout_s=args.request_timeout,
         engine_label="simulated" if args.engine == "sim" else "sglang",
         engine_how=f"python -m bench.gpu.trace --engine {args.engine} started chimera",
-        metrics_interval_s=1.0, plots=False,
-        config={**config, "duration_planned_s": args.duration, "duration_s": duration,
-                "boot_s": boot_s, "mode": args.mode})
+        metrics_interval_s=1.0,
+        plots=False,
+        config={
+            **config,
+            "duration_planned_s": args.duration,
+            "duration_s": duration,
+            "boot_s": boot_s,
+            "mode": args.mode,
+        },
+    )
 
 
 def _write_results(out: Path, work: Path, report: dict[str, Any], data: dict[str, Any]) -> None:
@@ -207,10 +286,11 @@ def _write_results(out: Path, work: Path, report: dict[str, Any], data: dict[str
     write_json(out / "calibration_data.json", data)
     text = Console(file=io.StringIO(), width=170, record=True)
     prov = data["provenance"]
-    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver_version')})"
-                     for g in prov["gpus"]) or "no GPU"
-    text.print(f"{'SIMULATED (sim engine on a CPU)' if prov['simulated'] else 'stock SGLang'}"
-               f" {prov['sglang'] or '-'}, {gpus}, {prov['created']}\n{' '.join(prov['command'])}")
+    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver_version')})" for g in prov["gpus"]) or "no GPU"
+    text.print(
+        f"{'SIMULATED (sim engine on a CPU)' if prov['simulated'] else 'stock SGLang'}"
+        f" {prov['sglang'] or '-'}, {gpus}, {prov['created']}\n{' '.join(prov['command'])}"
+    )
     print_report(report, text)
     (out / "table.txt").write_text(text.export_text())
     try:
@@ -226,12 +306,10 @@ def _write_results(out: Path, work: Path, report: dict[str, Any], data: dict[str
 def _write_logs(path: Path, work: Path) -> None:
     """The tails of chimera's log and of every engine log, one after the other."""
     parts = []
-    for log in [work / "chimera" / "chimera.log",
-                *sorted((work / "chimera" / "engines").glob("*.log"))]:
+    for log in [work / "chimera" / "chimera.log", *sorted((work / "chimera" / "engines").glob("*.log"))]:
         if log.is_file():
             tail = log.read_bytes()[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
-            parts.append(f"===== {log.relative_to(work)} (last {LOG_TAIL_BYTES} bytes) =====\n"
-                         f"{tail}\n")
+            parts.append(f"===== {log.relative_to(work)} (last {LOG_TAIL_BYTES} bytes) =====\n{tail}\n")
     path.write_text("".join(parts) or "(no logs)\n")
 
 

@@ -51,8 +51,7 @@ def h2d_bandwidth_bytes_per_s() -> tuple[float, str]:
     """Pinned host→GPU copy bandwidth (1 GiB, best of 5), measured with torch in a child
     process so this process never holds a CUDA context; the calibration figure without a GPU."""
     try:
-        r = subprocess.run([sys.executable, "-c", _H2D_PROBE], capture_output=True, text=True,
-                           timeout=120, check=True)
+        r = subprocess.run([sys.executable, "-c", _H2D_PROBE], capture_output=True, text=True, timeout=120, check=True)
         return float(r.stdout.strip().splitlines()[-1]), "measured (torch, pinned, 1 GiB)"
     except (subprocess.SubprocessError, ValueError, IndexError, OSError):
         return calibration.HOST_TO_DEVICE_BW, "calibration (no CUDA/torch here)"
@@ -72,8 +71,7 @@ async def wake_sum(client: httpx.AsyncClient, url: str, model: str) -> tuple[flo
 
 
 async def ttft(client: httpx.AsyncClient, url: str, model: str) -> tuple[float, str]:
-    body = {"model": model, "prompt": PROMPT, "max_tokens": 8, "temperature": 0, "stream": True,
-            "ignore_eos": True}
+    body = {"model": model, "prompt": PROMPT, "max_tokens": 8, "temperature": 0, "stream": True, "ignore_eos": True}
     t0 = time.perf_counter()
     first: float | None = None
     text = []
@@ -114,9 +112,16 @@ async def measure(url: str, key: str, model: str, cycles: int) -> dict[str, Any]
             wakes.append(s1 - s0)
             ttfts.append(first)
             same += text == reference
-    return {"model": model, "instance": inst, "cycles": cycles, "park_s": stats(parks),
-            "wake_s": stats(wakes), "held_ttft_s": stats(ttfts), "freed_gib": stats(freed),
-            "identical_outputs": same}
+    return {
+        "model": model,
+        "instance": inst,
+        "cycles": cycles,
+        "park_s": stats(parks),
+        "wake_s": stats(wakes),
+        "held_ttft_s": stats(ttfts),
+        "freed_gib": stats(freed),
+        "identical_outputs": same,
+    }
 
 
 def stats(xs: list[float]) -> dict[str, float]:
@@ -126,13 +131,21 @@ def stats(xs: list[float]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.live.activation", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.live.activation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--url", required=True, help="chimera's proxy, e.g. http://127.0.0.1:8000")
     p.add_argument("--admin-key", required=True, help="the admin key chimera was started with")
     p.add_argument("--model", action="append", required=True, help="model name (repeatable)")
-    p.add_argument("--weights-gb", action="append", type=float, default=[],
-                   help="weights of each --model in GB, in the same order (for the floor)")
+    p.add_argument(
+        "--weights-gb",
+        action="append",
+        type=float,
+        default=[],
+        help="weights of each --model in GB, in the same order (for the floor)",
+    )
     p.add_argument("--cycles", type=int, default=5)
     p.add_argument("--simulated", action="store_true", help="label every number simulated")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -143,11 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(url: str, key: str, models: list[str], cycles: int, simulated: bool,
-        out: Path | None, weights: dict[str, int] | None = None) -> dict[str, Any]:
+def run(
+    url: str,
+    key: str,
+    models: list[str],
+    cycles: int,
+    simulated: bool,
+    out: Path | None,
+    weights: dict[str, int] | None = None,
+) -> dict[str, Any]:
     bw, how = h2d_bandwidth_bytes_per_s()
-    results: dict[str, Any] = {"simulated": simulated, "h2d_bytes_per_s": bw, "h2d_source": how,
-                               "models": []}
+    results: dict[str, Any] = {"simulated": simulated, "h2d_bytes_per_s": bw, "h2d_source": how, "models": []}
     for model in models:
         r = asyncio.run(measure(url, key, model, cycles))
         if weights and model in weights:
@@ -156,9 +175,12 @@ def run(url: str, key: str, models: list[str], cycles: int, simulated: bool,
             r["wake_over_floor_p50"] = r["wake_s"]["p50"] / floor
         results["models"].append(r)
         label = " (SIMULATED)" if simulated else ""
-        print(f"{model}{label}: park p50 {r['park_s']['p50']:.3f} s, wake p50 "
-              f"{r['wake_s']['p50']:.3f} s, held TTFT p50 {r['held_ttft_s']['p50']:.3f} s, "
-              f"{r['identical_outputs']}/{cycles} identical", file=sys.stderr)
+        print(
+            f"{model}{label}: park p50 {r['park_s']['p50']:.3f} s, wake p50 "
+            f"{r['wake_s']['p50']:.3f} s, held TTFT p50 {r['held_ttft_s']['p50']:.3f} s, "
+            f"{r['identical_outputs']}/{cycles} identical",
+            file=sys.stderr,
+        )
     if out is not None:
         out.write_text(json.dumps(results, indent=1))
     return results

@@ -43,8 +43,7 @@ def with_mode(placements: Path, mode: str, out: Path) -> Path:
     """A copy of the placements file with ``mode`` set (Prism's JSON list is converted)."""
     text = placements.read_text()
     # chimera's YAML 1.2 loader: PyYAML's own reads the key `on:` as the boolean True
-    raw: Any = (json.loads(text) if placements.suffix == ".json"
-                else yaml.load(text, Loader=Yaml12Loader))
+    raw: Any = json.loads(text) if placements.suffix == ".json" else yaml.load(text, Loader=Yaml12Loader)
     if isinstance(raw, list):
         raw = {"models": [model_from_prism(i, m) for i, m in enumerate(raw)]}
     if not isinstance(raw, dict):
@@ -101,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=",".join(MODES), help="modes to compare, in order")
     args = p.parse_args(argv)
     if not args.placements or args.url:
-        console.print("[red]error:[/] bench.live.modes starts chimera itself: give --placements, "
-                      "not --url")
+        console.print("[red]error:[/] bench.live.modes starts chimera itself: give --placements, not --url")
         return 2
     results: dict[str, Any] = {}
     engine: dict[str, Any] = {}
@@ -110,18 +108,24 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out / mode
         console.rule(f"mode: {mode}")
         try:
-            mode_args = argparse.Namespace(**{**vars(args), "placements": with_mode(
-                args.placements, mode, out)})
+            mode_args = argparse.Namespace(**{**vars(args), "placements": with_mode(args.placements, mode, out)})
             report = run.benchmark(mode_args, out)
             engine = report["engine"]
-            results[mode] = {"ok": True, "report": str(out / "report.json"),
-                             "runs": [{"label": r["label"], "overall": r["overall"]}
-                                      for r in report["runs"]]}
+            results[mode] = {
+                "ok": True,
+                "report": str(out / "report.json"),
+                "runs": [{"label": r["label"], "overall": r["overall"]} for r in report["runs"]],
+            }
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - one mode's failure is data
             console.print(f"[red]mode {mode} failed:[/] {exc}", markup=False)
             results[mode] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
-    doc = {"schema": SCHEMA + "+modes", "engine": engine, "placements": str(args.placements),
-           "modes": results, "ratios": ratios(results)}
+    doc = {
+        "schema": SCHEMA + "+modes",
+        "engine": engine,
+        "placements": str(args.placements),
+        "modes": results,
+        "ratios": ratios(results),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "modes.json", doc)
     console.print(table(results, bool(engine.get("simulated"))))

@@ -45,8 +45,7 @@ class Chimera:
 
     def note_engines(self) -> None:
         try:
-            self.engine_pids |= {c.pid for c in psutil.Process(self.proc.pid).children(
-                recursive=True)}
+            self.engine_pids |= {c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)}
         except psutil.NoSuchProcess:
             pass
 
@@ -59,8 +58,7 @@ class Chimera:
     def stop(self) -> list[int]:
         """Stop chimera and its engines; returns the pids that had to be killed afterwards."""
         self.note_engines()
-        for sig, grace in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGTERM, 10.0),
-                           (signal.SIGKILL, 10.0)):
+        for sig, grace in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
             if self.proc.poll() is not None:
                 break
             self.proc.send_signal(sig)
@@ -80,11 +78,18 @@ class Chimera:
         return orphans
 
 
-def start_chimera(placements: Path, run_dir: Path, *, engine: str = "sim",
-                  port: int | None = None, env: dict[str, str] | None = None,
-                  ready_timeout_s: float = 180.0, hold_timeout_s: float = 300.0,
-                  command: Sequence[str] = (),
-                  progress: Callable[[dict[str, str]], None] | None = None) -> Chimera:
+def start_chimera(
+    placements: Path,
+    run_dir: Path,
+    *,
+    engine: str = "sim",
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    ready_timeout_s: float = 180.0,
+    hold_timeout_s: float = 300.0,
+    command: Sequence[str] = (),
+    progress: Callable[[dict[str, str]], None] | None = None,
+) -> Chimera:
     """Start chimera on ``placements`` and wait until the models that start at ``up`` are
     awake and every other is parked or stopped. ``command`` replaces ``python -m
     orchestrator.cli`` (e.g. to run chimera under a profiler or a patched proxy);
@@ -96,14 +101,27 @@ def start_chimera(placements: Path, run_dir: Path, *, engine: str = "sim",
     (port,) = (port,) if port else free_ports(1)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "chimera.log"
-    argv = [*(command or (sys.executable, "-m", "orchestrator.cli")), "up", str(placements),
-            "--engine", engine,
-            "--port", str(port), "--run-dir", str(run_dir / "engines"),
-            "--hold-timeout-s", f"{hold_timeout_s:g}"]
+    argv = [
+        *(command or (sys.executable, "-m", "orchestrator.cli")),
+        "up",
+        str(placements),
+        "--engine",
+        engine,
+        "--port",
+        str(port),
+        "--run-dir",
+        str(run_dir / "engines"),
+        "--hold-timeout-s",
+        f"{hold_timeout_s:g}",
+    ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120",
-                                     **(env or {})})
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120", **(env or {})},
+        )
     ch = Chimera(proc, f"http://127.0.0.1:{port}", log, engine)
     try:
         _wait_awake(ch, awake, ready_timeout_s, progress)
@@ -113,8 +131,9 @@ def start_chimera(placements: Path, run_dir: Path, *, engine: str = "sim",
     return ch
 
 
-def _wait_awake(ch: Chimera, names: list[str], timeout_s: float,
-                progress: Callable[[dict[str, str]], None] | None) -> None:
+def _wait_awake(
+    ch: Chimera, names: list[str], timeout_s: float, progress: Callable[[dict[str, str]], None] | None
+) -> None:
     deadline = time.monotonic() + timeout_s
     states: dict[str, str] = {}
     shown: dict[str, str] = {}
@@ -122,26 +141,21 @@ def _wait_awake(ch: Chimera, names: list[str], timeout_s: float,
     with httpx.Client(trust_env=False, timeout=5.0) as client:
         while True:
             if ch.proc.poll() is not None:
-                raise ChimeraStartError(f"chimera exited with code {ch.proc.returncode}:\n"
-                                        f"{ch.log_tail()}")
+                raise ChimeraStartError(f"chimera exited with code {ch.proc.returncode}:\n{ch.log_tail()}")
             try:
                 data = client.get(ch.base + "/v1/models").json()["data"]
                 states = {m["id"]: m["state"] for m in data}
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             ch.note_engines()
-            if progress is not None and (states != shown
-                                         or time.monotonic() - shown_at > PROGRESS_EVERY_S):
+            if progress is not None and (states != shown or time.monotonic() - shown_at > PROGRESS_EVERY_S):
                 shown, shown_at = dict(states), time.monotonic()
                 progress(shown)
-            if (states and all(states.get(n) == "awake" for n in names)
-                    and all(s in SETTLED for s in states.values())):
+            if states and all(states.get(n) == "awake" for n in names) and all(s in SETTLED for s in states.values()):
                 return
             failed = [n for n in names if states.get(n) == "failed"]
             if failed:
-                raise ChimeraStartError(f"instances of {failed} failed to start:\n"
-                                        f"{ch.log_tail()}")
+                raise ChimeraStartError(f"instances of {failed} failed to start:\n{ch.log_tail()}")
             if time.monotonic() > deadline:
-                raise ChimeraStartError(f"models not awake after {timeout_s:g} s (states: "
-                                        f"{states}):\n{ch.log_tail()}")
+                raise ChimeraStartError(f"models not awake after {timeout_s:g} s (states: {states}):\n{ch.log_tail()}")
             time.sleep(0.25)

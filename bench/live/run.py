@@ -29,10 +29,14 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.live.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--placements", type=Path, help="placements file chimera is started with "
-                   "(with --url: only read for model order and SLOs)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.live.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--placements",
+        type=Path,
+        help="placements file chimera is started with (with --url: only read for model order and SLOs)",
+    )
     p.add_argument("--url", help="benchmark an already running chimera at this URL instead")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     add_trace_args(p)
@@ -44,21 +48,32 @@ def slos_of(cfg: Config | None) -> dict[str, tuple[float | None, float | None]]:
     return {m.name: (m.slo.ttft_s, m.slo.tpot_s) for m in cfg.models} if cfg else {}
 
 
-def session_spec(args: argparse.Namespace, base_url: str, cfg: Config | None,
-                 engine_label: str | None, engine_how: str) -> SessionSpec:
-    config: dict[str, Any] = {k: (str(v) if isinstance(v, Path) else v)
-                              for k, v in vars(args).items()}
+def session_spec(
+    args: argparse.Namespace, base_url: str, cfg: Config | None, engine_label: str | None, engine_how: str
+) -> SessionSpec:
+    config: dict[str, Any] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config["mode"] = cfg.mode if cfg else None
     default = (args.ttft_slo, args.tpot_slo)
-    slos = {m: (t if t is not None else default[0], p if p is not None else default[1])
-            for m, (t, p) in slos_of(cfg).items()}
+    slos = {
+        m: (t if t is not None else default[0], p if p is not None else default[1])
+        for m, (t, p) in slos_of(cfg).items()
+    }
     return SessionSpec(
-        base_url=base_url, trace=args.trace, points=trace_points(args),
-        models=[m.name for m in cfg.models] if cfg else [], slos=slos, default_slo=default,
-        route=ROUTE_NAMES[args.route], token_ids=args.token_ids,
-        request_timeout_s=args.request_timeout, engine_label=engine_label,
-        engine_how=engine_how, metrics_interval_s=args.metrics_interval,
-        plots=not args.no_plots, config=config)
+        base_url=base_url,
+        trace=args.trace,
+        points=trace_points(args),
+        models=[m.name for m in cfg.models] if cfg else [],
+        slos=slos,
+        default_slo=default,
+        route=ROUTE_NAMES[args.route],
+        token_ids=args.token_ids,
+        request_timeout_s=args.request_timeout,
+        engine_label=engine_label,
+        engine_how=engine_how,
+        metrics_interval_s=args.metrics_interval,
+        plots=not args.no_plots,
+        config=config,
+    )
 
 
 def benchmark(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -66,19 +81,25 @@ def benchmark(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     cfg = load_config(args.placements) if args.placements else None
     if args.url:
         label = args.engine_label
-        return run_session(session_spec(
-            args, args.url.rstrip("/"), cfg, label, "--engine-label" if label else ""),
-            out, console)
+        return run_session(
+            session_spec(args, args.url.rstrip("/"), cfg, label, "--engine-label" if label else ""), out, console
+        )
     assert args.placements is not None
     env = {"CHIMERA_SIM_SPEED": f"{args.sim_speed:g}"}
-    console.print(f"starting chimera-orch up {args.placements} --engine {args.engine} "
-                  f"(log: {out / 'chimera' / 'chimera.log'})")
-    ch = start_chimera(args.placements, out / "chimera", engine=args.engine, env=env,
-                       ready_timeout_s=args.ready_timeout, hold_timeout_s=args.hold_timeout)
+    console.print(
+        f"starting chimera-orch up {args.placements} --engine {args.engine} (log: {out / 'chimera' / 'chimera.log'})"
+    )
+    ch = start_chimera(
+        args.placements,
+        out / "chimera",
+        engine=args.engine,
+        env=env,
+        ready_timeout_s=args.ready_timeout,
+        hold_timeout_s=args.hold_timeout,
+    )
     try:
         label = args.engine_label or ("simulated" if args.engine == "sim" else None)
-        how = ("--engine-label" if args.engine_label else
-               "the runner started chimera with --engine sim" if label else "")
+        how = "--engine-label" if args.engine_label else "the runner started chimera with --engine sim" if label else ""
         report = run_session(session_spec(args, ch.base, cfg, label, how), out, console)
     finally:
         orphans = ch.stop()

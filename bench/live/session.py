@@ -54,13 +54,13 @@ def run_session(spec: SessionSpec, out: Path, console: Console) -> dict[str, Any
     if spec.plots:
         _plots(report, all_records, snapshots, out, console)
     print_report(report, console)
-    console.print(f"wrote {out / 'report.json'}, requests.jsonl, states.jsonl"
-                  + (" and plots" if spec.plots else ""))
+    console.print(f"wrote {out / 'report.json'}, requests.jsonl, states.jsonl" + (" and plots" if spec.plots else ""))
     return report
 
 
-async def _collect(spec: SessionSpec, console: Console
-                   ) -> tuple[dict[str, Any], list[RequestRecord], list[dict[str, Any]]]:
+async def _collect(
+    spec: SessionSpec, console: Console
+) -> tuple[dict[str, Any], list[RequestRecord], list[dict[str, Any]]]:
     async with make_client() as client, ClientShards() as shards:
         served = await served_models(client, spec.base_url)
         names = [m.name for m in served]
@@ -69,8 +69,9 @@ async def _collect(spec: SessionSpec, console: Console
             engine = engine_info(spec.engine_label, spec.engine_how)
         else:
             label = await probe_engine(client, spec.base_url, served)
-            engine = engine_info(label, "probe: batched /generate (the sim refuses it with "
-                                        "a SIMULATED message; stock SGLang serves it)")
+            engine = engine_info(
+                label, "probe: batched /generate (the sim refuses it with a SIMULATED message; stock SGLang serves it)"
+            )
         slos = {m: spec.slos.get(m, spec.default_slo) for m in models}
         report = new_report(engine, {**spec.config, "models": models, "slos": slos})
         all_records: list[RequestRecord] = []
@@ -78,26 +79,35 @@ async def _collect(spec: SessionSpec, console: Console
         for i, (label, opts) in enumerate(spec.points):
             reqs = build_trace(spec.trace, opts, models, slos)
             if not reqs:
-                raise SystemExit(f"error: the {spec.trace} trace has no requests for {label} "
-                                 "(check --duration, --trace-start, --sample)")
-            console.print(f"[bold]{label}[/]: {len(reqs)} requests over "
-                          f"{opts.synthetic.duration_s:g} s to {spec.base_url} "
-                          f"({engine['label']})")
-            cfg = ClientConfig(spec.base_url, spec.route, opts.synthetic.seed, spec.token_ids,
-                               spec.request_timeout_s, run=i)
+                raise SystemExit(
+                    f"error: the {spec.trace} trace has no requests for {label} "
+                    "(check --duration, --trace-start, --sample)"
+                )
+            console.print(
+                f"[bold]{label}[/]: {len(reqs)} requests over "
+                f"{opts.synthetic.duration_s:g} s to {spec.base_url} "
+                f"({engine['label']})"
+            )
+            cfg = ClientConfig(
+                spec.base_url, spec.route, opts.synthetic.seed, spec.token_ids, spec.request_timeout_s, run=i
+            )
             records, duration, snaps = await _one_run(client, shards, cfg, reqs, spec, console)
-            run = {"label": label, "offered_rate_rps": len(reqs) / opts.synthetic.duration_s,
-                   "trace": describe(reqs, opts.synthetic.duration_s),
-                   **summarize_run(records, duration), "metrics_snapshots": len(snaps)}
+            run = {
+                "label": label,
+                "offered_rate_rps": len(reqs) / opts.synthetic.duration_s,
+                "trace": describe(reqs, opts.synthetic.duration_s),
+                **summarize_run(records, duration),
+                "metrics_snapshots": len(snaps),
+            }
             report["runs"].append(run)
             all_records += records
             snapshots += [{"run": i, **s} for s in snaps]
     return report, all_records, snapshots
 
 
-async def _one_run(client: Any, shards: ClientShards, cfg: ClientConfig, reqs: list[Any],
-                   spec: SessionSpec,
-                   console: Console) -> tuple[list[RequestRecord], float, list[dict[str, Any]]]:
+async def _one_run(
+    client: Any, shards: ClientShards, cfg: ClientConfig, reqs: list[Any], spec: SessionSpec, console: Console
+) -> tuple[list[RequestRecord], float, list[dict[str, Any]]]:
     done: list[RequestRecord] = []
     t0 = time.perf_counter()
     poller = MetricsPoller(client, spec.base_url, t0, spec.metrics_interval_s)
@@ -106,8 +116,9 @@ async def _one_run(client: Any, shards: ClientShards, cfg: ClientConfig, reqs: l
         while True:
             await asyncio.sleep(PROGRESS_EVERY_S)
             failed = sum(not r.ok for r in done)
-            console.print(f"  t={time.perf_counter() - t0:5.0f} s  done {len(done)}/{len(reqs)}"
-                          f"  failed {failed}", highlight=False)
+            console.print(
+                f"  t={time.perf_counter() - t0:5.0f} s  done {len(done)}/{len(reqs)}  failed {failed}", highlight=False
+            )
 
     tasks = [asyncio.create_task(poller.run()), asyncio.create_task(progress())]
     try:
@@ -121,8 +132,9 @@ async def _one_run(client: Any, shards: ClientShards, cfg: ClientConfig, reqs: l
     return records, time.perf_counter() - t0, poller.snapshots
 
 
-def _plots(report: dict[str, Any], records: list[RequestRecord],
-           snapshots: list[dict[str, Any]], out: Path, console: Console) -> None:
+def _plots(
+    report: dict[str, Any], records: list[RequestRecord], snapshots: list[dict[str, Any]], out: Path, console: Console
+) -> None:
     try:
         import matplotlib  # noqa: F401
 
@@ -134,7 +146,5 @@ def _plots(report: dict[str, Any], records: list[RequestRecord],
     plots.attainment_vs_rate(report, out / "attainment_vs_rate.png")
     for i, _ in enumerate(report["runs"]):
         suffix = "" if len(report["runs"]) == 1 else f"_run{i}"
-        plots.timelines([r for r in records if r.run == i], engine,
-                        out / f"timeline{suffix}.png")
-        plots.states_timeline([s for s in snapshots if s["run"] == i], engine,
-                              out / f"states{suffix}.png")
+        plots.timelines([r for r in records if r.run == i], engine, out / f"timeline{suffix}.png")
+        plots.states_timeline([s for s in snapshots if s["run"] == i], engine, out / f"states{suffix}.png")

@@ -13,6 +13,17 @@ from bench.report.document import (
 from bench.report.summary import distribution, percentile, summarize, summarize_run
 from bench.report.table import print_report
 
-__all__ = ["SCHEMA", "distribution", "new_report", "percentile", "print_report",
-           "read_records", "summarize", "summarize_run", "validate", "write_json",
-           "write_jsonl", "write_records"]
+__all__ = [
+    "SCHEMA",
+    "distribution",
+    "new_report",
+    "percentile",
+    "print_report",
+    "read_records",
+    "summarize",
+    "summarize_run",
+    "validate",
+    "write_json",
+    "write_jsonl",
+    "write_records",
+]

@@ -24,18 +24,27 @@ import orjson
 from bench.client.record import RequestRecord
 
 SCHEMA = "chimera-bench-report/1"
-_SUMMARY_KEYS = {"requests", "completed", "failed", "errors", "throughput", "latency_s",
-                 "attainment", "goodput"}
+_SUMMARY_KEYS = {"requests", "completed", "failed", "errors", "throughput", "latency_s", "attainment", "goodput"}
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "processor": platform.processor() or None}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or None,
+    }
 
 
 def new_report(engine: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    return {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "engine": engine, "machine": machine(), "config": config, "runs": []}
+    return {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "engine": engine,
+        "machine": machine(),
+        "config": config,
+        "runs": [],
+    }
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -53,8 +62,7 @@ def write_records(path: Path, records: Sequence[RequestRecord]) -> None:
 
 
 def read_records(path: Path) -> list[RequestRecord]:
-    return [RequestRecord.from_json(orjson.loads(line))
-            for line in path.read_bytes().splitlines() if line.strip()]
+    return [RequestRecord.from_json(orjson.loads(line)) for line in path.read_bytes().splitlines() if line.strip()]
 
 
 def validate(report: dict[str, Any]) -> list[str]:
@@ -68,12 +76,13 @@ def validate(report: dict[str, Any]) -> list[str]:
     if "simulated" not in report.get("engine", {}):
         problems.append("engine.simulated missing: every number must say whether it is simulated")
     for i, run in enumerate(report.get("runs", [])):
-        for name, s in [("overall", run.get("overall", {})),
-                        *((f"per_model.{m}", v) for m, v in run.get("per_model", {}).items())]:
+        for name, s in [
+            ("overall", run.get("overall", {})),
+            *((f"per_model.{m}", v) for m, v in run.get("per_model", {}).items()),
+        ]:
             problems += [f"runs[{i}].{name}: {p}" for p in _check_summary(s)]
         per_model = run.get("per_model", {})
-        if sum(v.get("requests", 0) for v in per_model.values()) != run.get("overall", {}).get(
-                "requests"):
+        if sum(v.get("requests", 0) for v in per_model.values()) != run.get("overall", {}).get("requests"):
             problems.append(f"runs[{i}]: per-model requests do not add up to the overall count")
     return problems
 

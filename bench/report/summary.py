@@ -36,8 +36,12 @@ def distribution(values: Iterable[float]) -> dict[str, float | int | None]:
     xs = list(values)
     if not xs:
         return {"count": 0, "mean": None, **{f"p{p}": None for p in PERCENTILES}, "max": None}
-    return {"count": len(xs), "mean": sum(xs) / len(xs),
-            **{f"p{p}": percentile(xs, p) for p in PERCENTILES}, "max": max(xs)}
+    return {
+        "count": len(xs),
+        "mean": sum(xs) / len(xs),
+        **{f"p{p}": percentile(xs, p) for p in PERCENTILES},
+        "max": max(xs),
+    }
 
 
 def meets_ttft(r: RequestRecord) -> bool:
@@ -69,7 +73,9 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> dict[str, 
         return k / n if n else None
 
     return {
-        "requests": n, "completed": len(ok), "failed": n - len(ok),
+        "requests": n,
+        "completed": len(ok),
+        "failed": n - len(ok),
         "errors": dict(Counter(error_kind(r) for r in records if not r.ok)),
         "throughput": {
             "requests_per_s": per_s(len(ok)),
@@ -87,8 +93,10 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> dict[str, 
             "tpot": share(sum(map(meets_tpot, records))),
             "joint": share(len(good)),
         },
-        "goodput": {"requests_per_s": per_s(len(good)),
-                    "output_tokens_per_s": per_s(sum(r.output_tokens for r in good))},
+        "goodput": {
+            "requests_per_s": per_s(len(good)),
+            "output_tokens_per_s": per_s(sum(r.output_tokens for r in good)),
+        },
     }
 
 
@@ -99,10 +107,11 @@ def summarize_run(records: Sequence[RequestRecord], duration_s: float) -> dict[s
     return {
         "duration_s": duration_s,
         "overall": summarize(records, duration_s),
-        "per_model": {m: summarize([r for r in records if r.model == m], duration_s)
-                      for m in models},
-        "client": {"send_lag_s": distribution(lags),
-                   "note": "how late requests left the client compared with their arrival "
-                           "time; a large lag means the load generator, not the server, "
-                           "was the bottleneck"},
+        "per_model": {m: summarize([r for r in records if r.model == m], duration_s) for m in models},
+        "client": {
+            "send_lag_s": distribution(lags),
+            "note": "how late requests left the client compared with their arrival "
+            "time; a large lag means the load generator, not the server, "
+            "was the bottleneck",
+        },
     }

@@ -38,8 +38,7 @@ def _ms(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
-def _map_pages(drv: Driver, dev: int, va: int, g: int, n: int, batched: bool,
-               handles: list[Handle]) -> None:
+def _map_pages(drv: Driver, dev: int, va: int, g: int, n: int, batched: bool, handles: list[Handle]) -> None:
     for k in range(n):
         h = drv.create(g, dev)
         handles.append(h)
@@ -92,10 +91,12 @@ def probe_unmap_run(drv: Driver, dev: int, n: int = 4) -> str:
 
 
 def bench_blocks(drv: Driver, dev: int, reps: int) -> dict[str, Any]:
-    lay = mha_layout(granularity=drv.granularity(dev), page_size=1, size=500_000, layers=32,
-                     heads=8, head_dim=128)
-    out: dict[str, Any] = {"block_tokens": lay.block_tokens, "block_mib": lay.block_bytes >> 20,
-                           "pages_per_block": lay.block_bytes // lay.granularity}
+    lay = mha_layout(granularity=drv.granularity(dev), page_size=1, size=500_000, layers=32, heads=8, head_dim=128)
+    out: dict[str, Any] = {
+        "block_tokens": lay.block_tokens,
+        "block_mib": lay.block_bytes >> 20,
+        "pages_per_block": lay.block_bytes // lay.granularity,
+    }
     for nblocks in (1, 10):
         maps, unmaps = [], []
         for _ in range(reps):
@@ -108,8 +109,7 @@ def bench_blocks(drv: Driver, dev: int, reps: int) -> dict[str, Any]:
             unmaps.append(_ms(kv.available))  # applies the limit: syncs, unmaps fully free
             assert kv.mapped == {0}, kv.mapped
             kv.close()
-        out[f"{nblocks}_blocks"] = {"map_ms": statistics.median(maps),
-                                    "reclaim_ms": statistics.median(unmaps)}
+        out[f"{nblocks}_blocks"] = {"map_ms": statistics.median(maps), "reclaim_ms": statistics.median(unmaps)}
     return out
 
 
@@ -122,19 +122,24 @@ def run(reps: int = 7, device: int = 0) -> dict[str, Any]:
     torch.cuda.set_device(device)
     drv = CudaDriver(device)
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device), "granularity": drv.granularity(device),
-        "reps": reps, "pages": {}, "unmap_run": probe_unmap_run(drv, device),
+        "device": torch.cuda.get_device_name(device),
+        "granularity": drv.granularity(device),
+        "reps": reps,
+        "pages": {},
+        "unmap_run": probe_unmap_run(drv, device),
     }
     for n in (1, 10, 100):
-        result["pages"][n] = {mode: bench_pages(drv, device, n, reps, mode == "batched")
-                              for mode in ("batched", "per_page")}
+        result["pages"][n] = {
+            mode: bench_pages(drv, device, n, reps, mode == "batched") for mode in ("batched", "per_page")
+        }
     result["blocks"] = bench_blocks(drv, device, max(3, reps // 2))
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.shim.map_bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.shim.map_bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--device", type=int, default=0)
     p.add_argument("--out", default=None)
@@ -142,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args.reps, args.device)
     text = json.dumps(res, indent=1)
     print(text)
-    out = args.out or (os.path.join(os.environ["CHIMERA_GPU_OUT"], "map_bench.json")
-                       if os.environ.get("CHIMERA_GPU_OUT") else None)
+    out = args.out or (
+        os.path.join(os.environ["CHIMERA_GPU_OUT"], "map_bench.json") if os.environ.get("CHIMERA_GPU_OUT") else None
+    )
     if out:
         with open(out, "w") as f:
             f.write(text + "\n")

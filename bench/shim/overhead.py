@@ -45,8 +45,9 @@ KINDS = ("static", "shim")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.shim.overhead", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.shim.overhead", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--engine", choices=("sglang", "sim"), default="sglang")
     p.add_argument("--model", default=MODEL, help="model id or shipped shape (dummy weights)")
     p.add_argument("--kv-pool-gb", type=float, default=16.0, help="KV pool of each server")
@@ -55,15 +56,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", type=int, default=128, help="output tokens (default 128)")
     p.add_argument("--block-s", type=float, default=20.0, help="seconds of traffic per block")
     p.add_argument("--blocks", type=int, default=3, help="blocks per server and repeat (default 3)")
-    p.add_argument("--repeats", type=int, default=1,
-                   help="runs of --blocks blocks, the first server alternating (default 1)")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="runs of --blocks blocks, the first server alternating (default 1)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/shim-overhead")))
     return p.parse_args(argv)
 
 
-def block_trace(model: str, rate: float, seconds: float, prompt: int, output: int,
-                rng: random.Random) -> list[BenchRequest]:
+def block_trace(
+    model: str, rate: float, seconds: float, prompt: int, output: int, rng: random.Random
+) -> list[BenchRequest]:
     reqs, t = [], rng.expovariate(rate)
     while t < seconds:
         reqs.append(BenchRequest(len(reqs), t, model, prompt, output, source="poisson"))
@@ -72,13 +75,24 @@ def block_trace(model: str, rate: float, seconds: float, prompt: int, output: in
 
 
 async def _servers(args: argparse.Namespace, work: Path, sock: str) -> dict[str, EngineProcess]:
-    cfg = parse_config({"host": {"gpus": 1}, "mode": "static", "models": [
-        {"name": "m", "model_path": args.model, "load_format": "dummy",
-         "placements": [{"gpus": [0], "kv_pool_gb": args.kv_pool_gb}]}]}, gpu_count=1)
+    cfg = parse_config(
+        {
+            "host": {"gpus": 1},
+            "mode": "static",
+            "models": [
+                {
+                    "name": "m",
+                    "model_path": args.model,
+                    "load_format": "dummy",
+                    "placements": [{"gpus": [0], "kv_pool_gb": args.kv_pool_gb}],
+                }
+            ],
+        },
+        gpu_count=1,
+    )
     inst = cfg.instances[0]
     engine = get_engine(args.engine)
-    model_dir = (str(dummy_model_dir(inst.model.shape.name, work / "cache"))
-                 if engine.needs_model_dir else None)
+    model_dir = str(dummy_model_dir(inst.model.shape.name, work / "cache")) if engine.needs_model_dir else None
     pool = int(args.kv_pool_gb * GIB)
     procs = {}
     ports = iter(free_ports(2 * len(KINDS)))
@@ -87,8 +101,7 @@ async def _servers(args: argparse.Namespace, work: Path, sock: str) -> dict[str,
         shim = None
         if kind == "shim":
             shim = ShimLaunch(sock, pool, pool, str(_entry_points(work)))
-        spec = engine.launch_spec(LaunchRequest(inst, cfg.host, port, nccl, model_dir=model_dir,
-                                                shim=shim))
+        spec = engine.launch_spec(LaunchRequest(inst, cfg.host, port, nccl, model_dir=model_dir, shim=shim))
         procs[kind] = EngineProcess(kind, spec, work / f"{kind}-server.log")
     try:
         for p in procs.values():
@@ -120,10 +133,9 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 records: dict[str, list[RequestRecord]] = {k: [] for k in KINDS}
                 for b in range(args.blocks):
                     trace = block_trace("m", args.rate, args.block_s, args.prompt, args.output, rng)
-                    for kind in (order if b % 2 == 0 else order[::-1]):
+                    for kind in order if b % 2 == 0 else order[::-1]:
                         seed = r * args.blocks + b
-                        cfg = ClientConfig(procs[kind].spec.base_url, COMPLETIONS, seed=seed,
-                                           ids=True, run=seed)
+                        cfg = ClientConfig(procs[kind].spec.base_url, COMPLETIONS, seed=seed, ids=True, run=seed)
                         recs = await run_open_loop(trace, cfg, shards)
                         records[kind] += recs
                         ok = sum(x.ok for x in recs)
@@ -133,9 +145,13 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     finally:
         await asyncio.gather(*(p.stop() for p in procs.values()))
     out = summarize({k: [x for run in runs for x in run[k]] for k in KINDS}, args)
-    out["repeats"] = [{"first": (KINDS if r % 2 == 0 else KINDS[::-1])[0],
-                       "ratio_shim_over_static": summarize(run, args)["ratio_shim_over_static"]}
-                      for r, run in enumerate(runs)]
+    out["repeats"] = [
+        {
+            "first": (KINDS if r % 2 == 0 else KINDS[::-1])[0],
+            "ratio_shim_over_static": summarize(run, args)["ratio_shim_over_static"],
+        }
+        for r, run in enumerate(runs)
+    ]
     out["spread"] = spread([r["ratio_shim_over_static"] for r in out["repeats"]])
     out["shim_maps"] = maps
     return out
@@ -156,23 +172,33 @@ async def _shim_counts(sock: str) -> dict[str, Any] | None:
 def spread(ratios: list[dict[str, float | None]]) -> dict[str, dict[str, float] | None]:
     """Lowest and highest ratio of each metric over the repeats."""
     out: dict[str, dict[str, float] | None] = {}
-    for key in (ratios[0] if ratios else {}):
+    for key in ratios[0] if ratios else {}:
         vals = [r[key] for r in ratios if r.get(key) is not None]
         out[key] = {"min": min(vals), "max": max(vals)} if vals else None  # type: ignore[type-var]
     return out
 
 
 def summarize(records: dict[str, list[RequestRecord]], args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"engine": args.engine, "model": args.model, "rate": args.rate,
-                           "prompt": args.prompt, "output": args.output, "blocks": args.blocks,
-                           "block_s": args.block_s, "repeats": args.repeats, "servers": {}}
+    out: dict[str, Any] = {
+        "engine": args.engine,
+        "model": args.model,
+        "rate": args.rate,
+        "prompt": args.prompt,
+        "output": args.output,
+        "blocks": args.blocks,
+        "block_s": args.block_s,
+        "repeats": args.repeats,
+        "servers": {},
+    }
     for kind, recs in records.items():
         ok = [r for r in recs if r.ok]
         out["servers"][kind] = {
-            "requests": len(recs), "ok": len(ok),
+            "requests": len(recs),
+            "ok": len(ok),
             "errors": sorted({r.error for r in recs if not r.ok})[:5],
             "ttft_s": distribution(r.ttft_s for r in ok if r.ttft_s is not None),
-            "tpot_s": distribution(r.tpot_s for r in ok if r.tpot_s is not None)}
+            "tpot_s": distribution(r.tpot_s for r in ok if r.tpot_s is not None),
+        }
     ratio: dict[str, float | None] = {}
     for metric in ("ttft_s", "tpot_s"):
         for p in ("p50", "p95"):
@@ -194,19 +220,23 @@ def main(argv: list[str] | None = None) -> int:
     res["simulated"] = args.engine == "sim"
     (args.out / "overhead.json").write_text(json.dumps(res, indent=1))
     label = " (SIMULATED: sim engine)" if res["simulated"] else ""
-    print(f"cumem_shim overhead{label}: {args.model}, {args.rate:g} req/s, "
-          f"{args.prompt}/{args.output} tokens, {args.blocks} blocks x {args.block_s:g} s each")
+    print(
+        f"cumem_shim overhead{label}: {args.model}, {args.rate:g} req/s, "
+        f"{args.prompt}/{args.output} tokens, {args.blocks} blocks x {args.block_s:g} s each"
+    )
     for kind, s in res["servers"].items():
-        print(f"  {kind:>6}: {s['ok']}/{s['requests']} ok  TTFT p50 {_ms(s['ttft_s']['p50'])} "
-              f"p95 {_ms(s['ttft_s']['p95'])}  TPOT p50 {_ms(s['tpot_s']['p50'])} "
-              f"p95 {_ms(s['tpot_s']['p95'])}")
-    print("  shim / static: " + ", ".join(f"{k} {v}" for k, v in
-                                          res["ratio_shim_over_static"].items()))
+        print(
+            f"  {kind:>6}: {s['ok']}/{s['requests']} ok  TTFT p50 {_ms(s['ttft_s']['p50'])} "
+            f"p95 {_ms(s['ttft_s']['p95'])}  TPOT p50 {_ms(s['tpot_s']['p50'])} "
+            f"p95 {_ms(s['tpot_s']['p95'])}"
+        )
+    print("  shim / static: " + ", ".join(f"{k} {v}" for k, v in res["ratio_shim_over_static"].items()))
     for r, rep in enumerate(res["repeats"]):
-        print(f"    repeat {r} ({rep['first']} first): " + ", ".join(
-            f"{k} {v}" for k, v in rep["ratio_shim_over_static"].items()))
-    print("  spread over repeats: " + ", ".join(
-        f"{k} {v['min']}-{v['max']}" for k, v in res["spread"].items() if v))
+        print(
+            f"    repeat {r} ({rep['first']} first): "
+            + ", ".join(f"{k} {v}" for k, v in rep["ratio_shim_over_static"].items())
+        )
+    print("  spread over repeats: " + ", ".join(f"{k} {v['min']}-{v['max']}" for k, v in res["spread"].items() if v))
     print(f"  shim map-ahead: {res['shim_maps']}")
     return 0 if all(s["ok"] == s["requests"] for s in res["servers"].values()) else 1
 

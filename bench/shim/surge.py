@@ -49,12 +49,14 @@ SERIES = {"chimera_kv_limit_bytes": "limit", "chimera_kv_mapped_bytes": "mapped"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.shim.surge", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.shim.surge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--engine", choices=("sglang", "sim"), default="sglang")
     p.add_argument("--model", default=MODEL, help="both models' shape (dummy weights)")
-    p.add_argument("--gpu-memory-gb", type=float, default=48.0,
-                   help="GPU size declared in the placements file (default 48)")
+    p.add_argument(
+        "--gpu-memory-gb", type=float, default=48.0, help="GPU size declared in the placements file (default 48)"
+    )
     p.add_argument("--modes", default=",".join(MODES), help="static,elastic (default both)")
     p.add_argument("--rate-a", type=float, default=1.0, help="A's steady req/s")
     p.add_argument("--rate-b", type=float, default=1.0, help="B's req/s outside the surge")
@@ -74,8 +76,7 @@ def kv_budget(args: argparse.Namespace) -> int:
     """What the KV ledger splits on the GPU with both models awake (``Ledger.budget``). Static
     mode gives each model half of it."""
     cfg = parse_config(placements(args, "elastic", GIB), gpu_count=1)
-    views = [InstanceView(i.id, i.model.name, i.gpus, InstanceState.AWAKE, None)
-             for i in cfg.instances]
+    views = [InstanceView(i.id, i.model.name, i.gpus, InstanceState.AWAKE, None) for i in cfg.instances]
     instances = kv_instances(views, derive(cfg))
     return Ledger({0: int(args.gpu_memory_gb * GIB)}).budget(0, non_kv_bytes(instances))
 
@@ -83,19 +84,32 @@ def kv_budget(args: argparse.Namespace) -> int:
 def placements(args: argparse.Namespace, mode: str, budget: int) -> dict[str, Any]:
     pool = budget / 2 if mode == "static" else budget
     extra = {} if mode == "static" else {"kv_floor_gb": 1}
-    return {"mode": mode, "host": {"gpus": 1, "gpu_memory_gb": args.gpu_memory_gb},
-            "models": [{"name": n, "model_path": args.model, "load_format": "dummy",
-                        "placements": [{"gpus": [0], "kv_pool_gb": round(pool / GIB, 3),
-                                        **extra}]} for n in ("a", "b")]}
+    return {
+        "mode": mode,
+        "host": {"gpus": 1, "gpu_memory_gb": args.gpu_memory_gb},
+        "models": [
+            {
+                "name": n,
+                "model_path": args.model,
+                "load_format": "dummy",
+                "placements": [{"gpus": [0], "kv_pool_gb": round(pool / GIB, 3), **extra}],
+            }
+            for n in ("a", "b")
+        ],
+    }
 
 
 def trace(args: argparse.Namespace) -> list[BenchRequest]:
     rng = random.Random(args.seed)
     end = args.warm_s + args.surge_s + args.cool_s
-    phases = {"a": [(0.0, end, args.rate_a)],
-              "b": [(0.0, args.warm_s, args.rate_b),
-                    (args.warm_s, args.warm_s + args.surge_s, args.surge_rate_b),
-                    (args.warm_s + args.surge_s, end, args.rate_b)]}
+    phases = {
+        "a": [(0.0, end, args.rate_a)],
+        "b": [
+            (0.0, args.warm_s, args.rate_b),
+            (args.warm_s, args.warm_s + args.surge_s, args.surge_rate_b),
+            (args.warm_s + args.surge_s, end, args.rate_b),
+        ],
+    }
     reqs = []
     for model, spans in phases.items():
         for t0, t1, rate in spans:
@@ -139,14 +153,12 @@ class Poller:
                 self.rows.append(row)
 
 
-def run_mode(args: argparse.Namespace, mode: str, budget: int, reqs: list[BenchRequest],
-             out: Path) -> dict[str, Any]:
+def run_mode(args: argparse.Namespace, mode: str, budget: int, reqs: list[BenchRequest], out: Path) -> dict[str, Any]:
     path = out / f"placements-{mode}.yaml"
     path.write_text(yaml.safe_dump(placements(args, mode, budget)))
     print(f"[{mode}] starting chimera ({args.engine} engine)...", flush=True)
     t_start = time.monotonic()
-    ch = start_chimera(path, out / f"run-{mode}", engine=args.engine,
-                       ready_timeout_s=args.ready_timeout_s)
+    ch = start_chimera(path, out / f"run-{mode}", engine=args.engine, ready_timeout_s=args.ready_timeout_s)
     boot_s = time.monotonic() - t_start
     print(f"[{mode}] up in {boot_s:.0f} s; replaying {len(reqs)} requests", flush=True)
     try:
@@ -155,8 +167,7 @@ def run_mode(args: argparse.Namespace, mode: str, budget: int, reqs: list[BenchR
             time.sleep(2 * POLL_S)
     finally:
         orphans = ch.stop()
-    return {"boot_s": round(boot_s, 1), "orphans": orphans,
-            **analyse(args, records, poll.rows)}
+    return {"boot_s": round(boot_s, 1), "orphans": orphans, **analyse(args, records, poll.rows)}
 
 
 async def _replay(base: str, reqs: list[BenchRequest]) -> list[RequestRecord]:
@@ -164,8 +175,7 @@ async def _replay(base: str, reqs: list[BenchRequest]) -> list[RequestRecord]:
         return await run_open_loop(reqs, ClientConfig(base, COMPLETIONS, ids=True), shards)
 
 
-def analyse(args: argparse.Namespace, records: list[RequestRecord],
-            rows: list[dict[str, Any]]) -> dict[str, Any]:
+def analyse(args: argparse.Namespace, records: list[RequestRecord], rows: list[dict[str, Any]]) -> dict[str, Any]:
     s0, s1 = args.warm_s, args.warm_s + args.surge_s
     b = [r for r in records if r.model == "b"]
     a = [r for r in records if r.model == "a"]
@@ -178,8 +188,7 @@ def analyse(args: argparse.Namespace, records: list[RequestRecord],
     grow = None
     if before:
         base_limit = before[-1]["limit_b"]
-        first = next((r["t"] for r in rows if r["t"] >= s0 and r.get("limit_b", 0)
-                      > base_limit * 1.05), None)
+        first = next((r["t"] for r in rows if r["t"] >= s0 and r.get("limit_b", 0) > base_limit * 1.05), None)
         grow = None if first is None else round(first - s0, 2)
     return {
         "requests": {"a": len(a), "b": len(b), "b_surge": len(surge_b)},
@@ -223,10 +232,12 @@ def plot(res: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
     if el:
         for m, color in (("a", "tab:blue"), ("b", "tab:orange")):
             rows = [r for r in el["timeline"] if f"mapped_{m}" in r]
-            top.plot([r["t"] for r in rows], [r[f"mapped_{m}"] / GIB for r in rows],
-                     color=color, label=f"{m}: mapped KV")
-            top.plot([r["t"] for r in rows], [r[f"limit_{m}"] / GIB for r in rows],
-                     color=color, ls="--", label=f"{m}: limit")
+            top.plot(
+                [r["t"] for r in rows], [r[f"mapped_{m}"] / GIB for r in rows], color=color, label=f"{m}: mapped KV"
+            )
+            top.plot(
+                [r["t"] for r in rows], [r[f"limit_{m}"] / GIB for r in rows], color=color, ls="--", label=f"{m}: limit"
+            )
     top.axhline(res["kv_budget_bytes"] / 2 / GIB, color="grey", ls=":", label="static half")
     top.set_ylabel("GiB (elastic)")
     top.legend(fontsize=7, ncol=3, loc="upper left")
@@ -253,16 +264,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     budget = kv_budget(args)
     if budget < 2 * GIB:
-        print(f"--gpu-memory-gb {args.gpu_memory_gb:g} leaves {budget / GIB:.1f} GiB of KV for "
-              "two models: raise it", file=sys.stderr)
+        print(
+            f"--gpu-memory-gb {args.gpu_memory_gb:g} leaves {budget / GIB:.1f} GiB of KV for two models: raise it",
+            file=sys.stderr,
+        )
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     reqs = trace(args)
-    res: dict[str, Any] = {"engine": args.engine, "simulated": args.engine == "sim",
-                           "model": args.model, "gpu_memory_gb": args.gpu_memory_gb,
-                           "kv_budget_bytes": budget, "args": {
-                               k: v for k, v in vars(args).items() if k != "out"},
-                           "modes": {}}
+    res: dict[str, Any] = {
+        "engine": args.engine,
+        "simulated": args.engine == "sim",
+        "model": args.model,
+        "gpu_memory_gb": args.gpu_memory_gb,
+        "kv_budget_bytes": budget,
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
+        "modes": {},
+    }
     for mode in modes:
         try:
             res["modes"][mode] = run_mode(args, mode, budget, reqs, args.out)
@@ -270,16 +287,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{mode}] chimera did not start: {exc}", file=sys.stderr)
             return 1
         r = res["modes"][mode]
-        print(f"[{mode}] B in the surge: {r['b_surge_tokens_per_s']} output tokens/s, "
-              f"TTFT p50 {r['b_surge_ttft_s']['p50']}; failed {r['failed']}; B's limit grew "
-              f"{r['b_limit_grows_after_s']} s after the surge began", flush=True)
+        print(
+            f"[{mode}] B in the surge: {r['b_surge_tokens_per_s']} output tokens/s, "
+            f"TTFT p50 {r['b_surge_ttft_s']['p50']}; failed {r['failed']}; B's limit grew "
+            f"{r['b_limit_grows_after_s']} s after the surge began",
+            flush=True,
+        )
     if {"static", "elastic"} <= set(res["modes"]):
         st, el = res["modes"]["static"], res["modes"]["elastic"]
         res["b_throughput_ratio_elastic_over_static"] = (
-            round(el["b_surge_tokens_per_s"] / st["b_surge_tokens_per_s"], 3)
-            if st["b_surge_tokens_per_s"] else None)
-        print(f"B's surge throughput, elastic / static: "
-              f"{res['b_throughput_ratio_elastic_over_static']}")
+            round(el["b_surge_tokens_per_s"] / st["b_surge_tokens_per_s"], 3) if st["b_surge_tokens_per_s"] else None
+        )
+        print(f"B's surge throughput, elastic / static: {res['b_throughput_ratio_elastic_over_static']}")
     (args.out / "surge.json").write_text(json.dumps(res, indent=1))
     plot(res, args, args.out / "surge.png")
     failed = sum(sum(r["failed"].values()) for r in res["modes"].values())

@@ -23,8 +23,9 @@ from bench.sim.run import SYSTEMS
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.sim", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="one simulated run")
     r.add_argument("--system", choices=SYSTEMS, default="chimera")
@@ -37,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("experiments", help="the experiments of docs/bench-sim.md (JSON + PNG)")
     e.add_argument("--only", default="rate,gpus,large,large_low,ablations,real,timing")
     e.add_argument("--out", type=Path, default=Path("docs/img"), help="PNG folder (default: %(default)s)")
-    e.add_argument("--json", type=Path, default=Path("bench/sim/results.json"),
-                   help="results file, updated in place (default: %(default)s)")
+    e.add_argument(
+        "--json",
+        type=Path,
+        default=Path("bench/sim/results.json"),
+        help="results file, updated in place (default: %(default)s)",
+    )
     sub.add_parser("microbench", help="time one global decision at 1,000 models x 256 GPUs")
     a = p.parse_args(argv)
 
@@ -49,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.cmd == "microbench":
         m = measure()
-        print(f"global decision, {m['models']} models x {m['gpus']} GPUs ({m['servers']} servers): "
-              f"median {m['median_ms']:.1f} ms, max {m['max_ms']:.1f} ms (target <= 50 ms)")
+        print(
+            f"global decision, {m['models']} models x {m['gpus']} GPUs ({m['servers']} servers): "
+            f"median {m['median_ms']:.1f} ms, max {m['max_ms']:.1f} ms (target <= 50 ms)"
+        )
         return 0
     return _experiments(set(a.only.split(",")), a.out, a.json)
 

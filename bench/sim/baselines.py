@@ -137,9 +137,14 @@ class SwapOnly(_Fcfs):
         for m in sorted(sim.models.values(), key=lambda m: (-self.expected.get(m.name, 0.0), m.name)):
             c = m.cost
             groups = [tuple(range(i, i + m.tp)) for i in range(0, sim.n_gpus - m.tp + 1, m.tp)]
-            ok = [g for g in groups if all(
-                ctx[x] + c.parked_bytes + max(biggest[x], c.awake_bytes + c.kv_floor_bytes) <= sim.gpu_bytes
-                for x in g)]
+            ok = [
+                g
+                for g in groups
+                if all(
+                    ctx[x] + c.parked_bytes + max(biggest[x], c.awake_bytes + c.kv_floor_bytes) <= sim.gpu_bytes
+                    for x in g
+                )
+            ]
             if not ok:
                 continue
             gpus = min(ok, key=lambda g: (max(load[x] for x in g), g[0]))
@@ -187,8 +192,9 @@ class SwapOnly(_Fcfs):
             olds = {self.owner[x] for x in nxt.gpus if x in self.owner and self.owner[x].state is S.AWAKE}
             if any(x in self.busy for x in nxt.gpus) or any(o.in_flight for o in olds):
                 continue  # on_complete comes back here once they are drained
-            if any(s.state in (S.PARKING, S.WAKING) and not set(s.gpus).isdisjoint(nxt.gpus)
-                   for s in sim.servers.values()):
+            if any(
+                s.state in (S.PARKING, S.WAKING) and not set(s.gpus).isdisjoint(nxt.gpus) for s in sim.servers.values()
+            ):
                 continue  # a swap in progress on one of its GPUs (a TP neighbour): the tick retries
             if any(o.queue and not self._yielding(sim, o) for o in olds):
                 continue  # the tick comes back once the quantum is used

@@ -104,16 +104,22 @@ class ChimeraOptions:
 
 
 class Chimera:
-    def __init__(self, expected_rps: dict[str, float], tokens_per_req: float,
-                 opts: ChimeraOptions = ChimeraOptions(), name: str = "chimera",
-                 history: Sequence[BenchRequest] = ()) -> None:
+    def __init__(
+        self,
+        expected_rps: dict[str, float],
+        tokens_per_req: float,
+        opts: ChimeraOptions = ChimeraOptions(),
+        name: str = "chimera",
+        history: Sequence[BenchRequest] = (),
+    ) -> None:
         self.name = name
         self.history = history
         self.opts = opts
         self.expected = expected_rps
         self.tpr = tokens_per_req
-        self.params = PlacementParams(tau=opts.tau, migrate=opts.global_placement, tpot_guard=opts.tpot_guard,
-                                      starvation_s=opts.starvation_s)
+        self.params = PlacementParams(
+            tau=opts.tau, migrate=opts.global_placement, tpot_guard=opts.tpot_guard, starvation_s=opts.starvation_s
+        )
         self.queues: dict[int, list[SimReq]] = {}
         self.pending: dict[str, list[SimReq]] = {}
         self.route: dict[str, SimServer | None] = {}
@@ -149,19 +155,29 @@ class Chimera:
             for r in self.history:
                 times.setdefault(r.model, []).append(r.arrival_s)
             awake = {m: awake_profile(ts, self.opts.idle_park_s, PROFILE_STEP_S, horizon) for m, ts in times.items()}
-            active = {m: activity_profile(ts, self.alone[m], PROFILE_STEP_S, horizon)
-                      for m, ts in times.items() if m in self.alone}
-        lay = layout(demands, (sim.gpu_bytes,) * sim.n_gpus, awake_share=share, awake_profile=awake,
-                     activity_profile=active,
-                     replicas={m: 2 for m in standby}, round_robin=not self.opts.global_placement,
-                     tpot_guard=self.opts.tpot_guard)
+            active = {
+                m: activity_profile(ts, self.alone[m], PROFILE_STEP_S, horizon)
+                for m, ts in times.items()
+                if m in self.alone
+            }
+        lay = layout(
+            demands,
+            (sim.gpu_bytes,) * sim.n_gpus,
+            awake_share=share,
+            awake_profile=awake,
+            activity_profile=active,
+            replicas={m: 2 for m in standby},
+            round_robin=not self.opts.global_placement,
+            tpot_guard=self.opts.tpot_guard,
+        )
         for model, gpus in lay.servers:
             sid = f"{model}@{'+'.join(map(str, gpus))}"
             self.by_model.setdefault(model, []).append(sim.add_server(sid, model, gpus))
         for g in range(sim.n_gpus):
             self.queues[g] = []
-        self.plans: Plans[SimServer] = Plans(sim.servers, park=self._park, wake=self._wake,
-                                             pend=self._start, serve=self._serve, moved=self._moved)
+        self.plans: Plans[SimServer] = Plans(
+            sim.servers, park=self._park, wake=self._wake, pend=self._start, serve=self._serve, moved=self._moved
+        )
         self.kv = SimLedger(sim.gpu_bytes, sim.n_gpus, self.opts.elastic, self._queued_for, self._rate_of)
         d = place.decide(self._view(demands), 0.0)
         for a in d.actions:  # warm start: the hot set is awake when the trace begins
@@ -225,23 +241,40 @@ class Chimera:
             running = sum(s.in_flight for s in self.by_model.get(name, ()))
             queued = self.queued[name] if not prime else int(self.expected.get(name, 0.0) > 0)
             tok_rate = self.rates[name].rate(sim.now) if not prime else self.expected.get(name, 0.0) * self.tpr
-            out.append(ModelDemand(name, m.tp, m.cost, m.tpot_slo, tok_rate,
-                                   queued, running, self.last[name], self.opts.idle_park_s,
-                                   self.opts.park_when,
-                                   last_moved_at=self.moved.get(name),
-                                   oldest_wait_s=sim.now - p[0].arrival if (p := self.pending[name]) else 0.0,
-                                   step_s=expected_step_s(m, tok_rate / self.tpr, self.tpr,
-                                                          0.0 if self.opts.activity else 0.01),
-                                   activity=(expected_activity(tok_rate / self.tpr, self.alone[name])
-                                             if self.opts.activity else None)))
+            out.append(
+                ModelDemand(
+                    name,
+                    m.tp,
+                    m.cost,
+                    m.tpot_slo,
+                    tok_rate,
+                    queued,
+                    running,
+                    self.last[name],
+                    self.opts.idle_park_s,
+                    self.opts.park_when,
+                    last_moved_at=self.moved.get(name),
+                    oldest_wait_s=sim.now - p[0].arrival if (p := self.pending[name]) else 0.0,
+                    step_s=expected_step_s(m, tok_rate / self.tpr, self.tpr, 0.0 if self.opts.activity else 0.01),
+                    activity=(expected_activity(tok_rate / self.tpr, self.alone[name]) if self.opts.activity else None),
+                )
+            )
         return tuple(out)
 
     def _view(self, demands: tuple[ModelDemand, ...]) -> ClusterView:
         elastic = self.opts.elastic
         servers = tuple(
-            ServerView(s.id, s.model.name, s.gpus, policy_state(s),
-                       (s.kv_used if elastic else s.kv_limit) * s.model.cost.kv_bytes_per_token, s.in_flight)
-            for ss in self.by_model.values() for s in ss)
+            ServerView(
+                s.id,
+                s.model.name,
+                s.gpus,
+                policy_state(s),
+                (s.kv_used if elastic else s.kv_limit) * s.model.cost.kv_bytes_per_token,
+                s.in_flight,
+            )
+            for ss in self.by_model.values()
+            for s in ss
+        )
         return ClusterView(demands, servers, (self.sim.gpu_bytes,) * self.sim.n_gpus, self.params)
 
     # ---- the plan executor's operations ------------------------------------------------------
@@ -333,11 +366,27 @@ class Chimera:
         routed = [s for s in sim.gpus[g].servers if s.gpus[0] == g and self.route[s.model.name] is s]
         if not self.opts.local:
             return self._fcfs(q, routed)
-        engines = tuple(EngineRoom(s.id, s.model.name, sim.now if s.state is St.AWAKE else s.ready_at,
-                                   s.kv_free(), MAX_RUNNING - s.in_flight) for s in routed)
-        view = QueueView(tuple(Pending(str(r.id), r.model, r.arrival, r.arrival + sim.models[r.model].ttft_slo,
-                                       r.prefill_s, r.kv_tokens) for r in q),
-                         engines, self.rules, sim.prefill_backlog(g))
+        engines = tuple(
+            EngineRoom(
+                s.id,
+                s.model.name,
+                sim.now if s.state is St.AWAKE else s.ready_at,
+                s.kv_free(),
+                MAX_RUNNING - s.in_flight,
+            )
+            for s in routed
+        )
+        view = QueueView(
+            tuple(
+                Pending(
+                    str(r.id), r.model, r.arrival, r.arrival + sim.models[r.model].ttft_slo, r.prefill_s, r.kv_tokens
+                )
+                for r in q
+            ),
+            engines,
+            self.rules,
+            sim.prefill_backlog(g),
+        )
         d = admit.decide(view, sim.now)
         if not d.dispatch and not d.shed:
             return

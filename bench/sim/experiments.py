@@ -24,13 +24,30 @@ TARGET = 0.99
 ALPHA = 0.5
 CV = 2.0
 BASELINES = ("static-partition", "muxserve-like", "swap-only", "chimera")
-ABLATIONS = ("chimera", "chimera-no-global", "chimera-no-local", "chimera-no-elastic", "chimera-kvpr-only",
-             "chimera-worst-case-tpot", "chimera-no-profile", "chimera-standby", "chimera-park-always")
+ABLATIONS = (
+    "chimera",
+    "chimera-no-global",
+    "chimera-no-local",
+    "chimera-no-elastic",
+    "chimera-kvpr-only",
+    "chimera-worst-case-tpot",
+    "chimera-no-profile",
+    "chimera-standby",
+    "chimera-park-always",
+)
 
 
 def spec(rate: float, duration_s: float, cycle_s: float, seed: int = 1) -> SyntheticSpec:
-    return SyntheticSpec(rate=rate, duration_s=duration_s, alpha=ALPHA, cv=CV, seed=seed,
-                         on_off_cycle_s=cycle_s, off_ratio=0.5, on_off_fraction=0.5)
+    return SyntheticSpec(
+        rate=rate,
+        duration_s=duration_s,
+        alpha=ALPHA,
+        cv=CV,
+        seed=seed,
+        on_off_cycle_s=cycle_s,
+        off_ratio=0.5,
+        on_off_fraction=0.5,
+    )
 
 
 def run_one(system: str, mix: str, gpus: int, sp: SyntheticSpec) -> RunResult:
@@ -51,9 +68,15 @@ def _bisect_max(ok: Callable[[float], bool], lo: float, hi: float, steps: int) -
     return lo
 
 
-def rate_sweep(mix: str = "mix8", gpus: int = 2, rates: tuple[float, ...] = (2, 4, 8, 12, 16, 20, 24, 28, 32, 40),
-               duration_s: float = 600.0, cycle_s: float = 120.0, systems: tuple[str, ...] = BASELINES,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+def rate_sweep(
+    mix: str = "mix8",
+    gpus: int = 2,
+    rates: tuple[float, ...] = (2, 4, 8, 12, 16, 20, 24, 28, 32, 40),
+    duration_s: float = 600.0,
+    cycle_s: float = 120.0,
+    systems: tuple[str, ...] = BASELINES,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Attainment over a grid of rates, then the rate at 99% by bisection, per system. Static
     partition also runs with one GPU per model (its fair cost) for the per-GPU comparison."""
     out: dict[str, Any] = {"mix": mix, "gpus": gpus, "duration_s": duration_s, "grid": {}, "rate_at_99": {}}
@@ -70,19 +93,32 @@ def rate_sweep(mix: str = "mix8", gpus: int = 2, rates: tuple[float, ...] = (2, 
             out["rate_at_99"][system] = None
             continue
         lo, hi = max(good), (min(hi_bad) if hi_bad else max(good))
+
         def meets(x: float, s: str = system) -> bool:
             return run_one(s, mix, gpus, spec(x, duration_s, cycle_s)).joint >= TARGET
 
         out["rate_at_99"][system] = _bisect_max(meets, lo, hi, 4)
     n_models = len(fleet(mix))
-    ok = _bisect_max(lambda x: run_one("static-partition", mix, n_models, spec(x, duration_s, cycle_s)).joint
-                     >= TARGET, 1.0, 400.0, 7)
+    ok = _bisect_max(
+        lambda x: run_one("static-partition", mix, n_models, spec(x, duration_s, cycle_s)).joint >= TARGET,
+        1.0,
+        400.0,
+        7,
+    )
     out["static_dedicated"] = {"gpus": n_models, "rate_at_99": ok}
     return out
 
 
-def gpu_sweep(mix: str, rate: float, lo: int, hi: int, duration_s: float, cycle_s: float,
-              systems: tuple[str, ...] = BASELINES, log: Callable[[str], None] = print) -> dict[str, Any]:
+def gpu_sweep(
+    mix: str,
+    rate: float,
+    lo: int,
+    hi: int,
+    duration_s: float,
+    cycle_s: float,
+    systems: tuple[str, ...] = BASELINES,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Attainment per GPU count (grid), and the fewest GPUs reaching 99% per system."""
     sp = spec(rate, duration_s, cycle_s)
     out: dict[str, Any] = {"mix": mix, "rate": rate, "duration_s": duration_s, "grid": {}, "fewest_gpus": {}}
@@ -107,13 +143,20 @@ def gpu_sweep(mix: str, rate: float, lo: int, hi: int, duration_s: float, cycle_
     return out
 
 
-def large_scale(rate: float = 10.0, duration_s: float = 3600.0, lo: int = 8, hi: int = 32,
-                systems: tuple[str, ...] = BASELINES, log: Callable[[str], None] = print) -> dict[str, Any]:
+def large_scale(
+    rate: float = 10.0,
+    duration_s: float = 3600.0,
+    lo: int = 8,
+    hi: int = 32,
+    systems: tuple[str, ...] = BASELINES,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     return gpu_sweep("mix58", rate, lo, hi, duration_s, 600.0, systems, log)
 
 
-def ablations(mix: str, rate: float, gpus: int, duration_s: float, cycle_s: float,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+def ablations(
+    mix: str, rate: float, gpus: int, duration_s: float, cycle_s: float, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     sp = spec(rate, duration_s, cycle_s)
     out: dict[str, Any] = {"mix": mix, "rate": rate, "gpus": gpus, "duration_s": duration_s, "runs": {}}
     for system in ABLATIONS:
@@ -123,9 +166,14 @@ def ablations(mix: str, rate: float, gpus: int, duration_s: float, cycle_s: floa
     return out
 
 
-def real_trace(name: str = "lmsys", mix: str = "mix8", gpus: int = 2,
-               time_scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125),
-               systems: tuple[str, ...] = BASELINES, log: Callable[[str], None] = print) -> dict[str, Any]:
+def real_trace(
+    name: str = "lmsys",
+    mix: str = "mix8",
+    gpus: int = 2,
+    time_scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125),
+    systems: tuple[str, ...] = BASELINES,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """A public trace from bench/traces/data through bench.traces (LMSYS: 27 models folded onto
     the mix by request count, 600 s); ``time_scale`` < 1 replays it faster (Prism's knob)."""
     from bench.traces.build import TraceOptions, build_trace

@@ -30,12 +30,22 @@ GIB = 1 << 30
 H100_BYTES = int(79.6 * GIB)
 MIXES: dict[str, list[tuple[str, int, int]]] = {  # (shape, tp, count)
     "mix8": [("llama-3.1-8b", 1, 4), ("qwen2.5-7b", 1, 2), ("llama-3.2-3b", 1, 2)],
-    "mix8m": [("qwen2.5-32b", 1, 1), ("llama-3.1-8b", 1, 1), ("qwen2.5-7b", 1, 2), ("llama-3.2-3b", 1, 2),
-              ("llama-3.2-1b", 1, 2)],
-    "mix18": [("llama-3.1-8b", 1, 3), ("qwen2.5-7b", 1, 1), ("llama-3.2-3b", 1, 7),
-              ("llama-3.2-1b", 1, 7)],
-    "mix58": [("llama-3.2-1b", 1, 22), ("llama-3.2-3b", 1, 21), ("llama-3.1-8b", 1, 4),
-              ("qwen2.5-7b", 1, 4), ("qwen2.5-32b", 1, 3), ("llama-3.3-70b", 2, 4)],
+    "mix8m": [
+        ("qwen2.5-32b", 1, 1),
+        ("llama-3.1-8b", 1, 1),
+        ("qwen2.5-7b", 1, 2),
+        ("llama-3.2-3b", 1, 2),
+        ("llama-3.2-1b", 1, 2),
+    ],
+    "mix18": [("llama-3.1-8b", 1, 3), ("qwen2.5-7b", 1, 1), ("llama-3.2-3b", 1, 7), ("llama-3.2-1b", 1, 7)],
+    "mix58": [
+        ("llama-3.2-1b", 1, 22),
+        ("llama-3.2-3b", 1, 21),
+        ("llama-3.1-8b", 1, 4),
+        ("qwen2.5-7b", 1, 4),
+        ("qwen2.5-32b", 1, 3),
+        ("llama-3.3-70b", 2, 4),
+    ],
 }
 
 

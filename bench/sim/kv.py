@@ -41,9 +41,14 @@ class SimLedger:
     """The live ledger over the simulator's servers. ``queued(server)`` gives the requests
     routed to a server and not yet dispatched; ``rate(server)`` its tokens/s."""
 
-    def __init__(self, gpu_bytes: int, n_gpus: int, elastic: bool,
-                 queued: Callable[[SimServer], Iterable[SimReq]],
-                 rate: Callable[[SimServer], float]) -> None:
+    def __init__(
+        self,
+        gpu_bytes: int,
+        n_gpus: int,
+        elastic: bool,
+        queued: Callable[[SimServer], Iterable[SimReq]],
+        rate: Callable[[SimServer], float],
+    ) -> None:
         self.gpu_bytes = gpu_bytes
         self.ledger = Ledger({g: gpu_bytes for g in range(n_gpus)})
         self.elastic = elastic
@@ -55,11 +60,19 @@ class SimLedger:
         for s in servers:
             c = s.model.cost
             coming = not self.elastic and s.claimed  # fixed pools leave room for planned wakes
-            out += [KVInstance(_key(s, g), g, c.kv_bytes_per_token,
-                               awake_bytes=c.held_awake_bytes, parked_bytes=c.parked_bytes,
-                               floor_bytes=c.kv_floor_bytes, resident=s.state in RESIDENT or coming,
-                               holds_weights=s.state in HOLDS_WEIGHTS or coming)
-                    for g in s.gpus]
+            out += [
+                KVInstance(
+                    _key(s, g),
+                    g,
+                    c.kv_bytes_per_token,
+                    awake_bytes=c.held_awake_bytes,
+                    parked_bytes=c.parked_bytes,
+                    floor_bytes=c.kv_floor_bytes,
+                    resident=s.state in RESIDENT or coming,
+                    holds_weights=s.state in HOLDS_WEIGHTS or coming,
+                )
+                for g in s.gpus
+            ]
         return out
 
     def split(self, servers: Iterable[SimServer], now: float) -> set[int]:
@@ -95,14 +108,30 @@ class SimLedger:
 
     def _load(self, s: SimServer, cap: int, now: float) -> LoadSample:
         queued = list(self._queued(s))
-        return LoadSample(s.id, now, running=len(s.running), waiting=len(s.waiting) + len(queued),
-                          waiting_tokens=sum(r.kv_tokens for r in queued), used_tokens=s.kv_used,
-                          capacity_tokens=cap, max_running=None, tokens=0.0, gen_rate=self._rate(s))
+        return LoadSample(
+            s.id,
+            now,
+            running=len(s.running),
+            waiting=len(s.waiting) + len(queued),
+            waiting_tokens=sum(r.kv_tokens for r in queued),
+            used_tokens=s.kv_used,
+            capacity_tokens=cap,
+            max_running=None,
+            tokens=0.0,
+            gen_rate=self._rate(s),
+        )
 
     @staticmethod
     def _status(s: SimServer, cap: int) -> Status:
         per = s.model.cost.kv_bytes_per_token
-        return Status(mapped_bytes=max(s.kv_limit, s.kv_used) * per, used_tokens=s.kv_used,
-                      limit_bytes=s.kv_limit * per, revision=0, capacity_tokens=cap,
-                      limit_tokens=s.kv_limit, block_bytes=BLOCK_TOKENS * per, block_tokens=BLOCK_TOKENS,
-                      draining=s.kv_used > s.kv_limit)
+        return Status(
+            mapped_bytes=max(s.kv_limit, s.kv_used) * per,
+            used_tokens=s.kv_used,
+            limit_bytes=s.kv_limit * per,
+            revision=0,
+            capacity_tokens=cap,
+            limit_tokens=s.kv_limit,
+            block_bytes=BLOCK_TOKENS * per,
+            block_tokens=BLOCK_TOKENS,
+            draining=s.kv_used > s.kv_limit,
+        )

@@ -34,8 +34,15 @@ class RunResult:
         return asdict(self)
 
 
-def summarize(system: str, gpus: int, reqs: Sequence[SimReq], models: dict[str, SimModel],
-              duration_s: float, wall_s: float, counters: Counters) -> RunResult:
+def summarize(
+    system: str,
+    gpus: int,
+    reqs: Sequence[SimReq],
+    models: dict[str, SimModel],
+    duration_s: float,
+    wall_s: float,
+    counters: Counters,
+) -> RunResult:
     n = len(reqs)
     ok_joint = ok_ttft = ok_tpot = shed = unfinished = 0
     ttfts: list[float] = []
@@ -61,11 +68,21 @@ def summarize(system: str, gpus: int, reqs: Sequence[SimReq], models: dict[str, 
             good[0] += 1
     ttfts.sort()
     return RunResult(
-        system=system, gpus=gpus, requests=n, rate=n / duration_s if duration_s > 0 else 0.0,
-        joint=ok_joint / n if n else 1.0, ttft_ok=ok_ttft / n if n else 1.0,
-        tpot_ok=ok_tpot / n if n else 1.0, shed=shed, unfinished=unfinished,
-        p50_ttft_s=_pct(ttfts, 0.50), p99_ttft_s=_pct(ttfts, 0.99), wall_s=wall_s,
-        counters=asdict(counters), per_model={k: v[0] / v[1] for k, v in sorted(per.items())})
+        system=system,
+        gpus=gpus,
+        requests=n,
+        rate=n / duration_s if duration_s > 0 else 0.0,
+        joint=ok_joint / n if n else 1.0,
+        ttft_ok=ok_ttft / n if n else 1.0,
+        tpot_ok=ok_tpot / n if n else 1.0,
+        shed=shed,
+        unfinished=unfinished,
+        p50_ttft_s=_pct(ttfts, 0.50),
+        p99_ttft_s=_pct(ttfts, 0.99),
+        wall_s=wall_s,
+        counters=asdict(counters),
+        per_model={k: v[0] / v[1] for k, v in sorted(per.items())},
+    )
 
 
 def _pct(xs: Sequence[float], q: float) -> float:

@@ -20,8 +20,14 @@ from orchestrator.policy.placement.cluster import ClusterView, ModelDemand, Serv
 from orchestrator.shapes import load_shape
 from orchestrator.types import InstanceState as S
 
-SHAPES = (("llama-3.2-1b", 1), ("llama-3.2-3b", 1), ("llama-3.1-8b", 1), ("qwen2.5-7b", 1),
-          ("qwen2.5-32b", 1), ("llama-3.3-70b", 2))
+SHAPES = (
+    ("llama-3.2-1b", 1),
+    ("llama-3.2-3b", 1),
+    ("llama-3.1-8b", 1),
+    ("qwen2.5-7b", 1),
+    ("qwen2.5-32b", 1),
+    ("llama-3.3-70b", 2),
+)
 WEIGHTS = (40, 30, 12, 12, 4, 2)
 GIB = 1 << 30
 
@@ -50,15 +56,31 @@ def snapshot(n_models: int = 1000, n_gpus: int = 256, seed: int = 0) -> ClusterV
             for g in gpus:
                 free[g] -= need
             awake = awake or want_awake
-            servers.append(ServerView(f"{name}@{start}", name, gpus, S.AWAKE if want_awake else S.PARKED,
-                                      kv_used_bytes=int(c.kv_floor_bytes * rng.random()) if want_awake else 0,
-                                      in_flight=rng.randrange(0, 8) if want_awake else 0))
+            servers.append(
+                ServerView(
+                    f"{name}@{start}",
+                    name,
+                    gpus,
+                    S.AWAKE if want_awake else S.PARKED,
+                    kv_used_bytes=int(c.kv_floor_bytes * rng.random()) if want_awake else 0,
+                    in_flight=rng.randrange(0, 8) if want_awake else 0,
+                )
+            )
         held = 0 if awake else (rng.randrange(1, 5) if rng.random() < 0.25 else 0)
-        models.append(ModelDemand(name, tp, c, tpot_slo_s=0.02 + 0.1 * rng.random(),
-                                  token_rate=rng.expovariate(1 / 500) if awake or held else 0.0,
-                                  queued=held, running=0, last_active_at=-rng.uniform(0, 300),
-                                  step_s=0.004 * rng.random() if awake else 0.0,
-                                  activity=0.5 * rng.random() if awake else None))
+        models.append(
+            ModelDemand(
+                name,
+                tp,
+                c,
+                tpot_slo_s=0.02 + 0.1 * rng.random(),
+                token_rate=rng.expovariate(1 / 500) if awake or held else 0.0,
+                queued=held,
+                running=0,
+                last_active_at=-rng.uniform(0, 300),
+                step_s=0.004 * rng.random() if awake else 0.0,
+                activity=0.5 * rng.random() if awake else None,
+            )
+        )
     return ClusterView(tuple(models), tuple(servers), (int(79.6 * GIB),) * n_gpus)
 
 
@@ -71,13 +93,21 @@ def measure(repeats: int = 20, n_models: int = 1000, n_gpus: int = 256) -> dict[
         t = time.perf_counter()
         d = place.decide(view, 0.0)
         times.append(time.perf_counter() - t)
-    return {"models": n_models, "gpus": n_gpus, "servers": len(view.servers),
-            "actions": len(d.actions), "blocked": len(d.blocked),
-            "median_ms": 1e3 * statistics.median(times), "max_ms": 1e3 * max(times)}
+    return {
+        "models": n_models,
+        "gpus": n_gpus,
+        "servers": len(view.servers),
+        "actions": len(d.actions),
+        "blocked": len(d.blocked),
+        "median_ms": 1e3 * statistics.median(times),
+        "max_ms": 1e3 * max(times),
+    }
 
 
 if __name__ == "__main__":
     r = measure()
-    print(f"global decision, {r['models']} models x {r['gpus']} GPUs ({r['servers']} servers, "
-          f"{r['actions']} actions, {r['blocked']} blocked): median {r['median_ms']:.1f} ms, "
-          f"max {r['max_ms']:.1f} ms (target <= 50 ms)")
+    print(
+        f"global decision, {r['models']} models x {r['gpus']} GPUs ({r['servers']} servers, "
+        f"{r['actions']} actions, {r['blocked']} blocked): median {r['median_ms']:.1f} ms, "
+        f"max {r['max_ms']:.1f} ms (target <= 50 ms)"
+    )

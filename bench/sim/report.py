@@ -9,8 +9,12 @@ from orchestrator.perf import calibration as cal
 
 CALIBRATION = "orchestrator/perf/calibration.py"
 STAMP = f"SIMULATED ({cal.ACCELERATOR_NAME}; constants: {CALIBRATION})"
-STYLE = {"chimera": ("tab:red", "o"), "muxserve-like": ("tab:blue", "s"),
-         "static-partition": ("tab:gray", "^"), "swap-only": ("tab:green", "v")}
+STYLE = {
+    "chimera": ("tab:red", "o"),
+    "muxserve-like": ("tab:blue", "s"),
+    "static-partition": ("tab:gray", "^"),
+    "swap-only": ("tab:green", "v"),
+}
 
 
 def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -28,12 +32,19 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             color, marker = STYLE.get(system, ("black", "x"))
             ax.plot([c[0] for c in curve], [100 * c[1] for c in curve], marker=marker, color=color, label=system)
         ax.axhline(99, ls="--", lw=0.8, color="black")
-        ax.set(xlabel="offered load (requests/s, all models)", ylabel="joint TTFT+TPOT attainment (%)",
-               title=f"{rs['mix']}: 8 models on {rs['gpus']} GPUs", ylim=(0, 101))
+        ax.set(
+            xlabel="offered load (requests/s, all models)",
+            ylabel="joint TTFT+TPOT attainment (%)",
+            title=f"{rs['mix']}: 8 models on {rs['gpus']} GPUs",
+            ylim=(0, 101),
+        )
         ax.legend(fontsize=8)
         written.append(_save(fig, out_dir / "bench-sim-rate-sweep.png"))
-    for key, title in (("gpu_sweep", "18 models"), ("large_scale", "58 models, 1 hour"),
-                       ("large_scale_low", "58 models, 1 hour, low load")):
+    for key, title in (
+        ("gpu_sweep", "18 models"),
+        ("large_scale", "58 models, 1 hour"),
+        ("large_scale_low", "58 models, 1 hour, low load"),
+    ):
         if key not in results:
             continue
         gs = results[key]
@@ -42,8 +53,12 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             color, marker = STYLE.get(system, ("black", "x"))
             ax.plot([g[0] for g in grid], [100 * g[1] for g in grid], marker=marker, color=color, label=system)
         ax.axhline(99, ls="--", lw=0.8, color="black")
-        ax.set(xlabel="GPUs (H100 80GB)", ylabel="joint TTFT+TPOT attainment (%)",
-               title=f"{title}, {gs['rate']:g} req/s", ylim=(0, 101))
+        ax.set(
+            xlabel="GPUs (H100 80GB)",
+            ylabel="joint TTFT+TPOT attainment (%)",
+            title=f"{title}, {gs['rate']:g} req/s",
+            ylim=(0, 101),
+        )
         ax.legend(fontsize=8)
         written.append(_save(fig, out_dir / f"bench-sim-{key.replace('_', '-')}.png"))
     abl = [results[k] for k in ("ablations_17", "ablations", "ablations_mix8") if k in results]
@@ -53,8 +68,11 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             names = list(ab["runs"])
             ax.barh(names, [100 * ab["runs"][n]["joint"] for n in names], color="tab:red")
             ax.axvline(99, ls="--", lw=0.8, color="black")
-            ax.set(xlabel="joint attainment (%)", xlim=(70, 100),
-                   title=f"{ab['mix']}, {ab['gpus']} GPUs, {ab['rate']:g} req/s")
+            ax.set(
+                xlabel="joint attainment (%)",
+                xlim=(70, 100),
+                title=f"{ab['mix']}, {ab['gpus']} GPUs, {ab['rate']:g} req/s",
+            )
             ax.invert_yaxis()
         written.append(_save(fig, out_dir / "bench-sim-ablations.png"))
     plt.close("all")
@@ -70,15 +88,19 @@ def _save(fig: Any, path: Path) -> Path:
 
 def table(results: dict[str, Any]) -> str:
     """The summary table (markdown)."""
-    lines = ["| experiment | " + " | ".join(("static partition", "MuxServe-like", "swap-only", "chimera")) + " |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| experiment | " + " | ".join(("static partition", "MuxServe-like", "swap-only", "chimera")) + " |",
+        "|---|---|---|---|---|",
+    ]
     systems = ("static-partition", "muxserve-like", "swap-only", "chimera")
     if "rate_sweep" in results:
         rs = results["rate_sweep"]["rate_at_99"]
         lines.append("| rate at 99% (8 models, 2 GPUs), req/s | " + " | ".join(_f(rs.get(s)) for s in systems) + " |")
-    for key, label in (("gpu_sweep", "fewest GPUs for 99% (18 models, 9 req/s)"),
-                       ("large_scale", "fewest GPUs for 99% (58 models, 10 req/s)"),
-                       ("large_scale_low", "fewest GPUs for 99% (58 models, 3 req/s)")):
+    for key, label in (
+        ("gpu_sweep", "fewest GPUs for 99% (18 models, 9 req/s)"),
+        ("large_scale", "fewest GPUs for 99% (58 models, 10 req/s)"),
+        ("large_scale_low", "fewest GPUs for 99% (58 models, 3 req/s)"),
+    ):
         if key in results:
             fg = results[key]["fewest_gpus"]
             lines.append(f"| {label} | " + " | ".join(_f(fg.get(s), "> max") for s in systems) + " |")

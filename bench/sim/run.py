@@ -25,18 +25,37 @@ from bench.traces.synthetic import SyntheticSpec, generate
 HISTORY_SEED = 1000  # "yesterday": same generator and phases, other draws (chimera's layout input)
 REF_RATE = 2.0
 REF_DURATION_S = 300.0
-SYSTEMS = ("static-partition", "muxserve-like", "swap-only", "chimera",
-           "chimera-no-global", "chimera-no-local", "chimera-no-elastic", "chimera-kvpr-only",
-           "chimera-park-always", "chimera-standby", "chimera-no-profile", "chimera-worst-case-tpot")
+SYSTEMS = (
+    "static-partition",
+    "muxserve-like",
+    "swap-only",
+    "chimera",
+    "chimera-no-global",
+    "chimera-no-local",
+    "chimera-no-elastic",
+    "chimera-kvpr-only",
+    "chimera-park-always",
+    "chimera-standby",
+    "chimera-no-profile",
+    "chimera-worst-case-tpot",
+)
 
 
 @cache
-def dedicated_p95(shape: str, tp: int, input_range: tuple[int, int],
-                  output_range: tuple[int, int]) -> tuple[float, float]:
+def dedicated_p95(
+    shape: str, tp: int, input_range: tuple[int, int], output_range: tuple[int, int]
+) -> tuple[float, float]:
     """(P95 TTFT, P95 TPOT) of the shape alone on a dedicated GPU group at the reference load."""
     m = make_model("ref", shape, tp)
-    spec = SyntheticSpec(rate=REF_RATE, duration_s=REF_DURATION_S, alpha=1.0, cv=1.0,
-                         input_range=input_range, output_range=output_range, seed=12345)
+    spec = SyntheticSpec(
+        rate=REF_RATE,
+        duration_s=REF_DURATION_S,
+        alpha=1.0,
+        cv=1.0,
+        input_range=input_range,
+        output_range=output_range,
+        seed=12345,
+    )
     trace = generate(spec, ["ref"])
     sim = Simulator({"ref": m}, tp, H100_BYTES, StaticPartition({"ref": 1.0}))
     sim.run(trace)
@@ -46,8 +65,9 @@ def dedicated_p95(shape: str, tp: int, input_range: tuple[int, int],
     return ttft[int(0.95 * len(ttft))], tpot[int(0.95 * len(tpot))]
 
 
-def with_slos(models: Sequence[SimModel], scale: float, input_range: tuple[int, int],
-              output_range: tuple[int, int]) -> list[SimModel]:
+def with_slos(
+    models: Sequence[SimModel], scale: float, input_range: tuple[int, int], output_range: tuple[int, int]
+) -> list[SimModel]:
     out = []
     for m in models:
         ttft, tpot = dedicated_p95(m.shape_name, m.tp, input_range, output_range)
@@ -55,8 +75,9 @@ def with_slos(models: Sequence[SimModel], scale: float, input_range: tuple[int, 
     return out
 
 
-def controller(system: str, trace: Sequence[BenchRequest], duration_s: float,
-               history: Sequence[BenchRequest] = ()) -> Controller:
+def controller(
+    system: str, trace: Sequence[BenchRequest], duration_s: float, history: Sequence[BenchRequest] = ()
+) -> Controller:
     counts = Counter(r.model for r in trace)
     rps = {m: n / duration_s for m, n in counts.items()}
     tpr = sum(r.prompt_tokens + r.output_tokens for r in trace) / max(len(trace), 1)
@@ -80,10 +101,15 @@ def controller(system: str, trace: Sequence[BenchRequest], duration_s: float,
     return makers[system]()
 
 
-def simulate(system: str, models: Sequence[SimModel], n_gpus: int, trace: Sequence[BenchRequest],
-             duration_s: float, history: Sequence[BenchRequest] = ()) -> RunResult:
-    sim = Simulator({m.name: m for m in models}, n_gpus, H100_BYTES,
-                    controller(system, trace, duration_s, history))
+def simulate(
+    system: str,
+    models: Sequence[SimModel],
+    n_gpus: int,
+    trace: Sequence[BenchRequest],
+    duration_s: float,
+    history: Sequence[BenchRequest] = (),
+) -> RunResult:
+    sim = Simulator({m.name: m for m in models}, n_gpus, H100_BYTES, controller(system, trace, duration_s, history))
     wall = sim.run(trace)
     return summarize(system, n_gpus, sim.reqs, sim.models, duration_s, wall, sim.counters)
 

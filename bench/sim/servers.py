@@ -54,8 +54,7 @@ class SimModel:
 
 
 class SimReq:
-    __slots__ = ("id", "model", "arrival", "prompt", "output", "first", "finish", "shed",
-                 "prefill_s", "server")
+    __slots__ = ("id", "model", "arrival", "prompt", "output", "first", "finish", "shed", "prefill_s", "server")
 
     def __init__(self, rid: int, model: str, arrival: float, prompt: int, output: int) -> None:
         self.id = rid

@@ -75,8 +75,9 @@ class Simulator:
         keep = exs[0]
         for other in exs[1:]:
             if keep.planned or other.planned or any(s.in_flight for s in keep.servers + other.servers):
-                raise RuntimeError(f"GPUs {gpus}: joining executors with work in progress (start TP "
-                                   "servers before the trace, or idle)")
+                raise RuntimeError(
+                    f"GPUs {gpus}: joining executors with work in progress (start TP servers before the trace, or idle)"
+                )
             keep.servers += other.servers
             self.gpus = [keep if e is other else e for e in self.gpus]
         return keep
@@ -106,8 +107,13 @@ class Simulator:
         self.counters.parks += 1
         self.at(self.now + s.model.cost.park_s, self._parked, s, then)
 
-    def wake(self, s: SimServer, then: Callable[[], None] | None = None, cold: bool = False,
-             settle: Callable[[], None] | None = None) -> None:
+    def wake(
+        self,
+        s: SimServer,
+        then: Callable[[], None] | None = None,
+        cold: bool = False,
+        settle: Callable[[], None] | None = None,
+    ) -> None:
         """Wake (or cold-start) ``s``; ``settle`` runs once it counts as resident and before its
         memory is checked (chimera re-splits KV there: neighbours shrink for it first)."""
         s.state = S.STARTING if cold else S.WAKING
@@ -127,8 +133,10 @@ class Simulator:
             if self.used_bytes(g) > self.gpu_bytes * (1 + 1e-9):
                 self.counters.memory_violations += 1
                 if self.debug:
-                    print(f"t={self.now:.2f} GPU {g} over by {(self.used_bytes(g) - self.gpu_bytes) / 2**30:.2f} GiB:",
-                          [(s.id, s.state.value, s.kv_limit, s.kv_used) for s in self.servers.values() if g in s.gpus])
+                    print(
+                        f"t={self.now:.2f} GPU {g} over by {(self.used_bytes(g) - self.gpu_bytes) / 2**30:.2f} GiB:",
+                        [(s.id, s.state.value, s.kv_limit, s.kv_used) for s in self.servers.values() if g in s.gpus],
+                    )
 
     def used_bytes(self, g: int) -> float:
         total = 0.0

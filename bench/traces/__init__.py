@@ -6,5 +6,15 @@ from bench.traces.files import TraceFileError, default_traces_dir
 from bench.traces.request import BenchRequest
 from bench.traces.synthetic import SyntheticSpec, popularity
 
-__all__ = ["TRACES", "BenchRequest", "SyntheticSpec", "TraceFileError", "TraceOptions",
-           "build_trace", "default_traces_dir", "describe", "map_models", "popularity"]
+__all__ = [
+    "TRACES",
+    "BenchRequest",
+    "SyntheticSpec",
+    "TraceFileError",
+    "TraceOptions",
+    "build_trace",
+    "default_traces_dir",
+    "describe",
+    "map_models",
+    "popularity",
+]

@@ -50,12 +50,13 @@ class TraceOptions:
 
     def check(self) -> None:
         if self.time_scale <= 0 or self.replication < 1 or not 0 < self.sample <= 1:
-            raise ValueError("need time_scale > 0, replication >= 1 and 0 < sample <= 1 (got "
-                             f"{self.time_scale}, {self.replication}, {self.sample})")
+            raise ValueError(
+                "need time_scale > 0, replication >= 1 and 0 < sample <= 1 (got "
+                f"{self.time_scale}, {self.replication}, {self.sample})"
+            )
 
 
-def build_trace(name: str, opts: TraceOptions, models: Sequence[str],
-                slos: Slos | None = None) -> list[BenchRequest]:
+def build_trace(name: str, opts: TraceOptions, models: Sequence[str], slos: Slos | None = None) -> list[BenchRequest]:
     """The requests of one run, sorted and numbered. ``models``: placements order."""
     opts.check()
     if not models:
@@ -66,8 +67,14 @@ def build_trace(name: str, opts: TraceOptions, models: Sequence[str],
         reqs = _sample(reqs, opts.sample, opts.synthetic.seed)
     else:
         reqs = _replay(name, opts, models)
-    reqs = [replace(r, prompt_tokens=_clip(r.prompt_tokens, opts.max_prompt_tokens),
-                    output_tokens=_clip(r.output_tokens, opts.max_output_tokens)) for r in reqs]
+    reqs = [
+        replace(
+            r,
+            prompt_tokens=_clip(r.prompt_tokens, opts.max_prompt_tokens),
+            output_tokens=_clip(r.output_tokens, opts.max_output_tokens),
+        )
+        for r in reqs
+    ]
     return renumber(with_slos(reqs, slos or {}, opts.slo_scale))
 
 
@@ -76,20 +83,27 @@ def _replay(name: str, opts: TraceOptions, models: Sequence[str]) -> list[BenchR
     span = spec.duration_s / opts.time_scale  # trace seconds that fill the run
     if name == "servegen":
         rng = random.Random(spec.seed)
-        arrivals = files.servegen_arrivals(files.read_servegen_rates(path), opts.start_s, span,
-                                           opts.sample, spec.cv, spec.seed)
-        rows = [files.TraceRow(t, uniform_len(rng, *spec.input_range),
-                               uniform_len(rng, *spec.output_range), m, f"servegen:{m}")
-                for t, m in arrivals]
+        arrivals = files.servegen_arrivals(
+            files.read_servegen_rates(path), opts.start_s, span, opts.sample, spec.cv, spec.seed
+        )
+        rows = [
+            files.TraceRow(
+                t, uniform_len(rng, *spec.input_range), uniform_len(rng, *spec.output_range), m, f"servegen:{m}"
+            )
+            for t, m in arrivals
+        ]
         sample = 1.0  # already in the rates
     else:
-        reader = {"azure_code": files.read_azure, "azure_conv": files.read_azure,
-                  "lmsys": files.read_lmsys, "mooncake": files.read_mooncake}[name]
+        reader = {
+            "azure_code": files.read_azure,
+            "azure_conv": files.read_azure,
+            "lmsys": files.read_lmsys,
+            "mooncake": files.read_mooncake,
+        }[name]
         rows = reader(path)
         sample = opts.sample
     rows = [r for r in rows if opts.start_s <= r.t_s < opts.start_s + span]
-    mapping = map_models([r.model_key for r in rows if r.model_key is not None], models,
-                         opts.model_map)
+    mapping = map_models([r.model_key for r in rows if r.model_key is not None], models, opts.model_map)
     rng = random.Random(spec.seed + 1)
     reqs = []
     for r in rows:
@@ -98,8 +112,11 @@ def _replay(name: str, opts: TraceOptions, models: Sequence[str]) -> list[BenchR
         else:
             model = mapping.get(r.model_key)
         if model is not None:
-            reqs.append(BenchRequest(0, (r.t_s - opts.start_s) * opts.time_scale, model,
-                                     r.prompt_tokens, r.output_tokens, source=r.where))
+            reqs.append(
+                BenchRequest(
+                    0, (r.t_s - opts.start_s) * opts.time_scale, model, r.prompt_tokens, r.output_tokens, source=r.where
+                )
+            )
     return _sample(_replicate(reqs, opts.replication), sample, spec.seed + 2)
 
 
@@ -138,8 +155,11 @@ def _clip(n: int, hi: int | None) -> int:
 def describe(reqs: Sequence[BenchRequest], duration_s: float) -> dict[str, object]:
     """Counts per model and the offered rate, for the report."""
     per_model = Counter(r.model for r in reqs)
-    return {"requests": len(reqs), "duration_s": duration_s,
-            "offered_rate_rps": len(reqs) / duration_s if duration_s > 0 else 0.0,
-            "per_model": dict(sorted(per_model.items())),
-            "prompt_tokens": sum(r.prompt_tokens for r in reqs),
-            "output_tokens": sum(r.output_tokens for r in reqs)}
+    return {
+        "requests": len(reqs),
+        "duration_s": duration_s,
+        "offered_rate_rps": len(reqs) / duration_s if duration_s > 0 else 0.0,
+        "per_model": dict(sorted(per_model.items())),
+        "prompt_tokens": sum(r.prompt_tokens for r in reqs),
+        "output_tokens": sum(r.output_tokens for r in reqs),
+    }

@@ -60,10 +60,12 @@ def default_traces_dir() -> Path:
 
 def missing_message(path: Path) -> str:
     """What to say when a trace file is not there: which file, and where to get it."""
-    return (f"trace file {path.name} not found in {path.parent}. The public traces ship with chimera "
-            f"in bench/traces/data (here {default_traces_dir()}); in a checkout, `git checkout -- "
-            f"bench/traces/data` restores them, and --traces-dir DIR reads them from another folder. "
-            f"Where each file comes from: bench/traces/data/README.md")
+    return (
+        f"trace file {path.name} not found in {path.parent}. The public traces ship with chimera "
+        f"in bench/traces/data (here {default_traces_dir()}); in a checkout, `git checkout -- "
+        f"bench/traces/data` restores them, and --traces-dir DIR reads them from another folder. "
+        f"Where each file comes from: bench/traces/data/README.md"
+    )
 
 
 def trace_path(name: str, traces_dir: Path) -> Path:
@@ -136,8 +138,7 @@ def read_mooncake(path: Path, limit: int | None = None) -> list[TraceRow]:
             try:
                 d = json.loads(text)
                 p, o = _ints(path, line, d["input_length"], d["output_length"])
-                rows.append(TraceRow(float(d["timestamp"]) / 1000.0, p, o, None,
-                                     f"{path.name}:{line}"))
+                rows.append(TraceRow(float(d["timestamp"]) / 1000.0, p, o, None, f"{path.name}:{line}"))
             except (KeyError, TypeError, json.JSONDecodeError) as exc:
                 raise TraceFileError(f"{path}:{line}: {type(exc).__name__}: {exc}") from exc
             if limit is not None and len(rows) >= limit:
@@ -156,8 +157,9 @@ def read_servegen_rates(path: Path) -> dict[str, dict[float, float]]:
     return out
 
 
-def servegen_arrivals(rates: dict[str, dict[float, float]], start_s: float, span_s: float,
-                      rate_scale: float, cv: float, seed: int) -> list[tuple[float, str]]:
+def servegen_arrivals(
+    rates: dict[str, dict[float, float]], start_s: float, span_s: float, rate_scale: float, cv: float, seed: int
+) -> list[tuple[float, str]]:
     """(trace time, ServeGen model) of arrivals in [start_s, start_s + span_s): per model, a
     renewal process with Gamma gaps (coefficient of variation ``cv``) at the rate of the
     10-minute window it is in, times ``rate_scale``."""

@@ -36,8 +36,9 @@ def renumber(reqs: list[BenchRequest]) -> list[BenchRequest]:
     return [replace(r, id=i) for i, r in enumerate(ordered)]
 
 
-def with_slos(reqs: list[BenchRequest], slos: dict[str, tuple[float | None, float | None]],
-              scale: float = 1.0) -> list[BenchRequest]:
+def with_slos(
+    reqs: list[BenchRequest], slos: dict[str, tuple[float | None, float | None]], scale: float = 1.0
+) -> list[BenchRequest]:
     """Set each request's (TTFT, TPOT) objectives from its model's, times ``scale``. A model
     missing from ``slos`` keeps the request's own objectives."""
     out = []
@@ -46,6 +47,9 @@ def with_slos(reqs: list[BenchRequest], slos: dict[str, tuple[float | None, floa
             out.append(r)
             continue
         ttft, tpot = slos[r.model]
-        out.append(replace(r, slo_ttft_s=None if ttft is None else ttft * scale,
-                           slo_tpot_s=None if tpot is None else tpot * scale))
+        out.append(
+            replace(
+                r, slo_ttft_s=None if ttft is None else ttft * scale, slo_tpot_s=None if tpot is None else tpot * scale
+            )
+        )
     return out

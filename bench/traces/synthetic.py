@@ -96,15 +96,24 @@ def generate(spec: SyntheticSpec, models: Sequence[str]) -> list[BenchRequest]:
     inputs = [uniform_len(rng, *spec.input_range) for _ in range(n)]
     outputs = [uniform_len(rng, *spec.output_range) for _ in range(n)]
     m_on_off = int(len(models) * spec.on_off_fraction)
-    on_off = list(models[len(models) - m_on_off:]) if m_on_off else []
+    on_off = list(models[len(models) - m_on_off :]) if m_on_off else []
     out: list[BenchRequest] = []
     for i in range(n):
         model = models[idx[i]]
-        if spec.on_off_cycle_s > 0 and model in on_off and _in_off_phase(
-                arrivals[i], on_off.index(model), len(on_off), spec.on_off_cycle_s,
-                spec.off_ratio):
+        if (
+            spec.on_off_cycle_s > 0
+            and model in on_off
+            and _in_off_phase(arrivals[i], on_off.index(model), len(on_off), spec.on_off_cycle_s, spec.off_ratio)
+        ):
             continue
-        out.append(BenchRequest(id=len(out), arrival_s=arrivals[i], model=model,
-                                prompt_tokens=inputs[i], output_tokens=outputs[i],
-                                source="synthetic"))
+        out.append(
+            BenchRequest(
+                id=len(out),
+                arrival_s=arrivals[i],
+                model=model,
+                prompt_tokens=inputs[i],
+                output_tokens=outputs[i],
+                source="synthetic",
+            )
+        )
     return out

@@ -33,16 +33,15 @@ console = Console(stderr=True)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="chimera-orch",
-        description="Serve many LLMs from a few GPUs over stock SGLang, behind one "
-        "OpenAI-compatible endpoint.",
-        epilog="Example: chimera-orch up placements/example.yaml  (then: curl "
-        "http://127.0.0.1:8000/v1/models)",
+        description="Serve many LLMs from a few GPUs over stock SGLang, behind one OpenAI-compatible endpoint.",
+        epilog="Example: chimera-orch up placements/example.yaml  (then: curl http://127.0.0.1:8000/v1/models)",
     )
     p.add_argument("--version", action="version", version=f"chimera {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser(
-        "up", help="start the placements of FILE and serve them through one endpoint",
+        "up",
+        help="start the placements of FILE and serve them through one endpoint",
         description="Start the placements of FILE, one engine instance each (colocated instances "
         "on a GPU start one at a time). A placement with `on: false` is started too and parked "
         "once awake in mode full; in modes static and elastic it starts only when a request for "
@@ -51,44 +50,67 @@ def build_parser() -> argparse.ArgumentParser:
         "(/v1/chat/completions, /v1/completions, /generate, /v1/models, /metrics). "
         "Ctrl-C stops every engine process.",
     )
-    up.add_argument("file", metavar="FILE",
-                    help="placements file: chimera YAML or Prism's JSON model_configs")
-    up.add_argument("--engine", choices=("auto", "sim", "sglang"), default="auto",
-                    help="engine to run: sglang = stock SGLang servers (needs a CUDA GPU and the "
-                    "sglang package); sim = built-in simulated SGLang server with an H100 "
-                    "latency model (no GPU); auto = sglang when both are present, else sim "
-                    "(default: %(default)s)")
-    up.add_argument("--host", default="127.0.0.1",
-                    help="address the proxy listens on (default: %(default)s)")
-    up.add_argument("--port", type=int, default=8000,
-                    help="port the proxy listens on (default: %(default)s)")
-    up.add_argument("--run-dir", type=Path, default=None,
-                    help="folder for engine logs (default: $CHIMERA_RUN_DIR or runs/, then "
-                    "<date-time>)")
-    up.add_argument("--hold-timeout-s", type=float, default=300.0,
-                    help="how long a request may wait for its model to start or wake before a 503 "
-                    "with Retry-After (default: %(default)s)")
-    up.add_argument("--admin-key", default=None,
-                    help="bearer key of the admin API (/admin/instances, .../park, .../wake); "
-                    "default: $CHIMERA_ADMIN_KEY; unset = admin API off")
-    up.add_argument("--mode", choices=("static", "elastic", "full"), default=None,
-                    help="deployment mode, overriding the file's `mode:`: static = fixed KV "
-                    "pools; elastic = KV limits re-split at run time; full = elastic + "
-                    "time-sharing (idle models park, wake on demand) (default: the file's, "
-                    "else full)")
-    up.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
-                    help="chimera's own log level (default: %(default)s)")
+    up.add_argument("file", metavar="FILE", help="placements file: chimera YAML or Prism's JSON model_configs")
+    up.add_argument(
+        "--engine",
+        choices=("auto", "sim", "sglang"),
+        default="auto",
+        help="engine to run: sglang = stock SGLang servers (needs a CUDA GPU and the "
+        "sglang package); sim = built-in simulated SGLang server with an H100 "
+        "latency model (no GPU); auto = sglang when both are present, else sim "
+        "(default: %(default)s)",
+    )
+    up.add_argument("--host", default="127.0.0.1", help="address the proxy listens on (default: %(default)s)")
+    up.add_argument("--port", type=int, default=8000, help="port the proxy listens on (default: %(default)s)")
+    up.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="folder for engine logs (default: $CHIMERA_RUN_DIR or runs/, then <date-time>)",
+    )
+    up.add_argument(
+        "--hold-timeout-s",
+        type=float,
+        default=300.0,
+        help="how long a request may wait for its model to start or wake before a 503 "
+        "with Retry-After (default: %(default)s)",
+    )
+    up.add_argument(
+        "--admin-key",
+        default=None,
+        help="bearer key of the admin API (/admin/instances, .../park, .../wake); "
+        "default: $CHIMERA_ADMIN_KEY; unset = admin API off",
+    )
+    up.add_argument(
+        "--mode",
+        choices=("static", "elastic", "full"),
+        default=None,
+        help="deployment mode, overriding the file's `mode:`: static = fixed KV "
+        "pools; elastic = KV limits re-split at run time; full = elastic + "
+        "time-sharing (idle models park, wake on demand) (default: the file's, "
+        "else full)",
+    )
+    up.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="chimera's own log level (default: %(default)s)",
+    )
 
     check = sub.add_parser(
-        "check", help="validate FILE and print each GPU's memory budget, without starting anything",
+        "check",
+        help="validate FILE and print each GPU's memory budget, without starting anything",
         description="Validate a placements file (the same checks `up` makes) and print what "
         "would run where. Exit code 2 when the file is invalid.",
     )
     check.add_argument("file", metavar="FILE")
     plan_cmd.add_parser(sub)
-    check.add_argument("--gpus", type=int, default=None,
-                       help="GPUs of the target host (default: host.gpus of the file, or as many "
-                       "as the file uses)")
+    check.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs of the target host (default: host.gpus of the file, or as many as the file uses)",
+    )
     return p
 
 
@@ -112,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 def _check(args: argparse.Namespace) -> int:
     cfg = load_config(args.file, gpu_count=args.gpus)
     _print_plan(cfg)
-    console.print(f"[green]{args.file}: valid[/] ({len(cfg.models)} models, "
-                  f"{len(cfg.instances)} instances, {cfg.gpu_count} GPU(s))")
+    console.print(
+        f"[green]{args.file}: valid[/] ({len(cfg.models)} models, "
+        f"{len(cfg.instances)} instances, {cfg.gpu_count} GPU(s))"
+    )
     return 0
 
 
@@ -126,10 +150,15 @@ def _print_plan(cfg: Config) -> None:
         m = inst.model
         at_up = facts[inst.id]
         kv = f"{inst.placement.kv_pool_gb:g} GB" if inst.placement.kv_pool_gb is not None else "-"
-        table.add_row(inst.id, ",".join(map(str, inst.gpus)), m.shape.name,
-                      f"{m.shape.weight_bytes / m.tp_size / GIB:.1f} GiB",
-                      f"{m.shape.kv_bytes_per_token / 1024:.0f} KiB", kv,
-                      "start" if at_up.serves_on_up else "start, park" if at_up.warm_start_park else "on demand")
+        table.add_row(
+            inst.id,
+            ",".join(map(str, inst.gpus)),
+            m.shape.name,
+            f"{m.shape.weight_bytes / m.tp_size / GIB:.1f} GiB",
+            f"{m.shape.kv_bytes_per_token / 1024:.0f} KiB",
+            kv,
+            "start" if at_up.serves_on_up else "start, park" if at_up.warm_start_park else "on demand",
+        )
     console.print(table)
 
 
@@ -144,18 +173,19 @@ def _pick_engine(requested: str) -> tuple[str, int | None]:
     if requested == "sglang":
         if gpus == 0 or not has_sglang:
             missing = " and ".join(
-                x for x, ok in (("a CUDA GPU", gpus > 0), ("the sglang package", has_sglang))
-                if not ok
+                x for x, ok in (("a CUDA GPU", gpus > 0), ("the sglang package", has_sglang)) if not ok
             )
-            raise ConfigError([f"--engine sglang needs {missing} (install: pip install "
-                               "'.[gpu]' on a GPU host), or use --engine sim"])
+            raise ConfigError(
+                [f"--engine sglang needs {missing} (install: pip install '.[gpu]' on a GPU host), or use --engine sim"]
+            )
         return "sglang", gpus
     if gpus > 0 and has_sglang:
         console.print(f"[bold green]engine: sglang[/] ({gpus} CUDA GPU(s), sglang installed)")
         return "sglang", gpus
     why = "no CUDA GPU" if gpus == 0 else "sglang is not installed"
-    console.print(f"[bold yellow]engine: sim — SIMULATED engines ({why}); latencies come from "
-                  "a model of an H100, not a GPU[/]")
+    console.print(
+        f"[bold yellow]engine: sim — SIMULATED engines ({why}); latencies come from a model of an H100, not a GPU[/]"
+    )
     return "sim", None
 
 
@@ -175,15 +205,15 @@ def _up(args: argparse.Namespace) -> int:
 
     run_dir = args.run_dir or Path(Env.read().run_dir or "runs") / time.strftime("%Y%m%d-%H%M%S")
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(message)s",
+        level=args.log_level.upper(),
+        format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call otherwise
     from orchestrator.app import serve
 
     admin_key = args.admin_key or Env.read().admin_key
-    return asyncio.run(serve(cfg, engine, args.host, args.port, run_dir, args.hold_timeout_s,
-                             console, admin_key))
+    return asyncio.run(serve(cfg, engine, args.host, args.port, run_dir, args.hold_timeout_s, console, admin_key))
 
 
 def _check_host_memory(cfg: Config, engine_name: str) -> None:
@@ -201,10 +231,13 @@ def _check_host_memory(cfg: Config, engine_name: str) -> None:
         have = psutil.virtual_memory().total
         what = f"this host's {have / GIB:.0f} GiB of RAM"
     if need > HOST_BACKUP_FRACTION * have:
-        raise ConfigError([
-            f"{cfg.source}: time-sharing keeps every parked model's weights in pinned host RAM: "
-            f"{need / GIB:.1f} GiB for these {len(cfg.instances)} instance(s), more than "
-            f"{HOST_BACKUP_FRACTION:.0%} of {what}; use fewer placements or `mode: elastic`"])
+        raise ConfigError(
+            [
+                f"{cfg.source}: time-sharing keeps every parked model's weights in pinned host RAM: "
+                f"{need / GIB:.1f} GiB for these {len(cfg.instances)} instance(s), more than "
+                f"{HOST_BACKUP_FRACTION:.0%} of {what}; use fewer placements or `mode: elastic`"
+            ]
+        )
 
 
 def _dry_run_launch(cfg: Config, engine_name: str) -> None:
@@ -229,8 +262,9 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise ConfigError([f"--host/--port: cannot listen on {host}:{port} ({exc.strerror}); "
-                               "pick another with --port"]) from exc
+            raise ConfigError(
+                [f"--host/--port: cannot listen on {host}:{port} ({exc.strerror}); pick another with --port"]
+            ) from exc
 
 
 if __name__ == "__main__":

@@ -44,15 +44,25 @@ def problems(dep: Deployment) -> list[Problem]:
         for i, c in costs:
             need = contexts + c.awake_bytes + c.kv_floor_bytes
             if need > cap:
-                out.append(Problem(g, f"{i.id} can never wake on GPU {g}: it needs {_gb(c.awake_bytes)} "
-                                      f"awake + {_gb(c.kv_floor_bytes)} KV floor, and the CUDA contexts "
-                                      f"of the {len(here)} servers there take {_gb(contexts)} of "
-                                      f"{_gb(cap)} (raise tp_size, move servers, or lower kv_floor_gb)"))
+                out.append(
+                    Problem(
+                        g,
+                        f"{i.id} can never wake on GPU {g}: it needs {_gb(c.awake_bytes)} "
+                        f"awake + {_gb(c.kv_floor_bytes)} KV floor, and the CUDA contexts "
+                        f"of the {len(here)} servers there take {_gb(contexts)} of "
+                        f"{_gb(cap)} (raise tp_size, move servers, or lower kv_floor_gb)",
+                    )
+                )
         at_start = [f.cost for f in here if f.serves_on_up]
         need = contexts + sum(c.awake_bytes + c.kv_floor_bytes for c in at_start)
         if at_start and need > cap and not dep.timesharing:
-            out.append(Problem(g, f"GPU {g}: the instances that start awake need {_gb(need)} "
-                                  f"(> {_gb(cap)}); set `on: false` on some or use mode: full"))
+            out.append(
+                Problem(
+                    g,
+                    f"GPU {g}: the instances that start awake need {_gb(need)} "
+                    f"(> {_gb(cap)}); set `on: false` on some or use mode: full",
+                )
+            )
     return out
 
 
@@ -60,13 +70,19 @@ def cluster_view(dep: Deployment, rates: dict[str, float], tokens_per_request: f
     """Every placement parked; demand from ``rates`` (requests/s per model)."""
     cfg = dep.config
     models = tuple(
-        ModelDemand(name=m.name, tp_size=m.tp_size, cost=dep.models[m.name].cost,
-                    tpot_slo_s=dep.models[m.name].tpot_slo_s,
-                    token_rate=rates.get(m.name, 0.0) * tokens_per_request,
-                    queued=1 if rates.get(m.name, 0.0) > 0 else 0,
-                    idle_park_s=m.idle.park_after_s, park_when=m.idle.when,
-                    priority=m.priority)
-        for m in cfg.models)
+        ModelDemand(
+            name=m.name,
+            tp_size=m.tp_size,
+            cost=dep.models[m.name].cost,
+            tpot_slo_s=dep.models[m.name].tpot_slo_s,
+            token_rate=rates.get(m.name, 0.0) * tokens_per_request,
+            queued=1 if rates.get(m.name, 0.0) > 0 else 0,
+            idle_park_s=m.idle.park_after_s,
+            park_when=m.idle.when,
+            priority=m.priority,
+        )
+        for m in cfg.models
+    )
     servers = tuple(ServerView(i.id, i.model.name, i.gpus, InstanceState.PARKED) for i in cfg.instances)
     return ClusterView(models, servers, (dep.gpu_bytes,) * cfg.gpu_count)
 
@@ -87,18 +103,25 @@ def parse_rates(text: str | None, cfg: Config) -> dict[str, float]:
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "plan", help="dry run: each GPU's memory budget and where the global scheduler would wake what",
+        "plan",
+        help="dry run: each GPU's memory budget and where the global scheduler would wake what",
         description="Print each GPU's memory budget (weights, KV floor, runtime overhead of every "
         "instance, parked and awake; H100 model of the sim engine), flag placements that cannot "
         "work, and with --rates show the placement the global scheduler would choose. Exit code 2 "
-        "when the file is invalid or impossible.")
+        "when the file is invalid or impossible.",
+    )
     p.add_argument("file", metavar="FILE")
     p.add_argument("--gpus", type=int, default=None, help="GPUs of the target host")
-    p.add_argument("--rates", default=None, metavar="MODEL=REQ/S,...",
-                   help="request rate per model, e.g. llama-8b=4,qwen-7b=0.5")
-    p.add_argument("--tokens-per-request", type=float, default=520.0,
-                   help="prompt + output tokens per request, to turn rates into token rates "
-                   "(default: %(default)s, Prism's synthetic mean)")
+    p.add_argument(
+        "--rates", default=None, metavar="MODEL=REQ/S,...", help="request rate per model, e.g. llama-8b=4,qwen-7b=0.5"
+    )
+    p.add_argument(
+        "--tokens-per-request",
+        type=float,
+        default=520.0,
+        help="prompt + output tokens per request, to turn rates into token rates "
+        "(default: %(default)s, Prism's synthetic mean)",
+    )
 
 
 def run(args: argparse.Namespace, console: Console | None = None) -> int:
@@ -113,8 +136,10 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
         _placement_table(dep, parse_rates(args.rates, cfg), args.tokens_per_request, con)
     if found:
         return EXIT_IMPOSSIBLE
-    con.print(f"[green]{args.file}: fits[/] ({len(cfg.instances)} instances on {cfg.gpu_count} GPU(s); "
-              f"SIMULATED H100 memory model, {cal.ACCELERATOR_NAME})")
+    con.print(
+        f"[green]{args.file}: fits[/] ({len(cfg.instances)} instances on {cfg.gpu_count} GPU(s); "
+        f"SIMULATED H100 memory model, {cal.ACCELERATOR_NAME})"
+    )
     return 0
 
 
@@ -131,8 +156,15 @@ def _budget_table(dep: Deployment, con: Console) -> None:
             weights = i.model.shape.weight_bytes // i.model.tp_size
             overhead = c.parked_bytes + c.awake_bytes - weights
             parked_total += c.parked_bytes
-            t.add_row(str(g), i.id, _gb(weights), _gb(c.kv_floor_bytes), _gb(overhead),
-                      _gb(c.parked_bytes), _gb(c.parked_bytes + c.awake_bytes + c.kv_floor_bytes))
+            t.add_row(
+                str(g),
+                i.id,
+                _gb(weights),
+                _gb(c.kv_floor_bytes),
+                _gb(overhead),
+                _gb(c.parked_bytes),
+                _gb(c.parked_bytes + c.awake_bytes + c.kv_floor_bytes),
+            )
         t.add_row(str(g), "[bold]all parked[/]", "", "", "", _gb(parked_total), "", end_section=True)
     con.print(t)
 
@@ -146,14 +178,17 @@ def _placement_table(dep: Deployment, rates: dict[str, float], tpr: float, con: 
     for a in d.actions:
         if not isinstance(a, Activation):
             continue
-        steps = " → ".join(type(s).__name__.lower() + " " + getattr(s, "server", "")
-                           for s in a.steps).replace("route ", "route")
+        steps = " → ".join(type(s).__name__.lower() + " " + getattr(s, "server", "") for s in a.steps).replace(
+            "route ", "route"
+        )
         t.add_row(a.model, f"{rates.get(a.model, 0):g}", "+".join(map(str, a.gpus)), steps)
     for b in d.blocked:
         t.add_row(b.model, f"{rates.get(b.model, 0):g}", "[red]blocked[/]", b.reason)
     con.print(t)
-    con.print("KV pressure ratio per GPU (SIMULATED costs): "
-              + ", ".join(f"GPU {g}: {r:.3g}" for g, r in enumerate(d.kvpr)), highlight=False)
+    con.print(
+        "KV pressure ratio per GPU (SIMULATED costs): " + ", ".join(f"GPU {g}: {r:.3g}" for g, r in enumerate(d.kvpr)),
+        highlight=False,
+    )
 
 
 def _gb(b: float) -> str:

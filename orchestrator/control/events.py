@@ -79,5 +79,17 @@ class Tick:
     pass
 
 
-Event = (Started | StartFailed | Exited | Parked | ParkFailed | Woken | WakeFailed | Acquire
-         | Release | AdminAction | Tick | LoadSample)
+Event = (
+    Started
+    | StartFailed
+    | Exited
+    | Parked
+    | ParkFailed
+    | Woken
+    | WakeFailed
+    | Acquire
+    | Release
+    | AdminAction
+    | Tick
+    | LoadSample
+)

@@ -26,17 +26,22 @@ class Holds:
         self._wake_s: dict[str, float] = {}
         self._start_s: dict[str, float] = {}
 
-    def add(self, model: str, fut: asyncio.Future[Endpoint], retry_after_s: float,
-            now: float) -> bool:
+    def add(self, model: str, fut: asyncio.Future[Endpoint], retry_after_s: float, now: float) -> bool:
         """Queue ``fut`` (held since ``now``); False (and ``fut`` failed with a 503 reason)
         when a bound is hit."""
         q = self._queues.setdefault(model, deque())
         if len(q) >= self.limits.per_model or self.total() >= self.limits.total:
-            which = (f"{self.limits.per_model} for model {model!r}"
-                     if len(q) >= self.limits.per_model else f"{self.limits.total} in all")
-            fut.set_exception(EngineUnavailable(
-                f"too many requests waiting for models to wake (limit {which}); retry later",
-                retry_after_s=retry_after_s))
+            which = (
+                f"{self.limits.per_model} for model {model!r}"
+                if len(q) >= self.limits.per_model
+                else f"{self.limits.total} in all"
+            )
+            fut.set_exception(
+                EngineUnavailable(
+                    f"too many requests waiting for models to wake (limit {which}); retry later",
+                    retry_after_s=retry_after_s,
+                )
+            )
             return False
         q.append((fut, now))
         return True

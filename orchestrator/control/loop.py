@@ -52,9 +52,7 @@ _STATE_RANK = [S.AWAKE, S.WAKING, S.STARTING, S.PENDING, S.PARKING, S.PARKED, S.
 
 
 class ControlLoop:
-    def __init__(
-        self, deployment: Deployment, effects: Effects, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, deployment: Deployment, effects: Effects, clock: Callable[[], float] = time.monotonic) -> None:
         self.deployment = deployment
         self.config = config = deployment.config
         self._fx = effects
@@ -70,9 +68,13 @@ class ControlLoop:
         # mode full: the global scheduler's inputs and the plans it decided
         self._demand = Demand()
         self._plans: Plans[Instance] = Plans(
-            self._instances, park=self._park, wake=self._wake,
+            self._instances,
+            park=self._park,
+            wake=self._wake,
             pend=lambda i: self._set(i, S.PENDING, self._clock()),
-            serve=self._serve_model, moved=self._moved)
+            serve=self._serve_model,
+            moved=self._moved,
+        )
         self._due = True  # the global scheduler decides at the next _decide
         self._blocked: dict[str, str] = {}  # model -> why it cannot be activated (logged once)
 
@@ -109,8 +111,7 @@ class ControlLoop:
             raise
         except TimeoutError:
             raise EngineUnavailable(
-                f"model {model.name!r} is not ready after waiting {timeout_s:g} s "
-                f"(state: {self._model_state(model)})",
+                f"model {model.name!r} is not ready after waiting {timeout_s:g} s (state: {self._model_state(model)})",
                 retry_after_s=self._retry_after(model, self._clock() - t0),
             ) from None
 
@@ -200,8 +201,7 @@ class ControlLoop:
             self._fx.observe("park_seconds", model.name, ev.seconds)
             self._fx.observe("freed_bytes", model.name, ev.freed_bytes)
             self._set(inst, S.PARKED, now)
-            self._admin_done(inst.id, f"parked in {ev.seconds:.3f} s, "
-                             f"freed {ev.freed_bytes / GIB:.2f} GiB")
+            self._admin_done(inst.id, f"parked in {ev.seconds:.3f} s, freed {ev.freed_bytes / GIB:.2f} GiB")
         elif isinstance(ev, ParkFailed) and inst.state is S.PARKING:
             inst.error = ev.error
             inst.parked_once = True  # do not retry a warm-start park forever
@@ -231,8 +231,7 @@ class ControlLoop:
             ev.future.set_exception(EngineUnavailable("chimera is shutting down"))
             return
         self._demand.active(ev.model.name, self._clock())
-        if self._holds.add(ev.model.name, ev.future, self._retry_after(ev.model, 0.0),
-                           self._clock()):
+        if self._holds.add(ev.model.name, ev.future, self._retry_after(ev.model, 0.0), self._clock()):
             self._serve_held(ev.model)
             self._fail_held_if_hopeless(ev.model)
         held = self._holds.waiting().get(ev.model.name, 0)
@@ -243,8 +242,9 @@ class ControlLoop:
     def _on_admin(self, ev: AdminAction) -> None:
         inst = self._instances.get(ev.instance_id)
         if inst is None:
-            ev.future.set_exception(KeyError(f"no instance {ev.instance_id!r} "
-                                             f"(instances: {', '.join(self._instances)})"))
+            ev.future.set_exception(
+                KeyError(f"no instance {ev.instance_id!r} (instances: {', '.join(self._instances)})")
+            )
             return
         if ev.action == "park" and inst.state is S.AWAKE and inst.in_flight == 0:
             self._park(inst, "admin")
@@ -252,8 +252,7 @@ class ControlLoop:
             self._wake(inst)
         else:
             busy = f", {inst.in_flight} request(s) in flight" if inst.in_flight else ""
-            ev.future.set_exception(ValueError(
-                f"cannot {ev.action} {inst.id}: it is {inst.state}{busy}"))
+            ev.future.set_exception(ValueError(f"cannot {ev.action} {inst.id}: it is {inst.state}{busy}"))
             return
         self._admin.setdefault(inst.id, []).append(ev.future)
 
@@ -294,16 +293,26 @@ class ControlLoop:
         waiting = self._holds.waiting()
         facts = self.deployment.instances
         for inst in self._instances.values():
-            if (inst.state is S.AWAKE and facts[inst.id].warm_start_park and not inst.parked_once
-                    and inst.in_flight == 0 and not waiting.get(inst.spec.model.name)
-                    and inst.draining is None):
+            if (
+                inst.state is S.AWAKE
+                and facts[inst.id].warm_start_park
+                and not inst.parked_once
+                and inst.in_flight == 0
+                and not waiting.get(inst.spec.model.name)
+                and inst.draining is None
+            ):
                 self._park(inst, "warm_start")
 
     def _place(self, now: float) -> None:
         """One decision of the global scheduler; its actions become plans."""
-        view = cluster_view(self.deployment, self._instances.values(),
-                            self._holds.waiting(), self._holds.oldest_wait_s(now),
-                            self._demand, now)
+        view = cluster_view(
+            self.deployment,
+            self._instances.values(),
+            self._holds.waiting(),
+            self._holds.oldest_wait_s(now),
+            self._demand,
+            now,
+        )
         decision = place.decide(view, now)
         for action in decision.actions:
             self._plans.adopt(action)
@@ -340,9 +349,16 @@ class ControlLoop:
     def _inst_snapshot(self, i: Instance) -> InstanceSnapshot:
         f = self.deployment.instances[i.id]
         return InstanceSnapshot(
-            id=i.id, model=i.spec.model.name, gpus=i.spec.gpus, state=i.state,
-            start_on_up=f.starts_on_up, order=self._order[i.id], start_alone=f.start_alone,
-            start_bytes=f.start_budget_bytes, parked_bytes=f.parked_bytes)
+            id=i.id,
+            model=i.spec.model.name,
+            gpus=i.spec.gpus,
+            state=i.state,
+            start_on_up=f.starts_on_up,
+            order=self._order[i.id],
+            start_alone=f.start_alone,
+            start_bytes=f.start_budget_bytes,
+            parked_bytes=f.parked_bytes,
+        )
 
     def _set(self, inst: Instance, state: InstanceState, now: float) -> None:
         inst.to(state, now)
@@ -351,8 +367,9 @@ class ControlLoop:
     def _serve_held(self, model: ModelSpec) -> None:
         """Hand held requests to awake instances, in arrival order, round-robin (never to one
         that a plan drains: it parks once its requests are done)."""
-        awake = [i for i in self._instances.values()
-                 if i.spec.model is model and i.state is S.AWAKE and i.draining is None]
+        awake = [
+            i for i in self._instances.values() if i.spec.model is model and i.state is S.AWAKE and i.draining is None
+        ]
         if not awake:
             return
         while (held := self._holds.pop_live(model.name)) is not None:
@@ -372,8 +389,10 @@ class ControlLoop:
         if any(i.state is not S.FAILED for i in group):
             return
         errors = "; ".join(f"{i.id}: {i.error}" for i in group)
-        self._holds.fail(model.name, EngineUnavailable(
-            f"every instance of model {model.name!r} has failed ({errors})", retry_after_s=None))
+        self._holds.fail(
+            model.name,
+            EngineUnavailable(f"every instance of model {model.name!r} has failed ({errors})", retry_after_s=None),
+        )
 
     def _retry_after(self, model: ModelSpec, elapsed_s: float) -> float:
         states = {i.state for i in self._instances.values() if i.spec.model is model}

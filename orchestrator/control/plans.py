@@ -105,9 +105,15 @@ class Plans(Generic[T]):
     start-up), ``serve(model)`` (hand held requests out), ``moved(model)`` (a migration's
     traffic moved)."""
 
-    def __init__(self, servers: Mapping[str, T], park: Callable[[T, str], None],
-                 wake: Callable[[T], None], pend: Callable[[T], None],
-                 serve: Callable[[str], None], moved: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        servers: Mapping[str, T],
+        park: Callable[[T, str], None],
+        wake: Callable[[T], None],
+        pend: Callable[[T], None],
+        serve: Callable[[str], None],
+        moved: Callable[[str], None],
+    ) -> None:
         self._servers = servers
         self._park, self._wake, self._pend = park, wake, pend
         self._serve, self._moved = serve, moved
@@ -211,8 +217,7 @@ class Plans(Generic[T]):
 
     def _target(self, st: Park | Wake | Start) -> T | None:
         if isinstance(st, Start):
-            return next((s for s in self._servers.values()
-                         if s.model_name == st.model and s.gpus == st.gpus), None)
+            return next((s for s in self._servers.values() if s.model_name == st.model and s.gpus == st.gpus), None)
         return self._servers.get(st.server)
 
     def _abandon(self, plan: Plan, why: str) -> None:

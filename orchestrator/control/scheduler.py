@@ -28,8 +28,14 @@ from orchestrator.policy.placement.cluster import (
 )
 
 
-def cluster_view(deployment: Deployment, instances: Iterable[Instance], waiting: Mapping[str, int],
-                 oldest_wait_s: Mapping[str, float], demand: Demand, now: float) -> ClusterView:
+def cluster_view(
+    deployment: Deployment,
+    instances: Iterable[Instance],
+    waiting: Mapping[str, int],
+    oldest_wait_s: Mapping[str, float],
+    demand: Demand,
+    now: float,
+) -> ClusterView:
     facts = deployment.models
     insts = list(instances)
     running: dict[str, int] = {}
@@ -37,18 +43,35 @@ def cluster_view(deployment: Deployment, instances: Iterable[Instance], waiting:
         running[i.spec.model.name] = running.get(i.spec.model.name, 0) + i.in_flight
     models = tuple(
         ModelDemand(
-            name=m.name, tp_size=m.tp_size, cost=facts[m.name].cost, tpot_slo_s=facts[m.name].tpot_slo_s,
-            token_rate=demand.token_rate(m.name, now), queued=waiting.get(m.name, 0),
-            running=running.get(m.name, 0), last_active_at=demand.last_active(m.name),
-            idle_park_s=m.idle.park_after_s, park_when=m.idle.when,
-            priority=m.priority, last_moved_at=demand.last_moved(m.name),
-            oldest_wait_s=oldest_wait_s.get(m.name, 0.0), step_s=demand.step_s(m, now),
-            activity=demand.activity(m.name, now))
-        for m in deployment.config.models)
+            name=m.name,
+            tp_size=m.tp_size,
+            cost=facts[m.name].cost,
+            tpot_slo_s=facts[m.name].tpot_slo_s,
+            token_rate=demand.token_rate(m.name, now),
+            queued=waiting.get(m.name, 0),
+            running=running.get(m.name, 0),
+            last_active_at=demand.last_active(m.name),
+            idle_park_s=m.idle.park_after_s,
+            park_when=m.idle.when,
+            priority=m.priority,
+            last_moved_at=demand.last_moved(m.name),
+            oldest_wait_s=oldest_wait_s.get(m.name, 0.0),
+            step_s=demand.step_s(m, now),
+            activity=demand.activity(m.name, now),
+        )
+        for m in deployment.config.models
+    )
     servers = tuple(
-        ServerView(i.id, i.spec.model.name, i.spec.gpus, policy_state(i),
-                   demand.kv_used_tokens(i.id) * facts[i.spec.model.name].cost.kv_bytes_per_token,
-                   i.in_flight)
-        for i in insts)
-    return ClusterView(models, servers, (deployment.gpu_bytes,) * deployment.config.gpu_count,
-                       deployment.placement_params)
+        ServerView(
+            i.id,
+            i.spec.model.name,
+            i.spec.gpus,
+            policy_state(i),
+            demand.kv_used_tokens(i.id) * facts[i.spec.model.name].cost.kv_bytes_per_token,
+            i.in_flight,
+        )
+        for i in insts
+    )
+    return ClusterView(
+        models, servers, (deployment.gpu_bytes,) * deployment.config.gpu_count, deployment.placement_params
+    )

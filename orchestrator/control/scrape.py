@@ -37,10 +37,14 @@ ROUND_S = TIMEOUT_S + PERIOD_S
 
 
 class Scraper:
-    def __init__(self, targets: Callable[[], Iterable[InstanceView]],
-                 sinks: Sequence[Callable[[LoadSample], None]],
-                 client: httpx.AsyncClient | None = None, period_s: float = PERIOD_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        targets: Callable[[], Iterable[InstanceView]],
+        sinks: Sequence[Callable[[LoadSample], None]],
+        client: httpx.AsyncClient | None = None,
+        period_s: float = PERIOD_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.targets = targets
         self.sinks = tuple(sinks)
         self.period_s = period_s
@@ -77,15 +81,13 @@ class Scraper:
     async def _one(self, client: httpx.AsyncClient, view: InstanceView) -> LoadSample | None:
         at = self.clock()
         try:
-            r = await client.get(f"{view.base_url}{LOADS.path}", params={"include": "core"},
-                                 timeout=TIMEOUT_S)
+            r = await client.get(f"{view.base_url}{LOADS.path}", params={"include": "core"}, timeout=TIMEOUT_S)
             r.raise_for_status()
             sample, seen = sample_from_loads(view.id, r.json(), at, self._seen.get(view.id))
         except (httpx.HTTPError, ValueError, LoadsError) as exc:
             if view.id not in self._failing:
                 self._failing.add(view.id)
-                log.warning("scrape: %s %s failed (logged once until it answers again): %r",
-                            view.id, LOADS.path, exc)
+                log.warning("scrape: %s %s failed (logged once until it answers again): %r", view.id, LOADS.path, exc)
             return None
         if view.id in self._failing:
             self._failing.discard(view.id)

@@ -45,22 +45,35 @@ class SimEngine:
         model = req.instance.model
         env_knobs = Env.read()
         argv = [
-            sys.executable, "-m", "simsglang",
-            "--model-path", model.model_path,
-            "--sim-shape", model.shape.name,
-            "--host", req.listen_host,
-            "--port", str(req.port),
-            "--served-model-name", served_name(model.name),
-            "--tp-size", str(model.tp_size),
-            "--nccl-port", str(req.nccl_port),
-            "--base-gpu-id", str(min(req.instance.gpus)),
+            sys.executable,
+            "-m",
+            "simsglang",
+            "--model-path",
+            model.model_path,
+            "--sim-shape",
+            model.shape.name,
+            "--host",
+            req.listen_host,
+            "--port",
+            str(req.port),
+            "--served-model-name",
+            served_name(model.name),
+            "--tp-size",
+            str(model.tp_size),
+            "--nccl-port",
+            str(req.nccl_port),
+            "--base-gpu-id",
+            str(min(req.instance.gpus)),
             "--enable-metrics",
             "--enable-memory-saver",
             "--enable-weights-cpu-backup",
             "--sleep-on-idle",
-            "--sim-gpu-memory-gb", f"{req.host.gpu_memory_gb:g}",
-            "--sim-speed", f"{env_knobs.sim_speed:g}",
-            "--sim-start-delay-s", f"{env_knobs.sim_start_delay_s:g}",
+            "--sim-gpu-memory-gb",
+            f"{req.host.gpu_memory_gb:g}",
+            "--sim-speed",
+            f"{env_knobs.sim_speed:g}",
+            "--sim-start-delay-s",
+            f"{env_knobs.sim_start_delay_s:g}",
         ]
         if model.load_format != "auto":
             argv += ["--load-format", model.load_format]
@@ -68,16 +81,18 @@ class SimEngine:
         if tokens is not None:
             argv += ["--max-total-tokens", str(tokens)]
         argv += model.engine_args
-        env = {k: v for k, v in os.environ.items()
-               if k != "PROMETHEUS_MULTIPROC_DIR" and k not in shim_settings.PER_SERVER}
+        env = {
+            k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR" and k not in shim_settings.PER_SERVER
+        }
         # the child must import this very package, wherever chimera runs from
         root = str(Path(orchestrator.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         if req.shim:  # the sim's shim channel reads the same variables (sim/shim_channel.py)
-            env.update(shim_settings.server_env(req.shim.socket, req.shim.limit_bytes,
-                                                req.shim.virtual_kv_bytes))
+            env.update(shim_settings.server_env(req.shim.socket, req.shim.limit_bytes, req.shim.virtual_kv_bytes))
         return LaunchSpec(
-            argv=tuple(argv), env=env, base_url=f"http://{req.listen_host}:{req.port}",
+            argv=tuple(argv),
+            env=env,
+            base_url=f"http://{req.listen_host}:{req.port}",
             served_name=served_name(model.name),
             ready_timeout_s=SIM_READY_TIMEOUT_S + env_knobs.sim_start_delay_s,
         )

@@ -81,14 +81,14 @@ class ShimClient:
         acc = out.get("accepted")
         if not isinstance(acc, dict):
             raise ShimProtocolError(f"{self.path}: set_limit answer lacks `accepted`: {out}")
-        return LimitReply(bool(out.get("applied")), int(acc["bytes"]), int(acc["revision"]),
-                          status_from_json(out["status"]))
+        return LimitReply(
+            bool(out.get("applied")), int(acc["bytes"]), int(acc["revision"]), status_from_json(out["status"])
+        )
 
     async def _call(self, req: Request) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self.timeout_s):
-                reader, writer = await asyncio.open_unix_connection(self.path,
-                                                                    limit=MAX_LINE_BYTES)
+                reader, writer = await asyncio.open_unix_connection(self.path, limit=MAX_LINE_BYTES)
                 try:
                     writer.write(encode(request_json(req)))
                     await writer.drain()
@@ -103,11 +103,9 @@ class ShimClient:
         except ValueError as exc:
             raise ShimProtocolError(f"{self.path}: not a JSON answer: {line[:200]!r}") from exc
         if not isinstance(out, dict) or out.get("protocol") != PROTOCOL_VERSION:
-            raise ShimProtocolError(f"{self.path}: expected protocol {PROTOCOL_VERSION}, got "
-                                    f"{line[:200]!r}")
+            raise ShimProtocolError(f"{self.path}: expected protocol {PROTOCOL_VERSION}, got {line[:200]!r}")
         if not out.get("ok"):
-            raise ShimProtocolError(f"{self.path}: refused {request_json(req)}: "
-                                    f"{out.get('error')}")
+            raise ShimProtocolError(f"{self.path}: refused {request_json(req)}: {out.get('error')}")
         try:
             status_from_json(out.get("status"))
         except ProtocolError as exc:

@@ -11,8 +11,9 @@ from orchestrator.types import LoadSample
 HORIZON_S = 5.0  # growth to provide for: the token rate over the next few re-splits
 
 
-def need_bytes(load: LoadSample, token_bytes: int, shim_used_tokens: int | None = None,
-               horizon_s: float = HORIZON_S) -> int:
+def need_bytes(
+    load: LoadSample, token_bytes: int, shim_used_tokens: int | None = None, horizon_s: float = HORIZON_S
+) -> int:
     """Bytes of KV this instance wants now: tokens in use (the shim's count when known),
     queued prompt tokens, and its generation rate over the horizon."""
     used = load.used_tokens if shim_used_tokens is None else shim_used_tokens

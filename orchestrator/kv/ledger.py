@@ -95,8 +95,7 @@ class Ledger:
     def budget(self, gpu: int, non_kv: Mapping[int, int]) -> int:
         return max(0, self.capacity.get(gpu, 0) - non_kv.get(gpu, 0) - self.margin)
 
-    def plan(self, instances: Sequence[KVInstance], seen: Mapping[str, Observation],
-             now: float) -> list[Action]:
+    def plan(self, instances: Sequence[KVInstance], seen: Mapping[str, Observation], now: float) -> list[Action]:
         actions: list[Action] = []
         non_kv = non_kv_bytes(instances)
         for gpu in sorted({i.gpu for i in instances}):
@@ -104,8 +103,14 @@ class Ledger:
             actions += self._plan_gpu(gpu, here, seen, non_kv, now)
         return actions
 
-    def _plan_gpu(self, gpu: int, here: Sequence[KVInstance], seen: Mapping[str, Observation],
-                  non_kv: Mapping[int, int], now: float) -> list[Action]:
+    def _plan_gpu(
+        self,
+        gpu: int,
+        here: Sequence[KVInstance],
+        seen: Mapping[str, Observation],
+        non_kv: Mapping[int, int],
+        now: float,
+    ) -> list[Action]:
         out: list[Action] = []
         members, mapped, current = [], {}, {}
         parked_pages = 0
@@ -123,25 +128,40 @@ class Ledger:
                 continue
             if st is None or obs.load is None:
                 continue  # unknown this round: it keeps its limit; its pages count below
-            ceiling = min(inst.ceiling_bytes or st.capacity_tokens * inst.token_bytes,
-                          st.capacity_tokens * inst.token_bytes)
-            members.append(Member(
-                inst.id, need_bytes(obs.load, inst.token_bytes, st.used_tokens),
-                inst.floor_bytes, ceiling, st.block_bytes, inst.priority))
+            ceiling = min(
+                inst.ceiling_bytes or st.capacity_tokens * inst.token_bytes, st.capacity_tokens * inst.token_bytes
+            )
+            members.append(
+                Member(
+                    inst.id,
+                    need_bytes(obs.load, inst.token_bytes, st.used_tokens),
+                    inst.floor_bytes,
+                    ceiling,
+                    st.block_bytes,
+                    inst.priority,
+                )
+            )
             mapped[inst.id] = st.mapped_bytes
             current[inst.id] = known.limit if known.limit is not None else st.limit_bytes
-            if (obs.load.idle and st.mapped_bytes > st.limit_bytes + st.block_bytes
-                    and (known.last_flush is None or now - known.last_flush >= FLUSH_EVERY_S)):
+            if (
+                obs.load.idle
+                and st.mapped_bytes > st.limit_bytes + st.block_bytes
+                and (known.last_flush is None or now - known.last_flush >= FLUSH_EVERY_S)
+            ):
                 known.last_flush = now
                 out.append(FlushCache(inst.id))
         budget = self.budget(gpu, non_kv)
         # instances not seen this round still hold what they have mapped or may map
-        unseen = parked_pages + sum(max(self.known[i.id].limit or 0, 0) for i in here
-                                    if i.resident and i.id not in mapped)
+        unseen = parked_pages + sum(
+            max(self.known[i.id].limit or 0, 0) for i in here if i.resident and i.id not in mapped
+        )
         block = {m.id: m.block for m in members}
-        targets = {iid: t if changed(t, current[iid], block[iid], self.hysteresis)
-                   or self.known[iid].limit is None else current[iid]
-                   for iid, t in split(budget - unseen, members).limits.items()}
+        targets = {
+            iid: t
+            if changed(t, current[iid], block[iid], self.hysteresis) or self.known[iid].limit is None
+            else current[iid]
+            for iid, t in split(budget - unseen, members).limits.items()
+        }
         order = [m.id for m in sorted(members, key=lambda m: (-m.priority, m.id))]
         for iid, limit in phase(budget - unseen, targets, current, mapped, order).items():
             if limit != current[iid] or self.known[iid].limit is None:

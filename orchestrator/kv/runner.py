@@ -79,11 +79,16 @@ class HttpKVEffects:
 
 
 class KVRunner:
-    def __init__(self, ledger: Ledger, effects: KVEffects,
-                 instances: Callable[[], Sequence[KVInstance]],
-                 clock: Callable[[], float] = time.monotonic, period_s: float = PERIOD_S,
-                 report: Callable[[str, Status], None] | None = None,
-                 max_sample_age_s: float = MAX_SAMPLE_AGE_S) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        effects: KVEffects,
+        instances: Callable[[], Sequence[KVInstance]],
+        clock: Callable[[], float] = time.monotonic,
+        period_s: float = PERIOD_S,
+        report: Callable[[str, Status], None] | None = None,
+        max_sample_age_s: float = MAX_SAMPLE_AGE_S,
+    ) -> None:
         self.ledger, self.effects, self.instances = ledger, effects, instances
         self.report = report  # each shim status read (metrics)
         self.clock, self.period_s = clock, period_s  # clock: the scraper's (samples' ``at``)
@@ -128,8 +133,7 @@ class KVRunner:
             for inst, st in zip(insts, statuses, strict=True):
                 if st is not None:
                     self.report(inst.id, st)
-        seen = {i.id: Observation(self._fresh(i.id, now), st)
-                for i, st in zip(insts, statuses, strict=True)}
+        seen = {i.id: Observation(self._fresh(i.id, now), st) for i, st in zip(insts, statuses, strict=True)}
         actions = self.ledger.plan(insts, seen, now)
         # order does not matter: a grow was sized on memory free while the shrinking
         # instances still hold every page they have mapped (split.phase)
@@ -151,8 +155,14 @@ class KVRunner:
             reply = await self.effects.set_limit(action.instance, action.bytes, action.revision)
         except (ShimUnavailable, ShimProtocolError) as exc:
             n = self.failures[action.instance] = self.failures.get(action.instance, 0) + 1
-            log.warning("kv ledger: %s set_limit(%d, rev %d) failed (%d in a row): %s",
-                        action.instance, action.bytes, action.revision, n, exc)
+            log.warning(
+                "kv ledger: %s set_limit(%d, rev %d) failed (%d in a row): %s",
+                action.instance,
+                action.bytes,
+                action.revision,
+                n,
+                exc,
+            )
             return
         self.failures.pop(action.instance, None)
         self.ledger.accepted(action.instance, reply.accepted_bytes, reply.accepted_revision)

@@ -50,8 +50,7 @@ def waterfill(amount: float, caps: Sequence[float], weights: Sequence[float]) ->
     left = max(0.0, amount)
     while open_ and left > 1e-9:
         wsum = sum(max(weights[i], 0.0) for i in open_)
-        shares = {i: left * (max(weights[i], 0.0) / wsum if wsum > 0 else 1 / len(open_))
-                  for i in open_}
+        shares = {i: left * (max(weights[i], 0.0) / wsum if wsum > 0 else 1 / len(open_)) for i in open_}
         capped = [i for i in open_ if out[i] + shares[i] >= caps[i]]
         if not capped:
             for i in open_:
@@ -69,32 +68,39 @@ def split(budget: int, members: Sequence[Member]) -> Split:
         return Split({}, 0)
     budget = max(0, budget)
     ceil = [max(m.ceiling // m.block * m.block, m.block) for m in members]
-    floor = [min(-(-max(m.floor, m.block) // m.block) * m.block, c)
-             for m, c in zip(members, ceil, strict=True)]
-    prio = [PRIORITY_WEIGHT ** m.priority for m in members]
+    floor = [min(-(-max(m.floor, m.block) // m.block) * m.block, c) for m, c in zip(members, ceil, strict=True)]
+    prio = [PRIORITY_WEIGHT**m.priority for m in members]
     short = max(0, sum(floor) - budget)
     if short:  # floors by priority, then order of the file
         got = waterfill(budget, floor, [p * f for p, f in zip(prio, floor, strict=True)])
         return Split(_blocks(members, got), short)
     need = [min(max(m.need, f), c) for m, f, c in zip(members, floor, ceil, strict=True)]
     left = budget - sum(floor)
-    extra = waterfill(left, [n - f for n, f in zip(need, floor, strict=True)],
-                      [p * max(n - f, 1) for p, n, f in zip(prio, need, floor, strict=True)])
+    extra = waterfill(
+        left,
+        [n - f for n, f in zip(need, floor, strict=True)],
+        [p * max(n - f, 1) for p, n, f in zip(prio, need, floor, strict=True)],
+    )
     got = [f + e for f, e in zip(floor, extra, strict=True)]
     rest = budget - sum(got)
     idle = IDLE_SHARE * budget
-    more = waterfill(rest, [c - g for c, g in zip(ceil, got, strict=True)],
-                     [p * (n + idle) for p, n in zip(prio, need, strict=True)])
+    more = waterfill(
+        rest, [c - g for c, g in zip(ceil, got, strict=True)], [p * (n + idle) for p, n in zip(prio, need, strict=True)]
+    )
     return Split(_blocks(members, [g + m for g, m in zip(got, more, strict=True)]), 0)
 
 
 def _blocks(members: Sequence[Member], shares: Sequence[float]) -> dict[str, int]:
-    return {m.id: max(m.block, int(s) // m.block * m.block)
-            for m, s in zip(members, shares, strict=True)}
+    return {m.id: max(m.block, int(s) // m.block * m.block) for m, s in zip(members, shares, strict=True)}
 
 
-def phase(budget: int, targets: Mapping[str, int], current: Mapping[str, int],
-          mapped: Mapping[str, int], order: Sequence[str] = ()) -> dict[str, int]:
+def phase(
+    budget: int,
+    targets: Mapping[str, int],
+    current: Mapping[str, int],
+    mapped: Mapping[str, int],
+    order: Sequence[str] = (),
+) -> dict[str, int]:
     """Limits to send now. ``current``: limits in force; ``mapped``: physical bytes each
     instance holds (from the shim's status). Grows are served in ``order`` (default: by id)
     out of what is free while every instance holds max(mapped, limit)."""

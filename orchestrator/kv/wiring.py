@@ -15,8 +15,7 @@ from orchestrator.kv.ledger import KVInstance
 from orchestrator.types import InstanceState, InstanceView
 
 # holding or about to hold KV: the ledger splits among these; parked ones get limit 0
-RESIDENT = frozenset({InstanceState.PENDING, InstanceState.STARTING, InstanceState.AWAKE,
-                      InstanceState.WAKING})
+RESIDENT = frozenset({InstanceState.PENDING, InstanceState.STARTING, InstanceState.AWAKE, InstanceState.WAKING})
 # still holding weights and runtime: a parking instance until SGLang's release is done
 HOLDS_WEIGHTS = RESIDENT | {InstanceState.PARKING}
 GONE = frozenset({InstanceState.FAILED, InstanceState.STOPPED})
@@ -32,10 +31,18 @@ def kv_instances(views: Iterable[InstanceView], deployment: Deployment) -> list[
         facts = deployment.instances[v.id]
         model = facts.spec.model
         for gpu in v.gpus:
-            out.append(KVInstance(
-                id=v.id, gpu=gpu, token_bytes=model.shape.kv_bytes_per_token,
-                awake_bytes=facts.awake_bytes, parked_bytes=facts.parked_bytes,
-                floor_bytes=facts.floor_bytes, ceiling_bytes=facts.ceiling_bytes,
-                priority=model.priority, resident=v.state in RESIDENT,
-                holds_weights=v.state in HOLDS_WEIGHTS))
+            out.append(
+                KVInstance(
+                    id=v.id,
+                    gpu=gpu,
+                    token_bytes=model.shape.kv_bytes_per_token,
+                    awake_bytes=facts.awake_bytes,
+                    parked_bytes=facts.parked_bytes,
+                    floor_bytes=facts.floor_bytes,
+                    ceiling_bytes=facts.ceiling_bytes,
+                    priority=model.priority,
+                    resident=v.state in RESIDENT,
+                    holds_weights=v.state in HOLDS_WEIGHTS,
+                )
+            )
     return out

@@ -78,8 +78,9 @@ class GpuPlan:
         for x, law in zip(self.members, self.laws, strict=True):
             after = add(law, act * kappa(x.name, member.name), shift_of(member, x))
             extra += x.weight * (miss(x, after) - miss(x, law))
-        mine = law_of(member, [(x, a * kappa(member.name, x.name))
-                               for x, a in zip(self.members, self.act, strict=True)])
+        mine = law_of(
+            member, [(x, a * kappa(member.name, x.name)) for x, a in zip(self.members, self.act, strict=True)]
+        )
         extra += member.weight * miss(member, mine)
         return Score(crowded, overflow, extra, self.load() + member.activity)
 
@@ -102,6 +103,14 @@ class GpuPlan:
     def _rebuild(self) -> None:
         kappa = self.prof.kappa
         self.act = inflated(self.members)
-        self.laws = [law_of(x, [(y, a * kappa(x.name, y.name))
-                                for j, (y, a) in enumerate(zip(self.members, self.act, strict=True)) if j != i])
-                     for i, x in enumerate(self.members)]
+        self.laws = [
+            law_of(
+                x,
+                [
+                    (y, a * kappa(x.name, y.name))
+                    for j, (y, a) in enumerate(zip(self.members, self.act, strict=True))
+                    if j != i
+                ],
+            )
+            for i, x in enumerate(self.members)
+        ]

@@ -60,8 +60,10 @@ def inflated(members: Sequence[Member]) -> list[float]:
     conc = [-math.log(1 - min(a, _MAX_ACTIVITY)) for a in act]
     for _ in range(2):
         total = sum(a * m.step_s for a, m in zip(act, members, strict=True))
-        act = [inflate(c, m.step_s, total - a * m.step_s) if m.step_s > 0 and a < 1.0 else a
-               for a, c, m in zip(act, conc, members, strict=True)]
+        act = [
+            inflate(c, m.step_s, total - a * m.step_s) if m.step_s > 0 and a < 1.0 else a
+            for a, c, m in zip(act, conc, members, strict=True)
+        ]
     return act
 
 

@@ -49,11 +49,18 @@ class Layout:
     unplaced: tuple[str, ...]  # models with no server anywhere (not enough memory)
 
 
-def layout(models: tuple[ModelDemand, ...], gpu_bytes: tuple[int, ...], *,
-           awake_share: dict[str, float] | None = None, replicas: dict[str, int] | None = None,
-           reserve_bytes: int = 0, round_robin: bool = False, tpot_guard: bool = True,
-           awake_profile: dict[str, Sequence[float]] | None = None,
-           activity_profile: dict[str, Sequence[float]] | None = None) -> Layout:
+def layout(
+    models: tuple[ModelDemand, ...],
+    gpu_bytes: tuple[int, ...],
+    *,
+    awake_share: dict[str, float] | None = None,
+    replicas: dict[str, int] | None = None,
+    reserve_bytes: int = 0,
+    round_robin: bool = False,
+    tpot_guard: bool = True,
+    awake_profile: dict[str, Sequence[float]] | None = None,
+    activity_profile: dict[str, Sequence[float]] | None = None,
+) -> Layout:
     n = len(gpu_bytes)
     prof = Profiles(dict(awake_profile or {}), dict(activity_profile or {}))
     steps = max(prof.steps, 1)
@@ -61,8 +68,13 @@ def layout(models: tuple[ModelDemand, ...], gpu_bytes: tuple[int, ...], *,
     total_rate = sum(m.token_rate for m in models) or 1.0
     share = awake_share or {}
     reps = replicas or {}
-    order = list(models) if round_robin else sorted(
-        models, key=lambda m: (-(m.cost.awake_bytes + m.cost.kv_floor_bytes) * m.tp_size, -m.pressure, m.name))
+    order = (
+        list(models)
+        if round_robin
+        else sorted(
+            models, key=lambda m: (-(m.cost.awake_bytes + m.cost.kv_floor_bytes) * m.tp_size, -m.pressure, m.name)
+        )
+    )
     turn = 0
     servers: list[tuple[str, tuple[int, ...]]] = []
     unplaced: list[str] = []
@@ -101,8 +113,15 @@ def layout(models: tuple[ModelDemand, ...], gpu_bytes: tuple[int, ...], *,
     return Layout(tuple(servers), tuple(unplaced))
 
 
-def _key(m: ModelDemand, grp: tuple[int, ...], plans: list[GpuPlan], awake: list[float], a: float,
-         member: Member | None, total_rate: float) -> tuple[float, ...]:
+def _key(
+    m: ModelDemand,
+    grp: tuple[int, ...],
+    plans: list[GpuPlan],
+    awake: list[float],
+    a: float,
+    member: Member | None,
+    total_rate: float,
+) -> tuple[float, ...]:
     """The order of a candidate group (module docstring)."""
     wake = m.cost.awake_bytes + m.cost.kv_floor_bytes
     scores = [plans[g].score(m, awake, member) for g in grp]

@@ -37,8 +37,7 @@ def awake_profile(arrivals: Sequence[float], idle_s: float, step_s: float, horiz
     return tuple(min(x, 1.0) for x in out)
 
 
-def activity_profile(arrivals: Sequence[float], alone_s: float, step_s: float,
-                     horizon_s: float) -> tuple[float, ...]:
+def activity_profile(arrivals: Sequence[float], alone_s: float, step_s: float, horizon_s: float) -> tuple[float, ...]:
     """Share of each ``step_s`` of [0, horizon) in which a model with these request arrival
     times has requests running, each taking ``alone_s``: 1 - exp(-rate x alone_s)."""
     n = max(1, math.ceil(horizon_s / step_s))

@@ -21,8 +21,25 @@ from orchestrator.types import InstanceState, gpu_label
 # LLM latencies span milliseconds (a short TTFT on an awake model) to minutes (a request held
 # through a cold start, ~65 s measured on the H100, or a long generation), so the buckets do too.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0,
-    60.0, 120.0, 300.0, 600.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
 )
 
 
@@ -33,79 +50,114 @@ class ChimeraMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "chimera_requests", "Proxied requests by model, route and HTTP status "
-            "(499: the client left before the response ended)",
-            ["model", "route", "status"], registry=r,
+            "chimera_requests",
+            "Proxied requests by model, route and HTTP status (499: the client left before the response ended)",
+            ["model", "route", "status"],
+            registry=r,
         )
         self.ttft = Histogram(
-            "chimera_request_ttft_seconds", "Time from the proxy receiving a streamed request "
+            "chimera_request_ttft_seconds",
+            "Time from the proxy receiving a streamed request "
             "to its first non-empty chunk (includes time held while the model wakes)",
-            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.e2e = Histogram(
-            "chimera_request_e2e_seconds", "Time from the proxy receiving a request to the end "
-            "of its successful response", ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+            "chimera_request_e2e_seconds",
+            "Time from the proxy receiving a request to the end of its successful response",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.in_flight = Gauge(
-            "chimera_requests_in_flight", "Requests between model resolution and the end of "
-            "the response, including those held while the model wakes", ["model"], registry=r,
+            "chimera_requests_in_flight",
+            "Requests between model resolution and the end of the response, including those held while the model wakes",
+            ["model"],
+            registry=r,
         )
         self.instance_state = Gauge(
-            "chimera_instance_state", "1 for the current lifecycle state of an engine "
-            "instance, 0 for the others", ["model", "instance", "gpu", "state"], registry=r,
+            "chimera_instance_state",
+            "1 for the current lifecycle state of an engine instance, 0 for the others",
+            ["model", "instance", "gpu", "state"],
+            registry=r,
         )
 
         self.wake_seconds = Histogram(
-            "chimera_wake_seconds", "Wake of a parked instance: resume, continue and the "
-            "output-checking probe", ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+            "chimera_wake_seconds",
+            "Wake of a parked instance: resume, continue and the output-checking probe",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.park_seconds = Histogram(
-            "chimera_park_seconds", "Park of an instance: pause, drain, release and the memory "
-            "check", ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+            "chimera_park_seconds",
+            "Park of an instance: pause, drain, release and the memory check",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.parks = Counter(
-            "chimera_parks", "Parks started, by reason (warm_start, idle, make_room, admin)",
-            ["model", "reason"], registry=r,
+            "chimera_parks",
+            "Parks started, by reason (warm_start, idle, make_room, admin)",
+            ["model", "reason"],
+            registry=r,
         )
         self.park_failures = Counter(
-            "chimera_park_failures", "Parks whose memory did not drop (the instance was resumed)",
-            ["model"], registry=r,
+            "chimera_park_failures",
+            "Parks whose memory did not drop (the instance was resumed)",
+            ["model"],
+            registry=r,
         )
         self.freed_bytes = Counter(
-            "chimera_park_freed_bytes", "GPU memory verified freed by parks (NVML or the sim "
-            "ledger)", ["model"], registry=r,
+            "chimera_park_freed_bytes",
+            "GPU memory verified freed by parks (NVML or the sim ledger)",
+            ["model"],
+            registry=r,
         )
         self.held = Gauge(
-            "chimera_requests_held", "Requests held while their model starts or wakes",
-            ["model"], registry=r,
+            "chimera_requests_held",
+            "Requests held while their model starts or wakes",
+            ["model"],
+            registry=r,
         )
         self.hold_seconds = Histogram(
-            "chimera_hold_seconds", "Time a request was held before an instance took it",
-            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+            "chimera_hold_seconds",
+            "Time a request was held before an instance took it",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
 
         self.kv_limit = Gauge(
-            "chimera_kv_limit_bytes", "KV limit in force in an instance's cumem_shim (elastic "
-            "modes), as its shim last reported it", ["model", "instance"], registry=r,
+            "chimera_kv_limit_bytes",
+            "KV limit in force in an instance's cumem_shim (elastic modes), as its shim last reported it",
+            ["model", "instance"],
+            registry=r,
         )
         self.kv_mapped = Gauge(
-            "chimera_kv_mapped_bytes", "GPU memory mapped for an instance's KV cache by its "
-            "cumem_shim", ["model", "instance"], registry=r,
+            "chimera_kv_mapped_bytes",
+            "GPU memory mapped for an instance's KV cache by its cumem_shim",
+            ["model", "instance"],
+            registry=r,
         )
         self.kv_used_tokens = Gauge(
-            "chimera_kv_used_tokens", "KV token slots in use in an instance (requests and "
-            "prefix cache), from its cumem_shim", ["model", "instance"], registry=r,
+            "chimera_kv_used_tokens",
+            "KV token slots in use in an instance (requests and prefix cache), from its cumem_shim",
+            ["model", "instance"],
+            registry=r,
         )
 
         self.instance_gpu_bytes = Gauge(
-            "chimera_instance_gpu_bytes", "An instance's GPU memory once up, summed over its "
+            "chimera_instance_gpu_bytes",
+            "An instance's GPU memory once up, summed over its "
             "GPUs: its budget (kind=budget, from the deployment) and what it holds "
             "(kind=measured: NVML per process, or the sim engine's ledger)",
-            ["model", "instance", "kind"], registry=r,
+            ["model", "instance", "kind"],
+            registry=r,
         )
 
-    def set_kv(self, model: str, instance: str, limit_bytes: int, mapped_bytes: int,
-               used_tokens: int) -> None:
+    def set_kv(self, model: str, instance: str, limit_bytes: int, mapped_bytes: int, used_tokens: int) -> None:
         """One instance's shim status, as the KV ledger last read it."""
         self.kv_limit.labels(model, instance).set(limit_bytes)
         self.kv_mapped.labels(model, instance).set(mapped_bytes)
@@ -132,17 +184,13 @@ class ChimeraMetrics:
         else:
             raise ValueError(f"unknown measurement kind {kind!r}")
 
-    def set_instance_state(
-        self, model: str, instance: str, gpus: tuple[int, ...], state: str
-    ) -> None:
+    def set_instance_state(self, model: str, instance: str, gpus: tuple[int, ...], state: str) -> None:
         """Mark ``state`` (an InstanceState value) as current and zero the instance's others.
         Raises ValueError for a state that is not an InstanceState value."""
         current = InstanceState(state)
         gpu = gpu_label(gpus)
         for s in InstanceState:
-            self.instance_state.labels(model, instance, gpu, s.value).set(
-                1.0 if s is current else 0.0
-            )
+            self.instance_state.labels(model, instance, gpu, s.value).set(1.0 if s is current else 0.0)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its Content-Type, for ``GET /metrics``."""

@@ -31,11 +31,14 @@ def sglang_defaults(gpu_memory_gb: float, tp_size: int) -> tuple[float, int, int
     """(mem_fraction_static, chunked_prefill_size, cuda_graph_max_bs) as SGLang 0.5.17 picks
     them for a GPU of this size when the flags are not given (server_args.py)."""
     gpu_mib = gpu_memory_gb * 1024
-    _, chunk, bs_small_tp, bs_large_tp = next(
-        b for b in cal.GPU_MEMORY_BRACKETS if gpu_mib < b[0])
+    _, chunk, bs_small_tp, bs_large_tp = next(b for b in cal.GPU_MEMORY_BRACKETS if gpu_mib < b[0])
     max_bs = bs_small_tp if tp_size < 4 else bs_large_tp
-    reserved = (cal.RESERVED_BASE_MIB + max(chunk, 2048) * cal.RESERVED_PER_ACTIVATION_TOKEN_MIB
-                + tp_size / 8 * 1024 + max_bs * 2)
+    reserved = (
+        cal.RESERVED_BASE_MIB
+        + max(chunk, 2048) * cal.RESERVED_PER_ACTIVATION_TOKEN_MIB
+        + tp_size / 8 * 1024
+        + max_bs * 2
+    )
     if gpu_mib > 60 * 1024:
         reserved = max(reserved, cal.RESERVED_FLOOR_MIB_ABOVE_60G)
     return round((gpu_mib - reserved) / gpu_mib, 3), chunk, max_bs
@@ -56,14 +59,20 @@ class MemoryPlan:
     max_running_requests: int
 
     def bytes_of(self, tag: str) -> int:
-        return {"weights": self.weight_bytes, "kv_cache": self.kv_bytes,
-                "cuda_graph": self.cuda_graph_bytes}[tag]
+        return {"weights": self.weight_bytes, "kv_cache": self.kv_bytes, "cuda_graph": self.cuda_graph_bytes}[tag]
 
 
-def plan_memory(shape: ModelShape, *, tp_size: int = 1, gpu_memory_gb: float = 80.0,
-                mem_fraction_static: float | None = None, max_total_tokens: int | None = None,
-                max_running_requests: int | None = None, chunked_prefill_size: int | None = None,
-                context_length: int | None = None) -> MemoryPlan:
+def plan_memory(
+    shape: ModelShape,
+    *,
+    tp_size: int = 1,
+    gpu_memory_gb: float = 80.0,
+    mem_fraction_static: float | None = None,
+    max_total_tokens: int | None = None,
+    max_running_requests: int | None = None,
+    chunked_prefill_size: int | None = None,
+    context_length: int | None = None,
+) -> MemoryPlan:
     """Size the server like SGLang's model runner: KV pool = gpu x mem_fraction_static - memory
     used at startup - weights, capped by --max-total-tokens (SGLang takes the minimum)."""
     frac_default, chunk_default, _ = sglang_defaults(gpu_memory_gb, tp_size)
@@ -77,19 +86,23 @@ def plan_memory(shape: ModelShape, *, tp_size: int = 1, gpu_memory_gb: float = 8
             f"Not enough memory: {shape.name} needs {weights / cal.GIB:.1f} GiB of weights per GPU "
             f"but --mem-fraction-static {frac} of {gpu_memory_gb:g} GiB leaves "
             f"{max(room, 0) / cal.GIB:.2f} GiB for the KV cache; raise --tp-size or "
-            f"--mem-fraction-static (SIMULATED H100)")
+            f"--mem-fraction-static (SIMULATED H100)"
+        )
     tokens = room // per_token
     if max_total_tokens is not None:
         tokens = min(tokens, max_total_tokens)
     context_len = context_length or shape.max_context
     if max_running_requests is None:
         estimate = int(tokens / context_len * 512)
-        max_running_requests = min(max(estimate, cal.MAX_RUNNING_REQUESTS_MIN),
-                                   cal.MAX_RUNNING_REQUESTS_MAX)
+        max_running_requests = min(max(estimate, cal.MAX_RUNNING_REQUESTS_MIN), cal.MAX_RUNNING_REQUESTS_MAX)
     return MemoryPlan(
-        gpu_bytes=gpu, context_bytes=cal.CONTEXT_BYTES, weight_bytes=weights,
-        kv_bytes=tokens * per_token, cuda_graph_bytes=cal.CUDA_GRAPH_BYTES,
-        kv_capacity_tokens=int(tokens), mem_fraction_static=frac,
+        gpu_bytes=gpu,
+        context_bytes=cal.CONTEXT_BYTES,
+        weight_bytes=weights,
+        kv_bytes=tokens * per_token,
+        cuda_graph_bytes=cal.CUDA_GRAPH_BYTES,
+        kv_capacity_tokens=int(tokens),
+        mem_fraction_static=frac,
         chunked_prefill_size=chunked_prefill_size or chunk_default,
         max_running_requests=max_running_requests,
     )
@@ -129,8 +142,7 @@ class LatencyModel:
         new_total = sum(n for n, _ in chunks)
         if new_total == 0:
             return 0.0
-        flops = new_total * self.shape.flops_per_token + sum(
-            self._attention_flops(n, p) for n, p in chunks)
+        flops = new_total * self.shape.flops_per_token + sum(self._attention_flops(n, p) for n, p in chunks)
         compute = flops / self.tp_size / (cal.PEAK_BF16_FLOPS * cal.PREFILL_MFU)
         passes = -(-new_total // max(1, chunk_size))
         # a pass is never faster than streaming the weights once; compute overlaps that stream
@@ -142,12 +154,10 @@ class LatencyModel:
         batch = len(context_lens)
         if batch == 0:
             return 0.0
-        compute = batch * self.shape.flops_per_token / self.tp_size / (
-            cal.PEAK_BF16_FLOPS * cal.DECODE_MFU)
+        compute = batch * self.shape.flops_per_token / self.tp_size / (cal.PEAK_BF16_FLOPS * cal.DECODE_MFU)
         kv_per_token = kv_bytes_per_token_per_gpu(self.shape, self.tp_size)
         kv_read = sum(context_lens) * kv_per_token / (cal.HBM_BANDWIDTH * cal.KV_READ_EFFICIENCY)
-        step = (cal.DECODE_STEP_OVERHEAD_S + max(self._weight_read(), compute) + kv_read
-                + self._allreduce(batch))
+        step = cal.DECODE_STEP_OVERHEAD_S + max(self._weight_read(), compute) + kv_read + self._allreduce(batch)
         return self.speed * step
 
     def release_time(self, plan: MemoryPlan, tags: Sequence[str], first: bool) -> float:

@@ -81,8 +81,7 @@ def decide(snap: ClusterSnapshot, now: float) -> StartDecision:
         if n > 0 and group and not any(i.state in _ON_ITS_WAY for i in group):
             stopped = [i for i in group if i.state is S.STOPPED and i not in wanted]
             if stopped:  # prefer a GPU that is not busy starting another instance
-                wanted.append(min(stopped, key=lambda i: (not starting_gpus.isdisjoint(i.gpus),
-                                                          i.order)))
+                wanted.append(min(stopped, key=lambda i: (not starting_gpus.isdisjoint(i.gpus), i.order)))
 
     held: dict[int, int] = {}
     for i in snap.instances:
@@ -105,8 +104,9 @@ def decide(snap: ClusterSnapshot, now: float) -> StartDecision:
     return StartDecision(tuple(start), tuple(queue))
 
 
-def _may_start(inst: InstanceSnapshot, busy: set[int], alone: set[int], held: dict[int, int],
-               gpu_bytes: int | None) -> bool:
+def _may_start(
+    inst: InstanceSnapshot, busy: set[int], alone: set[int], held: dict[int, int], gpu_bytes: int | None
+) -> bool:
     if busy.isdisjoint(inst.gpus):
         return True  # nothing else starts on its GPUs: as before concurrent starts existed
     if inst.start_alone or not alone.isdisjoint(inst.gpus):

@@ -26,12 +26,20 @@ class Admin(Protocol):
 def admin_routes(control: Admin, key: str | None) -> list[Route]:
     def authorized(request: Request) -> None:
         if not key:
-            raise ProxyError(403, "the admin API is off: start chimera-orch with --admin-key or "
-                             "CHIMERA_ADMIN_KEY", type="permission_error", code="admin_disabled")
+            raise ProxyError(
+                403,
+                "the admin API is off: start chimera-orch with --admin-key or CHIMERA_ADMIN_KEY",
+                type="permission_error",
+                code="admin_disabled",
+            )
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), key.encode()):
-            raise ProxyError(401, "admin API: missing or wrong `Authorization: Bearer <key>`",
-                             type="authentication_error", code="invalid_admin_key")
+            raise ProxyError(
+                401,
+                "admin API: missing or wrong `Authorization: Bearer <key>`",
+                type="authentication_error",
+                code="invalid_admin_key",
+            )
 
     async def list_instances(request: Request) -> Response:
         try:
@@ -48,15 +56,16 @@ def admin_routes(control: Admin, key: str | None) -> list[Route]:
                 try:
                     report = await control.admin(iid, name)
                 except KeyError as exc:
-                    raise ProxyError(404, str(exc.args[0]), type="invalid_request_error",
-                                     code="instance_not_found") from exc
+                    raise ProxyError(
+                        404, str(exc.args[0]), type="invalid_request_error", code="instance_not_found"
+                    ) from exc
                 except ValueError as exc:
-                    raise ProxyError(409, str(exc), type="invalid_request_error",
-                                     code="invalid_state") from exc
+                    raise ProxyError(409, str(exc), type="invalid_request_error", code="invalid_state") from exc
             except ProxyError as e:
                 return e.response()
             view = next((v for v in control.instances() if v.id == iid), None)
             return _json({"result": report, "instance": _view(view) if view else None})
+
         return run
 
     return [

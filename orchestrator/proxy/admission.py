@@ -70,8 +70,9 @@ class _Engine:
 
 
 class AdmissionGate:
-    def __init__(self, deployment: Deployment, clock: Callable[[], float] = time.monotonic,
-                 repump_s: float = STALE_S) -> None:
+    def __init__(
+        self, deployment: Deployment, clock: Callable[[], float] = time.monotonic, repump_s: float = STALE_S
+    ) -> None:
         self._clock = clock
         self._repump_s = repump_s
         self._specs = {iid: f.spec for iid, f in deployment.instances.items()}
@@ -96,8 +97,9 @@ class AdmissionGate:
         self._pump(self._group(s.instance_id))
 
     @asynccontextmanager
-    async def admitted(self, spec: ModelSpec, body: dict[str, Any], instance_id: str,
-                       arrival: float) -> AsyncIterator[None]:
+    async def admitted(
+        self, spec: ModelSpec, body: dict[str, Any], instance_id: str, arrival: float
+    ) -> AsyncIterator[None]:
         """Wait for the request's turn on ``instance_id``; raises ProxyError (429) if shed."""
         rid = await self.admit(spec, body, instance_id, arrival)
         try:
@@ -105,8 +107,7 @@ class AdmissionGate:
         finally:
             self.done(instance_id, rid)
 
-    async def admit(self, spec: ModelSpec, body: dict[str, Any], instance_id: str,
-                    arrival: float) -> str:
+    async def admit(self, spec: ModelSpec, body: dict[str, Any], instance_id: str, arrival: float) -> str:
         """Queue one request and wait until it is dispatched (returns its id: pass it to
         ``done``) or shed (raises ProxyError 429). Cancellation-safe."""
         if instance_id not in self._specs:
@@ -114,9 +115,14 @@ class AdmissionGate:
         prompt = estimate_prompt_tokens(body)
         rid = f"r{next(self._ids)}"
         facts = self._models[spec.name]
-        pending = Pending(rid, spec.name, arrival, arrival + facts.ttft_slo_s,
-                          facts.latency.prefill_time([(prompt, 0)]),
-                          prompt + max_new_tokens(body))
+        pending = Pending(
+            rid,
+            spec.name,
+            arrival,
+            arrival + facts.ttft_slo_s,
+            facts.latency.prefill_time([(prompt, 0)]),
+            prompt + max_new_tokens(body),
+        )
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         g = self._group(instance_id)
         queue = self._queues.setdefault(g, {})
@@ -159,19 +165,16 @@ class AdmissionGate:
             return
         now = self._clock()
         engines = tuple(self._room(iid, now) for iid in sorted({w.instance for w in queue.values()}))
-        pending = tuple(_capped(w.pending, self._capacity(w.instance, now))
-                        for w in queue.values())
+        pending = tuple(_capped(w.pending, self._capacity(w.instance, now)) for w in queue.values())
         view = QueueView(pending, engines, self._rules, self._backlog_s(g, now))
         decision = admit.decide(view, now)
         for d in decision.dispatch:
             w = queue.pop(d.request)
-            self._engines[d.server].unseen[d.request] = _Dispatched(now, w.pending.kv_tokens,
-                                                                    w.prompt_tokens)
+            self._engines[d.server].unseen[d.request] = _Dispatched(now, w.pending.kv_tokens, w.prompt_tokens)
             w.future.set_result(None)
         for s in decision.shed:
             w = queue.pop(s.request)
-            w.future.set_exception(ProxyError.deadline_unmeetable(w.pending.model, s.reason,
-                                                                  s.retry_after_s))
+            w.future.set_exception(ProxyError.deadline_unmeetable(w.pending.model, s.reason, s.retry_after_s))
         self._rearm(g, bool(queue))
 
     def _rearm(self, g: int, waiting: bool) -> None:
@@ -196,8 +199,7 @@ class AdmissionGate:
             return EngineRoom(iid, model, now, UNKNOWN_ROOM, UNKNOWN_ROOM)
         unseen = self._engines[iid].unseen.values()
         kv = s.capacity_tokens - s.used_tokens - s.waiting_tokens - sum(u.kv_tokens for u in unseen)
-        slots = ((s.max_running if s.max_running is not None else UNKNOWN_ROOM)
-                 - s.running - s.waiting - len(unseen))
+        slots = (s.max_running if s.max_running is not None else UNKNOWN_ROOM) - s.running - s.waiting - len(unseen)
         return EngineRoom(iid, model, now, max(0, kv), max(0, slots))
 
     def _backlog_s(self, g: int, now: float) -> float:
@@ -208,7 +210,8 @@ class AdmissionGate:
                 continue
             s = self._fresh(iid, now)
             tokens = (s.waiting_tokens if s is not None else 0) + sum(
-                u.prompt_tokens for u in self._engines[iid].unseen.values())
+                u.prompt_tokens for u in self._engines[iid].unseen.values()
+            )
             if tokens:
                 total += self._models[spec.model.name].latency.prefill_time([(tokens, 0)])
         return total
@@ -247,16 +250,20 @@ def _chars(obj: Any) -> int:
 
 def max_new_tokens(body: dict[str, Any]) -> int:
     params = body.get("sampling_params")
-    for v in (body.get("max_completion_tokens"), body.get("max_tokens"),
-              params.get("max_new_tokens") if isinstance(params, dict) else None):
+    for v in (
+        body.get("max_completion_tokens"),
+        body.get("max_tokens"),
+        params.get("max_new_tokens") if isinstance(params, dict) else None,
+    ):
         if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
             return v
     return DEFAULT_NEW_TOKENS
 
 
 @asynccontextmanager
-async def admitted(scope: Scope, spec: ModelSpec, body: dict[str, Any], instance_id: str,
-                   arrival: float) -> AsyncIterator[None]:
+async def admitted(
+    scope: Scope, spec: ModelSpec, body: dict[str, Any], instance_id: str, arrival: float
+) -> AsyncIterator[None]:
     """The proxy's hook (forward.py): through the app's gate when it has one (mode full: set as
     ``app.state.admission`` by orchestrator/app.py), straight through otherwise."""
     gate = getattr(scope["app"].state, "admission", None)

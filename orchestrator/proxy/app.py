@@ -60,14 +60,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        upstream: Upstream = (HttpxUpstream(transport) if transport is not None
-                              else EngineClient())
+        upstream: Upstream = HttpxUpstream(transport) if transport is not None else EngineClient()
         async with AsyncExitStack() as stack:  # closes both, even if one close fails
             stack.push_async_callback(upstream.aclose)
             # For scraping the engines' /metrics. trust_env=False: HTTP(S)_PROXY from the
             # environment must never reroute loopback calls.
-            app.state.scraper = await stack.enter_async_context(httpx.AsyncClient(
-                transport=transport, timeout=SCRAPE_TIMEOUT, trust_env=False))
+            app.state.scraper = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, timeout=SCRAPE_TIMEOUT, trust_env=False)
+            )
             app.state.upstream = upstream
             try:
                 yield
@@ -79,11 +79,17 @@ def create_app(
         for view in router.models():
             spec = view.spec
             for name in (spec.name, *spec.aliases):
-                data.append({
-                    "id": name, "object": "model", "created": created, "owned_by": "chimera",
-                    "root": spec.name,  # the canonical name this id refers to
-                    "aliases": list(spec.aliases), "state": view.state.value,
-                })
+                data.append(
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": "chimera",
+                        "root": spec.name,  # the canonical name this id refers to
+                        "aliases": list(spec.aliases),
+                        "state": view.state.value,
+                    }
+                )
         return _json({"object": "list", "data": data})
 
     async def prometheus(request: Request) -> Response:
@@ -99,12 +105,15 @@ def create_app(
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
-        *(Route(path, ForwardEndpoint(path, field, router, metrics, hold_timeout_s),
-                methods=["POST"]) for path, field in PROXIED_ROUTES),
+        *(
+            Route(path, ForwardEndpoint(path, field, router, metrics, hold_timeout_s), methods=["POST"])
+            for path, field in PROXIED_ROUTES
+        ),
         *(extra_routes or []),
     ]
     return Starlette(
-        routes=routes, lifespan=lifespan,
+        routes=routes,
+        lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
 
@@ -117,8 +126,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (unknown route, wrong method) in the envelope."""
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    err = ProxyError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                     type="invalid_request_error", code=code, headers=exc.headers)
+    err = ProxyError(
+        exc.status_code,
+        f"{request.method} {request.url.path}: {exc.detail}",
+        type="invalid_request_error",
+        code=code,
+        headers=exc.headers,
+    )
     return err.response()
 
 

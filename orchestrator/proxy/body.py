@@ -33,18 +33,20 @@ def parse_request(raw: bytes) -> ClientRequest:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ProxyError.bad_request(
-            f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+        raise ProxyError.bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise ProxyError.bad_request(
-            f"the request body must be a JSON object, not {type(body).__name__}",
-            code="invalid_body")
+            f"the request body must be a JSON object, not {type(body).__name__}", code="invalid_body"
+        )
     model = body.get("model")
     if not isinstance(model, str) or not model:
         got = "missing" if model is None else f"{type(model).__name__} {model!r}"
         raise ProxyError.bad_request(
             f"the request body needs a `model` string naming one of the served models "
-            f"(GET /v1/models lists them); got {got}", code="missing_model", param="model")
+            f"(GET /v1/models lists them); got {got}",
+            code="missing_model",
+            param="model",
+        )
     return ClientRequest(body=body, model=model, stream=body.get("stream") is True)
 
 

@@ -71,12 +71,14 @@ class Downstream:
         self.completed_at = time.monotonic()
 
     async def respond(
-        self, status: int, body: bytes, content_type: str,
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
         headers: Iterable[tuple[str, str]] = (),
     ) -> None:
         """A whole response in two messages."""
-        await self.start(status, [("content-type", content_type),
-                                  ("content-length", str(len(body))), *headers])
+        await self.start(status, [("content-type", content_type), ("content-length", str(len(body))), *headers])
         await self.finish(body)
 
     async def _message(self, message: Message) -> None:

@@ -51,15 +51,13 @@ class ProxyError(Exception):
         self.headers = dict(headers or {})
 
     def envelope(self) -> dict[str, Any]:
-        return envelope(self.message, type=self.type, code=self.code, src=self.src,
-                        param=self.param)
+        return envelope(self.message, type=self.type, code=self.code, src=self.src, param=self.param)
 
     def body(self) -> bytes:
         return orjson.dumps(self.envelope())
 
     def response(self) -> Response:
-        return Response(self.body(), status_code=self.status, headers=self.headers,
-                        media_type="application/json")
+        return Response(self.body(), status_code=self.status, headers=self.headers, media_type="application/json")
 
     # -- the catalogue ------------------------------------------------------------------------
 
@@ -70,46 +68,64 @@ class ProxyError(Exception):
     @classmethod
     def model_not_found(cls, name: str, known: Iterable[str]) -> ProxyError:
         names = ", ".join(known) or "(none configured)"
-        return cls(404, f"The model {name!r} does not exist. Known models: {names}",
-                   type="invalid_request_error", code="model_not_found", param="model")
+        return cls(
+            404,
+            f"The model {name!r} does not exist. Known models: {names}",
+            type="invalid_request_error",
+            code="model_not_found",
+            param="model",
+        )
 
     @classmethod
     def unavailable(cls, message: str, retry_after_s: float | None) -> ProxyError:
         # Retry-After takes whole seconds (RFC 9110 delay-seconds); round up, at least 1.
-        headers = {} if retry_after_s is None else {
-            "Retry-After": str(max(1, math.ceil(retry_after_s)))}
-        return cls(503, message, type="service_unavailable_error", code="model_unavailable",
-                   headers=headers)
+        headers = {} if retry_after_s is None else {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+        return cls(503, message, type="service_unavailable_error", code="model_unavailable", headers=headers)
 
     @classmethod
     def deadline_unmeetable(cls, model: str, reason: str, retry_after_s: float) -> ProxyError:
         """Shed by local admission (Moore–Hodgson): 429 with an honest Retry-After."""
         retry = max(1, math.ceil(retry_after_s))
-        return cls(429, f"model {model!r}: {reason}; retry in {retry} s",
-                   type="rate_limit_error", code="deadline_unmeetable",
-                   headers={"Retry-After": str(retry)})
+        return cls(
+            429,
+            f"model {model!r}: {reason}; retry in {retry} s",
+            type="rate_limit_error",
+            code="deadline_unmeetable",
+            headers={"Retry-After": str(retry)},
+        )
 
     @classmethod
     def engine_unreachable(cls, instance: str, exc: Exception) -> ProxyError:
-        return cls(502, f"engine instance {instance} failed: {type(exc).__name__}: {exc}",
-                   type="server_error", code="engine_unreachable", src="engine")
+        return cls(
+            502,
+            f"engine instance {instance} failed: {type(exc).__name__}: {exc}",
+            type="server_error",
+            code="engine_unreachable",
+            src="engine",
+        )
 
     @classmethod
     def engine_timeout(cls, instance: str, exc: Exception) -> ProxyError:
-        return cls(504, f"engine instance {instance} timed out: {type(exc).__name__}: {exc}",
-                   type="server_error", code="engine_timeout", src="engine")
+        return cls(
+            504,
+            f"engine instance {instance} timed out: {type(exc).__name__}: {exc}",
+            type="server_error",
+            code="engine_timeout",
+            src="engine",
+        )
 
     @classmethod
     def internal(cls) -> ProxyError:
-        return cls(500, "internal error in chimera (the traceback is in the server log)",
-                   type="server_error", code="internal_error")
+        return cls(
+            500,
+            "internal error in chimera (the traceback is in the server log)",
+            type="server_error",
+            code="internal_error",
+        )
 
 
-def envelope(
-    message: str, *, type: str, code: str | int | None, src: Src, param: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code,
-                      "src": src}}
+def envelope(message: str, *, type: str, code: str | int | None, src: Src, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code, "src": src}}
 
 
 def status_type(status: int) -> str:
@@ -140,16 +156,24 @@ def normalize_engine_error(status: int, body: bytes) -> bytes:
     if isinstance(data, dict) and isinstance(data.get("message"), str):
         param = data.get("param")
         code = data.get("code")
-        return orjson.dumps(envelope(
-            data["message"],
-            type=str(data.get("type") or status_type(status)),
-            code=code if isinstance(code, str | int) and not isinstance(code, bool) else status,
-            src="engine",
-            param=param if isinstance(param, str) else None,
-        ))
+        return orjson.dumps(
+            envelope(
+                data["message"],
+                type=str(data.get("type") or status_type(status)),
+                code=code if isinstance(code, str | int) and not isinstance(code, bool) else status,
+                src="engine",
+                param=param if isinstance(param, str) else None,
+            )
+        )
     if isinstance(data, dict) and isinstance(data.get("detail"), str):  # FastAPI's HTTPException
         message = data["detail"]
     else:
         message = body.decode("utf-8", "replace").strip()[:_MAX_TEXT]
-    return orjson.dumps(envelope(message or f"engine answered HTTP {status} with an empty body",
-                                 type=status_type(status), code=status, src="engine"))
+    return orjson.dumps(
+        envelope(
+            message or f"engine answered HTTP {status} with an empty body",
+            type=status_type(status),
+            code=status,
+            src="engine",
+        )
+    )

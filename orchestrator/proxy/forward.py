@@ -48,7 +48,8 @@ def upstream_of(scope: Scope) -> Upstream:
         raise RuntimeError(
             "the proxy's upstream connections are created by the app lifespan, which has not "
             "run: serve the app with a server that runs lifespan (uvicorn does) or enter "
-            "app.router.lifespan_context(app) first")
+            "app.router.lifespan_context(app) first"
+        )
     return upstream
 
 
@@ -62,8 +63,9 @@ def translate(exc: UpstreamError, instance: str) -> ProxyError:
 class ForwardEndpoint:
     """ASGI app of one proxied route (POST only; Starlette's Route checks the method)."""
 
-    def __init__(self, route: str, model_field: ModelField, router: Router,
-                 metrics: ChimeraMetrics, hold_timeout_s: float) -> None:
+    def __init__(
+        self, route: str, model_field: ModelField, router: Router, metrics: ChimeraMetrics, hold_timeout_s: float
+    ) -> None:
         self.route = route
         self.model_field: ModelField = model_field
         self.router = router
@@ -131,8 +133,7 @@ class _Exchange:
             raise ProxyError.unavailable(str(exc), exc.retry_after_s) from exc
         try:
             # local admission (mode full): EDF per GPU group, KV room, 429 when infeasible
-            async with admitted(self.scope, spec, req.body, endpoint.instance_id,
-                                self.received_at):
+            async with admitted(self.scope, spec, req.body, endpoint.instance_id, self.received_at):
                 await self.forward(endpoint, req)
         finally:
             self.ep.router.release(endpoint)
@@ -165,18 +166,20 @@ class _Exchange:
             await self.down.respond(status, body, ctype, instance)
             return
         if status >= 500:
-            log.warning("engine instance %s answered HTTP %d: %.300r",
-                        endpoint.instance_id, status, body)
+            log.warning("engine instance %s answered HTTP %d: %.300r", endpoint.instance_id, status, body)
         await self.down.respond(status, normalize_engine_error(status, body), JSON, instance)
 
     async def relay(self, endpoint: Endpoint, upstream: UpstreamResponse) -> None:
         """A streamed answer, chunk by chunk as the engine sends it."""
-        await self.down.start(upstream.status, [
-            ("content-type", upstream.content_type or "text/event-stream"),
-            ("cache-control", "no-cache"),
-            ("x-accel-buffering", "no"),  # tell a reverse proxy in front not to buffer either
-            ("x-chimera-instance", endpoint.instance_id),
-        ])
+        await self.down.start(
+            upstream.status,
+            [
+                ("content-type", upstream.content_type or "text/event-stream"),
+                ("cache-control", "no-cache"),
+                ("x-accel-buffering", "no"),  # tell a reverse proxy in front not to buffer either
+                ("x-chimera-instance", endpoint.instance_id),
+            ],
+        )
         ends_frame = True
         try:
             # raw: passed on as the engine framed them, undecoded (identity was asked for)
@@ -187,8 +190,7 @@ class _Exchange:
         except UpstreamError as exc:
             # The status line is gone; tell the client in the stream, as SGLang does.
             self.engine_broke_stream = True
-            log.warning("engine instance %s broke off a stream: %s: %s",
-                        endpoint.instance_id, type(exc).__name__, exc)
+            log.warning("engine instance %s broke off a stream: %s: %s", endpoint.instance_id, type(exc).__name__, exc)
             err = translate(exc, endpoint.instance_id)
             frame = b"data: " + err.body() + b"\n\ndata: [DONE]\n\n"
             await self.down.chunk(frame if ends_frame else b"\n\n" + frame)

@@ -100,8 +100,9 @@ class _Conn:
         self.writer.transport.close()
 
     def usable(self, now: float, keepalive_s: float) -> bool:
-        return (now - self.idle_since < keepalive_s and not self.reader.at_eof()
-                and not self.writer.transport.is_closing())
+        return (
+            now - self.idle_since < keepalive_s and not self.reader.at_eof() and not self.writer.transport.is_closing()
+        )
 
 
 class _Pool:
@@ -129,10 +130,12 @@ class _Pool:
             conn.close()
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), self.limits.connect_s)
+                asyncio.open_connection(self.host, self.port), self.limits.connect_s
+            )
         except TimeoutError as exc:
-            raise UpstreamTimeout(f"connect to {self.host}:{self.port} timed out after "
-                                  f"{self.limits.connect_s:g} s") from exc
+            raise UpstreamTimeout(
+                f"connect to {self.host}:{self.port} timed out after {self.limits.connect_s:g} s"
+            ) from exc
         except OSError as exc:
             raise UpstreamError(f"connect to {self.host}:{self.port}: {exc}") from exc
         return _Conn(reader, writer), False
@@ -166,8 +169,16 @@ class _Response:
     ``aclose()`` returns the connection to its pool if the answer was read to its end and the
     connection may be kept, and closes it otherwise."""
 
-    def __init__(self, pool: _Pool, conn: _Conn, status: int, content_type: str | None,
-                 length: int | None, chunked: bool, keep_alive: bool) -> None:
+    def __init__(
+        self,
+        pool: _Pool,
+        conn: _Conn,
+        status: int,
+        content_type: str | None,
+        length: int | None,
+        chunked: bool,
+        keep_alive: bool,
+    ) -> None:
         self._pool, self._conn = pool, conn
         self.status = status
         self.content_type = content_type
@@ -203,17 +214,14 @@ class _Response:
                 while left:
                     data = await reader.read(min(left, 65536))
                     if not data:
-                        raise UpstreamError(f"engine closed the connection {left} bytes "
-                                            f"before the end of its answer")
+                        raise UpstreamError(f"engine closed the connection {left} bytes before the end of its answer")
                     left -= len(data)
                     yield data
             else:
                 while data := await reader.read(65536):
                     yield data
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError) as exc:
-            raise UpstreamError(
-                f"engine broke off its answer: {type(exc).__name__}: {exc}") from exc
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            raise UpstreamError(f"engine broke off its answer: {type(exc).__name__}: {exc}") from exc
         self._done = True
 
     async def aclose(self) -> None:
@@ -255,10 +263,18 @@ class EngineClient:
                     other.retired = True
                     del self._pools[url]
             pool = self._pools[base_url] = _Pool(base_url, self.limits)
-        message = b"".join((
-            b"POST ", path.encode("ascii"), b" HTTP/1.1\r\nhost: ", pool.host_header,
-            b"\r\ncontent-type: application/json\r\naccept-encoding: identity\r\n"
-            b"content-length: ", str(len(body)).encode("ascii"), b"\r\n\r\n", body))
+        message = b"".join(
+            (
+                b"POST ",
+                path.encode("ascii"),
+                b" HTTP/1.1\r\nhost: ",
+                pool.host_header,
+                b"\r\ncontent-type: application/json\r\naccept-encoding: identity\r\ncontent-length: ",
+                str(len(body)).encode("ascii"),
+                b"\r\n\r\n",
+                body,
+            )
+        )
         while True:
             conn, reused = await pool.checkout()
             try:
@@ -266,11 +282,11 @@ class EngineClient:
             except _StaleConnection as exc:
                 conn.close()
                 if not reused:
-                    raise UpstreamError(f"engine at {base_url} closed the connection without "
-                                        f"answering: {exc.__cause__!r}") from exc.__cause__
+                    raise UpstreamError(
+                        f"engine at {base_url} closed the connection without answering: {exc.__cause__!r}"
+                    ) from exc.__cause__
                 # an idle connection the engine had closed: send again on a new one
-                log.debug("%s: pooled connection was closed (%r); sending again", base_url,
-                          exc.__cause__)
+                log.debug("%s: pooled connection was closed (%r); sending again", base_url, exc.__cause__)
             except BaseException:
                 conn.close()
                 raise
@@ -283,12 +299,10 @@ class EngineClient:
                 await asyncio.wait_for(writer.drain(), self.limits.write_s)
             head = await conn.reader.readuntil(b"\r\n\r\n")
         except TimeoutError as exc:
-            raise UpstreamTimeout(f"sending the request took over {self.limits.write_s:g} s"
-                                  ) from exc
+            raise UpstreamTimeout(f"sending the request took over {self.limits.write_s:g} s") from exc
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
-                raise UpstreamError("engine closed the connection in its response head"
-                                    ) from exc
+                raise UpstreamError("engine closed the connection in its response head") from exc
             raise _StaleConnection() from exc
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise _StaleConnection() from exc
@@ -356,13 +370,18 @@ class HttpxUpstream:
     def __init__(self, transport: httpx.AsyncBaseTransport, limits: Limits | None = None) -> None:
         limits = limits or Limits()
         self.transport = transport
-        self._extensions = {"timeout": httpx.Timeout(
-            connect=limits.connect_s, read=None, write=limits.write_s, pool=None).as_dict()}
+        self._extensions = {
+            "timeout": httpx.Timeout(connect=limits.connect_s, read=None, write=limits.write_s, pool=None).as_dict()
+        }
 
     async def post(self, base_url: str, path: str, body: bytes) -> UpstreamResponse:
         request = httpx.Request(
-            "POST", base_url + path, content=body, extensions=self._extensions,
-            headers={"content-type": "application/json", "accept-encoding": "identity"})
+            "POST",
+            base_url + path,
+            content=body,
+            extensions=self._extensions,
+            headers={"content-type": "application/json", "accept-encoding": "identity"},
+        )
         try:
             return _HttpxResponse(await self.transport.handle_async_request(request))
         except httpx.TransportError as exc:

@@ -54,8 +54,9 @@ def _nvidia_smi_count() -> int:
     if exe is None:
         return 0
     try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, check=True,
-                             timeout=NVIDIA_SMI_TIMEOUT_S).stdout
+        out = subprocess.run(
+            [exe, "-L"], capture_output=True, text=True, check=True, timeout=NVIDIA_SMI_TIMEOUT_S
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return 0
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))

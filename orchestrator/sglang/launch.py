@@ -46,11 +46,23 @@ SGLANG_READY_TIMEOUT_S = 600.0
 
 # Flags chimera sets itself; the same flag in a model's engine_args or CHIMERA_SGLANG_ARGS would
 # silently win (argparse keeps the last value) and break the supervisor's bookkeeping.
-MANAGED_FLAGS = frozenset({
-    "--model-path", "--model", "--host", "--port", "--served-model-name", "--tp-size",
-    "--tensor-parallel-size", "--nccl-port", "--base-gpu-id", "--gpu-id-step",
-    "--max-total-tokens", "--mem-fraction-static", "--load-format",
-})
+MANAGED_FLAGS = frozenset(
+    {
+        "--model-path",
+        "--model",
+        "--host",
+        "--port",
+        "--served-model-name",
+        "--tp-size",
+        "--tensor-parallel-size",
+        "--nccl-port",
+        "--base-gpu-id",
+        "--gpu-id-step",
+        "--max-total-tokens",
+        "--mem-fraction-static",
+        "--load-format",
+    }
+)
 
 
 class SGLangEngine:
@@ -65,14 +77,23 @@ class SGLangEngine:
         model = inst.model
         _check_passthrough(model, self.env.sglang_extra_args)
         argv = [
-            sys.executable, "-m", "sglang.launch_server",
-            "--model-path", req.model_dir or model_path(model),
-            "--host", req.listen_host,
-            "--port", str(req.port),
-            "--served-model-name", served_name(model.name),
-            "--tp-size", str(model.tp_size),
-            "--base-gpu-id", "0",
-            "--nccl-port", str(req.nccl_port),
+            sys.executable,
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            req.model_dir or model_path(model),
+            "--host",
+            req.listen_host,
+            "--port",
+            str(req.port),
+            "--served-model-name",
+            served_name(model.name),
+            "--tp-size",
+            str(model.tp_size),
+            "--base-gpu-id",
+            "0",
+            "--nccl-port",
+            str(req.nccl_port),
             "--enable-metrics",
             "--enable-memory-saver",
             "--enable-weights-cpu-backup",
@@ -98,9 +119,7 @@ def model_path(model: ModelSpec) -> str:
     becomes the shape's directory (its config.json; the weights are random, so no download);
     anything else, dummy or not, is passed as given (a local directory or a hub id). The
     supervisor passes a materialized directory (with a tokenizer) as ``req.model_dir`` instead."""
-    if model.load_format == "dummy" and (
-        model.model_path in KNOWN_MODEL_IDS or model.model_path == model.shape.name
-    ):
+    if model.load_format == "dummy" and (model.model_path in KNOWN_MODEL_IDS or model.model_path == model.shape.name):
         return str(shape_dir(model.shape.name))
     return model.model_path
 
@@ -148,13 +167,15 @@ def mem_fraction_static(req: LaunchRequest) -> float:
     return default_mem_fraction(req.instance.model, req.host)
 
 
-def child_env(inst: InstanceSpec, parent: Mapping[str, str],
-              shim: ShimLaunch | None = None) -> dict[str, str]:
+def child_env(inst: InstanceSpec, parent: Mapping[str, str], shim: ShimLaunch | None = None) -> dict[str, str]:
     """The server's full environment: the parent's, minus what would merge servers, plus the
     GPU pinning, the knobs stock SGLang needs for time-sharing and, with the shim, its settings
     and a PYTHONPATH on which the server's Python finds the plugin (shim_env)."""
-    env = {k: v for k, v in parent.items()  # else metrics merge / another server's shim
-           if k != "PROMETHEUS_MULTIPROC_DIR" and k not in shim_settings.PER_SERVER}
+    env = {
+        k: v
+        for k, v in parent.items()  # else metrics merge / another server's shim
+        if k != "PROMETHEUS_MULTIPROC_DIR" and k not in shim_settings.PER_SERVER
+    }
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA ids = NVML ids = the placements file's ids
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in inst.gpus)
     env["TMS_RETAIN_CPU_BACKUP"] = "1"
@@ -175,18 +196,21 @@ def shim_env(shim: ShimLaunch, pythonpath: str | None) -> dict[str, str]:
     point."""
     root = str(Path(cumem_shim.__file__).resolve().parent.parent)
     paths = [p for p in (shim.entry_point_dir, root, pythonpath) if p]
-    return {**shim_settings.server_env(shim.socket, shim.limit_bytes, shim.virtual_kv_bytes),
-            "PYTHONPATH": os.pathsep.join(paths)}
+    return {
+        **shim_settings.server_env(shim.socket, shim.limit_bytes, shim.virtual_kv_bytes),
+        "PYTHONPATH": os.pathsep.join(paths),
+    }
 
 
 def _check_passthrough(model: ModelSpec, extra: tuple[str, ...]) -> None:
     problems = []
-    for source, args in (("CHIMERA_SGLANG_ARGS", extra), (f"{model.name}.engine_args",
-                                                          model.engine_args)):
+    for source, args in (("CHIMERA_SGLANG_ARGS", extra), (f"{model.name}.engine_args", model.engine_args)):
         for a in args:
             flag = a.split("=", 1)[0]
             if flag in MANAGED_FLAGS:
-                problems.append(f"{source}: {flag} is set by chimera per instance; remove it "
-                                "(use the placement's kv_pool_gb / gpus, or the model's fields)")
+                problems.append(
+                    f"{source}: {flag} is set by chimera per instance; remove it "
+                    "(use the placement's kv_pool_gb / gpus, or the model's fields)"
+                )
     if problems:
         raise ConfigError(problems)

@@ -29,8 +29,13 @@ from typing import Any
 from orchestrator.sglang.api import LOADS
 from orchestrator.types import LoadSample
 
-_SUMMED = ("num_running_reqs", "num_waiting_reqs", "num_waiting_uncached_tokens",
-           "num_used_tokens", "max_total_num_tokens")
+_SUMMED = (
+    "num_running_reqs",
+    "num_waiting_reqs",
+    "num_waiting_uncached_tokens",
+    "num_used_tokens",
+    "max_total_num_tokens",
+)
 
 
 class LoadsError(ValueError):
@@ -76,13 +81,17 @@ def parse_loads(body: Any) -> Load:
             tot[k] += v
         g = snap.get("gen_throughput", 0.0)
         rate += float(g) if isinstance(g, (int, float)) and not isinstance(g, bool) else 0.0
-    return Load(tot["num_running_reqs"], tot["num_waiting_reqs"],
-                tot["num_waiting_uncached_tokens"], tot["num_used_tokens"],
-                tot["max_total_num_tokens"], rate)
+    return Load(
+        tot["num_running_reqs"],
+        tot["num_waiting_reqs"],
+        tot["num_waiting_uncached_tokens"],
+        tot["num_used_tokens"],
+        tot["max_total_num_tokens"],
+        rate,
+    )
 
 
-def sample_from_loads(instance_id: str, body: Any, at: float, previous: Counters | None
-                      ) -> tuple[LoadSample, Counters]:
+def sample_from_loads(instance_id: str, body: Any, at: float, previous: Counters | None) -> tuple[LoadSample, Counters]:
     """One ``/v1/loads`` answer -> a sample (and what to remember for the next one). Raises
     LoadsError for a body that is not SGLang's shape."""
     load = parse_loads(body)
@@ -98,9 +107,18 @@ def sample_from_loads(instance_id: str, body: Any, at: float, previous: Counters
             tokens += _growth(generated, previous.generated_total or 0.0)
         else:
             tokens += load.token_rate * max(0.0, at - previous.at)
-    sample = LoadSample(instance_id, at, load.running, load.waiting, load.waiting_tokens,
-                        load.used_tokens, load.capacity_tokens, max_running, tokens,
-                        load.token_rate)
+    sample = LoadSample(
+        instance_id,
+        at,
+        load.running,
+        load.waiting,
+        load.waiting_tokens,
+        load.used_tokens,
+        load.capacity_tokens,
+        max_running,
+        tokens,
+        load.token_rate,
+    )
     return sample, Counters(at, prefill, generated)
 
 
@@ -123,8 +141,12 @@ def _generated(ranks: list[dict[str, Any]]) -> float | None:
     total = 0.0
     for snap in ranks:
         moments = snap.get("decode_moments")
-        if not (isinstance(moments, list) and len(moments) >= 6
-                and isinstance(moments[5], (int, float)) and not isinstance(moments[5], bool)):
+        if not (
+            isinstance(moments, list)
+            and len(moments) >= 6
+            and isinstance(moments[5], (int, float))
+            and not isinstance(moments[5], bool)
+        ):
             return None
         total += float(moments[5])
     return total

@@ -45,8 +45,7 @@ def dummy_model_dir(shape: str, cache_dir: Path | None = None) -> Path:
     eos = [int(e) for e in (eos_raw if isinstance(eos_raw, list) else [eos_raw])]
     _write_tokenizer(tmp, int(cfg["vocab_size"]), bos, eos)
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    (tmp / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": bos, "eos_token_id": eos_raw}) + "\n")
+    (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": bos, "eos_token_id": eos_raw}) + "\n")
     if dest.exists():  # another process built it meanwhile: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     else:
@@ -75,11 +74,20 @@ def _write_tokenizer(d: Path, vocab_size: int, bos: int, eos: list[int]) -> None
         vocab[tok] = i
     tok_model = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok_model.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok_model.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", bos)])
+    tok_model.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
     tok_model.add_special_tokens(list(specials.values()))
     tok_model.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "model_max_length": 131072, "chat_template": CHAT_TEMPLATE,
-    }, indent=1) + "\n")
+    (d / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "model_max_length": 131072,
+                "chat_template": CHAT_TEMPLATE,
+            },
+            indent=1,
+        )
+        + "\n"
+    )

@@ -52,8 +52,9 @@ class Lifecycle:
         self.client = client
         self.probe = probe
 
-    async def park(self, base_url: str, pid: int, gpus: tuple[int, ...],
-                   expected_free_bytes: int, tags: list[str] | None = None) -> ParkResult:
+    async def park(
+        self, base_url: str, pid: int, gpus: tuple[int, ...], expected_free_bytes: int, tags: list[str] | None = None
+    ) -> ParkResult:
         t0 = time.monotonic()
         before = await self.probe.read(pid, gpus, base_url)
         await self._post(base_url, PAUSE_GENERATION, {"mode": PARK_PAUSE_MODE})
@@ -79,10 +80,10 @@ class Lifecycle:
         raise EngineError(
             f"release_memory_occupation answered 200 but GPU memory dropped only "
             f"{(before.bytes - after.bytes) / 2**20:.0f} MiB (expected at least "
-            f"{MIN_FREED_FRACTION * expected_free_bytes / 2**20:.0f} MiB); resumed it")
+            f"{MIN_FREED_FRACTION * expected_free_bytes / 2**20:.0f} MiB); resumed it"
+        )
 
-    async def wake(self, base_url: str, expected_probe: str | None,
-                   tags: list[str] | None = None) -> float:
+    async def wake(self, base_url: str, expected_probe: str | None, tags: list[str] | None = None) -> float:
         t0 = time.monotonic()
         await self._post(base_url, RESUME_MEMORY, {"tags": tags} if tags else {})
         await self._post(base_url, CONTINUE_GENERATION, {})
@@ -91,8 +92,10 @@ class Lifecycle:
             raise EngineError(f"probe after wake answered {r.status_code}: {r.text[:200]}")
         text = str(r.json().get("text"))
         if expected_probe is not None and text != expected_probe:
-            raise EngineError(f"output after wake differs from the first start's: {text!r} != "
-                              f"{expected_probe!r} (weights not restored?)")
+            raise EngineError(
+                f"output after wake differs from the first start's: {text!r} != "
+                f"{expected_probe!r} (weights not restored?)"
+            )
         return time.monotonic() - t0
 
     async def _wait_idle(self, base_url: str) -> None:
@@ -110,16 +113,15 @@ class Lifecycle:
             if load.idle:
                 return
             if time.monotonic() > deadline:
-                raise EngineError(f"not idle after {IDLE_WAIT_S:g} s ({load.running} running, "
-                                  f"{load.waiting} waiting): park abandoned")
+                raise EngineError(
+                    f"not idle after {IDLE_WAIT_S:g} s ({load.running} running, {load.waiting} waiting): park abandoned"
+                )
             await asyncio.sleep(IDLE_POLL_S)
 
     async def _post(self, base_url: str, route: Route, body: Mapping[str, object]) -> None:
         try:
-            r = await self.client.request(route.method, base_url + route.path, json=body,
-                                          timeout=120)
+            r = await self.client.request(route.method, base_url + route.path, json=body, timeout=120)
         except httpx.TransportError as exc:
             raise EngineError(f"{route.method} {route.path} failed: {exc!r}") from exc
         if r.status_code != 200:
-            raise EngineError(f"{route.method} {route.path} answered {r.status_code}: "
-                              f"{r.text[:300]}")
+            raise EngineError(f"{route.method} {route.path} answered {r.status_code}: {r.text[:300]}")

@@ -99,6 +99,11 @@ class StartupRecord:
         return out
 
     def as_dict(self) -> dict[str, object]:
-        return {"instance": self.instance, "model": self.model, "phases_s": self.phases(),
-                "budget_bytes": self.budget_bytes, "measured_bytes": self.measured_bytes,
-                "per_process": self.per_process}
+        return {
+            "instance": self.instance,
+            "model": self.model,
+            "phases_s": self.phases(),
+            "budget_bytes": self.budget_bytes,
+            "measured_bytes": self.measured_bytes,
+            "per_process": self.per_process,
+        }

@@ -28,8 +28,10 @@ READY_PATH = MODEL_INFO.path
 # starts its HTTP server before its own warm-up forward, which JIT-compiles kernels for ~100 s
 # on a fresh machine) and records the output that later wakes are compared with.
 PROBE_PATH = GENERATE.path
-PROBE_BODY = {"text": "chimera readiness probe: once upon a time",
-              "sampling_params": {"max_new_tokens": 4, "temperature": 0.0}}
+PROBE_BODY = {
+    "text": "chimera readiness probe: once upon a time",
+    "sampling_params": {"max_new_tokens": 4, "temperature": 0.0},
+}
 POLL_INTERVAL_S = 0.25
 # SGLang's own SIGTERM shutdown of a 1-GPU server takes a few seconds (scheduler, detokenizer);
 # past this grace the whole process group gets SIGKILL.
@@ -101,8 +103,7 @@ class EngineProcess:
             elapsed = time.monotonic() - start
             if elapsed > timeout_s:
                 raise EngineStartError(
-                    f"{self.instance_id}: not ready after {timeout_s:.0f} s "
-                    f"(GET {READY_PATH} never answered 200)",
+                    f"{self.instance_id}: not ready after {timeout_s:.0f} s (GET {READY_PATH} never answered 200)",
                     str(self.log_path),
                 )
             if on_wait is not None:
@@ -119,17 +120,20 @@ class EngineProcess:
         except httpx.TransportError as exc:
             raise EngineStartError(
                 f"{self.instance_id}: readiness probe POST {PROBE_PATH} failed: {exc!r}; last "
-                f"lines:\n{self.log_tail()}", str(self.log_path)) from exc
+                f"lines:\n{self.log_tail()}",
+                str(self.log_path),
+            ) from exc
         if r.status_code != 200:
             raise EngineStartError(
-                f"{self.instance_id}: readiness probe POST {PROBE_PATH} answered "
-                f"{r.status_code}: {r.text[:300]}", str(self.log_path))
+                f"{self.instance_id}: readiness probe POST {PROBE_PATH} answered {r.status_code}: {r.text[:300]}",
+                str(self.log_path),
+            )
         try:
             return str(r.json()["text"])
         except (ValueError, KeyError, TypeError) as exc:
             raise EngineStartError(
-                f"{self.instance_id}: readiness probe answer has no `text`: {r.text[:300]}",
-                str(self.log_path)) from exc
+                f"{self.instance_id}: readiness probe answer has no `text`: {r.text[:300]}", str(self.log_path)
+            ) from exc
 
     async def wait_exit(self) -> int:
         assert self._proc is not None

@@ -87,8 +87,7 @@ class Supervisor:
         self._client = httpx.AsyncClient(trust_env=False)
         self._measure = measure
         self._starts: dict[str, float] = {}
-        probe = memory_probe or (SimMemoryProbe(self._client) if engine.name == "sim"
-                                 else NvmlMemoryProbe())
+        probe = memory_probe or (SimMemoryProbe(self._client) if engine.name == "sim" else NvmlMemoryProbe())
         self.lifecycle = Lifecycle(self._client, probe)
         # which instances the shim backs and with what limits (None: none, as in mode static)
         self.deployment = deployment
@@ -145,8 +144,9 @@ class Supervisor:
     async def _model_dir(self, spec: InstanceSpec) -> str | None:
         """The dummy-weight model directory (config.json + local tokenizer), built once."""
         m = spec.model
-        if not (self.engine.needs_model_dir and m.load_format == "dummy"
-                and model_path_is_shape(m.model_path, m.shape.name)):
+        if not (
+            self.engine.needs_model_dir and m.load_format == "dummy" and model_path_is_shape(m.model_path, m.shape.name)
+        ):
             return None
         return str(await asyncio.to_thread(dummy_model_dir, m.shape.name))
 
@@ -162,20 +162,26 @@ class Supervisor:
             self._socket_dir = tempfile.mkdtemp(prefix="chimera-")
         sock = os.path.join(self._socket_dir, f"{port}.sock")
         if self._plugin_dir is None:  # once: a scan of the installed distributions
-            self._plugin_dir = "" if plugin.registered() else str(
-                plugin.entry_point_dir(self.run_dir / "shim-plugin"))
-        return ShimLaunch(socket=sock, limit_bytes=facts.start_limit_bytes,
-                          virtual_kv_bytes=facts.ceiling_bytes, entry_point_dir=self._plugin_dir or None)
+            self._plugin_dir = "" if plugin.registered() else str(plugin.entry_point_dir(self.run_dir / "shim-plugin"))
+        return ShimLaunch(
+            socket=sock,
+            limit_bytes=facts.start_limit_bytes,
+            virtual_kv_bytes=facts.ceiling_bytes,
+            entry_point_dir=self._plugin_dir or None,
+        )
 
     async def _shim_ready(self, spec: InstanceSpec, shim: ShimLaunch, base_url: str) -> str | None:
         """None once the shim answers (the ledger may reach it), else why the start failed."""
         try:
             st = await wait_ready(shim.socket, SHIM_READY_TIMEOUT_S)
         except (ShimUnavailable, ShimProtocolError) as exc:
-            return (f"the server is up but its KV shim is not ({exc}); is cumem_shim importable "
-                    "by the server's Python? (mode static runs without it)")
-        log.info("%s: KV shim up: %d tokens virtual, limit %.2f GiB", spec.id,
-                 st.capacity_tokens, st.limit_bytes / 2**30)
+            return (
+                f"the server is up but its KV shim is not ({exc}); is cumem_shim importable "
+                "by the server's Python? (mode static runs without it)"
+            )
+        log.info(
+            "%s: KV shim up: %d tokens virtual, limit %.2f GiB", spec.id, st.capacity_tokens, st.limit_bytes / 2**30
+        )
         self.kv_endpoints[spec.id] = KVEndpoint(base_url, shim.socket)
         return None
 
@@ -186,13 +192,19 @@ class Supervisor:
             model_dir = await self._model_dir(spec)
             shim = self._shim(spec, port)
             facts = self.deployment.instances.get(spec.id) if self.deployment is not None else None
-            launch = self.engine.launch_spec(LaunchRequest(
-                instance=spec, host=self.host, port=port, nccl_port=nccl_port, model_dir=model_dir,
-                shim=shim,
-                max_total_tokens=facts.max_total_tokens if facts is not None else None,
-                mem_fraction_static=facts.launch_mem_fraction if facts is not None else None,
-                cuda_graph_max_bs=facts.cuda_graph_max_bs if facts is not None else None,
-            ))
+            launch = self.engine.launch_spec(
+                LaunchRequest(
+                    instance=spec,
+                    host=self.host,
+                    port=port,
+                    nccl_port=nccl_port,
+                    model_dir=model_dir,
+                    shim=shim,
+                    max_total_tokens=facts.max_total_tokens if facts is not None else None,
+                    mem_fraction_static=facts.launch_mem_fraction if facts is not None else None,
+                    cuda_graph_max_bs=facts.cuda_graph_max_bs if facts is not None else None,
+                )
+            )
         except (ChimeraError, OSError, ImportError) as exc:
             self._post(StartFailed(spec.id, f"cannot prepare the engine command: {exc}"))
             return
@@ -227,8 +239,9 @@ class Supervisor:
             await proc.stop()
             self._post(StartFailed(spec.id, why))
             return
-        self._post(Started(spec.id, Endpoint(spec.id, launch.base_url, launch.served_name),
-                           seconds=time.monotonic() - t0))
+        self._post(
+            Started(spec.id, Endpoint(spec.id, launch.base_url, launch.served_name), seconds=time.monotonic() - t0)
+        )
         rc = await proc.wait_exit()
         self.kv_endpoints.pop(spec.id, None)
         if shim is not None:
@@ -248,8 +261,9 @@ class Supervisor:
             self._post(ParkFailed(spec.id, str(exc)))
             return
         how = "per process" if res.after.per_process else "device-level"
-        log.info("%s: parked in %.3f s, freed %.2f GiB (%s reading)", spec.id, res.seconds,
-                 res.freed_bytes / 2**30, how)
+        log.info(
+            "%s: parked in %.3f s, freed %.2f GiB (%s reading)", spec.id, res.seconds, res.freed_bytes / 2**30, how
+        )
         record = self.startups.get(spec.id)
         if record is not None and record.first_park_s is None:
             record.first_park_s = res.seconds
@@ -267,8 +281,9 @@ class Supervisor:
         log.info("%s: woken in %.3f s", spec.id, seconds)
         self._post(Woken(spec.id, seconds))
 
-    async def _check_footprint(self, spec: InstanceSpec, proc: EngineProcess, base_url: str,
-                               record: StartupRecord) -> None:
+    async def _check_footprint(
+        self, spec: InstanceSpec, proc: EngineProcess, base_url: str, record: StartupRecord
+    ) -> None:
         """Read the server's GPU memory and compare it with its budget (summed over its GPUs);
         an overshoot is logged as a warning, never fatal: the server is up and serving."""
         facts = self.deployment.instances.get(spec.id) if self.deployment is not None else None
@@ -308,15 +323,25 @@ def _log_footprint(instance_id: str, budget: int, reading: MemoryReading) -> Non
     over = overshoot(budget, reading)
     gib = 2**30
     if over is None:
-        log.info("%s: GPU memory %.2f GiB (device-level reading, other servers in it); budget "
-                 "%.2f GiB not checked", instance_id, reading.bytes / gib, budget / gib)
+        log.info(
+            "%s: GPU memory %.2f GiB (device-level reading, other servers in it); budget %.2f GiB not checked",
+            instance_id,
+            reading.bytes / gib,
+            budget / gib,
+        )
     elif over > 0:
-        log.warning("%s: OVER BUDGET: holds %.2f GiB of GPU memory, %.2f GiB over its budget of "
-                    "%.2f GiB; colocated servers may run out of memory", instance_id,
-                    reading.bytes / gib, over / gib, budget / gib)
+        log.warning(
+            "%s: OVER BUDGET: holds %.2f GiB of GPU memory, %.2f GiB over its budget of "
+            "%.2f GiB; colocated servers may run out of memory",
+            instance_id,
+            reading.bytes / gib,
+            over / gib,
+            budget / gib,
+        )
     else:
-        log.info("%s: GPU memory %.2f GiB within its budget of %.2f GiB", instance_id,
-                 reading.bytes / gib, budget / gib)
+        log.info(
+            "%s: GPU memory %.2f GiB within its budget of %.2f GiB", instance_id, reading.bytes / gib, budget / gib
+        )
 
 
 def _write_atomic(path: Path, body: str) -> None:

@@ -19,13 +19,25 @@ ADMIN_KEY = "gpu-suite"
 PLACEMENTS = {
     "mode": "full",
     "models": [
-        {"name": "tiny", "model_path": "tiny-llama", "load_format": "dummy",
-         "placements": [{"gpus": [0], "on": True, "kv_pool_gb": 2}]},
-        {"name": "llama-1b", "model_path": "meta-llama/Llama-3.2-1B-Instruct",
-         "aliases": ["small"], "load_format": "dummy",
-         "placements": [{"gpus": [0], "on": True, "kv_pool_gb": 8}]},
-        {"name": "llama-8b", "model_path": "meta-llama/Llama-3.1-8B-Instruct",
-         "load_format": "dummy", "placements": [{"gpus": [0], "on": False, "kv_pool_gb": 16}]},
+        {
+            "name": "tiny",
+            "model_path": "tiny-llama",
+            "load_format": "dummy",
+            "placements": [{"gpus": [0], "on": True, "kv_pool_gb": 2}],
+        },
+        {
+            "name": "llama-1b",
+            "model_path": "meta-llama/Llama-3.2-1B-Instruct",
+            "aliases": ["small"],
+            "load_format": "dummy",
+            "placements": [{"gpus": [0], "on": True, "kv_pool_gb": 8}],
+        },
+        {
+            "name": "llama-8b",
+            "model_path": "meta-llama/Llama-3.1-8B-Instruct",
+            "load_format": "dummy",
+            "placements": [{"gpus": [0], "on": False, "kv_pool_gb": 16}],
+        },
     ],
 }
 RESULTS: dict[str, object] = {}
@@ -50,9 +62,15 @@ def out_dir() -> Path | None:
 def chimera_gpu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     RESULTS["gpu_used_mib_before"] = gpu_used_mib()
     t0 = time.monotonic()
-    run = start_chimera(tmp_path_factory.mktemp("gpu"), PLACEMENTS, "sglang",
-                        awake=["tiny", "llama-1b"], parked=("llama-8b",), timeout_s=560,
-                        args=("--admin-key", ADMIN_KEY))
+    run = start_chimera(
+        tmp_path_factory.mktemp("gpu"),
+        PLACEMENTS,
+        "sglang",
+        awake=["tiny", "llama-1b"],
+        parked=("llama-8b",),
+        timeout_s=560,
+        args=("--admin-key", ADMIN_KEY),
+    )
     RESULTS["up_to_all_settled_s"] = round(time.monotonic() - t0, 1)
     RESULTS["gpu_used_mib_settled"] = gpu_used_mib()
     yield run

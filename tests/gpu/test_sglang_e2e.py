@@ -21,16 +21,24 @@ def test_openai_client_chat_completion_and_stream(chimera_gpu: Running, model: s
     client = openai.OpenAI(base_url=f"{chimera_gpu.base}/v1", api_key="unused")
     t = time.monotonic()
     chat = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hello world"}], max_tokens=8)
+        model=model, messages=[{"role": "user", "content": "hello world"}], max_tokens=8
+    )
     RESULTS[f"{model}_chat_s"] = round(time.monotonic() - t, 3)
     assert chat.choices[0].message.content is not None
     assert chat.usage and chat.usage.completion_tokens > 0
-    comp = client.completions.create(model=model, prompt="once upon a time", max_tokens=8,
-                                     extra_body={"ignore_eos": True})
+    comp = client.completions.create(
+        model=model, prompt="once upon a time", max_tokens=8, extra_body={"ignore_eos": True}
+    )
     assert comp.usage and comp.usage.completion_tokens == 8
-    chunks = list(client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=8,
-        stream=True, extra_body={"ignore_eos": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=8,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2
     RESULTS[f"{model}_answer"] = chat.choices[0].message.content
 
@@ -42,6 +50,5 @@ def test_metrics_show_chimera_and_engine_series(chimera_gpu: Running) -> None:
     assert {s.labels["model"] for s in reqs} >= {"tiny", "llama-1b"}
     engine = [n for n in fams if n.startswith("sglang:")]
     assert "sglang:num_running_reqs" in engine
-    assert {s.labels["instance"] for s in fams["sglang:num_running_reqs"].samples} >= {
-        "tiny@gpu0", "llama-1b@gpu0"}
+    assert {s.labels["instance"] for s in fams["sglang:num_running_reqs"].samples} >= {"tiny@gpu0", "llama-1b@gpu0"}
     RESULTS["sglang_families_reexposed"] = len(engine)

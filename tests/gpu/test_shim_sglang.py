@@ -41,8 +41,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, 
     out = Path(os.environ.get("CHIMERA_GPU_OUT") or tmp)
     sock = f"/tmp/chimera-shim-{os.getpid()}.sock"
     senv = shim_env(tmp / "ep", sock, limit=4 * BLOCK, virtual=4 << 30)
-    base = Server(launch_argv(model, ["--mem-fraction-static", "0.25"]), dict(os.environ),
-                  out / "baseline-server.log")
+    base = Server(launch_argv(model, ["--mem-fraction-static", "0.25"]), dict(os.environ), out / "baseline-server.log")
     shim = Server(launch_argv(model, []), senv, out / "shim-server.log", sock=sock)
     bad = {k: v for k, v in senv.items() if k != env.LIMIT_BYTES}
     refused = Server(launch_argv(model, []), bad, out / "shim-refused.log")
@@ -65,8 +64,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, 
 
 
 def greedy(server: Server, ids: list[int], n: int = 24) -> list[int]:
-    out = server.post("/generate", {"input_ids": ids, "sampling_params": {
-        "temperature": 0, "max_new_tokens": n, "ignore_eos": True}})
+    out = server.post(
+        "/generate", {"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": n, "ignore_eos": True}}
+    )
     got: list[int] = out["output_ids"]
     return got
 
@@ -81,9 +81,13 @@ def load(server: Server, n: int, prompt: int, out: int) -> tuple[list[int], dict
     """``n`` concurrent requests; returns their output lengths and the most seen running and
     waiting at once (from /v1/loads)."""
     seen = {"running": 0, "waiting": 0}
-    body = [{"input_ids": [rng.randrange(10, 31_000) for _ in range(prompt)],
-             "sampling_params": {"temperature": 0, "max_new_tokens": out, "ignore_eos": True}}
-            for _ in range(n)]
+    body = [
+        {
+            "input_ids": [rng.randrange(10, 31_000) for _ in range(prompt)],
+            "sampling_params": {"temperature": 0, "max_new_tokens": out, "ignore_eos": True},
+        }
+        for _ in range(n)
+    ]
     with ThreadPoolExecutor(n) as pool:
         futs = [pool.submit(server.post, "/generate", b) for b in body]
         while not all(f.done() for f in futs):
@@ -114,8 +118,7 @@ def test_same_greedy_output_as_without_the_shim(servers: tuple[Server, Server]) 
     assert RESULTS["shim_out"] == RESULTS["base_out"]
 
 
-def test_admission_is_held_by_the_limit_and_released_when_raised(
-        servers: tuple[Server, Server]) -> None:
+def test_admission_is_held_by_the_limit_and_released_when_raised(servers: tuple[Server, Server]) -> None:
     _, shim = servers
     shim.post("/flush_cache", None)
     shim.shim("set_limit", bytes=BLOCK, revision=1)  # 4095 tokens: ~3 requests of 1300 fit
@@ -166,8 +169,7 @@ def test_memory_goes_back_to_the_gpu(servers: tuple[Server, Server]) -> None:
     while shim.shim("status")["mapped_bytes"] > BLOCK and time.monotonic() < deadline:
         time.sleep(0.2)
     mib_empty = gpu_mib_of_tree(shim.proc.pid)
-    RESULTS["nvml"] = {"mapped_full_mib": full // MIB, "proc_full_mib": mib_full,
-                       "proc_empty_mib": mib_empty}
+    RESULTS["nvml"] = {"mapped_full_mib": full // MIB, "proc_full_mib": mib_full, "proc_empty_mib": mib_empty}
     assert full >= 8 * BLOCK
     if mib_full is not None and mib_empty is not None:
         # at least what the shim unmapped goes back (measured on the H100: 140 MiB for 96 MiB

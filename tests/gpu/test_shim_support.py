@@ -28,33 +28,46 @@ DEFAULT_ARGS = "--attention-backend triton --sampling-backend pytorch --grammar-
 
 def launch_argv(model: str, extra: list[str]) -> list[str]:
     port, nccl = free_ports(2)
-    return [sys.executable, "-m", "sglang.launch_server", "--model-path", model,
-            "--load-format", "dummy", "--host", "127.0.0.1", "--port", str(port),
-            "--nccl-port", str(nccl), "--disable-cuda-graph", "--sleep-on-idle",
-            "--random-seed", "0",
-            *shlex.split(os.environ.get("CHIMERA_SGLANG_ARGS") or DEFAULT_ARGS), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        model,
+        "--load-format",
+        "dummy",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--nccl-port",
+        str(nccl),
+        "--disable-cuda-graph",
+        "--sleep-on-idle",
+        "--random-seed",
+        "0",
+        *shlex.split(os.environ.get("CHIMERA_SGLANG_ARGS") or DEFAULT_ARGS),
+        *extra,
+    ]
 
 
 def shim_env(ep_dir: Path, sock: str, limit: int, virtual: int) -> dict[str, str]:
     """The environment the orchestrator's adapter gives a server with the shim."""
     plugin.entry_point_dir(ep_dir)
     e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join(p for p in (str(ep_dir), str(ROOT), e.get("PYTHONPATH"))
-                                      if p)
+    e["PYTHONPATH"] = os.pathsep.join(p for p in (str(ep_dir), str(ROOT), e.get("PYTHONPATH")) if p)
     e.update(env.server_env(sock, limit, virtual))
     e["PYTHONUNBUFFERED"] = "1"
     return e
 
 
 class Server:
-    def __init__(self, argv: list[str], environ: dict[str, str], log: Path,
-                 sock: str | None = None) -> None:
+    def __init__(self, argv: list[str], environ: dict[str, str], log: Path, sock: str | None = None) -> None:
         self.base = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}"
         self.log, self.sock = log, sock
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as f:
-            self.proc = subprocess.Popen(argv, env=environ, stdout=f, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(argv, env=environ, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -66,11 +79,9 @@ class Server:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n"
-                                   f"{self.log_text()[-4000:]}")
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log_text()[-4000:]}")
             try:
-                self.post("/generate", {"input_ids": [5, 6, 7],
-                                        "sampling_params": {"max_new_tokens": 2}}, timeout=30)
+                self.post("/generate", {"input_ids": [5, 6, 7], "sampling_params": {"max_new_tokens": 2}}, timeout=30)
                 return
             except (OSError, urllib.error.URLError):
                 time.sleep(2)
@@ -89,8 +100,9 @@ class Server:
 
     def post(self, path: str, body: Any, timeout: float = 300) -> Any:
         data = b"" if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + path, data=data, method="POST", headers={"Content-Type": "application/json"}
+        )
         return self._call(req, timeout)
 
     def shim(self, op: str, **kw: Any) -> dict[str, Any]:
@@ -126,8 +138,9 @@ def gpu_mib_of_tree(pid: int) -> int | None:
     pynvml.nvmlInit()
     try:
         h = pynvml.nvmlDeviceGetHandleByIndex(0)
-        used = [p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)
-                if p.pid in pids and p.usedGpuMemory]
+        used = [
+            p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h) if p.pid in pids and p.usedGpuMemory
+        ]
     finally:
         pynvml.nvmlShutdown()
     return sum(used) >> 20 if used else None

@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def child() -> dict[str, str]:
-    r = subprocess.run([sys.executable, "-m", "tests.gpu.test_shim_vmm"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.gpu.test_shim_vmm"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     assert r.returncode == 0 and lines, f"child failed ({r.returncode}):\n{r.stderr[-4000:]}"
     out: dict[str, str] = json.loads(lines[-1])
@@ -64,8 +65,9 @@ def _pool(drv: Any) -> tuple[ElasticKV, CountingFreeList, list[Any]]:
 
     from cumem_shim.tensors import buffer_tensors, zero_block_zero
 
-    lay = mha_layout(granularity=drv.granularity(0), page_size=1, size=64 * 1024, layers=4,
-                     heads=8, head_dim=128)  # 1024-token blocks, 8 buffers
+    lay = mha_layout(
+        granularity=drv.granularity(0), page_size=1, size=64 * 1024, layers=4, heads=8, head_dim=128
+    )  # 1024-token blocks, 8 buffers
     kv = ElasticKV(lay, drv, 0, 2 * lay.block_bytes)
     free = CountingFreeList(lay)
     kv.attach(free)
@@ -161,8 +163,10 @@ def check_freelist(drv: Any) -> None:
     from cumem_shim.freelist_torch import TorchFreeList
 
     lay = KVLayout(2 * MIB, 1, 4 * 4096, (512, 512))  # 4096-token blocks, 4 blocks
-    alloc = SimpleNamespace(free_pages=torch.arange(1, lay.total_units, device="cuda:0"),
-                            release_pages=torch.empty((0,), dtype=torch.int64, device="cuda:0"))
+    alloc = SimpleNamespace(
+        free_pages=torch.arange(1, lay.total_units, device="cuda:0"),
+        release_pages=torch.empty((0,), dtype=torch.int64, device="cuda:0"),
+    )
     fl = TorchFreeList(alloc, lay)
     fl.reset([0, 2])
     assert fl.free_units() == 4095 + 4096
@@ -207,8 +211,7 @@ def check_map_ahead(drv: Any) -> None:
 
     rec = _Recording(drv)
     me = threading.current_thread().name
-    lay = mha_layout(granularity=drv.granularity(0), page_size=1, size=64 * 1024, layers=32,
-                     heads=8, head_dim=128)
+    lay = mha_layout(granularity=drv.granularity(0), page_size=1, size=64 * 1024, layers=32, heads=8, head_dim=128)
     assert lay.block_tokens == 1024 and lay.block_bytes == 128 * MIB
     kv = ElasticKV(lay, rec, 0, 8 * lay.block_bytes, map_ahead_blocks=2)
     free = CountingFreeList(lay)
@@ -230,10 +233,9 @@ def check_map_ahead(drv: Any) -> None:
         res["adopt_2_blocks_ms"] = (time.perf_counter() - t0) * 1e3
         assert rec.on(me) == before and kv.mapped == {0, 1, 2} and kv.stats.adopted == 2
         for i, t in enumerate(tensors):
-            t[lay.block_tokens: 3 * lay.block_tokens].fill_(i + 1)
+            t[lay.block_tokens : 3 * lay.block_tokens].fill_(i + 1)
         torch.cuda.synchronize()
-        assert all(float(t[2 * lay.block_tokens + 1000, 7, 127]) == i + 1
-                   for i, t in enumerate(tensors))
+        assert all(float(t[2 * lay.block_tokens + 1000, 7, 127]) == i + 1 for i, t in enumerate(tensors))
         assert kv.settle(60) and sorted(kv._prepared) == [3, 4]
         kv.set_limit(4 * lay.block_bytes, 1)
         kv.available()  # 3 mapped + 2 prepared > 4: block 4 goes back
@@ -259,8 +261,12 @@ def check_map_ahead(drv: Any) -> None:
 
 
 CHECKS: dict[str, Callable[[Any], None]] = {
-    "bench": check_bench, "tensors": check_tensors, "graph": check_graph,
-    "freelist": check_freelist, "map_ahead": check_map_ahead}
+    "bench": check_bench,
+    "tensors": check_tensors,
+    "graph": check_graph,
+    "freelist": check_freelist,
+    "map_ahead": check_map_ahead,
+}
 
 
 def main() -> None:

@@ -21,9 +21,11 @@ AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def greedy(base: str, model: str) -> str:
-    r = httpx.post(f"{base}/v1/completions", json={
-        "model": model, "prompt": "once upon a time", "max_tokens": 8, "temperature": 0,
-        "ignore_eos": True}, timeout=120)
+    r = httpx.post(
+        f"{base}/v1/completions",
+        json={"model": model, "prompt": "once upon a time", "max_tokens": 8, "temperature": 0, "ignore_eos": True},
+        timeout=120,
+    )
     r.raise_for_status()
     return str(r.json()["choices"][0]["text"])
 
@@ -36,8 +38,9 @@ def test_park_and_wake_ten_times_while_the_neighbour_serves(chimera_gpu: Running
 
     def neighbour() -> None:
         while not stop.is_set():
-            r = httpx.post(f"{base}/v1/completions", json={
-                "model": "tiny", "prompt": "hello", "max_tokens": 4}, timeout=60)
+            r = httpx.post(
+                f"{base}/v1/completions", json={"model": "tiny", "prompt": "hello", "max_tokens": 4}, timeout=60
+            )
             served.append(r.status_code)
 
     t = threading.Thread(target=neighbour)
@@ -56,9 +59,15 @@ def test_park_and_wake_ten_times_while_the_neighbour_serves(chimera_gpu: Running
             w = re.search(r"woken in ([\d.]+) s", r.json()["result"])
             assert w, r.json()
             assert greedy(base, "llama-1b") == reference
-            cycles.append({"park_s": float(m.group(1)), "freed_gib": float(m.group(2)),
-                           "wake_s": float(w.group(1)), "gpu_used_mib_awake": used_awake,
-                           "gpu_used_mib_parked": used_parked})
+            cycles.append(
+                {
+                    "park_s": float(m.group(1)),
+                    "freed_gib": float(m.group(2)),
+                    "wake_s": float(w.group(1)),
+                    "gpu_used_mib_awake": used_awake,
+                    "gpu_used_mib_parked": used_parked,
+                }
+            )
             assert float(m.group(2)) > 1.0  # weights 2.3 GiB + 8 GiB KV of the 1B shape
     finally:
         stop.set()
@@ -69,12 +78,17 @@ def test_park_and_wake_ten_times_while_the_neighbour_serves(chimera_gpu: Running
 
 
 def test_activation_benchmark(chimera_gpu: Running) -> None:
-    weights = {"llama-1b": load_shape("llama-3.2-1b").weight_bytes,
-               "llama-8b": load_shape("llama-3.1-8b").weight_bytes}
+    weights = {"llama-1b": load_shape("llama-3.2-1b").weight_bytes, "llama-8b": load_shape("llama-3.1-8b").weight_bytes}
     out = out_dir()
-    res = activation.run(chimera_gpu.base, ADMIN_KEY, ["llama-1b", "llama-8b"], cycles=5,
-                         simulated=False, out=out / "activation.json" if out else None,
-                         weights=weights)
+    res = activation.run(
+        chimera_gpu.base,
+        ADMIN_KEY,
+        ["llama-1b", "llama-8b"],
+        cycles=5,
+        simulated=False,
+        out=out / "activation.json" if out else None,
+        weights=weights,
+    )
     RESULTS["activation"] = res
     for m in res["models"]:
         assert m["identical_outputs"] == 5

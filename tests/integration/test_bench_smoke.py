@@ -19,10 +19,13 @@ pytestmark = pytest.mark.slow
 PLACEMENTS = {
     "host": {"gpus": 1},
     "models": [
-        {"name": "small", "model_path": "llama-3.2-1b", "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
-         "placements": [{"gpus": [0], "on": True, "kv_pool_gb": 4}]},
-        {"name": "tiny", "model_path": "tiny-llama",
-         "placements": [{"gpus": [0], "on": True}]},
+        {
+            "name": "small",
+            "model_path": "llama-3.2-1b",
+            "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
+            "placements": [{"gpus": [0], "on": True, "kv_pool_gb": 4}],
+        },
+        {"name": "tiny", "model_path": "tiny-llama", "placements": [{"gpus": [0], "on": True}]},
     ],
 }
 
@@ -32,10 +35,33 @@ def test_bench_run_writes_a_sane_report(tmp_path: Path) -> None:
     placements.write_text(yaml.safe_dump(PLACEMENTS))
     out = tmp_path / "bench"
     r = subprocess.run(
-        [sys.executable, "-m", "bench.live.run", "--placements", str(placements), "--trace",
-         "synthetic", "--rate", "3", "--duration", "8", "--alpha", "1", "--input-range",
-         "8,64", "--output-range", "4,32", "--ttft-slo", "1.0", "--out", str(out)],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "bench.live.run",
+            "--placements",
+            str(placements),
+            "--trace",
+            "synthetic",
+            "--rate",
+            "3",
+            "--duration",
+            "8",
+            "--alpha",
+            "1",
+            "--input-range",
+            "8,64",
+            "--output-range",
+            "4,32",
+            "--ttft-slo",
+            "1.0",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "SIMULATED" in r.stderr and "no engine left running" in r.stderr
     report = json.loads((out / "report.json").read_text())

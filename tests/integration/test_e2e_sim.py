@@ -25,12 +25,18 @@ ADMIN_KEY = "test-admin-key"
 PLACEMENTS = {
     "host": {"gpus": 2, "gpu_memory_gb": 80},
     "models": [
-        {"name": "tiny", "model_path": "tiny-llama", "aliases": ["tiny-alias"],
-         "placements": [{"gpus": [0], "on": True}]},
-        {"name": "llama-1b", "model_path": "meta-llama/Llama-3.2-1B-Instruct",
-         "placements": [{"gpus": [0], "on": True, "kv_pool_gb": 4}]},
-        {"name": "org/model:v1", "model_path": "llama-3.2-3b",
-         "placements": [{"gpus": [1], "on": True}]},
+        {
+            "name": "tiny",
+            "model_path": "tiny-llama",
+            "aliases": ["tiny-alias"],
+            "placements": [{"gpus": [0], "on": True}],
+        },
+        {
+            "name": "llama-1b",
+            "model_path": "meta-llama/Llama-3.2-1B-Instruct",
+            "placements": [{"gpus": [0], "on": True, "kv_pool_gb": 4}],
+        },
+        {"name": "org/model:v1", "model_path": "llama-3.2-3b", "placements": [{"gpus": [1], "on": True}]},
         {"name": "lazy", "model_path": "tiny-llama", "placements": [{"gpus": [1], "on": False}]},
     ],
 }
@@ -38,10 +44,16 @@ PLACEMENTS = {
 
 @pytest.fixture(scope="module")
 def chimera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    run = start_chimera(tmp_path_factory.mktemp("e2e"), PLACEMENTS, "sim",
-                        awake=["tiny", "llama-1b", "org/model:v1"], parked=("lazy",),
-                        timeout_s=90, env={"CHIMERA_SIM_SPEED": "0.02"},
-                        args=("--admin-key", ADMIN_KEY))
+    run = start_chimera(
+        tmp_path_factory.mktemp("e2e"),
+        PLACEMENTS,
+        "sim",
+        awake=["tiny", "llama-1b", "org/model:v1"],
+        parked=("lazy",),
+        timeout_s=90,
+        env={"CHIMERA_SIM_SPEED": "0.02"},
+        args=("--admin-key", ADMIN_KEY),
+    )
     yield run
     run.stop()
 
@@ -55,54 +67,79 @@ def test_models_lists_names_aliases_and_states(chimera: Running) -> None:
 
 
 def test_chat_and_completion_non_streaming_with_usage(chimera: Running) -> None:
-    r = httpx.post(f"{chimera.base}/v1/chat/completions", json={
-        "model": "tiny-alias", "messages": [{"role": "user", "content": "hello world"}],
-        "max_tokens": 8,
-    }, timeout=30)
+    r = httpx.post(
+        f"{chimera.base}/v1/chat/completions",
+        json={
+            "model": "tiny-alias",
+            "messages": [{"role": "user", "content": "hello world"}],
+            "max_tokens": 8,
+        },
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["choices"][0]["message"]["content"]
     assert body["usage"]["completion_tokens"] <= 8 and body["usage"]["prompt_tokens"] > 0
-    r = httpx.post(f"{chimera.base}/v1/completions", json={
-        "model": "org/model:v1", "prompt": "once upon a time", "max_tokens": 5, "ignore_eos": True,
-    }, timeout=30)
+    r = httpx.post(
+        f"{chimera.base}/v1/completions",
+        json={
+            "model": "org/model:v1",
+            "prompt": "once upon a time",
+            "max_tokens": 5,
+            "ignore_eos": True,
+        },
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] == 5
 
 
 def test_streaming_is_sse_framed_and_ends_with_done(chimera: Running) -> None:
     frames = []
-    with httpx.stream("POST", f"{chimera.base}/v1/chat/completions", json={
-        "model": "llama-1b", "messages": [{"role": "user", "content": "count"}],
-        "max_tokens": 6, "ignore_eos": True, "stream": True,
-    }, timeout=30) as r:
+    with httpx.stream(
+        "POST",
+        f"{chimera.base}/v1/chat/completions",
+        json={
+            "model": "llama-1b",
+            "messages": [{"role": "user", "content": "count"}],
+            "max_tokens": 6,
+            "ignore_eos": True,
+            "stream": True,
+        },
+        timeout=30,
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         raw = b"".join(r.iter_raw())
     frames = raw.decode().split("\n\n")
     assert frames[-1] == "" and frames[-2] == "data: [DONE]"
-    chunks = [json.loads(f[len("data: "):]) for f in frames[:-2]]
+    chunks = [json.loads(f[len("data: ") :]) for f in frames[:-2]]
     assert all(f.startswith("data: ") for f in frames[:-1])
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text
 
 
 def test_native_generate_is_routed_by_model(chimera: Running) -> None:
-    r = httpx.post(f"{chimera.base}/generate", json={
-        "model": "tiny", "text": "hello", "sampling_params": {"max_new_tokens": 4, "ignore_eos": True},
-    }, timeout=30)
+    r = httpx.post(
+        f"{chimera.base}/generate",
+        json={
+            "model": "tiny",
+            "text": "hello",
+            "sampling_params": {"max_new_tokens": 4, "ignore_eos": True},
+        },
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     assert r.json()["meta_info"]["completion_tokens"] == 4
 
 
 def test_official_openai_client(chimera: Running) -> None:
     client = openai.OpenAI(base_url=f"{chimera.base}/v1", api_key="unused")
-    chat = client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert chat.choices[0].message.content and chat.usage and chat.usage.total_tokens > 0
     stream = client.chat.completions.create(
-        model="org/model:v1", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
-        stream=True)
+        model="org/model:v1", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+    )
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert "".join(pieces)
     comp = client.completions.create(model="llama-1b", prompt="say", max_tokens=3)
@@ -117,15 +154,17 @@ def test_errors_use_the_openai_envelope(chimera: Running) -> None:
     assert r.status_code == 404
     err = r.json()["error"]
     assert set(err) >= {"message", "type", "param", "code"} and "llama-1b" in err["message"]
-    r = httpx.post(f"{chimera.base}/v1/chat/completions", content=b"{not json",
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{chimera.base}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and "error" in r.json()
     assert "Traceback" not in r.text
 
 
 def test_request_for_a_parked_model_wakes_it_and_is_served(chimera: Running) -> None:
-    r = httpx.post(f"{chimera.base}/v1/completions", json={
-        "model": "lazy", "prompt": "wake up", "max_tokens": 2}, timeout=60)
+    r = httpx.post(
+        f"{chimera.base}/v1/completions", json={"model": "lazy", "prompt": "wake up", "max_tokens": 2}, timeout=60
+    )
     assert r.status_code == 200, r.text
     states = {m["id"]: m["state"] for m in httpx.get(f"{chimera.base}/v1/models").json()["data"]}
     assert states["lazy"] == "awake"
@@ -148,8 +187,9 @@ def test_admin_api_parks_and_wakes_with_the_key_only(chimera: Running) -> None:
 
 
 def test_activation_benchmark_runs_on_the_sim(chimera: Running) -> None:
-    res = activation.run(chimera.base, ADMIN_KEY, ["llama-1b"], cycles=2, simulated=True,
-                         out=None, weights={"llama-1b": 2_471_000_000})
+    res = activation.run(
+        chimera.base, ADMIN_KEY, ["llama-1b"], cycles=2, simulated=True, out=None, weights={"llama-1b": 2_471_000_000}
+    )
     (m,) = res["models"]
     assert res["simulated"] is True and m["identical_outputs"] == 2
     assert m["park_s"]["p50"] > 0 and m["wake_s"]["p50"] > 0 and m["held_ttft_s"]["p50"] > 0
@@ -157,21 +197,25 @@ def test_activation_benchmark_runs_on_the_sim(chimera: Running) -> None:
 
 
 def test_metrics_parse_and_count_requests(chimera: Running) -> None:
-    httpx.post(f"{chimera.base}/v1/completions",
-               json={"model": "tiny", "prompt": "x", "max_tokens": 1}, timeout=30)
+    httpx.post(f"{chimera.base}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1}, timeout=30)
     text = httpx.get(f"{chimera.base}/metrics").text
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     reqs = [s for s in fams["chimera_requests"].samples if s.name == "chimera_requests_total"]
     assert any(s.labels["model"] == "tiny" and s.value >= 1 for s in reqs)
     assert "chimera_request_ttft_seconds" in fams and "chimera_request_e2e_seconds" in fams
     states = fams["chimera_instance_state"].samples
-    assert any(s.labels["model"] == "tiny" and s.labels["state"] == "awake" and s.value == 1
-               for s in states)
-    parks = {s.labels["reason"] for s in fams["chimera_parks"].samples
-             if s.name == "chimera_parks_total" and s.labels["model"] == "lazy"}
+    assert any(s.labels["model"] == "tiny" and s.labels["state"] == "awake" and s.value == 1 for s in states)
+    parks = {
+        s.labels["reason"]
+        for s in fams["chimera_parks"].samples
+        if s.name == "chimera_parks_total" and s.labels["model"] == "lazy"
+    }
     assert "warm_start" in parks
-    assert any(s.value > 0 for s in fams["chimera_park_freed_bytes"].samples
-               if s.labels["model"] == "lazy" and s.name.endswith("_total"))
+    assert any(
+        s.value > 0
+        for s in fams["chimera_park_freed_bytes"].samples
+        if s.labels["model"] == "lazy" and s.name.endswith("_total")
+    )
     assert "chimera_wake_seconds" in fams and "chimera_hold_seconds" in fams
     running = fams["sglang:num_running_reqs"].samples  # re-exposed from the engines
     assert {s.labels["instance"] for s in running} >= {"tiny@gpu0", "llama-1b@gpu0"}
@@ -189,11 +233,12 @@ def test_zz_ctrl_c_stops_every_engine_process(chimera: Running) -> None:
 
 def test_bad_placements_file_exits_2_naming_the_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"models": [
-        {"name": "m", "model_path": "tiny-llama", "placements": [{"gpus": [7]}]}],
-        "host": {"gpus": 2}}))
-    r = subprocess.run(chimera_cmd("up", str(bad), "--engine", "sim"), capture_output=True,
-                       text=True, timeout=60)
+    bad.write_text(
+        yaml.safe_dump(
+            {"models": [{"name": "m", "model_path": "tiny-llama", "placements": [{"gpus": [7]}]}], "host": {"gpus": 2}}
+        )
+    )
+    r = subprocess.run(chimera_cmd("up", str(bad), "--engine", "sim"), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "models[0].placements[0].gpus: GPU 7 does not exist (this host has 0-1)" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout

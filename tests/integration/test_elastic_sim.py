@@ -28,18 +28,25 @@ PLACEMENTS = {
     "mode": "elastic",
     "host": {"gpus": 1, "gpu_memory_gb": 31.5},
     "models": [
-        {"name": "a", "model_path": "meta-llama/Llama-3.2-1B-Instruct",
-         "placements": [{"gpus": [0], "kv_pool_gb": 8, "kv_floor_gb": 0.25}]},
-        {"name": "b", "model_path": "meta-llama/Llama-3.1-8B-Instruct",
-         "placements": [{"gpus": [0], "kv_pool_gb": 8, "kv_floor_gb": 0.25}]},
+        {
+            "name": "a",
+            "model_path": "meta-llama/Llama-3.2-1B-Instruct",
+            "placements": [{"gpus": [0], "kv_pool_gb": 8, "kv_floor_gb": 0.25}],
+        },
+        {
+            "name": "b",
+            "model_path": "meta-llama/Llama-3.1-8B-Instruct",
+            "placements": [{"gpus": [0], "kv_pool_gb": 8, "kv_floor_gb": 0.25}],
+        },
     ],
 }
 
 
 @pytest.fixture(scope="module")
 def chimera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    run = start_chimera(tmp_path_factory.mktemp("elastic"), PLACEMENTS, "sim", ["a", "b"],
-                        timeout_s=60, env={"CHIMERA_SIM_SPEED": "1"})
+    run = start_chimera(
+        tmp_path_factory.mktemp("elastic"), PLACEMENTS, "sim", ["a", "b"], timeout_s=60, env={"CHIMERA_SIM_SPEED": "1"}
+    )
     yield run
     run.stop()
 
@@ -55,31 +62,34 @@ def kv(run: Running) -> dict[tuple[str, str], float]:
     return out
 
 
-def wait_for(run: Running, cond: str, check: object, timeout_s: float = 20) -> dict[
-        tuple[str, str], float]:
+def wait_for(run: Running, cond: str, check: object, timeout_s: float = 20) -> dict[tuple[str, str], float]:
     deadline = time.monotonic() + timeout_s
     while True:
         seen = kv(run)
         if callable(check) and check(seen):
             return seen
         if time.monotonic() > deadline:
-            raise AssertionError(f"{cond} not seen in {timeout_s} s: {seen}\n"
-                                 f"{run.log.read_text()[-3000:]}")
+            raise AssertionError(f"{cond} not seen in {timeout_s} s: {seen}\n{run.log.read_text()[-3000:]}")
         time.sleep(0.2)
 
 
 def generate(run: Running, model: str, prompt: int, out: int) -> int:
-    r = httpx.post(f"{run.base}/generate", json={
-        "model": model, "input_ids": list(range(10, 10 + prompt)),
-        "sampling_params": {"max_new_tokens": out, "ignore_eos": True}}, timeout=120)
+    r = httpx.post(
+        f"{run.base}/generate",
+        json={
+            "model": model,
+            "input_ids": list(range(10, 10 + prompt)),
+            "sampling_params": {"max_new_tokens": out, "ignore_eos": True},
+        },
+        timeout=120,
+    )
     return r.status_code
 
 
 def test_surge_moves_kv_to_the_busy_model(chimera: Running, tmp_path: Path) -> None:
     lim = "chimera_kv_limit_bytes"
     # the first split of an idle GPU gives each about half (the start-up limits come first)
-    before = wait_for(chimera, "the idle split",
-                      lambda s: min(s.get((lim, "a"), 0), s.get((lim, "b"), 0)) > 1.5 * GIB)
+    before = wait_for(chimera, "the idle split", lambda s: min(s.get((lim, "a"), 0), s.get((lim, "b"), 0)) > 1.5 * GIB)
     cfg = parse_config(PLACEMENTS, gpu_count=1)
     dep = derive(cfg)
     budget = dep.gpu_bytes - sum(f.awake_bytes for f in dep.instances.values()) - MARGIN_BYTES
@@ -88,9 +98,10 @@ def test_surge_moves_kv_to_the_busy_model(chimera: Running, tmp_path: Path) -> N
     with ThreadPoolExecutor(12) as pool:
         futs = [pool.submit(generate, chimera, "b", 1500, 500) for _ in range(12)]
         during = wait_for(
-            chimera, "b's limit grown and a's shrunk",
-            lambda s: s[lim, "b"] > before[lim, "b"] + GIB // 4
-            and s[lim, "a"] < before[lim, "a"])
+            chimera,
+            "b's limit grown and a's shrunk",
+            lambda s: s[lim, "b"] > before[lim, "b"] + GIB // 4 and s[lim, "a"] < before[lim, "a"],
+        )
         codes = [f.result(timeout=120) for f in futs]
     assert codes == [200] * 12
     assert during[lim, "a"] >= 0.25 * GIB  # the floor holds

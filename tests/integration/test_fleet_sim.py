@@ -23,9 +23,27 @@ def test_fleet_on_the_sim_starts_concurrently_within_budget(tmp_path: Path) -> N
     out = tmp_path / "out"
     models = ["llama-3.1-8b", "llama-3.2-3b", "llama-3.2-1b"]
     r = subprocess.run(
-        [sys.executable, "-m", "bench.gpu.fleet", "--engine", "sim", "--models", ",".join(models),
-         "--sim-start-delay", f"{DELAY_S:g}", "--out", str(out), "--work-dir", str(tmp_path / "w"),
-         "--max-wall", "150"], capture_output=True, text=True, timeout=200)
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu.fleet",
+            "--engine",
+            "sim",
+            "--models",
+            ",".join(models),
+            "--sim-start-delay",
+            f"{DELAY_S:g}",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--max-wall",
+            "150",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
     res = json.loads((out / "fleet.json").read_text())
@@ -37,8 +55,7 @@ def test_fleet_on_the_sim_starts_concurrently_within_budget(tmp_path: Path) -> N
     for rec in fleet.values():
         ph = rec["phases_s"]
         # the sim prints SGLang's marks: every phase is seen, and they add up to the total
-        assert all(ph[p] is not None for p in ("spawn", "init", "weights", "kv", "graphs", "ready",
-                                               "probe"))
+        assert all(ph[p] is not None for p in ("spawn", "init", "weights", "kv", "graphs", "ready", "probe"))
         # the sim spends 20% of its boot on weights and 25% on graphs; marks are stamped when
         # the supervisor polls (every POLL_INTERVAL_S), so each end may be late by one poll
         late = 2 * POLL_INTERVAL_S

@@ -20,11 +20,33 @@ RATES = "2,6"
 
 def _run(out: Path, system: str, engine: str) -> dict:
     r = subprocess.run(
-        [sys.executable, "-m", "bench.gpu.experiment", "--setup", "B", "--system", system,
-         "--engine", engine, "--rates", RATES, "--duration", "5", "--gap", "0.5",
-         "--request-timeout", "30", "--out", str(out / f"{engine}-{system}"),
-         "--work-dir", str(out / f"work-{engine}-{system}")],
-        capture_output=True, text=True, timeout=150)
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu.experiment",
+            "--setup",
+            "B",
+            "--system",
+            system,
+            "--engine",
+            engine,
+            "--rates",
+            RATES,
+            "--duration",
+            "5",
+            "--gap",
+            "0.5",
+            "--request-timeout",
+            "30",
+            "--out",
+            str(out / f"{engine}-{system}"),
+            "--work-dir",
+            str(out / f"work-{engine}-{system}"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads((out / f"{engine}-{system}" / "experiment.json").read_text())
 
@@ -50,20 +72,35 @@ def test_experiment_systems_see_the_same_requests_and_the_report_merges_them(tmp
     for p in static["rates"]:
         unserved = sum(p["per_model"].get(m, {}).get("requests", 0) for m in static["unserved"])
         assert unserved == p["unserved"]
-        assert all(p["per_model"][m]["attainment"]["joint"] == 0.0 for m in static["unserved"]
-                   if m in p["per_model"])
+        assert all(p["per_model"][m]["attainment"]["joint"] == 0.0 for m in static["unserved"] if m in p["per_model"])
         assert p["chimera"]["wakes"] == 0
     # swap-on-demand parks and wakes: one model awake at a time
     assert sum(p["chimera"]["wakes"] for p in swap["rates"]) > 0
     assert sum(p["chimera"]["time_parked_s"] for p in swap["rates"]) > 0
     assert static["provenance"]["simulated"] is True
     assert {f.name for f in (tmp_path / "sim-swap").iterdir()} == {
-        "experiment.json", "requests.jsonl", "table.txt", "logs.tgz"}
+        "experiment.json",
+        "requests.jsonl",
+        "table.txt",
+        "logs.tgz",
+    }
 
     report = tmp_path / "report"
-    r = subprocess.run([sys.executable, "-m", "bench.gpu.report", str(tmp_path / "sim-static"),
-                        str(tmp_path / "sim-swap"), str(tmp_path / "des-full"), "--out", str(report)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu.report",
+            str(tmp_path / "sim-static"),
+            str(tmp_path / "sim-swap"),
+            str(tmp_path / "des-full"),
+            "--out",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     md = (report / "report.md").read_text()
     assert "Set-up B, synthetic trace (live): SIMULATED (sim engine on a CPU)" in md

@@ -21,9 +21,25 @@ pytestmark = pytest.mark.slow
 def test_gpu_trace_on_the_sim_then_calibrate(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = subprocess.run(
-        [sys.executable, "-m", "bench.gpu.trace", "--engine", "sim", "--duration", "8",
-         "--rate", "6", "--out", str(out), "--work-dir", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu.trace",
+            "--engine",
+            "sim",
+            "--duration",
+            "8",
+            "--rate",
+            "6",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)  # six: the GPU returns 8
 
@@ -45,7 +61,10 @@ def test_gpu_trace_on_the_sim_then_calibrate(tmp_path: Path) -> None:
     data = json.loads((out / "calibration_data.json").read_text())
     assert data["schema"] == DATA_SCHEMA and data["orphans"] == []
     assert data["provenance"]["simulated"] is True and data["provenance"]["command"][:3] == [
-        "python", "-m", "bench.gpu.trace"]
+        "python",
+        "-m",
+        "bench.gpu.trace",
+    ]
     instances = {f"{n}@gpu0" for n, _, _ in MODELS}
     assert set(data["metrics_before"]) == set(data["metrics_after"]) == instances
     assert set(data["engine_log"]) == {i.replace("@", "-") for i in instances}
@@ -53,17 +72,23 @@ def test_gpu_trace_on_the_sim_then_calibrate(tmp_path: Path) -> None:
     assert "llama-8b-gpu0.log" in (out / "logs.txt").read_text()
     assert (out / "timeline.png").read_bytes()[:4] == b"\x89PNG"
 
-    c = subprocess.run([sys.executable, "-m", "bench.calibration.calibrate", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    c = subprocess.run(
+        [sys.executable, "-m", "bench.calibration.calibrate", str(out)], capture_output=True, text=True, timeout=120
+    )
     assert c.returncode == 0, c.stderr[-3000:]
     cal = json.loads((out / "calibration.json").read_text())
     assert cal["simulated"] is True
     prov = cal["provenance"]
     assert prov["calibrate_command"][:3] == ["python", "-m", "bench.calibration.calibrate"]
     assert prov["samples"]["requests"] == 48 and prov["created"] and "gpus" in prov
-    assert set(cal["constants"]) >= {"PREFILL_MFU", "PREFILL_STEP_OVERHEAD_S",
-                                     "DECODE_STEP_OVERHEAD_S", "WEIGHT_READ_EFFICIENCY",
-                                     "KV_READ_EFFICIENCY", "DECODE_MFU"}
+    assert set(cal["constants"]) >= {
+        "PREFILL_MFU",
+        "PREFILL_STEP_OVERHEAD_S",
+        "DECODE_STEP_OVERHEAD_S",
+        "WEIGHT_READ_EFFICIENCY",
+        "KV_READ_EFFICIENCY",
+        "DECODE_MFU",
+    }
     for name, const in cal["constants"].items():
         assert "current" in const and "source" in const, name
     for fits in cal["fits"].values():

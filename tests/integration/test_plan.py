@@ -28,19 +28,43 @@ def _run(*argv: str) -> tuple[int, str]:
 def test_plan__prints_budgets_and_the_chosen_placement() -> None:
     rc, out = _run(str(ROOT / "placements/example.yaml"), "--rates", "llama-8b=4,qwen-7b=2,small=1")
     assert rc == 0
-    for text in ("memory budget per GPU", "llama-8b@gpu0", "all parked", "KV pressure ratio",
-                 "wake qwen-7b@gpu1", "SIMULATED"):
+    for text in (
+        "memory budget per GPU",
+        "llama-8b@gpu0",
+        "all parked",
+        "KV pressure ratio",
+        "wake qwen-7b@gpu1",
+        "SIMULATED",
+    ):
         assert text in out
     assert "llama-3b" not in out.split("placement the global scheduler")[1]  # no demand, stays parked
 
 
 def test_plan__flags_a_model_that_can_never_wake(tmp_path: Path) -> None:
     f = tmp_path / "p.yaml"
-    f.write_text(yaml.safe_dump({"host": {"gpus": 1}, "mode": "full", "models": [
-        {"name": "big", "model_path": "Qwen/Qwen2.5-32B-Instruct", "placements": [{"gpus": [0], "on": False}]},
-        *({"name": f"s{i}", "model_path": "meta-llama/Llama-3.2-1B", "placements": [{"gpus": [0], "on": False}]}
-          for i in range(6)),
-    ]}))
+    f.write_text(
+        yaml.safe_dump(
+            {
+                "host": {"gpus": 1},
+                "mode": "full",
+                "models": [
+                    {
+                        "name": "big",
+                        "model_path": "Qwen/Qwen2.5-32B-Instruct",
+                        "placements": [{"gpus": [0], "on": False}],
+                    },
+                    *(
+                        {
+                            "name": f"s{i}",
+                            "model_path": "meta-llama/Llama-3.2-1B",
+                            "placements": [{"gpus": [0], "on": False}],
+                        }
+                        for i in range(6)
+                    ),
+                ],
+            }
+        )
+    )
     rc, out = _run(str(f))
     assert rc == plan.EXIT_IMPOSSIBLE
     assert "big@gpu0 can never wake on GPU 0" in out and "CUDA contexts of the 7 servers" in out

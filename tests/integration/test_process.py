@@ -22,8 +22,13 @@ FAKE = str(Path(__file__).parents[1] / "fixtures" / "fake_server.py")
 
 def make(tmp_path: Path, *extra: str, timeout: float = 20.0) -> EngineProcess:
     (port,) = free_ports(1)
-    spec = LaunchSpec(argv=(sys.executable, FAKE, str(port), *extra), env=dict(os.environ),
-                      base_url=f"http://127.0.0.1:{port}", served_name="m", ready_timeout_s=timeout)
+    spec = LaunchSpec(
+        argv=(sys.executable, FAKE, str(port), *extra),
+        env=dict(os.environ),
+        base_url=f"http://127.0.0.1:{port}",
+        served_name="m",
+        ready_timeout_s=timeout,
+    )
     return EngineProcess("m@gpu0", spec, tmp_path / "m.log")
 
 

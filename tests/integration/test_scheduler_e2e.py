@@ -34,20 +34,35 @@ PLACEMENTS = {
     "idle": {"park_after_s": 2},  # far below Prism's 45 s, to keep the test short
     "scheduler": {"tau": 0.3},
     "models": [
-        {"name": "hot", "model_path": "llama-3.1-8b", "slo": {"ttft_s": 30.0},
-         "placements": [{"gpus": [0], "on": True}, {"gpus": [1], "on": False}]},
+        {
+            "name": "hot",
+            "model_path": "llama-3.1-8b",
+            "slo": {"ttft_s": 30.0},
+            "placements": [{"gpus": [0], "on": True}, {"gpus": [1], "on": False}],
+        },
         {"name": "n1", "model_path": "llama-3.1-8b", "placements": [{"gpus": [0], "on": True}]},
-        {"name": "cold", "model_path": "llama-3.1-8b", "idle": {"when": "always", "park_after_s": 2},
-         "placements": [{"gpus": [1], "on": False}]},
+        {
+            "name": "cold",
+            "model_path": "llama-3.1-8b",
+            "idle": {"when": "always", "park_after_s": 2},
+            "placements": [{"gpus": [1], "on": False}],
+        },
     ],
 }
 
 
 @pytest.fixture(scope="module")
 def chimera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    run = start_chimera(tmp_path_factory.mktemp("sched"), PLACEMENTS, "sim", awake=["hot", "n1"],
-                        parked=("cold",), timeout_s=60, env={"CHIMERA_SIM_SPEED": "0.05"},
-                        args=("--admin-key", KEY))
+    run = start_chimera(
+        tmp_path_factory.mktemp("sched"),
+        PLACEMENTS,
+        "sim",
+        awake=["hot", "n1"],
+        parked=("cold",),
+        timeout_s=60,
+        env={"CHIMERA_SIM_SPEED": "0.05"},
+        args=("--admin-key", KEY),
+    )
     yield run
     run.proc.send_signal(signal.SIGINT)
     run.proc.wait(timeout=60)
@@ -59,8 +74,7 @@ def states(run: Running) -> dict[str, str]:
     return {i["id"]: i["state"] for i in r.json()["instances"]}
 
 
-def wait_until(run: Running, what: str, ok: Callable[[dict[str, str]], bool],
-               timeout_s: float = 20.0) -> None:
+def wait_until(run: Running, what: str, ok: Callable[[dict[str, str]], bool], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not ok(s := states(run)):
         if time.monotonic() > deadline:
@@ -69,9 +83,11 @@ def wait_until(run: Running, what: str, ok: Callable[[dict[str, str]], bool],
 
 
 def complete(run: Running, model: str) -> httpx.Response:
-    return httpx.post(f"{run.base}/v1/completions", json={
-        "model": model, "prompt": "hello " * 40, "max_tokens": 16, "ignore_eos": True},
-        timeout=60)
+    return httpx.post(
+        f"{run.base}/v1/completions",
+        json={"model": model, "prompt": "hello " * 40, "max_tokens": 16, "ignore_eos": True},
+        timeout=60,
+    )
 
 
 def parks(run: Running) -> Counter[tuple[str, str]]:
@@ -85,8 +101,7 @@ def parks(run: Running) -> Counter[tuple[str, str]]:
 
 
 def test_scheduler__migrates_parks_and_wakes_under_a_scripted_trace(chimera: Running) -> None:
-    assert states(chimera) == {"hot@gpu0": "awake", "hot@gpu1": "parked", "n1@gpu0": "awake",
-                               "cold@gpu1": "parked"}
+    assert states(chimera) == {"hot@gpu0": "awake", "hot@gpu1": "parked", "n1@gpu0": "awake", "cold@gpu1": "parked"}
     assert parks(chimera)["hot", "migration"] == 0  # the start-up probes are not demand
 
     # 1. traffic for hot, from 4 clients, before, during and after its migration
@@ -102,8 +117,7 @@ def test_scheduler__migrates_parks_and_wakes_under_a_scripted_trace(chimera: Run
     for w in workers:
         w.start()
     try:
-        wait_until(chimera, "migrated", lambda s: s["hot@gpu1"] == "awake"
-                   and s["hot@gpu0"] == "parked")
+        wait_until(chimera, "migrated", lambda s: s["hot@gpu1"] == "awake" and s["hot@gpu0"] == "parked")
         served = len(answers)
         deadline = time.monotonic() + 20
         while len(answers) < served + 8 and time.monotonic() < deadline:

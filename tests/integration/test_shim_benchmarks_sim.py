@@ -15,15 +15,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_overhead_runs_both_servers_on_the_same_traffic(tmp_path: Path) -> None:
-    rc = overhead.main(["--engine", "sim", "--block-s", "2", "--blocks", "1", "--repeats", "2",
-                        "--rate", "4", "--out", str(tmp_path)])
+    rc = overhead.main(
+        ["--engine", "sim", "--block-s", "2", "--blocks", "1", "--repeats", "2", "--rate", "4", "--out", str(tmp_path)]
+    )
     res = json.loads((tmp_path / "overhead.json").read_text())
     assert rc == 0 and res["simulated"]
     static, shim = res["servers"]["static"], res["servers"]["shim"]
     assert static["requests"] == shim["requests"] > 0  # the same trace for both
     assert static["ok"] == static["requests"] and shim["ok"] == shim["requests"]
-    assert set(res["ratio_shim_over_static"]) == {"ttft_p50", "ttft_p95", "tpot_p50",
-                                                  "tpot_p95"}
+    assert set(res["ratio_shim_over_static"]) == {"ttft_p50", "ttft_p95", "tpot_p50", "tpot_p95"}
     # each repeat starts with the other server, and has its own ratios
     assert [r["first"] for r in res["repeats"]] == ["static", "shim"]
     for key, lim in res["spread"].items():
@@ -36,8 +36,7 @@ def test_overhead_runs_both_servers_on_the_same_traffic(tmp_path: Path) -> None:
 
 
 def test_surge_runs_static_then_elastic_and_plots(tmp_path: Path) -> None:
-    rc = surge.main(["--engine", "sim", "--warm-s", "2", "--surge-s", "4", "--cool-s", "1",
-                     "--out", str(tmp_path)])
+    rc = surge.main(["--engine", "sim", "--warm-s", "2", "--surge-s", "4", "--cool-s", "1", "--out", str(tmp_path)])
     res = json.loads((tmp_path / "surge.json").read_text())
     assert rc == 0 and set(res["modes"]) == {"static", "elastic"}
     assert all(sum(m["failed"].values()) == 0 for m in res["modes"].values())

@@ -45,8 +45,12 @@ class FakeRouter:
     def models(self) -> list[ModelView]:
         if self.models_error is not None:
             raise self.models_error
-        return [ModelView(m, self.states[m.name], (InstanceView(
-            f"{m.name}@gpu0", m.name, (0,), self.states[m.name], None),)) for m in self.specs]
+        return [
+            ModelView(
+                m, self.states[m.name], (InstanceView(f"{m.name}@gpu0", m.name, (0,), self.states[m.name], None),)
+            )
+            for m in self.specs
+        ]
 
     async def acquire(self, model: ModelSpec, timeout_s: float) -> Endpoint:
         self.timeouts.append(timeout_s)
@@ -59,8 +63,9 @@ class FakeRouter:
             except asyncio.CancelledError:
                 self.hold_cancelled = True
                 raise
-        ep = Endpoint(f"{model.name}@gpu0", self.base_url or f"http://{model.name}.engine:30000",
-                      f"served-{model.name}")
+        ep = Endpoint(
+            f"{model.name}@gpu0", self.base_url or f"http://{model.name}.engine:30000", f"served-{model.name}"
+        )
         self.acquired.append(ep)
         return ep
 

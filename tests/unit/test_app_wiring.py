@@ -19,15 +19,17 @@ from orchestrator.types import MODES, Mode
 
 
 def raw(mode: Mode) -> dict[str, object]:
-    return {"mode": mode, "host": {"gpus": 1, "gpu_memory_gb": 40},
-            "models": [{"name": "a", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0]}]}]}
+    return {
+        "mode": mode,
+        "host": {"gpus": 1, "gpu_memory_gb": 40},
+        "models": [{"name": "a", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0]}]}],
+    }
 
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_the_scraper_runs_where_a_sink_needs_it(mode: Mode, tmp_path: Path) -> None:
     dep = derive(parse_config(raw(mode)))
-    supervisor = Supervisor(get_engine("sim"), dep.config.host, tmp_path, post=lambda ev: None,
-                            deployment=dep)
+    supervisor = Supervisor(get_engine("sim"), dep.config.host, tmp_path, post=lambda ev: None, deployment=dep)
     try:
         control = ControlLoop(dep, supervisor)
         kv = _kv_runner(dep, control, supervisor, ChimeraMetrics())

@@ -24,8 +24,25 @@ SCANNED = ("orchestrator", "simsglang", "cumem_shim", "bench")
 # test_known_until_merged_entries_are_still_there, so it cannot outlive its reason).
 # A policy decides from a snapshot and the time it is given: no clock, randomness, I/O, logging,
 # event loop or GPU.
-IMPURE = frozenset({"time", "datetime", "logging", "asyncio", "httpx", "torch", "cuda", "pynvml", "random",
-                    "threading", "subprocess", "os", "socket", "uvicorn", "starlette"})
+IMPURE = frozenset(
+    {
+        "time",
+        "datetime",
+        "logging",
+        "asyncio",
+        "httpx",
+        "torch",
+        "cuda",
+        "pynvml",
+        "random",
+        "threading",
+        "subprocess",
+        "os",
+        "socket",
+        "uvicorn",
+        "starlette",
+    }
+)
 
 
 def within(module: str, *packages: str) -> bool:
@@ -47,38 +64,74 @@ class Rule:
 def _policy_forbids(module: str) -> bool:
     if module.split(".")[0] in IMPURE:
         return True
-    allowed = ("orchestrator.policy", "orchestrator.types", "orchestrator.perf", "orchestrator.config",
-               "orchestrator.shapes")
+    allowed = (
+        "orchestrator.policy",
+        "orchestrator.types",
+        "orchestrator.perf",
+        "orchestrator.config",
+        "orchestrator.shapes",
+    )
     return within(module, "orchestrator") and not within(module, *allowed)
 
 
 def _live_path(file: str) -> bool:
     return file.startswith("orchestrator/") and not (
-        file.startswith("orchestrator/layout/") or file == "orchestrator/cli/plan.py")
+        file.startswith("orchestrator/layout/") or file == "orchestrator/cli/plan.py"
+    )
 
 
 RULES = (
-    Rule("policy-is-pure", lambda f: f.startswith("orchestrator/policy/"), _policy_forbids,
-         "policies are pure (decide(snapshot, now)) and import only types, perf, config, shapes and policy"),
-    Rule("control-not-cli-or-proxy", lambda f: f.startswith("orchestrator/control/"),
-         lambda m: within(m, "orchestrator.cli", "orchestrator.proxy"),
-         "the control loop is below the commands and beside the proxy, which it reaches through the Router"),
-    Rule("live-path-not-offline-planning", _live_path, lambda m: within(m, "orchestrator.layout"),
-         "offline planning (orchestrator/layout/) serves `chimera-orch plan` only"),
-    Rule("orchestrator-not-sim-or-bench", lambda f: f.startswith("orchestrator/"),
-         lambda m: within(m, "simsglang", "bench"),
-         "the simulated server is started as a process, never imported; benchmarks sit on top"),
-    Rule("kv-not-launch", lambda f: f.startswith("orchestrator/kv/"),
-         lambda m: within(m, "orchestrator.sglang.launch", "orchestrator.engines", "orchestrator.supervisor"),
-         "the KV ledger reasons about memory, not about how engines are started"),
-    Rule("perf-and-types-are-leaves", lambda f: f.startswith("orchestrator/perf/") or f == "orchestrator/types.py",
-         lambda m: not is_stdlib(m) and not within(m, "orchestrator.shapes", "orchestrator.types",
-                                                   "orchestrator.perf", "orchestrator.config"),
-         "the shared vocabulary and the performance model import only the standard library and each other"),
-    Rule("shim-not-orchestrator", lambda f: f.startswith("cumem_shim/"), lambda m: within(m, "orchestrator"),
-         "cumem_shim runs inside SGLang's process, without chimera installed there"),
-    Rule("cuda-only-in-driver", lambda f: f.startswith("cumem_shim/") and f != "cumem_shim/_driver.py",
-         lambda m: within(m, "cuda"), "cumem_shim/_driver.py is the one owner of cuda-python"),
+    Rule(
+        "policy-is-pure",
+        lambda f: f.startswith("orchestrator/policy/"),
+        _policy_forbids,
+        "policies are pure (decide(snapshot, now)) and import only types, perf, config, shapes and policy",
+    ),
+    Rule(
+        "control-not-cli-or-proxy",
+        lambda f: f.startswith("orchestrator/control/"),
+        lambda m: within(m, "orchestrator.cli", "orchestrator.proxy"),
+        "the control loop is below the commands and beside the proxy, which it reaches through the Router",
+    ),
+    Rule(
+        "live-path-not-offline-planning",
+        _live_path,
+        lambda m: within(m, "orchestrator.layout"),
+        "offline planning (orchestrator/layout/) serves `chimera-orch plan` only",
+    ),
+    Rule(
+        "orchestrator-not-sim-or-bench",
+        lambda f: f.startswith("orchestrator/"),
+        lambda m: within(m, "simsglang", "bench"),
+        "the simulated server is started as a process, never imported; benchmarks sit on top",
+    ),
+    Rule(
+        "kv-not-launch",
+        lambda f: f.startswith("orchestrator/kv/"),
+        lambda m: within(m, "orchestrator.sglang.launch", "orchestrator.engines", "orchestrator.supervisor"),
+        "the KV ledger reasons about memory, not about how engines are started",
+    ),
+    Rule(
+        "perf-and-types-are-leaves",
+        lambda f: f.startswith("orchestrator/perf/") or f == "orchestrator/types.py",
+        lambda m: (
+            not is_stdlib(m)
+            and not within(m, "orchestrator.shapes", "orchestrator.types", "orchestrator.perf", "orchestrator.config")
+        ),
+        "the shared vocabulary and the performance model import only the standard library and each other",
+    ),
+    Rule(
+        "shim-not-orchestrator",
+        lambda f: f.startswith("cumem_shim/"),
+        lambda m: within(m, "orchestrator"),
+        "cumem_shim runs inside SGLang's process, without chimera installed there",
+    ),
+    Rule(
+        "cuda-only-in-driver",
+        lambda f: f.startswith("cumem_shim/") and f != "cumem_shim/_driver.py",
+        lambda m: within(m, "cuda"),
+        "cumem_shim/_driver.py is the one owner of cuda-python",
+    ),
 )
 
 
@@ -139,7 +192,7 @@ def find_cycle(graph: dict[str, dict[str, Import]]) -> list[str] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)
@@ -152,18 +205,25 @@ def test_packages_import_no_package_that_imports_them_back() -> None:
     cycle = find_cycle(graph)
     if cycle is not None:
         edges = [graph[a][b] for a, b in zip(cycle, cycle[1:], strict=False)]
-        pytest.fail("import cycle " + " -> ".join(cycle) + ":\n"
-                    + "\n".join(f"  {e.file}:{e.line} imports {e.module}" for e in edges))
+        pytest.fail(
+            "import cycle "
+            + " -> ".join(cycle)
+            + ":\n"
+            + "\n".join(f"  {e.file}:{e.line} imports {e.module}" for e in edges)
+        )
 
 
 def test_the_cycle_check_finds_a_cycle() -> None:
     def edge(src: str, dst: str) -> Import:
         return Import(src.replace(".", "/") + "/x.py", 1, dst + ".x", runtime=True)
 
-    found = [edge("orchestrator.a", "orchestrator.b"), edge("orchestrator.b", "orchestrator.c"),
-             edge("orchestrator.c", "orchestrator.a"), edge("orchestrator.c", "orchestrator.d")]
-    assert find_cycle(package_graph(found)) == ["orchestrator.a", "orchestrator.b", "orchestrator.c",
-                                                "orchestrator.a"]
+    found = [
+        edge("orchestrator.a", "orchestrator.b"),
+        edge("orchestrator.b", "orchestrator.c"),
+        edge("orchestrator.c", "orchestrator.a"),
+        edge("orchestrator.c", "orchestrator.d"),
+    ]
+    assert find_cycle(package_graph(found)) == ["orchestrator.a", "orchestrator.b", "orchestrator.c", "orchestrator.a"]
     assert find_cycle(package_graph(found[1:])) is None
     lazy = [*found[1:], Import("orchestrator/a/x.py", 1, "orchestrator.b.x", runtime=False)]
     assert find_cycle(package_graph(lazy)) is None
@@ -185,8 +245,16 @@ def test_the_reader_sees_lazy_type_only_and_relative_imports(tmp_path: Path) -> 
         "def f():\n    from .sib import x\n"
     )
     got = {(i.module, i.runtime) for i in imports(src, root=tmp_path)}
-    assert got == {("typing", True), ("pkg.other", True), ("typed", False), ("untyped", True),
-                   ("guarded", True), ("fallback", True), ("in_class", True), ("pkg.sub.sib", False)}
+    assert got == {
+        ("typing", True),
+        ("pkg.other", True),
+        ("typed", False),
+        ("untyped", True),
+        ("guarded", True),
+        ("fallback", True),
+        ("in_class", True),
+        ("pkg.sub.sib", False),
+    }
 
 
 def test_the_scan_sees_every_package() -> None:

@@ -29,8 +29,7 @@ SHAPES = {"llama-1b": load_shape("llama-3.2-1b"), "llama-8b": load_shape("llama-
 
 def test_fit_recovers_coefficients_and_drops_outliers() -> None:
     rng = random.Random(3)
-    rows = [[1.0, float(b), float(b * rng.randint(100, 1500))]
-            for b in (rng.randint(1, 40) for _ in range(300))]
+    rows = [[1.0, float(b), float(b * rng.randint(100, 1500))] for b in (rng.randint(1, 40) for _ in range(300))]
     y = [0.002 + 1e-4 * b + 3e-8 * c for _, b, c in rows]
     for i in range(0, 300, 30):  # an idle gap inside ten intervals
         y[i] += 0.5
@@ -49,21 +48,26 @@ def test_fit_refuses_too_few_samples_and_collinear_regressors() -> None:
 
 
 def test_sglang_scheduler_log_lines() -> None:
-    log = "\n".join([
-        "[2026-11-25 10:00:00] Decode batch. #running-req: 1, #token: 300, token usage: 0.00, "
-        "gen throughput (token/s): 12.00, #queue-req: 0",
-        "[2026-11-25 10:00:01] Prefill batch. #new-seq: 1, #new-token: 512, #cached-token: 0, "
-        "token usage: 0.01, #running-req: 1, #queue-req: 0",
-        "[2026-11-25 10:00:01] Decode batch, #running-req: 2, #token: 900, token usage: 0.01, "
-        "cuda graph: True, gen throughput (token/s): 250.00, #queue-req: 0",
-        "[2026-11-25 10:00:02 TP0] Decode batch [812], #running-req: 4, full token usage: 0.02, "
-        "cuda graph: True, gen throughput (token/s): 800.00, #queue-req: 0",
-        "INFO:     127.0.0.1:5000 - \"POST /generate HTTP/1.1\" 200 OK",
-    ])
+    log = "\n".join(
+        [
+            "[2026-11-25 10:00:00] Decode batch. #running-req: 1, #token: 300, token usage: 0.00, "
+            "gen throughput (token/s): 12.00, #queue-req: 0",
+            "[2026-11-25 10:00:01] Prefill batch. #new-seq: 1, #new-token: 512, #cached-token: 0, "
+            "token usage: 0.01, #running-req: 1, #queue-req: 0",
+            "[2026-11-25 10:00:01] Decode batch, #running-req: 2, #token: 900, token usage: 0.01, "
+            "cuda graph: True, gen throughput (token/s): 250.00, #queue-req: 0",
+            "[2026-11-25 10:00:02 TP0] Decode batch [812], #running-req: 4, full token usage: 0.02, "
+            "cuda graph: True, gen throughput (token/s): 800.00, #queue-req: 0",
+            'INFO:     127.0.0.1:5000 - "POST /generate HTTP/1.1" 200 OK',
+        ]
+    )
     decode, prefills, tokens = parse_engine_log(log)
     assert (prefills, tokens) == (1, 512)
     assert [(d.running, d.kv_tokens, d.prefills_before, d.first) for d in decode] == [
-        (1, 300, 0, True), (2, 900, 1, False), (4, None, 0, False)]
+        (1, 300, 0, True),
+        (2, 900, 1, False),
+        (4, None, 0, False),
+    ]
     # the first interval began at server start, the second held a prefill: only the third counts
     assert [d.step_s for d in decode] == [None, None, pytest.approx(4 / 800)]
 
@@ -75,12 +79,22 @@ def test_prefill_flops_is_the_sim_models_compute() -> None:
     assert modelled == pytest.approx(cal.PREFILL_STEP_OVERHEAD_S + compute)
 
 
-def record(i: int, model: str, sent: float, ttft: float, prompt: int, output: int,
-           tpot: float) -> RequestRecord:
+def record(i: int, model: str, sent: float, ttft: float, prompt: int, output: int, tpot: float) -> RequestRecord:
     e2e = ttft + tpot * (output - 1)
-    return RequestRecord(id=i, model=model, route="/v1/completions", arrival_s=sent,
-                         sent_at_s=sent, status=200, ok=True, prompt_tokens=prompt,
-                         output_tokens=output, ttft_s=ttft, e2e_s=e2e, tpot_s=tpot)
+    return RequestRecord(
+        id=i,
+        model=model,
+        route="/v1/completions",
+        arrival_s=sent,
+        sent_at_s=sent,
+        status=200,
+        ok=True,
+        prompt_tokens=prompt,
+        output_tokens=output,
+        ttft_s=ttft,
+        e2e_s=e2e,
+        tpot_s=tpot,
+    )
 
 
 def test_isolated_prefills_give_back_the_prefill_mfu() -> None:
@@ -100,9 +114,11 @@ def test_isolated_prefills_give_back_the_prefill_mfu() -> None:
 
 
 def test_overlapping_prefills_are_not_prefill_samples() -> None:
-    records = [record(0, "llama-1b", 0.0, 0.5, 100, 8, 0.01),
-               record(1, "llama-8b", 0.2, 0.5, 100, 8, 0.01),
-               record(2, "llama-8b", 5.0, 0.5, 100, 8, 0.01)]
+    records = [
+        record(0, "llama-1b", 0.0, 0.5, 100, 8, 0.01),
+        record(1, "llama-8b", 0.2, 0.5, 100, 8, 0.01),
+        record(2, "llama-8b", 5.0, 0.5, 100, 8, 0.01),
+    ]
     pre, dec = phases(records)
     assert {m: len(v) for m, v in prefill_samples(pre, dec, SHAPES).items()} == {"llama-8b": 1}
 
@@ -110,10 +126,13 @@ def test_overlapping_prefills_are_not_prefill_samples() -> None:
 def test_decode_regressors_average_over_the_window() -> None:
     # a decodes over [0, 10], b over [5, 15] (same model), c over [0, 10] (other model);
     # d's prefill (300 tokens) ends at 2, inside a's window
-    dec = [Phase("m", 0.0, 10.0, 100, 11), Phase("m", 5.0, 15.0, 200, 11),
-           Phase("o", 0.0, 10.0, 50, 11)]
-    pre = [Phase("m", -1.0, 0.0, 100, 11), Phase("m", 4.0, 5.0, 200, 11),
-           Phase("o", -1.0, 0.0, 50, 11), Phase("m", 1.0, 2.0, 300, 11)]
+    dec = [Phase("m", 0.0, 10.0, 100, 11), Phase("m", 5.0, 15.0, 200, 11), Phase("o", 0.0, 10.0, 50, 11)]
+    pre = [
+        Phase("m", -1.0, 0.0, 100, 11),
+        Phase("m", 4.0, 5.0, 200, 11),
+        Phase("o", -1.0, 0.0, 50, 11),
+        Phase("m", 1.0, 2.0, 300, 11),
+    ]
     samples = decode_samples(pre, dec)
     (x, tpot), _ = samples["m"][:2]
     one, batch, context, prefill, other_batch, other_prefill = x
@@ -139,28 +158,25 @@ def test_engine_log_steps_give_back_the_sims_decode_model() -> None:
     assert f is not None and f.names == ("one", "batch", "context_tokens")
     kv = shape.kv_bytes_per_token / (cal.HBM_BANDWIDTH * f["context_tokens"])
     assert kv == pytest.approx(cal.KV_READ_EFFICIENCY)
-    assert f["one"] == pytest.approx(cal.DECODE_STEP_OVERHEAD_S + shape.weight_bytes / (
-        cal.HBM_BANDWIDTH * cal.WEIGHT_READ_EFFICIENCY))
+    assert f["one"] == pytest.approx(
+        cal.DECODE_STEP_OVERHEAD_S + shape.weight_bytes / (cal.HBM_BANDWIDTH * cal.WEIGHT_READ_EFFICIENCY)
+    )
     assert f["batch"] == pytest.approx(0.0, abs=1e-9)  # memory-bound: no cost per request
     assert fit_decode_log(lines[:20]) is None  # too few clean intervals: the client's fit is used
 
 
 def _fit(coef: dict[str, float]) -> Fit:
     names = tuple(coef)
-    return Fit(names, tuple(coef.values()), (1e-9,) * len(names), 100, 0, 0.0, 1.0,
-               (0.0, 0.0, 0.0))
+    return Fit(names, tuple(coef.values()), (1e-9,) * len(names), 100, 0, 0.0, 1.0, (0.0, 0.0, 0.0))
 
 
 def test_decode_intercepts_of_two_sizes_give_overhead_and_weight_read_efficiency() -> None:
     decode = {}
     for m, shape in SHAPES.items():  # the sim's decode step at batch 0, and its KV term
-        intercept = cal.DECODE_STEP_OVERHEAD_S + shape.weight_bytes / (
-            cal.HBM_BANDWIDTH * cal.WEIGHT_READ_EFFICIENCY)
+        intercept = cal.DECODE_STEP_OVERHEAD_S + shape.weight_bytes / (cal.HBM_BANDWIDTH * cal.WEIGHT_READ_EFFICIENCY)
         coef = shape.kv_bytes_per_token / (cal.HBM_BANDWIDTH * cal.KV_READ_EFFICIENCY)
-        decode[m] = ("engine log", _fit({"one": intercept, "batch": 1e-5,
-                                         "context_tokens": coef}))
-    prefill = {m: {"tokens": None, "flops": _fit({"one": 0.004, "compute_s_at_peak": 2.0})}
-               for m in SHAPES}
+        decode[m] = ("engine log", _fit({"one": intercept, "batch": 1e-5, "context_tokens": coef}))
+    prefill = {m: {"tokens": None, "flops": _fit({"one": 0.004, "compute_s_at_peak": 2.0})} for m in SHAPES}
     out = derive(SHAPES, prefill, decode, {m: 4.0 for m in SHAPES})
     assert out["DECODE_STEP_OVERHEAD_S"]["value"] == pytest.approx(cal.DECODE_STEP_OVERHEAD_S)
     assert out["WEIGHT_READ_EFFICIENCY"]["value"] == pytest.approx(cal.WEIGHT_READ_EFFICIENCY)
@@ -173,11 +189,14 @@ def test_decode_intercepts_of_two_sizes_give_overhead_and_weight_read_efficiency
 
 def test_metric_deltas_keep_labels_that_matter() -> None:
     labels = {"model_name": "m", "category": "decode"}
-    before = {"i": [("sglang:forward_execution_seconds_total", labels, 1.0),
-                    ("sglang:num_running_reqs", {}, 3.0)]}
-    after = {"i": [("sglang:forward_execution_seconds_total", labels, 4.5),
-                   ("sglang:num_running_reqs", {}, 1.0),
-                   ("sglang:prompt_tokens_total", {"model_name": "m"}, 10.0)]}
-    assert metric_deltas(before, after) == {"i": {
-        "sglang:forward_execution_seconds_total{category=decode}": 3.5,
-        "sglang:prompt_tokens_total": 10.0}}
+    before = {"i": [("sglang:forward_execution_seconds_total", labels, 1.0), ("sglang:num_running_reqs", {}, 3.0)]}
+    after = {
+        "i": [
+            ("sglang:forward_execution_seconds_total", labels, 4.5),
+            ("sglang:num_running_reqs", {}, 1.0),
+            ("sglang:prompt_tokens_total", {"model_name": "m"}, 10.0),
+        ]
+    }
+    assert metric_deltas(before, after) == {
+        "i": {"sglang:forward_execution_seconds_total{category=decode}": 3.5, "sglang:prompt_tokens_total": 10.0}
+    }

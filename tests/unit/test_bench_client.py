@@ -55,8 +55,7 @@ def test_parse_line_matches_sglang_shapes() -> None:
     assert role is not None and not role.has_output
     text = parse_line('data: {"choices":[{"delta":{"content":" hi"}}]}', CHAT)
     assert text is not None and text.has_output
-    usage = parse_line('data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":9}}',
-                       COMPLETIONS)
+    usage = parse_line('data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":9}}', COMPLETIONS)
     assert usage is not None and (usage.completion_tokens, usage.prompt_tokens) == (9, 5)
     gen = parse_line('data: {"text":"a b","meta_info":{"completion_tokens":2}}', GENERATE)
     assert gen is not None and gen.has_output and gen.completion_tokens == 2
@@ -103,8 +102,7 @@ def test_one_token_output_has_no_tpot() -> None:
 
 
 def _sse(*frames: object) -> bytes:
-    return b"".join(b"data: " + (f if isinstance(f, bytes) else orjson.dumps(f)) + b"\n\n"
-                    for f in frames)
+    return b"".join(b"data: " + (f if isinstance(f, bytes) else orjson.dumps(f)) + b"\n\n" for f in frames)
 
 
 def _server(request: httpx.Request) -> httpx.Response:
@@ -112,19 +110,18 @@ def _server(request: httpx.Request) -> httpx.Response:
     chunk = {"choices": [{"text": " w"}]}
     usage = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2}}
     if model == "ok":
-        return httpx.Response(200, content=_sse(chunk, chunk, usage, b"[DONE]"),
-                              headers={"x-chimera-instance": "ok@gpu0"})
+        return httpx.Response(
+            200, content=_sse(chunk, chunk, usage, b"[DONE]"), headers={"x-chimera-instance": "ok@gpu0"}
+        )
     if model == "busy":
         return httpx.Response(503, json={"error": {"message": "waking"}})
     if model == "broken":
-        return httpx.Response(200, content=_sse(chunk, {"error": {"message": "gone"}},
-                                                b"[DONE]"))
+        return httpx.Response(200, content=_sse(chunk, {"error": {"message": "gone"}}, b"[DONE]"))
     return httpx.Response(200, content=_sse(chunk))  # "cut": no [DONE]
 
 
 def _run(models: list[str], arrivals: list[float]) -> tuple[list[RequestRecord], list[float]]:
-    reqs = [BenchRequest(i, t, m, 8, 2) for i, (m, t) in enumerate(zip(models, arrivals,
-                                                                        strict=True))]
+    reqs = [BenchRequest(i, t, m, 8, 2) for i, (m, t) in enumerate(zip(models, arrivals, strict=True))]
     slept: list[float] = []
     fake_now = iter(float(i) for i in range(10_000))
 
@@ -133,8 +130,7 @@ def _run(models: list[str], arrivals: list[float]) -> tuple[list[RequestRecord],
 
     async def go() -> list[RequestRecord]:
         async with ClientShards(2, transport=httpx.MockTransport(_server)) as shards:
-            recs = await run_open_loop(reqs, ClientConfig("http://x"), shards,
-                                       now=lambda: next(fake_now), sleep=sleep)
+            recs = await run_open_loop(reqs, ClientConfig("http://x"), shards, now=lambda: next(fake_now), sleep=sleep)
             return list(recs)
 
     return asyncio.run(go()), slept

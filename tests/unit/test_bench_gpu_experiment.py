@@ -44,9 +44,11 @@ def test_max_rate_at_99_stops_at_the_first_miss() -> None:
 
 
 def test_time_parked_and_counter_deltas() -> None:
-    snaps = [{"t_s": 0.0, "states": {"a": {"state": "parked"}, "b": {"state": "awake"}}},
-             {"t_s": 2.0, "states": {"a": {"state": "awake"}, "b": {"state": "parked"}}},
-             {"t_s": 5.0, "states": {}}]
+    snaps = [
+        {"t_s": 0.0, "states": {"a": {"state": "parked"}, "b": {"state": "awake"}}},
+        {"t_s": 2.0, "states": {"a": {"state": "awake"}, "b": {"state": "parked"}}},
+        {"t_s": 5.0, "states": {}},
+    ]
     assert measure.time_parked(snaps) == {"a": 2.0, "b": 3.0}
     text = """# TYPE chimera_wake_seconds histogram
 chimera_wake_seconds_bucket{le="+Inf",model="a"} %d

@@ -10,10 +10,15 @@ from bench.live.proxy_overhead import DISTURBED_OTHER_PCT, _met, combine
 
 
 def run(p50_ms: float, p99_ms: float, other: float, saturated: bool = False) -> dict[str, Any]:
-    return {"streams": 64, "added_ttft_p50_s": p50_ms / 1000, "added_ttft_p99_s": p99_ms / 1000,
-            "throughput_ratio": 0.8, "cpu_percent": {"client": 70.0, "proxy": 40.0,
-                                                     "engine": 50.0, "other": other},
-            "cpu_saturated": saturated, "paths": {"direct": {}, "proxy": {}}}
+    return {
+        "streams": 64,
+        "added_ttft_p50_s": p50_ms / 1000,
+        "added_ttft_p99_s": p99_ms / 1000,
+        "throughput_ratio": 0.8,
+        "cpu_percent": {"client": 70.0, "proxy": 40.0, "engine": 50.0, "other": other},
+        "cpu_saturated": saturated,
+        "paths": {"direct": {}, "proxy": {}},
+    }
 
 
 def test_medians_leave_out_disturbed_runs() -> None:

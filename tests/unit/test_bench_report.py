@@ -28,15 +28,35 @@ from bench.report import (
 from orchestrator.config import load_config
 
 
-def rec(i: int, model: str = "a", ok: bool = True, ttft: float = 0.1, tpot: float = 0.01,
-        out: int = 10, slo: tuple[float | None, float | None] = (0.2, 0.02)) -> RequestRecord:
+def rec(
+    i: int,
+    model: str = "a",
+    ok: bool = True,
+    ttft: float = 0.1,
+    tpot: float = 0.01,
+    out: int = 10,
+    slo: tuple[float | None, float | None] = (0.2, 0.02),
+) -> RequestRecord:
     return RequestRecord(
-        id=i, model=model, route="/v1/completions", arrival_s=float(i), sent_at_s=float(i),
-        status=200 if ok else 503, ok=ok, error="" if ok else "HTTP 503: busy",
-        prompt_tokens=5, prompt_tokens_requested=5, output_tokens=out if ok else 0,
-        output_tokens_requested=out, ttft_s=ttft if ok else None,
-        e2e_s=ttft + tpot * (out - 1) if ok else None, tpot_s=tpot if ok else None,
-        itl_s=[tpot] * (out - 1) if ok else [], slo_ttft_s=slo[0], slo_tpot_s=slo[1])
+        id=i,
+        model=model,
+        route="/v1/completions",
+        arrival_s=float(i),
+        sent_at_s=float(i),
+        status=200 if ok else 503,
+        ok=ok,
+        error="" if ok else "HTTP 503: busy",
+        prompt_tokens=5,
+        prompt_tokens_requested=5,
+        output_tokens=out if ok else 0,
+        output_tokens_requested=out,
+        ttft_s=ttft if ok else None,
+        e2e_s=ttft + tpot * (out - 1) if ok else None,
+        tpot_s=tpot if ok else None,
+        itl_s=[tpot] * (out - 1) if ok else [],
+        slo_ttft_s=slo[0],
+        slo_tpot_s=slo[1],
+    )
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -58,8 +78,11 @@ def test_attainment_counts_failures_as_misses() -> None:
     ]
     s = summarize(records, duration_s=2.0)
     assert s["requests"] == 6 and s["completed"] == 5 and s["failed"] == 1
-    assert s["attainment"] == {"ttft": pytest.approx(4 / 6), "tpot": pytest.approx(4 / 6),
-                               "joint": pytest.approx(3 / 6)}
+    assert s["attainment"] == {
+        "ttft": pytest.approx(4 / 6),
+        "tpot": pytest.approx(4 / 6),
+        "joint": pytest.approx(3 / 6),
+    }
     assert s["goodput"]["requests_per_s"] == pytest.approx(3 / 2.0)
     assert s["goodput"]["output_tokens_per_s"] == pytest.approx((10 + 10 + 1) / 2.0)
     assert s["throughput"]["requests_per_s"] == pytest.approx(5 / 2.0)
@@ -77,8 +100,9 @@ def test_latency_distributions_are_in_seconds_and_ordered() -> None:
 
 def _report(records: list[RequestRecord]) -> dict[str, Any]:
     report = new_report(engine_info("simulated", "test"), {"trace": "synthetic"})
-    report["runs"].append({"label": "rate 1", "offered_rate_rps": 1.0,
-                           "trace": {"requests": len(records)}, **summarize_run(records, 5.0)})
+    report["runs"].append(
+        {"label": "rate 1", "offered_rate_rps": 1.0, "trace": {"requests": len(records)}, **summarize_run(records, 5.0)}
+    )
     return report
 
 
@@ -115,12 +139,19 @@ def test_plots_are_written(tmp_path: Path) -> None:
 
     records = [rec(i, model="ab"[i % 2], ok=i % 5 != 0) for i in range(20)]
     report = _report(records)
-    snaps = [{"t_s": 0.0, "states": {"a@gpu0": {"model": "a", "state": "parked"}},
-              "gauges": {"chimera_kv_limit_bytes{instance=a@gpu0}": 2.0**30}},
-             {"t_s": 1.0, "states": {"a@gpu0": {"model": "a", "state": "awake"}}, "gauges": {}}]
-    for path in (plots.attainment_vs_rate(report, tmp_path / "a.png"),
-                 plots.timelines(records, report["engine"], tmp_path / "t.png"),
-                 plots.states_timeline(snaps, report["engine"], tmp_path / "s.png")):
+    snaps = [
+        {
+            "t_s": 0.0,
+            "states": {"a@gpu0": {"model": "a", "state": "parked"}},
+            "gauges": {"chimera_kv_limit_bytes{instance=a@gpu0}": 2.0**30},
+        },
+        {"t_s": 1.0, "states": {"a@gpu0": {"model": "a", "state": "awake"}}, "gauges": {}},
+    ]
+    for path in (
+        plots.attainment_vs_rate(report, tmp_path / "a.png"),
+        plots.timelines(records, report["engine"], tmp_path / "t.png"),
+        plots.states_timeline(snaps, report["engine"], tmp_path / "s.png"),
+    ):
         assert path is not None and path.stat().st_size > 1000
 
 
@@ -140,13 +171,15 @@ chimera_requests_total{model="a",route="/v1/completions",status="200"} 3.0
 
 def test_modes_rewrite_the_placements_and_compute_ratios(tmp_path: Path) -> None:
     src = tmp_path / "p.yaml"
-    src.write_text("mode: full\nmodels:\n  - name: x\n    model_path: tiny-llama\n"
-                   "    placements: [{gpus: [0], on: false}]\n")
+    src.write_text(
+        "mode: full\nmodels:\n  - name: x\n    model_path: tiny-llama\n    placements: [{gpus: [0], on: false}]\n"
+    )
     cfg = load_config(with_mode(src, "static", tmp_path / "s"))  # chimera reads it back
     assert cfg.mode == "static" and cfg.models[0].placements[0].on is False
     prism = tmp_path / "p.json"
-    prism.write_text(json.dumps([{"model_name": "m", "model_path": "tiny-llama",
-                                  "init_placements": [{"gpu_ids": [0], "on": True}]}]))
+    prism.write_text(
+        json.dumps([{"model_name": "m", "model_path": "tiny-llama", "init_placements": [{"gpu_ids": [0], "on": True}]}])
+    )
     out = yaml.safe_load(with_mode(prism, "elastic", tmp_path / "e").read_text())
     assert out["mode"] == "elastic" and out["models"][0]["placements"][0]["gpus"] == [0]
 
@@ -155,7 +188,6 @@ def test_modes_rewrite_the_placements_and_compute_ratios(tmp_path: Path) -> None
         s["attainment"]["joint"] = joint
         return {"ok": True, "runs": [{"overall": s}]}
 
-    r = ratios({"static": mode_result(0.5), "elastic": mode_result(0.75),
-                "full": {"ok": False, "error": "boom"}})
+    r = ratios({"static": mode_result(0.5), "elastic": mode_result(0.75), "full": {"ok": False, "error": "boom"}})
     assert r["elastic/static"]["joint attainment"] == [pytest.approx(1.5)]
     assert "full/static" not in r

@@ -57,15 +57,13 @@ def test_synthetic_popularity_follows_the_power_law() -> None:
 
 
 def test_synthetic_lengths_are_uniform_in_lo_hi() -> None:
-    reqs = generate(SyntheticSpec(rate=20, duration_s=100, input_range=(10, 20),
-                                  output_range=(5, 6), seed=2), MODELS)
+    reqs = generate(SyntheticSpec(rate=20, duration_s=100, input_range=(10, 20), output_range=(5, 6), seed=2), MODELS)
     assert {r.prompt_tokens for r in reqs} == set(range(10, 20))
     assert {r.output_tokens for r in reqs} == {5}
 
 
 def test_on_off_models_are_silent_in_their_off_phase() -> None:
-    spec = SyntheticSpec(rate=40, duration_s=60, seed=4, on_off_cycle_s=10, off_ratio=0.5,
-                         on_off_fraction=0.5)
+    spec = SyntheticSpec(rate=40, duration_s=60, seed=4, on_off_cycle_s=10, off_ratio=0.5, on_off_fraction=0.5)
     reqs = generate(spec, MODELS)
     full = generate(replace(spec, on_off_cycle_s=0), MODELS)
     on_off = ["m3", "m4"]  # the last half
@@ -77,15 +75,20 @@ def test_on_off_models_are_silent_in_their_off_phase() -> None:
     assert 0.3 < kept["m4"] / before["m4"] < 0.7
 
 
-@pytest.mark.parametrize("name, reader", [
-    ("azure_code", tf.read_azure), ("azure_conv", tf.read_azure), ("lmsys", tf.read_lmsys),
-    ("mooncake", tf.read_mooncake)])
+@pytest.mark.parametrize(
+    "name, reader",
+    [
+        ("azure_code", tf.read_azure),
+        ("azure_conv", tf.read_azure),
+        ("lmsys", tf.read_lmsys),
+        ("mooncake", tf.read_mooncake),
+    ],
+)
 def test_parsers_read_a_slice_of_each_real_trace(name: str, reader: object) -> None:
     assert callable(reader)
     rows = reader(tf.trace_path(name, default_traces_dir()), limit=50)
     assert len(rows) == 50
-    assert rows[0].t_s == 0.0 and all(a.t_s <= b.t_s for a, b in zip(rows, rows[1:],
-                                                                     strict=False))
+    assert rows[0].t_s == 0.0 and all(a.t_s <= b.t_s for a, b in zip(rows, rows[1:], strict=False))
     assert all(r.prompt_tokens > 0 and r.output_tokens > 0 for r in rows)
     assert all(r.model_key is None for r in rows) == (name != "lmsys")
     if name == "azure_code":
@@ -108,8 +111,9 @@ def test_lmsys_replay_maps_ranks_onto_placements() -> None:
     top = build_trace("lmsys", replace(base, model_map="top"), MODELS)
     assert {r.model for r in fold} == set(MODELS)
     assert len(top) < len(fold)
-    keys = [r.model_key for r in tf.read_lmsys(tf.trace_path("lmsys", default_traces_dir()))
-            if r.t_s < 100 and r.model_key]
+    keys = [
+        r.model_key for r in tf.read_lmsys(tf.trace_path("lmsys", default_traces_dir())) if r.t_s < 100 and r.model_key
+    ]
     # the most popular trace model goes to the first placements model
     assert map_models(keys, MODELS, "fold")[Counter(keys).most_common(1)[0][0]] == "m1"
     assert [r.id for r in fold] == list(range(len(fold)))
@@ -167,9 +171,15 @@ def test_a_missing_trace_is_named_with_where_to_get_it(name: str, tmp_path: Path
     assert "bench/traces/data/README.md" in msg and "--traces-dir" in msg
 
 
-@pytest.mark.parametrize("reader, name", [
-    (tf.read_azure, "azure_code"), (tf.read_lmsys, "lmsys"), (tf.read_mooncake, "mooncake"),
-    (tf.read_servegen_rates, "servegen")])
+@pytest.mark.parametrize(
+    "reader, name",
+    [
+        (tf.read_azure, "azure_code"),
+        (tf.read_lmsys, "lmsys"),
+        (tf.read_mooncake, "mooncake"),
+        (tf.read_servegen_rates, "servegen"),
+    ],
+)
 def test_readers_translate_a_missing_file(reader: object, name: str, tmp_path: Path) -> None:
     assert callable(reader)
     with pytest.raises(tf.TraceFileError, match=f"trace file {tf.FILES[name]} not found"):
@@ -177,7 +187,8 @@ def test_readers_translate_a_missing_file(reader: object, name: str, tmp_path: P
 
 
 def test_bench_live_reports_a_missing_trace_without_a_traceback(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from bench.client.server import ServedModel
     from bench.live import session
     from bench.live.run import main
@@ -186,8 +197,20 @@ def test_bench_live_reports_a_missing_trace_without_a_traceback(
         return [ServedModel("m1", "awake")]  # a proxy that serves one model, without a network
 
     monkeypatch.setattr(session, "served_models", served)
-    rc = main(["--url", "http://127.0.0.1:9", "--engine-label", "test", "--trace", "lmsys",
-               "--traces-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "--url",
+            "http://127.0.0.1:9",
+            "--engine-label",
+            "test",
+            "--trace",
+            "lmsys",
+            "--traces-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "lmsys_arena_vtc_27models.csv not found" in err and "Traceback" not in err

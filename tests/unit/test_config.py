@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _one(**model: object) -> dict[str, object]:
     base: dict[str, object] = {
-        "name": "m", "model_path": "meta-llama/Llama-3.2-1B", "placements": [{"gpus": [0]}],
+        "name": "m",
+        "model_path": "meta-llama/Llama-3.2-1B",
+        "placements": [{"gpus": [0]}],
     }
     base.update(model)
     return {"models": [base]}
@@ -61,11 +63,13 @@ def test_tp_size_must_match_gpus() -> None:
 
 
 def test_duplicate_names_and_aliases_are_reported_together() -> None:
-    raw = {"models": [
-        {"name": "a", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0]}]},
-        {"name": "b", "model_path": "llama-3.2-1b", "aliases": ["a"], "placements": [{"gpus": [0]}]},
-        {"name": "b", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0]}]},
-    ]}
+    raw = {
+        "models": [
+            {"name": "a", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0]}]},
+            {"name": "b", "model_path": "llama-3.2-1b", "aliases": ["a"], "placements": [{"gpus": [0]}]},
+            {"name": "b", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0]}]},
+        ]
+    }
     probs = _problems(raw)
     assert any("models[1].aliases[0]" in p for p in probs)
     assert any("models[2].name" in p for p in probs)
@@ -77,31 +81,37 @@ def test_unknown_model_size_says_how_to_fix() -> None:
 
 
 def test_weights_that_cannot_fit_a_gpu_are_rejected() -> None:
-    raw = {"host": {"gpus": 1, "gpu_memory_gb": 80}, "models": [
-        {"name": f"q{i}", "model_path": "qwen2.5-32b", "placements": [{"gpus": [0]}]}
-        for i in range(2)
-    ]}
+    raw = {
+        "host": {"gpus": 1, "gpu_memory_gb": 80},
+        "models": [{"name": f"q{i}", "model_path": "qwen2.5-32b", "placements": [{"gpus": [0]}]} for i in range(2)],
+    }
     probs = _problems(raw)
     assert any(p.startswith("f.yaml: GPU 0:") and "on: false" in p for p in probs)
 
 
 def test_parked_models_do_not_count_against_the_gpu() -> None:
-    raw = {"host": {"gpus": 1}, "models": [
-        {"name": f"q{i}", "model_path": "qwen2.5-32b", "placements": [{"gpus": [0], "on": i == 0}]}
-        for i in range(2)
-    ]}
+    raw = {
+        "host": {"gpus": 1},
+        "models": [
+            {"name": f"q{i}", "model_path": "qwen2.5-32b", "placements": [{"gpus": [0], "on": i == 0}]}
+            for i in range(2)
+        ],
+    }
     assert len(parse_config(raw).instances) == 2
 
 
-@pytest.mark.parametrize("bad, path", [
-    ({"models": []}, "models"),
-    ([{"model_name": "x"}], "models[0].model_path"),
-    (_one(placements=[{"gpus": ["0"]}]), "models[0].placements[0].gpus"),
-    (_one(placements=[{"gpus": [0], "on": "yes"}]), "models[0].placements[0].on"),
-    (_one(slo={"ttft_s": -1}), "models[0].slo.ttft_s"),
-    (_one(load_format="pt"), "models[0].load_format"),
-    ("just a string", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "bad, path",
+    [
+        ({"models": []}, "models"),
+        ([{"model_name": "x"}], "models[0].model_path"),
+        (_one(placements=[{"gpus": ["0"]}]), "models[0].placements[0].gpus"),
+        (_one(placements=[{"gpus": [0], "on": "yes"}]), "models[0].placements[0].on"),
+        (_one(slo={"ttft_s": -1}), "models[0].slo.ttft_s"),
+        (_one(load_format="pt"), "models[0].load_format"),
+        ("just a string", "expected a mapping"),
+    ],
+)
 def test_bad_values_name_their_path(bad: object, path: str) -> None:
     assert any(path in p for p in _problems(bad))
 
@@ -116,10 +126,24 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_yaml_and_prism_forms_give_the_same_config(tmp_path: Path) -> None:
-    prism = [{"model_name": "m", "model_path": "meta-llama/Llama-3.1-8B", "tp_size": 1,
-              "init_placements": [{"gpu_ids": [0], "on": False, "max_memory_pool_size": 12}]}]
-    ours = {"models": [{"name": "m", "model_path": "meta-llama/Llama-3.1-8B", "tp_size": 1,
-                        "placements": [{"gpus": [0], "on": False, "kv_pool_gb": 12}]}]}
+    prism = [
+        {
+            "model_name": "m",
+            "model_path": "meta-llama/Llama-3.1-8B",
+            "tp_size": 1,
+            "init_placements": [{"gpu_ids": [0], "on": False, "max_memory_pool_size": 12}],
+        }
+    ]
+    ours = {
+        "models": [
+            {
+                "name": "m",
+                "model_path": "meta-llama/Llama-3.1-8B",
+                "tp_size": 1,
+                "placements": [{"gpus": [0], "on": False, "kv_pool_gb": 12}],
+            }
+        ]
+    }
     (tmp_path / "p.json").write_text(json.dumps(prism))
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(ours))
     a = load_config(tmp_path / "p.json")
@@ -128,12 +152,20 @@ def test_yaml_and_prism_forms_give_the_same_config(tmp_path: Path) -> None:
 
 
 def test_mode_idle_and_hold_defaults_and_overrides() -> None:
-    raw = {"mode": "elastic", "idle": {"park_after_s": 60}, "hold": {"per_model": 8},
-           "models": [
-               {"name": "a", "model_path": "tiny-llama", "placements": [{"gpus": [0]}]},
-               {"name": "b", "model_path": "tiny-llama", "idle": {"when": "always"},
-                "placements": [{"gpus": [0], "kv_pool_gb": 4, "kv_floor_gb": 1}]},
-           ]}
+    raw = {
+        "mode": "elastic",
+        "idle": {"park_after_s": 60},
+        "hold": {"per_model": 8},
+        "models": [
+            {"name": "a", "model_path": "tiny-llama", "placements": [{"gpus": [0]}]},
+            {
+                "name": "b",
+                "model_path": "tiny-llama",
+                "idle": {"when": "always"},
+                "placements": [{"gpus": [0], "kv_pool_gb": 4, "kv_floor_gb": 1}],
+            },
+        ],
+    }
     cfg = parse_config(raw)
     assert cfg.mode == "elastic" and cfg.hold.per_model == 8 and cfg.hold.total == 1024
     a, b = cfg.models
@@ -144,9 +176,17 @@ def test_mode_idle_and_hold_defaults_and_overrides() -> None:
 
 
 def test_bad_mode_idle_and_floor_are_reported() -> None:
-    raw = {"mode": "dynamic", "models": [
-        {"name": "a", "model_path": "tiny-llama", "idle": {"when": "sometimes"},
-         "placements": [{"gpus": [0], "kv_pool_gb": 1, "kv_floor_gb": 2}]}]}
+    raw = {
+        "mode": "dynamic",
+        "models": [
+            {
+                "name": "a",
+                "model_path": "tiny-llama",
+                "idle": {"when": "sometimes"},
+                "placements": [{"gpus": [0], "kv_pool_gb": 1, "kv_floor_gb": 2}],
+            }
+        ],
+    }
     probs = _problems(raw)
     assert any("mode: must be one of static, elastic, full" in p for p in probs)
     assert any("models[0].idle.when" in p for p in probs)
@@ -156,9 +196,12 @@ def test_bad_mode_idle_and_floor_are_reported() -> None:
 def test_max_awake_per_gpu_is_parsed_and_reaches_the_global_scheduler() -> None:
     from orchestrator.deployment import derive
 
-    two = {"models": [
-        {"name": "a", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0], "on": True}]},
-        {"name": "b", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0], "on": False}]}]}
+    two = {
+        "models": [
+            {"name": "a", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0], "on": True}]},
+            {"name": "b", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0], "on": False}]},
+        ]
+    }
     assert parse_config(two).scheduler.max_awake_per_gpu is None
     cfg = parse_config({**two, "scheduler": {"max_awake_per_gpu": 1}})
     assert cfg.scheduler.max_awake_per_gpu == 1
@@ -166,19 +209,25 @@ def test_max_awake_per_gpu_is_parsed_and_reaches_the_global_scheduler() -> None:
     assert derive(parse_config(two)).placement_params.max_awake_per_gpu is None
 
 
-@pytest.mark.parametrize(("extra", "needle"), [
-    ({"scheduler": {"max_awake_per_gpu": 0}}, "scheduler.max_awake_per_gpu: must be an integer >= 1"),
-    ({"scheduler": {"max_awake_per_gpu": 1.5}}, "scheduler.max_awake_per_gpu: must be an integer >= 1"),
-    ({"scheduler": {"max_awake_per_gpu": 1}, "mode": "elastic"}, "needs mode full (got elastic)"),
-])
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"scheduler": {"max_awake_per_gpu": 0}}, "scheduler.max_awake_per_gpu: must be an integer >= 1"),
+        ({"scheduler": {"max_awake_per_gpu": 1.5}}, "scheduler.max_awake_per_gpu: must be an integer >= 1"),
+        ({"scheduler": {"max_awake_per_gpu": 1}, "mode": "elastic"}, "needs mode full (got elastic)"),
+    ],
+)
 def test_bad_max_awake_per_gpu_is_reported(extra: dict[str, object], needle: str) -> None:
     problems = _problems({**_one(), **extra})
     assert any(needle in p for p in problems), problems
 
 
 def test_more_models_awake_at_up_than_max_awake_per_gpu_is_rejected() -> None:
-    raw = {"scheduler": {"max_awake_per_gpu": 1}, "models": [
-        {"name": n, "model_path": "llama-3.2-1b", "placements": [{"gpus": [0], "on": True}]}
-        for n in ("a", "b")]}
+    raw = {
+        "scheduler": {"max_awake_per_gpu": 1},
+        "models": [
+            {"name": n, "model_path": "llama-3.2-1b", "placements": [{"gpus": [0], "on": True}]} for n in ("a", "b")
+        ],
+    }
     (problem,) = _problems(raw)
     assert "GPU 0: 2 models start awake (a, b) but scheduler.max_awake_per_gpu is 1" in problem

@@ -25,8 +25,7 @@ from orchestrator.sglang.contract import (
 )
 from orchestrator.sglang.launch import SGLangEngine
 
-H100_ARGS = ("--attention-backend", "triton", "--sampling-backend", "pytorch",
-             "--grammar-backend", "none")
+H100_ARGS = ("--attention-backend", "triton", "--sampling-backend", "pytorch", "--grammar-backend", "none")
 CONTRACTS = [load_contract(v) for v in SUPPORTED_VERSIONS]
 
 
@@ -39,17 +38,27 @@ def emitted_flags() -> set[str]:
     out: set[str] = set()
     paths = ("tiny-llama", "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct")
     for path, tp, load_format, kv_gb, kv_bytes in itertools.product(
-            paths, (1, 2), ("auto", "dummy"), (None, 12.5), (None, 3 * GIB)):
+        paths, (1, 2), ("auto", "dummy"), (None, 12.5), (None, 3 * GIB)
+    ):
         placement: dict[str, Any] = {"gpus": list(range(tp))}
         if kv_gb is not None:
             placement["kv_pool_gb"] = kv_gb
-        cfg = parse_config({"models": [{"name": "m", "model_path": path, "tp_size": tp,
-                                        "load_format": load_format, "placements": [placement]}]},
-                           gpu_count=2)
-        req = LaunchRequest(instance=cfg.instances[0], host=cfg.host, port=30001,
-                            nccl_port=40001, kv_bytes=kv_bytes)
-        env = Env(run_dir=None, sim_speed=1.0, sim_start_delay_s=0.0, cache_dir="/tmp",
-                  sglang_extra_args=H100_ARGS)
+        cfg = parse_config(
+            {
+                "models": [
+                    {
+                        "name": "m",
+                        "model_path": path,
+                        "tp_size": tp,
+                        "load_format": load_format,
+                        "placements": [placement],
+                    }
+                ]
+            },
+            gpu_count=2,
+        )
+        req = LaunchRequest(instance=cfg.instances[0], host=cfg.host, port=30001, nccl_port=40001, kv_bytes=kv_bytes)
+        env = Env(run_dir=None, sim_speed=1.0, sim_start_delay_s=0.0, cache_dir="/tmp", sglang_extra_args=H100_ARGS)
         out.update(flags_of(SGLangEngine(env).launch_spec(req).argv))
     return out
 
@@ -111,8 +120,7 @@ def test_exposed_sample_names_follow_the_type() -> None:
 
     assert samples("sglang:prompt_tokens") == ("sglang:prompt_tokens_total",)
     assert samples("sglang:num_running_reqs") == ("sglang:num_running_reqs",)
-    assert "sglang:time_to_first_token_seconds_bucket" in samples(
-        "sglang:time_to_first_token_seconds")
+    assert "sglang:time_to_first_token_seconds_bucket" in samples("sglang:time_to_first_token_seconds")
 
 
 def test_known_differences_between_the_releases_are_recorded() -> None:

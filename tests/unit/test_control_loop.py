@@ -19,13 +19,22 @@ S = InstanceState
 
 
 # static mode: no time-sharing, `on: false` starts on the first request.
-CFG = parse_config({"mode": "static", "host": {"gpus": 2}, "models": [
-    {"name": "a", "model_path": "tiny-llama", "aliases": ["alpha"], "placements": [{"gpus": [0]}]},
-    {"name": "b", "model_path": "tiny-llama", "placements": [{"gpus": [0]}]},
-    {"name": "c", "model_path": "tiny-llama", "placements": [{"gpus": [1], "on": False}]},
-    {"name": "d", "model_path": "tiny-llama", "placements": [{"gpus": [0], "on": False},
-                                                            {"gpus": [1], "on": False}]},
-]})
+CFG = parse_config(
+    {
+        "mode": "static",
+        "host": {"gpus": 2},
+        "models": [
+            {"name": "a", "model_path": "tiny-llama", "aliases": ["alpha"], "placements": [{"gpus": [0]}]},
+            {"name": "b", "model_path": "tiny-llama", "placements": [{"gpus": [0]}]},
+            {"name": "c", "model_path": "tiny-llama", "placements": [{"gpus": [1], "on": False}]},
+            {
+                "name": "d",
+                "model_path": "tiny-llama",
+                "placements": [{"gpus": [0], "on": False}, {"gpus": [1], "on": False}],
+            },
+        ],
+    }
+)
 
 
 @pytest.fixture
@@ -148,8 +157,7 @@ def test_config_fixture_is_what_the_tests_assume() -> None:
     assert isinstance(CFG, Config) and len(CFG.instances) == 5
 
 
-async def test_cancel_and_wait_logs_a_task_that_had_died_instead_of_raising(
-        caplog: pytest.LogCaptureFixture) -> None:
+async def test_cancel_and_wait_logs_a_task_that_had_died_instead_of_raising(caplog: pytest.LogCaptureFixture) -> None:
     """Shutdown must go on to stop the engines even if a background task had crashed."""
     from orchestrator.control.loop import cancel_and_wait
 

@@ -24,10 +24,13 @@ from orchestrator.shapes import list_shapes, load_shape
 from orchestrator.types import InstanceState, InstanceView
 
 
-def config(*models: dict[str, Any], mode: str = "elastic", gpus: int = 2, gpu_memory_gb: float = 80,
-           **extra: Any) -> Config:
-    return parse_config({"mode": mode, "host": {"gpus": gpus, "gpu_memory_gb": gpu_memory_gb},
-                         "models": list(models), **extra}, gpu_count=gpus)
+def config(
+    *models: dict[str, Any], mode: str = "elastic", gpus: int = 2, gpu_memory_gb: float = 80, **extra: Any
+) -> Config:
+    return parse_config(
+        {"mode": mode, "host": {"gpus": gpus, "gpu_memory_gb": gpu_memory_gb}, "models": list(models), **extra},
+        gpu_count=gpus,
+    )
 
 
 def model(name: str, shape: str = "llama-3.2-1b", tp: int = 1, **kw: Any) -> dict[str, Any]:
@@ -44,15 +47,16 @@ def view(iid: str, gpus: tuple[int, ...], state: InstanceState) -> InstanceView:
 def test_ledger_and_placement_agree_on_a_servers_non_kv_bytes(shape: str, tp: int) -> None:
     """What the global scheduler plans with (its ClusterView's cost) is what the KV ledger keeps
     off its budget, awake and parked, for every shipped shape (a GPU large enough for any)."""
-    cfg = config(model("m", shape, tp, placements=[{"gpus": list(range(tp)), "kv_pool_gb": 4}]),
-                 gpu_memory_gb=400)
+    cfg = config(model("m", shape, tp, placements=[{"gpus": list(range(tp)), "kv_pool_gb": 4}]), gpu_memory_gb=400)
     dep = derive(cfg)
     (inst,) = cfg.instances
     placed = plan.cluster_view(dep, {}, 0.0).models[0].cost
     # a TP server keeps a fixed pool (no shim): the ledger counts it too, as not KV
     fixed = 0 if tp == 1 else 4 * GIB // tp
-    for state, expected in ((InstanceState.AWAKE, placed.parked_bytes + placed.awake_bytes + fixed),
-                            (InstanceState.PARKED, placed.parked_bytes)):
+    for state, expected in (
+        (InstanceState.AWAKE, placed.parked_bytes + placed.awake_bytes + fixed),
+        (InstanceState.PARKED, placed.parked_bytes),
+    ):
         ledger = non_kv_bytes(kv_instances([view(inst.id, inst.gpus, state)], dep))
         assert ledger == {g: expected for g in inst.gpus}, state
     # and the awake part holds this rank's weights and more (graphs, activations)
@@ -82,23 +86,29 @@ def test_ceiling_is_kv_pool_gb_else_the_gpu_left_beside_the_servers_own_cost() -
     assert tight.ceiling_bytes == MIN_POOL_BYTES
 
 
-@pytest.mark.parametrize(("placement", "start"), [
-    ({"gpus": [0], "kv_pool_gb": 12}, START_LIMIT_BYTES),
-    ({"gpus": [0], "kv_pool_gb": 12, "kv_floor_gb": 3}, 3 * GIB),  # the floor from the start
-    ({"gpus": [0], "kv_pool_gb": 0.5}, GIB // 2),  # never above the ceiling
-])
+@pytest.mark.parametrize(
+    ("placement", "start"),
+    [
+        ({"gpus": [0], "kv_pool_gb": 12}, START_LIMIT_BYTES),
+        ({"gpus": [0], "kv_pool_gb": 12, "kv_floor_gb": 3}, 3 * GIB),  # the floor from the start
+        ({"gpus": [0], "kv_pool_gb": 0.5}, GIB // 2),  # never above the ceiling
+    ],
+)
 def test_start_limit(placement: dict[str, Any], start: int) -> None:
     f = derive(config(model("m", placements=[placement]))).instances["m@gpu0"]
     assert f.start_limit_bytes == start <= f.ceiling_bytes
 
 
-@pytest.mark.parametrize(("mode", "on", "starts", "serves"), [
-    ("full", True, True, True),
-    ("full", False, True, False),  # started with the others, parked once awake and idle
-    ("elastic", True, True, True),
-    ("elastic", False, False, False),  # started on demand only
-    ("static", False, False, False),
-])
+@pytest.mark.parametrize(
+    ("mode", "on", "starts", "serves"),
+    [
+        ("full", True, True, True),
+        ("full", False, True, False),  # started with the others, parked once awake and idle
+        ("elastic", True, True, True),
+        ("elastic", False, False, False),  # started on demand only
+        ("static", False, False, False),
+    ],
+)
 def test_what_up_does_with_an_instance(mode: str, on: bool, starts: bool, serves: bool) -> None:
     f = derive(config(model("m", placements=[{"gpus": [0], "on": on}]), mode=mode)).instances["m@gpu0"]
     assert (f.starts_on_up, f.serves_on_up) == (starts, serves)
@@ -107,18 +117,24 @@ def test_what_up_does_with_an_instance(mode: str, on: bool, starts: bool, serves
 
 def test_model_facts_slo_defaults_on_late_and_floor() -> None:
     cfg = config(
-        model("strict", slo={"ttft_s": 2.0}, placements=[{"gpus": [0], "kv_floor_gb": 1},
-                                                         {"gpus": [1], "kv_floor_gb": 3}]),
-        model("loose", "llama-3.1-8b"))
+        model(
+            "strict", slo={"ttft_s": 2.0}, placements=[{"gpus": [0], "kv_floor_gb": 1}, {"gpus": [1], "kv_floor_gb": 3}]
+        ),
+        model("loose", "llama-3.1-8b"),
+    )
     facts = derive(cfg).models
     strict, loose = facts["strict"], facts["loose"]
     assert strict.ttft_slo_s == 2.0 and strict.on_late == "shed"
     # no objective in the file: the defaults order and weigh it, it is never shed
-    assert (loose.ttft_slo_s, loose.tpot_slo_s) == (cfg.models[1].slo.ttft_or_default,
-                                                    cfg.models[1].slo.tpot_or_default)
+    assert (loose.ttft_slo_s, loose.tpot_slo_s) == (
+        cfg.models[1].slo.ttft_or_default,
+        cfg.models[1].slo.tpot_or_default,
+    )
     assert loose.on_late == "serve"
-    assert derive(config(model("strict", slo={"ttft_s": 2.0}), scheduler={"on_late": "serve"})
-                  ).models["strict"].on_late == "serve"
+    assert (
+        derive(config(model("strict", slo={"ttft_s": 2.0}), scheduler={"on_late": "serve"})).models["strict"].on_late
+        == "serve"
+    )
     # the model's floor is its largest placement's; without one, the default in tokens
     assert strict.cost.kv_floor_bytes == 3 * GIB
     per_token = kv_bytes_per_token_per_gpu(load_shape("llama-3.1-8b"), 1)
@@ -139,5 +155,4 @@ def test_default_mem_fraction_is_raised_for_weights_that_would_not_fit_and_cappe
     assert default_mem_fraction(small.models[0], small.host) == 0.5
     huge = config(model("h", "llama-3.3-70b", 2, placements=[{"gpus": [0, 1], "on": False}]))
     share = load_shape("llama-3.3-70b").weight_bytes / 2 / (80 * GIB)
-    assert share > 0.5 and default_mem_fraction(huge.models[0], huge.host) == min(
-        MAX_MEM_FRACTION_STATIC, share + 0.1)
+    assert share > 0.5 and default_mem_fraction(huge.models[0], huge.host) == min(MAX_MEM_FRACTION_STATIC, share + 0.1)

@@ -26,10 +26,22 @@ SHAPES = ("llama-3.1-8b", "qwen2.5-7b", "llama-3.2-3b", "llama-3.2-1b")
 
 
 def fleet(mode: str, gpu_memory_gb: float = 80, kv: float = 2) -> Any:
-    return parse_config({"mode": mode, "host": {"gpus": 1, "gpu_memory_gb": gpu_memory_gb},
-                         "models": [{"name": f"m{i}", "model_path": s, "load_format": "dummy",
-                                     "placements": [{"gpus": [0], "kv_pool_gb": kv}]}
-                                    for i, s in enumerate(SHAPES)]}, gpu_count=1)
+    return parse_config(
+        {
+            "mode": mode,
+            "host": {"gpus": 1, "gpu_memory_gb": gpu_memory_gb},
+            "models": [
+                {
+                    "name": f"m{i}",
+                    "model_path": s,
+                    "load_format": "dummy",
+                    "placements": [{"gpus": [0], "kv_pool_gb": kv}],
+                }
+                for i, s in enumerate(SHAPES)
+            ],
+        },
+        gpu_count=1,
+    )
 
 
 def flag(argv: tuple[str, ...], name: str) -> str:
@@ -89,11 +101,18 @@ def test_the_launch_carries_the_deployment_s_absolute_memory(mode: str) -> None:
     cfg = fleet(mode)
     dep = derive(cfg)
     f = dep.instances["m0@gpu0"]
-    req = LaunchRequest(instance=f.spec, host=cfg.host, port=30001, nccl_port=40001,
-                        max_total_tokens=f.max_total_tokens, mem_fraction_static=f.launch_mem_fraction,
-                        cuda_graph_max_bs=f.cuda_graph_max_bs)
+    req = LaunchRequest(
+        instance=f.spec,
+        host=cfg.host,
+        port=30001,
+        nccl_port=40001,
+        max_total_tokens=f.max_total_tokens,
+        mem_fraction_static=f.launch_mem_fraction,
+        cuda_graph_max_bs=f.cuda_graph_max_bs,
+    )
     if mode == "elastic":
         from orchestrator.engines.base import ShimLaunch
+
         req = LaunchRequest(**{**req.__dict__, "shim": ShimLaunch("/tmp/s.sock", GIB, 10 * GIB)})
     argv = SGLangEngine(Env.read()).launch_spec(req).argv
     assert flag(argv, "--cuda-graph-max-bs") == str(f.cuda_graph_max_bs)
@@ -121,20 +140,29 @@ def test_phases_follow_the_log_marks_and_add_up(tmp_path: Path) -> None:
         f.write("[2026] Load weight begin. avail mem=70 GB\n[2026] Load weight e")
     follower.poll(110.0)
     with open(log, "a") as f:  # the line completes later; a renamed graph line still matches
-        f.write("nd. elapsed=3 s\nKV Cache is allocated. #tokens: 8192\n"
-                "Capture target decode CUDA graph end. elapsed=9 s\n")
+        f.write(
+            "nd. elapsed=3 s\nKV Cache is allocated. #tokens: 8192\nCapture target decode CUDA graph end. elapsed=9 s\n"
+        )
     follower.poll(113.0)
     rec.marks.update(follower.seen)
     rec.marks.update(ready=130.0, probed=131.0)
     ph = rec.phases()
-    assert ph == {"spawn": 0.5, "init": 9.5, "weights": 3.0, "kv": 0.0, "graphs": 0.0,
-                  "ready": 17.0, "probe": 1.0, "total": 31.0, "first_park": None}
+    assert ph == {
+        "spawn": 0.5,
+        "init": 9.5,
+        "weights": 3.0,
+        "kv": 0.0,
+        "graphs": 0.0,
+        "ready": 17.0,
+        "probe": 1.0,
+        "total": 31.0,
+        "first_park": None,
+    }
     assert sum(v for k, v in ph.items() if k in dict(PHASES) and v is not None) == ph["total"]
 
 
 def test_a_missing_mark_leaves_its_phase_empty_and_the_next_counts_from_the_last_seen() -> None:
-    rec = StartupRecord("a@gpu0", "a", t0=0.0, marks={"spawned": 1.0, "weights_end": 5.0,
-                                                      "ready": 9.0, "probed": 10.0})
+    rec = StartupRecord("a@gpu0", "a", t0=0.0, marks={"spawned": 1.0, "weights_end": 5.0, "ready": 9.0, "probed": 10.0})
     ph = rec.phases()
     assert ph["init"] is None and ph["weights"] == 4.0 and ph["kv"] is None
     assert ph["ready"] == 4.0 and ph["total"] == 10.0

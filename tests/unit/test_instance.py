@@ -10,8 +10,7 @@ from orchestrator.config import parse_config
 from orchestrator.control.instance import ALLOWED, IllegalTransition, Instance
 from orchestrator.types import InstanceState as S
 
-SPEC = parse_config({"models": [{"name": "m", "model_path": "tiny-llama",
-                                 "placements": [{"gpus": [0]}]}]}).instances[0]
+SPEC = parse_config({"models": [{"name": "m", "model_path": "tiny-llama", "placements": [{"gpus": [0]}]}]}).instances[0]
 
 
 def test_happy_lifecycle_including_park_and_wake() -> None:
@@ -22,9 +21,7 @@ def test_happy_lifecycle_including_park_and_wake() -> None:
     assert i.history[:3] == [S.STOPPED, S.PENDING, S.STARTING]
 
 
-@pytest.mark.parametrize("a, b", [
-    (a, b) for a, b in itertools.product(S, S) if b not in ALLOWED.get(a, frozenset())
-])
+@pytest.mark.parametrize("a, b", [(a, b) for a, b in itertools.product(S, S) if b not in ALLOWED.get(a, frozenset())])
 def test_every_transition_outside_the_table_raises(a: S, b: S) -> None:
     i = Instance(SPEC, state=a)
     with pytest.raises(IllegalTransition):

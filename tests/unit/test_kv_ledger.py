@@ -26,8 +26,7 @@ PARKED = 2 * GIB  # its CUDA context
 
 
 def status(mapped: int, limit: int, used: int = 0, revision: int = 0) -> Status:
-    return Status(mapped, used, limit, revision, CAP_TOKENS, limit // TOKEN, BLOCK, 1024,
-                  mapped > limit + BLOCK)
+    return Status(mapped, used, limit, revision, CAP_TOKENS, limit // TOKEN, BLOCK, 1024, mapped > limit + BLOCK)
 
 
 def load(running: int, waiting: int, waiting_tokens: int, used: int, rate: float) -> LoadSample:
@@ -53,16 +52,17 @@ def test_need_prefers_the_shims_count_of_used_tokens() -> None:
 
 
 def test_non_kv_counts_what_awake_parking_and_parked_instances_hold() -> None:
-    got = non_kv_bytes([inst("a"), inst("b", resident=False),
-                        inst("c", resident=False, holds_weights=True)])
+    got = non_kv_bytes([inst("a"), inst("b", resident=False), inst("c", resident=False, holds_weights=True)])
     assert got == {0: AWAKE + PARKED + AWAKE}
 
 
 def test_first_plan_splits_the_budget_by_demand() -> None:
     led = Ledger({0: 80 * GIB})
     a, b = inst("a"), inst("b", floor_bytes=2 * GIB)
-    seen = {"a": Observation(busy(200_000), status(20 * GIB, 20 * GIB, used=200_000)),
-            "b": Observation(idle(), status(BLOCK, 4 * GIB))}
+    seen = {
+        "a": Observation(busy(200_000), status(20 * GIB, 20 * GIB, used=200_000)),
+        "b": Observation(idle(), status(BLOCK, 4 * GIB)),
+    }
     acts = led.plan([a, b], seen, now=0.0)
     limits = {x.instance: x.bytes for x in acts if isinstance(x, SetLimit)}
     budget = 80 * GIB - 2 * AWAKE - MARGIN_BYTES
@@ -84,8 +84,10 @@ def test_grow_waits_for_the_donor_to_drain() -> None:
     for iid, lim in (("a", 38 * GIB), ("b", 2 * GIB)):
         led.accepted(iid, lim, 1)
     # b's burst: a still holds 38 GiB of pages in use
-    seen = {"a": Observation(busy(100_000), status(38 * GIB, 38 * GIB, used=300_000)),
-            "b": Observation(busy(0, waiting=250_000), status(2 * GIB, 2 * GIB))}
+    seen = {
+        "a": Observation(busy(100_000), status(38 * GIB, 38 * GIB, used=300_000)),
+        "b": Observation(busy(0, waiting=250_000), status(2 * GIB, 2 * GIB)),
+    }
     acts = {x.instance: x for x in led.plan([a, b], seen, now=0.0)}
     sa, sb = acts["a"], acts.get("b")
     assert isinstance(sa, SetLimit) and sa.bytes < 38 * GIB and sa.revision == 2
@@ -141,8 +143,10 @@ def test_a_parking_neighbour_still_holds_its_weights_and_pages() -> None:
     led = Ledger({0: 80 * GIB})
     a = inst("a", resident=False, holds_weights=True)  # parking
     b = inst("b")
-    seen = {"a": Observation(idle(), status(30 * GIB, 30 * GIB)),
-            "b": Observation(busy(400_000), status(2 * GIB, 2 * GIB, used=10_000))}
+    seen = {
+        "a": Observation(idle(), status(30 * GIB, 30 * GIB)),
+        "b": Observation(busy(400_000), status(2 * GIB, 2 * GIB, used=10_000)),
+    }
     acts = led.plan([a, b], seen, now=0.0)
     limits = {x.instance: x.bytes for x in acts if isinstance(x, SetLimit)}
     assert limits["a"] == 0

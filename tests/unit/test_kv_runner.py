@@ -31,8 +31,7 @@ from tests.unit.control_fakes import settle
 
 GIB = 1 << 30
 # Llama-3.1-8B on an H100: 1024-token blocks of 128 MiB, 500k-token virtual pool
-LAYOUT = mha_layout(granularity=TWO_MIB, page_size=1, size=500_000, layers=32, heads=8,
-                    head_dim=128)
+LAYOUT = mha_layout(granularity=TWO_MIB, page_size=1, size=500_000, layers=32, heads=8, head_dim=128)
 TOKEN = LAYOUT.token_bytes
 
 
@@ -61,8 +60,17 @@ class SimulatedShim:
         """What the scraper would hand the runner now."""
         self.kv.available()
         used = self.kv.used_units()
-        return LoadSample(iid, at, 1 if used else 0, 1 if self.waiting_tokens else 0,
-                          self.waiting_tokens, used, LAYOUT.capacity_units, None, 0.0)
+        return LoadSample(
+            iid,
+            at,
+            1 if used else 0,
+            1 if self.waiting_tokens else 0,
+            self.waiting_tokens,
+            used,
+            LAYOUT.capacity_units,
+            None,
+            0.0,
+        )
 
 
 class FakeEffects:
@@ -90,8 +98,7 @@ class FakeEffects:
         self.flushed.append(iid)
 
 
-async def scraped_step(runner: KVRunner, shims: dict[str, SimulatedShim], at: float = 0.0
-                       ) -> list[object]:
+async def scraped_step(runner: KVRunner, shims: dict[str, SimulatedShim], at: float = 0.0) -> list[object]:
     """One scrape round (each shim's load to the runner's sink), then one step."""
     for iid, s in shims.items():
         runner.observe(s.sample(iid, at))
@@ -155,8 +162,9 @@ async def test_a_stale_sample_counts_as_missing() -> None:
     now = [0.0]
     insts = [KVInstance("a", 0, TOKEN, 16 * GIB, 2 * GIB)]
     shims = {"a": SimulatedShim()}
-    runner = KVRunner(Ledger({0: 80 * GIB}), FakeEffects(shims), lambda: insts,
-                      clock=lambda: now[0], max_sample_age_s=2.5)
+    runner = KVRunner(
+        Ledger({0: 80 * GIB}), FakeEffects(shims), lambda: insts, clock=lambda: now[0], max_sample_age_s=2.5
+    )
     shims["a"].waiting_tokens = 100_000
     runner.observe(shims["a"].sample("a", at=0.0))
     now[0] = 2.6  # the scraper stopped answering for this instance
@@ -169,8 +177,9 @@ async def test_a_first_sample_re_splits_at_once() -> None:
     insts = [KVInstance("a", 0, TOKEN, 16 * GIB, 2 * GIB)]
     shims = {"a": SimulatedShim()}
     effects = FakeEffects(shims)
-    runner = KVRunner(Ledger({0: 80 * GIB}), effects, lambda: insts, clock=lambda: 0.0,
-                      period_s=3600.0)  # only a poke can start another step
+    runner = KVRunner(
+        Ledger({0: 80 * GIB}), effects, lambda: insts, clock=lambda: 0.0, period_s=3600.0
+    )  # only a poke can start another step
     task = asyncio.create_task(runner.run())
     try:
         await settle()
@@ -200,8 +209,7 @@ def sock() -> Iterator[str]:
 
 
 @pytest.fixture
-async def sim_app(monkeypatch: pytest.MonkeyPatch,
-                  sock: str) -> AsyncIterator[tuple[httpx.ASGITransport, str]]:
+async def sim_app(monkeypatch: pytest.MonkeyPatch, sock: str) -> AsyncIterator[tuple[httpx.ASGITransport, str]]:
     monkeypatch.setenv(shim_settings.SOCKET, sock)
     monkeypatch.setenv(shim_settings.LIMIT_BYTES, str(GIB))
     monkeypatch.setenv(shim_settings.STRICT_IDLE_CHECK, "0")
@@ -210,8 +218,7 @@ async def sim_app(monkeypatch: pytest.MonkeyPatch,
         yield httpx.ASGITransport(app=app), sock
 
 
-async def test_scraper_feeds_the_runner_against_the_sim_engine(
-        sim_app: tuple[httpx.ASGITransport, str]) -> None:
+async def test_scraper_feeds_the_runner_against_the_sim_engine(sim_app: tuple[httpx.ASGITransport, str]) -> None:
     """The scraper polls /v1/loads; the runner reads the shim and sets the limit, and sends no
     request to the engine's HTTP server itself."""
     transport, sock = sim_app
@@ -221,15 +228,17 @@ async def test_scraper_feeds_the_runner_against_the_sim_engine(
     async def record(request: httpx.Request) -> None:
         runner_requests.append(f"{request.method} {request.url.path}")
 
-    async with (httpx.AsyncClient(transport=transport) as scraper_http,
-                httpx.AsyncClient(transport=transport, event_hooks={"request": [record]})
-                as runner_http):
+    async with (
+        httpx.AsyncClient(transport=transport) as scraper_http,
+        httpx.AsyncClient(transport=transport, event_hooks={"request": [record]}) as runner_http,
+    ):
         effects = HttpKVEffects(runner_http, {inst.id: KVEndpoint("http://sim", sock)})
         first = await effects.status(inst)
         assert first is not None and first.revision == 0
         runner = KVRunner(Ledger({0: 80 * GIB}), effects, lambda: [inst])
-        scraper = Scraper(lambda: [InstanceView(inst.id, "m", (0,), InstanceState.AWAKE,
-                                                "http://sim")], [runner.observe])
+        scraper = Scraper(
+            lambda: [InstanceView(inst.id, "m", (0,), InstanceState.AWAKE, "http://sim")], [runner.observe]
+        )
         assert len(await scraper.scrape_once(scraper_http)) == 1
         actions = await runner.step()
         assert actions and runner.failures == {}

@@ -23,8 +23,7 @@ def test_waterfill_redistributes_what_a_capped_member_cannot_take() -> None:
     assert waterfill(-3, [5], [1]) == [0.0]
 
 
-@given(st.floats(0, 1e6), st.lists(st.tuples(st.floats(0, 1e5), st.floats(0, 10)),
-                                   min_size=1, max_size=8))
+@given(st.floats(0, 1e6), st.lists(st.tuples(st.floats(0, 1e5), st.floats(0, 10)), min_size=1, max_size=8))
 def test_waterfill_properties(amount: float, rows: list[tuple[float, float]]) -> None:
     caps, weights = [c for c, _ in rows], [w for _, w in rows]
     out = waterfill(amount, caps, weights)
@@ -63,11 +62,20 @@ def test_ceiling_caps_and_blocks_round() -> None:
     assert split(0, []).limits == {}
 
 
-members = st.lists(st.builds(
-    Member, id=st.uuids().map(str), need=st.integers(0, 80 * GIB),
-    floor=st.integers(0, 8 * GIB), ceiling=st.integers(B, 80 * GIB),
-    block=st.sampled_from([2 << 20, 8 << 20, B]), priority=st.integers(0, 2)),
-    min_size=1, max_size=6, unique_by=lambda m: m.id)
+members = st.lists(
+    st.builds(
+        Member,
+        id=st.uuids().map(str),
+        need=st.integers(0, 80 * GIB),
+        floor=st.integers(0, 8 * GIB),
+        ceiling=st.integers(B, 80 * GIB),
+        block=st.sampled_from([2 << 20, 8 << 20, B]),
+        priority=st.integers(0, 2),
+    ),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda m: m.id,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -92,15 +100,22 @@ def test_split_properties(budget: int, ms: list[Member]) -> None:
 def test_more_need_never_means_less(budget: int, ms: list[Member], data: st.DataObject) -> None:
     i = data.draw(st.integers(0, len(ms) - 1))
     bumped = list(ms)
-    bumped[i] = Member(ms[i].id, ms[i].need + data.draw(st.integers(0, 20 * GIB)), ms[i].floor,
-                       ms[i].ceiling, ms[i].block, ms[i].priority)
+    bumped[i] = Member(
+        ms[i].id,
+        ms[i].need + data.draw(st.integers(0, 20 * GIB)),
+        ms[i].floor,
+        ms[i].ceiling,
+        ms[i].block,
+        ms[i].priority,
+    )
     assert split(budget, bumped).limits[ms[i].id] >= split(budget, ms).limits[ms[i].id]
 
 
 def test_phase_grows_only_into_memory_already_free() -> None:
     # a holds 30 GiB and must shrink to 10; b wants 30 but only 10 is free until a drains
-    send = phase(40 * GIB, {"a": 10 * GIB, "b": 30 * GIB}, {"a": 30 * GIB, "b": 10 * GIB},
-                 {"a": 30 * GIB, "b": 5 * GIB})
+    send = phase(
+        40 * GIB, {"a": 10 * GIB, "b": 30 * GIB}, {"a": 30 * GIB, "b": 10 * GIB}, {"a": 30 * GIB, "b": 5 * GIB}
+    )
     assert send == {"a": 10 * GIB, "b": 10 * GIB}
     # a drained
     send = phase(40 * GIB, {"a": 10 * GIB, "b": 30 * GIB}, send, {"a": 10 * GIB, "b": 9 * GIB})
@@ -108,8 +123,10 @@ def test_phase_grows_only_into_memory_already_free() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 100), st.lists(st.tuples(st.integers(0, 100), st.integers(0, 100),
-                                               st.integers(0, 100)), min_size=1, max_size=6))
+@given(
+    st.integers(0, 100),
+    st.lists(st.tuples(st.integers(0, 100), st.integers(0, 100), st.integers(0, 100)), min_size=1, max_size=6),
+)
 def test_phase_never_over_commits(budget: int, rows: list[tuple[int, int, int]]) -> None:
     ids = [f"i{n}" for n in range(len(rows))]
     target = {i: t for i, (t, _, _) in zip(ids, rows, strict=True)}
@@ -133,12 +150,28 @@ def test_hysteresis() -> None:
 
 
 def test_pure_modules_import_no_clock_or_io() -> None:
-    forbidden = {"time", "datetime", "logging", "asyncio", "httpx", "socket", "os", "random",
-                 "threading", "torch", "cuda"}
+    forbidden = {
+        "time",
+        "datetime",
+        "logging",
+        "asyncio",
+        "httpx",
+        "socket",
+        "os",
+        "random",
+        "threading",
+        "torch",
+        "cuda",
+    }
     for name in ("split.py", "demand.py", "ledger.py"):
         tree = ast.parse((Path(__file__).parents[2] / "orchestrator" / "kv" / name).read_text())
         for node in ast.walk(tree):
-            mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            mods = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for mod in mods:
                 assert mod.split(".")[0] not in forbidden, f"{name} imports {mod}"

@@ -23,10 +23,13 @@ from orchestrator.types import InstanceState, InstanceView
 
 def config(*placements: dict[str, Any], mode: str = "elastic") -> Config:
     models = [
-        {"name": "small", "model_path": "meta-llama/Llama-3.2-1B-Instruct",
-         "placements": [placements[0]]},
-        {"name": "big", "model_path": "meta-llama/Llama-3.1-8B-Instruct", "tp_size": 2,
-         "placements": [{"gpus": [0, 1], "kv_pool_gb": 6}]},
+        {"name": "small", "model_path": "meta-llama/Llama-3.2-1B-Instruct", "placements": [placements[0]]},
+        {
+            "name": "big",
+            "model_path": "meta-llama/Llama-3.1-8B-Instruct",
+            "tp_size": 2,
+            "placements": [{"gpus": [0, 1], "kv_pool_gb": 6}],
+        },
     ]
     return parse_config({"mode": mode, "host": {"gpus": 2}, "models": models}, gpu_count=2)
 
@@ -36,8 +39,7 @@ def test_sglang_server_with_the_shim_has_its_env_and_no_kv_flag(tmp_path: Any) -
     inst = cfg.instances[0]
     ep = str(plugin.entry_point_dir(tmp_path / "ep"))
     shim = ShimLaunch("/tmp/chimera-1-2.sock", GIB, 12 * GIB, ep)
-    spec = SGLangEngine(Env.read()).launch_spec(LaunchRequest(inst, cfg.host, 30001, 40001,
-                                                              shim=shim))
+    spec = SGLangEngine(Env.read()).launch_spec(LaunchRequest(inst, cfg.host, 30001, 40001, shim=shim))
     assert "--max-total-tokens" not in spec.argv and "--mem-fraction-static" not in spec.argv
     env = spec.env
     assert shim_env.requested(env)
@@ -81,15 +83,30 @@ def test_ledger_view_counts_fixed_pools_and_skips_gone_instances() -> None:
 
 
 def test_parking_holds_weights_and_a_fixed_pool_without_kv_pool_gb_is_counted() -> None:
-    cfg = parse_config({"mode": "elastic", "host": {"gpus": 2}, "models": [
-        {"name": "small", "model_path": "meta-llama/Llama-3.2-1B-Instruct",
-         "placements": [{"gpus": [0]}]},
-        {"name": "big", "model_path": "meta-llama/Llama-3.1-8B-Instruct", "tp_size": 2,
-         "placements": [{"gpus": [0, 1]}]}]}, gpu_count=2)
+    cfg = parse_config(
+        {
+            "mode": "elastic",
+            "host": {"gpus": 2},
+            "models": [
+                {"name": "small", "model_path": "meta-llama/Llama-3.2-1B-Instruct", "placements": [{"gpus": [0]}]},
+                {
+                    "name": "big",
+                    "model_path": "meta-llama/Llama-3.1-8B-Instruct",
+                    "tp_size": 2,
+                    "placements": [{"gpus": [0, 1]}],
+                },
+            ],
+        },
+        gpu_count=2,
+    )
     small, big = cfg.instances
     dep = derive(cfg)
-    got = {(k.id, k.gpu): k for k in kv_instances(
-        [view(small.id, (0,), InstanceState.PARKING), view(big.id, (0, 1), InstanceState.AWAKE)], dep)}
+    got = {
+        (k.id, k.gpu): k
+        for k in kv_instances(
+            [view(small.id, (0,), InstanceState.PARKING), view(big.id, (0, 1), InstanceState.AWAKE)], dep
+        )
+    }
     s = got[small.id, 0]
     assert not s.resident and s.holds_weights
     # SGLang's default fraction of each GPU, less the weights, is the TP 2 server's pool: counted
@@ -98,8 +115,7 @@ def test_parking_holds_weights_and_a_fixed_pool_without_kv_pool_gb_is_counted() 
     assert got[big.id, 0].awake_bytes >= 0.5 * 80 * GIB + runtime
 
 
-def test_an_inherited_shim_environment_never_reaches_a_server_without_the_shim(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_inherited_shim_environment_never_reaches_a_server_without_the_shim(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(shim_env.SOCKET, "/tmp/someone-elses.sock")
     monkeypatch.setenv(shim_env.LIMIT_BYTES, "1")
     cfg = config({"gpus": [0]})

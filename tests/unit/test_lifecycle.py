@@ -68,8 +68,7 @@ async def test_busy_engine_is_never_released(monkeypatch: pytest.MonkeyPatch) ->
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request.url.path)
         if request.url.path == "/v1/loads":
-            return httpx.Response(200, json={"loads": [
-                {"num_running_reqs": 1, "num_waiting_reqs": 0}]})
+            return httpx.Response(200, json={"loads": [{"num_running_reqs": 1, "num_waiting_reqs": 0}]})
         return httpx.Response(200, json=None)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:

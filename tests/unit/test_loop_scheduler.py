@@ -28,15 +28,22 @@ S = InstanceState
 # Two 40 GB GPUs. GPU 0 holds two awake 8B servers (hot, n1): little KV room, so any demand on
 # hot makes moving it to its parked server on GPU 1 worth it (KVPR gain ~97% > tau). On GPU 1,
 # cold (8B) fits only once hot's server there is parked again.
-RAW = {"mode": "full", "host": {"gpus": 2, "gpu_memory_gb": 40},
-       "idle": {"park_after_s": 2}, "scheduler": {"tau": 0.3},
-       "models": [
-           {"name": "hot", "model_path": "llama-3.1-8b",
-            "placements": [{"gpus": [0]}, {"gpus": [1], "on": False}]},
-           {"name": "n1", "model_path": "llama-3.1-8b", "placements": [{"gpus": [0]}]},
-           {"name": "cold", "model_path": "llama-3.1-8b",
+RAW = {
+    "mode": "full",
+    "host": {"gpus": 2, "gpu_memory_gb": 40},
+    "idle": {"park_after_s": 2},
+    "scheduler": {"tau": 0.3},
+    "models": [
+        {"name": "hot", "model_path": "llama-3.1-8b", "placements": [{"gpus": [0]}, {"gpus": [1], "on": False}]},
+        {"name": "n1", "model_path": "llama-3.1-8b", "placements": [{"gpus": [0]}]},
+        {
+            "name": "cold",
+            "model_path": "llama-3.1-8b",
             "idle": {"when": "always", "park_after_s": 2},
-            "placements": [{"gpus": [1], "on": False}]}]}
+            "placements": [{"gpus": [1], "on": False}],
+        },
+    ],
+}
 CFG = parse_config(RAW)
 
 
@@ -114,8 +121,7 @@ async def test_loop__no_demand_no_move(env: Env) -> None:
     assert fx.woken == [] and state(ctl, "hot@gpu0") is S.AWAKE
 
 
-async def test_loop__migration_moves_traffic_when_the_target_is_ready_then_parks_the_source(
-        env: Env) -> None:
+async def test_loop__migration_moves_traffic_when_the_target_is_ready_then_parks_the_source(env: Env) -> None:
     ctl, fx, clock = env
     old = await migrate_hot(ctl, fx, clock)
     assert old.instance_id == "hot@gpu0"

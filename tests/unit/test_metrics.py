@@ -28,8 +28,12 @@ def test_set_instance_state_zeroes_the_other_states() -> None:
     assert set(llama) == {s.value for s in InstanceState}
     assert llama == {s.value: (1.0 if s is InstanceState.AWAKE else 0.0) for s in InstanceState}
     assert states(m, "qwen@gpu2")["parked"] == 1
-    assert m.registry.get_sample_value("chimera_instance_state", {
-        "model": "llama", "instance": "llama@gpu0+1", "gpu": "0+1", "state": "awake"}) == 1
+    assert (
+        m.registry.get_sample_value(
+            "chimera_instance_state", {"model": "llama", "instance": "llama@gpu0+1", "gpu": "0+1", "state": "awake"}
+        )
+        == 1
+    )
 
 
 def test_unknown_state_fails_loudly() -> None:
@@ -47,17 +51,24 @@ def test_render_names_units_and_own_registry() -> None:
     assert content_type.startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     assert families["chimera_requests"].type == "counter"
-    total = [s for s in families["chimera_requests"].samples
-             if s.name == "chimera_requests_total"]
+    total = [s for s in families["chimera_requests"].samples if s.name == "chimera_requests_total"]
     assert total[0].labels == {"model": "llama", "route": "/v1/completions", "status": "200"}
     assert families["chimera_request_ttft_seconds"].type == "histogram"
     assert families["chimera_request_e2e_seconds"].type == "histogram"
     assert families["chimera_requests_in_flight"].type == "gauge"
-    buckets = [float(s.labels["le"]) for s in families["chimera_request_ttft_seconds"].samples
-               if s.name.endswith("_bucket")]
+    buckets = [
+        float(s.labels["le"]) for s in families["chimera_request_ttft_seconds"].samples if s.name.endswith("_bucket")
+    ]
     assert min(buckets) <= 0.01 and max(b for b in buckets if b != float("inf")) >= 300
-    assert other.registry.get_sample_value(
-        "chimera_requests_total", {"model": "llama", "route": "/v1/completions",
-                                   "status": "200"}) is None
-    assert REGISTRY.get_sample_value("chimera_requests_total", {
-        "model": "llama", "route": "/v1/completions", "status": "200"}) is None
+    assert (
+        other.registry.get_sample_value(
+            "chimera_requests_total", {"model": "llama", "route": "/v1/completions", "status": "200"}
+        )
+        is None
+    )
+    assert (
+        REGISTRY.get_sample_value(
+            "chimera_requests_total", {"model": "llama", "route": "/v1/completions", "status": "200"}
+        )
+        is None
+    )

@@ -31,11 +31,14 @@ class Ops:
     log: list[tuple[str, str]] = field(default_factory=list)
 
     def plans(self, servers: dict[str, Srv]) -> Plans[Srv]:
-        return Plans(servers, park=lambda s, why: self.log.append(("park", f"{s.id}:{why}")),
-                     wake=lambda s: self.log.append(("wake", s.id)),
-                     pend=lambda s: self.log.append(("pend", s.id)),
-                     serve=lambda m: self.log.append(("serve", m)),
-                     moved=lambda m: self.log.append(("moved", m)))
+        return Plans(
+            servers,
+            park=lambda s, why: self.log.append(("park", f"{s.id}:{why}")),
+            wake=lambda s: self.log.append(("wake", s.id)),
+            pend=lambda s: self.log.append(("pend", s.id)),
+            serve=lambda m: self.log.append(("serve", m)),
+            moved=lambda m: self.log.append(("moved", m)),
+        )
 
 
 def _servers() -> dict[str, Srv]:

@@ -8,8 +8,7 @@ from orchestrator.policy.admission.queueing import EngineRoom, ModelRule, Pendin
 NOW = 100.0
 
 
-def req(i: str, model: str, deadline: float, prefill: float = 0.01, kv: int = 100,
-        arrival: float = NOW) -> Pending:
+def req(i: str, model: str, deadline: float, prefill: float = 0.01, kv: int = 100, arrival: float = NOW) -> Pending:
     return Pending(i, model, arrival, deadline, prefill, kv)
 
 
@@ -18,23 +17,30 @@ def eng(model: str, kv: int = 10_000, slots: int = 64, ready: float = NOW) -> En
 
 
 def test_admission__dispatches_across_models_in_deadline_order() -> None:
-    v = QueueView((req("1", "a", NOW + 3), req("2", "b", NOW + 1), req("3", "a", NOW + 2)),
-                  (eng("a"), eng("b")))
+    v = QueueView((req("1", "a", NOW + 3), req("2", "b", NOW + 1), req("3", "a", NOW + 2)), (eng("a"), eng("b")))
     d = decide(v, NOW)
     assert [x.request for x in d.dispatch] == ["2", "3", "1"]
     assert d.shed == () and d.late == ()
 
 
 def test_admission__admits_only_while_the_engine_has_kv_room_and_slots() -> None:
-    v = QueueView((req("1", "a", NOW + 1, kv=600), req("2", "a", NOW + 2, kv=600),
-                   req("3", "b", NOW + 3, kv=600)), (eng("a", kv=1000), eng("b", kv=1000, slots=0)))
+    v = QueueView(
+        (req("1", "a", NOW + 1, kv=600), req("2", "a", NOW + 2, kv=600), req("3", "b", NOW + 3, kv=600)),
+        (eng("a", kv=1000), eng("b", kv=1000, slots=0)),
+    )
     d = decide(v, NOW)
     assert [x.request for x in d.dispatch] == ["1"]  # 2 waits for KV, 3 for a slot
 
 
 def test_admission__infeasible_deadlines_shed_the_longest_prefill_first() -> None:
-    v = QueueView((req("short1", "a", NOW + 0.5, prefill=0.2), req("long", "a", NOW + 0.6, prefill=0.5),
-                   req("short2", "a", NOW + 0.7, prefill=0.2)), (eng("a"),))
+    v = QueueView(
+        (
+            req("short1", "a", NOW + 0.5, prefill=0.2),
+            req("long", "a", NOW + 0.6, prefill=0.5),
+            req("short2", "a", NOW + 0.7, prefill=0.2),
+        ),
+        (eng("a"),),
+    )
     d = decide(v, NOW)
     assert [s.request for s in d.shed] == ["long"]
     assert [x.request for x in d.dispatch] == ["short1", "short2"]
@@ -50,8 +56,9 @@ def test_admission__retry_after_covers_the_backlog() -> None:
 
 def test_admission__serve_late_policy_keeps_the_request_after_on_time_ones() -> None:
     rules = {"a": ModelRule(on_late="serve")}
-    v = QueueView((req("late", "a", NOW + 0.1, prefill=0.5), req("ok", "a", NOW + 1.0, prefill=0.1)),
-                  (eng("a"),), rules)
+    v = QueueView(
+        (req("late", "a", NOW + 0.1, prefill=0.5), req("ok", "a", NOW + 1.0, prefill=0.1)), (eng("a"),), rules
+    )
     d = decide(v, NOW)
     assert d.late == ("late",) and d.shed == ()
     assert [x.request for x in d.dispatch] == ["ok", "late"]
@@ -59,17 +66,24 @@ def test_admission__serve_late_policy_keeps_the_request_after_on_time_ones() -> 
 
 def test_admission__priority_models_are_shed_last() -> None:
     rules = {"vip": ModelRule(priority=1)}
-    v = QueueView((req("v", "vip", NOW + 0.3, prefill=0.1), req("p", "pleb", NOW + 0.3, prefill=0.25)),
-                  (eng("vip"), eng("pleb")), rules)
+    v = QueueView(
+        (req("v", "vip", NOW + 0.3, prefill=0.1), req("p", "pleb", NOW + 0.3, prefill=0.25)),
+        (eng("vip"), eng("pleb")),
+        rules,
+    )
     assert [s.request for s in decide(v, NOW).shed] == ["p"]
-    v2 = QueueView((req("v", "vip", NOW + 0.3, prefill=0.25), req("p", "pleb", NOW + 0.3, prefill=0.1)),
-                   (eng("vip"), eng("pleb")), rules)
+    v2 = QueueView(
+        (req("v", "vip", NOW + 0.3, prefill=0.25), req("p", "pleb", NOW + 0.3, prefill=0.1)),
+        (eng("vip"), eng("pleb")),
+        rules,
+    )
     assert [s.request for s in decide(v2, NOW).shed] == ["p"]  # even though vip's job is longer
 
 
 def test_admission__waking_engine_holds_requests_and_counts_its_wake() -> None:
-    v = QueueView((req("1", "a", NOW + 1.0, prefill=0.1), req("2", "a", NOW + 0.3, prefill=0.1)),
-                  (eng("a", ready=NOW + 0.5),))
+    v = QueueView(
+        (req("1", "a", NOW + 1.0, prefill=0.1), req("2", "a", NOW + 0.3, prefill=0.1)), (eng("a", ready=NOW + 0.5),)
+    )
     d = decide(v, NOW)
     assert d.dispatch == ()
     assert [s.request for s in d.shed] == ["2"]  # it would start at 0.5 s, past its 0.3 s deadline

@@ -31,8 +31,9 @@ def test_interference__law_matches_brute_force_on_random_instances() -> None:
     for _ in range(40):
         width = 0.0005  # steps on the bin grid: the law is then exact
         me = Member("me", step_s=2 * width, activity=0.5, tpot_slo_s=(LAW_BINS + 2) * width)
-        neighbours = [(Member(f"n{i}", rng.randrange(1, 40) * width, 0.0, 1.0), rng.random())
-                      for i in range(rng.randrange(1, 9))]
+        neighbours = [
+            (Member(f"n{i}", rng.randrange(1, 40) * width, 0.0, 1.0), rng.random()) for i in range(rng.randrange(1, 9))
+        ]
         assert miss(me, law_of(me, neighbours)) == pytest.approx(brute_force_miss(me, neighbours), abs=1e-9)
 
 

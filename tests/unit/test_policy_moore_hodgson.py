@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from orchestrator.policy.admission.moore_hodgson import Job, completion_times, moore_hodgson
 
 jobs_st = st.lists(
-    st.tuples(st.integers(1, 20), st.integers(0, 60)), min_size=0, max_size=8,
+    st.tuples(st.integers(1, 20), st.integers(0, 60)),
+    min_size=0,
+    max_size=8,
 ).map(lambda xs: [Job(f"j{i}", float(p), float(d)) for i, (p, d) in enumerate(xs)])
 
 

@@ -23,17 +23,40 @@ from orchestrator.policy.placement.place import decide
 from orchestrator.types import InstanceState as S
 
 GIB = 1 << 30
-COST = ServerCost(parked_bytes=2 * GIB, awake_bytes=16 * GIB, kv_bytes_per_token=128 * 1024,
-                  kv_floor_bytes=1 * GIB, wake_s=0.4, park_s=0.37, cold_start_s=65.0)
+COST = ServerCost(
+    parked_bytes=2 * GIB,
+    awake_bytes=16 * GIB,
+    kv_bytes_per_token=128 * 1024,
+    kv_floor_bytes=1 * GIB,
+    wake_s=0.4,
+    park_s=0.37,
+    cold_start_s=65.0,
+)
 BIG = replace(COST, awake_bytes=70 * GIB)
 NOW = 1000.0
 
 
-def model(name: str, rate: float = 0.0, queued: int = 0, running: int = 0, idle_s: float | None = 0.0,
-          cost: ServerCost = COST, **kw: object) -> ModelDemand:
+def model(
+    name: str,
+    rate: float = 0.0,
+    queued: int = 0,
+    running: int = 0,
+    idle_s: float | None = 0.0,
+    cost: ServerCost = COST,
+    **kw: object,
+) -> ModelDemand:
     last = None if idle_s is None else NOW - idle_s
-    return ModelDemand(name=name, tp_size=kw.pop("tp", 1), cost=cost, tpot_slo_s=0.05,  # type: ignore[arg-type]
-                       token_rate=rate, queued=queued, running=running, last_active_at=last, **kw)  # type: ignore[arg-type]
+    return ModelDemand(
+        name=name,
+        tp_size=kw.pop("tp", 1),
+        cost=cost,
+        tpot_slo_s=0.05,  # type: ignore[arg-type]
+        token_rate=rate,
+        queued=queued,
+        running=running,
+        last_active_at=last,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def srv(model: str, gpus: tuple[int, ...], state: S = S.PARKED, in_flight: int = 0) -> ServerView:
@@ -45,26 +68,41 @@ def view(models: list[ModelDemand], servers: list[ServerView], n: int = 2, **par
 
 
 def test_placement__activation_wakes_on_the_lowest_kvpr_gpu() -> None:
-    v = view([model("a", queued=3), model("hot", rate=5000, running=4), model("cool", rate=100, running=1)],
-             [srv("a", (0,)), srv("a", (1,)), srv("hot", (0,), S.AWAKE), srv("cool", (1,), S.AWAKE)])
+    v = view(
+        [model("a", queued=3), model("hot", rate=5000, running=4), model("cool", rate=100, running=1)],
+        [srv("a", (0,)), srv("a", (1,)), srv("hot", (0,), S.AWAKE), srv("cool", (1,), S.AWAKE)],
+    )
     (act,) = decide(v, NOW).actions
     assert isinstance(act, Activation) and act.gpus == (1,)
     assert act.steps == (Wake("a@1"), Route("a", (1,)))
 
 
 def test_placement__activation_names_the_server_it_chose_whatever_its_order() -> None:
-    v = view([model("a", queued=3), model("hot", rate=5000, running=4)],
-             [srv("a", (1,)), srv("a", (0,)), srv("hot", (0,), S.AWAKE)])
+    v = view(
+        [model("a", queued=3), model("hot", rate=5000, running=4)],
+        [srv("a", (1,)), srv("a", (0,)), srv("hot", (0,), S.AWAKE)],
+    )
     (act,) = decide(v, NOW).actions
     assert isinstance(act, Activation) and act.gpus == (1,)
     assert act.steps == (Wake("a@1"), Route("a", (1,)))
 
 
 def test_placement__surge_moves_model_to_lowest_kvpr_gpu() -> None:
-    v = view([model("surge", rate=20000, running=8), model("other", rate=8000, running=4),
-              model("calm", rate=200, running=1)],
-             [srv("surge", (0,), S.AWAKE), srv("surge", (1,)), srv("surge", (2,)),
-              srv("other", (0,), S.AWAKE), srv("calm", (1,), S.AWAKE)], n=3)
+    v = view(
+        [
+            model("surge", rate=20000, running=8),
+            model("other", rate=8000, running=4),
+            model("calm", rate=200, running=1),
+        ],
+        [
+            srv("surge", (0,), S.AWAKE),
+            srv("surge", (1,)),
+            srv("surge", (2,)),
+            srv("other", (0,), S.AWAKE),
+            srv("calm", (1,), S.AWAKE),
+        ],
+        n=3,
+    )
     (mig,) = decide(v, NOW).actions
     assert isinstance(mig, Migration) and mig.model == "surge" and mig.gpus == (2,)
     # ordered: wake the target, move traffic when it is ready, then park the source
@@ -73,15 +111,20 @@ def test_placement__surge_moves_model_to_lowest_kvpr_gpu() -> None:
 
 
 def test_placement__no_migration_when_gain_is_below_tau() -> None:
-    v = view([model("a", rate=1000, running=1), model("b", rate=900, running=1)],
-             [srv("a", (0,), S.AWAKE), srv("a", (1,)), srv("b", (1,), S.AWAKE)])
+    v = view(
+        [model("a", rate=1000, running=1), model("b", rate=900, running=1)],
+        [srv("a", (0,), S.AWAKE), srv("a", (1,)), srv("b", (1,), S.AWAKE)],
+    )
     assert decide(v, NOW).actions == ()
     assert decide(replace(v, params=PlacementParams(migrate=False)), NOW).actions == ()
 
 
 def test_placement__idle_neighbour_is_parked_to_make_room() -> None:
-    v = view([model("new", queued=1), model("old", idle_s=120, cost=BIG), model("older", idle_s=50)],
-             [srv("new", (0,)), srv("old", (0,), S.AWAKE), srv("older", (1,), S.AWAKE)], n=1)
+    v = view(
+        [model("new", queued=1), model("old", idle_s=120, cost=BIG), model("older", idle_s=50)],
+        [srv("new", (0,)), srv("old", (0,), S.AWAKE), srv("older", (1,), S.AWAKE)],
+        n=1,
+    )
     v = replace(v, servers=v.servers[:2])
     (act,) = decide(v, NOW).actions
     assert isinstance(act, Activation)
@@ -89,9 +132,11 @@ def test_placement__idle_neighbour_is_parked_to_make_room() -> None:
 
 
 def test_placement__busy_or_recently_used_neighbours_are_never_parked() -> None:
-    for neighbour in (model("old", cost=BIG, running=1, idle_s=600),
-                      model("old", cost=BIG, idle_s=30),
-                      model("old", cost=BIG, idle_s=600, park_when="never")):
+    for neighbour in (
+        model("old", cost=BIG, running=1, idle_s=600),
+        model("old", cost=BIG, idle_s=30),
+        model("old", cost=BIG, idle_s=600, park_when="never"),
+    ):
         v = view([model("new", queued=1), neighbour], [srv("new", (0,)), srv("old", (0,), S.AWAKE)], n=1)
         d = decide(v, NOW)
         assert d.actions == ()
@@ -100,12 +145,16 @@ def test_placement__busy_or_recently_used_neighbours_are_never_parked() -> None:
 
 def test_placement__tp_model_needs_room_on_every_gpu_of_its_group() -> None:
     tp_cost = replace(COST, awake_bytes=60 * GIB)
-    v = view([model("tp", queued=1, cost=tp_cost, tp=2), model("busy", cost=BIG, running=2),
-              model("idle", cost=BIG, idle_s=100)],
-             [srv("tp", (0, 1)), srv("busy", (1,), S.AWAKE), srv("idle", (0,), S.AWAKE)])
+    v = view(
+        [
+            model("tp", queued=1, cost=tp_cost, tp=2),
+            model("busy", cost=BIG, running=2),
+            model("idle", cost=BIG, idle_s=100),
+        ],
+        [srv("tp", (0, 1)), srv("busy", (1,), S.AWAKE), srv("idle", (0,), S.AWAKE)],
+    )
     assert decide(v, NOW).blocked[0].model == "tp"
-    v2 = replace(v, models=(v.models[0], replace(v.models[1], running=0, last_active_at=NOW - 100),
-                            v.models[2]))
+    v2 = replace(v, models=(v.models[0], replace(v.models[1], running=0, last_active_at=NOW - 100), v.models[2]))
     (act,) = decide(v2, NOW).actions
     assert isinstance(act, Activation) and act.gpus == (0, 1)
     assert set(act.steps[:2]) == {Park("busy@1"), Park("idle@0")} and act.steps[2] == Wake("tp@0+1")
@@ -127,16 +176,21 @@ def test_placement__a_waking_model_is_not_activated_again() -> None:
 
 
 def test_placement__park_when_always_parks_idle_servers_without_memory_need() -> None:
-    v = view([model("a", idle_s=60, park_when="always"), model("b", idle_s=60)],
-             [srv("a", (0,), S.AWAKE), srv("b", (1,), S.AWAKE)])
+    v = view(
+        [model("a", idle_s=60, park_when="always"), model("b", idle_s=60)],
+        [srv("a", (0,), S.AWAKE), srv("b", (1,), S.AWAKE)],
+    )
     (act,) = decide(v, NOW).actions
     assert isinstance(act, IdlePark) and act.server == "a@0" and act.steps == (Park("a@0"),)
 
 
 def test_placement__kvpr_per_gpu_grows_with_the_pressure_of_awake_models() -> None:
     def ratio(rate: float) -> float:
-        v = view([model("a", rate=rate, running=1), model("b", rate=1000, running=1), model("c")],
-                 [srv("a", (0,), S.AWAKE), srv("b", (0,), S.AWAKE), srv("c", (0,))], n=1)
+        v = view(
+            [model("a", rate=rate, running=1), model("b", rate=1000, running=1), model("c")],
+            [srv("a", (0,), S.AWAKE), srv("b", (0,), S.AWAKE), srv("c", (0,))],
+            n=1,
+        )
         d = decide(v, NOW)
         assert not hasattr(d, "kv_limits")  # KV is the ledger's (orchestrator/kv/), not placement's
         return d.kvpr[0]
@@ -145,17 +199,19 @@ def test_placement__kvpr_per_gpu_grows_with_the_pressure_of_awake_models() -> No
 
 
 def test_placement__priority_models_are_activated_first_when_room_is_short() -> None:
-    v = view([model("low", queued=9), model("vip", queued=1, priority=2)],
-             [srv("low", (0,)), srv("vip", (0,))], n=1)
+    v = view([model("low", queued=9), model("vip", queued=1, priority=2)], [srv("low", (0,)), srv("vip", (0,))], n=1)
     v = replace(v, gpu_bytes=(37 * GIB,))
     d = decide(v, NOW)
     assert [a.model for a in d.actions] == ["vip"] and d.blocked[0].model == "low"
 
 
 def test_placement__same_snapshot_same_decision() -> None:
-    v = view([model(f"m{i}", rate=100 * i, queued=i % 3, running=i % 2) for i in range(8)],
-             [srv(f"m{i}", (i % 3,), S.AWAKE if i % 2 else S.PARKED) for i in range(8)]
-             + [srv(f"m{i}", ((i + 1) % 3,)) for i in range(8)], n=3)
+    v = view(
+        [model(f"m{i}", rate=100 * i, queued=i % 3, running=i % 2) for i in range(8)],
+        [srv(f"m{i}", (i % 3,), S.AWAKE if i % 2 else S.PARKED) for i in range(8)]
+        + [srv(f"m{i}", ((i + 1) % 3,)) for i in range(8)],
+        n=3,
+    )
     assert decide(v, NOW) == decide(v, NOW)
 
 
@@ -182,8 +238,9 @@ def test_placement__a_starving_model_may_preempt_a_busy_lower_priority_neighbour
 
 
 def test_placement__tpot_guard_keeps_a_small_model_off_a_gpu_with_slow_decode_steps() -> None:
-    slow = replace(model("slow32b", rate=800, running=2, cost=replace(COST, awake_bytes=30 * GIB)),
-                   step_s=0.030, tpot_slo_s=0.3)
+    slow = replace(
+        model("slow32b", rate=800, running=2, cost=replace(COST, awake_bytes=30 * GIB)), step_s=0.030, tpot_slo_s=0.3
+    )
     small = replace(model("tiny", queued=1), step_s=0.002, tpot_slo_s=0.018)
     busy = replace(model("busy", rate=5000, running=4), step_s=0.004, tpot_slo_s=0.05)
     servers = [srv("slow32b", (0,), S.AWAKE), srv("busy", (1,), S.AWAKE), srv("tiny", (0,)), srv("tiny", (1,))]
@@ -194,8 +251,9 @@ def test_placement__tpot_guard_keeps_a_small_model_off_a_gpu_with_slow_decode_st
 
 
 def test_placement__tpot_overflow_triggers_a_migration_regardless_of_tau() -> None:
-    slow = replace(model("slow", rate=10, running=1, cost=replace(COST, awake_bytes=30 * GIB)),
-                   step_s=0.030, tpot_slo_s=0.3)
+    slow = replace(
+        model("slow", rate=10, running=1, cost=replace(COST, awake_bytes=30 * GIB)), step_s=0.030, tpot_slo_s=0.3
+    )
     tiny = replace(model("tiny", rate=10, running=1), step_s=0.002, tpot_slo_s=0.018)
     servers = [srv("slow", (0,), S.AWAKE), srv("tiny", (0,), S.AWAKE), srv("tiny", (1,))]
     (mig,) = decide(view([slow, tiny], servers), NOW).actions
@@ -210,8 +268,12 @@ def test_placement__tpot_guard_counts_only_models_actively_decoding() -> None:
     busy = replace(model("busy", rate=5000, running=4), step_s=0.004, tpot_slo_s=0.05)
     servers = [srv("slow32b", (0,), S.AWAKE), srv("busy", (1,), S.AWAKE), srv("tiny", (0,)), srv("tiny", (1,))]
     for activity, gpu in ((None, 1), (0.9, 1), (0.02, 0)):
-        slow = replace(model("slow32b", rate=800, running=2, cost=replace(COST, awake_bytes=30 * GIB)),
-                       step_s=0.030, tpot_slo_s=0.3, activity=activity)
+        slow = replace(
+            model("slow32b", rate=800, running=2, cost=replace(COST, awake_bytes=30 * GIB)),
+            step_s=0.030,
+            tpot_slo_s=0.3,
+            activity=activity,
+        )
         (act,) = decide(view([slow, small, busy], servers), NOW).actions
         # unknown or busy: its 30 ms steps would break tiny's 18 ms; decoding 2% of the time:
         # the round tiny sees is 2.6 ms on average, and GPU 0 has more free KV
@@ -235,18 +297,17 @@ def test_placement__a_starving_model_preempts_the_least_used_busy_neighbour_firs
 def test_placement__swap_limit_parks_the_awake_neighbour_even_busy_and_with_room() -> None:
     models = [model("a", queued=2), model("b", rate=100, running=3)]
     servers = [srv("a", (0,)), srv("b", (0,), S.AWAKE, in_flight=3)]
-    assert decide(view(models, servers, n=1), NOW).blocked == () and decide(
-        view(models, servers, n=1), NOW).actions[0].steps == (Wake("a@0"), Route("a", (0,)))  # room: no park
+    assert decide(view(models, servers, n=1), NOW).blocked == () and decide(view(models, servers, n=1), NOW).actions[
+        0
+    ].steps == (Wake("a@0"), Route("a", (0,)))  # room: no park
     (act,) = decide(view(models, servers, n=1, max_awake_per_gpu=1), NOW).actions
     assert isinstance(act, Activation)
     assert act.steps == (Park("b@0"), Wake("a@0"), Route("a", (0,)))
 
 
 def test_placement__swap_limit_keeps_the_most_recently_active_within_the_limit() -> None:
-    models = [model("a", queued=1), model("old", idle_s=50.0), model("new", idle_s=1.0),
-              model("never", idle_s=None)]
-    servers = [srv("a", (0,)), srv("old", (0,), S.AWAKE), srv("new", (0,), S.AWAKE),
-               srv("never", (0,), S.AWAKE)]
+    models = [model("a", queued=1), model("old", idle_s=50.0), model("new", idle_s=1.0), model("never", idle_s=None)]
+    servers = [srv("a", (0,)), srv("old", (0,), S.AWAKE), srv("new", (0,), S.AWAKE), srv("never", (0,), S.AWAKE)]
     (act,) = decide(view(models, servers, n=1, max_awake_per_gpu=2), NOW).actions
     assert isinstance(act, Activation)
     assert [s for s in act.steps if isinstance(s, Park)] == [Park("never@0"), Park("old@0")]

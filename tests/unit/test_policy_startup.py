@@ -4,11 +4,27 @@ from orchestrator.policy.startup import ClusterSnapshot, InstanceSnapshot, Start
 from orchestrator.types import InstanceState as S
 
 
-def inst(i: int, model: str, gpus: tuple[int, ...], state: S = S.STOPPED, on: bool = True,
-         alone: bool = False, budget: int = 0, parked: int = 0) -> InstanceSnapshot:
-    return InstanceSnapshot(id=f"{model}@{i}", model=model, gpus=gpus, state=state,
-                            start_on_up=on, order=i, start_alone=alone, start_bytes=budget,
-                            parked_bytes=parked)
+def inst(
+    i: int,
+    model: str,
+    gpus: tuple[int, ...],
+    state: S = S.STOPPED,
+    on: bool = True,
+    alone: bool = False,
+    budget: int = 0,
+    parked: int = 0,
+) -> InstanceSnapshot:
+    return InstanceSnapshot(
+        id=f"{model}@{i}",
+        model=model,
+        gpus=gpus,
+        state=state,
+        start_on_up=on,
+        order=i,
+        start_alone=alone,
+        start_bytes=budget,
+        parked_bytes=parked,
+    )
 
 
 def test_colocated_instances_start_together() -> None:
@@ -18,12 +34,14 @@ def test_colocated_instances_start_together() -> None:
 
 
 def test_one_that_must_start_alone_waits_for_its_gpu_and_holds_it() -> None:
-    snap = ClusterSnapshot((inst(0, "a", (0,)), inst(1, "b", (0,), alone=True),
-                            inst(2, "c", (0,)), inst(3, "d", (1,))), {})
+    snap = ClusterSnapshot(
+        (inst(0, "a", (0,)), inst(1, "b", (0,), alone=True), inst(2, "c", (0,)), inst(3, "d", (1,))), {}
+    )
     d = decide(snap, 0.0)  # a starts; b must not start beside it; c may
     assert d.start == ("a@0", "c@2", "d@3") and d.queue == ("b@1",)
-    snap = ClusterSnapshot((inst(0, "a", (0,), S.AWAKE), inst(1, "b", (0,), S.PENDING, alone=True),
-                            inst(2, "c", (0,))), {})
+    snap = ClusterSnapshot(
+        (inst(0, "a", (0,), S.AWAKE), inst(1, "b", (0,), S.PENDING, alone=True), inst(2, "c", (0,))), {}
+    )
     d = decide(snap, 0.0)  # the GPU has nothing starting: b starts, and c waits for it
     assert d.start == ("b@1",) and d.queue == ("c@2",)
     snap = ClusterSnapshot((inst(0, "big", (0, 1), S.STARTING, alone=True), inst(1, "s", (1,))), {})
@@ -32,14 +50,23 @@ def test_one_that_must_start_alone_waits_for_its_gpu_and_holds_it() -> None:
 
 def test_starts_beside_others_only_where_the_budget_fits() -> None:
     gib = 2**30
-    snap = ClusterSnapshot((inst(0, "a", (0,), S.STARTING, budget=30 * gib),
-                            inst(1, "p", (0,), S.PARKED, budget=40 * gib, parked=2 * gib),
-                            inst(2, "b", (0,), budget=40 * gib), inst(3, "c", (0,), budget=48 * gib)),
-                           {}, gpu_bytes=80 * gib)
+    snap = ClusterSnapshot(
+        (
+            inst(0, "a", (0,), S.STARTING, budget=30 * gib),
+            inst(1, "p", (0,), S.PARKED, budget=40 * gib, parked=2 * gib),
+            inst(2, "b", (0,), budget=40 * gib),
+            inst(3, "c", (0,), budget=48 * gib),
+        ),
+        {},
+        gpu_bytes=80 * gib,
+    )
     d = decide(snap, 0.0)  # 30 + 2 + 40 fits in 80; 48 more does not while a and b start
     assert d.start == ("b@2",) and d.queue == ("c@3",)
-    done = ClusterSnapshot((inst(0, "a", (0,), S.AWAKE, budget=30 * gib),
-                            inst(3, "c", (0,), S.PENDING, budget=60 * gib)), {}, gpu_bytes=80 * gib)
+    done = ClusterSnapshot(
+        (inst(0, "a", (0,), S.AWAKE, budget=30 * gib), inst(3, "c", (0,), S.PENDING, budget=60 * gib)),
+        {},
+        gpu_bytes=80 * gib,
+    )
     # nothing else starting on the GPU: it starts as it always did, the policy never deadlocks
     assert decide(done, 0.0).start == ("c@3",)
 
@@ -51,8 +78,7 @@ def test_off_placement_starts_only_on_demand() -> None:
 
 
 def test_demand_does_not_start_a_second_instance_while_one_is_on_its_way() -> None:
-    snap = ClusterSnapshot((inst(0, "a", (0,), S.STARTING, on=False), inst(1, "a", (1,), on=False)),
-                           {"a": 5})
+    snap = ClusterSnapshot((inst(0, "a", (0,), S.STARTING, on=False), inst(1, "a", (1,), on=False)), {"a": 5})
     assert decide(snap, 0.0).start == ()
 
 

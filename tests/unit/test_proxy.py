@@ -29,25 +29,42 @@ from orchestrator.types import InstanceState
 from tests.unit.proxy_fakes import FakeRouter
 
 SHAPE = load_shape("tiny-llama")
-LLAMA = ModelSpec(name="llama", model_path="meta-llama/Llama-3.2-1B", shape=SHAPE,
-                  aliases=("llama-1b", "org/llama:latest"), placements=(Placement((0,)),))
-QWEN = ModelSpec(name="qwen", model_path="Qwen/Qwen2.5-7B-Instruct", shape=SHAPE,
-                 placements=(Placement((1,)),))
+LLAMA = ModelSpec(
+    name="llama",
+    model_path="meta-llama/Llama-3.2-1B",
+    shape=SHAPE,
+    aliases=("llama-1b", "org/llama:latest"),
+    placements=(Placement((0,)),),
+)
+QWEN = ModelSpec(name="qwen", model_path="Qwen/Qwen2.5-7B-Instruct", shape=SHAPE, placements=(Placement((1,)),))
 ENVELOPE_KEYS = {"message", "type", "param", "code", "src"}
 
 
-CHAT = {"id": "c1", "object": "chat.completion", "created": 1, "model": "served-llama",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
-COMPLETION = {"id": "t1", "object": "text_completion", "created": 1, "model": "served-llama",
-              "choices": [{"index": 0, "text": " world", "finish_reason": "stop",
-                           "logprobs": None}]}
+CHAT = {
+    "id": "c1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "served-llama",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
+COMPLETION = {
+    "id": "t1",
+    "object": "text_completion",
+    "created": 1,
+    "model": "served-llama",
+    "choices": [{"index": 0, "text": " world", "finish_reason": "stop", "logprobs": None}],
+}
 
 
 def chat_chunk(content: str) -> bytes:
-    obj = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "served-llama",
-           "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+    obj = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "served-llama",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
@@ -57,9 +74,12 @@ class FakeEngine:
     def __init__(self) -> None:
         self.seen: list[tuple[str, dict[str, Any]]] = []
         self.error: tuple[int, bytes] | None = None
-        self.app = Starlette(routes=[
-            Route(p, self.handle, methods=["POST"])
-            for p in ("/v1/chat/completions", "/v1/completions", "/generate")])
+        self.app = Starlette(
+            routes=[
+                Route(p, self.handle, methods=["POST"])
+                for p in ("/v1/chat/completions", "/v1/completions", "/generate")
+            ]
+        )
 
     async def handle(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
@@ -67,23 +87,28 @@ class FakeEngine:
         if self.error is not None:
             return Response(self.error[1], self.error[0], media_type="application/json")
         if body.get("stream"):
+
             async def sse() -> AsyncIterator[bytes]:
                 for word in ("Hel", "lo"):
                     yield chat_chunk(word)
                 yield b"data: [DONE]\n\n"
+
             return StreamingResponse(sse(), media_type="text/event-stream")
         reply = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETION}.get(
-            request.url.path, {"text": "generated", "meta_info": {"id": "g1"}})
+            request.url.path, {"text": "generated", "meta_info": {"id": "g1"}}
+        )
         return Response(orjson.dumps(reply), media_type="application/json")
 
 
 @asynccontextmanager
 async def proxy(
-    router: FakeRouter, transport: httpx.AsyncBaseTransport, metrics: ChimeraMetrics | None = None,
-    raise_app_exceptions: bool = True, hold_timeout_s: float = 300.0,
+    router: FakeRouter,
+    transport: httpx.AsyncBaseTransport,
+    metrics: ChimeraMetrics | None = None,
+    raise_app_exceptions: bool = True,
+    hold_timeout_s: float = 300.0,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(router, metrics or ChimeraMetrics(), transport=transport,
-                     hold_timeout_s=hold_timeout_s)
+    app = create_app(router, metrics or ChimeraMetrics(), transport=transport, hold_timeout_s=hold_timeout_s)
     async with app.router.lifespan_context(app):  # ASGITransport does not run lifespan
         t = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=t, base_url="http://proxy") as client:
@@ -111,8 +136,7 @@ def error_of(resp: httpx.Response) -> dict[str, Any]:
     return err
 
 
-async def test_models_lists_names_and_aliases_with_state(router: FakeRouter,
-                                                         engine: FakeEngine) -> None:
+async def test_models_lists_names_and_aliases_with_state(router: FakeRouter, engine: FakeEngine) -> None:
     router.states["qwen"] = InstanceState.PARKED
     async with proxy(router, engine_transport(engine)) as client:
         resp = await client.get("/v1/models")
@@ -128,8 +152,7 @@ async def test_models_lists_names_and_aliases_with_state(router: FakeRouter,
         assert isinstance(m["created"], int)
 
 
-async def test_unknown_model_is_404_listing_known_models(router: FakeRouter,
-                                                         engine: FakeEngine) -> None:
+async def test_unknown_model_is_404_listing_known_models(router: FakeRouter, engine: FakeEngine) -> None:
     async with proxy(router, engine_transport(engine)) as client:
         resp = await client.post("/v1/chat/completions", json={"model": "gpt-9", "messages": []})
     assert resp.status_code == 404
@@ -140,17 +163,19 @@ async def test_unknown_model_is_404_listing_known_models(router: FakeRouter,
     assert router.acquired == [] and engine.seen == []
 
 
-@pytest.mark.parametrize("raw, code", [
-    (b"{not json", "invalid_json"),
-    (b"", "invalid_json"),
-    (b"[1, 2]", "invalid_body"),
-    (b'"llama"', "invalid_body"),
-    (b'{"messages": []}', "missing_model"),
-    (b'{"model": 3}', "missing_model"),
-    (b'{"model": ""}', "missing_model"),
-])
-async def test_bad_bodies_are_400(router: FakeRouter, engine: FakeEngine, raw: bytes,
-                                  code: str) -> None:
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        (b"{not json", "invalid_json"),
+        (b"", "invalid_json"),
+        (b"[1, 2]", "invalid_body"),
+        (b'"llama"', "invalid_body"),
+        (b'{"messages": []}', "missing_model"),
+        (b'{"model": 3}', "missing_model"),
+        (b'{"model": ""}', "missing_model"),
+    ],
+)
+async def test_bad_bodies_are_400(router: FakeRouter, engine: FakeEngine, raw: bytes, code: str) -> None:
     async with proxy(router, engine_transport(engine)) as client:
         resp = await client.post("/v1/completions", content=raw)
     assert resp.status_code == 400
@@ -160,10 +185,10 @@ async def test_bad_bodies_are_400(router: FakeRouter, engine: FakeEngine, raw: b
     assert router.acquired == []
 
 
-@pytest.mark.parametrize("path, reply", [("/v1/chat/completions", CHAT),
-                                         ("/v1/completions", COMPLETION)])
-async def test_model_is_rewritten_to_served_name(router: FakeRouter, engine: FakeEngine,
-                                                 path: str, reply: dict[str, Any]) -> None:
+@pytest.mark.parametrize("path, reply", [("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)])
+async def test_model_is_rewritten_to_served_name(
+    router: FakeRouter, engine: FakeEngine, path: str, reply: dict[str, Any]
+) -> None:
     request = {"model": "org/llama:latest", "prompt": "hi", "max_tokens": 4, "temperature": 0}
     async with proxy(router, engine_transport(engine), hold_timeout_s=12.5) as client:
         resp = await client.post(path, json=request)
@@ -175,8 +200,7 @@ async def test_model_is_rewritten_to_served_name(router: FakeRouter, engine: Fak
     assert len(router.acquired) == 1 and router.balanced
 
 
-async def test_generate_is_routed_by_model_which_is_removed(router: FakeRouter,
-                                                            engine: FakeEngine) -> None:
+async def test_generate_is_routed_by_model_which_is_removed(router: FakeRouter, engine: FakeEngine) -> None:
     request = {"model": "qwen", "text": "hi", "sampling_params": {"max_new_tokens": 4}}
     async with proxy(router, engine_transport(engine)) as client:
         resp = await client.post("/generate", json=request)
@@ -185,8 +209,7 @@ async def test_generate_is_routed_by_model_which_is_removed(router: FakeRouter,
     assert router.acquired[0].instance_id == "qwen@gpu0" and router.balanced
 
 
-async def test_engine_unavailable_is_503_with_retry_after(router: FakeRouter,
-                                                          engine: FakeEngine) -> None:
+async def test_engine_unavailable_is_503_with_retry_after(router: FakeRouter, engine: FakeEngine) -> None:
     router.unavailable = EngineUnavailable("llama is waking up", retry_after_s=2.2)
     async with proxy(router, engine_transport(engine)) as client:
         resp = await client.post("/v1/completions", json={"model": "llama", "prompt": "x"})
@@ -197,15 +220,18 @@ async def test_engine_unavailable_is_503_with_retry_after(router: FakeRouter,
     assert router.acquired == [] and router.released == [] and engine.seen == []
 
 
-@pytest.mark.parametrize("exc, status, code", [
-    (httpx.ConnectError("connection refused"), 502, "engine_unreachable"),
-    (httpx.RemoteProtocolError("server disconnected"), 502, "engine_unreachable"),
-    (httpx.ReadTimeout("read timed out"), 504, "engine_timeout"),
-])
-async def test_engine_transport_failures(router: FakeRouter, exc: Exception, status: int,
-                                         code: str) -> None:
+@pytest.mark.parametrize(
+    "exc, status, code",
+    [
+        (httpx.ConnectError("connection refused"), 502, "engine_unreachable"),
+        (httpx.RemoteProtocolError("server disconnected"), 502, "engine_unreachable"),
+        (httpx.ReadTimeout("read timed out"), 504, "engine_timeout"),
+    ],
+)
+async def test_engine_transport_failures(router: FakeRouter, exc: Exception, status: int, code: str) -> None:
     def fail(request: httpx.Request) -> httpx.Response:
         raise exc
+
     async with proxy(router, httpx.MockTransport(fail)) as client:
         resp = await client.post("/v1/chat/completions", json={"model": "llama"})
     assert resp.status_code == status
@@ -214,22 +240,38 @@ async def test_engine_transport_failures(router: FakeRouter, exc: Exception, sta
     assert len(router.acquired) == 1 and router.balanced
 
 
-@pytest.mark.parametrize("status, body, expect", [
-    # SGLang's OpenAI routes
-    (400, b'{"object": "error", "message": "max_tokens too large", "type": "BadRequestError",'
-          b' "param": null, "code": 400}',
-     {"message": "max_tokens too large", "type": "BadRequestError", "param": None,
-      "code": 400, "src": "engine"}),
-    # SGLang's /generate: already an envelope, missing fields filled in
-    (400, b'{"error": {"message": "bad sampling params"}}',
-     {"message": "bad sampling params", "type": "invalid_request_error", "param": None,
-      "code": 400, "src": "engine"}),
-    (500, b"Internal Server Error",
-     {"message": "Internal Server Error", "type": "server_error", "param": None, "code": 500,
-      "src": "engine"}),
-])
-async def test_engine_errors_are_normalized(router: FakeRouter, engine: FakeEngine, status: int,
-                                            body: bytes, expect: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "status, body, expect",
+    [
+        # SGLang's OpenAI routes
+        (
+            400,
+            b'{"object": "error", "message": "max_tokens too large", "type": "BadRequestError",'
+            b' "param": null, "code": 400}',
+            {"message": "max_tokens too large", "type": "BadRequestError", "param": None, "code": 400, "src": "engine"},
+        ),
+        # SGLang's /generate: already an envelope, missing fields filled in
+        (
+            400,
+            b'{"error": {"message": "bad sampling params"}}',
+            {
+                "message": "bad sampling params",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": 400,
+                "src": "engine",
+            },
+        ),
+        (
+            500,
+            b"Internal Server Error",
+            {"message": "Internal Server Error", "type": "server_error", "param": None, "code": 500, "src": "engine"},
+        ),
+    ],
+)
+async def test_engine_errors_are_normalized(
+    router: FakeRouter, engine: FakeEngine, status: int, body: bytes, expect: dict[str, Any]
+) -> None:
     engine.error = (status, body)
     async with proxy(router, engine_transport(engine)) as client:
         resp = await client.post("/v1/completions", json={"model": "llama", "prompt": "x"})
@@ -239,7 +281,9 @@ async def test_engine_errors_are_normalized(router: FakeRouter, engine: FakeEngi
 
 
 async def test_router_exception_is_500_without_traceback(
-    router: FakeRouter, engine: FakeEngine, caplog: pytest.LogCaptureFixture,
+    router: FakeRouter,
+    engine: FakeEngine,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     router.resolve_error = RuntimeError("secret internal detail")
     with caplog.at_level(logging.ERROR):
@@ -248,12 +292,10 @@ async def test_router_exception_is_500_without_traceback(
     assert resp.status_code == 500
     assert error_of(resp)["code"] == "internal_error"
     assert "Traceback" not in resp.text and "secret" not in resp.text
-    assert any(r.exc_info and "secret internal detail" in str(r.exc_info[1])
-               for r in caplog.records)
+    assert any(r.exc_info and "secret internal detail" in str(r.exc_info[1]) for r in caplog.records)
 
 
-async def test_unexpected_exception_elsewhere_is_500_envelope(router: FakeRouter,
-                                                              engine: FakeEngine) -> None:
+async def test_unexpected_exception_elsewhere_is_500_envelope(router: FakeRouter, engine: FakeEngine) -> None:
     router.models_error = RuntimeError("secret")
     async with proxy(router, engine_transport(engine), raise_app_exceptions=False) as client:
         resp = await client.get("/v1/models")
@@ -261,8 +303,7 @@ async def test_unexpected_exception_elsewhere_is_500_envelope(router: FakeRouter
     assert error_of(resp)["code"] == "internal_error" and "secret" not in resp.text
 
 
-async def test_unknown_route_and_wrong_method_use_the_envelope(router: FakeRouter,
-                                                               engine: FakeEngine) -> None:
+async def test_unknown_route_and_wrong_method_use_the_envelope(router: FakeRouter, engine: FakeEngine) -> None:
     async with proxy(router, engine_transport(engine)) as client:
         missing = await client.get("/v1/nothing")
         wrong = await client.get("/v1/chat/completions")
@@ -303,8 +344,7 @@ async def test_metrics_exposition(router: FakeRouter, engine: FakeEngine) -> Non
     assert got[("chimera_request_e2e_seconds_count", llama)] == 1
     assert ("chimera_request_ttft_seconds_count", llama) not in got  # not streamed
     assert got[("chimera_requests_in_flight", llama)] == 0
-    awake = frozenset({("model", "llama"), ("instance", "llama@gpu0"), ("gpu", "0"),
-                       ("state", "awake")})
+    awake = frozenset({("model", "llama"), ("instance", "llama@gpu0"), ("gpu", "0"), ("state", "awake")})
     assert got[("chimera_instance_state", awake)] == 1
 
 
@@ -312,15 +352,14 @@ async def test_official_openai_client(router: FakeRouter, engine: FakeEngine) ->
     app = create_app(router, ChimeraMetrics(), transport=engine_transport(engine))
     async with app.router.lifespan_context(app):
         http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
-        client = openai.AsyncOpenAI(base_url="http://proxy/v1", api_key="x", http_client=http,
-                                    max_retries=0)
+        client = openai.AsyncOpenAI(base_url="http://proxy/v1", api_key="x", http_client=http, max_retries=0)
         async with client:
-            chat = await client.chat.completions.create(
-                model="llama", messages=[{"role": "user", "content": "hi"}])
+            chat = await client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}])
             assert chat.choices[0].message.content == "hello"
 
             stream = await client.chat.completions.create(
-                model="llama-1b", messages=[{"role": "user", "content": "hi"}], stream=True)
+                model="llama-1b", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
             pieces = [c.choices[0].delta.content async for c in stream]
             assert pieces == ["Hel", "lo"]
 

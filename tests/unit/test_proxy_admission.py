@@ -25,15 +25,18 @@ from orchestrator.proxy.errors import ProxyError
 from orchestrator.types import Endpoint, InstanceView, LoadSample, ModelView
 from tests.unit.control_fakes import settle
 
-CFG = parse_config({"mode": "full", "host": {"gpus": 2}, "models": [
-    {"name": "fast", "model_path": "llama-3.2-1b", "slo": {"ttft_s": 1.0},
-     "placements": [{"gpus": [0]}]},
-    {"name": "big", "model_path": "llama-3.1-8b", "slo": {"ttft_s": 5.0},
-     "placements": [{"gpus": [0]}]},
-    {"name": "free", "model_path": "llama-3.1-8b", "placements": [{"gpus": [1]}]},  # no SLO
-    {"name": "strict", "model_path": "tiny-llama", "slo": {"ttft_s": 0.0},
-     "placements": [{"gpus": [1]}]},
-]})
+CFG = parse_config(
+    {
+        "mode": "full",
+        "host": {"gpus": 2},
+        "models": [
+            {"name": "fast", "model_path": "llama-3.2-1b", "slo": {"ttft_s": 1.0}, "placements": [{"gpus": [0]}]},
+            {"name": "big", "model_path": "llama-3.1-8b", "slo": {"ttft_s": 5.0}, "placements": [{"gpus": [0]}]},
+            {"name": "free", "model_path": "llama-3.1-8b", "placements": [{"gpus": [1]}]},  # no SLO
+            {"name": "strict", "model_path": "tiny-llama", "slo": {"ttft_s": 0.0}, "placements": [{"gpus": [1]}]},
+        ],
+    }
+)
 BODY = {"prompt": "x" * 400, "max_tokens": 100}  # ~100 prompt tokens + 100 new
 
 
@@ -51,14 +54,26 @@ def spec(name: str) -> ModelSpec:
     return m
 
 
-def loads(iid: str, at: float, *, used: int = 0, waiting_tokens: int = 0, running: int = 0,
-          max_running: int = 64, capacity: int = 10_000) -> LoadSample:
+def loads(
+    iid: str,
+    at: float,
+    *,
+    used: int = 0,
+    waiting_tokens: int = 0,
+    running: int = 0,
+    max_running: int = 64,
+    capacity: int = 10_000,
+) -> LoadSample:
     return LoadSample(iid, at, running, 0, waiting_tokens, used, capacity, max_running, 0.0)
 
 
 def test_estimates_read_openai_and_generate_bodies() -> None:
-    chat = {"messages": [{"role": "user", "content": "a" * 40},
-                         {"role": "user", "content": [{"type": "text", "text": "b" * 40}]}]}
+    chat = {
+        "messages": [
+            {"role": "user", "content": "a" * 40},
+            {"role": "user", "content": [{"type": "text", "text": "b" * 40}]},
+        ]
+    }
     assert estimate_prompt_tokens(chat) == 20
     assert estimate_prompt_tokens({"prompt": "c" * 8}) == 2
     assert estimate_prompt_tokens({"input_ids": [[1, 2, 3], [4]]}) == 4
@@ -160,8 +175,12 @@ class Router:
 
 
 def engine(request: httpx.Request) -> httpx.Response:
-    body: dict[str, Any] = {"id": "x", "object": "text_completion", "created": 1,
-                            "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}
+    body: dict[str, Any] = {
+        "id": "x",
+        "object": "text_completion",
+        "created": 1,
+        "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}],
+    }
     return httpx.Response(200, json=body)
 
 
@@ -169,8 +188,10 @@ async def test_proxy__sheds_with_429_in_the_envelope_and_serves_the_rest() -> No
     router = Router()
     app = create_app(router, ChimeraMetrics(), transport=httpx.MockTransport(engine))
     app.state.admission = AdmissionGate(derive(CFG))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://chimera") as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://chimera") as client,
+    ):
         r = await client.post("/v1/completions", json={"model": "strict", **BODY})
         assert r.status_code == 429, r.text
         assert int(r.headers["retry-after"]) >= 1
@@ -192,4 +213,3 @@ async def test_gate__a_queued_request_is_admitted_once_samples_stop() -> None:
     assert not t.done()
     clock.t += 10 * STALE_S
     await asyncio.wait_for(t, timeout=5)
-

@@ -20,14 +20,23 @@ from orchestrator.proxy import create_app
 from orchestrator.shapes import load_shape
 from tests.unit.proxy_fakes import FakeRouter
 
-LLAMA = ModelSpec(name="llama", model_path="meta-llama/Llama-3.2-1B",
-                  shape=load_shape("tiny-llama"), aliases=("l",), placements=(Placement((0,)),))
+LLAMA = ModelSpec(
+    name="llama",
+    model_path="meta-llama/Llama-3.2-1B",
+    shape=load_shape("tiny-llama"),
+    aliases=("l",),
+    placements=(Placement((0,)),),
+)
 TIMEOUT_S = 5.0  # a safety net for a hung test, never waited out when the proxy is right
 
 
 def frame(content: str) -> bytes:
-    obj = {"id": "c1", "object": "chat.completion.chunk", "model": "served-llama",
-           "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+    obj = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "model": "served-llama",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
@@ -35,8 +44,14 @@ class EngineStream(httpx.AsyncByteStream):
     """An engine's streamed body: ``chunks``, each after ``gate`` (if given) is set, then either
     the end, a failure (``fail``), or a hang until cancelled (``hang``)."""
 
-    def __init__(self, chunks: list[bytes], *, gates: dict[int, asyncio.Event] | None = None,
-                 fail: Exception | None = None, hang: bool = False) -> None:
+    def __init__(
+        self,
+        chunks: list[bytes],
+        *,
+        gates: dict[int, asyncio.Event] | None = None,
+        fail: Exception | None = None,
+        hang: bool = False,
+    ) -> None:
         self.chunks, self.gates, self.fail, self.hang = chunks, gates or {}, fail, hang
         self.cancelled = False
         self.closed = False
@@ -75,6 +90,7 @@ class Engine:
 def sse_engine(stream: EngineStream) -> Engine:
     async def respond() -> httpx.Response:
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
     return Engine(respond)
 
 
@@ -91,11 +107,20 @@ class AsgiClient:
         self._body_sent = False
 
     async def run(self) -> None:
-        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-                 "http_version": "1.1", "method": "POST", "scheme": "http", "path": self.path,
-                 "raw_path": self.path.encode(), "query_string": b"", "root_path": "",
-                 "headers": [(b"content-type", b"application/json")],
-                 "client": ("127.0.0.1", 5000), "server": ("proxy", 80)}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": self.path,
+            "raw_path": self.path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 5000),
+            "server": ("proxy", 80),
+        }
         await self.app(scope, self.receive, self.send)
 
     async def receive(self) -> Message:
@@ -125,13 +150,11 @@ class AsgiClient:
 
     @property
     def chunks(self) -> list[bytes]:
-        return [m["body"] for m in self.messages
-                if m["type"] == "http.response.body" and m.get("body")]
+        return [m["body"] for m in self.messages if m["type"] == "http.response.body" and m.get("body")]
 
     @property
     def completed(self) -> bool:
-        return any(m["type"] == "http.response.body" and not m.get("more_body", False)
-                   for m in self.messages)
+        return any(m["type"] == "http.response.body" and not m.get("more_body", False) for m in self.messages)
 
 
 def sample(metrics: ChimeraMetrics, name: str, **labels: str) -> float | None:
@@ -143,14 +166,21 @@ async def run_with(app: Starlette, coro: Callable[[], Awaitable[None]]) -> None:
         await asyncio.wait_for(coro(), TIMEOUT_S)
 
 
-@pytest.mark.parametrize("path, body, upstream_body", [
-    ("/v1/chat/completions", {"model": "l", "messages": [], "stream": True},
-     {"model": "served-llama", "messages": [], "stream": True}),
-    ("/generate", {"model": "llama", "text": "hi", "stream": True},
-     {"text": "hi", "stream": True}),
-])
+@pytest.mark.parametrize(
+    "path, body, upstream_body",
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "l", "messages": [], "stream": True},
+            {"model": "served-llama", "messages": [], "stream": True},
+        ),
+        ("/generate", {"model": "llama", "text": "hi", "stream": True}, {"text": "hi", "stream": True}),
+    ],
+)
 async def test_stream_chunks_pass_through_unchanged_in_order(
-    path: str, body: dict[str, Any], upstream_body: dict[str, Any],
+    path: str,
+    body: dict[str, Any],
+    upstream_body: dict[str, Any],
 ) -> None:
     second = frame("lo")
     # the engine's chunk boundaries, one frame split in two, are kept as they are
@@ -175,8 +205,7 @@ async def test_stream_chunks_pass_through_unchanged_in_order(
     assert engine.seen == [(path, upstream_body)]
     assert stream.closed and not stream.cancelled
     assert len(router.acquired) == 1 and router.released == router.acquired
-    assert sample(metrics, "chimera_requests_total", model="llama", route=path,
-                  status="200") == 1
+    assert sample(metrics, "chimera_requests_total", model="llama", route=path, status="200") == 1
     ttft = sample(metrics, "chimera_request_ttft_seconds_sum", model="llama")
     e2e = sample(metrics, "chimera_request_e2e_seconds_sum", model="llama")
     assert ttft is not None and e2e is not None and 0 <= ttft <= e2e
@@ -187,8 +216,7 @@ async def test_client_disconnect_mid_stream_closes_upstream_and_releases() -> No
     stream = EngineStream([frame("Hel")], hang=True)
     engine, router, metrics = sse_engine(stream), FakeRouter((LLAMA,)), ChimeraMetrics()
     app = create_app(router, metrics, transport=engine.transport)
-    client = AsgiClient(app, "/v1/chat/completions",
-                        {"model": "llama", "messages": [], "stream": True})
+    client = AsgiClient(app, "/v1/chat/completions", {"model": "llama", "messages": [], "stream": True})
 
     async def scenario() -> None:
         task = asyncio.create_task(client.run())
@@ -201,8 +229,7 @@ async def test_client_disconnect_mid_stream_closes_upstream_and_releases() -> No
     assert client.chunks == [frame("Hel")] and not client.completed
     assert len(router.acquired) == 1 and router.released == router.acquired
     route = "/v1/chat/completions"
-    assert sample(metrics, "chimera_requests_total", model="llama", route=route,
-                  status="499") == 1
+    assert sample(metrics, "chimera_requests_total", model="llama", route=route, status="499") == 1
     assert sample(metrics, "chimera_request_ttft_seconds_count", model="llama") == 1
     assert sample(metrics, "chimera_request_e2e_seconds_count", model="llama") in (None, 0)
     assert sample(metrics, "chimera_requests_in_flight", model="llama") == 0
@@ -233,8 +260,7 @@ async def test_client_disconnect_while_waiting_for_a_whole_answer() -> None:
     await run_with(app, scenario)
     assert cancelled == [True] and client.messages == []
     assert len(router.acquired) == 1 and router.released == router.acquired
-    assert sample(metrics, "chimera_requests_total", model="llama", route="/v1/completions",
-                  status="499") == 1
+    assert sample(metrics, "chimera_requests_total", model="llama", route="/v1/completions", status="499") == 1
 
 
 async def test_client_disconnect_while_held_cancels_the_hold() -> None:
@@ -254,48 +280,49 @@ async def test_client_disconnect_while_held_cancels_the_hold() -> None:
     assert router.hold_cancelled and router.acquired == [] and router.released == []
     assert engine.seen == [] and client.messages == []
     assert sample(metrics, "chimera_requests_in_flight", model="llama") == 0
-    assert sample(metrics, "chimera_requests_total", model="llama", route="/v1/completions",
-                  status="499") == 1
+    assert sample(metrics, "chimera_requests_total", model="llama", route="/v1/completions", status="499") == 1
 
 
-@pytest.mark.parametrize("sent, separator", [
-    ([frame("Hel")], b""),
-    ([frame("Hel")[:12]], b"\n\n"),  # a frame cut short is terminated before the error frame
-])
+@pytest.mark.parametrize(
+    "sent, separator",
+    [
+        ([frame("Hel")], b""),
+        ([frame("Hel")[:12]], b"\n\n"),  # a frame cut short is terminated before the error frame
+    ],
+)
 async def test_engine_breaking_off_a_stream_ends_it_with_an_error_frame(
-    sent: list[bytes], separator: bytes,
+    sent: list[bytes],
+    separator: bytes,
 ) -> None:
     stream = EngineStream(sent, fail=httpx.RemoteProtocolError("peer closed connection"))
     engine, router, metrics = sse_engine(stream), FakeRouter((LLAMA,)), ChimeraMetrics()
     app = create_app(router, metrics, transport=engine.transport)
-    client = AsgiClient(app, "/v1/chat/completions",
-                        {"model": "llama", "messages": [], "stream": True})
+    client = AsgiClient(app, "/v1/chat/completions", {"model": "llama", "messages": [], "stream": True})
     await run_with(app, client.run)
     assert client.status == 200 and client.completed
     *relayed, last = client.chunks
     assert relayed == sent
     assert last.startswith(separator + b"data: ") and last.endswith(b"\n\ndata: [DONE]\n\n")
-    err = orjson.loads(last[len(separator) + len(b"data: "):-len(b"\n\ndata: [DONE]\n\n")])
+    err = orjson.loads(last[len(separator) + len(b"data: ") : -len(b"\n\ndata: [DONE]\n\n")])
     assert err["error"]["src"] == "engine" and err["error"]["code"] == "engine_unreachable"
     assert stream.closed
     assert len(router.acquired) == 1 and router.released == router.acquired
-    assert sample(metrics, "chimera_requests_total", model="llama",
-                  route="/v1/chat/completions", status="502") == 1
+    assert sample(metrics, "chimera_requests_total", model="llama", route="/v1/chat/completions", status="502") == 1
     assert sample(metrics, "chimera_request_e2e_seconds_count", model="llama") in (None, 0)
 
 
 async def test_engine_error_on_a_stream_request_is_an_envelope() -> None:
     async def respond() -> httpx.Response:
-        return httpx.Response(400, json={"object": "error", "message": "bad n", "type":
-                                         "BadRequestError", "param": "n", "code": 400})
+        return httpx.Response(
+            400, json={"object": "error", "message": "bad n", "type": "BadRequestError", "param": "n", "code": 400}
+        )
 
     engine, router = Engine(respond), FakeRouter((LLAMA,))
     app = create_app(router, ChimeraMetrics(), transport=engine.transport)
-    client = AsgiClient(app, "/v1/chat/completions",
-                        {"model": "llama", "messages": [], "stream": True, "n": 0})
+    client = AsgiClient(app, "/v1/chat/completions", {"model": "llama", "messages": [], "stream": True, "n": 0})
     await run_with(app, client.run)
     assert client.status == 400 and client.headers["content-type"] == "application/json"
-    assert orjson.loads(b"".join(client.chunks)) == {"error": {
-        "message": "bad n", "type": "BadRequestError", "param": "n", "code": 400,
-        "src": "engine"}}
+    assert orjson.loads(b"".join(client.chunks)) == {
+        "error": {"message": "bad n", "type": "BadRequestError", "param": "n", "code": 400, "src": "engine"}
+    }
     assert len(router.acquired) == 1 and router.released == router.acquired

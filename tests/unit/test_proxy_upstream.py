@@ -63,8 +63,11 @@ class TinyEngine:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
                 body = await reader.readexactly(length)
                 self.requests.append(Seen(len(self.connections) - 1, head, body))
                 if not await self.script(reader, writer, body):
@@ -75,15 +78,15 @@ class TinyEngine:
 
 
 def head(status: int = 200, *headers: str) -> bytes:
-    return (f"HTTP/1.1 {status} OK\r\n" + "".join(h + "\r\n" for h in headers)
-            + "\r\n").encode()
+    return (f"HTTP/1.1 {status} OK\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode()
 
 
-async def json_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      body: bytes) -> bool:
+async def json_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
     payload = b'{"ok":true}'
-    writer.write(head(200, "content-type: application/json",
-                      f"content-length: {len(payload)}", "set-cookie: session=engine") + payload)
+    writer.write(
+        head(200, "content-type: application/json", f"content-length: {len(payload)}", "set-cookie: session=engine")
+        + payload
+    )
     await writer.drain()
     return True
 
@@ -106,8 +109,7 @@ async def client() -> AsyncIterator[EngineClient]:
     await c.aclose()
 
 
-async def test_keep_alive_reuses_one_connection_and_sends_one_clean_request(
-        client: EngineClient) -> None:
+async def test_keep_alive_reuses_one_connection_and_sends_one_clean_request(client: EngineClient) -> None:
     async with TinyEngine(json_answer) as engine:
         for i in range(3):
             resp = await client.post(engine.url, "/v1/completions", b'{"i":%d}' % i)
@@ -120,24 +122,21 @@ async def test_keep_alive_reuses_one_connection_and_sends_one_clean_request(
         assert lines[0] == b"post /v1/completions http/1.1"
         assert b"content-type: application/json" in lines and b"content-length: 7" in lines
         assert b"host: " + engine.url[7:].encode() in lines
-        assert not any(line.startswith(b"cookie") for s in engine.requests
-                       for line in s.head.lower().split(b"\r\n"))
+        assert not any(line.startswith(b"cookie") for s in engine.requests for line in s.head.lower().split(b"\r\n"))
         assert client.idle_connections(engine.url) == 1
         await client.aclose()
         await engine.connections[0].closed.wait()
 
 
-async def test_chunked_body_is_decoded_and_passed_on_as_each_chunk_arrives(
-        client: EngineClient) -> None:
+async def test_chunked_body_is_decoded_and_passed_on_as_each_chunk_arrives(client: EngineClient) -> None:
     got_first = asyncio.Event()
 
-    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     body: bytes) -> bool:
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
         writer.write(SSE + chunk(b"data: 1\n\n"))
         await got_first.wait()  # the client got chunk 1 before chunk 2 was even sent
         frame = chunk(b"data: 2\n\n", b";ext=1") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
         for i in range(0, len(frame), 5):  # split across writes at odd places
-            writer.write(frame[i:i + 5])
+            writer.write(frame[i : i + 5])
             await writer.drain()
         return True
 
@@ -154,10 +153,8 @@ async def test_chunked_body_is_decoded_and_passed_on_as_each_chunk_arrives(
         assert client.idle_connections(engine.url) == 1  # read to its end: kept
 
 
-async def test_engine_closing_mid_stream_is_an_upstream_error_and_not_reused(
-        client: EngineClient) -> None:
-    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     body: bytes) -> bool:
+async def test_engine_closing_mid_stream_is_an_upstream_error_and_not_reused(client: EngineClient) -> None:
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
         writer.write(SSE + chunk(b"data: 1\n\n"))
         await writer.drain()
         return False  # closes the connection
@@ -174,8 +171,7 @@ async def test_engine_closing_mid_stream_is_an_upstream_error_and_not_reused(
 
 
 async def test_short_content_length_body_is_an_upstream_error(client: EngineClient) -> None:
-    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    body: bytes) -> bool:
+    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
         writer.write(head(200, "content-length: 100") + b"0123456789")
         await writer.drain()
         return False
@@ -190,8 +186,7 @@ async def test_short_content_length_body_is_an_upstream_error(client: EngineClie
 async def test_closing_before_the_end_closes_the_connection(client: EngineClient) -> None:
     engine_saw_eof = asyncio.Event()
 
-    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      body: bytes) -> bool:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
         writer.write(SSE + chunk(b"data: 1\n\n"))
         await writer.drain()
         assert await reader.read() == b""  # blocks until the client closes
@@ -226,8 +221,7 @@ async def test_idle_connections_are_bounded_and_reused_last_in_first_out() -> No
 
 
 async def test_connection_close_is_honoured(client: EngineClient) -> None:
-    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                   body: bytes) -> bool:
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
         writer.write(head(200, "content-length: 2", "connection: close") + b"{}")
         await writer.drain()
         return False
@@ -240,12 +234,10 @@ async def test_connection_close_is_honoured(client: EngineClient) -> None:
         assert [s.conn for s in engine.requests] == [0, 1]
 
 
-async def test_request_on_a_connection_the_engine_dropped_is_sent_again(
-        client: EngineClient) -> None:
+async def test_request_on_a_connection_the_engine_dropped_is_sent_again(client: EngineClient) -> None:
     answered: list[int] = []
 
-    async def first_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         body: bytes) -> bool:
+    async def first_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
         if body == b"drop":
             return False  # an idle connection closed by the engine as the request arrives
         answered.append(1)
@@ -255,8 +247,7 @@ async def test_request_on_a_connection_the_engine_dropped_is_sent_again(
         resp = await client.post(engine.url, "/generate", b"{}")
         await resp.read()
         await resp.aclose()
-        engine.script = lambda r, w, b: first_only(r, w, b"drop" if len(engine.requests) == 2
-                                                   else b)
+        engine.script = lambda r, w, b: first_only(r, w, b"drop" if len(engine.requests) == 2 else b)
         resp = await client.post(engine.url, "/generate", b"{}")  # reused, dropped, resent
         assert await resp.read() == b'{"ok":true}'
         await resp.aclose()
@@ -278,11 +269,10 @@ async def test_refused_connection_is_an_upstream_error(client: EngineClient) -> 
 
 # -- the proxy app with EngineClient (no httpx transport) -----------------------------------
 
+
 async def test_proxy_relays_a_stream_through_the_engine_client() -> None:
-    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     body: bytes) -> bool:
-        writer.write(SSE + chunk(b"data: a\n\n") + chunk(b"data: [DONE]\n\n")
-                     + b"0\r\n\r\n")
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
+        writer.write(SSE + chunk(b"data: a\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await writer.drain()
         return True
 
@@ -293,8 +283,7 @@ async def test_proxy_relays_a_stream_through_the_engine_client() -> None:
             t = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=t, base_url="http://proxy") as http:
                 for _ in range(2):
-                    resp = await http.post("/v1/completions", json={
-                        "model": "llama-1b", "prompt": "x", "stream": True})
+                    resp = await http.post("/v1/completions", json={"model": "llama-1b", "prompt": "x", "stream": True})
                     assert resp.status_code == 200
                     assert resp.content == b"data: a\n\ndata: [DONE]\n\n"
                     assert resp.headers["x-chimera-instance"] == "llama@gpu0"
@@ -308,8 +297,7 @@ async def test_proxy_relays_a_stream_through_the_engine_client() -> None:
 async def test_proxy_client_disconnect_closes_the_engine_connection() -> None:
     engine_saw_eof = asyncio.Event()
 
-    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      body: bytes) -> bool:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
         writer.write(SSE + chunk(b"data: 1\n\n"))
         await writer.drain()
         await reader.read()
@@ -321,16 +309,14 @@ async def test_proxy_client_disconnect_closes_the_engine_connection() -> None:
         metrics = ChimeraMetrics()
         app = create_app(router, metrics)
         async with app.router.lifespan_context(app):
-            client = AsgiClient(app, "/v1/completions",
-                                {"model": "llama", "prompt": "x", "stream": True})
+            client = AsgiClient(app, "/v1/completions", {"model": "llama", "prompt": "x", "stream": True})
             task = asyncio.create_task(client.run())
             await client.got_chunk.wait()
             client.gone.set()
             await task
             await engine_saw_eof.wait()
         assert client.chunks == [b"data: 1\n\n"] and router.balanced
-        assert sample(metrics, "chimera_requests_total", model="llama",
-                      route="/v1/completions", status="499") == 1
+        assert sample(metrics, "chimera_requests_total", model="llama", route="/v1/completions", status="499") == 1
 
 
 async def test_expired_idle_connections_are_closed_not_reused() -> None:
@@ -346,12 +332,11 @@ async def test_expired_idle_connections_are_closed_not_reused() -> None:
         await client.aclose()
 
 
-async def test_an_interim_answer_is_an_error_never_a_reply_to_pass_on(
-        client: EngineClient) -> None:
+async def test_an_interim_answer_is_an_error_never_a_reply_to_pass_on(client: EngineClient) -> None:
     """A 1xx before the final answer: refused (and its connection not pooled), so the final
     answer can never be read by the next request on that connection."""
-    async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          body: bytes) -> bool:
+
+    async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
         writer.write(head(103, "link: </x>; rel=preload"))
         return await json_answer(reader, writer, body)
 

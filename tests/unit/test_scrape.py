@@ -20,8 +20,7 @@ def view(iid: str, state: S) -> InstanceView:
     return InstanceView(iid, iid.split("@")[0], (0,), state, f"http://{iid.replace('@', '.')}")
 
 
-async def test_scraper__polls_awake_instances_and_feeds_every_sink(
-        caplog: pytest.LogCaptureFixture) -> None:
+async def test_scraper__polls_awake_instances_and_feeds_every_sink(caplog: pytest.LogCaptureFixture) -> None:
     calls: list[str] = []
     broken = {"b.gpu0"}
 
@@ -34,14 +33,14 @@ async def test_scraper__polls_awake_instances_and_feeds_every_sink(
     views = [view("a@gpu0", S.AWAKE), view("b@gpu0", S.AWAKE), view("c@gpu0", S.PARKED)]
     got: list[LoadSample] = []
     also: list[str] = []
-    scraper = Scraper(lambda: views, [got.append, lambda s: also.append(s.instance_id)],
-                      clock=lambda: 1.0)
+    scraper = Scraper(lambda: views, [got.append, lambda s: also.append(s.instance_id)], clock=lambda: 1.0)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         with caplog.at_level(logging.WARNING, "chimera.scrape"):
             await scraper.scrape_once(client)
             await scraper.scrape_once(client)
-        assert sorted(calls) == ["a.gpu0/v1/loads?include=core"] * 2 + [
-            "b.gpu0/v1/loads?include=core"] * 2  # the parked one is never polled
+        assert (
+            sorted(calls) == ["a.gpu0/v1/loads?include=core"] * 2 + ["b.gpu0/v1/loads?include=core"] * 2
+        )  # the parked one is never polled
         assert [s.instance_id for s in got] == ["a@gpu0", "a@gpu0"] and also == ["a@gpu0"] * 2
         warnings = [r for r in caplog.records if "b@gpu0" in r.getMessage()]
         assert len(warnings) == 1 and "503" in warnings[0].getMessage()  # once per streak

@@ -26,14 +26,18 @@ def config(*models: dict[str, Any], gpus: int = 4) -> Config:
 
 def model(name: str, path: str, gpus: list[int], **extra: Any) -> dict[str, Any]:
     placement = {"gpus": gpus, **extra.pop("placement", {})}
-    return {"name": name, "model_path": path, "tp_size": len(gpus), "placements": [placement],
-            **extra}
+    return {"name": name, "model_path": path, "tp_size": len(gpus), "placements": [placement], **extra}
 
 
-def spec(inst: InstanceSpec, cfg: Config, port: int = 30001, nccl: int = 40001,
-         kv_bytes: int | None = None, engine: SGLangEngine | None = None) -> LaunchSpec:
-    req = LaunchRequest(instance=inst, host=cfg.host, port=port, nccl_port=nccl,
-                        kv_bytes=kv_bytes)
+def spec(
+    inst: InstanceSpec,
+    cfg: Config,
+    port: int = 30001,
+    nccl: int = 40001,
+    kv_bytes: int | None = None,
+    engine: SGLangEngine | None = None,
+) -> LaunchSpec:
+    req = LaunchRequest(instance=inst, host=cfg.host, port=port, nccl_port=nccl, kv_bytes=kv_bytes)
     return (engine or SGLangEngine(Env.read())).launch_spec(req)
 
 
@@ -61,8 +65,7 @@ def test_tp1_placement_argv_and_env() -> None:
     assert flag(s.argv, "--base-gpu-id") == "0"
     assert flag(s.argv, "--nccl-port") == "40001"
     assert flag(s.argv, "--load-format") == "dummy"
-    for f in ("--enable-metrics", "--enable-memory-saver", "--enable-weights-cpu-backup",
-              "--sleep-on-idle"):
+    for f in ("--enable-metrics", "--enable-memory-saver", "--enable-weights-cpu-backup", "--sleep-on-idle"):
         assert f in s.argv
     assert s.env["CUDA_VISIBLE_DEVICES"] == "1"
     assert s.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
@@ -111,9 +114,10 @@ def test_kv_heads_replicated_beyond_their_count_cost_more_per_token() -> None:
 
 
 def test_no_size_falls_back_to_a_fraction_that_fits_the_weights() -> None:
-    cfg = config(model("small", "meta-llama/Llama-3.2-1B", [0]),
-                 model("huge", "meta-llama/Llama-3.3-70B-Instruct", [0, 1],
-                       placement={"on": False}))
+    cfg = config(
+        model("small", "meta-llama/Llama-3.2-1B", [0]),
+        model("huge", "meta-llama/Llama-3.3-70B-Instruct", [0, 1], placement={"on": False}),
+    )
     small = spec(cfg.instances[0], cfg)
     assert flag(small.argv, "--mem-fraction-static") == "0.500"
     assert "--max-total-tokens" not in small.argv
@@ -123,8 +127,10 @@ def test_no_size_falls_back_to_a_fraction_that_fits_the_weights() -> None:
 
 
 def test_model_path_is_kept_unless_dummy_weights_of_a_known_shape() -> None:
-    cfg = config(model("real", "meta-llama/Llama-3.1-8B-Instruct", [0]),
-                 model("dir", str(shape_dir("qwen2.5-7b")), [1], load_format="dummy"))
+    cfg = config(
+        model("real", "meta-llama/Llama-3.1-8B-Instruct", [0]),
+        model("dir", str(shape_dir("qwen2.5-7b")), [1], load_format="dummy"),
+    )
     real = spec(cfg.instances[0], cfg)
     assert flag(real.argv, "--model-path") == "meta-llama/Llama-3.1-8B-Instruct"
     assert "--load-format" not in real.argv
@@ -133,21 +139,38 @@ def test_model_path_is_kept_unless_dummy_weights_of_a_known_shape() -> None:
 
 
 def test_local_directory_with_dummy_weights_is_passed_as_given(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(
-        json.dumps(json.loads((shape_dir("tiny-llama") / "config.json").read_text())))
+    (tmp_path / "config.json").write_text(json.dumps(json.loads((shape_dir("tiny-llama") / "config.json").read_text())))
     cfg = config(model("mine", str(tmp_path), [0], load_format="dummy"))
     assert flag(spec(cfg.instances[0], cfg).argv, "--model-path") == str(tmp_path)
 
 
 def test_engine_args_and_global_extra_args_are_appended(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHIMERA_SGLANG_ARGS", H100_ARGS + " --log-level 'warning'")
-    cfg = config(model("m", "tiny-llama", [0], load_format="dummy",
-                       engine_args=["--chunked-prefill-size", "4096", "--log-level", "info"]))
+    cfg = config(
+        model(
+            "m",
+            "tiny-llama",
+            [0],
+            load_format="dummy",
+            engine_args=["--chunked-prefill-size", "4096", "--log-level", "info"],
+        )
+    )
     s = spec(cfg.instances[0], cfg, engine=SGLangEngine())  # reads the environment itself
     tail = s.argv[-12:]
-    assert tail == ("--attention-backend", "triton", "--sampling-backend", "pytorch",
-                    "--grammar-backend", "none", "--log-level", "warning",
-                    "--chunked-prefill-size", "4096", "--log-level", "info")
+    assert tail == (
+        "--attention-backend",
+        "triton",
+        "--sampling-backend",
+        "pytorch",
+        "--grammar-backend",
+        "none",
+        "--log-level",
+        "warning",
+        "--chunked-prefill-size",
+        "4096",
+        "--log-level",
+        "info",
+    )
 
 
 def test_managed_flags_in_passthrough_args_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,8 +183,7 @@ def test_managed_flags_in_passthrough_args_are_refused(monkeypatch: pytest.Monke
         spec(cfg.instances[0], cfg, engine=SGLangEngine())
 
 
-def test_bad_quoting_in_chimera_sglang_args_names_the_variable(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_quoting_in_chimera_sglang_args_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHIMERA_SGLANG_ARGS", "--log-level 'warning")
     with pytest.raises(ValueError, match="CHIMERA_SGLANG_ARGS"):
         Env.read()
@@ -169,8 +191,7 @@ def test_bad_quoting_in_chimera_sglang_args_names_the_variable(
 
 def test_colocated_instances_get_distinct_ports_and_the_same_gpu() -> None:
     cfg = config(model("a", "tiny-llama", [0]), model("b", "meta-llama/Llama-3.2-1B", [0]))
-    specs = [spec(inst, cfg, port=30001 + i, nccl=40001 + i)
-             for i, inst in enumerate(cfg.instances)]
+    specs = [spec(inst, cfg, port=30001 + i, nccl=40001 + i) for i, inst in enumerate(cfg.instances)]
     assert len({flag(s.argv, "--nccl-port") for s in specs}) == 2
     assert len({flag(s.argv, "--port") for s in specs}) == 2
     assert {s.env["CUDA_VISIBLE_DEVICES"] for s in specs} == {"0"}

@@ -9,16 +9,41 @@ from orchestrator.sglang.loads import LoadsError, parse_loads, sample_from_loads
 from tests.unit.sglang_fakes import loads
 
 # a real SGLang 0.5.17 answer (load_snapshot.py field names), two DP ranks
-TWO_RANKS = {"timestamp": "2026-11-25T10:00:00+00:00", "version": "0.5.17", "accelerator": "cuda",
-             "num_accelerators": 2, "loads": [
-                 {"dp_rank": 0, "num_running_reqs": 3, "num_waiting_reqs": 2,
-                  "num_waiting_uncached_tokens": 900, "num_used_tokens": 5000,
-                  "max_total_num_tokens": 10000, "gen_throughput": 120.5, "token_usage": 0.5},
-                 {"dp_rank": 1, "num_running_reqs": 1, "num_waiting_reqs": 0,
-                  "num_waiting_uncached_tokens": 0, "num_used_tokens": 100,
-                  "max_total_num_tokens": 10000, "gen_throughput": 30}]}
-NOT_SGLANGS = ([], {"loads": 3}, {"loads": "nope"}, {"loads": [1]},
-               {"loads": [{"num_running_reqs": "x"}]}, {"loads": [{"num_used_tokens": True}]})
+TWO_RANKS = {
+    "timestamp": "2026-11-25T10:00:00+00:00",
+    "version": "0.5.17",
+    "accelerator": "cuda",
+    "num_accelerators": 2,
+    "loads": [
+        {
+            "dp_rank": 0,
+            "num_running_reqs": 3,
+            "num_waiting_reqs": 2,
+            "num_waiting_uncached_tokens": 900,
+            "num_used_tokens": 5000,
+            "max_total_num_tokens": 10000,
+            "gen_throughput": 120.5,
+            "token_usage": 0.5,
+        },
+        {
+            "dp_rank": 1,
+            "num_running_reqs": 1,
+            "num_waiting_reqs": 0,
+            "num_waiting_uncached_tokens": 0,
+            "num_used_tokens": 100,
+            "max_total_num_tokens": 10000,
+            "gen_throughput": 30,
+        },
+    ],
+}
+NOT_SGLANGS = (
+    [],
+    {"loads": 3},
+    {"loads": "nope"},
+    {"loads": [1]},
+    {"loads": [{"num_running_reqs": "x"}]},
+    {"loads": [{"num_used_tokens": True}]},
+)
 
 
 def test_parse_loads_sums_ranks() -> None:
@@ -40,7 +65,12 @@ def test_sample_carries_the_summed_load() -> None:
     s, _ = sample_from_loads("a@gpu0", TWO_RANKS, 3.0, None)
     load = parse_loads(TWO_RANKS)
     assert (s.instance_id, s.at, s.running, s.waiting, s.waiting_tokens) == (
-        "a@gpu0", 3.0, load.running, load.waiting, load.waiting_tokens)
+        "a@gpu0",
+        3.0,
+        load.running,
+        load.waiting,
+        load.waiting_tokens,
+    )
     assert (s.used_tokens, s.capacity_tokens) == (load.used_tokens, load.capacity_tokens)
     assert s.gen_rate == load.token_rate and s.idle == load.idle
     assert s.max_running is None  # this server does not report max_running_requests

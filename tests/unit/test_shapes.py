@@ -9,8 +9,12 @@ from orchestrator.shapes import ShapeError, list_shapes, load_shape, resolve_sha
 
 # Public parameter counts (model cards): the derivation must land within 1 %.
 PUBLISHED_PARAMS = {
-    "llama-3.2-1b": 1.236e9, "llama-3.2-3b": 3.213e9, "llama-3.1-8b": 8.030e9,
-    "llama-3.3-70b": 70.55e9, "qwen2.5-7b": 7.616e9, "qwen2.5-32b": 32.76e9,
+    "llama-3.2-1b": 1.236e9,
+    "llama-3.2-3b": 3.213e9,
+    "llama-3.1-8b": 8.030e9,
+    "llama-3.3-70b": 70.55e9,
+    "qwen2.5-7b": 7.616e9,
+    "qwen2.5-32b": 32.76e9,
 }
 
 

@@ -26,8 +26,7 @@ from cumem_shim.protocol import (
     status_from_json,
 )
 
-LAYOUT = mha_layout(granularity=2 << 20, page_size=1, size=100_000, layers=2, heads=4,
-                    head_dim=64)
+LAYOUT = mha_layout(granularity=2 << 20, page_size=1, size=100_000, layers=2, heads=4, head_dim=64)
 
 
 def make_kv() -> ElasticKV:
@@ -43,14 +42,17 @@ def test_requests_parse_and_round_trip() -> None:
     assert parse_request(json.dumps(request_json(req)).encode()) == req
 
 
-@pytest.mark.parametrize("line, message", [
-    (b"nope", "not a JSON line"),
-    (b"[1]", "JSON object"),
-    (b'{"op":"grow"}', "unknown op 'grow'"),
-    (b'{"op":"set_limit","bytes":-1,"revision":1}', "`bytes` must be an integer >= 0"),
-    (b'{"op":"set_limit","bytes":1,"revision":0}', "`revision` must be an integer >= 1"),
-    (b'{"op":"set_limit","bytes":true,"revision":1}', "`bytes`"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (b"nope", "not a JSON line"),
+        (b"[1]", "JSON object"),
+        (b'{"op":"grow"}', "unknown op 'grow'"),
+        (b'{"op":"set_limit","bytes":-1,"revision":1}', "`bytes` must be an integer >= 0"),
+        (b'{"op":"set_limit","bytes":1,"revision":0}', "`revision` must be an integer >= 1"),
+        (b'{"op":"set_limit","bytes":true,"revision":1}', "`bytes`"),
+    ],
+)
 def test_bad_requests_are_refused_with_a_reason(line: bytes, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         parse_request(line)
@@ -95,8 +97,7 @@ def test_server_answers_many_requests_on_one_connection(sock_dir: Path) -> None:
     server = ChannelServer(str(path), make_kv()).start()
     try:
         assert oct(os.stat(path).st_mode & 0o777) == "0o600"
-        out = _ask(path, b'{"op":"status"}\n', b"\n", b"garbage\n",
-                   b'{"op":"set_limit","bytes":0,"revision":1}\n')
+        out = _ask(path, b'{"op":"status"}\n', b"\n", b"garbage\n", b'{"op":"set_limit","bytes":0,"revision":1}\n')
         assert [o["ok"] for o in out] == [True, False, True]  # a blank line gets no answer
         assert out[2]["applied"]
         assert _ask(path, b'{"op":"status"}\n')[0]["ok"]  # a second connection

@@ -23,8 +23,9 @@ LAYOUT = mha_layout(granularity=G, page_size=1, size=100_000, layers=2, heads=4,
 BLOCK = LAYOUT.block_bytes
 
 
-def make(limit_blocks: float, *, layout: KVLayout = LAYOUT, slack: int = 256,
-         capacity: int = 80 << 30) -> tuple[ElasticKV, SlotFreeList, FakeDevice]:
+def make(
+    limit_blocks: float, *, layout: KVLayout = LAYOUT, slack: int = 256, capacity: int = 80 << 30
+) -> tuple[ElasticKV, SlotFreeList, FakeDevice]:
     dev = FakeDevice(capacity_bytes=capacity)
     kv = ElasticKV(layout, dev, 0, int(limit_blocks * layout.block_bytes), slack_tokens=slack)
     fl = SlotFreeList(layout)
@@ -103,15 +104,14 @@ def test_reclaim_prefers_full_blocks_so_empty_ones_drain() -> None:
     rng = random.Random(0)
     rng.shuffle(held)
     fl.release(held[: len(held) // 2])  # scattered frees: no block is fully free
-    held = held[len(held) // 2:]
+    held = held[len(held) // 2 :]
     kv.set_limit(2 * BLOCK, 1)
     kv.available()
     before = len(kv.mapped)
     # the free list now hands out units of the fullest blocks first
     per_block = fl.free_per_block()
     first = fl.free[0]
-    assert per_block[LAYOUT.block_of(first)] == min(per_block[b] for b in kv.mapped
-                                                    if per_block[b] > 0)
+    assert per_block[LAYOUT.block_of(first)] == min(per_block[b] for b in kv.mapped if per_block[b] > 0)
     fl.release(held)
     held = []
     kv.available()
@@ -167,20 +167,21 @@ def test_counting_free_list_models_a_compacting_pool() -> None:
     assert len(kv.mapped) == 1 and fl.used_units() == LAYOUT.block_units - 1
 
 
-ops = st.lists(st.one_of(
-    st.tuples(st.just("alloc"), st.floats(0, 1.2)),
-    st.tuples(st.just("free"), st.floats(0, 1)),
-    st.tuples(st.just("limit"), st.floats(0, 30)),
-    st.tuples(st.just("clear"), st.just(0.0)),
-), max_size=40)
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("alloc"), st.floats(0, 1.2)),
+        st.tuples(st.just("free"), st.floats(0, 1)),
+        st.tuples(st.just("limit"), st.floats(0, 30)),
+        st.tuples(st.just("clear"), st.just(0.0)),
+    ),
+    max_size=40,
+)
 
 
 @settings(max_examples=80, deadline=None)
 @given(ops, st.sampled_from([1, 16]), st.integers(0, 2**32 - 1))
-def test_random_workloads_keep_every_invariant(
-        seq: list[tuple[str, float]], page: int, seed: int) -> None:
-    lay = mha_layout(granularity=G, page_size=page, size=8192 * 8 - page, layers=2, heads=2,
-                     head_dim=64)
+def test_random_workloads_keep_every_invariant(seq: list[tuple[str, float]], page: int, seed: int) -> None:
+    lay = mha_layout(granularity=G, page_size=page, size=8192 * 8 - page, layers=2, heads=2, head_dim=64)
     kv, fl, dev = make(3, layout=lay, slack=64)
     rng, held, revision, forced = random.Random(seed), list[int](), 0, False
     for op, x in seq:

@@ -27,7 +27,7 @@ FILES = {
     "sglang/__init__.py": '__version__ = "0.5.17-fake"\n',
     "sglang/srt/__init__.py": "",
     "sglang/srt/mem_cache/__init__.py": "",
-    "sglang/srt/mem_cache/memory_pool.py": '''
+    "sglang/srt/mem_cache/memory_pool.py": """
 import torch
 
 class MHATokenToKVPool:
@@ -56,8 +56,8 @@ class MHATokenToKVPool:
     def set_kv_buffer(self, layer, loc, k, v):
         self.k_buffer[layer][loc] = k
         self.v_buffer[layer][loc] = v
-''',
-    "sglang/srt/mem_cache/kv_cache_configurator.py": '''
+""",
+    "sglang/srt/mem_cache/kv_cache_configurator.py": """
 from dataclasses import dataclass
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
@@ -90,8 +90,8 @@ class KVCacheConfigurator:
         else:
             alloc = cls(tokens, self.page_size, self.dtype, self.device, pool, need_sort=False)
         return Result(tokens, pool, alloc)
-''',
-    "sglang/srt/mem_cache/radix_cache.py": '''
+""",
+    "sglang/srt/mem_cache/radix_cache.py": """
 import dataclasses
 
 @dataclasses.dataclass
@@ -106,9 +106,9 @@ class RadixCache:
     def evict(self, params):
         self.asked.append(params.num_tokens)
         return params.num_tokens
-''',
+""",
     "sglang/srt/mem_cache/allocator/__init__.py": "",
-    "sglang/srt/mem_cache/allocator/token.py": '''
+    "sglang/srt/mem_cache/allocator/token.py": """
 import torch
 
 class TokenToKVPoolAllocator:
@@ -144,8 +144,8 @@ class TokenToKVPoolAllocator:
             self.release_pages = torch.cat((self.release_pages, free_index))
         else:
             self.free_pages = torch.cat((self.free_pages, free_index))
-''',
-    "sglang/srt/mem_cache/allocator/paged.py": '''
+""",
+    "sglang/srt/mem_cache/allocator/paged.py": """
 import torch
 
 class PagedTokenToKVPoolAllocator:
@@ -189,7 +189,7 @@ class PagedTokenToKVPoolAllocator:
         if free_index.numel() == 0:
             return
         self.free_pages = torch.cat((torch.unique(free_index // self.page_size), self.free_pages))
-''',
+""",
 }
 
 
@@ -231,8 +231,12 @@ class Rig:
         backend = hooks.Backend(
             driver=driver,
             tensors=lambda kv, shapes, dtype, device: [torch.zeros(s, dtype=dtype) for s in shapes],
-            zero=lambda tensors, n: None, freelist=TorchFreeList, device_index=lambda d: 0,
-            total_memory=lambda d: 80 << 30, world_size=lambda: world)
+            zero=lambda tensors, n: None,
+            freelist=TorchFreeList,
+            device_index=lambda d: 0,
+            total_memory=lambda d: 80 << 30,
+            world_size=lambda: world,
+        )
         self.limit = 2 * (2 << 20) * 4  # two blocks of tiny-llama's layout
         hooks.install(Settings(self.sock, self.limit, None, 64, map_ahead), backend)
         from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator

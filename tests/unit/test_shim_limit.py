@@ -53,8 +53,12 @@ def test_drain_gives_running_requests_slack_then_ratchets_down() -> None:
     assert d == (100, None)
 
 
-@given(st.integers(0, 10_000), st.lists(st.integers(0, 20_000), min_size=1, max_size=30),
-       st.integers(0, 4096), st.integers(1, 256))
+@given(
+    st.integers(0, 10_000),
+    st.lists(st.integers(0, 20_000), min_size=1, max_size=30),
+    st.integers(0, 4096),
+    st.integers(1, 256),
+)
 def test_drain_properties(target: int, used_seq: list[int], slack: int, headroom: int) -> None:
     floor: int | None = None
     last = None

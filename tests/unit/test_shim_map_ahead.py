@@ -23,19 +23,20 @@ from cumem_shim.fake import TWO_MIB, FakeDevice
 from cumem_shim.freelist import SlotFreeList
 from cumem_shim.pages import KVLayout, mha_layout
 
-LAYOUT = mha_layout(granularity=TWO_MIB, page_size=1, size=100_000, layers=2, heads=4,
-                    head_dim=64)  # 4096-slot blocks of 4 pages (8 MiB), 25 blocks
+LAYOUT = mha_layout(
+    granularity=TWO_MIB, page_size=1, size=100_000, layers=2, heads=4, head_dim=64
+)  # 4096-slot blocks of 4 pages (8 MiB), 25 blocks
 BLOCK = LAYOUT.block_bytes
 UNITS = LAYOUT.block_units
 WORKER = "cumem-shim-map-ahead"
 WAIT_S = 10.0  # bounded waits: a test that needs them fails instead of hanging
 
 
-def make(limit_blocks: int, ahead: int = 2, *, layout: KVLayout = LAYOUT,
-         dev: FakeDevice | None = None) -> tuple[ElasticKV, SlotFreeList, FakeDevice]:
+def make(
+    limit_blocks: int, ahead: int = 2, *, layout: KVLayout = LAYOUT, dev: FakeDevice | None = None
+) -> tuple[ElasticKV, SlotFreeList, FakeDevice]:
     dev = dev if dev is not None else FakeDevice(strict_context=True)
-    kv = ElasticKV(layout, dev, 0, limit_blocks * layout.block_bytes, slack_tokens=256,
-                   map_ahead_blocks=ahead)
+    kv = ElasticKV(layout, dev, 0, limit_blocks * layout.block_bytes, slack_tokens=256, map_ahead_blocks=ahead)
     fl = SlotFreeList(layout)
     kv.attach(fl)
     return kv, fl, dev
@@ -212,14 +213,17 @@ def test_map_ahead_zero_runs_no_thread_and_maps_on_demand() -> None:
 
 
 # -- random workloads with the worker running ----------------------------------------------
-ops = st.lists(st.one_of(
-    st.tuples(st.just("alloc"), st.floats(0, 1.3)),
-    st.tuples(st.just("free"), st.floats(0, 1)),
-    st.tuples(st.just("limit"), st.floats(0, 12)),
-    st.tuples(st.just("maintain"), st.just(0.0)),
-    st.tuples(st.just("clear"), st.just(0.0)),
-    st.tuples(st.just("settle"), st.just(0.0)),
-), max_size=40)
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("alloc"), st.floats(0, 1.3)),
+        st.tuples(st.just("free"), st.floats(0, 1)),
+        st.tuples(st.just("limit"), st.floats(0, 12)),
+        st.tuples(st.just("maintain"), st.just(0.0)),
+        st.tuples(st.just("clear"), st.just(0.0)),
+        st.tuples(st.just("settle"), st.just(0.0)),
+    ),
+    max_size=40,
+)
 
 
 def jitter(rng: random.Random) -> Callable[[str], None]:
@@ -266,8 +270,9 @@ def check_settled(kv: ElasticKV, dev: FakeDevice) -> None:
 def drive(seq: list[tuple[str, float]], page: int, ahead: int, seed: int) -> ElasticKV:
     """Run ``seq`` on the scheduler thread (this one) while the worker runs; check after
     every step; answer the closed pool."""
-    lay = mha_layout(granularity=TWO_MIB, page_size=page, size=8192 * 8 - page, layers=2,
-                     heads=2, head_dim=64)  # 8192-slot blocks, 8 blocks
+    lay = mha_layout(
+        granularity=TWO_MIB, page_size=page, size=8192 * 8 - page, layers=2, heads=2, head_dim=64
+    )  # 8192-slot blocks, 8 blocks
     rng = random.Random(seed)
     dev = FakeDevice(strict_context=True, before_call=jitter(random.Random(seed + 1)))
     kv, fl, _ = make(3, ahead, layout=lay, dev=dev)
@@ -316,7 +321,8 @@ def drive(seq: list[tuple[str, float]], page: int, ahead: int, seed: int) -> Ela
 @settings(max_examples=60, deadline=None)
 @given(ops, st.sampled_from([1, 16]), st.integers(1, 3), st.integers(0, 2**32 - 1))
 def test_random_workloads_with_the_worker_keep_every_invariant(
-        seq: list[tuple[str, float]], page: int, ahead: int, seed: int) -> None:
+    seq: list[tuple[str, float]], page: int, ahead: int, seed: int
+) -> None:
     drive(seq, page, ahead, seed)
 
 
@@ -326,9 +332,10 @@ def test_long_random_workloads_adopt_and_give_back() -> None:
     for seed in range(6):
         rng = random.Random(seed)
         kinds = ["alloc"] * 4 + ["free"] * 3 + ["limit", "maintain", "settle"]
-        seq = [(op, {"alloc": rng.uniform(0, 1.3), "free": rng.random(),
-                     "limit": rng.uniform(0, 12)}.get(op, 0.0))
-               for op in (rng.choice(kinds) for _ in range(150))]
+        seq = [
+            (op, {"alloc": rng.uniform(0, 1.3), "free": rng.random(), "limit": rng.uniform(0, 12)}.get(op, 0.0))
+            for op in (rng.choice(kinds) for _ in range(150))
+        ]
         kv = drive(seq, 16, 1 + seed % 3, seed)
         adopted, discards = adopted + kv.stats.adopted, discards + kv.discards
     assert adopted > 0 and discards > 0  # both paths ran

@@ -61,12 +61,24 @@ def test_bad_layouts_are_refused() -> None:
 
 layouts = st.builds(
     lambda gran, page, blocks_extra, layers, heads, dim, dtype, v_dim: mha_layout(
-        granularity=gran, page_size=page, size=page * blocks_extra, layers=layers, heads=heads,
-        head_dim=dim, v_head_dim=v_dim, dtype_bytes=dtype),
-    gran=st.sampled_from([4096, 65536, G]), page=st.sampled_from([1, 16, 64]),
-    blocks_extra=st.integers(1, 3000), layers=st.integers(1, 4), heads=st.integers(1, 8),
-    dim=st.sampled_from([24, 64, 80, 128]), dtype=st.sampled_from([1, 2, 4]),
-    v_dim=st.sampled_from([None, 64, 96]))
+        granularity=gran,
+        page_size=page,
+        size=page * blocks_extra,
+        layers=layers,
+        heads=heads,
+        head_dim=dim,
+        v_head_dim=v_dim,
+        dtype_bytes=dtype,
+    ),
+    gran=st.sampled_from([4096, 65536, G]),
+    page=st.sampled_from([1, 16, 64]),
+    blocks_extra=st.integers(1, 3000),
+    layers=st.integers(1, 4),
+    heads=st.integers(1, 8),
+    dim=st.sampled_from([24, 64, 80, 128]),
+    dtype=st.sampled_from([1, 2, 4]),
+    v_dim=st.sampled_from([None, 64, 96]),
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -83,8 +95,7 @@ def test_block_size_is_minimal_and_page_aligned(lay: KVLayout) -> None:
 @settings(max_examples=150, deadline=None)
 @given(layouts)
 def test_buffers_are_aligned_disjoint_and_large_enough(lay: KVLayout) -> None:
-    spans = [(lay.offsets[i], lay.num_blocks * lay.handle_bytes(i))
-             for i in range(len(lay.row_bytes))]
+    spans = [(lay.offsets[i], lay.num_blocks * lay.handle_bytes(i)) for i in range(len(lay.row_bytes))]
     for (off, span), r in zip(spans, lay.row_bytes, strict=True):
         assert off % lay.granularity == 0 and span % lay.granularity == 0
         assert span >= lay.slots * r  # every row SGLang indexes lies in the range

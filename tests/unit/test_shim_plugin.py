@@ -14,24 +14,21 @@ import pytest
 from cumem_shim import _driver, hooks, plugin, settings
 from cumem_shim.errors import ShimConfigError
 
-GOOD_ENV = {settings.SOCKET: "/tmp/x.sock", settings.LIMIT_BYTES: "1073741824",
-            settings.STRICT_IDLE_CHECK: "0"}
+GOOD_ENV = {settings.SOCKET: "/tmp/x.sock", settings.LIMIT_BYTES: "1073741824", settings.STRICT_IDLE_CHECK: "0"}
 
 # An SGLang whose allocator lost `alloc_decode` and whose configurator renamed its profile.
 OLD_SGLANG = {
     "sglang/__init__.py": '__version__ = "0.4.0"\n',
     "sglang/srt/__init__.py": "",
     "sglang/srt/mem_cache/__init__.py": "",
-    "sglang/srt/mem_cache/memory_pool.py":
-        "class MHATokenToKVPool:\n    def _create_buffers_normal(self): ...\n"
-        "    def _kv_buffer_shapes(self): ...\n",
-    "sglang/srt/mem_cache/kv_cache_configurator.py":
-        "class KVCacheConfigurator:\n    def profile(self, pre_model_load_memory): ...\n"
-        "    def configure(self, *, pre_model_load_memory): ...\n",
+    "sglang/srt/mem_cache/memory_pool.py": "class MHATokenToKVPool:\n    def _create_buffers_normal(self): ...\n"
+    "    def _kv_buffer_shapes(self): ...\n",
+    "sglang/srt/mem_cache/kv_cache_configurator.py": "class KVCacheConfigurator:\n"
+    "    def profile(self, pre_model_load_memory): ...\n"
+    "    def configure(self, *, pre_model_load_memory): ...\n",
     "sglang/srt/mem_cache/allocator/__init__.py": "",
-    "sglang/srt/mem_cache/allocator/token.py":
-        "class TokenToKVPoolAllocator:\n    def alloc(self, n): ...\n"
-        "    def available_size(self): ...\n    def clear(self): ...\n",
+    "sglang/srt/mem_cache/allocator/token.py": "class TokenToKVPoolAllocator:\n    def alloc(self, n): ...\n"
+    "    def available_size(self): ...\n    def clear(self): ...\n",
 }
 
 
@@ -67,11 +64,22 @@ def test_inactive_without_the_socket_variable(monkeypatch: pytest.MonkeyPatch) -
 
 def test_settings_name_every_problem() -> None:
     with pytest.raises(ShimConfigError) as err:
-        settings.read({settings.SOCKET: "/tmp/x.sock", settings.SLACK_TOKENS: "many",
-                       settings.VIRTUAL_KV_BYTES: "0", settings.MAP_AHEAD_BLOCKS: "-1"})
+        settings.read(
+            {
+                settings.SOCKET: "/tmp/x.sock",
+                settings.SLACK_TOKENS: "many",
+                settings.VIRTUAL_KV_BYTES: "0",
+                settings.MAP_AHEAD_BLOCKS: "-1",
+            }
+        )
     msg = str(err.value)
-    for name in (settings.LIMIT_BYTES, settings.SLACK_TOKENS, settings.VIRTUAL_KV_BYTES,
-                 settings.STRICT_IDLE_CHECK, settings.MAP_AHEAD_BLOCKS):
+    for name in (
+        settings.LIMIT_BYTES,
+        settings.SLACK_TOKENS,
+        settings.VIRTUAL_KV_BYTES,
+        settings.STRICT_IDLE_CHECK,
+        settings.MAP_AHEAD_BLOCKS,
+    ):
         assert name in msg
     s = settings.read({**GOOD_ENV, settings.VIRTUAL_KV_BYTES: "42"})
     assert (s.limit_bytes, s.virtual_kv_bytes, s.slack_tokens) == (1 << 30, 42, 2048)
@@ -82,12 +90,14 @@ def test_settings_name_every_problem() -> None:
     assert made == settings.Settings("/tmp/y.sock", 5, None, 2048, 0)
 
 
-@pytest.mark.parametrize("env, needle", [
-    ({settings.SOCKET: "/tmp/x.sock"}, settings.LIMIT_BYTES),
-    ({**GOOD_ENV, settings.STRICT_IDLE_CHECK: "1"}, settings.STRICT_IDLE_CHECK),
-])
-def test_bad_environment_stops_the_process(monkeypatch: pytest.MonkeyPatch,
-                                           env: dict[str, str], needle: str) -> None:
+@pytest.mark.parametrize(
+    "env, needle",
+    [
+        ({settings.SOCKET: "/tmp/x.sock"}, settings.LIMIT_BYTES),
+        ({**GOOD_ENV, settings.STRICT_IDLE_CHECK: "1"}, settings.STRICT_IDLE_CHECK),
+    ],
+)
+def test_bad_environment_stops_the_process(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str) -> None:
     for k in (settings.LIMIT_BYTES, settings.STRICT_IDLE_CHECK):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
@@ -121,7 +131,11 @@ def test_old_sglang_stops_the_process(monkeypatch: pytest.MonkeyPatch, old_sglan
 def test_entry_point_dir_registers_the_plugin(tmp_path: Path) -> None:
     plugin.entry_point_dir(tmp_path)
     plugin.entry_point_dir(tmp_path)  # idempotent
-    eps = [ep for d in importlib.metadata.distributions(path=[str(tmp_path)])
-           for ep in d.entry_points if ep.group == plugin.ENTRY_POINT_GROUP]
+    eps = [
+        ep
+        for d in importlib.metadata.distributions(path=[str(tmp_path)])
+        for ep in d.entry_points
+        if ep.group == plugin.ENTRY_POINT_GROUP
+    ]
     assert [(ep.name, ep.value) for ep in eps] == [("chimera_cumem", "cumem_shim.plugin:activate")]
     assert eps[0].load() is plugin.activate

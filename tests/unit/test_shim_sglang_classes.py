@@ -34,8 +34,12 @@ def installed() -> Iterator[Path]:
     backend = hooks.Backend(
         driver=lambda dev: FakeDevice(),
         tensors=lambda kv, shapes, dtype, device: [torch.zeros(s, dtype=dtype) for s in shapes],
-        zero=lambda t, n: None, freelist=TorchFreeList, device_index=lambda d: 0,
-        total_memory=lambda d: 80 << 30, world_size=lambda: 1)
+        zero=lambda t, n: None,
+        freelist=TorchFreeList,
+        device_index=lambda d: 0,
+        total_memory=lambda d: 80 << 30,
+        world_size=lambda: 1,
+    )
     hooks.install(Settings(str(d / "kv.sock"), 2 * 8 * (1 << 20), None, 64, 0), backend)
     yield d / "kv.sock"
     st = hooks.state()
@@ -48,8 +52,16 @@ def test_real_pool_and_allocator_follow_the_limit(installed: Path) -> None:
     from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
     from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 
-    pool = MHATokenToKVPool(100_000, page_size=1, dtype=torch.bfloat16, head_num=4,
-                            head_dim=64, layer_num=2, device="cpu", enable_memory_saver=False)
+    pool = MHATokenToKVPool(
+        100_000,
+        page_size=1,
+        dtype=torch.bfloat16,
+        head_num=4,
+        head_dim=64,
+        layer_num=2,
+        device="cpu",
+        enable_memory_saver=False,
+    )
     kv = hooks.state().kv
     assert kv is not None and pool.k_buffer[0].shape == (100_001, 4, 64)
     alloc = TokenToKVPoolAllocator(100_000, torch.bfloat16, "cpu", pool, need_sort=False)
@@ -67,14 +79,13 @@ def test_real_pool_and_allocator_follow_the_limit(installed: Path) -> None:
 def test_sglangs_plugin_loader_finds_and_runs_the_shim(tmp_path: Path) -> None:
     plugin.entry_point_dir(tmp_path / "ep")
     base = {k: v for k, v in os.environ.items() if not k.startswith("CHIMERA_SHIM")}
-    base["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "ep"), str(ROOT),
-                                          os.environ.get("PYTHONPATH", "")])
-    code = ("from sglang.srt.plugins import load_plugins; load_plugins(); "
-            "from cumem_shim import hooks; print('INSTALLED', hooks._STATE is not None)")
+    base["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "ep"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    code = (
+        "from sglang.srt.plugins import load_plugins; load_plugins(); "
+        "from cumem_shim import hooks; print('INSTALLED', hooks._STATE is not None)"
+    )
     bad = {**base, env.SOCKET: str(tmp_path / "x.sock"), env.STRICT_IDLE_CHECK: "0"}
-    r = subprocess.run([sys.executable, "-c", code], env=bad, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run([sys.executable, "-c", code], env=bad, capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and env.LIMIT_BYTES in r.stderr and "INSTALLED" not in r.stdout
-    r = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "INSTALLED False" in r.stdout  # not asked for: inactive

@@ -26,8 +26,7 @@ BODY = {"input_ids": [5] * 1500, "sampling_params": {"max_new_tokens": 500, "ign
 
 
 class Rig:
-    def __init__(self, client: httpx.AsyncClient, sim: SimServer, clock: VirtualClock,
-                 shim: ShimClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, sim: SimServer, clock: VirtualClock, shim: ShimClient) -> None:
         self.client, self.sim, self.clock, self.shim = client, sim, clock, shim
 
     async def loads(self) -> dict[str, int]:
@@ -124,8 +123,7 @@ async def test_without_the_variable_nothing_changes(monkeypatch: pytest.MonkeyPa
 
 async def test_the_sim_process_serves_the_channel_from_its_environment(sock: str) -> None:
     (port,) = free_ports(1)
-    argv = [sys.executable, "-m", "simsglang", "--model-path", "tiny-llama",
-            "--port", str(port), "--sim-speed", "0"]
+    argv = [sys.executable, "-m", "simsglang", "--model-path", "tiny-llama", "--port", str(port), "--sim-speed", "0"]
     env = {**os.environ, shim_settings.SOCKET: sock, shim_settings.STRICT_IDLE_CHECK: "0"}
     bad = await asyncio.create_subprocess_exec(*argv, env=env, stderr=subprocess.PIPE)
     _, err = await asyncio.wait_for(bad.communicate(), 60)

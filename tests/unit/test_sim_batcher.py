@@ -18,8 +18,9 @@ SHAPE = load_shape("llama-3.1-8b")
 
 
 def small_plan(capacity: int = 100, max_running: int = 64, chunk: int = 8192) -> MemoryPlan:
-    return replace(plan_memory(SHAPE), kv_capacity_tokens=capacity,
-                   max_running_requests=max_running, chunked_prefill_size=chunk)
+    return replace(
+        plan_memory(SHAPE), kv_capacity_tokens=capacity, max_running_requests=max_running, chunked_prefill_size=chunk
+    )
 
 
 def request(rid: str, prompt: int, out: int) -> SimRequest:
@@ -63,8 +64,7 @@ async def batcher(clock: VirtualClock) -> AsyncIterator[Batcher]:
         yield b
 
 
-async def test_one_request_takes_one_prefill_plus_decode_steps(batcher: Batcher,
-                                                              clock: VirtualClock) -> None:
+async def test_one_request_takes_one_prefill_plus_decode_steps(batcher: Batcher, clock: VirtualClock) -> None:
     start = clock.now()
     req = request("a", prompt=10, out=4)
     batcher.submit(req)

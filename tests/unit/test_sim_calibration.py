@@ -37,8 +37,7 @@ def test_decode_step_at_batch_one_is_the_measured_intercept(model: str) -> None:
 @pytest.mark.parametrize("model", ["1b", "8b"])
 def test_decode_step_at_the_measured_batch_is_close_to_the_fit(model: str) -> None:
     batch, context = OPERATING_POINT[model]
-    ratio = LatencyModel(SHAPES[model]).decode_time([context] * batch) / fitted_decode(
-        model, batch, context)
+    ratio = LatencyModel(SHAPES[model]).decode_time([context] * batch) / fitted_decode(model, batch, context)
     # the model has no per-request decode cost (the 8B's fit shows 0.23 ms per request: sampling,
     # scheduling, and the 1B's kernels on the shared GPU), so it may run up to 25% fast here
     assert 0.75 < ratio < 1.05

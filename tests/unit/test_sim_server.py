@@ -30,11 +30,28 @@ from simsglang.server import SimServer, SimSettings, create_app
 Client = tuple[Starlette, httpx.AsyncClient, VirtualClock]
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "tell me a story"}]}
 # /v1/loads per-rank keys of SGLang 0.5.17 (managers/load_snapshot.py LoadSnapshot.to_dict)
-LOAD_KEYS = ["timestamp", "dp_rank", "num_running_reqs", "num_waiting_reqs",
-             "num_waiting_uncached_tokens", "num_used_tokens", "num_total_tokens",
-             "num_active_tokens", "max_total_num_tokens", "max_running_requests", "token_usage",
-             "gen_throughput", "cache_hit_rate", "utilization", "total_prefill_uncached_tokens",
-             "total_prefill_busy_us", "decode_moments", "memory", "disaggregation", "queues"]
+LOAD_KEYS = [
+    "timestamp",
+    "dp_rank",
+    "num_running_reqs",
+    "num_waiting_reqs",
+    "num_waiting_uncached_tokens",
+    "num_used_tokens",
+    "num_total_tokens",
+    "num_active_tokens",
+    "max_total_num_tokens",
+    "max_running_requests",
+    "token_usage",
+    "gen_throughput",
+    "cache_hit_rate",
+    "utilization",
+    "total_prefill_uncached_tokens",
+    "total_prefill_busy_us",
+    "decode_moments",
+    "memory",
+    "disaggregation",
+    "queues",
+]
 
 
 @pytest.fixture
@@ -60,7 +77,7 @@ def frames(body: bytes) -> list[Any]:
     parts = text.split("\n\n")
     assert parts[-1] == "" and parts[-2] == "data: [DONE]"
     assert all(p.startswith("data: ") and "\n" not in p for p in parts[:-1])
-    return [json.loads(p[len("data: "):]) for p in parts[:-2]]
+    return [json.loads(p[len("data: ") :]) for p in parts[:-2]]
 
 
 async def settle() -> None:
@@ -72,10 +89,25 @@ async def test_routes_are_plain_starlette_routes(sim: Client) -> None:
     app = sim[0]
     paths = {r.path for r in app.routes if isinstance(r, Route)}
     assert len(paths) == len(app.routes)
-    assert {"/generate", "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/loads",
-            "/metrics", "/health", "/health_generate", "/server_info", "/get_server_info",
-            "/model_info", "/get_model_info", "/pause_generation", "/continue_generation",
-            "/release_memory_occupation", "/resume_memory_occupation", "/flush_cache"} <= paths
+    assert {
+        "/generate",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/loads",
+        "/metrics",
+        "/health",
+        "/health_generate",
+        "/server_info",
+        "/get_server_info",
+        "/model_info",
+        "/get_model_info",
+        "/pause_generation",
+        "/continue_generation",
+        "/release_memory_occupation",
+        "/resume_memory_occupation",
+        "/flush_cache",
+    } <= paths
 
 
 async def test_generate_non_streaming(sim: Client) -> None:
@@ -96,8 +128,9 @@ async def test_generate_non_streaming(sim: Client) -> None:
 
 async def test_generate_stream_has_cumulative_text_and_sse_framing(sim: Client) -> None:
     _, client, _ = sim
-    r = await client.post("/generate", json={"input_ids": [5, 6, 7], "stream": True,
-                                             "sampling_params": {"max_new_tokens": 5}})
+    r = await client.post(
+        "/generate", json={"input_ids": [5, 6, 7], "stream": True, "sampling_params": {"max_new_tokens": 5}}
+    )
     assert r.headers["content-type"].startswith("text/event-stream")
     chunks = frames(r.content)
     assert len(chunks) == 5
@@ -117,8 +150,7 @@ async def test_generate_natural_stop_reports_the_eos_token(sim: Client) -> None:
 
 async def test_chat_non_streaming_shape_and_usage(sim: Client) -> None:
     _, client, _ = sim
-    r = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 6,
-                                                        "ignore_eos": True})
+    r = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 6, "ignore_eos": True})
     body = r.json()
     assert r.status_code == 200 and body["object"] == "chat.completion" and body["model"] == "m"
     choice = body["choices"][0]
@@ -132,21 +164,23 @@ async def test_chat_non_streaming_shape_and_usage(sim: Client) -> None:
 
 async def test_chat_stream_chunks_match_sglang(sim: Client) -> None:
     _, client, _ = sim
-    req = {**CHAT, "max_completion_tokens": 4, "ignore_eos": True, "stream": True,
-           "stream_options": {"include_usage": True}}
+    req = {
+        **CHAT,
+        "max_completion_tokens": 4,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     chunks = frames((await client.post("/v1/chat/completions", json=req)).content)
-    assert chunks[0]["choices"][0]["delta"] == {"reasoning_content": None, "role": "assistant",
-                                                "content": ""}
+    assert chunks[0]["choices"][0]["delta"] == {"reasoning_content": None, "role": "assistant", "content": ""}
     content = [c["choices"][0]["delta"]["content"] for c in chunks[1:5]]
     assert len(content) == 4 and all(content)
     finish = chunks[5]["choices"][0]
     assert finish["finish_reason"] == "length" and finish["delta"] == {"reasoning_content": None}
     assert chunks[6]["choices"] == [] and chunks[6]["usage"]["completion_tokens"] == 4
-    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"]
-               for c in chunks)
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
     assert all("usage" not in c for c in chunks[:6])
-    plain = (await client.post("/v1/chat/completions",
-                               json={**CHAT, "max_tokens": 4, "ignore_eos": True})).json()
+    plain = (await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 4, "ignore_eos": True})).json()
     assert plain["choices"][0]["message"]["content"] == "".join(content)  # same prompt, same text
 
 
@@ -154,19 +188,28 @@ async def test_completions_stream_and_non_stream(sim: Client) -> None:
     _, client, _ = sim
     body = (await client.post("/v1/completions", json={"model": "m", "prompt": "once"})).json()
     assert body["object"] == "text_completion" and body["usage"]["completion_tokens"] <= 16
-    req = {"model": "m", "prompt": "once", "max_tokens": 3, "ignore_eos": True, "stream": True,
-           "stream_options": {"include_usage": True}}
+    req = {
+        "model": "m",
+        "prompt": "once",
+        "max_tokens": 3,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     chunks = frames((await client.post("/v1/completions", json=req)).content)
     assert [c["choices"][0]["finish_reason"] for c in chunks[:3]] == [None, None, "length"]
     assert all(c["usage"] is None for c in chunks[:3])
     assert chunks[3]["choices"] == [] and chunks[3]["usage"] == {
-        "prompt_tokens": 2, "total_tokens": 5, "completion_tokens": 3, "reasoning_tokens": 0}
+        "prompt_tokens": 2,
+        "total_tokens": 5,
+        "completion_tokens": 3,
+        "reasoning_tokens": 0,
+    }
 
 
 async def test_errors_use_sglangs_shapes_without_tracebacks(sim: Client) -> None:
     _, client, _ = sim
-    bad = await client.post("/v1/chat/completions", content=b"{not json",
-                            headers={"content-type": "application/json"})
+    bad = await client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert bad.status_code == 400 and "Traceback" not in bad.text
     assert set(bad.json()) == {"object", "message", "type", "param", "code"}
     lora = await client.post("/v1/chat/completions", json={**CHAT, "model": "base:adapter"})
@@ -179,8 +222,7 @@ async def test_errors_use_sglangs_shapes_without_tracebacks(sim: Client) -> None
     assert gen_bad.status_code == 400 and gen_bad.json()["object"] == "error"
     assert (await client.get("/nope")).json() == {"detail": "Not Found"}
     # like SGLang, any other model name is served and echoed (the proxy rewrites it anyway)
-    other = await client.post("/v1/chat/completions",
-                              json={**CHAT, "model": "who", "max_tokens": 1})
+    other = await client.post("/v1/chat/completions", json={**CHAT, "model": "who", "max_tokens": 1})
     assert other.status_code == 200 and other.json()["model"] == "who"
 
 
@@ -204,24 +246,40 @@ async def test_loads_have_sglangs_shape(sim: Client) -> None:
 
 async def test_metrics_parse_with_sglang_names_and_labels(sim: Client) -> None:
     _, client, _ = sim
-    await client.post("/generate", json={"text": "a b c", "stream": True,
-                                         "sampling_params": {"max_new_tokens": 4,
-                                                             "ignore_eos": True}})
+    await client.post(
+        "/generate",
+        json={"text": "a b c", "stream": True, "sampling_params": {"max_new_tokens": 4, "ignore_eos": True}},
+    )
     text = (await client.get("/metrics")).text
     fams = {f.name: f for f in text_string_to_metric_families(text)}
-    for name in ("sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage",
-                 "sglang:gen_throughput", "sglang:prompt_tokens", "sglang:generation_tokens",
-                 "sglang:time_to_first_token_seconds", "sglang:e2e_request_latency_seconds",
-                 "sglang:inter_token_latency_seconds", "sglang:num_requests"):
+    for name in (
+        "sglang:num_running_reqs",
+        "sglang:num_queue_reqs",
+        "sglang:token_usage",
+        "sglang:gen_throughput",
+        "sglang:prompt_tokens",
+        "sglang:generation_tokens",
+        "sglang:time_to_first_token_seconds",
+        "sglang:e2e_request_latency_seconds",
+        "sglang:inter_token_latency_seconds",
+        "sglang:num_requests",
+    ):
         assert name in fams, name
     gen = [s for s in fams["sglang:generation_tokens"].samples if s.name.endswith("_total")]
-    assert gen[0].value == 4 and gen[0].labels == {"model_name": "tiny", "engine_type": "unified",
-                                                   "is_streaming": "true"}
+    assert gen[0].value == 4 and gen[0].labels == {
+        "model_name": "tiny",
+        "engine_type": "unified",
+        "is_streaming": "true",
+    }
     running = fams["sglang:num_running_reqs"].samples[0]
-    assert running.labels == {"model_name": "tiny", "engine_type": "unified", "tp_rank": "0",
-                              "pp_rank": "0", "moe_ep_rank": "0"}
-    itl = [s for s in fams["sglang:inter_token_latency_seconds"].samples
-           if s.name.endswith("_count")]
+    assert running.labels == {
+        "model_name": "tiny",
+        "engine_type": "unified",
+        "tp_rank": "0",
+        "pp_rank": "0",
+        "moe_ep_rank": "0",
+    }
+    itl = [s for s in fams["sglang:inter_token_latency_seconds"].samples if s.name.endswith("_count")]
     assert itl[0].value == 3
     queued = [s for s in fams["sglang:queue_time_seconds"].samples if s.name.endswith("_count")]
     assert queued[0].value == 1
@@ -276,18 +334,15 @@ async def test_output_is_identical_after_park_and_wake(sim: Client) -> None:
     assert (await client.post("/generate", json=body)).json()["text"] == before
 
 
-async def test_update_weights_from_disk_retargets_an_awake_server(
-        sim: Client, tmp_path: Path) -> None:
+async def test_update_weights_from_disk_retargets_an_awake_server(sim: Client, tmp_path: Path) -> None:
     _, client, _ = sim
     finetune = tmp_path / "tiny-finetune"
     finetune.mkdir()
     shutil.copy(shape_dir("tiny-llama") / "config.json", finetune / "config.json")
     body = {"text": "same words", "sampling_params": {"max_new_tokens": 8, "ignore_eos": True}}
     base = (await client.post("/generate", json=body)).json()["text"]
-    r = await client.post("/update_weights_from_disk",
-                          json={"model_path": str(finetune), "weight_version": "ft-1"})
-    assert r.json() == {"success": True, "message": "Succeeded to update model weights.",
-                        "num_paused_requests": 0}
+    r = await client.post("/update_weights_from_disk", json={"model_path": str(finetune), "weight_version": "ft-1"})
+    assert r.json() == {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0}
     out = (await client.post("/generate", json=body)).json()
     assert out["text"] != base and out["meta_info"]["weight_version"] == "ft-1"
     assert (await client.get("/model_info")).json()["model_path"] == str(finetune)
@@ -297,8 +352,7 @@ async def test_update_weights_from_disk_retargets_an_awake_server(
     parked = await client.post("/update_weights_from_disk", json={"model_path": "tiny-llama"})
     assert parked.status_code == 400 and "parked" in parked.json()["message"]
     await client.post("/resume_memory_occupation", json={"tags": ["weights"]})
-    assert (await client.post("/update_weights_from_disk",
-                              json={"model_path": "tiny-llama"})).status_code == 200
+    assert (await client.post("/update_weights_from_disk", json={"model_path": "tiny-llama"})).status_code == 200
     assert (await client.post("/generate", json=body)).json()["text"] == base
 
 
@@ -320,8 +374,9 @@ async def test_info_routes(sim: Client) -> None:
 
 async def test_client_disconnect_mid_stream_aborts_and_frees_kv(sim: Client) -> None:
     app, _, _ = sim
-    body = json.dumps({"text": "go", "stream": True,
-                       "sampling_params": {"max_new_tokens": 1500, "ignore_eos": True}}).encode()
+    body = json.dumps(
+        {"text": "go", "stream": True, "sampling_params": {"max_new_tokens": 1500, "ignore_eos": True}}
+    ).encode()
     got_chunk, requested = asyncio.Event(), False
 
     async def receive() -> dict[str, Any]:
@@ -336,11 +391,21 @@ async def test_client_disconnect_mid_stream_aborts_and_frees_kv(sim: Client) -> 
         if message["type"] == "http.response.body" and message.get("body"):
             got_chunk.set()
 
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
-             "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/generate",
-             "raw_path": b"/generate", "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"application/json")], "server": ("sim", 80),
-             "client": ("test", 1), "state": {}}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/generate",
+        "raw_path": b"/generate",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "server": ("sim", 80),
+        "client": ("test", 1),
+        "state": {},
+    }
     await asyncio.wait_for(app(scope, receive, send), 5)
     b = server(app).batcher
     assert b.is_idle() and b.snapshot().used_tokens == 0
@@ -352,12 +417,14 @@ async def test_client_disconnect_mid_stream_aborts_and_frees_kv(sim: Client) -> 
 def test_launch_spec_for_an_instance(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/x")
     monkeypatch.setenv("CHIMERA_SIM_SPEED", "0.5")
-    model = {"name": "llama", "model_path": "meta-llama/Llama-3.1-8B-Instruct",
-             "placements": [{"gpus": [1], "kv_pool_gb": 2}]}
+    model = {
+        "name": "llama",
+        "model_path": "meta-llama/Llama-3.1-8B-Instruct",
+        "placements": [{"gpus": [1], "kv_pool_gb": 2}],
+    }
     cfg = parse_config({"models": [model], "host": {"gpus": 2, "gpu_memory_gb": 80}})
     inst = cfg.instances[0]
-    spec = SimEngine().launch_spec(LaunchRequest(inst, HostSpec(2, 40.0), port=31000,
-                                                 nccl_port=32000))
+    spec = SimEngine().launch_spec(LaunchRequest(inst, HostSpec(2, 40.0), port=31000, nccl_port=32000))
     argv = list(spec.argv)
     assert argv[:3] == [sys.executable, "-m", "simsglang"]
 
@@ -377,16 +444,16 @@ def test_launch_spec_for_an_instance(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_model_name_with_a_colon_is_served_without_it() -> None:
     """Real SGLang reads `a:b` in a request's model as LoRA adapter b, even as the served name."""
-    cfg = parse_config({"models": [{"name": "org/model:v1", "model_path": "tiny-llama",
-                                    "placements": [{"gpus": [0]}]}]})
+    cfg = parse_config(
+        {"models": [{"name": "org/model:v1", "model_path": "tiny-llama", "placements": [{"gpus": [0]}]}]}
+    )
     spec = SimEngine().launch_spec(LaunchRequest(cfg.instances[0], cfg.host, 1, 2))
     assert spec.served_name == "org/model_v1"
     assert spec.argv[spec.argv.index("--served-model-name") + 1] == "org/model_v1"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "simsglang", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "simsglang", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_cli_help_and_bad_flags() -> None:
@@ -405,11 +472,28 @@ def test_cli_help_and_bad_flags() -> None:
 def test_cli_serves_over_http_at_speed_zero() -> None:
     (port,) = free_ports(1)
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    proc = subprocess.Popen([sys.executable, "-m", "simsglang", "--model-path",
-                             "tiny-llama", "--port", str(port), "--sim-speed", "0",
-                             "--enable-metrics", "--enable-memory-saver", "--sleep-on-idle",
-                             "--nccl-port", "1234"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simsglang",
+            "--model-path",
+            "tiny-llama",
+            "--port",
+            str(port),
+            "--sim-speed",
+            "0",
+            "--enable-metrics",
+            "--enable-memory-saver",
+            "--sleep-on-idle",
+            "--nccl-port",
+            "1234",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
         while True:
@@ -420,8 +504,9 @@ def test_cli_serves_over_http_at_speed_zero() -> None:
                 pass
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        with httpx.stream("POST", f"{base}/v1/chat/completions", timeout=10,
-                          json={**CHAT, "max_tokens": 3, "stream": True}) as r:
+        with httpx.stream(
+            "POST", f"{base}/v1/chat/completions", timeout=10, json={**CHAT, "max_tokens": 3, "stream": True}
+        ) as r:
             chunks = frames(r.read())
         assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
     finally:

@@ -56,8 +56,9 @@ def undeclared(found: list[Import], declared: set[str], gpu: set[str]) -> list[s
         if not provided:
             out.append(f"{where}: not installed, and no declared distribution provides it")
         elif not provided & declared:
-            out.append(f"{where}: from {', '.join(sorted(provided))}, declared in neither the dependencies "
-                       "nor the test extra")
+            out.append(
+                f"{where}: from {', '.join(sorted(provided))}, declared in neither the dependencies nor the test extra"
+            )
     return out
 
 
@@ -71,8 +72,12 @@ def test_every_third_party_import_of_the_tests_is_declared() -> None:
 
 
 def test_the_dependency_check_notices_an_undeclared_import() -> None:
-    found = [Import("tests/unit/x.py", 1, "yaml", runtime=True), Import("tests/unit/x.py", 2, "json", runtime=True),
-             Import("tests/unit/x.py", 3, "torch", runtime=True), Import("tests/unit/x.py", 4, "bench.sim", True)]
+    found = [
+        Import("tests/unit/x.py", 1, "yaml", runtime=True),
+        Import("tests/unit/x.py", 2, "json", runtime=True),
+        Import("tests/unit/x.py", 3, "torch", runtime=True),
+        Import("tests/unit/x.py", 4, "bench.sim", True),
+    ]
     bad = undeclared(found, declared={"pytest"}, gpu={"sglang"})
     assert [b.split(" ")[0] for b in bad] == ["tests/unit/x.py:1", "tests/unit/x.py:3"]
     assert undeclared(found[:2], declared={"pyyaml"}, gpu=set()) == []
@@ -84,8 +89,12 @@ def test_every_test_folder_is_a_package() -> None:
     `from tests.unit.control_fakes import ...` names the module pytest collected."""
     folders = {p.parent for p in (ROOT / "tests").rglob("test_*.py")}
     assert ROOT / "tests" / "unit" in folders
-    missing = sorted(str(d.relative_to(ROOT)) for f in folders for d in (f, *f.parents)
-                     if d.is_relative_to(ROOT / "tests") and not (d / "__init__.py").is_file())
+    missing = sorted(
+        str(d.relative_to(ROOT))
+        for f in folders
+        for d in (f, *f.parents)
+        if d.is_relative_to(ROOT / "tests") and not (d / "__init__.py").is_file()
+    )
     assert not missing, f"add __init__.py to {sorted(set(missing))}"
 
 

@@ -20,14 +20,23 @@ S = InstanceState
 Env = tuple[ControlLoop, RecordingEffects, "Clock"]
 # 48 GB: two awake 8B servers leave no room for a third (H100 memory model: 17.4 GiB awake +
 # 1 GiB KV floor each, 2.3 GiB of CUDA context per server, parked or not).
-CFG = parse_config({"mode": "full", "host": {"gpus": 1, "gpu_memory_gb": 48},
-                    "hold": {"per_model": 2, "total": 3}, "models": [
-    {"name": "a", "model_path": "llama-3.1-8b", "placements": [{"gpus": [0], "kv_pool_gb": 20}]},
-    {"name": "b", "model_path": "llama-3.1-8b", "idle": {"when": "always", "park_after_s": 45},
-     "placements": [{"gpus": [0], "kv_pool_gb": 20}]},
-    {"name": "c", "model_path": "llama-3.1-8b",
-     "placements": [{"gpus": [0], "on": False, "kv_pool_gb": 20}]},
-]})
+CFG = parse_config(
+    {
+        "mode": "full",
+        "host": {"gpus": 1, "gpu_memory_gb": 48},
+        "hold": {"per_model": 2, "total": 3},
+        "models": [
+            {"name": "a", "model_path": "llama-3.1-8b", "placements": [{"gpus": [0], "kv_pool_gb": 20}]},
+            {
+                "name": "b",
+                "model_path": "llama-3.1-8b",
+                "idle": {"when": "always", "park_after_s": 45},
+                "placements": [{"gpus": [0], "kv_pool_gb": 20}],
+            },
+            {"name": "c", "model_path": "llama-3.1-8b", "placements": [{"gpus": [0], "on": False, "kv_pool_gb": 20}]},
+        ],
+    }
+)
 
 
 class Clock:

@@ -36,8 +36,7 @@ def decide(view: QueueView, now: float) -> QueueDecision:
     placed = [p for p in view.pending if p.model in ready]
     req = {p.id: p for p in placed}
     start = now + view.backlog_s
-    jobs = [Job(p.id, p.prefill_s, p.deadline, _rule(view, p.model).priority, ready[p.model])
-            for p in placed]
+    jobs = [Job(p.id, p.prefill_s, p.deadline, _rule(view, p.model).priority, ready[p.model]) for p in placed]
     on_time, dropped = moore_hodgson(jobs, start)
 
     shed: list[Shed] = []
@@ -50,9 +49,14 @@ def decide(view: QueueView, now: float) -> QueueDecision:
             late.append(p)
         else:
             wait = max(drained, ready[p.model]) - now
-            shed.append(Shed(p.id, max(MIN_RETRY_AFTER_S, wait),
-                             f"cannot meet its {p.deadline - p.arrival:.3g} s TTFT deadline: "
-                             f"{wait:.2f} s of work is ahead of it on this GPU group"))
+            shed.append(
+                Shed(
+                    p.id,
+                    max(MIN_RETRY_AFTER_S, wait),
+                    f"cannot meet its {p.deadline - p.arrival:.3g} s TTFT deadline: "
+                    f"{wait:.2f} s of work is ahead of it on this GPU group",
+                )
+            )
     late.sort(key=lambda p: (p.deadline, p.id))
 
     room = {e.server: [e.free_kv_tokens, e.free_slots] for e in view.engines}

@@ -100,9 +100,14 @@ class GpuTally:
         """Awake, nothing in flight, and its model idle past its threshold (and allowed to park)."""
         s = self.servers[sid]
         m = self.models[s.model]
-        return (self.state[sid] is S.AWAKE and s.in_flight == 0 and not m.busy
-                and m.park_when != "never" and m.idle_park_s > 0
-                and self.idle_s(m, now) >= m.idle_park_s)
+        return (
+            self.state[sid] is S.AWAKE
+            and s.in_flight == 0
+            and not m.busy
+            and m.park_when != "never"
+            and m.idle_park_s > 0
+            and self.idle_s(m, now) >= m.idle_park_s
+        )
 
     def need_bytes(self, model: ModelDemand, cold: bool) -> float:
         c = model.cost
@@ -111,12 +116,21 @@ class GpuTally:
     def preemptible(self, sid: str, for_model: ModelDemand) -> bool:
         """Awake, allowed to park, of no higher priority than ``for_model`` (busy or not)."""
         m = self.models[self.servers[sid].model]
-        return (self.state[sid] is S.AWAKE and m.name != for_model.name
-                and m.park_when != "never" and m.priority <= for_model.priority)
+        return (
+            self.state[sid] is S.AWAKE
+            and m.name != for_model.name
+            and m.park_when != "never"
+            and m.priority <= for_model.priority
+        )
 
-    def make_room(self, gpus: tuple[int, ...], need: float, now: float,
-                  exclude: frozenset[str] = frozenset(),
-                  starving: ModelDemand | None = None) -> list[str] | None:
+    def make_room(
+        self,
+        gpus: tuple[int, ...],
+        need: float,
+        now: float,
+        exclude: frozenset[str] = frozenset(),
+        starving: ModelDemand | None = None,
+    ) -> list[str] | None:
         """Idle servers to park so that ``need`` bytes fit on every GPU of the group (longest idle
         first), [] if it fits already, None if even parking every idle server is not enough.
         For a ``starving`` model, busy servers it may preempt come after the idle ones, least
@@ -126,8 +140,10 @@ class GpuTally:
         if all(v <= 0 for v in short.values()):
             return []
         cands = {sid for g in gpus for sid in self.on_gpu[g] if sid not in exclude}
-        pool = sorted((sid for sid in cands if self.evictable(sid, now)),
-                      key=lambda sid: (-self.idle_s(self.models[self.servers[sid].model], now), sid))
+        pool = sorted(
+            (sid for sid in cands if self.evictable(sid, now)),
+            key=lambda sid: (-self.idle_s(self.models[self.servers[sid].model], now), sid),
+        )
         if starving is not None:
             busy = [sid for sid in cands if sid not in pool and self.preemptible(sid, starving)]
             pool += sorted(busy, key=lambda sid: (self.models[self.servers[sid].model].token_rate, sid))
@@ -137,7 +153,8 @@ class GpuTally:
             if not any(short.get(g, 0) > 0 for g in s.gpus):
                 continue
             freed = self.models[s.model].cost.awake_bytes + max(
-                self.models[s.model].cost.kv_floor_bytes, s.kv_used_bytes)
+                self.models[s.model].cost.kv_floor_bytes, s.kv_used_bytes
+            )
             victims.append(sid)
             for g in s.gpus:
                 if g in short:
@@ -146,8 +163,9 @@ class GpuTally:
                 return victims
         return None
 
-    def ratio_after(self, gpus: tuple[int, ...], model: ModelDemand, victims: list[str],
-                    cold: bool, leaving: tuple[int, ...] = ()) -> float:
+    def ratio_after(
+        self, gpus: tuple[int, ...], model: ModelDemand, victims: list[str], cold: bool, leaving: tuple[int, ...] = ()
+    ) -> float:
         """The group's ratio once ``model`` is awake there, victims parked (and, for a migration,
         the model's pressure gone from ``leaving`` - only matters when the groups overlap)."""
         worst = 0.0

@@ -33,8 +33,13 @@ def best_migration(led: GpuTally, view: ClusterView, now: float, touched: set[st
         for src in sorted(led.on_gpu[g]):
             s = led.servers[src]
             m = led.models[s.model]
-            if (s.model in touched or led.state[src] is not S.AWAKE or m.pressure + m.step_s <= 0
-                    or len(led.resident(s.model)) != 1 or _cooling(m, view, now)):
+            if (
+                s.model in touched
+                or led.state[src] is not S.AWAKE
+                or m.pressure + m.step_s <= 0
+                or len(led.resident(s.model)) != 1
+                or _cooling(m, view, now)
+            ):
                 continue
             for dst in led.of_model[s.model]:
                 if led.state[dst] is not S.PARKED:
@@ -54,8 +59,9 @@ def best_migration(led: GpuTally, view: ClusterView, now: float, touched: set[st
     return Migration(model, src, gpus, steps, gain, why)
 
 
-def _score(led: GpuTally, view: ClusterView, now: float, src: str, dst: str,
-           m: ModelDemand) -> tuple[tuple[int, float], list[str], str] | None:
+def _score(
+    led: GpuTally, view: ClusterView, now: float, src: str, dst: str, m: ModelDemand
+) -> tuple[tuple[int, float], list[str], str] | None:
     p = view.params
     a, b = led.servers[src].gpus, led.servers[dst].gpus
     victims = led.make_room(b, led.need_bytes(m, cold=False), now, frozenset({src}))
@@ -69,13 +75,18 @@ def _score(led: GpuTally, view: ClusterView, now: float, src: str, dst: str,
         before = tpot.overflow(led, a)
         after = tpot.overflow(led, a, drop=[src])
         if before > 0 and after < before:
-            return (1, before - after), victims, (f"{where}: decode rounds on GPU {gpu_label(a)} exceed a TPOT "
-                                                  f"SLO by {before:.0%}, {after:.0%} after the move")
+            return (
+                (1, before - after),
+                victims,
+                (
+                    f"{where}: decode rounds on GPU {gpu_label(a)} exceed a TPOT "
+                    f"SLO by {before:.0%}, {after:.0%} after the move"
+                ),
+            )
     before_kv = max(led.group_ratio(a), led.group_ratio(b))
     if before_kv <= 0:
         return None
-    after_kv = max(led.ratio_after(b, m, victims, cold=False, leaving=a),
-                   max(_ratio_without(led, g, m, b) for g in a))
+    after_kv = max(led.ratio_after(b, m, victims, cold=False, leaving=a), max(_ratio_without(led, g, m, b) for g in a))
     gain = (before_kv - after_kv) / before_kv
     if gain <= p.tau:
         return None
@@ -91,4 +102,3 @@ def _ratio_without(led: GpuTally, g: int, m: ModelDemand, dst_gpus: tuple[int, .
     pressure = led.pressure[g] - m.pressure + (m.pressure if g in dst_gpus else 0.0)
     room = led.room[g] + m.cost.awake_bytes - (m.cost.awake_bytes if g in dst_gpus else 0)
     return max(pressure, 0.0) / max(room, 1.0)
-

@@ -53,8 +53,9 @@ def decide(view: ClusterView, now: float) -> PlacementDecision:
     blocked: list[Blocked] = []
     touched: set[str] = set()
 
-    need = [m for m in view.models if m.busy and not any(
-        led.state[sid] in _COMING for sid in led.of_model.get(m.name, ()))]
+    need = [
+        m for m in view.models if m.busy and not any(led.state[sid] in _COMING for sid in led.of_model.get(m.name, ()))
+    ]
     need.sort(key=lambda m: (-m.priority, -m.queued, -m.pressure, m.name))
     for m in need:
         got = _activate(led, view, m, now)
@@ -70,8 +71,7 @@ def decide(view: ClusterView, now: float) -> PlacementDecision:
         for sid in led.of_model.get(m.name, ()):
             if led.evictable(sid, now):
                 led.set_state(sid, S.PARKING)
-                actions.append(IdlePark(sid, (Park(sid),),
-                                        f"idle {led.idle_s(m, now):.0f} s >= {m.idle_park_s:g} s"))
+                actions.append(IdlePark(sid, (Park(sid),), f"idle {led.idle_s(m, now):.0f} s >= {m.idle_park_s:g} s"))
 
     if view.params.migrate and view.params.max_awake_per_gpu is None:
         for _ in range(view.params.max_migrations):
@@ -82,8 +82,8 @@ def decide(view: ClusterView, now: float) -> PlacementDecision:
             touched.add(mig.model)
 
     return PlacementDecision(
-        actions=tuple(actions), blocked=tuple(blocked),
-        kvpr=tuple(led.ratio(g) for g in range(len(view.gpu_bytes))))
+        actions=tuple(actions), blocked=tuple(blocked), kvpr=tuple(led.ratio(g) for g in range(len(view.gpu_bytes)))
+    )
 
 
 def _groups(n_gpus: int, tp: int) -> list[tuple[int, ...]]:
@@ -137,13 +137,24 @@ def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> A
     note = f"; parks {', '.join(victims)}" if victims else ""
     if busy:
         note += f" (preempts busy {', '.join(busy)}: requests waited {m.oldest_wait_s:.0f} s)"
-    return Activation(m.name, gpus, tuple(steps), ratio,
-                      f"{m.queued} queued, no awake server: {how} on GPU {gpu_label(gpus)} "
-                      f"(KVPR after {ratio:.3g}){note}")
+    return Activation(
+        m.name,
+        gpus,
+        tuple(steps),
+        ratio,
+        f"{m.queued} queued, no awake server: {how} on GPU {gpu_label(gpus)} (KVPR after {ratio:.3g}){note}",
+    )
 
 
-def _room(led: GpuTally, view: ClusterView, gpus: tuple[int, ...], m: ModelDemand, now: float,
-          starving: ModelDemand | None, cold: bool) -> list[str] | None:
+def _room(
+    led: GpuTally,
+    view: ClusterView,
+    gpus: tuple[int, ...],
+    m: ModelDemand,
+    now: float,
+    starving: ModelDemand | None,
+    cold: bool,
+) -> list[str] | None:
     """The servers to park before ``m`` comes up on ``gpus``: those the awake limit forces out
     (``_swap_out``), then idle ones for memory (``make_room``); None if it cannot come up now."""
     limit = view.params.max_awake_per_gpu
@@ -153,16 +164,14 @@ def _room(led: GpuTally, view: ClusterView, gpus: tuple[int, ...], m: ModelDeman
     for v in forced:  # tentatively parked, so that make_room counts the memory they free
         led.set_state(v, S.PARKED)
     try:
-        more = led.make_room(gpus, led.need_bytes(m, cold=cold), now, exclude=frozenset(forced),
-                             starving=starving)
+        more = led.make_room(gpus, led.need_bytes(m, cold=cold), now, exclude=frozenset(forced), starving=starving)
     finally:
         for v in forced:
             led.set_state(v, S.AWAKE)
     return None if more is None else forced + more
 
 
-def _swap_out(led: GpuTally, gpus: tuple[int, ...], m: ModelDemand, limit: int,
-              now: float) -> list[str] | None:
+def _swap_out(led: GpuTally, gpus: tuple[int, ...], m: ModelDemand, limit: int, now: float) -> list[str] | None:
     """Awake servers of other models on ``gpus`` to park so that ``m`` stays within ``limit``
     awake per GPU: least recently active first (never used first, then by name), busy or not;
     one whose model never parks cannot be forced out. None while servers on their way
@@ -170,12 +179,20 @@ def _swap_out(led: GpuTally, gpus: tuple[int, ...], m: ModelDemand, limit: int,
     beats thrashing."""
     out: list[str] = []
     for g in gpus:
-        others = [sid for sid in led.on_gpu[g] if led.servers[sid].model != m.name
-                  and led.state[sid] in _COMING and sid not in out]
+        others = [
+            sid
+            for sid in led.on_gpu[g]
+            if led.servers[sid].model != m.name and led.state[sid] in _COMING and sid not in out
+        ]
         coming = [sid for sid in others if led.state[sid] is not S.AWAKE]
-        awake = sorted((sid for sid in others if led.state[sid] is S.AWAKE
-                        and led.models[led.servers[sid].model].park_when != "never"),
-                       key=lambda sid: (-led.idle_s(led.models[led.servers[sid].model], now), sid))
+        awake = sorted(
+            (
+                sid
+                for sid in others
+                if led.state[sid] is S.AWAKE and led.models[led.servers[sid].model].park_when != "never"
+            ),
+            key=lambda sid: (-led.idle_s(led.models[led.servers[sid].model], now), sid),
+        )
         excess = len(others) - (limit - 1)
         if excess <= 0:
             continue
@@ -191,9 +208,12 @@ def _why_blocked(led: GpuTally, view: ClusterView, m: ModelDemand) -> str:
         return "no parked server to wake (cold starts are off)"
     limit = view.params.max_awake_per_gpu
     if limit is not None:
-        return (f"at most {limit} awake per GPU: its GPUs are waking others, or their awake "
-                "servers may not park, or memory is short")
+        return (
+            f"at most {limit} awake per GPU: its GPUs are waking others, or their awake "
+            "servers may not park, or memory is short"
+        )
     need = led.need_bytes(m, cold=False) / (1 << 30)
-    return (f"needs {need:.1f} GiB per GPU; no GPU of its parked servers can free that much "
-            "(neighbours are busy or idle for less than their park threshold)")
-
+    return (
+        f"needs {need:.1f} GiB per GPU; no GPU of its parked servers can free that much "
+        "(neighbours are busy or idle for less than their park threshold)"
+    )

@@ -24,8 +24,7 @@ from orchestrator.policy.placement.kvpr import GpuTally, decoding
 _ACTIVE = (S.AWAKE, S.WAKING, S.STARTING)
 
 
-def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None,
-             drop: Iterable[str] = ()) -> float:
+def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None, drop: Iterable[str] = ()) -> float:
     """Worst relative overflow of the expected round over a TPOT SLO among the active models of
     the group, with ``add`` made active there and the servers ``drop`` gone."""
     gone = set(drop)

@@ -90,8 +90,7 @@ class ContractError(ValueError):
 def load_contract(version: str) -> Contract:
     path = HERE / f"sglang-{version}.json"
     if not path.is_file():
-        raise ContractError(f"no SGLang contract for version {version!r} "
-                            f"(supported: {', '.join(SUPPORTED_VERSIONS)})")
+        raise ContractError(f"no SGLang contract for version {version!r} (supported: {', '.join(SUPPORTED_VERSIONS)})")
     try:
         raw = json.loads(path.read_text())
         return Contract(
@@ -100,14 +99,15 @@ def load_contract(version: str) -> Contract:
             sha256=raw["sha256"],
             flags=frozenset(raw["flags"]),
             deprecated_flags=frozenset(raw["deprecated_flags"]),
-            routes=tuple(Route(r["path"], frozenset(r["methods"]), r.get("only_if"), r.get("env"))
-                         for r in raw["routes"]),
+            routes=tuple(
+                Route(r["path"], frozenset(r["methods"]), r.get("only_if"), r.get("env")) for r in raw["routes"]
+            ),
             metrics=tuple(Metric(m["name"], m["type"]) for m in raw["metrics"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise ContractError(f"{path}: malformed contract ({exc!r}); regenerate it with "
-                            "python -m orchestrator.sglang.contract.extract") from exc
+        raise ContractError(
+            f"{path}: malformed contract ({exc!r}); regenerate it with python -m orchestrator.sglang.contract.extract"
+        ) from exc
 
 
-__all__ = ["SUPPORTED_VERSIONS", "Contract", "ContractError", "Metric", "MetricType", "Route",
-           "load_contract"]
+__all__ = ["SUPPORTED_VERSIONS", "Contract", "ContractError", "Metric", "MetricType", "Route", "load_contract"]

@@ -45,11 +45,24 @@ from orchestrator.sglang.contract.wheel import (
 )
 
 HERE = Path(__file__).parent
-HTTP_METHODS = {"get": "GET", "post": "POST", "put": "PUT", "delete": "DELETE",
-                "patch": "PATCH", "head": "HEAD", "options": "OPTIONS"}
-METRIC_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram",
-                "summary": "summary", "info": "info", "enum": "stateset",
-                "gaugehistogram": "gauge"}  # SGLang's GaugeHistogram is a Gauge with gt/le labels
+HTTP_METHODS = {
+    "get": "GET",
+    "post": "POST",
+    "put": "PUT",
+    "delete": "DELETE",
+    "patch": "PATCH",
+    "head": "HEAD",
+    "options": "OPTIONS",
+}
+METRIC_TYPES = {
+    "counter": "counter",
+    "gauge": "gauge",
+    "histogram": "histogram",
+    "summary": "summary",
+    "info": "info",
+    "enum": "stateset",
+    "gaugehistogram": "gauge",
+}  # SGLang's GaugeHistogram is a Gauge with gt/le labels
 
 
 # ----------------------------------------------------------------------------------------- flags
@@ -62,9 +75,14 @@ def _field_flags(cls: ast.ClassDef) -> list[str]:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
             continue
         ann = stmt.annotation
-        if not (isinstance(ann, ast.Subscript) and isinstance(ann.slice, ast.Tuple)
-                and ((isinstance(ann.value, ast.Name) and ann.value.id in ("A", "Annotated"))
-                     or (isinstance(ann.value, ast.Attribute) and ann.value.attr == "Annotated"))):
+        if not (
+            isinstance(ann, ast.Subscript)
+            and isinstance(ann.slice, ast.Tuple)
+            and (
+                (isinstance(ann.value, ast.Name) and ann.value.id in ("A", "Annotated"))
+                or (isinstance(ann.value, ast.Attribute) and ann.value.attr == "Annotated")
+            )
+        ):
             continue
         arg: ast.Call | None = None
         for meta in ann.slice.elts[1:]:  # the first Arg(...) or help string wins; NS(...) not
@@ -87,7 +105,8 @@ def _field_flags(cls: ast.ClassDef) -> list[str]:
 def _input_namespaces(tree: ast.Module) -> set[str] | None:
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == "_INPUT_NAMESPACES" for t in stmt.targets):
+            isinstance(t, ast.Name) and t.id == "_INPUT_NAMESPACES" for t in stmt.targets
+        ):
             assert isinstance(stmt.value, (ast.List, ast.Tuple))
             return {e.id for e in stmt.value.elts if isinstance(e, ast.Name)}
     return None
@@ -125,14 +144,17 @@ def extract_flags(whl: Wheel) -> tuple[list[str], list[str]]:
 
 def _env_default(node: ast.AST | None) -> tuple[str | None, str] | None:
     """``os.environ.get(VAR[, default])`` -> (default, VAR); None for anything else."""
-    if isinstance(node, ast.Call) and callee(node) in ("get", "getenv") and node.args and \
-            (var := str_const(node.args[0])) is not None:
+    if (
+        isinstance(node, ast.Call)
+        and callee(node) in ("get", "getenv")
+        and node.args
+        and (var := str_const(node.args[0])) is not None
+    ):
         return (str_const(node.args[1]) if len(node.args) > 1 else None), var
     return None
 
 
-def _functions(body: list[ast.stmt], cond: str | None = None
-               ) -> Iterator[tuple[ast.stmt, str | None]]:
+def _functions(body: list[ast.stmt], cond: str | None = None) -> Iterator[tuple[ast.stmt, str | None]]:
     """Module-level defs, with the source of the ``if`` they sit under (None: unconditional)."""
     for node in body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -145,14 +167,23 @@ def _functions(body: list[ast.stmt], cond: str | None = None
 
 
 def _decorated_routes(tree: ast.Module, owners: set[str], prefix: str = "") -> list[dict[str, Any]]:
-    env_names = {t.id: ev for n in tree.body if isinstance(n, ast.Assign)
-                 for t in n.targets if isinstance(t, ast.Name) and (ev := _env_default(n.value))}
+    env_names = {
+        t.id: ev
+        for n in tree.body
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+        if isinstance(t, ast.Name) and (ev := _env_default(n.value))
+    }
     out = []
     for fn, cond in _functions(tree.body):
         assert isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
         for dec in fn.decorator_list:
-            if not (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute)
-                    and isinstance(dec.func.value, ast.Name) and dec.func.value.id in owners):
+            if not (
+                isinstance(dec, ast.Call)
+                and isinstance(dec.func, ast.Attribute)
+                and isinstance(dec.func.value, ast.Name)
+                and dec.func.value.id in owners
+            ):
                 continue
             kind = dec.func.attr
             if kind in HTTP_METHODS:
@@ -172,21 +203,34 @@ def _decorated_routes(tree: ast.Module, owners: set[str], prefix: str = "") -> l
                 path, env = ev
                 if path is None:
                     continue  # served only when ${env} is set: not part of the default contract
-            out.append({"path": prefix + path, "methods": methods, **({"env": env} if env else {}),
-                        **({"only_if": cond} if cond else {})})
+            out.append(
+                {
+                    "path": prefix + path,
+                    "methods": methods,
+                    **({"env": env} if env else {}),
+                    **({"only_if": cond} if cond else {}),
+                }
+            )
     return out
 
 
 def _imports(tree: ast.Module) -> dict[str, tuple[str, str]]:
-    return {(a.asname or a.name): (n.module, a.name) for n in ast.walk(tree)
-            if isinstance(n, ast.ImportFrom) and n.module for a in n.names}
+    return {
+        (a.asname or a.name): (n.module, a.name)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module
+        for a in n.names
+    }
 
 
 def _router_prefix(tree: ast.Module, name: str) -> str:
     for n in ast.walk(tree):
-        if (isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name
-                                              for t in n.targets)
-                and isinstance(n.value, ast.Call) and callee(n.value) == "APIRouter"):
+        if (
+            isinstance(n, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == name for t in n.targets)
+            and isinstance(n.value, ast.Call)
+            and callee(n.value) == "APIRouter"
+        ):
             return str_const(keyword(n.value, "prefix")) or ""
     return ""
 
@@ -201,8 +245,7 @@ def _find_function(whl: Wheel, mod: str, name: str, depth: int = 0) -> ast.Funct
         if isinstance(node, ast.FunctionDef) and node.name == name:
             return node
     for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.module and any(
-                a.name in ("*", name) for a in node.names):
+        if isinstance(node, ast.ImportFrom) and node.module and any(a.name in ("*", name) for a in node.names):
             orig = next((a.name for a in node.names if (a.asname or a.name) == name), name)
             if (found := _find_function(whl, node.module, orig, depth + 1)) is not None:
                 return found
@@ -216,8 +259,13 @@ def extract_routes(whl: Wheel) -> list[dict[str, Any]]:
     routes = _decorated_routes(tree, {"app"})
     called = {callee(c) for c in ast.walk(tree) if isinstance(c, ast.Call)}
     for c in ast.walk(tree):
-        if isinstance(c, ast.Call) and callee(c) == "include_router" and c.args and \
-                isinstance(c.args[0], ast.Name) and c.args[0].id in imports:
+        if (
+            isinstance(c, ast.Call)
+            and callee(c) == "include_router"
+            and c.args
+            and isinstance(c.args[0], ast.Name)
+            and c.args[0].id in imports
+        ):
             mod, attr = imports[c.args[0].id]
             f = whl.module_file(mod)
             if f is None:
@@ -232,8 +280,7 @@ def extract_routes(whl: Wheel) -> list[dict[str, Any]]:
         wanted = local in called and mod.startswith("sglang")
         fn = _find_function(whl, mod, attr) if wanted else None
         for c in ast.walk(fn) if fn else ():
-            if isinstance(c, ast.Call) and callee(c) == "Mount" and (
-                    p := str_const(c.args[0] if c.args else None)):
+            if isinstance(c, ast.Call) and callee(c) == "Mount" and (p := str_const(c.args[0] if c.args else None)):
                 routes.append({"path": p, "methods": ["*"], "mount": True})
     merged: dict[str, dict[str, Any]] = {}
     for r in routes:
@@ -298,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         data = extract(w)
         out = args.out_dir / f"sglang-{data['version']}.json"
         out.write_text(json.dumps(data, indent=1) + "\n")
-        print(f"{out}: {len(data['flags'])} flags, {len(data['routes'])} routes, "
-              f"{len(data['metrics'])} metrics", file=sys.stderr)
+        print(
+            f"{out}: {len(data['flags'])} flags, {len(data['routes'])} routes, {len(data['metrics'])} metrics",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -46,8 +46,7 @@ def keyword(call: ast.Call, name: str) -> ast.expr | None:
 
 def name_of(node: ast.AST | None) -> str:
     """``x`` of ``x`` or ``a.b.x``; "" for anything else."""
-    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(
-        node, ast.Attribute) else ""
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
 
 
 def callee(call: ast.Call) -> str:
