@@ -25,6 +25,7 @@ check: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check orchestrator simsglang cumem_shim bench tests
+	$(BIN)/ruff format --check orchestrator simsglang cumem_shim bench tests
 	$(BIN)/mypy
 
 # GPU tests (@pytest.mark.gpu) skip themselves here when there is no CUDA GPU.
