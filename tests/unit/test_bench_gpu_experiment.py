@@ -6,9 +6,13 @@ from pathlib import Path
 
 import yaml
 
-from bench.gpu import measure
+from bench.gpu import des, measure
+from bench.gpu.experiment import load_setup, trace_for
 from bench.gpu.systems import SYSTEMS, derive, served
-from orchestrator.config import Yaml12Loader, load_config, parse_config
+from bench.sim.baselines import FixedColocation
+from bench.sim.fleet import make_model
+from bench.sim.simulator import Simulator
+from orchestrator.config import GIB, Yaml12Loader, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP_B = yaml.load((ROOT / "bench/gpu/placements/setup-b.yaml").read_text(), Loader=Yaml12Loader)
@@ -67,3 +71,31 @@ chimera_requests_total{model="a",route="/v1/completions",status="429"} %d
     after = measure.counters(text % (4, 4, 15, 18, 2, 5))
     d = measure.chimera_deltas(before, after)
     assert d == {"wakes": 3, "parks": 2, "parks_by_reason": {"make_room": 2}, "held": 3, "shed_429": 5}
+
+
+def test_des_static_serves_every_resident_model_on_the_one_gpu_with_its_fixed_pool() -> None:
+    """static-partition gives each model a whole GPU, so on one GPU it served one of B's four
+    resident models; the experiment's static colocates them all with their files' pools."""
+    setup = load_setup("B")
+    ctl = des.static_pools(parse_config(setup.raw), served(setup.raw, "static"))
+    assert set(ctl.pools) == {"llama-1b-a", "llama-3b-a", "llama-8b-a", "qwen-7b-a"}
+    assert ctl.pools["llama-8b-a"] == ((0,), 5 * GIB)
+    doc = des.run(setup, "static", "synthetic", [2.0], 30.0, 42, trace_for)
+    per_model = doc["rates"][0]["per_model"]
+    for m in ctl.pools:
+        assert per_model[m]["completed"] == per_model[m]["requests"] > 0, m
+    for m in doc["unserved"]:
+        assert per_model.get(m, {}).get("completed", 0) == 0
+    assert doc["rates"][0]["chimera"]["counters"]["memory_violations"] == 0
+
+
+def test_fixed_colocation_shares_what_is_left_among_models_without_a_pool() -> None:
+    models = {n: make_model(n, "llama-3.2-1b", 1) for n in ("a", "b", "c")}
+    ctl = FixedColocation({"a": ((0,), 2 * GIB), "b": ((0,), None), "c": ((0,), None)})
+    sim = Simulator(models, 1, 80 * GIB, ctl)
+    sim.run([])
+    per_token = models["a"].cost.kv_bytes_per_token
+    assert ctl.home["a"].kv_limit == 2 * GIB // per_token
+    assert ctl.home["b"].kv_limit == ctl.home["c"].kv_limit > ctl.home["a"].kv_limit
+    assert sim.used_bytes(0) <= 80 * GIB
+    assert sim.counters.memory_violations == 0
