@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import pytest
 import yaml
 
-from bench.gpu import des, measure
-from bench.gpu.experiment import load_setup, trace_for
+from bench.gpu import budget, des, measure, mps
+from bench.gpu.experiment import LMSYS_RATES, default_rates, load_setup, trace_for
 from bench.gpu.systems import SYSTEMS, derive, served
 from bench.sim.baselines import FixedColocation
 from bench.sim.fleet import make_model
@@ -99,3 +101,51 @@ def test_fixed_colocation_shares_what_is_left_among_models_without_a_pool() -> N
     assert ctl.home["b"].kv_limit == ctl.home["c"].kv_limit > ctl.home["a"].kv_limit
     assert sim.used_bytes(0) <= 80 * GIB
     assert sim.counters.memory_violations == 0
+
+
+def test_a_rate_runs_while_its_arrivals_a_timeout_and_the_stop_fit() -> None:
+    # the smoke run's case: ~100 s left after rate 4 and a 40 s duration: rate 12 now runs
+    assert budget.rate_timeout(100.0, 40.0, 52.6) == 100.0 - budget.STOP_S - 40.0
+    assert budget.rate_timeout(200.0, 40.0, 52.6) == 52.6  # room to spare: the SLO bound
+    assert budget.rate_timeout(40.0 + budget.STOP_S + 9.0, 40.0, 52.6) is None  # < 10 s to answer
+    assert budget.rate_timeout(60.0, 40.0, 5.0) == 5.0  # a short timeout asked for is kept
+
+
+def test_slo_bound_is_the_most_lenient_models_joint_slo() -> None:
+    setup = load_setup("A")
+    assert budget.slo_bound_s(setup.slos, 511) == pytest.approx(1.5 + 510 * 0.1)
+    assert budget.slo_bound_s({"a": (1.0, None)}, 511) == math.inf
+
+
+def test_default_sweeps_of_two_systems_fit_one_device_command() -> None:
+    """The runbook's pairs (docs/benchmarks.md): four rates of 30 s each, fleet start at the
+    slowest measured (120 s on the H200), within one command's 570 s."""
+    for setup in ("A", "B"):
+        for system in SYSTEMS:
+            rates = default_rates(setup, system, "synthetic")
+            assert len(rates) == 4 and rates == sorted(rates)
+            assert 2 * budget.sweep_s(120.0, len(rates), 30.0, 3.0) <= budget.COMMAND_S
+    assert default_rates("B", "full", "lmsys") == LMSYS_RATES
+
+
+def test_mps_pairs_compare_together_with_alone_and_mps_with_time_slicing() -> None:
+    def stats(tpot: float, tps: float) -> dict:
+        return {"tpot_s": {"p50": tpot}, "tokens_per_s": tps}
+
+    alone = {m: stats(0.01 if m.startswith("8b") else 0.004, 100.0) for m in mps.SERVERS}
+    together = {f"{a}+{b}": {a: stats(0.02, 60.0), b: stats(0.02, 60.0)} for a, b in mps.PAIRS}
+    faster = {p: {m: stats(0.015, 80.0) for m in v} for p, v in together.items()}
+    doc = {
+        "simulated": False,
+        "output": 128,
+        "modes": {
+            "timeslice": {"batches": {"4": {"alone": alone, "together": together}}},
+            "mps": {"batches": {"4": {"alone": alone, "together": faster}}},
+        },
+    }
+    rows = {(r["mode"], r["pair"]): r for r in mps.pair_rows(doc)}
+    r = rows[("timeslice", "1b-a+8b-a")]
+    assert r["slowdown_1b-a"] == pytest.approx(5.0) and r["slowdown_8b-a"] == pytest.approx(2.0)
+    assert r["tokens_per_s_together"] == 120.0 and r["tokens_per_s_alone_sum"] == 200.0
+    assert rows[("mps", "8b-a+8b-b")]["mps_over_timeslice"] == pytest.approx(160.0 / 120.0)
+    assert "stock SGLang" in mps.table_text(doc) and len(mps.table_text(doc).splitlines()) == 2 + 6
