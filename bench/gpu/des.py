@@ -3,11 +3,14 @@
 them side by side (simulated vs real, per model: attainment, TTFT and TPOT p50/p99).
 
 Each rate is simulated from a fresh fleet (the live runner keeps one fleet across the sweep).
-Systems: static -> bench/sim's ``static-partition`` over the served models (the others' requests
-are misses, as live); swap -> ``swap-only``; full -> ``chimera``; elastic has no counterpart in
-the simulator (KV moving between resident servers without parking) and is refused. The models'
-SLOs are the set-up file's (not bench/sim's dedicated-P95 SLOs); the GPU is the set-up's
-``host.gpu_memory_gb``. Nothing here is measured: every number is SIMULATED.
+Systems: static -> bench/sim's ``FixedColocation`` over the served models, each awake on its
+GPU with its file's fixed ``kv_pool_gb``, as the live static system runs them (the others'
+requests are misses, as live). Not ``static-partition``: that one dedicates a whole GPU to each
+model, so on one GPU it would serve the most popular model only. swap -> ``swap-only``; full ->
+``chimera``; elastic has no counterpart in the simulator (KV moving between resident servers
+without parking) and is refused. The models' SLOs are the set-up file's (not bench/sim's
+dedicated-P95 SLOs); the GPU is the set-up's ``host.gpu_memory_gb``.
+Nothing here is measured: every number is SIMULATED.
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ from bench.client.record import RequestRecord
 from bench.gpu import measure
 from bench.gpu.systems import served
 from bench.report import summarize_run
+from bench.sim.baselines import FixedColocation
 from bench.sim.fleet import make_model
 from bench.sim.run import controller
 from bench.sim.servers import SimReq
 from bench.sim.simulator import Simulator
 from bench.traces import BenchRequest, describe
-from orchestrator.config import GIB, parse_config
+from orchestrator.config import GIB, Config, parse_config
 
-DES_SYSTEM = {"static": "static-partition", "swap": "swap-only", "full": "chimera"}
+DES_SYSTEM = {"static": FixedColocation.name, "swap": "swap-only", "full": "chimera"}
 
 
 def records(
@@ -66,6 +70,17 @@ def records(
     return out
 
 
+def static_pools(cfg: Config, serving: Sequence[str]) -> FixedColocation:
+    """The static system as its placements file has it: each served model on its first
+    placement's GPUs with that placement's fixed KV pool."""
+    pools: dict[str, tuple[tuple[int, ...], int | None]] = {}
+    for m in cfg.models:
+        if m.name in serving and m.placements:
+            pl = m.placements[0]
+            pools[m.name] = (pl.gpus, None if pl.kv_pool_gb is None else int(pl.kv_pool_gb * GIB))
+    return FixedColocation(pools)
+
+
 def run(
     setup: Any,
     system: str,
@@ -95,7 +110,8 @@ def run(
         reqs = trace_for(setup, trace, rate, duration_s, seed)
         send = [r for r in reqs if r.model in models]
         missed = measure.unserved([r for r in reqs if r.model not in models], i, "des")
-        sim = Simulator(models, cfg.gpu_count, gpu_bytes, controller(DES_SYSTEM[system], send, duration_s))
+        ctl = static_pools(cfg, serving) if system == "static" else controller(DES_SYSTEM[system], send, duration_s)
+        sim = Simulator(models, cfg.gpu_count, gpu_bytes, ctl)
         wall = sim.run(send)
         recs = sorted(records(sim.reqs, i, setup.slos) + missed, key=lambda r: r.id)
         points.append(

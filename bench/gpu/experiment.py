@@ -11,8 +11,13 @@
    timers run on, as they would between bursts in production).
 3. Writes into --out: experiment.json (per rate: joint TTFT+TPOT attainment overall and per
    model, goodput, latencies, wakes, parks, time parked, held and shed requests; the highest
-   rate at 99%; the hardware), requests.jsonl, table.txt and logs.tgz (chimera's and the
-   engines' logs): four files.
+   rate at 99%; the hardware; per rate the request timeout it ran with), table.txt and run.tgz
+   (requests.jsonl, chimera's and the engines' logs): three files.
+
+Time (bench/gpu/budget.py): the run ends within ``--max-wall``. A rate runs when its arrivals, a
+request timeout of at least 10 s and the stop fit in what is left; its timeout is the SLO bound
+(``--request-timeout``, default: the set-up's longest joint TTFT+TPOT SLO, after which every
+request has missed) cut to what is left. Rates that do not fit are skipped and listed.
 
 Workloads: ``synthetic`` is Prism's generator (power-law popularity alpha 0.5, Gamma CV 2,
 the less popular half of the models on/off with a cycle of one rate's duration, lengths in
@@ -47,7 +52,7 @@ from rich.console import Console
 from bench.calibration import data as calibration_data
 from bench.client import COMPLETIONS, ClientConfig, ClientShards, RequestRecord, make_client, run_open_loop
 from bench.client.server import MetricsPoller
-from bench.gpu import measure
+from bench.gpu import budget, measure
 from bench.gpu.systems import SYSTEMS, derive, served
 from bench.live.options import positive_floats
 from bench.live.process import ChimeraStartError, start_chimera
@@ -62,8 +67,30 @@ PLACEMENTS = Path(__file__).resolve().parent / "placements"
 SETUPS = {"A": PLACEMENTS / "setup-a.yaml", "B": PLACEMENTS / "setup-b.yaml"}
 TRACES = ("synthetic", "lmsys")
 ALPHA, CV = 0.5, 2.0  # Prism's synthetic workload, as bench/sim/experiments.py
-LENGTHS = (8, 512)
-TAIL_S = 40.0  # after the sweep: files, logs, chimera's stop
+LENGTHS = (8, 512)  # synthetic prompt and output lengths, [lo, hi)
+LMSYS_MAX_OUTPUT = 1024
+# Default sweeps, four rates each so that two systems fit one device command (bench/gpu/budget.py),
+# chosen from the discrete-event simulator's predictions (SIMULATED, docs/benchmarks.md) to
+# bracket each system's highest rate at 99% joint attainment. lmsys: scale factors.
+DEFAULT_RATES: dict[tuple[str, str], list[float]] = {
+    ("A", "static"): [2.0, 4.0, 6.0, 8.0],
+    ("A", "elastic"): [4.0, 8.0, 16.0, 24.0],
+    ("A", "full"): [8.0, 16.0, 20.0, 24.0],
+    ("A", "swap"): [0.25, 0.5, 1.0, 2.0],
+    ("B", "static"): [1.0, 2.0, 4.0, 8.0],
+    ("B", "elastic"): [1.0, 2.0, 4.0, 8.0],
+    ("B", "full"): [0.5, 1.0, 2.0, 4.0],
+    ("B", "swap"): [0.25, 0.5, 1.0, 2.0],
+}
+LMSYS_RATES = [0.5, 1.0, 2.0, 4.0]
+
+
+def default_rates(setup: str, system: str, trace: str) -> list[float]:
+    if trace != "synthetic":
+        return LMSYS_RATES
+    return DEFAULT_RATES.get((setup, system), DEFAULT_RATES[("A", system)])
+
+
 LOG_TAIL_BYTES = 2_000_000
 
 
@@ -104,7 +131,11 @@ def trace_for(setup: Setup, trace: str, rate: float, duration_s: float, seed: in
     if trace == "synthetic":
         return build_trace("synthetic", TraceOptions(synthetic=spec), setup.models, setup.slos)
     opts = TraceOptions(
-        synthetic=spec, time_scale=1.0 / rate, max_prompt_tokens=4096, max_output_tokens=1024, model_map="fold"
+        synthetic=spec,
+        time_scale=1.0 / rate,
+        max_prompt_tokens=4096,
+        max_output_tokens=LMSYS_MAX_OUTPUT,
+        model_map="fold",
     )
     return build_trace(trace, opts, setup.models, setup.slos)
 
@@ -119,12 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rates",
         type=positive_floats,
-        default=[2.0, 4.0, 8.0, 12.0, 16.0, 24.0],
+        default=None,
         metavar="R[,R...]",
-        help="synthetic: requests/s over all models; lmsys: multiples of the trace's own rate (default: %(default)s)",
+        help="synthetic: requests/s over all models; lmsys: multiples of the trace's own rate "
+        "(default: the set-up's and system's sweep, DEFAULT_RATES)",
     )
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals per rate")
-    p.add_argument("--gap", type=float, default=5.0, help="seconds between two rates")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per rate")
+    p.add_argument("--gap", type=float, default=3.0, help="seconds between two rates")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
         "--engine",
@@ -149,7 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         "skipped and listed (default %(default)s; the GPU machine cuts at 600)",
     )
     p.add_argument("--ready-timeout", type=float, default=300.0, metavar="S")
-    p.add_argument("--request-timeout", type=float, default=60.0, metavar="S")
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds a request may take (default: the set-up's longest joint SLO for the trace's longest "
+        "output: a later answer has missed it anyway); cut per rate to what --max-wall leaves",
+    )
     p.add_argument("--sim-speed", type=float, default=1.0, help="sim engine time scale")
     return p
 
@@ -159,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = ["python", "-m", "bench.gpu.experiment", *map(shlex.quote, argv or sys.argv[1:])]
     setup = load_setup(args.setup)
+    if args.rates is None:
+        args.rates = default_rates(setup.name, args.system, args.trace)
+    if args.request_timeout is None:
+        longest = LENGTHS[1] - 1 if args.trace == "synthetic" else LMSYS_MAX_OUTPUT
+        args.request_timeout = min(600.0, budget.slo_bound_s(setup.slos, longest))
     args.out.mkdir(parents=True, exist_ok=True)
     if args.engine == "des":
         from bench.gpu import des
@@ -183,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         ch = start_chimera(cfg_path, work / "chimera", engine=args.engine, env=env, ready_timeout_s=args.ready_timeout)
     except ChimeraStartError as exc:
         console.print(f"[red]chimera did not start:[/] {exc}", markup=False)
-        _tar_logs(args.out / "logs.tgz", work)
+        _tar_run(args.out / "run.tgz", work, [])
         return 1
     boot_s = time.monotonic() - t_start
     console.print(f"fleet up in {boot_s:.0f} s")
@@ -199,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         "placements": placements,
         "duration_per_rate_s": args.duration,
         "gap_s": args.gap,
+        "request_timeout_s": args.request_timeout,
+        "max_wall_s": args.max_wall,
         "timing_s": {"boot": boot_s},
         "rates": [],
         "skipped_rates": [],
@@ -206,12 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     records: list[RequestRecord] = []
     try:
         for i, rate in enumerate(args.rates):
-            left = args.max_wall - (time.monotonic() - t_start) - TAIL_S
-            if left < args.duration + args.request_timeout:
+            left = args.max_wall - (time.monotonic() - t_start)
+            timeout = budget.rate_timeout(left, args.duration, args.request_timeout)
+            if timeout is None:
                 doc["skipped_rates"].append(rate)
                 continue
             reqs = trace_for(setup, args.trace, rate, args.duration, args.seed)
-            point, recs = asyncio.run(_one_rate(ch.base, i, rate, reqs, set(serving), args))
+            point, recs = asyncio.run(_one_rate(ch.base, i, rate, reqs, set(serving), args, timeout))
             doc["rates"].append(point)
             records += recs
             write_json(args.out / "experiment.json", _finish(doc))  # a cut run keeps its rates
@@ -222,28 +269,35 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]the sweep failed:[/] {type(exc).__name__}: {exc}", markup=False)
         doc["error"] = f"{type(exc).__name__}: {exc}"[:2000]
     finally:  # also on Ctrl-C: no engine may outlive the benchmark
+        t_stop = time.monotonic()
         orphans = ch.stop()
         doc["orphans"] = orphans
+        doc["timing_s"]["stop"] = time.monotonic() - t_stop
         doc["timing_s"]["total"] = time.monotonic() - t_start
         doc = _finish(doc)
         write_json(args.out / "experiment.json", doc)
-        write_records(args.out / "requests.jsonl", records)
         (args.out / "table.txt").write_text(table_text(doc))
-        _tar_logs(args.out / "logs.tgz", work)
+        _tar_run(args.out / "run.tgz", work, records)
     console.print(table_text(doc), markup=False, highlight=False)
     return 1 if doc.get("error") or orphans or not doc["rates"] else 0
 
 
 async def _one_rate(
-    base: str, run: int, rate: float, reqs: list[BenchRequest], serving: set[str], args: argparse.Namespace
+    base: str,
+    run: int,
+    rate: float,
+    reqs: list[BenchRequest],
+    serving: set[str],
+    args: argparse.Namespace,
+    timeout_s: float,
 ) -> tuple[dict[str, Any], list[RequestRecord]]:
     send = [r for r in reqs if r.model in serving]
     missed = measure.unserved([r for r in reqs if r.model not in serving], run, COMPLETIONS)
     console.print(
         f"[bold]rate {rate:g}[/]: {len(reqs)} requests over {args.duration:g} s "
-        f"({len(send)} sent, {len(missed)} to unserved models)"
+        f"({len(send)} sent, {len(missed)} to unserved models; request timeout {timeout_s:.0f} s)"
     )
-    cfg = ClientConfig(base, COMPLETIONS, args.seed, True, args.request_timeout, run=run)
+    cfg = ClientConfig(base, COMPLETIONS, args.seed, True, timeout_s, run=run)
     async with make_client() as client, ClientShards() as shards:
         before = measure.counters((await client.get(base + "/metrics")).text)
         t0 = time.perf_counter()
@@ -268,6 +322,7 @@ async def _one_rate(
         "sent": len(send),
         "unserved": len(missed),
         "wall_s": took,
+        "request_timeout_s": timeout_s,
         **summary,
         "chimera": {
             **measure.chimera_deltas(before, after),
@@ -321,9 +376,12 @@ def table_text(doc: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def _tar_logs(path: Path, work: Path) -> None:
-    """chimera's log and the engines' (their last LOG_TAIL_BYTES each), one archive."""
+def _tar_run(path: Path, work: Path, records: list[RequestRecord]) -> None:
+    """requests.jsonl, chimera's log and the engines' (their last LOG_TAIL_BYTES each), one
+    archive: the device returns few files, and two systems may share one command."""
+    write_records(work / "requests.jsonl", records)
     with tarfile.open(path, "w:gz") as tar:
+        tar.add(work / "requests.jsonl", arcname="requests.jsonl")
         for log in [work / "chimera" / "chimera.log", *sorted((work / "chimera" / "engines").glob("*.log"))]:
             if log.is_file():
                 data = log.read_bytes()[-LOG_TAIL_BYTES:]

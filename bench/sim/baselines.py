@@ -2,6 +2,10 @@
 
 - ``StaticPartition``: one model per dedicated GPU group, most popular first, as many as fit;
   a model without a GPU has every request shed. KV = all memory left on its GPU.
+- ``FixedColocation``: static colocation as a placements file writes it (the one-GPU
+  experiment's static system, bench/gpu/des.py): the given models, each awake on its GPUs with
+  the fixed KV pool its file gives (``kv_pool_gb``); a model without a pool gets an even share
+  of what its GPUs have left. Models not given have every request shed.
 - ``MuxServeLike``: static colocation (MuxServe, OSDI'24, without its own kernels): every model
   that fits is placed awake, biggest first on the group with the most free memory; each GPU's
   KV is split once, at start, in proportion to the models' expected KV demand (an oracle: the
@@ -81,6 +85,29 @@ class StaticPartition(_Fcfs):
             s.kv_limit = kv_tokens_left(sim, s)
             self.home[m.name] = s
             nxt = start + m.tp
+
+
+class FixedColocation(_Fcfs):
+    name = "static-colocated"
+
+    def __init__(self, pools: dict[str, tuple[tuple[int, ...], int | None]]) -> None:
+        """``pools``: model -> (its GPUs, its KV pool in bytes, or None for a share of the rest)."""
+        super().__init__()
+        self.pools = pools
+
+    def on_start(self, sim: Simulator) -> None:
+        for name, (gpus, _) in self.pools.items():
+            self.home[name] = sim.add_server(f"{name}@{gpus[0]}", name, gpus, S.AWAKE)
+        for name, (_, pool) in self.pools.items():
+            if pool is not None:
+                self.home[name].kv_limit = pool // sim.models[name].cost.kv_bytes_per_token
+        rest = [n for n, (_, pool) in self.pools.items() if pool is None]
+        free = {n: min(sim.gpu_bytes - sim.used_bytes(g) for g in self.pools[n][0]) for n in rest}
+        for name in rest:  # an even share of what is left once the fixed pools are counted
+            s = self.home[name]
+            sharing = sum(1 for n in rest if not set(self.pools[n][0]).isdisjoint(s.gpus))
+            s.kv_limit = max(0, int(free[name] / sharing // s.model.cost.kv_bytes_per_token))
+        sim.check_memory(range(sim.n_gpus))  # a file that does not fit shows as a violation
 
 
 class MuxServeLike(_Fcfs):

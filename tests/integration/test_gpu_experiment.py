@@ -80,9 +80,8 @@ def test_experiment_systems_see_the_same_requests_and_the_report_merges_them(tmp
     assert static["provenance"]["simulated"] is True
     assert {f.name for f in (tmp_path / "sim-swap").iterdir()} == {
         "experiment.json",
-        "requests.jsonl",
         "table.txt",
-        "logs.tgz",
+        "run.tgz",
     }
 
     report = tmp_path / "report"

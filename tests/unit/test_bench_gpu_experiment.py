@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import pytest
 import yaml
 
-from bench.gpu import measure
+from bench.gpu import budget, des, measure, mps
+from bench.gpu.experiment import LMSYS_RATES, default_rates, load_setup, trace_for
 from bench.gpu.systems import SYSTEMS, derive, served
-from orchestrator.config import Yaml12Loader, load_config, parse_config
+from bench.sim.baselines import FixedColocation
+from bench.sim.fleet import make_model
+from bench.sim.simulator import Simulator
+from orchestrator.config import GIB, Yaml12Loader, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP_B = yaml.load((ROOT / "bench/gpu/placements/setup-b.yaml").read_text(), Loader=Yaml12Loader)
@@ -67,3 +73,79 @@ chimera_requests_total{model="a",route="/v1/completions",status="429"} %d
     after = measure.counters(text % (4, 4, 15, 18, 2, 5))
     d = measure.chimera_deltas(before, after)
     assert d == {"wakes": 3, "parks": 2, "parks_by_reason": {"make_room": 2}, "held": 3, "shed_429": 5}
+
+
+def test_des_static_serves_every_resident_model_on_the_one_gpu_with_its_fixed_pool() -> None:
+    """static-partition gives each model a whole GPU, so on one GPU it served one of B's four
+    resident models; the experiment's static colocates them all with their files' pools."""
+    setup = load_setup("B")
+    ctl = des.static_pools(parse_config(setup.raw), served(setup.raw, "static"))
+    assert set(ctl.pools) == {"llama-1b-a", "llama-3b-a", "llama-8b-a", "qwen-7b-a"}
+    assert ctl.pools["llama-8b-a"] == ((0,), 5 * GIB)
+    doc = des.run(setup, "static", "synthetic", [2.0], 30.0, 42, trace_for)
+    per_model = doc["rates"][0]["per_model"]
+    for m in ctl.pools:
+        assert per_model[m]["completed"] == per_model[m]["requests"] > 0, m
+    for m in doc["unserved"]:
+        assert per_model.get(m, {}).get("completed", 0) == 0
+    assert doc["rates"][0]["chimera"]["counters"]["memory_violations"] == 0
+
+
+def test_fixed_colocation_shares_what_is_left_among_models_without_a_pool() -> None:
+    models = {n: make_model(n, "llama-3.2-1b", 1) for n in ("a", "b", "c")}
+    ctl = FixedColocation({"a": ((0,), 2 * GIB), "b": ((0,), None), "c": ((0,), None)})
+    sim = Simulator(models, 1, 80 * GIB, ctl)
+    sim.run([])
+    per_token = models["a"].cost.kv_bytes_per_token
+    assert ctl.home["a"].kv_limit == 2 * GIB // per_token
+    assert ctl.home["b"].kv_limit == ctl.home["c"].kv_limit > ctl.home["a"].kv_limit
+    assert sim.used_bytes(0) <= 80 * GIB
+    assert sim.counters.memory_violations == 0
+
+
+def test_a_rate_runs_while_its_arrivals_a_timeout_and_the_stop_fit() -> None:
+    # the smoke run's case: ~100 s left after rate 4 and a 40 s duration: rate 12 now runs
+    assert budget.rate_timeout(100.0, 40.0, 52.6) == 100.0 - budget.STOP_S - 40.0
+    assert budget.rate_timeout(200.0, 40.0, 52.6) == 52.6  # room to spare: the SLO bound
+    assert budget.rate_timeout(40.0 + budget.STOP_S + 9.0, 40.0, 52.6) is None  # < 10 s to answer
+    assert budget.rate_timeout(60.0, 40.0, 5.0) == 5.0  # a short timeout asked for is kept
+
+
+def test_slo_bound_is_the_most_lenient_models_joint_slo() -> None:
+    setup = load_setup("A")
+    assert budget.slo_bound_s(setup.slos, 511) == pytest.approx(1.5 + 510 * 0.1)
+    assert budget.slo_bound_s({"a": (1.0, None)}, 511) == math.inf
+
+
+def test_default_sweeps_of_two_systems_fit_one_device_command() -> None:
+    """The runbook's pairs (docs/benchmarks.md): four rates of 30 s each, fleet start at the
+    slowest measured (120 s on the H200), within one command's 570 s."""
+    for setup in ("A", "B"):
+        for system in SYSTEMS:
+            rates = default_rates(setup, system, "synthetic")
+            assert len(rates) == 4 and rates == sorted(rates)
+            assert 2 * budget.sweep_s(120.0, len(rates), 30.0, 3.0) <= budget.COMMAND_S
+    assert default_rates("B", "full", "lmsys") == LMSYS_RATES
+
+
+def test_mps_pairs_compare_together_with_alone_and_mps_with_time_slicing() -> None:
+    def stats(tpot: float, tps: float) -> dict:
+        return {"tpot_s": {"p50": tpot}, "tokens_per_s": tps}
+
+    alone = {m: stats(0.01 if m.startswith("8b") else 0.004, 100.0) for m in mps.SERVERS}
+    together = {f"{a}+{b}": {a: stats(0.02, 60.0), b: stats(0.02, 60.0)} for a, b in mps.PAIRS}
+    faster = {p: {m: stats(0.015, 80.0) for m in v} for p, v in together.items()}
+    doc = {
+        "simulated": False,
+        "output": 128,
+        "modes": {
+            "timeslice": {"batches": {"4": {"alone": alone, "together": together}}},
+            "mps": {"batches": {"4": {"alone": alone, "together": faster}}},
+        },
+    }
+    rows = {(r["mode"], r["pair"]): r for r in mps.pair_rows(doc)}
+    r = rows[("timeslice", "1b-a+8b-a")]
+    assert r["slowdown_1b-a"] == pytest.approx(5.0) and r["slowdown_8b-a"] == pytest.approx(2.0)
+    assert r["tokens_per_s_together"] == 120.0 and r["tokens_per_s_alone_sum"] == 200.0
+    assert rows[("mps", "8b-a+8b-b")]["mps_over_timeslice"] == pytest.approx(160.0 / 120.0)
+    assert "stock SGLang" in mps.table_text(doc) and len(mps.table_text(doc).splitlines()) == 2 + 6
