@@ -30,6 +30,7 @@ from orchestrator.proxy.errors import ProxyError
 from orchestrator.proxy.forward import ForwardEndpoint
 from orchestrator.proxy.upstream import EngineClient, HttpxUpstream, Upstream
 from orchestrator.sglang.api import CHAT_COMPLETIONS, COMPLETIONS, GENERATE
+from orchestrator.types import InstanceState, ModelView
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ def create_app(
                         "root": spec.name,  # the canonical name this id refers to
                         "aliases": list(spec.aliases),
                         "state": view.state.value,
+                        # why it failed for good, for operators (restarts gave up)
+                        **({"error": _errors(view)} if view.state is InstanceState.FAILED else {}),
                     }
                 )
         return _json({"object": "list", "data": data})
@@ -116,6 +119,10 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
+
+
+def _errors(view: ModelView) -> str:
+    return "; ".join(f"{i.id}: {i.error}" for i in view.instances if i.error)
 
 
 def _json(obj: Any) -> Response:
