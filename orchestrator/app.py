@@ -31,6 +31,7 @@ from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
 from orchestrator.proxy.admin import admin_routes
 from orchestrator.proxy.admission import AdmissionGate
+from orchestrator.proxy.upstream import Limits
 from orchestrator.supervisor.supervisor import Supervisor
 from orchestrator.types import InstanceView, LoadSample
 
@@ -94,7 +95,14 @@ async def serve(
         for v in m.instances:
             publish(v)
 
-    app = create_app(control, metrics, hold_timeout_s=hold_timeout_s, extra_routes=admin_routes(control, admin_key))
+    env = Env.read()
+    app = create_app(
+        control,
+        metrics,
+        hold_timeout_s=hold_timeout_s,
+        extra_routes=admin_routes(control, admin_key),
+        upstream_limits=Limits(first_byte_s=env.upstream_first_byte_s, idle_s=env.upstream_idle_s),
+    )
     gate = _admission(dep, app)  # mode full: the proxy's admission gate
     scraper = _scraper(control, kv, gate)  # modes elastic/full: the one /v1/loads poller
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False))

@@ -126,6 +126,18 @@ class HoldLimits:
 
 
 @dataclass(frozen=True)
+class RestartLimits:
+    """A crashed engine, or one whose start or wake failed, is restarted after ``backoff_s``,
+    doubling per failure up to ``max_backoff_s``; ``max_failures`` failures within ``window_s``
+    mark it failed for good (policy/restart.py)."""
+
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    max_failures: int = 5
+    window_s: float = 300.0
+
+
+@dataclass(frozen=True)
 class SchedulerSpec:
     """The two-level scheduler (mode full; docs/scheduling.md)."""
 
@@ -146,6 +158,7 @@ class Config:
     gpu_count: int = 1
     instances: tuple[InstanceSpec, ...] = field(default=())
     scheduler: SchedulerSpec = SchedulerSpec()
+    restart: RestartLimits = RestartLimits()
 
     def model(self, name_or_alias: str) -> ModelSpec | None:
         for m in self.models:
@@ -198,12 +211,13 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     v = _Validator()
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: expected a mapping with a `models:` list (or Prism's JSON list)"])
-    v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler"})
+    v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler", "restart"})
     host = _host(v, raw.get("host", {}))
     mode = v.one_of(raw.get("mode", "full"), "mode", MODES, "full")
     idle_default = _idle(v, "idle", raw.get("idle", {}), Idle())
     hold = _hold(v, raw.get("hold", {}))
     scheduler = _scheduler(v, raw.get("scheduler", {}))
+    restart = _restart(v, raw.get("restart", {}))
     models_raw = raw.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         v.err("models", "needs a non-empty list of models")
@@ -221,7 +235,7 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     instances = tuple(
         InstanceSpec(id=_instance_id(m, pl), model=m, placement=pl) for m in models for pl in m.placements
     )
-    return Config(tuple(models), host, mode, hold, source, gpu_count, instances, scheduler)
+    return Config(tuple(models), host, mode, hold, source, gpu_count, instances, scheduler, restart)
 
 
 def _instance_id(m: ModelSpec, pl: Placement) -> str:
@@ -317,6 +331,27 @@ def _hold(v: _Validator, raw: Any) -> HoldLimits:
     per = v.number(raw, "per_model", "hold", minimum=1, integer=True)
     tot = v.number(raw, "total", "hold", minimum=1, integer=True)
     return HoldLimits(int(per) if per is not None else 256, int(tot) if tot is not None else 1024)
+
+
+def _restart(v: _Validator, raw: Any) -> RestartLimits:
+    d = RestartLimits()
+    if not isinstance(raw, dict):
+        v.err("restart", "must be a mapping like {backoff_s: 1, max_backoff_s: 30, max_failures: 5, window_s: 300}")
+        return d
+    v.keys(raw, "restart", {"backoff_s", "max_backoff_s", "max_failures", "window_s"})
+    base = v.number(raw, "backoff_s", "restart", minimum=0)
+    cap = v.number(raw, "max_backoff_s", "restart", minimum=0)
+    n = v.number(raw, "max_failures", "restart", minimum=1, integer=True)
+    window = v.number(raw, "window_s", "restart", minimum=0)
+    out = RestartLimits(
+        d.backoff_s if base is None else base,
+        d.max_backoff_s if cap is None else cap,
+        d.max_failures if n is None else int(n),
+        d.window_s if window is None else window,
+    )
+    if out.max_backoff_s < out.backoff_s:
+        v.err("restart.max_backoff_s", f"must be at least restart.backoff_s ({out.backoff_s:g})")
+    return out
 
 
 def _scheduler(v: _Validator, raw: Any) -> SchedulerSpec:

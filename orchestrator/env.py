@@ -40,6 +40,11 @@ class Env:
     # CHIMERA_SERIAL_STARTS=1: servers sharing a GPU start one at a time (the behaviour before
     # concurrent starts; a fallback should a concurrent start misbehave on some engine)
     serial_starts: bool = False
+    # CHIMERA_UPSTREAM_FIRST_BYTE_S / CHIMERA_UPSTREAM_IDLE_S: how long the proxy waits for an
+    # engine's response head (a whole non-streamed generation) and for the next body bytes
+    # (a stream's tokens) before it answers 504 or ends the stream with an error
+    upstream_first_byte_s: float = 600.0
+    upstream_idle_s: float = 300.0
 
     @classmethod
     def read(cls) -> Env:
@@ -51,4 +56,6 @@ class Env:
             cache_dir=os.environ.get("CHIMERA_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "chimera"),
             sglang_extra_args=_args("CHIMERA_SGLANG_ARGS"),
             serial_starts=os.environ.get("CHIMERA_SERIAL_STARTS", "") not in ("", "0"),
+            upstream_first_byte_s=_float("CHIMERA_UPSTREAM_FIRST_BYTE_S", 600.0),
+            upstream_idle_s=_float("CHIMERA_UPSTREAM_IDLE_S", 300.0),
         )

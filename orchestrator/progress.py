@@ -13,7 +13,7 @@ from orchestrator.types import InstanceState, InstanceView
 
 S = InstanceState
 _SETTLED = frozenset({S.AWAKE, S.FAILED, S.PARKED, S.STOPPED})
-_STYLE = {S.AWAKE: "green", S.FAILED: "bold red", S.STARTING: "yellow", S.PENDING: "dim"}
+_STYLE = {S.AWAKE: "green", S.FAILED: "bold red", S.BACKOFF: "bold yellow", S.STARTING: "yellow", S.PENDING: "dim"}
 
 
 class StartupProgress:
@@ -56,7 +56,7 @@ class StartupProgress:
     def settled(self) -> bool:
         """Every instance `up` starts is awake (or failed), and none is still on its way."""
         return all(self._states[i] in _SETTLED - {S.STOPPED} for i in self._expected) and not any(
-            s in (S.PENDING, S.STARTING) for s in self._states.values()
+            s in (S.PENDING, S.STARTING, S.BACKOFF) for s in self._states.values()
         )
 
     def observe(self, view: InstanceView) -> None:
@@ -68,6 +68,8 @@ class StartupProgress:
             self._progress.update(self._tasks[view.id], description=self._describe(view), completed=1 if done else 0)
             if view.state is S.FAILED and view.error:
                 self._progress.console.print(f"[bold red]{view.id} failed:[/] {view.error}")
+            elif view.state is S.BACKOFF and view.error:
+                self._progress.console.print(f"[bold yellow]{view.id} will restart:[/] {view.error}")
         else:
             t = time.monotonic() - self._t0
             style = _STYLE.get(view.state, "default")

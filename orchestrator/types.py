@@ -44,7 +44,8 @@ class InstanceState(StrEnum):
     PARKING = "parking"
     PARKED = "parked"
     WAKING = "waking"
-    FAILED = "failed"
+    BACKOFF = "backoff"  # crashed, or its start or wake failed: its process is gone, a restart is due
+    FAILED = "failed"  # for good: restarts gave up (policy/restart.py), or a park failed past repair
     STOPPED = "stopped"
 
 

@@ -85,7 +85,7 @@ def states_timeline(snapshots: Sequence[dict[str, Any]], engine: dict[str, Any],
     if not snapshots:
         return None
     plt = _plt()
-    order = ["stopped", "failed", "pending", "starting", "parked", "parking", "waking", "awake"]
+    order = ["stopped", "failed", "backoff", "pending", "starting", "parked", "parking", "waking", "awake"]
     instances = sorted({i for s in snapshots for i in s["states"]})
     mem_keys = sorted({k for s in snapshots for k in s["gauges"] if "bytes" in k})
     fig, axes = plt.subplots(2 if mem_keys else 1, 1, figsize=(9, 5 if mem_keys else 3), sharex=True, squeeze=False)

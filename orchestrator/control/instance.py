@@ -16,11 +16,13 @@ S = InstanceState
 ALLOWED: dict[InstanceState, frozenset[InstanceState]] = {
     S.STOPPED: frozenset({S.PENDING}),
     S.PENDING: frozenset({S.STARTING, S.STOPPED}),
-    S.STARTING: frozenset({S.AWAKE, S.FAILED, S.STOPPED}),
-    S.AWAKE: frozenset({S.PARKING, S.FAILED, S.STOPPED}),
-    S.PARKING: frozenset({S.PARKED, S.AWAKE, S.FAILED, S.STOPPED}),
-    S.PARKED: frozenset({S.WAKING, S.FAILED, S.STOPPED}),
-    S.WAKING: frozenset({S.AWAKE, S.FAILED, S.STOPPED}),
+    S.STARTING: frozenset({S.AWAKE, S.BACKOFF, S.FAILED, S.STOPPED}),
+    S.AWAKE: frozenset({S.PARKING, S.BACKOFF, S.FAILED, S.STOPPED}),
+    S.PARKING: frozenset({S.PARKED, S.AWAKE, S.BACKOFF, S.FAILED, S.STOPPED}),
+    S.PARKED: frozenset({S.WAKING, S.BACKOFF, S.FAILED, S.STOPPED}),
+    S.WAKING: frozenset({S.AWAKE, S.BACKOFF, S.FAILED, S.STOPPED}),
+    # its restart is due (back in the start-up queue) or restarts gave up
+    S.BACKOFF: frozenset({S.PENDING, S.FAILED, S.STOPPED}),
     S.FAILED: frozenset({S.PENDING, S.STOPPED}),
 }
 
@@ -44,6 +46,11 @@ class Instance:
     draining: str | None = None
     claimed: bool = False  # parked, reserved as a plan's wake target; shown to policies as waking
     history: list[InstanceState] = field(default_factory=list)
+    # Restarts (policy/restart.py): failure times within the window, when the next attempt is
+    # due while in BACKOFF, and the reason label of the failure being retried.
+    failures: list[float] = field(default_factory=list)
+    retry_at: float | None = None
+    restart_reason: str = ""
 
     @property
     def id(self) -> str:
@@ -67,7 +74,9 @@ class Instance:
             self.draining = None
         if new is not S.PARKED:
             self.claimed = False
-        if new in (S.STOPPED, S.FAILED, S.PENDING):  # a parked instance keeps its address
+        if new is not S.BACKOFF:
+            self.retry_at = None
+        if new in (S.STOPPED, S.FAILED, S.PENDING, S.BACKOFF):  # a parked instance keeps its address
             self.endpoint = None
 
     def view(self) -> InstanceView:

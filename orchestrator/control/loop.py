@@ -40,7 +40,7 @@ from orchestrator.control.plans import Plans
 from orchestrator.control.scheduler import cluster_view
 from orchestrator.deployment import Deployment
 from orchestrator.errors import EngineUnavailable
-from orchestrator.policy import startup
+from orchestrator.policy import restart, startup
 from orchestrator.policy.placement import place
 from orchestrator.policy.startup import ClusterSnapshot, InstanceSnapshot
 from orchestrator.types import Endpoint, InstanceState, InstanceView, LoadSample, ModelView
@@ -48,7 +48,7 @@ from orchestrator.types import Endpoint, InstanceState, InstanceView, LoadSample
 log = logging.getLogger("chimera.control")
 S = InstanceState
 # Best first: the state a model shows in /v1/models is the best among its instances.
-_STATE_RANK = [S.AWAKE, S.WAKING, S.STARTING, S.PENDING, S.PARKING, S.PARKED, S.STOPPED, S.FAILED]
+_STATE_RANK = [S.AWAKE, S.WAKING, S.STARTING, S.PENDING, S.PARKING, S.PARKED, S.BACKOFF, S.STOPPED, S.FAILED]
 
 
 class ControlLoop:
@@ -77,6 +77,7 @@ class ControlLoop:
         )
         self._due = True  # the global scheduler decides at the next _decide
         self._blocked: dict[str, str] = {}  # model -> why it cannot be activated (logged once)
+        self._restart_timer: asyncio.TimerHandle | None = None  # posts a Tick when a backoff ends
 
     # ---- Router (called by the proxy, on the same event loop) -------------------------------
 
@@ -144,6 +145,8 @@ class ControlLoop:
     async def shutdown(self) -> None:
         """Fail held requests, stop every process and mark every instance stopped."""
         self._closing = True
+        if self._restart_timer is not None:
+            self._restart_timer.cancel()
         self._holds.fail(None, EngineUnavailable("chimera is shutting down"))
         for futs in self._admin.values():
             for f in futs:
@@ -208,23 +211,56 @@ class ControlLoop:
             self._fx.observe("park_failures", model.name, 1)
             self._set(inst, S.AWAKE, now)
             self._admin_done(inst.id, f"park failed: {ev.error}")
-        elif isinstance(ev, (StartFailed, WakeFailed)) and inst.state in (S.STARTING, S.WAKING):
-            self._demand.forget(inst.id)  # a restart's first sample must start over
-            inst.error = ev.error
-            self._set(inst, S.FAILED, now)
-            self._admin_done(inst.id, f"failed: {ev.error}")
-        elif isinstance(ev, Exited) and inst.state not in (S.STOPPED, S.FAILED):
+        elif isinstance(ev, StartFailed) and inst.state is S.STARTING:
+            self._on_failure(inst, "start_failed", ev.error, now)
+        elif isinstance(ev, WakeFailed) and inst.state is S.WAKING:
+            self._on_failure(inst, "wake_failed", ev.error, now)
+        elif isinstance(ev, Exited) and inst.state not in (S.STOPPED, S.FAILED, S.BACKOFF):
             if not self._closing:
-                self._demand.forget(inst.id)
-                inst.error = f"engine process exited with code {ev.returncode}"
-                self._set(inst, S.FAILED, now)
-                self._admin_done(inst.id, inst.error)
+                self._on_failure(inst, "crash", f"engine process exited with code {ev.returncode}", now)
         else:
             return
         if not isinstance(ev, Release):
             self._due = True  # a lifecycle step: memory and candidates changed
         self._serve_held(model)
         self._fail_held_if_hopeless(model)
+
+    def _on_failure(self, inst: Instance, reason: str, error: str, now: float) -> None:
+        """The instance's process is gone (the supervisor reports a failure only once what
+        failed is stopped): back off and restart it, or give up (policy/restart.py)."""
+        self._demand.forget(inst.id)  # a restart's first sample must start over
+        limits = self.config.restart
+        inst.failures = restart.recent([*inst.failures, now], limits, now)
+        decision = restart.decide(inst.failures, limits, now)
+        inst.error = f"{error}; {decision.why}"
+        if decision.action == "give_up":
+            log.error("%s: %s", inst.id, inst.error)
+            self._set(inst, S.FAILED, now)
+        else:
+            log.warning("%s: %s", inst.id, inst.error)
+            inst.restart_reason = reason
+            inst.retry_at = decision.at
+            self._set(inst, S.BACKOFF, now)
+        self._admin_done(inst.id, f"failed: {error}")
+
+    def _due_restarts(self, now: float) -> None:
+        """Instances whose backoff ended go back to the start-up queue; the timer is re-armed
+        for the next one still waiting."""
+        if self._restart_timer is not None:
+            self._restart_timer.cancel()
+            self._restart_timer = None
+        waiting: list[float] = []
+        for inst in self._instances.values():
+            if inst.state is not S.BACKOFF or inst.retry_at is None:
+                continue
+            if inst.retry_at <= now:
+                self._fx.observe("restarts", inst.spec.model.name, 1, f"{inst.id} {inst.restart_reason}")
+                log.info("%s: restarting (%s)", inst.id, inst.restart_reason)
+                self._set(inst, S.PENDING, now)
+            else:
+                waiting.append(inst.retry_at)
+        if waiting:
+            self._restart_timer = asyncio.get_running_loop().call_later(min(waiting) - now, self.post, Tick())
 
     def _on_acquire(self, ev: Acquire) -> None:
         if self._closing:
@@ -267,6 +303,7 @@ class ControlLoop:
         if self._closing:
             return
         now = self._clock()
+        self._due_restarts(now)
         snap = self._snapshot()
         started = startup.decide(snap, now)
         for iid in started.queue:
@@ -395,7 +432,13 @@ class ControlLoop:
         )
 
     def _retry_after(self, model: ModelSpec, elapsed_s: float) -> float:
-        states = {i.state for i in self._instances.values() if i.spec.model is model}
+        group = [i for i in self._instances.values() if i.spec.model is model]
+        states = {i.state for i in group}
+        due = [i.retry_at for i in group if i.state is S.BACKOFF and i.retry_at is not None]
+        if due and not states & {S.AWAKE, S.WAKING, S.STARTING, S.PENDING, S.PARKING, S.PARKED}:
+            # only restarts to come: the time to the next attempt plus a start
+            wait_s = max(0.0, min(due) - self._clock())
+            return retry_after(wait_s + self._holds.expected(model.name, "start"), 0.0)
         kind = "wake" if states & {S.PARKED, S.PARKING, S.WAKING, S.AWAKE} else "start"
         return retry_after(self._holds.expected(model.name, kind), elapsed_s)
 

@@ -65,6 +65,8 @@ def policy_state(server: PlanServer) -> InstanceState:
         return S.PARKING
     if server.state is S.PARKED and server.claimed:
         return S.WAKING
+    if server.state is S.BACKOFF:  # its restart is on its way; its start budget stays reserved
+        return S.STARTING
     return server.state
 
 
@@ -211,7 +213,7 @@ class Plans(Generic[T]):
             plan.issued = srv.id
             self._pend(srv)
             return None, True
-        if srv.state in (S.WAKING, S.PARKING, S.PENDING, S.STARTING):
+        if srv.state in (S.WAKING, S.PARKING, S.PENDING, S.STARTING, S.BACKOFF):
             return None, True
         return f"{srv.id} is {srv.state}" + (f": {srv.error}" if srv.error else ""), False
 

@@ -18,7 +18,8 @@ from orchestrator.types import InstanceState, InstanceView
 RESIDENT = frozenset({InstanceState.PENDING, InstanceState.STARTING, InstanceState.AWAKE, InstanceState.WAKING})
 # still holding weights and runtime: a parking instance until SGLang's release is done
 HOLDS_WEIGHTS = RESIDENT | {InstanceState.PARKING}
-GONE = frozenset({InstanceState.FAILED, InstanceState.STOPPED})
+# no process (BACKOFF: the supervisor killed what failed and checked before reporting it)
+GONE = frozenset({InstanceState.FAILED, InstanceState.STOPPED, InstanceState.BACKOFF})
 
 
 def kv_instances(views: Iterable[InstanceView], deployment: Deployment) -> list[KVInstance]:

@@ -115,6 +115,13 @@ class ChimeraMetrics:
             ["model"],
             registry=r,
         )
+        self.restarts = Counter(
+            "chimera_restarts",
+            "Restarts of an engine instance after a failure, by reason (crash, start_failed, "
+            'wake_failed); chimera_instance_state{state="backoff"} is 1 while one waits for its restart',
+            ["model", "instance", "reason"],
+            registry=r,
+        )
         self.held = Gauge(
             "chimera_requests_held",
             "Requests held while their model starts or wakes",
@@ -175,6 +182,9 @@ class ChimeraMetrics:
             self.park_failures.labels(model).inc(value)
         elif kind == "freed_bytes":
             self.freed_bytes.labels(model).inc(max(0.0, value))
+        elif kind == "restarts":  # label: "<instance> <reason>"
+            instance, _, reason = label.rpartition(" ")
+            self.restarts.labels(model, instance, reason).inc(value)
         elif kind == "held":
             self.held.labels(model).set(value)
         elif kind == "hold_seconds":

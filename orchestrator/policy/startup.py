@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from orchestrator.types import InstanceState
 
 S = InstanceState
-_ON_ITS_WAY = frozenset({S.PENDING, S.STARTING, S.AWAKE, S.WAKING, S.PARKING, S.PARKED})
+# BACKOFF: restarted by the loop when its backoff ends (policy/restart.py), not started twice
+_ON_ITS_WAY = frozenset({S.PENDING, S.STARTING, S.AWAKE, S.WAKING, S.PARKING, S.PARKED, S.BACKOFF})
 _HOLDS_BUDGET = frozenset({S.STARTING, S.AWAKE, S.WAKING, S.PARKING})
 
 

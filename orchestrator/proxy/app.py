@@ -28,8 +28,9 @@ from orchestrator.metrics.federate import engine_metrics
 from orchestrator.proxy.body import ModelField
 from orchestrator.proxy.errors import ProxyError
 from orchestrator.proxy.forward import ForwardEndpoint
-from orchestrator.proxy.upstream import EngineClient, HttpxUpstream, Upstream
+from orchestrator.proxy.upstream import EngineClient, HttpxUpstream, Limits, Upstream
 from orchestrator.sglang.api import CHAT_COMPLETIONS, COMPLETIONS, GENERATE
+from orchestrator.types import InstanceState, ModelView
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,19 @@ def create_app(
     hold_timeout_s: float = 300.0,
     transport: httpx.AsyncBaseTransport | None = None,
     extra_routes: list[Route] | None = None,
+    upstream_limits: Limits | None = None,
 ) -> Starlette:
     """The proxy app. ``hold_timeout_s``: how long a request may wait for its model to wake
     before a 503. ``transport``: an httpx transport that replaces the engines (tests pass a
-    fake engine); without it the proxy talks to them with upstream.EngineClient."""
+    fake engine); without it the proxy talks to them with upstream.EngineClient, whose
+    ``upstream_limits`` bound connects, writes and waits on a hung engine."""
     created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        upstream: Upstream = HttpxUpstream(transport) if transport is not None else EngineClient()
+        upstream: Upstream = (
+            HttpxUpstream(transport, upstream_limits) if transport is not None else EngineClient(upstream_limits)
+        )
         async with AsyncExitStack() as stack:  # closes both, even if one close fails
             stack.push_async_callback(upstream.aclose)
             # For scraping the engines' /metrics. trust_env=False: HTTP(S)_PROXY from the
@@ -88,6 +93,8 @@ def create_app(
                         "root": spec.name,  # the canonical name this id refers to
                         "aliases": list(spec.aliases),
                         "state": view.state.value,
+                        # why it failed for good, for operators (restarts gave up)
+                        **({"error": _errors(view)} if view.state is InstanceState.FAILED else {}),
                     }
                 )
         return _json({"object": "list", "data": data})
@@ -116,6 +123,10 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
+
+
+def _errors(view: ModelView) -> str:
+    return "; ".join(f"{i.id}: {i.error}" for i in view.instances if i.error)
 
 
 def _json(obj: Any) -> Response:

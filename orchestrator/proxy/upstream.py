@@ -22,7 +22,9 @@ What it does:
   on a new connection (the engine never saw it).
 
 Errors (all ``UpstreamError``, translated where they enter, with the cause kept):
-- ``UpstreamTimeout``: connect or write took longer than its limit (the proxy answers 504);
+- ``UpstreamTimeout``: connect or write took longer than its limit, the engine sent no
+  response head within ``first_byte_s`` or nothing for ``idle_s`` while the proxy waited on the
+  body (a hung engine: the proxy answers 504, or ends a stream with an error event);
 - ``UpstreamError``: refused, reset, closed mid-answer, malformed answer (502).
 
 One event loop uses a client: no locks. Cancellation at any await closes the connection in use.
@@ -41,6 +43,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from orchestrator.proxy.watchdog import Watchdog
+
 log = logging.getLogger("chimera.proxy")
 
 
@@ -49,7 +53,7 @@ class UpstreamError(Exception):
 
 
 class UpstreamTimeout(UpstreamError):
-    """Connecting to or writing to an engine took longer than its limit."""
+    """Connecting, writing, or waiting for the engine's answer took longer than its limit."""
 
 
 class UpstreamResponse(Protocol):
@@ -77,13 +81,18 @@ class Upstream(Protocol):
 @dataclass(frozen=True)
 class Limits:
     """``connect_s``: engines are on loopback, so a connect that takes seconds means the engine
-    is gone. ``write_s``: sending a request body. There is no read limit: a request may generate
-    for minutes and a stream may pause while the engine is busy. ``keepalive_s``: how long an
+    is gone. ``write_s``: sending a request body. ``first_byte_s``: until the response head (a
+    non-streamed answer comes whole, so this bounds a whole generation: generous).
+    ``idle_s``: the longest the body may pause while the proxy waits for it (a stream's first
+    token comes after the prefill of a long prompt in a busy engine: generous too); time spent
+    waiting for a slow client does not count. ``keepalive_s``: how long an
     idle connection is reused; below uvicorn's 5 s ``timeout_keep_alive`` so that the engine
     rarely closes one first. ``max_idle``: idle connections kept per engine."""
 
     connect_s: float = 10.0
     write_s: float = 60.0
+    first_byte_s: float = 600.0
+    idle_s: float = 300.0
     keepalive_s: float = 4.0
     max_idle: int = 1024
 
@@ -178,8 +187,10 @@ class _Response:
         length: int | None,
         chunked: bool,
         keep_alive: bool,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self._pool, self._conn = pool, conn
+        self._watchdog = watchdog
         self.status = status
         self.content_type = content_type
         self._length = length  # None: chunked, or up to the close
@@ -196,7 +207,10 @@ class _Response:
         if self._done:
             return
         reader = self._conn.reader
+        wd = self._watchdog
         try:
+            if wd is not None:
+                wd.switch(self._pool.limits.idle_s, "no body bytes")
             if self._chunked:
                 while True:
                     line = await reader.readuntil(b"\r\n")
@@ -208,7 +222,11 @@ class _Response:
                     data = await reader.readexactly(size + 2)
                     if data[-2:] != b"\r\n":
                         raise UpstreamError("malformed chunked body from the engine")
+                    if wd is not None:
+                        wd.pause()
                     yield data[:-2]
+                    if wd is not None:
+                        wd.progress()
             elif self._length is not None:
                 left = self._length
                 while left:
@@ -216,18 +234,36 @@ class _Response:
                     if not data:
                         raise UpstreamError(f"engine closed the connection {left} bytes before the end of its answer")
                     left -= len(data)
+                    if wd is not None:
+                        wd.pause()
                     yield data
+                    if wd is not None:
+                        wd.progress()
             else:
                 while data := await reader.read(65536):
+                    if wd is not None:
+                        wd.pause()
                     yield data
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+                    if wd is not None:
+                        wd.progress()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, UpstreamError) as exc:
+            if wd is not None and wd.fired:
+                raise UpstreamTimeout(wd.describe()) from exc
+            if isinstance(exc, UpstreamError):
+                raise
             raise UpstreamError(f"engine broke off its answer: {type(exc).__name__}: {exc}") from exc
+        if wd is not None:
+            wd.cancel()
+            if wd.fired:  # read up to the close: the close was the watchdog's
+                raise UpstreamTimeout(wd.describe())
         self._done = True
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._done and self._keep_alive:
             self._pool.checkin(self._conn)
         else:
@@ -297,18 +333,33 @@ class EngineClient:
             writer.write(message)
             if writer.transport.get_write_buffer_size():
                 await asyncio.wait_for(writer.drain(), self.limits.write_s)
-            head = await conn.reader.readuntil(b"\r\n\r\n")
         except TimeoutError as exc:
             raise UpstreamTimeout(f"sending the request took over {self.limits.write_s:g} s") from exc
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                raise UpstreamError("engine closed the connection in its response head") from exc
-            raise _StaleConnection() from exc
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise _StaleConnection() from exc
-        except (OSError, asyncio.LimitOverrunError) as exc:
-            raise UpstreamError(f"reading the engine's response head: {exc}") from exc
-        return _parse_head(pool, conn, head)
+        except OSError as exc:
+            raise UpstreamError(f"sending the request: {exc}") from exc
+        wd = Watchdog(conn.close, self.limits.first_byte_s, "no response head")
+        try:
+            head = await conn.reader.readuntil(b"\r\n\r\n")
+        except BaseException as exc:
+            wd.cancel()
+            if wd.fired:
+                raise UpstreamTimeout(wd.describe()) from exc
+            if isinstance(exc, asyncio.IncompleteReadError):
+                if exc.partial:
+                    raise UpstreamError("engine closed the connection in its response head") from exc
+                raise _StaleConnection() from exc
+            if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+                raise _StaleConnection() from exc
+            if isinstance(exc, (OSError, asyncio.LimitOverrunError)):
+                raise UpstreamError(f"reading the engine's response head: {exc}") from exc
+            raise
+        try:
+            return _parse_head(pool, conn, head, wd)
+        except BaseException:
+            wd.cancel()
+            raise
 
     async def aclose(self) -> None:
         """Closes the idle connections; connections in use close with their responses."""
@@ -321,7 +372,7 @@ class _StaleConnection(Exception):
     """The connection failed before any byte of an answer: the engine never took the request."""
 
 
-def _parse_head(pool: _Pool, conn: _Conn, head: bytes) -> _Response:
+def _parse_head(pool: _Pool, conn: _Conn, head: bytes, watchdog: Watchdog | None = None) -> _Response:
     lines = head[:-4].split(b"\r\n")
     status_line = lines[0]
     if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
@@ -359,7 +410,7 @@ def _parse_head(pool: _Pool, conn: _Conn, head: bytes) -> _Response:
         length = None
     elif status in (204, 304):
         length = 0
-    return _Response(pool, conn, status, content_type, length, chunked, keep_alive)
+    return _Response(pool, conn, status, content_type, length, chunked, keep_alive, watchdog)
 
 
 class HttpxUpstream:
@@ -371,7 +422,10 @@ class HttpxUpstream:
         limits = limits or Limits()
         self.transport = transport
         self._extensions = {
-            "timeout": httpx.Timeout(connect=limits.connect_s, read=None, write=limits.write_s, pool=None).as_dict()
+            # one read limit in httpx: per read, head and body alike
+            "timeout": httpx.Timeout(
+                connect=limits.connect_s, read=limits.first_byte_s, write=limits.write_s, pool=None
+            ).as_dict()
         }
 
     async def post(self, base_url: str, path: str, body: bytes) -> UpstreamResponse:

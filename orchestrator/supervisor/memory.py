@@ -9,11 +9,18 @@
   GPU, times the instance's GPUs).
 
 Either way a reading is the instance's total over its GPUs.
+
+After a failure the supervisor kills the instance's process group and calls
+``verify_released`` before it reports the failure, so the KV ledger never counts memory as free
+that a half-dead server still holds: every process of the group gone and, where NVML sees
+processes, none of them listed on the instance's GPUs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +62,68 @@ def _group_pids(pid: int) -> set[int]:
         return {pid, *(c.pid for c in leader.children(recursive=True))}
     except psutil.NoSuchProcess:
         return set()
+
+
+def group_pids(pgid: int) -> set[int]:
+    """Every live process of the process group ``pgid`` (an engine is its group's leader, so
+    its children are found even after the leader died and they were re-parented)."""
+    out = {pgid}
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid:
+                out.add(p.pid)
+        except OSError:  # gone meanwhile, or not ours to see
+            continue
+    return _alive(out)  # zombies hold no memory
+
+
+def _alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.add(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _nvml_holders(pids: set[int], gpus: tuple[int, ...]) -> set[int]:
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        held: set[int] = set()
+        for g in gpus:
+            h = pynvml.nvmlDeviceGetHandleByIndex(g)
+            held.update(p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h) if p.pid in pids)
+        return held
+    finally:
+        pynvml.nvmlShutdown()
+
+
+RELEASE_TIMEOUT_S = 10.0  # the driver frees a killed process's memory within a second or so
+
+
+async def verify_released(
+    probe: MemoryProbe, pids: set[int], gpus: tuple[int, ...], timeout_s: float = RELEASE_TIMEOUT_S
+) -> str | None:
+    """None once the processes ``pids`` (a stopped instance's group) are gone and, with the NVML
+    probe, no longer hold memory on ``gpus``; else (after ``timeout_s``) why not. The sim
+    engine's memory is its process's own: gone with it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = await asyncio.to_thread(_alive, pids)
+        if not left and isinstance(probe, NvmlMemoryProbe):
+            try:
+                left = await asyncio.to_thread(_nvml_holders, pids, gpus)
+            except Exception as exc:  # ImportError, OSError, pynvml.NVMLError (pynvml is optional)
+                return f"cannot verify its GPU memory was released (NVML: {exc})"
+        if not left:
+            return None
+        if time.monotonic() > deadline:
+            return f"processes {sorted(left)} still hold its GPU memory {timeout_s:g} s after SIGKILL"
+        await asyncio.sleep(0.2)
 
 
 def _nvml_read(pid: int, gpus: tuple[int, ...]) -> MemoryReading:

@@ -53,6 +53,7 @@ class EngineProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self.probe_output: str | None = None  # text of the readiness probe at first start
         self.ready_at: float | None = None  # monotonic time /model_info first answered 200
+        self.condemned = False  # stopped by the supervisor after a failure it reports itself
 
     @property
     def pid(self) -> int | None:

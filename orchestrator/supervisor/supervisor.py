@@ -51,7 +51,9 @@ from orchestrator.supervisor.memory import (
     MemoryReading,
     NvmlMemoryProbe,
     SimMemoryProbe,
+    group_pids,
     overshoot,
+    verify_released,
 )
 from orchestrator.supervisor.phases import LogFollower, StartupRecord
 from orchestrator.supervisor.ports import free_ports
@@ -247,7 +249,12 @@ class Supervisor:
         if shim is not None:
             with contextlib.suppress(OSError):
                 os.unlink(shim.socket)
+        if proc.condemned:  # stopped by a failed wake, which reports it (WakeFailed)
+            return
         log.warning("%s: engine exited with code %s; last lines:\n%s", spec.id, rc, proc.log_tail())
+        # the leader is gone; children of its group (SGLang's scheduler) may hold GPU memory
+        # still: stop them and check before the loop (and the KV ledger) count it as free
+        await self._kill(spec, proc)
         self._post(Exited(spec.id, rc))
 
     async def _park(self, spec: InstanceSpec) -> None:
@@ -275,11 +282,25 @@ class Supervisor:
         try:
             seconds = await self.lifecycle.wake(proc.spec.base_url, proc.probe_output)
         except (EngineError, httpx.HTTPError, ValueError) as exc:
-            log.warning("%s: wake failed: %s", spec.id, exc)
-            self._post(WakeFailed(spec.id, str(exc)))
+            log.warning("%s: wake failed: %s; stopping it (it is restarted after a backoff)", spec.id, exc)
+            # a half-woken server holds memory the ledger would otherwise give away: kill it,
+            # check its memory is back, then report
+            proc.condemned = True
+            why = await self._kill(spec, proc)
+            self._post(WakeFailed(spec.id, str(exc) + (f"; {why}" if why else "")))
             return
         log.info("%s: woken in %.3f s", spec.id, seconds)
         self._post(Woken(spec.id, seconds))
+
+    async def _kill(self, spec: InstanceSpec, proc: EngineProcess) -> str | None:
+        """Stop the instance's whole process group and verify its GPU memory is released
+        (memory.verify_released); None when it is, else why not (logged as an error)."""
+        pids = group_pids(proc.pid) if proc.pid is not None else set()
+        await proc.stop()
+        why = await verify_released(self.lifecycle.probe, pids, spec.gpus)
+        if why is not None:
+            log.error("%s: %s", spec.id, why)
+        return why
 
     async def _check_footprint(
         self, spec: InstanceSpec, proc: EngineProcess, base_url: str, record: StartupRecord

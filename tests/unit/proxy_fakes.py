@@ -21,6 +21,7 @@ class FakeRouter:
         self.specs = models
         self.base_url = base_url
         self.states = {m.name: InstanceState.AWAKE for m in models}
+        self.errors: dict[str, str] = {}  # model -> its instance's error
         self.acquired: list[Endpoint] = []
         self.timeouts: list[float] = []
         self.released: list[Endpoint] = []
@@ -47,7 +48,9 @@ class FakeRouter:
             raise self.models_error
         return [
             ModelView(
-                m, self.states[m.name], (InstanceView(f"{m.name}@gpu0", m.name, (0,), self.states[m.name], None),)
+                m,
+                self.states[m.name],
+                (InstanceView(f"{m.name}@gpu0", m.name, (0,), self.states[m.name], None, self.errors.get(m.name)),),
             )
             for m in self.specs
         ]

@@ -94,18 +94,20 @@ async def test_demand_starts_one_instance_not_all(loop: tuple[ControlLoop, Recor
     assert {(await w).instance_id for w in waiters} == {"d@gpu1"}
 
 
-async def test_failed_start_fails_held_requests_with_the_reason(loop: tuple[ControlLoop, RecordingEffects]) -> None:
+async def test_failed_start_backs_off_and_keeps_held_requests(loop: tuple[ControlLoop, RecordingEffects]) -> None:
     ctl, fx = loop
     spec = ctl.resolve("a")
     assert spec is not None
     waiter = asyncio.create_task(ctl.acquire(spec, timeout_s=5))
     await settle()
     ctl.post(StartFailed("a@gpu0", "engine exited with code 1"))
-    with pytest.raises(EngineUnavailable, match="exited with code 1"):
-        await waiter
-    assert state(ctl, "a") is S.FAILED
+    await settle()
+    assert state(ctl, "a") is S.BACKOFF and not waiter.done()  # restarted after its backoff
+    view = next(m for m in ctl.models() if m.spec.name == "a").instances[0]
+    assert view.error is not None and "exited with code 1" in view.error and "restart in 1 s" in view.error
     # the next colocated instance gets its turn
     assert fx.started[-1] == "b@gpu0"
+    waiter.cancel()
 
 
 async def test_timeout_gives_a_transient_error_with_retry_after(loop: tuple[ControlLoop, RecordingEffects]) -> None:
@@ -117,13 +119,14 @@ async def test_timeout_gives_a_transient_error_with_retry_after(loop: tuple[Cont
     assert exc.value.transient and exc.value.retry_after_s
 
 
-async def test_crash_of_an_awake_instance_marks_it_failed(loop: tuple[ControlLoop, RecordingEffects]) -> None:
+async def test_crash_of_an_awake_instance_backs_off(loop: tuple[ControlLoop, RecordingEffects]) -> None:
     ctl, fx = loop
     ctl.post(Started("a@gpu0", ep("a@gpu0")))
     ctl.post(Exited("a@gpu0", -9))
     await settle()
     view = next(m for m in ctl.models() if m.spec.name == "a").instances[0]
-    assert view.state is S.FAILED and view.error is not None and "-9" in view.error
+    assert view.state is S.BACKOFF and view.error is not None and "-9" in view.error
+    assert view.base_url is None  # nothing is routed to the dead process
 
 
 async def test_requests_are_spread_over_awake_instances(loop: tuple[ControlLoop, RecordingEffects]) -> None:

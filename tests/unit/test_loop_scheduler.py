@@ -201,7 +201,7 @@ async def test_loop__failed_target_wake_keeps_the_source_serving(env: Env) -> No
     ctl.release(await migrate_hot(ctl, fx, clock))
     ctl.post(WakeFailed("hot@gpu1", "output after wake differs"))
     await settle()
-    assert state(ctl, "hot@gpu1") is S.FAILED and state(ctl, "hot@gpu0") is S.AWAKE
+    assert state(ctl, "hot@gpu1") is S.BACKOFF and state(ctl, "hot@gpu0") is S.AWAKE
     assert (await acquire(ctl, "hot")).instance_id == "hot@gpu0"
     assert not any(iid == "hot@gpu0" for iid, _ in fx.parked)
 

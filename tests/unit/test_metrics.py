@@ -72,3 +72,13 @@ def test_render_names_units_and_own_registry() -> None:
         )
         is None
     )
+
+
+def test_restarts_are_counted_by_instance_and_reason() -> None:
+    m = ChimeraMetrics()
+    m.record("restarts", "m:8b", 1, "m:8b@gpu0+1 crash")
+    m.record("restarts", "m:8b", 1, "m:8b@gpu0+1 crash")
+    m.set_instance_state("m:8b", "m:8b@gpu0+1", (0, 1), "backoff")
+    body = m.render()[0].decode()
+    assert 'chimera_restarts_total{instance="m:8b@gpu0+1",model="m:8b",reason="crash"} 2.0' in body
+    assert 'state="backoff"} 1.0' in body

@@ -136,6 +136,17 @@ def error_of(resp: httpx.Response) -> dict[str, Any]:
     return err
 
 
+async def test_models_shows_why_a_failed_model_failed(router: FakeRouter, engine: FakeEngine) -> None:
+    router.states["qwen"] = InstanceState.FAILED
+    router.errors["qwen"] = "engine process exited with code -9; gave up after 5 failures within 300 s"
+    router.errors["llama"] = "an old error of an instance that serves again"
+    async with proxy(router, engine_transport(engine)) as client:
+        resp = await client.get("/v1/models")
+    by_id = {m["id"]: m for m in resp.json()["data"]}
+    assert by_id["qwen"]["error"] == "qwen@gpu0: " + router.errors["qwen"]
+    assert "error" not in by_id["llama"]
+
+
 async def test_models_lists_names_and_aliases_with_state(router: FakeRouter, engine: FakeEngine) -> None:
     router.states["qwen"] = InstanceState.PARKED
     async with proxy(router, engine_transport(engine)) as client:

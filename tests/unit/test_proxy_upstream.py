@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.proxy import create_app
-from orchestrator.proxy.upstream import EngineClient, Limits, UpstreamError
+from orchestrator.proxy.upstream import EngineClient, Limits, UpstreamError, UpstreamTimeout
 from tests.unit.proxy_fakes import FakeRouter
 from tests.unit.test_proxy import LLAMA
 from tests.unit.test_proxy_stream import AsgiClient, sample
@@ -361,3 +361,82 @@ async def test_pools_of_engines_gone_quiet_are_dropped_when_a_new_engine_appears
         await resp.read()
         await resp.aclose()
     await client.aclose()
+
+
+# ---- a hung engine: read and idle limits (short here; the defaults are minutes) -----------
+
+HUNG = Limits(first_byte_s=0.1, idle_s=0.1)
+
+
+async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
+    await reader.read()  # answers nothing until the proxy closes the connection
+    return False
+
+
+async def one_chunk_then_hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
+    writer.write(SSE + chunk(b"data: 1\n\n"))
+    await writer.drain()
+    return await hang(reader, writer, body)
+
+
+async def test_an_engine_that_never_answers_times_out_and_its_connection_is_closed() -> None:
+    client = EngineClient(HUNG)
+    async with TinyEngine(hang) as engine:
+        with pytest.raises(UpstreamTimeout, match="no response head for 0.1 s"):
+            await client.post(engine.url, "/v1/completions", b"{}")
+        await engine.connections[0].closed.wait()
+    assert client.idle_connections(engine.url) == 0
+    await client.aclose()
+
+
+async def test_a_stream_that_stops_times_out_after_its_last_chunk() -> None:
+    client = EngineClient(HUNG)
+    async with TinyEngine(one_chunk_then_hang) as engine:
+        resp = await client.post(engine.url, "/v1/completions", b"{}")
+        chunks: list[bytes] = []
+        with pytest.raises(UpstreamTimeout, match="no body bytes for 0.1 s"):
+            async for c in resp.iter_raw():
+                chunks.append(c)
+        await resp.aclose()
+        assert chunks == [b"data: 1\n\n"]
+        await engine.connections[0].closed.wait()
+    await client.aclose()
+
+
+async def test_time_spent_on_a_slow_client_is_not_engine_idleness() -> None:
+    async def two_chunks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
+        writer.write(SSE + chunk(b"data: 1\n\n") + chunk(b"data: 2\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    client = EngineClient(HUNG)
+    async with TinyEngine(two_chunks) as engine:
+        resp = await client.post(engine.url, "/v1/completions", b"{}")
+        got = []
+        async for c in resp.iter_raw():
+            got.append(c)
+            await asyncio.sleep(0.3)  # the client is slow; the engine has sent everything
+        await resp.aclose()
+        assert got == [b"data: 1\n\n", b"data: 2\n\n"]
+        assert client.idle_connections(engine.url) == 1  # read to its end: kept
+    await client.aclose()
+
+
+async def test_proxy_answers_504_for_a_hung_engine_and_ends_a_stuck_stream_with_an_error() -> None:
+    for script, stream in ((hang, False), (one_chunk_then_hang, True)):
+        async with TinyEngine(script) as engine:
+            router = FakeRouter((LLAMA,), base_url=engine.url)
+            app = create_app(router, ChimeraMetrics(), upstream_limits=HUNG)
+            async with app.router.lifespan_context(app):
+                t = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=t, base_url="http://proxy") as http:
+                    body = {"model": "llama-1b", "prompt": "x", "stream": stream}
+                    resp = await http.post("/v1/completions", json=body)
+            if stream:
+                assert resp.status_code == 200
+                assert resp.text.startswith("data: 1\n\n") and resp.text.endswith("data: [DONE]\n\n")
+                assert '"error"' in resp.text and "engine" in resp.text
+            else:
+                assert resp.status_code == 504
+                assert resp.json()["error"]["code"] == "engine_timeout"
+            assert router.balanced

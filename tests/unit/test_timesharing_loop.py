@@ -127,7 +127,7 @@ async def test_failed_park_returns_to_awake_and_is_counted(env: Env) -> None:
     assert fx.parked.count(("c@gpu0", "warm_start")) == 1  # not retried in a loop
 
 
-async def test_failed_wake_fails_the_held_requests(env: Env) -> None:
+async def test_failed_wake_restarts_the_instance_for_the_held_requests(env: Env) -> None:
     ctl, fx, clock = env
     ctl.post(Parked("c@gpu0", 0.4, 1))
     ctl.post(Parked("a@gpu0", 0.4, 1))  # ignored: a is awake, not parking
@@ -144,8 +144,20 @@ async def test_failed_wake_fails_the_held_requests(env: Env) -> None:
     await settle()
     assert fx.woken == ["c@gpu0"]
     ctl.post(WakeFailed("c@gpu0", "output after wake differs"))
-    with pytest.raises(EngineUnavailable, match="differs"):
-        await req
+    await settle()
+    assert state(ctl, "c@gpu0") is S.BACKOFF and not req.done()  # held through the restart
+    starts = fx.started.count("c@gpu0")
+    clock.t = 100.9
+    ctl.post(Tick())
+    await settle()
+    assert fx.started.count("c@gpu0") == starts  # backoff (1 s) not over yet
+    clock.t = 101.0
+    ctl.post(Tick())
+    await settle()
+    assert fx.started.count("c@gpu0") == starts + 1
+    assert ("restarts", "c", 1, "c@gpu0 wake_failed") in fx.observed
+    ctl.post(Started("c@gpu0", ep("c@gpu0"), 0.5))
+    assert (await req).instance_id == "c@gpu0"
 
 
 async def test_hold_bounds_answer_at_once_with_retry_after(env: Env) -> None:
