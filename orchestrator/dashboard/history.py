@@ -19,6 +19,8 @@ from orchestrator.types import InstanceView
 WINDOW_S = 600.0  # the timeline shows the last ten minutes
 PER_INSTANCE = 256  # changes kept per instance (a model that flaps faster loses its oldest)
 DECISIONS = 50
+RECENT_MOVES = 5  # wake and park times kept per instance
+MOVES = ("waking", "parking")  # the stays whose durations are wake and park times
 # The loggers the scheduler's decisions are written to ("scheduler: activation of m: why",
 # "scheduler: m waits: why", "scheduler: abandoned ..."): control/plans.py and control/loop.py.
 SCHEDULER_LOGGERS = ("chimera.scheduler", "chimera.control")
@@ -39,6 +41,7 @@ class History:
         self.window_s = window_s
         self._per_instance = per_instance
         self._changes: dict[str, deque[Change]] = {}
+        self._moves: dict[tuple[str, str], deque[float]] = {}
         self._decisions: deque[Change] = deque(maxlen=decisions)
 
     def seed(self, views: Iterable[InstanceView]) -> None:
@@ -52,6 +55,9 @@ class History:
         changes = self._changes.setdefault(view.id, deque(maxlen=self._per_instance))
         if changes and changes[-1][1] == view.state.value:
             return
+        if changes and changes[-1][1] in MOVES:  # a wake or park ended: keep how long it took
+            moves = self._moves.setdefault((view.id, changes[-1][1]), deque(maxlen=RECENT_MOVES))
+            moves.append(round(now - changes[-1][0], 3))
         changes.append((now, view.state.value))
         # keep one change before the window: the state the window starts in
         while len(changes) > 1 and changes[1][0] < now - self.window_s:
@@ -63,6 +69,11 @@ class History:
 
     def timeline(self, instance_id: str) -> list[Change]:
         return list(self._changes.get(instance_id, ()))
+
+    def moves(self, instance_id: str, state: str) -> list[float]:
+        """How long its last RECENT_MOVES finished stays in ``state`` (one of MOVES) lasted,
+        oldest first: its recent wake (``waking``) or park (``parking``) times."""
+        return list(self._moves.get((instance_id, state), ()))
 
     def decisions(self) -> list[Change]:
         """Newest first."""

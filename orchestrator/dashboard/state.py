@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from orchestrator.dashboard.history import History
+from orchestrator.dashboard.history import RECENT_MOVES, History
 from orchestrator.dashboard.readings import Readings, quantile
 from orchestrator.deployment import Deployment, InstanceFacts
 from orchestrator.types import InstanceState, InstanceView, ModelView
@@ -22,7 +22,6 @@ from orchestrator.types import InstanceState, InstanceView, ModelView
 S = InstanceState
 HOLDS_WEIGHTS = frozenset({S.STARTING, S.AWAKE, S.PARKING, S.WAKING})
 HOLDS_CONTEXT = HOLDS_WEIGHTS | {S.PARKED}
-RECENT_MOVES = 5  # wake and park times shown per model
 MEMORY_KINDS = ("weights", "runtime", "kv_used", "kv_mapped")  # stacked in this order; then free
 
 
@@ -89,12 +88,12 @@ def _model(m: ModelView, dep: Deployment, r: Readings, history: History) -> dict
     name = m.spec.name
     facts = dep.models.get(name)
     buckets = r.ttft.get(name, [])
-    timeline = {i.id: [[t, s] for t, s in history.timeline(i.id)] for i in m.instances}
+    timeline = {i.id: history.timeline(i.id) for i in m.instances}
     wakes: list[float] = []
     parks: list[float] = []
-    for changes in timeline.values():
-        wakes.extend(_durations(changes, S.WAKING.value))
-        parks.extend(_durations(changes, S.PARKING.value))
+    for i in m.instances:
+        wakes.extend(history.moves(i.id, S.WAKING.value))
+        parks.extend(history.moves(i.id, S.PARKING.value))
     return {
         "name": name,
         "state": m.state.value,
@@ -116,8 +115,3 @@ def _model(m: ModelView, dep: Deployment, r: Readings, history: History) -> dict
         "parks": parks[-RECENT_MOVES:],
         "timeline": timeline,
     }
-
-
-def _durations(changes: list[list[Any]], state: str) -> list[float]:
-    """How long each finished stay in ``state`` lasted (a wake: waking until the next change)."""
-    return [round(b[0] - a[0], 3) for a, b in zip(changes, changes[1:], strict=False) if a[1] == state]

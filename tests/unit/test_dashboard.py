@@ -202,3 +202,20 @@ def test_routes_serve_the_page_the_state_and_only_known_files() -> None:
     assert [m["state"] for m in snap["models"]] == ["awake", "parked"]
     # seeded from the views at construction: the timeline starts with the states at start
     assert snap["models"][1]["timeline"]["b@gpu0"] == [[1000.0, "parked"]]
+
+
+def test_the_fast_read_agrees_with_the_public_collect_path() -> None:
+    metrics = ChimeraMetrics()
+    metrics.requests.labels("a", "/v1/completions", "200").inc(3)
+    metrics.requests.labels("a", "/generate", "429").inc(2)
+    metrics.requests.labels("b", "/v1/completions", "499").inc()
+    for v in (0.003, 0.2, 0.7, 900.0):
+        metrics.ttft.labels("a").observe(v)
+    metrics.in_flight.labels("b").set(4)
+    metrics.record("held", "a", 1)
+    metrics.set_kv("a", "a@gpu0", 3, 2, 1)
+    fast = readings._read(metrics, readings._fast)
+    assert fast == readings._read(metrics, readings._collected)
+    assert fast == readings.read(metrics)
+    assert fast.requests == {"a": 5.0, "b": 1.0} and fast.shed == {"a": 2.0}
+    assert fast.ttft["a"][-1] == (float("inf"), 4.0)
