@@ -42,9 +42,14 @@ CYCLE = (InstanceState.AWAKE, InstanceState.PARKING, InstanceState.PARKED, Insta
 
 def fleet(models: int, gpus: int) -> Deployment:
     """``models`` models on ``gpus`` GPUs, round-robin, the first ``gpus`` awake at start."""
-    raw: dict[str, Any] = {
+    return derive(parse_config(fleet_placements(models, gpus)))
+
+
+def fleet_placements(models: int, gpus: int) -> dict[str, Any]:
+    """The placements file of ``fleet`` (also for ``chimera-orch up --engine sim``)."""
+    return {
         "mode": "full",
-        "host": {"gpus": gpus, "gpu_memory_gb": 80},
+        "host": {"gpus": gpus, "gpu_memory_gb": 80, "host_memory_gb": 2048},
         "models": [
             {
                 "name": f"m{i:02d}",
@@ -55,7 +60,6 @@ def fleet(models: int, gpus: int) -> Deployment:
             for i in range(models)
         ],
     }
-    return derive(parse_config(raw))
 
 
 class Fleet:

@@ -102,6 +102,16 @@
 
   // --- models ---
   const rows = new Map();
+  // The strips span the window, or the time since the first recorded change if shorter (a young
+  // deployment fills the strip instead of a sliver at its right end).
+  function span(s) {
+    let first = s.now;
+    for (const m of s.models) for (const i of m.instances) {
+      const tl = m.timeline[i.id];
+      if (tl && tl.length) first = Math.min(first, tl[0][0]);
+    }
+    return Math.max(10, Math.min(s.window_s, s.now - first));
+  }
   function strip(changes, now, window_s, multi) {
     const s = el("div", multi ? "strip multi" : "strip");
     const start = now - window_s;
@@ -137,6 +147,8 @@
       }
       body.dataset.names = names;
     }
+    const shown = span(s);
+    $("#window").textContent = `(timeline: the last ${shown < 120 ? Math.round(shown) + " s" : Math.round(shown / 60) + " min"})`;
     for (const m of s.models) {
       const tr = rows.get(m.name);
       const where = m.instances.map((i) => `${i.id} on GPU ${i.gpus.join("+")}: ${i.state}${i.error ? " (" + i.error + ")" : ""}`).join("\n");
@@ -145,7 +157,7 @@
       st.className = "state state-" + m.state;
       const tl = tr.querySelector("td.timeline");
       const multi = m.instances.length > 1;
-      tl.replaceChildren(...m.instances.map((i) => strip(m.timeline[i.id] || [], s.now, s.window_s, multi)));
+      tl.replaceChildren(...m.instances.map((i) => strip(m.timeline[i.id] || [], s.now, shown, multi)));
       cell(tr, "requests", m.requests);
       cell(tr, "in_flight", m.in_flight);
       cell(tr, "held", m.held);
@@ -172,7 +184,6 @@
     const awake = s.models.filter((m) => m.state === "awake").length;
     const parked = s.models.filter((m) => m.state === "parked").length;
     $("#summary").textContent = `mode ${s.mode} · ${s.models.length} models on ${s.gpus.length} GPUs · ${awake} awake · ${parked} parked`;
-    $("#window").textContent = `(timeline: the last ${Math.round(s.window_s / 60)} minutes)`;
     drawGpus(s);
     drawModels(s);
     drawDecisions(s);
