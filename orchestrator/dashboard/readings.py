@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client.metrics import MetricWrapperBase
@@ -100,11 +101,10 @@ def _fast(metric: MetricWrapperBase, names: tuple[str, ...], histogram: bool) ->
         return [(key, float(child._value.get())) for key, child in children]
     out: Values = []
     for key, child in children:
-        cumulative, buckets = 0.0, []
-        for bound, bucket in zip(child._upper_bounds, child._buckets, strict=True):
-            cumulative += bucket.get()
-            buckets.append((float(bound), cumulative))
-        out.append((key, buckets))
+        # each bucket's float read without its lock (one attribute read is atomic in CPython;
+        # the lock would cost a third of the page's budget at 58 models)
+        counts = accumulate(b._value for b in child._buckets)
+        out.append((key, list(zip(child._upper_bounds, counts, strict=True))))
     return out
 
 
