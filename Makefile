@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-test
 FILE   ?= placements/example.yaml
 ARGS   ?=
 
-.PHONY: up test test-fast test-gpu lint check install clean plan sim sim-bench bench-smoke
+.PHONY: up test chromium test-fast test-gpu lint check install clean plan sim sim-bench bench-smoke
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,9 +28,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check orchestrator simsglang cumem_shim bench tests
 	$(BIN)/mypy
 
+# Debian's chromium for the dashboard's browser test, when /usr/bin/chromium is missing.
+chromium:
+	.ci/install-chromium
+
 # GPU tests (@pytest.mark.gpu) skip themselves here when there is no CUDA GPU.
 # pytest exit code 5 (no test collected) is turned into a failure.
-test: lint
+test: lint chromium
 	$(BIN)/python -m pytest -q -rs; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 

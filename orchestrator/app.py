@@ -20,6 +20,7 @@ from orchestrator.control.events import Tick
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.control.scrape import ROUND_S as SCRAPE_ROUND_S
 from orchestrator.control.scrape import Scraper
+from orchestrator.dashboard.routes import Dashboard
 from orchestrator.deployment import Deployment, derive
 from orchestrator.engines import get_engine
 from orchestrator.env import Env
@@ -94,13 +95,16 @@ async def serve(
     for m in control.models():
         for v in m.instances:
             publish(v)
+    dashboard = Dashboard(dep, control.models, metrics)  # the page at / and /dashboard
+    supervisor.add_observer(dashboard.observe)
+    detach_dashboard = dashboard.history.attach()  # the scheduler's decisions, off its log
 
     env = Env.read()
     app = create_app(
         control,
         metrics,
         hold_timeout_s=hold_timeout_s,
-        extra_routes=admin_routes(control, admin_key),
+        extra_routes=admin_routes(control, admin_key) + dashboard.routes(),
         upstream_limits=Limits(first_byte_s=env.upstream_first_byte_s, idle_s=env.upstream_idle_s),
     )
     gate = _admission(dep, app)  # mode full: the proxy's admission gate
@@ -157,6 +161,7 @@ async def serve(
         await cancel_and_wait(control_task)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        detach_dashboard()
         console.print("[green]stopped[/]: no engine process left")
     return 0
 
@@ -243,5 +248,5 @@ def _summary(console: Console, control: ControlLoop, host: str, port: int) -> No
     )
     console.print(
         f"[bold green]serving[/] on http://{host}:{port}/v1 "
-        f"(models: GET /v1/models, metrics: GET /metrics; Ctrl-C to stop)"
+        f"(models: GET /v1/models, metrics: GET /metrics, dashboard: http://{host}:{port}/; Ctrl-C to stop)"
     )

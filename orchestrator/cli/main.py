@@ -17,6 +17,7 @@ from rich.table import Table
 
 from orchestrator import __version__
 from orchestrator.cli import plan as plan_cmd
+from orchestrator.cli import status as status_cmd
 from orchestrator.config import GIB, Config, load_config
 from orchestrator.deployment import derive
 from orchestrator.errors import ConfigError
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
     plan_cmd.add_parser(sub)
+    status_cmd.add_parser(sub)
     check.add_argument(
         "--gpus",
         type=int,
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args)
         if args.command == "plan":
             return plan_cmd.run(args)
+        if args.command == "status":
+            return status_cmd.run(args)
         return _up(args)
     except ConfigError as exc:
         console.print("[bold red]invalid placements file:[/]")

@@ -1,0 +1,1 @@
+"""The dashboard's cost to the proxy (``python -m bench.dashboard.cost``)."""

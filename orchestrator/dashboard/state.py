@@ -1,0 +1,117 @@
+"""The dashboard's snapshot: a pure function of the Router's views, the deployment's facts, the
+metrics read (readings.py), the history (history.py) and ``now``. Its JSON is what the page and
+``chimera-orch status`` draw; its shape is documented by ``build``.
+
+Memory per GPU is what chimera knows, not a measurement: each instance's share of its GPUs from
+the deployment's costs (weights; runtime = CUDA context, graphs and activations), and its KV
+pool: with cumem_shim, what the shim last reported mapped and in use (chimera_kv_mapped_bytes,
+chimera_kv_used_tokens), else the fixed pool it was started with (use unknown). A parked
+instance holds its context only; a stopped or failed one nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from orchestrator.dashboard.history import RECENT_MOVES, History
+from orchestrator.dashboard.readings import Readings, quantile
+from orchestrator.deployment import Deployment, InstanceFacts
+from orchestrator.types import InstanceState, InstanceView, ModelView
+
+S = InstanceState
+HOLDS_WEIGHTS = frozenset({S.STARTING, S.AWAKE, S.PARKING, S.WAKING})
+HOLDS_CONTEXT = HOLDS_WEIGHTS | {S.PARKED}
+MEMORY_KINDS = ("weights", "runtime", "kv_used", "kv_mapped")  # stacked in this order; then free
+
+
+def build(
+    models: Iterable[ModelView],
+    dep: Deployment,
+    readings: Readings,
+    history: History,
+    now: float,
+) -> dict[str, Any]:
+    """``{"now", "mode", "window_s", "gpus": [{"gpu", "capacity", "free", "parts": [[instance,
+    model, kind, bytes], ...]}], "models": [{"name", "state", "instances": [{"id", "gpus",
+    "state", "error"}], "requests", "in_flight", "held", "shed", "ttft": {"p50", "p99", "slo",
+    "count"}, "tpot": {"p50", "p99", "slo"}, "wakes", "parks", "timeline": {instance: [[t,
+    state], ...]}}], "decisions": [[t, message], ...]}``. Bytes and seconds; None where
+    chimera has no figure (TPOT percentiles: the proxy does not time tokens)."""
+    views = list(models)
+    instances = [i for m in views for i in m.instances]
+    return {
+        "now": now,
+        "mode": dep.mode,
+        "window_s": history.window_s,
+        "gpus": _gpus(instances, dep, readings),
+        "models": [_model(m, dep, readings, history) for m in views],
+        "decisions": [[t, msg] for t, msg in history.decisions()],
+    }
+
+
+def _gpus(instances: list[InstanceView], dep: Deployment, r: Readings) -> list[dict[str, Any]]:
+    capacity = dep.gpu_bytes
+    gpus: dict[int, list[list[Any]]] = {g: [] for f in dep.instances.values() for g in f.spec.gpus}
+    for v in instances:
+        facts = dep.instances.get(v.id)
+        if facts is None:
+            continue
+        parts = instance_memory(v.state, facts, r)
+        for g in v.gpus:
+            gpus.setdefault(g, []).extend([v.id, v.model, kind, b] for kind, b in parts if b > 0)
+    out = []
+    for g in sorted(gpus):
+        held = sum(p[3] for p in gpus[g])
+        out.append({"gpu": g, "capacity": capacity, "free": max(0, capacity - held), "parts": gpus[g]})
+    return out
+
+
+def instance_memory(state: InstanceState, f: InstanceFacts, r: Readings) -> list[tuple[str, int]]:
+    """What one instance holds on each of its GPUs, by kind (module docstring)."""
+    if state not in HOLDS_CONTEXT:
+        return []
+    tp = f.spec.model.tp_size
+    if state not in HOLDS_WEIGHTS:
+        return [("runtime", f.cost.parked_bytes)]
+    weights = f.spec.model.shape.weight_bytes // tp
+    runtime = max(0, f.cost.held_awake_bytes - weights)
+    if f.shim:
+        mapped = int(r.kv_mapped_bytes.get(f.spec.id, f.start_limit_bytes))
+        used = min(mapped, int(r.kv_used_tokens.get(f.spec.id, 0) * f.cost.kv_bytes_per_token))
+    else:
+        mapped, used = f.fixed_pool_bytes // tp, 0
+    return [("weights", weights), ("runtime", runtime), ("kv_used", used), ("kv_mapped", mapped - used)]
+
+
+def _model(m: ModelView, dep: Deployment, r: Readings, history: History) -> dict[str, Any]:
+    name = m.spec.name
+    facts = dep.models.get(name)
+    buckets = r.ttft.get(name, [])
+    timeline = {i.id: history.timeline(i.id) for i in m.instances}
+    wakes: list[float] = []
+    parks: list[float] = []
+    for i in m.instances:
+        wakes.extend(history.moves(i.id, S.WAKING.value))
+        parks.extend(history.moves(i.id, S.PARKING.value))
+    return {
+        "name": name,
+        "state": m.state.value,
+        "instances": [
+            {"id": i.id, "gpus": list(i.gpus), "state": i.state.value, "error": i.error} for i in m.instances
+        ],
+        "requests": int(r.requests.get(name, 0)),
+        "in_flight": int(r.in_flight.get(name, 0)),
+        "held": int(r.held.get(name, 0)),
+        "shed": int(r.shed.get(name, 0)),
+        "ttft": {
+            "p50": quantile(0.5, buckets),
+            "p99": quantile(0.99, buckets),
+            "slo": facts.ttft_slo_s if facts else None,
+            "count": int(buckets[-1][1]) if buckets else 0,
+        },
+        "tpot": {"p50": None, "p99": None, "slo": facts.tpot_slo_s if facts else None},
+        "wakes": wakes[-RECENT_MOVES:],
+        "parks": parks[-RECENT_MOVES:],
+        "timeline": timeline,
+    }

@@ -1,0 +1,152 @@
+"""The dashboard in a real browser: Debian's chromium (headless), driven by Playwright, against
+`chimera-orch up` on the sim engine. The page must show the numbers /metrics has, and a park and
+a wake through the admin API must show up without a reload. Saves a screenshot under
+runs/test-artifacts/ (and into docs/img/ when CHIMERA_UPDATE_SCREENSHOT=1).
+
+Playwright's own browser download is not used: `make test` (.ci/install-chromium) installs
+Debian's chromium when /usr/bin/chromium is missing; without it this test is skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.chimera_proc import Running, start_chimera
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "runs" / "test-artifacts"
+SCREENSHOT = ROOT / "docs" / "img" / "dashboard.png"
+KEY = "browser-test-key"
+AUTH = {"authorization": f"Bearer {KEY}"}
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 30_000  # bounded waits for the page's one-second polls
+PLACEMENTS: dict[str, Any] = {
+    "mode": "full",
+    "host": {"gpus": 2, "gpu_memory_gb": 80},
+    "models": [
+        {
+            "name": "tiny",
+            "model_path": "tiny-llama",
+            "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
+            "placements": [{"gpus": [0], "on": True}],
+        },
+        {
+            "name": "llama-1b",
+            "model_path": "meta-llama/Llama-3.2-1B-Instruct",
+            "placements": [{"gpus": [0], "on": True}],
+        },
+        {"name": "qwen-7b", "model_path": "Qwen/Qwen2.5-7B-Instruct", "placements": [{"gpus": [1], "on": True}]},
+        {"name": "lazy", "model_path": "tiny-llama", "placements": [{"gpus": [1], "on": False}]},
+    ],
+}
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+
+
+@pytest.fixture(scope="module")
+def chimera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (.ci/install-chromium)")
+    run = start_chimera(
+        tmp_path_factory.mktemp("dash"),
+        PLACEMENTS,
+        "sim",
+        awake=["tiny", "llama-1b", "qwen-7b"],
+        parked=("lazy",),
+        timeout_s=90,
+        env={"CHIMERA_SIM_SPEED": "0.02"},
+        args=("--admin-key", KEY),
+    )
+    yield run
+    run.stop()
+
+
+def metric(base: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def cell(model: str, column: str) -> str:
+    return f'tr[data-model="{model}"] td.{column}'
+
+
+def test_the_page_shows_metrics_and_a_park_and_a_wake_live(chimera: Running, tmp_path: Path) -> None:
+    for _ in range(3):
+        r = httpx.post(
+            f"{chimera.base}/v1/completions",
+            json={"model": "tiny", "prompt": "hello", "max_tokens": 4, "stream": True},
+            timeout=30,
+        )
+        assert r.status_code == 200
+    requests = metric(chimera.base, "chimera_requests_total", model="tiny")
+    assert requests == 3
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),  # a fresh --user-data-dir
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1400, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{chimera.base}/dashboard")
+            expect = sync_api.expect
+            expect(page.locator(cell("tiny", "state"))).to_have_text("awake", timeout=WAIT_MS)
+            # the numbers shown are /metrics' numbers
+            expect(page.locator(cell("tiny", "requests"))).to_have_text(str(int(requests)), timeout=WAIT_MS)
+            assert metric(chimera.base, "chimera_instance_state", model="tiny", state="awake") == 1
+            expect(page.locator(cell("lazy", "state"))).to_have_text("parked")
+            expect(page.locator(".gpu")).to_have_count(2)
+            expect(page.locator("#activity canvas").first).to_be_visible(timeout=WAIT_MS)
+
+            # a park and a wake through the admin API show up without a reload
+            park = httpx.post(f"{chimera.base}/admin/instances/tiny@gpu0/park", headers=AUTH, timeout=60)
+            assert park.status_code == 200, park.text
+            expect(page.locator(cell("tiny", "state"))).to_have_text("parked", timeout=WAIT_MS)
+            assert metric(chimera.base, "chimera_instance_state", model="tiny", state="parked") == 1
+            expect(page.locator(cell("tiny", "parks"))).not_to_have_text("–", timeout=WAIT_MS)
+            wake = httpx.post(f"{chimera.base}/admin/instances/tiny@gpu0/wake", headers=AUTH, timeout=60)
+            assert wake.status_code == 200, wake.text
+            expect(page.locator(cell("tiny", "state"))).to_have_text("awake", timeout=WAIT_MS)
+            expect(page.locator(cell("tiny", "wakes"))).not_to_have_text("–", timeout=WAIT_MS)
+            # the timeline of the model that parked and woke has its three stays at least
+            assert page.locator(cell("tiny", "timeline") + " .strip span").count() >= 3
+            expect(page.locator("#status")).not_to_have_class("status error")
+
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shot = ARTIFACTS / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("CHIMERA_UPDATE_SCREENSHOT") == "1":
+                SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, SCREENSHOT)
+        finally:
+            browser.close()
