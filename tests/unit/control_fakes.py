@@ -44,3 +44,14 @@ async def settle() -> None:
 
 def ep(iid: str) -> Endpoint:
     return Endpoint(iid, f"http://{iid}", iid.split("@")[0])
+
+
+class Clock:
+    """A clock the test moves by hand (``clock.t += 5``): policies and the loop take time as
+    a callable, never from the wall."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t

@@ -17,16 +17,9 @@ from orchestrator.dashboard.routes import Dashboard
 from orchestrator.deployment import Deployment, derive
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.types import InstanceState, InstanceView, ModelView
+from tests.unit.control_fakes import Clock
 
 S = InstanceState
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def deployment(mode: str = "full") -> Deployment:
@@ -67,7 +60,7 @@ def view(iid: str, st: InstanceState) -> InstanceView:
 
 
 def test_history_records_changes_only_and_keeps_one_before_the_window() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     h = History(clock=clock, window_s=60)
     h.observe(view("a@gpu0", S.STARTING))
     clock.t += 10
@@ -80,7 +73,7 @@ def test_history_records_changes_only_and_keeps_one_before_the_window() -> None:
 
 
 def test_history_is_bounded_per_instance() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     h = History(clock=clock, per_instance=4)
     for i in range(10):
         clock.t += 1
@@ -89,7 +82,7 @@ def test_history_is_bounded_per_instance() -> None:
 
 
 def test_history_keeps_scheduler_decisions_from_the_log_newest_first() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     h = History(clock=clock, decisions=2)
     detach = h.attach()
     lg, control = logging.getLogger("chimera.scheduler"), logging.getLogger("chimera.control")
@@ -136,7 +129,7 @@ def test_snapshot_reads_the_same_numbers_as_metrics() -> None:
     metrics.ttft.labels("a").observe(0.02)
     metrics.record("held", "b", 2)
     metrics.set_kv("a", "a@gpu0", 8 * GIB, 2 * GIB, 1000)
-    h = History(clock=Clock())
+    h = History(clock=Clock(1000.0))
     snap = state.build(views(dep, {"a@gpu0": S.AWAKE, "b@gpu0": S.PARKED}), dep, readings.read(metrics), h, 5.0)
     a, b = snap["models"]
     assert (a["requests"], a["shed"], a["ttft"]["count"], a["ttft"]["slo"]) == (4, 1, 1, 0.5)
@@ -173,7 +166,7 @@ def test_a_stopped_instance_holds_nothing_and_a_fixed_pool_counts_whole() -> Non
 
 def test_recent_wake_and_park_times_come_from_the_timeline() -> None:
     dep = deployment()
-    clock = Clock()
+    clock = Clock(1000.0)
     h = History(clock=clock)
     for st, dt in [(S.AWAKE, 0), (S.PARKING, 5), (S.PARKED, 1.5), (S.WAKING, 20), (S.AWAKE, 0.75)]:
         clock.t += dt
@@ -189,7 +182,7 @@ def test_recent_wake_and_park_times_come_from_the_timeline() -> None:
 def test_routes_serve_the_page_the_state_and_only_known_files() -> None:
     dep = deployment()
     states = {"a@gpu0": S.AWAKE, "b@gpu0": S.PARKED}
-    dash = Dashboard(dep, lambda: views(dep, states), ChimeraMetrics(), clock=Clock())
+    dash = Dashboard(dep, lambda: views(dep, states), ChimeraMetrics(), clock=Clock(1000.0))
     client = TestClient(Starlette(routes=dash.routes()))
     for path in ("/", "/dashboard"):
         page = client.get(path)

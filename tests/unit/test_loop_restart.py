@@ -15,7 +15,7 @@ from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.deployment import derive
 from orchestrator.errors import EngineUnavailable
 from orchestrator.types import InstanceState
-from tests.unit.control_fakes import RecordingEffects, ep, settle
+from tests.unit.control_fakes import Clock, RecordingEffects, ep, settle
 
 S = InstanceState
 A = "a@gpu0"
@@ -26,14 +26,6 @@ CFG = parse_config(
         "models": [{"name": "a", "model_path": "tiny-llama", "placements": [{"gpus": [0]}]}],
     }
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 Env = tuple[ControlLoop, RecordingEffects, Clock]

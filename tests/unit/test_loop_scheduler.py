@@ -22,7 +22,7 @@ from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.deployment import derive
 from orchestrator.errors import ConfigError
 from orchestrator.types import Endpoint, InstanceState, LoadSample
-from tests.unit.control_fakes import RecordingEffects, ep, settle
+from tests.unit.control_fakes import Clock, RecordingEffects, ep, settle
 
 S = InstanceState
 # Two 40 GB GPUs. GPU 0 holds two awake 8B servers (hot, n1): little KV room, so any demand on
@@ -45,14 +45,6 @@ RAW = {
     ],
 }
 CFG = parse_config(RAW)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 Env = tuple[ControlLoop, RecordingEffects, Clock]

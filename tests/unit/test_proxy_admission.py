@@ -23,7 +23,7 @@ from orchestrator.proxy.admission import (
 )
 from orchestrator.proxy.errors import ProxyError
 from orchestrator.types import Endpoint, InstanceView, LoadSample, ModelView
-from tests.unit.control_fakes import settle
+from tests.unit.control_fakes import Clock, settle
 
 CFG = parse_config(
     {
@@ -38,14 +38,6 @@ CFG = parse_config(
     }
 )
 BODY = {"prompt": "x" * 400, "max_tokens": 100}  # ~100 prompt tokens + 100 new
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def spec(name: str) -> ModelSpec:
@@ -84,14 +76,14 @@ def test_estimates_read_openai_and_generate_bodies() -> None:
 
 
 async def test_gate__without_a_sample_admits_at_once() -> None:
-    gate = AdmissionGate(derive(CFG), clock=Clock())
+    gate = AdmissionGate(derive(CFG), clock=Clock(100.0))
     rid = await gate.admit(spec("fast"), BODY, "fast@gpu0", 100.0)
     gate.done("fast@gpu0", rid)
     assert gate.queued() == {}
 
 
 async def test_gate__waits_for_kv_room_and_counts_what_it_sent_since_the_sample() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     gate = AdmissionGate(derive(CFG), clock=clock)
     gate.observe(loads("big@gpu0", 100.0, used=9_900))  # 100 tokens free, a request needs 200
     first = asyncio.create_task(gate.admit(spec("big"), BODY, "big@gpu0", 100.0))
@@ -109,7 +101,7 @@ async def test_gate__waits_for_kv_room_and_counts_what_it_sent_since_the_sample(
 
 
 async def test_gate__earliest_deadline_first_when_one_slot_frees() -> None:
-    gate = AdmissionGate(derive(CFG), clock=Clock())
+    gate = AdmissionGate(derive(CFG), clock=Clock(100.0))
     gate.observe(loads("big@gpu0", 100.0, running=64))  # no free running slot
     late = asyncio.create_task(gate.admit(spec("big"), BODY, "big@gpu0", 99.9))
     early = asyncio.create_task(gate.admit(spec("big"), BODY, "big@gpu0", 99.5))  # held longer
@@ -123,7 +115,7 @@ async def test_gate__earliest_deadline_first_when_one_slot_frees() -> None:
 
 
 async def test_gate__sheds_infeasible_requests_with_an_honest_retry_after() -> None:
-    gate = AdmissionGate(derive(CFG), clock=Clock())
+    gate = AdmissionGate(derive(CFG), clock=Clock(100.0))
     backlog_tokens = 400_000
     gate.observe(loads("fast@gpu0", 100.0, waiting_tokens=backlog_tokens, capacity=1 << 30))
     with pytest.raises(ProxyError) as exc:
@@ -137,7 +129,7 @@ async def test_gate__sheds_infeasible_requests_with_an_honest_retry_after() -> N
 
 
 async def test_gate__a_model_without_ttft_objective_is_served_late_never_shed() -> None:
-    gate = AdmissionGate(derive(CFG), clock=Clock())
+    gate = AdmissionGate(derive(CFG), clock=Clock(100.0))
     gate.observe(loads("free@gpu1", 100.0, waiting_tokens=9_000, capacity=9_000))  # no room
     waiter = asyncio.create_task(gate.admit(spec("free"), BODY, "free@gpu1", 10.0))  # long ago
     await settle()
@@ -205,7 +197,7 @@ async def test_proxy__sheds_with_429_in_the_envelope_and_serves_the_rest() -> No
 async def test_gate__a_queued_request_is_admitted_once_samples_stop() -> None:
     """The engine looked full, then no sample came (scrapes failing, instance gone): once the
     last sample is stale, room is unknown and the request goes, with no other event."""
-    clock = Clock()
+    clock = Clock(100.0)
     gate = AdmissionGate(derive(CFG), clock=clock, repump_s=0.01)
     gate.observe(loads("free@gpu1", 100.0, running=64, max_running=64))
     t = asyncio.create_task(gate.admit(spec("free"), BODY, "free@gpu1", 100.0))

@@ -14,7 +14,7 @@ from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.deployment import derive
 from orchestrator.errors import EngineUnavailable
 from orchestrator.types import InstanceState
-from tests.unit.control_fakes import RecordingEffects, ep, settle
+from tests.unit.control_fakes import Clock, RecordingEffects, ep, settle
 
 S = InstanceState
 Env = tuple[ControlLoop, RecordingEffects, "Clock"]
@@ -37,14 +37,6 @@ CFG = parse_config(
         ],
     }
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
