@@ -108,7 +108,7 @@ async def serve(
         upstream_limits=Limits(first_byte_s=env.upstream_first_byte_s, idle_s=env.upstream_idle_s),
     )
     gate = _admission(dep, app)  # mode full: the proxy's admission gate
-    scraper = _scraper(control, kv, gate)  # modes elastic/full: the one /v1/loads poller
+    scraper = _scraper(control, kv, gate)  # the one /v1/loads poller (liveness in every mode)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -130,7 +130,7 @@ async def serve(
     ticker_task = asyncio.create_task(_ticker(control), name="ticker")
     server_task = asyncio.create_task(server.serve(), name="proxy")
     kv_task = asyncio.create_task(kv.run(), name="kv-ledger") if kv else None
-    scrape_task = asyncio.create_task(scraper.run(), name="scraper") if scraper else None
+    scrape_task = asyncio.create_task(scraper.run(), name="scraper")
     for t in (control_task, ticker_task, kv_task, scrape_task):
         if t is not None:
             t.add_done_callback(_report_death)
@@ -155,8 +155,7 @@ async def serve(
         await cancel_and_wait(ticker_task)
         if kv_task is not None:
             await cancel_and_wait(kv_task)
-        if scrape_task is not None:
-            await cancel_and_wait(scrape_task)
+        await cancel_and_wait(scrape_task)
         await control.shutdown()
         await cancel_and_wait(control_task)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -220,19 +219,18 @@ def _admission(dep: Deployment, app: Starlette) -> AdmissionGate | None:
     return gate
 
 
-def _scraper(control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | None) -> Scraper | None:
-    """The one poller of every awake instance's /v1/loads (250 ms), in modes elastic and full
-    (where the KV runner or the gate exists). Its sinks: the control loop (demand for the global
-    scheduler; in mode elastic the loop records it and decides nothing from it), the KV runner
-    (its observations) and, in mode full, the admission gate (KV room). Mode static: none."""
-    sinks: list[Callable[[LoadSample], None]] = []
+def _scraper(control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | None) -> Scraper:
+    """The one poller of every awake instance's /v1/loads (250 ms), in every mode: it is the
+    first to see a hung engine (liveness events to the control loop). Its sinks: the control
+    loop (demand for the global scheduler; in modes static and elastic the loop records it and
+    decides nothing from it), the KV runner (modes elastic and full: its observations) and, in
+    mode full, the admission gate (KV room)."""
+    sinks: list[Callable[[LoadSample], None]] = [control.post]
     if kv is not None:
         sinks.append(kv.observe)
     if gate is not None:
         sinks.append(gate.observe)
-    if not sinks:
-        return None
-    return Scraper(control.instances, sinks=[control.post, *sinks])
+    return Scraper(control.instances, sinks=sinks, liveness=control.post, window_s=control.config.liveness.window_s)
 
 
 def _summary(console: Console, control: ControlLoop, host: str, port: int) -> None:

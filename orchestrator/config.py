@@ -138,6 +138,16 @@ class RestartLimits:
 
 
 @dataclass(frozen=True)
+class LivenessLimits:
+    """An awake engine whose ``/v1/loads`` has not answered for ``window_s`` (or whose request
+    timed out in the proxy) is probed with ``GET /model_info`` (``probe_timeout_s``); if that fails
+    too it is hung: killed and restarted like a crash (policy/liveness.py)."""
+
+    window_s: float = 10.0
+    probe_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class SchedulerSpec:
     """The two-level scheduler (mode full; docs/scheduling.md)."""
 
@@ -159,6 +169,7 @@ class Config:
     instances: tuple[InstanceSpec, ...] = field(default=())
     scheduler: SchedulerSpec = SchedulerSpec()
     restart: RestartLimits = RestartLimits()
+    liveness: LivenessLimits = LivenessLimits()
 
     def model(self, name_or_alias: str) -> ModelSpec | None:
         for m in self.models:
@@ -211,13 +222,14 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     v = _Validator()
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: expected a mapping with a `models:` list (or Prism's JSON list)"])
-    v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler", "restart"})
+    v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler", "restart", "liveness"})
     host = _host(v, raw.get("host", {}))
     mode = v.one_of(raw.get("mode", "full"), "mode", MODES, "full")
     idle_default = _idle(v, "idle", raw.get("idle", {}), Idle())
     hold = _hold(v, raw.get("hold", {}))
     scheduler = _scheduler(v, raw.get("scheduler", {}))
     restart = _restart(v, raw.get("restart", {}))
+    liveness = _liveness(v, raw.get("liveness", {}))
     models_raw = raw.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         v.err("models", "needs a non-empty list of models")
@@ -235,7 +247,7 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     instances = tuple(
         InstanceSpec(id=_instance_id(m, pl), model=m, placement=pl) for m in models for pl in m.placements
     )
-    return Config(tuple(models), host, mode, hold, source, gpu_count, instances, scheduler, restart)
+    return Config(tuple(models), host, mode, hold, source, gpu_count, instances, scheduler, restart, liveness)
 
 
 def _instance_id(m: ModelSpec, pl: Placement) -> str:
@@ -352,6 +364,17 @@ def _restart(v: _Validator, raw: Any) -> RestartLimits:
     if out.max_backoff_s < out.backoff_s:
         v.err("restart.max_backoff_s", f"must be at least restart.backoff_s ({out.backoff_s:g})")
     return out
+
+
+def _liveness(v: _Validator, raw: Any) -> LivenessLimits:
+    d = LivenessLimits()
+    if not isinstance(raw, dict):
+        v.err("liveness", "must be a mapping like {window_s: 10, probe_timeout_s: 5}")
+        return d
+    v.keys(raw, "liveness", {"window_s", "probe_timeout_s"})
+    window = v.number(raw, "window_s", "liveness", minimum=0.1)
+    probe = v.number(raw, "probe_timeout_s", "liveness", minimum=0.1)
+    return LivenessLimits(d.window_s if window is None else window, d.probe_timeout_s if probe is None else probe)
 
 
 def _scheduler(v: _Validator, raw: Any) -> SchedulerSpec:

@@ -24,6 +24,16 @@ class Effects(Protocol):
         """Bring a parked instance back and check it; post Woken or WakeFailed."""
         ...
 
+    def probe(self, spec: InstanceSpec, timeout_s: float) -> None:
+        """Ask the instance a cheap question (``GET /model_info``, answered while paused, unlike
+        ``/health``) within ``timeout_s``; post Probed."""
+        ...
+
+    def kill(self, spec: InstanceSpec, reason: str) -> None:
+        """SIGKILL the instance's process group (a hung engine honours nothing gentler); its
+        watcher then reports Exited once the group is gone and its memory checked released."""
+        ...
+
     def state_changed(self, view: InstanceView) -> None:
         """Publish a state change (metrics, progress display). Must not block."""
         ...

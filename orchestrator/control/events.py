@@ -55,6 +55,33 @@ class WakeFailed:
 
 
 @dataclass(frozen=True)
+class Unresponsive:
+    """An awake instance stopped answering: its ``/v1/loads`` scrapes have failed for
+    ``stale_s`` (the scraper), or a request to it timed out in the proxy (``stale_s`` None: the
+    upstream's limits are longer than the liveness window). The loop probes it before judging."""
+
+    instance_id: str
+    stale_s: float | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class Responsive:
+    """The scraper reached an instance again after reporting it Unresponsive."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True)
+class Probed:
+    """The answer to ``Effects.probe``: ``ok`` when ``GET /model_info`` answered 200 in time."""
+
+    instance_id: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
 class Acquire:
     model: ModelSpec
     future: asyncio.Future[Endpoint]
@@ -87,6 +114,9 @@ Event = (
     | ParkFailed
     | Woken
     | WakeFailed
+    | Unresponsive
+    | Responsive
+    | Probed
     | Acquire
     | Release
     | AdminAction

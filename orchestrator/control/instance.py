@@ -51,6 +51,14 @@ class Instance:
     failures: list[float] = field(default_factory=list)
     retry_at: float | None = None
     restart_reason: str = ""
+    # Liveness (control/liveness.py), while awake: the current stale streak, its probe, and why
+    # the instance was judged hung (it takes no request while its kill is under way).
+    stale_since: float | None = None
+    stale_why: str = ""
+    probe_at: float | None = None
+    probe_ok: bool | None = None
+    probe_detail: str = ""
+    hung: str | None = None
 
     @property
     def id(self) -> str:
@@ -76,6 +84,7 @@ class Instance:
             self.claimed = False
         if new is not S.BACKOFF:
             self.retry_at = None
+        self.stale_since, self.probe_at, self.probe_ok, self.hung = None, None, None, None
         if new in (S.STOPPED, S.FAILED, S.PENDING, S.BACKOFF):  # a parked instance keeps its address
             self.endpoint = None
 

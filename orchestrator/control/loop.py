@@ -27,15 +27,19 @@ from orchestrator.control.events import (
     Exited,
     Parked,
     ParkFailed,
+    Probed,
     Release,
+    Responsive,
     Started,
     StartFailed,
     Tick,
+    Unresponsive,
     WakeFailed,
     Woken,
 )
 from orchestrator.control.holds import Holds, retry_after
 from orchestrator.control.instance import Instance
+from orchestrator.control.liveness import Liveness
 from orchestrator.control.plans import Plans
 from orchestrator.control.scheduler import cluster_view
 from orchestrator.deployment import Deployment
@@ -78,6 +82,7 @@ class ControlLoop:
         self._due = True  # the global scheduler decides at the next _decide
         self._blocked: dict[str, str] = {}  # model -> why it cannot be activated (logged once)
         self._restart_timer: asyncio.TimerHandle | None = None  # posts a Tick when a backoff ends
+        self._liveness = Liveness(config.liveness, effects)  # hung engines: probe, then kill
 
     # ---- Router (called by the proxy, on the same event loop) -------------------------------
 
@@ -118,6 +123,10 @@ class ControlLoop:
 
     def release(self, endpoint: Endpoint) -> None:
         self.post(Release(endpoint.instance_id))
+
+    def suspect(self, instance_id: str, detail: str) -> None:
+        """A request to the instance timed out in the proxy: check whether it is hung."""
+        self.post(Unresponsive(instance_id, None, detail))
 
     async def admin(self, instance_id: str, action: str) -> str:
         """Park or wake one instance now (admin API); returns what happened."""
@@ -182,6 +191,9 @@ class ControlLoop:
             if inst.state is S.AWAKE:  # a scrape sent before a park may answer after it
                 self._demand.sample(model.name, ev, now)
             return
+        if isinstance(ev, Unresponsive | Responsive | Probed):
+            self._liveness.note(inst, ev, now)  # acted on in _decide
+            return
         if isinstance(ev, Release):
             inst.in_flight = max(0, inst.in_flight - 1)
             inst.last_used = now
@@ -216,7 +228,9 @@ class ControlLoop:
         elif isinstance(ev, WakeFailed) and inst.state is S.WAKING:
             self._on_failure(inst, "wake_failed", ev.error, now)
         elif isinstance(ev, Exited) and inst.state not in (S.STOPPED, S.FAILED, S.BACKOFF):
-            if not self._closing:
+            if inst.hung is not None:  # killed by the liveness check
+                self._on_failure(inst, "hung", f"{inst.hung}; killed", now)
+            elif not self._closing:
                 self._on_failure(inst, "crash", f"engine process exited with code {ev.returncode}", now)
         else:
             return
@@ -286,6 +300,9 @@ class ControlLoop:
             self._park(inst, "admin")
         elif ev.action == "wake" and inst.state is S.PARKED:
             self._wake(inst)
+        elif ev.action == "wake" and inst.state is S.BACKOFF and inst.retry_at is not None:
+            ev.future.set_result(f"restarting in {max(0.0, inst.retry_at - self._clock()):.1f} s ({inst.error})")
+            return
         else:
             busy = f", {inst.in_flight} request(s) in flight" if inst.in_flight else ""
             ev.future.set_exception(ValueError(f"cannot {ev.action} {inst.id}: it is {inst.state}{busy}"))
@@ -304,6 +321,7 @@ class ControlLoop:
             return
         now = self._clock()
         self._due_restarts(now)
+        self._liveness.check(self._instances.values(), now)
         snap = self._snapshot()
         started = startup.decide(snap, now)
         for iid in started.queue:
@@ -403,9 +421,11 @@ class ControlLoop:
 
     def _serve_held(self, model: ModelSpec) -> None:
         """Hand held requests to awake instances, in arrival order, round-robin (never to one
-        that a plan drains: it parks once its requests are done)."""
+        that a plan drains, which parks once its requests are done, nor to a hung one)."""
         awake = [
-            i for i in self._instances.values() if i.spec.model is model and i.state is S.AWAKE and i.draining is None
+            i
+            for i in self._instances.values()
+            if i.spec.model is model and i.state is S.AWAKE and i.draining is None and i.hung is None
         ]
         if not awake:
             return

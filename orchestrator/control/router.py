@@ -38,3 +38,8 @@ class Router(Protocol):
     def release(self, endpoint: Endpoint) -> None:
         """The request acquired on ``endpoint`` finished (any outcome)."""
         ...
+
+    def suspect(self, instance_id: str, detail: str) -> None:
+        """A request to the instance timed out (no bytes within the upstream's limit): the
+        owner checks whether the engine is hung (a probe; then kill and restart)."""
+        ...

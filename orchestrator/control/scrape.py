@@ -12,6 +12,11 @@ next to serving.
 Who calls: app.py runs ``run()`` as one task in modes ``elastic`` and ``full`` (cancelled at
 shutdown). The set of instances to poll is read each round from ``targets()`` (read-only views:
 polling gates no mutation). Failures are logged once per failure streak and produce no sample.
+
+Liveness: the scraper is the first to see an awake engine stop answering. When an instance's
+scrapes have failed for ``window_s`` (config ``liveness.window_s``) it posts ``Unresponsive``
+to ``liveness`` once per streak, and ``Responsive`` when it answers again; the loop judges
+(policy/liveness.py). app.py runs the scraper in every mode for this.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import httpx
 
+from orchestrator.control.events import Responsive, Unresponsive
 from orchestrator.sglang.api import LOADS
 from orchestrator.sglang.loads import Counters, LoadsError, sample_from_loads
 from orchestrator.types import InstanceState, InstanceView, LoadSample
@@ -44,6 +50,8 @@ class Scraper:
         client: httpx.AsyncClient | None = None,
         period_s: float = PERIOD_S,
         clock: Callable[[], float] = time.monotonic,
+        liveness: Callable[[Unresponsive | Responsive], None] | None = None,
+        window_s: float = 10.0,
     ) -> None:
         self.targets = targets
         self.sinks = tuple(sinks)
@@ -51,7 +59,10 @@ class Scraper:
         self.clock = clock
         self._client = client
         self._seen: dict[str, Counters] = {}
-        self._failing: set[str] = set()  # instances whose last scrape failed (logged once)
+        self._failing: dict[str, float] = {}  # instances whose last scrape failed: since when
+        self._reported: set[str] = set()  # ... and were reported Unresponsive (once per streak)
+        self.liveness = liveness
+        self.window_s = window_s
 
     async def run(self) -> None:
         """Until cancelled. Owns an httpx client unless one was given."""
@@ -71,6 +82,9 @@ class Scraper:
         views = [v for v in self.targets() if v.state is InstanceState.AWAKE and v.base_url]
         for gone in set(self._seen) - {v.id for v in views}:
             del self._seen[gone]  # parked or stopped: its counters start over when it is back
+        for gone in set(self._failing) - {v.id for v in views}:
+            del self._failing[gone]  # a streak ends with the awake state (a restart starts over)
+            self._reported.discard(gone)
         got = await asyncio.gather(*(self._one(client, v) for v in views))
         samples = [s for s in got if s is not None]
         for s in samples:
@@ -86,11 +100,18 @@ class Scraper:
             sample, seen = sample_from_loads(view.id, r.json(), at, self._seen.get(view.id))
         except (httpx.HTTPError, ValueError, LoadsError) as exc:
             if view.id not in self._failing:
-                self._failing.add(view.id)
+                self._failing[view.id] = at
                 log.warning("scrape: %s %s failed (logged once until it answers again): %r", view.id, LOADS.path, exc)
+            stale_s = self.clock() - self._failing[view.id]
+            if self.liveness is not None and stale_s >= self.window_s and view.id not in self._reported:
+                self._reported.add(view.id)
+                detail = f"{LOADS.path} unanswered for {stale_s:.1f} s ({type(exc).__name__})"
+                self.liveness(Unresponsive(view.id, stale_s, detail))
             return None
-        if view.id in self._failing:
-            self._failing.discard(view.id)
+        if self._failing.pop(view.id, None) is not None:
             log.info("scrape: %s %s answers again", view.id, LOADS.path)
+            if view.id in self._reported and self.liveness is not None:
+                self.liveness(Responsive(view.id))
+            self._reported.discard(view.id)
         self._seen[view.id] = seen
         return sample

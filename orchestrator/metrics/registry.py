@@ -117,7 +117,7 @@ class ChimeraMetrics:
         )
         self.restarts = Counter(
             "chimera_restarts",
-            "Restarts of an engine instance after a failure, by reason (crash, start_failed, "
+            "Restarts of an engine instance after a failure, by reason (crash, hung, start_failed, "
             'wake_failed); chimera_instance_state{state="backoff"} is 1 while one waits for its restart',
             ["model", "instance", "reason"],
             registry=r,

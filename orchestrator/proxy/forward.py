@@ -143,7 +143,7 @@ class _Exchange:
         try:
             upstream = await upstream_of(self.scope).post(endpoint.base_url, self.ep.route, body)
         except UpstreamError as exc:
-            raise translate(exc, endpoint.instance_id) from exc
+            raise self.engine_failed(exc, endpoint.instance_id) from exc
         try:
             if req.stream and 200 <= upstream.status < 300:
                 await self.relay(endpoint, upstream)
@@ -158,7 +158,7 @@ class _Exchange:
         try:
             body = await upstream.read()
         except UpstreamError as exc:
-            raise translate(exc, endpoint.instance_id) from exc
+            raise self.engine_failed(exc, endpoint.instance_id) from exc
         status = upstream.status
         instance = [("x-chimera-instance", endpoint.instance_id)]
         if 200 <= status < 300:
@@ -191,10 +191,17 @@ class _Exchange:
             # The status line is gone; tell the client in the stream, as SGLang does.
             self.engine_broke_stream = True
             log.warning("engine instance %s broke off a stream: %s: %s", endpoint.instance_id, type(exc).__name__, exc)
-            err = translate(exc, endpoint.instance_id)
+            err = self.engine_failed(exc, endpoint.instance_id)
             frame = b"data: " + err.body() + b"\n\ndata: [DONE]\n\n"
             await self.down.chunk(frame if ends_frame else b"\n\n" + frame)
         await self.down.finish()
+
+    def engine_failed(self, exc: UpstreamError, instance: str) -> ProxyError:
+        """The client's error for a failed exchange; a timeout (the engine sent nothing within
+        the upstream's limit) also asks the owner to check whether the engine is hung."""
+        if isinstance(exc, UpstreamTimeout):
+            self.ep.router.suspect(instance, f"a request timed out: {exc}")
+        return translate(exc, instance)
 
     async def fail(self, err: ProxyError) -> None:
         """Answer ``err`` in the envelope, or end a response already started."""

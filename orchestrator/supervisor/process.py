@@ -157,6 +157,12 @@ class EngineProcess:
         _killpg(pgid, signal.SIGKILL)
         return proc.returncode
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (a hung or stopped engine honours nothing
+        gentler); ``wait_exit`` then returns. No-op before spawn or once it is gone."""
+        if self._proc is not None and self._proc.returncode is None:
+            _killpg(self._proc.pid, signal.SIGKILL)
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             with open(self.log_path, "rb") as f:

@@ -33,6 +33,7 @@ from orchestrator.control.events import (
     Exited,
     Parked,
     ParkFailed,
+    Probed,
     Started,
     StartFailed,
     WakeFailed,
@@ -43,6 +44,7 @@ from orchestrator.engines.base import Engine, LaunchRequest, ShimLaunch
 from orchestrator.errors import ChimeraError, EngineError, EngineStartError
 from orchestrator.kv.client import ShimProtocolError, ShimUnavailable, wait_ready
 from orchestrator.kv.runner import KVEndpoint
+from orchestrator.sglang.api import MODEL_INFO
 from orchestrator.shapes import KNOWN_MODEL_IDS
 from orchestrator.shapes.materialize import dummy_model_dir
 from orchestrator.supervisor.lifecycle import Lifecycle
@@ -114,6 +116,15 @@ class Supervisor:
 
     def wake(self, spec: InstanceSpec) -> None:
         self._spawn_task(self._wake(spec), f"wake {spec.id}")
+
+    def probe(self, spec: InstanceSpec, timeout_s: float) -> None:
+        self._spawn_task(self._probe(spec, timeout_s), f"probe {spec.id}")
+
+    def kill(self, spec: InstanceSpec, reason: str) -> None:
+        proc = self._procs.get(spec.id)
+        if proc is not None:
+            log.warning("%s: killing its process group (%s)", spec.id, reason)
+            proc.kill()  # its start task's wait_exit returns: memory checked, then Exited
 
     def observe(self, kind: str, model: str, value: float, label: str = "") -> None:
         if self._measure is not None:
@@ -256,6 +267,21 @@ class Supervisor:
         # still: stop them and check before the loop (and the KV ledger) count it as free
         await self._kill(spec, proc)
         self._post(Exited(spec.id, rc))
+
+    async def _probe(self, spec: InstanceSpec, timeout_s: float) -> None:
+        """GET /model_info: SGLang's HTTP server answers it without the scheduler (also while
+        paused), so a failure means the server process itself is stuck or gone."""
+        proc = self._procs.get(spec.id)
+        if proc is None:
+            self._post(Probed(spec.id, False, "no process"))
+            return
+        try:
+            r = await self._client.get(proc.spec.base_url + MODEL_INFO.path, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            self._post(Probed(spec.id, False, f"GET {MODEL_INFO.path}: {type(exc).__name__} within {timeout_s:g} s"))
+            return
+        ok = r.status_code == 200
+        self._post(Probed(spec.id, ok, f"GET {MODEL_INFO.path} answered {r.status_code}"))
 
     async def _park(self, spec: InstanceSpec) -> None:
         proc = self._procs[spec.id]

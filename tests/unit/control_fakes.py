@@ -15,6 +15,8 @@ class RecordingEffects:
         self.woken: list[str] = []
         self.changes: list[tuple[str, InstanceState]] = []
         self.observed: list[tuple[str, str, float, str]] = []
+        self.probed: list[tuple[str, float]] = []
+        self.killed: list[tuple[str, str]] = []
         self.stopped = False
 
     def start(self, spec: InstanceSpec) -> None:
@@ -25,6 +27,12 @@ class RecordingEffects:
 
     def wake(self, spec: InstanceSpec) -> None:
         self.woken.append(spec.id)
+
+    def probe(self, spec: InstanceSpec, timeout_s: float) -> None:
+        self.probed.append((spec.id, timeout_s))
+
+    def kill(self, spec: InstanceSpec, reason: str) -> None:
+        self.killed.append((spec.id, reason))
 
     def state_changed(self, view: InstanceView) -> None:
         self.changes.append((view.id, view.state))

@@ -25,6 +25,7 @@ class FakeRouter:
         self.acquired: list[Endpoint] = []
         self.timeouts: list[float] = []
         self.released: list[Endpoint] = []
+        self.suspects: list[tuple[str, str]] = []  # suspect(): instances whose request timed out
         self.unavailable: EngineUnavailable | None = None  # acquire raises it when set
         self.resolve_error: Exception | None = None  # resolve raises it when set
         self.models_error: Exception | None = None  # models() raises it when set
@@ -74,6 +75,9 @@ class FakeRouter:
 
     def release(self, endpoint: Endpoint) -> None:
         self.released.append(endpoint)
+
+    def suspect(self, instance_id: str, detail: str) -> None:
+        self.suspects.append((instance_id, detail))
 
     @property
     def balanced(self) -> bool:

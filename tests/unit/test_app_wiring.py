@@ -1,5 +1,6 @@
-"""What app.serve wires per mode: the one /v1/loads poller (the scraper) and its sinks — the
-control loop, the KV runner (modes elastic and full) and the admission gate (mode full)."""
+"""What app.serve wires per mode: the one /v1/loads poller (the scraper, in every mode: it sees
+hung engines first) and its sinks — the control loop, the KV runner (modes elastic and full)
+and the admission gate (mode full)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def raw(mode: Mode) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_the_scraper_runs_where_a_sink_needs_it(mode: Mode, tmp_path: Path) -> None:
+async def test_the_scraper_runs_in_every_mode_with_the_sinks_each_needs(mode: Mode, tmp_path: Path) -> None:
     dep = derive(parse_config(raw(mode)))
     supervisor = Supervisor(get_engine("sim"), dep.config.host, tmp_path, post=lambda ev: None, deployment=dep)
     try:
@@ -40,10 +41,7 @@ async def test_the_scraper_runs_where_a_sink_needs_it(mode: Mode, tmp_path: Path
         await supervisor.http.aclose()
     assert (kv is not None) == (mode in ("elastic", "full"))
     assert (gate is not None) == (mode == "full") and getattr(app.state, "admission", None) is gate
-    if mode == "static":
-        assert scraper is None  # nothing polls /v1/loads
-        return
-    assert scraper is not None and kv is not None
-    expected = [control.post, kv.observe] + ([gate.observe] if gate is not None else [])
+    expected = [control.post] + ([kv.observe] if kv is not None else []) + ([gate.observe] if gate else [])
     assert list(scraper.sinks) == expected
     assert scraper.targets == control.instances
+    assert scraper.liveness == control.post and scraper.window_s == dep.config.liveness.window_s

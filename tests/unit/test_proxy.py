@@ -249,6 +249,8 @@ async def test_engine_transport_failures(router: FakeRouter, exc: Exception, sta
     err = error_of(resp)
     assert err["src"] == "engine" and err["code"] == code and "llama@gpu0" in err["message"]
     assert len(router.acquired) == 1 and router.balanced
+    # only a timeout may mean a hung engine: the owner is asked to check it
+    assert [iid for iid, _ in router.suspects] == (["llama@gpu0"] if status == 504 else [])
 
 
 @pytest.mark.parametrize(

@@ -145,6 +145,7 @@ async def test_gate__a_model_without_ttft_objective_is_served_late_never_shed() 
 class Router:
     def __init__(self) -> None:
         self.released: list[str] = []
+        self.suspects: list[tuple[str, str]] = []
 
     def resolve(self, name: str) -> ModelSpec | None:
         return CFG.model(name)
@@ -164,6 +165,9 @@ class Router:
 
     def release(self, endpoint: Endpoint) -> None:
         self.released.append(endpoint.instance_id)
+
+    def suspect(self, instance_id: str, detail: str) -> None:
+        self.suspects.append((instance_id, detail))
 
 
 def engine(request: httpx.Request) -> httpx.Response:

@@ -440,3 +440,5 @@ async def test_proxy_answers_504_for_a_hung_engine_and_ends_a_stuck_stream_with_
                 assert resp.status_code == 504
                 assert resp.json()["error"]["code"] == "engine_timeout"
             assert router.balanced
+            # whichever sees a hang first reports it: the loop then probes the engine
+            assert [iid for iid, _ in router.suspects] == ["llama@gpu0"]

@@ -1,5 +1,5 @@
 """The /v1/loads scraper against httpx.MockTransport: which instances are polled, what reaches
-the sinks, and failures (logged once, no sample). No sleeping: ``scrape_once`` is driven
+the sinks, failures (logged once, no sample) and liveness events. No sleeping: ``scrape_once`` is driven
 directly. What a sample carries: test_sglang_loads.py."""
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ import logging
 import httpx
 import pytest
 
+from orchestrator.control.events import Responsive, Unresponsive
 from orchestrator.control.scrape import Scraper
 from orchestrator.types import InstanceState, InstanceView, LoadSample
+from tests.unit.control_fakes import Clock
 from tests.unit.sglang_fakes import loads
 
 S = InstanceState
@@ -47,3 +49,43 @@ async def test_scraper__polls_awake_instances_and_feeds_every_sink(caplog: pytes
         broken.clear()
         await scraper.scrape_once(client)
         assert [s.instance_id for s in got][-2:] == ["a@gpu0", "b@gpu0"]
+
+
+async def test_scraper_reports_an_instance_unanswered_for_the_window_once_and_its_return() -> None:
+    broken = {"b.gpu0"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host in broken:
+            raise httpx.ReadTimeout("stuck", request=request)
+        return httpx.Response(200, json=loads(100, 10.0))
+
+    views = [view("a@gpu0", S.AWAKE), view("b@gpu0", S.AWAKE)]
+    clock = Clock(100.0)
+    events: list[Unresponsive | Responsive] = []
+    scraper = Scraper(lambda: views, [lambda s: None], clock=clock, liveness=events.append, window_s=3.0)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        await scraper.scrape_once(client)  # fails since 100
+        clock.t = 102.9
+        await scraper.scrape_once(client)
+        assert events == []  # within the window: a busy moment, not a hang
+        clock.t = 103.0
+        await scraper.scrape_once(client)
+        clock.t = 104.0
+        await scraper.scrape_once(client)
+        assert len(events) == 1  # once per streak
+        ev = events[0]
+        assert isinstance(ev, Unresponsive) and ev.instance_id == "b@gpu0" and ev.stale_s == pytest.approx(3.0)
+        assert "ReadTimeout" in ev.detail
+        broken.clear()
+        await scraper.scrape_once(client)
+        await scraper.scrape_once(client)
+        assert events[1:] == [Responsive("b@gpu0")]
+        # a new streak starts over; an instance that leaves the awake state ends its streak
+        broken.add("b.gpu0")
+        await scraper.scrape_once(client)
+        views[1] = view("b@gpu0", S.BACKOFF)
+        await scraper.scrape_once(client)
+        views[1] = view("b@gpu0", S.AWAKE)
+        clock.t = 106.0
+        await scraper.scrape_once(client)
+        assert len(events) == 2  # the restarted instance's first failure is a new streak's start

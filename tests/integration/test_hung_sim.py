@@ -1,0 +1,67 @@
+"""End to end on the sim engine: SIGSTOP of an engine's process group (a hang: the process
+lives, answers nothing) while `chimera-orch up` runs; the scraper sees it stale, the probe
+fails, chimera kills and restarts it: the official openai client's request in flight gets a
+clean error, and the next one is served within the liveness window + probe + backoff + boot.
+The restart shows in /metrics as reason hung."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from tests.chimera_proc import Running, start_chimera
+
+pytestmark = pytest.mark.slow
+
+PLACEMENTS = {
+    "mode": "static",
+    "host": {"gpus": 1, "gpu_memory_gb": 80},
+    "restart": {"backoff_s": 0.5, "max_backoff_s": 2},
+    "liveness": {"window_s": 1, "probe_timeout_s": 0.5},
+    "models": [{"name": "tiny", "model_path": "tiny-llama", "placements": [{"gpus": [0]}]}],
+}
+
+
+@pytest.fixture
+def chimera(tmp_path: Path) -> Iterator[Running]:
+    run = start_chimera(tmp_path, PLACEMENTS, "sim", awake=["tiny"], timeout_s=60, env={"CHIMERA_SIM_SPEED": "0.02"})
+    yield run
+    run.stop()
+
+
+def engine_pid(run: Running) -> int:
+    (child,) = psutil.Process(run.proc.pid).children()
+    return child.pid
+
+
+def test_a_stopped_engine_is_detected_killed_and_restarted(chimera: Running) -> None:
+    client = openai.OpenAI(base_url=f"{chimera.base}/v1", api_key="none", max_retries=0, timeout=30)
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert client.chat.completions.create(**ask).choices[0].message.content  # type: ignore[call-overload]
+    old = engine_pid(chimera)
+    os.killpg(os.getpgid(old), signal.SIGSTOP)
+    t0 = time.monotonic()
+    # in flight on the hung engine: a clean error once it is killed, not a wait for ever
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(**ask)  # type: ignore[call-overload]
+    assert err.value.status_code == 502 and "tiny@gpu0" in err.value.message
+    failed_after_s = time.monotonic() - t0
+    # the next one is held while the killed instance restarts
+    again = client.chat.completions.create(**ask)  # type: ignore[call-overload]
+    served_after_s = time.monotonic() - t0
+    assert again.choices[0].message.content
+    # window 1 s + a scrape timeout 1 s + probe 0.5 s + backoff 0.5 s + boot ~1 s, with slack
+    assert served_after_s < 12, served_after_s
+    assert engine_pid(chimera) != old and not psutil.pid_exists(old)
+    assert chimera.states()["tiny"] == "awake"
+    body = httpx.get(f"{chimera.base}/metrics", timeout=5).text
+    assert 'chimera_restarts_total{instance="tiny@gpu0",model="tiny",reason="hung"} 1.0' in body
+    print(f"in flight: clean error after {failed_after_s:.2f} s; served again {served_after_s:.2f} s after SIGSTOP")
