@@ -17,11 +17,10 @@ from typing import Any
 from orchestrator.dashboard.history import RECENT_MOVES, History
 from orchestrator.dashboard.readings import Readings, quantile
 from orchestrator.deployment import Deployment, InstanceFacts
+from orchestrator.metrics.gpu_seconds import HOLDS_CONTEXT, HOLDS_WEIGHTS
 from orchestrator.types import InstanceState, InstanceView, ModelView
 
 S = InstanceState
-HOLDS_WEIGHTS = frozenset({S.STARTING, S.AWAKE, S.PARKING, S.WAKING})
-HOLDS_CONTEXT = HOLDS_WEIGHTS | {S.PARKED}
 MEMORY_KINDS = ("weights", "runtime", "kv_used", "kv_mapped")  # stacked in this order; then free
 
 
@@ -68,7 +67,8 @@ def _gpus(instances: list[InstanceView], dep: Deployment, r: Readings) -> list[d
 
 
 def instance_memory(state: InstanceState, f: InstanceFacts, r: Readings) -> list[tuple[str, int]]:
-    """What one instance holds on each of its GPUs, by kind (module docstring)."""
+    """What one instance holds on each of its GPUs, by kind (module docstring); the parts sum
+    to what GPU-seconds are billed for (metrics/gpu_seconds.py ``held_bytes``)."""
     if state not in HOLDS_CONTEXT:
         return []
     tp = f.spec.model.tp_size

@@ -164,6 +164,14 @@ class ChimeraMetrics:
             registry=r,
         )
 
+        self.gpu_seconds = Counter(
+            "chimera_gpu_seconds",
+            "GPU-seconds by model and instance state, split by memory share: an instance holding "
+            "X% of a GPU's memory accrues X% of a GPU-second per second on each of its GPUs",
+            ["model", "state"],
+            registry=r,
+        )
+
     def set_kv(self, model: str, instance: str, limit_bytes: int, mapped_bytes: int, used_tokens: int) -> None:
         """One instance's shim status, as the KV ledger last read it."""
         self.kv_limit.labels(model, instance).set(limit_bytes)
