@@ -42,6 +42,25 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     600.0,
 )
 
+# Decode steps take milliseconds (a few on a small model alone, tens to hundreds in big batches).
+TPOT_BUCKETS_S: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+)
+
 
 class ChimeraMetrics:
     """Every chimera metric, registered in ``self.registry``."""
@@ -68,6 +87,22 @@ class ChimeraMetrics:
             "Time from the proxy receiving a request to the end of its successful response",
             ["model"],
             buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "chimera_request_tpot_seconds",
+            "Time per output token after the first, of a streamed request read to its end: "
+            "(end - first chunk) / (output tokens - 1), tokens from the stream's usage, else one per frame",
+            ["model"],
+            buckets=TPOT_BUCKETS_S,
+            registry=r,
+        )
+        self.slo = Counter(
+            "chimera_slo_requests",
+            "Streamed requests read to their end, by SLO (ttft, tpot, joint: both) and outcome "
+            "(met, missed) against the model's slo.ttft_s / slo.tpot_s (or their defaults); "
+            "attainment = met / (met + missed). A single-token answer has no TPOT: joint is its TTFT",
+            ["model", "slo", "outcome"],
             registry=r,
         )
         self.in_flight = Gauge(
@@ -172,6 +207,19 @@ class ChimeraMetrics:
             registry=r,
         )
 
+    def record_slo(self, model: str, ttft_s: float, tpot_s: float | None, ttft_slo_s: float, tpot_slo_s: float) -> None:
+        """One streamed request read to its end: its TPOT and its SLO outcomes (met: at most
+        the objective)."""
+        ttft_met = ttft_s <= ttft_slo_s
+        self.slo.labels(model, "ttft", _outcome(ttft_met)).inc()
+        joint = ttft_met
+        if tpot_s is not None:
+            self.tpot.labels(model).observe(tpot_s)
+            tpot_met = tpot_s <= tpot_slo_s
+            self.slo.labels(model, "tpot", _outcome(tpot_met)).inc()
+            joint = joint and tpot_met
+        self.slo.labels(model, "joint", _outcome(joint)).inc()
+
     def set_kv(self, model: str, instance: str, limit_bytes: int, mapped_bytes: int, used_tokens: int) -> None:
         """One instance's shim status, as the KV ledger last read it."""
         self.kv_limit.labels(model, instance).set(limit_bytes)
@@ -213,3 +261,7 @@ class ChimeraMetrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its Content-Type, for ``GET /metrics``."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _outcome(met: bool) -> str:
+    return "met" if met else "missed"
