@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client.metrics import MetricWrapperBase
 
 from orchestrator.metrics import ChimeraMetrics
+from orchestrator.metrics.registry import SERVER
 
 SHED_STATUS = "429"  # admission shed the request (its TTFT deadline could not be met)
 
@@ -62,10 +63,10 @@ def _read(metrics: ChimeraMetrics, series: Reader) -> Readings:
     for (model,), buckets in series(metrics.ttft, ("model",), True):
         assert isinstance(buckets, list)
         r.ttft[model] = buckets
-    for (_model, iid), value in series(metrics.kv_mapped, ("model", "instance"), False):
+    for (_model, iid), value in series(metrics.kv_mapped, ("model", SERVER), False):
         assert isinstance(value, float)
         r.kv_mapped_bytes[iid] = value
-    for (_model, iid), value in series(metrics.kv_used_tokens, ("model", "instance"), False):
+    for (_model, iid), value in series(metrics.kv_used_tokens, ("model", SERVER), False):
         assert isinstance(value, float)
         r.kv_used_tokens[iid] = value
     return r

@@ -18,6 +18,11 @@ from prometheus_client import (
 
 from orchestrator.types import InstanceState, gpu_label
 
+# The label naming one engine instance (its id, e.g. ``llama@gpu0``). Not ``instance``: that is
+# Prometheus' own target label, and a scraped ``instance`` is stored as ``exported_instance``,
+# so a query on ``instance=`` would match nothing.
+SERVER = "server"
+
 # LLM latencies span milliseconds (a short TTFT on an awake model) to minutes (a request held
 # through a cold start, ~65 s measured on the H100, or a long generation), so the buckets do too.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -114,7 +119,7 @@ class ChimeraMetrics:
         self.instance_state = Gauge(
             "chimera_instance_state",
             "1 for the current lifecycle state of an engine instance, 0 for the others",
-            ["model", "instance", "gpu", "state"],
+            ["model", SERVER, "gpu", "state"],
             registry=r,
         )
 
@@ -154,7 +159,7 @@ class ChimeraMetrics:
             "chimera_restarts",
             "Restarts of an engine instance after a failure, by reason (crash, start_failed, "
             'wake_failed); chimera_instance_state{state="backoff"} is 1 while one waits for its restart',
-            ["model", "instance", "reason"],
+            ["model", SERVER, "reason"],
             registry=r,
         )
         self.held = Gauge(
@@ -174,19 +179,19 @@ class ChimeraMetrics:
         self.kv_limit = Gauge(
             "chimera_kv_limit_bytes",
             "KV limit in force in an instance's cumem_shim (elastic modes), as its shim last reported it",
-            ["model", "instance"],
+            ["model", SERVER],
             registry=r,
         )
         self.kv_mapped = Gauge(
             "chimera_kv_mapped_bytes",
             "GPU memory mapped for an instance's KV cache by its cumem_shim",
-            ["model", "instance"],
+            ["model", SERVER],
             registry=r,
         )
         self.kv_used_tokens = Gauge(
             "chimera_kv_used_tokens",
             "KV token slots in use in an instance (requests and prefix cache), from its cumem_shim",
-            ["model", "instance"],
+            ["model", SERVER],
             registry=r,
         )
 
@@ -195,7 +200,7 @@ class ChimeraMetrics:
             "An instance's GPU memory once up, summed over its "
             "GPUs: its budget (kind=budget, from the deployment) and what it holds "
             "(kind=measured: NVML per process, or the sim engine's ledger)",
-            ["model", "instance", "kind"],
+            ["model", SERVER, "kind"],
             registry=r,
         )
 
