@@ -2,7 +2,7 @@
 every metric name in a PromQL expression is one of chimera's families (with its exposition
 suffix) or an ``sglang:*`` family chimera re-exposes, and no selector filters on ``instance``
 (Prometheus' own target label). ``promtool check metrics`` lints the exposition where promtool
-is installed (Debian: ``apt-get install prometheus``)."""
+is installed (``make promtool``: from Debian's prometheus package)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from orchestrator.sglang.api import METRICS_READ
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "grafana" / "chimera.json"
 GUIDE = ROOT / "docs" / "observability.md"
+LOCAL_PROMTOOL = ROOT / ".ci" / "bin" / "promtool"  # where .ci/install-promtool puts it (make test)
+PROMTOOL = shutil.which("promtool") or (str(LOCAL_PROMTOOL) if LOCAL_PROMTOOL.exists() else None)
 NAME = re.compile(r"\b(?:chimera_[a-z0-9_]+|sglang:[a-z0-9_:]+)")
 LABELS = {"chimera_model"}  # a label of the re-exposed sglang:* series, not a metric
 SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
@@ -87,18 +89,18 @@ def test_the_guide_names_exported_metrics_only() -> None:
     assert names <= known, names - known
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (make promtool)")
 def test_promtool_accepts_the_exposition() -> None:
     m = ChimeraMetrics()
     m.requests.labels("a", "/v1/completions", "200").inc()
     m.record_slo("a", 0.1, 0.01, 0.5, 0.05)
     m.gpu_seconds.labels("a", "awake").inc(1.0)
     m.set_instance_state("a", "a@gpu0", (0,), "awake")
-    r = subprocess.run(["promtool", "check", "metrics"], input=m.render()[0], capture_output=True, timeout=30)
+    r = subprocess.run([PROMTOOL, "check", "metrics"], input=m.render()[0], capture_output=True, timeout=30)
     assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (make promtool)")
 def test_promtool_parses_every_dashboard_expression(tmp_path: Path) -> None:
     """Each expression as a recording rule (Grafana's variables replaced): ``promtool check
     rules`` parses its PromQL."""
@@ -109,5 +111,5 @@ def test_promtool_parses_every_dashboard_expression(tmp_path: Path) -> None:
     ]
     path = tmp_path / "rules.yml"
     path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))  # JSON is YAML
-    r = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, timeout=30)
+    r = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, timeout=30)
     assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
