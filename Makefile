@@ -32,9 +32,13 @@ lint: $(STAMP)
 chromium:
 	.ci/install-chromium
 
+# promtool (from Debian's prometheus package, extracted into .ci/bin/) for the metrics checks.
+promtool:
+	.ci/install-promtool
+
 # GPU tests (@pytest.mark.gpu) skip themselves here when there is no CUDA GPU.
 # pytest exit code 5 (no test collected) is turned into a failure.
-test: lint chromium
+test: lint chromium promtool
 	$(BIN)/python -m pytest -q -rs; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 

@@ -27,6 +27,7 @@ from orchestrator.env import Env
 from orchestrator.kv.ledger import KVInstance, Ledger
 from orchestrator.kv.runner import HttpKVEffects, KVRunner
 from orchestrator.kv.wiring import GONE, kv_instances
+from orchestrator.metrics.gpu_seconds import GpuSeconds
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
@@ -51,10 +52,11 @@ class _Server(uvicorn.Server):
 TICK_S = 1.0  # idle eviction is decided on this period (thresholds are tens of seconds)
 
 
-async def _ticker(control: ControlLoop) -> None:
+async def _ticker(control: ControlLoop, gpu_seconds: GpuSeconds) -> None:
     while True:
         await asyncio.sleep(TICK_S)
         control.post(Tick())
+        gpu_seconds.advance()
 
 
 async def serve(
@@ -71,8 +73,11 @@ async def serve(
     # every runtime fact of the placements file, read once
     dep = derive(cfg, serial_starts=Env.read().serial_starts)
 
+    gpu_seconds = GpuSeconds(dep.instances, dep.gpu_bytes, metrics.gpu_seconds)  # by memory share
+
     def publish(view: InstanceView) -> None:
         metrics.set_instance_state(view.model, view.id, view.gpus, str(view.state))
+        gpu_seconds.observe(view)
 
     control: ControlLoop
     supervisor = Supervisor(
@@ -85,7 +90,7 @@ async def serve(
         deployment=dep,
     )
     control = ControlLoop(dep, supervisor)
-    kv = _kv_runner(dep, control, supervisor, metrics)  # modes elastic/full: the KV ledger's task
+    kv = _kv_runner(dep, control, supervisor, metrics, gpu_seconds)  # modes elastic/full: the KV ledger's task
     progress = StartupProgress(
         console,
         [i for m in control.models() for i in m.instances],
@@ -127,7 +132,7 @@ async def serve(
         f"{len(cfg.models)} model(s); engine logs in {run_dir}/"
     )
     control_task = asyncio.create_task(control.run(), name="control-loop")
-    ticker_task = asyncio.create_task(_ticker(control), name="ticker")
+    ticker_task = asyncio.create_task(_ticker(control, gpu_seconds), name="ticker")
     server_task = asyncio.create_task(server.serve(), name="proxy")
     kv_task = asyncio.create_task(kv.run(), name="kv-ledger") if kv else None
     scrape_task = asyncio.create_task(scraper.run(), name="scraper")
@@ -172,7 +177,7 @@ def _report_death(task: asyncio.Task[None]) -> None:
 
 
 def _kv_runner(
-    dep: Deployment, control: ControlLoop, supervisor: Supervisor, metrics: ChimeraMetrics
+    dep: Deployment, control: ControlLoop, supervisor: Supervisor, metrics: ChimeraMetrics, gpu_seconds: GpuSeconds
 ) -> KVRunner | None:
     """The KV ledger over every GPU (modes elastic and full): splits each GPU's free memory
     among the shim-backed instances on it every second, and at once when an instance changes
@@ -189,6 +194,7 @@ def _kv_runner(
 
     def report(iid: str, st: Status) -> None:
         metrics.set_kv(facts[iid].spec.model.name, iid, st.limit_bytes, st.mapped_bytes, st.used_tokens)
+        gpu_seconds.kv_mapped(iid, st.mapped_bytes)
 
     # its loads come from the scraper (``_scraper``): a sample older than two rounds is missing
     runner = KVRunner(

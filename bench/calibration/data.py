@@ -103,8 +103,8 @@ def scrape_sglang(client: httpx.Client, base_url: str) -> dict[str, list[Sample]
         if not fam.name.startswith("sglang:"):
             continue
         for s in fam.samples:
-            labels = {k: v for k, v in s.labels.items() if k != "instance"}
-            out.setdefault(s.labels.get("instance", "?"), []).append((s.name, labels, s.value))
+            labels = {k: v for k, v in s.labels.items() if k != "server"}
+            out.setdefault(s.labels.get("server", "?"), []).append((s.name, labels, s.value))
     return out
 
 

@@ -79,7 +79,7 @@ def parse_metrics(text: str) -> dict[str, Any]:
                 continue
             if fam.name == "chimera_instance_state":
                 if s.value == 1:
-                    states[s.labels["instance"]] = {"model": s.labels.get("model", ""), "state": s.labels["state"]}
+                    states[s.labels["server"]] = {"model": s.labels.get("model", ""), "state": s.labels["state"]}
             else:
                 labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
                 gauges[f"{s.name}{{{labels}}}"] = s.value

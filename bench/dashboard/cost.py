@@ -78,6 +78,9 @@ class Fleet:
                 self.metrics.requests.labels(model, "/v1/chat/completions", status).inc(rng.randint(0, 500))
             for _ in range(50):
                 self.metrics.ttft.labels(model).observe(rng.expovariate(10))
+                self.metrics.record_slo(model, rng.expovariate(10), rng.expovariate(40), 0.5, 0.05)
+            for st in ("awake", "parked", "waking", "parking"):
+                self.metrics.gpu_seconds.labels(model, st).inc(rng.uniform(0, 600))
             self.metrics.record("held", model, rng.randint(0, 3))
             self.metrics.set_kv(model, iid, 8 << 30, rng.randint(1, 8) << 30, rng.randint(0, 100_000))
             for k in range(changes):

@@ -83,13 +83,25 @@ def render(state: dict[str, Any]) -> Group:
     """The models table, then the GPUs table (both plain columns, as ``kubectl get`` prints)."""
     now = float(state["now"])
     models = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("MODEL", "STATE", "INSTANCES", "REQUESTS", "IN-FLIGHT", "HELD", "SHED", "TTFT P50/P99 (SLO)"):
+    for col in (
+        "MODEL",
+        "STATE",
+        "INSTANCES",
+        "REQUESTS",
+        "IN-FLIGHT",
+        "HELD",
+        "SHED",
+        "TTFT P50/P99 (SLO)",
+        "TPOT P50/P99 (SLO)",
+        "SLO MET",
+        "GPU-S",
+    ):
         models.add_column(col, justify="right" if col in ("REQUESTS", "IN-FLIGHT", "HELD", "SHED") else "left")
     models.add_column("WAKES (S)")
     models.add_column("PARKS (S)")
     models.add_column("AGE", justify="right")
     for m in state["models"]:
-        ttft = m["ttft"]
+        ttft, tpot, met = m["ttft"], m["tpot"], m["attainment"]["joint"]
         insts = ",".join(f"{i['id']}={i['state']}" for i in m["instances"])
         since = max((tl[-1][0] for tl in m["timeline"].values() if tl), default=None)
         models.add_row(
@@ -101,6 +113,9 @@ def render(state: dict[str, Any]) -> Group:
             str(m["held"]),
             str(m["shed"]),
             f"{_s(ttft['p50'])}/{_s(ttft['p99'])} ({_s(ttft['slo'])})" if ttft["count"] else f"-/- ({_s(ttft['slo'])})",
+            f"{_s(tpot['p50'])}/{_s(tpot['p99'])} ({_s(tpot['slo'])})" if tpot["count"] else f"-/- ({_s(tpot['slo'])})",
+            f"{100 * met:.0f}%" if met is not None else "-",
+            f"{m['gpu_seconds']:.1f}",
             " ".join(f"{x:.2f}" for x in m["wakes"]) or "-",
             " ".join(f"{x:.2f}" for x in m["parks"]) or "-",
             _age(now - since) if since is not None else "-",

@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client.metrics import MetricWrapperBase
 
 from orchestrator.metrics import ChimeraMetrics
+from orchestrator.metrics.registry import SERVER
 
 SHED_STATUS = "429"  # admission shed the request (its TTFT deadline could not be met)
 
@@ -27,6 +28,9 @@ class Readings:
     in_flight: dict[str, float] = field(default_factory=dict)
     held: dict[str, float] = field(default_factory=dict)
     ttft: dict[str, Buckets] = field(default_factory=dict)  # by model
+    tpot: dict[str, Buckets] = field(default_factory=dict)  # by model
+    slo: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)  # model -> (slo, outcome)
+    gpu_seconds: dict[str, float] = field(default_factory=dict)  # by model, every state
     kv_mapped_bytes: dict[str, float] = field(default_factory=dict)  # by instance id
     kv_used_tokens: dict[str, float] = field(default_factory=dict)  # by instance id
 
@@ -62,10 +66,19 @@ def _read(metrics: ChimeraMetrics, series: Reader) -> Readings:
     for (model,), buckets in series(metrics.ttft, ("model",), True):
         assert isinstance(buckets, list)
         r.ttft[model] = buckets
-    for (_model, iid), value in series(metrics.kv_mapped, ("model", "instance"), False):
+    for (model,), buckets in series(metrics.tpot, ("model",), True):
+        assert isinstance(buckets, list)
+        r.tpot[model] = buckets
+    for (model, slo, outcome), value in series(metrics.slo, ("model", "slo", "outcome"), False):
+        assert isinstance(value, float)
+        r.slo.setdefault(model, {})[(slo, outcome)] = value
+    for (model, _state), value in series(metrics.gpu_seconds, ("model", "state"), False):
+        assert isinstance(value, float)
+        r.gpu_seconds[model] = r.gpu_seconds.get(model, 0.0) + value
+    for (_model, iid), value in series(metrics.kv_mapped, ("model", SERVER), False):
         assert isinstance(value, float)
         r.kv_mapped_bytes[iid] = value
-    for (_model, iid), value in series(metrics.kv_used_tokens, ("model", "instance"), False):
+    for (_model, iid), value in series(metrics.kv_used_tokens, ("model", SERVER), False):
         assert isinstance(value, float)
         r.kv_used_tokens[iid] = value
     return r
@@ -98,7 +111,8 @@ def _fast(metric: MetricWrapperBase, names: tuple[str, ...], histogram: bool) ->
     with m._lock:
         children: list[tuple[tuple[str, ...], Any]] = list(m._metrics.items())
     if not histogram:
-        return [(key, float(child._value.get())) for key, child in children]
+        # as the buckets below: the float read without its lock
+        return [(key, float(child._value._value)) for key, child in children]
     out: Values = []
     for key, child in children:
         # each bucket's float read without its lock (one attribute read is atomic in CPython;

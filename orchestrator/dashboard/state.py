@@ -17,11 +17,10 @@ from typing import Any
 from orchestrator.dashboard.history import RECENT_MOVES, History
 from orchestrator.dashboard.readings import Readings, quantile
 from orchestrator.deployment import Deployment, InstanceFacts
+from orchestrator.metrics.gpu_seconds import HOLDS_CONTEXT, HOLDS_WEIGHTS
 from orchestrator.types import InstanceState, InstanceView, ModelView
 
 S = InstanceState
-HOLDS_WEIGHTS = frozenset({S.STARTING, S.AWAKE, S.PARKING, S.WAKING})
-HOLDS_CONTEXT = HOLDS_WEIGHTS | {S.PARKED}
 MEMORY_KINDS = ("weights", "runtime", "kv_used", "kv_mapped")  # stacked in this order; then free
 
 
@@ -35,9 +34,10 @@ def build(
     """``{"now", "mode", "window_s", "gpus": [{"gpu", "capacity", "free", "parts": [[instance,
     model, kind, bytes], ...]}], "models": [{"name", "state", "instances": [{"id", "gpus",
     "state", "error"}], "requests", "in_flight", "held", "shed", "ttft": {"p50", "p99", "slo",
-    "count"}, "tpot": {"p50", "p99", "slo"}, "wakes", "parks", "timeline": {instance: [[t,
-    state], ...]}}], "decisions": [[t, message], ...]}``. Bytes and seconds; None where
-    chimera has no figure (TPOT percentiles: the proxy does not time tokens)."""
+    "count"}, "tpot": {"p50", "p99", "slo", "count"}, "attainment": {"ttft", "tpot", "joint"},
+    "gpu_seconds", "wakes", "parks", "timeline": {instance: [[t, state], ...]}}], "decisions":
+    [[t, message], ...]}``. Bytes and seconds; attainment the fraction of streamed requests read
+    to their end that met the SLO; None where chimera has no figure yet."""
     views = list(models)
     instances = [i for m in views for i in m.instances]
     return {
@@ -68,7 +68,8 @@ def _gpus(instances: list[InstanceView], dep: Deployment, r: Readings) -> list[d
 
 
 def instance_memory(state: InstanceState, f: InstanceFacts, r: Readings) -> list[tuple[str, int]]:
-    """What one instance holds on each of its GPUs, by kind (module docstring)."""
+    """What one instance holds on each of its GPUs, by kind (module docstring); the parts sum
+    to what GPU-seconds are billed for (metrics/gpu_seconds.py ``held_bytes``)."""
     if state not in HOLDS_CONTEXT:
         return []
     tp = f.spec.model.tp_size
@@ -88,6 +89,8 @@ def _model(m: ModelView, dep: Deployment, r: Readings, history: History) -> dict
     name = m.spec.name
     facts = dep.models.get(name)
     buckets = r.ttft.get(name, [])
+    tpot = r.tpot.get(name, [])
+    slo = r.slo.get(name, {})
     timeline = {i.id: history.timeline(i.id) for i in m.instances}
     wakes: list[float] = []
     parks: list[float] = []
@@ -110,8 +113,20 @@ def _model(m: ModelView, dep: Deployment, r: Readings, history: History) -> dict
             "slo": facts.ttft_slo_s if facts else None,
             "count": int(buckets[-1][1]) if buckets else 0,
         },
-        "tpot": {"p50": None, "p99": None, "slo": facts.tpot_slo_s if facts else None},
+        "tpot": {
+            "p50": quantile(0.5, tpot),
+            "p99": quantile(0.99, tpot),
+            "slo": facts.tpot_slo_s if facts else None,
+            "count": int(tpot[-1][1]) if tpot else 0,
+        },
+        "attainment": {k: _attainment(slo, k) for k in ("ttft", "tpot", "joint")},
+        "gpu_seconds": r.gpu_seconds.get(name, 0.0),
         "wakes": wakes[-RECENT_MOVES:],
         "parks": parks[-RECENT_MOVES:],
         "timeline": timeline,
     }
+
+
+def _attainment(counts: dict[tuple[str, str], float], slo: str) -> float | None:
+    met, missed = counts.get((slo, "met"), 0.0), counts.get((slo, "missed"), 0.0)
+    return met / (met + missed) if met + missed > 0 else None

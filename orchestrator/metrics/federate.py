@@ -1,6 +1,8 @@
 """Re-exposes every awake engine's own ``sglang:*`` series on chimera's ``/metrics``, each
-sample labelled with the chimera ``instance`` (and ``chimera_model``) it came from, so one
-scrape of chimera sees the whole host. Engines are scraped concurrently at request time with a
+sample labelled with the chimera ``server`` (instance id) and ``chimera_model`` it came from,
+so one scrape of chimera sees the whole host. SGLang's own labels (``model_name``...) are kept,
+so SGLang's Grafana dashboard reads these series as they are; its ``instance`` is Prometheus'
+target label (chimera), never overwritten here. Engines are scraped concurrently at request time with a
 short timeout; an engine that does not answer is skipped and counted, never fails the scrape.
 """
 
@@ -15,6 +17,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from orchestrator.metrics.registry import SERVER
 from orchestrator.sglang.api import METRICS
 from orchestrator.types import InstanceView
 
@@ -44,7 +47,7 @@ async def engine_metrics(client: httpx.AsyncClient, views: Iterable[InstanceView
             if out is None:
                 out = merged[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
             for s in fam.samples:
-                labels = {**s.labels, "instance": view.id, "chimera_model": view.model}
+                labels = {**s.labels, SERVER: view.id, "chimera_model": view.model}
                 out.add_sample(s.name, labels, s.value, s.timestamp, s.exemplar)
     if not merged:
         return b""

@@ -18,6 +18,11 @@ from prometheus_client import (
 
 from orchestrator.types import InstanceState, gpu_label
 
+# The label naming one engine instance (its id, e.g. ``llama@gpu0``). Not ``instance``: that is
+# Prometheus' own target label, and a scraped ``instance`` is stored as ``exported_instance``,
+# so a query on ``instance=`` would match nothing.
+SERVER = "server"
+
 # LLM latencies span milliseconds (a short TTFT on an awake model) to minutes (a request held
 # through a cold start, ~65 s measured on the H100, or a long generation), so the buckets do too.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -40,6 +45,25 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     120.0,
     300.0,
     600.0,
+)
+
+# Decode steps take milliseconds (a few on a small model alone, tens to hundreds in big batches).
+TPOT_BUCKETS_S: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
 )
 
 
@@ -70,6 +94,22 @@ class ChimeraMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.tpot = Histogram(
+            "chimera_request_tpot_seconds",
+            "Time per output token after the first, of a streamed request read to its end: "
+            "(end - first chunk) / (output tokens - 1), tokens from the stream's usage, else one per frame",
+            ["model"],
+            buckets=TPOT_BUCKETS_S,
+            registry=r,
+        )
+        self.slo = Counter(
+            "chimera_slo_requests",
+            "Streamed requests read to their end, by SLO (ttft, tpot, joint: both) and outcome "
+            "(met, missed) against the model's slo.ttft_s / slo.tpot_s (or their defaults); "
+            "attainment = met / (met + missed). A single-token answer has no TPOT: joint is its TTFT",
+            ["model", "slo", "outcome"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "chimera_requests_in_flight",
             "Requests between model resolution and the end of the response, including those held while the model wakes",
@@ -79,7 +119,7 @@ class ChimeraMetrics:
         self.instance_state = Gauge(
             "chimera_instance_state",
             "1 for the current lifecycle state of an engine instance, 0 for the others",
-            ["model", "instance", "gpu", "state"],
+            ["model", SERVER, "gpu", "state"],
             registry=r,
         )
 
@@ -119,7 +159,7 @@ class ChimeraMetrics:
             "chimera_restarts",
             "Restarts of an engine instance after a failure, by reason (crash, hung, start_failed, "
             'wake_failed); chimera_instance_state{state="backoff"} is 1 while one waits for its restart',
-            ["model", "instance", "reason"],
+            ["model", SERVER, "reason"],
             registry=r,
         )
         self.held = Gauge(
@@ -139,19 +179,19 @@ class ChimeraMetrics:
         self.kv_limit = Gauge(
             "chimera_kv_limit_bytes",
             "KV limit in force in an instance's cumem_shim (elastic modes), as its shim last reported it",
-            ["model", "instance"],
+            ["model", SERVER],
             registry=r,
         )
         self.kv_mapped = Gauge(
             "chimera_kv_mapped_bytes",
             "GPU memory mapped for an instance's KV cache by its cumem_shim",
-            ["model", "instance"],
+            ["model", SERVER],
             registry=r,
         )
         self.kv_used_tokens = Gauge(
             "chimera_kv_used_tokens",
             "KV token slots in use in an instance (requests and prefix cache), from its cumem_shim",
-            ["model", "instance"],
+            ["model", SERVER],
             registry=r,
         )
 
@@ -160,9 +200,30 @@ class ChimeraMetrics:
             "An instance's GPU memory once up, summed over its "
             "GPUs: its budget (kind=budget, from the deployment) and what it holds "
             "(kind=measured: NVML per process, or the sim engine's ledger)",
-            ["model", "instance", "kind"],
+            ["model", SERVER, "kind"],
             registry=r,
         )
+
+        self.gpu_seconds = Counter(
+            "chimera_gpu_seconds",
+            "GPU-seconds by model and instance state, split by memory share: an instance holding "
+            "X% of a GPU's memory accrues X% of a GPU-second per second on each of its GPUs",
+            ["model", "state"],
+            registry=r,
+        )
+
+    def record_slo(self, model: str, ttft_s: float, tpot_s: float | None, ttft_slo_s: float, tpot_slo_s: float) -> None:
+        """One streamed request read to its end: its TPOT and its SLO outcomes (met: at most
+        the objective)."""
+        ttft_met = ttft_s <= ttft_slo_s
+        self.slo.labels(model, "ttft", _outcome(ttft_met)).inc()
+        joint = ttft_met
+        if tpot_s is not None:
+            self.tpot.labels(model).observe(tpot_s)
+            tpot_met = tpot_s <= tpot_slo_s
+            self.slo.labels(model, "tpot", _outcome(tpot_met)).inc()
+            joint = joint and tpot_met
+        self.slo.labels(model, "joint", _outcome(joint)).inc()
 
     def set_kv(self, model: str, instance: str, limit_bytes: int, mapped_bytes: int, used_tokens: int) -> None:
         """One instance's shim status, as the KV ledger last read it."""
@@ -205,3 +266,7 @@ class ChimeraMetrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its Content-Type, for ``GET /metrics``."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _outcome(met: bool) -> str:
+    return "met" if met else "missed"

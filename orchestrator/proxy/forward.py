@@ -14,6 +14,9 @@ Contracts:
   it left first; 502: the engine broke off a stream already answered 200). TTFT is observed
   for streamed 2xx answers only: a non-streamed answer's first byte is its last, so its TTFT
   would be its e2e and would skew TTFT SLO attainment. e2e is observed for complete 2xx answers.
+  A stream relayed up to ``data: [DONE]`` is complete even if the client closes before the
+  proxy ends the response (the sync ``openai`` client does): it counts with its status, its e2e
+  ends at ``[DONE]``. Such streams also observe TPOT and count SLO attainment (tokens.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from orchestrator.proxy.admission import admitted
 from orchestrator.proxy.body import ClientRequest, ModelField, engine_body, parse_request
 from orchestrator.proxy.downstream import ClientGone, Downstream, read_body, wait_for_disconnect
 from orchestrator.proxy.errors import ProxyError, normalize_engine_error
+from orchestrator.proxy.tokens import StreamMeter
 from orchestrator.proxy.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 from orchestrator.types import Endpoint
 
@@ -85,7 +89,9 @@ class _Exchange:
         self.down = Downstream(send)
         self.received_at = time.monotonic()
         self.model = UNRESOLVED
+        self.spec: ModelSpec | None = None
         self.stream = False
+        self.meter = StreamMeter()
         self.client_gone = False
         self.engine_broke_stream = False
 
@@ -115,7 +121,7 @@ class _Exchange:
             spec = self.ep.router.resolve(req.model)
             if spec is None:
                 raise ProxyError.model_not_found(req.model, self.ep.router.known_names())
-            self.model, self.stream = spec.name, req.stream
+            self.model, self.spec, self.stream = spec.name, spec, req.stream
             with self.ep.metrics.in_flight.labels(spec.name).track_inprogress():
                 await self.hold_and_forward(spec, req)
         except ProxyError as err:
@@ -186,6 +192,7 @@ class _Exchange:
             async for chunk in upstream.iter_raw():
                 if chunk:
                     await self.down.chunk(chunk)
+                    self.meter.feed(chunk, time.monotonic())
                     ends_frame = chunk.endswith(b"\n\n")
         except UpstreamError as exc:
             # The status line is gone; tell the client in the stream, as SGLang does.
@@ -215,8 +222,12 @@ class _Exchange:
 
     def record(self) -> None:
         m, down = self.ep.metrics, self.down
+        # read to [DONE] (the engine's own, never the proxy's error frame) = the whole answer
+        read_to_done = self.meter.done and not self.engine_broke_stream
         if down.completed:
             status = "502" if self.engine_broke_stream else str(down.status)
+        elif read_to_done:  # the client closed right after [DONE], before the proxy's last message
+            status = str(down.status)
         elif self.client_gone:
             status = "499"
         else:  # cancelled from outside (server shutdown) before the response ended
@@ -224,7 +235,13 @@ class _Exchange:
         m.requests.labels(self.model, self.ep.route, status).inc()
         if down.status is None or not 200 <= down.status < 300:
             return
-        if self.stream and down.first_chunk_at is not None:
-            m.ttft.labels(self.model).observe(down.first_chunk_at - self.received_at)
-        if down.completed_at is not None and not self.engine_broke_stream:
-            m.e2e.labels(self.model).observe(down.completed_at - self.received_at)
+        first = down.first_chunk_at
+        if self.stream and first is not None:
+            m.ttft.labels(self.model).observe(first - self.received_at)
+        end = down.completed_at if down.completed else self.meter.done_at
+        if end is not None and not self.engine_broke_stream:
+            m.e2e.labels(self.model).observe(end - self.received_at)
+        if read_to_done and first is not None and self.spec is not None:
+            slo = self.spec.slo
+            tpot = self.meter.tpot(first)
+            m.record_slo(self.model, first - self.received_at, tpot, slo.ttft_or_default, slo.tpot_or_default)

@@ -50,5 +50,5 @@ def test_metrics_show_chimera_and_engine_series(chimera_gpu: Running) -> None:
     assert {s.labels["model"] for s in reqs} >= {"tiny", "llama-1b"}
     engine = [n for n in fams if n.startswith("sglang:")]
     assert "sglang:num_running_reqs" in engine
-    assert {s.labels["instance"] for s in fams["sglang:num_running_reqs"].samples} >= {"tiny@gpu0", "llama-1b@gpu0"}
+    assert {s.labels["server"] for s in fams["sglang:num_running_reqs"].samples} >= {"tiny@gpu0", "llama-1b@gpu0"}
     RESULTS["sglang_families_reexposed"] = len(engine)

@@ -218,7 +218,7 @@ def test_metrics_parse_and_count_requests(chimera: Running) -> None:
     )
     assert "chimera_wake_seconds" in fams and "chimera_hold_seconds" in fams
     running = fams["sglang:num_running_reqs"].samples  # re-exposed from the engines
-    assert {s.labels["instance"] for s in running} >= {"tiny@gpu0", "llama-1b@gpu0"}
+    assert {s.labels["server"] for s in running} >= {"tiny@gpu0", "llama-1b@gpu0"}
 
 
 def test_zz_ctrl_c_stops_every_engine_process(chimera: Running) -> None:

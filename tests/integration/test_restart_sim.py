@@ -53,5 +53,5 @@ def test_kill_9_of_an_engine_is_restarted_and_serves_again(chimera: Running) -> 
     assert engine_pid(chimera) != old
     assert chimera.states()["tiny"] == "awake"
     body = httpx.get(f"{chimera.base}/metrics", timeout=5).text
-    assert 'chimera_restarts_total{instance="tiny@gpu0",model="tiny",reason="crash"} 1.0' in body
+    assert 'chimera_restarts_total{model="tiny",reason="crash",server="tiny@gpu0"} 1.0' in body
     print(f"served again {served_after_s:.2f} s after kill -9")

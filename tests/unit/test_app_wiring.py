@@ -14,6 +14,7 @@ from orchestrator.config import parse_config
 from orchestrator.control.loop import ControlLoop
 from orchestrator.deployment import derive
 from orchestrator.engines import get_engine
+from orchestrator.metrics.gpu_seconds import GpuSeconds
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.supervisor.supervisor import Supervisor
 from orchestrator.types import MODES, Mode
@@ -33,7 +34,10 @@ async def test_the_scraper_runs_in_every_mode_with_the_sinks_each_needs(mode: Mo
     supervisor = Supervisor(get_engine("sim"), dep.config.host, tmp_path, post=lambda ev: None, deployment=dep)
     try:
         control = ControlLoop(dep, supervisor)
-        kv = _kv_runner(dep, control, supervisor, ChimeraMetrics())
+        metrics = ChimeraMetrics()
+        kv = _kv_runner(
+            dep, control, supervisor, metrics, GpuSeconds(dep.instances, dep.gpu_bytes, metrics.gpu_seconds)
+        )
         app = Starlette()
         gate = _admission(dep, app)
         scraper = _scraper(control, kv, gate)

@@ -143,7 +143,7 @@ def test_plots_are_written(tmp_path: Path) -> None:
         {
             "t_s": 0.0,
             "states": {"a@gpu0": {"model": "a", "state": "parked"}},
-            "gauges": {"chimera_kv_limit_bytes{instance=a@gpu0}": 2.0**30},
+            "gauges": {"chimera_kv_limit_bytes{server=a@gpu0}": 2.0**30},
         },
         {"t_s": 1.0, "states": {"a@gpu0": {"model": "a", "state": "awake"}}, "gauges": {}},
     ]
@@ -157,16 +157,16 @@ def test_plots_are_written(tmp_path: Path) -> None:
 
 def test_metrics_snapshot_keeps_current_states_and_gauges() -> None:
     text = """# TYPE chimera_instance_state gauge
-chimera_instance_state{model="a",instance="a@gpu0",gpu="0",state="awake"} 1.0
-chimera_instance_state{model="a",instance="a@gpu0",gpu="0",state="parked"} 0.0
+chimera_instance_state{model="a",server="a@gpu0",gpu="0",state="awake"} 1.0
+chimera_instance_state{model="a",server="a@gpu0",gpu="0",state="parked"} 0.0
 # TYPE chimera_kv_limit_bytes gauge
-chimera_kv_limit_bytes{instance="a@gpu0"} 1024.0
+chimera_kv_limit_bytes{server="a@gpu0"} 1024.0
 # TYPE chimera_requests counter
 chimera_requests_total{model="a",route="/v1/completions",status="200"} 3.0
 """
     snap = parse_metrics(text)
     assert snap["states"] == {"a@gpu0": {"model": "a", "state": "awake"}}
-    assert snap["gauges"] == {"chimera_kv_limit_bytes{instance=a@gpu0}": 1024.0}
+    assert snap["gauges"] == {"chimera_kv_limit_bytes{server=a@gpu0}": 1024.0}
 
 
 def test_modes_rewrite_the_placements_and_compute_ratios(tmp_path: Path) -> None:

@@ -24,6 +24,9 @@ def snapshot_transport() -> httpx.MockTransport:
     metrics = ChimeraMetrics()
     metrics.requests.labels("a", "/v1/completions", "200").inc(7)
     metrics.ttft.labels("a").observe(0.2)
+    metrics.record_slo("a", 0.2, 0.02, 0.5, 0.05)
+    metrics.record_slo("a", 0.2, 0.09, 0.5, 0.05)
+    metrics.gpu_seconds.labels("a", "awake").inc(12.5)
     states = {"a@gpu0": InstanceState.AWAKE, "b@gpu0": InstanceState.PARKED}
     dash = Dashboard(dep, lambda: views(dep, states), metrics, clock=Clock())
 
@@ -48,7 +51,8 @@ def test_status_prints_one_line_per_model_and_per_gpu() -> None:
     assert lines[1].split()[:3] == ["MODEL", "STATE", "INSTANCES"]
     a = next(line for line in lines if line.startswith("a "))
     assert a.split()[:4] == ["a", "awake", "a@gpu0=awake", "7"]
-    assert "(500ms)" in a  # its TTFT SLO
+    assert "(500ms)" in a and "(50ms)" in a  # its TTFT and TPOT SLOs
+    assert a.split()[-5:-3] == ["50%", "12.5"]  # SLO met (both), GPU-seconds; then wakes, parks, age
     b = next(line for line in lines if line.startswith("b "))
     assert b.split()[1] == "parked"
     gpu = next(line for line in lines if line.startswith("0 "))

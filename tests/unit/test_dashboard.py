@@ -135,7 +135,24 @@ def test_snapshot_reads_the_same_numbers_as_metrics() -> None:
     assert (a["requests"], a["shed"], a["ttft"]["count"], a["ttft"]["slo"]) == (4, 1, 1, 0.5)
     assert 0.01 <= a["ttft"]["p50"] <= 0.025
     assert (b["held"], b["requests"], b["ttft"]["p50"]) == (2, 0, None)
-    assert a["tpot"] == {"p50": None, "p99": None, "slo": 0.05}
+    assert a["tpot"] == {"p50": None, "p99": None, "slo": 0.05, "count": 0}
+    assert a["attainment"] == {"ttft": None, "tpot": None, "joint": None} and a["gpu_seconds"] == 0.0
+
+
+def test_snapshot_shows_tpot_attainment_and_gpu_seconds_from_metrics() -> None:
+    dep = deployment()
+    metrics = ChimeraMetrics()
+    metrics.record_slo("a", 0.1, 0.02, 0.5, 0.05)  # both met
+    metrics.record_slo("a", 0.1, 0.08, 0.5, 0.05)  # TPOT missed
+    metrics.record_slo("a", 0.9, None, 0.5, 0.05)  # one token: TTFT missed, no TPOT
+    metrics.gpu_seconds.labels("a", "awake").inc(12.5)
+    metrics.gpu_seconds.labels("a", "parked").inc(0.5)
+    h = History(clock=Clock(1000.0))
+    snap = state.build(views(dep, {"a@gpu0": S.AWAKE, "b@gpu0": S.PARKED}), dep, readings.read(metrics), h, 5.0)
+    a, b = snap["models"]
+    assert a["tpot"]["count"] == 2 and 0.015 <= a["tpot"]["p50"] <= 0.05 and a["tpot"]["p99"] > 0.05
+    assert a["attainment"] == {"ttft": pytest.approx(2 / 3), "tpot": 0.5, "joint": pytest.approx(1 / 3)}
+    assert a["gpu_seconds"] == 13.0 and b["gpu_seconds"] == 0.0
 
 
 def test_gpu_memory_by_kind_from_the_shim_and_the_deployment() -> None:

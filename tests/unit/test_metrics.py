@@ -14,7 +14,7 @@ def states(m: ChimeraMetrics, instance: str) -> dict[str, float]:
     out = {}
     for family in text_string_to_metric_families(m.render()[0].decode()):
         for s in family.samples:
-            if s.name == "chimera_instance_state" and s.labels["instance"] == instance:
+            if s.name == "chimera_instance_state" and s.labels["server"] == instance:
                 out[s.labels["state"]] = s.value
     return out
 
@@ -30,7 +30,7 @@ def test_set_instance_state_zeroes_the_other_states() -> None:
     assert states(m, "qwen@gpu2")["parked"] == 1
     assert (
         m.registry.get_sample_value(
-            "chimera_instance_state", {"model": "llama", "instance": "llama@gpu0+1", "gpu": "0+1", "state": "awake"}
+            "chimera_instance_state", {"model": "llama", "server": "llama@gpu0+1", "gpu": "0+1", "state": "awake"}
         )
         == 1
     )
@@ -80,5 +80,5 @@ def test_restarts_are_counted_by_instance_and_reason() -> None:
     m.record("restarts", "m:8b", 1, "m:8b@gpu0+1 crash")
     m.set_instance_state("m:8b", "m:8b@gpu0+1", (0, 1), "backoff")
     body = m.render()[0].decode()
-    assert 'chimera_restarts_total{instance="m:8b@gpu0+1",model="m:8b",reason="crash"} 2.0' in body
+    assert 'chimera_restarts_total{model="m:8b",reason="crash",server="m:8b@gpu0+1"} 2.0' in body
     assert 'state="backoff"} 1.0' in body

@@ -357,7 +357,7 @@ async def test_metrics_exposition(router: FakeRouter, engine: FakeEngine) -> Non
     assert got[("chimera_request_e2e_seconds_count", llama)] == 1
     assert ("chimera_request_ttft_seconds_count", llama) not in got  # not streamed
     assert got[("chimera_requests_in_flight", llama)] == 0
-    awake = frozenset({("model", "llama"), ("instance", "llama@gpu0"), ("gpu", "0"), ("state", "awake")})
+    awake = frozenset({("model", "llama"), ("server", "llama@gpu0"), ("gpu", "0"), ("state", "awake")})
     assert got[("chimera_instance_state", awake)] == 1
 
 

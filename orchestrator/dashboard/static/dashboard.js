@@ -142,7 +142,7 @@
       for (const m of s.models) {
         const tr = el("tr");
         tr.dataset.model = m.name;
-        for (const cls of ["name", "state", "timeline", "requests", "in_flight", "held", "shed", "ttft", "tpot", "wakes", "parks"]) tr.append(el("td", cls));
+        for (const cls of ["name", "state", "timeline", "requests", "in_flight", "held", "shed", "ttft", "tpot", "attainment", "gpu_seconds", "wakes", "parks"]) tr.append(el("td", cls));
         body.append(tr); rows.set(m.name, tr);
       }
       body.dataset.names = names;
@@ -166,7 +166,14 @@
       const ttft = cell(tr, "ttft", t.count ? `${secs(t.p50)} / ${secs(t.p99)} (${secs(t.slo)})` : `– (${secs(t.slo)})`,
         `${t.count} streamed requests since start`);
       ttft.classList.toggle("late", t.p99 !== null && t.slo !== null && t.p99 > t.slo);
-      cell(tr, "tpot", secs(m.tpot.slo), "TPOT percentiles: not measured by the proxy");
+      const p = m.tpot;
+      const tpot = cell(tr, "tpot", p.count ? `${secs(p.p50)} / ${secs(p.p99)} (${secs(p.slo)})` : `– (${secs(p.slo)})`,
+        `${p.count} streamed requests read to their end with two tokens or more`);
+      tpot.classList.toggle("late", p.p99 !== null && p.slo !== null && p.p99 > p.slo);
+      const a = m.attainment;
+      const pct = (x) => (x === null ? "–" : `${Math.round(100 * x)}%`);
+      cell(tr, "attainment", `${pct(a.joint)}`, `TTFT ${pct(a.ttft)}, TPOT ${pct(a.tpot)}, both ${pct(a.joint)}`);
+      cell(tr, "gpu_seconds", m.gpu_seconds.toFixed(1), "GPU-seconds since start, split by memory share");
       cell(tr, "wakes", m.wakes.map((x) => x.toFixed(2)).join(" ") || "–");
       cell(tr, "parks", m.parks.map((x) => x.toFixed(2)).join(" ") || "–");
     }
