@@ -63,5 +63,5 @@ def test_a_stopped_engine_is_detected_killed_and_restarted(chimera: Running) -> 
     assert engine_pid(chimera) != old and not psutil.pid_exists(old)
     assert chimera.states()["tiny"] == "awake"
     body = httpx.get(f"{chimera.base}/metrics", timeout=5).text
-    assert 'chimera_restarts_total{instance="tiny@gpu0",model="tiny",reason="hung"} 1.0' in body
+    assert 'chimera_restarts_total{model="tiny",reason="hung",server="tiny@gpu0"} 1.0' in body
     print(f"in flight: clean error after {failed_after_s:.2f} s; served again {served_after_s:.2f} s after SIGSTOP")
