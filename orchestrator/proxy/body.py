@@ -29,7 +29,8 @@ class ClientRequest:
 
 
 def parse_request(raw: bytes) -> ClientRequest:
-    """Raises ProxyError (400) for a body that is not a JSON object with a string `model`."""
+    """Raises ProxyError (400) for a body that is not a JSON object with a string `model` and,
+    if present, a boolean `stream`."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -47,7 +48,21 @@ def parse_request(raw: bytes) -> ClientRequest:
             code="missing_model",
             param="model",
         )
-    return ClientRequest(body=body, model=model, stream=body.get("stream") is True)
+    return ClientRequest(body=body, model=model, stream=_stream(body.get("stream")))
+
+
+def _stream(value: object) -> bool:
+    """`stream` is a JSON boolean (null or absent: false). Anything else is refused rather than
+    guessed: the engine would read a truthy ``1`` as a stream the proxy then buffers whole."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    raise ProxyError.bad_request(
+        f"`stream` must be true or false; got {type(value).__name__} {value!r}"[:200],
+        code="invalid_stream",
+        param="stream",
+    )
 
 
 def engine_body(req: ClientRequest, model_field: ModelField, served_name: str) -> bytes:

@@ -184,6 +184,9 @@ async def test_unknown_model_is_404_listing_known_models(router: FakeRouter, eng
         (b'{"messages": []}', "missing_model"),
         (b'{"model": 3}', "missing_model"),
         (b'{"model": ""}', "missing_model"),
+        (b'{"model": "llama", "stream": 1}', "invalid_stream"),
+        (b'{"model": "llama", "stream": "true"}', "invalid_stream"),
+        (b'{"model": "llama", "stream": {}}', "invalid_stream"),
     ],
 )
 async def test_bad_bodies_are_400(router: FakeRouter, engine: FakeEngine, raw: bytes, code: str) -> None:
@@ -194,6 +197,15 @@ async def test_bad_bodies_are_400(router: FakeRouter, engine: FakeEngine, raw: b
     assert err["code"] == code and err["type"] == "invalid_request_error"
     assert err["src"] == "chimera"
     assert router.acquired == []
+
+
+@pytest.mark.parametrize("stream", [False, None])
+async def test_stream_false_or_null_is_not_streamed(
+    router: FakeRouter, engine: FakeEngine, stream: bool | None
+) -> None:
+    async with proxy(router, engine_transport(engine)) as client:
+        resp = await client.post("/v1/completions", json={"model": "llama", "prompt": "hi", "stream": stream})
+    assert resp.status_code == 200 and resp.json() == COMPLETION
 
 
 @pytest.mark.parametrize("path, reply", [("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)])
