@@ -21,6 +21,12 @@ from orchestrator.proxy.errors import ProxyError
 ModelField = Literal["rewrite", "drop"]
 
 
+# orjson decodes up to 1024 levels of nesting but encodes only up to 254 (its recursion limit);
+# a body between the two parsed fine and then failed in engine_body with a 500. The proxy
+# re-encodes every body, so the encoder's limit is the one a client gets told.
+MAX_JSON_DEPTH = 254
+
+
 @dataclass(frozen=True)
 class ClientRequest:
     body: dict[str, Any]
@@ -39,6 +45,7 @@ def parse_request(raw: bytes) -> ClientRequest:
         raise ProxyError.bad_request(
             f"the request body must be a JSON object, not {type(body).__name__}", code="invalid_body"
         )
+    _check_encodable(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         got = "missing" if model is None else f"{type(model).__name__} {model!r}"
@@ -49,6 +56,20 @@ def parse_request(raw: bytes) -> ClientRequest:
             param="model",
         )
     return ClientRequest(body=body, model=model, stream=_stream(body.get("stream")))
+
+
+def _check_encodable(body: dict[str, Any]) -> None:
+    """Up front, before any hold: a body the proxy could not re-encode for the engine is the
+    client's error (400), not chimera's. The only such body orjson can decode is one nested
+    deeper than MAX_JSON_DEPTH."""
+    try:
+        orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        raise ProxyError.bad_request(
+            f"the request body is nested too deeply: at most {MAX_JSON_DEPTH} levels of objects "
+            f"and arrays are accepted ({exc})",
+            code="json_too_deep",
+        ) from exc
 
 
 def _stream(value: object) -> bool:

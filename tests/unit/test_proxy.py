@@ -24,6 +24,7 @@ from orchestrator.config import ModelSpec, Placement
 from orchestrator.errors import EngineUnavailable
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.proxy import create_app
+from orchestrator.proxy.body import MAX_JSON_DEPTH
 from orchestrator.shapes import load_shape
 from orchestrator.types import InstanceState
 from tests.unit.proxy_fakes import FakeRouter
@@ -197,6 +198,30 @@ async def test_bad_bodies_are_400(router: FakeRouter, engine: FakeEngine, raw: b
     assert err["code"] == code and err["type"] == "invalid_request_error"
     assert err["src"] == "chimera"
     assert router.acquired == []
+
+
+def nested(levels: int) -> bytes:
+    """A request body whose deepest value sits ``levels`` objects/arrays down (the body is one)."""
+    return b'{"model": "llama", "prompt": ' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+
+async def test_nesting_up_to_the_limit_is_forwarded(router: FakeRouter, engine: FakeEngine) -> None:
+    async with proxy(router, engine_transport(engine)) as client:
+        resp = await client.post("/v1/completions", content=nested(MAX_JSON_DEPTH))
+    assert resp.status_code == 200
+
+
+# 255: the first depth the re-encoder refuses; 1023: the deepest the decoder accepts (both
+# answered 500 with a traceback in the log); 1025: the decoder's own refusal
+@pytest.mark.parametrize("levels, code", [(255, "json_too_deep"), (1023, "json_too_deep"), (1025, "invalid_json")])
+async def test_nesting_deeper_than_the_limit_is_400(
+    router: FakeRouter, engine: FakeEngine, levels: int, code: str
+) -> None:
+    async with proxy(router, engine_transport(engine), raise_app_exceptions=False) as client:
+        resp = await client.post("/v1/completions", content=nested(levels))
+    assert resp.status_code == 400
+    assert error_of(resp)["code"] == code
+    assert router.acquired == [] and engine.seen == []
 
 
 @pytest.mark.parametrize("stream", [False, None])
