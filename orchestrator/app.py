@@ -33,6 +33,7 @@ from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
 from orchestrator.proxy.admin import admin_routes
 from orchestrator.proxy.admission import AdmissionGate
+from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
 from orchestrator.proxy.upstream import Limits
 from orchestrator.supervisor.supervisor import Supervisor
 from orchestrator.types import InstanceView, LoadSample
@@ -111,10 +112,14 @@ async def serve(
         hold_timeout_s=hold_timeout_s,
         extra_routes=admin_routes(control, admin_key) + dashboard.routes(),
         upstream_limits=Limits(first_byte_s=env.upstream_first_byte_s, idle_s=env.upstream_idle_s),
+        max_body_bytes=env.max_body_bytes,
     )
     gate = _admission(dep, app)  # mode full: the proxy's admission gate
     scraper = _scraper(control, kv, gate)  # the one /v1/loads poller (liveness in every mode)
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False))
+    http = uvicorn_http_options(RequestLimits(env.max_body_bytes, env.max_header_bytes))  # 431 beyond
+    server = _Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, **http)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

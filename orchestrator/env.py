@@ -17,6 +17,19 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} must be a number") from exc
 
 
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} must be a whole number") from exc
+    if value <= 0:
+        raise ValueError(f"environment variable {name}={raw!r} must be positive")
+    return value
+
+
 def _args(name: str) -> tuple[str, ...]:
     raw = os.environ.get(name, "")
     try:
@@ -45,6 +58,10 @@ class Env:
     # (a stream's tokens) before it answers 504 or ends the stream with an error
     upstream_first_byte_s: float = 600.0
     upstream_idle_s: float = 300.0
+    # CHIMERA_MAX_BODY_BYTES / CHIMERA_MAX_HEADER_BYTES: the largest request body (413 beyond)
+    # and request line + headers (431 beyond) the proxy reads; a production gateway's defaults
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
 
     @classmethod
     def read(cls) -> Env:
@@ -58,4 +75,6 @@ class Env:
             serial_starts=os.environ.get("CHIMERA_SERIAL_STARTS", "") not in ("", "0"),
             upstream_first_byte_s=_float("CHIMERA_UPSTREAM_FIRST_BYTE_S", 600.0),
             upstream_idle_s=_float("CHIMERA_UPSTREAM_IDLE_S", 300.0),
+            max_body_bytes=_int("CHIMERA_MAX_BODY_BYTES", 32 * 1024 * 1024),
+            max_header_bytes=_int("CHIMERA_MAX_HEADER_BYTES", 64 * 1024),
         )

@@ -28,6 +28,7 @@ from orchestrator.metrics.federate import engine_metrics
 from orchestrator.proxy.body import ModelField
 from orchestrator.proxy.errors import ProxyError
 from orchestrator.proxy.forward import ForwardEndpoint
+from orchestrator.proxy.limits import DEFAULT_MAX_BODY_BYTES
 from orchestrator.proxy.upstream import EngineClient, HttpxUpstream, Limits, Upstream
 from orchestrator.sglang.api import CHAT_COMPLETIONS, COMPLETIONS, GENERATE
 from orchestrator.types import InstanceState, ModelView
@@ -54,11 +55,14 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     extra_routes: list[Route] | None = None,
     upstream_limits: Limits | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
     """The proxy app. ``hold_timeout_s``: how long a request may wait for its model to wake
     before a 503. ``transport``: an httpx transport that replaces the engines (tests pass a
     fake engine); without it the proxy talks to them with upstream.EngineClient, whose
-    ``upstream_limits`` bound connects, writes and waits on a hung engine."""
+    ``upstream_limits`` bound connects, writes and waits on a hung engine. ``max_body_bytes``:
+    the largest request body a proxied route reads (413 beyond; the head limit is the
+    server's, limits.uvicorn_http_options)."""
     created = int(time.time())
 
     @asynccontextmanager
@@ -113,7 +117,7 @@ def create_app(
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         *(
-            Route(path, ForwardEndpoint(path, field, router, metrics, hold_timeout_s), methods=["POST"])
+            Route(path, ForwardEndpoint(path, field, router, metrics, hold_timeout_s, max_body_bytes), methods=["POST"])
             for path, field in PROXIED_ROUTES
         ),
         *(extra_routes or []),

@@ -1,5 +1,5 @@
-"""The client side of one proxied exchange, at the ASGI level: read the request body, notice
-the client leaving, send the response while remembering how far it got.
+"""The client side of one proxied exchange, at the ASGI level (the body is read by
+limits.read_limited): notice the client leaving, send the response while remembering how far it got.
 
 Raw ASGI rather than Starlette's Request/StreamingResponse so that one coroutine owns the whole
 exchange (hold, upstream call, relay) and one ``finally`` releases the engine, whatever the
@@ -16,19 +16,6 @@ from starlette.types import Message, Receive, Send
 
 class ClientGone(Exception):
     """The client disconnected; nothing more can be sent (internal to the proxy)."""
-
-
-async def read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None if the client disconnected before sending it."""
-    parts: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        if message["type"] == "http.request":
-            parts.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                return b"".join(parts)
 
 
 async def wait_for_disconnect(receive: Receive) -> None:

@@ -33,8 +33,9 @@ from orchestrator.errors import EngineUnavailable
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.proxy.admission import admitted
 from orchestrator.proxy.body import ClientRequest, ModelField, engine_body, parse_request
-from orchestrator.proxy.downstream import ClientGone, Downstream, read_body, wait_for_disconnect
+from orchestrator.proxy.downstream import ClientGone, Downstream, wait_for_disconnect
 from orchestrator.proxy.errors import ProxyError, normalize_engine_error
+from orchestrator.proxy.limits import DEFAULT_MAX_BODY_BYTES, read_limited
 from orchestrator.proxy.tokens import StreamMeter
 from orchestrator.proxy.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 from orchestrator.types import Endpoint
@@ -68,13 +69,20 @@ class ForwardEndpoint:
     """ASGI app of one proxied route (POST only; Starlette's Route checks the method)."""
 
     def __init__(
-        self, route: str, model_field: ModelField, router: Router, metrics: ChimeraMetrics, hold_timeout_s: float
+        self,
+        route: str,
+        model_field: ModelField,
+        router: Router,
+        metrics: ChimeraMetrics,
+        hold_timeout_s: float,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.route = route
         self.model_field: ModelField = model_field
         self.router = router
         self.metrics = metrics
         self.hold_timeout_s = hold_timeout_s
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _Exchange(self, scope, send).run(receive)
@@ -97,7 +105,11 @@ class _Exchange:
 
     async def run(self, receive: Receive) -> None:
         try:
-            raw = await read_body(receive)
+            try:
+                raw = await read_limited(self.scope, receive, self.ep.max_body_bytes)
+            except ProxyError as err:  # 413: answered without reading the rest
+                await self.fail(err)
+                return
             if raw is None:
                 self.client_gone = True
                 return
