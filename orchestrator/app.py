@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -36,7 +36,7 @@ from orchestrator.proxy.admission import AdmissionGate
 from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
 from orchestrator.proxy.upstream import Limits
 from orchestrator.supervisor.supervisor import Supervisor
-from orchestrator.types import InstanceView, LoadSample
+from orchestrator.types import InstanceState, InstanceView, LoadSample, ModelView
 
 log = logging.getLogger("chimera")
 
@@ -155,6 +155,10 @@ async def serve(
             return 1
         if not stop.is_set():
             _summary(console, control, host, port)
+            failed = nothing_serves(control.models())
+            if failed is not None:  # exit non-zero: a supervisor (systemd, Kubernetes) must see it
+                console.print(f"[bold red]every model failed to start[/]; exiting with status 1\n{failed}")
+                return 1
         stop_task = asyncio.create_task(stop.wait())
         await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         stop_task.cancel()
@@ -173,6 +177,15 @@ async def serve(
         detach_dashboard()
         console.print("[green]stopped[/]: no engine process left")
     return 0
+
+
+def nothing_serves(models: Sequence[ModelView]) -> str | None:
+    """Why chimera serves nothing (one line per failed instance) when every model failed for
+    good once start-up settled; None while any model is not failed (on-demand models count as
+    serving: they start when asked)."""
+    if not models or any(m.state is not InstanceState.FAILED for m in models):
+        return None
+    return "\n".join(f"  {i.id}: {i.error or 'failed'}" for m in models for i in m.instances)
 
 
 def _report_death(task: asyncio.Task[None]) -> None:

@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 from starlette.applications import Starlette
 
-from orchestrator.app import _admission, _kv_runner, _scraper
-from orchestrator.config import parse_config
+from orchestrator.app import _admission, _kv_runner, _scraper, nothing_serves
+from orchestrator.config import ModelSpec, parse_config
 from orchestrator.control.loop import ControlLoop
 from orchestrator.deployment import derive
 from orchestrator.engines import get_engine
 from orchestrator.metrics.gpu_seconds import GpuSeconds
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.supervisor.supervisor import Supervisor
-from orchestrator.types import MODES, Mode
+from orchestrator.types import MODES, InstanceState, InstanceView, Mode, ModelView
+from tests.unit.test_proxy import LLAMA, QWEN
 
 
 def raw(mode: Mode) -> dict[str, object]:
@@ -49,3 +50,25 @@ async def test_the_scraper_runs_in_every_mode_with_the_sinks_each_needs(mode: Mo
     assert list(scraper.sinks) == expected
     assert scraper.targets == control.instances
     assert scraper.liveness == control.post and scraper.window_s == dep.config.liveness.window_s
+
+
+def _model(spec: ModelSpec, *states: tuple[InstanceState, str | None]) -> ModelView:
+    views = tuple(InstanceView(f"{spec.name}@gpu{n}", spec.name, (n,), s, None, e) for n, (s, e) in enumerate(states))
+    best = next((s for s, _ in states if s is not InstanceState.FAILED), InstanceState.FAILED)
+    return ModelView(spec, best, views)
+
+
+def test_up_exits_non_zero_with_reasons_only_when_every_model_failed() -> None:
+    dead = _model(LLAMA, (InstanceState.FAILED, "engine exited with code 1"), (InstanceState.FAILED, None))
+    also_dead = _model(QWEN, (InstanceState.FAILED, "out of memory"))
+    reason = nothing_serves([dead, also_dead])
+    assert reason is not None
+    assert reason.splitlines() == [
+        "  llama@gpu0: engine exited with code 1",
+        "  llama@gpu1: failed",
+        "  qwen@gpu0: out of memory",
+    ]
+    one_serves = _model(QWEN, (InstanceState.FAILED, "oom"), (InstanceState.AWAKE, None))
+    assert nothing_serves([dead, one_serves]) is None
+    assert nothing_serves([dead, _model(QWEN, (InstanceState.STOPPED, None))]) is None  # on demand
+    assert nothing_serves([]) is None
