@@ -27,7 +27,7 @@ from orchestrator.control.router import Router
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.metrics.federate import engine_metrics
 from orchestrator.proxy.body import ModelField
-from orchestrator.proxy.errors import ProxyError
+from orchestrator.proxy.errors import ProxyError, status_code
 from orchestrator.proxy.forward import ForwardEndpoint
 from orchestrator.proxy.upstream import EngineClient, HttpxUpstream, Limits, Upstream
 from orchestrator.sglang.api import CHAT_COMPLETIONS, COMPLETIONS, GENERATE, MODEL_CARD, MODELS, max_model_len
@@ -147,12 +147,10 @@ def _json(obj: Any) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (unknown route, wrong method) in the envelope."""
     assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     err = ProxyError(
         exc.status_code,
         f"{request.method} {request.url.path}: {exc.detail}",
-        type="invalid_request_error",
-        code=code,
+        code=status_code(exc.status_code),  # not_found, method_not_allowed
         headers=exc.headers,
     )
     return err.response()
