@@ -93,12 +93,13 @@ class ProxyError(Exception):
         return cls(503, message, code="model_unavailable", headers=headers)
 
     @classmethod
-    def deadline_unmeetable(cls, model: str, reason: str, retry_after_s: float) -> ProxyError:
-        """Shed by local admission (Moore–Hodgson): 429 with an honest Retry-After."""
+    def deadline_unmeetable(cls, reason: str, retry_after_s: float) -> ProxyError:
+        """Shed by local admission (Moore–Hodgson): 429 with an honest Retry-After. ``reason``
+        names the model and says why, in numbers (policy/admission/queueing.py ``Shed``)."""
         retry = max(1, math.ceil(retry_after_s))
         return cls(
             429,
-            f"model {model!r}: {reason}; retry in {retry} s",
+            f"{reason}. Retry in {retry} s, when the work ahead of it should be done (Retry-After).",
             code="deadline_unmeetable",
             headers={"Retry-After": str(retry)},
         )

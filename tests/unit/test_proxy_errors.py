@@ -23,7 +23,7 @@ CATALOGUE = [
     ProxyError.bad_request("bad", code="invalid_json"),
     ProxyError.model_not_found("x", ["llama"]),
     ProxyError.unavailable("waking", 3.0),
-    ProxyError.deadline_unmeetable("llama", "late", 1.0),
+    ProxyError.deadline_unmeetable("model 'llama' is late", 1.0),
     ProxyError.engine_unreachable("llama@gpu0", OSError("refused")),
     ProxyError.engine_timeout("llama@gpu0", TimeoutError("read")),
     ProxyError.internal(),
