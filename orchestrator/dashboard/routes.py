@@ -73,9 +73,7 @@ class Dashboard:
             name = request.path_params["name"]
             found = self._files.get(name)
             if found is None:
-                return ProxyError(
-                    404, f"no dashboard file {name!r}", type="invalid_request_error", code="not_found"
-                ).response()
+                return ProxyError(404, f"no dashboard file {name!r}", code="not_found").response()
             return Response(found[0], media_type=found[1], headers={"cache-control": "max-age=3600"})
 
         return [

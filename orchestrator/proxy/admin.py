@@ -29,7 +29,6 @@ def admin_routes(control: Admin, key: str | None) -> list[Route]:
             raise ProxyError(
                 403,
                 "the admin API is off: start chimera-orch with --admin-key or CHIMERA_ADMIN_KEY",
-                type="permission_error",
                 code="admin_disabled",
             )
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -37,7 +36,6 @@ def admin_routes(control: Admin, key: str | None) -> list[Route]:
             raise ProxyError(
                 401,
                 "admin API: missing or wrong `Authorization: Bearer <key>`",
-                type="authentication_error",
                 code="invalid_admin_key",
             )
 
@@ -56,11 +54,9 @@ def admin_routes(control: Admin, key: str | None) -> list[Route]:
                 try:
                     report = await control.admin(iid, name)
                 except KeyError as exc:
-                    raise ProxyError(
-                        404, str(exc.args[0]), type="invalid_request_error", code="instance_not_found"
-                    ) from exc
+                    raise ProxyError(404, str(exc.args[0]), code="instance_not_found") from exc
                 except ValueError as exc:
-                    raise ProxyError(409, str(exc), type="invalid_request_error", code="invalid_state") from exc
+                    raise ProxyError(409, str(exc), code="invalid_state") from exc
             except ProxyError as e:
                 return e.response()
             view = next((v for v in control.instances() if v.id == iid), None)

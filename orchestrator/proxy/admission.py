@@ -174,7 +174,7 @@ class AdmissionGate:
             w.future.set_result(None)
         for s in decision.shed:
             w = queue.pop(s.request)
-            w.future.set_exception(ProxyError.deadline_unmeetable(w.pending.model, s.reason, s.retry_after_s))
+            w.future.set_exception(ProxyError.deadline_unmeetable(s.reason, s.retry_after_s))
         self._rearm(g, bool(queue))
 
     def _rearm(self, g: int, waiting: bool) -> None:

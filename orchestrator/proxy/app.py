@@ -2,6 +2,7 @@
 of every model, routed by the body's ``model``.
 
 Routes: POST /v1/chat/completions, /v1/completions, /generate (forward.py); GET /v1/models,
+/v1/models/{id} (OpenAI's retrieve),
 /metrics (chimera's own registry), /health (the proxy's liveness, not the engines').
 Every error, including unknown routes and unexpected exceptions, is the envelope of errors.py.
 """
@@ -26,11 +27,11 @@ from orchestrator.control.router import Router
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.metrics.federate import engine_metrics
 from orchestrator.proxy.body import ModelField
-from orchestrator.proxy.errors import ProxyError
+from orchestrator.proxy.errors import ProxyError, status_code
 from orchestrator.proxy.forward import ForwardEndpoint
 from orchestrator.proxy.limits import DEFAULT_MAX_BODY_BYTES
 from orchestrator.proxy.upstream import EngineClient, HttpxUpstream, Limits, Upstream
-from orchestrator.sglang.api import CHAT_COMPLETIONS, COMPLETIONS, GENERATE
+from orchestrator.sglang.api import CHAT_COMPLETIONS, COMPLETIONS, GENERATE, MODEL_CARD, MODELS, max_model_len
 from orchestrator.types import InstanceState, ModelView
 
 log = logging.getLogger(__name__)
@@ -83,25 +84,34 @@ def create_app(
             finally:
                 del app.state.upstream, app.state.scraper
 
+    def card(view: ModelView, name: str) -> dict[str, Any]:
+        """One model id as SGLang's ModelCard has it (``max_model_len``), plus chimera's view."""
+        spec = view.spec
+        return {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "chimera",
+            "root": spec.name,  # the canonical name this id refers to
+            "max_model_len": max_model_len(spec.shape.max_context, spec.engine_args),
+            "aliases": list(spec.aliases),
+            "state": view.state.value,
+            # why it failed for good, for operators (restarts gave up)
+            **({"error": _errors(view)} if view.state is InstanceState.FAILED else {}),
+        }
+
     async def list_models(request: Request) -> Response:
-        data: list[dict[str, Any]] = []
-        for view in router.models():
-            spec = view.spec
-            for name in (spec.name, *spec.aliases):
-                data.append(
-                    {
-                        "id": name,
-                        "object": "model",
-                        "created": created,
-                        "owned_by": "chimera",
-                        "root": spec.name,  # the canonical name this id refers to
-                        "aliases": list(spec.aliases),
-                        "state": view.state.value,
-                        # why it failed for good, for operators (restarts gave up)
-                        **({"error": _errors(view)} if view.state is InstanceState.FAILED else {}),
-                    }
-                )
+        data = [card(view, name) for view in router.models() for name in (view.spec.name, *view.spec.aliases)]
         return _json({"object": "list", "data": data})
+
+    async def retrieve_model(request: Request) -> Response:
+        """OpenAI's ``GET /v1/models/{id}``: a name or an alias; 404 envelope otherwise."""
+        name: str = request.path_params["model"]
+        spec = router.resolve(name)
+        view = next((v for v in router.models() if spec is not None and v.spec.name == spec.name), None)
+        if view is None:
+            return ProxyError.model_not_found(name, router.known_names()).response()
+        return _json(card(view, name))
 
     async def prometheus(request: Request) -> Response:
         body, content_type = metrics.render()
@@ -113,7 +123,8 @@ def create_app(
         return _json({"status": "ok"})
 
     routes = [
-        Route("/v1/models", list_models, methods=["GET"]),
+        Route(MODELS.path, list_models, methods=[MODELS.method]),
+        Route(MODEL_CARD.path, retrieve_model, methods=[MODEL_CARD.method]),
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         *(
@@ -140,12 +151,10 @@ def _json(obj: Any) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (unknown route, wrong method) in the envelope."""
     assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     err = ProxyError(
         exc.status_code,
         f"{request.method} {request.url.path}: {exc.detail}",
-        type="invalid_request_error",
-        code=code,
+        code=status_code(exc.status_code),  # not_found, method_not_allowed
         headers=exc.headers,
     )
     return err.response()

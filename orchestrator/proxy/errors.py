@@ -1,7 +1,18 @@
 """The one error envelope every HTTP error of chimera uses, OpenAI-shaped plus ``src``:
 
-    {"error": {"message": str, "type": str, "param": str | None, "code": str | int | None,
-               "src": "chimera" | "engine"}}
+    {"error": {"message": str, "type": str, "param": str | None, "code": str, "src": "chimera" | "engine"}}
+
+The convention, the same whoever raised the error (clients branch on ``type`` and ``code``):
+- ``type`` is OpenAI's class of the HTTP status, ``status_type``: 400/404/405/409/422...
+  ``invalid_request_error`` (OpenAI answers an unknown model with it too), 401
+  ``authentication_error``, 403 ``permission_error``, 429 ``rate_limit_error``, 503
+  ``service_unavailable_error``, any other 5xx ``server_error``.
+- ``code`` is always a snake_case string, never an integer: chimera's own from the catalogue
+  below (``model_not_found``, ``deadline_unmeetable``...); an engine's when it sends a string
+  code, else the HTTP status's name (``status_code``: SGLang's integer ``code: 400`` becomes
+  ``bad_request``).
+- ``message`` is for a person; an engine's message is kept word for word.
+- ``param`` names the offending request field, or null.
 
 ``src`` says who failed, as llama-swap does: "chimera" (the request, the proxy or the control
 loop) or "engine" (an SGLang instance: unreachable, crashed, timed out, or answered an error).
@@ -17,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from http import HTTPStatus
 from typing import Any, Literal
 
 import orjson
@@ -35,8 +47,7 @@ class ProxyError(Exception):
         status: int,
         message: str,
         *,
-        type: str,
-        code: str | int | None,
+        code: str,
         src: Src = "chimera",
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
@@ -44,7 +55,7 @@ class ProxyError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type = type
+        self.type = status_type(status)  # OpenAI's class of the status: never chosen per error
         self.code = code
         self.src: Src = src
         self.param = param
@@ -63,7 +74,7 @@ class ProxyError(Exception):
 
     @classmethod
     def bad_request(cls, message: str, *, code: str, param: str | None = None) -> ProxyError:
-        return cls(400, message, type="invalid_request_error", code=code, param=param)
+        return cls(400, message, code=code, param=param)
 
     @classmethod
     def model_not_found(cls, name: str, known: Iterable[str]) -> ProxyError:
@@ -71,7 +82,6 @@ class ProxyError(Exception):
         return cls(
             404,
             f"The model {name!r} does not exist. Known models: {names}",
-            type="invalid_request_error",
             code="model_not_found",
             param="model",
         )
@@ -80,16 +90,16 @@ class ProxyError(Exception):
     def unavailable(cls, message: str, retry_after_s: float | None) -> ProxyError:
         # Retry-After takes whole seconds (RFC 9110 delay-seconds); round up, at least 1.
         headers = {} if retry_after_s is None else {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
-        return cls(503, message, type="service_unavailable_error", code="model_unavailable", headers=headers)
+        return cls(503, message, code="model_unavailable", headers=headers)
 
     @classmethod
-    def deadline_unmeetable(cls, model: str, reason: str, retry_after_s: float) -> ProxyError:
-        """Shed by local admission (Moore–Hodgson): 429 with an honest Retry-After."""
+    def deadline_unmeetable(cls, reason: str, retry_after_s: float) -> ProxyError:
+        """Shed by local admission (Moore–Hodgson): 429 with an honest Retry-After. ``reason``
+        names the model and says why, in numbers (policy/admission/queueing.py ``Shed``)."""
         retry = max(1, math.ceil(retry_after_s))
         return cls(
             429,
-            f"model {model!r}: {reason}; retry in {retry} s",
-            type="rate_limit_error",
+            f"{reason}. Retry in {retry} s, when the work ahead of it should be done (Retry-After).",
             code="deadline_unmeetable",
             headers={"Retry-After": str(retry)},
         )
@@ -99,7 +109,6 @@ class ProxyError(Exception):
         return cls(
             502,
             f"engine instance {instance} failed: {type(exc).__name__}: {exc}",
-            type="server_error",
             code="engine_unreachable",
             src="engine",
         )
@@ -109,7 +118,6 @@ class ProxyError(Exception):
         return cls(
             504,
             f"engine instance {instance} timed out: {type(exc).__name__}: {exc}",
-            type="server_error",
             code="engine_timeout",
             src="engine",
         )
@@ -119,27 +127,45 @@ class ProxyError(Exception):
         return cls(
             500,
             "internal error in chimera (the traceback is in the server log)",
-            type="server_error",
             code="internal_error",
         )
 
 
-def envelope(message: str, *, type: str, code: str | int | None, src: Src, param: str | None = None) -> dict[str, Any]:
+def envelope(message: str, *, type: str, code: str, src: Src, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code, "src": src}}
 
 
 def status_type(status: int) -> str:
-    """OpenAI's error ``type`` for an HTTP status, for engine errors that carry none."""
+    """OpenAI's error ``type`` for an HTTP status (the convention above)."""
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
     if status == 429:
         return "rate_limit_error"
-    if status == 404:
-        return "not_found_error"
+    if status == 503:
+        return "service_unavailable_error"
     return "invalid_request_error" if 400 <= status < 500 else "server_error"
 
 
+def status_code(status: int) -> str:
+    """The envelope's ``code`` for an error that names none of its own: the HTTP status's name
+    (400 ``bad_request``, 500 ``internal_server_error``), ``http_<n>`` for a nonstandard one."""
+    try:
+        return HTTPStatus(status).name.lower()
+    except ValueError:
+        return f"http_{status}"
+
+
+def _engine_code(code: Any, status: int) -> str:
+    """An engine's own string code is kept; SGLang's integer (the HTTP status again) is not."""
+    return code if isinstance(code, str) and code else status_code(status)
+
+
 def normalize_engine_error(status: int, body: bytes) -> bytes:
-    """An engine's non-2xx body in the envelope with ``src: "engine"``. A body already shaped
-    ``{"error": {...}}`` keeps its fields (missing ones are filled in); anything else (SGLang's
+    """An engine's non-2xx body in the envelope with ``src: "engine"``, ``type`` and ``code``
+    by the convention above and the engine's message kept. A body already shaped
+    ``{"error": {...}}`` keeps its other fields; anything else (SGLang's
     ``{"object": "error", ...}``, other JSON, plain text) becomes the envelope's message."""
     try:
         data: Any = orjson.loads(body)
@@ -148,19 +174,18 @@ def normalize_engine_error(status: int, body: bytes) -> bytes:
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         err = dict(data["error"])
         err.setdefault("message", "")
-        err.setdefault("type", status_type(status))
         err.setdefault("param", None)
-        err.setdefault("code", status)
-        err.setdefault("src", "engine")
+        err["type"] = status_type(status)
+        err["code"] = _engine_code(err.get("code"), status)
+        err["src"] = "engine"
         return orjson.dumps({**data, "error": err})
     if isinstance(data, dict) and isinstance(data.get("message"), str):
         param = data.get("param")
-        code = data.get("code")
         return orjson.dumps(
             envelope(
                 data["message"],
-                type=str(data.get("type") or status_type(status)),
-                code=code if isinstance(code, str | int) and not isinstance(code, bool) else status,
+                type=status_type(status),
+                code=_engine_code(data.get("code"), status),
                 src="engine",
                 param=param if isinstance(param, str) else None,
             )
@@ -173,7 +198,7 @@ def normalize_engine_error(status: int, body: bytes) -> bytes:
         envelope(
             message or f"engine answered HTTP {status} with an empty body",
             type=status_type(status),
-            code=status,
+            code=status_code(status),
             src="engine",
         )
     )

@@ -15,6 +15,7 @@ Notes from the two releases (see orchestrator/sglang/contract/):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 from orchestrator.sglang.contract import MetricType
@@ -30,6 +31,7 @@ GENERATE = Route("/generate", "POST")
 CHAT_COMPLETIONS = Route("/v1/chat/completions", "POST")
 COMPLETIONS = Route("/v1/completions", "POST")
 MODELS = Route("/v1/models", "GET")
+MODEL_CARD = Route("/v1/models/{model:path}", "GET")  # OpenAI's retrieve; ids may hold "/"
 # Observation (the scraper and the supervisor).
 LOADS = Route("/v1/loads", "GET")  # fresh shared-memory snapshot, always on
 METRICS = Route("/metrics", "GET")  # needs --enable-metrics; gauges can lag seconds
@@ -52,6 +54,7 @@ ROUTES_USED: tuple[Route, ...] = (
     CHAT_COMPLETIONS,
     COMPLETIONS,
     MODELS,
+    MODEL_CARD,
     LOADS,
     METRICS,
     HEALTH,
@@ -92,3 +95,19 @@ METRICS_READ: dict[str, MetricType] = {
     "sglang:e2e_request_latency_seconds": "histogram",
     "sglang:queue_time_seconds": "histogram",
 }
+
+
+def max_model_len(max_context: int, engine_args: Sequence[str]) -> int:
+    """The ``max_model_len`` SGLang's model cards report: ``--context-length`` when the server
+    is started with it (the last one wins, as argparse does), else the model config's
+    ``max_position_embeddings`` (``max_context``, from its shape)."""
+    value = max_context
+    for i, arg in enumerate(engine_args):
+        raw: str | None = None
+        if arg == "--context-length" and i + 1 < len(engine_args):
+            raw = engine_args[i + 1]
+        elif arg.startswith("--context-length="):
+            raw = arg.partition("=")[2]
+        if raw is not None and raw.isdigit() and int(raw) > 0:
+            value = int(raw)
+    return value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from orchestrator.policy.admission.admit import MIN_RETRY_AFTER_S, decide
 from orchestrator.policy.admission.queueing import EngineRoom, ModelRule, Pending, QueueView
 
@@ -48,6 +50,20 @@ def test_admission__infeasible_deadlines_shed_the_longest_prefill_first() -> Non
     assert d.shed[0].retry_after_s == MIN_RETRY_AFTER_S and "TTFT" in d.shed[0].reason
 
 
+def test_admission__shed_reason_gives_the_numbers_a_person_needs() -> None:
+    """The issue's case: 0.19 s of work ahead of a 0.25 s deadline used to read as feasible.
+    The request's own prefill and the time it already waited are what make it late."""
+    v = QueueView((req("r", "llama", NOW + 0.21, prefill=0.08, arrival=NOW - 0.04),), (eng("llama"),), backlog_s=0.19)
+    (s,) = decide(v, NOW).shed
+    assert (s.model, s.slo_s, s.behind_wake) == ("llama", pytest.approx(0.25), False)
+    assert (s.waited_s, s.queued_s, s.prefill_s) == (pytest.approx(0.04), pytest.approx(0.19), 0.08)
+    assert s.expected_ttft_s == pytest.approx(0.31)
+    assert s.reason == (
+        "model 'llama' cannot give a first token within its TTFT SLO of 0.25 s now: it would come after"
+        " about 0.31 s (0.04 s already waited + 0.19 s behind other requests on its GPUs + 0.08 s of prefill)"
+    )
+
+
 def test_admission__retry_after_covers_the_backlog() -> None:
     v = QueueView((req("1", "a", NOW + 0.5, prefill=0.3),), (eng("a"),), backlog_s=4.0)
     (s,) = decide(v, NOW).shed
@@ -87,6 +103,9 @@ def test_admission__waking_engine_holds_requests_and_counts_its_wake() -> None:
     d = decide(v, NOW)
     assert d.dispatch == ()
     assert [s.request for s in d.shed] == ["2"]  # it would start at 0.5 s, past its 0.3 s deadline
+    (s,) = d.shed
+    assert s.behind_wake and s.queued_s == pytest.approx(0.6)  # the wake, then request 1's prefill
+    assert "behind its server's wake and the requests ahead" in s.reason
 
 
 def test_admission__requests_of_unplaced_models_are_left_to_the_global_scheduler() -> None:

@@ -298,7 +298,13 @@ async def test_engine_transport_failures(router: FakeRouter, exc: Exception, sta
             400,
             b'{"object": "error", "message": "max_tokens too large", "type": "BadRequestError",'
             b' "param": null, "code": 400}',
-            {"message": "max_tokens too large", "type": "BadRequestError", "param": None, "code": 400, "src": "engine"},
+            {
+                "message": "max_tokens too large",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "bad_request",
+                "src": "engine",
+            },
         ),
         # SGLang's /generate: already an envelope, missing fields filled in
         (
@@ -308,14 +314,20 @@ async def test_engine_transport_failures(router: FakeRouter, exc: Exception, sta
                 "message": "bad sampling params",
                 "type": "invalid_request_error",
                 "param": None,
-                "code": 400,
+                "code": "bad_request",
                 "src": "engine",
             },
         ),
         (
             500,
             b"Internal Server Error",
-            {"message": "Internal Server Error", "type": "server_error", "param": None, "code": 500, "src": "engine"},
+            {
+                "message": "Internal Server Error",
+                "type": "server_error",
+                "param": None,
+                "code": "internal_server_error",
+                "src": "engine",
+            },
         ),
     ],
 )

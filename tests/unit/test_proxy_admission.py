@@ -125,7 +125,13 @@ async def test_gate__sheds_infeasible_requests_with_an_honest_retry_after() -> N
     assert backlog_s > 1.0  # more prefill ahead of it than its 1 s TTFT objective
     assert err.status == 429 and err.code == "deadline_unmeetable"
     assert err.type == "rate_limit_error" and err.headers["Retry-After"] == str(math.ceil(backlog_s))
-    assert "1 s TTFT deadline" in err.message and gate.queued() == {}
+    # a person reads: which model, its SLO, the expected first token and its parts, when to retry
+    assert err.message.startswith("model 'fast' cannot give a first token within its TTFT SLO of 1.00 s now")
+    assert f"+ {backlog_s:.2f} s behind other requests on its GPUs +" in err.message
+    assert err.message.endswith(
+        f"Retry in {math.ceil(backlog_s)} s, when the work ahead of it should be done (Retry-After)."
+    )
+    assert gate.queued() == {}
 
 
 async def test_gate__a_model_without_ttft_objective_is_served_late_never_shed() -> None:

@@ -323,6 +323,12 @@ async def test_engine_error_on_a_stream_request_is_an_envelope() -> None:
     await run_with(app, client.run)
     assert client.status == 400 and client.headers["content-type"] == "application/json"
     assert orjson.loads(b"".join(client.chunks)) == {
-        "error": {"message": "bad n", "type": "BadRequestError", "param": "n", "code": 400, "src": "engine"}
+        "error": {
+            "message": "bad n",
+            "type": "invalid_request_error",
+            "param": "n",
+            "code": "bad_request",
+            "src": "engine",
+        }
     }
     assert len(router.acquired) == 1 and router.released == router.acquired

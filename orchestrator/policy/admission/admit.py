@@ -53,8 +53,12 @@ def decide(view: QueueView, now: float) -> QueueDecision:
                 Shed(
                     p.id,
                     max(MIN_RETRY_AFTER_S, wait),
-                    f"cannot meet its {p.deadline - p.arrival:.3g} s TTFT deadline: "
-                    f"{wait:.2f} s of work is ahead of it on this GPU group",
+                    p.model,
+                    slo_s=p.deadline - p.arrival,
+                    waited_s=max(0.0, now - p.arrival),
+                    queued_s=max(0.0, wait),
+                    prefill_s=p.prefill_s,
+                    behind_wake=ready[p.model] > now,
                 )
             )
     late.sort(key=lambda p: (p.deadline, p.id))

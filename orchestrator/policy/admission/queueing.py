@@ -58,9 +58,30 @@ class Dispatch:
 
 @dataclass(frozen=True)
 class Shed:
+    """A request dropped because its model's TTFT SLO can no longer be met, with the numbers a
+    person needs: expected first token = waited + queued + prefill, against ``slo_s``."""
+
     request: str
     retry_after_s: float  # honest: when the queue ahead of it should have drained
-    reason: str
+    model: str
+    slo_s: float  # the model's TTFT SLO (deadline - arrival)
+    waited_s: float  # already spent in the proxy (now - arrival)
+    queued_s: float  # still ahead of it: the group's on-time work, or its server's wake
+    prefill_s: float  # its own expected prefill
+    behind_wake: bool = False  # its model's server is still waking: queued_s includes the wake
+
+    @property
+    def expected_ttft_s(self) -> float:
+        return self.waited_s + self.queued_s + self.prefill_s
+
+    @property
+    def reason(self) -> str:
+        behind = "its server's wake and the requests ahead" if self.behind_wake else "other requests on its GPUs"
+        return (
+            f"model {self.model!r} cannot give a first token within its TTFT SLO of {self.slo_s:.2f} s now:"
+            f" it would come after about {self.expected_ttft_s:.2f} s ({self.waited_s:.2f} s already waited"
+            f" + {self.queued_s:.2f} s behind {behind} + {self.prefill_s:.2f} s of prefill)"
+        )
 
 
 @dataclass(frozen=True)
