@@ -34,7 +34,6 @@ def body_too_large(limit: int) -> ProxyError:
     return ProxyError(
         413,
         f"the request body is larger than this server accepts ({limit} bytes; CHIMERA_MAX_BODY_BYTES)",
-        type="invalid_request_error",
         code="body_too_large",
     )
 
@@ -43,7 +42,6 @@ def headers_too_large(limit: int) -> ProxyError:
     return ProxyError(
         431,
         f"the request line and headers are larger than this server accepts ({limit} bytes; CHIMERA_MAX_HEADER_BYTES)",
-        type="invalid_request_error",
         code="headers_too_large",
     )
 
