@@ -32,6 +32,11 @@ class Running:
     def engine_pids(self) -> set[int]:
         return {c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)}
 
+    def engine_pid(self) -> int:
+        """The one engine process of a single-instance deployment (its direct child)."""
+        (child,) = psutil.Process(self.proc.pid).children()
+        return child.pid
+
     def states(self) -> dict[str, str]:
         data = httpx.get(f"{self.base}/v1/models", timeout=5).json()["data"]
         return {m["id"]: m["state"] for m in data}

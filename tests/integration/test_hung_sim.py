@@ -37,16 +37,11 @@ def chimera(tmp_path: Path) -> Iterator[Running]:
     run.stop()
 
 
-def engine_pid(run: Running) -> int:
-    (child,) = psutil.Process(run.proc.pid).children()
-    return child.pid
-
-
 def test_a_stopped_engine_is_detected_killed_and_restarted(chimera: Running) -> None:
     client = openai.OpenAI(base_url=f"{chimera.base}/v1", api_key="none", max_retries=0, timeout=30)
     ask = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     assert client.chat.completions.create(**ask).choices[0].message.content  # type: ignore[call-overload]
-    old = engine_pid(chimera)
+    old = chimera.engine_pid()
     os.killpg(os.getpgid(old), signal.SIGSTOP)
     t0 = time.monotonic()
     # in flight on the hung engine: a clean error once it is killed, not a wait for ever
@@ -60,7 +55,7 @@ def test_a_stopped_engine_is_detected_killed_and_restarted(chimera: Running) -> 
     assert again.choices[0].message.content
     # window 1 s + a scrape timeout 1 s + probe 0.5 s + backoff 0.5 s + boot ~1 s, with slack
     assert served_after_s < 12, served_after_s
-    assert engine_pid(chimera) != old and not psutil.pid_exists(old)
+    assert chimera.engine_pid() != old and not psutil.pid_exists(old)
     assert chimera.states()["tiny"] == "awake"
     body = httpx.get(f"{chimera.base}/metrics", timeout=5).text
     assert 'chimera_restarts_total{model="tiny",reason="hung",server="tiny@gpu0"} 1.0' in body

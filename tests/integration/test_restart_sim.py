@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import openai
-import psutil
 import pytest
 
 from tests.chimera_proc import Running, start_chimera
@@ -34,23 +33,18 @@ def chimera(tmp_path: Path) -> Iterator[Running]:
     run.stop()
 
 
-def engine_pid(run: Running) -> int:
-    (child,) = psutil.Process(run.proc.pid).children()
-    return child.pid
-
-
 def test_kill_9_of_an_engine_is_restarted_and_serves_again(chimera: Running) -> None:
     client = openai.OpenAI(base_url=f"{chimera.base}/v1", api_key="none", max_retries=3, timeout=30)
     first = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert first.choices[0].message.content
-    old = engine_pid(chimera)
+    old = chimera.engine_pid()
     os.kill(old, signal.SIGKILL)
     t0 = time.monotonic()
     again = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     served_after_s = time.monotonic() - t0
     assert again.choices[0].message.content
     assert served_after_s < 15, served_after_s
-    assert engine_pid(chimera) != old
+    assert chimera.engine_pid() != old
     assert chimera.states()["tiny"] == "awake"
     body = httpx.get(f"{chimera.base}/metrics", timeout=5).text
     assert 'chimera_restarts_total{model="tiny",reason="crash",server="tiny@gpu0"} 1.0' in body
