@@ -71,8 +71,9 @@ async def serve(
     admin_key: str | None = None,
 ) -> int:
     metrics = ChimeraMetrics()
+    env = Env.read()
     # every runtime fact of the placements file, read once
-    dep = derive(cfg, serial_starts=Env.read().serial_starts)
+    dep = derive(cfg, serial_starts=env.serial_starts)
 
     gpu_seconds = GpuSeconds(dep.instances, dep.gpu_bytes, metrics.gpu_seconds)  # by memory share
 
@@ -105,7 +106,6 @@ async def serve(
     supervisor.add_observer(dashboard.observe)
     detach_dashboard = dashboard.history.attach()  # the scheduler's decisions, off its log
 
-    env = Env.read()
     app = create_app(
         control,
         metrics,
