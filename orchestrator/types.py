@@ -49,6 +49,14 @@ class InstanceState(StrEnum):
     STOPPED = "stopped"
 
 
+# States in which an instance's weights are (or are being put) on its GPUs: starting, awake,
+# waking, and parking until SGLang's release is done. Placement counts these as resident; GPU
+# seconds bill them at their awake footprint.
+WEIGHTS_ON_GPU = frozenset({InstanceState.STARTING, InstanceState.AWAKE, InstanceState.WAKING, InstanceState.PARKING})
+# States in which its process (CUDA context) is on its GPUs: the above, and parked.
+PROCESS_ON_GPU = WEIGHTS_ON_GPU | {InstanceState.PARKED}
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where to send one request: an awake instance of the model."""

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from orchestrator.deployment import InstanceFacts
-from orchestrator.types import InstanceState, InstanceView
+from orchestrator.types import PROCESS_ON_GPU, WEIGHTS_ON_GPU, InstanceState, InstanceView
 
 S = InstanceState
-HOLDS_WEIGHTS = frozenset({S.STARTING, S.AWAKE, S.PARKING, S.WAKING})
-HOLDS_CONTEXT = HOLDS_WEIGHTS | {S.PARKED}
+HOLDS_WEIGHTS = WEIGHTS_ON_GPU
+HOLDS_CONTEXT = PROCESS_ON_GPU
 
 
 def held_bytes(state: InstanceState, f: InstanceFacts, kv_mapped_bytes: int | None) -> int:

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from orchestrator.perf.cost import ServerCost
-from orchestrator.types import InstanceState
+from orchestrator.types import PROCESS_ON_GPU, WEIGHTS_ON_GPU, InstanceState
 
 S = InstanceState
 # States whose weights are (or are being put) on the GPU: they count as resident.
-RESIDENT = frozenset({S.AWAKE, S.WAKING, S.STARTING, S.PARKING})
-# States in which a server holds its process (CUDA context) on the GPU.
-HOLDS_CONTEXT = RESIDENT | {S.PARKED, S.PENDING}
+RESIDENT = WEIGHTS_ON_GPU
+# States in which a server holds its process (CUDA context) on the GPU, or will at once (a
+# pending start: its context is planned for).
+HOLDS_CONTEXT = PROCESS_ON_GPU | {S.PENDING}
 
 
 @dataclass(frozen=True)
