@@ -25,7 +25,6 @@ from prometheus_client import Counter
 from orchestrator.deployment import InstanceFacts
 from orchestrator.types import PROCESS_ON_GPU, WEIGHTS_ON_GPU, InstanceState, InstanceView
 
-S = InstanceState
 HOLDS_WEIGHTS = WEIGHTS_ON_GPU
 HOLDS_CONTEXT = PROCESS_ON_GPU
 
