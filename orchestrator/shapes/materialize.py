@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +39,23 @@ def dummy_model_dir(shape: str, cache_dir: Path | None = None) -> Path:
     if (dest / "tokenizer.json").is_file() and (dest / "config.json").is_file():
         return dest
     cfg: dict[str, Any] = json.loads((shape_dir(shape) / "config.json").read_text())
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
+    # A private build folder per call: servers of one shape start concurrently, from threads of
+    # one process as well as from several processes, and each builds before the first rename.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}.tmp", dir=dest.parent))
     bos = int(cfg.get("bos_token_id", 1))
     eos_raw = cfg.get("eos_token_id", 2)
     eos = [int(e) for e in (eos_raw if isinstance(eos_raw, list) else [eos_raw])]
     _write_tokenizer(tmp, int(cfg["vocab_size"]), bos, eos)
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": bos, "eos_token_id": eos_raw}) + "\n")
-    if dest.exists():  # another process built it meanwhile: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
+    tmp.chmod(0o755)
+    try:
         tmp.replace(dest)
+    except OSError:  # another build was renamed first (a non-empty dest): keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (dest / "tokenizer.json").is_file():
+            raise
     return dest
 
 

@@ -7,10 +7,12 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DIS
 t0=$(date +%s)
 OUT=${OUT:-/tmp/out}; mkdir -p /tmp/w "$OUT"
 [ -d .whl3 ] && cp .whl3/*.whl /tmp/w/
-if [ ! -f /tmp/site/.ok ]; then
+# Installed again when the set of wheels changed since the last install on this machine.
+wheels=$(ls /tmp/w | sort)
+if [ "$(cat /tmp/site/.ok 2>/dev/null)" != "$wheels" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/w/*.whl \
     > /tmp/pip.log 2>&1 || { echo "wheel install failed"; tail -20 /tmp/pip.log; exit 1; }
-  touch /tmp/site/.ok
+  echo "$wheels" > /tmp/site/.ok
 fi
 echo "install: $(( $(date +%s)-t0 )) s, $(ls /tmp/w | wc -l) wheels"
 # Kernel caches (Triton, flashinfer) from an earlier run skip most of the ~100 s JIT compile.

@@ -15,7 +15,7 @@ PIP="python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
 PIP_CONSTRAINT= $PIP sglang==0.5.17 sglang-kernel==0.4.5 flashinfer-python==0.6.15.post1 xgrammar==0.2.1 \
   transformers==5.12.1 tokenizers==0.22.2 apache-tvm-ffi==0.1.11 torch-memory-saver==0.0.10 \
   pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 pydantic-extra-types==2.11.1 \
-  fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34 sniffio==1.3.1 \
+  fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 httptools==0.9.0 uvloop==0.23.0 python-multipart==0.0.34 sniffio==1.3.1 \
   orjson==3.13.0 msgspec==0.22.0 pyzmq==27.3.0 pybase64==1.5.1 setproctitle==1.3.8 zstandard==0.25.0 watchfiles==1.3.0 \
   openai==2.6.1 jiter==0.19.0 distro==1.9.0 partial-json-parser==0.2.1.1.post7 compressed-tensors==0.20.0 dill==0.4.1 \
   gguf==0.19.0 loguru==0.7.3 ipython==9.18.1 traitlets==5.16.1 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 \

@@ -30,3 +30,15 @@ def test_second_call_reuses_the_directory(tmp_path: Path) -> None:
     stamp = (a / "tokenizer.json").stat().st_mtime_ns
     assert dummy_model_dir("tiny-llama", cache_dir=tmp_path) == a
     assert (a / "tokenizer.json").stat().st_mtime_ns == stamp
+
+
+def test_concurrent_builds_from_threads_of_one_process_all_succeed(tmp_path: Path) -> None:
+    """Servers of one shape start at once from the supervisor's threads: every call returns a
+    complete folder, and no build folder is left behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:
+        dirs = list(pool.map(lambda _: dummy_model_dir("tiny-llama", cache_dir=tmp_path), range(6)))
+    assert len(set(dirs)) == 1
+    assert (dirs[0] / "tokenizer.json").is_file() and (dirs[0] / "config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-llama"]
