@@ -10,7 +10,6 @@ Needs the ``tokenizers`` package (part of the ``gpu`` and ``test`` extras), impo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path

@@ -109,13 +109,13 @@ class Supervisor:
     # ---- Effects ------------------------------------------------------------------------
 
     def start(self, spec: InstanceSpec) -> None:
-        self._spawn_task(self._start(spec), f"start {spec.id}")
+        self._spawn_task(self._start(spec), f"start {spec.id}", lambda why: StartFailed(spec.id, why))
 
     def park(self, spec: InstanceSpec, reason: str) -> None:
         self._spawn_task(self._park(spec), f"park {spec.id}")
 
     def wake(self, spec: InstanceSpec) -> None:
-        self._spawn_task(self._wake(spec), f"wake {spec.id}")
+        self._spawn_task(self._wake(spec), f"wake {spec.id}", lambda why: WakeFailed(spec.id, why))
 
     def probe(self, spec: InstanceSpec, timeout_s: float) -> None:
         self._spawn_task(self._probe(spec, timeout_s), f"probe {spec.id}")
@@ -149,10 +149,24 @@ class Supervisor:
         safe = instance_id.replace("/", "_").replace("@", "-").replace("+", "_")
         return self.run_dir / f"{safe}.log"
 
-    def _spawn_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn_task(
+        self, coro: Coroutine[Any, Any, None], name: str, on_error: Callable[[str], Event] | None = None
+    ) -> None:
+        """Run ``coro`` as a kept task. An exception nothing inside it expected is logged, and
+        ``on_error`` turns it into the event the loop waits for (a start that raised must end in
+        StartFailed, or the instance would stay ``starting`` forever)."""
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled() or (exc := t.exception()) is None:
+                return
+            log.error("%s failed unexpectedly", name, exc_info=exc)
+            if on_error is not None:
+                self._post(on_error(f"{name} failed unexpectedly: {type(exc).__name__}: {exc}"))
+
+        task.add_done_callback(done)
 
     async def _model_dir(self, spec: InstanceSpec) -> str | None:
         """The dummy-weight model directory (config.json + local tokenizer), built once."""
