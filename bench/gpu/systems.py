@@ -12,7 +12,9 @@ what the issue compares and in nothing else:
   the awake one (after its requests drain) and wakes it. KV is elastic.
 - elastic: mode elastic (KV moves between resident servers; nothing is parked); the same models
   as static, with their ``kv_pool_gb`` dropped (the KV ledger sizes pools).
-- full: the set-up file as it is (mode full: park/wake, global placement, elastic KV).
+- full: the set-up file (mode full: park/wake, global placement, elastic KV) with its
+  ``kv_pool_gb`` dropped: in modes elastic and full ``kv_pool_gb`` is the shim's ceiling, and the
+  static pools written in the set-up would cap each model's KV at its static share.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def derive(raw: dict[str, Any], system: str) -> dict[str, Any]:
     models: list[dict[str, Any]] = out["models"]
     if system == "full":
         out["mode"] = "full"
+        for m in models:
+            for pl in m["placements"]:
+                pl.pop("kv_pool_gb", None)
         return out
     if system == "swap":
         out["mode"] = "full"

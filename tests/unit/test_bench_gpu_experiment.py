@@ -14,6 +14,7 @@ from bench.gpu.systems import SYSTEMS, derive, served
 from bench.sim.baselines import FixedColocation
 from bench.sim.fleet import make_model
 from bench.sim.simulator import Simulator
+from orchestrator import deployment
 from orchestrator.config import GIB, Yaml12Loader, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,20 @@ def test_every_system_is_a_valid_file_and_static_drops_what_does_not_start() -> 
     assert [i.placement.on for i in swap.instances].count(True) == 1
     assert all(i.placement.kv_pool_gb is None for i in parse_config(derive(SETUP_B, "elastic")).instances)
     assert all(i.placement.kv_pool_gb for i in parse_config(derive(SETUP_B, "static")).instances)
-    assert derive(SETUP_B, "full") == SETUP_B
+    full = derive(SETUP_B, "full")
+    assert [m["name"] for m in full["models"]] == [m["name"] for m in SETUP_B["models"]]
+
+
+@pytest.mark.parametrize("setup", ["setup-a.yaml", "setup-b.yaml"])
+def test_only_static_is_capped_at_the_static_pools(setup: str) -> None:
+    """In modes elastic and full ``kv_pool_gb`` is the shim's ceiling: the systems that move KV
+    may each grow past their static share (a ceiling of the static pool made full no better)."""
+    raw = yaml.load((ROOT / "bench/gpu/placements" / setup).read_text(), Loader=Yaml12Loader)
+    static = {i.id: i.placement.kv_pool_gb for i in parse_config(derive(raw, "static")).instances}
+    for system in ("swap", "elastic", "full"):
+        dep = deployment.derive(parse_config(derive(raw, system)))
+        for iid, pool_gb in static.items():
+            assert pool_gb is not None and dep.instances[iid].ceiling_bytes > 2 * pool_gb * GIB
 
 
 def test_max_rate_at_99_stops_at_the_first_miss() -> None:
