@@ -107,6 +107,7 @@ class SimServer:
         self.memory_lock = asyncio.Lock()  # one release/resume/weight update at a time
         self.model_path = s.model_path  # changed by /update_weights_from_disk
         self.weight_version = s.weight_version
+        self.disconnect_poll_s = DISCONNECT_POLL_S  # tests shorten it
 
     def weights_key(self) -> str:
         """What the loaded weights are, for the output: the original model's are ``""``."""
@@ -216,9 +217,14 @@ class SimServer:
                 self.metrics.finished(req.prompt_len, len(ids), self.clock.now() - arrival, stream, True)
 
     async def _next_event(self, req: SimRequest, request: Request | None) -> StepEvent:
+        """The request's next step. Like SGLang's ``_wait_one_response``, a non-streaming
+        request (``request`` given) checks every ``disconnect_poll_s`` whether its client is
+        gone and then aborts (ClientGone): the caller's ``finally`` frees its slot and KV at once
+        instead of generating to the end for nobody. Wall time, not the sim's clock: a virtual
+        clock in auto mode would jump ahead by every poll."""
         while True:
             try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
-                async with asyncio.timeout(DISCONNECT_POLL_S):
+                async with asyncio.timeout(self.disconnect_poll_s):
                     return await req.events.get()
             except TimeoutError:
                 if request is not None and await request.is_disconnected():
