@@ -36,7 +36,7 @@ from orchestrator.proxy.body import ClientRequest, ModelField, engine_body, pars
 from orchestrator.proxy.downstream import ClientGone, Downstream, wait_for_disconnect
 from orchestrator.proxy.errors import ProxyError, normalize_engine_error
 from orchestrator.proxy.limits import DEFAULT_MAX_BODY_BYTES, read_limited
-from orchestrator.proxy.tokens import StreamMeter
+from orchestrator.proxy.tokens import StreamMeter, answer_tokens, answer_tpot
 from orchestrator.proxy.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 from orchestrator.types import Endpoint
 
@@ -102,6 +102,7 @@ class _Exchange:
         self.meter = StreamMeter()
         self.client_gone = False
         self.engine_broke_stream = False
+        self.answer_tokens: float | None = None  # output tokens per choice of a whole answer
 
     async def run(self, receive: Receive) -> None:
         try:
@@ -181,6 +182,7 @@ class _Exchange:
         instance = [("x-chimera-instance", endpoint.instance_id)]
         if 200 <= status < 300:
             ctype = upstream.content_type or JSON
+            self.answer_tokens = answer_tokens(body)
             await self.down.respond(status, body, ctype, instance)
             return
         if status >= 500:
@@ -253,6 +255,9 @@ class _Exchange:
         end = down.completed_at if down.completed else self.meter.done_at
         if end is not None and not self.engine_broke_stream:
             m.e2e.labels(self.model).observe(end - self.received_at)
+            tpot = answer_tpot(end - self.received_at, self.answer_tokens) if not self.stream else None
+            if tpot is not None:  # a whole answer: an upper bound (tokens.py)
+                m.tpot.labels(self.model).observe(tpot)
         if read_to_done and first is not None and self.spec is not None:
             slo = self.spec.slo
             tpot = self.meter.tpot(first)

@@ -43,10 +43,15 @@ class Report(BaseModel):
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[openai.AsyncOpenAI]:
+def metrics() -> ChimeraMetrics:
+    return ChimeraMetrics()
+
+
+@pytest.fixture
+async def client(metrics: ChimeraMetrics) -> AsyncIterator[openai.AsyncOpenAI]:
     sim = create_sim(SimSettings.from_shape("tiny-llama", served_name="served-llama"), clock=VirtualClock())
     async with sim.router.lifespan_context(sim):
-        app = create_app(FakeRouter((LLAMA,)), ChimeraMetrics(), transport=httpx.ASGITransport(app=sim))
+        app = create_app(FakeRouter((LLAMA,)), metrics, transport=httpx.ASGITransport(app=sim))
         async with app.router.lifespan_context(app):
             http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
             async with openai.AsyncOpenAI(
@@ -215,3 +220,13 @@ def test_schema_values_conform() -> None:
     bounded = {"type": "array", "minItems": 3, "maxItems": 3, "items": {"type": "integer", "minimum": 5, "maximum": 6}}
     assert all(len(v) == 3 and all(x in (5, 6) for x in v) for v in (value_for(bounded, s) for s in range(5)))
     assert value_for({"type": "string", "minLength": 30, "maxLength": 30}, 1).__len__() == 30
+
+
+async def test_whole_answers_observe_tpot(client: openai.AsyncOpenAI, metrics: ChimeraMetrics) -> None:
+    def count() -> float:
+        return metrics.registry.get_sample_value("chimera_request_tpot_seconds_count", {"model": "llama"}) or 0.0
+
+    await client.chat.completions.create(model="llama", messages=MSG, max_tokens=8, extra_body={"ignore_eos": True})
+    assert count() == 1
+    await client.chat.completions.create(model="llama", messages=MSG, max_tokens=1)  # one token: no TPOT
+    assert count() == 1
