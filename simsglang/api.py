@@ -12,8 +12,10 @@ is still a 400 and response headers arrive with the first token.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -25,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from simsglang.openai_shapes import ChatShape, CompletionShape, Out, sse
+from simsglang.sampling import ParamError, chat_sampling, completion_sampling
 from simsglang.server import ClientGone, SimServer
 from simsglang.tokenizer import render_chat
 
@@ -89,19 +92,59 @@ async def _last(gen: AsyncGenerator[Out, None]) -> Out:
 
 
 async def _frames(
-    gen: AsyncGenerator[Out, None], fmt: Callable[[Out], list[bytes]], tail: Callable[[Out], list[bytes]]
+    gen: AsyncGenerator[Out, None],
+    fmt: Callable[[Out], list[bytes]],
+    tail: Callable[[dict[int, Out]], list[bytes]],
 ) -> AsyncGenerator[bytes, None]:
-    """SSE frames of a generation; closing this early (client gone) aborts the request."""
-    out: Out = {}
+    """SSE frames of a generation; closing this early (client gone) aborts the request.
+    ``tail`` gets the last output of each choice."""
+    lasts: dict[int, Out] = {}
     try:
         async for out in gen:
+            lasts[int(out.get("index", 0))] = out
             for frame in fmt(out):
                 yield frame
     finally:
         await gen.aclose()
-    for frame in tail(out):
+    for frame in tail(lasts):
         yield frame
     yield DONE
+
+
+async def _merged(gens: list[AsyncGenerator[Out, None]]) -> AsyncGenerator[Out, None]:
+    """The outputs of n choices as they come, each tagged with its ``index`` (SGLang's n > 1
+    runs n requests and streams their outputs interleaved). Closing this cancels the pumps,
+    which closes each generation and aborts its request."""
+    if len(gens) == 1:
+        try:
+            async for out in gens[0]:
+                yield out
+        finally:
+            await gens[0].aclose()
+        return
+    queue: asyncio.Queue[Out | None] = asyncio.Queue()
+
+    async def pump(i: int, gen: AsyncGenerator[Out, None]) -> None:
+        try:
+            async for out in gen:
+                await queue.put({**out, "index": i})
+        finally:
+            await gen.aclose()
+            await queue.put(None)
+
+    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        done = 0
+        while done < len(gens):
+            item = await queue.get()
+            if item is None:
+                done += 1
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class SSEResponse(StreamingResponse):
@@ -225,8 +268,7 @@ async def openai_route(request: Request) -> Response:
     try:
         body = await read_json(request, openai=True)
         model = _check_model(body.get("model", "default"))
-        if _int(body, "n", 1) != 1:
-            raise BadRequest("n > 1 is not supported by the SIMULATED server")
+        sampling = chat_sampling(body) if chat else completion_sampling(body)
         if chat:
             messages = body.get("messages")
             if not isinstance(messages, list):
@@ -241,25 +283,40 @@ async def openai_route(request: Request) -> Response:
             max_new = _int(body, "max_tokens", 16)
             if max_new is not None and max_new <= 0:
                 raise BadRequest("max_tokens must be positive", "Bad Request")
-        req = sim.prepare(prompt, max_new, bool(body.get("ignore_eos", False)))
+        ignore_eos = bool(body.get("ignore_eos", False))
+        rid = uuid.uuid4().hex
+        reqs = [
+            sim.prepare(prompt, max_new, ignore_eos, rid if i == 0 else f"{rid}_{i}", sampling, i)
+            for i in range(sampling.n)
+        ]
+    except ParamError as e:
+        return openai_error(str(e), "Bad Request" if e.pydantic else "BadRequestError")
     except BadRequest as e:
         return openai_error(str(e), e.err_type)
     except ValueError as e:
         return openai_error(str(e))
     created = int(time.time())
-    shape = ChatShape(model, created) if chat else CompletionShape(model, created)
+    logprobs = sampling.top_logprobs is not None
+    shape = (
+        ChatShape(model, created, logprobs, sampling.tool_call) if chat else CompletionShape(model, created, logprobs)
+    )
     if chat is False and body.get("echo"):
         shape.echo = prompt_text
     if not body.get("stream"):
+        gone = False
         try:
-            out = await _last(sim.generate(req, False, request))
-        except ClientGone:
+            async with asyncio.TaskGroup() as tg:  # one choice's client-gone abort cancels the others
+                tasks = [tg.create_task(_last(sim.generate(r, False, request))) for r in reqs]
+        except* ClientGone:
+            gone = True
+        if gone:
             return Response(status_code=499)
-        return json_response(shape.response(out))
+        return json_response(shape.response([t.result() for t in tasks]))
     opts = body.get("stream_options") or {}
     shape.include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
     shape.continuous = bool(isinstance(opts, dict) and opts.get("continuous_usage_stats"))
-    return await _kick_started(_frames(sim.generate(req, True), shape.chunks, shape.tail))
+    gen = _merged([sim.generate(r, True) for r in reqs])
+    return await _kick_started(_frames(gen, shape.chunks, shape.tail))
 
 
 def _completion_prompt(sim: SimServer, prompt: Any) -> tuple[list[int], str]:

@@ -91,6 +91,7 @@ class SimRequest:
     state: Literal["new", "waiting", "running", "done"] = "new"
     retractions: int = 0
     queued_at: float = 0.0
+    top_logprobs: int | None = None  # logprobs asked for: how many top ones per token (None: none)
     events: asyncio.Queue[StepEvent] = field(default_factory=asyncio.Queue)
 
     @property

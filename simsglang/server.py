@@ -30,8 +30,11 @@ from orchestrator.shapes import ModelShape, load_shape
 from simsglang.batcher import Batcher, Clock, SimRequest, StepEvent, WallClock
 from simsglang.memory import MemoryTags
 from simsglang.metrics import SimMetrics
-from simsglang.tokenizer import ToyTokenizer
+from simsglang.sampling import Sampling
+from simsglang.structured import pieces
+from simsglang.tokenizer import OUTPUT_ID_BASE, WORDS, ToyTokenizer, prompt_key
 
+NO_SAMPLING = Sampling()
 DISCONNECT_POLL_S = 4.0  # SGLang's _REQUEST_STATE_WAIT_TIMEOUT: check for a gone client this often
 
 
@@ -107,6 +110,7 @@ class SimServer:
         self.memory_lock = asyncio.Lock()  # one release/resume/weight update at a time
         self.model_path = s.model_path  # changed by /update_weights_from_disk
         self.weight_version = s.weight_version
+        self.disconnect_poll_s = DISCONNECT_POLL_S  # tests shorten it
 
     def weights_key(self) -> str:
         """What the loaded weights are, for the output: the original model's are ``""``."""
@@ -135,10 +139,16 @@ class SimServer:
         }
 
     def prepare(
-        self, prompt_ids: Sequence[int], max_new_tokens: int | None, ignore_eos: bool, rid: str | None = None
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int | None,
+        ignore_eos: bool,
+        rid: str | None = None,
+        sampling: Sampling = NO_SAMPLING,
+        index: int = 0,
     ) -> SimRequest:
         """Validate like SGLang's tokenizer manager and scheduler (same messages; a ValueError
-        becomes a 400) and plan the request's output."""
+        becomes a 400) and plan the request's output: choice ``index`` of ``sampling.n``."""
         n = len(prompt_ids)
         if n == 0:
             raise ValueError("Either text, input_ids or input_embeds should be provided.")
@@ -165,8 +175,18 @@ class SimServer:
             self.max_req_len - n - 1,
             self.plan.kv_capacity_tokens - n - 2,
         )
-        plan = self.tokenizer.plan(prompt_ids, max(0, cap), ignore_eos, self.weights_key())
-        return SimRequest(rid or uuid.uuid4().hex, n, plan)
+        seed = sampling.choice_seed(index)
+        forced = sampling.constrained_text(prompt_key(prompt_ids, seed))
+        plan = self.tokenizer.plan(
+            prompt_ids,
+            max(0, cap),
+            ignore_eos,
+            self.weights_key(),
+            seed=seed,
+            stop=sampling.stop,
+            forced=pieces(forced) if forced is not None else (),
+        )
+        return SimRequest(rid or uuid.uuid4().hex, n, plan, top_logprobs=sampling.top_logprobs)
 
     async def generate(
         self, req: SimRequest, stream: bool, request: Request | None = None
@@ -184,7 +204,7 @@ class SimServer:
                 ev = await self._next_event(req, request)
                 new = req.plan.tokens(len(ids), ev.generated)
                 ids.extend(new)
-                text += self.tokenizer.decode(new)
+                text += req.plan.text(len(ids) - len(new), len(ids))
                 if new and first:
                     self.metrics.first_token(ev.time - arrival, stream)
                     first = False
@@ -203,6 +223,12 @@ class SimServer:
                     "completion_tokens": len(ids),
                     "cached_tokens": 0,
                 }
+                if req.top_logprobs is not None:
+                    meta.update(_logprobs(req, len(ids)))
+                if ev.finish and isinstance(ev.finish.get("matched"), str):
+                    # the detokenizer trims a matched stop string and what follows it
+                    at = text.find(str(ev.finish["matched"]))
+                    text = text[:at] if at >= 0 else text
                 if ev.finish:
                     meta["e2e_latency"] = ev.time - arrival
                     aborted = ev.finish.get("type") == "abort"
@@ -216,13 +242,39 @@ class SimServer:
                 self.metrics.finished(req.prompt_len, len(ids), self.clock.now() - arrival, stream, True)
 
     async def _next_event(self, req: SimRequest, request: Request | None) -> StepEvent:
+        """The request's next step. Like SGLang's ``_wait_one_response``, a non-streaming
+        request (``request`` given) checks every ``disconnect_poll_s`` whether its client is
+        gone and then aborts (ClientGone): the caller's ``finally`` frees its slot and KV at once
+        instead of generating to the end for nobody. Wall time, not the sim's clock: a virtual
+        clock in auto mode would jump ahead by every poll."""
         while True:
             try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
-                async with asyncio.timeout(DISCONNECT_POLL_S):
+                async with asyncio.timeout(self.disconnect_poll_s):
                     return await req.events.get()
             except TimeoutError:
                 if request is not None and await request.is_disconnected():
                     raise ClientGone(req.rid) from None
+
+
+def _logprobs(req: SimRequest, n: int) -> dict[str, Any]:
+    """meta_info's ``output_token_logprobs`` ([logprob, id, text] per token so far, as with
+    return_text_in_logprobs) and, when top ones are asked, ``output_top_logprobs``: the chosen
+    token first, then other words with lower logprobs."""
+    plan, k = req.plan, req.top_logprobs or 0
+    out: dict[str, Any] = {
+        "output_token_logprobs": [[plan.logprob(i), plan.token(i), plan.piece(i)] for i in range(n)],
+        "output_token_logprobs_length": n,
+    }
+    if k:
+        top = []
+        for i in range(n):
+            row = [[plan.logprob(i), plan.token(i), plan.piece(i)]]
+            for j in range(1, k):
+                alt = OUTPUT_ID_BASE + (plan.token(i) + 7 * j) % len(WORDS)
+                row.append([plan.logprob(i) - 0.5 * j, alt, ToyTokenizer.decode([alt])])
+            top.append(row)
+        out["output_top_logprobs"] = top
+    return out
 
 
 @contextlib.asynccontextmanager

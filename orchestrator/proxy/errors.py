@@ -22,6 +22,9 @@ ProxyError              an error the proxy answers itself; carries status, envel
 normalize_engine_error  an engine's non-2xx body -> the envelope (SGLang answers
                         ``{"object": "error", "message", "type", "param", "code"}`` on OpenAI
                         routes and ``{"error": {"message"}}`` on /generate).
+StreamErrors            the same for an engine's error frames inside a 200 stream (SGLang's
+                        ``data: {"error": {"message", "type", "code": 400}}``); every other
+                        byte passes unchanged.
 """
 
 from __future__ import annotations
@@ -202,3 +205,46 @@ def normalize_engine_error(status: int, body: bytes) -> bytes:
             src="engine",
         )
     )
+
+
+_ERROR_FRAME = b'data: {"error"'
+
+
+class StreamErrors:
+    """Rewrites the error frames of a relayed stream into the envelope, by the convention
+    above: the frame's integer ``code`` (SGLang's HTTP status) gives ``type`` and ``code``,
+    500 if it has none. Other frames and the engine's chunk boundaries pass unchanged; only an
+    incomplete frame that may still turn out to be an error frame is held back until complete
+    (``flush`` hands it over when the stream ends)."""
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data, self._held = self._held + chunk, b""
+        head, sep, tail = data.rpartition(b"\n\n")
+        if tail and tail[: len(_ERROR_FRAME)] == _ERROR_FRAME[: len(tail)]:
+            self._held, data = tail, head + sep
+        if b'"error"' not in data:
+            return data
+        return b"\n\n".join(_error_frame(f) for f in data.split(b"\n\n"))
+
+    def flush(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
+
+def _error_frame(frame: bytes) -> bytes:
+    if not frame.startswith(_ERROR_FRAME):
+        return frame
+    payload = frame[len(b"data:") :].strip()
+    try:
+        data: Any = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return frame
+    err = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(err, dict) or "choices" in data:
+        return frame
+    code = err.get("code")
+    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 500
+    return b"data: " + normalize_engine_error(status, payload)

@@ -34,9 +34,9 @@ from orchestrator.metrics import ChimeraMetrics
 from orchestrator.proxy.admission import admitted
 from orchestrator.proxy.body import ClientRequest, ModelField, engine_body, parse_request
 from orchestrator.proxy.downstream import ClientGone, Downstream, wait_for_disconnect
-from orchestrator.proxy.errors import ProxyError, normalize_engine_error
+from orchestrator.proxy.errors import ProxyError, StreamErrors, normalize_engine_error
 from orchestrator.proxy.limits import DEFAULT_MAX_BODY_BYTES, read_limited
-from orchestrator.proxy.tokens import StreamMeter
+from orchestrator.proxy.tokens import StreamMeter, answer_tokens, answer_tpot
 from orchestrator.proxy.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 from orchestrator.types import Endpoint
 
@@ -102,6 +102,7 @@ class _Exchange:
         self.meter = StreamMeter()
         self.client_gone = False
         self.engine_broke_stream = False
+        self.answer_tokens: float | None = None  # output tokens per choice of a whole answer
 
     async def run(self, receive: Receive) -> None:
         try:
@@ -181,6 +182,7 @@ class _Exchange:
         instance = [("x-chimera-instance", endpoint.instance_id)]
         if 200 <= status < 300:
             ctype = upstream.content_type or JSON
+            self.answer_tokens = answer_tokens(body)
             await self.down.respond(status, body, ctype, instance)
             return
         if status >= 500:
@@ -198,20 +200,27 @@ class _Exchange:
                 ("x-chimera-instance", endpoint.instance_id),
             ],
         )
-        ends_frame = True
+        ends_frame, errors = True, StreamErrors()
         try:
-            # raw: passed on as the engine framed them, undecoded (identity was asked for)
+            # raw: passed on as the engine framed them, undecoded (identity was asked for), but
+            # for its error frames, put in the envelope (errors.StreamErrors)
             async for chunk in upstream.iter_raw():
-                if chunk:
-                    await self.down.chunk(chunk)
-                    self.meter.feed(chunk, time.monotonic())
-                    ends_frame = chunk.endswith(b"\n\n")
+                if out := errors.feed(chunk):
+                    await self.down.chunk(out)
+                    self.meter.feed(out, time.monotonic())
+                    ends_frame = out.endswith(b"\n\n")
+            if rest := errors.flush():
+                await self.down.chunk(rest)
+                self.meter.feed(rest, time.monotonic())
         except UpstreamError as exc:
             # The status line is gone; tell the client in the stream, as SGLang does.
             self.engine_broke_stream = True
             log.warning("engine instance %s broke off a stream: %s: %s", endpoint.instance_id, type(exc).__name__, exc)
             err = self.engine_failed(exc, endpoint.instance_id)
             frame = b"data: " + err.body() + b"\n\ndata: [DONE]\n\n"
+            if rest := errors.flush():  # an incomplete frame: terminated before the error frame
+                await self.down.chunk(rest)
+                ends_frame = False
             await self.down.chunk(frame if ends_frame else b"\n\n" + frame)
         await self.down.finish()
 
@@ -253,6 +262,9 @@ class _Exchange:
         end = down.completed_at if down.completed else self.meter.done_at
         if end is not None and not self.engine_broke_stream:
             m.e2e.labels(self.model).observe(end - self.received_at)
+            tpot = answer_tpot(end - self.received_at, self.answer_tokens) if not self.stream else None
+            if tpot is not None:  # a whole answer: an upper bound (tokens.py)
+                m.tpot.labels(self.model).observe(tpot)
         if read_to_done and first is not None and self.spec is not None:
             slo = self.spec.slo
             tpot = self.meter.tpot(first)

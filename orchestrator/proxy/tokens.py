@@ -12,6 +12,11 @@ that is not a usage-only frame (SGLang streams one frame per decode step by defa
 TPOT = (end − first chunk) / (tokens − 1), end being the ``[DONE]`` frame (else the last
 frame): the proxy's (e2e − TTFT) spread over the tokens after the first. Undefined below two
 tokens.
+
+A whole (non-streamed) answer shows no first token, so its TPOT is an upper bound: e2e spread
+over all its tokens (``answer_tpot``), queueing and prefill included. It converges on the real
+TPOT as answers get longer and never understates it. With ``n`` choices the tokens are counted
+per choice (they decode in parallel).
 """
 
 from __future__ import annotations
@@ -78,3 +83,30 @@ class StreamMeter:
         if end is None or self.tokens < 2:
             return None
         return max(0.0, end - first_chunk_at) / (self.tokens - 1)
+
+
+def answer_tokens(body: bytes) -> float | None:
+    """Output tokens per choice of a whole JSON answer: ``usage.completion_tokens`` (OpenAI
+    routes) or ``meta_info.completion_tokens`` (``/generate``); None if it names neither."""
+    if USAGE_KEY not in body:
+        return None
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    for key in ("usage", "meta_info"):
+        usage = obj.get(key)
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            choices = obj.get("choices")
+            n = len(choices) if isinstance(choices, list) and choices else 1
+            return int(usage["completion_tokens"]) / n
+    return None
+
+
+def answer_tpot(e2e_s: float, tokens: float | None) -> float | None:
+    """A whole answer's TPOT upper bound (module docstring); None below two tokens."""
+    if tokens is None or tokens < 2:
+        return None
+    return max(0.0, e2e_s) / tokens

@@ -332,3 +332,29 @@ async def test_engine_error_on_a_stream_request_is_an_envelope() -> None:
         }
     }
     assert len(router.acquired) == 1 and router.released == router.acquired
+
+
+@pytest.mark.parametrize("split", [None, 9, 30])
+async def test_engine_error_frame_in_a_stream_is_put_in_the_envelope(split: int | None) -> None:
+    """SGLang's in-stream error keeps its message; its integer code becomes the envelope's."""
+    err = {"error": {"message": "Requested token count exceeds", "type": "BadRequestError", "code": 400}}
+    bad = b"data: " + orjson.dumps(err) + b"\n\n"
+    pieces = [bad] if split is None else [bad[:split], bad[split:]]
+    chunks = [frame("Hel"), *pieces, b"data: [DONE]\n\n"]
+    engine, router = sse_engine(EngineStream(chunks)), FakeRouter((LLAMA,))
+    app = create_app(router, ChimeraMetrics(), transport=engine.transport)
+    client = AsgiClient(app, "/v1/chat/completions", {"model": "llama", "messages": [], "stream": True})
+    await run_with(app, client.run)
+    assert client.status == 200 and client.completed
+    body = b"".join(client.chunks)
+    frames = [f for f in body.split(b"\n\n") if f]
+    assert frames[0] == frame("Hel").rstrip() and frames[-1] == b"data: [DONE]"
+    assert orjson.loads(frames[1][len(b"data: ") :]) == {
+        "error": {
+            "message": "Requested token count exceeds",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "bad_request",
+            "src": "engine",
+        }
+    }

@@ -16,7 +16,7 @@ from starlette.types import Message
 from orchestrator.config import SLO
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.proxy import create_app
-from orchestrator.proxy.tokens import StreamMeter
+from orchestrator.proxy.tokens import StreamMeter, answer_tokens, answer_tpot
 from tests.unit.proxy_fakes import FakeRouter
 from tests.unit.test_proxy_stream import LLAMA, AsgiClient, EngineStream, frame, run_with, sample, sse_engine
 
@@ -121,3 +121,14 @@ async def test_a_broken_stream_counts_no_attainment() -> None:
     await run_with(app, client.run)
     assert sample(metrics, "chimera_requests_total", model="llama", route=CHAT, status="502") == 1
     assert slo_counts(metrics) == {}
+
+
+def test_a_whole_answer_counts_tokens_per_choice() -> None:
+    def body(tokens: int, choices: int) -> bytes:
+        return orjson.dumps({"choices": [{}] * choices, "usage": {"completion_tokens": tokens}})
+
+    assert answer_tokens(body(12, 1)) == 12 and answer_tokens(body(12, 3)) == 4
+    assert answer_tokens(orjson.dumps({"text": "x", "meta_info": {"completion_tokens": 5}})) == 5
+    assert answer_tokens(b'{"choices": []}') is None and answer_tokens(b"[1]") is None
+    # an upper bound: e2e over every token; undefined below two tokens, as for streams
+    assert answer_tpot(2.0, 8) == 0.25 and answer_tpot(2.0, 1) is None and answer_tpot(2.0, None) is None

@@ -414,6 +414,63 @@ async def test_client_disconnect_mid_stream_aborts_and_frees_kv(sim: Client) -> 
     assert aborted in metrics
 
 
+@pytest.mark.parametrize("sim", [False], indirect=True)  # manual clock: the request stays running
+@pytest.mark.parametrize("path", ["/generate", "/v1/chat/completions"])
+async def test_client_disconnect_non_streaming_aborts_and_frees_kv(sim: Client, path: str) -> None:
+    """SGLang's _wait_one_response: a non-streaming request whose client leaves is aborted at
+    the next disconnect check, not generated to the end."""
+    app, _, _ = sim
+    s = server(app)
+    s.disconnect_poll_s = 0.01
+    if path == "/generate":
+        payload: dict[str, Any] = {"text": "go", "sampling_params": {"max_new_tokens": 1500, "ignore_eos": True}}
+    else:
+        payload = {**CHAT, "max_tokens": 1500, "ignore_eos": True}
+    body = json.dumps(payload).encode()
+    gone, requested, sent = asyncio.Event(), False, list[MutableMapping[str, Any]]()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        if gone.is_set():  # answers at once, inside is_disconnected()'s cancelled scope
+            return {"type": "http.disconnect"}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "server": ("sim", 80),
+        "client": ("test", 1),
+        "state": {},
+    }
+    task = asyncio.create_task(app(scope, receive, send))
+    b = s.batcher
+    # admitted, its prefill waiting on the manual clock (the batcher offers no event for it)
+    while b.snapshot().num_running == 0:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    assert b.snapshot().used_tokens > 0
+    gone.set()
+    await asyncio.wait_for(task, 5)
+    assert b.snapshot().num_running == 0 and b.is_idle() and b.snapshot().used_tokens == 0
+    assert sent[0]["status"] == 499
+    metrics = s.metrics.render().decode()
+    assert 'sglang:num_aborted_requests_total{engine_type="unified",model_name="tiny"} 1.0' in metrics
+
+
 def test_launch_spec_for_an_instance(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/x")
     monkeypatch.setenv("CHIMERA_SIM_SPEED", "0.5")
