@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -35,6 +35,7 @@ from orchestrator.proxy.admin import admin_routes
 from orchestrator.proxy.admission import AdmissionGate
 from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
 from orchestrator.proxy.upstream import Limits
+from orchestrator.sglang.auth import new_key, write_config
 from orchestrator.supervisor.supervisor import Supervisor
 from orchestrator.types import InstanceState, InstanceView, LoadSample, ModelView
 
@@ -74,6 +75,8 @@ async def serve(
     env = Env.read()
     # every runtime fact of the placements file, read once
     dep = derive(cfg, serial_starts=env.serial_starts)
+    # the key only chimera knows: every engine is started with it, every call to one carries it
+    auth = write_config(run_dir, new_key())
 
     gpu_seconds = GpuSeconds(dep.instances, dep.gpu_bytes, metrics.gpu_seconds)  # by memory share
 
@@ -90,6 +93,7 @@ async def serve(
         observers=[publish],
         measure=metrics.record,
         deployment=dep,
+        auth=auth,
     )
     control = ControlLoop(dep, supervisor)
     kv = _kv_runner(dep, control, supervisor, metrics, gpu_seconds)  # modes elastic/full: the KV ledger's task
@@ -113,9 +117,10 @@ async def serve(
         extra_routes=admin_routes(control, admin_key) + dashboard.routes(),
         upstream_limits=Limits(first_byte_s=env.upstream_first_byte_s, idle_s=env.upstream_idle_s),
         max_body_bytes=env.max_body_bytes,
+        engine_headers=auth.headers(),
     )
     gate = _admission(dep, app)  # mode full: the proxy's admission gate
-    scraper = _scraper(control, kv, gate)  # the one /v1/loads poller (liveness in every mode)
+    scraper = _scraper(control, kv, gate, auth.headers())  # the one /v1/loads poller (liveness in every mode)
     http = uvicorn_http_options(RequestLimits(env.max_body_bytes, env.max_header_bytes))  # 431 beyond
     server = _Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, **http)
@@ -243,7 +248,9 @@ def _admission(dep: Deployment, app: Starlette) -> AdmissionGate | None:
     return gate
 
 
-def _scraper(control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | None) -> Scraper:
+def _scraper(
+    control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | None, headers: Mapping[str, str]
+) -> Scraper:
     """The one poller of every awake instance's /v1/loads (250 ms), in every mode: it is the
     first to see a hung engine (liveness events to the control loop). Its sinks: the control
     loop (demand for the global scheduler; in modes static and elastic the loop records it and
@@ -254,7 +261,13 @@ def _scraper(control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | No
         sinks.append(kv.observe)
     if gate is not None:
         sinks.append(gate.observe)
-    return Scraper(control.instances, sinks=sinks, liveness=control.post, window_s=control.config.liveness.window_s)
+    return Scraper(
+        control.instances,
+        sinks=sinks,
+        liveness=control.post,
+        window_s=control.config.liveness.window_s,
+        headers=headers,
+    )
 
 
 def _summary(console: Console, control: ControlLoop, host: str, port: int) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import httpx
 
@@ -52,8 +52,10 @@ class Scraper:
         clock: Callable[[], float] = time.monotonic,
         liveness: Callable[[Unresponsive | Responsive], None] | None = None,
         window_s: float = 10.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.targets = targets
+        self.headers = dict(headers or {})  # the engines' API key (sglang/auth.py)
         self.sinks = tuple(sinks)
         self.period_s = period_s
         self.clock = clock
@@ -95,7 +97,9 @@ class Scraper:
     async def _one(self, client: httpx.AsyncClient, view: InstanceView) -> LoadSample | None:
         at = self.clock()
         try:
-            r = await client.get(f"{view.base_url}{LOADS.path}", params={"include": "core"}, timeout=TIMEOUT_S)
+            r = await client.get(
+                f"{view.base_url}{LOADS.path}", params={"include": "core"}, headers=self.headers, timeout=TIMEOUT_S
+            )
             r.raise_for_status()
             sample, seen = sample_from_loads(view.id, r.json(), at, self._seen.get(view.id))
         except (httpx.HTTPError, ValueError, LoadsError) as exc:

@@ -45,6 +45,7 @@ from orchestrator.errors import ChimeraError, EngineError, EngineStartError
 from orchestrator.kv.client import ShimProtocolError, ShimUnavailable, wait_ready
 from orchestrator.kv.runner import KVEndpoint
 from orchestrator.sglang.api import MODEL_INFO
+from orchestrator.sglang.auth import EngineAuth
 from orchestrator.shapes import KNOWN_MODEL_IDS
 from orchestrator.shapes.materialize import dummy_model_dir
 from orchestrator.supervisor.lifecycle import Lifecycle
@@ -79,8 +80,11 @@ class Supervisor:
         measure: Callable[[str, str, float, str], None] | None = None,
         memory_probe: MemoryProbe | None = None,
         deployment: Deployment | None = None,
+        auth: EngineAuth | None = None,
     ) -> None:
         self.engine = engine
+        # the engines' API key: every request of this client carries it (sglang/auth.py)
+        self.auth = auth
         self.host = host
         self.run_dir = run_dir
         self._post = post
@@ -88,7 +92,7 @@ class Supervisor:
         self._procs: dict[str, EngineProcess] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ports: set[int] = set()
-        self._client = httpx.AsyncClient(trust_env=False)
+        self._client = httpx.AsyncClient(trust_env=False, headers=auth.headers() if auth is not None else None)
         self._measure = measure
         self._starts: dict[str, float] = {}
         probe = memory_probe or (SimMemoryProbe(self._client) if engine.name == "sim" else NvmlMemoryProbe())
@@ -216,6 +220,7 @@ class Supervisor:
                     max_total_tokens=facts.max_total_tokens if facts is not None else None,
                     mem_fraction_static=facts.launch_mem_fraction if facts is not None else None,
                     cuda_graph_max_bs=facts.cuda_graph_max_bs if facts is not None else None,
+                    config_file=str(self.auth.config_file) if self.auth is not None else None,
                 )
             )
         except (ChimeraError, OSError, ImportError) as exc:
