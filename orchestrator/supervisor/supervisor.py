@@ -44,7 +44,7 @@ from orchestrator.engines.base import Engine, LaunchRequest, ShimLaunch
 from orchestrator.errors import ChimeraError, EngineError, EngineStartError
 from orchestrator.kv.client import ShimProtocolError, ShimUnavailable, wait_ready
 from orchestrator.kv.runner import KVEndpoint
-from orchestrator.sglang.api import MODEL_INFO
+from orchestrator.sglang.api import HEALTH, MODEL_INFO
 from orchestrator.sglang.auth import EngineAuth
 from orchestrator.shapes import KNOWN_MODEL_IDS
 from orchestrator.shapes.materialize import dummy_model_dir
@@ -275,7 +275,9 @@ class Supervisor:
 
     async def _probe(self, spec: InstanceSpec, timeout_s: float) -> None:
         """GET /model_info: SGLang's HTTP server answers it without the scheduler (also while
-        paused), so a failure means the server process itself is stuck or gone."""
+        paused), so a failure means the server process itself is stuck or gone; then GET /health,
+        which fails while generation is paused or memory released (by anyone but chimera: the
+        loop probes awake instances only)."""
         proc = self._procs.get(spec.id)
         if proc is None:
             self._post(Probed(spec.id, False, "no process"))
@@ -285,8 +287,17 @@ class Supervisor:
         except httpx.HTTPError as exc:
             self._post(Probed(spec.id, False, f"GET {MODEL_INFO.path}: {type(exc).__name__} within {timeout_s:g} s"))
             return
-        ok = r.status_code == 200
-        self._post(Probed(spec.id, ok, f"GET {MODEL_INFO.path} answered {r.status_code}"))
+        if r.status_code != 200:
+            self._post(Probed(spec.id, False, f"GET {MODEL_INFO.path} answered {r.status_code}"))
+            return
+        # /model_info answers while paused or released; SGLang's /health generates one token, so
+        # it fails for a server paused or released behind chimera's back (scrape.py)
+        try:
+            r = await self._client.get(proc.spec.base_url + HEALTH.path, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            self._post(Probed(spec.id, False, f"GET {HEALTH.path}: {type(exc).__name__} within {timeout_s:g} s"))
+            return
+        self._post(Probed(spec.id, r.status_code == 200, f"GET {HEALTH.path} answered {r.status_code}"))
 
     async def _park(self, spec: InstanceSpec) -> None:
         proc = self._procs[spec.id]
