@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -35,6 +35,8 @@ from orchestrator.proxy.admin import admin_routes
 from orchestrator.proxy.admission import AdmissionGate
 from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
 from orchestrator.proxy.upstream import Limits
+from orchestrator.sglang.auth import new_key, write_config
+from orchestrator.supervisor.statefile import read_state
 from orchestrator.supervisor.supervisor import Supervisor
 from orchestrator.types import InstanceState, InstanceView, LoadSample, ModelView
 
@@ -69,11 +71,20 @@ async def serve(
     hold_timeout_s: float,
     console: Console,
     admin_key: str | None = None,
+    adopt_from: Path | None = None,
+    keep_engines: bool = False,
 ) -> int:
+    """Serve until SIGINT/SIGTERM (or SIGUSR1: stop, leaving the engines running). ``adopt_from``:
+    a previous run's state file whose engines are re-adopted (supervisor/adoption.py);
+    ``keep_engines``: leave the ready engines running on every exit, for the next ``up``."""
     metrics = ChimeraMetrics()
     env = Env.read()
     # every runtime fact of the placements file, read once
     dep = derive(cfg, serial_starts=env.serial_starts)
+    # the key only chimera knows: every engine is started with it, every call to one carries it;
+    # a run that re-adopts engines keeps their key
+    previous = read_state(adopt_from) if adopt_from is not None else None
+    auth = write_config(run_dir, previous.key if previous is not None and previous.engines else new_key())
 
     gpu_seconds = GpuSeconds(dep.instances, dep.gpu_bytes, metrics.gpu_seconds)  # by memory share
 
@@ -90,7 +101,11 @@ async def serve(
         observers=[publish],
         measure=metrics.record,
         deployment=dep,
+        auth=auth,
     )
+    supervisor.keep_engines = keep_engines
+    if previous is not None and adopt_from is not None:
+        await supervisor.adoption.prepare(previous, adopt_from)  # before the loop starts anything
     control = ControlLoop(dep, supervisor)
     kv = _kv_runner(dep, control, supervisor, metrics, gpu_seconds)  # modes elastic/full: the KV ledger's task
     progress = StartupProgress(
@@ -113,9 +128,10 @@ async def serve(
         extra_routes=admin_routes(control, admin_key) + dashboard.routes(),
         upstream_limits=Limits(first_byte_s=env.upstream_first_byte_s, idle_s=env.upstream_idle_s),
         max_body_bytes=env.max_body_bytes,
+        engine_headers=auth.headers(),
     )
     gate = _admission(dep, app)  # mode full: the proxy's admission gate
-    scraper = _scraper(control, kv, gate)  # the one /v1/loads poller (liveness in every mode)
+    scraper = _scraper(control, kv, gate, auth.headers())  # the one /v1/loads poller (liveness in every mode)
     http = uvicorn_http_options(RequestLimits(env.max_body_bytes, env.max_header_bytes))  # 431 beyond
     server = _Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, **http)
@@ -129,8 +145,13 @@ async def serve(
         stop.set()
         server.should_exit = True
 
+    def on_detach() -> None:  # SIGUSR1: an upgrade; the next `up` re-adopts the engines
+        supervisor.keep_engines = True
+        on_signal()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGUSR1, on_detach)
 
     console.print(
         f"[bold]chimera[/] {engine_name} engine, {len(cfg.instances)} instance(s) of "
@@ -163,7 +184,11 @@ async def serve(
         await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         stop_task.cancel()
     finally:
-        console.print("[bold]stopping[/]: proxy, then every engine process")
+        keep = supervisor.keep_engines
+        console.print(
+            "[bold]stopping[/]: proxy, then "
+            + ("the control plane only: ready engines stay up for the next `up`" if keep else "every engine process")
+        )
         server.should_exit = True
         await asyncio.wait({server_task}, timeout=10)
         await cancel_and_wait(ticker_task)
@@ -172,10 +197,17 @@ async def serve(
         await cancel_and_wait(scrape_task)
         await control.shutdown()
         await cancel_and_wait(control_task)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         detach_dashboard()
-        console.print("[green]stopped[/]: no engine process left")
+        kept = supervisor.adoption.kept() if keep else set()
+        if kept:
+            console.print(
+                f"[green]stopped[/]: {len(kept)} engine(s) left running ({supervisor.adoption.path}); "
+                "the next `up` with this run folder re-adopts them"
+            )
+        else:
+            console.print("[green]stopped[/]: no engine process left")
     return 0
 
 
@@ -243,7 +275,9 @@ def _admission(dep: Deployment, app: Starlette) -> AdmissionGate | None:
     return gate
 
 
-def _scraper(control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | None) -> Scraper:
+def _scraper(
+    control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | None, headers: Mapping[str, str]
+) -> Scraper:
     """The one poller of every awake instance's /v1/loads (250 ms), in every mode: it is the
     first to see a hung engine (liveness events to the control loop). Its sinks: the control
     loop (demand for the global scheduler; in modes static and elastic the loop records it and
@@ -254,7 +288,13 @@ def _scraper(control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | No
         sinks.append(kv.observe)
     if gate is not None:
         sinks.append(gate.observe)
-    return Scraper(control.instances, sinks=sinks, liveness=control.post, window_s=control.config.liveness.window_s)
+    return Scraper(
+        control.instances,
+        sinks=sinks,
+        liveness=control.post,
+        window_s=control.config.liveness.window_s,
+        headers=headers,
+    )
 
 
 def _summary(console: Console, control: ControlLoop, host: str, port: int) -> None:

@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep released weights on the host (else they come back as garbage)",
     )
     p.add_argument("--weight-version", default="default")
+    p.add_argument("--api-key", help="every route but /health* and /metrics needs `Authorization: Bearer KEY`")
+    p.add_argument("--config", help="a YAML file of flags, merged before the command line's (SGLang's --config)")
     p.add_argument(
         "--sim-gpu-memory-gb", type=_positive(float), default=80.0, help="GiB of each simulated GPU (default 80)"
     )
@@ -123,7 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    from simsglang.auth import merge_config
+
+    try:  # before parsing, as SGLang's prepare_server_args does
+        merged = merge_config(sys.argv[1:] if argv is None else argv)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    args = parser.parse_args(merged)
     if args.mem_fraction_static is not None and args.mem_fraction_static > 1:
         parser.error(f"--mem-fraction-static must be in (0, 1], got {args.mem_fraction_static}")
     try:
@@ -152,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         weight_version=args.weight_version,
+        api_key=args.api_key,
     )
     try:
         plan = plan_memory(

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from starlette.applications import Starlette
@@ -63,6 +63,7 @@ class SimSettings:
     host: str = "127.0.0.1"
     port: int = 30000
     weight_version: str = "default"
+    api_key: str | None = field(default=None, repr=False)  # --api-key (simsglang/auth.py)
 
     @classmethod
     def from_shape(cls, shape_name: str, **overrides: Any) -> SimSettings:
@@ -73,7 +74,7 @@ class SimSettings:
         return cls(shape=shape, model_path=model_path, served_name=served, **overrides)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "shape"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("shape", "api_key")}
         return {**out, "shape": self.shape.name}
 
 
@@ -354,6 +355,11 @@ def create_app(settings: SimSettings, clock: Clock | None = None) -> Starlette:
     def lifespan(app: Starlette) -> contextlib.AbstractAsyncContextManager[None]:
         return _lifespan(app, settings, the_clock)
 
-    return Starlette(
+    app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error, Exception: _server_error}
     )
+    if settings.api_key:  # outermost, as SGLang adds it: unknown routes get 401 too
+        from simsglang.auth import ApiKeyMiddleware
+
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    return app

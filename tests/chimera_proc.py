@@ -3,7 +3,10 @@ on a GPU host) and waits, bounded, until the named models are awake."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,10 +44,27 @@ class Running:
         data = httpx.get(f"{self.base}/v1/models", timeout=5).json()["data"]
         return {m["id"]: m["state"] for m in data}
 
+    def state_pids(self) -> set[int]:
+        """The engine pids in the run folder's state file (engines.json): adopted engines are
+        not chimera's children."""
+        try:
+            return {e["pid"] for e in json.loads((self.run_dir / "engines.json").read_text())["engines"]}
+        except FileNotFoundError:
+            return set()
+
     def stop(self) -> None:
+        """Ctrl-C (chimera stops its engines), SIGKILL past a bound; then any engine a killed
+        chimera left running (engines outlive it, for re-adoption) is killed too."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in self.state_pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def start_chimera(

@@ -21,6 +21,7 @@ from orchestrator.cli import status as status_cmd
 from orchestrator.config import GIB, Config, load_config
 from orchestrator.deployment import derive
 from orchestrator.errors import ConfigError
+from orchestrator.supervisor.statefile import find_previous
 
 # Share of host RAM the retained weight backups of parked models may take (the rest: the OS,
 # chimera, SGLang's own processes).
@@ -81,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="bearer key of the admin API (/admin/instances, .../park, .../wake); "
         "default: $CHIMERA_ADMIN_KEY; unset = admin API off",
+    )
+    up.add_argument(
+        "--keep-engines-on-exit",
+        action="store_true",
+        help="on SIGINT/SIGTERM stop chimera but leave ready engines running, for the next `up` "
+        "to re-adopt (an upgrade; SIGUSR1 does this for one exit); default: stop every engine",
     )
     up.add_argument(
         "--mode",
@@ -207,7 +214,10 @@ def _up(args: argparse.Namespace) -> int:
     _check_port_free(args.host, args.port)
     from orchestrator.env import Env
 
-    run_dir = args.run_dir or Path(Env.read().run_dir or "runs") / time.strftime("%Y%m%d-%H%M%S")
+    runs_root = Path(Env.read().run_dir or "runs").resolve()
+    run_dir = (args.run_dir or runs_root / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    # the engines a previous run left (its state file): re-adopted where they match
+    adopt_from = find_previous(run_dir, None if args.run_dir else runs_root)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(message)s",
@@ -217,7 +227,20 @@ def _up(args: argparse.Namespace) -> int:
     from orchestrator.app import serve
 
     admin_key = args.admin_key or Env.read().admin_key
-    return asyncio.run(serve(cfg, engine, args.host, args.port, run_dir, args.hold_timeout_s, console, admin_key))
+    return asyncio.run(
+        serve(
+            cfg,
+            engine,
+            args.host,
+            args.port,
+            run_dir,
+            args.hold_timeout_s,
+            console,
+            admin_key,
+            adopt_from=adopt_from,
+            keep_engines=args.keep_engines_on_exit,
+        )
+    )
 
 
 def _check_host_memory(cfg: Config, engine_name: str) -> None:

@@ -17,6 +17,15 @@ Liveness: the scraper is the first to see an awake engine stop answering. When a
 scrapes have failed for ``window_s`` (config ``liveness.window_s``) it posts ``Unresponsive``
 to ``liveness`` once per streak, and ``Responsive`` when it answers again; the loop judges
 (policy/liveness.py). app.py runs the scraper in every mode for this.
+
+Out-of-band state changes: ``/v1/loads`` answers while SGLang is paused or has released its
+memory, so a ``/pause_generation`` or ``/release_memory_occupation`` sent to an engine by
+someone else (mostly prevented now: engines need chimera's key, sglang/auth.py) would leave it
+awake in chimera's eyes while every request to it waits. Every ``health_every_s`` the scraper
+also sends SGLang's ``GET /health`` (a real 1-token generate; it answers 200 as soon as the
+scheduler produces any output, so a busy engine passes) to each awake instance; a failure
+streak of ``window_s`` is posted as ``Unresponsive`` like a scrape streak, and the loop's probe
+(which checks ``/health`` too) then has it killed and restarted.
 """
 
 from __future__ import annotations
@@ -24,12 +33,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import httpx
 
 from orchestrator.control.events import Responsive, Unresponsive
-from orchestrator.sglang.api import LOADS
+from orchestrator.sglang.api import HEALTH, LOADS
 from orchestrator.sglang.loads import Counters, LoadsError, sample_from_loads
 from orchestrator.types import InstanceState, InstanceView, LoadSample
 
@@ -40,6 +49,8 @@ TIMEOUT_S = 1.0  # a loopback engine answers in ~1 ms; longer means it is stuck 
 # the longest time between two samples of an instance that answers (a round waits for its
 # slowest instance): what a sink's "stale" is measured in
 ROUND_S = TIMEOUT_S + PERIOD_S
+HEALTH_EVERY_S = 2.0  # one 1-token generate per awake engine every 2 s: noise next to serving
+HEALTH_TIMEOUT_S = 5.0  # SGLang's own /health gives up after 20 s; a healthy one answers in ms
 
 
 class Scraper:
@@ -52,8 +63,10 @@ class Scraper:
         clock: Callable[[], float] = time.monotonic,
         liveness: Callable[[Unresponsive | Responsive], None] | None = None,
         window_s: float = 10.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.targets = targets
+        self.headers = dict(headers or {})  # the engines' API key (sglang/auth.py)
         self.sinks = tuple(sinks)
         self.period_s = period_s
         self.clock = clock
@@ -63,19 +76,59 @@ class Scraper:
         self._reported: set[str] = set()  # ... and were reported Unresponsive (once per streak)
         self.liveness = liveness
         self.window_s = window_s
+        self.health_every_s = HEALTH_EVERY_S
+        self._unhealthy: dict[str, float] = {}  # instances whose /health failed: since when
+        self._health_reported: set[str] = set()
 
     async def run(self) -> None:
         """Until cancelled. Owns an httpx client unless one was given."""
         if self._client is not None:
-            await self._loop(self._client)
+            await asyncio.gather(self._loop(self._client), self._health_loop(self._client))
             return
         async with httpx.AsyncClient(trust_env=False, timeout=TIMEOUT_S) as client:
-            await self._loop(client)
+            await asyncio.gather(self._loop(client), self._health_loop(client))
 
     async def _loop(self, client: httpx.AsyncClient) -> None:
         while True:
             await self.scrape_once(client)
             await asyncio.sleep(self.period_s)
+
+    async def _health_loop(self, client: httpx.AsyncClient) -> None:
+        if self.liveness is None:
+            return
+        while True:
+            await self.health_once(client)
+            await asyncio.sleep(self.health_every_s)
+
+    async def health_once(self, client: httpx.AsyncClient) -> None:
+        """``GET /health`` of every awake instance, concurrently; a failure streak of
+        ``window_s`` is reported ``Unresponsive`` once (it ends with the awake state)."""
+        views = [v for v in self.targets() if v.state is InstanceState.AWAKE and v.base_url]
+        for gone in set(self._unhealthy) - {v.id for v in views}:
+            del self._unhealthy[gone]
+            self._health_reported.discard(gone)
+        await asyncio.gather(*(self._health(client, v) for v in views))
+
+    async def _health(self, client: httpx.AsyncClient, view: InstanceView) -> None:
+        at = self.clock()
+        try:
+            r = await client.get(f"{view.base_url}{HEALTH.path}", headers=self.headers, timeout=HEALTH_TIMEOUT_S)
+            why = None if r.status_code == 200 else f"answered {r.status_code}"
+        except httpx.HTTPError as exc:
+            why = type(exc).__name__
+        if why is None:
+            self._unhealthy.pop(view.id, None)
+            self._health_reported.discard(view.id)
+            return
+        since = self._unhealthy.setdefault(view.id, at)
+        bad_s = self.clock() - since
+        if self.liveness is not None and bad_s >= self.window_s and view.id not in self._health_reported:
+            self._health_reported.add(view.id)
+            detail = (
+                f"GET {HEALTH.path} failing for {bad_s:.1f} s ({why}): generation paused or memory "
+                "released outside chimera?"
+            )
+            self.liveness(Unresponsive(view.id, bad_s, detail))
 
     async def scrape_once(self, client: httpx.AsyncClient) -> list[LoadSample]:
         """Poll every awake instance once, concurrently; hand each sample to every sink."""
@@ -95,7 +148,9 @@ class Scraper:
     async def _one(self, client: httpx.AsyncClient, view: InstanceView) -> LoadSample | None:
         at = self.clock()
         try:
-            r = await client.get(f"{view.base_url}{LOADS.path}", params={"include": "core"}, timeout=TIMEOUT_S)
+            r = await client.get(
+                f"{view.base_url}{LOADS.path}", params={"include": "core"}, headers=self.headers, timeout=TIMEOUT_S
+            )
             r.raise_for_status()
             sample, seen = sample_from_loads(view.id, r.json(), at, self._seen.get(view.id))
         except (httpx.HTTPError, ValueError, LoadsError) as exc:

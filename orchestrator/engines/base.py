@@ -13,6 +13,10 @@ from typing import Protocol
 
 from orchestrator.config import HostSpec, InstanceSpec
 
+# SGLang's flag for a YAML file of flags, merged into argv inside the server: how an engine gets
+# its API key without the key showing in argv (orchestrator/sglang/auth.py); the sim takes it too
+CONFIG_FLAG = "--config"
+
 
 @dataclass(frozen=True)
 class ShimLaunch:
@@ -44,6 +48,9 @@ class LaunchRequest:
     max_total_tokens: int | None = None  # the fixed pool in tokens (ignored with the shim)
     mem_fraction_static: float | None = None  # the fraction that holds whatever starts beside it
     cuda_graph_max_bs: int | None = None  # CUDA graphs for batch sizes up to this
+    # SGLang's ``--config`` YAML holding the engine's ``api-key`` (orchestrator/sglang/auth.py):
+    # a file, so that the key stays out of argv; None: an engine without a key
+    config_file: str | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import orchestrator
 from cumem_shim import settings as shim_settings
 from orchestrator.config import GIB
-from orchestrator.engines.base import LaunchRequest, LaunchSpec, served_name
+from orchestrator.engines.base import CONFIG_FLAG, LaunchRequest, LaunchSpec, served_name
 from orchestrator.env import Env
 
 SIM_READY_TIMEOUT_S = 60.0  # the sim boots in ~1 s plus the configured start delay
@@ -81,6 +81,8 @@ class SimEngine:
         if tokens is not None:
             argv += ["--max-total-tokens", str(tokens)]
         argv += model.engine_args
+        if req.config_file is not None:  # the API key, as for SGLang (sglang/auth.py)
+            argv += [CONFIG_FLAG, req.config_file]
         env = {
             k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR" and k not in shim_settings.PER_SERVER
         }

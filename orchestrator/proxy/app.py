@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -57,26 +57,30 @@ def create_app(
     extra_routes: list[Route] | None = None,
     upstream_limits: Limits | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    engine_headers: Mapping[str, str] | None = None,
 ) -> Starlette:
     """The proxy app. ``hold_timeout_s``: how long a request may wait for its model to wake
     before a 503. ``transport``: an httpx transport that replaces the engines (tests pass a
     fake engine); without it the proxy talks to them with upstream.EngineClient, whose
     ``upstream_limits`` bound connects, writes and waits on a hung engine. ``max_body_bytes``:
     the largest request body a proxied route reads (413 beyond; the head limit is the
-    server's, limits.uvicorn_http_options)."""
+    server's, limits.uvicorn_http_options). ``engine_headers``: sent with every request to an
+    engine, proxied or scraped (the engines' API key, sglang/auth.py)."""
     created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         upstream: Upstream = (
-            HttpxUpstream(transport, upstream_limits) if transport is not None else EngineClient(upstream_limits)
+            HttpxUpstream(transport, upstream_limits, engine_headers)
+            if transport is not None
+            else EngineClient(upstream_limits, engine_headers)
         )
         async with AsyncExitStack() as stack:  # closes both, even if one close fails
             stack.push_async_callback(upstream.aclose)
             # For scraping the engines' /metrics. trust_env=False: HTTP(S)_PROXY from the
             # environment must never reroute loopback calls.
             app.state.scraper = await stack.enter_async_context(
-                httpx.AsyncClient(transport=transport, timeout=SCRAPE_TIMEOUT, trust_env=False)
+                httpx.AsyncClient(transport=transport, timeout=SCRAPE_TIMEOUT, trust_env=False, headers=engine_headers)
             )
             app.state.upstream = upstream
             try:

@@ -36,7 +36,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -274,9 +274,11 @@ class EngineClient:
     """Keep-alive pools to every engine the proxy talks to, created on first use per base URL.
     Created and closed by the app's lifespan (app.py)."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, headers: Mapping[str, str] | None = None) -> None:
         self.limits = limits or Limits()
         self._pools: dict[str, _Pool] = {}
+        # extra header lines of every request (the engines' API key, sglang/auth.py)
+        self._extra = b"".join(f"\r\n{k.lower()}: {v}".encode("latin-1") for k, v in (headers or {}).items())
 
     def idle_connections(self, base_url: str) -> int:
         pool = self._pools.get(base_url)
@@ -305,6 +307,7 @@ class EngineClient:
                 path.encode("ascii"),
                 b" HTTP/1.1\r\nhost: ",
                 pool.host_header,
+                self._extra,
                 b"\r\ncontent-type: application/json\r\naccept-encoding: identity\r\ncontent-length: ",
                 str(len(body)).encode("ascii"),
                 b"\r\n\r\n",
@@ -418,9 +421,15 @@ class HttpxUpstream:
     an ``ASGITransport`` as a fake engine; create_app's ``transport``). httpx errors are
     translated to UpstreamError / UpstreamTimeout here."""
 
-    def __init__(self, transport: httpx.AsyncBaseTransport, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        limits: Limits | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         limits = limits or Limits()
         self.transport = transport
+        self.headers = {"content-type": "application/json", "accept-encoding": "identity", **(headers or {})}
         self._extensions = {
             # one read limit in httpx: per read, head and body alike
             "timeout": httpx.Timeout(
@@ -434,7 +443,7 @@ class HttpxUpstream:
             base_url + path,
             content=body,
             extensions=self._extensions,
-            headers={"content-type": "application/json", "accept-encoding": "identity"},
+            headers=self.headers,
         )
         try:
             return _HttpxResponse(await self.transport.handle_async_request(request))

@@ -21,6 +21,8 @@ choice is for:
 - Time-sharing: ``--enable-memory-saver --enable-weights-cpu-backup`` (park/wake through SGLang's
   own release/resume routes) and ``TMS_RETAIN_CPU_BACKUP=1`` (keeps the pinned host copy of the
   weights between parks: wake 0.40 s instead of 2.6-3.2 s for an 8B shape on the H100).
+- ``--config FILE``: the engine's API key (sglang/auth.py), from a 0600 file so that it stays
+  out of argv.
 - ``--sleep-on-idle`` (an idle scheduler otherwise spins a core), ``--enable-metrics``, a
   distinct ``--nccl-port`` per instance (the default collides between servers).
 """
@@ -39,6 +41,7 @@ from orchestrator.deployment import default_mem_fraction
 from orchestrator.engines.base import LaunchRequest, LaunchSpec, ShimLaunch, served_name
 from orchestrator.env import Env
 from orchestrator.errors import ConfigError
+from orchestrator.sglang.auth import CONFIG_FLAG
 from orchestrator.shapes import KNOWN_MODEL_IDS, shape_dir
 
 # Boot of a real server on the H100: 63-71 s with warm kernel caches, 158-189 s on a fresh machine.
@@ -61,6 +64,9 @@ MANAGED_FLAGS = frozenset(
         "--max-total-tokens",
         "--mem-fraction-static",
         "--load-format",
+        "--config",  # the API key's file (sglang/auth.py): one --config only
+        "--api-key",
+        "--admin-api-key",
     }
 )
 
@@ -105,6 +111,8 @@ class SGLangEngine:
         if model.load_format == "dummy":
             argv += ["--load-format", "dummy"]
         argv += [*self.env.sglang_extra_args, *model.engine_args]  # the model's own args win
+        if req.config_file is not None:  # the API key, read from the file (sglang/auth.py)
+            argv += [CONFIG_FLAG, req.config_file]
         return LaunchSpec(
             argv=tuple(argv),
             env=child_env(inst, os.environ, req.shim),

@@ -4,13 +4,16 @@ Readiness is ``GET /model_info`` answering 200, never ``/health``: SGLang's /hea
 generate and fails while the server is paused or released.
 Who calls: the supervisor's effects (control/effects.py), off the control loop. Every method
 that waits is async and cancellable.
+
+Engines outlive chimera-orch on purpose (no parent-death signal): a restarted control plane
+re-adopts them (statefile.py, ``EngineProcess.adopt``), and a later ``up`` stops those it does
+not adopt. An adopted engine is not chimera's child: its exit is watched through a pidfd.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import time
@@ -18,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psutil
 
 from orchestrator.engines.base import LaunchSpec
 from orchestrator.errors import EngineStartError
@@ -36,13 +40,6 @@ POLL_INTERVAL_S = 0.25
 # SGLang's own SIGTERM shutdown of a 1-GPU server takes a few seconds (scheduler, detokenizer);
 # past this grace the whole process group gets SIGKILL.
 STOP_GRACE_S = 15.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Child-side: get SIGTERM if chimera-orch dies without cleaning up (Linux only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EngineProcess:
@@ -54,13 +51,23 @@ class EngineProcess:
         self.probe_output: str | None = None  # text of the readiness probe at first start
         self.ready_at: float | None = None  # monotonic time /model_info first answered 200
         self.condemned = False  # stopped by the supervisor after a failure it reports itself
+        self._adopted: int | None = None  # the pid of an engine a previous chimera started
+
+    @classmethod
+    def adopt(cls, instance_id: str, spec: LaunchSpec, log_path: Path, pid: int) -> EngineProcess:
+        """An engine already running (a previous chimera-orch started it in its own group)."""
+        proc = cls(instance_id, spec, log_path)
+        proc._adopted = pid
+        return proc
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._proc.pid if self._proc else self._adopted
 
     @property
     def returncode(self) -> int | None:
+        if self._adopted is not None:
+            return None if _running(self._adopted) else ADOPTED_EXIT_UNKNOWN
         return self._proc.returncode if self._proc else None
 
     async def spawn(self) -> None:
@@ -76,7 +83,6 @@ class EngineProcess:
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # own process group: stop() reaches every child
-                preexec_fn=_die_with_parent,
             )
 
     async def wait_ready(
@@ -137,11 +143,25 @@ class EngineProcess:
             ) from exc
 
     async def wait_exit(self) -> int:
+        if self._adopted is not None:
+            await _wait_gone(self._adopted)
+            return ADOPTED_EXIT_UNKNOWN
         assert self._proc is not None
         return await self._proc.wait()
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> int | None:
         """SIGTERM the process group, then SIGKILL it after ``grace_s``. Idempotent."""
+        if self._adopted is not None:
+            pgid = self._adopted
+            if _running(pgid):
+                _killpg(pgid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(_wait_gone(pgid), grace_s)
+                except TimeoutError:
+                    _killpg(pgid, signal.SIGKILL)
+                    await _wait_gone(pgid)
+            _killpg(pgid, signal.SIGKILL)
+            return ADOPTED_EXIT_UNKNOWN
         proc = self._proc
         if proc is None:
             return None
@@ -160,6 +180,10 @@ class EngineProcess:
     def kill(self) -> None:
         """SIGKILL the whole process group at once (a hung or stopped engine honours nothing
         gentler); ``wait_exit`` then returns. No-op before spawn or once it is gone."""
+        if self._adopted is not None:
+            if _running(self._adopted):
+                _killpg(self._adopted, signal.SIGKILL)
+            return
         if self._proc is not None and self._proc.returncode is None:
             _killpg(self._proc.pid, signal.SIGKILL)
 
@@ -171,6 +195,40 @@ class EngineProcess:
                 return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+ADOPTED_EXIT_UNKNOWN = -1  # an adopted engine is not our child: its exit status is not ours to read
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def _wait_gone(pid: int) -> None:
+    """Until ``pid`` has exited: a pidfd turns readable then (Linux ≥ 5.3); else poll."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        while _running(pid):  # noqa: ASYNC110 - nothing to wait on but the process table
+            await asyncio.sleep(POLL_INTERVAL_S)
+        return
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        if _running(pid):  # it may have gone before the reader was added
+            await gone
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -40,13 +40,15 @@ from orchestrator.control.events import (
     Woken,
 )
 from orchestrator.deployment import Deployment
-from orchestrator.engines.base import Engine, LaunchRequest, ShimLaunch
+from orchestrator.engines.base import Engine, LaunchRequest, LaunchSpec, ShimLaunch
 from orchestrator.errors import ChimeraError, EngineError, EngineStartError
 from orchestrator.kv.client import ShimProtocolError, ShimUnavailable, wait_ready
 from orchestrator.kv.runner import KVEndpoint
-from orchestrator.sglang.api import MODEL_INFO
+from orchestrator.sglang.api import HEALTH, MODEL_INFO
+from orchestrator.sglang.auth import EngineAuth
 from orchestrator.shapes import KNOWN_MODEL_IDS
 from orchestrator.shapes.materialize import dummy_model_dir
+from orchestrator.supervisor.adoption import Adoption
 from orchestrator.supervisor.lifecycle import Lifecycle
 from orchestrator.supervisor.memory import (
     MemoryProbe,
@@ -60,6 +62,7 @@ from orchestrator.supervisor.memory import (
 from orchestrator.supervisor.phases import LogFollower, StartupRecord
 from orchestrator.supervisor.ports import free_ports
 from orchestrator.supervisor.process import EngineProcess
+from orchestrator.supervisor.statefile import STATE_NAME
 from orchestrator.types import Endpoint, InstanceView
 
 log = logging.getLogger("chimera.supervisor")
@@ -79,8 +82,11 @@ class Supervisor:
         measure: Callable[[str, str, float, str], None] | None = None,
         memory_probe: MemoryProbe | None = None,
         deployment: Deployment | None = None,
+        auth: EngineAuth | None = None,
     ) -> None:
         self.engine = engine
+        # the engines' API key: every request of this client carries it (sglang/auth.py)
+        self.auth = auth
         self.host = host
         self.run_dir = run_dir
         self._post = post
@@ -88,7 +94,7 @@ class Supervisor:
         self._procs: dict[str, EngineProcess] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ports: set[int] = set()
-        self._client = httpx.AsyncClient(trust_env=False)
+        self._client = httpx.AsyncClient(trust_env=False, headers=auth.headers() if auth is not None else None)
         self._measure = measure
         self._starts: dict[str, float] = {}
         probe = memory_probe or (SimMemoryProbe(self._client) if engine.name == "sim" else NvmlMemoryProbe())
@@ -100,6 +106,8 @@ class Supervisor:
         self._plugin_dir: str | None = None  # "" = chimera's installed entry point serves
         self.startups: dict[str, StartupRecord] = {}  # by instance id, the latest start of each
         self._startups_lock = asyncio.Lock()  # one writer of startup.json at a time
+        self.keep_engines = False  # stop_all leaves ready engines running (an upgrade)
+        self.adoption = Adoption(self, run_dir / STATE_NAME, auth)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -135,12 +143,22 @@ class Supervisor:
             observe(view)
 
     async def stop_all(self) -> None:
+        """Stop every engine (SIGTERM, then SIGKILL of its group after a grace), verify each
+        group is gone, and remove the state file. With ``keep_engines`` (an upgrade): leave the
+        ready engines running for the next ``up`` to re-adopt, stop only those not ready."""
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(p.stop() for p in self._procs.values()), return_exceptions=True)
+        kept = self.adoption.kept() if self.keep_engines else set()
+        going = {iid: p for iid, p in self._procs.items() if iid not in kept}
+        groups = {p.pid for p in going.values() if p.pid is not None}
+        await asyncio.gather(*(p.stop() for p in going.values()), return_exceptions=True)
+        await self.adoption.close(keep=bool(kept))  # adoptable engines no instance took: stopped
+        left = {pid for g in groups for pid in group_pids(g)}
+        if left:
+            log.error("engine processes still alive after stop: %s", sorted(left))
         await self._client.aclose()
-        if self._socket_dir is not None:
+        if self._socket_dir is not None and not kept:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     # ---- internals -----------------------------------------------------------------------
@@ -177,7 +195,7 @@ class Supervisor:
             return None
         return str(await asyncio.to_thread(dummy_model_dir, m.shape.name))
 
-    def _shim(self, spec: InstanceSpec, port: int) -> ShimLaunch | None:
+    def shim_for(self, spec: InstanceSpec, port: int) -> ShimLaunch | None:
         facts = self.deployment.instances.get(spec.id) if self.deployment is not None else None
         if facts is None or not facts.shim:
             if facts is not None and facts.shim_refusal is not None:
@@ -197,7 +215,7 @@ class Supervisor:
             entry_point_dir=self._plugin_dir or None,
         )
 
-    async def _shim_ready(self, spec: InstanceSpec, shim: ShimLaunch, base_url: str) -> str | None:
+    async def shim_ready(self, spec: InstanceSpec, shim: ShimLaunch, base_url: str) -> str | None:
         """None once the shim answers (the ledger may reach it), else why the start failed."""
         try:
             st = await wait_ready(shim.socket, SHIM_READY_TIMEOUT_S)
@@ -212,26 +230,48 @@ class Supervisor:
         self.kv_endpoints[spec.id] = KVEndpoint(base_url, shim.socket)
         return None
 
+    def post(self, event: Event) -> None:
+        self._post(event)
+
+    def own(self, instance_id: str, proc: EngineProcess) -> None:
+        """``proc`` (an adopted engine) is now this instance's."""
+        self._procs[instance_id] = proc
+
+    def reserve_ports(self, *ports: int) -> None:
+        self._ports.update(ports)
+
+    def _config_file(self) -> str | None:
+        return str(self.auth.config_file) if self.auth is not None else None
+
+    async def launch(
+        self, spec: InstanceSpec, port: int, nccl_port: int, shim: ShimLaunch | None, config_file: str | None
+    ) -> LaunchSpec:
+        """The engine's command line and environment for these ports: pure but for the model
+        directory, so a re-adopted engine's recorded command line can be compared with it."""
+        facts = self.deployment.instances.get(spec.id) if self.deployment is not None else None
+        return self.engine.launch_spec(
+            LaunchRequest(
+                instance=spec,
+                host=self.host,
+                port=port,
+                nccl_port=nccl_port,
+                model_dir=await self._model_dir(spec),
+                shim=shim,
+                max_total_tokens=facts.max_total_tokens if facts is not None else None,
+                mem_fraction_static=facts.launch_mem_fraction if facts is not None else None,
+                cuda_graph_max_bs=facts.cuda_graph_max_bs if facts is not None else None,
+                config_file=config_file,
+            )
+        )
+
     async def _start(self, spec: InstanceSpec) -> None:
+        rec = self.adoption.take(spec.id)
+        if rec is not None and await self.adoption.adopt(spec, rec):
+            return  # a previous chimera-orch's engine serves it
         port, nccl_port = free_ports(2, exclude=self._ports)
         self._ports.update((port, nccl_port))
         try:
-            model_dir = await self._model_dir(spec)
-            shim = self._shim(spec, port)
-            facts = self.deployment.instances.get(spec.id) if self.deployment is not None else None
-            launch = self.engine.launch_spec(
-                LaunchRequest(
-                    instance=spec,
-                    host=self.host,
-                    port=port,
-                    nccl_port=nccl_port,
-                    model_dir=model_dir,
-                    shim=shim,
-                    max_total_tokens=facts.max_total_tokens if facts is not None else None,
-                    mem_fraction_static=facts.launch_mem_fraction if facts is not None else None,
-                    cuda_graph_max_bs=facts.cuda_graph_max_bs if facts is not None else None,
-                )
-            )
+            launch = await self.launch(spec, port, nccl_port, shim := self.shim_for(spec, port), self._config_file())
         except (ChimeraError, OSError, ImportError) as exc:
             self._post(StartFailed(spec.id, f"cannot prepare the engine command: {exc}"))
             return
@@ -262,18 +302,25 @@ class Supervisor:
         self.startups[spec.id] = record
         log.info("%s: startup %s", spec.id, json.dumps(record.as_dict()))
         await self._write_startups()
-        if shim is not None and (why := await self._shim_ready(spec, shim, launch.base_url)):
+        if shim is not None and (why := await self.shim_ready(spec, shim, launch.base_url)):
             await proc.stop()
             self._post(StartFailed(spec.id, why))
             return
         self._post(
             Started(spec.id, Endpoint(spec.id, launch.base_url, launch.served_name), seconds=time.monotonic() - t0)
         )
+        await self.adoption.record(spec.id, proc, port, nccl_port, shim.socket if shim is not None else None)
+        await self.watch(spec, proc, shim.socket if shim is not None else None)
+
+    async def watch(self, spec: InstanceSpec, proc: EngineProcess, shim_socket: str | None) -> None:
+        """Until the ready engine exits: then clean up after it and report ``Exited`` (unless a
+        failed wake stopped it and reports that itself)."""
         rc = await proc.wait_exit()
         self.kv_endpoints.pop(spec.id, None)
-        if shim is not None:
+        await self.adoption.forget(spec.id)
+        if shim_socket is not None:
             with contextlib.suppress(OSError):
-                os.unlink(shim.socket)
+                os.unlink(shim_socket)
         if proc.condemned:  # stopped by a failed wake, which reports it (WakeFailed)
             return
         log.warning("%s: engine exited with code %s; last lines:\n%s", spec.id, rc, proc.log_tail())
@@ -284,7 +331,9 @@ class Supervisor:
 
     async def _probe(self, spec: InstanceSpec, timeout_s: float) -> None:
         """GET /model_info: SGLang's HTTP server answers it without the scheduler (also while
-        paused), so a failure means the server process itself is stuck or gone."""
+        paused), so a failure means the server process itself is stuck or gone; then GET /health,
+        which fails while generation is paused or memory released (by anyone but chimera: the
+        loop probes awake instances only)."""
         proc = self._procs.get(spec.id)
         if proc is None:
             self._post(Probed(spec.id, False, "no process"))
@@ -294,8 +343,17 @@ class Supervisor:
         except httpx.HTTPError as exc:
             self._post(Probed(spec.id, False, f"GET {MODEL_INFO.path}: {type(exc).__name__} within {timeout_s:g} s"))
             return
-        ok = r.status_code == 200
-        self._post(Probed(spec.id, ok, f"GET {MODEL_INFO.path} answered {r.status_code}"))
+        if r.status_code != 200:
+            self._post(Probed(spec.id, False, f"GET {MODEL_INFO.path} answered {r.status_code}"))
+            return
+        # /model_info answers while paused or released; SGLang's /health generates one token, so
+        # it fails for a server paused or released behind chimera's back (scrape.py)
+        try:
+            r = await self._client.get(proc.spec.base_url + HEALTH.path, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            self._post(Probed(spec.id, False, f"GET {HEALTH.path}: {type(exc).__name__} within {timeout_s:g} s"))
+            return
+        self._post(Probed(spec.id, r.status_code == 200, f"GET {HEALTH.path} answered {r.status_code}"))
 
     async def _park(self, spec: InstanceSpec) -> None:
         proc = self._procs[spec.id]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -219,6 +220,23 @@ def test_metrics_parse_and_count_requests(chimera: Running) -> None:
     assert "chimera_wake_seconds" in fams and "chimera_hold_seconds" in fams
     running = fams["sglang:num_running_reqs"].samples  # re-exposed from the engines
     assert {s.labels["server"] for s in running} >= {"tiny@gpu0", "llama-1b@gpu0"}
+
+
+def test_engines_refuse_anyone_without_chimeras_key(chimera: Running) -> None:
+    """Each engine was started with an API key (never on its command line): a direct call to
+    its port is refused, while everything above went through chimera with the key."""
+    key = (chimera.run_dir / "engine-auth.yaml").read_text().split('"')[1]
+    engines = [psutil.Process(p).cmdline() for p in chimera.engine_pids()]
+    engines = [c for c in engines if "simsglang" in c]
+    assert len(engines) == 4
+    for argv in engines:
+        assert "--config" in argv and key not in " ".join(argv)
+        url = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}"
+        for method, path in (("GET", "/model_info"), ("POST", "/pause_generation"), ("POST", "/generate")):
+            r = httpx.request(method, url + path, json={}, timeout=5)
+            assert (r.status_code, r.json()) == (401, {"error": "Unauthorized"}), path
+        assert httpx.get(url + "/model_info", headers={"Authorization": f"Bearer {key}"}, timeout=5).status_code == 200
+    assert key not in chimera.log.read_text()
 
 
 def test_zz_ctrl_c_stops_every_engine_process(chimera: Running) -> None:

@@ -60,3 +60,28 @@ def test_a_stopped_engine_is_detected_killed_and_restarted(chimera: Running) -> 
     body = httpx.get(f"{chimera.base}/metrics", timeout=5).text
     assert 'chimera_restarts_total{model="tiny",reason="hung",server="tiny@gpu0"} 1.0' in body
     print(f"in flight: clean error after {failed_after_s:.2f} s; served again {served_after_s:.2f} s after SIGSTOP")
+
+
+def test_a_pause_sent_around_chimera_is_refused_and_one_with_the_key_is_repaired(chimera: Running) -> None:
+    """Out-of-band state changes: without chimera's key an engine refuses them; with it (someone
+    who read the run folder), the pause is detected by the /health check and the engine
+    restarted, so a request through the proxy ends instead of waiting for ever."""
+    client = openai.OpenAI(base_url=f"{chimera.base}/v1", api_key="none", max_retries=2, timeout=30)
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    old = chimera.engine_pid()
+    argv = psutil.Process(old).cmdline()
+    url = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}"
+    assert httpx.post(f"{url}/pause_generation", json={}, timeout=5).status_code == 401
+    key = (chimera.run_dir / "engine-auth.yaml").read_text().split('"')[1]
+    auth = {"Authorization": f"Bearer {key}"}
+    assert httpx.post(f"{url}/pause_generation", json={}, headers=auth, timeout=5).status_code == 200
+    t0 = time.monotonic()
+    answer = client.chat.completions.create(**ask)  # type: ignore[call-overload]
+    served_after_s = time.monotonic() - t0
+    assert answer.choices[0].message.content
+    # /health every 2 s + window 1 s + probe + backoff 0.5 s + boot, with slack
+    assert served_after_s < 15, served_after_s
+    assert chimera.engine_pid() != old
+    body = httpx.get(f"{chimera.base}/metrics", timeout=5).text
+    assert 'chimera_restarts_total{model="tiny",reason="hung",server="tiny@gpu0"} 1.0' in body
+    print(f"out-of-band pause: served again {served_after_s:.2f} s after it")

@@ -41,13 +41,14 @@ async def test_the_scraper_runs_in_every_mode_with_the_sinks_each_needs(mode: Mo
         )
         app = Starlette()
         gate = _admission(dep, app)
-        scraper = _scraper(control, kv, gate)
+        scraper = _scraper(control, kv, gate, {"Authorization": "Bearer k"})
     finally:
         await supervisor.http.aclose()
     assert (kv is not None) == (mode in ("elastic", "full"))
     assert (gate is not None) == (mode == "full") and getattr(app.state, "admission", None) is gate
     expected = [control.post] + ([kv.observe] if kv is not None else []) + ([gate.observe] if gate else [])
     assert list(scraper.sinks) == expected
+    assert scraper.headers == {"Authorization": "Bearer k"}  # the engines' key on every scrape
     assert scraper.targets == control.instances
     assert scraper.liveness == control.post and scraper.window_s == dep.config.liveness.window_s
 

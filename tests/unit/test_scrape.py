@@ -89,3 +89,46 @@ async def test_scraper_reports_an_instance_unanswered_for_the_window_once_and_it
         clock.t = 106.0
         await scraper.scrape_once(client)
         assert len(events) == 2  # the restarted instance's first failure is a new streak's start
+
+
+async def test_a_health_streak_of_the_window_is_reported_once_as_out_of_band() -> None:
+    """/v1/loads answers while SGLang is paused; its /health (a 1-token generate) does not."""
+    paused = {"b.gpu0"}
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        assert request.headers["authorization"] == "Bearer k"
+        if request.url.path == "/health" and request.url.host in paused:
+            return httpx.Response(503)
+        return httpx.Response(200, json=loads(100, 10.0))
+
+    views = [view("a@gpu0", S.AWAKE), view("b@gpu0", S.AWAKE), view("c@gpu0", S.PARKED)]
+    clock = Clock(100.0)
+    events: list[Unresponsive | Responsive] = []
+    scraper = Scraper(
+        lambda: views,
+        [lambda s: None],
+        clock=clock,
+        liveness=events.append,
+        window_s=3.0,
+        headers={"authorization": "Bearer k"},
+    )
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        await scraper.health_once(client)
+        assert sorted(paths) == ["/health", "/health"]  # awake instances only
+        clock.t = 102.0
+        await scraper.health_once(client)
+        assert events == []
+        clock.t = 103.0
+        await scraper.health_once(client)
+        await scraper.health_once(client)
+        (ev,) = events
+        assert isinstance(ev, Unresponsive) and ev.instance_id == "b@gpu0" and ev.stale_s == pytest.approx(3.0)
+        assert "503" in ev.detail and "outside chimera" in ev.detail
+        paused.clear()  # an answer ends the streak: the next one starts over
+        await scraper.health_once(client)
+        paused.add("b.gpu0")
+        clock.t = 105.0
+        await scraper.health_once(client)
+        assert len(events) == 1
