@@ -15,6 +15,8 @@ from rich.console import Console
 from starlette.applications import Starlette
 
 from cumem_shim.types import Status
+from orchestrator.cluster.effects import RayEffects
+from orchestrator.cluster.nodes import Inventory
 from orchestrator.config import Config
 from orchestrator.control.events import Tick
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
@@ -25,7 +27,7 @@ from orchestrator.deployment import Deployment, derive
 from orchestrator.engines import get_engine
 from orchestrator.env import Env
 from orchestrator.kv.ledger import KVInstance, Ledger
-from orchestrator.kv.runner import HttpKVEffects, KVRunner
+from orchestrator.kv.runner import HttpKVEffects, KVEffects, KVRunner
 from orchestrator.kv.wiring import GONE, kv_instances
 from orchestrator.metrics.gpu_seconds import GpuSeconds
 from orchestrator.metrics.registry import ChimeraMetrics
@@ -69,7 +71,10 @@ async def serve(
     hold_timeout_s: float,
     console: Console,
     admin_key: str | None = None,
+    cluster: Inventory | None = None,
 ) -> int:
+    """``cluster``: the Ray cluster's nodes (``up --ray``): engines run under node agents
+    (orchestrator/cluster/) instead of this process's supervisor."""
     metrics = ChimeraMetrics()
     env = Env.read()
     # every runtime fact of the placements file, read once
@@ -82,17 +87,35 @@ async def serve(
         gpu_seconds.observe(view)
 
     control: ControlLoop
-    supervisor = Supervisor(
-        get_engine(engine_name),
-        cfg.host,
-        run_dir,
-        post=lambda ev: control.post(ev),
-        observers=[publish],
-        measure=metrics.record,
-        deployment=dep,
-    )
+    supervisor: Supervisor | RayEffects
+    kv_effects: KVEffects
+    if cluster is None:
+        supervisor = Supervisor(
+            get_engine(engine_name),
+            cfg.host,
+            run_dir,
+            post=lambda ev: control.post(ev),
+            observers=[publish],
+            measure=metrics.record,
+            deployment=dep,
+        )
+        kv_effects = HttpKVEffects(supervisor.http, supervisor.kv_endpoints)  # filled as shims come up
+    else:
+        supervisor = RayEffects(
+            cluster,
+            engine_name,
+            cfg.host,
+            run_dir,
+            post=lambda ev: control.post(ev),
+            observers=[publish],
+            measure=metrics.record,
+            deployment=dep,
+            node_state=metrics.set_node_up,
+        )
+        supervisor.start_pumps()
+        kv_effects = supervisor.kv_effects()
     control = ControlLoop(dep, supervisor)
-    kv = _kv_runner(dep, control, supervisor, metrics, gpu_seconds)  # modes elastic/full: the KV ledger's task
+    kv = _kv_runner(dep, control, supervisor, kv_effects, metrics, gpu_seconds)  # modes elastic/full
     progress = StartupProgress(
         console,
         [i for m in control.models() for i in m.instances],
@@ -195,7 +218,12 @@ def _report_death(task: asyncio.Task[None]) -> None:
 
 
 def _kv_runner(
-    dep: Deployment, control: ControlLoop, supervisor: Supervisor, metrics: ChimeraMetrics, gpu_seconds: GpuSeconds
+    dep: Deployment,
+    control: ControlLoop,
+    supervisor: Supervisor | RayEffects,
+    effects: KVEffects,
+    metrics: ChimeraMetrics,
+    gpu_seconds: GpuSeconds,
 ) -> KVRunner | None:
     """The KV ledger over every GPU (modes elastic and full): splits each GPU's free memory
     among the shim-backed instances on it every second, and at once when an instance changes
@@ -204,7 +232,6 @@ def _kv_runner(
         return None
     facts = dep.instances
     capacity = {g: dep.gpu_bytes for g in {g for f in facts.values() for g in f.spec.gpus}}
-    endpoints = supervisor.kv_endpoints  # filled by the supervisor as shims come up
 
     def instances() -> list[KVInstance]:
         views = [v for m in control.models() for v in m.instances]
@@ -217,7 +244,7 @@ def _kv_runner(
     # its loads come from the scraper (``_scraper``): a sample older than two rounds is missing
     runner = KVRunner(
         Ledger(capacity),
-        HttpKVEffects(supervisor.http, endpoints),
+        effects,
         instances,
         report=report,
         max_sample_age_s=2 * SCRAPE_ROUND_S,

@@ -79,8 +79,11 @@ class Supervisor:
         measure: Callable[[str, str, float, str], None] | None = None,
         memory_probe: MemoryProbe | None = None,
         deployment: Deployment | None = None,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         self.engine = engine
+        # the address engines bind to: loopback, or a Ray node's private address (cluster/agent.py)
+        self.listen_host = listen_host
         self.host = host
         self.run_dir = run_dir
         self._post = post
@@ -199,7 +202,7 @@ class Supervisor:
         return None
 
     async def _start(self, spec: InstanceSpec) -> None:
-        port, nccl_port = free_ports(2, exclude=self._ports)
+        port, nccl_port = free_ports(2, host=self.listen_host, exclude=self._ports)
         self._ports.update((port, nccl_port))
         try:
             model_dir = await self._model_dir(spec)
@@ -211,6 +214,7 @@ class Supervisor:
                     host=self.host,
                     port=port,
                     nccl_port=nccl_port,
+                    listen_host=self.listen_host,
                     model_dir=model_dir,
                     shim=shim,
                     max_total_tokens=facts.max_total_tokens if facts is not None else None,
