@@ -88,7 +88,6 @@ async def serve(
 
     control: ControlLoop
     supervisor: Supervisor | RayEffects
-    kv_effects: KVEffects
     if cluster is None:
         supervisor = Supervisor(
             get_engine(engine_name),
@@ -99,7 +98,6 @@ async def serve(
             measure=metrics.record,
             deployment=dep,
         )
-        kv_effects = HttpKVEffects(supervisor.http, supervisor.kv_endpoints)  # filled as shims come up
     else:
         supervisor = RayEffects(
             cluster,
@@ -113,9 +111,8 @@ async def serve(
             node_state=metrics.set_node_up,
         )
         supervisor.start_pumps()
-        kv_effects = supervisor.kv_effects()
     control = ControlLoop(dep, supervisor)
-    kv = _kv_runner(dep, control, supervisor, kv_effects, metrics, gpu_seconds)  # modes elastic/full
+    kv = _kv_runner(dep, control, supervisor, metrics, gpu_seconds)  # modes elastic/full: the KV ledger's task
     progress = StartupProgress(
         console,
         [i for m in control.models() for i in m.instances],
@@ -221,9 +218,9 @@ def _kv_runner(
     dep: Deployment,
     control: ControlLoop,
     supervisor: Supervisor | RayEffects,
-    effects: KVEffects,
     metrics: ChimeraMetrics,
     gpu_seconds: GpuSeconds,
+    effects: KVEffects | None = None,
 ) -> KVRunner | None:
     """The KV ledger over every GPU (modes elastic and full): splits each GPU's free memory
     among the shim-backed instances on it every second, and at once when an instance changes
@@ -244,7 +241,7 @@ def _kv_runner(
     # its loads come from the scraper (``_scraper``): a sample older than two rounds is missing
     runner = KVRunner(
         Ledger(capacity),
-        effects,
+        effects if effects is not None else _local_kv_effects(supervisor),
         instances,
         report=report,
         max_sample_age_s=2 * SCRAPE_ROUND_S,
@@ -257,6 +254,12 @@ def _kv_runner(
 
     supervisor.add_observer(observe)
     return runner
+
+
+def _local_kv_effects(supervisor: Supervisor | RayEffects) -> KVEffects:
+    if isinstance(supervisor, RayEffects):
+        return supervisor.kv_effects()
+    return HttpKVEffects(supervisor.http, supervisor.kv_endpoints)  # filled as shims come up
 
 
 def _admission(dep: Deployment, app: Starlette) -> AdmissionGate | None:
