@@ -15,6 +15,8 @@ from rich.console import Console
 from starlette.applications import Starlette
 
 from cumem_shim.types import Status
+from orchestrator.cluster.effects import RayEffects
+from orchestrator.cluster.nodes import Inventory
 from orchestrator.config import Config
 from orchestrator.control.events import Tick
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
@@ -25,7 +27,7 @@ from orchestrator.deployment import Deployment, derive
 from orchestrator.engines import get_engine
 from orchestrator.env import Env
 from orchestrator.kv.ledger import KVInstance, Ledger
-from orchestrator.kv.runner import HttpKVEffects, KVRunner
+from orchestrator.kv.runner import HttpKVEffects, KVEffects, KVRunner
 from orchestrator.kv.wiring import GONE, kv_instances
 from orchestrator.metrics.gpu_seconds import GpuSeconds
 from orchestrator.metrics.registry import ChimeraMetrics
@@ -73,10 +75,14 @@ async def serve(
     admin_key: str | None = None,
     adopt_from: Path | None = None,
     keep_engines: bool = False,
+    cluster: Inventory | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (or SIGUSR1: stop, leaving the engines running). ``adopt_from``:
     a previous run's state file whose engines are re-adopted (supervisor/adoption.py);
-    ``keep_engines``: leave the ready engines running on every exit, for the next ``up``."""
+    ``keep_engines``: leave the ready engines running on every exit, for the next ``up``.
+    ``cluster``: the Ray cluster's nodes (``up --ray``): engines run under node agents
+    (orchestrator/cluster/) instead of this process's supervisor; they start without the API key
+    and are not re-adopted (docs/ray.md)."""
     metrics = ChimeraMetrics()
     env = Env.read()
     # every runtime fact of the placements file, read once
@@ -93,19 +99,36 @@ async def serve(
         gpu_seconds.observe(view)
 
     control: ControlLoop
-    supervisor = Supervisor(
-        get_engine(engine_name),
-        cfg.host,
-        run_dir,
-        post=lambda ev: control.post(ev),
-        observers=[publish],
-        measure=metrics.record,
-        deployment=dep,
-        auth=auth,
-    )
-    supervisor.keep_engines = keep_engines
-    if previous is not None and adopt_from is not None:
-        await supervisor.adoption.prepare(previous, adopt_from)  # before the loop starts anything
+    supervisor: Supervisor | RayEffects
+    local: Supervisor | None = None  # this host's supervisor: the one that can leave engines up
+    if cluster is None:
+        local = Supervisor(
+            get_engine(engine_name),
+            cfg.host,
+            run_dir,
+            post=lambda ev: control.post(ev),
+            observers=[publish],
+            measure=metrics.record,
+            deployment=dep,
+            auth=auth,
+        )
+        local.keep_engines = keep_engines
+        if previous is not None and adopt_from is not None:
+            await local.adoption.prepare(previous, adopt_from)  # before the loop starts anything
+        supervisor = local
+    else:
+        supervisor = RayEffects(
+            cluster,
+            engine_name,
+            cfg.host,
+            run_dir,
+            post=lambda ev: control.post(ev),
+            observers=[publish],
+            measure=metrics.record,
+            deployment=dep,
+            node_state=metrics.set_node_up,
+        )
+        supervisor.start_pumps()
     control = ControlLoop(dep, supervisor)
     kv = _kv_runner(dep, control, supervisor, metrics, gpu_seconds)  # modes elastic/full: the KV ledger's task
     progress = StartupProgress(
@@ -146,7 +169,8 @@ async def serve(
         server.should_exit = True
 
     def on_detach() -> None:  # SIGUSR1: an upgrade; the next `up` re-adopts the engines
-        supervisor.keep_engines = True
+        if local is not None:
+            local.keep_engines = True
         on_signal()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -184,7 +208,7 @@ async def serve(
         await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         stop_task.cancel()
     finally:
-        keep = supervisor.keep_engines
+        keep = local is not None and local.keep_engines
         console.print(
             "[bold]stopping[/]: proxy, then "
             + ("the control plane only: ready engines stay up for the next `up`" if keep else "every engine process")
@@ -200,10 +224,10 @@ async def serve(
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         detach_dashboard()
-        kept = supervisor.adoption.kept() if keep else set()
-        if kept:
+        kept = local.adoption.kept() if local is not None and keep else set()
+        if local is not None and kept:
             console.print(
-                f"[green]stopped[/]: {len(kept)} engine(s) left running ({supervisor.adoption.path}); "
+                f"[green]stopped[/]: {len(kept)} engine(s) left running ({local.adoption.path}); "
                 "the next `up` with this run folder re-adopts them"
             )
         else:
@@ -227,7 +251,12 @@ def _report_death(task: asyncio.Task[None]) -> None:
 
 
 def _kv_runner(
-    dep: Deployment, control: ControlLoop, supervisor: Supervisor, metrics: ChimeraMetrics, gpu_seconds: GpuSeconds
+    dep: Deployment,
+    control: ControlLoop,
+    supervisor: Supervisor | RayEffects,
+    metrics: ChimeraMetrics,
+    gpu_seconds: GpuSeconds,
+    effects: KVEffects | None = None,
 ) -> KVRunner | None:
     """The KV ledger over every GPU (modes elastic and full): splits each GPU's free memory
     among the shim-backed instances on it every second, and at once when an instance changes
@@ -236,7 +265,6 @@ def _kv_runner(
         return None
     facts = dep.instances
     capacity = {g: dep.gpu_bytes for g in {g for f in facts.values() for g in f.spec.gpus}}
-    endpoints = supervisor.kv_endpoints  # filled by the supervisor as shims come up
 
     def instances() -> list[KVInstance]:
         views = [v for m in control.models() for v in m.instances]
@@ -249,7 +277,7 @@ def _kv_runner(
     # its loads come from the scraper (``_scraper``): a sample older than two rounds is missing
     runner = KVRunner(
         Ledger(capacity),
-        HttpKVEffects(supervisor.http, endpoints),
+        effects if effects is not None else _local_kv_effects(supervisor),
         instances,
         report=report,
         max_sample_age_s=2 * SCRAPE_ROUND_S,
@@ -262,6 +290,12 @@ def _kv_runner(
 
     supervisor.add_observer(observe)
     return runner
+
+
+def _local_kv_effects(supervisor: Supervisor | RayEffects) -> KVEffects:
+    if isinstance(supervisor, RayEffects):
+        return supervisor.kv_effects()
+    return HttpKVEffects(supervisor.http, supervisor.kv_endpoints)  # filled as shims come up
 
 
 def _admission(dep: Deployment, app: Starlette) -> AdmissionGate | None:

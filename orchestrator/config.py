@@ -70,6 +70,9 @@ class Placement:
     on: bool = True
     kv_pool_gb: float | None = None  # ceiling of this instance's KV pool; None = engine default
     kv_floor_gb: float | None = None  # elastic mode: KV this instance keeps whatever others need
+    # The node of a Ray cluster it runs on (``up --ray``; orchestrator/cluster/placing.py turns
+    # the node's local GPU ids into the cluster's global ones). None: one host.
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,12 @@ Yaml12Loader.add_implicit_resolver(
 def load_config(path: str | Path, gpu_count: int | None = None) -> Config:
     """Read and validate a placements file. ``gpu_count`` = GPUs of the real host (None: the
     sim engine, whose host has ``host.gpus`` GPUs, or as many as the file uses)."""
+    return parse_config(read_placements(path), source=str(path), gpu_count=gpu_count)
+
+
+def read_placements(path: str | Path) -> Any:
+    """The placements file as plain data (Prism's JSON list turned into chimera's schema), not
+    yet validated: ``up --ray`` rewrites node-local GPU ids before ``parse_config``."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -213,7 +222,9 @@ def load_config(path: str | Path, gpu_count: int | None = None) -> Config:
         raw = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=Yaml12Loader)
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError([f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}"]) from exc
-    return parse_config(raw, source=str(p), gpu_count=gpu_count)
+    if isinstance(raw, list):  # Prism's JSON model_configs, as-is
+        raw = {"models": [model_from_prism(i, m) for i, m in enumerate(raw)]}
+    return raw
 
 
 def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = None) -> Config:
@@ -463,7 +474,7 @@ def _placements(v: _Validator, path: str, raw: Any, tp_size: int) -> list[Placem
         if not isinstance(pr, dict):
             v.err(pp, "must be a mapping like {gpus: [0], on: true, kv_pool_gb: 20}")
             continue
-        v.keys(pr, pp, {"gpus", "on", "kv_pool_gb", "kv_floor_gb"})
+        v.keys(pr, pp, {"gpus", "on", "kv_pool_gb", "kv_floor_gb", "node"})
         gpus = pr.get("gpus")
         if isinstance(gpus, int) and not isinstance(gpus, bool):
             gpus = [gpus]
@@ -492,7 +503,11 @@ def _placements(v: _Validator, path: str, raw: Any, tp_size: int) -> list[Placem
                 f"{floor:g} GB is above kv_pool_gb ({kv:g} GB): the floor must fit under the ceiling",
             )
             continue
-        out.append(Placement(tuple(gpus), on, kv, floor))
+        node = pr.get("node")
+        if node is not None and (not isinstance(node, str) or not node):
+            v.err(f"{pp}.node", f"must be the name of a node of the Ray cluster (got {node!r})")
+            continue
+        out.append(Placement(tuple(gpus), on, kv, floor, node))
     return out
 
 

@@ -18,7 +18,7 @@ from rich.table import Table
 from orchestrator import __version__
 from orchestrator.cli import plan as plan_cmd
 from orchestrator.cli import status as status_cmd
-from orchestrator.config import GIB, Config, load_config
+from orchestrator.config import GIB, Config, load_config, parse_config, read_placements
 from orchestrator.deployment import derive
 from orchestrator.errors import ConfigError
 from orchestrator.supervisor.statefile import find_previous
@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         "pools; elastic = KV limits re-split at run time; full = elastic + "
         "time-sharing (idle models park, wake on demand) (default: the file's, "
         "else full)",
+    )
+    up.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="run across a Ray cluster: `auto` (the cluster this host belongs to) or its address "
+        "(HOST:6379 or ray://HOST:10001); one node agent per node starts the engines there; "
+        "placements may name a node with `node:` (needs the ray extra: pip install 'chimera[ray]')",
     )
     up.add_argument(
         "--log-level",
@@ -200,16 +208,44 @@ def _pick_engine(requested: str) -> tuple[str, int | None]:
     return "sim", None
 
 
+def _pick_cluster_engine(requested: str) -> str:
+    """``--ray``: the GPUs are the nodes', not this host's; sglang must import here (and on the
+    nodes, which the agents' first start shows). auto = sglang when it imports, else sim."""
+    from orchestrator.sglang.detect import sglang_available
+
+    if requested == "sim":
+        return "sim"
+    if sglang_available():
+        return "sglang"
+    if requested == "sglang":
+        raise ConfigError(["--engine sglang needs the sglang package (pip install '.[gpu]'), or use --engine sim"])
+    console.print("[bold yellow]engine: sim — SIMULATED engines on the Ray nodes (sglang is not installed)[/]")
+    return "sim"
+
+
 def _up(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError([f"--port: {args.port} is not a TCP port (1-65535)"])
     if args.hold_timeout_s <= 0:
         raise ConfigError([f"--hold-timeout-s: must be > 0 (got {args.hold_timeout_s})"])
-    engine, gpus = _pick_engine(args.engine)
-    cfg = load_config(args.file, gpu_count=gpus)
+    cluster = None
+    if args.ray is not None:
+        from orchestrator.cluster.connect import connect
+        from orchestrator.cluster.placing import globalize
+
+        engine = _pick_cluster_engine(args.engine)
+        cluster = connect(args.ray)
+        raw = globalize(read_placements(args.file), cluster, source=str(args.file))
+        cfg = parse_config(raw, source=str(args.file), gpu_count=max(cluster.gpu_count, 1))
+    else:
+        engine, gpus = _pick_engine(args.engine)
+        cfg = load_config(args.file, gpu_count=gpus)
+        named = sorted({i.placement.node for i in cfg.instances if i.placement.node is not None})
+        if named:
+            raise ConfigError([f"{args.file}: placements name nodes ({', '.join(named)}): that needs --ray"])
     if args.mode is not None:
         cfg = dataclasses.replace(cfg, mode=args.mode)
-    _check_host_memory(cfg, engine)
+    _check_host_memory(cfg, engine, per_node=cluster is not None)
     _dry_run_launch(cfg, engine)
     _check_port_free(args.host, args.port)
     from orchestrator.env import Env
@@ -227,26 +263,40 @@ def _up(args: argparse.Namespace) -> int:
     from orchestrator.app import serve
 
     admin_key = args.admin_key or Env.read().admin_key
-    return asyncio.run(
-        serve(
-            cfg,
-            engine,
-            args.host,
-            args.port,
-            run_dir,
-            args.hold_timeout_s,
-            console,
-            admin_key,
-            adopt_from=adopt_from,
-            keep_engines=args.keep_engines_on_exit,
+    try:
+        return asyncio.run(
+            serve(
+                cfg,
+                engine,
+                args.host,
+                args.port,
+                run_dir,
+                args.hold_timeout_s,
+                console,
+                admin_key,
+                adopt_from=adopt_from,
+                keep_engines=args.keep_engines_on_exit,
+                cluster=cluster,
+            )
         )
-    )
+    finally:
+        if cluster is not None:
+            from orchestrator.cluster.connect import disconnect
+
+            disconnect()
 
 
-def _check_host_memory(cfg: Config, engine_name: str) -> None:
+def _check_host_memory(cfg: Config, engine_name: str, per_node: bool = False) -> None:
     """Time-sharing keeps each parked model's weights in pinned host RAM (SGLang's retained CPU
-    backup, TMS_RETAIN_CPU_BACKUP=1): refuse a file whose backups cannot all fit."""
+    backup, TMS_RETAIN_CPU_BACKUP=1): refuse a file whose backups cannot all fit. ``per_node``
+    (``--ray``): the instances of each node against one host's RAM (the sim host's, or this
+    host's as a stand-in for a node's)."""
     if cfg.mode != "full":
+        return
+    if per_node:
+        for node in sorted({i.placement.node or "" for i in cfg.instances}):
+            mine = tuple(i for i in cfg.instances if (i.placement.node or "") == node)
+            _check_host_memory(dataclasses.replace(cfg, instances=mine), engine_name)
         return
     need = sum(i.model.shape.weight_bytes for i in cfg.instances)
     if engine_name == "sim":

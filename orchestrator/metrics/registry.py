@@ -204,6 +204,14 @@ class ChimeraMetrics:
             registry=r,
         )
 
+        self.node_up = Gauge(
+            "chimera_node_up",
+            "1 while the node agent of a Ray cluster's node answers, 0 once it is gone (up --ray; its "
+            "instances start again on other nodes)",
+            ["node"],
+            registry=r,
+        )
+
         self.gpu_seconds = Counter(
             "chimera_gpu_seconds",
             "GPU-seconds by model and instance state, split by memory share: an instance holding "
@@ -254,6 +262,9 @@ class ChimeraMetrics:
             self.instance_gpu_bytes.labels(model, label, kind.rsplit("_", 1)[1]).set(value)
         else:
             raise ValueError(f"unknown measurement kind {kind!r}")
+
+    def set_node_up(self, node: str, up: bool) -> None:
+        self.node_up.labels(node).set(1.0 if up else 0.0)
 
     def set_instance_state(self, model: str, instance: str, gpus: tuple[int, ...], state: str) -> None:
         """Mark ``state`` (an InstanceState value) as current and zero the instance's others.

@@ -83,10 +83,13 @@ class Supervisor:
         memory_probe: MemoryProbe | None = None,
         deployment: Deployment | None = None,
         auth: EngineAuth | None = None,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         self.engine = engine
         # the engines' API key: every request of this client carries it (sglang/auth.py)
         self.auth = auth
+        # the address engines bind to: loopback, or a Ray node's private address (cluster/agent.py)
+        self.listen_host = listen_host
         self.host = host
         self.run_dir = run_dir
         self._post = post
@@ -255,6 +258,7 @@ class Supervisor:
                 host=self.host,
                 port=port,
                 nccl_port=nccl_port,
+                listen_host=self.listen_host,
                 model_dir=await self._model_dir(spec),
                 shim=shim,
                 max_total_tokens=facts.max_total_tokens if facts is not None else None,
@@ -268,7 +272,7 @@ class Supervisor:
         rec = self.adoption.take(spec.id)
         if rec is not None and await self.adoption.adopt(spec, rec):
             return  # a previous chimera-orch's engine serves it
-        port, nccl_port = free_ports(2, exclude=self._ports)
+        port, nccl_port = free_ports(2, host=self.listen_host, exclude=self._ports)
         self._ports.update((port, nccl_port))
         try:
             launch = await self.launch(spec, port, nccl_port, shim := self.shim_for(spec, port), self._config_file())

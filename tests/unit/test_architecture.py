@@ -121,6 +121,15 @@ RULES = (
         "the shared vocabulary and the performance model import only the standard library and each other",
     ),
     Rule(
+        "ray-only-in-cluster-edges",
+        lambda f: (
+            f.startswith(("orchestrator/", "simsglang/", "cumem_shim/", "bench/"))
+            and f not in ("orchestrator/cluster/connect.py", "orchestrator/cluster/effects.py")
+        ),
+        lambda m: within(m, "ray"),
+        "Ray is an optional extra: only orchestrator/cluster/connect.py and effects.py import it (lazily)",
+    ),
+    Rule(
         "shim-not-orchestrator",
         lambda f: f.startswith("cumem_shim/"),
         lambda m: within(m, "orchestrator"),

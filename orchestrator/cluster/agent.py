@@ -1,0 +1,127 @@
+"""The node agent: one Ray actor per node, pinned to it (effects.py starts it), that implements
+the supervisor's Effects for that node by running the local ``Supervisor`` inside the actor:
+spawn, park, wake, probe and kill of engines (their process groups, log files in the node's run
+folder, readiness and wake probes), memory per process (NVML, or the sim engine's ledger), the
+shim channel and ``set_limit`` for the shims of its GPUs. Engines bind to the node's private
+address, never 0.0.0.0.
+
+Plain Python, no Ray import: effects.py wraps the class with ``ray.remote``. Every method is
+async (one event loop per actor, so the supervisor's tasks live across calls). What the
+supervisor posts (its events, its measurements) waits in a queue that the driver drains with
+``reports``, a long poll: an agent that dies is seen there first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cumem_shim.types import Status
+from orchestrator.config import HostSpec, InstanceSpec
+from orchestrator.control.events import Event
+from orchestrator.deployment import Deployment
+from orchestrator.engines import get_engine
+from orchestrator.kv.client import LimitReply
+from orchestrator.kv.ledger import KVInstance
+from orchestrator.kv.runner import HttpKVEffects
+from orchestrator.supervisor.supervisor import Supervisor
+
+log = logging.getLogger("chimera.cluster.agent")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One ``Effects.observe`` measurement the agent's supervisor made (GPU bytes of an engine)."""
+
+    kind: str
+    model: str
+    value: float
+    label: str = ""
+
+
+Report = Event | Measure
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        node: str,
+        engine: str,
+        host: HostSpec,
+        run_dir: str,
+        deployment: Deployment | None,
+        listen_host: str,
+    ) -> None:
+        self.node = node
+        self._reports: list[Report] = []
+        self._ready = asyncio.Event()
+        self.supervisor = Supervisor(
+            get_engine(engine),
+            host,
+            Path(run_dir),
+            post=self._post,
+            measure=lambda kind, model, value, label: self._post(Measure(kind, model, value, label)),
+            deployment=deployment,
+            listen_host=listen_host,
+        )
+        self._kv = HttpKVEffects(self.supervisor.http, self.supervisor.kv_endpoints)
+
+    def _post(self, report: Report) -> None:
+        self._reports.append(report)
+        self._ready.set()
+
+    async def ping(self) -> tuple[str, int]:
+        """(node name, the agent's pid): proves the actor is up on its node."""
+        return self.node, os.getpid()
+
+    async def reports(self, wait_s: float) -> list[Report]:
+        """Everything posted since the last call; waits up to ``wait_s`` for the first one."""
+        if not self._reports:
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), wait_s)
+        out, self._reports = self._reports, []
+        return out
+
+    # ---- Effects, for this node's engines (spec.gpus are the node's own CUDA indices) ----
+
+    async def start(self, spec: InstanceSpec) -> None:
+        self.supervisor.start(spec)
+
+    async def park(self, spec: InstanceSpec, reason: str) -> None:
+        self.supervisor.park(spec, reason)
+
+    async def wake(self, spec: InstanceSpec) -> None:
+        self.supervisor.wake(spec)
+
+    async def probe(self, spec: InstanceSpec, timeout_s: float) -> None:
+        self.supervisor.probe(spec, timeout_s)
+
+    async def kill(self, spec: InstanceSpec, reason: str) -> None:
+        self.supervisor.kill(spec, reason)
+
+    async def stop_all(self) -> None:
+        await self.supervisor.stop_all()
+
+    async def log_tail(self, instance_id: str, lines: int = 20) -> str:
+        path = self.supervisor.log_path(instance_id)
+        try:
+            text = await asyncio.to_thread(path.read_text, errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ---- the KV ledger's effects for the shims of this node ----
+
+    async def kv_status(self, inst: KVInstance) -> Status | None:
+        return await self._kv.status(inst)
+
+    async def kv_set_limit(self, iid: str, limit_bytes: int, revision: int) -> LimitReply:
+        return await self._kv.set_limit(iid, limit_bytes, revision)
+
+    async def kv_flush(self, iid: str) -> None:
+        await self._kv.flush_cache(iid)

@@ -1,0 +1,302 @@
+"""The Effects implementation over a Ray cluster: one node agent per node (agent.py), each
+pinned to its node with a NodeAffinitySchedulingStrategy and holding that node's GPUs, and this
+driver-side object that routes each Effects call to the agent of the instance's node and posts
+what the agents report to the control loop.
+
+Node failure: an agent that dies (its node gone, or the actor itself) is seen by the long poll of
+its reports (``ActorDiedError``). The node is then down (``chimera_node_up{node}`` 0, a log
+line), and each instance it ran is reported gone: ``Exited`` (or ``StartFailed`` while it was
+starting), so the control loop takes its usual restart path while requests for it are held.
+The restart's ``start`` finds the node down and moves the instance to a live node
+(placing.relocate): a cross-node move is a cold start. Its id and the GPU ids the control loop
+and KV ledger count keep those of its first node (the loop's GPU identity of an instance is
+fixed); where it runs now is this object's ``where``. Requests in flight on the dead node end
+with the proxy's 502 envelope when their connection breaks (or its upstream watchdog's, on a
+node that vanished without closing it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from cumem_shim.types import Status
+from orchestrator.cluster.agent import Measure, NodeAgent, Report
+from orchestrator.cluster.connect import import_ray
+from orchestrator.cluster.nodes import Inventory, Node
+from orchestrator.cluster.placing import relocate
+from orchestrator.config import HostSpec, InstanceSpec
+from orchestrator.control.events import Event, Exited, Probed, Started, StartFailed, WakeFailed
+from orchestrator.deployment import Deployment
+from orchestrator.errors import ConfigError
+from orchestrator.kv.client import LimitReply, ShimUnavailable
+from orchestrator.kv.ledger import KVInstance
+from orchestrator.types import InstanceView
+
+log = logging.getLogger("chimera.cluster")
+POLL_S = 1.0  # an agent's long poll of reports; a dead agent fails it at once
+AGENT_READY_S = 60.0
+
+
+class RayEffects:
+    def __init__(
+        self,
+        inv: Inventory,
+        engine: str,
+        host: HostSpec,
+        run_dir: Path,
+        post: Callable[[Event], None],
+        observers: list[Callable[[InstanceView], None]] | None = None,
+        measure: Callable[[str, str, float, str], None] | None = None,
+        deployment: Deployment | None = None,
+        node_state: Callable[[str, bool], None] | None = None,
+        agents: dict[str, Any] | None = None,
+    ) -> None:
+        self.inv = inv
+        self._post = post
+        self._observers = observers or []
+        self._measure = measure
+        self._node_state = node_state
+        self._ray = import_ray()
+        self.agents: dict[str, Any] = agents or self._spawn_agents(engine, host, run_dir, deployment)
+        self.up: dict[str, bool] = {n.name: True for n in inv.nodes}
+        # instance id -> (node, the node's GPU indices) it runs on, or last ran on
+        self.where: dict[str, tuple[Node, tuple[int, ...]]] = {}
+        self._live: dict[str, str] = {}  # instance id -> "starting" | "running", on its node
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pumps: list[asyncio.Task[None]] = []
+        for n in inv.nodes:
+            self._set_node(n.name, True)
+
+    # ---- agents ------------------------------------------------------------------------
+
+    def _spawn_agents(self, engine: str, host: HostSpec, run_dir: Path, dep: Deployment | None) -> dict[str, Any]:
+        ray = self._ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        actor = ray.remote(NodeAgent)
+        agents: dict[str, Any] = {}
+        for n in self.inv.nodes:
+            agents[n.name] = actor.options(
+                name=f"chimera-agent-{n.name}",
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False),
+                num_cpus=0,
+                num_gpus=n.gpus,  # the node's GPUs are chimera's: Ray schedules nothing else there
+                max_concurrency=1000,
+            ).remote(n.name, engine, host, str(run_dir / n.name), dep, n.address)
+        refs = {name: a.ping.remote() for name, a in agents.items()}
+        for name, ref in refs.items():
+            try:
+                ray.get(ref, timeout=AGENT_READY_S)
+            except Exception as exc:  # GetTimeoutError, RayActorError: say which node and why
+                raise ConfigError(
+                    [
+                        f"--ray: the node agent on node {name} did not start within {AGENT_READY_S:g} s "
+                        f"({type(exc).__name__}: {exc}); are its GPUs held by other Ray work?"
+                    ]
+                ) from exc
+        return agents
+
+    def start_pumps(self) -> None:
+        """One long poll per agent, on the running event loop (the app calls this once)."""
+        for name in self.agents:
+            self._pumps.append(asyncio.create_task(self._pump(name), name=f"agent {name}"))
+
+    async def _pump(self, name: str) -> None:
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        agent = self.agents[name]
+        while True:
+            try:
+                batch: list[Report] = await agent.reports.remote(POLL_S)
+            except ActorUnavailableError:  # restarting or unreachable for a moment: ask again
+                await asyncio.sleep(POLL_S)
+                continue
+            except RayActorError as exc:
+                self.node_down(name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                return
+            for r in batch:
+                self._deliver(r)
+
+    def _deliver(self, r: Report) -> None:
+        if isinstance(r, Measure):
+            self.observe(r.kind, r.model, r.value, r.label)
+            return
+        if isinstance(r, Started):
+            self._live[r.instance_id] = "running"
+        elif isinstance(r, (StartFailed, Exited, WakeFailed)):
+            self._live.pop(r.instance_id, None)
+        self._post(r)
+
+    def node_down(self, name: str, why: str) -> None:
+        """The agent of ``name`` is gone: its instances are reported gone (see the docstring)."""
+        if not self.up.get(name, False):
+            return
+        self._set_node(name, False)
+        gone = [iid for iid, (node, _) in self.where.items() if node.name == name and iid in self._live]
+        log.error("node %s is down (%s); its instances %s start again on other nodes", name, why, gone or "none")
+        for iid in gone:
+            how = self._live.pop(iid)
+            self._post(StartFailed(iid, f"node {name} is down") if how == "starting" else Exited(iid, None))
+
+    def _set_node(self, name: str, up: bool) -> None:
+        self.up[name] = up
+        if self._node_state is not None:
+            self._node_state(name, up)
+
+    # ---- where an instance runs ----------------------------------------------------------
+
+    def _place(self, spec: InstanceSpec) -> tuple[Node, tuple[int, ...]] | None:
+        here = self.where.get(spec.id)
+        if here is None:
+            node = self.inv.of_gpu(spec.gpus[0])
+            here = (node, node.local(spec.gpus))
+        if self.up[here[0].name]:
+            return here
+        live = [n for n in self.inv.nodes if self.up[n.name]]
+        placed: dict[str, list[tuple[int, ...]]] = {}
+        for iid, (n, g) in self.where.items():
+            if iid in self._live:
+                placed.setdefault(n.name, []).append(g)
+        moved = relocate(len(spec.gpus), live, placed)
+        if moved is not None:
+            log.warning(
+                "%s: node %s is down; starting it on node %s GPU(s) %s (a cross-node move: cold start)",
+                spec.id,
+                here[0].name,
+                moved[0].name,
+                list(moved[1]),
+            )
+        return moved
+
+    def _local(self, spec: InstanceSpec, gpus: tuple[int, ...]) -> InstanceSpec:
+        return dataclasses.replace(spec, placement=dataclasses.replace(spec.placement, gpus=gpus))
+
+    def _call(self, spec: InstanceSpec, method: str, *args: Any, on_error: Event | None = None) -> None:
+        here = self.where.get(spec.id)
+        if here is None or not self.up[here[0].name]:
+            if on_error is not None:
+                self._post(on_error)
+            return
+        node, gpus = here
+        ref = getattr(self.agents[node.name], method).remote(self._local(spec, gpus), *args)
+        self._spawn(self._await(ref, node.name, on_error), f"{method} {spec.id}")
+
+    async def _await(self, ref: Any, node: str, on_error: Event | None) -> None:
+        from ray.exceptions import RayError
+
+        try:
+            await ref
+        except RayError as exc:
+            log.warning("node %s: agent call failed: %s", node, str(exc).splitlines()[0] if str(exc) else exc)
+            if on_error is not None:
+                self._post(on_error)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- Effects ------------------------------------------------------------------------
+
+    def start(self, spec: InstanceSpec) -> None:
+        placed = self._place(spec)
+        if placed is None:
+            self._post(StartFailed(spec.id, f"no live node of the Ray cluster has {len(spec.gpus)} GPU(s)"))
+            return
+        self.where[spec.id] = placed
+        self._live[spec.id] = "starting"
+        self._call(spec, "start", on_error=StartFailed(spec.id, f"node {placed[0].name}: its agent did not answer"))
+
+    def park(self, spec: InstanceSpec, reason: str) -> None:
+        self._call(spec, "park", reason)
+
+    def wake(self, spec: InstanceSpec) -> None:
+        self._call(spec, "wake")
+
+    def probe(self, spec: InstanceSpec, timeout_s: float) -> None:
+        self._call(spec, "probe", timeout_s, on_error=Probed(spec.id, False, "its node's agent did not answer"))
+
+    def kill(self, spec: InstanceSpec, reason: str) -> None:
+        self._call(spec, "kill", reason)
+
+    def observe(self, kind: str, model: str, value: float, label: str = "") -> None:
+        if self._measure is not None:
+            self._measure(kind, model, value, label)
+
+    def state_changed(self, view: InstanceView) -> None:
+        for observe in self._observers:
+            observe(view)
+
+    def add_observer(self, observe: Callable[[InstanceView], None]) -> None:
+        self._observers.append(observe)
+
+    async def stop_all(self) -> None:
+        for t in [*self._pumps, *self._tasks]:
+            t.cancel()
+        await asyncio.gather(*self._pumps, *self._tasks, return_exceptions=True)
+        live = [a for name, a in self.agents.items() if self.up[name]]
+        await asyncio.gather(*(asyncio.wait_for(_aw(a.stop_all.remote()), 30) for a in live), return_exceptions=True)
+        for a in self.agents.values():
+            try:
+                self._ray.kill(a)
+            except Exception as exc:  # already gone with its node
+                log.debug("ray.kill: %s", exc)
+
+    def kv_effects(self) -> RayKVEffects:
+        return RayKVEffects(self)
+
+
+async def _aw(ref: Any) -> Any:
+    return await ref
+
+
+class RayKVEffects:
+    """The KV ledger's effects (kv/runner.py's KVEffects) through the agent of each instance's
+    node: the shim channel is a Unix socket on that node."""
+
+    def __init__(self, fx: RayEffects) -> None:
+        self.fx = fx
+
+    def _agent(self, iid: str) -> Any | None:
+        here = self.fx.where.get(iid)
+        return None if here is None or not self.fx.up[here[0].name] else self.fx.agents[here[0].name]
+
+    async def status(self, inst: KVInstance) -> Status | None:
+        from ray.exceptions import RayError
+
+        agent = self._agent(inst.id)
+        if agent is None:
+            return None
+        try:
+            st: Status | None = await agent.kv_status.remote(inst)
+        except RayError:
+            return None
+        return st
+
+    async def set_limit(self, iid: str, limit_bytes: int, revision: int) -> LimitReply:
+        from ray.exceptions import RayError
+
+        agent = self._agent(iid)
+        if agent is None:
+            raise ShimUnavailable(f"{iid}: its node is down")
+        try:
+            reply: LimitReply = await agent.kv_set_limit.remote(iid, limit_bytes, revision)
+        except RayError as exc:
+            raise ShimUnavailable(f"{iid}: its node's agent did not answer ({type(exc).__name__})") from exc
+        return reply
+
+    async def flush_cache(self, iid: str) -> None:
+        from ray.exceptions import RayError
+
+        agent = self._agent(iid)
+        if agent is None:
+            return
+        try:
+            await agent.kv_flush.remote(iid)
+        except RayError as exc:
+            log.info("kv ledger: %s flush through its agent: %s", iid, type(exc).__name__)

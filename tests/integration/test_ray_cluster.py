@@ -1,0 +1,154 @@
+"""chimera across a Ray cluster, on this CPU host: a local three-node cluster
+(``ray.cluster_utils.Cluster``, each node declaring GPUs and a custom resource that names it),
+``chimera-orch up --ray ADDRESS`` on the sim engine, models placed on the three nodes and
+served through the proxy with the official openai client; then a node is removed under light
+load and its model serves again from another node. Runs in CI (ray is in the test extra):
+never skipped. Ray is started small (one CPU per node, 80 MiB object stores): the host's cores
+are shared."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from ray.cluster_utils import Cluster
+
+from tests.chimera_proc import Running, start_chimera
+
+pytestmark = pytest.mark.slow
+
+NODES = {"node-a": 1, "node-b": 1, "node-c": 2}  # name (a custom resource) -> GPUs
+PLACEMENTS: dict[str, Any] = {
+    "host": {"gpu_memory_gb": 80, "host_memory_gb": 64},
+    "models": [
+        {"name": "alpha", "model_path": "tiny-llama", "placements": [{"node": "node-a", "gpus": [0]}]},
+        {"name": "beta", "model_path": "tiny-llama", "placements": [{"node": "node-b", "gpus": [0]}]},
+        # no node: the scheduler puts it on the node whose GPU 1 exists (node-c)
+        {"name": "gamma", "model_path": "tiny-llama", "placements": [{"gpus": [1]}]},
+    ],
+}
+OBJECT_STORE = 80 * 2**20
+
+
+@dataclass
+class Deployed:
+    cluster: Cluster
+    nodes: dict[str, Any]
+    run: Running
+    errors: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    names = list(NODES)
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "num_gpus": NODES[names[0]],
+            "resources": {names[0]: 1},
+            "object_store_memory": OBJECT_STORE,
+            "include_dashboard": False,
+        },
+    )
+    nodes = {names[0]: cluster.head_node}
+    for n in names[1:]:
+        nodes[n] = cluster.add_node(num_cpus=1, num_gpus=NODES[n], resources={n: 1}, object_store_memory=OBJECT_STORE)
+    cluster.wait_for_nodes()
+    try:
+        run = start_chimera(
+            tmp_path_factory.mktemp("ray"),
+            PLACEMENTS,
+            "sim",
+            awake=["alpha", "beta", "gamma"],
+            timeout_s=90,
+            env={"CHIMERA_SIM_SPEED": "0.02"},
+            args=("--ray", cluster.address),
+        )
+    except BaseException:
+        cluster.shutdown()
+        raise
+    yield Deployed(cluster, nodes, run)
+    run.stop()
+    cluster.shutdown()
+
+
+def _metric(base: str, name: str) -> dict[str, float]:
+    out = {}
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        m = re.match(rf'{name}\{{node="([^"]+)"\}} (\S+)', line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def test_models_on_three_nodes_serve_through_the_proxy(deployed: Deployed) -> None:
+    run = deployed.run
+    client = openai.OpenAI(base_url=f"{run.base}/v1", api_key="none", timeout=30)
+    for model in ("alpha", "beta", "gamma"):
+        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert r.choices[0].message.content, model
+    # each engine's log is in its node's run folder: the agents of three nodes started them
+    logs = {p.parent.name: p.name for p in Path(run.run_dir).glob("*/*.log")}
+    assert {"node-a", "node-b", "node-c"} <= set(logs), logs
+    assert logs["node-c"].startswith("gamma")
+    assert _metric(run.base, "chimera_node_up") == {"node-a": 1.0, "node-b": 1.0, "node-c": 1.0}
+    # mode full: the KV ledger reads each shim through its node's agent (a Unix socket there)
+    deadline = time.monotonic() + 10
+    while "chimera_kv_limit_bytes{" not in httpx.get(f"{run.base}/metrics", timeout=5).text:
+        assert time.monotonic() < deadline, "no shim status came back through the agents"
+        time.sleep(0.25)
+
+
+def test_a_removed_node_s_model_serves_again_elsewhere(deployed: Deployed) -> None:
+    run = deployed.run
+    stop = threading.Event()
+    outcomes: dict[str, list[int]] = {"alpha": [], "beta": [], "gamma": []}
+
+    def load(model: str) -> None:
+        while not stop.is_set():
+            try:
+                r = httpx.post(
+                    f"{run.base}/v1/completions",
+                    json={"model": model, "prompt": "x", "max_tokens": 4},
+                    timeout=60,
+                )
+                outcomes[model].append(r.status_code)
+            except httpx.HTTPError:
+                outcomes[model].append(-1)
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=load, args=(m,), daemon=True) for m in outcomes]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    deployed.cluster.remove_node(deployed.nodes["node-c"])
+    t0 = time.monotonic()
+    deadline = t0 + 45
+    while time.monotonic() < deadline:
+        if _metric(run.base, "chimera_node_up").get("node-c") == 0.0 and outcomes["gamma"][-1:] == [200]:
+            break
+        time.sleep(0.25)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(timeout=70)
+    assert _metric(run.base, "chimera_node_up")["node-c"] == 0.0
+    # the other nodes' models never failed; gamma lost at most its in-flight requests, with an
+    # envelope (never a hang), and serves again from another node
+    assert set(outcomes["alpha"]) == {200} and set(outcomes["beta"]) == {200}, outcomes
+    lost = [s for s in outcomes["gamma"] if s != 200]
+    assert set(lost) <= {502, 503} and len(lost) <= 2, outcomes["gamma"]
+    assert outcomes["gamma"][-1] == 200, outcomes["gamma"]
+    states = run.states()
+    assert states["gamma"] == "awake", states
+    relocated = {p.parent.name for p in Path(run.run_dir).glob("*/gamma*.log")}
+    assert relocated & {"node-a", "node-b"}, relocated
