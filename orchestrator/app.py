@@ -33,6 +33,7 @@ from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
 from orchestrator.proxy.admin import admin_routes
 from orchestrator.proxy.admission import AdmissionGate
+from orchestrator.proxy.connections import raise_nofile
 from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
 from orchestrator.proxy.upstream import Limits
 from orchestrator.supervisor.supervisor import Supervisor
@@ -116,7 +117,11 @@ async def serve(
     )
     gate = _admission(dep, app)  # mode full: the proxy's admission gate
     scraper = _scraper(control, kv, gate)  # the one /v1/loads poller (liveness in every mode)
-    http = uvicorn_http_options(RequestLimits(env.max_body_bytes, env.max_header_bytes))  # 431 beyond
+    raise_nofile()  # before the budget of client connections is derived from it
+    limits = RequestLimits(
+        env.max_body_bytes, env.max_header_bytes, env.header_timeout_s, env.body_timeout_s, env.max_connections
+    )
+    http = uvicorn_http_options(limits)  # 431, 408, 503 below the app
     server = _Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, **http)
     )

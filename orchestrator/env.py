@@ -17,6 +17,13 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} must be a number") from exc
 
 
+def _positive(name: str, default: float) -> float:
+    value = _float(name, default)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"environment variable {name}={os.environ.get(name)!r} must be a positive number of seconds")
+    return value
+
+
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -62,6 +69,13 @@ class Env:
     # and request line + headers (431 beyond) the proxy reads; a production gateway's defaults
     max_body_bytes: int = 32 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
+    # CHIMERA_HEADER_TIMEOUT_S / CHIMERA_BODY_TIMEOUT_S: how long a client may take to send a
+    # request's head and its body (408 and the connection closes beyond: slowloris)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    # CHIMERA_MAX_CONNECTIONS: client connections beyond it are answered 503 at once (unset:
+    # derived from the file-descriptor limit, proxy/connections.py)
+    max_connections: int | None = None
 
     @classmethod
     def read(cls) -> Env:
@@ -77,4 +91,7 @@ class Env:
             upstream_idle_s=_float("CHIMERA_UPSTREAM_IDLE_S", 300.0),
             max_body_bytes=_int("CHIMERA_MAX_BODY_BYTES", 32 * 1024 * 1024),
             max_header_bytes=_int("CHIMERA_MAX_HEADER_BYTES", 64 * 1024),
+            header_timeout_s=_positive("CHIMERA_HEADER_TIMEOUT_S", 10.0),
+            body_timeout_s=_positive("CHIMERA_BODY_TIMEOUT_S", 60.0),
+            max_connections=_int("CHIMERA_MAX_CONNECTIONS", 0) or None,
         )

@@ -36,7 +36,8 @@ from starlette.responses import Response
 
 Src = Literal["chimera", "engine"]
 
-_MAX_TEXT = 2000  # an engine's non-JSON error body is quoted up to this many characters
+_MAX_TEXT = 2000
+_STATUSES = {s.value for s in HTTPStatus}  # an engine's non-JSON error body is quoted up to this many characters
 
 
 class ProxyError(Exception):
@@ -69,6 +70,17 @@ class ProxyError(Exception):
 
     def response(self) -> Response:
         return Response(self.body(), status_code=self.status, headers=self.headers, media_type="application/json")
+
+    def http_close(self) -> bytes:
+        """The whole HTTP/1.1 response with ``connection: close``, for a refusal written below
+        the app (limits.py, connections.py: the connection closes after it)."""
+        body = self.body()
+        extra = b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items())
+        reason = HTTPStatus(self.status).phrase.encode("ascii") if self.status in _STATUSES else b"Error"
+        return (
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n%s"
+            % (self.status, reason, len(body), extra, body)
+        )
 
     # -- the catalogue ------------------------------------------------------------------------
 
