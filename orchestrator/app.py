@@ -33,6 +33,7 @@ from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
 from orchestrator.proxy.admin import admin_routes
 from orchestrator.proxy.admission import AdmissionGate
+from orchestrator.proxy.auth import ClientKeys
 from orchestrator.proxy.connections import raise_nofile
 from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
 from orchestrator.proxy.upstream import Limits
@@ -70,6 +71,7 @@ async def serve(
     hold_timeout_s: float,
     console: Console,
     admin_key: str | None = None,
+    client_keys: ClientKeys | None = None,
 ) -> int:
     metrics = ChimeraMetrics()
     env = Env.read()
@@ -114,6 +116,7 @@ async def serve(
         extra_routes=admin_routes(control, admin_key) + dashboard.routes(),
         upstream_limits=Limits(first_byte_s=env.upstream_first_byte_s, idle_s=env.upstream_idle_s),
         max_body_bytes=env.max_body_bytes,
+        client_keys=client_keys,
     )
     gate = _admission(dep, app)  # mode full: the proxy's admission gate
     scraper = _scraper(control, kv, gate)  # the one /v1/loads poller (liveness in every mode)

@@ -170,6 +170,8 @@ class Config:
     scheduler: SchedulerSpec = SchedulerSpec()
     restart: RestartLimits = RestartLimits()
     liveness: LivenessLimits = LivenessLimits()
+    # auth.api_keys_file: the client keys (proxy/auth.py), relative to this file; None: none
+    api_keys_file: str | None = None
 
     def model(self, name_or_alias: str) -> ModelSpec | None:
         for m in self.models:
@@ -222,7 +224,8 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     v = _Validator()
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: expected a mapping with a `models:` list (or Prism's JSON list)"])
-    v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler", "restart", "liveness"})
+    v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler", "restart", "liveness", "auth"})
+    api_keys_file = _auth(v, raw.get("auth", {}))
     host = _host(v, raw.get("host", {}))
     mode = v.one_of(raw.get("mode", "full"), "mode", MODES, "full")
     idle_default = _idle(v, "idle", raw.get("idle", {}), Idle())
@@ -247,7 +250,9 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     instances = tuple(
         InstanceSpec(id=_instance_id(m, pl), model=m, placement=pl) for m in models for pl in m.placements
     )
-    return Config(tuple(models), host, mode, hold, source, gpu_count, instances, scheduler, restart, liveness)
+    return Config(
+        tuple(models), host, mode, hold, source, gpu_count, instances, scheduler, restart, liveness, api_keys_file
+    )
 
 
 def _instance_id(m: ModelSpec, pl: Placement) -> str:
@@ -333,6 +338,19 @@ def _idle(v: _Validator, path: str, raw: Any, default: Idle) -> Idle:
     after = v.number(raw, "park_after_s", path, minimum=0)
     when = v.one_of(raw.get("when", default.when), f"{path}.when", PARK_WHEN_IDLE, default.when)
     return Idle(after if after is not None else default.park_after_s, when)
+
+
+def _auth(v: _Validator, raw: Any) -> str | None:
+    """``auth: {api_keys_file: keys.yaml}``: where the client keys are (never the keys)."""
+    if not isinstance(raw, dict):
+        v.err("auth", "must be a mapping like {api_keys_file: keys.yaml}")
+        return None
+    v.keys(raw, "auth", {"api_keys_file"})
+    path = raw.get("api_keys_file")
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+        v.err("auth.api_keys_file", f"must be a file path (got {path!r})")
+        return None
+    return path
 
 
 def _hold(v: _Validator, raw: Any) -> HoldLimits:
