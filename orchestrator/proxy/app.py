@@ -29,7 +29,7 @@ from orchestrator.metrics import ChimeraMetrics
 from orchestrator.metrics.federate import engine_metrics
 from orchestrator.proxy.auth import AuthMiddleware, ClientKeys, client_of
 from orchestrator.proxy.body import ModelField
-from orchestrator.proxy.errors import ProxyError, status_code
+from orchestrator.proxy.errors import ProxyError, public, status_code
 from orchestrator.proxy.forward import ForwardEndpoint
 from orchestrator.proxy.limits import DEFAULT_MAX_BODY_BYTES
 from orchestrator.proxy.upstream import EngineClient, HttpxUpstream, Limits, Upstream
@@ -154,7 +154,8 @@ def create_app(
 
 
 def _errors(view: ModelView) -> str:
-    return "; ".join(f"{i.id}: {i.error}" for i in view.instances if i.error)
+    """Why the model failed, as a client may read it (errors.public: no log tail or path)."""
+    return "; ".join(f"{i.id}: {public(i.error)}" for i in view.instances if i.error)
 
 
 def _json(obj: Any) -> Response:

@@ -227,6 +227,7 @@ class _Exchange:
         the upstream's limit) also asks the owner to check whether the engine is hung."""
         if isinstance(exc, UpstreamTimeout):
             self.ep.router.suspect(instance, f"a request timed out: {exc}")
+        log.warning("%s %s on %s: %s", self.ep.route, type(exc).__name__, instance, exc)  # the client gets less
         return translate(exc, instance)
 
     async def fail(self, err: ProxyError) -> None:
