@@ -58,14 +58,41 @@ def load_config(path: str | Path, gpu_count: int | None = None) -> Config:
     sim engine, whose host has ``host.gpus`` GPUs, or as many as the file uses)."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read the placements file: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            [f"{p}: line {line}: not UTF-8 text (byte {exc.object[exc.start]:#x}); save it as UTF-8"]
+        ) from None
     try:
         raw = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=Yaml12Loader)
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError([f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}"]) from exc
+    if expanded_size(raw, {}) > MAX_VALUES:
+        raise ConfigError(
+            [f"{p}: its YAML aliases (*name) expand to more than {MAX_VALUES} values (an alias bomb?); write it out"]
+        )
     return parse_config(raw, source=str(p), gpu_count=gpu_count)
+
+
+MAX_VALUES = 100_000  # values of a placements file once aliases are expanded: thousands at most
+
+
+def expanded_size(obj: Any, memo: dict[int, int]) -> int:
+    """How many values ``obj`` holds once every alias is expanded, counted in time linear in
+    the distinct objects (an alias is one shared object: memoized by identity). Nested
+    aliases ("billion laughs") give an exponential count in microseconds, never the
+    expansion itself."""
+    if not isinstance(obj, (dict, list)):
+        return 1
+    key = id(obj)
+    if key not in memo:
+        memo[key] = 0  # a cycle (a recursive alias) counts once
+        items = [*obj.keys(), *obj.values()] if isinstance(obj, dict) else obj
+        memo[key] = 1 + sum(min(expanded_size(x, memo), MAX_VALUES + 1) for x in items)
+    return memo[key]
 
 
 def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = None) -> Config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 from orchestrator.config.spec import (
@@ -44,7 +45,7 @@ class Validator:
         val = obj.get(key)
         if val is None:
             return None
-        ok = isinstance(val, int) if integer else isinstance(val, (int, float))
+        ok = isinstance(val, int) if integer else isinstance(val, (int, float)) and math.isfinite(val)
         if isinstance(val, bool) or not ok or val < minimum:
             kind = "an integer" if integer else "a number"
             self.err(f"{path}.{key}", f"must be {kind} >= {minimum} (got {val!r})")
