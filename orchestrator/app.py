@@ -35,6 +35,8 @@ from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
 from orchestrator.proxy.admin import admin_routes
 from orchestrator.proxy.admission import AdmissionGate
+from orchestrator.proxy.auth import ClientKeys
+from orchestrator.proxy.connections import raise_nofile
 from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
 from orchestrator.proxy.upstream import Limits
 from orchestrator.sglang.auth import new_key, write_config
@@ -76,6 +78,7 @@ async def serve(
     adopt_from: Path | None = None,
     keep_engines: bool = False,
     cluster: Inventory | None = None,
+    client_keys: ClientKeys | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (or SIGUSR1: stop, leaving the engines running). ``adopt_from``:
     a previous run's state file whose engines are re-adopted (supervisor/adoption.py);
@@ -152,10 +155,15 @@ async def serve(
         upstream_limits=Limits(first_byte_s=env.upstream_first_byte_s, idle_s=env.upstream_idle_s),
         max_body_bytes=env.max_body_bytes,
         engine_headers=auth.headers(),
+        client_keys=client_keys,
     )
     gate = _admission(dep, app)  # mode full: the proxy's admission gate
     scraper = _scraper(control, kv, gate, auth.headers())  # the one /v1/loads poller (liveness in every mode)
-    http = uvicorn_http_options(RequestLimits(env.max_body_bytes, env.max_header_bytes))  # 431 beyond
+    raise_nofile()  # before the budget of client connections is derived from it
+    limits = RequestLimits(
+        env.max_body_bytes, env.max_header_bytes, env.header_timeout_s, env.body_timeout_s, env.max_connections
+    )
+    http = uvicorn_http_options(limits)  # 431, 408, 503 below the app
     server = _Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, **http)
     )

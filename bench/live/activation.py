@@ -8,7 +8,7 @@ client, and the ratio of the wake to the physical floor = weights ÷ pinned host
 (measured in the same run with torch when a GPU is present; else the H100 figure from
 calibration, and every number is labelled simulated).
 
-    python -m bench.live.activation --url http://127.0.0.1:8000 --admin-key KEY \\
+    CHIMERA_ADMIN_KEY=KEY python -m bench.live.activation --url http://127.0.0.1:8000 \\
         --model llama-1b --model llama-8b --cycles 5 --out activation.json
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -137,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--url", required=True, help="chimera's proxy, e.g. http://127.0.0.1:8000")
-    p.add_argument("--admin-key", required=True, help="the admin key chimera was started with")
+    p.add_argument(
+        "--admin-key",
+        default=os.environ.get("CHIMERA_ADMIN_KEY"),
+        help="the admin key chimera was started with (default: $CHIMERA_ADMIN_KEY, which keeps it out of ps)",
+    )
     p.add_argument("--model", action="append", required=True, help="model name (repeatable)")
     p.add_argument(
         "--weights-gb",
@@ -151,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     a = p.parse_args(argv)
     weights = {m: int(w * 1e9) for m, w in zip(a.model, a.weights_gb, strict=False)}
+    if not a.admin_key:
+        p.error("the admin key is needed: set CHIMERA_ADMIN_KEY (or pass --admin-key)")
     res = run(a.url, a.admin_key, a.model, a.cycles, a.simulated, a.out, weights)
     print(json.dumps(res, indent=1))
     return 0

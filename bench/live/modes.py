@@ -1,6 +1,6 @@
 """``python -m bench.live.modes``: the same trace against chimera in each deployment mode.
 
-The placements file's top-level ``mode`` (static | elastic | full, orchestrator/config.py) is
+The placements file's top-level ``mode`` (static | elastic | full, orchestrator/config/) is
 rewritten into OUT/<mode>/placements.yaml; each mode gets a fresh chimera and a full
 ``bench.live.run`` (same seed, so the very same requests) into OUT/<mode>/; OUT/modes.json holds every
 mode's summary and the ratios of elastic and full to static. A mode that fails is reported with

@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -22,6 +23,9 @@ from orchestrator.config import GIB, Config, load_config, parse_config, read_pla
 from orchestrator.deployment import derive
 from orchestrator.errors import ConfigError
 from orchestrator.supervisor.statefile import find_previous
+
+if TYPE_CHECKING:
+    from orchestrator.proxy.auth import ClientKeys
 
 # Share of host RAM the retained weight backups of parked models may take (the rest: the OS,
 # chimera, SGLang's own processes).
@@ -77,12 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a request may wait for its model to start or wake before a 503 "
         "with Retry-After (default: %(default)s)",
     )
-    up.add_argument(
-        "--admin-key",
-        default=None,
-        help="bearer key of the admin API (/admin/instances, .../park, .../wake); "
-        "default: $CHIMERA_ADMIN_KEY; unset = admin API off",
-    )
+    # removed: a key on the command line is readable by every local user (ps); kept only to
+    # say so clearly (the admin key: CHIMERA_ADMIN_KEY or CHIMERA_ADMIN_KEY_FILE)
+    up.add_argument("--admin-key", default=None, help=argparse.SUPPRESS)
     up.add_argument(
         "--keep-engines-on-exit",
         action="store_true",
@@ -224,6 +225,13 @@ def _pick_cluster_engine(requested: str) -> str:
 
 
 def _up(args: argparse.Namespace) -> int:
+    if args.admin_key is not None:
+        raise ConfigError(
+            [
+                "--admin-key is no longer accepted: a key on the command line is visible to every local "
+                "user (ps). Set CHIMERA_ADMIN_KEY, or CHIMERA_ADMIN_KEY_FILE to a file holding it"
+            ]
+        )
     if not 0 < args.port < 65536:
         raise ConfigError([f"--port: {args.port} is not a TCP port (1-65535)"])
     if args.hold_timeout_s <= 0:
@@ -262,7 +270,7 @@ def _up(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call otherwise
     from orchestrator.app import serve
 
-    admin_key = args.admin_key or Env.read().admin_key
+    admin_key, client_keys = _secrets(cfg)
     try:
         return asyncio.run(
             serve(
@@ -277,6 +285,7 @@ def _up(args: argparse.Namespace) -> int:
                 adopt_from=adopt_from,
                 keep_engines=args.keep_engines_on_exit,
                 cluster=cluster,
+                client_keys=client_keys,
             )
         )
     finally:
@@ -284,6 +293,23 @@ def _up(args: argparse.Namespace) -> int:
             from orchestrator.cluster.connect import disconnect
 
             disconnect()
+
+
+def _secrets(cfg: Config) -> tuple[str | None, ClientKeys | None]:
+    """The admin key and the client keys, read once (files named by the environment or the
+    placements file). Raises ConfigError, never quoting a key."""
+    from orchestrator.env import Env, read_secret
+    from orchestrator.proxy.auth import load_keys
+
+    env = Env.read()
+    try:
+        admin_key = read_secret(env.admin_key, env.admin_key_file, "CHIMERA_ADMIN_KEY")
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
+    path = Path(env.api_keys_file).expanduser() if env.api_keys_file else None
+    if path is None and cfg.api_keys_file:  # relative to the placements file
+        path = Path(cfg.source).parent / Path(cfg.api_keys_file).expanduser()
+    return admin_key, load_keys(path, env.api_keys, [m.name for m in cfg.models])
 
 
 def _check_host_memory(cfg: Config, engine_name: str, per_node: bool = False) -> None:

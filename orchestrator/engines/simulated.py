@@ -16,7 +16,7 @@ import orchestrator
 from cumem_shim import settings as shim_settings
 from orchestrator.config import GIB
 from orchestrator.engines.base import CONFIG_FLAG, LaunchRequest, LaunchSpec, served_name
-from orchestrator.env import Env
+from orchestrator.env import Env, engine_environ
 
 SIM_READY_TIMEOUT_S = 60.0  # the sim boots in ~1 s plus the configured start delay
 
@@ -84,7 +84,9 @@ class SimEngine:
         if req.config_file is not None:  # the API key, as for SGLang (sglang/auth.py)
             argv += [CONFIG_FLAG, req.config_file]
         env = {
-            k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR" and k not in shim_settings.PER_SERVER
+            k: v
+            for k, v in engine_environ(os.environ).items()
+            if k != "PROMETHEUS_MULTIPROC_DIR" and k not in shim_settings.PER_SERVER
         }
         # the child must import this very package, wherever chimera runs from
         root = str(Path(orchestrator.__file__).resolve().parent.parent)

@@ -1,5 +1,6 @@
 """The admin API: list instances, park or wake one. Never on the public routes' terms: every
-call needs ``Authorization: Bearer <admin key>`` (compared in constant time); with no key
+call needs ``Authorization: Bearer <admin key>`` (the scheme required, in any case; the key
+compared in constant time); with no key
 configured the routes answer 403 and say how to set one."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from orchestrator.proxy.auth import bearer
 from orchestrator.proxy.errors import ProxyError
 from orchestrator.types import InstanceView
 
@@ -28,10 +30,10 @@ def admin_routes(control: Admin, key: str | None) -> list[Route]:
         if not key:
             raise ProxyError(
                 403,
-                "the admin API is off: start chimera-orch with --admin-key or CHIMERA_ADMIN_KEY",
+                "the admin API is off: start chimera-orch with CHIMERA_ADMIN_KEY or CHIMERA_ADMIN_KEY_FILE set",
                 code="admin_disabled",
             )
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        given = bearer(request.scope["headers"]) or ""  # the scheme is required
         if not hmac.compare_digest(given.encode(), key.encode()):
             raise ProxyError(
                 401,

@@ -19,6 +19,7 @@ import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,8 +27,9 @@ from starlette.routing import Route
 from orchestrator.control.router import Router
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.metrics.federate import engine_metrics
+from orchestrator.proxy.auth import AuthMiddleware, ClientKeys, client_of
 from orchestrator.proxy.body import ModelField
-from orchestrator.proxy.errors import ProxyError, status_code
+from orchestrator.proxy.errors import ProxyError, public, status_code
 from orchestrator.proxy.forward import ForwardEndpoint
 from orchestrator.proxy.limits import DEFAULT_MAX_BODY_BYTES
 from orchestrator.proxy.upstream import EngineClient, HttpxUpstream, Limits, Upstream
@@ -58,6 +60,7 @@ def create_app(
     upstream_limits: Limits | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     engine_headers: Mapping[str, str] | None = None,
+    client_keys: ClientKeys | None = None,
 ) -> Starlette:
     """The proxy app. ``hold_timeout_s``: how long a request may wait for its model to wake
     before a 503. ``transport``: an httpx transport that replaces the engines (tests pass a
@@ -65,7 +68,8 @@ def create_app(
     ``upstream_limits`` bound connects, writes and waits on a hung engine. ``max_body_bytes``:
     the largest request body a proxied route reads (413 beyond; the head limit is the
     server's, limits.uvicorn_http_options). ``engine_headers``: sent with every request to an
-    engine, proxied or scraped (the engines' API key, sglang/auth.py)."""
+    engine, proxied or scraped (the engines' API key, sglang/auth.py). ``client_keys``: the API
+    keys the OpenAI routes require (auth.py); None: no authentication."""
     created = int(time.time())
 
     @asynccontextmanager
@@ -104,17 +108,25 @@ def create_app(
             **({"error": _errors(view)} if view.state is InstanceState.FAILED else {}),
         }
 
+    def visible(request: Request) -> list[ModelView]:
+        """The models the caller's key may use (every model without authentication)."""
+        key = client_of(request.scope)
+        return [v for v in router.models() if key is None or key.allows(v.spec.name)]
+
     async def list_models(request: Request) -> Response:
-        data = [card(view, name) for view in router.models() for name in (view.spec.name, *view.spec.aliases)]
+        data = [card(view, name) for view in visible(request) for name in (view.spec.name, *view.spec.aliases)]
         return _json({"object": "list", "data": data})
 
     async def retrieve_model(request: Request) -> Response:
-        """OpenAI's ``GET /v1/models/{id}``: a name or an alias; 404 envelope otherwise."""
+        """OpenAI's ``GET /v1/models/{id}``: a name or an alias; 404 envelope otherwise (also
+        for a model the caller's key may not use: its existence is not told)."""
         name: str = request.path_params["model"]
         spec = router.resolve(name)
-        view = next((v for v in router.models() if spec is not None and v.spec.name == spec.name), None)
+        models = visible(request)
+        view = next((v for v in models if spec is not None and v.spec.name == spec.name), None)
         if view is None:
-            return ProxyError.model_not_found(name, router.known_names()).response()
+            known = [n for v in models for n in (v.spec.name, *v.spec.aliases)]
+            return ProxyError.model_not_found(name, known).response()
         return _json(card(view, name))
 
     async def prometheus(request: Request) -> Response:
@@ -139,13 +151,15 @@ def create_app(
     ]
     return Starlette(
         routes=routes,
+        middleware=[Middleware(AuthMiddleware, keys=client_keys)] if client_keys else [],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
 
 
 def _errors(view: ModelView) -> str:
-    return "; ".join(f"{i.id}: {i.error}" for i in view.instances if i.error)
+    """Why the model failed, as a client may read it (errors.public: no log tail or path)."""
+    return "; ".join(f"{i.id}: {public(i.error)}" for i in view.instances if i.error)
 
 
 def _json(obj: Any) -> Response:

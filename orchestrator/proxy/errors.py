@@ -30,6 +30,7 @@ StreamErrors            the same for an engine's error frames inside a 200 strea
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, Literal
@@ -39,7 +40,8 @@ from starlette.responses import Response
 
 Src = Literal["chimera", "engine"]
 
-_MAX_TEXT = 2000  # an engine's non-JSON error body is quoted up to this many characters
+_MAX_TEXT = 2000
+_STATUSES = {s.value for s in HTTPStatus}  # an engine's non-JSON error body is quoted up to this many characters
 
 
 class ProxyError(Exception):
@@ -73,6 +75,17 @@ class ProxyError(Exception):
     def response(self) -> Response:
         return Response(self.body(), status_code=self.status, headers=self.headers, media_type="application/json")
 
+    def http_close(self) -> bytes:
+        """The whole HTTP/1.1 response with ``connection: close``, for a refusal written below
+        the app (limits.py, connections.py: the connection closes after it)."""
+        body = self.body()
+        extra = b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items())
+        reason = HTTPStatus(self.status).phrase.encode("ascii") if self.status in _STATUSES else b"Error"
+        return (
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n%s"
+            % (self.status, reason, len(body), extra, body)
+        )
+
     # -- the catalogue ------------------------------------------------------------------------
 
     @classmethod
@@ -91,9 +104,11 @@ class ProxyError(Exception):
 
     @classmethod
     def unavailable(cls, message: str, retry_after_s: float | None) -> ProxyError:
+        """``message``: the control loop's reason, which may quote an instance's error (log
+        tail, log path): only its ``public`` part is told."""
         # Retry-After takes whole seconds (RFC 9110 delay-seconds); round up, at least 1.
         headers = {} if retry_after_s is None else {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
-        return cls(503, message, code="model_unavailable", headers=headers)
+        return cls(503, public(message), code="model_unavailable", headers=headers)
 
     @classmethod
     def deadline_unmeetable(cls, reason: str, retry_after_s: float) -> ProxyError:
@@ -109,9 +124,11 @@ class ProxyError(Exception):
 
     @classmethod
     def engine_unreachable(cls, instance: str, exc: Exception) -> ProxyError:
+        """``exc`` (its address, the OS error) is for the log, not the client."""
         return cls(
             502,
-            f"engine instance {instance} failed: {type(exc).__name__}: {exc}",
+            f"engine instance {instance} could not be reached or broke off its answer "
+            f"({type(exc).__name__}; the details are in chimera's log)",
             code="engine_unreachable",
             src="engine",
         )
@@ -120,7 +137,7 @@ class ProxyError(Exception):
     def engine_timeout(cls, instance: str, exc: Exception) -> ProxyError:
         return cls(
             504,
-            f"engine instance {instance} timed out: {type(exc).__name__}: {exc}",
+            f"engine instance {instance} timed out: {public(str(exc))}",
             code="engine_timeout",
             src="engine",
         )
@@ -132,6 +149,42 @@ class ProxyError(Exception):
             "internal error in chimera (the traceback is in the server log)",
             code="internal_error",
         )
+
+
+# What a client is never told (operators read it in chimera's log and the engines' logs):
+_LOG_REF = re.compile(r"\s*\(log: [^)]*\)")
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\")]+", re.I)
+_SOCKADDR = re.compile(r"\s*\(\s*'[^']*'\s*,\s*\d+\s*\)")  # ('127.0.0.1', 30001)
+_ADDRESS = re.compile(r"\b(?:(?:\d{1,3}\.){3}\d{1,3}|localhost|\[[0-9a-f:]+\])(?::\d+)?\b", re.I)
+_PORT = re.compile(r"\bport \d+\b", re.I)
+_COMMAND = re.compile(r"\S*python[\d.]*\s+-m\s+\S+.*", re.I)
+_FLAG = re.compile(r"(?<!\S)--[a-z][\w-]*(?:[= ](?!-)[^\s;,)]+)?", re.I)
+# an absolute path of two or more parts, or a relative one ending in a file name; not an
+# HTTP route (``/v1/...``, ``/generate``: one part)
+_PATH = re.compile(
+    r"(?<![\w:/])(?:~|\.{1,2})?/(?!v1/)[\w.@+-]+(?:/[\w.@+-]+)+/?"
+    r"|\b[\w.-]+(?:/[\w.-]+)*/[\w.-]+\.(?:log|py|sock|json|yaml|so)\b"
+)
+
+
+def public(message: str) -> str:
+    """``message`` as a client may read it: its first line (what follows, such as an engine's
+    log tail, stays in the logs) without command lines, flags, local paths, addresses or
+    ports."""
+    first, newline, _ = message.strip().partition("\n")
+    first = re.sub(r"[;:,]?\s*last lines:\s*$", "", first)
+    for pattern, repl in (
+        (_LOG_REF, ""),
+        (_COMMAND, "<command>"),
+        (_URL, "<address>"),
+        (_SOCKADDR, ""),
+        (_ADDRESS, "<address>"),
+        (_PORT, "port <n>"),
+        (_FLAG, "<flag>"),
+        (_PATH, "<path>"),
+    ):
+        first = pattern.sub(repl, first)
+    return first + (" (more in chimera's log)" if newline else "")
 
 
 def envelope(message: str, *, type: str, code: str, src: Src, param: str | None = None) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from orchestrator.control.router import Router
 from orchestrator.errors import EngineUnavailable
 from orchestrator.metrics import ChimeraMetrics
 from orchestrator.proxy.admission import admitted
+from orchestrator.proxy.auth import client_of, forbidden
 from orchestrator.proxy.body import ClientRequest, ModelField, engine_body, parse_request
 from orchestrator.proxy.downstream import ClientGone, Downstream, wait_for_disconnect
 from orchestrator.proxy.errors import ProxyError, StreamErrors, normalize_engine_error
@@ -132,8 +133,14 @@ class _Exchange:
         try:
             req = parse_request(raw)
             spec = self.ep.router.resolve(req.model)
+            key = client_of(self.scope)
             if spec is None:
-                raise ProxyError.model_not_found(req.model, self.ep.router.known_names())
+                known = self.ep.router.known_names()
+                if key is not None:  # only the names the key may use
+                    known = [n for n in known if (s := self.ep.router.resolve(n)) and key.allows(s.name)]
+                raise ProxyError.model_not_found(req.model, known)
+            if key is not None and not key.allows(spec.name):
+                raise forbidden(req.model)
             self.model, self.spec, self.stream = spec.name, spec, req.stream
             with self.ep.metrics.in_flight.labels(spec.name).track_inprogress():
                 await self.hold_and_forward(spec, req)
@@ -229,6 +236,7 @@ class _Exchange:
         the upstream's limit) also asks the owner to check whether the engine is hung."""
         if isinstance(exc, UpstreamTimeout):
             self.ep.router.suspect(instance, f"a request timed out: {exc}")
+        log.warning("%s %s on %s: %s", self.ep.route, type(exc).__name__, instance, exc)  # the client gets less
         return translate(exc, instance)
 
     async def fail(self, err: ProxyError) -> None:

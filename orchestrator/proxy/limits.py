@@ -18,6 +18,12 @@ from typing import Any
 from starlette.types import Receive, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from orchestrator.proxy.connections import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    GuardedHttpToolsProtocol,
+    current_budget,
+)
 from orchestrator.proxy.errors import ProxyError
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # what production gateways allow (nginx-style limits)
@@ -26,8 +32,14 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class RequestLimits:
+    """What a client may send and hold: sizes (this module) and times and connections
+    (connections.py). ``max_connections`` None: derived from the descriptor limit."""
+
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_connections: int | None = None
 
 
 def body_too_large(limit: int) -> ProxyError:
@@ -114,17 +126,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
 
     def _refuse(self, err: ProxyError) -> None:
-        body = err.body()
         self.logger.warning("refused a request: %s", err.message)
-        self.transport.write(
-            b"HTTP/1.1 %d Request Header Fields Too Large\r\n"
-            b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-            % (err.status, len(body), body)
-        )
+        self.transport.write(err.http_close())
         self.transport.close()
 
 
 def uvicorn_http_options(limits: RequestLimits) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.Config``: the head-limited protocol."""
-    protocol = type("ChimeraHttpProtocol", (LimitedHttpToolsProtocol,), {"max_header_bytes": limits.max_header_bytes})
+    """Keyword arguments for ``uvicorn.Config``: the head-limited protocol with the slow-client
+    timers and the connection budget (read from the descriptor limit now, so call it after
+    ``connections.raise_nofile``)."""
+    attrs = {
+        "max_header_bytes": limits.max_header_bytes,
+        "header_timeout_s": limits.header_timeout_s,
+        "body_timeout_s": limits.body_timeout_s,
+        "max_connections": limits.max_connections or current_budget(),
+    }
+    protocol = type("ChimeraHttpProtocol", (GuardedHttpToolsProtocol, LimitedHttpToolsProtocol), attrs)
     return {"http": protocol, "h11_max_incomplete_event_size": limits.max_header_bytes}

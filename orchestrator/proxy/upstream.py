@@ -127,6 +127,7 @@ class _Pool:
         self.idle: deque[_Conn] = deque()
         self.host_header = parts.netloc.encode("ascii")
         self.retired = False
+        self._expiry: asyncio.TimerHandle | None = None  # the next sweep while anything is idle
 
     async def checkout(self) -> tuple[_Conn, bool]:
         """A connection and whether it was used before."""
@@ -159,6 +160,21 @@ class _Pool:
         if len(idle) > self.limits.max_idle:
             idle.popleft().close()  # the least recently used
         self.sweep(now, limit=1)
+        if self._expiry is None:
+            self._arm_expiry(now)
+
+    def _arm_expiry(self, now: float) -> None:
+        """Idle connections close when they expire even if no request comes (a burst would
+        otherwise leave its connections open, half-closed by the engine, until the next one)."""
+        if self.idle:
+            due = self.idle[0].idle_since + self.limits.keepalive_s - now
+            self._expiry = asyncio.get_running_loop().call_later(max(0.0, due), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        now = time.monotonic()
+        self.sweep(now)
+        self._arm_expiry(now)
 
     def sweep(self, now: float, limit: int | None = None) -> None:
         """Closes expired idle connections, least recently used first (``limit``: at most so
@@ -169,6 +185,9 @@ class _Pool:
             limit = None if limit is None else limit - 1
 
     def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         while self.idle:
             self.idle.pop().close()
 

@@ -39,7 +39,7 @@ from cumem_shim import settings as shim_settings
 from orchestrator.config import GIB, InstanceSpec, ModelSpec
 from orchestrator.deployment import default_mem_fraction
 from orchestrator.engines.base import LaunchRequest, LaunchSpec, ShimLaunch, served_name
-from orchestrator.env import Env
+from orchestrator.env import Env, engine_environ
 from orchestrator.errors import ConfigError
 from orchestrator.sglang.auth import CONFIG_FLAG
 from orchestrator.shapes import KNOWN_MODEL_IDS, shape_dir
@@ -115,7 +115,7 @@ class SGLangEngine:
             argv += [CONFIG_FLAG, req.config_file]
         return LaunchSpec(
             argv=tuple(argv),
-            env=child_env(inst, os.environ, req.shim),
+            env=child_env(inst, engine_environ(os.environ), req.shim),
             base_url=f"http://{req.listen_host}:{req.port}",
             served_name=served_name(model.name),
             ready_timeout_s=SGLANG_READY_TIMEOUT_S,

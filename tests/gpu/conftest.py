@@ -69,7 +69,7 @@ def chimera_gpu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         awake=["tiny", "llama-1b"],
         parked=("llama-8b",),
         timeout_s=560,
-        args=("--admin-key", ADMIN_KEY),
+        env={"CHIMERA_ADMIN_KEY": ADMIN_KEY},
     )
     RESULTS["up_to_all_settled_s"] = round(time.monotonic() - t0, 1)
     RESULTS["gpu_used_mib_settled"] = gpu_used_mib()

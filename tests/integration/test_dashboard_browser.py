@@ -74,8 +74,7 @@ def chimera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         awake=["tiny", "llama-1b", "qwen-7b"],
         parked=("lazy",),
         timeout_s=90,
-        env={"CHIMERA_SIM_SPEED": "0.02"},
-        args=("--admin-key", KEY),
+        env={"CHIMERA_SIM_SPEED": "0.02", "CHIMERA_ADMIN_KEY": KEY},
     )
     yield run
     run.stop()

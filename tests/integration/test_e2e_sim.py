@@ -52,8 +52,7 @@ def chimera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         awake=["tiny", "llama-1b", "org/model:v1"],
         parked=("lazy",),
         timeout_s=90,
-        env={"CHIMERA_SIM_SPEED": "0.02"},
-        args=("--admin-key", ADMIN_KEY),
+        env={"CHIMERA_SIM_SPEED": "0.02", "CHIMERA_ADMIN_KEY": ADMIN_KEY},
     )
     yield run
     run.stop()

@@ -60,8 +60,7 @@ def chimera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         awake=["hot", "n1"],
         parked=("cold",),
         timeout_s=60,
-        env={"CHIMERA_SIM_SPEED": "0.05"},
-        args=("--admin-key", KEY),
+        env={"CHIMERA_SIM_SPEED": "0.05", "CHIMERA_ADMIN_KEY": KEY},
     )
     yield run
     run.proc.send_signal(signal.SIGINT)

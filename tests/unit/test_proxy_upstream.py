@@ -442,3 +442,18 @@ async def test_proxy_answers_504_for_a_hung_engine_and_ends_a_stuck_stream_with_
             assert router.balanced
             # whichever sees a hang first reports it: the loop then probes the engine
             assert [iid for iid, _ in router.suspects] == ["llama@gpu0"]
+
+
+async def test_idle_connections_close_when_they_expire_with_no_further_request() -> None:
+    """After a burst, nothing more comes: the pooled connections close by themselves at their
+    expiry (the engine sees them close), not at the next request."""
+    client = EngineClient(Limits(keepalive_s=0.05))
+    async with TinyEngine(json_answer) as engine:
+        answers = [await client.post(engine.url, "/generate", b"{}") for _ in range(3)]
+        for resp in answers:
+            await resp.read()
+            await resp.aclose()
+        assert client.idle_connections(engine.url) == 3
+        await asyncio.wait_for(asyncio.gather(*(c.closed.wait() for c in engine.connections)), 5)
+        assert client.idle_connections(engine.url) == 0
+        await client.aclose()

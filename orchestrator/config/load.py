@@ -1,0 +1,142 @@
+"""Reading a placements file: YAML 1.2 (or Prism's JSON) to validated dataclasses, every problem of a file
+reported together."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.config.cross import check_awake_limit, check_cross
+from orchestrator.config.prism import model_from_prism
+from orchestrator.config.sections import (
+    section_auth,
+    section_hold,
+    section_host,
+    section_idle,
+    section_liveness,
+    section_model,
+    section_restart,
+    section_scheduler,
+)
+from orchestrator.config.spec import (
+    Config,
+    Idle,
+    InstanceSpec,
+    ModelSpec,
+    Placement,
+)
+from orchestrator.config.validator import Validator
+from orchestrator.errors import ConfigError
+from orchestrator.types import (
+    MODES,
+    gpu_label,
+)
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. PyYAML's YAML 1.1 reads the key `on:` (and yes/no/off)
+    as a boolean, which would turn `on: true` into `True: true`."""
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
+}
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def load_config(path: str | Path, gpu_count: int | None = None) -> Config:
+    """Read and validate a placements file. ``gpu_count`` = GPUs of the real host (None: the
+    sim engine, whose host has ``host.gpus`` GPUs, or as many as the file uses)."""
+    return parse_config(read_placements(path), source=str(path), gpu_count=gpu_count)
+
+
+def read_placements(path: str | Path) -> Any:
+    """The placements file as plain data, not yet validated (``up --ray`` rewrites node-local
+    GPU ids before ``parse_config``)."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read the placements file: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            [f"{p}: line {line}: not UTF-8 text (byte {exc.object[exc.start]:#x}); save it as UTF-8"]
+        ) from None
+    try:
+        raw = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=Yaml12Loader)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}"]) from exc
+    if expanded_size(raw, {}) > MAX_VALUES:
+        raise ConfigError(
+            [f"{p}: its YAML aliases (*name) expand to more than {MAX_VALUES} values (an alias bomb?); write it out"]
+        )
+    return raw
+
+
+MAX_VALUES = 100_000  # values of a placements file once aliases are expanded: thousands at most
+
+
+def expanded_size(obj: Any, memo: dict[int, int]) -> int:
+    """How many values ``obj`` holds once every alias is expanded, counted in time linear in
+    the distinct objects (an alias is one shared object: memoized by identity). Nested
+    aliases ("billion laughs") give an exponential count in microseconds, never the
+    expansion itself."""
+    if not isinstance(obj, (dict, list)):
+        return 1
+    key = id(obj)
+    if key not in memo:
+        memo[key] = 0  # a cycle (a recursive alias) counts once
+        items = [*obj.keys(), *obj.values()] if isinstance(obj, dict) else obj
+        memo[key] = 1 + sum(min(expanded_size(x, memo), MAX_VALUES + 1) for x in items)
+    return memo[key]
+
+
+def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = None) -> Config:
+    if isinstance(raw, list):  # Prism's JSON model_configs, as-is
+        raw = {"models": [model_from_prism(i, m) for i, m in enumerate(raw)]}
+    v = Validator()
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: expected a mapping with a `models:` list (or Prism's JSON list)"])
+    v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler", "restart", "liveness", "auth"})
+    api_keys_file = section_auth(v, raw.get("auth", {}))
+    host = section_host(v, raw.get("host", {}))
+    mode = v.one_of(raw.get("mode", "full"), "mode", MODES, "full")
+    idle_default = section_idle(v, "idle", raw.get("idle", {}), Idle())
+    hold = section_hold(v, raw.get("hold", {}))
+    scheduler = section_scheduler(v, raw.get("scheduler", {}))
+    restart = section_restart(v, raw.get("restart", {}))
+    liveness = section_liveness(v, raw.get("liveness", {}))
+    models_raw = raw.get("models")
+    if not isinstance(models_raw, list) or not models_raw:
+        v.err("models", "needs a non-empty list of models")
+        raise ConfigError([f"{source}: {p}" for p in v.problems])
+    models = [m for i, r in enumerate(models_raw) if (m := section_model(v, f"models[{i}]", r, idle_default))]
+    v.raise_if_any(source)
+
+    used = {g for m in models for pl in m.placements for g in pl.gpus}
+    if gpu_count is None:
+        gpu_count = host.gpus if host.gpus is not None else max(used, default=0) + 1
+    check_cross(v, models, gpu_count, host)
+    v.raise_if_any(source)
+    check_awake_limit(v, models, mode, scheduler)
+    v.raise_if_any(source)
+    instances = tuple(
+        InstanceSpec(id=_instance_id(m, pl), model=m, placement=pl) for m in models for pl in m.placements
+    )
+    return Config(
+        tuple(models), host, mode, hold, source, gpu_count, instances, scheduler, restart, liveness, api_keys_file
+    )
+
+
+def _instance_id(m: ModelSpec, pl: Placement) -> str:
+    return f"{m.name}@gpu{gpu_label(pl.gpus)}"

@@ -1,0 +1,171 @@
+"""The placements file's vocabulary: frozen dataclasses of a validated file, and its defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from orchestrator.shapes import ModelShape
+from orchestrator.types import (
+    LoadFormat,
+    Mode,
+    OnLate,
+    ParkWhen,
+)
+
+W = TypeVar("W", bound=str)
+
+GIB = 1 << 30
+
+# Fraction of a GPU that weights of awake models may take at start; the rest is KV, CUDA graphs,
+# activations and the CUDA context (~1.5-2.4 GB per server, docs/gpu-testing.md).
+WEIGHTS_BUDGET_FRACTION = 0.9
+
+# Prism's sensitivity study: an idle threshold under 40 s thrashes, over 80 s hoards memory.
+DEFAULT_IDLE_PARK_S = 45.0
+
+
+# Objectives of a model whose placements file sets none. TPOT: weighs its KV pressure and bounds
+# its GPU's decode rounds (global scheduler, `chimera-orch plan`). TTFT: orders its requests in
+# the admission queue (deadline = arrival + this) but never sheds them: only an objective the
+# file sets is enforced (proxy/admission.py).
+DEFAULT_TTFT_SLO_S = 10.0
+DEFAULT_TPOT_SLO_S = 0.1
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Per-request service objectives in seconds; ``None`` = no objective."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+
+    @property
+    def ttft_or_default(self) -> float:
+        return self.ttft_s if self.ttft_s is not None else DEFAULT_TTFT_SLO_S
+
+    @property
+    def tpot_or_default(self) -> float:
+        return self.tpot_s if self.tpot_s is not None else DEFAULT_TPOT_SLO_S
+
+
+@dataclass(frozen=True)
+class Placement:
+    gpus: tuple[int, ...]
+    on: bool = True
+    kv_pool_gb: float | None = None  # ceiling of this instance's KV pool; None = engine default
+    kv_floor_gb: float | None = None  # elastic mode: KV this instance keeps whatever others need
+    # The node of a Ray cluster it runs on (``up --ray``; orchestrator/cluster/placing.py turns
+    # the node's local GPU ids into the cluster's global ones). None: one host.
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class Idle:
+    """When an idle model gives its GPU memory back (time-sharing)."""
+
+    park_after_s: float = DEFAULT_IDLE_PARK_S  # 0 = never park for idleness
+    when: ParkWhen = "needed"  # needed: only when its memory is wanted; always; never
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    model_path: str
+    shape: ModelShape
+    tp_size: int = 1
+    aliases: tuple[str, ...] = ()
+    placements: tuple[Placement, ...] = ()
+    slo: SLO = SLO()
+    priority: int = 0
+    load_format: LoadFormat = "auto"
+    engine_args: tuple[str, ...] = ()  # extra SGLang flags, passed through after validation
+    idle: Idle = Idle()
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """The host the file runs on. ``gpus`` is used by the sim engine (a real host is detected)."""
+
+    gpus: int | None = None
+    gpu_memory_gb: float = 80.0
+    host_memory_gb: float = 512.0  # RAM of the simulated host (a real host's is measured)
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One engine instance = one model on one GPU group (one placement)."""
+
+    id: str
+    model: ModelSpec
+    placement: Placement
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        return self.placement.gpus
+
+
+@dataclass(frozen=True)
+class HoldLimits:
+    """Requests held in the proxy while their model starts or wakes (then 503 + Retry-After)."""
+
+    per_model: int = 256
+    total: int = 1024
+
+
+@dataclass(frozen=True)
+class RestartLimits:
+    """A crashed engine, or one whose start or wake failed, is restarted after ``backoff_s``,
+    doubling per failure up to ``max_backoff_s``; ``max_failures`` failures within ``window_s``
+    mark it failed for good (policy/restart.py)."""
+
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    max_failures: int = 5
+    window_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class LivenessLimits:
+    """An awake engine whose ``/v1/loads`` has not answered for ``window_s`` (or whose request
+    timed out in the proxy) is probed with ``GET /model_info`` (``probe_timeout_s``); if that fails
+    too it is hung: killed and restarted like a crash (policy/liveness.py)."""
+
+    window_s: float = 10.0
+    probe_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """The two-level scheduler (mode full; docs/scheduling.md)."""
+
+    tau: float = 0.3  # migrate a model only when its pair's KV pressure ratio drops by more
+    on_late: OnLate = "shed"  # a request past its TTFT deadline (model with slo.ttft_s): shed | serve
+    # Swap-on-demand (mode full only): at most this many models awake per GPU; waking another
+    # parks the least recently active first, as llama-swap does. None = no limit (chimera).
+    max_awake_per_gpu: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    models: tuple[ModelSpec, ...]
+    host: HostSpec = HostSpec()
+    mode: Mode = "full"
+    hold: HoldLimits = HoldLimits()
+    source: str = "<memory>"
+    gpu_count: int = 1
+    instances: tuple[InstanceSpec, ...] = field(default=())
+    scheduler: SchedulerSpec = SchedulerSpec()
+    restart: RestartLimits = RestartLimits()
+    liveness: LivenessLimits = LivenessLimits()
+    # auth.api_keys_file: the client keys (proxy/auth.py), relative to this file; None: none
+    api_keys_file: str | None = None
+
+    def model(self, name_or_alias: str) -> ModelSpec | None:
+        for m in self.models:
+            if name_or_alias == m.name or name_or_alias in m.aliases:
+                return m
+        return None
+
+    def names(self) -> list[str]:
+        return [n for m in self.models for n in (m.name, *m.aliases)]
