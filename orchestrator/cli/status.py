@@ -21,7 +21,7 @@ from orchestrator.dashboard.routes import STATE_PATH
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_S = 5.0
 GIB = 1 << 30
-STYLES = {"awake": "green", "parked": "dim", "failed": "red", "stopped": "dim"}
+STYLES = {"awake": "green", "draining": "yellow", "parked": "dim", "failed": "red", "stopped": "dim"}
 
 
 class StatusError(Exception):
@@ -102,7 +102,7 @@ def render(state: dict[str, Any]) -> Group:
     models.add_column("AGE", justify="right")
     for m in state["models"]:
         ttft, tpot, met = m["ttft"], m["tpot"], m["attainment"]["joint"]
-        insts = ",".join(f"{i['id']}={i['state']}" for i in m["instances"])
+        insts = ",".join(f"{i['id']}={_instance_state(i)}" for i in m["instances"])
         since = max((tl[-1][0] for tl in m["timeline"].values() if tl), default=None)
         models.add_row(
             m["name"],
@@ -135,6 +135,12 @@ def render(state: dict[str, Any]) -> Group:
         )
     head = Text(f"mode {state.get('mode', '?')} · {len(state['models'])} models on {len(state['gpus'])} GPUs")
     return Group(head, models, Text(""), gpus)
+
+
+def _instance_state(i: dict[str, Any]) -> str:
+    """``awake``, or ``draining(migration)`` while a plan drains it (the reason it parks for)."""
+    draining = i.get("draining")  # absent from an older chimera's state
+    return f"draining({draining})" if draining else str(i["state"])
 
 
 def _s(v: float | None) -> str:

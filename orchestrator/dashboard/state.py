@@ -33,11 +33,13 @@ def build(
 ) -> dict[str, Any]:
     """``{"now", "mode", "window_s", "gpus": [{"gpu", "capacity", "free", "parts": [[instance,
     model, kind, bytes], ...]}], "models": [{"name", "state", "instances": [{"id", "gpus",
-    "state", "error"}], "requests", "in_flight", "held", "shed", "ttft": {"p50", "p99", "slo",
-    "count"}, "tpot": {"p50", "p99", "slo", "count"}, "attainment": {"ttft", "tpot", "joint"},
-    "gpu_seconds", "wakes", "parks", "timeline": {instance: [[t, state], ...]}}], "decisions":
-    [[t, message], ...]}``. Bytes and seconds; attainment the fraction of streamed requests read
-    to their end that met the SLO; None where chimera has no figure yet."""
+    "state", "draining", "error"}], "requests", "in_flight", "held", "shed", "ttft": {"p50",
+    "p99", "slo", "count"}, "tpot": {"p50", "p99", "slo", "count"}, "attainment": {"ttft",
+    "tpot", "joint"}, "gpu_seconds", "wakes", "parks", "timeline": {instance: [[t, state],
+    ...]}}], "decisions": [[t, message], ...]}``. An instance's state (and its timeline's) is
+    ``draining`` while a plan drains it (awake, taking no new request; ``draining`` names the
+    reason it will park for). Bytes and seconds; attainment the fraction of streamed requests
+    read to their end that met the SLO; None where chimera has no figure yet."""
     views = list(models)
     instances = [i for m in views for i in m.instances]
     return {
@@ -101,7 +103,8 @@ def _model(m: ModelView, dep: Deployment, r: Readings, history: History) -> dict
         "name": name,
         "state": m.state.value,
         "instances": [
-            {"id": i.id, "gpus": list(i.gpus), "state": i.state.value, "error": i.error} for i in m.instances
+            {"id": i.id, "gpus": list(i.gpus), "state": i.shown_state, "draining": i.draining, "error": i.error}
+            for i in m.instances
         ],
         "requests": int(r.requests.get(name, 0)),
         "in_flight": int(r.in_flight.get(name, 0)),

@@ -6,7 +6,7 @@
   const KEEP_POINTS = 600; // the activity chart's history (ten minutes at one poll a second)
   const GIB = 1024 ** 3;
   const STATE_COLORS = {
-    awake: "#2e9e5b", parked: "#b8bec6", waking: "#f0a030", parking: "#e07b39",
+    awake: "#2e9e5b", draining: "#8fbf3f", parked: "#b8bec6", waking: "#f0a030", parking: "#e07b39",
     starting: "#5b8def", pending: "#9db8f0", failed: "#d9453d", stopped: "#eceef1",
   };
   const KINDS = [["weights", 45, 60], ["runtime", 32, 35], ["kv_used", 60, 65], ["kv_mapped", 84, 70]];
@@ -35,7 +35,8 @@
     for (const m of s.models) {
       total += m.requests;
       for (const i of m.instances) {
-        if (i.state === "awake" || i.state === "parked" || i.state === "failed") count[i.state]++;
+        if (i.state === "draining") count.awake++; // awake, taking no new request
+        else if (i.state === "awake" || i.state === "parked" || i.state === "failed") count[i.state]++;
         else if (i.state !== "stopped") count.moving++;
       }
     }
@@ -151,7 +152,7 @@
     $("#window").textContent = `(timeline: the last ${shown < 120 ? Math.round(shown) + " s" : Math.round(shown / 60) + " min"})`;
     for (const m of s.models) {
       const tr = rows.get(m.name);
-      const where = m.instances.map((i) => `${i.id} on GPU ${i.gpus.join("+")}: ${i.state}${i.error ? " (" + i.error + ")" : ""}`).join("\n");
+      const where = m.instances.map((i) => `${i.id} on GPU ${i.gpus.join("+")}: ${i.state}${i.draining ? " (" + i.draining + ")" : ""}${i.error ? " (" + i.error + ")" : ""}`).join("\n");
       cell(tr, "name", m.name, where);
       const st = cell(tr, "state", m.state, where);
       st.className = "state state-" + m.state;
