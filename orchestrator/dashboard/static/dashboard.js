@@ -95,10 +95,22 @@
         seg.title = `${inst} (${model}): ${kind.replace("_", " ")} ${gib(bytes)} GiB`;
         bar.append(seg);
       }
-      row.append(el("span", "name", "GPU " + g.gpu), bar, el("span", "free", gib(g.free) + " free"));
+      const inHost = (g.host || []).reduce((a, p) => a + p[3], 0);
+      const host = el("span", "host", inHost ? gib(inHost) + " in host" : "");
+      host.title = (g.host || []).map(([inst, model, kind, b]) => `${inst} (${model}): ${kind.replace("_", " ")} ${gib(b)} GiB`).join("\n");
+      row.append(el("span", "name", "GPU " + g.gpu), bar, el("span", "free", gib(g.free) + " free"), host);
       row.title = `GPU ${g.gpu}: ${gib(g.capacity - g.free)} of ${gib(g.capacity)} GiB`;
       box.append(row);
     }
+    drawHost(s.host || { held: 0, parts: [] });
+  }
+  // Host RAM pinned by weight backups: parked models' weights, and those kept after a wake.
+  function drawHost(h) {
+    const box = $("#host");
+    const label = { parked_weights: "parked", retained_weights: "retained" };
+    const parts = h.parts.map(([inst, model, kind, b]) => `${inst} ${label[kind] || kind} ${gib(b)}`);
+    box.textContent = `Host RAM in weight backups: ${gib(h.held)} GiB` + (parts.length ? " · " + parts.join(" · ") : "");
+    box.dataset.held = String(h.held);
   }
 
   // --- models ---
