@@ -30,6 +30,7 @@ from orchestrator.kv.ledger import KVInstance, Ledger
 from orchestrator.kv.runner import HttpKVEffects, KVEffects, KVRunner
 from orchestrator.kv.wiring import GONE, kv_instances
 from orchestrator.metrics.gpu_seconds import GpuSeconds
+from orchestrator.metrics.host_memory import HostBackups
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
@@ -96,10 +97,12 @@ async def serve(
     auth = write_config(run_dir, previous.key if previous is not None and previous.engines else new_key())
 
     gpu_seconds = GpuSeconds(dep.instances, dep.gpu_bytes, metrics.gpu_seconds)  # by memory share
+    host_backups = HostBackups(dep.instances, metrics.host_memory)  # parked weights in host RAM
 
     def publish(view: InstanceView) -> None:
         metrics.set_instance_state(view.model, view.id, view.gpus, str(view.state))
         gpu_seconds.observe(view)
+        host_backups.observe(view)
 
     control: ControlLoop
     supervisor: Supervisor | RayEffects

@@ -128,6 +128,13 @@ class InstanceFacts:
         """What it holds on each GPU while parked (its fixed pool is released with it)."""
         return self.cost.parked_bytes
 
+    @property
+    def host_backup_bytes(self) -> int:
+        """Pinned host RAM its weights' backup holds once it has parked (mode full: SGLang's CPU
+        backup, kept between parks with TMS_RETAIN_CPU_BACKUP=1): the whole model's weights,
+        every TP rank's shard together (docs/gpu-testing.md: host RAM equal to the weights)."""
+        return self.spec.model.shape.weight_bytes
+
 
 @dataclass(frozen=True)
 class Deployment:

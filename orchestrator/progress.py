@@ -74,11 +74,12 @@ class StartupProgress:
             t = time.monotonic() - self._t0
             style = _STYLE.get(view.state, "default")
             self.console.print(
-                f"[dim]{t:8.1f}s[/] {view.id} → [{style}]{view.state}[/]" + (f" ({view.error})" if view.error else "")
+                f"[dim]{t:8.1f}s[/] {view.id} → [{style}]{view.shown_state}[/]"
+                + (f" ({view.error})" if view.error else "")
             )
 
     @staticmethod
     def _describe(v: InstanceView) -> str:
         style = _STYLE.get(v.state, "default")
         gpus = ",".join(str(g) for g in v.gpus)
-        return f"{v.id:<28} GPU {gpus:<5} [{style}]{v.state}[/]"
+        return f"{v.id:<28} GPU {gpus:<5} [{style}]{v.shown_state}[/]"

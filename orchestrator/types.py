@@ -49,6 +49,10 @@ class InstanceState(StrEnum):
     STOPPED = "stopped"
 
 
+# How an awake instance that a plan drains is shown (InstanceView.shown_state); not a lifecycle
+# state: the instance is awake until its park begins.
+DRAINING = "draining"
+
 # States in which an instance's weights are (or are being put) on its GPUs: starting, awake,
 # waking, and parking until SGLang's release is done. Placement counts these as resident; GPU
 # seconds bill them at their awake footprint.
@@ -74,6 +78,15 @@ class InstanceView:
     state: InstanceState
     base_url: str | None
     error: str | None = None
+    # Awake, but a plan of the global scheduler drains it: it takes no new request and parks
+    # once its last one ends. The park reason (idle, migration, make_room); None otherwise.
+    draining: str | None = None
+
+    @property
+    def shown_state(self) -> str:
+        """The state as timelines and tables show it: ``draining`` for an awake instance a plan
+        drains, else the lifecycle state's value."""
+        return DRAINING if self.draining is not None and self.state is InstanceState.AWAKE else self.state.value
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from orchestrator.dashboard.routes import STATE_PATH
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_S = 5.0
 GIB = 1 << 30
-STYLES = {"awake": "green", "parked": "dim", "failed": "red", "stopped": "dim"}
+STYLES = {"awake": "green", "draining": "yellow", "parked": "dim", "failed": "red", "stopped": "dim"}
 
 
 class StatusError(Exception):
@@ -35,7 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Print the state of a running chimera-orch, read from its GET /dashboard/state: "
         "one line per model (state, instances, requests, in flight, held, shed, TTFT p50/p99 "
         "against its SLO, recent wake and park times, time in its state) and one per GPU (memory "
-        "chimera budgets there). Exit code 1 when nothing answers at URL.",
+        "chimera budgets there, and its weights backed up in host RAM by parks). "
+        "Exit code 1 when nothing answers at URL.",
     )
     p.add_argument("url", nargs="?", default=DEFAULT_URL, help="chimera's base URL (default: %(default)s)")
     p.add_argument("--watch", "-w", action="store_true", help="redraw until Ctrl-C")
@@ -102,7 +103,7 @@ def render(state: dict[str, Any]) -> Group:
     models.add_column("AGE", justify="right")
     for m in state["models"]:
         ttft, tpot, met = m["ttft"], m["tpot"], m["attainment"]["joint"]
-        insts = ",".join(f"{i['id']}={i['state']}" for i in m["instances"])
+        insts = ",".join(f"{i['id']}={_instance_state(i)}" for i in m["instances"])
         since = max((tl[-1][0] for tl in m["timeline"].values() if tl), default=None)
         models.add_row(
             m["name"],
@@ -121,7 +122,7 @@ def render(state: dict[str, Any]) -> Group:
             _age(now - since) if since is not None else "-",
         )
     gpus = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("GPU", "USED GIB", "FREE GIB", "HELD BY"):
+    for col in ("GPU", "USED GIB", "FREE GIB", "HOST GIB", "HELD BY"):
         gpus.add_column(col, justify="left" if col in ("GPU", "HELD BY") else "right")
     for g in state["gpus"]:
         held: dict[str, int] = {}
@@ -131,10 +132,21 @@ def render(state: dict[str, Any]) -> Group:
             str(g["gpu"]),
             f"{(g['capacity'] - g['free']) / GIB:.1f}",
             f"{g['free'] / GIB:.1f}",
+            f"{sum(p[3] for p in g.get('host', [])) / GIB:.1f}",  # its ranks' weight backups in host RAM
             " ".join(f"{m}:{b / GIB:.1f}" for m, b in sorted(held.items(), key=lambda kv: -kv[1])) or "-",
         )
-    head = Text(f"mode {state.get('mode', '?')} · {len(state['models'])} models on {len(state['gpus'])} GPUs")
+    host = state.get("host", {}).get("held", 0)  # absent from an older chimera's state
+    head = Text(
+        f"mode {state.get('mode', '?')} · {len(state['models'])} models on {len(state['gpus'])} GPUs"
+        f" · {host / GIB:.1f} GiB of host RAM in weight backups"
+    )
     return Group(head, models, Text(""), gpus)
+
+
+def _instance_state(i: dict[str, Any]) -> str:
+    """``awake``, or ``draining(migration)`` while a plan drains it (the reason it parks for)."""
+    draining = i.get("draining")  # absent from an older chimera's state
+    return f"draining({draining})" if draining else str(i["state"])
 
 
 def _s(v: float | None) -> str:

@@ -96,4 +96,5 @@ class Instance:
             state=self.state,
             base_url=self.endpoint.base_url if self.endpoint else None,
             error=self.error,
+            draining=self.draining,
         )

@@ -83,6 +83,7 @@ class ControlLoop:
         self._blocked: dict[str, str] = {}  # model -> why it cannot be activated (logged once)
         self._restart_timer: asyncio.TimerHandle | None = None  # posts a Tick when a backoff ends
         self._liveness = Liveness(config.liveness, effects)  # hung engines: probe, then kill
+        self._shown_drain: dict[str, str | None] = {}  # the drain each instance's last view showed
 
     # ---- Router (called by the proxy, on the same event loop) -------------------------------
 
@@ -142,10 +143,12 @@ class ControlLoop:
     async def run(self) -> None:
         """Owns the state until cancelled. Applies one event at a time, then decides."""
         self._decide()
+        self._publish_drains()
         while True:
             event = await self._events.get()
             self._apply(event)
             self._decide()
+            self._publish_drains()
 
     def demand(self) -> Demand:
         """The measured demand (read-only use: tests, metrics)."""
@@ -417,7 +420,18 @@ class ControlLoop:
 
     def _set(self, inst: Instance, state: InstanceState, now: float) -> None:
         inst.to(state, now)
+        self._publish(inst)
+
+    def _publish(self, inst: Instance) -> None:
+        self._shown_drain[inst.id] = inst.draining
         self._fx.state_changed(inst.view())
+
+    def _publish_drains(self) -> None:
+        """A plan's drain starting or ending (plans.py sets ``draining``) changes the view but
+        not the state: publish it too, once, unless a state change published it already."""
+        for inst in self._instances.values():
+            if inst.draining != self._shown_drain.get(inst.id):
+                self._publish(inst)
 
     def _serve_held(self, model: ModelSpec) -> None:
         """Hand held requests to awake instances, in arrival order, round-robin (never to one

@@ -26,7 +26,7 @@ MOVES = ("waking", "parking")  # the stays whose durations are wake and park tim
 SCHEDULER_LOGGERS = ("chimera.scheduler", "chimera.control")
 DECISION_PREFIX = "scheduler: "
 
-Change = tuple[float, str]  # (time, state value)
+Change = tuple[float, str]  # (time, shown state: a state value, or "draining")
 
 
 class History:
@@ -53,12 +53,13 @@ class History:
         """A supervisor observer: record the instance's state if it changed."""
         now = self._clock()
         changes = self._changes.setdefault(view.id, deque(maxlen=self._per_instance))
-        if changes and changes[-1][1] == view.state.value:
+        shown = view.shown_state  # "draining" for an awake instance a plan drains
+        if changes and changes[-1][1] == shown:
             return
         if changes and changes[-1][1] in MOVES:  # a wake or park ended: keep how long it took
             moves = self._moves.setdefault((view.id, changes[-1][1]), deque(maxlen=RECENT_MOVES))
             moves.append(round(now - changes[-1][0], 3))
-        changes.append((now, view.state.value))
+        changes.append((now, shown))
         # keep one change before the window: the state the window starts in
         while len(changes) > 1 and changes[1][0] < now - self.window_s:
             changes.popleft()

@@ -33,6 +33,7 @@ class Readings:
     gpu_seconds: dict[str, float] = field(default_factory=dict)  # by model, every state
     kv_mapped_bytes: dict[str, float] = field(default_factory=dict)  # by instance id
     kv_used_tokens: dict[str, float] = field(default_factory=dict)  # by instance id
+    host_bytes: dict[str, tuple[str, float]] = field(default_factory=dict)  # by instance id: (kind, bytes > 0)
 
 
 def read(metrics: ChimeraMetrics) -> Readings:
@@ -81,6 +82,10 @@ def _read(metrics: ChimeraMetrics, series: Reader) -> Readings:
     for (_model, iid), value in series(metrics.kv_used_tokens, ("model", SERVER), False):
         assert isinstance(value, float)
         r.kv_used_tokens[iid] = value
+    for (_model, iid, kind), value in series(metrics.host_memory, ("model", SERVER, "kind"), False):
+        assert isinstance(value, float)
+        if value > 0:  # one kind at a time (metrics/host_memory.py)
+            r.host_bytes[iid] = (kind, value)
     return r
 
 

@@ -6,7 +6,8 @@ Memory per GPU is what chimera knows, not a measurement: each instance's share o
 the deployment's costs (weights; runtime = CUDA context, graphs and activations), and its KV
 pool: with cumem_shim, what the shim last reported mapped and in use (chimera_kv_mapped_bytes,
 chimera_kv_used_tokens), else the fixed pool it was started with (use unknown). A parked
-instance holds its context only; a stopped or failed one nothing.
+instance holds its context only; a stopped or failed one nothing. Host RAM: the weight backups
+of instances that have parked (chimera_host_memory_bytes), by instance and per GPU.
 """
 
 from __future__ import annotations
@@ -32,12 +33,17 @@ def build(
     now: float,
 ) -> dict[str, Any]:
     """``{"now", "mode", "window_s", "gpus": [{"gpu", "capacity", "free", "parts": [[instance,
-    model, kind, bytes], ...]}], "models": [{"name", "state", "instances": [{"id", "gpus",
-    "state", "error"}], "requests", "in_flight", "held", "shed", "ttft": {"p50", "p99", "slo",
-    "count"}, "tpot": {"p50", "p99", "slo", "count"}, "attainment": {"ttft", "tpot", "joint"},
-    "gpu_seconds", "wakes", "parks", "timeline": {instance: [[t, state], ...]}}], "decisions":
-    [[t, message], ...]}``. Bytes and seconds; attainment the fraction of streamed requests read
-    to their end that met the SLO; None where chimera has no figure yet."""
+    model, kind, bytes], ...], "host": [[instance, model, kind, bytes], ...]}], "host": {"held",
+    "parts": [[instance, model, kind, bytes], ...]}, "models": [{"name", "state", "instances": [{"id", "gpus",
+    "state", "draining", "error"}], "requests", "in_flight", "held", "shed", "ttft": {"p50",
+    "p99", "slo", "count"}, "tpot": {"p50", "p99", "slo", "count"}, "attainment": {"ttft",
+    "tpot", "joint"}, "gpu_seconds", "wakes", "parks", "timeline": {instance: [[t, state],
+    ...]}}], "decisions": [[t, message], ...]}``. An instance's state (and its timeline's) is
+    ``draining`` while a plan drains it (awake, taking no new request; ``draining`` names the
+    reason it will park for). Bytes and seconds; attainment the fraction of streamed requests
+    read to their end that met the SLO; None where chimera has no figure yet. ``host``: pinned
+    host RAM held by weight backups (kind ``parked_weights`` or ``retained_weights``,
+    metrics/host_memory.py), in total and, per GPU, each rank's shard."""
     views = list(models)
     instances = [i for m in views for i in m.instances]
     return {
@@ -45,6 +51,7 @@ def build(
         "mode": dep.mode,
         "window_s": history.window_s,
         "gpus": _gpus(instances, dep, readings),
+        "host": _host(instances, dep, readings),
         "models": [_model(m, dep, readings, history) for m in views],
         "decisions": [[t, msg] for t, msg in history.decisions()],
     }
@@ -60,11 +67,31 @@ def _gpus(instances: list[InstanceView], dep: Deployment, r: Readings) -> list[d
         parts = instance_memory(v.state, facts, r)
         for g in v.gpus:
             gpus.setdefault(g, []).extend([v.id, v.model, kind, b] for kind, b in parts if b > 0)
+    host: dict[int, list[list[Any]]] = {g: [] for g in gpus}
+    for v in instances:
+        found = r.host_bytes.get(v.id)
+        facts = dep.instances.get(v.id)
+        if found is None or facts is None:
+            continue
+        for g in v.gpus:  # each GPU's rank keeps its own shard's backup
+            host.setdefault(g, []).append([v.id, v.model, found[0], int(found[1]) // facts.spec.model.tp_size])
     out = []
     for g in sorted(gpus):
         held = sum(p[3] for p in gpus[g])
-        out.append({"gpu": g, "capacity": capacity, "free": max(0, capacity - held), "parts": gpus[g]})
+        out.append(
+            {"gpu": g, "capacity": capacity, "free": max(0, capacity - held), "parts": gpus[g], "host": host.get(g, [])}
+        )
     return out
+
+
+def _host(instances: list[InstanceView], dep: Deployment, r: Readings) -> dict[str, Any]:
+    """Host RAM held by weight backups (metrics/host_memory.py), in total and by instance."""
+    parts: list[list[Any]] = []
+    for v in instances:
+        found = r.host_bytes.get(v.id)
+        if found is not None:
+            parts.append([v.id, v.model, found[0], int(found[1])])
+    return {"held": sum(p[3] for p in parts), "parts": parts}
 
 
 def instance_memory(state: InstanceState, f: InstanceFacts, r: Readings) -> list[tuple[str, int]]:
@@ -101,7 +128,8 @@ def _model(m: ModelView, dep: Deployment, r: Readings, history: History) -> dict
         "name": name,
         "state": m.state.value,
         "instances": [
-            {"id": i.id, "gpus": list(i.gpus), "state": i.state.value, "error": i.error} for i in m.instances
+            {"id": i.id, "gpus": list(i.gpus), "state": i.shown_state, "draining": i.draining, "error": i.error}
+            for i in m.instances
         ],
         "requests": int(r.requests.get(name, 0)),
         "in_flight": int(r.in_flight.get(name, 0)),

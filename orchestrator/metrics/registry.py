@@ -211,6 +211,14 @@ class ChimeraMetrics:
             ["node"],
             registry=r,
         )
+        self.host_memory = Gauge(
+            "chimera_host_memory_bytes",
+            "Pinned host RAM an instance's weight backup holds (mode full, from the weights' size): "
+            "kind=parked_weights while parking, parked or waking; kind=retained_weights while awake "
+            "after an earlier park (the backup is kept between parks); 0 before its first park",
+            ["model", SERVER, "kind"],
+            registry=r,
+        )
 
         self.gpu_seconds = Counter(
             "chimera_gpu_seconds",

@@ -132,10 +132,21 @@ def test_the_page_shows_metrics_and_a_park_and_a_wake_live(chimera: Running, tmp
             expect(page.locator(cell("tiny", "state"))).to_have_text("parked", timeout=WAIT_MS)
             assert metric(chimera.base, "chimera_instance_state", model="tiny", state="parked") == 1
             expect(page.locator(cell("tiny", "parks"))).not_to_have_text("–", timeout=WAIT_MS)
+            # its weights now sit in host RAM: in /metrics, the state and the page alike
+            weights = metric(chimera.base, "chimera_host_memory_bytes", server="tiny@gpu0", kind="parked_weights")
+            assert weights > 0
+            host = httpx.get(f"{chimera.base}/dashboard/state", timeout=10).json()["host"]
+            assert ["tiny@gpu0", "tiny", "parked_weights", int(weights)] in host["parts"]
+            expect(page.locator("#host")).to_contain_text("tiny@gpu0 parked", timeout=WAIT_MS)
             wake = httpx.post(f"{chimera.base}/admin/instances/tiny@gpu0/wake", headers=AUTH, timeout=60)
             assert wake.status_code == 200, wake.text
             expect(page.locator(cell("tiny", "state"))).to_have_text("awake", timeout=WAIT_MS)
             expect(page.locator(cell("tiny", "wakes"))).not_to_have_text("–", timeout=WAIT_MS)
+            # woken: nothing of it is parked; its backup is kept for the next park
+            assert metric(chimera.base, "chimera_host_memory_bytes", server="tiny@gpu0", kind="parked_weights") == 0
+            kept = metric(chimera.base, "chimera_host_memory_bytes", server="tiny@gpu0", kind="retained_weights")
+            assert kept == weights
+            expect(page.locator("#host")).to_contain_text("tiny@gpu0 retained", timeout=WAIT_MS)
             # the timeline of the model that parked and woke has its three stays at least
             assert page.locator(cell("tiny", "timeline") + " .strip span").count() >= 3
             expect(page.locator("#status")).not_to_have_class("status error")

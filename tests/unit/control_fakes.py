@@ -14,6 +14,7 @@ class RecordingEffects:
         self.parked: list[tuple[str, str]] = []
         self.woken: list[str] = []
         self.changes: list[tuple[str, InstanceState]] = []
+        self.views: list[InstanceView] = []  # every published view, in order
         self.observed: list[tuple[str, str, float, str]] = []
         self.probed: list[tuple[str, float]] = []
         self.killed: list[tuple[str, str]] = []
@@ -36,6 +37,7 @@ class RecordingEffects:
 
     def state_changed(self, view: InstanceView) -> None:
         self.changes.append((view.id, view.state))
+        self.views.append(view)
 
     def observe(self, kind: str, model: str, value: float, label: str = "") -> None:
         self.observed.append((kind, model, value, label))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import httpx
 import orjson
@@ -81,3 +82,32 @@ def test_the_parser_knows_watch_and_a_default_url() -> None:
     args = build_parser().parse_args(["status", "-w"])
     assert isinstance(args, argparse.Namespace)
     assert (args.url, args.watch, args.interval) == (status.DEFAULT_URL, True, 1.0)
+
+
+def test_status_shows_a_draining_instance_with_its_reason() -> None:
+    dep = deployment()
+    states = {"a@gpu0": InstanceState.AWAKE, "b@gpu0": InstanceState.PARKED}
+    models = [
+        replace(m, instances=tuple(replace(i, draining="idle") if i.id == "a@gpu0" else i for i in m.instances))
+        for m in views(dep, states)
+    ]
+    snap = Dashboard(dep, lambda: models, ChimeraMetrics(), clock=Clock()).snapshot()
+    con = Console(record=True, width=200)
+    con.print(status.render(snap))
+    a = next(line for line in con.export_text().splitlines() if line.startswith("a "))
+    assert a.split()[:3] == ["a", "awake", "a@gpu0=draining(idle)"]
+
+
+def test_status_shows_host_ram_in_weight_backups_per_gpu_and_in_total() -> None:
+    dep = deployment()
+    metrics = ChimeraMetrics()
+    metrics.host_memory.labels("b", "b@gpu0", "parked_weights").set(6 * status.GIB)
+    states = {"a@gpu0": InstanceState.AWAKE, "b@gpu0": InstanceState.PARKED}
+    snap = Dashboard(dep, lambda: views(dep, states), metrics, clock=Clock()).snapshot()
+    con = Console(record=True, width=200)
+    con.print(status.render(snap))
+    lines = con.export_text().splitlines()
+    assert lines[0].endswith("6.0 GiB of host RAM in weight backups")
+    head = next(line for line in lines if line.startswith("GPU "))
+    gpu = next(line for line in lines if line.startswith("0 "))
+    assert head.split()[:5] == ["GPU", "USED", "GIB", "FREE", "GIB"] and gpu.split()[3] == "6.0"

@@ -19,6 +19,9 @@ from orchestrator.control.events import (
     Woken,
 )
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
+from orchestrator.dashboard import state as dashboard_state
+from orchestrator.dashboard.history import History
+from orchestrator.dashboard.readings import Readings
 from orchestrator.deployment import derive
 from orchestrator.errors import ConfigError
 from orchestrator.types import Endpoint, InstanceState, LoadSample
@@ -240,3 +243,31 @@ def test_config__scheduler_keys_and_defaults() -> None:
     assert "scheduler.tau: must be a number >= 0" in msg
     assert "scheduler.on_late: must be one of shed, serve" in msg
     assert "scheduler.tua: unknown field (did you mean `tau`?)" in msg
+
+
+async def test_loop__a_drain_is_published_and_shown_in_the_dashboard_timeline(env: Env) -> None:
+    ctl, fx, clock = env
+    history = History(clock=clock)
+    history.seed(ctl.instances())
+    old = await migrate_hot(ctl, fx, clock)
+    ctl.post(Woken("hot@gpu1", 0.4))
+    await settle()
+    # traffic moved; the source drains its last request: a published change, state still awake
+    src = next(v for v in ctl.instances() if v.id == "hot@gpu0")
+    assert src.state is S.AWAKE and src.draining == "migration" and src.shown_state == "draining"
+    drains = [v for v in fx.views if v.id == "hot@gpu0" and v.draining is not None]
+    assert len(drains) == 1 and drains[0].state is S.AWAKE
+    for v in fx.views:
+        clock.t += 0.001
+        history.observe(v)
+    snap = dashboard_state.build(ctl.models(), ctl.deployment, Readings(), history, clock.t)
+    hot = next(m for m in snap["models"] if m["name"] == "hot")
+    shown = {i["id"]: (i["state"], i["draining"]) for i in hot["instances"]}
+    assert shown["hot@gpu0"] == ("draining", "migration")
+    assert [st for _, st in hot["timeline"]["hot@gpu0"]][-2:] == ["awake", "draining"]
+    # its last request ends: it parks, and the drain ends with the state change (one view)
+    n = len(fx.views)
+    ctl.release(old)
+    await settle()
+    after = [v for v in fx.views[n:] if v.id == "hot@gpu0"]
+    assert [(v.state, v.draining) for v in after] == [(S.PARKING, None)]

@@ -6,7 +6,7 @@
   const KEEP_POINTS = 600; // the activity chart's history (ten minutes at one poll a second)
   const GIB = 1024 ** 3;
   const STATE_COLORS = {
-    awake: "#2e9e5b", parked: "#b8bec6", waking: "#f0a030", parking: "#e07b39",
+    awake: "#2e9e5b", draining: "#8fbf3f", parked: "#b8bec6", waking: "#f0a030", parking: "#e07b39",
     starting: "#5b8def", pending: "#9db8f0", failed: "#d9453d", stopped: "#eceef1",
   };
   const KINDS = [["weights", 45, 60], ["runtime", 32, 35], ["kv_used", 60, 65], ["kv_mapped", 84, 70]];
@@ -35,7 +35,8 @@
     for (const m of s.models) {
       total += m.requests;
       for (const i of m.instances) {
-        if (i.state === "awake" || i.state === "parked" || i.state === "failed") count[i.state]++;
+        if (i.state === "draining") count.awake++; // awake, taking no new request
+        else if (i.state === "awake" || i.state === "parked" || i.state === "failed") count[i.state]++;
         else if (i.state !== "stopped") count.moving++;
       }
     }
@@ -94,10 +95,22 @@
         seg.title = `${inst} (${model}): ${kind.replace("_", " ")} ${gib(bytes)} GiB`;
         bar.append(seg);
       }
-      row.append(el("span", "name", "GPU " + g.gpu), bar, el("span", "free", gib(g.free) + " free"));
+      const inHost = (g.host || []).reduce((a, p) => a + p[3], 0);
+      const host = el("span", "host", inHost ? gib(inHost) + " in host" : "");
+      host.title = (g.host || []).map(([inst, model, kind, b]) => `${inst} (${model}): ${kind.replace("_", " ")} ${gib(b)} GiB`).join("\n");
+      row.append(el("span", "name", "GPU " + g.gpu), bar, el("span", "free", gib(g.free) + " free"), host);
       row.title = `GPU ${g.gpu}: ${gib(g.capacity - g.free)} of ${gib(g.capacity)} GiB`;
       box.append(row);
     }
+    drawHost(s.host || { held: 0, parts: [] });
+  }
+  // Host RAM pinned by weight backups: parked models' weights, and those kept after a wake.
+  function drawHost(h) {
+    const box = $("#host");
+    const label = { parked_weights: "parked", retained_weights: "retained" };
+    const parts = h.parts.map(([inst, model, kind, b]) => `${inst} ${label[kind] || kind} ${gib(b)}`);
+    box.textContent = `Host RAM in weight backups: ${gib(h.held)} GiB` + (parts.length ? " · " + parts.join(" · ") : "");
+    box.dataset.held = String(h.held);
   }
 
   // --- models ---
@@ -151,7 +164,7 @@
     $("#window").textContent = `(timeline: the last ${shown < 120 ? Math.round(shown) + " s" : Math.round(shown / 60) + " min"})`;
     for (const m of s.models) {
       const tr = rows.get(m.name);
-      const where = m.instances.map((i) => `${i.id} on GPU ${i.gpus.join("+")}: ${i.state}${i.error ? " (" + i.error + ")" : ""}`).join("\n");
+      const where = m.instances.map((i) => `${i.id} on GPU ${i.gpus.join("+")}: ${i.state}${i.draining ? " (" + i.draining + ")" : ""}${i.error ? " (" + i.error + ")" : ""}`).join("\n");
       cell(tr, "name", m.name, where);
       const st = cell(tr, "state", m.state, where);
       st.className = "state state-" + m.state;
