@@ -160,7 +160,7 @@ async def serve(
         engine_headers=auth.headers(),
         client_keys=client_keys,
     )
-    gate = _admission(dep, app)  # mode full: the proxy's admission gate
+    gate = _admission(dep, app, kv)  # mode full: the proxy's admission gate
     scraper = _scraper(control, kv, gate, auth.headers())  # the one /v1/loads poller (liveness in every mode)
     raise_nofile()  # before the budget of client connections is derived from it
     limits = RequestLimits(
@@ -309,14 +309,18 @@ def _local_kv_effects(supervisor: Supervisor | RayEffects) -> KVEffects:
     return HttpKVEffects(supervisor.http, supervisor.kv_endpoints)  # filled as shims come up
 
 
-def _admission(dep: Deployment, app: Starlette) -> AdmissionGate | None:
+def _admission(dep: Deployment, app: Starlette, kv: KVRunner | None = None) -> AdmissionGate | None:
     """Mode full: the proxy's admission gate (local admission on KV room, from the scraper's
     samples), which the proxy finds as ``app.state.admission``. Other modes: none (the proxy
-    forwards at once)."""
+    forwards at once). The requests it holds are KV demand the engines cannot show yet: the
+    ledger counts them, and re-splits at once when one has to wait."""
     if not dep.timesharing:
         return None
     gate = AdmissionGate(dep)
     app.state.admission = gate
+    if kv is not None:
+        kv.held = gate.held_kv_tokens
+        gate.on_held = kv.poke
     return gate
 
 

@@ -50,6 +50,7 @@ class KVInstance:
 class Observation:
     load: LoadSample | None  # None: no fresh /v1/loads sample this round
     status: Status | None  # None: the shim did not answer this round
+    held_tokens: int = 0  # KV of the requests the admission gate holds for it (mode full)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class Ledger:
             members.append(
                 Member(
                     inst.id,
-                    need_bytes(obs.load, inst.token_bytes, st.used_tokens),
+                    need_bytes(obs.load, inst.token_bytes, st.used_tokens, held_tokens=obs.held_tokens),
                     inst.floor_bytes,
                     ceiling,
                     st.block_bytes,

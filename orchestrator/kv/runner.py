@@ -95,6 +95,9 @@ class KVRunner:
         self.max_sample_age_s = max_sample_age_s
         self._poked = asyncio.Event()
         self._samples: dict[str, LoadSample] = {}  # the latest scraped sample per instance
+        # KV tokens of the requests held for each instance before it (mode full: the admission
+        # gate's ``held_kv_tokens``, wired by the app); demand the engine cannot show yet
+        self.held: Callable[[], Mapping[str, int]] = dict
         self.failures: dict[str, int] = {}  # consecutive failed set_limit calls per instance
 
     def observe(self, sample: LoadSample) -> None:
@@ -133,7 +136,11 @@ class KVRunner:
             for inst, st in zip(insts, statuses, strict=True):
                 if st is not None:
                     self.report(inst.id, st)
-        seen = {i.id: Observation(self._fresh(i.id, now), st) for i, st in zip(insts, statuses, strict=True)}
+        held = self.held()
+        seen = {
+            i.id: Observation(self._fresh(i.id, now), st, held.get(i.id, 0))
+            for i, st in zip(insts, statuses, strict=True)
+        }
         actions = self.ledger.plan(insts, seen, now)
         # order does not matter: a grow was sized on memory free while the shrinking
         # instances still hold every page they have mapped (split.phase)

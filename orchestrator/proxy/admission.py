@@ -84,6 +84,9 @@ class AdmissionGate:
         # a group with requests left queued is looked at again after ``repump_s`` even if
         # nothing happens: its samples may have stopped (then room is unknown and it admits)
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        # called when a request arrives and has to wait: the KV ledger re-splits at once, with
+        # the held requests in its demand (``held_kv_tokens``; wired by the app)
+        self.on_held: Callable[[], None] = lambda: None
 
     # ---- inputs -------------------------------------------------------------------------
 
@@ -128,6 +131,8 @@ class AdmissionGate:
         queue = self._queues.setdefault(g, {})
         queue[rid] = _Waiting(pending, instance_id, prompt, fut)
         self._pump(g)
+        if rid in queue:
+            self.on_held()
         try:
             await fut
         except BaseException:
@@ -144,6 +149,16 @@ class AdmissionGate:
         if eng is not None:
             eng.unseen.pop(rid, None)  # gone already if a sample came after its dispatch
             self._pump(self._group(instance_id))
+
+    def held_kv_tokens(self) -> dict[str, int]:
+        """KV tokens (prompt + max new tokens) of the requests waiting per instance: demand the
+        engine cannot report while they wait here (the KV ledger adds it, kv/demand.py)."""
+        out: dict[str, int] = {}
+        for queue in self._queues.values():
+            for w in queue.values():
+                if not w.future.done():
+                    out[w.instance] = out.get(w.instance, 0) + w.pending.kv_tokens
+        return out
 
     def queued(self) -> dict[int, int]:
         """Requests waiting per GPU group (lead GPU), for tests and metrics."""

@@ -40,7 +40,7 @@ async def test_the_scraper_runs_in_every_mode_with_the_sinks_each_needs(mode: Mo
             dep, control, supervisor, metrics, GpuSeconds(dep.instances, dep.gpu_bytes, metrics.gpu_seconds)
         )
         app = Starlette()
-        gate = _admission(dep, app)
+        gate = _admission(dep, app, kv)
         scraper = _scraper(control, kv, gate, {"Authorization": "Bearer k"})
     finally:
         await supervisor.http.aclose()
@@ -49,6 +49,8 @@ async def test_the_scraper_runs_in_every_mode_with_the_sinks_each_needs(mode: Mo
     expected = [control.post] + ([kv.observe] if kv is not None else []) + ([gate.observe] if gate else [])
     assert list(scraper.sinks) == expected
     assert scraper.headers == {"Authorization": "Bearer k"}  # the engines' key on every scrape
+    if gate is not None and kv is not None:  # requests the gate holds are the ledger's demand too
+        assert kv.held == gate.held_kv_tokens and gate.on_held == kv.poke
     assert scraper.targets == control.instances
     assert scraper.liveness == control.post and scraper.window_s == dep.config.liveness.window_s
 

@@ -152,3 +152,21 @@ def test_a_parking_neighbour_still_holds_its_weights_and_pages() -> None:
     assert limits["a"] == 0
     budget = 80 * GIB - 2 * AWAKE - MARGIN_BYTES
     assert limits.get("b", 2 * GIB) <= budget - 30 * GIB
+
+
+def test_requests_held_before_the_engine_are_demand() -> None:
+    """Mode full: a model whose burst waits in the admission gate shows its engine idle; the
+    held requests' KV is what makes the ledger grow it (else it would wait for ever)."""
+    assert need_bytes(idle(), TOKEN, shim_used_tokens=0, held_tokens=30_000) == 30_000 * TOKEN
+
+    def plan(held: int) -> dict[str, int]:
+        led = Ledger({0: 80 * GIB})
+        seen = {
+            "a": Observation(busy(200_000, rate=5_000.0), status(30 * GIB, 30 * GIB, used=200_000)),
+            "b": Observation(idle(), status(BLOCK, 2 * GIB), held_tokens=held),
+        }
+        return {x.instance: x.bytes for x in led.plan([inst("a"), inst("b")], seen, now=0.0) if isinstance(x, SetLimit)}
+
+    quiet, held = plan(0), plan(60_000)
+    assert held["b"] >= 60_000 * TOKEN > quiet["b"]
+    assert held["a"] < quiet["a"]

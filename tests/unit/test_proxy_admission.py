@@ -215,3 +215,24 @@ async def test_gate__a_queued_request_is_admitted_once_samples_stop() -> None:
     assert not t.done()
     clock.t += 10 * STALE_S
     await asyncio.wait_for(t, timeout=5)
+
+
+async def test_gate__held_requests_are_kv_demand_and_their_arrival_pokes_the_ledger() -> None:
+    """A request that must wait for KV room is demand the engine cannot show: the gate reports
+    its KV per instance (the ledger adds it, kv/demand.py) and asks for a re-split at once."""
+    gate = AdmissionGate(derive(CFG), clock=Clock(100.0))
+    pokes: list[None] = []
+    gate.on_held = lambda: pokes.append(None)
+    gate.observe(loads("big@gpu0", 100.0, used=9_900))  # 100 tokens free, a request needs ~200
+    waiting = [asyncio.create_task(gate.admit(spec("big"), BODY, "big@gpu0", 100.0)) for _ in range(3)]
+    await settle()
+    per_request = estimate_prompt_tokens(BODY) + max_new_tokens(BODY)
+    assert gate.held_kv_tokens() == {"big@gpu0": 3 * per_request}
+    assert len(pokes) == 3
+    gate.observe(loads("big@gpu0", 100.1, used=0))  # the ledger grew its KV: all three go
+    await settle()
+    assert all(t.done() for t in waiting) and gate.held_kv_tokens() == {}
+    for t in waiting:
+        gate.done("big@gpu0", t.result())
+    await gate.admit(spec("big"), BODY, "big@gpu0", 100.2)  # room: dispatched at once, no poke
+    assert len(pokes) == 3
