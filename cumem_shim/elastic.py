@@ -59,11 +59,16 @@ class ElasticKV:
         *,
         slack_tokens: int = 2048,
         map_ahead_blocks: int = 0,
+        ranked: bool = False,
     ) -> None:
         if map_ahead_blocks < 0:
             raise ValueError(f"map_ahead_blocks={map_ahead_blocks} must be >= 0")
         self.layout, self.driver, self.device = layout, driver, device
         self.box = LimitBox(limit_bytes)
+        # TP > 1 (ranks.py): the channel's box only collects; the scheduler applies what every
+        # rank agreed on, carried in SGLang's per-step broadcast. TP 1: the channel's box.
+        self.ranked = ranked
+        self.agreed = LimitBox(limit_bytes) if ranked else self.box
         self.slack_units = max(1, -(-slack_tokens // layout.page_size))
         self.base = driver.reserve(layout.reserve_bytes, layout.granularity)
         self.mapped: set[int] = set()  # blocks whose units SGLang may hold (in the free list)
@@ -199,7 +204,7 @@ class ElasticKV:
     def maintain(self) -> None:
         """Apply a new limit; give back prepared blocks above it; unmap blocks above it that
         are fully free."""
-        taken = self.box.take()
+        taken = self.agreed.take()
         if taken is not None:
             self.limit_bytes, self.revision = taken
             self._target = self.layout.units_for_blocks(self.layout.blocks_for_limit(taken[0]))

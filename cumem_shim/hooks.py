@@ -15,6 +15,10 @@ resolves every target first and refuses, naming each missing piece, before patch
 - ``RadixCache.evict`` (srt/mem_cache/radix_cache.py): while a shrink drains, each eviction
   SGLang makes (it evicts only when it needs room) also evicts the tokens held above the limit,
   so a busy server's prefix cache shrinks too (an idle one is flushed by the orchestrator).
+- ``SchedulerRequestReceiver._broadcast_reqs_across_ranks``
+  (srt/managers/scheduler_components/request_receiver.py), only for TP > 1: rank 0 broadcasts
+  each step's requests to the other ranks; the shim's limit rides along (ranks.py), so every
+  rank applies it in the same step.
 - ``KVCacheConfigurator.configure``: after it, the server's pool and allocator must both be
   shim-backed, or start-up fails (e.g. an MLA model, a quantized KV cache, an SWA allocator).
 
@@ -66,6 +70,13 @@ TARGETS: tuple[tuple[str, str, dict[str, tuple[str, ...]]], ...] = (
     ),
 )
 
+# patched only for TP > 1 (a TP-1 server needs nothing of it)
+TP_TARGET: tuple[str, str, dict[str, tuple[str, ...]]] = (
+    "sglang.srt.managers.scheduler_components.request_receiver",
+    "SchedulerRequestReceiver",
+    {"_broadcast_reqs_across_ranks": ("self", "recv_reqs")},
+)
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -78,6 +89,7 @@ class Backend:
     device_index: Callable[[Any], int]
     total_memory: Callable[[int], int]
     world_size: Callable[[], int]
+    rank: Callable[[], int] = lambda: 0
 
 
 def cuda_backend() -> Backend:
@@ -95,6 +107,10 @@ def cuda_backend() -> Backend:
         dist = torch.distributed
         return int(dist.get_world_size()) if dist.is_initialized() else 1
 
+    def rank() -> int:
+        dist = torch.distributed
+        return int(dist.get_rank()) if dist.is_initialized() else 0
+
     return Backend(
         CudaDriver,
         buffer_tensors,
@@ -103,6 +119,7 @@ def cuda_backend() -> Backend:
         device_index,
         lambda d: int(torch.cuda.get_device_properties(d).total_memory),
         world_size,
+        rank,
     )
 
 
@@ -125,11 +142,11 @@ class _Process:
 _STATE: _Process | None = None
 
 
-def resolve() -> dict[str, type]:
+def resolve(tp_size: int = 1) -> dict[str, type]:
     """Import every target class and check its methods; raise naming all that is missing."""
     classes: dict[str, type] = {}
     problems: list[str] = []
-    for module, name, methods in TARGETS:
+    for module, name, methods in TARGETS + ((TP_TARGET,) if tp_size > 1 else ()):
         try:
             cls = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:
@@ -158,7 +175,7 @@ def resolve() -> dict[str, type]:
 def install(settings: Settings, backend: Backend | None = None) -> None:
     """Patch SGLang's classes (idempotent per process)."""
     global _STATE
-    classes = resolve()
+    classes = resolve(settings.tp_size)
     _STATE = _Process(settings, backend)
     from cumem_shim import hooks_sglang
 

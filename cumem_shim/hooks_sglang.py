@@ -17,6 +17,8 @@ from cumem_shim.channel import ChannelServer
 from cumem_shim.elastic import ElasticKV
 from cumem_shim.errors import ShimConfigError
 from cumem_shim.pages import KVLayout
+from cumem_shim.ranks import Follower, carry
+from cumem_shim.settings import rank_socket
 
 log = logging.getLogger("cumem_shim")
 _MARK = "_chimera_shim_original"
@@ -37,6 +39,8 @@ def patch(classes: dict[str, type]) -> None:
     paged = classes["PagedTokenToKVPoolAllocator"]
     _wrap(paged, "alloc_extend", _alloc_extend)
     _wrap(paged, "alloc_decode", _alloc_decode)
+    if "SchedulerRequestReceiver" in classes:
+        _wrap(classes["SchedulerRequestReceiver"], "_broadcast_reqs_across_ranks", _broadcast)
 
 
 def _wrap(cls: type, name: str, hook: Callable[..., Any]) -> None:
@@ -69,9 +73,12 @@ def _create_buffers_normal(original: Any, sig: Any, pool: Any) -> None:
         problems.append("post-capture KV sizing (unset SGLANG_ENABLE_POST_CAPTURE_KV_SIZING)")
     if getattr(pool, "enable_custom_mem_pool", False):
         problems.append("a custom KV memory pool (PD disaggregation over NVLink)")
-    ranks = st.backend.world_size()
-    if ranks > 1:
-        problems.append(f"{ranks} ranks (TP/PP): every rank would have to change its limit in the same scheduler step")
+    ranks, tp = st.backend.world_size(), st.settings.tp_size
+    if ranks != tp:
+        problems.append(
+            f"{ranks} ranks for a TP size of {tp} (CHIMERA_SHIM_TP_SIZE): the shim backs tensor "
+            "parallelism only (no pipeline or data parallelism)"
+        )
     if st.kv is not None:
         problems.append("a second KV pool in one process (a speculative-decoding draft model)")
     if problems:
@@ -103,23 +110,28 @@ def _create_buffers_normal(original: Any, sig: Any, pool: Any) -> None:
         st.settings.limit_bytes,
         slack_tokens=st.settings.slack_tokens,
         map_ahead_blocks=st.settings.map_ahead_blocks,
+        ranked=tp > 1,
     )
     tensors = st.backend.tensors(kv, [k_shape] * layers + [v_shape] * layers, pool.store_dtype, pool.device)
     st.backend.zero(tensors, lay.block_tokens)
     pool.k_buffer, pool.v_buffer = tensors[:layers], tensors[layers:]
     setattr(pool, _KV, kv)
     st.kv = kv
-    st.server = ChannelServer(st.settings.socket, kv).start()
+    rank = st.backend.rank() if tp > 1 else 0
+    path = rank_socket(st.settings.socket, rank)
+    st.server = ChannelServer(path, kv if rank == 0 else Follower(kv, rank, st.settings.socket)).start()
     log.warning(
         "cumem_shim: KV pool of %d tokens in a %.1f GiB virtual range (%d blocks of %d "
-        "tokens, %.0f MiB each); limit %.2f GiB; control socket %s",
+        "tokens, %.0f MiB each); limit %.2f GiB; TP rank %d of %d; control socket %s",
         lay.capacity_units * lay.page_size,
         lay.reserve_bytes / 2**30,
         lay.num_blocks,
         lay.block_tokens,
         lay.block_bytes / 2**20,
         st.settings.limit_bytes / 2**30,
-        st.settings.socket,
+        rank,
+        tp,
+        path,
     )
 
 
@@ -214,3 +226,12 @@ def _evict(original: Any, sig: Any, tree: Any, *args: Any, **kwargs: Any) -> Any
             bound.arguments["params"] = dataclasses.replace(params, num_tokens=int(params.num_tokens) + extra)
             return original(*bound.args, **bound.kwargs)
     return original(tree, *args, **kwargs)
+
+
+# -- tensor parallelism --------------------------------------------------------------------
+def _broadcast(original: Any, sig: Any, receiver: Any, recv_reqs: Any) -> Any:
+    """Rank 0's newly accepted limit rides this step's broadcast to every rank (ranks.py)."""
+    kv = hooks.state().kv
+    if kv is None or not kv.ranked:
+        return original(receiver, recv_reqs)
+    return carry(kv, recv_reqs, lambda reqs: original(receiver, reqs))

@@ -6,6 +6,9 @@ CHIMERA_SHIM_LIMIT_BYTES       start-up KV limit in bytes (required when request
 CHIMERA_SHIM_VIRTUAL_KV_BYTES  virtual pool size in bytes that SGLang sizes its pool for
                                (default: the GPU's total memory; --max-total-tokens still caps)
 CHIMERA_SHIM_SLACK_TOKENS      room left to running requests while a shrink drains (2048)
+CHIMERA_SHIM_TP_SIZE           the server's tensor-parallel ranks (1): every rank's scheduler
+                               process backs its own shard's pool; rank 0's channel is at
+                               CHIMERA_SHIM_SOCKET, rank r's at ``rank_socket(path, r)``
 CHIMERA_SHIM_MAP_AHEAD_BLOCKS  blocks a background thread keeps mapped ahead of demand, within
                                the limit (2; 0 = map only inside allocations)
 SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE   must be false: SGLang's idle leak check counts the
@@ -25,9 +28,10 @@ LIMIT_BYTES = "CHIMERA_SHIM_LIMIT_BYTES"
 VIRTUAL_KV_BYTES = "CHIMERA_SHIM_VIRTUAL_KV_BYTES"
 SLACK_TOKENS = "CHIMERA_SHIM_SLACK_TOKENS"
 MAP_AHEAD_BLOCKS = "CHIMERA_SHIM_MAP_AHEAD_BLOCKS"
+TP_SIZE = "CHIMERA_SHIM_TP_SIZE"
 STRICT_IDLE_CHECK = "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE"
 # set per server by the orchestrator: never inherited from its own environment
-PER_SERVER = frozenset({SOCKET, LIMIT_BYTES, VIRTUAL_KV_BYTES})
+PER_SERVER = frozenset({SOCKET, LIMIT_BYTES, VIRTUAL_KV_BYTES, TP_SIZE})
 DEFAULT_SLACK_TOKENS = 2048
 # Two blocks: one for the next allocation that runs out, one being prepared meanwhile (a block
 # of Llama-3.1-8B, 128 MiB, maps in ~2.5 ms on an H100, far less than a prefill that fills it).
@@ -42,6 +46,18 @@ class Settings:
     virtual_kv_bytes: int | None
     slack_tokens: int
     map_ahead_blocks: int = DEFAULT_MAP_AHEAD_BLOCKS
+    tp_size: int = 1
+
+
+def rank_socket(path: str, rank: int) -> str:
+    """The control socket of TP rank ``rank`` of a server whose CHIMERA_SHIM_SOCKET is ``path``
+    (rank 0's is ``path`` itself, so a TP-1 server is unchanged). The shim and the orchestrator
+    both call this."""
+    return path if rank == 0 else f"{path}.r{rank}"
+
+
+def rank_sockets(path: str, tp_size: int) -> list[str]:
+    return [rank_socket(path, r) for r in range(max(1, tp_size))]
 
 
 def server_env(
@@ -50,6 +66,7 @@ def server_env(
     virtual_kv_bytes: int | None = None,
     slack_tokens: int | None = None,
     map_ahead_blocks: int | None = None,
+    tp_size: int = 1,
 ) -> dict[str, str]:
     """The variables an orchestrator adds to a server's environment to turn the shim on (the
     sglang and sim adapters call this; the names are then read only here)."""
@@ -60,6 +77,8 @@ def server_env(
         out[SLACK_TOKENS] = str(int(slack_tokens))
     if map_ahead_blocks is not None:
         out[MAP_AHEAD_BLOCKS] = str(int(map_ahead_blocks))
+    if tp_size > 1:
+        out[TP_SIZE] = str(int(tp_size))
     return out
 
 
@@ -94,6 +113,7 @@ def read(env: Mapping[str, str] | None = None) -> Settings:
     virtual = integer(VIRTUAL_KV_BYTES, None, 1)
     slack = integer(SLACK_TOKENS, DEFAULT_SLACK_TOKENS, 0)
     ahead = integer(MAP_AHEAD_BLOCKS, DEFAULT_MAP_AHEAD_BLOCKS, 0)
+    tp = integer(TP_SIZE, 1, 1)
     if e.get(STRICT_IDLE_CHECK, "true").strip().lower() not in _FALSE:
         problems.append(
             f"{STRICT_IDLE_CHECK} must be 0 while the shim holds KV slots back "
@@ -102,5 +122,5 @@ def read(env: Mapping[str, str] | None = None) -> Settings:
         )
     if problems:
         raise ShimConfigError("cumem_shim cannot start: " + "; ".join(problems))
-    assert limit is not None and slack is not None and ahead is not None
-    return Settings(socket, limit, virtual, slack, ahead)
+    assert limit is not None and slack is not None and ahead is not None and tp is not None
+    return Settings(socket, limit, virtual, slack, ahead, tp)

@@ -76,10 +76,10 @@ def ledger_enabled(mode: Mode) -> bool:
 
 
 def shim_refusal(spec: InstanceSpec) -> str | None:
-    """Why this instance cannot run with the shim (a fixed KV pool), or None. The shim backs
-    single-rank pools only: every rank would have to change its limit in the same step."""
-    if spec.model.tp_size > 1:
-        return f"TP {spec.model.tp_size}: the shim backs single-rank KV pools only; this instance keeps a fixed pool"
+    """Why this instance cannot run with the shim (a fixed KV pool), or None. Every TP rank
+    backs its own shard and all ranks apply a limit in the same step (cumem_shim/ranks.py),
+    so tensor parallelism is no reason; nothing in the placements file is one today."""
+    del spec
     return None
 
 
@@ -102,7 +102,7 @@ class InstanceFacts:
     shim: bool  # cumem_shim backs its KV pool and the ledger sets its limit
     shim_refusal: str | None  # in a ledger mode, why it runs without the shim
     floor_bytes: int  # placements kv_floor_gb (0: none): KV it keeps whatever others need
-    ceiling_bytes: int  # the most KV it may map: kv_pool_gb, else its GPU beside its own cost
+    ceiling_bytes: int  # per GPU, the most KV it may map: kv_pool_gb / TP, else its GPU beside its own cost
     start_limit_bytes: int  # its shim's limit before the ledger's first split
     fixed_pool_bytes: int  # KV over its group without the shim (never resized); 0 with the shim
     mem_fraction_static: float  # the fraction a fixed pool without kv_pool_gb is sized with
@@ -194,8 +194,8 @@ def _instance(cfg: Config, spec: InstanceSpec) -> InstanceFacts:
     refusal = shim_refusal(spec) if ledger_enabled(cfg.mode) else None
     shim = ledger_enabled(cfg.mode) and refusal is None
     fraction = default_mem_fraction(model, host)
-    if placement.kv_pool_gb is not None:
-        ceiling = int(placement.kv_pool_gb * GIB)
+    if placement.kv_pool_gb is not None:  # the server's KV over its group; a ceiling is per GPU
+        ceiling = int(placement.kv_pool_gb * GIB) // model.tp_size
     else:  # the virtual range SGLang sizes its pool for
         ceiling = max(MIN_POOL_BYTES, int(host.gpu_memory_gb * GIB) - cost.held_awake_bytes)
     floor = int((floor_gb or 0) * GIB)
@@ -244,7 +244,8 @@ def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec, serial: bool =
         per_token_group = f.cost.kv_bytes_per_token * f.spec.model.tp_size
         if f.shim:  # sized for its share of the GPU's KV, at least its floor
             tokens, fraction = None, None
-            sized_for = max(f.floor_bytes, f.ceiling_bytes // max(sharing[g] for g in f.spec.gpus))
+            per_gpu = max(f.floor_bytes, f.ceiling_bytes // max(sharing[g] for g in f.spec.gpus))
+            sized_for = per_gpu * f.spec.model.tp_size  # over the group, like a fixed pool
         else:
             tokens, fraction = max(1, f.fixed_pool_bytes // per_token_group), launch_fraction(f, gpu)
             sized_for = f.fixed_pool_bytes

@@ -32,6 +32,7 @@ class MemoryTags:
     # With cumem_shim the KV pool is not in torch_memory_saver's region: what it holds is the
     # shim's mapped pages, whatever tags are released (set by sim/shim_channel.py).
     shim_kv_bytes: Callable[[], int] | None = None
+    tp_size: int = 1  # one scheduler process per rank, each on its own GPU with an equal shard
 
     @staticmethod
     def normalize(tags: Iterable[str] | None) -> list[str]:
@@ -86,6 +87,7 @@ class MemoryTags:
             "kv_cache_bytes": self._tag_bytes("kv_cache"),
             "cuda_graph_bytes": self._tag_bytes("cuda_graph"),
             "resident_bytes": self.resident_bytes(),
+            "ranks": [self.resident_bytes()] * self.tp_size,  # per rank's GPU (the sim's are equal)
             "released": {t: t in self.released for t in MEMORY_TAGS},
             "memory_saver": self.memory_saver,
             "weights_cpu_backup": self.weights_cpu_backup,

@@ -96,7 +96,7 @@ class SimServer:
             chunked_prefill_size=s.chunked_prefill_size,
             context_length=self.context_len,
         )
-        self.memory = MemoryTags(self.plan, s.enable_memory_saver, s.enable_weights_cpu_backup)
+        self.memory = MemoryTags(self.plan, s.enable_memory_saver, s.enable_weights_cpu_backup, tp_size=s.tp_size)
         self.model = LatencyModel(s.shape, s.tp_size, s.speed)
         self.metrics = SimMetrics(s.served_name, self.gauges)
         self.batcher = Batcher(self.model, self.plan, clock, self.metrics.queue_time)

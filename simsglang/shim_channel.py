@@ -10,6 +10,11 @@ ones are never cut. The pool's virtual size stays the plan's (``max_total_num_to
 Model of the pages: the bookkeeping follows the batcher's tokens in KV with a counting free
 list that compacts perfectly (the real shim's pool fragments; the sim's never does), synced
 before each admission and each channel call. Everything runs on the app's event loop.
+
+TP > 1 (CHIMERA_SHIM_TP_SIZE): one channel per rank at ``rank_socket(path, r)``, as a real
+server's scheduler processes serve; the sim's ranks are equal shards of one pool (its
+bookkeeping is per GPU), so every rank answers the same status and ranks > 0 refuse
+``set_limit`` like the real shim's followers (cumem_shim/ranks.py).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from cumem_shim import protocol
 from cumem_shim import settings as shim_settings
@@ -27,6 +32,7 @@ from cumem_shim.fake import TWO_MIB, FakeDevice
 from cumem_shim.freelist import CountingFreeList
 from cumem_shim.limit import Accepted
 from cumem_shim.pages import mha_layout
+from cumem_shim.ranks import Follower
 from cumem_shim.types import Status
 from simsglang.batcher import Batcher, SimRequest
 from simsglang.server import SimServer
@@ -114,22 +120,46 @@ async def mounted(sim: SimServer) -> AsyncIterator[SimShim | None]:
     shim = SimShim(sim, batcher, cfg.limit_bytes, cfg.slack_tokens)
     sim.memory.shim_kv_bytes = lambda: shim.kv.status().mapped_bytes
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while line := await reader.readline():
-                if line.strip():
-                    writer.write(protocol.handle(line, shim))
-                    await writer.drain()
-        except (ConnectionError, ValueError):
-            pass  # the client went away or sent an over-long line: drop the connection
-        finally:
-            writer.close()
+    def serving(target: protocol.Target) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while line := await reader.readline():
+                    if line.strip():
+                        writer.write(protocol.handle(line, target))
+                        await writer.drain()
+            except (ConnectionError, ValueError):
+                pass  # the client went away or sent an over-long line: drop the connection
+            finally:
+                writer.close()
 
-    server = await asyncio.start_unix_server(serve, claim_socket_path(cfg.socket), limit=protocol.MAX_LINE_BYTES)
+        return serve
+
+    paths = shim_settings.rank_sockets(cfg.socket, cfg.tp_size)
+    servers = [
+        await asyncio.start_unix_server(
+            serving(shim if r == 0 else _SimFollower(shim, r, cfg.socket)),
+            claim_socket_path(path),
+            limit=protocol.MAX_LINE_BYTES,
+        )
+        for r, path in enumerate(paths)
+    ]
     try:
         yield shim
     finally:
-        server.close()
-        await server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(cfg.socket)
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+class _SimFollower(Follower):
+    """Rank ``r`` > 0 of the sim: the shared pool's status (synced first), no set_limit."""
+
+    def __init__(self, shim: SimShim, rank: int, leader_socket: str) -> None:
+        super().__init__(shim.kv, rank, leader_socket)
+        self.shim = shim
+
+    def status(self) -> Status:
+        return self.shim.status()

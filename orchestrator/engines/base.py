@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cumem_shim import settings as shim_settings
 from orchestrator.config import HostSpec, InstanceSpec
 
 # SGLang's flag for a YAML file of flags, merged into argv inside the server: how an engine gets
@@ -28,6 +29,12 @@ class ShimLaunch:
     # a directory that registers the plugin entry point, for a Python where chimera is not
     # pip-installed (None: the installed distribution registers it)
     entry_point_dir: str | None = None
+    tp_size: int = 1  # every rank's scheduler backs its shard; rank r's channel: rank_socket
+
+    @property
+    def sockets(self) -> list[str]:
+        """Every rank's control socket, rank 0's (where limits go) first."""
+        return shim_settings.rank_sockets(self.socket, self.tp_size)
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,11 @@ class SimEngine:
         root = str(Path(orchestrator.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         if req.shim:  # the sim's shim channel reads the same variables (sim/shim_channel.py)
-            env.update(shim_settings.server_env(req.shim.socket, req.shim.limit_bytes, req.shim.virtual_kv_bytes))
+            env.update(
+                shim_settings.server_env(
+                    req.shim.socket, req.shim.limit_bytes, req.shim.virtual_kv_bytes, tp_size=req.shim.tp_size
+                )
+            )
         return LaunchSpec(
             argv=tuple(argv),
             env=env,

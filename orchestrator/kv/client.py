@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cumem_shim.errors import ProtocolError
@@ -26,6 +27,7 @@ from cumem_shim.protocol import (
     request_json,
     status_from_json,
 )
+from cumem_shim.settings import rank_sockets
 from cumem_shim.types import Status
 from orchestrator.errors import EngineError
 
@@ -111,3 +113,45 @@ class ShimClient:
         except ProtocolError as exc:
             raise ShimProtocolError(f"{self.path}: {exc}") from exc
         return out
+
+
+def combine(statuses: Sequence[Status]) -> Status:
+    """One server's status from its TP ranks' (rank 0's first). Limits and capacity: the min
+    over ranks, so the ledger never counts on room some rank lacks (all ranks apply a limit in
+    the same step, so they agree once it is applied); mapped bytes and tokens in use: the max,
+    since the ledger budgets per GPU and must count the most any one GPU of the group holds;
+    draining: any rank."""
+    if len(statuses) == 1:
+        return statuses[0]
+    first = statuses[0]
+    return first._replace(
+        mapped_bytes=max(s.mapped_bytes for s in statuses),
+        used_tokens=max(s.used_tokens for s in statuses),
+        limit_bytes=min(s.limit_bytes for s in statuses),
+        revision=min(s.revision for s in statuses),
+        capacity_tokens=min(s.capacity_tokens for s in statuses),
+        limit_tokens=min(s.limit_tokens for s in statuses),
+        draining=any(s.draining for s in statuses),
+    )
+
+
+class GroupClient:
+    """A server's shims, one per TP rank (``cumem_shim.settings.rank_socket``): ``set_limit``
+    goes to rank 0, which carries it to every rank in the same scheduler step
+    (``cumem_shim/ranks.py``); ``status`` reads every rank and ``combine``s them. A TP-1 server
+    is one ``ShimClient``."""
+
+    def __init__(self, path: str, tp_size: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.ranks = [ShimClient(p, timeout_s) for p in rank_sockets(path, tp_size)]
+
+    async def status(self) -> Status:
+        if len(self.ranks) == 1:
+            return await self.ranks[0].status()
+        return combine(await asyncio.gather(*(r.status() for r in self.ranks)))
+
+    async def set_limit(self, limit_bytes: int, revision: int) -> LimitReply:
+        reply = await self.ranks[0].set_limit(limit_bytes, revision)
+        if len(self.ranks) == 1:
+            return reply
+        others = await asyncio.gather(*(r.status() for r in self.ranks[1:]))
+        return replace(reply, status=combine([reply.status, *others]))

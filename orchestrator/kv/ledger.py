@@ -15,7 +15,7 @@ when it needs room, and an idle server never does.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cumem_shim.types import Status
 from orchestrator.kv.demand import need_bytes
@@ -24,6 +24,9 @@ from orchestrator.types import LoadSample
 
 MARGIN_BYTES = 1 << 30  # kept free on each GPU: allocator fragmentation, NCCL, other processes
 FLUSH_EVERY_S = 10.0  # at most one /flush_cache per instance this often
+# Re-splits of GPUs shared with TP groups: each round holds a group to the least any of its GPUs
+# gave it, so the rest goes to its neighbours; pins only fall, and a few rounds settle it.
+GROUP_ROUNDS = 4
 
 
 @dataclass(frozen=True)
@@ -97,50 +100,47 @@ class Ledger:
         return max(0, self.capacity.get(gpu, 0) - non_kv.get(gpu, 0) - self.margin)
 
     def plan(self, instances: Sequence[KVInstance], seen: Mapping[str, Observation], now: float) -> list[Action]:
-        actions: list[Action] = []
+        """Actions for this round. A TP group is one instance on several GPUs (one entry per
+        GPU, with its per-GPU figures): its limit is the same on every GPU of its group, the
+        least that any of them can give (each rank's pool is an equal shard, and its ranks
+        apply a limit together: cumem_shim/ranks.py). What that leaves unused on its other GPUs
+        is split again among their other instances (``GROUP_ROUNDS``)."""
         non_kv = non_kv_bytes(instances)
-        for gpu in sorted({i.gpu for i in instances}):
-            here = [i for i in instances if i.gpu == gpu]
-            actions += self._plan_gpu(gpu, here, seen, non_kv, now)
-        return actions
-
-    def _plan_gpu(
-        self,
-        gpu: int,
-        here: Sequence[KVInstance],
-        seen: Mapping[str, Observation],
-        non_kv: Mapping[int, int],
-        now: float,
-    ) -> list[Action]:
         out: list[Action] = []
-        members, mapped, current = [], {}, {}
-        parked_pages = 0
-        for inst in here:
+        members: dict[str, Member] = {}
+        mapped: dict[str, int] = {}
+        current: dict[str, int] = {}
+        parked_pages: dict[int, int] = {}
+        done: set[str] = set()
+        for inst in instances:  # once per instance: its observation, flush, or its limit 0
             obs = seen.get(inst.id, Observation(None, None))
             st = obs.status
             known = self.known.setdefault(inst.id, _Known())
+            if inst.id in done:
+                if not inst.resident and st is not None:
+                    parked_pages[inst.gpu] = parked_pages.get(inst.gpu, 0) + st.mapped_bytes
+                continue
+            done.add(inst.id)
             if st is not None:  # the shim's revision wins (an orchestrator restart)
                 known.revision = max(known.revision, st.revision)
             if not inst.resident:
                 if st is not None and known.limit != 0:
                     out.append(self._send(inst.id, 0))
                 if st is not None:  # its pages stay until its shim applies the 0
-                    parked_pages += st.mapped_bytes
+                    parked_pages[inst.gpu] = parked_pages.get(inst.gpu, 0) + st.mapped_bytes
                 continue
             if st is None or obs.load is None:
                 continue  # unknown this round: it keeps its limit; its pages count below
             ceiling = min(
                 inst.ceiling_bytes or st.capacity_tokens * inst.token_bytes, st.capacity_tokens * inst.token_bytes
             )
-            members.append(
-                Member(
-                    inst.id,
-                    need_bytes(obs.load, inst.token_bytes, st.used_tokens, held_tokens=obs.held_tokens),
-                    inst.floor_bytes,
-                    ceiling,
-                    st.block_bytes,
-                    inst.priority,
-                )
+            members[inst.id] = Member(
+                inst.id,
+                need_bytes(obs.load, inst.token_bytes, st.used_tokens, held_tokens=obs.held_tokens),
+                inst.floor_bytes,
+                ceiling,
+                st.block_bytes,
+                inst.priority,
             )
             mapped[inst.id] = st.mapped_bytes
             current[inst.id] = known.limit if known.limit is not None else st.limit_bytes
@@ -151,23 +151,60 @@ class Ledger:
             ):
                 known.last_flush = now
                 out.append(FlushCache(inst.id))
-        budget = self.budget(gpu, non_kv)
-        # instances not seen this round still hold what they have mapped or may map
-        unseen = parked_pages + sum(
-            max(self.known[i.id].limit or 0, 0) for i in here if i.resident and i.id not in mapped
-        )
-        block = {m.id: m.block for m in members}
+        span: dict[str, list[int]] = {}
+        for inst in instances:
+            span.setdefault(inst.id, []).append(inst.gpu)
+        budgets = {}
+        for gpu in sorted(set(i.gpu for i in instances)):
+            here = [i for i in instances if i.gpu == gpu]
+            # instances not seen this round still hold what they have mapped or may map
+            unseen = parked_pages.get(gpu, 0) + sum(
+                max(self.known[i.id].limit or 0, 0) for i in here if i.resident and i.id not in members
+            )
+            budgets[gpu] = (self.budget(gpu, non_kv) - unseen, [i.id for i in here if i.id in members])
+        pinned: dict[str, int] = {}
+        for _ in range(GROUP_ROUNDS):
+            per_gpu = {gpu: self._limits(b, ids, members, mapped, current, pinned) for gpu, (b, ids) in budgets.items()}
+            agreed = {iid: min(per_gpu[g][iid] for g in span[iid]) for iid in members}
+            moved = {iid: v for iid, v in agreed.items() if len(span[iid]) > 1 and pinned.get(iid) != v}
+            if not moved or all(
+                all(per_gpu[g][iid] == v for g in span[iid]) for iid, v in moved.items()
+            ):  # every group got the same on each GPU: nothing to hand back
+                break
+            pinned.update(moved)
+        for iid in sorted(members):
+            limit = agreed[iid]
+            if limit != current[iid] or self.known[iid].limit is None:
+                out.append(self._send(iid, limit))
+        return out
+
+    def _limits(
+        self,
+        budget: int,
+        ids: Sequence[str],
+        members: Mapping[str, Member],
+        mapped: Mapping[str, int],
+        current: Mapping[str, int],
+        pinned: Mapping[str, int],
+    ) -> dict[str, int]:
+        """One GPU: the limit each of its resident instances may have now (split, hysteresis,
+        phase). ``pinned``: TP groups held to what another GPU of theirs can give."""
+        here = [
+            replace(members[i], ceiling=pinned[i], floor=min(members[i].floor, pinned[i]))
+            if i in pinned
+            else members[i]
+            for i in ids
+        ]
+        block = {m.id: m.block for m in here}
         targets = {
             iid: t
             if changed(t, current[iid], block[iid], self.hysteresis) or self.known[iid].limit is None
             else current[iid]
-            for iid, t in split(budget - unseen, members).limits.items()
+            for iid, t in split(budget, here).limits.items()
         }
-        order = [m.id for m in sorted(members, key=lambda m: (-m.priority, m.id))]
-        for iid, limit in phase(budget - unseen, targets, current, mapped, order).items():
-            if limit != current[iid] or self.known[iid].limit is None:
-                out.append(self._send(iid, limit))
-        return out
+        targets = {iid: min(t, pinned.get(iid, t)) for iid, t in targets.items()}
+        order = [m.id for m in sorted(here, key=lambda m: (-m.priority, m.id))]
+        return phase(budget, targets, current, mapped, order)
 
     def _send(self, iid: str, limit: int) -> SetLimit:
         known = self.known[iid]

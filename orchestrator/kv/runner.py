@@ -27,7 +27,7 @@ from typing import Protocol
 import httpx
 
 from cumem_shim.types import Status
-from orchestrator.kv.client import LimitReply, ShimClient, ShimProtocolError, ShimUnavailable
+from orchestrator.kv.client import GroupClient, LimitReply, ShimProtocolError, ShimUnavailable
 from orchestrator.kv.ledger import Action, FlushCache, KVInstance, Ledger, Observation
 from orchestrator.sglang.api import FLUSH_CACHE
 from orchestrator.types import LoadSample
@@ -50,7 +50,8 @@ class KVEffects(Protocol):
 @dataclass(frozen=True)
 class KVEndpoint:
     base_url: str  # the instance's HTTP server, e.g. http://127.0.0.1:30001
-    socket: str  # its CHIMERA_SHIM_SOCKET
+    socket: str  # its CHIMERA_SHIM_SOCKET (rank 0's channel)
+    tp_size: int = 1  # ranks whose channels answer status (cumem_shim.settings.rank_socket)
 
 
 class HttpKVEffects:
@@ -64,13 +65,14 @@ class HttpKVEffects:
         if ep is None:  # no shim (a fixed pool, or not up yet): counted, never resized
             return None
         try:
-            return await ShimClient(ep.socket).status()
+            return await GroupClient(ep.socket, ep.tp_size).status()
         except (ShimUnavailable, ShimProtocolError) as exc:
             log.warning("kv ledger: %s: %s", inst.id, exc)
             return None
 
     async def set_limit(self, iid: str, limit_bytes: int, revision: int) -> LimitReply:
-        return await ShimClient(self.endpoints[iid].socket).set_limit(limit_bytes, revision)
+        ep = self.endpoints[iid]
+        return await GroupClient(ep.socket, ep.tp_size).set_limit(limit_bytes, revision)
 
     async def flush_cache(self, iid: str) -> None:
         r = await self.http.request(FLUSH_CACHE.method, self.endpoints[iid].base_url + FLUSH_CACHE.path)

@@ -2,8 +2,10 @@
 from the control loop's views and the deployment's facts (orchestrator/deployment.py: which
 instances the shim backs, their floors, ceilings, fixed pools and costs). Pure.
 
-Instances without the shim (TP > 1) keep a fixed pool and count it on their GPUs as non-KV
-memory, so the ledger never hands their memory to a neighbour.
+Instances without the shim (mode static's fixed pools) count their pool on their GPUs as non-KV
+memory, so the ledger never hands their memory to a neighbour. A TP group appears once per GPU
+of its group with its per-GPU figures (its shard's KV bytes per token); the ledger gives it the
+same limit on each (ledger.py).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def kv_instances(views: Iterable[InstanceView], deployment: Deployment) -> list[
                 KVInstance(
                     id=v.id,
                     gpu=gpu,
-                    token_bytes=model.shape.kv_bytes_per_token,
+                    token_bytes=facts.cost.kv_bytes_per_token,  # per GPU: a TP shard's
                     awake_bytes=facts.awake_bytes,
                     parked_bytes=facts.parked_bytes,
                     floor_bytes=facts.floor_bytes,

@@ -205,7 +205,7 @@ def shim_env(shim: ShimLaunch, pythonpath: str | None) -> dict[str, str]:
     root = str(Path(cumem_shim.__file__).resolve().parent.parent)
     paths = [p for p in (shim.entry_point_dir, root, pythonpath) if p]
     return {
-        **shim_settings.server_env(shim.socket, shim.limit_bytes, shim.virtual_kv_bytes),
+        **shim_settings.server_env(shim.socket, shim.limit_bytes, shim.virtual_kv_bytes, tp_size=shim.tp_size),
         "PYTHONPATH": os.pathsep.join(paths),
     }
 

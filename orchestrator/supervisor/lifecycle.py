@@ -73,14 +73,16 @@ class Lifecycle:
                 await asyncio.sleep(0.5)
             after = await self.probe.read(pid, gpus, base_url)
             freed = before.bytes - after.bytes
-            if freed >= MIN_FREED_FRACTION * expected_free_bytes:
+            short = short_gpus(gpus, before, after, MIN_FREED_FRACTION * expected_free_bytes)
+            if freed >= MIN_FREED_FRACTION * expected_free_bytes and not short:
                 return ParkResult(time.monotonic() - t0, freed, before, after)
         await self._post(base_url, RESUME_MEMORY, body)
         await self._post(base_url, CONTINUE_GENERATION, {})
+        where = f" (GPU {', '.join(map(str, short))} of its group freed less)" if short else ""
         raise EngineError(
             f"release_memory_occupation answered 200 but GPU memory dropped only "
-            f"{(before.bytes - after.bytes) / 2**20:.0f} MiB (expected at least "
-            f"{MIN_FREED_FRACTION * expected_free_bytes / 2**20:.0f} MiB); resumed it"
+            f"{(before.bytes - after.bytes) / 2**20:.0f} MiB{where} (expected at least "
+            f"{MIN_FREED_FRACTION * expected_free_bytes / 2**20:.0f} MiB on each GPU); resumed it"
         )
 
     async def wake(self, base_url: str, expected_probe: str | None, tags: list[str] | None = None) -> float:
@@ -125,3 +127,11 @@ class Lifecycle:
             raise EngineError(f"{route.method} {route.path} failed: {exc!r}") from exc
         if r.status_code != 200:
             raise EngineError(f"{route.method} {route.path} answered {r.status_code}: {r.text[:300]}")
+
+
+def short_gpus(gpus: tuple[int, ...], before: MemoryReading, after: MemoryReading, least: float) -> list[int]:
+    """The GPUs of a group whose memory dropped less than ``least`` bytes (a TP rank whose
+    release did not free its shard), where both readings tell GPUs apart; else none."""
+    if len(gpus) < 2 or len(before.per_gpu) != len(gpus) or len(after.per_gpu) != len(gpus):
+        return []
+    return [g for g, b, a in zip(gpus, before.per_gpu, after.per_gpu, strict=True) if b - a < least]

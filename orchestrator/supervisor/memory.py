@@ -34,6 +34,9 @@ from orchestrator.sglang.api import SERVER_INFO
 class MemoryReading:
     bytes: int
     per_process: bool  # False: device-level used memory of the instance's GPUs
+    # the same per GPU of the group, in the order of its GPUs (a TP group: each rank's process
+    # on its own GPU); empty where the probe cannot tell GPUs apart
+    per_gpu: tuple[int, ...] = ()
 
 
 class MemoryProbe(Protocol):
@@ -47,8 +50,11 @@ class SimMemoryProbe:
     async def read(self, pid: int, gpus: tuple[int, ...], base_url: str) -> MemoryReading:
         r = await self._client.get(base_url + SERVER_INFO.path, timeout=10)
         r.raise_for_status()
-        # the sim reports one GPU's bytes; like NVML's reading, the result sums the group's
-        return MemoryReading(int(r.json()["sim"]["memory"]["resident_bytes"]) * len(gpus), True)
+        # the sim reports each rank's bytes (one per GPU); like NVML's reading, the result sums them
+        mem = r.json()["sim"]["memory"]
+        ranks = mem.get("ranks") or [mem["resident_bytes"]] * len(gpus)
+        per_gpu = tuple(int(b) for b in ranks)
+        return MemoryReading(sum(per_gpu), True, per_gpu if len(per_gpu) == len(gpus) else ())
 
 
 class NvmlMemoryProbe:
@@ -132,15 +138,19 @@ def _nvml_read(pid: int, gpus: tuple[int, ...]) -> MemoryReading:
     pids = _group_pids(pid)
     pynvml.nvmlInit()
     try:
-        total, device_used, seen = 0, 0, False
+        per_gpu, per_device, seen = [], [], False
         for g in gpus:
             h = pynvml.nvmlDeviceGetHandleByIndex(g)
-            device_used += int(pynvml.nvmlDeviceGetMemoryInfo(h).used)
+            per_device.append(int(pynvml.nvmlDeviceGetMemoryInfo(h).used))
+            here = 0
             for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
                 if p.pid in pids and p.usedGpuMemory is not None:
-                    total += int(p.usedGpuMemory)
+                    here += int(p.usedGpuMemory)
                     seen = True
-        return MemoryReading(total, True) if seen else MemoryReading(device_used, False)
+            per_gpu.append(here)
+        if seen:
+            return MemoryReading(sum(per_gpu), True, tuple(per_gpu))
+        return MemoryReading(sum(per_device), False, tuple(per_device))
     finally:
         pynvml.nvmlShutdown()
 

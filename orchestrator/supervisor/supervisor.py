@@ -42,7 +42,7 @@ from orchestrator.control.events import (
 from orchestrator.deployment import Deployment
 from orchestrator.engines.base import Engine, LaunchRequest, LaunchSpec, ShimLaunch
 from orchestrator.errors import ChimeraError, EngineError, EngineStartError
-from orchestrator.kv.client import ShimProtocolError, ShimUnavailable, wait_ready
+from orchestrator.kv.client import ShimProtocolError, ShimUnavailable, combine, wait_ready
 from orchestrator.kv.runner import KVEndpoint
 from orchestrator.sglang.api import HEALTH, MODEL_INFO
 from orchestrator.sglang.auth import EngineAuth
@@ -216,21 +216,27 @@ class Supervisor:
             limit_bytes=facts.start_limit_bytes,
             virtual_kv_bytes=facts.ceiling_bytes,
             entry_point_dir=self._plugin_dir or None,
+            tp_size=spec.model.tp_size,
         )
 
     async def shim_ready(self, spec: InstanceSpec, shim: ShimLaunch, base_url: str) -> str | None:
         """None once the shim answers (the ledger may reach it), else why the start failed."""
-        try:
-            st = await wait_ready(shim.socket, SHIM_READY_TIMEOUT_S)
+        try:  # every TP rank's shim: a rank without it would run with a fixed shard
+            sts = await asyncio.gather(*(wait_ready(p, SHIM_READY_TIMEOUT_S) for p in shim.sockets))
+            st = combine(sts)
         except (ShimUnavailable, ShimProtocolError) as exc:
             return (
                 f"the server is up but its KV shim is not ({exc}); is cumem_shim importable "
                 "by the server's Python? (mode static runs without it)"
             )
         log.info(
-            "%s: KV shim up: %d tokens virtual, limit %.2f GiB", spec.id, st.capacity_tokens, st.limit_bytes / 2**30
+            "%s: KV shim up on %d rank(s): %d tokens virtual, limit %.2f GiB per GPU",
+            spec.id,
+            len(shim.sockets),
+            st.capacity_tokens,
+            st.limit_bytes / 2**30,
         )
-        self.kv_endpoints[spec.id] = KVEndpoint(base_url, shim.socket)
+        self.kv_endpoints[spec.id] = KVEndpoint(base_url, shim.socket, shim.tp_size)
         return None
 
     def post(self, event: Event) -> None:

@@ -51,8 +51,8 @@ def test_ledger_and_placement_agree_on_a_servers_non_kv_bytes(shape: str, tp: in
     dep = derive(cfg)
     (inst,) = cfg.instances
     placed = plan.cluster_view(dep, {}, 0.0).models[0].cost
-    # a TP server keeps a fixed pool (no shim): the ledger counts it too, as not KV
-    fixed = 0 if tp == 1 else 4 * GIB // tp
+    # the shim backs every TP rank: nothing of its KV is fixed
+    fixed = 0
     for state, expected in (
         (InstanceState.AWAKE, placed.parked_bytes + placed.awake_bytes + fixed),
         (InstanceState.PARKED, placed.parked_bytes),
@@ -63,13 +63,14 @@ def test_ledger_and_placement_agree_on_a_servers_non_kv_bytes(shape: str, tp: in
     assert placed.awake_bytes > load_shape(shape).weight_bytes // tp
 
 
-def test_tp1_gets_the_shim_tp2_keeps_a_fixed_pool_and_static_mode_none() -> None:
+def test_tp1_and_tp2_get_the_shim_and_static_mode_none() -> None:
     models = (model("small"), model("big", "llama-3.1-8b", 2, placements=[{"gpus": [0, 1], "kv_pool_gb": 6}]))
     for mode in ("elastic", "full"):
         facts = derive(config(*models, mode=mode)).instances
         assert facts["small@gpu0"].shim and facts["small@gpu0"].fixed_pool_bytes == 0
         big = facts["big@gpu0+1"]
-        assert not big.shim and "TP 2" in (big.shim_refusal or "") and big.fixed_pool_bytes == 6 * GIB
+        assert big.shim and big.shim_refusal is None and big.fixed_pool_bytes == 0
+        assert big.ceiling_bytes == 3 * GIB  # kv_pool_gb over the group: the shim's ceiling per GPU
     static = derive(config(*models, mode="static"))
     assert not static.ledger and static.shimmed() == frozenset()
     assert all(f.shim_refusal is None for f in static.instances.values())  # nothing to explain

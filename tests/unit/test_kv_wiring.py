@@ -76,16 +76,17 @@ def test_ledger_view_counts_fixed_pools_and_skips_gone_instances() -> None:
     s = by[small.id, 0]
     assert not s.resident and s.floor_bytes == 2 * GIB and s.ceiling_bytes == 12 * GIB
     assert s.awake_bytes == dep.instances[small.id].cost.held_awake_bytes  # no fixed pool
-    # the TP 2 instance holds its awake cost and half its fixed 6 GiB pool on each GPU
+    # the TP 2 instance is shim-backed on both GPUs: its awake cost, its shard's token bytes
     b = by[big.id, 1]
-    assert b.resident and b.awake_bytes == dep.instances[big.id].cost.held_awake_bytes + 3 * GIB
+    assert b.resident and b.awake_bytes == dep.instances[big.id].cost.held_awake_bytes
+    assert b.token_bytes == big.model.shape.kv_bytes_per_token // 2 and b.ceiling_bytes == 3 * GIB
     assert kv_instances([view(small.id, (0,), InstanceState.FAILED)], dep) == []
 
 
 def test_parking_holds_weights_and_a_fixed_pool_without_kv_pool_gb_is_counted() -> None:
     cfg = parse_config(
         {
-            "mode": "elastic",
+            "mode": "static",
             "host": {"gpus": 2},
             "models": [
                 {"name": "small", "model_path": "meta-llama/Llama-3.2-1B-Instruct", "placements": [{"gpus": [0]}]},
@@ -109,7 +110,7 @@ def test_parking_holds_weights_and_a_fixed_pool_without_kv_pool_gb_is_counted() 
     }
     s = got[small.id, 0]
     assert not s.resident and s.holds_weights
-    # SGLang's default fraction of each GPU, less the weights, is the TP 2 server's pool: counted
+    # mode static: SGLang's default fraction of each GPU, less the weights, is the TP 2 server's pool: counted
     # beside its runtime (context, graphs, activations)
     runtime = dep.instances[big.id].cost.held_awake_bytes - big.model.shape.weight_bytes // 2
     assert got[big.id, 0].awake_bytes >= 0.5 * 80 * GIB + runtime

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from orchestrator.errors import EngineError
+from orchestrator.shapes import load_shape
 from orchestrator.supervisor.lifecycle import Lifecycle
 from orchestrator.supervisor.memory import MemoryReading, SimMemoryProbe
 from orchestrator.supervisor.process import PROBE_BODY, PROBE_PATH
@@ -78,3 +79,41 @@ async def test_busy_engine_is_never_released(monkeypatch: pytest.MonkeyPatch) ->
             await life.park(BASE, 1, (0,), expected_free_bytes=1)
     assert "/release_memory_occupation" not in calls
     assert calls == ["/pause_generation", "/v1/loads", "/continue_generation"]
+
+
+@pytest.mark.parametrize(("shape", "tp"), [("llama-3.1-8b", 2), ("llama-3.3-70b", 4)])
+async def test_a_tp_group_parks_and_wakes_on_every_rank(shape: str, tp: int) -> None:
+    """The sim at TP 2 and TP 4: one reading per rank's GPU; each GPU must free its shard."""
+    app = create_app(SimSettings.from_shape(shape, speed=0, tp_size=tp))
+    gpus = tuple(range(tp))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as c:
+        first = (await c.post(BASE + PROBE_PATH, json=PROBE_BODY)).json()["text"]
+        probe = SimMemoryProbe(c)
+        before = await probe.read(1, gpus, BASE)
+        assert len(before.per_gpu) == tp and before.bytes == sum(before.per_gpu)
+        life = Lifecycle(c, probe)
+        share = load_shape(shape).weight_bytes // tp
+        res = await life.park(BASE, 1, gpus, expected_free_bytes=share)
+        assert all(b - a >= share for b, a in zip(res.before.per_gpu, res.after.per_gpu, strict=True))
+        await life.wake(BASE, expected_probe=first)  # the probe after the wake: same output
+        assert (await probe.read(1, gpus, BASE)).per_gpu == before.per_gpu
+
+
+class OneRankStuck:
+    """Rank 1's GPU never drops: its process did not release (the others did)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def read(self, pid: int, gpus: tuple[int, ...], base_url: str) -> MemoryReading:
+        self.reads += 1
+        low = 2 << 30 if self.reads > 1 else 20 << 30
+        per = tuple(20 << 30 if g == 1 else low for g in gpus)
+        return MemoryReading(sum(per), True, per)
+
+
+async def test_a_rank_that_did_not_release_fails_the_park_and_is_resumed(client: httpx.AsyncClient) -> None:
+    life = Lifecycle(client, OneRankStuck())
+    with pytest.raises(EngineError, match="GPU 1 of its group"):
+        await life.park(BASE, 1, (0, 1, 2, 3), expected_free_bytes=8 << 30)
+    assert (await client.post(BASE + PROBE_PATH, json=PROBE_BODY)).status_code == 200  # resumed

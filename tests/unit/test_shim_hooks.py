@@ -349,7 +349,7 @@ def test_tensor_parallel_is_refused() -> None:
     root = Path(tempfile.mkdtemp(prefix="shimhk", dir="/tmp"))
     r = Rig(root, world=2)
     try:
-        with pytest.raises(ShimConfigError, match="2 ranks"):
+        with pytest.raises(ShimConfigError, match="2 ranks for a TP size of 1"):
             r.configure()
     finally:
         r.close(root)
