@@ -50,8 +50,11 @@ def test_fleet_on_the_sim_starts_concurrently_within_budget(tmp_path: Path) -> N
     assert res["engine"]["simulated"] is True and res["overshoots"] == []
     fleet = res["fleet"]["instances"]
     assert len(fleet) == 3 and len(res["single"]["instances"]) == 1
-    # one at a time, three boots would take at least 3 x DELAY_S
-    assert res["fleet"]["wall_s"] < len(models) * DELAY_S
+    # one at a time, the fleet's `up` would last at least the sum of its servers' own boots
+    # (compared with the boots of this very run, so a loaded CPU slows both sides alike)
+    boots = [rec["phases_s"]["total"] for rec in fleet.values()]
+    assert all(b >= DELAY_S for b in boots)
+    assert res["fleet"]["wall_s"] < 0.8 * sum(boots)
     for rec in fleet.values():
         ph = rec["phases_s"]
         # the sim prints SGLang's marks: every phase is seen, and they add up to the total
