@@ -1,5 +1,5 @@
-"""THE performance model of one SGLang server (calibrated on the H100): how its memory is
-split and how long a scheduler step, a park and a wake take.
+"""THE performance model of one SGLang server (the H100 by default; other cards through calibration.py's
+named calibrations): how its memory is split and how long a scheduler step, a park and a wake take.
 
 Pure functions and small value objects (no clock, no I/O). One model for everything that
 predicts: the live scheduler and admission gate (step and prefill times), ``chimera-orch plan``,
