@@ -31,6 +31,7 @@ from bench.sim.servers import SimReq
 from bench.sim.simulator import Simulator
 from bench.traces import BenchRequest, describe
 from orchestrator.config import GIB, Config, parse_config
+from orchestrator.perf.calibration import CALIBRATIONS
 
 DES_SYSTEM = {"static": FixedColocation.name, "swap": "swap-only", "full": "chimera"}
 
@@ -89,17 +90,24 @@ def run(
     duration_s: float,
     seed: int,
     trace_for: Callable[[Any, str, float, float, int], list[BenchRequest]],
+    calibration: str = "h100",
 ) -> dict[str, Any]:
-    """The experiment.json of ``system`` on ``setup`` (bench/gpu/experiment.py's Setup)."""
+    """The experiment.json of ``system`` on ``setup`` (bench/gpu/experiment.py's Setup), with
+    the step times of ``calibration`` (orchestrator/perf/calibration.py CALIBRATIONS)."""
     if system not in DES_SYSTEM:
         raise SystemExit(
             f"error: the discrete-event simulator has no {system!r} system (it has {', '.join(DES_SYSTEM)})"
         )
+    if calibration not in CALIBRATIONS:
+        raise SystemExit(f"error: no calibration {calibration!r} (there are {', '.join(CALIBRATIONS)})")
+    cal = CALIBRATIONS[calibration]
     cfg = parse_config(setup.raw)
     serving = served(setup.raw, system)
     models = {
         m.name: replace(
-            make_model(m.name, m.shape.name, m.tp_size), ttft_slo=m.slo.ttft_or_default, tpot_slo=m.slo.tpot_or_default
+            make_model(m.name, m.shape.name, m.tp_size, cal),
+            ttft_slo=m.slo.ttft_or_default,
+            tpot_slo=m.slo.tpot_or_default,
         )
         for m in cfg.models
         if m.name in serving
@@ -140,6 +148,7 @@ def run(
         "system": system,
         "trace": trace,
         "engine": "des",
+        "calibration": calibration,
         "des_system": DES_SYSTEM[system],
         "served": serving,
         "unserved": [m for m in setup.models if m not in serving],

@@ -60,6 +60,7 @@ from bench.report import summarize_run, write_json
 from bench.report.document import write_records
 from bench.traces import BenchRequest, SyntheticSpec, TraceOptions, build_trace, describe
 from orchestrator.config import Yaml12Loader, parse_config
+from orchestrator.perf.calibration import CALIBRATIONS
 
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 SCHEMA = "chimera-gpu-experiment/1"
@@ -70,17 +71,19 @@ ALPHA, CV = 0.5, 2.0  # Prism's synthetic workload, as bench/sim/experiments.py
 LENGTHS = (8, 512)  # synthetic prompt and output lengths, [lo, hi)
 LMSYS_MAX_OUTPUT = 1024
 # Default sweeps, four rates each so that two systems fit one device command (bench/gpu/budget.py),
-# chosen from the discrete-event simulator's predictions (SIMULATED, docs/benchmarks.md) to
-# bracket each system's highest rate at 99% joint attainment. lmsys: scale factors.
+# chosen from the discrete-event simulator's predictions with the H200 calibration (SIMULATED,
+# `--engine des --calibration h200`, docs/benchmarks.md) to bracket each system's highest rate at
+# 99% joint attainment; static's reaches its collapse. elastic has no simulator counterpart: its
+# sweep sits between static's and full's. lmsys: scale factors.
 DEFAULT_RATES: dict[tuple[str, str], list[float]] = {
-    ("A", "static"): [2.0, 4.0, 6.0, 8.0],
-    ("A", "elastic"): [4.0, 8.0, 16.0, 24.0],
-    ("A", "full"): [8.0, 16.0, 20.0, 24.0],
-    ("A", "swap"): [0.25, 0.5, 1.0, 2.0],
+    ("A", "static"): [8.0, 16.0, 20.0, 24.0],
+    ("A", "elastic"): [8.0, 16.0, 24.0, 32.0],
+    ("A", "full"): [16.0, 24.0, 32.0, 40.0],
+    ("A", "swap"): [0.05, 0.1, 0.25, 0.5],
     ("B", "static"): [1.0, 2.0, 4.0, 8.0],
     ("B", "elastic"): [1.0, 2.0, 4.0, 8.0],
-    ("B", "full"): [0.5, 1.0, 2.0, 4.0],
-    ("B", "swap"): [0.25, 0.5, 1.0, 2.0],
+    ("B", "full"): [0.25, 0.5, 1.0, 2.0],
+    ("B", "swap"): [0.05, 0.1, 0.25, 0.5],
 }
 LMSYS_RATES = [0.5, 1.0, 2.0, 4.0]
 
@@ -165,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sim engine (CPU, SIMULATED), stock SGLang (GPU), or the discrete-event "
         "simulator (bench/sim, no chimera process)",
     )
+    p.add_argument(
+        "--calibration",
+        choices=sorted(CALIBRATIONS),
+        default="h100",
+        help="--engine des only: the card the simulator's step times stand for (orchestrator/perf/"
+        "calibration.py; h200 = fitted from the H200 set-up A run, colocated) (default %(default)s)",
+    )
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/gpu-experiment"))
     p.add_argument(
         "--work-dir",
@@ -207,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "des":
         from bench.gpu import des
 
-        doc = des.run(setup, args.system, args.trace, args.rates, args.duration, args.seed, trace_for)
+        doc = des.run(setup, args.system, args.trace, args.rates, args.duration, args.seed, trace_for, args.calibration)
         doc["command"] = command
         write_json(args.out / "experiment.json", doc)
         console.print(f"wrote {args.out / 'experiment.json'} (SIMULATED: discrete-event simulator)")
@@ -349,7 +359,7 @@ def hardware(doc: dict[str, Any]) -> str:
     """What the numbers ran on, in words (SIMULATED unless stock SGLang on a GPU)."""
     prov = doc.get("provenance") or {}
     if doc.get("engine") == "des":
-        return "SIMULATED (discrete-event simulator, H100 model)"
+        return f"SIMULATED (discrete-event simulator, {doc.get('calibration', 'h100').upper()} model)"
     if doc.get("engine") != "sglang":
         return "SIMULATED (sim engine on a CPU)"
     gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver_version')})" for g in prov.get("gpus", []))

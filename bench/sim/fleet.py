@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 
 from bench.sim.servers import SimModel
+from orchestrator.perf.calibration import H100, Calibration
 from orchestrator.perf.cost import server_cost
 from orchestrator.perf.model import LatencyModel
 from orchestrator.shapes import load_shape
@@ -49,9 +50,11 @@ MIXES: dict[str, list[tuple[str, int, int]]] = {  # (shape, tp, count)
 }
 
 
-def make_model(name: str, shape: str, tp: int = 1) -> SimModel:
+def make_model(name: str, shape: str, tp: int = 1, calibration: Calibration = H100) -> SimModel:
+    """One model; ``calibration`` sets its step times (memory, park and wake stay the H100's)."""
     sh = load_shape(shape)
-    return SimModel(name=name, shape_name=shape, tp=tp, cost=server_cost(sh, tp), lat=LatencyModel(sh, tp))
+    lat = LatencyModel(sh, tp, calibration=calibration)
+    return SimModel(name=name, shape_name=shape, tp=tp, cost=server_cost(sh, tp), lat=lat)
 
 
 def fleet(mix: str, seed: int = 7) -> list[SimModel]:

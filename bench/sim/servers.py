@@ -15,6 +15,10 @@ Approximation (documented in docs/bench-sim.md):
   joined by a TP server share one executor: a round there lasts the TP servers' steps plus the
   longest sum of the single-GPU servers' steps on one of its GPUs (each GPU time-slices its own
   processes; the TP step holds all of them). Prefills on a shared executor run back to back.
+- Under an "overlap" calibration (orchestrator/perf/calibration.py, the H200's) there are no
+  shared rounds: each server steps at its own rate, its step lengthened by the measured cost of
+  each other server decoding on its GPU, and an arrival interrupts at once (the step in
+  progress carries over). Prefills still run back to back before anyone's next decode step.
 - KV is reserved in full (prompt + output tokens) at dispatch, so there is no preemption.
 """
 
@@ -94,6 +98,11 @@ class SimServer:
         self.s0 = 0  # sum over running of (prompt + 1 - step it joined at)
         self.ready_at = 0.0
         self.queue: list[SimReq] = []  # baselines' FCFS queue of this server
+        # "overlap" calibrations only (GpuExec): this epoch's step, steps to its first finisher,
+        # and the time already spent on its step in progress when the epoch began
+        self.step_s = 0.0
+        self.k = 0
+        self.phase = 0.0
 
     @property
     def state(self) -> InstanceState:
@@ -144,6 +153,8 @@ class GpuExec:
         self.planned = False
         if now < self.pf_end:
             return self.pf_end, []  # a prefill in progress is not interrupted
+        if self.overlap:
+            return now, self._settle_overlap(now)
         r = min(self.k, math.ceil((now - self.pf_end) / self.round_s - 1e-9)) if self.round_s > 0 else self.k
         done: list[tuple[SimReq, float]] = []
         for s in self.active:
@@ -169,6 +180,9 @@ class GpuExec:
         self.active = [s for s in self.servers if s.running]
         if not self.active:
             return None
+        self.pf_end = t + cum
+        if self.overlap:
+            return self._plan_overlap()
         self.k = min(s.running[0][0] - s.steps for s in self.active)
         tp = 0.0
         lanes: dict[int, float] = {}  # single-GPU servers' steps, per GPU
@@ -179,10 +193,48 @@ class GpuExec:
             else:
                 lanes[s.gpus[0]] = lanes.get(s.gpus[0], 0.0) + step
         self.round_s = tp + max(lanes.values(), default=0.0)
-        self.pf_end = t + cum
         self.planned = True
         self.version += 1
         return self.pf_end + self.k * self.round_s
+
+    @property
+    def overlap(self) -> bool:
+        """Whether this GPU's servers step at their own rates (an "overlap" calibration)."""
+        return bool(self.servers) and self.servers[0].model.lat.calibration.colocation == "overlap"
+
+    def _plan_overlap(self) -> float:
+        """Each active server steps at its own colocated rate (its step plus the measured cost of
+        the others decoding beside it); the epoch ends at the first finisher of any server."""
+        others = len(self.active) - 1
+        end = math.inf
+        for s in self.active:
+            s.k = s.running[0][0] - s.steps
+            mid = s.ctx_sum() + len(s.running) * (s.k - 1) / 2
+            s.step_s = s.model.decode_s(len(s.running), mid) + s.model.lat.colocated_extra_s(others)
+            s.phase = min(s.phase, s.step_s)
+            end = min(end, self.pf_end + max(0.0, s.k * s.step_s - s.phase))
+        self.planned = True
+        self.version += 1
+        return end
+
+    def _settle_overlap(self, now: float) -> list[tuple[SimReq, float]]:
+        """The steps each active server completed by ``now``; the step in progress carries over
+        as its phase (an arrival does not wait for the round's end: servers have none)."""
+        done: list[tuple[SimReq, float]] = []
+        for s in self.servers:
+            if s not in self.active:
+                s.phase = 0.0
+                continue
+            elapsed = now - self.pf_end + s.phase
+            r = min(s.k, math.floor(elapsed / s.step_s + 1e-6)) if s.step_s > 0 else s.k
+            before = s.steps
+            s.steps += r
+            while s.running and s.running[0][0] <= s.steps:
+                fin, _, req = heapq.heappop(s.running)
+                s.s0 -= req.prompt + 1 - (fin - req.output + 1)
+                done.append((req, max(self.pf_end, self.pf_end + (fin - before) * s.step_s - s.phase)))
+            s.phase = min(s.step_s, max(0.0, elapsed - r * s.step_s)) if s.running else 0.0
+        return done
 
     def prefill_backlog(self, now: float) -> float:
         """Seconds of prefill ahead of a new request on this GPU (in progress + dispatched)."""

@@ -14,6 +14,9 @@ The model built on these is in model.py; nothing here is read from the environme
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -102,3 +105,71 @@ DISK_LOAD_BW = 2.5e9
 # --- what the sim reports about itself ---------------------------------------------------------
 SGLANG_VERSION = "0.5.17"  # the SGLang release whose HTTP API the sim reproduces
 ACCELERATOR_NAME = "NVIDIA H100 80GB HBM3 (simulated)"
+
+# --- named calibrations: which card the latency model stands for ----------------------------
+# The constants above are the H100's (the default everywhere: live scheduler, plan, simsglang,
+# the 8/18/58-model comparisons of docs/bench-sim.md). A named calibration replaces the latency
+# side only (memory sizing stays the H100's model above); bench/gpu/des.py selects one with
+# --calibration. model.py reads it through LatencyModel.calibration.
+
+
+@dataclass(frozen=True)
+class DecodeFit:
+    """One shape's decode step measured WHILE colocated: base + per_req x running requests +
+    per_other x other engines decoding at the same moment (to the second), in seconds."""
+
+    base_s: float
+    per_req_s: float
+    per_other_s: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The latency side of one card. colocation: how colocated servers' decode steps combine on
+    one GPU: "time-slice" = one round runs every server's step one after another (each server's
+    step takes the round: the H100 assumption); "overlap" = each server steps at its own rate,
+    its step lengthened by per_other for each other server decoding (measured)."""
+
+    name: str
+    card: str
+    hbm_bandwidth: float  # bytes/s, spec
+    prefill_mfu: float
+    colocation: Literal["time-slice", "overlap"]
+    decode: tuple[tuple[str, DecodeFit], ...] = ()  # per shape name; others use the roofline
+    default_per_other_s: float = 0.0  # overlap: per other decoding server, shapes not fitted
+
+    def decode_fit(self, shape_name: str) -> DecodeFit | None:
+        return next((f for s, f in self.decode if s == shape_name), None)
+
+
+H100 = Calibration("h100", ACCELERATOR_NAME, HBM_BANDWIDTH, PREFILL_MFU, "time-slice")
+
+# [measured] fitted by `python -m bench.calibration.h200_multi bench/results/gpu-experiment-h200-a`
+# (fit and residuals: calibration-h200.md there): NVIDIA H200 (driver 580.159.04), stock SGLang
+# 0.5.17, 2026-12-03, set-up A of the one-GPU experiment (six engines of four shapes on one GPU,
+# chimera static and full, synthetic trace, 2-24 req/s): 1,254 clean 40-step "Decode batch"
+# intervals, each with the other engines that logged a decode line in the same or the previous
+# second (SGLang's log stamps have 1-s resolution; that is all the alignment there is).
+# Interference is far below time-slicing: another decoding engine adds 1.1-4.0 ms to a step,
+# where running its step in between would add 4-20 ms (the engines' CPU-side scheduling, ~most
+# of a small-batch step, overlaps the other processes' kernels). The run had 3-5 others decoding
+# nearly always, so base_s (the step alone) is an extrapolation, collinear with per_other_s:
+# model.py floors a step at reading the weights once at the HBM spec bandwidth.
+H200_HBM_BANDWIDTH = 4.8e12  # [spec] HBM3e
+H200 = Calibration(
+    "h200",
+    "NVIDIA H200 141GB HBM3e (simulated; calibrated colocated, set-up A)",
+    H200_HBM_BANDWIDTH,
+    # [measured] the H200 trace run (bench/results/gpu-trace-h200), TTFT vs FLOPs; the batch
+    # lines give no prefill time (their input throughput spans the decode steps in between).
+    prefill_mfu=0.469,
+    colocation="overlap",
+    decode=(
+        ("llama-3.2-1b", DecodeFit(base_s=0.00107, per_req_s=0.000044, per_other_s=0.00123)),
+        ("llama-3.2-3b", DecodeFit(base_s=0.00544, per_req_s=0.000249, per_other_s=0.00111)),
+        ("llama-3.1-8b", DecodeFit(base_s=0.00125, per_req_s=0.000273, per_other_s=0.00400)),
+        ("qwen2.5-7b", DecodeFit(base_s=0.00662, per_req_s=0.000744, per_other_s=0.00298)),
+    ),
+    default_per_other_s=0.0025,  # [assumed] the fitted shapes' mean, for shapes not measured
+)
+CALIBRATIONS: dict[str, Calibration] = {c.name: c for c in (H100, H200)}

@@ -1,5 +1,5 @@
-"""THE performance model of one SGLang server (calibrated on the H100): how its memory is
-split and how long a scheduler step, a park and a wake take.
+"""THE performance model of one SGLang server (the H100 by default; other cards through calibration.py's
+named calibrations): how its memory is split and how long a scheduler step, a park and a wake take.
 
 Pure functions and small value objects (no clock, no I/O). One model for everything that
 predicts: the live scheduler and admission gate (step and prefill times), ``chimera-orch plan``,
@@ -118,6 +118,7 @@ class LatencyModel:
     shape: ModelShape
     tp_size: int = 1
     speed: float = 1.0
+    calibration: cal.Calibration = cal.H100  # the card (calibration.py CALIBRATIONS)
 
     def _allreduce(self, tokens: int) -> float:
         if self.tp_size == 1:
@@ -128,7 +129,7 @@ class LatencyModel:
         return 2 * self.shape.num_layers * one  # after attention and after the MLP
 
     def _weight_read(self) -> float:
-        bandwidth = cal.HBM_BANDWIDTH * cal.WEIGHT_READ_EFFICIENCY
+        bandwidth = self.calibration.hbm_bandwidth * cal.WEIGHT_READ_EFFICIENCY
         return self.shape.weight_bytes / self.tp_size / bandwidth
 
     def _attention_flops(self, new: int, prefix: int) -> float:
@@ -143,7 +144,7 @@ class LatencyModel:
         if new_total == 0:
             return 0.0
         flops = new_total * self.shape.flops_per_token + sum(self._attention_flops(n, p) for n, p in chunks)
-        compute = flops / self.tp_size / (cal.PEAK_BF16_FLOPS * cal.PREFILL_MFU)
+        compute = flops / self.tp_size / (cal.PEAK_BF16_FLOPS * self.calibration.prefill_mfu)
         passes = -(-new_total // max(1, chunk_size))
         # a pass is never faster than streaming the weights once; compute overlaps that stream
         step = passes * cal.PREFILL_STEP_OVERHEAD_S + max(compute, passes * self._weight_read())
@@ -154,11 +155,27 @@ class LatencyModel:
         batch = len(context_lens)
         if batch == 0:
             return 0.0
+        fitted = self.calibration.decode_fit(self.shape.name)
+        if fitted is not None:
+            # measured per shape (calibration.py); never below one read of the weights at spec
+            floor = self.shape.weight_bytes / self.tp_size / self.calibration.hbm_bandwidth
+            step = max(floor, fitted.base_s + fitted.per_req_s * batch)
+            return self.speed * (step + self._allreduce(batch))
         compute = batch * self.shape.flops_per_token / self.tp_size / (cal.PEAK_BF16_FLOPS * cal.DECODE_MFU)
         kv_per_token = kv_bytes_per_token_per_gpu(self.shape, self.tp_size)
-        kv_read = sum(context_lens) * kv_per_token / (cal.HBM_BANDWIDTH * cal.KV_READ_EFFICIENCY)
+        kv_read = sum(context_lens) * kv_per_token / (self.calibration.hbm_bandwidth * cal.KV_READ_EFFICIENCY)
         step = cal.DECODE_STEP_OVERHEAD_S + max(self._weight_read(), compute) + kv_read + self._allreduce(batch)
         return self.speed * step
+
+    def colocated_extra_s(self, others: int) -> float:
+        """Seconds a decode step of this server gains per round with ``others`` other servers
+        decoding on its GPU, under an "overlap" calibration (time-slicing is the simulator's
+        round itself: 0 here)."""
+        c = self.calibration
+        if c.colocation != "overlap" or others <= 0:
+            return 0.0
+        fitted = c.decode_fit(self.shape.name)
+        return self.speed * others * (fitted.per_other_s if fitted is not None else c.default_per_other_s)
 
     def release_time(self, plan: MemoryPlan, tags: Sequence[str], first: bool) -> float:
         """Park: copy weights/graphs to the (retained) pinned host backup; KV is just dropped."""

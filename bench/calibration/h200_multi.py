@@ -1,0 +1,218 @@
+"""``python -m bench.calibration.h200_multi [RESULTS_DIR]``: fit the H200 calibration
+(orchestrator/perf/calibration.py ``H200``) from a multi-model run of the one-GPU experiment
+(``python -m bench.gpu.experiment --engine sglang``), whose ``static/`` and ``full/`` folders
+hold engine-batches.tsv.gz: every SGLang "Prefill batch" / "Decode batch" line of every
+colocated engine (time, running requests, queue, tokens, throughput).
+
+Everything is measured WHILE colocated, per model shape (orchestrator/shapes):
+
+- decode: SGLang logs a decode line every 40 decode steps (``--decode-log-interval``); its gen
+  throughput is the tokens generated since the previous line over the wall time since it, so
+  one step of the batch took ``running / throughput`` seconds. Only clean intervals count: the
+  previous line of that engine was a decode line (no prefill in between) at most
+  ``MAX_GAP_S`` earlier (no idle time in between). Fitted per shape:
+  ``step = base + per_req x running + per_other x others``, where ``others`` = how many OTHER
+  engines logged a decode line in the same second or the one before. SGLang stamps its lines
+  to the second, and one 40-step interval lasts 0.1-1 s, so "decoding at the same moment" is
+  known to one second and no better: ``per_other`` is the interference averaged over that.
+  Time-slicing (each process's kernels run alone, one after another) would add each other
+  engine's own step time (4-20 ms here); overlap of one engine's CPU-side scheduling with
+  another's kernels adds less. The fit says which.
+- prefill: "Prefill batch" lines carry the new tokens and an input throughput over the time
+  since the previous prefill line, so only back-to-back prefills (the previous line of that
+  engine was a prefill in the same second) give the batch's own time: ``tokens / throughput``.
+  Fitted per shape: ``prefill = base + tokens / tokens_per_s``.
+
+The fits (robust least squares, bench/calibration/fit.py: outliers beyond 3.5 MADs dropped)
+and their residuals go to RESULTS_DIR/calibration-h200.json and are printed; the constants are
+copied by hand into calibration.py with this command as provenance (they are not read at run
+time: the sim never reads the environment or result files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import gzip
+import json
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.calibration.fit import Fit, FitError, fit
+from orchestrator.config import load_config
+
+SCHEMA = "chimera-h200-multi-calibration/1"
+SYSTEMS = ("static", "full")
+MAX_GAP_S = 2  # a decode interval longer than this spanned idle time (40 steps take <= 1 s here)
+DEFAULT_RESULTS = Path("bench/results/gpu-experiment-h200-a")
+DEFAULT_SETUP = Path("bench/gpu/placements/setup-a.yaml")
+
+
+@dataclass(frozen=True)
+class Line:
+    engine: str
+    second: int
+    kind: str  # "decode" | "prefill"
+    running: int
+    new_tokens: int
+    throughput: float
+
+
+def _second(stamp: str) -> int:
+    return int(dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC).timestamp())
+
+
+def read_lines(path: Path) -> list[Line]:
+    """One run's engine-batches.tsv.gz, in file order (each engine's lines in log order)."""
+    with gzip.open(path, "rt") as f:
+        return [
+            Line(
+                r["engine"],
+                _second(r["time"]),
+                r["kind"],
+                int(r["running"] or 0),
+                int(r["new_tokens"] or 0),
+                float(r["throughput"] or 0.0),
+            )
+            for r in csv.DictReader(f, delimiter="\t")
+        ]
+
+
+def engine_shapes(setup: Path) -> dict[str, str]:
+    """Engine name (``<model>-gpu<N>``, as the run's log files are named) -> model shape."""
+    cfg = load_config(setup)
+    return {f"{m.name}-gpu{g}": m.shape.name for m in cfg.models for p in m.placements for g in p.gpus}
+
+
+def samples(lines: list[Line], shapes: dict[str, str]) -> tuple[dict[str, list[tuple[list[float], float]]], ...]:
+    """(decode, prefill) samples per shape: decode rows [1, running, others] -> step seconds;
+    prefill rows [1, new tokens] -> batch seconds."""
+    decoding: dict[int, set[str]] = defaultdict(set)
+    for ln in lines:
+        if ln.kind == "decode":
+            decoding[ln.second].add(ln.engine)
+    dec: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
+    pre: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
+    prev: dict[str, Line] = {}
+    for ln in lines:
+        before, prev[ln.engine] = prev.get(ln.engine), ln
+        shape = shapes.get(ln.engine)
+        if shape is None or before is None or ln.throughput <= 0 or before.kind != ln.kind:
+            continue
+        if ln.kind == "decode" and ln.running > 0 and ln.second - before.second <= MAX_GAP_S:
+            others = len((decoding[ln.second] | decoding[ln.second - 1]) - {ln.engine})
+            dec[shape].append(([1.0, float(ln.running), float(others)], ln.running / ln.throughput))
+        elif ln.kind == "prefill" and ln.new_tokens >= 16 and ln.second == before.second:
+            pre[shape].append(([1.0, float(ln.new_tokens)], ln.new_tokens / ln.throughput))
+    return dec, pre
+
+
+def _fit(names: list[str], rows: list[tuple[list[float], float]]) -> Fit | None:
+    try:
+        return fit(names, [x for x, _ in rows], [y for _, y in rows])
+    except FitError as exc:
+        print(f"  no fit of {', '.join(names)}: {exc}", file=sys.stderr)
+        return None
+
+
+def calibrate(results: Path, setup: Path) -> dict[str, Any]:
+    shapes = engine_shapes(setup)
+    dec: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
+    pre: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
+    provenance = {}
+    for system in SYSTEMS:
+        path = results / system / "engine-batches.tsv.gz"
+        if not path.is_file():
+            raise SystemExit(f"error: {path} not found: RESULTS_DIR must hold static/ and full/ of a live experiment")
+        d, p = samples(read_lines(path), shapes)
+        for k, v in d.items():
+            dec[k] += v
+        for k, v in p.items():
+            pre[k] += v
+        exp = results / system / "experiment.json"
+        if exp.is_file():
+            provenance[system] = json.loads(exp.read_text()).get("provenance", {})
+    out: dict[str, Any] = {"schema": SCHEMA, "results": str(results), "setup": str(setup), "provenance": provenance}
+    fits: dict[str, Any] = {}
+    for shape in sorted(set(dec) | set(pre)):
+        one: dict[str, Any] = {}
+        d = _fit(["base_s", "per_req_s", "per_other_s"], dec[shape]) if dec[shape] else None
+        if d is not None:
+            alone = [y - d["per_other_s"] * x[2] for x, y in dec[shape]]
+            one["decode"] = {
+                **d.to_json(),
+                "samples": len(dec[shape]),
+                "mean_running": sum(x[1] for x, _ in dec[shape]) / len(dec[shape]),
+                "mean_others": sum(x[2] for x, _ in dec[shape]) / len(dec[shape]),
+                "mean_step_alone_s": sum(alone) / len(alone),
+            }
+        p = _fit(["base_s", "s_per_token"], pre[shape]) if pre[shape] else None
+        if p is not None:
+            one["prefill"] = {**p.to_json(), "samples": len(pre[shape]), "tokens_per_s": 1.0 / p["s_per_token"]}
+        fits[shape] = one
+    out["fits"] = fits
+    return out
+
+
+def report(doc: dict[str, Any]) -> str:
+    rows = [
+        "| shape | decode n | base ms | per req ms | per other engine ms (t) | rmse ms | r2 | resid p5/p50/p95 ms "
+        "| prefill n | base ms | tokens/s | rmse ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for shape, f in doc["fits"].items():
+        d, p = f.get("decode"), f.get("prefill")
+        cells = [shape]
+        if d:
+            c, e = d["coef"], d["stderr"]
+            t = c["per_other_s"] / e["per_other_s"] if e["per_other_s"] else float("inf")
+            q = "/".join(f"{1000 * v:.2f}" for v in d["residual_p5_p50_p95"])
+            cells += [
+                f"{d['n']} (+{d['dropped_outliers']} out)",
+                f"{1000 * c['base_s']:.2f}",
+                f"{1000 * c['per_req_s']:.3f}",
+                f"{1000 * c['per_other_s']:.2f} ({t:.1f})",
+                f"{1000 * d['rmse']:.2f}",
+                f"{d['r2']:.2f}",
+                q,
+            ]
+        else:
+            cells += ["-"] * 7
+        if p:
+            cells += [
+                f"{p['n']} (+{p['dropped_outliers']} out)",
+                f"{1000 * p['coef']['base_s']:.1f}",
+                f"{p['tokens_per_s']:.0f}" if p["tokens_per_s"] > 0 else "none (slope <= 0: not usable)",
+                f"{1000 * p['rmse']:.1f}",
+            ]
+        else:
+            cells += ["-"] * 4
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.calibration.h200_multi", description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", nargs="?", type=Path, default=DEFAULT_RESULTS)
+    ap.add_argument("--setup", type=Path, default=DEFAULT_SETUP, help="the run's placements file (default %(default)s)")
+    args = ap.parse_args(argv)
+    doc = calibrate(args.results, args.setup)
+    (args.results / "calibration-h200.json").write_text(json.dumps(doc, indent=2) + "\n")
+    table = report(doc)
+    (args.results / "calibration-h200.md").write_text(
+        "# H200 calibration fit (python -m bench.calibration.h200_multi)\n\n"
+        "Per shape, from the colocated engines' SGLang batch lines of static/ and full/ "
+        "(1-s time stamps: 'others' = engines with a decode line in the same or the previous second). "
+        "The prefill lines' input throughput spans whatever ran since the previous prefill line, so "
+        "their fit is reported, not used (calibration.py takes PREFILL_MFU from the H200 trace run).\n\n" + table + "\n"
+    )
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

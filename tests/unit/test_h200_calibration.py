@@ -1,0 +1,135 @@
+"""The H200 calibration (orchestrator/perf/calibration.py H200, fitted by
+``python -m bench.calibration.h200_multi`` from bench/results/gpu-experiment-h200-a): its
+selection leaves the H100 model untouched, its step times are the colocated fits, the
+simulator's "overlap" GPUs step each server at its own rate, and the fitting script reads the
+engines' batch lines the way the constants say."""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.calibration import h200_multi
+from bench.sim.fleet import make_model
+from bench.sim.servers import GpuExec, SimReq, SimServer
+from orchestrator.perf import calibration as cal
+from orchestrator.perf.model import LatencyModel
+from orchestrator.shapes import load_shape
+from orchestrator.types import InstanceState
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench/results/gpu-experiment-h200-a"
+
+
+def test_the_h100_stays_the_default_and_is_unchanged_by_naming_it() -> None:
+    sh = load_shape("llama-3.1-8b")
+    plain, named = LatencyModel(sh), LatencyModel(sh, calibration=cal.CALIBRATIONS["h100"])
+    assert plain.calibration is cal.H100
+    assert named.decode_time([100] * 8) == plain.decode_time([100] * 8)
+    assert named.prefill_time([(512, 0)]) == plain.prefill_time([(512, 0)])
+    assert plain.colocated_extra_s(5) == 0.0  # time-slicing is the simulator's round itself
+
+
+@pytest.mark.parametrize("shape", ["llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "qwen2.5-7b"])
+def test_h200_steps_are_the_fitted_ones_and_far_below_the_h100_time_slicing(shape: str) -> None:
+    sh = load_shape(shape)
+    fit = cal.H200.decode_fit(shape)
+    assert fit is not None
+    h200 = LatencyModel(sh, calibration=cal.H200)
+    floor = sh.weight_bytes / cal.H200.hbm_bandwidth
+    assert h200.decode_time([300] * 10) == pytest.approx(max(floor, fit.base_s + 10 * fit.per_req_s))
+    assert h200.colocated_extra_s(4) == pytest.approx(4 * fit.per_other_s)
+    # five engines decoding: the H100 model's round holds all six steps; the H200's step is one
+    h100_round = 6 * LatencyModel(sh).decode_time([300] * 10)
+    assert h200.decode_time([300] * 10) + h200.colocated_extra_s(5) < 0.7 * h100_round
+
+
+def test_h200_measured_tpot_range_is_reproduced() -> None:
+    # the run's TPOT p50 at 5 others decoding: 1B 3-9 ms, 8B 11-31 ms (report.md)
+    one = LatencyModel(load_shape("llama-3.2-1b"), calibration=cal.H200)
+    eight = LatencyModel(load_shape("llama-3.1-8b"), calibration=cal.H200)
+    assert 0.003 <= one.decode_time([0] * 5) + one.colocated_extra_s(5) <= 0.009
+    assert 0.011 <= eight.decode_time([0] * 10) + eight.colocated_extra_s(5) <= 0.031
+
+
+def _server(name: str, shape: str, calibration: cal.Calibration, outputs: list[int]) -> SimServer:
+    s = SimServer(name, make_model(name, shape, calibration=calibration), (0,))
+    s.state = InstanceState.AWAKE
+    s.waiting = [SimReq(i, name, 0.0, 16, n) for i, n in enumerate(outputs)]
+    return s
+
+
+def _drain(ex: GpuExec) -> dict[str, float]:
+    """Run the executor's epochs to the end; finish time of each server's last request."""
+    done: dict[str, float] = {}
+    t = ex.plan(0.0)
+    while t is not None:
+        start, finished = ex.settle(t)
+        for req, at in finished:
+            done[req.model] = max(done.get(req.model, 0.0), at)
+        t = ex.plan(max(start, t))
+    return done
+
+
+def test_overlap_gpu_steps_each_server_at_its_own_rate() -> None:
+    ex = GpuExec(0)
+    small, big = (_server(n, sh, cal.H200, [101]) for n, sh in (("s", "llama-3.2-1b"), ("b", "llama-3.1-8b")))
+    ex.servers = [small, big]
+    done = _drain(ex)
+    step = {s.id: s.model.lat.decode_time([0]) + s.model.lat.colocated_extra_s(1) for s in ex.servers}
+    prefill = sum(s.model.lat.prefill_time([(16, 0)]) for s in ex.servers)
+    # 100 decode steps each; the small one finishes first, at its own (colocated) step time
+    assert done["s"] == pytest.approx(prefill + 100 * step["s"], rel=1e-6)
+    # after it, the big one steps alone: its remaining steps lose the per-other cost
+    first = math.floor(100 * step["s"] / step["b"] + 1e-6)
+    assert done["b"] > prefill + 100 * big.model.lat.decode_time([0])
+    assert done["b"] < prefill + 100 * step["b"]
+    assert first < 100
+
+
+def test_time_slice_gpu_keeps_one_round_for_all_servers() -> None:
+    ex = GpuExec(0)
+    ex.servers = [_server(n, sh, cal.H100, [101]) for n, sh in (("s", "llama-3.2-1b"), ("b", "llama-3.1-8b"))]
+    done = _drain(ex)
+    assert done["s"] == pytest.approx(done["b"])  # both advance one step per shared round
+
+
+def test_fitting_script_reads_batch_lines(tmp_path: Path) -> None:
+    rows = ["engine\ttime\tkind\trunning\tqueue\ttokens\tnew_tokens\tthroughput"]
+    for sec in range(40):
+        stamp = f"2026-12-03 11:00:{sec:02d}"
+        # b decodes for the first 20 s only; a sees it in the same or the previous second
+        for eng, on, others in (("a-gpu0", True, int(sec <= 20)), ("b-gpu0", sec < 20, 1)):
+            if not on:
+                continue
+            n = 2 + sec % 5
+            step = 0.002 + 0.0005 * n + 0.003 * others
+            rows.append(f"{eng}\t{stamp}\tdecode\t{n}\t0\t1000\t\t{n / step:.4f}")
+    for system in h200_multi.SYSTEMS:
+        (tmp_path / system).mkdir()
+        with gzip.open(tmp_path / system / "engine-batches.tsv.gz", "wt") as f:
+            f.write("\n".join(rows) + "\n")
+    setup = tmp_path / "setup.yaml"
+    setup.write_text(
+        "host: {gpus: 1}\nmodels:\n"
+        "  - {name: a, model_path: llama-3.2-1b, placements: [{gpus: [0]}]}\n"
+        "  - {name: b, model_path: llama-3.2-1b, placements: [{gpus: [0]}]}\n"
+    )
+    doc = h200_multi.calibrate(tmp_path, setup)
+    d = doc["fits"]["llama-3.2-1b"]["decode"]
+    assert d["coef"]["per_req_s"] == pytest.approx(0.0005, rel=1e-3)
+    assert d["coef"]["base_s"] == pytest.approx(0.002, rel=1e-3)
+    assert d["coef"]["per_other_s"] == pytest.approx(0.003, rel=1e-3)
+    assert "| llama-3.2-1b |" in h200_multi.report(doc)
+
+
+@pytest.mark.skipif(not (RESULTS / "full/engine-batches.tsv.gz").is_file(), reason="results not in the tree")
+def test_constants_are_the_scripts_fit_of_the_committed_run() -> None:
+    doc = h200_multi.calibrate(RESULTS, h200_multi.DEFAULT_SETUP)
+    for shape, fit in cal.H200.decode:
+        c = doc["fits"][shape]["decode"]["coef"]
+        assert (fit.base_s, fit.per_req_s, fit.per_other_s) == pytest.approx(
+            (c["base_s"], c["per_req_s"], c["per_other_s"]), abs=6e-6
+        )
