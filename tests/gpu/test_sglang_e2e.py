@@ -52,3 +52,39 @@ def test_metrics_show_chimera_and_engine_series(chimera_gpu: Running) -> None:
     assert "sglang:num_running_reqs" in engine
     assert {s.labels["server"] for s in fams["sglang:num_running_reqs"].samples} >= {"tiny@gpu0", "llama-1b@gpu0"}
     RESULTS["sglang_families_reexposed"] = len(engine)
+
+
+def test_openai_client_models_and_error_classes_against_stock_sglang(chimera_gpu: Running) -> None:
+    """What clients' helpers rely on, through the proxy to stock SGLang: ``models.retrieve``,
+    and the one error envelope for chimera's errors and the engine's alike (openai's classes
+    from the status; ``code`` a snake_case string; the engine's message kept)."""
+    client = openai.OpenAI(base_url=f"{chimera_gpu.base}/v1", api_key="unused", max_retries=0)
+    card = client.models.retrieve("tiny")
+    assert card.id == "tiny"
+    assert isinstance(card.model_extra, dict) and int(card.model_extra["max_model_len"]) > 0
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert isinstance(missing.value.code, str)
+    with pytest.raises(openai.BadRequestError) as bad:  # beyond the context: refused with a 400
+        client.completions.create(model="tiny", prompt="x" * 64, max_tokens=10**7)
+    assert isinstance(bad.value.code, str) and bad.value.code == bad.value.code.lower()
+    RESULTS["engine_400"] = {"code": bad.value.code, "message": str(bad.value.message)[:200]}
+
+
+def test_new_series_count_real_requests(chimera_gpu: Running) -> None:
+    """GPU-seconds by state, SLO outcomes and TPOT, after the requests of the tests above."""
+    client = openai.OpenAI(base_url=f"{chimera_gpu.base}/v1", api_key="unused")
+    list(
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True
+        )
+    )
+    text = httpx.get(f"{chimera_gpu.base}/metrics", timeout=10).text
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    gpu_s = [s for s in fams["chimera_gpu_seconds"].samples if s.name == "chimera_gpu_seconds_total"]
+    assert sum(s.value for s in gpu_s if s.labels["model"] == "tiny") > 0
+    slo = [s for s in fams["chimera_slo_requests"].samples if s.name == "chimera_slo_requests_total"]
+    assert sum(s.value for s in slo if s.labels["model"] == "tiny") >= 1
+    tpot = [s for s in fams["chimera_request_tpot_seconds"].samples if s.name.endswith("_count")]
+    assert sum(s.value for s in tpot if s.labels["model"] == "tiny") >= 1
+    RESULTS["gpu_seconds_tiny"] = round(sum(s.value for s in gpu_s if s.labels["model"] == "tiny"), 3)
