@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--engine", choices=("sglang", "sim"), default="sglang")
     p.add_argument("--model", default=MODEL, help="model id or shipped shape (dummy weights)")
     p.add_argument("--kv-pool-gb", type=float, default=16.0, help="KV pool of each server")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size: both servers on GPUs 0..tp-1 (default 1)")
     p.add_argument("--rate", type=float, default=6.0, help="requests/s, Poisson (default 6)")
     p.add_argument("--prompt", type=int, default=512, help="prompt tokens (default 512)")
     p.add_argument("--output", type=int, default=128, help="output tokens (default 128)")
@@ -77,18 +78,19 @@ def block_trace(
 async def _servers(args: argparse.Namespace, work: Path, sock: str) -> dict[str, EngineProcess]:
     cfg = parse_config(
         {
-            "host": {"gpus": 1},
+            "host": {"gpus": args.tp},
             "mode": "static",
             "models": [
                 {
                     "name": "m",
                     "model_path": args.model,
                     "load_format": "dummy",
-                    "placements": [{"gpus": [0], "kv_pool_gb": args.kv_pool_gb}],
+                    "tp_size": args.tp,
+                    "placements": [{"gpus": list(range(args.tp)), "kv_pool_gb": args.kv_pool_gb}],
                 }
             ],
         },
-        gpu_count=1,
+        gpu_count=args.tp,
     )
     inst = cfg.instances[0]
     engine = get_engine(args.engine)
@@ -100,7 +102,7 @@ async def _servers(args: argparse.Namespace, work: Path, sock: str) -> dict[str,
         port, nccl = next(ports), next(ports)
         shim = None
         if kind == "shim":
-            shim = ShimLaunch(sock, pool, pool, str(_entry_points(work)))
+            shim = ShimLaunch(sock, pool, pool, str(_entry_points(work)), tp_size=args.tp)
         spec = engine.launch_spec(LaunchRequest(inst, cfg.host, port, nccl, model_dir=model_dir, shim=shim))
         procs[kind] = EngineProcess(kind, spec, work / f"{kind}-server.log")
     try:
@@ -141,7 +143,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         ok = sum(x.ok for x in recs)
                         print(f"repeat {r} block {b} {kind:>6}: {ok}/{len(recs)} ok", flush=True)
                 runs.append(records)
-        maps = await _shim_counts(sock)
+        maps = await _shim_counts(sock, args.tp)
     finally:
         await asyncio.gather(*(p.stop() for p in procs.values()))
     out = summarize({k: [x for run in runs for x in run[k]] for k in KINDS}, args)
@@ -157,12 +159,13 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
-async def _shim_counts(sock: str) -> dict[str, Any] | None:
-    """The shim's map-ahead counts and memory at the end of the run (None if it did not answer)."""
-    from orchestrator.kv.client import ShimClient, ShimProtocolError, ShimUnavailable
+async def _shim_counts(sock: str, tp: int = 1) -> dict[str, Any] | None:
+    """The shim's map-ahead counts and memory at the end of the run, every TP rank's combined
+    (None if it did not answer)."""
+    from orchestrator.kv.client import GroupClient, ShimProtocolError, ShimUnavailable
 
     try:
-        st = await ShimClient(sock).status()
+        st = await GroupClient(sock, tp).status()
     except (ShimUnavailable, ShimProtocolError) as exc:
         print(f"shim status: {exc}", file=sys.stderr)
         return None
@@ -182,6 +185,7 @@ def summarize(records: dict[str, list[RequestRecord]], args: argparse.Namespace)
     out: dict[str, Any] = {
         "engine": args.engine,
         "model": args.model,
+        "tp": args.tp,
         "rate": args.rate,
         "prompt": args.prompt,
         "output": args.output,

@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--gpu-memory-gb", type=float, default=48.0, help="GPU size declared in the placements file (default 48)"
     )
     p.add_argument("--modes", default=",".join(MODES), help="static,elastic (default both)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of both models: GPUs 0..tp-1 (default 1)")
     p.add_argument("--rate-a", type=float, default=1.0, help="A's steady req/s")
     p.add_argument("--rate-b", type=float, default=1.0, help="B's req/s outside the surge")
     p.add_argument("--surge-rate-b", type=float, default=12.0, help="B's req/s in the surge")
@@ -75,24 +76,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def kv_budget(args: argparse.Namespace) -> int:
     """What the KV ledger splits on the GPU with both models awake (``Ledger.budget``). Static
     mode gives each model half of it."""
-    cfg = parse_config(placements(args, "elastic", GIB), gpu_count=1)
+    cfg = parse_config(placements(args, "elastic", GIB), gpu_count=args.tp)
     views = [InstanceView(i.id, i.model.name, i.gpus, InstanceState.AWAKE, None) for i in cfg.instances]
     instances = kv_instances(views, derive(cfg))
     return Ledger({0: int(args.gpu_memory_gb * GIB)}).budget(0, non_kv_bytes(instances))
 
 
 def placements(args: argparse.Namespace, mode: str, budget: int) -> dict[str, Any]:
-    pool = budget / 2 if mode == "static" else budget
+    # kv_pool_gb is the server's pool over its TP group: ``budget`` is per GPU
+    pool = (budget / 2 if mode == "static" else budget) * args.tp
     extra = {} if mode == "static" else {"kv_floor_gb": 1}
     return {
         "mode": mode,
-        "host": {"gpus": 1, "gpu_memory_gb": args.gpu_memory_gb},
+        "host": {"gpus": args.tp, "gpu_memory_gb": args.gpu_memory_gb},
         "models": [
             {
                 "name": n,
                 "model_path": args.model,
                 "load_format": "dummy",
-                "placements": [{"gpus": [0], "kv_pool_gb": round(pool / GIB, 3), **extra}],
+                "tp_size": args.tp,
+                "placements": [{"gpus": list(range(args.tp)), "kv_pool_gb": round(pool / GIB, 3), **extra}],
             }
             for n in ("a", "b")
         ],

@@ -20,9 +20,20 @@ from rich.table import Table
 from orchestrator.config import GIB, Config, load_config
 from orchestrator.deployment import Deployment, derive
 from orchestrator.perf import calibration as cal
+from orchestrator.perf.model import LatencyModel
 from orchestrator.policy.placement import place
-from orchestrator.policy.placement.cluster import Activation, ClusterView, ModelDemand, ServerView
-from orchestrator.types import InstanceState
+from orchestrator.policy.placement.cluster import (
+    Activation,
+    ClusterView,
+    Migration,
+    ModelDemand,
+    Park,
+    PlacementDecision,
+    ServerView,
+    Wake,
+)
+from orchestrator.policy.placement.kvpr import GpuTally
+from orchestrator.types import InstanceState, gpu_label
 
 EXIT_IMPOSSIBLE = 2
 
@@ -80,6 +91,11 @@ def cluster_view(dep: Deployment, rates: dict[str, float], tokens_per_request: f
             idle_park_s=m.idle.park_after_s,
             park_when=m.idle.when,
             priority=m.priority,
+            # one request's decode step (a TP server's holds every GPU of its group): the TPOT
+            # guard's rounds with each model decoding, its activity unknown (the worst case)
+            step_s=LatencyModel(m.shape, m.tp_size).decode_time([int(tokens_per_request)])
+            if rates.get(m.name, 0.0) > 0
+            else 0.0,
         )
         for m in cfg.models
     )
@@ -189,6 +205,50 @@ def _placement_table(dep: Deployment, rates: dict[str, float], tpr: float, con: 
         "KV pressure ratio per GPU (SIMULATED costs): " + ", ".join(f"GPU {g}: {r:.3g}" for g, r in enumerate(d.kvpr)),
         highlight=False,
     )
+    _after_table(view, d, con)
+
+
+def after(view: ClusterView, d: PlacementDecision) -> ClusterView:
+    """The snapshot once the decision's steps have run: woken servers awake, victims parked."""
+    state = {s.id: s.state for s in view.servers}
+    for a in d.actions:
+        for st in a.steps:
+            if isinstance(st, Park):
+                state[st.server] = InstanceState.PARKED
+            elif isinstance(st, Wake):
+                state[st.server] = InstanceState.AWAKE
+        if isinstance(a, Migration):
+            state[a.source] = InstanceState.PARKED
+    servers = tuple(ServerView(s.id, s.model, s.gpus, state[s.id]) for s in view.servers)
+    return ClusterView(view.models, servers, view.gpu_bytes, view.params)
+
+
+def _after_table(view: ClusterView, d: PlacementDecision, con: Console) -> None:
+    """Per GPU after the placement: what is awake there (a TP group on each GPU it spans), the
+    memory it holds, the KV pressure and the decode round that the TPOT guard counts."""
+    led = GpuTally(after(view, d))
+    t = Table(title="each GPU after the placement (a TP group counts on every GPU it spans)")
+    for col in ("GPU", "awake", "held", "free for KV", "KVPR", "decode round"):
+        t.add_column(col, justify="left" if col == "awake" else "right")
+    for g, cap in enumerate(view.gpu_bytes):
+        awake = [
+            sid if len(led.servers[sid].gpus) == 1 else f"{sid} (TP {len(led.servers[sid].gpus)})"
+            for sid in led.on_gpu[g]
+            if led.state[sid] is InstanceState.AWAKE
+        ]
+        held = cap - led.room[g]
+        t.add_row(
+            str(g),
+            ", ".join(awake) or "-",
+            _gb(held),
+            _gb(led.free(g)),
+            f"{led.ratio(g):.3g}",
+            f"{led.round_s[g] * 1000:.1f} ms",
+        )
+    con.print(t)
+    groups = sorted({s.gpus for s in led.servers.values() if len(s.gpus) > 1})
+    if groups:
+        con.print("TP groups: " + ", ".join(f"GPU {gpu_label(grp)}" for grp in groups), highlight=False)
 
 
 def _gb(b: float) -> str:

@@ -37,6 +37,7 @@ from starlette.types import Scope
 
 from orchestrator.config import ModelSpec
 from orchestrator.deployment import Deployment
+from orchestrator.perf import span
 from orchestrator.policy.admission import admit
 from orchestrator.policy.admission.queueing import EngineRoom, ModelRule, Pending, QueueView
 from orchestrator.proxy.errors import ProxyError
@@ -218,18 +219,20 @@ class AdmissionGate:
         return EngineRoom(iid, model, now, max(0, kv), max(0, slots))
 
     def _backlog_s(self, g: int, now: float) -> float:
-        """Prefill work already inside the group's engines: queued there, or sent since."""
-        total = 0.0
+        """Prefill work already inside the engines on the queue's GPUs (queued there, or sent
+        since), per GPU: a TP server's work holds every GPU of its group, so a TP-1 model's
+        queue counts a TP neighbour's prefill, and a TP group's queue waits for the busiest of
+        its GPUs (perf/span.py)."""
+        work: list[tuple[tuple[int, ...], float]] = []
         for iid, spec in self._specs.items():
-            if spec.gpus[0] != g:
-                continue
             s = self._fresh(iid, now)
             tokens = (s.waiting_tokens if s is not None else 0) + sum(
                 u.prompt_tokens for u in self._engines[iid].unseen.values()
             )
             if tokens:
-                total += self._models[spec.model.name].latency.prefill_time([(tokens, 0)])
-        return total
+                work.append((spec.gpus, self._models[spec.model.name].latency.prefill_time([(tokens, 0)])))
+        gpus = {x for spec in self._specs.values() if spec.gpus[0] == g for x in spec.gpus}
+        return span.wait_s(gpus, span.per_gpu(work))
 
 
 def _capped(p: Pending, capacity: int | None) -> Pending:

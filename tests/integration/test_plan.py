@@ -85,3 +85,20 @@ def test_plan__server_cost_uses_the_h100_model() -> None:
     assert 2.2 * GIB < c.parked_bytes < 2.4 * GIB  # measured CUDA context of a parked server
     assert c.awake_bytes > load_shape("llama-3.1-8b").weight_bytes
     assert 0.3 < c.wake_s < 0.6 and c.cold_start_s == COLD_START_S
+
+
+def test_plan__shows_a_tp_group_on_every_gpu_it_spans_beside_small_models() -> None:
+    rc, out = _run(str(ROOT / "placements/tp4-mixed.yaml"), "--rates", "llama-70b=2,small-0=5,small-2=1")
+    assert rc == 0, out
+    after = out.split("each GPU after the placement")[1]
+    rows = {int(line.split("│")[1]): line for line in after.splitlines() if line.startswith("│")}
+    assert sorted(rows) == [0, 1, 2, 3]
+    for line in rows.values():  # the group's memory, KV pressure and steps on each of its GPUs
+        assert "llama-70b@gpu0+1+2+3 (TP 4)" in line
+        cells = [c.strip() for c in line.split("│")]
+        assert float(cells[5]) > 0 and float(cells[6].removesuffix(" ms")) > 0, line
+        assert float(cells[3].removesuffix(" GiB")) > 35, line  # a 70B shard is 33 GiB of weights
+    assert "small-0@gpu0" in rows[0] and "small-2@gpu2" in rows[2] and "small-1" not in rows[1]
+    round_ms = {g: float(rows[g].split("│")[6].strip().removesuffix(" ms")) for g in rows}
+    assert round_ms[0] > round_ms[1] == round_ms[3]  # the 1B's steps add to the group's on GPU 0
+    assert "TP groups: GPU 0+1+2+3" in out

@@ -123,6 +123,12 @@ class GpuTally:
             and m.priority <= for_model.priority
         )
 
+    def spill(self, sid: str, gpus: tuple[int, ...]) -> int:
+        """GPUs of a server outside ``gpus``: parking a TP group to make room for a small model
+        also empties its other GPUs (and costs a wake of the whole group later), so victims
+        that spill beyond the GPUs that need room come last."""
+        return sum(1 for g in self.servers[sid].gpus if g not in gpus)
+
     def make_room(
         self,
         gpus: tuple[int, ...],
@@ -131,8 +137,9 @@ class GpuTally:
         exclude: frozenset[str] = frozenset(),
         starving: ModelDemand | None = None,
     ) -> list[str] | None:
-        """Idle servers to park so that ``need`` bytes fit on every GPU of the group (longest idle
-        first), [] if it fits already, None if even parking every idle server is not enough.
+        """Idle servers to park so that ``need`` bytes fit on every GPU of the group (those within
+        the group before TP groups that spill beyond it, then longest idle first), [] if it fits
+        already, None if even parking every idle server is not enough.
         For a ``starving`` model, busy servers it may preempt come after the idle ones, least
         used first (lowest token rate: the fewest requests disturbed; KV pressure would pick a
         busy model with a small KV per token, and a popular one thrashes with its neighbours)."""
@@ -142,11 +149,13 @@ class GpuTally:
         cands = {sid for g in gpus for sid in self.on_gpu[g] if sid not in exclude}
         pool = sorted(
             (sid for sid in cands if self.evictable(sid, now)),
-            key=lambda sid: (-self.idle_s(self.models[self.servers[sid].model], now), sid),
+            key=lambda sid: (self.spill(sid, gpus), -self.idle_s(self.models[self.servers[sid].model], now), sid),
         )
         if starving is not None:
             busy = [sid for sid in cands if sid not in pool and self.preemptible(sid, starving)]
-            pool += sorted(busy, key=lambda sid: (self.models[self.servers[sid].model].token_rate, sid))
+            pool += sorted(
+                busy, key=lambda sid: (self.spill(sid, gpus), self.models[self.servers[sid].model].token_rate, sid)
+            )
         victims: list[str] = []
         for sid in pool:
             s = self.servers[sid]

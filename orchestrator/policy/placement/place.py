@@ -5,7 +5,9 @@ it answers, in this order:
 1. activations: a model with requests and no awake server is woken on the candidate GPU group
    with the lowest KV Pressure Ratio after the wake that fits (and, with the TPOT guard, whose
    decode rounds stay within its models' TPOT SLOs: tpot.py) - parked servers first (~0.4 s),
-   a cold start (~65 s) only when ``params.cold_start`` and no parked server can take it. Idle
+   a cold start (~65 s) only when ``params.cold_start`` and no parked server can take it (on an
+   aligned block of GPUs, or for a TP group the GPUs with the most room: ``_groups``). A TP
+   group needs its memory on every GPU it spans, each of which may host TP-1 models. Idle
    servers (idle past their threshold, nothing in flight) are parked to make room, longest idle
    first; busy ones only for a model whose requests waited ``starvation_s`` (then the least
    used of no higher priority, drained first), so a big model cannot starve forever.
@@ -86,9 +88,18 @@ def decide(view: ClusterView, now: float) -> PlacementDecision:
     )
 
 
-def _groups(n_gpus: int, tp: int) -> list[tuple[int, ...]]:
-    """Cold-start groups: aligned blocks of ``tp`` distinct GPUs (TP ranks never share a GPU)."""
-    return [tuple(range(i, i + tp)) for i in range(0, n_gpus - tp + 1, tp)]
+def _groups(led: GpuTally, n_gpus: int, tp: int, taken: set[int]) -> list[tuple[int, ...]]:
+    """Cold-start groups of ``tp`` distinct GPUs (TP ranks never share a GPU), none already
+    holding a server of the model: the aligned blocks, plus for TP > 1 the set of the ``tp``
+    GPUs with the most free memory (then the lowest ratio): on GPUs that also host TP-1 models
+    the aligned blocks may each have one full GPU while enough GPUs have room."""
+    free = [g for g in range(n_gpus) if g not in taken]
+    out = [grp for grp in (tuple(range(i, i + tp)) for i in range(0, n_gpus - tp + 1, tp)) if taken.isdisjoint(grp)]
+    if tp > 1 and len(free) >= tp:
+        roomy = tuple(sorted(sorted(free, key=lambda g: (-led.free(g), led.ratio(g), g))[:tp]))
+        if roomy not in out:
+            out.append(roomy)
+    return out
 
 
 def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> Activation | Blocked:
@@ -108,14 +119,16 @@ def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> A
             best = (key, gpus, sid, victims)
     if best is None and view.params.cold_start:
         taken = {g for sid in led.of_model.get(m.name, ()) for g in led.servers[sid].gpus}
-        groups = [grp for grp in _groups(len(view.gpu_bytes), m.tp_size) if taken.isdisjoint(grp)]
+        groups = _groups(led, len(view.gpu_bytes), m.tp_size, taken)
         groups.sort(key=lambda grp: (led.group_ratio(grp), grp))
         for gpus in groups[: view.params.candidates]:
             victims = _room(led, view, gpus, m, now, None, cold=True)
             if victims is None:
                 continue
             over = tpot.overflow(led, gpus, m, victims) if view.params.tpot_guard else 0.0
-            key = (1, over, int(bool(victims)), 0.0, led.ratio_after(gpus, m, victims, cold=True), "")
+            # an aligned block first (NVLink pairs, no fragmentation), the roomy set when it must
+            unaligned = float(gpus != tuple(range(gpus[0], gpus[0] + len(gpus))) or gpus[0] % len(gpus) != 0)
+            key = (1, over, int(bool(victims)), unaligned, led.ratio_after(gpus, m, victims, cold=True), "")
             if best is None or key < best[0]:
                 best = (key, gpus, None, victims)
     if best is None:
