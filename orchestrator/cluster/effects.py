@@ -8,9 +8,10 @@ its reports (``ActorDiedError``). The node is then down (``chimera_node_up{node}
 line), and each instance it ran is reported gone: ``Exited`` (or ``StartFailed`` while it was
 starting), so the control loop takes its usual restart path while requests for it are held.
 The restart's ``start`` finds the node down and moves the instance to a live node
-(placing.relocate): a cross-node move is a cold start. Its id and the GPU ids the control loop
-and KV ledger count keep those of its first node (the loop's GPU identity of an instance is
-fixed); where it runs now is this object's ``where``. Requests in flight on the dead node end
+(placing.relocate): a cross-node move is a cold start. It keeps its id; the move is posted to
+the control loop first (``Relocated``, cluster-wide GPU ids), which from then on counts it on
+its new GPUs (its view: the KV ledger, the scheduler, the dashboard and metrics read that).
+``where`` is only which agent to call and the node's own GPU indices to hand it. Requests in flight on the dead node end
 with the proxy's 502 envelope when their connection breaks (or its upstream watchdog's, on a
 node that vanished without closing it).
 """
@@ -30,7 +31,7 @@ from orchestrator.cluster.connect import import_ray
 from orchestrator.cluster.nodes import Inventory, Node
 from orchestrator.cluster.placing import relocate
 from orchestrator.config import HostSpec, InstanceSpec
-from orchestrator.control.events import Event, Exited, Probed, Started, StartFailed, WakeFailed
+from orchestrator.control.events import Event, Exited, Probed, Relocated, Started, StartFailed, WakeFailed
 from orchestrator.deployment import Deployment
 from orchestrator.errors import ConfigError
 from orchestrator.kv.client import LimitReply, ShimUnavailable
@@ -208,7 +209,12 @@ class RayEffects:
         if placed is None:
             self._post(StartFailed(spec.id, f"no live node of the Ray cluster has {len(spec.gpus)} GPU(s)"))
             return
+        before = self.where.get(spec.id)
         self.where[spec.id] = placed
+        node, local = placed
+        if before is not None and before != placed or before is None and node.local(spec.gpus) != local:
+            # the control loop owns where an instance counts: tell it before the start's events
+            self._post(Relocated(spec.id, tuple(node.first_gpu + g for g in local)))
         self._live[spec.id] = "starting"
         self._call(spec, "start", on_error=StartFailed(spec.id, f"node {placed[0].name}: its agent did not answer"))
 

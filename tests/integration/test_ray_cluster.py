@@ -152,3 +152,7 @@ def test_a_removed_node_s_model_serves_again_elsewhere(deployed: Deployed) -> No
     assert states["gamma"] == "awake", states
     relocated = {p.parent.name for p in Path(run.run_dir).glob("*/gamma*.log")}
     assert relocated & {"node-a", "node-b"}, relocated
+    # it counts where it runs now (node-a's GPU is cluster id 0, node-b's 1), not on node-c's 3
+    text = httpx.get(f"{run.base}/metrics", timeout=5).text
+    gpu = re.findall(r'chimera_instance_state\{gpu="([^"]+)",model="gamma",server="gamma@gpu3",state="awake"\} 1', text)
+    assert gpu in (["0"], ["1"]), gpu
