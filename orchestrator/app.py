@@ -86,7 +86,7 @@ async def serve(
     metrics = ChimeraMetrics()
     env = Env.read()
     # every runtime fact of the placements file, read once
-    dep = derive(cfg, serial_starts=env.serial_starts)
+    dep = derive(cfg, serial_starts=env.serial_starts, gpu_node=cluster.gpu_node() if cluster is not None else ())
     # the key only chimera knows: every engine is started with it, every call to one carries it;
     # a run that re-adopts engines keeps their key
     previous = read_state(adopt_from) if adopt_from is not None else None

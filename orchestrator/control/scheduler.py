@@ -73,5 +73,9 @@ def cluster_view(
         for i in insts
     )
     return ClusterView(
-        models, servers, (deployment.gpu_bytes,) * deployment.config.gpu_count, deployment.placement_params
+        models,
+        servers,
+        (deployment.gpu_bytes,) * deployment.config.gpu_count,
+        deployment.placement_params,
+        deployment.gpu_node,
     )
