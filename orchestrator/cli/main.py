@@ -28,6 +28,7 @@ from orchestrator.supervisor.statefile import find_previous
 HOST_BACKUP_FRACTION = 0.8
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+MAX_PROXIES = 64  # proxy processes on one host (--proxies)
 
 console = Console(stderr=True)
 
@@ -105,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run across a Ray cluster: `auto` (the cluster this host belongs to) or its address "
         "(HOST:6379 or ray://HOST:10001); one node agent per node starts the engines there; "
         "placements may name a node with `node:` (needs the ray extra: pip install 'chimera[ray]')",
+    )
+    up.add_argument(
+        "--proxies",
+        type=int,
+        default=1,
+        metavar="N",
+        help="proxy processes serving the port (SO_REUSEPORT): this one and N-1 workers that ask "
+        "the control loop for every request's instance; holds and wakes stay the control loop's "
+        "(default: %(default)s)",
     )
     up.add_argument(
         "--log-level",
@@ -228,6 +238,8 @@ def _up(args: argparse.Namespace) -> int:
         raise ConfigError([f"--port: {args.port} is not a TCP port (1-65535)"])
     if args.hold_timeout_s <= 0:
         raise ConfigError([f"--hold-timeout-s: must be > 0 (got {args.hold_timeout_s})"])
+    if not 1 <= args.proxies <= MAX_PROXIES:
+        raise ConfigError([f"--proxies: must be 1-{MAX_PROXIES} (got {args.proxies})"])
     cluster = None
     if args.ray is not None:
         from orchestrator.cluster.connect import connect
@@ -277,6 +289,7 @@ def _up(args: argparse.Namespace) -> int:
                 adopt_from=adopt_from,
                 keep_engines=args.keep_engines_on_exit,
                 cluster=cluster,
+                proxies=args.proxies,
             )
         )
     finally:

@@ -1,0 +1,92 @@
+"""One secondary proxy process of ``up --proxies N`` (pool.py starts it): the same proxy app as
+the control plane's (orchestrator/proxy/), on the same port (SO_REUSEPORT), with the control
+plane's Router over its channel (remote.py). Its own /metrics count its own requests only.
+Exits on SIGTERM, and by itself when its parent (the control plane) is gone.
+
+    python -m orchestrator.dataplane.worker --run-dir RUN --host H --port P --hold-timeout-s S
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pickle
+import signal
+from pathlib import Path
+
+import httpx
+import uvicorn
+import yaml
+
+from orchestrator.config import Config
+from orchestrator.dataplane.channel import SOCKET_NAME
+from orchestrator.dataplane.pool import CONFIG_NAME, QuietServer, reuseport_socket
+from orchestrator.dataplane.remote import RemoteRouter
+from orchestrator.env import Env
+from orchestrator.metrics.registry import ChimeraMetrics
+from orchestrator.proxy import create_app
+from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
+from orchestrator.proxy.upstream import Limits
+from orchestrator.sglang.auth import CONFIG_NAME as AUTH_NAME
+
+PARENT_CHECK_S = 1.0
+
+
+def engine_headers(run_dir: Path) -> dict[str, str]:
+    key = yaml.safe_load((run_dir / AUTH_NAME).read_text())["api-key"]
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def serve(run_dir: Path, host: str, port: int, hold_timeout_s: float) -> None:
+    config: Config = pickle.loads((run_dir / CONFIG_NAME).read_bytes())  # written by pool.py, same user
+    env = Env.read()
+    client = httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(uds=str(run_dir / SOCKET_NAME)),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        timeout=httpx.Timeout(30.0),
+        trust_env=False,
+    )
+    router = RemoteRouter(config, client)
+    router.start()
+    app = create_app(
+        router,
+        ChimeraMetrics(),
+        hold_timeout_s=hold_timeout_s,
+        upstream_limits=Limits(first_byte_s=env.upstream_first_byte_s, idle_s=env.upstream_idle_s),
+        max_body_bytes=env.max_body_bytes,
+        engine_headers=engine_headers(run_dir),
+    )
+    http = uvicorn_http_options(RequestLimits(env.max_body_bytes, env.max_header_bytes))
+    server = QuietServer(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, **http))
+    parent = os.getppid()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: setattr(server, "should_exit", True))
+
+    async def orphaned() -> None:
+        while os.getppid() == parent:  # noqa: ASYNC110 - a pid to poll, no event to wait on
+            await asyncio.sleep(PARENT_CHECK_S)
+        server.should_exit = True
+
+    watch = asyncio.create_task(orphaned())
+    try:
+        await server.serve(sockets=[reuseport_socket(host, port)])
+    finally:
+        watch.cancel()
+        await router.aclose()
+        await client.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="orchestrator.dataplane.worker")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--hold-timeout-s", type=float, required=True)
+    a = p.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    asyncio.run(serve(a.run_dir, a.host, a.port, a.hold_timeout_s))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
