@@ -22,11 +22,10 @@ import uvicorn
 import orchestrator
 from orchestrator.config import Config
 from orchestrator.control.router import Router
-from orchestrator.dataplane.channel import SOCKET_NAME, channel_app
+from orchestrator.dataplane.channel import SOCKET_NAME, Channel
 
 log = logging.getLogger("chimera.dataplane")
 CONFIG_NAME = "proxy-config.pickle"
-READY_S = 30.0
 STOP_S = 10.0
 _ROOT = str(Path(orchestrator.__file__).resolve().parent.parent)  # the workers import this code
 
@@ -62,25 +61,12 @@ class ProxyPool:
         self.workers, self.run_dir, self.host, self.port = workers, run_dir, host, port
         self.hold_timeout_s = hold_timeout_s
         self._config = config
-        self._channel = QuietServer(
-            uvicorn.Config(
-                channel_app(router),
-                uds=str(run_dir / SOCKET_NAME),
-                log_level="warning",
-                lifespan="off",
-                access_log=False,
-            )
-        )
-        self._channel_task: asyncio.Task[None] | None = None
+        self._channel = Channel(router)
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(self) -> None:
-        (self.run_dir / CONFIG_NAME).write_bytes(pickle.dumps(self._config))
-        self._channel_task = asyncio.create_task(self._channel.serve(), name="proxy channel")
-        while not self._channel.started:
-            if self._channel_task.done():
-                raise RuntimeError(f"the proxies' channel could not listen on {self.run_dir / SOCKET_NAME}")
-            await asyncio.sleep(0.02)
+        await asyncio.to_thread((self.run_dir / CONFIG_NAME).write_bytes, pickle.dumps(self._config))
+        await self._channel.serve(self.run_dir / SOCKET_NAME)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)}
         for i in range(self.workers):
             log_file = await asyncio.to_thread(open, self.run_dir / f"proxy-{i + 1}.log", "ab")
@@ -116,6 +102,4 @@ class ProxyPool:
                 with contextlib.suppress(ProcessLookupError):
                     p.kill()
                 await p.wait()
-        self._channel.should_exit = True
-        if self._channel_task is not None:
-            await asyncio.wait({self._channel_task}, timeout=STOP_S)
+        await self._channel.close()

@@ -1,49 +1,53 @@
-"""The Router of a secondary proxy process (worker.py): the control plane's, reached through
-its channel (channel.py). Names resolve from the same placements (the Config the control plane
-wrote); ``acquire`` is one call to the control loop, which holds the request and wakes its model
-as for any other; releases are batched (sent as soon as the previous batch is answered), so the
-loop's in-flight counts lag by at most one round trip (an instance looks busy a little longer,
-never idle too early). The views for /v1/models are refreshed every ``VIEWS_S``.
+"""The Router of a secondary proxy process (worker.py): the control plane's, reached over its
+channel (channel.py, one connection). Names resolve from the same placements (the Config the
+control plane wrote); ``acquire`` is one frame to the control loop, which holds the request and
+wakes its model as for any other; a client that leaves while held sends ``cancel``, and an
+endpoint that was handed out meanwhile is released. The views for /v1/models are refreshed
+every ``VIEWS_S``. If the connection is lost (the control plane is gone) every call fails with
+the 503 envelope and ``on_lost`` is called (the worker exits).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import pickle
-
-import httpx
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from orchestrator.config import Config, ModelSpec
+from orchestrator.dataplane.channel import Frame, read_frame, write_frame
 from orchestrator.errors import EngineUnavailable
 from orchestrator.types import Endpoint, InstanceView, ModelView
 
 log = logging.getLogger("chimera.dataplane")
 VIEWS_S = 1.0
-BASE = "http://control"  # the host part is ignored on a Unix socket
 
 
 class RemoteRouter:
-    def __init__(self, config: Config, client: httpx.AsyncClient) -> None:
+    def __init__(self, config: Config, on_lost: Callable[[], None] | None = None) -> None:
         self.config = config
-        self._http = client
-        self._released: list[str] = []
-        self._wake = asyncio.Event()
+        self._on_lost = on_lost
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._models: list[ModelView] = []
         self._instances: list[InstanceView] = []
+        self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._lost = False
 
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._flush_releases()), asyncio.create_task(self._refresh_views())]
+    async def connect(self, path: Path) -> None:
+        reader, self._writer = await asyncio.open_unix_connection(str(path))
+        self._tasks = [asyncio.create_task(self._read(reader)), asyncio.create_task(self._refresh_views())]
 
     async def aclose(self) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._released:
-            with contextlib.suppress(httpx.HTTPError):
-                await self._http.post(f"{BASE}/release", json={"instances": self._released})
+        if self._writer is not None:
+            self._writer.close()
 
     # ---- Router -------------------------------------------------------------------------
 
@@ -60,57 +64,67 @@ class RemoteRouter:
         return self._instances
 
     async def acquire(self, model: ModelSpec, timeout_s: float) -> Endpoint:
+        rid = next(self._ids)
+        fut = self._call("acquire", rid, (model.name, timeout_s))
         try:
-            # the control loop's hold timeout decides; the call itself gets a little more
-            r = await self._http.post(
-                f"{BASE}/acquire", json={"model": model.name, "timeout_s": timeout_s}, timeout=timeout_s + 10.0
-            )
-        except httpx.HTTPError as exc:
-            raise EngineUnavailable(
-                f"model {model.name!r}: the control plane did not answer ({type(exc).__name__})", retry_after_s=1.0
-            ) from exc
-        body = r.json()
-        if r.status_code == 200:
-            return Endpoint(body["instance_id"], body["base_url"], body["served_name"])
-        raise EngineUnavailable(
-            str(body.get("error", f"control plane: HTTP {r.status_code}")), body.get("retry_after_s")
-        )
+            kind, arg = await fut
+        except asyncio.CancelledError:  # the client left while held
+            self._waiting.pop(rid, None)
+            if fut.done() and not fut.cancelled() and fut.result()[0] == "ok":
+                self.release(fut.result()[1])
+            else:
+                self._send(("cancel", rid, None))
+            raise
+        if kind == "ok":
+            ep: Endpoint = arg
+            return ep
+        message, retry_after_s = arg
+        raise EngineUnavailable(message, retry_after_s)
 
     def release(self, endpoint: Endpoint) -> None:
-        self._released.append(endpoint.instance_id)
-        self._wake.set()
+        self._send(("release", 0, [endpoint.instance_id]))
 
     def suspect(self, instance_id: str, detail: str) -> None:
-        self._tasks.append(asyncio.create_task(self._post("/suspect", {"instance_id": instance_id, "detail": detail})))
+        self._send(("suspect", 0, (instance_id, detail)))
 
-    # ---- background -----------------------------------------------------------------------
+    # ---- the connection ------------------------------------------------------------------
 
-    async def _post(self, path: str, body: object) -> None:
+    def _send(self, frame: Frame) -> None:
+        if self._writer is not None and not self._lost:
+            write_frame(self._writer, frame)
+
+    def _call(self, op: str, rid: int, arg: Any) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._lost or self._writer is None:
+            fut.set_exception(EngineUnavailable("the control plane is gone", retry_after_s=1.0))
+            return fut
+        self._waiting[rid] = fut
+        write_frame(self._writer, (op, rid, arg))
+        return fut
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
-            await self._http.post(f"{BASE}{path}", json=body)
-        except httpx.HTTPError as exc:
-            log.warning("control plane %s: %s", path, type(exc).__name__)
-
-    async def _flush_releases(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._released = self._released, []
-            if not batch:
-                continue
-            try:
-                await self._http.post(f"{BASE}/release", json={"instances": batch})
-            except httpx.HTTPError as exc:  # keep them for the next round
-                log.warning("control plane /release: %s; retrying", type(exc).__name__)
-                self._released = batch + self._released
-                self._wake.set()
-                await asyncio.sleep(0.1)
+            while True:
+                kind, rid, arg = await read_frame(reader)
+                fut = self._waiting.pop(rid, None)
+                if fut is None:
+                    if kind == "ok":  # answered after its cancel: give the endpoint back
+                        self.release(arg)
+                    continue
+                if not fut.done():
+                    fut.set_result((kind, arg))
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            log.error("the control plane's channel closed (%s); this proxy stops", type(exc).__name__)
+        self._lost = True
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(EngineUnavailable("the control plane is gone", retry_after_s=1.0))
+        self._waiting.clear()
+        if self._on_lost is not None:
+            self._on_lost()
 
     async def _refresh_views(self) -> None:
-        while True:
-            try:
-                r = await self._http.get(f"{BASE}/views")
-                self._models, self._instances = pickle.loads(r.content)
-            except (httpx.HTTPError, pickle.UnpicklingError) as exc:
-                log.debug("control plane /views: %s", exc)
+        while not self._lost:
+            with contextlib.suppress(EngineUnavailable):
+                kind, (self._models, self._instances) = await self._call("views", next(self._ids), None)
             await asyncio.sleep(VIEWS_S)

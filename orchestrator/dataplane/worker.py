@@ -1,7 +1,7 @@
 """One secondary proxy process of ``up --proxies N`` (pool.py starts it): the same proxy app as
 the control plane's (orchestrator/proxy/), on the same port (SO_REUSEPORT), with the control
 plane's Router over its channel (remote.py). Its own /metrics count its own requests only.
-Exits on SIGTERM, and by itself when its parent (the control plane) is gone.
+Exits on SIGTERM, and by itself when its parent (the control plane) or the channel is gone.
 
     python -m orchestrator.dataplane.worker --run-dir RUN --host H --port P --hold-timeout-s S
 """
@@ -15,7 +15,6 @@ import pickle
 import signal
 from pathlib import Path
 
-import httpx
 import uvicorn
 import yaml
 
@@ -41,14 +40,14 @@ def engine_headers(run_dir: Path) -> dict[str, str]:
 async def serve(run_dir: Path, host: str, port: int, hold_timeout_s: float) -> None:
     config: Config = pickle.loads((run_dir / CONFIG_NAME).read_bytes())  # written by pool.py, same user
     env = Env.read()
-    client = httpx.AsyncClient(
-        transport=httpx.AsyncHTTPTransport(uds=str(run_dir / SOCKET_NAME)),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        timeout=httpx.Timeout(30.0),
-        trust_env=False,
-    )
-    router = RemoteRouter(config, client)
-    router.start()
+    server: QuietServer | None = None
+
+    def lost() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    router = RemoteRouter(config, on_lost=lost)
+    await router.connect(run_dir / SOCKET_NAME)
     app = create_app(
         router,
         ChimeraMetrics(),
@@ -73,7 +72,6 @@ async def serve(run_dir: Path, host: str, port: int, hold_timeout_s: float) -> N
     finally:
         watch.cancel()
         await router.aclose()
-        await client.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:
