@@ -73,10 +73,10 @@ async def serve(
     a previous run's state file whose engines are re-adopted (supervisor/adoption.py);
     ``keep_engines``: leave the ready engines running on every exit, for the next ``up``.
     ``cluster``: the Ray cluster's nodes (``up --ray``): engines run under node agents
-    (orchestrator/cluster/) instead of this process's supervisor; they start without the API key
-    and are not re-adopted (docs/multi-node.md). ``proxies``: proxy processes on ``port``
-    (SO_REUSEPORT), this one and ``proxies - 1`` workers asking this control loop for every
-    request's instance (orchestrator/dataplane/)."""
+    (orchestrator/cluster/) instead of this process's supervisor, with the same API key; an agent
+    that Ray restarts re-adopts its engines, a new ``up`` does not (docs/multi-node.md).
+    ``proxies``: proxy processes on ``port`` (SO_REUSEPORT), this one and ``proxies - 1``
+    workers asking this control loop for every request's instance (orchestrator/dataplane/)."""
     metrics = ChimeraMetrics()
     env = Env.read()
     # every runtime fact of the placements file, read once
@@ -121,6 +121,7 @@ async def serve(
             measure=metrics.record,
             deployment=dep,
             node_state=metrics.set_node_up,
+            key=auth.key,
         )
         supervisor.start_pumps()
     control = ControlLoop(dep, supervisor)
