@@ -4,10 +4,9 @@ it all down on SIGINT/SIGTERM without leaving an engine process behind."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -23,6 +22,7 @@ from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.control.scrape import ROUND_S as SCRAPE_ROUND_S
 from orchestrator.control.scrape import Scraper
 from orchestrator.dashboard.routes import Dashboard
+from orchestrator.dataplane.pool import ProxyPool, QuietServer, reuseport_socket
 from orchestrator.deployment import Deployment, derive
 from orchestrator.engines import get_engine
 from orchestrator.env import Env
@@ -48,15 +48,6 @@ from orchestrator.types import InstanceState, InstanceView, LoadSample, ModelVie
 log = logging.getLogger("chimera")
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: chimera owns SIGINT/SIGTERM (it must stop the
-    engines after the proxy, and uvicorn would re-raise the signal on exit)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 TICK_S = 1.0  # idle eviction is decided on this period (thresholds are tens of seconds)
 
 
@@ -80,17 +71,20 @@ async def serve(
     keep_engines: bool = False,
     cluster: Inventory | None = None,
     client_keys: ClientKeys | None = None,
+    proxies: int = 1,
 ) -> int:
     """Serve until SIGINT/SIGTERM (or SIGUSR1: stop, leaving the engines running). ``adopt_from``:
     a previous run's state file whose engines are re-adopted (supervisor/adoption.py);
     ``keep_engines``: leave the ready engines running on every exit, for the next ``up``.
     ``cluster``: the Ray cluster's nodes (``up --ray``): engines run under node agents
-    (orchestrator/cluster/) instead of this process's supervisor; they start without the API key
-    and are not re-adopted (docs/ray.md)."""
+    (orchestrator/cluster/) instead of this process's supervisor, with the same API key; an agent
+    that Ray restarts re-adopts its engines, a new ``up`` does not (docs/multi-node.md).
+    ``proxies``: proxy processes on ``port`` (SO_REUSEPORT), this one and ``proxies - 1``
+    workers asking this control loop for every request's instance (orchestrator/dataplane/)."""
     metrics = ChimeraMetrics()
     env = Env.read()
     # every runtime fact of the placements file, read once
-    dep = derive(cfg, serial_starts=env.serial_starts)
+    dep = derive(cfg, serial_starts=env.serial_starts, gpu_node=cluster.gpu_node() if cluster is not None else ())
     # the key only chimera knows: every engine is started with it, every call to one carries it;
     # a run that re-adopts engines keeps their key
     previous = read_state(adopt_from) if adopt_from is not None else None
@@ -133,6 +127,7 @@ async def serve(
             measure=metrics.record,
             deployment=dep,
             node_state=metrics.set_node_up,
+            key=auth.key,
         )
         supervisor.start_pumps()
     control = ControlLoop(dep, supervisor)
@@ -167,9 +162,11 @@ async def serve(
         env.max_body_bytes, env.max_header_bytes, env.header_timeout_s, env.body_timeout_s, env.max_connections
     )
     http = uvicorn_http_options(limits)  # 431, 408, 503 below the app
-    server = _Server(
+    server = QuietServer(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, **http)
     )
+    pool = ProxyPool(proxies - 1, run_dir, host, port, hold_timeout_s, cfg, control) if proxies > 1 else None
+    sockets = [reuseport_socket(host, port)] if pool is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -194,13 +191,15 @@ async def serve(
     )
     control_task = asyncio.create_task(control.run(), name="control-loop")
     ticker_task = asyncio.create_task(_ticker(control, gpu_seconds), name="ticker")
-    server_task = asyncio.create_task(server.serve(), name="proxy")
+    server_task = asyncio.create_task(server.serve(sockets), name="proxy")
     kv_task = asyncio.create_task(kv.run(), name="kv-ledger") if kv else None
     scrape_task = asyncio.create_task(scraper.run(), name="scraper")
     for t in (control_task, ticker_task, kv_task, scrape_task):
         if t is not None:
             t.add_done_callback(_report_death)
     try:
+        if pool is not None:
+            await pool.start()
         with progress:
             waits = {asyncio.create_task(progress.settled_event.wait()), asyncio.create_task(stop.wait())}
             await asyncio.wait({server_task, *waits}, return_when=asyncio.FIRST_COMPLETED)
@@ -224,6 +223,8 @@ async def serve(
             "[bold]stopping[/]: proxy, then "
             + ("the control plane only: ready engines stay up for the next `up`" if keep else "every engine process")
         )
+        if pool is not None:
+            await pool.stop()
         server.should_exit = True
         await asyncio.wait({server_task}, timeout=10)
         await cancel_and_wait(ticker_task)

@@ -142,6 +142,7 @@ class Deployment:
     models: Mapping[str, ModelFacts]  # by model name
     instances: Mapping[str, InstanceFacts]  # by instance id, in file order
     placement_params: PlacementParams
+    gpu_node: tuple[int, ...] = ()  # node of each cluster-wide GPU (up --ray); empty: one host
 
     @property
     def mode(self) -> Mode:
@@ -168,8 +169,9 @@ class Deployment:
         return frozenset(iid for iid, f in self.instances.items() if f.shim)
 
 
-def derive(cfg: Config, serial_starts: bool = False) -> Deployment:
-    """``serial_starts``: every instance starts alone on its GPUs (CHIMERA_SERIAL_STARTS)."""
+def derive(cfg: Config, serial_starts: bool = False, gpu_node: tuple[int, ...] = ()) -> Deployment:
+    """``serial_starts``: every instance starts alone on its GPUs (CHIMERA_SERIAL_STARTS);
+    ``gpu_node``: the node of each GPU on a Ray cluster (cluster/nodes.py ``Inventory``)."""
     models = {m.name: _model(cfg, m) for m in cfg.models}
     instances = start_mem({i.id: _instance(cfg, i) for i in cfg.instances}, cfg.host, serial_starts)
     return Deployment(
@@ -177,6 +179,7 @@ def derive(cfg: Config, serial_starts: bool = False) -> Deployment:
         models,
         instances,
         PlacementParams(tau=cfg.scheduler.tau, max_awake_per_gpu=cfg.scheduler.max_awake_per_gpu),
+        gpu_node,
     )
 
 

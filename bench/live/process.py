@@ -89,12 +89,13 @@ def start_chimera(
     hold_timeout_s: float = 300.0,
     command: Sequence[str] = (),
     progress: Callable[[dict[str, str]], None] | None = None,
+    args: Sequence[str] = (),
 ) -> Chimera:
     """Start chimera on ``placements`` and wait until the models that start at ``up`` are
     awake and every other is parked or stopped. ``command`` replaces ``python -m
     orchestrator.cli`` (e.g. to run chimera under a profiler or a patched proxy);
     ``progress`` is called with the models' states (name -> state) whenever they change, and
-    every ``PROGRESS_EVERY_S`` while they do not.
+    every ``PROGRESS_EVERY_S`` while they do not; ``args``: more ``up`` flags.
     Raises ChimeraStartError (with chimera's log) if it exits or times out."""
     cfg = load_config(placements)
     awake = [m.name for m in cfg.models if any(p.on for p in m.placements)]
@@ -113,6 +114,7 @@ def start_chimera(
         str(run_dir / "engines"),
         "--hold-timeout-s",
         f"{hold_timeout_s:g}",
+        *args,
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -2,7 +2,7 @@
 
     python -m bench.sim run --system chimera --mix mix58 --gpus 16 --rate 10 --duration 3600
     python -m bench.sim experiments [--only rate,gpus,large,ablations,timing]
-    python -m bench.sim microbench          # one global decision, 1,000 models x 256 GPUs
+    python -m bench.sim microbench          # one global decision, 1,000 x 256 GPUs; 10,000 x 4,096 (512 nodes)
 
 Every number printed is SIMULATED (H100 model of orchestrator/perf/calibration.py).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.sim import experiments as ex
 from bench.sim.fleet import MIXES
-from bench.sim.microbench import measure
+from bench.sim.microbench import SCALES, describe, measure, measure_scale
 from bench.sim.report import STAMP, plots, table
 from bench.sim.run import SYSTEMS
 
@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("bench/sim/results.json"),
         help="results file, updated in place (default: %(default)s)",
     )
-    sub.add_parser("microbench", help="time one global decision at 1,000 models x 256 GPUs")
+    mb = sub.add_parser(
+        "microbench", help="time one global decision: 1,000 models x 256 GPUs; 10,000 x 4,096 on 512 nodes"
+    )
+    mb.add_argument("--scale", choices=[*SCALES, "all"], default="all", help="(default: %(default)s)")
+    mb.add_argument("--repeats", type=int, default=20, help="(default: %(default)s)")
     a = p.parse_args(argv)
 
     if a.cmd == "run":
@@ -53,11 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         print(STAMP)
         return 0
     if a.cmd == "microbench":
-        m = measure()
-        print(
-            f"global decision, {m['models']} models x {m['gpus']} GPUs ({m['servers']} servers): "
-            f"median {m['median_ms']:.1f} ms, max {m['max_ms']:.1f} ms (target <= 50 ms)"
-        )
+        for scale in SCALES if a.scale == "all" else [a.scale]:
+            print(describe(measure_scale(scale, a.repeats)))
         return 0
     return _experiments(set(a.only.split(",")), a.out, a.json)
 
@@ -90,6 +91,7 @@ def _experiments(only: set[str], out: Path, path: Path) -> int:
     if "timing" in only:
         results["timing"] = ex.timing()
         results["microbench"] = measure()
+        results["microbench_cluster"] = measure_scale("cluster", repeats=5)
         print(f"timing: {results['timing']}; microbench: {results['microbench']}")
     results["stamp"] = STAMP
     path.write_text(json.dumps(results, indent=1) + "\n")

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 HOST_BACKUP_FRACTION = 0.8
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+MAX_PROXIES = 64  # proxy processes on one host (--proxies)
 
 console = Console(stderr=True)
 
@@ -106,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run across a Ray cluster: `auto` (the cluster this host belongs to) or its address "
         "(HOST:6379 or ray://HOST:10001); one node agent per node starts the engines there; "
         "placements may name a node with `node:` (needs the ray extra: pip install 'chimera[ray]')",
+    )
+    up.add_argument(
+        "--proxies",
+        type=int,
+        default=1,
+        metavar="N",
+        help="proxy processes serving the port (SO_REUSEPORT): this one and N-1 workers that ask "
+        "the control loop for every request's instance; holds and wakes stay the control loop's "
+        "(default: %(default)s)",
     )
     up.add_argument(
         "--log-level",
@@ -236,6 +246,8 @@ def _up(args: argparse.Namespace) -> int:
         raise ConfigError([f"--port: {args.port} is not a TCP port (1-65535)"])
     if args.hold_timeout_s <= 0:
         raise ConfigError([f"--hold-timeout-s: must be > 0 (got {args.hold_timeout_s})"])
+    if not 1 <= args.proxies <= MAX_PROXIES:
+        raise ConfigError([f"--proxies: must be 1-{MAX_PROXIES} (got {args.proxies})"])
     cluster = None
     if args.ray is not None:
         from orchestrator.cluster.connect import connect
@@ -286,6 +298,7 @@ def _up(args: argparse.Namespace) -> int:
                 keep_engines=args.keep_engines_on_exit,
                 cluster=cluster,
                 client_keys=client_keys,
+                proxies=args.proxies,
             )
         )
     finally:
@@ -299,17 +312,14 @@ def _secrets(cfg: Config) -> tuple[str | None, ClientKeys | None]:
     """The admin key and the client keys, read once (files named by the environment or the
     placements file). Raises ConfigError, never quoting a key."""
     from orchestrator.env import Env, read_secret
-    from orchestrator.proxy.auth import load_keys
+    from orchestrator.proxy.auth import deployment_keys
 
     env = Env.read()
     try:
         admin_key = read_secret(env.admin_key, env.admin_key_file, "CHIMERA_ADMIN_KEY")
     except ValueError as exc:
         raise ConfigError([str(exc)]) from None
-    path = Path(env.api_keys_file).expanduser() if env.api_keys_file else None
-    if path is None and cfg.api_keys_file:  # relative to the placements file
-        path = Path(cfg.source).parent / Path(cfg.api_keys_file).expanduser()
-    return admin_key, load_keys(path, env.api_keys, [m.name for m in cfg.models])
+    return admin_key, deployment_keys(cfg, env)
 
 
 def _check_host_memory(cfg: Config, engine_name: str, per_node: bool = False) -> None:

@@ -9,6 +9,11 @@ Plain Python, no Ray import: effects.py wraps the class with ``ray.remote``. Eve
 async (one event loop per actor, so the supervisor's tasks live across calls). What the
 supervisor posts (its events, its measurements) waits in a queue that the driver drains with
 ``reports``, a long poll: an agent that dies is seen there first.
+
+Engines are spawned detached (nobody's child: Ray kills an actor's children with it) and
+recorded in the node's state file (``<run>/<node>/engines.json``, with the deployment's engine
+key); Ray restarts a dead agent on its live node (``max_restarts``), and the driver then asks
+it to ``readopt`` the engines the previous incarnation ran.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from orchestrator.engines import get_engine
 from orchestrator.kv.client import LimitReply
 from orchestrator.kv.ledger import KVInstance
 from orchestrator.kv.runner import HttpKVEffects
+from orchestrator.sglang.auth import write_config
+from orchestrator.supervisor.statefile import STATE_NAME, read_state
 from orchestrator.supervisor.supervisor import Supervisor
 
 log = logging.getLogger("chimera.cluster.agent")
@@ -55,10 +62,14 @@ class NodeAgent:
         run_dir: str,
         deployment: Deployment | None,
         listen_host: str,
+        key: str | None = None,
     ) -> None:
         self.node = node
         self._reports: list[Report] = []
         self._ready = asyncio.Event()
+        self._run_dir = Path(run_dir)
+        # the deployment's engine key, in this node's run folder (the engines' --config file)
+        auth = write_config(self._run_dir, key) if key is not None else None
         self.supervisor = Supervisor(
             get_engine(engine),
             host,
@@ -67,6 +78,8 @@ class NodeAgent:
             measure=lambda kind, model, value, label: self._post(Measure(kind, model, value, label)),
             deployment=deployment,
             listen_host=listen_host,
+            auth=auth,
+            detached=True,  # its engines outlive it: Ray restarts it, it re-adopts them
         )
         self._kv = HttpKVEffects(self.supervisor.http, self.supervisor.kv_endpoints)
 
@@ -78,14 +91,31 @@ class NodeAgent:
         """(node name, the agent's pid): proves the actor is up on its node."""
         return self.node, os.getpid()
 
-    async def reports(self, wait_s: float) -> list[Report]:
-        """Everything posted since the last call; waits up to ``wait_s`` for the first one."""
+    async def reports(self, wait_s: float) -> tuple[int, list[Report]]:
+        """(the agent's pid, everything posted since the last call); waits up to ``wait_s``
+        for the first one. A new pid tells the driver that Ray restarted this agent."""
         if not self._reports:
             self._ready.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), wait_s)
         out, self._reports = self._reports, []
-        return out
+        return os.getpid(), out
+
+    async def readopt(self, running: list[tuple[InstanceSpec, bool]]) -> dict[str, str]:
+        """After Ray restarted this agent: take back the engines the previous incarnation ran
+        (``running``: the driver's instances on this node, the node's own GPU indices, and
+        whether each is parked), from this node's state file. Returns, for those it could not
+        take back, why (the driver reports them gone: the control loop restarts them)."""
+        state = await asyncio.to_thread(read_state, self._run_dir / STATE_NAME)
+        if state is not None:
+            self.supervisor.adoption.load(state)
+        failed: dict[str, str] = {}
+        for spec, parked in running:
+            why = await self.supervisor.adoption.readopt(spec, parked)
+            if why is not None:
+                log.warning("%s: not re-adopted after the agent's restart: %s", spec.id, why)
+                failed[spec.id] = why
+        return failed
 
     # ---- Effects, for this node's engines (spec.gpus are the node's own CUDA indices) ----
 

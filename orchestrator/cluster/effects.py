@@ -8,9 +8,10 @@ its reports (``ActorDiedError``). The node is then down (``chimera_node_up{node}
 line), and each instance it ran is reported gone: ``Exited`` (or ``StartFailed`` while it was
 starting), so the control loop takes its usual restart path while requests for it are held.
 The restart's ``start`` finds the node down and moves the instance to a live node
-(placing.relocate): a cross-node move is a cold start. Its id and the GPU ids the control loop
-and KV ledger count keep those of its first node (the loop's GPU identity of an instance is
-fixed); where it runs now is this object's ``where``. Requests in flight on the dead node end
+(placing.relocate): a cross-node move is a cold start. It keeps its id; the move is posted to
+the control loop first (``Relocated``, cluster-wide GPU ids), which from then on counts it on
+its new GPUs (its view: the KV ledger, the scheduler, the dashboard and metrics read that).
+``where`` is only which agent to call and the node's own GPU indices to hand it. Requests in flight on the dead node end
 with the proxy's 502 envelope when their connection breaks (or its upstream watchdog's, on a
 node that vanished without closing it).
 """
@@ -30,7 +31,17 @@ from orchestrator.cluster.connect import import_ray
 from orchestrator.cluster.nodes import Inventory, Node
 from orchestrator.cluster.placing import relocate
 from orchestrator.config import HostSpec, InstanceSpec
-from orchestrator.control.events import Event, Exited, Probed, Started, StartFailed, WakeFailed
+from orchestrator.control.events import (
+    Event,
+    Exited,
+    Parked,
+    Probed,
+    Relocated,
+    Started,
+    StartFailed,
+    WakeFailed,
+    Woken,
+)
 from orchestrator.deployment import Deployment
 from orchestrator.errors import ConfigError
 from orchestrator.kv.client import LimitReply, ShimUnavailable
@@ -40,6 +51,9 @@ from orchestrator.types import InstanceView
 log = logging.getLogger("chimera.cluster")
 POLL_S = 1.0  # an agent's long poll of reports; a dead agent fails it at once
 AGENT_READY_S = 60.0
+AGENT_RESTARTS = 3  # Ray restarts a dead agent on its (live) node this many times
+AGENT_RESTART_S = 30.0  # how long a restarting agent on a live node may take to answer again
+REPLY_GRACE_S = 4.0  # a long poll not answered within POLL_S + this: is the agent's node alive?
 
 
 class RayEffects:
@@ -55,6 +69,7 @@ class RayEffects:
         deployment: Deployment | None = None,
         node_state: Callable[[str, bool], None] | None = None,
         agents: dict[str, Any] | None = None,
+        key: str | None = None,
     ) -> None:
         self.inv = inv
         self._post = post
@@ -62,11 +77,14 @@ class RayEffects:
         self._measure = measure
         self._node_state = node_state
         self._ray = import_ray()
-        self.agents: dict[str, Any] = agents or self._spawn_agents(engine, host, run_dir, deployment)
+        self.agents: dict[str, Any] = agents or self._spawn_agents(engine, host, run_dir, deployment, key)
         self.up: dict[str, bool] = {n.name: True for n in inv.nodes}
         # instance id -> (node, the node's GPU indices) it runs on, or last ran on
         self.where: dict[str, tuple[Node, tuple[int, ...]]] = {}
         self._live: dict[str, str] = {}  # instance id -> "starting" | "running", on its node
+        self._parked: set[str] = set()  # running instances whose engine is parked
+        self._specs: dict[str, InstanceSpec] = {}  # instance id -> its spec (cluster-wide GPU ids)
+        self._pids: dict[str, int] = {}  # node -> its agent's pid (a new one: Ray restarted it)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pumps: list[asyncio.Task[None]] = []
         for n in inv.nodes:
@@ -74,7 +92,9 @@ class RayEffects:
 
     # ---- agents ------------------------------------------------------------------------
 
-    def _spawn_agents(self, engine: str, host: HostSpec, run_dir: Path, dep: Deployment | None) -> dict[str, Any]:
+    def _spawn_agents(
+        self, engine: str, host: HostSpec, run_dir: Path, dep: Deployment | None, key: str | None
+    ) -> dict[str, Any]:
         ray = self._ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -87,7 +107,8 @@ class RayEffects:
                 num_cpus=0,
                 num_gpus=n.gpus,  # the node's GPUs are chimera's: Ray schedules nothing else there
                 max_concurrency=1000,
-            ).remote(n.name, engine, host, str(run_dir / n.name), dep, n.address)
+                max_restarts=AGENT_RESTARTS,
+            ).remote(n.name, engine, host, str(run_dir / n.name), dep, n.address, key)
         refs = {name: a.ping.remote() for name, a in agents.items()}
         for name, ref in refs.items():
             try:
@@ -107,20 +128,84 @@ class RayEffects:
             self._pumps.append(asyncio.create_task(self._pump(name), name=f"agent {name}"))
 
     async def _pump(self, name: str) -> None:
-        from ray.exceptions import ActorUnavailableError, RayActorError
+        from ray.exceptions import ActorUnavailableError, RayError
 
         agent = self.agents[name]
         while True:
             try:
-                batch: list[Report] = await agent.reports.remote(POLL_S)
+                # a call to a restarting agent waits for it; on a dead node that is forever
+                pid, batch = await asyncio.wait_for(_aw(agent.reports.remote(POLL_S)), POLL_S + REPLY_GRACE_S)
+            except TimeoutError:
+                if not await self._node_alive(name):
+                    self.node_down(name, "its node is dead (its agent stopped answering)")
+                    return
+                continue
             except ActorUnavailableError:  # restarting or unreachable for a moment: ask again
+                if not await self._node_alive(name):  # it cannot restart on a dead node
+                    self.node_down(name, "its node is dead and its agent unavailable")
+                    return
                 await asyncio.sleep(POLL_S)
                 continue
-            except RayActorError as exc:
-                self.node_down(name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-                return
+            except RayError as exc:  # died (ActorDiedError), or unschedulable on its dead node
+                why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                if not await self._restarted(name, agent):
+                    self.node_down(name, why)
+                    return
+                continue
+            if self._pids.setdefault(name, pid) != pid:
+                await self._readopt(name, agent, pid)
             for r in batch:
                 self._deliver(r)
+
+    async def _restarted(self, name: str, agent: Any) -> bool:
+        """After an agent call failed: True once Ray has restarted the agent (its node is
+        alive), False as soon as the node is gone, or when the agent does not come back within
+        ``AGENT_RESTART_S`` or died for good."""
+        from ray.exceptions import GetTimeoutError, RayError
+
+        deadline = asyncio.get_running_loop().time() + AGENT_RESTART_S
+        while asyncio.get_running_loop().time() < deadline:
+            if not await self._node_alive(name):
+                return False
+            try:
+                await asyncio.wait_for(_aw(agent.ping.remote()), POLL_S)
+                return True
+            except (TimeoutError, GetTimeoutError):
+                continue
+            except RayError as exc:
+                if not isinstance(exc, ActorUnavailable()):
+                    log.warning("node %s: its agent died for good (%s)", name, type(exc).__name__)
+                    return False
+                await asyncio.sleep(POLL_S)
+        log.warning("node %s: its agent did not come back within %g s", name, AGENT_RESTART_S)
+        return False
+
+    async def _node_alive(self, name: str) -> bool:
+        node = self.inv.find(name)
+        nodes = await asyncio.to_thread(self._ray.nodes)
+        return any(n.get("NodeID") == (node.node_id if node else None) and n.get("Alive") for n in nodes)
+
+    async def _readopt(self, name: str, agent: Any, pid: int) -> None:
+        """Ray restarted the agent of ``name`` (a new pid): it takes back the engines it ran;
+        those it cannot are reported gone, as a dead node's are."""
+        self._pids[name] = pid
+        mine = [iid for iid, (node, _) in self.where.items() if node.name == name and self._live.get(iid) == "running"]
+        specs = [(self._local(self._specs[iid], self.where[iid][1]), iid in self._parked) for iid in mine]
+        log.warning("node %s: its agent was restarted (pid %d); re-adopting %s", name, pid, mine or "nothing")
+        starting = [
+            iid for iid, (node, _) in self.where.items() if node.name == name and self._live.get(iid) == "starting"
+        ]
+        try:
+            failed: dict[str, str] = await agent.readopt.remote(specs)
+        except Exception as exc:  # noqa: BLE001 - whatever broke, those engines are not served
+            failed = {iid: f"re-adoption failed: {type(exc).__name__}" for iid in mine}
+        for iid, why in failed.items():
+            self._live.pop(iid, None)
+            log.warning("%s: gone with its agent's restart (%s)", iid, why)
+            self._post(Exited(iid, None))
+        for iid in starting:  # a start in flight died with the old agent
+            self._live.pop(iid, None)
+            self._post(StartFailed(iid, f"node {name}: its agent restarted during the start"))
 
     def _deliver(self, r: Report) -> None:
         if isinstance(r, Measure):
@@ -130,6 +215,10 @@ class RayEffects:
             self._live[r.instance_id] = "running"
         elif isinstance(r, (StartFailed, Exited, WakeFailed)):
             self._live.pop(r.instance_id, None)
+        if isinstance(r, Parked):
+            self._parked.add(r.instance_id)
+        elif isinstance(r, (Started, Woken, StartFailed, Exited, WakeFailed)):
+            self._parked.discard(r.instance_id)
         self._post(r)
 
     def node_down(self, name: str, why: str) -> None:
@@ -208,7 +297,13 @@ class RayEffects:
         if placed is None:
             self._post(StartFailed(spec.id, f"no live node of the Ray cluster has {len(spec.gpus)} GPU(s)"))
             return
+        before = self.where.get(spec.id)
         self.where[spec.id] = placed
+        self._specs[spec.id] = spec
+        node, local = placed
+        if before is not None and before != placed or before is None and node.local(spec.gpus) != local:
+            # the control loop owns where an instance counts: tell it before the start's events
+            self._post(Relocated(spec.id, tuple(node.first_gpu + g for g in local)))
         self._live[spec.id] = "starting"
         self._call(spec, "start", on_error=StartFailed(spec.id, f"node {placed[0].name}: its agent did not answer"))
 
@@ -249,6 +344,12 @@ class RayEffects:
 
     def kv_effects(self) -> RayKVEffects:
         return RayKVEffects(self)
+
+
+def ActorUnavailable() -> type[Exception]:  # noqa: N802 - the lazily imported Ray class
+    from ray.exceptions import ActorUnavailableError
+
+    return ActorUnavailableError
 
 
 async def _aw(ref: Any) -> Any:

@@ -59,6 +59,10 @@ class Inventory:
                 return n
         raise KeyError(f"GPU {gpu} is on no node of the cluster")
 
+    def gpu_node(self) -> tuple[int, ...]:
+        """The index (in ``nodes``) of the node of each cluster-wide GPU id."""
+        return tuple(i for i, n in enumerate(self.nodes) for _ in range(n.gpus))
+
     def names(self) -> list[str]:
         return [n.name for n in self.nodes]
 

@@ -24,6 +24,16 @@ class StartFailed:
 
 
 @dataclass(frozen=True)
+class Relocated:
+    """The instance starts on other GPUs than its placement's (up --ray: its node died and it
+    was moved to a live one). ``gpus`` are cluster-wide ids; the loop counts the instance there
+    from now on (its view, the KV ledger, the scheduler, the dashboard and metrics)."""
+
+    instance_id: str
+    gpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Exited:
     instance_id: str
     returncode: int | None
@@ -109,6 +119,7 @@ class Tick:
 Event = (
     Started
     | StartFailed
+    | Relocated
     | Exited
     | Parked
     | ParkFailed

@@ -59,6 +59,9 @@ class Instance:
     probe_ok: bool | None = None
     probe_detail: str = ""
     hung: str | None = None
+    # The GPUs it runs on when they are not its placement's (events.Relocated); the loop is the
+    # one owner of where an instance counts, everything else reads it from its view.
+    moved_to: tuple[int, ...] | None = None
 
     @property
     def id(self) -> str:
@@ -70,7 +73,7 @@ class Instance:
 
     @property
     def gpus(self) -> tuple[int, ...]:
-        return self.spec.gpus
+        return self.moved_to if self.moved_to is not None else self.spec.gpus
 
     def to(self, new: InstanceState, now: float) -> None:
         if new not in ALLOWED.get(self.state, frozenset()):
@@ -92,7 +95,7 @@ class Instance:
         return InstanceView(
             id=self.id,
             model=self.spec.model.name,
-            gpus=self.spec.gpus,
+            gpus=self.gpus,
             state=self.state,
             base_url=self.endpoint.base_url if self.endpoint else None,
             error=self.error,

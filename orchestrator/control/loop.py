@@ -29,6 +29,7 @@ from orchestrator.control.events import (
     ParkFailed,
     Probed,
     Release,
+    Relocated,
     Responsive,
     Started,
     StartFailed,
@@ -201,6 +202,9 @@ class ControlLoop:
             inst.in_flight = max(0, inst.in_flight - 1)
             inst.last_used = now
             self._demand.active(model.name, now)
+        elif isinstance(ev, Relocated):
+            inst.moved_to = ev.gpus if ev.gpus != inst.spec.gpus else None
+            self._fx.state_changed(inst.view())
         elif isinstance(ev, Started) and inst.state is S.STARTING:
             inst.endpoint, inst.error, inst.last_used = ev.endpoint, None, now
             self._holds.measured(model.name, "start", ev.seconds)
@@ -409,7 +413,7 @@ class ControlLoop:
         return InstanceSnapshot(
             id=i.id,
             model=i.spec.model.name,
-            gpus=i.spec.gpus,
+            gpus=i.gpus,
             state=i.state,
             start_on_up=f.starts_on_up,
             order=self._order[i.id],

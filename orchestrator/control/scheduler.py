@@ -65,7 +65,7 @@ def cluster_view(
         ServerView(
             i.id,
             i.spec.model.name,
-            i.spec.gpus,
+            i.gpus,
             policy_state(i),
             demand.kv_used_tokens(i.id) * facts[i.spec.model.name].cost.kv_bytes_per_token,
             i.in_flight,
@@ -73,5 +73,9 @@ def cluster_view(
         for i in insts
     )
     return ClusterView(
-        models, servers, (deployment.gpu_bytes,) * deployment.config.gpu_count, deployment.placement_params
+        models,
+        servers,
+        (deployment.gpu_bytes,) * deployment.config.gpu_count,
+        deployment.placement_params,
+        deployment.gpu_node,
     )

@@ -7,6 +7,8 @@ instance states. Base units (seconds), ``chimera_`` prefix.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -204,6 +206,7 @@ class ChimeraMetrics:
             registry=r,
         )
 
+        self._instance_gpu: dict[str, str] = {}  # instance -> its gpu label now
         self.node_up = Gauge(
             "chimera_node_up",
             "1 while the node agent of a Ray cluster's node answers, 0 once it is gone (up --ray; its "
@@ -279,6 +282,12 @@ class ChimeraMetrics:
         Raises ValueError for a state that is not an InstanceState value."""
         current = InstanceState(state)
         gpu = gpu_label(gpus)
+        old = self._instance_gpu.get(instance)
+        if old is not None and old != gpu:  # moved to other GPUs (up --ray): drop the old series
+            for s in InstanceState:
+                with contextlib.suppress(KeyError):
+                    self.instance_state.remove(model, instance, old, s.value)
+        self._instance_gpu[instance] = gpu
         for s in InstanceState:
             self.instance_state.labels(model, instance, gpu, s.value).set(1.0 if s is current else 0.0)
 

@@ -32,6 +32,8 @@ from typing import Any
 import yaml
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from orchestrator.config import Config
+from orchestrator.env import Env
 from orchestrator.errors import ConfigError
 from orchestrator.policy.bucket import Bucket, Rate, full, take
 from orchestrator.proxy.errors import ProxyError
@@ -139,6 +141,16 @@ def client_of(scope: Scope) -> ClientKey | None:
 
 
 # -- loading ---------------------------------------------------------------------------------
+
+
+def deployment_keys(cfg: Config, env: Env) -> ClientKeys | None:
+    """The client keys of a deployment: the file the environment names, else the placements
+    file's ``auth.api_keys_file`` (relative to it), plus CHIMERA_API_KEYS. Every proxy process
+    reads them the same way (cli/main.py, dataplane/worker.py)."""
+    path = Path(env.api_keys_file).expanduser() if env.api_keys_file else None
+    if path is None and cfg.api_keys_file:  # relative to the placements file
+        path = Path(cfg.source).parent / Path(cfg.api_keys_file).expanduser()
+    return load_keys(path, env.api_keys, [m.name for m in cfg.models])
 
 
 def load_keys(path: Path | None, inline: str | None, models: Iterable[str]) -> ClientKeys | None:

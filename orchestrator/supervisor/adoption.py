@@ -117,6 +117,44 @@ class Adoption:
         await self._sup.watch(spec, proc, rec.shim_socket)
         return True
 
+    async def readopt(self, spec: InstanceSpec, parked: bool) -> str | None:
+        """A restarted node agent (cluster/agent.py) takes back the engine this same state file
+        lists for ``spec``, which the control loop still counts awake (or parked): the same
+        process, answering ``/model_info`` (and ``/health`` unless parked). It is owned and
+        watched again, without a ``Started`` (the loop never saw it go). None when adopted,
+        else why not (its instance is then reported gone by the caller)."""
+        rec = self._records.get(spec.id)
+        if rec is None:
+            return "no record of it in the node's state file"
+        gone = same_process(rec)
+        if gone is not None:
+            return gone
+        try:
+            r = await self._sup.http.get(rec.base_url + MODEL_INFO.path, timeout=CHECK_TIMEOUT_S)
+            if r.status_code != 200:
+                return f"GET {MODEL_INFO.path} answered {r.status_code}"
+            if not parked:
+                r = await self._sup.http.get(rec.base_url + HEALTH.path, timeout=CHECK_TIMEOUT_S)
+                if r.status_code != 200:
+                    return f"GET {HEALTH.path} answered {r.status_code}"
+        except httpx.HTTPError as exc:
+            return f"it does not answer: {exc}"
+        if rec.shim_socket is not None and not parked:
+            why = await self._sup.shim_ready(spec, ShimLaunch(rec.shim_socket, 0, 0), rec.base_url)
+            if why is not None:
+                return why
+        proc = _process(rec)
+        proc.probe_output = rec.probe_output
+        self._sup.own(spec.id, proc)
+        self._sup.reserve_ports(rec.port, rec.nccl_port)
+        log.info("%s: re-adopted engine pid %d on %s after the agent's restart", spec.id, rec.pid, rec.base_url)
+        self._sup.spawn_watch(spec, proc, rec.shim_socket)
+        return None
+
+    def load(self, state: EngineState) -> None:
+        """This node's own state file, read by a restarted agent: its records are this run's."""
+        self._records = {r.instance_id: r for r in state.engines}
+
     async def _serves(self, rec: EngineRecord) -> str | None:
         client = self._sup.http
         try:

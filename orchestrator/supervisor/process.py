@@ -8,6 +8,9 @@ that waits is async and cancellable.
 Engines outlive chimera-orch on purpose (no parent-death signal): a restarted control plane
 re-adopts them (statefile.py, ``EngineProcess.adopt``), and a later ``up`` stops those it does
 not adopt. An adopted engine is not chimera's child: its exit is watched through a pidfd.
+A *detached* spawn (the node agents of ``up --ray``) starts the engine through a launcher
+that exits at once, so the engine is nobody's child from the start: Ray kills the children of
+an actor that dies, and an agent that Ray restarts re-adopts the engines it ran.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,8 +74,11 @@ class EngineProcess:
             return None if _running(self._adopted) else ADOPTED_EXIT_UNKNOWN
         return self._proc.returncode if self._proc else None
 
-    async def spawn(self) -> None:
+    async def spawn(self, detached: bool = False) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if detached:
+            await self._spawn_detached()
+            return
         # A local file opened once per start; the child writes to it, not this loop.
         with open(self.log_path, "ab") as log:  # noqa: ASYNC230
             log.write(f"$ {' '.join(self.spec.argv)}\n".encode())
@@ -85,6 +92,27 @@ class EngineProcess:
                 start_new_session=True,  # own process group: stop() reaches every child
             )
 
+    async def _spawn_detached(self) -> None:
+        with open(self.log_path, "ab") as log:  # noqa: ASYNC230 - as spawn
+            log.write(f"$ {' '.join(self.spec.argv)}\n".encode())
+        launcher = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _LAUNCHER,
+            str(self.log_path),
+            *self.spec.argv,
+            env=dict(self.spec.env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await launcher.communicate()
+        try:
+            self._adopted = int(out.decode().strip())
+        except ValueError:
+            raise EngineStartError(
+                f"{self.instance_id}: the engine launcher failed (exit {launcher.returncode})"
+            ) from None
+
     async def wait_ready(
         self,
         client: httpx.AsyncClient,
@@ -92,14 +120,14 @@ class EngineProcess:
         on_wait: Callable[[float], None] | None = None,
     ) -> None:
         """Poll readiness until 200; raise EngineStartError if the process exits or time runs out."""
-        assert self._proc is not None, "spawn() first"
+        assert self.pid is not None, "spawn() first"
         timeout_s = self.spec.ready_timeout_s if timeout_s is None else timeout_s
         start = time.monotonic()
         url = self.spec.base_url + READY_PATH
         while True:
-            if self._proc.returncode is not None:
+            if self.returncode is not None:
                 raise EngineStartError(
-                    f"{self.instance_id}: engine exited with code {self._proc.returncode} while "
+                    f"{self.instance_id}: engine exited with code {self.returncode} while "
                     f"starting; last lines:\n{self.log_tail()}",
                     str(self.log_path),
                 )
@@ -197,6 +225,15 @@ class EngineProcess:
             return "(no log)"
 
 
+# A detached spawn's launcher: starts the engine in its own session with its log, prints its
+# pid and exits (the engine is re-parented to init or the host's subreaper).
+_LAUNCHER = (
+    "import subprocess, sys\n"
+    "log = open(sys.argv[1], 'ab')\n"
+    "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,"
+    " start_new_session=True)\n"
+    "print(p.pid)\n"
+)
 ADOPTED_EXIT_UNKNOWN = -1  # an adopted engine is not our child: its exit status is not ours to read
 
 

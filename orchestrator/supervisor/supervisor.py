@@ -84,8 +84,11 @@ class Supervisor:
         deployment: Deployment | None = None,
         auth: EngineAuth | None = None,
         listen_host: str = "127.0.0.1",
+        detached: bool = False,
     ) -> None:
         self.engine = engine
+        # engines spawned as nobody's child (process.py): a node agent's survive its restart
+        self.detached = detached
         # the engines' API key: every request of this client carries it (sglang/auth.py)
         self.auth = auth
         # the address engines bind to: loopback, or a Ray node's private address (cluster/agent.py)
@@ -242,6 +245,10 @@ class Supervisor:
     def post(self, event: Event) -> None:
         self._post(event)
 
+    def spawn_watch(self, spec: InstanceSpec, proc: EngineProcess, shim_socket: str | None) -> None:
+        """Watch a re-adopted engine as a kept task (adoption.py ``readopt``)."""
+        self._spawn_task(self.watch(spec, proc, shim_socket), f"watch {spec.id}")
+
     def own(self, instance_id: str, proc: EngineProcess) -> None:
         """``proc`` (an adopted engine) is now this instance's."""
         self._procs[instance_id] = proc
@@ -291,7 +298,7 @@ class Supervisor:
         t0 = time.monotonic()
         record = StartupRecord(spec.id, spec.model.name, t0)
         try:
-            await proc.spawn()
+            await proc.spawn(self.detached)
             record.marks["spawned"] = time.monotonic()
             log.info("%s: spawned pid %s, log %s", spec.id, proc.pid, proc.log_path)
             await proc.wait_ready(self._client, on_wait=lambda _: follower.poll(time.monotonic()))

@@ -89,6 +89,19 @@ async def test_sigkill_after_grace_when_term_is_ignored(tmp_path: Path) -> None:
     assert rc == -9
 
 
+async def test_a_detached_engine_is_nobodys_child_and_is_still_watched_and_stopped(tmp_path: Path) -> None:
+    proc = make(tmp_path)
+    await proc.spawn(detached=True)  # as a node agent does: its engines outlive its restart
+    assert proc.pid is not None
+    assert psutil.Process(proc.pid).ppid() != os.getpid()
+    async with httpx.AsyncClient() as client:
+        await proc.wait_ready(client)
+    assert proc.returncode is None and proc.probe_output
+    await proc.stop(grace_s=5)
+    assert _dies(proc.pid, 10)
+    assert "$ " in proc.log_path.read_text()  # the command line heads its log, as for a child
+
+
 def test_free_ports_are_distinct() -> None:
     ports = free_ports(8)
     assert len(set(ports)) == 8

@@ -8,6 +8,7 @@ are shared."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -18,7 +19,9 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
+import ray
 from ray.cluster_utils import Cluster
 
 from tests.chimera_proc import Running, start_chimera
@@ -108,6 +111,46 @@ def test_models_on_three_nodes_serve_through_the_proxy(deployed: Deployed) -> No
         time.sleep(0.25)
 
 
+def _engine_pid(run: Running, node: str, model: str) -> int:
+    state = json.loads((Path(run.run_dir) / node / "engines.json").read_text())
+    (rec,) = [e for e in state["engines"] if e["instance_id"].startswith(model + "@")]
+    return int(rec["pid"])
+
+
+def test_a_restarted_agent_re_adopts_its_engines(deployed: Deployed) -> None:
+    run = deployed.run
+    before = _engine_pid(run, "node-b", "beta")
+    ray.init(address=deployed.cluster.address, namespace="chimera", log_to_driver=False)
+    try:
+        agent = ray.get_actor("chimera-agent-node-b")
+        old = ray.get(agent.ping.remote())[1]
+        ray.kill(agent, no_restart=False)  # the actor dies; Ray restarts it on its live node
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                new = ray.get(agent.ping.remote(), timeout=5)[1]
+                if new != old:
+                    break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                pass
+            assert time.monotonic() < deadline, "the agent was not restarted"
+            time.sleep(0.25)
+    finally:
+        ray.shutdown()
+    # the driver sees the new agent and it takes back beta's engine: same process, still serving
+    deadline = time.monotonic() + 30
+    while "re-adopted engine" not in "".join(p.read_text() for p in Path(run.run_dir).glob("node-b/*.log")):
+        if "re-adopting" in run.log.read_text() or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    r = httpx.post(f"{run.base}/v1/completions", json={"model": "beta", "prompt": "x", "max_tokens": 4}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert psutil.pid_exists(before) and _engine_pid(run, "node-b", "beta") == before
+    assert run.states()["beta"] == "awake"
+    assert _metric(run.base, "chimera_node_up")["node-b"] == 1.0
+    assert "re-adopting ['beta@gpu1']" in run.log.read_text(), run.log.read_text()[-3000:]
+
+
 def test_a_removed_node_s_model_serves_again_elsewhere(deployed: Deployed) -> None:
     run = deployed.run
     stop = threading.Event()
@@ -152,3 +195,7 @@ def test_a_removed_node_s_model_serves_again_elsewhere(deployed: Deployed) -> No
     assert states["gamma"] == "awake", states
     relocated = {p.parent.name for p in Path(run.run_dir).glob("*/gamma*.log")}
     assert relocated & {"node-a", "node-b"}, relocated
+    # it counts where it runs now (node-a's GPU is cluster id 0, node-b's 1), not on node-c's 3
+    text = httpx.get(f"{run.base}/metrics", timeout=5).text
+    gpu = re.findall(r'chimera_instance_state\{gpu="([^"]+)",model="gamma",server="gamma@gpu3",state="awake"\} 1', text)
+    assert gpu in (["0"], ["1"]), gpu

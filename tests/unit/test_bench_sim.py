@@ -172,3 +172,13 @@ def test_sim__kv_limits_are_the_live_ledgers_whole_blocks_within_each_gpus_budge
     sim.at(0.25, check)
     sim.run(generate(sp, [x.name for x in models]))
     assert seen and sim.counters.memory_violations == 0
+
+
+def test_microbench_cluster_scale_snapshot_puts_eight_gpus_on_each_of_512_nodes() -> None:
+    from bench.sim.microbench import SCALES, snapshot
+
+    models, gpus, nodes, target = SCALES["cluster"]
+    assert (models, gpus, nodes, target) == (10_000, 4096, 512, 100.0)
+    v = snapshot(200, 64, n_nodes=8)
+    assert len(v.gpu_node) == 64 and v.node_of(0) == 0 and v.node_of(63) == 7 and v.node_of(8) == 1
+    assert snapshot(50, 8).gpu_node == ()  # one host

@@ -37,6 +37,7 @@ def test_nodes_are_named_numbered_in_name_order_and_dead_ones_left_out() -> None
         ("node-c", 2, 2),
     ]
     assert INV.gpu_count == 4
+    assert INV.gpu_node() == (0, 1, 2, 2)  # the scheduler's node of each GPU (a move's cost)
     assert INV.of_gpu(3).name == "node-c" and INV.of_gpu(3).local([3]) == (1,)
     assert INV.find("10.0.0.3") is INV.nodes[2]  # an address is an alias when it is unique
     assert INV.find("aa" * 14) is INV.nodes[1]

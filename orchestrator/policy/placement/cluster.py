@@ -84,7 +84,9 @@ class PlacementParams:
     # starvation.
     starvation_s: float = 10.0
     tpot_guard: bool = True  # also place by decode time-slicing (chimera's addition to Prism's KVPR)
-    cold_start: bool = False  # may start new servers (65 s each) where no parked server exists
+    # may start new servers (65 s each) where no parked server exists, for an activation or a
+    # migration (a migration to a server with no backup on its node is a cold start: movecost.py)
+    cold_start: bool = False
     gpu_reserve_bytes: int = 0  # per GPU, never planned (driver, fragmentation)
     candidates: int = 8  # cold-start targets examined per activation (lowest ratio first)
     # Swap-on-demand (the llama-swap baseline): at most this many servers of different models
@@ -101,6 +103,12 @@ class ClusterView:
     servers: tuple[ServerView, ...]
     gpu_bytes: tuple[int, ...]  # capacity of GPU i (index = GPU id)
     params: PlacementParams = PlacementParams()
+    # The node of GPU i (up --ray); empty: one node. A move across nodes cannot use the source's
+    # host-RAM backup (movecost.py).
+    gpu_node: tuple[int, ...] = ()
+
+    def node_of(self, gpu: int) -> int:
+        return self.gpu_node[gpu] if gpu < len(self.gpu_node) else 0
 
 
 # ---- decision: actions made of ordered steps the control loop executes one after another ----

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from orchestrator.policy.placement.cluster import HOLDS_CONTEXT, RESIDENT, ClusterView, ModelDemand, S, ServerView
 
 _TINY = 1.0  # bytes: keeps a full GPU's ratio finite and ordered
+_ACTIVE = frozenset({S.AWAKE, S.WAKING, S.STARTING})
 
 
 def decoding(m: ModelDemand) -> float:
@@ -36,12 +37,18 @@ class GpuTally:
         self.servers: dict[str, ServerView] = {}
         self.on_gpu: list[list[str]] = [[] for _ in range(n)]
         self.of_model: dict[str, list[str]] = {}
+        # per model, what one server charges each GPU: (context, awake bytes, KV floor, pressure,
+        # expected decode seconds per round); computed once, a decision charges thousands
+        self._charges: dict[str, tuple[int, int, int, float, float]] = {
+            m.name: (m.cost.parked_bytes, m.cost.awake_bytes, m.cost.kv_floor_bytes, m.pressure, m.step_s * decoding(m))
+            for m in view.models
+        }
         for s in view.servers:
             if s.model not in self.models:
                 raise ValueError(f"server {s.id!r} runs model {s.model!r}, which the snapshot lacks")
-            bad = [g for g in s.gpus if not 0 <= g < n]
-            if bad:
-                raise ValueError(f"server {s.id!r} is on GPU {bad[0]}, the snapshot has {n} GPUs")
+            if min(s.gpus) < 0 or max(s.gpus) >= n:
+                bad = next(g for g in s.gpus if not 0 <= g < n)
+                raise ValueError(f"server {s.id!r} is on GPU {bad}, the snapshot has {n} GPUs")
             self.servers[s.id] = s
             self.state[s.id] = s.state
             self.of_model.setdefault(s.model, []).append(s.id)
@@ -53,17 +60,18 @@ class GpuTally:
 
     def _charge(self, sid: str, sign: int) -> None:
         s = self.servers[sid]
-        m = self.models[s.model]
         st = self.state[sid]
+        context, awake, floor, pressure, round_s = self._charges[s.model]
+        held = (context if st in HOLDS_CONTEXT else 0) + (awake if st in RESIDENT else 0)
+        active = st in _ACTIVE
         for g in s.gpus:
-            if st in HOLDS_CONTEXT:
-                self.room[g] -= sign * m.cost.parked_bytes
+            if held:
+                self.room[g] -= sign * held
             if st in RESIDENT:
-                self.room[g] -= sign * m.cost.awake_bytes
-                self.committed[g] += sign * max(m.cost.kv_floor_bytes, s.kv_used_bytes)
-            if st in (S.AWAKE, S.WAKING, S.STARTING):
-                self.pressure[g] += sign * m.pressure
-                self.round_s[g] += sign * m.step_s * decoding(m)
+                self.committed[g] += sign * max(floor, s.kv_used_bytes)
+            if active:
+                self.pressure[g] += sign * pressure
+                self.round_s[g] += sign * round_s
 
     def set_state(self, sid: str, state: S) -> None:
         self._charge(sid, -1)

@@ -9,13 +9,29 @@ A move of model m from server A to its parked server B is worth it when either
 A TPOT fix wins over a KV gain. Only models with one resident server, not moved in the last
 ``migration_cooldown_s``, are moved; B must fit without parking anyone unless
 ``migration_parks_idle``. Steps: wake B, route traffic to B when ready, park A once drained.
+
+What the move costs (movecost.py): B parked wakes from its backup in its node's host RAM; with
+``cold_start`` a stopped server of the model (no backup anywhere, e.g. on another node than A)
+may be B too, at a cold start's cost: it needs its CUDA context's memory as well, is chosen only
+when no warm move qualifies, and starts B (``Start``) instead of waking it.
 """
 
 from __future__ import annotations
 
 from orchestrator.policy.placement import tpot
-from orchestrator.policy.placement.cluster import ClusterView, Migration, ModelDemand, Park, Route, S, Step, Wake
+from orchestrator.policy.placement.cluster import (
+    ClusterView,
+    Migration,
+    ModelDemand,
+    Park,
+    Route,
+    S,
+    Start,
+    Step,
+    Wake,
+)
 from orchestrator.policy.placement.kvpr import GpuTally
+from orchestrator.policy.placement.movecost import MoveCost, move_cost
 from orchestrator.types import gpu_label
 
 _SOURCES = 4  # source GPUs examined per trigger (the worst ones): bounds a decision at scale
@@ -28,7 +44,7 @@ def best_migration(led: GpuTally, view: ClusterView, now: float, touched: set[st
     if p.tpot_guard:
         over = [(tpot.overflow(led, (g,)), g) for g in range(n) if led.round_s[g] > 0]
         srcs += [g for o, g in sorted(over, key=lambda x: (-x[0], x[1]))[:_SOURCES] if o > 0 and g not in srcs]
-    best: tuple[tuple[int, float], str, str, list[str], str] | None = None
+    best: tuple[tuple[int, int, float], str, str, list[str], str, MoveCost] | None = None
     for g in srcs:
         for src in sorted(led.on_gpu[g]):
             s = led.servers[src]
@@ -42,29 +58,34 @@ def best_migration(led: GpuTally, view: ClusterView, now: float, touched: set[st
             ):
                 continue
             for dst in led.of_model[s.model]:
-                if led.state[dst] is not S.PARKED:
+                if not (led.state[dst] is S.PARKED or p.cold_start and led.state[dst] is S.STOPPED):
                     continue
-                got = _score(led, view, now, src, dst, m)
-                if got is not None and (best is None or got[0] > best[0]):
-                    best = (got[0], src, dst, got[1], got[2])
+                cost = move_cost(view, m, s.gpus, led.servers[dst].gpus, led.state[dst])
+                got = _score(led, view, now, src, dst, m, cost)
+                if got is None:
+                    continue
+                key = (got[0][0], 0 if cost.cold else 1, got[0][1])  # a TPOT fix, then warm, then gain
+                if best is None or key > best[0]:
+                    best = (key, src, dst, got[1], got[2], cost)
     if best is None:
         return None
-    (_, gain), src, dst, victims, why = best
+    (_, _, gain), src, dst, victims, why, cost = best
     model, gpus = led.servers[src].model, led.servers[dst].gpus
     for v in victims:
         led.set_state(v, S.PARKING)
-    led.set_state(dst, S.WAKING)
+    led.set_state(dst, S.STARTING if cost.cold else S.WAKING)
     led.set_state(src, S.PARKING)  # still holds its memory until drained; its traffic moves
-    steps: tuple[Step, ...] = (*[Park(v) for v in victims], Wake(dst), Route(model, gpus), Park(src))
-    return Migration(model, src, gpus, steps, gain, why)
+    bring: Step = Start(model, gpus) if cost.cold else Wake(dst)
+    steps: tuple[Step, ...] = (*[Park(v) for v in victims], bring, Route(model, gpus), Park(src))
+    return Migration(model, src, gpus, steps, gain, f"{why} ({cost.describe()})")
 
 
 def _score(
-    led: GpuTally, view: ClusterView, now: float, src: str, dst: str, m: ModelDemand
+    led: GpuTally, view: ClusterView, now: float, src: str, dst: str, m: ModelDemand, cost: MoveCost
 ) -> tuple[tuple[int, float], list[str], str] | None:
     p = view.params
     a, b = led.servers[src].gpus, led.servers[dst].gpus
-    victims = led.make_room(b, led.need_bytes(m, cold=False), now, frozenset({src}))
+    victims = led.make_room(b, led.need_bytes(m, cold=cost.cold), now, frozenset({src}))
     if victims is None or (victims and not p.migration_parks_idle):
         return None
     where = f"GPU {gpu_label(a)} -> {gpu_label(b)}"
@@ -86,7 +107,9 @@ def _score(
     before_kv = max(led.group_ratio(a), led.group_ratio(b))
     if before_kv <= 0:
         return None
-    after_kv = max(led.ratio_after(b, m, victims, cold=False, leaving=a), max(_ratio_without(led, g, m, b) for g in a))
+    after_kv = max(
+        led.ratio_after(b, m, victims, cold=cost.cold, leaving=a), max(_ratio_without(led, g, m, b) for g in a)
+    )
     gain = (before_kv - after_kv) / before_kv
     if gain <= p.tau:
         return None

@@ -1,0 +1,130 @@
+"""The Router of a secondary proxy process (worker.py): the control plane's, reached over its
+channel (channel.py, one connection). Names resolve from the same placements (the Config the
+control plane wrote); ``acquire`` is one frame to the control loop, which holds the request and
+wakes its model as for any other; a client that leaves while held sends ``cancel``, and an
+endpoint that was handed out meanwhile is released. The views for /v1/models are refreshed
+every ``VIEWS_S``. If the connection is lost (the control plane is gone) every call fails with
+the 503 envelope and ``on_lost`` is called (the worker exits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import Config, ModelSpec
+from orchestrator.dataplane.channel import Frame, read_frame, write_frame
+from orchestrator.errors import EngineUnavailable
+from orchestrator.types import Endpoint, InstanceView, ModelView
+
+log = logging.getLogger("chimera.dataplane")
+VIEWS_S = 1.0
+
+
+class RemoteRouter:
+    def __init__(self, config: Config, on_lost: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self._on_lost = on_lost
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._models: list[ModelView] = []
+        self._instances: list[InstanceView] = []
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lost = False
+
+    async def connect(self, path: Path) -> None:
+        reader, self._writer = await asyncio.open_unix_connection(str(path))
+        self._tasks = [asyncio.create_task(self._read(reader)), asyncio.create_task(self._refresh_views())]
+
+    async def aclose(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._writer is not None:
+            self._writer.close()
+
+    # ---- Router -------------------------------------------------------------------------
+
+    def resolve(self, name: str) -> ModelSpec | None:
+        return self.config.model(name)
+
+    def known_names(self) -> list[str]:
+        return self.config.names()
+
+    def models(self) -> list[ModelView]:
+        return self._models
+
+    def instances(self) -> list[InstanceView]:
+        return self._instances
+
+    async def acquire(self, model: ModelSpec, timeout_s: float) -> Endpoint:
+        rid = next(self._ids)
+        fut = self._call("acquire", rid, (model.name, timeout_s))
+        try:
+            kind, arg = await fut
+        except asyncio.CancelledError:  # the client left while held
+            self._waiting.pop(rid, None)
+            if fut.done() and not fut.cancelled() and fut.result()[0] == "ok":
+                self.release(fut.result()[1])
+            else:
+                self._send(("cancel", rid, None))
+            raise
+        if kind == "ok":
+            ep: Endpoint = arg
+            return ep
+        message, retry_after_s = arg
+        raise EngineUnavailable(message, retry_after_s)
+
+    def release(self, endpoint: Endpoint) -> None:
+        self._send(("release", 0, [endpoint.instance_id]))
+
+    def suspect(self, instance_id: str, detail: str) -> None:
+        self._send(("suspect", 0, (instance_id, detail)))
+
+    # ---- the connection ------------------------------------------------------------------
+
+    def _send(self, frame: Frame) -> None:
+        if self._writer is not None and not self._lost:
+            write_frame(self._writer, frame)
+
+    def _call(self, op: str, rid: int, arg: Any) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._lost or self._writer is None:
+            fut.set_exception(EngineUnavailable("the control plane is gone", retry_after_s=1.0))
+            return fut
+        self._waiting[rid] = fut
+        write_frame(self._writer, (op, rid, arg))
+        return fut
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                kind, rid, arg = await read_frame(reader)
+                fut = self._waiting.pop(rid, None)
+                if fut is None:
+                    if kind == "ok":  # answered after its cancel: give the endpoint back
+                        self.release(arg)
+                    continue
+                if not fut.done():
+                    fut.set_result((kind, arg))
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            log.error("the control plane's channel closed (%s); this proxy stops", type(exc).__name__)
+        self._lost = True
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(EngineUnavailable("the control plane is gone", retry_after_s=1.0))
+        self._waiting.clear()
+        if self._on_lost is not None:
+            self._on_lost()
+
+    async def _refresh_views(self) -> None:
+        while not self._lost:
+            with contextlib.suppress(EngineUnavailable):
+                kind, (self._models, self._instances) = await self._call("views", next(self._ids), None)
+            await asyncio.sleep(VIEWS_S)

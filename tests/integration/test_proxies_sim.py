@@ -1,0 +1,72 @@
+"""``chimera-orch up --proxies 3`` on the sim engine: three proxy processes on one port
+(SO_REUSEPORT). Requests on fresh connections (spread over the processes by the kernel) for a
+model parked at up all wake it through the control loop and are served; /v1/models answers from
+every process; the workers leave with chimera."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.chimera_proc import alive, start_chimera
+
+pytestmark = pytest.mark.slow
+
+PLACEMENTS = {
+    "mode": "full",
+    "host": {"gpus": 2, "gpu_memory_gb": 80},
+    "models": [
+        {"name": "a", "model_path": "tiny-llama", "placements": [{"gpus": [0]}]},
+        {"name": "b", "model_path": "tiny-llama", "placements": [{"gpus": [1], "on": False}]},
+    ],
+}
+
+
+def listens(p: psutil.Process, port: int) -> bool:
+    return any(c.laddr.port == port and c.status == "LISTEN" for c in p.net_connections("tcp"))
+
+
+def test_three_proxy_processes_share_the_port_and_the_control_loop(tmp_path: Path) -> None:
+    run = start_chimera(
+        tmp_path,
+        PLACEMENTS,
+        "sim",
+        awake=["a"],
+        parked=("b",),
+        timeout_s=90,
+        env={"CHIMERA_SIM_SPEED": "0.02"},
+        args=("--proxies", "3"),
+    )
+    try:
+        workers = [
+            p
+            for p in psutil.Process(run.proc.pid).children()
+            if "orchestrator.dataplane.worker" in " ".join(p.cmdline())
+        ]
+        assert len(workers) == 2, [p.cmdline() for p in psutil.Process(run.proc.pid).children()]
+        port = int(run.base.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 30
+        while not all(listens(w, port) for w in workers):  # each listens on the same port, once imported
+            assert time.monotonic() < deadline, [w.net_connections("tcp") for w in workers]
+            time.sleep(0.1)
+
+        def one(i: int) -> int:
+            with httpx.Client(timeout=60) as c:  # a fresh connection: any of the three processes
+                r = c.post(f"{run.base}/v1/completions", json={"model": "b", "prompt": f"x{i}", "max_tokens": 4})
+                return r.status_code
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(one, range(24)))
+        assert codes == [200] * 24
+        states = [httpx.Client(timeout=5).get(f"{run.base}/v1/models").json() for _ in range(6)]
+        assert all({m["id"]: m["state"] for m in s["data"]}["b"] == "awake" for s in states[1:]), states
+        pids = {w.pid for w in workers}
+    finally:
+        run.stop()
+    assert alive(pids) == []
+    assert (run.run_dir / "proxy-1.log").exists() and (run.run_dir / "proxy-2.log").exists()
