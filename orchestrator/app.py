@@ -7,16 +7,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from rich.console import Console
 from starlette.applications import Starlette
 
 from cumem_shim.types import Status
-from orchestrator.cluster.effects import RayEffects
-from orchestrator.cluster.nodes import Inventory
 from orchestrator.config import Config
 from orchestrator.control.events import Tick
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
@@ -41,6 +42,10 @@ from orchestrator.sglang.auth import new_key, write_config
 from orchestrator.supervisor.statefile import read_state
 from orchestrator.supervisor.supervisor import Supervisor
 from orchestrator.types import InstanceState, InstanceView, LoadSample, ModelView
+
+if TYPE_CHECKING:  # `up --ray` only: its modules are imported when it runs (start-up time)
+    from orchestrator.cluster.effects import RayEffects
+    from orchestrator.cluster.nodes import Inventory
 
 log = logging.getLogger("chimera")
 
@@ -76,13 +81,16 @@ async def serve(
     adopt_from: Path | None = None,
     keep_engines: bool = False,
     cluster: Inventory | None = None,
+    sock: socket.socket | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (or SIGUSR1: stop, leaving the engines running). ``adopt_from``:
     a previous run's state file whose engines are re-adopted (supervisor/adoption.py);
     ``keep_engines``: leave the ready engines running on every exit, for the next ``up``.
     ``cluster``: the Ray cluster's nodes (``up --ray``): engines run under node agents
     (orchestrator/cluster/) instead of this process's supervisor; they start without the API key
-    and are not re-adopted (docs/ray.md)."""
+    and are not re-adopted (docs/ray.md). ``sock``: the proxy's socket, already listening (the
+    CLI binds it before its imports, so clients wait instead of being refused); None = bind
+    ``host:port`` here."""
     metrics = ChimeraMetrics()
     env = Env.read()
     # every runtime fact of the placements file, read once
@@ -117,6 +125,8 @@ async def serve(
             await local.adoption.prepare(previous, adopt_from)  # before the loop starts anything
         supervisor = local
     else:
+        from orchestrator.cluster.effects import RayEffects
+
         supervisor = RayEffects(
             cluster,
             engine_name,
@@ -157,7 +167,10 @@ async def serve(
     scraper = _scraper(control, kv, gate, auth.headers())  # the one /v1/loads poller (liveness in every mode)
     http = uvicorn_http_options(RequestLimits(env.max_body_bytes, env.max_header_bytes))  # 431 beyond
     server = _Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, **http)
+        # ws="none": the proxy serves no websocket, and uvicorn's "auto" imports `websockets`
+        uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, ws="none", **http
+        )
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -183,7 +196,7 @@ async def serve(
     )
     control_task = asyncio.create_task(control.run(), name="control-loop")
     ticker_task = asyncio.create_task(_ticker(control, gpu_seconds), name="ticker")
-    server_task = asyncio.create_task(server.serve(), name="proxy")
+    server_task = asyncio.create_task(_serve_proxy(server, sock), name="proxy")
     kv_task = asyncio.create_task(kv.run(), name="kv-ledger") if kv else None
     scrape_task = asyncio.create_task(scraper.run(), name="scraper")
     for t in (control_task, ticker_task, kv_task, scrape_task):
@@ -199,7 +212,7 @@ async def serve(
             console.print(f"[bold red]the proxy could not start on {host}:{port}[/]")
             return 1
         if not stop.is_set():
-            _summary(console, control, host, port)
+            _summary(console, control, host, port, _startup_seconds())
             failed = nothing_serves(control.models())
             if failed is not None:  # exit non-zero: a supervisor (systemd, Kubernetes) must see it
                 console.print(f"[bold red]every model failed to start[/]; exiting with status 1\n{failed}")
@@ -233,6 +246,21 @@ async def serve(
         else:
             console.print("[green]stopped[/]: no engine process left")
     return 0
+
+
+async def _serve_proxy(server: uvicorn.Server, sock: socket.socket | None) -> None:
+    await server.serve(sockets=[sock] if sock is not None else None)
+
+
+def _startup_seconds() -> float | None:
+    """Seconds since this process started (its start time in /proc), for the log line that
+    measures a restart of the control plane; None where unknown."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - a log line, never a reason to fail
+        return None
 
 
 def nothing_serves(models: Sequence[ModelView]) -> str | None:
@@ -293,9 +321,9 @@ def _kv_runner(
 
 
 def _local_kv_effects(supervisor: Supervisor | RayEffects) -> KVEffects:
-    if isinstance(supervisor, RayEffects):
-        return supervisor.kv_effects()
-    return HttpKVEffects(supervisor.http, supervisor.kv_endpoints)  # filled as shims come up
+    if isinstance(supervisor, Supervisor):
+        return HttpKVEffects(supervisor.http, supervisor.kv_endpoints)  # filled as shims come up
+    return supervisor.kv_effects()
 
 
 def _admission(dep: Deployment, app: Starlette) -> AdmissionGate | None:
@@ -331,7 +359,7 @@ def _scraper(
     )
 
 
-def _summary(console: Console, control: ControlLoop, host: str, port: int) -> None:
+def _summary(console: Console, control: ControlLoop, host: str, port: int, took_s: float | None = None) -> None:
     for m in control.models():
         names = ", ".join((m.spec.name, *m.spec.aliases))
         console.print(f"  {names:<40} {m.state}")
@@ -346,3 +374,5 @@ def _summary(console: Console, control: ControlLoop, host: str, port: int) -> No
         f"[bold green]serving[/] on http://{host}:{port}/v1 "
         f"(models: GET /v1/models, metrics: GET /metrics, dashboard: http://{host}:{port}/; Ctrl-C to stop)"
     )
+    if took_s is not None:  # a restart that re-adopted its engines: the whole outage seen by clients
+        console.print(f"  settled {took_s:.2f} s after the process started")
