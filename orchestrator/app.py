@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from rich.console import Console
 from starlette.applications import Starlette
 
 from cumem_shim.types import Status
-from orchestrator.cluster.effects import RayEffects
-from orchestrator.cluster.nodes import Inventory
 from orchestrator.config import Config
 from orchestrator.control.events import Tick
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
@@ -45,6 +46,10 @@ from orchestrator.supervisor.statefile import read_state
 from orchestrator.supervisor.supervisor import Supervisor
 from orchestrator.types import InstanceState, InstanceView, LoadSample, ModelView
 
+if TYPE_CHECKING:  # `up --ray` only: its modules are imported when it runs (start-up time)
+    from orchestrator.cluster.effects import RayEffects
+    from orchestrator.cluster.nodes import Inventory
+
 log = logging.getLogger("chimera")
 
 
@@ -72,6 +77,7 @@ async def serve(
     cluster: Inventory | None = None,
     client_keys: ClientKeys | None = None,
     proxies: int = 1,
+    sock: socket.socket | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (or SIGUSR1: stop, leaving the engines running). ``adopt_from``:
     a previous run's state file whose engines are re-adopted (supervisor/adoption.py);
@@ -80,7 +86,10 @@ async def serve(
     (orchestrator/cluster/) instead of this process's supervisor, with the same API key; an agent
     that Ray restarts re-adopts its engines, a new ``up`` does not (docs/multi-node.md).
     ``proxies``: proxy processes on ``port`` (SO_REUSEPORT), this one and ``proxies - 1``
-    workers asking this control loop for every request's instance (orchestrator/dataplane/)."""
+    workers asking this control loop for every request's instance (orchestrator/dataplane/).
+    ``sock``: the proxy's socket, already listening (the CLI binds it before its imports, so
+    clients wait instead of being refused; with SO_REUSEPORT when ``proxies`` > 1); None = bind
+    ``host:port`` here."""
     metrics = ChimeraMetrics()
     env = Env.read()
     # every runtime fact of the placements file, read once
@@ -117,6 +126,8 @@ async def serve(
             await local.adoption.prepare(previous, adopt_from)  # before the loop starts anything
         supervisor = local
     else:
+        from orchestrator.cluster.effects import RayEffects
+
         supervisor = RayEffects(
             cluster,
             engine_name,
@@ -163,10 +174,16 @@ async def serve(
     )
     http = uvicorn_http_options(limits)  # 431, 408, 503 below the app
     server = QuietServer(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, **http)
+        # ws="none": the proxy serves no websocket, and uvicorn's "auto" imports `websockets`
+        uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, ws="none", **http
+        )
     )
     pool = ProxyPool(proxies - 1, run_dir, host, port, hold_timeout_s, cfg, control) if proxies > 1 else None
-    sockets = [reuseport_socket(host, port)] if pool is not None else None
+    if sock is not None:
+        sockets: list[socket.socket] | None = [sock]
+    else:
+        sockets = [reuseport_socket(host, port)] if pool is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -209,7 +226,7 @@ async def serve(
             console.print(f"[bold red]the proxy could not start on {host}:{port}[/]")
             return 1
         if not stop.is_set():
-            _summary(console, control, host, port)
+            _summary(console, control, host, port, _startup_seconds())
             failed = nothing_serves(control.models())
             if failed is not None:  # exit non-zero: a supervisor (systemd, Kubernetes) must see it
                 console.print(f"[bold red]every model failed to start[/]; exiting with status 1\n{failed}")
@@ -245,6 +262,17 @@ async def serve(
         else:
             console.print("[green]stopped[/]: no engine process left")
     return 0
+
+
+def _startup_seconds() -> float | None:
+    """Seconds since this process started (its start time in /proc), for the log line that
+    measures a restart of the control plane; None where unknown."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - a log line, never a reason to fail
+        return None
 
 
 def nothing_serves(models: Sequence[ModelView]) -> str | None:
@@ -305,9 +333,9 @@ def _kv_runner(
 
 
 def _local_kv_effects(supervisor: Supervisor | RayEffects) -> KVEffects:
-    if isinstance(supervisor, RayEffects):
-        return supervisor.kv_effects()
-    return HttpKVEffects(supervisor.http, supervisor.kv_endpoints)  # filled as shims come up
+    if isinstance(supervisor, Supervisor):
+        return HttpKVEffects(supervisor.http, supervisor.kv_endpoints)  # filled as shims come up
+    return supervisor.kv_effects()
 
 
 def _admission(dep: Deployment, app: Starlette, kv: KVRunner | None = None) -> AdmissionGate | None:
@@ -347,7 +375,7 @@ def _scraper(
     )
 
 
-def _summary(console: Console, control: ControlLoop, host: str, port: int) -> None:
+def _summary(console: Console, control: ControlLoop, host: str, port: int, took_s: float | None = None) -> None:
     for m in control.models():
         names = ", ".join((m.spec.name, *m.spec.aliases))
         console.print(f"  {names:<40} {m.state}")
@@ -362,3 +390,5 @@ def _summary(console: Console, control: ControlLoop, host: str, port: int) -> No
         f"[bold green]serving[/] on http://{host}:{port}/v1 "
         f"(models: GET /v1/models, metrics: GET /metrics, dashboard: http://{host}:{port}/; Ctrl-C to stop)"
     )
+    if took_s is not None:  # a restart that re-adopted its engines: the whole outage seen by clients
+        console.print(f"  settled {took_s:.2f} s after the process started")

@@ -108,11 +108,28 @@ async def resume_memory(request: Request) -> Response:
     except ValueError as e:
         return _error(str(e))
     async with sim.memory_lock:
+        if sim.fail_resumes > 0:  # injected: what a CUDA OOM in the scheduler's resume looks like
+            sim.fail_resumes -= 1
+            return _error("CUDA out of memory (injected by /sim/fail_next_resume)", 500)
         await sim.clock.sleep(sim.model.resume_time(sim.plan, sim.memory.to_resume(tags)))
         sim.memory.resume(tags)
         if sim.memory.can_serve:
             sim.batcher.unhold("released")
     return json_response(None)
+
+
+async def fail_next_resume(request: Request) -> Response:
+    """Sim only, for chaos tests (bench/chaos): the next ``count`` (default 1) resumes answer
+    500 as a wake that hit CUDA OOM would. Behind the API key like every other route."""
+    sim = _sim(request)
+    try:
+        count = (await _body(request)).get("count", 1)
+    except BadRequest as e:
+        return _error(str(e))
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return _error("count: Input should be a non-negative integer")
+    sim.fail_resumes = count
+    return json_response({"fail_resumes": count})
 
 
 async def update_weights_from_disk(request: Request) -> Response:
@@ -182,4 +199,5 @@ def routes() -> list[Route]:
         Route("/release_memory_occupation", release_memory, methods=both),
         Route("/resume_memory_occupation", resume_memory, methods=both),
         Route("/update_weights_from_disk", update_weights_from_disk, methods=["POST"]),
+        Route("/sim/fail_next_resume", fail_next_resume, methods=["POST"]),
     ]

@@ -112,6 +112,7 @@ class SimServer:
         self.model_path = s.model_path  # changed by /update_weights_from_disk
         self.weight_version = s.weight_version
         self.disconnect_poll_s = DISCONNECT_POLL_S  # tests shorten it
+        self.fail_resumes = 0  # fault injection (POST /sim/fail_next_resume): resumes left to fail
 
     def weights_key(self) -> str:
         """What the loaded weights are, for the output: the original model's are ``""``."""

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
 
 from orchestrator import __version__
 from orchestrator.cli import plan as plan_cmd
@@ -172,6 +171,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _print_plan(cfg: Config) -> None:
+    from rich.table import Table  # `check` only: not on `up`'s start-up path
+
     table = Table(title=f"placements of {cfg.source}")
     for col in ("instance", "GPUs", "shape", "weights/GPU", "KV/token", "KV ceiling", "at up"):
         table.add_column(col)
@@ -248,6 +249,16 @@ def _up(args: argparse.Namespace) -> int:
         raise ConfigError([f"--hold-timeout-s: must be > 0 (got {args.hold_timeout_s})"])
     if not 1 <= args.proxies <= MAX_PROXIES:
         raise ConfigError([f"--proxies: must be 1-{MAX_PROXIES} (got {args.proxies})"])
+    # Listen first: from here on a client's connection waits in the kernel's backlog until the
+    # proxy serves it (a restart of the control plane is a short wait, not a refused connection).
+    sock = _listen(args.host, args.port, reuse_port=args.proxies > 1)
+    try:
+        return _up_listening(args, sock)
+    finally:
+        sock.close()
+
+
+def _up_listening(args: argparse.Namespace, sock: socket.socket) -> int:
     cluster = None
     if args.ray is not None:
         from orchestrator.cluster.connect import connect
@@ -267,7 +278,6 @@ def _up(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, mode=args.mode)
     _check_host_memory(cfg, engine, per_node=cluster is not None)
     _dry_run_launch(cfg, engine)
-    _check_port_free(args.host, args.port)
     from orchestrator.env import Env
 
     runs_root = Path(Env.read().run_dir or "runs").resolve()
@@ -299,6 +309,7 @@ def _up(args: argparse.Namespace) -> int:
                 cluster=cluster,
                 client_keys=client_keys,
                 proxies=args.proxies,
+                sock=sock,
             )
         )
     finally:
@@ -369,15 +380,27 @@ def _dry_run_launch(cfg: Config, engine_name: str) -> None:
         raise ConfigError(sorted(set(problems)))
 
 
-def _check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(
-                [f"--host/--port: cannot listen on {host}:{port} ({exc.strerror}); pick another with --port"]
-            ) from exc
+LISTEN_BACKLOG = 2048  # uvicorn's default: connections queued while chimera starts
+
+
+def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """The proxy's listening socket, bound and listening before chimera's slow start-up (imports,
+    re-adoption); uvicorn serves on it. Not inherited by engines (Python's sockets are not).
+    ``reuse_port``: ``--proxies`` > 1, whose worker processes bind the same port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            [f"--host/--port: cannot listen on {host}:{port} ({exc.strerror}); pick another with --port"]
+        ) from exc
+    return sock
 
 
 if __name__ == "__main__":

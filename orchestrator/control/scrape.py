@@ -85,7 +85,8 @@ class Scraper:
         if self._client is not None:
             await asyncio.gather(self._loop(self._client), self._health_loop(self._client))
             return
-        async with httpx.AsyncClient(trust_env=False, timeout=TIMEOUT_S) as client:
+        # plain HTTP to the engines: verify=False skips loading an unused CA bundle (~80 ms)
+        async with httpx.AsyncClient(trust_env=False, verify=False, timeout=TIMEOUT_S) as client:
             await asyncio.gather(self._loop(client), self._health_loop(client))
 
     async def _loop(self, client: httpx.AsyncClient) -> None:

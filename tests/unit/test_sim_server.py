@@ -570,3 +570,14 @@ def test_cli_serves_over_http_at_speed_zero() -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert "SIMULATED" in err and "Traceback" not in err
+
+
+async def test_an_injected_resume_failure_answers_500_once(sim: Client) -> None:
+    """bench/chaos makes a wake fail through /sim/fail_next_resume (as a CUDA OOM would)."""
+    _, client, _ = sim
+    assert (await client.post("/release_memory_occupation", json={})).status_code == 200
+    assert (await client.post("/sim/fail_next_resume", json={"count": "x"})).status_code == 400
+    assert (await client.post("/sim/fail_next_resume", json={})).json() == {"fail_resumes": 1}
+    r = await client.post("/resume_memory_occupation", json={})
+    assert r.status_code == 500 and "out of memory" in r.json()["error"]["message"]
+    assert (await client.post("/resume_memory_occupation", json={})).status_code == 200

@@ -1,0 +1,43 @@
+"""Short versions of the chaos bench (bench/chaos) on the sim engine: a fault under load, and
+every request ends within its bound with an answer or a clean error envelope; chimera serves
+again afterwards. A restart of the control plane itself cannot answer the requests it had in
+flight (kill -9) or in its accept queue when it closed: those are connection errors the client
+sees at once, bounded by the load's concurrency, never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bench.chaos.scenarios import SCENARIOS, Result, Timing
+
+pytestmark = pytest.mark.slow
+
+SHORT = Timing(warmup_s=1.0, after_s=4.5, settle_s=0.5, workers=4, bound_s=15.0)
+RESTARTS = {"restart-usr1", "restart-kill"}
+
+
+@pytest.mark.parametrize("name", [n for n in SCENARIOS if n != "fd-exhaustion"])
+def test_no_request_is_lost_or_hung(name: str, tmp_path: Path) -> None:
+    res: Result = asyncio.run(SCENARIOS[name](tmp_path, SHORT))
+    print(f"\n{name}: {res.counts} recovery {res.recovery_s} s {res.notes}")
+    assert res.counts["hung"] == 0, res.examples
+    assert res.counts["ok"] > 0 and res.recovery_s is not None  # served again after the fault
+    if name in RESTARTS:
+        assert res.counts["reset"] <= SHORT.workers, res.examples
+        assert res.notes == ["engines re-adopted"]
+    else:
+        assert res.counts["reset"] == 0, res.examples
+        assert res.counts["refused"] == 0
+    if name == "disconnects":
+        assert res.counts["left"] > 0 and "engine running/queued after the load: 0.0" in res.notes
+    assert res.after is not None and res.before is not None
+    if name != "wake-failure":  # its baseline is before the woken engine's pool and scraper connections
+        assert res.after.fds <= res.before.fds + 4, (res.before, res.after)  # nothing leaks per request
+
+
+def test_descriptor_exhaustion_says_why_it_is_skipped(tmp_path: Path) -> None:
+    res = asyncio.run(SCENARIOS["fd-exhaustion"](tmp_path, SHORT))
+    assert res.skipped and "not on main" in res.skipped
