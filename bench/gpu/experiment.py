@@ -65,7 +65,12 @@ from orchestrator.perf.calibration import CALIBRATIONS
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 SCHEMA = "chimera-gpu-experiment/1"
 PLACEMENTS = Path(__file__).resolve().parent / "placements"
-SETUPS = {"A": PLACEMENTS / "setup-a.yaml", "B": PLACEMENTS / "setup-b.yaml"}
+SETUPS = {
+    "A": PLACEMENTS / "setup-a.yaml",
+    "B": PLACEMENTS / "setup-b.yaml",
+    "PRISM18": PLACEMENTS / "setup-prism18.yaml",  # issue 18: 18 models on 8 GPUs
+    "PRISM9": PLACEMENTS / "setup-prism9.yaml",  # its half size: 9 models on 4 GPUs
+}
 TRACES = ("synthetic", "lmsys")
 ALPHA, CV = 0.5, 2.0  # Prism's synthetic workload, as bench/sim/experiments.py
 LENGTHS = (8, 512)  # synthetic prompt and output lengths, [lo, hi)
@@ -147,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.gpu.experiment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--setup", default="A", help="A, B, or a placements file (the full system)")
+    p.add_argument("--setup", default="A", help="A, B, prism18, prism9, or a placements file (the full system)")
     p.add_argument("--system", choices=SYSTEMS, required=True)
     p.add_argument("--trace", choices=TRACES, default="synthetic")
     p.add_argument(

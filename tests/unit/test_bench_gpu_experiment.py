@@ -15,6 +15,7 @@ from bench.sim.baselines import FixedColocation
 from bench.sim.fleet import make_model
 from bench.sim.simulator import Simulator
 from orchestrator import deployment
+from orchestrator.cli.main import main as cli_main
 from orchestrator.config import GIB, Yaml12Loader, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +46,7 @@ def test_every_system_is_a_valid_file_and_static_drops_what_does_not_start() -> 
     assert [m["name"] for m in full["models"]] == [m["name"] for m in SETUP_B["models"]]
 
 
-@pytest.mark.parametrize("setup", ["setup-a.yaml", "setup-b.yaml"])
+@pytest.mark.parametrize("setup", ["setup-a.yaml", "setup-b.yaml", "setup-prism18.yaml", "setup-prism9.yaml"])
 def test_only_static_is_capped_at_the_static_pools(setup: str) -> None:
     """In modes elastic and full ``kv_pool_gb`` is the shim's ceiling: the systems that move KV
     may each grow past their static share (a ceiling of the static pool made full no better)."""
@@ -53,8 +54,41 @@ def test_only_static_is_capped_at_the_static_pools(setup: str) -> None:
     static = {i.id: i.placement.kv_pool_gb for i in parse_config(derive(raw, "static")).instances}
     for system in ("swap", "elastic", "full"):
         dep = deployment.derive(parse_config(derive(raw, system)))
-        for iid, pool_gb in static.items():
-            assert pool_gb is not None and dep.instances[iid].ceiling_bytes > 2 * pool_gb * GIB
+        for iid, pool_gb in static.items():  # a ceiling is per GPU, a pool over the TP group
+            facts = dep.instances[iid]
+            assert pool_gb is not None and facts.ceiling_bytes > 1.5 * pool_gb * GIB / facts.spec.model.tp_size
+
+
+@pytest.mark.parametrize(("setup", "gpus", "models"), [("prism18", 8, 18), ("prism9", 4, 9)])
+def test_prism_setups_hold_the_mix_and_static_pools_fit_every_gpu(setup: str, gpus: int, models: int) -> None:
+    """Issue 18's set-ups: 1B-70B with the 70B at TP 4; `check` and `plan` accept them, and the
+    static system's fixed pools beside every model's awake costs fit each 80 GB GPU."""
+    path = ROOT / f"bench/gpu/placements/setup-{setup}.yaml"
+    assert cli_main(["check", str(path)]) == 0 and cli_main(["plan", str(path)]) == 0
+    raw = load_setup(setup).raw
+    cfg = parse_config(raw)
+    assert (cfg.gpu_count, len(cfg.models), cfg.host.gpu_memory_gb) == (gpus, models, 80)
+    assert {m.shape.name for m in cfg.models} >= {"llama-3.3-70b", "llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"}
+    assert [m.tp_size for m in cfg.models if m.shape.name == "llama-3.3-70b"] == [4]
+    dep = deployment.derive(parse_config(derive(raw, "static")))
+    held = dict.fromkeys(range(gpus), 0)
+    for f in dep.instances.values():
+        for g in f.spec.placement.gpus:
+            held[g] += f.awake_bytes
+    assert all(5 * GIB < dep.gpu_bytes - b < 10 * GIB for b in held.values()), held  # pressed, as set-up A
+    for system in SYSTEMS:  # every derived file is valid, and `plan` accepts it
+        assert parse_config(derive(raw, system)).gpu_count == gpus
+
+
+def test_swap_wakes_one_model_per_gpu_and_a_tp_model_takes_all_its_gpus() -> None:
+    swap = parse_config(derive(load_setup("prism18").raw, "swap"))
+    awake = [i for i in swap.instances if i.placement.on]
+    per_gpu = [g for i in awake for g in i.placement.gpus]
+    assert sorted(per_gpu) == list(range(8))  # each GPU exactly once
+    assert awake[0].model.name == "llama-70b" and awake[0].placement.gpus == (0, 1, 2, 3)
+    p9 = parse_config(derive(load_setup("prism9").raw, "swap"))
+    assert [i.model.name for i in p9.instances if i.placement.on] == ["llama-70b"]
+    assert [i.placement.on for i in parse_config(derive(SETUP_B, "swap")).instances].count(True) == 1
 
 
 def test_max_rate_at_99_stops_at_the_first_miss() -> None:
