@@ -9,7 +9,15 @@ import pytest
 import yaml
 
 from bench.gpu import budget, des, measure, mps
-from bench.gpu.experiment import LMSYS_RATES, default_rates, load_setup, trace_for
+from bench.gpu.experiment import (
+    LMSYS_RATES,
+    REFERENCE_SETUPS,
+    default_duration,
+    default_rates,
+    default_trace,
+    load_setup,
+    trace_for,
+)
 from bench.gpu.systems import SYSTEMS, derive, served
 from bench.sim.baselines import FixedColocation
 from bench.sim.fleet import make_model
@@ -176,6 +184,23 @@ def test_default_sweeps_of_two_systems_fit_one_device_command() -> None:
     assert default_rates("B", "full", "lmsys") == LMSYS_RATES
 
 
+def test_reference_setups_replay_lmsys_at_scale_1_and_one_system_fits_one_command() -> None:
+    """Issue 18: one device command per system: the estimated multi-GPU fleet start, the trace's
+    first 300 s at its own rate, the last answers and the stop fit the command's 570 s."""
+    for setup in REFERENCE_SETUPS:
+        assert load_setup(setup.lower()).name == setup
+        assert default_trace(setup) == "lmsys" and default_rates(setup, "full", "lmsys") == [1.0]
+        duration = default_duration(setup, "lmsys")
+        assert budget.sweep_s(budget.BOOT_MULTI_GPU_S, 1, duration, 3.0) <= budget.COMMAND_S
+        left = budget.COMMAND_S - budget.BOOT_MULTI_GPU_S
+        assert budget.rate_timeout(left, duration, 156.0) is not None  # the rate is not skipped
+    assert default_trace("A") == "synthetic" and default_duration("A", "lmsys") == 30.0
+    assert default_rates("B", "full", "lmsys") == LMSYS_RATES
+    reqs = trace_for(load_setup("prism18"), "lmsys", 1.0, 300.0, 42)
+    assert 600 <= len(reqs) <= 900 and max(r.arrival_s for r in reqs) < 300.0  # ~2.5 req/s
+    assert len({r.model for r in reqs}) == 18
+
+
 def test_mps_pairs_compare_together_with_alone_and_mps_with_time_slicing() -> None:
     def stats(tpot: float, tps: float) -> dict:
         return {"tpot_s": {"p50": tpot}, "tokens_per_s": tps}
@@ -197,3 +222,22 @@ def test_mps_pairs_compare_together_with_alone_and_mps_with_time_slicing() -> No
     assert r["tokens_per_s_together"] == 120.0 and r["tokens_per_s_alone_sum"] == 200.0
     assert rows[("mps", "8b-a+8b-b")]["mps_over_timeslice"] == pytest.approx(160.0 / 120.0)
     assert "stock SGLang" in mps.table_text(doc) and len(mps.table_text(doc).splitlines()) == 2 + 6
+
+
+def test_report_sets_full_against_static_and_swap_at_each_rate() -> None:
+    """Issue 18's targets are joint attainment ratios at one rate (the trace's own)."""
+    from bench.gpu import report
+
+    def run(system: str, joints: dict[float, float]) -> dict:
+        pts = [
+            {"rate": r, "overall": {"attainment": {"joint": j}, "goodput": {"requests_per_s": 1.0}}}
+            for r, j in joints.items()
+        ]
+        return {"setup": "PRISM18", "trace": "lmsys", "engine": "des", "system": system, "rates": pts}
+
+    runs = [run("static", {1.0: 0.4, 2.0: 0.0}), run("swap", {1.0: 0.5, 2.0: 0.2}), run("full", {1.0: 0.9, 2.0: 0.6})]
+    ((key, kinds),) = report.group(runs).items()
+    text, summary = report.tables(key, kinds)
+    assert summary["des"]["joint_ratios"]["1"] == {"full/static": pytest.approx(2.25), "full/swap": pytest.approx(1.8)}
+    assert summary["des"]["joint_ratios"]["2"]["full/static"] is None  # static served nothing in time
+    assert "| 1 | 40.0% | 50.0% | 90.0% | 2.25x | 1.80x |" in text
