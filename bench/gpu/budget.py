@@ -20,6 +20,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+# Fleet start of a multi-GPU set-up (issue 18's prism18 and prism9), an ESTIMATE: nothing of it
+# has run. Servers of different GPUs boot in parallel, so the fleet is as slow as its slowest
+# GPU: on the H200 six servers of one GPU were up in 72 s together (bench/results/fleet-h200:
+# init 44-48 s, CUDA graphs 13-24 s each; set-up A 91-120 s in the experiment). The slowest
+# GPU here holds three servers, one a rank of llama-3.3-70b at TP 4, whose 80 layers capture
+# graphs ~2.5x as long as the 8B's 32 (24 s -> 60 s) after NCCL's set-up: 120 s + 40 s.
+BOOT_MULTI_GPU_S = 160.0
 STOP_S = 15.0  # stop chimera (engines exit), write files and tar logs: measured 6-8 s, doubled
 MIN_TIMEOUT_S = 10.0  # below this a rate's last requests could not be answered at all
 COMMAND_S = 570.0  # usable seconds of one 10-minute device command (install and slack kept)

@@ -29,6 +29,7 @@ compare with a run on the sim engine or the GPU: ``python -m bench.gpu.report`` 
     python -m bench.gpu.experiment --setup A --system full --engine sim --rates 2,4 \\
         --duration 20 --out runs/exp/A-full      # on a CPU (SIMULATED)
     bash bench/gpu/experiment.sh full A          # on the GPU: one command per system
+    bash bench/gpu/experiment.sh full prism18    # issue 18 on nvidia-h200-x8: LMSYS at scale 1
 """
 
 from __future__ import annotations
@@ -65,7 +66,12 @@ from orchestrator.perf.calibration import CALIBRATIONS
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 SCHEMA = "chimera-gpu-experiment/1"
 PLACEMENTS = Path(__file__).resolve().parent / "placements"
-SETUPS = {"A": PLACEMENTS / "setup-a.yaml", "B": PLACEMENTS / "setup-b.yaml"}
+SETUPS = {
+    "A": PLACEMENTS / "setup-a.yaml",
+    "B": PLACEMENTS / "setup-b.yaml",
+    "PRISM18": PLACEMENTS / "setup-prism18.yaml",  # issue 18: 18 models on 8 GPUs
+    "PRISM9": PLACEMENTS / "setup-prism9.yaml",  # its half size: 9 models on 4 GPUs
+}
 TRACES = ("synthetic", "lmsys")
 ALPHA, CV = 0.5, 2.0  # Prism's synthetic workload, as bench/sim/experiments.py
 LENGTHS = (8, 512)  # synthetic prompt and output lengths, [lo, hi)
@@ -86,12 +92,27 @@ DEFAULT_RATES: dict[tuple[str, str], list[float]] = {
     ("B", "swap"): [0.05, 0.1, 0.25, 0.5],
 }
 LMSYS_RATES = [0.5, 1.0, 2.0, 4.0]
+# Issue 18's multi-GPU set-ups: the LMSYS trace at time scale 1 (its own rate, ~2.5 req/s over
+# 27 models folded onto the set-up's), its first REFERENCE_DURATION_S seconds, one system per
+# device command: a fleet start of up to BOOT_MULTI_GPU_S, the arrivals, the last answers and
+# the stop fit the command (bench/gpu/budget.py). The rate sweep is the simulator's (§3).
+REFERENCE_SETUPS = ("PRISM18", "PRISM9")
+REFERENCE_RATES = [1.0]
+REFERENCE_DURATION_S = 300.0
+
+
+def default_trace(setup: str) -> str:
+    return "lmsys" if setup in REFERENCE_SETUPS else "synthetic"
 
 
 def default_rates(setup: str, system: str, trace: str) -> list[float]:
     if trace != "synthetic":
-        return LMSYS_RATES
+        return REFERENCE_RATES if setup in REFERENCE_SETUPS else LMSYS_RATES
     return DEFAULT_RATES.get((setup, system), DEFAULT_RATES[("A", system)])
+
+
+def default_duration(setup: str, trace: str) -> float:
+    return REFERENCE_DURATION_S if setup in REFERENCE_SETUPS and trace == "lmsys" else 30.0
 
 
 LOG_TAIL_BYTES = 2_000_000
@@ -147,9 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.gpu.experiment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--setup", default="A", help="A, B, or a placements file (the full system)")
+    p.add_argument("--setup", default="A", help="A, B, prism18, prism9, or a placements file (the full system)")
     p.add_argument("--system", choices=SYSTEMS, required=True)
-    p.add_argument("--trace", choices=TRACES, default="synthetic")
+    p.add_argument(
+        "--trace", choices=TRACES, default=None, help="default: lmsys for prism18 and prism9, synthetic otherwise"
+    )
     p.add_argument(
         "--rates",
         type=positive_floats,
@@ -158,7 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthetic: requests/s over all models; lmsys: multiples of the trace's own rate "
         "(default: the set-up's and system's sweep, DEFAULT_RATES)",
     )
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per rate")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of arrivals per rate (default: 30; prism18/prism9 with lmsys: 300, the trace's "
+        "first 300 s at scale 1)",
+    )
     p.add_argument("--gap", type=float, default=3.0, help="seconds between two rates")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
@@ -208,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = ["python", "-m", "bench.gpu.experiment", *map(shlex.quote, argv or sys.argv[1:])]
     setup = load_setup(args.setup)
+    if args.trace is None:
+        args.trace = default_trace(setup.name)
+    if args.duration is None:
+        args.duration = default_duration(setup.name, args.trace)
     if args.rates is None:
         args.rates = default_rates(setup.name, args.system, args.trace)
     if args.request_timeout is None:

@@ -7,9 +7,11 @@ what the issue compares and in nothing else:
   not placed ``on: false``: in mode static an ``on: false`` server is cold-started by its first
   request (the start-up policy), which would be swapping, not partitioning. Their requests are
   counted by the runner as misses without being sent (``unserved``).
-- swap: swap-on-demand as llama-swap does it: mode full with ``scheduler.max_awake_per_gpu: 1``;
-  the first model is awake at ``up``, every other is parked; a request for a parked model parks
-  the awake one (after its requests drain) and wakes it. KV is elastic.
+- swap: swap-on-demand as llama-swap does it, one per GPU: mode full with
+  ``scheduler.max_awake_per_gpu: 1``; at ``up`` the first model (file order) of each GPU is
+  awake (a TP model counts on each of its GPUs, and takes them only when none is taken yet),
+  every other is parked; a request for a parked model parks the awake one(s) of its GPUs (after
+  their requests drain) and wakes it. KV is elastic.
 - elastic: mode elastic (KV moves between resident servers; nothing is parked); the same models
   as static, with their ``kv_pool_gb`` dropped (the KV ledger sizes pools).
 - full: the set-up file (mode full: park/wake, global placement, elastic KV) with its
@@ -45,9 +47,12 @@ def derive(raw: dict[str, Any], system: str) -> dict[str, Any]:
     if system == "swap":
         out["mode"] = "full"
         out["scheduler"] = {**out.get("scheduler", {}), "max_awake_per_gpu": 1}
-        for i, m in enumerate(models):
+        taken: set[int] = set()
+        for m in models:
             for pl in m["placements"]:
-                pl["on"] = i == 0
+                pl["on"] = not taken & set(pl["gpus"])
+                if pl["on"]:
+                    taken |= set(pl["gpus"])
                 pl.pop("kv_pool_gb", None)  # the one awake model may use the GPU's KV
         return out
     resident = [m for m in models if any(pl.get("on", True) for pl in m["placements"])]

@@ -9,12 +9,21 @@ import pytest
 import yaml
 
 from bench.gpu import budget, des, measure, mps
-from bench.gpu.experiment import LMSYS_RATES, default_rates, load_setup, trace_for
+from bench.gpu.experiment import (
+    LMSYS_RATES,
+    REFERENCE_SETUPS,
+    default_duration,
+    default_rates,
+    default_trace,
+    load_setup,
+    trace_for,
+)
 from bench.gpu.systems import SYSTEMS, derive, served
 from bench.sim.baselines import FixedColocation
 from bench.sim.fleet import make_model
 from bench.sim.simulator import Simulator
 from orchestrator import deployment
+from orchestrator.cli.main import main as cli_main
 from orchestrator.config import GIB, Yaml12Loader, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +54,7 @@ def test_every_system_is_a_valid_file_and_static_drops_what_does_not_start() -> 
     assert [m["name"] for m in full["models"]] == [m["name"] for m in SETUP_B["models"]]
 
 
-@pytest.mark.parametrize("setup", ["setup-a.yaml", "setup-b.yaml"])
+@pytest.mark.parametrize("setup", ["setup-a.yaml", "setup-b.yaml", "setup-prism18.yaml", "setup-prism9.yaml"])
 def test_only_static_is_capped_at_the_static_pools(setup: str) -> None:
     """In modes elastic and full ``kv_pool_gb`` is the shim's ceiling: the systems that move KV
     may each grow past their static share (a ceiling of the static pool made full no better)."""
@@ -53,8 +62,41 @@ def test_only_static_is_capped_at_the_static_pools(setup: str) -> None:
     static = {i.id: i.placement.kv_pool_gb for i in parse_config(derive(raw, "static")).instances}
     for system in ("swap", "elastic", "full"):
         dep = deployment.derive(parse_config(derive(raw, system)))
-        for iid, pool_gb in static.items():
-            assert pool_gb is not None and dep.instances[iid].ceiling_bytes > 2 * pool_gb * GIB
+        for iid, pool_gb in static.items():  # a ceiling is per GPU, a pool over the TP group
+            facts = dep.instances[iid]
+            assert pool_gb is not None and facts.ceiling_bytes > 1.5 * pool_gb * GIB / facts.spec.model.tp_size
+
+
+@pytest.mark.parametrize(("setup", "gpus", "models"), [("prism18", 8, 18), ("prism9", 4, 9)])
+def test_prism_setups_hold_the_mix_and_static_pools_fit_every_gpu(setup: str, gpus: int, models: int) -> None:
+    """Issue 18's set-ups: 1B-70B with the 70B at TP 4; `check` and `plan` accept them, and the
+    static system's fixed pools beside every model's awake costs fit each 80 GB GPU."""
+    path = ROOT / f"bench/gpu/placements/setup-{setup}.yaml"
+    assert cli_main(["check", str(path)]) == 0 and cli_main(["plan", str(path)]) == 0
+    raw = load_setup(setup).raw
+    cfg = parse_config(raw)
+    assert (cfg.gpu_count, len(cfg.models), cfg.host.gpu_memory_gb) == (gpus, models, 80)
+    assert {m.shape.name for m in cfg.models} >= {"llama-3.3-70b", "llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"}
+    assert [m.tp_size for m in cfg.models if m.shape.name == "llama-3.3-70b"] == [4]
+    dep = deployment.derive(parse_config(derive(raw, "static")))
+    held = dict.fromkeys(range(gpus), 0)
+    for f in dep.instances.values():
+        for g in f.spec.placement.gpus:
+            held[g] += f.awake_bytes
+    assert all(5 * GIB < dep.gpu_bytes - b < 10 * GIB for b in held.values()), held  # pressed, as set-up A
+    for system in SYSTEMS:  # every derived file is valid, and `plan` accepts it
+        assert parse_config(derive(raw, system)).gpu_count == gpus
+
+
+def test_swap_wakes_one_model_per_gpu_and_a_tp_model_takes_all_its_gpus() -> None:
+    swap = parse_config(derive(load_setup("prism18").raw, "swap"))
+    awake = [i for i in swap.instances if i.placement.on]
+    per_gpu = [g for i in awake for g in i.placement.gpus]
+    assert sorted(per_gpu) == list(range(8))  # each GPU exactly once
+    assert awake[0].model.name == "llama-70b" and awake[0].placement.gpus == (0, 1, 2, 3)
+    p9 = parse_config(derive(load_setup("prism9").raw, "swap"))
+    assert [i.model.name for i in p9.instances if i.placement.on] == ["llama-70b"]
+    assert [i.placement.on for i in parse_config(derive(SETUP_B, "swap")).instances].count(True) == 1
 
 
 def test_max_rate_at_99_stops_at_the_first_miss() -> None:
@@ -142,6 +184,23 @@ def test_default_sweeps_of_two_systems_fit_one_device_command() -> None:
     assert default_rates("B", "full", "lmsys") == LMSYS_RATES
 
 
+def test_reference_setups_replay_lmsys_at_scale_1_and_one_system_fits_one_command() -> None:
+    """Issue 18: one device command per system: the estimated multi-GPU fleet start, the trace's
+    first 300 s at its own rate, the last answers and the stop fit the command's 570 s."""
+    for setup in REFERENCE_SETUPS:
+        assert load_setup(setup.lower()).name == setup
+        assert default_trace(setup) == "lmsys" and default_rates(setup, "full", "lmsys") == [1.0]
+        duration = default_duration(setup, "lmsys")
+        assert budget.sweep_s(budget.BOOT_MULTI_GPU_S, 1, duration, 3.0) <= budget.COMMAND_S
+        left = budget.COMMAND_S - budget.BOOT_MULTI_GPU_S
+        assert budget.rate_timeout(left, duration, 156.0) is not None  # the rate is not skipped
+    assert default_trace("A") == "synthetic" and default_duration("A", "lmsys") == 30.0
+    assert default_rates("B", "full", "lmsys") == LMSYS_RATES
+    reqs = trace_for(load_setup("prism18"), "lmsys", 1.0, 300.0, 42)
+    assert 600 <= len(reqs) <= 900 and max(r.arrival_s for r in reqs) < 300.0  # ~2.5 req/s
+    assert len({r.model for r in reqs}) == 18
+
+
 def test_mps_pairs_compare_together_with_alone_and_mps_with_time_slicing() -> None:
     def stats(tpot: float, tps: float) -> dict:
         return {"tpot_s": {"p50": tpot}, "tokens_per_s": tps}
@@ -163,3 +222,22 @@ def test_mps_pairs_compare_together_with_alone_and_mps_with_time_slicing() -> No
     assert r["tokens_per_s_together"] == 120.0 and r["tokens_per_s_alone_sum"] == 200.0
     assert rows[("mps", "8b-a+8b-b")]["mps_over_timeslice"] == pytest.approx(160.0 / 120.0)
     assert "stock SGLang" in mps.table_text(doc) and len(mps.table_text(doc).splitlines()) == 2 + 6
+
+
+def test_report_sets_full_against_static_and_swap_at_each_rate() -> None:
+    """Issue 18's targets are joint attainment ratios at one rate (the trace's own)."""
+    from bench.gpu import report
+
+    def run(system: str, joints: dict[float, float]) -> dict:
+        pts = [
+            {"rate": r, "overall": {"attainment": {"joint": j}, "goodput": {"requests_per_s": 1.0}}}
+            for r, j in joints.items()
+        ]
+        return {"setup": "PRISM18", "trace": "lmsys", "engine": "des", "system": system, "rates": pts}
+
+    runs = [run("static", {1.0: 0.4, 2.0: 0.0}), run("swap", {1.0: 0.5, 2.0: 0.2}), run("full", {1.0: 0.9, 2.0: 0.6})]
+    ((key, kinds),) = report.group(runs).items()
+    text, summary = report.tables(key, kinds)
+    assert summary["des"]["joint_ratios"]["1"] == {"full/static": pytest.approx(2.25), "full/swap": pytest.approx(1.8)}
+    assert summary["des"]["joint_ratios"]["2"]["full/static"] is None  # static served nothing in time
+    assert "| 1 | 40.0% | 50.0% | 90.0% | 2.25x | 1.80x |" in text
