@@ -20,6 +20,7 @@ from orchestrator.cluster.nodes import Inventory
 from orchestrator.config import Config
 from orchestrator.control.events import Tick
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
+from orchestrator.control.router import Router
 from orchestrator.control.scrape import ROUND_S as SCRAPE_ROUND_S
 from orchestrator.control.scrape import Scraper
 from orchestrator.dashboard.routes import Dashboard
@@ -29,6 +30,9 @@ from orchestrator.env import Env
 from orchestrator.kv.ledger import KVInstance, Ledger
 from orchestrator.kv.runner import HttpKVEffects, KVEffects, KVRunner
 from orchestrator.kv.wiring import GONE, kv_instances
+from orchestrator.lora.client import HttpAdapterClient
+from orchestrator.lora.residency import Residency
+from orchestrator.lora.router import AdapterRouter
 from orchestrator.metrics.gpu_seconds import GpuSeconds
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.progress import StartupProgress
@@ -140,12 +144,13 @@ async def serve(
     for m in control.models():
         for v in m.instances:
             publish(v)
-    dashboard = Dashboard(dep, control.models, metrics)  # the page at / and /dashboard
+    router = _router(cfg, control, supervisor, auth.headers())  # LoRA adapters: to their base's servers
+    dashboard = Dashboard(dep, router.models, metrics)  # the page at / and /dashboard
     supervisor.add_observer(dashboard.observe)
     detach_dashboard = dashboard.history.attach()  # the scheduler's decisions, off its log
 
     app = create_app(
-        control,
+        router,
         metrics,
         hold_timeout_s=hold_timeout_s,
         extra_routes=admin_routes(control, admin_key) + dashboard.routes(),
@@ -199,7 +204,7 @@ async def serve(
             console.print(f"[bold red]the proxy could not start on {host}:{port}[/]")
             return 1
         if not stop.is_set():
-            _summary(console, control, host, port)
+            _summary(console, control, router, host, port)
             failed = nothing_serves(control.models())
             if failed is not None:  # exit non-zero: a supervisor (systemd, Kubernetes) must see it
                 console.print(f"[bold red]every model failed to start[/]; exiting with status 1\n{failed}")
@@ -248,6 +253,18 @@ def _report_death(task: asyncio.Task[None]) -> None:
     """A background task that ends by itself is a bug: say so at once, with its traceback."""
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s died; chimera goes on without it", task.get_name(), exc_info=task.exception())
+
+
+def _router(
+    cfg: Config, control: ControlLoop, supervisor: Supervisor | RayEffects, headers: Mapping[str, str]
+) -> Router:
+    """The proxy's Router: the control loop, or, when the file has LoRA adapters, the loop with
+    their requests sent to their base's servers (orchestrator/lora/)."""
+    if not any(m.is_adapter for m in cfg.models):
+        return control
+    residency = Residency(HttpAdapterClient(headers))
+    supervisor.add_observer(residency.observe)  # a server that went away lost its adapters
+    return AdapterRouter(control, residency, cfg.models)
 
 
 def _kv_runner(
@@ -331,8 +348,8 @@ def _scraper(
     )
 
 
-def _summary(console: Console, control: ControlLoop, host: str, port: int) -> None:
-    for m in control.models():
+def _summary(console: Console, control: ControlLoop, router: Router, host: str, port: int) -> None:
+    for m in router.models():
         names = ", ".join((m.spec.name, *m.spec.aliases))
         console.print(f"  {names:<40} {m.state}")
         for i in m.instances:

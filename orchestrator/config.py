@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from orchestrator.types import (
     ON_LATE,
     PARK_WHEN_IDLE,
     LoadFormat,
+    LoraLimits,
     Mode,
     OnLate,
     ParkWhen,
@@ -96,6 +97,16 @@ class ModelSpec:
     load_format: LoadFormat = "auto"
     engine_args: tuple[str, ...] = ()  # extra SGLang flags, passed through after validation
     idle: Idle = Idle()
+    # A LoRA adapter served as a model of its own (docs/pools.md): ``base`` names the model whose
+    # servers run it, ``adapter`` is its path; it has no placements (model_path, shape and
+    # tp_size are its base's).
+    base: str | None = None
+    adapter: str | None = None
+    lora: LoraLimits | None = None  # a base whose servers start with --enable-lora
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.base is not None
 
 
 @dataclass(frozen=True)
@@ -245,7 +256,16 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     if not isinstance(models_raw, list) or not models_raw:
         v.err("models", "needs a non-empty list of models")
         raise ConfigError([f"{source}: {p}" for p in v.problems])
-    models = [m for i, r in enumerate(models_raw) if (m := _model(v, f"models[{i}]", r, idle_default))]
+    is_adapter = [isinstance(r, dict) and "base" in r for r in models_raw]
+    plain = {
+        i: m
+        for i, r in enumerate(models_raw)
+        if not is_adapter[i] and (m := _model(v, f"models[{i}]", r, idle_default))
+    }
+    adapters = {
+        i: a for i, r in enumerate(models_raw) if is_adapter[i] and (a := _adapter(v, f"models[{i}]", r, plain))
+    }
+    models = _with_lora(v, {**plain, **adapters})
     v.raise_if_any(source)
 
     used = {g for m in models for pl in m.placements for g in pl.gpus}
@@ -333,7 +353,25 @@ _MODEL_KEYS = {
     "load_format",
     "engine_args",
     "idle",
+    "lora",
 }
+_ADAPTER_KEYS = {"name", "base", "adapter", "aliases", "slo", "priority"}
+# LoRA target modules of the Llama/Qwen families, a subset of SGLang 0.5.17's
+# SUPPORTED_LORA_TARGET_MODULES (srt/utils/common.py), plus its "all".
+LORA_TARGET_MODULES = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "qkv_proj",
+    "gate_up_proj",
+    "embed_tokens",
+    "lm_head",
+    "all",
+)
 
 
 def _idle(v: _Validator, path: str, raw: Any, default: Idle) -> Idle:
@@ -428,6 +466,7 @@ def _model(v: _Validator, path: str, raw: Any, idle_default: Idle = Idle()) -> M
     slo = _slo(v, f"{path}.slo", raw.get("slo", {}))
     idle = _idle(v, f"{path}.idle", raw.get("idle", {}), idle_default)
     placements = _placements(v, path, raw.get("placements"), tp_size)
+    lora = _lora(v, f"{path}.lora", raw.get("lora"))
     shape: ModelShape | None = None
     if isinstance(model_path, str) and model_path:
         shape_name = raw.get("shape")
@@ -453,7 +492,76 @@ def _model(v: _Validator, path: str, raw: Any, idle_default: Idle = Idle()) -> M
         load_format=load_format,
         engine_args=tuple(engine_args),
         idle=idle,
+        lora=lora,
     )
+
+
+def _adapter(v: _Validator, path: str, raw: dict[str, Any], bases: dict[int, ModelSpec]) -> ModelSpec | None:
+    """``{name, base, adapter}``: a LoRA adapter served by its base's servers."""
+    v.keys(raw, path, _ADAPTER_KEYS)
+    n_before = len(v.problems)
+    name, base_name, adapter = raw.get("name"), raw.get("base"), raw.get("adapter")
+    if not isinstance(name, str) or not name.strip():
+        v.err(f"{path}.name", "needs a non-empty string (the id clients send as `model`)")
+    if not isinstance(adapter, str) or not adapter:
+        v.err(f"{path}.adapter", "needs the LoRA adapter's directory (a PEFT adapter_config.json and its weights)")
+    base = next((b for b in bases.values() if b.name == base_name), None)
+    if base is None:
+        v.err(f"{path}.base", f"{base_name!r} is not the name of a model of this file with placements")
+    aliases = raw.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        v.err(f"{path}.aliases", "must be a list of non-empty strings")
+    priority = v.number(raw, "priority", path, minimum=0, integer=True)
+    slo = _slo(v, f"{path}.slo", raw.get("slo", {}))
+    if len(v.problems) > n_before or base is None:
+        return None
+    assert isinstance(name, str) and isinstance(adapter, str)
+    return ModelSpec(
+        name=name,
+        model_path=base.model_path,
+        shape=base.shape,
+        tp_size=base.tp_size,
+        aliases=tuple(aliases),
+        slo=slo,
+        priority=int(priority or 0),
+        base=base.name,
+        adapter=adapter,
+    )
+
+
+def _with_lora(v: _Validator, by_index: dict[int, ModelSpec]) -> list[ModelSpec]:
+    """File order; a base that adapters name gets ``lora`` limits (its own section, else the
+    defaults)."""
+    used = {m.base for m in by_index.values() if m.base is not None}
+    out = []
+    for _, m in sorted(by_index.items()):
+        if m.name in used and m.lora is None:
+            m = replace(m, lora=LoraLimits())
+        out.append(m)
+    return out
+
+
+def _lora(v: _Validator, path: str, raw: Any) -> LoraLimits | None:
+    """A base's ``lora:`` section (SGLang's LoRA flags; docs/configuration.md)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        v.err(path, "must be a mapping like {max_loras_per_batch: 8, max_lora_rank: 16}")
+        return None
+    v.keys(raw, path, {"max_loras_per_batch", "max_loaded", "max_lora_rank", "target_modules"})
+    d = LoraLimits()
+    per_batch = v.number(raw, "max_loras_per_batch", path, minimum=1, integer=True)
+    loaded = v.number(raw, "max_loaded", path, minimum=1, integer=True)
+    rank = v.number(raw, "max_lora_rank", path, minimum=1, integer=True)
+    modules = raw.get("target_modules", list(d.target_modules))
+    if not isinstance(modules, list) or not modules or not all(m in LORA_TARGET_MODULES for m in modules):
+        v.err(f"{path}.target_modules", f"must be a non-empty list of {', '.join(LORA_TARGET_MODULES)}")
+        modules = list(d.target_modules)
+    n = int(per_batch) if per_batch is not None else d.max_loras_per_batch
+    limits = LoraLimits(n, int(loaded) if loaded is not None else n, int(rank or d.max_lora_rank), tuple(modules))
+    if limits.max_loaded < limits.max_loras_per_batch:  # SGLang asserts it at start
+        v.err(f"{path}.max_loaded", f"must be at least max_loras_per_batch ({n})")
+    return limits
 
 
 def _slo(v: _Validator, path: str, raw: Any) -> SLO:

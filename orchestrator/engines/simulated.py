@@ -80,6 +80,10 @@ class SimEngine:
         tokens = max_total_tokens(req)
         if tokens is not None:
             argv += ["--max-total-tokens", str(tokens)]
+        if model.lora is not None:  # the same LoRA flags as SGLang's (sglang/lora.py)
+            from orchestrator.sglang.lora import lora_flags
+
+            argv += lora_flags(model.lora)
         argv += model.engine_args
         if req.config_file is not None:  # the API key, as for SGLang (sglang/auth.py)
             argv += [CONFIG_FLAG, req.config_file]

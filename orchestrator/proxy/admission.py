@@ -117,7 +117,7 @@ class AdmissionGate:
         facts = self._models[spec.name]
         pending = Pending(
             rid,
-            spec.name,
+            spec.base or spec.name,  # a LoRA adapter queues for its base's servers, with its own deadline
             arrival,
             arrival + facts.ttft_slo_s,
             facts.latency.prefill_time([(prompt, 0)]),

@@ -106,6 +106,12 @@ RULES = (
         "the simulated server is started as a process, never imported; benchmarks sit on top",
     ),
     Rule(
+        "lora-beside-the-loop",
+        lambda f: f.startswith("orchestrator/lora/"),
+        lambda m: within(m, "orchestrator.proxy", "orchestrator.supervisor", "orchestrator.cli", "orchestrator.kv"),
+        "LoRA adapters sit between the proxy and the control loop: the proxy sees only a Router",
+    ),
+    Rule(
         "kv-not-launch",
         lambda f: f.startswith("orchestrator/kv/"),
         lambda m: within(m, "orchestrator.sglang.launch", "orchestrator.engines", "orchestrator.supervisor"),
