@@ -27,6 +27,7 @@ from orchestrator.dashboard.routes import Dashboard
 from orchestrator.deployment import Deployment, derive
 from orchestrator.engines import get_engine
 from orchestrator.env import Env
+from orchestrator.errors import ConfigError
 from orchestrator.kv.ledger import KVInstance, Ledger
 from orchestrator.kv.runner import HttpKVEffects, KVEffects, KVRunner
 from orchestrator.kv.wiring import GONE, kv_instances
@@ -35,6 +36,9 @@ from orchestrator.lora.residency import Residency
 from orchestrator.lora.router import AdapterRouter
 from orchestrator.metrics.gpu_seconds import GpuSeconds
 from orchestrator.metrics.registry import ChimeraMetrics
+from orchestrator.pools.holdings import Holdings
+from orchestrator.pools.retarget import HttpRetargeter
+from orchestrator.pools.router import PoolRouter, pool_costs
 from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
 from orchestrator.proxy.admin import admin_routes
@@ -144,7 +148,7 @@ async def serve(
     for m in control.models():
         for v in m.instances:
             publish(v)
-    router = _router(cfg, control, supervisor, auth.headers())  # LoRA adapters: to their base's servers
+    router = _router(cfg, dep, control, supervisor, auth.headers(), metrics)  # adapters, pools
     dashboard = Dashboard(dep, router.models, metrics)  # the page at / and /dashboard
     supervisor.add_observer(dashboard.observe)
     detach_dashboard = dashboard.history.attach()  # the scheduler's decisions, off its log
@@ -256,15 +260,41 @@ def _report_death(task: asyncio.Task[None]) -> None:
 
 
 def _router(
-    cfg: Config, control: ControlLoop, supervisor: Supervisor | RayEffects, headers: Mapping[str, str]
+    cfg: Config,
+    dep: Deployment,
+    control: ControlLoop,
+    supervisor: Supervisor | RayEffects,
+    headers: Mapping[str, str],
+    metrics: ChimeraMetrics,
 ) -> Router:
-    """The proxy's Router: the control loop, or, when the file has LoRA adapters, the loop with
-    their requests sent to their base's servers (orchestrator/lora/)."""
-    if not any(m.is_adapter for m in cfg.models):
-        return control
-    residency = Residency(HttpAdapterClient(headers))
-    supervisor.add_observer(residency.observe)  # a server that went away lost its adapters
-    return AdapterRouter(control, residency, cfg.models)
+    """The proxy's Router: the control loop; with LoRA adapters in the file, their requests sent
+    to their base's servers (orchestrator/lora/); with shape pools, pooled models' requests to
+    a re-targeted server of their pool (orchestrator/pools/)."""
+    router: Router = control
+    if any(m.is_adapter for m in cfg.models):
+        residency = Residency(HttpAdapterClient(headers))
+        supervisor.add_observer(residency.observe)  # a server that went away lost its adapters
+        router = AdapterRouter(router, residency, cfg.models)
+    if cfg.pools:
+        if not isinstance(supervisor, Supervisor):
+            raise ConfigError(["pools: shape pools are not supported with --ray yet"])
+        server_of = {i.model.name: i.id for i in cfg.instances}
+        pool_of = {s: p.name for p in cfg.pools for s in p.slots}
+        holdings = Holdings(
+            cfg.pools,
+            on_hold=lambda slot, path: metrics.set_server_holds(server_of[slot], pool_of[slot], path),
+            on_switch=lambda pool, ok: metrics.retargets.labels(pool, "ok" if ok else "failed").inc(),
+        )
+        supervisor.add_observer(holdings.observe)  # a restarted server holds its start weights
+        router = PoolRouter(
+            router,
+            holdings,
+            HttpRetargeter(headers),
+            cfg.models,
+            lambda pool: pool_costs(dep, pool),
+            supervisor.retargeted,
+        )
+    return router
 
 
 def _kv_runner(

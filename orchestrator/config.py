@@ -103,10 +103,26 @@ class ModelSpec:
     base: str | None = None
     adapter: str | None = None
     lora: LoraLimits | None = None  # a base whose servers start with --enable-lora
+    # Shape pools (docs/pools.md): a pooled model (``pool``) has no server of its own; one of
+    # its pool's servers is re-targeted to its weights. A pool's server is a model of its own
+    # (``slot_of`` = the pool's name), hidden from clients, one placement each.
+    pool: str | None = None
+    slot_of: str | None = None
 
     @property
     def is_adapter(self) -> bool:
         return self.base is not None
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Warm servers of one shape, re-targeted to the pooled models that name the pool."""
+
+    name: str
+    model_path: str  # what its servers start with (the first member's weights, by default)
+    shape: ModelShape
+    slots: tuple[str, ...]  # its servers' (hidden) model names, one placement each
+    members: tuple[str, ...]  # the pooled models it serves
 
 
 @dataclass(frozen=True)
@@ -184,6 +200,7 @@ class Config:
     scheduler: SchedulerSpec = SchedulerSpec()
     restart: RestartLimits = RestartLimits()
     liveness: LivenessLimits = LivenessLimits()
+    pools: tuple[PoolSpec, ...] = ()
 
     def model(self, name_or_alias: str) -> ModelSpec | None:
         for m in self.models:
@@ -244,7 +261,7 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     v = _Validator()
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: expected a mapping with a `models:` list (or Prism's JSON list)"])
-    v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler", "restart", "liveness"})
+    v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler", "restart", "liveness", "pools"})
     host = _host(v, raw.get("host", {}))
     mode = v.one_of(raw.get("mode", "full"), "mode", MODES, "full")
     idle_default = _idle(v, "idle", raw.get("idle", {}), Idle())
@@ -256,16 +273,24 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     if not isinstance(models_raw, list) or not models_raw:
         v.err("models", "needs a non-empty list of models")
         raise ConfigError([f"{source}: {p}" for p in v.problems])
+    pooled = {
+        i: m
+        for i, r in enumerate(models_raw)
+        if isinstance(r, dict) and "pool" in r and (m := _pooled(v, f"models[{i}]", r))
+    }
     is_adapter = [isinstance(r, dict) and "base" in r for r in models_raw]
+    own = [isinstance(r, dict) and "pool" in r for r in models_raw]  # pooled: no server of its own
     plain = {
         i: m
         for i, r in enumerate(models_raw)
-        if not is_adapter[i] and (m := _model(v, f"models[{i}]", r, idle_default))
+        if not is_adapter[i] and not own[i] and (m := _model(v, f"models[{i}]", r, idle_default))
     }
     adapters = {
         i: a for i, r in enumerate(models_raw) if is_adapter[i] and (a := _adapter(v, f"models[{i}]", r, plain))
     }
-    models = _with_lora(v, {**plain, **adapters})
+    models = _with_lora(v, {**plain, **adapters, **pooled})
+    pools, slots = _pools(v, raw.get("pools", []), models)
+    models += slots
     v.raise_if_any(source)
 
     used = {g for m in models for pl in m.placements for g in pl.gpus}
@@ -278,7 +303,7 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     instances = tuple(
         InstanceSpec(id=_instance_id(m, pl), model=m, placement=pl) for m in models for pl in m.placements
     )
-    return Config(tuple(models), host, mode, hold, source, gpu_count, instances, scheduler, restart, liveness)
+    return Config(tuple(models), host, mode, hold, source, gpu_count, instances, scheduler, restart, liveness, pools)
 
 
 def _instance_id(m: ModelSpec, pl: Placement) -> str:
@@ -527,6 +552,72 @@ def _adapter(v: _Validator, path: str, raw: dict[str, Any], bases: dict[int, Mod
         base=base.name,
         adapter=adapter,
     )
+
+
+def _pooled(v: _Validator, path: str, raw: dict[str, Any]) -> ModelSpec | None:
+    """``{name, model_path, pool}``: a model with no server of its own (its pool's serve it)."""
+    v.keys(raw, path, {"name", "model_path", "shape", "pool", "aliases", "slo", "priority"})
+    pool = raw.get("pool")
+    if not isinstance(pool, str) or not pool:
+        v.err(f"{path}.pool", "needs the name of a pool of the `pools:` section")
+        return None
+    # a pooled model reads like a model with one placement, which it then does not have
+    m = _model(v, path, {k: x for k, x in raw.items() if k != "pool"} | {"placements": [{"gpus": [0]}]})
+    return replace(m, placements=(), pool=pool) if m is not None else None
+
+
+def _pools(v: _Validator, raw: Any, models: list[ModelSpec]) -> tuple[tuple[PoolSpec, ...], list[ModelSpec]]:
+    """The ``pools:`` section: ``[{name, servers: [{gpus: [0]}, ...], model_path?}]``. Each
+    server becomes a hidden model ``<pool>-<j>`` with that one placement, started with the
+    pool's ``model_path`` (default: its first member's)."""
+    if not isinstance(raw, list):
+        v.err("pools", "must be a list like [{name: llama8b, servers: [{gpus: [0]}]}]")
+        return (), []
+    pools, slots = [], []
+    for i, pr in enumerate(raw):
+        path = f"pools[{i}]"
+        if not isinstance(pr, dict) or not isinstance(pr.get("name"), str) or not pr["name"]:
+            v.err(path, "must be a mapping with a `name` and `servers`")
+            continue
+        v.keys(pr, path, {"name", "servers", "model_path"})
+        name = pr["name"]
+        members = [m for m in models if m.pool == name]
+        if not members:
+            v.err(f"{path}.name", f"no model names pool {name!r} (give models `pool: {name}`)")
+            continue
+        first = members[0]
+        # the same geometry, whatever each directory is called (its shape's name)
+        odd = [
+            m.name
+            for m in members
+            if (replace(m.shape, name=""), m.tp_size) != (replace(first.shape, name=""), first.tp_size)
+        ]
+        if odd:
+            v.err(
+                f"{path}.name",
+                f"its models must share one shape and tp_size: {', '.join(odd)} differ from {first.name}",
+            )
+            continue
+        servers = (
+            _placements(v, path.replace("pools", "pools"), pr.get("servers"), first.tp_size) if "servers" in pr else []
+        )
+        if not servers:
+            v.err(f"{path}.servers", "needs a non-empty list like [{gpus: [0]}]")
+            continue
+        model_path = pr.get("model_path", first.model_path)
+        names = tuple(f"{name}-{j}" for j in range(len(servers)))
+        for slot, pl in zip(names, servers, strict=True):
+            slots.append(
+                replace(first, name=slot, model_path=model_path, aliases=(), placements=(pl,), pool=None, slot_of=name)
+            )
+        pools.append(PoolSpec(name, model_path, first.shape, names, tuple(m.name for m in members)))
+    known = {pr.get("name") for pr in raw if isinstance(pr, dict)}
+    for m in models:
+        if m.pool is not None and m.pool not in known and raw:
+            v.err(f"model {m.name!r}.pool", f"{m.pool!r} is not a pool of the `pools:` section")
+        elif m.pool is not None and not raw:
+            v.err(f"model {m.name!r}.pool", "the file has no `pools:` section")
+    return tuple(pools), slots
 
 
 def _with_lora(v: _Validator, by_index: dict[int, ModelSpec]) -> list[ModelSpec]:

@@ -107,9 +107,12 @@ RULES = (
     ),
     Rule(
         "lora-beside-the-loop",
-        lambda f: f.startswith("orchestrator/lora/"),
-        lambda m: within(m, "orchestrator.proxy", "orchestrator.supervisor", "orchestrator.cli", "orchestrator.kv"),
-        "LoRA adapters sit between the proxy and the control loop: the proxy sees only a Router",
+        lambda f: f.startswith(("orchestrator/lora/", "orchestrator/pools/")),
+        lambda m: (
+            within(m, "orchestrator.proxy", "orchestrator.cli", "orchestrator.kv")
+            or within(m, "orchestrator.supervisor.supervisor", "orchestrator.supervisor.lifecycle")
+        ),
+        "LoRA adapters and shape pools sit between the proxy and the control loop: the proxy sees only a Router",
     ),
     Rule(
         "kv-not-launch",
