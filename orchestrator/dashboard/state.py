@@ -36,10 +36,13 @@ def build(
     "state", "error"}], "requests", "in_flight", "held", "shed", "ttft": {"p50", "p99", "slo",
     "count"}, "tpot": {"p50", "p99", "slo", "count"}, "attainment": {"ttft", "tpot", "joint"},
     "gpu_seconds", "wakes", "parks", "timeline": {instance: [[t, state], ...]}}], "decisions":
-    [[t, message], ...]}``. Bytes and seconds; attainment the fraction of streamed requests read
-    to their end that met the SLO; None where chimera has no figure yet."""
+    [[t, message], ...], "holds": {instance: {"model_path", "models": [...]}}}`` (``holds``: what
+    each shape pool's server holds, and the pooled models with those weights). Bytes and
+    seconds; attainment the fraction of streamed requests read to their end that met the SLO;
+    None where chimera has no figure yet."""
     views = list(models)
-    instances = [i for m in views for i in m.instances]
+    # pooled models share their pool's servers: count each server once
+    instances = list({i.id: i for m in views for i in m.instances}.values())
     return {
         "now": now,
         "mode": dep.mode,
@@ -47,6 +50,10 @@ def build(
         "gpus": _gpus(instances, dep, readings),
         "models": [_model(m, dep, readings, history) for m in views],
         "decisions": [[t, msg] for t, msg in history.decisions()],
+        "holds": {
+            iid: {"model_path": path, "models": [m.name for m in dep.config.models if m.pool and m.model_path == path]}
+            for iid, path in sorted(readings.holds.items())
+        },
     }
 
 

@@ -244,3 +244,22 @@ def test_plan_shows_the_pools(tmp_path: Any) -> None:
     text = con.export_text()
     assert "shape pools" in text and "p-0@gpu0, p-1@gpu0" in text
     assert f"{retarget_time(load_shape('llama-3.1-8b')):.2f} s" in text
+
+
+def test_metrics_and_the_dashboard_state_show_what_each_server_holds() -> None:
+    from orchestrator.dashboard import readings, state
+    from orchestrator.dashboard.history import History
+    from orchestrator.metrics import ChimeraMetrics
+
+    loop, metrics = FakeLoop(), ChimeraMetrics()
+    metrics.set_server_holds("p-0@gpu0", "p", "llama-3.1-8b")
+    metrics.set_server_holds("p-0@gpu0", "p", "/ck/b")  # switched: the old weights go to 0
+    metrics.set_server_holds("p-1@gpu0", "p", "llama-3.1-8b")
+    router, _, _, _ = router_for(loop)
+    body = state.build(router.models(), derive(loop.cfg), readings.read(metrics), History(), 0.0)
+    assert body["holds"] == {
+        "p-0@gpu0": {"model_path": "/ck/b", "models": ["b"]},
+        "p-1@gpu0": {"model_path": "llama-3.1-8b", "models": ["a"]},
+    }
+    parts = [p[0] for g in body["gpus"] for p in g["parts"]]
+    assert parts.count("p-0@gpu0") == len(set(p[2] for g in body["gpus"] for p in g["parts"] if p[0] == "p-0@gpu0"))
