@@ -148,7 +148,7 @@ async def serve(
     for m in control.models():
         for v in m.instances:
             publish(v)
-    router = _router(cfg, dep, control, supervisor, auth.headers(), metrics)  # adapters, pools
+    router, switching = _router(cfg, dep, control, supervisor, auth.headers(), metrics)  # adapters, pools
     dashboard = Dashboard(dep, router.models, metrics)  # the page at / and /dashboard
     supervisor.add_observer(dashboard.observe)
     detach_dashboard = dashboard.history.attach()  # the scheduler's decisions, off its log
@@ -163,7 +163,9 @@ async def serve(
         engine_headers=auth.headers(),
     )
     gate = _admission(dep, app)  # mode full: the proxy's admission gate
-    scraper = _scraper(control, kv, gate, auth.headers())  # the one /v1/loads poller (liveness in every mode)
+    scraper = _scraper(
+        control, kv, gate, auth.headers(), switching
+    )  # the one /v1/loads poller (liveness in every mode)
     http = uvicorn_http_options(RequestLimits(env.max_body_bytes, env.max_header_bytes))  # 431 beyond
     server = _Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, **http)
@@ -266,11 +268,13 @@ def _router(
     supervisor: Supervisor | RayEffects,
     headers: Mapping[str, str],
     metrics: ChimeraMetrics,
-) -> Router:
+) -> tuple[Router, Callable[[str], bool]]:
     """The proxy's Router: the control loop; with LoRA adapters in the file, their requests sent
     to their base's servers (orchestrator/lora/); with shape pools, pooled models' requests to
-    a re-targeted server of their pool (orchestrator/pools/)."""
+    a re-targeted server of their pool (orchestrator/pools/). Also: whether an instance is being
+    switched to other weights now (its /health fails meanwhile: the scraper leaves it alone)."""
     router: Router = control
+    switching: Callable[[str], bool] = lambda iid: False  # noqa: E731
     if any(m.is_adapter for m in cfg.models):
         residency = Residency(HttpAdapterClient(headers))
         supervisor.add_observer(residency.observe)  # a server that went away lost its adapters
@@ -286,6 +290,8 @@ def _router(
             on_switch=lambda pool, ok: metrics.retargets.labels(pool, "ok" if ok else "failed").inc(),
         )
         supervisor.add_observer(holdings.observe)  # a restarted server holds its start weights
+        slot_of = {iid: slot for slot, iid in server_of.items() if slot in pool_of}
+        switching = lambda iid: iid in slot_of and holdings.switching(slot_of[iid])  # noqa: E731
         router = PoolRouter(
             router,
             holdings,
@@ -294,7 +300,7 @@ def _router(
             lambda pool: pool_costs(dep, pool),
             supervisor.retargeted,
         )
-    return router
+    return router, switching
 
 
 def _kv_runner(
@@ -357,20 +363,26 @@ def _admission(dep: Deployment, app: Starlette) -> AdmissionGate | None:
 
 
 def _scraper(
-    control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | None, headers: Mapping[str, str]
+    control: ControlLoop,
+    kv: KVRunner | None,
+    gate: AdmissionGate | None,
+    headers: Mapping[str, str],
+    switching: Callable[[str], bool] = lambda iid: False,
 ) -> Scraper:
     """The one poller of every awake instance's /v1/loads (250 ms), in every mode: it is the
     first to see a hung engine (liveness events to the control loop). Its sinks: the control
     loop (demand for the global scheduler; in modes static and elastic the loop records it and
     decides nothing from it), the KV runner (modes elastic and full: its observations) and, in
-    mode full, the admission gate (KV room)."""
+    mode full, the admission gate (KV room). A pooled server being switched to other weights is
+    left out meanwhile: SGLang holds its requests and fails /health while it loads them, which
+    is no hang (the switch has its own timeout, orchestrator/pools/retarget.py)."""
     sinks: list[Callable[[LoadSample], None]] = [control.post]
     if kv is not None:
         sinks.append(kv.observe)
     if gate is not None:
         sinks.append(gate.observe)
     return Scraper(
-        control.instances,
+        lambda: [v for v in control.instances() if not switching(v.id)],
         sinks=sinks,
         liveness=control.post,
         window_s=control.config.liveness.window_s,

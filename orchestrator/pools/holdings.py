@@ -54,6 +54,9 @@ class Holdings:
     def pool(self, name: str) -> PoolSpec:
         return self._pools[name].spec
 
+    def switching(self, slot: str) -> bool:
+        return self._server(slot).switching_to is not None
+
     def holds(self, slot: str) -> str | None:
         return self._server(slot).holds
 
