@@ -6,8 +6,11 @@ under several names), the least loaded one. Otherwise one server is re-targeted 
 servers with no request in flight and no switch under way, the one whose switch costs least,
 counting what the switch takes (``/update_weights_from_disk``, after a wake if it is parked)
 and what evicting its model will cost again later: the evicted model's decayed popularity times
-its own way back (a re-target). If no server is free the request waits for one; if a server is
-already being switched to M it waits for that one.
+its own way back (a re-target). A server whose model is more popular than M is not taken from
+it while the request has waited less than ``patience_s`` (its model's TTFT objective): a cold
+model waits for a colder server rather than evicting a hot one, unless it would wait past its
+deadline. If no server may be taken the request waits; if a server is already being switched to
+M it waits for that one.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def decide(
     popularity: Mapping[str, Popularity],  # by model_path
     costs: Costs,
     now: float,
+    waited_s: float = 0.0,
+    patience_s: float = 0.0,
 ) -> Choice:
     ready = [s for s in slots if s.holds == want_path and s.switching_to is None]
     if ready:
@@ -53,12 +58,17 @@ def decide(
         return Choice("route", best.name)
     if any(s.switching_to == want_path for s in slots):
         return Choice("wait")
+
+    def pop(path: str | None) -> float:
+        return popularity.get(path, Popularity()).now(now) if path is not None else 0.0
+
     free = [s for s in slots if s.in_flight == 0 and s.switching_to is None]
+    if waited_s < patience_s:  # not yet: only servers whose model is no more popular than M
+        free = [s for s in free if pop(s.holds) <= pop(want_path)]
     if not free:
         return Choice("wait")
 
     def cost(s: Slot) -> tuple[float, str]:
-        lost = popularity.get(s.holds, Popularity()).now(now) if s.holds is not None else 0.0
-        return (costs.retarget_s + (costs.wake_s if s.parked else 0.0) + lost * costs.retarget_s, s.name)
+        return (costs.retarget_s + (costs.wake_s if s.parked else 0.0) + pop(s.holds) * costs.retarget_s, s.name)
 
     return Choice("retarget", min(free, key=cost).name)

@@ -40,6 +40,7 @@ class PoolRouter:
         costs: Callable[[str], Costs],  # per pool, from the deployment's cost model
         on_probe: Callable[[str, str], None],  # (instance id, probe output) after a switch
         clock: Callable[[], float] = time.monotonic,
+        patience: Callable[[ModelSpec], float] = lambda m: m.slo.ttft_or_default,
     ) -> None:
         self._inner = inner
         self._holdings = holdings
@@ -48,6 +49,7 @@ class PoolRouter:
         self._costs = costs
         self._on_probe = on_probe
         self._clock = clock
+        self._patience = patience  # how long a request waits before it may evict a hotter model
         self._slot_of_instance: dict[str, str] = {}
 
     def resolve(self, name: str) -> ModelSpec | None:
@@ -106,6 +108,8 @@ class PoolRouter:
                 self._holdings.popularity(pool),
                 self._costs(pool),
                 self._clock(),
+                waited_s=self._clock() - t0,
+                patience_s=self._patience(model),
             )
             if choice.action == "wait" or choice.slot is None:
                 changed = self._holdings.changed

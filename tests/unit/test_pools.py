@@ -263,3 +263,11 @@ def test_metrics_and_the_dashboard_state_show_what_each_server_holds() -> None:
     }
     parts = [p[0] for g in body["gpus"] for p in g["parts"]]
     assert parts.count("p-0@gpu0") == len(set(p[2] for g in body["gpus"] for p in g["parts"] if p[0] == "p-0@gpu0"))
+
+
+def test_a_cold_model_waits_for_a_colder_server_until_its_patience_runs_out() -> None:
+    pop = {"/hot": Popularity(5.0, 0.0), "/warm": Popularity(2.0, 0.0), "/cold": Popularity(1.0, 0.0)}
+    slots = (slot("s0", "/hot"), slot("s1", "/warm"))
+    assert decide(slots, "/cold", pop, COSTS, now=0, waited_s=1, patience_s=10) == Choice("wait")
+    assert decide(slots, "/cold", pop, COSTS, now=0, waited_s=10, patience_s=10) == Choice("retarget", "s1")
+    assert decide(slots, "/hot2", {**pop, "/hot2": Popularity(3.0, 0.0)}, COSTS, 0, 1, 10) == Choice("retarget", "s1")
