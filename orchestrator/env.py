@@ -62,6 +62,9 @@ class Env:
     # and request line + headers (431 beyond) the proxy reads; a production gateway's defaults
     max_body_bytes: int = 32 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
+    # CHIMERA_SIM_WEIGHTS_GBPS: how fast a sim server's /update_weights_from_disk reads weights
+    # (GB/s); 0: the calibrated disk bandwidth (orchestrator/perf/calibration.py DISK_LOAD_BW)
+    sim_weights_gbps: float = 0.0
 
     @classmethod
     def read(cls) -> Env:
@@ -77,4 +80,5 @@ class Env:
             upstream_idle_s=_float("CHIMERA_UPSTREAM_IDLE_S", 300.0),
             max_body_bytes=_int("CHIMERA_MAX_BODY_BYTES", 32 * 1024 * 1024),
             max_header_bytes=_int("CHIMERA_MAX_HEADER_BYTES", 64 * 1024),
+            sim_weights_gbps=_float("CHIMERA_SIM_WEIGHTS_GBPS", 0.0),
         )

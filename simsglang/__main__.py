@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="time scale of modelled compute: 1 = calibrated H100, 0 = none",
     )
     p.add_argument(
+        "--sim-weights-gbps",
+        type=_positive(float),
+        help="weights read bandwidth of /update_weights_from_disk in GB/s (default: the calibrated disk's)",
+    )
+    p.add_argument(
         "--sim-start-delay-s",
         type=_positive(float, allow_zero=True),
         default=0.0,
@@ -182,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         weight_version=args.weight_version,
         api_key=args.api_key,
         lora=lora,
+        weights_load_bw=args.sim_weights_gbps * 1e9 if args.sim_weights_gbps else None,
     )
     try:
         plan = plan_memory(

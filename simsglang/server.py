@@ -66,6 +66,7 @@ class SimSettings:
     weight_version: str = "default"
     api_key: str | None = field(default=None, repr=False)  # --api-key (simsglang/auth.py)
     lora: LoraSettings = LoraSettings()  # --enable-lora and its limits (simsglang/lora.py)
+    weights_load_bw: float | None = None  # bytes/s of /update_weights_from_disk (None: calibrated disk)
 
     @classmethod
     def from_shape(cls, shape_name: str, **overrides: Any) -> SimSettings:

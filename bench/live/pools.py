@@ -71,7 +71,9 @@ def zipf_weights(n: int, s: float) -> list[float]:
     return [1.0 / (rank**s) for rank in range(1, n + 1)]
 
 
-def start(placements_file: Path, run_dir: Path, hold_timeout_s: float, speed: float = 1.0) -> Chimera:
+def start(
+    placements_file: Path, run_dir: Path, hold_timeout_s: float, speed: float = 1.0, weights_gbps: float = 0.0
+) -> Chimera:
     (port,) = free_ports(1)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "chimera.log"
@@ -83,7 +85,12 @@ def start(placements_file: Path, run_dir: Path, hold_timeout_s: float, speed: fl
             stdout=f,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "CHIMERA_SIM_SPEED": f"{speed:g}"},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "CHIMERA_SIM_SPEED": f"{speed:g}",
+                "CHIMERA_SIM_WEIGHTS_GBPS": f"{weights_gbps:g}",
+            },
         )
     ch = Chimera(proc, f"http://127.0.0.1:{port}", log, "sim")
     deadline = time.monotonic() + 180
@@ -193,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skews", default="0,0.8,1.2", help="Zipf exponents, comma-separated")
     p.add_argument("--ttft-slo", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--weights-gbps", type=float, default=0.0, help="re-target read bandwidth (0: the calibrated disk's 2.5 GB/s)"
+    )
     p.add_argument("--sim-speed", type=float, default=1.0, help="1: the calibrated H100's timing; less: faster (CI)")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     for skew in (float(x) for x in a.skews.split(",")):
-        ch = start(cfg_file, a.out / f"skew-{skew:g}", hold_timeout_s=600, speed=a.sim_speed)
+        ch = start(
+            cfg_file, a.out / f"skew-{skew:g}", hold_timeout_s=600, speed=a.sim_speed, weights_gbps=a.weights_gbps
+        )
         try:
             results = asyncio.run(drive(ch.base, a.rate, a.duration, skew, a.models, a.adapters, a.seed))
             run = {"skew": skew, **summarize(results, a.ttft_slo), **counters(ch.base)}

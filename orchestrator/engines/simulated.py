@@ -75,6 +75,8 @@ class SimEngine:
             "--sim-start-delay-s",
             f"{env_knobs.sim_start_delay_s:g}",
         ]
+        if env_knobs.sim_weights_gbps > 0:
+            argv += ["--sim-weights-gbps", f"{env_knobs.sim_weights_gbps:g}"]
         if model.load_format != "auto":
             argv += ["--load-format", model.load_format]
         tokens = max_total_tokens(req)

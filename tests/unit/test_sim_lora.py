@@ -130,3 +130,24 @@ async def test_batch_holds_at_most_max_loras_per_batch_adapters_and_skips_others
         done = await asyncio.gather(*(drain(r) for r in reqs))
         assert all(ev[-1].finish for ev in done)
         assert b.is_idle()
+
+
+async def test_update_weights_takes_the_weights_over_the_configured_bandwidth(tmp_path: Any) -> None:
+    import shutil
+
+    from orchestrator.shapes import shape_dir
+
+    d = tmp_path / "ft"
+    d.mkdir()
+    shutil.copy(shape_dir("tiny-llama") / "config.json", d / "config.json")
+    for bw in (None, 1e6):
+        clock = VirtualClock()
+        app = create_app(SimSettings.from_shape("tiny-llama", weights_load_bw=bw), clock=clock)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim") as client:
+                t0 = clock.now()
+                r = await client.post("/update_weights_from_disk", json={"model_path": str(d)})
+                assert r.status_code == 200 and r.json()["success"]
+                sim: SimServer = app.state.sim
+                want = sim.plan.weight_bytes / (bw or 2.5e9)
+                assert clock.now() - t0 == pytest.approx(want, rel=0.01)
