@@ -556,13 +556,15 @@ def _adapter(v: _Validator, path: str, raw: dict[str, Any], bases: dict[int, Mod
 
 def _pooled(v: _Validator, path: str, raw: dict[str, Any]) -> ModelSpec | None:
     """``{name, model_path, pool}``: a model with no server of its own (its pool's serve it)."""
-    v.keys(raw, path, {"name", "model_path", "shape", "pool", "aliases", "slo", "priority"})
+    v.keys(raw, path, {"name", "model_path", "shape", "tp_size", "pool", "aliases", "slo", "priority"})
     pool = raw.get("pool")
     if not isinstance(pool, str) or not pool:
         v.err(f"{path}.pool", "needs the name of a pool of the `pools:` section")
         return None
     # a pooled model reads like a model with one placement, which it then does not have
-    m = _model(v, path, {k: x for k, x in raw.items() if k != "pool"} | {"placements": [{"gpus": [0]}]})
+    tp = raw.get("tp_size", 1)
+    gpus = list(range(tp)) if isinstance(tp, int) and not isinstance(tp, bool) and tp >= 1 else [0]
+    m = _model(v, path, {k: x for k, x in raw.items() if k != "pool"} | {"placements": [{"gpus": gpus}]})
     return replace(m, placements=(), pool=pool) if m is not None else None
 
 
@@ -598,9 +600,7 @@ def _pools(v: _Validator, raw: Any, models: list[ModelSpec]) -> tuple[tuple[Pool
                 f"its models must share one shape and tp_size: {', '.join(odd)} differ from {first.name}",
             )
             continue
-        servers = (
-            _placements(v, path.replace("pools", "pools"), pr.get("servers"), first.tp_size) if "servers" in pr else []
-        )
+        servers = _placements(v, path, pr.get("servers"), first.tp_size) if "servers" in pr else []
         if not servers:
             v.err(f"{path}.servers", "needs a non-empty list like [{gpus: [0]}]")
             continue

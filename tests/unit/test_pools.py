@@ -271,3 +271,14 @@ def test_a_cold_model_waits_for_a_colder_server_until_its_patience_runs_out() ->
     assert decide(slots, "/cold", pop, COSTS, now=0, waited_s=1, patience_s=10) == Choice("wait")
     assert decide(slots, "/cold", pop, COSTS, now=0, waited_s=10, patience_s=10) == Choice("retarget", "s1")
     assert decide(slots, "/hot2", {**pop, "/hot2": Popularity(3.0, 0.0)}, COSTS, 0, 1, 10) == Choice("retarget", "s1")
+
+
+def test_a_tp2_pool() -> None:
+    cfg = parse_config(
+        {
+            "host": {"gpus": 2},
+            "models": [{"name": "a", "model_path": "llama-3.1-8b", "tp_size": 2, "pool": "p"}],
+            "pools": [{"name": "p", "servers": [{"gpus": [0, 1]}]}],
+        }
+    )
+    assert [i.id for i in cfg.instances] == ["p-0@gpu0+1"] and cfg.instances[0].model.tp_size == 2
