@@ -7,10 +7,10 @@ servers with no request in flight and no switch under way, the one whose switch 
 counting what the switch takes (``/update_weights_from_disk``, after a wake if it is parked)
 and what evicting its model will cost again later: the evicted model's decayed popularity times
 its own way back (a re-target). A server whose model is more popular than M is not taken from
-it while the request has waited less than ``patience_s`` (its model's TTFT objective): a cold
-model waits for a colder server rather than evicting a hot one, unless it would wait past its
-deadline. If no server may be taken the request waits; if a server is already being switched to
-M it waits for that one.
+it while the request has waited less than ``patience_s`` (its model's TTFT objective less a
+switch): a cold model waits for a colder server rather than evicting a hot one, unless waiting
+longer would make it miss its deadline. If no server may be taken the request waits; if a
+server is already being switched to M it waits for that one.
 """
 
 from __future__ import annotations

@@ -102,14 +102,16 @@ class PoolRouter:
                     f"model {model.name!r}: no server of pool {pool!r} free within {timeout_s:g} s", 1.0
                 )
             awake = {v.spec.name for v in self._inner.models() if v.state is InstanceState.AWAKE}
+            costs = self._costs(pool)
             choice = decide(
                 self._holdings.slots(pool, awake.__contains__),
                 path,
                 self._holdings.popularity(pool),
-                self._costs(pool),
+                costs,
                 self._clock(),
                 waited_s=self._clock() - t0,
-                patience_s=self._patience(model),
+                # wait for a colder server only as long as a switch still meets the deadline
+                patience_s=self._patience(model) - costs.retarget_s - costs.wake_s,
             )
             if choice.action == "wait" or choice.slot is None:
                 changed = self._holdings.changed
