@@ -161,12 +161,13 @@ def summarize(results: list[dict[str, Any]], slo: float) -> dict[str, Any]:
     out = {}
     for fam, prefix in (("pooled", "m"), ("adapters", "a")):
         rs = [r for r in results if r["model"].startswith(prefix)]
-        ok = [r for r in rs if r["status"] == 200 and r["ttft"] is not None]
-        ttfts = [r["ttft"] for r in ok]
+        ok = [r for r in rs if r["status"] == 200]
+        ttfts = [r["ttft"] if r["ttft"] is not None else r["e2e"] for r in ok]  # empty answer: its end
         out[fam] = {
             "requests": len(rs),
             "answered": len(ok),
             "errors": len(rs) - len(ok),
+            "empty_answers": sum(1 for r in ok if r["ttft"] is None),
             "ttft_p50_s": quantile(ttfts, 0.5),
             "ttft_p99_s": quantile(ttfts, 0.99),
             "attainment": (sum(1 for x in ttfts if x <= slo) / len(rs)) if rs else None,
@@ -224,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results = asyncio.run(drive(ch.base, a.rate, a.duration, skew, a.models, a.adapters, a.seed))
             run = {"skew": skew, **summarize(results, a.ttft_slo), **counters(ch.base)}
+            with open(a.out / f"requests-skew-{skew:g}.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in results)
         finally:
             ch.stop()
         report["runs"].append(run)
