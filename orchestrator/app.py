@@ -268,13 +268,13 @@ def _router(
     supervisor: Supervisor | RayEffects,
     headers: Mapping[str, str],
     metrics: ChimeraMetrics,
-) -> tuple[Router, Callable[[str], bool]]:
+) -> tuple[Router, Callable[[str], bool] | None]:
     """The proxy's Router: the control loop; with LoRA adapters in the file, their requests sent
     to their base's servers (orchestrator/lora/); with shape pools, pooled models' requests to
     a re-targeted server of their pool (orchestrator/pools/). Also: whether an instance is being
     switched to other weights now (its /health fails meanwhile: the scraper leaves it alone)."""
     router: Router = control
-    switching: Callable[[str], bool] = lambda iid: False  # noqa: E731
+    switching: Callable[[str], bool] | None = None
     if any(m.is_adapter for m in cfg.models):
         residency = Residency(HttpAdapterClient(headers))
         supervisor.add_observer(residency.observe)  # a server that went away lost its adapters
@@ -367,7 +367,7 @@ def _scraper(
     kv: KVRunner | None,
     gate: AdmissionGate | None,
     headers: Mapping[str, str],
-    switching: Callable[[str], bool] = lambda iid: False,
+    switching: Callable[[str], bool] | None = None,
 ) -> Scraper:
     """The one poller of every awake instance's /v1/loads (250 ms), in every mode: it is the
     first to see a hung engine (liveness events to the control loop). Its sinks: the control
@@ -382,7 +382,7 @@ def _scraper(
     if gate is not None:
         sinks.append(gate.observe)
     return Scraper(
-        lambda: [v for v in control.instances() if not switching(v.id)],
+        control.instances if switching is None else (lambda: [v for v in control.instances() if not switching(v.id)]),
         sinks=sinks,
         liveness=control.post,
         window_s=control.config.liveness.window_s,
