@@ -20,6 +20,7 @@ from cumem_shim.types import Status
 from orchestrator.config import Config
 from orchestrator.control.events import Tick
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
+from orchestrator.control.router import Router
 from orchestrator.control.scrape import ROUND_S as SCRAPE_ROUND_S
 from orchestrator.control.scrape import Scraper
 from orchestrator.dashboard.routes import Dashboard
@@ -27,12 +28,19 @@ from orchestrator.dataplane.pool import ProxyPool, QuietServer, reuseport_socket
 from orchestrator.deployment import Deployment, derive
 from orchestrator.engines import get_engine
 from orchestrator.env import Env
+from orchestrator.errors import ConfigError
 from orchestrator.kv.ledger import KVInstance, Ledger
 from orchestrator.kv.runner import HttpKVEffects, KVEffects, KVRunner
 from orchestrator.kv.wiring import GONE, kv_instances
+from orchestrator.lora.client import HttpAdapterClient
+from orchestrator.lora.residency import Residency
+from orchestrator.lora.router import AdapterRouter
 from orchestrator.metrics.gpu_seconds import GpuSeconds
 from orchestrator.metrics.host_memory import HostBackups
 from orchestrator.metrics.registry import ChimeraMetrics
+from orchestrator.pools.holdings import Holdings
+from orchestrator.pools.retarget import HttpRetargeter
+from orchestrator.pools.router import PoolRouter, pool_costs
 from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
 from orchestrator.proxy.admin import admin_routes
@@ -152,12 +160,13 @@ async def serve(
     for m in control.models():
         for v in m.instances:
             publish(v)
-    dashboard = Dashboard(dep, control.models, metrics)  # the page at / and /dashboard
+    router, switching = _router(cfg, dep, control, supervisor, auth.headers(), metrics)  # adapters, pools
+    dashboard = Dashboard(dep, router.models, metrics)  # the page at / and /dashboard
     supervisor.add_observer(dashboard.observe)
     detach_dashboard = dashboard.history.attach()  # the scheduler's decisions, off its log
 
     app = create_app(
-        control,
+        router,
         metrics,
         hold_timeout_s=hold_timeout_s,
         extra_routes=admin_routes(control, admin_key) + dashboard.routes(),
@@ -167,7 +176,8 @@ async def serve(
         client_keys=client_keys,
     )
     gate = _admission(dep, app, kv)  # mode full: the proxy's admission gate
-    scraper = _scraper(control, kv, gate, auth.headers())  # the one /v1/loads poller (liveness in every mode)
+    # the one /v1/loads poller (liveness in every mode); servers mid-switch are left out
+    scraper = _scraper(control, kv, gate, auth.headers(), switching)
     raise_nofile()  # before the budget of client connections is derived from it
     limits = RequestLimits(
         env.max_body_bytes, env.max_header_bytes, env.header_timeout_s, env.body_timeout_s, env.max_connections
@@ -226,7 +236,7 @@ async def serve(
             console.print(f"[bold red]the proxy could not start on {host}:{port}[/]")
             return 1
         if not stop.is_set():
-            _summary(console, control, host, port, _startup_seconds())
+            _summary(console, control, router, host, port, _startup_seconds())
             failed = nothing_serves(control.models())
             if failed is not None:  # exit non-zero: a supervisor (systemd, Kubernetes) must see it
                 console.print(f"[bold red]every model failed to start[/]; exiting with status 1\n{failed}")
@@ -288,6 +298,48 @@ def _report_death(task: asyncio.Task[None]) -> None:
     """A background task that ends by itself is a bug: say so at once, with its traceback."""
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s died; chimera goes on without it", task.get_name(), exc_info=task.exception())
+
+
+def _router(
+    cfg: Config,
+    dep: Deployment,
+    control: ControlLoop,
+    supervisor: Supervisor | RayEffects,
+    headers: Mapping[str, str],
+    metrics: ChimeraMetrics,
+) -> tuple[Router, Callable[[str], bool] | None]:
+    """The proxy's Router: the control loop; with LoRA adapters in the file, their requests sent
+    to their base's servers (orchestrator/lora/); with shape pools, pooled models' requests to
+    a re-targeted server of their pool (orchestrator/pools/). Also: whether an instance is being
+    switched to other weights now (its /health fails meanwhile: the scraper leaves it alone)."""
+    router: Router = control
+    switching: Callable[[str], bool] | None = None
+    if any(m.is_adapter for m in cfg.models):
+        residency = Residency(HttpAdapterClient(headers))
+        supervisor.add_observer(residency.observe)  # a server that went away lost its adapters
+        router = AdapterRouter(router, residency, cfg.models)
+    if cfg.pools:
+        if not isinstance(supervisor, Supervisor):
+            raise ConfigError(["pools: shape pools are not supported with --ray yet"])
+        server_of = {i.model.name: i.id for i in cfg.instances}
+        pool_of = {s: p.name for p in cfg.pools for s in p.slots}
+        holdings = Holdings(
+            cfg.pools,
+            on_hold=lambda slot, path: metrics.set_server_holds(server_of[slot], pool_of[slot], path),
+            on_switch=lambda pool, ok: metrics.retargets.labels(pool, "ok" if ok else "failed").inc(),
+        )
+        supervisor.add_observer(holdings.observe)  # a restarted server holds its start weights
+        slot_of = {iid: slot for slot, iid in server_of.items() if slot in pool_of}
+        switching = lambda iid: iid in slot_of and holdings.switching(slot_of[iid])  # noqa: E731
+        router = PoolRouter(
+            router,
+            holdings,
+            HttpRetargeter(headers),
+            cfg.models,
+            lambda pool: pool_costs(dep, pool),
+            supervisor.retargeted,
+        )
+    return router, switching
 
 
 def _kv_runner(
@@ -354,20 +406,26 @@ def _admission(dep: Deployment, app: Starlette, kv: KVRunner | None = None) -> A
 
 
 def _scraper(
-    control: ControlLoop, kv: KVRunner | None, gate: AdmissionGate | None, headers: Mapping[str, str]
+    control: ControlLoop,
+    kv: KVRunner | None,
+    gate: AdmissionGate | None,
+    headers: Mapping[str, str],
+    switching: Callable[[str], bool] | None = None,
 ) -> Scraper:
     """The one poller of every awake instance's /v1/loads (250 ms), in every mode: it is the
     first to see a hung engine (liveness events to the control loop). Its sinks: the control
     loop (demand for the global scheduler; in modes static and elastic the loop records it and
     decides nothing from it), the KV runner (modes elastic and full: its observations) and, in
-    mode full, the admission gate (KV room)."""
+    mode full, the admission gate (KV room). A pooled server being switched to other weights is
+    left out meanwhile: SGLang holds its requests and fails /health while it loads them, which
+    is no hang (the switch has its own timeout, orchestrator/pools/retarget.py)."""
     sinks: list[Callable[[LoadSample], None]] = [control.post]
     if kv is not None:
         sinks.append(kv.observe)
     if gate is not None:
         sinks.append(gate.observe)
     return Scraper(
-        control.instances,
+        control.instances if switching is None else (lambda: [v for v in control.instances() if not switching(v.id)]),
         sinks=sinks,
         liveness=control.post,
         window_s=control.config.liveness.window_s,
@@ -375,8 +433,10 @@ def _scraper(
     )
 
 
-def _summary(console: Console, control: ControlLoop, host: str, port: int, took_s: float | None = None) -> None:
-    for m in control.models():
+def _summary(
+    console: Console, control: ControlLoop, router: Router, host: str, port: int, took_s: float | None = None
+) -> None:
+    for m in router.models():
         names = ", ".join((m.spec.name, *m.spec.aliases))
         console.print(f"  {names:<40} {m.state}")
         for i in m.instances:

@@ -112,6 +112,9 @@ class Env:
     # CHIMERA_MAX_CONNECTIONS: client connections beyond it are answered 503 at once (unset:
     # derived from the file-descriptor limit, proxy/connections.py)
     max_connections: int | None = None
+    # CHIMERA_SIM_WEIGHTS_GBPS: how fast a sim server's /update_weights_from_disk reads weights
+    # (GB/s); 0: the calibrated disk bandwidth (orchestrator/perf/calibration.py DISK_LOAD_BW)
+    sim_weights_gbps: float = 0.0
 
     @classmethod
     def read(cls) -> Env:
@@ -133,4 +136,5 @@ class Env:
             header_timeout_s=_positive("CHIMERA_HEADER_TIMEOUT_S", 10.0),
             body_timeout_s=_positive("CHIMERA_BODY_TIMEOUT_S", 60.0),
             max_connections=_int("CHIMERA_MAX_CONNECTIONS", 0) or None,
+            sim_weights_gbps=_float("CHIMERA_SIM_WEIGHTS_GBPS", 0.0),
         )

@@ -27,6 +27,19 @@ ENGINES: tuple[EngineName, ...] = ("auto", "sim", "sglang")
 LoadFormat = Literal["auto", "dummy"]
 LOAD_FORMATS: tuple[LoadFormat, ...] = ("auto", "dummy")
 
+
+@dataclass(frozen=True)
+class LoraLimits:
+    """A base model's server started with ``--enable-lora`` (it serves LoRA adapters as models of
+    their own; orchestrator/lora/). ``max_loaded``: adapters chimera keeps loaded on one server
+    (also passed as ``--max-loaded-loras``, SGLang's own LRU as a backstop)."""
+
+    max_loras_per_batch: int = 8  # SGLang's default (server_args.py)
+    max_loaded: int = 8  # defaults to max_loras_per_batch
+    max_lora_rank: int = 16  # adapters of a higher rank fail to load
+    target_modules: tuple[str, ...] = ("all",)
+
+
 GpuGroup = tuple[int, ...]  # the GPUs of one engine instance (one GPU, or its TP group)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from orchestrator.perf import calibration as cal
 from orchestrator.perf.model import MemoryPlanError, plan_memory
 from orchestrator.shapes import ShapeError, resolve_shape
+from simsglang.lora import DEFAULT_MAX_LORAS_PER_BATCH, LoraSettings, check_settings, parse_lora_paths
 
 # SGLang flags accepted for compatibility and ignored: (flag, takes a value)
 IGNORED_FLAGS: tuple[tuple[str, bool], ...] = (
@@ -97,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep released weights on the host (else they come back as garbage)",
     )
     p.add_argument("--weight-version", default="default")
+    # LoRA (simsglang/lora.py): SGLang's flags and defaults
+    p.add_argument("--enable-lora", action="store_true", default=None)
+    p.add_argument("--max-loras-per-batch", type=int, default=DEFAULT_MAX_LORAS_PER_BATCH)
+    p.add_argument("--max-loaded-loras", type=_positive(int))
+    p.add_argument("--max-lora-rank", type=_positive(int))
+    p.add_argument("--lora-target-modules", nargs="*")
+    p.add_argument("--lora-paths", nargs="*", help="<PATH> or <NAME>=<PATH> per adapter")
     p.add_argument("--api-key", help="every route but /health* and /metrics needs `Authorization: Bearer KEY`")
     p.add_argument("--config", help="a YAML file of flags, merged before the command line's (SGLang's --config)")
     p.add_argument(
@@ -107,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(float, allow_zero=True),
         default=1.0,
         help="time scale of modelled compute: 1 = calibrated H100, 0 = none",
+    )
+    p.add_argument(
+        "--sim-weights-gbps",
+        type=_positive(float),
+        help="weights read bandwidth of /update_weights_from_disk in GB/s (default: the calibrated disk's)",
     )
     p.add_argument(
         "--sim-start-delay-s",
@@ -141,6 +154,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from simsglang.server import SimSettings, create_app
 
+    paths = parse_lora_paths(args.lora_paths)
+    lora = LoraSettings(
+        enabled=bool(args.enable_lora) or (args.enable_lora is None and bool(paths)),  # --lora-paths implies it
+        max_loras_per_batch=args.max_loras_per_batch,
+        max_loaded_loras=args.max_loaded_loras,
+        max_lora_rank=args.max_lora_rank,
+        target_modules=tuple(args.lora_target_modules or ()),
+        paths=paths,
+    )
+    if (problem := check_settings(lora)) is not None:  # SGLang asserts in ServerArgs: exit 1
+        print(f"AssertionError: {problem}", file=sys.stderr)
+        return 1
     settings = SimSettings(
         shape=shape,
         model_path=args.model_path,
@@ -161,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         weight_version=args.weight_version,
         api_key=args.api_key,
+        lora=lora,
+        weights_load_bw=args.sim_weights_gbps * 1e9 if args.sim_weights_gbps else None,
     )
     try:
         plan = plan_memory(

@@ -4,8 +4,8 @@ Response shapes follow SGLang 0.5.17: native output dicts and error handling fro
 ``srt/entrypoints/http_server.py``; OpenAI bodies and chunks from ``openai/serving_chat.py``,
 ``serving_completions.py``, ``sse_utils.py``, ``protocol.py`` and ``usage_processor.py``.
 As in SGLang, the ``model`` of an OpenAI request is echoed, not checked, except that
-``base:adapter`` names a LoRA adapter (refused: the sim, like a server without --enable-lora,
-has none). Streams are ``data: <json>\\n\\n`` frames ending with ``data: [DONE]\\n\\n``; OpenAI
+``base:adapter`` names a LoRA adapter (``lora_path`` on /generate; simsglang/lora.py).
+Streams are ``data: <json>\\n\\n`` frames ending with ``data: [DONE]\\n\\n``; OpenAI
 streams wait for their first chunk before answering (SGLang's kick-start), so a validation error
 is still a 400 and response headers arrive with the first token.
 """
@@ -220,7 +220,11 @@ async def generate(request: Request) -> Response:
         if not isinstance(params, dict):
             raise BadRequest("sampling_params: Input should be a valid dictionary", "Bad Request")
         rid = body.get("rid") if isinstance(body.get("rid"), str) else None
-        req = sim.prepare(prompt, _int(params, "max_new_tokens", 128), bool(params.get("ignore_eos", False)), rid)
+        lora = body.get("lora_path")  # GenerateReqInput.lora_path: an adapter's name
+        if lora is not None and not isinstance(lora, str):
+            raise BadRequest("batched lora_path is not supported by the SIMULATED server")
+        max_new = _int(params, "max_new_tokens", 128)
+        req = sim.prepare(prompt, max_new, bool(params.get("ignore_eos", False)), rid, adapter=lora or None)
     except BadRequest as e:
         if e.err_type == "Bad Request":
             return openai_error(str(e), "Bad Request")
@@ -249,17 +253,13 @@ def _generate_error(e: ValueError, stream: bool) -> Response:
 
 
 # -- OpenAI -----------------------------------------------------------------------------------
-def _check_model(model: Any) -> str:
+def _check_model(model: Any) -> tuple[str, str | None]:
+    """The request's ``model`` and the LoRA adapter it names (``base:adapter``, split on the
+    first colon as serving_base._parse_model_parameter does), or None."""
     if not isinstance(model, str):
         raise BadRequest("model: Input should be a valid string", "Bad Request")
     adapter = model.split(":", 1)[1].strip() if ":" in model else ""
-    if adapter:  # serving_base._parse_model_parameter, then tokenizer_manager's LoRA check
-        raise BadRequest(
-            f"LoRA adapter '{adapter}' was requested, but LoRA is not enabled. Please launch the "
-            "server with --enable-lora flag and preload adapters using --lora-paths or "
-            "/load_lora_adapter endpoint."
-        )
-    return model
+    return model, adapter or None
 
 
 async def openai_route(request: Request) -> Response:
@@ -267,7 +267,7 @@ async def openai_route(request: Request) -> Response:
     chat = request.url.path.endswith("/chat/completions")
     try:
         body = await read_json(request, openai=True)
-        model = _check_model(body.get("model", "default"))
+        model, adapter = _check_model(body.get("model", "default"))
         sampling = chat_sampling(body) if chat else completion_sampling(body)
         if chat:
             messages = body.get("messages")
@@ -286,7 +286,7 @@ async def openai_route(request: Request) -> Response:
         ignore_eos = bool(body.get("ignore_eos", False))
         rid = uuid.uuid4().hex
         reqs = [
-            sim.prepare(prompt, max_new, ignore_eos, rid if i == 0 else f"{rid}_{i}", sampling, i)
+            sim.prepare(prompt, max_new, ignore_eos, rid if i == 0 else f"{rid}_{i}", sampling, i, adapter)
             for i in range(sampling.n)
         ]
     except ParamError as e:

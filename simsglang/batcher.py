@@ -92,6 +92,7 @@ class SimRequest:
     retractions: int = 0
     queued_at: float = 0.0
     top_logprobs: int | None = None  # logprobs asked for: how many top ones per token (None: none)
+    adapter: str | None = None  # the LoRA adapter it runs with (None: the base model)
     events: asyncio.Queue[StepEvent] = field(default_factory=asyncio.Queue)
 
     @property
@@ -129,6 +130,9 @@ class Batcher:
         self.capacity = plan.kv_capacity_tokens
         self.max_running = plan.max_running_requests
         self.chunk = plan.chunked_prefill_size
+        # --max-loras-per-batch with --enable-lora: distinct adapters (the base counting as one)
+        # in a running batch; None: LoRA off
+        self.max_loras_per_batch: int | None = None
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.holds: set[str] = set()  # why the loop may not step: "paused", "released"
@@ -231,12 +235,18 @@ class Batcher:
     def _admit(self) -> list[SimRequest]:
         reserved = sum(r.reservation for r in self.running)
         budget, admitted = self.chunk, list[SimRequest]()
-        while self.waiting and len(self.running) + len(admitted) < self.max_running:
-            r = self.waiting[0]
+        loras = {r.adapter for r in self.running}
+        for r in list(self.waiting):
+            if len(self.running) + len(admitted) >= self.max_running:
+                break
+            if self.max_loras_per_batch is not None and r.adapter not in loras:
+                if len(loras) >= self.max_loras_per_batch:
+                    continue  # SGLang's _can_schedule_lora_req: skipped; later requests may run
             if reserved + r.reservation > self.capacity or (admitted and r.seqlen > budget):
                 break
-            self.waiting.popleft()
+            self.waiting.remove(r)
             admitted.append(r)
+            loras.add(r.adapter)
             reserved += r.reservation
             budget -= r.seqlen
         return admitted

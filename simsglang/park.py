@@ -178,7 +178,7 @@ async def update_weights_from_disk(request: Request) -> Response:
                 await sim.batcher.pause("abort")
                 sim.batcher.unpause()
             await sim.batcher.wait_idle()
-            seconds = sim.plan.weight_bytes / cal.DISK_LOAD_BW
+            seconds = sim.plan.weight_bytes / (sim.settings.weights_load_bw or cal.DISK_LOAD_BW)
             await sim.clock.sleep(sim.settings.speed * seconds)
             sim.model_path = path
             sim.memory.weights_intact = True

@@ -28,6 +28,7 @@ from orchestrator.perf import calibration as cal
 from orchestrator.perf.model import LatencyModel, plan_memory
 from orchestrator.shapes import ModelShape, load_shape
 from simsglang.batcher import Batcher, Clock, SimRequest, StepEvent, WallClock
+from simsglang.lora import LoraSettings, LoraState
 from simsglang.memory import MemoryTags
 from simsglang.metrics import SimMetrics
 from simsglang.sampling import Sampling
@@ -64,6 +65,8 @@ class SimSettings:
     port: int = 30000
     weight_version: str = "default"
     api_key: str | None = field(default=None, repr=False)  # --api-key (simsglang/auth.py)
+    lora: LoraSettings = LoraSettings()  # --enable-lora and its limits (simsglang/lora.py)
+    weights_load_bw: float | None = None  # bytes/s of /update_weights_from_disk (None: calibrated disk)
 
     @classmethod
     def from_shape(cls, shape_name: str, **overrides: Any) -> SimSettings:
@@ -74,7 +77,7 @@ class SimSettings:
         return cls(shape=shape, model_path=model_path, served_name=served, **overrides)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("shape", "api_key")}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("shape", "api_key", "lora")}
         return {**out, "shape": self.shape.name}
 
 
@@ -100,6 +103,9 @@ class SimServer:
         self.model = LatencyModel(s.shape, s.tp_size, s.speed)
         self.metrics = SimMetrics(s.served_name, self.gauges)
         self.batcher = Batcher(self.model, self.plan, clock, self.metrics.queue_time)
+        self.lora = LoraState(s.lora, s.shape, s.speed)
+        if s.lora.enabled:
+            self.batcher.max_loras_per_batch = s.lora.max_loras_per_batch
         self.tokenizer = ToyTokenizer(s.shape.vocab_size)
         # SGLang's tp_worker: max_req_len = min(context_len - 1, max_total_num_tokens - 1)
         self.max_req_len = min(self.context_len - 1, self.plan.kv_capacity_tokens - 1)
@@ -148,6 +154,7 @@ class SimServer:
         rid: str | None = None,
         sampling: Sampling = NO_SAMPLING,
         index: int = 0,
+        adapter: str | None = None,
     ) -> SimRequest:
         """Validate like SGLang's tokenizer manager and scheduler (same messages; a ValueError
         becomes a 400) and plan the request's output: choice ``index`` of ``sampling.n``."""
@@ -177,18 +184,21 @@ class SimServer:
             self.max_req_len - n - 1,
             self.plan.kv_capacity_tokens - n - 2,
         )
+        weights = self.weights_key()
+        if adapter is not None:  # LoraError (a ValueError): SGLang's refusal, a 400
+            weights += "+lora=" + self.lora.check(adapter)
         seed = sampling.choice_seed(index)
         forced = sampling.constrained_text(prompt_key(prompt_ids, seed))
         plan = self.tokenizer.plan(
             prompt_ids,
             max(0, cap),
             ignore_eos,
-            self.weights_key(),
+            weights,
             seed=seed,
             stop=sampling.stop,
             forced=pieces(forced) if forced is not None else (),
         )
-        return SimRequest(rid or uuid.uuid4().hex, n, plan, top_logprobs=sampling.top_logprobs)
+        return SimRequest(rid or uuid.uuid4().hex, n, plan, top_logprobs=sampling.top_logprobs, adapter=adapter)
 
     async def generate(
         self, req: SimRequest, stream: bool, request: Request | None = None
@@ -198,7 +208,14 @@ class SimServer:
         Closing the generator early aborts the request and frees its KV."""
         arrival = self.clock.now()
         await self.not_paused.wait()
-        self.batcher.submit(req)
+        if req.adapter is not None:  # re-loads an evicted adapter first, as SGLang does
+            await self.lora.acquire(req.adapter, self.clock.sleep)
+        try:
+            self.batcher.submit(req)
+        except BaseException:
+            if req.adapter is not None:
+                self.lora.release(req.adapter)
+            raise
         ids: list[int] = []
         text, last, first = "", arrival, True
         try:
@@ -242,6 +259,8 @@ class SimServer:
             if req.state != "done":
                 self.batcher.abort(req, "Client disconnected")
                 self.metrics.finished(req.prompt_len, len(ids), self.clock.now() - arrival, stream, True)
+            if req.adapter is not None:
+                self.lora.release(req.adapter)
 
     async def _next_event(self, req: SimRequest, request: Request | None) -> StepEvent:
         """The request's next step. Like SGLang's ``_wait_one_response``, a non-streaming
@@ -348,10 +367,10 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: SimSettings, clock: Clock | None = None) -> Starlette:
-    from simsglang import admin, api, park
+    from simsglang import admin, api, lora_routes, park
 
     the_clock = clock or WallClock()
-    routes: list[Route] = [*api.routes(), *admin.routes(), *park.routes()]
+    routes: list[Route] = [*api.routes(), *admin.routes(), *park.routes(), *lora_routes.routes()]
 
     def lifespan(app: Starlette) -> contextlib.AbstractAsyncContextManager[None]:
         return _lifespan(app, settings, the_clock)

@@ -116,6 +116,7 @@ async def mounted(sim: SimServer) -> AsyncIterator[SimShim | None]:
     cfg = shim_settings.read()  # ShimConfigError: the sim fails to start, like a real server
     old = sim.batcher
     batcher = ElasticBatcher(old.model, sim.plan, old.clock, old.on_queue_time)
+    batcher.max_loras_per_batch = old.max_loras_per_batch
     sim.batcher = batcher
     shim = SimShim(sim, batcher, cfg.limit_bytes, cfg.slack_tokens)
     sim.memory.shim_kv_bytes = lambda: shim.kv.status().mapped_bytes

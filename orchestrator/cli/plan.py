@@ -145,6 +145,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
     cfg = load_config(args.file, gpu_count=args.gpus)  # ConfigError is reported by cli.main
     dep = derive(cfg)
     _budget_table(dep, con)
+    _pools_table(dep, con)
     found = problems(dep)
     for pr in found:
         con.print(f"[bold red]impossible:[/] {pr.text}", highlight=False)
@@ -183,6 +184,40 @@ def _budget_table(dep: Deployment, con: Console) -> None:
             )
         t.add_row(str(g), "[bold]all parked[/]", "", "", "", _gb(parked_total), "", end_section=True)
     con.print(t)
+
+
+def _pools_table(dep: Deployment, con: Console) -> None:
+    """Shape pools (docs/pools.md) and LoRA bases: which servers serve which models, and what a
+    switch costs on the cost model."""
+    cfg = dep.config
+    if cfg.pools:
+        t = Table(title="shape pools (models with no server of their own; SIMULATED costs)")
+        for col in ("pool", "shape", "servers", "models", "checkpoints", "re-target", "wake", "cold start"):
+            t.add_column(col)
+        for p in cfg.pools:
+            c = dep.models[p.slots[0]].cost
+            servers = ", ".join(i.id for i in cfg.instances if i.model.slot_of == p.name)
+            paths = {m.model_path for m in cfg.models if m.pool == p.name}
+            t.add_row(
+                p.name,
+                p.shape.name,
+                servers,
+                str(len(p.members)),
+                str(len(paths)),
+                f"{c.retarget_s:.2f} s",
+                f"{c.wake_s:.2f} s",
+                f"{c.cold_start_s:.0f} s",
+            )
+        con.print(t)
+    bases = [m for m in cfg.models if m.lora is not None]
+    for b in bases:
+        adapters = [m.name for m in cfg.models if m.base == b.name]
+        assert b.lora is not None
+        con.print(
+            f"LoRA: {b.name} serves {len(adapters)} adapter(s), at most {b.lora.max_loaded} loaded per server "
+            f"({b.lora.max_loras_per_batch} per batch, rank <= {b.lora.max_lora_rank})",
+            highlight=False,
+        )
 
 
 def _placement_table(dep: Deployment, rates: dict[str, float], tpr: float, con: Console) -> None:

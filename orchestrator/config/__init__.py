@@ -26,6 +26,7 @@ from orchestrator.config.spec import (
     LivenessLimits,
     ModelSpec,
     Placement,
+    PoolSpec,
     RestartLimits,
     SchedulerSpec,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "LivenessLimits",
     "ModelSpec",
     "Placement",
+    "PoolSpec",
     "RestartLimits",
     "SLO",
     "SchedulerSpec",

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from orchestrator.config.cross import check_awake_limit, check_cross
+from orchestrator.config.pooled import adapter_model, pooled_model, section_pools, with_lora
 from orchestrator.config.prism import model_from_prism
 from orchestrator.config.sections import (
     section_auth,
@@ -107,7 +108,7 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     v = Validator()
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: expected a mapping with a `models:` list (or Prism's JSON list)"])
-    v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler", "restart", "liveness", "auth"})
+    v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler", "restart", "liveness", "auth", "pools"})
     api_keys_file = section_auth(v, raw.get("auth", {}))
     host = section_host(v, raw.get("host", {}))
     mode = v.one_of(raw.get("mode", "full"), "mode", MODES, "full")
@@ -120,7 +121,25 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     if not isinstance(models_raw, list) or not models_raw:
         v.err("models", "needs a non-empty list of models")
         raise ConfigError([f"{source}: {p}" for p in v.problems])
-    models = [m for i, r in enumerate(models_raw) if (m := section_model(v, f"models[{i}]", r, idle_default))]
+    # adapters (``base``) and pooled models (``pool``) have no server of their own (pooled.py)
+    is_adapter = [isinstance(r, dict) and "base" in r for r in models_raw]
+    is_pooled = [isinstance(r, dict) and "pool" in r for r in models_raw]
+    pooled = {
+        i: m
+        for i, r in enumerate(models_raw)
+        if is_pooled[i] and (m := pooled_model(v, f"models[{i}]", r, idle_default))
+    }
+    plain = {
+        i: m
+        for i, r in enumerate(models_raw)
+        if not is_adapter[i] and not is_pooled[i] and (m := section_model(v, f"models[{i}]", r, idle_default))
+    }
+    adapters = {
+        i: a for i, r in enumerate(models_raw) if is_adapter[i] and (a := adapter_model(v, f"models[{i}]", r, plain))
+    }
+    models = with_lora(v, {**plain, **adapters, **pooled})
+    pools, slots = section_pools(v, raw.get("pools", []), models)
+    models += slots
     v.raise_if_any(source)
 
     used = {g for m in models for pl in m.placements for g in pl.gpus}
@@ -134,7 +153,18 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
         InstanceSpec(id=_instance_id(m, pl), model=m, placement=pl) for m in models for pl in m.placements
     )
     return Config(
-        tuple(models), host, mode, hold, source, gpu_count, instances, scheduler, restart, liveness, api_keys_file
+        tuple(models),
+        host,
+        mode,
+        hold,
+        source,
+        gpu_count,
+        instances,
+        scheduler,
+        restart,
+        liveness,
+        api_keys_file,
+        pools,
     )
 
 

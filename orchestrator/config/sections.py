@@ -22,6 +22,7 @@ from orchestrator.types import (
     LOAD_FORMATS,
     ON_LATE,
     PARK_WHEN_IDLE,
+    LoraLimits,
 )
 
 
@@ -52,6 +53,7 @@ MODEL_KEYS = {
     "load_format",
     "engine_args",
     "idle",
+    "lora",
 }
 
 
@@ -160,6 +162,7 @@ def section_model(v: Validator, path: str, raw: Any, idle_default: Idle) -> Mode
     slo = section_slo(v, f"{path}.slo", raw.get("slo", {}))
     idle = section_idle(v, f"{path}.idle", raw.get("idle", {}), idle_default)
     placements = section_placements(v, path, raw.get("placements"), tp_size)
+    lora = section_lora(v, f"{path}.lora", raw.get("lora"))
     shape: ModelShape | None = None
     if isinstance(model_path, str) and model_path:
         shape_name = raw.get("shape")
@@ -185,7 +188,49 @@ def section_model(v: Validator, path: str, raw: Any, idle_default: Idle) -> Mode
         load_format=load_format,
         engine_args=tuple(engine_args),
         idle=idle,
+        lora=lora,
     )
+
+
+# LoRA target modules of the Llama/Qwen families, a subset of SGLang 0.5.17's
+# SUPPORTED_LORA_TARGET_MODULES (srt/utils/common.py), plus its "all".
+LORA_TARGET_MODULES = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "qkv_proj",
+    "gate_up_proj",
+    "embed_tokens",
+    "lm_head",
+    "all",
+)
+
+
+def section_lora(v: Validator, path: str, raw: Any) -> LoraLimits | None:
+    """A base's ``lora:`` section (SGLang's LoRA flags; docs/configuration.md)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        v.err(path, "must be a mapping like {max_loras_per_batch: 8, max_lora_rank: 16}")
+        return None
+    v.keys(raw, path, {"max_loras_per_batch", "max_loaded", "max_lora_rank", "target_modules"})
+    d = LoraLimits()
+    per_batch = v.number(raw, "max_loras_per_batch", path, minimum=1, integer=True)
+    loaded = v.number(raw, "max_loaded", path, minimum=1, integer=True)
+    rank = v.number(raw, "max_lora_rank", path, minimum=1, integer=True)
+    modules = raw.get("target_modules", list(d.target_modules))
+    if not isinstance(modules, list) or not modules or not all(m in LORA_TARGET_MODULES for m in modules):
+        v.err(f"{path}.target_modules", f"must be a non-empty list of {', '.join(LORA_TARGET_MODULES)}")
+        modules = list(d.target_modules)
+    n = int(per_batch) if per_batch is not None else d.max_loras_per_batch
+    limits = LoraLimits(n, int(loaded) if loaded is not None else n, int(rank or d.max_lora_rank), tuple(modules))
+    if limits.max_loaded < limits.max_loras_per_batch:  # SGLang asserts it at start
+        v.err(f"{path}.max_loaded", f"must be at least max_loras_per_batch ({n})")
+    return limits
 
 
 def section_slo(v: Validator, path: str, raw: Any) -> SLO:

@@ -8,6 +8,7 @@ from typing import TypeVar
 from orchestrator.shapes import ModelShape
 from orchestrator.types import (
     LoadFormat,
+    LoraLimits,
     Mode,
     OnLate,
     ParkWhen,
@@ -81,6 +82,32 @@ class ModelSpec:
     load_format: LoadFormat = "auto"
     engine_args: tuple[str, ...] = ()  # extra SGLang flags, passed through after validation
     idle: Idle = Idle()
+    # A LoRA adapter served as a model of its own (docs/pools.md): ``base`` names the model whose
+    # servers run it, ``adapter`` is its path; it has no placements (model_path, shape and
+    # tp_size are its base's).
+    base: str | None = None
+    adapter: str | None = None
+    lora: LoraLimits | None = None  # a base whose servers start with --enable-lora
+    # Shape pools (docs/pools.md): a pooled model (``pool``) has no server of its own; one of
+    # its pool's servers is re-targeted to its weights. A pool's server is a model of its own
+    # (``slot_of`` = the pool's name), hidden from clients, one placement each.
+    pool: str | None = None
+    slot_of: str | None = None
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.base is not None
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Warm servers of one shape, re-targeted to the pooled models that name the pool."""
+
+    name: str
+    model_path: str  # what its servers start with (the first member's weights, by default)
+    shape: ModelShape
+    slots: tuple[str, ...]  # its servers' (hidden) model names, one placement each
+    members: tuple[str, ...]  # the pooled models it serves
 
 
 @dataclass(frozen=True)
@@ -160,6 +187,7 @@ class Config:
     liveness: LivenessLimits = LivenessLimits()
     # auth.api_keys_file: the client keys (proxy/auth.py), relative to this file; None: none
     api_keys_file: str | None = None
+    pools: tuple[PoolSpec, ...] = ()  # shape pools (docs/pools.md)
 
     def model(self, name_or_alias: str) -> ModelSpec | None:
         for m in self.models:

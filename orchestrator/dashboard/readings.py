@@ -34,6 +34,7 @@ class Readings:
     kv_mapped_bytes: dict[str, float] = field(default_factory=dict)  # by instance id
     kv_used_tokens: dict[str, float] = field(default_factory=dict)  # by instance id
     host_bytes: dict[str, tuple[str, float]] = field(default_factory=dict)  # by instance id: (kind, bytes > 0)
+    holds: dict[str, str] = field(default_factory=dict)  # pooled server's instance id -> model_path
 
 
 def read(metrics: ChimeraMetrics) -> Readings:
@@ -79,6 +80,9 @@ def _read(metrics: ChimeraMetrics, series: Reader) -> Readings:
     for (_model, iid), value in series(metrics.kv_mapped, ("model", SERVER), False):
         assert isinstance(value, float)
         r.kv_mapped_bytes[iid] = value
+    for (iid, _pool, path), value in series(metrics.server_holds, (SERVER, "pool", "model_path"), False):
+        if value == 1.0:
+            r.holds[iid] = path
     for (_model, iid), value in series(metrics.kv_used_tokens, ("model", SERVER), False):
         assert isinstance(value, float)
         r.kv_used_tokens[iid] = value

@@ -43,9 +43,12 @@ def build(
     reason it will park for). Bytes and seconds; attainment the fraction of streamed requests
     read to their end that met the SLO; None where chimera has no figure yet. ``host``: pinned
     host RAM held by weight backups (kind ``parked_weights`` or ``retained_weights``,
-    metrics/host_memory.py), in total and, per GPU, each rank's shard."""
+    metrics/host_memory.py), in total and, per GPU, each rank's shard. ``holds``: ``{instance:
+    {"model_path", "models": [...]}}``, what each shape pool's server holds and the pooled
+    models with those weights."""
     views = list(models)
-    instances = [i for m in views for i in m.instances]
+    # pooled models share their pool's servers: count each server once
+    instances = list({i.id: i for m in views for i in m.instances}.values())
     return {
         "now": now,
         "mode": dep.mode,
@@ -54,6 +57,10 @@ def build(
         "host": _host(instances, dep, readings),
         "models": [_model(m, dep, readings, history) for m in views],
         "decisions": [[t, msg] for t, msg in history.decisions()],
+        "holds": {
+            iid: {"model_path": path, "models": [m.name for m in dep.config.models if m.pool and m.model_path == path]}
+            for iid, path in sorted(readings.holds.items())
+        },
     }
 
 

@@ -75,11 +75,17 @@ class SimEngine:
             "--sim-start-delay-s",
             f"{env_knobs.sim_start_delay_s:g}",
         ]
+        if env_knobs.sim_weights_gbps > 0:
+            argv += ["--sim-weights-gbps", f"{env_knobs.sim_weights_gbps:g}"]
         if model.load_format != "auto":
             argv += ["--load-format", model.load_format]
         tokens = max_total_tokens(req)
         if tokens is not None:
             argv += ["--max-total-tokens", str(tokens)]
+        if model.lora is not None:  # the same LoRA flags as SGLang's (sglang/lora.py)
+            from orchestrator.sglang.lora import lora_flags
+
+            argv += lora_flags(model.lora)
         argv += model.engine_args
         if req.config_file is not None:  # the API key, as for SGLang (sglang/auth.py)
             argv += [CONFIG_FLAG, req.config_file]

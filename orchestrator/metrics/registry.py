@@ -124,6 +124,18 @@ class ChimeraMetrics:
             ["model", SERVER, "gpu", "state"],
             registry=r,
         )
+        self.server_holds = Gauge(
+            "chimera_server_holds",
+            "1 for the weights (model_path) a shape pool's server holds now, 0 for those it held before",
+            [SERVER, "pool", "model_path"],
+            registry=r,
+        )
+        self.retargets = Counter(
+            "chimera_retargets",
+            "Shape-pool servers re-targeted to another model's weights, by pool and outcome",
+            ["pool", "outcome"],
+            registry=r,
+        )
 
         self.wake_seconds = Histogram(
             "chimera_wake_seconds",
@@ -290,6 +302,14 @@ class ChimeraMetrics:
         self._instance_gpu[instance] = gpu
         for s in InstanceState:
             self.instance_state.labels(model, instance, gpu, s.value).set(1.0 if s is current else 0.0)
+
+    def set_server_holds(self, server: str, pool: str, model_path: str | None) -> None:
+        """``model_path`` is what the pooled ``server`` holds now (None: unknown, mid-switch)."""
+        for labels in list(self.server_holds._metrics):
+            if labels[0] == server:
+                self.server_holds.labels(*labels).set(0.0)
+        if model_path is not None:
+            self.server_holds.labels(server, pool, model_path).set(1.0)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its Content-Type, for ``GET /metrics``."""

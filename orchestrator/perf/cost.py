@@ -40,6 +40,9 @@ class ServerCost:
     wake_s: float
     park_s: float
     cold_start_s: float
+    # Re-target a pooled server to another model of the same shape: /update_weights_from_disk
+    # reads the weights (page cache or disk) into the GPU (docs/pools.md).
+    retarget_s: float = 0.0
 
     @property
     def held_awake_bytes(self) -> int:
@@ -62,4 +65,11 @@ def server_cost(shape: ModelShape, tp_size: int = 1, kv_floor_bytes: int | None 
         wake_s=lat.resume_time(mem, moved),
         park_s=lat.release_time(mem, moved, first=False),
         cold_start_s=COLD_START_S,
+        retarget_s=retarget_time(shape, tp_size),
     )
+
+
+def retarget_time(shape: ModelShape, tp_size: int = 1) -> float:
+    """``/update_weights_from_disk`` of a same-shape model: each rank reads its share of the
+    weights at the calibrated disk (page-cache) bandwidth."""
+    return cal.MEMORY_OP_OVERHEAD_S + shape.weight_bytes / tp_size / cal.DISK_LOAD_BW

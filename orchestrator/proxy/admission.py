@@ -121,7 +121,9 @@ class AdmissionGate:
         facts = self._models[spec.name]
         pending = Pending(
             rid,
-            spec.name,
+            # the server's model: a LoRA adapter or a pooled model queues for the server it was
+            # routed to (its base's, its pool's), with its own deadline
+            self._specs[instance_id].model.name,
             arrival,
             arrival + facts.ttft_slo_s,
             facts.latency.prefill_time([(prompt, 0)]),

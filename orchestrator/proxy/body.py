@@ -93,4 +93,7 @@ def engine_body(req: ClientRequest, model_field: ModelField, served_name: str) -
         body["model"] = served_name
     else:
         body.pop("model", None)
+        _, sep, adapter = served_name.partition(":")
+        if sep:  # a LoRA adapter served as a model (orchestrator/lora/): /generate names it so
+            body["lora_path"] = adapter
     return orjson.dumps(body)

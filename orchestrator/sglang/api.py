@@ -48,6 +48,9 @@ FLUSH_CACHE = Route("/flush_cache", "POST")
 # Re-targeting a parked-then-woken server to a fine-tune of the same shape (never while parked:
 # measured on the H100 to kill the server with a CUDA invalid-argument error).
 UPDATE_WEIGHTS_FROM_DISK = Route("/update_weights_from_disk", "POST")
+# LoRA adapters as models (a base started with --enable-lora; orchestrator/sglang/lora.py).
+LOAD_LORA_ADAPTER = Route("/load_lora_adapter", "POST")
+UNLOAD_LORA_ADAPTER = Route("/unload_lora_adapter", "POST")
 
 ROUTES_USED: tuple[Route, ...] = (
     GENERATE,
@@ -67,6 +70,8 @@ ROUTES_USED: tuple[Route, ...] = (
     RESUME_MEMORY,
     FLUSH_CACHE,
     UPDATE_WEIGHTS_FROM_DISK,
+    LOAD_LORA_ADAPTER,
+    UNLOAD_LORA_ADAPTER,
 )
 
 # Request bodies. ``PauseGenerationReqInput.mode`` and the memory tags are the same in both

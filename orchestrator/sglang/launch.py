@@ -42,6 +42,7 @@ from orchestrator.engines.base import LaunchRequest, LaunchSpec, ShimLaunch, ser
 from orchestrator.env import Env, engine_environ
 from orchestrator.errors import ConfigError
 from orchestrator.sglang.auth import CONFIG_FLAG
+from orchestrator.sglang.lora import lora_flags
 from orchestrator.shapes import KNOWN_MODEL_IDS, shape_dir
 
 # Boot of a real server on the H100: 63-71 s with warm kernel caches, 158-189 s on a fresh machine.
@@ -67,6 +68,12 @@ MANAGED_FLAGS = frozenset(
         "--config",  # the API key's file (sglang/auth.py): one --config only
         "--api-key",
         "--admin-api-key",
+        "--enable-lora",  # the model's `lora:` section (sglang/lora.py)
+        "--max-loras-per-batch",
+        "--max-loaded-loras",
+        "--max-lora-rank",
+        "--lora-target-modules",
+        "--lora-paths",  # adapters are models of the placements file, loaded on first use
     }
 )
 
@@ -110,6 +117,8 @@ class SGLangEngine:
             argv += ["--cuda-graph-max-bs", str(req.cuda_graph_max_bs)]
         if model.load_format == "dummy":
             argv += ["--load-format", "dummy"]
+        if model.lora is not None:  # it serves LoRA adapters as models (sglang/lora.py)
+            argv += lora_flags(model.lora)
         argv += [*self.env.sglang_extra_args, *model.engine_args]  # the model's own args win
         if req.config_file is not None:  # the API key, read from the file (sglang/auth.py)
             argv += [CONFIG_FLAG, req.config_file]

@@ -449,6 +449,13 @@ class Supervisor:
             except OSError as exc:
                 log.warning("cannot write %s/startup.json: %s", self.run_dir, exc)
 
+    def retargeted(self, instance_id: str, probe_output: str) -> None:
+        """A pooled server now holds other weights (orchestrator/pools/): its probe output, which
+        a later wake is checked against, is the new model's."""
+        proc = self._procs.get(instance_id)
+        if proc is not None:
+            proc.probe_output = probe_output
+
     def add_observer(self, observe: Callable[[InstanceView], None]) -> None:
         self._observers.append(observe)
 

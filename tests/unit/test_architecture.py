@@ -106,6 +106,15 @@ RULES = (
         "the simulated server is started as a process, never imported; benchmarks sit on top",
     ),
     Rule(
+        "lora-beside-the-loop",
+        lambda f: f.startswith(("orchestrator/lora/", "orchestrator/pools/")),
+        lambda m: (
+            within(m, "orchestrator.proxy", "orchestrator.cli", "orchestrator.kv")
+            or within(m, "orchestrator.supervisor.supervisor", "orchestrator.supervisor.lifecycle")
+        ),
+        "LoRA adapters and shape pools sit between the proxy and the control loop: the proxy sees only a Router",
+    ),
+    Rule(
         "kv-not-launch",
         lambda f: f.startswith("orchestrator/kv/"),
         lambda m: within(m, "orchestrator.sglang.launch", "orchestrator.engines", "orchestrator.supervisor"),

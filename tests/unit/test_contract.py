@@ -52,7 +52,8 @@ def emitted_flags() -> set[str]:
                         "tp_size": tp,
                         "load_format": load_format,
                         "placements": [placement],
-                    }
+                    },
+                    {"name": "adapter", "base": "m", "adapter": "/adapters/a"},  # m starts with LoRA
                 ]
             },
             gpu_count=2,
@@ -90,6 +91,7 @@ def test_unknown_version_is_refused_with_the_supported_list() -> None:
 def test_every_flag_the_engine_emits_exists(contract: Contract) -> None:
     flags = emitted_flags()
     assert "--max-total-tokens" in flags and "--mem-fraction-static" in flags  # matrix covers both
+    assert "--enable-lora" in flags and "--lora-target-modules" in flags
     missing = sorted(flags - contract.flags)
     assert not missing, f"SGLang {contract.version} has no flag(s) {missing}"
     deprecated = sorted(flags & contract.deprecated_flags)

@@ -12,10 +12,16 @@ from tests.unit.source_imports import ROOT, Import, imports, python_files
 
 PROJECT = frozenset({"orchestrator", "simsglang", "cumem_shim", "bench", "tests"})
 
-# GPU hosts only (the `gpu` extra; torch comes with sglang). Not installed on CPU hosts, so their
+# GPU hosts only (the `gpu` extra; torch and safetensors come with sglang). Not installed on CPU hosts, so their
 # distributions cannot be looked up here; the tests may import them only lazily, inside a test or
 # helper that is skipped (or given a stand-in) without a GPU.
-GPU_ONLY = {"sglang": "sglang", "torch": "sglang", "pynvml": "nvidia-ml-py", "cuda": "cuda-python"}
+GPU_ONLY = {
+    "sglang": "sglang",
+    "torch": "sglang",
+    "safetensors": "sglang",
+    "pynvml": "nvidia-ml-py",
+    "cuda": "cuda-python",
+}
 
 
 def normalize(name: str) -> str:

@@ -1,0 +1,252 @@
+"""``python -m bench.live.pools``: SIMULATED. One GPU-equivalent serves many more models than it
+has servers: a shape pool of 8B servers re-targeted among ``--models`` same-shape models (a
+handful of distinct checkpoints, the others reusing them under their own names) and one 8B base
+server with ``--adapters`` LoRA adapters, on the sim engine at the calibrated H100 speed.
+
+For each popularity skew (Zipf exponent; 0 = uniform) chimera is started afresh, requests arrive
+open-loop (Poisson, ``--rate`` per second for ``--duration`` seconds; half to pooled models,
+half to adapters, each family's model drawn by Zipf rank), every request is a streamed chat
+completion, and the report gives per family: answered, errors, TTFT p50/p99 and attainment
+(answered with TTFT within ``--ttft-slo`` seconds), and the pool's re-targets. Writes
+OUT/pools.json and prints a table. Costs are the sim's (orchestrator/perf): a re-target reads
+the weights at the calibrated disk bandwidth; adapter loads are modelled (simsglang/lora.py).
+
+    python -m bench.live.pools --out runs/pools --duration 60 --rate 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.live.process import Chimera
+from orchestrator.shapes import shape_dir
+from orchestrator.supervisor.ports import free_ports
+
+SHAPE = "llama-3.1-8b"
+
+
+def checkpoints(out: Path, distinct: int) -> list[str]:
+    """``distinct`` same-shape checkpoint directories (config.json only: the sim reads no
+    weights; a GPU run writes real safetensors, bench/gpu/pools.sh)."""
+    paths = []
+    for i in range(distinct):
+        d = out / "ckpt" / f"ft-{i}"
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shape_dir(SHAPE) / "config.json", d / "config.json")
+        paths.append(str(d))
+    return paths
+
+
+def placements(paths: list[str], models: int, adapters: int, pool_servers: int, ttft_slo: float) -> dict[str, Any]:
+    """Model ``m<i>`` uses checkpoint ``i % len(paths)`` (so m0, m8, m16... share ft-0)."""
+    slo = {"ttft_s": ttft_slo}
+    return {
+        "mode": "full",
+        "host": {"gpus": 1, "gpu_memory_gb": 80},
+        "scheduler": {"on_late": "serve"},  # every request is answered, late or not
+        "models": [
+            {"name": "base", "model_path": SHAPE, "placements": [{"gpus": [0]}], "lora": {"max_loras_per_batch": 8}},
+            *({"name": f"m{i}", "model_path": paths[i % len(paths)], "pool": "p8b", "slo": slo} for i in range(models)),
+            *({"name": f"a{i}", "base": "base", "adapter": f"/adapters/a{i}", "slo": slo} for i in range(adapters)),
+        ],
+        "pools": [{"name": "p8b", "servers": [{"gpus": [0]} for _ in range(pool_servers)]}],
+    }
+
+
+def zipf_weights(n: int, s: float) -> list[float]:
+    return [1.0 / (rank**s) for rank in range(1, n + 1)]
+
+
+def start(
+    placements_file: Path, run_dir: Path, hold_timeout_s: float, speed: float = 1.0, weights_gbps: float = 0.0
+) -> Chimera:
+    (port,) = free_ports(1)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "chimera.log"
+    argv = [sys.executable, "-m", "orchestrator.cli", "up", str(placements_file), "--engine", "sim"]
+    argv += ["--port", str(port), "--run-dir", str(run_dir / "engines"), "--hold-timeout-s", f"{hold_timeout_s:g}"]
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            argv,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "CHIMERA_SIM_SPEED": f"{speed:g}",
+                "CHIMERA_SIM_WEIGHTS_GBPS": f"{weights_gbps:g}",
+            },
+        )
+    ch = Chimera(proc, f"http://127.0.0.1:{port}", log, "sim")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"chimera exited:\n{ch.log_tail()}")
+        try:
+            states = {m["id"]: m["state"] for m in httpx.get(ch.base + "/v1/models", timeout=5).json()["data"]}
+            if states.get("base") == "awake" and states.get("m0") == "awake":
+                ch.note_engines()
+                return ch
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(0.5)
+    ch.stop()
+    raise RuntimeError(f"chimera not ready:\n{ch.log_tail()}")
+
+
+async def one(client: httpx.AsyncClient, base: str, model: str, t_sched: float, max_tokens: int) -> dict[str, Any]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": f"request for {model} at {t_sched:.3f}"}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    t0 = time.monotonic()
+    ttft: float | None = None
+    status = 0
+    try:
+        async with client.stream("POST", base + "/v1/chat/completions", json=body) as r:
+            status = r.status_code
+            async for line in r.aiter_lines():
+                if ttft is None and line.startswith("data: ") and '"content"' in line:
+                    ttft = time.monotonic() - t0
+    except httpx.HTTPError as exc:
+        return {"model": model, "status": 0, "ttft": None, "error": type(exc).__name__}
+    return {"model": model, "status": status, "ttft": ttft, "e2e": time.monotonic() - t0}
+
+
+async def drive(
+    base: str, rate: float, duration: float, skew: float, models: int, adapters: int, seed: int
+) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    pooled, lora = [f"m{i}" for i in range(models)], [f"a{i}" for i in range(adapters)]
+    wp, wa = zipf_weights(models, skew), zipf_weights(adapters, skew)
+    tasks = []
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+    async with httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(600.0), limits=limits) as client:
+        t_start, t = time.monotonic(), 0.0
+        while True:
+            t += rng.expovariate(rate)
+            if t > duration:
+                break
+            await asyncio.sleep(max(0.0, t_start + t - time.monotonic()))
+            model = rng.choices(pooled, wp)[0] if rng.random() < 0.5 else rng.choices(lora, wa)[0]
+            tasks.append(asyncio.create_task(one(client, base, model, t, 16)))
+        return list(await asyncio.gather(*tasks))
+
+
+def quantile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def summarize(results: list[dict[str, Any]], slo: float) -> dict[str, Any]:
+    out = {}
+    for fam, prefix in (("pooled", "m"), ("adapters", "a")):
+        rs = [r for r in results if r["model"].startswith(prefix)]
+        ok = [r for r in rs if r["status"] == 200]
+        ttfts = [r["ttft"] if r["ttft"] is not None else r["e2e"] for r in ok]  # empty answer: its end
+        out[fam] = {
+            "requests": len(rs),
+            "answered": len(ok),
+            "errors": len(rs) - len(ok),
+            "empty_answers": sum(1 for r in ok if r["ttft"] is None),
+            "ttft_p50_s": quantile(ttfts, 0.5),
+            "ttft_p99_s": quantile(ttfts, 0.99),
+            "attainment": (sum(1 for x in ttfts if x <= slo) / len(rs)) if rs else None,
+            "distinct_models": len({r["model"] for r in rs}),
+        }
+    return out
+
+
+def counters(base: str) -> dict[str, float]:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "chimera_retargets":
+            for s in fam.samples:
+                if s.name == "chimera_retargets_total":
+                    out[f"retargets_{s.labels['outcome']}"] = out.get(f"retargets_{s.labels['outcome']}", 0) + s.value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.live.pools", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--models", type=int, default=50)
+    p.add_argument("--checkpoints", type=int, default=8, help="distinct checkpoints the models share")
+    p.add_argument("--adapters", type=int, default=500)
+    p.add_argument("--pool-servers", type=int, default=2)
+    p.add_argument("--rate", type=float, default=4.0, help="requests per second (all models)")
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--skews", default="0,0.8,1.2", help="Zipf exponents, comma-separated")
+    p.add_argument("--ttft-slo", type=float, default=10.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--weights-gbps", type=float, default=0.0, help="re-target read bandwidth (0: the calibrated disk's 2.5 GB/s)"
+    )
+    p.add_argument("--sim-speed", type=float, default=1.0, help="1: the calibrated H100's timing; less: faster (CI)")
+    a = p.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    paths = checkpoints(a.out, a.checkpoints)
+    cfg_file = a.out / "placements.yaml"
+    cfg_file.write_text(yaml.safe_dump(placements(paths, a.models, a.adapters, a.pool_servers, a.ttft_slo)))
+    report: dict[str, Any] = {
+        "label": "SIMULATED (sim engine, calibrated H100 costs; not a GPU measurement)",
+        "setup": {k: v for k, v in vars(a).items() if k != "out"} | {"shape": SHAPE, "gpu": "one 80 GB GPU-equivalent"},
+        "shared_weights": {
+            f"ft-{i}": [f"m{j}" for j in range(a.models) if j % a.checkpoints == i] for i in range(a.checkpoints)
+        },
+        "runs": [],
+    }
+    for skew in (float(x) for x in a.skews.split(",")):
+        ch = start(
+            cfg_file, a.out / f"skew-{skew:g}", hold_timeout_s=600, speed=a.sim_speed, weights_gbps=a.weights_gbps
+        )
+        try:
+            results = asyncio.run(drive(ch.base, a.rate, a.duration, skew, a.models, a.adapters, a.seed))
+            run = {"skew": skew, **summarize(results, a.ttft_slo), **counters(ch.base)}
+            with open(a.out / f"requests-skew-{skew:g}.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in results)
+        finally:
+            ch.stop()
+        report["runs"].append(run)
+        print(json.dumps(run), flush=True)
+    (a.out / "pools.json").write_text(json.dumps(report, indent=2))
+    print(f"\n{report['label']}")
+    head = ("skew", "family", "req", "ok", "err", "p50 s", "p99 s", "attain", "models")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (5, 9, 5, 5, 4, 7, 7, 7, 6), strict=True)))
+    for run in report["runs"]:
+        for fam in ("pooled", "adapters"):
+            r = run[fam]
+            fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+            print(
+                f"{run['skew']:>5g} {fam:>9} {r['requests']:>5} {r['answered']:>5} {r['errors']:>4} "
+                f"{fmt(r['ttft_p50_s']):>7} {fmt(r['ttft_p99_s']):>7} {fmt(r['attainment']):>7} "
+                f"{r['distinct_models']:>6}"
+            )
+        print(f"      re-targets ok {run.get('retargets_ok', 0):g}, failed {run.get('retargets_failed', 0):g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
