@@ -108,7 +108,7 @@ def run_shape(tmp: Path, big: str, tp: int, kv_pool_gb: int, key: str) -> None:
         "sglang",
         awake=["big", *(f"small{g}" for g in range(tp))],
         timeout_s=900,
-        args=("--admin-key", ADMIN_KEY),
+        env={"CHIMERA_ADMIN_KEY": ADMIN_KEY},
     )
     try:
         iid = "big@gpu" + "+".join(str(g) for g in range(tp))
