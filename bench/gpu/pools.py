@@ -69,9 +69,10 @@ def start(cfg_file: Path, out: Path, engine: str) -> Chimera:
     (port,) = free_ports(1)
     log = out / "chimera.log"
     argv = [sys.executable, "-m", "orchestrator.cli", "up", str(cfg_file), "--engine", engine, "--port", str(port)]
-    argv += ["--run-dir", str(out / "engines"), "--admin-key", ADMIN_KEY, "--hold-timeout-s", "600"]
+    argv += ["--run-dir", str(out / "engines"), "--hold-timeout-s", "600"]
+    env = {**os.environ, "CHIMERA_ADMIN_KEY": ADMIN_KEY}  # never on the command line (ps)
     with open(log, "wb") as f:
-        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     ch = Chimera(proc, f"http://127.0.0.1:{port}", log, engine)
     deadline = time.monotonic() + 550
     while time.monotonic() < deadline:
