@@ -25,7 +25,7 @@ class ShimLaunch:
 
     socket: str  # its control channel (a Unix socket path, < 108 bytes)
     limit_bytes: int  # start-up KV limit; the ledger moves it once the server is up
-    virtual_kv_bytes: int  # the virtual range SGLang sizes its pool for (the ceiling)
+    virtual_kv_bytes: int  # the virtual range each rank sizes its pool for, per GPU (the ceiling)
     # a directory that registers the plugin entry point, for a Python where chimera is not
     # pip-installed (None: the installed distribution registers it)
     entry_point_dir: str | None = None

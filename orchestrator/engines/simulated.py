@@ -17,6 +17,7 @@ from cumem_shim import settings as shim_settings
 from orchestrator.config import GIB
 from orchestrator.engines.base import CONFIG_FLAG, LaunchRequest, LaunchSpec, served_name
 from orchestrator.env import Env, engine_environ
+from orchestrator.perf.model import kv_bytes_per_token_per_gpu
 
 SIM_READY_TIMEOUT_S = 60.0  # the sim boots in ~1 s plus the configured start delay
 
@@ -24,10 +25,14 @@ SIM_READY_TIMEOUT_S = 60.0  # the sim boots in ~1 s plus the configured start de
 def max_total_tokens(req: LaunchRequest) -> int | None:
     """KV pool in tokens: the shim's virtual range (SGLang sizes its pool for it), else the
     memory ledger's share if given, else the deployment's fixed pool, else the placement's
-    kv_pool_gb."""
-    per_token = req.instance.model.shape.kv_bytes_per_token
+    kv_pool_gb. The virtual range is per GPU (each TP rank reserves it for its shard, as the
+    shim's profile hook answers SGLang), so its tokens are counted in a shard's bytes per token;
+    the other sizes are over the group."""
+    model = req.instance.model
+    per_gpu = kv_bytes_per_token_per_gpu(model.shape, model.tp_size)
+    per_token = per_gpu * model.tp_size
     if req.shim is not None:
-        return max(1, req.shim.virtual_kv_bytes // per_token)
+        return max(1, req.shim.virtual_kv_bytes // per_gpu)
     if req.kv_bytes is not None:
         return max(1, req.kv_bytes // per_token)
     if req.max_total_tokens is not None:

@@ -7,8 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cumem_shim.types import Status
+from orchestrator.config import parse_config
+from orchestrator.deployment import derive
+from orchestrator.engines.base import LaunchRequest, ShimLaunch
+from orchestrator.engines.simulated import SimEngine
 from orchestrator.kv.ledger import KVInstance, Ledger, Observation, SetLimit, non_kv_bytes
-from orchestrator.types import LoadSample
+from orchestrator.kv.wiring import kv_instances
+from orchestrator.types import InstanceState, InstanceView, LoadSample
 
 GIB = 1 << 30
 BLOCK = 128 << 20
@@ -100,3 +105,59 @@ def test_no_gpu_over_budget_and_one_limit_per_group_as_load_moves(rounds: list[t
             assert held <= led.budget(g, non_kv) + BLOCK * len(here), (g, held)
         for iid in ids:  # pages follow use within the new limit (a drain keeps what is used)
             mapped[iid] = max(BLOCK, min(use[iid] * TOKEN, max(limit[iid], mapped[iid] if use[iid] else 0)))
+
+
+def test_two_tp_groups_on_the_same_gpus_the_surging_one_grows_on_both() -> None:
+    """Two TP 2 servers of an 8B on GPUs 0-1, each with a virtual pool of the GPU's whole KV
+    budget (bench/gpu/tp_surge.py's placements), the capacity their sim servers report: B
+    surges, A is nearly idle. In one plan B's limit (the same on both GPUs) grows past half the
+    budget, A's shrinks, and neither GPU is asked for more than its budget."""
+    cfg = parse_config(
+        {
+            "mode": "elastic",
+            "host": {"gpus": 2, "gpu_memory_gb": 48},
+            "models": [
+                {
+                    "name": n,
+                    "model_path": "meta-llama/Llama-3.1-8B-Instruct",
+                    "load_format": "dummy",
+                    "tp_size": 2,
+                    "placements": [{"gpus": [0, 1], "kv_pool_gb": 45, "kv_floor_gb": 1}],
+                }
+                for n in ("a", "b")
+            ],
+        },
+        gpu_count=2,
+    )
+    dep = derive(cfg)
+    views = [InstanceView(i.id, i.model.name, i.gpus, InstanceState.AWAKE, None) for i in cfg.instances]
+    insts = kv_instances(views, dep)
+    a, b = (i.id for i in cfg.instances)
+    led = Ledger({0: 48 * GIB, 1: 48 * GIB})
+    budget = led.budget(0, non_kv_bytes(insts))
+    assert budget == led.budget(1, non_kv_bytes(insts))
+    shard = dep.instances[b].cost.kv_bytes_per_token
+    half = budget // 2 // BLOCK * BLOCK
+    for iid in (a, b):
+        led.accepted(iid, half, 1)
+
+    def sim_status(iid: str, mapped: int, used: int) -> Status:
+        facts = dep.instances[iid]
+        shim = ShimLaunch(f"/tmp/chimera-tp-{iid}.sock", GIB, facts.ceiling_bytes, tp_size=2)
+        spec = SimEngine().launch_spec(LaunchRequest(facts.spec, cfg.host, 30001, 40001, shim=shim))
+        cap = int(spec.argv[spec.argv.index("--max-total-tokens") + 1])  # what its shim reports
+        return Status(mapped, used, half, 1, cap, half // shard, BLOCK, BLOCK // shard, False)
+
+    busy_used = half // shard  # B's pool is full and a queue twice that waits
+    seen = {
+        a: Observation(load(2_000), sim_status(a, BLOCK, 2_000)),
+        b: Observation(load(busy_used, waiting_tokens=2 * busy_used), sim_status(b, half, busy_used)),
+    }
+    limits = {x.instance: x.bytes for x in led.plan(insts, seen, 0.0) if isinstance(x, SetLimit)}
+    assert limits[b] > half + budget // 4 and limits[a] < half  # B takes most of what A gives
+    mapped = {a: BLOCK, b: half}
+    for gpu in (0, 1):  # one limit per group, applied on each GPU it spans
+        here = [i.id for i in insts if i.gpu == gpu]
+        assert sorted(here) == sorted((a, b))
+        held = sum(max(mapped[i], limits[i]) for i in here)
+        assert held <= budget, (gpu, held, budget)

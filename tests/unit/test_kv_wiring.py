@@ -123,3 +123,17 @@ def test_an_inherited_shim_environment_never_reaches_a_server_without_the_shim(m
     big = cfg.instances[1]
     spec = SGLangEngine(Env.read()).launch_spec(LaunchRequest(big, cfg.host, 30001, 40001))
     assert not shim_env.requested(spec.env) and shim_env.LIMIT_BYTES not in spec.env
+
+
+def test_a_tp_sim_server_sizes_its_pool_by_the_virtual_range_of_each_gpu() -> None:
+    """The virtual range is per GPU (each rank reserves it for its shard): a TP 2 sim pool holds
+    as many tokens as a shard's bytes per token fit in it, so the shim's capacity times the
+    ledger's per-GPU token bytes is the ceiling, not half of it."""
+    cfg = config({"gpus": [0]})
+    big = cfg.instances[1]
+    facts = derive(cfg).instances[big.id]
+    shim = ShimLaunch("/tmp/chimera-1-4.sock", GIB, facts.ceiling_bytes, tp_size=2)
+    spec = SimEngine().launch_spec(LaunchRequest(big, cfg.host, 30001, 40001, shim=shim))
+    tokens = int(spec.argv[spec.argv.index("--max-total-tokens") + 1])
+    assert tokens == facts.ceiling_bytes // facts.cost.kv_bytes_per_token
+    assert facts.ceiling_bytes - facts.cost.kv_bytes_per_token < tokens * facts.cost.kv_bytes_per_token
