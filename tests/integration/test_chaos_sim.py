@@ -7,6 +7,7 @@ sees at once, bounded by the load's concurrency, never a hang."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,16 @@ def test_no_request_is_lost_or_hung(name: str, tmp_path: Path) -> None:
     res: Result = asyncio.run(SCENARIOS[name](tmp_path, SHORT))
     print(f"\n{name}: {res.counts} recovery {res.recovery_s} s {res.notes}")
     assert res.counts["hung"] == 0, res.examples
+    # a clean error names no engine address or port (engine-kill: the 502 of a crashed engine)
+    assert not re.search(r"127\.0\.0\.1|localhost|:\d{4,5}\b", res.examples.get("error", "")), res.examples
     assert res.counts["ok"] > 0 and res.recovery_s is not None  # served again after the fault
     if name in RESTARTS:
         assert res.counts["reset"] <= SHORT.workers, res.examples
         assert res.notes == ["engines re-adopted"]
+    elif name == "fd-exhaustion":
+        # never refused; past the linger slots a refusal closes at once (descriptors first), and a
+        # request that arrives after that close is reset: a few of the load's, not its bulk
+        assert res.counts["refused"] == 0 and res.counts["reset"] <= res.sent // 20, res.examples
     else:
         assert res.counts["reset"] == 0, res.examples
         assert res.counts["refused"] == 0
