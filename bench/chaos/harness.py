@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,17 @@ from orchestrator.supervisor.ports import free_ports
 SIM_SPEED = "0.05"  # the sim engine 20x faster than the H100 it models: short, many requests
 # Fast detection and restart, so a scenario's recovery is seconds (defaults are for GPUs).
 SELF_HEALING = {"restart": {"backoff_s": 0.5, "max_backoff_s": 2}, "liveness": {"window_s": 1, "probe_timeout_s": 0.5}}
+
+
+# slow clients cut after 2 s (default 10 s), so a scenario of seconds shows it
+HEADER_TIMEOUT_S = "2"
+
+# ``python -c`` this N: ``python -m orchestrator.cli`` with RLIMIT_NOFILE N (soft and hard)
+_UNDER_NOFILE = (
+    "import resource, runpy, sys; n = int(sys.argv.pop(1)); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
+    "runpy.run_module('orchestrator.cli', run_name='__main__', alter_sys=True)"
+)
 
 
 def static_one(model: str = "tiny") -> dict[str, Any]:
@@ -72,7 +84,9 @@ class Deployment:
     """One chimera on ``placements`` under ``folder``; ``up()`` again reuses port and run folder
     (the engines' state file is there: a restart re-adopts them)."""
 
-    def __init__(self, folder: Path, placements: dict[str, Any]) -> None:
+    def __init__(
+        self, folder: Path, placements: dict[str, Any], env: dict[str, str] | None = None, nofile: int | None = None
+    ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.file = folder / "placements.yaml"
@@ -83,7 +97,11 @@ class Deployment:
             "CHIMERA_SIM_SPEED": SIM_SPEED,
             "PYTHONDONTWRITEBYTECODE": "",
             "PYTHONPYCACHEPREFIX": str(folder / "pycache"),
+            "CHIMERA_HEADER_TIMEOUT_S": HEADER_TIMEOUT_S,
+            **(env or {}),
         }
+        # under a descriptor limit (soft and hard: chimera raises its soft limit to the hard one)
+        self.command = (sys.executable, "-c", _UNDER_NOFILE, str(nofile)) if nofile else ()
         self.chimera: Chimera | None = None
 
     @property
@@ -91,7 +109,9 @@ class Deployment:
         return f"http://127.0.0.1:{self.port}"
 
     def up(self) -> Chimera:
-        self.chimera = start_chimera(self.file, self.folder, port=self.port, env=self.env, ready_timeout_s=60)
+        self.chimera = start_chimera(
+            self.file, self.folder, port=self.port, env=self.env, ready_timeout_s=60, command=self.command
+        )
         return self.chimera
 
     @property

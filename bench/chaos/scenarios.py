@@ -13,13 +13,14 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from bench.chaos.harness import Deployment, Resources, full_with_parked, static_one
+from bench.chaos.harness import HEADER_TIMEOUT_S, Deployment, Resources, full_with_parked, static_one
 from bench.chaos.load import LOST, Load, Outcome, Tally, is_envelope
 
 
@@ -42,6 +43,9 @@ class Result:
     notes: list[str] = field(default_factory=list)
     examples: dict[str, str] = field(default_factory=dict)
     skipped: str | None = None
+    # how chimera ended the scenario's raw connections (slowloris, fd-exhaustion): "408",
+    # "503" (its answer's status), "closed" (no answer), "reset", "open" (still open at the end)
+    peer_ends: dict[str, int] = field(default_factory=dict)
 
     @property
     def sent(self) -> int:
@@ -79,8 +83,13 @@ async def _under_load(
     res.take(tally, fault_at)
 
 
-async def _with(folder: Path, placements: dict[str, object], body: Callable[[Deployment], Awaitable[None]]) -> None:
-    dep = Deployment(folder, placements)
+async def _with(
+    folder: Path,
+    placements: dict[str, object],
+    body: Callable[[Deployment], Awaitable[None]],
+    nofile: int | None = None,
+) -> None:
+    dep = Deployment(folder, placements, nofile=nofile)
     await asyncio.to_thread(dep.up)
     try:
         await body(dep)
@@ -168,11 +177,13 @@ async def control_plane_restart(folder: Path, t: Timing, how: str) -> Result:
 
 
 async def slowloris(folder: Path, t: Timing, clients: int = 200) -> Result:
-    """``clients`` connections that send a request head one byte a second, beside the load."""
+    """``clients`` connections that send a request head one byte a second, beside the load:
+    chimera must cut each with a 408 after its header timeout (``HEADER_TIMEOUT_S``)."""
     res = Result("slowloris clients")
 
     async def run(dep: Deployment) -> None:
         socks: list[socket.socket] = []
+        ends: dict[int, str] = {}
 
         async def fault() -> None:
             for _ in range(clients):
@@ -184,21 +195,28 @@ async def slowloris(folder: Path, t: Timing, clients: int = 200) -> Result:
         async def drip() -> None:
             while True:
                 await asyncio.sleep(1)
-                for s in socks:
-                    try:
-                        s.send(b"X")
-                    except OSError:
-                        pass
+                for i, s in enumerate(socks):
+                    if i not in ends:
+                        try:
+                            s.send(b"X")
+                        except OSError:
+                            pass
+                        ends.update({i: e} if (e := _peer_end(s)) else {})
 
         dripping = asyncio.create_task(drip())
         try:
             await _under_load(dep, t, res, ["tiny"], fault)
         finally:
             dripping.cancel()
-            closed = sum(1 for s in socks if _closed_by_peer(s))
-            for s in socks:
+            for i, s in enumerate(socks):
+                ends.setdefault(i, _peer_end(s) or "open")
                 s.close()
-        res.notes.append(f"{closed}/{clients} slow connections closed by chimera while they dripped")
+        res.peer_ends = dict(sorted(Counter(ends.values()).items()))
+        cut = sum(n for e, n in res.peer_ends.items() if e != "open")
+        res.notes.append(
+            f"{cut}/{clients} slow connections cut by chimera while they dripped "
+            f"(header timeout {HEADER_TIMEOUT_S} s): {res.peer_ends}"
+        )
         await asyncio.sleep(t.settle_s)
         res.after = dep.resources()  # after the slow clients left
 
@@ -206,13 +224,18 @@ async def slowloris(folder: Path, t: Timing, clients: int = 200) -> Result:
     return res
 
 
-def _closed_by_peer(s: socket.socket) -> bool:
+def _peer_end(s: socket.socket) -> str | None:
+    """How chimera ended a raw connection: ``"408"`` (its answer's status), ``"closed"``
+    without an answer, ``"reset"``; None while it is still open."""
     try:
-        return s.recv(1, socket.MSG_PEEK) == b""
+        data = s.recv(65536)
     except BlockingIOError:
-        return False
+        return None
     except OSError:
-        return True
+        return "reset"
+    if data.startswith(b"HTTP/1."):
+        return data.split(b" ", 2)[1].decode(errors="replace")
+    return "closed" if data == b"" else None
 
 
 BAD_INPUTS: list[tuple[str, dict[str, str], bytes]] = [
@@ -314,12 +337,62 @@ async def _engine_running(base_url: str) -> float:
     )
 
 
-async def fd_exhaustion(folder: Path, t: Timing) -> Result:
-    return Result(
-        "descriptor exhaustion",
-        skipped="needs the proxy's descriptor limit and shedding (raised to the hard limit, 503 "
-        "before exhaustion), not on main yet",
-    )
+FD_LIMIT = 256  # chimera's RLIMIT_NOFILE: a budget of (256 - 128) / 2 = 64 client connections
+
+
+async def fd_exhaustion(folder: Path, t: Timing, idle: int = 400) -> Result:
+    """chimera under ``RLIMIT_NOFILE`` = ``FD_LIMIT`` and ``idle`` connections that send
+    nothing (more than its descriptors), reopened as chimera closes them, beside the load:
+    the load's requests must be answered or get a 503 envelope, never be refused or hang."""
+    res = Result("descriptor exhaustion")
+
+    async def run(dep: Deployment) -> None:
+        socks: list[socket.socket] = []
+        ends: Counter[str] = Counter()
+        stop = asyncio.Event()
+
+        async def hold_open() -> None:
+            while not stop.is_set():
+                for s in list(socks):
+                    if (e := _peer_end(s)) is not None:
+                        ends[e] += 1
+                        s.close()
+                        socks.remove(s)
+                while len(socks) < idle:
+                    try:
+                        s = socket.create_connection(("127.0.0.1", dep.port), timeout=1)
+                    except OSError as exc:
+                        ends[f"connect {type(exc).__name__}"] += 1
+                        break
+                    s.setblocking(False)
+                    socks.append(s)
+                await asyncio.sleep(0.2)
+
+        holding: asyncio.Task[None] | None = None
+
+        async def fault() -> None:
+            nonlocal holding
+            holding = asyncio.create_task(hold_open())
+
+        try:
+            await _under_load(dep, t, res, ["tiny"], fault)
+        finally:
+            stop.set()
+            if holding is not None:
+                await holding
+            for s in socks:
+                s.close()
+        res.peer_ends = dict(sorted(ends.items()))
+        res.notes.append(
+            f"RLIMIT_NOFILE {FD_LIMIT}; {idle} idle connections kept open (reopened as chimera "
+            f"closed them): how they ended {res.peer_ends}; a clean error of the load: "
+            f"{res.examples.get('error', 'none')[:90]}"
+        )
+        await asyncio.sleep(t.settle_s)
+        res.after = dep.resources()  # after the idle clients left
+
+    await _with(folder, static_one(), run, nofile=FD_LIMIT)
+    return res
 
 
 SCENARIOS: dict[str, Scenario] = {

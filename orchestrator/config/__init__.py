@@ -2,9 +2,9 @@
 load into frozen dataclasses. Every problem names its field path and the fix; all problems of a
 file are reported together. See docs/configuration.md for the schema.
 
-``spec`` (the dataclasses and defaults), ``load`` (reading a file), ``validator`` (problems
-with their field paths), ``sections`` (one validator per section), ``cross`` (checks across
-models), ``prism`` (Prism's JSON form).
+``spec`` (the dataclasses and defaults), ``load`` (reading a file), ``marks`` (each field's
+YAML line), ``validator`` (problems with their field paths), ``sections`` (one validator per
+section), ``cross`` (checks across models), ``prism`` (Prism's JSON form).
 """
 
 from __future__ import annotations

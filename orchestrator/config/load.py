@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from orchestrator.config.cross import check_awake_limit, check_cross
+from orchestrator.config.cross import Where, check_awake_limit, check_cross
+from orchestrator.config.marks import load_with_lines
 from orchestrator.config.pooled import adapter_model, pooled_model, section_pools, with_lora
 from orchestrator.config.prism import model_from_prism
 from orchestrator.config.sections import (
@@ -57,12 +59,18 @@ Yaml12Loader.add_implicit_resolver(
 def load_config(path: str | Path, gpu_count: int | None = None) -> Config:
     """Read and validate a placements file. ``gpu_count`` = GPUs of the real host (None: the
     sim engine, whose host has ``host.gpus`` GPUs, or as many as the file uses)."""
-    return parse_config(read_placements(path), source=str(path), gpu_count=gpu_count)
+    raw, lines = read_placements_with_lines(path)
+    return parse_config(raw, source=str(path), gpu_count=gpu_count, lines=lines)
 
 
 def read_placements(path: str | Path) -> Any:
     """The placements file as plain data, not yet validated (``up --ray`` rewrites node-local
     GPU ids before ``parse_config``)."""
+    return read_placements_with_lines(path)[0]
+
+
+def read_placements_with_lines(path: str | Path) -> tuple[Any, dict[str, int]]:
+    """The placements file as plain data and the YAML line of each field path (none for JSON)."""
     p = Path(path)
     try:
         text = p.read_bytes().decode("utf-8")
@@ -73,15 +81,19 @@ def read_placements(path: str | Path) -> Any:
         raise ConfigError(
             [f"{p}: line {line}: not UTF-8 text (byte {exc.object[exc.start]:#x}); save it as UTF-8"]
         ) from None
+    lines: dict[str, int] = {}
     try:
-        raw = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=Yaml12Loader)
+        if p.suffix == ".json":
+            raw = json.loads(text)
+        else:
+            raw, lines = load_with_lines(text, Yaml12Loader)
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError([f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}"]) from exc
     if expanded_size(raw, {}) > MAX_VALUES:
         raise ConfigError(
             [f"{p}: its YAML aliases (*name) expand to more than {MAX_VALUES} values (an alias bomb?); write it out"]
         )
-    return raw
+    return raw, lines
 
 
 MAX_VALUES = 100_000  # values of a placements file once aliases are expanded: thousands at most
@@ -102,10 +114,15 @@ def expanded_size(obj: Any, memo: dict[int, int]) -> int:
     return memo[key]
 
 
-def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = None) -> Config:
+def parse_config(
+    raw: Any, source: str = "<memory>", gpu_count: int | None = None, lines: Mapping[str, int] | None = None
+) -> Config:
+    """Every problem of the file together: the sections' field errors, then the checks across
+    the models that parsed (a broken model does not hide a clash between two good ones).
+    ``lines``: the YAML line of each field path, to prefix problems with."""
     if isinstance(raw, list):  # Prism's JSON model_configs, as-is
         raw = {"models": [model_from_prism(i, m) for i, m in enumerate(raw)]}
-    v = Validator()
+    v = Validator(lines)
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: expected a mapping with a `models:` list (or Prism's JSON list)"])
     v.keys(raw, "", {"models", "host", "mode", "idle", "hold", "scheduler", "restart", "liveness", "auth", "pools"})
@@ -137,16 +154,17 @@ def parse_config(raw: Any, source: str = "<memory>", gpu_count: int | None = Non
     adapters = {
         i: a for i, r in enumerate(models_raw) if is_adapter[i] and (a := adapter_model(v, f"models[{i}]", r, plain))
     }
-    models = with_lora(v, {**plain, **adapters, **pooled})
+    by_index = {**plain, **adapters, **pooled}
+    models = with_lora(v, by_index)
     pools, slots = section_pools(v, raw.get("pools", []), models)
+    where = [Where.of_model(f"models[{i}]", m) for i, m in sorted(by_index.items())]
+    where += [Where.of_slot(raw.get("pools", []), m) for m in slots]
     models += slots
-    v.raise_if_any(source)
 
     used = {g for m in models for pl in m.placements for g in pl.gpus}
     if gpu_count is None:
         gpu_count = host.gpus if host.gpus is not None else max(used, default=0) + 1
-    check_cross(v, models, gpu_count, host)
-    v.raise_if_any(source)
+    check_cross(v, list(zip(models, where, strict=True)), gpu_count, host)
     check_awake_limit(v, models, mode, scheduler)
     v.raise_if_any(source)
     instances = tuple(

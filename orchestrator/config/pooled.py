@@ -9,7 +9,7 @@ from typing import Any
 
 from orchestrator.config.sections import section_model, section_placements, section_slo
 from orchestrator.config.spec import Idle, ModelSpec, PoolSpec
-from orchestrator.config.validator import Validator
+from orchestrator.config.validator import Validator, name_problem
 from orchestrator.types import LoraLimits
 
 ADAPTER_KEYS = {"name", "base", "adapter", "aliases", "slo", "priority"}
@@ -20,16 +20,20 @@ def adapter_model(v: Validator, path: str, raw: dict[str, Any], bases: dict[int,
     v.keys(raw, path, ADAPTER_KEYS)
     n_before = len(v.problems)
     name, base_name, adapter = raw.get("name"), raw.get("base"), raw.get("adapter")
-    if not isinstance(name, str) or not name.strip():
-        v.err(f"{path}.name", "needs a non-empty string (the id clients send as `model`)")
+    if (why := name_problem(name)) is not None:
+        v.err(f"{path}.name", f"{why}: the id clients send as `model`")
     if not isinstance(adapter, str) or not adapter:
         v.err(f"{path}.adapter", "needs the LoRA adapter's directory (a PEFT adapter_config.json and its weights)")
     base = next((b for b in bases.values() if b.name == base_name), None)
     if base is None:
         v.err(f"{path}.base", f"{base_name!r} is not the name of a model of this file with placements")
     aliases = raw.get("aliases", [])
-    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
-        v.err(f"{path}.aliases", "must be a list of non-empty strings")
+    if not isinstance(aliases, list):
+        v.err(f"{path}.aliases", "must be a list of names")
+    else:
+        for k, a in enumerate(aliases):
+            if (why := name_problem(a)) is not None:
+                v.err(f"{path}.aliases[{k}]", why)
     priority = v.number(raw, "priority", path, minimum=0, integer=True)
     slo = section_slo(v, f"{path}.slo", raw.get("slo", {}))
     if len(v.problems) > n_before or base is None:
@@ -52,8 +56,8 @@ def pooled_model(v: Validator, path: str, raw: dict[str, Any], idle_default: Idl
     """``{name, model_path, pool}``: a model with no server of its own (its pool's serve it)."""
     v.keys(raw, path, {"name", "model_path", "shape", "tp_size", "pool", "aliases", "slo", "priority"})
     pool = raw.get("pool")
-    if not isinstance(pool, str) or not pool:
-        v.err(f"{path}.pool", "needs the name of a pool of the `pools:` section")
+    if (why := name_problem(pool)) is not None:
+        v.err(f"{path}.pool", f"{why}: the name of a pool of the `pools:` section")
         return None
     # a pooled model reads like a model with one placement, which it then does not have
     tp = raw.get("tp_size", 1)
@@ -73,8 +77,11 @@ def section_pools(v: Validator, raw: Any, models: list[ModelSpec]) -> tuple[tupl
     pools, slots = [], []
     for i, pr in enumerate(raw):
         path = f"pools[{i}]"
-        if not isinstance(pr, dict) or not isinstance(pr.get("name"), str) or not pr["name"]:
+        if not isinstance(pr, dict):
             v.err(path, "must be a mapping with a `name` and `servers`")
+            continue
+        if (why := name_problem(pr.get("name"))) is not None:
+            v.err(f"{path}.name", why)
             continue
         v.keys(pr, path, {"name", "servers", "model_path"})
         name = pr["name"]

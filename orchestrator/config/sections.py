@@ -16,7 +16,7 @@ from orchestrator.config.spec import (
     RestartLimits,
     SchedulerSpec,
 )
-from orchestrator.config.validator import Validator
+from orchestrator.config.validator import Validator, name_problem
 from orchestrator.shapes import ModelShape, ShapeError, resolve_shape
 from orchestrator.types import (
     LOAD_FORMATS,
@@ -142,17 +142,20 @@ def section_model(v: Validator, path: str, raw: Any, idle_default: Idle) -> Mode
     v.keys(raw, path, MODEL_KEYS)
     n_before = len(v.problems)
     name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        v.err(f"{path}.name", "needs a non-empty string (the id clients send as `model`)")
+    if (why := name_problem(name)) is not None:
+        v.err(f"{path}.name", f"{why}: the id clients send as `model`")
     model_path = raw.get("model_path")
     if not isinstance(model_path, str) or not model_path:
         v.err(f"{path}.model_path", "needs a model directory or a known model id")
     tp = v.number(raw, "tp_size", path, minimum=1, integer=True)
     tp_size = int(tp) if tp is not None else 1
     aliases = raw.get("aliases", [])
-    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
-        v.err(f"{path}.aliases", "must be a list of non-empty strings")
+    if not isinstance(aliases, list):
+        v.err(f"{path}.aliases", "must be a list of names")
         aliases = []
+    for k, a in enumerate(aliases):
+        if (why := name_problem(a)) is not None:
+            v.err(f"{path}.aliases[{k}]", why)
     load_format = v.one_of(raw.get("load_format", "auto"), f"{path}.load_format", LOAD_FORMATS, "auto")
     engine_args = raw.get("engine_args", [])
     if not isinstance(engine_args, list) or not all(isinstance(a, str) for a in engine_args):

@@ -4,20 +4,43 @@ from __future__ import annotations
 
 import difflib
 import math
+import unicodedata
+from collections.abc import Mapping
 from typing import Any
 
+from orchestrator.config.marks import line_of
 from orchestrator.config.spec import (
     W,
 )
 from orchestrator.errors import ConfigError
 
+# control characters (C0, DEL, C1) and line or paragraph separators: a name holding one prints
+# wrong in logs, metrics labels and tables, or splits a line
+_CONTROL = ("Cc", "Zl", "Zp")
+
+
+def name_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a model name, alias or pool name (None: it can)."""
+    if not isinstance(value, str) or not value.strip():
+        return f"needs a non-empty string, not only whitespace (got {value!r})"
+    bad = next((c for c in value if unicodedata.category(c) in _CONTROL), None)
+    if bad is not None:
+        return f"may not hold control characters (got {value!r}, with {bad!r})"
+    return None
+
 
 class Validator:
-    def __init__(self) -> None:
+    """``lines``: the YAML line of each field path (marks.py); a problem whose path has one
+    starts with ``line N:``."""
+
+    def __init__(self, lines: Mapping[str, int] | None = None) -> None:
         self.problems: list[str] = []
+        self.lines: Mapping[str, int] = lines or {}
 
     def err(self, path: str, msg: str) -> None:
-        self.problems.append(f"{path}: {msg}" if path else msg)
+        line = line_of(path, self.lines) if path else None
+        where = f"line {line}: " if line is not None else ""
+        self.problems.append(f"{where}{path}: {msg}" if path else msg)
 
     def raise_if_any(self, source: str) -> None:
         if self.problems:

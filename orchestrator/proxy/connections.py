@@ -11,7 +11,10 @@ and how many connections the file-descriptor limit allows.
   ``connection_budget`` derives how many client connections that leaves room for. A connection
   beyond the budget is answered 503 in the envelope and closed at once. This must happen
   before the process runs out of descriptors: when ``accept()`` fails with EMFILE, asyncio
-  stops accepting for a second at a time and the proxy looks dead to every client.
+  stops accepting for a second at a time and the proxy looks dead to every client. asyncio
+  accepts up to its server's backlog of sockets at each readiness event before any of them is
+  counted, so that backlog (``accept_burst``) is bounded by the limit too, and so are refused
+  connections left to linger: both come out of the budget.
 """
 
 from __future__ import annotations
@@ -56,17 +59,28 @@ def raise_nofile() -> tuple[int, int]:
     return soft, soft
 
 
+def accept_burst(nofile: int) -> int:
+    """Sockets asyncio may accept at one readiness event (the server's backlog, uvicorn's 2048
+    by default) under a soft limit of ``nofile``: an eighth of it, 32 to 2048. Also how many
+    refused connections may linger beyond the budget."""
+    return min(2048, max(32, nofile // 8))
+
+
 def connection_budget(nofile: int) -> int:
     """How many client connections a soft descriptor limit of ``nofile`` allows: what is left
-    after ``RESERVED_FDS``, halved, because each forwarded request holds a second descriptor
-    (its connection to the engine)."""
-    return max(MIN_CONNECTIONS, (nofile - RESERVED_FDS) // 2)
+    after ``RESERVED_FDS``, one accept burst and as many lingering refusals, halved, because
+    each forwarded request holds a second descriptor (its connection to the engine)."""
+    return max(MIN_CONNECTIONS, (nofile - RESERVED_FDS - 2 * accept_burst(nofile)) // 2)
+
+
+def current_nofile() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 def current_budget() -> int:
     """``connection_budget`` of this process's soft limit now."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return connection_budget(soft if soft != resource.RLIM_INFINITY else 1 << 20)
+    return connection_budget(current_nofile())
 
 
 def request_timeout(phase: Phase, limit_s: float) -> ProxyError:
@@ -91,6 +105,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s = DEFAULT_BODY_TIMEOUT_S
     max_connections = 1 << 20
+    linger_slots = 1 << 20  # refused connections that may linger beyond max_connections
     _shedding = False  # class-wide: log when shedding begins, not once per connection
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -164,12 +179,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         it, and the client would see a reset instead of the answer: so the write side is shut
         (the client reads the answer, then EOF) and the connection closes when more bytes
         arrive (read and dropped), when the client closes it, or after ``LINGER_S``; at once
-        when the connections are already twice the budget (then descriptors come first)."""
+        when ``linger_slots`` refused connections already linger (then descriptors come first)."""
         self._refused = True
         self._disarm()
         transport = self.transport
         transport.write(err.http_close())
-        if len(self.connections) > 2 * self.max_connections or not transport.can_write_eof():
+        if len(self.connections) > self.max_connections + self.linger_slots or not transport.can_write_eof():
             transport.close()
             return
         transport.write_eof()

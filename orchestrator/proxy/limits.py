@@ -22,7 +22,9 @@ from orchestrator.proxy.connections import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
     GuardedHttpToolsProtocol,
+    accept_burst,
     current_budget,
+    current_nofile,
 )
 from orchestrator.proxy.errors import ProxyError
 
@@ -135,11 +137,14 @@ def uvicorn_http_options(limits: RequestLimits) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config``: the head-limited protocol with the slow-client
     timers and the connection budget (read from the descriptor limit now, so call it after
     ``connections.raise_nofile``)."""
+    burst = accept_burst(current_nofile())
     attrs = {
         "max_header_bytes": limits.max_header_bytes,
         "header_timeout_s": limits.header_timeout_s,
         "body_timeout_s": limits.body_timeout_s,
         "max_connections": limits.max_connections or current_budget(),
+        "linger_slots": burst,
     }
     protocol = type("ChimeraHttpProtocol", (GuardedHttpToolsProtocol, LimitedHttpToolsProtocol), attrs)
-    return {"http": protocol, "h11_max_incomplete_event_size": limits.max_header_bytes}
+    # backlog: what asyncio accepts per readiness event, before any connection is counted
+    return {"http": protocol, "h11_max_incomplete_event_size": limits.max_header_bytes, "backlog": burst}

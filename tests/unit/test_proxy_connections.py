@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from orchestrator.env import Env
-from orchestrator.proxy.connections import MIN_CONNECTIONS, RESERVED_FDS, connection_budget
+from orchestrator.proxy.connections import MIN_CONNECTIONS, RESERVED_FDS, accept_burst, connection_budget
 from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,9 +136,14 @@ async def test_connections_beyond_the_budget_are_answered_503_at_once() -> None:
 
 
 def test_the_budget_leaves_room_for_engine_connections_and_reserved_descriptors() -> None:
-    assert connection_budget(1024) == (1024 - RESERVED_FDS) // 2 == 448
-    assert connection_budget(256) == 64
+    assert connection_budget(1024) == (1024 - RESERVED_FDS - 2 * 128) // 2 == 320
+    assert connection_budget(256) == (256 - RESERVED_FDS - 2 * 32) // 2 == 32
     assert connection_budget(100) == MIN_CONNECTIONS
+    # a burst of accepts and the refusals that linger fit beside the budget and its engine sockets
+    for nofile in (256, 1024, 4096, 65536, 1 << 20):
+        burst = accept_burst(nofile)
+        assert 2 * connection_budget(nofile) + 2 * burst + RESERVED_FDS <= nofile
+    assert accept_burst(1 << 20) == 2048  # uvicorn's default where descriptors are plenty
 
 
 def test_the_descriptor_limit_is_raised_to_the_hard_limit() -> None:
