@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -112,3 +113,12 @@ def test_equal_at_microbench_scale() -> None:
     got, want = place.decide(view, 0.0), ref_place.decide(view, 0.0)
     assert got == want
     assert got.actions and got.blocked  # the snapshot exercises activations and blocking
+
+
+def test_bad_servers_are_refused_with_a_message() -> None:
+    base = fleet(1, 3, 2, 1, PlacementParams())
+    m = base.models[0].name
+    for gpus, msg in (((), "has no GPU"), ((0, 5), "is on GPU 5, the snapshot has 2 GPUs"), ((-1,), "is on GPU -1")):
+        view = ClusterView(base.models, (ServerView("bad", m, gpus, S.AWAKE),), base.gpu_bytes)
+        with pytest.raises(ValueError, match=msg):
+            place.decide(view, 0.0)

@@ -64,6 +64,8 @@ class GpuTally:
             if model not in models:
                 raise ValueError(f"server {s.id!r} runs model {model!r}, which the snapshot lacks")
             sid, st, gpus = s.id, s.state, s.gpus
+            if not gpus:
+                raise ValueError(f"server {sid!r} has no GPU")
             for g in gpus:
                 if not 0 <= g < n:
                     raise ValueError(f"server {sid!r} is on GPU {g}, the snapshot has {n} GPUs")
@@ -191,8 +193,9 @@ class GpuTally:
         For a ``starving`` model, busy servers it may preempt come after the idle ones, least
         used first (lowest token rate: the fewest requests disturbed; KV pressure would pick a
         busy model with a small KV per token, and a popular one thrashes with its neighbours)."""
-        short = {g: need - self.free(g) for g in gpus}
-        if all(v <= 0 for v in short.values()):
+        room, committed = self.room, self.committed
+        short = {g: need - (room[g] - committed[g]) for g in gpus}  # need - free(g)
+        if max(short.values()) <= 0:
             return []
         cands = {sid for g in gpus for sid in self.on_gpu[g] if sid not in exclude}
         pool = sorted(

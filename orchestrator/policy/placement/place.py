@@ -110,7 +110,11 @@ def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> A
         victims = _room(led, view, gpus, m, now, starving, cold=False)
         if victims is None:
             continue
-        cost = sum(led.models[led.servers[v].model].pressure + 1.0 for v in victims if not led.evictable(v, now))
+        cost = (
+            sum(led.models[led.servers[v].model].pressure + 1.0 for v in victims if not led.evictable(v, now))
+            if victims
+            else 0
+        )
         over = tpot.overflow(led, gpus, m, victims) if view.params.tpot_guard else 0.0
         key = (0, over, int(bool(victims)), cost, led.ratio_after(gpus, m, victims, cold=False), sid)
         if best is None or key < best[0]:
