@@ -3,6 +3,7 @@
     python -m bench.sim run --system chimera --mix mix58 --gpus 16 --rate 10 --duration 3600
     python -m bench.sim experiments [--only rate,gpus,large,ablations,timing]
     python -m bench.sim microbench          # one global decision, 1,000 x 256 GPUs; 10,000 x 4,096 (512 nodes)
+    python -m bench.sim scale --models 1000 --gpus 512 --hours 1 [--system chimera] [--search LO]
 
 Every number printed is SIMULATED (H100 model of orchestrator/perf/calibration.py).
 """
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench.sim import experiments as ex
+from bench.sim import scale as at_scale
 from bench.sim.fleet import MIXES
 from bench.sim.microbench import SCALES, describe, measure, measure_scale
 from bench.sim.report import STAMP, plots, table
@@ -49,12 +51,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     mb.add_argument("--scale", choices=[*SCALES, "all"], default="all", help="(default: %(default)s)")
     mb.add_argument("--repeats", type=int, default=20, help="(default: %(default)s)")
+    sc = sub.add_parser("scale", help="one run at cluster scale (wall time), or --search: fewest GPUs at 99%%")
+    sc.add_argument("--models", type=int, default=1000, help="(default: %(default)s)")
+    sc.add_argument("--gpus", type=int, default=512, help="GPUs, or the top of --search (default: %(default)s)")
+    sc.add_argument("--hours", type=float, default=1.0, help="trace length (default: %(default)s)")
+    sc.add_argument("--rate", type=float, default=100.0, help="requests/s over all models (default: %(default)s)")
+    sc.add_argument("--system", choices=SYSTEMS, default="chimera")
+    sc.add_argument("--search", type=int, metavar="LO", help="bisect the fewest GPUs in [LO, --gpus] at 99%% joint")
     a = p.parse_args(argv)
 
     if a.cmd == "run":
         res = ex.run_one(a.system, a.mix, a.gpus, ex.spec(a.rate, a.duration, a.cycle, a.seed))
         print(json.dumps({k: v for k, v in res.to_json().items() if k != "per_model"}, indent=1))
         print(STAMP)
+        return 0
+    if a.cmd == "scale":
+        if a.search is None:
+            print(at_scale.describe(at_scale.run(a.system, a.models, a.gpus, a.rate, a.hours)))
+        else:
+            got = at_scale.fewest_gpus(a.system, a.models, a.rate, a.hours, a.search, a.gpus)
+            print(f"SIMULATED {a.system}: fewest GPUs at 99% joint attainment: {got['fewest_gpus']}")
         return 0
     if a.cmd == "microbench":
         for scale in SCALES if a.scale == "all" else [a.scale]:

@@ -35,14 +35,16 @@ from orchestrator.policy.placement.movecost import MoveCost, move_cost
 from orchestrator.types import gpu_label
 
 _SOURCES = 4  # source GPUs examined per trigger (the worst ones): bounds a decision at scale
+_AWAKE, _PARKED, _STOPPED = S.AWAKE, S.PARKED, S.STOPPED  # read in hot loops: module constants
 
 
 def best_migration(led: GpuTally, view: ClusterView, now: float, touched: set[str]) -> Migration | None:
     p = view.params
     n = len(view.gpu_bytes)
-    srcs = [g for g in sorted(range(n), key=lambda g: (-led.ratio(g), g))[:_SOURCES] if led.ratio(g) > 0]
+    ratios = led.ratios()
+    srcs = [g for g in sorted(range(n), key=lambda g: (-ratios[g], g))[:_SOURCES] if ratios[g] > 0]
     if p.tpot_guard:
-        over = [(tpot.overflow(led, (g,)), g) for g in range(n) if led.round_s[g] > 0]
+        over = [(tpot.gpu_overflow(led, g), g) for g in range(n) if led.round_s[g] > 0]
         srcs += [g for o, g in sorted(over, key=lambda x: (-x[0], x[1]))[:_SOURCES] if o > 0 and g not in srcs]
     best: tuple[tuple[int, int, float], str, str, list[str], str, MoveCost] | None = None
     for g in srcs:
@@ -51,14 +53,14 @@ def best_migration(led: GpuTally, view: ClusterView, now: float, touched: set[st
             m = led.models[s.model]
             if (
                 s.model in touched
-                or led.state[src] is not S.AWAKE
+                or led.state[src] is not _AWAKE
                 or m.pressure + m.step_s <= 0
                 or len(led.resident(s.model)) != 1
                 or _cooling(m, view, now)
             ):
                 continue
             for dst in led.of_model[s.model]:
-                if not (led.state[dst] is S.PARKED or p.cold_start and led.state[dst] is S.STOPPED):
+                if not (led.state[dst] is _PARKED or p.cold_start and led.state[dst] is _STOPPED):
                     continue
                 cost = move_cost(view, m, s.gpus, led.servers[dst].gpus, led.state[dst])
                 got = _score(led, view, now, src, dst, m, cost)

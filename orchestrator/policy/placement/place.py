@@ -47,6 +47,7 @@ from orchestrator.policy.placement.migration import best_migration
 from orchestrator.types import gpu_label
 
 _COMING = (S.AWAKE, S.WAKING, S.STARTING)
+_PARKED = S.PARKED  # module constant: read in the hot loop (an Enum class attribute is slow)
 
 
 def decide(view: ClusterView, now: float) -> PlacementDecision:
@@ -55,9 +56,8 @@ def decide(view: ClusterView, now: float) -> PlacementDecision:
     blocked: list[Blocked] = []
     touched: set[str] = set()
 
-    need = [
-        m for m in view.models if m.busy and not any(led.state[sid] in _COMING for sid in led.of_model.get(m.name, ()))
-    ]
+    coming = led.coming_models()
+    need = [m for m in view.models if (m.queued > 0 or m.running > 0) and m.name not in coming]
     need.sort(key=lambda m: (-m.priority, -m.queued, -m.pressure, m.name))
     for m in need:
         got = _activate(led, view, m, now)
@@ -83,9 +83,7 @@ def decide(view: ClusterView, now: float) -> PlacementDecision:
             actions.append(mig)
             touched.add(mig.model)
 
-    return PlacementDecision(
-        actions=tuple(actions), blocked=tuple(blocked), kvpr=tuple(led.ratio(g) for g in range(len(view.gpu_bytes)))
-    )
+    return PlacementDecision(actions=tuple(actions), blocked=tuple(blocked), kvpr=tuple(led.ratios()))
 
 
 def _groups(led: GpuTally, n_gpus: int, tp: int, taken: set[int]) -> list[tuple[int, ...]]:
@@ -106,13 +104,17 @@ def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> A
     best: tuple[tuple[int, float, int, float, float, str], tuple[int, ...], str | None, list[str]] | None = None
     starving = m if m.oldest_wait_s >= view.params.starvation_s else None
     for sid in led.of_model.get(m.name, ()):
-        if led.state[sid] is not S.PARKED:
+        if led.state[sid] is not _PARKED:
             continue
         gpus = led.servers[sid].gpus
         victims = _room(led, view, gpus, m, now, starving, cold=False)
         if victims is None:
             continue
-        cost = sum(led.models[led.servers[v].model].pressure + 1.0 for v in victims if not led.evictable(v, now))
+        cost = (
+            sum(led.models[led.servers[v].model].pressure + 1.0 for v in victims if not led.evictable(v, now))
+            if victims
+            else 0
+        )
         over = tpot.overflow(led, gpus, m, victims) if view.params.tpot_guard else 0.0
         key = (0, over, int(bool(victims)), cost, led.ratio_after(gpus, m, victims, cold=False), sid)
         if best is None or key < best[0]:

@@ -22,6 +22,7 @@ from orchestrator.policy.placement.cluster import ModelDemand, S
 from orchestrator.policy.placement.kvpr import GpuTally, decoding
 
 _ACTIVE = (S.AWAKE, S.WAKING, S.STARTING)
+_ACTIVE_SET = frozenset(_ACTIVE)
 
 
 def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None, drop: Iterable[str] = ()) -> float:
@@ -29,18 +30,43 @@ def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None,
     the group, with ``add`` made active there and the servers ``drop`` gone."""
     gone = set(drop)
     worst = 0.0
+    state, servers, models = led.state, led.servers, led.models
+    added = add.step_s * decoding(add) if add is not None else 0.0
     for g in gpus:
-        round_s = led.round_s[g] + (add.step_s * decoding(add) if add is not None else 0.0)
+        round_s = led.round_s[g] + added
         members: list[ModelDemand] = [add] if add is not None and add.step_s > 0 else []
         for sid in led.on_gpu[g]:
-            m = led.models[led.servers[sid].model]
+            m = models[servers[sid].model]
             if sid in gone:
-                if led.state[sid] in _ACTIVE:
+                if state[sid] in _ACTIVE_SET:
                     round_s -= m.step_s * decoding(m)
                 continue
-            if led.state[sid] in _ACTIVE and m.step_s > 0 and (add is None or m.name != add.name):
+            if state[sid] in _ACTIVE_SET and m.step_s > 0 and (add is None or m.name != add.name):
                 members.append(m)
         for m in members:  # its own step counts whole while it decodes
             seen = round_s + m.step_s * (1.0 - decoding(m))
-            worst = max(worst, (seen - m.tpot_slo_s) / m.tpot_slo_s)
-    return max(worst, 0.0)
+            o = (seen - m.tpot_slo_s) / m.tpot_slo_s
+            if o > worst:
+                worst = o
+    return worst
+
+
+def gpu_overflow(led: GpuTally, g: int) -> float:
+    """``overflow(led, (g,))`` on one GPU as it stands (nothing added, nothing dropped): the
+    migration policy asks it of every decoding GPU, so it skips the general case's bookkeeping.
+    Same arithmetic in the same order, so the same floats."""
+    round_s = led.round_s[g]
+    worst = 0.0
+    state, servers, models = led.state, led.servers, led.models
+    for sid in led.on_gpu[g]:
+        if state[sid] not in _ACTIVE_SET:
+            continue
+        m = models[servers[sid].model]
+        step = m.step_s
+        if step > 0:
+            seen = round_s + step * (1.0 - decoding(m))
+            slo = m.tpot_slo_s
+            o = (seen - slo) / slo
+            if o > worst:
+                worst = o
+    return worst
