@@ -8,6 +8,7 @@ are shared."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -24,6 +25,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from orchestrator.supervisor.statefile import STATE_NAME, read_state, same_process
 from tests.chimera_proc import Running, start_chimera
 
 pytestmark = pytest.mark.slow
@@ -82,6 +84,15 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     yield Deployed(cluster, nodes, run)
     run.stop()
     cluster.shutdown()
+    # A removed node's engines stand for processes that died with their machine; on this one
+    # host they outlive it (engines outlive their agent, for re-adoption): stop what the nodes'
+    # state files still list.
+    for f in Path(run.run_dir).glob(f"*/{STATE_NAME}"):
+        state = read_state(f)
+        for rec in state.engines if state is not None else ():
+            if same_process(rec) is None:
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(rec.pid).kill()
 
 
 def _metric(base: str, name: str) -> dict[str, float]:
