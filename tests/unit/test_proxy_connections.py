@@ -10,14 +10,12 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +23,8 @@ from starlette.routing import Route
 
 from orchestrator.env import Env
 from orchestrator.proxy.connections import MIN_CONNECTIONS, RESERVED_FDS, accept_burst, connection_budget
-from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
+from orchestrator.proxy.limits import RequestLimits
+from tests.unit.test_proxy_limits import uvicorn_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,21 +35,8 @@ async def _echo(request: Request) -> Response:
     return Response(b"ok:%d" % len(body))
 
 
-@asynccontextmanager
-async def server(limits: RequestLimits) -> AsyncIterator[int]:
-    app = Starlette(routes=[Route("/", _echo, methods=["GET", "POST"])])
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="critical", lifespan="off", **uvicorn_http_options(limits)
-    )
-    srv = uvicorn.Server(config)
-    task = asyncio.create_task(srv.serve())
-    while not srv.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
-        await asyncio.sleep(0.01)  # its startup, not a wall-clock assertion
-    try:
-        yield srv.servers[0].sockets[0].getsockname()[1]
-    finally:
-        srv.should_exit = True
-        await task
+def server(limits: RequestLimits) -> AbstractAsyncContextManager[int]:
+    return uvicorn_server(Starlette(routes=[Route("/", _echo, methods=["GET", "POST"])]), limits)
 
 
 async def trickle(port: int, first: bytes, then: bytes, every_s: float) -> tuple[bytes, float]:

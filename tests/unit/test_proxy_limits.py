@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import httpx
 import orjson
@@ -79,11 +79,12 @@ async def _ok(request: Request) -> Response:
 
 
 @asynccontextmanager
-async def server(max_header_bytes: int) -> AsyncIterator[int]:
-    """A real uvicorn server (httptools) with the proxy's HTTP options; yields its port."""
-    app = Starlette(routes=[Route("/", _ok)])
-    opts = uvicorn_http_options(RequestLimits(max_header_bytes=max_header_bytes))
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical", lifespan="off", **opts)
+async def uvicorn_server(app: Starlette, limits: RequestLimits) -> AsyncIterator[int]:
+    """A real uvicorn server (httptools) with the proxy's HTTP options for ``limits``; yields
+    its port (also test_proxy_connections.py)."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="critical", lifespan="off", **uvicorn_http_options(limits)
+    )
     srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve())
     while not srv.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
@@ -93,6 +94,10 @@ async def server(max_header_bytes: int) -> AsyncIterator[int]:
     finally:
         srv.should_exit = True
         await task
+
+
+def server(max_header_bytes: int) -> AbstractAsyncContextManager[int]:
+    return uvicorn_server(Starlette(routes=[Route("/", _ok)]), RequestLimits(max_header_bytes=max_header_bytes))
 
 
 async def _exchange(port: int, head: bytes) -> bytes:
