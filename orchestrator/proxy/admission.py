@@ -41,6 +41,7 @@ from orchestrator.perf import span
 from orchestrator.policy.admission import admit
 from orchestrator.policy.admission.queueing import EngineRoom, ModelRule, Pending, QueueView
 from orchestrator.proxy.errors import ProxyError
+from orchestrator.sglang.api import max_model_len
 from orchestrator.types import LoadSample
 
 STALE_S = 2.0  # a sample older than this (8 scrape periods) says nothing about room now
@@ -118,12 +119,18 @@ class AdmissionGate:
             raise KeyError(f"admission: no instance {instance_id!r} in the placements file")
         prompt = estimate_prompt_tokens(body)
         rid = f"r{next(self._ids)}"
+        server_model = self._specs[instance_id].model
+        if prompt + max_new_tokens(body) >= max_model_len(server_model.shape.max_context, server_model.engine_args):
+            # beyond the context: SGLang refuses it with a 400 at once (tokenizer_manager's
+            # "Requested token count exceeds the model's maximum context length"). Let the engine
+            # answer rather than hold it for KV room no engine will ever have.
+            return rid
         facts = self._models[spec.name]
         pending = Pending(
             rid,
             # the server's model: a LoRA adapter or a pooled model queues for the server it was
             # routed to (its base's, its pool's), with its own deadline
-            self._specs[instance_id].model.name,
+            server_model.name,
             arrival,
             arrival + facts.ttft_slo_s,
             facts.latency.prefill_time([(prompt, 0)]),

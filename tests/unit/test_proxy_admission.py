@@ -236,3 +236,23 @@ async def test_gate__held_requests_are_kv_demand_and_their_arrival_pokes_the_led
         gate.done("big@gpu0", t.result())
     await gate.admit(spec("big"), BODY, "big@gpu0", 100.2)  # room: dispatched at once, no poke
     assert len(pokes) == 3
+
+
+async def test_gate__a_request_beyond_the_context_goes_to_the_engine_at_once() -> None:
+    """SGLang refuses prompt + max_tokens beyond the context with a 400 at once: the gate must
+    not hold such a request for KV room no engine will ever have, nor count it as demand."""
+    gate = AdmissionGate(derive(CFG), clock=Clock(100.0))
+    pokes: list[None] = []
+    gate.on_held = lambda: pokes.append(None)
+    gate.observe(loads("big@gpu0", 100.0, used=9_900))  # 100 tokens free
+    context = spec("big").shape.max_context
+    rid = await asyncio.wait_for(
+        gate.admit(spec("big"), {"prompt": "x" * 64, "max_tokens": context}, "big@gpu0", 100.0), timeout=5
+    )
+    assert gate.queued() == {} and gate.held_kv_tokens() == {} and pokes == []
+    gate.done("big@gpu0", rid)
+    within = asyncio.create_task(gate.admit(spec("big"), {"prompt": "x" * 64, "max_tokens": 1000}, "big@gpu0", 100.0))
+    await settle()
+    assert not within.done() and gate.queued() == {0: 1}  # one that fits the context still waits
+    within.cancel()
+    await settle()
