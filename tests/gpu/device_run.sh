@@ -2,7 +2,7 @@
 # Runs the GPU suite on a GPU machine of this workplace (see docs/gpu-testing.md), from the repo
 # root, after the carried wheels were copied to /tmp/w by the earlier calls. Installs them into
 # /tmp/site, then runs `pytest -m gpu` against stock SGLang; logs and JSON go to $OUT.
-# Usage: bash tests/gpu/device_run.sh [pytest args...]
+# Usage: bash tests/gpu/device_run.sh [TEST_FILES...] [pytest options...]   (no files: all of tests/gpu)
 #        bash tests/gpu/device_run.sh --cmd COMMAND...   (same set-up, then COMMAND: a benchmark)
 set -uo pipefail
 source tests/gpu/device_env.sh
@@ -14,7 +14,10 @@ if [ "${1:-}" = "--cmd" ]; then
   "$@"
   rc=$?
 else
-  python3 -m pytest -m gpu tests/gpu -rA -p no:cacheprovider -o addopts=--strict-markers "$@" 2>&1 | tee "$OUT/pytest.log"
+  # test files or node ids given first run alone; otherwise the whole suite (plus any options)
+  targets=(tests/gpu)
+  [[ "${1:-}" == tests/* ]] && targets=()
+  python3 -m pytest -m gpu "${targets[@]}" -rA -p no:cacheprovider -o addopts=--strict-markers "$@" 2>&1 | tee "$OUT/pytest.log"
   rc=${PIPESTATUS[0]}
 fi
 (cd ~ && tar czf "$OUT/jit-cache.tgz" .triton .cache 2>/dev/null)
