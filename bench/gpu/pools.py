@@ -23,7 +23,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,8 +33,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gpu.checkpoints import main as write_checkpoints
-from bench.live.process import Chimera
-from orchestrator.supervisor.ports import free_ports
+from bench.live.process import Chimera, start_chimera
 
 ADMIN_KEY = "pools-bench"
 CHUNK = 64 << 20
@@ -66,28 +64,10 @@ def read_all(ckpt: Path) -> tuple[int, float]:
 
 
 def start(cfg_file: Path, out: Path, engine: str) -> Chimera:
-    (port,) = free_ports(1)
-    log = out / "chimera.log"
-    argv = [sys.executable, "-m", "orchestrator.cli", "up", str(cfg_file), "--engine", engine, "--port", str(port)]
-    argv += ["--run-dir", str(out / "engines"), "--hold-timeout-s", "600"]
-    env = {**os.environ, "CHIMERA_ADMIN_KEY": ADMIN_KEY}  # from the environment: never on argv
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    ch = Chimera(proc, f"http://127.0.0.1:{port}", log, engine)
-    deadline = time.monotonic() + 550
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"chimera exited:\n{ch.log_tail()}")
-        try:
-            states = {m["id"]: m["state"] for m in httpx.get(ch.base + "/v1/models", timeout=5).json()["data"]}
-            if states.get("m0") == "awake":
-                ch.note_engines()
-                return ch
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(1)
-    ch.stop()
-    raise RuntimeError(f"not ready:\n{ch.log_tail()}")
+    env = {"CHIMERA_ADMIN_KEY": ADMIN_KEY}  # from the environment: never on argv
+    return start_chimera(
+        cfg_file, out, engine=engine, env=env, ready_timeout_s=550, hold_timeout_s=600, awake=("m0",), settle_all=False
+    )
 
 
 def ask(base: str, model: str) -> tuple[float, str]:

@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,9 +30,8 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.live.process import Chimera
+from bench.live.process import Chimera, start_chimera
 from orchestrator.shapes import shape_dir
-from orchestrator.supervisor.ports import free_ports
 
 SHAPE = "llama-3.1-8b"
 
@@ -74,39 +71,10 @@ def zipf_weights(n: int, s: float) -> list[float]:
 def start(
     placements_file: Path, run_dir: Path, hold_timeout_s: float, speed: float = 1.0, weights_gbps: float = 0.0
 ) -> Chimera:
-    (port,) = free_ports(1)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = run_dir / "chimera.log"
-    argv = [sys.executable, "-m", "orchestrator.cli", "up", str(placements_file), "--engine", "sim"]
-    argv += ["--port", str(port), "--run-dir", str(run_dir / "engines"), "--hold-timeout-s", f"{hold_timeout_s:g}"]
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            argv,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={
-                **os.environ,
-                "PYTHONUNBUFFERED": "1",
-                "CHIMERA_SIM_SPEED": f"{speed:g}",
-                "CHIMERA_SIM_WEIGHTS_GBPS": f"{weights_gbps:g}",
-            },
-        )
-    ch = Chimera(proc, f"http://127.0.0.1:{port}", log, "sim")
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"chimera exited:\n{ch.log_tail()}")
-        try:
-            states = {m["id"]: m["state"] for m in httpx.get(ch.base + "/v1/models", timeout=5).json()["data"]}
-            if states.get("base") == "awake" and states.get("m0") == "awake":
-                ch.note_engines()
-                return ch
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(0.5)
-    ch.stop()
-    raise RuntimeError(f"chimera not ready:\n{ch.log_tail()}")
+    env = {"CHIMERA_SIM_SPEED": f"{speed:g}", "CHIMERA_SIM_WEIGHTS_GBPS": f"{weights_gbps:g}"}
+    return start_chimera(
+        placements_file, run_dir, env=env, hold_timeout_s=hold_timeout_s, awake=("base", "m0"), settle_all=False
+    )
 
 
 async def one(client: httpx.AsyncClient, base: str, model: str, t_sched: float, max_tokens: int) -> dict[str, Any]:

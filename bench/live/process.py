@@ -90,15 +90,19 @@ def start_chimera(
     command: Sequence[str] = (),
     progress: Callable[[dict[str, str]], None] | None = None,
     args: Sequence[str] = (),
+    awake: Sequence[str] | None = None,
+    settle_all: bool = True,
 ) -> Chimera:
     """Start chimera on ``placements`` and wait until the models that start at ``up`` are
     awake and every other is parked or stopped. ``command`` replaces ``python -m
     orchestrator.cli`` (e.g. to run chimera under a profiler or a patched proxy);
     ``progress`` is called with the models' states (name -> state) whenever they change, and
-    every ``PROGRESS_EVERY_S`` while they do not; ``args``: more ``up`` flags.
+    every ``PROGRESS_EVERY_S`` while they do not; ``args``: more ``up`` flags; ``awake``: the
+    models to wait for (default: those placed ``on``); ``settle_all=False`` waits for those
+    only, not for every other model to settle (pooled models, adapters loaded on first use).
     Raises ChimeraStartError (with chimera's log) if it exits or times out."""
-    cfg = load_config(placements)
-    awake = [m.name for m in cfg.models if any(p.on for p in m.placements)]
+    if awake is None:
+        awake = [m.name for m in load_config(placements).models if any(p.on for p in m.placements)]
     (port,) = (port,) if port else free_ports(1)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "chimera.log"
@@ -126,7 +130,7 @@ def start_chimera(
         )
     ch = Chimera(proc, f"http://127.0.0.1:{port}", log, engine)
     try:
-        _wait_awake(ch, awake, ready_timeout_s, progress)
+        _wait_awake(ch, list(awake), ready_timeout_s, progress, settle_all)
     except BaseException:
         ch.stop()
         raise
@@ -134,7 +138,11 @@ def start_chimera(
 
 
 def _wait_awake(
-    ch: Chimera, names: list[str], timeout_s: float, progress: Callable[[dict[str, str]], None] | None
+    ch: Chimera,
+    names: list[str],
+    timeout_s: float,
+    progress: Callable[[dict[str, str]], None] | None,
+    settle_all: bool,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     states: dict[str, str] = {}
@@ -153,7 +161,8 @@ def _wait_awake(
             if progress is not None and (states != shown or time.monotonic() - shown_at > PROGRESS_EVERY_S):
                 shown, shown_at = dict(states), time.monotonic()
                 progress(shown)
-            if states and all(states.get(n) == "awake" for n in names) and all(s in SETTLED for s in states.values()):
+            settled = not settle_all or all(s in SETTLED for s in states.values())
+            if states and all(states.get(n) == "awake" for n in names) and settled:
                 return
             failed = [n for n in names if states.get(n) == "failed"]
             if failed:
