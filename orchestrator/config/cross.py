@@ -109,3 +109,30 @@ def check_awake_limit(v: Validator, models: list[ModelSpec], mode: Mode, sched: 
                     f"{len(names)} models start awake ({', '.join(names)}) but "
                     f"scheduler.max_awake_per_gpu is {limit}: set `on: false` on the others",
                 )
+
+
+def check_static_pools(v: Validator, models: Sequence[ModelSpec], mode: Mode, host: HostSpec) -> None:
+    """Mode static: the fixed KV pools (``kv_pool_gb``) and the weights of the models that start
+    awake on a GPU must fit that GPU together, or the last server to start fails after its whole
+    boot. Lenient: CUDA context, graphs and activations are not counted, so only certain
+    overflows are refused. (Modes elastic/full: ``kv_pool_gb`` is a ceiling the ledger shares.)"""
+    if mode != "static":
+        return
+    gpu = host.gpu_memory_gb * GIB
+    on_gpu: dict[int, list[tuple[str, float, float]]] = {}
+    for m in models:
+        for pl in m.placements:
+            if pl.on and pl.kv_pool_gb is not None:
+                for g in pl.gpus:
+                    share = (m.name, m.shape.weight_bytes / m.tp_size, pl.kv_pool_gb * GIB / m.tp_size)
+                    on_gpu.setdefault(g, []).append(share)
+    for g, entries in sorted(on_gpu.items()):
+        total = sum(w + kv for _, w, kv in entries)
+        if total > gpu:
+            parts = ", ".join(f"{n} ({w / GIB:.1f} + {kv / GIB:.1f} GiB)" for n, w, kv in entries)
+            v.err(
+                f"GPU {g}",
+                f"weights + kv_pool_gb of the models that start awake ({parts}) need {total / GIB:.1f} GiB, "
+                f"more than the {host.gpu_memory_gb:g} GB GPU (host.gpu_memory_gb): lower their kv_pool_gb "
+                "or set `on: false` on some",
+            )

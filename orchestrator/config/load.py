@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config.cross import Where, check_awake_limit, check_cross
+from orchestrator.config.cross import Where, check_awake_limit, check_cross, check_static_pools
 from orchestrator.config.marks import load_with_lines
 from orchestrator.config.pooled import adapter_model, pooled_model, section_pools, with_lora
 from orchestrator.config.prism import model_from_prism
@@ -166,6 +166,7 @@ def parse_config(
         gpu_count = host.gpus if host.gpus is not None else max(used, default=0) + 1
     check_cross(v, list(zip(models, where, strict=True)), gpu_count, host)
     check_awake_limit(v, models, mode, scheduler)
+    check_static_pools(v, models, mode, host)
     v.raise_if_any(source)
     instances = tuple(
         InstanceSpec(id=_instance_id(m, pl), model=m, placement=pl) for m in models for pl in m.placements

@@ -176,3 +176,22 @@ def test_field_errors_give_their_yaml_line(tmp_path: Path, capsys: pytest.Captur
     assert "line 10: models[1].placements[0].kv_pool_gb" in text
     assert "line 11: models[1].slo.tpot" in text
     assert "line 12: models[2].name" in text
+
+
+@pytest.mark.parametrize("mode", ["static", "full"])
+def test_static_pools_that_together_overflow_a_gpu_are_refused_in_mode_static(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    """Each pool fits the GPU alone; three of 30 GB beside their weights do not (mode static:
+    fixed pools). In mode full ``kv_pool_gb`` is a ceiling the ledger shares: accepted."""
+    path = tmp_path / "pools.yaml"
+    body = "".join(model(n, placement="{gpus: [0], kv_pool_gb: 30}") for n in "abc")
+    path.write_text(f"mode: {mode}\n" + HOST + body + model("d", placement="{gpus: [1], kv_pool_gb: 30}"))
+    code, text = check(path, capsys)
+    if mode == "full":
+        assert code == 0, text
+        return
+    words = " ".join(text.split())  # the message is wrapped to the terminal
+    assert code == 2 and "GPU 0:" in words and "GPU 1:" not in words
+    assert "(a (2.3 + 30.0 GiB), b (2.3 + 30.0 GiB), c (2.3 + 30.0 GiB)) need 96.9 GiB" in words
+    assert "more than the 80 GB GPU" in words
