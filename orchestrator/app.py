@@ -179,9 +179,7 @@ async def serve(
     # the one /v1/loads poller (liveness in every mode); servers mid-switch are left out
     scraper = _scraper(control, kv, gate, auth.headers(), switching)
     raise_nofile()  # before the budget of client connections is derived from it
-    limits = RequestLimits(
-        env.max_body_bytes, env.max_header_bytes, env.header_timeout_s, env.body_timeout_s, env.max_connections
-    )
+    limits = RequestLimits.from_env(env)
     http = uvicorn_http_options(limits)  # 431, 408, 503 below the app
     server = QuietServer(
         # ws="none": the proxy serves no websocket, and uvicorn's "auto" imports `websockets`

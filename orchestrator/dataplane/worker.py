@@ -60,9 +60,7 @@ async def serve(run_dir: Path, host: str, port: int, hold_timeout_s: float) -> N
         client_keys=deployment_keys(config, env),  # the same keys as the primary proxy's
     )
     raise_nofile()
-    limits = RequestLimits(
-        env.max_body_bytes, env.max_header_bytes, env.header_timeout_s, env.body_timeout_s, env.max_connections
-    )
+    limits = RequestLimits.from_env(env)
     http = uvicorn_http_options(limits)  # 431, 408, 503 below the app, as in the primary proxy
     server = QuietServer(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, **http))
     parent = os.getppid()

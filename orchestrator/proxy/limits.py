@@ -18,6 +18,7 @@ from typing import Any
 from starlette.types import Receive, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from orchestrator.env import Env
 from orchestrator.proxy.connections import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -42,6 +43,14 @@ class RequestLimits:
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     max_connections: int | None = None
+
+    @staticmethod
+    def from_env(env: Env) -> RequestLimits:
+        """The limits the CHIMERA_* variables set (orchestrator/env.py): one reading for every
+        proxy process, the primary and the data plane's workers alike."""
+        return RequestLimits(
+            env.max_body_bytes, env.max_header_bytes, env.header_timeout_s, env.body_timeout_s, env.max_connections
+        )
 
 
 def body_too_large(limit: int) -> ProxyError:
