@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
-import logging
+import functools
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.logging import RichHandler
-
-from orchestrator import __version__
-from orchestrator.cli import plan as plan_cmd
-from orchestrator.cli import status as status_cmd
-from orchestrator.config import GIB, Config, load_config, parse_config, read_placements
-from orchestrator.deployment import derive
+from orchestrator.cli.args import build_parser
 from orchestrator.errors import ConfigError
-from orchestrator.supervisor.statefile import find_previous
 
+# Nothing heavy above this line: `up` listens on the proxy's port right after parsing its
+# arguments, and only then imports chimera (~0.5 s: rich, httpx, uvicorn, the control plane).
+# tests/unit/test_startup.py checks it.
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from orchestrator.config import Config
     from orchestrator.proxy.auth import ClientKeys
+
+__all__ = ["build_parser", "main"]
 
 # Share of host RAM the retained weight backups of parked models may take (the rest: the OS,
 # chimera, SGLang's own processes).
@@ -33,112 +31,13 @@ EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 MAX_PROXIES = 64  # proxy processes on one host (--proxies)
 
-console = Console(stderr=True)
 
+@functools.cache
+def console() -> Console:
+    """The CLI's console (stderr), created on first use: rich is not imported before `up` listens."""
+    from rich.console import Console
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="chimera-orch",
-        description="Serve many LLMs from a few GPUs over stock SGLang, behind one OpenAI-compatible endpoint.",
-        epilog="Example: chimera-orch up placements/example.yaml  (then: curl http://127.0.0.1:8000/v1/models)",
-    )
-    p.add_argument("--version", action="version", version=f"chimera {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    up = sub.add_parser(
-        "up",
-        help="start the placements of FILE and serve them through one endpoint",
-        description="Start the placements of FILE, one engine instance each (colocated instances "
-        "on a GPU start one at a time). A placement with `on: false` is started too and parked "
-        "once awake in mode full; in modes static and elastic it starts only when a request for "
-        "its model finds none of the model's instances running. Serve all models through one "
-        "OpenAI-compatible proxy "
-        "(/v1/chat/completions, /v1/completions, /generate, /v1/models, /metrics). "
-        "Ctrl-C stops every engine process.",
-    )
-    up.add_argument("file", metavar="FILE", help="placements file: chimera YAML or Prism's JSON model_configs")
-    up.add_argument(
-        "--engine",
-        choices=("auto", "sim", "sglang"),
-        default="auto",
-        help="engine to run: sglang = stock SGLang servers (needs a CUDA GPU and the "
-        "sglang package); sim = built-in simulated SGLang server with an H100 "
-        "latency model (no GPU); auto = sglang when both are present, else sim "
-        "(default: %(default)s)",
-    )
-    up.add_argument("--host", default="127.0.0.1", help="address the proxy listens on (default: %(default)s)")
-    up.add_argument("--port", type=int, default=8000, help="port the proxy listens on (default: %(default)s)")
-    up.add_argument(
-        "--run-dir",
-        type=Path,
-        default=None,
-        help="folder for engine logs (default: $CHIMERA_RUN_DIR or runs/, then <date-time>)",
-    )
-    up.add_argument(
-        "--hold-timeout-s",
-        type=float,
-        default=300.0,
-        help="how long a request may wait for its model to start or wake before a 503 "
-        "with Retry-After (default: %(default)s)",
-    )
-    # removed: a key on the command line is readable by every local user (ps); kept only to
-    # say so clearly (the admin key: CHIMERA_ADMIN_KEY or CHIMERA_ADMIN_KEY_FILE)
-    up.add_argument("--admin-key", default=None, help=argparse.SUPPRESS)
-    up.add_argument(
-        "--keep-engines-on-exit",
-        action="store_true",
-        help="on SIGINT/SIGTERM stop chimera but leave ready engines running, for the next `up` "
-        "to re-adopt (an upgrade; SIGUSR1 does this for one exit); default: stop every engine",
-    )
-    up.add_argument(
-        "--mode",
-        choices=("static", "elastic", "full"),
-        default=None,
-        help="deployment mode, overriding the file's `mode:`: static = fixed KV "
-        "pools; elastic = KV limits re-split at run time; full = elastic + "
-        "time-sharing (idle models park, wake on demand) (default: the file's, "
-        "else full)",
-    )
-    up.add_argument(
-        "--ray",
-        metavar="ADDRESS",
-        default=None,
-        help="run across a Ray cluster: `auto` (the cluster this host belongs to) or its address "
-        "(HOST:6379 or ray://HOST:10001); one node agent per node starts the engines there; "
-        "placements may name a node with `node:` (needs the ray extra: pip install 'chimera[ray]')",
-    )
-    up.add_argument(
-        "--proxies",
-        type=int,
-        default=1,
-        metavar="N",
-        help="proxy processes serving the port (SO_REUSEPORT): this one and N-1 workers that ask "
-        "the control loop for every request's instance; holds and wakes stay the control loop's "
-        "(default: %(default)s)",
-    )
-    up.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default="info",
-        help="chimera's own log level (default: %(default)s)",
-    )
-
-    check = sub.add_parser(
-        "check",
-        help="validate FILE and print each GPU's memory budget, without starting anything",
-        description="Validate a placements file (the same checks `up` makes) and print what "
-        "would run where. Exit code 2 when the file is invalid.",
-    )
-    check.add_argument("file", metavar="FILE")
-    plan_cmd.add_parser(sub)
-    status_cmd.add_parser(sub)
-    check.add_argument(
-        "--gpus",
-        type=int,
-        default=None,
-        help="GPUs of the target host (default: host.gpus of the file, or as many as the file uses)",
-    )
-    return p
+    return Console(stderr=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,23 +46,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         if args.command == "plan":
+            from orchestrator.cli import plan as plan_cmd
+
             return plan_cmd.run(args)
         if args.command == "status":
+            from orchestrator.cli import status as status_cmd
+
             return status_cmd.run(args)
         return _up(args)
     except ConfigError as exc:
-        console.print("[bold red]invalid placements file:[/]")
+        console().print("[bold red]invalid placements file:[/]")
         for problem in exc.problems:
-            console.print(f"  • {problem}", markup=False, highlight=False)
+            console().print(f"  • {problem}", markup=False, highlight=False)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 
 
 def _check(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_config
+
     cfg = load_config(args.file, gpu_count=args.gpus)
     _print_plan(cfg)
-    console.print(
+    console().print(
         f"[green]{args.file}: valid[/] ({len(cfg.models)} models, "
         f"{len(cfg.instances)} instances, {cfg.gpu_count} GPU(s))"
     )
@@ -172,6 +77,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _print_plan(cfg: Config) -> None:
     from rich.table import Table  # `check` only: not on `up`'s start-up path
+
+    from orchestrator.config import GIB
+    from orchestrator.deployment import derive
 
     table = Table(title=f"placements of {cfg.source}")
     for col in ("instance", "GPUs", "shape", "weights/GPU", "KV/token", "KV ceiling", "at up"):
@@ -190,7 +98,7 @@ def _print_plan(cfg: Config) -> None:
             kv,
             "start" if at_up.serves_on_up else "start, park" if at_up.warm_start_park else "on demand",
         )
-    console.print(table)
+    console().print(table)
 
 
 def _pick_engine(requested: str) -> tuple[str, int | None]:
@@ -211,10 +119,10 @@ def _pick_engine(requested: str) -> tuple[str, int | None]:
             )
         return "sglang", gpus
     if gpus > 0 and has_sglang:
-        console.print(f"[bold green]engine: sglang[/] ({gpus} CUDA GPU(s), sglang installed)")
+        console().print(f"[bold green]engine: sglang[/] ({gpus} CUDA GPU(s), sglang installed)")
         return "sglang", gpus
     why = "no CUDA GPU" if gpus == 0 else "sglang is not installed"
-    console.print(
+    console().print(
         f"[bold yellow]engine: sim — SIMULATED engines ({why}); latencies come from a model of an H100, not a GPU[/]"
     )
     return "sim", None
@@ -231,7 +139,7 @@ def _pick_cluster_engine(requested: str) -> str:
         return "sglang"
     if requested == "sglang":
         raise ConfigError(["--engine sglang needs the sglang package (pip install '.[gpu]'), or use --engine sim"])
-    console.print("[bold yellow]engine: sim — SIMULATED engines on the Ray nodes (sglang is not installed)[/]")
+    console().print("[bold yellow]engine: sim — SIMULATED engines on the Ray nodes (sglang is not installed)[/]")
     return "sim"
 
 
@@ -259,6 +167,15 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _up_listening(args: argparse.Namespace, sock: socket.socket) -> int:
+    import asyncio
+    import dataclasses
+    import logging
+
+    from rich.logging import RichHandler
+
+    from orchestrator.config import load_config, parse_config, read_placements
+    from orchestrator.supervisor.statefile import find_previous
+
     cluster = None
     if args.ray is not None:
         from orchestrator.cluster.connect import connect
@@ -287,7 +204,7 @@ def _up_listening(args: argparse.Namespace, sock: socket.socket) -> int:
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
+        handlers=[RichHandler(console=console(), show_path=False)],
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call otherwise
     from orchestrator.app import serve
@@ -302,7 +219,7 @@ def _up_listening(args: argparse.Namespace, sock: socket.socket) -> int:
                 args.port,
                 run_dir,
                 args.hold_timeout_s,
-                console,
+                console(),
                 admin_key,
                 adopt_from=adopt_from,
                 keep_engines=args.keep_engines_on_exit,
@@ -338,6 +255,10 @@ def _check_host_memory(cfg: Config, engine_name: str, per_node: bool = False) ->
     backup, TMS_RETAIN_CPU_BACKUP=1): refuse a file whose backups cannot all fit. ``per_node``
     (``--ray``): the instances of each node against one host's RAM (the sim host's, or this
     host's as a stand-in for a node's)."""
+    import dataclasses
+
+    from orchestrator.config import GIB
+
     if cfg.mode != "full":
         return
     if per_node:

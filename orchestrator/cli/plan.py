@@ -117,29 +117,6 @@ def parse_rates(text: str | None, cfg: Config) -> dict[str, float]:
     return out
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
-        "plan",
-        help="dry run: each GPU's memory budget and where the global scheduler would wake what",
-        description="Print each GPU's memory budget (weights, KV floor, runtime overhead of every "
-        "instance, parked and awake; H100 model of the sim engine), flag placements that cannot "
-        "work, and with --rates show the placement the global scheduler would choose. Exit code 2 "
-        "when the file is invalid or impossible.",
-    )
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("--gpus", type=int, default=None, help="GPUs of the target host")
-    p.add_argument(
-        "--rates", default=None, metavar="MODEL=REQ/S,...", help="request rate per model, e.g. llama-8b=4,qwen-7b=0.5"
-    )
-    p.add_argument(
-        "--tokens-per-request",
-        type=float,
-        default=520.0,
-        help="prompt + output tokens per request, to turn rates into token rates "
-        "(default: %(default)s, Prism's synthetic mean)",
-    )
-
-
 def run(args: argparse.Namespace, console: Console | None = None) -> int:
     con = console or Console()
     cfg = load_config(args.file, gpu_count=args.gpus)  # ConfigError is reported by cli.main

@@ -16,9 +16,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.cli.args import DEFAULT_URL
 from orchestrator.dashboard.routes import STATE_PATH
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+__all__ = ["DEFAULT_URL", "run"]
+
 TIMEOUT_S = 5.0
 GIB = 1 << 30
 STYLES = {"awake": "green", "draining": "yellow", "parked": "dim", "failed": "red", "stopped": "dim"}
@@ -26,21 +28,6 @@ STYLES = {"awake": "green", "draining": "yellow", "parked": "dim", "failed": "re
 
 class StatusError(Exception):
     """Nothing usable answered at the URL; the message says what happened."""
-
-
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
-        "status",
-        help="print a running chimera's models and GPUs (kubectl get style; --watch to follow)",
-        description="Print the state of a running chimera-orch, read from its GET /dashboard/state: "
-        "one line per model (state, instances, requests, in flight, held, shed, TTFT p50/p99 "
-        "against its SLO, recent wake and park times, time in its state) and one per GPU (memory "
-        "chimera budgets there, and its weights backed up in host RAM by parks). "
-        "Exit code 1 when nothing answers at URL.",
-    )
-    p.add_argument("url", nargs="?", default=DEFAULT_URL, help="chimera's base URL (default: %(default)s)")
-    p.add_argument("--watch", "-w", action="store_true", help="redraw until Ctrl-C")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between redraws with --watch")
 
 
 def run(args: argparse.Namespace, console: Console | None = None, transport: httpx.BaseTransport | None = None) -> int:

@@ -34,6 +34,7 @@ from orchestrator.metrics import ChimeraMetrics
 from orchestrator.proxy.admission import admitted
 from orchestrator.proxy.auth import client_of, forbidden
 from orchestrator.proxy.body import ClientRequest, ModelField, engine_body, parse_request
+from orchestrator.proxy.context import check_context
 from orchestrator.proxy.downstream import ClientGone, Downstream, wait_for_disconnect
 from orchestrator.proxy.errors import ProxyError, StreamErrors, normalize_engine_error
 from orchestrator.proxy.limits import DEFAULT_MAX_BODY_BYTES, read_limited
@@ -142,6 +143,7 @@ class _Exchange:
             if key is not None and not key.allows(spec.name):
                 raise forbidden(req.model)
             self.model, self.spec, self.stream = spec.name, spec, req.stream
+            check_context(self.ep.route, spec, req.body)  # 400 before any hold or wake
             with self.ep.metrics.in_flight.labels(spec.name).track_inprogress():
                 await self.hold_and_forward(spec, req)
         except ProxyError as err:

@@ -9,6 +9,7 @@ import yaml
 from rich.console import Console
 
 from orchestrator.cli import plan
+from orchestrator.cli.args import add_plan_parser
 from orchestrator.config import load_config
 from orchestrator.perf.cost import COLD_START_S, server_cost
 from orchestrator.shapes import load_shape
@@ -19,7 +20,7 @@ GIB = 1 << 30
 
 def _run(*argv: str) -> tuple[int, str]:
     p = argparse.ArgumentParser()
-    plan.add_parser(p.add_subparsers(dest="command"))
+    add_plan_parser(p.add_subparsers(dest="command"))
     con = Console(record=True, width=200)
     rc = plan.run(p.parse_args(["plan", *argv]), con)
     return rc, con.export_text()

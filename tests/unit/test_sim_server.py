@@ -581,3 +581,24 @@ async def test_an_injected_resume_failure_answers_500_once(sim: Client) -> None:
     r = await client.post("/resume_memory_occupation", json={})
     assert r.status_code == 500 and "out of memory" in r.json()["error"]["message"]
     assert (await client.post("/resume_memory_occupation", json={})).status_code == 200
+
+
+async def test_context_checks_match_sglangs_tokenizer_manager(sim: Client) -> None:
+    """SGLang 0.5.17's ``_validate_one_request``: input >= context, or input + max_new_tokens >
+    context (equal passes: the scheduler clips), is a 400 with its message; the proxy's up-front
+    check (orchestrator/proxy/context.py) relies on these bounds."""
+    _, client, _ = sim
+    ctx = server(sim[0]).context_len
+    fits = await client.post("/generate", json={"input_ids": [1] * 10, "sampling_params": {"max_new_tokens": ctx - 10}})
+    assert fits.status_code == 200, fits.text
+    over = await client.post("/generate", json={"input_ids": [1] * 10, "sampling_params": {"max_new_tokens": ctx - 9}})
+    assert over.status_code == 400
+    assert over.json()["error"]["message"].startswith(
+        f"Requested token count exceeds the model's maximum context length of {ctx} tokens. "
+        f"You requested a total of {ctx + 1} tokens: 10 tokens from the input messages"
+    )
+    whole = await client.post("/generate", json={"input_ids": [1] * ctx})
+    assert whole.status_code == 400
+    assert whole.json()["error"]["message"] == (
+        f"The input ({ctx} tokens) is longer than the model's context length ({ctx} tokens)."
+    )

@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -38,6 +39,20 @@ def test_the_live_path_imports_no_heavy_or_optional_module() -> None:
     assert json.loads(out.stdout) == []
 
 
+# What `up` must not have imported when it listens: the CLI module parses arguments and binds
+# the port first (~20 ms after the interpreter starts, instead of ~0.5 s after these imports).
+BEFORE_LISTEN_NEVER = ("rich", "httpx", "uvicorn", "asyncio", "yaml", "orchestrator.config", "orchestrator.app")
+
+
+def test_the_cli_listens_before_importing_chimera() -> None:
+    code = (
+        "import sys, json, orchestrator.cli.main;"
+        f"print(json.dumps([m for m in {list(BEFORE_LISTEN_NEVER)!r} if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(out.stdout) == []
+
+
 def test_the_proxy_socket_listens_before_anything_accepts() -> None:
     sock = _listen("127.0.0.1", 0)
     try:
@@ -50,3 +65,18 @@ def test_the_proxy_socket_listens_before_anything_accepts() -> None:
             _listen("127.0.0.1", port)
     finally:
         sock.close()
+
+
+def test_the_startup_seconds_count_from_this_process_start() -> None:
+    """The `settled N s` figure: a child's own count is within the time the parent saw it run
+    (psutil's create_time, from a boot time in whole seconds, was up to a second off)."""
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", "from orchestrator.app import _startup_seconds; print(_startup_seconds())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - t0
+    assert 0 < float(out.stdout) <= elapsed + 0.02  # + one clock tick of /proc's start time
