@@ -65,9 +65,14 @@ def test_openai_client_models_and_error_classes_against_stock_sglang(chimera_gpu
     with pytest.raises(openai.NotFoundError) as missing:
         client.models.retrieve("no-such-model")
     assert isinstance(missing.value.code, str)
-    with pytest.raises(openai.BadRequestError) as bad:  # beyond the context: refused with a 400
+    with pytest.raises(openai.BadRequestError) as certain:  # surely beyond the context: chimera's 400
         client.completions.create(model="tiny", prompt="x" * 64, max_tokens=10**7)
+    assert certain.value.code == "context_length_exceeded"
+    context = int(card.model_extra["max_model_len"])
+    with pytest.raises(openai.BadRequestError) as bad:  # beyond it only once tokenized: SGLang's own 400
+        client.completions.create(model="tiny", prompt="hello world " * 32, max_tokens=context - 8)
     assert isinstance(bad.value.code, str) and bad.value.code == bad.value.code.lower()
+    assert bad.value.code != "context_length_exceeded"  # the engine's, passed on in the one envelope
     RESULTS["engine_400"] = {"code": bad.value.code, "message": str(bad.value.message)[:200]}
 
 
