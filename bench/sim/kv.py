@@ -53,6 +53,10 @@ class SimLedger:
         self.ledger = Ledger({g: gpu_bytes for g in range(n_gpus)})
         self.elastic = elastic
         self._queued, self._rate = queued, rate
+        # per GPU: what the ledger's plan read last time, when that plan changed nothing (no
+        # action); the same inputs again give the same empty plan (``_quiet_inputs``)
+        self._quiet: dict[int, tuple[object, ...]] = {}
+        self.skipped = 0  # GPUs whose plan was skipped as unchanged (for the profile's numbers)
 
     def instances(self, servers: Iterable[SimServer]) -> list[KVInstance]:
         """The ledger's view of ``servers``: one instance per server and GPU."""
@@ -117,8 +121,44 @@ class SimLedger:
             by_gpu.setdefault(i.gpu, []).append(i)
         out: list[Action] = []
         for gpu in sorted(by_gpu):
-            out += self.ledger.plan(by_gpu[gpu], seen, now)
+            here = by_gpu[gpu]
+            key = self._quiet_inputs(here, seen)
+            if key is not None and self._quiet.get(gpu) == key:
+                self.skipped += 1
+                continue
+            actions = self.ledger.plan(here, seen, now)
+            if actions or key is None:
+                self._quiet.pop(gpu, None)
+            else:
+                self._quiet[gpu] = key
+            out += actions
         return out
+
+    def _quiet_inputs(self, insts: list[KVInstance], seen: dict[str, Observation]) -> tuple[object, ...] | None:
+        """Everything ``Ledger.plan`` reads for one GPU's instances: each instance, the parts of
+        its observation it reads (a load's counts and rate, not its time stamp; the status; the
+        held tokens) and what the ledger knows of it (limit, revision, last flush). The plan is
+        a deterministic function of these and of ``now``, which it reads only to space cache
+        flushes of idle instances whose mapped pages exceed their limit; None when one might
+        flush, so such a GPU is always planned. When a plan's inputs equal those of its
+        previous plan and that plan changed nothing (no action, so the only state it touched,
+        ``known``, came out as it went in), this plan would be the same: it is skipped."""
+        known = self.ledger.known
+        out: list[object] = []
+        for i in insts:
+            obs = seen.get(i.id)
+            load = status = None
+            held = 0
+            if obs is not None:
+                st, ld, held = obs.status, obs.load, obs.held_tokens
+                if ld is not None:
+                    if ld.idle and st is not None and st.mapped_bytes > st.limit_bytes + st.block_bytes:
+                        return None  # a flush may come due with time alone
+                    load = (ld.running, ld.waiting, ld.waiting_tokens, ld.used_tokens, ld.gen_rate)
+                status = st
+            k = known.get(i.id)
+            out.append((i, load, status, held, None if k is None else (k.limit, k.revision, k.last_flush)))
+        return tuple(out)
 
     def _load(self, s: SimServer, cap: int, now: float) -> LoadSample:
         queued = list(self._queued(s))
