@@ -129,12 +129,12 @@ class GpuTally:
         s = self.servers[sid]
         st = self.state[sid]
         context, awake, floor, pressure, round_s, _, _, _, _ = self.charges[s.model]
-        held = (context if st in HOLDS_CONTEXT else 0) + (awake if st in RESIDENT else 0)
-        active = st in _ACTIVE
+        holds, resident, active = _FLAGS[st]
+        held = (context if holds else 0) + (awake if resident else 0)
         for g in s.gpus:
             if held:
                 self.room[g] -= sign * held
-            if st in RESIDENT:
+            if resident:
                 self.committed[g] += sign * max(floor, s.kv_used_bytes)
             if active:
                 self.pressure[g] += sign * pressure

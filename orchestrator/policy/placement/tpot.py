@@ -22,7 +22,9 @@ from orchestrator.policy.placement.cluster import ModelDemand, S
 from orchestrator.policy.placement.kvpr import GpuTally, decoding
 
 _ACTIVE = (S.AWAKE, S.WAKING, S.STARTING)
-_ACTIVE_SET = frozenset(_ACTIVE)
+# module constants compared by identity in the loops: hashing an Enum member (a set lookup)
+# calls Python code, and these loops run thousands of times a decision
+_AWAKE, _WAKING, _STARTING = _ACTIVE
 
 
 def terms(m: ModelDemand) -> tuple[float, float, float, float]:
@@ -49,10 +51,12 @@ def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None,
             model = servers[sid].model
             _, _, _, _, _, step, decode, rest, slo = charges[model]
             if sid in gone:
-                if state[sid] in _ACTIVE_SET:
+                st = state[sid]
+                if st is _AWAKE or st is _WAKING or st is _STARTING:
                     round_s -= decode
                 continue
-            if state[sid] in _ACTIVE_SET and step > 0 and model != add_name:
+            st = state[sid]
+            if (st is _AWAKE or st is _WAKING or st is _STARTING) and step > 0 and model != add_name:
                 members.append((rest, slo))
         for rest, slo in members:
             o = (round_s + rest - slo) / slo
@@ -79,7 +83,8 @@ def gpu_overflow(led: GpuTally, g: int) -> float:
     worst = 0.0
     state, servers, charges = led.state, led.servers, led.charges
     for sid in led.on_gpu[g]:
-        if state[sid] not in _ACTIVE_SET:
+        st = state[sid]
+        if not (st is _AWAKE or st is _WAKING or st is _STARTING):
             continue
         _, _, _, _, _, step, _, rest, slo = charges[servers[sid].model]
         if step > 0:
