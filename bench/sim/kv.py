@@ -57,14 +57,22 @@ class SimLedger:
         # action); the same inputs again give the same empty plan (``_quiet_inputs``)
         self._quiet: dict[int, tuple[object, ...]] = {}
         self.skipped = 0  # GPUs whose plan was skipped as unchanged (for the profile's numbers)
+        # per server object (its model and GPUs never change): its ledger keys and KV capacity
+        # in tokens; and its instances for the state (and claim) they were built for
+        self._fixed: dict[int, tuple[SimServer, list[str], int]] = {}
+        self._insts: dict[int, tuple[SimServer, object, bool, list[KVInstance]]] = {}
 
     def instances(self, servers: Iterable[SimServer]) -> list[KVInstance]:
         """The ledger's view of ``servers``: one instance per server and GPU."""
-        out = []
+        out: list[KVInstance] = []
         for s in servers:
-            c = s.model.cost
             coming = not self.elastic and s.claimed  # fixed pools leave room for planned wakes
-            out += [
+            got = self._insts.get(id(s))
+            if got is not None and got[0] is s and got[1] is s.state and got[2] == coming:
+                out += got[3]
+                continue
+            c = s.model.cost
+            made = [
                 KVInstance(
                     _key(s, g),
                     g,
@@ -77,6 +85,8 @@ class SimLedger:
                 )
                 for g in s.gpus
             ]
+            self._insts[id(s)] = (s, s.state, coming, made)
+            out += made
         return out
 
     def split(self, servers: Iterable[SimServer], now: float) -> set[int]:
@@ -86,13 +96,17 @@ class SimLedger:
         seen: dict[str, Observation] = {}
         by_key: dict[str, SimServer] = {}
         for s in servers:
-            c = s.model.cost
-            cap = max(BLOCK_TOKENS, (self.gpu_bytes - c.parked_bytes - c.awake_bytes) // c.kv_bytes_per_token)
+            got = self._fixed.get(id(s))
+            if got is None or got[0] is not s:
+                c = s.model.cost
+                cap = max(BLOCK_TOKENS, (self.gpu_bytes - c.parked_bytes - c.awake_bytes) // c.kv_bytes_per_token)
+                got = self._fixed[id(s)] = (s, [_key(s, g) for g in s.gpus], cap)
+            _, keys, cap = got
             fixed = not self.elastic and s.kv_limit > 0 and s.state in RESIDENT
             obs = Observation(None if fixed else self._load(s, cap, now), self._status(s, cap))
-            for g in s.gpus:
-                by_key[_key(s, g)] = s
-                seen[_key(s, g)] = obs
+            for k in keys:
+                by_key[k] = s
+                seen[k] = obs
         insts = self.instances(servers)
         touched: set[str] = set()
         for a in self.plan(insts, seen, now):

@@ -89,6 +89,7 @@ def layout(
             a = 1.0  # a big model needs all of it at once: plan its neighbours around it awake
         awake = _series(prof.awake.get(m.name), a, steps)
         a = sum(awake) / steps
+        peak = max(awake, default=0.0)  # its busiest step (GpuPlan.score's shortcut)
         member = _member(m) if tpot_guard and m.step_s > 0 else None
         used: set[int] = set()
         for _ in range(max(1, reps.get(m.name, 1))):
@@ -102,7 +103,7 @@ def layout(
                 else:
                     if _scored_blank(grp, blank, plans, blank_seen):
                         continue  # same key as a blank group before it, but a higher GPU
-                    key = _key(m, grp, plans, awake, a, member, total_rate)
+                    key = _key(m, grp, plans, awake, peak, a, member, total_rate)
                 if best is None or key < best[0]:
                     best = (key, grp)
             if best is None:
@@ -115,6 +116,7 @@ def layout(
                 plans[g].add(m, awake, a, member)
                 blank[g] = False
             a, awake, member = 0.0, [0.0] * steps, None  # a replica is a standby: expected parked
+            peak = 0.0
         if not used:
             unplaced.append(m.name)
     return Layout(tuple(servers), tuple(unplaced))
@@ -125,13 +127,14 @@ def _key(
     grp: tuple[int, ...],
     plans: list[GpuPlan],
     awake: list[float],
+    peak: float,
     a: float,
     member: Member | None,
     total_rate: float,
 ) -> tuple[float, ...]:
     """The order of a candidate group (module docstring)."""
     wake = m.cost.awake_bytes + m.cost.kv_floor_bytes
-    scores = [plans[g].score(m, awake, member) for g in grp]
+    scores = [plans[g].score(m, awake, member, peak) for g in grp]
     crowded = max(x.crowded for x in scores)
     util = max(x.load for x in scores)
     # while the models that must be awake overflow the GPU, they take turns (wakes, starvation
