@@ -166,3 +166,27 @@ def test_layout__scoring_one_blank_group_per_capacity_changes_nothing(
     want = layout(models, gpus, **kwargs)  # type: ignore[arg-type]
     assert got == want
     assert got.servers
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_gpu_plan_score__the_fits_at_its_peak_shortcut_scores_as_the_loop(seed: int) -> None:
+    """``GpuPlan.score`` skips its per-step loop when the busiest step plus the model's largest
+    awake share fits; an infinite ``awake_max`` forces the loop: the scores are equal."""
+    import random
+
+    from orchestrator.layout.colocation import GpuPlan
+
+    rng = random.Random(seed)
+    steps = 8
+    prof = Profiles({f"x{i}": [rng.random() for _ in range(steps)] for i in range(30)})
+    plan = GpuPlan(80.0 * GIB, prof)
+    shortcuts = 0  # scores with no overflow
+    for i in range(30):
+        x = m(f"x{i}", rng.choice((2, 8, 16)), rng.expovariate(1 / 500))
+        awake = [rng.random() * rng.choice((0.2, 1.0)) for _ in range(steps)]
+        fast, slow = plan.score(x, awake, None), plan.score(x, awake, None, float("inf"))
+        assert fast == slow
+        shortcuts += fast.crowded == 0
+        if plan.fits(x):
+            plan.add(x, awake, sum(awake) / steps, None)
+    assert 0 < shortcuts < 30  # the GPU filled up: some scores overflow, some fit
