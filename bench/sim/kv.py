@@ -53,14 +53,26 @@ class SimLedger:
         self.ledger = Ledger({g: gpu_bytes for g in range(n_gpus)})
         self.elastic = elastic
         self._queued, self._rate = queued, rate
+        # per GPU: what the ledger's plan read last time, when that plan changed nothing (no
+        # action); the same inputs again give the same empty plan (``_quiet_inputs``)
+        self._quiet: dict[int, tuple[object, ...]] = {}
+        self.skipped = 0  # GPUs whose plan was skipped as unchanged (for the profile's numbers)
+        # per server object (its model and GPUs never change): its ledger keys and KV capacity
+        # in tokens; and its instances for the state (and claim) they were built for
+        self._fixed: dict[int, tuple[SimServer, list[str], int]] = {}
+        self._insts: dict[int, tuple[SimServer, object, bool, list[KVInstance]]] = {}
 
     def instances(self, servers: Iterable[SimServer]) -> list[KVInstance]:
         """The ledger's view of ``servers``: one instance per server and GPU."""
-        out = []
+        out: list[KVInstance] = []
         for s in servers:
-            c = s.model.cost
             coming = not self.elastic and s.claimed  # fixed pools leave room for planned wakes
-            out += [
+            got = self._insts.get(id(s))
+            if got is not None and got[0] is s and got[1] is s.state and got[2] == coming:
+                out += got[3]
+                continue
+            c = s.model.cost
+            made = [
                 KVInstance(
                     _key(s, g),
                     g,
@@ -73,6 +85,8 @@ class SimLedger:
                 )
                 for g in s.gpus
             ]
+            self._insts[id(s)] = (s, s.state, coming, made)
+            out += made
         return out
 
     def split(self, servers: Iterable[SimServer], now: float) -> set[int]:
@@ -82,13 +96,17 @@ class SimLedger:
         seen: dict[str, Observation] = {}
         by_key: dict[str, SimServer] = {}
         for s in servers:
-            c = s.model.cost
-            cap = max(BLOCK_TOKENS, (self.gpu_bytes - c.parked_bytes - c.awake_bytes) // c.kv_bytes_per_token)
+            got = self._fixed.get(id(s))
+            if got is None or got[0] is not s:
+                c = s.model.cost
+                cap = max(BLOCK_TOKENS, (self.gpu_bytes - c.parked_bytes - c.awake_bytes) // c.kv_bytes_per_token)
+                got = self._fixed[id(s)] = (s, [_key(s, g) for g in s.gpus], cap)
+            _, keys, cap = got
             fixed = not self.elastic and s.kv_limit > 0 and s.state in RESIDENT
             obs = Observation(None if fixed else self._load(s, cap, now), self._status(s, cap))
-            for g in s.gpus:
-                by_key[_key(s, g)] = s
-                seen[_key(s, g)] = obs
+            for k in keys:
+                by_key[k] = s
+                seen[k] = obs
         insts = self.instances(servers)
         touched: set[str] = set()
         for a in self.plan(insts, seen, now):
@@ -117,8 +135,44 @@ class SimLedger:
             by_gpu.setdefault(i.gpu, []).append(i)
         out: list[Action] = []
         for gpu in sorted(by_gpu):
-            out += self.ledger.plan(by_gpu[gpu], seen, now)
+            here = by_gpu[gpu]
+            key = self._quiet_inputs(here, seen)
+            if key is not None and self._quiet.get(gpu) == key:
+                self.skipped += 1
+                continue
+            actions = self.ledger.plan(here, seen, now)
+            if actions or key is None:
+                self._quiet.pop(gpu, None)
+            else:
+                self._quiet[gpu] = key
+            out += actions
         return out
+
+    def _quiet_inputs(self, insts: list[KVInstance], seen: dict[str, Observation]) -> tuple[object, ...] | None:
+        """Everything ``Ledger.plan`` reads for one GPU's instances: each instance, the parts of
+        its observation it reads (a load's counts and rate, not its time stamp; the status; the
+        held tokens) and what the ledger knows of it (limit, revision, last flush). The plan is
+        a deterministic function of these and of ``now``, which it reads only to space cache
+        flushes of idle instances whose mapped pages exceed their limit; None when one might
+        flush, so such a GPU is always planned. When a plan's inputs equal those of its
+        previous plan and that plan changed nothing (no action, so the only state it touched,
+        ``known``, came out as it went in), this plan would be the same: it is skipped."""
+        known = self.ledger.known
+        out: list[object] = []
+        for i in insts:
+            obs = seen.get(i.id)
+            load = status = None
+            held = 0
+            if obs is not None:
+                st, ld, held = obs.status, obs.load, obs.held_tokens
+                if ld is not None:
+                    if ld.idle and st is not None and st.mapped_bytes > st.limit_bytes + st.block_bytes:
+                        return None  # a flush may come due with time alone
+                    load = (ld.running, ld.waiting, ld.waiting_tokens, ld.used_tokens, ld.gen_rate)
+                status = st
+            k = known.get(i.id)
+            out.append((i, load, status, held, None if k is None else (k.limit, k.revision, k.last_flush)))
+        return tuple(out)
 
     def _load(self, s: SimServer, cap: int, now: float) -> LoadSample:
         queued = list(self._queued(s))

@@ -48,6 +48,7 @@ class GpuPlan:
         self.biggest = 0.0  # the largest awake footprint (+ KV floor) of its servers
         self.hot = 0.0  # expected awake bytes
         self.hot_t = [0.0] * max(profiles.steps, 1)  # awake bytes per profile step
+        self.hot_max = 0.0  # max(hot_t)
         self.pressure = 0.0  # expected KV pressure
         self.rate = 0.0  # token rate of its models
         self.members: list[Member] = []  # servers with decode work here
@@ -58,15 +59,25 @@ class GpuPlan:
         c = m.cost
         return self.ctx + c.parked_bytes + max(self.biggest, c.awake_bytes + c.kv_floor_bytes) <= self.cap
 
-    def score(self, m: ModelDemand, awake: Sequence[float], member: Member | None) -> Score:
+    def score(
+        self, m: ModelDemand, awake: Sequence[float], member: Member | None, awake_max: float | None = None
+    ) -> Score:
+        """``awake_max``: ``max(awake)`` when the caller knows it (the layout scores one model's
+        profile on every GPU)."""
         wake = m.cost.awake_bytes + m.cost.kv_floor_bytes
         room = self.cap - self.ctx - m.cost.parked_bytes
         total = 0.0
         times = 0
-        for h, share in zip(self.hot_t, awake, strict=True):
-            if h + share * wake > room:
-                total += h + share * wake - room
-                times += 1
+        if len(awake) != len(self.hot_t):
+            raise ValueError(f"awake profile of {len(awake)} steps, the plan has {len(self.hot_t)}")
+        peak = max(awake, default=0.0) if awake_max is None else awake_max
+        # no step can overflow when the busiest step plus the model's largest share fits (float
+        # + and x are monotonic): the loop would add nothing
+        if not self.hot_max + peak * wake <= room:  # (a NaN anywhere: the loop, as before)
+            for h, share in zip(self.hot_t, awake, strict=True):
+                if h + share * wake > room:
+                    total += h + share * wake - room
+                    times += 1
         steps = len(self.hot_t)
         crowded, overflow = times / steps, total / steps / self.cap
         if member is None or member.step_s <= 0:
@@ -91,6 +102,7 @@ class GpuPlan:
         self.biggest = max(self.biggest, wake)
         self.hot += share * wake
         self.hot_t = [h + x * wake for h, x in zip(self.hot_t, awake, strict=True)]
+        self.hot_max = max(self.hot_t, default=0.0)
         self.pressure += share * m.pressure
         self.rate += m.token_rate
         if member is not None and member.step_s > 0:

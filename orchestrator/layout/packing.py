@@ -76,6 +76,9 @@ def layout(
         )
     )
     turn = 0
+    # GPUs nothing was put on yet: blank groups of the same capacities score the same, and the
+    # key's last term (the lowest GPU) makes the first of them win, so only it is scored
+    blank = [True] * n
     servers: list[tuple[str, tuple[int, ...]]] = []
     unplaced: list[str] = []
     for m in order:
@@ -86,17 +89,21 @@ def layout(
             a = 1.0  # a big model needs all of it at once: plan its neighbours around it awake
         awake = _series(prof.awake.get(m.name), a, steps)
         a = sum(awake) / steps
+        peak = max(awake, default=0.0)  # its busiest step (GpuPlan.score's shortcut)
         member = _member(m) if tpot_guard and m.step_s > 0 else None
         used: set[int] = set()
         for _ in range(max(1, reps.get(m.name, 1))):
             best: tuple[tuple[float, ...], tuple[int, ...]] | None = None
+            blank_seen: set[tuple[float, ...]] = set()  # capacities of the blank groups scored
             for grp in _groups(n, m.tp_size):
                 if not used.isdisjoint(grp) or not all(plans[g].fits(m) for g in grp):
                     continue
                 if round_robin:
                     key: tuple[float, ...] = (float((grp[0] - turn) % n),)
                 else:
-                    key = _key(m, grp, plans, awake, a, member, total_rate)
+                    if _scored_blank(grp, blank, plans, blank_seen):
+                        continue  # same key as a blank group before it, but a higher GPU
+                    key = _key(m, grp, plans, awake, peak, a, member, total_rate)
                 if best is None or key < best[0]:
                     best = (key, grp)
             if best is None:
@@ -107,7 +114,9 @@ def layout(
             servers.append((m.name, grp))
             for g in grp:
                 plans[g].add(m, awake, a, member)
+                blank[g] = False
             a, awake, member = 0.0, [0.0] * steps, None  # a replica is a standby: expected parked
+            peak = 0.0
         if not used:
             unplaced.append(m.name)
     return Layout(tuple(servers), tuple(unplaced))
@@ -118,13 +127,14 @@ def _key(
     grp: tuple[int, ...],
     plans: list[GpuPlan],
     awake: list[float],
+    peak: float,
     a: float,
     member: Member | None,
     total_rate: float,
 ) -> tuple[float, ...]:
     """The order of a candidate group (module docstring)."""
     wake = m.cost.awake_bytes + m.cost.kv_floor_bytes
-    scores = [plans[g].score(m, awake, member) for g in grp]
+    scores = [plans[g].score(m, awake, member, peak) for g in grp]
     crowded = max(x.crowded for x in scores)
     util = max(x.load for x in scores)
     # while the models that must be awake overflow the GPU, they take turns (wakes, starvation
@@ -135,6 +145,19 @@ def _key(
     ratio = max((plans[g].pressure + a * m.pressure) / max(lf, 1.0) for g, lf in zip(grp, left, strict=True))
     fill = max((plans[g].hot + plans[g].ctx) / plans[g].cap for g in grp)
     return (float(round(cost / COST_STEP)), max(x.overflow for x in scores), ratio, util, fill, float(grp[0]))
+
+
+def _scored_blank(grp: tuple[int, ...], blank: list[bool], plans: list[GpuPlan], seen: set[tuple[float, ...]]) -> bool:
+    """Whether ``grp`` is blank (nothing on any of its GPUs) with the capacities of a blank group
+    already scored for this server; records a first one. At 1,000 models on 512 GPUs most
+    candidates of the first models are blank GPUs: this skips scoring all but one of them."""
+    if not all(blank[g] for g in grp):
+        return False
+    caps = tuple(plans[g].cap for g in grp)
+    if caps in seen:
+        return True
+    seen.add(caps)
+    return False
 
 
 def _series(profile: Sequence[float] | None, share: float, steps: int) -> list[float]:

@@ -16,6 +16,7 @@ models that are on together half of the time.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -76,6 +77,8 @@ class Profiles:
                 weight = sum(a)
                 mean_b = sum(b) / len(b)
                 if weight > 0 and mean_b > 0:
-                    got = sum(x * y for x, y in zip(a, b, strict=True)) / weight / mean_b
+                    # the products in order, summed as before (same float); lengths are
+                    # equal (checked at construction)
+                    got = sum(map(operator.mul, a, b)) / weight / mean_b
             self._kappa[key] = got
         return got

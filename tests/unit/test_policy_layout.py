@@ -128,3 +128,65 @@ def test_profiles__kappa_is_zero_for_models_that_take_turns_and_one_for_independ
     assert prof.kappa("a", "a") == pytest.approx(2.0)  # on half the time: twice as likely when on
     with pytest.raises(ValueError, match="one length"):
         Profiles(awake={"a": (1.0,), "b": (1.0, 0.0)})
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_layout__scoring_one_blank_group_per_capacity_changes_nothing(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blank groups of the same capacities are scored once per server (packing._scored_blank):
+    the layout equals the one that scores every candidate group."""
+    import random
+
+    from orchestrator.layout import packing
+
+    rng = random.Random(seed)
+    models = tuple(
+        replace(
+            m(
+                f"m{i:02d}",
+                rng.choice((2, 8, 16, 40, 70)),
+                rng.choice((0.0, rng.expovariate(1 / 500))),
+                rng.choice((1, 1, 2)),
+            ),
+            step_s=rng.choice((0.0, 0.03 * rng.random())),
+            activity=rng.choice((None, rng.random())),
+        )
+        for i in range(rng.randrange(5, 40))
+    )
+    gpus = tuple(int(rng.choice((80, 80, 80, 40)) * GIB) for _ in range(rng.randrange(2, 17)))
+    steps = 6
+    kwargs = {
+        "replicas": {x.name: 2 for x in models[::3]},
+        "awake_profile": {x.name: [rng.random() for _ in range(steps)] for x in models[::2]},
+        "activity_profile": {x.name: [rng.random() for _ in range(steps)] for x in models[1::2]},
+    }
+    got = layout(models, gpus, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(packing, "_scored_blank", lambda *a: False)
+    want = layout(models, gpus, **kwargs)  # type: ignore[arg-type]
+    assert got == want
+    assert got.servers
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_gpu_plan_score__the_fits_at_its_peak_shortcut_scores_as_the_loop(seed: int) -> None:
+    """``GpuPlan.score`` skips its per-step loop when the busiest step plus the model's largest
+    awake share fits; an infinite ``awake_max`` forces the loop: the scores are equal."""
+    import random
+
+    from orchestrator.layout.colocation import GpuPlan
+
+    rng = random.Random(seed)
+    steps = 8
+    prof = Profiles({f"x{i}": [rng.random() for _ in range(steps)] for i in range(30)})
+    plan = GpuPlan(80.0 * GIB, prof)
+    shortcuts = 0  # scores with no overflow
+    for i in range(30):
+        x = m(f"x{i}", rng.choice((2, 8, 16)), rng.expovariate(1 / 500))
+        awake = [rng.random() * rng.choice((0.2, 1.0)) for _ in range(steps)]
+        fast, slow = plan.score(x, awake, None), plan.score(x, awake, None, float("inf"))
+        assert fast == slow
+        shortcuts += fast.crowded == 0
+        if plan.fits(x):
+            plan.add(x, awake, sum(awake) / steps, None)
+    assert 0 < shortcuts < 30  # the GPU filled up: some scores overflow, some fit

@@ -24,3 +24,26 @@ def test_per_gpu_split_equals_whole_fleet_split(monkeypatch: pytest.MonkeyPatch)
         r.pop("wall_s")
     assert got == want
     assert got["requests"] > 1000 and got["counters"]["wakes"] > 0  # a run with parks and wakes
+
+
+def test_a_gpu_whose_inputs_did_not_change_is_not_planned_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SimLedger.plan`` skips a GPU whose previous plan changed nothing and whose inputs are
+    the same: the run is the same as planning every GPU every time, and GPUs were skipped."""
+    sp = ex.spec(12.0, 150.0, 60.0, seed=3)
+    skipped: list[int] = []
+    planned = SimLedger.plan
+
+    def counting(self: SimLedger, insts: Any, seen: Any, now: float) -> Any:
+        out = planned(self, insts, seen, now)
+        skipped.append(self.skipped)
+        return out
+
+    monkeypatch.setattr(SimLedger, "plan", counting)
+    got = ex.run_one("chimera", "mix58", 12, sp).to_json()
+    monkeypatch.setattr(SimLedger, "_quiet_inputs", lambda self, insts, seen: None)
+    skipped_with_memo = max(skipped)
+    want = ex.run_one("chimera", "mix58", 12, sp).to_json()
+    for r in (got, want):
+        r.pop("wall_s")
+    assert got == want
+    assert skipped_with_memo > 0

@@ -41,45 +41,78 @@ class GpuTally:
         self.on_gpu: list[list[str]] = [[] for _ in range(n)]
         self.of_model: dict[str, list[str]] = {}
         # per model, what one server charges each GPU: (context, awake bytes, KV floor, pressure,
-        # expected decode seconds per round); computed once, a decision charges thousands. The
-        # expressions are ModelDemand.pressure's and decoding()'s, inlined (same floats).
-        self._charges: dict[str, tuple[int, int, int, float, float]] = {}
+        # expected decode seconds per round), then the TPOT guard's terms (tpot.terms: step,
+        # step x decoding share, step x (1 - share), TPOT SLO); computed once in one tuple, a
+        # decision charges thousands. The expressions are ModelDemand.pressure's, decoding()'s
+        # and tpot.terms', with min/max spelled as comparisons (same floats, NaN included).
+        self.charges: dict[str, tuple[int, int, int, float, float, float, float, float, float]] = {}
+        charges = self.charges
+        # over models with a decode step: the largest step x (1 - share) and the smallest TPOT
+        # SLO, a bound that lets the TPOT guard skip GPUs that cannot overflow (tpot.may_overflow)
+        self.rest_max, self.slo_min = 0.0, float("inf")
         for m in view.models:
             c = m.cost
             act = m.activity
-            share = 1.0 if act is None else min(max(act, 0.0), 1.0)
-            self._charges[m.name] = (
+            if act is None:
+                share = 1.0
+            else:
+                share = 0.0 if 0.0 > act else act  # max(act, 0.0)
+                if 1.0 < share:  # min(share, 1.0)
+                    share = 1.0
+            step = m.step_s
+            decode = step * share
+            slo = m.tpot_slo_s
+            rest = step * (1.0 - share)
+            if step > 0:
+                if rest > self.rest_max:
+                    self.rest_max = rest
+                if slo < self.slo_min:
+                    self.slo_min = slo
+            charges[m.name] = (
                 c.parked_bytes,
                 c.awake_bytes,
                 c.kv_floor_bytes,
-                m.token_rate * c.kv_bytes_per_token / max(m.tpot_slo_s, 1e-6),
-                m.step_s * share,
+                m.token_rate * c.kv_bytes_per_token / (1e-6 if 1e-6 > slo else slo),
+                decode,
+                step,
+                decode,
+                rest,
+                slo,
             )
         # The initial charge of every server, inlined (``_charge`` with sign +1, same order of
         # additions per GPU, so the same floats): at 10,000 models this loop was 40% of a decision.
+        # A server is checked as it is charged (the first bad one raises, as before).
         room, committed, pressure, round_s, on_gpu = self.room, self.committed, self.pressure, self.round_s, self.on_gpu
-        models, charges, state, servers, of_model = self.models, self._charges, self.state, self.servers, self.of_model
+        state, servers, of_model = self.state, self.servers, self.of_model
+        flags = _FLAGS
+        coming: set[str] = set()  # coming_models() as the snapshot stands
         for s in view.servers:
             model = s.model
-            if model not in models:
+            charge = charges.get(model)
+            if charge is None:
                 raise ValueError(f"server {s.id!r} runs model {model!r}, which the snapshot lacks")
             sid, st, gpus = s.id, s.state, s.gpus
             if not gpus:
                 raise ValueError(f"server {sid!r} has no GPU")
-            for g in gpus:
-                if not 0 <= g < n:
-                    raise ValueError(f"server {sid!r} is on GPU {g}, the snapshot has {n} GPUs")
             servers[sid] = s
             state[sid] = st
-            if model in of_model:
-                of_model[model].append(sid)
-            else:
+            sids = of_model.get(model)
+            if sids is None:
                 of_model[model] = [sid]
-            context, awake, floor, p, r = charges[model]
-            holds, resident, active = _FLAGS[st]
+            else:
+                sids.append(sid)
+            context, awake, floor, p, r, _, _, _, _ = charge
+            holds, resident, active = flags[st]
+            if active:
+                coming.add(model)
             held = (context if holds else 0) + (awake if resident else 0)
-            kv = max(floor, s.kv_used_bytes) if resident else 0
+            if resident:
+                kv = s.kv_used_bytes
+                if floor > kv:
+                    kv = floor
             for g in gpus:
+                if g < 0 or g >= n:
+                    raise ValueError(f"server {sid!r} is on GPU {g}, the snapshot has {n} GPUs")
                 on_gpu[g].append(sid)
                 if held:
                     room[g] -= held
@@ -88,30 +121,33 @@ class GpuTally:
                 if active:
                     pressure[g] += p
                     round_s[g] += r
+        self._coming: set[str] | None = coming  # None once a state changed
 
     # ---- bookkeeping -------------------------------------------------------------------
 
     def _charge(self, sid: str, sign: int) -> None:
         s = self.servers[sid]
         st = self.state[sid]
-        context, awake, floor, pressure, round_s = self._charges[s.model]
-        held = (context if st in HOLDS_CONTEXT else 0) + (awake if st in RESIDENT else 0)
-        active = st in _ACTIVE
+        context, awake, floor, pressure, round_s, _, _, _, _ = self.charges[s.model]
+        holds, resident, active = _FLAGS[st]
+        held = (context if holds else 0) + (awake if resident else 0)
         for g in s.gpus:
             if held:
                 self.room[g] -= sign * held
-            if st in RESIDENT:
+            if resident:
                 self.committed[g] += sign * max(floor, s.kv_used_bytes)
             if active:
                 self.pressure[g] += sign * pressure
                 self.round_s[g] += sign * round_s
 
     def set_state(self, sid: str, state: S) -> None:
+        self._coming = None
         self._charge(sid, -1)
         self.state[sid] = state
         self._charge(sid, +1)
 
     def add_server(self, sid: str, model: str, gpus: tuple[int, ...], state: S) -> None:
+        self._coming = None
         self.servers[sid] = ServerView(sid, model, gpus, state)
         self.state[sid] = state
         self.of_model.setdefault(model, []).append(sid)
@@ -126,10 +162,16 @@ class GpuTally:
 
     def ratios(self) -> list[float]:
         """``ratio(g)`` of every GPU, in one pass."""
-        return [max(p, 0.0) / max(r, _TINY) for p, r in zip(self.pressure, self.room, strict=True)]
+        # max(p, 0.0) / max(r, _TINY) spelled as comparisons: the same floats, no calls
+        tiny = _TINY
+        return [
+            (0.0 if 0.0 > p else p) / (tiny if tiny > r else r) for p, r in zip(self.pressure, self.room, strict=True)
+        ]
 
     def coming_models(self) -> set[str]:
         """Models with a server awake or on its way (waking, starting)."""
+        if self._coming is not None:
+            return set(self._coming)
         servers = self.servers
         return {servers[sid].model for sid, st in self.state.items() if st in _ACTIVE}
 
@@ -194,6 +236,10 @@ class GpuTally:
         used first (lowest token rate: the fewest requests disturbed; KV pressure would pick a
         busy model with a small KV per token, and a popular one thrashes with its neighbours)."""
         room, committed = self.room, self.committed
+        if len(gpus) == 1:  # the common case, without the dict
+            g = gpus[0]
+            if need - (room[g] - committed[g]) <= 0:
+                return []
         short = {g: need - (room[g] - committed[g]) for g in gpus}  # need - free(g)
         if max(short.values()) <= 0:
             return []
@@ -229,13 +275,14 @@ class GpuTally:
         """The group's ratio once ``model`` is awake there, victims parked (and, for a migration,
         the model's pressure gone from ``leaving`` - only matters when the groups overlap)."""
         worst = 0.0
+        own = model.pressure
         for g in gpus:
             room = self.room[g] - model.cost.awake_bytes - (model.cost.parked_bytes if cold else 0)
-            pressure = self.pressure[g] + model.pressure - (model.pressure if g in leaving else 0.0)
+            pressure = self.pressure[g] + own - (own if g in leaving else 0.0)
             for sid in victims:
                 s = self.servers[sid]
                 if g in s.gpus:
-                    room += self.models[s.model].cost.awake_bytes
-                    pressure -= self.models[s.model].pressure
+                    room += self.charges[s.model][1]  # awake bytes
+                    pressure -= self.charges[s.model][3]  # its pressure
             worst = max(worst, max(pressure, 0.0) / max(room, _TINY))
         return worst

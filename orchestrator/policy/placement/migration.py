@@ -18,6 +18,8 @@ when no warm move qualifies, and starts B (``Start``) instead of waking it.
 
 from __future__ import annotations
 
+import heapq
+
 from orchestrator.policy.placement import tpot
 from orchestrator.policy.placement.cluster import (
     ClusterView,
@@ -42,9 +44,13 @@ def best_migration(led: GpuTally, view: ClusterView, now: float, touched: set[st
     p = view.params
     n = len(view.gpu_bytes)
     ratios = led.ratios()
-    srcs = [g for g in sorted(range(n), key=lambda g: (-ratios[g], g))[:_SOURCES] if ratios[g] > 0]
+    # the highest ratios, ties by GPU id (nlargest is stable: sorted(..., reverse=True)[:k])
+    srcs = [g for g in heapq.nlargest(_SOURCES, range(n), key=ratios.__getitem__) if ratios[g] > 0]
     if p.tpot_guard:
-        over = [(tpot.gpu_overflow(led, g), g) for g in range(n) if led.round_s[g] > 0]
+        # only GPUs that may overflow at all are measured: those that cannot have overflow 0,
+        # which the filter below drops anyway
+        round_s, may = led.round_s, tpot.may_overflow(led)
+        over = [(tpot.gpu_overflow(led, g), g) for g in range(n) if round_s[g] > 0 and may(g)]
         srcs += [g for o, g in sorted(over, key=lambda x: (-x[0], x[1]))[:_SOURCES] if o > 0 and g not in srcs]
     best: tuple[tuple[int, int, float], str, str, list[str], str, MoveCost] | None = None
     for g in srcs:

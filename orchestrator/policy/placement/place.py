@@ -173,7 +173,9 @@ def _room(
     """The servers to park before ``m`` comes up on ``gpus``: those the awake limit forces out
     (``_swap_out``), then idle ones for memory (``make_room``); None if it cannot come up now."""
     limit = view.params.max_awake_per_gpu
-    forced = [] if limit is None else _swap_out(led, gpus, m, limit, now)
+    if limit is None:  # nothing forced out: only memory
+        return led.make_room(gpus, led.need_bytes(m, cold=cold), now, starving=starving)
+    forced = _swap_out(led, gpus, m, limit, now)
     if forced is None:
         return None
     for v in forced:  # tentatively parked, so that make_room counts the memory they free

@@ -16,13 +16,23 @@ global scheduler can afford at 1,000 models (bench/sim microbench).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from orchestrator.policy.placement.cluster import ModelDemand, S
 from orchestrator.policy.placement.kvpr import GpuTally, decoding
 
 _ACTIVE = (S.AWAKE, S.WAKING, S.STARTING)
-_ACTIVE_SET = frozenset(_ACTIVE)
+# module constants compared by identity in the loops: hashing an Enum member (a set lookup)
+# calls Python code, and these loops run thousands of times a decision
+_AWAKE, _WAKING, _STARTING = _ACTIVE
+
+
+def terms(m: ModelDemand) -> tuple[float, float, float, float]:
+    """A model's terms in the guard's arithmetic: (step, step x decoding share - what it adds to
+    a round, step x (1 - share) - what its own requests see beyond the round, TPOT SLO).
+    ``GpuTally.charges`` holds them per model of the snapshot (its last four, computed once)."""
+    share = decoding(m)
+    return m.step_s, m.step_s * share, m.step_s * (1.0 - share), m.tpot_slo_s
 
 
 def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None, drop: Iterable[str] = ()) -> float:
@@ -30,25 +40,39 @@ def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None,
     the group, with ``add`` made active there and the servers ``drop`` gone."""
     gone = set(drop)
     worst = 0.0
-    state, servers, models = led.state, led.servers, led.models
-    added = add.step_s * decoding(add) if add is not None else 0.0
+    state, servers, charges = led.state, led.servers, led.charges
+    add_name = add.name if add is not None else None
+    add_step, added, add_rest, add_slo = terms(add) if add is not None else (0.0, 0.0, 0.0, 0.0)
     for g in gpus:
         round_s = led.round_s[g] + added
-        members: list[ModelDemand] = [add] if add is not None and add.step_s > 0 else []
+        # per active model: (step x (1 - share), SLO); its own step counts whole while it decodes
+        members: list[tuple[float, float]] = [(add_rest, add_slo)] if add_step > 0 else []
         for sid in led.on_gpu[g]:
-            m = models[servers[sid].model]
+            model = servers[sid].model
+            _, _, _, _, _, step, decode, rest, slo = charges[model]
             if sid in gone:
-                if state[sid] in _ACTIVE_SET:
-                    round_s -= m.step_s * decoding(m)
+                st = state[sid]
+                if st is _AWAKE or st is _WAKING or st is _STARTING:
+                    round_s -= decode
                 continue
-            if state[sid] in _ACTIVE_SET and m.step_s > 0 and (add is None or m.name != add.name):
-                members.append(m)
-        for m in members:  # its own step counts whole while it decodes
-            seen = round_s + m.step_s * (1.0 - decoding(m))
-            o = (seen - m.tpot_slo_s) / m.tpot_slo_s
+            st = state[sid]
+            if (st is _AWAKE or st is _WAKING or st is _STARTING) and step > 0 and model != add_name:
+                members.append((rest, slo))
+        for rest, slo in members:
+            o = (round_s + rest - slo) / slo
             if o > worst:
                 worst = o
     return worst
+
+
+def may_overflow(led: GpuTally) -> Callable[[int], bool]:
+    """A test that is False only for GPUs whose ``gpu_overflow`` is surely 0: the round plus the
+    largest own-step term of any model stays below the smallest TPOT SLO of any model with a
+    step (float addition is monotonic, so no member's ``seen`` can exceed its SLO). Lets the
+    migration policy skip most GPUs of a large fleet."""
+    rest_max, slo_min = led.rest_max, led.slo_min
+    round_s = led.round_s
+    return lambda g: round_s[g] + rest_max >= slo_min
 
 
 def gpu_overflow(led: GpuTally, g: int) -> float:
@@ -57,16 +81,14 @@ def gpu_overflow(led: GpuTally, g: int) -> float:
     Same arithmetic in the same order, so the same floats."""
     round_s = led.round_s[g]
     worst = 0.0
-    state, servers, models = led.state, led.servers, led.models
+    state, servers, charges = led.state, led.servers, led.charges
     for sid in led.on_gpu[g]:
-        if state[sid] not in _ACTIVE_SET:
+        st = state[sid]
+        if not (st is _AWAKE or st is _WAKING or st is _STARTING):
             continue
-        m = models[servers[sid].model]
-        step = m.step_s
+        _, _, _, _, _, step, _, rest, slo = charges[servers[sid].model]
         if step > 0:
-            seen = round_s + step * (1.0 - decoding(m))
-            slo = m.tpot_slo_s
-            o = (seen - slo) / slo
+            o = (round_s + rest - slo) / slo
             if o > worst:
                 worst = o
     return worst
