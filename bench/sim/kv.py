@@ -10,6 +10,9 @@ Translations (the simulator's approximations, documented in docs/bench-sim.md):
   reserves prompt + output at dispatch, so that is what they will take), plus the model's token
   rate over the ledger's horizon;
 - memory held: max(limit, in use), as the simulator counts it (the shim maps up to its limit);
+- SGLang's prefix cache: a finished request's tokens stay cached (``SimServer.kv_cached``) until
+  the limit needs the room; the shim's status counts them as used, ``/v1/loads`` as evictable
+  (``num_used_tokens = max_total - available - evictable``), as on a GPU. No request hits it;
 - blocks of ``BLOCK_TOKENS`` (the shim's block of an 8B-class shape: 2 MiB pages of 2 KiB rows);
   a limit maps whole blocks, as the shim maps it;
 - TP servers (live: no shim, a fixed pool) get one ledger instance per GPU and take the
@@ -53,6 +56,7 @@ class SimLedger:
         self.ledger = Ledger({g: gpu_bytes for g in range(n_gpus)})
         self.elastic = elastic
         self._queued, self._rate = queued, rate
+        self.deferred: frozenset[str] = frozenset()  # grows the last split held back (Ledger.deferred)
 
     def instances(self, servers: Iterable[SimServer]) -> list[KVInstance]:
         """The ledger's view of ``servers``: one instance per server and GPU."""
@@ -104,6 +108,7 @@ class SimLedger:
             if tokens > s.kv_limit:
                 grew.update(s.gpus)
             s.kv_limit = tokens
+            s.keep_cached()
         return grew
 
     def plan(self, insts: list[KVInstance], seen: dict[str, Observation], now: float) -> list[Action]:
@@ -116,8 +121,11 @@ class SimLedger:
         for i in insts:
             by_gpu.setdefault(i.gpu, []).append(i)
         out: list[Action] = []
+        deferred: set[str] = set()
         for gpu in sorted(by_gpu):
             out += self.ledger.plan(by_gpu[gpu], seen, now)
+            deferred |= self.ledger.deferred
+        self.deferred = frozenset(deferred)
         return out
 
     def _load(self, s: SimServer, cap: int, now: float) -> LoadSample:
@@ -128,7 +136,8 @@ class SimLedger:
             running=len(s.running),
             waiting=len(s.waiting) + len(queued),
             waiting_tokens=sum(r.kv_tokens for r in queued),
-            used_tokens=s.kv_used,
+            # SGLang's num_used_tokens under the shim: max_total - available - evictable
+            used_tokens=cap - max(0, s.kv_limit - s.kv_used - s.kv_cached) - s.kv_cached,
             capacity_tokens=cap,
             max_running=None,
             tokens=0.0,
@@ -139,8 +148,8 @@ class SimLedger:
     def _status(s: SimServer, cap: int) -> Status:
         per = s.model.cost.kv_bytes_per_token
         return Status(
-            mapped_bytes=max(s.kv_limit, s.kv_used) * per,
-            used_tokens=s.kv_used,
+            mapped_bytes=max(s.kv_limit, s.kv_used + s.kv_cached) * per,
+            used_tokens=s.kv_used + s.kv_cached,  # the shim counts the prefix cache as used
             limit_bytes=s.kv_limit * per,
             revision=0,
             capacity_tokens=cap,
