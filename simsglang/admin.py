@@ -124,18 +124,19 @@ def load_snapshot(sim: SimServer, include: set[str] | None) -> dict[str, Any]:
     """One LoadSnapshot.to_dict() (SGLang's key order; absent sections omitted)."""
     snap, p = sim.batcher.snapshot(), sim.plan
     total = snap.used_tokens + snap.waiting_tokens
+    used = snap.used_tokens + sim.batcher.held_back_tokens()  # as a shimmed SGLang counts them
     load: dict[str, Any] = {
         "timestamp": datetime.now(UTC).timestamp(),
         "dp_rank": 0,
         "num_running_reqs": snap.num_running,
         "num_waiting_reqs": snap.num_waiting,
         "num_waiting_uncached_tokens": snap.waiting_tokens,
-        "num_used_tokens": snap.used_tokens,
+        "num_used_tokens": used,
         "num_total_tokens": total,
         "num_active_tokens": total,
         "max_total_num_tokens": snap.capacity,
         "max_running_requests": snap.max_running,
-        "token_usage": round(snap.used_tokens / snap.capacity, 4),
+        "token_usage": round(used / snap.capacity, 4),
         "gen_throughput": round(snap.gen_throughput, 2),
         "cache_hit_rate": 0.0,
         "utilization": 0.0,

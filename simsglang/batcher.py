@@ -297,6 +297,16 @@ class Batcher:
         self._generated.append((now, produced))
 
     # -- observation ------------------------------------------------------------------------
+    def held_back_tokens(self) -> int:
+        """Pool slots the KV limit keeps SGLang from allocating (0 without the shim): a shimmed
+        SGLang's ``num_used_tokens`` is ``max_total - available - evictable`` and so counts them
+        as used (orchestrator/sglang/loads.py), which is what a client of /v1/loads sees."""
+        return 0
+
+    def flush_prefix_cache(self) -> None:
+        """``/flush_cache`` on an idle server (the sim keeps a prefix cache only under the shim:
+        shim_channel.py)."""
+
     def snapshot(self) -> BatcherSnapshot:
         now = self.clock.now()
         while self._generated and self._generated[0][0] < now - THROUGHPUT_WINDOW_S:

@@ -39,6 +39,7 @@ async def _body(request: Request) -> dict[str, Any]:
 async def flush_cache(request: Request) -> Response:
     b = _sim(request).batcher
     if b.is_idle():
+        b.flush_prefix_cache()
         return PlainTextResponse(
             "Cache flushed.\nPlease check backend logs for more details. (When there are running "
             "or waiting requests, the operation will not be performed.)\n"

@@ -131,11 +131,12 @@ class SimServer:
 
     def gauges(self) -> dict[str, float]:
         snap, p = self.batcher.snapshot(), self.plan
+        used = snap.used_tokens + self.batcher.held_back_tokens()  # as a shimmed SGLang counts them
         return {
             "num_running_reqs": snap.num_running,
             "num_queue_reqs": snap.num_waiting,
-            "num_used_tokens": snap.used_tokens,
-            "token_usage": snap.used_tokens / snap.capacity,
+            "num_used_tokens": used,
+            "token_usage": used / snap.capacity,
             "gen_throughput": snap.gen_throughput,
             "num_retracted_reqs": snap.num_retracted,
             "num_paused_reqs": snap.num_paused,

@@ -11,6 +11,13 @@ Model of the pages: the bookkeeping follows the batcher's tokens in KV with a co
 list that compacts perfectly (the real shim's pool fragments; the sim's never does), synced
 before each admission and each channel call. Everything runs on the app's event loop.
 
+SGLang's prefix cache: a finished request's tokens stay in the radix tree (allocated, so in the
+shim's ``used_tokens``) until SGLang needs the room, and SGLang reports them as evictable, not
+used (``num_used_tokens = max_total - available - evictable``). The sim keeps a count of such
+cached tokens: freed tokens join it, it is evicted down to what the limit leaves beside the
+tokens in KV, and ``/flush_cache`` on an idle server empties it. No request ever hits it (the
+sim matches no prefixes): it only holds pages, as it does under a trace of unrelated prompts.
+
 TP > 1 (CHIMERA_SHIM_TP_SIZE): one channel per rank at ``rank_socket(path, r)``, as a real
 server's scheduler processes serve; the sim's ranks are equal shards of one pool (its
 bookkeeping is per GPU), so every rank answers the same status and ranks > 0 refuse
@@ -53,6 +60,17 @@ class ElasticBatcher(Batcher):
         finally:
             self.capacity = whole
 
+    flush_hook: Callable[[], None] | None = None
+
+    def held_back_tokens(self) -> int:
+        if self.limit_tokens is None:
+            return 0
+        return max(0, self.capacity - self.limit_tokens())
+
+    def flush_prefix_cache(self) -> None:
+        if self.flush_hook is not None:
+            self.flush_hook()
+
     def wake(self) -> None:
         self._wake.set()  # the limit grew: waiting requests may fit now
 
@@ -77,11 +95,27 @@ class SimShim:
         self.kv.attach(self.free)
         self.batcher = batcher
         batcher.limit_tokens = self.limit_tokens
+        batcher.flush_hook = self.flush
+        self.cached = 0  # tokens of finished requests SGLang's prefix cache still holds
+        self._in_kv = 0  # the batcher's tokens in KV at the last sync
+
+    def flush(self) -> None:
+        """``/flush_cache`` on an idle server: the prefix cache is emptied."""
+        self.cached = 0
+        self.sync()
 
     def sync(self) -> None:
-        """Make the bookkeeping hold as many tokens as the batcher has in KV, then apply the
-        limit (unmapping freed blocks above it)."""
-        want = min(self.batcher.snapshot().used_tokens, self.layout.capacity_units)
+        """Make the bookkeeping hold as many tokens as the batcher has in KV plus the prefix
+        cache, then apply the limit (unmapping freed blocks above it). Tokens that left KV since
+        the last sync join the cache (net of growth in between: a lower bound); the cache is
+        evicted down to what the limit leaves beside the tokens in KV, as SGLang evicts when it
+        allocates (and, while a shrink drains, the shim's excess with it)."""
+        in_kv = min(self.batcher.snapshot().used_tokens, self.layout.capacity_units)
+        self.kv.maintain()  # the limit in force
+        room = max(0, self.kv.status().limit_tokens - in_kv)
+        self.cached = min(self.cached + max(0, self._in_kv - in_kv), room)
+        self._in_kv = in_kv
+        want = min(in_kv + self.cached, self.layout.capacity_units)
         have = self.free.used_units()
         if want > have:
             self.kv.ensure(want - have)

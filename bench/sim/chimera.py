@@ -12,7 +12,7 @@ the proxy will call them, with the virtual clock.
   (orchestrator/control/plans.py: park victims once drained, wake, route when ready, park the
   migration source once drained), whose park, wake and serve are the simulator's operations;
 - KV: the live KV ledger (kv.py over orchestrator/kv/ledger.py) re-splits every GPU every
-  ``kv_every_s`` and on every park and wake;
+  ``kv_every_s`` (``kv_regrow_s`` while it holds a grow back) and on every park and wake;
 - local: one queue per GPU (lead GPU of a TP group); ``admit.decide`` on every arrival,
   completion, route and limit change: EDF dispatch under KV room, Moore–Hodgson shedding.
 Ablations: ``global_placement=False`` (round-robin layout, no KVPR, no migration), ``local=False``
@@ -89,6 +89,7 @@ class ChimeraOptions:
     elastic: bool = True
     tick_s: float = 2.0
     kv_every_s: float = 1.0  # the live KV runner's period
+    kv_regrow_s: float = 0.25  # its next step while a grow is held back (kv/runner.py REGROW_S)
     # Models that get a second (parked) server, a migration target. 0 by default: in these
     # simulations the extra CUDA contexts (2.3 GiB each) and migration wakes cost more than the
     # moves gained (docs/bench-sim.md, variant chimera-standby).
@@ -226,7 +227,8 @@ class Chimera:
 
     def _kv_tick(self) -> None:
         self._split()
-        self.sim.at(self.sim.now + self.opts.kv_every_s, self._kv_tick)
+        wait = self.opts.kv_regrow_s if self.kv.deferred else self.opts.kv_every_s
+        self.sim.at(self.sim.now + wait, self._kv_tick)
 
     def _urgent(self) -> None:
         """Decide at once (not at the next tick): held requests or an abandoned plan."""

@@ -10,6 +10,9 @@ Translations (the simulator's approximations, documented in docs/bench-sim.md):
   reserves prompt + output at dispatch, so that is what they will take), plus the model's token
   rate over the ledger's horizon;
 - memory held: max(limit, in use), as the simulator counts it (the shim maps up to its limit);
+- SGLang's prefix cache: a finished request's tokens stay cached (``SimServer.kv_cached``) until
+  the limit needs the room; the shim's status counts them as used, ``/v1/loads`` as evictable
+  (``num_used_tokens = max_total - available - evictable``), as on a GPU. No request hits it;
 - blocks of ``BLOCK_TOKENS`` (the shim's block of an 8B-class shape: 2 MiB pages of 2 KiB rows);
   a limit maps whole blocks, as the shim maps it;
 - TP servers (live: no shim, a fixed pool) get one ledger instance per GPU and take the
@@ -54,13 +57,15 @@ class SimLedger:
         self.elastic = elastic
         self._queued, self._rate = queued, rate
         # per GPU: what the ledger's plan read last time, when that plan changed nothing (no
-        # action); the same inputs again give the same empty plan (``_quiet_inputs``)
-        self._quiet: dict[int, tuple[object, ...]] = {}
+        # action), and the grows it held back; the same inputs again give the same empty plan
+        # and the same held-back grows (``_quiet_inputs``)
+        self._quiet: dict[int, tuple[tuple[object, ...], frozenset[str]]] = {}
         self.skipped = 0  # GPUs whose plan was skipped as unchanged (for the profile's numbers)
         # per server object (its model and GPUs never change): its ledger keys and KV capacity
         # in tokens; and its instances for the state (and claim) they were built for
         self._fixed: dict[int, tuple[SimServer, list[str], int]] = {}
         self._insts: dict[int, tuple[SimServer, object, bool, list[KVInstance]]] = {}
+        self.deferred: frozenset[str] = frozenset()  # grows the last split held back (Ledger.deferred)
 
     def instances(self, servers: Iterable[SimServer]) -> list[KVInstance]:
         """The ledger's view of ``servers``: one instance per server and GPU."""
@@ -122,6 +127,7 @@ class SimLedger:
             if tokens > s.kv_limit:
                 grew.update(s.gpus)
             s.kv_limit = tokens
+            s.keep_cached()
         return grew
 
     def plan(self, insts: list[KVInstance], seen: dict[str, Observation], now: float) -> list[Action]:
@@ -134,18 +140,23 @@ class SimLedger:
         for i in insts:
             by_gpu.setdefault(i.gpu, []).append(i)
         out: list[Action] = []
+        deferred: set[str] = set()
         for gpu in sorted(by_gpu):
             here = by_gpu[gpu]
             key = self._quiet_inputs(here, seen)
-            if key is not None and self._quiet.get(gpu) == key:
+            quiet = self._quiet.get(gpu)
+            if key is not None and quiet is not None and quiet[0] == key:
                 self.skipped += 1
+                deferred |= quiet[1]
                 continue
             actions = self.ledger.plan(here, seen, now)
+            deferred |= self.ledger.deferred
             if actions or key is None:
                 self._quiet.pop(gpu, None)
             else:
-                self._quiet[gpu] = key
+                self._quiet[gpu] = (key, self.ledger.deferred)
             out += actions
+        self.deferred = frozenset(deferred)
         return out
 
     def _quiet_inputs(self, insts: list[KVInstance], seen: dict[str, Observation]) -> tuple[object, ...] | None:
@@ -182,7 +193,8 @@ class SimLedger:
             running=len(s.running),
             waiting=len(s.waiting) + len(queued),
             waiting_tokens=sum(r.kv_tokens for r in queued),
-            used_tokens=s.kv_used,
+            # SGLang's num_used_tokens under the shim: max_total - available - evictable
+            used_tokens=cap - max(0, s.kv_limit - s.kv_used - s.kv_cached) - s.kv_cached,
             capacity_tokens=cap,
             max_running=None,
             tokens=0.0,
@@ -193,8 +205,8 @@ class SimLedger:
     def _status(s: SimServer, cap: int) -> Status:
         per = s.model.cost.kv_bytes_per_token
         return Status(
-            mapped_bytes=max(s.kv_limit, s.kv_used) * per,
-            used_tokens=s.kv_used,
+            mapped_bytes=max(s.kv_limit, s.kv_used + s.kv_cached) * per,
+            used_tokens=s.kv_used + s.kv_cached,  # the shim counts the prefix cache as used
             limit_bytes=s.kv_limit * per,
             revision=0,
             capacity_tokens=cap,

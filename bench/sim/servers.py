@@ -92,6 +92,9 @@ class SimServer:
         self.error: str | None = None  # simulated parks and wakes never fail
         self.kv_limit = 0  # tokens
         self.kv_used = 0
+        # SGLang's prefix cache: finished requests' tokens kept until the room is needed
+        # (allocated, so in the shim's count; evictable, so not in SGLang's num_used_tokens)
+        self.kv_cached = 0
         self.waiting: list[SimReq] = []  # dispatched, not yet prefilled
         self.running: list[tuple[int, int, SimReq]] = []  # heap of (finish step, id, request)
         self.steps = 0  # decode rounds this server has run
@@ -126,6 +129,12 @@ class SimServer:
 
     def kv_free(self) -> int:
         return self.kv_limit - self.kv_used
+
+    def keep_cached(self, tokens: int = 0) -> None:
+        """Add ``tokens`` of a finished request to the prefix cache, then evict it down to what
+        the limit leaves beside the tokens in use (SGLang evicts as it allocates; the shim asks
+        for its excess with it)."""
+        self.kv_cached = max(0, min(self.kv_cached + tokens, self.kv_limit - self.kv_used))
 
     def ctx_sum(self) -> int:
         return self.s0 + len(self.running) * self.steps

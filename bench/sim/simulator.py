@@ -89,6 +89,7 @@ class Simulator:
     def dispatch(self, req: SimReq, server: SimServer) -> None:
         req.server = server
         server.kv_used += req.kv_tokens
+        server.keep_cached()
         server.waiting.append(req)
         self._dirty.add(self.gpus[server.gpus[0]].id)
 
@@ -203,11 +204,13 @@ class Simulator:
         s = req.server
         assert s is not None
         s.kv_used -= req.kv_tokens
+        s.keep_cached(req.kv_tokens)
         self.controller.on_complete(self, s, req)
 
     def _parked(self, s: SimServer, then: Callable[[], None] | None) -> None:
         s.state = S.PARKED
         s.kv_limit = 0
+        s.keep_cached()
         if then:
             then()
 

@@ -95,6 +95,10 @@ class Ledger:
     margin: int = MARGIN_BYTES
     hysteresis: float = 0.05
     known: dict[str, _Known] = field(default_factory=dict)
+    # instances whose grow the last plan held back (``split.phase``: the memory is still mapped
+    # by a shrinking neighbour until its tokens free): the runner plans again soon, not a
+    # period later, so a burst's KV follows its donors' eviction (kv/runner.py REGROW_S)
+    deferred: frozenset[str] = frozenset()
 
     def budget(self, gpu: int, non_kv: Mapping[int, int]) -> int:
         return max(0, self.capacity.get(gpu, 0) - non_kv.get(gpu, 0) - self.margin)
@@ -136,7 +140,14 @@ class Ledger:
             )
             members[inst.id] = Member(
                 inst.id,
-                need_bytes(obs.load, inst.token_bytes, st.used_tokens, held_tokens=obs.held_tokens),
+                need_bytes(
+                    obs.load,
+                    inst.token_bytes,
+                    st.used_tokens,
+                    held_tokens=obs.held_tokens,
+                    shim_limit_tokens=st.limit_tokens,
+                    shim_capacity_tokens=st.capacity_tokens,
+                ),
                 inst.floor_bytes,
                 ceiling,
                 st.block_bytes,
@@ -163,8 +174,12 @@ class Ledger:
             )
             budgets[gpu] = (self.budget(gpu, non_kv) - unseen, [i.id for i in here if i.id in members])
         pinned: dict[str, int] = {}
+        wanted: dict[str, int] = {}  # what the split gives each instance, before phasing
         for _ in range(GROUP_ROUNDS):
-            per_gpu = {gpu: self._limits(b, ids, members, mapped, current, pinned) for gpu, (b, ids) in budgets.items()}
+            wanted.clear()
+            per_gpu = {
+                gpu: self._limits(b, ids, members, mapped, current, pinned, wanted) for gpu, (b, ids) in budgets.items()
+            }
             agreed = {iid: min(per_gpu[g][iid] for g in span[iid]) for iid in members}
             moved = {iid: v for iid, v in agreed.items() if len(span[iid]) > 1 and pinned.get(iid) != v}
             if not moved or all(
@@ -172,6 +187,7 @@ class Ledger:
             ):  # every group got the same on each GPU: nothing to hand back
                 break
             pinned.update(moved)
+        self.deferred = frozenset(iid for iid in members if agreed[iid] < wanted.get(iid, 0))
         for iid in sorted(members):
             limit = agreed[iid]
             if limit != current[iid] or self.known[iid].limit is None:
@@ -186,9 +202,11 @@ class Ledger:
         mapped: Mapping[str, int],
         current: Mapping[str, int],
         pinned: Mapping[str, int],
+        wanted: dict[str, int],
     ) -> dict[str, int]:
         """One GPU: the limit each of its resident instances may have now (split, hysteresis,
-        phase). ``pinned``: TP groups held to what another GPU of theirs can give."""
+        phase). ``pinned``: TP groups held to what another GPU of theirs can give. ``wanted``
+        gets each one's target before phasing (the least over a group's GPUs)."""
         here = [
             replace(members[i], ceiling=pinned[i], floor=min(members[i].floor, pinned[i]))
             if i in pinned
@@ -203,6 +221,8 @@ class Ledger:
             for iid, t in split(budget, here).limits.items()
         }
         targets = {iid: min(t, pinned.get(iid, t)) for iid, t in targets.items()}
+        for iid, t in targets.items():
+            wanted[iid] = min(t, wanted.get(iid, t))
         order = [m.id for m in sorted(here, key=lambda m: (-m.priority, m.id))]
         return phase(budget, targets, current, mapped, order)
 

@@ -1,5 +1,6 @@
 """The task that runs the KV ledger: every second (or at once after ``poke()``, e.g. when an
-instance wakes, parks or its queue jumps) it observes every instance — its latest ``/v1/loads``
+instance wakes, parks or its queue jumps; every ``REGROW_S`` while a grow waits for a
+neighbour's pages to free) it observes every instance — its latest ``/v1/loads``
 sample and the shim's ``status`` — asks the ledger for actions and performs them (``set_limit``
 over the shim channel, ``POST /flush_cache``). Runs only in the ``elastic`` and ``full`` modes
 (``deployment.ledger_enabled``). Side effects go through ``KVEffects`` (tests use a fake).
@@ -34,6 +35,10 @@ from orchestrator.types import LoadSample
 
 log = logging.getLogger("chimera.kv")
 PERIOD_S = 1.0
+# while the ledger holds a grow back for a neighbour's pages to free (Ledger.deferred), the
+# next step comes after one scrape round (control/scrape.py ROUND_S) instead of a period: a
+# burst held in the admission gate waits for its KV, and its TTFT SLO may be 1 s
+REGROW_S = 0.25
 MAX_SAMPLE_AGE_S = 2.5  # two scrape rounds (control/scrape.py ROUND_S); app.py passes it
 
 
@@ -90,8 +95,10 @@ class KVRunner:
         period_s: float = PERIOD_S,
         report: Callable[[str, Status], None] | None = None,
         max_sample_age_s: float = MAX_SAMPLE_AGE_S,
+        regrow_s: float = REGROW_S,
     ) -> None:
         self.ledger, self.effects, self.instances = ledger, effects, instances
+        self.regrow_s = regrow_s
         self.report = report  # each shim status read (metrics)
         self.clock, self.period_s = clock, period_s  # clock: the scraper's (samples' ``at``)
         self.max_sample_age_s = max_sample_age_s
@@ -124,7 +131,7 @@ class KVRunner:
         while True:
             await self.step()
             try:
-                async with asyncio.timeout(self.period_s):
+                async with asyncio.timeout(self.regrow_s if self.ledger.deferred else self.period_s):
                     await self._poked.wait()
             except TimeoutError:
                 pass

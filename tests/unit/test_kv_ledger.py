@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cumem_shim.types import Status
-from orchestrator.kv.demand import need_bytes
+from orchestrator.kv.demand import active_tokens, need_bytes
 from orchestrator.kv.ledger import (
     MARGIN_BYTES,
     FlushCache,
@@ -41,6 +43,18 @@ def busy(used: int, waiting: int = 0, rate: float = 0.0) -> LoadSample:
     return load(8, 2, waiting, used, rate)
 
 
+def shimmed(sample: LoadSample, st: Status) -> LoadSample:
+    """``sample`` as a shimmed SGLang reports it when its requests hold ``sample.used_tokens``:
+    max_total - available - evictable (kv/demand.py)."""
+    evictable = max(0, st.used_tokens - sample.used_tokens)
+    used = CAP_TOKENS - max(0, st.limit_tokens - st.used_tokens) - evictable
+    return replace(sample, used_tokens=used)
+
+
+def observed(sample: LoadSample, st: Status, held_tokens: int = 0) -> Observation:
+    return Observation(shimmed(sample, st), st, held_tokens)
+
+
 def inst(iid: str, **kw: object) -> KVInstance:
     return KVInstance(iid, 0, TOKEN, AWAKE, PARKED, **kw)  # type: ignore[arg-type]
 
@@ -60,8 +74,8 @@ def test_first_plan_splits_the_budget_by_demand() -> None:
     led = Ledger({0: 80 * GIB})
     a, b = inst("a"), inst("b", floor_bytes=2 * GIB)
     seen = {
-        "a": Observation(busy(200_000), status(20 * GIB, 20 * GIB, used=200_000)),
-        "b": Observation(idle(), status(BLOCK, 4 * GIB)),
+        "a": observed(busy(200_000), status(20 * GIB, 20 * GIB, used=200_000)),
+        "b": observed(idle(), status(BLOCK, 4 * GIB)),
     }
     acts = led.plan([a, b], seen, now=0.0)
     limits = {x.instance: x.bytes for x in acts if isinstance(x, SetLimit)}
@@ -73,8 +87,8 @@ def test_first_plan_splits_the_budget_by_demand() -> None:
         if isinstance(x, SetLimit):
             led.accepted(x.instance, x.bytes, x.revision)
     # nothing moved: nothing is sent again (hysteresis)
-    seen["a"] = Observation(busy(200_100), status(20 * GIB, limits["a"], used=200_100))
-    seen["b"] = Observation(idle(), status(BLOCK, limits["b"]))
+    seen["a"] = observed(busy(200_100), status(20 * GIB, limits["a"], used=200_100))
+    seen["b"] = observed(idle(), status(BLOCK, limits["b"]))
     assert led.plan([a, b], seen, now=1.0) == []
 
 
@@ -85,21 +99,34 @@ def test_grow_waits_for_the_donor_to_drain() -> None:
         led.accepted(iid, lim, 1)
     # b's burst: a still holds 38 GiB of pages in use
     seen = {
-        "a": Observation(busy(100_000), status(38 * GIB, 38 * GIB, used=300_000)),
-        "b": Observation(busy(0, waiting=250_000), status(2 * GIB, 2 * GIB)),
+        "a": observed(busy(300_000), status(38 * GIB, 38 * GIB, used=300_000)),
+        "b": observed(busy(0, waiting=250_000), status(2 * GIB, 2 * GIB)),
     }
     acts = {x.instance: x for x in led.plan([a, b], seen, now=0.0)}
     sa, sb = acts["a"], acts.get("b")
     assert isinstance(sa, SetLimit) and sa.bytes < 38 * GIB and sa.revision == 2
     assert sb is None or (isinstance(sb, SetLimit) and sb.bytes <= 2 * GIB + 3 * GIB)
+    assert led.deferred == {"b"}  # the runner plans again soon (kv/runner.py REGROW_S)
     led.accepted("a", sa.bytes, sa.revision)
     # a drained to its new limit: now b grows
-    seen["a"] = Observation(busy(100_000), status(sa.bytes, sa.bytes, used=100_000))
+    seen["a"] = observed(busy(100_000), status(sa.bytes, sa.bytes, used=100_000))
     acts = {x.instance: x for x in led.plan([a, b], seen, now=1.0)}
     budget = 80 * GIB - 2 * AWAKE - MARGIN_BYTES
     grow = acts["b"]
     assert isinstance(grow, SetLimit) and grow.bytes >= budget - sa.bytes - BLOCK  # all a freed
     assert grow.bytes > 10 * GIB
+    # a's need fell too (its requests hold 100_000 tokens now): once each holds what it got,
+    # nothing is held back any more
+    limits = {"a": sa.bytes}
+    for now in (2.0, 3.0):
+        for x in acts.values():
+            if isinstance(x, SetLimit):
+                led.accepted(x.instance, x.bytes, x.revision)
+                limits[x.instance] = x.bytes
+        seen["a"] = observed(busy(100_000), status(limits["a"], limits["a"], used=100_000))
+        seen["b"] = observed(busy(0, waiting=250_000), status(limits["b"], limits["b"]))
+        acts = {x.instance: x for x in led.plan([a, b], seen, now=now)}
+    assert led.deferred == frozenset()
 
 
 def test_parked_instance_gets_zero_once_and_idle_hoarder_is_flushed() -> None:
@@ -162,11 +189,58 @@ def test_requests_held_before_the_engine_are_demand() -> None:
     def plan(held: int) -> dict[str, int]:
         led = Ledger({0: 80 * GIB})
         seen = {
-            "a": Observation(busy(200_000, rate=5_000.0), status(30 * GIB, 30 * GIB, used=200_000)),
-            "b": Observation(idle(), status(BLOCK, 2 * GIB), held_tokens=held),
+            "a": observed(busy(200_000, rate=5_000.0), status(30 * GIB, 30 * GIB, used=200_000)),
+            "b": observed(idle(), status(BLOCK, 2 * GIB), held_tokens=held),
         }
         return {x.instance: x.bytes for x in led.plan([inst("a"), inst("b")], seen, now=0.0) if isinstance(x, SetLimit)}
 
     quiet, held = plan(0), plan(60_000)
     assert held["b"] >= 60_000 * TOKEN > quiet["b"]
     assert held["a"] < quiet["a"]
+
+
+def test_need_leaves_out_sglangs_evictable_prefix_cache() -> None:
+    """The shim counts SGLang's cached tokens as used; SGLang reports them as evictable
+    (num_used = max_total - available - evictable): only the requests' tokens are demand."""
+    st = status(20 * GIB, 20 * GIB, used=150_000)  # 10_000 tokens of requests + 140_000 cached
+    reported = CAP_TOKENS - (st.limit_tokens - 150_000) - 140_000
+    got = load(8, 0, 0, reported, 0.0)
+    assert active_tokens(got, 150_000, st.limit_tokens) == 10_000
+    assert need_bytes(got, TOKEN, 150_000, shim_limit_tokens=st.limit_tokens) == 10_000 * TOKEN
+    # draining (the limit below use): available is 0 and the cache is still told apart
+    st = status(20 * GIB, 10 * GIB, used=150_000)
+    assert active_tokens(load(8, 0, 0, CAP_TOKENS - 140_000, 0.0), 150_000, st.limit_tokens) == 10_000
+    # a sample of another pool (DP ranks summed): the shim's count as it is
+    assert active_tokens(got, 150_000, st.limit_tokens, shim_capacity_tokens=2 * CAP_TOKENS) == 150_000
+
+
+def test_a_busy_servers_prefix_cache_does_not_keep_a_burst_out() -> None:
+    """Set-up A on the H200: a busy model's limit fills with prefix cache (SGLang evicts only
+    when it needs room), and an on/off model's burst waits in the admission gate. The burst's
+    held requests win the cache's memory: the busy model shrinks to its requests' tokens plus a
+    share of what is left, and once its cache is evicted the burst's model grows to its need."""
+    led = Ledger({0: 80 * GIB})
+    budget = 80 * GIB - 2 * AWAKE - MARGIN_BYTES
+    full = 36 * GIB
+    a, b = inst("a"), inst("b")
+
+    def seen(a_limit: int, a_mapped: int, b_limit: int) -> dict[str, Observation]:
+        cached = a_mapped // TOKEN - 20_000
+        return {  # a: 20_000 tokens of requests, the rest of what it maps is cache
+            "a": observed(busy(20_000), status(a_mapped, a_limit, used=20_000 + cached)),
+            "b": observed(idle(), status(BLOCK, b_limit), held_tokens=60_000),  # 7.5 GiB held
+        }
+
+    for iid, lim in (("a", full), ("b", BLOCK)):
+        led.accepted(iid, lim, 1)
+    acts = {x.instance: x.bytes for x in led.plan([a, b], seen(full, full, BLOCK), now=0.0) if isinstance(x, SetLimit)}
+    assert acts["a"] < budget / 2  # its cache is no claim: ~2.5 GiB of requests + a share
+    for iid, lim in acts.items():
+        led.accepted(iid, lim, 2)
+    # SGLang evicted the cache down to the new limit: the freed memory goes to the burst
+    acts = {
+        x.instance: x.bytes
+        for x in led.plan([a, b], seen(acts["a"], acts["a"], acts.get("b", BLOCK)), now=1.0)
+        if isinstance(x, SetLimit)
+    }
+    assert acts["b"] >= 60_000 * TOKEN

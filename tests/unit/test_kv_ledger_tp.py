@@ -3,6 +3,8 @@ any of them can give), never over any GPU's budget while the split changes under
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +35,14 @@ def load(used: int, waiting_tokens: int = 0) -> LoadSample:
     )
 
 
+def shimmed(sample: LoadSample, st: Status) -> LoadSample:
+    """``sample`` as a shimmed SGLang reports it when its requests hold ``sample.used_tokens``:
+    max_total - available - evictable (kv/demand.py)."""
+    evictable = max(0, st.used_tokens - sample.used_tokens)
+    used = CAP_TOKENS - max(0, st.limit_tokens - st.used_tokens) - evictable
+    return replace(sample, used_tokens=used)
+
+
 def group(iid: str, gpus: tuple[int, ...], **kw: object) -> list[KVInstance]:
     return [KVInstance(iid, g, TOKEN, AWAKE, PARKED, **kw) for g in gpus]  # type: ignore[arg-type]
 
@@ -41,9 +51,9 @@ def test_a_group_gets_the_least_its_gpus_give_and_the_rest_goes_to_neighbours() 
     led = Ledger({0: 80 * GIB, 1: 80 * GIB})
     insts = group("tp", (0, 1)) + group("busy", (0,)) + group("quiet", (1,))
     seen = {
-        "tp": Observation(load(160_000), status(BLOCK, GIB, used=160_000)),  # wants ~10 GiB
-        "busy": Observation(load(480_000), status(BLOCK, GIB, used=480_000)),  # wants ~29 GiB of GPU 0
-        "quiet": Observation(load(0), status(BLOCK, GIB)),
+        "tp": Observation(shimmed(load(160_000), st_tp := status(BLOCK, GIB, used=160_000)), st_tp),  # ~10 GiB
+        "busy": Observation(shimmed(load(480_000), st_b := status(BLOCK, GIB, used=480_000)), st_b),  # ~29 GiB
+        "quiet": Observation(shimmed(load(0), st_q := status(BLOCK, GIB)), st_q),
     }
     acts = led.plan(insts, seen, 0.0)
     limits = {a.instance: a.bytes for a in acts if isinstance(a, SetLimit)}

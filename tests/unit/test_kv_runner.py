@@ -57,8 +57,10 @@ class SimulatedShim:
         self.free.release_any(min(tokens, self.free.used_units()))
 
     def sample(self, iid: str, at: float = 0.0) -> LoadSample:
-        """What the scraper would hand the runner now."""
-        self.kv.available()
+        """What the scraper would hand the runner now: SGLang's ``num_used_tokens`` under the
+        shim is max_total - available - evictable (no prefix cache here), so the slots the limit
+        holds back count as used."""
+        available = self.kv.available()
         used = self.kv.used_units()
         return LoadSample(
             iid,
@@ -66,7 +68,7 @@ class SimulatedShim:
             1 if used else 0,
             1 if self.waiting_tokens else 0,
             self.waiting_tokens,
-            used,
+            LAYOUT.capacity_units - available,
             LAYOUT.capacity_units,
             None,
             0.0,
@@ -246,3 +248,45 @@ async def test_scraper_feeds_the_runner_against_the_sim_engine(sim_app: tuple[ht
     assert status is not None and status.revision == 1 and status.limit_bytes >= 4 * GIB
     assert runner.ledger.known[inst.id].limit == status.limit_bytes
     assert runner_requests == []  # an idle engine: no flush either
+
+
+async def test_a_deferred_grow_is_planned_again_after_a_scrape_round_not_a_period() -> None:
+    """b's burst needs memory a still maps: the ledger shrinks a and holds b's grow back; the
+    runner steps again after ``regrow_s`` (here 0: at once), with no poke and a period of an
+    hour, and stops doing so once nothing is held back."""
+    insts = [KVInstance(i, 0, TOKEN, 16 * GIB, 2 * GIB) for i in ("a", "b")]
+    shims = {"a": SimulatedShim(), "b": SimulatedShim()}
+    ledger = Ledger({0: 80 * GIB})
+    runner = KVRunner(ledger, FakeEffects(shims), lambda: insts, clock=lambda: 0.0, period_s=3600.0, regrow_s=0.0)
+    budget = 80 * GIB - 2 * 16 * GIB - MARGIN_BYTES
+    shims["a"].kv.set_limit(budget - 2 * GIB, 1)
+    shims["a"].serve(budget // TOKEN - 2 * GIB // TOKEN - 1024)  # a maps nearly its whole limit
+    shims["b"].waiting_tokens = 200_000  # b's burst
+    for iid, s in shims.items():
+        runner.observe(s.sample(iid))
+    steps = 0
+    real_step = runner.step
+
+    async def counted() -> list[object]:
+        nonlocal steps
+        steps += 1
+        if steps == 2:  # a's requests finish: its pages free, b's grow can go out
+            shims["a"].finish(shims["a"].free.used_units())
+        return list(await real_step())
+
+    runner.step = counted  # type: ignore[method-assign]
+    task = asyncio.create_task(runner.run())
+    try:
+        for _ in range(50):
+            await settle()
+            if steps >= 3 and not ledger.deferred:
+                break
+        assert steps >= 3 and not ledger.deferred
+        assert ledger.known["b"].limit is not None and ledger.known["b"].limit > 10 * GIB
+        before = steps
+        await settle()
+        assert steps == before  # nothing held back: back to the period
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -82,8 +82,13 @@ async def test_admission_follows_the_limit_up(rig: Rig) -> None:
     for t in tasks:
         assert (await asyncio.wait_for(t, 10)).status_code == 200
     st = await rig.shim.status()
-    assert st.used_tokens == 0 and st.revision == 1
+    # the finished requests' tokens stay in SGLang's prefix cache: allocated, not in use
+    assert 0 < st.used_tokens <= st.limit_tokens and st.revision == 1
     assert st.mapped_bytes <= 2 * BLOCK
+    loads = await rig.loads()
+    assert loads["num_used_tokens"] == loads["max_total_num_tokens"] - st.limit_tokens  # evictable: not used
+    assert (await rig.client.post("/flush_cache")).status_code == 200  # idle: the cache empties
+    assert (await rig.shim.status()).used_tokens == 0
 
 
 async def test_shrink_below_use_is_deferred_never_cuts_requests(rig: Rig) -> None:
