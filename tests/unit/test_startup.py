@@ -30,13 +30,15 @@ NEVER_ON_UP = (
 )
 
 
-def test_the_live_path_imports_no_heavy_or_optional_module() -> None:
-    code = (
-        "import sys, json, orchestrator.cli.main, orchestrator.app, orchestrator.sglang.detect;"
-        f"print(json.dumps([m for m in {list(NEVER_ON_UP)!r} if m in sys.modules]))"
-    )
+def imported(modules: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has loaded after importing ``modules``."""
+    code = f"import sys, json, {modules}; print(json.dumps([m for m in {list(watched)!r} if m in sys.modules]))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert json.loads(out.stdout) == []
+    return list(json.loads(out.stdout))
+
+
+def test_the_live_path_imports_no_heavy_or_optional_module() -> None:
+    assert imported("orchestrator.cli.main, orchestrator.app, orchestrator.sglang.detect", NEVER_ON_UP) == []
 
 
 # What `up` must not have imported when it listens: the CLI module parses arguments and binds
@@ -45,12 +47,7 @@ BEFORE_LISTEN_NEVER = ("rich", "httpx", "uvicorn", "asyncio", "yaml", "orchestra
 
 
 def test_the_cli_listens_before_importing_chimera() -> None:
-    code = (
-        "import sys, json, orchestrator.cli.main;"
-        f"print(json.dumps([m for m in {list(BEFORE_LISTEN_NEVER)!r} if m in sys.modules]))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert json.loads(out.stdout) == []
+    assert imported("orchestrator.cli.main", BEFORE_LISTEN_NEVER) == []
 
 
 def test_the_proxy_socket_listens_before_anything_accepts() -> None:
