@@ -422,7 +422,8 @@ def _scraper(
     is no hang (the switch has its own timeout, orchestrator/pools/retarget.py)."""
     sinks: list[Callable[[LoadSample], None]] = [control.post]
     if kv is not None:
-        sinks.append(kv.observe)
+        # the global scheduler's KV in use: the requests' tokens, not what the shim holds back
+        sinks = [lambda s: control.post(kv.requests_view(s)), kv.observe]
     if gate is not None:
         sinks.append(gate.observe)
     return Scraper(

@@ -22,13 +22,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import httpx
 
 from cumem_shim.types import Status
 from orchestrator.kv.client import GroupClient, LimitReply, ShimProtocolError, ShimUnavailable
+from orchestrator.kv.demand import active_tokens
 from orchestrator.kv.ledger import Action, FlushCache, KVInstance, Ledger, Observation
 from orchestrator.sglang.api import FLUSH_CACHE
 from orchestrator.types import LoadSample
@@ -104,6 +105,7 @@ class KVRunner:
         self.max_sample_age_s = max_sample_age_s
         self._poked = asyncio.Event()
         self._samples: dict[str, LoadSample] = {}  # the latest scraped sample per instance
+        self._statuses: dict[str, Status] = {}  # the latest shim status per instance
         # KV tokens of the requests held for each instance before it (mode full: the admission
         # gate's ``held_kv_tokens``, wired by the app); demand the engine cannot show yet
         self.held: Callable[[], Mapping[str, int]] = dict
@@ -117,9 +119,22 @@ class KVRunner:
         if before is None or sample.at - before.at > self.max_sample_age_s:
             self.poke()
 
+    def requests_view(self, sample: LoadSample) -> LoadSample:
+        """``sample`` with ``used_tokens`` the tokens its requests hold, for the global
+        scheduler's demand (control/demand.py): under the shim SGLang's ``num_used_tokens``
+        also counts the slots the limit holds back (an idle 1B then looks like tens of GB in
+        use) and its prefix cache; the arithmetic is kv/demand.py's ``active_tokens``, from the
+        shim's latest status. Without one (no shim, not read yet): the sample as it is."""
+        st = self._statuses.get(sample.instance_id)
+        if st is None:
+            return sample
+        used = active_tokens(sample, st.used_tokens, st.limit_tokens, st.capacity_tokens)
+        return replace(sample, used_tokens=used)
+
     def forget(self, iid: str) -> None:
         """The instance stopped (its process and shim are gone)."""
         self._samples.pop(iid, None)
+        self._statuses.pop(iid, None)
         self.ledger.forget(iid)
 
     def poke(self) -> None:
@@ -141,9 +156,10 @@ class KVRunner:
         insts = list(self.instances())
         statuses = await asyncio.gather(*(self.effects.status(i) for i in insts))
         now = self.clock()
-        if self.report is not None:
-            for inst, st in zip(insts, statuses, strict=True):
-                if st is not None:
+        for inst, st in zip(insts, statuses, strict=True):
+            if st is not None:
+                self._statuses[inst.id] = st
+                if self.report is not None:
                     self.report(inst.id, st)
         held = self.held()
         seen = {
@@ -181,4 +197,5 @@ class KVRunner:
             )
             return
         self.failures.pop(action.instance, None)
+        self._statuses[action.instance] = reply.status  # the limit now in force (requests_view)
         self.ledger.accepted(action.instance, reply.accepted_bytes, reply.accepted_revision)

@@ -290,3 +290,21 @@ async def test_a_deferred_grow_is_planned_again_after_a_scrape_round_not_a_perio
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_the_schedulers_view_counts_the_requests_tokens_not_what_the_limit_holds_back() -> None:
+    """SGLang's num_used_tokens under the shim counts the slots the limit holds back as used: an
+    idle instance looks nearly full to the global scheduler. Its view (``requests_view``) is
+    the tokens the requests hold, from the shim's status the runner read."""
+    insts = [KVInstance("a", 0, TOKEN, 16 * GIB, 2 * GIB)]
+    shims = {"a": SimulatedShim()}
+    runner = KVRunner(Ledger({0: 80 * GIB}), FakeEffects(shims), lambda: insts, clock=lambda: 0.0)
+    shims["a"].serve(3_000)
+    raw = shims["a"].sample("a")
+    assert raw.used_tokens > 100_000  # the virtual pool beyond the limit, as SGLang reports it
+    assert runner.requests_view(raw) == raw  # no status read yet: nothing to correct with
+    await scraped_step(runner, shims)
+    view = runner.requests_view(shims["a"].sample("a"))
+    assert view.used_tokens == 3_000 and view.capacity_tokens == raw.capacity_tokens
+    runner.forget("a")
+    assert runner.requests_view(raw) == raw
