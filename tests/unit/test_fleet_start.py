@@ -92,7 +92,8 @@ def test_cuda_graph_batch_sizes_follow_the_expected_concurrency() -> None:
     assert cuda_graph_max_bs(0) == MIN_CUDA_GRAPH_MAX_BS
     assert cuda_graph_max_bs(100 * 2048) == 128  # 100 sequences of 2048 tokens
     assert cuda_graph_max_bs(10**9) == MAX_CUDA_GRAPH_MAX_BS
-    small, big = derive(fleet("static", kv=1)), derive(fleet("static", kv=60))
+    # four 60 GB pools fit only a larger GPU beside their weights (check_static_pools)
+    small, big = derive(fleet("static", 300, kv=1)), derive(fleet("static", 300, kv=60))
     assert small.instances["m0@gpu0"].cuda_graph_max_bs < big.instances["m0@gpu0"].cuda_graph_max_bs
 
 
