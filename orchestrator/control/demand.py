@@ -6,7 +6,8 @@ needs besides instance states. Owned by the loop (only its task calls these); ti
 - concurrency: requests running in the model's engines, averaged over the same window (each
   sample adds running x seconds since the instance's previous sample); turned into the decode
   step time the TPOT guard needs with the H100 latency model;
-- KV in use per instance (tokens), from the latest sample;
+- KV in use per instance (tokens), from the latest sample (under the shim, the requests' tokens:
+  the app hands the loop ``KVRunner.requests_view`` of each sample);
 - last activity (arrival, completion, becoming awake) and last migration, per model.
 """
 
