@@ -4,6 +4,7 @@ and the admission gate (mode full)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from orchestrator.engines import get_engine
 from orchestrator.metrics.gpu_seconds import GpuSeconds
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.supervisor.supervisor import Supervisor
-from orchestrator.types import MODES, InstanceState, InstanceView, Mode, ModelView
+from orchestrator.types import MODES, InstanceState, InstanceView, LoadSample, Mode, ModelView
 from tests.unit.test_proxy import LLAMA, QWEN
 
 
@@ -46,13 +47,22 @@ async def test_the_scraper_runs_in_every_mode_with_the_sinks_each_needs(mode: Mo
         await supervisor.http.aclose()
     assert (kv is not None) == (mode in ("elastic", "full"))
     assert (gate is not None) == (mode == "full") and getattr(app.state, "admission", None) is gate
-    expected = [control.post] + ([kv.observe] if kv is not None else []) + ([gate.observe] if gate else [])
-    assert list(scraper.sinks) == expected
+    rest = ([kv.observe] if kv is not None else []) + ([gate.observe] if gate else [])
+    assert list(scraper.sinks)[1:] == rest
+    if kv is None:
+        assert scraper.sinks[0] == control.post
     assert scraper.headers == {"Authorization": "Bearer k"}  # the engines' key on every scrape
     if gate is not None and kv is not None:  # requests the gate holds are the ledger's demand too
         assert kv.held == gate.held_kv_tokens and gate.on_held == kv.poke
     assert scraper.targets == control.instances
     assert scraper.liveness == control.post and scraper.window_s == dep.config.liveness.window_s
+    if kv is not None:  # the loop gets the requests' tokens (KVRunner.requests_view); the runner the sample
+        posted: list[object] = []
+        control.post = posted.append  # type: ignore[method-assign]
+        kv.requests_view = lambda s: replace(s, used_tokens=7)  # type: ignore[method-assign]
+        sample = LoadSample("a@gpu0", 0.0, 1, 0, 0, 900, 1000, None, 0.0, 0.0)
+        scraper.sinks[0](sample)
+        assert posted == [replace(sample, used_tokens=7)]
 
 
 def _model(spec: ModelSpec, *states: tuple[InstanceState, str | None]) -> ModelView:
