@@ -49,7 +49,7 @@ def _load(base: str, model: str, stop: threading.Event, outcomes: list[tuple[flo
             kind = "ok"
         except openai.APIStatusError as exc:
             kind = f"http {exc.status_code}"
-        except openai.APIConnectionError as exc:  # a stream cut mid-way is a failure too
+        except openai.APIError as exc:  # no connection, or an error event that ends a stream
             kind = type(exc).__name__
         outcomes.append((time.monotonic() - t, kind))
         if kind != "ok":
