@@ -420,6 +420,7 @@ class ControlLoop:
             start_alone=f.start_alone,
             start_bytes=f.start_budget_bytes,
             parked_bytes=f.parked_bytes,
+            parks_after_start=f.warm_start_park and self.timesharing,
         )
 
     def _set(self, inst: Instance, state: InstanceState, now: float) -> None:

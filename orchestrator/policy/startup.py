@@ -17,6 +17,12 @@ hold when it begins. Starts are still kept apart where that is needed:
   deployment the planner let through. The fraction a fixed pool is started with
   (deployment.py ``launch_fraction``) holds only while the budgets fit: this is what keeps a
   start from being sized by what the others happen to hold.
+
+Order: instances that park as soon as they are up (``parks_after_start``: mode full's `on:
+false` placements) start first, then the file's order. Their start budget comes back within
+seconds of their start (they keep only their context), so where the fleet does not fit at
+once the next wave starts into it, and the models that stay awake start beside the first
+parks instead of after a queue of start-then-park instances one at a time.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class InstanceSnapshot:
     order: int  # position in the placements file (ties are broken by it)
     start_alone: bool = False  # nothing else on its GPUs may start while it starts
     start_bytes: int = 0  # per GPU while starting or awake (its start budget)
+    parks_after_start: bool = False  # parked as soon as it is up (a warm start)
     parked_bytes: int = 0  # per GPU while parked
 
     @property
@@ -92,7 +99,7 @@ def decide(snap: ClusterSnapshot, now: float) -> StartDecision:
     alone = {g for i in starting if i.start_alone for g in i.gpus}  # GPUs that one has alone
     start: list[str] = []
     queue: list[str] = []
-    for inst in sorted(wanted, key=lambda i: i.order):
+    for inst in sorted(wanted, key=lambda i: (not i.parks_after_start, i.order)):
         if _may_start(inst, busy, alone, held, snap.gpu_bytes):
             start.append(inst.id)
             busy.update(inst.gpus)

@@ -13,6 +13,7 @@ def inst(
     alone: bool = False,
     budget: int = 0,
     parked: int = 0,
+    parks: bool = False,
 ) -> InstanceSnapshot:
     return InstanceSnapshot(
         id=f"{model}@{i}",
@@ -24,6 +25,7 @@ def inst(
         start_alone=alone,
         start_bytes=budget,
         parked_bytes=parked,
+        parks_after_start=parks,
     )
 
 
@@ -85,3 +87,26 @@ def test_demand_does_not_start_a_second_instance_while_one_is_on_its_way() -> No
 def test_failed_instances_are_not_restarted_by_startup() -> None:
     snap = ClusterSnapshot((inst(0, "a", (0,), S.FAILED),), {"a": 1})
     assert decide(snap, 0.0).start == ()
+
+
+def test_instances_that_park_after_start_go_first_and_the_rest_start_into_their_memory() -> None:
+    """Set-up B's shape: four models stay awake, four start only to be parked; 80 GB do not
+    hold all eight at once. In file order the awake ones took the GPU and the parked ones then
+    started one at a time (3 waves of a cold start after the first); parks first, two waves."""
+    gib = 1 << 30
+    sizes = (8, 12, 21, 20)
+    awake = [inst(i, f"a{i}", (0,), budget=sizes[i] * gib, parked=2 * gib) for i in range(4)]
+    parks = [inst(4 + i, f"b{i}", (0,), budget=sizes[i] * gib, parked=2 * gib, parks=True) for i in range(4)]
+    d = decide(ClusterSnapshot((*awake, *parks), {}, gpu_bytes=75 * gib), 0.0)
+    assert d.start == ("b0@4", "b1@5", "b2@6", "b3@7", "a0@0")  # 69 GiB of 75
+    assert d.queue == ("a1@1", "a2@2", "a3@3")
+    # the four have parked (2 GiB each): the three left start together
+    up = [
+        *(
+            inst(i, f"a{i}", (0,), S.AWAKE if i == 0 else S.PENDING, budget=sizes[i] * gib, parked=2 * gib)
+            for i in range(4)
+        ),
+        *(inst(4 + i, f"b{i}", (0,), S.PARKED, budget=sizes[i] * gib, parked=2 * gib, parks=True) for i in range(4)),
+    ]
+    d = decide(ClusterSnapshot(tuple(up), {}, gpu_bytes=75 * gib), 0.0)
+    assert d.start == ("a1@1", "a2@2", "a3@3")

@@ -45,14 +45,14 @@ async def env() -> AsyncIterator[tuple[ControlLoop, RecordingEffects, Clock]]:
     ctl = ControlLoop(derive(CFG), fx, clock=clock)
     task = asyncio.create_task(ctl.run())
     await settle()
-    # a and b start together (their start budgets fit in 48 GB); c, which does not fit beside
-    # them, waits until neither is starting
-    assert fx.started == ["a@gpu0", "b@gpu0"]
-    for iid in ("a@gpu0", "b@gpu0"):
+    # c, started only to be parked, goes first and a beside it (their start budgets fit in
+    # 48 GB); b, which does not fit beside them, waits until neither is starting
+    assert fx.started == ["c@gpu0", "a@gpu0"]
+    for iid in ("c@gpu0", "a@gpu0"):
         ctl.post(Started(iid, ep(iid), seconds=2.0))
         await settle()
-    assert fx.started[-1] == "c@gpu0"
-    ctl.post(Started("c@gpu0", ep("c@gpu0"), seconds=2.0))
+    assert fx.started[-1] == "b@gpu0"
+    ctl.post(Started("b@gpu0", ep("b@gpu0"), seconds=2.0))
     await settle()
     yield ctl, fx, clock
     await cancel_and_wait(task)
