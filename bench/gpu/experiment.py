@@ -372,6 +372,7 @@ async def _one_rate(
             "shed_client": sum(r.status == 429 for r in recs),
             "time_parked_s": sum(parked.values()),
             "time_parked_by_instance_s": parked,
+            "kv_timeline": measure.kv_timeline(poller.snapshots[:-1]),
         },
     }
     joint = summary["overall"]["attainment"]["joint"]

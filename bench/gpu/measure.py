@@ -81,6 +81,34 @@ def time_parked(snapshots: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+KV_SERIES = {
+    "chimera_kv_limit_bytes": "limit_mib",
+    "chimera_kv_mapped_bytes": "mapped_mib",
+    "chimera_kv_used_tokens": "used_tokens",
+}
+
+
+def kv_timeline(snapshots: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    """Each instance's KV over a rate, from /metrics snapshots (``t_s``, ``gauges``): its shim's
+    limit and mapped MiB and its used token slots at each poll (elastic modes; empty without
+    the shim). What the KV ledger gave each model while the requests came, next to why they
+    waited."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for snap in snapshots:
+        per: dict[str, dict[str, float]] = {}
+        for key, value in snap.get("gauges", {}).items():
+            name, _, labels = key.partition("{")
+            field = KV_SERIES.get(name)
+            if field is None:
+                continue
+            server = dict(kv.split("=", 1) for kv in labels.rstrip("}").split(",") if "=" in kv).get("server")
+            if server is not None:
+                per.setdefault(server, {})[field] = round(value / 2**20, 1) if field.endswith("_mib") else value
+        for server, fields in per.items():
+            out.setdefault(server, []).append({"t_s": round(snap["t_s"], 2), **fields})
+    return out
+
+
 def unserved(reqs: Sequence[BenchRequest], run: int, route: str) -> list[RequestRecord]:
     """Records of requests not sent because the system does not serve their model: misses."""
     return [

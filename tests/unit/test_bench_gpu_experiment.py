@@ -241,3 +241,26 @@ def test_report_sets_full_against_static_and_swap_at_each_rate() -> None:
     assert summary["des"]["joint_ratios"]["1"] == {"full/static": pytest.approx(2.25), "full/swap": pytest.approx(1.8)}
     assert summary["des"]["joint_ratios"]["2"]["full/static"] is None  # static served nothing in time
     assert "| 1 | 40.0% | 50.0% | 90.0% | 2.25x | 1.80x |" in text
+
+
+def test_kv_timeline_follows_each_instance_through_the_polls() -> None:
+    mib = 2**20
+    snaps = [
+        {"t_s": 0.5, "states": {}, "gauges": {
+            'chimera_kv_limit_bytes{model=a,server=a@gpu0}': 64 * mib,
+            'chimera_kv_used_tokens{model=a,server=a@gpu0}': 10.0,
+            'chimera_kv_limit_bytes{model=b,server=b@gpu0}': 512 * mib,
+            'chimera_gpu_bytes{gpu=0,kind=total}': 80e9,
+        }},
+        {"t_s": 1.5, "states": {}, "gauges": {
+            'chimera_kv_limit_bytes{model=a,server=a@gpu0}': 960 * mib,
+            'chimera_kv_mapped_bytes{model=a,server=a@gpu0}': 896 * mib,
+        }},
+    ]  # fmt: skip
+    assert measure.kv_timeline(snaps) == {
+        "a@gpu0": [
+            {"t_s": 0.5, "limit_mib": 64.0, "used_tokens": 10.0},
+            {"t_s": 1.5, "limit_mib": 960.0, "mapped_mib": 896.0},
+        ],
+        "b@gpu0": [{"t_s": 0.5, "limit_mib": 512.0}],
+    }
