@@ -42,6 +42,7 @@ from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.pools.holdings import Holdings
 from orchestrator.pools.retarget import HttpRetargeter
 from orchestrator.pools.router import PoolRouter, pool_costs
+from orchestrator.pools.staging import Stager
 from orchestrator.progress import StartupProgress
 from orchestrator.proxy import create_app
 from orchestrator.proxy.admin import admin_routes
@@ -332,6 +333,9 @@ def _router(
         supervisor.add_observer(holdings.observe)  # a restarted server holds its start weights
         slot_of = {iid: slot for slot, iid in server_of.items() if slot in pool_of}
         switching = lambda iid: iid in slot_of and holdings.switching(slot_of[iid])  # noqa: E731
+        paths = {p.name: tuple(m.model_path for m in cfg.models if m.pool == p.name) for p in cfg.pools}
+        staged = lambda pool, n: metrics.pool_staged_bytes.labels(pool).set(n)  # noqa: E731
+        stager = Stager(cfg.pools, paths, holdings, on_staged=staged)
         router = PoolRouter(
             router,
             holdings,
@@ -339,6 +343,7 @@ def _router(
             cfg.models,
             lambda pool: pool_costs(dep, pool),
             supervisor.retargeted,
+            stager=stager,
         )
     return router, switching
 

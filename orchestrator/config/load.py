@@ -167,6 +167,11 @@ def parse_config(
     check_cross(v, list(zip(models, where, strict=True)), gpu_count, host)
     check_awake_limit(v, models, mode, scheduler)
     check_static_pools(v, models, mode, host)
+    if (staged := sum(p.stage_bytes for p in pools)) > host.host_memory_gb * 1e9:
+        v.err(
+            "pools",
+            f"stage_gb of all pools ({staged / 1e9:g} GB) exceeds host.host_memory_gb ({host.host_memory_gb:g})",
+        )
     v.raise_if_any(source)
     instances = tuple(
         InstanceSpec(id=_instance_id(m, pl), model=m, placement=pl) for m in models for pl in m.placements

@@ -68,7 +68,7 @@ def pooled_model(v: Validator, path: str, raw: dict[str, Any], idle_default: Idl
 
 
 def section_pools(v: Validator, raw: Any, models: list[ModelSpec]) -> tuple[tuple[PoolSpec, ...], list[ModelSpec]]:
-    """The ``pools:`` section: ``[{name, servers: [{gpus: [0]}, ...], model_path?}]``. Each
+    """The ``pools:`` section: ``[{name, servers: [{gpus: [0]}, ...], model_path?, stage_gb?}]``. Each
     server becomes a hidden model ``<pool>-<j>`` with that one placement, started with the
     pool's ``model_path`` (default: its first member's)."""
     if not isinstance(raw, list):
@@ -83,7 +83,7 @@ def section_pools(v: Validator, raw: Any, models: list[ModelSpec]) -> tuple[tupl
         if (why := name_problem(pr.get("name"))) is not None:
             v.err(f"{path}.name", why)
             continue
-        v.keys(pr, path, {"name", "servers", "model_path"})
+        v.keys(pr, path, {"name", "servers", "model_path", "stage_gb"})
         name = pr["name"]
         members = [m for m in models if m.pool == name]
         if not members:
@@ -112,7 +112,10 @@ def section_pools(v: Validator, raw: Any, models: list[ModelSpec]) -> tuple[tupl
             slots.append(
                 replace(first, name=slot, model_path=model_path, aliases=(), placements=(pl,), pool=None, slot_of=name)
             )
-        pools.append(PoolSpec(name, model_path, first.shape, names, tuple(m.name for m in members)))
+        stage_gb = v.number(pr, "stage_gb", path, minimum=0) or 0.0
+        pools.append(
+            PoolSpec(name, model_path, first.shape, names, tuple(m.name for m in members), int(stage_gb * 1e9))
+        )
     known = {pr.get("name") for pr in raw if isinstance(pr, dict)}
     for m in models:
         if m.pool is not None and m.pool not in known and raw:

@@ -108,6 +108,7 @@ class PoolSpec:
     shape: ModelShape
     slots: tuple[str, ...]  # its servers' (hidden) model names, one placement each
     members: tuple[str, ...]  # the pooled models it serves
+    stage_bytes: int = 0  # host RAM for its hot checkpoints in the page cache (``stage_gb``; 0: off)
 
 
 @dataclass(frozen=True)

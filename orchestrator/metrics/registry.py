@@ -136,6 +136,12 @@ class ChimeraMetrics:
             ["pool", "outcome"],
             registry=r,
         )
+        self.pool_staged_bytes = Gauge(
+            "chimera_pool_staged_bytes",
+            "Bytes of a shape pool's checkpoints read into host RAM (page cache) ahead of re-targets",
+            ["pool"],
+            registry=r,
+        )
 
         self.wake_seconds = Histogram(
             "chimera_wake_seconds",

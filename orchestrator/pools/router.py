@@ -25,6 +25,7 @@ from orchestrator.errors import EngineUnavailable
 from orchestrator.policy.pools import Costs, decide
 from orchestrator.pools.holdings import Holdings
 from orchestrator.pools.retarget import Retargeter, RetargetError
+from orchestrator.pools.staging import Stager
 from orchestrator.types import Endpoint, InstanceState, InstanceView, ModelView
 
 log = logging.getLogger("chimera.pools")
@@ -41,6 +42,7 @@ class PoolRouter:
         on_probe: Callable[[str, str], None],  # (instance id, probe output) after a switch
         clock: Callable[[], float] = time.monotonic,
         patience: Callable[[ModelSpec], float] = lambda m: m.slo.ttft_or_default,
+        stager: Stager | None = None,
     ) -> None:
         self._inner = inner
         self._holdings = holdings
@@ -51,6 +53,7 @@ class PoolRouter:
         self._clock = clock
         self._patience = patience  # how long a request waits before it may evict a hotter model
         self._slot_of_instance: dict[str, str] = {}
+        self._stager = stager
 
     def resolve(self, name: str) -> ModelSpec | None:
         m = self._inner.resolve(name)
@@ -95,6 +98,8 @@ class PoolRouter:
         pool, path = model.pool, model.model_path
         t0 = self._clock()
         self._holdings.bump(pool, path, t0)
+        if self._stager is not None:
+            self._stager.poke(pool)  # the hot checkpoints into host RAM (within the pool's stage_gb)
         while True:
             left = timeout_s - (self._clock() - t0)
             if left <= 0:
