@@ -10,9 +10,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from bench.client.record import RequestRecord
+from bench.client.server import chimera_families
 from bench.traces.request import BenchRequest
 
 TARGET = 0.99
@@ -25,8 +24,8 @@ HELD_LE = "0.05"
 def counters(text: str) -> dict[str, float]:
     """Sample name{labels} -> value of chimera's counters and histogram counts in /metrics."""
     out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        if not fam.name.startswith("chimera_") or fam.type not in ("counter", "histogram", "unknown"):
+    for fam in chimera_families(text):
+        if fam.type not in ("counter", "histogram", "unknown"):
             continue
         for s in fam.samples:
             if s.name.endswith(("_total", "_count")) or (

@@ -30,8 +30,8 @@ from typing import Any
 
 import httpx
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench.client.server import chimera_families
 from bench.gpu.checkpoints import main as write_checkpoints
 from bench.live.process import Chimera, start_chimera
 
@@ -98,7 +98,7 @@ def last_phases(log: Path) -> dict[str, float]:
 def wake_seconds(base: str) -> tuple[float, float]:
     text = httpx.get(base + "/metrics", timeout=10).text
     s = c = 0.0
-    for fam in text_string_to_metric_families(text):
+    for fam in chimera_families(text):
         if fam.name == "chimera_wake_seconds":
             for x in fam.samples:
                 s += x.value if x.name.endswith("_sum") else 0

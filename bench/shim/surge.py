@@ -27,11 +27,11 @@ from typing import Any
 
 import httpx
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.client.loadgen import ClientConfig, ClientShards, run_open_loop
 from bench.client.prompts import COMPLETIONS
 from bench.client.record import RequestRecord
+from bench.client.server import chimera_families
 from bench.live.process import ChimeraStartError, start_chimera
 from bench.report.summary import distribution
 from bench.traces import BenchRequest
@@ -148,7 +148,7 @@ class Poller:
                 except httpx.HTTPError:
                     continue
                 row: dict[str, Any] = {"t": round(time.monotonic() - self.t0, 3)}
-                for fam in text_string_to_metric_families(text):
+                for fam in chimera_families(text):
                     key = SERIES.get(fam.name)
                     if key:
                         for s in fam.samples:

@@ -9,13 +9,9 @@ short timeout; an engine that does not answer is skipped and counted, never fail
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import httpx
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from orchestrator.metrics.registry import SERVER
 from orchestrator.sglang.api import METRICS
@@ -24,36 +20,61 @@ from orchestrator.types import InstanceView
 SCRAPE_TIMEOUT_S = 2.0  # SGLang answers /metrics in milliseconds; a busy one may take longer
 
 
-class _Static(Collector):
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._families)
-
-
 async def engine_metrics(client: httpx.AsyncClient, views: Iterable[InstanceView]) -> bytes:
     """Exposition text of the ``sglang:*`` families of every instance with an address."""
     targets = [v for v in views if v.base_url and v.state.value == "awake"]
     texts = await asyncio.gather(*(_scrape(client, v) for v in targets))
-    merged: dict[str, Metric] = {}
-    for view, text in zip(targets, texts, strict=True):
-        if text is None:
-            continue
-        for fam in text_string_to_metric_families(text):
-            if not fam.name.startswith("sglang:"):
+    return merge((v, t) for v, t in zip(targets, texts, strict=True) if t is not None)
+
+
+def merge(texts: Iterable[tuple[InstanceView, str]]) -> bytes:
+    """The engines' ``sglang:*`` families as one exposition (text format 0.0.4): each family's
+    HELP and TYPE once (the first engine's), then every engine's samples of it, each with
+    ``server`` and ``chimera_model`` put first among its labels.
+
+    Line by line, without parsing the samples: this runs on the proxy's event loop at every
+    scrape, and six SGLang engines' exposition is thousands of lines (histograms per label
+    set), which prometheus_client's parser took ~0.1 ms a line to read and re-render: a scrape
+    held every request the proxy was forwarding for a third of a second. A sample line is
+    ``name{labels} value [timestamp]`` or ``name value [timestamp]``; a metric name holds no
+    ``{`` or space, so the labels are inserted right after the name and what follows is kept
+    as it is."""
+    heads: dict[str, dict[str, str]] = {}
+    samples: dict[str, list[str]] = {}
+    for view, text in texts:
+        extra = f'{SERVER}="{_escape(view.id)}",chimera_model="{_escape(view.model)}"'
+        family: str | None = None
+        for line in text.splitlines():
+            if not line:
                 continue
-            out = merged.get(fam.name)
-            if out is None:
-                out = merged[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
-            for s in fam.samples:
-                labels = {**s.labels, SERVER: view.id, "chimera_model": view.model}
-                out.add_sample(s.name, labels, s.value, s.timestamp, s.exemplar)
-    if not merged:
-        return b""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Static(list(merged.values())))
-    return generate_latest(registry)
+            if line[0] == "#":
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2] if parts[2].startswith("sglang:") else None
+                    if family is not None:
+                        heads.setdefault(family, {}).setdefault(parts[1], line)
+                        samples.setdefault(family, [])
+                continue
+            if family is None or not line.startswith("sglang:"):
+                continue
+            cut = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1)
+            if cut < 0:
+                continue  # not a sample line
+            if line[cut] == "{":
+                sep = "" if line[cut + 1 : cut + 2] == "}" else ","
+                samples[family].append(f"{line[: cut + 1]}{extra}{sep}{line[cut + 1 :]}")
+            else:
+                samples[family].append(f"{line[:cut]}{{{extra}}}{line[cut:]}")
+    out: list[str] = []
+    for family, lines in samples.items():
+        head = heads[family]
+        out += [head[k] for k in ("HELP", "TYPE") if k in head]
+        out += lines
+    return ("\n".join(out) + "\n").encode() if out else b""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 async def _scrape(client: httpx.AsyncClient, view: InstanceView) -> str | None:

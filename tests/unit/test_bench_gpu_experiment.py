@@ -264,3 +264,19 @@ def test_kv_timeline_follows_each_instance_through_the_polls() -> None:
         ],
         "b@gpu0": [{"t_s": 0.5, "limit_mib": 512.0}],
     }
+
+
+def test_pollers_read_chimeras_families_and_skip_the_engines() -> None:
+    from bench.client.server import chimera_families, parse_metrics
+
+    text = (
+        "# HELP chimera_requests_total Requests\n# TYPE chimera_requests_total counter\n"
+        'chimera_requests_total{model="a",status="200"} 3.0\n'
+        "# HELP chimera_kv_limit_bytes KV limit\n# TYPE chimera_kv_limit_bytes gauge\n"
+        'chimera_kv_limit_bytes{model="a",server="a@gpu0"} 64.0\n'
+        "# HELP sglang:num_running_reqs running\n# TYPE sglang:num_running_reqs gauge\n"
+        'sglang:num_running_reqs{server="a@gpu0",chimera_model="a"} 2.0\n'
+    )
+    assert [f.name for f in chimera_families(text)] == ["chimera_requests", "chimera_kv_limit_bytes"]
+    assert measure.counters(text) == {"chimera_requests_total{model=a,status=200}": 3.0}
+    assert parse_metrics(text)["gauges"] == {"chimera_kv_limit_bytes{model=a,server=a@gpu0}": 64.0}
