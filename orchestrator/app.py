@@ -32,7 +32,7 @@ from orchestrator.env import Env
 from orchestrator.errors import ConfigError
 from orchestrator.kv.ledger import KVInstance, Ledger
 from orchestrator.kv.runner import HttpKVEffects, KVEffects, KVRunner
-from orchestrator.kv.wiring import GONE, kv_instances
+from orchestrator.kv.wiring import GONE, GpuCapacity, kv_instances
 from orchestrator.lora.client import HttpAdapterClient
 from orchestrator.lora.residency import Residency
 from orchestrator.lora.router import AdapterRouter
@@ -362,7 +362,8 @@ def _kv_runner(
     if not dep.ledger:
         return None
     facts = dep.instances
-    capacity = {g: dep.gpu_bytes for g in {g for f in facts.values() for g in f.spec.gpus}}
+    # every GPU the control loop counts (up --ray: more once a node joins)
+    capacity = GpuCapacity(dep.gpu_bytes, lambda: max(dep.config.gpu_count, len(control.gpu_node)))
 
     def instances() -> list[KVInstance]:
         views = [v for m in control.models() for v in m.instances]

@@ -19,6 +19,7 @@ node that vanished without closing it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
@@ -34,6 +35,7 @@ from orchestrator.config import HostSpec, InstanceSpec
 from orchestrator.control.events import (
     Event,
     Exited,
+    GpusJoined,
     Parked,
     Probed,
     Relocated,
@@ -49,6 +51,7 @@ from orchestrator.kv.ledger import KVInstance
 from orchestrator.types import InstanceView
 
 log = logging.getLogger("chimera.cluster")
+JOIN_POLL_S = 2.0  # how often Ray's node table is read for nodes that joined after `up`
 POLL_S = 1.0  # an agent's long poll of reports; a dead agent fails it at once
 AGENT_READY_S = 60.0
 AGENT_RESTARTS = 3  # Ray restarts a dead agent on its (live) node this many times
@@ -77,7 +80,8 @@ class RayEffects:
         self._measure = measure
         self._node_state = node_state
         self._ray = import_ray()
-        self.agents: dict[str, Any] = agents or self._spawn_agents(engine, host, run_dir, deployment, key)
+        self._agent_args = (engine, host, run_dir, deployment, key)  # a node that joins later gets one too
+        self.agents: dict[str, Any] = agents or self._spawn_agents()
         self.up: dict[str, bool] = {n.name: True for n in inv.nodes}
         # instance id -> (node, the node's GPU indices) it runs on, or last ran on
         self.where: dict[str, tuple[Node, tuple[int, ...]]] = {}
@@ -87,32 +91,18 @@ class RayEffects:
         self._pids: dict[str, int] = {}  # node -> its agent's pid (a new one: Ray restarted it)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pumps: list[asyncio.Task[None]] = []
+        self._joining: set[str] = set()  # Ray node ids of nodes that joined after `up`, seen once
         for n in inv.nodes:
             self._set_node(n.name, True)
 
     # ---- agents ------------------------------------------------------------------------
 
-    def _spawn_agents(
-        self, engine: str, host: HostSpec, run_dir: Path, dep: Deployment | None, key: str | None
-    ) -> dict[str, Any]:
-        ray = self._ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        actor = ray.remote(NodeAgent)
-        agents: dict[str, Any] = {}
-        for n in self.inv.nodes:
-            agents[n.name] = actor.options(
-                name=f"chimera-agent-{n.name}",
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False),
-                num_cpus=0,
-                num_gpus=n.gpus,  # the node's GPUs are chimera's: Ray schedules nothing else there
-                max_concurrency=1000,
-                max_restarts=AGENT_RESTARTS,
-            ).remote(n.name, engine, host, str(run_dir / n.name), dep, n.address, key)
+    def _spawn_agents(self) -> dict[str, Any]:
+        agents = {n.name: self._new_agent(n) for n in self.inv.nodes}
         refs = {name: a.ping.remote() for name, a in agents.items()}
         for name, ref in refs.items():
             try:
-                ray.get(ref, timeout=AGENT_READY_S)
+                self._ray.get(ref, timeout=AGENT_READY_S)
             except Exception as exc:  # GetTimeoutError, RayActorError: say which node and why
                 raise ConfigError(
                     [
@@ -122,10 +112,74 @@ class RayEffects:
                 ) from exc
         return agents
 
+    def _new_agent(self, n: Node) -> Any:
+        """The agent actor of node ``n``, pinned to it (not waited for)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        engine, host, run_dir, dep, key = self._agent_args
+        return (
+            self._ray.remote(NodeAgent)
+            .options(
+                name=f"chimera-agent-{n.name}",
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False),
+                num_cpus=0,
+                num_gpus=n.gpus,  # the node's GPUs are chimera's: Ray schedules nothing else there
+                max_concurrency=1000,
+                max_restarts=AGENT_RESTARTS,
+            )
+            .remote(n.name, engine, host, str(run_dir / n.name), dep, n.address, key)
+        )
+
     def start_pumps(self) -> None:
-        """One long poll per agent, on the running event loop (the app calls this once)."""
+        """One long poll per agent, and the watch for nodes that join, on the running event
+        loop (the app calls this once)."""
         for name in self.agents:
             self._pumps.append(asyncio.create_task(self._pump(name), name=f"agent {name}"))
+        self._pumps.append(asyncio.create_task(self._watch_joins(), name="ray node joins"))
+
+    # ---- nodes that join after `up` ------------------------------------------------------
+
+    async def _watch_joins(self) -> None:
+        """Every ``JOIN_POLL_S``, Ray's node table: a live node chimera does not know gets an
+        agent; once it answers, the node counts (``join``)."""
+        while True:
+            await asyncio.sleep(JOIN_POLL_S)
+            try:
+                table = await asyncio.to_thread(self._ray.nodes)
+            except Exception as exc:  # noqa: BLE001 - the GCS is briefly unreachable: ask again
+                log.debug("ray.nodes(): %s", exc)
+                continue
+            _, added = self.inv.grow([n for n in table if str(n.get("NodeID")) not in self._joining])
+            for n in added:
+                self._joining.add(n.node_id)
+                self._spawn(self._join(n), f"join {n.name}")
+
+    async def _join(self, n: Node) -> None:
+        from ray.exceptions import RayError
+
+        log.info("ray node %s at %s joined: %d GPU(s); starting its agent", n.name, n.address, n.gpus)
+        agent = self._new_agent(n)
+        try:
+            await asyncio.wait_for(_aw(agent.ping.remote()), AGENT_READY_S)
+        except (TimeoutError, RayError) as exc:
+            log.error("node %s: its agent did not start (%s); the node is not used", n.name, type(exc).__name__)
+            with contextlib.suppress(Exception):
+                self._ray.kill(agent)
+            return
+        self.join(n, agent)
+
+    def join(self, n: Node, agent: Any) -> None:
+        """Node ``n`` (numbered after every GPU counted so far) and its agent, which answered:
+        the node counts from now on. The control loop counts its GPUs (``GpusJoined``: the
+        scheduler, the KV ledger), relocations may pick it; nothing placed elsewhere moves."""
+        if self.inv.find(n.name) is not None:
+            return
+        self.inv = Inventory((*self.inv.nodes, dataclasses.replace(n, first_gpu=self.inv.gpu_count)))
+        self.agents[n.name] = agent
+        self._set_node(n.name, True)
+        self._post(GpusJoined(self.inv.gpu_node()))
+        log.info("node %s counts now: cluster GPUs %s", n.name, list(self.inv.nodes[-1].global_gpus))
+        self._pumps.append(asyncio.create_task(self._pump(n.name), name=f"agent {n.name}"))
 
     async def _pump(self, name: str) -> None:
         from ray.exceptions import ActorUnavailableError, RayError

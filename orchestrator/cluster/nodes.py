@@ -7,12 +7,17 @@ address when no other node shares it, else by its Ray node id; a placement's ``n
 any of these. GPUs are numbered cluster-wide in node order (nodes sorted by name): the control
 loop, the KV ledger and the scheduler see one host with every GPU of the cluster, and a GPU
 group never spans two nodes.
+
+A node that joins after ``up`` (``Inventory.grow``) takes the next cluster-wide GPU ids, after
+every GPU known so far, whatever its name: the ids of the GPUs already counted never change. A
+newcomer whose name is taken (a node that rejoins under its old custom resource) is a new node
+named ``<name>-<first 6 hex of its Ray node id>``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # Resources Ray declares by itself: never a node's name.
@@ -65,6 +70,25 @@ class Inventory:
 
     def names(self) -> list[str]:
         return [n.name for n in self.nodes]
+
+    def grow(self, ray_nodes: Sequence[Mapping[str, Any]]) -> tuple[Inventory, tuple[Node, ...]]:
+        """This inventory plus the live nodes of ``ray.nodes()`` it does not hold yet (by Ray
+        node id), and those newcomers; numbered after every GPU known (module docstring)."""
+        known = {n.node_id for n in self.nodes}
+        fresh = [n for n in ray_nodes if str(n.get("NodeID")) not in known]
+        if not any(n.get("Alive", n.get("alive", False)) for n in fresh):
+            return self, ()
+        # names and addresses in use: a newcomer on a known host is named by its node id
+        taken = {name for n in self.nodes for name in (n.name, n.address, *n.aliases)}
+        first = self.gpu_count
+        added: list[Node] = []
+        for n in inventory(fresh).nodes:
+            name = n.name if n.name not in taken else f"{n.name}-{n.node_id[:6]}"
+            aliases = tuple(a for a in n.aliases if a not in taken)
+            added.append(replace(n, name=name, aliases=aliases, first_gpu=first))
+            taken.update((name, *aliases))
+            first += n.gpus
+        return Inventory(self.nodes + tuple(added)), tuple(added)
 
 
 def custom_resources(resources: Mapping[str, Any]) -> list[str]:

@@ -34,6 +34,15 @@ class Relocated:
 
 
 @dataclass(frozen=True)
+class GpusJoined:
+    """A node joined the Ray cluster after ``up`` (up --ray): ``gpu_node`` is the node index of
+    every cluster-wide GPU now, the newcomer's GPUs appended after the ones already counted. The
+    scheduler counts them from now on; instances move there only through ``Relocated``."""
+
+    gpu_node: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Exited:
     instance_id: str
     returncode: int | None
@@ -120,6 +129,7 @@ Event = (
     Started
     | StartFailed
     | Relocated
+    | GpusJoined
     | Exited
     | Parked
     | ParkFailed

@@ -25,6 +25,7 @@ from orchestrator.control.events import (
     AdminAction,
     Event,
     Exited,
+    GpusJoined,
     Parked,
     ParkFailed,
     Probed,
@@ -70,6 +71,7 @@ class ControlLoop:
         self._closing = False
         self._rr: dict[str, int] = {}
         self.timesharing = deployment.timesharing
+        self.gpu_node = deployment.gpu_node  # node of each GPU counted (grows: GpusJoined)
         # mode full: the global scheduler's inputs and the plans it decided
         self._demand = Demand()
         self._plans: Plans[Instance] = Plans(
@@ -181,6 +183,10 @@ class ControlLoop:
             return
         if isinstance(ev, Tick):
             self._due = True
+            return
+        if isinstance(ev, GpusJoined):
+            log.info("%d GPU(s) counted now (a node joined)", len(ev.gpu_node))
+            self.gpu_node, self._due = ev.gpu_node, True
             return
         if isinstance(ev, AdminAction):
             self._due = True
@@ -374,6 +380,7 @@ class ControlLoop:
             self._holds.oldest_wait_s(now),
             self._demand,
             now,
+            self.gpu_node,
         )
         decision = place.decide(view, now)
         for action in decision.actions:

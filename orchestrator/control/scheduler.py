@@ -35,7 +35,11 @@ def cluster_view(
     oldest_wait_s: Mapping[str, float],
     demand: Demand,
     now: float,
+    gpu_node: tuple[int, ...] | None = None,
 ) -> ClusterView:
+    """``gpu_node``: the node of every GPU counted now (the loop's, grown by nodes that joined a
+    Ray cluster after ``up``); None: the deployment's."""
+    nodes = deployment.gpu_node if gpu_node is None else gpu_node
     facts = deployment.models
     insts = list(instances)
     running: dict[str, int] = {}
@@ -75,7 +79,7 @@ def cluster_view(
     return ClusterView(
         models,
         servers,
-        (deployment.gpu_bytes,) * deployment.config.gpu_count,
+        (deployment.gpu_bytes,) * max(deployment.config.gpu_count, len(nodes)),
         deployment.placement_params,
-        deployment.gpu_node,
+        nodes,
     )

@@ -10,7 +10,7 @@ same limit on each (ledger.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from orchestrator.deployment import Deployment
 from orchestrator.kv.ledger import KVInstance
@@ -49,3 +49,23 @@ def kv_instances(views: Iterable[InstanceView], deployment: Deployment) -> list[
                 )
             )
     return out
+
+
+class GpuCapacity(Mapping[int, int]):
+    """The ledger's capacity: ``gpu_bytes`` on each of the ``count()`` GPUs counted now (up
+    --ray: the cluster's, which grows when a node joins after ``up``; an instance moved off a
+    dead node is planned on its new GPUs whether or not a placement names them)."""
+
+    def __init__(self, gpu_bytes: int, count: Callable[[], int]) -> None:
+        self.gpu_bytes, self.count = gpu_bytes, count
+
+    def __getitem__(self, gpu: int) -> int:
+        if not 0 <= gpu < self.count():
+            raise KeyError(gpu)
+        return self.gpu_bytes
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.count()))
+
+    def __len__(self) -> int:
+        return self.count()

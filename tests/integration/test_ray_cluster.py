@@ -162,8 +162,20 @@ def test_a_restarted_agent_re_adopts_its_engines(deployed: Deployed) -> None:
     assert "re-adopting ['beta@gpu1']" in run.log.read_text(), run.log.read_text()[-3000:]
 
 
-def test_a_removed_node_s_model_serves_again_elsewhere(deployed: Deployed) -> None:
+def _join(deployed: Deployed, name: str, gpus: int) -> None:
+    """A node joins after `up`: chimera starts its agent and counts it (chimera_node_up 1)."""
+    deployed.nodes[name] = deployed.cluster.add_node(
+        num_cpus=1, num_gpus=gpus, resources={name: 1}, object_store_memory=OBJECT_STORE
+    )
+    deadline = time.monotonic() + 60
+    while _metric(deployed.run.base, "chimera_node_up").get(name) != 1.0:
+        assert time.monotonic() < deadline, "the joined node was not counted"
+        time.sleep(0.5)
+
+
+def test_a_removed_node_s_model_serves_again_on_a_node_that_joined(deployed: Deployed) -> None:
     run = deployed.run
+    _join(deployed, "node-d", 1)  # after `up`: its GPU is cluster id 4 (node-a 0, node-b 1, node-c 2-3)
     stop = threading.Event()
     outcomes: dict[str, list[int]] = {"alpha": [], "beta": [], "gamma": []}
 
@@ -204,9 +216,10 @@ def test_a_removed_node_s_model_serves_again_elsewhere(deployed: Deployed) -> No
     assert outcomes["gamma"][-1] == 200, outcomes["gamma"]
     states = run.states()
     assert states["gamma"] == "awake", states
+    # the emptiest live node took it: node-d, which joined after `up` (node-a and node-b run a
+    # model each), and it counts there (node-d's GPU, cluster id 4), not on node-c's 3
     relocated = {p.parent.name for p in Path(run.run_dir).glob("*/gamma*.log")}
-    assert relocated & {"node-a", "node-b"}, relocated
-    # it counts where it runs now (node-a's GPU is cluster id 0, node-b's 1), not on node-c's 3
+    assert relocated == {"node-c", "node-d"}, relocated
     text = httpx.get(f"{run.base}/metrics", timeout=5).text
     gpu = re.findall(r'chimera_instance_state\{gpu="([^"]+)",model="gamma",server="gamma@gpu3",state="awake"\} 1', text)
-    assert gpu in (["0"], ["1"]), gpu
+    assert gpu == ["4"], gpu
