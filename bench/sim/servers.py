@@ -20,6 +20,9 @@ Approximation (documented in docs/bench-sim.md):
   each other server decoding on its GPU, and an arrival interrupts at once (the step in
   progress carries over). Prefills still run back to back before anyone's next decode step.
 - KV is reserved in full (prompt + output tokens) at dispatch, so there is no preemption.
+- A calibration with a ``FirstToken`` (the H200's) delays the first token the client sees
+  beyond the prefill's end (``first_token_at``): a few colocated decode steps of its server
+  and a periodic delivery stall, both fitted from real runs. Decoding is not delayed by it.
 """
 
 from __future__ import annotations
@@ -140,6 +143,21 @@ class SimServer:
         return self.s0 + len(self.running) * self.steps
 
 
+def first_token_at(m: SimModel, ready: float, running: int, ctx_sum: float, others: int) -> float:
+    """When the client sees the first token of a request whose prefill ends at ``ready``, on
+    a server with ``running`` requests (``ctx_sum`` tokens) and ``others`` other busy servers
+    on its GPU: the calibration's ``FirstToken`` (orchestrator/perf/calibration.py), i.e.
+    ``steps`` of the server's colocated decode step later, then pushed to the end of a
+    delivery stall if it falls inside one (windows of ``stall_s`` starting at multiples of
+    ``period_s`` of simulated time). Without one: ``ready``."""
+    ft = m.lat.calibration.first_token
+    if ft is None:
+        return ready
+    t = ready + ft.steps * (m.decode_s(max(1, running), ctx_sum) + m.lat.colocated_extra_s(others))
+    into = t % ft.period_s
+    return t + (ft.stall_s - into if into < ft.stall_s else 0.0)
+
+
 class GpuExec:
     """The scheduler rounds of one GPU, or of GPUs joined by a TP server. ``settle`` applies
     progress, ``plan`` starts the next epoch."""
@@ -178,14 +196,17 @@ class GpuExec:
     def plan(self, t: float) -> float | None:
         """Start an epoch at ``t``; returns when it ends (None: nothing to do)."""
         cum = 0.0
+        busy = sum(1 for s in self.servers if s.running or s.waiting)
         for s in self.servers:
             if s.waiting and s.state in (S.AWAKE, S.PARKING):
                 batch, s.waiting = s.waiting, []
                 cum += s.model.lat.prefill_time([(r.prompt, 0) for r in batch])
                 for r in batch:
-                    r.first = t + cum
                     heapq.heappush(s.running, (s.steps + r.output - 1, r.id, r))
                     s.s0 += r.prompt + 1 - s.steps
+                at = first_token_at(s.model, t + cum, len(s.running), s.ctx_sum(), busy - 1)
+                for r in batch:
+                    r.first = at
         self.active = [s for s in self.servers if s.running]
         if not self.active:
             return None

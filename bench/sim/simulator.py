@@ -199,7 +199,7 @@ class Simulator:
                 self._complete(req, t)
 
     def _complete(self, req: SimReq, t: float) -> None:
-        req.finish = t
+        req.finish = max(t, req.first)  # a delayed first token (first_token_at) is never after the last
         self.resolved += 1
         s = req.server
         assert s is not None

@@ -124,6 +124,19 @@ class DecodeFit:
 
 
 @dataclass(frozen=True)
+class FirstToken:
+    """What a request pays for its first token beyond its prefill, measured end to end (client
+    to engine and back): ``steps`` decode steps of its server as colocated (SGLang takes a new
+    request between steps and hands the prefill's token on one step later), and a delivery
+    stall: first tokens due inside a window of ``stall_s`` that opens every ``period_s`` are
+    seen at the window's end (bench/sim/servers.py ``first_token_at``)."""
+
+    steps: float
+    stall_s: float
+    period_s: float
+
+
+@dataclass(frozen=True)
 class Calibration:
     """The latency side of one card. colocation: how colocated servers' decode steps combine on
     one GPU: "time-slice" = one round runs every server's step one after another (each server's
@@ -137,6 +150,7 @@ class Calibration:
     colocation: Literal["time-slice", "overlap"]
     decode: tuple[tuple[str, DecodeFit], ...] = ()  # per shape name; others use the roofline
     default_per_other_s: float = 0.0  # overlap: per other decoding server, shapes not fitted
+    first_token: FirstToken | None = None  # None: the first token comes when the prefill ends
 
     def decode_fit(self, shape_name: str) -> DecodeFit | None:
         return next((f for s, f in self.decode if s == shape_name), None)
@@ -171,5 +185,13 @@ H200 = Calibration(
         ("qwen2.5-7b", DecodeFit(base_s=0.00662, per_req_s=0.000744, per_other_s=0.00298)),
     ),
     default_per_other_s=0.0025,  # [assumed] the fitted shapes' mean, for shapes not measured
+    # [measured] fitted by `python -m bench.calibration.first_token bench/results/gpu-experiment-h200-a3`
+    # (static, 8 req/s): p25 TTFT - prefill = 2.5-3.3 colocated steps for all four shapes (TTFT
+    # does not grow with the prompt at this load); first tokens of different engines released
+    # in the same instant, ~every 1.3-1.5 s, TTFT p99 - p25 = 0.30 s. The stall was chimera's
+    # /metrics parsing the engines' exposition on the proxy's event loop while the experiment
+    # polled it (and the poller's own parse), fixed since (metrics/federate.py ``merge``): it
+    # describes the runs these constants come from; refit it from the next run (expected ~0).
+    first_token=FirstToken(steps=2.84, stall_s=0.30, period_s=1.50),
 )
 CALIBRATIONS: dict[str, Calibration] = {c.name: c for c in (H100, H200)}

@@ -1,0 +1,106 @@
+"""``python -m bench.calibration.first_token [RESULTS_DIR]``: fit what a real request pays for
+its first token beyond the prefill (orchestrator/perf/calibration.py ``FirstToken``), from the
+lowest-rate run of a multi-model run of the one-GPU experiment (RESULTS_DIR/static/
+requests.jsonl.gz: every request's model, prompt, TTFT).
+
+At low load the simulator's TTFT is the prefill alone (6-20 ms on the H200) where the real
+ones are 26-126 ms at the median and ~300 ms at p99. Two costs, separated by the data:
+
+- a per-request cost that scales with the model's colocated decode step, not with the
+  prompt (TTFT hardly grows with prompt length at this load): SGLang's overlap scheduler
+  takes a new request between steps (wait for the step in progress) and hands the prefill's
+  token to the detokenizer one step later. Fitted as ``steps`` colocated decode steps of the
+  model at batch 1 with the others decoding beside it: per model, (p25 TTFT - prefill of the
+  median prompt) / that step; the median over models.
+- a periodic delivery stall: first tokens of DIFFERENT engines that should have come within a
+  few hundred ms of each other are released in the same instant, about every 1.3 s (stock
+  engines share nothing but the GPU and the host). Fitted as a window of ``stall_s`` every
+  ``period_s``: a first token due inside a window is seen at its end. ``stall_s`` = the median
+  over models of p99 - p25 TTFT; the share of requests whose TTFT exceeds p25 by more than
+  ``stall_s / 3`` is ``(2/3) stall_s / period_s`` under a uniform phase, which gives
+  ``period_s``.
+
+The fit is printed; the constants are copied by hand into calibration.py with this command
+as provenance (the simulator never reads result files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import load_config
+from orchestrator.perf.calibration import H200
+from orchestrator.perf.model import LatencyModel
+from orchestrator.shapes import load_shape
+
+DEFAULT_RESULTS = Path("bench/results/gpu-experiment-h200-a3")
+DEFAULT_SETUP = Path("bench/gpu/placements/setup-a.yaml")
+
+
+def _q(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+
+def fit_first_token(requests: list[dict[str, Any]], shapes: dict[str, str]) -> dict[str, Any]:
+    """``requests``: one run's records (model, prompt_tokens, ttft_s); ``shapes``: model ->
+    shape name. Returns steps, stall_s, period_s and the per-model numbers behind them."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in requests:
+        if r.get("ok") and r.get("ttft_s") is not None and r["model"] in shapes:
+            by_model.setdefault(r["model"], []).append(r)
+    others = len(by_model) - 1
+    per: dict[str, dict[str, float]] = {}
+    for m, rs in sorted(by_model.items()):
+        lat = LatencyModel(load_shape(shapes[m]), 1, calibration=H200)
+        ttft = [r["ttft_s"] for r in rs]
+        prompt = int(statistics.median(r["prompt_tokens"] for r in rs))
+        step = lat.decode_time([prompt]) + lat.colocated_extra_s(others)
+        p25 = _q(ttft, 0.25)
+        per[m] = {
+            "n": len(rs),
+            "p25_s": p25,
+            "p99_s": _q(ttft, 0.99),
+            "prefill_s": lat.prefill_time([(prompt, 0)]),
+            "step_s": step,
+            "steps": (p25 - lat.prefill_time([(prompt, 0)])) / step,
+        }
+    big = [m for m in per if per[m]["n"] >= 20]  # tails of a handful of requests say little
+    stall = statistics.median(per[m]["p99_s"] - per[m]["p25_s"] for m in big)
+    late = [r for m in big for r in by_model[m] if r["ttft_s"] > per[m]["p25_s"] + stall / 3]
+    share = len(late) / sum(per[m]["n"] for m in big)
+    return {
+        "steps": statistics.median(p["steps"] for p in per.values()),
+        "stall_s": stall,
+        "period_s": (2 / 3) * stall / share if share > 0 else float("inf"),
+        "models": per,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.calibration.first_token", description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", type=Path, nargs="?", default=DEFAULT_RESULTS)
+    ap.add_argument("--setup", type=Path, default=DEFAULT_SETUP)
+    args = ap.parse_args(argv)
+    cfg = load_config(args.setup)
+    shapes = {m.name: m.shape.name for m in cfg.models}
+    with gzip.open(args.results / "static" / "requests.jsonl.gz", "rt") as f:
+        recs = [json.loads(line) for line in f]
+    first = min(r["run"] for r in recs)
+    out = fit_first_token([r for r in recs if r["run"] == first], shapes)
+    for m, p in out["models"].items():
+        print(
+            f"{m:12s} n={p['n']:4.0f} p25 {p['p25_s'] * 1e3:5.0f} ms  p99 {p['p99_s'] * 1e3:5.0f} ms  "
+            f"prefill {p['prefill_s'] * 1e3:4.1f} ms  step {p['step_s'] * 1e3:4.1f} ms  -> {p['steps']:.2f} steps"
+        )
+    print(f"steps={out['steps']:.2f} stall_s={out['stall_s']:.3f} period_s={out['period_s']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""The first token as the client sees it (orchestrator/perf/calibration.py ``FirstToken``,
+bench/sim/servers.py ``first_token_at``, fitted by ``python -m bench.calibration.first_token``):
+a few colocated decode steps after the prefill, pushed past a periodic delivery stall; the
+H100 model is unchanged; and the fitter recovers both from records built with known values."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.calibration.first_token import fit_first_token
+from bench.sim.baselines import FixedColocation
+from bench.sim.fleet import make_model
+from bench.sim.servers import first_token_at
+from bench.sim.simulator import Simulator
+from bench.traces.request import BenchRequest
+from orchestrator.perf import calibration as cal
+
+FT = cal.FirstToken(steps=3.0, stall_s=0.3, period_s=1.5)
+H200_FT = replace(cal.H200, first_token=FT)
+
+
+def test_first_token_comes_steps_after_the_prefill_outside_a_stall() -> None:
+    m = make_model("m", "llama-3.1-8b", calibration=H200_FT)
+    step = m.decode_s(4, 2000) + m.lat.colocated_extra_s(2)
+    assert first_token_at(m, 0.5, 4, 2000, 2) == pytest.approx(0.5 + 3 * step)
+
+
+def test_first_token_due_inside_a_stall_is_seen_at_its_end() -> None:
+    m = make_model("m", "llama-3.2-1b", calibration=H200_FT)
+    step = m.decode_s(1, 100)
+    ready = 3.0 + 0.05 - 3 * step  # due 50 ms into the window that opens at 3.0 s
+    assert first_token_at(m, ready, 1, 100, 0) == pytest.approx(3.3)
+    ready = 3.3 + 0.01 - 3 * step  # due just after that window closed: not delayed
+    assert first_token_at(m, ready, 1, 100, 0) == pytest.approx(3.31)
+
+
+def test_h100_has_no_first_token_cost() -> None:
+    assert cal.H100.first_token is None
+    m = make_model("m", "llama-3.1-8b", calibration=cal.H100)
+    assert first_token_at(m, 1.25, 8, 5000, 3) == 1.25
+
+
+def _ttft(calibration: cal.Calibration) -> float:
+    models = {"m": make_model("m", "llama-3.1-8b", calibration=calibration)}
+    sim = Simulator(models, 1, 80 << 30, FixedColocation({"m": ((0,), 8 << 30)}))
+    sim.run([BenchRequest(0, 0.5, "m", 200, 20)])
+    (r,) = sim.reqs
+    assert r.finish >= r.first
+    return r.first - r.arrival
+
+
+def test_simulated_ttft_carries_the_first_token_cost() -> None:
+    bare = _ttft(replace(cal.H200, first_token=None))
+    m = make_model("m", "llama-3.1-8b", calibration=H200_FT)
+    # alone on the GPU: the prefill, then three of its own steps at batch 1
+    assert _ttft(H200_FT) == pytest.approx(bare + 3 * m.decode_s(1, 201), rel=1e-6)
+
+
+def test_fitter_recovers_steps_and_stall_from_known_records() -> None:
+    rng = random.Random(3)
+    shapes = {"a": "llama-3.2-1b", "b": "llama-3.1-8b"}
+    want = cal.FirstToken(steps=2.5, stall_s=0.3, period_s=1.5)
+    recs: list[dict[str, Any]] = []
+    for name, shape in shapes.items():
+        m = make_model(name, shape, calibration=replace(cal.H200, first_token=want))
+        for _ in range(2000):
+            arrival = rng.uniform(0, 100)
+            first = first_token_at(m, arrival + m.lat.prefill_time([(300, 0)]), 1, 300, 1)
+            recs.append({"model": name, "ok": True, "prompt_tokens": 300, "ttft_s": first - arrival})
+    out = fit_first_token(recs, shapes)
+    assert out["steps"] == pytest.approx(2.5, abs=0.15)
+    assert out["stall_s"] == pytest.approx(0.3, abs=0.03)
+    assert out["period_s"] == pytest.approx(1.5, rel=0.15)
+
+
+def test_constants_are_the_fitters_fit_of_the_committed_run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.calibration import first_token
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the fitter's default paths are the repo's
+    assert first_token.main([]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    ft = cal.H200.first_token
+    assert ft is not None
+    assert line == f"steps={ft.steps:.2f} stall_s={ft.stall_s:.3f} period_s={ft.period_s:.2f}"
