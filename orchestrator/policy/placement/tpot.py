@@ -41,22 +41,34 @@ def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None,
     gone = set(drop)
     worst = 0.0
     state, servers, charges = led.state, led.servers, led.charges
-    add_name = add.name if add is not None else None
-    add_step, added, add_rest, add_slo = terms(add) if add is not None else (0.0, 0.0, 0.0, 0.0)
+    add_name: str | None = None
+    add_step = added = add_rest = add_slo = 0.0
+    known = True  # ``add`` is none or one of the snapshot's models
+    if add is not None:
+        add_name = add.name
+        known = led.models.get(add_name) is add
+        # a snapshot model's terms are its charge's; charging it also puts it in the bound below
+        add_step, added, add_rest, add_slo = led.charges[add_name][5:] if known else terms(add)
+    # Nothing dropped, ``add`` known and every SLO positive: a GPU whose round plus the largest
+    # own-step term stays below the smallest SLO cannot overflow (may_overflow's bound, with
+    # ``add`` counted in the round), so its members are not visited.
+    rest_max, slo_min = led.charges.rest_max, led.charges.slo_min
+    bounded = not gone and known and slo_min > 0
     for g in gpus:
         round_s = led.round_s[g] + added
+        if bounded and round_s + rest_max < slo_min:
+            continue
         # per active model: (step x (1 - share), SLO); its own step counts whole while it decodes
         members: list[tuple[float, float]] = [(add_rest, add_slo)] if add_step > 0 else []
         for sid in led.on_gpu[g]:
+            st = state[sid]
+            if not (st is _AWAKE or st is _WAKING or st is _STARTING):
+                continue  # not in the round (and its model need not be charged)
             model = servers[sid].model
             _, _, _, _, _, step, decode, rest, slo = charges[model]
             if sid in gone:
-                st = state[sid]
-                if st is _AWAKE or st is _WAKING or st is _STARTING:
-                    round_s -= decode
-                continue
-            st = state[sid]
-            if (st is _AWAKE or st is _WAKING or st is _STARTING) and step > 0 and model != add_name:
+                round_s -= decode
+            elif step > 0 and model != add_name:
                 members.append((rest, slo))
         for rest, slo in members:
             o = (round_s + rest - slo) / slo
@@ -67,10 +79,11 @@ def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None,
 
 def may_overflow(led: GpuTally) -> Callable[[int], bool]:
     """A test that is False only for GPUs whose ``gpu_overflow`` is surely 0: the round plus the
-    largest own-step term of any model stays below the smallest TPOT SLO of any model with a
-    step (float addition is monotonic, so no member's ``seen`` can exceed its SLO). Lets the
-    migration policy skip most GPUs of a large fleet."""
-    rest_max, slo_min = led.rest_max, led.slo_min
+    largest own-step term of any charged model stays below the smallest TPOT SLO of any charged
+    model with a step (float addition is monotonic, so no member's ``seen`` can exceed its SLO;
+    every active server's model is charged: charges.py). Lets the migration policy skip most
+    GPUs of a large fleet."""
+    rest_max, slo_min = led.charges.rest_max, led.charges.slo_min
     round_s = led.round_s
     return lambda g: round_s[g] + rest_max >= slo_min
 
