@@ -21,6 +21,9 @@ _ACTIVE = frozenset({S.AWAKE, S.WAKING, S.STARTING})
 _AWAKE = S.AWAKE  # a module constant: an Enum member read off its class costs ~10x more
 # per state: (holds its CUDA context, resident, active) - one lookup instead of three
 _FLAGS = {st: (st in HOLDS_CONTEXT, st in RESIDENT, st in _ACTIVE) for st in S}
+_PARKED = S.PARKED
+# the tally's fast path for parked servers charges their context only
+assert _FLAGS[_PARKED] == (True, False, False), "a parked server holds its context, no weights, no KV"
 
 
 def decoding(m: ModelDemand) -> float:
@@ -64,7 +67,17 @@ class GpuTally:
                 of_model[model] = [sid]
             else:
                 sids.append(sid)
-            holds, resident, active = flags[s.state]
+            st = s.state
+            if st is _PARKED and len(gpus) == 1:  # most servers of a large fleet: a context, no more
+                g = gpus[0]
+                if g < 0 or g >= n:
+                    raise ValueError(f"server {sid!r} is on GPU {g}, the snapshot has {n} GPUs")
+                on_gpu[g].append(sid)
+                held = m.cost.parked_bytes
+                if held:
+                    room[g] -= held
+                continue
+            holds, resident, active = flags[st]
             if resident or active:
                 charge = charges[model]
                 if resident:
@@ -260,13 +273,17 @@ class GpuTally:
         the model's pressure gone from ``leaving`` - only matters when the groups overlap)."""
         worst = 0.0
         own = model.pressure
+        awake, context = model.cost.awake_bytes, model.cost.parked_bytes if cold else 0
+        # max(a, b) spelled as ``b if b > a else a`` (what max does): no calls, same floats
         for g in gpus:
-            room = self.room[g] - model.cost.awake_bytes - (model.cost.parked_bytes if cold else 0)
+            room = self.room[g] - awake - context
             pressure = self.pressure[g] + own - (own if g in leaving else 0.0)
             for sid in victims:
                 s = self.servers[sid]
                 if g in s.gpus:
                     room += self.charges[s.model][1]  # awake bytes
                     pressure -= self.charges[s.model][3]  # its pressure
-            worst = max(worst, max(pressure, 0.0) / max(room, _TINY))
+            ratio = (0.0 if 0.0 > pressure else pressure) / (_TINY if _TINY > room else room)
+            if ratio > worst:
+                worst = ratio
         return worst

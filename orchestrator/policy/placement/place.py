@@ -102,20 +102,24 @@ def _groups(led: GpuTally, n_gpus: int, tp: int, taken: set[int]) -> list[tuple[
 
 def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> Activation | Blocked:
     best: tuple[tuple[int, float, int, float, float, str], tuple[int, ...], str | None, list[str]] | None = None
-    starving = m if m.oldest_wait_s >= view.params.starvation_s else None
+    params = view.params
+    starving = m if m.oldest_wait_s >= params.starvation_s else None
+    guard = params.tpot_guard
+    state, servers = led.state, led.servers
+    need = led.need_bytes(m, cold=False)
     for sid in led.of_model.get(m.name, ()):
-        if led.state[sid] is not _PARKED:
+        if state[sid] is not _PARKED:
             continue
-        gpus = led.servers[sid].gpus
-        victims = _room(led, view, gpus, m, now, starving, cold=False)
+        gpus = servers[sid].gpus
+        victims = _room(led, view, gpus, need, now, starving, m)
         if victims is None:
             continue
         cost = (
-            sum(led.models[led.servers[v].model].pressure + 1.0 for v in victims if not led.evictable(v, now))
+            sum(led.models[servers[v].model].pressure + 1.0 for v in victims if not led.evictable(v, now))
             if victims
             else 0
         )
-        over = tpot.overflow(led, gpus, m, victims) if view.params.tpot_guard else 0.0
+        over = tpot.overflow(led, gpus, m, victims) if guard else 0.0
         key = (0, over, int(bool(victims)), cost, led.ratio_after(gpus, m, victims, cold=False), sid)
         if best is None or key < best[0]:
             best = (key, gpus, sid, victims)
@@ -124,7 +128,7 @@ def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> A
         groups = _groups(led, len(view.gpu_bytes), m.tp_size, taken)
         groups.sort(key=lambda grp: (led.group_ratio(grp), grp))
         for gpus in groups[: view.params.candidates]:
-            victims = _room(led, view, gpus, m, now, None, cold=True)
+            victims = _room(led, view, gpus, led.need_bytes(m, cold=True), now, None, m)
             if victims is None:
                 continue
             over = tpot.overflow(led, gpus, m, victims) if view.params.tpot_guard else 0.0
@@ -165,23 +169,24 @@ def _room(
     led: GpuTally,
     view: ClusterView,
     gpus: tuple[int, ...],
-    m: ModelDemand,
+    need: float,
     now: float,
     starving: ModelDemand | None,
-    cold: bool,
+    m: ModelDemand,
 ) -> list[str] | None:
-    """The servers to park before ``m`` comes up on ``gpus``: those the awake limit forces out
-    (``_swap_out``), then idle ones for memory (``make_room``); None if it cannot come up now."""
+    """The servers to park before ``m`` comes up on ``gpus`` (``need`` bytes on each:
+    ``need_bytes``): those the awake limit forces out (``_swap_out``), then idle ones for memory
+    (``make_room``); None if it cannot come up now."""
     limit = view.params.max_awake_per_gpu
     if limit is None:  # nothing forced out: only memory
-        return led.make_room(gpus, led.need_bytes(m, cold=cold), now, starving=starving)
+        return led.make_room(gpus, need, now, starving=starving)
     forced = _swap_out(led, gpus, m, limit, now)
     if forced is None:
         return None
     for v in forced:  # tentatively parked, so that make_room counts the memory they free
         led.set_state(v, S.PARKED)
     try:
-        more = led.make_room(gpus, led.need_bytes(m, cold=cold), now, exclude=frozenset(forced), starving=starving)
+        more = led.make_room(gpus, need, now, exclude=frozenset(forced), starving=starving)
     finally:
         for v in forced:
             led.set_state(v, S.AWAKE)

@@ -25,6 +25,7 @@ _ACTIVE = (S.AWAKE, S.WAKING, S.STARTING)
 # module constants compared by identity in the loops: hashing an Enum member (a set lookup)
 # calls Python code, and these loops run thousands of times a decision
 _AWAKE, _WAKING, _STARTING = _ACTIVE
+_NOTHING: frozenset[str] = frozenset()
 
 
 def terms(m: ModelDemand) -> tuple[float, float, float, float]:
@@ -38,7 +39,7 @@ def terms(m: ModelDemand) -> tuple[float, float, float, float]:
 def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None, drop: Iterable[str] = ()) -> float:
     """Worst relative overflow of the expected round over a TPOT SLO among the active models of
     the group, with ``add`` made active there and the servers ``drop`` gone."""
-    gone = set(drop)
+    gone = set(drop) if drop else _NOTHING
     worst = 0.0
     state, servers, charges = led.state, led.servers, led.charges
     add_name: str | None = None
