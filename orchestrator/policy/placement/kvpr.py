@@ -266,6 +266,17 @@ class GpuTally:
                 return victims
         return None
 
+    def fits_ratio(self, g: int, model: ModelDemand, need: float) -> float | None:
+        """``ratio_after((g,), model, [], cold=False)`` when ``need`` bytes fit on GPU g as it
+        stands (``make_room``'s first test: nobody to park), else None: an activation's common
+        case in one call, same floats."""
+        if need - (self.room[g] - self.committed[g]) > 0:
+            return None
+        pressure = self.pressure[g] + model.pressure
+        room = self.room[g] - model.cost.awake_bytes
+        ratio = (0.0 if 0.0 > pressure else pressure) / (_TINY if _TINY > room else room)
+        return ratio if ratio > 0.0 else 0.0
+
     def ratio_after(
         self, gpus: tuple[int, ...], model: ModelDemand, victims: list[str], cold: bool, leaving: tuple[int, ...] = ()
     ) -> float:

@@ -78,6 +78,18 @@ def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None,
     return worst
 
 
+def bound(led: GpuTally, add: ModelDemand) -> tuple[float, float, float] | None:
+    """(what ``add`` adds to a round, the largest own-step term, the smallest SLO) when
+    ``overflow``'s bound applies to ``add`` with nothing dropped: then a GPU g with
+    ``led.round_s[g] + added + rest_max < slo_min`` has ``overflow(led, (g,), add) == 0``.
+    None when it does not apply (``add`` not the snapshot's, an SLO not positive)."""
+    if led.models.get(add.name) is not add:
+        return None
+    added = led.charges[add.name][6]  # charging it first: the bound then counts it
+    rest_max, slo_min = led.charges.rest_max, led.charges.slo_min
+    return (added, rest_max, slo_min) if slo_min > 0 else None
+
+
 def may_overflow(led: GpuTally) -> Callable[[int], bool]:
     """A test that is False only for GPUs whose ``gpu_overflow`` is surely 0: the round plus the
     largest own-step term of any charged model stays below the smallest TPOT SLO of any charged
