@@ -22,8 +22,9 @@ _AWAKE = S.AWAKE  # a module constant: an Enum member read off its class costs ~
 # per state: (holds its CUDA context, resident, active) - one lookup instead of three
 _FLAGS = {st: (st in HOLDS_CONTEXT, st in RESIDENT, st in _ACTIVE) for st in S}
 _PARKED = S.PARKED
-# the tally's fast path for parked servers charges their context only
+# the tally's short paths: a parked server charges its context only, an awake one everything
 assert _FLAGS[_PARKED] == (True, False, False), "a parked server holds its context, no weights, no KV"
+assert _FLAGS[_AWAKE] == (True, True, True), "an awake server holds its context, weights and KV"
 
 
 def decoding(m: ModelDemand) -> float:
@@ -76,6 +77,21 @@ class GpuTally:
                 held = m.cost.parked_bytes
                 if held:
                     room[g] -= held
+                continue
+            if st is _AWAKE and len(gpus) == 1:  # the other common case: every term, one GPU
+                charge = charges[model]
+                g = gpus[0]
+                if g < 0 or g >= n:
+                    raise ValueError(f"server {sid!r} is on GPU {g}, the snapshot has {n} GPUs")
+                coming.add(model)
+                on_gpu[g].append(sid)
+                held = charge[0] + charge[1]
+                if held:
+                    room[g] -= held
+                kv = s.kv_used_bytes
+                committed[g] += charge[2] if charge[2] > kv else kv  # max(floor, in use)
+                pressure[g] += charge[3]
+                round_s[g] += charge[4]
                 continue
             holds, resident, active = flags[st]
             if resident or active:
