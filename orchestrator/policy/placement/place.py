@@ -117,8 +117,14 @@ def _groups(led: GpuTally, n_gpus: int, tp: int, taken: set[int]) -> list[tuple[
     return out
 
 
+# a candidate's rank, lowest first: (cold start, TPOT overflow, parks anyone, cost of the parks or
+# unaligned, KVPR after, server id)
+_Key = tuple[int, float, int, float, float, str]
+
+
 def _activate(led: GpuTally, view: ClusterView, m: ModelDemand, now: float) -> Activation | Blocked:
-    best: tuple[tuple[int, float, int, float, float, str], tuple[int, ...], str | None, list[str]] | None = None
+    best: tuple[_Key, tuple[int, ...], str | None, list[str]] | None = None
+    key: _Key
     params = view.params
     starving = m if m.oldest_wait_s >= params.starvation_s else None
     guard = params.tpot_guard
