@@ -75,7 +75,7 @@ def _decide(view: ClusterView, now: float) -> PlacementDecision:
 
     coming = led.coming_models()
     need = [m for m in view.models if (m.queued > 0 or m.running > 0) and m.name not in coming]
-    need.sort(key=lambda m: (-m.priority, -m.queued, -m.pressure, m.name))
+    need.sort(key=_urgency)
     for m in need:
         got = _activate(led, view, m, now)
         if isinstance(got, Blocked):
@@ -101,6 +101,13 @@ def _decide(view: ClusterView, now: float) -> PlacementDecision:
             touched.add(mig.model)
 
     return PlacementDecision(actions=tuple(actions), blocked=tuple(blocked), kvpr=tuple(led.ratios()))
+
+
+def _urgency(m: ModelDemand) -> tuple[int, int, float, str]:
+    """Activation order: priority, then requests held, then KV pressure (``m.pressure`` spelled
+    out: ``max(slo, 1e-6)`` as a comparison, same float), then name."""
+    slo = m.tpot_slo_s
+    return (-m.priority, -m.queued, -(m.token_rate * m.cost.kv_bytes_per_token / (1e-6 if 1e-6 > slo else slo)), m.name)
 
 
 def _groups(led: GpuTally, n_gpus: int, tp: int, taken: set[int]) -> list[tuple[int, ...]]:

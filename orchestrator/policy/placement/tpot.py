@@ -16,7 +16,7 @@ global scheduler can afford at 1,000 models (bench/sim microbench).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from orchestrator.policy.placement.cluster import ModelDemand, S
 from orchestrator.policy.placement.kvpr import GpuTally, decoding
@@ -90,15 +90,14 @@ def bound(led: GpuTally, add: ModelDemand) -> tuple[float, float, float] | None:
     return (added, rest_max, slo_min) if slo_min > 0 else None
 
 
-def may_overflow(led: GpuTally) -> Callable[[int], bool]:
-    """A test that is False only for GPUs whose ``gpu_overflow`` is surely 0: the round plus the
-    largest own-step term of any charged model stays below the smallest TPOT SLO of any charged
-    model with a step (float addition is monotonic, so no member's ``seen`` can exceed its SLO;
-    every active server's model is charged: charges.py). Lets the migration policy skip most
-    GPUs of a large fleet."""
+def may_overflow(led: GpuTally) -> list[int]:
+    """The GPUs with decode rounds (in id order) except those whose ``gpu_overflow`` is surely 0:
+    the round plus the largest own-step term of any charged model stays below the smallest TPOT
+    SLO of any charged model with a step (float addition is monotonic, so no member's ``seen``
+    can exceed its SLO; every active server's model is charged: charges.py). Lets the migration
+    policy skip most GPUs of a large fleet."""
     rest_max, slo_min = led.charges.rest_max, led.charges.slo_min
-    round_s = led.round_s
-    return lambda g: round_s[g] + rest_max >= slo_min
+    return [g for g, r in enumerate(led.round_s) if r > 0 and r + rest_max >= slo_min]
 
 
 def gpu_overflow(led: GpuTally, g: int) -> float:
