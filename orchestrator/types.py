@@ -45,7 +45,7 @@ GpuGroup = tuple[int, ...]  # the GPUs of one engine instance (one GPU, or its T
 
 def gpu_label(gpus: GpuGroup) -> str:
     """How a GPU group is written in ids, metrics labels and tables: ``0`` or ``0+1``."""
-    return "+".join(str(g) for g in gpus)
+    return "+".join(map(str, gpus))
 
 
 class InstanceState(StrEnum):

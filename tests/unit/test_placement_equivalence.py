@@ -122,3 +122,39 @@ def test_bad_servers_are_refused_with_a_message() -> None:
         view = ClusterView(base.models, (ServerView("bad", m, gpus, S.AWAKE),), base.gpu_bytes)
         with pytest.raises(ValueError, match=msg):
             place.decide(view, 0.0)
+
+
+def test_the_collector_is_left_as_it_was() -> None:
+    """decide pauses the cyclic collector while it runs and restores it, enabled or not."""
+    import gc
+
+    view = fleet(2, 10, 4, 1, PlacementParams())
+    assert gc.isenabled()
+    place.decide(view, 0.0)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        place.decide(view, 0.0)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_charges_are_computed_for_models_in_use_only() -> None:
+    """A parked server charges its context only: its model's charge is computed once it is woken
+    or weighed, and the TPOT bound counts the models charged so far."""
+    from orchestrator.policy.placement.kvpr import GpuTally
+
+    c = COSTS[("llama-3.2-1b", 1)]
+    models = (
+        ModelDemand("busy", 1, c, tpot_slo_s=0.05, token_rate=100.0, step_s=0.01, activity=0.5),
+        ModelDemand("idle", 1, c, tpot_slo_s=0.02, token_rate=0.0, step_s=0.03, activity=0.0),
+    )
+    servers = (ServerView("b", "busy", (0,), S.AWAKE), ServerView("i", "idle", (1,), S.PARKED))
+    led = GpuTally(ClusterView(models, servers, (int(80 * GIB),) * 2))
+    assert set(led.charges) == {"busy"}
+    assert (led.charges.rest_max, led.charges.slo_min) == (0.005, 0.05)
+    assert led.room[1] == 80 * GIB - c.parked_bytes  # the parked server's context is charged all the same
+    led.set_state("i", S.WAKING)
+    assert set(led.charges) == {"busy", "idle"}
+    assert (led.charges.rest_max, led.charges.slo_min) == (0.03, 0.02)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from orchestrator.policy.placement.charges import Charges
 from orchestrator.policy.placement.cluster import HOLDS_CONTEXT, RESIDENT, ClusterView, ModelDemand, S, ServerView
 
 _TINY = 1.0  # bytes: keeps a full GPU's ratio finite and ordered
@@ -20,6 +21,10 @@ _ACTIVE = frozenset({S.AWAKE, S.WAKING, S.STARTING})
 _AWAKE = S.AWAKE  # a module constant: an Enum member read off its class costs ~10x more
 # per state: (holds its CUDA context, resident, active) - one lookup instead of three
 _FLAGS = {st: (st in HOLDS_CONTEXT, st in RESIDENT, st in _ACTIVE) for st in S}
+_PARKED = S.PARKED
+# the tally's short paths: a parked server charges its context only, an awake one everything
+assert _FLAGS[_PARKED] == (True, False, False), "a parked server holds its context, no weights, no KV"
+assert _FLAGS[_AWAKE] == (True, True, True), "an awake server holds its context, weights and KV"
 
 
 def decoding(m: ModelDemand) -> float:
@@ -36,80 +41,88 @@ class GpuTally:
         self.committed = [0.0] * n  # KV that resident servers keep: max(floor, in use)
         self.pressure = [0.0] * n
         self.round_s = [0.0] * n  # expected decode seconds per round: steps x activity (tpot.py)
-        self.state: dict[str, S] = {}
-        self.servers: dict[str, ServerView] = {}
         self.on_gpu: list[list[str]] = [[] for _ in range(n)]
         self.of_model: dict[str, list[str]] = {}
-        # per model, what one server charges each GPU: (context, awake bytes, KV floor, pressure,
-        # expected decode seconds per round), then the TPOT guard's terms (tpot.terms: step,
-        # step x decoding share, step x (1 - share), TPOT SLO); computed once in one tuple, a
-        # decision charges thousands. The expressions are ModelDemand.pressure's, decoding()'s
-        # and tpot.terms', with min/max spelled as comparisons (same floats, NaN included).
-        self.charges: dict[str, tuple[int, int, int, float, float, float, float, float, float]] = {}
-        charges = self.charges
-        # over models with a decode step: the largest step x (1 - share) and the smallest TPOT
-        # SLO, a bound that lets the TPOT guard skip GPUs that cannot overflow (tpot.may_overflow)
-        self.rest_max, self.slo_min = 0.0, float("inf")
-        for m in view.models:
-            c = m.cost
-            act = m.activity
-            if act is None:
-                share = 1.0
-            else:
-                share = 0.0 if 0.0 > act else act  # max(act, 0.0)
-                if 1.0 < share:  # min(share, 1.0)
-                    share = 1.0
-            step = m.step_s
-            decode = step * share
-            slo = m.tpot_slo_s
-            rest = step * (1.0 - share)
-            if step > 0:
-                if rest > self.rest_max:
-                    self.rest_max = rest
-                if slo < self.slo_min:
-                    self.slo_min = slo
-            charges[m.name] = (
-                c.parked_bytes,
-                c.awake_bytes,
-                c.kv_floor_bytes,
-                m.token_rate * c.kv_bytes_per_token / (1e-6 if 1e-6 > slo else slo),
-                decode,
-                step,
-                decode,
-                rest,
-                slo,
-            )
+        # per model, what one server charges each GPU (charges.py): computed when first needed
+        self.charges = Charges(self.models)
+        charges, models = self.charges, self.models
         # The initial charge of every server, inlined (``_charge`` with sign +1, same order of
-        # additions per GPU, so the same floats): at 10,000 models this loop was 40% of a decision.
-        # A server is checked as it is charged (the first bad one raises, as before).
+        # additions per GPU, so the same floats): at 10,000 models this loop is a third of a
+        # decision. A server is checked as it is charged (the first bad one raises, as before).
         room, committed, pressure, round_s, on_gpu = self.room, self.committed, self.pressure, self.round_s, self.on_gpu
-        state, servers, of_model = self.state, self.servers, self.of_model
+        of_model = self.of_model
+        # the id -> server and id -> state maps in one C-level pass each (same last-wins order)
+        servers: dict[str, ServerView] = {s.id: s for s in view.servers}
+        self.servers = servers
+        self.state: dict[str, S] = {sid: s.state for sid, s in servers.items()}
         flags = _FLAGS
         coming: set[str] = set()  # coming_models() as the snapshot stands
         for s in view.servers:
             model = s.model
-            charge = charges.get(model)
-            if charge is None:
+            m = models.get(model)
+            if m is None:
                 raise ValueError(f"server {s.id!r} runs model {model!r}, which the snapshot lacks")
-            sid, st, gpus = s.id, s.state, s.gpus
-            if not gpus:
-                raise ValueError(f"server {sid!r} has no GPU")
-            servers[sid] = s
-            state[sid] = st
+            sid, gpus = s.id, s.gpus
             sids = of_model.get(model)
             if sids is None:
                 of_model[model] = [sid]
             else:
                 sids.append(sid)
-            context, awake, floor, p, r, _, _, _, _ = charge
-            holds, resident, active = flags[st]
-            if active:
+            st = s.state
+            if st is _PARKED and len(gpus) == 1:  # most servers of a large fleet: a context, no more
+                g = gpus[0]
+                if g < 0 or g >= n:
+                    raise ValueError(f"server {sid!r} is on GPU {g}, the snapshot has {n} GPUs")
+                on_gpu[g].append(sid)
+                held = m.cost.parked_bytes
+                if held:
+                    room[g] -= held
+                continue
+            if st is _AWAKE and len(gpus) == 1:  # the other common case: every term, one GPU
+                charge = charges[model]
+                g = gpus[0]
+                if g < 0 or g >= n:
+                    raise ValueError(f"server {sid!r} is on GPU {g}, the snapshot has {n} GPUs")
                 coming.add(model)
-            held = (context if holds else 0) + (awake if resident else 0)
-            if resident:
+                on_gpu[g].append(sid)
+                held = charge[0] + charge[1]
+                if held:
+                    room[g] -= held
                 kv = s.kv_used_bytes
-                if floor > kv:
-                    kv = floor
+                committed[g] += charge[2] if charge[2] > kv else kv  # max(floor, in use)
+                pressure[g] += charge[3]
+                round_s[g] += charge[4]
+                continue
+            holds, resident, active = flags[st]
+            if resident or active:
+                charge = charges[model]
+                if resident:
+                    kv = s.kv_used_bytes
+                    if charge[2] > kv:  # max(floor, in use)
+                        kv = charge[2]
+                    held = (charge[0] if holds else 0) + charge[1]
+                else:
+                    held = charge[0] if holds else 0
+                if active:
+                    coming.add(model)
+                    p, r = charge[3], charge[4]
+            else:  # parked, stopped, pending: its context at most, no charge computed
+                held = m.cost.parked_bytes if holds else 0
+            if len(gpus) == 1:  # the common case, without the loop
+                g = gpus[0]
+                if g < 0 or g >= n:
+                    raise ValueError(f"server {sid!r} is on GPU {g}, the snapshot has {n} GPUs")
+                on_gpu[g].append(sid)
+                if held:
+                    room[g] -= held
+                if resident:
+                    committed[g] += kv
+                if active:
+                    pressure[g] += p
+                    round_s[g] += r
+                continue
+            if not gpus:
+                raise ValueError(f"server {sid!r} has no GPU")
             for g in gpus:
                 if g < 0 or g >= n:
                     raise ValueError(f"server {sid!r} is on GPU {g}, the snapshot has {n} GPUs")
@@ -269,6 +282,17 @@ class GpuTally:
                 return victims
         return None
 
+    def fits_ratio(self, g: int, model: ModelDemand, need: float) -> float | None:
+        """``ratio_after((g,), model, [], cold=False)`` when ``need`` bytes fit on GPU g as it
+        stands (``make_room``'s first test: nobody to park), else None: an activation's common
+        case in one call, same floats."""
+        if need - (self.room[g] - self.committed[g]) > 0:
+            return None
+        pressure = self.pressure[g] + model.pressure
+        room = self.room[g] - model.cost.awake_bytes
+        ratio = (0.0 if 0.0 > pressure else pressure) / (_TINY if _TINY > room else room)
+        return ratio if ratio > 0.0 else 0.0
+
     def ratio_after(
         self, gpus: tuple[int, ...], model: ModelDemand, victims: list[str], cold: bool, leaving: tuple[int, ...] = ()
     ) -> float:
@@ -276,13 +300,17 @@ class GpuTally:
         the model's pressure gone from ``leaving`` - only matters when the groups overlap)."""
         worst = 0.0
         own = model.pressure
+        awake, context = model.cost.awake_bytes, model.cost.parked_bytes if cold else 0
+        # max(a, b) spelled as ``b if b > a else a`` (what max does): no calls, same floats
         for g in gpus:
-            room = self.room[g] - model.cost.awake_bytes - (model.cost.parked_bytes if cold else 0)
+            room = self.room[g] - awake - context
             pressure = self.pressure[g] + own - (own if g in leaving else 0.0)
             for sid in victims:
                 s = self.servers[sid]
                 if g in s.gpus:
                     room += self.charges[s.model][1]  # awake bytes
                     pressure -= self.charges[s.model][3]  # its pressure
-            worst = max(worst, max(pressure, 0.0) / max(room, _TINY))
+            ratio = (0.0 if 0.0 > pressure else pressure) / (_TINY if _TINY > room else room)
+            if ratio > worst:
+                worst = ratio
         return worst

@@ -49,8 +49,7 @@ def best_migration(led: GpuTally, view: ClusterView, now: float, touched: set[st
     if p.tpot_guard:
         # only GPUs that may overflow at all are measured: those that cannot have overflow 0,
         # which the filter below drops anyway
-        round_s, may = led.round_s, tpot.may_overflow(led)
-        over = [(tpot.gpu_overflow(led, g), g) for g in range(n) if round_s[g] > 0 and may(g)]
+        over = [(tpot.gpu_overflow(led, g), g) for g in tpot.may_overflow(led)]
         srcs += [g for o, g in sorted(over, key=lambda x: (-x[0], x[1]))[:_SOURCES] if o > 0 and g not in srcs]
     best: tuple[tuple[int, int, float], str, str, list[str], str, MoveCost] | None = None
     for g in srcs:

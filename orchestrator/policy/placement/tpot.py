@@ -16,7 +16,7 @@ global scheduler can afford at 1,000 models (bench/sim microbench).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from orchestrator.policy.placement.cluster import ModelDemand, S
 from orchestrator.policy.placement.kvpr import GpuTally, decoding
@@ -25,6 +25,7 @@ _ACTIVE = (S.AWAKE, S.WAKING, S.STARTING)
 # module constants compared by identity in the loops: hashing an Enum member (a set lookup)
 # calls Python code, and these loops run thousands of times a decision
 _AWAKE, _WAKING, _STARTING = _ACTIVE
+_NOTHING: frozenset[str] = frozenset()
 
 
 def terms(m: ModelDemand) -> tuple[float, float, float, float]:
@@ -38,25 +39,37 @@ def terms(m: ModelDemand) -> tuple[float, float, float, float]:
 def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None, drop: Iterable[str] = ()) -> float:
     """Worst relative overflow of the expected round over a TPOT SLO among the active models of
     the group, with ``add`` made active there and the servers ``drop`` gone."""
-    gone = set(drop)
+    gone = set(drop) if drop else _NOTHING
     worst = 0.0
     state, servers, charges = led.state, led.servers, led.charges
-    add_name = add.name if add is not None else None
-    add_step, added, add_rest, add_slo = terms(add) if add is not None else (0.0, 0.0, 0.0, 0.0)
+    add_name: str | None = None
+    add_step = added = add_rest = add_slo = 0.0
+    known = True  # ``add`` is none or one of the snapshot's models
+    if add is not None:
+        add_name = add.name
+        known = led.models.get(add_name) is add
+        # a snapshot model's terms are its charge's; charging it also puts it in the bound below
+        add_step, added, add_rest, add_slo = led.charges[add_name][5:] if known else terms(add)
+    # Nothing dropped, ``add`` known and every SLO positive: a GPU whose round plus the largest
+    # own-step term stays below the smallest SLO cannot overflow (may_overflow's bound, with
+    # ``add`` counted in the round), so its members are not visited.
+    rest_max, slo_min = led.charges.rest_max, led.charges.slo_min
+    bounded = not gone and known and slo_min > 0
     for g in gpus:
         round_s = led.round_s[g] + added
+        if bounded and round_s + rest_max < slo_min:
+            continue
         # per active model: (step x (1 - share), SLO); its own step counts whole while it decodes
         members: list[tuple[float, float]] = [(add_rest, add_slo)] if add_step > 0 else []
         for sid in led.on_gpu[g]:
+            st = state[sid]
+            if not (st is _AWAKE or st is _WAKING or st is _STARTING):
+                continue  # not in the round (and its model need not be charged)
             model = servers[sid].model
             _, _, _, _, _, step, decode, rest, slo = charges[model]
             if sid in gone:
-                st = state[sid]
-                if st is _AWAKE or st is _WAKING or st is _STARTING:
-                    round_s -= decode
-                continue
-            st = state[sid]
-            if (st is _AWAKE or st is _WAKING or st is _STARTING) and step > 0 and model != add_name:
+                round_s -= decode
+            elif step > 0 and model != add_name:
                 members.append((rest, slo))
         for rest, slo in members:
             o = (round_s + rest - slo) / slo
@@ -65,14 +78,26 @@ def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None,
     return worst
 
 
-def may_overflow(led: GpuTally) -> Callable[[int], bool]:
-    """A test that is False only for GPUs whose ``gpu_overflow`` is surely 0: the round plus the
-    largest own-step term of any model stays below the smallest TPOT SLO of any model with a
-    step (float addition is monotonic, so no member's ``seen`` can exceed its SLO). Lets the
-    migration policy skip most GPUs of a large fleet."""
-    rest_max, slo_min = led.rest_max, led.slo_min
-    round_s = led.round_s
-    return lambda g: round_s[g] + rest_max >= slo_min
+def bound(led: GpuTally, add: ModelDemand) -> tuple[float, float, float] | None:
+    """(what ``add`` adds to a round, the largest own-step term, the smallest SLO) when
+    ``overflow``'s bound applies to ``add`` with nothing dropped: then a GPU g with
+    ``led.round_s[g] + added + rest_max < slo_min`` has ``overflow(led, (g,), add) == 0``.
+    None when it does not apply (``add`` not the snapshot's, an SLO not positive)."""
+    if led.models.get(add.name) is not add:
+        return None
+    added = led.charges[add.name][6]  # charging it first: the bound then counts it
+    rest_max, slo_min = led.charges.rest_max, led.charges.slo_min
+    return (added, rest_max, slo_min) if slo_min > 0 else None
+
+
+def may_overflow(led: GpuTally) -> list[int]:
+    """The GPUs with decode rounds (in id order) except those whose ``gpu_overflow`` is surely 0:
+    the round plus the largest own-step term of any charged model stays below the smallest TPOT
+    SLO of any charged model with a step (float addition is monotonic, so no member's ``seen``
+    can exceed its SLO; every active server's model is charged: charges.py). Lets the migration
+    policy skip most GPUs of a large fleet."""
+    rest_max, slo_min = led.charges.rest_max, led.charges.slo_min
+    return [g for g, r in enumerate(led.round_s) if r > 0 and r + rest_max >= slo_min]
 
 
 def gpu_overflow(led: GpuTally, g: int) -> float:
