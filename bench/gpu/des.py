@@ -9,7 +9,10 @@ requests are misses, as live). Not ``static-partition``: that one dedicates a wh
 model, so on one GPU it would serve the most popular model only. swap -> ``swap-only``; full ->
 ``chimera``; elastic has no counterpart in the simulator (KV moving between resident servers
 without parking) and is refused. The models' SLOs are the set-up file's (not bench/sim's
-dedicated-P95 SLOs); the GPU is the set-up's ``host.gpu_memory_gb``.
+dedicated-P95 SLOs); the GPU is the set-up's ``host.gpu_memory_gb``. The engines admit
+requests as stock SGLang 0.5.17 does (``kv="sglang"``, bench/sim/sglang_kv.py: new-token ratio,
+retraction and re-prefill) unless ``kv_admission`` is "reserve" (bench/sim's own experiments:
+KV reserved in full at dispatch).
 Nothing here is measured: every number is SIMULATED.
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, Literal
 
 from bench.client.record import RequestRecord
 from bench.gpu import measure
@@ -91,6 +94,7 @@ def run(
     seed: int,
     trace_for: Callable[[Any, str, float, float, int], list[BenchRequest]],
     calibration: str = "h100",
+    kv_admission: Literal["sglang", "reserve"] = "sglang",
 ) -> dict[str, Any]:
     """The experiment.json of ``system`` on ``setup`` (bench/gpu/experiment.py's Setup), with
     the step times of ``calibration`` (orchestrator/perf/calibration.py CALIBRATIONS)."""
@@ -108,6 +112,7 @@ def run(
             make_model(m.name, m.shape.name, m.tp_size, cal),
             ttft_slo=m.slo.ttft_or_default,
             tpot_slo=m.slo.tpot_or_default,
+            kv=kv_admission,
         )
         for m in cfg.models
         if m.name in serving
@@ -137,6 +142,7 @@ def run(
                     "wakes": sim.counters.wakes,
                     "parks": sim.counters.parks,
                     "shed_client": sum(r.shed for r in sim.reqs),
+                    "retractions": sum(s.retractions for s in sim.servers.values()),
                     "counters": asdict(sim.counters),
                 },
             }
@@ -149,6 +155,7 @@ def run(
         "trace": trace,
         "engine": "des",
         "calibration": calibration,
+        "kv_admission": kv_admission,
         "des_system": DES_SYSTEM[system],
         "served": serving,
         "unserved": [m for m in setup.models if m not in serving],

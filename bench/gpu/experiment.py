@@ -204,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="--engine des only: the card the simulator's step times stand for (orchestrator/perf/"
         "calibration.py; h200 = fitted from the H200 set-up A run, colocated) (default %(default)s)",
     )
+    p.add_argument(
+        "--kv-admission",
+        choices=("sglang", "reserve"),
+        default="sglang",
+        help="--engine des only: how the simulated engines admit requests: as stock SGLang 0.5.17 "
+        "(new-token ratio, retraction; bench/sim/sglang_kv.py) or KV reserved in full at dispatch "
+        "(bench/sim's experiments) (default %(default)s)",
+    )
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/gpu-experiment"))
     p.add_argument(
         "--work-dir",
@@ -250,7 +258,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "des":
         from bench.gpu import des
 
-        doc = des.run(setup, args.system, args.trace, args.rates, args.duration, args.seed, trace_for, args.calibration)
+        doc = des.run(
+            setup,
+            args.system,
+            args.trace,
+            args.rates,
+            args.duration,
+            args.seed,
+            trace_for,
+            args.calibration,
+            args.kv_admission,
+        )
         doc["command"] = command
         write_json(args.out / "experiment.json", doc)
         console.print(f"wrote {args.out / 'experiment.json'} (SIMULATED: discrete-event simulator)")

@@ -14,7 +14,8 @@
   has one server, GPUs balanced by expected load; when another model's request waits, the
   awake model stops taking new requests once it has been up ``quantum_s``, drains, parks, and
   the model with the oldest waiting request wakes. The awake model gets all the KV.
-All baselines dispatch first-come-first-served per server while KV room lasts; nothing is shed
+All baselines dispatch first-come-first-served per server while KV room lasts (a server that
+admits as SGLang does, servers.py, takes every request: it queues them itself); nothing is shed
 except requests of models with no server.
 """
 
@@ -36,7 +37,7 @@ def fcfs(sim: Simulator, s: SimServer) -> None:
         if r.kv_tokens > s.kv_limit:  # can never fit: the engine rejects it
             q.pop(0)
             sim.shed(r)
-        elif r.kv_tokens <= s.kv_free():
+        elif s.sglang or r.kv_tokens <= s.kv_free():  # SGLang queues what it cannot admit yet
             q.pop(0)
             sim.dispatch(r, s)
         else:

@@ -192,7 +192,8 @@ class SimLedger:
             now,
             running=len(s.running),
             waiting=len(s.waiting) + len(queued),
-            waiting_tokens=sum(r.kv_tokens for r in queued),
+            # under "sglang" the engine's own queue holds KV only once admitted (servers.py)
+            waiting_tokens=sum(r.kv_tokens for r in queued) + (sum(r.kv_tokens for r in s.waiting) if s.sglang else 0),
             # SGLang's num_used_tokens under the shim: max_total - available - evictable
             used_tokens=cap - max(0, s.kv_limit - s.kv_used - s.kv_cached) - s.kv_cached,
             capacity_tokens=cap,

@@ -19,7 +19,14 @@ Approximation (documented in docs/bench-sim.md):
   shared rounds: each server steps at its own rate, its step lengthened by the measured cost of
   each other server decoding on its GPU, and an arrival interrupts at once (the step in
   progress carries over). Prefills still run back to back before anyone's next decode step.
-- KV is reserved in full (prompt + output tokens) at dispatch, so there is no preemption.
+- A model's ``kv`` says how a server admits requests: "reserve" (bench/sim's experiments) takes
+  every request dispatched to it at the next prefill, KV reserved in full (prompt + output
+  tokens) at dispatch, so there is no preemption; "sglang" (bench/gpu/des.py, the twin of stock
+  SGLang) queues them and admits them by SGLang 0.5.17's rule (sglang_kv.py): KV grows by a
+  token per request and step, a pool that runs out retracts requests back to the queue, to be
+  prefilled again. An epoch then also ends when a server's pool is full; admission is tried at
+  epoch boundaries only (SGLang retries it only after a finish or retraction once it stopped
+  for KV; otherwise an arrival interrupts the epoch).
 - A calibration with a ``FirstToken`` (the H200's) delays the first token the client sees
   beyond the prefill's end (``first_token_at``): a few colocated decode steps of its server
   and a periodic delivery stall, both fitted from real runs. Decoding is not delayed by it.
@@ -30,7 +37,10 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
+from bench.sim import sglang_kv
+from bench.sim.sglang_kv import Seq
 from orchestrator.perf.cost import ServerCost
 from orchestrator.perf.model import LatencyModel
 from orchestrator.types import InstanceState
@@ -47,6 +57,7 @@ class SimModel:
     lat: LatencyModel
     ttft_slo: float = math.inf
     tpot_slo: float = math.inf
+    kv: Literal["reserve", "sglang"] = "reserve"  # how its servers admit requests (module doc)
     _base: dict[int, float] = field(default_factory=dict)
     _coeff: float = -1.0
 
@@ -61,7 +72,7 @@ class SimModel:
 
 
 class SimReq:
-    __slots__ = ("id", "model", "arrival", "prompt", "output", "first", "finish", "shed", "prefill_s", "server")
+    __slots__ = ("id", "model", "arrival", "prompt", "output", "first", "finish", "shed", "prefill_s", "server", "done")
 
     def __init__(self, rid: int, model: str, arrival: float, prompt: int, output: int) -> None:
         self.id = rid
@@ -74,6 +85,7 @@ class SimReq:
         self.shed = False
         self.prefill_s = 0.0
         self.server: SimServer | None = None
+        self.done = 0  # output tokens generated before its last retraction (kv "sglang")
 
     @property
     def kv_tokens(self) -> int:
@@ -109,6 +121,11 @@ class SimServer:
         self.step_s = 0.0
         self.k = 0
         self.phase = 0.0
+        # kv "sglang" only (sglang_kv.py): the new-token ratio, whether the last prefill pass
+        # stopped for want of KV (SGLang's batch_is_full), and requests retracted so far
+        self.ratio = sglang_kv.INIT_RATIO
+        self.full = False
+        self.retractions = 0
 
     @property
     def state(self) -> InstanceState:
@@ -130,7 +147,16 @@ class SimServer:
     def in_flight(self) -> int:
         return len(self.waiting) + len(self.running)
 
+    @property
+    def sglang(self) -> bool:
+        return self.model.kv == "sglang"
+
     def kv_free(self) -> int:
+        """Tokens free for one more request: under "reserve" what no request reserved; under
+        "sglang" what neither the running requests hold nor the queued ones would take in full
+        (the live admission gate's room: capacity - used - waiting)."""
+        if self.sglang:
+            return self.kv_limit - self.kv_used - sum(r.kv_tokens for r in self.waiting)
         return self.kv_limit - self.kv_used
 
     def keep_cached(self, tokens: int = 0) -> None:
@@ -141,6 +167,69 @@ class SimServer:
 
     def ctx_sum(self) -> int:
         return self.s0 + len(self.running) * self.steps
+
+    # ---- kv "sglang" (sglang_kv.py) -----------------------------------------------------------
+
+    def _seq(self, fin: int, r: SimReq) -> Seq:
+        """A running request as SGLang counts it: it finishes at step ``fin``, so it has
+        ``fin - steps`` tokens left to decode."""
+        return Seq(r.prompt, r.output, r.output - (fin - self.steps))
+
+    def sync_kv(self) -> None:
+        """Under "sglang": the tokens in use are what the running requests hold now."""
+        if self.sglang:
+            self.kv_used = self.ctx_sum()
+            self.keep_cached()
+
+    def steps_to_event(self) -> float:
+        """Decode steps until the first running request finishes or (under "sglang") the pool
+        is too full for the next step."""
+        first = self.running[0][0] - self.steps
+        if not self.sglang:
+            return first
+        return min(first, sglang_kv.decode_steps_left(self.kv_limit - self.ctx_sum(), len(self.running)))
+
+    def retract(self) -> None:
+        """Before a decode step: retract requests while the pool cannot take a token for each
+        (back to the end of the queue, keeping the tokens generated), and set the ratio."""
+        entries = sorted(self.running, key=lambda e: e[1])
+        seqs = [self._seq(fin, r) for fin, _, r in entries]
+        out = sglang_kv.retract(self.kv_limit - self.ctx_sum(), seqs)
+        if not out:
+            return
+        for i in out:
+            fin, _, r = entries[i]
+            r.done = seqs[i].generated
+            self.s0 -= r.prompt + r.output - fin
+            self.waiting.append(r)
+        gone = set(out)
+        self.running = [e for i, e in enumerate(entries) if i not in gone]
+        heapq.heapify(self.running)
+        self.ratio = sglang_kv.ratio_after_retract([s for i, s in enumerate(seqs) if i not in gone])
+        self.retractions += len(out)
+        self.full = False
+        self.sync_kv()
+
+    def take_admitted(self) -> list[SimReq]:
+        """The queued requests one prefill pass takes (all of them under "reserve")."""
+        if not self.sglang:
+            batch, self.waiting = self.waiting, []
+            return batch
+        if self.full:
+            return []
+        running = [self._seq(fin, r) for fin, _, r in self.running]
+        queued = [Seq(r.prompt, r.output, r.done) for r in self.waiting]
+        n, full = sglang_kv.admit(self.kv_limit - self.ctx_sum(), running, queued, self.ratio)
+        batch, self.waiting = self.waiting[:n], self.waiting[n:]
+        self.full = full
+        return batch
+
+    def stepped(self, steps: int, finished: bool) -> None:
+        """After ``steps`` decode steps (``finished``: some request finished)."""
+        if self.sglang:
+            self.ratio = sglang_kv.decayed(self.ratio, steps)
+            self.full = self.full and not finished
+            self.sync_kv()
 
 
 def first_token_at(m: SimModel, ready: float, running: int, ctx_sum: float, others: int) -> float:
@@ -187,10 +276,12 @@ class GpuExec:
         for s in self.active:
             before = s.steps
             s.steps += r
+            n = len(done)
             while s.running and s.running[0][0] <= s.steps:
                 fin, _, req = heapq.heappop(s.running)
-                s.s0 -= req.prompt + 1 - (fin - req.output + 1)
+                s.s0 -= req.prompt + req.output - fin
                 done.append((req, self.pf_end + (fin - before) * self.round_s))
+            s.stepped(r, len(done) > n)
         return self.pf_end + r * self.round_s, done
 
     def plan(self, t: float) -> float | None:
@@ -198,22 +289,30 @@ class GpuExec:
         cum = 0.0
         busy = sum(1 for s in self.servers if s.running or s.waiting)
         for s in self.servers:
+            if s.sglang and s.state in (S.AWAKE, S.PARKING):
+                s.retract()
+                if not s.running and not s.waiting:
+                    s.ratio = sglang_kv.INIT_RATIO  # the scheduler idles
             if s.waiting and s.state in (S.AWAKE, S.PARKING):
-                batch, s.waiting = s.waiting, []
-                cum += s.model.lat.prefill_time([(r.prompt, 0) for r in batch])
-                for r in batch:
-                    heapq.heappush(s.running, (s.steps + r.output - 1, r.id, r))
-                    s.s0 += r.prompt + 1 - s.steps
+                batch = s.take_admitted()
+                if not batch:
+                    continue
+                cum += s.model.lat.prefill_time([(r.prompt + r.done, 0) for r in batch])
+                for r in batch:  # a retracted request resumes with the tokens it had
+                    heapq.heappush(s.running, (s.steps + r.output - r.done - 1, r.id, r))
+                    s.s0 += r.prompt + r.done + 1 - s.steps
+                s.sync_kv()
                 at = first_token_at(s.model, t + cum, len(s.running), s.ctx_sum(), busy - 1)
                 for r in batch:
-                    r.first = at
+                    if not r.done:
+                        r.first = at
         self.active = [s for s in self.servers if s.running]
         if not self.active:
             return None
         self.pf_end = t + cum
         if self.overlap:
             return self._plan_overlap()
-        self.k = min(s.running[0][0] - s.steps for s in self.active)
+        self.k = int(min(s.steps_to_event() for s in self.active))
         tp = 0.0
         lanes: dict[int, float] = {}  # single-GPU servers' steps, per GPU
         for s in self.active:
@@ -238,7 +337,7 @@ class GpuExec:
         others = len(self.active) - 1
         end = math.inf
         for s in self.active:
-            s.k = s.running[0][0] - s.steps
+            s.k = int(s.steps_to_event())
             mid = s.ctx_sum() + len(s.running) * (s.k - 1) / 2
             s.step_s = s.model.decode_s(len(s.running), mid) + s.model.lat.colocated_extra_s(others)
             s.phase = min(s.phase, s.step_s)
@@ -259,10 +358,12 @@ class GpuExec:
             r = min(s.k, math.floor(elapsed / s.step_s + 1e-6)) if s.step_s > 0 else s.k
             before = s.steps
             s.steps += r
+            n = len(done)
             while s.running and s.running[0][0] <= s.steps:
                 fin, _, req = heapq.heappop(s.running)
-                s.s0 -= req.prompt + 1 - (fin - req.output + 1)
+                s.s0 -= req.prompt + req.output - fin
                 done.append((req, max(self.pf_end, self.pf_end + (fin - before) * s.step_s - s.phase)))
+            s.stepped(r, len(done) > n)
             s.phase = min(s.step_s, max(0.0, elapsed - r * s.step_s)) if s.running else 0.0
         return done
 

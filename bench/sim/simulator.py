@@ -88,7 +88,8 @@ class Simulator:
 
     def dispatch(self, req: SimReq, server: SimServer) -> None:
         req.server = server
-        server.kv_used += req.kv_tokens
+        if not server.sglang:  # "reserve": KV reserved in full at dispatch (servers.py)
+            server.kv_used += req.kv_tokens
         server.keep_cached()
         server.waiting.append(req)
         self._dirty.add(self.gpus[server.gpus[0]].id)
@@ -203,7 +204,8 @@ class Simulator:
         self.resolved += 1
         s = req.server
         assert s is not None
-        s.kv_used -= req.kv_tokens
+        if not s.sglang:  # "sglang": the step that finished it counted its KV out (sync_kv)
+            s.kv_used -= req.kv_tokens
         s.keep_cached(req.kv_tokens)
         self.controller.on_complete(self, s, req)
 
