@@ -34,8 +34,9 @@ def test_no_request_is_lost_or_hung(name: str, tmp_path: Path) -> None:
         assert res.counts["killed"] <= (SHORT.workers if name == "restart-kill" else 0), res.examples
         assert res.notes == ["engines re-adopted"]
     elif name == "fd-exhaustion":
-        # never refused; past the linger slots a refusal closes at once (descriptors first), and a
-        # request that arrives after that close is reset: a few of the load's, not its bulk
+        # never refused; past the linger slots the oldest refusal is closed for the new one, and
+        # when every lingering one is young (idle clients reconnecting in bursts) a load request
+        # among them may be closed before it reads its 503: a few of the load's, not its bulk
         assert res.counts["refused"] == 0 and res.counts["reset"] <= res.sent // 20, res.examples
     else:
         assert res.counts["reset"] == 0, res.examples
