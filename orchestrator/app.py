@@ -49,6 +49,7 @@ from orchestrator.proxy.admin import admin_routes
 from orchestrator.proxy.admission import AdmissionGate
 from orchestrator.proxy.auth import ClientKeys
 from orchestrator.proxy.connections import raise_nofile
+from orchestrator.proxy.drain import quiesce
 from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
 from orchestrator.proxy.upstream import Limits
 from orchestrator.sglang.auth import new_key, write_config
@@ -197,11 +198,11 @@ async def serve(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def on_signal() -> None:
+    def on_signal() -> None:  # the proxy stops in `finally`: new connections first (drain.py)
         if stop.is_set():  # second Ctrl-C: don't wait for in-flight requests
             server.force_exit = True
+            server.should_exit = True
         stop.set()
-        server.should_exit = True
 
     def on_detach() -> None:  # SIGUSR1: an upgrade; the next `up` re-adopts the engines
         if local is not None:
@@ -252,6 +253,10 @@ async def serve(
         )
         if pool is not None:
             await pool.stop()
+        if server.started and not server.force_exit:
+            # no client let in is lost: new connections dropped (retried by the client's
+            # kernel), the accept queue emptied and request heads read before uvicorn closes
+            await quiesce(server)
         server.should_exit = True
         await asyncio.wait({server_task}, timeout=10)
         await cancel_and_wait(ticker_task)

@@ -10,11 +10,16 @@ Outcomes (every request gets exactly one):
   (a stream without ``[DONE]``, a body that is not the envelope): a lost request;
 - ``hung``: no end within the request's bound.
 A client that leaves on purpose (``left``) is the disconnect scenarios' own outcome.
+``killed`` (chimera's kill -9 only): a ``reset`` of a request sent before the killed chimera was
+gone, so in flight on that process or in its accept queue: no process can answer it, and
+it is reported as such, apart from ``reset`` (which counts what a live chimera broke) and never
+as a clean error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 import httpx
 
 LOST = ("reset", "hung")  # the target: none of these
+KINDS = ("ok", "error", "refused", "killed", "reset", "hung", "left")
 BACKOFF_S = 0.05  # a worker's pause after anything but ok (a refused port would spin otherwise)
 
 
@@ -30,7 +36,7 @@ BACKOFF_S = 0.05  # a worker's pause after anything but ok (a refused port would
 class Outcome:
     started: float  # monotonic
     ended: float
-    kind: str  # ok | error | refused | reset | hung | left
+    kind: str  # ok | error | refused | killed | reset | hung | left
     status: int = 0
     detail: str = ""
 
@@ -41,14 +47,22 @@ class Tally:
 
     def counts(self) -> dict[str, int]:
         c = Counter(o.kind for o in self.outcomes)
-        return {k: c.get(k, 0) for k in ("ok", "error", "refused", "reset", "hung", "left")}
+        return {k: c.get(k, 0) for k in KINDS}
+
+    def killed_before(self, gone: float) -> None:
+        """Resets of requests sent before ``gone`` (the monotonic time a SIGKILLed chimera was
+        seen gone) become ``killed``: the process holding their connections was killed."""
+        self.outcomes = [
+            dataclasses.replace(o, kind="killed") if o.kind == "reset" and o.status == 0 and o.started < gone else o
+            for o in self.outcomes
+        ]
 
     def first_ok_after(self, t: float) -> float | None:
         """Seconds from ``t`` to the first whole answer to a request sent at or after ``t``."""
         ends = [o.ended for o in self.outcomes if o.kind == "ok" and o.started >= t]
         return min(ends) - t if ends else None
 
-    def examples(self, kinds: tuple[str, ...] = ("error", "reset", "hung")) -> dict[str, str]:
+    def examples(self, kinds: tuple[str, ...] = ("error", "killed", "reset", "hung")) -> dict[str, str]:
         seen: dict[str, str] = {}
         for o in self.outcomes:
             if o.kind in kinds and o.kind not in seen:

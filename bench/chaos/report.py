@@ -36,11 +36,24 @@ def document(results: list[Result], settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def table(results: list[Result]) -> str:
-    head = ("scenario", "sent", "ok", "clean err", "refused", "left", "lost", "hung", "recovery", "RSS MB", "fds")
+    head = (
+        "scenario",
+        "sent",
+        "ok",
+        "clean err",
+        "refused",
+        "killed",
+        "left",
+        "lost",
+        "hung",
+        "recovery",
+        "RSS MB",
+        "fds",
+    )
     rows = [head]
     for r in results:
         if r.skipped:
-            rows.append((r.name, "skipped", "", "", "", "", "", "", "", "", ""))
+            rows.append((r.name, "skipped", *[""] * (len(head) - 2)))
             continue
         c = r.counts
         rows.append(
@@ -50,6 +63,7 @@ def table(results: list[Result]) -> str:
                 str(c.get("ok", 0)),
                 str(c.get("error", 0)),
                 str(c.get("refused", 0)),
+                str(c.get("killed", 0)),
                 str(c.get("left", 0)),
                 str(c.get("reset", 0)),
                 str(c.get("hung", 0)),
@@ -62,8 +76,12 @@ def table(results: list[Result]) -> str:
     lines = [LABEL, ""] + [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
+    legend = (
+        "killed: connection reset of a request sent before a SIGKILLed chimera was gone (in flight on "
+        "that process or in its accept queue); lost: any other reset, or an answer that is not the API's"
+    )
     notes = [f"- {r.name}: {n}" for r in results for n in ([f"skipped: {r.skipped}"] if r.skipped else r.notes)]
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+    return "\n".join([*lines, "", legend] + ([""] + notes if notes else [])) + "\n"
 
 
 def _pair(r: Result, attr: str) -> str:

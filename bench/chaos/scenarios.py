@@ -55,7 +55,10 @@ class Result:
     def lost(self) -> int:
         return sum(self.counts.get(k, 0) for k in LOST)
 
-    def take(self, tally: Tally, fault_at: float | None) -> None:
+    def take(self, tally: Tally, fault_at: float | None, killed_at: float | None = None) -> None:
+        """``killed_at``: when a SIGKILLed chimera was gone (``Tally.killed_before``)."""
+        if killed_at is not None:
+            tally.killed_before(killed_at)
         self.counts = tally.counts()
         self.examples = tally.examples()
         if fault_at is not None:
@@ -66,10 +69,17 @@ Scenario = Callable[[Path, Timing], Awaitable[Result]]
 
 
 async def _under_load(
-    dep: Deployment, t: Timing, res: Result, models: list[str], fault: Callable[[], Awaitable[float | None]]
+    dep: Deployment,
+    t: Timing,
+    res: Result,
+    models: list[str],
+    fault: Callable[[], Awaitable[float | None]],
+    killed: bool = False,
 ) -> None:
     """Load → baseline → fault → load → stop → settle → resources; fills ``res``. Recovery is
-    counted from the fault, or from the time ``fault`` returns (a restart: the old chimera's exit)."""
+    counted from the fault, or from the time ``fault`` returns (a restart: the old chimera's exit).
+    ``killed``: the fault SIGKILLs chimera and returns when it is gone; resets of requests sent
+    before are counted as ``killed``, not lost."""
     load = Load(dep.base, models, t.workers, t.bound_s)
     load.start()
     await asyncio.sleep(t.warmup_s)
@@ -80,7 +90,7 @@ async def _under_load(
     tally = await load.stop()
     await asyncio.sleep(t.settle_s)
     res.after = dep.resources()
-    res.take(tally, fault_at)
+    res.take(tally, fault_at, killed_at=fault_at if killed else None)
 
 
 async def _with(
@@ -168,7 +178,7 @@ async def control_plane_restart(folder: Path, t: Timing, how: str) -> Result:
             await asyncio.to_thread(dep.up)
             return gone
 
-        await _under_load(dep, t, res, ["tiny"], fault)
+        await _under_load(dep, t, res, ["tiny"], fault, killed=how == "kill -9")
         new_pids = {e.pid for e in dep.engines().values()}
         res.notes.append("engines re-adopted" if new_pids == old_pids else f"engines {old_pids} -> {new_pids}")
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from typing import Any, Literal
+from collections import OrderedDict
+from typing import Any, ClassVar, Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -106,6 +107,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     body_timeout_s = DEFAULT_BODY_TIMEOUT_S
     max_connections = 1 << 20
     linger_slots = 1 << 20  # refused connections that may linger beyond max_connections
+    # refused connections lingering now, oldest first (one dict per server: limits.py)
+    lingering: ClassVar[OrderedDict[int, asyncio.Transport]] = OrderedDict()
     _shedding = False  # class-wide: log when shedding begins, not once per connection
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -129,6 +132,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.lingering.pop(id(self), None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -178,14 +182,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answers ``err`` and closes. Closing a socket with unread request bytes would reset
         it, and the client would see a reset instead of the answer: so the write side is shut
         (the client reads the answer, then EOF) and the connection closes when more bytes
-        arrive (read and dropped), when the client closes it, or after ``LINGER_S``; at once
-        when ``linger_slots`` refused connections already linger (then descriptors come first)."""
+        arrive (read and dropped), when the client closes it, or after ``LINGER_S``. Past
+        ``linger_slots`` (descriptors come first) the oldest lingering one is closed to make room:
+        its client had the longest to read its answer, while closing this one at once would
+        reset it before its client even sent its request (it reads a reset, not the 503)."""
         self._refused = True
         self._disarm()
         transport = self.transport
         transport.write(err.http_close())
-        if len(self.connections) > self.max_connections + self.linger_slots or not transport.can_write_eof():
+        if not transport.can_write_eof():
             transport.close()
             return
+        # (a closed connection leaves the set a moment later: at most this many are closed)
+        excess = len(self.connections) - self.max_connections - self.linger_slots
+        while excess > 0 and self.lingering:
+            _, oldest = self.lingering.popitem(last=False)
+            oldest.close()
+            excess -= 1
+        if excess > 0:
+            transport.close()  # no refusal lingers to make room for this one
+            return
         transport.write_eof()
+        self.lingering[id(self)] = transport
         self.loop.call_later(LINGER_S, transport.close)

@@ -12,6 +12,7 @@ so that no client makes the proxy buffer more than the limit (plus one socket re
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +154,7 @@ def uvicorn_http_options(limits: RequestLimits) -> dict[str, Any]:
         "body_timeout_s": limits.body_timeout_s,
         "max_connections": limits.max_connections or current_budget(),
         "linger_slots": burst,
+        "lingering": OrderedDict(),  # this server's own
     }
     protocol = type("ChimeraHttpProtocol", (GuardedHttpToolsProtocol, LimitedHttpToolsProtocol), attrs)
     # backlog: what asyncio accepts per readiness event, before any connection is counted

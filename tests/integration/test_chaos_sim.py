@@ -1,8 +1,9 @@
 """Short versions of the chaos bench (bench/chaos) on the sim engine: a fault under load, and
 every request ends within its bound with an answer or a clean error envelope; chimera serves
-again afterwards. A restart of the control plane itself cannot answer the requests it had in
-flight (kill -9) or in its accept queue when it closed: those are connection errors the client
-sees at once, bounded by the load's concurrency, never a hang."""
+again afterwards. A stop of chimera (SIGUSR1) loses nothing: new connections are dropped while
+it drains (the client retries), the ones let in are answered. A kill -9 cannot answer the
+requests in flight on the killed process: those are ``killed`` (a connection reset of a request
+sent before it was gone), bounded by the load's concurrency, and nothing after them is lost."""
 
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ def test_no_request_is_lost_or_hung(name: str, tmp_path: Path) -> None:
     assert not re.search(r"127\.0\.0\.1|localhost|:\d{4,5}\b", res.examples.get("error", "")), res.examples
     assert res.counts["ok"] > 0 and res.recovery_s is not None  # served again after the fault
     if name in RESTARTS:
-        assert res.counts["reset"] <= SHORT.workers, res.examples
+        assert res.counts["reset"] == 0, res.examples
+        assert res.counts["killed"] <= (SHORT.workers if name == "restart-kill" else 0), res.examples
         assert res.notes == ["engines re-adopted"]
     elif name == "fd-exhaustion":
-        # never refused; past the linger slots a refusal closes at once (descriptors first), and a
-        # request that arrives after that close is reset: a few of the load's, not its bulk
+        # never refused; past the linger slots the oldest refusal is closed for the new one, and
+        # when every lingering one is young (idle clients reconnecting in bursts) a load request
+        # among them may be closed before it reads its 503: a few of the load's, not its bulk
         assert res.counts["refused"] == 0 and res.counts["reset"] <= res.sent // 20, res.examples
     else:
         assert res.counts["reset"] == 0, res.examples

@@ -22,7 +22,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from orchestrator.env import Env
-from orchestrator.proxy.connections import MIN_CONNECTIONS, RESERVED_FDS, accept_burst, connection_budget
+from orchestrator.proxy import limits as limits_module
+from orchestrator.proxy.connections import (
+    MIN_CONNECTIONS,
+    RESERVED_FDS,
+    accept_burst,
+    connection_budget,
+)
 from orchestrator.proxy.limits import RequestLimits
 from tests.unit.test_proxy_limits import uvicorn_server
 
@@ -119,6 +125,25 @@ async def test_connections_beyond_the_budget_are_answered_503_at_once() -> None:
     assert got.startswith(b"HTTP/1.1 503 "), got[:80]
     assert b"retry-after: 1" in got.lower() and envelope(got)["code"] == "too_many_connections"
     assert took < 2.0
+
+
+async def test_a_refusal_beyond_the_linger_slots_is_a_503_not_a_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every linger slot taken by a refused client that sends nothing: the next refused client,
+    which sends its request, still reads its 503 (the oldest lingering one is closed for it;
+    closing the new one at once reset it before it could read)."""
+    slots = 4
+    monkeypatch.setattr(limits_module, "accept_burst", lambda nofile: slots)
+    async with server(RequestLimits(header_timeout_s=30, max_connections=3)) as port:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(slots + 1)]
+        async with httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            statuses = []
+            for _ in range(5):
+                r = await client.post(f"http://127.0.0.1:{port}/", json={"model": "x", "messages": []})
+                statuses.append(r.status_code)
+        for _, writer in held + idle:
+            writer.close()
+    assert statuses == [503] * 5
 
 
 def test_the_budget_leaves_room_for_engine_connections_and_reserved_descriptors() -> None:
