@@ -89,6 +89,7 @@ async def serve(
     client_keys: ClientKeys | None = None,
     proxies: int = 1,
     sock: socket.socket | None = None,
+    sock_outlives_us: bool = False,
 ) -> int:
     """Serve until SIGINT/SIGTERM (or SIGUSR1: stop, leaving the engines running). ``adopt_from``:
     a previous run's state file whose engines are re-adopted (supervisor/adoption.py);
@@ -100,7 +101,9 @@ async def serve(
     workers asking this control loop for every request's instance (orchestrator/dataplane/).
     ``sock``: the proxy's socket, already listening (the CLI binds it before its imports, so
     clients wait instead of being refused; with SO_REUSEPORT when ``proxies`` > 1); None = bind
-    ``host:port`` here."""
+    ``host:port`` here. ``sock_outlives_us``: ``sock`` was handed over by systemd (socket
+    activation) and stays open after this process: a stop leaves new connections in its
+    backlog for the next chimera instead of dropping them."""
     metrics = ChimeraMetrics()
     env = Env.read()
     # every runtime fact of the placements file, read once
@@ -255,8 +258,9 @@ async def serve(
             await pool.stop()
         if server.started and not server.force_exit:
             # no client let in is lost: new connections dropped (retried by the client's
-            # kernel), the accept queue emptied and request heads read before uvicorn closes
-            await quiesce(server)
+            # kernel; under socket activation they wait in the backlog for the next chimera),
+            # the accept queue emptied and request heads read before uvicorn closes
+            await quiesce(server, drop_new=not sock_outlives_us)
         server.should_exit = True
         await asyncio.wait({server_task}, timeout=10)
         await cancel_and_wait(ticker_task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import socket
 import sys
 import time
@@ -159,14 +160,29 @@ def _up(args: argparse.Namespace) -> int:
         raise ConfigError([f"--proxies: must be 1-{MAX_PROXIES} (got {args.proxies})"])
     # Listen first: from here on a client's connection waits in the kernel's backlog until the
     # proxy serves it (a restart of the control plane is a short wait, not a refused connection).
-    sock = _listen(args.host, args.port, reuse_port=args.proxies > 1)
+    # Under systemd socket activation the socket outlives chimera itself: not even a restart's
+    # wait is refused (docs/operations.md).
+    sock = inherited_socket()
+    handed_over = sock is not None
+    if sock is None:
+        sock = _listen(args.host, args.port, reuse_port=args.proxies > 1)
+    elif args.proxies > 1:
+        sock.close()
+        raise ConfigError(
+            [
+                "--proxies: more than one proxy process needs a port chimera binds itself (SO_REUSEPORT), "
+                "not a socket handed over by systemd (LISTEN_FDS)"
+            ]
+        )
+    if handed_over:  # what it listens on is the socket's, not --host/--port
+        args.host, args.port = sock.getsockname()[:2]
     try:
-        return _up_listening(args, sock)
+        return _up_listening(args, sock, handed_over)
     finally:
         sock.close()
 
 
-def _up_listening(args: argparse.Namespace, sock: socket.socket) -> int:
+def _up_listening(args: argparse.Namespace, sock: socket.socket, handed_over: bool = False) -> int:
     import asyncio
     import dataclasses
     import logging
@@ -227,6 +243,7 @@ def _up_listening(args: argparse.Namespace, sock: socket.socket) -> int:
                 client_keys=client_keys,
                 proxies=args.proxies,
                 sock=sock,
+                sock_outlives_us=handed_over,
             )
         )
     finally:
@@ -299,6 +316,40 @@ def _dry_run_launch(cfg: Config, engine_name: str) -> None:
             problems += [f"{inst.id}: {p}" for p in exc.problems]
     if problems:
         raise ConfigError(sorted(set(problems)))
+
+
+SD_LISTEN_FDS_START = 3  # systemd's first passed descriptor (sd_listen_fds(3))
+SO_DETACH_FILTER = 27  # Linux <asm-generic/socket.h>
+
+
+def inherited_socket(environ: dict[str, str] | None = None) -> socket.socket | None:
+    """The listening socket systemd passed (socket activation: ``LISTEN_PID`` is this process,
+    ``LISTEN_FDS`` 1, the socket at descriptor 3), else None. The variables are removed (as
+    ``sd_listen_fds(1)`` does) so that no engine takes them for its own, and the descriptor is
+    not inherited by engines. A drop filter a stopping chimera attached is detached (it would
+    keep every client out of this one)."""
+    env = os.environ if environ is None else environ
+    if env.get("LISTEN_PID") != str(os.getpid()) or "LISTEN_FDS" not in env:
+        return None
+    count = env.get("LISTEN_FDS", "")
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(name, None)
+    if count != "1":
+        raise ConfigError([f"socket activation: chimera takes exactly one listening socket (LISTEN_FDS={count!r})"])
+    try:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError as exc:
+        raise ConfigError([f"socket activation: descriptor 3 is not a socket ({exc.strerror})"]) from exc
+    if sock.type != socket.SOCK_STREAM or not listening:
+        sock.detach()
+        raise ConfigError(["socket activation: descriptor 3 is not a listening TCP socket"])
+    sock.set_inheritable(False)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+    except OSError:
+        pass  # none attached (ENOENT)
+    return sock
 
 
 LISTEN_BACKLOG = 2048  # uvicorn's default: connections queued while chimera starts

@@ -76,13 +76,21 @@ class Server(Protocol):  # uvicorn.Server, as far as the drain reads it
     def server_state(self) -> Any: ...
 
 
-async def quiesce(server: Server, bound_s: float = QUIESCE_S, clock: Callable[[], float] = time.monotonic) -> float:
+async def quiesce(
+    server: Server, bound_s: float = QUIESCE_S, clock: Callable[[], float] = time.monotonic, drop_new: bool = True
+) -> float:
     """Stops new connections on ``server``'s listening sockets and waits until every connection
     already let in has been accepted and has its request head, or ``bound_s`` passed (a client
-    that sends nothing is not waited for longer). Returns the seconds it waited."""
+    that sends nothing is not waited for longer). Returns the seconds it waited. ``drop_new``
+    False: a socket that outlives this process (socket activation) keeps taking connections
+    into its backlog, where the next chimera accepts them; only the ones already accepted
+    here are waited for."""
     socks = [s for srv in server.servers for s in srv.sockets]
-    for s in socks:
-        refuse_new(s)
+    if drop_new:
+        for s in socks:
+            refuse_new(s)
+    else:
+        socks = []  # its queue is the next process's to serve
     start = clock()
     while clock() - start < bound_s:
         queued = sum(accept_queue(s) or 0 for s in socks)
