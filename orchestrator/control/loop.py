@@ -427,7 +427,7 @@ class ControlLoop:
             start_alone=f.start_alone,
             start_bytes=f.start_budget_bytes,
             parked_bytes=f.parked_bytes,
-            parks_after_start=f.warm_start_park and self.timesharing,
+            parks_after_start=f.warm_start_park,  # mode full's `on: false` placements
         )
 
     def _set(self, inst: Instance, state: InstanceState, now: float) -> None:

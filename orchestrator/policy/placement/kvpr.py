@@ -108,19 +108,6 @@ class GpuTally:
                     p, r = charge[3], charge[4]
             else:  # parked, stopped, pending: its context at most, no charge computed
                 held = m.cost.parked_bytes if holds else 0
-            if len(gpus) == 1:  # the common case, without the loop
-                g = gpus[0]
-                if g < 0 or g >= n:
-                    raise ValueError(f"server {sid!r} is on GPU {g}, the snapshot has {n} GPUs")
-                on_gpu[g].append(sid)
-                if held:
-                    room[g] -= held
-                if resident:
-                    committed[g] += kv
-                if active:
-                    pressure[g] += p
-                    round_s[g] += r
-                continue
             if not gpus:
                 raise ValueError(f"server {sid!r} has no GPU")
             for g in gpus:
