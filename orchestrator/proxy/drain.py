@@ -85,12 +85,10 @@ async def quiesce(
     False: a socket that outlives this process (socket activation) keeps taking connections
     into its backlog, where the next chimera accepts them; only the ones already accepted
     here are waited for."""
-    socks = [s for srv in server.servers for s in srv.sockets]
-    if drop_new:
-        for s in socks:
-            refuse_new(s)
-    else:
-        socks = []  # its queue is the next process's to serve
+    # a socket that outlives this process: its queue is the next process's to serve
+    socks = [s for srv in server.servers for s in srv.sockets] if drop_new else []
+    for s in socks:
+        refuse_new(s)
     start = clock()
     while clock() - start < bound_s:
         queued = sum(accept_queue(s) or 0 for s in socks)
