@@ -402,7 +402,8 @@ def _kv_runner(
 
 def _local_kv_effects(supervisor: Supervisor | RayEffects) -> KVEffects:
     if isinstance(supervisor, Supervisor):
-        return HttpKVEffects(supervisor.http, supervisor.kv_endpoints)  # filled as shims come up
+        # endpoints are filled as shims come up
+        return HttpKVEffects(supervisor.http, supervisor.kv_endpoints, supervisor.lifecycle.probe)
     return supervisor.kv_effects()
 
 

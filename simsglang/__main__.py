@@ -27,6 +27,7 @@ IGNORED_FLAGS: tuple[tuple[str, bool], ...] = (
     ("--grammar-backend", True),
     ("--disable-cuda-graph", False),
     ("--cuda-graph-max-bs", True),
+    ("--disable-prefill-cuda-graph", False),
     ("--skip-server-warmup", False),
     ("--log-level", True),
     ("--trust-remote-code", False),

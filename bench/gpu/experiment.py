@@ -54,6 +54,7 @@ from bench.calibration import data as calibration_data
 from bench.client import COMPLETIONS, ClientConfig, ClientShards, RequestRecord, make_client, run_open_loop
 from bench.client.server import MetricsPoller
 from bench.gpu import budget, measure
+from bench.gpu.gpumem import GpuMemorySampler
 from bench.gpu.systems import SYSTEMS, derive, served
 from bench.live.options import positive_floats
 from bench.live.process import ChimeraStartError, start_chimera
@@ -363,11 +364,13 @@ async def _one_rate(
         before = measure.counters((await client.get(base + "/metrics")).text)
         t0 = time.perf_counter()
         poller = MetricsPoller(client, base, t0, 1.0)
-        task = asyncio.create_task(poller.run())
+        gpu_mem = GpuMemorySampler()
+        tasks = [asyncio.create_task(poller.run()), asyncio.create_task(gpu_mem.run())]
         try:
             sent = await run_open_loop(send, cfg, shards) if send else []
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
         took = time.perf_counter() - t0
         poller.snapshots.append({**(poller.snapshots[-1] if poller.snapshots else {}), "t_s": took})
         after = measure.counters((await client.get(base + "/metrics")).text)
@@ -391,13 +394,16 @@ async def _one_rate(
             "time_parked_s": sum(parked.values()),
             "time_parked_by_instance_s": parked,
             "kv_timeline": measure.kv_timeline(poller.snapshots[:-1]),
+            "gpu_memory_used": gpu_mem.summary(),  # device-level: every process on GPU 0
         },
     }
     joint = summary["overall"]["attainment"]["joint"]
+    used = point["chimera"]["gpu_memory_used"]
     console.print(
         f"  joint attainment {joint if joint is None else f'{joint:.3f}'}, "
         f"{point['chimera']['wakes']} wakes, {point['chimera']['held']} held, "
         f"{point['chimera']['shed_client']} shed"
+        + (f"; GPU memory used: peak {used['peak_gib']} GiB, mean {used['mean_gib']} GiB" if used else "")
     )
     return point, recs
 

@@ -31,7 +31,7 @@ from orchestrator.control.events import Event
 from orchestrator.deployment import Deployment
 from orchestrator.engines import get_engine
 from orchestrator.kv.client import LimitReply
-from orchestrator.kv.ledger import KVInstance
+from orchestrator.kv.ledger import Footprint, KVInstance
 from orchestrator.kv.runner import HttpKVEffects
 from orchestrator.sglang.auth import write_config
 from orchestrator.supervisor.statefile import STATE_NAME, read_state
@@ -81,7 +81,7 @@ class NodeAgent:
             auth=auth,
             detached=True,  # its engines outlive it: Ray restarts it, it re-adopts them
         )
-        self._kv = HttpKVEffects(self.supervisor.http, self.supervisor.kv_endpoints)
+        self._kv = HttpKVEffects(self.supervisor.http, self.supervisor.kv_endpoints, self.supervisor.lifecycle.probe)
 
     def _post(self, report: Report) -> None:
         self._reports.append(report)
@@ -155,3 +155,6 @@ class NodeAgent:
 
     async def kv_flush(self, iid: str) -> None:
         await self._kv.flush_cache(iid)
+
+    async def kv_footprint(self, inst: KVInstance) -> tuple[Footprint, ...]:
+        return await self._kv.footprint(inst)

@@ -47,7 +47,7 @@ from orchestrator.control.events import (
 from orchestrator.deployment import Deployment
 from orchestrator.errors import ConfigError
 from orchestrator.kv.client import LimitReply, ShimUnavailable
-from orchestrator.kv.ledger import KVInstance
+from orchestrator.kv.ledger import Footprint, KVInstance
 from orchestrator.types import InstanceView
 
 log = logging.getLogger("chimera.cluster")
@@ -455,3 +455,15 @@ class RayKVEffects:
             await agent.kv_flush.remote(iid)
         except RayError as exc:
             log.info("kv ledger: %s flush through its agent: %s", iid, type(exc).__name__)
+
+    async def footprint(self, inst: KVInstance) -> tuple[Footprint, ...]:
+        from ray.exceptions import RayError
+
+        agent = self._agent(inst.id)
+        if agent is None:
+            return ()
+        try:
+            fps: tuple[Footprint, ...] = await agent.kv_footprint.remote(inst)
+        except RayError:
+            return ()
+        return fps

@@ -2,8 +2,10 @@
 and free of I/O and clocks (time comes in as ``now``); ``runner.py`` feeds it the scraper's samples and
 sends what it decides. Owned by one task; not thread-safe.
 
-Per GPU: budget = capacity − what is not KV (what each instance holds awake or parked, as the
-deployment's cost model says: ``non_kv_bytes``) − a safety margin. The budget is split among the
+Per GPU: budget = capacity − what is not KV (what each instance holds awake or parked: as the
+deployment's cost model says, or for an awake instance once measured, the most its processes
+were seen to hold beside their KV plus an activation reserve: ``non_kv_bytes``) − a safety
+margin. The budget is split among the
 resident instances by demand (``split.split``), phased so no grow lands before the memory is
 free (``split.phase``), and sent as revisioned ``set_limit`` calls, only when a limit moves by
 more than the hysteresis. An instance that stops being resident gets limit 0 once (the shim
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from cumem_shim.types import Status
 from orchestrator.kv.demand import need_bytes
 from orchestrator.kv.split import Member, changed, phase, split
+from orchestrator.perf.cost import ACTIVATION_BYTES
 from orchestrator.types import LoadSample
 
 MARGIN_BYTES = 1 << 30  # kept free on each GPU: allocator fragmentation, NCCL, other processes
@@ -47,6 +50,16 @@ class KVInstance:
     # still holds its weights and runtime (parking: until SGLang's release is done); None = as
     # ``resident``
     holds_weights: bool | None = None
+    awake: bool = False  # up and serving (not starting, waking or parking): its footprint counts
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What an instance's processes hold on one GPU (NVML per process: weights, context, CUDA
+    graphs, activations and the KV pages its shim has mapped), read after its shim's status."""
+
+    gpu: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class Observation:
     load: LoadSample | None  # None: no fresh /v1/loads sample this round
     status: Status | None  # None: the shim did not answer this round
     held_tokens: int = 0  # KV of the requests the admission gate holds for it (mode full)
+    footprints: tuple[Footprint, ...] = ()  # read this round (not every round), per GPU
 
 
 @dataclass(frozen=True)
@@ -71,13 +85,17 @@ class FlushCache:
 Action = SetLimit | FlushCache
 
 
-def non_kv_bytes(instances: Iterable[KVInstance]) -> dict[int, int]:
+def non_kv_bytes(
+    instances: Iterable[KVInstance], measured: Mapping[tuple[str, int], int] | None = None
+) -> dict[int, int]:
     """What is not KV on each GPU: what each instance holds awake (or parking: until its weights
-    are released), or parked. The shim's first block is counted as KV."""
+    are released), or parked. The shim's first block is counted as KV. ``measured``: per
+    (instance, GPU), what it holds awake as measured (``Ledger.measured``), which replaces the
+    cost model's figure."""
     out: dict[int, int] = {}
     for i in instances:
         full = i.resident if i.holds_weights is None else i.holds_weights
-        held = i.awake_bytes if full else i.parked_bytes
+        held = (measured or {}).get((i.id, i.gpu), i.awake_bytes) if full else i.parked_bytes
         out[i.gpu] = out.get(i.gpu, 0) + held
     return out
 
@@ -99,6 +117,20 @@ class Ledger:
     # by a shrinking neighbour until its tokens free): the runner plans again soon, not a
     # period later, so a burst's KV follows its donors' eviction (kv/runner.py REGROW_S)
     deferred: frozenset[str] = frozenset()
+    # Activations beyond what was measured: a server measured before its largest prefill (e.g.
+    # SGLang run with --disable-prefill-cuda-graph, whose prefill allocates them eagerly) grows
+    # by this much when one comes. The cost model's own activation workspace.
+    reserve: int = ACTIVATION_BYTES
+    # per (instance, GPU): the most its processes held beside their KV while awake, seen so far
+    # (the torch allocator keeps what it reserved); + ``reserve``, it replaces the cost model's
+    # awake figure in the budget. A measurement drifts by the pages mapped between the shim's
+    # status and the reading; read status first, so that drift only overstates.
+    peaks: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    @property
+    def measured(self) -> dict[tuple[str, int], int]:
+        """Per (instance, GPU): what the budget counts it to hold awake, once measured."""
+        return {k: v + self.reserve for k, v in self.peaks.items()}
 
     def budget(self, gpu: int, non_kv: Mapping[int, int]) -> int:
         return max(0, self.capacity.get(gpu, 0) - non_kv.get(gpu, 0) - self.margin)
@@ -109,7 +141,8 @@ class Ledger:
         least that any of them can give (each rank's pool is an equal shard, and its ranks
         apply a limit together: cumem_shim/ranks.py). What that leaves unused on its other GPUs
         is split again among their other instances (``GROUP_ROUNDS``)."""
-        non_kv = non_kv_bytes(instances)
+        self._measure(instances, seen)
+        non_kv = non_kv_bytes(instances, self.measured)
         out: list[Action] = []
         members: dict[str, Member] = {}
         mapped: dict[str, int] = {}
@@ -226,6 +259,18 @@ class Ledger:
         order = [m.id for m in sorted(here, key=lambda m: (-m.priority, m.id))]
         return phase(budget, targets, current, mapped, order)
 
+    def _measure(self, instances: Sequence[KVInstance], seen: Mapping[str, Observation]) -> None:
+        """Record what each awake instance holds beside its KV, from this round's footprints."""
+        for inst in instances:
+            obs = seen.get(inst.id)
+            if not inst.awake or obs is None or obs.status is None:
+                continue
+            for fp in obs.footprints:
+                if fp.gpu == inst.gpu:
+                    beside = max(0, fp.bytes - obs.status.mapped_bytes)
+                    key = (inst.id, inst.gpu)
+                    self.peaks[key] = max(self.peaks.get(key, 0), beside)
+
     def _send(self, iid: str, limit: int) -> SetLimit:
         known = self.known[iid]
         known.revision += 1
@@ -237,5 +282,7 @@ class Ledger:
         known.limit, known.revision = limit, max(known.revision, revision)
 
     def forget(self, iid: str) -> None:
-        """The instance stopped (its process and shim are gone)."""
+        """The instance stopped (its process and shim are gone): a new process is measured anew."""
         self.known.pop(iid, None)
+        for key in [k for k in self.peaks if k[0] == iid]:
+            del self.peaks[key]

@@ -10,7 +10,10 @@ its sink and keeps the latest sample per instance. A sample older than ``max_sam
 scrape rounds) counts as missing, as a failed GET did when the runner polled by itself: the
 ledger leaves that instance's limit alone this round. The first sample after none (an instance
 just woke or started) pokes a re-split at once. The shim's status is read here, over the shim
-channel: that is not SGLang.
+channel: that is not SGLang. So is, every ``FOOTPRINT_EVERY_S`` for each awake instance and
+right after its status, what its processes hold on its GPUs (the supervisor's memory probe:
+NVML per process; the sim's ``/server_info``): the ledger counts what a server really holds
+beside its KV instead of the cost model's estimate (ledger.py ``Ledger.peaks``).
 
 It owns the ledger: nothing else mutates it. Instances come from a callable the control loop
 provides (``instances()``), read once per step.
@@ -30,8 +33,9 @@ import httpx
 from cumem_shim.types import Status
 from orchestrator.kv.client import GroupClient, LimitReply, ShimProtocolError, ShimUnavailable
 from orchestrator.kv.demand import active_tokens
-from orchestrator.kv.ledger import Action, FlushCache, KVInstance, Ledger, Observation
+from orchestrator.kv.ledger import Action, FlushCache, Footprint, KVInstance, Ledger, Observation
 from orchestrator.sglang.api import FLUSH_CACHE
+from orchestrator.supervisor.memory import MemoryProbe
 from orchestrator.types import LoadSample
 
 log = logging.getLogger("chimera.kv")
@@ -41,6 +45,10 @@ PERIOD_S = 1.0
 # burst held in the admission gate waits for its KV, and its TTFT SLO may be 1 s
 REGROW_S = 0.25
 MAX_SAMPLE_AGE_S = 2.5  # two scrape rounds (control/scrape.py ROUND_S); app.py passes it
+# An awake instance's footprint is read this often: it grows only with the allocator's reserve
+# (the ledger keeps the peak), and one NVML read costs a few ms of a thread.
+FOOTPRINT_EVERY_S = 5.0
+LOG_GROWTH_BYTES = 256 << 20  # a footprint is logged when first read and when it grows this much
 
 
 class KVEffects(Protocol):
@@ -52,19 +60,29 @@ class KVEffects(Protocol):
 
     async def flush_cache(self, iid: str) -> None: ...
 
+    async def footprint(self, inst: KVInstance) -> tuple[Footprint, ...]:
+        """What the instance's processes hold on each of its GPUs, KV included; none where it
+        cannot be told (no per-process reading, no process known)."""
+        ...
+
 
 @dataclass(frozen=True)
 class KVEndpoint:
     base_url: str  # the instance's HTTP server, e.g. http://127.0.0.1:30001
     socket: str  # its CHIMERA_SHIM_SOCKET (rank 0's channel)
     tp_size: int = 1  # ranks whose channels answer status (cumem_shim.settings.rank_socket)
+    pid: int | None = None  # its process group's leader (the memory probe's key)
+    gpus: tuple[int, ...] = ()  # its GPUs, in its group's order
 
 
 class HttpKVEffects:
-    """The real effects: ``ShimClient`` for the shim channel, httpx for SGLang's flush route."""
+    """The real effects: ``ShimClient`` for the shim channel, httpx for SGLang's flush route,
+    the supervisor's memory probe for footprints."""
 
-    def __init__(self, http: httpx.AsyncClient, endpoints: Mapping[str, KVEndpoint]) -> None:
-        self.http, self.endpoints = http, endpoints
+    def __init__(
+        self, http: httpx.AsyncClient, endpoints: Mapping[str, KVEndpoint], probe: MemoryProbe | None = None
+    ) -> None:
+        self.http, self.endpoints, self.probe = http, endpoints, probe
 
     async def status(self, inst: KVInstance) -> Status | None:
         ep = self.endpoints.get(inst.id)
@@ -85,6 +103,19 @@ class HttpKVEffects:
         if r.status_code >= 400:  # busy again: SGLang flushes only when idle; retried later
             log.info("kv ledger: %s %s: %s %s", iid, FLUSH_CACHE.path, r.status_code, r.text[:200])
 
+    async def footprint(self, inst: KVInstance) -> tuple[Footprint, ...]:
+        ep = self.endpoints.get(inst.id)
+        if ep is None or ep.pid is None or self.probe is None:
+            return ()
+        try:
+            reading = await self.probe.read(ep.pid, ep.gpus, ep.base_url)
+        except (httpx.HTTPError, OSError, ImportError, KeyError, ValueError) as exc:
+            log.info("kv ledger: %s: cannot read its GPU memory: %s", inst.id, exc)
+            return ()
+        if not reading.per_process or len(reading.per_gpu) != len(ep.gpus):  # others' memory in it
+            return ()
+        return tuple(Footprint(g, b) for g, b in zip(ep.gpus, reading.per_gpu, strict=True))
+
 
 class KVRunner:
     def __init__(
@@ -97,8 +128,11 @@ class KVRunner:
         report: Callable[[str, Status], None] | None = None,
         max_sample_age_s: float = MAX_SAMPLE_AGE_S,
         regrow_s: float = REGROW_S,
+        footprint_every_s: float = FOOTPRINT_EVERY_S,
     ) -> None:
         self.ledger, self.effects, self.instances = ledger, effects, instances
+        self.footprint_every_s = footprint_every_s
+        self._footprint_at: dict[str, float] = {}  # when each instance's footprint was last read
         self.regrow_s = regrow_s
         self.report = report  # each shim status read (metrics)
         self.clock, self.period_s = clock, period_s  # clock: the scraper's (samples' ``at``)
@@ -135,6 +169,7 @@ class KVRunner:
         """The instance stopped (its process and shim are gone)."""
         self._samples.pop(iid, None)
         self._statuses.pop(iid, None)
+        self._footprint_at.pop(iid, None)
         self.ledger.forget(iid)
 
     def poke(self) -> None:
@@ -161,16 +196,45 @@ class KVRunner:
                 self._statuses[inst.id] = st
                 if self.report is not None:
                     self.report(inst.id, st)
+        footprints = await self._footprints(insts, statuses, now)
         held = self.held()
         seen = {
-            i.id: Observation(self._fresh(i.id, now), st, held.get(i.id, 0))
+            i.id: Observation(self._fresh(i.id, now), st, held.get(i.id, 0), footprints.get(i.id, ()))
             for i, st in zip(insts, statuses, strict=True)
         }
+        before = dict(self.ledger.peaks)
         actions = self.ledger.plan(insts, seen, now)
+        for (iid, gpu), peak in self.ledger.peaks.items():
+            if peak - before.get((iid, gpu), 0) >= LOG_GROWTH_BYTES:
+                awake = next((i.awake_bytes for i in insts if i.id == iid and i.gpu == gpu), 0)
+                log.info(
+                    "kv ledger: %s holds %.2f GiB beside its KV on GPU %d; counted %.2f GiB awake "
+                    "with the activation reserve (cost model: %.2f GiB)",
+                    iid,
+                    peak / 2**30,
+                    gpu,
+                    (peak + self.ledger.reserve) / 2**30,
+                    awake / 2**30,
+                )
         # order does not matter: a grow was sized on memory free while the shrinking
         # instances still hold every page they have mapped (split.phase)
         await asyncio.gather(*(self._do(a) for a in actions))
         return actions
+
+    async def _footprints(
+        self, insts: Sequence[KVInstance], statuses: Sequence[Status | None], now: float
+    ) -> dict[str, tuple[Footprint, ...]]:
+        """Footprints of the awake instances whose shim answered and whose last reading is
+        ``footprint_every_s`` old, read after their status (the ledger subtracts its mapped pages)."""
+        due: dict[str, KVInstance] = {}
+        for i, st in zip(insts, statuses, strict=True):
+            last = self._footprint_at.get(i.id)
+            if i.awake and st is not None and (last is None or now - last >= self.footprint_every_s):
+                due.setdefault(i.id, i)  # a TP group: one reading covers its GPUs
+        read = await asyncio.gather(*(self.effects.footprint(i) for i in due.values()))
+        for iid in due:
+            self._footprint_at[iid] = now
+        return dict(zip(due, read, strict=True))
 
     def _fresh(self, iid: str, now: float) -> LoadSample | None:
         s = self._samples.get(iid)

@@ -46,6 +46,7 @@ def kv_instances(views: Iterable[InstanceView], deployment: Deployment) -> list[
                     priority=model.priority,
                     resident=v.state in RESIDENT,
                     holds_weights=v.state in HOLDS_WEIGHTS,
+                    awake=v.state is InstanceState.AWAKE,
                 )
             )
     return out

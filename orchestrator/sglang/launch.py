@@ -18,6 +18,12 @@ choice is for:
   (``shim_env``).
 - ``--cuda-graph-max-bs``: the deployment's, sized from the instance's expected concurrency
   (fewer graphs to capture at start; a model's own ``engine_args`` may override it).
+- ``--disable-prefill-cuda-graph``: SGLang 0.5.17 captures prefill graphs for up to
+  ``--chunked-prefill-size`` tokens (58 of them at 8,192) by default. On the H200 that took
+  55-67 s of a 134-144 s boot when six servers started together, and it holds a graph memory
+  pool besides the decode graphs (docs/benchmarks.md). Prefill then runs eagerly, as it did
+  before prefill graphs existed: a few ms more per small prefill. A model's ``engine_args``
+  that name any prefill graph flag keep SGLang's prefill graphs (``keeps_prefill_graphs``).
 - Time-sharing: ``--enable-memory-saver --enable-weights-cpu-backup`` (park/wake through SGLang's
   own release/resume routes) and ``TMS_RETAIN_CPU_BACKUP=1`` (keeps the pinned host copy of the
   weights between parks: wake 0.40 s instead of 2.6-3.2 s for an 8B shape on the H100).
@@ -115,6 +121,8 @@ class SGLangEngine:
         ]
         if req.cuda_graph_max_bs is not None:
             argv += ["--cuda-graph-max-bs", str(req.cuda_graph_max_bs)]
+        if not keeps_prefill_graphs([*self.env.sglang_extra_args, *model.engine_args]):
+            argv.append("--disable-prefill-cuda-graph")
         if model.load_format == "dummy":
             argv += ["--load-format", "dummy"]
         if model.lora is not None:  # it serves LoRA adapters as models (sglang/lora.py)
@@ -129,6 +137,12 @@ class SGLangEngine:
             served_name=served_name(model.name),
             ready_timeout_s=SGLANG_READY_TIMEOUT_S,
         )
+
+
+def keeps_prefill_graphs(args: list[str]) -> bool:
+    """True when ``args`` set SGLang's prefill CUDA graphs themselves (any of its
+    ``--cuda-graph-*-prefill`` / ``--*prefill-cuda-graph`` flags): chimera then leaves them on."""
+    return any(a.startswith("--") and "prefill" in a and "cuda-graph" in a for a in (x.split("=")[0] for x in args))
 
 
 def model_path(model: ModelSpec) -> str:

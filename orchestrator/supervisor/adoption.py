@@ -102,7 +102,7 @@ class Adoption:
         proc = _process(rec)
         why = await self._serves(rec)
         if why is None and rec.shim_socket is not None:
-            why = await self._sup.shim_ready(spec, ShimLaunch(rec.shim_socket, 0, 0), rec.base_url)
+            why = await self._sup.shim_ready(spec, ShimLaunch(rec.shim_socket, 0, 0), rec.base_url, rec.pid)
         if why is not None:
             log.warning("%s: not adopting pid %d (%s); starting a new engine", spec.id, rec.pid, why)
             await proc.stop()
@@ -140,7 +140,7 @@ class Adoption:
         except httpx.HTTPError as exc:
             return f"it does not answer: {exc}"
         if rec.shim_socket is not None and not parked:
-            why = await self._sup.shim_ready(spec, ShimLaunch(rec.shim_socket, 0, 0), rec.base_url)
+            why = await self._sup.shim_ready(spec, ShimLaunch(rec.shim_socket, 0, 0), rec.base_url, rec.pid)
             if why is not None:
                 return why
         proc = _process(rec)

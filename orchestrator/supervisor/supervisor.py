@@ -226,7 +226,7 @@ class Supervisor:
             tp_size=spec.model.tp_size,
         )
 
-    async def shim_ready(self, spec: InstanceSpec, shim: ShimLaunch, base_url: str) -> str | None:
+    async def shim_ready(self, spec: InstanceSpec, shim: ShimLaunch, base_url: str, pid: int | None) -> str | None:
         """None once the shim answers (the ledger may reach it), else why the start failed."""
         try:  # every TP rank's shim: a rank without it would run with a fixed shard
             sts = await asyncio.gather(*(wait_ready(p, SHIM_READY_TIMEOUT_S) for p in shim.sockets))
@@ -243,7 +243,7 @@ class Supervisor:
             st.capacity_tokens,
             st.limit_bytes / 2**30,
         )
-        self.kv_endpoints[spec.id] = KVEndpoint(base_url, shim.socket, shim.tp_size)
+        self.kv_endpoints[spec.id] = KVEndpoint(base_url, shim.socket, shim.tp_size, pid, spec.gpus)
         return None
 
     def post(self, event: Event) -> None:
@@ -323,7 +323,7 @@ class Supervisor:
         self.startups[spec.id] = record
         log.info("%s: startup %s", spec.id, json.dumps(record.as_dict()))
         await self._write_startups()
-        if shim is not None and (why := await self.shim_ready(spec, shim, launch.base_url)):
+        if shim is not None and (why := await self.shim_ready(spec, shim, launch.base_url, proc.pid)):
             await proc.stop()
             self._post(StartFailed(spec.id, why))
             return

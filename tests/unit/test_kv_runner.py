@@ -22,7 +22,7 @@ from cumem_shim.types import Status
 from orchestrator.control.scrape import Scraper
 from orchestrator.deployment import ledger_enabled
 from orchestrator.kv.client import LimitReply
-from orchestrator.kv.ledger import MARGIN_BYTES, KVInstance, Ledger, SetLimit, non_kv_bytes
+from orchestrator.kv.ledger import MARGIN_BYTES, Footprint, KVInstance, Ledger, SetLimit, non_kv_bytes
 from orchestrator.kv.runner import HttpKVEffects, KVEndpoint, KVRunner
 from orchestrator.types import InstanceState, InstanceView, LoadSample
 from simsglang.batcher import VirtualClock
@@ -78,10 +78,11 @@ class SimulatedShim:
 class FakeEffects:
     """The shims' side of the runner; records every call (there is no HTTP here at all)."""
 
-    def __init__(self, shims: dict[str, SimulatedShim]) -> None:
+    def __init__(self, shims: dict[str, SimulatedShim], beside_kv: dict[str, int] | None = None) -> None:
         self.shims = shims
         self.flushed: list[str] = []
         self.calls: list[str] = []
+        self.beside_kv = beside_kv or {}  # what each server's processes hold besides KV (none: unread)
 
     async def status(self, inst: KVInstance) -> Status | None:
         self.calls.append(f"status {inst.id}")
@@ -99,12 +100,75 @@ class FakeEffects:
         self.calls.append(f"flush_cache {iid}")
         self.flushed.append(iid)
 
+    async def footprint(self, inst: KVInstance) -> tuple[Footprint, ...]:
+        self.calls.append(f"footprint {inst.id}")
+        if inst.id not in self.beside_kv:
+            return ()
+        return (Footprint(inst.gpu, self.beside_kv[inst.id] + self.shims[inst.id].dev.mapped_bytes),)
+
 
 async def scraped_step(runner: KVRunner, shims: dict[str, SimulatedShim], at: float = 0.0) -> list[object]:
     """One scrape round (each shim's load to the runner's sink), then one step."""
     for iid, s in shims.items():
         runner.observe(s.sample(iid, at))
     return list(await runner.step())
+
+
+async def test_measured_footprints_replace_the_cost_model_and_never_over_commit() -> None:
+    """Servers that hold less beside their KV than the cost model says: once read, the budget
+    counts what they hold (plus the activation reserve), the busy one gets the difference, and
+    what is mapped plus what is held beside it stays within the GPU less the margin."""
+    model_awake, beside = 16 * GIB, 10 * GIB
+    insts = [KVInstance(i, 0, TOKEN, model_awake, 2 * GIB, awake=True) for i in ("a", "b")]
+    shims = {"a": SimulatedShim(), "b": SimulatedShim()}
+    capacity = 40 * GIB
+    ledger = Ledger({0: capacity})
+    fx = FakeEffects(shims, {"a": beside, "b": beside})
+    runner = KVRunner(ledger, fx, lambda: insts, clock=lambda: 0.0)
+    modelled = capacity - non_kv_bytes(insts)[0] - MARGIN_BYTES  # 40 - 32 - 1 = 7 GiB
+    shims["a"].waiting_tokens = 100_000  # ~12 GiB of KV wanted: more than the model leaves
+    for _ in range(6):
+        await scraped_step(runner, shims)
+        shims["a"].serve(shims["a"].waiting_tokens)
+        mapped = sum(s.dev.mapped_bytes for s in shims.values())
+        assert mapped + 2 * (beside + ledger.reserve) + MARGIN_BYTES <= capacity
+    assert ledger.measured == {("a", 0): beside + ledger.reserve, ("b", 0): beside + ledger.reserve}
+    assert shims["a"].waiting_tokens == 0  # served: it got more than the model's budget
+    assert shims["a"].dev.mapped_bytes > modelled
+    # read once (the clock has not moved FOOTPRINT_EVERY_S), for awake instances only
+    assert fx.calls.count("footprint a") == 1 and fx.calls.count("footprint b") == 1
+
+
+async def test_footprints_are_read_every_period_only_while_awake_and_forgotten_with_the_process() -> None:
+    now = [0.0]
+    insts = [KVInstance("a", 0, TOKEN, 16 * GIB, 2 * GIB, awake=False)]  # waking: not read
+    shims = {"a": SimulatedShim()}
+    ledger = Ledger({0: 80 * GIB})
+    fx = FakeEffects(shims, {"a": 9 * GIB})
+    runner = KVRunner(ledger, fx, lambda: insts, clock=lambda: now[0], footprint_every_s=5.0)
+    await scraped_step(runner, shims, now[0])
+    assert "footprint a" not in fx.calls and ledger.measured == {}
+    insts[0] = KVInstance("a", 0, TOKEN, 16 * GIB, 2 * GIB, awake=True)
+    for t in (1.0, 2.0, 5.0, 6.5):
+        now[0] = t
+        await scraped_step(runner, shims, t)
+    assert fx.calls.count("footprint a") == 2  # at 1.0 and 6.5 (5.0 is 4 s after 1.0)
+    fx.beside_kv["a"] = 7 * GIB  # a lower reading does not lower the peak
+    now[0] = 12.0
+    await scraped_step(runner, shims, 12.0)
+    assert ledger.measured == {("a", 0): 9 * GIB + ledger.reserve}
+    runner.forget("a")  # the process stopped: a new one is measured anew
+    assert ledger.measured == {}
+
+
+def test_a_measured_instance_counts_its_reading_and_the_others_the_cost_model() -> None:
+    insts = [
+        KVInstance("a", 0, TOKEN, 16 * GIB, 2 * GIB, awake=True),
+        KVInstance("b", 0, TOKEN, 16 * GIB, 2 * GIB, resident=False),  # parked: its context
+    ]
+    assert non_kv_bytes(insts) == {0: 18 * GIB}
+    assert non_kv_bytes(insts, {("a", 0): 11 * GIB}) == {0: 13 * GIB}
+    assert non_kv_bytes(insts, {("b", 0): 11 * GIB}) == {0: 18 * GIB}  # parked: never measured
 
 
 async def test_memory_moves_to_the_busy_model_without_over_committing() -> None:

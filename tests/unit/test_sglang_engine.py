@@ -173,6 +173,21 @@ def test_engine_args_and_global_extra_args_are_appended(monkeypatch: pytest.Monk
     )
 
 
+def test_prefill_graphs_are_off_unless_the_model_sets_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(model("m", "tiny-llama", [0], load_format="dummy"))
+    assert s_argv_count(spec(cfg.instances[0], cfg), "--disable-prefill-cuda-graph") == 1
+    for own in (["--cuda-graph-max-bs-prefill", "512"], ["--cuda-graph-backend-prefill=breakable"]):
+        cfg = config(model("m", "tiny-llama", [0], load_format="dummy", engine_args=own))
+        assert s_argv_count(spec(cfg.instances[0], cfg), "--disable-prefill-cuda-graph") == 0, own
+    monkeypatch.setenv("CHIMERA_SGLANG_ARGS", "--cuda-graph-max-bs-prefill 256")  # every model's
+    cfg = config(model("m", "tiny-llama", [0], load_format="dummy"))
+    assert s_argv_count(spec(cfg.instances[0], cfg, engine=SGLangEngine()), "--disable-prefill-cuda-graph") == 0
+
+
+def s_argv_count(s: LaunchSpec, name: str) -> int:
+    return s.argv.count(name)
+
+
 def test_managed_flags_in_passthrough_args_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = config(model("m", "tiny-llama", [0], engine_args=["--port=1234"]))
     with pytest.raises(ConfigError, match=r"m\.engine_args: --port is set by chimera"):
