@@ -35,7 +35,6 @@ from orchestrator.kv.client import GroupClient, LimitReply, ShimProtocolError, S
 from orchestrator.kv.demand import active_tokens
 from orchestrator.kv.ledger import Action, FlushCache, Footprint, KVInstance, Ledger, Observation
 from orchestrator.sglang.api import FLUSH_CACHE
-from orchestrator.supervisor.memory import MemoryProbe
 from orchestrator.types import LoadSample
 
 log = logging.getLogger("chimera.kv")
@@ -49,6 +48,21 @@ MAX_SAMPLE_AGE_S = 2.5  # two scrape rounds (control/scrape.py ROUND_S); app.py 
 # (the ledger keeps the peak), and one NVML read costs a few ms of a thread.
 FOOTPRINT_EVERY_S = 5.0
 LOG_GROWTH_BYTES = 256 << 20  # a footprint is logged when first read and when it grows this much
+
+
+class MemoryReading(Protocol):
+    """What the supervisor's memory probe reads (supervisor/memory.py, which this package does
+    not import): the instance's bytes per GPU, and whether they are its processes' own."""
+
+    @property
+    def per_process(self) -> bool: ...
+
+    @property
+    def per_gpu(self) -> tuple[int, ...]: ...
+
+
+class MemoryProbe(Protocol):
+    async def read(self, pid: int, gpus: tuple[int, ...], base_url: str) -> MemoryReading: ...
 
 
 class KVEffects(Protocol):
