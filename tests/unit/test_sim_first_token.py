@@ -78,14 +78,23 @@ def test_fitter_recovers_steps_and_stall_from_known_records() -> None:
     assert out["period_s"] == pytest.approx(1.5, rel=0.15)
 
 
-def test_constants_are_the_fitters_fit_of_the_committed_run(
+def test_constants_are_the_fitters_fit_of_the_committed_runs(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """``steps`` is the low-load fit of the third runs; the stall they showed (0.30 s, chimera's
+    /metrics parsing, fixed since) is gone from the fourth runs, so the constant is 0."""
     from bench.calibration import first_token
 
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the fitter's default paths are the repo's
-    assert first_token.main([]) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
     ft = cal.H200.first_token
-    assert ft is not None
-    assert line == f"steps={ft.steps:.2f} stall_s={ft.stall_s:.3f} period_s={ft.period_s:.2f}"
+    assert ft is not None and ft.stall_s == 0.0
+
+    def fit(*args: str) -> dict[str, float]:
+        assert first_token.main(list(args)) == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        return {k: float(v) for k, v in (kv.split("=") for kv in line.split())}
+
+    before = fit()  # bench/results/gpu-experiment-h200-a3
+    assert f"{before['steps']:.2f}" == f"{ft.steps:.2f}" and before["stall_s"] >= 0.25
+    after = fit("bench/results/gpu-experiment-h200-a4")
+    assert after["stall_s"] < 0.1  # p99 - p25 of the unsaturated models: queueing, not a stall
