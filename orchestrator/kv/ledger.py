@@ -265,6 +265,8 @@ class Ledger:
             obs = seen.get(inst.id)
             if not inst.awake or obs is None or obs.status is None:
                 continue
+            # a TP group's status carries the most any rank mapped (kv/client.py ``combine``);
+            # its ranks map equal shards, so that is each GPU's but for a block while a limit applies
             for fp in obs.footprints:
                 if fp.gpu == inst.gpu:
                     beside = max(0, fp.bytes - obs.status.mapped_bytes)
