@@ -53,7 +53,7 @@ from orchestrator.proxy.drain import quiesce
 from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
 from orchestrator.proxy.upstream import Limits
 from orchestrator.sglang.auth import new_key, write_config
-from orchestrator.supervisor.statefile import read_state
+from orchestrator.supervisor.statefile import read_state, run_key
 from orchestrator.supervisor.supervisor import Supervisor
 from orchestrator.types import InstanceState, InstanceView, LoadSample, ModelView
 
@@ -96,7 +96,8 @@ async def serve(
     ``keep_engines``: leave the ready engines running on every exit, for the next ``up``.
     ``cluster``: the Ray cluster's nodes (``up --ray``): engines run under node agents
     (orchestrator/cluster/) instead of this process's supervisor, with the same API key; an agent
-    that Ray restarts re-adopts its engines, a new ``up`` does not (docs/multi-node.md).
+    that Ray restarts re-adopts its engines, and so do a new ``up``'s agents: ``adopt_from`` is
+    then the previous run's folder, one state file per node (docs/multi-node.md).
     ``proxies``: proxy processes on ``port`` (SO_REUSEPORT), this one and ``proxies - 1``
     workers asking this control loop for every request's instance (orchestrator/dataplane/).
     ``sock``: the proxy's socket, already listening (the CLI binds it before its imports, so
@@ -110,8 +111,12 @@ async def serve(
     dep = derive(cfg, serial_starts=env.serial_starts, gpu_node=cluster.gpu_node() if cluster is not None else ())
     # the key only chimera knows: every engine is started with it, every call to one carries it;
     # a run that re-adopts engines keeps their key
-    previous = read_state(adopt_from) if adopt_from is not None else None
-    auth = write_config(run_dir, previous.key if previous is not None and previous.engines else new_key())
+    if cluster is None:
+        previous = read_state(adopt_from) if adopt_from is not None else None
+        key = previous.key if previous is not None and previous.engines else None
+    else:  # adopt_from is the previous run's folder: one state file per node
+        previous, key = None, run_key(adopt_from) if adopt_from is not None else None
+    auth = write_config(run_dir, key if key is not None else new_key())
 
     gpu_seconds = GpuSeconds(dep.instances, dep.gpu_bytes, metrics.gpu_seconds)  # by memory share
     host_backups = HostBackups(dep.instances, metrics.host_memory)  # parked weights in host RAM
@@ -154,6 +159,8 @@ async def serve(
             node_state=metrics.set_node_up,
             key=auth.key,
         )
+        if adopt_from is not None:
+            await supervisor.adopt_previous(adopt_from)  # before the loop starts anything
         supervisor.start_pumps()
     control = ControlLoop(dep, supervisor)
     kv = _kv_runner(dep, control, supervisor, metrics, gpu_seconds)  # modes elastic/full: the KV ledger's task

@@ -190,7 +190,7 @@ def _up_listening(args: argparse.Namespace, sock: socket.socket, handed_over: bo
     from rich.logging import RichHandler
 
     from orchestrator.config import load_config, parse_config, read_placements
-    from orchestrator.supervisor.statefile import find_previous
+    from orchestrator.supervisor.statefile import find_previous, find_previous_run
 
     cluster = None
     if args.ray is not None:
@@ -215,8 +215,10 @@ def _up_listening(args: argparse.Namespace, sock: socket.socket, handed_over: bo
 
     runs_root = Path(Env.read().run_dir or "runs").resolve()
     run_dir = (args.run_dir or runs_root / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    # the engines a previous run left (its state file): re-adopted where they match
-    adopt_from = find_previous(run_dir, None if args.run_dir else runs_root)
+    # the engines a previous run left (its state file; under --ray, its run folder, one state
+    # file per node): re-adopted where they match
+    find = find_previous_run if cluster is not None else find_previous
+    adopt_from = find(run_dir, None if args.run_dir else runs_root)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(message)s",

@@ -13,7 +13,8 @@ supervisor posts (its events, its measurements) waits in a queue that the driver
 Engines are spawned detached (nobody's child: Ray kills an actor's children with it) and
 recorded in the node's state file (``<run>/<node>/engines.json``, with the deployment's engine
 key); Ray restarts a dead agent on its live node (``max_restarts``), and the driver then asks
-it to ``readopt`` the engines the previous incarnation ran.
+it to ``readopt`` the engines the previous incarnation ran. A new ``up`` asks each new agent to
+``adopt_previous`` the engines the previous run left on its node.
 """
 
 from __future__ import annotations
@@ -116,6 +117,20 @@ class NodeAgent:
                 log.warning("%s: not re-adopted after the agent's restart: %s", spec.id, why)
                 failed[spec.id] = why
         return failed
+
+    async def adopt_previous(self, previous_run: str, specs: dict[str, InstanceSpec]) -> list[str]:
+        """A new ``up``, before its control loop starts anything: sort the engines a previous
+        run left on this node (``<previous_run>/<node>/engines.json``, this node's own file) as
+        the local path does (supervisor/adoption.py ``prepare``): those whose recorded command
+        line is what ``specs`` (this node's instances, its own GPU indices) would start and that
+        are still the recorded process wait for their instance's start, which adopts them;
+        every other one still alive is stopped. Returns the adoptable instance ids."""
+        path = Path(previous_run) / self.node / STATE_NAME
+        state = await asyncio.to_thread(read_state, path)
+        if state is None:
+            return []
+        await self.supervisor.adoption.prepare(state, path, local=specs)
+        return self.supervisor.adoption.adoptable()
 
     # ---- Effects, for this node's engines (spec.gpus are the node's own CUDA indices) ----
 

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from cumem_shim.types import Status
 from orchestrator.cluster.agent import Measure, NodeAgent, Report
 from orchestrator.cluster.connect import import_ray
 from orchestrator.cluster.nodes import Inventory, Node
-from orchestrator.cluster.placing import relocate
+from orchestrator.cluster.placing import by_node, relocate
 from orchestrator.config import HostSpec, InstanceSpec
 from orchestrator.control.events import (
     Event,
@@ -98,7 +99,7 @@ class RayEffects:
     # ---- agents ------------------------------------------------------------------------
 
     def _spawn_agents(self) -> dict[str, Any]:
-        agents = {n.name: self._new_agent(n) for n in self.inv.nodes}
+        agents = {n.name: self._named_agent(n) for n in self.inv.nodes}
         refs = {name: a.ping.remote() for name, a in agents.items()}
         for name, ref in refs.items():
             try:
@@ -111,6 +112,19 @@ class RayEffects:
                     ]
                 ) from exc
         return agents
+
+    def _named_agent(self, n: Node) -> Any:
+        """``_new_agent`` at ``up``: the agents of a previous ``up`` that was killed hold their
+        names until Ray has seen their driver die (within seconds); wait for the name."""
+        deadline = time.monotonic() + AGENT_READY_S
+        while True:
+            try:
+                return self._new_agent(n)
+            except ValueError as exc:  # Ray: "The name ... is already taken"
+                if "already taken" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                log.info("node %s: the previous run's agent still holds its name; waiting", n.name)
+                time.sleep(0.5)
 
     def _new_agent(self, n: Node) -> Any:
         """The agent actor of node ``n``, pinned to it (not waited for)."""
@@ -129,6 +143,24 @@ class RayEffects:
             )
             .remote(n.name, engine, host, str(run_dir / n.name), dep, n.address, key)
         )
+
+    async def adopt_previous(self, previous_run: Path) -> None:
+        """A new ``up``, before the control loop starts anything: each agent sorts the engines
+        the previous run (folder ``previous_run``) left on its node against the instances
+        placed there (agent.py ``adopt_previous``); their starts then adopt the matching ones."""
+        from ray.exceptions import RayError
+
+        dep = self._agent_args[3]
+        mine = by_node((f.spec for f in dep.instances.values()), self.inv) if dep is not None else {}
+        names = list(self.agents)
+        calls = [_aw(self.agents[n].adopt_previous.remote(str(previous_run), mine.get(n, {}))) for n in names]
+        for name, got in zip(names, await asyncio.gather(*calls, return_exceptions=True), strict=True):
+            if isinstance(got, RayError):
+                log.warning("node %s: the previous run's engines were not sorted (%s)", name, type(got).__name__)
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                log.info("node %s: previous run's engines to re-adopt: %s", name, got or "none")
 
     def start_pumps(self) -> None:
         """One long poll per agent, and the watch for nodes that join, on the running event

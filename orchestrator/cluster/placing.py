@@ -11,15 +11,20 @@ instance per group, weights per GPU) runs on what will really run where.
 ``relocate`` chooses where an instance of a dead node starts again: a cross-node move is a cold
 start whichever node takes it (perf/cost.py), so the choice is by room: the live node with the
 fewest instances per GPU that has enough GPUs, and on it the GPUs fewest instances use.
+
+``by_node`` gives each node its placed instances as its agent sees them (the node's own GPU
+indices): what a new ``up``'s agents compare the previous run's command lines with.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.cluster.nodes import Inventory, Node
+from orchestrator.config import InstanceSpec
 from orchestrator.errors import ConfigError
 from orchestrator.shapes import ShapeError, resolve_shape
 
@@ -122,3 +127,14 @@ def _weight_per_gpu(m: Mapping[str, Any]) -> float:
         return resolve_shape(path, shape if isinstance(shape, str) else None).weight_bytes / tp
     except ShapeError:
         return 0.0
+
+
+def by_node(specs: Iterable[InstanceSpec], inv: Inventory) -> dict[str, dict[str, InstanceSpec]]:
+    """Node name -> {instance id: its spec with the node's own GPU indices}, for the instances
+    placed on each node (cluster-wide GPU ids in ``specs``); every node of ``inv`` is a key."""
+    out: dict[str, dict[str, InstanceSpec]] = {n.name: {} for n in inv.nodes}
+    for spec in specs:
+        node = inv.of_gpu(spec.gpus[0])
+        local = dataclasses.replace(spec.placement, gpus=node.local(spec.gpus))
+        out[node.name][spec.id] = dataclasses.replace(spec, placement=local)
+    return out

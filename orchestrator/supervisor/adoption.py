@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ from orchestrator.engines.base import LaunchSpec, ShimLaunch
 from orchestrator.errors import EngineError
 from orchestrator.sglang.api import HEALTH, MODEL_INFO
 from orchestrator.sglang.auth import EngineAuth
+from orchestrator.supervisor.memory import group_pids, verify_released
 from orchestrator.supervisor.process import EngineProcess
 from orchestrator.supervisor.statefile import EngineRecord, EngineState, same_process, write_state
 from orchestrator.types import Endpoint
@@ -56,41 +58,52 @@ class Adoption:
         self._waiting: dict[str, EngineRecord] = {}  # adoptable, until their instance starts
         self._lock = asyncio.Lock()
 
-    async def prepare(self, state: EngineState, previous: Path) -> None:
+    async def prepare(
+        self, state: EngineState, previous: Path, local: Mapping[str, InstanceSpec] | None = None
+    ) -> None:
         """Sort a previous run's engines (module docstring); then this run owns them, and the
-        previous state file is removed."""
+        previous state file is removed. ``local``: a node agent's (cluster/agent.py) instances
+        of its node, with the node's own GPU indices (what its engines' command lines carry);
+        an instance not in it is placed on another node. None: the deployment's own specs."""
         for rec in state.engines:
             gone = same_process(rec)
             if gone is not None:  # nothing of ours to stop
                 log.info("%s: previous engine pid %d not adopted: %s", rec.instance_id, rec.pid, gone)
                 continue
-            why = await self._mismatch(rec)
+            why = await self._mismatch(rec, local)
             if why is None:
                 self._waiting[rec.instance_id] = rec
                 self._sup.reserve_ports(rec.port, rec.nccl_port)
                 continue
             log.warning("%s: stopping the engine (pid %d) a previous run left: %s", rec.instance_id, rec.pid, why)
-            await _process(rec).stop()
+            await self._stop(rec)
         if previous != self.path:  # both absolute (the CLI resolves the run folder)
             with contextlib.suppress(OSError):
                 os.unlink(previous)
         await self._write()
 
-    async def _mismatch(self, rec: EngineRecord) -> str | None:
+    async def _mismatch(self, rec: EngineRecord, local: Mapping[str, InstanceSpec] | None = None) -> str | None:
         dep = self._sup.deployment
         facts = dep.instances.get(rec.instance_id) if dep is not None else None
         if facts is None:
             return "its instance is not in the placements file"
         if not facts.starts_on_up:
             return "its instance does not start at up"
-        shim = self._sup.shim_for(facts.spec, rec.port)
+        spec = facts.spec if local is None else local.get(rec.instance_id)
+        if spec is None:
+            return "its instance is placed on another node"
+        shim = self._sup.shim_for(spec, rec.port)
         try:
-            launch = await self._sup.launch(facts.spec, rec.port, rec.nccl_port, shim, rec.config_file)
+            launch = await self._sup.launch(spec, rec.port, rec.nccl_port, shim, rec.config_file)
         except Exception as exc:  # noqa: BLE001 - whatever fails building it, it cannot match
             return f"its command line cannot be built now ({exc})"
         if launch.argv != rec.argv:
             return "this deployment would start it with another command line"
         return None
+
+    def adoptable(self) -> list[str]:
+        """The instances whose previous engine waits for their start (sorted ids)."""
+        return sorted(self._waiting)
 
     def take(self, instance_id: str) -> EngineRecord | None:
         return self._waiting.pop(instance_id, None)
@@ -225,6 +238,29 @@ class Adoption:
                 await asyncio.to_thread(write_state, self.path, state)
             except OSError as exc:
                 log.warning("cannot write %s: %s", self.path, exc)
+
+    async def _stop(self, rec: EngineRecord) -> None:
+        """Stop a previous run's engine that is not adopted: its whole process group, then its
+        GPU memory verified released (on the GPUs its command line names), as for an instance
+        of this run, before the loop may start another engine on those GPUs."""
+        pids = group_pids(rec.pid)
+        await _process(rec).stop()
+        why = await verify_released(self._sup.lifecycle.probe, pids, _argv_gpus(rec.argv))
+        if why is not None:
+            log.error("%s: %s", rec.instance_id, why)
+
+
+def _argv_gpus(argv: tuple[str, ...]) -> tuple[int, ...]:
+    """The GPU indices an engine's command line names (``--base-gpu-id``, ``--tp-size``)."""
+
+    def value(*flags: str) -> int | None:
+        for i, a in enumerate(argv[:-1]):
+            if a in flags and argv[i + 1].isdigit():
+                return int(argv[i + 1])
+        return None
+
+    base = value("--base-gpu-id")
+    return () if base is None else tuple(range(base, base + (value("--tp-size", "--tensor-parallel-size") or 1)))
 
 
 def _process(rec: EngineRecord) -> EngineProcess:

@@ -102,3 +102,27 @@ def same_process(rec: EngineRecord) -> str | None:
     except psutil.AccessDenied:
         return f"pid {rec.pid} is not ours to inspect"
     return None
+
+
+def find_previous_run(run_dir: Path, runs_root: Path | None) -> Path | None:
+    """``up --ray``: the run folder whose nodes' state files (``<run>/<node>/engines.json``,
+    written by the node agents) a new ``up`` adopts from: ``run_dir`` itself when one of its
+    nodes left one (``--run-dir`` given twice), else, for a default timestamped run folder, the
+    one under ``runs_root`` with the newest such file."""
+    if any(run_dir.glob(f"*/{STATE_NAME}")):
+        return run_dir
+    if runs_root is None or not runs_root.is_dir():
+        return None
+    found = sorted(runs_root.glob(f"*/*/{STATE_NAME}"), key=lambda p: p.stat().st_mtime)
+    return found[-1].parent.parent if found else None
+
+
+def run_key(run: Path) -> str | None:
+    """The engines' key of a previous ``up --ray`` run (every node's file holds the same one):
+    from the newest node state file listing engines; None when none can be read here."""
+    files = sorted(run.glob(f"*/{STATE_NAME}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for f in files:
+        state = read_state(f)
+        if state is not None and state.engines:
+            return state.key
+    return None

@@ -81,8 +81,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     except BaseException:
         cluster.shutdown()
         raise
-    yield Deployed(cluster, nodes, run)
-    run.stop()
+    d = Deployed(cluster, nodes, run)
+    yield d
+    d.run.stop()  # the last `up` (a test may replace the first one)
     cluster.shutdown()
     # A removed node's engines stand for processes that died with their machine; on this one
     # host they outlive it (engines outlive their agent, for re-adoption): stop what the nodes'
@@ -160,6 +161,74 @@ def test_a_restarted_agent_re_adopts_its_engines(deployed: Deployed) -> None:
     assert run.states()["beta"] == "awake"
     assert _metric(run.base, "chimera_node_up")["node-b"] == 1.0
     assert "re-adopting ['beta@gpu1']" in run.log.read_text(), run.log.read_text()[-3000:]
+
+
+def _engines(run_dir: Path) -> dict[str, int]:
+    """Instance id -> engine pid, from every node's state file of the run folder."""
+    out = {}
+    for f in run_dir.glob(f"*/{STATE_NAME}"):
+        state = read_state(f)
+        out.update({r.instance_id: r.pid for r in (state.engines if state is not None else ())})
+    return out
+
+
+def _sim_engines(run_dir: Path) -> set[int]:
+    """Every live sim engine process of this run folder, whoever started it."""
+    out = set()
+    for p in psutil.process_iter(["cmdline", "status"]):
+        argv = p.info["cmdline"] or []
+        if p.info["status"] != psutil.STATUS_ZOMBIE and "simsglang" in argv and any(str(run_dir) in a for a in argv):
+            out.add(p.pid)
+    return out
+
+
+def _up_again(deployed: Deployed, placements: dict[str, Any]) -> Running:
+    """kill -9 of the running `up` (its engines stay), then a new `up --ray` on the same run
+    folder; back once every model is awake."""
+    old = deployed.run
+    old.proc.kill()
+    old.proc.wait()
+    deployed.run = start_chimera(
+        old.run_dir.parent,
+        placements,
+        "sim",
+        awake=["alpha", "beta", "gamma"],
+        timeout_s=90,
+        env={"CHIMERA_SIM_SPEED": "0.02"},
+        args=("--ray", deployed.cluster.address),
+    )
+    return deployed.run
+
+
+def _serve_all(run: Running) -> None:
+    for model in ("alpha", "beta", "gamma"):
+        r = httpx.post(f"{run.base}/v1/completions", json={"model": model, "prompt": "x", "max_tokens": 4}, timeout=30)
+        assert r.status_code == 200, (model, r.text)
+
+
+def test_a_new_up_re_adopts_the_previous_run_s_engines(deployed: Deployed) -> None:
+    run_dir = deployed.run.run_dir
+    before = _engines(run_dir)
+    assert set(before) == {"alpha@gpu0", "beta@gpu1", "gamma@gpu3"}, before
+    # the control plane dies; a new `up` with the same placements takes every engine back:
+    # same pids, still serving, none started or left over
+    run = _up_again(deployed, PLACEMENTS)
+    _serve_all(run)
+    assert _engines(run_dir) == before
+    assert _sim_engines(run_dir) == set(before.values())
+    assert "previous run's engines to re-adopt: ['alpha@gpu0']" in run.log.read_text(), run.log.read_text()[-3000:]
+    # again, with alpha and beta swapped between node-a and node-b: their engines match nothing
+    # now (other instances) and are stopped; their replacements start; gamma is adopted
+    swapped = {**PLACEMENTS, "models": [dict(m) for m in PLACEMENTS["models"]]}
+    swapped["models"][0]["placements"] = [{"node": "node-b", "gpus": [0]}]
+    swapped["models"][1]["placements"] = [{"node": "node-a", "gpus": [0]}]
+    run = _up_again(deployed, swapped)
+    _serve_all(run)
+    after = _engines(run_dir)
+    assert set(after) == {"alpha@gpu1", "beta@gpu0", "gamma@gpu3"}, after
+    assert after["gamma@gpu3"] == before["gamma@gpu3"]
+    assert not {before["alpha@gpu0"], before["beta@gpu1"]} & set(after.values())
+    assert _sim_engines(run_dir) == set(after.values())  # the old ones are gone, none duplicated
 
 
 def _join(deployed: Deployed, name: str, gpus: int) -> None:
