@@ -30,6 +30,7 @@ from orchestrator.deployment import Deployment, derive
 from orchestrator.engines import get_engine
 from orchestrator.env import Env
 from orchestrator.errors import ConfigError
+from orchestrator.handover import hand_over
 from orchestrator.kv.ledger import KVInstance, Ledger
 from orchestrator.kv.runner import HttpKVEffects, KVEffects, KVRunner
 from orchestrator.kv.wiring import GONE, GpuCapacity, kv_instances
@@ -264,10 +265,20 @@ async def serve(
         if pool is not None:
             await pool.stop()
         if server.started and not server.force_exit:
+            # a stop that keeps the engines expects the next `up`: a holder keeps the listening
+            # socket for it (handover.py), and clients wait in its backlog meanwhile
+            handed = (
+                keep
+                and pool is None
+                and sock is not None
+                and not sock_outlives_us
+                and hand_over(sock, run_dir, env.handover_s)
+            )
             # no client let in is lost: new connections dropped (retried by the client's
-            # kernel; under socket activation they wait in the backlog for the next chimera),
-            # the accept queue emptied and request heads read before uvicorn closes
-            await quiesce(server, drop_new=not sock_outlives_us)
+            # kernel), or left in the backlog of a socket that outlives this process (socket
+            # activation, handover) for the next chimera; the accept queue emptied and request
+            # heads read before uvicorn closes
+            await quiesce(server, drop_new=not (sock_outlives_us or handed))
         server.should_exit = True
         await asyncio.wait({server_task}, timeout=10)
         await cancel_and_wait(ticker_task)

@@ -115,6 +115,9 @@ class Env:
     # CHIMERA_SIM_WEIGHTS_GBPS: how fast a sim server's /update_weights_from_disk reads weights
     # (GB/s); 0: the calibrated disk bandwidth (orchestrator/perf/calibration.py DISK_LOAD_BW)
     sim_weights_gbps: float = 0.0
+    # CHIMERA_HANDOVER_S: how long the proxy's listening socket is kept for the next `up` after
+    # a stop that leaves the engines running (orchestrator/handover.py)
+    handover_s: float = 10.0
 
     @classmethod
     def read(cls) -> Env:
@@ -137,4 +140,5 @@ class Env:
             body_timeout_s=_positive("CHIMERA_BODY_TIMEOUT_S", 60.0),
             max_connections=_int("CHIMERA_MAX_CONNECTIONS", 0) or None,
             sim_weights_gbps=_float("CHIMERA_SIM_WEIGHTS_GBPS", 0.0),
+            handover_s=_positive("CHIMERA_HANDOVER_S", 10.0),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import socket
 import sys
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.cli.args import build_parser
 from orchestrator.errors import ConfigError
+from orchestrator.handover import previous_run_dir, take_over
 
 # Nothing heavy above this line: `up` listens on the proxy's port right after parsing its
 # arguments, and only then imports chimera (~0.5 s: rich, httpx, uvicorn, the control plane).
@@ -31,6 +33,7 @@ HOST_BACKUP_FRACTION = 0.8
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 MAX_PROXIES = 64  # proxy processes on one host (--proxies)
+STATE_NAME = "engines.json"  # the engines' state file (supervisor/statefile.py: psutil, not imported yet)
 
 
 @functools.cache
@@ -162,8 +165,15 @@ def _up(args: argparse.Namespace) -> int:
     # proxy serves it (a restart of the control plane is a short wait, not a refused connection).
     # Under systemd socket activation the socket outlives chimera itself: not even a restart's
     # wait is refused (docs/operations.md).
+    from orchestrator.env import Env  # standard library only
+
+    runs_root = Path(Env.read().run_dir or "runs").resolve()
+    run_dir = (args.run_dir or runs_root / time.strftime("%Y%m%d-%H%M%S")).resolve()
     sock = inherited_socket()
     handed_over = sock is not None
+    if sock is None and args.proxies == 1:  # a previous chimera's socket, kept for this one
+        previous = previous_run_dir(run_dir, None if args.run_dir else runs_root, STATE_NAME)
+        sock = take_over(previous, args.host, args.port)
     if sock is None:
         sock = _listen(args.host, args.port, reuse_port=args.proxies > 1)
     elif args.proxies > 1:
@@ -176,13 +186,19 @@ def _up(args: argparse.Namespace) -> int:
         )
     if handed_over:  # what it listens on is the socket's, not --host/--port
         args.host, args.port = sock.getsockname()[:2]
+    # no cyclic garbage collection during the imports (~600 modules, nothing to collect):
+    # ~5% of them on this path; on again before serving
+    gc.disable()
     try:
-        return _up_listening(args, sock, handed_over)
+        return _up_listening(args, sock, run_dir, runs_root, handed_over)
     finally:
+        gc.enable()
         sock.close()
 
 
-def _up_listening(args: argparse.Namespace, sock: socket.socket, handed_over: bool = False) -> int:
+def _up_listening(
+    args: argparse.Namespace, sock: socket.socket, run_dir: Path, runs_root: Path, handed_over: bool = False
+) -> int:
     import asyncio
     import dataclasses
     import logging
@@ -211,10 +227,6 @@ def _up_listening(args: argparse.Namespace, sock: socket.socket, handed_over: bo
         cfg = dataclasses.replace(cfg, mode=args.mode)
     _check_host_memory(cfg, engine, per_node=cluster is not None)
     _dry_run_launch(cfg, engine)
-    from orchestrator.env import Env
-
-    runs_root = Path(Env.read().run_dir or "runs").resolve()
-    run_dir = (args.run_dir or runs_root / time.strftime("%Y%m%d-%H%M%S")).resolve()
     # the engines a previous run left (its state file; under --ray, its run folder, one state
     # file per node): re-adopted where they match
     find = find_previous_run if cluster is not None else find_previous
@@ -228,6 +240,7 @@ def _up_listening(args: argparse.Namespace, sock: socket.socket, handed_over: bo
     from orchestrator.app import serve
 
     admin_key, client_keys = _secrets(cfg)
+    gc.enable()
     try:
         return asyncio.run(
             serve(

@@ -82,17 +82,23 @@ async def quiesce(
     """Stops new connections on ``server``'s listening sockets and waits until every connection
     already let in has been accepted and has its request head, or ``bound_s`` passed (a client
     that sends nothing is not waited for longer). Returns the seconds it waited. ``drop_new``
-    False: a socket that outlives this process (socket activation) keeps taking connections
-    into its backlog, where the next chimera accepts them; only the ones already accepted
-    here are waited for."""
-    # a socket that outlives this process: its queue is the next process's to serve
+    False: a socket that outlives this process (socket activation, handover.py) keeps taking
+    connections into its backlog, where the next chimera accepts them: this process stops
+    accepting at once, and only the ones already accepted here are waited for."""
     socks = [s for srv in server.servers for s in srv.sockets] if drop_new else []
+    if not drop_new:  # its queue is the next process's to serve; the socket stays open elsewhere
+        for srv in server.servers:
+            srv.close()
     for s in socks:
         refuse_new(s)
     start = clock()
-    while clock() - start < bound_s:
+    while True:
+        # first a turn of the event loop: a connection asyncio has just accepted reaches the
+        # server's list only then (its transport and protocol are made in a task of its own)
+        await asyncio.sleep(POLL_S)
         queued = sum(accept_queue(s) or 0 for s in socks)
         if queued == 0 and waiting_for_head(server.server_state.connections) == 0:
             break
-        await asyncio.sleep(POLL_S)
+        if clock() - start >= bound_s:
+            break
     return clock() - start

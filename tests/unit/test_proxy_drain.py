@@ -106,3 +106,27 @@ async def test_a_connection_accepted_before_its_request_is_answered() -> None:
     # ...after quiesce its request is read and answered before uvicorn stops
     answer = await _stop_with_late_client(drain=True)
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello"), answer
+
+
+async def test_a_socket_that_outlives_the_process_stops_being_accepted_on_at_once() -> None:
+    """Socket activation or a handover (orchestrator/handover.py): the stopping proxy accepts
+    nothing more, and a client that connects meanwhile waits in the backlog for the next one."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    keeper = sock.dup()  # the next chimera's copy (systemd's, or the holder's)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(Starlette(routes=[Route("/", _hello)]), log_level="critical", lifespan="off")
+    srv = uvicorn.Server(config)
+    task = asyncio.create_task(srv.serve(sockets=[sock]))
+    while not srv.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
+        await asyncio.sleep(0.01)
+    await quiesce(srv, drop_new=False)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)  # after the stop: queued, not refused
+    srv.should_exit = True
+    await task
+    keeper.setblocking(False)
+    conn, _ = keeper.accept()  # still in the backlog: neither accepted by the stopped proxy nor reset
+    conn.close()
+    writer.close()
+    keeper.close()
