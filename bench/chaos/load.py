@@ -62,6 +62,12 @@ class Tally:
         ends = [o.ended for o in self.outcomes if o.kind == "ok" and o.started >= t]
         return min(ends) - t if ends else None
 
+    def longest_ok_after(self, t: float) -> float | None:
+        """The longest a request sent at or after ``t`` took to its whole answer: what a client
+        that came during a restart waited (a SYN retry of 1-3 s shows here, not in recovery)."""
+        took = [o.ended - o.started for o in self.outcomes if o.kind == "ok" and o.started >= t]
+        return max(took) if took else None
+
     def examples(self, kinds: tuple[str, ...] = ("error", "killed", "reset", "hung")) -> dict[str, str]:
         seen: dict[str, str] = {}
         for o in self.outcomes:

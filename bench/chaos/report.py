@@ -47,6 +47,7 @@ def table(results: list[Result]) -> str:
         "lost",
         "hung",
         "recovery",
+        "longest",
         "RSS MB",
         "fds",
     )
@@ -68,6 +69,7 @@ def table(results: list[Result]) -> str:
                 str(c.get("reset", 0)),
                 str(c.get("hung", 0)),
                 "-" if r.recovery_s is None else f"{r.recovery_s:.2f} s",
+                "-" if r.longest_wait_s is None else f"{r.longest_wait_s:.2f} s",
                 _pair(r, "rss_mb"),
                 _pair(r, "fds"),
             )
@@ -78,7 +80,9 @@ def table(results: list[Result]) -> str:
     ]
     legend = (
         "killed: connection reset of a request sent before a SIGKILLed chimera was gone (in flight on "
-        "that process or in its accept queue); lost: any other reset, or an answer that is not the API's"
+        "that process or in its accept queue); lost: any other reset, or an answer that is not the API's; "
+        "recovery: from the fault to the first answer to a request sent after it; longest: the longest any "
+        "such request took to its answer"
     )
     notes = [f"- {r.name}: {n}" for r in results for n in ([f"skipped: {r.skipped}"] if r.skipped else r.notes)]
     return "\n".join([*lines, "", legend] + ([""] + notes if notes else [])) + "\n"

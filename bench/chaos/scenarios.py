@@ -38,6 +38,7 @@ class Result:
     name: str
     counts: dict[str, int] = field(default_factory=dict)
     recovery_s: float | None = None
+    longest_wait_s: float | None = None  # the longest answer to a request sent from the fault on
     before: Resources | None = None
     after: Resources | None = None
     notes: list[str] = field(default_factory=list)
@@ -63,6 +64,7 @@ class Result:
         self.examples = tally.examples()
         if fault_at is not None:
             self.recovery_s = tally.first_ok_after(fault_at)
+            self.longest_wait_s = tally.longest_ok_after(fault_at)
 
 
 Scenario = Callable[[Path, Timing], Awaitable[Result]]
