@@ -244,14 +244,28 @@ class Adoption:
         GPU memory verified released (on the GPUs its command line names), as for an instance
         of this run, before the loop may start another engine on those GPUs."""
         pids = group_pids(rec.pid)
+        gpus = _visible_gpus(rec.pid) or _argv_gpus(rec.argv)
         await _process(rec).stop()
-        why = await verify_released(self._sup.lifecycle.probe, pids, _argv_gpus(rec.argv))
+        why = await verify_released(self._sup.lifecycle.probe, pids, gpus)
         if why is not None:
             log.error("%s: %s", rec.instance_id, why)
 
 
+def _visible_gpus(pid: int) -> tuple[int, ...]:
+    """The GPUs a stock SGLang engine was given: its ``CUDA_VISIBLE_DEVICES`` (NVML numbering:
+    chimera sets ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; sglang/launch.py), whose ``--base-gpu-id`` is
+    0 whatever GPU it runs on. None readable (gone, not ours, unset): ()."""
+    try:
+        visible = psutil.Process(pid).environ().get("CUDA_VISIBLE_DEVICES", "")
+    except (psutil.Error, OSError):
+        return ()
+    parts = [p.strip() for p in visible.split(",") if p.strip()]
+    return tuple(int(p) for p in parts) if parts and all(p.isdigit() for p in parts) else ()
+
+
 def _argv_gpus(argv: tuple[str, ...]) -> tuple[int, ...]:
-    """The GPU indices an engine's command line names (``--base-gpu-id``, ``--tp-size``)."""
+    """The GPU indices an engine's command line names (``--base-gpu-id``, ``--tp-size``): the sim
+    engine's, which is started with its placement's lowest GPU as its base."""
 
     def value(*flags: str) -> int | None:
         for i, a in enumerate(argv[:-1]):

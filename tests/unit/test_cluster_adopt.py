@@ -145,3 +145,20 @@ def test_the_gpus_of_a_recorded_command_line() -> None:
     assert adoption._argv_gpus(("python", "--tp-size", "2", "--base-gpu-id", "3")) == (3, 4)
     assert adoption._argv_gpus(("sglang", "--base-gpu-id", "1")) == (1,)
     assert adoption._argv_gpus(("python", "-m", "simsglang")) == ()
+
+
+def test_a_stock_engines_gpus_are_its_visible_devices_not_its_base_gpu_id() -> None:
+    """A stock SGLang engine runs with --base-gpu-id 0 on the GPUs of its CUDA_VISIBLE_DEVICES:
+    its memory is checked there once it is stopped."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5"}
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
+    try:
+        assert adoption._visible_gpus(proc.pid) == (3, 5)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert adoption._visible_gpus(proc.pid) == ()  # gone
