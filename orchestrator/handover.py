@@ -127,13 +127,3 @@ def _listens_on(sock: socket.socket, host: str, port: int) -> bool:
         return any(info[4][0] == bound for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
     except OSError:
         return False
-
-
-def previous_run_dir(run_dir: Path, runs_root: Path | None, state_name: str) -> Path:
-    """The run folder a previous chimera handed its socket over in: ``run_dir`` when it has a
-    state file (``--run-dir`` given twice), else, for a default timestamped run folder, the one
-    under ``runs_root`` with the newest state file (as re-adoption finds it)."""
-    if (run_dir / state_name).exists() or runs_root is None or not runs_root.is_dir():
-        return run_dir
-    found = sorted(runs_root.glob(f"*/{state_name}"), key=lambda p: p.stat().st_mtime)
-    return found[-1].parent if found else run_dir

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.cli.args import build_parser
 from orchestrator.errors import ConfigError
-from orchestrator.handover import previous_run_dir, take_over
+from orchestrator.handover import take_over
 
 # Nothing heavy above this line: `up` listens on the proxy's port right after parsing its
 # arguments, and only then imports chimera (~0.5 s: rich, httpx, uvicorn, the control plane).
@@ -33,7 +33,6 @@ HOST_BACKUP_FRACTION = 0.8
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 MAX_PROXIES = 64  # proxy processes on one host (--proxies)
-STATE_NAME = "engines.json"  # the engines' state file (supervisor/statefile.py: psutil, not imported yet)
 
 
 @functools.cache
@@ -171,8 +170,8 @@ def _up(args: argparse.Namespace) -> int:
     run_dir = (args.run_dir or runs_root / time.strftime("%Y%m%d-%H%M%S")).resolve()
     sock = inherited_socket()
     handed_over = sock is not None
+    adopt_from, previous = previous_run(run_dir, None if args.run_dir else runs_root, ray=args.ray is not None)
     if sock is None and args.proxies == 1:  # a previous chimera's socket, kept for this one
-        previous = previous_run_dir(run_dir, None if args.run_dir else runs_root, STATE_NAME)
         sock = take_over(previous, args.host, args.port)
     if sock is None:
         sock = _listen(args.host, args.port, reuse_port=args.proxies > 1)
@@ -190,14 +189,28 @@ def _up(args: argparse.Namespace) -> int:
     # ~5% of them on this path; on again before serving
     gc.disable()
     try:
-        return _up_listening(args, sock, run_dir, runs_root, handed_over)
+        return _up_listening(args, sock, run_dir, adopt_from, handed_over)
     finally:
         gc.enable()
         sock.close()
 
 
+def previous_run(run_dir: Path, runs_root: Path | None, ray: bool) -> tuple[Path | None, Path]:
+    """(what re-adoption reads, the run folder a previous chimera handed its socket over in).
+    The engines a previous run left: its state file, or under ``--ray`` its run folder (one
+    state file per node); re-adopted where they match (supervisor/statefile.py). ``runs_root``
+    None: ``--run-dir`` was given, only its own folder counts."""
+    from orchestrator.supervisor.statefile import find_previous, find_previous_run
+
+    if ray:
+        folder = find_previous_run(run_dir, runs_root)
+        return folder, folder or run_dir
+    found = find_previous(run_dir, runs_root)
+    return found, found.parent if found is not None else run_dir
+
+
 def _up_listening(
-    args: argparse.Namespace, sock: socket.socket, run_dir: Path, runs_root: Path, handed_over: bool = False
+    args: argparse.Namespace, sock: socket.socket, run_dir: Path, adopt_from: Path | None, handed_over: bool = False
 ) -> int:
     import asyncio
     import dataclasses
@@ -206,7 +219,6 @@ def _up_listening(
     from rich.logging import RichHandler
 
     from orchestrator.config import load_config, parse_config, read_placements
-    from orchestrator.supervisor.statefile import find_previous, find_previous_run
 
     cluster = None
     if args.ray is not None:
@@ -227,10 +239,6 @@ def _up_listening(
         cfg = dataclasses.replace(cfg, mode=args.mode)
     _check_host_memory(cfg, engine, per_node=cluster is not None)
     _dry_run_launch(cfg, engine)
-    # the engines a previous run left (its state file; under --ray, its run folder, one state
-    # file per node): re-adopted where they match
-    find = find_previous_run if cluster is not None else find_previous
-    adopt_from = find(run_dir, None if args.run_dir else runs_root)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(message)s",

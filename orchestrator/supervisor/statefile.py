@@ -17,8 +17,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import psutil
-
 log = logging.getLogger("chimera.supervisor")
 
 STATE_NAME = "engines.json"
@@ -89,6 +87,8 @@ def find_previous(run_dir: Path, runs_root: Path | None) -> Path | None:
 
 def same_process(rec: EngineRecord) -> str | None:
     """None when ``rec.pid`` is still the engine the record describes; else why not."""
+    import psutil  # here: the CLI finds a previous run before its heavier imports
+
     try:
         p = psutil.Process(rec.pid)
         if p.status() == psutil.STATUS_ZOMBIE:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from orchestrator.cli import main as cli
-from orchestrator.handover import hand_over, previous_run_dir, take_over
+from orchestrator.handover import hand_over, take_over
 from orchestrator.supervisor import statefile
 
 
@@ -70,10 +70,10 @@ def test_a_holder_nobody_asks_closes_the_port_after_its_wait(tmp_path: Path) -> 
 
 
 def test_the_next_up_looks_where_re_adoption_looks(tmp_path: Path) -> None:
-    assert cli.STATE_NAME == statefile.STATE_NAME
     old, new = tmp_path / "20260101-000000", tmp_path / "20260101-000100"
     old.mkdir()
-    (old / statefile.STATE_NAME).write_text("{}")
-    assert previous_run_dir(new, tmp_path, statefile.STATE_NAME) == old  # default timestamped folders
-    assert previous_run_dir(new, None, statefile.STATE_NAME) == new  # --run-dir: its own
-    assert previous_run_dir(old, tmp_path, statefile.STATE_NAME) == old
+    state = old / statefile.STATE_NAME
+    state.write_text("{}")
+    assert cli.previous_run(new, tmp_path, ray=False) == (state, old)  # default timestamped folders
+    assert cli.previous_run(new, None, ray=False) == (None, new)  # --run-dir: its own
+    assert cli.previous_run(old, tmp_path, ray=False) == (state, old)
