@@ -31,7 +31,7 @@ from cumem_shim.types import Status
 from orchestrator.cluster.agent import Measure, NodeAgent, Report
 from orchestrator.cluster.connect import import_ray
 from orchestrator.cluster.nodes import Inventory, Node
-from orchestrator.cluster.placing import by_node, relocate
+from orchestrator.cluster.placing import by_node, localized, relocate
 from orchestrator.config import HostSpec, InstanceSpec
 from orchestrator.control.events import (
     Event,
@@ -276,7 +276,7 @@ class RayEffects:
         those it cannot are reported gone, as a dead node's are."""
         self._pids[name] = pid
         mine = [iid for iid, (node, _) in self.where.items() if node.name == name and self._live.get(iid) == "running"]
-        specs = [(self._local(self._specs[iid], self.where[iid][1]), iid in self._parked) for iid in mine]
+        specs = [(localized(self._specs[iid], self.where[iid][1]), iid in self._parked) for iid in mine]
         log.warning("node %s: its agent was restarted (pid %d); re-adopting %s", name, pid, mine or "nothing")
         starting = [
             iid for iid, (node, _) in self.where.items() if node.name == name and self._live.get(iid) == "starting"
@@ -348,9 +348,6 @@ class RayEffects:
             )
         return moved
 
-    def _local(self, spec: InstanceSpec, gpus: tuple[int, ...]) -> InstanceSpec:
-        return dataclasses.replace(spec, placement=dataclasses.replace(spec.placement, gpus=gpus))
-
     def _call(self, spec: InstanceSpec, method: str, *args: Any, on_error: Event | None = None) -> None:
         here = self.where.get(spec.id)
         if here is None or not self.up[here[0].name]:
@@ -358,7 +355,7 @@ class RayEffects:
                 self._post(on_error)
             return
         node, gpus = here
-        ref = getattr(self.agents[node.name], method).remote(self._local(spec, gpus), *args)
+        ref = getattr(self.agents[node.name], method).remote(localized(spec, gpus), *args)
         self._spawn(self._await(ref, node.name, on_error), f"{method} {spec.id}")
 
     async def _await(self, ref: Any, node: str, on_error: Event | None) -> None:

@@ -129,12 +129,16 @@ def _weight_per_gpu(m: Mapping[str, Any]) -> float:
         return 0.0
 
 
+def localized(spec: InstanceSpec, gpus: tuple[int, ...]) -> InstanceSpec:
+    """``spec`` as its node's agent runs it: on ``gpus``, the node's own GPU indices."""
+    return dataclasses.replace(spec, placement=dataclasses.replace(spec.placement, gpus=gpus))
+
+
 def by_node(specs: Iterable[InstanceSpec], inv: Inventory) -> dict[str, dict[str, InstanceSpec]]:
     """Node name -> {instance id: its spec with the node's own GPU indices}, for the instances
     placed on each node (cluster-wide GPU ids in ``specs``); every node of ``inv`` is a key."""
     out: dict[str, dict[str, InstanceSpec]] = {n.name: {} for n in inv.nodes}
     for spec in specs:
         node = inv.of_gpu(spec.gpus[0])
-        local = dataclasses.replace(spec.placement, gpus=node.local(spec.gpus))
-        out[node.name][spec.id] = dataclasses.replace(spec, placement=local)
+        out[node.name][spec.id] = localized(spec, node.local(spec.gpus))
     return out

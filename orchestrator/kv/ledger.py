@@ -92,10 +92,11 @@ def non_kv_bytes(
     are released), or parked. The shim's first block is counted as KV. ``measured``: per
     (instance, GPU), what it holds awake as measured (``Ledger.measured``), which replaces the
     cost model's figure."""
+    measured = measured or {}
     out: dict[int, int] = {}
     for i in instances:
         full = i.resident if i.holds_weights is None else i.holds_weights
-        held = (measured or {}).get((i.id, i.gpu), i.awake_bytes) if full else i.parked_bytes
+        held = measured.get((i.id, i.gpu), i.awake_bytes) if full else i.parked_bytes
         out[i.gpu] = out.get(i.gpu, 0) + held
     return out
 
