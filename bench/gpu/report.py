@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.gpu import measure
 from bench.gpu.experiment import hardware
 from bench.gpu.systems import SYSTEMS
 from bench.report import write_json
@@ -55,12 +56,28 @@ def _ms(d: dict[str, Any] | None, key: str) -> str:
 
 
 def group(runs: Sequence[Run]) -> dict[tuple[str, str], dict[str, dict[str, Run]]]:
-    """(setup, trace) -> engine kind ('live' | 'des') -> system -> run."""
+    """(setup, trace) -> engine kind ('live' | 'des') -> system -> run. Two runs of one system
+    (a sweep split over two device commands) become one: their rates together, sorted, a rate
+    swept twice taken from the later run given, and the highest rate at 99% taken anew."""
     out: dict[tuple[str, str], dict[str, dict[str, Run]]] = {}
     for r in runs:
         kind = "des" if r.get("engine") == "des" else "live"
-        out.setdefault((r["setup"], r["trace"]), {}).setdefault(kind, {})[r["system"]] = r
+        systems = out.setdefault((r["setup"], r["trace"]), {}).setdefault(kind, {})
+        systems[r["system"]] = merged(systems[r["system"]], r) if r["system"] in systems else r
     return out
+
+
+def merged(first: Run, later: Run) -> Run:
+    """One system's two runs as one (``group``); the later run's fields, the paths of both."""
+    by_rate = {p["rate"]: p for p in first["rates"]} | {p["rate"]: p for p in later["rates"]}
+    rates = [by_rate[k] for k in sorted(by_rate)]
+    pts = [(p["offered_rate_rps"], p["overall"]["attainment"]["joint"]) for p in rates]
+    return {
+        **later,
+        "rates": rates,
+        "max_rate_at_99": measure.max_rate_at(pts),
+        "_path": f"{first.get('_path')} + {later.get('_path')}",
+    }
 
 
 def tables(key: tuple[str, str], kinds: dict[str, dict[str, Run]]) -> tuple[str, dict[str, Any]]:
@@ -211,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parts, summaries = [], []
     for key in sorted(groups):
         text, summary = tables(key, groups[key])
-        png = plot(key, groups[key], a.out / f"attainment_{key[0]}_{key[1]}.png")
+        png = plot(key, groups[key], a.out / f"attainment_{Path(key[0]).stem}_{key[1]}.png")
         summary["plot"] = None if png is None else png.name
         parts.append(text + (f"\n![set-up {key[0]}, {key[1]}]({png.name})\n" if png else ""))
         summaries.append(summary)

@@ -243,6 +243,26 @@ def test_report_sets_full_against_static_and_swap_at_each_rate() -> None:
     assert "| 1 | 40.0% | 50.0% | 90.0% | 2.25x | 1.80x |" in text
 
 
+def test_report_joins_one_systems_sweep_split_over_two_runs() -> None:
+    """A sweep split over two device commands is one curve: rates together, the later run's
+    point for a rate swept twice, and the highest rate at 99% taken over both."""
+    from bench.gpu import report
+
+    def run(joints: dict[float, float]) -> dict:
+        pts = [
+            {"rate": r, "offered_rate_rps": r * 0.9, "overall": {"attainment": {"joint": j}}} for r, j in joints.items()
+        ]
+        return {"setup": "A", "trace": "synthetic", "engine": "sglang", "system": "static", "rates": pts}
+
+    first, later = run({12.0: 1.0, 24.0: 0.95}), run({24.0: 1.0, 36.0: 0.999, 44.0: 0.93})
+    ((_, kinds),) = report.group([first, later]).items()
+    joined = kinds["live"]["static"]
+    assert [p["rate"] for p in joined["rates"]] == [12.0, 24.0, 36.0, 44.0]
+    assert joined["max_rate_at_99"] == pytest.approx(36.0 * 0.9)  # 24's miss came from the first run
+    ((_, alone),) = report.group([first]).items()
+    assert alone["live"]["static"] is first
+
+
 def test_kv_timeline_follows_each_instance_through_the_polls() -> None:
     mib = 2**20
     snaps = [
