@@ -19,6 +19,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.shapes import shape_dir
 from tests.chimera_proc import Running, start_chimera
 
 pytestmark = pytest.mark.slow
@@ -160,3 +161,68 @@ def test_the_page_shows_metrics_and_a_park_and_a_wake_live(chimera: Running, tmp
                 shutil.copyfile(shot, SCREENSHOT)
         finally:
             browser.close()
+
+
+def test_the_page_shows_which_weights_each_pooled_server_holds(tmp_path: Path) -> None:
+    """A shape pool (docs/pools.md): the page lists what its server holds, and a re-target to
+    another model's weights shows up without a reload, as /metrics' chimera_server_holds says."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (.ci/install-chromium)")
+    ckpt = []
+    for i in range(2):
+        d = tmp_path / "ckpt" / f"ft-{i}"
+        d.mkdir(parents=True)
+        shutil.copy(shape_dir("tiny-llama") / "config.json", d / "config.json")
+        ckpt.append(str(d))
+    placements = {
+        "mode": "full",
+        "host": {"gpus": 1, "gpu_memory_gb": 80},
+        "models": [
+            {"name": "ft-a", "model_path": ckpt[0], "pool": "tiny"},
+            {"name": "ft-b", "model_path": ckpt[1], "pool": "tiny"},
+        ],
+        "pools": [{"name": "tiny", "servers": [{"gpus": [0]}]}],
+    }
+    run = start_chimera(tmp_path, placements, "sim", awake=[], timeout_s=60, env={"CHIMERA_SIM_SPEED": "0.02"})
+    try:
+
+        def ask(model: str) -> None:
+            r = httpx.post(
+                f"{run.base}/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 2}, timeout=60
+            )
+            assert r.status_code == 200, r.text
+
+        def held() -> str:
+            return next(
+                path
+                for fam in text_string_to_metric_families(httpx.get(f"{run.base}/metrics", timeout=10).text)
+                for s in fam.samples
+                if s.name == "chimera_server_holds" and s.value == 1 and s.labels["server"] == "tiny-0@gpu0"
+                for path in [s.labels["model_path"]]
+            )
+
+        ask("ft-a")
+        assert held() == ckpt[0]
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=FLAGS
+            )
+            try:
+                page = browser.new_page()
+                page.goto(f"{run.base}/dashboard")
+                expect = sync_api.expect
+                server = page.locator('#holds li[data-server="tiny-0@gpu0"]')
+                expect(server).to_contain_text("holds ft-a", timeout=WAIT_MS)
+                expect(server).to_contain_text(ckpt[0])
+                expect(page.locator('tr[data-model="ft-a"]')).to_have_attribute("data-held-by", "tiny-0@gpu0")
+                expect(page.locator('tr[data-model="ft-b"]')).to_have_attribute("data-held-by", "")
+                ask("ft-b")  # the one server is re-targeted to ft-b's weights
+                assert held() == ckpt[1]
+                expect(server).to_contain_text("holds ft-b", timeout=WAIT_MS)
+                expect(server).to_contain_text(ckpt[1])
+                expect(page.locator('tr[data-model="ft-b"]')).to_have_attribute("data-held-by", "tiny-0@gpu0")
+                expect(page.locator('tr[data-model="ft-a"]')).to_have_attribute("data-held-by", "")
+            finally:
+                browser.close()
+    finally:
+        run.stop()

@@ -165,7 +165,9 @@
     for (const m of s.models) {
       const tr = rows.get(m.name);
       const where = m.instances.map((i) => `${i.id} on GPU ${i.gpus.join("+")}: ${i.state}${i.draining ? " (" + i.draining + ")" : ""}${i.error ? " (" + i.error + ")" : ""}`).join("\n");
-      cell(tr, "name", m.name, where);
+      const held = heldBy(s, m.name);
+      cell(tr, "name", m.name, held.length ? `weights on ${held.join(", ")}\n${where}` : where);
+      tr.dataset.heldBy = held.join(" ");
       const st = cell(tr, "state", m.state, where);
       st.className = "state state-" + m.state;
       const tl = tr.querySelector("td.timeline");
@@ -192,6 +194,22 @@
     }
   }
 
+  // --- shape pools: which weights each pooled server holds (docs/pools.md) ---
+  function drawHolds(s) {
+    const holds = Object.entries(s.holds || {});
+    $("#pools-section").hidden = !holds.length;
+    $("#holds").replaceChildren(...holds.map(([server, h]) => {
+      const li = el("li");
+      li.dataset.server = server;
+      li.append(el("b", "", server), ` holds ${h.models.join(", ") || "no listed model"}`, el("small", "", ` (${h.model_path})`));
+      return li;
+    }));
+  }
+  // the pooled servers that hold a model's weights now, for its row
+  function heldBy(s, model) {
+    return Object.entries(s.holds || {}).filter(([, h]) => h.models.includes(model)).map(([server]) => server);
+  }
+
   function drawDecisions(s) {
     const list = $("#decisions");
     list.replaceChildren(...s.decisions.map(([t, msg]) => {
@@ -205,6 +223,7 @@
     const parked = s.models.filter((m) => m.state === "parked").length;
     $("#summary").textContent = `mode ${s.mode} · ${s.models.length} models on ${s.gpus.length} GPUs · ${awake} awake · ${parked} parked`;
     drawGpus(s);
+    drawHolds(s);
     drawModels(s);
     drawDecisions(s);
     recordActivity(s);
