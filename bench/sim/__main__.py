@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         default=PoolOptions.servers_per_member,
         help="per pooled model (default: %(default)s)",
     )
+    r.add_argument(
+        "--pool-max-retarget-s",
+        type=float,
+        default=PoolOptions.max_retarget_s,
+        help="shapes whose switch takes longer are not pooled (default: %(default)s)",
+    )
     r.add_argument("--search", type=int, metavar="LO", help="bisect the fewest GPUs in [LO, --gpus] at 99%% joint")
     e = sub.add_parser("experiments", help="the experiments of docs/bench-sim.md (JSON + PNG)")
     e.add_argument("--only", default="rate,gpus,large,large_low,ablations,real,timing")
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(a: argparse.Namespace) -> int:
     sp = ex.spec(a.rate, a.duration, a.cycle, a.seed)
-    popts = PoolOptions(fraction=a.pool_fraction, servers_per_member=a.pool_servers)
+    popts = PoolOptions(a.pool_fraction, a.pool_servers, a.pool_max_retarget_s)
     if a.pools and a.system != "chimera":
         raise SystemExit("--pools is chimera's (--system chimera)")
 

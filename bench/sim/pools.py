@@ -44,9 +44,10 @@ RETRY_S = 0.25  # a request that waits for a free pool server is placed again th
 
 @dataclass(frozen=True)
 class PoolOptions:
+    # Defaults: the best of the variants measured on mix58 at 17 GPUs (docs/bench-sim.md).
     fraction: float = 0.5  # of each shape's models, the least popular share is pooled
-    servers_per_member: float = 0.5  # pool servers per pooled model, rounded up
-    max_retarget_s: float = 10.0  # shapes whose switch costs more keep dedicated servers
+    servers_per_member: float = 0.6  # pool servers per pooled model, rounded up
+    max_retarget_s: float = 3.0  # shapes whose switch costs more keep dedicated servers
     min_members: int = 2
 
 
