@@ -130,3 +130,15 @@ def test_fewest_gpus__bisects_and_says_none_when_the_top_misses() -> None:
     got = fewest_gpus(att, 12, 18)
     assert got["fewest_gpus"] == 15 and len(calls) == len(set(calls)) <= 4
     assert fewest_gpus(lambda g: 0.5, 12, 18) == {"fewest_gpus": None, "grid": [(18, 0.5)]}
+
+
+def test_cli__run_with_pools_and_search(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.sim.__main__ import main
+
+    argv = ["run", "--mix", "mix18", "--gpus", "4", "--rate", "4", "--duration", "30", "--pools", "--search", "3"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert '"system": "chimera-pools"' in out and '"pooled_models": 6' in out
+    assert "SIMULATED chimera with pools: fewest GPUs at 99% joint attainment:" in out
+    with pytest.raises(SystemExit):
+        main(["run", "--system", "muxserve-like", "--pools"])
