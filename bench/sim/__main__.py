@@ -1,6 +1,7 @@
 """``python -m bench.sim``: run the simulator.
 
     python -m bench.sim run --system chimera --mix mix58 --gpus 16 --rate 10 --duration 3600
+    python -m bench.sim run --mix mix58 --gpus 18 --rate 10 --duration 3600 --pools --search 12
     python -m bench.sim experiments [--only rate,gpus,large,ablations,timing]
     python -m bench.sim microbench          # one global decision, 1,000 x 256 GPUs; 10,000 x 4,096 (512 nodes)
     python -m bench.sim scale --models 1000 --gpus 512 --hours 1 [--system chimera] [--search LO]
@@ -19,7 +20,9 @@ from pathlib import Path
 from bench.sim import experiments as ex
 from bench.sim import scale as at_scale
 from bench.sim.fleet import MIXES
+from bench.sim.metrics import RunResult
 from bench.sim.microbench import SCALES, describe, measure, measure_scale
+from bench.sim.pools import PoolOptions, fewest_gpus, run_pooled
 from bench.sim.report import STAMP, plots, table
 from bench.sim.run import SYSTEMS
 
@@ -37,6 +40,21 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--duration", type=float, default=600.0, help="trace seconds")
     r.add_argument("--cycle", type=float, default=120.0, help="on/off cycle of the on/off models, s")
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--pools", action="store_true", help="chimera with shape pools (bench/sim/pools.py)")
+    r.add_argument("--pool-fraction", type=float, default=PoolOptions.fraction, help="(default: %(default)s)")
+    r.add_argument(
+        "--pool-servers",
+        type=float,
+        default=PoolOptions.servers_per_member,
+        help="per pooled model (default: %(default)s)",
+    )
+    r.add_argument(
+        "--pool-max-retarget-s",
+        type=float,
+        default=PoolOptions.max_retarget_s,
+        help="shapes whose switch takes longer are not pooled (default: %(default)s)",
+    )
+    r.add_argument("--search", type=int, metavar="LO", help="bisect the fewest GPUs in [LO, --gpus] at 99%% joint")
     e = sub.add_parser("experiments", help="the experiments of docs/bench-sim.md (JSON + PNG)")
     e.add_argument("--only", default="rate,gpus,large,large_low,ablations,real,timing")
     e.add_argument("--out", type=Path, default=Path("docs/img"), help="PNG folder (default: %(default)s)")
@@ -61,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     if a.cmd == "run":
-        res = ex.run_one(a.system, a.mix, a.gpus, ex.spec(a.rate, a.duration, a.cycle, a.seed))
-        print(json.dumps({k: v for k, v in res.to_json().items() if k != "per_model"}, indent=1))
-        print(STAMP)
-        return 0
+        return _run(a)
     if a.cmd == "scale":
         if a.search is None:
             print(at_scale.describe(at_scale.run(a.system, a.models, a.gpus, a.rate, a.hours)))
@@ -77,6 +92,28 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(measure_scale(scale, a.repeats)))
         return 0
     return _experiments(set(a.only.split(",")), a.out, a.json)
+
+
+def _run(a: argparse.Namespace) -> int:
+    sp = ex.spec(a.rate, a.duration, a.cycle, a.seed)
+    popts = PoolOptions(a.pool_fraction, a.pool_servers, a.pool_max_retarget_s)
+    if a.pools and a.system != "chimera":
+        raise SystemExit("--pools is chimera's (--system chimera)")
+
+    def one(gpus: int) -> RunResult:
+        res = run_pooled(a.mix, gpus, sp, popts) if a.pools else ex.run_one(a.system, a.mix, gpus, sp)
+        print(json.dumps({k: v for k, v in res.to_json().items() if k != "per_model"}, indent=1), flush=True)
+        return res
+
+    if a.search is None:
+        one(a.gpus)
+    else:
+        got = fewest_gpus(lambda g: one(g).joint, a.search, a.gpus, ex.TARGET)
+        name = f"{a.system}{' with pools' if a.pools else ''}"
+        grid = ", ".join(f"{g}: {j:.2%}" for g, j in got["grid"])
+        print(f"SIMULATED {name}: fewest GPUs at 99% joint attainment: {got['fewest_gpus']} ({grid})")
+    print(STAMP)
+    return 0
 
 
 def _experiments(only: set[str], out: Path, path: Path) -> int:
