@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from orchestrator.shapes import ModelShape
 from orchestrator.types import (
+    GpuSharingOption,
     LoadFormat,
     LoraLimits,
     Mode,
@@ -118,6 +119,8 @@ class HostSpec:
     gpus: int | None = None
     gpu_memory_gb: float = 80.0
     host_memory_gb: float = 512.0  # RAM of the simulated host (a real host's is measured)
+    # colocated servers' compute: auto = MPS where available with the sglang engine (perf/sharing.py)
+    gpu_sharing: GpuSharingOption = "auto"
 
 
 @dataclass(frozen=True)
