@@ -54,6 +54,8 @@ from orchestrator.proxy.drain import quiesce
 from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
 from orchestrator.proxy.upstream import Limits
 from orchestrator.sglang.auth import new_key, write_config
+from orchestrator.supervisor.mps import MpsError
+from orchestrator.supervisor.mps import for_run as mps_for_run
 from orchestrator.supervisor.statefile import read_state, run_key
 from orchestrator.supervisor.supervisor import Supervisor
 from orchestrator.types import InstanceState, InstanceView, LoadSample, ModelView
@@ -108,8 +110,15 @@ async def serve(
     backlog for the next chimera instead of dropping them."""
     metrics = ChimeraMetrics()
     env = Env.read()
+    # host.gpu_sharing: the MPS daemon started before any engine (supervisor/mps.py)
+    ray = cluster is not None
+    try:
+        mps, sharing = await mps_for_run(cfg.host.gpu_sharing, engine_name, run_dir, env.mps_control, ray)
+    except MpsError as exc:
+        raise ConfigError([f"{exc}; host.gpu_sharing: timeslice runs without MPS"]) from None
+    gpu_node = cluster.gpu_node() if cluster is not None else ()
     # every runtime fact of the placements file, read once
-    dep = derive(cfg, serial_starts=env.serial_starts, gpu_node=cluster.gpu_node() if cluster is not None else ())
+    dep = derive(cfg, serial_starts=env.serial_starts, gpu_node=gpu_node, sharing=sharing)
     # the key only chimera knows: every engine is started with it, every call to one carries it;
     # a run that re-adopts engines keeps their key
     if cluster is None:
@@ -140,7 +149,9 @@ async def serve(
             measure=metrics.record,
             deployment=dep,
             auth=auth,
+            mps=mps,
         )
+        local.watch_mps()
         local.keep_engines = keep_engines
         if previous is not None and adopt_from is not None:
             await local.adoption.prepare(previous, adopt_from)  # before the loop starts anything

@@ -36,7 +36,7 @@ from orchestrator.config import GIB, Config, HostSpec, InstanceSpec, ModelSpec
 from orchestrator.perf.cost import ServerCost, server_cost
 from orchestrator.perf.model import LatencyModel
 from orchestrator.policy.placement.cluster import PlacementParams
-from orchestrator.types import Mode, OnLate
+from orchestrator.types import GpuSharing, Mode, OnLate
 
 # Fallback when neither the ledger nor the placements file sizes the KV pool. SGLang reads it as
 # a fraction of the memory free *when this server starts* (weights + KV; the rest is slack for
@@ -149,6 +149,11 @@ class Deployment:
         return self.config.mode
 
     @property
+    def sharing(self) -> GpuSharing:
+        """How colocated servers share compute in this run (host.gpu_sharing, resolved)."""
+        return self.placement_params.sharing
+
+    @property
     def timesharing(self) -> bool:
         """Mode full: the global scheduler parks and wakes servers."""
         return self.config.mode == "full"
@@ -169,16 +174,20 @@ class Deployment:
         return frozenset(iid for iid, f in self.instances.items() if f.shim)
 
 
-def derive(cfg: Config, serial_starts: bool = False, gpu_node: tuple[int, ...] = ()) -> Deployment:
+def derive(
+    cfg: Config, serial_starts: bool = False, gpu_node: tuple[int, ...] = (), sharing: GpuSharing = "timeslice"
+) -> Deployment:
     """``serial_starts``: every instance starts alone on its GPUs (CHIMERA_SERIAL_STARTS);
-    ``gpu_node``: the node of each GPU on a Ray cluster (cluster/nodes.py ``Inventory``)."""
+    ``gpu_node``: the node of each GPU on a Ray cluster (cluster/nodes.py ``Inventory``);
+    ``sharing``: how colocated servers share compute, ``host.gpu_sharing`` as resolved where the
+    engines run (perf/sharing.py ``resolve``)."""
     models = {m.name: _model(cfg, m) for m in cfg.models}
     instances = start_mem({i.id: _instance(cfg, i) for i in cfg.instances}, cfg.host, serial_starts)
     return Deployment(
         cfg,
         models,
         instances,
-        PlacementParams(tau=cfg.scheduler.tau, max_awake_per_gpu=cfg.scheduler.max_awake_per_gpu),
+        PlacementParams(tau=cfg.scheduler.tau, max_awake_per_gpu=cfg.scheduler.max_awake_per_gpu, sharing=sharing),
         gpu_node,
     )
 

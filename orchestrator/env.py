@@ -118,6 +118,9 @@ class Env:
     # CHIMERA_HANDOVER_S: how long the proxy's listening socket is kept for the next `up` after
     # a stop that leaves the engines running (orchestrator/handover.py)
     handover_s: float = 10.0
+    # CHIMERA_MPS_CONTROL: the CUDA MPS control binary (default: nvidia-cuda-mps-control on
+    # PATH; supervisor/mps.py), e.g. a stand-in script for tests
+    mps_control: str | None = None
 
     @classmethod
     def read(cls) -> Env:
@@ -141,4 +144,5 @@ class Env:
             max_connections=_int("CHIMERA_MAX_CONNECTIONS", 0) or None,
             sim_weights_gbps=_float("CHIMERA_SIM_WEIGHTS_GBPS", 0.0),
             handover_s=_positive("CHIMERA_HANDOVER_S", 10.0),
+            mps_control=os.environ.get("CHIMERA_MPS_CONTROL") or None,
         )

@@ -1,7 +1,7 @@
 """chimera's shared vocabulary: the lifecycle state of an engine instance, where a request goes
 (``Endpoint``), read-only views of instances and models, one scrape of an engine's load
 (``LoadSample``), GPU groups and their label, and the closed sets of words the placements file
-allows (modes, park and late policies). Plain data, importable from every package."""
+allows (modes, park and late policies, GPU sharing). Plain data, importable from every package."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ EngineName = Literal["auto", "sim", "sglang"]
 ENGINES: tuple[EngineName, ...] = ("auto", "sim", "sglang")
 LoadFormat = Literal["auto", "dummy"]
 LOAD_FORMATS: tuple[LoadFormat, ...] = ("auto", "dummy")
+# How colocated servers share a GPU's compute: the driver's time-slicing between processes, or
+# the CUDA MPS daemon (supervisor/mps.py). ``auto`` (the placements file only) is MPS where its
+# control binary is on PATH and the engine is sglang, else time-slicing.
+GpuSharing = Literal["timeslice", "mps"]
+GpuSharingOption = Literal["auto", "timeslice", "mps"]
+GPU_SHARING_OPTIONS: tuple[GpuSharingOption, ...] = ("auto", "mps", "timeslice")
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,10 @@ from rich.table import Table
 
 from orchestrator.config import GIB, Config, load_config
 from orchestrator.deployment import Deployment, derive
+from orchestrator.env import Env
 from orchestrator.perf import calibration as cal
 from orchestrator.perf.model import LatencyModel
+from orchestrator.perf.sharing import resolve
 from orchestrator.policy.placement import place
 from orchestrator.policy.placement.cluster import (
     Activation,
@@ -29,10 +31,12 @@ from orchestrator.policy.placement.cluster import (
     ModelDemand,
     Park,
     PlacementDecision,
+    PlacementParams,
     ServerView,
     Wake,
 )
 from orchestrator.policy.placement.kvpr import GpuTally
+from orchestrator.supervisor.mps import find_control
 from orchestrator.types import InstanceState, gpu_label
 
 EXIT_IMPOSSIBLE = 2
@@ -100,7 +104,7 @@ def cluster_view(dep: Deployment, rates: dict[str, float], tokens_per_request: f
         for m in cfg.models
     )
     servers = tuple(ServerView(i.id, i.model.name, i.gpus, InstanceState.PARKED) for i in cfg.instances)
-    return ClusterView(models, servers, (dep.gpu_bytes,) * cfg.gpu_count)
+    return ClusterView(models, servers, (dep.gpu_bytes,) * cfg.gpu_count, PlacementParams(sharing=dep.sharing))
 
 
 def parse_rates(text: str | None, cfg: Config) -> dict[str, float]:
@@ -120,7 +124,10 @@ def parse_rates(text: str | None, cfg: Config) -> dict[str, float]:
 def run(args: argparse.Namespace, console: Console | None = None) -> int:
     con = console or Console()
     cfg = load_config(args.file, gpu_count=args.gpus)  # ConfigError is reported by cli.main
-    dep = derive(cfg)
+    # host.gpu_sharing as `up --engine sglang` would resolve it on this host (supervisor/mps.py)
+    sharing, why = resolve(cfg.host.gpu_sharing, "sglang", find_control(Env.read().mps_control) is not None)
+    dep = derive(cfg, sharing=sharing)
+    con.print(f"GPU sharing: {'MPS' if sharing == 'mps' else 'time-slicing'} ({why})", highlight=False)
     _budget_table(dep, con)
     _pools_table(dep, con)
     found = problems(dep)

@@ -19,6 +19,7 @@ from orchestrator.config.spec import (
 from orchestrator.config.validator import Validator, name_problem
 from orchestrator.shapes import ModelShape, ShapeError, resolve_shape
 from orchestrator.types import (
+    GPU_SHARING_OPTIONS,
     LOAD_FORMATS,
     ON_LATE,
     PARK_WHEN_IDLE,
@@ -30,14 +31,16 @@ def section_host(v: Validator, raw: Any) -> HostSpec:
     if not isinstance(raw, dict):
         v.err("host", "must be a mapping like {gpus: 2, gpu_memory_gb: 80}")
         return HostSpec()
-    v.keys(raw, "host", {"gpus", "gpu_memory_gb", "host_memory_gb"})
+    v.keys(raw, "host", {"gpus", "gpu_memory_gb", "host_memory_gb", "gpu_sharing"})
     gpus = v.number(raw, "gpus", "host", minimum=1, integer=True)
     mem = v.number(raw, "gpu_memory_gb", "host", minimum=1)
     ram = v.number(raw, "host_memory_gb", "host", minimum=1)
+    sharing = v.one_of(raw.get("gpu_sharing", "timeslice"), "host.gpu_sharing", GPU_SHARING_OPTIONS, "timeslice")
     return HostSpec(
         gpus=int(gpus) if gpus is not None else None,
         gpu_memory_gb=mem if mem is not None else 80.0,
         host_memory_gb=ram if ram is not None else 512.0,
+        gpu_sharing=sharing,
     )
 
 

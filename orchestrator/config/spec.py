@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from orchestrator.shapes import ModelShape
 from orchestrator.types import (
+    GpuSharingOption,
     LoadFormat,
     LoraLimits,
     Mode,
@@ -118,6 +119,9 @@ class HostSpec:
     gpus: int | None = None
     gpu_memory_gb: float = 80.0
     host_memory_gb: float = 512.0  # RAM of the simulated host (a real host's is measured)
+    # colocated servers' compute (perf/sharing.py): timeslice until chimera has run under MPS on a
+    # GPU; auto = MPS where available with the sglang engine
+    gpu_sharing: GpuSharingOption = "timeslice"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ from orchestrator.layout.interference import (
     shift_of,
 )
 from orchestrator.layout.profiles import Profiles
+from orchestrator.perf.sharing import decode_weight
 from orchestrator.policy.placement.cluster import ModelDemand
+from orchestrator.types import GpuSharing
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,10 @@ class Score:
 
 
 class GpuPlan:
-    def __init__(self, capacity: float, profiles: Profiles) -> None:
+    def __init__(self, capacity: float, profiles: Profiles, sharing: GpuSharing = "timeslice") -> None:
         self.cap = capacity
         self.prof = profiles
+        self.sharing = sharing  # how its servers share compute (interference.py)
         self.ctx = 0.0  # CUDA contexts of every server here
         self.biggest = 0.0  # the largest awake footprint (+ KV floor) of its servers
         self.hot = 0.0  # expected awake bytes
@@ -84,13 +87,15 @@ class GpuPlan:
             return Score(crowded, overflow, 0.0, self.load())
         kappa = self.prof.kappa
         others = sum(a * x.step_s for a, x in zip(self.act, self.members, strict=True))
-        act = inflate(concurrency(member.activity), member.step_s, others)
+        act = inflate(concurrency(member.activity), member.step_s, others * decode_weight(self.sharing))
         extra = 0.0
         for x, law in zip(self.members, self.laws, strict=True):
-            after = add(law, act * kappa(x.name, member.name), shift_of(member, x))
+            after = add(law, act * kappa(x.name, member.name), shift_of(member, x, self.sharing))
             extra += x.weight * (miss(x, after) - miss(x, law))
         mine = law_of(
-            member, [(x, a * kappa(member.name, x.name)) for x, a in zip(self.members, self.act, strict=True)]
+            member,
+            [(x, a * kappa(member.name, x.name)) for x, a in zip(self.members, self.act, strict=True)],
+            self.sharing,
         )
         extra += member.weight * miss(member, mine)
         return Score(crowded, overflow, extra, self.load() + member.activity)
@@ -114,7 +119,7 @@ class GpuPlan:
 
     def _rebuild(self) -> None:
         kappa = self.prof.kappa
-        self.act = inflated(self.members)
+        self.act = inflated(self.members, self.sharing)
         self.laws = [
             law_of(
                 x,
@@ -123,6 +128,7 @@ class GpuPlan:
                     for j, (y, a) in enumerate(zip(self.members, self.act, strict=True))
                     if j != i
                 ],
+                self.sharing,
             )
             for i, x in enumerate(self.members)
         ]

@@ -1,7 +1,9 @@
 """Decode interference between colocated servers: how often each one misses its TPOT SLO.
 
 Without MPS a GPU runs one process's kernels at a time, so while several colocated servers
-decode, a token of each costs about the sum of their steps (one *round*, tpot.py). tpot.py's
+decode, a token of each costs about the sum of their steps (one *round*, tpot.py); under MPS a
+neighbour's step counts in part: every neighbour's step below is scaled by
+``perf.sharing.decode_weight(sharing)`` (1.0 under time-slicing, the default). tpot.py's
 worst case has every neighbour decoding at once; a neighbour that serves a request a minute is
 almost never decoding, though. With each model's *activity* known (``ModelDemand.activity``:
 the share of time its server has requests running when it is alone on its GPU), the chance
@@ -27,6 +29,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from orchestrator.perf.sharing import decode_weight
+from orchestrator.types import GpuSharing
 
 LAW_BINS = 64  # resolution of a member's margin (TPOT SLO - own step)
 _MAX_ACTIVITY = 0.999  # keeps -ln(1 - a) finite
@@ -54,14 +59,15 @@ def _independent(_i: str, _j: str) -> float:
     return 1.0
 
 
-def inflated(members: Sequence[Member]) -> list[float]:
+def inflated(members: Sequence[Member], sharing: GpuSharing = "timeslice") -> list[float]:
     """Each member's chance to be decoding once slowed down by its neighbours (two passes)."""
+    w = decode_weight(sharing)
     act = [min(max(m.activity, 0.0), 1.0) for m in members]
     conc = [-math.log(1 - min(a, _MAX_ACTIVITY)) for a in act]
     for _ in range(2):
         total = sum(a * m.step_s for a, m in zip(act, members, strict=True))
         act = [
-            inflate(c, m.step_s, total - a * m.step_s) if m.step_s > 0 and a < 1.0 else a
+            inflate(c, m.step_s, (total - a * m.step_s) * w) if m.step_s > 0 and a < 1.0 else a
             for a, c, m in zip(act, conc, members, strict=True)
         ]
     return act
@@ -96,20 +102,20 @@ def add(law: list[float], p: float, shift: int) -> list[float]:
     return out
 
 
-def shift_of(neighbour: Member, of: Member) -> int:
-    """A neighbour's step in bins of ``of``'s margin."""
+def shift_of(neighbour: Member, of: Member, sharing: GpuSharing = "timeslice") -> int:
+    """A neighbour's step (the share of it ``of`` waits for) in bins of ``of``'s margin."""
     if neighbour.step_s <= 0:
         return 0
     if of.margin_s <= 0:
         return LAW_BINS
-    return math.floor(neighbour.step_s / of.margin_s * LAW_BINS + 0.5)
+    return math.floor(neighbour.step_s * decode_weight(sharing) / of.margin_s * LAW_BINS + 0.5)
 
 
-def law_of(m: Member, neighbours: Sequence[tuple[Member, float]]) -> list[float]:
+def law_of(m: Member, neighbours: Sequence[tuple[Member, float]], sharing: GpuSharing = "timeslice") -> list[float]:
     """The law of the neighbours' decode work during a round of ``m`` (with their chances)."""
     law = point()
     for n, p in neighbours:
-        law = add(law, p, shift_of(n, m))
+        law = add(law, p, shift_of(n, m, sharing))
     return law
 
 
@@ -120,11 +126,13 @@ def miss(m: Member, law: list[float]) -> float:
     return 1.0 if m.margin_s <= 0 else law[-1]
 
 
-def miss_probs(members: Sequence[Member], kappa: Kappa = _independent) -> list[float]:
+def miss_probs(
+    members: Sequence[Member], kappa: Kappa = _independent, sharing: GpuSharing = "timeslice"
+) -> list[float]:
     """For each member, the chance that a round exceeds its TPOT SLO while it decodes."""
-    act = inflated(members)
+    act = inflated(members, sharing)
     out = []
     for i, m in enumerate(members):
         others = [(n, act[j] * kappa(m.name, n.name)) for j, n in enumerate(members) if j != i]
-        out.append(miss(m, law_of(m, others)))
+        out.append(miss(m, law_of(m, others, sharing)))
     return out

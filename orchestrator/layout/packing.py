@@ -31,6 +31,7 @@ from orchestrator.layout.colocation import GpuPlan
 from orchestrator.layout.interference import Member
 from orchestrator.layout.profiles import Profiles
 from orchestrator.policy.placement.cluster import ModelDemand
+from orchestrator.types import GpuSharing
 
 # A model whose awake footprint is above this share of a GPU counts as always awake in the
 # plan unless its awake profile says when it is: its neighbours wake and park around it, not
@@ -60,11 +61,12 @@ def layout(
     tpot_guard: bool = True,
     awake_profile: dict[str, Sequence[float]] | None = None,
     activity_profile: dict[str, Sequence[float]] | None = None,
+    sharing: GpuSharing = "timeslice",
 ) -> Layout:
     n = len(gpu_bytes)
     prof = Profiles(dict(awake_profile or {}), dict(activity_profile or {}))
     steps = max(prof.steps, 1)
-    plans = [GpuPlan(float(b - reserve_bytes), prof) for b in gpu_bytes]
+    plans = [GpuPlan(float(b - reserve_bytes), prof, sharing) for b in gpu_bytes]
     total_rate = sum(m.token_rate for m in models) or 1.0
     share = awake_share or {}
     reps = replicas or {}

@@ -27,6 +27,13 @@ HBM_BANDWIDTH = 3.35e12  # [spec] HBM3, bytes/s
 NVLINK_ALLREDUCE_BUS_BW = 360e9
 ALLREDUCE_LATENCY_S = 8e-6  # [assumed] small-message NCCL all-reduce latency over NVLink
 
+# [measured] on the lent NVIDIA H200 with stock SGLang 0.5.17 (`bash bench/gpu/mps.sh`, two
+# Llama-3.1-8B-shaped servers on one GPU, dummy weights, closed-loop decode of 128 tokens): under
+# the CUDA MPS daemon, TPOT together / alone was 1.63 (batch 4) and 1.67 / 1.60 (batch 32), where
+# time-slicing gave 2.16 and 2.18. A decoding neighbour's step lengthens a server's decode step
+# by this share of its length under MPS (time-slicing: all of it; perf/sharing.py).
+MPS_DECODE_NEIGHBOUR = 0.63
+
 # [measured] below = fitted by `python -m bench.calibration.calibrate` from bench/results/gpu-trace-h100/
 # (calibration.json): NVIDIA H100 80GB HBM3, driver 580.159.04, stock SGLang 0.5.17 (triton
 # attention, CUDA graphs on), 2026-11-26; Llama-3.2-1B and Llama-3.1-8B shapes (dummy weights)

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ from orchestrator.supervisor.memory import (
     overshoot,
     verify_released,
 )
+from orchestrator.supervisor.mps import MpsDaemon, attached
 from orchestrator.supervisor.phases import LogFollower, StartupRecord
 from orchestrator.supervisor.ports import free_ports
 from orchestrator.supervisor.process import EngineProcess
@@ -85,8 +87,10 @@ class Supervisor:
         auth: EngineAuth | None = None,
         listen_host: str = "127.0.0.1",
         detached: bool = False,
+        mps: MpsDaemon | None = None,
     ) -> None:
         self.engine = engine
+        self.mps = mps  # host.gpu_sharing mps: every engine attached to this daemon (mps.py)
         # engines spawned as nobody's child (process.py): a node agent's survive its restart
         self.detached = detached
         # the engines' API key: every request of this client carries it (sglang/auth.py)
@@ -170,6 +174,19 @@ class Supervisor:
         await self._client.aclose()
         if self._socket_dir is not None and not kept:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
+        if self.mps is not None and not kept:  # kept engines stay attached to the running daemon
+            await self.mps.quit()
+
+    def watch_mps(self) -> None:
+        """Restart the MPS daemon when it dies, killing every engine first (mps.py ``watch``):
+        each exits and is restarted after its backoff, attached to the new daemon."""
+        if self.mps is not None:
+            self._spawn_task(self.mps.watch(self.kill_every_engine), "mps daemon")
+
+    def kill_every_engine(self, why: str) -> None:
+        for iid, proc in self._procs.items():
+            log.warning("%s: killing its process group (%s)", iid, why)
+            proc.kill()  # its watch (or start) reports Exited (StartFailed): restart after backoff
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -269,7 +286,7 @@ class Supervisor:
         """The engine's command line and environment for these ports: pure but for the model
         directory, so a re-adopted engine's recorded command line can be compared with it."""
         facts = self.deployment.instances.get(spec.id) if self.deployment is not None else None
-        return self.engine.launch_spec(
+        launch = self.engine.launch_spec(
             LaunchRequest(
                 instance=spec,
                 host=self.host,
@@ -284,6 +301,7 @@ class Supervisor:
                 config_file=config_file,
             )
         )
+        return replace(launch, env=attached(launch.env, self.mps))
 
     async def _start(self, spec: InstanceSpec) -> None:
         rec = self.adoption.take(spec.id)

@@ -5,6 +5,11 @@ decode seconds per round), then the TPOT guard's terms (tpot.terms: step, step x
 share, step x (1 - share), TPOT SLO). The expressions are ModelDemand.pressure's, decoding()'s
 and tpot.terms', with min/max spelled as comparisons (same floats, NaN included).
 
+Under MPS (``neighbour`` < 1, perf/sharing.py ``decode_weight``) a model adds ``neighbour`` x
+step x share to a round and its own requests see step - that beyond the round: a member then sees
+its whole step plus ``neighbour`` x its neighbours' decode. Under time-slicing (``neighbour`` ==
+1.0) the expressions are the ones above, unchanged.
+
 A decision at 10,000 models needs the charges of the models with a resident or active server
 and of the models it wakes or weighs, not of every model: a parked server charges only its
 context, read off its model's cost. So ``Charges`` is a dict that computes a model's charge when
@@ -23,9 +28,10 @@ Charge = tuple[int, int, int, float, float, float, float, float, float]
 
 
 class Charges(dict[str, Charge]):
-    def __init__(self, models: dict[str, ModelDemand]) -> None:
+    def __init__(self, models: dict[str, ModelDemand], neighbour: float = 1.0) -> None:
         super().__init__()
         self.models = models
+        self.neighbour = neighbour  # share of a neighbour's decode step a round charges
         self.rest_max = 0.0  # over charged models with a decode step: largest step x (1 - share)
         self.slo_min = float("inf")  # ... and smallest TPOT SLO
 
@@ -40,9 +46,13 @@ class Charges(dict[str, Charge]):
             if 1.0 < share:  # min(share, 1.0)
                 share = 1.0
         step = m.step_s
-        decode = step * share
+        if self.neighbour == 1.0:  # time-slicing: the arithmetic that predates MPS, same floats
+            decode = step * share
+            rest = step * (1.0 - share)
+        else:
+            decode = step * share * self.neighbour
+            rest = step - decode
         slo = m.tpot_slo_s
-        rest = step * (1.0 - share)
         if step > 0:
             if rest > self.rest_max:
                 self.rest_max = rest

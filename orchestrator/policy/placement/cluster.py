@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from orchestrator.perf.cost import ServerCost
-from orchestrator.types import PROCESS_ON_GPU, WEIGHTS_ON_GPU, InstanceState
+from orchestrator.types import PROCESS_ON_GPU, WEIGHTS_ON_GPU, GpuSharing, InstanceState
 
 S = InstanceState
 # States whose weights are (or are being put) on the GPU: they count as resident.
@@ -41,8 +41,10 @@ class ModelDemand:
     last_moved_at: float | None = None  # last migration of this model (cooldown)
     oldest_wait_s: float = 0.0  # age of its oldest held request (starvation guard)
     # Decode step time of its server at its usual batch (0 for a model with almost no traffic).
-    # Colocated servers time-slice the GPU (no MPS), so while they all decode a token of each
-    # costs the sum of their steps: the TPOT guard keeps that sum under their SLOs (tpot.py).
+    # Colocated servers share the GPU's compute: time-slicing (no MPS), while they all decode a
+    # token of each costs the sum of their steps; under MPS a neighbour's step counts in part
+    # (PlacementParams.sharing, perf/sharing.py). The TPOT guard keeps that round under their
+    # SLOs (tpot.py).
     step_s: float = 0.0
     # Share of time (0..1) its server has requests running when alone on its GPU, at its usual
     # rate (1 - exp(-rate x time one request takes alone)). None = unknown: the TPOT guard
@@ -83,7 +85,10 @@ class PlacementParams:
     # higher priority (least used first: lowest token rate; they drain first): time-sharing, not
     # starvation.
     starvation_s: float = 10.0
-    tpot_guard: bool = True  # also place by decode time-slicing (chimera's addition to Prism's KVPR)
+    tpot_guard: bool = True  # also place by decode rounds (chimera's addition to Prism's KVPR)
+    # how colocated servers share compute (host.gpu_sharing as resolved at `up`): the share of a
+    # neighbour's decode step a round charges is perf/sharing.py's
+    sharing: GpuSharing = "timeslice"
     # may start new servers (65 s each) where no parked server exists, for an activation or a
     # migration (a migration to a server with no backup on its node is a cold start: movecost.py)
     cold_start: bool = False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from orchestrator.perf.sharing import decode_weight
 from orchestrator.policy.placement.charges import Charges
 from orchestrator.policy.placement.cluster import HOLDS_CONTEXT, RESIDENT, ClusterView, ModelDemand, S, ServerView
 
@@ -44,7 +45,7 @@ class GpuTally:
         self.on_gpu: list[list[str]] = [[] for _ in range(n)]
         self.of_model: dict[str, list[str]] = {}
         # per model, what one server charges each GPU (charges.py): computed when first needed
-        self.charges = Charges(self.models)
+        self.charges = Charges(self.models, decode_weight(view.params.sharing))
         charges, models = self.charges, self.models
         # The initial charge of every server, inlined (``_charge`` with sign +1, same order of
         # additions per GPU, so the same floats): at 10,000 models this loop is a third of a

@@ -1,9 +1,11 @@
-"""TPOT guard: colocated servers time-slice their GPU, so decode rounds add up.
+"""TPOT guard: colocated servers share their GPU's compute, so decode rounds add up.
 
 Without MPS a GPU runs one process's kernels at a time: when k servers on a GPU all decode, a
-token of each costs about the sum of their steps (one "round"). A server's TPOT SLO then
-bounds the round of its GPU. KVPR (kvpr.py) sees only memory; Prism's placement would happily
-put a 1B model (18 ms TPOT SLO) next to a 32B one (30 ms steps). The guard measures, per GPU,
+token of each costs about the sum of their steps (one "round"); under MPS a neighbour's step
+counts in part (``PlacementParams.sharing``, the factor owned by perf/sharing.py, applied once in
+the charges: charges.py). A server's TPOT SLO then bounds the round of its GPU. KVPR (kvpr.py)
+sees only memory; Prism's placement would happily put a 1B model (18 ms TPOT SLO) next to a 32B
+one (30 ms steps). The guard measures, per GPU,
 how far the round a model's requests see - its own step plus each neighbour's step times the
 share of the time that neighbour decodes (``ModelDemand.activity``; unknown = always, the worst
 case: every active model decoding at once) - exceeds that model's TPOT SLO, as a fraction of
@@ -28,12 +30,16 @@ _AWAKE, _WAKING, _STARTING = _ACTIVE
 _NOTHING: frozenset[str] = frozenset()
 
 
-def terms(m: ModelDemand) -> tuple[float, float, float, float]:
+def terms(m: ModelDemand, neighbour: float = 1.0) -> tuple[float, float, float, float]:
     """A model's terms in the guard's arithmetic: (step, step x decoding share - what it adds to
-    a round, step x (1 - share) - what its own requests see beyond the round, TPOT SLO).
+    a round, step x (1 - share) - what its own requests see beyond the round, TPOT SLO); under
+    MPS what it adds is scaled by ``neighbour`` and the rest is the step less that (charges.py).
     ``GpuTally.charges`` holds them per model of the snapshot (its last four, computed once)."""
     share = decoding(m)
-    return m.step_s, m.step_s * share, m.step_s * (1.0 - share), m.tpot_slo_s
+    if neighbour == 1.0:
+        return m.step_s, m.step_s * share, m.step_s * (1.0 - share), m.tpot_slo_s
+    added = m.step_s * share * neighbour
+    return m.step_s, added, m.step_s - added, m.tpot_slo_s
 
 
 def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None, drop: Iterable[str] = ()) -> float:
@@ -49,7 +55,7 @@ def overflow(led: GpuTally, gpus: Iterable[int], add: ModelDemand | None = None,
         add_name = add.name
         known = led.models.get(add_name) is add
         # a snapshot model's terms are its charge's; charging it also puts it in the bound below
-        add_step, added, add_rest, add_slo = led.charges[add_name][5:] if known else terms(add)
+        add_step, added, add_rest, add_slo = led.charges[add_name][5:] if known else terms(add, led.charges.neighbour)
     # Nothing dropped, ``add`` known and every SLO positive: a GPU whose round plus the largest
     # own-step term stays below the smallest SLO cannot overflow (may_overflow's bound, with
     # ``add`` counted in the round), so its members are not visited.
