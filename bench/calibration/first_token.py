@@ -82,13 +82,87 @@ def fit_first_token(requests: list[dict[str, Any]], shapes: dict[str, str]) -> d
     }
 
 
+def load_colocated(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One run's answered records (model, prompt_tokens, sent_at_s, ttft_s, e2e_s), each with
+    ``others``: how many OTHER models had a request in flight when it was sent (their servers
+    busy on the shared GPU), and ``running``: its own model's requests then past their first
+    token (decoding)."""
+    ok = [r for r in requests if r.get("ok") and r.get("ttft_s") is not None and r.get("e2e_s") is not None]
+    spans: dict[str, list[tuple[float, float, float]]] = {}
+    for r in ok:
+        t = r["sent_at_s"]
+        spans.setdefault(r["model"], []).append((t, t + r["ttft_s"], t + r["e2e_s"]))
+    out = []
+    for r in ok:
+        t = r["sent_at_s"]
+        others = sum(1 for m, sp in spans.items() if m != r["model"] and any(a < t < e for a, _, e in sp))
+        running = sum(1 for _, f, e in spans[r["model"]] if f < t < e)
+        out.append({**r, "others": others, "running": running})
+    return out
+
+
+def fit_colocated(rows: list[dict[str, Any]], shapes: dict[str, str]) -> dict[str, float]:
+    """Fit ``fixed_s``, ``steps`` and ``prefill_share`` (calibration.py ``FirstToken``) to
+    TTFT = prefill x (1 + prefill_share x others) + fixed_s + steps x colocated step, over
+    ``load_colocated``'s rows: least absolute deviations (the tail of queued requests does not
+    pull the fit), by iteratively reweighted least squares."""
+    lat = {m: LatencyModel(load_shape(s), 1, calibration=H200) for m, s in shapes.items()}
+    xs: list[tuple[float, float, float]] = []
+    ys: list[float] = []
+    for r in rows:
+        if r["model"] not in lat:
+            continue
+        m = lat[r["model"]]
+        pf = m.prefill_time([(r["prompt_tokens"], 0)])
+        step = m.decode_time([r["prompt_tokens"]] * (r["running"] + 1)) + m.colocated_extra_s(r["others"])
+        xs.append((1.0, step, pf * r["others"]))
+        ys.append(r["ttft_s"] - pf)
+    w = [1.0] * len(ys)
+    c = (0.0, 0.0, 0.0)
+    for _ in range(60):
+        c = _solve3(xs, ys, w)
+        w = [1 / max(abs(y - sum(a * b for a, b in zip(c, x, strict=True))), 1e-4) for x, y in zip(xs, ys, strict=True)]
+    return {"fixed_s": c[0], "steps": c[1], "prefill_share": c[2], "n": float(len(ys))}
+
+
+def _solve3(xs: list[tuple[float, float, float]], ys: list[float], w: list[float]) -> tuple[float, float, float]:
+    """Weighted least squares with three unknowns: the normal equations by Cramer's rule."""
+    a = [[sum(wi * x[i] * x[j] for x, wi in zip(xs, w, strict=True)) for j in range(3)] for i in range(3)]
+    b = [sum(wi * x[i] * y for x, y, wi in zip(xs, ys, w, strict=True)) for i in range(3)]
+
+    def det(m: list[list[float]]) -> float:
+        return (
+            m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+        )
+
+    d = det(a)
+    cols = [[[b[i] if j == k else a[i][j] for j in range(3)] for i in range(3)] for k in range(3)]
+    return (det(cols[0]) / d, det(cols[1]) / d, det(cols[2]) / d)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.calibration.first_token", description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, nargs="?", default=DEFAULT_RESULTS)
     ap.add_argument("--setup", type=Path, default=DEFAULT_SETUP)
+    ap.add_argument(
+        "--colocated",
+        metavar="RUN",
+        help="fit fixed_s, steps and prefill_share from RESULTS_DIR/RUN/requests.jsonl.gz instead "
+        "(its runs given by --runs)",
+    )
+    ap.add_argument("--runs", default="0,1,2", help="with --colocated: the rate indices fitted (default 0,1,2)")
     args = ap.parse_args(argv)
     cfg = load_config(args.setup)
     shapes = {m.name: m.shape.name for m in cfg.models}
+    if args.colocated:
+        with gzip.open(args.results / args.colocated / "requests.jsonl.gz", "rt") as f:
+            every = [json.loads(line) for line in f]
+        rows = [x for k in map(int, args.runs.split(",")) for x in load_colocated([r for r in every if r["run"] == k])]
+        fit = fit_colocated(rows, shapes)
+        print(" ".join(f"{k}={v:.0f}" if k == "n" else f"{k}={v:.4f}" for k, v in fit.items()))
+        return 0
     with gzip.open(args.results / "static" / "requests.jsonl.gz", "rt") as f:
         recs = [json.loads(line) for line in f]
     first = min(r["run"] for r in recs)

@@ -179,7 +179,32 @@ def sim_vs_real(live: dict[str, Run], des: dict[str, Run]) -> list[str]:
                     )
                     + " |"
                 )
-    return lines + [""]
+    return lines + ["", agreement(live, des), ""]
+
+
+def agreement(live: dict[str, Run], des: dict[str, Run]) -> str:
+    """How many of the rows above meet issue 17's targets: TTFT p99 within 20% of the real one
+    and joint attainment within 3 points, per model (and joint attainment per system and rate)."""
+    ttft = joint = rows = overall = points = 0
+    for s in [s for s in SYSTEMS if s in live and s in des]:
+        for p in live[s]["rates"]:
+            q = next((q for q in des[s]["rates"] if q["rate"] == p["rate"]), None)
+            if q is None or q["trace_digest"] != p["trace_digest"]:
+                continue
+            points += 1
+            overall += abs(p["overall"]["attainment"]["joint"] - q["overall"]["attainment"]["joint"]) <= 0.03
+            for m, a in p["per_model"].items():
+                b = q["per_model"].get(m, {})
+                real = (a["latency_s"].get("ttft") or {}).get("p99")
+                sim = (b.get("latency_s", {}).get("ttft") or {}).get("p99")
+                ja, jb = a["attainment"]["joint"], b.get("attainment", {}).get("joint")
+                rows += 1
+                ttft += real is not None and sim is not None and abs(sim - real) <= 0.2 * real
+                joint += ja is not None and jb is not None and abs(ja - jb) <= 0.03
+    return (
+        f"Within target (simulated vs real): TTFT p99 within 20% in {ttft} of {rows} model rows; joint attainment "
+        f"within 3 points in {joint} of {rows} model rows and {overall} of {points} system-rate points."
+    )
 
 
 def plot(key: tuple[str, str], kinds: dict[str, dict[str, Run]], path: Path) -> Path | None:

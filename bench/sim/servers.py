@@ -28,8 +28,10 @@ Approximation (documented in docs/bench-sim.md):
   epoch boundaries only (SGLang retries it only after a finish or retraction once it stopped
   for KV; otherwise an arrival interrupts the epoch).
 - A calibration with a ``FirstToken`` (the H200's) delays the first token the client sees
-  beyond the prefill's end (``first_token_at``): a few colocated decode steps of its server
-  and a periodic delivery stall, both fitted from real runs. Decoding is not delayed by it.
+  beyond the prefill's end (``first_token_at``): a fixed path outside the GPU, the prefill's
+  time-slicing with the other busy servers (``prefill_stretch_s``), a few colocated decode
+  steps of its server and a periodic delivery stall, all fitted from real runs. Decoding is
+  not delayed by it.
 """
 
 from __future__ import annotations
@@ -232,19 +234,34 @@ class SimServer:
             self.sync_kv()
 
 
-def first_token_at(m: SimModel, ready: float, running: int, ctx_sum: float, others: int) -> float:
-    """When the client sees the first token of a request whose prefill ends at ``ready``, on
-    a server with ``running`` requests (``ctx_sum`` tokens) and ``others`` other busy servers
-    on its GPU: the calibration's ``FirstToken`` (orchestrator/perf/calibration.py), i.e.
-    ``steps`` of the server's colocated decode step later, then pushed to the end of a
-    delivery stall if it falls inside one (windows of ``stall_s`` starting at multiples of
-    ``period_s`` of simulated time). Without one: ``ready``."""
+def first_token_at(
+    m: SimModel, ready: float, running: int, ctx_sum: float, others: int, prefill_s: float = 0.0
+) -> float:
+    """When the client sees the first token of a request whose prefill (``prefill_s`` long)
+    ends at ``ready``, on a server with ``running`` requests (``ctx_sum`` tokens) and
+    ``others`` other busy servers on its GPU: the calibration's ``FirstToken``
+    (orchestrator/perf/calibration.py), i.e. its fixed path, the prefill's share of the time
+    sliced with the others, and ``steps`` of the server's colocated decode step later, then
+    pushed to the end of a delivery stall if it falls inside one (windows of ``stall_s``
+    starting at multiples of ``period_s`` of simulated time). Without one: ``ready``."""
     ft = m.lat.calibration.first_token
     if ft is None:
         return ready
-    t = ready + ft.steps * (m.decode_s(max(1, running), ctx_sum) + m.lat.colocated_extra_s(others))
+    t = ready + ft.fixed_s + prefill_stretch_s(m, others, prefill_s)
+    t += ft.steps * (m.decode_s(max(1, running), ctx_sum) + m.lat.colocated_extra_s(others))
     into = t % ft.period_s
     return t + (ft.stall_s - into if into < ft.stall_s else 0.0)
+
+
+def prefill_stretch_s(m: SimModel, others: int, prefill_s: float) -> float:
+    """How much longer than ``prefill_s`` a prefill of ``m`` takes with ``others`` other busy
+    servers on its GPU, under a calibration whose ``FirstToken`` has a ``prefill_share`` (the
+    prefill's eager kernels time-slice with theirs). It delays the first token only: the GPU's
+    timeline is not charged for it (the others' work meanwhile is in their own steps), nor is
+    the server's own (holding its decoding and next prefill as well made the 7-8B servers
+    collapse at full 30-38 req/s where the real ones did not: docs/benchmarks.md)."""
+    ft = m.lat.calibration.first_token
+    return 0.0 if ft is None else ft.prefill_share * max(0, others) * prefill_s
 
 
 class GpuExec:
@@ -297,12 +314,13 @@ class GpuExec:
                 batch = s.take_admitted()
                 if not batch:
                     continue
-                cum += s.model.lat.prefill_time([(r.prompt + r.done, 0) for r in batch])
+                pf = s.model.lat.prefill_time([(r.prompt + r.done, 0) for r in batch])
+                cum += pf
                 for r in batch:  # a retracted request resumes with the tokens it had
                     heapq.heappush(s.running, (s.steps + r.output - r.done - 1, r.id, r))
                     s.s0 += r.prompt + r.done + 1 - s.steps
                 s.sync_kv()
-                at = first_token_at(s.model, t + cum, len(s.running), s.ctx_sum(), busy - 1)
+                at = first_token_at(s.model, t + cum, len(s.running), s.ctx_sum(), busy - 1, pf)
                 for r in batch:
                     if not r.done:
                         r.first = at

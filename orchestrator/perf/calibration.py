@@ -136,11 +136,20 @@ class FirstToken:
     to engine and back): ``steps`` decode steps of its server as colocated (SGLang takes a new
     request between steps and hands the prefill's token on one step later), and a delivery
     stall: first tokens due inside a window of ``stall_s`` that opens every ``period_s`` are
-    seen at the window's end (bench/sim/servers.py ``first_token_at``)."""
+    seen at the window's end (bench/sim/servers.py ``first_token_at``).
+
+    Two terms of the shared GPU and host (0 = absent): ``fixed_s``, the same for every model
+    and load (client -> proxy -> tokenizer -> scheduler -> detokenizer -> client: processes and
+    IPC hops outside the GPU's work), and ``prefill_share``: a prefill's kernels time-slice
+    with those of the other servers busy on its GPU, so its first token comes
+    ``prefill_share x others x`` its prefill later (the others' work meanwhile is counted in
+    their own steps)."""
 
     steps: float
     stall_s: float
     period_s: float
+    fixed_s: float = 0.0
+    prefill_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -202,6 +211,12 @@ H200 = Calibration(
     # req/s, TTFT p99 - p25 = 43-111 ms for every model but the saturated llama-1b-a (0.30 s
     # before, at 6.9 req/s). So no stall; ``steps`` stays the low-load fit (that run's load is
     # too high to refit it: queueing inflates p25 to 2.7-7.6 steps).
-    first_token=FirstToken(steps=2.84, stall_s=0.0, period_s=1.50),
+    # ``steps``, ``fixed_s`` and ``prefill_share`` refitted together by `python -m
+    # bench.calibration.first_token bench/results/gpu-experiment-h200-a5 --colocated static-12-24`
+    # (fifth runs, static at 10.1-16.9 req/s, 1,219 requests; least absolute deviations): TTFT
+    # grows by 1-2 ms (1B) to 20-33 ms (7-8B) per other busy server, i.e. with the server's own
+    # prefill, and carries ~18 ms for every model (docs/benchmarks.md, "The simulator against
+    # the fifth runs"). Was steps 2.84 alone (the 2.84 held the fixed path and the stretch).
+    first_token=FirstToken(steps=1.98, stall_s=0.0, period_s=1.50, fixed_s=0.0183, prefill_share=0.48),
 )
 CALIBRATIONS: dict[str, Calibration] = {c.name: c for c in (H100, H200)}
