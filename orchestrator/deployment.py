@@ -32,7 +32,8 @@ circle: ``_instance`` sizes the range with the upper-bound cost (SGLang's defaul
 the most request slots); ``start_mem`` chooses the batch sizes from that range and charges the
 instance the cost of the batch sizes and pool it is really started with, never more than the
 upper bound. A model's cost (the global scheduler's, ``plan``'s) is the largest of its
-instances'.
+instances'. On a GPU whose start budgets would not fit with every shim at START_LIMIT_BYTES,
+its shims start at their KV floor instead (``_crowded``): servers that fit awake start together.
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ def runtime_bytes(
     """What an awake server holds on each GPU beside its weights, its KV and its activations:
     CUDA context and buffers, CUDA graphs up to ``cuda_graph_max_bs`` and the req_to_token pool
     of the request slots SGLang derives from its pool of ``kv_tokens`` (None: the most it gives).
-    Fitted on the H200 per shape (calibration.py RUNTIME_BYTES: within 25 MiB of the measured
-    1B, 3B, 8B and 7B, never below them)."""
+    Fitted on the H200 per shape (calibration.py RUNTIME_BYTES: 5-53 MiB above each of the
+    measured 1B, 3B, 8B and 7B, never below them)."""
     slots = request_slots(kv_tokens, shape.max_context) if kv_tokens is not None else cal.MAX_RUNNING_REQUESTS_MAX
     return cal.RUNTIME_BYTES + cal.CUDA_GRAPH_BYTES_PER_BS * cuda_graph_max_bs + req_to_token_bytes(shape, slots)
 
