@@ -25,6 +25,15 @@ policy sees to (orchestrator/policy/startup.py). With the shim the profile is re
 (cumem_shim answers its virtual range): no fraction is given. Every figure is computed from
 ``host.gpu_memory_gb``, never from the physical card, so a larger card can stand for a smaller
 one.
+
+An instance's cost depends on how it is started (perf/cost.py ``runtime_bytes``: its CUDA
+graphs' batch sizes and its pool's request slots), and a shim's virtual range on its cost. No
+circle: ``_instance`` sizes the range with the upper-bound cost (SGLang's default batch sizes,
+the most request slots); ``start_mem`` chooses the batch sizes from that range and charges the
+instance the cost of the batch sizes and pool it is really started with, never more than the
+upper bound. A model's cost (the global scheduler's, ``plan``'s) is the largest of its
+instances'. On a GPU whose start budgets would not fit with every shim at START_LIMIT_BYTES,
+its shims start at their KV floor instead (``_crowded``): servers that fit awake start together.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from orchestrator.config import GIB, Config, HostSpec, InstanceSpec, ModelSpec
-from orchestrator.perf.cost import ServerCost, server_cost
+from orchestrator.perf.cost import DEFAULT_CUDA_GRAPH_MAX_BS, ServerCost, server_cost
 from orchestrator.perf.model import LatencyModel
 from orchestrator.policy.placement.cluster import PlacementParams
 from orchestrator.types import GpuSharing, Mode, OnLate
@@ -60,7 +69,7 @@ MAX_LAUNCH_MEM_FRACTION = 0.99
 # Expected concurrency = the KV it is sized for at start / this many tokens per sequence.
 EXPECTED_TOKENS_PER_SEQUENCE = 2048
 MIN_CUDA_GRAPH_MAX_BS = 16
-MAX_CUDA_GRAPH_MAX_BS = 256  # SGLang's own default for 80-160 GB cards: never more than it
+MAX_CUDA_GRAPH_MAX_BS = DEFAULT_CUDA_GRAPH_MAX_BS  # SGLang's own default for 80-160 GB cards
 
 
 def default_mem_fraction(model: ModelSpec, host: HostSpec) -> float:
@@ -112,6 +121,7 @@ class InstanceFacts:
     start_alone: bool = False  # no other instance of its GPUs may start while it starts
     start_budget_bytes: int = 0  # per GPU once up, before the ledger's first split
     cuda_graph_max_bs: int = MAX_CUDA_GRAPH_MAX_BS
+    pool_tokens: int | None = None  # the KV pool SGLang sizes its request slots by (None: unknown)
 
     @property
     def warm_start_park(self) -> bool:
@@ -181,8 +191,10 @@ def derive(
     ``gpu_node``: the node of each GPU on a Ray cluster (cluster/nodes.py ``Inventory``);
     ``sharing``: how colocated servers share compute, ``host.gpu_sharing`` as resolved where the
     engines run (perf/sharing.py ``resolve``)."""
-    models = {m.name: _model(cfg, m) for m in cfg.models}
     instances = start_mem({i.id: _instance(cfg, i) for i in cfg.instances}, cfg.host, serial_starts)
+    models = {
+        m.name: _model(cfg, m, [f for f in instances.values() if f.spec.model.name == m.name]) for m in cfg.models
+    }
     return Deployment(
         cfg,
         models,
@@ -192,9 +204,16 @@ def derive(
     )
 
 
-def _model(cfg: Config, m: ModelSpec) -> ModelFacts:
+def _model(cfg: Config, m: ModelSpec, instances: list[InstanceFacts]) -> ModelFacts:
+    """``instances``: the model's own (none for a pooled model: the upper-bound cost)."""
     floors = [p.kv_floor_gb for p in m.placements if p.kv_floor_gb is not None]
-    cost = server_cost(m.shape, m.tp_size, int(max(floors) * GIB) if floors else None)
+    floor = int(max(floors) * GIB) if floors else None
+    if instances and all(f.pool_tokens is not None for f in instances):  # the largest of its instances'
+        bs = max(f.cuda_graph_max_bs for f in instances)
+        tokens = max(f.pool_tokens or 0 for f in instances)
+        cost = server_cost(m.shape, m.tp_size, floor, bs, tokens)
+    else:
+        cost = server_cost(m.shape, m.tp_size, floor)
     on_late: OnLate = "shed" if m.slo.ttft_s is not None and cfg.scheduler.on_late == "shed" else "serve"
     return ModelFacts(m, cost, LatencyModel(m.shape, m.tp_size), m.slo.ttft_or_default, m.slo.tpot_or_default, on_late)
 
@@ -202,6 +221,7 @@ def _model(cfg: Config, m: ModelSpec) -> ModelFacts:
 def _instance(cfg: Config, spec: InstanceSpec) -> InstanceFacts:
     model, placement, host = spec.model, spec.placement, cfg.host
     floor_gb = placement.kv_floor_gb
+    # the upper bound (module docstring); ``start_mem`` charges the server as it is started
     cost = server_cost(model.shape, model.tp_size, int(floor_gb * GIB) if floor_gb is not None else None)
     refusal = shim_refusal(spec) if ledger_enabled(cfg.mode) else None
     shim = ledger_enabled(cfg.mode) and refusal is None
@@ -245,7 +265,8 @@ def start_budget(f: InstanceFacts) -> int:
 def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec, serial: bool = False) -> dict[str, InstanceFacts]:
     """Each instance's start-up facts (module docstring): its budget, its pool in tokens, the
     fraction that holds whatever starts beside it, whether it must start alone (``serial``:
-    every instance, CHIMERA_SERIAL_STARTS) and its CUDA-graph batch sizes."""
+    every instance, CHIMERA_SERIAL_STARTS), its CUDA-graph batch sizes and the cost of the
+    server so started (module docstring)."""
     gpu = int(host.gpu_memory_gb * GIB)
     sharing: dict[int, int] = {}
     for f in facts.values():
@@ -255,21 +276,41 @@ def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec, serial: bool =
     for iid, f in facts.items():
         per_token_group = f.cost.kv_bytes_per_token * f.spec.model.tp_size
         if f.shim:  # sized for its share of the GPU's KV, at least its floor
-            tokens, fraction = None, None
+            tokens = None
             per_gpu = max(f.floor_bytes, f.ceiling_bytes // max(sharing[g] for g in f.spec.gpus))
             sized_for = per_gpu * f.spec.model.tp_size  # over the group, like a fixed pool
+            pool_tokens = f.ceiling_bytes // f.cost.kv_bytes_per_token  # the virtual range SGLang sees
         else:
-            tokens, fraction = max(1, f.fixed_pool_bytes // per_token_group), launch_fraction(f, gpu)
-            sized_for = f.fixed_pool_bytes
+            tokens = max(1, f.fixed_pool_bytes // per_token_group)
+            sized_for, pool_tokens = f.fixed_pool_bytes, tokens
+        bs = cuda_graph_max_bs(sized_for // per_token_group)
+        model = f.spec.model
+        cost = server_cost(model.shape, model.tp_size, f.cost.kv_floor_bytes, bs, pool_tokens)
+        started = replace(f, cost=cost, cuda_graph_max_bs=bs, pool_tokens=pool_tokens)
         out[iid] = replace(
-            f,
+            started,
             max_total_tokens=tokens,
-            launch_mem_fraction=fraction,
+            launch_mem_fraction=None if f.shim else launch_fraction(started, gpu),
             start_alone=serial,
-            start_budget_bytes=start_budget(f),
-            cuda_graph_max_bs=cuda_graph_max_bs(sized_for // per_token_group),
         )
+    crowded = _crowded(out, gpu)
+    for iid, f in out.items():
+        if f.shim and not crowded.isdisjoint(f.spec.gpus):  # its least KV instead of the start limit
+            f = replace(f, start_limit_bytes=min(f.ceiling_bytes, max(f.floor_bytes, f.cost.kv_floor_bytes)))
+        out[iid] = replace(f, start_budget_bytes=start_budget(f))
     return out
+
+
+def _crowded(facts: Mapping[str, InstanceFacts], gpu_bytes: int) -> set[int]:
+    """GPUs whose instances' start budgets, with every shim at START_LIMIT_BYTES, exceed the
+    GPU: there each shim starts with its KV floor (the least it is ever woken with), so that
+    servers that fit awake at their floors (what ``plan`` checks) also start together; the
+    ledger's first split a second later hands out the rest."""
+    need: dict[int, int] = {}
+    for f in facts.values():
+        for g in f.spec.gpus:
+            need[g] = need.get(g, 0) + start_budget(f)
+    return {g for g, n in need.items() if n > gpu_bytes}
 
 
 def launch_fraction(f: InstanceFacts, gpu_bytes: int) -> float:

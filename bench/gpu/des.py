@@ -24,7 +24,7 @@ from dataclasses import asdict, replace
 from typing import Any, Literal
 
 from bench.client.record import RequestRecord
-from bench.gpu import measure
+from bench.gpu import measure, systems
 from bench.gpu.systems import served
 from bench.report import summarize_run
 from bench.sim.baselines import FixedColocation
@@ -34,6 +34,7 @@ from bench.sim.servers import SimReq
 from bench.sim.simulator import Simulator
 from bench.traces import BenchRequest, describe
 from orchestrator.config import GIB, Config, parse_config
+from orchestrator.deployment import derive
 from orchestrator.perf.calibration import CALIBRATIONS
 
 DES_SYSTEM = {"static": FixedColocation.name, "swap": "swap-only", "full": "chimera"}
@@ -107,9 +108,11 @@ def run(
     cal = CALIBRATIONS[calibration]
     cfg = parse_config(setup.raw)
     serving = served(setup.raw, system)
+    # each model's memory as chimera would start it in this system (its CUDA graphs, its pool)
+    started = derive(parse_config(systems.derive(setup.raw, system))).models
     models = {
         m.name: replace(
-            make_model(m.name, m.shape.name, m.tp_size, cal),
+            make_model(m.name, m.shape.name, m.tp_size, cal, started[m.name].cost),
             ttft_slo=m.slo.ttft_or_default,
             tpot_slo=m.slo.tpot_or_default,
             kv=kv_admission,

@@ -80,15 +80,14 @@ LMSYS_MAX_OUTPUT = 1024
 # Default sweeps, four rates each so that two systems fit one device command (bench/gpu/budget.py),
 # chosen to bracket each system's highest rate at 99% joint attainment: from the discrete-event
 # simulator's predictions with the H200 calibration (SIMULATED, `--engine des --calibration
-# h200`, docs/benchmarks.md) and, for set-up A, the H200 runs: full held 100% up to rate 36 (its
-# fourth run), static fell below 99% at 16 with its old pools; with the pools re-sized to the
-# measured memory the simulator has it at 100% up to 28 (it was optimistic for static before).
-# elastic has no simulator counterpart: its sweep sits between static's and full's. lmsys: scale
-# factors.
+# h200`, docs/benchmarks.md). Set-up A (seven models, KV-bound): static 100% at rate 20 (17.4
+# req/s offered), 86% at 24; full 99.5% at 22, 94% at 24 (the six-model set-up's H200 runs had
+# full at 100% up to rate 36). elastic has no simulator counterpart: its sweep sits between
+# static's and full's. lmsys: scale factors.
 DEFAULT_RATES: dict[tuple[str, str], list[float]] = {
     ("A", "static"): [12.0, 16.0, 20.0, 24.0],
     ("A", "elastic"): [8.0, 16.0, 24.0, 32.0],
-    ("A", "full"): [28.0, 36.0, 44.0, 52.0],
+    ("A", "full"): [16.0, 20.0, 24.0, 28.0],
     ("A", "swap"): [0.05, 0.1, 0.25, 0.5],
     ("B", "static"): [1.0, 2.0, 4.0, 8.0],
     ("B", "elastic"): [1.0, 2.0, 4.0, 8.0],

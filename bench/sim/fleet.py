@@ -22,7 +22,7 @@ import random
 
 from bench.sim.servers import SimModel
 from orchestrator.perf.calibration import H100, Calibration
-from orchestrator.perf.cost import server_cost
+from orchestrator.perf.cost import ServerCost, server_cost
 from orchestrator.perf.model import LatencyModel
 from orchestrator.shapes import load_shape
 
@@ -50,11 +50,15 @@ MIXES: dict[str, list[tuple[str, int, int]]] = {  # (shape, tp, count)
 }
 
 
-def make_model(name: str, shape: str, tp: int = 1, calibration: Calibration = H100) -> SimModel:
-    """One model; ``calibration`` sets its step times (memory, park and wake stay the H100's)."""
+def make_model(
+    name: str, shape: str, tp: int = 1, calibration: Calibration = H100, cost: ServerCost | None = None
+) -> SimModel:
+    """One model; ``calibration`` sets its step times (memory, park and wake stay the H100's);
+    ``cost``: a deployment's (orchestrator/deployment.py, for servers started as it starts them),
+    else the cost model's upper bound for the shape (perf/cost.py ``server_cost``)."""
     sh = load_shape(shape)
     lat = LatencyModel(sh, tp, calibration=calibration)
-    return SimModel(name=name, shape_name=shape, tp=tp, cost=server_cost(sh, tp), lat=lat)
+    return SimModel(name=name, shape_name=shape, tp=tp, cost=cost or server_cost(sh, tp), lat=lat)
 
 
 def fleet(mix: str, seed: int = 7) -> list[SimModel]:

@@ -5,8 +5,9 @@ and awake), flags files that cannot work (with the reason), and with ``--rates``
 the global policy (orchestrator/policy/placement/place.py) would wake what for that request mix
 and the KV Pressure Ratio of each GPU (KV limits are not shown: the KV ledger sets them live
 from measured load). Costs and what starts at ``up`` are the deployment's facts
-(orchestrator/deployment.py), costs from the calibrated H100 model (orchestrator/perf/cost.py),
-the same the live scheduler, the KV ledger and the simulator count with.
+(orchestrator/deployment.py), costs from the cost model (orchestrator/perf/cost.py: each server
+as the deployment starts it), the same the live scheduler, the KV ledger and the simulator count
+with.
 """
 
 from __future__ import annotations

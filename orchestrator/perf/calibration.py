@@ -68,16 +68,33 @@ DECODE_STEP_OVERHEAD_S = 0.0020
 # request arrives, all of which the sim models separately (proxy, batcher step boundaries).
 PREFILL_STEP_OVERHEAD_S = 0.004
 
-# --- memory --------------------------------------------------------------------------------
+# --- memory ---------------------------------------------------------------------------------
 # CUDA context, NCCL buffers, allocator slack: what a server holds even with everything released.
-# [measured] 2,362 MiB for the Llama-3.1-8B shape parked (1.5-1.75 GB for a tiny model).
+# [measured] 2,362 MiB for the Llama-3.1-8B shape parked (1.5-1.75 GB for a tiny model), on the
+# H100 with SGLang 0.5.17 and older flags (prefill CUDA graphs on, --cuda-graph-max-bs 8). Parked
+# footprints were not measured on the H200; the cost model (cost.py) counts a parked server at
+# this figure but never above what the same server holds awake beside its weights (the H200's
+# 8B held 2.12 GiB awake beside its weights, less than this).
 CONTEXT_BYTES = 2362 * MIB
 # Memory already used when SGLang profiles free memory for the KV pool (before weights load).
 # [measured] derived from the 8B run: 0.5 x 79.6 GiB - 14.96 GiB weights - 24.2 GiB KV = 0.6 GiB.
 STARTUP_USED_BYTES = 614 * MIB
-# CUDA graph memory. [measured] 1.43 GB for the 8B shape (--cuda-graph-max-bs 8); used as
-# is for every model (graph pools scale with hidden size x batch; re-calibrate per shape later).
-CUDA_GRAPH_BYTES = int(1.43 * GIB)
+# What an awake server holds beside its weights and KV (cost.py ``runtime_bytes``):
+#   RUNTIME_BYTES + CUDA_GRAPH_BYTES_PER_BS x --cuda-graph-max-bs + its req_to_token pool
+# (model.py ``req_to_token_bytes``: (max_running_requests + 1) x (context_len + 4) int32, which
+# SGLang allocates whatever the load: 0.5-2.0 GiB for 32k-128k contexts).
+# [measured] the KV ledger's NVML-per-process peak under load less the shim's mapped KV, less the
+# weights, on the lent NVIDIA H200 with stock SGLang 0.5.17, chimera's flags (incl.
+# --disable-prefill-cuda-graph; --cuda-graph-max-bs from orchestrator/deployment.py), dummy
+# weights, set-up A in mode full (bench/results/gpu-experiment-h200-a4 and -a5, docs/benchmarks.md
+# "Fourth runs"): 1B (bs 256, 4,096 requests) 3.53 GiB, 3B (bs 64, 2,533) 2.40, 8B (bs 64,
+# 2,048) 2.12, 7B (bs 128, 4,096, 32k context) 1.79. Less the req_to_token pools (2.00, 1.24,
+# 1.00, 0.50 GiB) that leaves 1.53, 1.16, 1.12, 1.30 GiB, linear in the graphs' batch sizes:
+# least squares 1.017 GiB + 2.07 MiB per batch slot, residuals within 25 MiB. The constants are
+# that line rounded to the safe side: 1.05 GiB + 2 MiB x bs is at or above every measured server
+# (by 5-53 MiB). The 1 GiB activation reserve (cost.py ACTIVATION_BYTES) comes on top.
+RUNTIME_BYTES = int(1.05 * GIB)
+CUDA_GRAPH_BYTES_PER_BS = 2 * MIB
 
 # SGLang's defaults by GPU memory, [sglang] server_args.py `_handle_gpu_memory_settings`:
 # (GPU memory below MiB, chunked_prefill_size, cuda-graph max bs for tp<4, for tp>=4).

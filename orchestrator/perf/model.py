@@ -44,6 +44,18 @@ def sglang_defaults(gpu_memory_gb: float, tp_size: int) -> tuple[float, int, int
     return round((gpu_mib - reserved) / gpu_mib, 3), chunk, max_bs
 
 
+def request_slots(kv_tokens: int, context_len: int) -> int:
+    """SGLang's request slots when --max-running-requests is not given (model_runner)."""
+    estimate = int(kv_tokens / context_len * 512)
+    return min(max(estimate, cal.MAX_RUNNING_REQUESTS_MIN), cal.MAX_RUNNING_REQUESTS_MAX)
+
+
+def req_to_token_bytes(shape: ModelShape, requests: int, context_len: int | None = None) -> int:
+    """SGLang's req_to_token pool on each rank: (requests + 1) rows of (context_len + 4) int32
+    token slots, allocated in full at start (mem_cache/memory_pool.py ``ReqToTokenPool``)."""
+    return (requests + 1) * ((context_len or shape.max_context) + 4) * 4
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """Bytes on each GPU of the instance's group, and the KV pool size in tokens."""
@@ -72,10 +84,12 @@ def plan_memory(
     max_running_requests: int | None = None,
     chunked_prefill_size: int | None = None,
     context_length: int | None = None,
+    cuda_graph_max_bs: int | None = None,
 ) -> MemoryPlan:
     """Size the server like SGLang's model runner: KV pool = gpu x mem_fraction_static - memory
-    used at startup - weights, capped by --max-total-tokens (SGLang takes the minimum)."""
-    frac_default, chunk_default, _ = sglang_defaults(gpu_memory_gb, tp_size)
+    used at startup - weights, capped by --max-total-tokens (SGLang takes the minimum). CUDA
+    graphs for batch sizes up to ``cuda_graph_max_bs`` (None: SGLang's default for the card)."""
+    frac_default, chunk_default, bs_default = sglang_defaults(gpu_memory_gb, tp_size)
     frac = frac_default if mem_fraction_static is None else mem_fraction_static
     gpu = int(gpu_memory_gb * cal.GIB)
     weights = shape.weight_bytes // tp_size
@@ -93,14 +107,13 @@ def plan_memory(
         tokens = min(tokens, max_total_tokens)
     context_len = context_length or shape.max_context
     if max_running_requests is None:
-        estimate = int(tokens / context_len * 512)
-        max_running_requests = min(max(estimate, cal.MAX_RUNNING_REQUESTS_MIN), cal.MAX_RUNNING_REQUESTS_MAX)
+        max_running_requests = request_slots(int(tokens), context_len)
     return MemoryPlan(
         gpu_bytes=gpu,
         context_bytes=cal.CONTEXT_BYTES,
         weight_bytes=weights,
         kv_bytes=tokens * per_token,
-        cuda_graph_bytes=cal.CUDA_GRAPH_BYTES,
+        cuda_graph_bytes=cal.CUDA_GRAPH_BYTES_PER_BS * (cuda_graph_max_bs or bs_default),
         kv_capacity_tokens=int(tokens),
         mem_fraction_static=frac,
         chunked_prefill_size=chunked_prefill_size or chunk_default,

@@ -1,7 +1,8 @@
 """End to end: the two-level scheduler live, `chimera-orch up` on the sim engine (mode full).
 
-A scripted trace on two 40 GB GPUs: GPU 0 holds two awake 8B servers (hot, n1), so hot has
-little KV room there; GPU 1 holds parked servers of hot and cold (warm start).
+A scripted trace on two 37 GB GPUs (an awake 8B server costs 18.1 GiB: perf/cost.py): GPU 0 holds
+two awake 8B servers (hot, n1), so hot has little KV room there; GPU 1 holds parked servers of hot
+and cold (warm start).
 1. Traffic for hot: the scraper sees its tokens, the global scheduler migrates it to GPU 1
    (wake the target, move traffic when it is ready, park the source once drained) while the
    traffic goes on: no request fails, and both servers answered some of it.
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow
 KEY = "scheduler-e2e-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
 PLACEMENTS = {
-    "host": {"gpus": 2, "gpu_memory_gb": 40},
+    "host": {"gpus": 2, "gpu_memory_gb": 37},
     "idle": {"park_after_s": 2},  # far below Prism's 45 s, to keep the test short
     "scheduler": {"tau": 0.3},
     "models": [

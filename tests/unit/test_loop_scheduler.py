@@ -28,12 +28,13 @@ from orchestrator.types import Endpoint, InstanceState, LoadSample
 from tests.unit.control_fakes import Clock, RecordingEffects, ep, settle
 
 S = InstanceState
-# Two 40 GB GPUs. GPU 0 holds two awake 8B servers (hot, n1): little KV room, so any demand on
-# hot makes moving it to its parked server on GPU 1 worth it (KVPR gain ~97% > tau). On GPU 1,
-# cold (8B) fits only once hot's server there is parked again.
+# Two 37 GB GPUs (an awake 8B server costs 18.1 GiB: perf/cost.py). GPU 0 holds two awake 8B
+# servers (hot, n1): little KV room, so any demand on hot makes moving it to its parked server on
+# GPU 1 worth it (KVPR gain ~97% > tau). On GPU 1, cold (8B) fits only once hot's server there is
+# parked again.
 RAW = {
     "mode": "full",
-    "host": {"gpus": 2, "gpu_memory_gb": 40},
+    "host": {"gpus": 2, "gpu_memory_gb": 37},
     "idle": {"park_after_s": 2},
     "scheduler": {"tau": 0.3},
     "models": [
