@@ -25,7 +25,7 @@ Translations (the simulator's approximations, documented in docs/bench-sim.md):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from bench.sim.servers import SimReq, SimServer
 from cumem_shim.types import Status
@@ -49,7 +49,7 @@ class SimLedger:
         gpu_bytes: int,
         n_gpus: int,
         elastic: bool,
-        queued: Callable[[SimServer], Iterable[SimReq]],
+        queued: Callable[[SimServer], Sequence[SimReq]],
         rate: Callable[[SimServer], float],
     ) -> None:
         self.gpu_bytes = gpu_bytes
@@ -170,10 +170,11 @@ class SimLedger:
     def _raw(self, s: SimServer, memo: dict[int, tuple[object, ...]]) -> tuple[object, ...]:
         """Every field of ``s`` that its instances and observation (``instances``, ``_load``,
         ``_status``) are built from, but the time stamp; once per server and split."""
-        got = memo.get(id(s))
+        multi = len(s.gpus) > 1  # only a TP server is met twice in a split
+        got = memo.get(id(s)) if multi else None
         if got is None:
-            queued = list(self._queued(s))
-            got = memo[id(s)] = (
+            queued = self._queued(s)
+            got = (
                 s.id,
                 s.state,
                 s.claimed,
@@ -183,10 +184,12 @@ class SimLedger:
                 s.kv_used,
                 s.kv_cached,
                 len(queued),
-                sum(r.kv_tokens for r in queued),
-                sum(r.kv_tokens for r in s.waiting) if s.sglang else 0,
+                sum([r.prompt + r.output for r in queued]) if queued else 0,  # their kv_tokens
+                sum([r.prompt + r.output for r in s.waiting]) if s.sglang else 0,
                 self._rate(s),
             )
+            if multi:
+                memo[id(s)] = got
         return got
 
     def plan(self, insts: list[KVInstance], seen: dict[str, Observation], now: float) -> list[Action]:
