@@ -50,7 +50,7 @@ from orchestrator.policy.placement.cluster import (
 )
 from orchestrator.policy.placement.cluster import S as St
 from orchestrator.policy.rates import RateWindow
-from orchestrator.types import OnLate
+from orchestrator.types import InstanceState, OnLate
 
 MAX_RUNNING = 1024
 PROFILE_STEP_S = 10.0  # resolution of the profiles the layout packs by (a fraction of the 45 s idle threshold)
@@ -130,6 +130,9 @@ class Chimera:
         self.by_model: dict[str, list[SimServer]] = {}
         self.moved: dict[str, float] = {}
         self.urgent = False
+        # each model's and server's last snapshot entry, with the inputs it was built from
+        self._demand_memo: dict[str, tuple[tuple[object, ...], ModelDemand]] = {}
+        self._server_memo: dict[str, tuple[tuple[InstanceState, int, int], ServerView]] = {}
 
     # ---- controller hooks -------------------------------------------------------------------
 
@@ -237,47 +240,61 @@ class Chimera:
             self.sim.at(self.sim.now, self._decide)
 
     def _demands(self, prime: bool = False) -> tuple[ModelDemand, ...]:
+        """Every model's demand now. A model whose inputs (requests, rate, activity, moves,
+        oldest wait) are those of its previous demand gets that same (frozen) object back:
+        most of a large fleet is idle between two decisions."""
         sim = self.sim
         out = []
+        memo = self._demand_memo
         for name, m in sim.models.items():
             running = sum(s.in_flight for s in self.by_model.get(name, ()))
             queued = self.queued[name] if not prime else int(self.expected.get(name, 0.0) > 0)
             tok_rate = self.rates[name].rate(sim.now) if not prime else self.expected.get(name, 0.0) * self.tpr
-            out.append(
-                ModelDemand(
-                    name,
-                    m.tp,
-                    m.cost,
-                    m.tpot_slo,
-                    tok_rate,
-                    queued,
-                    running,
-                    self.last[name],
-                    self.opts.idle_park_s,
-                    self.opts.park_when,
-                    last_moved_at=self.moved.get(name),
-                    oldest_wait_s=sim.now - p[0].arrival if (p := self.pending[name]) else 0.0,
-                    step_s=expected_step_s(m, tok_rate / self.tpr, self.tpr, 0.0 if self.opts.activity else 0.01),
-                    activity=(expected_activity(tok_rate / self.tpr, self.alone[name]) if self.opts.activity else None),
-                )
+            moved = self.moved.get(name)
+            oldest = sim.now - p[0].arrival if (p := self.pending[name]) else 0.0
+            key = (running, queued, tok_rate, self.last[name], moved, oldest)
+            got = memo.get(name)
+            if got is not None and got[0] == key:
+                out.append(got[1])
+                continue
+            d = ModelDemand(
+                name,
+                m.tp,
+                m.cost,
+                m.tpot_slo,
+                tok_rate,
+                queued,
+                running,
+                self.last[name],
+                self.opts.idle_park_s,
+                self.opts.park_when,
+                last_moved_at=moved,
+                oldest_wait_s=oldest,
+                step_s=expected_step_s(m, tok_rate / self.tpr, self.tpr, 0.0 if self.opts.activity else 0.01),
+                activity=(expected_activity(tok_rate / self.tpr, self.alone[name]) if self.opts.activity else None),
             )
+            memo[name] = (key, d)
+            out.append(d)
         return tuple(out)
 
     def _view(self, demands: tuple[ModelDemand, ...]) -> ClusterView:
+        """The policy's snapshot; a server whose state, KV and requests are unchanged keeps its
+        (frozen) view object."""
         elastic = self.opts.elastic
-        servers = tuple(
-            ServerView(
-                s.id,
-                s.model.name,
-                s.gpus,
-                policy_state(s),
-                (s.kv_used if elastic else s.kv_limit) * s.model.cost.kv_bytes_per_token,
-                s.in_flight,
-            )
-            for ss in self.by_model.values()
-            for s in ss
-        )
-        return ClusterView(demands, servers, (self.sim.gpu_bytes,) * self.sim.n_gpus, self.params)
+        memo = self._server_memo
+        servers = []
+        for ss in self.by_model.values():
+            for s in ss:
+                key = (
+                    policy_state(s),
+                    (s.kv_used if elastic else s.kv_limit) * s.model.cost.kv_bytes_per_token,
+                    s.in_flight,
+                )
+                got = memo.get(s.id)
+                if got is None or got[0] != key:
+                    got = memo[s.id] = (key, ServerView(s.id, s.model.name, s.gpus, *key))
+                servers.append(got[1])
+        return ClusterView(demands, tuple(servers), (self.sim.gpu_bytes,) * self.sim.n_gpus, self.params)
 
     # ---- the plan executor's operations ------------------------------------------------------
 

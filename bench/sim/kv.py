@@ -25,7 +25,7 @@ Translations (the simulator's approximations, documented in docs/bench-sim.md):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from bench.sim.servers import SimReq, SimServer
 from cumem_shim.types import Status
@@ -49,7 +49,7 @@ class SimLedger:
         gpu_bytes: int,
         n_gpus: int,
         elastic: bool,
-        queued: Callable[[SimServer], Iterable[SimReq]],
+        queued: Callable[[SimServer], Sequence[SimReq]],
         rate: Callable[[SimServer], float],
     ) -> None:
         self.gpu_bytes = gpu_bytes
@@ -59,7 +59,11 @@ class SimLedger:
         # per GPU: what the ledger's plan read last time, when that plan changed nothing (no
         # action), and the grows it held back; the same inputs again give the same empty plan
         # and the same held-back grows (``_quiet_inputs``)
-        self._quiet: dict[int, tuple[tuple[object, ...], frozenset[str]]] = {}
+        # and the servers' raw fields it was built from (``split`` skips on those, cheaper)
+        self._quiet: dict[int, tuple[tuple[object, ...], frozenset[str], tuple[object, ...] | None]] = {}
+        self._raw_now: dict[int, tuple[object, ...]] = {}
+        self.memo = True  # False: plan every GPU every time (tests compare)
+        self._groups: tuple[tuple[int, ...], list[SimServer], dict[int, list[SimServer]]] | None = None
         self.skipped = 0  # GPUs whose plan was skipped as unchanged (for the profile's numbers)
         # per server object (its model and GPUs never change): its ledger keys and KV capacity
         # in tokens; and its instances for the state (and claim) they were built for
@@ -96,28 +100,40 @@ class SimLedger:
 
     def split(self, servers: Iterable[SimServer], now: float) -> set[int]:
         """Re-split every GPU and apply the limits at once (the simulated shim takes them in
-        the same instant); returns the GPUs where some server's limit grew."""
-        servers = list(servers)
+        the same instant); returns the GPUs where some server's limit grew. A GPU whose last
+        plan was quiet (``plan``) and whose servers' raw fields (``_raw``) are the same again
+        is skipped before its observations are even built: the same raw fields give the same
+        plan inputs (``_quiet_inputs``), so this is the skip ``plan`` would make, done cheaper."""
+        on_gpu = self._on_gpu(list(servers))
         seen: dict[str, Observation] = {}
         by_key: dict[str, SimServer] = {}
-        for s in servers:
-            got = self._fixed.get(id(s))
-            if got is None or got[0] is not s:
-                c = s.model.cost
-                cap = max(BLOCK_TOKENS, (self.gpu_bytes - c.parked_bytes - c.awake_bytes) // c.kv_bytes_per_token)
-                got = self._fixed[id(s)] = (s, [_key(s, g) for g in s.gpus], cap)
-            _, keys, cap = got
-            fixed = not self.elastic and s.kv_limit > 0 and s.state in RESIDENT
-            obs = Observation(None if fixed else self._load(s, cap, now), self._status(s, cap))
-            for k in keys:
-                by_key[k] = s
-                seen[k] = obs
-        insts = self.instances(servers)
+        insts: list[KVInstance] = []
+        raws: dict[int, tuple[object, ...]] = {}
+        deferred: set[str] = set()
+        self._raw_now = {}
+        for gpu, here in on_gpu.items():
+            raw = tuple(self._raw(s, raws) for s in here)
+            quiet = self._quiet.get(gpu)
+            if self.memo and quiet is not None and quiet[2] == raw:
+                self.skipped += 1
+                deferred |= quiet[1]
+                continue
+            self._raw_now[gpu] = raw
+            for s in here:
+                _, keys, cap = self._fixed_of(s)
+                if keys[0] not in seen:
+                    fixed = not self.elastic and s.kv_limit > 0 and s.state in RESIDENT
+                    obs = Observation(None if fixed else self._load(s, cap, now), self._status(s, cap))
+                    for k in keys:
+                        by_key[k] = s
+                        seen[k] = obs
+                insts += [i for i in self.instances((s,)) if i.gpu == gpu]
         touched: set[str] = set()
         for a in self.plan(insts, seen, now):
             if isinstance(a, SetLimit):
                 self.ledger.accepted(a.instance, a.bytes, a.revision)
                 touched.add(a.instance)
+        self.deferred |= deferred
         grew: set[int] = set()
         for s in {by_key[k].id: by_key[k] for k in sorted(touched)}.values():
             limits = [self.ledger.known[_key(s, g)].limit or 0 for g in s.gpus]
@@ -129,6 +145,52 @@ class SimLedger:
             s.kv_limit = tokens
             s.keep_cached()
         return grew
+
+    def _fixed_of(self, s: SimServer) -> tuple[SimServer, list[str], int]:
+        got = self._fixed.get(id(s))
+        if got is None or got[0] is not s:
+            c = s.model.cost
+            cap = max(BLOCK_TOKENS, (self.gpu_bytes - c.parked_bytes - c.awake_bytes) // c.kv_bytes_per_token)
+            got = self._fixed[id(s)] = (s, [_key(s, g) for g in s.gpus], cap)
+        return got
+
+    def _on_gpu(self, servers: list[SimServer]) -> dict[int, list[SimServer]]:
+        """Each GPU's servers in the order given, GPUs in order (built again when the servers
+        change: the simulator adds them only at the start; the list is kept, so the ids compared
+        stay those of the same objects)."""
+        ids = tuple(id(s) for s in servers)
+        if self._groups is None or self._groups[0] != ids:  # held: ids stay theirs
+            by: dict[int, list[SimServer]] = {}
+            for s in servers:
+                for g in s.gpus:
+                    by.setdefault(g, []).append(s)
+            self._groups = (ids, servers, {g: by[g] for g in sorted(by)})
+        return self._groups[2]
+
+    def _raw(self, s: SimServer, memo: dict[int, tuple[object, ...]]) -> tuple[object, ...]:
+        """Every field of ``s`` that its instances and observation (``instances``, ``_load``,
+        ``_status``) are built from, but the time stamp; once per server and split."""
+        multi = len(s.gpus) > 1  # only a TP server is met twice in a split
+        got = memo.get(id(s)) if multi else None
+        if got is None:
+            queued = self._queued(s)
+            got = (
+                s.id,
+                s.state,
+                s.claimed,
+                len(s.running),
+                len(s.waiting),
+                s.kv_limit,
+                s.kv_used,
+                s.kv_cached,
+                len(queued),
+                sum([r.prompt + r.output for r in queued]) if queued else 0,  # their kv_tokens
+                sum([r.prompt + r.output for r in s.waiting]) if s.sglang else 0,
+                self._rate(s),
+            )
+            if multi:
+                memo[id(s)] = got
+        return got
 
     def plan(self, insts: list[KVInstance], seen: dict[str, Observation], now: float) -> list[Action]:
         """The ledger's plan, one GPU at a time: here every instance is on one GPU (a TP server
@@ -148,13 +210,14 @@ class SimLedger:
             if key is not None and quiet is not None and quiet[0] == key:
                 self.skipped += 1
                 deferred |= quiet[1]
+                self._quiet[gpu] = (key, quiet[1], self._raw_now.get(gpu))  # same inputs: these raw fields too
                 continue
             actions = self.ledger.plan(here, seen, now)
             deferred |= self.ledger.deferred
             if actions or key is None:
                 self._quiet.pop(gpu, None)
             else:
-                self._quiet[gpu] = (key, self.ledger.deferred)
+                self._quiet[gpu] = (key, self.ledger.deferred, self._raw_now.get(gpu))
             out += actions
         self.deferred = frozenset(deferred)
         return out

@@ -47,3 +47,33 @@ def test_a_gpu_whose_inputs_did_not_change_is_not_planned_again(monkeypatch: pyt
         r.pop("wall_s")
     assert got == want
     assert skipped_with_memo > 0
+
+
+def test_a_gpu_whose_servers_did_not_change_is_skipped_before_its_observations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``SimLedger.split`` skips a quiet GPU whose servers' raw fields are the same without
+    building its observations: the run is the same as without that shortcut, and it was taken."""
+    sp = ex.spec(12.0, 150.0, 60.0, seed=3)
+    built, made = SimLedger._load, SimLedger.__init__
+    loads: list[int] = []
+
+    def counting(self: SimLedger, *a: Any) -> Any:
+        loads.append(1)
+        return built(self, *a)
+
+    monkeypatch.setattr(SimLedger, "_load", counting)
+    got = ex.run_one("chimera", "mix58", 12, sp).to_json()
+    with_shortcut = len(loads)
+    loads.clear()
+
+    def no_memo(self: SimLedger, *a: Any, **k: Any) -> None:
+        made(self, *a, **k)
+        self.memo = False
+
+    monkeypatch.setattr(SimLedger, "__init__", no_memo)
+    want = ex.run_one("chimera", "mix58", 12, sp).to_json()
+    for r in (got, want):
+        r.pop("wall_s")
+    assert got == want
+    assert with_shortcut < len(loads)  # fewer observations built with the shortcut
