@@ -29,7 +29,8 @@ one.
 An instance's cost depends on how it is started (perf/cost.py ``runtime_bytes``: its CUDA
 graphs' batch sizes and its pool's request slots), and a shim's virtual range on its cost. No
 circle: ``_instance`` sizes the range with the upper-bound cost (SGLang's default batch sizes,
-the most request slots); ``start_mem`` chooses the batch sizes from that range and charges the
+the most request slots); ``start_mem`` chooses the batch sizes from the KV the instance can
+expect beside its GPU's other servers (``kv_share``, also from upper-bound costs) and charges the
 instance the cost of the batch sizes and pool it is really started with, never more than the
 upper bound. A model's cost (the global scheduler's, ``plan``'s) is the largest of its
 instances'. On a GPU whose start budgets would not fit with every shim at START_LIMIT_BYTES,
@@ -268,16 +269,13 @@ def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec, serial: bool =
     every instance, CHIMERA_SERIAL_STARTS), its CUDA-graph batch sizes and the cost of the
     server so started (module docstring)."""
     gpu = int(host.gpu_memory_gb * GIB)
-    sharing: dict[int, int] = {}
-    for f in facts.values():
-        for g in f.spec.gpus:
-            sharing[g] = sharing.get(g, 0) + 1
+    share = kv_share(facts, gpu)
     out: dict[str, InstanceFacts] = {}
     for iid, f in facts.items():
         per_token_group = f.cost.kv_bytes_per_token * f.spec.model.tp_size
         if f.shim:  # sized for its share of the GPU's KV, at least its floor
             tokens = None
-            per_gpu = max(f.floor_bytes, f.ceiling_bytes // max(sharing[g] for g in f.spec.gpus))
+            per_gpu = max(f.floor_bytes, min(f.ceiling_bytes, min(share[g] for g in f.spec.gpus)))
             sized_for = per_gpu * f.spec.model.tp_size  # over the group, like a fixed pool
             pool_tokens = f.ceiling_bytes // f.cost.kv_bytes_per_token  # the virtual range SGLang sees
         else:
@@ -299,6 +297,25 @@ def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec, serial: bool =
             f = replace(f, start_limit_bytes=min(f.ceiling_bytes, max(f.floor_bytes, f.cost.kv_floor_bytes)))
         out[iid] = replace(f, start_budget_bytes=start_budget(f))
     return out
+
+
+def kv_share(facts: Mapping[str, InstanceFacts], gpu_bytes: int) -> dict[int, int]:
+    """Per GPU: the KV one of its shim servers can expect to hold, which sizes its CUDA graphs:
+    what the GPU has beside the servers that stay awake after ``up`` (each at its upper-bound
+    cost, so the estimate never depends on the batch sizes it chooses) and the parked contexts
+    of the others, split evenly among those awake (at least one). Not the shim's virtual range
+    shared: that range is the GPU less the server's own cost alone, so on a GPU shared by seven
+    servers whose weights nearly fill it, it sized a 1B's graphs for ~170 sequences (batch size
+    256, ~0.5 GiB more than 16) where its KV holds ~10; the graphs it never runs are memory the
+    KV ledger cannot hand out."""
+    held: dict[int, int] = {}
+    awake: dict[int, int] = {}
+    for f in facts.values():
+        for g in f.spec.gpus:
+            on = f.serves_on_up
+            held[g] = held.get(g, 0) + (f.cost.held_awake_bytes if on else f.cost.parked_bytes)
+            awake[g] = awake.get(g, 0) + int(on)
+    return {g: max(0, gpu_bytes - held[g]) // max(1, awake[g]) for g in held}
 
 
 def _crowded(facts: Mapping[str, InstanceFacts], gpu_bytes: int) -> set[int]:

@@ -4,6 +4,7 @@ from an engine log."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,13 @@ from orchestrator.deployment import (
     MIN_CUDA_GRAPH_MAX_BS,
     cuda_graph_max_bs,
     derive,
+    kv_share,
 )
 from orchestrator.engines.base import LaunchRequest
 from orchestrator.env import Env
+from orchestrator.perf.cost import server_cost
 from orchestrator.sglang.launch import SGLangEngine, kv_bytes_per_token_group
+from orchestrator.shapes import load_shape
 from orchestrator.supervisor.memory import MemoryReading, overshoot
 from orchestrator.supervisor.phases import PHASES, LogFollower, StartupRecord
 
@@ -95,6 +99,54 @@ def test_cuda_graph_batch_sizes_follow_the_expected_concurrency() -> None:
     # four 60 GB pools fit only a larger GPU beside their weights (check_static_pools)
     small, big = derive(fleet("static", 300, kv=1)), derive(fleet("static", 300, kv=60))
     assert small.instances["m0@gpu0"].cuda_graph_max_bs < big.instances["m0@gpu0"].cuda_graph_max_bs
+
+
+def _shapes_on_one_gpu(mode: str, gpu_gb: float, on: tuple[bool, ...] = (True,) * 4) -> Any:
+    return parse_config(
+        {
+            "mode": mode,
+            "host": {"gpus": 1, "gpu_memory_gb": gpu_gb},
+            "models": [
+                {"name": f"m{i}", "model_path": s, "load_format": "dummy", "placements": [{"gpus": [0], "on": o}]}
+                for i, (s, o) in enumerate(zip(SHAPES, on, strict=True))
+            ],
+        },
+        gpu_count=1,
+    )
+
+
+def test_shim_graphs_follow_the_kv_left_beside_the_gpus_other_servers() -> None:
+    upper = {s: server_cost(load_shape(s)) for s in SHAPES}  # the cost kv_share counts
+    # the four shapes on 64 GB: their weights and runtimes leave ~10 GiB, shared four ways
+    dep = derive(_shapes_on_one_gpu("elastic", 64))
+    left = 64 * GIB - sum(c.held_awake_bytes for c in upper.values())
+    assert 0 < left < 16 * GIB
+    for f in dep.instances.values():
+        assert f.shim
+        per_token = f.cost.kv_bytes_per_token
+        assert f.cuda_graph_max_bs == cuda_graph_max_bs(max(f.floor_bytes, left // 4) // per_token)
+        # sized from the virtual range shared four ways, as before: larger for every shape
+        assert f.cuda_graph_max_bs < cuda_graph_max_bs(f.ceiling_bytes // 4 // per_token)
+    # alone on an 80 GB GPU a 1B expects ~70 GiB of KV: SGLang's own default
+    alone = derive(
+        parse_config(
+            {
+                "mode": "elastic",
+                "host": {"gpus": 1, "gpu_memory_gb": 80},
+                "models": [
+                    {"name": "m", "model_path": "llama-3.2-1b", "load_format": "dummy", "placements": [{"gpus": [0]}]}
+                ],
+            },
+            gpu_count=1,
+        )
+    )
+    assert alone.instances["m@gpu0"].cuda_graph_max_bs == MAX_CUDA_GRAPH_MAX_BS
+    # mode full, one server awake and three started only to be parked: those count with their
+    # context alone, and the KV is the awake one's
+    full = derive(_shapes_on_one_gpu("full", 64, (True, False, False, False)))
+    share = kv_share({i: replace(f, cost=upper[f.spec.model.shape.name]) for i, f in full.instances.items()}, 64 * GIB)
+    parked = sum(c.parked_bytes for s, c in upper.items() if s != SHAPES[0])
+    assert share == {0: 64 * GIB - upper[SHAPES[0]].held_awake_bytes - parked}
 
 
 @pytest.mark.parametrize("mode", ["static", "elastic"])
