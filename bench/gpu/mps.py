@@ -29,7 +29,6 @@ import asyncio
 import io
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,13 +45,15 @@ from orchestrator.config import parse_config
 from orchestrator.engines.base import LaunchRequest, get_engine
 from orchestrator.errors import EngineStartError
 from orchestrator.shapes.materialize import dummy_model_dir
+from orchestrator.supervisor.mps import CONTROL, BinaryControl, MpsDaemon, MpsDirs, MpsError
 from orchestrator.supervisor.ports import free_ports
 from orchestrator.supervisor.process import EngineProcess
 
 SERVERS = {"1b-a": "llama-3.2-1b", "1b-b": "llama-3.2-1b", "8b-a": "llama-3.1-8b", "8b-b": "llama-3.1-8b"}
 PAIRS = (("1b-a", "1b-b"), ("8b-a", "8b-b"), ("1b-a", "8b-a"))
 MODES = ("timeslice", "mps")
-MPS_DIRS = {"CUDA_MPS_PIPE_DIRECTORY": "/tmp/chimera-mps/pipe", "CUDA_MPS_LOG_DIRECTORY": "/tmp/chimera-mps/log"}
+# bench/gpu/mps.sh quits the daemon there too, should this script be cut
+DIRS = MpsDirs(Path("/tmp/chimera-mps/pipe"), Path("/tmp/chimera-mps/log"), private=False)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,20 +72,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def mps_daemon(start: bool) -> str:
-    """Start (``-d``) or quit the MPS control daemon; returns what went wrong, or ''."""
-    env = {**os.environ, **MPS_DIRS}
-    for d in MPS_DIRS.values():
-        Path(d).mkdir(parents=True, exist_ok=True)
-    try:
-        if start:
-            r = subprocess.run(["nvidia-cuda-mps-control", "-d"], env=env, capture_output=True, text=True, timeout=30)
-        else:
-            r = subprocess.run(
-                ["nvidia-cuda-mps-control"], input="quit\n", env=env, capture_output=True, text=True, timeout=30
-            )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"nvidia-cuda-mps-control: {exc}"
-    return "" if r.returncode == 0 else f"nvidia-cuda-mps-control exited {r.returncode}: {r.stderr.strip()[:300]}"
+    """Start (``-d``) or quit the MPS control daemon, as ``up`` does (orchestrator/supervisor/
+    mps.py); returns what went wrong, or ''."""
+    daemon = MpsDaemon(BinaryControl(CONTROL), DIRS)
+    if start:
+        try:
+            asyncio.run(daemon.start())
+        except MpsError as exc:
+            return str(exc)
+        return ""
+    rc, out = asyncio.run(daemon.control((), "quit\n", DIRS.env()))
+    return "" if rc == 0 else f"{CONTROL} exited {rc}: {out[:300]}"
 
 
 async def start_servers(args: argparse.Namespace, work: Path, mode: str) -> dict[str, EngineProcess]:
@@ -111,7 +109,7 @@ async def start_servers(args: argparse.Namespace, work: Path, mode: str) -> dict
         spec = engine.launch_spec(LaunchRequest(inst, cfg.host, next(ports), next(ports), model_dir=model_dir))
         if mode == "mps":  # the servers attach to the daemon through its pipe directory
             spec = type(spec)(
-                spec.argv, {**spec.env, **MPS_DIRS}, spec.base_url, spec.served_name, spec.ready_timeout_s
+                spec.argv, {**spec.env, **DIRS.env()}, spec.base_url, spec.served_name, spec.ready_timeout_s
             )
         procs[inst.model.name] = EngineProcess(inst.model.name, spec, work / f"{mode}-{inst.model.name}.log")
     try:
