@@ -1,7 +1,6 @@
 """How much of a colocated neighbour's work a server's own work waits for, by how the GPU's
 compute is shared: the one owner of that factor (the TPOT guard: policy/placement/charges.py
-and tpot.py; the layout's decode interference: layout/interference.py; the admission gate's
-prefill backlog: span.py; ``chimera-orch plan``).
+and tpot.py; the layout's decode interference: layout/interference.py; ``chimera-orch plan``).
 
 - ``timeslice`` (no MPS): the GPU runs one process's kernels at a time, so while k servers
   decode, a token of each costs about the sum of their steps (one *round*): a neighbour's step
@@ -11,15 +10,14 @@ prefill backlog: span.py; ``chimera-orch plan``).
   GPU's SMs; a decode step is mostly memory-bound and leaves SMs idle, so a neighbour's step
   lengthens ours by a share of it (``MPS_DECODE_NEIGHBOUR``: 1.63x at batch 4 and 1.60-1.67x at
   batch 32 for the same pair). Measured for decode only: a prefill is compute-bound and keeps the
-  SMs busy, so prefill work still adds up whole (no measurement says otherwise).
+  SMs busy, so prefill work still adds up whole in both modes (no measurement says otherwise;
+  span.py's sums take it so).
 Pairs of unequal size (1B next to 8B) were slowed down less than the sum of steps says in both
 modes (the small model's kernels fit beside the large one's); the model keeps the conservative
 sum, scaled.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 from orchestrator.perf.calibration import MPS_DECODE_NEIGHBOUR
 from orchestrator.types import GpuSharing, GpuSharingOption
@@ -31,17 +29,6 @@ def decode_weight(sharing: GpuSharing) -> float:
     """Share of a decoding neighbour's step that a server's decode step waits for: 1.0 exactly
     under time-slicing (the guard's arithmetic is then what it was before MPS existed)."""
     return _DECODE[sharing]
-
-
-def prefill_weight(sharing: GpuSharing) -> float:
-    """Share of a neighbour's prefill work that work on the same GPU waits for: whole in both
-    modes (compute-bound; MPS was measured on decode)."""
-    return 1.0
-
-
-def colocated_step_s(own_s: float, neighbours_s: Iterable[float], sharing: GpuSharing) -> float:
-    """A server's decode step while the neighbours of ``neighbours_s`` decode too."""
-    return own_s + decode_weight(sharing) * sum(neighbours_s)
 
 
 def resolve(option: GpuSharingOption, engine: str, control_found: bool) -> tuple[GpuSharing, str]:

@@ -1,8 +1,8 @@
 """Work of servers that span GPU groups, per GPU: a TP server's step holds every GPU of its group.
 
 Without MPS a GPU runs one process's kernels at a time (and under MPS a prefill, compute-bound,
-still waits for its neighbours' work whole: sharing.py ``prefill_weight``, 1.0 in both modes, so
-the sums below are the same under either sharing), and a TP server's step runs on all of its
+still waits for its neighbours' work whole: sharing.py, so the sums below are the same under
+either sharing), and a TP server's step runs on all of its
 ranks at once (an all-reduce after attention and after the MLP waits for every rank). So a
 second of a TP 4 server's work is a second on each of its four GPUs, and work that must start
 on a group (a TP server's next prefill) waits for the busiest GPU of the group, where TP-1

@@ -9,7 +9,7 @@ import pytest
 from orchestrator.layout.interference import Member, miss_probs
 from orchestrator.perf.calibration import MPS_DECODE_NEIGHBOUR
 from orchestrator.perf.cost import ServerCost
-from orchestrator.perf.sharing import colocated_step_s, decode_weight, prefill_weight
+from orchestrator.perf.sharing import decode_weight
 from orchestrator.policy.placement import tpot
 from orchestrator.policy.placement.cluster import ClusterView, ModelDemand, PlacementParams, ServerView
 from orchestrator.policy.placement.kvpr import GpuTally
@@ -21,11 +21,12 @@ COST = ServerCost(2 * GIB, 16 * GIB, 128 * 1024, 1 * GIB, 0.4, 0.37, 65.0)
 
 
 def test_factor__timeslice_counts_a_neighbour_whole_mps_the_measured_share() -> None:
-    assert decode_weight("timeslice") == 1.0 and prefill_weight("mps") == prefill_weight("timeslice") == 1.0
+    assert decode_weight("timeslice") == 1.0
     assert decode_weight("mps") == MPS_DECODE_NEIGHBOUR
-    # the H200 pair of 8B servers: 1.63x alone under MPS (batch 4), time-slicing's model 2x
-    assert colocated_step_s(0.005, [0.005], "mps") / 0.005 == pytest.approx(1.63)
-    assert colocated_step_s(0.005, [0.005], "timeslice") / 0.005 == 2.0
+    # the H200 pair of 8B servers, a step beside an equal one: 1.63x alone under MPS (batch 4),
+    # time-slicing's model 2x
+    assert 1 + decode_weight("mps") == pytest.approx(1.63)
+    assert 1 + decode_weight("timeslice") == 2.0
 
 
 def tally(sharing: GpuSharing, activity: float | None = None) -> tuple[GpuTally, ModelDemand]:
