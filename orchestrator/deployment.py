@@ -30,9 +30,10 @@ An instance's cost depends on how it is started (perf/cost.py ``runtime_bytes``:
 graphs' batch sizes and its pool's request slots), and a shim's virtual range on its cost. No
 circle: ``_instance`` sizes the range with the upper-bound cost (SGLang's default batch sizes,
 the most request slots); ``start_mem`` chooses the batch sizes from the KV the instance can
-expect beside its GPU's other servers (``kv_share``, also from upper-bound costs) and charges the
-instance the cost of the batch sizes and pool it is really started with, never more than the
-upper bound. A model's cost (the global scheduler's, ``plan``'s) is the largest of its
+expect beside its GPU's other servers (``kv_share``, also from upper-bound costs), gives a shim
+server the request slots of that KV (``--max-running-requests``: SGLang would derive them from the
+virtual range) and charges the instance the cost of the batch sizes and slots it is really started
+with, never more than the upper bound. A model's cost (the global scheduler's, ``plan``'s) is the largest of its
 instances'. On a GPU whose start budgets would not fit with every shim at START_LIMIT_BYTES,
 its shims start at their KV floor instead (``_crowded``): servers that fit awake start together.
 """
@@ -44,7 +45,7 @@ from dataclasses import dataclass, replace
 
 from orchestrator.config import GIB, Config, HostSpec, InstanceSpec, ModelSpec
 from orchestrator.perf.cost import DEFAULT_CUDA_GRAPH_MAX_BS, ServerCost, server_cost
-from orchestrator.perf.model import LatencyModel
+from orchestrator.perf.model import LatencyModel, request_slots
 from orchestrator.policy.placement.cluster import PlacementParams
 from orchestrator.types import GpuSharing, Mode, OnLate
 
@@ -123,6 +124,9 @@ class InstanceFacts:
     start_budget_bytes: int = 0  # per GPU once up, before the ledger's first split
     cuda_graph_max_bs: int = MAX_CUDA_GRAPH_MAX_BS
     pool_tokens: int | None = None  # the KV pool SGLang sizes its request slots by (None: unknown)
+    # --max-running-requests: a shim server's request slots, those SGLang gives the pool it is
+    # sized for; None: SGLang derives them from its pool (a fixed pool: the same figure)
+    max_running_requests: int | None = None
 
     @property
     def warm_start_park(self) -> bool:
@@ -277,14 +281,18 @@ def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec, serial: bool =
             tokens = None
             per_gpu = max(f.floor_bytes, min(f.ceiling_bytes, min(share[g] for g in f.spec.gpus)))
             sized_for = per_gpu * f.spec.model.tp_size  # over the group, like a fixed pool
-            pool_tokens = f.ceiling_bytes // f.cost.kv_bytes_per_token  # the virtual range SGLang sees
+            pool_tokens = max(1, sized_for // per_token_group)
         else:
             tokens = max(1, f.fixed_pool_bytes // per_token_group)
             sized_for, pool_tokens = f.fixed_pool_bytes, tokens
         bs = cuda_graph_max_bs(sized_for // per_token_group)
         model = f.spec.model
+        # A shim's pool is its virtual range, from which SGLang would derive up to twice the
+        # request slots of a fixed pool (~1 GiB more for a 128k context): it gets those of
+        # the pool it is sized for, passed as --max-running-requests.
+        slots = request_slots(pool_tokens, model.shape.max_context) if f.shim else None
         cost = server_cost(model.shape, model.tp_size, f.cost.kv_floor_bytes, bs, pool_tokens)
-        started = replace(f, cost=cost, cuda_graph_max_bs=bs, pool_tokens=pool_tokens)
+        started = replace(f, cost=cost, cuda_graph_max_bs=bs, pool_tokens=pool_tokens, max_running_requests=slots)
         out[iid] = replace(
             started,
             max_total_tokens=tokens,

@@ -240,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         "output: a later answer has missed it anyway); cut per rate to what --max-wall leaves",
     )
     p.add_argument("--sim-speed", type=float, default=1.0, help="sim engine time scale")
+    p.add_argument(
+        "--gpu-sharing",
+        choices=("timeslice", "mps"),
+        default=None,
+        help="host.gpu_sharing of the system's placements (default: the set-up file's): mps runs every "
+        "server under the MPS daemon chimera starts (docs/operations.md); not with --engine des",
+    )
     return p
 
 
@@ -257,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.request_timeout is None:
         longest = LENGTHS[1] - 1 if args.trace == "synthetic" else LMSYS_MAX_OUTPUT
         args.request_timeout = min(600.0, budget.slo_bound_s(setup.slos, longest))
+    if args.engine == "des" and args.gpu_sharing is not None:
+        console.print("[red]--gpu-sharing is for a live run: the simulator's colocated steps are its calibration's[/]")
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     if args.engine == "des":
         from bench.gpu import des
@@ -278,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="chimera-gpu-experiment-"))
     work.mkdir(parents=True, exist_ok=True)
-    placements = derive(setup.raw, args.system)
+    placements = derive(setup.raw, args.system, args.gpu_sharing)
     cfg_path = work / "placements.yaml"
     cfg_path.write_text(yaml.safe_dump(placements, sort_keys=False))
     serving = served(setup.raw, args.system)

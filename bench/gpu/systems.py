@@ -32,11 +32,14 @@ def served(raw: dict[str, Any], system: str) -> list[str]:
     return [m["name"] for m in derive(raw, system)["models"]]
 
 
-def derive(raw: dict[str, Any], system: str) -> dict[str, Any]:
-    """The placements file of ``system`` from the set-up's (a mapping as YAML 1.2 reads it)."""
+def derive(raw: dict[str, Any], system: str, gpu_sharing: str | None = None) -> dict[str, Any]:
+    """The placements file of ``system`` from the set-up's (a mapping as YAML 1.2 reads it), its
+    ``host.gpu_sharing`` set to ``gpu_sharing`` when given (every system alike)."""
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r} (known: {', '.join(SYSTEMS)})")
     out = copy.deepcopy(raw)
+    if gpu_sharing is not None:
+        out["host"] = {**out.get("host", {}), "gpu_sharing": gpu_sharing}
     models: list[dict[str, Any]] = out["models"]
     if system == "full":
         out["mode"] = "full"

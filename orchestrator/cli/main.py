@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from orchestrator.cli.args import build_parser
 from orchestrator.errors import ConfigError
 from orchestrator.handover import take_over
+from orchestrator.sockets import tcp_socket
 
 # Nothing heavy above this line: `up` listens on the proxy's port right after parsing its
 # arguments, and only then imports chimera (~0.5 s: rich, httpx, uvicorn, the control plane).
@@ -381,9 +382,10 @@ LISTEN_BACKLOG = 2048  # uvicorn's default: connections queued while chimera sta
 def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """The proxy's listening socket, bound and listening before chimera's slow start-up (imports,
     re-adoption); uvicorn serves on it. Not inherited by engines (Python's sockets are not).
-    ``reuse_port``: ``--proxies`` > 1, whose worker processes bind the same port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    ``reuse_port``: ``--proxies`` > 1, whose worker processes bind the same port. Made with
+    ``IPPROTO_TCP`` named (``tcp_socket``): asyncio sets TCP_NODELAY only on connections so
+    accepted."""
+    sock = tcp_socket(host)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

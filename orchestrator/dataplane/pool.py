@@ -23,6 +23,7 @@ import orchestrator
 from orchestrator.config import Config
 from orchestrator.control.router import Router
 from orchestrator.dataplane.channel import SOCKET_NAME, Channel
+from orchestrator.sockets import tcp_socket
 
 log = logging.getLogger("chimera.dataplane")
 CONFIG_NAME = "proxy-config.pickle"
@@ -41,8 +42,7 @@ class QuietServer(uvicorn.Server):
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket that other processes may bind too (SO_REUSEPORT)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = tcp_socket(host)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))

@@ -55,6 +55,7 @@ class LaunchRequest:
     max_total_tokens: int | None = None  # the fixed pool in tokens (ignored with the shim)
     mem_fraction_static: float | None = None  # the fraction that holds whatever starts beside it
     cuda_graph_max_bs: int | None = None  # CUDA graphs for batch sizes up to this
+    max_running_requests: int | None = None  # request slots (None: derived from the pool)
     # SGLang's ``--config`` YAML holding the engine's ``api-key`` (orchestrator/sglang/auth.py):
     # a file, so that the key stays out of argv; None: an engine without a key
     config_file: str | None = None

@@ -87,6 +87,8 @@ class SimEngine:
         tokens = max_total_tokens(req)
         if tokens is not None:
             argv += ["--max-total-tokens", str(tokens)]
+        if req.max_running_requests is not None:
+            argv += ["--max-running-requests", str(req.max_running_requests)]
         if model.lora is not None:  # the same LoRA flags as SGLang's (sglang/lora.py)
             from orchestrator.sglang.lora import lora_flags
 

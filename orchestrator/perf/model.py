@@ -108,6 +108,8 @@ def plan_memory(
     context_len = context_length or shape.max_context
     if max_running_requests is None:
         max_running_requests = request_slots(int(tokens), context_len)
+    else:  # SGLang keeps the requested slots within half the pool (resolve_max_num_reqs)
+        max_running_requests = max(1, min(max_running_requests, int(tokens) // 2))
     return MemoryPlan(
         gpu_bytes=gpu,
         context_bytes=cal.CONTEXT_BYTES,

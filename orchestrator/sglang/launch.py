@@ -122,6 +122,8 @@ class SGLangEngine:
         ]
         if req.cuda_graph_max_bs is not None:
             argv += ["--cuda-graph-max-bs", str(req.cuda_graph_max_bs)]
+        if req.max_running_requests is not None:
+            argv += ["--max-running-requests", str(req.max_running_requests)]
         if not keeps_prefill_graphs([*self.env.sglang_extra_args, *model.engine_args]):
             argv.append("--disable-prefill-cuda-graph")
         if model.load_format == "dummy":

@@ -298,6 +298,7 @@ class Supervisor:
                 max_total_tokens=facts.max_total_tokens if facts is not None else None,
                 mem_fraction_static=facts.launch_mem_fraction if facts is not None else None,
                 cuda_graph_max_bs=facts.cuda_graph_max_bs if facts is not None else None,
+                max_running_requests=facts.max_running_requests if facts is not None else None,
                 config_file=config_file,
             )
         )

@@ -54,6 +54,17 @@ def test_every_system_is_a_valid_file_and_static_drops_what_does_not_start() -> 
     assert [m["name"] for m in full["models"]] == [m["name"] for m in SETUP_B["models"]]
 
 
+def test_gpu_sharing_is_set_alike_in_every_system_and_refused_by_the_simulator(tmp_path: Path) -> None:
+    for system in SYSTEMS:
+        assert parse_config(derive(SETUP_B, system)).host.gpu_sharing == "timeslice"  # the file's
+        cfg = parse_config(derive(SETUP_B, system, "mps"))
+        assert cfg.host.gpu_sharing == "mps" and cfg.host.gpu_memory_gb == 80  # the rest of host kept
+    from bench.gpu.experiment import main as experiment_main
+
+    argv = ["--engine", "des", "--system", "full", "--gpu-sharing", "mps", "--out", str(tmp_path / "x")]
+    assert experiment_main(argv) == 2 and not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("setup", ["setup-a.yaml", "setup-b.yaml", "setup-prism18.yaml", "setup-prism9.yaml"])
 def test_only_static_is_capped_at_the_static_pools(setup: str) -> None:
     """In modes elastic and full ``kv_pool_gb`` is the shim's ceiling: the systems that move KV

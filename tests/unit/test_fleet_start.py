@@ -21,6 +21,7 @@ from orchestrator.deployment import (
 from orchestrator.engines.base import LaunchRequest
 from orchestrator.env import Env
 from orchestrator.perf.cost import server_cost
+from orchestrator.perf.model import request_slots
 from orchestrator.sglang.launch import SGLangEngine, kv_bytes_per_token_group
 from orchestrator.shapes import load_shape
 from orchestrator.supervisor.memory import MemoryReading, overshoot
@@ -162,6 +163,7 @@ def test_the_launch_carries_the_deployment_s_absolute_memory(mode: str) -> None:
         max_total_tokens=f.max_total_tokens,
         mem_fraction_static=f.launch_mem_fraction,
         cuda_graph_max_bs=f.cuda_graph_max_bs,
+        max_running_requests=f.max_running_requests,
     )
     if mode == "elastic":
         from orchestrator.engines.base import ShimLaunch
@@ -172,8 +174,10 @@ def test_the_launch_carries_the_deployment_s_absolute_memory(mode: str) -> None:
     if mode == "static":
         assert flag(argv, "--max-total-tokens") == str(f.max_total_tokens)
         assert flag(argv, "--mem-fraction-static") == f"{f.launch_mem_fraction:.3f}"
+        assert "--max-running-requests" not in argv  # SGLang derives them from the pool
     else:  # the shim's virtual range sizes the pool: no KV flag at all
         assert "--max-total-tokens" not in argv and "--mem-fraction-static" not in argv
+        assert flag(argv, "--max-running-requests") == str(f.max_running_requests)
 
 
 def test_overshoot_counts_only_beyond_the_slack_and_only_per_process() -> None:
@@ -219,3 +223,29 @@ def test_a_missing_mark_leaves_its_phase_empty_and_the_next_counts_from_the_last
     ph = rec.phases()
     assert ph["init"] is None and ph["weights"] == 4.0 and ph["kv"] is None
     assert ph["ready"] == 4.0 and ph["total"] == 10.0
+
+
+def test_shim_servers_get_the_request_slots_of_the_kv_they_are_sized_for() -> None:
+    """SGLang derives a pool's request slots from its size (2,048-4,096 rows of the model's whole
+    context); from a shim's virtual range that is up to twice a fixed pool's. The deployment
+    passes those of the KV the server is sized for and charges their req_to_token pool."""
+    dep = derive(_shapes_on_one_gpu("elastic", 64))
+    static = derive(_shapes_on_one_gpu("static", 64))
+    for iid, f in dep.instances.items():
+        shape = f.spec.model.shape
+        assert f.pool_tokens is not None and f.max_running_requests is not None
+        assert f.max_running_requests == request_slots(f.pool_tokens, shape.max_context)
+        virtual = request_slots(f.ceiling_bytes // f.cost.kv_bytes_per_token, shape.max_context)
+        assert f.max_running_requests <= virtual
+        # charged the slots it is started with: no more than from the virtual range
+        assert f.cost == server_cost(shape, 1, f.cost.kv_floor_bytes, f.cuda_graph_max_bs, f.pool_tokens)
+        from_virtual = server_cost(
+            shape, 1, f.cost.kv_floor_bytes, f.cuda_graph_max_bs, f.ceiling_bytes // f.cost.kv_bytes_per_token
+        )
+        assert f.cost.held_awake_bytes <= from_virtual.held_awake_bytes
+        assert static.instances[iid].max_running_requests is None
+    # on a crowded GPU a 1B's virtual range gives SGLang's most slots, its share the fewest
+    one_b = next(f for f in dep.instances.values() if f.spec.model.shape.name == "llama-3.2-1b")
+    assert one_b.max_running_requests < request_slots(
+        one_b.ceiling_bytes // one_b.cost.kv_bytes_per_token, one_b.spec.model.shape.max_context
+    )
