@@ -99,7 +99,10 @@ def tables(key: tuple[str, str], kinds: dict[str, dict[str, Run]]) -> tuple[str,
             for s in order:
                 p = next((p for p in systems[s]["rates"] if p["rate"] == rate), None)
                 joint[s] = None if p is None else p["overall"]["attainment"]["joint"]
-            cells = [_pct(joint[s]) for s in order] + [_ratio(joint["full"], joint[o]) for o in others]
+            # a rate the other system did not run compares with nothing ("-"); one it ran at 0%: "inf"
+            cells = [_pct(joint[s]) for s in order] + [
+                "-" if joint[o] is None else _ratio(joint["full"], joint[o]) for o in others
+            ]
             joint_ratios[f"{rate:g}"] = {
                 f"full/{o}": None if joint["full"] is None or not joint[o] else joint["full"] / joint[o] for o in others
             }

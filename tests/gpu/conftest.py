@@ -1,7 +1,9 @@
 """One chimera run for the whole GPU suite (each SGLang boot costs a minute or more): three
 stock SGLang servers on GPU 0 with dummy weights — the tiny Llama and the Llama-3.2-1B shape
 awake, the Llama-3.1-8B shape `on: false` (started, warmed, parked: its first, slow park is
-paid at start). Results and logs go to $CHIMERA_GPU_OUT when set."""
+paid at start). Results and logs go to $CHIMERA_GPU_OUT when set. ``CHIMERA_GPU_SHARING=mps``
+runs the same suite with ``host.gpu_sharing: mps`` (every server under the MPS daemon chimera
+starts; test_mps.py checks that they are)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ PLACEMENTS = {
         },
     ],
 }
-RESULTS: dict[str, object] = {}
+GPU_SHARING = os.environ.get("CHIMERA_GPU_SHARING", "timeslice")
+PLACEMENTS["host"] = {"gpu_sharing": GPU_SHARING}
+RESULTS: dict[str, object] = {"gpu_sharing": GPU_SHARING}
 
 
 def gpu_used_mib() -> int:

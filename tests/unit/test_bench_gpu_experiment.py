@@ -254,6 +254,12 @@ def test_report_sets_full_against_static_and_swap_at_each_rate() -> None:
     assert summary["des"]["joint_ratios"]["1"] == {"full/static": pytest.approx(2.25), "full/swap": pytest.approx(1.8)}
     assert summary["des"]["joint_ratios"]["2"]["full/static"] is None  # static served nothing in time
     assert "| 1 | 40.0% | 50.0% | 90.0% | 2.25x | 1.80x |" in text
+    assert "| 2 | 0.0% | 20.0% | 60.0% | inf | 3.00x |" in text  # static ran at 2 and served nothing
+    # a rate only full ran compares with nothing
+    runs = [run("static", {1.0: 0.4}), run("full", {1.0: 0.9, 2.0: 0.6})]
+    ((key, kinds),) = report.group(runs).items()
+    text, _ = report.tables(key, kinds)
+    assert "| 2 | - | 60.0% | - |" in text
 
 
 def test_report_joins_one_systems_sweep_split_over_two_runs() -> None:
