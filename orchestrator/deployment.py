@@ -69,8 +69,8 @@ MAX_LAUNCH_MEM_FRACTION = 0.99
 # on a 80-160 GB card: 256, i.e. ~35 graphs). A server sized for few concurrent sequences never
 # runs most of them; a batch above the largest one runs eager (slower decode, never wrong).
 # Expected concurrency = the KV it is sized for at start / this many tokens per sequence.
-EXPECTED_TOKENS_PER_SEQUENCE = 2048
-MIN_CUDA_GRAPH_MAX_BS = 16
+EXPECTED_TOKENS_PER_SEQUENCE = 512
+MIN_CUDA_GRAPH_MAX_BS = 32
 MAX_CUDA_GRAPH_MAX_BS = DEFAULT_CUDA_GRAPH_MAX_BS  # SGLang's own default for 80-160 GB cards
 
 

@@ -109,13 +109,18 @@ def run(
     cfg = parse_config(setup.raw)
     serving = served(setup.raw, system)
     # each model's memory as chimera would start it in this system (its CUDA graphs, its pool)
-    started = derive(parse_config(systems.derive(setup.raw, system))).models
+    dep = derive(parse_config(systems.derive(setup.raw, system)))
+    started = dep.models
+    graphs: dict[str, int] = {}  # its servers' largest --cuda-graph-max-bs
+    for f in dep.instances.values():
+        graphs[f.spec.model.name] = max(graphs.get(f.spec.model.name, 0), f.cuda_graph_max_bs)
     models = {
         m.name: replace(
             make_model(m.name, m.shape.name, m.tp_size, cal, started[m.name].cost),
             ttft_slo=m.slo.ttft_or_default,
             tpot_slo=m.slo.tpot_or_default,
             kv=kv_admission,
+            graph_max_bs=graphs.get(m.name),
         )
         for m in cfg.models
         if m.name in serving

@@ -43,6 +43,7 @@ from typing import Literal
 
 from bench.sim import sglang_kv
 from bench.sim.sglang_kv import Seq
+from orchestrator.perf.calibration import EAGER_DECODE_FACTOR
 from orchestrator.perf.cost import ServerCost
 from orchestrator.perf.model import LatencyModel
 from orchestrator.types import InstanceState
@@ -60,6 +61,9 @@ class SimModel:
     ttft_slo: float = math.inf
     tpot_slo: float = math.inf
     kv: Literal["reserve", "sglang"] = "reserve"  # how its servers admit requests (module doc)
+    # --cuda-graph-max-bs its servers start with (a deployment's); a larger batch decodes
+    # eagerly, EAGER_DECODE_FACTOR slower. None: SGLang's default, every batch on a graph.
+    graph_max_bs: int | None = None
     _base: dict[int, float] = field(default_factory=dict)
     _coeff: float = -1.0
 
@@ -70,7 +74,10 @@ class SimModel:
             base = self._base[batch] = self.lat.decode_time([0] * batch)
         if self._coeff < 0:
             self._coeff = (self.lat.decode_time([1_000_000]) - self.lat.decode_time([0])) / 1e6
-        return base + self._coeff * ctx_sum
+        step = base + self._coeff * ctx_sum
+        if self.graph_max_bs is not None and batch > self.graph_max_bs:
+            return step * EAGER_DECODE_FACTOR
+        return step
 
 
 class SimReq:

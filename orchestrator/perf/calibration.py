@@ -62,6 +62,14 @@ KV_READ_EFFICIENCY = 0.65
 # [measured] with WEIGHT_READ_EFFICIENCY from the two decode intercepts (see above). Was 0.0008
 # [assumed]: the graph replay itself is sub-millisecond, but the scheduler loop around it is not.
 DECODE_STEP_OVERHEAD_S = 0.0020
+# [measured] a decode batch above --cuda-graph-max-bs runs eagerly (no CUDA graph): its step over
+# a graph step of nearly the same batch. NVIDIA H200, stock SGLang 0.5.17, set-up A (seven
+# engines on one GPU, every server captured up to 16, `bench/results/gpu-experiment-h200-a7/`
+# and `-a7-mps/`, 2026-12-04): median step (running / gen throughput of the "Decode batch"
+# lines) at 17-21 running without graph over 12-16 running with graph, per shape and run: 1B
+# 1.58, 1.90, 2.18; 3B 1.20, 1.70, 1.75; 8B 1.18, 1.18, 1.86; 7B 1.11 (2 lines). The median of
+# the ten is 1.64; the small shapes pay most (kernel launches, not FLOPs, bound their step).
+EAGER_DECODE_FACTOR = 1.64
 # [assumed] prefill runs eagerly (no graph). The run's prefill intercept, 0.0217 s (mean of 1B
 # 0.0175, 8B 0.0258), is NOT applied: it is TTFT at zero tokens, so it holds the client -> chimera
 # -> SGLang HTTP round trip, tokenization and the wait for the decode step running when the

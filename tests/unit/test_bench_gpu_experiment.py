@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,13 @@ def test_pollers_read_chimeras_families_and_skip_the_engines() -> None:
     assert [f.name for f in chimera_families(text)] == ["chimera_requests", "chimera_kv_limit_bytes"]
     assert measure.counters(text) == {"chimera_requests_total{model=a,status=200}": 3.0}
     assert parse_metrics(text)["gauges"] == {"chimera_kv_limit_bytes{model=a,server=a@gpu0}": 64.0}
+
+
+def test_a_decode_batch_above_the_captured_graphs_runs_eager_in_the_simulator() -> None:
+    from orchestrator.perf.calibration import EAGER_DECODE_FACTOR, H200
+
+    graphs = replace(make_model("m", "llama-3.2-1b", 1, H200), graph_max_bs=16)
+    every = make_model("m", "llama-3.2-1b", 1, H200)  # SGLang's default: no eager batch here
+    assert graphs.decode_s(16, 8000) == pytest.approx(every.decode_s(16, 8000))
+    assert graphs.decode_s(17, 8000) == pytest.approx(EAGER_DECODE_FACTOR * every.decode_s(17, 8000))
+    assert EAGER_DECODE_FACTOR > 1

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from orchestrator.config import Config, parse_config
-from orchestrator.control.events import Exited, Started, StartFailed
+from orchestrator.control.events import Acquire, Exited, Started, StartFailed
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
 from orchestrator.deployment import derive
 from orchestrator.errors import EngineUnavailable
@@ -171,3 +171,43 @@ async def test_cancel_and_wait_logs_a_task_that_had_died_instead_of_raising(capl
     await asyncio.sleep(0)
     await cancel_and_wait(task)  # does not raise
     assert "kv-ledger had failed" in caplog.text and "ledger bug" in caplog.text
+
+
+async def test_queued_events_are_applied_in_order_before_one_decision() -> None:
+    """Under load the loop decides once per batch of waiting events, not per request's acquire
+    and release (most of its CPU), and at most MAX_EVENTS_PER_DECISION events go undecided."""
+    from orchestrator.control import loop as loop_module
+
+    fx = RecordingEffects()
+    ctl = ControlLoop(derive(CFG), fx, clock=lambda: 0.0)
+    decisions: list[int] = []
+    applied: list[object] = []
+    decide, apply = ctl._decide, ctl._apply
+
+    def counting_decide() -> None:
+        decisions.append(len(applied))
+        decide()
+
+    def recording_apply(ev: object) -> None:
+        applied.append(ev)
+        apply(ev)  # type: ignore[arg-type]
+
+    ctl._decide = counting_decide  # type: ignore[method-assign]
+    ctl._apply = recording_apply  # type: ignore[method-assign]
+    task = asyncio.create_task(ctl.run())
+    await settle()
+    ctl.post(Started("a@gpu0", ep("a@gpu0")))
+    await settle()
+    spec = CFG.model("a")
+    assert spec is not None
+    decisions.clear()
+    applied.clear()
+    waiters = [asyncio.create_task(ctl.acquire(spec, 5)) for _ in range(150)]
+    got = await asyncio.gather(*waiters)
+    await settle()
+    assert len(applied) == 150 and all(isinstance(e, Acquire) for e in applied)
+    assert ctl._instances["a@gpu0"].in_flight == 150 and set(got) == {ep("a@gpu0")}
+    bound = loop_module.MAX_EVENTS_PER_DECISION
+    assert -(-150 // bound) <= len(decisions) < 150  # batched, and never more than the bound apart
+    assert all(b - a <= bound for a, b in zip([0, *decisions], decisions, strict=False))
+    await cancel_and_wait(task)

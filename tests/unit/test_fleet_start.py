@@ -12,6 +12,7 @@ import pytest
 
 from orchestrator.config import GIB, parse_config
 from orchestrator.deployment import (
+    EXPECTED_TOKENS_PER_SEQUENCE,
     MAX_CUDA_GRAPH_MAX_BS,
     MIN_CUDA_GRAPH_MAX_BS,
     cuda_graph_max_bs,
@@ -95,7 +96,8 @@ def test_serial_starts_make_every_instance_start_alone() -> None:
 
 def test_cuda_graph_batch_sizes_follow_the_expected_concurrency() -> None:
     assert cuda_graph_max_bs(0) == MIN_CUDA_GRAPH_MAX_BS
-    assert cuda_graph_max_bs(100 * 2048) == 128  # 100 sequences of 2048 tokens
+    assert cuda_graph_max_bs(100 * EXPECTED_TOKENS_PER_SEQUENCE) == 128  # 100 sequences
+    assert cuda_graph_max_bs(20 * EXPECTED_TOKENS_PER_SEQUENCE) == MIN_CUDA_GRAPH_MAX_BS == 32
     assert cuda_graph_max_bs(10**9) == MAX_CUDA_GRAPH_MAX_BS
     # four 60 GB pools fit only a larger GPU beside their weights (check_static_pools)
     small, big = derive(fleet("static", 300, kv=1)), derive(fleet("static", 300, kv=60))
@@ -126,8 +128,13 @@ def test_shim_graphs_follow_the_kv_left_beside_the_gpus_other_servers() -> None:
         assert f.shim
         per_token = f.cost.kv_bytes_per_token
         assert f.cuda_graph_max_bs == cuda_graph_max_bs(max(f.floor_bytes, left // 4) // per_token)
-        # sized from the virtual range shared four ways, as before: larger for every shape
-        assert f.cuda_graph_max_bs < cuda_graph_max_bs(f.ceiling_bytes // 4 // per_token)
+        # sized from the virtual range shared four ways, as before: never smaller
+        assert f.cuda_graph_max_bs <= cuda_graph_max_bs(f.ceiling_bytes // 4 // per_token)
+    # and smaller for the shapes whose share is not at SGLang's own default already
+    assert any(
+        f.cuda_graph_max_bs < cuda_graph_max_bs(f.ceiling_bytes // 4 // f.cost.kv_bytes_per_token)
+        for f in dep.instances.values()
+    )
     # alone on an 80 GB GPU a 1B expects ~70 GiB of KV: SGLang's own default
     alone = derive(
         parse_config(
