@@ -25,8 +25,6 @@ IGNORED_FLAGS: tuple[tuple[str, bool], ...] = (
     ("--attention-backend", True),
     ("--sampling-backend", True),
     ("--grammar-backend", True),
-    ("--disable-cuda-graph", False),
-    ("--cuda-graph-max-bs", True),
     ("--disable-prefill-cuda-graph", False),
     ("--skip-server-warmup", False),
     ("--log-level", True),
@@ -87,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-running-requests", type=_positive(int))
     p.add_argument("--chunked-prefill-size", type=_positive(int))
     p.add_argument("--context-length", type=_positive(int))
+    p.add_argument(
+        "--cuda-graph-max-bs",
+        type=_positive(int),
+        help="decode batches above it run eagerly, slower (default: SGLang's for the GPU size)",
+    )
+    p.add_argument("--disable-cuda-graph", action="store_true", help="every decode batch runs eagerly")
     p.add_argument("--enable-metrics", action="store_true", help="serve /metrics")
     p.add_argument(
         "--enable-memory-saver",
@@ -178,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_running_requests=args.max_running_requests,
         chunked_prefill_size=args.chunked_prefill_size,
         context_length=args.context_length,
+        cuda_graph_max_bs=0 if args.disable_cuda_graph else args.cuda_graph_max_bs,
         speed=args.sim_speed,
         start_delay_s=args.sim_start_delay_s,
         enable_metrics=args.enable_metrics,

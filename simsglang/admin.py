@@ -74,6 +74,8 @@ def server_args(sim: SimServer) -> dict[str, Any]:
         "max_running_requests": s.max_running_requests,
         "chunked_prefill_size": p.chunked_prefill_size,
         "context_length": s.context_length,
+        "cuda_graph_max_bs_decode": p.cuda_graph_max_bs or None,  # 0.5.17: --cuda-graph-max-bs is its alias
+        "disable_cuda_graph": p.cuda_graph_max_bs == 0,
         "page_size": 1,
         "enable_metrics": s.enable_metrics,
         "enable_memory_saver": s.enable_memory_saver,

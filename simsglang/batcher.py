@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from orchestrator.perf.calibration import EAGER_DECODE_FACTOR
 from orchestrator.perf.model import LatencyModel, MemoryPlan
 from simsglang.tokenizer import OutputPlan
 
@@ -130,6 +131,7 @@ class Batcher:
         self.capacity = plan.kv_capacity_tokens
         self.max_running = plan.max_running_requests
         self.chunk = plan.chunked_prefill_size
+        self.graph_max_bs = plan.cuda_graph_max_bs  # a larger decode batch runs eagerly
         # --max-loras-per-batch with --enable-lora: distinct adapters (the base counting as one)
         # in a running batch; None: LoRA off
         self.max_loras_per_batch: int | None = None
@@ -268,6 +270,8 @@ class Batcher:
     async def _decode(self) -> None:
         batch = list(self.running)
         duration = self.model.decode_time([r.seqlen for r in batch])
+        if len(batch) > self.graph_max_bs:  # no CUDA graph for this batch size
+            duration *= EAGER_DECODE_FACTOR
         await self._step(duration)
         b, us = float(len(batch)), duration * 1e6
         for i, v in enumerate((1.0, b, us, b * b, b * us, b)):

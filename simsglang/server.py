@@ -55,6 +55,7 @@ class SimSettings:
     max_running_requests: int | None = None
     chunked_prefill_size: int | None = None
     context_length: int | None = None
+    cuda_graph_max_bs: int | None = None  # None: SGLang's default for the GPU size; 0: no graphs
     speed: float = 1.0  # time scale of every modelled duration (0 = no compute time)
     start_delay_s: float = 0.0  # simulated boot time before the port opens
     # The CLI defaults these three to off, like SGLang; chimera always passes them.
@@ -98,6 +99,7 @@ class SimServer:
             max_running_requests=s.max_running_requests,
             chunked_prefill_size=s.chunked_prefill_size,
             context_length=self.context_len,
+            cuda_graph_max_bs=s.cuda_graph_max_bs,
         )
         self.memory = MemoryTags(self.plan, s.enable_memory_saver, s.enable_weights_cpu_backup, tp_size=s.tp_size)
         self.model = LatencyModel(s.shape, s.tp_size, s.speed)

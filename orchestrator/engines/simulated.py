@@ -89,6 +89,8 @@ class SimEngine:
             argv += ["--max-total-tokens", str(tokens)]
         if req.max_running_requests is not None:
             argv += ["--max-running-requests", str(req.max_running_requests)]
+        if req.cuda_graph_max_bs is not None:  # as for SGLang: a larger decode batch runs eagerly
+            argv += ["--cuda-graph-max-bs", str(req.cuda_graph_max_bs)]
         if model.lora is not None:  # the same LoRA flags as SGLang's (sglang/lora.py)
             from orchestrator.sglang.lora import lora_flags
 

@@ -69,6 +69,7 @@ class MemoryPlan:
     mem_fraction_static: float
     chunked_prefill_size: int
     max_running_requests: int
+    cuda_graph_max_bs: int = 0  # decode batches above it run eagerly (0: every batch, no graphs)
 
     def bytes_of(self, tag: str) -> int:
         return {"weights": self.weight_bytes, "kv_cache": self.kv_bytes, "cuda_graph": self.cuda_graph_bytes}[tag]
@@ -88,7 +89,8 @@ def plan_memory(
 ) -> MemoryPlan:
     """Size the server like SGLang's model runner: KV pool = gpu x mem_fraction_static - memory
     used at startup - weights, capped by --max-total-tokens (SGLang takes the minimum). CUDA
-    graphs for batch sizes up to ``cuda_graph_max_bs`` (None: SGLang's default for the card)."""
+    graphs for batch sizes up to ``cuda_graph_max_bs`` (None: SGLang's default for the card; 0:
+    none, as with --disable-cuda-graph)."""
     frac_default, chunk_default, bs_default = sglang_defaults(gpu_memory_gb, tp_size)
     frac = frac_default if mem_fraction_static is None else mem_fraction_static
     gpu = int(gpu_memory_gb * cal.GIB)
@@ -115,11 +117,12 @@ def plan_memory(
         context_bytes=cal.CONTEXT_BYTES,
         weight_bytes=weights,
         kv_bytes=tokens * per_token,
-        cuda_graph_bytes=cal.CUDA_GRAPH_BYTES_PER_BS * (cuda_graph_max_bs or bs_default),
+        cuda_graph_bytes=cal.CUDA_GRAPH_BYTES_PER_BS * (bs_default if cuda_graph_max_bs is None else cuda_graph_max_bs),
         kv_capacity_tokens=int(tokens),
         mem_fraction_static=frac,
         chunked_prefill_size=chunked_prefill_size or chunk_default,
         max_running_requests=max_running_requests,
+        cuda_graph_max_bs=bs_default if cuda_graph_max_bs is None else cuda_graph_max_bs,
     )
 
 

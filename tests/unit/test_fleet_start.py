@@ -256,3 +256,30 @@ def test_shim_servers_get_the_request_slots_of_the_kv_they_are_sized_for() -> No
     assert one_b.max_running_requests < request_slots(
         one_b.ceiling_bytes // one_b.cost.kv_bytes_per_token, one_b.spec.model.shape.max_context
     )
+
+
+@pytest.mark.parametrize("mode", ["static", "elastic"])
+def test_the_sim_engine_is_started_with_the_same_graphs_and_slots(mode: str) -> None:
+    """The sim engine takes the deployment's --cuda-graph-max-bs (a larger decode batch runs
+    eagerly, as in SGLang) and, with the shim, its --max-running-requests."""
+    from orchestrator.engines.base import ShimLaunch
+    from orchestrator.engines.simulated import SimEngine
+    from simsglang.__main__ import build_parser
+
+    cfg = fleet(mode)
+    f = derive(cfg).instances["m0@gpu0"]
+    req = LaunchRequest(
+        instance=f.spec,
+        host=cfg.host,
+        port=30001,
+        nccl_port=40001,
+        shim=ShimLaunch("/tmp/s.sock", GIB, 10 * GIB) if mode == "elastic" else None,
+        max_total_tokens=f.max_total_tokens,
+        cuda_graph_max_bs=f.cuda_graph_max_bs,
+        max_running_requests=f.max_running_requests,
+    )
+    argv = SimEngine().launch_spec(req).argv
+    args = build_parser().parse_args(list(argv[3:]))  # after `python -m simsglang`
+    assert args.cuda_graph_max_bs == f.cuda_graph_max_bs
+    assert args.max_running_requests == f.max_running_requests
+    assert (args.max_running_requests is None) == (mode == "static")

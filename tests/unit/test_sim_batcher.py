@@ -221,3 +221,26 @@ async def test_snapshot_reports_throughput_and_decode_moments(batcher: Batcher) 
     steps, sum_bs = snap.decode_moments[0], snap.decode_moments[1]
     assert steps == 11 and sum_bs == 22  # 11 decode steps of batch 2 after the joint prefill
     assert snap.gen_throughput > 0
+
+
+async def test_a_decode_batch_above_the_captured_graphs_runs_eagerly(clock: VirtualClock) -> None:
+    """SGLang replays a CUDA graph for a decode batch up to --cuda-graph-max-bs and runs a larger
+    one eagerly (orchestrator/perf/calibration.py EAGER_DECODE_FACTOR); 0 is --disable-cuda-graph."""
+    from orchestrator.perf.calibration import CUDA_GRAPH_BYTES_PER_BS, EAGER_DECODE_FACTOR
+
+    async def tpot(n: int, graphs: int) -> float:
+        plan = replace(small_plan(100_000), cuda_graph_max_bs=graphs)
+        async for b in running(Batcher(LatencyModel(SHAPE), plan, clock)):
+            reqs = [request(f"r{i}", 1000, 20) for i in range(n)]
+            for r in reqs:
+                b.submit(r)
+            events = await drain(reqs[0])
+            return (events[-1].time - events[0].time) / (len(events) - 1)
+        raise AssertionError
+
+    assert await tpot(4, 4) == pytest.approx(await tpot(4, 256))  # on a graph either way
+    assert await tpot(5, 4) == pytest.approx(EAGER_DECODE_FACTOR * await tpot(5, 256))
+    assert await tpot(1, 0) == pytest.approx(EAGER_DECODE_FACTOR * await tpot(1, 256))
+    assert plan_memory(SHAPE, cuda_graph_max_bs=16).cuda_graph_max_bs == 16
+    default = plan_memory(SHAPE)  # SGLang's own batch sizes for the card, and their memory
+    assert default.cuda_graph_bytes == CUDA_GRAPH_BYTES_PER_BS * default.cuda_graph_max_bs > 0
