@@ -52,6 +52,14 @@ class Running:
         except FileNotFoundError:
             return set()
 
+    def state_pids_of(self, count: int, timeout_s: float = 15.0) -> set[int]:
+        """``state_pids`` once it lists ``count`` engines: the state file is written just after
+        an engine becomes ready, so it can lag the models' ``awake`` by a moment."""
+        deadline = time.monotonic() + timeout_s
+        while len(pids := self.state_pids()) != count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return pids
+
     def stop(self) -> None:
         """Ctrl-C (chimera stops its engines), SIGKILL past a bound; then any engine a killed
         chimera left running (engines outlive it, for re-adoption) is killed too."""

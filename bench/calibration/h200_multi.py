@@ -1,4 +1,4 @@
-"""``python -m bench.calibration.h200_multi [RESULTS_DIR]``: fit the H200 calibration
+"""``python -m bench.calibration.h200_multi [RESULTS_DIR...]``: fit the H200 calibration
 (orchestrator/perf/calibration.py ``H200``) from a multi-model run of the one-GPU experiment
 (``python -m bench.gpu.experiment --engine sglang``), whose ``static/`` and ``full/`` folders
 hold engine-batches.tsv.gz: every SGLang "Prefill batch" / "Decode batch" line of every
@@ -60,6 +60,7 @@ class Line:
     running: int
     new_tokens: int
     throughput: float
+    eager: bool = False  # a decode batch above --cuda-graph-max-bs ("cuda graph: False")
 
 
 def _second(stamp: str) -> int:
@@ -77,6 +78,7 @@ def read_lines(path: Path) -> list[Line]:
                 int(r["running"] or 0),
                 int(r["new_tokens"] or 0),
                 float(r["throughput"] or 0.0),
+                r.get("graph") == "False",  # files collected before the column: unknown, graph
             )
             for r in csv.DictReader(f, delimiter="\t")
         ]
@@ -89,13 +91,16 @@ def engine_shapes(setup: Path) -> dict[str, str]:
 
 
 def samples(lines: list[Line], shapes: dict[str, str]) -> tuple[dict[str, list[tuple[list[float], float]]], ...]:
-    """(decode, prefill) samples per shape: decode rows [1, running, others] -> step seconds;
-    prefill rows [1, new tokens] -> batch seconds."""
+    """(decode, prefill, eager decode) samples per shape: decode rows [1, running, others] ->
+    step seconds of batches on a CUDA graph, eager decode rows alike for the batches above the
+    captured graphs (kept out of the fit: calibration.py EAGER_DECODE_FACTOR is their ratio to
+    it); prefill rows [1, new tokens] -> batch seconds."""
     decoding: dict[int, set[str]] = defaultdict(set)
     for ln in lines:
         if ln.kind == "decode":
             decoding[ln.second].add(ln.engine)
     dec: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
+    eager: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
     pre: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
     prev: dict[str, Line] = {}
     for ln in lines:
@@ -105,10 +110,12 @@ def samples(lines: list[Line], shapes: dict[str, str]) -> tuple[dict[str, list[t
             continue
         if ln.kind == "decode" and ln.running > 0 and ln.second - before.second <= MAX_GAP_S:
             others = len((decoding[ln.second] | decoding[ln.second - 1]) - {ln.engine})
-            dec[shape].append(([1.0, float(ln.running), float(others)], ln.running / ln.throughput))
+            (eager if ln.eager else dec)[shape].append(
+                ([1.0, float(ln.running), float(others)], ln.running / ln.throughput)
+            )
         elif ln.kind == "prefill" and ln.new_tokens >= 16 and ln.second == before.second:
             pre[shape].append(([1.0, float(ln.new_tokens)], ln.new_tokens / ln.throughput))
-    return dec, pre
+    return dec, pre, eager
 
 
 def _fit(names: list[str], rows: list[tuple[list[float], float]]) -> Fit | None:
@@ -119,24 +126,37 @@ def _fit(names: list[str], rows: list[tuple[list[float], float]]) -> Fit | None:
         return None
 
 
-def calibrate(results: Path, setup: Path) -> dict[str, Any]:
+def calibrate(results: Path | list[Path], setup: Path) -> dict[str, Any]:
+    """The fits over the static/ and full/ runs of one or several results folders (of the same
+    set-up's engine names)."""
+    folders = results if isinstance(results, list) else [results]
     shapes = engine_shapes(setup)
     dec: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
     pre: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
+    eag: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
     provenance = {}
-    for system in SYSTEMS:
-        path = results / system / "engine-batches.tsv.gz"
+    for folder, system in ((f, s) for f in folders for s in SYSTEMS):
+        path = folder / system / "engine-batches.tsv.gz"
         if not path.is_file():
             raise SystemExit(f"error: {path} not found: RESULTS_DIR must hold static/ and full/ of a live experiment")
-        d, p = samples(read_lines(path), shapes)
+        d, p, e = samples(read_lines(path), shapes)
         for k, v in d.items():
             dec[k] += v
         for k, v in p.items():
             pre[k] += v
-        exp = results / system / "experiment.json"
+        for k, v in e.items():
+            eag[k] += v
+        exp = folder / system / "experiment.json"
         if exp.is_file():
-            provenance[system] = json.loads(exp.read_text()).get("provenance", {})
-    out: dict[str, Any] = {"schema": SCHEMA, "results": str(results), "setup": str(setup), "provenance": provenance}
+            provenance[f"{folder.name}/{system}" if len(folders) > 1 else system] = json.loads(exp.read_text()).get(
+                "provenance", {}
+            )
+    out: dict[str, Any] = {
+        "schema": SCHEMA,
+        "results": str(folders[0]) if len(folders) == 1 else [str(f) for f in folders],
+        "setup": str(setup),
+        "provenance": provenance,
+    }
     fits: dict[str, Any] = {}
     for shape in sorted(set(dec) | set(pre)):
         one: dict[str, Any] = {}
@@ -150,6 +170,11 @@ def calibrate(results: Path, setup: Path) -> dict[str, Any]:
                 "mean_others": sum(x[2] for x, _ in dec[shape]) / len(dec[shape]),
                 "mean_step_alone_s": sum(alone) / len(alone),
             }
+            if eag[shape]:  # eager steps over the graph fit at the same batch and neighbours
+                ratios = sorted(
+                    y / (d["base_s"] + d["per_req_s"] * x[1] + d["per_other_s"] * x[2]) for x, y in eag[shape]
+                )
+                one["eager"] = {"samples": len(ratios), "median_ratio": ratios[len(ratios) // 2]}
         p = _fit(["base_s", "s_per_token"], pre[shape]) if pre[shape] else None
         if p is not None:
             one["prefill"] = {**p.to_json(), "samples": len(pre[shape]), "tokens_per_s": 1.0 / p["s_per_token"]}
@@ -161,8 +186,8 @@ def calibrate(results: Path, setup: Path) -> dict[str, Any]:
 def report(doc: dict[str, Any]) -> str:
     rows = [
         "| shape | decode n | base ms | per req ms | per other engine ms (t) | rmse ms | r2 | resid p5/p50/p95 ms "
-        "| prefill n | base ms | tokens/s | rmse ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| prefill n | base ms | tokens/s | rmse ms | eager decode n | eager / graph step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shape, f in doc["fits"].items():
         d, p = f.get("decode"), f.get("prefill")
@@ -191,19 +216,27 @@ def report(doc: dict[str, Any]) -> str:
             ]
         else:
             cells += ["-"] * 4
+        eager = f.get("eager")
+        cells += [str(eager["samples"]), f"{eager['median_ratio']:.2f}"] if eager else ["-", "-"]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.calibration.h200_multi", description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", nargs="?", type=Path, default=DEFAULT_RESULTS)
+    ap.add_argument(
+        "results", nargs="*", type=Path, help=f"results folders, fitted together (default {DEFAULT_RESULTS})"
+    )
     ap.add_argument("--setup", type=Path, default=DEFAULT_SETUP, help="the run's placements file (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=None, help="where the fit goes (default: the first results folder)")
     args = ap.parse_args(argv)
-    doc = calibrate(args.results, args.setup)
-    (args.results / "calibration-h200.json").write_text(json.dumps(doc, indent=2) + "\n")
+    folders = args.results or [DEFAULT_RESULTS]
+    doc = calibrate(folders, args.setup)
+    out = args.out or folders[0]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration-h200.json").write_text(json.dumps(doc, indent=2) + "\n")
     table = report(doc)
-    (args.results / "calibration-h200.md").write_text(
+    (out / "calibration-h200.md").write_text(
         "# H200 calibration fit (python -m bench.calibration.h200_multi)\n\n"
         "Per shape, from the colocated engines' SGLang batch lines of static/ and full/ "
         "(1-s time stamps: 'others' = engines with a decode line in the same or the previous second). "

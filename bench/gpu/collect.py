@@ -6,7 +6,8 @@ experiment.json, table.txt and run.tgz), turned into what bench/results/ keeps:
 - requests.jsonl.gz: every request of the run, without its inter-token latencies (``itl_s``,
   nine tenths of the bytes; TTFT, TPOT and end-to-end times stay);
 - engine-batches.tsv.gz: every SGLang "Prefill batch" / "Decode batch" line of every engine's
-  log (time, running and queued requests, tokens, new tokens, throughput), the input of
+  log (time, running and queued requests, tokens, new tokens, throughput, whether a decode
+  batch ran on a CUDA graph: "True"/"False", empty for older SGLang lines), the input of
   ``python -m bench.calibration.h200_multi``.
 
     python -m bench.gpu.collect /work/.device/3/full bench/results/gpu-experiment-h200-a3/full
@@ -26,7 +27,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-BATCH_FIELDS = ("engine", "time", "kind", "running", "queue", "tokens", "new_tokens", "throughput")
+BATCH_FIELDS = ("engine", "time", "kind", "running", "queue", "tokens", "new_tokens", "throughput", "graph")
 # SGLang's scheduler log lines (python/sglang/srt/managers/scheduler_metrics_mixin.py in 0.5.17)
 _LINE = re.compile(r"^\[(?P<time>[\d-]+ [\d:]+)[^\]]*\] (?P<kind>Prefill|Decode) batch[ ,]")
 _FIELDS = {
@@ -35,6 +36,7 @@ _FIELDS = {
     "tokens": re.compile(r"#token: (\d+)"),
     "new_tokens": re.compile(r"#new-token: (\d+)"),
     "throughput": re.compile(r"(?:input|gen) throughput \(token/s\): ([\d.]+)"),
+    "graph": re.compile(r"cuda graph: (True|False)"),  # False: the batch ran eagerly
 }
 _ENGINE_LOG = re.compile(r"(?:^|/)engines/(?P<engine>[^/]+)\.log$")
 

@@ -96,9 +96,12 @@ def run(
     trace_for: Callable[[Any, str, float, float, int], list[BenchRequest]],
     calibration: str = "h100",
     kv_admission: Literal["sglang", "reserve"] = "sglang",
+    cuda_graph_max_bs: int | None = None,
 ) -> dict[str, Any]:
     """The experiment.json of ``system`` on ``setup`` (bench/gpu/experiment.py's Setup), with
-    the step times of ``calibration`` (orchestrator/perf/calibration.py CALIBRATIONS)."""
+    the step times of ``calibration`` (orchestrator/perf/calibration.py CALIBRATIONS) and each
+    server's CUDA graphs as chimera starts it, or ``cuda_graph_max_bs`` for every server (a
+    live run's, to compare with it)."""
     if system not in DES_SYSTEM:
         raise SystemExit(
             f"error: the discrete-event simulator has no {system!r} system (it has {', '.join(DES_SYSTEM)})"
@@ -120,7 +123,7 @@ def run(
             ttft_slo=m.slo.ttft_or_default,
             tpot_slo=m.slo.tpot_or_default,
             kv=kv_admission,
-            graph_max_bs=graphs.get(m.name),
+            graph_max_bs=cuda_graph_max_bs or graphs.get(m.name),
         )
         for m in cfg.models
         if m.name in serving
@@ -164,6 +167,7 @@ def run(
         "engine": "des",
         "calibration": calibration,
         "kv_admission": kv_admission,
+        "cuda_graph_max_bs": cuda_graph_max_bs or graphs,
         "des_system": DES_SYSTEM[system],
         "served": serving,
         "unserved": [m for m in setup.models if m not in serving],

@@ -215,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(new-token ratio, retraction; bench/sim/sglang_kv.py) or KV reserved in full at dispatch "
         "(bench/sim's experiments) (default %(default)s)",
     )
+    p.add_argument(
+        "--cuda-graph-max-bs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--engine des only: every server's CUDA graphs up to N (a live run's, to compare with it; "
+        "default: as chimera starts each server)",
+    )
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/gpu-experiment"))
     p.add_argument(
         "--work-dir",
@@ -281,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             trace_for,
             args.calibration,
             args.kv_admission,
+            args.cuda_graph_max_bs,
         )
         doc["command"] = command
         write_json(args.out / "experiment.json", doc)

@@ -63,13 +63,15 @@ KV_READ_EFFICIENCY = 0.65
 # [assumed]: the graph replay itself is sub-millisecond, but the scheduler loop around it is not.
 DECODE_STEP_OVERHEAD_S = 0.0020
 # [measured] a decode batch above --cuda-graph-max-bs runs eagerly (no CUDA graph): its step over
-# a graph step of nearly the same batch. NVIDIA H200, stock SGLang 0.5.17, set-up A (seven
-# engines on one GPU, every server captured up to 16, `bench/results/gpu-experiment-h200-a7/`
-# and `-a7-mps/`, 2026-12-04): median step (running / gen throughput of the "Decode batch"
-# lines) at 17-21 running without graph over 12-16 running with graph, per shape and run: 1B
-# 1.58, 1.90, 2.18; 3B 1.20, 1.70, 1.75; 8B 1.18, 1.18, 1.86; 7B 1.11 (2 lines). The median of
-# the ten is 1.64; the small shapes pay most (kernel launches, not FLOPs, bound their step).
-EAGER_DECODE_FACTOR = 1.64
+# the graph steps' fit at the same batch and number of decoding neighbours (`python -m
+# bench.calibration.h200_multi bench/results/gpu-experiment-h200-a bench/results/gpu-experiment-h200-a6
+# bench/results/gpu-experiment-h200-a7 --out bench/results/gpu-experiment-h200-a7/calibration-a-a6-a7`:
+# "eager / graph step"). NVIDIA H200, stock SGLang 0.5.17, set-up A (the seven-model runs captured
+# every server up to 16), 2026-12-03/04; median ratio per shape: 1B 1.48 (78 clean intervals), 3B
+# 1.42 (18), 8B 1.14 (19); this is the middle one. The small shapes pay most (kernel launches,
+# not FLOPs, bound their step). A cruder reading (median step at 17-21 running eagerly over 12-16
+# on graphs, not controlled for the batch or the neighbours) gave 1.11-2.18.
+EAGER_DECODE_FACTOR = 1.42
 # [assumed] prefill runs eagerly (no graph). The run's prefill intercept, 0.0217 s (mean of 1B
 # 0.0175, 8B 0.0258), is NOT applied: it is TTFT at zero tokens, so it holds the client -> chimera
 # -> SGLang HTTP round trip, tokenization and the wait for the decode step running when the
@@ -199,13 +201,18 @@ class Calibration:
 
 H100 = Calibration("h100", ACCELERATOR_NAME, HBM_BANDWIDTH, PREFILL_MFU, "time-slice")
 
-# [measured] fitted by `python -m bench.calibration.h200_multi bench/results/gpu-experiment-h200-a`
-# (fit and residuals: calibration-h200.md there): NVIDIA H200 (driver 580.159.04), stock SGLang
-# 0.5.17, 2026-12-03, set-up A of the one-GPU experiment (six engines of four shapes on one GPU,
-# chimera static and full, synthetic trace, 2-24 req/s): 1,254 clean 40-step "Decode batch"
-# intervals, each with the other engines that logged a decode line in the same or the previous
-# second (SGLang's log stamps have 1-s resolution; that is all the alignment there is).
-# Interference is far below time-slicing: another decoding engine adds 1.1-4.0 ms to a step,
+# [measured] fitted by `python -m bench.calibration.h200_multi bench/results/gpu-experiment-h200-a
+# bench/results/gpu-experiment-h200-a6 bench/results/gpu-experiment-h200-a7 --out
+# bench/results/gpu-experiment-h200-a7/calibration-a-a6-a7` (fit and residuals: calibration-h200.md
+# there): NVIDIA H200 (driver 580.159.04), stock SGLang 0.5.17, 2026-12-03/04, set-up A of the
+# one-GPU experiment (six engines, then seven, of four shapes on one GPU, chimera static and full,
+# synthetic trace, 2-25 req/s): 4,239 clean 40-step "Decode batch" intervals on CUDA graphs (the
+# eager ones: EAGER_DECODE_FACTOR), each with the other engines that logged a decode line in the
+# same or the previous second (SGLang's log stamps have 1-s resolution; that is all the alignment
+# there is). The first fit, of the six-engine run alone (1,254 intervals), had 1B 1.07 / 0.044 /
+# 1.23 ms, 3B 5.44 / 0.249 / 1.11, 8B 1.25 / 0.273 / 4.00, 7B 6.62 / 0.744 / 2.98 (base / per
+# request / per other engine); seven engines at higher load doubled the 3B's neighbour cost.
+# Interference is far below time-slicing: another decoding engine adds 1.2-4.0 ms to a step,
 # where running its step in between would add 4-20 ms (the engines' CPU-side scheduling, ~most
 # of a small-batch step, overlaps the other processes' kernels). The run had 3-5 others decoding
 # nearly always, so base_s (the step alone) is an extrapolation, collinear with per_other_s:
@@ -220,10 +227,10 @@ H200 = Calibration(
     prefill_mfu=0.469,
     colocation="overlap",
     decode=(
-        ("llama-3.2-1b", DecodeFit(base_s=0.00107, per_req_s=0.000044, per_other_s=0.00123)),
-        ("llama-3.2-3b", DecodeFit(base_s=0.00544, per_req_s=0.000249, per_other_s=0.00111)),
-        ("llama-3.1-8b", DecodeFit(base_s=0.00125, per_req_s=0.000273, per_other_s=0.00400)),
-        ("qwen2.5-7b", DecodeFit(base_s=0.00662, per_req_s=0.000744, per_other_s=0.00298)),
+        ("llama-3.2-1b", DecodeFit(base_s=0.00080, per_req_s=0.000066, per_other_s=0.00122)),
+        ("llama-3.2-3b", DecodeFit(base_s=0.00169, per_req_s=0.000265, per_other_s=0.00223)),
+        ("llama-3.1-8b", DecodeFit(base_s=0.00089, per_req_s=0.000342, per_other_s=0.00400)),
+        ("qwen2.5-7b", DecodeFit(base_s=0.00251, per_req_s=0.000492, per_other_s=0.00390)),
     ),
     default_per_other_s=0.0025,  # [assumed] the fitted shapes' mean, for shapes not measured
     # [measured] fitted by `python -m bench.calibration.first_token bench/results/gpu-experiment-h200-a3`
@@ -242,6 +249,8 @@ H200 = Calibration(
     # grows by 1-2 ms (1B) to 20-33 ms (7-8B) per other busy server, i.e. with the server's own
     # prefill, and carries ~18 ms for every model (docs/benchmarks.md, "The simulator against
     # the fifth runs"). Was steps 2.84 alone (the 2.84 held the fixed path and the stretch).
-    first_token=FirstToken(steps=1.98, stall_s=0.0, period_s=1.50, fixed_s=0.0183, prefill_share=0.48),
+    # Re-run after the decode re-fit of 2026-12-04 (the steps are colocated decode steps, so
+    # they follow it): steps 2.19, fixed 19.0 ms, prefill share 0.38 (were 1.98, 18.3 ms, 0.48).
+    first_token=FirstToken(steps=2.19, stall_s=0.0, period_s=1.50, fixed_s=0.0190, prefill_share=0.38),
 )
 CALIBRATIONS: dict[str, Calibration] = {c.name: c for c in (H100, H200)}

@@ -65,7 +65,7 @@ def test_restart_of_the_control_plane_re_adopts_every_engine(tmp_path: Path) -> 
         tmp_path, PLACEMENTS, "sim", awake=["tiny", "other"], timeout_s=60, env=as_installed(tmp_path)
     )
     try:
-        pids = first.state_pids()
+        pids = first.state_pids_of(2)
         assert len(pids) == 2 and pids == sim_engines(first.run_dir)
         state = json.loads((first.run_dir / "engines.json").read_text())
         assert oct((first.run_dir / "engines.json").stat().st_mode & 0o777) == "0o600"
@@ -80,7 +80,7 @@ def test_restart_of_the_control_plane_re_adopts_every_engine(tmp_path: Path) -> 
         second, took_s = up_again(tmp_path)
         print(f"\nre-adopted after SIGUSR1: serving {took_s:.2f} s after `up` (2 engines)")
         assert "re-adopted engine pid" in second.log.read_text()
-        assert second.state_pids() == pids and sim_engines(second.run_dir) == pids  # no duplicate
+        assert second.state_pids_of(2) == pids and sim_engines(second.run_dir) == pids  # no duplicate
 
         # a crash of the control plane: kill -9, then up again
         second.proc.kill()
@@ -88,7 +88,7 @@ def test_restart_of_the_control_plane_re_adopts_every_engine(tmp_path: Path) -> 
         assert sim_engines(second.run_dir) == pids
         third, took_s = up_again(tmp_path)
         print(f"re-adopted after kill -9: serving {took_s:.2f} s after `up`")
-        assert third.state_pids() == pids and sim_engines(third.run_dir) == pids
+        assert third.state_pids_of(2) == pids and sim_engines(third.run_dir) == pids
 
         # the default shutdown still stops every engine and leaves no state file
         third.proc.send_signal(signal.SIGINT)
@@ -104,12 +104,13 @@ def test_restart_of_the_control_plane_re_adopts_every_engine(tmp_path: Path) -> 
 def test_engines_of_a_changed_placement_are_stopped_not_adopted(tmp_path: Path) -> None:
     first = start_chimera(tmp_path, PLACEMENTS, "sim", awake=["tiny", "other"], timeout_s=60, env=SIM)
     try:
-        old = first.state_pids()
+        old = first.state_pids_of(2)
+        assert len(old) == 2
         first.proc.send_signal(signal.SIGUSR1)
         assert first.proc.wait(30) == 0
         changed = {**PLACEMENTS, "models": [PLACEMENTS["models"][0]]}  # "other" is gone
         second = start_chimera(tmp_path, changed, "sim", awake=["tiny"], timeout_s=60, env=SIM)
-        kept = second.state_pids()
+        kept = second.state_pids_of(1)
         assert len(kept) == 1 and kept < old  # tiny re-adopted, other stopped
         assert sim_engines(second.run_dir) == kept
         second.stop()

@@ -4,7 +4,13 @@
 # a command on stdin answers 0 while the daemon runs (`quit` stops it), else 1 like the real one.
 # Every call is appended to `calls` in the pipe directory.
 d="$CUDA_MPS_PIPE_DIRECTORY"
-running() { [ -f "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null; }
+# A killed "daemon" stays a zombie until the host's init reaps it, which may take a while: a
+# zombie (state Z in /proc/PID/stat) is not running.
+running() {
+  [ -f "$d/pid" ] || return 1
+  state=$(cut -d' ' -f3 "/proc/$(cat "$d/pid")/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
 if [ "$1" = "-d" ]; then
   echo "-d" >> "$d/calls"
   if [ -f "$d/refuse" ]; then echo "cannot start: refused"; exit 1; fi

@@ -17,7 +17,7 @@ PREFILL = (
     "#running-req: 41, #queue-req: 0, #pending-token: 0, cuda graph: True, input throughput (token/s): 1234.5"
 )
 DECODE = (
-    "[2026-12-03 17:03:21] Decode batch, #running-req: 41, #token: 493115, token usage: 1.00, cuda graph: True, "
+    "[2026-12-03 17:03:21] Decode batch, #running-req: 41, #token: 493115, token usage: 1.00, cuda graph: False, "
     "gen throughput (token/s): 1025.58, #queue-req: 5"
 )
 
@@ -26,9 +26,9 @@ def test_batch_lines_are_read_field_by_field_and_other_lines_skipped() -> None:
     rows = list(batch_rows("llama-8b-gpu0", [PREFILL, "[2026-12-03 17:03:21] KV cache pool is full.", DECODE]))
     assert rows == [
         {"engine": "llama-8b-gpu0", "time": "2026-12-03 17:03:20", "kind": "prefill", "running": "41",
-         "queue": "0", "tokens": "", "new_tokens": "528", "throughput": "1234.5"},
+         "queue": "0", "tokens": "", "new_tokens": "528", "throughput": "1234.5", "graph": "True"},
         {"engine": "llama-8b-gpu0", "time": "2026-12-03 17:03:21", "kind": "decode", "running": "41",
-         "queue": "5", "tokens": "493115", "new_tokens": "", "throughput": "1025.58"},
+         "queue": "5", "tokens": "493115", "new_tokens": "", "throughput": "1025.58", "graph": "False"},
     ]  # fmt: skip
 
 

@@ -159,6 +159,13 @@ def test_des_static_serves_every_resident_model_on_the_one_gpu_with_its_fixed_po
     for m in doc["unserved"]:
         assert per_model.get(m, {}).get("completed", 0) == 0
     assert doc["rates"][0]["chimera"]["counters"]["memory_violations"] == 0
+    # each server's graphs as chimera starts it, or one size for all (a live run's)
+    started = deployment.derive(parse_config(derive(setup.raw, "static"))).instances.values()
+    assert doc["cuda_graph_max_bs"] == {f.spec.model.name: f.cuda_graph_max_bs for f in started}
+    assert (
+        des.run(setup, "static", "synthetic", [2.0], 5.0, 42, trace_for, cuda_graph_max_bs=16)["cuda_graph_max_bs"]
+        == 16
+    )
 
 
 def test_fixed_colocation_shares_what_is_left_among_models_without_a_pool() -> None:
