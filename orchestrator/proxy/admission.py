@@ -129,12 +129,13 @@ class AdmissionGate:
         pending = Pending(
             rid,
             # the server's model: a LoRA adapter or a pooled model queues for the server it was
-            # routed to (its base's, its pool's), with its own deadline
+            # routed to (its base's, its pool's), with its own deadline, priority and on_late
             server_model.name,
             arrival,
             arrival + facts.ttft_slo_s,
             facts.latency.prefill_time([(prompt, 0)]),
             prompt + max_new_tokens(body),
+            None if spec.name == server_model.name else spec.name,
         )
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         g = self._group(instance_id)

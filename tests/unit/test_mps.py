@@ -5,9 +5,7 @@ host.gpu_sharing resolves (perf/sharing.py)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -111,26 +109,54 @@ async def test_daemon__a_start_that_fails_says_why(tmp_path: Path) -> None:
         await missing.start()
 
 
+class InProcessControl:
+    """nvidia-cuda-mps-control's answers without a process (the watcher's loop spawns one per
+    check; the stand-in script covers the process path above): ``-d`` starts unless ``refuse``
+    or already running; a command answers 0 while running (``quit`` stops it), else 1."""
+
+    def __init__(self) -> None:
+        self.running = False
+        self.refuse = False
+        self.starts = 0
+
+    async def __call__(self, args: tuple[str, ...], stdin: str, env: Mapping[str, str]) -> tuple[int, str]:
+        await asyncio.sleep(0)
+        if args == ("-d",):
+            if self.refuse:
+                return 1, "cannot start: refused"
+            if self.running:
+                return 1, "An instance of this daemon is already running"
+            self.running, self.starts = True, self.starts + 1
+            return 0, ""
+        if not self.running:
+            return 1, "Cannot find MPS control daemon process"
+        if stdin.strip() == "quit":
+            self.running = False
+        return 0, ""
+
+
 async def test_daemon__death_is_noticed_engines_are_told_and_it_starts_again(tmp_path: Path) -> None:
-    ticks = Ticks()
-    d = daemon(tmp_path, ticks)
+    ticks, control = Ticks(), InProcessControl()
+    d = MpsDaemon(control, dirs(tmp_path), sleep=ticks)
     await d.start()
     deaths: list[str] = []
     watcher = asyncio.create_task(d.watch(deaths.append))
     try:
-        first = pid(d)
-        (d.dirs.pipe / "refuse").touch()  # the first attempts to start it again fail
-        os.kill(first, signal.SIGKILL)
+        control.refuse = True  # the first attempts to start it again fail
+        control.running = False  # it died
         await until(lambda: len(deaths) == 1)
         assert "stopped answering" in deaths[0]
         await until(lambda: d.check_s * 4 in ticks.pauses)  # pauses double while starts fail
-        (d.dirs.pipe / "refuse").unlink()
+        assert d.restarts == 0 and control.starts == 1
+        control.refuse = False
         await until(lambda: d.restarts == 1)
-        assert pid(d) != first and await d.alive() and len(deaths) == 1
+        assert control.starts == 2 and await d.alive() and len(deaths) == 1
+        assert max(ticks.pauses) <= 60.0  # the pause stops doubling at max_pause_s
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await d.quit()
+    assert not control.running
 
 
 async def test_for_run__sim_and_ray_fall_back_forced_mps_without_binary_refuses(tmp_path: Path) -> None:

@@ -111,3 +111,20 @@ def test_admission__waking_engine_holds_requests_and_counts_its_wake() -> None:
 def test_admission__requests_of_unplaced_models_are_left_to_the_global_scheduler() -> None:
     v = QueueView((req("1", "nowhere", NOW - 5),), (eng("a"),))
     assert decide(v, NOW) == decide(QueueView((), (eng("a"),)), NOW)
+
+
+def test_admission__an_adapter_on_its_base_server_keeps_its_own_priority_and_on_late() -> None:
+    """A LoRA adapter's (or a pooled model's) request queues for its base's server but is shed,
+    served late and kept by its own rule; a shed names the adapter."""
+    # only one of the two fits its deadline; among equal priorities the longer prefill ("s") goes
+    late = (req("b", "base", NOW + 0.5, prefill=0.4), Pending("s", "base", NOW, NOW + 0.5, 0.45, 100, asked="sql"))
+    rules = {"base": ModelRule(priority=0, on_late="shed"), "sql": ModelRule(priority=0, on_late="serve")}
+    d = decide(QueueView(late, (eng("base"),), rules), NOW)
+    assert d.late == ("s",) and [s.request for s in d.shed] == []  # "b" on time, "s" served late
+    rules = {"base": ModelRule(priority=1, on_late="shed"), "sql": ModelRule(priority=0, on_late="shed")}
+    d = decide(QueueView(late, (eng("base"),), rules), NOW)
+    assert [(s.request, s.model) for s in d.shed] == [("s", "sql")]  # the base's priority wins
+    rules = {"base": ModelRule(priority=0, on_late="shed"), "sql": ModelRule(priority=1, on_late="shed")}
+    d = decide(QueueView(late, (eng("base"),), rules), NOW)
+    assert [(s.request, s.model) for s in d.shed] == [("b", "base")]  # the adapter's own priority
+    assert [x.request for x in d.dispatch] == ["s"]

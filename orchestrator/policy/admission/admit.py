@@ -6,8 +6,9 @@
    largest set that can still meet its deadlines, dropping the lowest priority first and, among
    equals, the request with the longest expected prefill.
 2. A dropped request is shed (429, Retry-After = when the on-time work ahead of it is done) or
-   kept to be served late, per its model's rule. A request whose model has no server here is
-   held untouched: the global scheduler has not placed it yet.
+   kept to be served late, per its model's rule (the model the client named: a LoRA adapter or
+   a pooled model has its own, though it queues for its base's or pool's server). A request
+   whose model has no server here is held untouched: the global scheduler has not placed it yet.
 3. Dispatch walks the on-time requests in deadline order, then the late ones, and sends each
    to an awake server of its model that has KV room and a free slot; the rest wait.
 """
@@ -36,7 +37,7 @@ def decide(view: QueueView, now: float) -> QueueDecision:
     placed = [p for p in view.pending if p.model in ready]
     req = {p.id: p for p in placed}
     start = now + view.backlog_s
-    jobs = [Job(p.id, p.prefill_s, p.deadline, _rule(view, p.model).priority, ready[p.model]) for p in placed]
+    jobs = [Job(p.id, p.prefill_s, p.deadline, _rule(view, p.rule_model).priority, ready[p.model]) for p in placed]
     on_time, dropped = moore_hodgson(jobs, start)
 
     shed: list[Shed] = []
@@ -45,7 +46,7 @@ def decide(view: QueueView, now: float) -> QueueDecision:
     drained = finish[-1] if finish else start
     for job in dropped:
         p = req[job.key]
-        if _rule(view, p.model).on_late == "serve":
+        if _rule(view, p.rule_model).on_late == "serve":
             late.append(p)
         else:
             wait = max(drained, ready[p.model]) - now
@@ -53,7 +54,7 @@ def decide(view: QueueView, now: float) -> QueueDecision:
                 Shed(
                     p.id,
                     max(MIN_RETRY_AFTER_S, wait),
-                    p.model,
+                    p.rule_model,
                     slo_s=p.deadline - p.arrival,
                     waited_s=max(0.0, now - p.arrival),
                     queued_s=max(0.0, wait),

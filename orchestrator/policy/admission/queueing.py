@@ -23,6 +23,13 @@ class Pending:
     deadline: float  # arrival + the model's TTFT SLO
     prefill_s: float  # expected prefill time on this group
     kv_tokens: int  # KV slots the engine must have free to admit it (prompt + max new tokens)
+    # the model the client named when it is not ``model`` (a LoRA adapter on its base's server,
+    # a pooled model on its pool's): its rule (priority, on_late) applies and a shed names it
+    asked: str | None = None
+
+    @property
+    def rule_model(self) -> str:
+        return self.asked or self.model
 
 
 @dataclass(frozen=True)
