@@ -359,8 +359,9 @@ def _router(
         supervisor.add_observer(residency.observe)  # a server that went away lost its adapters
         router = AdapterRouter(router, residency, cfg.models)
     if cfg.pools:
-        if not isinstance(supervisor, Supervisor):
-            raise ConfigError(["pools: shape pools are not supported with --ray yet"])
+        if not isinstance(supervisor, Supervisor) and any(p.stage_bytes for p in cfg.pools):
+            # the stager reads checkpoints into this host's page cache; the servers read theirs
+            raise ConfigError(["pools: stage_gb is not supported with --ray yet (set it to 0)"])
         server_of = {i.model.name: i.id for i in cfg.instances}
         pool_of = {s: p.name for p in cfg.pools for s in p.slots}
         holdings = Holdings(

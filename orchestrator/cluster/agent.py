@@ -149,6 +149,11 @@ class NodeAgent:
     async def kill(self, spec: InstanceSpec, reason: str) -> None:
         self.supervisor.kill(spec, reason)
 
+    async def retargeted(self, spec: InstanceSpec, probe_output: str) -> None:
+        """A pooled server of this node now holds other weights: its later wakes are checked
+        against the new model's probe output (orchestrator/pools/retarget.py)."""
+        self.supervisor.retargeted(spec.id, probe_output)
+
     async def stop_all(self) -> None:
         await self.supervisor.stop_all()
 

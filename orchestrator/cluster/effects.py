@@ -402,6 +402,13 @@ class RayEffects:
     def kill(self, spec: InstanceSpec, reason: str) -> None:
         self._call(spec, "kill", reason)
 
+    def retargeted(self, instance_id: str, probe_output: str) -> None:
+        """A pooled server now holds other weights (orchestrator/pools/): its node's supervisor
+        checks its later wakes against this probe output."""
+        spec = self._specs.get(instance_id)
+        if spec is not None:
+            self._call(spec, "retargeted", probe_output)
+
     def observe(self, kind: str, model: str, value: float, label: str = "") -> None:
         if self._measure is not None:
             self._measure(kind, model, value, label)
