@@ -6,8 +6,10 @@ loop over the channel, orchestrator/dataplane/). With N proxies that work stays 
 control-plane process, so it bounds the data plane (docs/multi-node.md). This measures it in one
 process, with no engine: a control loop over a deployment of one awake model (no-op effects),
 ``--requests`` acquire+release pairs from C concurrent requesters, directly (the primary
-proxy's path) and through a real channel on a Unix socket (a worker's path, both ends in this
-process). CPU seconds of the process per request, by ``time.process_time``.
+proxy's path), through a real channel on a Unix socket (a worker's path, both ends in this
+process), and through the channel with the worker's end in a child process (``control side``:
+what the control-plane process pays per request a worker serves, the number that bounds N
+proxies). CPU seconds of the (control-plane) process per request, by ``time.process_time``.
 
     python -m bench.live.control_cost --out runs/control-cost
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -108,6 +111,52 @@ async def _requests(router: Router, counted: Counted, total: int, concurrency: i
     return (time.process_time() - t) / (per * concurrency)
 
 
+async def _worker_side(sock: Path, counted: Counted, total: int, concurrency: int) -> float:
+    """CPU seconds of this (the control-plane) process per acquire+release of ``total``
+    requests that ``concurrency`` requesters in a child process send over the channel."""
+    per = max(1, total // concurrency)
+    expected = counted.released + per * concurrency
+    t = time.process_time()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.live.control_cost",
+        "--worker-of",
+        str(sock),
+        "--requests",
+        str(per * concurrency),
+        "--levels",
+        str(concurrency),
+    )
+    if await child.wait() != 0:
+        raise RuntimeError(f"the worker process failed (exit code {child.returncode})")
+    for _ in range(10_000):
+        if counted.released >= expected:
+            break
+        await asyncio.sleep(0)
+    else:
+        raise RuntimeError(f"{expected - counted.released} releases never reached the loop")
+    return (time.process_time() - t) / (per * concurrency)
+
+
+async def _worker(sock: Path, total: int, concurrency: int) -> None:
+    """The child of ``_worker_side``: a worker's RemoteRouter and its requesters."""
+    remote = RemoteRouter(CONFIG)
+    await remote.connect(sock)
+    spec = remote.resolve("m")
+    assert spec is not None
+
+    async def requester() -> None:
+        for _ in range(max(1, total // concurrency)):
+            remote.release(await remote.acquire(spec, 10.0))
+
+    try:
+        await asyncio.gather(*(requester() for _ in range(concurrency)))
+        await asyncio.sleep(0.05)  # the last release frames leave before the socket closes
+    finally:
+        await remote.aclose()
+
+
 async def measure(total: int, levels: list[int]) -> list[dict[str, Any]]:
     loop = ControlLoop(derive(CONFIG), NoEffects(), clock=time.monotonic)
     task = asyncio.create_task(loop.run())
@@ -124,7 +173,15 @@ async def measure(total: int, levels: list[int]) -> list[dict[str, Any]]:
             for c in levels:
                 direct = await _requests(counted, counted, total, c)
                 channelled = await _requests(remote, counted, total, c)
-                rows.append({"concurrency": c, "direct_us": direct * 1e6, "channel_us": channelled * 1e6})
+                control = await _worker_side(sock, counted, total, c)
+                rows.append(
+                    {
+                        "concurrency": c,
+                        "direct_us": direct * 1e6,
+                        "channel_us": channelled * 1e6,
+                        "control_side_us": control * 1e6,
+                    }
+                )
         finally:
             await remote.aclose()
             await channel.close()
@@ -137,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=3000, help="acquire+release pairs per level (default %(default)s)")
     p.add_argument("--levels", default="1,16,64", help="concurrent requesters, comma-separated (default %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="folder for results.json")
+    p.add_argument("--worker-of", type=Path, default=None, help=argparse.SUPPRESS)  # the child's side
     args = p.parse_args(argv)
     try:
         levels = [int(x) for x in args.levels.split(",")]
@@ -144,11 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--levels: integers separated by commas, not {args.levels!r}")
     if args.requests < 1 or any(c < 1 for c in levels):
         p.error("--requests and --levels must be positive")
+    if args.worker_of is not None:
+        asyncio.run(_worker(args.worker_of, args.requests, levels[0]))
+        return 0
     rows = asyncio.run(measure(args.requests, levels))
     for r in rows:
         print(
             f"concurrency {r['concurrency']:>4}: {r['direct_us']:6.1f} us of CPU per request directly, "
-            f"{r['channel_us']:6.1f} us through the channel (both ends)"
+            f"{r['channel_us']:6.1f} us through the channel (both ends), "
+            f"{r['control_side_us']:6.1f} us on the control side (the worker in another process)"
         )
     if args.out is not None:
         write_json(args.out / "results.json", {"requests": args.requests, "rows": rows})

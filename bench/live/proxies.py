@@ -5,7 +5,9 @@ SIMULATED engines: chimera runs one tiny model with ``--engines`` instances on t
 processes' CPU (and the client's, and the engines' event loops). Closed-loop load from
 ``--clients`` client processes (httpx, keep-alive connections, which SO_REUSEPORT spreads over
 the proxies), non-streamed /v1/completions of 4 tokens, at each concurrency in ``--levels`` for
-``--seconds``. Per run: requests/s, end-to-end p50/p99 and the CPU of every chimera process.
+``--seconds``. Per run: requests/s, end-to-end p50/p99 and CPU cores by role (the control-plane
+process, which also proxies; the workers; the engines; the clients), each as a total and its
+busiest process (a process near 1.0 core is the bottleneck: Python proxies on one core).
 "Equal added latency": for each proxy count, the highest rate whose p50 stays within
 ``--latency-ms``; the ratio of those is the scale-out.
 
@@ -48,9 +50,9 @@ def placements(engines: int) -> dict[str, Any]:
     }
 
 
-def _client(base: str, streams: int, seconds: float) -> list[float]:
+def _client(base: str, streams: int, seconds: float) -> tuple[list[float], float]:
     """One client process: ``streams`` closed-loop requesters for ``seconds``; the latencies of
-    the requests that succeeded (a failure is counted as -1)."""
+    the requests that succeeded (a failure is counted as -1), and the CPU seconds it used."""
 
     async def run() -> list[float]:
         out: list[float] = []
@@ -70,27 +72,53 @@ def _client(base: str, streams: int, seconds: float) -> list[float]:
             await asyncio.gather(*(one() for _ in range(streams)))
         return out
 
-    return asyncio.run(run())
+    t = time.process_time()
+    latencies = asyncio.run(run())
+    return latencies, time.process_time() - t
 
 
-def _cpu(pids: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in pids:
+def _cpu(procs: list[psutil.Process]) -> dict[int, float]:
+    """CPU seconds (user + system) so far of each process still alive."""
+    out = {}
+    for p in procs:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
+            out[p.pid] = t.user + t.system
         except psutil.NoSuchProcess:
             pass
-    return total
+    return out
+
+
+def role(p: psutil.Process, control_pid: int) -> str:
+    if p.pid == control_pid:
+        return "control"
+    try:
+        return "workers" if "orchestrator.dataplane.worker" in " ".join(p.cmdline()) else "engines"
+    except psutil.Error:
+        return "engines"
+
+
+def cores_by_role(
+    before: dict[int, float], after: dict[int, float], roles: dict[int, str], wall: float
+) -> dict[str, float]:
+    """``<role>_cpu_cores`` (all its processes) and ``<role>_busiest_cores`` (its busiest)."""
+    out: dict[str, float] = {}
+    for r in ("control", "workers", "engines"):
+        used = [(after[pid] - before.get(pid, 0.0)) / wall for pid, rr in roles.items() if rr == r and pid in after]
+        out[f"{r}_cpu_cores"] = sum(used)
+        out[f"{r}_busiest_cores"] = max(used, default=0.0)
+    return out
 
 
 def level(base: str, clients: int, streams: int, seconds: float, procs: list[psutil.Process]) -> dict[str, Any]:
     per = max(1, streams // clients)
+    roles = {p.pid: role(p, procs[0].pid) for p in procs}
     cpu0, t0 = _cpu(procs), time.perf_counter()
     with ProcessPoolExecutor(clients) as pool:
-        parts = list(pool.map(_client, [base] * clients, [per] * clients, [seconds] * clients))
+        results = list(pool.map(_client, [base] * clients, [per] * clients, [seconds] * clients))
     wall = time.perf_counter() - t0
-    cpu = _cpu(procs) - cpu0
+    cpu1 = _cpu(procs)
+    parts = [r[0] for r in results]
     lat = sorted(x for part in parts for x in part if x >= 0)
     failed = sum(1 for part in parts for x in part if x < 0)
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
@@ -101,7 +129,10 @@ def level(base: str, clients: int, streams: int, seconds: float, procs: list[psu
         "rps": len(lat) / seconds,
         "p50_ms": 1e3 * q[49],
         "p99_ms": 1e3 * q[98],
-        "chimera_cpu_cores": cpu / wall,
+        "chimera_cpu_cores": sum(cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1) / wall,  # every process below
+        **cores_by_role(cpu0, cpu1, roles, wall),
+        "clients_cpu_cores": sum(r[1] for r in results) / wall,
+        "clients_busiest_cores": max(r[1] for r in results) / seconds,
     }
 
 
@@ -127,7 +158,10 @@ def run(n: int, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             r = {"proxies": n, **level(ch.base, args.clients, c, args.seconds, procs)}
             print(
                 f"proxies={n} streams={r['streams']:4d}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-                f"p99 {r['p99_ms']:6.1f} ms  failed {r['failed']}  chimera CPU {r['chimera_cpu_cores']:.1f} cores",
+                f"p99 {r['p99_ms']:6.1f} ms  failed {r['failed']}  CPU cores: control {r['control_cpu_cores']:.2f}, "
+                f"workers {r['workers_cpu_cores']:.2f} (busiest {r['workers_busiest_cores']:.2f}), "
+                f"engines {r['engines_cpu_cores']:.2f} (busiest {r['engines_busiest_cores']:.2f}), "
+                f"clients {r['clients_cpu_cores']:.2f} (busiest {r['clients_busiest_cores']:.2f})",
                 flush=True,
             )
             out.append(r)

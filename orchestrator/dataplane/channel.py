@@ -1,7 +1,7 @@
 """The control plane's private channel to the secondary proxy processes: a Unix socket in the
 run folder (mode 0700, so only chimera's user reaches it; never a TCP port), one connection per
-worker, carrying length-prefixed pickled frames ``(op, id, arg)`` (same code and same user on
-both ends). An HTTP call per acquire cost a worker more CPU than the proxying it saves; a frame
+worker, carrying frames ``(op, id, arg)`` (frames.py: pickled, length-prefixed, read and written
+in batches). An HTTP call per acquire cost a worker more CPU than the proxying it saves; a frame
 is a few microseconds. It exposes the control loop's Router, nothing else:
 
 - ``acquire (model, timeout_s)`` -> ``ok Endpoint`` | ``err (message, retry_after_s)``:
@@ -21,30 +21,17 @@ import asyncio
 import contextlib
 import logging
 import os
-import pickle
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from orchestrator.control.router import Router
+from orchestrator.dataplane.frames import Frame, FrameWriter, read_frames
 from orchestrator.errors import EngineUnavailable
 from orchestrator.types import Endpoint
 
 log = logging.getLogger("chimera.dataplane")
 SOCKET_NAME = "control.sock"
-Frame = tuple[str, int, Any]
-
-
-def write_frame(w: asyncio.StreamWriter, frame: Frame) -> None:
-    data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
-    w.write(len(data).to_bytes(4, "big") + data)
-
-
-async def read_frame(r: asyncio.StreamReader) -> Frame:
-    n = int.from_bytes(await r.readexactly(4), "big")
-    frame: Frame = pickle.loads(await r.readexactly(n))
-    return frame
 
 
 def _forget(pending: dict[int, asyncio.Task[None]], rid: int) -> Callable[[asyncio.Task[None]], None]:
@@ -82,24 +69,28 @@ class Channel:
             writer.close()
             return
         self._writers.add(writer)
+        out = FrameWriter(writer)
+
+        def on_frame(frame: Frame) -> None:
+            op, rid, arg = frame
+            if op == "acquire":
+                task = asyncio.create_task(self._acquire(rid, arg, out, held))
+                pending[rid] = task
+                task.add_done_callback(_forget(pending, rid))
+            elif op == "cancel":
+                if (t := pending.pop(rid, None)) is not None:
+                    t.cancel()
+            elif op == "release":
+                for iid in arg:
+                    held[iid] -= 1
+                    self.router.release(Endpoint(iid, "", ""))
+            elif op == "suspect":
+                self.router.suspect(*arg)
+            elif op == "views":
+                out.send(("views", rid, (self.router.models(), self.router.instances())))
+
         try:
-            while True:
-                op, rid, arg = await read_frame(reader)
-                if op == "acquire":
-                    task = asyncio.create_task(self._acquire(rid, arg, writer, held))
-                    pending[rid] = task
-                    task.add_done_callback(_forget(pending, rid))
-                elif op == "cancel":
-                    if (t := pending.pop(rid, None)) is not None:
-                        t.cancel()
-                elif op == "release":
-                    for iid in arg:
-                        held[iid] -= 1
-                        self.router.release(Endpoint(iid, "", ""))
-                elif op == "suspect":
-                    self.router.suspect(*arg)
-                elif op == "views":
-                    write_frame(writer, ("views", rid, (self.router.models(), self.router.instances())))
+            await read_frames(reader, on_frame)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the worker is gone
         finally:
@@ -112,20 +103,18 @@ class Channel:
             if sum(n for n in held.values() if n > 0):
                 log.warning("a proxy worker left with requests in flight; released %s", +held)
             self._writers.discard(writer)
-            writer.close()
+            out.close()
 
-    async def _acquire(
-        self, rid: int, arg: tuple[str, float], writer: asyncio.StreamWriter, held: Counter[str]
-    ) -> None:
+    async def _acquire(self, rid: int, arg: tuple[str, float], out: FrameWriter, held: Counter[str]) -> None:
         name, timeout_s = arg
         spec = self.router.resolve(name)
         if spec is None:
-            write_frame(writer, ("err", rid, (f"unknown model {name!r}", None)))
+            out.send(("err", rid, (f"unknown model {name!r}", None)))
             return
         try:
             ep = await self.router.acquire(spec, timeout_s)
         except EngineUnavailable as exc:
-            write_frame(writer, ("err", rid, (str(exc), exc.retry_after_s)))
+            out.send(("err", rid, (str(exc), exc.retry_after_s)))
             return
         held[ep.instance_id] += 1
-        write_frame(writer, ("ok", rid, ep))
+        out.send(("ok", rid, ep))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config, ModelSpec
-from orchestrator.dataplane.channel import Frame, read_frame, write_frame
+from orchestrator.dataplane.frames import Frame, FrameWriter, read_frames
 from orchestrator.errors import EngineUnavailable
 from orchestrator.types import Endpoint, InstanceView, ModelView
 
@@ -34,12 +34,13 @@ class RemoteRouter:
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._models: list[ModelView] = []
         self._instances: list[InstanceView] = []
-        self._writer: asyncio.StreamWriter | None = None
+        self._writer: FrameWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._lost = False
 
     async def connect(self, path: Path) -> None:
-        reader, self._writer = await asyncio.open_unix_connection(str(path))
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        self._writer = FrameWriter(writer)
         self._tasks = [asyncio.create_task(self._read(reader)), asyncio.create_task(self._refresh_views())]
 
     async def aclose(self) -> None:
@@ -91,7 +92,7 @@ class RemoteRouter:
 
     def _send(self, frame: Frame) -> None:
         if self._writer is not None and not self._lost:
-            write_frame(self._writer, frame)
+            self._writer.send(frame)
 
     def _call(self, op: str, rid: int, arg: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -99,20 +100,22 @@ class RemoteRouter:
             fut.set_exception(EngineUnavailable("the control plane is gone", retry_after_s=1.0))
             return fut
         self._waiting[rid] = fut
-        write_frame(self._writer, (op, rid, arg))
+        self._writer.send((op, rid, arg))
         return fut
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        def on_frame(frame: Frame) -> None:
+            kind, rid, arg = frame
+            fut = self._waiting.pop(rid, None)
+            if fut is None:
+                if kind == "ok":  # answered after its cancel: give the endpoint back
+                    self.release(arg)
+            elif not fut.done():
+                fut.set_result((kind, arg))
+
         try:
-            while True:
-                kind, rid, arg = await read_frame(reader)
-                fut = self._waiting.pop(rid, None)
-                if fut is None:
-                    if kind == "ok":  # answered after its cancel: give the endpoint back
-                        self.release(arg)
-                    continue
-                if not fut.done():
-                    fut.set_result((kind, arg))
+            await read_frames(reader, on_frame)
+            log.error("the control plane's channel closed; this proxy stops")
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             log.error("the control plane's channel closed (%s); this proxy stops", type(exc).__name__)
         self._lost = True

@@ -155,8 +155,10 @@ def test_a_stock_engines_gpus_are_its_visible_devices_not_its_base_gpu_id() -> N
     import sys
 
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5"}
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
+    code = "import time; print('up', flush=True); time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE)
     try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"  # exec'd: its own environment
         assert adoption._visible_gpus(proc.pid) == (3, 5)
     finally:
         proc.kill()
