@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from bench.sim.kv import SimLedger
@@ -138,6 +138,8 @@ class Chimera:
 
     def on_start(self, sim: Simulator) -> None:
         self.sim = sim
+        # the sharing in force on the GPUs, as the live placement gets host.gpu_sharing resolved
+        self.params = replace(self.params, sharing=sim.sharing)
         self.rules = {m: ModelRule(on_late=self.opts.on_late) for m in sim.models}
         self.alone = {name: request_alone_s(m, self.tpr) for name, m in sim.models.items()}
         for m in sim.models:
@@ -173,6 +175,7 @@ class Chimera:
             replicas={m: 2 for m in standby},
             round_robin=not self.opts.global_placement,
             tpot_guard=self.opts.tpot_guard,
+            sharing=sim.sharing,
         )
         for model, gpus in lay.servers:
             sid = f"{model}@{'+'.join(map(str, gpus))}"
