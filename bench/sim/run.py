@@ -39,6 +39,7 @@ SYSTEMS = (
     "chimera-standby",
     "chimera-no-profile",
     "chimera-worst-case-tpot",
+    "chimera-policy-timeslice",
 )
 
 
@@ -96,6 +97,9 @@ def controller(
         "chimera-standby": lambda: Chimera(rps, tpr, ChimeraOptions(standby_fraction=0.25), system, history),
         "chimera-no-profile": lambda: Chimera(rps, tpr, ChimeraOptions(profile=False), system, history),
         "chimera-worst-case-tpot": lambda: Chimera(rps, tpr, ChimeraOptions(activity=False), system, history),
+        "chimera-policy-timeslice": lambda: Chimera(
+            rps, tpr, ChimeraOptions(policy_sharing="timeslice"), system, history
+        ),
     }
     if system not in makers:
         raise ValueError(f"unknown system {system!r} (known: {', '.join(SYSTEMS)})")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bench.sim.baselines import StaticPartition
-from bench.sim.chimera import Chimera
+from bench.sim.chimera import Chimera, ChimeraOptions
 from bench.sim.experiments import run_one, spec
 from bench.sim.fleet import H100_BYTES, make_model
 from bench.sim.servers import GpuExec, SimModel, SimReq, SimServer
@@ -179,6 +179,12 @@ def test_chimera_places_and_lays_out_by_the_sharing_in_force(monkeypatch: pytest
         assert ctl.params.sharing == sharing
         assert ctl._view(ctl._demands()).params.sharing == sharing  # what place.decide gets
         assert seen[-1] == sharing
+    # the variant chimera-policy-timeslice: told time-slicing while the GPUs run MPS
+    ctl = Chimera({"a": 1.0, "b": 1.0}, 400.0, ChimeraOptions(policy_sharing="timeslice"))
+    sim = Simulator(dict(models), 1, H100_BYTES, ctl, sharing="mps")
+    ctl.on_start(sim)
+    assert ctl.params.sharing == seen[-1] == "timeslice"
+    assert sim.gpus[0].sharing == "mps"
 
 
 def test_mps_is_refused_for_a_calibration_fitted_with_its_own_colocation() -> None:
