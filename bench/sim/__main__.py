@@ -2,6 +2,7 @@
 
     python -m bench.sim run --system chimera --mix mix58 --gpus 16 --rate 10 --duration 3600
     python -m bench.sim run --mix mix58 --gpus 18 --rate 10 --duration 3600 --pools --search 12
+    python -m bench.sim run --system chimera --mix mix58 --gpus 15 --rate 10 --duration 3600 --gpu-sharing mps
     python -m bench.sim experiments [--only rate,gpus,large,ablations,timing]
     python -m bench.sim microbench          # one global decision, 1,000 x 256 GPUs; 10,000 x 4,096 (512 nodes)
     python -m bench.sim scale --models 1000 --gpus 512 --hours 1 [--system chimera] [--search LO]
@@ -55,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         help="shapes whose switch takes longer are not pooled (default: %(default)s)",
     )
     r.add_argument("--search", type=int, metavar="LO", help="bisect the fewest GPUs in [LO, --gpus] at 99%% joint")
+    r.add_argument(
+        "--gpu-sharing",
+        choices=("timeslice", "mps"),
+        default="timeslice",
+        help="how colocated servers' decode steps share a GPU: time-slicing, or the CUDA MPS daemon "
+        "(perf/sharing.py mps_round_s, fitted on an H200); chimera places by it (default: %(default)s)",
+    )
     e = sub.add_parser("experiments", help="the experiments of docs/bench-sim.md (JSON + PNG)")
     e.add_argument("--only", default="rate,gpus,large,large_low,ablations,real,timing")
     e.add_argument("--out", type=Path, default=Path("docs/img"), help="PNG folder (default: %(default)s)")
@@ -101,7 +109,10 @@ def _run(a: argparse.Namespace) -> int:
         raise SystemExit("--pools is chimera's (--system chimera)")
 
     def one(gpus: int) -> RunResult:
-        res = run_pooled(a.mix, gpus, sp, popts) if a.pools else ex.run_one(a.system, a.mix, gpus, sp)
+        if a.pools:
+            res = run_pooled(a.mix, gpus, sp, popts, sharing=a.gpu_sharing)
+        else:
+            res = ex.run_one(a.system, a.mix, gpus, sp, a.gpu_sharing)
         print(json.dumps({k: v for k, v in res.to_json().items() if k != "per_model"}, indent=1), flush=True)
         return res
 
@@ -109,9 +120,11 @@ def _run(a: argparse.Namespace) -> int:
         one(a.gpus)
     else:
         got = fewest_gpus(lambda g: one(g).joint, a.search, a.gpus, ex.TARGET)
-        name = f"{a.system}{' with pools' if a.pools else ''}"
+        name = f"{a.system}{' with pools' if a.pools else ''}{' under MPS' if a.gpu_sharing == 'mps' else ''}"
         grid = ", ".join(f"{g}: {j:.2%}" for g, j in got["grid"])
         print(f"SIMULATED {name}: fewest GPUs at 99% joint attainment: {got['fewest_gpus']} ({grid})")
+    if a.gpu_sharing == "mps":
+        print("GPU sharing: MPS (decode rounds overlapped by perf/sharing.py mps_round_s; SIMULATED)")
     print(STAMP)
     return 0
 

@@ -20,14 +20,16 @@ Ablations: ``global_placement=False`` (round-robin layout, no KVPR, no migration
 the share it was given when it woke, never resized while awake, and counts whole in the
 ledger and in the policy's snapshot),
 ``profile=False`` (no history: expected awake shares from average rates), ``activity=False``
-(the TPOT guard and the layout count every awake model as always decoding).
+(the TPOT guard and the layout count every awake model as always decoding),
+``policy_sharing="timeslice"`` (placement and layout charge neighbours' steps whole whatever the
+GPUs' sharing: under simulated MPS, a guard more conservative than the live one).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from bench.sim.kv import SimLedger
@@ -50,7 +52,7 @@ from orchestrator.policy.placement.cluster import (
 )
 from orchestrator.policy.placement.cluster import S as St
 from orchestrator.policy.rates import RateWindow
-from orchestrator.types import InstanceState, OnLate
+from orchestrator.types import GpuSharing, InstanceState, OnLate
 
 MAX_RUNNING = 1024
 PROFILE_STEP_S = 10.0  # resolution of the profiles the layout packs by (a fraction of the 45 s idle threshold)
@@ -102,6 +104,9 @@ class ChimeraOptions:
     park_when: Literal["needed", "always"] = "needed"  # "always": park idle models proactively
     profile: bool = True  # lay out by the profiles of the history trace (when one is given)
     activity: bool = True  # False: TPOT guard and layout count every awake model as always decoding
+    # the GPU sharing placement and layout are told; None: the one in force (Simulator.sharing),
+    # as live. "timeslice" under simulated MPS: a policy that charges every neighbour's step whole
+    policy_sharing: GpuSharing | None = None
 
 
 class Chimera:
@@ -138,6 +143,9 @@ class Chimera:
 
     def on_start(self, sim: Simulator) -> None:
         self.sim = sim
+        # the sharing in force on the GPUs, as the live placement gets host.gpu_sharing resolved
+        sharing = sim.sharing if self.opts.policy_sharing is None else self.opts.policy_sharing
+        self.params = replace(self.params, sharing=sharing)
         self.rules = {m: ModelRule(on_late=self.opts.on_late) for m in sim.models}
         self.alone = {name: request_alone_s(m, self.tpr) for name, m in sim.models.items()}
         for m in sim.models:
@@ -173,6 +181,7 @@ class Chimera:
             replicas={m: 2 for m in standby},
             round_robin=not self.opts.global_placement,
             tpot_guard=self.opts.tpot_guard,
+            sharing=sharing,
         )
         for model, gpus in lay.servers:
             sid = f"{model}@{'+'.join(map(str, gpus))}"

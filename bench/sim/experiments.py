@@ -18,6 +18,7 @@ from bench.sim.fleet import fleet
 from bench.sim.metrics import RunResult
 from bench.sim.run import history, simulate, with_slos
 from bench.traces.synthetic import SyntheticSpec, generate
+from orchestrator.types import GpuSharing
 
 SLO_SCALE = 10.0  # Prism's benchmark scripts use --ttft-slo-scale 10 --tpot-slo-scale 10
 TARGET = 0.99
@@ -50,10 +51,12 @@ def spec(rate: float, duration_s: float, cycle_s: float, seed: int = 1) -> Synth
     )
 
 
-def run_one(system: str, mix: str, gpus: int, sp: SyntheticSpec) -> RunResult:
+def run_one(system: str, mix: str, gpus: int, sp: SyntheticSpec, sharing: GpuSharing = "timeslice") -> RunResult:
+    """One run of the experiments' workload; the SLOs are the dedicated ones whatever ``sharing``
+    (a model alone on its GPU shares nothing)."""
     models = with_slos(fleet(mix), SLO_SCALE, sp.input_range, sp.output_range)
     trace = generate(sp, [m.name for m in models])
-    return simulate(system, models, gpus, trace, sp.duration_s, history(sp, models))
+    return simulate(system, models, gpus, trace, sp.duration_s, history(sp, models), sharing)
 
 
 def _bisect_max(ok: Callable[[float], bool], lo: float, hi: float, steps: int) -> float | None:

@@ -38,6 +38,7 @@ from bench.traces.synthetic import SyntheticSpec, generate
 from orchestrator.policy.lora import Popularity
 from orchestrator.policy.placement.cluster import S
 from orchestrator.policy.pools import Costs, Slot, decide
+from orchestrator.types import GpuSharing
 
 RETRY_S = 0.25  # a request that waits for a free pool server is placed again this often
 
@@ -264,6 +265,7 @@ def simulate_pooled(
     history: Sequence[BenchRequest] = (),
     popts: PoolOptions = PoolOptions(),
     copts: ChimeraOptions | None = None,
+    sharing: GpuSharing = "timeslice",
 ) -> tuple[RunResult, PooledChimera]:
     """chimera with shape pools on ``models``: the run's result (per pooled model by its own
     name; counters ``retargets`` and ``wrong_weights`` added) and the controller."""
@@ -285,7 +287,7 @@ def simulate_pooled(
     tpr = sum(r.prompt_tokens + r.output_tokens for r in trace) / max(len(trace), 1)
     hist = [replace(r, model=to_hidden.get(r.model, r.model)) for r in history]
     ctl = PooledChimera(plan, by_name, hidden_rps, tpr, copts, history=hist)
-    sim = Simulator(sim_models, n_gpus, H100_BYTES, ctl)
+    sim = Simulator(sim_models, n_gpus, H100_BYTES, ctl, sharing=sharing)
     wall = sim.run(trace)
     ctl.restore_names(sim.reqs)
     res = summarize(ctl.name, n_gpus, sim.reqs, by_name, duration_s, wall, sim.counters)
@@ -297,12 +299,17 @@ def simulate_pooled(
 
 
 def run_pooled(
-    mix: str, gpus: int, sp: SyntheticSpec, popts: PoolOptions = PoolOptions(), slo_scale: float = 10.0
+    mix: str,
+    gpus: int,
+    sp: SyntheticSpec,
+    popts: PoolOptions = PoolOptions(),
+    slo_scale: float = 10.0,
+    sharing: GpuSharing = "timeslice",
 ) -> RunResult:
     """One mix with pools: the same models, SLOs, trace and history as ``experiments.run_one``."""
     models = with_slos(fleet(mix), slo_scale, sp.input_range, sp.output_range)
     trace = generate(sp, [m.name for m in models])
-    return simulate_pooled(models, gpus, trace, sp.duration_s, history(sp, models), popts)[0]
+    return simulate_pooled(models, gpus, trace, sp.duration_s, history(sp, models), popts, sharing=sharing)[0]
 
 
 def fewest_gpus(attainment: Callable[[int], float], lo: int, hi: int, target: float = 0.99) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from bench.sim.servers import SimModel
 from bench.sim.simulator import Controller, Simulator
 from bench.traces.request import BenchRequest
 from bench.traces.synthetic import SyntheticSpec, generate
+from orchestrator.types import GpuSharing
 
 HISTORY_SEED = 1000  # "yesterday": same generator and phases, other draws (chimera's layout input)
 REF_RATE = 2.0
@@ -38,6 +39,7 @@ SYSTEMS = (
     "chimera-standby",
     "chimera-no-profile",
     "chimera-worst-case-tpot",
+    "chimera-policy-timeslice",
 )
 
 
@@ -95,6 +97,9 @@ def controller(
         "chimera-standby": lambda: Chimera(rps, tpr, ChimeraOptions(standby_fraction=0.25), system, history),
         "chimera-no-profile": lambda: Chimera(rps, tpr, ChimeraOptions(profile=False), system, history),
         "chimera-worst-case-tpot": lambda: Chimera(rps, tpr, ChimeraOptions(activity=False), system, history),
+        "chimera-policy-timeslice": lambda: Chimera(
+            rps, tpr, ChimeraOptions(policy_sharing="timeslice"), system, history
+        ),
     }
     if system not in makers:
         raise ValueError(f"unknown system {system!r} (known: {', '.join(SYSTEMS)})")
@@ -108,8 +113,11 @@ def simulate(
     trace: Sequence[BenchRequest],
     duration_s: float,
     history: Sequence[BenchRequest] = (),
+    sharing: GpuSharing = "timeslice",
 ) -> RunResult:
-    sim = Simulator({m.name: m for m in models}, n_gpus, H100_BYTES, controller(system, trace, duration_s, history))
+    """One run; ``sharing``: how colocated servers' decode steps share a GPU (servers.py)."""
+    ctl = controller(system, trace, duration_s, history)
+    sim = Simulator({m.name: m for m in models}, n_gpus, H100_BYTES, ctl, sharing=sharing)
     wall = sim.run(trace)
     return summarize(system, n_gpus, sim.reqs, sim.models, duration_s, wall, sim.counters)
 

@@ -15,6 +15,13 @@ Approximation (documented in docs/bench-sim.md):
   joined by a TP server share one executor: a round there lasts the TP servers' steps plus the
   longest sum of the single-GPU servers' steps on one of its GPUs (each GPU time-slices its own
   processes; the TP step holds all of them). Prefills on a shared executor run back to back.
+- ``sharing="mps"`` (the CUDA MPS daemon; default "timeslice", as above): a round lasts the
+  servers' steps overlapped as perf/sharing.py ``mps_round_s`` says (fitted to the pairs measured
+  on an H200: bench/results/gpu-mps-h200/); with a TP server, each GPU of the group overlaps the
+  TP steps with its own servers' steps and the round lasts the longest GPU's [assumed: the pairs
+  measured were one GPU each]. Prefills are not overlapped (run back to back as above: compute-
+  bound, nothing measured). Time-slicing calibrations only (an "overlap" one was fitted
+  time-sliced: the simulator refuses the pair).
 - Under an "overlap" calibration (orchestrator/perf/calibration.py, the H200's) there are no
   shared rounds: each server steps at its own rate, its step lengthened by the measured cost of
   each other server decoding on its GPU, and an arrival interrupts at once (the step in
@@ -46,7 +53,8 @@ from bench.sim.sglang_kv import Seq
 from orchestrator.perf.calibration import EAGER_DECODE_FACTOR
 from orchestrator.perf.cost import ServerCost
 from orchestrator.perf.model import LatencyModel
-from orchestrator.types import InstanceState
+from orchestrator.perf.sharing import mps_round_s
+from orchestrator.types import GpuSharing, InstanceState
 
 S = InstanceState
 
@@ -275,8 +283,9 @@ class GpuExec:
     """The scheduler rounds of one GPU, or of GPUs joined by a TP server. ``settle`` applies
     progress, ``plan`` starts the next epoch."""
 
-    def __init__(self, gid: int) -> None:
+    def __init__(self, gid: int, sharing: GpuSharing = "timeslice") -> None:
         self.id = gid  # the lowest GPU it runs
+        self.sharing = sharing  # how its servers' decode steps share the GPU (module doc)
         self.servers: list[SimServer] = []  # servers whose GPUs are all in this executor
         self.version = 0
         self.pf_end = 0.0
@@ -338,18 +347,32 @@ class GpuExec:
         if self.overlap:
             return self._plan_overlap()
         self.k = int(min(s.steps_to_event() for s in self.active))
-        tp = 0.0
-        lanes: dict[int, float] = {}  # single-GPU servers' steps, per GPU
-        for s in self.active:
-            step = s.model.decode_s(len(s.running), s.ctx_sum() + len(s.running) * (self.k - 1) / 2)
-            if len(s.gpus) > 1:
-                tp += step
-            else:
-                lanes[s.gpus[0]] = lanes.get(s.gpus[0], 0.0) + step
-        self.round_s = tp + max(lanes.values(), default=0.0)
+        if self.sharing == "mps":
+            self.round_s = self._mps_round_s()
+        else:
+            tp = 0.0
+            lanes: dict[int, float] = {}  # single-GPU servers' steps, per GPU
+            for s in self.active:
+                step = s.model.decode_s(len(s.running), s.ctx_sum() + len(s.running) * (self.k - 1) / 2)
+                if len(s.gpus) > 1:
+                    tp += step
+                else:
+                    lanes[s.gpus[0]] = lanes.get(s.gpus[0], 0.0) + step
+            self.round_s = tp + max(lanes.values(), default=0.0)
         self.planned = True
         self.version += 1
         return self.pf_end + self.k * self.round_s
+
+    def _mps_round_s(self) -> float:
+        """A round under MPS: on each GPU, the TP servers' steps and that GPU's own servers'
+        steps overlapped (perf/sharing.py); the round lasts the longest GPU's."""
+        tp: list[tuple[float, float]] = []
+        lanes: dict[int, list[tuple[float, float]]] = {}  # single-GPU servers' (step, fixed), per GPU
+        for s in self.active:
+            step = s.model.decode_s(len(s.running), s.ctx_sum() + len(s.running) * (self.k - 1) / 2)
+            lane = tp if len(s.gpus) > 1 else lanes.setdefault(s.gpus[0], [])
+            lane.append((step, s.model.lat.decode_fixed_s()))
+        return max((mps_round_s(tp + own) for own in lanes.values()), default=mps_round_s(tp))
 
     @property
     def overlap(self) -> bool:

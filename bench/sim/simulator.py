@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from bench.sim.servers import GpuExec, SimModel, SimReq, SimServer
 from bench.traces.request import BenchRequest
 from orchestrator.policy.placement.cluster import HOLDS_CONTEXT, RESIDENT, S
+from orchestrator.types import GpuSharing
 
 _GPU, _TIMER = 0, 1
 
@@ -56,9 +57,21 @@ class Simulator:
     _dirty: set[int] = field(default_factory=set)
     resolved: int = 0  # requests finished or shed
     debug: bool = False
+    # how colocated servers' decode steps share a GPU (servers.py; host.gpu_sharing resolved):
+    # controllers that place by it read it here (chimera's PlacementParams.sharing)
+    sharing: GpuSharing = "timeslice"
 
     def __post_init__(self) -> None:
-        self.gpus = [GpuExec(g) for g in range(self.n_gpus)]
+        if self.sharing == "mps":
+            cals = {m.lat.calibration for m in self.models.values()}
+            fitted = sorted(c.name for c in cals if c.colocation == "overlap")
+            if fitted:
+                raise ValueError(
+                    f"sharing 'mps': calibration {', '.join(fitted)} was fitted time-sliced with its own "
+                    "colocation model; the simulator models MPS over time-slicing calibrations only "
+                    "(use the H100's, or sharing 'timeslice')"
+                )
+        self.gpus = [GpuExec(g, self.sharing) for g in range(self.n_gpus)]
 
     # ---- what controllers call ----------------------------------------------------------
 

@@ -33,6 +33,17 @@ ALLREDUCE_LATENCY_S = 8e-6  # [assumed] small-message NCCL all-reduce latency ov
 # time-slicing gave 2.16 and 2.18. A decoding neighbour's step lengthens a server's decode step
 # by this share of its length under MPS (time-slicing: all of it; perf/sharing.py).
 MPS_DECODE_NEIGHBOUR = 0.63
+# [measured] the same runs (bench/results/gpu-mps-h200/mps.json, ``mps_over_timeslice``: the pair's
+# output tokens/s together under MPS over time-sliced), fitted for the discrete-event simulator's
+# round (perf/sharing.py ``mps_round_s``): MPS hides this share of the GPU work (a step beyond its
+# fixed cost, DECODE_STEP_OVERHEAD_S) of every decoding server's step but the one with the most.
+# Least squares in log over the six measured pairs, each server's step as the H100 model gives it at
+# the measured batch and context (64-token prompts, 128-token outputs: 128 tokens a request on
+# average): 1B steps 3.18-3.24 ms (1.2 ms of work), 8B 9.68-9.89 ms. Model vs measured, batch 4 /
+# 32: 8B+8B 1.22 / 1.23 vs 1.27 / 1.24; 1B+8B 1.04 / 1.05 vs 1.08 / 1.04; 1B+1B 1.09 / 1.10 vs
+# 1.12 / 0.94 (MPS lost there; no overlap can say so). It charges an 8B neighbour 0.635 of its
+# step, MPS_DECODE_NEIGHBOUR's 0.63; a 1B neighbour, mostly fixed cost, 0.83.
+MPS_DECODE_OVERLAP = 0.46
 
 # [measured] below = fitted by `python -m bench.calibration.calibrate` from bench/results/gpu-trace-h100/
 # (calibration.json): NVIDIA H100 80GB HBM3, driver 580.159.04, stock SGLang 0.5.17 (triton

@@ -185,6 +185,11 @@ class LatencyModel:
         step = cal.DECODE_STEP_OVERHEAD_S + max(self._weight_read(), compute) + kv_read + self._allreduce(batch)
         return self.speed * step
 
+    def decode_fixed_s(self) -> float:
+        """The part of a roofline decode step that is not GPU work: the scheduler iteration's
+        fixed cost (DECODE_STEP_OVERHEAD_S). MPS overlaps the rest (perf/sharing.py)."""
+        return self.speed * cal.DECODE_STEP_OVERHEAD_S
+
     def colocated_extra_s(self, others: int) -> float:
         """Seconds a decode step of this server gains per round with ``others`` other servers
         decoding on its GPU, under an "overlap" calibration (time-slicing is the simulator's

@@ -15,11 +15,20 @@ and tpot.py; the layout's decode interference: layout/interference.py; ``chimera
 Pairs of unequal size (1B next to 8B) were slowed down less than the sum of steps says in both
 modes (the small model's kernels fit beside the large one's); the model keeps the conservative
 sum, scaled.
+
+The discrete-event simulator (bench/sim/servers.py) charges a round of decode steps under MPS by
+``mps_round_s``: the sum of the steps, as time-sliced, less ``MPS_DECODE_OVERLAP`` of the GPU work
+of every step but the one with the most work. A step's fixed cost (scheduler iteration, launches:
+the latency model's ``decode_fixed_s``) is not hidden, so a small model, whose step is mostly that
+cost, gains little (measured: 1B+1B 0.94-1.12x MPS over time-slicing, 8B+8B 1.24-1.27x). For two
+8B servers it charges a neighbour 0.635 of its step, ``decode_weight("mps")``'s 0.63.
 """
 
 from __future__ import annotations
 
-from orchestrator.perf.calibration import MPS_DECODE_NEIGHBOUR
+from collections.abc import Sequence
+
+from orchestrator.perf.calibration import MPS_DECODE_NEIGHBOUR, MPS_DECODE_OVERLAP
 from orchestrator.types import GpuSharing, GpuSharingOption
 
 _DECODE: dict[GpuSharing, float] = {"timeslice": 1.0, "mps": MPS_DECODE_NEIGHBOUR}
@@ -29,6 +38,16 @@ def decode_weight(sharing: GpuSharing) -> float:
     """Share of a decoding neighbour's step that a server's decode step waits for: 1.0 exactly
     under time-slicing (the guard's arithmetic is then what it was before MPS existed)."""
     return _DECODE[sharing]
+
+
+def mps_round_s(steps: Sequence[tuple[float, float]]) -> float:
+    """Seconds for one decode step of each server decoding on one GPU at once under MPS, given
+    (step seconds, its fixed cost in seconds) per server: the fixed cost overlaps nothing. One
+    step alone: itself; time-sliced the round would be the steps' sum. Fitted to two servers
+    (calibration.py MPS_DECODE_OVERLAP); for more, every step but the one with the most work is
+    overlapped alike [assumed]. No step: 0."""
+    works = [max(0.0, step - fixed) for step, fixed in steps]
+    return sum(step for step, _ in steps) - MPS_DECODE_OVERLAP * (sum(works) - max(works, default=0.0))
 
 
 def resolve(option: GpuSharingOption, engine: str, control_found: bool) -> tuple[GpuSharing, str]:
