@@ -5,13 +5,25 @@ the map-ahead worker (below) only prepares and discards blocks; everything else 
 SGLang scheduler thread, from the allocator hooks:
 
 - ``available()`` before SGLang decides what fits (its ``available_size``): applies a new
-  limit, unmaps what is above it when blocks are fully free, and answers how many units SGLang
-  may still allocate under the limit (``limit.drain`` when the limit is below use).
+  limit, drains what is above it (below), and answers how many units SGLang may still
+  allocate under the limit (``limit.drain`` when the limit is below use).
 - ``ensure(units)`` before each allocation: makes blocks available until that many units are
-  free: first blocks the worker prepared (bookkeeping only), else it maps them itself.
-  Within the limit first; past it only when SGLang asks for more than ``available()`` said
-  (its last running request after retractions): an allocation never fails for the limit.
+  free: quarantined units first (below), then blocks the worker prepared (bookkeeping only),
+  else it maps them itself. Within the limit first; past it only when SGLang asks for more
+  than ``available()`` said (its last running request after retractions): an allocation never
+  fails for the limit.
 - ``attach(freelist)`` / ``on_clear()`` when the allocator starts or is cleared.
+
+Shrinks under load (quarantine.py): while more blocks are mapped than the limit allows, the
+excess blocks (the emptiest; never block 0) are *victims*: each sweep (``_reclaim``, a GPU sync,
+gated like before) holds their free units out of SGLang's free list, unmaps the victims whose
+units are all held, and re-chooses the victims (fewer if the limit rose: the fullest are given
+back). Between sweeps, units of victims that come free are put behind every other unit before
+each allocation (``put_last``, no sync), so SGLang allocates into a victim only when it asks
+past ``available()``. Accounting: used = mapped units − units in SGLang's list − held units,
+so held units are free, never used; ``available()`` never answers more than the list holds
+while there are victims (the victims are chosen so that it need not: the kept blocks hold the
+limit's and the drain's units).
 
 Map-ahead (``map_ahead_blocks`` > 0): mapping one block costs ~2.5 ms for Llama-3.1-8B (64
 pages of 2 MiB, H100), which ``ensure`` would pay inside a prefill. A daemon thread keeps up to
@@ -38,7 +50,8 @@ import time
 from cumem_shim.errors import DriverError, ShimError
 from cumem_shim.limit import Accepted, LimitBox, drain
 from cumem_shim.pages import KVLayout, Run
-from cumem_shim.stats import MapStats
+from cumem_shim.quarantine import choose
+from cumem_shim.stats import MapStats, ShrinkStats
 from cumem_shim.types import Driver, FreeList, Handle, Status
 
 log = logging.getLogger("cumem_shim")
@@ -79,9 +92,13 @@ class ElasticKV:
         self._target = layout.units_for_blocks(layout.blocks_for_limit(limit_bytes))
         self._effective = self._target
         self._floor: int | None = None
-        self._free_mark = 0  # free units at the last reclaim attempt
         self._reclaim_due = False
         self._waited = 0  # maintain() calls over the limit since the last reclaim attempt
+        self._victims: frozenset[int] = frozenset()  # quarantined blocks (quarantine.py)
+        self._last_used = 0  # used units at the last look (_observe)
+        self._freed = 0  # units seen freed since the last reclaim attempt
+        self._unsorted = False  # units were freed since victims' units were last put last
+        self.shrink = ShrinkStats()  # quarantined, held back, unmapped
         self.over_limit_maps = 0  # blocks mapped past the limit to keep SGLang from failing
         self.maps = self.unmaps = 0  # blocks made available to SGLang / unmapped so far
         # -- map-ahead: shared with the worker, under _cond --------------------------------
@@ -122,13 +139,16 @@ class ElasticKV:
         """The allocator was (re)initialized: every unit of every mapped block is free."""
         assert self.freelist is not None
         self.freelist.reset(sorted(self.mapped))
+        self._victims, self._last_used = frozenset(), 0
+        self._count_held()
         self._reclaim_due = True
         self.maintain()
 
     def used_units(self) -> int:
+        """Units SGLang holds (requests and its prefix cache): held units are free."""
         if self.freelist is None:
             return 0
-        return self._mapped_units - self.freelist.free_units()
+        return self._mapped_units - self.freelist.free_units() - self.freelist.held_units()
 
     def excess_units(self) -> int:
         """Units in use above the limit while a shrink drains: when SGLang evicts from its
@@ -138,8 +158,11 @@ class ElasticKV:
     def available(self) -> int:
         """Units SGLang may allocate now without passing the limit."""
         self.maintain()
-        used = self.used_units()
-        return max(0, min(self._effective, self.layout.capacity_units) - used)
+        assert self.freelist is not None
+        avail = min(self._effective, self.layout.capacity_units) - self.used_units()
+        if self._victims:  # no unmapped room under the limit: only what the list holds
+            avail = min(avail, self.freelist.free_units())
+        return max(0, avail)
 
     def ensure(self, units: int) -> None:
         """Make blocks available until at least ``units`` units are free (see the module
@@ -150,7 +173,14 @@ class ElasticKV:
             self._check_worker()
             if not self._armed or self._blocked:  # unlocked reads: a hint, _wake locks
                 self._wake()
+        self._observe(self.used_units())
         short = units - self.freelist.free_units()
+        if short > 0 and self._victims:
+            self._give_back_victims(short)  # held units before new memory
+            short = units - self.freelist.free_units()
+        if self._victims and self._unsorted:
+            self.freelist.put_last(sorted(self._victims))  # nothing new lands in a victim
+            self._unsorted = False
         if short <= 0:
             return
         with self._cond:
@@ -214,23 +244,26 @@ class ElasticKV:
         if self.freelist is None:
             return
         used = self.used_units()
+        self._observe(used)
         self._effective, self._floor = drain(self._target, used, self._floor, self.slack_units)
-        over = len(self.mapped) > self._allowed_blocks()
-        if over:
-            # A reclaim costs a GPU sync (free_per_block): try when a limit just dropped,
-            # when a quarter block's worth of units came free, or when some did and the
-            # scheduler has asked RECLAIM_PATIENCE times since (an idle one asks about 1/s).
-            gained = self.freelist.free_units() - self._free_mark
+        if self._victims or len(self.mapped) > self._allowed_blocks():
+            # A reclaim costs a GPU sync (free_per_block): try when the limit just moved,
+            # when a block's worth of units came free (frees, not net: under load allocations
+            # refill as fast; a block, so a sync is paid at most once per block of requests'
+            # tokens), or when some did and the scheduler has asked RECLAIM_PATIENCE times
+            # since (an idle one asks about 1/s).
             self._waited += 1
             if (
                 self._reclaim_due
                 or used == 0
-                or gained >= max(1, self.layout.block_units // 4)
-                or (gained > 0 and self._waited >= RECLAIM_PATIENCE)
+                or self._freed >= self.layout.block_units
+                or (self._freed > 0 and self._waited >= RECLAIM_PATIENCE)
             ):
-                self._reclaim()
+                self._reclaim(used)
         self._reclaim_due = False
         self.publish()
+        if (line := self.shrink.log_line(time.perf_counter(), self.layout.page_size)) is not None:
+            log.info(line)
 
     def settle(self, timeout: float) -> bool:
         """Wait until the worker has nothing left to do (tests, benchmarks); False on timeout.
@@ -317,21 +350,70 @@ class ElasticKV:
                 self._cap, self._blocked = cap, False
                 self._cond.notify_all()
 
-    def _reclaim(self) -> None:
+    def _observe(self, used: int) -> None:
+        """Count units freed since the last look (any fall in use: allocations happen inside
+        the allocator hooks, which look before and after, so frees show between looks)."""
+        if used < self._last_used:
+            self._freed += self._last_used - used
+            self._unsorted = True
+        self._last_used = used
+
+    def _reclaim(self, used: int) -> None:
+        """One sweep: re-choose the victims, give back those no longer needed, unmap the fully
+        free ones, hold the free units of the rest."""
         assert self.freelist is not None
-        per_block = self.freelist.free_per_block()
-        excess = len(self.mapped) - self._allowed_blocks()
-        victims = [
-            b for b in sorted(self.mapped, reverse=True) if b != 0 and per_block[b] == self.layout.block_capacity(b)
-        ][:excess]
-        if victims:
-            self.freelist.remove(victims)
+        lay, fl = self.layout, self.freelist
+        per_block = fl.free_per_block()  # syncs
+        self.shrink.sweeps += 1
+        victims = choose(
+            self._victims,
+            {b: lay.block_capacity(b) - per_block[b] for b in self.mapped},
+            lay.block_capacity,
+            max(self._target, min(self._effective, lay.capacity_units)),
+            max(0, len(self.mapped) - self._allowed_blocks()),
+        )
+        released = sorted(self._victims - victims)
+        if released:
+            fl.unhold(released)
+            self.shrink.released += len(released)
+        self.shrink.quarantined += len(victims - self._victims)
+        empty = sorted(b for b in victims if per_block[b] == lay.block_capacity(b))
+        if empty:
+            fl.remove(empty)
             self.driver.synchronize()  # no kernel in flight may touch these pages
-            self._unmap(victims)
-        if excess > len(victims):
-            self.freelist.prefer_full(per_block)  # drain the emptiest blocks next
-        self._free_mark = self.freelist.free_units()
-        self._waited = 0
+            self._unmap(empty)
+            self.shrink.unmapped += len(empty)
+            self.shrink.unmapped_under_load += len(empty) if used > 0 else 0
+        self._victims = victims.difference(empty)
+        fl.hold(sorted(self._victims))
+        fl.put_last(sorted(self._victims))  # none in the list now; a hint for counting lists
+        self._count_held()
+        self._freed, self._waited, self._unsorted = 0, 0, False
+
+    def _give_back_victims(self, short: int) -> None:
+        """SGLang asks past ``available()``: give back held units, the fullest victims (the
+        furthest from empty) first, until ``short`` more units are in the list."""
+        assert self.freelist is not None
+        held = self.freelist.held_per_block()
+        back: list[int] = []
+        for b in sorted(self._victims, key=lambda b: (held.get(b, 0), b)):
+            if short <= 0:
+                break
+            back.append(b)
+            short -= held.get(b, 0)
+        self.freelist.unhold(back)
+        self._victims = self._victims.difference(back)
+        self.shrink.released += len(back)
+        self._unsorted = True
+        self._count_held()
+        log.warning(
+            "cumem_shim: gave %d quarantined block(s) back: SGLang allocates more than available_size() allowed",
+            len(back),
+        )
+
+    def _count_held(self) -> None:
+        assert self.freelist is not None
+        self.shrink.victims, self.shrink.held_units = len(self._victims), self.freelist.held_units()
 
     def _map(self, blocks: list[int]) -> None:
         handles = self._create(blocks)
@@ -500,10 +582,12 @@ class ElasticKV:
             block_tokens=lay.block_tokens,
             draining=self._floor is not None,
             maps=self.stats.counts(),
+            shrink=self.shrink.counts(lay.page_size),
         )
 
     def publish(self) -> None:
         """Refresh what ``status()`` answers (the allocator hook calls it after each alloc)."""
         used = self.used_units()
+        self._observe(used)
         with self._cond:
             self._status = self._make_status(used)  # one reference swap: a whole tuple

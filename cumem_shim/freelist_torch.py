@@ -4,11 +4,17 @@ SGLang's ``TokenToKVPoolAllocator`` (page_size 1) and ``PagedTokenToKVPoolAlloca
 free units in ``free_pages`` (an int64 tensor on the GPU; ``alloc`` takes from the front) and,
 when they must hand out sorted units (PD disaggregation), newly freed ones in ``release_pages``
 until ``merge_and_sort_free()``. This class edits those two tensors in place of the allocator,
-only on the scheduler thread, between SGLang's own calls.
+only on the scheduler thread, between SGLang's own calls. Held (quarantined) units live here,
+one tensor per victim block, out of SGLang's reach.
 
-Costs: ``free_units`` reads two lengths (no sync); ``free_per_block`` is a bincount and one
-device-to-host copy (syncs); ``remove``/``prefer_full`` are a mask or a sort on the GPU. The
-shim calls the last three only while a limit is being shrunk.
+Costs: ``free_units``, ``held_units``, ``held_per_block`` read lengths (no sync);
+``free_per_block`` is a bincount and one device-to-host copy (syncs); ``remove`` and ``hold``
+are masks (a sync each: data-dependent sizes); ``put_last`` is a stable sort on the GPU (no
+sync); ``unhold`` a concatenation. The shim calls all but the first three only while a shrink is
+pending.
+
+Not run on this workplace's CPU machines (no torch there): it mirrors ``freelist.SlotFreeList``
+exactly, and ``tests/gpu/test_shim_vmm.py::check_freelist`` exercises it on CUDA.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ class TorchFreeList:
         self.layout = layout
         self.device = allocator.free_pages.device
         self.dtype = allocator.free_pages.dtype
+        self.held: dict[int, Any] = {}  # block -> its units held out of free_pages (a tensor)
 
     def _units(self, blocks: Sequence[int]) -> Any:
         t = self._torch
@@ -37,6 +44,9 @@ class TorchFreeList:
             if len(r)
         ]
         return t.cat(parts) if parts else t.empty((0,), dtype=self.dtype, device=self.device)
+
+    def _blocks(self, blocks: Sequence[int]) -> Any:
+        return self._torch.tensor(sorted(blocks), dtype=self.dtype, device=self.device)
 
     def _merge(self) -> None:
         if len(self.a.release_pages) > 0:
@@ -50,13 +60,14 @@ class TorchFreeList:
     def reset(self, blocks: Sequence[int]) -> None:
         self.a.free_pages = self._units(blocks)
         self.a.release_pages = self.a.free_pages[:0].clone()
+        self.held = {}
 
     def add(self, blocks: Sequence[int]) -> None:
         self.a.free_pages = self._torch.cat((self.a.free_pages, self._units(blocks)))
 
     def free_per_block(self) -> list[int]:
         t = self._torch
-        merged = t.cat((self.a.free_pages, self.a.release_pages))
+        merged = t.cat((self.a.free_pages, self.a.release_pages, *self.held.values()))
         counts = t.bincount(merged // self.layout.block_units, minlength=self.layout.num_blocks)
         out: list[int] = counts.tolist()
         return out
@@ -64,14 +75,43 @@ class TorchFreeList:
     def remove(self, blocks: Sequence[int]) -> None:
         t = self._torch
         self._merge()
-        gone = t.tensor(list(blocks), dtype=self.dtype, device=self.device)
         free = self.a.free_pages
-        self.a.free_pages = free[~t.isin(free // self.layout.block_units, gone)]
+        self.a.free_pages = free[~t.isin(free // self.layout.block_units, self._blocks(blocks))]
+        for b in blocks:
+            self.held.pop(b, None)
 
-    def prefer_full(self, free_per_block: Sequence[int]) -> None:
+    def hold(self, blocks: Sequence[int]) -> None:
+        if not blocks:
+            return
         t = self._torch
         self._merge()
+        free, victims = self.a.free_pages, self._blocks(blocks)
+        mask = t.isin(free // self.layout.block_units, victims)
+        taken, self.a.free_pages = free[mask], free[~mask]
+        if len(taken) == 0:
+            return
+        taken, _ = t.sort(taken)  # ascending units: grouped by block, in ``victims`` order
+        sizes = t.bincount(taken // self.layout.block_units, minlength=self.layout.num_blocks)[victims].tolist()
+        for b, part in zip(sorted(blocks), t.split(taken, sizes), strict=True):
+            if len(part):
+                self.held[b] = t.cat((self.held[b], part)) if b in self.held else part
+
+    def unhold(self, blocks: Sequence[int]) -> None:
+        parts = [self.held.pop(b) for b in sorted(blocks) if b in self.held]
+        if parts:
+            self.a.free_pages = self._torch.cat((self.a.free_pages, *parts))
+
+    def put_last(self, blocks: Sequence[int]) -> None:
+        if not blocks:
+            return
+        t = self._torch
+        self._merge()  # SGLang's merge_and_sort_free then finds nothing to sort in
         free = self.a.free_pages
-        counts = t.tensor(list(free_per_block), dtype=self.dtype, device=self.device)
-        key = counts[free // self.layout.block_units] * self.layout.total_units + free
-        self.a.free_pages = free[t.argsort(key)]
+        late = t.isin(free // self.layout.block_units, self._blocks(blocks)).to(t.int8)
+        self.a.free_pages = free[t.sort(late, stable=True).indices]
+
+    def held_units(self) -> int:
+        return sum(len(h) for h in self.held.values())
+
+    def held_per_block(self) -> dict[int, int]:
+        return {b: len(h) for b, h in self.held.items() if len(h)}

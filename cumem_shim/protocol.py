@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cumem_shim.errors import ProtocolError
 from cumem_shim.limit import Accepted
-from cumem_shim.types import MapCounts, Status
+from cumem_shim.types import MapCounts, ShrinkCounts, Status
 
+_C = TypeVar("_C", MapCounts, ShrinkCounts)
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024
 # Linux's sun_path is 108 bytes including the terminating NUL.
@@ -102,23 +103,29 @@ def request_json(req: Request) -> dict[str, Any]:
 def status_json(st: Status) -> dict[str, Any]:
     out = st._asdict()
     out["maps"] = st.maps._asdict()
+    out["shrink"] = st.shrink._asdict()
     return out
+
+
+def _counts(obj: dict[str, Any], key: str, cls: type[_C]) -> _C:
+    """An optional nested object of counts (``maps``, ``shrink``): absent fields are 0."""
+    raw = obj.get(key, {})
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"`status.{key}` must be an object of counts (got {raw!r:.100})")
+    try:
+        return cls(**{f: raw[f] for f in cls._fields if f in raw})
+    except TypeError as exc:
+        raise ProtocolError(f"`status.{key}` is not an object of counts ({exc})") from None
 
 
 def status_from_json(obj: Any) -> Status:
     if not isinstance(obj, dict):
         raise ProtocolError(f"`status` must be an object (got {obj!r})")
     try:
-        fields = {f: obj[f] for f in Status._fields if f != "maps"}
-        maps = obj.get("maps", {})
-        if not isinstance(maps, dict):
-            raise ProtocolError(f"`status.maps` must be an object of counts (got {maps!r:.100})")
-        counts = MapCounts(**{f: maps[f] for f in MapCounts._fields if f in maps})
-        return Status(**fields, maps=counts)
+        fields = {f: obj[f] for f in Status._fields if f not in ("maps", "shrink")}
     except KeyError as exc:
         raise ProtocolError(f"`status` lacks {exc.args[0]!r}") from None
-    except TypeError as exc:
-        raise ProtocolError(f"`status.maps` is not an object of counts ({exc})") from None
+    return Status(**fields, maps=_counts(obj, "maps", MapCounts), shrink=_counts(obj, "shrink", ShrinkCounts))
 
 
 def handle(line: bytes, target: Target) -> bytes:

@@ -65,14 +65,17 @@ class FreeList(Protocol):
     """The free slots of one KV allocator, in allocator units (a unit = SGLang's page_size
     token slots; unit 0 is SGLang's padding slot and never free). Only units of mapped blocks
     may ever be free: the shim adds a block's units when it maps the block and removes them
-    before it unmaps it. Called from the scheduler thread only."""
+    before it unmaps it. Free units are in the allocator's list, or *held* by the list for the
+    shim (quarantined: out of SGLang's reach). Called from the scheduler thread only."""
 
     def free_units(self) -> int:
-        """Free units now (cheap: no GPU synchronization)."""
+        """Free units in the allocator's list now, held ones not included (cheap: no GPU
+        synchronization)."""
         ...
 
     def reset(self, blocks: Sequence[int]) -> None:
-        """After the allocator's ``clear()``: exactly the units of ``blocks`` are free."""
+        """After the allocator's ``clear()``: exactly the units of ``blocks`` are free, in the
+        list; nothing is held."""
         ...
 
     def add(self, blocks: Sequence[int]) -> None:
@@ -80,16 +83,37 @@ class FreeList(Protocol):
         ...
 
     def free_per_block(self) -> list[int]:
-        """Free units in each block (index = block). May synchronize with the GPU."""
+        """Free units in each block (index = block), held ones included. May synchronize with
+        the GPU."""
         ...
 
     def remove(self, blocks: Sequence[int]) -> None:
-        """Take the units of these fully free blocks out (they are about to be unmapped)."""
+        """Forget the units of these fully free blocks, in the list or held (they are about to
+        be unmapped)."""
         ...
 
-    def prefer_full(self, free_per_block: Sequence[int]) -> None:
-        """Reorder so units of the fullest blocks are handed out first; emptier blocks then
-        drain and can be unmapped. A hint: an implementation may do nothing."""
+    # -- quarantine (quarantine.py): victims of a pending shrink ----------------------------
+    def hold(self, blocks: Sequence[int]) -> None:
+        """Take every free unit of these blocks out of the allocator's list and keep it held:
+        SGLang can no longer allocate it. May synchronize with the GPU."""
+        ...
+
+    def unhold(self, blocks: Sequence[int]) -> None:
+        """Give the held units of these blocks back to the allocator's list (at its back)."""
+        ...
+
+    def put_last(self, blocks: Sequence[int]) -> None:
+        """Reorder the allocator's list so units of these blocks come after every other unit,
+        the order otherwise kept: SGLang takes them only once the others are gone. No GPU
+        synchronization."""
+        ...
+
+    def held_units(self) -> int:
+        """Units held now (cheap: no GPU synchronization)."""
+        ...
+
+    def held_per_block(self) -> dict[int, int]:
+        """Units held now, per block that has any (cheap: no GPU synchronization)."""
         ...
 
 
@@ -106,6 +130,19 @@ class MapCounts(NamedTuple):
     ensures: int = 0  # allocations that needed more mapped blocks
 
 
+class ShrinkCounts(NamedTuple):
+    """How shrinks drained (quarantine.py): the victims now and, since the server started, what
+    happened to them (stats.py)."""
+
+    victims: int = 0  # blocks quarantined now
+    held_tokens: int = 0  # free token slots of those blocks held back from SGLang now
+    quarantined: int = 0  # blocks ever made victims
+    released: int = 0  # victims given back (the limit rose; SGLang asked past available_size)
+    unmapped: int = 0  # blocks unmapped by shrinks
+    unmapped_under_load: int = 0  # of those, unmapped while tokens were in use
+    sweeps: int = 0  # reclaims (each a GPU sync: free_per_block)
+
+
 class Status(NamedTuple):
     """What ``status()`` answers. Bytes are physical (mapped) or granted (limit)."""
 
@@ -119,3 +156,4 @@ class Status(NamedTuple):
     block_tokens: int  # token slots per block
     draining: bool  # the limit is below what is in use: shrinking as tokens free
     maps: MapCounts = MapCounts()  # how the pool grew (map-ahead and in allocations)
+    shrink: ShrinkCounts = ShrinkCounts()  # how shrinks drained (quarantined blocks)

@@ -173,9 +173,18 @@ def check_freelist(drv: Any) -> None:
     alloc.free_pages = alloc.free_pages[100:]  # SGLang took 100 units of block 0
     fl.add([3])
     assert fl.free_per_block() == [3995, 0, 4096, 4096]
+    alloc.free_pages = alloc.free_pages[alloc.free_pages != 8192]  # SGLang took a unit of block 2
     alloc.release_pages = torch.tensor([1, 2, 3], device="cuda:0")  # PD's sorted free path
-    fl.prefer_full(fl.free_per_block())
-    assert int(alloc.free_pages[0]) == 1 and len(alloc.release_pages) == 0
+    fl.hold([2])  # quarantine block 2: its free units leave SGLang's list
+    assert len(alloc.release_pages) == 0 and fl.free_units() == 3998 + 4096 and fl.held_units() == 4095
+    assert fl.held_per_block() == {2: 4095} and fl.free_per_block() == [3998, 0, 4095, 4096]
+    alloc.free_pages = torch.cat((alloc.free_pages, torch.tensor([8192], device="cuda:0")))  # freed
+    fl.hold([2])  # the next sweep holds it too
+    assert fl.held_units() == 4096 and fl.free_units() == 3998 + 4096
+    fl.put_last([3])  # block 3's units behind every other, the order otherwise kept
+    assert alloc.free_pages.tolist() == [*range(101, 4096), 1, 2, 3, *range(12288, 16384)]
+    fl.unhold([2])
+    assert fl.held_units() == 0 and fl.free_per_block() == [3998, 0, 4096, 4096]
     fl.remove([2, 3])
     assert fl.free_per_block() == [3998, 0, 0, 0]
 

@@ -44,8 +44,14 @@ def check_invariants(kv: ElasticKV, fl: SlotFreeList, dev: FakeDevice, held: lis
     lay = kv.layout
     assert 0 in kv.mapped
     assert dev.mapped_bytes == dev.physical_bytes == len(kv.mapped) * lay.block_bytes
+    kept = [u for units in fl.held.values() for u in units]  # quarantined: free, held back
     assert len(set(fl.free)) == len(fl.free) and not set(fl.free) & set(held)
+    assert not set(kept) & (set(fl.free) | set(held))
+    assert len(fl.free) + len(kept) + len(held) == kv.layout.capacity_of(kv.mapped)  # nothing lost
     assert {lay.block_of(u) for u in fl.free} <= kv.mapped
+    assert set(fl.held) <= kv._victims and {lay.block_of(u) for u in kept} <= kv._victims
+    if kv._victims:
+        assert kv.available() <= fl.free_units()  # never more than SGLang's list holds
     sample = held if len(held) <= 300 else random.Random(len(held)).sample(held, 300)
     for u in sample:  # every slot in use is backed in every buffer (a kernel may touch it)
         for i, row in enumerate(lay.row_bytes):
@@ -98,24 +104,26 @@ def test_shrink_below_use_leaves_slack_and_never_fails_an_allocation() -> None:
     check_invariants(kv, fl, dev, held)
 
 
-def test_reclaim_prefers_full_blocks_so_empty_ones_drain() -> None:
+def test_a_shrink_quarantines_the_emptiest_blocks_so_they_drain() -> None:
     kv, fl, dev = make(6)
     held = alloc(kv, fl, 5 * LAYOUT.block_units)
     rng = random.Random(0)
     rng.shuffle(held)
     fl.release(held[: len(held) // 2])  # scattered frees: no block is fully free
     held = held[len(held) // 2 :]
-    kv.set_limit(2 * BLOCK, 1)
+    used = {b: LAYOUT.block_capacity(b) - n for b, n in enumerate(fl.free_per_block()) if b in kv.mapped}
+    kv.set_limit(3 * BLOCK, 1)  # holds what is in use, not where it lies
     kv.available()
-    before = len(kv.mapped)
-    # the free list now hands out units of the fullest blocks first
-    per_block = fl.free_per_block()
-    first = fl.free[0]
-    assert per_block[LAYOUT.block_of(first)] == min(per_block[b] for b in kv.mapped if per_block[b] > 0)
+    assert not kv.status().draining
+    emptiest = sorted((b for b in used if b), key=lambda b: (used[b], -b))[:3]
+    assert used[5] == 0 and 5 not in kv.mapped  # the fully free one went at once
+    assert kv._victims == set(emptiest) - {5} and len(kv.mapped) == 5  # still in use: quarantined
+    assert {LAYOUT.block_of(u) for u in fl.free} <= kv.mapped - kv._victims  # out of SGLang's reach
+    check_invariants(kv, fl, dev, held)
     fl.release(held)
     held = []
     kv.available()
-    assert len(kv.mapped) == 2 < before
+    assert len(kv.mapped) == 3 and not kv._victims and not fl.held
     check_invariants(kv, fl, dev, held)
 
 
