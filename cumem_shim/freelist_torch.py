@@ -13,8 +13,10 @@ are masks (a sync each: data-dependent sizes); ``put_last`` is a stable sort on 
 sync); ``unhold`` a concatenation. The shim calls all but the first three only while a shrink is
 pending.
 
-Not run on this workplace's CPU machines (no torch there): it mirrors ``freelist.SlotFreeList``
-exactly, and ``tests/gpu/test_shim_vmm.py::check_freelist`` exercises it on CUDA.
+It mirrors ``freelist.SlotFreeList`` unit for unit, in the same order:
+``tests/unit/test_shim_freelist_torch.py`` checks that (random operations on both, and a busy
+server's shrink under load) wherever torch is installed, CPU torch included (the CPU CI has none:
+skipped there); ``tests/gpu/test_shim_vmm.py::check_freelist`` runs it on CUDA.
 """
 
 from __future__ import annotations
@@ -90,8 +92,9 @@ class TorchFreeList:
         taken, self.a.free_pages = free[mask], free[~mask]
         if len(taken) == 0:
             return
-        taken, _ = t.sort(taken)  # ascending units: grouped by block, in ``victims`` order
-        sizes = t.bincount(taken // self.layout.block_units, minlength=self.layout.num_blocks)[victims].tolist()
+        of = taken // self.layout.block_units
+        taken = taken[t.sort(of, stable=True).indices]  # grouped by block in ``victims`` order, list order kept
+        sizes = t.bincount(of, minlength=self.layout.num_blocks)[victims].tolist()
         for b, part in zip(sorted(blocks), t.split(taken, sizes), strict=True):
             if len(part):
                 self.held[b] = t.cat((self.held[b], part)) if b in self.held else part
