@@ -23,6 +23,9 @@ Everything is measured WHILE colocated, per model shape (orchestrator/shapes):
   engine was a prefill in the same second) give the batch's own time: ``tokens / throughput``.
   Fitted per shape: ``prefill = base + tokens / tokens_per_s``.
 
+A RESULTS_DIR may also be one run folder (``.../static``), to fit on some runs; ``--check
+RUN...`` then reports the fit's measured / fitted step on runs held out of it.
+
 The fits (robust least squares, bench/calibration/fit.py: outliers beyond 3.5 MADs dropped)
 and their residuals go to RESULTS_DIR/calibration-h200.json and are printed; the constants are
 copied by hand into calibration.py with this command as provenance (they are not read at run
@@ -126,19 +129,33 @@ def _fit(names: list[str], rows: list[tuple[list[float], float]]) -> Fit | None:
         return None
 
 
+def runs(folders: list[Path]) -> list[tuple[Path, str]]:
+    """(results folder, system) of each run: a results folder stands for its static/ and full/,
+    a run folder (``.../static``) for itself alone (to fit on some runs, check on others)."""
+    out = []
+    for f in folders:
+        pairs = [(f.parent, f.name)] if f.name in SYSTEMS else [(f, s) for s in SYSTEMS]
+        for folder, system in pairs:
+            if not (folder / system / "engine-batches.tsv.gz").is_file():
+                raise SystemExit(
+                    f"error: {folder / system}/engine-batches.tsv.gz not found: give a results folder holding "
+                    "static/ and full/ of a live experiment, or one of those run folders"
+                )
+            out.append((folder, system))
+    return out
+
+
 def calibrate(results: Path | list[Path], setup: Path) -> dict[str, Any]:
-    """The fits over the static/ and full/ runs of one or several results folders (of the same
-    set-up's engine names)."""
+    """The fits over the static/ and full/ runs of one or several results folders, or over
+    single run folders (of the same set-up's engine names)."""
     folders = results if isinstance(results, list) else [results]
     shapes = engine_shapes(setup)
     dec: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
     pre: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
     eag: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
     provenance = {}
-    for folder, system in ((f, s) for f in folders for s in SYSTEMS):
+    for folder, system in runs(folders):
         path = folder / system / "engine-batches.tsv.gz"
-        if not path.is_file():
-            raise SystemExit(f"error: {path} not found: RESULTS_DIR must hold static/ and full/ of a live experiment")
         d, p, e = samples(read_lines(path), shapes)
         for k, v in d.items():
             dec[k] += v
@@ -180,6 +197,36 @@ def calibrate(results: Path | list[Path], setup: Path) -> dict[str, Any]:
             one["prefill"] = {**p.to_json(), "samples": len(pre[shape]), "tokens_per_s": 1.0 / p["s_per_token"]}
         fits[shape] = one
     out["fits"] = fits
+    return out
+
+
+def check(doc: dict[str, Any], folders: list[Path], setup: Path) -> dict[str, Any]:
+    """The fit of ``doc`` against runs it did not see: per shape, the median of measured /
+    predicted step over their clean intervals, on CUDA graphs and eager (an eager step as the
+    fit's colocated step x its eager / graph ratio, as the simulator charges it)."""
+    shapes = engine_shapes(setup)
+    dec: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
+    eag: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
+    for folder, system in runs(folders):
+        d, _, e = samples(read_lines(folder / system / "engine-batches.tsv.gz"), shapes)
+        for k, v in d.items():
+            dec[k] += v
+        for k, v in e.items():
+            eag[k] += v
+    out: dict[str, Any] = {"runs": [f"{f}/{s}" for f, s in runs(folders)], "shapes": {}}
+    for shape, f in doc["fits"].items():
+        if "decode" not in f:
+            continue
+        c = f["decode"]["coef"]
+        factor = f.get("eager", {}).get("median_ratio")
+        one: dict[str, Any] = {}
+        for kind, rows, scale in (("graph", dec[shape], 1.0), ("eager", eag[shape], factor)):
+            if rows and scale is not None:
+                r = sorted(
+                    y / (scale * (c["base_s"] + c["per_req_s"] * x[1] + c["per_other_s"] * x[2])) for x, y in rows
+                )
+                one[kind] = {"samples": len(r), "median_measured_over_fit": r[len(r) // 2]}
+        out["shapes"][shape] = one
     return out
 
 
@@ -229,13 +276,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--setup", type=Path, default=DEFAULT_SETUP, help="the run's placements file (default %(default)s)")
     ap.add_argument("--out", type=Path, default=None, help="where the fit goes (default: the first results folder)")
+    ap.add_argument(
+        "--check",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="RUN",
+        help="results or run folders held out of the fit: the fit's measured / predicted step on them",
+    )
     args = ap.parse_args(argv)
     folders = args.results or [DEFAULT_RESULTS]
     doc = calibrate(folders, args.setup)
+    if args.check:
+        doc["check"] = check(doc, args.check, args.setup)
     out = args.out or folders[0]
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration-h200.json").write_text(json.dumps(doc, indent=2) + "\n")
     table = report(doc)
+    if "check" in doc:
+        table += "\n\nHeld out (" + ", ".join(doc["check"]["runs"]) + "): median measured / fitted step\n\n"
+        table += "| shape | graph n | graph | eager n | eager |\n|---|---|---|---|---|\n"
+        for shape, one in doc["check"]["shapes"].items():
+            cells = [shape]
+            for kind in ("graph", "eager"):
+                k = one.get(kind)
+                cells += [str(k["samples"]), f"{k['median_measured_over_fit']:.2f}"] if k else ["-", "-"]
+            table += "| " + " | ".join(cells) + " |\n"
     (out / "calibration-h200.md").write_text(
         "# H200 calibration fit (python -m bench.calibration.h200_multi)\n\n"
         "Per shape, from the colocated engines' SGLang batch lines of static/ and full/ "

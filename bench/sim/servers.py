@@ -50,7 +50,6 @@ from typing import Literal
 
 from bench.sim import sglang_kv
 from bench.sim.sglang_kv import Seq
-from orchestrator.perf.calibration import EAGER_DECODE_FACTOR
 from orchestrator.perf.cost import ServerCost
 from orchestrator.perf.model import LatencyModel
 from orchestrator.perf.sharing import mps_round_s
@@ -70,22 +69,22 @@ class SimModel:
     tpot_slo: float = math.inf
     kv: Literal["reserve", "sglang"] = "reserve"  # how its servers admit requests (module doc)
     # --cuda-graph-max-bs its servers start with (a deployment's); a larger batch decodes
-    # eagerly, EAGER_DECODE_FACTOR slower. None: SGLang's default, every batch on a graph.
+    # eagerly (model.py colocated_decode_s). None: SGLang's default, every batch on a graph.
     graph_max_bs: int | None = None
     _base: dict[int, float] = field(default_factory=dict)
     _coeff: float = -1.0
 
-    def decode_s(self, batch: int, ctx_sum: float) -> float:
-        """One decode step: model.py's decode_time is affine in the summed context."""
+    def decode_s(self, batch: int, ctx_sum: float, others: int = 0) -> float:
+        """One decode step with ``others`` other servers decoding on its GPU (their cost is the
+        calibration's: none when time-sliced, the simulator's round charges it): model.py's
+        decode_time is affine in the summed context."""
         base = self._base.get(batch)
         if base is None:
             base = self._base[batch] = self.lat.decode_time([0] * batch)
         if self._coeff < 0:
             self._coeff = (self.lat.decode_time([1_000_000]) - self.lat.decode_time([0])) / 1e6
-        step = base + self._coeff * ctx_sum
-        if self.graph_max_bs is not None and batch > self.graph_max_bs:
-            return step * EAGER_DECODE_FACTOR
-        return step
+        eager = self.graph_max_bs is not None and batch > self.graph_max_bs
+        return self.lat.colocated_decode_s(base + self._coeff * ctx_sum, others, eager)
 
 
 class SimReq:
@@ -263,7 +262,7 @@ def first_token_at(
     if ft is None:
         return ready
     t = ready + ft.fixed_s + prefill_stretch_s(m, others, prefill_s)
-    t += ft.steps * (m.decode_s(max(1, running), ctx_sum) + m.lat.colocated_extra_s(others))
+    t += ft.steps * m.decode_s(max(1, running), ctx_sum, others)
     into = t % ft.period_s
     return t + (ft.stall_s - into if into < ft.stall_s else 0.0)
 
@@ -387,7 +386,7 @@ class GpuExec:
         for s in self.active:
             s.k = int(s.steps_to_event())
             mid = s.ctx_sum() + len(s.running) * (s.k - 1) / 2
-            s.step_s = s.model.decode_s(len(s.running), mid) + s.model.lat.colocated_extra_s(others)
+            s.step_s = s.model.decode_s(len(s.running), mid, others)
             s.phase = min(s.phase, s.step_s)
             end = min(end, self.pf_end + max(0.0, s.k * s.step_s - s.phase))
         self.planned = True

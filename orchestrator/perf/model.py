@@ -200,6 +200,20 @@ class LatencyModel:
         fitted = c.decode_fit(self.shape.name)
         return self.speed * others * (fitted.per_other_s if fitted is not None else c.default_per_other_s)
 
+    def colocated_decode_s(self, alone_s: float, others: int, eager: bool) -> float:
+        """A decode step that takes ``alone_s`` (decode_time) with ``others`` other servers
+        decoding on its GPU, on a CUDA graph or (``eager``: its batch is above the captured
+        graphs) without: the calibration's eager factor times the whole colocated step where
+        it was measured so (calibration.py ``DecodeFit.eager_factor``), else
+        EAGER_DECODE_FACTOR times the step alone."""
+        extra = self.colocated_extra_s(others)
+        if not eager:
+            return alone_s + extra
+        fitted = self.calibration.decode_fit(self.shape.name)
+        if fitted is not None and fitted.eager_factor is not None:
+            return fitted.eager_factor * (alone_s + extra)
+        return cal.EAGER_DECODE_FACTOR * alone_s + extra
+
     def release_time(self, plan: MemoryPlan, tags: Sequence[str], first: bool) -> float:
         """Park: copy weights/graphs to the (retained) pinned host backup; KV is just dropped."""
         moved = sum(plan.bytes_of(t) for t in tags if t != "kv_cache")

@@ -330,10 +330,19 @@ def test_pollers_read_chimeras_families_and_skip_the_engines() -> None:
 
 
 def test_a_decode_batch_above_the_captured_graphs_runs_eager_in_the_simulator() -> None:
-    from orchestrator.perf.calibration import EAGER_DECODE_FACTOR, H200
+    from orchestrator.perf.calibration import EAGER_DECODE_FACTOR, H100, H200
 
     graphs = replace(make_model("m", "llama-3.2-1b", 1, H200), graph_max_bs=16)
     every = make_model("m", "llama-3.2-1b", 1, H200)  # SGLang's default: no eager batch here
+    factor = H200.decode_fit("llama-3.2-1b").eager_factor  # type: ignore[union-attr]
+    assert factor is not None and factor > 1
     assert graphs.decode_s(16, 8000) == pytest.approx(every.decode_s(16, 8000))
-    assert graphs.decode_s(17, 8000) == pytest.approx(EAGER_DECODE_FACTOR * every.decode_s(17, 8000))
+    assert graphs.decode_s(17, 8000) == pytest.approx(factor * every.decode_s(17, 8000))
+    # measured against the colocated step, so the neighbours' share is scaled as well
+    assert graphs.decode_s(17, 8000, 4) == pytest.approx(factor * every.decode_s(17, 8000, 4))
+    # a shape or card without a measured factor: EAGER_DECODE_FACTOR on the step alone
+    h100 = replace(make_model("m", "llama-3.2-1b", 1, H100), graph_max_bs=16)
+    assert h100.decode_s(17, 8000) == pytest.approx(
+        EAGER_DECODE_FACTOR * make_model("m", "llama-3.2-1b", 1, H100).decode_s(17, 8000)
+    )
     assert EAGER_DECODE_FACTOR > 1
