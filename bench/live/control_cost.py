@@ -88,26 +88,36 @@ class Counted:
         self.loop.suspect(instance_id, detail)
 
 
-async def _requests(router: Router, counted: Counted, total: int, concurrency: int) -> float:
-    """CPU seconds per acquire+release of ``total`` requests from ``concurrency`` requesters,
-    until their releases have reached the loop (the loop applies them in order after)."""
+async def _drive(router: Router, per: int, concurrency: int) -> None:
+    """``concurrency`` requesters, each ``per`` acquire+release pairs of the model."""
     spec = router.resolve("m")
     assert spec is not None
-    per = max(1, total // concurrency)
-    expected = counted.released + per * concurrency
 
     async def requester() -> None:
         for _ in range(per):
             router.release(await router.acquire(spec, 10.0))
 
-    t = time.process_time()
     await asyncio.gather(*(requester() for _ in range(concurrency)))
+
+
+async def _all_released(counted: Counted, expected: int) -> None:
+    """Until ``expected`` releases have reached the loop (a worker's are frames that arrive
+    later; the loop applies them in order after)."""
     for _ in range(10_000):
         if counted.released >= expected:
-            break
+            return
         await asyncio.sleep(0)
-    else:
-        raise RuntimeError(f"{expected - counted.released} releases never reached the loop")
+    raise RuntimeError(f"{expected - counted.released} releases never reached the loop")
+
+
+async def _requests(router: Router, counted: Counted, total: int, concurrency: int) -> float:
+    """CPU seconds per acquire+release of ``total`` requests from ``concurrency`` requesters,
+    until their releases have reached the loop."""
+    per = max(1, total // concurrency)
+    expected = counted.released + per * concurrency
+    t = time.process_time()
+    await _drive(router, per, concurrency)
+    await _all_released(counted, expected)
     return (time.process_time() - t) / (per * concurrency)
 
 
@@ -130,12 +140,7 @@ async def _worker_side(sock: Path, counted: Counted, total: int, concurrency: in
     )
     if await child.wait() != 0:
         raise RuntimeError(f"the worker process failed (exit code {child.returncode})")
-    for _ in range(10_000):
-        if counted.released >= expected:
-            break
-        await asyncio.sleep(0)
-    else:
-        raise RuntimeError(f"{expected - counted.released} releases never reached the loop")
+    await _all_released(counted, expected)
     return (time.process_time() - t) / (per * concurrency)
 
 
@@ -143,15 +148,8 @@ async def _worker(sock: Path, total: int, concurrency: int) -> None:
     """The child of ``_worker_side``: a worker's RemoteRouter and its requesters."""
     remote = RemoteRouter(CONFIG)
     await remote.connect(sock)
-    spec = remote.resolve("m")
-    assert spec is not None
-
-    async def requester() -> None:
-        for _ in range(max(1, total // concurrency)):
-            remote.release(await remote.acquire(spec, 10.0))
-
     try:
-        await asyncio.gather(*(requester() for _ in range(concurrency)))
+        await _drive(remote, max(1, total // concurrency), concurrency)
         await asyncio.sleep(0.05)  # the last release frames leave before the socket closes
     finally:
         await remote.aclose()
