@@ -132,7 +132,7 @@ def level(base: str, clients: int, streams: int, seconds: float, procs: list[psu
         "chimera_cpu_cores": sum(cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1) / wall,  # every process below
         **cores_by_role(cpu0, cpu1, roles, wall),
         "clients_cpu_cores": sum(r[1] for r in results) / wall,
-        "clients_busiest_cores": max(r[1] for r in results) / seconds,
+        "clients_busiest_cores": max(r[1] for r in results) / wall,
     }
 
 
