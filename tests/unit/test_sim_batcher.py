@@ -123,17 +123,19 @@ async def test_client_abort_frees_kv_and_admits_the_next(batcher: Batcher) -> No
     assert [e.generated for e in await drain(small)][-1] == 5
 
 
-async def test_more_running_requests_make_each_step_slower(clock: VirtualClock) -> None:
-    async def tpot(n: int) -> float:
-        async for b in running(Batcher(LatencyModel(SHAPE), small_plan(100_000), clock)):
-            reqs = [request(f"r{i}", 1000, 20) for i in range(n)]
-            for r in reqs:
-                b.submit(r)
-            events = await drain(reqs[0])
-            return (events[-1].time - events[0].time) / (len(events) - 1)
-        raise AssertionError
+async def tpot(clock: VirtualClock, n: int, plan: MemoryPlan | None = None) -> float:
+    """The time per output token of ``n`` requests of 1,000 + 20 tokens decoding together."""
+    async for b in running(Batcher(LatencyModel(SHAPE), plan or small_plan(100_000), clock)):
+        reqs = [request(f"r{i}", 1000, 20) for i in range(n)]
+        for r in reqs:
+            b.submit(r)
+        events = await drain(reqs[0])
+        return (events[-1].time - events[0].time) / (len(events) - 1)
+    raise AssertionError
 
-    alone, crowded = await tpot(1), await tpot(128)
+
+async def test_more_running_requests_make_each_step_slower(clock: VirtualClock) -> None:
+    alone, crowded = await tpot(clock, 1), await tpot(clock, 128)
     assert crowded > alone * 1.5
 
 
@@ -228,19 +230,12 @@ async def test_a_decode_batch_above_the_captured_graphs_runs_eagerly(clock: Virt
     one eagerly (orchestrator/perf/calibration.py EAGER_DECODE_FACTOR); 0 is --disable-cuda-graph."""
     from orchestrator.perf.calibration import CUDA_GRAPH_BYTES_PER_BS, EAGER_DECODE_FACTOR
 
-    async def tpot(n: int, graphs: int) -> float:
-        plan = replace(small_plan(100_000), cuda_graph_max_bs=graphs)
-        async for b in running(Batcher(LatencyModel(SHAPE), plan, clock)):
-            reqs = [request(f"r{i}", 1000, 20) for i in range(n)]
-            for r in reqs:
-                b.submit(r)
-            events = await drain(reqs[0])
-            return (events[-1].time - events[0].time) / (len(events) - 1)
-        raise AssertionError
+    def graphs(n: int) -> MemoryPlan:
+        return replace(small_plan(100_000), cuda_graph_max_bs=n)
 
-    assert await tpot(4, 4) == pytest.approx(await tpot(4, 256))  # on a graph either way
-    assert await tpot(5, 4) == pytest.approx(EAGER_DECODE_FACTOR * await tpot(5, 256))
-    assert await tpot(1, 0) == pytest.approx(EAGER_DECODE_FACTOR * await tpot(1, 256))
+    assert await tpot(clock, 4, graphs(4)) == pytest.approx(await tpot(clock, 4, graphs(256)))  # a graph either way
+    assert await tpot(clock, 5, graphs(4)) == pytest.approx(EAGER_DECODE_FACTOR * await tpot(clock, 5, graphs(256)))
+    assert await tpot(clock, 1, graphs(0)) == pytest.approx(EAGER_DECODE_FACTOR * await tpot(clock, 1, graphs(256)))
     assert plan_memory(SHAPE, cuda_graph_max_bs=16).cuda_graph_max_bs == 16
     default = plan_memory(SHAPE)  # SGLang's own batch sizes for the card, and their memory
     assert default.cuda_graph_bytes == CUDA_GRAPH_BYTES_PER_BS * default.cuda_graph_max_bs > 0
