@@ -352,7 +352,7 @@ class GpuExec:
             tp = 0.0
             lanes: dict[int, float] = {}  # single-GPU servers' steps, per GPU
             for s in self.active:
-                step = s.model.decode_s(len(s.running), s.ctx_sum() + len(s.running) * (self.k - 1) / 2)
+                step = self._epoch_step_s(s)
                 if len(s.gpus) > 1:
                     tp += step
                 else:
@@ -362,13 +362,18 @@ class GpuExec:
         self.version += 1
         return self.pf_end + self.k * self.round_s
 
+    def _epoch_step_s(self, s: SimServer) -> float:
+        """``s``'s decode step over this epoch's ``k`` rounds: its context's growth charged at
+        the midpoint."""
+        return s.model.decode_s(len(s.running), s.ctx_sum() + len(s.running) * (self.k - 1) / 2)
+
     def _mps_round_s(self) -> float:
         """A round under MPS: on each GPU, the TP servers' steps and that GPU's own servers'
         steps overlapped (perf/sharing.py); the round lasts the longest GPU's."""
         tp: list[tuple[float, float]] = []
         lanes: dict[int, list[tuple[float, float]]] = {}  # single-GPU servers' (step, fixed), per GPU
         for s in self.active:
-            step = s.model.decode_s(len(s.running), s.ctx_sum() + len(s.running) * (self.k - 1) / 2)
+            step = self._epoch_step_s(s)
             lane = tp if len(s.gpus) > 1 else lanes.setdefault(s.gpus[0], [])
             lane.append((step, s.model.lat.decode_fixed_s()))
         return max((mps_round_s(tp + own) for own in lanes.values()), default=mps_round_s(tp))
