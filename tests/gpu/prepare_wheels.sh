@@ -37,7 +37,8 @@ for pat, drop in [("sglang_kernel-*.whl", r"^sgl_kernel/flash_ops\.abi3\.so$"), 
     os.replace(tmp, src)
 PY
 rm -f .whl1/* .whl2/* .whl3/*
-mv $D/sglang_kernel-*.whl $D/transformers-*.whl .whl1/
-mv $D/sglang-0.5.17-*.whl $D/flashinfer_python-*.whl $D/xgrammar-*.whl .whl2/
+# Each call carries the tracked tree too (~15 MiB): every folder stays under ~47 MiB.
+mv $D/sglang_kernel-*.whl .whl1/
+mv $D/sglang-0.5.17-*.whl $D/flashinfer_python-*.whl $D/transformers-*.whl .whl2/
 mv $D/*.whl .whl3/; rmdir $D
 du -sh .whl1 .whl2 .whl3
