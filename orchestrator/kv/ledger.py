@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from cumem_shim.types import Status
 from orchestrator.kv.demand import need_bytes
-from orchestrator.kv.split import Member, changed, phase, split
+from orchestrator.kv.split import Member, changed, grow_order, phase, split
 from orchestrator.perf.cost import ACTIVATION_BYTES
 from orchestrator.types import LoadSample
 
@@ -257,8 +257,9 @@ class Ledger:
         targets = {iid: min(t, pinned.get(iid, t)) for iid, t in targets.items()}
         for iid, t in targets.items():
             wanted[iid] = min(t, wanted.get(iid, t))
-        order = [m.id for m in sorted(here, key=lambda m: (-m.priority, m.id))]
-        return phase(budget, targets, current, mapped, order)
+        return phase(
+            budget, targets, current, mapped, grow_order(targets, current, mapped, {m.id: m.priority for m in here})
+        )
 
     def _measure(self, instances: Sequence[KVInstance], seen: Mapping[str, Observation]) -> None:
         """Record what each awake instance holds beside its KV, from this round's footprints."""

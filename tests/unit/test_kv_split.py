@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.kv.split import Member, changed, phase, split, waterfill
+from orchestrator.kv.split import Member, changed, grow_order, phase, split, waterfill
 
 GIB = 1 << 30
 B = 128 << 20  # an 8B model's shim block: one 2 MiB page in each of 64 K/V buffers
@@ -120,6 +120,20 @@ def test_phase_grows_only_into_memory_already_free() -> None:
     # a drained
     send = phase(40 * GIB, {"a": 10 * GIB, "b": 30 * GIB}, send, {"a": 10 * GIB, "b": 9 * GIB})
     assert send == {"a": 10 * GIB, "b": 30 * GIB}
+
+
+def test_memory_freed_goes_to_the_least_served_grower_first() -> None:
+    # "big" holds 3 GiB of a 3 GiB target; "small" (sorting before "zz") holds 1 of 4 and "zz" 0.25
+    # of 4; 1 GiB is free: it goes to zz, the least served, whatever the names
+    targets = {"big": 3 * GIB, "small": 4 * GIB, "zz": 4 * GIB}
+    current = {"big": 3 * GIB, "small": 1 * GIB, "zz": GIB // 4}
+    order = grow_order(targets, current, current, {})
+    assert order == ["zz", "small", "big"]
+    send = phase(5 * GIB + GIB // 4, targets, current, current, order)
+    assert send == {"big": 3 * GIB, "small": 1 * GIB, "zz": GIB + GIB // 4}
+    # priority still comes first; mapped pages above the limit count as held
+    assert grow_order(targets, current, current, {"small": 1})[0] == "small"
+    assert grow_order(targets, current, {"zz": 4 * GIB}, {})[0] == "small"
 
 
 @settings(max_examples=200, deadline=None)
