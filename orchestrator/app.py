@@ -412,12 +412,16 @@ def _kv_runner(
         metrics.set_kv(facts[iid].spec.model.name, iid, st.limit_bytes, st.mapped_bytes, st.used_tokens)
         gpu_seconds.kv_mapped(iid, st.mapped_bytes)
 
+    def report_split(iid: str, need: int, target: int) -> None:
+        metrics.set_kv_split(facts[iid].spec.model.name, iid, need, target)
+
     # its loads come from the scraper (``_scraper``): a sample older than two rounds is missing
     runner = KVRunner(
         Ledger(capacity),
         effects if effects is not None else _local_kv_effects(supervisor),
         instances,
         report=report,
+        report_split=report_split,
         max_sample_age_s=2 * SCRAPE_ROUND_S,
     )
 

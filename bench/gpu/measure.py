@@ -84,14 +84,16 @@ KV_SERIES = {
     "chimera_kv_limit_bytes": "limit_mib",
     "chimera_kv_mapped_bytes": "mapped_mib",
     "chimera_kv_used_tokens": "used_tokens",
+    "chimera_kv_need_bytes": "need_mib",
+    "chimera_kv_target_bytes": "target_mib",
 }
 
 
 def kv_timeline(snapshots: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
     """Each instance's KV over a rate, from /metrics snapshots (``t_s``, ``gauges``): its shim's
-    limit and mapped MiB and its used token slots at each poll (elastic modes; empty without
-    the shim). What the KV ledger gave each model while the requests came, next to why they
-    waited."""
+    limit and mapped MiB and its used token slots at each poll, and the KV ledger's need and
+    target for it (elastic modes; empty without the shim). What the KV ledger gave each model
+    while the requests came, next to why they waited."""
     out: dict[str, list[dict[str, float]]] = {}
     for snap in snapshots:
         per: dict[str, dict[str, float]] = {}

@@ -118,6 +118,10 @@ class Ledger:
     # by a shrinking neighbour until its tokens free): the runner plans again soon, not a
     # period later, so a burst's KV follows its donors' eviction (kv/runner.py REGROW_S)
     deferred: frozenset[str] = frozenset()
+    # per instance split in the last plan: what it was counted to need (``need_bytes``) and what
+    # the split gave it before phasing (above its limit while its grow waits for memory to free)
+    needs: dict[str, int] = field(default_factory=dict)
+    targets: dict[str, int] = field(default_factory=dict)
     # Activations beyond what was measured: a server measured before its largest prefill (e.g.
     # SGLang run with --disable-prefill-cuda-graph, whose prefill allocates them eagerly) grows
     # by this much when one comes. The cost model's own activation workspace.
@@ -222,6 +226,8 @@ class Ledger:
                 break
             pinned.update(moved)
         self.deferred = frozenset(iid for iid in members if agreed[iid] < wanted.get(iid, 0))
+        self.needs = {iid: m.need for iid, m in members.items()}
+        self.targets = {iid: wanted.get(iid, agreed[iid]) for iid in members}
         for iid in sorted(members):
             limit = agreed[iid]
             if limit != current[iid] or self.known[iid].limit is None:

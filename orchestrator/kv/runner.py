@@ -140,6 +140,7 @@ class KVRunner:
         clock: Callable[[], float] = time.monotonic,
         period_s: float = PERIOD_S,
         report: Callable[[str, Status], None] | None = None,
+        report_split: Callable[[str, int, int], None] | None = None,
         max_sample_age_s: float = MAX_SAMPLE_AGE_S,
         regrow_s: float = REGROW_S,
         footprint_every_s: float = FOOTPRINT_EVERY_S,
@@ -149,6 +150,7 @@ class KVRunner:
         self._footprint_at: dict[str, float] = {}  # when each instance's footprint was last read
         self.regrow_s = regrow_s
         self.report = report  # each shim status read (metrics)
+        self.report_split = report_split  # each split instance's need and target (metrics)
         self.clock, self.period_s = clock, period_s  # clock: the scraper's (samples' ``at``)
         self.max_sample_age_s = max_sample_age_s
         self._poked = asyncio.Event()
@@ -218,6 +220,9 @@ class KVRunner:
         }
         before = dict(self.ledger.peaks)
         actions = self.ledger.plan(insts, seen, now)
+        if self.report_split is not None:
+            for iid, target in self.ledger.targets.items():
+                self.report_split(iid, self.ledger.needs[iid], target)
         for (iid, gpu), peak in self.ledger.peaks.items():
             if peak - before.get((iid, gpu), 0) >= LOG_GROWTH_BYTES:
                 awake = next((i.awake_bytes for i in insts if i.id == iid and i.gpu == gpu), 0)

@@ -208,6 +208,20 @@ class ChimeraMetrics:
             ["model", SERVER],
             registry=r,
         )
+        self.kv_need = Gauge(
+            "chimera_kv_need_bytes",
+            "KV the KV ledger counts an instance to need at its last split: its requests' tokens, "
+            "queued and held prompts, and its growth over the next seconds (elastic modes)",
+            ["model", SERVER],
+            registry=r,
+        )
+        self.kv_target = Gauge(
+            "chimera_kv_target_bytes",
+            "KV the KV ledger's last split gave an instance before phasing: above "
+            "chimera_kv_limit_bytes while its grow waits for neighbours' pages to free (elastic modes)",
+            ["model", SERVER],
+            registry=r,
+        )
         self.kv_used_tokens = Gauge(
             "chimera_kv_used_tokens",
             "KV token slots in use in an instance (requests and prefix cache), from its cumem_shim",
@@ -267,6 +281,11 @@ class ChimeraMetrics:
         self.kv_limit.labels(model, instance).set(limit_bytes)
         self.kv_mapped.labels(model, instance).set(mapped_bytes)
         self.kv_used_tokens.labels(model, instance).set(used_tokens)
+
+    def set_kv_split(self, model: str, instance: str, need_bytes: int, target_bytes: int) -> None:
+        """One instance's need and target in the KV ledger's last split."""
+        self.kv_need.labels(model, instance).set(need_bytes)
+        self.kv_target.labels(model, instance).set(target_bytes)
 
     def record(self, kind: str, model: str, value: float, label: str = "") -> None:
         """One measurement from the control loop (Effects.observe). Unknown kinds raise."""

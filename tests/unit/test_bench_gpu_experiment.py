@@ -302,12 +302,14 @@ def test_kv_timeline_follows_each_instance_through_the_polls() -> None:
         {"t_s": 1.5, "states": {}, "gauges": {
             'chimera_kv_limit_bytes{model=a,server=a@gpu0}': 960 * mib,
             'chimera_kv_mapped_bytes{model=a,server=a@gpu0}': 896 * mib,
+            'chimera_kv_need_bytes{model=a,server=a@gpu0}': 2048 * mib,
+            'chimera_kv_target_bytes{model=a,server=a@gpu0}': 1536 * mib,
         }},
     ]  # fmt: skip
     assert measure.kv_timeline(snaps) == {
         "a@gpu0": [
             {"t_s": 0.5, "limit_mib": 64.0, "used_tokens": 10.0},
-            {"t_s": 1.5, "limit_mib": 960.0, "mapped_mib": 896.0},
+            {"t_s": 1.5, "limit_mib": 960.0, "mapped_mib": 896.0, "need_mib": 2048.0, "target_mib": 1536.0},
         ],
         "b@gpu0": [{"t_s": 0.5, "limit_mib": 512.0}],
     }

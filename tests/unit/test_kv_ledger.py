@@ -107,6 +107,9 @@ def test_grow_waits_for_the_donor_to_drain() -> None:
     assert isinstance(sa, SetLimit) and sa.bytes < 38 * GIB and sa.revision == 2
     assert sb is None or (isinstance(sb, SetLimit) and sb.bytes <= 2 * GIB + 3 * GIB)
     assert led.deferred == {"b"}  # the runner plans again soon (kv/runner.py REGROW_S)
+    # what it reports: b needs its queue's KV and the split gives it more than its limit now
+    assert led.needs["b"] >= 250_000 * TOKEN and led.targets["b"] > max(2 * GIB, sb.bytes if sb else 0)
+    assert led.targets["a"] == sa.bytes and led.needs["a"] >= 300_000 * TOKEN
     led.accepted("a", sa.bytes, sa.revision)
     # a drained to its new limit: now b grows
     seen["a"] = observed(busy(100_000), status(sa.bytes, sa.bytes, used=100_000))

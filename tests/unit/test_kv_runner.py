@@ -175,9 +175,18 @@ async def test_memory_moves_to_the_busy_model_without_over_committing() -> None:
     insts = [KVInstance(i, 0, TOKEN, 16 * GIB, 2 * GIB) for i in ("a", "b")]
     shims = {"a": SimulatedShim(), "b": SimulatedShim()}
     capacity = 80 * GIB
-    runner = KVRunner(Ledger({0: capacity}), FakeEffects(shims), lambda: insts, clock=lambda: 0.0)
+    split: dict[str, tuple[int, int]] = {}
+    runner = KVRunner(
+        Ledger({0: capacity}),
+        FakeEffects(shims),
+        lambda: insts,
+        clock=lambda: 0.0,
+        report_split=lambda iid, need, target: split.__setitem__(iid, (need, target)),
+    )
     budget = capacity - non_kv_bytes(insts)[0] - MARGIN_BYTES
     shims["a"].waiting_tokens = 250_000  # a is busy: ~30 GiB of KV wanted
+    await scraped_step(runner, shims)
+    assert split["a"][0] >= 250_000 * TOKEN and split["a"][1] > split["b"][1]  # reported each step
     for _ in range(4):
         await scraped_step(runner, shims)
         shims["a"].serve(shims["a"].waiting_tokens)

@@ -82,3 +82,15 @@ def test_restarts_are_counted_by_instance_and_reason() -> None:
     body = m.render()[0].decode()
     assert 'chimera_restarts_total{model="m:8b",reason="crash",server="m:8b@gpu0+1"} 2.0' in body
     assert 'state="backoff"} 1.0' in body
+
+
+def test_the_kv_ledgers_need_and_target_are_exposed_per_server() -> None:
+    m = ChimeraMetrics()
+    m.set_kv("qwen", "qwen@gpu0", 224 << 20, 224 << 20, 4000)
+    m.set_kv_split("qwen", "qwen@gpu0", 900 << 20, 640 << 20)
+    families = {f.name: f for f in text_string_to_metric_families(m.render()[0].decode())}
+    for name, value in (("chimera_kv_need_bytes", 900 << 20), ("chimera_kv_target_bytes", 640 << 20)):
+        assert families[name].type == "gauge"
+        assert [(s.labels, s.value) for s in families[name].samples] == [
+            ({"model": "qwen", "server": "qwen@gpu0"}, value)
+        ]
