@@ -115,8 +115,10 @@ def run(
     dep = derive(parse_config(systems.derive(setup.raw, system)))
     started = dep.models
     graphs: dict[str, int] = {}  # its servers' largest --cuda-graph-max-bs
+    floors: dict[str, int] = {}  # the KV ledger's floor for its servers (kv_floor_gb; 0: none)
     for f in dep.instances.values():
         graphs[f.spec.model.name] = max(graphs.get(f.spec.model.name, 0), f.cuda_graph_max_bs)
+        floors[f.spec.model.name] = max(floors.get(f.spec.model.name, 0), f.floor_bytes)
     models = {
         m.name: replace(
             make_model(m.name, m.shape.name, m.tp_size, cal, started[m.name].cost),
@@ -124,6 +126,7 @@ def run(
             tpot_slo=m.slo.tpot_or_default,
             kv=kv_admission,
             graph_max_bs=cuda_graph_max_bs or graphs.get(m.name),
+            ledger_floor_bytes=floors.get(m.name, 0),
         )
         for m in cfg.models
         if m.name in serving

@@ -9,7 +9,13 @@ Translations (the simulator's approximations, documented in docs/bench-sim.md):
 - need: KV in use, plus the requests routed to the server and not yet admitted (the simulator
   reserves prompt + output at dispatch, so that is what they will take), plus the model's token
   rate over the ledger's horizon;
-- memory held: max(limit, in use), as the simulator counts it (the shim maps up to its limit);
+- memory held: the pages the shim keeps mapped (``SimServer.mapped_tokens``): at least the limit,
+  and while requests run the most that requests and cache held since the server last idled,
+  drained since. A shrink below that lands slowly while the server is busy, all of it when it
+  idles: SGLang hands free slots out first-in first-out, so a busy server's tokens sit in most
+  blocks it mapped and they come fully free one by one (on the H200, a8 full at 32 req/s:
+  llama-8b kept 3,456 MiB mapped against a limit of 2,176 for 20 s, llama-1b-b drained from 576
+  to 192 MiB in 6 s; ``PINNED_DRAIN_TAU_S``: the excess decays with a 27 s time constant);
 - SGLang's prefix cache: a finished request's tokens stay cached (``SimServer.kv_cached``) until
   the limit needs the room; the shim's status counts them as used, ``/v1/loads`` as evictable
   (``num_used_tokens = max_total - available - evictable``), as on a GPU. No request hits it;
@@ -88,7 +94,7 @@ class SimLedger:
                     c.kv_bytes_per_token,
                     awake_bytes=c.held_awake_bytes,
                     parked_bytes=c.parked_bytes,
-                    floor_bytes=c.kv_floor_bytes,
+                    floor_bytes=c.kv_floor_bytes if s.model.ledger_floor_bytes is None else s.model.ledger_floor_bytes,
                     resident=s.state in RESIDENT or coming,
                     holds_weights=s.state in HOLDS_WEIGHTS or coming,
                 )
@@ -112,6 +118,8 @@ class SimLedger:
         deferred: set[str] = set()
         self._raw_now = {}
         for gpu, here in on_gpu.items():
+            for s in here:
+                s.drain(now)  # the pages freed since the last split (servers.py)
             raw = tuple(self._raw(s, raws) for s in here)
             quiet = self._quiet.get(gpu)
             if self.memo and quiet is not None and quiet[2] == raw:
@@ -183,6 +191,7 @@ class SimLedger:
                 s.kv_limit,
                 s.kv_used,
                 s.kv_cached,
+                s.kv_pinned,
                 len(queued),
                 sum([r.prompt + r.output for r in queued]) if queued else 0,  # their kv_tokens
                 sum([r.prompt + r.output for r in s.waiting]) if s.sglang else 0,
@@ -269,7 +278,7 @@ class SimLedger:
     def _status(s: SimServer, cap: int) -> Status:
         per = s.model.cost.kv_bytes_per_token
         return Status(
-            mapped_bytes=max(s.kv_limit, s.kv_used + s.kv_cached) * per,
+            mapped_bytes=s.mapped_tokens() * per,
             used_tokens=s.kv_used + s.kv_cached,  # the shim counts the prefix cache as used
             limit_bytes=s.kv_limit * per,
             revision=0,

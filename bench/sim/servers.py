@@ -57,6 +57,17 @@ from orchestrator.types import GpuSharing, InstanceState
 
 S = InstanceState
 
+# Time constant, in seconds, of the pages a busy server keeps mapped above its limit
+# (``SimServer.drain``). SGLang hands free slots out first-in first-out, so a busy server's
+# requests and cache sit in most blocks it mapped; the shim unmaps a block once its slots are
+# all free, which under load comes block by block. Measured on the H200 (set-up A, full,
+# time-sliced, bench/results/gpu-experiment-h200-a8/full kv_timeline, one sample a ~1.1 s): the
+# mapped pages above max(limit, held) while a server had requests, integrated over time, over
+# the pages that came back meanwhile: 27 s over the run (2-6 s for the small llama-1b-b,
+# 46-73 s for llama-8b and llama-1b-a at 16-32 req/s; elastic 19 s; under MPS, where requests
+# finish sooner, 8 s). Idle, a server's pages above its limit go at once.
+PINNED_DRAIN_TAU_S = 27.0
+
 
 @dataclass
 class SimModel:
@@ -71,6 +82,9 @@ class SimModel:
     # --cuda-graph-max-bs its servers start with (a deployment's); a larger batch decodes
     # eagerly (model.py colocated_decode_s). None: SGLang's default, every batch on a graph.
     graph_max_bs: int | None = None
+    # the KV ledger's floor for its servers (a deployment's ``kv_floor_gb``, 0: one block, as
+    # live); None: the cost model's wake floor (bench/sim's own experiments)
+    ledger_floor_bytes: int | None = None
     _base: dict[int, float] = field(default_factory=dict)
     _coeff: float = -1.0
 
@@ -126,6 +140,11 @@ class SimServer:
         # SGLang's prefix cache: finished requests' tokens kept until the room is needed
         # (allocated, so in the shim's count; evictable, so not in SGLang's num_used_tokens)
         self.kv_cached = 0
+        # tokens' worth of KV pages the shim holds mapped (``mapped_tokens``): what requests
+        # and cache held at most since the server last ran no request, drained since
+        # (``drain``), and when it last drained
+        self.kv_pinned = 0
+        self.drained_at = 0.0
         self.waiting: list[SimReq] = []  # dispatched, not yet prefilled
         self.running: list[tuple[int, int, SimReq]] = []  # heap of (finish step, id, request)
         self.steps = 0  # decode rounds this server has run
@@ -180,6 +199,25 @@ class SimServer:
         the limit leaves beside the tokens in use (SGLang evicts as it allocates; the shim asks
         for its excess with it)."""
         self.kv_cached = max(0, min(self.kv_cached + tokens, self.kv_limit - self.kv_used))
+        held = self.kv_used + self.kv_cached
+        self.kv_pinned = max(self.kv_pinned, held) if self.in_flight else held
+
+    def drain(self, now: float) -> None:
+        """Give back, up to ``now``, some of the pages a busy server holds above its limit and
+        what its requests and cache hold: the excess decays with ``PINNED_DRAIN_TAU_S`` (a
+        partial drain, as the H200 showed; the shim unmaps a block once all its slots are
+        free). Called by the KV ledger's split (bench/sim/kv.py), each simulated second or
+        sooner, as the shim's sweeps run between the ledger's polls."""
+        dt, self.drained_at = now - self.drained_at, now
+        floor = max(self.kv_limit, self.kv_used + self.kv_cached)
+        if self.kv_pinned > floor and dt > 0:
+            self.kv_pinned = floor + int((self.kv_pinned - floor) * math.exp(-dt / PINNED_DRAIN_TAU_S))
+
+    def mapped_tokens(self) -> int:
+        """Tokens' worth of pages the shim holds mapped: at least the limit once reached (the
+        cache fills it), and, while requests run, the most held since the server last idled,
+        drained since (``drain``)."""
+        return max(self.kv_limit, self.kv_pinned)
 
     def ctx_sum(self) -> int:
         return self.s0 + len(self.running) * self.steps

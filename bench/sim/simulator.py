@@ -161,7 +161,7 @@ class Simulator:
                 if s.state in HOLDS_CONTEXT:
                     total += c.parked_bytes
                 if s.state in RESIDENT:
-                    total += c.awake_bytes + max(s.kv_limit, s.kv_used) * c.kv_bytes_per_token
+                    total += c.awake_bytes + max(s.mapped_tokens(), s.kv_used) * c.kv_bytes_per_token
         return total
 
     def prefill_backlog(self, gpu: int) -> float:

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from bench.sim import servers as srv
 from bench.sim import sglang_kv as sk
 from bench.sim.baselines import FixedColocation
 from bench.sim.fleet import make_model
@@ -124,3 +125,28 @@ def test_sglang_admits_more_than_a_full_reservation_then_retracts_and_finishes_a
         assert r.first <= r.finish and not math.isnan(r.finish)
     assert not s.running and not s.waiting and s.kv_used == 0
     assert s.ratio == sk.INIT_RATIO  # idle again: reset
+
+
+def test_a_busy_servers_pages_drain_slowly_after_a_shrink_and_go_when_it_idles() -> None:
+    """The shim's pages under load (servers.py ``drain``, ``mapped_tokens``): the cache filled
+    the limit, the limit falls, the cache is evicted, but the pages above the limit come back
+    with ``PINNED_DRAIN_TAU_S`` while requests run, and all at once when none does."""
+    s = _server(20_000)
+    r = SimReq(1, "m", 0.0, 100, 400)
+    s.waiting = [r]
+    ex = GpuExec(0)
+    ex.servers.append(s)
+    ex.plan(0.0)
+    s.keep_cached(20_000)  # finished requests' tokens fill the rest of the limit
+    assert s.mapped_tokens() == 20_000
+    s.kv_limit = 5_000
+    s.keep_cached()
+    assert s.kv_used + s.kv_cached <= 5_000  # SGLang evicted down to the limit...
+    assert s.mapped_tokens() == 20_000  # ...but its blocks still hold tokens
+    s.drain(0.0)
+    assert s.mapped_tokens() == 20_000  # no time passed
+    s.drain(srv.PINNED_DRAIN_TAU_S)
+    assert s.mapped_tokens() == pytest.approx(5_000 + 15_000 / math.e, abs=1)
+    s.running, s.s0 = [], 0  # its last request ends
+    s.sync_kv()
+    assert s.mapped_tokens() == 5_000
