@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -201,6 +202,10 @@ async def test_memory_moves_to_the_busy_model_without_over_committing() -> None:
         assert sum(s.dev.mapped_bytes for s in shims.values()) <= budget
     assert shims["b"].waiting_tokens == 0
     assert shims["b"].kv.limit_bytes >= 150_000 * TOKEN
+    assert split["b"][1] >= 150_000 * TOKEN
+    insts[1] = replace(insts[1], resident=False)  # b parks: its gauges say it needs and gets nothing
+    await scraped_step(runner, shims)
+    assert split["b"] == (0, 0) and split["a"][1] > 0
 
 
 async def test_a_failed_set_limit_is_counted_and_retried() -> None:
