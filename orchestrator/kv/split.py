@@ -125,7 +125,10 @@ def grow_order(
     an instance holds, max(limit, mapped), over its target), then id. Served by id alone, memory
     freed by a shrink went first to the growers whose names sort first: on the H200 (set-up A,
     32 req/s, docs/benchmarks.md "Seventh runs") qwen-7b, last by name, stayed at 224 MiB through
-    20 s of its burst while llama-1b-a and llama-3b-b grew."""
+    20 s of its burst while llama-1b-a and llama-3b-b grew. It also keeps a draining neighbour
+    (mapped above its limit) from growing back into the pages it still maps while a less served
+    grower waits: that grow costs nothing here, but it hands the shim's quarantined blocks back
+    (cumem_shim/quarantine.py) and the drain starts over."""
 
     def served(i: str) -> float:
         return max(current.get(i, 0), mapped.get(i, 0)) / max(targets[i], 1)

@@ -122,6 +122,20 @@ def test_phase_grows_only_into_memory_already_free() -> None:
     assert send == {"a": 10 * GIB, "b": 30 * GIB}
 
 
+def test_a_draining_neighbour_does_not_grow_back_into_its_pages_while_a_burst_waits() -> None:
+    # "busy" was cut to 2 GiB and still maps 3 (its quarantined blocks); its demand rose again to
+    # 3. "burst" holds 0.25 of 4 GiB. 0.5 GiB is free: it goes to the burst, and busy's limit
+    # stays down, so its blocks keep draining (a grow back to what it maps would hand them back)
+    targets = {"busy": 3 * GIB, "burst": 4 * GIB}
+    current = {"busy": 2 * GIB, "burst": GIB // 4}
+    mapped = {"busy": 3 * GIB, "burst": GIB // 4}
+    budget = 3 * GIB + GIB // 4 + GIB // 2
+    send = phase(budget, targets, current, mapped, grow_order(targets, current, mapped, {}))
+    assert send == {"busy": 2 * GIB, "burst": GIB // 4 + GIB // 2}
+    # by id, busy went first and took its pages back and the free memory with them
+    assert phase(budget, targets, current, mapped, ["busy", "burst"])["busy"] == 3 * GIB
+
+
 def test_memory_freed_goes_to_the_least_served_grower_first() -> None:
     # "big" holds 3 GiB of a 3 GiB target; "small" (sorting before "zz") holds 1 of 4 and "zz" 0.25
     # of 4; 1 GiB is free: it goes to zz, the least served, whatever the names
