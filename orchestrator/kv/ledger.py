@@ -119,7 +119,8 @@ class Ledger:
     # period later, so a burst's KV follows its donors' eviction (kv/runner.py REGROW_S)
     deferred: frozenset[str] = frozenset()
     # per instance split in the last plan: what it was counted to need (``need_bytes``) and what
-    # the split gave it before phasing (above its limit while its grow waits for memory to free)
+    # the split gave it before phasing (above its limit while its grow waits for memory to free);
+    # 0 and 0 for one not resident
     needs: dict[str, int] = field(default_factory=dict)
     targets: dict[str, int] = field(default_factory=dict)
     # Activations beyond what was measured: a server measured before its largest prefill (e.g.
@@ -226,8 +227,9 @@ class Ledger:
                 break
             pinned.update(moved)
         self.deferred = frozenset(iid for iid in members if agreed[iid] < wanted.get(iid, 0))
-        self.needs = {iid: m.need for iid, m in members.items()}
-        self.targets = {iid: wanted.get(iid, agreed[iid]) for iid in members}
+        parked = {i.id: 0 for i in instances if not i.resident}  # needs and gets nothing
+        self.needs = parked | {iid: m.need for iid, m in members.items()}
+        self.targets = parked | {iid: wanted.get(iid, agreed[iid]) for iid in members}
         for iid in sorted(members):
             limit = agreed[iid]
             if limit != current[iid] or self.known[iid].limit is None:

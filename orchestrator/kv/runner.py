@@ -220,12 +220,9 @@ class KVRunner:
         }
         before = dict(self.ledger.peaks)
         actions = self.ledger.plan(insts, seen, now)
-        if self.report_split is not None:  # a parked instance needs and gets nothing
-            for i in insts:
-                if i.id in self.ledger.targets:
-                    self.report_split(i.id, self.ledger.needs[i.id], self.ledger.targets[i.id])
-                elif not i.resident:
-                    self.report_split(i.id, 0, 0)
+        if self.report_split is not None:
+            for iid, target in self.ledger.targets.items():
+                self.report_split(iid, self.ledger.needs[iid], target)
         for (iid, gpu), peak in self.ledger.peaks.items():
             if peak - before.get((iid, gpu), 0) >= LOG_GROWTH_BYTES:
                 awake = next((i.awake_bytes for i in insts if i.id == iid and i.gpu == gpu), 0)
