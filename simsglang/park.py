@@ -136,7 +136,8 @@ async def fail_next_resume(request: Request) -> Response:
 async def update_weights_from_disk(request: Request) -> Response:
     """Load other weights of the same shape in place (chimera re-targets a woken server to a
     fine-tune). Waits for in-flight requests like SGLang's model-update lock, unless
-    ``abort_all_requests``; requests arriving meanwhile wait too."""
+    ``abort_all_requests``; requests arriving meanwhile wait too. ``flush_cache`` (default
+    true, as in ``UpdateWeightFromDiskReqInput``) empties the prefix cache with the load."""
     sim = _sim(request)
     try:
         body = await _body(request)
@@ -183,6 +184,8 @@ async def update_weights_from_disk(request: Request) -> Response:
             await sim.clock.sleep(sim.settings.speed * seconds)
             sim.model_path = path
             sim.memory.weights_intact = True
+            if body.get("flush_cache", True):  # WeightUpdater.flush_cache_after_weight_update
+                sim.batcher.flush_prefix_cache()
             if isinstance(body.get("weight_version"), str):
                 sim.weight_version = body["weight_version"]
         finally:

@@ -3,7 +3,7 @@ checks the script on a CPU). Measures what issue 15's targets name:
 
 - **re-target, first token, from host RAM**: the target checkpoint's files are in the page
   cache (read once before); a request for a pooled model whose weights the pool's one server
-  does not hold: client TTFT, and chimera's phases (update_weights_s, flush_cache_s, probe_s)
+  does not hold: client TTFT, and chimera's phases (update_weights_s: the load with its cache flush, probe_s)
   from its log. Target: p50 <= 1.0 s.
 - **re-target from disk**: the same with the target's files evicted from the page cache
   (``posix_fadvise(DONTNEED)`` on every file). Target: p50 <= 1.3 x the disk-read floor, the

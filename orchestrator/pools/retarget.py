@@ -5,9 +5,13 @@
    "num_paused_requests"}``, 400 on failure, after which SGLang rolls back to the old weights).
    Never on a parked server: measured on the H100 to kill it (CUDA invalid argument). The
    router only switches a server it has acquired awake from the control loop.
-2. ``POST /flush_cache``: no prefix cached for the old weights may serve the new model
-   (``update_weights_from_disk`` flushes too by default; this makes it explicit and checked).
-3. The probe (the supervisor's greedy 4-token ``/generate``): its output is compared with the
+   ``flush_cache: true`` empties the prefix cache under the update's own lock, so no prefix
+   cached for the old weights can serve the new model: SGLang's scheduler flushes right after
+   the load and asserts that the flush succeeded (``WeightUpdater.flush_cache_after_weight_update``),
+   so ``success: true`` means flushed. A separate ``POST /flush_cache`` afterwards is not sent:
+   it is refused with a 400 whenever the scheduler is not fully idle, and on the H200 it was
+   (SGLang's own start-up warm-up request, queued behind the update, arrived with it).
+2. The probe (the supervisor's greedy 4-token ``/generate``): its output is compared with the
    model's own reference (kept from its first load) and must differ from the previous
    model's (a switch that did not take shows the old output).
 """
@@ -21,7 +25,7 @@ from typing import Protocol
 import httpx
 
 from orchestrator.errors import EngineUnavailable
-from orchestrator.sglang.api import FLUSH_CACHE, UPDATE_WEIGHTS_FROM_DISK
+from orchestrator.sglang.api import UPDATE_WEIGHTS_FROM_DISK
 from orchestrator.supervisor.process import PROBE_BODY, PROBE_PATH
 
 TIMEOUT_S = 600.0  # a 70B from a cold disk
@@ -33,7 +37,8 @@ class RetargetError(EngineUnavailable):
 
 class Retargeter(Protocol):
     async def switch(self, base_url: str, model_path: str) -> tuple[str, dict[str, float]]:
-        """Load ``model_path`` and flush; returns the probe's output and each phase's seconds."""
+        """Load ``model_path`` (the prefix cache flushed with it); returns the probe's output and
+        each phase's seconds."""
         ...
 
 
@@ -52,15 +57,10 @@ class HttpRetargeter:
             raise RetargetError(f"update_weights_from_disk({model_path}) on {base_url} failed: {_message(r)}", 1.0)
         t1 = time.monotonic()
         phases["update_weights_s"] = t1 - t0
-        r = await self._post(base_url + FLUSH_CACHE.path, None)
-        if r.status_code != 200:
-            raise RetargetError(f"flush_cache on {base_url} after a re-target failed: {_message(r)}", 1.0)
-        t2 = time.monotonic()
-        phases["flush_cache_s"] = t2 - t1
         r = await self._post(base_url + PROBE_PATH, PROBE_BODY)
         if r.status_code != 200:
             raise RetargetError(f"probe after re-targeting {base_url} to {model_path} failed: {_message(r)}", 1.0)
-        phases["probe_s"] = time.monotonic() - t2
+        phases["probe_s"] = time.monotonic() - t1
         return str(r.json().get("text")), phases
 
     async def _post(self, url: str, body: object) -> httpx.Response:

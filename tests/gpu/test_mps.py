@@ -18,7 +18,14 @@ def test_every_engine_is_a_client_of_the_runs_mps_daemon(chimera_gpu: Running) -
     if GPU_SHARING != "mps":
         pytest.skip("the suite runs under time-slicing; CHIMERA_GPU_SHARING=mps runs it under MPS")
     engines = [psutil.Process(pid) for pid in chimera_gpu.engine_pids()]
-    pipes = {p.environ().get("CUDA_MPS_PIPE_DIRECTORY") for p in engines if "sglang" in " ".join(p.cmdline())}
+    # The servers chimera spawned (``python -m sglang.launch_server``); their scheduler and
+    # detokenizer children inherit the environment but set their titles with setproctitle
+    # ("sglang::scheduler"), which overwrites the memory /proc/PID/environ reads: their
+    # environment cannot be read from outside (seen on the H200), their GPU contexts are
+    # checked through NVML below.
+    servers_spawned = [p for p in engines if "sglang.launch_server" in " ".join(p.cmdline())]
+    assert servers_spawned, [p.cmdline()[:3] for p in engines]
+    pipes = {p.environ().get("CUDA_MPS_PIPE_DIRECTORY") for p in servers_spawned}
     assert len(pipes) == 1 and None not in pipes, pipes  # one daemon's pipe, in every engine
     servers = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "nvidia-cuda-mps-server"]
     assert servers, "no MPS server: the engines did not attach"

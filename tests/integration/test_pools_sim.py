@@ -1,5 +1,5 @@
 """End to end on the sim engine: a shape pool of two servers serves five same-shape models
-(two of them sharing one checkpoint) by re-targeting (/update_weights_from_disk, /flush_cache,
+(two of them sharing one checkpoint) by re-targeting (/update_weights_from_disk with its cache flush,
 probe), with the official openai client. Each model's answers are its own weights' (the sim's
 output depends on the weights path), before and after its server was re-targeted away and
 back."""
