@@ -1,8 +1,8 @@
 #!/bin/bash
 # The live trace on this workplace's lent H100 (docs/bench-live.md, "Live trace on the H100"):
 # python -m bench.gpu.trace against two stock SGLang servers, then python -m bench.calibration.calibrate.
-# Run from the repo root as the third device call, after the two calls that copy .whl1 and
-# .whl2 to /tmp/w (docs/gpu-testing.md), carrying .whl3 and .gpu:
+# Run from the repo root as the last device call, after the calls that copy .whl1, .whl2 and
+# .whl4 to /tmp/w (docs/gpu-testing.md), carrying .whl3 and .gpu:
 #     bash bench/gpu/trace.sh [bench.gpu.trace flags...]
 # Set-up as tests/gpu/device_run.sh (tests/gpu/device_env.sh). $OUT gets bench.gpu.trace's six files and
 # calibration.json (and jit-cache.tgz with SAVE_JIT_CACHE=1): at most eight come back.

@@ -1,15 +1,15 @@
 #!/bin/bash
 # Run here (the CPU machine, network on), once: bash tests/gpu/prepare_wheels.sh
 # Downloads stock SGLang 0.5.17 and what it needs on the lent GPU machine (44 wheels for Python
-# 3.12, torch 2.11 comes with the machine's image) into the git-ignored .whl1, .whl2, .whl3 of
-# the repo root, each under ~51 MiB so that the tracked tree plus one of them stays under the
-# 64 MiB a device call carries. Two wheels are trimmed: sglang-kernel without the FA3 attention
+# 3.12, torch 2.11 comes with the machine's image) into the git-ignored .whl1 to .whl4 of the
+# repo root, each under ~39 MiB so that the tracked tree (~17 MiB) plus one of them stays under
+# the 64 MiB a device call carries. Two wheels are trimmed: sglang-kernel without the FA3 attention
 # kernels (sgl_kernel/flash_ops.abi3.so, 1.1 GB unpacked), hence --attention-backend triton on
 # that machine, and xgrammar without its unused static library. docs/gpu-testing.md says how
-# the three calls carry them.
+# the four calls carry them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-D=$(mktemp -d); mkdir -p .whl1 .whl2 .whl3
+D=$(mktemp -d); mkdir -p .whl1 .whl2 .whl3 .whl4
 PLAT="--platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_26_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64"
 PIP="python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $PLAT -q -d $D"
 PIP_CONSTRAINT= $PIP sglang==0.5.17 sglang-kernel==0.4.5 flashinfer-python==0.6.15.post1 xgrammar==0.2.1 \
@@ -36,9 +36,11 @@ for pat, drop in [("sglang_kernel-*.whl", r"^sgl_kernel/flash_ops\.abi3\.so$"), 
             zout.writestr(zi, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
     os.replace(tmp, src)
 PY
-rm -f .whl1/* .whl2/* .whl3/*
-# Each call carries the tracked tree too (~15 MiB): every folder stays under ~47 MiB.
+rm -f .whl1/* .whl2/* .whl3/* .whl4/*
+# Each call carries the tracked tree too (~17 MiB): every folder stays under ~39 MiB, and the
+# last call's (.whl3) leaves room for .gpu's kernel caches (~6 MiB).
 mv $D/sglang_kernel-*.whl .whl1/
-mv $D/sglang-0.5.17-*.whl $D/flashinfer_python-*.whl $D/transformers-*.whl .whl2/
+mv $D/sglang-0.5.17-*.whl $D/flashinfer_python-*.whl .whl2/
+mv $D/transformers-*.whl $D/xgrammar-*.whl .whl4/
 mv $D/*.whl .whl3/; rmdir $D
-du -sh .whl1 .whl2 .whl3
+du -sh .whl1 .whl2 .whl3 .whl4
