@@ -35,7 +35,8 @@ def section_host(v: Validator, raw: Any) -> HostSpec:
     gpus = v.number(raw, "gpus", "host", minimum=1, integer=True)
     mem = v.number(raw, "gpu_memory_gb", "host", minimum=1)
     ram = v.number(raw, "host_memory_gb", "host", minimum=1)
-    sharing = v.one_of(raw.get("gpu_sharing", "timeslice"), "host.gpu_sharing", GPU_SHARING_OPTIONS, "timeslice")
+    default = HostSpec.gpu_sharing
+    sharing = v.one_of(raw.get("gpu_sharing", default), "host.gpu_sharing", GPU_SHARING_OPTIONS, default)
     return HostSpec(
         gpus=int(gpus) if gpus is not None else None,
         gpu_memory_gb=mem if mem is not None else 80.0,

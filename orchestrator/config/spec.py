@@ -119,9 +119,9 @@ class HostSpec:
     gpus: int | None = None
     gpu_memory_gb: float = 80.0
     host_memory_gb: float = 512.0  # RAM of the simulated host (a real host's is measured)
-    # colocated servers' compute (perf/sharing.py): timeslice until chimera has run under MPS on a
-    # GPU; auto = MPS where available with the sglang engine
-    gpu_sharing: GpuSharingOption = "timeslice"
+    # colocated servers' compute (perf/sharing.py): auto = MPS with the sglang engine where the
+    # daemon is on PATH and starts, else time-slicing (the GPU suite passed under MPS on an H200)
+    gpu_sharing: GpuSharingOption = "auto"
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def test_resolve__auto_is_mps_only_for_sglang_with_the_binary() -> None:
 
 def test_config__gpu_sharing_is_validated_with_its_field_path() -> None:
     one = {"models": [{"name": "m", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0]}]}]}
-    assert parse_config(one).host.gpu_sharing == "timeslice"  # until chimera has run under MPS on a GPU
+    assert parse_config(one).host.gpu_sharing == "auto"  # MPS where it is available
     assert parse_config({**one, "host": {"gpu_sharing": "auto"}}).host.gpu_sharing == "auto"
     assert parse_config({**one, "host": {"gpu_sharing": "mps"}}).host.gpu_sharing == "mps"
     from orchestrator.errors import ConfigError
