@@ -95,6 +95,15 @@ def last_phases(log: Path) -> dict[str, float]:
     return {"switch_s": float(total), **{k: float(v) for k, v in json.loads(phases.replace("'", '"')).items()}}
 
 
+def last_wake_phases(log: Path) -> dict[str, float]:
+    """The last ``woken in T s (resume R, continue C, probe P)`` line of chimera's log."""
+    text = " ".join(log.read_text(errors="replace").split())
+    found = re.findall(r"woken in ([0-9.]+) s \(resume ([0-9.]+), continue ([0-9.]+), probe ([0-9.]+)\)", text)
+    if not found:
+        return {}
+    return dict(zip(("wake_s", "resume_s", "continue_s", "probe_s"), map(float, found[-1]), strict=True))
+
+
 def wake_seconds(base: str) -> tuple[float, float]:
     text = httpx.get(base + "/metrics", timeout=10).text
     s = c = 0.0
@@ -181,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             s1, c1 = wake_seconds(ch.base)
             wakes.append(ttft)
             report.setdefault("wake_engine_s", []).append((s1 - s0) / max(1.0, c1 - c0))
+            report.setdefault("wake_phases", []).append(last_wake_phases(ch.log))
             wrong += [] if text == ref["m0"] else [f"after wake m0 answered {text!r}"]
         report |= {
             "retarget_disk_ttft_s": disk,

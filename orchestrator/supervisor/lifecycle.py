@@ -47,6 +47,15 @@ class ParkResult:
     after: MemoryReading
 
 
+@dataclass(frozen=True)
+class WakeResult:
+    seconds: float
+    phases: dict[str, float]  # resume_s (weights copied back), continue_s, probe_s
+
+    def describe(self) -> str:
+        return f"{self.seconds:.3f} s ({', '.join(f'{k[:-2]} {v:.3f}' for k, v in self.phases.items())})"
+
+
 class Lifecycle:
     def __init__(self, client: httpx.AsyncClient, probe: MemoryProbe) -> None:
         self.client = client
@@ -85,10 +94,12 @@ class Lifecycle:
             f"{MIN_FREED_FRACTION * expected_free_bytes / 2**20:.0f} MiB on each GPU); resumed it"
         )
 
-    async def wake(self, base_url: str, expected_probe: str | None, tags: list[str] | None = None) -> float:
+    async def wake(self, base_url: str, expected_probe: str | None, tags: list[str] | None = None) -> WakeResult:
         t0 = time.monotonic()
         await self._post(base_url, RESUME_MEMORY, {"tags": tags} if tags else {})
+        t1 = time.monotonic()
         await self._post(base_url, CONTINUE_GENERATION, {})
+        t2 = time.monotonic()
         r = await self.client.post(base_url + PROBE_PATH, json=PROBE_BODY, timeout=60)
         if r.status_code != 200:
             raise EngineError(f"probe after wake answered {r.status_code}: {r.text[:200]}")
@@ -98,7 +109,8 @@ class Lifecycle:
                 f"output after wake differs from the first start's: {text!r} != "
                 f"{expected_probe!r} (weights not restored?)"
             )
-        return time.monotonic() - t0
+        t3 = time.monotonic()
+        return WakeResult(t3 - t0, {"resume_s": t1 - t0, "continue_s": t2 - t1, "probe_s": t3 - t2})
 
     async def _wait_idle(self, base_url: str) -> None:
         """Poll ``/v1/loads`` (every 20 ms: this wait is on the park's critical path, so not

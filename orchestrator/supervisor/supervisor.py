@@ -418,7 +418,7 @@ class Supervisor:
     async def _wake(self, spec: InstanceSpec) -> None:
         proc = self._procs[spec.id]
         try:
-            seconds = await self.lifecycle.wake(proc.spec.base_url, proc.probe_output)
+            woken = await self.lifecycle.wake(proc.spec.base_url, proc.probe_output)
         except (EngineError, httpx.HTTPError, ValueError) as exc:
             log.warning("%s: wake failed: %s; stopping it (it is restarted after a backoff)", spec.id, exc)
             # a half-woken server holds memory the ledger would otherwise give away: kill it,
@@ -427,8 +427,8 @@ class Supervisor:
             why = await self._kill(spec, proc)
             self._post(WakeFailed(spec.id, str(exc) + (f"; {why}" if why else "")))
             return
-        log.info("%s: woken in %.3f s", spec.id, seconds)
-        self._post(Woken(spec.id, seconds))
+        log.info("%s: woken in %s", spec.id, woken.describe())
+        self._post(Woken(spec.id, woken.seconds))
 
     async def _kill(self, spec: InstanceSpec, proc: EngineProcess) -> str | None:
         """Stop the instance's whole process group and verify its GPU memory is released

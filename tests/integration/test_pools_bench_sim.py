@@ -34,3 +34,5 @@ def test_gpu_pools_driver_on_the_sim(tmp_path: Path, monkeypatch: pytest.MonkeyP
     report = json.loads((tmp_path / "out" / "pools-gpu.json").read_text())
     assert report["retarget_disk_phases"][0]["update_weights_s"] > 0
     assert len(report["wake_ttft_s"]) == 1 and report["wrong_outputs"] == []
+    (wake,) = report["wake_phases"]  # from chimera's log line
+    assert set(wake) == {"wake_s", "resume_s", "continue_s", "probe_s"} and wake["resume_s"] > 0

@@ -117,3 +117,16 @@ async def test_a_rank_that_did_not_release_fails_the_park_and_is_resumed(client:
     with pytest.raises(EngineError, match="GPU 1 of its group"):
         await life.park(BASE, 1, (0, 1, 2, 3), expected_free_bytes=8 << 30)
     assert (await client.post(BASE + PROBE_PATH, json=PROBE_BODY)).status_code == 200  # resumed
+
+
+async def test_a_wake_reports_each_phase() -> None:
+    app = create_app(SimSettings.from_shape("llama-3.1-8b", speed=0.01))  # the copy takes simulated time
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as c:
+            first = (await c.post(BASE + PROBE_PATH, json=PROBE_BODY)).json()["text"]
+            life = Lifecycle(c, SimMemoryProbe(c))
+            await life.park(BASE, 1, (0,), expected_free_bytes=8 << 30)
+            woken = await life.wake(BASE, expected_probe=first)
+    assert set(woken.phases) == {"resume_s", "continue_s", "probe_s"}
+    assert woken.phases["resume_s"] > 0 and sum(woken.phases.values()) == pytest.approx(woken.seconds, abs=1e-3)
+    assert woken.describe().startswith(f"{woken.seconds:.3f} s (resume ")
