@@ -212,7 +212,8 @@ async def serve(
             app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, ws="none", **http
         )
     )
-    pool = ProxyPool(proxies - 1, run_dir, host, port, hold_timeout_s, cfg, control) if proxies > 1 else None
+    # the workers route through the same Router (adapters, pools) and admission gate as this proxy
+    pool = ProxyPool(proxies - 1, run_dir, host, port, hold_timeout_s, cfg, router, gate) if proxies > 1 else None
     if sock is not None:
         sockets: list[socket.socket] | None = [sock]
     else:

@@ -5,14 +5,24 @@ in batches). An HTTP call per acquire cost a worker more CPU than the proxying i
 is a few microseconds. It exposes the control loop's Router, nothing else:
 
 - ``acquire (model, timeout_s)`` -> ``ok Endpoint`` | ``err (message, retry_after_s)``:
-  ``router.acquire`` (the request is held and its model woken exactly as for the primary
-  proxy's own requests); ``cancel`` of that id (the worker's client left) cancels the hold, and
-  an endpoint handed out at that moment is released (ControlLoop.acquire does that);
-- ``release [instance ids]``, ``suspect (instance id, detail)``;
+  ``router.acquire`` of the primary proxy's own Router (the control loop, wrapped for LoRA
+  adapters and shape pools: a request is held, its model woken, its adapter loaded or its pooled
+  server re-targeted exactly as for the primary's own requests); ``cancel`` of that id (the
+  worker's client left) cancels the hold, and an endpoint handed out at that moment is released
+  (ControlLoop.acquire does that);
+- ``release [endpoints]`` (whole endpoints: an adapter's is released by its served name),
+  ``suspect (instance id, detail)``;
+- mode full, local admission (proxy/admission.py) in the control plane's one gate, so that the
+  workers' requests queue in deadline order with the primary's and count as KV demand:
+  ``admit (model, prompt tokens, new tokens, instance id, arrival)`` -> ``admitted`` | ``shed
+  (status, message, code, headers)`` (the 429 with its Retry-After) | ``err (message, None)``;
+  then ``admit_done`` of that id when the request ended, or ``admit_cancel`` when its client
+  left (queued: it leaves the queue; dispatched meanwhile: the same as done);
 - ``views`` -> ``views (models, instances)``, for the workers' /v1/models and /metrics.
 
-Endpoints a worker acquired and had not released when its connection ends (it died) are
-released then: the loop's in-flight counts never keep a dead worker's requests.
+Endpoints a worker acquired and had not released, and requests it had admitted and not ended,
+when its connection ends (it died) are given back then: the loop's in-flight counts and the
+gate's room never keep a dead worker's requests.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ from pathlib import Path
 from orchestrator.control.router import Router
 from orchestrator.dataplane.frames import Frame, FrameWriter, read_frames
 from orchestrator.errors import EngineUnavailable
+from orchestrator.proxy.admission import AdmissionGate
+from orchestrator.proxy.errors import ProxyError
 from orchestrator.types import Endpoint
 
 log = logging.getLogger("chimera.dataplane")
@@ -42,8 +54,9 @@ def _forget(pending: dict[int, asyncio.Task[None]], rid: int) -> Callable[[async
 
 
 class Channel:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, gate: AdmissionGate | None = None) -> None:
         self.router = router
+        self.gate = gate
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._closed = False
@@ -64,7 +77,9 @@ class Channel:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pending: dict[int, asyncio.Task[None]] = {}
-        held: Counter[str] = Counter()  # endpoints handed out and not released yet
+        held: Counter[Endpoint] = Counter()  # endpoints handed out and not released yet
+        admitting: dict[int, asyncio.Task[None]] = {}
+        admitted: dict[int, tuple[str, str]] = {}  # id -> (instance id, gate id): dispatched, not ended
         if self._closed:  # accepted while closing
             writer.close()
             return
@@ -81,9 +96,18 @@ class Channel:
                 if (t := pending.pop(rid, None)) is not None:
                     t.cancel()
             elif op == "release":
-                for iid in arg:
-                    held[iid] -= 1
-                    self.router.release(Endpoint(iid, "", ""))
+                for endpoint in arg:
+                    held[endpoint] -= 1
+                    self.router.release(endpoint)
+            elif op == "admit":
+                task = asyncio.create_task(self._admit(rid, arg, out, admitted))
+                admitting[rid] = task
+                task.add_done_callback(_forget(admitting, rid))
+            elif op in ("admit_done", "admit_cancel"):
+                if (t := admitting.pop(rid, None)) is not None:
+                    t.cancel()  # still queued: the gate takes it out (or ends it, dispatched just now)
+                elif (got := admitted.pop(rid, None)) is not None and self.gate is not None:
+                    self.gate.done(*got)
             elif op == "suspect":
                 self.router.suspect(*arg)
             elif op == "views":
@@ -94,18 +118,25 @@ class Channel:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the worker is gone
         finally:
-            for t in list(pending.values()):
+            tasks = [*pending.values(), *admitting.values()]
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(*pending.values(), return_exceptions=True)
-            for iid, n in held.items():
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for endpoint, n in held.items():
                 for _ in range(max(n, 0)):
-                    self.router.release(Endpoint(iid, "", ""))
+                    self.router.release(endpoint)
+            if self.gate is not None:
+                for iid, gid in admitted.values():
+                    self.gate.done(iid, gid)
             if sum(n for n in held.values() if n > 0):
-                log.warning("a proxy worker left with requests in flight; released %s", +held)
+                log.warning(
+                    "a proxy worker left with requests in flight; released %s",
+                    {e.instance_id: n for e, n in held.items() if n > 0},
+                )
             self._writers.discard(writer)
             out.close()
 
-    async def _acquire(self, rid: int, arg: tuple[str, float], out: FrameWriter, held: Counter[str]) -> None:
+    async def _acquire(self, rid: int, arg: tuple[str, float], out: FrameWriter, held: Counter[Endpoint]) -> None:
         name, timeout_s = arg
         spec = self.router.resolve(name)
         if spec is None:
@@ -116,5 +147,24 @@ class Channel:
         except EngineUnavailable as exc:
             out.send(("err", rid, (str(exc), exc.retry_after_s)))
             return
-        held[ep.instance_id] += 1
+        held[ep] += 1
         out.send(("ok", rid, ep))
+
+    async def _admit(
+        self, rid: int, arg: tuple[str, int, int, str, float], out: FrameWriter, admitted: dict[int, tuple[str, str]]
+    ) -> None:
+        name, prompt_tokens, new_tokens, iid, arrival = arg
+        spec = self.router.resolve(name)
+        if self.gate is None or spec is None:  # no gate (not mode full): nothing to wait for
+            out.send(("admitted", rid, None))
+            return
+        try:
+            gid = await self.gate.admit_tokens(spec, prompt_tokens, new_tokens, iid, arrival)
+        except ProxyError as exc:  # shed: the 429 with its Retry-After, rebuilt in the worker
+            out.send(("shed", rid, (exc.status, exc.message, exc.code, exc.headers)))
+            return
+        except KeyError as exc:
+            out.send(("err", rid, (str(exc), None)))
+            return
+        admitted[rid] = (iid, gid)
+        out.send(("admitted", rid, None))

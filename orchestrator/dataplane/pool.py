@@ -23,6 +23,7 @@ import orchestrator
 from orchestrator.config import Config
 from orchestrator.control.router import Router
 from orchestrator.dataplane.channel import SOCKET_NAME, Channel
+from orchestrator.proxy.admission import AdmissionGate
 from orchestrator.sockets import tcp_socket
 
 log = logging.getLogger("chimera.dataplane")
@@ -56,12 +57,23 @@ class ProxyPool:
     ``reuseport_socket``)."""
 
     def __init__(
-        self, workers: int, run_dir: Path, host: str, port: int, hold_timeout_s: float, config: Config, router: Router
+        self,
+        workers: int,
+        run_dir: Path,
+        host: str,
+        port: int,
+        hold_timeout_s: float,
+        config: Config,
+        router: Router,
+        gate: AdmissionGate | None = None,
     ) -> None:
+        """``router``: the primary proxy's own (the control loop, wrapped for adapters and
+        pools); ``gate``: its admission gate (mode full), which the workers' requests pass too."""
         self.workers, self.run_dir, self.host, self.port = workers, run_dir, host, port
         self.hold_timeout_s = hold_timeout_s
         self._config = config
-        self._channel = Channel(router)
+        self._channel = Channel(router, gate)
+        self._admission = gate is not None
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(self) -> None:
@@ -80,6 +92,7 @@ class ProxyPool:
                         f"--host={self.host}",
                         f"--port={self.port}",
                         f"--hold-timeout-s={self.hold_timeout_s}",
+                        *(["--admission"] if self._admission else []),
                         stdin=asyncio.subprocess.DEVNULL,
                         stdout=log_file,
                         stderr=log_file,

@@ -13,13 +13,16 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config, ModelSpec
 from orchestrator.dataplane.frames import Frame, FrameWriter, read_frames
 from orchestrator.errors import EngineUnavailable
+from orchestrator.proxy.admission import estimate_prompt_tokens, max_new_tokens
+from orchestrator.proxy.errors import ProxyError
 from orchestrator.types import Endpoint, InstanceView, ModelView
 
 log = logging.getLogger("chimera.dataplane")
@@ -83,7 +86,32 @@ class RemoteRouter:
         raise EngineUnavailable(message, retry_after_s)
 
     def release(self, endpoint: Endpoint) -> None:
-        self._send(("release", 0, [endpoint.instance_id]))
+        self._send(("release", 0, [endpoint]))
+
+    # ---- local admission (mode full), in the control plane's gate -------------------------
+
+    async def admit(self, model: str, prompt_tokens: int, new_tokens: int, instance_id: str, arrival: float) -> int:
+        """Wait for the request's turn in the control plane's gate; returns its id (pass it to
+        ``admit_done`` when the request ends). Raises the gate's ProxyError (429) when it is
+        shed, EngineUnavailable when the control plane is gone."""
+        rid = next(self._ids)
+        fut = self._call("admit", rid, (model, prompt_tokens, new_tokens, instance_id, arrival))
+        try:
+            kind, arg = await fut
+        except asyncio.CancelledError:  # the client left while queued (or just as it was let go)
+            self._waiting.pop(rid, None)
+            self._send(("admit_cancel", rid, None))
+            raise
+        if kind == "admitted":
+            return rid
+        if kind == "shed":
+            status, message, code, headers = arg
+            raise ProxyError(status, message, code=code, headers=headers)
+        message, retry_after_s = arg
+        raise EngineUnavailable(message, retry_after_s)
+
+    def admit_done(self, rid: int) -> None:
+        self._send(("admit_done", rid, None))
 
     def suspect(self, instance_id: str, detail: str) -> None:
         self._send(("suspect", 0, (instance_id, detail)))
@@ -110,6 +138,7 @@ class RemoteRouter:
             if fut is None:
                 if kind == "ok":  # answered after its cancel: give the endpoint back
                     self.release(arg)
+                # an "admitted" after its admit_cancel: the control plane ended it on the cancel
             elif not fut.done():
                 fut.set_result((kind, arg))
 
@@ -131,3 +160,24 @@ class RemoteRouter:
             with contextlib.suppress(EngineUnavailable):
                 kind, (self._models, self._instances) = await self._call("views", next(self._ids), None)
             await asyncio.sleep(VIEWS_S)
+
+
+class RemoteGate:
+    """A secondary proxy's admission gate (``app.state.admission``, proxy/admission.py ``Gate``):
+    the control plane's one gate over the channel, so that every proxy's requests queue in one
+    deadline order per GPU group and are shed alike."""
+
+    def __init__(self, router: RemoteRouter) -> None:
+        self._router = router
+
+    @asynccontextmanager
+    async def admitted(
+        self, spec: ModelSpec, body: dict[str, Any], instance_id: str, arrival: float
+    ) -> AsyncIterator[None]:
+        rid = await self._router.admit(
+            spec.name, estimate_prompt_tokens(body), max_new_tokens(body), instance_id, arrival
+        )
+        try:
+            yield
+        finally:
+            self._router.admit_done(rid)

@@ -3,7 +3,10 @@ the control plane's (orchestrator/proxy/), on the same port (SO_REUSEPORT), with
 plane's Router over its channel (remote.py). Its own /metrics count its own requests only.
 Exits on SIGTERM, and by itself when its parent (the control plane) or the channel is gone.
 
-    python -m orchestrator.dataplane.worker --run-dir RUN --host H --port P --hold-timeout-s S
+    python -m orchestrator.dataplane.worker --run-dir RUN --host H --port P --hold-timeout-s S [--admission]
+
+``--admission`` (mode full): its requests wait in the control plane's admission gate
+(remote.py ``RemoteGate``), as the primary proxy's do.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import yaml
 from orchestrator.config import Config
 from orchestrator.dataplane.channel import SOCKET_NAME
 from orchestrator.dataplane.pool import CONFIG_NAME, QuietServer, reuseport_socket
-from orchestrator.dataplane.remote import RemoteRouter
+from orchestrator.dataplane.remote import RemoteGate, RemoteRouter
 from orchestrator.env import Env
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.proxy import create_app
@@ -39,7 +42,7 @@ def engine_headers(run_dir: Path) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-async def serve(run_dir: Path, host: str, port: int, hold_timeout_s: float) -> None:
+async def serve(run_dir: Path, host: str, port: int, hold_timeout_s: float, admission: bool = False) -> None:
     config: Config = pickle.loads((run_dir / CONFIG_NAME).read_bytes())  # written by pool.py, same user
     env = Env.read()
     server: QuietServer | None = None
@@ -59,6 +62,8 @@ async def serve(run_dir: Path, host: str, port: int, hold_timeout_s: float) -> N
         engine_headers=engine_headers(run_dir),
         client_keys=deployment_keys(config, env),  # the same keys as the primary proxy's
     )
+    if admission:
+        app.state.admission = RemoteGate(router)  # proxy/admission.py finds it there
     raise_nofile()
     limits = RequestLimits.from_env(env)
     http = uvicorn_http_options(limits)  # 431, 408, 503 below the app, as in the primary proxy
@@ -85,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--hold-timeout-s", type=float, required=True)
+    p.add_argument("--admission", action="store_true", help="pass the control plane's admission gate (mode full)")
     a = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    asyncio.run(serve(a.run_dir, a.host, a.port, a.hold_timeout_s))
+    asyncio.run(serve(a.run_dir, a.host, a.port, a.hold_timeout_s, a.admission))
     return 0
 
 

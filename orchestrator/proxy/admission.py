@@ -29,9 +29,9 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from starlette.types import Scope
 
@@ -115,12 +115,18 @@ class AdmissionGate:
     async def admit(self, spec: ModelSpec, body: dict[str, Any], instance_id: str, arrival: float) -> str:
         """Queue one request and wait until it is dispatched (returns its id: pass it to
         ``done``) or shed (raises ProxyError 429). Cancellation-safe."""
+        return await self.admit_tokens(spec, estimate_prompt_tokens(body), max_new_tokens(body), instance_id, arrival)
+
+    async def admit_tokens(
+        self, spec: ModelSpec, prompt: int, new_tokens: int, instance_id: str, arrival: float
+    ) -> str:
+        """``admit`` from the body's estimates (a secondary proxy sends them over the channel:
+        orchestrator/dataplane/channel.py). ``arrival``: time.monotonic(), one clock per host."""
         if instance_id not in self._specs:
             raise KeyError(f"admission: no instance {instance_id!r} in the placements file")
-        prompt = estimate_prompt_tokens(body)
         rid = f"r{next(self._ids)}"
         server_model = self._specs[instance_id].model
-        if prompt + max_new_tokens(body) >= max_model_len(server_model.shape.max_context, server_model.engine_args):
+        if prompt + new_tokens >= max_model_len(server_model.shape.max_context, server_model.engine_args):
             # beyond the context: SGLang refuses it with a 400 at once (tokenizer_manager's
             # "Requested token count exceeds the model's maximum context length"). Let the engine
             # answer rather than hold it for KV room no engine will ever have.
@@ -134,7 +140,7 @@ class AdmissionGate:
             arrival,
             arrival + facts.ttft_slo_s,
             facts.latency.prefill_time([(prompt, 0)]),
-            prompt + max_new_tokens(body),
+            prompt + new_tokens,
             None if spec.name == server_model.name else spec.name,
         )
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -288,14 +294,24 @@ def max_new_tokens(body: dict[str, Any]) -> int:
     return DEFAULT_NEW_TOKENS
 
 
+class Gate(Protocol):
+    """What the proxy waits on: the control plane's AdmissionGate, or a secondary proxy's view
+    of it over the channel (orchestrator/dataplane/remote.py ``RemoteGate``)."""
+
+    def admitted(
+        self, spec: ModelSpec, body: dict[str, Any], instance_id: str, arrival: float
+    ) -> AbstractAsyncContextManager[None]: ...
+
+
 @asynccontextmanager
 async def admitted(
     scope: Scope, spec: ModelSpec, body: dict[str, Any], instance_id: str, arrival: float
 ) -> AsyncIterator[None]:
     """The proxy's hook (forward.py): through the app's gate when it has one (mode full: set as
-    ``app.state.admission`` by orchestrator/app.py), straight through otherwise."""
-    gate = getattr(scope["app"].state, "admission", None)
-    if not isinstance(gate, AdmissionGate):
+    ``app.state.admission`` by orchestrator/app.py, and by a secondary proxy's worker.py),
+    straight through otherwise."""
+    gate: Gate | None = getattr(scope["app"].state, "admission", None)
+    if gate is None:
         yield
         return
     async with gate.admitted(spec, body, instance_id, arrival):

@@ -4,6 +4,7 @@ base's server as ``<base>:<adapter>``, loaded on first use, and metered under it
 
 from __future__ import annotations
 
+import concurrent.futures
 from pathlib import Path
 
 import httpx
@@ -69,5 +70,41 @@ def test_adapters_are_models_served_by_their_base(tmp_path: Path) -> None:
         assert reqs.get("sql", 0) >= 2 and reqs.get("chat", 0) >= 2 and reqs.get("math", 0) >= 2
         engine_log = next((tmp_path / "run").rglob("base-gpu0.log")).read_text()
         assert "--enable-lora --max-loras-per-batch 2 --max-loaded-loras 2" in engine_log
+    finally:
+        run.stop()
+
+
+def test_adapters_through_every_proxy_process(tmp_path: Path) -> None:
+    """``--proxies 3``: the workers route through the same Router as the primary, so an adapter
+    asked on any process is loaded on its base's server and answers as itself."""
+    run = start_chimera(
+        tmp_path,
+        PLACEMENTS,
+        "sim",
+        awake=["base"],
+        timeout_s=90,
+        env={"CHIMERA_SIM_SPEED": "0.02"},
+        args=("--proxies", "3"),
+    )
+    try:
+        for w in (run.run_dir / "proxy-1.log", run.run_dir / "proxy-2.log"):
+            assert w.exists()
+
+        def ask(model: str) -> tuple[int, str]:
+            with httpx.Client(timeout=60) as c:  # a fresh connection: any of the three processes
+                r = c.post(
+                    f"{run.base}/v1/chat/completions",
+                    json={"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8},
+                )
+            return r.status_code, r.json()["choices"][0]["message"]["content"] if r.status_code == 200 else r.text
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(ask, ["sql", "chat", "math"] * 8))
+        assert [code for code, _ in got] == [200] * 24, got
+        by_model: dict[str, set[str]] = {}
+        for model, (_, text) in zip(["sql", "chat", "math"] * 8, got, strict=True):
+            by_model.setdefault(model, set()).add(text)
+        assert all(len(t) == 1 for t in by_model.values()), by_model  # each adapter always itself
+        assert len({next(iter(t)) for t in by_model.values()}) == 3, by_model
     finally:
         run.stop()

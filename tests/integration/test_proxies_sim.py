@@ -1,7 +1,7 @@
 """``chimera-orch up --proxies 3`` on the sim engine: three proxy processes on one port
 (SO_REUSEPORT). Requests on fresh connections (spread over the processes by the kernel) for a
-model parked at up all wake it through the control loop and are served; /v1/models answers from
-every process; the workers leave with chimera."""
+model parked at up all wake it through the control loop and pass its admission gate (mode full)
+and are served; /v1/models answers from every process; the workers leave with chimera."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ def test_three_proxy_processes_share_the_port_and_the_control_loop(tmp_path: Pat
             if "orchestrator.dataplane.worker" in " ".join(p.cmdline())
         ]
         assert len(workers) == 2, [p.cmdline() for p in psutil.Process(run.proc.pid).children()]
+        assert all("--admission" in w.cmdline() for w in workers)  # mode full: the control plane's gate
         port = int(run.base.rsplit(":", 1)[1])
         deadline = time.monotonic() + 30
         while not all(listens(w, port) for w in workers):  # each listens on the same port, once imported
