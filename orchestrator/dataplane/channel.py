@@ -18,7 +18,9 @@ is a few microseconds. It exposes the control loop's Router, nothing else:
   (status, message, code, headers)`` (the 429 with its Retry-After) | ``err (message, None)``;
   then ``admit_done`` of that id when the request ended, or ``admit_cancel`` when its client
   left (queued: it leaves the queue; dispatched meanwhile: the same as done);
-- ``views`` -> ``views (models, instances)``, for the workers' /v1/models and /metrics.
+- ``views (proxy label, request-path exposition)`` -> ``views (models, instances)``: the
+  control plane's views for the workers' /v1/models; the worker's own request counters, which
+  the primary's /metrics puts in labelled ``proxy`` (``proxy_metrics``; metrics/federate.py).
 
 Endpoints a worker acquired and had not released, and requests it had admitted and not ended,
 when its connection ends (it died) are given back then: the loop's in-flight counts and the
@@ -60,11 +62,16 @@ class Channel:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._closed = False
+        self._exposition: dict[asyncio.StreamWriter, tuple[str, str]] = {}  # per worker: (label, text)
 
     async def serve(self, path: Path) -> None:
         await asyncio.to_thread(path.unlink, missing_ok=True)  # a previous run's
         self._server = await asyncio.start_unix_server(self._connection, path=str(path))
         os.chmod(path, 0o600)
+
+    def proxy_metrics(self) -> list[tuple[str, str]]:
+        """The live workers' request-path exposition as they last sent it (every VIEWS_S)."""
+        return sorted(self._exposition.values())
 
     async def close(self) -> None:
         self._closed = True
@@ -111,6 +118,8 @@ class Channel:
             elif op == "suspect":
                 self.router.suspect(*arg)
             elif op == "views":
+                if arg is not None:
+                    self._exposition[writer] = arg
                 out.send(("views", rid, (self.router.models(), self.router.instances())))
 
         try:
@@ -134,6 +143,7 @@ class Channel:
                     {e.instance_id: n for e, n in held.items() if n > 0},
                 )
             self._writers.discard(writer)
+            self._exposition.pop(writer, None)
             out.close()
 
     async def _acquire(self, rid: int, arg: tuple[str, float], out: FrameWriter, held: Counter[Endpoint]) -> None:

@@ -18,11 +18,14 @@ from collections.abc import Generator
 from pathlib import Path
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 import orchestrator
 from orchestrator.config import Config
 from orchestrator.control.router import Router
 from orchestrator.dataplane.channel import SOCKET_NAME, Channel
+from orchestrator.dataplane.primary import SOCKET_NAME as PRIMARY_SOCKET
 from orchestrator.proxy.admission import AdmissionGate
 from orchestrator.sockets import tcp_socket
 
@@ -52,6 +55,36 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class PrimaryServer:
+    """The primary's app on ``run_dir/primary.sock`` (its lifespan already runs in the server on
+    the TCP port: none here)."""
+
+    def __init__(self, app: ASGIApp, run_dir: Path) -> None:
+        self.path = run_dir / PRIMARY_SOCKET
+        self._server = QuietServer(
+            uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, ws="none")
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.path.unlink(missing_ok=True)  # a previous run's
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(self.path))
+        os.chmod(self.path, 0o600)
+        sock.listen(512)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="primary-socket")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(self._task, 10)
+        except TimeoutError:
+            self._task.cancel()
+        self.path.unlink(missing_ok=True)
+
+
 class ProxyPool:
     """``workers`` secondary proxies beside the control plane's own (which the app serves on a
     ``reuseport_socket``)."""
@@ -65,20 +98,26 @@ class ProxyPool:
         hold_timeout_s: float,
         config: Config,
         router: Router,
+        app: Starlette,
         gate: AdmissionGate | None = None,
     ) -> None:
         """``router``: the primary proxy's own (the control loop, wrapped for adapters and
-        pools); ``gate``: its admission gate (mode full), which the workers' requests pass too."""
+        pools); ``app``: the primary's app, also served to the workers on the run folder's
+        ``primary.sock`` (its admin API, dashboard and /metrics, with the workers' request
+        series); ``gate``: its admission gate (mode full), which the workers' requests pass too."""
         self.workers, self.run_dir, self.host, self.port = workers, run_dir, host, port
         self.hold_timeout_s = hold_timeout_s
         self._config = config
         self._channel = Channel(router, gate)
         self._admission = gate is not None
+        self._primary = PrimaryServer(app, run_dir)
+        app.state.proxy_metrics = self._channel.proxy_metrics
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(self) -> None:
         await asyncio.to_thread((self.run_dir / CONFIG_NAME).write_bytes, pickle.dumps(self._config))
         await self._channel.serve(self.run_dir / SOCKET_NAME)
+        await self._primary.start()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)}
         for i in range(self.workers):
             log_file = await asyncio.to_thread(open, self.run_dir / f"proxy-{i + 1}.log", "ab")
@@ -92,6 +131,7 @@ class ProxyPool:
                         f"--host={self.host}",
                         f"--port={self.port}",
                         f"--hold-timeout-s={self.hold_timeout_s}",
+                        f"--index={i + 1}",
                         *(["--admission"] if self._admission else []),
                         stdin=asyncio.subprocess.DEVNULL,
                         stdout=log_file,
@@ -116,3 +156,4 @@ class ProxyPool:
                     p.kill()
                 await p.wait()
         await self._channel.close()
+        await self._primary.stop()

@@ -30,9 +30,17 @@ VIEWS_S = 1.0
 
 
 class RemoteRouter:
-    def __init__(self, config: Config, on_lost: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        on_lost: Callable[[], None] | None = None,
+        exposition: Callable[[], tuple[str, str]] | None = None,
+    ) -> None:
+        """``exposition``: this worker's (proxy label, request-path exposition), sent with each
+        views refresh for the primary's /metrics."""
         self.config = config
         self._on_lost = on_lost
+        self._exposition = exposition
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._models: list[ModelView] = []
@@ -158,7 +166,8 @@ class RemoteRouter:
     async def _refresh_views(self) -> None:
         while not self._lost:
             with contextlib.suppress(EngineUnavailable):
-                kind, (self._models, self._instances) = await self._call("views", next(self._ids), None)
+                mine = self._exposition() if self._exposition is not None else None
+                kind, (self._models, self._instances) = await self._call("views", next(self._ids), mine)
             await asyncio.sleep(VIEWS_S)
 
 

@@ -3,10 +3,13 @@ the control plane's (orchestrator/proxy/), on the same port (SO_REUSEPORT), with
 plane's Router over its channel (remote.py). Its own /metrics count its own requests only.
 Exits on SIGTERM, and by itself when its parent (the control plane) or the channel is gone.
 
-    python -m orchestrator.dataplane.worker --run-dir RUN --host H --port P --hold-timeout-s S [--admission]
+    python -m orchestrator.dataplane.worker --run-dir RUN --host H --port P --hold-timeout-s S \
+        --index N [--admission]
 
 ``--admission`` (mode full): its requests wait in the control plane's admission gate
-(remote.py ``RemoteGate``), as the primary proxy's do.
+(remote.py ``RemoteGate``), as the primary proxy's do. Routes it does not serve itself (the admin
+API, the dashboard, /metrics) go to the primary (primary.py); its own request series reach the
+primary's /metrics labelled ``proxy="N"``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import yaml
 from orchestrator.config import Config
 from orchestrator.dataplane.channel import SOCKET_NAME
 from orchestrator.dataplane.pool import CONFIG_NAME, QuietServer, reuseport_socket
+from orchestrator.dataplane.primary import to_primary_route
 from orchestrator.dataplane.remote import RemoteGate, RemoteRouter
 from orchestrator.env import Env
 from orchestrator.metrics.registry import ChimeraMetrics
@@ -42,7 +46,9 @@ def engine_headers(run_dir: Path) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-async def serve(run_dir: Path, host: str, port: int, hold_timeout_s: float, admission: bool = False) -> None:
+async def serve(
+    run_dir: Path, host: str, port: int, hold_timeout_s: float, index: int = 1, admission: bool = False
+) -> None:
     config: Config = pickle.loads((run_dir / CONFIG_NAME).read_bytes())  # written by pool.py, same user
     env = Env.read()
     server: QuietServer | None = None
@@ -51,16 +57,19 @@ async def serve(run_dir: Path, host: str, port: int, hold_timeout_s: float, admi
         if server is not None:
             server.should_exit = True
 
-    router = RemoteRouter(config, on_lost=lost)
+    metrics = ChimeraMetrics()
+    router = RemoteRouter(config, on_lost=lost, exposition=lambda: (str(index), metrics.render()[0].decode()))
     await router.connect(run_dir / SOCKET_NAME)
     app = create_app(
         router,
-        ChimeraMetrics(),
+        metrics,
         hold_timeout_s=hold_timeout_s,
         upstream_limits=Limits(first_byte_s=env.upstream_first_byte_s, idle_s=env.upstream_idle_s),
         max_body_bytes=env.max_body_bytes,
         engine_headers=engine_headers(run_dir),
         client_keys=deployment_keys(config, env),  # the same keys as the primary proxy's
+        own_metrics=False,  # the primary's, with this process's request series in it
+        extra_routes=[to_primary_route(run_dir)],  # admin API, dashboard, /metrics: the primary's
     )
     if admission:
         app.state.admission = RemoteGate(router)  # proxy/admission.py finds it there
@@ -90,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--hold-timeout-s", type=float, required=True)
+    p.add_argument("--index", type=int, default=1, help="this process's number, its proxy label in /metrics")
     p.add_argument("--admission", action="store_true", help="pass the control plane's admission gate (mode full)")
     a = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    asyncio.run(serve(a.run_dir, a.host, a.port, a.hold_timeout_s, a.admission))
+    asyncio.run(serve(a.run_dir, a.host, a.port, a.hold_timeout_s, a.index, a.admission))
     return 0
 
 

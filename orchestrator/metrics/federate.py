@@ -73,6 +73,62 @@ def merge(texts: Iterable[tuple[InstanceView, str]]) -> bytes:
     return ("\n".join(out) + "\n").encode() if out else b""
 
 
+# What a secondary proxy process (up --proxies N) counts itself: the request path's families,
+# named as their groups are in the exposition (a counter's ``_total``; its ``_created`` group,
+# a per-process timestamp, is left out)
+PROXY_FAMILIES = frozenset(
+    {
+        "chimera_requests_total",
+        "chimera_request_ttft_seconds",
+        "chimera_request_e2e_seconds",
+        "chimera_request_tpot_seconds",
+        "chimera_slo_requests_total",
+        "chimera_requests_in_flight",
+    }
+)
+
+
+def with_proxies(own: bytes, proxies: Iterable[tuple[str, str]]) -> bytes:
+    """chimera's own exposition with the request-path samples of its secondary proxy
+    processes (``proxies``: their ``proxy`` label and exposition text) put into the same
+    families, each labelled ``proxy="N"``: one scrape of any process on the port sees every
+    request (the primary's own samples carry no ``proxy`` label). Line by line, as ``merge``;
+    a family keeps one group (HELP, TYPE, then all its samples), as the text format requires."""
+    extra: dict[str, list[str]] = {}
+    for label, text in proxies:
+        tag = f'proxy="{_escape(label)}"'
+        family: str | None = None
+        for line in text.splitlines():
+            if not line:
+                continue
+            if line[0] == "#":
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] == "HELP":
+                    family = parts[2] if parts[2] in PROXY_FAMILIES else None
+                continue
+            if family is None:
+                continue
+            cut = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1)
+            if cut < 0:
+                continue
+            if line[cut] == "{":
+                sep = "" if line[cut + 1 : cut + 2] == "}" else ","
+                extra.setdefault(family, []).append(f"{line[: cut + 1]}{tag}{sep}{line[cut + 1 :]}")
+            else:
+                extra.setdefault(family, []).append(f"{line[:cut]}{{{tag}}}{line[cut:]}")
+    if not extra:
+        return own
+    out: list[str] = []
+    group = ""
+    for line in own.decode().splitlines():
+        if line.startswith("# HELP "):
+            out += extra.pop(group, [])  # the previous family's group ends here
+            group = line.split(" ", 3)[2]
+        out.append(line)
+    out += extra.pop(group, [])
+    return ("\n".join(out) + "\n").encode()
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from orchestrator.control.router import Router
 from orchestrator.metrics import ChimeraMetrics
-from orchestrator.metrics.federate import engine_metrics
+from orchestrator.metrics.federate import engine_metrics, with_proxies
 from orchestrator.proxy.auth import AuthMiddleware, ClientKeys, client_of
 from orchestrator.proxy.body import ModelField
 from orchestrator.proxy.errors import ProxyError, public, status_code
@@ -61,6 +61,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     engine_headers: Mapping[str, str] | None = None,
     client_keys: ClientKeys | None = None,
+    own_metrics: bool = True,
 ) -> Starlette:
     """The proxy app. ``hold_timeout_s``: how long a request may wait for its model to wake
     before a 503. ``transport``: an httpx transport that replaces the engines (tests pass a
@@ -69,7 +70,9 @@ def create_app(
     the largest request body a proxied route reads (413 beyond; the head limit is the
     server's, limits.uvicorn_http_options). ``engine_headers``: sent with every request to an
     engine, proxied or scraped (the engines' API key, sglang/auth.py). ``client_keys``: the API
-    keys the OpenAI routes require (auth.py); None: no authentication."""
+    keys the OpenAI routes require (auth.py); None: no authentication. ``own_metrics``: False in
+    a secondary proxy process, whose ``/metrics`` is the primary's (dataplane/primary.py), with
+    the secondary proxies' request series put in as ``app.state.proxy_metrics`` gives them."""
     created = int(time.time())
 
     @asynccontextmanager
@@ -134,6 +137,9 @@ def create_app(
 
     async def prometheus(request: Request) -> Response:
         body, content_type = metrics.render()
+        proxies = getattr(request.app.state, "proxy_metrics", None)  # up --proxies N: dataplane/pool.py
+        if proxies is not None:
+            body = with_proxies(body, proxies())
         # the engines' own sglang:* series, labelled by instance
         body += await engine_metrics(request.app.state.scraper, router.instances())
         return Response(body, headers={"content-type": content_type})
@@ -144,7 +150,7 @@ def create_app(
     routes = [
         Route(MODELS.path, list_models, methods=[MODELS.method]),
         Route(MODEL_CARD.path, retrieve_model, methods=[MODEL_CARD.method]),
-        Route("/metrics", prometheus, methods=["GET"]),
+        *([Route("/metrics", prometheus, methods=["GET"])] if own_metrics else []),
         Route("/health", health, methods=["GET"]),
         *(
             Route(path, ForwardEndpoint(path, field, router, metrics, hold_timeout_s, max_body_bytes), methods=["POST"])

@@ -1,7 +1,9 @@
 """``chimera-orch up --proxies 3`` on the sim engine: three proxy processes on one port
 (SO_REUSEPORT). Requests on fresh connections (spread over the processes by the kernel) for a
 model parked at up all wake it through the control loop and pass its admission gate (mode full)
-and are served; /v1/models answers from every process; the workers leave with chimera."""
+and are served; /v1/models answers from every process, the admin API, the dashboard and
+/metrics (every process's requests) from every process as from the primary; the workers leave
+with chimera."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.dataplane.remote import VIEWS_S
 from tests.chimera_proc import alive, start_chimera
 
 pytestmark = pytest.mark.slow
+KEY = "proxies-admin-key"
 
 PLACEMENTS = {
     "mode": "full",
@@ -33,6 +37,20 @@ def b_state(base: str) -> str:
         return str({m["id"]: m["state"] for m in c.get(f"{base}/v1/models").json()["data"]}["b"])
 
 
+def requests_of_b(base: str) -> tuple[float, bool]:
+    """chimera_requests_total for model b over every process, and whether a worker's samples
+    (labelled proxy) were among them."""
+    with httpx.Client(timeout=5) as c:
+        text = c.get(f"{base}/metrics").text
+    total, workers = 0.0, False
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "chimera_requests_total" and s.labels.get("model") == "b":
+                total += s.value
+                workers = workers or "proxy" in s.labels
+    return total, workers
+
+
 def listens(p: psutil.Process, port: int) -> bool:
     return any(c.laddr.port == port and c.status == "LISTEN" for c in p.net_connections("tcp"))
 
@@ -45,7 +63,7 @@ def test_three_proxy_processes_share_the_port_and_the_control_loop(tmp_path: Pat
         awake=["a"],
         parked=("b",),
         timeout_s=90,
-        env={"CHIMERA_SIM_SPEED": "0.02"},
+        env={"CHIMERA_SIM_SPEED": "0.02", "CHIMERA_ADMIN_KEY": KEY},
         args=("--proxies", "3"),
     )
     try:
@@ -77,6 +95,22 @@ def test_three_proxy_processes_share_the_port_and_the_control_loop(tmp_path: Pat
             if states == ["awake"] * 6:
                 break
             assert time.monotonic() < deadline, states
+            time.sleep(0.2)
+        # the primary's own routes from any process: admin API, dashboard, /metrics (with every
+        # process's requests in it, the workers' labelled proxy="N")
+        for _ in range(9):
+            with httpx.Client(timeout=10) as c:
+                admin = c.get(f"{run.base}/admin/instances", headers={"authorization": f"Bearer {KEY}"})
+                assert admin.status_code == 200 and {i["id"] for i in admin.json()["instances"]} >= {"b@gpu1"}
+                assert c.get(f"{run.base}/admin/instances").status_code == 401  # still the primary's check
+                page = c.get(f"{run.base}/")
+                assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        deadline = time.monotonic() + 5 * VIEWS_S
+        while True:
+            counts = [requests_of_b(run.base) for _ in range(6)]  # fresh connections: any of the three
+            if counts == [(24.0, True)] * 6:
+                break
+            assert time.monotonic() < deadline, counts
             time.sleep(0.2)
         pids = {w.pid for w in workers}
     finally:
