@@ -3,8 +3,8 @@ connection to any process on the port, but the admin API, the dashboard and the 
 ``/metrics`` live only in the primary (the control plane's process). The primary also serves
 its app on a Unix socket in the run folder (pool.py ``PrimaryServer``; mode 0600: chimera's user
 only, never a TCP port), and a worker passes every request for a route it does not serve itself
-there, streamed both ways (the dashboard's event stream included), with the client's own
-headers (the admin key is checked by the primary as for a direct request).
+there, streamed both ways, with the client's own headers (the admin key is checked by the
+primary as for a direct request).
 """
 
 from __future__ import annotations

@@ -57,14 +57,8 @@ def merge(texts: Iterable[tuple[InstanceView, str]]) -> bytes:
                 continue
             if family is None or not line.startswith("sglang:"):
                 continue
-            cut = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1)
-            if cut < 0:
-                continue  # not a sample line
-            if line[cut] == "{":
-                sep = "" if line[cut + 1 : cut + 2] == "}" else ","
-                samples[family].append(f"{line[: cut + 1]}{extra}{sep}{line[cut + 1 :]}")
-            else:
-                samples[family].append(f"{line[:cut]}{{{extra}}}{line[cut:]}")
+            if (labelled := _labelled(line, extra)) is not None:
+                samples[family].append(labelled)
     out: list[str] = []
     for family, lines in samples.items():
         head = heads[family]
@@ -108,14 +102,8 @@ def with_proxies(own: bytes, proxies: Iterable[tuple[str, str]]) -> bytes:
                 continue
             if family is None:
                 continue
-            cut = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1)
-            if cut < 0:
-                continue
-            if line[cut] == "{":
-                sep = "" if line[cut + 1 : cut + 2] == "}" else ","
-                extra.setdefault(family, []).append(f"{line[: cut + 1]}{tag}{sep}{line[cut + 1 :]}")
-            else:
-                extra.setdefault(family, []).append(f"{line[:cut]}{{{tag}}}{line[cut:]}")
+            if (labelled := _labelled(line, tag)) is not None:
+                extra.setdefault(family, []).append(labelled)
     if not extra:
         return own
     out: list[str] = []
@@ -127,6 +115,19 @@ def with_proxies(own: bytes, proxies: Iterable[tuple[str, str]]) -> bytes:
         out.append(line)
     out += extra.pop(group, [])
     return ("\n".join(out) + "\n").encode()
+
+
+def _labelled(line: str, labels: str) -> str | None:
+    """The sample ``line`` with ``labels`` (``a="b",...``) put first among its labels; None for
+    a line that is not a sample. A metric name holds no ``{`` or space: the labels go right
+    after it, and what follows is kept as it is."""
+    cut = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1)
+    if cut < 0:
+        return None
+    if line[cut] == "{":
+        sep = "" if line[cut + 1 : cut + 2] == "}" else ","
+        return f"{line[: cut + 1]}{labels}{sep}{line[cut + 1 :]}"
+    return f"{line[:cut]}{{{labels}}}{line[cut:]}"
 
 
 def _escape(value: str) -> str:
