@@ -214,6 +214,8 @@ async def serve(
     )
     # the workers route through the same Router (adapters, pools) and admission gate as this proxy
     pool = ProxyPool(proxies - 1, run_dir, host, port, hold_timeout_s, cfg, router, app, gate) if proxies > 1 else None
+    if pool is not None:
+        dashboard.proxies = pool.proxy_readings  # every process's requests on the page
     if sock is not None:
         sockets: list[socket.socket] | None = [sock]
     else:

@@ -6,8 +6,8 @@ pass (``read``), and the quantile of a cumulative histogram (``quantile``, as Pr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any
 
@@ -91,6 +91,42 @@ def _read(metrics: ChimeraMetrics, series: Reader) -> Readings:
         if value > 0:  # one kind at a time (metrics/host_memory.py)
             r.host_bytes[iid] = (kind, value)
     return r
+
+
+def with_proxies(own: Readings, proxies: Iterable[Readings]) -> Readings:
+    """``own`` with the request-path readings of the secondary proxy processes added (``up
+    --proxies N``: requests, shed, in flight, TTFT and TPOT histograms, SLO counts), so the page
+    shows every request whichever process served it, as ``/metrics`` does."""
+    proxies = list(proxies)
+    if not proxies:
+        return own
+    r = replace(own, requests=dict(own.requests), shed=dict(own.shed), in_flight=dict(own.in_flight))
+    ttft, tpot = dict(own.ttft), dict(own.tpot)
+    slo = {m: dict(c) for m, c in own.slo.items()}
+    for p in proxies:
+        for mine, theirs in ((r.requests, p.requests), (r.shed, p.shed), (r.in_flight, p.in_flight)):
+            for model, v in theirs.items():
+                mine[model] = mine.get(model, 0.0) + v
+        for mine_h, theirs_h in ((ttft, p.ttft), (tpot, p.tpot)):
+            for model, buckets in theirs_h.items():
+                mine_h[model] = _add_buckets(mine_h.get(model, []), buckets)
+        for model, counts in p.slo.items():
+            into = slo.setdefault(model, {})
+            for key, v in counts.items():
+                into[key] = into.get(key, 0.0) + v
+    return replace(r, ttft=ttft, tpot=tpot, slo=slo)
+
+
+def _add_buckets(a: Buckets, b: Buckets) -> Buckets:
+    """Two cumulative histograms of the same bounds (one metric's, in two processes), added."""
+    if not a:
+        return list(b)
+    if not b:
+        return list(a)
+    counts: dict[float, float] = {}
+    for le, c in (*a, *b):
+        counts[le] = counts.get(le, 0.0) + c
+    return sorted(counts.items())
 
 
 def _collected(metric: MetricWrapperBase, names: tuple[str, ...], histogram: bool) -> Values:

@@ -56,9 +56,14 @@ class Dashboard:
         self.history.seed(i for m in models() for i in m.instances)
         self.observe = self.history.observe
         self._files = static_files()
+        # up --proxies N: the secondary proxy processes' readings (dataplane/pool.py)
+        self.proxies: Callable[[], list[readings.Readings]] | None = None
 
     def snapshot(self) -> dict[str, Any]:
-        return state.build(self._models(), self._dep, readings.read(self._metrics), self.history, self._clock())
+        read = readings.read(self._metrics)
+        if self.proxies is not None:
+            read = readings.with_proxies(read, self.proxies())
+        return state.build(self._models(), self._dep, read, self.history, self._clock())
 
     def routes(self) -> list[Route]:
         page, page_type = self._files["index.html"]

@@ -18,9 +18,10 @@ is a few microseconds. It exposes the control loop's Router, nothing else:
   (status, message, code, headers)`` (the 429 with its Retry-After) | ``err (message, None)``;
   then ``admit_done`` of that id when the request ended, or ``admit_cancel`` when its client
   left (queued: it leaves the queue; dispatched meanwhile: the same as done);
-- ``views (proxy label, request-path exposition)`` -> ``views (models, instances)``: the
-  control plane's views for the workers' /v1/models; the worker's own request counters, which
-  the primary's /metrics puts in labelled ``proxy`` (``proxy_metrics``; metrics/federate.py).
+- ``views (proxy label, exposition, readings)`` -> ``views (models, instances)``: the control
+  plane's views for the workers' /v1/models; the worker's own request series, which the
+  primary's /metrics puts in labelled ``proxy`` (``proxy_metrics``; metrics/federate.py) and
+  its dashboard adds in (``proxy_readings``; dashboard/readings.py).
 
 Endpoints a worker acquired and had not released, and requests it had admitted and not ended,
 when its connection ends (it died) are given back then: the loop's in-flight counts and the
@@ -38,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.control.router import Router
+from orchestrator.dashboard.readings import Readings
 from orchestrator.dataplane.frames import Frame, FrameWriter, read_frames
 from orchestrator.errors import EngineUnavailable
 from orchestrator.proxy.admission import AdmissionGate
@@ -62,7 +64,7 @@ class Channel:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._closed = False
-        self._exposition: dict[asyncio.StreamWriter, tuple[str, str]] = {}  # per worker: (label, text)
+        self._reports: dict[asyncio.StreamWriter, tuple[str, str, Readings]] = {}  # per worker, its last
 
     async def serve(self, path: Path) -> None:
         await asyncio.to_thread(path.unlink, missing_ok=True)  # a previous run's
@@ -70,8 +72,12 @@ class Channel:
         os.chmod(path, 0o600)
 
     def proxy_metrics(self) -> list[tuple[str, str]]:
-        """The live workers' request-path exposition as they last sent it (every VIEWS_S)."""
-        return sorted(self._exposition.values())
+        """The live workers' (proxy label, exposition) as they last sent them (every VIEWS_S)."""
+        return sorted((label, text) for label, text, _ in self._reports.values())
+
+    def proxy_readings(self) -> list[Readings]:
+        """The live workers' dashboard readings as they last sent them."""
+        return [r for _, _, r in self._reports.values()]
 
     async def close(self) -> None:
         self._closed = True
@@ -119,7 +125,7 @@ class Channel:
                 self.router.suspect(*arg)
             elif op == "views":
                 if arg is not None:
-                    self._exposition[writer] = arg
+                    self._reports[writer] = arg
                 out.send(("views", rid, (self.router.models(), self.router.instances())))
 
         try:
@@ -143,7 +149,7 @@ class Channel:
                     {e.instance_id: n for e, n in held.items() if n > 0},
                 )
             self._writers.discard(writer)
-            self._exposition.pop(writer, None)
+            self._reports.pop(writer, None)
             out.close()
 
     async def _acquire(self, rid: int, arg: tuple[str, float], out: FrameWriter, held: Counter[Endpoint]) -> None:

@@ -112,6 +112,7 @@ class ProxyPool:
         self._admission = gate is not None
         self._primary = PrimaryServer(app, run_dir)
         app.state.proxy_metrics = self._channel.proxy_metrics
+        self.proxy_readings = self._channel.proxy_readings  # for the dashboard (app.py)
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(self) -> None:

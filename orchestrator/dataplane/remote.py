@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config, ModelSpec
+from orchestrator.dashboard.readings import Readings
 from orchestrator.dataplane.frames import Frame, FrameWriter, read_frames
 from orchestrator.errors import EngineUnavailable
 from orchestrator.proxy.admission import estimate_prompt_tokens, max_new_tokens
@@ -34,10 +35,10 @@ class RemoteRouter:
         self,
         config: Config,
         on_lost: Callable[[], None] | None = None,
-        exposition: Callable[[], tuple[str, str]] | None = None,
+        exposition: Callable[[], tuple[str, str, Readings]] | None = None,
     ) -> None:
-        """``exposition``: this worker's (proxy label, request-path exposition), sent with each
-        views refresh for the primary's /metrics."""
+        """``exposition``: this worker's (proxy label, exposition, dashboard readings), sent
+        with each views refresh for the primary's /metrics and dashboard."""
         self.config = config
         self._on_lost = on_lost
         self._exposition = exposition

@@ -25,6 +25,7 @@ import uvicorn
 import yaml
 
 from orchestrator.config import Config
+from orchestrator.dashboard import readings
 from orchestrator.dataplane.channel import SOCKET_NAME
 from orchestrator.dataplane.pool import CONFIG_NAME, QuietServer, reuseport_socket
 from orchestrator.dataplane.primary import to_primary_route
@@ -58,7 +59,9 @@ async def serve(
             server.should_exit = True
 
     metrics = ChimeraMetrics()
-    router = RemoteRouter(config, on_lost=lost, exposition=lambda: (str(index), metrics.render()[0].decode()))
+    router = RemoteRouter(
+        config, on_lost=lost, exposition=lambda: (str(index), metrics.render()[0].decode(), readings.read(metrics))
+    )
     await router.connect(run_dir / SOCKET_NAME)
     app = create_app(
         router,

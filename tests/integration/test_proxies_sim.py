@@ -51,6 +51,12 @@ def requests_of_b(base: str) -> tuple[float, bool]:
     return total, workers
 
 
+def dashboard_requests_of_b(base: str) -> int:
+    with httpx.Client(timeout=5) as c:
+        models = c.get(f"{base}/dashboard/state").json()["models"]
+    return int(next(m for m in models if m["name"] == "b")["requests"])
+
+
 def listens(p: psutil.Process, port: int) -> bool:
     return any(c.laddr.port == port and c.status == "LISTEN" for c in p.net_connections("tcp"))
 
@@ -108,9 +114,10 @@ def test_three_proxy_processes_share_the_port_and_the_control_loop(tmp_path: Pat
         deadline = time.monotonic() + 5 * VIEWS_S
         while True:
             counts = [requests_of_b(run.base) for _ in range(6)]  # fresh connections: any of the three
-            if counts == [(24.0, True)] * 6:
+            shown = [dashboard_requests_of_b(run.base) for _ in range(6)]  # the page, too
+            if counts == [(24.0, True)] * 6 and shown == [24] * 6:
                 break
-            assert time.monotonic() < deadline, counts
+            assert time.monotonic() < deadline, (counts, shown)
             time.sleep(0.2)
         pids = {w.pid for w in workers}
     finally:

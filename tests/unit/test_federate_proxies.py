@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.dashboard import readings
 from orchestrator.metrics.federate import with_proxies
 from orchestrator.metrics.registry import ChimeraMetrics
 
@@ -45,3 +46,20 @@ def test_the_workers_request_samples_join_the_primarys_families() -> None:
     text = body.decode()
     assert text.count("# TYPE chimera_requests_total counter") == 1
     assert with_proxies(primary.render()[0], []) == primary.render()[0]
+
+
+def test_the_dashboard_adds_the_workers_readings_as_one_process_would_count_them() -> None:
+    primary, one, two, alone = ChimeraMetrics(), ChimeraMetrics(), ChimeraMetrics(), ChimeraMetrics()
+    for m, model, n, ttft in ((primary, "a", 2, 0.1), (one, "a", 3, 2.0), (two, "b", 5, 0.4)):
+        for into in (m, alone):
+            for _ in range(n):
+                into.requests.labels(model, "/v1/chat/completions", "200").inc()
+                into.ttft.labels(model).observe(ttft)
+                into.tpot.labels(model).observe(0.02)
+                into.slo.labels(model, "joint", "met" if ttft < 1 else "missed").inc()
+    one.requests.labels("a", "/v1/chat/completions", "429").inc()
+    alone.requests.labels("a", "/v1/chat/completions", "429").inc()
+    merged = readings.with_proxies(readings.read(primary), [readings.read(one), readings.read(two)])
+    assert merged == readings.read(alone)
+    assert merged.shed == {"a": 1.0} and readings.quantile(0.99, merged.ttft["a"]) > 1.0  # the worker's slow ones
+    assert readings.with_proxies(readings.read(primary), []) == readings.read(primary)
