@@ -91,6 +91,7 @@ async def serve(
     cluster: Inventory | None = None,
     client_keys: ClientKeys | None = None,
     proxies: int = 1,
+    primary_share: float | None = None,
     sock: socket.socket | None = None,
     sock_outlives_us: bool = False,
 ) -> int:
@@ -213,7 +214,11 @@ async def serve(
         )
     )
     # the workers route through the same Router (adapters, pools) and admission gate as this proxy
-    pool = ProxyPool(proxies - 1, run_dir, host, port, hold_timeout_s, cfg, router, app, gate) if proxies > 1 else None
+    pool = (
+        ProxyPool(proxies - 1, run_dir, host, port, hold_timeout_s, cfg, router, app, gate, primary_share)
+        if proxies > 1
+        else None
+    )
     if pool is not None:
         dashboard.proxies = pool.proxy_readings  # every process's requests on the page
     if sock is not None:
@@ -252,7 +257,7 @@ async def serve(
             t.add_done_callback(_report_death)
     try:
         if pool is not None:
-            await pool.start()
+            await pool.start(sockets[0] if sockets else None)
         with progress:
             waits = {asyncio.create_task(progress.settled_event.wait()), asyncio.create_task(stop.wait())}
             await asyncio.wait({server_task, *waits}, return_when=asyncio.FIRST_COMPLETED)

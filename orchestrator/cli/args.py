@@ -94,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     up.add_argument(
+        "--primary-share",
+        type=float,
+        default=None,
+        metavar="F",
+        help="with --proxies N: the share of new connections (0-1) this process serves itself, "
+        "which also runs the control loop and every worker's channel; lower it where this process "
+        "binds (default: the kernel's even spread, 1/N; Linux: a reuseport BPF program)",
+    )
+    up.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="info",

@@ -161,6 +161,8 @@ def _up(args: argparse.Namespace) -> int:
         raise ConfigError([f"--hold-timeout-s: must be > 0 (got {args.hold_timeout_s})"])
     if not 1 <= args.proxies <= MAX_PROXIES:
         raise ConfigError([f"--proxies: must be 1-{MAX_PROXIES} (got {args.proxies})"])
+    if args.primary_share is not None and not (0 <= args.primary_share <= 1 and args.proxies > 1):
+        raise ConfigError([f"--primary-share: a share from 0 to 1 with --proxies 2 or more (got {args.primary_share})"])
     # Listen first: from here on a client's connection waits in the kernel's backlog until the
     # proxy serves it (a restart of the control plane is a short wait, not a refused connection).
     # Under systemd socket activation the socket outlives chimera itself: not even a restart's
@@ -266,6 +268,7 @@ def _up_listening(
                 cluster=cluster,
                 client_keys=client_keys,
                 proxies=args.proxies,
+                primary_share=args.primary_share,
                 sock=sock,
                 sock_outlives_us=handed_over,
             )

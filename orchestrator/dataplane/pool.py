@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import pickle
 import signal
 import socket
+import struct
 import sys
 from collections.abc import Generator
 from pathlib import Path
@@ -53,6 +55,46 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(False)
     return sock
+
+
+# Linux's SO_ATTACH_REUSEPORT_CBPF (asm-generic/socket.h) and classic BPF (linux/filter.h)
+SO_ATTACH_REUSEPORT_CBPF = 51
+_LD_RANDOM = (0x20, 0, 0, (-0x1000 + 56) & 0xFFFFFFFF)  # A = random u32 (SKF_AD_OFF + SKF_AD_RANDOM)
+_MOD, _ADD, _JGE, _RET_K, _RET_A = 0x94, 0x04, 0x35, 0x06, 0x16
+SHARE_STEPS = 1000  # the share's resolution
+
+
+def steering_program(workers: int, primary_share: float) -> list[tuple[int, int, int, int]]:
+    """The classic BPF program that picks a listening socket of the port's SO_REUSEPORT group
+    for each new connection: the primary's (index 0: it listens first) with probability
+    ``primary_share``, else one of the ``workers`` (1..workers) uniformly. An index past the
+    sockets listening now (a worker not up yet, or gone) makes the kernel pick by hash among
+    all, the primary included: nothing is refused."""
+    cut = round(primary_share * SHARE_STEPS)
+    return [
+        _LD_RANDOM,
+        (_MOD, 0, 0, SHARE_STEPS),
+        (_JGE, 1, 0, cut),  # A >= cut: a worker
+        (_RET_K, 0, 0, 0),
+        (_MOD, 0, 0, workers),
+        (_ADD, 0, 0, 1),
+        (_RET_A, 0, 0, 0),
+    ]
+
+
+def steer(sock: socket.socket, workers: int, primary_share: float) -> bool:
+    """Attach ``steering_program`` to the reuseport group of ``sock`` (the primary's listening
+    socket); False where the kernel refuses it (not Linux, or older than 4.5): the kernel's even
+    spread stays."""
+    prog = steering_program(workers, primary_share)
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in prog))
+    fprog = struct.pack("HP", len(prog), ctypes.addressof(code))  # struct sock_fprog
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    except OSError as exc:
+        log.warning("--primary-share: the kernel refused the steering program (%s); connections spread evenly", exc)
+        return False
+    return True
 
 
 class PrimaryServer:
@@ -100,22 +142,30 @@ class ProxyPool:
         router: Router,
         app: Starlette,
         gate: AdmissionGate | None = None,
+        primary_share: float | None = None,
     ) -> None:
         """``router``: the primary proxy's own (the control loop, wrapped for adapters and
         pools); ``app``: the primary's app, also served to the workers on the run folder's
         ``primary.sock`` (its admin API, dashboard and /metrics, with the workers' request
-        series); ``gate``: its admission gate (mode full), which the workers' requests pass too."""
+        series); ``gate``: its admission gate (mode full), which the workers' requests pass too;
+        ``primary_share``: the share of new connections the primary takes (``steer``; None: the
+        kernel's even spread, 1 / (workers + 1))."""
         self.workers, self.run_dir, self.host, self.port = workers, run_dir, host, port
         self.hold_timeout_s = hold_timeout_s
         self._config = config
         self._channel = Channel(router, gate)
         self._admission = gate is not None
+        self._primary_share = primary_share
         self._primary = PrimaryServer(app, run_dir)
         app.state.proxy_metrics = self._channel.proxy_metrics
         self.proxy_readings = self._channel.proxy_readings  # for the dashboard (app.py)
         self.procs: list[asyncio.subprocess.Process] = []
 
-    async def start(self) -> None:
+    async def start(self, primary_sock: socket.socket | None = None) -> None:
+        """``primary_sock``: the primary's listening socket, the first of the port's group."""
+        if primary_sock is not None and self._primary_share is not None:
+            if steer(primary_sock, self.workers, self._primary_share):
+                log.info("the primary proxy takes %.0f%% of new connections", 100 * self._primary_share)
         await asyncio.to_thread((self.run_dir / CONFIG_NAME).write_bytes, pickle.dumps(self._config))
         await self._channel.serve(self.run_dir / SOCKET_NAME)
         await self._primary.start()
