@@ -1,8 +1,14 @@
-"""The proxy's listening sockets, made so that the connections they accept answer without delay."""
+"""The proxy's listening sockets, made so that the connections they accept answer without delay,
+and where chimera's own Unix sockets can live."""
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
+from pathlib import Path
+
+UNIX_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path is 108 with its terminating NUL)
 
 
 def tcp_socket(host: str) -> socket.socket:
@@ -13,3 +19,12 @@ def tcp_socket(host: str) -> socket.socket:
     a kept-alive connection."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+
+
+def unix_socket_dir(preferred: Path, longest_name: str, prefix: str) -> tuple[Path, bool]:
+    """``preferred`` where ``preferred/longest_name`` fits a Unix socket's path, else a new
+    private (0700) directory under the temporary directory; and whether it is that private one
+    (its maker removes it)."""
+    if len(os.fsencode(preferred.absolute() / longest_name)) <= UNIX_PATH_MAX:
+        return preferred, False
+    return Path(tempfile.mkdtemp(prefix=prefix)), True

@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import pickle
+import shutil
 import signal
 import socket
 import struct
@@ -29,7 +30,7 @@ from orchestrator.control.router import Router
 from orchestrator.dataplane.channel import SOCKET_NAME, Channel
 from orchestrator.dataplane.primary import SOCKET_NAME as PRIMARY_SOCKET
 from orchestrator.proxy.admission import AdmissionGate
-from orchestrator.sockets import tcp_socket
+from orchestrator.sockets import tcp_socket, unix_socket_dir
 
 log = logging.getLogger("chimera.dataplane")
 CONFIG_NAME = "proxy-config.pickle"
@@ -98,11 +99,11 @@ def steer(sock: socket.socket, workers: int, primary_share: float) -> bool:
 
 
 class PrimaryServer:
-    """The primary's app on ``run_dir/primary.sock`` (its lifespan already runs in the server on
-    the TCP port: none here)."""
+    """The primary's app on ``primary.sock`` in the pool's socket folder (its lifespan already
+    runs in the server on the TCP port: none here)."""
 
-    def __init__(self, app: ASGIApp, run_dir: Path) -> None:
-        self.path = run_dir / PRIMARY_SOCKET
+    def __init__(self, app: ASGIApp, socket_dir: Path) -> None:
+        self.path = socket_dir / PRIMARY_SOCKET
         self._server = QuietServer(
             uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, ws="none")
         )
@@ -156,7 +157,10 @@ class ProxyPool:
         self._channel = Channel(router, gate)
         self._admission = gate is not None
         self._primary_share = primary_share
-        self._primary = PrimaryServer(app, run_dir)
+        # the channel's and the primary's Unix sockets: in the run folder, or where a long run
+        # folder's path would not fit a socket's
+        self.socket_dir, self._private_dir = unix_socket_dir(run_dir, PRIMARY_SOCKET, "chimera-proxies-")
+        self._primary = PrimaryServer(app, self.socket_dir)
         app.state.proxy_metrics = self._channel.proxy_metrics
         self.proxy_readings = self._channel.proxy_readings  # for the dashboard (app.py)
         self.procs: list[asyncio.subprocess.Process] = []
@@ -167,7 +171,7 @@ class ProxyPool:
             if steer(primary_sock, self.workers, self._primary_share):
                 log.info("the primary proxy takes %.0f%% of new connections", 100 * self._primary_share)
         await asyncio.to_thread((self.run_dir / CONFIG_NAME).write_bytes, pickle.dumps(self._config))
-        await self._channel.serve(self.run_dir / SOCKET_NAME)
+        await self._channel.serve(self.socket_dir / SOCKET_NAME)
         await self._primary.start()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)}
         for i in range(self.workers):
@@ -179,6 +183,7 @@ class ProxyPool:
                         "-m",
                         "orchestrator.dataplane.worker",
                         f"--run-dir={self.run_dir}",
+                        f"--socket-dir={self.socket_dir}",
                         f"--host={self.host}",
                         f"--port={self.port}",
                         f"--hold-timeout-s={self.hold_timeout_s}",
@@ -208,3 +213,5 @@ class ProxyPool:
                 await p.wait()
         await self._channel.close()
         await self._primary.stop()
+        if self._private_dir:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)

@@ -28,10 +28,10 @@ _DROP_OUT = frozenset({"connection", "keep-alive", "transfer-encoding", "content
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-def to_primary_route(run_dir: Path) -> Route:
+def to_primary_route(socket_dir: Path) -> Route:
     """A worker's catch-all route (put last): the request, as it came, to the primary."""
     client = httpx.AsyncClient(
-        transport=httpx.AsyncHTTPTransport(uds=str(run_dir / SOCKET_NAME)),
+        transport=httpx.AsyncHTTPTransport(uds=str(socket_dir / SOCKET_NAME)),
         base_url="http://primary",
         timeout=httpx.Timeout(30.0, read=None),  # an event stream stays open
         trust_env=False,

@@ -48,8 +48,17 @@ def engine_headers(run_dir: Path) -> dict[str, str]:
 
 
 async def serve(
-    run_dir: Path, host: str, port: int, hold_timeout_s: float, index: int = 1, admission: bool = False
+    run_dir: Path,
+    host: str,
+    port: int,
+    hold_timeout_s: float,
+    index: int = 1,
+    admission: bool = False,
+    socket_dir: Path | None = None,
 ) -> None:
+    """``socket_dir``: where the channel's and the primary's sockets are (the run folder unless
+    its path is too long for them: pool.py)."""
+    socket_dir = socket_dir or run_dir
     config: Config = pickle.loads((run_dir / CONFIG_NAME).read_bytes())  # written by pool.py, same user
     env = Env.read()
     server: QuietServer | None = None
@@ -62,7 +71,7 @@ async def serve(
     router = RemoteRouter(
         config, on_lost=lost, exposition=lambda: (str(index), metrics.render()[0].decode(), readings.read(metrics))
     )
-    await router.connect(run_dir / SOCKET_NAME)
+    await router.connect(socket_dir / SOCKET_NAME)
     app = create_app(
         router,
         metrics,
@@ -72,7 +81,7 @@ async def serve(
         engine_headers=engine_headers(run_dir),
         client_keys=deployment_keys(config, env),  # the same keys as the primary proxy's
         own_metrics=False,  # the primary's, with this process's request series in it
-        extra_routes=[to_primary_route(run_dir)],  # admin API, dashboard, /metrics: the primary's
+        extra_routes=[to_primary_route(socket_dir)],  # admin API, dashboard, /metrics: the primary's
     )
     if admission:
         app.state.admission = RemoteGate(router)  # proxy/admission.py finds it there
@@ -102,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--hold-timeout-s", type=float, required=True)
+    p.add_argument("--socket-dir", type=Path, default=None, help="the control plane's sockets (default: --run-dir)")
     p.add_argument("--index", type=int, default=1, help="this process's number, its proxy label in /metrics")
     p.add_argument("--admission", action="store_true", help="pass the control plane's admission gate (mode full)")
     a = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    asyncio.run(serve(a.run_dir, a.host, a.port, a.hold_timeout_s, a.index, a.admission))
+    asyncio.run(serve(a.run_dir, a.host, a.port, a.hold_timeout_s, a.index, a.admission, a.socket_dir))
     return 0
 
 

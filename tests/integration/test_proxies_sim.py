@@ -124,3 +124,32 @@ def test_three_proxy_processes_share_the_port_and_the_control_loop(tmp_path: Pat
         run.stop()
     assert alive(pids) == []
     assert (run.run_dir / "proxy-1.log").exists() and (run.run_dir / "proxy-2.log").exists()
+
+
+def test_a_run_folder_too_long_for_unix_sockets_puts_them_in_a_private_folder(tmp_path: Path) -> None:
+    deep = tmp_path / ("a" * 60) / ("b" * 50)  # <run folder>/control.sock would pass 107 bytes
+    deep.mkdir(parents=True)
+    run = start_chimera(deep, PLACEMENTS, "sim", awake=["a"], parked=("b",), timeout_s=90, args=("--proxies", "2"))
+    try:
+        (worker,) = [
+            p
+            for p in psutil.Process(run.proc.pid).children()
+            if "orchestrator.dataplane.worker" in " ".join(p.cmdline())
+        ]
+        (flag,) = [a for a in worker.cmdline() if a.startswith("--socket-dir=")]
+        socket_dir = Path(flag.split("=", 1)[1])
+        assert not str(socket_dir).startswith(str(deep)) and (socket_dir / "primary.sock").exists()
+        port = int(run.base.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 30
+        while not listens(worker, port):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for i in range(8):  # fresh connections: either process
+            with httpx.Client(timeout=60) as c:
+                r = c.post(f"{run.base}/v1/completions", json={"model": "a", "prompt": f"x{i}", "max_tokens": 4})
+                assert r.status_code == 200, r.text
+                assert c.get(f"{run.base}/dashboard/state").status_code == 200
+    finally:
+        run.stop()
+    assert not socket_dir.exists()  # removed with the run
+    assert "Traceback" not in run.log.read_text()
