@@ -9,7 +9,7 @@ short timeout; an engine that does not answer is skipped and counted, never fail
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import httpx
 
@@ -43,21 +43,11 @@ def merge(texts: Iterable[tuple[InstanceView, str]]) -> bytes:
     samples: dict[str, list[str]] = {}
     for view, text in texts:
         extra = f'{SERVER}="{_escape(view.id)}",chimera_model="{_escape(view.model)}"'
-        family: str | None = None
-        for line in text.splitlines():
-            if not line:
-                continue
+        for family, line in _family_lines(text, lambda name: name.startswith("sglang:")):
             if line[0] == "#":
-                parts = line.split(" ", 3)
-                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
-                    family = parts[2] if parts[2].startswith("sglang:") else None
-                    if family is not None:
-                        heads.setdefault(family, {}).setdefault(parts[1], line)
-                        samples.setdefault(family, [])
-                continue
-            if family is None or not line.startswith("sglang:"):
-                continue
-            if (labelled := _labelled(line, extra)) is not None:
+                heads.setdefault(family, {}).setdefault(line.split(" ", 2)[1], line)
+                samples.setdefault(family, [])
+            elif line.startswith("sglang:") and (labelled := _labelled(line, extra)) is not None:
                 samples[family].append(labelled)
     out: list[str] = []
     for family, lines in samples.items():
@@ -91,18 +81,8 @@ def with_proxies(own: bytes, proxies: Iterable[tuple[str, str]]) -> bytes:
     extra: dict[str, list[str]] = {}
     for label, text in proxies:
         tag = f'proxy="{_escape(label)}"'
-        family: str | None = None
-        for line in text.splitlines():
-            if not line:
-                continue
-            if line[0] == "#":
-                parts = line.split(" ", 3)
-                if len(parts) >= 3 and parts[1] == "HELP":
-                    family = parts[2] if parts[2] in PROXY_FAMILIES else None
-                continue
-            if family is None:
-                continue
-            if (labelled := _labelled(line, tag)) is not None:
+        for family, line in _family_lines(text, PROXY_FAMILIES.__contains__):
+            if line[0] != "#" and (labelled := _labelled(line, tag)) is not None:
                 extra.setdefault(family, []).append(labelled)
     if not extra:
         return own
@@ -115,6 +95,23 @@ def with_proxies(own: bytes, proxies: Iterable[tuple[str, str]]) -> bytes:
         out.append(line)
     out += extra.pop(group, [])
     return ("\n".join(out) + "\n").encode()
+
+
+def _family_lines(text: str, accept: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+    """The non-empty lines of an exposition that belong to a family ``accept`` takes, each with
+    that family's name: its HELP and TYPE lines, then its samples (other comments dropped)."""
+    family: str | None = None
+    for line in text.splitlines():
+        if not line:
+            continue
+        if line[0] == "#":
+            parts = line.split(" ", 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                family = parts[2] if accept(parts[2]) else None
+                if family is not None:
+                    yield family, line
+        elif family is not None:
+            yield family, line
 
 
 def _labelled(line: str, labels: str) -> str | None:
