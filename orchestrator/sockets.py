@@ -3,10 +3,19 @@ and where chimera's own Unix sockets can live."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
+import struct
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
+
+
+class OptSocket(Protocol):  # socket.socket and asyncio's TransportSocket
+    def setsockopt(self, level: int, optname: int, value: bytes, /) -> None: ...
+
 
 UNIX_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path is 108 with its terminating NUL)
 
@@ -28,3 +37,11 @@ def unix_socket_dir(preferred: Path, longest_name: str, prefix: str) -> tuple[Pa
     if len(os.fsencode(preferred.absolute() / longest_name)) <= UNIX_PATH_MAX:
         return preferred, False
     return Path(tempfile.mkdtemp(prefix=prefix)), True
+
+
+def attach_bpf(sock: OptSocket, option: int, program: Sequence[tuple[int, int, int, int]]) -> None:
+    """Attach a classic BPF ``program`` (``struct sock_filter`` instructions: code, jt, jf, k)
+    to ``sock`` with the SOL_SOCKET ``option`` (SO_ATTACH_FILTER, SO_ATTACH_REUSEPORT_CBPF...);
+    the kernel copies it. OSError where the kernel refuses it (not Linux, too old)."""
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in program))
+    sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("HP", len(program), ctypes.addressof(code)))

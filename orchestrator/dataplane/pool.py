@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
 import shutil
 import signal
 import socket
-import struct
 import sys
 from collections.abc import Generator
 from pathlib import Path
@@ -30,7 +28,7 @@ from orchestrator.control.router import Router
 from orchestrator.dataplane.channel import SOCKET_NAME, Channel
 from orchestrator.dataplane.primary import SOCKET_NAME as PRIMARY_SOCKET
 from orchestrator.proxy.admission import AdmissionGate
-from orchestrator.sockets import tcp_socket, unix_socket_dir
+from orchestrator.sockets import attach_bpf, tcp_socket, unix_socket_dir
 
 log = logging.getLogger("chimera.dataplane")
 CONFIG_NAME = "proxy-config.pickle"
@@ -87,11 +85,8 @@ def steer(sock: socket.socket, workers: int, primary_share: float) -> bool:
     """Attach ``steering_program`` to the reuseport group of ``sock`` (the primary's listening
     socket); False where the kernel refuses it (not Linux, or older than 4.5): the kernel's even
     spread stays."""
-    prog = steering_program(workers, primary_share)
-    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in prog))
-    fprog = struct.pack("HP", len(prog), ctypes.addressof(code))  # struct sock_fprog
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+        attach_bpf(sock, SO_ATTACH_REUSEPORT_CBPF, steering_program(workers, primary_share))
     except OSError as exc:
         log.warning("--primary-share: the kernel refused the steering program (%s); connections spread evenly", exc)
         return False

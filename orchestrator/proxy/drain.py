@@ -16,13 +16,14 @@ arriving meanwhile are served as usual; uvicorn's shutdown then waits for all of
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
+
+from orchestrator.sockets import OptSocket, attach_bpf
 
 log = logging.getLogger("chimera.proxy")
 
@@ -32,11 +33,10 @@ SO_ATTACH_FILTER = 26  # Linux <asm-generic/socket.h>; not exported by Python's 
 _TCP_INFO_LEN = 104
 _UNACKED_AT = 24  # struct tcp_info: tcpi_unacked, a listening socket's accept queue length
 # classic BPF, one instruction: BPF_RET | BPF_K, 0 = keep no byte of the packet (drop it)
-_DROP_ALL = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))
+_DROP_ALL = [(0x06, 0, 0, 0)]
 
 
-class Sock(Protocol):  # socket.socket and asyncio's TransportSocket
-    def setsockopt(self, level: int, optname: int, value: bytes, /) -> None: ...
+class Sock(OptSocket, Protocol):  # socket.socket and asyncio's TransportSocket
     def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
 
 
@@ -44,9 +44,8 @@ def refuse_new(sock: Sock) -> bool:
     """New connection attempts on the listening ``sock`` are dropped (not refused: the client
     retries); those already in its accept queue stay. False where the kernel does not allow it
     (not Linux): then nothing changed."""
-    prog = struct.pack("HL", 1, ctypes.addressof(_DROP_ALL))  # struct sock_fprog
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+        attach_bpf(sock, SO_ATTACH_FILTER, _DROP_ALL)
     except OSError as exc:
         log.info("could not stop new connections before the drain: %s", exc)
         return False
