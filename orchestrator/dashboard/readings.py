@@ -100,11 +100,11 @@ def with_proxies(own: Readings, proxies: Iterable[Readings]) -> Readings:
     proxies = list(proxies)
     if not proxies:
         return own
-    r = replace(own, requests=dict(own.requests), shed=dict(own.shed), in_flight=dict(own.in_flight))
+    requests, shed, in_flight = dict(own.requests), dict(own.shed), dict(own.in_flight)
     ttft, tpot = dict(own.ttft), dict(own.tpot)
     slo = {m: dict(c) for m, c in own.slo.items()}
     for p in proxies:
-        for mine, theirs in ((r.requests, p.requests), (r.shed, p.shed), (r.in_flight, p.in_flight)):
+        for mine, theirs in ((requests, p.requests), (shed, p.shed), (in_flight, p.in_flight)):
             for model, v in theirs.items():
                 mine[model] = mine.get(model, 0.0) + v
         for mine_h, theirs_h in ((ttft, p.ttft), (tpot, p.tpot)):
@@ -114,7 +114,7 @@ def with_proxies(own: Readings, proxies: Iterable[Readings]) -> Readings:
             into = slo.setdefault(model, {})
             for key, v in counts.items():
                 into[key] = into.get(key, 0.0) + v
-    return replace(r, ttft=ttft, tpot=tpot, slo=slo)
+    return replace(own, requests=requests, shed=shed, in_flight=in_flight, ttft=ttft, tpot=tpot, slo=slo)
 
 
 def _add_buckets(a: Buckets, b: Buckets) -> Buckets:
