@@ -28,7 +28,7 @@ from orchestrator.dashboard.routes import Dashboard
 from orchestrator.dataplane.pool import ProxyPool, QuietServer, reuseport_socket
 from orchestrator.deployment import Deployment, derive
 from orchestrator.engines import get_engine
-from orchestrator.env import Env
+from orchestrator.env import Env, engine_environ
 from orchestrator.errors import ConfigError
 from orchestrator.handover import hand_over
 from orchestrator.kv.ledger import KVInstance, Ledger
@@ -41,6 +41,7 @@ from orchestrator.metrics.gpu_seconds import GpuSeconds
 from orchestrator.metrics.host_memory import HostBackups
 from orchestrator.metrics.registry import ChimeraMetrics
 from orchestrator.pools.holdings import Holdings
+from orchestrator.pools.pinned.client import PinnedCache, PinnedHolder
 from orchestrator.pools.retarget import HttpRetargeter
 from orchestrator.pools.router import PoolRouter, pool_costs
 from orchestrator.pools.staging import Stager
@@ -54,7 +55,8 @@ from orchestrator.proxy.drain import quiesce
 from orchestrator.proxy.limits import RequestLimits, uvicorn_http_options
 from orchestrator.proxy.upstream import Limits
 from orchestrator.sglang.auth import new_key, write_config
-from orchestrator.supervisor.mps import MpsError
+from orchestrator.sockets import unix_socket_dir
+from orchestrator.supervisor.mps import MpsError, attached
 from orchestrator.supervisor.mps import for_run as mps_for_run
 from orchestrator.supervisor.statefile import read_state, run_key
 from orchestrator.supervisor.supervisor import Supervisor
@@ -120,6 +122,8 @@ async def serve(
     gpu_node = cluster.gpu_node() if cluster is not None else ()
     # every runtime fact of the placements file, read once
     dep = derive(cfg, serial_starts=env.serial_starts, gpu_node=gpu_node, sharing=sharing)
+    # pools with stage: pinned: the holder's client (its process starts on first use, stops in `finally`)
+    holder = _pinned_holder(cfg, engine_name, run_dir, attached(engine_environ(os.environ), mps), ray)
     # the key only chimera knows: every engine is started with it, every call to one carries it;
     # a run that re-adopts engines keeps their key
     if cluster is None:
@@ -186,7 +190,7 @@ async def serve(
     for m in control.models():
         for v in m.instances:
             publish(v)
-    router, switching = _router(cfg, dep, control, supervisor, auth.headers(), metrics)  # adapters, pools
+    router, switching = _router(cfg, dep, control, supervisor, auth.headers(), metrics, holder)
     dashboard = Dashboard(dep, router.models, metrics)  # the page at / and /dashboard
     supervisor.add_observer(dashboard.observe)
     detach_dashboard = dashboard.history.attach()  # the scheduler's decisions, off its log
@@ -283,6 +287,8 @@ async def serve(
         )
         if pool is not None:
             await pool.stop()
+        if holder is not None:
+            holder.stop()
         if server.started and not server.force_exit:
             # a stop that keeps the engines expects the next `up`: a holder keeps the listening
             # socket for it (handover.py), and clients wait in its backlog meanwhile
@@ -355,6 +361,7 @@ def _router(
     supervisor: Supervisor | RayEffects,
     headers: Mapping[str, str],
     metrics: ChimeraMetrics,
+    holder: PinnedHolder | None = None,
 ) -> tuple[Router, Callable[[str], bool] | None]:
     """The proxy's Router: the control loop; with LoRA adapters in the file, their requests sent
     to their base's servers (orchestrator/lora/); with shape pools, pooled models' requests to
@@ -382,17 +389,35 @@ def _router(
         switching = lambda iid: iid in slot_of and holdings.switching(slot_of[iid])  # noqa: E731
         paths = {p.name: tuple(m.model_path for m in cfg.models if m.pool == p.name) for p in cfg.pools}
         staged = lambda pool, n: metrics.pool_staged_bytes.labels(pool).set(n)  # noqa: E731
-        stager = Stager(cfg.pools, paths, holdings, on_staged=staged)
+        pinned = PinnedCache(holder) if holder is not None else None
+        stager = Stager(cfg.pools, paths, holdings, on_staged=staged, pinned=pinned)
         router = PoolRouter(
             router,
             holdings,
-            HttpRetargeter(headers),
+            HttpRetargeter(headers, pinned=holder),
             cfg.models,
             lambda pool: pool_costs(dep, pool),
             supervisor.retargeted,
             stager=stager,
         )
     return router, switching
+
+
+def _pinned_holder(cfg: Config, engine: str, run_dir: Path, env: Mapping[str, str], ray: bool) -> PinnedHolder | None:
+    """The pinned holder's client where a pool has ``stage: pinned`` (the process itself starts
+    on first use: orchestrator/pools/pinned/); a ConfigError where it cannot work."""
+    pinned = [p.name for p in cfg.pools if p.stage == "pinned"]
+    if not pinned:
+        return None
+    if ray:
+        raise ConfigError([f"pools {', '.join(pinned)}: stage: pinned is not supported with --ray yet"])
+    if engine != "sglang":
+        raise ConfigError(
+            [f"pools {', '.join(pinned)}: stage: pinned needs the sglang engine (it pushes weights through CUDA)"]
+        )
+    where, private = unix_socket_dir(run_dir, "pinned.sock", "chimera-pinned-")
+    env = {**env, "PYTHONUNBUFFERED": "1"}
+    return PinnedHolder(where / "pinned.sock", run_dir / "pinned-holder.log", env, private_dir=private)
 
 
 def _kv_runner(

@@ -10,6 +10,11 @@ checks the script on a CPU). Measures what issue 15's targets name:
   floor being the checkpoint's bytes / the disk bandwidth measured here by reading it cold.
 - **parked wake**: the server parked through the admin API, then a request for the model it
   holds: client TTFT and chimera_wake_seconds. Target: p50 <= 0.33 s.
+- with ``--stage pinned``: the pool stages its checkpoints in the pinned holder
+  (orchestrator/pools/pinned/), and "from host RAM" is the pinned push
+  (``/update_weights_from_tensor``) instead of the page cache. The first switch to m1, before
+  anything is staged, is the run's one from-disk sample; the re-targets to m0 and m1 that follow
+  once both are staged are the from-host-RAM ones.
 
 Checkpoints: ``--checkpoints`` distinct ones of real size (bench/gpu/checkpoints.py, random
 values from distinct seeds); pooled models m<i> use ft-<i>; ``m0-copy`` reuses ft-0 under its
@@ -96,12 +101,61 @@ def last_phases(log: Path) -> dict[str, float]:
 
 
 def last_wake_phases(log: Path) -> dict[str, float]:
-    """The last ``woken in T s (resume R, continue C, probe P)`` line of chimera's log."""
+    """The last ``woken in T s (resume R, continue C)`` line of chimera's log, and the check of
+    the output that follows it beside the first requests (``checked in P s``)."""
     text = " ".join(log.read_text(errors="replace").split())
-    found = re.findall(r"woken in ([0-9.]+) s \(resume ([0-9.]+), continue ([0-9.]+), probe ([0-9.]+)\)", text)
+    found = re.findall(r"woken in ([0-9.]+) s \(resume ([0-9.]+), continue ([0-9.]+)(?:, probe ([0-9.]+))?\)", text)
     if not found:
         return {}
-    return dict(zip(("wake_s", "resume_s", "continue_s", "probe_s"), map(float, found[-1]), strict=True))
+    out = {k: float(v) for k, v in zip(("wake_s", "resume_s", "continue_s", "probe_s"), found[-1], strict=True) if v}
+    checked = re.findall(r"output after the wake checked in ([0-9.]+) s", text)
+    if checked and "probe_s" not in out:
+        out["probe_beside_s"] = float(checked[-1])
+    return out
+
+
+def staged_bytes(base: str) -> float:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    return sum(
+        x.value for fam in chimera_families(text) if fam.name == "chimera_pool_staged_bytes" for x in fam.samples
+    )
+
+
+def pinned_reps(
+    ch: Chimera,
+    a: argparse.Namespace,
+    paths: list[Path],
+    ref: dict[str, str],
+    disk: list[float],
+    ram: list[float],
+    phases_disk: list[dict[str, float]],
+    phases_ram: list[dict[str, float]],
+    wrong: list[str],
+) -> dict[str, float]:
+    """``--stage pinned``: m1 from disk once (nothing staged yet), then, once the holder holds
+    both checkpoints, re-targets to m0 and m1 in turn from pinned host RAM."""
+    if a.engine == "sglang":
+        evict(paths[1])
+    ttft, text = ask(ch.base, "m1")
+    disk.append(ttft)
+    phases_disk.append(last_phases(ch.log))
+    ref["m1"] = text
+    wrong += [] if text != ref["m0"] else ["m1 answered as m0"]
+    t0, want = time.monotonic(), 0.0
+    if a.engine == "sglang":
+        want = float(sum(f.stat().st_size for p in paths[:2] for f in files_of(p))) * 0.99
+    while staged_bytes(ch.base) < want and time.monotonic() - t0 < 400:
+        ask(ch.base, "m0")  # popularity for both: the stager reads what is asked
+        ask(ch.base, "m1")
+        time.sleep(2)
+    staging = {"staged_bytes": staged_bytes(ch.base), "staging_wait_s": time.monotonic() - t0}
+    # the server holds m1 now: every ask below is a switch, and the last leaves m0 (the wakes' model)
+    for rep, m in enumerate(["m0", "m1"] * a.reps + ["m0"]):
+        ttft, text = ask(ch.base, m)
+        ram.append(ttft)
+        phases_ram.append(last_phases(ch.log))
+        wrong += [] if text == ref[m] else [f"switch {rep}: {m} answered {text!r} from pinned RAM"]
+    return staging
 
 
 def wake_seconds(base: str) -> tuple[float, float]:
@@ -135,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--gpu-memory-gb", type=float, default=80.0)
+    p.add_argument(
+        "--stage", choices=("page_cache", "pinned"), default="page_cache", help="where host RAM keeps checkpoints"
+    )
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -151,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "pools": [{"name": "p", "servers": [{"gpus": [0]}]}],
     }
+    if a.stage == "pinned":  # room for every checkpoint (16 GB each for 8B), pinned
+        cfg["pools"][0] |= {"stage": "pinned", "stage_gb": 20 * a.checkpoints}
     cfg_file = a.out / "placements.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     report: dict[str, Any] = {"engine": a.engine, "shape": a.shape, "checkpoints_generated_s": gen_s}
@@ -165,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         report["boot_s"] = time.monotonic() - t0 - gen_s
         ref = {m: ask(ch.base, m)[1] for m in ("m0",)}
         disk, ram, phases_disk, phases_ram, wrong = [], [], [], [], []
-        for rep in range(a.reps):
+        if a.stage == "pinned":
+            report["staging"] = pinned_reps(ch, a, paths, ref, disk, ram, phases_disk, phases_ram, wrong)
+        for rep in range(a.reps if a.stage == "page_cache" else 0):
             # server holds m0 here; -> m1 from disk, then -> m0 from host RAM (its pages are cached)
             if a.engine == "sglang":
                 evict(paths[1])
@@ -189,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             ttft, text = ask(ch.base, "m0")
             s1, c1 = wake_seconds(ch.base)
             wakes.append(ttft)
+            time.sleep(0.3)  # the output's check runs beside the first request: let its line land
             report.setdefault("wake_engine_s", []).append((s1 - s0) / max(1.0, c1 - c0))
             report.setdefault("wake_phases", []).append(last_wake_phases(ch.log))
             wrong += [] if text == ref["m0"] else [f"after wake m0 answered {text!r}"]

@@ -12,6 +12,7 @@ from orchestrator.config.spec import Idle, ModelSpec, PoolSpec
 from orchestrator.config.validator import Validator, name_problem
 from orchestrator.types import LoraLimits
 
+STAGES = ("page_cache", "pinned")
 ADAPTER_KEYS = {"name", "base", "adapter", "aliases", "slo", "priority"}
 
 
@@ -83,7 +84,7 @@ def section_pools(v: Validator, raw: Any, models: list[ModelSpec]) -> tuple[tupl
         if (why := name_problem(pr.get("name"))) is not None:
             v.err(f"{path}.name", why)
             continue
-        v.keys(pr, path, {"name", "servers", "model_path", "stage_gb"})
+        v.keys(pr, path, {"name", "servers", "model_path", "stage_gb", "stage"})
         name = pr["name"]
         members = [m for m in models if m.pool == name]
         if not members:
@@ -113,8 +114,15 @@ def section_pools(v: Validator, raw: Any, models: list[ModelSpec]) -> tuple[tupl
                 replace(first, name=slot, model_path=model_path, aliases=(), placements=(pl,), pool=None, slot_of=name)
             )
         stage_gb = v.number(pr, "stage_gb", path, minimum=0) or 0.0
+        stage = pr.get("stage", "page_cache")
+        if stage not in STAGES:
+            v.err(f"{path}.stage", f"must be one of {', '.join(STAGES)} (where staged checkpoints are kept)")
+            continue
+        if stage == "pinned" and not stage_gb:
+            v.err(f"{path}.stage", "pinned needs a `stage_gb` (the host RAM its pinned buffers may take)")
+            continue
         pools.append(
-            PoolSpec(name, model_path, first.shape, names, tuple(m.name for m in members), int(stage_gb * 1e9))
+            PoolSpec(name, model_path, first.shape, names, tuple(m.name for m in members), int(stage_gb * 1e9), stage)
         )
     known = {pr.get("name") for pr in raw if isinstance(pr, dict)}
     for m in models:

@@ -109,7 +109,8 @@ class PoolSpec:
     shape: ModelShape
     slots: tuple[str, ...]  # its servers' (hidden) model names, one placement each
     members: tuple[str, ...]  # the pooled models it serves
-    stage_bytes: int = 0  # host RAM for its hot checkpoints in the page cache (``stage_gb``; 0: off)
+    stage_bytes: int = 0  # host RAM for its hot checkpoints (``stage_gb``; 0: off)
+    stage: str = "page_cache"  # where they are kept: page_cache, or pinned (the pinned holder's buffers)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class ParkFailed:
 @dataclass(frozen=True)
 class Woken:
     instance_id: str
-    seconds: float  # resume + continue + probe
+    seconds: float  # resume + continue (the output is checked beside the first requests)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@
    so ``success: true`` means flushed. A separate ``POST /flush_cache`` afterwards is not sent:
    it is refused with a 400 whenever the scheduler is not fully idle, and on the H200 it was
    (SGLang's own start-up warm-up request, queued behind the update, arrived with it).
+   With ``stage: pinned``, a checkpoint the pinned holder holds is pushed from pinned host RAM
+   instead (``/update_weights_from_tensor``, pinned/holder.py; the cache flushed with the last
+   bucket); one it does not hold, or a holder that cannot be reached, loads from disk as above.
 2. The probe (the supervisor's greedy 4-token ``/generate``): its output is compared with the
    model's own reference (kept from its first load) and must differ from the previous
    model's (a switch that did not take shows the old output).
@@ -18,6 +21,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import Protocol
@@ -25,9 +29,11 @@ from typing import Protocol
 import httpx
 
 from orchestrator.errors import EngineUnavailable
+from orchestrator.pools.pinned.client import HolderError, PinnedHolder
 from orchestrator.sglang.api import UPDATE_WEIGHTS_FROM_DISK
 from orchestrator.supervisor.process import PROBE_BODY, PROBE_PATH
 
+log = logging.getLogger("chimera.pools")
 TIMEOUT_S = 600.0  # a 70B from a cold disk
 
 
@@ -36,32 +42,65 @@ class RetargetError(EngineUnavailable):
 
 
 class Retargeter(Protocol):
-    async def switch(self, base_url: str, model_path: str) -> tuple[str, dict[str, float]]:
-        """Load ``model_path`` (the prefix cache flushed with it); returns the probe's output and
-        each phase's seconds."""
+    async def switch(self, base_url: str, model_path: str, gpus: tuple[int, ...] = ()) -> tuple[str, dict[str, float]]:
+        """Load ``model_path`` into the server on ``gpus`` (the prefix cache flushed with it);
+        returns the probe's output and each phase's seconds."""
         ...
 
 
 class HttpRetargeter:
-    def __init__(self, headers: Mapping[str, str] | None = None, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        pinned: PinnedHolder | None = None,
+    ):
+        self._headers = dict(headers or {})
+        self._pinned = pinned
         self._client = httpx.AsyncClient(
             trust_env=False, timeout=TIMEOUT_S, headers=dict(headers or {}), transport=transport
         )
 
-    async def switch(self, base_url: str, model_path: str) -> tuple[str, dict[str, float]]:
-        phases: dict[str, float] = {}
+    async def switch(self, base_url: str, model_path: str, gpus: tuple[int, ...] = ()) -> tuple[str, dict[str, float]]:
         t0 = time.monotonic()
-        body = {"model_path": model_path, "flush_cache": True}
-        r = await self._post(base_url + UPDATE_WEIGHTS_FROM_DISK.path, body)
-        if r.status_code != 200 or not r.json().get("success"):
-            raise RetargetError(f"update_weights_from_disk({model_path}) on {base_url} failed: {_message(r)}", 1.0)
+        phases = await self._push(base_url, model_path, gpus) if self._pinned is not None else None
+        if phases is None:
+            body = {"model_path": model_path, "flush_cache": True}
+            r = await self._post(base_url + UPDATE_WEIGHTS_FROM_DISK.path, body)
+            if r.status_code != 200 or not r.json().get("success"):
+                raise RetargetError(f"update_weights_from_disk({model_path}) on {base_url} failed: {_message(r)}", 1.0)
+            phases = {"update_weights_s": time.monotonic() - t0}
         t1 = time.monotonic()
-        phases["update_weights_s"] = t1 - t0
         r = await self._post(base_url + PROBE_PATH, PROBE_BODY)
         if r.status_code != 200:
             raise RetargetError(f"probe after re-targeting {base_url} to {model_path} failed: {_message(r)}", 1.0)
         phases["probe_s"] = time.monotonic() - t1
         return str(r.json().get("text")), phases
+
+    async def _push(self, base_url: str, model_path: str, gpus: tuple[int, ...]) -> dict[str, float] | None:
+        """The checkpoint pushed from pinned host RAM: its phases; None when the holder does not
+        hold it or cannot be reached (the caller loads it from disk)."""
+        assert self._pinned is not None
+        msg = {
+            "op": "push",
+            "path": model_path,
+            "base_url": base_url,
+            "device": gpus[0] if gpus else 0,
+            "ranks": max(1, len(gpus)),
+            "headers": self._headers,
+        }
+        try:
+            answer = await self._pinned.ask_async(msg, TIMEOUT_S)
+        except HolderError as exc:
+            log.warning("re-target of %s to %s from disk: %s", base_url, model_path, exc)
+            return None
+        if answer.get("ok"):
+            return {k: float(v) for k, v in dict(answer.get("phases") or {}).items()}
+        if answer.get("staged") is False:
+            return None
+        # a push that failed part-way leaves the server with either weights: the caller's
+        # holdings say unknown, and the next request re-targets it again
+        raise RetargetError(f"pinned push of {model_path} to {base_url} failed: {answer.get('error')}", 1.0)
 
     async def _post(self, url: str, body: object) -> httpx.Response:
         try:

@@ -155,7 +155,8 @@ class PoolRouter:
             ep = await self._acquire_slot(slot, timeout_s)  # awake: never switch a parked server
             holds = None  # from here a failure may leave either weights
             t0 = self._clock()
-            output, phases = await self._retargeter.switch(ep.base_url, model.model_path)
+            gpus = self._by_name[slot].placements[0].gpus
+            output, phases = await self._retargeter.switch(ep.base_url, model.model_path, gpus)
             wrong = self._holdings.check_probe(slot, previous, model.model_path, output)
             if wrong is not None:
                 raise RetargetError(f"{ep.instance_id} re-targeted to {model.name!r}: {wrong}", 1.0)

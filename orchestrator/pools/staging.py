@@ -8,7 +8,9 @@ only then, and decays alike for every checkpoint, so the ranking cannot change i
 A pool's reads run one checkpoint after another on a daemon thread (a read of 16 GB must
 neither hold the event loop nor keep the process from exiting); a request that comes while
 they run asks again when they end. Dropped checkpoints are let go with
-``posix_fadvise(DONTNEED)``: the kernel may then reuse their pages.
+``posix_fadvise(DONTNEED)``: the kernel may then reuse their pages. A pool with ``stage: pinned``
+stages into the pinned holder's buffers instead (pinned/client.py ``PinnedCache``), which a
+re-target pushes at the copy engine's speed.
 """
 
 from __future__ import annotations
@@ -72,11 +74,13 @@ class Stager:
         cache: PageCache | None = None,
         on_staged: Callable[[str, int], None] | None = None,  # (pool, bytes staged) after each change
         clock: Callable[[], float] = time.monotonic,
+        pinned: PageCache | None = None,  # for pools with ``stage: pinned`` (pinned/client.py PinnedCache)
     ) -> None:
         self._budget = {p.name: p.stage_bytes for p in pools if p.stage_bytes > 0}
         self._paths = paths
         self._holdings = holdings
-        self._cache = cache or PageCache()
+        page_cache = cache or PageCache()
+        self._cache_of = {p.name: pinned if p.stage == "pinned" and pinned is not None else page_cache for p in pools}
         self._on_staged = on_staged
         self._clock = clock
         self.staged: dict[str, set[str]] = {p: set() for p in self._budget}
@@ -96,7 +100,7 @@ class Stager:
         held = {self._holdings.holds(s) for s in spec.slots}
         pop = self._holdings.popularity(pool)
         cks = [
-            Checkpoint(p, self._cache.size(p), pop[p].now(now) if p in pop else 0.0, p in held)
+            Checkpoint(p, self._cache_of[pool].size(p), pop[p].now(now) if p in pop else 0.0, p in held)
             for p in dict.fromkeys(self._paths.get(pool, ()))
         ]
         plan = decide(cks, frozenset(self.staged[pool]), self._budget[pool], now)
@@ -113,13 +117,13 @@ class Stager:
         done: list[str] = []
         for p in drop:
             try:
-                self._cache.drop(p)
+                self._cache_of[pool].drop(p)
             except OSError as exc:
                 log.warning("pool %s: cannot let go of %s in the page cache: %s", pool, p, exc)
         for p in stage:
             t0 = time.monotonic()
             try:
-                n = self._cache.read(p)
+                n = self._cache_of[pool].read(p)
             except OSError as exc:
                 log.warning("pool %s: cannot stage %s in host RAM: %s", pool, p, exc)
                 continue
@@ -135,7 +139,7 @@ class Stager:
         self.staged[pool].update(staged)
         self._busy.discard(pool)
         if self._on_staged is not None:
-            self._on_staged(pool, sum(self._cache.size(p) for p in self.staged[pool]))
+            self._on_staged(pool, sum(self._cache_of[pool].size(p) for p in self.staged[pool]))
         if pool in self._again:
             self._again.discard(pool)
             self.poke(pool)

@@ -103,6 +103,9 @@ class Supervisor:
         self._observers = observers or []
         self._procs: dict[str, EngineProcess] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # instances whose output after a wake is being checked: a park waits for it (the probe,
+        # paused half-way by the park's retract, would keep the server from going idle)
+        self._checking: dict[str, asyncio.Event] = {}
         self._ports: set[int] = set()
         # engines speak plain HTTP on loopback: verify=False skips loading a CA bundle that is
         # never used (~80 ms per client, on the restart path of the control plane)
@@ -397,6 +400,8 @@ class Supervisor:
 
     async def _park(self, spec: InstanceSpec) -> None:
         proc = self._procs[spec.id]
+        if (checking := self._checking.get(spec.id)) is not None:
+            await checking.wait()  # at most the probe's own timeout
         expected = spec.model.shape.weight_bytes // spec.model.tp_size
         try:
             assert proc.pid is not None
@@ -418,7 +423,7 @@ class Supervisor:
     async def _wake(self, spec: InstanceSpec) -> None:
         proc = self._procs[spec.id]
         try:
-            woken = await self.lifecycle.wake(proc.spec.base_url, proc.probe_output)
+            woken = await self.lifecycle.resume(proc.spec.base_url)
         except (EngineError, httpx.HTTPError, ValueError) as exc:
             log.warning("%s: wake failed: %s; stopping it (it is restarted after a backoff)", spec.id, exc)
             # a half-woken server holds memory the ledger would otherwise give away: kill it,
@@ -429,6 +434,26 @@ class Supervisor:
             return
         log.info("%s: woken in %s", spec.id, woken.describe())
         self._post(Woken(spec.id, woken.seconds))
+        checked = self._checking[spec.id] = asyncio.Event()
+        try:
+            await self._check_after_wake(spec, proc)
+        finally:
+            checked.set()
+            if self._checking.get(spec.id) is checked:
+                del self._checking[spec.id]
+
+    async def _check_after_wake(self, spec: InstanceSpec, proc: EngineProcess) -> None:
+        # the output checked beside the first requests: a wrong one stops the server (its
+        # requests in flight get the engine-died envelope; watch() reports Exited, and the loop
+        # restarts it after a backoff)
+        try:
+            probe_s = await self.lifecycle.check(proc.spec.base_url, proc.probe_output)
+        except (EngineError, httpx.HTTPError, ValueError) as exc:
+            if proc.returncode is None:
+                log.error("%s: after the wake %s; stopping it", spec.id, exc)
+                await proc.stop()
+            return
+        log.info("%s: output after the wake checked in %.3f s", spec.id, probe_s)
 
     async def _kill(self, spec: InstanceSpec, proc: EngineProcess) -> str | None:
         """Stop the instance's whole process group and verify its GPU memory is released

@@ -35,4 +35,6 @@ def test_gpu_pools_driver_on_the_sim(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert report["retarget_disk_phases"][0]["update_weights_s"] > 0
     assert len(report["wake_ttft_s"]) == 1 and report["wrong_outputs"] == []
     (wake,) = report["wake_phases"]  # from chimera's log line
-    assert set(wake) == {"wake_s", "resume_s", "continue_s", "probe_s"} and wake["resume_s"] > 0
+    # served from the continue on: the output is checked beside the first requests, not before
+    assert {"wake_s", "resume_s", "continue_s"} <= set(wake) and "probe_s" not in wake and wake["resume_s"] > 0
+    assert wake["wake_s"] == pytest.approx(wake["resume_s"] + wake["continue_s"], abs=2e-3)

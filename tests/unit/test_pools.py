@@ -143,7 +143,7 @@ class FakeRetargeter:
         self.switches: list[tuple[str, str]] = []
         self.stuck = False  # the switch "succeeds" but the weights stay
 
-    async def switch(self, base_url: str, model_path: str) -> tuple[str, dict[str, float]]:
+    async def switch(self, base_url: str, model_path: str, gpus: tuple[int, ...] = ()) -> tuple[str, dict[str, float]]:
         server = base_url.removeprefix("http://").split("@")[0]
         assert server not in self.loop.parked, "update_weights_from_disk on a parked server"
         self.switches.append((server, model_path))
