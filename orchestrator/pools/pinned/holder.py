@@ -58,8 +58,14 @@ class Staged:
 class Holder:
     def __init__(self, bucket_bytes: int) -> None:
         import torch
+        from sglang.srt.utils import MultiprocessingSerializer
+        from sglang.srt.utils.patch_torch import monkey_patch_torch_reductions
+        from sglang.srt.weight_sync.tensor_bucket import FlattenedTensorMetadata
 
+        monkey_patch_torch_reductions()  # the server maps devices by UUID, as SGLang's own senders do
         self.torch = torch
+        self._serialize = MultiprocessingSerializer.serialize
+        self._meta = FlattenedTensorMetadata
         self.bucket_bytes = bucket_bytes
         self.staged: dict[str, Staged] = {}
         self._loading: dict[str, asyncio.Task[Staged]] = {}
@@ -119,12 +125,7 @@ class Holder:
     async def _push(
         self, staged: Staged, base_url: str, device: int, ranks: int, headers: dict[str, str]
     ) -> dict[str, Any]:
-        from sglang.srt.utils import MultiprocessingSerializer
-        from sglang.srt.utils.patch_torch import monkey_patch_torch_reductions
-        from sglang.srt.weight_sync.tensor_bucket import FlattenedTensorMetadata
-
         torch = self.torch
-        monkey_patch_torch_reductions()  # the server maps devices by UUID, as SGLang's own senders do
         dev = torch.device("cuda", device)
         stream = torch.cuda.Stream(dev)
 
@@ -149,7 +150,7 @@ class Holder:
             nxt = upload(todo[i + 1]) if i + 1 < len(todo) else (None, None)
             base = b.begin - b.begin % ALIGN
             meta = [
-                FlattenedTensorMetadata(
+                self._meta(
                     name=t.name,
                     shape=torch.Size(t.shape),
                     dtype=getattr(torch, t.dtype),
@@ -159,7 +160,7 @@ class Holder:
                 )
                 for t in b.tensors
             ]
-            payload = MultiprocessingSerializer.serialize({"flattened_tensor": buf, "metadata": meta}, output_str=True)
+            payload = self._serialize({"flattened_tensor": buf, "metadata": meta}, output_str=True)
             body = {
                 "serialized_named_tensors": [payload] * ranks,
                 "load_format": "flattened_bucket",
