@@ -1,7 +1,10 @@
-"""``python -m bench.live.pools``: SIMULATED. One GPU-equivalent serves many more models than it
-has servers: a shape pool of 8B servers re-targeted among ``--models`` same-shape models (a
-handful of distinct checkpoints, the others reusing them under their own names) and one 8B base
-server with ``--adapters`` LoRA adapters, on the sim engine at the calibrated H100 speed.
+"""``python -m bench.live.pools``: one GPU serves many more models than it has servers: a shape
+pool of 8B servers re-targeted among ``--models`` same-shape models (a handful of distinct
+checkpoints, the others reusing them under their own names) and one 8B base server with
+``--adapters`` LoRA adapters. SIMULATED on the sim engine at the calibrated H100 speed (the
+default); ``--engine sglang`` runs it on a real GPU against stock SGLang (bench/gpu/many.sh), with
+real-size checkpoints (bench/gpu/checkpoints.py) and PEFT adapter files (bench/gpu/adapters.py),
+and one chimera for every skew (a start takes minutes there; on the sim each skew starts afresh).
 
 For each popularity skew (Zipf exponent; 0 = uniform) chimera is started afresh, requests arrive
 open-loop (Poisson, ``--rate`` per second for ``--duration`` seconds; half to pooled models,
@@ -48,19 +51,33 @@ def checkpoints(out: Path, distinct: int) -> list[str]:
     return paths
 
 
-def placements(paths: list[str], models: int, adapters: int, pool_servers: int, ttft_slo: float) -> dict[str, Any]:
+def placements(
+    paths: list[str],
+    models: int,
+    adapters: int,
+    pool_servers: int,
+    ttft_slo: float,
+    base_path: str = SHAPE,
+    adapter_dir: str = "/adapters",
+    gpu_memory_gb: float = 80,
+    stage: str | None = None,
+) -> dict[str, Any]:
     """Model ``m<i>`` uses checkpoint ``i % len(paths)`` (so m0, m8, m16... share ft-0)."""
     slo = {"ttft_s": ttft_slo}
+    pool: dict[str, Any] = {"name": "p8b", "servers": [{"gpus": [0]} for _ in range(pool_servers)]}
+    if stage is not None:  # every distinct checkpoint staged in host RAM (16 GB each for an 8B)
+        pool |= {"stage": stage, "stage_gb": 17 * len(paths)}
+    base = {"name": "base", "model_path": base_path, "placements": [{"gpus": [0]}]}
     return {
         "mode": "full",
-        "host": {"gpus": 1, "gpu_memory_gb": 80},
+        "host": {"gpus": 1, "gpu_memory_gb": gpu_memory_gb},
         "scheduler": {"on_late": "serve"},  # every request is answered, late or not
         "models": [
-            {"name": "base", "model_path": SHAPE, "placements": [{"gpus": [0]}], "lora": {"max_loras_per_batch": 8}},
+            base | {"lora": {"max_loras_per_batch": 8}},
             *({"name": f"m{i}", "model_path": paths[i % len(paths)], "pool": "p8b", "slo": slo} for i in range(models)),
-            *({"name": f"a{i}", "base": "base", "adapter": f"/adapters/a{i}", "slo": slo} for i in range(adapters)),
+            *({"name": f"a{i}", "base": "base", "adapter": f"{adapter_dir}/a{i}", "slo": slo} for i in range(adapters)),
         ],
-        "pools": [{"name": "p8b", "servers": [{"gpus": [0]} for _ in range(pool_servers)]}],
+        "pools": [pool],
     }
 
 
@@ -69,11 +86,23 @@ def zipf_weights(n: int, s: float) -> list[float]:
 
 
 def start(
-    placements_file: Path, run_dir: Path, hold_timeout_s: float, speed: float = 1.0, weights_gbps: float = 0.0
+    placements_file: Path,
+    run_dir: Path,
+    hold_timeout_s: float,
+    speed: float = 1.0,
+    weights_gbps: float = 0.0,
+    engine: str = "sim",
 ) -> Chimera:
     env = {"CHIMERA_SIM_SPEED": f"{speed:g}", "CHIMERA_SIM_WEIGHTS_GBPS": f"{weights_gbps:g}"}
     return start_chimera(
-        placements_file, run_dir, env=env, hold_timeout_s=hold_timeout_s, awake=("base", "m0"), settle_all=False
+        placements_file,
+        run_dir,
+        engine=engine,
+        env=env,
+        hold_timeout_s=hold_timeout_s,
+        awake=("base", "m0"),
+        settle_all=False,
+        ready_timeout_s=180.0 if engine == "sim" else 550.0,
     )
 
 
@@ -173,32 +202,57 @@ def main(argv: list[str] | None = None) -> int:
         "--weights-gbps", type=float, default=0.0, help="re-target read bandwidth (0: the calibrated disk's 2.5 GB/s)"
     )
     p.add_argument("--sim-speed", type=float, default=1.0, help="1: the calibrated H100's timing; less: faster (CI)")
+    p.add_argument("--engine", choices=("sim", "sglang"), default="sim")
+    p.add_argument("--ckpt-dir", type=Path, help="sglang: real checkpoints ft-0.. (bench/gpu/checkpoints.py)")
+    p.add_argument("--adapter-dir", type=Path, help="sglang: PEFT adapters a0.. (bench/gpu/adapters.py)")
+    p.add_argument("--stage", choices=("page_cache", "pinned"), help="the pool's staging (default: none)")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0)
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    paths = checkpoints(a.out, a.checkpoints)
+    real = a.engine == "sglang"
+    if real and (a.ckpt_dir is None or a.adapter_dir is None):
+        p.error("--engine sglang needs --ckpt-dir and --adapter-dir (bench/gpu/many.sh writes both)")
+    if real:
+        paths = [str(a.ckpt_dir / f"ft-{i}") for i in range(a.checkpoints)]
+        extra = {"base_path": paths[0], "adapter_dir": str(a.adapter_dir)}
+    else:
+        paths, extra = checkpoints(a.out, a.checkpoints), {}
+    cfg = placements(
+        paths, a.models, a.adapters, a.pool_servers, a.ttft_slo, gpu_memory_gb=a.gpu_memory_gb, stage=a.stage, **extra
+    )
     cfg_file = a.out / "placements.yaml"
-    cfg_file.write_text(yaml.safe_dump(placements(paths, a.models, a.adapters, a.pool_servers, a.ttft_slo)))
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    label = "SIMULATED (sim engine, calibrated H100 costs; not a GPU measurement)"
     report: dict[str, Any] = {
-        "label": "SIMULATED (sim engine, calibrated H100 costs; not a GPU measurement)",
+        "label": "GPU: stock SGLang on the lent machine (bench/gpu/many.sh)" if real else label,
         "setup": {k: v for k, v in vars(a).items() if k != "out"} | {"shape": SHAPE, "gpu": "one 80 GB GPU-equivalent"},
         "shared_weights": {
             f"ft-{i}": [f"m{j}" for j in range(a.models) if j % a.checkpoints == i] for i in range(a.checkpoints)
         },
         "runs": [],
     }
-    for skew in (float(x) for x in a.skews.split(",")):
-        ch = start(
-            cfg_file, a.out / f"skew-{skew:g}", hold_timeout_s=600, speed=a.sim_speed, weights_gbps=a.weights_gbps
-        )
-        try:
+    ch: Chimera | None = None
+    try:
+        for skew in (float(x) for x in a.skews.split(",")):
+            if ch is None or not real:  # the sim starts afresh per skew; a GPU run once
+                t0 = time.monotonic()
+                run_dir = a.out / ("gpu" if real else f"skew-{skew:g}")
+                ch = start(cfg_file, run_dir, 600, a.sim_speed, a.weights_gbps, a.engine)
+                report.setdefault("start_s", []).append(time.monotonic() - t0)
+            before = counters(ch.base)
             results = asyncio.run(drive(ch.base, a.rate, a.duration, skew, a.models, a.adapters, a.seed))
-            run = {"skew": skew, **summarize(results, a.ttft_slo), **counters(ch.base)}
+            after = counters(ch.base)
+            run = {"skew": skew, **summarize(results, a.ttft_slo)}
+            run |= {k: v - before.get(k, 0.0) for k, v in after.items()}
             with open(a.out / f"requests-skew-{skew:g}.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in results)
-        finally:
+            if not real:
+                ch.stop()
+            report["runs"].append(run)
+            print(json.dumps(run), flush=True)
+    finally:
+        if ch is not None:
             ch.stop()
-        report["runs"].append(run)
-        print(json.dumps(run), flush=True)
     (a.out / "pools.json").write_text(json.dumps(report, indent=2))
     print(f"\n{report['label']}")
     head = ("skew", "family", "req", "ok", "err", "p50 s", "p99 s", "attain", "models")

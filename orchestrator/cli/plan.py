@@ -37,6 +37,7 @@ from orchestrator.policy.placement.cluster import (
     Wake,
 )
 from orchestrator.policy.placement.kvpr import GpuTally
+from orchestrator.pools.router import pool_costs
 from orchestrator.supervisor.mps import find_control
 from orchestrator.types import InstanceState, gpu_label
 
@@ -181,6 +182,7 @@ def _pools_table(dep: Deployment, con: Console) -> None:
             t.add_column(col)
         for p in cfg.pools:
             c = dep.models[p.slots[0]].cost
+            switch = pool_costs(dep, p.name)
             servers = ", ".join(i.id for i in cfg.instances if i.model.slot_of == p.name)
             paths = {m.model_path for m in cfg.models if m.pool == p.name}
             t.add_row(
@@ -189,8 +191,8 @@ def _pools_table(dep: Deployment, con: Console) -> None:
                 servers,
                 str(len(p.members)),
                 str(len(paths)),
-                f"{c.retarget_s:.2f} s",
-                f"{c.wake_s:.2f} s",
+                f"{switch.retarget_s:.2f} s" + (" (pinned)" if p.stage == "pinned" else ""),
+                f"{switch.wake_s:.2f} s",
                 f"{c.cold_start_s:.0f} s",
             )
         con.print(t)

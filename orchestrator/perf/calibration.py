@@ -146,6 +146,10 @@ MEMORY_OP_OVERHEAD_S = 0.02  # [measured] release 46 ms / resume 18 ms for the t
 # /update_weights_from_disk reads safetensors (page cache) into the GPU. [measured] 13 ms for the
 # 34 MB tiny model on the H100 ~ 2.5 GB/s; re-measure with a real 8B fine-tune.
 DISK_LOAD_BW = 2.5e9
+# A pool with ``stage: pinned`` pushes a staged checkpoint from pinned host RAM in buckets
+# (orchestrator/pools/pinned/): the host->GPU copy plus the buckets' requests. [measured] on the
+# H200: 16.06 GB in 0.327-0.334 s (7 switches), 1.04x the copy at HOST_TO_DEVICE_BW.
+PINNED_PUSH_OVERHEAD_FACTOR = 1.04
 
 # --- what the sim reports about itself ---------------------------------------------------------
 SGLANG_VERSION = "0.5.17"  # the SGLang release whose HTTP API the sim reproduces

@@ -106,7 +106,11 @@ def server_cost(
     )
 
 
-def retarget_time(shape: ModelShape, tp_size: int = 1) -> float:
+def retarget_time(shape: ModelShape, tp_size: int = 1, pinned: bool = False) -> float:
     """``/update_weights_from_disk`` of a same-shape model: each rank reads its share of the
-    weights at the calibrated disk (page-cache) bandwidth."""
+    weights at the calibrated disk (page-cache) bandwidth. ``pinned``: pushed from the pinned
+    holder's buffers instead (a pool's ``stage: pinned``), at the host->GPU copy's speed."""
+    if pinned:
+        copy = shape.weight_bytes / cal.HOST_TO_DEVICE_BW  # every rank's copy from one buffer
+        return cal.MEMORY_OP_OVERHEAD_S + copy * cal.PINNED_PUSH_OVERHEAD_FACTOR
     return cal.MEMORY_OP_OVERHEAD_S + shape.weight_bytes / tp_size / cal.DISK_LOAD_BW

@@ -22,6 +22,7 @@ from orchestrator.config import ModelSpec
 from orchestrator.control.router import Router
 from orchestrator.deployment import Deployment
 from orchestrator.errors import EngineUnavailable
+from orchestrator.perf.cost import retarget_time
 from orchestrator.policy.pools import Costs, decide
 from orchestrator.pools.holdings import Holdings
 from orchestrator.pools.retarget import Retargeter, RetargetError
@@ -191,7 +192,12 @@ class PoolRouter:
 
 def pool_costs(dep: Deployment, pool: str) -> Costs:
     """A switch's cost on one of the pool's servers, from the deployment's cost model
-    (orchestrator/perf/cost.py): the re-target, and the wake of a parked server."""
+    (orchestrator/perf/cost.py): the re-target (from pinned host RAM with ``stage: pinned``,
+    else from the page cache or disk), and the wake of a parked server."""
     spec = next(p for p in dep.config.pools if p.name == pool)
     cost = dep.models[spec.slots[0]].cost
+    if spec.stage == "pinned":
+        slot = dep.config.model(spec.slots[0])
+        tp = slot.tp_size if slot is not None else 1
+        return Costs(retarget_time(spec.shape, tp, pinned=True), cost.wake_s)
     return Costs(cost.retarget_s, cost.wake_s)

@@ -221,3 +221,19 @@ def test_pinned_staging_needs_the_sglang_engine_and_no_ray(tmp_path: Path) -> No
     holder = _pinned_holder(cfg, "sglang", tmp_path, {}, ray=False)
     assert holder is not None and holder.pid is None  # started on first use, not here
     assert _pinned_holder(parse_config(pool_file(None, 10)), "sglang", tmp_path, {}, ray=False) is None
+
+
+def test_a_pinned_pool_switches_at_the_copy_engines_speed_in_the_cost_model() -> None:
+    from orchestrator.deployment import derive
+    from orchestrator.perf import calibration as cal
+    from orchestrator.pools.router import pool_costs
+    from orchestrator.shapes import load_shape
+
+    weights = load_shape("llama-3.1-8b").weight_bytes
+    pinned = pool_costs(derive(parse_config(pool_file("pinned", 40))), "p")
+    page_cache = pool_costs(derive(parse_config(pool_file(None, 40))), "p")
+    assert pinned.retarget_s == pytest.approx(
+        cal.MEMORY_OP_OVERHEAD_S + weights / cal.HOST_TO_DEVICE_BW * cal.PINNED_PUSH_OVERHEAD_FACTOR
+    )
+    assert 0.2 < pinned.retarget_s < 0.5 < 5 < page_cache.retarget_s  # 0.35 s against 6.4 s for an 8B
+    assert pinned.wake_s == page_cache.wake_s
