@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             ttft, text = ask(ch.base, "m0")
             s1, c1 = wake_seconds(ch.base)
             wakes.append(ttft)
-            time.sleep(0.3)  # the output's check runs beside the first request: let its line land
+            time.sleep(0.6)  # the output is checked 0.25 s after the wake, beside the requests: let its line land
             report.setdefault("wake_engine_s", []).append((s1 - s0) / max(1.0, c1 - c0))
             report.setdefault("wake_phases", []).append(last_wake_phases(ch.log))
             wrong += [] if text == ref["m0"] else [f"after wake m0 answered {text!r}"]

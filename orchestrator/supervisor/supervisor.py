@@ -71,6 +71,9 @@ log = logging.getLogger("chimera.supervisor")
 # The shim's socket exists once SGLang has built its KV pool, before it serves HTTP: a server that
 # is ready but whose shim does not answer within this runs without it (plugin not loaded).
 SHIM_READY_TIMEOUT_S = 30.0
+# The check of a woken server's output waits this long: the requests held for the wake go
+# first (sent together, the probe's prefill delayed a held request's first token on the H200)
+WAKE_CHECK_DELAY_S = 0.25
 
 
 class Supervisor:
@@ -446,6 +449,7 @@ class Supervisor:
         # the output checked beside the first requests: a wrong one stops the server (its
         # requests in flight get the engine-died envelope; watch() reports Exited, and the loop
         # restarts it after a backoff)
+        await asyncio.sleep(WAKE_CHECK_DELAY_S)
         try:
             probe_s = await self.lifecycle.check(proc.spec.base_url, proc.probe_output)
         except (EngineError, httpx.HTTPError, ValueError) as exc:
