@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
 import sys
@@ -51,6 +52,23 @@ def checkpoints(out: Path, distinct: int) -> list[str]:
     return paths
 
 
+def aliases(ckpt_dir: Path, distinct: int, paths: int) -> list[str]:
+    """``paths`` checkpoint directories over ``distinct`` real ones: ``ft-<k>`` for k <
+    ``distinct`` as written, and for k >= ``distinct`` a directory of hard links to the files of
+    ``ft-<k mod distinct>`` (no disk; chimera sees another model path: a switch between two of
+    them loads weights, though the same ones). Disk: 64 GB on the lent machine, 16 GB an 8B."""
+    out = []
+    for k in range(paths):
+        src, dst = ckpt_dir / f"ft-{k % distinct}", ckpt_dir / f"ft-{k}"
+        if k >= distinct and not dst.is_dir():
+            dst.mkdir()
+            for f in src.iterdir():
+                if f.is_file():
+                    os.link(f, dst / f.name)
+        out.append(str(dst))
+    return out
+
+
 def placements(
     paths: list[str],
     models: int,
@@ -61,12 +79,13 @@ def placements(
     adapter_dir: str = "/adapters",
     gpu_memory_gb: float = 80,
     stage: str | None = None,
+    stage_checkpoints: int | None = None,
 ) -> dict[str, Any]:
     """Model ``m<i>`` uses checkpoint ``i % len(paths)`` (so m0, m8, m16... share ft-0)."""
     slo = {"ttft_s": ttft_slo}
     pool: dict[str, Any] = {"name": "p8b", "servers": [{"gpus": [0]} for _ in range(pool_servers)]}
-    if stage is not None:  # every distinct checkpoint staged in host RAM (16 GB each for an 8B)
-        pool |= {"stage": stage, "stage_gb": 17 * len(paths)}
+    if stage is not None:  # host RAM for ``stage_checkpoints`` of them (16 GB each for an 8B)
+        pool |= {"stage": stage, "stage_gb": 17 * (stage_checkpoints or len(paths))}
     base = {"name": "base", "model_path": base_path, "placements": [{"gpus": [0]}]}
     return {
         "mode": "full",
@@ -191,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--models", type=int, default=50)
     p.add_argument("--checkpoints", type=int, default=8, help="distinct checkpoints the models share")
+    p.add_argument(
+        "--paths", type=int, help="sglang: model paths over them (hard links; default --checkpoints), >= servers + 1"
+    )
     p.add_argument("--adapters", type=int, default=500)
     p.add_argument("--pool-servers", type=int, default=2)
     p.add_argument("--rate", type=float, default=4.0, help="requests per second (all models)")
@@ -213,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     if real and (a.ckpt_dir is None or a.adapter_dir is None):
         p.error("--engine sglang needs --ckpt-dir and --adapter-dir (bench/gpu/many.sh writes both)")
     if real:
-        paths = [str(a.ckpt_dir / f"ft-{i}") for i in range(a.checkpoints)]
-        extra = {"base_path": paths[0], "adapter_dir": str(a.adapter_dir)}
+        paths = aliases(a.ckpt_dir, a.checkpoints, a.paths or a.checkpoints)
+        extra = {"base_path": paths[0], "adapter_dir": str(a.adapter_dir), "stage_checkpoints": a.checkpoints}
     else:
         paths, extra = checkpoints(a.out, a.checkpoints), {}
     cfg = placements(
@@ -225,10 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     label = "SIMULATED (sim engine, calibrated H100 costs; not a GPU measurement)"
     report: dict[str, Any] = {
         "label": "GPU: stock SGLang on the lent machine (bench/gpu/many.sh)" if real else label,
-        "setup": {k: v for k, v in vars(a).items() if k != "out"} | {"shape": SHAPE, "gpu": "one 80 GB GPU-equivalent"},
+        "setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items() if k != "out"}
+        | {"shape": SHAPE, "gpu": "one 80 GB GPU-equivalent" if not real else f"{a.gpu_memory_gb:g} GB of one GPU"},
         "shared_weights": {
-            f"ft-{i}": [f"m{j}" for j in range(a.models) if j % a.checkpoints == i] for i in range(a.checkpoints)
+            f"ft-{i}": [f"m{j}" for j in range(a.models) if j % len(paths) % a.checkpoints == i]
+            for i in range(a.checkpoints)
         },
+        "model_paths": {f"m{j}": paths[j % len(paths)] for j in range(a.models)},
         "runs": [],
     }
     ch: Chimera | None = None

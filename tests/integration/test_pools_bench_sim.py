@@ -38,3 +38,15 @@ def test_gpu_pools_driver_on_the_sim(tmp_path: Path, monkeypatch: pytest.MonkeyP
     # served from the continue on: the output is checked beside the first requests, not before
     assert {"wake_s", "resume_s", "continue_s"} <= set(wake) and "probe_s" not in wake and wake["resume_s"] > 0
     assert wake["wake_s"] == pytest.approx(wake["resume_s"] + wake["continue_s"], abs=2e-3)
+
+
+def test_model_paths_beyond_the_distinct_checkpoints_are_hard_links(tmp_path: Path) -> None:
+    for k in range(2):
+        (tmp_path / f"ft-{k}").mkdir()
+        (tmp_path / f"ft-{k}" / "model.safetensors").write_bytes(bytes([k]) * 10)
+    paths = live_pools.aliases(tmp_path, 2, 5)
+    assert paths == [str(tmp_path / f"ft-{k}") for k in range(5)]
+    for k in range(2, 5):  # the same inode as the one it stands for: no disk, another model path
+        same = (tmp_path / f"ft-{k % 2}" / "model.safetensors").stat()
+        assert (tmp_path / f"ft-{k}" / "model.safetensors").stat().st_ino == same.st_ino
+    assert live_pools.aliases(tmp_path, 2, 5) == paths  # again: kept as they are
