@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from orchestrator.config import PoolSpec
 from orchestrator.policy.lora import Popularity
@@ -40,7 +41,9 @@ class Holdings:
         pools: Iterable[PoolSpec],
         on_hold: Callable[[str, str | None], None] | None = None,
         on_switch: Callable[[str, bool], None] | None = None,  # (pool, succeeded)
+        same_weights: Callable[[str, str], bool] | None = None,  # default: same_files
     ) -> None:
+        self._same_weights = same_weights or same_files
         self._pools = {spec.name: _Pool(spec, {s: _Server(spec.model_path) for s in spec.slots}) for spec in pools}
         self._slot_pool = {s: name for name, pool in self._pools.items() for s in pool.spec.slots}
         self._on_hold = on_hold or (lambda slot, path: None)
@@ -101,7 +104,12 @@ class Holdings:
         want = refs.get(model_path)
         if want is not None and output != want:
             return f"probe output {output!r} is not {model_path}'s own ({want!r})"
-        if previous is not None and previous != model_path and refs.get(previous) == output:
+        if (
+            previous is not None
+            and previous != model_path
+            and refs.get(previous) == output
+            and not self._same_weights(previous, model_path)  # two names for one checkpoint answer alike
+        ):
             return f"probe output {output!r} is still {previous}'s: the weights did not change"
         refs.setdefault(model_path, output)
         return None
@@ -119,3 +127,22 @@ class Holdings:
 
     def _server(self, slot: str) -> _Server:
         return self._pools[self._slot_pool[slot]].servers[slot]
+
+
+def same_files(a: str, b: str) -> bool:
+    """Whether two model paths hold the very same weight files (hard links or symbolic links to
+    one checkpoint: the same devices and inodes); False for anything else, copies included, and
+    for paths that are not local directories."""
+
+    def ids(path: str) -> frozenset[tuple[str, int, int]] | None:
+        root = Path(path)
+        if not root.is_dir():
+            return None
+        try:
+            files = [f for f in root.iterdir() if f.suffix in (".safetensors", ".bin", ".pt")]
+            return frozenset((f.name, (st := f.stat()).st_dev, st.st_ino) for f in files) or None
+        except OSError:
+            return None
+
+    first = ids(a)
+    return first is not None and first == ids(b)

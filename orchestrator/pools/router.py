@@ -173,7 +173,10 @@ class PoolRouter:
                 {k: round(v, 4) for k, v in phases.items()},
             )
             return ep
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, EngineUnavailable):  # the request's 503 says it; the log says it too
+                where = ep.instance_id if ep is not None else slot
+                log.warning("re-target of %s to %s (%s) failed: %s", where, model.name, model.model_path, exc)
             if ep is not None:
                 self.release(ep)
             raise

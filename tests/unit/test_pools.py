@@ -6,6 +6,8 @@ output, and the supervisor told the new probe output."""
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -282,3 +284,30 @@ def test_a_tp2_pool() -> None:
         }
     )
     assert [i.id for i in cfg.instances] == ["p-0@gpu0+1"] and cfg.instances[0].model.tp_size == 2
+
+
+def test_two_paths_to_one_checkpoint_may_answer_alike(tmp_path: Path) -> None:
+    from orchestrator.pools.holdings import same_files
+
+    a, b, c = (tmp_path / n for n in ("a", "b", "c"))
+    for d in (a, b, c):
+        d.mkdir()
+    (a / "model.safetensors").write_bytes(b"w" * 8)
+    os.link(a / "model.safetensors", b / "model.safetensors")  # b: a hard link to a's weights
+    (c / "model.safetensors").write_bytes(b"w" * 8)  # c: a copy, byte for byte
+    (tmp_path / "s").symlink_to(a)
+    assert same_files(str(a), str(b)) and same_files(str(a), str(tmp_path / "s"))
+    assert not same_files(str(a), str(c)) and not same_files("llama-3.1-8b", "llama-3.1-8b")
+    cfg = parse_config(
+        {
+            "models": [
+                {"name": n, "model_path": str(d), "shape": "llama-3.1-8b", "pool": "p"}
+                for n, d in (("a", a), ("b", b), ("c", c))
+            ],
+            "pools": [{"name": "p", "servers": [{"gpus": [0]}]}],
+        }
+    )
+    holdings = Holdings(cfg.pools)
+    assert holdings.check_probe("p-0", None, str(a), "out") is None
+    assert holdings.check_probe("p-0", str(a), str(b), "out") is None  # the same weights: the same answer
+    assert "did not change" in (holdings.check_probe("p-0", str(a), str(c), "out") or "")
