@@ -143,10 +143,10 @@ def level(base: str, clients: int, streams: int, seconds: float, procs: list[psu
 
 def run(n: int, share: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """One chimera with ``n`` proxy processes, the primary taking ``share`` of the connections
-    (``even``: the kernel's spread; else ``up --primary-share``)."""
+    (``up --primary-share``: ``even``, the kernel's spread, or a number)."""
     pl = work / "placements.yaml"
     pl.write_text(yaml.safe_dump(placements(args.engines)))
-    flags = ("--proxies", str(n), "--log-level", "warning", *(() if share == EVEN else ("--primary-share", share)))
+    flags = ("--proxies", str(n), "--log-level", "warning", *(() if n == 1 else ("--primary-share", share)))
     ch = start_chimera(pl, work / f"proxies-{n}-{share}", env={"CHIMERA_SIM_SPEED": "0"}, args=flags)
     try:
         deadline = time.monotonic() + 30

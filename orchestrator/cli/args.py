@@ -95,12 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--primary-share",
-        type=float,
         default=None,
         metavar="F",
         help="with --proxies N: the share of new connections (0-1) this process serves itself, "
-        "which also runs the control loop and every worker's channel; lower it where this process "
-        "binds (default: the kernel's even spread, 1/N; Linux: a reuseport BPF program)",
+        "which also runs the control loop and every worker's channel; `even`: the kernel's spread, "
+        "1/N (default: 0, the workers serve every client: 3.7x one process with 4 on 16 cores, "
+        "against 2.7x for even; Linux: a reuseport BPF program)",
     )
     up.add_argument(
         "--log-level",

@@ -36,6 +36,20 @@ EXIT_USAGE = 2
 MAX_PROXIES = 64  # proxy processes on one host (--proxies)
 
 
+def primary_share(raw: str | None, proxies: int) -> float | None:
+    """``--primary-share``: the primary's share of new connections, None for the kernel's even
+    spread. Default with workers: 0 (measured best, docs/multi-node.md "Steering")."""
+    if raw is None:
+        return 0.0 if proxies > 1 else None
+    try:
+        share = None if raw == "even" else float(raw)
+    except ValueError:
+        share = -1.0
+    if proxies < 2 or (share is not None and not 0 <= share <= 1):
+        raise ConfigError([f"--primary-share: `even` or a share from 0 to 1, with --proxies 2 or more (got {raw})"])
+    return share
+
+
 @functools.cache
 def console() -> Console:
     """The CLI's console (stderr), created on first use: rich is not imported before `up` listens."""
@@ -161,8 +175,7 @@ def _up(args: argparse.Namespace) -> int:
         raise ConfigError([f"--hold-timeout-s: must be > 0 (got {args.hold_timeout_s})"])
     if not 1 <= args.proxies <= MAX_PROXIES:
         raise ConfigError([f"--proxies: must be 1-{MAX_PROXIES} (got {args.proxies})"])
-    if args.primary_share is not None and not (0 <= args.primary_share <= 1 and args.proxies > 1):
-        raise ConfigError([f"--primary-share: a share from 0 to 1 with --proxies 2 or more (got {args.primary_share})"])
+    args.primary_share = primary_share(args.primary_share, args.proxies)
     # Listen first: from here on a client's connection waits in the kernel's backlog until the
     # proxy serves it (a restart of the control plane is a short wait, not a refused connection).
     # Under systemd socket activation the socket outlives chimera itself: not even a restart's

@@ -71,7 +71,11 @@ def test_the_program_returns_the_primary_below_the_cut_and_a_worker_index_above(
 
 
 def test_up_refuses_a_share_outside_0_1_or_without_workers(tmp_path: object) -> None:
-    for args in (("--proxies", "4", "--primary-share", "1.5"), ("--primary-share", "0.2")):
+    for args in (
+        ("--proxies", "4", "--primary-share", "1.5"),
+        ("--proxies", "4", "--primary-share", "half"),
+        ("--primary-share", "0.2"),
+    ):
         r = subprocess.run(
             chimera_cmd("up", "placements/example.yaml", "--engine", "sim", *args),
             capture_output=True,
@@ -79,5 +83,13 @@ def test_up_refuses_a_share_outside_0_1_or_without_workers(tmp_path: object) -> 
             timeout=60,
         )
         assert r.returncode == 2, r.stderr
-        assert "--primary-share: a share from 0 to 1 with --proxies 2 or more" in r.stderr
+        assert "--primary-share: `even` or a share from 0 to 1, with --proxies 2 or more" in r.stderr
         assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_with_workers_the_primary_serves_no_clients_unless_told() -> None:
+    from orchestrator.cli.main import primary_share
+
+    assert primary_share(None, 4) == 0.0  # the measured best: 3.7x one process, against 2.7x even
+    assert primary_share(None, 1) is None and primary_share("even", 4) is None
+    assert primary_share("0.15", 4) == 0.15
