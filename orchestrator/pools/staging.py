@@ -84,6 +84,7 @@ class Stager:
         self._on_staged = on_staged
         self._clock = clock
         self.staged: dict[str, set[str]] = {p: set() for p in self._budget}
+        self._staged_at: dict[str, dict[str, float]] = {p: {} for p in self._budget}
         self._busy: set[str] = set()
         self._again: set[str] = set()
         self.done = asyncio.Event()  # set whenever a pool's reads end (tests wait on it)
@@ -100,7 +101,13 @@ class Stager:
         held = {self._holdings.holds(s) for s in spec.slots}
         pop = self._holdings.popularity(pool)
         cks = [
-            Checkpoint(p, self._cache_of[pool].size(p), pop[p].now(now) if p in pop else 0.0, p in held)
+            Checkpoint(
+                p,
+                self._cache_of[pool].size(p),
+                pop[p].now(now) if p in pop else 0.0,
+                p in held,
+                self._staged_at[pool].get(p),
+            )
             for p in dict.fromkeys(self._paths.get(pool, ()))
         ]
         plan = decide(cks, frozenset(self.staged[pool]), self._budget[pool], now)
@@ -137,6 +144,11 @@ class Stager:
     def _finished(self, pool: str, staged: list[str], dropped: tuple[str, ...]) -> None:
         self.staged[pool].difference_update(dropped)
         self.staged[pool].update(staged)
+        now = self._clock()
+        for p in dropped:
+            self._staged_at[pool].pop(p, None)
+        for p in staged:
+            self._staged_at[pool][p] = now
         self._busy.discard(pool)
         if self._on_staged is not None:
             self._on_staged(pool, sum(self._cache_of[pool].size(p) for p in self.staged[pool]))

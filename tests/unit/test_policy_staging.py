@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.policy.staging import STICKY, Checkpoint, StagingPlan, decide
+from orchestrator.policy.staging import MIN_STAGED_S, STICKY, Checkpoint, StagingPlan, decide
 
 GB = 10**9
 
@@ -53,3 +53,13 @@ def test_the_plan_fits_the_budget_and_ends_where_it_says(
     assert sum(size[p] for p in plan.wanted) <= budget_gb * GB
     assert (staged - set(plan.drop)) | set(plan.stage) == set(plan.wanted)
     assert not set(plan.stage) & staged and set(plan.drop) <= staged
+
+
+def test_a_checkpoint_staged_less_than_a_minute_ago_keeps_its_place() -> None:
+    young = Checkpoint("old", 16 * GB, 1.0, held=True, staged_at=100.0)  # held and far less popular
+    cks = [young, ck("new", 16, 10.0)]
+    assert decide(cks, frozenset({"old"}), 16 * GB, 100.0 + MIN_STAGED_S - 1) == StagingPlan(wanted=("old",))
+    plan = decide(cks, frozenset({"old"}), 16 * GB, 100.0 + MIN_STAGED_S)
+    assert plan == StagingPlan(("new",), ("old",), ("new",))  # a minute on, the ranking decides again
+    gone = Checkpoint("old", 16 * GB, 0.0, held=False, staged_at=100.0)  # nobody asks for it any more
+    assert decide([gone, ck("new", 16, 1.0)], frozenset({"old"}), 16 * GB, 101.0).drop == ("old",)

@@ -12,6 +12,7 @@ import pytest
 
 from orchestrator.config import parse_config
 from orchestrator.errors import ConfigError
+from orchestrator.policy.staging import MIN_STAGED_S
 from orchestrator.pools.holdings import Holdings
 from orchestrator.pools.router import PoolRouter
 from orchestrator.pools.staging import PageCache, Stager
@@ -95,7 +96,10 @@ async def test_requests_stage_their_checkpoints_and_a_hotter_one_displaces_a_col
     await ask("a", 3)  # held by the server: staged after the unheld ones, in what is left
     assert stager.staged["p"] == {paths["b"], paths["a"]}
     t[0] = 1.0
-    await ask("c", 5)  # c is hotter than the held a: a is let go, c read
+    await ask("c", 5)  # hotter than the held a, but a was staged a second ago: kept (MIN_STAGED_S)
+    assert stager.staged["p"] == {paths["b"], paths["a"]} and cache.drops == []
+    t[0] = 1.0 + MIN_STAGED_S
+    await ask("c", 5)  # a minute on, c is still hotter: a is let go, c read
     assert stager.staged["p"] == {paths["b"], paths["c"]} and cache.drops == [paths["a"]]
     assert told[-1] == ("p", 2 * (4 * MB + 2))
 
