@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         default=PoolOptions.max_retarget_s,
         help="shapes whose switch takes longer are not pooled (default: %(default)s)",
     )
+    r.add_argument(
+        "--pool-stage",
+        choices=("page_cache", "pinned"),
+        default=PoolOptions.stage,
+        help="where the pools' checkpoints wait: the switch's cost (default: %(default)s)",
+    )
     r.add_argument("--search", type=int, metavar="LO", help="bisect the fewest GPUs in [LO, --gpus] at 99%% joint")
     r.add_argument(
         "--gpu-sharing",
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(a: argparse.Namespace) -> int:
     sp = ex.spec(a.rate, a.duration, a.cycle, a.seed)
-    popts = PoolOptions(a.pool_fraction, a.pool_servers, a.pool_max_retarget_s)
+    popts = PoolOptions(a.pool_fraction, a.pool_servers, a.pool_max_retarget_s, stage=a.pool_stage)
     if a.pools and a.system != "chimera":
         raise SystemExit("--pools is chimera's (--system chimera)")
 
@@ -120,7 +126,8 @@ def _run(a: argparse.Namespace) -> int:
         one(a.gpus)
     else:
         got = fewest_gpus(lambda g: one(g).joint, a.search, a.gpus, ex.TARGET)
-        name = f"{a.system}{' with pools' if a.pools else ''}{' under MPS' if a.gpu_sharing == 'mps' else ''}"
+        pools = (" with pools" + (" (pinned)" if a.pool_stage == "pinned" else "")) if a.pools else ""
+        name = f"{a.system}{pools}{' under MPS' if a.gpu_sharing == 'mps' else ''}"
         grid = ", ".join(f"{g}: {j:.2%}" for g, j in got["grid"])
         print(f"SIMULATED {name}: fewest GPUs at 99% joint attainment: {got['fewest_gpus']} ({grid})")
     if a.gpu_sharing == "mps":

@@ -35,9 +35,11 @@ from bench.sim.servers import SimModel, SimReq, SimServer
 from bench.sim.simulator import Simulator
 from bench.traces.request import BenchRequest
 from bench.traces.synthetic import SyntheticSpec, generate
+from orchestrator.perf.cost import retarget_time
 from orchestrator.policy.lora import Popularity
 from orchestrator.policy.placement.cluster import S
 from orchestrator.policy.pools import Costs, Slot, decide
+from orchestrator.shapes import load_shape
 from orchestrator.types import GpuSharing
 
 RETRY_S = 0.25  # a request that waits for a free pool server is placed again this often
@@ -50,6 +52,16 @@ class PoolOptions:
     servers_per_member: float = 0.6  # pool servers per pooled model, rounded up
     max_retarget_s: float = 3.0  # shapes whose switch costs more keep dedicated servers
     min_members: int = 2
+    stage: str = "page_cache"  # pinned: switches at the pinned push's cost (pools' ``stage: pinned``)
+
+
+def switch_s(m: SimModel, stage: str) -> float:
+    """A switch of a server of ``m``'s shape, from the one cost model (orchestrator/perf/cost.py):
+    from the page cache or disk, or pushed from pinned host RAM (measured on the H200: 0.33 s
+    for an 8B)."""
+    if stage == "pinned":
+        return retarget_time(load_shape(m.shape_name), m.tp, pinned=True)
+    return m.cost.retarget_s
 
 
 @dataclass(frozen=True)
@@ -68,7 +80,7 @@ def plan_pools(models: Sequence[SimModel], rps: Mapping[str, float], opts: PoolO
     servers: dict[str, tuple[str, ...]] = {}
     by_shape: dict[str, list[SimModel]] = {}
     for m in models:
-        if m.tp == 1 and m.cost.retarget_s <= opts.max_retarget_s:
+        if m.tp == 1 and switch_s(m, opts.stage) <= opts.max_retarget_s:
             by_shape.setdefault(m.shape_name, []).append(m)
     for shape, ms in sorted(by_shape.items()):
         ranked = sorted(ms, key=lambda m: (-rps.get(m.name, 0.0), m.name))
@@ -118,13 +130,15 @@ class PooledChimera(Chimera):
         opts: ChimeraOptions | None = None,
         name: str = "chimera-pools",
         history: Sequence[BenchRequest] = (),
+        stage: str = "page_cache",
     ) -> None:
         super().__init__(expected_rps, tokens_per_req, opts or ChimeraOptions(), name, history)
         self.plan = plan
         self.pool_of = plan.pool_of
         self.members = dict(members)
         self.pool = PoolState()
-        self.costs = {p: _costs(members[ms[0]]) for p, ms in plan.members.items()}
+        self.stage = stage
+        self.costs = {p: _costs(members[ms[0]], stage) for p, ms in plan.members.items()}
 
     # ---- controller hooks -------------------------------------------------------------------
 
@@ -236,7 +250,7 @@ class PooledChimera(Chimera):
             if s.in_flight or any(r.model == h for r in self.queues[s.gpus[0]]):
                 raise RuntimeError(f"{h}: re-targeted with requests of {st.holds[h]} in it (pool bug)")
             st.swapping.add(h)
-            self.sim.at(self.sim.now + s.model.cost.retarget_s, self._swapped, h)
+            self.sim.at(self.sim.now + switch_s(s.model, self.stage), self._swapped, h)
 
     def _swapped(self, h: str) -> None:
         st = self.pool
@@ -252,9 +266,9 @@ class PooledChimera(Chimera):
             r.model = self.pool.origin.get(r.id, r.model)
 
 
-def _costs(m: SimModel) -> Costs:
+def _costs(m: SimModel, stage: str) -> Costs:
     """A switch's cost from the one cost model (orchestrator/perf/cost.py), as live (pools/router.py)."""
-    return Costs(m.cost.retarget_s, m.cost.wake_s)
+    return Costs(switch_s(m, stage), m.cost.wake_s)
 
 
 def simulate_pooled(
@@ -286,7 +300,7 @@ def simulate_pooled(
         hidden_rps[to_hidden.get(m, m)] = hidden_rps.get(to_hidden.get(m, m), 0.0) + v
     tpr = sum(r.prompt_tokens + r.output_tokens for r in trace) / max(len(trace), 1)
     hist = [replace(r, model=to_hidden.get(r.model, r.model)) for r in history]
-    ctl = PooledChimera(plan, by_name, hidden_rps, tpr, copts, history=hist)
+    ctl = PooledChimera(plan, by_name, hidden_rps, tpr, copts, history=hist, stage=popts.stage)
     sim = Simulator(sim_models, n_gpus, H100_BYTES, ctl, sharing=sharing)
     wall = sim.run(trace)
     ctl.restore_names(sim.reqs)

@@ -144,3 +144,17 @@ def test_cli__run_with_pools_and_search(capsys: pytest.CaptureFixture[str]) -> N
     assert "SIMULATED chimera with pools: fewest GPUs at 99% joint attainment:" in out
     with pytest.raises(SystemExit):
         main(["run", "--system", "muxserve-like", "--pools"])
+
+
+def test_pinned_pools_switch_at_the_push_cost_and_pool_the_shapes_it_makes_cheap() -> None:
+    from bench.sim.pools import switch_s
+
+    models = fleet("mix58")
+    rps = {m.name: 1.0 / (i + 1) for i, m in enumerate(models)}
+    eight = next(m for m in models if m.shape_name == "llama-3.1-8b")
+    assert switch_s(eight, "page_cache") == eight.cost.retarget_s
+    assert switch_s(eight, "pinned") == retarget_time(load_shape("llama-3.1-8b"), 1, pinned=True) < 0.5
+    page = plan_pools(models, rps, PoolOptions(max_retarget_s=3.0))
+    pinned = plan_pools(models, rps, PoolOptions(max_retarget_s=3.0, stage="pinned"))
+    assert "pool-llama-3.1-8b" not in page.members and "pool-llama-3.1-8b" in pinned.members  # 6.4 s vs 0.35 s
+    assert not any("70b" in m for m in pinned.pool_of)  # TP 2 keeps its servers either way
