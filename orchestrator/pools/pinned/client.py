@@ -55,30 +55,28 @@ class PinnedHolder:
 
     def ask(self, msg: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
         """One request and its answer (blocking); HolderError when the holder is not there or
-        does not answer in time. A holder found dead on connecting is started again once."""
-        self._ensure()
-        try:
+        does not answer in time. A holder found dead (refused, reset, no answer and exited) is
+        started again and asked once more: every request is whole (a push loads every tensor)."""
+        for attempt in (1, 2):
+            self._ensure()
             try:
                 return self._ask(msg, timeout_s)
-            except (ConnectionRefusedError, FileNotFoundError):
-                self._reap(1.0)  # it is exiting: the next _ensure starts another
-                self._ensure()
-                return self._ask(msg, timeout_s)
-        except HolderError:
-            raise
-        except OSError as exc:
-            raise HolderError(f"pinned holder: {msg.get('op')} failed: {exc}") from exc
+            except OSError as exc:
+                if attempt == 1 and self._exited(1.0):
+                    log.warning("pinned holder gone (%s); starting it again", exc)
+                    continue
+                if isinstance(exc, HolderError):
+                    raise
+                raise HolderError(f"pinned holder: {msg.get('op')} failed: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def _ask(self, msg: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout_s)
-            s.connect(str(self.socket_path))  # refused or missing: raised as such (``ask`` retries)
-            try:
-                s.sendall(json.dumps(msg).encode() + b"\n")
-                with s.makefile("rb") as f:
-                    line = f.readline()
-            except OSError as exc:
-                raise HolderError(f"pinned holder: {msg.get('op')} failed: {exc}") from exc
+            s.connect(str(self.socket_path))
+            s.sendall(json.dumps(msg).encode() + b"\n")
+            with s.makefile("rb") as f:
+                line = f.readline()
         if not line:
             raise HolderError(f"pinned holder: {msg.get('op')}: no answer (it exited? see {self._log_path})")
         try:
@@ -89,11 +87,14 @@ class PinnedHolder:
             raise HolderError(f"pinned holder: {msg.get('op')}: answer is not an object")
         return answer
 
-    def _reap(self, wait_s: float) -> None:
+    def _exited(self, wait_s: float) -> bool:
+        """Whether the holder's process has exited (waiting up to ``wait_s`` for it to)."""
         proc = self._proc
-        if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(wait_s)
+        if proc is None:
+            return True
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait_s)
+        return proc.poll() is not None
 
     async def ask_async(self, msg: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
         return await asyncio.to_thread(self.ask, msg, timeout_s)
