@@ -416,7 +416,9 @@ def _pinned_holder(cfg: Config, engine: str, run_dir: Path, env: Mapping[str, st
             [f"pools {', '.join(pinned)}: stage: pinned needs the sglang engine (it pushes weights through CUDA)"]
         )
     where, private = unix_socket_dir(run_dir, "pinned.sock", "chimera-pinned-")
-    env = {**env, "PYTHONUNBUFFERED": "1"}
+    # device g is the placements file's GPU g, as for the servers (sglang/launch.py)
+    env = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env |= {"PYTHONUNBUFFERED": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     return PinnedHolder(where / "pinned.sock", run_dir / "pinned-holder.log", env, private_dir=private)
 
 
