@@ -16,7 +16,8 @@
    bucket); one it does not hold, or a holder that cannot be reached, loads from disk as above.
 2. The probe (the supervisor's greedy 4-token ``/generate``): its output is compared with the
    model's own reference (kept from its first load) and must differ from the previous
-   model's (a switch that did not take shows the old output).
+   model's (a switch that did not take shows the old output), unless both paths are links to
+   the same files (holdings.py ``same_files``).
 """
 
 from __future__ import annotations
