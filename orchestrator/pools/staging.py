@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from orchestrator.config import PoolSpec
@@ -64,6 +64,11 @@ class PageCache:
             with open(f, "rb") as fh:
                 os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
+    def lost(self, paths: Iterable[str]) -> set[str]:
+        """Of ``paths`` staged, those no longer held (never, for the page cache: the kernel may
+        evict pages, and a read then comes from disk, as before staging)."""
+        return set()
+
 
 class Stager:
     def __init__(
@@ -96,6 +101,9 @@ class Stager:
         if pool in self._busy:
             self._again.add(pool)
             return
+        for p in self._cache_of[pool].lost(self.staged[pool]):  # a pinned holder that restarted
+            self.staged[pool].discard(p)
+            self._staged_at[pool].pop(p, None)
         now = self._clock()
         spec = self._holdings.pool(pool)
         held = {self._holdings.holds(s) for s in spec.slots}

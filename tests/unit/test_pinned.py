@@ -237,3 +237,34 @@ def test_a_pinned_pool_switches_at_the_copy_engines_speed_in_the_cost_model() ->
     )
     assert 0.2 < pinned.retarget_s < 0.5 < 5 < page_cache.retarget_s  # 0.35 s against 6.4 s for an 8B
     assert pinned.wake_s == page_cache.wake_s
+
+
+async def test_what_a_dead_holder_held_is_staged_again(tmp_path: Path) -> None:
+    import asyncio
+
+    from orchestrator.pools.holdings import Holdings
+    from orchestrator.pools.staging import Stager
+
+    a = ckpt(tmp_path, "a", 1000)
+    raw = {
+        "models": [{"name": "m", "model_path": a, "shape": "llama-3.1-8b", "pool": "p"}],
+        "pools": [{"name": "p", "servers": [{"gpus": [0]}], "stage": "pinned", "stage_gb": 1}],
+    }
+    cfg = parse_config(raw)
+    holdings = Holdings(cfg.pools)
+    holder = PinnedHolder(tmp_path / "h.sock", tmp_path / "h.log", {}, argv=FAKE)
+    cache = PinnedCache(holder)
+    stager = Stager(cfg.pools, {"p": (a,)}, holdings, pinned=cache)
+    try:
+        holdings.bump("p", a, 0.0)
+        stager.poke("p")
+        await asyncio.wait_for(stager.done.wait(), 10)
+        assert stager.staged["p"] == {a} and cache.lost({a}) == set()
+        with pytest.raises(HolderError):
+            holder.ask({"op": "exit"}, 5)  # the holder dies (and the next one holds nothing)
+        assert cache.lost({a}) == {a}
+        stager.poke("p")  # the next request: staged again in the new holder
+        await asyncio.wait_for(stager.done.wait(), 10)
+        assert stager.staged["p"] == {a} and holder.ask({"op": "list"}, 5)["staged"] == {a: 1000}
+    finally:
+        holder.stop()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class PinnedHolder:
         self._argv += ["--socket", str(socket_path), "--bucket-mb", str(bucket_mb)]
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self.generation = 0  # processes started so far: what one held, the next does not
 
     def ask(self, msg: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
         """One request and its answer (blocking); HolderError when the holder is not there or
@@ -107,6 +108,7 @@ class PinnedHolder:
                 log.warning("pinned holder exited with code %s; starting it again", self._proc.returncode)
             self.socket_path.unlink(missing_ok=True)
             with open(self._log_path, "ab") as out:
+                self.generation += 1
                 try:
                     self._proc = subprocess.Popen(
                         self._argv, stdout=out, stderr=subprocess.STDOUT, env=self._env, start_new_session=True
@@ -160,12 +162,18 @@ class PinnedCache(PageCache):
         super().__init__()
         self._holder = holder
         self._timeout_s = timeout_s
+        self._generation: dict[str, int] = {}  # path -> the holder process that staged it
 
     def read(self, path: str) -> int:
         answer = self._holder.ask({"op": "stage", "path": path}, self._timeout_s)
         if not answer.get("ok"):
             raise HolderError(str(answer.get("error")))
+        self._generation[path] = self._holder.generation
         return int(answer.get("bytes", 0))
+
+    def lost(self, paths: Iterable[str]) -> set[str]:
+        """Of ``paths`` staged here, those a holder that has exited since held (no process call)."""
+        return {p for p in paths if self._generation.get(p) != self._holder.generation}
 
     def drop(self, path: str) -> None:
         self._holder.ask({"op": "drop", "path": path}, 60.0)
