@@ -13,7 +13,8 @@
    (SGLang's own start-up warm-up request, queued behind the update, arrived with it).
    With ``stage: pinned``, a checkpoint the pinned holder holds is pushed from pinned host RAM
    instead (``/update_weights_from_tensor``, pinned/holder.py; the cache flushed with the last
-   bucket); one it does not hold, or a holder that cannot be reached, loads from disk as above.
+   bucket); one it does not hold, a holder that cannot be reached, or a push that failed
+   part-way, loads from disk as above (which replaces every tensor).
 2. The probe (the supervisor's greedy 4-token ``/generate``): its output is compared with the
    model's own reference (kept from its first load) and must differ from the previous
    model's (a switch that did not take shows the old output), unless both paths are links to
@@ -97,11 +98,13 @@ class HttpRetargeter:
             return None
         if answer.get("ok"):
             return {k: float(v) for k, v in dict(answer.get("phases") or {}).items()}
-        if answer.get("staged") is False:
-            return None
-        # a push that failed part-way leaves the server with either weights: the caller's
-        # holdings say unknown, and the next request re-targets it again
-        raise RetargetError(f"pinned push of {model_path} to {base_url} failed: {answer.get('error')}", 1.0)
+        if answer.get("staged") is not False:
+            # failed part-way (a GPU buffer not allocated, a bucket refused): the load from disk
+            # below replaces every tensor, whatever the push left
+            log.warning(
+                "pinned push of %s to %s failed (%s); loading it from disk", model_path, base_url, answer.get("error")
+            )
+        return None
 
     async def _post(self, url: str, body: object) -> httpx.Response:
         try:

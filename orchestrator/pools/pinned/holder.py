@@ -219,6 +219,9 @@ async def serve(socket_path: Path, bucket_bytes: int) -> None:
                     answer = await holder.handle(msg)
                 except (ValueError, KeyError, TypeError) as exc:
                     answer = {"ok": False, "error": f"bad request: {exc}"}
+                except Exception as exc:  # torch's (a GPU buffer not allocated...): said, not fatal
+                    log.exception("request %s failed", line[:200])
+                    answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 writer.write(json.dumps(answer).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
