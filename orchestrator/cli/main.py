@@ -309,7 +309,8 @@ def _secrets(cfg: Config) -> tuple[str | None, ClientKeys | None]:
 
 def _check_host_memory(cfg: Config, engine_name: str, per_node: bool = False) -> None:
     """Time-sharing keeps each parked model's weights in pinned host RAM (SGLang's retained CPU
-    backup, TMS_RETAIN_CPU_BACKUP=1): refuse a file whose backups cannot all fit. ``per_node``
+    backup, TMS_RETAIN_CPU_BACKUP=1), and pools with ``stage: pinned`` pin their ``stage_gb``
+    beside them: refuse a file whose backups and pinned staging cannot all fit. ``per_node``
     (``--ray``): the instances of each node against one host's RAM (the sim host's, or this
     host's as a stand-in for a node's)."""
     import dataclasses
@@ -324,6 +325,7 @@ def _check_host_memory(cfg: Config, engine_name: str, per_node: bool = False) ->
             _check_host_memory(dataclasses.replace(cfg, instances=mine), engine_name)
         return
     need = sum(i.model.shape.weight_bytes for i in cfg.instances)
+    pinned = sum(p.stage_bytes for p in cfg.pools if p.stage == "pinned")  # the pinned holder's buffers
     if engine_name == "sim":
         have = cfg.host.host_memory_gb * GIB
         what = f"the simulated host's {cfg.host.host_memory_gb:g} GB (host.host_memory_gb)"
@@ -332,12 +334,13 @@ def _check_host_memory(cfg: Config, engine_name: str, per_node: bool = False) ->
 
         have = psutil.virtual_memory().total
         what = f"this host's {have / GIB:.0f} GiB of RAM"
-    if need > HOST_BACKUP_FRACTION * have:
+    if need + pinned > HOST_BACKUP_FRACTION * have:
+        beside = f" beside the pools' pinned staging ({pinned / GIB:.1f} GiB of stage_gb)" if pinned else ""
         raise ConfigError(
             [
                 f"{cfg.source}: time-sharing keeps every parked model's weights in pinned host RAM: "
-                f"{need / GIB:.1f} GiB for these {len(cfg.instances)} instance(s), more than "
-                f"{HOST_BACKUP_FRACTION:.0%} of {what}; use fewer placements or `mode: elastic`"
+                f"{need / GIB:.1f} GiB for these {len(cfg.instances)} instance(s){beside}, more than "
+                f"{HOST_BACKUP_FRACTION:.0%} of {what}; use fewer placements, less stage_gb or `mode: elastic`"
             ]
         )
 

@@ -268,3 +268,17 @@ async def test_what_a_dead_holder_held_is_staged_again(tmp_path: Path) -> None:
         assert stager.staged["p"] == {a} and holder.ask({"op": "list"}, 5)["staged"] == {a: 1000}
     finally:
         holder.stop()
+
+
+def test_pinned_staging_counts_against_host_ram_beside_the_parked_backups() -> None:
+    from orchestrator.cli.main import _check_host_memory
+
+    def cfg(stage: str | None) -> Any:
+        raw = pool_file(stage, 30)
+        raw |= {"mode": "full", "host": {"gpus": 1, "host_memory_gb": 64}}
+        raw["pools"][0]["servers"] = [{"gpus": [0]}, {"gpus": [0]}]  # two 8B servers: 30 GiB of backups
+        return parse_config(raw)
+
+    _check_host_memory(cfg(None), "sim")  # 30 GiB of backups in 80% of 64 GB: fits
+    with pytest.raises(ConfigError, match=r"beside the pools' pinned staging \(27.9 GiB of stage_gb\)"):
+        _check_host_memory(cfg("pinned"), "sim")  # 30 more pinned: does not
