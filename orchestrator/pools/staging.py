@@ -88,11 +88,15 @@ class Stager:
         self._cache_of = {p.name: pinned if p.stage == "pinned" and pinned is not None else page_cache for p in pools}
         self._on_staged = on_staged
         self._clock = clock
-        self.staged: dict[str, set[str]] = {p: set() for p in self._budget}
-        self._staged_at: dict[str, dict[str, float]] = {p: {} for p in self._budget}
+        self._staged_at: dict[str, dict[str, float]] = {p: {} for p in self._budget}  # pool -> path -> when
         self._busy: set[str] = set()
         self._again: set[str] = set()
         self.done = asyncio.Event()  # set whenever a pool's reads end (tests wait on it)
+
+    @property
+    def staged(self) -> dict[str, set[str]]:
+        """Per pool with a budget, the checkpoints staged now."""
+        return {pool: set(at) for pool, at in self._staged_at.items()}
 
     def poke(self, pool: str) -> None:
         """Plan the pool's staging again and start what the plan says (no-op without a budget)."""
@@ -101,9 +105,8 @@ class Stager:
         if pool in self._busy:
             self._again.add(pool)
             return
-        for p in self._cache_of[pool].lost(self.staged[pool]):  # a pinned holder that restarted
-            self.staged[pool].discard(p)
-            self._staged_at[pool].pop(p, None)
+        for p in self._cache_of[pool].lost(list(self._staged_at[pool])):  # a pinned holder that restarted
+            del self._staged_at[pool][p]
         now = self._clock()
         spec = self._holdings.pool(pool)
         held = {self._holdings.holds(s) for s in spec.slots}
@@ -118,7 +121,7 @@ class Stager:
             )
             for p in dict.fromkeys(self._paths.get(pool, ()))
         ]
-        plan = decide(cks, frozenset(self.staged[pool]), self._budget[pool], now)
+        plan = decide(cks, frozenset(self._staged_at[pool]), self._budget[pool], now)
         if not plan.stage and not plan.drop:
             return
         self._busy.add(pool)
@@ -150,8 +153,6 @@ class Stager:
             pass
 
     def _finished(self, pool: str, staged: list[str], dropped: tuple[str, ...]) -> None:
-        self.staged[pool].difference_update(dropped)
-        self.staged[pool].update(staged)
         now = self._clock()
         for p in dropped:
             self._staged_at[pool].pop(p, None)
@@ -159,7 +160,7 @@ class Stager:
             self._staged_at[pool][p] = now
         self._busy.discard(pool)
         if self._on_staged is not None:
-            self._on_staged(pool, sum(self._cache_of[pool].size(p) for p in self.staged[pool]))
+            self._on_staged(pool, sum(self._cache_of[pool].size(p) for p in self._staged_at[pool]))
         if pool in self._again:
             self._again.discard(pool)
             self.poke(pool)
