@@ -48,6 +48,8 @@ FLUSH_CACHE = Route("/flush_cache", "POST")
 # Re-targeting a parked-then-woken server to a fine-tune of the same shape (never while parked:
 # measured on the H100 to kill the server with a CUDA invalid-argument error).
 UPDATE_WEIGHTS_FROM_DISK = Route("/update_weights_from_disk", "POST")
+# A pool's pinned push (orchestrator/pools/pinned/holder.py): flattened buckets over CUDA IPC.
+UPDATE_WEIGHTS_FROM_TENSOR = Route("/update_weights_from_tensor", "POST")
 # LoRA adapters as models (a base started with --enable-lora; orchestrator/sglang/lora.py).
 LOAD_LORA_ADAPTER = Route("/load_lora_adapter", "POST")
 UNLOAD_LORA_ADAPTER = Route("/unload_lora_adapter", "POST")
@@ -73,6 +75,9 @@ ROUTES_USED: tuple[Route, ...] = (
     LOAD_LORA_ADAPTER,
     UNLOAD_LORA_ADAPTER,
 )
+# Called only with the sglang engine (a pool's ``stage: pinned`` needs CUDA; the sim engine, which
+# serves every route above, has no tensors to take): checked against SGLang's own route lists only.
+ROUTES_USED_WITH_CUDA: tuple[Route, ...] = (UPDATE_WEIGHTS_FROM_TENSOR,)
 
 # Request bodies. ``PauseGenerationReqInput.mode`` and the memory tags are the same in both
 # releases (srt/managers/io_struct.py, srt/constants.py).

@@ -15,7 +15,7 @@ import pytest
 from orchestrator.config import GIB, parse_config
 from orchestrator.engines.base import LaunchRequest
 from orchestrator.env import Env
-from orchestrator.sglang.api import METRICS_READ, ROUTES_USED
+from orchestrator.sglang.api import METRICS_READ, ROUTES_USED, ROUTES_USED_WITH_CUDA
 from orchestrator.sglang.contract import (
     HERE,
     SUPPORTED_VERSIONS,
@@ -100,7 +100,8 @@ def test_every_flag_the_engine_emits_exists(contract: Contract) -> None:
 
 @pytest.mark.parametrize("contract", CONTRACTS, ids=SUPPORTED_VERSIONS)
 def test_every_route_chimera_uses_is_served(contract: Contract) -> None:
-    missing = [f"{r.method} {r.path}" for r in ROUTES_USED if not contract.serves(r.path, r.method)]
+    used = ROUTES_USED + ROUTES_USED_WITH_CUDA
+    missing = [f"{r.method} {r.path}" for r in used if not contract.serves(r.path, r.method)]
     assert not missing, f"SGLang {contract.version} does not serve {missing}"
 
 

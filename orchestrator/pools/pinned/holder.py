@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 
 from orchestrator.pools.pinned.layout import ITEMSIZE, Bucket, LayoutError, buckets, checkpoint_files, read_layout
+from orchestrator.sglang.api import UPDATE_WEIGHTS_FROM_TENSOR
 
 log = logging.getLogger("chimera.pinned")
 READ_CHUNK = 64 << 20
@@ -168,9 +169,9 @@ class Holder:
             }
             tp = time.monotonic()
             try:
-                r = await self._client.post(base_url + "/update_weights_from_tensor", json=body, headers=headers)
+                r = await self._client.post(base_url + UPDATE_WEIGHTS_FROM_TENSOR.path, json=body, headers=headers)
             except httpx.HTTPError as exc:
-                return {"ok": False, "error": f"POST /update_weights_from_tensor: {type(exc).__name__}: {exc}"}
+                return {"ok": False, "error": f"POST {UPDATE_WEIGHTS_FROM_TENSOR.path}: {type(exc).__name__}: {exc}"}
             post_s += time.monotonic() - tp
             if r.status_code != 200 or not _success(r):
                 return {"ok": False, "error": f"update_weights_from_tensor answered {r.status_code}: {r.text[:300]}"}
