@@ -41,9 +41,7 @@ class Holdings:
         pools: Iterable[PoolSpec],
         on_hold: Callable[[str, str | None], None] | None = None,
         on_switch: Callable[[str, bool], None] | None = None,  # (pool, succeeded)
-        same_weights: Callable[[str, str], bool] | None = None,  # default: same_files
     ) -> None:
-        self._same_weights = same_weights or same_files
         self._pools = {spec.name: _Pool(spec, {s: _Server(spec.model_path) for s in spec.slots}) for spec in pools}
         self._slot_pool = {s: name for name, pool in self._pools.items() for s in pool.spec.slots}
         self._on_hold = on_hold or (lambda slot, path: None)
@@ -108,7 +106,7 @@ class Holdings:
             previous is not None
             and previous != model_path
             and refs.get(previous) == output
-            and not self._same_weights(previous, model_path)  # two names for one checkpoint answer alike
+            and not same_files(previous, model_path)  # two names for one checkpoint answer alike
         ):
             return f"probe output {output!r} is still {previous}'s: the weights did not change"
         refs.setdefault(model_path, output)
