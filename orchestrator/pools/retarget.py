@@ -57,11 +57,9 @@ class HttpRetargeter:
         transport: httpx.AsyncBaseTransport | None = None,
         pinned: PinnedHolder | None = None,
     ):
-        self._headers = dict(headers or {})
+        self._headers = dict(headers or {})  # the engines' key: the holder's pushes carry it too
         self._pinned = pinned
-        self._client = httpx.AsyncClient(
-            trust_env=False, timeout=TIMEOUT_S, headers=dict(headers or {}), transport=transport
-        )
+        self._client = httpx.AsyncClient(trust_env=False, timeout=TIMEOUT_S, headers=self._headers, transport=transport)
 
     async def switch(self, base_url: str, model_path: str, gpus: tuple[int, ...] = ()) -> tuple[str, dict[str, float]]:
         t0 = time.monotonic()
