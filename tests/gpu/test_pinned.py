@@ -7,36 +7,22 @@ the suite's (mode static, small pools: the tiny model needs ~1 GB)."""
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
 from bench.gpu.checkpoints import main as write_checkpoints
+from bench.gpu.pools import ask as ask_at
+from bench.gpu.pools import last_phases, staged_bytes
 from tests.chimera_proc import Running, start_chimera
 
 pytestmark = pytest.mark.gpu
 
 
 def ask(run: Running, model: str) -> str:
-    body = {"model": model, "prompt": "once upon a time", "max_tokens": 8, "temperature": 0}
-    r = httpx.post(f"{run.base}/v1/completions", json=body, timeout=300)
-    r.raise_for_status()
-    return str(r.json()["choices"][0]["text"])
-
-
-def last_switch(run: Running) -> str:
-    text = " ".join(run.log.read_text(errors="replace").split())
-    found = re.findall(r"re-targeted .*? in [0-9.]+ s \{[^}]*\}", text)
-    return found[-1] if found else ""
-
-
-def staged_bytes(run: Running) -> float:
-    lines = httpx.get(f"{run.base}/metrics", timeout=10).text.splitlines()
-    return sum(float(ln.split()[-1]) for ln in lines if ln.startswith("chimera_pool_staged_bytes{"))
+    return ask_at(run.base, model)[1]  # greedy: the model's own answer, every time
 
 
 def test_a_pinned_pool_pushes_its_staged_checkpoints_and_survives_its_holder(tmp_path: Path) -> None:
@@ -53,25 +39,25 @@ def test_a_pinned_pool_pushes_its_staged_checkpoints_and_survives_its_holder(tmp
         first = {"m0": ask(run, "m0"), "m1": ask(run, "m1")}  # m1: from disk, nothing staged yet
         assert first["m0"] != first["m1"], "distinct checkpoints answer alike: a wrong swap would not show"
         deadline = time.monotonic() + 120
-        while staged_bytes(run) < size and time.monotonic() < deadline:  # both asked: both staged
+        while staged_bytes(run.base) < size and time.monotonic() < deadline:  # both asked: both staged
             time.sleep(1)
-        assert staged_bytes(run) >= size
+        assert staged_bytes(run.base) >= size
         for model in ("m0", "m1", "m0"):
             assert ask(run, model) == first[model]
-            assert "push_s" in last_switch(run), last_switch(run)  # from pinned RAM, not disk
+            assert "push_s" in last_phases(run.log), last_phases(run.log)  # from pinned RAM, not disk
         holders = psutil.process_iter(["cmdline"])
         (holder,) = [p for p in holders if "orchestrator.pools.pinned.holder" in (p.info["cmdline"] or [])]
         holder.kill()
         holder.wait(10)
         assert ask(run, "m1") == first["m1"]  # the dead holder: from disk, the request served
-        assert "update_weights_s" in last_switch(run)
+        assert "update_weights_s" in last_phases(run.log)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # the next requests stage it again in a new holder
             assert ask(run, "m0") == first["m0"]
-            if "push_s" in last_switch(run):
+            if "push_s" in last_phases(run.log):
                 break
             ask(run, "m1")
             time.sleep(1)
-        assert "push_s" in last_switch(run)
+        assert "push_s" in last_phases(run.log)
     finally:
         run.stop()
