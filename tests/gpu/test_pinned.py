@@ -25,6 +25,20 @@ def ask(run: Running, model: str) -> str:
     return ask_at(run.base, model)[1]  # greedy: the model's own answer, every time
 
 
+def gone(proc: psutil.Process, timeout_s: float) -> None:
+    """Waits for a killed process that is not this one's child: dead once it is a zombie (chimera, its
+    parent, reaps it when it next looks) or reaped."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"holder {proc.pid} still alive {timeout_s} s after SIGKILL")
+
+
 def test_a_pinned_pool_pushes_its_staged_checkpoints_and_survives_its_holder(tmp_path: Path) -> None:
     ck = tmp_path / "ck"
     assert write_checkpoints(["--shape", "tiny-llama", "--count", "2", "--out", str(ck)]) == 0
@@ -48,7 +62,7 @@ def test_a_pinned_pool_pushes_its_staged_checkpoints_and_survives_its_holder(tmp
         holders = psutil.process_iter(["cmdline"])
         (holder,) = [p for p in holders if "orchestrator.pools.pinned.holder" in (p.info["cmdline"] or [])]
         holder.kill()
-        holder.wait(10)
+        gone(holder, 10)
         assert ask(run, "m1") == first["m1"]  # the dead holder: from disk, the request served
         assert "update_weights_s" in last_phases(run.log)
         deadline = time.monotonic() + 120
