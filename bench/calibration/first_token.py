@@ -20,6 +20,13 @@ ones are 26-126 ms at the median and ~300 ms at p99. Two costs, separated by the
   ``stall_s / 3`` is ``(2/3) stall_s / period_s`` under a uniform phase, which gives
   ``period_s``.
 
+``--spread RUN_DIR...`` fits ``spread``, how much the path beyond the prefill varies from
+request to request: each live run's lowest rate is replayed through the discrete-event
+simulator (bench/gpu/des.py, the same trace and request ids, ``spread`` 0), each request's
+real TTFT is divided by its simulated one, and the log-ratios' interquartile range / 1.349
+(a normal's sigma, robust to the queued tail) is that run's sigma; the fit is the median over
+the runs.
+
 The fit is printed; the constants are copied by hand into calibration.py with this command
 as provenance (the simulator never reads result files).
 """
@@ -29,7 +36,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import statistics
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +152,49 @@ def _solve3(xs: list[tuple[float, float, float]], ys: list[float], w: list[float
     return (det(cols[0]) / d, det(cols[1]) / d, det(cols[2]) / d)
 
 
+def spread_sigma(real: dict[int, float], sim: dict[int, float]) -> float | None:
+    """The sigma of log(real / simulated TTFT) over the requests in both (by id), from the
+    interquartile range (/ 1.349, a normal's); None with fewer than 8 pairs."""
+    logs = [math.log(real[i] / sim[i]) for i in real.keys() & sim.keys() if real[i] > 0 and sim[i] > 0]
+    if len(logs) < 8:
+        return None
+    return (_q(logs, 0.75) - _q(logs, 0.25)) / 1.349
+
+
+def fit_spread(run_dir: Path) -> tuple[float | None, int]:
+    """One live run of the one-GPU experiment (experiment.json, requests.jsonl.gz): its lowest
+    rate replayed by the discrete-event simulator with the H200 calibration at ``spread`` 0;
+    returns (sigma, pairs)."""
+    from bench.gpu import des, experiment  # the simulator: only this fit needs it
+
+    doc = json.loads((run_dir / "experiment.json").read_text())
+    lowest = min(range(len(doc["rates"])), key=lambda i: doc["rates"][i]["rate"])
+    with gzip.open(run_dir / "requests.jsonl.gz", "rt") as f:
+        real = {
+            r["id"]: r["ttft_s"]
+            for r in map(json.loads, f)
+            if r["run"] == lowest and r.get("ok") and r.get("ttft_s") is not None
+        }
+    cal = replace(H200, first_token=replace(H200.first_token, spread=0.0)) if H200.first_token else H200
+    out: list[list[Any]] = []
+    rate = doc["rates"][lowest]["rate"]
+    setup = experiment.load_setup(doc["setup"])
+    cmd = doc.get("provenance", {}).get("command", [])  # the live run's seed: its trace
+    des.run(
+        setup,
+        doc["system"],
+        doc["trace"],
+        [rate],
+        doc["duration_per_rate_s"],
+        int(cmd[cmd.index("--seed") + 1]) if "--seed" in cmd else experiment.build_parser().get_default("seed"),
+        experiment.trace_for,
+        cal,
+        records_out=out,
+    )
+    sim = {r.id: r.ttft_s for r in out[0] if r.ok and r.ttft_s is not None}
+    return spread_sigma(real, sim), len(real.keys() & sim.keys())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.calibration.first_token", description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, nargs="?", default=DEFAULT_RESULTS)
@@ -153,7 +206,30 @@ def main(argv: list[str] | None = None) -> int:
         "(its runs given by --runs)",
     )
     ap.add_argument("--runs", default="0,1,2", help="with --colocated: the rate indices fitted (default 0,1,2)")
+    ap.add_argument(
+        "--spread",
+        metavar="RUN_DIR",
+        type=Path,
+        nargs="+",
+        help="fit spread from these live runs (each a bench/results/... system folder with experiment.json and "
+        "requests.jsonl.gz; RESULTS_DIR is then ignored)",
+    )
     args = ap.parse_args(argv)
+    if args.spread:
+        sigmas = []
+        for d in args.spread:
+            if not (d / "experiment.json").is_file() or not (d / "requests.jsonl.gz").is_file():
+                print(f"error: {d} has no experiment.json and requests.jsonl.gz (a live run's folder)", file=sys.stderr)
+                return 2
+            sigma, n = fit_spread(d)
+            print(f"{d}: {n} requests paired, sigma {'-' if sigma is None else f'{sigma:.3f}'}")
+            if sigma is not None:
+                sigmas.append(sigma)
+        if not sigmas:
+            print("error: no run had 8 requests to pair", file=sys.stderr)
+            return 1
+        print(f"spread={statistics.median(sigmas):.3f} (median of {len(sigmas)} runs)")
+        return 0
     cfg = load_config(args.setup)
     shapes = {m.name: m.shape.name for m in cfg.models}
     if args.colocated:

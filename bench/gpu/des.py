@@ -35,7 +35,7 @@ from bench.sim.simulator import Simulator
 from bench.traces import BenchRequest, describe
 from orchestrator.config import GIB, Config, parse_config
 from orchestrator.deployment import derive
-from orchestrator.perf.calibration import CALIBRATIONS
+from orchestrator.perf.calibration import CALIBRATIONS, Calibration
 
 DES_SYSTEM = {"static": FixedColocation.name, "swap": "swap-only", "full": "chimera"}
 
@@ -94,21 +94,26 @@ def run(
     duration_s: float,
     seed: int,
     trace_for: Callable[[Any, str, float, float, int], list[BenchRequest]],
-    calibration: str = "h100",
+    calibration: str | Calibration = "h100",
     kv_admission: Literal["sglang", "reserve"] = "sglang",
     cuda_graph_max_bs: int | None = None,
+    records_out: list[list[RequestRecord]] | None = None,
 ) -> dict[str, Any]:
     """The experiment.json of ``system`` on ``setup`` (bench/gpu/experiment.py's Setup), with
-    the step times of ``calibration`` (orchestrator/perf/calibration.py CALIBRATIONS) and each
-    server's CUDA graphs as chimera starts it, or ``cuda_graph_max_bs`` for every server (a
-    live run's, to compare with it)."""
+    the step times of ``calibration`` (orchestrator/perf/calibration.py CALIBRATIONS, by name
+    or itself) and each server's CUDA graphs as chimera starts it, or ``cuda_graph_max_bs``
+    for every server (a live run's, to compare with it). ``records_out``, if given, gets each
+    rate's request records (bench/calibration/first_token.py pairs them with a live run's)."""
     if system not in DES_SYSTEM:
         raise SystemExit(
             f"error: the discrete-event simulator has no {system!r} system (it has {', '.join(DES_SYSTEM)})"
         )
-    if calibration not in CALIBRATIONS:
+    if isinstance(calibration, Calibration):
+        cal = calibration
+    elif calibration in CALIBRATIONS:
+        cal = CALIBRATIONS[calibration]
+    else:
         raise SystemExit(f"error: no calibration {calibration!r} (there are {', '.join(CALIBRATIONS)})")
-    cal = CALIBRATIONS[calibration]
     cfg = parse_config(setup.raw)
     serving = served(setup.raw, system)
     # each model's memory as chimera would start it in this system (its CUDA graphs, its pool)
@@ -141,6 +146,8 @@ def run(
         sim = Simulator(models, cfg.gpu_count, gpu_bytes, ctl)
         wall = sim.run(send)
         recs = sorted(records(sim.reqs, i, setup.slos) + missed, key=lambda r: r.id)
+        if records_out is not None:
+            records_out.append(recs)
         points.append(
             {
                 "rate": rate,
@@ -168,7 +175,7 @@ def run(
         "system": system,
         "trace": trace,
         "engine": "des",
-        "calibration": calibration,
+        "calibration": cal.name,
         "kv_admission": kv_admission,
         "cuda_graph_max_bs": cuda_graph_max_bs or graphs,
         "des_system": DES_SYSTEM[system],

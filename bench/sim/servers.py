@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -287,22 +288,37 @@ class SimServer:
 
 
 def first_token_at(
-    m: SimModel, ready: float, running: int, ctx_sum: float, others: int, prefill_s: float = 0.0
+    m: SimModel, ready: float, running: int, ctx_sum: float, others: int, prefill_s: float = 0.0, rid: int = 0
 ) -> float:
-    """When the client sees the first token of a request whose prefill (``prefill_s`` long)
-    ends at ``ready``, on a server with ``running`` requests (``ctx_sum`` tokens) and
+    """When the client sees the first token of request ``rid`` whose prefill (``prefill_s``
+    long) ends at ``ready``, on a server with ``running`` requests (``ctx_sum`` tokens) and
     ``others`` other busy servers on its GPU: the calibration's ``FirstToken``
     (orchestrator/perf/calibration.py), i.e. its fixed path, the prefill's share of the time
-    sliced with the others, and ``steps`` of the server's colocated decode step later, then
-    pushed to the end of a delivery stall if it falls inside one (windows of ``stall_s``
-    starting at multiples of ``period_s`` of simulated time). Without one: ``ready``."""
+    sliced with the others, and ``steps`` of the server's colocated decode step later, that
+    path times the request's spread factor, then pushed to the end of a delivery stall if it
+    falls inside one (windows of ``stall_s`` starting at multiples of ``period_s`` of
+    simulated time). Without one: ``ready``."""
     ft = m.lat.calibration.first_token
     if ft is None:
         return ready
-    t = ready + ft.fixed_s + prefill_stretch_s(m, others, prefill_s)
-    t += ft.steps * m.decode_s(max(1, running), ctx_sum, others)
+    path = ft.fixed_s + prefill_stretch_s(m, others, prefill_s)
+    path += ft.steps * m.decode_s(max(1, running), ctx_sum, others)
+    t = ready + path * spread_factor(ft.spread, rid)
     into = t % ft.period_s
     return t + (ft.stall_s - into if into < ft.stall_s else 0.0)
+
+
+_NORMAL = statistics.NormalDist()
+
+
+def spread_factor(sigma: float, rid: int) -> float:
+    """Request ``rid``'s log-normal factor of median 1 and ``sigma`` (``FirstToken.spread``),
+    from its id alone (a multiplicative hash to a uniform quantile): a run is the same every
+    time, and a request draws the same in every system. 1.0 when ``sigma`` is 0."""
+    if sigma <= 0.0:
+        return 1.0
+    u = ((rid * 2654435761) % 2**32 + 0.5) / 2**32
+    return math.exp(sigma * _NORMAL.inv_cdf(u))
 
 
 def prefill_stretch_s(m: SimModel, others: int, prefill_s: float) -> float:
@@ -373,10 +389,10 @@ class GpuExec:
                     heapq.heappush(s.running, (s.steps + r.output - r.done - 1, r.id, r))
                     s.s0 += r.prompt + r.done + 1 - s.steps
                 s.sync_kv()
-                at = first_token_at(s.model, t + cum, len(s.running), s.ctx_sum(), busy - 1, pf)
+                ctx, running = s.ctx_sum(), len(s.running)
                 for r in batch:
                     if not r.done:
-                        r.first = at
+                        r.first = first_token_at(s.model, t + cum, running, ctx, busy - 1, pf, r.id)
         self.active = [s for s in self.servers if s.running]
         if not self.active:
             return None

@@ -6,7 +6,9 @@ and the fitters recover them from records built with known values."""
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -169,3 +171,48 @@ def test_h200_first_token_is_the_colocated_fit_of_the_fifth_runs(
     assert float(fit["fixed_s"]) == pytest.approx(ft.fixed_s, abs=5e-4)
     assert float(fit["steps"]) == pytest.approx(ft.steps, abs=0.01)
     assert float(fit["prefill_share"]) == pytest.approx(ft.prefill_share, abs=0.01)
+
+
+def test_spread_scales_each_requests_path_by_its_own_log_normal_factor() -> None:
+    from bench.sim.servers import spread_factor
+
+    assert spread_factor(0.0, 12345) == 1.0
+    sigma = 0.33
+    logs = sorted(math.log(spread_factor(sigma, rid)) for rid in range(20_000))
+    assert spread_factor(sigma, 7) == spread_factor(sigma, 7)  # the id alone decides
+    assert abs(logs[len(logs) // 2]) < 0.01  # median 1
+    assert statistics.pstdev(logs) == pytest.approx(sigma, rel=0.03)
+    ft = replace(FT, stall_s=0.0, spread=sigma)
+    m = make_model("m", "llama-3.1-8b", calibration=replace(cal.H200, first_token=ft))
+    path = 3 * (m.decode_s(4, 2000) + m.lat.colocated_extra_s(2))
+    for rid in (0, 1, 999):
+        want = 0.5 + path * spread_factor(sigma, rid)
+        assert first_token_at(m, 0.5, 4, 2000, 2, rid=rid) == pytest.approx(want)
+    assert len({first_token_at(m, 0.5, 4, 2000, 2, rid=rid) for rid in range(50)}) == 50
+
+
+def test_the_spread_fit_recovers_a_known_sigma_from_paired_requests() -> None:
+    from bench.calibration.first_token import spread_sigma
+
+    rng = random.Random(3)
+    sim = {i: 0.02 + 0.06 * rng.random() for i in range(4000)}
+    real = {i: t * math.exp(rng.gauss(0.1, 0.4)) for i, t in sim.items()}
+    real[99_999] = 5.0  # a request the simulator did not answer: not paired
+    sigma = spread_sigma(real, sim)
+    assert sigma is not None and sigma == pytest.approx(0.4, rel=0.06)
+    assert spread_sigma({i: 1.0 for i in range(7)}, {i: 1.0 for i in range(7)}) is None
+
+
+def test_the_spread_fit_refuses_a_folder_that_is_not_a_live_run(tmp_path: Path, capsys: Any) -> None:
+    from bench.calibration.first_token import main
+
+    assert main(["--spread", str(tmp_path)]) == 2
+    assert "experiment.json" in capsys.readouterr().err
+
+
+def test_the_spread_fit_pairs_every_request_of_a_stored_live_run_with_the_simulators() -> None:
+    from bench.calibration.first_token import fit_spread
+
+    sigma, paired = fit_spread(Path("bench/results/gpu-experiment-h200-lmsys/static"))
+    assert paired == 51  # scale 0.5: every answered request found by its id in the simulated run
+    assert sigma is not None and 0.2 < sigma < 0.5  # calibration.py's 0.33 is the median of five such runs
