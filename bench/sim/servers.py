@@ -37,7 +37,8 @@ Approximation (documented in docs/bench-sim.md):
 - A calibration with a ``FirstToken`` (the H200's) delays the first token the client sees
   beyond the prefill's end (``first_token_at``): a fixed path outside the GPU, the prefill's
   time-slicing with the other busy servers (``prefill_stretch_s``), a few colocated decode
-  steps of its server and a periodic delivery stall, all fitted from real runs. Decoding is
+  steps of its server and a periodic delivery stall, all fitted from real runs, the path
+  scaled per request by a log-normal factor drawn from its id (``spread_factor``). Decoding is
   not delayed by it.
 """
 
