@@ -270,6 +270,39 @@ def test_report_sets_full_against_static_and_swap_at_each_rate() -> None:
     assert "| 2 | - | 60.0% | - |" in text
 
 
+def test_report_marks_a_highest_rate_no_swept_rate_fell_below_99_percent_as_a_lower_bound() -> None:
+    """A sweep whose every rate attained 99% has not found the system's highest rate: the table
+    says ">=", and a ratio with it is a bound, or nothing when both are."""
+    from bench.gpu import measure, report
+
+    def run(system: str, joints: dict[float, float]) -> dict:
+        pts = [
+            {"rate": r, "offered_rate_rps": r, "overall": {"attainment": {"joint": j}, "goodput": {}}}
+            for r, j in joints.items()
+        ]
+        best = measure.max_rate_at([(r, j) for r, j in joints.items()])
+        return {"setup": "A", "trace": "lmsys", "engine": "des", "system": system, "rates": pts, "max_rate_at_99": best}
+
+    def ratio_line(*runs: dict) -> tuple[str, dict]:
+        ((key, kinds),) = report.group(list(runs)).items()
+        text, summary = report.tables(key, kinds)
+        return next(line for line in text.splitlines() if line.startswith("Highest rate at 99%")), summary
+
+    bracketed_static = run("static", {2.0: 1.0, 4.0: 0.95})
+    open_full = run("full", {2.0: 1.0, 8.0: 0.999})
+    line, summary = ratio_line(bracketed_static, open_full)
+    assert "full/static >= 4.00x" in line
+    assert summary["des"]["lower_bound"] == {"static": False, "full": True}
+    line, _ = ratio_line(run("static", {2.0: 1.0, 4.0: 1.0}), run("full", {2.0: 1.0, 8.0: 0.95}))
+    assert "full/static <= 0.50x" in line  # static's 4 is a floor: full's 2 may be less than half of it
+    line, _ = ratio_line(run("static", {2.0: 1.0}), open_full)
+    assert "full/static ? (neither bracketed)" in line
+    line, _ = ratio_line(bracketed_static, run("full", {2.0: 1.0, 8.0: 0.9}))
+    assert "full/static 1.00x" in line  # both measured: a plain ratio
+    ((key, kinds),) = report.group([bracketed_static, open_full]).items()
+    assert "| full | >= 8.00 |" in report.tables(key, kinds)[0]
+
+
 def test_report_joins_one_systems_sweep_split_over_two_runs() -> None:
     """A sweep split over two device commands is one curve: rates together, the later run's
     point for a rate swept twice, and the highest rate at 99% taken over both."""
