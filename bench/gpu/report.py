@@ -50,8 +50,8 @@ def unbracketed(run: Run) -> bool:
     """Whether ``run``'s highest rate at 99% is only a lower bound: every rate it swept attained
     99%, so its top rate is the highest measured, not the highest there is."""
     best = run.get("max_rate_at_99")
-    top = max((p.get("offered_rate_rps", 0.0) for p in run.get("rates", [])), default=None)
-    return best is not None and top is not None and best >= top
+    offered = [p["offered_rate_rps"] for p in run.get("rates", []) if p.get("offered_rate_rps") is not None]
+    return best is not None and bool(offered) and best >= max(offered)
 
 
 def _bound_ratio(full: float | None, other: float | None, full_low: bool, other_low: bool) -> str:
