@@ -354,11 +354,20 @@ async def _engine_running(base_url: str) -> float:
 FD_LIMIT = 256  # chimera's RLIMIT_NOFILE: a budget of (256 - 128) / 2 = 64 client connections
 
 
+# fd-exhaustion: the idle clients leave this long before the load ends (at most half of it),
+# so that the load must be served again once they are gone (the scenario's recovery)
+IDLE_LEAVE_BEFORE_END_S = 1.5
+
+
 async def fd_exhaustion(folder: Path, t: Timing, idle: int = 400) -> Result:
     """chimera under ``RLIMIT_NOFILE`` = ``FD_LIMIT`` and ``idle`` connections that send
     nothing (more than its descriptors), reopened as chimera closes them, beside the load:
-    the load's requests must be answered or get a 503 envelope, never be refused or hang."""
+    the load's requests must be answered or get a 503 envelope, never be refused or hang.
+    The idle clients leave ``IDLE_LEAVE_BEFORE_END_S`` before the load ends: while they hold
+    every connection chimera accepts, a load request may get nothing but 503s (a loaded host),
+    so recovery is the first answer from the fault on, by the time they left at the latest."""
     res = Result("descriptor exhaustion")
+    hold_s = max(t.after_s - IDLE_LEAVE_BEFORE_END_S, t.after_s / 2)
 
     async def run(dep: Deployment) -> None:
         socks: list[socket.socket] = []
@@ -366,7 +375,8 @@ async def fd_exhaustion(folder: Path, t: Timing, idle: int = 400) -> Result:
         stop = asyncio.Event()
 
         async def hold_open() -> None:
-            while not stop.is_set():
+            leave_at = time.monotonic() + hold_s
+            while not stop.is_set() and time.monotonic() < leave_at:
                 for s in list(socks):
                     if (e := _peer_end(s)) is not None:
                         ends[e] += 1
@@ -381,6 +391,11 @@ async def fd_exhaustion(folder: Path, t: Timing, idle: int = 400) -> Result:
                     s.setblocking(False)
                     socks.append(s)
                 await asyncio.sleep(0.2)
+            for s in socks:  # the idle clients leave; the load goes on without them
+                if (e := _peer_end(s)) is not None:
+                    ends[e] += 1
+                s.close()
+            socks.clear()
 
         holding: asyncio.Task[None] | None = None
 
@@ -398,8 +413,8 @@ async def fd_exhaustion(folder: Path, t: Timing, idle: int = 400) -> Result:
                 s.close()
         res.peer_ends = dict(sorted(ends.items()))
         res.notes.append(
-            f"RLIMIT_NOFILE {FD_LIMIT}; {idle} idle connections kept open (reopened as chimera "
-            f"closed them): how they ended {res.peer_ends}; a clean error of the load: "
+            f"RLIMIT_NOFILE {FD_LIMIT}; {idle} idle connections kept open for {hold_s:g} s (reopened as "
+            f"chimera closed them): how they ended {res.peer_ends}; a clean error of the load: "
             f"{res.examples.get('error', 'none')[:90]}"
         )
         await asyncio.sleep(t.settle_s)
