@@ -293,18 +293,33 @@ def first_token_at(
 ) -> float:
     """When the client sees the first token of request ``rid`` whose prefill (``prefill_s``
     long) ends at ``ready``, on a server with ``running`` requests (``ctx_sum`` tokens) and
-    ``others`` other busy servers on its GPU: the calibration's ``FirstToken``
-    (orchestrator/perf/calibration.py), i.e. its fixed path, the prefill's share of the time
-    sliced with the others, and ``steps`` of the server's colocated decode step later, that
-    path times the request's spread factor, then pushed to the end of a delivery stall if it
-    falls inside one (windows of ``stall_s`` starting at multiples of ``period_s`` of
-    simulated time). Without one: ``ready``."""
+    ``others`` other busy servers on its GPU (``first_token_path_s``, then ``seen_at``).
+    Without the calibration's ``FirstToken``: ``ready``."""
+    return seen_at(m, ready, first_token_path_s(m, running, ctx_sum, others, prefill_s), rid)
+
+
+def first_token_path_s(m: SimModel, running: int, ctx_sum: float, others: int, prefill_s: float = 0.0) -> float:
+    """The calibration's ``FirstToken`` (orchestrator/perf/calibration.py) path beyond a
+    prefill's end, the same for every request of the batch: its fixed path, the prefill's share
+    of the time sliced with the ``others`` busy servers, and ``steps`` of the server's colocated
+    decode step. 0 without one."""
+    ft = m.lat.calibration.first_token
+    if ft is None:
+        return 0.0
+    return (
+        ft.fixed_s + prefill_stretch_s(m, others, prefill_s) + ft.steps * m.decode_s(max(1, running), ctx_sum, others)
+    )
+
+
+def seen_at(m: SimModel, ready: float, path_s: float, rid: int) -> float:
+    """When the client sees request ``rid``'s first token: ``path_s`` (``first_token_path_s``)
+    times the request's spread factor after ``ready``, then pushed to the end of a delivery
+    stall if it falls inside one (windows of ``stall_s`` starting at multiples of ``period_s``
+    of simulated time). Without ``FirstToken``: ``ready``."""
     ft = m.lat.calibration.first_token
     if ft is None:
         return ready
-    path = ft.fixed_s + prefill_stretch_s(m, others, prefill_s)
-    path += ft.steps * m.decode_s(max(1, running), ctx_sum, others)
-    t = ready + path * spread_factor(ft.spread, rid)
+    t = ready + path_s * spread_factor(ft.spread, rid)
     into = t % ft.period_s
     return t + (ft.stall_s - into if into < ft.stall_s else 0.0)
 
@@ -390,10 +405,10 @@ class GpuExec:
                     heapq.heappush(s.running, (s.steps + r.output - r.done - 1, r.id, r))
                     s.s0 += r.prompt + r.done + 1 - s.steps
                 s.sync_kv()
-                ctx, running = s.ctx_sum(), len(s.running)
+                path = first_token_path_s(s.model, len(s.running), s.ctx_sum(), busy - 1, pf)
                 for r in batch:
                     if not r.done:
-                        r.first = first_token_at(s.model, t + cum, running, ctx, busy - 1, pf, r.id)
+                        r.first = seen_at(s.model, t + cum, path, r.id)
         self.active = [s for s in self.servers if s.running]
         if not self.active:
             return None
