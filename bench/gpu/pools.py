@@ -39,6 +39,7 @@ import yaml
 from bench.client.server import chimera_families
 from bench.gpu.checkpoints import main as write_checkpoints
 from bench.live.process import Chimera, start_chimera
+from orchestrator.config.pooled import STAGES
 
 ADMIN_KEY = "pools-bench"
 CHUNK = 64 << 20
@@ -195,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--gpu-memory-gb", type=float, default=80.0)
-    p.add_argument(
-        "--stage", choices=("page_cache", "pinned"), default="page_cache", help="where host RAM keeps checkpoints"
-    )
+    p.add_argument("--stage", choices=STAGES, default="page_cache", help="where host RAM keeps checkpoints")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

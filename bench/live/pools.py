@@ -35,6 +35,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.live.process import Chimera, start_chimera
+from orchestrator.config.pooled import STAGES
 from orchestrator.shapes import shape_dir
 
 SHAPE = "llama-3.1-8b"
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", choices=("sim", "sglang"), default="sim")
     p.add_argument("--ckpt-dir", type=Path, help="sglang: real checkpoints ft-0.. (bench/gpu/checkpoints.py)")
     p.add_argument("--adapter-dir", type=Path, help="sglang: PEFT adapters a0.. (bench/gpu/adapters.py)")
-    p.add_argument("--stage", choices=("page_cache", "pinned"), help="the pool's staging (default: none)")
+    p.add_argument("--stage", choices=STAGES, help="the pool's staging (default: none)")
     p.add_argument("--gpu-memory-gb", type=float, default=80.0)
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)

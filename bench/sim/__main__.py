@@ -26,6 +26,7 @@ from bench.sim.microbench import SCALES, describe, measure, measure_scale
 from bench.sim.pools import PoolOptions, fewest_gpus, run_pooled
 from bench.sim.report import STAMP, plots, table
 from bench.sim.run import SYSTEMS
+from orchestrator.config.pooled import STAGES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     r.add_argument(
         "--pool-stage",
-        choices=("page_cache", "pinned"),
+        choices=STAGES,
         default=PoolOptions.stage,
         help="where the pools' checkpoints wait: the switch's cost (default: %(default)s)",
     )
