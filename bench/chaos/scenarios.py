@@ -408,9 +408,7 @@ async def fd_exhaustion(folder: Path, t: Timing, idle: int = 400) -> Result:
         finally:
             stop.set()
             if holding is not None:
-                await holding
-            for s in socks:
-                s.close()
+                await holding  # it closes its sockets as it leaves
         res.peer_ends = dict(sorted(ends.items()))
         res.notes.append(
             f"RLIMIT_NOFILE {FD_LIMIT}; {idle} idle connections kept open for {hold_s:g} s (reopened as "
