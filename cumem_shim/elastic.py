@@ -35,6 +35,13 @@ CUDA graphs) and wakes when ``ensure`` runs or the limit changes. Shared state (
 prepared and discarded blocks, the cap) changes only under ``_cond``; driver calls run outside
 it. ``stats`` (stats.py) counts what allocations adopted, mapped themselves or waited for.
 
+Idle fill (``idle_fill_s`` > 0): once no allocation has come for that long, the worker keeps
+preparing, a block at a time, up to the whole limit, and stops at the next allocation. A map
+beside running kernels slows them (the driver's page-table work under a prefill: measured in
+bench/shim/overhead.py), so a server that sits idle between bursts grows its pool while nothing
+runs. The pool holds no more than its limit either way, and the prefix cache of a busy server
+fills it to the limit in time; the prepared blocks go back to the worker when the limit falls.
+
 Addresses never move (CUDA graphs bake them in): the range is reserved once, blocks are mapped
 and unmapped in place, block 0 (SGLang's padding slot) stays mapped until ``close``. Before
 unmapping a block that was in the free list, the GPU is synchronized so no kernel still in
@@ -46,9 +53,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from cumem_shim.errors import DriverError, ShimError
 from cumem_shim.limit import Accepted, LimitBox, drain
+from cumem_shim.maptrace import MapTrace
 from cumem_shim.pages import KVLayout, Run
 from cumem_shim.quarantine import choose
 from cumem_shim.stats import MapStats, ShrinkStats
@@ -73,9 +82,16 @@ class ElasticKV:
         slack_tokens: int = 2048,
         map_ahead_blocks: int = 0,
         ranked: bool = False,
+        idle_fill_s: float = 0.0,
+        trace: MapTrace | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if map_ahead_blocks < 0:
             raise ValueError(f"map_ahead_blocks={map_ahead_blocks} must be >= 0")
+        if not idle_fill_s >= 0:
+            raise ValueError(f"idle_fill_s={idle_fill_s} must be >= 0")
+        self.idle_fill_s, self.trace, self._clock = idle_fill_s, trace, clock
+        self._last_alloc = clock()  # the last ensure(): written by the scheduler, read by the worker
         self.layout, self.driver, self.device = layout, driver, device
         self.box = LimitBox(limit_bytes)
         # TP > 1 (ranks.py): the channel's box only collects; the scheduler applies what every
@@ -169,6 +185,7 @@ class ElasticKV:
         docstring): adopt prepared blocks, wait for the one the worker is preparing if it is
         needed, map the rest here."""
         assert self.freelist is not None
+        self._last_alloc = self._clock()
         if self._worker is not None:
             self._check_worker()
             if not self._armed or self._blocked:  # unlocked reads: a hint, _wake locks
@@ -291,7 +308,7 @@ class ElasticKV:
             spare = {**self._prepared, **self._discard}
             self._prepared, self._discard = {}, {}
         for b, handles in sorted(spare.items()):
-            self._destroy([b], handles)
+            self._destroy([b], handles, "discard")
         self.driver.synchronize()
         self._unmap(sorted(self.mapped))
         self.driver.free_address(self.base, self.layout.reserve_bytes)
@@ -416,7 +433,7 @@ class ElasticKV:
         self.shrink.victims, self.shrink.held_units = len(self._victims), self.freelist.held_units()
 
     def _map(self, blocks: list[int]) -> None:
-        handles = self._create(blocks)
+        handles = self._create(blocks, "inline")
         with self._cond:
             self._handles.update(handles)
             self.mapped.update(blocks)
@@ -426,7 +443,7 @@ class ElasticKV:
     def _unmap(self, blocks: list[int]) -> None:
         with self._cond:
             handles = {key: self._handles.pop(key) for key in self._keys(blocks)}
-        self._destroy(blocks, handles)
+        self._destroy(blocks, handles, "unmap")
         with self._cond:
             self.mapped.difference_update(blocks)
             self._mapped_units -= self.layout.capacity_of(blocks)
@@ -436,10 +453,11 @@ class ElasticKV:
     def _keys(self, blocks: list[int]) -> list[tuple[int, int]]:
         return [(run.buffer, run.first_block + k) for run in self.layout.plan(blocks) for k in range(run.count)]
 
-    def _create(self, blocks: list[int]) -> Handles:
+    def _create(self, blocks: list[int], what: str) -> Handles:
         """Create, map and open ``blocks`` in every buffer; on failure leave the range as it
-        was and raise."""
+        was and raise. ``what``: the trace's name for it."""
         done: list[tuple[Run, int, Handle, bool]] = []  # (run, k, handle, mapped)
+        start = self._clock()
         try:
             for run in self.layout.plan(blocks):
                 for k in range(run.count):
@@ -454,13 +472,22 @@ class ElasticKV:
                     self.driver.unmap(self.base + run.offset + k * run.handle_bytes, run.handle_bytes)
                 self.driver.release(h)
             raise
+        self._traced(what, blocks, start)
         return {(run.buffer, run.first_block + k): h for run, k, h, _ in done}
 
-    def _destroy(self, blocks: list[int], handles: Handles) -> None:
+    def _destroy(self, blocks: list[int], handles: Handles, what: str) -> None:
+        start = self._clock()
         for run in self.layout.plan(blocks):
             for k in range(run.count):
                 self.driver.unmap(self.base + run.offset + k * run.handle_bytes, run.handle_bytes)
                 self.driver.release(handles[(run.buffer, run.first_block + k)])
+        self._traced(what, blocks, start)
+
+    def _traced(self, what: str, blocks: list[int], start: float) -> None:
+        if self.trace is not None:
+            end = self._clock()
+            for b in blocks:
+                self.trace.record(what, b, start, end)
 
     # -- the map-ahead worker -------------------------------------------------------------
     def _run(self) -> None:
@@ -499,9 +526,9 @@ class ElasticKV:
                     block = self._inflight = chosen
                     self._refresh_mapped_bytes()
                     break
-                self._cond.wait()
+                self._cond.wait(self._until_fill())
         try:
-            handles = self._create([block])
+            handles = self._create([block], "prepare")
         except DriverError as exc:  # out of memory, most likely: retry at the next wake-up
             # logged once per run of failures: while the GPU stays full every allocation retries
             (log.debug if self._failing else log.warning)(
@@ -532,7 +559,7 @@ class ElasticKV:
         self._destroying = block
         self._cond.release()
         try:
-            self._destroy([block], handles)
+            self._destroy([block], handles, "discard")
         finally:
             self._cond.acquire()
             self._destroying = None
@@ -545,12 +572,24 @@ class ElasticKV:
         """Under _cond: the lowest block to prepare, or None (not armed, enough prepared,
         the limit reached, a failure waiting for a wake-up)."""
         held = len(self.mapped) + len(self._prepared) + len(self._discard) + len(self._claimed)
-        if not self._armed or self._blocked or len(self._prepared) >= self.map_ahead or held >= self._cap:
+        ahead = self.layout.num_blocks if self._idle_for() >= self.idle_fill_s > 0 else self.map_ahead
+        if not self._armed or self._blocked or len(self._prepared) >= ahead or held >= self._cap:
             return None
         for b in range(self.layout.num_blocks):
             if b not in self.mapped and b not in self._prepared and b not in self._discard and b not in self._claimed:
                 return b
         return None
+
+    def _idle_for(self) -> float:
+        return self._clock() - self._last_alloc
+
+    def _until_fill(self) -> float | None:
+        """Under _cond: how long the idle worker may sleep before an idle fill is due (None:
+        until woken; no fill set, or nothing it could map)."""
+        held = len(self.mapped) + len(self._prepared) + len(self._discard) + len(self._claimed)
+        if not self.idle_fill_s or not self._armed or self._blocked or held >= self._cap:
+            return None
+        return max(0.01, self.idle_fill_s - self._idle_for())
 
     def _settled(self) -> bool:
         return (

@@ -16,6 +16,7 @@ from cumem_shim import hooks
 from cumem_shim.channel import ChannelServer
 from cumem_shim.elastic import ElasticKV
 from cumem_shim.errors import ShimConfigError
+from cumem_shim.maptrace import MapTrace
 from cumem_shim.pages import KVLayout
 from cumem_shim.ranks import Follower, carry
 from cumem_shim.settings import rank_socket
@@ -111,6 +112,11 @@ def _create_buffers_normal(original: Any, sig: Any, pool: Any) -> None:
         slack_tokens=st.settings.slack_tokens,
         map_ahead_blocks=st.settings.map_ahead_blocks,
         ranked=tp > 1,
+        idle_fill_s=st.settings.idle_fill_s,
+        # one file per TP rank, named as the ranks' sockets are
+        trace=MapTrace(rank_socket(st.settings.map_trace, st.backend.rank() if tp > 1 else 0))
+        if st.settings.map_trace
+        else None,
     )
     tensors = st.backend.tensors(kv, [k_shape] * layers + [v_shape] * layers, pool.store_dtype, pool.device)
     st.backend.zero(tensors, lay.block_tokens)
@@ -122,13 +128,16 @@ def _create_buffers_normal(original: Any, sig: Any, pool: Any) -> None:
     st.server = ChannelServer(path, kv if rank == 0 else Follower(kv, rank, st.settings.socket)).start()
     log.warning(
         "cumem_shim: KV pool of %d tokens in a %.1f GiB virtual range (%d blocks of %d "
-        "tokens, %.0f MiB each); limit %.2f GiB; TP rank %d of %d; control socket %s",
+        "tokens, %.0f MiB each); limit %.2f GiB; map-ahead %d block(s), idle fill after %s; "
+        "TP rank %d of %d; control socket %s",
         lay.capacity_units * lay.page_size,
         lay.reserve_bytes / 2**30,
         lay.num_blocks,
         lay.block_tokens,
         lay.block_bytes / 2**20,
         st.settings.limit_bytes / 2**30,
+        st.settings.map_ahead_blocks,
+        f"{st.settings.idle_fill_s:g} s" if st.settings.idle_fill_s else "never",
         rank,
         tp,
         path,

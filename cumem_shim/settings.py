@@ -11,6 +11,12 @@ CHIMERA_SHIM_TP_SIZE           the server's tensor-parallel ranks (1): every ran
                                CHIMERA_SHIM_SOCKET, rank r's at ``rank_socket(path, r)``
 CHIMERA_SHIM_MAP_AHEAD_BLOCKS  blocks a background thread keeps mapped ahead of demand, within
                                the limit (2; 0 = map only inside allocations)
+CHIMERA_SHIM_IDLE_FILL_S       after this many seconds with no allocation, the same thread maps
+                               ahead up to the whole limit, a block at a time, and stops at the
+                               next allocation (0 = never; needs map-ahead > 0)
+CHIMERA_SHIM_MAP_TRACE         a file to append one line per block mapped or unmapped to:
+                               what, block, start and end (time.monotonic()), thread
+                               (diagnostics: bench/shim/overhead.py reads it)
 SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE   must be false: SGLang's idle leak check counts the
                                slots the limit holds back as leaked and would kill the server
 """
@@ -29,6 +35,8 @@ VIRTUAL_KV_BYTES = "CHIMERA_SHIM_VIRTUAL_KV_BYTES"
 SLACK_TOKENS = "CHIMERA_SHIM_SLACK_TOKENS"
 MAP_AHEAD_BLOCKS = "CHIMERA_SHIM_MAP_AHEAD_BLOCKS"
 TP_SIZE = "CHIMERA_SHIM_TP_SIZE"
+IDLE_FILL_S = "CHIMERA_SHIM_IDLE_FILL_S"
+MAP_TRACE = "CHIMERA_SHIM_MAP_TRACE"
 STRICT_IDLE_CHECK = "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE"
 # set per server by the orchestrator: never inherited from its own environment
 PER_SERVER = frozenset({SOCKET, LIMIT_BYTES, VIRTUAL_KV_BYTES, TP_SIZE})
@@ -36,6 +44,7 @@ DEFAULT_SLACK_TOKENS = 2048
 # Two blocks: one for the next allocation that runs out, one being prepared meanwhile (a block
 # of Llama-3.1-8B, 128 MiB, maps in ~2.5 ms on an H100, far less than a prefill that fills it).
 DEFAULT_MAP_AHEAD_BLOCKS = 2
+DEFAULT_IDLE_FILL_S = 0.0
 _FALSE = ("0", "false", "no", "n")
 
 
@@ -47,6 +56,8 @@ class Settings:
     slack_tokens: int
     map_ahead_blocks: int = DEFAULT_MAP_AHEAD_BLOCKS
     tp_size: int = 1
+    idle_fill_s: float = DEFAULT_IDLE_FILL_S
+    map_trace: str | None = None
 
 
 def rank_socket(path: str, rank: int) -> str:
@@ -114,6 +125,16 @@ def read(env: Mapping[str, str] | None = None) -> Settings:
     slack = integer(SLACK_TOKENS, DEFAULT_SLACK_TOKENS, 0)
     ahead = integer(MAP_AHEAD_BLOCKS, DEFAULT_MAP_AHEAD_BLOCKS, 0)
     tp = integer(TP_SIZE, 1, 1)
+    idle_fill = DEFAULT_IDLE_FILL_S
+    raw_fill = e.get(IDLE_FILL_S, "").strip()
+    if raw_fill:
+        try:
+            idle_fill = float(raw_fill)
+        except ValueError:
+            problems.append(f"{IDLE_FILL_S}={raw_fill!r} must be a number of seconds")
+        else:
+            if not idle_fill >= 0:  # also refuses nan
+                problems.append(f"{IDLE_FILL_S}={raw_fill} must be >= 0")
     if e.get(STRICT_IDLE_CHECK, "true").strip().lower() not in _FALSE:
         problems.append(
             f"{STRICT_IDLE_CHECK} must be 0 while the shim holds KV slots back "
@@ -123,4 +144,4 @@ def read(env: Mapping[str, str] | None = None) -> Settings:
     if problems:
         raise ShimConfigError("cumem_shim cannot start: " + "; ".join(problems))
     assert limit is not None and slack is not None and ahead is not None and tp is not None
-    return Settings(socket, limit, virtual, slack, ahead, tp)
+    return Settings(socket, limit, virtual, slack, ahead, tp, idle_fill, e.get(MAP_TRACE) or None)

@@ -38,6 +38,7 @@ from cumem_shim.elastic import ElasticKV
 from cumem_shim.fake import TWO_MIB, FakeDevice
 from cumem_shim.freelist import CountingFreeList
 from cumem_shim.limit import Accepted
+from cumem_shim.maptrace import MapTrace
 from cumem_shim.pages import mha_layout
 from cumem_shim.ranks import Follower
 from cumem_shim.types import Status
@@ -78,7 +79,14 @@ class ElasticBatcher(Batcher):
 class SimShim:
     """``protocol.Target`` for one sim server."""
 
-    def __init__(self, sim: SimServer, batcher: ElasticBatcher, limit_bytes: int, slack_tokens: int) -> None:
+    def __init__(
+        self,
+        sim: SimServer,
+        batcher: ElasticBatcher,
+        limit_bytes: int,
+        slack_tokens: int,
+        trace: MapTrace | None = None,
+    ) -> None:
         s, plan = sim.settings.shape, sim.plan
         self.layout = mha_layout(
             granularity=TWO_MIB,
@@ -90,7 +98,9 @@ class SimShim:
             dtype_bytes=s.dtype_bytes,
         )
         self.device = FakeDevice(capacity_bytes=plan.gpu_bytes)
-        self.kv = ElasticKV(self.layout, self.device, 0, limit_bytes, slack_tokens=slack_tokens)
+        # maps on demand only (no map-ahead worker, so no idle fill: one thread); the map
+        # trace is the real shim's (CHIMERA_SHIM_MAP_TRACE)
+        self.kv = ElasticKV(self.layout, self.device, 0, limit_bytes, slack_tokens=slack_tokens, trace=trace)
         self.free = CountingFreeList(self.layout)
         self.kv.attach(self.free)
         self.batcher = batcher
@@ -152,7 +162,8 @@ async def mounted(sim: SimServer) -> AsyncIterator[SimShim | None]:
     batcher = ElasticBatcher(old.model, sim.plan, old.clock, old.on_queue_time)
     batcher.max_loras_per_batch = old.max_loras_per_batch
     sim.batcher = batcher
-    shim = SimShim(sim, batcher, cfg.limit_bytes, cfg.slack_tokens)
+    trace = MapTrace(cfg.map_trace) if cfg.map_trace else None  # one pool for every rank: rank 0's file
+    shim = SimShim(sim, batcher, cfg.limit_bytes, cfg.slack_tokens, trace)
     sim.memory.shim_kv_bytes = lambda: shim.kv.status().mapped_bytes
 
     def serving(target: protocol.Target) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:

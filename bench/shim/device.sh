@@ -2,7 +2,8 @@
 # The shim's GPU benchmarks in one device call (after the wheel-copy calls of docs/gpu-testing.md):
 #   bash tests/gpu/device_run.sh --cmd bash bench/shim/device.sh overhead|surge [flags...]
 # (flags go to the benchmark, e.g. overhead --repeats 3 --blocks 2 --block-s 15)
-# At most 8 files come back from $OUT: each benchmark leaves its JSON, plot and two logs there.
+# At most 8 files come back from $OUT: each benchmark leaves its JSON (and plot) there, and its
+# logs (the overhead run's server logs and map traces) in one tarball.
 set -uo pipefail
 what=${1:?overhead or surge}
 shift
@@ -11,7 +12,7 @@ rm -rf "$work"
 case $what in
   overhead) python3 -m bench.shim.overhead --engine sglang --out "$work" "$@"; rc=$?
             cp "$work/overhead.json" "$OUT/" 2>/dev/null
-            for f in "$work"/*-server.log; do tail -c 150000 "$f" > "$OUT/$(basename "$f")"; done ;;
+            (cd "$work" && tar czf "$OUT/overhead-logs.tgz" --exclude=cache --exclude=shim-plugin ./*-server.log ./*-maps.txt 2>/dev/null) ;;
   surge)    python3 -m bench.shim.surge --engine sglang --out "$work" "$@"; rc=$?
             cp "$work/surge.json" "$work/surge.png" "$OUT/" 2>/dev/null
             for m in static elastic; do

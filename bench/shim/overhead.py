@@ -1,16 +1,23 @@
-"""What cumem_shim costs a serving engine: one model served twice at once on one GPU, by a
-server with a fixed KV pool and by one whose pool is the shim's (same flags otherwise, the
+"""What cumem_shim costs a serving engine: one model served at once on one GPU by a server
+with a fixed KV pool and by servers whose pool is the shim's (same flags otherwise, the
 orchestrator's own launch specs), loaded in turn with the same open-loop traffic, block after
-block (A B A B ...), so drift over the run falls on both alike; ``--repeats`` runs that again with
-the other server first each time. Reports TTFT and TPOT p50/p95 of each, the ratio shim /
-static per repeat and over all (target <= 1.02 in every repeat; Prism reports 1.03-1.05), and
-the shim's map-ahead counts (blocks prepared and adopted; blocks mapped or waited for on the
+block, the order rotating each block so drift over the run falls on all alike; ``--repeats``
+runs that again. Reports TTFT and TPOT p50/p95 of each, the ratio of each shim variant to the
+fixed pool per repeat and over all (target <= 1.02 in every repeat; Prism reports 1.03-1.05),
+and the shim's map-ahead counts (blocks prepared and adopted; blocks mapped or waited for on the
 scheduler thread inside an allocation: cumem_shim/stats.py).
+
+Variants (``--variants``, the fixed pool ``static`` always first): ``shim`` (as chimera starts
+it), ``shim-nofill`` (no idle fill: the worker maps at most CHIMERA_SHIM_MAP_AHEAD_BLOCKS ahead,
+beside running requests) and ``shim-fill`` (idle fill after 0.5 s). Every shim server writes a
+map trace (cumem_shim/maptrace.py); ``beside_maps`` splits its requests into those whose wait for
+the first token overlapped a map or unmap of its pool and the rest, each against the fixed
+pool's answer to the same request.
 
     python -m bench.shim.overhead --engine sglang          # on the GPU host (8B shape, dummy)
     python -m bench.shim.overhead --engine sim --block-s 3 --blocks 2   # anywhere (simulated)
 
-The shim's limit is the whole pool from the start (no ledger), so both servers admit alike and
+The shim's limit is the whole pool from the start (no ledger), so all servers admit alike and
 only the shim's mapping path and allocator hooks differ. Writes ``overhead.json`` to ``--out``.
 """
 
@@ -18,11 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
 import sys
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +43,8 @@ from bench.client.prompts import COMPLETIONS
 from bench.client.record import RequestRecord
 from bench.report.summary import distribution
 from bench.traces import BenchRequest
+from cumem_shim import maptrace
+from cumem_shim import settings as shim_settings
 from orchestrator.config import GIB, parse_config
 from orchestrator.engines.base import LaunchRequest, ShimLaunch, get_engine
 from orchestrator.errors import EngineStartError
@@ -41,7 +53,13 @@ from orchestrator.supervisor.ports import free_ports
 from orchestrator.supervisor.process import EngineProcess
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-KINDS = ("static", "shim")
+BASE = "static"
+# each shim variant's environment beside what the orchestrator sets
+VARIANTS: dict[str, dict[str, str]] = {
+    "shim": {},
+    "shim-nofill": {shim_settings.IDLE_FILL_S: "0"},
+    "shim-fill": {shim_settings.IDLE_FILL_S: "0.5"},
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,9 +78,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--repeats", type=int, default=1, help="runs of --blocks blocks, the first server alternating (default 1)"
     )
+    p.add_argument(
+        "--variants",
+        default="shim",
+        help=f"shim variants beside the fixed pool, comma-separated, of {', '.join(VARIANTS)} (default shim)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/shim-overhead")))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad or not names or len(set(names)) != len(names):
+        p.error(f"--variants: {args.variants!r}: name each of {', '.join(VARIANTS)} at most once")
+    args.kinds = (BASE, *names)
+    return args
 
 
 def block_trace(
@@ -75,7 +104,7 @@ def block_trace(
     return reqs
 
 
-async def _servers(args: argparse.Namespace, work: Path, sock: str) -> dict[str, EngineProcess]:
+async def _servers(args: argparse.Namespace, work: Path, socks: dict[str, str]) -> dict[str, EngineProcess]:
     cfg = parse_config(
         {
             "host": {"gpus": args.tp},
@@ -97,20 +126,23 @@ async def _servers(args: argparse.Namespace, work: Path, sock: str) -> dict[str,
     model_dir = str(dummy_model_dir(inst.model.shape.name, work / "cache")) if engine.needs_model_dir else None
     pool = int(args.kv_pool_gb * GIB)
     procs = {}
-    ports = iter(free_ports(2 * len(KINDS)))
-    for kind in KINDS:
+    ports = iter(free_ports(2 * len(args.kinds)))
+    for kind in args.kinds:
         port, nccl = next(ports), next(ports)
         shim = None
-        if kind == "shim":
-            shim = ShimLaunch(sock, pool, pool, str(_entry_points(work)), tp_size=args.tp)
+        if kind in socks:
+            shim = ShimLaunch(socks[kind], pool, pool, str(_entry_points(work)), tp_size=args.tp)
         spec = engine.launch_spec(LaunchRequest(inst, cfg.host, port, nccl, model_dir=model_dir, shim=shim))
+        if kind in socks:
+            extra = {**VARIANTS[kind], shim_settings.MAP_TRACE: str(work / f"{kind}-maps.txt")}
+            spec = dataclasses.replace(spec, env={**spec.env, **extra})
         procs[kind] = EngineProcess(kind, spec, work / f"{kind}-server.log")
     try:
         for p in procs.values():
             await p.spawn()
         async with httpx.AsyncClient(trust_env=False) as client:
             await asyncio.gather(*(p.wait_ready(client) for p in procs.values()))
-    except BaseException:  # one did not start: stop the other too (it holds the GPU)
+    except BaseException:  # one did not start: stop the others too (they hold the GPU)
         await asyncio.gather(*(p.stop() for p in procs.values()))
         raise
     return procs
@@ -122,40 +154,73 @@ def _entry_points(work: Path) -> Path:
     return plugin.entry_point_dir(work / "shim-plugin")
 
 
+class _Clock:
+    """``time.monotonic`` (the shim's trace clock) that remembers its first reading: the start
+    of an open-loop run, from which its records count."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+
+    def __call__(self) -> float:
+        t = time.monotonic()
+        if self.t0 is None:
+            self.t0 = t
+        return t
+
+
+def block_order(kinds: Sequence[str], repeat: int, block: int, blocks: int) -> list[str]:
+    """The servers in the order block ``block`` of repeat ``repeat`` loads them: rotated by one
+    each block, so each takes every place equally often over len(kinds) blocks."""
+    k = (repeat * blocks + block) % len(kinds)
+    return [*kinds[k:], *kinds[:k]]
+
+
 async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    sock = os.path.join(tempfile.gettempdir(), f"chimera-overhead-{os.getpid()}.sock")
-    procs = await _servers(args, work, sock)
+    socks = {
+        kind: os.path.join(tempfile.gettempdir(), f"chimera-overhead-{os.getpid()}-{i}.sock")
+        for i, kind in enumerate(args.kinds[1:])
+    }
+    procs = await _servers(args, work, socks)
     rng = random.Random(args.seed)
     runs: list[dict[str, list[RequestRecord]]] = []
-    maps: dict[str, Any] | None = None
+    starts: dict[tuple[str, int], float] = {}  # (server, run) -> its monotonic start
+    maps: dict[str, Any] = {}
     try:
         async with ClientShards(4) as shards:
             for r in range(args.repeats):
-                order = KINDS if r % 2 == 0 else KINDS[::-1]
-                records: dict[str, list[RequestRecord]] = {k: [] for k in KINDS}
+                records: dict[str, list[RequestRecord]] = {k: [] for k in args.kinds}
                 for b in range(args.blocks):
                     trace = block_trace("m", args.rate, args.block_s, args.prompt, args.output, rng)
-                    for kind in order if b % 2 == 0 else order[::-1]:
+                    for kind in block_order(args.kinds, r, b, args.blocks):
                         seed = r * args.blocks + b
                         cfg = ClientConfig(procs[kind].spec.base_url, COMPLETIONS, seed=seed, ids=True, run=seed)
-                        recs = await run_open_loop(trace, cfg, shards)
+                        clock = _Clock()
+                        recs = await run_open_loop(trace, cfg, shards, now=clock)
+                        assert clock.t0 is not None
+                        starts[(kind, seed)] = clock.t0
                         records[kind] += recs
                         ok = sum(x.ok for x in recs)
-                        print(f"repeat {r} block {b} {kind:>6}: {ok}/{len(recs)} ok", flush=True)
+                        print(f"repeat {r} block {b} {kind:>11}: {ok}/{len(recs)} ok", flush=True)
                 runs.append(records)
-        maps = await _shim_counts(sock, args.tp)
+        for kind, sock in socks.items():
+            maps[kind] = await _shim_counts(sock, args.tp)
     finally:
         await asyncio.gather(*(p.stop() for p in procs.values()))
-    out = summarize({k: [x for run in runs for x in run[k]] for k in KINDS}, args)
+    out = summarize({k: [x for run in runs for x in run[k]] for k in args.kinds}, args)
     out["repeats"] = [
-        {
-            "first": (KINDS if r % 2 == 0 else KINDS[::-1])[0],
-            "ratio_shim_over_static": summarize(run, args)["ratio_shim_over_static"],
-        }
+        {"first": block_order(args.kinds, r, 0, args.blocks)[0], "ratios": summarize(run, args)["ratios"]}
         for r, run in enumerate(runs)
     ]
-    out["spread"] = spread([r["ratio_shim_over_static"] for r in out["repeats"]])
-    out["shim_maps"] = maps
+    for rep in out["repeats"]:
+        rep["ratio_shim_over_static"] = rep["ratios"].get("shim")
+    out["spread"] = {kind: spread([rep["ratios"][kind] for rep in out["repeats"]]) for kind in args.kinds[1:]}
+    out["shim_maps"] = maps.get("shim")
+    out["maps"] = maps
+    everything = {k: [x for run in runs for x in run[k]] for k in args.kinds}
+    out["beside_maps"] = {
+        kind: beside_maps(everything[kind], everything[BASE], starts, kind, _trace(work, kind))
+        for kind in args.kinds[1:]
+    }
     return out
 
 
@@ -172,12 +237,51 @@ async def _shim_counts(sock: str, tp: int = 1) -> dict[str, Any] | None:
     return {"mapped_bytes": st.mapped_bytes, "used_tokens": st.used_tokens, **st.maps._asdict()}
 
 
+def _trace(work: Path, kind: str) -> list[tuple[str, int, float, float]]:
+    path = work / f"{kind}-maps.txt"
+    return maptrace.read(path) if path.exists() else []
+
+
+def beside_maps(
+    shim: Sequence[RequestRecord],
+    base: Sequence[RequestRecord],
+    starts: dict[tuple[str, int], float],
+    kind: str,
+    trace: Sequence[tuple[str, int, float, float]],
+) -> dict[str, Any]:
+    """The shim server's answered requests split by whether their wait for the first token
+    (sent .. first token, on the trace's clock) overlapped a map or unmap of its pool, each with
+    its TTFT percentiles and the median of its TTFT over the fixed pool's for the same request
+    (same run and id). Pure."""
+    spans = sorted((a, b) for _, _, a, b in trace)
+    by_id = {(r.run, r.id): r for r in base if r.ok and r.ttft_s}
+    groups: dict[str, list[tuple[float, float | None]]] = {"overlapped": [], "clear": []}
+    for r in shim:
+        if not r.ok or r.ttft_s is None or (kind, r.run) not in starts:
+            continue
+        lo = starts[(kind, r.run)] + r.sent_at_s
+        hi = lo + r.ttft_s
+        hit = any(a < hi and b > lo for a, b in spans)
+        twin = by_id.get((r.run, r.id))
+        ratio = r.ttft_s / twin.ttft_s if twin is not None and twin.ttft_s else None
+        groups["overlapped" if hit else "clear"].append((r.ttft_s, ratio))
+    out: dict[str, Any] = {"driver_calls_traced": len(trace)}
+    for name, rows in groups.items():
+        ratios = sorted(x for _, x in rows if x is not None)
+        out[name] = {
+            "requests": len(rows),
+            "ttft_s": distribution(t for t, _ in rows),
+            "ratio_over_static_p50": round(ratios[len(ratios) // 2], 4) if ratios else None,
+        }
+    return out
+
+
 def spread(ratios: list[dict[str, float | None]]) -> dict[str, dict[str, float] | None]:
     """Lowest and highest ratio of each metric over the repeats."""
     out: dict[str, dict[str, float] | None] = {}
     for key in ratios[0] if ratios else {}:
-        vals = [r[key] for r in ratios if r.get(key) is not None]
-        out[key] = {"min": min(vals), "max": max(vals)} if vals else None  # type: ignore[type-var]
+        vals = [v for r in ratios if (v := r.get(key)) is not None]
+        out[key] = {"min": min(vals), "max": max(vals)} if vals else None
     return out
 
 
@@ -192,6 +296,7 @@ def summarize(records: dict[str, list[RequestRecord]], args: argparse.Namespace)
         "blocks": args.blocks,
         "block_s": args.block_s,
         "repeats": args.repeats,
+        "variants": list(args.kinds[1:]),
         "servers": {},
     }
     for kind, recs in records.items():
@@ -203,13 +308,16 @@ def summarize(records: dict[str, list[RequestRecord]], args: argparse.Namespace)
             "ttft_s": distribution(r.ttft_s for r in ok if r.ttft_s is not None),
             "tpot_s": distribution(r.tpot_s for r in ok if r.tpot_s is not None),
         }
-    ratio: dict[str, float | None] = {}
-    for metric in ("ttft_s", "tpot_s"):
-        for p in ("p50", "p95"):
-            a = out["servers"]["static"][metric][p]
-            b = out["servers"]["shim"][metric][p]
-            ratio[f"{metric[:-2]}_{p}"] = round(b / a, 4) if a and b else None
-    out["ratio_shim_over_static"] = ratio
+    out["ratios"] = {}
+    for kind in args.kinds[1:]:
+        ratio: dict[str, float | None] = {}
+        for metric in ("ttft_s", "tpot_s"):
+            for p in ("p50", "p95"):
+                a = out["servers"][BASE][metric][p]
+                b = out["servers"][kind][metric][p]
+                ratio[f"{metric[:-2]}_{p}"] = round(b / a, 4) if a and b else None
+        out["ratios"][kind] = ratio
+    out["ratio_shim_over_static"] = out["ratios"].get("shim")
     return out
 
 
@@ -230,18 +338,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     for kind, s in res["servers"].items():
         print(
-            f"  {kind:>6}: {s['ok']}/{s['requests']} ok  TTFT p50 {_ms(s['ttft_s']['p50'])} "
+            f"  {kind:>11}: {s['ok']}/{s['requests']} ok  TTFT p50 {_ms(s['ttft_s']['p50'])} "
             f"p95 {_ms(s['ttft_s']['p95'])}  TPOT p50 {_ms(s['tpot_s']['p50'])} "
             f"p95 {_ms(s['tpot_s']['p95'])}"
         )
-    print("  shim / static: " + ", ".join(f"{k} {v}" for k, v in res["ratio_shim_over_static"].items()))
-    for r, rep in enumerate(res["repeats"]):
+    for kind in args.kinds[1:]:
+        print(f"  {kind} / static: " + ", ".join(f"{k} {v}" for k, v in res["ratios"][kind].items()))
+        for r, rep in enumerate(res["repeats"]):
+            print(
+                f"    repeat {r} ({rep['first']} first): "
+                + ", ".join(f"{k} {v}" for k, v in rep["ratios"][kind].items())
+            )
+        sp = res["spread"][kind]
+        print("    spread over repeats: " + ", ".join(f"{k} {v['min']}-{v['max']}" for k, v in sp.items() if v))
+        print(f"    map-ahead: {res['maps'].get(kind)}")
+        bm = res["beside_maps"][kind]
         print(
-            f"    repeat {r} ({rep['first']} first): "
-            + ", ".join(f"{k} {v}" for k, v in rep["ratio_shim_over_static"].items())
+            f"    beside maps ({bm['driver_calls_traced']} traced): "
+            + "; ".join(
+                f"{g} {bm[g]['requests']} req, TTFT p50 {_ms(bm[g]['ttft_s']['p50'])} "
+                f"p95 {_ms(bm[g]['ttft_s']['p95'])}, / static p50 {bm[g]['ratio_over_static_p50']}"
+                for g in ("overlapped", "clear")
+            )
         )
-    print("  spread over repeats: " + ", ".join(f"{k} {v['min']}-{v['max']}" for k, v in res["spread"].items() if v))
-    print(f"  shim map-ahead: {res['shim_maps']}")
     return 0 if all(s["ok"] == s["requests"] for s in res["servers"].values()) else 1
 
 

@@ -14,9 +14,10 @@ from bench.shim import overhead, surge
 pytestmark = pytest.mark.slow
 
 
-def test_overhead_runs_both_servers_on_the_same_traffic(tmp_path: Path) -> None:
+def test_overhead_runs_every_server_on_the_same_traffic(tmp_path: Path) -> None:
     rc = overhead.main(
         ["--engine", "sim", "--block-s", "2", "--blocks", "1", "--repeats", "2", "--rate", "4", "--out", str(tmp_path)]
+        + ["--variants", "shim,shim-nofill"]
     )
     res = json.loads((tmp_path / "overhead.json").read_text())
     assert rc == 0 and res["simulated"]
@@ -24,11 +25,17 @@ def test_overhead_runs_both_servers_on_the_same_traffic(tmp_path: Path) -> None:
     assert static["requests"] == shim["requests"] > 0  # the same trace for both
     assert static["ok"] == static["requests"] and shim["ok"] == shim["requests"]
     assert set(res["ratio_shim_over_static"]) == {"ttft_p50", "ttft_p95", "tpot_p50", "tpot_p95"}
-    # each repeat starts with the other server, and has its own ratios
+    # each repeat starts with another server, and has its own ratios for each variant
     assert [r["first"] for r in res["repeats"]] == ["static", "shim"]
-    for key, lim in res["spread"].items():
-        vals = [r["ratio_shim_over_static"][key] for r in res["repeats"]]
-        assert lim == {"min": min(vals), "max": max(vals)}
+    for kind in ("shim", "shim-nofill"):
+        assert res["servers"][kind]["requests"] == static["requests"]
+        for key, lim in res["spread"][kind].items():
+            vals = [r["ratios"][kind][key] for r in res["repeats"]]
+            assert lim == {"min": min(vals), "max": max(vals)}
+        # the map trace: the pool's maps, and every answered request on one side of the split
+        beside = res["beside_maps"][kind]
+        assert beside["driver_calls_traced"] > 0
+        assert beside["overlapped"]["requests"] + beside["clear"]["requests"] == res["servers"][kind]["ok"]
     # the shim's own account of how its pool grew (read over its channel at the end)
     maps = res["shim_maps"]
     assert maps["ensures"] > 0 and maps["mapped_bytes"] > 0

@@ -70,6 +70,7 @@ def test_settings_name_every_problem() -> None:
                 settings.SLACK_TOKENS: "many",
                 settings.VIRTUAL_KV_BYTES: "0",
                 settings.MAP_AHEAD_BLOCKS: "-1",
+                settings.IDLE_FILL_S: "soon",
             }
         )
     msg = str(err.value)
@@ -79,6 +80,7 @@ def test_settings_name_every_problem() -> None:
         settings.VIRTUAL_KV_BYTES,
         settings.STRICT_IDLE_CHECK,
         settings.MAP_AHEAD_BLOCKS,
+        settings.IDLE_FILL_S,
     ):
         assert name in msg
     s = settings.read({**GOOD_ENV, settings.VIRTUAL_KV_BYTES: "42"})
@@ -88,6 +90,11 @@ def test_settings_name_every_problem() -> None:
     assert made == settings.Settings("/tmp/y.sock", 5, 6, 7)
     made = settings.read(settings.server_env("/tmp/y.sock", 5, map_ahead_blocks=0))
     assert made == settings.Settings("/tmp/y.sock", 5, None, 2048, 0)
+    s = settings.read({**GOOD_ENV, settings.IDLE_FILL_S: "0.25", settings.MAP_TRACE: "/tmp/m.txt"})
+    assert (s.idle_fill_s, s.map_trace) == (0.25, "/tmp/m.txt")
+    for bad in ("-1", "nan"):
+        with pytest.raises(ShimConfigError, match=settings.IDLE_FILL_S):
+            settings.read({**GOOD_ENV, settings.IDLE_FILL_S: bad})
 
 
 @pytest.mark.parametrize(
