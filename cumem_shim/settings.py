@@ -13,7 +13,7 @@ CHIMERA_SHIM_MAP_AHEAD_BLOCKS  blocks a background thread keeps mapped ahead of 
                                the limit (2; 0 = map only inside allocations)
 CHIMERA_SHIM_IDLE_FILL_S       after this many seconds with no allocation, the same thread maps
                                ahead up to the whole limit, a block at a time, and stops at the
-                               next allocation (0 = never; needs map-ahead > 0)
+                               next allocation (0.5; 0 = never; needs map-ahead > 0)
 CHIMERA_SHIM_MAP_TRACE         a file to append one line per block mapped or unmapped to:
                                what, block, start and end (time.monotonic()), thread
                                (diagnostics: bench/shim/overhead.py reads it)
@@ -44,7 +44,7 @@ DEFAULT_SLACK_TOKENS = 2048
 # Two blocks: one for the next allocation that runs out, one being prepared meanwhile (a block
 # of Llama-3.1-8B, 128 MiB, maps in ~2.5 ms on an H100, far less than a prefill that fills it).
 DEFAULT_MAP_AHEAD_BLOCKS = 2
-DEFAULT_IDLE_FILL_S = 0.0
+DEFAULT_IDLE_FILL_S = 0.5  # measured: bench/shim/overhead.py, docs/benchmarks.md
 _FALSE = ("0", "false", "no", "n")
 
 

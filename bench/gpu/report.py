@@ -276,7 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dirs", nargs="+", type=Path, help="run folders (or experiment.json files)")
     p.add_argument("--out", type=Path, default=Path("runs/gpu-experiment-report"))
     a = p.parse_args(argv)
-    groups = group(load(a.dirs))
+    try:
+        runs = load(a.dirs)
+    except (OSError, ValueError) as exc:  # a folder without experiment.json, a torn file
+        print(f"cannot read a run: {exc}", file=sys.stderr)
+        return 2
+    groups = group(runs)
     a.out.mkdir(parents=True, exist_ok=True)
     parts, summaries = [], []
     for key in sorted(groups):

@@ -381,3 +381,12 @@ def test_a_decode_batch_above_the_captured_graphs_runs_eager_in_the_simulator() 
         EAGER_DECODE_FACTOR * make_model("m", "llama-3.2-1b", 1, H100).decode_s(17, 8000)
     )
     assert EAGER_DECODE_FACTOR > 1
+
+
+def test_report_names_a_folder_without_a_run_instead_of_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.gpu import report
+
+    assert report.main([str(tmp_path / "des-elastic"), "--out", str(tmp_path / "out")]) == 2
+    assert "des-elastic" in capsys.readouterr().err
