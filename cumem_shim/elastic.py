@@ -571,7 +571,7 @@ class ElasticKV:
     def _next_block(self) -> int | None:
         """Under _cond: the lowest block to prepare, or None (not armed, enough prepared,
         the limit reached, a failure waiting for a wake-up)."""
-        held = len(self.mapped) + len(self._prepared) + len(self._discard) + len(self._claimed)
+        held = self._claimed_blocks()
         ahead = self.layout.num_blocks if self._idle_for() >= self.idle_fill_s > 0 else self.map_ahead
         if not self._armed or self._blocked or len(self._prepared) >= ahead or held >= self._cap:
             return None
@@ -580,14 +580,17 @@ class ElasticKV:
                 return b
         return None
 
+    def _claimed_blocks(self) -> int:
+        """Under _cond: blocks mapped, prepared, being discarded or being mapped by ensure()."""
+        return len(self.mapped) + len(self._prepared) + len(self._discard) + len(self._claimed)
+
     def _idle_for(self) -> float:
         return self._clock() - self._last_alloc
 
     def _until_fill(self) -> float | None:
         """Under _cond: how long the idle worker may sleep before an idle fill is due (None:
         until woken; no fill set, or nothing it could map)."""
-        held = len(self.mapped) + len(self._prepared) + len(self._discard) + len(self._claimed)
-        if not self.idle_fill_s or not self._armed or self._blocked or held >= self._cap:
+        if not self.idle_fill_s or not self._armed or self._blocked or self._claimed_blocks() >= self._cap:
             return None
         return max(0.01, self.idle_fill_s - self._idle_for())
 

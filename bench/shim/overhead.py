@@ -206,7 +206,8 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             maps[kind] = await _shim_counts(sock, args.tp)
     finally:
         await asyncio.gather(*(p.stop() for p in procs.values()))
-    out = summarize({k: [x for run in runs for x in run[k]] for k in args.kinds}, args)
+    everything = {k: [x for run in runs for x in run[k]] for k in args.kinds}
+    out = summarize(everything, args)
     out["repeats"] = [
         {"first": block_order(args.kinds, r, 0, args.blocks)[0], "ratios": summarize(run, args)["ratios"]}
         for r, run in enumerate(runs)
@@ -216,7 +217,6 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out["spread"] = {kind: spread([rep["ratios"][kind] for rep in out["repeats"]]) for kind in args.kinds[1:]}
     out["shim_maps"] = maps.get("shim")
     out["maps"] = maps
-    everything = {k: [x for run in runs for x in run[k]] for k in args.kinds}
     out["beside_maps"] = {
         kind: beside_maps(everything[kind], everything[BASE], starts, kind, _trace(work, kind))
         for kind in args.kinds[1:]

@@ -48,6 +48,13 @@ def poke(kv: ElasticKV) -> None:
         kv._cond.notify_all()
 
 
+def idle(kv: ElasticKV, clock: Clock, seconds: float) -> None:
+    """No allocation for ``seconds``: move the clock, let the worker look and wait for it."""
+    clock.t += seconds
+    poke(kv)
+    assert kv.settle(WAIT_S)
+
+
 def held(kv: ElasticKV) -> int:
     return len(kv.mapped) + len(kv._prepared)
 
@@ -56,12 +63,10 @@ def test_an_idle_pool_is_filled_to_its_limit_and_an_allocation_stops_the_fill() 
     kv, clock = make(10, fill_s=0.5)
     kv.ensure(0)  # the first allocation arms the worker
     assert kv.settle(WAIT_S) and held(kv) == 3  # block 0 and map-ahead's two
-    clock.t += 0.4  # not idle long enough
-    poke(kv)
-    assert kv.settle(WAIT_S) and held(kv) == 3
-    clock.t += 0.2
-    poke(kv)
-    assert kv.settle(WAIT_S) and held(kv) == 10  # the limit: not one block more
+    idle(kv, clock, 0.4)  # not idle long enough
+    assert held(kv) == 3
+    idle(kv, clock, 0.2)
+    assert held(kv) == 10  # the limit: not one block more
     assert kv.status().mapped_bytes == 10 * BLOCK
     kv.ensure(5 * UNITS)  # allocations take the filled blocks with no driver call here
     assert len(kv.mapped) >= 6 and kv.stats.inline_blocks == 0
@@ -82,9 +87,8 @@ def test_while_allocations_come_the_worker_keeps_to_map_ahead() -> None:
 def test_a_lower_limit_gives_filled_blocks_back() -> None:
     kv, clock = make(10, fill_s=0.5)
     kv.ensure(0)
-    clock.t += 1.0
-    poke(kv)
-    assert kv.settle(WAIT_S) and held(kv) == 10
+    idle(kv, clock, 1.0)
+    assert held(kv) == 10
     kv.set_limit(4 * BLOCK, 1)
     kv.available()  # the scheduler applies it
     assert kv.settle(WAIT_S) and held(kv) == 4 and kv.status().mapped_bytes == 4 * BLOCK
@@ -94,9 +98,8 @@ def test_a_lower_limit_gives_filled_blocks_back() -> None:
 def test_without_idle_fill_an_idle_pool_stays_at_map_ahead() -> None:
     kv, clock = make(10, fill_s=0.0)
     kv.ensure(0)
-    clock.t += 3600.0
-    poke(kv)
-    assert kv.settle(WAIT_S) and held(kv) == 3
+    idle(kv, clock, 3600.0)
+    assert held(kv) == 3
     assert kv._until_fill() is None  # and the worker sleeps until woken
     kv.close()
 
@@ -110,9 +113,7 @@ def test_the_map_trace_has_a_line_per_block_mapped_and_unmapped(tmp_path: Path) 
     path = tmp_path / "maps.txt"
     kv, clock = make(6, fill_s=0.5, trace=maptrace.MapTrace(str(path)))
     kv.ensure(0)
-    clock.t += 1.0
-    poke(kv)
-    assert kv.settle(WAIT_S)
+    idle(kv, clock, 1.0)
     kv.close()
     rows = maptrace.read(path)
     made = sorted(b for what, b, _, _ in rows if what in ("inline", "prepare"))
