@@ -99,6 +99,7 @@ class ChimeraOptions:
     tau: float = 0.3
     idle_park_s: float = 45.0
     starvation_s: float = 10.0  # requests waiting this long for memory may preempt busy neighbours
+    starvation_max_s: float = 60.0  # ... busier ones after a wait scaled by their request rates, at most this
     on_late: OnLate = "shed"
     tpot_guard: bool = True  # False: placement by KVPR alone, as Prism
     park_when: Literal["needed", "always"] = "needed"  # "always": park idle models proactively
@@ -124,7 +125,11 @@ class Chimera:
         self.expected = expected_rps
         self.tpr = tokens_per_req
         self.params = PlacementParams(
-            tau=opts.tau, migrate=opts.global_placement, tpot_guard=opts.tpot_guard, starvation_s=opts.starvation_s
+            tau=opts.tau,
+            migrate=opts.global_placement,
+            tpot_guard=opts.tpot_guard,
+            starvation_s=opts.starvation_s,
+            starvation_max_s=opts.starvation_max_s,
         )
         self.queues: dict[int, list[SimReq]] = {}
         self.pending: dict[str, list[SimReq]] = {}
@@ -279,6 +284,7 @@ class Chimera:
                 self.opts.park_when,
                 last_moved_at=moved,
                 oldest_wait_s=oldest,
+                request_rate=tok_rate / self.tpr,  # arrivals (held ones too), as live
                 step_s=expected_step_s(m, tok_rate / self.tpr, self.tpr, 0.0 if self.opts.activity else 0.01),
                 activity=(expected_activity(tok_rate / self.tpr, self.alone[name]) if self.opts.activity else None),
             )

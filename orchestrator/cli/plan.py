@@ -93,6 +93,7 @@ def cluster_view(dep: Deployment, rates: dict[str, float], tokens_per_request: f
             cost=dep.models[m.name].cost,
             tpot_slo_s=dep.models[m.name].tpot_slo_s,
             token_rate=rates.get(m.name, 0.0) * tokens_per_request,
+            request_rate=rates.get(m.name, 0.0),
             queued=1 if rates.get(m.name, 0.0) > 0 else 0,
             idle_park_s=m.idle.park_after_s,
             park_when=m.idle.when,

@@ -3,6 +3,9 @@ needs besides instance states. Owned by the loop (only its task calls these); ti
 
 - token rate: prompt + generated tokens/s over ``window_s`` (``RateWindow``), from the
   scraper's ``LoadSample.tokens``;
+- request rate: requests/s arriving for the model over the same window, counted as the loop
+  is asked for an instance (held ones too: a parked model's demand, which its engines cannot
+  show), for the starvation guard (policy/placement/kvpr.py ``preempt_wait_s``);
 - concurrency: requests running in the model's engines, averaged over the same window (each
   sample adds running x seconds since the instance's previous sample); turned into the decode
   step time the TPOT guard needs with the H100 latency model;
@@ -33,6 +36,7 @@ class Demand:
         self.window_s = window_s
         self._tokens: dict[str, RateWindow] = {}
         self._busy: dict[str, RateWindow] = {}
+        self._arrivals: dict[str, RateWindow] = {}
         self._sampled_at: dict[str, float] = {}  # instance -> time of its previous sample
         self._kv_used: dict[str, int] = {}  # instance -> KV tokens in use (latest sample)
         self._last_active: dict[str, float] = {}
@@ -58,6 +62,11 @@ class Demand:
     def active(self, model: str, now: float) -> None:
         self._last_active[model] = now
 
+    def arrived(self, model: str, now: float) -> None:
+        """A request for ``model`` asked for an instance (it may be held)."""
+        self._window(self._arrivals, model).add(now, 1.0)
+        self._last_active[model] = now
+
     def moved(self, model: str, now: float) -> None:
         self._moved[model] = now
 
@@ -65,6 +74,10 @@ class Demand:
 
     def token_rate(self, model: str, now: float) -> float:
         w = self._tokens.get(model)
+        return w.rate(now) if w is not None else 0.0
+
+    def request_rate(self, model: str, now: float) -> float:
+        w = self._arrivals.get(model)
         return w.rate(now) if w is not None else 0.0
 
     def concurrency(self, model: str, now: float) -> float:

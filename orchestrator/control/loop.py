@@ -304,7 +304,7 @@ class ControlLoop:
         if self._closing:
             ev.future.set_exception(EngineUnavailable("chimera is shutting down"))
             return
-        self._demand.active(ev.model.name, self._clock())
+        self._demand.arrived(ev.model.name, self._clock())
         if self._holds.add(ev.model.name, ev.future, self._retry_after(ev.model, 0.0), self._clock()):
             self._serve_held(ev.model)
             self._fail_held_if_hopeless(ev.model)

@@ -3,7 +3,7 @@ snapshot from the loop's state (docs/scheduling.md). Owned by the control loop; 
 calls these.
 
 Snapshot (``ClusterView``): one ``ModelDemand`` per model (cost and SLO from the deployment's
-facts, orchestrator/deployment.py; token rate, concurrency and activity from ``Demand``; held
+facts, orchestrator/deployment.py; token and request rates, concurrency and activity from ``Demand``; held
 requests from ``Holds``) and one ``ServerView`` per instance, where the loop's claims show as
 the policy expects (``plans.policy_state``, which the simulator uses too): an awake instance
 that a plan drains shows as ``parking``, a parked one reserved as a plan's wake target as
@@ -60,6 +60,7 @@ def cluster_view(
             priority=m.priority,
             last_moved_at=demand.last_moved(m.name),
             oldest_wait_s=oldest_wait_s.get(m.name, 0.0),
+            request_rate=demand.request_rate(m.name, now),
             step_s=demand.step_s(m, now),
             activity=demand.activity(m.name, now),
         )

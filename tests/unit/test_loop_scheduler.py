@@ -19,6 +19,7 @@ from orchestrator.control.events import (
     Woken,
 )
 from orchestrator.control.loop import ControlLoop, cancel_and_wait
+from orchestrator.control.scheduler import cluster_view
 from orchestrator.dashboard import state as dashboard_state
 from orchestrator.dashboard.history import History
 from orchestrator.dashboard.readings import Readings
@@ -232,6 +233,27 @@ async def test_loop__load_samples_feed_demand_only_from_awake_instances(env: Env
     # the TPOT guard's activity: 1 - exp(-concurrency); an unsampled model never decodes
     assert d.activity("n1", 6.0) == pytest.approx(1 - math.exp(-4 / 60))
     assert d.activity("cold", 6.0) == 0.0
+
+
+async def test_loop__held_requests_count_in_the_request_rate_the_scheduler_sees(env: Env) -> None:
+    """A parked model's engines show no demand; its held requests do (the starvation guard
+    weighs neighbours by it)."""
+    ctl, _, clock = env
+    clock.t = 5.0
+    held = [asyncio.create_task(acquire(ctl, "cold")) for _ in range(3)]
+    await settle()
+    assert all(not t.done() for t in held)  # parked: held while it wakes
+    d = ctl.demand()
+    assert d.token_rate("cold", 5.0) == 0
+    assert d.request_rate("cold", 5.0) == pytest.approx(3 / 60)
+    assert d.request_rate("n1", 5.0) == 0
+    view = cluster_view(ctl.deployment, ctl._instances.values(), {}, {}, d, 5.0)
+    rates = {m.name: m.request_rate for m in view.models}
+    assert rates == {"hot": 0.0, "n1": 0.0, "cold": pytest.approx(3 / 60)}
+    assert d.request_rate("cold", 66.0) == 0  # out of the window
+    for t in held:
+        t.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
 
 
 def test_config__scheduler_keys_and_defaults() -> None:

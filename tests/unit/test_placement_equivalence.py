@@ -63,7 +63,8 @@ def fleet(seed: int, n_models: int, n_gpus: int, n_nodes: int, params: Placement
                 park_when=rng.choice(("needed", "needed", "always", "never")),
                 priority=rng.choice((0, 0, 1, -1)),
                 last_moved_at=rng.choice((None, -rng.uniform(0, 300))),
-                oldest_wait_s=rng.choice((0.0, 30.0)),
+                oldest_wait_s=rng.choice((0.0, 12.0, 30.0, 90.0)),
+                request_rate=rng.choice((0.0, 0.5, 1.0, rng.uniform(0, 8))),
                 step_s=rng.choice((0.0, 0.03 * rng.random())),
                 activity=rng.choice((None, rng.random(), 1.5, -0.1)),
             )
@@ -81,6 +82,7 @@ params_st = st.builds(
     max_migrations=st.integers(0, 3),
     migration_parks_idle=st.booleans(),
     starvation_s=st.sampled_from((10.0, 1e9)),
+    starvation_max_s=st.sampled_from((60.0, 20.0, 1e9)),
     tpot_guard=st.booleans(),
     cold_start=st.booleans(),
     gpu_reserve_bytes=st.sampled_from((0, 2 * GIB)),
@@ -103,6 +105,57 @@ def test_optimized_decision_equals_reference(
 ) -> None:
     view = fleet(seed, n_models, n_gpus, n_nodes, params)
     assert place.decide(view, now) == ref_place.decide(view, now)
+
+
+def starving_fleet(seed: int, n_models: int, params: PlacementParams) -> ClusterView:
+    """One or two full GPUs: every model but the waiting ones awake and busy, with request
+    rates above and below those of the models whose held requests waited past the guard."""
+    rng = random.Random(seed)
+    n_gpus = rng.choice((1, 1, 2))
+    models: list[ModelDemand] = []
+    servers: list[ServerView] = []
+    for i in range(n_models):
+        shape, tp = rng.choice(SHAPES[:3])
+        c = COSTS[(shape, tp)]
+        name = f"m{i:03d}"
+        waiting = i < rng.choice((1, 1, 2))
+        g = rng.randrange(n_gpus)
+        servers.append(
+            ServerView(
+                f"{name}#0",
+                name,
+                (g,),
+                S.PARKED if waiting else rng.choice((S.AWAKE, S.AWAKE, S.AWAKE, S.PARKED)),
+                kv_used_bytes=int(c.kv_floor_bytes * 2 * rng.random()),
+                in_flight=0 if waiting else rng.choice((0, rng.randrange(1, 6))),
+            )
+        )
+        models.append(
+            ModelDemand(
+                name,
+                tp,
+                c,
+                tpot_slo_s=0.05,
+                token_rate=rng.choice((0.0, rng.expovariate(1 / 500))),
+                queued=rng.randrange(1, 9) if waiting else 0,
+                running=0 if waiting else rng.randrange(0, 4),
+                last_active_at=-rng.uniform(0, 60),
+                priority=rng.choice((0, 0, 0, 1)),
+                oldest_wait_s=rng.choice((5.0, 12.0, 30.0, 90.0)) if waiting else 0.0,
+                request_rate=rng.choice((0.0, 0.2, 1.0, rng.uniform(0, 4))),
+            )
+        )
+    gpu_bytes = tuple(int(rng.choice((24, 40, 80)) * GIB) for _ in range(n_gpus))
+    return ClusterView(tuple(models), tuple(servers), gpu_bytes, params)
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_models=st.integers(3, 12), params=params_st)
+def test_equal_where_starving_models_preempt_busy_neighbours(seed: int, n_models: int, params: PlacementParams) -> None:
+    """The starvation guard's path, which the random fleets above rarely reach: full GPUs, busy
+    neighbours busier and quieter than the models whose requests waited."""
+    view = starving_fleet(seed, n_models, params)
+    assert place.decide(view, 30.0) == ref_place.decide(view, 30.0)
 
 
 def test_equal_at_microbench_scale() -> None:

@@ -237,6 +237,36 @@ def test_placement__a_starving_model_may_preempt_a_busy_lower_priority_neighbour
     assert decide(view([starving, vip], servers, n=1), NOW).blocked  # never a higher priority
 
 
+def test_placement__a_starving_model_waits_longer_for_a_busier_neighbour() -> None:
+    """The guard weighs a busy neighbour by its request rate: one with three times the starving
+    model's requests only after three times the wait, any after ``starvation_max_s``."""
+    busy = model("small", rate=100, running=1, request_rate=1.5)
+    servers = [srv("big", (0,)), srv("small", (0,), S.AWAKE, in_flight=1)]
+
+    def acts(wait_s: float, rate: float, **params: object) -> bool:
+        big = replace(model("big", queued=2, cost=BIG), oldest_wait_s=wait_s, request_rate=rate)
+        return bool(decide(view([big, busy], servers, n=1, **params), NOW).actions)
+
+    assert acts(10.0, 1.5) and acts(10.0, 2.0)  # no quieter than its neighbour: the base wait
+    assert not acts(10.0, 0.5) and not acts(29.0, 0.5) and acts(30.0, 0.5)  # 3x the requests: 3x
+    assert not acts(59.0, 0.01) and acts(60.0, 0.01)  # 150x: the cap
+    assert not acts(59.0, 0.0) and acts(60.0, 0.0)  # nothing measured yet: the cap
+    assert acts(20.0, 0.01, starvation_max_s=20.0)
+    assert not acts(1e6, 0.5, starvation_s=1e9)  # the guard off
+
+
+def test_placement__a_starving_model_parks_the_neighbour_with_the_fewest_requests_first() -> None:
+    big = replace(model("big", queued=2, cost=BIG), oldest_wait_s=30.0, request_rate=0.5)
+    half = replace(COST, awake_bytes=40 * GIB)
+    # "many" decodes fewer tokens (short answers) but gets more requests than "few"
+    many = model("many", rate=50, running=1, cost=half, request_rate=0.4)
+    few = model("few", rate=900, running=1, cost=half, request_rate=0.1)
+    servers = [srv("big", (0,)), srv("many", (0,), S.AWAKE, in_flight=1), srv("few", (0,), S.AWAKE, in_flight=1)]
+    v = replace(view([big, many, few], servers, n=1), gpu_bytes=(100 * GIB,))
+    (act,) = decide(v, NOW).actions
+    assert isinstance(act, Activation) and act.steps[0] == Park("few@0")
+
+
 def test_placement__tpot_guard_keeps_a_small_model_off_a_gpu_with_slow_decode_steps() -> None:
     slow = replace(
         model("slow32b", rate=800, running=2, cost=replace(COST, awake_bytes=30 * GIB)), step_s=0.030, tpot_slo_s=0.3

@@ -107,7 +107,8 @@ def test_pooled_run__a_parked_server_wakes_before_its_switch() -> None:
 def test_mix58_without_pools_is_unchanged() -> None:
     """The same seed gives the numbers the simulator gave without pools (pinned again after the
     cost model's memory refit of 2026-12-04, with the pools' code unchanged: was 12 shed,
-    99.096% joint, 10 wakes, 18 parks, 173 decisions)."""
+    99.096% joint, 10 wakes, 18 parks, 173 decisions; then 171 decisions, and 185 since the
+    starvation guard weighs busy neighbours by request rate: blocked models decide again)."""
     res = run_one("chimera", "mix58", 16, spec(10.0, 300.0, 600.0))
     assert (res.requests, res.shed, res.unfinished) == (2543, 10, 0)
     assert res.joint == pytest.approx(0.9897758552890287, abs=1e-12)
@@ -117,7 +118,7 @@ def test_mix58_without_pools_is_unchanged() -> None:
         "parks": 16,
         "starts": 0,
         "migrations": 0,
-        "decisions": 171,
+        "decisions": 185,
         "memory_violations": 0,
     }
 

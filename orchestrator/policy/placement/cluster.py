@@ -40,6 +40,9 @@ class ModelDemand:
     priority: int = 0
     last_moved_at: float | None = None  # last migration of this model (cooldown)
     oldest_wait_s: float = 0.0  # age of its oldest held request (starvation guard)
+    # requests/s arriving for it, held ones included (a parked model's demand too), moving
+    # average over the token rate's window: the starvation guard weighs a busy neighbour by it
+    request_rate: float = 0.0
     # Decode step time of its server at its usual batch (0 for a model with almost no traffic).
     # Colocated servers share the GPU's compute: time-slicing (no MPS), while they all decode a
     # token of each costs the sum of their steps; under MPS a neighbour's step counts in part
@@ -82,9 +85,12 @@ class PlacementParams:
     migration_cooldown_s: float = 120.0  # a model moved recently stays put (no ping-pong)
     migration_parks_idle: bool = False  # may a migration park idle servers on its target?
     # A model whose requests have waited this long for memory may park *busy* neighbours of no
-    # higher priority (least used first: lowest token rate; they drain first): time-sharing, not
-    # starvation.
+    # higher priority that get no more requests than it (least used first: lowest request rate;
+    # they drain first): time-sharing, not starvation. A neighbour that gets k times its
+    # requests only after k x this wait (a turn parked costs k times the requests it serves),
+    # and any after ``starvation_max_s``: no model waits for memory longer (kvpr.py preempt_wait_s).
     starvation_s: float = 10.0
+    starvation_max_s: float = 60.0
     tpot_guard: bool = True  # also place by decode rounds (chimera's addition to Prism's KVPR)
     # how colocated servers share compute (host.gpu_sharing as resolved at `up`): the share of a
     # neighbour's decode step a round charges is perf/sharing.py's

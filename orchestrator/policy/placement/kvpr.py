@@ -28,6 +28,25 @@ assert _FLAGS[_PARKED] == (True, False, False), "a parked server holds its conte
 assert _FLAGS[_AWAKE] == (True, True, True), "an awake server holds its context, weights and KV"
 
 
+def preempt_wait_s(starvation: tuple[float, float], victim: ModelDemand, starving: ModelDemand) -> float:
+    """How long ``starving``'s requests must have waited before it may park the busy ``victim``
+    (``starvation``: PlacementParams' ``starvation_s`` and ``starvation_max_s``): the base wait
+    for a neighbour that gets no more requests than it, that times the ratio of their request
+    rates for a busier one (a turn parked loses the victim's requests, a turn awake serves the
+    starving model's), and never more than the cap. A starving model with no measured rate
+    counts as getting the fewest requests: the cap."""
+    base, cap = starvation
+    if victim.request_rate <= starving.request_rate:
+        return min(base, cap)
+    if starving.request_rate <= 0.0:
+        return cap
+    return min(cap, base * victim.request_rate / starving.request_rate)
+
+
+def _use(m: ModelDemand) -> tuple[float, float]:
+    return (m.request_rate, m.token_rate)
+
+
 def decoding(m: ModelDemand) -> float:
     """The share of rounds a model decodes in: its activity, or 1 when unknown (worst case)."""
     return 1.0 if m.activity is None else min(max(m.activity, 0.0), 1.0)
@@ -37,6 +56,7 @@ class GpuTally:
     def __init__(self, view: ClusterView) -> None:
         n = len(view.gpu_bytes)
         reserve = view.params.gpu_reserve_bytes
+        self.starvation = (view.params.starvation_s, view.params.starvation_max_s)
         self.models: dict[str, ModelDemand] = {m.name: m for m in view.models}
         self.room = [float(b - reserve) for b in view.gpu_bytes]  # left for KV
         self.committed = [0.0] * n  # KV that resident servers keep: max(floor, in use)
@@ -207,13 +227,15 @@ class GpuTally:
         return c.awake_bytes + c.kv_floor_bytes + (c.parked_bytes if cold else 0)
 
     def preemptible(self, sid: str, for_model: ModelDemand) -> bool:
-        """Awake, allowed to park, of no higher priority than ``for_model`` (busy or not)."""
+        """Awake, allowed to park, of no higher priority than ``for_model`` (busy or not), and
+        ``for_model``'s requests have waited ``preempt_wait_s`` for this neighbour."""
         m = self.models[self.servers[sid].model]
         return (
             self.state[sid] is _AWAKE
             and m.name != for_model.name
             and m.park_when != "never"
             and m.priority <= for_model.priority
+            and for_model.oldest_wait_s >= preempt_wait_s(self.starvation, m, for_model)
         )
 
     def spill(self, sid: str, gpus: tuple[int, ...]) -> int:
@@ -233,9 +255,10 @@ class GpuTally:
         """Idle servers to park so that ``need`` bytes fit on every GPU of the group (those within
         the group before TP groups that spill beyond it, then longest idle first), [] if it fits
         already, None if even parking every idle server is not enough.
-        For a ``starving`` model, busy servers it may preempt come after the idle ones, least
-        used first (lowest token rate: the fewest requests disturbed; KV pressure would pick a
-        busy model with a small KV per token, and a popular one thrashes with its neighbours)."""
+        For a ``starving`` model, busy servers it may preempt (``preemptible``) come after the
+        idle ones, least used first (lowest request rate, then token rate: the fewest requests
+        disturbed; KV pressure would pick a busy model with a small KV per token, and a popular
+        one thrashes with its neighbours)."""
         room, committed = self.room, self.committed
         if len(gpus) == 1:  # the common case, without the dict
             g = gpus[0]
@@ -252,7 +275,7 @@ class GpuTally:
         if starving is not None:
             busy = [sid for sid in cands if sid not in pool and self.preemptible(sid, starving)]
             pool += sorted(
-                busy, key=lambda sid: (self.spill(sid, gpus), self.models[self.servers[sid].model].token_rate, sid)
+                busy, key=lambda sid: (self.spill(sid, gpus), *_use(self.models[self.servers[sid].model]), sid)
             )
         victims: list[str] = []
         for sid in pool:

@@ -10,7 +10,10 @@ it answers, in this order:
    group needs its memory on every GPU it spans, each of which may host TP-1 models. Idle
    servers (idle past their threshold, nothing in flight) are parked to make room, longest idle
    first; busy ones only for a model whose requests waited ``starvation_s`` (then the least
-   used of no higher priority, drained first), so a big model cannot starve forever.
+   used of no higher priority, drained first; one busier than the starving model only after
+   a wait scaled by their request rates, at most ``starvation_max_s``: kvpr.py
+   ``preempt_wait_s``), so a big model cannot starve forever and a quiet one cannot park a
+   busy one every few seconds.
    With ``params.max_awake_per_gpu`` (swap-on-demand, the llama-swap baseline) an activation
    first parks the awake servers of other models on its GPUs that exceed the limit (least
    recently active first, busy or not: they drain), and waits while such a server is waking.

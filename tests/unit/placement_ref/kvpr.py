@@ -28,6 +28,7 @@ class GpuTally:
     def __init__(self, view: ClusterView) -> None:
         n = len(view.gpu_bytes)
         reserve = view.params.gpu_reserve_bytes
+        self.params = view.params
         self.models: dict[str, ModelDemand] = {m.name: m for m in view.models}
         self.room = [float(b - reserve) for b in view.gpu_bytes]  # left for KV
         self.committed = [0.0] * n  # KV that resident servers keep: max(floor, in use)
@@ -122,13 +123,23 @@ class GpuTally:
         return c.awake_bytes + c.kv_floor_bytes + (c.parked_bytes if cold else 0)
 
     def preemptible(self, sid: str, for_model: ModelDemand) -> bool:
-        """Awake, allowed to park, of no higher priority than ``for_model`` (busy or not)."""
+        """Awake, allowed to park, of no higher priority than ``for_model`` (busy or not), and
+        ``for_model`` waited long enough for it: ``starvation_s`` for a neighbour with no more
+        requests/s, scaled by their ratio for a busier one, at most ``starvation_max_s``."""
         m = self.models[self.servers[sid].model]
+        if m.request_rate <= for_model.request_rate:
+            wait = self.params.starvation_s
+        elif for_model.request_rate > 0:
+            wait = self.params.starvation_s * m.request_rate / for_model.request_rate
+        else:
+            wait = float("inf")
+        wait = min(wait, self.params.starvation_max_s)
         return (
             self.state[sid] is S.AWAKE
             and m.name != for_model.name
             and m.park_when != "never"
             and m.priority <= for_model.priority
+            and for_model.oldest_wait_s >= wait
         )
 
     def spill(self, sid: str, gpus: tuple[int, ...]) -> int:
@@ -149,8 +160,7 @@ class GpuTally:
         the group before TP groups that spill beyond it, then longest idle first), [] if it fits
         already, None if even parking every idle server is not enough.
         For a ``starving`` model, busy servers it may preempt come after the idle ones, least
-        used first (lowest token rate: the fewest requests disturbed; KV pressure would pick a
-        busy model with a small KV per token, and a popular one thrashes with its neighbours)."""
+        used first (lowest request rate, then token rate: the fewest requests disturbed)."""
         short = {g: need - self.free(g) for g in gpus}
         if all(v <= 0 for v in short.values()):
             return []
@@ -162,7 +172,13 @@ class GpuTally:
         if starving is not None:
             busy = [sid for sid in cands if sid not in pool and self.preemptible(sid, starving)]
             pool += sorted(
-                busy, key=lambda sid: (self.spill(sid, gpus), self.models[self.servers[sid].model].token_rate, sid)
+                busy,
+                key=lambda sid: (
+                    self.spill(sid, gpus),
+                    self.models[self.servers[sid].model].request_rate,
+                    self.models[self.servers[sid].model].token_rate,
+                    sid,
+                ),
             )
         victims: list[str] = []
         for sid in pool:
