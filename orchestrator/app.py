@@ -466,6 +466,8 @@ def _kv_runner(
         runner.poke()
 
     supervisor.add_observer(observe)
+    control.room = runner.room  # mode full: a due wake waits until its weights fit (plans.WakeGate)
+    runner.room_freed = lambda: control.post(Tick())  # ... and goes as soon as they do
     return runner
 
 

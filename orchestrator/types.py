@@ -100,6 +100,10 @@ class InstanceView:
     # Awake, but a plan of the global scheduler drains it: it takes no new request and parks
     # once its last one ends. The park reason (idle, migration, make_room); None otherwise.
     draining: str | None = None
+    # Parked, and a plan's wake of it waits until its weights fit beside what its GPUs'
+    # neighbours hold (control/plans.py ``WakeGate``): the KV ledger counts its weights already,
+    # so the neighbours give pages back.
+    wake_due: bool = False
 
     @property
     def shown_state(self) -> str:

@@ -130,12 +130,16 @@ def section_scheduler(v: Validator, raw: Any) -> SchedulerSpec:
     if not isinstance(raw, dict):
         v.err("scheduler", "must be a mapping like {tau: 0.3, on_late: shed}")
         return SchedulerSpec()
-    v.keys(raw, "scheduler", {"tau", "on_late", "max_awake_per_gpu"})
+    v.keys(raw, "scheduler", {"tau", "on_late", "max_awake_per_gpu", "wake_room_s"})
     tau = v.number(raw, "tau", "scheduler", minimum=0)
     on_late = v.one_of(raw.get("on_late", "shed"), "scheduler.on_late", ON_LATE, "shed")
     awake = v.number(raw, "max_awake_per_gpu", "scheduler", minimum=1, integer=True)
+    room = v.number(raw, "wake_room_s", "scheduler", minimum=0)
     return SchedulerSpec(
-        tau if tau is not None else SchedulerSpec.tau, on_late, int(awake) if awake is not None else None
+        tau if tau is not None else SchedulerSpec.tau,
+        on_late,
+        int(awake) if awake is not None else None,
+        room if room is not None else SchedulerSpec.wake_room_s,
     )
 
 

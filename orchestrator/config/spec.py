@@ -177,6 +177,13 @@ class SchedulerSpec:
     # Swap-on-demand (mode full only): at most this many models awake per GPU; waking another
     # parks the least recently active first, as llama-swap does. None = no limit (chimera).
     max_awake_per_gpu: int | None = None
+    # A wake waits at most this long for its weights to fit beside what its GPUs' neighbours
+    # hold (control/plans.py WakeGate); then its plan is abandoned and re-planned. 0: wake at
+    # once. Why 30 s: a lowered limit drains a busy neighbour's pages in about one request
+    # lifetime (a 512-token answer at 30 ms a token: 15 s; cumem-shim.md, the quarantine), an
+    # idle one's at once, an idle prefix cache is flushed at most every 10 s (kv/ledger.py
+    # FLUSH_EVERY_S); and a re-plan keeps most of the default 300 s hold timeout.
+    wake_room_s: float = 30.0
 
 
 @dataclass(frozen=True)

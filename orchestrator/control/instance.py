@@ -91,7 +91,8 @@ class Instance:
         if new in (S.STOPPED, S.FAILED, S.PENDING, S.BACKOFF):  # a parked instance keeps its address
             self.endpoint = None
 
-    def view(self) -> InstanceView:
+    def view(self, wake_due: bool = False) -> InstanceView:
+        """``wake_due``: the plan executor's (plans.Plans.wake_due), which this record does not keep."""
         return InstanceView(
             id=self.id,
             model=self.spec.model.name,
@@ -100,4 +101,5 @@ class Instance:
             base_url=self.endpoint.base_url if self.endpoint else None,
             error=self.error,
             draining=self.draining,
+            wake_due=wake_due,
         )

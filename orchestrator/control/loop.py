@@ -42,7 +42,7 @@ from orchestrator.control.events import (
 from orchestrator.control.holds import Holds, retry_after
 from orchestrator.control.instance import Instance
 from orchestrator.control.liveness import Liveness
-from orchestrator.control.plans import Plans
+from orchestrator.control.plans import Plans, PlanServer, RoomView, WakeGate
 from orchestrator.control.scheduler import cluster_view
 from orchestrator.deployment import Deployment
 from orchestrator.errors import EngineUnavailable
@@ -84,12 +84,17 @@ class ControlLoop:
             pend=lambda i: self._set(i, S.PENDING, self._clock()),
             serve=self._serve_model,
             moved=self._moved,
+            gate=WakeGate(self._room, clock, config.scheduler.wake_room_s, self._waited_for_room),
         )
+        # the KV ledger's answer to "do this server's weights fit beside its neighbours now"
+        # (app.py wires the KV runner's ``room``; None: no ledger, wakes go at once)
+        self.room: Callable[[str], RoomView | None] | None = None
         self._due = True  # the global scheduler decides at the next _decide
         self._blocked: dict[str, str] = {}  # model -> why it cannot be activated (logged once)
         self._restart_timer: asyncio.TimerHandle | None = None  # posts a Tick when a backoff ends
         self._liveness = Liveness(config.liveness, effects)  # hung engines: probe, then kill
-        self._shown_drain: dict[str, str | None] = {}  # the drain each instance's last view showed
+        # the drain and wake_due each instance's last published view showed
+        self._shown: dict[str, tuple[str | None, bool]] = {}
 
     # ---- Router (called by the proxy, on the same event loop) -------------------------------
 
@@ -102,13 +107,13 @@ class ControlLoop:
     def models(self) -> list[ModelView]:
         out = []
         for m in self.config.models:
-            views = tuple(i.view() for i in self._instances.values() if i.spec.model is m)
+            views = tuple(self._view(i) for i in self._instances.values() if i.spec.model is m)
             best = min((v.state for v in views), key=_STATE_RANK.index, default=S.STOPPED)
             out.append(ModelView(spec=m, state=best, instances=views))
         return out
 
     def instances(self) -> list[InstanceView]:
-        return [i.view() for i in self._instances.values()]
+        return [self._view(i) for i in self._instances.values()]
 
     async def acquire(self, model: ModelSpec, timeout_s: float) -> Endpoint:
         fut: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
@@ -183,7 +188,7 @@ class ControlLoop:
         for inst in self._instances.values():
             if inst.state is not S.STOPPED:
                 inst.to(S.STOPPED, now)
-                self._fx.state_changed(inst.view())
+                self._fx.state_changed(self._view(inst))
 
     # ---- applying events (only run() reaches these) -------------------------------------
 
@@ -221,7 +226,7 @@ class ControlLoop:
             self._demand.active(model.name, now)
         elif isinstance(ev, Relocated):
             inst.moved_to = ev.gpus if ev.gpus != inst.spec.gpus else None
-            self._fx.state_changed(inst.view())
+            self._fx.state_changed(self._view(inst))
         elif isinstance(ev, Started) and inst.state is S.STARTING:
             inst.endpoint, inst.error, inst.last_used = ev.endpoint, None, now
             self._holds.measured(model.name, "start", ev.seconds)
@@ -411,6 +416,12 @@ class ControlLoop:
         self._set(inst, S.WAKING, self._clock())
         self._fx.wake(inst.spec)
 
+    def _room(self, iid: str) -> RoomView | None:
+        return self.room(iid) if self.room is not None else None
+
+    def _waited_for_room(self, srv: PlanServer, seconds: float, outcome: str) -> None:
+        self._fx.observe("wake_room_wait_seconds", srv.model_name, seconds, outcome)
+
     def _moved(self, model: str) -> None:
         self._demand.moved(model, self._clock())
 
@@ -445,15 +456,22 @@ class ControlLoop:
         inst.to(state, now)
         self._publish(inst)
 
+    def _view(self, inst: Instance) -> InstanceView:
+        return inst.view(wake_due=inst.id in self._plans.wake_due)
+
     def _publish(self, inst: Instance) -> None:
-        self._shown_drain[inst.id] = inst.draining
-        self._fx.state_changed(inst.view())
+        view = self._view(inst)
+        self._shown[inst.id] = (view.draining, view.wake_due)
+        self._fx.state_changed(view)
 
     def _publish_drains(self) -> None:
-        """A plan's drain starting or ending (plans.py sets ``draining``) changes the view but
-        not the state: publish it too, once, unless a state change published it already."""
+        """A plan's drain or its wake's wait for room starting or ending (plans.py sets
+        ``draining``, lists ``wake_due``) changes the view but not the state: publish it too,
+        once, unless a state change published it already (the KV runner, an observer, re-splits
+        at once: a wake that waits for room counts its weights)."""
+        due = self._plans.wake_due
         for inst in self._instances.values():
-            if inst.draining != self._shown_drain.get(inst.id):
+            if (inst.draining, inst.id in due) != self._shown.get(inst.id, (None, False)):
                 self._publish(inst)
 
     def _serve_held(self, model: ModelSpec) -> None:

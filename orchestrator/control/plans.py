@@ -9,6 +9,12 @@ live. Owned by its caller's single task; not thread-safe.
 Claims: from ``adopt`` on, an action's victims drain (``draining`` set: awake, taking no new
 request, parked once nothing is in flight) and its wake target is reserved (``claimed``);
 ``policy_state`` shows both to the policies as the states they lead to.
+
+Wake gate (optional, ``WakeGate``; the live loop passes one, the simulator none): a wake whose
+turn has come is issued only once the server's weights fit beside what its GPUs' neighbours
+hold now (the KV ledger's ``room``); meanwhile the server is listed in ``wake_due`` (the ledger
+counts its weights, so the neighbours shrink), and past the gate's bound the plan is abandoned
+(policy/wake_room.py says why abandon, not force).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from orchestrator.policy import wake_room
 from orchestrator.policy.placement.cluster import (
     Action,
     IdlePark,
@@ -59,6 +66,27 @@ class PlanServer(Protocol):
 T = TypeVar("T", bound=PlanServer)
 
 
+class RoomView(Protocol):
+    """The KV ledger's answer (kv/room.py ``Room``): how short a server's wake is of memory."""
+
+    @property
+    def short_bytes(self) -> int: ...
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class WakeGate:
+    """Holds a wake until its server's weights fit. ``room(server_id)``: the ledger's view (None:
+    none, wake at once); ``clock``: the caller's; ``wait_s``: the bound (``scheduler.wake_room_s``,
+    0: no wait); ``waited(server, seconds, outcome)``: after a wait ended, outcome ``fit`` or
+    ``timeout`` (metrics)."""
+
+    room: Callable[[str], RoomView | None]
+    clock: Callable[[], float]
+    wait_s: float
+    waited: Callable[[PlanServer, float, str], None] | None = None
+
+
 def policy_state(server: PlanServer) -> InstanceState:
     """The state a policy sees: the plans' claims included."""
     if server.state is S.AWAKE and server.draining is not None:
@@ -77,6 +105,7 @@ class Plan:
     action: Action
     steps: deque[Step] = field(default_factory=deque)
     issued: str | None = None  # the server whose park/wake/start this plan issued last
+    waiting: tuple[str, float] | None = None  # (server, since when) its due wake waits for room
 
     @classmethod
     def of(cls, action: Action) -> Plan:
@@ -105,7 +134,7 @@ class Plans(Generic[T]):
     a decision); the callables are the caller's own operations: ``park(server, reason)`` (awake,
     nothing in flight), ``wake(server)`` (parked), ``pend(server)`` (queue a stopped server for
     start-up), ``serve(model)`` (hand held requests out), ``moved(model)`` (a migration's
-    traffic moved)."""
+    traffic moved); ``gate``: the wake gate (None: wake as soon as the steps before are done)."""
 
     def __init__(
         self,
@@ -115,11 +144,19 @@ class Plans(Generic[T]):
         pend: Callable[[T], None],
         serve: Callable[[str], None],
         moved: Callable[[str], None],
+        gate: WakeGate | None = None,
     ) -> None:
         self._servers = servers
         self._park, self._wake, self._pend = park, wake, pend
         self._serve, self._moved = serve, moved
+        self._gate = gate
         self.active: list[Plan] = []
+
+    @property
+    def wake_due(self) -> frozenset[str]:
+        """Servers whose wake is next in its plan and waits for room (``WakeGate``)."""
+        due = (p.waiting[0] for p in self.active if p.waiting is not None)
+        return frozenset(iid for iid in due if (srv := self._servers.get(iid)) is not None and srv.state is S.PARKED)
 
     def adopt(self, action: Action) -> Plan:
         """Take an action on: from now on its victims drain (no new requests) and its wake
@@ -206,6 +243,10 @@ class Plans(Generic[T]):
         if srv.state is S.PARKED and isinstance(st, Wake):
             if plan.issued == srv.id:
                 return f"{srv.id} parked again before it served", False
+            if self._gate is not None:
+                why, wait = self._room(plan, srv, self._gate)
+                if why is not None or wait:
+                    return why, wait
             plan.issued = srv.id
             self._wake(srv)
             return None, True
@@ -216,6 +257,31 @@ class Plans(Generic[T]):
         if srv.state in (S.WAKING, S.PARKING, S.PENDING, S.STARTING, S.BACKOFF):
             return None, True
         return f"{srv.id} is {srv.state}" + (f": {srv.error}" if srv.error else ""), False
+
+    def _room(self, plan: Plan, srv: T, gate: WakeGate) -> tuple[str | None, bool]:
+        """The wake gate: (None, False) to wake now, (None, True) to wait, (why, False) to give
+        up (policy/wake_room.py). The first ask lists the server in ``wake_due``."""
+        now = gate.clock()
+        since = plan.waiting[1] if plan.waiting is not None else now
+        room = gate.room(srv.id)
+        verdict = wake_room.decide(room.short_bytes if room is not None else None, since, now, gate.wait_s)
+        if verdict == "wait":
+            if plan.waiting is None:
+                assert room is not None
+                plan.waiting = (srv.id, now)
+                log.info("%s: wake waits for %s", srv.id, room.describe())
+            return None, True
+        waited, plan.waiting = plan.waiting is not None, None
+        if verdict == "abandon":
+            assert room is not None
+            if gate.waited is not None:
+                gate.waited(srv, now - since, "timeout")
+            return f"no room for the wake of {srv.id} after {now - since:.1f} s: short of {room.describe()}", False
+        if waited:
+            log.info("%s: room for its wake after %.1f s", srv.id, now - since)
+            if gate.waited is not None:
+                gate.waited(srv, now - since, "fit")
+        return None, False
 
     def _target(self, st: Park | Wake | Start) -> T | None:
         if isinstance(st, Start):

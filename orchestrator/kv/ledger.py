@@ -12,6 +12,11 @@ more than the hysteresis. An instance that stops being resident gets limit 0 onc
 unmaps everything but its first block). An idle instance that holds more than its limit (its
 prefix cache keeps pages mapped) is asked to flush its cache: SGLang frees cached tokens only
 when it needs room, and an idle server never does.
+
+A parked instance whose wake is due (``KVInstance.wake_due``: the plan executor holds the wake
+until its weights fit) counts as holding its weights, so its GPUs' budgets shrink and its
+neighbours are asked to give pages back before the wake; ``room`` answers whether they have
+(kv/room.py).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field, replace
 
 from cumem_shim.types import Status
 from orchestrator.kv.demand import need_bytes
+from orchestrator.kv.room import Hold, Room, room
 from orchestrator.kv.split import Member, changed, grow_order, phase, split
 from orchestrator.perf.cost import ACTIVATION_BYTES
 from orchestrator.types import LoadSample
@@ -51,6 +57,9 @@ class KVInstance:
     # ``resident``
     holds_weights: bool | None = None
     awake: bool = False  # up and serving (not starting, waking or parking): its footprint counts
+    # parked, and a plan's wake of it waits for room on its GPUs (control/plans.py): counted as
+    # holding its weights (set ``holds_weights`` too) so its neighbours shrink before the wake
+    wake_due: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,10 +104,13 @@ def non_kv_bytes(
     measured = measured or {}
     out: dict[int, int] = {}
     for i in instances:
-        full = i.resident if i.holds_weights is None else i.holds_weights
-        held = measured.get((i.id, i.gpu), i.awake_bytes) if full else i.parked_bytes
-        out[i.gpu] = out.get(i.gpu, 0) + held
+        out[i.gpu] = out.get(i.gpu, 0) + _non_kv(i, measured)
     return out
+
+
+def _non_kv(i: KVInstance, measured: Mapping[tuple[str, int], int]) -> int:
+    full = i.resident if i.holds_weights is None else i.holds_weights
+    return measured.get((i.id, i.gpu), i.awake_bytes) if full else i.parked_bytes
 
 
 @dataclass
@@ -132,6 +144,16 @@ class Ledger:
     # awake figure in the budget. A measurement drifts by the pages mapped between the shim's
     # status and the reading; read status first, so that drift only overstates.
     peaks: dict[tuple[str, int], int] = field(default_factory=dict)
+    # the last plan's instances and the pages each shim last said it mapped: ``room`` answers
+    # from them (and the limits in force) between two plans
+    last: tuple[KVInstance, ...] = ()
+    mapped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def waking(self) -> frozenset[str]:
+        """Instances of the last plan whose wake waits for room: the runner plans again soon,
+        as for a deferred grow, so the wake follows its neighbours' pages as they free."""
+        return frozenset(i.id for i in self.last if i.wake_due)
 
     @property
     def measured(self) -> dict[tuple[str, int], int]:
@@ -148,6 +170,10 @@ class Ledger:
         apply a limit together: cumem_shim/ranks.py). What that leaves unused on its other GPUs
         is split again among their other instances (``GROUP_ROUNDS``)."""
         self._measure(instances, seen)
+        self.last = tuple(instances)
+        for iid, obs in seen.items():
+            if obs.status is not None:
+                self.mapped[iid] = obs.status.mapped_bytes
         non_kv = non_kv_bytes(instances, self.measured)
         out: list[Action] = []
         members: dict[str, Member] = {}
@@ -256,12 +282,15 @@ class Ledger:
             for i in ids
         ]
         block = {m.id: m.block for m in here}
+        exact = split(budget, here).limits
         targets = {
             iid: t
             if changed(t, current[iid], block[iid], self.hysteresis) or self.known[iid].limit is None
             else current[iid]
-            for iid, t in split(budget, here).limits.items()
+            for iid, t in exact.items()
         }
+        if sum(targets.values()) > budget:  # hysteresis never keeps a GPU over its budget (a wake
+            targets = exact  # waits for room: a shrink of 4 % left unsent would hold it for good)
         targets = {iid: min(t, pinned.get(iid, t)) for iid, t in targets.items()}
         for iid, t in targets.items():
             wanted[iid] = min(t, wanted.get(iid, t))
@@ -288,13 +317,52 @@ class Ledger:
         known.revision += 1
         return SetLimit(iid, limit, known.revision)
 
-    def accepted(self, iid: str, limit: int, revision: int) -> None:
-        """The shim took (or kept) this limit: record it as in force."""
+    def accepted(self, iid: str, limit: int, revision: int, mapped: int | None = None) -> None:
+        """The shim took (or kept) this limit: record it as in force, and the pages its reply
+        says it holds after applying it (``mapped``; a shrink unmaps free blocks at once), which
+        ``room`` counts until the next status."""
         known = self.known.setdefault(iid, _Known())
         known.limit, known.revision = limit, max(known.revision, revision)
+        if mapped is not None:
+            self.mapped[iid] = mapped
+
+    def room(self, iid: str) -> Room | None:
+        """Whether ``iid``'s weights fit on each of its GPUs now beside what the others hold
+        there (kv/room.py), from the last plan's instances, the pages each shim last mapped and
+        the limits in force. None when the last plan did not have it.
+
+        Another wake waiting on the same GPU counts as holding its weights only if its id sorts
+        first: two waits never both go into room for one, and never wait for each other."""
+        mine = [i for i in self.last if i.id == iid]
+        if not mine:
+            return None
+        measured = self.measured
+        need, own, others = {}, {}, {}
+        for t in mine:
+            g = t.gpu
+            need[g] = measured.get((iid, g), t.awake_bytes) - t.parked_bytes
+            own[g] = t.parked_bytes + self.mapped.get(iid, 0)
+            holds = []
+            for i in self.last:
+                if i.gpu != g or i.id == iid:
+                    continue
+                waits_after = i.wake_due and i.id > iid
+                non_kv = i.parked_bytes if waits_after else _non_kv(i, measured)
+                holds.append(Hold(i.id, non_kv + self._kv_held(i)))
+            others[g] = tuple(holds)
+        return room(iid, self.capacity, self.margin, need, own, others)
+
+    def _kv_held(self, i: KVInstance) -> int:
+        """KV pages ``i`` holds or may map at any moment: a resident one up to its limit in
+        force (an allocation, the shim's idle fill), any other what its shim last mapped."""
+        mapped = self.mapped.get(i.id, 0)
+        known = self.known.get(i.id)
+        limit = known.limit if known is not None and known.limit is not None else 0
+        return max(mapped, limit) if i.resident else mapped
 
     def forget(self, iid: str) -> None:
         """The instance stopped (its process and shim are gone): a new process is measured anew."""
         self.known.pop(iid, None)
+        self.mapped.pop(iid, None)
         for key in [k for k in self.peaks if k[0] == iid]:
             del self.peaks[key]

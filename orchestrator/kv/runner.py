@@ -1,5 +1,5 @@
 """The task that runs the KV ledger: every second (or at once after ``poke()``, e.g. when an
-instance wakes, parks or its queue jumps; every ``REGROW_S`` while a grow waits for a
+instance wakes, parks or its queue jumps; every ``REGROW_S`` while a grow or a wake waits for a
 neighbour's pages to free) it observes every instance — its latest ``/v1/loads``
 sample and the shim's ``status`` — asks the ledger for actions and performs them (``set_limit``
 over the shim channel, ``POST /flush_cache``). Runs only in the ``elastic`` and ``full`` modes
@@ -34,14 +34,16 @@ from cumem_shim.types import Status
 from orchestrator.kv.client import GroupClient, LimitReply, ShimProtocolError, ShimUnavailable
 from orchestrator.kv.demand import active_tokens
 from orchestrator.kv.ledger import Action, FlushCache, Footprint, KVInstance, Ledger, Observation
+from orchestrator.kv.room import Room
 from orchestrator.sglang.api import FLUSH_CACHE
 from orchestrator.types import LoadSample
 
 log = logging.getLogger("chimera.kv")
 PERIOD_S = 1.0
-# while the ledger holds a grow back for a neighbour's pages to free (Ledger.deferred), the
-# next step comes after one scrape round (control/scrape.py ROUND_S) instead of a period: a
-# burst held in the admission gate waits for its KV, and its TTFT SLO may be 1 s
+# while the ledger holds a grow back for a neighbour's pages to free (Ledger.deferred), or a
+# wake waits for room (Ledger.waking), the next step comes after one scrape round
+# (control/scrape.py ROUND_S) instead of a period: a burst held in the admission gate waits for
+# its KV, and its TTFT SLO may be 1 s
 REGROW_S = 0.25
 MAX_SAMPLE_AGE_S = 2.5  # two scrape rounds (control/scrape.py ROUND_S); app.py passes it
 # An awake instance's footprint is read this often: it grows only with the allocator's reserve
@@ -160,6 +162,10 @@ class KVRunner:
         # gate's ``held_kv_tokens``, wired by the app); demand the engine cannot show yet
         self.held: Callable[[], Mapping[str, int]] = dict
         self.failures: dict[str, int] = {}  # consecutive failed set_limit calls per instance
+        # called after a step that left a waiting wake room for its weights (app.py: a Tick to
+        # the control loop, whose plan executor then wakes it at once instead of at its next
+        # tick); None: nobody is told
+        self.room_freed: Callable[[], None] | None = None
 
     def observe(self, sample: LoadSample) -> None:
         """The scraper's sink: keep the latest sample (read at the next step). The first one
@@ -192,12 +198,18 @@ class KVRunner:
         """Re-split now (an instance woke, parked, started or its queue jumped)."""
         self._poked.set()
 
+    def room(self, iid: str) -> Room | None:
+        """Whether ``iid``'s weights fit beside its neighbours' holdings now (the plan
+        executor's wake gate, control/plans.py): the ledger's answer from its last round."""
+        return self.ledger.room(iid)
+
     async def run(self) -> None:
         """Until cancelled (the app's lifespan owns the task)."""
         while True:
             await self.step()
             try:
-                async with asyncio.timeout(self.regrow_s if self.ledger.deferred else self.period_s):
+                soon = self.ledger.deferred or self.ledger.waking
+                async with asyncio.timeout(self.regrow_s if soon else self.period_s):
                     await self._poked.wait()
             except TimeoutError:
                 pass
@@ -238,7 +250,13 @@ class KVRunner:
         # order does not matter: a grow was sized on memory free while the shrinking
         # instances still hold every page they have mapped (split.phase)
         await asyncio.gather(*(self._do(a) for a in actions))
+        if self.room_freed is not None and any(self._fits(iid) for iid in self.ledger.waking):
+            self.room_freed()
         return actions
+
+    def _fits(self, iid: str) -> bool:
+        room = self.ledger.room(iid)
+        return room is not None and room.short_bytes == 0
 
     async def _footprints(
         self, insts: Sequence[KVInstance], statuses: Sequence[Status | None], now: float
@@ -281,4 +299,4 @@ class KVRunner:
             return
         self.failures.pop(action.instance, None)
         self._statuses[action.instance] = reply.status  # the limit now in force (requests_view)
-        self.ledger.accepted(action.instance, reply.accepted_bytes, reply.accepted_revision)
+        self.ledger.accepted(action.instance, reply.accepted_bytes, reply.accepted_revision, reply.status.mapped_bytes)

@@ -45,8 +45,10 @@ def kv_instances(views: Iterable[InstanceView], deployment: Deployment) -> list[
                     ceiling_bytes=facts.ceiling_bytes,
                     priority=model.priority,
                     resident=v.state in RESIDENT,
-                    holds_weights=v.state in HOLDS_WEIGHTS,
+                    # a wake waiting for room counts its weights: its neighbours shrink first
+                    holds_weights=v.state in HOLDS_WEIGHTS or v.wake_due,
                     awake=v.state is InstanceState.AWAKE,
+                    wake_due=v.wake_due,
                 )
             )
     return out

@@ -150,6 +150,14 @@ class ChimeraMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.wake_room_wait = Histogram(
+            "chimera_wake_room_wait_seconds",
+            "Waits of a due wake for its weights to fit beside what its GPUs' neighbours hold "
+            "(their KV pages), by outcome: fit (then woken) or timeout (its plan abandoned)",
+            ["model", "outcome"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.park_seconds = Histogram(
             "chimera_park_seconds",
             "Park of an instance: pause, drain, release and the memory check",
@@ -293,6 +301,8 @@ class ChimeraMetrics:
             self.wake_seconds.labels(model).observe(value)
         elif kind == "park_seconds":
             self.park_seconds.labels(model).observe(value)
+        elif kind == "wake_room_wait_seconds":  # label: the outcome, fit or timeout
+            self.wake_room_wait.labels(model, label).observe(value)
         elif kind == "parks":
             self.parks.labels(model, label).inc(value)
         elif kind == "park_failures":

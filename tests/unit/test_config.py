@@ -231,3 +231,11 @@ def test_more_models_awake_at_up_than_max_awake_per_gpu_is_rejected() -> None:
     }
     (problem,) = _problems(raw)
     assert "GPU 0: 2 models start awake (a, b) but scheduler.max_awake_per_gpu is 1" in problem
+
+
+def test_wake_room_s_is_parsed_with_its_default_and_bound() -> None:
+    one = {"models": [{"name": "a", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0]}]}]}
+    assert parse_config(one).scheduler.wake_room_s == 30.0
+    assert parse_config({**one, "scheduler": {"wake_room_s": 0}}).scheduler.wake_room_s == 0.0
+    probs = _problems({**one, "scheduler": {"wake_room_s": -1}})
+    assert any("scheduler.wake_room_s: must be a number >= 0" in p for p in probs)

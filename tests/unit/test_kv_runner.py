@@ -386,3 +386,28 @@ async def test_the_schedulers_view_counts_the_requests_tokens_not_what_the_limit
     assert view.used_tokens == 3_000 and view.capacity_tokens == raw.capacity_tokens
     runner.forget("a")
     assert runner.requests_view(raw) == raw
+
+
+async def test_a_step_that_leaves_a_waiting_wake_room_says_so_at_once() -> None:
+    """The control loop's plan executor re-checks a waiting wake when told (``room_freed``), not
+    only at its next tick: told after the step whose shrink made room, and only then."""
+    shims = {"a": SimulatedShim(), "t": SimulatedShim()}
+    awake = KVInstance("a", 0, TOKEN, 16 * GIB, 2 * GIB, awake=True)
+    parked = KVInstance("t", 0, TOKEN, 16 * GIB, 2 * GIB, resident=False)
+    insts = [awake, parked]
+    told: list[int] = []
+    runner = KVRunner(Ledger({0: 40 * GIB}), FakeEffects(shims), lambda: insts, clock=lambda: 0.0)
+    runner.room_freed = lambda: told.append(len(told))
+    shims["a"].waiting_tokens = 150_000  # a fills most of the GPU, then its requests end
+    for _ in range(3):
+        await scraped_step(runner, shims)
+        shims["a"].serve(shims["a"].waiting_tokens)
+    shims["a"].finish(150_000)
+    assert shims["a"].dev.mapped_bytes > 18 * GIB  # its pages stay mapped: t's weights do not fit
+    await scraped_step(runner, shims)
+    assert told == []  # nobody waits
+    insts[1] = replace(parked, holds_weights=True, wake_due=True)
+    await scraped_step(runner, shims)  # t's weights count: a shrinks, its free pages unmap
+    room = runner.room("t")
+    assert room is not None and room.short_bytes == 0
+    assert told == [0]

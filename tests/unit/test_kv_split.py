@@ -191,7 +191,7 @@ def test_pure_modules_import_no_clock_or_io() -> None:
         "torch",
         "cuda",
     }
-    for name in ("split.py", "demand.py", "ledger.py"):
+    for name in ("split.py", "demand.py", "ledger.py", "room.py"):
         tree = ast.parse((Path(__file__).parents[2] / "orchestrator" / "kv" / name).read_text())
         for node in ast.walk(tree):
             mods = (

@@ -5,6 +5,7 @@ get the shim, their ceilings and start-up limits: tests/unit/test_deployment.py.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -137,3 +138,16 @@ def test_a_tp_sim_server_sizes_its_pool_by_the_virtual_range_of_each_gpu() -> No
     tokens = int(spec.argv[spec.argv.index("--max-total-tokens") + 1])
     assert tokens == facts.ceiling_bytes // facts.cost.kv_bytes_per_token
     assert facts.ceiling_bytes - facts.cost.kv_bytes_per_token < tokens * facts.cost.kv_bytes_per_token
+
+
+def test_a_wake_that_waits_for_room_counts_its_weights() -> None:
+    """Parked with its wake due (control/plans.py WakeGate): no KV of its own yet (limit 0), but
+    its weights count, so the ledger shrinks its neighbours before the wake."""
+    cfg = config({"gpus": [0]}, mode="full")
+    dep = derive(cfg)
+    small = cfg.instances[0]
+    parked = view(small.id, (0,), InstanceState.PARKED)
+    (k,) = kv_instances([parked], dep)
+    assert not k.resident and not k.holds_weights and not k.wake_due
+    (due,) = kv_instances([replace(parked, wake_due=True)], dep)
+    assert not due.resident and due.holds_weights and due.wake_due
