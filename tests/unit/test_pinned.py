@@ -254,7 +254,9 @@ async def test_what_a_dead_holder_held_is_staged_again(tmp_path: Path) -> None:
     holdings = Holdings(cfg.pools)
     holder = PinnedHolder(tmp_path / "h.sock", tmp_path / "h.log", {}, argv=FAKE)
     cache = PinnedCache(holder)
-    stager = Stager(cfg.pools, {"p": (a,)}, holdings, pinned=cache)
+    # the stager's clock is the one the popularity was bumped on: on time.monotonic, hours of
+    # uptime decay a bump at 0 to nothing, and nothing would be staged
+    stager = Stager(cfg.pools, {"p": (a,)}, holdings, pinned=cache, clock=lambda: 1.0)
     try:
         holdings.bump("p", a, 0.0)
         stager.poke("p")
