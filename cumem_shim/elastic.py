@@ -1,8 +1,8 @@
 """``ElasticKV``: one KV pool's virtual range, its mapped blocks, and its limit.
 
 Threads: the control-channel thread calls only ``set_limit`` and ``status`` (thread-safe);
-the map-ahead worker (below) only prepares and discards blocks; everything else runs on the
-SGLang scheduler thread, from the allocator hooks:
+the map-ahead worker (mapahead.py) only prepares and discards blocks; everything else runs on
+the SGLang scheduler thread, from the allocator hooks:
 
 - ``available()`` before SGLang decides what fits (its ``available_size``): applies a new
   limit, drains what is above it (below), and answers how many units SGLang may still
@@ -25,22 +25,13 @@ so held units are free, never used; ``available()`` never answers more than the 
 while there are victims (the victims are chosen so that it need not: the kept blocks hold the
 limit's and the drain's units).
 
-Map-ahead (``map_ahead_blocks`` > 0): mapping one block costs ~2.5 ms for Llama-3.1-8B (64
-pages of 2 MiB, H100), which ``ensure`` would pay inside a prefill. A daemon thread keeps up to
-``map_ahead_blocks`` of the lowest unmapped blocks *prepared* (mapped, access set, not in
-SGLang's free list, which only the scheduler thread touches); they count against the limit and
-in ``mapped_bytes``, and when the limit drops the excess goes back to the worker to unmap. The
-worker starts at the first ``ensure`` (no driver call from another thread while SGLang captures
-CUDA graphs) and wakes when ``ensure`` runs or the limit changes. Shared state (``mapped``, the
-prepared and discarded blocks, the cap) changes only under ``_cond``; driver calls run outside
-it. ``stats`` (stats.py) counts what allocations adopted, mapped themselves or waited for.
-
-Idle fill (``idle_fill_s`` > 0): once no allocation has come for that long, the worker keeps
-preparing, a block at a time, up to the whole limit, and stops at the next allocation. A map
-beside running kernels slows them (the driver's page-table work under a prefill: measured in
-bench/shim/overhead.py), so a server that sits idle between bursts grows its pool while nothing
-runs. The pool holds no more than its limit either way, and the prefix cache of a busy server
-fills it to the limit in time; the prepared blocks go back to the worker when the limit falls.
+Map-ahead (``map_ahead_blocks`` > 0) and idle fill (``idle_fill_s`` > 0): the pool owns a
+``MapAhead`` (mapahead.py), whose thread keeps the next blocks *prepared* (mapped, not in
+SGLang's free list) for ``ensure`` to adopt; they count against the limit and in
+``mapped_bytes``, and a lower limit hands them back to it to unmap. State shared with the worker
+(``mapped``, the handles, the status, and the worker's prepared and discarded blocks and cap)
+changes only under ``_cond``; driver calls run outside it (``create``, ``destroy``: either
+thread). ``stats`` (stats.py) counts what allocations adopted, mapped themselves or waited for.
 
 Addresses never move (CUDA graphs bake them in): the range is reserved once, blocks are mapped
 and unmapped in place, block 0 (SGLang's padding slot) stays mapped until ``close``. Before
@@ -55,20 +46,16 @@ import threading
 import time
 from collections.abc import Callable
 
-from cumem_shim.errors import DriverError, ShimError
 from cumem_shim.limit import Accepted, LimitBox, drain
+from cumem_shim.mapahead import MapAhead
 from cumem_shim.maptrace import MapTrace
 from cumem_shim.pages import KVLayout, Run
 from cumem_shim.quarantine import choose
 from cumem_shim.stats import MapStats, ShrinkStats
-from cumem_shim.types import Driver, FreeList, Handle, Status
+from cumem_shim.types import Driver, FreeList, Handle, Handles, Status
 
 log = logging.getLogger("cumem_shim")
 RECLAIM_PATIENCE = 64
-WORKER_POLL_S = 1.0  # how often a scheduler waiting on the worker checks that it is alive
-CLOSE_TIMEOUT_S = 30.0  # a worker still in a driver call after this is reported, not waited for
-
-Handles = dict[tuple[int, int], Handle]  # (buffer, block) -> physical handle
 
 
 class ElasticKV:
@@ -86,12 +73,17 @@ class ElasticKV:
         trace: MapTrace | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if map_ahead_blocks < 0:
-            raise ValueError(f"map_ahead_blocks={map_ahead_blocks} must be >= 0")
-        if not idle_fill_s >= 0:
-            raise ValueError(f"idle_fill_s={idle_fill_s} must be >= 0")
-        self.idle_fill_s, self.trace, self._clock = idle_fill_s, trace, clock
-        self._last_alloc = clock()  # the last ensure(): written by the scheduler, read by the worker
+        # the pool's lock, shared with the worker; not re-entrant: MapAhead._give_back releases it
+        self._cond = threading.Condition(threading.Lock())
+        self._worker = MapAhead(
+            self,
+            self._cond,
+            map_ahead_blocks,
+            idle_fill_s=idle_fill_s,
+            cap=layout.blocks_for_limit(limit_bytes),  # blocks mapped + prepared may reach
+            clock=clock,
+        )
+        self.trace, self._clock = trace, clock
         self.layout, self.driver, self.device = layout, driver, device
         self.box = LimitBox(limit_bytes)
         # TP > 1 (ranks.py): the channel's box only collects; the scheduler applies what every
@@ -117,27 +109,25 @@ class ElasticKV:
         self.shrink = ShrinkStats()  # quarantined, held back, unmapped
         self.over_limit_maps = 0  # blocks mapped past the limit to keep SGLang from failing
         self.maps = self.unmaps = 0  # blocks made available to SGLang / unmapped so far
-        # -- map-ahead: shared with the worker, under _cond --------------------------------
-        self.map_ahead = map_ahead_blocks
-        self._cond = threading.Condition(threading.Lock())  # not re-entrant: _give_back
-        self._prepared: dict[int, Handles] = {}  # ready for ensure() to adopt
-        self._discard: dict[int, Handles] = {}  # prepared, above the limit: worker unmaps
-        self._inflight: int | None = None  # the block the worker is preparing
-        self._destroying: int | None = None  # the discarded block the worker is unmapping
-        self._claimed: frozenset[int] = frozenset()  # blocks ensure() maps itself right now
-        self._wanted: int | None = None  # the in-flight block ensure() waits for: keep it
-        self._cap = layout.blocks_for_limit(limit_bytes)  # blocks mapped + prepared may reach
-        self._armed = self._stop = self._blocked = self._bound = False
-        self._failing = False  # the worker's last prepare failed (worker thread only)
-        self._worker_error: BaseException | None = None
         self.stats = MapStats()  # prepared, adopted, mapped or waited for in allocations
-        self.discards = 0  # prepared blocks given back unused (blocks)
         self._map([0])
         self._status = self._make_status(0)
-        self._worker: threading.Thread | None = None
-        if map_ahead_blocks:
-            self._worker = threading.Thread(target=self._run, name="cumem-shim-map-ahead", daemon=True)
-            self._worker.start()
+        self._worker.start()
+
+    @property
+    def map_ahead(self) -> int:
+        """Blocks the worker keeps prepared (0: no worker)."""
+        return self._worker.ahead
+
+    @property
+    def idle_fill_s(self) -> float:
+        """Idle seconds after which the worker prepares up to the limit (0: never)."""
+        return self._worker.idle_fill_s
+
+    @property
+    def discards(self) -> int:
+        """Prepared blocks given back unused (blocks)."""
+        return self._worker.discards
 
     # -- thread-safe API (control channel) ------------------------------------------------
     def set_limit(self, limit_bytes: int, revision: int) -> Accepted:
@@ -185,11 +175,7 @@ class ElasticKV:
         docstring): adopt prepared blocks, wait for the one the worker is preparing if it is
         needed, map the rest here."""
         assert self.freelist is not None
-        self._last_alloc = self._clock()
-        if self._worker is not None:
-            self._check_worker()
-            if not self._armed or self._blocked:  # unlocked reads: a hint, _wake locks
-                self._wake()
+        self._worker.allocating()
         self._observe(self.used_units())
         short = units - self.freelist.free_units()
         if short > 0 and self._victims:
@@ -201,24 +187,9 @@ class ElasticKV:
         if short <= 0:
             return
         with self._cond:
-            adopt, new, waits = [], [], []
-            for b in range(self.layout.num_blocks):
-                if short <= 0:
-                    break
-                if b in self.mapped:
-                    continue
-                if b in self._discard and b != self._destroying:
-                    self._prepared[b] = self._discard.pop(b)  # the limit rose again: keep it
-                if b in self._prepared:
-                    adopt.append(b)
-                elif b in (self._inflight, self._destroying):
-                    waits.append(b)  # the worker is on it: wait, then adopt or map it here
-                else:
-                    new.append(b)
-                short -= self.layout.block_capacity(b)
+            adopt, new, waits = self._worker.plan(short)
             self._adopt(adopt)
-            self._claimed = frozenset(new) | frozenset(b for b in waits if b != self._inflight)
-            self._wanted = self._inflight if self._inflight in waits else None
+            self._worker.claim(new, waits)
         past = max(0, len(self.mapped) + len(new) + len(waits) - self._allowed_blocks())
         if past:
             self.over_limit_maps += past
@@ -239,9 +210,7 @@ class ElasticKV:
                 ready.append(b)
             self.stats.grew(len(new), t1 - t0, len(waits), time.perf_counter() - t1)
         finally:
-            with self._cond:
-                self._claimed, self._wanted, self._blocked = frozenset(), None, False
-                self._cond.notify_all()
+            self._worker.allocated()
             if ready:
                 self.freelist.add(ready)
                 self.publish()
@@ -256,8 +225,7 @@ class ElasticKV:
             self.limit_bytes, self.revision = taken
             self._target = self.layout.units_for_blocks(self.layout.blocks_for_limit(taken[0]))
             self._reclaim_due = True
-        if self._worker is not None:
-            self._trim_prepared()
+        self._worker.trim(self.limit_bytes)
         if self.freelist is None:
             return
         used = self.used_units()
@@ -285,30 +253,14 @@ class ElasticKV:
     def settle(self, timeout: float) -> bool:
         """Wait until the worker has nothing left to do (tests, benchmarks); False on timeout.
         True at once without a worker."""
-        if self._worker is None:
-            return True
-        with self._cond:
-            return self._cond.wait_for(self._settled, timeout)
+        return self._worker.settle(timeout)
 
     def close(self) -> None:
         """Stop the worker, unmap everything and free the range (tests, benchmarks; SGLang
         never frees)."""
-        if self._worker is not None:
-            with self._cond:
-                self._stop = True
-                self._cond.notify_all()
-            self._worker.join(CLOSE_TIMEOUT_S)
-            if self._worker.is_alive():
-                raise ShimError(
-                    f"cumem_shim: the map-ahead worker did not stop within "
-                    f"{CLOSE_TIMEOUT_S:.0f} s (a CUDA driver call hangs); the KV "
-                    "range is left mapped"
-                )
-        with self._cond:
-            spare = {**self._prepared, **self._discard}
-            self._prepared, self._discard = {}, {}
-        for b, handles in sorted(spare.items()):
-            self._destroy([b], handles, "discard")
+        self._worker.stop()
+        for b, handles in sorted(self._worker.take_spare().items()):
+            self.destroy([b], handles, "discard")
         self.driver.synchronize()
         self._unmap(sorted(self.mapped))
         self.driver.free_address(self.base, self.layout.reserve_bytes)
@@ -317,26 +269,10 @@ class ElasticKV:
     def _allowed_blocks(self) -> int:
         return max(self.layout.blocks_for_limit(self.limit_bytes), self.layout.blocks_for_units(self._effective))
 
-    def _check_worker(self) -> None:
-        err = self._worker_error
-        if err is not None:
-            raise ShimError(
-                f"cumem_shim: the map-ahead worker stopped ({err!r}); restart the "
-                "server, or set CHIMERA_SHIM_MAP_AHEAD_BLOCKS=0 to map on the "
-                "scheduler thread only"
-            ) from err
-
-    def _wake(self) -> None:
-        """Arm the worker (the first allocation: CUDA graphs are captured by now) and let it
-        retry after a failure."""
-        with self._cond:
-            self._armed, self._blocked = True, False
-            self._cond.notify_all()
-
     def _adopt(self, blocks: list[int]) -> None:
         """Under _cond: prepared blocks become mapped (bookkeeping only, no driver call)."""
         for b in blocks:
-            self._handles.update(self._prepared.pop(b))
+            self._handles.update(self._worker.take(b))
         self.mapped.update(blocks)
         self._mapped_units += self.layout.capacity_of(blocks)
         self.maps += len(blocks)
@@ -347,25 +283,10 @@ class ElasticKV:
         so this is shorter than mapping it here) and adopt it, or to finish unmapping it and
         map it here; map it here too if preparing it failed."""
         with self._cond:
-            while block in (self._inflight, self._destroying) and self._worker_error is None:
-                self._cond.wait(WORKER_POLL_S)
-            if block in self._prepared:
+            if self._worker.await_block(block):
                 self._adopt([block])
                 return
-            self._claimed |= {block}
         self._map([block])
-
-    def _trim_prepared(self) -> None:
-        """Hand prepared blocks above the limit (highest first) to the worker to unmap, and
-        wake it when the limit lets it prepare more."""
-        with self._cond:
-            cap = self.layout.blocks_for_limit(self.limit_bytes)
-            excess = len(self.mapped) + len(self._prepared) - cap
-            for b in sorted(self._prepared, reverse=True)[: max(0, excess)]:
-                self._discard[b] = self._prepared.pop(b)
-            if cap != self._cap or excess > 0:
-                self._cap, self._blocked = cap, False
-                self._cond.notify_all()
 
     def _observe(self, used: int) -> None:
         """Count units freed since the last look (any fall in use: allocations happen inside
@@ -433,7 +354,7 @@ class ElasticKV:
         self.shrink.victims, self.shrink.held_units = len(self._victims), self.freelist.held_units()
 
     def _map(self, blocks: list[int]) -> None:
-        handles = self._create(blocks, "inline")
+        handles = self.create(blocks, "inline")
         with self._cond:
             self._handles.update(handles)
             self.mapped.update(blocks)
@@ -443,7 +364,7 @@ class ElasticKV:
     def _unmap(self, blocks: list[int]) -> None:
         with self._cond:
             handles = {key: self._handles.pop(key) for key in self._keys(blocks)}
-        self._destroy(blocks, handles, "unmap")
+        self.destroy(blocks, handles, "unmap")
         with self._cond:
             self.mapped.difference_update(blocks)
             self._mapped_units -= self.layout.capacity_of(blocks)
@@ -453,7 +374,7 @@ class ElasticKV:
     def _keys(self, blocks: list[int]) -> list[tuple[int, int]]:
         return [(run.buffer, run.first_block + k) for run in self.layout.plan(blocks) for k in range(run.count)]
 
-    def _create(self, blocks: list[int], what: str) -> Handles:
+    def create(self, blocks: list[int], what: str) -> Handles:
         """Create, map and open ``blocks`` in every buffer; on failure leave the range as it
         was and raise. ``what``: the trace's name for it."""
         done: list[tuple[Run, int, Handle, bool]] = []  # (run, k, handle, mapped)
@@ -475,7 +396,7 @@ class ElasticKV:
         self._traced(what, blocks, start)
         return {(run.buffer, run.first_block + k): h for run, k, h, _ in done}
 
-    def _destroy(self, blocks: list[int], handles: Handles, what: str) -> None:
+    def destroy(self, blocks: list[int], handles: Handles, what: str) -> None:
         start = self._clock()
         for run in self.layout.plan(blocks):
             for k in range(run.count):
@@ -489,126 +410,14 @@ class ElasticKV:
             for b in blocks:
                 self.trace.record(what, b, start, end)
 
-    # -- the map-ahead worker -------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            # no driver call before the first allocation: SGLang captures its CUDA graphs
-            # after creating the pool, and a call from another thread could break a capture
-            with self._cond:
-                while not (self._armed or self._stop):
-                    self._cond.wait()
-                if self._stop:
-                    return
-            self.driver.bind_thread()
-            with self._cond:
-                self._bound = True
-                self._cond.notify_all()
-            while self._step():
-                pass
-        except BaseException as exc:  # re-raised on the scheduler thread by ensure()
-            log.exception("cumem_shim: the map-ahead worker failed")
-            with self._cond:
-                self._worker_error, self._inflight, self._destroying = exc, None, None
-                self._cond.notify_all()
-
-    def _step(self) -> bool:
-        """One unit of work: unmap a discarded block, or prepare the next one. False: stop."""
-        with self._cond:
-            while True:
-                if self._stop:
-                    return False
-                if self._discard:
-                    first = min(self._discard)
-                    self._give_back(first, self._discard[first])
-                    return True
-                chosen = self._next_block()
-                if chosen is not None:
-                    block = self._inflight = chosen
-                    self._refresh_mapped_bytes()
-                    break
-                self._cond.wait(self._until_fill())
-        try:
-            handles = self._create([block], "prepare")
-        except DriverError as exc:  # out of memory, most likely: retry at the next wake-up
-            # logged once per run of failures: while the GPU stays full every allocation retries
-            (log.debug if self._failing else log.warning)(
-                "cumem_shim: map-ahead of block %d failed, mapping on demand until the next allocation: %s", block, exc
-            )
-            self._failing = True
-            with self._cond:
-                self._inflight, self._blocked = None, True
-                self._refresh_mapped_bytes()
-                self._cond.notify_all()
-            return True
-        self._failing = False
-        with self._cond:
-            self._inflight = None
-            self.stats.prepared += 1
-            held = len(self.mapped) + len(self._prepared) + 1
-            if self._stop or (block != self._wanted and held > self._cap):
-                self._discard[block] = handles  # the limit dropped meanwhile
-            else:
-                self._prepared[block] = handles
-            self._refresh_mapped_bytes()
-            self._cond.notify_all()
-        return True
-
-    def _give_back(self, block: int, handles: Handles) -> None:
-        """Entered and left under _cond (released meanwhile): unmap a discarded block. It
-        stays in _discard (counted as held, skipped by ensure) until it is gone."""
-        self._destroying = block
-        self._cond.release()
-        try:
-            self._destroy([block], handles, "discard")
-        finally:
-            self._cond.acquire()
-            self._destroying = None
-        del self._discard[block]
-        self.discards += 1
-        self._refresh_mapped_bytes()
-        self._cond.notify_all()
-
-    def _next_block(self) -> int | None:
-        """Under _cond: the lowest block to prepare, or None (not armed, enough prepared,
-        the limit reached, a failure waiting for a wake-up)."""
-        held = self._claimed_blocks()
-        ahead = self.layout.num_blocks if self._idle_for() >= self.idle_fill_s > 0 else self.map_ahead
-        if not self._armed or self._blocked or len(self._prepared) >= ahead or held >= self._cap:
-            return None
-        for b in range(self.layout.num_blocks):
-            if b not in self.mapped and b not in self._prepared and b not in self._discard and b not in self._claimed:
-                return b
-        return None
-
-    def _claimed_blocks(self) -> int:
-        """Under _cond: blocks mapped, prepared, being discarded or being mapped by ensure()."""
-        return len(self.mapped) + len(self._prepared) + len(self._discard) + len(self._claimed)
-
-    def _idle_for(self) -> float:
-        return self._clock() - self._last_alloc
-
-    def _until_fill(self) -> float | None:
-        """Under _cond: how long the idle worker may sleep before an idle fill is due (None:
-        until woken; no fill set, or nothing it could map)."""
-        if not self.idle_fill_s or not self._armed or self._blocked or self._claimed_blocks() >= self._cap:
-            return None
-        return max(0.01, self.idle_fill_s - self._idle_for())
-
-    def _settled(self) -> bool:
-        return (
-            self._worker_error is not None
-            or self._stop
-            or not self._armed
-            or (self._bound and self._inflight is None and not self._discard and self._next_block() is None)
-        )
-
     # -- status ---------------------------------------------------------------------------
     def _held_blocks(self) -> int:
         """Under _cond: blocks holding physical memory (mapped, prepared, being prepared or
         discarded)."""
-        return len(self.mapped) + len(self._prepared) + len(self._discard) + (self._inflight is not None)
+        return len(self.mapped) + self._worker.held()
 
-    def _refresh_mapped_bytes(self) -> None:
+    def refresh_mapped_bytes(self) -> None:
+        """Under _cond (either thread): ``status().mapped_bytes`` from the blocks held now."""
         self._status = self._status._replace(mapped_bytes=self._held_blocks() * self.layout.block_bytes)
 
     def _make_status(self, used_units: int) -> Status:

@@ -7,8 +7,9 @@ back from SGLang, victims given back, blocks unmapped (while tokens were in use:
 benchmarks, and a summary line of each goes to the server's log at most every ``LOG_EVERY_S``
 while it changes.
 
-Who calls: ``ElasticKV`` (scheduler thread) and the worker (``prepared``, under the pool's
-lock). Times come from ``time.perf_counter`` passed in by the caller.
+Who calls: ``ElasticKV`` (scheduler thread) and the map-ahead worker (mapahead.py:
+``prepared``, under the pool's lock). Times come from ``time.perf_counter`` passed in by the
+caller.
 """
 
 from __future__ import annotations

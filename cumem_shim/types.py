@@ -11,6 +11,7 @@ from typing import NamedTuple, Protocol
 # An opaque physical allocation handle (cuda-python's CUmemGenericAllocationHandle, an int in
 # the fake device).
 Handle = object
+Handles = dict[tuple[int, int], Handle]  # (buffer, block) -> physical handle
 
 
 class Driver(Protocol):

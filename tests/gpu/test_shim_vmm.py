@@ -233,7 +233,7 @@ def check_map_ahead(drv: Any) -> None:
         kv.ensure(0)  # arms the worker
         assert kv.settle(60), "the worker did not prepare in 60 s"
         res["prepare_2_blocks_ms"] = (time.perf_counter() - t0) * 1e3
-        assert sorted(kv._prepared) == [1, 2] and kv.mapped == {0}, (kv._prepared, kv.mapped)
+        assert sorted(kv._worker.prepared) == [1, 2] and kv.mapped == {0}, (kv._worker.prepared, kv.mapped)
         assert kv.status().mapped_bytes == 3 * lay.block_bytes
         assert rec.on("cumem-shim-map-ahead") == 2 * 3 * 64 + 1  # create+map+access, bind
         before = rec.on(me)
@@ -245,19 +245,19 @@ def check_map_ahead(drv: Any) -> None:
             t[lay.block_tokens : 3 * lay.block_tokens].fill_(i + 1)
         torch.cuda.synchronize()
         assert all(float(t[2 * lay.block_tokens + 1000, 7, 127]) == i + 1 for i, t in enumerate(tensors))
-        assert kv.settle(60) and sorted(kv._prepared) == [3, 4]
+        assert kv.settle(60) and sorted(kv._worker.prepared) == [3, 4]
         kv.set_limit(4 * lay.block_bytes, 1)
         kv.available()  # 3 mapped + 2 prepared > 4: block 4 goes back
-        assert kv.settle(60) and sorted(kv._prepared) == [3] and kv.discards == 1
+        assert kv.settle(60) and sorted(kv._worker.prepared) == [3] and kv.discards == 1
         kv.set_limit(16 * lay.block_bytes, 2)
         kv.available()
-        assert kv.settle(60) and sorted(kv._prepared) == [3, 4]
+        assert kv.settle(60) and sorted(kv._worker.prepared) == [3, 4]
         free.alloc(free.free_units())
         t0 = time.perf_counter()
         kv.ensure(3 * lay.block_units)  # adopt 3, 4; map 5 here
         res["adopt_2_map_1_ms"] = (time.perf_counter() - t0) * 1e3
         assert kv.mapped == {0, 1, 2, 3, 4, 5}
-        worker = kv._worker
+        worker = kv._worker.thread
     finally:
         kv.close()
     assert worker is not None and not worker.is_alive()

@@ -1,7 +1,7 @@
-"""The map-ahead worker's idle fill over the fake device, on a clock the test moves: nothing
-past map-ahead while allocations come, the whole limit once none has come for
-``idle_fill_s``, no further block once one comes again, no more than a lowered limit, and the
-map trace names every block the pool mapped. No test sleeps: the worker is awaited with
+"""The map-ahead worker's idle fill (cumem_shim.mapahead) over the fake device, on a clock the
+test moves: nothing past map-ahead while allocations come, the whole limit once none has come
+for ``idle_fill_s``, no further block once one comes again, no more than a lowered limit, and
+the map trace names every block the pool mapped. No test sleeps: the worker is awaited with
 ``settle`` (bounded)."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def idle(kv: ElasticKV, clock: Clock, seconds: float) -> None:
 
 
 def held(kv: ElasticKV) -> int:
-    return len(kv.mapped) + len(kv._prepared)
+    return len(kv.mapped) + len(kv._worker.prepared)
 
 
 def test_an_idle_pool_is_filled_to_its_limit_and_an_allocation_stops_the_fill() -> None:
@@ -100,7 +100,7 @@ def test_without_idle_fill_an_idle_pool_stays_at_map_ahead() -> None:
     kv.ensure(0)
     idle(kv, clock, 3600.0)
     assert held(kv) == 3
-    assert kv._until_fill() is None  # and the worker sleeps until woken
+    assert kv._worker._until_fill() is None  # and the worker sleeps until woken
     kv.close()
 
 

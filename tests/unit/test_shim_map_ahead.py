@@ -1,6 +1,7 @@
-"""ElasticKV's map-ahead worker over the fake device: prepared blocks are adopted by ensure()
-without a driver call on the scheduler thread, the limit caps them, a shrink gives them back,
-close() stops the worker, and random workloads with the worker running keep every invariant.
+"""ElasticKV's map-ahead worker (cumem_shim.mapahead) over the fake device: prepared blocks are
+adopted by ensure() without a driver call on the scheduler thread, the limit caps them, a shrink
+gives them back, close() stops the worker, and random workloads with the worker running keep
+every invariant.
 
 No test sleeps: the worker is awaited with ``settle`` (bounded), and ordered against the
 scheduler thread with the fake's ``before_call`` seam and events (bounded waits)."""
@@ -62,9 +63,9 @@ def held_blocks(dev: FakeDevice, layout: KVLayout = LAYOUT) -> int:
 def test_the_worker_waits_for_the_first_allocation() -> None:
     kv, fl, dev = make(6)
     assert kv.settle(WAIT_S)
-    assert held_blocks(dev) == 1 and not kv._prepared  # CUDA graphs may be captured now
+    assert held_blocks(dev) == 1 and not kv._worker.prepared  # CUDA graphs may be captured now
     arm(kv)
-    assert sorted(kv._prepared) == [1, 2] and kv.mapped == {0}
+    assert sorted(kv._worker.prepared) == [1, 2] and kv.mapped == {0}
     assert held_blocks(dev) == 3 and kv.status().mapped_bytes == 3 * BLOCK
     assert fl.free_units() == UNITS - 1  # prepared blocks are not in SGLang's free list
     assert dev.thread_calls[(WORKER, "cuCtxSetCurrent")] == 1
@@ -81,7 +82,7 @@ def test_ensure_adopts_prepared_blocks_without_a_driver_call() -> None:
     assert kv.mapped == {0, 1, 2} and kv.stats.adopted == kv.maps - 1 == 2
     assert fl.free_units() == 3 * UNITS - 1
     assert kv.settle(WAIT_S)
-    assert sorted(kv._prepared) == [3, 4]  # the next two, prepared after the adoption
+    assert sorted(kv._worker.prepared) == [3, 4]  # the next two, prepared after the adoption
     kv.publish()
     assert kv.status().mapped_bytes == 5 * BLOCK == held_blocks(dev) * BLOCK
     kv.close()
@@ -101,24 +102,24 @@ def test_ensure_maps_what_is_not_prepared_and_waits_for_the_block_in_flight() ->
     kv, fl, _ = make(6, dev=dev)
     dev.before_call = order
     kv.ensure(0)
-    assert started.wait(WAIT_S) and kv._inflight == 1
+    assert started.wait(WAIT_S) and kv._worker.inflight == 1
     kv.ensure(3 * UNITS - 1)  # block 1 is in flight: map block 2 here, then adopt block 1
     assert kv.mapped == {0, 1, 2} and kv.stats.adopted == 1
     assert here(dev)["cuMemCreate"] == 2 * len(LAYOUT.row_bytes)  # block 0, block 2
     dev.before_call = None
-    assert kv.settle(WAIT_S) and sorted(kv._prepared) == [3, 4]
+    assert kv.settle(WAIT_S) and sorted(kv._worker.prepared) == [3, 4]
     kv.close()
 
 
 def test_the_limit_caps_preparation() -> None:
     kv, fl, dev = make(2)
     arm(kv)
-    assert sorted(kv._prepared) == [1] and held_blocks(dev) == 2
+    assert sorted(kv._worker.prepared) == [1] and held_blocks(dev) == 2
     kv.ensure(2 * UNITS - 1)
-    assert kv.settle(WAIT_S) and not kv._prepared and held_blocks(dev) == 2
+    assert kv.settle(WAIT_S) and not kv._worker.prepared and held_blocks(dev) == 2
     kv.set_limit(5 * BLOCK, 1)
     kv.available()  # the scheduler applies the limit and wakes the worker
-    assert kv.settle(WAIT_S) and sorted(kv._prepared) == [2, 3] and held_blocks(dev) == 4
+    assert kv.settle(WAIT_S) and sorted(kv._worker.prepared) == [2, 3] and held_blocks(dev) == 4
     kv.close()
 
 
@@ -128,11 +129,11 @@ def test_a_shrink_gives_prepared_blocks_back_first() -> None:
     syncs = dev.calls["cuCtxSynchronize"]
     kv.set_limit(2 * BLOCK, 1)
     kv.available()
-    assert sorted(kv._prepared) == [1]  # block 2 handed to the worker at once
+    assert sorted(kv._worker.prepared) == [1]  # block 2 handed to the worker at once
     assert kv.settle(WAIT_S) and held_blocks(dev) == 2
     kv.set_limit(0, 2)
     kv.available()
-    assert kv.settle(WAIT_S) and held_blocks(dev) == 1 and not kv._prepared
+    assert kv.settle(WAIT_S) and held_blocks(dev) == 1 and not kv._worker.prepared
     assert kv.status().mapped_bytes == BLOCK and kv.discards == 2
     assert dev.calls["cuCtxSynchronize"] == syncs  # never in the free list: no GPU sync
     assert dev.thread_calls[(WORKER, "cuMemUnmap")] == 2 * len(LAYOUT.row_bytes)
@@ -149,7 +150,7 @@ def test_a_shrink_below_use_is_deferred_and_prepares_nothing() -> None:
     held += got
     kv.set_limit(BLOCK, 1)
     assert kv.available() == 256  # draining: slack only
-    assert kv.settle(WAIT_S) and kv.status().draining and not kv._prepared
+    assert kv.settle(WAIT_S) and kv.status().draining and not kv._worker.prepared
     assert len(kv.mapped) == 3
     fl.release(held)
     kv.available()
@@ -161,11 +162,11 @@ def test_a_failed_prepare_is_retried_at_the_next_allocation() -> None:
     dev = FakeDevice(capacity_bytes=2 * BLOCK, strict_context=True)
     kv, fl, _ = make(6, dev=dev)
     arm(kv)  # block 1 fits, block 2 is out of memory: logged, not retried in a loop
-    assert sorted(kv._prepared) == [1] and kv._blocked
+    assert sorted(kv._worker.prepared) == [1] and kv._worker.blocked
     creates = dev.calls["cuMemCreate"]
     kv.ensure(UNITS)  # adopts block 1 and lets the worker try again (out of memory again)
     assert kv.mapped == {0, 1} and kv.settle(WAIT_S)
-    assert dev.calls["cuMemCreate"] > creates and not kv._prepared
+    assert dev.calls["cuMemCreate"] > creates and not kv._worker.prepared
     with pytest.raises(DriverError, match="CUDA_ERROR_OUT_OF_MEMORY"):
         kv.ensure(3 * UNITS)  # on demand: the allocation fails as without map-ahead
     kv.close()
@@ -192,7 +193,7 @@ def test_close_stops_the_worker_and_gives_everything_back() -> None:
     kv, fl, dev = make(6)
     arm(kv)
     kv.ensure(UNITS)
-    worker = kv._worker
+    worker = kv._worker.thread
     assert worker is not None and worker.is_alive()
     kv.close()
     assert not worker.is_alive()
@@ -203,7 +204,7 @@ def test_map_ahead_zero_runs_no_thread_and_maps_on_demand() -> None:
     threads = threading.active_count()
     kv, fl, dev = make(6, ahead=0, dev=FakeDevice())
     kv.ensure(3 * UNITS - 1)
-    assert kv._worker is None and threading.active_count() == threads
+    assert kv._worker.thread is None and threading.active_count() == threads
     assert kv.mapped == {0, 1, 2} and kv.stats.adopted == 0 and held_blocks(dev) == 3
     assert {name for name, _ in dev.thread_calls} == {threading.current_thread().name}
     assert kv.settle(0)
@@ -256,8 +257,8 @@ def check_settled(kv: ElasticKV, dev: FakeDevice) -> None:
     preparation stayed within the limit."""
     assert kv.settle(WAIT_S), "the worker did not settle"
     with kv._cond:
-        prepared = set(kv._prepared)
-        assert not kv._discard and kv._inflight is None
+        prepared = set(kv._worker.prepared)
+        assert not kv._worker.discard and kv._worker.inflight is None
     assert not prepared & kv.mapped and len(prepared) <= kv.map_ahead
     lay = kv.layout
     assert held_blocks(dev, lay) == len(kv.mapped) + len(prepared)
@@ -313,7 +314,7 @@ def drive(seq: list[tuple[str, float]], page: int, ahead: int, seed: int) -> Ela
         check_settled(kv, dev)
     finally:
         kv.close()
-    assert kv._worker is not None and not kv._worker.is_alive()
+    assert kv._worker.thread is not None and not kv._worker.thread.is_alive()
     assert dev.physical_bytes == 0
     return kv
 
