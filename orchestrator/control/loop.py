@@ -42,12 +42,13 @@ from orchestrator.control.events import (
 from orchestrator.control.holds import Holds, retry_after
 from orchestrator.control.instance import Instance
 from orchestrator.control.liveness import Liveness
-from orchestrator.control.plans import Plans, PlanServer, RoomView, WakeGate
+from orchestrator.control.plans import Plan, Plans, PlanServer, RoomView, WakeGate
 from orchestrator.control.scheduler import cluster_view
 from orchestrator.deployment import Deployment
 from orchestrator.errors import EngineUnavailable
 from orchestrator.policy import restart, startup
 from orchestrator.policy.placement import place
+from orchestrator.policy.placement.cluster import Activation, Route, Wake
 from orchestrator.policy.startup import ClusterSnapshot, InstanceSnapshot
 from orchestrator.types import Endpoint, InstanceState, InstanceView, LoadSample, ModelView
 
@@ -85,6 +86,7 @@ class ControlLoop:
             serve=self._serve_model,
             moved=self._moved,
             gate=WakeGate(self._room, clock, config.scheduler.wake_room_s, self._waited_for_room),
+            abandoned=self._plan_abandoned,
         )
         # the KV ledger's answer to "do this server's weights fit beside its neighbours now"
         # (app.py wires the KV runner's ``room``; None: no ledger, wakes go at once)
@@ -328,7 +330,14 @@ class ControlLoop:
         if ev.action == "park" and inst.state is S.AWAKE and inst.in_flight == 0:
             self._park(inst, "admin")
         elif ev.action == "wake" and inst.state is S.PARKED:
-            self._wake(inst)
+            if not self.timesharing:
+                self._wake(inst)
+            elif not inst.claimed:  # claimed: a plan wakes it already; the answer comes with it
+                # through the plan executor, as the scheduler's wakes: the wake gate holds it
+                # until its weights fit beside what its neighbours hold
+                model, gpus = inst.spec.model.name, inst.gpus
+                steps = (Wake(inst.id), Route(model, gpus))
+                self._plans.adopt(Activation(model, gpus, steps, 0.0, "wake asked for over the admin API"))
         elif ev.action == "wake" and inst.state is S.BACKOFF and inst.retry_at is not None:
             ev.future.set_result(f"restarting in {max(0.0, inst.retry_at - self._clock()):.1f} s ({inst.error})")
             return
@@ -418,6 +427,12 @@ class ControlLoop:
 
     def _room(self, iid: str) -> RoomView | None:
         return self.room(iid) if self.room is not None else None
+
+    def _plan_abandoned(self, plan: Plan, why: str) -> None:
+        """An operator waiting for a wake the plan was to make gets the reason."""
+        for st in plan.action.steps:
+            if isinstance(st, Wake):
+                self._admin_done(st.server, f"wake abandoned: {why}")
 
     def _waited_for_room(self, srv: PlanServer, seconds: float, outcome: str) -> None:
         self._fx.observe("wake_room_wait_seconds", srv.model_name, seconds, outcome)

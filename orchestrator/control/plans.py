@@ -134,7 +134,8 @@ class Plans(Generic[T]):
     a decision); the callables are the caller's own operations: ``park(server, reason)`` (awake,
     nothing in flight), ``wake(server)`` (parked), ``pend(server)`` (queue a stopped server for
     start-up), ``serve(model)`` (hand held requests out), ``moved(model)`` (a migration's
-    traffic moved); ``gate``: the wake gate (None: wake as soon as the steps before are done)."""
+    traffic moved); ``gate``: the wake gate (None: wake as soon as the steps before are done);
+    ``abandoned(plan, why)``: after a plan was given up (the loop answers an operator's wake)."""
 
     def __init__(
         self,
@@ -145,11 +146,13 @@ class Plans(Generic[T]):
         serve: Callable[[str], None],
         moved: Callable[[str], None],
         gate: WakeGate | None = None,
+        abandoned: Callable[[Plan, str], None] | None = None,
     ) -> None:
         self._servers = servers
         self._park, self._wake, self._pend = park, wake, pend
         self._serve, self._moved = serve, moved
         self._gate = gate
+        self._abandoned = abandoned
         self.active: list[Plan] = []
 
     @property
@@ -305,3 +308,5 @@ class Plans(Generic[T]):
                 models.add(srv.model_name)
         for m in sorted(models):
             self._serve(m)
+        if self._abandoned is not None:
+            self._abandoned(plan, why)

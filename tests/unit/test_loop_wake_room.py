@@ -152,3 +152,34 @@ async def test_loop__a_wake_that_never_gets_room_is_abandoned_and_replanned(env:
     await settle()
     assert view(ctl, B) == (S.PARKED, True) and fx.woken == []
     held.cancel()
+
+
+async def test_loop__an_operators_wake_passes_the_same_gate(env: Env) -> None:
+    """The admin API's wake is a plan too: it waits for room, and its answer says what became
+    of it (woken once the neighbour shrank; the reason when the bound passed)."""
+    ctl, fx, clock, kv = env
+    kv.statuses = {A: status(BLOCK, BLOCK), B: status(BLOCK, 0)}
+    (grow,) = [x for x in kv.round() if x.instance == A]
+    kv.statuses[A] = status(grow.bytes, grow.bytes, grow.revision)
+    kv.round()
+    answer = asyncio.create_task(ctl.admin(B, "wake"))
+    await settle()
+    assert fx.woken == [] and view(ctl, B) == (S.PARKED, True) and not answer.done()
+    clock.t = ctl.config.scheduler.wake_room_s  # a's pages never free: the bound passes
+    ctl.post(Tick())
+    await settle()
+    assert fx.woken == [] and answer.done()
+    assert answer.result().startswith(f"wake abandoned: no room for the wake of {B} after 30.0 s")
+
+    again = asyncio.create_task(ctl.admin(B, "wake"))
+    await settle()
+    (shrink,) = kv.round()  # b's weights count: a shrinks, and its pages go with the flush
+    kv.statuses[A] = status(shrink.bytes, shrink.bytes, shrink.revision)
+    kv.round()
+    clock.t += 1.0
+    ctl.post(Tick())
+    await settle()
+    assert fx.woken == [B]
+    ctl.post(Woken(B, 0.5))
+    await settle()
+    assert (await asyncio.wait_for(again, 1)) == "woken in 0.500 s"
