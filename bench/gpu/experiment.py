@@ -223,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="--engine des only: every server's CUDA graphs up to N (a live run's, to compare with it; "
         "default: as chimera starts each server)",
     )
+    p.add_argument(
+        "--fresh-fleets",
+        action="store_true",
+        help="--engine des only: simulate each rate from a fresh fleet whose hot set the policy wakes "
+        "(the twin before 2026-12-04); default: one fleet through the sweep, started with the file's "
+        "`on: true` models awake, as a live run",
+    )
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/gpu-experiment"))
     p.add_argument(
         "--work-dir",
@@ -290,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             args.calibration,
             args.kv_admission,
             args.cuda_graph_max_bs,
+            one_fleet=not args.fresh_fleets,
         )
         doc["command"] = command
         write_json(args.out / "experiment.json", doc)

@@ -108,6 +108,9 @@ class ChimeraOptions:
     # the GPU sharing placement and layout are told; None: the one in force (Simulator.sharing),
     # as live. "timeslice" under simulated MPS: a policy that charges every neighbour's step whole
     policy_sharing: GpuSharing | None = None
+    # the models awake when the trace begins (a placements file's `on: true`, the GPU experiment's
+    # twin: bench/gpu/des.py); None: the hot set the policy wakes at once (the warm start)
+    awake_at_start: frozenset[str] | None = None
 
 
 class Chimera:
@@ -197,13 +200,19 @@ class Chimera:
             sim.servers, park=self._park, wake=self._wake, pend=self._start, serve=self._serve, moved=self._moved
         )
         self.kv = SimLedger(sim.gpu_bytes, sim.n_gpus, self.opts.elastic, self._queued_for, self._rate_of)
-        d = place.decide(self._view(demands), 0.0)
-        for a in d.actions:  # warm start: the hot set is awake when the trace begins
-            if isinstance(a, Activation):
-                for st in a.steps:
-                    if isinstance(st, Wake):
-                        sim.servers[st.server].state = St.AWAKE
-                self.route[a.model] = self._server_on(a.model, a.gpus)
+        if self.opts.awake_at_start is not None:  # as a placements file's `on: true` (the GPU twin)
+            for model in sorted(self.opts.awake_at_start):
+                for s in self.by_model.get(model, ())[:1]:
+                    s.state = St.AWAKE
+                    self.route[model] = s
+        else:
+            d = place.decide(self._view(demands), 0.0)
+            for a in d.actions:  # warm start: the hot set is awake when the trace begins
+                if isinstance(a, Activation):
+                    for st in a.steps:
+                        if isinstance(st, Wake):
+                            sim.servers[st.server].state = St.AWAKE
+                    self.route[a.model] = self._server_on(a.model, a.gpus)
         self._split()
         sim.at(self.opts.tick_s, self._tick)
         sim.at(self.opts.kv_every_s, self._kv_tick)

@@ -78,8 +78,14 @@ def with_slos(
 
 
 def controller(
-    system: str, trace: Sequence[BenchRequest], duration_s: float, history: Sequence[BenchRequest] = ()
+    system: str,
+    trace: Sequence[BenchRequest],
+    duration_s: float,
+    history: Sequence[BenchRequest] = (),
+    awake_at_start: frozenset[str] | None = None,
 ) -> Controller:
+    """``awake_at_start``: chimera's models awake when the trace begins (ChimeraOptions), for
+    the chimera system only."""
     counts = Counter(r.model for r in trace)
     rps = {m: n / duration_s for m, n in counts.items()}
     tpr = sum(r.prompt_tokens + r.output_tokens for r in trace) / max(len(trace), 1)
@@ -88,7 +94,7 @@ def controller(
         "static-partition": lambda: StaticPartition(rps),
         "muxserve-like": lambda: MuxServeLike(tokens),
         "swap-only": lambda: SwapOnly(rps),
-        "chimera": lambda: Chimera(rps, tpr, history=history),
+        "chimera": lambda: Chimera(rps, tpr, ChimeraOptions(awake_at_start=awake_at_start), history=history),
         "chimera-no-global": lambda: Chimera(rps, tpr, ChimeraOptions(global_placement=False), system, history),
         "chimera-no-local": lambda: Chimera(rps, tpr, ChimeraOptions(local=False), system, history),
         "chimera-no-elastic": lambda: Chimera(rps, tpr, ChimeraOptions(elastic=False), system, history),

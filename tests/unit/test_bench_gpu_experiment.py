@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.client.record import RequestRecord
 from bench.gpu import budget, des, measure, mps
 from bench.gpu.experiment import (
     LMSYS_RATES,
@@ -166,6 +167,44 @@ def test_des_static_serves_every_resident_model_on_the_one_gpu_with_its_fixed_po
         des.run(setup, "static", "synthetic", [2.0], 5.0, 42, trace_for, cuda_graph_max_bs=16)["cuda_graph_max_bs"]
         == 16
     )
+
+
+def test_des_runs_the_sweep_on_one_fleet_as_live() -> None:
+    """One simulated clock for the whole sweep: each rate's records carry its own ids and times
+    from its start, its counters are its own, and the fleet starts as the file's `on` flags."""
+    setup = load_setup("B")
+    out: list[list[RequestRecord]] = []
+    doc = des.run(setup, "full", "synthetic", [1.0, 2.0], 30.0, 42, trace_for, "h200", records_out=out)
+    assert doc["one_fleet"] is True and len(out) == 2
+    for i, (rate, recs) in enumerate(zip((1.0, 2.0), out, strict=True)):
+        trace = trace_for(setup, "synthetic", rate, 30.0, 42)
+        assert sorted(r.id for r in recs) == sorted(r.id for r in trace)
+        sent = [r for r in recs if r.route == "des"]
+        assert sent and all(0.0 <= r.arrival_s <= 30.0 for r in sent)
+        assert doc["rates"][i]["trace_digest"] == measure.digest(trace)
+        counters = doc["rates"][i]["chimera"]["counters"]
+        assert counters["decisions"] > 0 and min(counters.values()) >= 0
+    # the models of `on: false` placements were parked at the start: the first request of one
+    # of them waits for a wake in the first rate
+    first = doc["rates"][0]
+    off = [m["name"] for m in setup.raw["models"] if not all(p.get("on", True) for p in m["placements"])]
+    asked = [m for m in off if first["per_model"].get(m, {}).get("requests", 0)]
+    assert asked and first["chimera"]["wakes"] >= 1
+
+
+def test_chimera_in_the_simulator_starts_with_the_models_it_is_told_awake() -> None:
+    from bench.sim.chimera import Chimera, ChimeraOptions
+
+    models = {n: make_model(n, "llama-3.2-1b", 1) for n in ("a", "b")}
+    ctl = Chimera({"a": 1.0, "b": 1.0}, 400.0, ChimeraOptions(awake_at_start=frozenset({"b"})))
+    sim = Simulator(models, 1, 80 * GIB, ctl)
+    sim.run([])
+    states = {s.model.name: s.state.value for s in sim.servers.values()}
+    assert states == {"a": "parked", "b": "awake"}
+    hot = Chimera({"a": 1.0, "b": 1.0}, 400.0)  # by default the policy wakes the hot set: both fit
+    sim = Simulator(models, 1, 80 * GIB, hot)
+    sim.run([])
+    assert {s.state.value for s in sim.servers.values()} == {"awake"}
 
 
 def test_fixed_colocation_shares_what_is_left_among_models_without_a_pool() -> None:
