@@ -108,14 +108,16 @@ class ControlLoop:
 
     def models(self) -> list[ModelView]:
         out = []
+        due = self._plans.wake_due  # once: the views below read it per instance
         for m in self.config.models:
-            views = tuple(self._view(i) for i in self._instances.values() if i.spec.model is m)
+            views = tuple(i.view(i.id in due) for i in self._instances.values() if i.spec.model is m)
             best = min((v.state for v in views), key=_STATE_RANK.index, default=S.STOPPED)
             out.append(ModelView(spec=m, state=best, instances=views))
         return out
 
     def instances(self) -> list[InstanceView]:
-        return [self._view(i) for i in self._instances.values()]
+        due = self._plans.wake_due
+        return [i.view(i.id in due) for i in self._instances.values()]
 
     async def acquire(self, model: ModelSpec, timeout_s: float) -> Endpoint:
         fut: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
