@@ -229,7 +229,10 @@ def _why_blocked(led: GpuTally, view: ClusterView, m: ModelDemand) -> str:
             "servers may not park, or memory is short"
         )
     need = led.need_bytes(m, cold=False) / (1 << 30)
+    p = view.params
     return (
         f"needs {need:.1f} GiB per GPU; no GPU of its parked servers can free that much "
-        "(neighbours are busy or idle for less than their park threshold)"
+        "(neighbours are busy or idle for less than their park threshold; a busy one of no higher "
+        f"priority may be parked for it once its requests have waited {p.starvation_s:g} s, longer for "
+        f"one that gets more requests, {p.starvation_max_s:g} s at most)"
     )
