@@ -11,7 +11,8 @@ free (``split.phase``), and sent as revisioned ``set_limit`` calls, only when a 
 more than the hysteresis. An instance that stops being resident gets limit 0 once (the shim
 unmaps everything but its first block). An idle instance that holds more than its limit (its
 prefix cache keeps pages mapped) is asked to flush its cache: SGLang frees cached tokens only
-when it needs room, and an idle server never does.
+when it needs room, and an idle server never does (at most every ``FLUSH_EVERY_S``, every
+``FLUSH_FOR_WAKE_S`` while a wake on its GPU waits for room).
 
 A parked instance whose wake is due (``KVInstance.wake_due``: the plan executor holds the wake
 until its weights fit) counts as holding its weights, so its GPUs' budgets shrink and its
@@ -33,6 +34,9 @@ from orchestrator.types import LoadSample
 
 MARGIN_BYTES = 1 << 30  # kept free on each GPU: allocator fragmentation, NCCL, other processes
 FLUSH_EVERY_S = 10.0  # at most one /flush_cache per instance this often
+# ... or this often while a wake on its GPU waits for room (``KVInstance.wake_due``): the woken
+# model's held requests wait for those pages, and their TTFT SLO may be 1 s
+FLUSH_FOR_WAKE_S = 1.0
 # Re-splits of GPUs shared with TP groups: each round holds a group to the least any of its GPUs
 # gave it, so the rest goes to its neighbours; pins only fall, and a few rounds settle it.
 GROUP_ROUNDS = 4
@@ -181,6 +185,7 @@ class Ledger:
         current: dict[str, int] = {}
         parked_pages: dict[int, int] = {}
         done: set[str] = set()
+        waking_on = {i.gpu for i in instances if i.wake_due}
         for inst in instances:  # once per instance: its observation, flush, or its limit 0
             obs = seen.get(inst.id, Observation(None, None))
             st = obs.status
@@ -220,10 +225,11 @@ class Ledger:
             )
             mapped[inst.id] = st.mapped_bytes
             current[inst.id] = known.limit if known.limit is not None else st.limit_bytes
+            spacing = FLUSH_FOR_WAKE_S if inst.gpu in waking_on else FLUSH_EVERY_S
             if (
                 obs.load.idle
                 and st.mapped_bytes > st.limit_bytes + st.block_bytes
-                and (known.last_flush is None or now - known.last_flush >= FLUSH_EVERY_S)
+                and (known.last_flush is None or now - known.last_flush >= spacing)
             ):
                 known.last_flush = now
                 out.append(FlushCache(inst.id))

@@ -107,3 +107,18 @@ def test_hysteresis_never_keeps_a_gpu_over_its_budget() -> None:
     bigger = replace(a, awake_bytes=AWAKE + GIB)  # measured more than the model said: 1 GiB less
     acts = led.plan([bigger], seen, now=1.0)
     assert [x.bytes for x in acts if isinstance(x, SetLimit)] == [budget - GIB]
+
+
+def test_an_idle_neighbour_is_flushed_again_sooner_while_a_wake_waits_on_its_gpu() -> None:
+    """At most one flush every 10 s per instance; while a wake on its GPU waits for its pages,
+    one every second."""
+    led = Ledger({0: CAP})
+    led.accepted("a", 10 * GIB, 1)
+    seen = {"a": observed(idle(), status(20 * GIB, 10 * GIB, revision=1)), "t": Observation(None, None)}
+    parked, due = inst("t", resident=False), inst("t", resident=False, holds_weights=True, wake_due=True)
+    assert FlushCache("a") in led.plan([inst("a"), parked], seen, now=0.0)
+    assert FlushCache("a") not in led.plan([inst("a"), parked], seen, now=2.0)  # 10 s apart
+    assert FlushCache("a") in led.plan([inst("a"), due], seen, now=2.5)  # a wake waits: 1 s apart
+    assert FlushCache("a") not in led.plan([inst("a"), due], seen, now=3.0)
+    assert FlushCache("a") in led.plan([inst("a"), due], seen, now=3.5)
+    assert FlushCache("a") not in led.plan([inst("a"), parked], seen, now=5.0)  # no wake: 10 s again
