@@ -186,6 +186,7 @@ class Ledger:
         parked_pages: dict[int, int] = {}
         done: set[str] = set()
         waking_on = {i.gpu for i in instances if i.wake_due}
+        idle: set[str] = set()  # resident, seen and idle this round
         for inst in instances:  # once per instance: its observation, flush, or its limit 0
             obs = seen.get(inst.id, Observation(None, None))
             st = obs.status
@@ -225,14 +226,11 @@ class Ledger:
             )
             mapped[inst.id] = st.mapped_bytes
             current[inst.id] = known.limit if known.limit is not None else st.limit_bytes
-            spacing = FLUSH_FOR_WAKE_S if inst.gpu in waking_on else FLUSH_EVERY_S
-            if (
-                obs.load.idle
-                and st.mapped_bytes > st.limit_bytes + st.block_bytes
-                and (known.last_flush is None or now - known.last_flush >= spacing)
-            ):
-                known.last_flush = now
-                out.append(FlushCache(inst.id))
+            if obs.load.idle:
+                idle.add(inst.id)
+                above = st.mapped_bytes > st.limit_bytes + st.block_bytes
+                if above and self._may_flush(inst.id, now, inst.gpu in waking_on):
+                    out.append(FlushCache(inst.id))
         span: dict[str, list[int]] = {}
         for inst in instances:
             span.setdefault(inst.id, []).append(inst.gpu)
@@ -266,7 +264,24 @@ class Ledger:
             limit = agreed[iid]
             if limit != current[iid] or self.known[iid].limit is None:
                 out.append(self._send(iid, limit))
+        # a wake waits on these GPUs: an idle neighbour whose pages lie above the limit it gets
+        # now is flushed in this round, not the next (its status above predates the shrink)
+        flushed = {a.instance for a in out if isinstance(a, FlushCache)}
+        for iid in sorted(idle - flushed):
+            waiting = any(g in waking_on for g in span[iid])
+            if waiting and mapped[iid] > agreed[iid] + members[iid].block and self._may_flush(iid, now, True):
+                out.append(FlushCache(iid))
         return out
+
+    def _may_flush(self, iid: str, now: float, wake_waits: bool) -> bool:
+        """At most one ``/flush_cache`` per instance every ``FLUSH_EVERY_S``, every
+        ``FLUSH_FOR_WAKE_S`` while a wake waits on its GPU; True records one now."""
+        known = self.known[iid]
+        spacing = FLUSH_FOR_WAKE_S if wake_waits else FLUSH_EVERY_S
+        if known.last_flush is not None and now - known.last_flush < spacing:
+            return False
+        known.last_flush = now
+        return True
 
     def _limits(
         self,

@@ -49,20 +49,23 @@ def test_a_wake_waits_for_the_neighbours_pages_not_their_limits() -> None:
 
     # the wake is due: its weights count, so a's limit shrinks at once
     due = replace(t, holds_weights=True, wake_due=True)
-    (shrink,) = led.plan([a, due], seen, now=1.0)
+    # and, idle with its pages above the limit it gets now, it is asked to flush in that round
+    shrink, flush = led.plan([a, due], seen, now=1.0)
     assert isinstance(shrink, SetLimit) and shrink.bytes <= CAP - MARGIN_BYTES - 2 * AWAKE - BLOCK
+    assert flush == FlushCache("a")
     assert led.waking == {"t"}  # the runner plans again after one scrape round
     led.accepted("a", shrink.bytes, shrink.revision)
     after = led.room("t")
     assert after is not None and after.short_bytes > 0  # its pages are still mapped
-    # its prefix cache keeps them mapped above the new limit: idle, it is asked to flush
+    # the flush has not landed yet: a second one only a second after the first
     seen["a"] = observed(idle(), status(grow.bytes, shrink.bytes, revision=shrink.revision))
-    assert led.plan([a, due], seen, now=1.25) == [FlushCache("a")]
+    assert led.plan([a, due], seen, now=1.25) == []
+    assert led.plan([a, due], seen, now=2.0) == [FlushCache("a")]
     still = led.room("t")
     assert still is not None and still.short_bytes > 0
     # flushed: the shim unmapped what lies above the new limit, and the weights fit
     seen["a"] = observed(idle(), status(shrink.bytes, shrink.bytes, revision=shrink.revision))
-    led.plan([a, due], seen, now=2.0)
+    led.plan([a, due], seen, now=2.5)
     fits = led.room("t")
     assert fits is not None and fits.short_bytes == 0
 
