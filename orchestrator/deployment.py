@@ -204,7 +204,13 @@ def derive(
         cfg,
         models,
         instances,
-        PlacementParams(tau=cfg.scheduler.tau, max_awake_per_gpu=cfg.scheduler.max_awake_per_gpu, sharing=sharing),
+        PlacementParams(
+            tau=cfg.scheduler.tau,
+            max_awake_per_gpu=cfg.scheduler.max_awake_per_gpu,
+            sharing=sharing,
+            starvation_s=cfg.scheduler.starvation_s,
+            starvation_max_s=cfg.scheduler.starvation_max_s,
+        ),
         gpu_node,
     )
 

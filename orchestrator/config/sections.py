@@ -130,16 +130,27 @@ def section_scheduler(v: Validator, raw: Any) -> SchedulerSpec:
     if not isinstance(raw, dict):
         v.err("scheduler", "must be a mapping like {tau: 0.3, on_late: shed}")
         return SchedulerSpec()
-    v.keys(raw, "scheduler", {"tau", "on_late", "max_awake_per_gpu", "wake_room_s"})
+    v.keys(raw, "scheduler", {"tau", "on_late", "max_awake_per_gpu", "wake_room_s", "starvation_s", "starvation_max_s"})
     tau = v.number(raw, "tau", "scheduler", minimum=0)
     on_late = v.one_of(raw.get("on_late", "shed"), "scheduler.on_late", ON_LATE, "shed")
     awake = v.number(raw, "max_awake_per_gpu", "scheduler", minimum=1, integer=True)
     room = v.number(raw, "wake_room_s", "scheduler", minimum=0)
+    starve = v.number(raw, "starvation_s", "scheduler", minimum=0)
+    starve_max = v.number(raw, "starvation_max_s", "scheduler", minimum=0)
+    base = starve if starve is not None else SchedulerSpec.starvation_s
+    cap = starve_max if starve_max is not None else SchedulerSpec.starvation_max_s
+    if cap < base:
+        v.err(
+            "scheduler.starvation_max_s",
+            f"must be >= scheduler.starvation_s ({base:g}): it bounds the longest wait, the other the shortest",
+        )
     return SchedulerSpec(
         tau if tau is not None else SchedulerSpec.tau,
         on_late,
         int(awake) if awake is not None else None,
         room if room is not None else SchedulerSpec.wake_room_s,
+        base,
+        max(cap, base),
     )
 
 

@@ -181,9 +181,15 @@ class SchedulerSpec:
     # hold (control/plans.py WakeGate); then its plan is abandoned and re-planned. 0: wake at
     # once. Why 30 s: a lowered limit drains a busy neighbour's pages in about one request
     # lifetime (a 512-token answer at 30 ms a token: 15 s; cumem-shim.md, the quarantine), an
-    # idle one's at once, an idle prefix cache is flushed at most every 10 s (kv/ledger.py
-    # FLUSH_EVERY_S); and a re-plan keeps most of the default 300 s hold timeout.
+    # idle one's at once, an idle prefix cache is flushed in the round that shrinks it and then
+    # every second (kv/ledger.py FLUSH_FOR_WAKE_S); and a re-plan keeps most of the default
+    # 300 s hold timeout.
     wake_room_s: float = 30.0
+    # The starvation guard (policy/placement/kvpr.py preempt_wait_s): a model whose held
+    # requests waited this long may park a busy neighbour that gets no more requests than it;
+    # one that gets k times its requests after k times this; any after starvation_max_s.
+    starvation_s: float = 10.0
+    starvation_max_s: float = 60.0
 
 
 @dataclass(frozen=True)

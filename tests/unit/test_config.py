@@ -239,3 +239,18 @@ def test_wake_room_s_is_parsed_with_its_default_and_bound() -> None:
     assert parse_config({**one, "scheduler": {"wake_room_s": 0}}).scheduler.wake_room_s == 0.0
     probs = _problems({**one, "scheduler": {"wake_room_s": -1}})
     assert any("scheduler.wake_room_s: must be a number >= 0" in p for p in probs)
+
+
+def test_the_starvation_guard_is_configurable_and_reaches_placement() -> None:
+    from orchestrator.deployment import derive
+
+    one = {"models": [{"name": "m", "model_path": "llama-3.2-1b", "placements": [{"gpus": [0]}]}]}
+    dflt = parse_config(one).scheduler
+    assert (dflt.starvation_s, dflt.starvation_max_s) == (10.0, 60.0)
+    cfg = parse_config({**one, "scheduler": {"starvation_s": 20, "starvation_max_s": 90}})
+    params = derive(cfg).placement_params
+    assert (params.starvation_s, params.starvation_max_s) == (20.0, 90.0)
+    probs = _problems({**one, "scheduler": {"starvation_s": 30, "starvation_max_s": 20}})
+    assert any("scheduler.starvation_max_s: must be >= scheduler.starvation_s (30)" in p for p in probs), probs
+    probs = _problems({**one, "scheduler": {"starvation_s": -1}})
+    assert any("scheduler.starvation_s: must be a number >= 0" in p for p in probs), probs
