@@ -71,6 +71,8 @@ class InstanceState(StrEnum):
 # How an awake instance that a plan drains is shown (InstanceView.shown_state); not a lifecycle
 # state: the instance is awake until its park begins.
 DRAINING = "draining"
+# How a parked instance whose planned wake waits for room is shown (InstanceView.wake_due)
+WAKE_DUE = "wake_due"
 
 # States in which an instance's weights are (or are being put) on its GPUs: starting, awake,
 # waking, and parking until SGLang's release is done. Placement counts these as resident; GPU
@@ -108,8 +110,13 @@ class InstanceView:
     @property
     def shown_state(self) -> str:
         """The state as timelines and tables show it: ``draining`` for an awake instance a plan
-        drains, else the lifecycle state's value."""
-        return DRAINING if self.draining is not None and self.state is InstanceState.AWAKE else self.state.value
+        drains, ``wake_due`` for a parked one whose wake waits for room, else the lifecycle
+        state's value."""
+        if self.draining is not None and self.state is InstanceState.AWAKE:
+            return DRAINING
+        if self.wake_due and self.state is InstanceState.PARKED:
+            return WAKE_DUE
+        return self.state.value
 
 
 @dataclass(frozen=True)

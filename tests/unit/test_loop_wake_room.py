@@ -107,6 +107,8 @@ async def test_loop__a_wake_waits_until_the_neighbours_pages_make_room(env: Env)
     held = asyncio.create_task(ctl.acquire(spec, 60))
     await settle()
     assert fx.woken == [] and view(ctl, B) == (S.PARKED, True)  # the wake is due, and waits
+    shown = next(v for v in ctl.instances() if v.id == B).shown_state
+    assert shown == "wake_due"  # how timelines, the dashboard and `status` show it
     assert fx.views[-1].id == B and fx.views[-1].wake_due  # published: the KV runner re-splits
 
     # the ledger counts b's weights now: a is shrunk, its prefix cache still maps the pages
@@ -126,6 +128,7 @@ async def test_loop__a_wake_waits_until_the_neighbours_pages_make_room(env: Env)
     ctl.post(Tick())
     await settle()
     assert fx.woken == [B] and view(ctl, B) == (S.WAKING, False)
+    assert next(v for v in ctl.instances() if v.id == B).shown_state == "waking"
     assert ("wake_room_wait_seconds", "b", 2.5, "fit") in fx.observed
     ctl.post(Woken(B, 0.5))
     await settle()

@@ -6,7 +6,7 @@
   const KEEP_POINTS = 600; // the activity chart's history (ten minutes at one poll a second)
   const GIB = 1024 ** 3;
   const STATE_COLORS = {
-    awake: "#2e9e5b", draining: "#8fbf3f", parked: "#b8bec6", waking: "#f0a030", parking: "#e07b39",
+    awake: "#2e9e5b", draining: "#8fbf3f", parked: "#b8bec6", wake_due: "#f5cf8f", waking: "#f0a030", parking: "#e07b39",
     starting: "#5b8def", pending: "#9db8f0", failed: "#d9453d", stopped: "#eceef1",
   };
   const KINDS = [["weights", 45, 60], ["runtime", 32, 35], ["kv_used", 60, 65], ["kv_mapped", 84, 70]];
