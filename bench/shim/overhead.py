@@ -18,7 +18,11 @@ pool's answer to the same request.
     python -m bench.shim.overhead --engine sim --block-s 3 --blocks 2   # anywhere (simulated)
 
 The shim's limit is the whole pool from the start (no ledger), so all servers admit alike and
-only the shim's mapping path and allocator hooks differ. Writes ``overhead.json`` to ``--out``.
+only the shim's mapping path and allocator hooks differ. Every server has had its readiness
+probe (its first allocation: the shim's map-ahead worker starts there). Before the repeats each
+server also gets ``--warmup-s`` of the same traffic, unmeasured and reported apart (``warmup``),
+so no server's first requests (first kernel launches at each batch size, allocator growth) fall
+in a repeat. Writes ``overhead.json`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -82,6 +86,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--variants",
         default="shim",
         help=f"shim variants beside the fixed pool, comma-separated, of {', '.join(VARIANTS)} (default shim)",
+    )
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=5.0,
+        help="seconds of the same traffic each server gets first, unmeasured (reported apart), so "
+        "no server's first requests fall in a repeat; 0 = none (default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/shim-overhead")))
@@ -185,8 +196,15 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     runs: list[dict[str, list[RequestRecord]]] = []
     starts: dict[tuple[str, int], float] = {}  # (server, run) -> its monotonic start
     maps: dict[str, Any] = {}
+    warm: dict[str, list[RequestRecord]] = {}
     try:
         async with ClientShards(4) as shards:
+            if args.warmup_s > 0:  # apart from the repeats: not in any ratio
+                trace = block_trace("m", args.rate, args.warmup_s, args.prompt, args.output, random.Random(-1))
+                for kind in args.kinds:
+                    cfg = ClientConfig(procs[kind].spec.base_url, COMPLETIONS, seed=-1, ids=True, run=-1)
+                    warm[kind] = await run_open_loop(trace, cfg, shards)
+                    print(f"warm-up {kind:>11}: {sum(x.ok for x in warm[kind])}/{len(warm[kind])} ok", flush=True)
             for r in range(args.repeats):
                 records: dict[str, list[RequestRecord]] = {k: [] for k in args.kinds}
                 for b in range(args.blocks):
@@ -208,6 +226,11 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         await asyncio.gather(*(p.stop() for p in procs.values()))
     everything = {k: [x for run in runs for x in run[k]] for k in args.kinds}
     out = summarize(everything, args)
+    out["warmup"] = (
+        {"seconds": args.warmup_s, **{k: v for k, v in summarize(warm, args).items() if k in ("servers", "ratios")}}
+        if warm
+        else None
+    )
     out["repeats"] = [
         {"first": block_order(args.kinds, r, 0, args.blocks)[0], "ratios": summarize(run, args)["ratios"]}
         for r, run in enumerate(runs)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_overhead_runs_every_server_on_the_same_traffic(tmp_path: Path) -> None:
     rc = overhead.main(
         ["--engine", "sim", "--block-s", "2", "--blocks", "1", "--repeats", "2", "--rate", "4", "--out", str(tmp_path)]
-        + ["--variants", "shim,shim-nofill"]
+        + ["--variants", "shim,shim-nofill", "--warmup-s", "1.5"]
     )
     res = json.loads((tmp_path / "overhead.json").read_text())
     assert rc == 0 and res["simulated"]
@@ -36,6 +36,11 @@ def test_overhead_runs_every_server_on_the_same_traffic(tmp_path: Path) -> None:
         beside = res["beside_maps"][kind]
         assert beside["driver_calls_traced"] > 0
         assert beside["overlapped"]["requests"] + beside["clear"]["requests"] == res["servers"][kind]["ok"]
+    # the warm-up: the same requests to each server first, apart from every ratio above
+    warm = res["warmup"]
+    assert warm["seconds"] == 1.5 and set(warm["servers"]) == {"static", "shim", "shim-nofill"}
+    sizes = {k: v["requests"] for k, v in warm["servers"].items()}
+    assert len(set(sizes.values())) == 1 and sizes["static"] > 0
     # the shim's own account of how its pool grew (read over its channel at the end)
     maps = res["shim_maps"]
     assert maps["ensures"] > 0 and maps["mapped_bytes"] > 0
