@@ -6,8 +6,9 @@ One fleet runs the whole sweep, as live: the rates one after another on one simu
 each ``duration_s`` of arrivals followed by ``DRAIN_S`` for its last answers and ``GAP_S`` (the
 live runner's default gap), so a rate starts with the models awake, parked and warm that the
 one before left; the fleet starts with the placements' ``on: true`` models awake (the others
-parked, as the live warm start leaves them). ``one_fleet=False``: each rate from a fresh
-fleet whose hot set the policy picks (the twin's behaviour before 2026-12-04).
+parked, as the live warm start leaves them); each rate's counters are what changed between
+its start and the next one's, its ``wall_s`` the whole sweep's. ``one_fleet=False``: each rate
+from a fresh fleet whose hot set the policy picks (the twin's behaviour before 2026-12-04).
 Systems: static -> bench/sim's ``FixedColocation`` over the served models, each awake on its
 GPU with its file's fixed ``kv_pool_gb``, as the live static system runs them (the others'
 requests are misses, as live). Not ``static-partition``: that one dedicates a whole GPU to each
