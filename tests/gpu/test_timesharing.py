@@ -92,3 +92,12 @@ def test_activation_benchmark(chimera_gpu: Running) -> None:
     RESULTS["activation"] = res
     for m in res["models"]:
         assert m["identical_outputs"] == 5
+    # every wake above went through the wake gate (mode full): those that waited for the
+    # neighbours' pages say how long; none may have been abandoned for want of room
+    waits: dict[str, dict[str, float]] = {}
+    for line in httpx.get(f"{chimera_gpu.base}/metrics", timeout=10).text.splitlines():
+        hit = re.match(r'chimera_wake_room_wait_seconds_(count|sum)\{model="([^"]+)",outcome="(\w+)"\} (\S+)', line)
+        if hit:
+            waits.setdefault(f"{hit[2]}/{hit[3]}", {})[hit[1]] = float(hit[4])
+    RESULTS["wake_room_waits"] = waits
+    assert not any(key.endswith("/timeout") for key in waits), waits
