@@ -199,26 +199,27 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     warm: dict[str, list[RequestRecord]] = {}
     try:
         async with ClientShards(4) as shards:
-            if args.warmup_s > 0:  # apart from the repeats: not in any ratio
+
+            async def load(kind: str, trace: list[BenchRequest], run: int, label: str) -> list[RequestRecord]:
+                """``trace`` to one server as run ``run``; its start on the monotonic clock kept."""
+                cfg = ClientConfig(procs[kind].spec.base_url, COMPLETIONS, seed=run, ids=True, run=run)
+                clock = _Clock()
+                recs = await run_open_loop(trace, cfg, shards, now=clock)
+                assert clock.t0 is not None
+                starts[(kind, run)] = clock.t0
+                print(f"{label} {kind:>11}: {sum(x.ok for x in recs)}/{len(recs)} ok", flush=True)
+                return recs
+
+            if args.warmup_s > 0:  # apart from the repeats (run -1): not in any ratio
                 trace = block_trace("m", args.rate, args.warmup_s, args.prompt, args.output, random.Random(-1))
                 for kind in args.kinds:
-                    cfg = ClientConfig(procs[kind].spec.base_url, COMPLETIONS, seed=-1, ids=True, run=-1)
-                    warm[kind] = await run_open_loop(trace, cfg, shards)
-                    print(f"warm-up {kind:>11}: {sum(x.ok for x in warm[kind])}/{len(warm[kind])} ok", flush=True)
+                    warm[kind] = await load(kind, trace, -1, "warm-up")
             for r in range(args.repeats):
                 records: dict[str, list[RequestRecord]] = {k: [] for k in args.kinds}
                 for b in range(args.blocks):
                     trace = block_trace("m", args.rate, args.block_s, args.prompt, args.output, rng)
                     for kind in block_order(args.kinds, r, b, args.blocks):
-                        seed = r * args.blocks + b
-                        cfg = ClientConfig(procs[kind].spec.base_url, COMPLETIONS, seed=seed, ids=True, run=seed)
-                        clock = _Clock()
-                        recs = await run_open_loop(trace, cfg, shards, now=clock)
-                        assert clock.t0 is not None
-                        starts[(kind, seed)] = clock.t0
-                        records[kind] += recs
-                        ok = sum(x.ok for x in recs)
-                        print(f"repeat {r} block {b} {kind:>11}: {ok}/{len(recs)} ok", flush=True)
+                        records[kind] += await load(kind, trace, r * args.blocks + b, f"repeat {r} block {b}")
                 runs.append(records)
         for kind, sock in socks.items():
             maps[kind] = await _shim_counts(sock, args.tp)
