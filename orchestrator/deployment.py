@@ -30,12 +30,14 @@ An instance's cost depends on how it is started (perf/cost.py ``runtime_bytes``:
 graphs' batch sizes and its pool's request slots), and a shim's virtual range on its cost. No
 circle: ``_instance`` sizes the range with the upper-bound cost (SGLang's default batch sizes,
 the most request slots); ``start_mem`` chooses the batch sizes from the KV the instance can
-expect beside its GPU's other servers (``kv_share``, also from upper-bound costs), gives a shim
-server the request slots of that KV (``--max-running-requests``: SGLang would derive them from the
-virtual range) and charges the instance the cost of the batch sizes and slots it is really started
-with, never more than the upper bound. A model's cost (the global scheduler's, ``plan``'s) is the largest of its
-instances'. On a GPU whose start budgets would not fit with every shim at START_LIMIT_BYTES,
-its shims start at their KV floor instead (``_crowded``): servers that fit awake start together.
+expect beside its GPU's other servers (``kv_share``, also from upper-bound costs), gives every
+server its request slots (``--max-running-requests``: those SGLang derives from that KV, at most
+REQUEST_SLOTS_PER_GRAPH_BS x the batch sizes; from a shim's virtual range SGLang would derive up
+to twice a fixed pool's) and charges the instance the cost of the batch sizes and slots it is
+really started with, never more than the upper bound. A model's cost (the global scheduler's,
+``plan``'s) is the largest of its instances'. On a GPU whose start budgets would not fit with
+every shim at START_LIMIT_BYTES, its shims start at their KV floor instead (``_crowded``):
+servers that fit awake start together.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from orchestrator.config import GIB, Config, HostSpec, InstanceSpec, ModelSpec
-from orchestrator.perf.cost import DEFAULT_CUDA_GRAPH_MAX_BS, ServerCost, server_cost
+from orchestrator.perf.cost import DEFAULT_CUDA_GRAPH_MAX_BS, DEFAULT_KV_FLOOR_TOKENS, ServerCost, server_cost
 from orchestrator.perf.model import LatencyModel, request_slots
 from orchestrator.policy.placement.cluster import PlacementParams
+from orchestrator.shapes import ModelShape
 from orchestrator.types import GpuSharing, Mode, OnLate
 
 # Fallback when neither the ledger nor the placements file sizes the KV pool. SGLang reads it as
@@ -72,6 +75,12 @@ MAX_LAUNCH_MEM_FRACTION = 0.99
 EXPECTED_TOKENS_PER_SEQUENCE = 512
 MIN_CUDA_GRAPH_MAX_BS = 32
 MAX_CUDA_GRAPH_MAX_BS = DEFAULT_CUDA_GRAPH_MAX_BS  # SGLang's own default for 80-160 GB cards
+# Request slots (--max-running-requests): SGLang allocates its req_to_token pool for them at start,
+# (slots + 1) rows of the model's whole context (1 GiB for a 128k context at the 2,048 it derives
+# from any pool), whatever the load. A server gets at most this many times its graphs' largest
+# batch: 256 slots (128 MiB at 128k) for one sized for 32 sequences. More requests wait in the
+# proxy's admission queue, which counts the engine's slots (proxy/admission.py).
+REQUEST_SLOTS_PER_GRAPH_BS = 8
 
 
 def default_mem_fraction(model: ModelSpec, host: HostSpec) -> float:
@@ -124,8 +133,7 @@ class InstanceFacts:
     start_budget_bytes: int = 0  # per GPU once up, before the ledger's first split
     cuda_graph_max_bs: int = MAX_CUDA_GRAPH_MAX_BS
     pool_tokens: int | None = None  # the KV pool SGLang sizes its request slots by (None: unknown)
-    # --max-running-requests: a shim server's request slots, those SGLang gives the pool it is
-    # sized for; None: SGLang derives them from its pool (a fixed pool: the same figure)
+    # --max-running-requests (``max_running_requests``); None: SGLang derives them from its pool
     max_running_requests: int | None = None
 
     @property
@@ -222,7 +230,8 @@ def _model(cfg: Config, m: ModelSpec, instances: list[InstanceFacts]) -> ModelFa
     if instances and all(f.pool_tokens is not None for f in instances):  # the largest of its instances'
         bs = max(f.cuda_graph_max_bs for f in instances)
         tokens = max(f.pool_tokens or 0 for f in instances)
-        cost = server_cost(m.shape, m.tp_size, floor, bs, tokens)
+        slots = max((f.max_running_requests for f in instances if f.max_running_requests is not None), default=None)
+        cost = server_cost(m.shape, m.tp_size, floor, bs, tokens, slots)
     else:
         cost = server_cost(m.shape, m.tp_size, floor)
     on_late: OnLate = "shed" if m.slo.ttft_s is not None and cfg.scheduler.on_late == "shed" else "serve"
@@ -293,11 +302,8 @@ def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec, serial: bool =
             sized_for, pool_tokens = f.fixed_pool_bytes, tokens
         bs = cuda_graph_max_bs(sized_for // per_token_group)
         model = f.spec.model
-        # A shim's pool is its virtual range, from which SGLang would derive up to twice the
-        # request slots of a fixed pool (~1 GiB more for a 128k context): it gets those of
-        # the pool it is sized for, passed as --max-running-requests.
-        slots = request_slots(pool_tokens, model.shape.max_context) if f.shim else None
-        cost = server_cost(model.shape, model.tp_size, f.cost.kv_floor_bytes, bs, pool_tokens)
+        slots = max_running_requests(bs, pool_tokens, model.shape.max_context, fixed=not f.shim)
+        cost = server_cost(model.shape, model.tp_size, f.cost.kv_floor_bytes, bs, pool_tokens, slots)
         started = replace(f, cost=cost, cuda_graph_max_bs=bs, pool_tokens=pool_tokens, max_running_requests=slots)
         out[iid] = replace(
             started,
@@ -360,6 +366,25 @@ def launch_fraction(f: InstanceFacts, gpu_bytes: int) -> float:
     the others happen to hold."""
     after = f.cost.awake_bytes - f.spec.model.shape.weight_bytes // f.spec.model.tp_size
     return min(MAX_LAUNCH_MEM_FRACTION, max(MIN_LAUNCH_MEM_FRACTION, 1 - after / gpu_bytes))
+
+
+def max_running_requests(bs: int, pool_tokens: int, context_len: int, fixed: bool) -> int:
+    """``--max-running-requests`` of a server with graphs up to ``bs`` and a pool of
+    ``pool_tokens`` (a shim's: the KV it is sized for; its virtual range would give SGLang up to
+    twice a fixed pool's slots): the slots SGLang derives from that pool, at most
+    REQUEST_SLOTS_PER_GRAPH_BS x ``bs``; a ``fixed`` pool's also within half its tokens, as SGLang
+    keeps them (``resolve_max_num_reqs``), so the figure passed is the one in force."""
+    slots = min(request_slots(pool_tokens, context_len), REQUEST_SLOTS_PER_GRAPH_BS * bs)
+    return max(1, min(slots, pool_tokens // 2)) if fixed else slots
+
+
+def crowded_cost(shape: ModelShape, tp_size: int = 1) -> ServerCost:
+    """What a server costs when ``start_mem`` starts it on a GPU its neighbours fill: sized for
+    its KV floor (DEFAULT_KV_FLOOR_TOKENS), so graphs up to MIN_CUDA_GRAPH_MAX_BS and
+    REQUEST_SLOTS_PER_GRAPH_BS x as many request slots. bench/sim's fleets are charged this."""
+    tokens = DEFAULT_KV_FLOOR_TOKENS
+    bs = cuda_graph_max_bs(tokens)
+    return server_cost(shape, tp_size, None, bs, tokens, max_running_requests(bs, tokens, shape.max_context, False))
 
 
 def cuda_graph_max_bs(tokens: int) -> int:

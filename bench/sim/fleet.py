@@ -21,8 +21,9 @@ from __future__ import annotations
 import random
 
 from bench.sim.servers import SimModel
+from orchestrator.deployment import crowded_cost
 from orchestrator.perf.calibration import H100, Calibration
-from orchestrator.perf.cost import ServerCost, server_cost
+from orchestrator.perf.cost import ServerCost
 from orchestrator.perf.model import LatencyModel
 from orchestrator.shapes import load_shape
 
@@ -55,10 +56,11 @@ def make_model(
 ) -> SimModel:
     """One model; ``calibration`` sets its step times (memory, park and wake stay the H100's);
     ``cost``: a deployment's (orchestrator/deployment.py, for servers started as it starts them),
-    else the cost model's upper bound for the shape (perf/cost.py ``server_cost``)."""
+    else what the deployment starts a server with on a GPU its neighbours fill (``crowded_cost``:
+    graphs for 32 sequences, 256 request slots)."""
     sh = load_shape(shape)
     lat = LatencyModel(sh, tp, calibration=calibration)
-    return SimModel(name=name, shape_name=shape, tp=tp, cost=cost or server_cost(sh, tp), lat=lat)
+    return SimModel(name=name, shape_name=shape, tp=tp, cost=cost or crowded_cost(sh, tp), lat=lat)
 
 
 def fleet(mix: str, seed: int = 7) -> list[SimModel]:

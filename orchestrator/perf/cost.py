@@ -66,14 +66,19 @@ class ServerCost:
 
 
 def runtime_bytes(
-    shape: ModelShape, cuda_graph_max_bs: int = DEFAULT_CUDA_GRAPH_MAX_BS, kv_tokens: int | None = None
+    shape: ModelShape,
+    cuda_graph_max_bs: int = DEFAULT_CUDA_GRAPH_MAX_BS,
+    kv_tokens: int | None = None,
+    slots: int | None = None,
 ) -> int:
     """What an awake server holds on each GPU beside its weights, its KV and its activations:
     CUDA context and buffers, CUDA graphs up to ``cuda_graph_max_bs`` and the req_to_token pool
-    of the request slots SGLang derives from its pool of ``kv_tokens`` (None: the most it gives).
+    of its request slots: ``slots`` (its --max-running-requests), else those SGLang derives from
+    its pool of ``kv_tokens``, else (both None) the most it gives.
     Fitted on the H200 per shape (calibration.py RUNTIME_BYTES: 5-53 MiB above each of the
     measured 1B, 3B, 8B and 7B, never below them)."""
-    slots = request_slots(kv_tokens, shape.max_context) if kv_tokens is not None else cal.MAX_RUNNING_REQUESTS_MAX
+    if slots is None:
+        slots = request_slots(kv_tokens, shape.max_context) if kv_tokens is not None else cal.MAX_RUNNING_REQUESTS_MAX
     return cal.RUNTIME_BYTES + cal.CUDA_GRAPH_BYTES_PER_BS * cuda_graph_max_bs + req_to_token_bytes(shape, slots)
 
 
@@ -83,15 +88,17 @@ def server_cost(
     kv_floor_bytes: int | None = None,
     cuda_graph_max_bs: int = DEFAULT_CUDA_GRAPH_MAX_BS,
     kv_tokens: int | None = None,
+    slots: int | None = None,
 ) -> ServerCost:
     """Per-GPU cost of one server of ``shape`` started with ``--cuda-graph-max-bs
-    cuda_graph_max_bs`` and a KV pool of ``kv_tokens`` (None: unknown, the upper bound).
+    cuda_graph_max_bs``, a KV pool of ``kv_tokens`` and ``--max-running-requests slots`` (None:
+    unknown, the upper bound; ``runtime_bytes``).
     ``plan_memory`` is asked with a GPU large enough never to refuse: only its weights and
     graphs (what a park moves) are used here."""
     mem = plan_memory(shape, tp_size=tp_size, gpu_memory_gb=10_000.0, cuda_graph_max_bs=cuda_graph_max_bs)
     lat = LatencyModel(shape, tp_size)
     per_token = kv_bytes_per_token_per_gpu(shape, tp_size)
-    runtime = runtime_bytes(shape, cuda_graph_max_bs, kv_tokens)
+    runtime = runtime_bytes(shape, cuda_graph_max_bs, kv_tokens, slots)
     parked = min(cal.CONTEXT_BYTES, runtime)  # never more than it holds awake beside its weights
     moved = ["weights", "cuda_graph"]
     return ServerCost(

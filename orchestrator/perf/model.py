@@ -114,7 +114,11 @@ def plan_memory(
         max_running_requests = max(1, min(max_running_requests, int(tokens) // 2))
     return MemoryPlan(
         gpu_bytes=gpu,
-        context_bytes=cal.CONTEXT_BYTES,
+        # as the cost model counts a parked server (cost.py): its CUDA context, never more than
+        # its runtime beside the graphs (buffers and the req_to_token pool of its request slots)
+        context_bytes=min(
+            cal.CONTEXT_BYTES, cal.RUNTIME_BYTES + req_to_token_bytes(shape, max_running_requests, context_len)
+        ),
         weight_bytes=weights,
         kv_bytes=tokens * per_token,
         cuda_graph_bytes=cal.CUDA_GRAPH_BYTES_PER_BS * (bs_default if cuda_graph_max_bs is None else cuda_graph_max_bs),

@@ -97,8 +97,9 @@ def test_prism_setups_hold_the_mix_and_static_pools_fit_every_gpu(setup: str, gp
         for g in f.spec.placement.gpus:
             held[g] += f.awake_bytes
     # pressed, as set-up A: the pools were sized against the cost model before its refit to the
-    # H200's measured footprints, which left each GPU 2-3 GiB more (perf/calibration.py)
-    assert all(5 * GIB < dep.gpu_bytes - b < 13 * GIB for b in held.values()), held
+    # H200's measured footprints, which left each GPU 2-3 GiB more (perf/calibration.py), and
+    # before the servers' request slots were sized by their graphs (up to 0.9 GiB a server more)
+    assert all(5 * GIB < dep.gpu_bytes - b < 15 * GIB for b in held.values()), held
     for system in SYSTEMS:  # every derived file is valid, and `plan` accepts it
         assert parse_config(derive(raw, system)).gpu_count == gpus
 

@@ -13,7 +13,7 @@ from orchestrator.deployment import Deployment, derive
 from orchestrator.kv.ledger import MARGIN_BYTES
 from orchestrator.perf import calibration as cal
 from orchestrator.perf.cost import ACTIVATION_BYTES, runtime_bytes, server_cost
-from orchestrator.perf.model import kv_bytes_per_token_per_gpu
+from orchestrator.perf.model import kv_bytes_per_token_per_gpu, req_to_token_bytes, request_slots
 from orchestrator.shapes import load_shape
 
 MIB = cal.MIB
@@ -94,13 +94,20 @@ def test_the_deployment_charges_each_server_its_own_graphs_and_the_model_the_lar
     assert by_bs == {"llama-3.2-1b": 32, "llama-3.2-3b": 32, "llama-3.1-8b": 32, "qwen2.5-7b": 32}
     for f in dep.instances.values():
         shape = f.spec.model.shape
-        assert f.cost == server_cost(shape, 1, None, f.cuda_graph_max_bs, f.pool_tokens)
+        # 8 x 32 request slots, not the 2,048 SGLang derives from any pool: 1 -> 0.125 GiB at 128k
+        assert f.max_running_requests == 256
+        assert f.cost == server_cost(shape, 1, None, f.cuda_graph_max_bs, f.pool_tokens, 256)
+        derived = server_cost(shape, 1, None, f.cuda_graph_max_bs, f.pool_tokens)
+        saved = req_to_token_bytes(shape, request_slots(f.pool_tokens or 0, shape.max_context))
+        saved -= req_to_token_bytes(shape, 256)
+        assert derived.held_awake_bytes - f.cost.held_awake_bytes == saved
         assert f.cost.held_awake_bytes <= server_cost(shape).held_awake_bytes  # the upper bound
         assert dep.models[f.spec.model.name].cost == f.cost  # one server each here
-    # in the 7 models' full set-up the costs sum to ~69.1 GiB awake (68.8 with graphs up to 16
-    # sequences): 72.6 with the request slots
+    # in the 7 models' full set-up the costs sum to ~63.6 GiB awake with 256 request slots each;
+    # 69.1 with the 2,048 SGLang derives from the KV they are sized for (68.8 with graphs up to 16
+    # sequences), 72.6 with the request slots
     # SGLang derives from the virtual range (--max-running-requests not given), 74.5 with graphs
     # sized from it too, where the cost model before its refit said 81.2 (and 85 with the KV
     # floors: more than the GPU)
     total = sum(f.cost.held_awake_bytes for f in dep.instances.values())
-    assert 68.9 * GIB < total < 69.3 * GIB
+    assert 63.4 * GIB < total < 63.8 * GIB

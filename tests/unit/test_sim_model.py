@@ -10,6 +10,7 @@ from orchestrator.perf.model import (
     MemoryPlanError,
     kv_bytes_per_token_per_gpu,
     plan_memory,
+    req_to_token_bytes,
     sglang_defaults,
 )
 from orchestrator.shapes import load_shape
@@ -120,7 +121,12 @@ def test_memory_tags_release_and_resume_by_tag() -> None:
     assert tags.resident_bytes() == awake - dropped
     assert not tags.can_serve
     assert tags.release([]) == ["kv_cache"]  # empty = all tags; already released ones stay
-    assert tags.resident_bytes() == cal.CONTEXT_BYTES
+    # the context: the parked cost's (cost.py), never above the runtime beside the graphs
+    plan = tags.plan
+    assert tags.resident_bytes() == plan.context_bytes
+    assert plan.context_bytes == min(
+        cal.CONTEXT_BYTES, cal.RUNTIME_BYTES + req_to_token_bytes(L8B, plan.max_running_requests)
+    )
     assert tags.resume(None) == ["weights", "cuda_graph", "kv_cache"]
     assert tags.resident_bytes() == awake and tags.can_serve and tags.weights_intact
     with pytest.raises(ValueError, match="unknown memory tags"):

@@ -72,9 +72,11 @@ def test_timeslice_runs_are_unchanged() -> None:
     plain.pop("wall_s")
     named.pop("wall_s")
     assert plain == named
-    assert (plain["requests"], plain["shed"], plain["unfinished"]) == (2543, 429, 0)
-    assert plain["joint"] == pytest.approx(0.6338969720802202, abs=1e-12)
-    assert plain["p99_ttft_s"] == pytest.approx(0.09934092946561623, abs=1e-12)
+    # (pinned again when servers were charged as the deployment starts them on a crowded GPU,
+    # deployment.crowded_cost: 429 shed, 63.39% joint, p99 TTFT 99.3 ms before)
+    assert (plain["requests"], plain["shed"], plain["unfinished"]) == (2543, 458, 0)
+    assert plain["joint"] == pytest.approx(0.7070389303971687, abs=1e-12)
+    assert plain["p99_ttft_s"] == pytest.approx(0.10579305841591236, abs=1e-12)
 
 
 @pytest.mark.parametrize(("a", "b", "batch", "measured"), _measured())

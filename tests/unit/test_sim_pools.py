@@ -108,18 +108,20 @@ def test_mix58_without_pools_is_unchanged() -> None:
     """The same seed gives the numbers the simulator gave without pools (pinned again after the
     cost model's memory refit of 2026-12-04, with the pools' code unchanged: was 12 shed,
     99.096% joint, 10 wakes, 18 parks, 173 decisions; then 171 decisions, and 185 since the
-    starvation guard weighs busy neighbours by request rate: blocked models decide again)."""
+    starvation guard weighs busy neighbours by request rate: blocked models decide again; then 10
+    shed, 98.978% joint, 8 wakes, 16 parks, 185 decisions, before servers were charged as the
+    deployment starts them on a crowded GPU: deployment.crowded_cost)."""
     res = run_one("chimera", "mix58", 16, spec(10.0, 300.0, 600.0))
-    assert (res.requests, res.shed, res.unfinished) == (2543, 10, 0)
-    assert res.joint == pytest.approx(0.9897758552890287, abs=1e-12)
+    assert (res.requests, res.shed, res.unfinished) == (2543, 5, 0)
+    assert res.joint == pytest.approx(0.9972473456547385, abs=1e-12)
     assert res.p99_ttft_s == pytest.approx(0.09868051361499397, abs=1e-12)
     assert res.counters == {
-        "wakes": 8,
-        "parks": 16,
+        "wakes": 6,
+        "parks": 11,
         "starts": 0,
         "migrations": 0,
-        "decisions": 185,
-        "memory_violations": 0,
+        "decisions": 181,
+        "memory_violations": 1,
     }
 
 
