@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from bench.sim.fleet import fleet
+from bench.sim.fleet import card, fleet
 from bench.sim.metrics import RunResult
 from bench.sim.run import history, simulate, with_slos
 from bench.traces.synthetic import SyntheticSpec, generate
@@ -54,7 +54,7 @@ def spec(rate: float, duration_s: float, cycle_s: float, seed: int = 1) -> Synth
 def run_one(system: str, mix: str, gpus: int, sp: SyntheticSpec, sharing: GpuSharing = "timeslice") -> RunResult:
     """One run of the experiments' workload; the SLOs are the dedicated ones whatever ``sharing``
     (a model alone on its GPU shares nothing)."""
-    models = with_slos(fleet(mix), SLO_SCALE, sp.input_range, sp.output_range)
+    models = with_slos(fleet(mix, calibration=card(sharing)), SLO_SCALE, sp.input_range, sp.output_range)
     trace = generate(sp, [m.name for m in models])
     return simulate(system, models, gpus, trace, sp.duration_s, history(sp, models), sharing)
 
@@ -74,7 +74,7 @@ def _bisect_max(ok: Callable[[float], bool], lo: float, hi: float, steps: int) -
 def rate_sweep(
     mix: str = "mix8",
     gpus: int = 2,
-    rates: tuple[float, ...] = (2, 4, 8, 12, 16, 20, 24, 28, 32, 40),
+    rates: tuple[float, ...] = (2, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64),
     duration_s: float = 600.0,
     cycle_s: float = 120.0,
     systems: tuple[str, ...] = BASELINES,

@@ -22,10 +22,11 @@ import random
 
 from bench.sim.servers import SimModel
 from orchestrator.deployment import crowded_cost
-from orchestrator.perf.calibration import H100, Calibration
+from orchestrator.perf.calibration import H100, H100_ROUND, Calibration
 from orchestrator.perf.cost import ServerCost
 from orchestrator.perf.model import LatencyModel
 from orchestrator.shapes import load_shape
+from orchestrator.types import GpuSharing
 
 GIB = 1 << 30
 # The 80 GB card: 81,559 MiB = 79.6 GiB [measured] on the lent H100; the ledger plans all of it.
@@ -63,13 +64,20 @@ def make_model(
     return SimModel(name=name, shape_name=shape, tp=tp, cost=cost or crowded_cost(sh, tp), lat=lat)
 
 
-def fleet(mix: str, seed: int = 7) -> list[SimModel]:
+def card(sharing: GpuSharing) -> Calibration:
+    """The latency side of a run's servers: the H100's, whose colocated decode is the form
+    measured on an H200 (calibration.py PER_OTHER_FIXED_S); under simulated MPS the time-sliced
+    round that MPS is modelled over (H100_ROUND, perf/sharing.py ``mps_round_s``)."""
+    return H100_ROUND if sharing == "mps" else H100
+
+
+def fleet(mix: str, seed: int = 7, calibration: Calibration = H100) -> list[SimModel]:
     """The models of a mix, in popularity order (index 0 is the most popular at alpha < 1)."""
     if mix not in MIXES:
         raise ValueError(f"unknown mix {mix!r} (known: {', '.join(MIXES)})")
     kinds = [(shape, tp) for shape, tp, count in MIXES[mix] for _ in range(count)]
     random.Random(seed).shuffle(kinds)
-    return [make_model(f"m{i:02d}-{shape}", shape, tp) for i, (shape, tp) in enumerate(kinds)]
+    return [make_model(f"m{i:02d}-{shape}", shape, tp, calibration) for i, (shape, tp) in enumerate(kinds)]
 
 
 def min_gpus(models: list[SimModel]) -> int:

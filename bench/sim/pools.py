@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.sim.chimera import Chimera, ChimeraOptions
-from bench.sim.fleet import H100_BYTES, fleet
+from bench.sim.fleet import H100_BYTES, card, fleet
 from bench.sim.metrics import RunResult, summarize
 from bench.sim.run import history, with_slos
 from bench.sim.servers import SimModel, SimReq, SimServer
@@ -321,7 +321,7 @@ def run_pooled(
     sharing: GpuSharing = "timeslice",
 ) -> RunResult:
     """One mix with pools: the same models, SLOs, trace and history as ``experiments.run_one``."""
-    models = with_slos(fleet(mix), slo_scale, sp.input_range, sp.output_range)
+    models = with_slos(fleet(mix, calibration=card(sharing)), slo_scale, sp.input_range, sp.output_range)
     trace = generate(sp, [m.name for m in models])
     return simulate_pooled(models, gpus, trace, sp.duration_s, history(sp, models), popts, sharing=sharing)[0]
 

@@ -216,14 +216,45 @@ class Calibration:
     prefill_mfu: float
     colocation: Literal["time-slice", "overlap"]
     decode: tuple[tuple[str, DecodeFit], ...] = ()  # per shape name; others use the roofline
-    default_per_other_s: float = 0.0  # overlap: per other decoding server, shapes not fitted
+    # overlap, shapes not fitted: per other decoding server, a step gains per_other_fixed_s plus
+    # per_other_per_read x one read of its weights at the spec bandwidth (PER_OTHER_FIXED_S)
+    per_other_fixed_s: float = 0.0
+    per_other_per_read: float = 0.0
     first_token: FirstToken | None = None  # None: the first token comes when the prefill ends
 
     def decode_fit(self, shape_name: str) -> DecodeFit | None:
         return next((f for s, f in self.decode if s == shape_name), None)
 
 
-H100 = Calibration("h100", ACCELERATOR_NAME, HBM_BANDWIDTH, PREFILL_MFU, "time-slice")
+# What another decoding server costs a server's decode step on a time-sliced GPU, for shapes
+# whose colocated step was not fitted: PER_OTHER_FIXED_S + PER_OTHER_PER_READ x the step's own
+# read of its weights at the card's spec bandwidth. [measured] least squares over the H200's four
+# fitted shapes below (per_other_s against weight bytes / 4.8 TB/s: 1B 0.51 ms -> 1.31 ms, 3B
+# 1.34 -> 2.47, 8B 3.35 -> 3.96, 7B 3.17 -> 4.34; residuals within 0.30 ms; recomputed in
+# tests/unit/test_h200_calibration.py): a neighbour's time-slices cost about one more pass of a
+# server's own GPU work plus ~1 ms, whatever the neighbour's size. The H200's pairs say the same
+# (bench/results/gpu-mps-h200, time-sliced): an 8B was slowed 1.6-1.9x beside a 1B and 2.2x
+# beside an 8B; a 1B 1.0-1.5x beside either (the form gives 1.9x and 1.8x).
+PER_OTHER_FIXED_S = 0.000955
+PER_OTHER_PER_READ = 0.986
+
+# The H100's colocation is that measured form [assumed: it transfers from the H200 with the
+# card's bandwidth]: each server decodes at its own rate. Until 2026-12-05 it was ``H100_ROUND``'s
+# assumed round (a GPU runs its decoding servers' whole steps one after another, so each waits
+# for the sum): the H200's pairs refuted it both ways (docs/bench-sim.md, "The time-sliced round
+# against the measured pairs"), most for a small model beside a large one (a 1B charged 4x
+# beside an 8B; measured 1.0-1.5x). The round stays for what-ifs and for MPS, which the
+# simulator models over it (perf/sharing.py ``mps_round_s``).
+H100 = Calibration(
+    "h100",
+    ACCELERATOR_NAME,
+    HBM_BANDWIDTH,
+    PREFILL_MFU,
+    "overlap",
+    per_other_fixed_s=PER_OTHER_FIXED_S,
+    per_other_per_read=PER_OTHER_PER_READ,
+)
+H100_ROUND = Calibration("h100-round", ACCELERATOR_NAME, HBM_BANDWIDTH, PREFILL_MFU, "time-slice")
 
 # [measured] fitted by `python -m bench.calibration.h200_multi bench/results/gpu-experiment-h200-a
 # bench/results/gpu-experiment-h200-a6 bench/results/gpu-experiment-h200-a7 --out
@@ -268,7 +299,8 @@ H200 = Calibration(
         ("llama-3.1-8b", DecodeFit(base_s=0.00070, per_req_s=0.000433, per_other_s=0.00396, eager_factor=1.05)),
         ("qwen2.5-7b", DecodeFit(base_s=0.00040, per_req_s=0.000522, per_other_s=0.00434)),
     ),
-    default_per_other_s=0.0025,  # [assumed] the fitted shapes' mean, for shapes not measured
+    per_other_fixed_s=PER_OTHER_FIXED_S,  # shapes not measured: the form fitted over the four
+    per_other_per_read=PER_OTHER_PER_READ,  # (was a flat 2.5 ms, their mean [assumed])
     # [measured] fitted by `python -m bench.calibration.first_token bench/results/gpu-experiment-h200-a3`
     # (static, 8 req/s): p25 TTFT - prefill = 2.5-3.3 colocated steps for all four shapes (TTFT
     # does not grow with the prompt at this load); first tokens of different engines released
@@ -297,4 +329,4 @@ H200 = Calibration(
     # shape alike: the host's share, not the GPU's.
     first_token=FirstToken(steps=2.10, stall_s=0.0, period_s=1.50, fixed_s=0.0192, prefill_share=0.39, spread=0.33),
 )
-CALIBRATIONS: dict[str, Calibration] = {c.name: c for c in (H100, H200)}
+CALIBRATIONS: dict[str, Calibration] = {c.name: c for c in (H100, H100_ROUND, H200)}

@@ -195,14 +195,18 @@ class LatencyModel:
         return self.speed * cal.DECODE_STEP_OVERHEAD_S
 
     def colocated_extra_s(self, others: int) -> float:
-        """Seconds a decode step of this server gains per round with ``others`` other servers
-        decoding on its GPU, under an "overlap" calibration (time-slicing is the simulator's
-        round itself: 0 here)."""
+        """Seconds a decode step of this server gains with ``others`` other servers decoding on
+        its GPU, under an "overlap" calibration: the shape's measured per-other cost, else the
+        form fitted over the measured shapes (calibration.py PER_OTHER_FIXED_S). Under a
+        "time-slice" one (H100_ROUND) the simulator's round itself charges them: 0 here."""
         c = self.calibration
         if c.colocation != "overlap" or others <= 0:
             return 0.0
         fitted = c.decode_fit(self.shape.name)
-        return self.speed * others * (fitted.per_other_s if fitted is not None else c.default_per_other_s)
+        if fitted is not None:
+            return self.speed * others * fitted.per_other_s
+        read = self.shape.weight_bytes / self.tp_size / c.hbm_bandwidth
+        return self.speed * others * (c.per_other_fixed_s + c.per_other_per_read * read)
 
     def colocated_decode_s(self, alone_s: float, others: int, eager: bool) -> float:
         """A decode step that takes ``alone_s`` (decode_time) with ``others`` other servers

@@ -33,7 +33,29 @@ def test_the_h100_stays_the_default_and_is_unchanged_by_naming_it() -> None:
     assert plain.calibration is cal.H100
     assert named.decode_time([100] * 8) == plain.decode_time([100] * 8)
     assert named.prefill_time([(512, 0)]) == plain.prefill_time([(512, 0)])
-    assert plain.colocated_extra_s(5) == 0.0  # time-slicing is the simulator's round itself
+    # the H100's colocation is the form measured on the H200; the old round charges nothing here
+    read = sh.weight_bytes / cal.H100.hbm_bandwidth
+    assert plain.colocated_extra_s(5) == pytest.approx(5 * (cal.PER_OTHER_FIXED_S + cal.PER_OTHER_PER_READ * read))
+    round_ = LatencyModel(sh, calibration=cal.CALIBRATIONS["h100-round"])
+    assert round_.colocated_extra_s(5) == 0.0  # time-slicing is the simulator's round itself
+    assert round_.decode_time([100] * 8) == plain.decode_time([100] * 8)
+
+
+def test_the_per_other_form_is_the_least_squares_line_over_the_h200_fits() -> None:
+    """PER_OTHER_FIXED_S and PER_OTHER_PER_READ: per_other_s of the four fitted shapes against one
+    read of their weights at the H200's spec bandwidth; every shape within 0.3 ms of the line."""
+    pts = [(load_shape(name).weight_bytes / cal.H200.hbm_bandwidth, fit.per_other_s) for name, fit in cal.H200.decode]
+    assert len(pts) == 4
+    mx, my = sum(x for x, _ in pts) / 4, sum(y for _, y in pts) / 4
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+    assert cal.PER_OTHER_PER_READ == pytest.approx(slope, abs=0.0005)
+    assert cal.PER_OTHER_FIXED_S == pytest.approx(my - slope * mx, abs=0.000001)
+    for x, y in pts:
+        assert abs(cal.PER_OTHER_FIXED_S + cal.PER_OTHER_PER_READ * x - y) < 0.0003
+    # the unfitted shapes of the H200 (32B, 70B at TP 2) get the line, per GPU
+    big = LatencyModel(load_shape("llama-3.3-70b"), 2, calibration=cal.H200)
+    read = load_shape("llama-3.3-70b").weight_bytes / 2 / cal.H200.hbm_bandwidth
+    assert big.colocated_extra_s(1) == pytest.approx(cal.PER_OTHER_FIXED_S + cal.PER_OTHER_PER_READ * read)
 
 
 @pytest.mark.parametrize("shape", ["llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "qwen2.5-7b"])
@@ -95,9 +117,14 @@ def test_overlap_gpu_steps_each_server_at_its_own_rate() -> None:
 
 def test_time_slice_gpu_keeps_one_round_for_all_servers() -> None:
     ex = GpuExec(0)
-    ex.servers = [_server(n, sh, cal.H100, [101]) for n, sh in (("s", "llama-3.2-1b"), ("b", "llama-3.1-8b"))]
+    ex.servers = [_server(n, sh, cal.H100_ROUND, [101]) for n, sh in (("s", "llama-3.2-1b"), ("b", "llama-3.1-8b"))]
     done = _drain(ex)
     assert done["s"] == pytest.approx(done["b"])  # both advance one step per shared round
+    # the H100's measured form: the 1B finishes its 100 steps well before the 8B
+    ex = GpuExec(0)
+    ex.servers = [_server(n, sh, cal.H100, [101]) for n, sh in (("s", "llama-3.2-1b"), ("b", "llama-3.1-8b"))]
+    done = _drain(ex)
+    assert done["s"] < 0.6 * done["b"]
 
 
 def test_fitting_script_reads_batch_lines(tmp_path: Path) -> None:
