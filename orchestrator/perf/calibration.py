@@ -234,7 +234,7 @@ class Calibration:
 # tests/unit/test_h200_calibration.py): a neighbour's time-slices cost about one more pass of a
 # server's own GPU work plus ~1 ms, whatever the neighbour's size. The H200's pairs say the same
 # (bench/results/gpu-mps-h200, time-sliced): an 8B was slowed 1.6-1.9x beside a 1B and 2.2x
-# beside an 8B; a 1B 1.0-1.5x beside either (the form gives 1.9x and 1.8x).
+# beside an 8B; a 1B 1.0-1.5x beside either (at batch 4 the form gives the 8B 1.9x, the 1B 1.8x).
 PER_OTHER_FIXED_S = 0.000955
 PER_OTHER_PER_READ = 0.986
 
