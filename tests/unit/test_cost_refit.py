@@ -7,9 +7,10 @@ import pytest
 
 from bench.gpu.experiment import load_setup
 from bench.gpu.systems import derive as system_file
+from bench.sim.fleet import make_model
 from orchestrator.cli.plan import problems
 from orchestrator.config import GIB, parse_config
-from orchestrator.deployment import Deployment, derive
+from orchestrator.deployment import Deployment, crowded_cost, derive
 from orchestrator.kv.ledger import MARGIN_BYTES
 from orchestrator.perf import calibration as cal
 from orchestrator.perf.cost import ACTIVATION_BYTES, runtime_bytes, server_cost
@@ -111,3 +112,15 @@ def test_the_deployment_charges_each_server_its_own_graphs_and_the_model_the_lar
     # floors: more than the GPU)
     total = sum(f.cost.held_awake_bytes for f in dep.instances.values())
     assert 63.4 * GIB < total < 63.8 * GIB
+
+
+def test_the_simulators_fleets_are_charged_what_a_crowded_gpu_starts() -> None:
+    """bench/sim charges every server ``crowded_cost``: what ``start_mem`` starts a server with on
+    a GPU its neighbours fill. Set-up A's seven servers on one GPU are such servers: each is
+    charged exactly that (its KV floor is the default), less than the cost model's upper bound."""
+    dep = _system("full")
+    for f in dep.instances.values():
+        shape = f.spec.model.shape
+        assert crowded_cost(shape) == f.cost
+        assert make_model("m", shape.name).cost == f.cost
+        assert f.cost.held_awake_bytes < server_cost(shape).held_awake_bytes
