@@ -300,9 +300,12 @@ def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec, serial: bool =
         else:
             tokens = max(1, f.fixed_pool_bytes // per_token_group)
             sized_for, pool_tokens = f.fixed_pool_bytes, tokens
-        bs = cuda_graph_max_bs(sized_for // per_token_group)
         model = f.spec.model
-        slots = max_running_requests(bs, pool_tokens, model.shape.max_context, fixed=not f.shim)
+        # a model's engine_args win over chimera's figures (sglang/launch.py): it is charged them
+        bs = model.engine_int("--cuda-graph-max-bs") or cuda_graph_max_bs(sized_for // per_token_group)
+        slots = max_running_requests(
+            bs, pool_tokens, model.shape.max_context, fixed=not f.shim, asked=model.engine_int("--max-running-requests")
+        )
         cost = server_cost(model.shape, model.tp_size, f.cost.kv_floor_bytes, bs, pool_tokens, slots)
         started = replace(f, cost=cost, cuda_graph_max_bs=bs, pool_tokens=pool_tokens, max_running_requests=slots)
         out[iid] = replace(
@@ -368,13 +371,14 @@ def launch_fraction(f: InstanceFacts, gpu_bytes: int) -> float:
     return min(MAX_LAUNCH_MEM_FRACTION, max(MIN_LAUNCH_MEM_FRACTION, 1 - after / gpu_bytes))
 
 
-def max_running_requests(bs: int, pool_tokens: int, context_len: int, fixed: bool) -> int:
+def max_running_requests(bs: int, pool_tokens: int, context_len: int, fixed: bool, asked: int | None = None) -> int:
     """``--max-running-requests`` of a server with graphs up to ``bs`` and a pool of
     ``pool_tokens`` (a shim's: the KV it is sized for; its virtual range would give SGLang up to
-    twice a fixed pool's slots): the slots SGLang derives from that pool, at most
-    REQUEST_SLOTS_PER_GRAPH_BS x ``bs``; a ``fixed`` pool's also within half its tokens, as SGLang
-    keeps them (``resolve_max_num_reqs``), so the figure passed is the one in force."""
-    slots = min(request_slots(pool_tokens, context_len), REQUEST_SLOTS_PER_GRAPH_BS * bs)
+    twice a fixed pool's slots): ``asked`` (the model's engine_args), else the slots SGLang
+    derives from that pool, at most REQUEST_SLOTS_PER_GRAPH_BS x ``bs``; a ``fixed`` pool's also
+    within half its tokens, as SGLang keeps them (``resolve_max_num_reqs``), so the figure
+    passed is the one in force."""
+    slots = asked or min(request_slots(pool_tokens, context_len), REQUEST_SLOTS_PER_GRAPH_BS * bs)
     return max(1, min(slots, pool_tokens // 2)) if fixed else slots
 
 

@@ -259,6 +259,84 @@ def test_servers_get_request_slots_for_their_graphs_not_sglangs_thousands(mode: 
 
 
 @pytest.mark.parametrize("mode", ["static", "elastic"])
+def test_a_models_own_graphs_and_slots_win_and_are_charged(mode: str) -> None:
+    """engine_args that set --cuda-graph-max-bs or --max-running-requests win over chimera's
+    figures (they come last on the command line): the deployment passes the same values and
+    charges their graphs and req_to_token pool, not the ones it would have chosen."""
+    raw: dict[str, Any] = {
+        "mode": mode,
+        "host": {"gpus": 1, "gpu_memory_gb": 80},
+        "models": [
+            {
+                "name": "m",
+                "model_path": "llama-3.1-8b",
+                "load_format": "dummy",
+                "engine_args": [
+                    "--max-running-requests",
+                    "512",
+                    "--cuda-graph-max-bs=64",
+                    "--max-running-requests=1024",
+                ],
+                "placements": [{"gpus": [0], "kv_pool_gb": 20}],
+            }
+        ],
+    }
+    f = derive(parse_config(raw, gpu_count=1)).instances["m@gpu0"]
+    assert f.cuda_graph_max_bs == 64  # not the 256 a lone server gets
+    assert f.pool_tokens is not None
+    want = 1024 if mode == "elastic" else min(1024, f.pool_tokens // 2)
+    assert f.max_running_requests == want
+    shape = f.spec.model.shape
+    assert f.cost == server_cost(shape, 1, f.cost.kv_floor_bytes, 64, f.pool_tokens, want)
+    argv = (
+        SGLangEngine(Env.read())
+        .launch_spec(
+            LaunchRequest(
+                instance=f.spec,
+                host=parse_config(raw, gpu_count=1).host,
+                port=30001,
+                nccl_port=40001,
+                max_total_tokens=f.max_total_tokens,
+                mem_fraction_static=f.launch_mem_fraction,
+                cuda_graph_max_bs=f.cuda_graph_max_bs,
+                max_running_requests=f.max_running_requests,
+            )
+        )
+        .argv
+    )
+    # argparse keeps the last value: the model's own, which is also the one charged
+    assert argv[len(argv) - 1 - argv[::-1].index("--cuda-graph-max-bs") + 1] == "64"
+    assert argv[-1] == "--max-running-requests=1024" and str(want) in argv
+
+
+def test_engine_int_reads_a_flag_as_argparse_keeps_it() -> None:
+    spec = parse_config(
+        {
+            "host": {"gpus": 1},
+            "models": [
+                {
+                    "name": "m",
+                    "model_path": "llama-3.2-1b",
+                    "load_format": "dummy",
+                    "engine_args": [
+                        "--max-running-requests",
+                        "8",
+                        "--context-length=4096",
+                        "--max-running-requests=16",
+                    ],
+                    "placements": [{"gpus": [0]}],
+                }
+            ],
+        },
+        gpu_count=1,
+    ).models[0]
+    assert spec.engine_int("--max-running-requests") == 16  # the last one
+    assert spec.engine_int("--context-length") == 4096
+    assert spec.engine_int("--cuda-graph-max-bs") is None
+    assert spec.engine_int("--max-running") is None  # a prefix is not the flag
+
+
+@pytest.mark.parametrize("mode", ["static", "elastic"])
 def test_the_sim_engine_is_started_with_the_same_graphs_and_slots(mode: str) -> None:
     """The sim engine takes the deployment's --cuda-graph-max-bs (a larger decode batch runs
     eagerly, as in SGLang) and, with the shim, its --max-running-requests."""
