@@ -51,6 +51,20 @@ def fleet(mode: str, gpu_memory_gb: float = 80, kv: float = 2) -> Any:
     )
 
 
+def _launch(f: Any, host: Any) -> LaunchRequest:
+    """The launch request of an instance as the supervisor makes it (no shim)."""
+    return LaunchRequest(
+        instance=f.spec,
+        host=host,
+        port=30001,
+        nccl_port=40001,
+        max_total_tokens=f.max_total_tokens,
+        mem_fraction_static=f.launch_mem_fraction,
+        cuda_graph_max_bs=f.cuda_graph_max_bs,
+        max_running_requests=f.max_running_requests,
+    )
+
+
 def flag(argv: tuple[str, ...], name: str) -> str:
     assert argv.count(name) == 1, f"{name} appears {argv.count(name)} times"
     return argv[argv.index(name) + 1]
@@ -163,16 +177,7 @@ def test_the_launch_carries_the_deployment_s_absolute_memory(mode: str) -> None:
     cfg = fleet(mode)
     dep = derive(cfg)
     f = dep.instances["m0@gpu0"]
-    req = LaunchRequest(
-        instance=f.spec,
-        host=cfg.host,
-        port=30001,
-        nccl_port=40001,
-        max_total_tokens=f.max_total_tokens,
-        mem_fraction_static=f.launch_mem_fraction,
-        cuda_graph_max_bs=f.cuda_graph_max_bs,
-        max_running_requests=f.max_running_requests,
-    )
+    req = _launch(f, cfg.host)
     if mode == "elastic":
         from orchestrator.engines.base import ShimLaunch
 
@@ -288,25 +293,11 @@ def test_a_models_own_graphs_and_slots_win_and_are_charged(mode: str) -> None:
     assert f.max_running_requests == want
     shape = f.spec.model.shape
     assert f.cost == server_cost(shape, 1, f.cost.kv_floor_bytes, 64, f.pool_tokens, want)
-    argv = (
-        SGLangEngine(Env.read())
-        .launch_spec(
-            LaunchRequest(
-                instance=f.spec,
-                host=parse_config(raw, gpu_count=1).host,
-                port=30001,
-                nccl_port=40001,
-                max_total_tokens=f.max_total_tokens,
-                mem_fraction_static=f.launch_mem_fraction,
-                cuda_graph_max_bs=f.cuda_graph_max_bs,
-                max_running_requests=f.max_running_requests,
-            )
-        )
-        .argv
-    )
-    # argparse keeps the last value: the model's own, which is also the one charged
-    assert argv[len(argv) - 1 - argv[::-1].index("--cuda-graph-max-bs") + 1] == "64"
-    assert argv[-1] == "--max-running-requests=1024" and str(want) in argv
+    argv = SGLangEngine(Env.read()).launch_spec(_launch(f, parse_config(raw, gpu_count=1).host)).argv
+    # chimera passes the model's own values; argparse keeps the last one, the same
+    assert flag(argv, "--cuda-graph-max-bs") == "64" and "--cuda-graph-max-bs=64" in argv
+    assert argv[argv.index("--max-running-requests") + 1] == str(want)  # chimera's, before the model's
+    assert argv[-1] == "--max-running-requests=1024"
 
 
 def test_engine_int_reads_a_flag_as_argparse_keeps_it() -> None:
