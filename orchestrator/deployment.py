@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from orchestrator.config import GIB, Config, HostSpec, InstanceSpec, ModelSpec
+from orchestrator.config.spec import flag_int
 from orchestrator.perf.cost import DEFAULT_CUDA_GRAPH_MAX_BS, DEFAULT_KV_FLOOR_TOKENS, ServerCost, server_cost
 from orchestrator.perf.model import LatencyModel, request_slots
 from orchestrator.policy.placement.cluster import PlacementParams
@@ -302,9 +303,13 @@ def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec, serial: bool =
             sized_for, pool_tokens = f.fixed_pool_bytes, tokens
         model = f.spec.model
         # a model's engine_args win over chimera's figures (sglang/launch.py): it is charged them
-        bs = model.engine_int("--cuda-graph-max-bs") or cuda_graph_max_bs(sized_for // per_token_group)
+        bs = flag_int(model.engine_args, "--cuda-graph-max-bs") or cuda_graph_max_bs(sized_for // per_token_group)
         slots = max_running_requests(
-            bs, pool_tokens, model.shape.max_context, fixed=not f.shim, asked=model.engine_int("--max-running-requests")
+            bs,
+            pool_tokens,
+            model.shape.max_context,
+            fixed=not f.shim,
+            asked=flag_int(model.engine_args, "--max-running-requests"),
         )
         cost = server_cost(model.shape, model.tp_size, f.cost.kv_floor_bytes, bs, pool_tokens, slots)
         started = replace(f, cost=cost, cuda_graph_max_bs=bs, pool_tokens=pool_tokens, max_running_requests=slots)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -99,18 +100,20 @@ class ModelSpec:
     def is_adapter(self) -> bool:
         return self.base is not None
 
-    def engine_int(self, flag: str) -> int | None:
-        """The positive integer ``engine_args`` give ``flag`` (``--flag N`` or ``--flag=N``; the
-        last one wins, as SGLang's argparse keeps it), else None."""
-        value = None
-        args = self.engine_args
-        for i, arg in enumerate(args):
-            raw = args[i + 1] if arg == flag and i + 1 < len(args) else None
-            if arg.startswith(flag + "="):
-                raw = arg.partition("=")[2]
-            if raw is not None and raw.isdigit() and int(raw) > 0:
-                value = int(raw)
-        return value
+
+def flag_int(args: Sequence[str], flag: str) -> int | None:
+    """The positive integer ``args`` give SGLang's ``flag`` (``--flag N`` or ``--flag=N``; the
+    last one wins, as its argparse keeps it), else None."""
+    value = None
+    for i, arg in enumerate(args):
+        raw: str | None = None
+        if arg == flag and i + 1 < len(args):
+            raw = args[i + 1]
+        elif arg.startswith(flag + "="):
+            raw = arg.partition("=")[2]
+        if raw is not None and raw.isdigit() and int(raw) > 0:
+            value = int(raw)
+    return value
 
 
 @dataclass(frozen=True)

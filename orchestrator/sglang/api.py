@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
+from orchestrator.config.spec import flag_int
 from orchestrator.sglang.contract import MetricType
 
 
@@ -111,13 +112,4 @@ def max_model_len(max_context: int, engine_args: Sequence[str]) -> int:
     """The ``max_model_len`` SGLang's model cards report: ``--context-length`` when the server
     is started with it (the last one wins, as argparse does), else the model config's
     ``max_position_embeddings`` (``max_context``, from its shape)."""
-    value = max_context
-    for i, arg in enumerate(engine_args):
-        raw: str | None = None
-        if arg == "--context-length" and i + 1 < len(engine_args):
-            raw = engine_args[i + 1]
-        elif arg.startswith("--context-length="):
-            raw = arg.partition("=")[2]
-        if raw is not None and raw.isdigit() and int(raw) > 0:
-            value = int(raw)
-    return value
+    return flag_int(engine_args, "--context-length") or max_context

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from orchestrator.config import GIB, parse_config
+from orchestrator.config.spec import flag_int
 from orchestrator.deployment import (
     EXPECTED_TOKENS_PER_SEQUENCE,
     MAX_CUDA_GRAPH_MAX_BS,
@@ -300,7 +301,7 @@ def test_a_models_own_graphs_and_slots_win_and_are_charged(mode: str) -> None:
     assert argv[-1] == "--max-running-requests=1024"
 
 
-def test_engine_int_reads_a_flag_as_argparse_keeps_it() -> None:
+def test_flag_int_reads_a_flag_as_argparse_keeps_it() -> None:
     spec = parse_config(
         {
             "host": {"gpus": 1},
@@ -321,10 +322,10 @@ def test_engine_int_reads_a_flag_as_argparse_keeps_it() -> None:
         },
         gpu_count=1,
     ).models[0]
-    assert spec.engine_int("--max-running-requests") == 16  # the last one
-    assert spec.engine_int("--context-length") == 4096
-    assert spec.engine_int("--cuda-graph-max-bs") is None
-    assert spec.engine_int("--max-running") is None  # a prefix is not the flag
+    assert flag_int(spec.engine_args, "--max-running-requests") == 16  # the last one
+    assert flag_int(spec.engine_args, "--context-length") == 4096
+    assert flag_int(spec.engine_args, "--cuda-graph-max-bs") is None
+    assert flag_int(spec.engine_args, "--max-running") is None  # a prefix is not the flag
 
 
 @pytest.mark.parametrize("mode", ["static", "elastic"])
