@@ -42,7 +42,7 @@ servers that fit awake start together.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from orchestrator.config import GIB, Config, HostSpec, InstanceSpec, ModelSpec
@@ -302,16 +302,15 @@ def start_mem(facts: Mapping[str, InstanceFacts], host: HostSpec, serial: bool =
             tokens = max(1, f.fixed_pool_bytes // per_token_group)
             sized_for, pool_tokens = f.fixed_pool_bytes, tokens
         model = f.spec.model
-        # a model's engine_args win over chimera's figures (sglang/launch.py): it is charged them
-        bs = flag_int(model.engine_args, "--cuda-graph-max-bs") or cuda_graph_max_bs(sized_for // per_token_group)
-        slots = max_running_requests(
-            bs,
+        bs, slots, cost = sized_server(
+            model.shape,
+            model.tp_size,
+            model.engine_args,
+            f.cost.kv_floor_bytes,
+            sized_for // per_token_group,
             pool_tokens,
-            model.shape.max_context,
             fixed=not f.shim,
-            asked=flag_int(model.engine_args, "--max-running-requests"),
         )
-        cost = server_cost(model.shape, model.tp_size, f.cost.kv_floor_bytes, bs, pool_tokens, slots)
         started = replace(f, cost=cost, cuda_graph_max_bs=bs, pool_tokens=pool_tokens, max_running_requests=slots)
         out[iid] = replace(
             started,
@@ -387,13 +386,31 @@ def max_running_requests(bs: int, pool_tokens: int, context_len: int, fixed: boo
     return max(1, min(slots, pool_tokens // 2)) if fixed else slots
 
 
+def sized_server(
+    shape: ModelShape,
+    tp_size: int,
+    engine_args: Sequence[str],
+    floor_bytes: int | None,
+    sized_tokens: int,
+    pool_tokens: int,
+    fixed: bool,
+) -> tuple[int, int, ServerCost]:
+    """How a server sized for ``sized_tokens`` of KV, with a pool of ``pool_tokens``, is started
+    and what it then costs: (--cuda-graph-max-bs, --max-running-requests, its cost). A model's
+    own ``engine_args`` win over chimera's figures (sglang/launch.py puts them last): it is
+    charged them."""
+    bs = flag_int(engine_args, "--cuda-graph-max-bs") or cuda_graph_max_bs(sized_tokens)
+    asked = flag_int(engine_args, "--max-running-requests")
+    slots = max_running_requests(bs, pool_tokens, shape.max_context, fixed, asked)
+    return bs, slots, server_cost(shape, tp_size, floor_bytes, bs, pool_tokens, slots)
+
+
 def crowded_cost(shape: ModelShape, tp_size: int = 1) -> ServerCost:
     """What a server costs when ``start_mem`` starts it on a GPU its neighbours fill: sized for
     its KV floor (DEFAULT_KV_FLOOR_TOKENS), so graphs up to MIN_CUDA_GRAPH_MAX_BS and
     REQUEST_SLOTS_PER_GRAPH_BS x as many request slots. bench/sim's fleets are charged this."""
     tokens = DEFAULT_KV_FLOOR_TOKENS
-    bs = cuda_graph_max_bs(tokens)
-    return server_cost(shape, tp_size, None, bs, tokens, max_running_requests(bs, tokens, shape.max_context, False))
+    return sized_server(shape, tp_size, (), None, tokens, tokens, fixed=False)[2]
 
 
 def cuda_graph_max_bs(tokens: int) -> int:
