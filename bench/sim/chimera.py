@@ -34,9 +34,11 @@ from typing import Literal
 
 from bench.sim.kv import SimLedger
 from bench.sim.servers import SimModel, SimReq, SimServer
-from bench.sim.simulator import Simulator
+from bench.sim.simulator import Simulator, held_bytes
 from bench.traces.request import BenchRequest
-from orchestrator.control.plans import Plans, policy_state
+from orchestrator.config.spec import SchedulerSpec
+from orchestrator.control.plans import Plans, WakeGate, policy_state
+from orchestrator.kv.room import Hold, Room, room
 from orchestrator.layout.packing import layout
 from orchestrator.layout.profiles import activity_profile, awake_profile
 from orchestrator.policy.admission import admit
@@ -111,6 +113,9 @@ class ChimeraOptions:
     # the models awake when the trace begins (a placements file's `on: true`, the GPU experiment's
     # twin: bench/gpu/des.py); None: the hot set the policy wakes at once (the warm start)
     awake_at_start: frozenset[str] | None = None
+    # the wake gate's bound (scheduler.wake_room_s, as live): a wake waits while its weights do
+    # not fit beside what its neighbours hold, at most this long; 0: wake at once (no gate)
+    wake_room_s: float = SchedulerSpec.wake_room_s
 
 
 class Chimera:
@@ -197,9 +202,26 @@ class Chimera:
         for g in range(sim.n_gpus):
             self.queues[g] = []
         self.plans: Plans[SimServer] = Plans(
-            sim.servers, park=self._park, wake=self._wake, pend=self._start, serve=self._serve, moved=self._moved
+            sim.servers,
+            park=self._park,
+            wake=self._wake,
+            pend=self._start,
+            serve=self._serve,
+            moved=self._moved,
+            gate=WakeGate(self._room, lambda: sim.now, self.opts.wake_room_s) if self.opts.wake_room_s > 0 else None,
         )
-        self.kv = SimLedger(sim.gpu_bytes, sim.n_gpus, self.opts.elastic, self._queued_for, self._rate_of)
+        self.on_gpu: dict[int, list[SimServer]] = {}
+        for s in sim.servers.values():
+            for g in s.gpus:
+                self.on_gpu.setdefault(g, []).append(s)
+        self.kv = SimLedger(
+            sim.gpu_bytes,
+            sim.n_gpus,
+            self.opts.elastic,
+            self._queued_for,
+            self._rate_of,
+            due=lambda: self.plans.wake_due,
+        )
         if self.opts.awake_at_start is not None:  # as a placements file's `on: true` (the GPU twin)
             for model in sorted(self.opts.awake_at_start):
                 for s in self.by_model.get(model, ())[:1]:
@@ -253,6 +275,8 @@ class Chimera:
 
     def _kv_tick(self) -> None:
         self._split()
+        if self.plans.wake_due:
+            self._advance()  # the neighbours' pages drained since: a waiting wake may fit now
         wait = self.opts.kv_regrow_s if self.kv.deferred else self.opts.kv_every_s
         self.sim.at(self.sim.now + wait, self._kv_tick)
 
@@ -330,6 +354,24 @@ class Chimera:
         for model, s in self.route.items():
             if s is not None and (s.state is not St.AWAKE or s.draining is not None):
                 self._unroute(model, s)
+
+    def _room(self, iid: str) -> Room:
+        """The wake gate's view of ``iid``'s GPUs (kv/room.py, as the live ledger's ``room``):
+        what every other server holds there now (``held_bytes``: a resident one its pages, at
+        least what is in use), a wake waiting before this one (id first) its weights too."""
+        s = self.sim.servers[iid]
+        c = s.model.cost
+        due = self.plans.wake_due
+        need, own, others = {}, {}, {}
+        for g in s.gpus:
+            need[g] = c.awake_bytes
+            own[g] = int(held_bytes(s))
+            others[g] = tuple(
+                Hold(o.id, int(held_bytes(o) + (o.model.cost.awake_bytes if o.id in due and o.id < iid else 0)))
+                for o in self.on_gpu[g]
+                if o is not s
+            )
+        return room(iid, {g: self.sim.gpu_bytes for g in s.gpus}, self.kv.ledger.margin, need, own, others)
 
     def _park(self, s: SimServer, reason: str) -> None:
         self.sim.park(s, self._moved_on)

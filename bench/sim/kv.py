@@ -26,7 +26,10 @@ Translations (the simulator's approximations, documented in docs/bench-sim.md):
 - ``elastic=False``: a server keeps the pool it woke with until it parks; the ledger counts it
   as unseen at its last limit, as it counts a shim that does not answer. A server a plan will
   wake counts as resident already, so a pool fixed meanwhile leaves it room (live, elastic
-  neighbours shrink for it instead).
+  neighbours shrink for it instead);
+- the wake gate: a server whose wake waits for room (``due``: the plan executor's ``wake_due``)
+  counts as holding its weights, so its neighbours' limits fall for it, as the live ledger does
+  (``KVInstance.wake_due``); their pages then drain as above before the gate lets it wake.
 """
 
 from __future__ import annotations
@@ -57,11 +60,16 @@ class SimLedger:
         elastic: bool,
         queued: Callable[[SimServer], Sequence[SimReq]],
         rate: Callable[[SimServer], float],
+        due: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
         self.gpu_bytes = gpu_bytes
         self.ledger = Ledger({g: gpu_bytes for g in range(n_gpus)})
         self.elastic = elastic
         self._queued, self._rate = queued, rate
+        # the servers whose wake waits for room (the plan executor's ``wake_due``), read once a
+        # split: counted as holding their weights, so their neighbours shrink before the wake
+        self._due = due
+        self._due_now: frozenset[str] = frozenset()
         # per GPU: what the ledger's plan read last time, when that plan changed nothing (no
         # action), and the grows it held back; the same inputs again give the same empty plan
         # and the same held-back grows (``_quiet_inputs``)
@@ -74,7 +82,7 @@ class SimLedger:
         # per server object (its model and GPUs never change): its ledger keys and KV capacity
         # in tokens; and its instances for the state (and claim) they were built for
         self._fixed: dict[int, tuple[SimServer, list[str], int]] = {}
-        self._insts: dict[int, tuple[SimServer, object, bool, list[KVInstance]]] = {}
+        self._insts: dict[int, tuple[SimServer, object, tuple[bool, bool], list[KVInstance]]] = {}
         self.deferred: frozenset[str] = frozenset()  # grows the last split held back (Ledger.deferred)
 
     def instances(self, servers: Iterable[SimServer]) -> list[KVInstance]:
@@ -82,8 +90,9 @@ class SimLedger:
         out: list[KVInstance] = []
         for s in servers:
             coming = not self.elastic and s.claimed  # fixed pools leave room for planned wakes
+            due = s.id in self._due_now
             got = self._insts.get(id(s))
-            if got is not None and got[0] is s and got[1] is s.state and got[2] == coming:
+            if got is not None and got[0] is s and got[1] is s.state and got[2] == (coming, due):
                 out += got[3]
                 continue
             c = s.model.cost
@@ -96,11 +105,12 @@ class SimLedger:
                     parked_bytes=c.parked_bytes,
                     floor_bytes=c.kv_floor_bytes if s.model.ledger_floor_bytes is None else s.model.ledger_floor_bytes,
                     resident=s.state in RESIDENT or coming,
-                    holds_weights=s.state in HOLDS_WEIGHTS or coming,
+                    holds_weights=s.state in HOLDS_WEIGHTS or coming or due,
+                    wake_due=due,
                 )
                 for g in s.gpus
             ]
-            self._insts[id(s)] = (s, s.state, coming, made)
+            self._insts[id(s)] = (s, s.state, (coming, due), made)
             out += made
         return out
 
@@ -117,6 +127,7 @@ class SimLedger:
         raws: dict[int, tuple[object, ...]] = {}
         deferred: set[str] = set()
         self._raw_now = {}
+        self._due_now = self._due()
         for gpu, here in on_gpu.items():
             for s in here:
                 s.drain(now)  # the pages freed since the last split (servers.py)
@@ -186,6 +197,7 @@ class SimLedger:
                 s.id,
                 s.state,
                 s.claimed,
+                s.id in self._due_now,
                 len(s.running),
                 len(s.waiting),
                 s.kv_limit,

@@ -30,6 +30,16 @@ class Controller(Protocol):
     def on_complete(self, sim: Simulator, server: SimServer, req: SimReq) -> None: ...
 
 
+def held_bytes(s: SimServer) -> float:
+    """What ``s`` holds on each of its GPUs now: its context while it has a process, and while
+    resident its weights, graphs and activations and its KV pages (at least what is in use)."""
+    c = s.model.cost
+    total = float(c.parked_bytes) if s.state in HOLDS_CONTEXT else 0.0
+    if s.state in RESIDENT:
+        total += c.awake_bytes + max(s.mapped_tokens(), s.kv_used) * c.kv_bytes_per_token
+    return total
+
+
 @dataclass
 class Counters:
     wakes: int = 0
@@ -154,15 +164,7 @@ class Simulator:
                     )
 
     def used_bytes(self, g: int) -> float:
-        total = 0.0
-        for s in self.servers.values():
-            if g in s.gpus:
-                c = s.model.cost
-                if s.state in HOLDS_CONTEXT:
-                    total += c.parked_bytes
-                if s.state in RESIDENT:
-                    total += c.awake_bytes + max(s.mapped_tokens(), s.kv_used) * c.kv_bytes_per_token
-        return total
+        return sum(held_bytes(s) for s in self.servers.values() if g in s.gpus)
 
     def prefill_backlog(self, gpu: int) -> float:
         return self.gpus[gpu].prefill_backlog(self.now)

@@ -10,7 +10,7 @@ Claims: from ``adopt`` on, an action's victims drain (``draining`` set: awake, t
 request, parked once nothing is in flight) and its wake target is reserved (``claimed``);
 ``policy_state`` shows both to the policies as the states they lead to.
 
-Wake gate (optional, ``WakeGate``; the live loop passes one, the simulator none): a wake whose
+Wake gate (optional, ``WakeGate``; the live loop and the simulator pass one): a wake whose
 turn has come is issued only once the server's weights fit beside what its GPUs' neighbours
 hold now (the KV ledger's ``room``); meanwhile the server is listed in ``wake_due`` (the ledger
 counts its weights, so the neighbours shrink), and past the gate's bound the plan is abandoned
