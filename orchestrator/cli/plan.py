@@ -32,7 +32,6 @@ from orchestrator.policy.placement.cluster import (
     ModelDemand,
     Park,
     PlacementDecision,
-    PlacementParams,
     ServerView,
     Wake,
 )
@@ -107,7 +106,7 @@ def cluster_view(dep: Deployment, rates: dict[str, float], tokens_per_request: f
         for m in cfg.models
     )
     servers = tuple(ServerView(i.id, i.model.name, i.gpus, InstanceState.PARKED) for i in cfg.instances)
-    return ClusterView(models, servers, (dep.gpu_bytes,) * cfg.gpu_count, PlacementParams(sharing=dep.sharing))
+    return ClusterView(models, servers, (dep.gpu_bytes,) * cfg.gpu_count, dep.placement_params)
 
 
 def parse_rates(text: str | None, cfg: Config) -> dict[str, float]:
