@@ -4,7 +4,8 @@ orchestrator's own launch specs), loaded in turn with the same open-loop traffic
 block, the order rotating each block so drift over the run falls on all alike; ``--repeats``
 runs that again. Reports TTFT and TPOT p50/p95 of each, the ratio of each shim variant to the
 fixed pool per repeat and over all (target <= 1.02 in every repeat; Prism reports 1.03-1.05),
-and the shim's map-ahead counts (blocks prepared and adopted; blocks mapped or waited for on the
+the median per-request ratio of the same requests per repeat and over all (``paired``), and the
+shim's map-ahead counts (blocks prepared and adopted; blocks mapped or waited for on the
 scheduler thread inside an allocation: cumem_shim/stats.py).
 
 Variants (``--variants``, the fixed pool ``static`` always first): ``shim`` (as chimera starts
@@ -33,6 +34,7 @@ import dataclasses
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -236,8 +238,10 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         {"first": block_order(args.kinds, r, 0, args.blocks)[0], "ratios": summarize(run, args)["ratios"]}
         for r, run in enumerate(runs)
     ]
-    for rep in out["repeats"]:
+    for rep, run in zip(out["repeats"], runs, strict=True):
         rep["ratio_shim_over_static"] = rep["ratios"].get("shim")
+        rep["paired"] = {kind: paired(run[kind], run[BASE]) for kind in args.kinds[1:]}
+    out["paired"] = {kind: paired(everything[kind], everything[BASE]) for kind in args.kinds[1:]}
     out["spread"] = {kind: spread([rep["ratios"][kind] for rep in out["repeats"]]) for kind in args.kinds[1:]}
     out["shim_maps"] = maps.get("shim")
     out["maps"] = maps
@@ -298,6 +302,30 @@ def beside_maps(
             "ratio_over_static_p50": round(ratios[len(ratios) // 2], 4) if ratios else None,
         }
     return out
+
+
+def paired(variant: Sequence[RequestRecord], base: Sequence[RequestRecord]) -> dict[str, Any]:
+    """The same requests (same run and id: each block sends one trace to every server) answered
+    by ``variant`` and by the fixed pool: the median of the per-request ratios of TTFT and of
+    TPOT, and how many pairs. A ratio of two percentiles moves with where each server's slowest
+    requests fell (~170 requests a repeat: its p95 is the 9th slowest); a request paired with its
+    twin cancels the trace's own spread, so this is the figure a repeat resolves. Pure."""
+    by_id = {(r.run, r.id): r for r in base if r.ok}
+    ttft: list[float] = []
+    tpot: list[float] = []
+    for r in variant:
+        twin = by_id.get((r.run, r.id))
+        if not r.ok or twin is None:
+            continue
+        if r.ttft_s and twin.ttft_s:
+            ttft.append(r.ttft_s / twin.ttft_s)
+        if r.tpot_s and twin.tpot_s:
+            tpot.append(r.tpot_s / twin.tpot_s)
+    return {"pairs": len(ttft), "ttft_p50": _median(ttft), "tpot_p50": _median(tpot)}
+
+
+def _median(xs: list[float]) -> float | None:
+    return round(statistics.median(xs), 4) if xs else None
 
 
 def spread(ratios: list[dict[str, float | None]]) -> dict[str, dict[str, float] | None]:
@@ -369,10 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.kinds[1:]:
         print(f"  {kind} / static: " + ", ".join(f"{k} {v}" for k, v in res["ratios"][kind].items()))
         for r, rep in enumerate(res["repeats"]):
+            pr = rep["paired"][kind]
             print(
                 f"    repeat {r} ({rep['first']} first): "
                 + ", ".join(f"{k} {v}" for k, v in rep["ratios"][kind].items())
+                + f"; paired ({pr['pairs']}): ttft {pr['ttft_p50']}, tpot {pr['tpot_p50']}"
             )
+        pa = res["paired"][kind]
+        print(f"    paired over all ({pa['pairs']} requests): ttft {pa['ttft_p50']}, tpot {pa['tpot_p50']}")
         sp = res["spread"][kind]
         print("    spread over repeats: " + ", ".join(f"{k} {v['min']}-{v['max']}" for k, v in sp.items() if v))
         print(f"    map-ahead: {res['maps'].get(kind)}")

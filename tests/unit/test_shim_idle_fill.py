@@ -154,3 +154,25 @@ def test_overhead_bench_splits_requests_by_whether_a_map_ran_beside_their_first_
     kinds = ("static", "shim", "shim-fill")
     firsts = [block_order(kinds, r, b, 2)[0] for r in range(3) for b in range(2)]
     assert sorted(firsts) == sorted(kinds * 2)
+
+
+def test_overhead_bench_pairs_each_request_with_its_twin_on_the_fixed_pool() -> None:
+    from bench.client.record import RequestRecord
+    from bench.shim.overhead import paired
+
+    def rec(i: int, run: int, ttft: float, tpot: float, ok: bool = True) -> RequestRecord:
+        return RequestRecord(i, "m", "/v1/completions", 0.0, 0.0, 200, ok, ttft_s=ttft, tpot_s=tpot, run=run)
+
+    base = [rec(0, 0, 0.10, 0.010), rec(1, 0, 0.20, 0.010), rec(2, 0, 0.40, 0.010), rec(0, 1, 0.10, 0.010)]
+    shim = [
+        rec(0, 0, 0.11, 0.011),  # 1.1x its twin
+        rec(1, 0, 0.20, 0.010),  # 1.0x
+        rec(2, 0, 0.48, 0.012),  # 1.2x
+        rec(0, 1, 9.00, 0.500, ok=False),  # failed: no pair
+        rec(5, 0, 0.10, 0.010),  # no twin (another id)
+    ]
+    out = paired(shim, base)
+    assert out == {"pairs": 3, "ttft_p50": 1.1, "tpot_p50": 1.1}
+    # the slowest requests of one side alone move a percentile ratio, not the paired median
+    assert paired(base, base) == {"pairs": 4, "ttft_p50": 1.0, "tpot_p50": 1.0}
+    assert paired([], base) == {"pairs": 0, "ttft_p50": None, "tpot_p50": None}
