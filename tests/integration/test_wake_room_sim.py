@@ -65,10 +65,19 @@ def kv_limits(run: Running) -> dict[str, float]:
 
 
 def test_wake_room__a_wake_waits_for_the_neighbours_limit_to_shrink_then_serves(chimera: Running) -> None:
-    deadline = time.monotonic() + 20
-    while (before := kv_limits(chimera)).get("a@gpu0", 0) <= 12 * 2**30:
-        # the ledger grants the awake server the GPU's rest once it has split it
+    # the ledger grants the awake server the GPU's rest once it has split it, in steps (a grow is
+    # phased): wait until its limit is above 12 GiB and has not moved over two of the ledger's
+    # rounds (1 s each), so that ``before`` is the grant and not a step on its way
+    deadline = time.monotonic() + 30
+    seen: tuple[float, float] | None = None  # (limit, since)
+    while True:
+        before = kv_limits(chimera)
+        limit = before.get("a@gpu0", 0)
         assert time.monotonic() < deadline, (before, chimera.log.read_text())
+        if seen is None or seen[0] != limit:
+            seen = (limit, time.monotonic())
+        elif limit > 12 * 2**30 and time.monotonic() - seen[1] >= 2.5:
+            break
         time.sleep(0.2)
     r = httpx.post(
         f"{chimera.base}/v1/completions",
