@@ -417,7 +417,10 @@ def main(argv: list[str] | None = None) -> int:
                 for g in ("overlapped", "clear")
             )
         )
-    return 0 if all(s["ok"] == s["requests"] for s in res["servers"].values()) else 1
+    lost = {kind: s for kind, s in res["servers"].items() if s["ok"] != s["requests"]}
+    for kind, s in lost.items():
+        print(f"  {kind}: {s['requests'] - s['ok']} request(s) failed: {'; '.join(s['errors'])}", file=sys.stderr)
+    return 1 if lost else 0
 
 
 def _ms(v: float | None) -> str:
