@@ -34,7 +34,6 @@ import dataclasses
 import json
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ import httpx
 from bench.client.loadgen import ClientConfig, ClientShards, run_open_loop
 from bench.client.prompts import COMPLETIONS
 from bench.client.record import RequestRecord
-from bench.report.summary import distribution
+from bench.report.summary import distribution, percentile
 from bench.traces import BenchRequest
 from cumem_shim import maptrace
 from cumem_shim import settings as shim_settings
@@ -325,7 +324,7 @@ def paired(variant: Sequence[RequestRecord], base: Sequence[RequestRecord]) -> d
 
 
 def _median(xs: list[float]) -> float | None:
-    return round(statistics.median(xs), 4) if xs else None
+    return round(percentile(xs, 50), 4) if xs else None
 
 
 def spread(ratios: list[dict[str, float | None]]) -> dict[str, dict[str, float] | None]:

@@ -210,10 +210,6 @@ class Chimera:
             moved=self._moved,
             gate=WakeGate(self._room, lambda: sim.now, self.opts.wake_room_s) if self.opts.wake_room_s > 0 else None,
         )
-        self.on_gpu: dict[int, list[SimServer]] = {}
-        for s in sim.servers.values():
-            for g in s.gpus:
-                self.on_gpu.setdefault(g, []).append(s)
         self.kv = SimLedger(
             sim.gpu_bytes,
             sim.n_gpus,
@@ -368,7 +364,7 @@ class Chimera:
             own[g] = int(held_bytes(s))
             others[g] = tuple(
                 Hold(o.id, int(held_bytes(o) + (o.model.cost.awake_bytes if o.id in due and o.id < iid else 0)))
-                for o in self.on_gpu[g]
+                for o in self.sim.on_gpu[g]
                 if o is not s
             )
         return room(iid, {g: self.sim.gpu_bytes for g in s.gpus}, self.kv.ledger.margin, need, own, others)

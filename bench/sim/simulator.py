@@ -60,6 +60,7 @@ class Simulator:
     now: float = 0.0
     gpus: list[GpuExec] = field(default_factory=list)
     servers: dict[str, SimServer] = field(default_factory=dict)
+    on_gpu: dict[int, list[SimServer]] = field(default_factory=dict)  # each GPU's servers, as added
     reqs: list[SimReq] = field(default_factory=list)
     counters: Counters = field(default_factory=Counters)
     _heap: list[tuple[float, int, int, Any, Any]] = field(default_factory=list)
@@ -89,6 +90,8 @@ class Simulator:
         s = SimServer(sid, self.models[model], gpus)
         s.state = state
         self.servers[sid] = s
+        for g in gpus:
+            self.on_gpu.setdefault(g, []).append(s)
         self._join(gpus).servers.append(s)
         return s
 
@@ -164,7 +167,7 @@ class Simulator:
                     )
 
     def used_bytes(self, g: int) -> float:
-        return sum(held_bytes(s) for s in self.servers.values() if g in s.gpus)
+        return sum(held_bytes(s) for s in self.on_gpu.get(g, ()))
 
     def prefill_backlog(self, gpu: int) -> float:
         return self.gpus[gpu].prefill_backlog(self.now)
